@@ -1,0 +1,8 @@
+//! The meshd control protocol: the data model (nodes, networks, services, tasks) and the
+//! request/response types spoken over the control socket. The daemon (`dataplane`) depends on
+//! this crate so both sides share one definition.
+#![forbid(unsafe_code)]
+
+pub mod model;
+
+pub use model::*;

@@ -1,0 +1,440 @@
+//! The data model, in Docker Swarm's vocabulary (see DESIGN.md, "Data model").
+//!
+//! A [`State`] is the whole desired state of a mesh as one node's meshd knows it: the nodes
+//! (peers), the overlay networks, the services with their published ports and tasks. The daemon
+//! compiles it into an immutable service table; validation happens there, so a `State` may be
+//! invalid until it is built.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The VNI Swarm gives its ingress network.
+pub const INGRESS_VNI: u32 = 4096;
+/// The IANA port of VXLAN (RFC 7348 §5).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// The whole desired state of a mesh.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub networks: Vec<Network>,
+    #[serde(default)]
+    pub services: Vec<Service>,
+}
+
+impl State {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+    pub fn service_mut(&mut self, name: &str) -> Option<&mut Service> {
+        self.services.iter_mut().find(|s| s.name == name)
+    }
+}
+
+/// Whether a node takes new connections for its tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    #[default]
+    Active,
+    Drain,
+}
+
+/// A node of the mesh: a peer meshd with its underlay address and VXLAN tunnel endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    pub name: String,
+    /// The node's address on the underlay; published ports answer here.
+    pub addr: Ipv4Addr,
+    /// The VXLAN tunnel endpoint; the underlay address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<Ipv4Addr>,
+    #[serde(default = "default_vxlan_port")]
+    pub vtep_port: u16,
+    #[serde(default)]
+    pub availability: Availability,
+}
+
+fn default_vxlan_port() -> u16 {
+    VXLAN_PORT
+}
+
+impl Node {
+    pub fn vtep_addr(&self) -> Ipv4Addr {
+        self.vtep.unwrap_or(self.addr)
+    }
+}
+
+/// An IPv4 prefix such as `10.0.0.0/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, ParseNetError> {
+        if prefix > 32 {
+            return Err(ParseNetError(format!("{addr}/{prefix}: prefix length is at most 32")));
+        }
+        Ok(Ipv4Net { addr, prefix })
+    }
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+    /// Whether `ip` may be given to a host: inside, and neither the network nor the broadcast
+    /// address (for prefixes shorter than /31).
+    pub fn is_host(&self, ip: Ipv4Addr) -> bool {
+        self.contains(ip)
+            && (self.prefix >= 31 || (ip != self.network() && ip != self.broadcast()))
+    }
+    pub fn overlaps(&self, other: &Ipv4Net) -> bool {
+        let m = self.mask() & other.mask();
+        u32::from(self.addr) & m == u32::from(other.addr) & m
+    }
+}
+
+/// Why a prefix did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseNetError(pub String);
+
+impl fmt::Display for ParseNetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for ParseNetError {}
+
+impl FromStr for Ipv4Net {
+    type Err = ParseNetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| ParseNetError(format!("{s:?}: expected ADDRESS/PREFIX, like 10.0.1.0/24")))?;
+        let addr = a
+            .parse::<Ipv4Addr>()
+            .map_err(|_| ParseNetError(format!("{s:?}: {a:?} is not an IPv4 address")))?;
+        let prefix = p
+            .parse::<u8>()
+            .map_err(|_| ParseNetError(format!("{s:?}: {p:?} is not a prefix length")))?;
+        Ipv4Net::new(addr, prefix)
+    }
+}
+
+impl TryFrom<String> for Ipv4Net {
+    type Error = ParseNetError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Ipv4Net> for String {
+    fn from(n: Ipv4Net) -> String {
+        n.to_string()
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An overlay network: one VXLAN segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: Ipv4Net,
+    /// The gateway and embedded resolver address on this network.
+    pub gateway: Ipv4Addr,
+    /// Swarm's ingress network carries published-port traffic.
+    #[serde(default)]
+    pub ingress: bool,
+    /// Each node's endpoint address on this network; the masquerade source of that node.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, Ipv4Addr>,
+}
+
+/// How a service is reached inside the overlay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP per network, balanced by meshd.
+    #[default]
+    Vip,
+    /// DNS round-robin: the name resolves to the task addresses.
+    Dnsrr,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a published port answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, balanced over every task (the routing mesh).
+    #[default]
+    Ingress,
+    /// Only on nodes running a task, served by that node's tasks.
+    Host,
+}
+
+/// A published port, as Docker's `--publish published=8080,target=80,protocol=tcp,mode=ingress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedPort {
+    #[serde(default)]
+    pub protocol: Protocol,
+    pub published: u16,
+    pub target: u16,
+    #[serde(default)]
+    pub mode: PublishMode,
+}
+
+/// What source address a task sees for published-port traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpMode {
+    /// Swarm's behaviour: the source is the ingress node's endpoint address.
+    #[default]
+    Masquerade,
+    /// The task sees the client's address; replies return through the ingress node's VTEP.
+    Keep,
+}
+
+/// How new flows are spread over a service's tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    /// Strict rotation over eligible tasks.
+    #[default]
+    Rr,
+    /// Maglev consistent hashing (65537-slot table).
+    Maglev,
+}
+
+/// Idle timeouts in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// An established TCP connection with no packets. IPVS cuts these after 900 s (moby#31208);
+    /// meshd's default is two hours, like the kernel's TCP keepalive time.
+    #[serde(default = "default_tcp_established")]
+    pub tcp_established: u32,
+    /// A TCP flow that is opening or closing.
+    #[serde(default = "default_tcp_transitory")]
+    pub tcp_transitory: u32,
+    /// A UDP flow with no packets.
+    #[serde(default = "default_udp")]
+    pub udp: u32,
+}
+
+fn default_tcp_established() -> u32 {
+    7200
+}
+fn default_tcp_transitory() -> u32 {
+    60
+}
+fn default_udp() -> u32 {
+    30
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: default_tcp_established(),
+            tcp_transitory: default_tcp_transitory(),
+            udp: default_udp(),
+        }
+    }
+}
+
+/// A service attached to an overlay network; `vip` is its virtual IP there (endpoint mode vip).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNetwork {
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<Ipv4Addr>,
+}
+
+/// A service: a name, its endpoint, its published ports and its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+    #[serde(default)]
+    pub networks: Vec<ServiceNetwork>,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub client_ip: ClientIpMode,
+    #[serde(default)]
+    pub scheduler: SchedulerKind,
+    #[serde(default)]
+    pub tasks: Vec<Task>,
+}
+
+impl Service {
+    pub fn new(name: &str) -> Self {
+        Service {
+            name: name.to_string(),
+            endpoint_mode: EndpointMode::Vip,
+            networks: Vec::new(),
+            ports: Vec::new(),
+            timeouts: Timeouts::default(),
+            client_ip: ClientIpMode::Masquerade,
+            scheduler: SchedulerKind::Rr,
+            tasks: Vec::new(),
+        }
+    }
+}
+
+/// A task's lifecycle state, named as Swarm names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    #[default]
+    Running,
+    /// Failing its health check: no new flows, existing flows ended.
+    Unhealthy,
+    /// Going away: no new flows, existing flows kept until they end.
+    Draining,
+    Shutdown,
+    Failed,
+}
+
+impl TaskState {
+    /// Whether the task may keep the flows it has.
+    pub fn keeps_flows(self) -> bool {
+        matches!(self, TaskState::Running | TaskState::Draining)
+    }
+}
+
+/// A task's address on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAddress {
+    pub network: String,
+    pub addr: Ipv4Addr,
+}
+
+/// One backend of a service: `web.1` on some node, with an address on each network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    pub name: String,
+    pub node: String,
+    pub addresses: Vec<TaskAddress>,
+    #[serde(default)]
+    pub state: TaskState,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl Task {
+    pub fn addr_on(&self, network: &str) -> Option<Ipv4Addr> {
+        self.addresses.iter().find(|a| a.network == network).map(|a| a.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_parse_and_print() {
+        let n: Ipv4Net = "10.0.1.0/24".parse().unwrap();
+        assert_eq!(n.to_string(), "10.0.1.0/24");
+        assert!(n.contains(Ipv4Addr::new(10, 0, 1, 200)));
+        assert!(!n.contains(Ipv4Addr::new(10, 0, 2, 1)));
+        assert!(!n.is_host(Ipv4Addr::new(10, 0, 1, 255)));
+        assert!(!n.is_host(Ipv4Addr::new(10, 0, 1, 0)));
+        assert!(n.overlaps(&"10.0.0.0/16".parse().unwrap()));
+        assert!("10.0.1.0".parse::<Ipv4Net>().is_err());
+        assert!("10.0.1.0/33".parse::<Ipv4Net>().is_err());
+    }
+
+    #[test]
+    fn state_round_trips_through_json() {
+        let mut s = State::default();
+        s.nodes.push(Node {
+            name: "n1".into(),
+            addr: Ipv4Addr::new(192, 168, 1, 11),
+            vtep: None,
+            vtep_port: VXLAN_PORT,
+            availability: Availability::Active,
+        });
+        let mut svc = Service::new("web");
+        svc.ports.push(PublishedPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            target: 80,
+            mode: PublishMode::Ingress,
+        });
+        s.services.push(svc);
+        let j = serde_json::to_string(&s).unwrap();
+        let back: State = serde_json::from_str(&j).unwrap();
+        assert_eq!(s, back);
+        assert!(serde_json::from_str::<State>(r#"{"nodes":[],"bogus":1}"#).is_err());
+    }
+}
