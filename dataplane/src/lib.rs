@@ -1,0 +1,11 @@
+//! meshd's dataplane: a userspace routing mesh.
+//!
+//! The heart is [`pipeline`]: a pure function of a burst of frames, the current service table
+//! ([`balance::ServiceTable`]), the worker's flow table and an explicit `now`. Ports
+//! ([`port`]) only move bytes. See DESIGN.md for the whole picture.
+#![deny(unsafe_code)]
+
+pub mod buf;
+pub mod port;
+pub mod stats;
+pub mod wire;

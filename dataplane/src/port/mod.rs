@@ -1,0 +1,31 @@
+//! Ports move frames in and out; they know nothing of what the frames mean.
+//!
+//! Backends: [`mem`] (in-process queues, always built: tests, benchmarks, the in-memory mesh
+//! simulation) and [`afpacket`] (TPACKET_V3 rings on any Linux interface).
+
+use arrayvec::ArrayVec;
+
+use crate::buf::{PacketBuf, Pool};
+
+pub mod afpacket;
+pub mod mem;
+
+/// Most frames a port moves per call.
+pub const BURST: usize = 32;
+
+/// One burst of frames.
+pub type Burst = ArrayVec<PacketBuf, BURST>;
+
+/// A source and sink of Ethernet frames.
+pub trait Port {
+    /// Appends up to `out.remaining_capacity()` received frames to `out`, taking empty buffers
+    /// from `pool` where the backend copies. Returns how many were added.
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize;
+
+    /// Sends every frame of `frames` it can and hands all their buffers back to `pool` (a frame
+    /// that could not be sent is dropped and counted by the backend). Returns how many were sent.
+    fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize;
+
+    /// Pushes out anything the backend batched (for example a TX ring kick).
+    fn flush(&mut self) {}
+}

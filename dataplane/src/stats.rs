@@ -1,0 +1,197 @@
+//! Counters. Every drop has a typed reason ([`DropReason`]) and every reason a counter.
+
+/// Why the fast path dropped a frame. Each variant has a counter in [`WorkerStats::drops`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// Shorter than the headers it claims to carry.
+    Truncated,
+    /// An ethertype the mesh does not route.
+    UnknownEthertype,
+    /// Not addressed to this node's MAC.
+    NotOurMac,
+    /// IPv4 header length, total length or version is wrong.
+    BadIpv4Header,
+    /// IPv4 header checksum is wrong.
+    BadIpChecksum,
+    /// IPv4 options are present; the mesh does not forward them.
+    Ipv4Options,
+    /// A fragment; the mesh does not reassemble.
+    Fragment,
+    /// Time to live ran out.
+    TtlExpired,
+    /// TCP or UDP header is malformed or its length is wrong.
+    BadL4Header,
+    /// TCP or UDP checksum is wrong.
+    BadL4Checksum,
+    /// A protocol other than TCP, UDP or ICMP.
+    UnknownProtocol,
+    /// Addressed to an IP this node does not serve.
+    NotForUs,
+    /// VXLAN from an address that is not a known peer VTEP.
+    UnknownVtep,
+    /// VXLAN header is malformed (I flag clear).
+    BadVxlan,
+    /// VXLAN network identifier this node does not know.
+    UnknownVni,
+    /// From a local task address the table does not know.
+    UnknownSource,
+    /// Between two different overlay networks.
+    CrossNetwork,
+    /// No route: the destination is not in any overlay and no flow knows it.
+    NoRoute,
+    /// The service has no eligible task.
+    NoTask,
+    /// The next hop's MAC address is not known yet (an ARP request went out).
+    NoNeighbor,
+    /// ARP that the mesh does not answer (not a request, or for an address a task owns).
+    ArpIgnored,
+    /// Malformed ARP.
+    BadArp,
+    /// The headroom was too small to encapsulate.
+    NoHeadroom,
+    /// The flow ended (its task was removed or failed).
+    FlowEnded,
+    /// The owning worker's handoff ring was full.
+    HandoffFull,
+    /// Masquerade ports of this worker are exhausted.
+    NoNatPort,
+    /// The frame is larger than the mesh forwards after encapsulation.
+    TooBig,
+}
+
+impl DropReason {
+    pub const COUNT: usize = DropReason::TooBig as usize + 1;
+
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Truncated,
+        DropReason::UnknownEthertype,
+        DropReason::NotOurMac,
+        DropReason::BadIpv4Header,
+        DropReason::BadIpChecksum,
+        DropReason::Ipv4Options,
+        DropReason::Fragment,
+        DropReason::TtlExpired,
+        DropReason::BadL4Header,
+        DropReason::BadL4Checksum,
+        DropReason::UnknownProtocol,
+        DropReason::NotForUs,
+        DropReason::UnknownVtep,
+        DropReason::BadVxlan,
+        DropReason::UnknownVni,
+        DropReason::UnknownSource,
+        DropReason::CrossNetwork,
+        DropReason::NoRoute,
+        DropReason::NoTask,
+        DropReason::NoNeighbor,
+        DropReason::ArpIgnored,
+        DropReason::BadArp,
+        DropReason::NoHeadroom,
+        DropReason::FlowEnded,
+        DropReason::HandoffFull,
+        DropReason::NoNatPort,
+        DropReason::TooBig,
+    ];
+
+    /// The name used in `meshctl stats` and Prometheus labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Truncated => "truncated",
+            DropReason::UnknownEthertype => "unknown_ethertype",
+            DropReason::NotOurMac => "not_our_mac",
+            DropReason::BadIpv4Header => "bad_ipv4_header",
+            DropReason::BadIpChecksum => "bad_ip_checksum",
+            DropReason::Ipv4Options => "ipv4_options",
+            DropReason::Fragment => "fragment",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::BadL4Header => "bad_l4_header",
+            DropReason::BadL4Checksum => "bad_l4_checksum",
+            DropReason::UnknownProtocol => "unknown_protocol",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::UnknownVtep => "unknown_vtep",
+            DropReason::BadVxlan => "bad_vxlan",
+            DropReason::UnknownVni => "unknown_vni",
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::CrossNetwork => "cross_network",
+            DropReason::NoRoute => "no_route",
+            DropReason::NoTask => "no_task",
+            DropReason::NoNeighbor => "no_neighbor",
+            DropReason::ArpIgnored => "arp_ignored",
+            DropReason::BadArp => "bad_arp",
+            DropReason::NoHeadroom => "no_headroom",
+            DropReason::FlowEnded => "flow_ended",
+            DropReason::HandoffFull => "handoff_full",
+            DropReason::NoNatPort => "no_nat_port",
+            DropReason::TooBig => "too_big",
+        }
+    }
+}
+
+/// One worker's counters. Plain integers: only the worker writes them; readers get copies
+/// published by the worker (see `worker.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub rx: u64,
+    pub tx_uplink: u64,
+    pub tx_tasks: u64,
+    pub to_host: u64,
+    pub handoff_out: u64,
+    pub arp_replies: u64,
+    pub new_flows: u64,
+    pub active_flows: u64,
+    pub flows_expired: u64,
+    pub flows_evicted: u64,
+    pub flows_ended: u64,
+    pub resets_sent: u64,
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl WorkerStats {
+    #[inline]
+    pub fn drop(&mut self, r: DropReason) {
+        self.drops[r as usize] += 1;
+    }
+
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Adds another worker's counters (for totals).
+    pub fn add(&mut self, o: &WorkerStats) {
+        self.rx += o.rx;
+        self.tx_uplink += o.tx_uplink;
+        self.tx_tasks += o.tx_tasks;
+        self.to_host += o.to_host;
+        self.handoff_out += o.handoff_out;
+        self.arp_replies += o.arp_replies;
+        self.new_flows += o.new_flows;
+        self.active_flows += o.active_flows;
+        self.flows_expired += o.flows_expired;
+        self.flows_evicted += o.flows_evicted;
+        self.flows_ended += o.flows_ended;
+        self.resets_sent += o.resets_sent;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_name() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}
