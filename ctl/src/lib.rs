@@ -4,5 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod model;
+pub mod validate;
 
 pub use model::*;
+pub use validate::{validate, ValidationError};

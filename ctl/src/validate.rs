@@ -1,0 +1,343 @@
+//! Whole-state validation: everything that must hold before a [`State`] becomes a service table.
+//!
+//! The daemon runs this on every change; a state that fails it is refused and the previous one
+//! stays in force. Messages name the object and say what to change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use crate::model::*;
+
+/// Why a state cannot be used. The message is for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ValidationError(pub String);
+
+macro_rules! bail {
+    ($($arg:tt)*) => { return Err(ValidationError(format!($($arg)*))) };
+}
+
+/// What owns an overlay address, for duplicate detection.
+fn claim(
+    used: &mut BTreeMap<(u32, Ipv4Addr), String>,
+    vni: u32,
+    net: &str,
+    addr: Ipv4Addr,
+    who: String,
+) -> Result<(), ValidationError> {
+    if let Some(prev) = used.get(&(vni, addr)) {
+        bail!("address {addr} on network \"{net}\" is used twice: by {prev} and by {who}");
+    }
+    used.insert((vni, addr), who);
+    Ok(())
+}
+
+fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!("{kind} name {name:?} is not valid: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+/// Checks a whole state.
+pub fn validate(state: &State) -> Result<(), ValidationError> {
+    // Nodes.
+    let mut node_names = BTreeSet::new();
+    let mut node_addrs = BTreeMap::new();
+    for n in &state.nodes {
+        check_name("node", &n.name)?;
+        if !node_names.insert(n.name.as_str()) {
+            bail!("node \"{}\" is defined twice", n.name);
+        }
+        if let Some(other) = node_addrs.insert(n.addr, n.name.as_str()) {
+            bail!("nodes \"{other}\" and \"{}\" have the same address {}", n.name, n.addr);
+        }
+        if n.vtep_port == 0 {
+            bail!("node \"{}\": VTEP port 0 is not valid (VXLAN uses {VXLAN_PORT})", n.name);
+        }
+    }
+    let mut vteps = BTreeMap::new();
+    for n in &state.nodes {
+        if let Some(other) = vteps.insert((n.vtep_addr(), n.vtep_port), n.name.as_str()) {
+            bail!("nodes \"{other}\" and \"{}\" have the same VTEP {}:{}", n.name, n.vtep_addr(), n.vtep_port);
+        }
+    }
+
+    // Networks.
+    let mut used: BTreeMap<(u32, Ipv4Addr), String> = BTreeMap::new();
+    let mut nets: BTreeMap<&str, &Network> = BTreeMap::new();
+    let mut vnis = BTreeMap::new();
+    let mut ingress: Option<&Network> = None;
+    for net in &state.networks {
+        check_name("network", &net.name)?;
+        if nets.insert(net.name.as_str(), net).is_some() {
+            bail!("network \"{}\" is defined twice", net.name);
+        }
+        if net.vni == 0 || net.vni >= 1 << 24 {
+            bail!("network \"{}\": VNI {} is out of range (1 to 16777215)", net.name, net.vni);
+        }
+        if let Some(other) = vnis.insert(net.vni, net.name.as_str()) {
+            bail!("networks \"{other}\" and \"{}\" have the same VNI {}", net.name, net.vni);
+        }
+        if net.subnet.prefix > 30 {
+            bail!("network \"{}\": subnet {} is too small (at most /30)", net.name, net.subnet);
+        }
+        for other in &state.networks {
+            if other.name != net.name && other.subnet.overlaps(&net.subnet) {
+                bail!(
+                    "networks \"{}\" ({}) and \"{}\" ({}) overlap; give each its own subnet",
+                    other.name, other.subnet, net.name, net.subnet
+                );
+            }
+        }
+        if !net.subnet.is_host(net.gateway) {
+            bail!("network \"{}\": gateway {} is not a host address of {}", net.name, net.gateway, net.subnet);
+        }
+        claim(&mut used, net.vni, &net.name, net.gateway, format!("the gateway of \"{}\"", net.name))?;
+        if net.ingress {
+            if let Some(first) = ingress {
+                bail!("networks \"{}\" and \"{}\" are both marked ingress; there is one ingress network", first.name, net.name);
+            }
+            ingress = Some(net);
+        }
+        for (node, addr) in &net.endpoints {
+            if !node_names.contains(node.as_str()) {
+                bail!("network \"{}\" has an endpoint for unknown node \"{node}\"", net.name);
+            }
+            if !net.subnet.is_host(*addr) {
+                bail!("network \"{}\": endpoint {addr} of node \"{node}\" is outside {}", net.name, net.subnet);
+            }
+            claim(&mut used, net.vni, &net.name, *addr, format!("the endpoint of node \"{node}\""))?;
+        }
+    }
+
+    // Services and tasks.
+    let mut svc_names = BTreeSet::new();
+    let mut task_names = BTreeSet::new();
+    let mut published: BTreeMap<(Protocol, u16), &str> = BTreeMap::new();
+    for svc in &state.services {
+        check_name("service", &svc.name)?;
+        if !svc_names.insert(svc.name.as_str()) {
+            bail!("service \"{}\" is defined twice", svc.name);
+        }
+        let mut attached = BTreeSet::new();
+        for sn in &svc.networks {
+            let Some(net) = nets.get(sn.network.as_str()) else {
+                bail!("service \"{}\" is attached to unknown network \"{}\"; create it first", svc.name, sn.network);
+            };
+            if !attached.insert(sn.network.as_str()) {
+                bail!("service \"{}\" is attached to network \"{}\" twice", svc.name, sn.network);
+            }
+            match (svc.endpoint_mode, sn.vip) {
+                (EndpointMode::Dnsrr, Some(vip)) => {
+                    bail!("service \"{}\" is in endpoint mode dnsrr and cannot have the VIP {vip}", svc.name)
+                }
+                (EndpointMode::Vip, None) if !net.ingress => {
+                    bail!("service \"{}\" needs a VIP on network \"{}\" (endpoint mode vip)", svc.name, sn.network)
+                }
+                (_, Some(vip)) => {
+                    if !net.subnet.is_host(vip) {
+                        bail!(
+                            "service \"{}\": VIP {vip} is outside the subnet {} of network \"{}\"",
+                            svc.name, net.subnet, net.name
+                        );
+                    }
+                    claim(&mut used, net.vni, &net.name, vip, format!("the VIP of service \"{}\"", svc.name))?;
+                }
+                _ => {}
+            }
+        }
+        let has_ingress_ports = svc.ports.iter().any(|p| p.mode == PublishMode::Ingress);
+        for p in &svc.ports {
+            if p.published == 0 || p.target == 0 {
+                bail!("service \"{}\": port 0 cannot be published or targeted", svc.name);
+            }
+            if let Some(other) = published.insert((p.protocol, p.published), svc.name.as_str()) {
+                bail!(
+                    "published port {}/{} is already in use by service \"{other}\"; pick another published port",
+                    p.published, p.protocol
+                );
+            }
+        }
+        if has_ingress_ports {
+            let Some(ing) = ingress else {
+                bail!("service \"{}\" publishes ports in ingress mode but there is no ingress network; create one with `meshctl network create --ingress`", svc.name);
+            };
+            for n in &state.nodes {
+                if !ing.endpoints.contains_key(&n.name) {
+                    bail!(
+                        "node \"{}\" has no endpoint address on the ingress network \"{}\"; published ports need one per node",
+                        n.name, ing.name
+                    );
+                }
+            }
+        }
+        let t_timeouts = &svc.timeouts;
+        if t_timeouts.tcp_established == 0 || t_timeouts.tcp_transitory == 0 || t_timeouts.udp == 0 {
+            bail!("service \"{}\": idle timeouts must be at least 1 second", svc.name);
+        }
+        if t_timeouts.tcp_established > 86_400 * 7 || t_timeouts.udp > 86_400 * 7 || t_timeouts.tcp_transitory > 86_400 * 7 {
+            bail!("service \"{}\": idle timeouts are at most 604800 seconds (7 days)", svc.name);
+        }
+        for t in &svc.tasks {
+            check_name("task", &t.name)?;
+            if !task_names.insert(t.name.as_str()) {
+                bail!("task \"{}\" is defined twice", t.name);
+            }
+            if !node_names.contains(t.node.as_str()) {
+                bail!("task \"{}\" is placed on unknown node \"{}\"; add the node first", t.name, t.node);
+            }
+            let mut seen = BTreeSet::new();
+            for a in &t.addresses {
+                let Some(net) = nets.get(a.network.as_str()) else {
+                    bail!("task \"{}\" has an address on unknown network \"{}\"", t.name, a.network);
+                };
+                if !net.ingress && !attached.contains(a.network.as_str()) {
+                    bail!(
+                        "task \"{}\" has an address on network \"{}\", which service \"{}\" is not attached to",
+                        t.name, a.network, svc.name
+                    );
+                }
+                if !seen.insert(a.network.as_str()) {
+                    bail!("task \"{}\" has two addresses on network \"{}\"", t.name, a.network);
+                }
+                if !net.subnet.is_host(a.addr) {
+                    bail!("task \"{}\": address {} is outside the subnet {} of network \"{}\"", t.name, a.addr, net.subnet, net.name);
+                }
+                claim(&mut used, net.vni, &net.name, a.addr, format!("task \"{}\"", t.name))?;
+            }
+            if has_ingress_ports {
+                if let Some(ing) = ingress {
+                    if t.addr_on(&ing.name).is_none() {
+                        bail!(
+                            "task \"{}\" has no address on the ingress network \"{}\"; service \"{}\" publishes ports and needs one",
+                            t.name, ing.name, svc.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> State {
+        let node = |name: &str, last: u8| Node {
+            name: name.into(),
+            addr: Ipv4Addr::new(192, 168, 1, last),
+            vtep: None,
+            vtep_port: VXLAN_PORT,
+            availability: Availability::Active,
+        };
+        let mut ingress = Network {
+            name: "ingress".into(),
+            vni: INGRESS_VNI,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            ingress: true,
+            endpoints: BTreeMap::new(),
+        };
+        ingress.endpoints.insert("n1".into(), Ipv4Addr::new(10, 0, 0, 2));
+        ingress.endpoints.insert("n2".into(), Ipv4Addr::new(10, 0, 0, 3));
+        let app = Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: BTreeMap::new(),
+        };
+        let mut web = Service::new("web");
+        web.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 2)) });
+        web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+        for (i, node) in [(1u8, "n1"), (2, "n2")] {
+            web.tasks.push(Task {
+                name: format!("web.{i}"),
+                node: node.into(),
+                addresses: vec![
+                    TaskAddress { network: "ingress".into(), addr: Ipv4Addr::new(10, 0, 0, 10 + i) },
+                    TaskAddress { network: "appnet".into(), addr: Ipv4Addr::new(10, 0, 1, 10 + i) },
+                ],
+                state: TaskState::Running,
+                weight: 1,
+            });
+        }
+        State { nodes: vec![node("n1", 11), node("n2", 12)], networks: vec![ingress, app], services: vec![web] }
+    }
+
+    fn err(s: &State) -> String {
+        validate(s).unwrap_err().0
+    }
+
+    #[test]
+    fn the_sample_is_valid() {
+        validate(&sample()).unwrap();
+    }
+
+    #[test]
+    fn a_published_port_used_twice_is_refused() {
+        let mut s = sample();
+        let mut other = Service::new("api");
+        other.ports.push(s.services[0].ports[0]);
+        s.services.push(other);
+        assert!(err(&s).contains("published port 8080/tcp is already in use by service \"web\""));
+    }
+
+    #[test]
+    fn a_vip_outside_its_subnet_is_refused() {
+        let mut s = sample();
+        s.services[0].networks[0].vip = Some(Ipv4Addr::new(10, 0, 9, 2));
+        assert!(err(&s).contains("VIP 10.0.9.2 is outside the subnet 10.0.1.0/24"));
+    }
+
+    #[test]
+    fn a_task_on_an_unknown_node_or_network_is_refused() {
+        let mut s = sample();
+        s.services[0].tasks[0].node = "n9".into();
+        assert!(err(&s).contains("unknown node \"n9\""));
+        let mut s = sample();
+        s.services[0].tasks[0].addresses[1].network = "nonet".into();
+        assert!(err(&s).contains("unknown network \"nonet\""));
+    }
+
+    #[test]
+    fn duplicate_addresses_are_refused() {
+        let mut s = sample();
+        s.services[0].tasks[1].addresses[1].addr = Ipv4Addr::new(10, 0, 1, 11);
+        assert!(err(&s).contains("used twice"));
+        let mut s = sample();
+        s.services[0].tasks[1].addresses[1].addr = Ipv4Addr::new(10, 0, 1, 2);
+        assert!(err(&s).contains("the VIP of service \"web\""));
+    }
+
+    #[test]
+    fn overlapping_networks_and_bad_vnis_are_refused() {
+        let mut s = sample();
+        s.networks[1].subnet = "10.0.0.0/16".parse().unwrap();
+        assert!(err(&s).contains("overlap"));
+        let mut s = sample();
+        s.networks[1].vni = INGRESS_VNI;
+        assert!(err(&s).contains("same VNI"));
+        let mut s = sample();
+        s.networks[1].vni = 1 << 24;
+        assert!(err(&s).contains("out of range"));
+    }
+
+    #[test]
+    fn published_ports_need_ingress_addresses() {
+        let mut s = sample();
+        s.services[0].tasks[0].addresses.remove(0);
+        assert!(err(&s).contains("no address on the ingress network"));
+        let mut s = sample();
+        s.networks[0].endpoints.remove("n2");
+        assert!(err(&s).contains("node \"n2\" has no endpoint"));
+    }
+}
