@@ -5,6 +5,7 @@
 //! ([`port`]) only move bytes. See DESIGN.md for the whole picture.
 #![deny(unsafe_code)]
 
+pub mod balance;
 pub mod buf;
 pub mod port;
 pub mod stats;
