@@ -3,3 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub use smoltcp::wire::*;
+
+pub mod checksum;
+pub mod vxlan;
