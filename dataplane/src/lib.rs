@@ -7,6 +7,11 @@
 
 pub mod balance;
 pub mod buf;
+pub mod fastmap;
+pub mod flow;
+pub mod neigh;
+pub mod pipeline;
 pub mod port;
+mod prefetch;
 pub mod stats;
 pub mod wire;

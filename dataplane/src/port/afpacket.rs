@@ -1,1 +1,1148 @@
-//! AF_PACKET TPACKET_V3 port (issue 3).
+//! AF_PACKET port: one `SOCK_RAW` packet socket per port with a TPACKET_V3 RX ring and a
+//! TPACKET_V3 TX ring, both memory-mapped in one region (RX blocks first, then TX blocks).
+//!
+//! - **RX** walks the kernel's blocks in place: no system call per frame or per burst. Each frame
+//!   is copied into a [`PacketBuf`] from the pool and stamped with the configured [`PortId`]; a
+//!   block goes back to the kernel as soon as its last frame has been copied. A burst that ends
+//!   mid-block (burst full, pool empty) remembers where it stopped. Frames the kernel took off a
+//!   VLAN tag from (it always does, before any packet socket sees them) get the tag put back, so
+//!   the pipeline sees the bytes that were on the wire.
+//! - **TX** copies each frame into the next free slot, marks it `TP_STATUS_SEND_REQUEST`, and kicks
+//!   the kernel with one `sendto(fd, NULL, 0, MSG_DONTWAIT)` per burst. A V3 TX ring uses fixed
+//!   slots (`tp_next_offset` must be 0) and needs Linux 4.11 or newer. The qdisc is bypassed
+//!   (`PACKET_QDISC_BYPASS`) and malformed frames are discarded by the kernel rather than stalling
+//!   the ring (`PACKET_LOSS`).
+//! - The socket does not see outgoing frames (`PACKET_IGNORE_OUTGOING`, and the matching fanout
+//!   flag when in a fanout group, since the socket's own hook is unused then), so a port never
+//!   receives what it, or the host, sends.
+//! - With a fanout group id, N ports on one interface (one per worker) share its traffic by flow
+//!   hash (`PACKET_FANOUT_HASH`); each flow always lands on the same port.
+//!
+//! Every unsafe block is here: the system calls and the accesses to the shared ring. Ring
+//! ownership words (`block_status`, `tp_status`) are read with acquire and written with release
+//! ordering; all other ring bytes are touched only while user space owns them.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::mem::{offset_of, size_of};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::{Burst, Port};
+use crate::buf::{Pool, PortId};
+
+/// Bytes of an Ethernet header (no tag).
+const ETH_HLEN: usize = 14;
+/// Bytes of one 802.1Q / 802.1ad tag.
+const VLAN_HLEN: usize = 4;
+/// Where the frame starts in a TX slot: the kernel reads it at `TPACKET_ALIGN(sizeof(struct
+/// tpacket3_hdr))` (`tpacket_parse_header` without `PACKET_TX_HAS_OFF`).
+const TX_DATA_OFFSET: usize = align16(size_of::<libc::tpacket3_hdr>());
+/// `TPACKET3_HDRLEN`: the kernel's lower bound for `tp_frame_size`.
+const TPACKET3_HDRLEN: usize = TX_DATA_OFFSET + size_of::<libc::sockaddr_ll>();
+/// Offset of `block_status` in a `tpacket_block_desc` (the header union's only member is
+/// `tpacket_hdr_v1`, at offset 0 of the union).
+const BLOCK_STATUS: usize =
+    offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, block_status);
+const BLOCK_NUM_PKTS: usize =
+    offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, num_pkts);
+const BLOCK_FIRST_PKT: usize = offset_of!(libc::tpacket_block_desc, hdr)
+    + offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt);
+/// Offset of `tp_status` in a `tpacket3_hdr` (the ownership word of a TX slot).
+const FRAME_STATUS: usize = offset_of!(libc::tpacket3_hdr, tp_status);
+
+const fn align16(x: usize) -> usize {
+    (x + 15) & !15
+}
+
+/// How to open an [`AfPacketPort`]. The RX and the TX ring have the same geometry: each is
+/// `block_count` blocks of `block_size` bytes (so the port maps twice that).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfPacketConfig {
+    /// Stamped on every received buffer.
+    pub port: PortId,
+    /// Bytes per ring block: a multiple of the page size (a power of two wastes no kernel
+    /// memory: the kernel allocates blocks in power-of-two pages). A frame larger than a block
+    /// cannot be received.
+    pub block_size: u32,
+    /// Blocks per ring.
+    pub block_count: u32,
+    /// Bytes per TX slot (frame plus a 48-byte header): a multiple of 16, at least 2048 for
+    /// 1500-byte MTU frames. The RX ring packs frames by their real size and only needs
+    /// `block_size` to be a multiple of it.
+    pub frame_size: u32,
+    /// How long the kernel holds a partly filled RX block before handing it over, in ms: the
+    /// worst-case added latency at low rates. 0 lets the kernel pick (8 ms or more).
+    pub block_timeout_ms: u32,
+    /// Join this `PACKET_FANOUT_HASH` group (ids are per network namespace; every member must be
+    /// on the same interface).
+    pub fanout: Option<u16>,
+    /// Put the interface in promiscuous mode while the port is open (needed when frames for
+    /// other MACs than the interface's must be received, e.g. on the tasks' L2 segment).
+    pub promiscuous: bool,
+}
+
+impl Default for AfPacketConfig {
+    /// 2 MiB per ring: 8 blocks of 256 KiB, 1024 TX slots of 2 KiB, 2 ms block timeout.
+    fn default() -> Self {
+        AfPacketConfig {
+            port: PortId::Uplink,
+            block_size: 1 << 18,
+            block_count: 8,
+            frame_size: 2048,
+            block_timeout_ms: 2,
+            fanout: None,
+            promiscuous: false,
+        }
+    }
+}
+
+/// Why a port could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AfPacketError {
+    #[error("interface name {0:?} is not valid: it must be 1 to 15 bytes, without NUL, '/' or spaces")]
+    BadName(String),
+    #[error("no such interface {0}: check the name with `ip link` (and that meshd runs in the network namespace that has it)")]
+    NoSuchInterface(String),
+    #[error("opening an AF_PACKET socket on {0} needs root or CAP_NET_RAW: run meshd as root or grant it with `setcap cap_net_raw,cap_net_admin+ep`")]
+    PermissionDenied(String),
+    #[error("invalid AF_PACKET ring config: {0}")]
+    Config(String),
+    #[error("the kernel could not allocate the {bytes}-byte rings for {ifname}: lower block_size or block_count")]
+    RingAlloc { ifname: String, bytes: usize },
+    #[error("the kernel refused {what} on {ifname} ({source}): meshd's AF_PACKET port needs Linux 4.20 or newer")]
+    Unsupported {
+        ifname: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("fanout group {group} on {ifname} was refused: the id is already used on another interface or with another mode; pick another id")]
+    FanoutRefused { ifname: String, group: u16 },
+    #[error("{op} on {ifname} failed: {source}")]
+    Io {
+        ifname: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters of one port. `rx_dropped`, `rx_ring_frozen` come from the kernel and are brought up
+/// to date by [`AfPacketPort::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AfPacketStats {
+    /// Frames handed out by `rx_burst`.
+    pub rx: u64,
+    /// Frames put on the TX ring.
+    pub tx: u64,
+    /// Frames dropped because the TX ring had no free slot.
+    pub tx_ring_full: u64,
+    /// Frames dropped because they were shorter than an Ethernet header, longer than the MTU
+    /// allows (plus 4 for a tagged frame) or longer than a TX slot.
+    pub tx_bad_len: u64,
+    /// Kicks the kernel refused (device down, socket buffer full...). The frames stay queued
+    /// and go with the next kick ([`Port::flush`] retries).
+    pub tx_kick_failed: u64,
+    /// Frames the kernel dropped because the RX ring was full (`tp_drops`).
+    pub rx_dropped: u64,
+    /// Times the kernel found the whole RX ring owned by user space (`tp_freeze_q_cnt`).
+    pub rx_ring_frozen: u64,
+    /// Frames dropped because they did not fit a [`crate::buf::PacketBuf`] or an RX block (jumbo
+    /// frames, or GRO/TSO super-frames from the host stack: turn those offloads off).
+    pub rx_too_long: u64,
+    /// Frames dropped because their ring descriptor pointed outside its block (never seen; a
+    /// guard against a kernel/ABI mismatch). The rest of that block is dropped with them.
+    pub rx_bad_desc: u64,
+    /// Frames received with `TP_STATUS_CSUMNOTREADY`: sent by the host stack with checksum
+    /// offload, their L4 checksum is not filled in yet (turn `tx` offload off on the peer, e.g.
+    /// `ethtool -K veth0 tx off`). They are delivered as they are.
+    pub rx_csum_partial: u64,
+}
+
+/// The shared memory of the rings. Unmapped on drop.
+#[derive(Debug)]
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by exactly one `Mapping`, itself owned by one port, and is only
+// accessed through that port's `&mut self` methods, so moving it to another thread moves every
+// user-space access with it. The kernel side does not care which thread maps it.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// Pointer to byte `off` of the mapping. Computing it is safe; dereferencing needs
+    /// `off + len <= self.len`, which the callers' ring geometry guarantees.
+    #[inline]
+    fn at(&self, off: usize) -> *mut u8 {
+        debug_assert!(off <= self.len);
+        self.base.as_ptr().wrapping_add(off)
+    }
+
+    /// The ownership word at byte `off` (a block's `block_status` or a TX slot's `tp_status`).
+    #[inline]
+    fn status(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off + 4 <= self.len && off % 4 == 0);
+        // SAFETY: callers pass `BLOCK_STATUS` or `FRAME_STATUS` past a block or slot start, all
+        // inside the mapping (ring geometry checked at open) and 4-byte aligned (blocks are page
+        // aligned, slots 16-byte aligned, both fields at multiples of 4). The kernel accesses the
+        // word concurrently; user space only ever accesses it through this atomic.
+        unsafe { AtomicU32::from_ptr(self.at(off).cast::<u32>()) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base` and `len` are what mmap returned, and no reference into the mapping
+        // outlives `self` (every slice made from it is local to a method of the owning port).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A port on a Linux interface through TPACKET_V3 rings. See the module documentation.
+#[derive(Debug)]
+pub struct AfPacketPort {
+    // Declared before `fd`, so it is unmapped before the socket closes.
+    ring: Mapping,
+    fd: OwnedFd,
+    ifname: String,
+    port: PortId,
+    mtu: usize,
+    block_size: usize,
+    block_count: usize,
+    frame_size: usize,
+    /// Byte offset of the TX ring in the mapping.
+    tx_base: usize,
+    tx_slots_per_block: usize,
+    tx_slots: usize,
+    /// The RX block being read.
+    rx_block: usize,
+    /// Frames of `rx_block` not read yet; 0: the block is not claimed yet.
+    rx_left: u32,
+    /// Offset in `rx_block` of the next frame's header.
+    rx_next: usize,
+    /// The next TX slot to fill.
+    tx_head: usize,
+    /// Frames marked for sending that the last kick left on the ring.
+    tx_unsent: bool,
+    stats: AfPacketStats,
+}
+
+impl AfPacketPort {
+    /// Opens a port on `ifname` (which must exist in the calling thread's network namespace).
+    pub fn open(ifname: &str, cfg: &AfPacketConfig) -> Result<AfPacketPort, AfPacketError> {
+        let geo = Geometry::check(cfg)?;
+        if ifname.is_empty()
+            || ifname.len() >= libc::IFNAMSIZ
+            || ifname.bytes().any(|c| c == 0 || c == b'/' || c.is_ascii_whitespace())
+        {
+            return Err(AfPacketError::BadName(ifname.to_owned()));
+        }
+        let cname = CString::new(ifname).map_err(|_| AfPacketError::BadName(ifname.to_owned()))?;
+        // SAFETY: `cname` is a NUL-terminated string that lives across the call.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(AfPacketError::NoSuchInterface(ifname.to_owned()));
+        }
+        let io_err = |op: &'static str| {
+            move |source: io::Error| AfPacketError::Io { ifname: ifname.to_owned(), op, source }
+        };
+        let unsupported = |what: &'static str| {
+            move |source: io::Error| AfPacketError::Unsupported { ifname: ifname.to_owned(), what, source }
+        };
+
+        // Protocol 0: the socket receives nothing until it is bound to the interface below, so
+        // no frame of another interface slips in while the rings are set up.
+        // SAFETY: plain system call with constant arguments.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => AfPacketError::PermissionDenied(ifname.to_owned()),
+                _ => io_err("socket(AF_PACKET)")(e),
+            });
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let s = fd.as_raw_fd();
+
+        let v3: libc::c_int = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
+        setsockopt(s, libc::PACKET_VERSION, &v3).map_err(unsupported("TPACKET_V3"))?;
+        let one: libc::c_int = 1;
+        // Without it a frame the kernel rejects is marked TP_STATUS_WRONG_FORMAT and the kernel
+        // stops at it for good; with it the frame is discarded and the ring moves on.
+        setsockopt(s, libc::PACKET_LOSS, &one).map_err(io_err("PACKET_LOSS"))?;
+        setsockopt(s, libc::PACKET_QDISC_BYPASS, &one).map_err(unsupported("PACKET_QDISC_BYPASS"))?;
+        setsockopt(s, libc::PACKET_IGNORE_OUTGOING, &one).map_err(unsupported("PACKET_IGNORE_OUTGOING"))?;
+
+        let mut req = libc::tpacket_req3 {
+            tp_block_size: cfg.block_size,
+            tp_block_nr: cfg.block_count,
+            tp_frame_size: cfg.frame_size,
+            tp_frame_nr: geo.frames,
+            tp_retire_blk_tov: cfg.block_timeout_ms,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        let ring_err = |what: &'static str| {
+            move |e: io::Error| match e.raw_os_error() {
+                Some(libc::ENOMEM) => AfPacketError::RingAlloc { ifname: ifname.to_owned(), bytes: 2 * geo.ring_len },
+                Some(libc::EINVAL) => unsupported(what)(e),
+                _ => io_err(what)(e),
+            }
+        };
+        setsockopt(s, libc::PACKET_RX_RING, &req).map_err(ring_err("a TPACKET_V3 RX ring"))?;
+        // A TX ring rejects the RX-only fields.
+        req.tp_retire_blk_tov = 0;
+        setsockopt(s, libc::PACKET_TX_RING, &req).map_err(ring_err("a TPACKET_V3 TX ring"))?;
+
+        let map_len = 2 * geo.ring_len;
+        // SAFETY: maps the socket's rings, whose total size is exactly `map_len` (the kernel
+        // checks it); no existing memory is affected.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                s,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io_err("mmap of the rings")(io::Error::last_os_error()));
+        }
+        let Some(base) = NonNull::new(base.cast::<u8>()) else {
+            return Err(io_err("mmap of the rings")(io::Error::from_raw_os_error(libc::EFAULT)));
+        };
+        let ring = Mapping { base, len: map_len };
+
+        // Frames in flight on the TX ring count against the socket's send buffer; when it is
+        // full the kernel leaves the rest for the next kick. Let a whole ring be in flight. Best
+        // effort: SO_SNDBUFFORCE needs CAP_NET_ADMIN and the default still works, only in
+        // smaller steps.
+        let sndbuf = libc::c_int::try_from(geo.ring_len).unwrap_or(libc::c_int::MAX);
+        let _ = setsockopt_level(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf);
+
+        let mtu = interface_mtu(s, &cname).map_err(io_err("reading the MTU (SIOCGIFMTU)"))?;
+
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as libc::c_ushort;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = ifindex as libc::c_int;
+        // SAFETY: `sll` is a valid sockaddr_ll and its exact size is passed.
+        let r = unsafe {
+            libc::bind(
+                s,
+                ptr::from_ref(&sll).cast::<libc::sockaddr>(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENODEV) => AfPacketError::NoSuchInterface(ifname.to_owned()),
+                _ => io_err("bind")(e),
+            });
+        }
+
+        if cfg.promiscuous {
+            let mreq = libc::packet_mreq {
+                mr_ifindex: ifindex as libc::c_int,
+                mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
+                mr_alen: 0,
+                mr_address: [0; 8],
+            };
+            // Dropped by the kernel when the socket closes.
+            setsockopt(s, libc::PACKET_ADD_MEMBERSHIP, &mreq).map_err(io_err("promiscuous mode"))?;
+        }
+
+        if let Some(group) = cfg.fanout {
+            // The fanout group's hook replaces the socket's own, so PACKET_IGNORE_OUTGOING must
+            // be asked of the group too (Linux 6.2+; older kernels ignore the flag).
+            let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+            let arg = (u32::from(group) | (mode << 16)) as libc::c_int;
+            setsockopt(s, libc::PACKET_FANOUT, &arg).map_err(|e| match e.raw_os_error() {
+                Some(libc::EINVAL) | Some(libc::EALREADY) => {
+                    AfPacketError::FanoutRefused { ifname: ifname.to_owned(), group }
+                }
+                _ => io_err("PACKET_FANOUT")(e),
+            })?;
+        }
+
+        Ok(AfPacketPort {
+            ring,
+            fd,
+            ifname: ifname.to_owned(),
+            port: cfg.port,
+            mtu,
+            block_size: cfg.block_size as usize,
+            block_count: cfg.block_count as usize,
+            frame_size: cfg.frame_size as usize,
+            tx_base: geo.ring_len,
+            tx_slots_per_block: geo.frames_per_block,
+            tx_slots: geo.frames as usize,
+            rx_block: 0,
+            rx_left: 0,
+            rx_next: 0,
+            tx_head: 0,
+            tx_unsent: false,
+            stats: AfPacketStats::default(),
+        })
+    }
+
+    /// The socket, for `poll(POLLIN)` when a worker is idle: readable once an RX block is
+    /// ready (full, or retired by the block timeout).
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The counters, with the kernel's (`PACKET_STATISTICS`, which resets them on every read)
+    /// added in. Not for every burst: it is a system call.
+    pub fn stats(&mut self) -> AfPacketStats {
+        // SAFETY: tpacket_stats_v3 is plain data; all-zero is a valid value.
+        let mut st: libc::tpacket_stats_v3 = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+        // SAFETY: `st` is writable for `len` bytes and `len` is a valid in/out length.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                ptr::from_mut(&mut st).cast(),
+                &mut len,
+            )
+        };
+        // It cannot fail on an open packet socket with a right-sized buffer; if it ever does,
+        // the kernel keeps its counts and the next call picks them up.
+        if r == 0 {
+            self.stats.rx_dropped += u64::from(st.tp_drops);
+            self.stats.rx_ring_frozen += u64::from(st.tp_freeze_q_cnt);
+        }
+        self.stats
+    }
+
+    /// Hands the current RX block back to the kernel and moves to the next one.
+    #[inline]
+    fn rx_release_block(&mut self) {
+        let off = self.rx_block * self.block_size;
+        self.ring.status(off + BLOCK_STATUS).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.rx_block = (self.rx_block + 1) % self.block_count;
+        self.rx_left = 0;
+    }
+
+    /// Byte offset of TX slot `i` in the mapping (slots never straddle blocks).
+    #[inline]
+    fn tx_slot(&self, i: usize) -> usize {
+        self.tx_base
+            + (i / self.tx_slots_per_block) * self.block_size
+            + (i % self.tx_slots_per_block) * self.frame_size
+    }
+
+    /// Asks the kernel to send every slot marked `TP_STATUS_SEND_REQUEST`.
+    fn kick(&mut self) {
+        // SAFETY: no buffer is passed; with a TX ring the kernel sends from the ring.
+        let r = unsafe {
+            libc::sendto(self.fd.as_raw_fd(), ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0)
+        };
+        if r < 0 {
+            self.stats.tx_kick_failed += 1;
+        }
+        // The kernel sends in ring order and stops early when the socket's send buffer or the
+        // device is full: then the last slot written is still waiting.
+        let last = self.tx_slot((self.tx_head + self.tx_slots - 1) % self.tx_slots);
+        self.tx_unsent =
+            self.ring.status(last + FRAME_STATUS).load(Ordering::Acquire) == libc::TP_STATUS_SEND_REQUEST;
+    }
+}
+
+impl AsRawFd for AfPacketPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Port for AfPacketPort {
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+        let mut n = 0;
+        while !out.is_full() {
+            let block = self.rx_block * self.block_size;
+            if self.rx_left == 0 {
+                if self.ring.status(block + BLOCK_STATUS).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+                    break;
+                }
+                // SAFETY: the block is owned by user space (TP_STATUS_USER seen with acquire
+                // ordering, so the kernel's writes to it are visible and it no longer writes
+                // it); both u32 fields lie in the block descriptor, inside the mapping and
+                // 4-byte aligned.
+                let (num, first) = unsafe {
+                    (
+                        ptr::read(self.ring.at(block + BLOCK_NUM_PKTS).cast::<u32>()),
+                        ptr::read(self.ring.at(block + BLOCK_FIRST_PKT).cast::<u32>()),
+                    )
+                };
+                if num == 0 {
+                    self.rx_release_block();
+                    continue;
+                }
+                self.rx_left = num;
+                self.rx_next = first as usize;
+            }
+            let Some(mut buf) = pool.get() else {
+                // Out of buffers: the frame waits in the ring for the next burst.
+                break;
+            };
+            let hdr_off = self.rx_next;
+            if hdr_off + size_of::<libc::tpacket3_hdr>() > self.block_size {
+                self.stats.rx_bad_desc += u64::from(self.rx_left);
+                self.rx_release_block();
+                pool.put(buf);
+                continue;
+            }
+            // SAFETY: the block is owned by user space (claimed above) and the header lies
+            // inside it (checked just above).
+            let h: libc::tpacket3_hdr =
+                unsafe { ptr::read_unaligned(self.ring.at(block + hdr_off).cast::<libc::tpacket3_hdr>()) };
+            let mac = hdr_off + usize::from(h.tp_mac);
+            let snap = h.tp_snaplen as usize;
+            if mac + snap > self.block_size {
+                self.stats.rx_bad_desc += u64::from(self.rx_left);
+                self.rx_release_block();
+                pool.put(buf);
+                continue;
+            }
+            // The kernel takes the 802.1Q tag off before packet sockets see the frame and reports
+            // it in the header: put it back.
+            let vlan = h.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && snap >= 12;
+            let len = snap + if vlan { VLAN_HLEN } else { 0 };
+            let room = buf.room_mut();
+            let fits = h.tp_snaplen == h.tp_len && len <= room.len();
+            if fits {
+                // SAFETY: the block is owned by user space and `mac + snap <= block_size`
+                // (checked above), so the slice is inside the mapping, initialised, and not
+                // written by the kernel until the block is released, after the slice's last use.
+                let frame = unsafe { std::slice::from_raw_parts(self.ring.at(block + mac), snap) };
+                if vlan {
+                    let tpid = if h.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                        h.hv1.tp_vlan_tpid
+                    } else {
+                        0x8100
+                    };
+                    // The TCI (PCP, DEI, VID) in the low 16 bits.
+                    let tci = h.hv1.tp_vlan_tci as u16;
+                    room[..12].copy_from_slice(&frame[..12]);
+                    room[12..14].copy_from_slice(&tpid.to_be_bytes());
+                    room[14..16].copy_from_slice(&tci.to_be_bytes());
+                    room[16..len].copy_from_slice(&frame[12..]);
+                } else {
+                    room[..snap].copy_from_slice(frame);
+                }
+                if h.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+                    self.stats.rx_csum_partial += 1;
+                }
+            }
+            self.rx_left -= 1;
+            self.rx_next = hdr_off + h.tp_next_offset as usize;
+            if self.rx_left == 0 {
+                self.rx_release_block();
+            }
+            if !fits {
+                self.stats.rx_too_long += 1;
+                pool.put(buf);
+                continue;
+            }
+            buf.set_len(len);
+            buf.port = self.port;
+            out.push(buf);
+            n += 1;
+        }
+        self.stats.rx += n as u64;
+        n
+    }
+
+    fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
+        let mut sent = 0;
+        for buf in frames.drain(..) {
+            let data = buf.data();
+            let tagged = data.len() >= ETH_HLEN && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
+            let max = (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 })
+                .min(self.frame_size - TX_DATA_OFFSET);
+            if data.len() < ETH_HLEN || data.len() > max {
+                self.stats.tx_bad_len += 1;
+                pool.put(buf);
+                continue;
+            }
+            let slot = self.tx_slot(self.tx_head);
+            let status = self.ring.status(slot + FRAME_STATUS).load(Ordering::Acquire);
+            // TP_STATUS_WRONG_FORMAT cannot happen with PACKET_LOSS; if it did, the kernel would
+            // be stuck on this slot until it is refilled, so it counts as free.
+            if status != libc::TP_STATUS_AVAILABLE && status != libc::TP_STATUS_WRONG_FORMAT {
+                self.stats.tx_ring_full += 1;
+                pool.put(buf);
+                continue;
+            }
+            let len = data.len() as u32;
+            let hdr = self.ring.at(slot);
+            // SAFETY: the slot is owned by user space (TP_STATUS_AVAILABLE seen with acquire
+            // ordering); it lies inside the mapping (`tx_slot` of an index below `tx_slots`) and
+            // is 16-byte aligned, so the u32 header fields are aligned; `TX_DATA_OFFSET + len <=
+            // frame_size` (checked above), so the copy stays inside the slot and does not touch
+            // the status word.
+            unsafe {
+                hdr.add(offset_of!(libc::tpacket3_hdr, tp_next_offset)).cast::<u32>().write(0);
+                hdr.add(offset_of!(libc::tpacket3_hdr, tp_len)).cast::<u32>().write(len);
+                hdr.add(offset_of!(libc::tpacket3_hdr, tp_snaplen)).cast::<u32>().write(len);
+                ptr::copy_nonoverlapping(data.as_ptr(), hdr.add(TX_DATA_OFFSET), data.len());
+            }
+            self.ring.status(slot + FRAME_STATUS).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+            self.tx_head = (self.tx_head + 1) % self.tx_slots;
+            sent += 1;
+            pool.put(buf);
+        }
+        self.stats.tx += sent as u64;
+        if sent > 0 || self.tx_unsent {
+            self.kick();
+        }
+        sent
+    }
+
+    /// Kicks the kernel again when the last kick left frames on the ring.
+    fn flush(&mut self) {
+        if self.tx_unsent {
+            self.kick();
+        }
+    }
+}
+
+/// Ring sizes derived from a config that passed the kernel's rules.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    frames_per_block: usize,
+    frames: u32,
+    ring_len: usize,
+}
+
+impl Geometry {
+    fn check(cfg: &AfPacketConfig) -> Result<Geometry, AfPacketError> {
+        let bad = |m: String| Err(AfPacketError::Config(m));
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = usize::try_from(page).unwrap_or(4096).max(1);
+        let (bs, fs) = (cfg.block_size as usize, cfg.frame_size as usize);
+        if bs == 0 || bs % page != 0 || bs > i32::MAX as usize {
+            return bad(format!("block_size {bs} must be a non-zero multiple of the page size ({page})"));
+        }
+        if fs % 16 != 0 || fs < TPACKET3_HDRLEN.next_multiple_of(16) {
+            return bad(format!(
+                "frame_size {fs} must be a multiple of 16 and at least {}",
+                TPACKET3_HDRLEN.next_multiple_of(16)
+            ));
+        }
+        if fs > bs || bs < size_of::<libc::tpacket_block_desc>() + TPACKET3_HDRLEN {
+            return bad(format!("block_size {bs} must hold at least one frame of frame_size {fs}"));
+        }
+        if cfg.block_count == 0 {
+            return bad("block_count must be at least 1".to_owned());
+        }
+        let frames_per_block = bs / fs;
+        let frames = u32::try_from(frames_per_block)
+            .ok()
+            .and_then(|f| f.checked_mul(cfg.block_count));
+        let ring_len = bs.checked_mul(cfg.block_count as usize).filter(|l| l.checked_mul(2).is_some());
+        match (frames, ring_len) {
+            (Some(frames), Some(ring_len)) => Ok(Geometry { frames_per_block, frames, ring_len }),
+            _ => bad(format!("{} blocks of {bs} bytes is too large", cfg.block_count)),
+        }
+    }
+}
+
+fn setsockopt<T>(fd: RawFd, name: libc::c_int, val: &T) -> io::Result<()> {
+    setsockopt_level(fd, libc::SOL_PACKET, name, val)
+}
+
+fn setsockopt_level<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+    // SAFETY: `val` points to an initialised `T` that lives across the call, and its exact size
+    // is passed; the kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(fd, level, name, ptr::from_ref(val).cast(), size_of::<T>() as libc::socklen_t)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The interface's MTU, read on `fd` (so in the socket's network namespace).
+fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    // The name was checked shorter than IFNAMSIZ, so the last byte stays NUL.
+    for (d, s) in ifr.ifr_name.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads the NUL-terminated name from and writes the MTU into `ifr`, a
+    // valid, writable ifreq.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, ptr::from_mut(&mut ifr)) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member of the union.
+    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+    Ok(usize::try_from(mtu).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::buf::PacketBuf;
+
+    const MAGIC: &[u8; 4] = b"mshd";
+    const EXPERIMENTAL: u16 = 0x88b5;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// A network namespace `meshd-t-afp-<pid>-<tag>`, deleted on drop (also when a test fails).
+    struct Netns {
+        name: String,
+    }
+
+    impl Netns {
+        fn new(tag: &str) -> Netns {
+            let name = format!("meshd-t-afp-{}-{tag}", std::process::id());
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            run("ip", &["netns", "add", &name]);
+            Netns { name }
+        }
+
+        /// Runs `ip -n NAME args...`.
+        fn ip(&self, args: &[&str]) {
+            let mut all = vec!["-n", self.name.as_str()];
+            all.extend_from_slice(args);
+            run("ip", &all);
+        }
+
+        /// A veth pair `a`/`b`, both up.
+        fn with_veth(tag: &str) -> Netns {
+            let ns = Netns::new(tag);
+            // "name" and "dev" are needed: ip reads a bare `a` as an abbreviation of `address`.
+            ns.ip(&["link", "add", "name", "a", "type", "veth", "peer", "name", "b"]);
+            ns.ip(&["link", "set", "dev", "a", "up"]);
+            ns.ip(&["link", "set", "dev", "b", "up"]);
+            ns
+        }
+
+        /// Runs `f` on a new thread that has entered the namespace; a panic in `f` is re-raised
+        /// here (after the thread is gone, before `self` is dropped).
+        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+            let path = format!("/var/run/netns/{}", self.name);
+            let r = std::thread::scope(|s| {
+                s.spawn(|| {
+                    enter(&path);
+                    f()
+                })
+                .join()
+            });
+            match r {
+                Ok(v) => v,
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        }
+    }
+
+    fn run(cmd: &str, args: &[&str]) {
+        let out = Command::new(cmd).args(args).output().unwrap();
+        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Moves the calling thread into the network namespace at `path`.
+    fn enter(path: &str) {
+        let f = File::open(path).unwrap();
+        // SAFETY: `f` is an open namespace file; setns only changes this thread's namespace.
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", io::Error::last_os_error());
+    }
+
+    fn cfg(port: PortId) -> AfPacketConfig {
+        AfPacketConfig { port, ..AfPacketConfig::default() }
+    }
+
+    /// Frame `seq`: 60 to 1514 bytes, every 7th one 802.1Q-tagged, an experimental ethertype,
+    /// then MAGIC, `seq` and a pattern.
+    fn test_frame(seq: u32) -> Vec<u8> {
+        let len = 60 + (seq as usize * 151) % (1514 - 60 + 1);
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x0b, 0x02, 0, 0, 0, 0, 0x0a];
+        if seq % 7 == 3 {
+            let tci = (((seq % 8) as u16) << 13) | (1 + (seq % 4000) as u16);
+            f.extend_from_slice(&0x8100u16.to_be_bytes());
+            f.extend_from_slice(&tci.to_be_bytes());
+        }
+        f.extend_from_slice(&EXPERIMENTAL.to_be_bytes());
+        f.extend_from_slice(MAGIC);
+        f.extend_from_slice(&seq.to_be_bytes());
+        let mut i = 0u32;
+        while f.len() < len {
+            f.push((seq.wrapping_mul(7).wrapping_add(i)) as u8);
+            i += 1;
+        }
+        f
+    }
+
+    /// Frame `seq` as IPv4/UDP with a source port per frame, so a hash fanout spreads them.
+    fn udp_frame(seq: u32) -> Vec<u8> {
+        let len = 60 + (seq as usize * 97) % (1514 - 60 + 1);
+        let mut f = vec![0x02, 0, 0, 0, 0, 0x0b, 0x02, 0, 0, 0, 0, 0x0a, 0x08, 0x00];
+        let ip_len = (len - 14) as u16;
+        f.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+        let sport = 10_000 + (seq % 50_000) as u16;
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&4000u16.to_be_bytes());
+        f.extend_from_slice(&(ip_len - 20).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(MAGIC);
+        f.extend_from_slice(&seq.to_be_bytes());
+        while f.len() < len {
+            f.push(f.len() as u8 ^ seq as u8);
+        }
+        f
+    }
+
+    /// The sequence number of one of our test frames; `None` for anything else (IPv6 router
+    /// solicitations and the like that the kernel sends on a new link).
+    fn seq_of(f: &[u8]) -> Option<u32> {
+        let find = |at: usize| {
+            (f.len() >= at + 8 && &f[at..at + 4] == MAGIC)
+                .then(|| u32::from_be_bytes([f[at + 4], f[at + 5], f[at + 6], f[at + 7]]))
+        };
+        match u16::from_be_bytes([*f.get(12)?, *f.get(13)?]) {
+            EXPERIMENTAL => find(14),
+            0x8100 if f.len() >= 18 && f[16..18] == EXPERIMENTAL.to_be_bytes() => find(18),
+            0x0800 if f.len() >= 42 && f[23] == 17 => find(42),
+            _ => None,
+        }
+    }
+
+    fn send(port: &mut AfPacketPort, pool: &mut Pool, frames: impl Iterator<Item = Vec<u8>>) -> usize {
+        let mut burst = Burst::new();
+        let mut sent = 0;
+        for f in frames {
+            let mut b = pool.get().unwrap();
+            b.fill(&f);
+            burst.push(b);
+            if burst.is_full() {
+                sent += port.tx_burst(&mut burst, pool);
+            }
+        }
+        if !burst.is_empty() {
+            sent += port.tx_burst(&mut burst, pool);
+        }
+        sent
+    }
+
+    /// Drains `port`, keeping our test frames by sequence number; a repeat is a test failure.
+    fn drain(port: &mut AfPacketPort, pool: &mut Pool, got: &mut BTreeMap<u32, Vec<u8>>) {
+        let mut burst = Burst::new();
+        while port.rx_burst(pool, &mut burst) > 0 {
+            for b in burst.drain(..) {
+                if let Some(seq) = seq_of(b.data()) {
+                    assert_eq!(b.port, port.port);
+                    assert!(got.insert(seq, b.data().to_vec()).is_none(), "frame {seq} received twice");
+                }
+                pool.put(b);
+            }
+        }
+    }
+
+    /// Sends `frame` on `ifname` through an ordinary packet socket (no ring, through the qdisc),
+    /// as the host stack would.
+    fn plain_send(ifname: &str, frame: &[u8]) {
+        let name = CString::new(ifname).unwrap();
+        // SAFETY: plain system calls; `name` is NUL-terminated.
+        let (fd, ifindex) = unsafe {
+            (libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0), libc::if_nametoindex(name.as_ptr()))
+        };
+        assert!(fd >= 0 && ifindex > 0);
+        // SAFETY: `fd` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: `frame` and `sll` are valid for the lengths passed.
+        let r = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                ptr::from_ref(&sll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, frame.len() as isize, "{}", io::Error::last_os_error());
+    }
+
+    fn wait_readable(port: &AfPacketPort, ms: i32) {
+        let mut p = libc::pollfd { fd: port.raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut p, 1, ms) };
+    }
+
+    /// Drains `ports` until `want` test frames have arrived in all or 3 s have passed.
+    fn receive_all(ports: &mut [(&mut AfPacketPort, &mut BTreeMap<u32, Vec<u8>>)], pool: &mut Pool, want: usize) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            for (p, got) in ports.iter_mut() {
+                drain(p, pool, got);
+            }
+            if ports.iter().map(|(_, g)| g.len()).sum::<usize>() >= want || Instant::now() > deadline {
+                return;
+            }
+            wait_readable(ports[0].0, 10);
+        }
+    }
+
+    #[test]
+    fn frames_cross_a_veth_byte_exact() {
+        if !is_root() {
+            println!("skipping frames_cross_a_veth_byte_exact: needs root for network namespaces and AF_PACKET");
+            return;
+        }
+        const N: u32 = 1000;
+        let ns = Netns::with_veth("xfer");
+        ns.run(|| {
+            let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+            // A second socket on the sending interface: it must not see the outgoing frames.
+            let mut watch = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+            let mut b = AfPacketPort::open("b", &AfPacketConfig { promiscuous: true, ..cfg(PortId::Tasks) }).unwrap();
+            let mut tx_pool = Pool::new(64);
+            // A small pool, so bursts stop mid-block for want of buffers as well as when full.
+            let mut rx_pool = Pool::new(7);
+            let (mut got, mut seen_by_a) = (BTreeMap::new(), BTreeMap::new());
+            for chunk in 0..N.div_ceil(100) {
+                let seqs = chunk * 100..((chunk + 1) * 100).min(N);
+                assert_eq!(send(&mut a, &mut tx_pool, seqs.map(test_frame)), 100);
+                a.flush();
+                drain(&mut b, &mut rx_pool, &mut got);
+            }
+            // Frames sent with PACKET_QDISC_BYPASS skip the taps altogether; frames the host
+            // sends through the stack do not, and only PACKET_IGNORE_OUTGOING hides them.
+            for seq in N..N + 10 {
+                plain_send("a", &test_frame(seq));
+            }
+            receive_all(&mut [(&mut b, &mut got), (&mut watch, &mut seen_by_a)], &mut rx_pool, N as usize + 10);
+            drain(&mut a, &mut rx_pool, &mut seen_by_a);
+            assert_eq!(got.len(), N as usize + 10, "received {} of {}: {:?}", got.len(), N + 10, (0..N + 10).filter(|s| !got.contains_key(s)).map(|s| (s, test_frame(s).len())).collect::<Vec<_>>());
+            for (seq, f) in &got {
+                assert_eq!(f, &test_frame(*seq), "frame {seq} differs");
+            }
+            assert!(seen_by_a.is_empty(), "the sending side saw {} of its own frames", seen_by_a.len());
+            let (sa, sb) = (a.stats(), b.stats());
+            assert_eq!((sa.tx, sa.tx_ring_full, sa.tx_bad_len), (u64::from(N), 0, 0));
+            assert!(sb.rx >= u64::from(N));
+            assert_eq!((sb.rx_dropped, sb.rx_too_long, sb.rx_bad_desc), (0, 0, 0));
+            assert_eq!(tx_pool.available(), 64);
+            assert_eq!(rx_pool.available(), 7);
+        });
+    }
+
+    #[test]
+    fn fanout_members_share_the_traffic() {
+        if !is_root() {
+            println!("skipping fanout_members_share_the_traffic: needs root for network namespaces and AF_PACKET");
+            return;
+        }
+        const N: u32 = 1000;
+        let ns = Netns::with_veth("fanout");
+        ns.run(|| {
+            let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+            let member = AfPacketConfig { fanout: Some(0x6d73), ..cfg(PortId::Tasks) };
+            let mut b1 = AfPacketPort::open("b", &member).unwrap();
+            let mut b2 = AfPacketPort::open("b", &member).unwrap();
+            // The same group id on another interface is refused, with an error that says so.
+            let other = AfPacketPort::open("a", &member).unwrap_err();
+            assert!(matches!(other, AfPacketError::FanoutRefused { group: 0x6d73, .. }), "{other}");
+            let mut pool = Pool::new(64);
+            assert_eq!(send(&mut a, &mut pool, (0..N).map(udp_frame)), N as usize);
+            let (mut g1, mut g2) = (BTreeMap::new(), BTreeMap::new());
+            receive_all(&mut [(&mut b1, &mut g1), (&mut b2, &mut g2)], &mut pool, N as usize);
+            assert!(!g1.is_empty() && !g2.is_empty(), "hash fanout gave {} and {}", g1.len(), g2.len());
+            assert!(g1.keys().all(|k| !g2.contains_key(k)), "a frame went to both members");
+            let mut all = g1;
+            all.append(&mut g2);
+            assert_eq!(all.len(), N as usize);
+            for (seq, f) in &all {
+                assert_eq!(f, &udp_frame(*seq), "frame {seq} differs");
+            }
+        });
+    }
+
+    #[test]
+    fn a_full_tx_ring_counts_its_drops() {
+        if !is_root() {
+            println!("skipping a_full_tx_ring_counts_its_drops: needs root for network namespaces and AF_PACKET");
+            return;
+        }
+        let ns = Netns::with_veth("txfull");
+        ns.run(|| {
+            // One page per ring: two TX slots. Nothing is kicked before the burst ends, so the
+            // third frame of a burst finds the ring full.
+            let tiny = AfPacketConfig { block_size: 4096, block_count: 1, ..cfg(PortId::Uplink) };
+            let mut a = AfPacketPort::open("a", &tiny).unwrap();
+            let mut b = AfPacketPort::open("b", &cfg(PortId::Tasks)).unwrap();
+            let mut pool = Pool::new(64);
+            let mut burst = Burst::new();
+            for seq in 0..32 {
+                burst.push(PacketBuf::from_frame(PortId::Uplink, &test_frame(seq * 7)));
+            }
+            assert_eq!(a.tx_burst(&mut burst, &mut pool), 2);
+            assert!(burst.is_empty());
+            assert_eq!(pool.available(), 64 + 32);
+            // Too short and too long for the MTU: dropped before the ring.
+            burst.push(PacketBuf::from_frame(PortId::Uplink, &[0; 13]));
+            burst.push(PacketBuf::from_frame(PortId::Uplink, &[0; 1515]));
+            assert_eq!(a.tx_burst(&mut burst, &mut pool), 0);
+            let s = a.stats();
+            assert_eq!((s.tx, s.tx_ring_full, s.tx_bad_len), (2, 30, 2));
+            let mut got = BTreeMap::new();
+            receive_all(&mut [(&mut b, &mut got)], &mut pool, 2);
+            assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![0, 7]);
+        });
+    }
+
+    #[test]
+    fn unknown_interface_is_a_clear_error() {
+        match AfPacketPort::open("meshd-nope0", &AfPacketConfig::default()) {
+            Err(e @ AfPacketError::NoSuchInterface(_)) => {
+                assert_eq!(e.to_string().split(':').next(), Some("no such interface meshd-nope0"));
+            }
+            other => panic!("expected NoSuchInterface, got {other:?}"),
+        }
+        assert!(matches!(
+            AfPacketPort::open("a-name-too-long-for-linux", &AfPacketConfig::default()),
+            Err(AfPacketError::BadName(_))
+        ));
+        assert!(matches!(AfPacketPort::open("", &AfPacketConfig::default()), Err(AfPacketError::BadName(_))));
+    }
+
+    #[test]
+    fn bad_ring_configs_are_refused_before_any_system_call() {
+        let bad = [
+            AfPacketConfig { block_size: 5000, ..AfPacketConfig::default() },
+            AfPacketConfig { frame_size: 2040, ..AfPacketConfig::default() },
+            AfPacketConfig { frame_size: 64, ..AfPacketConfig::default() },
+            AfPacketConfig { block_size: 4096, frame_size: 8192, ..AfPacketConfig::default() },
+            AfPacketConfig { block_count: 0, ..AfPacketConfig::default() },
+        ];
+        for c in bad {
+            assert!(matches!(AfPacketPort::open("lo", &c), Err(AfPacketError::Config(_))), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn tx_header_layout_matches_the_kernel() {
+        // tpacket3_hdr is 48 bytes: frames start right after it, TPACKET3_HDRLEN is 68.
+        assert_eq!(TX_DATA_OFFSET, 48);
+        assert_eq!(TPACKET3_HDRLEN, 68);
+        assert_eq!((BLOCK_STATUS, BLOCK_NUM_PKTS, BLOCK_FIRST_PKT, FRAME_STATUS), (8, 12, 16, 20));
+    }
+
+    /// Frames per second across the veth, one sender and one receiver thread. Run with
+    /// `cargo test --release -p dataplane --lib afpacket_throughput -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn afpacket_throughput() {
+        if !is_root() {
+            println!("skipping afpacket_throughput: needs root");
+            return;
+        }
+        let ns = Netns::with_veth("bench");
+        for size in [64usize, 1514] {
+            let secs = 2.0;
+            let (sent, received, stats_a, stats_b) = ns.run(|| {
+                let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+                let big = AfPacketConfig { block_size: 1 << 20, block_count: 16, ..cfg(PortId::Tasks) };
+                let mut b = AfPacketPort::open("b", &big).unwrap();
+                let stop = std::sync::atomic::AtomicBool::new(false);
+                let path = format!("/var/run/netns/{}", ns.name);
+                std::thread::scope(|s| {
+                    let rx = s.spawn(|| {
+                        enter(&path);
+                        let mut pool = Pool::new(64);
+                        let mut burst = Burst::new();
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let got = b.rx_burst(&mut pool, &mut burst);
+                            n += got as u64;
+                            for buf in burst.drain(..) {
+                                pool.put(buf);
+                            }
+                            if got == 0 {
+                                wait_readable(&b, 1);
+                            }
+                        }
+                        (n, b.stats())
+                    });
+                    let mut pool = Pool::new(64);
+                    let frame = {
+                        let mut f = test_frame(0);
+                        f.resize(size, 0xa5);
+                        f
+                    };
+                    let t0 = Instant::now();
+                    let mut sent = 0u64;
+                    let mut burst = Burst::new();
+                    while t0.elapsed().as_secs_f64() < secs {
+                        while !burst.is_full() {
+                            let mut buf = pool.get().unwrap();
+                            buf.fill(&frame);
+                            burst.push(buf);
+                        }
+                        sent += a.tx_burst(&mut burst, &mut pool) as u64;
+                    }
+                    a.flush();
+                    std::thread::sleep(Duration::from_millis(50));
+                    stop.store(true, Ordering::Relaxed);
+                    let (n, sb) = rx.join().unwrap();
+                    (sent, n, a.stats(), sb)
+                })
+            });
+            println!(
+                "afpacket {size:4} B: tx {:.2} Mpps, rx {:.2} Mpps ({:.0} Mbit/s), tx_ring_full {}, rx_dropped {}, rx_ring_frozen {}",
+                sent as f64 / secs / 1e6,
+                received as f64 / secs / 1e6,
+                received as f64 * size as f64 * 8.0 / secs / 1e6,
+                stats_a.tx_ring_full,
+                stats_b.rx_dropped,
+                stats_b.rx_ring_frozen,
+            );
+        }
+    }
+}

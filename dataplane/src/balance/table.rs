@@ -1,0 +1,554 @@
+//! The service table: an immutable snapshot of the model, compiled for one node and indexed for
+//! the fast path. Built (and validated) on the control thread; workers only read it.
+
+use std::net::Ipv4Addr;
+
+use ctl::model::{self, Availability, ClientIpMode, EndpointMode, Protocol, PublishMode, SchedulerKind, State};
+use smoltcp::wire::{IpProtocol, Ipv4Address};
+
+use super::maglev::{self, Maglev};
+use crate::fastmap::{mix64, FrozenMap};
+
+/// Why a state cannot become a service table. The previous table stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Invalid(#[from] ctl::ValidationError),
+    #[error("this node \"{0}\" is not among the mesh's nodes; add it with `meshctl node add`")]
+    UnknownLocalNode(String),
+    #[error("too many {what} ({count}); at most {max}")]
+    TooMany { what: &'static str, count: usize, max: usize },
+}
+
+pub type NodeIdx = u16;
+pub type NetIdx = u16;
+pub type SvcIdx = u16;
+pub type TaskIdx = u32;
+pub type BalIdx = u16;
+
+/// A node of the mesh as the fast path needs it.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    pub name: String,
+    pub addr: Ipv4Address,
+    pub vtep: Ipv4Address,
+    pub vtep_port: u16,
+    pub drained: bool,
+}
+
+/// An overlay network.
+#[derive(Debug, Clone)]
+pub struct NetEntry {
+    pub name: String,
+    pub vni: u32,
+    pub subnet: model::Ipv4Net,
+    pub gateway: Ipv4Address,
+    pub ingress: bool,
+    /// This node's endpoint (masquerade) address here, if it has one.
+    pub local_endpoint: Option<Ipv4Address>,
+}
+
+/// A task.
+#[derive(Debug, Clone)]
+pub struct TaskEntry {
+    /// Stable across tables while the task keeps its name, node and addresses.
+    pub uid: u64,
+    pub name: String,
+    pub service: SvcIdx,
+    pub node: NodeIdx,
+    /// May take new flows: running, weight > 0, node active.
+    pub eligible: bool,
+    /// May keep the flows it has.
+    pub alive: bool,
+    pub weight: u32,
+}
+
+/// A service.
+#[derive(Debug, Clone)]
+pub struct SvcEntry {
+    pub name: String,
+    pub endpoint_mode: EndpointMode,
+    pub client_ip: ClientIpMode,
+    pub timeouts: model::Timeouts,
+    pub tasks: Vec<TaskIdx>,
+}
+
+/// One backend of a balancer: a task and the address it is reached at on that balancer's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backend {
+    pub task: TaskIdx,
+    pub uid: u64,
+    pub addr: Ipv4Address,
+    pub node: NodeIdx,
+    pub local: bool,
+}
+
+/// What spreads a published port's or a VIP's new flows.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    pub service: SvcIdx,
+    pub net: NetIdx,
+    /// Eligible backends only, in a stable order (by task name).
+    pub backends: Vec<Backend>,
+    pub scheduler: SchedulerKind,
+    pub maglev: Option<Maglev>,
+}
+
+/// A published port on this node.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    pub balancer: BalIdx,
+    pub target: u16,
+    pub mode: PublishMode,
+}
+
+/// What an overlay address is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrKind {
+    Task { task: TaskIdx, node: NodeIdx, local: bool },
+    Vip { service: SvcIdx, balancer: BalIdx },
+    Gateway,
+    Endpoint { node: NodeIdx, local: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrEntry {
+    pub net: NetIdx,
+    pub kind: AddrKind,
+}
+
+const PORTS: usize = 1 << 16;
+
+/// The compiled snapshot.
+#[derive(Debug, Clone)]
+pub struct ServiceTable {
+    pub generation: u64,
+    pub local: NodeIdx,
+    /// This node's underlay address: published ports and VXLAN answer here.
+    pub node_addr: Ipv4Address,
+    pub vtep_port: u16,
+    pub nodes: Vec<NodeEntry>,
+    pub networks: Vec<NetEntry>,
+    pub services: Vec<SvcEntry>,
+    pub tasks: Vec<TaskEntry>,
+    pub balancers: Vec<Balancer>,
+    published: Vec<Published>,
+    /// Index + 1 into `published` for TCP ports, then UDP ports; 0 when not published.
+    port_map: Box<[u16]>,
+    addrs: FrozenMap<u32, AddrEntry>,
+    peers: FrozenMap<u32, NodeIdx>,
+    vnis: FrozenMap<u32, NetIdx>,
+    alive: FrozenMap<u64, TaskIdx>,
+    pub ingress_net: Option<NetIdx>,
+}
+
+fn ip(a: Ipv4Addr) -> Ipv4Address {
+    a
+}
+
+fn key(a: Ipv4Address) -> u32 {
+    u32::from_be_bytes(a.octets())
+}
+
+/// A task's identity for flows: its service, name, node and addresses. A task that changes any
+/// of them is, for its flows, a new task.
+fn task_uid(svc: &str, t: &model::Task) -> u64 {
+    let mut h = 0x9e37_79b9_7f4a_7c15u64;
+    let mut eat = |bytes: &[u8]| {
+        for chunk in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            h = mix64(h ^ u64::from_le_bytes(w)).rotate_left(5);
+        }
+        h = mix64(h ^ bytes.len() as u64);
+    };
+    eat(svc.as_bytes());
+    eat(t.name.as_bytes());
+    eat(t.node.as_bytes());
+    for a in &t.addresses {
+        eat(a.network.as_bytes());
+        eat(&a.addr.octets());
+    }
+    h
+}
+
+impl ServiceTable {
+    /// Validates `state` and compiles it for node `local`.
+    pub fn build(state: &State, local: &str, generation: u64) -> Result<ServiceTable, BuildError> {
+        ctl::validate(state)?;
+        let too_many = |what, count, max| BuildError::TooMany { what, count, max };
+        if state.nodes.len() > usize::from(u16::MAX) {
+            return Err(too_many("nodes", state.nodes.len(), usize::from(u16::MAX)));
+        }
+        if state.networks.len() > usize::from(u16::MAX) || state.services.len() > usize::from(u16::MAX) {
+            return Err(too_many("networks or services", state.networks.len().max(state.services.len()), usize::from(u16::MAX)));
+        }
+        let local_idx = state
+            .nodes
+            .iter()
+            .position(|n| n.name == local)
+            .ok_or_else(|| BuildError::UnknownLocalNode(local.to_string()))? as NodeIdx;
+        let node_idx = |name: &str| state.nodes.iter().position(|n| n.name == name).map(|i| i as NodeIdx);
+        let nodes: Vec<NodeEntry> = state
+            .nodes
+            .iter()
+            .map(|n| NodeEntry {
+                name: n.name.clone(),
+                addr: ip(n.addr),
+                vtep: ip(n.vtep_addr()),
+                vtep_port: n.vtep_port,
+                drained: n.availability == Availability::Drain,
+            })
+            .collect();
+        let networks: Vec<NetEntry> = state
+            .networks
+            .iter()
+            .map(|n| NetEntry {
+                name: n.name.clone(),
+                vni: n.vni,
+                subnet: n.subnet,
+                gateway: ip(n.gateway),
+                ingress: n.ingress,
+                local_endpoint: n.endpoints.get(local).copied().map(ip),
+            })
+            .collect();
+        let net_idx = |name: &str| state.networks.iter().position(|n| n.name == name).map(|i| i as NetIdx);
+        let ingress_net = state.networks.iter().position(|n| n.ingress).map(|i| i as NetIdx);
+
+        let mut addrs: Vec<(u32, AddrEntry)> = Vec::new();
+        for (ni, n) in state.networks.iter().enumerate() {
+            let net = ni as NetIdx;
+            addrs.push((key(ip(n.gateway)), AddrEntry { net, kind: AddrKind::Gateway }));
+            for (node, a) in &n.endpoints {
+                if let Some(nd) = node_idx(node) {
+                    addrs.push((key(ip(*a)), AddrEntry { net, kind: AddrKind::Endpoint { node: nd, local: nd == local_idx } }));
+                }
+            }
+        }
+
+        let mut services = Vec::new();
+        let mut tasks = Vec::new();
+        let mut balancers = Vec::new();
+        let mut published = Vec::new();
+        let mut port_map = vec![0u16; 2 * PORTS].into_boxed_slice();
+        for (si, s) in state.services.iter().enumerate() {
+            let svc = si as SvcIdx;
+            let mut ids = Vec::new();
+            let mut sorted: Vec<&model::Task> = s.tasks.iter().collect();
+            sorted.sort_by(|a, b| a.name.cmp(&b.name));
+            for t in sorted {
+                let node = node_idx(&t.node).unwrap_or(0);
+                let tidx = tasks.len() as TaskIdx;
+                tasks.push(TaskEntry {
+                    uid: task_uid(&s.name, t),
+                    name: t.name.clone(),
+                    service: svc,
+                    node,
+                    eligible: t.state == model::TaskState::Running && t.weight > 0 && !nodes[usize::from(node)].drained,
+                    alive: t.state.keeps_flows(),
+                    weight: t.weight,
+                });
+                for a in &t.addresses {
+                    if let Some(net) = net_idx(&a.network) {
+                        addrs.push((key(ip(a.addr)), AddrEntry { net, kind: AddrKind::Task { task: tidx, node, local: node == local_idx } }));
+                    }
+                }
+                ids.push(tidx);
+            }
+            let mk_balancer = |net: NetIdx, local_only: bool, tasks: &Vec<TaskEntry>| {
+                let net_name = &state.networks[usize::from(net)].name;
+                let backends: Vec<Backend> = ids
+                    .iter()
+                    .filter_map(|&ti| {
+                        let te = &tasks[ti as usize];
+                        let mt = s.tasks.iter().find(|t| t.name == te.name)?;
+                        let addr = mt.addr_on(net_name)?;
+                        let local = te.node == local_idx;
+                        (te.eligible && (!local_only || local)).then_some(Backend {
+                            task: ti,
+                            uid: te.uid,
+                            addr: ip(addr),
+                            node: te.node,
+                            local,
+                        })
+                    })
+                    .collect();
+                let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
+                    let bs: Vec<maglev::Backend> = backends
+                        .iter()
+                        .map(|b| maglev::Backend { id: b.uid, weight: tasks[b.task as usize].weight })
+                        .collect();
+                    Maglev::build(&bs)
+                });
+                Balancer { service: svc, net, backends, scheduler: s.scheduler, maglev }
+            };
+            for sn in &s.networks {
+                if let (Some(vip), Some(net)) = (sn.vip, net_idx(&sn.network)) {
+                    let bal = balancers.len() as BalIdx;
+                    balancers.push(mk_balancer(net, false, &tasks));
+                    addrs.push((key(ip(vip)), AddrEntry { net, kind: AddrKind::Vip { service: svc, balancer: bal } }));
+                }
+            }
+            for p in &s.ports {
+                let Some(net) = ingress_net else { continue };
+                let local_only = p.mode == PublishMode::Host;
+                if local_only && !s.tasks.iter().any(|t| t.node == local) {
+                    // Host mode: only nodes that run a task answer.
+                    continue;
+                }
+                let bal = balancers.len() as BalIdx;
+                balancers.push(mk_balancer(net, local_only, &tasks));
+                let slot = match p.protocol {
+                    Protocol::Tcp => 0,
+                    Protocol::Udp => PORTS,
+                } + usize::from(p.published);
+                published.push(Published { balancer: bal, target: p.target, mode: p.mode });
+                port_map[slot] = published.len() as u16;
+            }
+            services.push(SvcEntry {
+                name: s.name.clone(),
+                endpoint_mode: s.endpoint_mode,
+                client_ip: s.client_ip,
+                timeouts: s.timeouts,
+                tasks: ids,
+            });
+        }
+        if balancers.len() >= usize::from(u16::MAX) || published.len() >= usize::from(u16::MAX) {
+            return Err(too_many("published ports and VIPs", balancers.len(), usize::from(u16::MAX) - 1));
+        }
+        let peers = FrozenMap::build(
+            nodes.iter().enumerate().filter(|(i, _)| *i != usize::from(local_idx)).map(|(i, n)| (key(n.vtep), i as NodeIdx)),
+        );
+        let vnis = FrozenMap::build(networks.iter().enumerate().map(|(i, n)| (n.vni, i as NetIdx)));
+        let alive = FrozenMap::build(tasks.iter().enumerate().filter(|(_, t)| t.alive).map(|(i, t)| (t.uid, i as TaskIdx)));
+        let me = &nodes[usize::from(local_idx)];
+        Ok(ServiceTable {
+            generation,
+            local: local_idx,
+            node_addr: me.addr,
+            vtep_port: me.vtep_port,
+            addrs: FrozenMap::build(addrs),
+            nodes,
+            networks,
+            services,
+            tasks,
+            balancers,
+            published,
+            port_map,
+            peers,
+            vnis,
+            alive,
+            ingress_net,
+        })
+    }
+
+    /// The published port `port` of protocol `proto` on this node.
+    #[inline]
+    pub fn published(&self, proto: IpProtocol, port: u16) -> Option<&Published> {
+        let base = match proto {
+            IpProtocol::Tcp => 0,
+            IpProtocol::Udp => PORTS,
+            _ => return None,
+        };
+        let i = self.port_map[base + usize::from(port)];
+        if i == 0 {
+            None
+        } else {
+            self.published.get(usize::from(i) - 1)
+        }
+    }
+
+    /// What the overlay address `a` is.
+    #[inline]
+    pub fn addr(&self, a: Ipv4Address) -> Option<AddrEntry> {
+        self.addrs.get(key(a))
+    }
+
+    /// The peer node whose VTEP is `a`.
+    #[inline]
+    pub fn peer(&self, a: Ipv4Address) -> Option<NodeIdx> {
+        self.peers.get(key(a))
+    }
+
+    #[inline]
+    pub fn network_by_vni(&self, vni: u32) -> Option<NetIdx> {
+        self.vnis.get(vni)
+    }
+
+    /// Whether the task with `uid` may keep its flows.
+    #[inline]
+    pub fn task_alive(&self, uid: u64) -> bool {
+        self.alive.get(uid).is_some()
+    }
+
+    #[inline]
+    pub fn net(&self, i: NetIdx) -> &NetEntry {
+        &self.networks[usize::from(i)]
+    }
+
+    #[inline]
+    pub fn node(&self, i: NodeIdx) -> &NodeEntry {
+        &self.nodes[usize::from(i)]
+    }
+
+    #[inline]
+    pub fn balancer(&self, i: BalIdx) -> &Balancer {
+        &self.balancers[usize::from(i)]
+    }
+
+    /// An empty table for a node that knows nothing yet (everything is dropped or handed to the
+    /// host stack).
+    pub fn empty(local: &str, addr: Ipv4Addr) -> ServiceTable {
+        let state = State {
+            nodes: vec![model::Node {
+                name: local.to_string(),
+                addr,
+                vtep: None,
+                vtep_port: model::VXLAN_PORT,
+                availability: Availability::Active,
+            }],
+            ..State::default()
+        };
+        // An empty state with one node always validates and builds; fall back to a hand-built
+        // table anyway rather than panic.
+        match Self::build(&state, local, 0) {
+            Ok(t) => t,
+            Err(_) => ServiceTable {
+                generation: 0,
+                local: 0,
+                node_addr: ip(addr),
+                vtep_port: model::VXLAN_PORT,
+                nodes: Vec::new(),
+                networks: Vec::new(),
+                services: Vec::new(),
+                tasks: Vec::new(),
+                balancers: Vec::new(),
+                published: Vec::new(),
+                port_map: vec![0u16; 2 * PORTS].into_boxed_slice(),
+                addrs: FrozenMap::default(),
+                peers: FrozenMap::default(),
+                vnis: FrozenMap::default(),
+                alive: FrozenMap::default(),
+                ingress_net: None,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use ctl::model::*;
+    use std::collections::BTreeMap;
+
+    /// Two networks, three nodes, `web` with tasks on n2 and n3 publishing 8080->80.
+    pub(crate) fn three_nodes() -> State {
+        let node = |name: &str, last: u8| Node {
+            name: name.into(),
+            addr: Ipv4Addr::new(192, 168, 1, last),
+            vtep: None,
+            vtep_port: VXLAN_PORT,
+            availability: Availability::Active,
+        };
+        let mut endpoints = BTreeMap::new();
+        endpoints.insert("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2));
+        endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
+        endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
+        let ingress = Network {
+            name: "ingress".into(),
+            vni: INGRESS_VNI,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            ingress: true,
+            endpoints,
+        };
+        let app = Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: BTreeMap::new(),
+        };
+        let mut web = Service::new("web");
+        web.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 2)) });
+        web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+        for (i, node) in [(1u8, "n2"), (2, "n3")] {
+            web.tasks.push(Task {
+                name: format!("web.{i}"),
+                node: node.into(),
+                addresses: vec![
+                    TaskAddress { network: "ingress".into(), addr: Ipv4Addr::new(10, 0, 0, 10 + i) },
+                    TaskAddress { network: "appnet".into(), addr: Ipv4Addr::new(10, 0, 1, 10 + i) },
+                ],
+                state: TaskState::Running,
+                weight: 1,
+            });
+        }
+        State { nodes: vec![node("n1", 11), node("n2", 12), node("n3", 13)], networks: vec![ingress, app], services: vec![web] }
+    }
+
+    #[test]
+    fn compiles_published_ports_vips_and_addresses() {
+        let t = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+        let p = t.published(IpProtocol::Tcp, 8080).unwrap();
+        assert_eq!(p.target, 80);
+        assert!(t.published(IpProtocol::Udp, 8080).is_none());
+        assert!(t.published(IpProtocol::Tcp, 8081).is_none());
+        let b = t.balancer(p.balancer);
+        assert_eq!(b.backends.len(), 2);
+        assert_eq!(b.backends[0].addr, Ipv4Address::new(10, 0, 0, 11));
+        assert!(!b.backends[0].local);
+        let vip = t.addr(Ipv4Address::new(10, 0, 1, 2)).unwrap();
+        assert!(matches!(vip.kind, AddrKind::Vip { .. }));
+        assert_eq!(t.addr(Ipv4Address::new(10, 0, 0, 2)).unwrap().kind, AddrKind::Endpoint { node: 0, local: true });
+        assert_eq!(t.peer(Ipv4Address::new(192, 168, 1, 12)), Some(1));
+        assert_eq!(t.peer(Ipv4Address::new(192, 168, 1, 11)), None, "a node is not its own peer");
+        assert_eq!(t.network_by_vni(INGRESS_VNI), Some(0));
+        assert_eq!(t.net(0).local_endpoint, Some(Ipv4Address::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn drained_nodes_and_weight_zero_tasks_take_no_new_flows_but_stay_alive() {
+        let mut s = three_nodes();
+        s.nodes[1].availability = Availability::Drain;
+        s.services[0].tasks[1].weight = 0;
+        let t = ServiceTable::build(&s, "n1", 1).unwrap();
+        let p = t.published(IpProtocol::Tcp, 8080).unwrap();
+        assert!(t.balancer(p.balancer).backends.is_empty());
+        assert!(t.tasks.iter().all(|x| t.task_alive(x.uid)));
+    }
+
+    #[test]
+    fn host_mode_ports_are_served_by_local_tasks_only() {
+        let mut s = three_nodes();
+        s.services[0].ports[0].mode = PublishMode::Host;
+        let t1 = ServiceTable::build(&s, "n1", 1).unwrap();
+        assert!(t1.published(IpProtocol::Tcp, 8080).is_none(), "n1 runs no task");
+        let t2 = ServiceTable::build(&s, "n2", 1).unwrap();
+        let p = t2.published(IpProtocol::Tcp, 8080).unwrap();
+        let b = t2.balancer(p.balancer);
+        assert_eq!(b.backends.len(), 1);
+        assert!(b.backends[0].local);
+    }
+
+    #[test]
+    fn invalid_states_and_unknown_local_nodes_are_refused() {
+        let mut s = three_nodes();
+        s.services[0].networks[0].vip = Some(Ipv4Addr::new(10, 9, 9, 9));
+        assert!(matches!(ServiceTable::build(&s, "n1", 1), Err(BuildError::Invalid(_))));
+        assert!(matches!(ServiceTable::build(&three_nodes(), "n9", 1), Err(BuildError::UnknownLocalNode(_))));
+    }
+
+    #[test]
+    fn task_uids_are_stable_and_change_with_the_address() {
+        let a = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+        let b = ServiceTable::build(&three_nodes(), "n1", 2).unwrap();
+        assert_eq!(a.tasks[0].uid, b.tasks[0].uid);
+        let mut s = three_nodes();
+        s.services[0].tasks[0].addresses[0].addr = Ipv4Addr::new(10, 0, 0, 99);
+        let c = ServiceTable::build(&s, "n1", 3).unwrap();
+        assert_ne!(a.tasks[0].uid, c.tasks[0].uid);
+        assert!(!c.task_alive(a.tasks[0].uid));
+    }
+}

@@ -1,0 +1,112 @@
+//! A small open-addressing map from integer keys, built once and then only read: what the
+//! service table uses for address and peer lookups on the fast path (no SipHash, no allocation,
+//! one or two cache lines per lookup).
+
+/// A key that hashes cheaply.
+pub trait FastKey: Copy + Eq {
+    fn mix(self) -> u64;
+}
+
+impl FastKey for u32 {
+    #[inline]
+    fn mix(self) -> u64 {
+        mix64(u64::from(self))
+    }
+}
+
+impl FastKey for u64 {
+    #[inline]
+    fn mix(self) -> u64 {
+        mix64(self)
+    }
+}
+
+/// A strong 64-bit finaliser (splitmix64's).
+#[inline]
+pub fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// An immutable map, at most half full, linear probing.
+#[derive(Debug, Clone)]
+pub struct FrozenMap<K, V> {
+    slots: Box<[Option<(K, V)>]>,
+    mask: usize,
+    len: usize,
+}
+
+impl<K: FastKey, V: Copy> FrozenMap<K, V> {
+    /// Builds the map; a later duplicate key replaces the earlier one.
+    pub fn build(items: impl IntoIterator<Item = (K, V)>) -> Self {
+        let items: Vec<(K, V)> = items.into_iter().collect();
+        let cap = (items.len() * 2).next_power_of_two().max(8);
+        let mut slots: Vec<Option<(K, V)>> = vec![None; cap];
+        let mask = cap - 1;
+        let mut len = 0;
+        for (k, v) in items {
+            let mut i = (k.mix() as usize) & mask;
+            loop {
+                match &mut slots[i] {
+                    Some((sk, sv)) if *sk == k => {
+                        *sv = v;
+                        break;
+                    }
+                    Some(_) => i = (i + 1) & mask,
+                    empty @ None => {
+                        *empty = Some((k, v));
+                        len += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        FrozenMap { slots: slots.into_boxed_slice(), mask, len }
+    }
+
+    #[inline]
+    pub fn get(&self, k: K) -> Option<V> {
+        let mut i = (k.mix() as usize) & self.mask;
+        loop {
+            match &self.slots[i] {
+                Some((sk, v)) if *sk == k => return Some(*v),
+                Some(_) => i = (i + 1) & self.mask,
+                None => return None,
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<K: FastKey, V: Copy> Default for FrozenMap<K, V> {
+    fn default() -> Self {
+        Self::build(std::iter::empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_what_was_put_in() {
+        let m = FrozenMap::build((0u32..1000).map(|i| (i * 7919, i)));
+        assert_eq!(m.len(), 1000);
+        for i in 0..1000 {
+            assert_eq!(m.get(i * 7919), Some(i));
+        }
+        assert_eq!(m.get(1), None);
+        let e: FrozenMap<u64, u8> = FrozenMap::default();
+        assert_eq!(e.get(5), None);
+    }
+}

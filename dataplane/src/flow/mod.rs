@@ -1,0 +1,512 @@
+//! Flows: keys, the per-worker flow table, TCP tracking and idle timeouts.
+//!
+//! Each flow is owned by one worker, which alone holds its state (no locks). A flow has two
+//! keys, one per direction, and an [`Action`] for each: how to rewrite and where to send a
+//! packet that matches that key.
+//!
+//! The table is an open-addressing index (linear probing, backward-shift deletion) into an arena
+//! of flows. Both are sized once for `capacity` flows. When the arena is full, a new flow evicts
+//! the least recently seen of a small sample of flows (an approximation of "oldest idle" that
+//! costs no per-packet bookkeeping) and counts it.
+
+use crate::fastmap::mix64;
+use crate::wire::checksum::Delta;
+
+pub mod tcp;
+pub use tcp::TcpState;
+
+/// A flow key: one direction of a TCP or UDP conversation. 16 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    _pad: [u8; 3],
+}
+
+impl FlowKey {
+    #[inline]
+    pub fn new(proto: u8, src: u32, sport: u16, dst: u32, dport: u16) -> Self {
+        FlowKey { src, dst, sport, dport, proto, _pad: [0; 3] }
+    }
+
+    /// The key of the other direction, untranslated.
+    #[inline]
+    pub fn reversed(&self) -> Self {
+        FlowKey::new(self.proto, self.dst, self.dport, self.src, self.sport)
+    }
+
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        let a = (u64::from(self.src) << 32) | u64::from(self.dst);
+        let b = (u64::from(self.sport) << 32) | (u64::from(self.dport) << 16) | u64::from(self.proto);
+        mix64(a ^ mix64(b))
+    }
+}
+
+/// Which worker owns the flow whose client end is `ip:port`.
+#[inline]
+pub fn owner_of(ip: u32, port: u16, workers: u16) -> u16 {
+    if workers <= 1 {
+        return 0;
+    }
+    (mix64((u64::from(ip) << 16) | u64::from(port)) % u64::from(workers)) as u16
+}
+
+/// Where a translated packet goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress {
+    /// Out of the uplink to this MAC (a client or its router).
+    Uplink { mac: [u8; 6] },
+    /// Out of the tasks port to the local task at the packet's new destination address.
+    Tasks,
+    /// VXLAN-encapsulated to a peer's VTEP.
+    Vxlan { vtep: u32, port: u16, vni: u32, sport: u16 },
+}
+
+/// How to rewrite a packet matching one key of a flow, and where to send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    pub src: u32,
+    pub sport: u16,
+    pub dst: u32,
+    pub dport: u16,
+    /// Ones-complement difference for the IPv4 header checksum (addresses).
+    pub ip_delta: Delta,
+    /// Ones-complement difference for the TCP/UDP checksum (pseudo-header addresses and ports).
+    pub l4_delta: Delta,
+    pub egress: Egress,
+}
+
+impl Action {
+    /// The action that rewrites `from` into the given tuple.
+    pub fn new(from: &FlowKey, src: u32, sport: u16, dst: u32, dport: u16, egress: Egress) -> Self {
+        let ip_delta = Delta::new().add32(from.src, src).add32(from.dst, dst);
+        let l4_delta = ip_delta.add16(from.sport, sport).add16(from.dport, dport);
+        Action { src, sport, dst, dport, ip_delta, l4_delta, egress }
+    }
+
+    /// The key a packet has after this action.
+    pub fn result_key(&self, proto: u8) -> FlowKey {
+        FlowKey::new(proto, self.src, self.sport, self.dst, self.dport)
+    }
+}
+
+/// What made the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowKind {
+    /// A published port: client → node:published, balanced to a task.
+    Ingress,
+    /// A local task to a service VIP.
+    Vip,
+    /// On a task's node, keep-client-IP: where replies to an outside client go back to.
+    ReturnRoute,
+}
+
+/// Direction of a packet within its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// From the client towards the service.
+    Fwd = 0,
+    /// From the task back to the client.
+    Rev = 1,
+}
+
+/// One flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub keys: [FlowKey; 2],
+    pub actions: [Action; 2],
+    pub kind: FlowKind,
+    pub task_uid: u64,
+    pub balancer: u16,
+    pub tcp: TcpState,
+    /// Milliseconds (of the pipeline's clock, wrapping) when the flow last saw a packet.
+    pub last_seen: u32,
+    /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
+    pub timeouts: [u32; 3],
+    /// The client's last acknowledgement number: the sequence number a reset towards it needs.
+    pub client_ack: u32,
+    live: bool,
+}
+
+impl Flow {
+    pub fn new(kind: FlowKind, keys: [FlowKey; 2], actions: [Action; 2], task_uid: u64, balancer: u16, timeouts: [u32; 3], now: u32) -> Self {
+        Flow {
+            keys,
+            actions,
+            kind,
+            task_uid,
+            balancer,
+            tcp: TcpState::None,
+            last_seen: now,
+            timeouts,
+            client_ack: 0,
+            live: true,
+        }
+    }
+
+    pub fn is_tcp(&self) -> bool {
+        self.keys[0].proto == 6
+    }
+
+    /// The idle timeout in force, in milliseconds.
+    pub fn timeout_ms(&self) -> u64 {
+        let secs = if !self.is_tcp() {
+            self.timeouts[2]
+        } else {
+            match self.tcp {
+                TcpState::Established => self.timeouts[0],
+                TcpState::Closed => self.timeouts[1].min(10),
+                _ => self.timeouts[1],
+            }
+        };
+        u64::from(secs) * 1000
+    }
+
+    /// Whether the flow has been idle past its timeout at `now`.
+    pub fn expired(&self, now: u32) -> bool {
+        u64::from(now.wrapping_sub(self.last_seen)) > self.timeout_ms()
+    }
+}
+
+const EMPTY: u32 = u32::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key: FlowKey,
+    /// Flow index << 1 | direction, or EMPTY.
+    val: u32,
+}
+
+/// Why a flow was not inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// One of its keys is already in the table.
+    Exists,
+}
+
+/// A flow removed by [`FlowTable::sweep`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaped {
+    Expired,
+    /// Its task is gone or failed.
+    Ended(Flow),
+}
+
+/// A worker's flow table.
+#[derive(Debug)]
+pub struct FlowTable {
+    slots: Box<[Slot]>,
+    mask: usize,
+    flows: Vec<Flow>,
+    free: Vec<u32>,
+    capacity: usize,
+    len: usize,
+    evict_cursor: usize,
+    sweep_cursor: usize,
+    pub evicted: u64,
+}
+
+/// How many flows eviction samples.
+const EVICT_SAMPLE: usize = 16;
+
+impl FlowTable {
+    /// A table for up to `capacity` flows (at least 16). Allocates everything now.
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(16);
+        // Two keys per flow, at most half full.
+        let nslots = (capacity * 4).next_power_of_two();
+        let dummy_action = Action::new(&FlowKey::default(), 0, 0, 0, 0, Egress::Tasks);
+        let dummy = Flow {
+            keys: [FlowKey::default(); 2],
+            actions: [dummy_action; 2],
+            kind: FlowKind::Ingress,
+            task_uid: 0,
+            balancer: 0,
+            tcp: TcpState::None,
+            last_seen: 0,
+            timeouts: [0; 3],
+            client_ack: 0,
+            live: false,
+        };
+        FlowTable {
+            slots: vec![Slot { key: FlowKey::default(), val: EMPTY }; nslots].into_boxed_slice(),
+            mask: nslots - 1,
+            flows: vec![dummy; capacity],
+            free: (0..capacity as u32).rev().collect(),
+            capacity,
+            len: 0,
+            evict_cursor: 0,
+            sweep_cursor: 0,
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Hints the CPU to fetch the slot `hash` starts at.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        crate::prefetch::read(&self.slots[(hash as usize) & self.mask]);
+    }
+
+    #[inline]
+    fn find_slot(&self, key: &FlowKey, hash: u64) -> Option<usize> {
+        let mut i = (hash as usize) & self.mask;
+        loop {
+            let s = &self.slots[i];
+            if s.val == EMPTY {
+                return None;
+            }
+            if s.key == *key {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The flow `key` belongs to, and the direction it matches.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
+        let i = self.find_slot(key, hash)?;
+        let v = self.slots[i].val;
+        Some((v >> 1, if v & 1 == 0 { Dir::Fwd } else { Dir::Rev }))
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, id: u32) -> &mut Flow {
+        &mut self.flows[id as usize]
+    }
+
+    #[inline]
+    pub fn get(&self, id: u32) -> &Flow {
+        &self.flows[id as usize]
+    }
+
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.find_slot(key, key.hash()).is_some()
+    }
+
+    fn put_slot(&mut self, key: FlowKey, val: u32) {
+        let mut i = (key.hash() as usize) & self.mask;
+        while self.slots[i].val != EMPTY {
+            i = (i + 1) & self.mask;
+        }
+        self.slots[i] = Slot { key, val };
+    }
+
+    /// Removes the slot at `i` by backward-shift deletion (keeps probe chains intact).
+    fn remove_slot(&mut self, mut i: usize) {
+        let mask = self.mask;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            if self.slots[j].val == EMPTY {
+                break;
+            }
+            let home = (self.slots[j].key.hash() as usize) & mask;
+            // Move j into the hole at i if its home is not cyclically within (i, j].
+            let in_range = if i <= j { i < home && home <= j } else { i < home || home <= j };
+            if !in_range {
+                self.slots[i] = self.slots[j];
+                i = j;
+            }
+        }
+        self.slots[i].val = EMPTY;
+    }
+
+    /// Inserts `flow`. When the table is full, evicts the stalest of a sample of flows first
+    /// (counted in `evicted`). Returns the new flow's id.
+    pub fn insert(&mut self, flow: Flow, now: u32) -> Result<u32, InsertError> {
+        if self.contains(&flow.keys[0]) || self.contains(&flow.keys[1]) || flow.keys[0] == flow.keys[1] {
+            return Err(InsertError::Exists);
+        }
+        if self.free.is_empty() {
+            self.evict_one(now);
+        }
+        let Some(id) = self.free.pop() else {
+            // Unreachable: eviction always frees one when the arena is full.
+            return Err(InsertError::Exists);
+        };
+        self.flows[id as usize] = flow;
+        self.put_slot(flow.keys[0], id << 1);
+        self.put_slot(flow.keys[1], (id << 1) | 1);
+        self.len += 1;
+        Ok(id)
+    }
+
+    /// Removes flow `id`; returns it.
+    pub fn remove(&mut self, id: u32) -> Option<Flow> {
+        let f = *self.flows.get(id as usize)?;
+        if !f.live {
+            return None;
+        }
+        for k in &f.keys {
+            if let Some(i) = self.find_slot(k, k.hash()) {
+                self.remove_slot(i);
+            }
+        }
+        self.flows[id as usize].live = false;
+        self.free.push(id);
+        self.len -= 1;
+        Some(f)
+    }
+
+    fn evict_one(&mut self, now: u32) {
+        let mut best: Option<(u32, u32)> = None;
+        for _ in 0..EVICT_SAMPLE {
+            let i = self.evict_cursor;
+            self.evict_cursor = (self.evict_cursor + 1) % self.capacity;
+            let f = &self.flows[i];
+            if f.live {
+                let idle = now.wrapping_sub(f.last_seen);
+                if best.is_none_or(|(_, b)| idle > b) {
+                    best = Some((i as u32, idle));
+                }
+            }
+        }
+        if let Some((id, _)) = best {
+            self.remove(id);
+            self.evicted += 1;
+        }
+    }
+
+    /// Looks at up to `budget` flows from where the last sweep stopped; removes those idle past
+    /// their timeout and those whose task `alive` says is gone, reporting each to `reaped`.
+    pub fn sweep(&mut self, now: u32, budget: usize, alive: impl Fn(u64) -> bool, mut reaped: impl FnMut(Reaped)) {
+        for _ in 0..budget.min(self.capacity) {
+            let i = self.sweep_cursor;
+            self.sweep_cursor = (self.sweep_cursor + 1) % self.capacity;
+            let f = self.flows[i];
+            if !f.live {
+                continue;
+            }
+            if f.expired(now) {
+                self.remove(i as u32);
+                reaped(Reaped::Expired);
+            } else if !alive(f.task_uid) {
+                self.remove(i as u32);
+                reaped(Reaped::Ended(f));
+            }
+        }
+    }
+
+    /// Ids of live flows (for tests and stats; not for the fast path).
+    pub fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.flows.iter().enumerate().filter(|(_, f)| f.live).map(|(i, _)| i as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn flow(i: u32, now: u32) -> Flow {
+        let k = FlowKey::new(6, 0x0a00_0000 + i, 1000 + (i % 50000) as u16, 0xc0a8_010b, 8080);
+        let r = FlowKey::new(6, 0x0a00_000b, 80, 0x0a00_0002, 1024 + (i % 60000) as u16).reversed().reversed();
+        let r = FlowKey { src: r.src ^ i, ..r };
+        let a = Action::new(&k, k.src, k.sport, r.src, 80, Egress::Tasks);
+        let b = Action::new(&r, k.dst, k.dport, k.src, k.sport, Egress::Uplink { mac: [2; 6] });
+        Flow::new(FlowKind::Ingress, [k, r], [a, b], 7, 0, [7200, 60, 30], now)
+    }
+
+    #[test]
+    fn insert_lookup_remove() {
+        let mut t = FlowTable::new(64);
+        let f = flow(1, 0);
+        let id = t.insert(f, 0).unwrap();
+        assert_eq!(t.lookup(&f.keys[0], f.keys[0].hash()), Some((id, Dir::Fwd)));
+        assert_eq!(t.lookup(&f.keys[1], f.keys[1].hash()), Some((id, Dir::Rev)));
+        assert_eq!(t.insert(f, 0), Err(InsertError::Exists));
+        t.remove(id);
+        assert_eq!(t.lookup(&f.keys[0], f.keys[0].hash()), None);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_evicts_the_stalest_sampled_flow() {
+        let mut t = FlowTable::new(16);
+        for i in 0..16 {
+            t.insert(flow(i, 100 + i), 100 + i).unwrap();
+        }
+        // Flow 0 is the stalest of all; the sample covers the whole 16-flow arena.
+        t.insert(flow(100, 500), 500).unwrap();
+        assert_eq!(t.len(), 16);
+        assert_eq!(t.evicted, 1);
+        let f0 = flow(0, 0);
+        assert!(!t.contains(&f0.keys[0]));
+        assert!(t.contains(&flow(1, 0).keys[0]));
+    }
+
+    #[test]
+    fn sweep_expires_idle_flows_and_ends_dead_tasks() {
+        let mut t = FlowTable::new(16);
+        let mut udp = flow(1, 0);
+        udp.keys[0].proto = 17;
+        udp.keys[1].proto = 17;
+        t.insert(udp, 0).unwrap();
+        let mut est = flow(2, 0);
+        est.tcp = TcpState::Established;
+        est.task_uid = 9;
+        t.insert(est, 0).unwrap();
+        let mut n = (0, 0);
+        // 16 minutes later: UDP (30 s) expired; an established TCP flow (2 h) is not cut at 900 s.
+        t.sweep(16 * 60 * 1000, 16, |_| true, |r| match r {
+            Reaped::Expired => n.0 += 1,
+            Reaped::Ended(_) => n.1 += 1,
+        });
+        assert_eq!(n, (1, 0));
+        assert_eq!(t.len(), 1);
+        t.sweep(16 * 60 * 1000, 16, |uid| uid != 9, |r| match r {
+            Reaped::Expired => n.0 += 1,
+            Reaped::Ended(f) => {
+                assert_eq!(f.task_uid, 9);
+                n.1 += 1
+            }
+        });
+        assert_eq!(n, (1, 1));
+        assert!(t.is_empty());
+    }
+
+    proptest! {
+        /// Any sequence of inserts and removes leaves exactly the live flows findable.
+        #[test]
+        fn table_matches_a_model(ops in proptest::collection::vec((0u32..200, any::<bool>()), 1..400)) {
+            let mut t = FlowTable::new(256);
+            let mut model = std::collections::HashMap::new();
+            for (i, add) in ops {
+                let f = flow(i, 0);
+                if add {
+                    if let std::collections::hash_map::Entry::Vacant(e) = model.entry(i) {
+                        e.insert(t.insert(f, 0).unwrap());
+                    }
+                } else if let Some(id) = model.remove(&i) {
+                    t.remove(id);
+                }
+            }
+            prop_assert_eq!(t.len(), model.len());
+            for i in 0..200 {
+                let f = flow(i, 0);
+                let found = t.lookup(&f.keys[0], f.keys[0].hash()).map(|x| x.0);
+                prop_assert_eq!(found, model.get(&i).copied());
+                let found = t.lookup(&f.keys[1], f.keys[1].hash()).map(|x| x.0);
+                prop_assert_eq!(found, model.get(&i).copied());
+            }
+        }
+    }
+}

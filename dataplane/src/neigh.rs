@@ -1,0 +1,139 @@
+//! The neighbour table: IPv4 address → MAC address of peers' VTEPs and local tasks, learned from
+//! ARP and from the frames they send. Shared by all workers and the control thread without
+//! locks: fixed-size open addressing over atomics, entries claimed by compare-and-swap and never
+//! removed (a changed MAC overwrites).
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::fastmap::mix64;
+
+const VALID: u64 = 1 << 63;
+const PROBES: usize = 16;
+
+#[derive(Debug)]
+struct Entry {
+    ip: AtomicU32,
+    mac: AtomicU64,
+}
+
+/// A lock-free IPv4 → MAC map.
+#[derive(Debug)]
+pub struct Neighbors {
+    entries: Box<[Entry]>,
+    mask: usize,
+}
+
+fn pack(mac: [u8; 6]) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(&mac);
+    u64::from_be_bytes(b) | VALID
+}
+
+fn unpack(v: u64) -> [u8; 6] {
+    let b = v.to_be_bytes();
+    [b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+impl Neighbors {
+    /// A table with room for about `capacity` addresses.
+    pub fn new(capacity: usize) -> Self {
+        let n = (capacity * 2).next_power_of_two().max(64);
+        let entries = (0..n).map(|_| Entry { ip: AtomicU32::new(0), mac: AtomicU64::new(0) }).collect();
+        Neighbors { entries, mask: n - 1 }
+    }
+
+    #[inline]
+    fn home(&self, ip: u32) -> usize {
+        (mix64(u64::from(ip)) as usize) & self.mask
+    }
+
+    /// The MAC of `ip` (host byte order), if known.
+    #[inline]
+    pub fn get(&self, ip: u32) -> Option<[u8; 6]> {
+        if ip == 0 {
+            return None;
+        }
+        let mut i = self.home(ip);
+        for _ in 0..PROBES {
+            let e = &self.entries[i];
+            let k = e.ip.load(Ordering::Acquire);
+            if k == ip {
+                let m = e.mac.load(Ordering::Acquire);
+                return (m & VALID != 0).then(|| unpack(m));
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Records that `ip` is at `mac`. Writes only when something changed, so a hot entry's cache
+    /// line stays shared between workers. Returns false when the table is too full to learn.
+    #[inline]
+    pub fn learn(&self, ip: u32, mac: [u8; 6]) -> bool {
+        if ip == 0 || mac[0] & 1 != 0 {
+            return false;
+        }
+        let packed = pack(mac);
+        let mut i = self.home(ip);
+        for _ in 0..PROBES {
+            let e = &self.entries[i];
+            let k = e.ip.load(Ordering::Acquire);
+            let claimed = k == ip
+                || (k == 0 && match e.ip.compare_exchange(0, ip, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => true,
+                    Err(other) => other == ip,
+                });
+            if claimed {
+                if e.mac.load(Ordering::Relaxed) != packed {
+                    e.mac.store(packed, Ordering::Release);
+                }
+                return true;
+            }
+            i = (i + 1) & self.mask;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn learns_and_updates() {
+        let n = Neighbors::new(16);
+        assert_eq!(n.get(5), None);
+        assert!(n.learn(5, [2, 0, 0, 0, 0, 1]));
+        assert_eq!(n.get(5), Some([2, 0, 0, 0, 0, 1]));
+        assert!(n.learn(5, [2, 0, 0, 0, 0, 2]));
+        assert_eq!(n.get(5), Some([2, 0, 0, 0, 0, 2]));
+        assert!(!n.learn(6, [0xff; 6]), "a broadcast MAC is never learned");
+        assert!(!n.learn(0, [2; 6]));
+    }
+
+    #[test]
+    fn threads_learn_concurrently() {
+        let n = Arc::new(Neighbors::new(4096));
+        let hs: Vec<_> = (0..4u32)
+            .map(|t| {
+                let n = n.clone();
+                std::thread::spawn(move || {
+                    for ip in 1..1000u32 {
+                        n.learn(ip, [2, 0, 0, 0, (ip >> 8) as u8, ip as u8]);
+                        let _ = n.get(ip + t);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        for ip in 1..1000u32 {
+            assert_eq!(n.get(ip), Some([2, 0, 0, 0, (ip >> 8) as u8, ip as u8]));
+        }
+    }
+}

@@ -1,0 +1,980 @@
+//! The per-burst fast path.
+//!
+//! [`Pipeline::process`] takes a burst of frames, the current [`ServiceTable`] and `now`, and
+//! rewrites each frame in place and gives it a [`Verdict`]: out of a port, to the host stack, to
+//! the worker that owns its flow, or dropped with a typed reason. It reads no clock, no socket and
+//! no global, allocates nothing and cannot panic on any input (frames are checked before any
+//! field is read; every index is bounded by those checks).
+//!
+//! Paths (see DESIGN.md):
+//! - uplink → published port: flow lookup; on a miss a task is picked (round-robin or Maglev),
+//!   the flow recorded, the packet DNAT'ed (and masqueraded in Swarm's mode) and delivered on the
+//!   tasks port or VXLAN-encapsulated to the task's node;
+//! - uplink → VXLAN from a peer VTEP: decapsulated, then routed in its overlay network;
+//! - tasks port → overlay: VIP balancing, task-to-task forwarding, replies of flows;
+//! - ARP from tasks for any overlay address that is not a local task, and for the node's
+//!   address on the uplink, is answered in place.
+
+use std::sync::Arc;
+
+use arrayvec::ArrayVec;
+use ctl::model::{ClientIpMode, SchedulerKind};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address,
+    Ipv4Packet, TcpPacket, UdpPacket,
+};
+
+use crate::balance::{AddrKind, ServiceTable};
+use crate::buf::{PacketBuf, Pool, PortId};
+use crate::flow::{self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped, TcpState};
+use crate::neigh::Neighbors;
+use crate::port::{Burst, BURST};
+use crate::stats::{DropReason, WorkerStats};
+use crate::wire::checksum::{self, update16};
+use crate::wire::vxlan;
+
+/// What happens to a frame after the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send out of this port (the frame was rewritten for it).
+    Tx(PortId),
+    /// Hand to the host stack (ARP/ICMP/RST/DNS for the node and the mesh's own addresses).
+    Host,
+    /// Hand to the worker that owns the frame's flow.
+    Handoff(u16),
+    Drop(DropReason),
+}
+
+/// One verdict per frame of a burst, in order.
+pub type Verdicts = ArrayVec<Verdict, BURST>;
+
+/// A worker's fixed settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub uplink_mac: [u8; 6],
+    pub tasks_mac: [u8; 6],
+    /// This worker's index and the number of workers (flow ownership).
+    pub worker: u16,
+    pub workers: u16,
+    pub flow_capacity: usize,
+    /// Verify TCP/UDP checksums of received frames (on by default).
+    pub verify_l4_checksums: bool,
+    /// Flows looked at per [`Pipeline::maintain`] call.
+    pub sweep_budget: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            uplink_mac: [0x02, 0, 0, 0, 0, 1],
+            tasks_mac: [0x02, 0, 0, 0, 0, 2],
+            worker: 0,
+            workers: 1,
+            flow_capacity: 1 << 16,
+            verify_l4_checksums: true,
+            sweep_budget: 256,
+        }
+    }
+}
+
+const ETH: usize = 14;
+const IPV4: usize = 20;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const ICMP: u8 = 1;
+/// Largest inner frame forwarded (Ethernet header + 1500-byte MTU).
+const MAX_FRAME: usize = 1514;
+
+/// The parsed headers of an IPv4 frame; offsets are within the frame.
+#[derive(Debug, Clone, Copy)]
+struct L3 {
+    proto: u8,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    /// TCP flags, or 0.
+    flags: u8,
+    /// TCP acknowledgement number, or 0.
+    ack: u32,
+    l4: usize,
+}
+
+impl L3 {
+    #[inline]
+    fn key(&self) -> FlowKey {
+        FlowKey::new(self.proto, self.src, self.sport, self.dst, self.dport)
+    }
+    #[inline]
+    fn has_ports(&self) -> bool {
+        self.proto == TCP || self.proto == UDP
+    }
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+fn addr(v: u32) -> Ipv4Address {
+    Ipv4Address::from(v.to_be_bytes())
+}
+
+#[inline]
+fn ipkey(a: Ipv4Address) -> u32 {
+    u32::from_be_bytes(a.octets())
+}
+
+/// Checks the IPv4 header at `off` (and the TCP/UDP header after it) and reads what the fast
+/// path needs. Every drop reason of the IPv4 and L4 layers comes from here.
+#[inline]
+fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReason> {
+    let Some(bytes) = frame.get(off..) else { return Err(DropReason::Truncated) };
+    let ip = Ipv4Packet::new_checked(bytes).map_err(|_| {
+        if bytes.len() < IPV4 {
+            DropReason::Truncated
+        } else {
+            DropReason::BadIpv4Header
+        }
+    })?;
+    if ip.version() != 4 {
+        return Err(DropReason::BadIpv4Header);
+    }
+    if ip.header_len() as usize != IPV4 {
+        return Err(DropReason::Ipv4Options);
+    }
+    if !ip.verify_checksum() {
+        return Err(DropReason::BadIpChecksum);
+    }
+    if ip.more_frags() || ip.frag_offset() != 0 {
+        return Err(DropReason::Fragment);
+    }
+    if ip.hop_limit() <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    let src = ip.src_addr();
+    let dst = ip.dst_addr();
+    let proto = u8::from(ip.next_header());
+    let total = usize::from(ip.total_len());
+    let l4 = off + IPV4;
+    let payload = &bytes[IPV4..total];
+    let mut out = L3 { proto, src: ipkey(src), dst: ipkey(dst), sport: 0, dport: 0, flags: 0, ack: 0, l4 };
+    match proto {
+        TCP => {
+            let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::BadL4Header)?;
+            if verify_l4 && !t.verify_checksum(&src.into(), &dst.into()) {
+                return Err(DropReason::BadL4Checksum);
+            }
+            out.sport = t.src_port();
+            out.dport = t.dst_port();
+            out.flags = payload[13];
+            out.ack = t.ack_number().0 as u32;
+        }
+        UDP => {
+            let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::BadL4Header)?;
+            if usize::from(u.len()) != payload.len() {
+                return Err(DropReason::BadL4Header);
+            }
+            if verify_l4 && u.checksum() != 0 && !u.verify_checksum(&src.into(), &dst.into()) {
+                return Err(DropReason::BadL4Checksum);
+            }
+            out.sport = u.src_port();
+            out.dport = u.dst_port();
+        }
+        ICMP => {}
+        _ => return Err(DropReason::UnknownProtocol),
+    }
+    Ok(out)
+}
+
+/// Decrements the TTL of the IPv4 header at `off`, fixing its checksum (RFC 1624).
+#[inline]
+fn dec_ttl(f: &mut [u8], off: usize) {
+    let old = be16(f, off + 8);
+    let new = old.wrapping_sub(0x0100);
+    f[off + 8] = (new >> 8) as u8;
+    let c = update16(be16(f, off + 10), old, new);
+    put16(f, off + 10, c);
+}
+
+/// Rewrites the addresses and ports of the IPv4 packet at `ip` per `a`, with incremental
+/// checksum updates, and decrements its TTL.
+#[inline]
+fn rewrite(f: &mut [u8], ip: usize, l3: &L3, a: &Action) {
+    put32(f, ip + 12, a.src);
+    put32(f, ip + 16, a.dst);
+    let c = a.ip_delta.apply(be16(f, ip + 10));
+    put16(f, ip + 10, c);
+    dec_ttl(f, ip);
+    match l3.proto {
+        TCP => {
+            put16(f, l3.l4, a.sport);
+            put16(f, l3.l4 + 2, a.dport);
+            let c = a.l4_delta.apply(be16(f, l3.l4 + 16));
+            put16(f, l3.l4 + 16, c);
+        }
+        UDP => {
+            put16(f, l3.l4, a.sport);
+            put16(f, l3.l4 + 2, a.dport);
+            let c = checksum::apply_udp(a.l4_delta, be16(f, l3.l4 + 6));
+            put16(f, l3.l4 + 6, c);
+        }
+        _ => {}
+    }
+}
+
+/// Ones-complement checksum of an IPv4 header (RFC 791).
+#[inline]
+fn ipv4_header_checksum(h: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for i in (0..IPV4).step_by(2) {
+        if i != 10 {
+            sum += u32::from(be16(h, i));
+        }
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A flow's outer UDP source port: from the inner flow's hash, in the dynamic range, so the
+/// underlay's ECMP/RSS spreads flows (RFC 7348 §5).
+#[inline]
+fn entropy_port(key: &FlowKey) -> u16 {
+    //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+    //# Source Port: It is recommended that the UDP source port number
+    //# be calculated using a hash of fields from the inner packet [...]
+    //# it is RECOMMENDED that the UDP source port range be the dynamic
+    //# range 49152-65535
+    49152 | (key.hash() as u16 & 0x3fff)
+}
+
+/// The per-worker pipeline state.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub cfg: Config,
+    pub flows: FlowTable,
+    pub stats: WorkerStats,
+    neigh: Arc<Neighbors>,
+    /// Round-robin position per balancer.
+    rr: Vec<u32>,
+    nat_next: u32,
+    generation: u64,
+    /// Flows still to be checked against a new table's live tasks.
+    recheck: usize,
+    /// Addresses whose MAC is wanted, and from which port.
+    want_arp: ArrayVec<(u32, PortId), 16>,
+    /// Recently solicited addresses and when, so a storm of misses sends one request.
+    arp_sent: [(u32, u32); 16],
+    /// Resets towards clients of ended flows, waiting for buffers.
+    resets: ArrayVec<Flow, 64>,
+}
+
+impl Pipeline {
+    /// A pipeline with its flow table allocated. `neigh` is shared by all workers.
+    pub fn new(cfg: Config, neigh: Arc<Neighbors>) -> Self {
+        let flows = FlowTable::new(cfg.flow_capacity);
+        Pipeline {
+            cfg,
+            flows,
+            stats: WorkerStats::default(),
+            neigh,
+            rr: Vec::new(),
+            nat_next: 0,
+            generation: u64::MAX,
+            recheck: 0,
+            want_arp: ArrayVec::new(),
+            arp_sent: [(0, 0); 16],
+            resets: ArrayVec::new(),
+        }
+    }
+
+    pub fn neighbors(&self) -> &Arc<Neighbors> {
+        &self.neigh
+    }
+
+    /// The table generation this worker last processed a burst with.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Adopts a new table: sizes the round-robin state and schedules a full pass over the flows
+    /// to end those whose task is gone. Called by `process` when the generation changes; this is
+    /// the only place the pipeline may allocate, and only when the table grew.
+    fn adopt(&mut self, table: &ServiceTable) {
+        if self.rr.len() < table.balancers.len() {
+            self.rr.resize(table.balancers.len(), 0);
+        }
+        self.generation = table.generation;
+        self.recheck = self.flows.capacity();
+        if self.cfg.worker == 0 {
+            // Warm the neighbour table so the first packet of a flow finds its next hop.
+            for (i, n) in table.nodes.iter().enumerate() {
+                if i != usize::from(table.local) && self.neigh.get(ipkey(n.vtep)).is_none() {
+                    let _ = self.want_arp.try_push((ipkey(n.vtep), PortId::Uplink));
+                }
+            }
+            for b in &table.balancers {
+                for be in b.backends.iter().filter(|b| b.local) {
+                    if self.neigh.get(ipkey(be.addr)).is_none() {
+                        let _ = self.want_arp.try_push((ipkey(be.addr), PortId::Tasks));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes one burst: rewrites each frame in place and pushes one verdict per frame.
+    pub fn process(&mut self, table: &ServiceTable, now_ms: u64, burst: &mut Burst, verdicts: &mut Verdicts) {
+        if table.generation != self.generation {
+            self.adopt(table);
+        }
+        let now = now_ms as u32;
+        verdicts.clear();
+        for buf in burst.iter_mut() {
+            self.stats.rx += 1;
+            let v = match self.one(table, now, buf) {
+                Ok(v) => v,
+                Err(r) => Verdict::Drop(r),
+            };
+            match v {
+                Verdict::Tx(PortId::Uplink) => self.stats.tx_uplink += 1,
+                Verdict::Tx(PortId::Tasks) => self.stats.tx_tasks += 1,
+                Verdict::Host => self.stats.to_host += 1,
+                Verdict::Handoff(_) => self.stats.handoff_out += 1,
+                Verdict::Drop(r) => self.stats.drop(r),
+            }
+            verdicts.push(v);
+        }
+        self.stats.active_flows = self.flows.len() as u64;
+    }
+
+    fn one(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf) -> Result<Verdict, DropReason> {
+        let port = buf.port;
+        let f = buf.data();
+        let eth = EthernetFrame::new_checked(f).map_err(|_| DropReason::Truncated)?;
+        let my_mac = match port {
+            PortId::Uplink => self.cfg.uplink_mac,
+            PortId::Tasks => self.cfg.tasks_mac,
+        };
+        let dst_mac = eth.dst_addr();
+        if dst_mac.0 != my_mac && !dst_mac.is_broadcast() && !dst_mac.is_multicast() {
+            return Err(DropReason::NotOurMac);
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.arp(t, buf),
+            EthernetProtocol::Ipv4 => {
+                if dst_mac.0 != my_mac {
+                    return Err(DropReason::NotOurMac);
+                }
+                let l3 = parse_ipv4(f, ETH, self.cfg.verify_l4_checksums)?;
+                match port {
+                    PortId::Uplink => self.on_uplink(t, now, buf, l3),
+                    PortId::Tasks => self.on_task(t, now, buf, l3),
+                }
+            }
+            _ => Err(DropReason::UnknownEthertype),
+        }
+    }
+
+    // ---- ARP ----------------------------------------------------------------------------
+
+    /// Answers ARP in place: on the uplink for the node's address; on the tasks port for every
+    /// overlay address that is not a local task. Learns senders that are peers or local tasks.
+    fn arp(&mut self, t: &ServiceTable, buf: &mut PacketBuf) -> Result<Verdict, DropReason> {
+        let port = buf.port;
+        let f = buf.data_mut();
+        let repr = {
+            let p = ArpPacket::new_checked(&f[ETH..]).map_err(|_| DropReason::BadArp)?;
+            ArpRepr::parse(&p).map_err(|_| DropReason::BadArp)?
+        };
+        let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } =
+            repr
+        else {
+            return Err(DropReason::BadArp);
+        };
+        let sender = ipkey(source_protocol_addr);
+        let (answer, my_mac) = match port {
+            PortId::Uplink => {
+                if t.peer(source_protocol_addr).is_some() {
+                    self.neigh.learn(sender, source_hardware_addr.0);
+                }
+                let me = t.node(t.local);
+                (target_protocol_addr == t.node_addr || target_protocol_addr == me.vtep, self.cfg.uplink_mac)
+            }
+            PortId::Tasks => {
+                let Some(src) = t.addr(source_protocol_addr) else { return Err(DropReason::ArpIgnored) };
+                if !matches!(src.kind, AddrKind::Task { local: true, .. }) {
+                    return Err(DropReason::ArpIgnored);
+                }
+                self.neigh.learn(sender, source_hardware_addr.0);
+                let local_task = matches!(
+                    t.addr(target_protocol_addr).map(|e| e.kind),
+                    Some(AddrKind::Task { local: true, .. })
+                );
+                let net = t.net(src.net);
+                let in_net = net.subnet.contains(target_protocol_addr);
+                (in_net && !local_task && target_protocol_addr != source_protocol_addr, self.cfg.tasks_mac)
+            }
+        };
+        if operation != ArpOperation::Request || !answer {
+            return Err(DropReason::ArpIgnored);
+        }
+        let reply = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(my_mac),
+            source_protocol_addr: target_protocol_addr,
+            target_hardware_addr: source_hardware_addr,
+            target_protocol_addr: source_protocol_addr,
+        };
+        let mut p = ArpPacket::new_unchecked(&mut f[ETH..]);
+        reply.emit(&mut p);
+        f[0..6].copy_from_slice(&source_hardware_addr.0);
+        f[6..12].copy_from_slice(&my_mac);
+        self.stats.arp_replies += 1;
+        Ok(Verdict::Tx(port))
+    }
+
+    /// Notes that `ip`'s MAC is wanted; [`Pipeline::maintain`] sends the request.
+    fn want(&mut self, ip: u32, port: PortId, now: u32) {
+        let slot = (ip as usize) % self.arp_sent.len();
+        let (last_ip, at) = self.arp_sent[slot];
+        if last_ip == ip && now.wrapping_sub(at) < 1000 {
+            return;
+        }
+        if self.want_arp.try_push((ip, port)).is_ok() {
+            self.arp_sent[slot] = (ip, now);
+        }
+    }
+
+    // ---- uplink ---------------------------------------------------------------------------
+
+    fn on_uplink(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: L3) -> Result<Verdict, DropReason> {
+        let dst = addr(l3.dst);
+        let me = t.node(t.local);
+        if dst != t.node_addr && dst != me.vtep {
+            return Err(DropReason::NotForUs);
+        }
+        if l3.proto == UDP && l3.dport == t.vtep_port && dst == me.vtep {
+            return self.decap(t, now, buf, l3);
+        }
+        if dst != t.node_addr || !l3.has_ports() {
+            return Ok(Verdict::Host);
+        }
+        let proto = if l3.proto == TCP { IpProtocol::Tcp } else { IpProtocol::Udp };
+        let Some(p) = t.published(proto, l3.dport) else { return Ok(Verdict::Host) };
+        let p = *p;
+        let owner = owner_of(l3.src, l3.sport, self.cfg.workers);
+        if owner != self.cfg.worker {
+            return Ok(Verdict::Handoff(owner));
+        }
+        let key = l3.key();
+        let hash = key.hash();
+        if let Some((id, dir)) = self.flows.lookup(&key, hash) {
+            return self.forward(t, now, buf, &l3, id, dir);
+        }
+        // A new flow: only a TCP SYN (or any UDP datagram) opens one; a stray segment gets the
+        // host's answer (RST), as from a kernel with no such connection.
+        if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
+            return Ok(Verdict::Host);
+        }
+        let Some(ing) = t.ingress_net else { return Ok(Verdict::Host) };
+        let bal = t.balancer(p.balancer);
+        let Some(b) = self.schedule(t, p.balancer, hash) else {
+            // No task to take it: refuse like a closed port.
+            return Ok(Verdict::Host);
+        };
+        let svc = &t.services[usize::from(bal.service)];
+        let net = t.net(ing);
+        let client_mac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+        let (src, sport) = match svc.client_ip {
+            ClientIpMode::Keep => (l3.src, l3.sport),
+            ClientIpMode::Masquerade => {
+                let Some(ep) = net.local_endpoint else { return Err(DropReason::NoRoute) };
+                let ep = ipkey(ep);
+                let port = self.nat_port(l3.proto, ep, ipkey(b.addr), p.target).ok_or(DropReason::NoNatPort)?;
+                (ep, port)
+            }
+        };
+        let task_addr = ipkey(b.addr);
+        let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
+        let fwd = Action::new(&key, src, sport, task_addr, p.target, egress);
+        let rkey = FlowKey::new(l3.proto, task_addr, p.target, src, sport);
+        let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Uplink { mac: client_mac });
+        let flow = Flow::new(FlowKind::Ingress, [key, rkey], [fwd, rev], b.uid, p.balancer, timeouts(svc), now);
+        let id = self.flows.insert(flow, now).map_err(|_| DropReason::NoNatPort)?;
+        self.stats.new_flows += 1;
+        self.stats.flows_evicted = self.flows.evicted;
+        self.forward(t, now, buf, &l3, id, Dir::Fwd)
+    }
+
+    /// Picks a backend of balancer `bal` for a new flow with hash `hash`.
+    #[inline]
+    fn schedule(&mut self, t: &ServiceTable, bal: u16, hash: u64) -> Option<crate::balance::Backend> {
+        let b = t.balancer(bal);
+        if b.backends.is_empty() {
+            return None;
+        }
+        match (b.scheduler, &b.maglev) {
+            (SchedulerKind::Maglev, Some(m)) => m.lookup(hash).and_then(|i| b.backends.get(usize::from(i)).copied()),
+            _ => {
+                let pos = self.rr.get_mut(usize::from(bal))?;
+                let i = (*pos as usize) % b.backends.len();
+                *pos = (i as u32).wrapping_add(1);
+                b.backends.get(i).copied()
+            }
+        }
+    }
+
+    /// A masquerade port on `ep` for a flow to `task:tport`, from this worker's share of the port
+    /// space (port % workers == worker), so replies can be steered to this worker.
+    fn nat_port(&mut self, proto: u8, ep: u32, task: u32, tport: u16) -> Option<u16> {
+        let workers = u32::from(self.cfg.workers.max(1));
+        let span = (65536 - 1024) / workers;
+        for _ in 0..64 {
+            let n = self.nat_next % span;
+            self.nat_next = self.nat_next.wrapping_add(1);
+            let port = 1024 + n * workers + u32::from(self.cfg.worker);
+            let port = u16::try_from(port).ok()?;
+            if !self.flows.contains(&FlowKey::new(proto, task, tport, ep, port)) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    fn egress_to(&self, t: &ServiceTable, local: bool, node: u16, vni: u32, key: &FlowKey) -> Egress {
+        if local {
+            Egress::Tasks
+        } else {
+            let n = t.node(node);
+            Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni, sport: entropy_port(key) }
+        }
+    }
+
+    /// Applies flow `id`'s action for `dir` to the packet and sends it on.
+    #[inline]
+    fn forward(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: &L3, id: u32, dir: Dir) -> Result<Verdict, DropReason> {
+        let fl = self.flows.get_mut(id);
+        fl.last_seen = now;
+        if l3.proto == TCP {
+            fl.tcp = fl.tcp.next(l3.flags, dir == Dir::Fwd);
+            if dir == Dir::Fwd && l3.flags & flow::tcp::ACK != 0 {
+                fl.client_ack = l3.ack;
+            }
+        }
+        let a = fl.actions[dir as usize];
+        rewrite(buf.data_mut(), ETH, l3, &a);
+        self.send(t, now, buf, a.dst, a.egress)
+    }
+
+    /// Sends an IPv4 frame (already rewritten) towards `dst` by `egress`.
+    #[inline]
+    fn send(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, dst: u32, egress: Egress) -> Result<Verdict, DropReason> {
+        match egress {
+            Egress::Uplink { mac } => {
+                let f = buf.data_mut();
+                f[0..6].copy_from_slice(&mac);
+                f[6..12].copy_from_slice(&self.cfg.uplink_mac);
+                Ok(Verdict::Tx(PortId::Uplink))
+            }
+            Egress::Tasks => {
+                let Some(mac) = self.neigh.get(dst) else {
+                    self.want(dst, PortId::Tasks, now);
+                    return Err(DropReason::NoNeighbor);
+                };
+                let f = buf.data_mut();
+                f[0..6].copy_from_slice(&mac);
+                f[6..12].copy_from_slice(&self.cfg.tasks_mac);
+                Ok(Verdict::Tx(PortId::Tasks))
+            }
+            Egress::Vxlan { vtep, port, vni, sport } => {
+                let Some(mac) = self.neigh.get(vtep) else {
+                    self.want(vtep, PortId::Uplink, now);
+                    return Err(DropReason::NoNeighbor);
+                };
+                self.encap(t, buf, vtep, port, vni, sport, mac)
+            }
+        }
+    }
+
+    /// Prepends outer Ethernet/IPv4/UDP/VXLAN headers in the headroom (RFC 7348 §5).
+    #[allow(clippy::too_many_arguments)]
+    fn encap(&mut self, t: &ServiceTable, buf: &mut PacketBuf, vtep: u32, port: u16, vni: u32, sport: u16, mac: [u8; 6]) -> Result<Verdict, DropReason> {
+        let inner = buf.len();
+        if inner > MAX_FRAME {
+            return Err(DropReason::TooBig);
+        }
+        {
+            // The inner Ethernet header: the receiving meshd rewrites it on delivery.
+            let f = buf.data_mut();
+            f[0..6].copy_from_slice(&[0; 6]);
+            f[6..12].copy_from_slice(&self.cfg.tasks_mac);
+        }
+        let me = t.node(t.local);
+        let local_vtep = ipkey(me.vtep);
+        let uplink_mac = self.cfg.uplink_mac;
+        let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else { return Err(DropReason::NoHeadroom) };
+        f[0..6].copy_from_slice(&mac);
+        f[6..12].copy_from_slice(&uplink_mac);
+        put16(f, 12, 0x0800);
+        let ip = &mut f[ETH..ETH + IPV4];
+        ip[0] = 0x45;
+        ip[1] = 0;
+        put16(ip, 2, (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u16);
+        put16(ip, 4, 0);
+        put16(ip, 6, 0x4000);
+        ip[8] = 64;
+        ip[9] = UDP;
+        put32(ip, 12, local_vtep);
+        put32(ip, 16, vtep);
+        let c = ipv4_header_checksum(ip);
+        put16(ip, 10, c);
+        let u = ETH + IPV4;
+        put16(f, u, sport);
+        put16(f, u + 2, port);
+        put16(f, u + 4, (8 + vxlan::HEADER_LEN + inner) as u16);
+        //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+        //# UDP Checksum: It SHOULD be transmitted as zero.
+        put16(f, u + 6, 0);
+        let v = u + 8;
+        put32(f, v, u32::from(vxlan::FLAG_I) << 24);
+        put32(f, v + 4, vni << 8);
+        Ok(Verdict::Tx(PortId::Uplink))
+    }
+
+    // ---- overlay --------------------------------------------------------------------------
+
+    /// VXLAN from a peer: checked, decapsulated, routed in its network.
+    fn decap(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, outer: L3) -> Result<Verdict, DropReason> {
+        let Some(peer) = t.peer(addr(outer.src)) else { return Err(DropReason::UnknownVtep) };
+        let (vni, smac) = {
+            let f = buf.data();
+            let v = vxlan::Packet::new_checked(&f[outer.l4 + 8..]).map_err(|_| DropReason::Truncated)?;
+            let r = vxlan::Repr::parse(&v).map_err(|_| DropReason::BadVxlan)?;
+            (r.vni, EthernetFrame::new_unchecked(f).src_addr().0)
+        };
+        self.neigh.learn(outer.src, smac);
+        let Some(net) = t.network_by_vni(vni) else { return Err(DropReason::UnknownVni) };
+        if !buf.trim_front(vxlan::ENCAP_LEN) {
+            return Err(DropReason::Truncated);
+        }
+        let f = buf.data();
+        let eth = EthernetFrame::new_checked(f).map_err(|_| DropReason::Truncated)?;
+        match eth.ethertype() {
+            EthernetProtocol::Ipv4 => {}
+            EthernetProtocol::Arp => return Err(DropReason::ArpIgnored),
+            _ => return Err(DropReason::UnknownEthertype),
+        }
+        let l3 = parse_ipv4(f, ETH, self.cfg.verify_l4_checksums)?;
+        let d = t.addr(addr(l3.dst));
+        if let Some(d) = d {
+            if d.net != net {
+                return Err(DropReason::CrossNetwork);
+            }
+        }
+        match d.map(|d| d.kind) {
+            // A reply to a flow this node masqueraded: the port says which worker owns it.
+            Some(AddrKind::Endpoint { local: true, .. }) => {
+                if let Some(v) = self.handoff(masq_owner(l3.dport, self.cfg.workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
+            }
+            Some(AddrKind::Task { local: true, task, .. }) => {
+                let src_kind = t.addr(addr(l3.src)).map(|e| e.kind);
+                if !l3.has_ports() || matches!(src_kind, Some(AddrKind::Endpoint { .. })) {
+                    // ICMP, or a request another node masqueraded: no state here.
+                    dec_ttl(buf.data_mut(), ETH);
+                    return self.send(t, now, buf, l3.dst, Egress::Tasks);
+                }
+                let outside = src_kind.is_none();
+                let o = if outside { owner_of(l3.src, l3.sport, self.cfg.workers) } else { owner_of(l3.dst, l3.dport, self.cfg.workers) };
+                if let Some(v) = self.handoff(o) {
+                    return Ok(v);
+                }
+                let key = l3.key();
+                if let Some((id, dir)) = self.flows.lookup(&key, key.hash()) {
+                    return self.forward(t, now, buf, &l3, id, dir);
+                }
+                if outside {
+                    // An outside client's packet, DNAT'ed with its address kept: remember which
+                    // ingress VTEP the replies go back to.
+                    let te = &t.tasks[task as usize];
+                    let svc = &t.services[usize::from(te.service)];
+                    let rkey = key.reversed();
+                    let n = t.node(peer);
+                    let back = Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni: t.net(net).vni, sport: entropy_port(&key) };
+                    let fwd = Action::new(&key, key.src, key.sport, key.dst, key.dport, Egress::Tasks);
+                    let rev = Action::new(&rkey, rkey.src, rkey.sport, rkey.dst, rkey.dport, back);
+                    let flow = Flow::new(FlowKind::ReturnRoute, [key, rkey], [fwd, rev], te.uid, 0, timeouts(svc), now);
+                    if let Ok(id) = self.flows.insert(flow, now) {
+                        self.stats.new_flows += 1;
+                        self.stats.flows_evicted = self.flows.evicted;
+                        return self.forward(t, now, buf, &l3, id, Dir::Fwd);
+                    }
+                }
+                dec_ttl(buf.data_mut(), ETH);
+                self.send(t, now, buf, l3.dst, Egress::Tasks)
+            }
+            // Not an overlay address: a reply towards an outside client of a keep-client-IP flow.
+            None => {
+                if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, self.cfg.workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
+            }
+            // This node does not transit between peers.
+            Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => Err(DropReason::NoRoute),
+            Some(AddrKind::Vip { .. } | AddrKind::Gateway) => Ok(Verdict::Host),
+        }
+    }
+
+    /// `Some(Handoff)` when worker `owner` is not this one.
+    #[inline]
+    fn handoff(&self, owner: u16) -> Option<Verdict> {
+        (owner != self.cfg.worker).then_some(Verdict::Handoff(owner))
+    }
+
+    /// Forwards by the flow `l3` belongs to, or returns `otherwise`.
+    #[inline]
+    fn by_flow_or(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: &L3, otherwise: Result<Verdict, DropReason>) -> Result<Verdict, DropReason> {
+        if !l3.has_ports() {
+            return otherwise;
+        }
+        let key = l3.key();
+        match self.flows.lookup(&key, key.hash()) {
+            Some((id, dir)) => self.forward(t, now, buf, l3, id, dir),
+            None => otherwise,
+        }
+    }
+
+    /// A frame from a local task.
+    fn on_task(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: L3) -> Result<Verdict, DropReason> {
+        let Some(s) = t.addr(addr(l3.src)) else { return Err(DropReason::UnknownSource) };
+        if !matches!(s.kind, AddrKind::Task { local: true, .. }) {
+            return Err(DropReason::UnknownSource);
+        }
+        let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+        self.neigh.learn(l3.src, smac);
+        let net = t.net(s.net);
+        let d = t.addr(addr(l3.dst));
+        if let Some(d) = d {
+            if d.net != s.net {
+                return Err(DropReason::CrossNetwork);
+            }
+        }
+        let workers = self.cfg.workers;
+        match d.map(|d| d.kind) {
+            // To another node's task or endpoint (a reply to a flow it masqueraded): stateless.
+            Some(AddrKind::Task { local: false, node, .. } | AddrKind::Endpoint { local: false, node }) => {
+                dec_ttl(buf.data_mut(), ETH);
+                let n = t.node(node);
+                let key = l3.key();
+                let e = Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni: net.vni, sport: entropy_port(&key) };
+                self.send(t, now, buf, l3.dst, e)
+            }
+            Some(AddrKind::Vip { service, balancer }) if l3.has_ports() => {
+                if let Some(v) = self.handoff(owner_of(l3.src, l3.sport, workers)) {
+                    return Ok(v);
+                }
+                let key = l3.key();
+                let hash = key.hash();
+                if let Some((id, dir)) = self.flows.lookup(&key, hash) {
+                    return self.forward(t, now, buf, &l3, id, dir);
+                }
+                if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
+                    return Ok(Verdict::Host);
+                }
+                let Some(b) = self.schedule(t, balancer, hash) else { return Ok(Verdict::Host) };
+                let svc = &t.services[usize::from(service)];
+                let baddr = ipkey(b.addr);
+                let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
+                let fwd = Action::new(&key, l3.src, l3.sport, baddr, l3.dport, egress);
+                let rkey = FlowKey::new(l3.proto, baddr, l3.dport, l3.src, l3.sport);
+                let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
+                let flow = Flow::new(FlowKind::Vip, [key, rkey], [fwd, rev], b.uid, balancer, timeouts(svc), now);
+                let id = self.flows.insert(flow, now).map_err(|_| DropReason::NoNatPort)?;
+                self.stats.new_flows += 1;
+                self.stats.flows_evicted = self.flows.evicted;
+                self.forward(t, now, buf, &l3, id, Dir::Fwd)
+            }
+            // A reply of an ingress flow this node masqueraded and delivered locally.
+            Some(AddrKind::Endpoint { local: true, .. }) if l3.has_ports() => {
+                if let Some(v) = self.handoff(masq_owner(l3.dport, workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host))
+            }
+            // To a task on this node: a VIP flow's reply if a flow says so, else plain L3.
+            Some(AddrKind::Task { local: true, .. }) => {
+                if l3.has_ports() {
+                    if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
+                        return Ok(v);
+                    }
+                    let key = l3.key();
+                    if let Some((id, dir)) = self.flows.lookup(&key, key.hash()) {
+                        return self.forward(t, now, buf, &l3, id, dir);
+                    }
+                }
+                dec_ttl(buf.data_mut(), ETH);
+                self.send(t, now, buf, l3.dst, Egress::Tasks)
+            }
+            Some(AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. }) => Ok(Verdict::Host),
+            // Outside the overlay: only a reply of a keep-client-IP flow goes there.
+            None => {
+                if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
+            }
+        }
+    }
+
+    // ---- housekeeping ----------------------------------------------------------------------
+
+    /// Between bursts: expires idle flows, ends flows of tasks that are gone (TCP resets towards
+    /// their clients), and emits wanted ARP requests. Generated frames are appended to `out`
+    /// with `port` set to the port to send them on; buffers come from `pool`.
+    pub fn maintain(&mut self, table: &ServiceTable, now_ms: u64, pool: &mut Pool, out: &mut Burst) {
+        let now = now_ms as u32;
+        if table.generation != self.generation {
+            self.adopt(table);
+        }
+        let budget = if self.recheck > 0 { self.cfg.sweep_budget.max(4096) } else { self.cfg.sweep_budget };
+        self.recheck = self.recheck.saturating_sub(budget);
+        let stats = &mut self.stats;
+        let resets = &mut self.resets;
+        self.flows.sweep(now, budget, |uid| uid == 0 || table.task_alive(uid), |r| match r {
+            Reaped::Expired => stats.flows_expired += 1,
+            Reaped::Ended(f) => {
+                stats.flows_ended += 1;
+                if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
+                    let _ = resets.try_push(f);
+                }
+            }
+        });
+        self.stats.active_flows = self.flows.len() as u64;
+        while !out.is_full() {
+            let Some(f) = self.resets.pop() else { break };
+            let Some(mut b) = pool.get() else {
+                let _ = self.resets.try_push(f);
+                break;
+            };
+            if self.reset_frame(table, &f, &mut b) {
+                self.stats.resets_sent += 1;
+                out.push(b);
+            } else {
+                pool.put(b);
+            }
+        }
+        while !out.is_full() {
+            let Some((ip, port)) = self.want_arp.pop() else { break };
+            let Some(mut b) = pool.get() else { break };
+            self.arp_request(table, ip, port, &mut b);
+            out.push(b);
+        }
+    }
+
+    /// Builds a TCP RST to the client of flow `f`, as from the service it connected to.
+    fn reset_frame(&self, t: &ServiceTable, f: &Flow, b: &mut PacketBuf) -> bool {
+        // The reverse action turns a task's packet into what the client expects to see.
+        let rev = f.actions[1];
+        let mut frame = [0u8; ETH + IPV4 + 20];
+        let (smac, port) = match rev.egress {
+            Egress::Uplink { mac } => {
+                frame[0..6].copy_from_slice(&mac);
+                (self.cfg.uplink_mac, PortId::Uplink)
+            }
+            Egress::Tasks => match self.neigh.get(rev.dst) {
+                Some(mac) => {
+                    frame[0..6].copy_from_slice(&mac);
+                    (self.cfg.tasks_mac, PortId::Tasks)
+                }
+                None => return false,
+            },
+            Egress::Vxlan { .. } => return false,
+        };
+        let _ = t;
+        frame[6..12].copy_from_slice(&smac);
+        put16(&mut frame, 12, 0x0800);
+        let ip = ETH;
+        frame[ip] = 0x45;
+        put16(&mut frame, ip + 2, 40);
+        put16(&mut frame, ip + 6, 0x4000);
+        frame[ip + 8] = 64;
+        frame[ip + 9] = TCP;
+        put32(&mut frame, ip + 12, rev.src);
+        put32(&mut frame, ip + 16, rev.dst);
+        let c = ipv4_header_checksum(&frame[ip..ip + IPV4]);
+        put16(&mut frame, ip + 10, c);
+        let tcp = ip + IPV4;
+        put16(&mut frame, tcp, rev.sport);
+        put16(&mut frame, tcp + 2, rev.dport);
+        // In window: the sequence number the client acknowledged last.
+        put32(&mut frame, tcp + 4, f.client_ack);
+        frame[tcp + 12] = 5 << 4;
+        frame[tcp + 13] = flow::tcp::RST;
+        {
+            let mut p = TcpPacket::new_unchecked(&mut frame[tcp..]);
+            p.fill_checksum(&addr(rev.src).into(), &addr(rev.dst).into());
+        }
+        b.fill(&frame);
+        b.port = port;
+        true
+    }
+
+    fn arp_request(&self, t: &ServiceTable, ip: u32, port: PortId, b: &mut PacketBuf) {
+        let (mac, sender) = match port {
+            PortId::Uplink => (self.cfg.uplink_mac, t.node(t.local).vtep),
+            PortId::Tasks => {
+                // Ask from the gateway of the network the address is on.
+                let gw = t.addr(addr(ip)).map(|e| t.net(e.net).gateway).unwrap_or(Ipv4Address::UNSPECIFIED);
+                (self.cfg.tasks_mac, gw)
+            }
+        };
+        let mut frame = [0u8; ETH + 28];
+        frame[0..6].copy_from_slice(&[0xff; 6]);
+        frame[6..12].copy_from_slice(&mac);
+        put16(&mut frame, 12, 0x0806);
+        let req = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(mac),
+            source_protocol_addr: sender,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: addr(ip),
+        };
+        req.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH..]));
+        b.fill(&frame);
+        b.port = port;
+    }
+}
+
+/// The worker that owns masquerade port `port` (see [`Pipeline::nat_port`]).
+#[inline]
+fn masq_owner(port: u16, workers: u16) -> u16 {
+    ((u32::from(port).saturating_sub(1024)) % u32::from(workers.max(1))) as u16
+}
+
+fn timeouts(svc: &crate::balance::table::SvcEntry) -> [u32; 3] {
+    [svc.timeouts.tcp_established, svc.timeouts.tcp_transitory, svc.timeouts.udp]
+}
+
+impl TcpState {
+    /// Whether the flow is past its handshake.
+    pub fn is_established(self) -> bool {
+        self == TcpState::Established
+    }
+}
