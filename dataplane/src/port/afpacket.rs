@@ -67,7 +67,11 @@ pub struct AfPacketConfig {
     /// memory: the kernel allocates blocks in power-of-two pages). A frame larger than a block
     /// cannot be received.
     pub block_size: u32,
-    /// Blocks per ring.
+    /// Blocks per ring. Prefer many small blocks to a few big ones: at low rates the kernel
+    /// hands over a block every `block_timeout_ms` even if it holds a single frame, so a reader
+    /// that looks away for longer than `block_count * block_timeout_ms` can find the ring full
+    /// of one-frame blocks, and the kernel drops (`rx_dropped`) until blocks come back. An idle
+    /// worker should sleep in `poll` on [`AfPacketPort::raw_fd`], which wakes on the first block.
     pub block_count: u32,
     /// Bytes per TX slot (frame plus a 48-byte header): a multiple of 16, at least 2048 for
     /// 1500-byte MTU frames. The RX ring packs frames by their real size and only needs
@@ -85,12 +89,12 @@ pub struct AfPacketConfig {
 }
 
 impl Default for AfPacketConfig {
-    /// 2 MiB per ring: 8 blocks of 256 KiB, 1024 TX slots of 2 KiB, 2 ms block timeout.
+    /// 2 MiB per ring: 32 blocks of 64 KiB, 1024 TX slots of 2 KiB, 2 ms block timeout.
     fn default() -> Self {
         AfPacketConfig {
             port: PortId::Uplink,
-            block_size: 1 << 18,
-            block_count: 8,
+            block_size: 1 << 16,
+            block_count: 32,
             frame_size: 2048,
             block_timeout_ms: 2,
             fanout: None,
@@ -102,7 +106,9 @@ impl Default for AfPacketConfig {
 /// Why a port could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum AfPacketError {
-    #[error("interface name {0:?} is not valid: it must be 1 to 15 bytes, without NUL, '/' or spaces")]
+    #[error(
+        "interface name {0:?} is not valid: it must be 1 to 15 bytes, without NUL, '/' or spaces"
+    )]
     BadName(String),
     #[error("no such interface {0}: check the name with `ip link` (and that meshd runs in the network namespace that has it)")]
     NoSuchInterface(String),
@@ -141,7 +147,7 @@ pub struct AfPacketStats {
     /// Frames dropped because the TX ring had no free slot.
     pub tx_ring_full: u64,
     /// Frames dropped because they were shorter than an Ethernet header, longer than the MTU
-    /// allows (plus 4 for a tagged frame) or longer than a TX slot.
+    /// (as read at open) allows, plus 4 for a tagged frame, or longer than a TX slot.
     pub tx_bad_len: u64,
     /// Kicks the kernel refused (device down, socket buffer full...). The frames stay queued
     /// and go with the next kick ([`Port::flush`] retries).
@@ -186,7 +192,7 @@ impl Mapping {
     /// The ownership word at byte `off` (a block's `block_status` or a TX slot's `tp_status`).
     #[inline]
     fn status(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off + 4 <= self.len && off % 4 == 0);
+        debug_assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: callers pass `BLOCK_STATUS` or `FRAME_STATUS` past a block or slot start, all
         // inside the mapping (ring geometry checked at open) and 4-byte aligned (blocks are page
         // aligned, slots 16-byte aligned, both fields at multiples of 4). The kernel accesses the
@@ -238,7 +244,9 @@ impl AfPacketPort {
         let geo = Geometry::check(cfg)?;
         if ifname.is_empty()
             || ifname.len() >= libc::IFNAMSIZ
-            || ifname.bytes().any(|c| c == 0 || c == b'/' || c.is_ascii_whitespace())
+            || ifname
+                .bytes()
+                .any(|c| c == 0 || c == b'/' || c.is_ascii_whitespace())
         {
             return Err(AfPacketError::BadName(ifname.to_owned()));
         }
@@ -249,10 +257,18 @@ impl AfPacketPort {
             return Err(AfPacketError::NoSuchInterface(ifname.to_owned()));
         }
         let io_err = |op: &'static str| {
-            move |source: io::Error| AfPacketError::Io { ifname: ifname.to_owned(), op, source }
+            move |source: io::Error| AfPacketError::Io {
+                ifname: ifname.to_owned(),
+                op,
+                source,
+            }
         };
         let unsupported = |what: &'static str| {
-            move |source: io::Error| AfPacketError::Unsupported { ifname: ifname.to_owned(), what, source }
+            move |source: io::Error| AfPacketError::Unsupported {
+                ifname: ifname.to_owned(),
+                what,
+                source,
+            }
         };
 
         // Protocol 0: the socket receives nothing until it is bound to the interface below, so
@@ -262,7 +278,9 @@ impl AfPacketPort {
         if raw < 0 {
             let e = io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => AfPacketError::PermissionDenied(ifname.to_owned()),
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    AfPacketError::PermissionDenied(ifname.to_owned())
+                }
                 _ => io_err("socket(AF_PACKET)")(e),
             });
         }
@@ -276,8 +294,10 @@ impl AfPacketPort {
         // Without it a frame the kernel rejects is marked TP_STATUS_WRONG_FORMAT and the kernel
         // stops at it for good; with it the frame is discarded and the ring moves on.
         setsockopt(s, libc::PACKET_LOSS, &one).map_err(io_err("PACKET_LOSS"))?;
-        setsockopt(s, libc::PACKET_QDISC_BYPASS, &one).map_err(unsupported("PACKET_QDISC_BYPASS"))?;
-        setsockopt(s, libc::PACKET_IGNORE_OUTGOING, &one).map_err(unsupported("PACKET_IGNORE_OUTGOING"))?;
+        setsockopt(s, libc::PACKET_QDISC_BYPASS, &one)
+            .map_err(unsupported("PACKET_QDISC_BYPASS"))?;
+        setsockopt(s, libc::PACKET_IGNORE_OUTGOING, &one)
+            .map_err(unsupported("PACKET_IGNORE_OUTGOING"))?;
 
         let mut req = libc::tpacket_req3 {
             tp_block_size: cfg.block_size,
@@ -290,7 +310,10 @@ impl AfPacketPort {
         };
         let ring_err = |what: &'static str| {
             move |e: io::Error| match e.raw_os_error() {
-                Some(libc::ENOMEM) => AfPacketError::RingAlloc { ifname: ifname.to_owned(), bytes: 2 * geo.ring_len },
+                Some(libc::ENOMEM) => AfPacketError::RingAlloc {
+                    ifname: ifname.to_owned(),
+                    bytes: 2 * geo.ring_len,
+                },
                 Some(libc::EINVAL) => unsupported(what)(e),
                 _ => io_err(what)(e),
             }
@@ -317,7 +340,9 @@ impl AfPacketPort {
             return Err(io_err("mmap of the rings")(io::Error::last_os_error()));
         }
         let Some(base) = NonNull::new(base.cast::<u8>()) else {
-            return Err(io_err("mmap of the rings")(io::Error::from_raw_os_error(libc::EFAULT)));
+            return Err(io_err("mmap of the rings")(io::Error::from_raw_os_error(
+                libc::EFAULT,
+            )));
         };
         let ring = Mapping { base, len: map_len };
 
@@ -359,7 +384,8 @@ impl AfPacketPort {
                 mr_address: [0; 8],
             };
             // Dropped by the kernel when the socket closes.
-            setsockopt(s, libc::PACKET_ADD_MEMBERSHIP, &mreq).map_err(io_err("promiscuous mode"))?;
+            setsockopt(s, libc::PACKET_ADD_MEMBERSHIP, &mreq)
+                .map_err(io_err("promiscuous mode"))?;
         }
 
         if let Some(group) = cfg.fanout {
@@ -368,9 +394,10 @@ impl AfPacketPort {
             let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
             let arg = (u32::from(group) | (mode << 16)) as libc::c_int;
             setsockopt(s, libc::PACKET_FANOUT, &arg).map_err(|e| match e.raw_os_error() {
-                Some(libc::EINVAL) | Some(libc::EALREADY) => {
-                    AfPacketError::FanoutRefused { ifname: ifname.to_owned(), group }
-                }
+                Some(libc::EINVAL) | Some(libc::EALREADY) => AfPacketError::FanoutRefused {
+                    ifname: ifname.to_owned(),
+                    group,
+                },
                 _ => io_err("PACKET_FANOUT")(e),
             })?;
         }
@@ -435,7 +462,9 @@ impl AfPacketPort {
     #[inline]
     fn rx_release_block(&mut self) {
         let off = self.rx_block * self.block_size;
-        self.ring.status(off + BLOCK_STATUS).store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.ring
+            .status(off + BLOCK_STATUS)
+            .store(libc::TP_STATUS_KERNEL, Ordering::Release);
         self.rx_block = (self.rx_block + 1) % self.block_count;
         self.rx_left = 0;
     }
@@ -452,7 +481,14 @@ impl AfPacketPort {
     fn kick(&mut self) {
         // SAFETY: no buffer is passed; with a TX ring the kernel sends from the ring.
         let r = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                ptr::null(),
+                0,
+            )
         };
         if r < 0 {
             self.stats.tx_kick_failed += 1;
@@ -460,8 +496,11 @@ impl AfPacketPort {
         // The kernel sends in ring order and stops early when the socket's send buffer or the
         // device is full: then the last slot written is still waiting.
         let last = self.tx_slot((self.tx_head + self.tx_slots - 1) % self.tx_slots);
-        self.tx_unsent =
-            self.ring.status(last + FRAME_STATUS).load(Ordering::Acquire) == libc::TP_STATUS_SEND_REQUEST;
+        self.tx_unsent = self
+            .ring
+            .status(last + FRAME_STATUS)
+            .load(Ordering::Acquire)
+            == libc::TP_STATUS_SEND_REQUEST;
     }
 }
 
@@ -477,7 +516,13 @@ impl Port for AfPacketPort {
         while !out.is_full() {
             let block = self.rx_block * self.block_size;
             if self.rx_left == 0 {
-                if self.ring.status(block + BLOCK_STATUS).load(Ordering::Acquire) & libc::TP_STATUS_USER == 0 {
+                if self
+                    .ring
+                    .status(block + BLOCK_STATUS)
+                    .load(Ordering::Acquire)
+                    & libc::TP_STATUS_USER
+                    == 0
+                {
                     break;
                 }
                 // SAFETY: the block is owned by user space (TP_STATUS_USER seen with acquire
@@ -510,8 +555,9 @@ impl Port for AfPacketPort {
             }
             // SAFETY: the block is owned by user space (claimed above) and the header lies
             // inside it (checked just above).
-            let h: libc::tpacket3_hdr =
-                unsafe { ptr::read_unaligned(self.ring.at(block + hdr_off).cast::<libc::tpacket3_hdr>()) };
+            let h: libc::tpacket3_hdr = unsafe {
+                ptr::read_unaligned(self.ring.at(block + hdr_off).cast::<libc::tpacket3_hdr>())
+            };
             let mac = hdr_off + usize::from(h.tp_mac);
             let snap = h.tp_snaplen as usize;
             if mac + snap > self.block_size {
@@ -573,7 +619,8 @@ impl Port for AfPacketPort {
         let mut sent = 0;
         for buf in frames.drain(..) {
             let data = buf.data();
-            let tagged = data.len() >= ETH_HLEN && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
+            let tagged = data.len() >= ETH_HLEN
+                && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
             let max = (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 })
                 .min(self.frame_size - TX_DATA_OFFSET);
             if data.len() < ETH_HLEN || data.len() > max {
@@ -582,7 +629,10 @@ impl Port for AfPacketPort {
                 continue;
             }
             let slot = self.tx_slot(self.tx_head);
-            let status = self.ring.status(slot + FRAME_STATUS).load(Ordering::Acquire);
+            let status = self
+                .ring
+                .status(slot + FRAME_STATUS)
+                .load(Ordering::Acquire);
             // TP_STATUS_WRONG_FORMAT cannot happen with PACKET_LOSS; if it did, the kernel would
             // be stuck on this slot until it is refilled, so it counts as free.
             if status != libc::TP_STATUS_AVAILABLE && status != libc::TP_STATUS_WRONG_FORMAT {
@@ -598,12 +648,20 @@ impl Port for AfPacketPort {
             // frame_size` (checked above), so the copy stays inside the slot and does not touch
             // the status word.
             unsafe {
-                hdr.add(offset_of!(libc::tpacket3_hdr, tp_next_offset)).cast::<u32>().write(0);
-                hdr.add(offset_of!(libc::tpacket3_hdr, tp_len)).cast::<u32>().write(len);
-                hdr.add(offset_of!(libc::tpacket3_hdr, tp_snaplen)).cast::<u32>().write(len);
+                hdr.add(offset_of!(libc::tpacket3_hdr, tp_next_offset))
+                    .cast::<u32>()
+                    .write(0);
+                hdr.add(offset_of!(libc::tpacket3_hdr, tp_len))
+                    .cast::<u32>()
+                    .write(len);
+                hdr.add(offset_of!(libc::tpacket3_hdr, tp_snaplen))
+                    .cast::<u32>()
+                    .write(len);
                 ptr::copy_nonoverlapping(data.as_ptr(), hdr.add(TX_DATA_OFFSET), data.len());
             }
-            self.ring.status(slot + FRAME_STATUS).store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
+            self.ring
+                .status(slot + FRAME_STATUS)
+                .store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
             self.tx_head = (self.tx_head + 1) % self.tx_slots;
             sent += 1;
             pool.put(buf);
@@ -639,7 +697,9 @@ impl Geometry {
         let page = usize::try_from(page).unwrap_or(4096).max(1);
         let (bs, fs) = (cfg.block_size as usize, cfg.frame_size as usize);
         if bs == 0 || bs % page != 0 || bs > i32::MAX as usize {
-            return bad(format!("block_size {bs} must be a non-zero multiple of the page size ({page})"));
+            return bad(format!(
+                "block_size {bs} must be a non-zero multiple of the page size ({page})"
+            ));
         }
         if fs % 16 != 0 || fs < TPACKET3_HDRLEN.next_multiple_of(16) {
             return bad(format!(
@@ -648,7 +708,9 @@ impl Geometry {
             ));
         }
         if fs > bs || bs < size_of::<libc::tpacket_block_desc>() + TPACKET3_HDRLEN {
-            return bad(format!("block_size {bs} must hold at least one frame of frame_size {fs}"));
+            return bad(format!(
+                "block_size {bs} must hold at least one frame of frame_size {fs}"
+            ));
         }
         if cfg.block_count == 0 {
             return bad("block_count must be at least 1".to_owned());
@@ -657,10 +719,19 @@ impl Geometry {
         let frames = u32::try_from(frames_per_block)
             .ok()
             .and_then(|f| f.checked_mul(cfg.block_count));
-        let ring_len = bs.checked_mul(cfg.block_count as usize).filter(|l| l.checked_mul(2).is_some());
+        let ring_len = bs
+            .checked_mul(cfg.block_count as usize)
+            .filter(|l| l.checked_mul(2).is_some());
         match (frames, ring_len) {
-            (Some(frames), Some(ring_len)) => Ok(Geometry { frames_per_block, frames, ring_len }),
-            _ => bad(format!("{} blocks of {bs} bytes is too large", cfg.block_count)),
+            (Some(frames), Some(ring_len)) => Ok(Geometry {
+                frames_per_block,
+                frames,
+                ring_len,
+            }),
+            _ => bad(format!(
+                "{} blocks of {bs} bytes is too large",
+                cfg.block_count
+            )),
         }
     }
 }
@@ -669,11 +740,22 @@ fn setsockopt<T>(fd: RawFd, name: libc::c_int, val: &T) -> io::Result<()> {
     setsockopt_level(fd, libc::SOL_PACKET, name, val)
 }
 
-fn setsockopt_level<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+fn setsockopt_level<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &T,
+) -> io::Result<()> {
     // SAFETY: `val` points to an initialised `T` that lives across the call, and its exact size
     // is passed; the kernel only reads it.
     let r = unsafe {
-        libc::setsockopt(fd, level, name, ptr::from_ref(val).cast(), size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            ptr::from_ref(val).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
     };
     if r == 0 {
         Ok(())
@@ -744,7 +826,9 @@ mod tests {
         fn with_veth(tag: &str) -> Netns {
             let ns = Netns::new(tag);
             // "name" and "dev" are needed: ip reads a bare `a` as an abbreviation of `address`.
-            ns.ip(&["link", "add", "name", "a", "type", "veth", "peer", "name", "b"]);
+            ns.ip(&[
+                "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
+            ]);
             ns.ip(&["link", "set", "dev", "a", "up"]);
             ns.ip(&["link", "set", "dev", "b", "up"]);
             ns
@@ -770,13 +854,19 @@ mod tests {
 
     impl Drop for Netns {
         fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output();
         }
     }
 
     fn run(cmd: &str, args: &[&str]) {
         let out = Command::new(cmd).args(args).output().unwrap();
-        assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Moves the calling thread into the network namespace at `path`.
@@ -788,7 +878,10 @@ mod tests {
     }
 
     fn cfg(port: PortId) -> AfPacketConfig {
-        AfPacketConfig { port, ..AfPacketConfig::default() }
+        AfPacketConfig {
+            port,
+            ..AfPacketConfig::default()
+        }
     }
 
     /// Frame `seq`: 60 to 1514 bytes, every 7th one 802.1Q-tagged, an experimental ethertype,
@@ -817,7 +910,20 @@ mod tests {
         let len = 60 + (seq as usize * 97) % (1514 - 60 + 1);
         let mut f = vec![0x02, 0, 0, 0, 0, 0x0b, 0x02, 0, 0, 0, 0, 0x0a, 0x08, 0x00];
         let ip_len = (len - 14) as u16;
-        f.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0x40,
+            0,
+            64,
+            17,
+            0,
+            0,
+        ]);
         f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
         let sport = 10_000 + (seq % 50_000) as u16;
         f.extend_from_slice(&sport.to_be_bytes());
@@ -847,7 +953,11 @@ mod tests {
         }
     }
 
-    fn send(port: &mut AfPacketPort, pool: &mut Pool, frames: impl Iterator<Item = Vec<u8>>) -> usize {
+    fn send(
+        port: &mut AfPacketPort,
+        pool: &mut Pool,
+        frames: impl Iterator<Item = Vec<u8>>,
+    ) -> usize {
         let mut burst = Burst::new();
         let mut sent = 0;
         for f in frames {
@@ -871,7 +981,10 @@ mod tests {
             for b in burst.drain(..) {
                 if let Some(seq) = seq_of(b.data()) {
                     assert_eq!(b.port, port.port);
-                    assert!(got.insert(seq, b.data().to_vec()).is_none(), "frame {seq} received twice");
+                    assert!(
+                        got.insert(seq, b.data().to_vec()).is_none(),
+                        "frame {seq} received twice"
+                    );
                 }
                 pool.put(b);
             }
@@ -884,7 +997,10 @@ mod tests {
         let name = CString::new(ifname).unwrap();
         // SAFETY: plain system calls; `name` is NUL-terminated.
         let (fd, ifindex) = unsafe {
-            (libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0), libc::if_nametoindex(name.as_ptr()))
+            (
+                libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0),
+                libc::if_nametoindex(name.as_ptr()),
+            )
         };
         assert!(fd >= 0 && ifindex > 0);
         // SAFETY: `fd` is a fresh descriptor nothing else owns.
@@ -910,19 +1026,29 @@ mod tests {
     }
 
     fn wait_readable(port: &AfPacketPort, ms: i32) {
-        let mut p = libc::pollfd { fd: port.raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: port.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut p, 1, ms) };
     }
 
     /// Drains `ports` until `want` test frames have arrived in all or 3 s have passed.
-    fn receive_all(ports: &mut [(&mut AfPacketPort, &mut BTreeMap<u32, Vec<u8>>)], pool: &mut Pool, want: usize) {
+    fn receive_all(
+        ports: &mut [(&mut AfPacketPort, &mut BTreeMap<u32, Vec<u8>>)],
+        pool: &mut Pool,
+        want: usize,
+    ) {
         let deadline = Instant::now() + Duration::from_secs(3);
         loop {
             for (p, got) in ports.iter_mut() {
                 drain(p, pool, got);
             }
-            if ports.iter().map(|(_, g)| g.len()).sum::<usize>() >= want || Instant::now() > deadline {
+            if ports.iter().map(|(_, g)| g.len()).sum::<usize>() >= want
+                || Instant::now() > deadline
+            {
                 return;
             }
             wait_readable(ports[0].0, 10);
@@ -941,7 +1067,14 @@ mod tests {
             let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
             // A second socket on the sending interface: it must not see the outgoing frames.
             let mut watch = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
-            let mut b = AfPacketPort::open("b", &AfPacketConfig { promiscuous: true, ..cfg(PortId::Tasks) }).unwrap();
+            let mut b = AfPacketPort::open(
+                "b",
+                &AfPacketConfig {
+                    promiscuous: true,
+                    ..cfg(PortId::Tasks)
+                },
+            )
+            .unwrap();
             let mut tx_pool = Pool::new(64);
             // A small pool, so bursts stop mid-block for want of buffers as well as when full.
             let mut rx_pool = Pool::new(7);
@@ -956,16 +1089,39 @@ mod tests {
             // sends through the stack do not, and only PACKET_IGNORE_OUTGOING hides them.
             for seq in N..N + 10 {
                 plain_send("a", &test_frame(seq));
+                drain(&mut b, &mut rx_pool, &mut got);
             }
-            receive_all(&mut [(&mut b, &mut got), (&mut watch, &mut seen_by_a)], &mut rx_pool, N as usize + 10);
-            drain(&mut a, &mut rx_pool, &mut seen_by_a);
-            assert_eq!(got.len(), N as usize + 10, "received {} of {}: {:?}", got.len(), N + 10, (0..N + 10).filter(|s| !got.contains_key(s)).map(|s| (s, test_frame(s).len())).collect::<Vec<_>>());
+            receive_all(
+                &mut [(&mut b, &mut got), (&mut watch, &mut seen_by_a)],
+                &mut rx_pool,
+                N as usize + 10,
+            );
+            let mut seen_by_sender = BTreeMap::new();
+            drain(&mut a, &mut rx_pool, &mut seen_by_sender);
+            let missing: Vec<u32> = (0..N + 10).filter(|s| !got.contains_key(s)).collect();
+            assert!(
+                missing.is_empty(),
+                "missing frames {missing:?}, {:?}",
+                b.stats()
+            );
             for (seq, f) in &got {
                 assert_eq!(f, &test_frame(*seq), "frame {seq} differs");
             }
-            assert!(seen_by_a.is_empty(), "the sending side saw {} of its own frames", seen_by_a.len());
+            assert!(
+                seen_by_a.is_empty(),
+                "a saw {} of its outgoing frames",
+                seen_by_a.len()
+            );
+            assert!(
+                seen_by_sender.is_empty(),
+                "the sender saw {} of its own frames",
+                seen_by_sender.len()
+            );
             let (sa, sb) = (a.stats(), b.stats());
-            assert_eq!((sa.tx, sa.tx_ring_full, sa.tx_bad_len), (u64::from(N), 0, 0));
+            assert_eq!(
+                (sa.tx, sa.tx_ring_full, sa.tx_bad_len),
+                (u64::from(N), 0, 0)
+            );
             assert!(sb.rx >= u64::from(N));
             assert_eq!((sb.rx_dropped, sb.rx_too_long, sb.rx_bad_desc), (0, 0, 0));
             assert_eq!(tx_pool.available(), 64);
@@ -983,24 +1139,58 @@ mod tests {
         let ns = Netns::with_veth("fanout");
         ns.run(|| {
             let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
-            let member = AfPacketConfig { fanout: Some(0x6d73), ..cfg(PortId::Tasks) };
+            let member = AfPacketConfig {
+                fanout: Some(0x6d73),
+                ..cfg(PortId::Tasks)
+            };
             let mut b1 = AfPacketPort::open("b", &member).unwrap();
             let mut b2 = AfPacketPort::open("b", &member).unwrap();
             // The same group id on another interface is refused, with an error that says so.
             let other = AfPacketPort::open("a", &member).unwrap_err();
-            assert!(matches!(other, AfPacketError::FanoutRefused { group: 0x6d73, .. }), "{other}");
+            assert!(
+                matches!(other, AfPacketError::FanoutRefused { group: 0x6d73, .. }),
+                "{other}"
+            );
             let mut pool = Pool::new(64);
             assert_eq!(send(&mut a, &mut pool, (0..N).map(udp_frame)), N as usize);
             let (mut g1, mut g2) = (BTreeMap::new(), BTreeMap::new());
-            receive_all(&mut [(&mut b1, &mut g1), (&mut b2, &mut g2)], &mut pool, N as usize);
-            assert!(!g1.is_empty() && !g2.is_empty(), "hash fanout gave {} and {}", g1.len(), g2.len());
-            assert!(g1.keys().all(|k| !g2.contains_key(k)), "a frame went to both members");
+            receive_all(
+                &mut [(&mut b1, &mut g1), (&mut b2, &mut g2)],
+                &mut pool,
+                N as usize,
+            );
+            assert!(
+                !g1.is_empty() && !g2.is_empty(),
+                "hash fanout gave {} and {}",
+                g1.len(),
+                g2.len()
+            );
+            assert!(
+                g1.keys().all(|k| !g2.contains_key(k)),
+                "a frame went to both members"
+            );
             let mut all = g1;
             all.append(&mut g2);
             assert_eq!(all.len(), N as usize);
             for (seq, f) in &all {
                 assert_eq!(f, &udp_frame(*seq), "frame {seq} differs");
             }
+            // Frames the host sends out of b: the group's hook, not the members', decides
+            // whether outgoing frames are seen (PACKET_FANOUT_FLAG_IGNORE_OUTGOING).
+            let (mut o1, mut o2) = (BTreeMap::new(), BTreeMap::new());
+            for seq in N..N + 5 {
+                plain_send("b", &udp_frame(seq));
+                drain(&mut b1, &mut pool, &mut o1);
+                drain(&mut b2, &mut pool, &mut o2);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            drain(&mut b1, &mut pool, &mut o1);
+            drain(&mut b2, &mut pool, &mut o2);
+            assert_eq!(
+                (o1.len(), o2.len()),
+                (0, 0),
+                "fanout members saw b's outgoing frames"
+            );
         });
     }
 
@@ -1014,7 +1204,11 @@ mod tests {
         ns.run(|| {
             // One page per ring: two TX slots. Nothing is kicked before the burst ends, so the
             // third frame of a burst finds the ring full.
-            let tiny = AfPacketConfig { block_size: 4096, block_count: 1, ..cfg(PortId::Uplink) };
+            let tiny = AfPacketConfig {
+                block_size: 4096,
+                block_count: 1,
+                ..cfg(PortId::Uplink)
+            };
             let mut a = AfPacketPort::open("a", &tiny).unwrap();
             let mut b = AfPacketPort::open("b", &cfg(PortId::Tasks)).unwrap();
             let mut pool = Pool::new(64);
@@ -1041,7 +1235,10 @@ mod tests {
     fn unknown_interface_is_a_clear_error() {
         match AfPacketPort::open("meshd-nope0", &AfPacketConfig::default()) {
             Err(e @ AfPacketError::NoSuchInterface(_)) => {
-                assert_eq!(e.to_string().split(':').next(), Some("no such interface meshd-nope0"));
+                assert_eq!(
+                    e.to_string().split(':').next(),
+                    Some("no such interface meshd-nope0")
+                );
             }
             other => panic!("expected NoSuchInterface, got {other:?}"),
         }
@@ -1049,20 +1246,56 @@ mod tests {
             AfPacketPort::open("a-name-too-long-for-linux", &AfPacketConfig::default()),
             Err(AfPacketError::BadName(_))
         ));
-        assert!(matches!(AfPacketPort::open("", &AfPacketConfig::default()), Err(AfPacketError::BadName(_))));
+        assert!(matches!(
+            AfPacketPort::open("", &AfPacketConfig::default()),
+            Err(AfPacketError::BadName(_))
+        ));
+    }
+
+    #[test]
+    fn without_cap_net_raw_the_error_says_so() {
+        if is_root() {
+            println!("skipping without_cap_net_raw_the_error_says_so: runs only as a normal user");
+            return;
+        }
+        match AfPacketPort::open("lo", &AfPacketConfig::default()) {
+            Err(e @ AfPacketError::PermissionDenied(_)) => {
+                assert!(e.to_string().contains("needs root or CAP_NET_RAW"), "{e}");
+            }
+            other => panic!("expected PermissionDenied, got {other:?}"),
+        }
     }
 
     #[test]
     fn bad_ring_configs_are_refused_before_any_system_call() {
         let bad = [
-            AfPacketConfig { block_size: 5000, ..AfPacketConfig::default() },
-            AfPacketConfig { frame_size: 2040, ..AfPacketConfig::default() },
-            AfPacketConfig { frame_size: 64, ..AfPacketConfig::default() },
-            AfPacketConfig { block_size: 4096, frame_size: 8192, ..AfPacketConfig::default() },
-            AfPacketConfig { block_count: 0, ..AfPacketConfig::default() },
+            AfPacketConfig {
+                block_size: 5000,
+                ..AfPacketConfig::default()
+            },
+            AfPacketConfig {
+                frame_size: 2040,
+                ..AfPacketConfig::default()
+            },
+            AfPacketConfig {
+                frame_size: 64,
+                ..AfPacketConfig::default()
+            },
+            AfPacketConfig {
+                block_size: 4096,
+                frame_size: 8192,
+                ..AfPacketConfig::default()
+            },
+            AfPacketConfig {
+                block_count: 0,
+                ..AfPacketConfig::default()
+            },
         ];
         for c in bad {
-            assert!(matches!(AfPacketPort::open("lo", &c), Err(AfPacketError::Config(_))), "{c:?}");
+            assert!(
+                matches!(AfPacketPort::open("lo", &c), Err(AfPacketError::Config(_))),
+                "{c:?}"
+            );
         }
     }
 
@@ -1071,7 +1304,10 @@ mod tests {
         // tpacket3_hdr is 48 bytes: frames start right after it, TPACKET3_HDRLEN is 68.
         assert_eq!(TX_DATA_OFFSET, 48);
         assert_eq!(TPACKET3_HDRLEN, 68);
-        assert_eq!((BLOCK_STATUS, BLOCK_NUM_PKTS, BLOCK_FIRST_PKT, FRAME_STATUS), (8, 12, 16, 20));
+        assert_eq!(
+            (BLOCK_STATUS, BLOCK_NUM_PKTS, BLOCK_FIRST_PKT, FRAME_STATUS),
+            (8, 12, 16, 20)
+        );
     }
 
     /// Frames per second across the veth, one sender and one receiver thread. Run with
@@ -1088,7 +1324,11 @@ mod tests {
             let secs = 2.0;
             let (sent, received, stats_a, stats_b) = ns.run(|| {
                 let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
-                let big = AfPacketConfig { block_size: 1 << 20, block_count: 16, ..cfg(PortId::Tasks) };
+                let big = AfPacketConfig {
+                    block_size: 1 << 20,
+                    block_count: 16,
+                    ..cfg(PortId::Tasks)
+                };
                 let mut b = AfPacketPort::open("b", &big).unwrap();
                 let stop = std::sync::atomic::AtomicBool::new(false);
                 let path = format!("/var/run/netns/{}", ns.name);
