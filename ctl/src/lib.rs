@@ -3,7 +3,10 @@
 //! this crate so both sides share one definition.
 #![forbid(unsafe_code)]
 
+pub mod apply;
+pub mod client;
 pub mod model;
+pub mod proto;
 pub mod validate;
 
 pub use model::*;

@@ -1,4 +1,8 @@
-fn main() {
-    eprintln!("meshctl: not implemented yet");
-    std::process::exit(2);
+//! `meshctl`: drives meshd over its control socket. See `meshctl --help`.
+#![forbid(unsafe_code)]
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

@@ -1,0 +1,1275 @@
+//! What a command does to the state: pure functions, no I/O.
+//!
+//! [`apply`] turns the current [`State`] and a changing [`Command`] into the next state, or says
+//! exactly why it cannot. It checks what only the command knows (the thing it names exists, the
+//! thing it creates does not, a removed node runs no task, ...); whole-state rules (unique
+//! published ports and addresses, VIPs inside their subnet, known nodes and networks) are
+//! [`crate::validate()`]'s, which the daemon runs on the result. [`answer`] gives the result body
+//! of a response.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::model::{EndpointMode, Network, Node, Service, State, Task};
+use crate::proto::{Command, ErrorBody, ErrorCode, PortSpec, ServiceUpdate};
+
+/// What a command names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Network,
+    Node,
+    Service,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Network => "network",
+            Kind::Node => "node",
+            Kind::Service => "service",
+        })
+    }
+}
+
+/// Why a command cannot be applied. The message says what is wrong and, where it helps, what
+/// to do; [`ApplyError::code`] classifies it for the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: Kind, name: String },
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: Kind, name: String },
+    #[error("task {task:?} not found in service {service:?}")]
+    TaskNotFound { service: String, task: String },
+    #[error("task {task:?} already exists in service {service:?}")]
+    TaskExists { service: String, task: String },
+    #[error(
+        "task name {task:?} does not fit service {service:?}: tasks are named {service}.1, \
+         {service}.2, ... (the service name, a dot and a slot number from 1)"
+    )]
+    BadTaskName { service: String, task: String },
+    #[error("published port {port} is not published by service {service:?}")]
+    PortNotPublished { service: String, port: PortSpec },
+    #[error("published port {port} is already published by service {service:?}")]
+    PortAlreadyPublished { service: String, port: PortSpec },
+    #[error("service {service:?} is not attached to network {network:?}")]
+    NetworkNotAttached { service: String, network: String },
+    #[error("service {service:?} is already attached to network {network:?}")]
+    NetworkAlreadyAttached { service: String, network: String },
+    #[error("network {network:?} already has an endpoint for node {node:?}")]
+    EndpointExists { network: String, node: String },
+    #[error("node {node:?} still runs tasks {}; remove them first", .tasks.join(", "))]
+    NodeInUse { node: String, tasks: Vec<String> },
+    #[error(
+        "network {network:?} is still used by services {}; remove them first",
+        .services.join(", ")
+    )]
+    NetworkInUse {
+        network: String,
+        services: Vec<String>,
+    },
+    #[error(
+        "service {service:?} has {current} tasks and cannot be scaled up to {requested}: meshd \
+         does not start containers; add tasks with \
+         `meshctl service update --task-add name={service}.{next},node=NODE,addr=NETWORK:IP {service}`"
+    )]
+    ScaleUp {
+        service: String,
+        current: usize,
+        requested: u32,
+        next: u32,
+    },
+    #[error("the update of task {task:?} changes nothing: give weight= and/or state=")]
+    EmptyTaskUpdate { task: String },
+    #[error("cannot encode the result: {0}")]
+    Encode(String),
+}
+
+impl ApplyError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApplyError::NotFound { .. }
+            | ApplyError::TaskNotFound { .. }
+            | ApplyError::PortNotPublished { .. }
+            | ApplyError::NetworkNotAttached { .. } => ErrorCode::NotFound,
+            ApplyError::AlreadyExists { .. }
+            | ApplyError::TaskExists { .. }
+            | ApplyError::PortAlreadyPublished { .. }
+            | ApplyError::NetworkAlreadyAttached { .. }
+            | ApplyError::EndpointExists { .. }
+            | ApplyError::NodeInUse { .. }
+            | ApplyError::NetworkInUse { .. } => ErrorCode::Conflict,
+            ApplyError::BadTaskName { .. }
+            | ApplyError::ScaleUp { .. }
+            | ApplyError::EmptyTaskUpdate { .. } => ErrorCode::Invalid,
+            ApplyError::Encode(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<ApplyError> for ErrorBody {
+    fn from(e: ApplyError) -> Self {
+        ErrorBody::new(e.code(), e.to_string())
+    }
+}
+
+/// The slot number of a task named `<service>.<N>` (N ≥ 1, no leading zero), as Swarm numbers
+/// replicas.
+pub fn task_slot(service: &str, task: &str) -> Option<u32> {
+    let n = task.strip_prefix(service)?.strip_prefix('.')?;
+    if n.is_empty() || n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// The next state after a changing command, `None` for a command that only reads.
+pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> {
+    if !cmd.changes_state() {
+        return Ok(None);
+    }
+    let mut s = state.clone();
+    match cmd {
+        Command::NetworkCreate { network } => {
+            if s.network(&network.name).is_some() {
+                return Err(exists(Kind::Network, &network.name));
+            }
+            s.networks.push(network.clone());
+        }
+        Command::NetworkRm { name } => {
+            let idx = network_index(&s, name)?;
+            let users: Vec<String> = s
+                .services
+                .iter()
+                .filter(|svc| {
+                    svc.networks.iter().any(|n| &n.network == name)
+                        || svc.tasks.iter().any(|t| t.addr_on(name).is_some())
+                })
+                .map(|svc| svc.name.clone())
+                .collect();
+            if !users.is_empty() {
+                return Err(ApplyError::NetworkInUse {
+                    network: name.clone(),
+                    services: users,
+                });
+            }
+            s.networks.remove(idx);
+        }
+        Command::NodeAdd { node, endpoints } => {
+            if s.node(&node.name).is_some() {
+                return Err(exists(Kind::Node, &node.name));
+            }
+            for (net_name, addr) in endpoints {
+                let idx = network_index(&s, net_name)?;
+                let net = &mut s.networks[idx];
+                if net.endpoints.contains_key(&node.name) {
+                    return Err(ApplyError::EndpointExists {
+                        network: net_name.clone(),
+                        node: node.name.clone(),
+                    });
+                }
+                net.endpoints.insert(node.name.clone(), *addr);
+            }
+            s.nodes.push(node.clone());
+        }
+        Command::NodeRm { name } => {
+            let idx = node_index(&s, name)?;
+            let tasks: Vec<String> = s
+                .services
+                .iter()
+                .flat_map(|svc| svc.tasks.iter())
+                .filter(|t| &t.node == name)
+                .map(|t| t.name.clone())
+                .collect();
+            if !tasks.is_empty() {
+                return Err(ApplyError::NodeInUse {
+                    node: name.clone(),
+                    tasks,
+                });
+            }
+            s.nodes.remove(idx);
+            for net in &mut s.networks {
+                net.endpoints.remove(name);
+            }
+        }
+        Command::NodeUpdate { name, availability } => {
+            let idx = node_index(&s, name)?;
+            s.nodes[idx].availability = *availability;
+        }
+        Command::ServiceCreate { service } => {
+            if s.service(&service.name).is_some() {
+                return Err(exists(Kind::Service, &service.name));
+            }
+            let mut ports: Vec<PortSpec> = Vec::new();
+            for p in &service.ports {
+                let spec = PortSpec::of(p);
+                if ports.contains(&spec) {
+                    return Err(ApplyError::PortAlreadyPublished {
+                        service: service.name.clone(),
+                        port: spec,
+                    });
+                }
+                ports.push(spec);
+            }
+            let mut checked = Service {
+                tasks: Vec::new(),
+                ..service.clone()
+            };
+            for t in &service.tasks {
+                add_task(&mut checked, t)?;
+            }
+            s.services.push(checked);
+        }
+        Command::ServiceUpdate { name, update } => {
+            let svc = s
+                .service_mut(name)
+                .ok_or_else(|| not_found(Kind::Service, name))?;
+            update_service(svc, update)?;
+        }
+        Command::ServiceScale { name, replicas } => {
+            let svc = s
+                .service_mut(name)
+                .ok_or_else(|| not_found(Kind::Service, name))?;
+            scale(svc, *replicas)?;
+        }
+        Command::ServiceRm { name } => {
+            let idx = s
+                .services
+                .iter()
+                .position(|svc| &svc.name == name)
+                .ok_or_else(|| not_found(Kind::Service, name))?;
+            s.services.remove(idx);
+        }
+        Command::NetworkLs {}
+        | Command::NetworkInspect { .. }
+        | Command::NodeLs {}
+        | Command::ServiceLs {}
+        | Command::ServiceInspect { .. }
+        | Command::ServicePs { .. }
+        | Command::Stats {}
+        | Command::State {} => return Ok(None),
+    }
+    Ok(Some(s))
+}
+
+/// The result body of a successful response to `cmd`, read from `state` (for a changing
+/// command, the new state):
+///
+/// | command | result |
+/// |---|---|
+/// | `network-create`, `network-inspect` | `Network` |
+/// | `network-ls` | `[Network]` |
+/// | `node-add`, `node-update` | `Node` |
+/// | `node-ls` | `[Node]` |
+/// | `service-create`, `-update`, `-scale`, `-inspect` | `Service` |
+/// | `service-ls` | `[Service]` |
+/// | `service-ps` | `[Task]` |
+/// | `state` | `State` |
+/// | `network-rm`, `node-rm`, `service-rm` | `null` |
+/// | `stats` | `null` here: the daemon answers with its own counters |
+pub fn answer(state: &State, cmd: &Command) -> Result<Value, ApplyError> {
+    match cmd {
+        Command::NetworkCreate { network } => to_value(find_network(state, &network.name)?),
+        Command::NetworkInspect { name } => to_value(find_network(state, name)?),
+        Command::NetworkLs {} => to_value(&state.networks),
+        Command::NodeAdd { node, .. } => to_value(find_node(state, &node.name)?),
+        Command::NodeUpdate { name, .. } => to_value(find_node(state, name)?),
+        Command::NodeLs {} => to_value(&state.nodes),
+        Command::ServiceCreate { service } => to_value(find_service(state, &service.name)?),
+        Command::ServiceUpdate { name, .. }
+        | Command::ServiceScale { name, .. }
+        | Command::ServiceInspect { name } => to_value(find_service(state, name)?),
+        Command::ServiceLs {} => to_value(&state.services),
+        Command::ServicePs { name } => to_value(&find_service(state, name)?.tasks),
+        Command::State {} => to_value(state),
+        Command::NetworkRm { .. }
+        | Command::NodeRm { .. }
+        | Command::ServiceRm { .. }
+        | Command::Stats {} => Ok(Value::Null),
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Result<Value, ApplyError> {
+    serde_json::to_value(v).map_err(|e| ApplyError::Encode(e.to_string()))
+}
+
+fn not_found(kind: Kind, name: &str) -> ApplyError {
+    ApplyError::NotFound {
+        kind,
+        name: name.to_string(),
+    }
+}
+
+fn exists(kind: Kind, name: &str) -> ApplyError {
+    ApplyError::AlreadyExists {
+        kind,
+        name: name.to_string(),
+    }
+}
+
+fn find_network<'a>(s: &'a State, name: &str) -> Result<&'a Network, ApplyError> {
+    s.network(name)
+        .ok_or_else(|| not_found(Kind::Network, name))
+}
+
+fn find_node<'a>(s: &'a State, name: &str) -> Result<&'a Node, ApplyError> {
+    s.node(name).ok_or_else(|| not_found(Kind::Node, name))
+}
+
+fn find_service<'a>(s: &'a State, name: &str) -> Result<&'a Service, ApplyError> {
+    s.service(name)
+        .ok_or_else(|| not_found(Kind::Service, name))
+}
+
+fn network_index(s: &State, name: &str) -> Result<usize, ApplyError> {
+    s.networks
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| not_found(Kind::Network, name))
+}
+
+fn node_index(s: &State, name: &str) -> Result<usize, ApplyError> {
+    s.nodes
+        .iter()
+        .position(|n| n.name == name)
+        .ok_or_else(|| not_found(Kind::Node, name))
+}
+
+fn add_task(svc: &mut Service, t: &Task) -> Result<(), ApplyError> {
+    if task_slot(&svc.name, &t.name).is_none() {
+        return Err(ApplyError::BadTaskName {
+            service: svc.name.clone(),
+            task: t.name.clone(),
+        });
+    }
+    if svc.tasks.iter().any(|x| x.name == t.name) {
+        return Err(ApplyError::TaskExists {
+            service: svc.name.clone(),
+            task: t.name.clone(),
+        });
+    }
+    svc.tasks.push(t.clone());
+    Ok(())
+}
+
+fn update_service(svc: &mut Service, u: &ServiceUpdate) -> Result<(), ApplyError> {
+    for spec in &u.publish_rm {
+        let before = svc.ports.len();
+        svc.ports.retain(|p| !spec.matches(p));
+        if svc.ports.len() == before {
+            return Err(ApplyError::PortNotPublished {
+                service: svc.name.clone(),
+                port: *spec,
+            });
+        }
+    }
+    for p in &u.publish_add {
+        let spec = PortSpec::of(p);
+        if svc.ports.iter().any(|x| spec.matches(x)) {
+            return Err(ApplyError::PortAlreadyPublished {
+                service: svc.name.clone(),
+                port: spec,
+            });
+        }
+        svc.ports.push(*p);
+    }
+    for net in &u.network_rm {
+        let before = svc.networks.len();
+        svc.networks.retain(|n| &n.network != net);
+        if svc.networks.len() == before {
+            return Err(ApplyError::NetworkNotAttached {
+                service: svc.name.clone(),
+                network: net.clone(),
+            });
+        }
+    }
+    for net in &u.network_add {
+        if svc.networks.iter().any(|n| n.network == net.network) {
+            return Err(ApplyError::NetworkAlreadyAttached {
+                service: svc.name.clone(),
+                network: net.network.clone(),
+            });
+        }
+        svc.networks.push(net.clone());
+    }
+    for name in &u.task_rm {
+        let before = svc.tasks.len();
+        svc.tasks.retain(|t| &t.name != name);
+        if svc.tasks.len() == before {
+            return Err(ApplyError::TaskNotFound {
+                service: svc.name.clone(),
+                task: name.clone(),
+            });
+        }
+    }
+    for t in &u.task_add {
+        add_task(svc, t)?;
+    }
+    for tu in &u.task_update {
+        if tu.weight.is_none() && tu.state.is_none() {
+            return Err(ApplyError::EmptyTaskUpdate {
+                task: tu.name.clone(),
+            });
+        }
+        let service = svc.name.clone();
+        let task = svc
+            .tasks
+            .iter_mut()
+            .find(|t| t.name == tu.name)
+            .ok_or_else(|| ApplyError::TaskNotFound {
+                service,
+                task: tu.name.clone(),
+            })?;
+        if let Some(w) = tu.weight {
+            task.weight = w;
+        }
+        if let Some(st) = tu.state {
+            task.state = st;
+        }
+    }
+    if let Some(mode) = u.endpoint_mode {
+        svc.endpoint_mode = mode;
+        if mode == EndpointMode::Dnsrr {
+            // Swarm releases the VIPs of a service that goes DNS round-robin.
+            for n in &mut svc.networks {
+                n.vip = None;
+            }
+        }
+    }
+    if let Some(c) = u.client_ip {
+        svc.client_ip = c;
+    }
+    if let Some(k) = u.scheduler {
+        svc.scheduler = k;
+    }
+    if let Some(t) = u.timeouts {
+        if let Some(v) = t.tcp_established {
+            svc.timeouts.tcp_established = v;
+        }
+        if let Some(v) = t.tcp_transitory {
+            svc.timeouts.tcp_transitory = v;
+        }
+        if let Some(v) = t.udp {
+            svc.timeouts.udp = v;
+        }
+    }
+    Ok(())
+}
+
+fn scale(svc: &mut Service, replicas: u32) -> Result<(), ApplyError> {
+    let current = svc.tasks.len();
+    let wanted = usize::try_from(replicas).unwrap_or(usize::MAX);
+    if wanted > current {
+        let next = svc
+            .tasks
+            .iter()
+            .filter_map(|t| task_slot(&svc.name, &t.name))
+            .max()
+            .unwrap_or(0);
+        return Err(ApplyError::ScaleUp {
+            service: svc.name.clone(),
+            current,
+            requested: replicas,
+            next: next.saturating_add(1),
+        });
+    }
+    // Keep the `wanted` lowest slots; tasks whose name has no slot (from before names were
+    // checked) sort last and go first.
+    let mut order: Vec<(u32, usize)> = svc
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (task_slot(&svc.name, &t.name).unwrap_or(u32::MAX), i))
+        .collect();
+    order.sort_unstable();
+    let mut keep = vec![false; current];
+    for &(_, i) in order.iter().take(wanted) {
+        keep[i] = true;
+    }
+    let mut i = 0;
+    svc.tasks.retain(|_| {
+        let k = keep[i];
+        i += 1;
+        k
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::*;
+    use crate::proto::{TaskUpdate, TimeoutsUpdate};
+
+    fn task(name: &str, node: &str, last: u8) -> Task {
+        Task {
+            name: name.into(),
+            node: node.into(),
+            addresses: vec![
+                TaskAddress {
+                    network: "ingress".into(),
+                    addr: Ipv4Addr::new(10, 0, 0, last),
+                },
+                TaskAddress {
+                    network: "appnet".into(),
+                    addr: Ipv4Addr::new(10, 0, 1, last),
+                },
+            ],
+            state: TaskState::Running,
+            weight: 1,
+        }
+    }
+
+    fn port(published: u16, target: u16, protocol: Protocol) -> PublishedPort {
+        PublishedPort {
+            protocol,
+            published,
+            target,
+            mode: PublishMode::Ingress,
+        }
+    }
+
+    fn node(name: &str, last: u8) -> Node {
+        Node {
+            name: name.into(),
+            addr: Ipv4Addr::new(192, 168, 1, last),
+            vtep: None,
+            vtep_port: VXLAN_PORT,
+            availability: Availability::Active,
+        }
+    }
+
+    fn sample() -> State {
+        let ingress = Network {
+            name: "ingress".into(),
+            vni: INGRESS_VNI,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            ingress: true,
+            endpoints: BTreeMap::from([
+                ("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2)),
+                ("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3)),
+            ]),
+        };
+        let app = Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: BTreeMap::new(),
+        };
+        let mut web = Service::new("web");
+        web.networks.push(ServiceNetwork {
+            network: "appnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+        });
+        web.ports.push(port(8080, 80, Protocol::Tcp));
+        web.tasks = vec![
+            task("web.1", "n1", 11),
+            task("web.2", "n2", 12),
+            task("web.3", "n1", 13),
+        ];
+        State {
+            nodes: vec![node("n1", 11), node("n2", 12)],
+            networks: vec![ingress, app],
+            services: vec![web],
+        }
+    }
+
+    fn ok(s: &State, c: Command) -> State {
+        let next = apply(s, &c).unwrap().unwrap();
+        crate::validate(&next).unwrap();
+        next
+    }
+
+    fn err(s: &State, c: Command) -> (ErrorCode, String) {
+        let e = apply(s, &c).unwrap_err();
+        (e.code(), e.to_string())
+    }
+
+    fn update(name: &str, update: ServiceUpdate) -> Command {
+        Command::ServiceUpdate {
+            name: name.into(),
+            update,
+        }
+    }
+
+    #[test]
+    fn the_sample_is_valid() {
+        crate::validate(&sample()).unwrap();
+    }
+
+    #[test]
+    fn reads_change_nothing() {
+        let s = sample();
+        for c in [
+            Command::NetworkLs {},
+            Command::NetworkInspect {
+                name: "appnet".into(),
+            },
+            Command::NodeLs {},
+            Command::ServiceLs {},
+            Command::ServiceInspect { name: "web".into() },
+            Command::ServicePs { name: "web".into() },
+            Command::Stats {},
+            Command::State {},
+        ] {
+            assert_eq!(apply(&s, &c).unwrap(), None, "{}", c.name());
+        }
+    }
+
+    #[test]
+    fn network_create_and_rm() {
+        let s = sample();
+        let mut net = s.networks[1].clone();
+        net.name = "backnet".into();
+        net.vni = 4098;
+        net.subnet = "10.0.2.0/24".parse().unwrap();
+        net.gateway = Ipv4Addr::new(10, 0, 2, 1);
+        let s2 = ok(
+            &s,
+            Command::NetworkCreate {
+                network: net.clone(),
+            },
+        );
+        assert_eq!(s2.network("backnet"), Some(&net));
+        let s3 = ok(
+            &s2,
+            Command::NetworkRm {
+                name: "backnet".into(),
+            },
+        );
+        assert_eq!(s3, s);
+
+        assert_eq!(
+            err(
+                &s,
+                Command::NetworkCreate {
+                    network: s.networks[1].clone()
+                }
+            ),
+            (
+                ErrorCode::Conflict,
+                r#"network "appnet" already exists"#.into()
+            )
+        );
+        assert_eq!(
+            err(
+                &s,
+                Command::NetworkRm {
+                    name: "nonet".into()
+                }
+            ),
+            (ErrorCode::NotFound, r#"network "nonet" not found"#.into())
+        );
+        assert_eq!(
+            err(
+                &s,
+                Command::NetworkRm {
+                    name: "appnet".into()
+                }
+            ),
+            (
+                ErrorCode::Conflict,
+                r#"network "appnet" is still used by services web; remove them first"#.into()
+            )
+        );
+        // Task addresses count as use, even without attachment (the ingress network).
+        assert!(err(
+            &s,
+            Command::NetworkRm {
+                name: "ingress".into()
+            }
+        )
+        .1
+        .contains("still used by services web"));
+    }
+
+    #[test]
+    fn node_add_rm_update() {
+        let s = sample();
+        let add = Command::NodeAdd {
+            node: node("n3", 13),
+            endpoints: BTreeMap::from([("ingress".to_string(), Ipv4Addr::new(10, 0, 0, 4))]),
+        };
+        let s2 = ok(&s, add.clone());
+        assert_eq!(s2.node("n3"), Some(&node("n3", 13)));
+        assert_eq!(
+            s2.networks[0].endpoints.get("n3"),
+            Some(&Ipv4Addr::new(10, 0, 0, 4))
+        );
+        let s3 = ok(&s2, Command::NodeRm { name: "n3".into() });
+        assert_eq!(s3, s, "the node's endpoints go with it");
+
+        assert_eq!(
+            err(&s2, add),
+            (ErrorCode::Conflict, r#"node "n3" already exists"#.into())
+        );
+        let bad_net = Command::NodeAdd {
+            node: node("n3", 13),
+            endpoints: BTreeMap::from([("nonet".to_string(), Ipv4Addr::new(10, 0, 0, 4))]),
+        };
+        assert_eq!(
+            err(&s, bad_net),
+            (ErrorCode::NotFound, r#"network "nonet" not found"#.into())
+        );
+        let mut stale = s.clone();
+        stale.networks[0]
+            .endpoints
+            .insert("n3".into(), Ipv4Addr::new(10, 0, 0, 9));
+        let again = Command::NodeAdd {
+            node: node("n3", 13),
+            endpoints: BTreeMap::from([("ingress".to_string(), Ipv4Addr::new(10, 0, 0, 4))]),
+        };
+        assert_eq!(
+            err(&stale, again),
+            (
+                ErrorCode::Conflict,
+                r#"network "ingress" already has an endpoint for node "n3""#.into()
+            )
+        );
+
+        assert_eq!(
+            err(&s, Command::NodeRm { name: "n1".into() }),
+            (
+                ErrorCode::Conflict,
+                r#"node "n1" still runs tasks web.1, web.3; remove them first"#.into()
+            )
+        );
+        assert_eq!(
+            err(&s, Command::NodeRm { name: "n9".into() }).0,
+            ErrorCode::NotFound
+        );
+
+        let drained = ok(
+            &s,
+            Command::NodeUpdate {
+                name: "n2".into(),
+                availability: Availability::Drain,
+            },
+        );
+        assert_eq!(
+            drained.node("n2").unwrap().availability,
+            Availability::Drain
+        );
+        assert_eq!(
+            err(
+                &s,
+                Command::NodeUpdate {
+                    name: "n9".into(),
+                    availability: Availability::Drain
+                }
+            ),
+            (ErrorCode::NotFound, r#"node "n9" not found"#.into())
+        );
+    }
+
+    #[test]
+    fn service_create_and_rm() {
+        let s = sample();
+        let mut api = Service::new("api");
+        api.networks.push(ServiceNetwork {
+            network: "appnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 1, 3)),
+        });
+        api.ports.push(port(9090, 90, Protocol::Tcp));
+        api.tasks.push(task("api.1", "n2", 21));
+        let s2 = ok(
+            &s,
+            Command::ServiceCreate {
+                service: api.clone(),
+            },
+        );
+        assert_eq!(s2.service("api"), Some(&api));
+        let s3 = ok(&s2, Command::ServiceRm { name: "api".into() });
+        assert_eq!(s3, s);
+
+        assert_eq!(
+            err(
+                &s,
+                Command::ServiceCreate {
+                    service: s.services[0].clone()
+                }
+            ),
+            (
+                ErrorCode::Conflict,
+                r#"service "web" already exists"#.into()
+            )
+        );
+        assert_eq!(
+            err(
+                &s,
+                Command::ServiceRm {
+                    name: "nope".into()
+                }
+            ),
+            (ErrorCode::NotFound, r#"service "nope" not found"#.into())
+        );
+        let mut dup_task = api.clone();
+        dup_task.tasks.push(task("api.1", "n1", 22));
+        assert_eq!(
+            err(&s, Command::ServiceCreate { service: dup_task }),
+            (
+                ErrorCode::Conflict,
+                r#"task "api.1" already exists in service "api""#.into()
+            )
+        );
+        let mut bad_name = api.clone();
+        bad_name.tasks[0].name = "web.7".into();
+        let (code, msg) = err(&s, Command::ServiceCreate { service: bad_name });
+        assert_eq!(code, ErrorCode::Invalid);
+        assert!(
+            msg.starts_with(
+                r#"task name "web.7" does not fit service "api": tasks are named api.1, api.2"#
+            ),
+            "{msg}"
+        );
+        let mut dup_port = api;
+        dup_port.ports.push(port(9090, 91, Protocol::Tcp));
+        assert_eq!(
+            err(&s, Command::ServiceCreate { service: dup_port }),
+            (
+                ErrorCode::Conflict,
+                r#"published port 9090/tcp is already published by service "api""#.into()
+            )
+        );
+    }
+
+    #[test]
+    fn service_update_ports() {
+        let s = sample();
+        let s2 = ok(
+            &s,
+            update(
+                "web",
+                ServiceUpdate {
+                    publish_add: vec![port(5353, 53, Protocol::Udp)],
+                    ..Default::default()
+                },
+            ),
+        );
+        assert_eq!(
+            s2.services[0].ports,
+            vec![port(8080, 80, Protocol::Tcp), port(5353, 53, Protocol::Udp)]
+        );
+        let s3 = ok(
+            &s2,
+            update(
+                "web",
+                ServiceUpdate {
+                    publish_rm: vec!["5353/udp".parse().unwrap()],
+                    ..Default::default()
+                },
+            ),
+        );
+        assert_eq!(s3, s);
+        // Replace a port in one update: rm runs before add.
+        let s4 = ok(
+            &s,
+            update(
+                "web",
+                ServiceUpdate {
+                    publish_rm: vec!["8080".parse().unwrap()],
+                    publish_add: vec![port(8080, 81, Protocol::Tcp)],
+                    ..Default::default()
+                },
+            ),
+        );
+        assert_eq!(s4.services[0].ports, vec![port(8080, 81, Protocol::Tcp)]);
+
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        publish_rm: vec!["8080/udp".parse().unwrap()],
+                        ..Default::default()
+                    }
+                )
+            ),
+            (
+                ErrorCode::NotFound,
+                r#"published port 8080/udp is not published by service "web""#.into()
+            )
+        );
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        publish_add: vec![port(8080, 81, Protocol::Tcp)],
+                        ..Default::default()
+                    }
+                )
+            ),
+            (
+                ErrorCode::Conflict,
+                r#"published port 8080/tcp is already published by service "web""#.into()
+            )
+        );
+        assert_eq!(
+            err(&s, update("nope", ServiceUpdate::default())),
+            (ErrorCode::NotFound, r#"service "nope" not found"#.into())
+        );
+    }
+
+    #[test]
+    fn service_update_tasks() {
+        let s = sample();
+        let s2 = ok(
+            &s,
+            update(
+                "web",
+                ServiceUpdate {
+                    task_rm: vec!["web.2".into()],
+                    task_add: vec![task("web.4", "n2", 14)],
+                    task_update: vec![
+                        TaskUpdate {
+                            name: "web.1".into(),
+                            weight: Some(0),
+                            state: None,
+                        },
+                        TaskUpdate {
+                            name: "web.3".into(),
+                            weight: None,
+                            state: Some(TaskState::Draining),
+                        },
+                    ],
+                    ..Default::default()
+                },
+            ),
+        );
+        let names: Vec<&str> = s2.services[0]
+            .tasks
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["web.1", "web.3", "web.4"]);
+        assert_eq!(s2.services[0].tasks[0].weight, 0);
+        assert_eq!(s2.services[0].tasks[1].state, TaskState::Draining);
+
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        task_rm: vec!["web.9".into()],
+                        ..Default::default()
+                    }
+                )
+            ),
+            (
+                ErrorCode::NotFound,
+                r#"task "web.9" not found in service "web""#.into()
+            )
+        );
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        task_add: vec![task("web.2", "n1", 20)],
+                        ..Default::default()
+                    }
+                )
+            ),
+            (
+                ErrorCode::Conflict,
+                r#"task "web.2" already exists in service "web""#.into()
+            )
+        );
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        task_add: vec![task("web.x", "n1", 20)],
+                        ..Default::default()
+                    }
+                )
+            )
+            .0,
+            ErrorCode::Invalid
+        );
+        let none = TaskUpdate {
+            name: "web.1".into(),
+            weight: None,
+            state: None,
+        };
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        task_update: vec![none],
+                        ..Default::default()
+                    }
+                )
+            ),
+            (
+                ErrorCode::Invalid,
+                r#"the update of task "web.1" changes nothing: give weight= and/or state="#.into()
+            )
+        );
+        let missing = TaskUpdate {
+            name: "web.9".into(),
+            weight: Some(2),
+            state: None,
+        };
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        task_update: vec![missing],
+                        ..Default::default()
+                    }
+                )
+            )
+            .1,
+            r#"task "web.9" not found in service "web""#
+        );
+    }
+
+    #[test]
+    fn service_update_networks_and_settings() {
+        let s = sample();
+        let s2 = ok(
+            &s,
+            update(
+                "web",
+                ServiceUpdate {
+                    network_rm: vec!["appnet".into()],
+                    network_add: vec![ServiceNetwork {
+                        network: "appnet".into(),
+                        vip: Some(Ipv4Addr::new(10, 0, 1, 9)),
+                    }],
+                    client_ip: Some(ClientIpMode::Keep),
+                    scheduler: Some(SchedulerKind::Maglev),
+                    timeouts: Some(TimeoutsUpdate {
+                        udp: Some(120),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+        );
+        let web = &s2.services[0];
+        assert_eq!(web.networks[0].vip, Some(Ipv4Addr::new(10, 0, 1, 9)));
+        assert_eq!(web.client_ip, ClientIpMode::Keep);
+        assert_eq!(web.scheduler, SchedulerKind::Maglev);
+        assert_eq!(
+            web.timeouts,
+            Timeouts {
+                udp: 120,
+                ..Timeouts::default()
+            }
+        );
+
+        let dnsrr = ok(
+            &s,
+            update(
+                "web",
+                ServiceUpdate {
+                    endpoint_mode: Some(EndpointMode::Dnsrr),
+                    ..Default::default()
+                },
+            ),
+        );
+        assert_eq!(dnsrr.services[0].endpoint_mode, EndpointMode::Dnsrr);
+        assert_eq!(
+            dnsrr.services[0].networks[0].vip, None,
+            "dnsrr releases the VIPs"
+        );
+
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        network_rm: vec!["backnet".into()],
+                        ..Default::default()
+                    }
+                )
+            ),
+            (
+                ErrorCode::NotFound,
+                r#"service "web" is not attached to network "backnet""#.into()
+            )
+        );
+        let again = ServiceNetwork {
+            network: "appnet".into(),
+            vip: None,
+        };
+        assert_eq!(
+            err(
+                &s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        network_add: vec![again],
+                        ..Default::default()
+                    }
+                )
+            ),
+            (
+                ErrorCode::Conflict,
+                r#"service "web" is already attached to network "appnet""#.into()
+            )
+        );
+    }
+
+    #[test]
+    fn service_scale_removes_the_highest_slots() {
+        let mut s = sample();
+        // Out of order, and past 9 so that slots sort as numbers, not strings.
+        s.services[0].tasks[2].name = "web.10".into();
+        s.services[0].tasks.swap(0, 2);
+        let s2 = ok(
+            &s,
+            Command::ServiceScale {
+                name: "web".into(),
+                replicas: 2,
+            },
+        );
+        let names: Vec<&str> = s2.services[0]
+            .tasks
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["web.2", "web.1"]);
+        let s3 = ok(
+            &s,
+            Command::ServiceScale {
+                name: "web".into(),
+                replicas: 0,
+            },
+        );
+        assert!(s3.services[0].tasks.is_empty());
+        assert_eq!(
+            ok(
+                &s,
+                Command::ServiceScale {
+                    name: "web".into(),
+                    replicas: 3
+                }
+            ),
+            s
+        );
+
+        let (code, msg) = err(
+            &s,
+            Command::ServiceScale {
+                name: "web".into(),
+                replicas: 5,
+            },
+        );
+        assert_eq!(code, ErrorCode::Invalid);
+        assert_eq!(
+            msg,
+            "service \"web\" has 3 tasks and cannot be scaled up to 5: meshd does not start containers; \
+             add tasks with `meshctl service update --task-add name=web.11,node=NODE,addr=NETWORK:IP web`"
+        );
+        assert_eq!(
+            err(
+                &s,
+                Command::ServiceScale {
+                    name: "nope".into(),
+                    replicas: 1
+                }
+            )
+            .0,
+            ErrorCode::NotFound
+        );
+    }
+
+    #[test]
+    fn task_slots() {
+        assert_eq!(task_slot("web", "web.1"), Some(1));
+        assert_eq!(task_slot("web", "web.12"), Some(12));
+        assert_eq!(task_slot("my.web", "my.web.3"), Some(3));
+        for bad in [
+            "web", "web.", "web.0", "web.01", "web.x", "web.-1", "web.+1", "webs.1", "api.1",
+            "web.1.2",
+        ] {
+            assert_eq!(task_slot("web", bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn answers() {
+        let s = sample();
+        assert_eq!(
+            answer(&s, &Command::ServiceInspect { name: "web".into() }).unwrap()["name"],
+            "web"
+        );
+        assert_eq!(
+            answer(&s, &Command::ServicePs { name: "web".into() })
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        assert_eq!(
+            answer(&s, &Command::ServiceLs {})
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            answer(&s, &Command::NetworkLs {})
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(answer(&s, &Command::NodeLs {}).unwrap()[1]["name"], "n2");
+        assert_eq!(
+            answer(
+                &s,
+                &Command::NetworkInspect {
+                    name: "appnet".into()
+                }
+            )
+            .unwrap()["vni"],
+            4097
+        );
+        assert_eq!(
+            answer(&s, &Command::ServiceRm { name: "web".into() }).unwrap(),
+            Value::Null
+        );
+        let st: State = serde_json::from_value(answer(&s, &Command::State {}).unwrap()).unwrap();
+        assert_eq!(st, s);
+        let e = answer(&s, &Command::ServiceInspect { name: "api".into() }).unwrap_err();
+        assert_eq!(
+            ErrorBody::from(e),
+            ErrorBody::new(ErrorCode::NotFound, r#"service "api" not found"#)
+        );
+        // After a change, the answer is the changed object.
+        let cmd = Command::ServiceScale {
+            name: "web".into(),
+            replicas: 1,
+        };
+        let next = apply(&s, &cmd).unwrap().unwrap();
+        let svc: Service = serde_json::from_value(answer(&next, &cmd).unwrap()).unwrap();
+        assert_eq!(svc.tasks.len(), 1);
+    }
+}

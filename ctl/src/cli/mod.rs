@@ -1,0 +1,1176 @@
+//! `meshctl`: the command line, in Docker Swarm's vocabulary, over the control protocol.
+//!
+//! Reads (`ls`, `inspect`, `ps`, `stats`) ask the first `--socket`; changes go to every socket
+//! (one per node of a small mesh) at once and are reported per node.
+
+pub mod render;
+pub mod spec;
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ctl::client::{self, ClientError};
+use ctl::model::{
+    self, Ipv4Net, Network, Node, Service, ServiceNetwork, State, Task, INGRESS_VNI, VXLAN_PORT,
+};
+use ctl::proto::{Command, ServiceUpdate, Success, TimeoutsUpdate};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use spec::SpecError;
+
+const DEFAULT_SOCKET: &str = "/run/meshd/meshd.sock";
+
+const EXAMPLES: &str = "\
+Examples:
+  # Two nodes; every change goes to both daemons.
+  export MESHCTL_SOCKET=/run/meshd/n1.sock,/run/meshd/n2.sock
+  meshctl node add n1 --addr 192.168.1.11
+  meshctl node add n2 --addr 192.168.1.12
+  meshctl network create ingress --ingress --subnet 10.0.0.0/24 \\
+      --endpoint n1=10.0.0.2 --endpoint n2=10.0.0.3
+  meshctl network create appnet --subnet 10.0.1.0/24
+  meshctl service create --name web --publish published=8080,target=80 --network appnet \\
+      --task name=web.1,node=n1,addr=ingress:10.0.0.11,addr=appnet:10.0.1.11 \\
+      --task name=web.2,node=n2,addr=ingress:10.0.0.12,addr=appnet:10.0.1.12
+  curl http://192.168.1.11:8080/     # any node answers, round-robin over web.1 and web.2
+  meshctl service ls
+  meshctl service ps web
+  meshctl service update --publish-add 8443:443 --task-update name=web.2,weight=0 web
+  meshctl service scale web=1        # removes web.2
+  meshctl node update --availability drain n2
+  meshctl --format json service inspect web | jq '.[0].Endpoint.VirtualIPs'
+
+meshd does not start containers: a task is a backend that already exists somewhere (a
+container, a network namespace) with an address on each network; meshctl registers it.";
+
+/// Control meshd, the userspace routing mesh, in Docker Swarm's words.
+///
+/// meshctl talks to meshd over its control socket. Reads (ls, inspect, ps, stats) ask the first
+/// socket; a change (create, update, scale, rm, add) goes to every socket named, so one command
+/// updates each node of a small mesh, and meshctl reports per node once each daemon's workers
+/// all run the new state.
+#[derive(Debug, Parser)]
+#[command(name = "meshctl", version, after_help = EXAMPLES)]
+pub struct Cli {
+    /// meshd's control socket. Repeat the flag or separate paths with commas to name one per
+    /// node: changes go to all of them, reads to the first.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "MESHCTL_SOCKET",
+        value_delimiter = ',',
+        default_value = DEFAULT_SOCKET,
+        value_name = "PATH"
+    )]
+    socket: Vec<PathBuf>,
+
+    /// Output: `table` for people (tables, Docker-style progress, Docker-shaped inspect), `json`
+    /// for scripts (meshd's own JSON, unchanged).
+    #[arg(long, global = true, help_heading = "Global options", value_enum, default_value_t = Format::Table)]
+    format: Format,
+
+    /// Seconds to wait for each daemon's answer; a change is answered once every worker of the
+    /// daemon runs it.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        default_value = "30",
+        value_name = "SECONDS",
+        value_parser = parse_seconds
+    )]
+    timeout: Duration,
+
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() && x < 1e9 => Ok(Duration::from_secs_f64(x)),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    /// Manage overlay networks (VXLAN segments)
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Manage the nodes (peer meshd instances) of the mesh
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Manage services: published ports, VIPs and their tasks
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Show meshd's counters (of the first socket)
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCmd {
+    /// Create an overlay network
+    #[command(after_help = "\
+Examples:
+  meshctl network create ingress --ingress --subnet 10.0.0.0/24 --endpoint n1=10.0.0.2 --endpoint n2=10.0.0.3
+  meshctl network create appnet --subnet 10.0.1.0/24 --gateway 10.0.1.1 --vni 4097
+
+Without --vni, the ingress network gets VNI 4096, as in Swarm, and any other network the
+lowest free VNI above it on every daemon named by --socket.")]
+    Create(NetworkCreateArgs),
+    /// List networks
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show networks as JSON
+    Inspect {
+        #[arg(required = true, value_name = "NETWORK")]
+        names: Vec<String>,
+    },
+    /// Remove networks no service uses
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "NETWORK")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct NetworkCreateArgs {
+    /// The network's name
+    name: String,
+    /// The network's subnet
+    #[arg(long, value_name = "CIDR")]
+    subnet: Ipv4Net,
+    /// The gateway and DNS resolver address [default: the subnet's first address]
+    #[arg(long, value_name = "IP")]
+    gateway: Option<Ipv4Addr>,
+    /// The VXLAN network identifier [default: 4096 for --ingress, else the lowest free above]
+    #[arg(long, value_name = "N")]
+    vni: Option<u32>,
+    /// Make this Swarm's ingress network, which carries published-port traffic
+    #[arg(long)]
+    ingress: bool,
+    /// A node's endpoint address on this network, the source it masquerades published-port
+    /// traffic with (repeatable; the ingress network needs one per node)
+    #[arg(long = "endpoint", value_name = "NODE=IP")]
+    endpoints: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// Add a node: a peer meshd with its underlay address and VXLAN tunnel endpoint
+    #[command(after_help = "\
+Examples:
+  meshctl node add n3 --addr 192.168.1.13 --endpoint ingress=10.0.0.4
+  meshctl node add n4 --addr 192.168.1.14 --vtep 172.16.0.14 --vtep-port 4789
+
+Once a service publishes a port, every node needs an endpoint address on the ingress network:
+give it with --endpoint ingress=IP.")]
+    Add(NodeAddArgs),
+    /// List nodes
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove nodes that run no task
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "NODE")]
+        names: Vec<String>,
+    },
+    /// Change a node's availability
+    #[command(after_help = "\
+Example:
+  meshctl node update --availability drain n2    # n2's tasks take no new connections
+  meshctl node update --availability active n2")]
+    Update {
+        /// `drain`: the node's tasks take no new connections; existing ones go on
+        #[arg(long, value_enum)]
+        availability: AvailabilityArg,
+        /// The node to change
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct NodeAddArgs {
+    /// The node's name
+    name: String,
+    /// The node's underlay address, where its published ports answer
+    #[arg(long, value_name = "IP")]
+    addr: Ipv4Addr,
+    /// The node's VXLAN tunnel endpoint [default: --addr]
+    #[arg(long, value_name = "IP")]
+    vtep: Option<Ipv4Addr>,
+    /// The UDP port of the node's VXLAN tunnel endpoint
+    #[arg(long, value_name = "PORT", default_value_t = VXLAN_PORT)]
+    vtep_port: u16,
+    /// Whether the node's tasks take new connections
+    #[arg(long, value_enum, default_value_t = AvailabilityArg::Active)]
+    availability: AvailabilityArg,
+    /// The node's endpoint address on a network (repeatable)
+    #[arg(long = "endpoint", value_name = "NETWORK=IP")]
+    endpoints: Vec<String>,
+}
+
+const SERVICE_CREATE_HELP: &str = "\
+Example:
+  meshctl service create --name web --publish published=8080,target=80 \\
+      --network appnet --endpoint-mode vip \\
+      --task name=web.1,node=n1,addr=ingress:10.0.0.11,addr=appnet:10.0.1.11 \\
+      --task name=web.2,node=n2,addr=ingress:10.0.0.12,addr=appnet:10.0.1.12
+
+Specs:
+  --publish  published=PORT,target=PORT[,protocol=tcp|udp][,mode=ingress|host], or Docker's
+             PUBLISHED:TARGET[/udp]. mode=ingress (the default) answers on every node, even
+             one without a task; mode=host only on the nodes that run a task.
+  --network  NETWORK[:VIP]. In endpoint mode vip, meshctl picks the lowest free address of the
+             network (on every daemon named) when no VIP is given.
+  --task     name=SERVICE.SLOT,node=NODE,addr=NETWORK:IP[,addr=NETWORK:IP...][,weight=N]
+             [,state=running|unhealthy|draining|shutdown|failed]. A task of a service that
+             publishes ports needs an address on the ingress network. weight=0 takes no new
+             connections.";
+
+const SERVICE_UPDATE_HELP: &str = "\
+Examples:
+  meshctl service update --publish-add published=8443,target=443 --publish-rm 8080 web
+  meshctl service update --publish-rm 53/udp dns
+  meshctl service update --task-add name=web.3,node=n2,addr=ingress:10.0.0.13,addr=appnet:10.0.1.13 web
+  meshctl service update --task-update name=web.1,weight=0 web      # drain web.1
+  meshctl service update --task-rm web.1 web
+  meshctl service update --client-ip keep --scheduler maglev web
+
+Removals run before additions, so a port or a task can be replaced in one update.
+--publish-rm takes PORT[/udp] (or Docker's PUBLISHED:TARGET); --task-update takes
+name=TASK[,weight=N][,state=STATE]; the other specs are those of `service create`.";
+
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// Create a service with its published ports and tasks
+    #[command(after_help = SERVICE_CREATE_HELP)]
+    Create(ServiceCreateArgs),
+    /// Change a service: ports, networks, tasks, settings
+    #[command(after_help = SERVICE_UPDATE_HELP)]
+    Update(ServiceUpdateArgs),
+    /// Scale services down by removing their highest-numbered tasks
+    #[command(after_help = "\
+Example:
+  meshctl service scale web=1 api=2
+
+meshd does not start containers, so it cannot scale up: add tasks with
+  meshctl service update --task-add name=web.3,node=n1,addr=ingress:10.0.0.13,addr=appnet:10.0.1.13 web")]
+    Scale {
+        #[arg(required = true, value_name = "SERVICE=REPLICAS")]
+        specs: Vec<String>,
+    },
+    /// List services
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show services in Docker's inspect shape (Endpoint.Ports, Endpoint.VirtualIPs, ...)
+    Inspect {
+        #[arg(required = true, value_name = "SERVICE")]
+        names: Vec<String>,
+    },
+    /// List the tasks of services
+    Ps {
+        #[arg(required = true, value_name = "SERVICE")]
+        names: Vec<String>,
+    },
+    /// Remove services
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true, value_name = "SERVICE")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServiceCreateArgs {
+    /// The service's name
+    #[arg(long)]
+    name: String,
+    /// Publish a port (repeatable)
+    #[arg(long, short = 'p', value_name = "SPEC")]
+    publish: Vec<String>,
+    /// Attach to an overlay network (repeatable)
+    #[arg(long, value_name = "NETWORK[:VIP]")]
+    network: Vec<String>,
+    /// `vip`: one virtual IP per network, balanced by meshd; `dnsrr`: the name resolves to the
+    /// tasks' addresses
+    #[arg(long, value_enum, default_value_t = EndpointModeArg::Vip)]
+    endpoint_mode: EndpointModeArg,
+    /// What source address tasks see for published-port traffic: `masquerade` (Swarm's: the
+    /// ingress node's endpoint) or `keep` (the client's)
+    #[arg(long, value_enum, default_value_t = ClientIpArg::Masquerade)]
+    client_ip: ClientIpArg,
+    /// How new connections are spread: `rr` (strict rotation) or `maglev` (consistent hashing,
+    /// the same choice on every node)
+    #[arg(long, value_enum, default_value_t = SchedulerArg::Rr)]
+    scheduler: SchedulerArg,
+    /// Register a task, a backend that already runs (repeatable)
+    #[arg(long = "task", value_name = "SPEC")]
+    tasks: Vec<String>,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+}
+
+#[derive(Debug, Args)]
+struct TimeoutArgs {
+    /// Idle timeout of an established TCP connection (7200 unless set; Swarm cuts at 900)
+    #[arg(long, value_name = "SECONDS")]
+    tcp_timeout: Option<u32>,
+    /// Idle timeout of a TCP connection that is opening or closing (60 unless set)
+    #[arg(long, value_name = "SECONDS")]
+    tcp_transitory_timeout: Option<u32>,
+    /// Idle timeout of a UDP flow (30 unless set)
+    #[arg(long, value_name = "SECONDS")]
+    udp_timeout: Option<u32>,
+}
+
+impl TimeoutArgs {
+    fn update(&self) -> Option<TimeoutsUpdate> {
+        let u = TimeoutsUpdate {
+            tcp_established: self.tcp_timeout,
+            tcp_transitory: self.tcp_transitory_timeout,
+            udp: self.udp_timeout,
+        };
+        (!u.is_empty()).then_some(u)
+    }
+}
+
+#[derive(Debug, Args)]
+struct ServiceUpdateArgs {
+    /// Publish a port (repeatable)
+    #[arg(long, value_name = "SPEC")]
+    publish_add: Vec<String>,
+    /// Stop publishing a port (repeatable): later connections to it are refused
+    #[arg(long, value_name = "PORT[/PROTOCOL]")]
+    publish_rm: Vec<String>,
+    /// Attach to a network (repeatable)
+    #[arg(long, value_name = "NETWORK[:VIP]")]
+    network_add: Vec<String>,
+    /// Detach from a network (repeatable)
+    #[arg(long, value_name = "NETWORK")]
+    network_rm: Vec<String>,
+    /// Register a task (repeatable)
+    #[arg(long, value_name = "SPEC")]
+    task_add: Vec<String>,
+    /// Remove a task (repeatable): its connections are ended at once
+    #[arg(long, value_name = "TASK")]
+    task_rm: Vec<String>,
+    /// Change a task's weight or state (repeatable)
+    #[arg(long, value_name = "SPEC")]
+    task_update: Vec<String>,
+    /// Change the endpoint mode
+    #[arg(long, value_enum)]
+    endpoint_mode: Option<EndpointModeArg>,
+    /// Change the client-IP mode
+    #[arg(long, value_enum)]
+    client_ip: Option<ClientIpArg>,
+    /// Change the scheduler
+    #[arg(long, value_enum)]
+    scheduler: Option<SchedulerArg>,
+    #[command(flatten)]
+    timeouts: TimeoutArgs,
+    /// The service to change
+    name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AvailabilityArg {
+    Active,
+    Drain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EndpointModeArg {
+    Vip,
+    Dnsrr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ClientIpArg {
+    Masquerade,
+    Keep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SchedulerArg {
+    Rr,
+    Maglev,
+}
+
+impl From<AvailabilityArg> for model::Availability {
+    fn from(a: AvailabilityArg) -> Self {
+        match a {
+            AvailabilityArg::Active => model::Availability::Active,
+            AvailabilityArg::Drain => model::Availability::Drain,
+        }
+    }
+}
+
+impl From<EndpointModeArg> for model::EndpointMode {
+    fn from(a: EndpointModeArg) -> Self {
+        match a {
+            EndpointModeArg::Vip => model::EndpointMode::Vip,
+            EndpointModeArg::Dnsrr => model::EndpointMode::Dnsrr,
+        }
+    }
+}
+
+impl From<ClientIpArg> for model::ClientIpMode {
+    fn from(a: ClientIpArg) -> Self {
+        match a {
+            ClientIpArg::Masquerade => model::ClientIpMode::Masquerade,
+            ClientIpArg::Keep => model::ClientIpMode::Keep,
+        }
+    }
+}
+
+impl From<SchedulerArg> for model::SchedulerKind {
+    fn from(a: SchedulerArg) -> Self {
+        match a {
+            SchedulerArg::Rr => model::SchedulerKind::Rr,
+            SchedulerArg::Maglev => model::SchedulerKind::Maglev,
+        }
+    }
+}
+
+/// A failure of meshctl itself; the message goes after `Error: `.
+#[derive(Debug)]
+enum CliError {
+    Msg(String),
+    /// Already printed (per node) while reporting a change.
+    Reported,
+}
+
+impl From<SpecError> for CliError {
+    fn from(e: SpecError) -> Self {
+        CliError::Msg(e.0)
+    }
+}
+
+impl From<ClientError> for CliError {
+    fn from(e: ClientError) -> Self {
+        CliError::Msg(e.to_string())
+    }
+}
+
+/// Runs meshctl with the process's arguments; the exit code is 0 on success, 1 when meshd or
+/// meshctl reports an error and 2 for a command line clap refuses.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            if !e.use_stderr() {
+                // --help, --version.
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            let text = e.render().to_string();
+            let text = text.strip_prefix("error: ").unwrap_or(&text);
+            eprint!("Error: {text}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Msg(m)) => {
+            eprintln!("Error: {m}");
+            ExitCode::FAILURE
+        }
+        Err(CliError::Reported) => ExitCode::FAILURE,
+    }
+}
+
+/// The daemons to talk to and how.
+struct Ctx {
+    sockets: Vec<PathBuf>,
+    format: Format,
+    timeout: Duration,
+}
+
+/// How a successful change is reported.
+struct Report {
+    /// The first line, such as `web` or `web scaled to 1`.
+    header: String,
+    /// Whether the result is a service whose tasks to show as progress.
+    progress: bool,
+    /// What `verify:` says, such as `Service converged`.
+    verify: &'static str,
+}
+
+impl Report {
+    fn service(header: String, verify: &'static str) -> Self {
+        Report {
+            header,
+            progress: true,
+            verify,
+        }
+    }
+    fn plain(header: String, verify: &'static str) -> Self {
+        Report {
+            header,
+            progress: false,
+            verify,
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let sockets: Vec<PathBuf> = cli
+        .socket
+        .into_iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .collect();
+    if sockets.is_empty() {
+        return Err(CliError::Msg(format!(
+            "no control socket given: pass --socket PATH or set MESHCTL_SOCKET (meshd's default is {DEFAULT_SOCKET})"
+        )));
+    }
+    let ctx = Ctx {
+        sockets,
+        format: cli.format,
+        timeout: cli.timeout,
+    };
+    match cli.command {
+        Top::Network(c) => network(&ctx, c),
+        Top::Node(c) => node(&ctx, c),
+        Top::Service(c) => service(&ctx, c),
+        Top::Stats => {
+            let s = ctx.read(Command::Stats {})?;
+            match ctx.format {
+                Format::Json => print_json(&s.result),
+                Format::Table => out(&render::key_values(&s.result)),
+            }
+        }
+    }
+}
+
+fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
+    match c {
+        NetworkCmd::Create(a) => {
+            let mut endpoints = std::collections::BTreeMap::new();
+            for e in &a.endpoints {
+                let (node, ip) = spec::name_ip("--endpoint", e, "n1=10.0.1.250")?;
+                if endpoints.insert(node.clone(), ip).is_some() {
+                    return Err(CliError::Msg(format!(
+                        "--endpoint: node {node:?} is given twice"
+                    )));
+                }
+            }
+            let vni = match (a.vni, a.ingress) {
+                (Some(v), _) => v,
+                (None, true) => INGRESS_VNI,
+                (None, false) => next_vni(&ctx.states()?),
+            };
+            let gateway = a
+                .gateway
+                .unwrap_or_else(|| Ipv4Addr::from(u32::from(a.subnet.network()).wrapping_add(1)));
+            let network = Network {
+                name: a.name.clone(),
+                vni,
+                subnet: a.subnet,
+                gateway,
+                ingress: a.ingress,
+                endpoints,
+            };
+            ctx.change(
+                Command::NetworkCreate { network },
+                Report::plain(a.name, "Network created"),
+            )
+        }
+        NetworkCmd::Ls => {
+            let nets: Vec<Network> = ctx.read_as(Command::NetworkLs {})?;
+            ctx.show(&nets, || render::network_ls(&nets))
+        }
+        NetworkCmd::Inspect { names } => {
+            let mut all = Vec::new();
+            for name in names {
+                all.push(ctx.read(Command::NetworkInspect { name })?.result);
+            }
+            print_json(&all)
+        }
+        NetworkCmd::Rm { names } => each(names, |name| {
+            ctx.change(
+                Command::NetworkRm { name: name.clone() },
+                Report::plain(name, "Network removed"),
+            )
+        }),
+    }
+}
+
+fn node(ctx: &Ctx, c: NodeCmd) -> Result<(), CliError> {
+    match c {
+        NodeCmd::Add(a) => {
+            let mut endpoints = std::collections::BTreeMap::new();
+            for e in &a.endpoints {
+                let (net, ip) = spec::name_ip("--endpoint", e, "ingress=10.0.0.4")?;
+                if endpoints.insert(net.clone(), ip).is_some() {
+                    return Err(CliError::Msg(format!(
+                        "--endpoint: network {net:?} is given twice"
+                    )));
+                }
+            }
+            let node = Node {
+                name: a.name.clone(),
+                addr: a.addr,
+                vtep: a.vtep,
+                vtep_port: a.vtep_port,
+                availability: a.availability.into(),
+            };
+            ctx.change(
+                Command::NodeAdd { node, endpoints },
+                Report::plain(a.name, "Node added"),
+            )
+        }
+        NodeCmd::Ls => {
+            let nodes: Vec<Node> = ctx.read_as(Command::NodeLs {})?;
+            ctx.show(&nodes, || render::node_ls(&nodes))
+        }
+        NodeCmd::Rm { names } => each(names, |name| {
+            ctx.change(
+                Command::NodeRm { name: name.clone() },
+                Report::plain(name, "Node removed"),
+            )
+        }),
+        NodeCmd::Update { availability, name } => ctx.change(
+            Command::NodeUpdate {
+                name: name.clone(),
+                availability: availability.into(),
+            },
+            Report::plain(name, "Node updated"),
+        ),
+    }
+}
+
+fn service(ctx: &Ctx, c: ServiceCmd) -> Result<(), CliError> {
+    match c {
+        ServiceCmd::Create(a) => service_create(ctx, a),
+        ServiceCmd::Update(a) => service_update(ctx, a),
+        ServiceCmd::Scale { specs } => {
+            let parsed = specs
+                .iter()
+                .map(|s| spec::scale(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            each(parsed, |(name, replicas)| {
+                ctx.change(
+                    Command::ServiceScale {
+                        name: name.clone(),
+                        replicas,
+                    },
+                    Report::service(format!("{name} scaled to {replicas}"), "Service converged"),
+                )
+            })
+        }
+        ServiceCmd::Ls => {
+            let services: Vec<Service> = ctx.read_as(Command::ServiceLs {})?;
+            ctx.show(&services, || render::service_ls(&services))
+        }
+        ServiceCmd::Inspect { names } => {
+            let mut services = Vec::new();
+            for name in names {
+                services.push(ctx.read_as::<Service>(Command::ServiceInspect { name })?);
+            }
+            match ctx.format {
+                Format::Json => print_json(&services),
+                Format::Table => {
+                    let nets: Vec<Network> = ctx.read_as(Command::NetworkLs {})?;
+                    let views: Vec<_> = services
+                        .iter()
+                        .map(|s| render::docker_inspect(s, &nets))
+                        .collect();
+                    print_json(&views)
+                }
+            }
+        }
+        ServiceCmd::Ps { names } => {
+            let mut all = Vec::new();
+            for name in names {
+                let tasks: Vec<Task> = ctx.read_as(Command::ServicePs { name: name.clone() })?;
+                all.push((name, tasks));
+            }
+            match ctx.format {
+                Format::Json => print_json(&all.iter().flat_map(|(_, t)| t).collect::<Vec<_>>()),
+                Format::Table => out(&render::service_ps(&all)),
+            }
+        }
+        ServiceCmd::Rm { names } => each(names, |name| {
+            ctx.change(
+                Command::ServiceRm { name: name.clone() },
+                Report::plain(name, "Service removed"),
+            )
+        }),
+    }
+}
+
+fn service_create(ctx: &Ctx, a: ServiceCreateArgs) -> Result<(), CliError> {
+    let mut svc = Service::new(&a.name);
+    svc.endpoint_mode = a.endpoint_mode.into();
+    svc.client_ip = a.client_ip.into();
+    svc.scheduler = a.scheduler.into();
+    if let Some(t) = a.timeouts.update() {
+        svc.timeouts.tcp_established = t.tcp_established.unwrap_or(svc.timeouts.tcp_established);
+        svc.timeouts.tcp_transitory = t.tcp_transitory.unwrap_or(svc.timeouts.tcp_transitory);
+        svc.timeouts.udp = t.udp.unwrap_or(svc.timeouts.udp);
+    }
+    for p in &a.publish {
+        svc.ports.push(spec::publish("--publish", p)?);
+    }
+    for n in &a.network {
+        svc.networks.push(spec::service_network("--network", n)?);
+    }
+    for t in &a.tasks {
+        svc.tasks.push(spec::task("--task", t)?);
+    }
+    if svc.endpoint_mode == model::EndpointMode::Vip && svc.networks.iter().any(|n| n.vip.is_none())
+    {
+        let states = ctx.states()?;
+        let taken: Vec<(String, Ipv4Addr)> = task_addresses(&svc.tasks);
+        for n in &mut svc.networks {
+            if n.vip.is_none() && !is_ingress(&states, &n.network) {
+                n.vip = Some(pick_vip(&states, &n.network, &taken)?);
+            }
+        }
+    }
+    ctx.change(
+        Command::ServiceCreate { service: svc },
+        Report::service(a.name, "Service converged"),
+    )
+}
+
+fn service_update(ctx: &Ctx, a: ServiceUpdateArgs) -> Result<(), CliError> {
+    let mut u = ServiceUpdate {
+        endpoint_mode: a.endpoint_mode.map(Into::into),
+        client_ip: a.client_ip.map(Into::into),
+        scheduler: a.scheduler.map(Into::into),
+        timeouts: a.timeouts.update(),
+        network_rm: a.network_rm.clone(),
+        task_rm: a.task_rm.clone(),
+        ..ServiceUpdate::default()
+    };
+    for p in &a.publish_add {
+        u.publish_add.push(spec::publish("--publish-add", p)?);
+    }
+    for p in &a.publish_rm {
+        u.publish_rm.push(spec::publish_rm("--publish-rm", p)?);
+    }
+    for n in &a.network_add {
+        u.network_add
+            .push(spec::service_network("--network-add", n)?);
+    }
+    for t in &a.task_add {
+        u.task_add.push(spec::task("--task-add", t)?);
+    }
+    for t in &a.task_update {
+        u.task_update.push(spec::task_update("--task-update", t)?);
+    }
+    if u.is_empty() {
+        return Err(CliError::Msg(format!(
+            "service update {}: nothing to change (see `meshctl service update --help`)",
+            a.name
+        )));
+    }
+    let wants_vips = u.endpoint_mode == Some(model::EndpointMode::Vip)
+        || (u.endpoint_mode.is_none() && u.network_add.iter().any(|n| n.vip.is_none()));
+    if wants_vips {
+        let states = ctx.states()?;
+        // An unknown service is left for meshd to report.
+        if let Some(current) = states.first().and_then(|s| s.service(&a.name)) {
+            let mode = u.endpoint_mode.unwrap_or(current.endpoint_mode);
+            if mode == model::EndpointMode::Vip {
+                let taken = task_addresses(current.tasks.iter().chain(&u.task_add));
+                for n in &mut u.network_add {
+                    if n.vip.is_none() && !is_ingress(&states, &n.network) {
+                        n.vip = Some(pick_vip(&states, &n.network, &taken)?);
+                    }
+                }
+                // Switching to vip: give a VIP to every attached network that lacks one.
+                for n in &current.networks {
+                    let kept = !u.network_rm.contains(&n.network);
+                    if kept && n.vip.is_none() && !is_ingress(&states, &n.network) {
+                        let vip = pick_vip(&states, &n.network, &taken)?;
+                        u.network_rm.push(n.network.clone());
+                        u.network_add.push(ServiceNetwork {
+                            network: n.network.clone(),
+                            vip: Some(vip),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    ctx.change(
+        Command::ServiceUpdate {
+            name: a.name.clone(),
+            update: u,
+        },
+        Report::service(a.name, "Service converged"),
+    )
+}
+
+/// Runs `f` for every item, going on after a failure; fails if any did.
+fn each<T>(items: Vec<T>, mut f: impl FnMut(T) -> Result<(), CliError>) -> Result<(), CliError> {
+    let mut failed = false;
+    for item in items {
+        match f(item) {
+            Ok(()) => {}
+            Err(CliError::Msg(m)) => {
+                eprintln!("Error: {m}");
+                failed = true;
+            }
+            Err(CliError::Reported) => failed = true,
+        }
+    }
+    if failed {
+        Err(CliError::Reported)
+    } else {
+        Ok(())
+    }
+}
+
+fn task_addresses<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> Vec<(String, Ipv4Addr)> {
+    tasks
+        .into_iter()
+        .flat_map(|t| t.addresses.iter().map(|a| (a.network.clone(), a.addr)))
+        .collect()
+}
+
+fn is_ingress(states: &[State], network: &str) -> bool {
+    states
+        .iter()
+        .filter_map(|s| s.network(network))
+        .any(|n| n.ingress)
+}
+
+/// The lowest VNI above the ingress network's that no daemon uses.
+fn next_vni(states: &[State]) -> u32 {
+    let used: std::collections::BTreeSet<u32> = states
+        .iter()
+        .flat_map(|s| s.networks.iter().map(|n| n.vni))
+        .collect();
+    (INGRESS_VNI + 1..)
+        .find(|v| !used.contains(v))
+        .unwrap_or(INGRESS_VNI + 1)
+}
+
+/// The lowest host address of `network` that no daemon uses for a gateway, endpoint, VIP or
+/// task, and that is not in `also_taken`; Docker hands VIPs out the same way.
+fn pick_vip(
+    states: &[State],
+    network: &str,
+    also_taken: &[(String, Ipv4Addr)],
+) -> Result<Ipv4Addr, CliError> {
+    let Some(net) = states.iter().find_map(|s| s.network(network)) else {
+        return Err(CliError::Msg(format!(
+            "network {network:?} not found; create it first with `meshctl network create {network} --subnet CIDR`"
+        )));
+    };
+    let mut taken: std::collections::BTreeSet<Ipv4Addr> = also_taken
+        .iter()
+        .filter(|(n, _)| n == network)
+        .map(|(_, a)| *a)
+        .collect();
+    for s in states {
+        if let Some(n) = s.network(network) {
+            taken.insert(n.gateway);
+            taken.extend(n.endpoints.values().copied());
+        }
+        for svc in &s.services {
+            taken.extend(
+                svc.networks
+                    .iter()
+                    .filter(|n| n.network == network)
+                    .filter_map(|n| n.vip),
+            );
+            taken.extend(svc.tasks.iter().filter_map(|t| t.addr_on(network)));
+        }
+    }
+    let first = u32::from(net.subnet.network());
+    let last = u32::from(net.subnet.broadcast());
+    (first..=last)
+        .map(Ipv4Addr::from)
+        .find(|a| net.subnet.is_host(*a) && !taken.contains(a))
+        .ok_or_else(|| {
+            CliError::Msg(format!(
+                "network {network:?} ({}) has no free address for a VIP; give one as --network {network}:VIP",
+                net.subnet
+            ))
+        })
+}
+
+fn out(s: &str) -> Result<(), CliError> {
+    let mut o = std::io::stdout().lock();
+    // A closed pipe (`meshctl service ls | head -1`) is not an error worth a message.
+    let _ = o.write_all(s.as_bytes()).and_then(|()| o.flush());
+    Ok(())
+}
+
+fn print_json<T: Serialize + ?Sized>(v: &T) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::Msg(format!("cannot encode JSON: {e}")))?;
+    out(&format!("{s}\n"))
+}
+
+/// The result of one change on one daemon.
+struct Outcome {
+    socket: PathBuf,
+    result: Result<Success, String>,
+}
+
+impl Ctx {
+    fn multi(&self) -> bool {
+        self.sockets.len() > 1
+    }
+
+    /// `socket: ` before a message when several daemons are involved.
+    fn prefix(&self, socket: &std::path::Path) -> String {
+        if self.multi() {
+            format!("{}: ", socket.display())
+        } else {
+            String::new()
+        }
+    }
+
+    /// Sends a read to the first socket.
+    fn read(&self, cmd: Command) -> Result<Success, CliError> {
+        let socket = &self.sockets[0];
+        let resp = client::request(socket, &cmd, self.timeout)?;
+        resp.into_result()
+            .map_err(|e| CliError::Msg(format!("{}{}", self.prefix(socket), e.message)))
+    }
+
+    fn read_as<T: DeserializeOwned>(&self, cmd: Command) -> Result<T, CliError> {
+        let name = cmd.name();
+        let s = self.read(cmd)?;
+        decode(&self.sockets[0], name, s.result)
+    }
+
+    /// Prints a read result: the table, or the JSON it came from.
+    fn show<T: Serialize>(&self, v: &T, table: impl FnOnce() -> String) -> Result<(), CliError> {
+        match self.format {
+            Format::Json => print_json(v),
+            Format::Table => out(&table()),
+        }
+    }
+
+    /// The whole state of every daemon, for choosing VNIs and VIPs free on all of them.
+    fn states(&self) -> Result<Vec<State>, CliError> {
+        let mut states = Vec::new();
+        for o in self.send_all(&Command::State {}) {
+            let s = o.result.map_err(CliError::Msg)?;
+            states.push(decode(&o.socket, "state", s.result)?);
+        }
+        Ok(states)
+    }
+
+    /// Sends one command to every socket at once; outcomes in socket order, each error message
+    /// naming its socket when there are several.
+    fn send_all(&self, cmd: &Command) -> Vec<Outcome> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .sockets
+                .iter()
+                .map(|socket| {
+                    let h = scope.spawn(move || {
+                        // A client error names the socket already; a daemon's does not.
+                        client::request(socket, cmd, self.timeout)
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| {
+                                r.into_result()
+                                    .map_err(|e| format!("{}{}", self.prefix(socket), e.message))
+                            })
+                    });
+                    (socket, h)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(socket, h)| Outcome {
+                    socket: socket.clone(),
+                    result: h.join().unwrap_or_else(|_| {
+                        Err("meshctl failed while waiting for this daemon".into())
+                    }),
+                })
+                .collect()
+        })
+    }
+
+    /// Sends a change to every socket and reports per node; fails if any node refused it.
+    fn change(&self, cmd: Command, report: Report) -> Result<(), CliError> {
+        let outcomes = self.send_all(&cmd);
+        let mut failed = false;
+        match self.format {
+            Format::Json => {
+                let v: Vec<Value> = outcomes
+                    .iter()
+                    .map(|o| match &o.result {
+                        Ok(s) => json!({"socket": o.socket, "ok": true, "generation": s.generation, "result": s.result}),
+                        Err(m) => json!({"socket": o.socket, "ok": false, "error": m}),
+                    })
+                    .collect();
+                print_json(&v)?;
+            }
+            Format::Table => {
+                let mut text = String::new();
+                if let Some(first) = outcomes.iter().find_map(|o| o.result.as_ref().ok()) {
+                    text.push_str(&report.header);
+                    text.push('\n');
+                    if report.progress {
+                        if let Ok(svc) = serde_json::from_value::<Service>(first.result.clone()) {
+                            text.push_str(&render::progress(&svc));
+                        }
+                    }
+                }
+                for o in &outcomes {
+                    if let Ok(s) = &o.result {
+                        let on = if self.multi() {
+                            format!(" on {}", o.socket.display())
+                        } else {
+                            String::new()
+                        };
+                        text.push_str(&format!(
+                            "verify: {}{on} (generation {})\n",
+                            report.verify, s.generation
+                        ));
+                    }
+                }
+                out(&text)?;
+            }
+        }
+        for o in &outcomes {
+            if let Err(m) = &o.result {
+                eprintln!("Error: {m}");
+                failed = true;
+            }
+        }
+        if failed {
+            Err(CliError::Reported)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    socket: &std::path::Path,
+    command: &str,
+    v: Value,
+) -> Result<T, CliError> {
+    serde_json::from_value(v).map_err(|e| {
+        CliError::Msg(format!(
+            "meshd at {} answered {command} with a result meshctl cannot read: {e} (are meshctl and meshd of the same release?)",
+            socket.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
+    use ctl::model::*;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sockets_split_on_commas() {
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "--socket",
+            "/a.sock,/b.sock",
+            "--socket",
+            "/c.sock",
+            "service",
+            "ls",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.socket,
+            [PathBuf::from("/a.sock"), "/b.sock".into(), "/c.sock".into()]
+        );
+        let cli = Cli::try_parse_from([
+            "meshctl",
+            "service",
+            "ls",
+            "--format",
+            "json",
+            "--timeout",
+            "2.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.format, Format::Json);
+        assert_eq!(cli.timeout, Duration::from_millis(2500));
+        assert!(Cli::try_parse_from(["meshctl", "--timeout", "0", "stats"]).is_err());
+    }
+
+    fn state_with_appnet() -> State {
+        let mut s = State::default();
+        s.networks.push(Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/29".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(10, 0, 1, 2))]),
+        });
+        s
+    }
+
+    #[test]
+    fn vips_are_the_lowest_free_address_on_every_daemon() {
+        let a = state_with_appnet();
+        let mut b = state_with_appnet();
+        let mut svc = Service::new("api");
+        svc.networks.push(ServiceNetwork {
+            network: "appnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 1, 3)),
+        });
+        b.services.push(svc);
+        let taken = vec![
+            ("appnet".to_string(), Ipv4Addr::new(10, 0, 1, 4)),
+            ("other".to_string(), Ipv4Addr::new(10, 0, 1, 5)),
+        ];
+        assert_eq!(
+            pick_vip(&[a.clone(), b.clone()], "appnet", &taken).unwrap(),
+            Ipv4Addr::new(10, 0, 1, 5)
+        );
+        let full: Vec<(String, Ipv4Addr)> = (4..=6)
+            .map(|i| ("appnet".to_string(), Ipv4Addr::new(10, 0, 1, i)))
+            .collect();
+        let e = pick_vip(&[a.clone(), b], "appnet", &full).unwrap_err();
+        assert!(
+            matches!(e, CliError::Msg(m) if m.contains("no free address") && m.contains("--network appnet:VIP"))
+        );
+        assert!(
+            matches!(pick_vip(&[a], "nonet", &[]), Err(CliError::Msg(m)) if m.contains("network \"nonet\" not found"))
+        );
+    }
+
+    #[test]
+    fn vnis_follow_the_ingress_network() {
+        let mut a = state_with_appnet();
+        assert_eq!(next_vni(&[]), 4097);
+        assert_eq!(next_vni(&[a.clone()]), 4098);
+        a.networks[0].vni = 4099;
+        let b = state_with_appnet();
+        assert_eq!(next_vni(&[a, b]), 4098);
+    }
+}

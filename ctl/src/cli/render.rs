@@ -1,0 +1,580 @@
+//! What meshctl prints: aligned tables like `docker service ls`, Docker-style progress, the
+//! Docker-shaped `service inspect` JSON and key/value listings. Pure functions returning text.
+
+use std::fmt::Write as _;
+
+use ctl::apply::task_slot;
+use ctl::model::{
+    Availability, ClientIpMode, EndpointMode, Network, Node, Protocol, PublishMode, PublishedPort,
+    SchedulerKind, Service, Task, TaskState,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Columns padded to their widest cell, three spaces apart, no trailing blanks.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            let w = widths.get(i).copied().unwrap_or(0);
+            let _ = write!(line, "{cell:<w$}   ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A port as `docker service ls` shows it: `*:8080->80/tcp`; host-mode ports as
+/// `host:8080->80/tcp`.
+pub fn port(p: &PublishedPort) -> String {
+    let scope = match p.mode {
+        PublishMode::Ingress => "*",
+        PublishMode::Host => "host",
+    };
+    format!("{scope}:{}->{}/{}", p.published, p.target, p.protocol)
+}
+
+fn endpoint_mode(m: EndpointMode) -> &'static str {
+    match m {
+        EndpointMode::Vip => "vip",
+        EndpointMode::Dnsrr => "dnsrr",
+    }
+}
+
+fn state_word(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Running => "running",
+        TaskState::Unhealthy => "unhealthy",
+        TaskState::Draining => "draining",
+        TaskState::Shutdown => "shutdown",
+        TaskState::Failed => "failed",
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// Tasks in slot order (`web.2` before `web.10`), as Docker lists them.
+pub fn sorted_tasks<'a>(service: &str, tasks: &'a [Task]) -> Vec<&'a Task> {
+    let mut v: Vec<&Task> = tasks.iter().collect();
+    v.sort_by(|a, b| {
+        let ka = (task_slot(service, &a.name).unwrap_or(u32::MAX), &a.name);
+        let kb = (task_slot(service, &b.name).unwrap_or(u32::MAX), &b.name);
+        ka.cmp(&kb)
+    });
+    v
+}
+
+/// `service ls`: NAME, MODE (endpoint mode), TASKS running/total, PORTS.
+pub fn service_ls(services: &[Service]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            let running = s
+                .tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Running)
+                .count();
+            vec![
+                s.name.clone(),
+                endpoint_mode(s.endpoint_mode).to_string(),
+                format!("{running}/{}", s.tasks.len()),
+                s.ports.iter().map(port).collect::<Vec<_>>().join(", "),
+            ]
+        })
+        .collect();
+    table(&["NAME", "MODE", "TASKS", "PORTS"], &rows)
+}
+
+/// `service ps`: NAME, NODE, STATE, ADDRESSES, WEIGHT; one service's tasks after another's.
+pub fn service_ps(services: &[(String, Vec<Task>)]) -> String {
+    let mut rows = Vec::new();
+    for (service, tasks) in services {
+        for t in sorted_tasks(service, tasks) {
+            let addrs: Vec<String> = t
+                .addresses
+                .iter()
+                .map(|a| format!("{}:{}", a.network, a.addr))
+                .collect();
+            rows.push(vec![
+                t.name.clone(),
+                t.node.clone(),
+                capitalized(state_word(t.state)),
+                addrs.join(","),
+                t.weight.to_string(),
+            ]);
+        }
+    }
+    table(&["NAME", "NODE", "STATE", "ADDRESSES", "WEIGHT"], &rows)
+}
+
+/// `network ls`: NAME, VNI, SUBNET, GATEWAY, SCOPE (ingress or overlay), ENDPOINTS.
+pub fn network_ls(networks: &[Network]) -> String {
+    let rows: Vec<Vec<String>> = networks
+        .iter()
+        .map(|n| {
+            let eps: Vec<String> = n
+                .endpoints
+                .iter()
+                .map(|(node, ip)| format!("{node}={ip}"))
+                .collect();
+            vec![
+                n.name.clone(),
+                n.vni.to_string(),
+                n.subnet.to_string(),
+                n.gateway.to_string(),
+                if n.ingress { "ingress" } else { "overlay" }.to_string(),
+                eps.join(","),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "VNI", "SUBNET", "GATEWAY", "KIND", "ENDPOINTS"],
+        &rows,
+    )
+}
+
+/// `node ls`: NAME, ADDRESS, VTEP, AVAILABILITY.
+pub fn node_ls(nodes: &[Node]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.addr.to_string(),
+                format!("{}:{}", n.vtep_addr(), n.vtep_port),
+                match n.availability {
+                    Availability::Active => "Active",
+                    Availability::Drain => "Drain",
+                }
+                .to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "ADDRESS", "VTEP", "AVAILABILITY"], &rows)
+}
+
+/// Docker's convergence display, every bar full: meshd answers once every worker has the change.
+pub fn progress(svc: &Service) -> String {
+    let n = svc.tasks.len();
+    let running = svc
+        .tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .count();
+    let mut s = format!("overall progress: {running} out of {n} tasks\n");
+    for (i, t) in sorted_tasks(&svc.name, &svc.tasks).iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "{}/{n}: {:<10}[{}>]",
+            i + 1,
+            state_word(t.state),
+            "=".repeat(50)
+        );
+    }
+    s
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerPort {
+    protocol: Protocol,
+    target_port: u16,
+    published_port: u16,
+    publish_mode: PublishMode,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerVip {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    addr: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct EndpointSpec {
+    mode: EndpointMode,
+    ports: Vec<DockerPort>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Endpoint {
+    spec: EndpointSpec,
+    ports: Vec<DockerPort>,
+    #[serde(rename = "VirtualIPs")]
+    virtual_ips: Vec<DockerVip>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Target {
+    target: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct TaskTemplate {
+    networks: Vec<Target>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerTimeouts {
+    #[serde(rename = "TCPEstablished")]
+    tcp_established: u32,
+    #[serde(rename = "TCPTransitory")]
+    tcp_transitory: u32,
+    #[serde(rename = "UDP")]
+    udp: u32,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Spec {
+    name: String,
+    task_template: TaskTemplate,
+    endpoint_spec: EndpointSpec,
+    #[serde(rename = "ClientIP")]
+    client_ip: ClientIpMode,
+    scheduler: SchedulerKind,
+    idle_timeouts: DockerTimeouts,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerTask {
+    name: String,
+    node: String,
+    state: TaskState,
+    weight: u32,
+    addresses: Vec<DockerVip>,
+}
+
+/// A service as `docker service inspect` shows one; fields in Docker's order.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DockerService {
+    #[serde(rename = "ID")]
+    id: String,
+    spec: Spec,
+    endpoint: Endpoint,
+    tasks: Vec<DockerTask>,
+}
+
+/// `ADDR/PREFIX` with the prefix of the network's subnet, as Docker writes VIPs.
+fn with_prefix(networks: &[Network], network: &str, addr: std::net::Ipv4Addr) -> String {
+    match networks.iter().find(|n| n.name == network) {
+        Some(n) => format!("{addr}/{}", n.subnet.prefix),
+        None => addr.to_string(),
+    }
+}
+
+/// `service inspect` in Docker's shape: `Spec`, `Endpoint.Spec.Ports`, `Endpoint.Ports`,
+/// `Endpoint.VirtualIPs`, plus meshd's own `Tasks`. `networks` gives the subnets' prefixes.
+pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
+    let ports = || -> Vec<DockerPort> {
+        svc.ports
+            .iter()
+            .map(|p| DockerPort {
+                protocol: p.protocol,
+                target_port: p.target,
+                published_port: p.published,
+                publish_mode: p.mode,
+            })
+            .collect()
+    };
+    DockerService {
+        id: svc.name.clone(),
+        spec: Spec {
+            name: svc.name.clone(),
+            task_template: TaskTemplate {
+                networks: svc
+                    .networks
+                    .iter()
+                    .map(|n| Target {
+                        target: n.network.clone(),
+                    })
+                    .collect(),
+            },
+            endpoint_spec: EndpointSpec {
+                mode: svc.endpoint_mode,
+                ports: ports(),
+            },
+            client_ip: svc.client_ip,
+            scheduler: svc.scheduler,
+            idle_timeouts: DockerTimeouts {
+                tcp_established: svc.timeouts.tcp_established,
+                tcp_transitory: svc.timeouts.tcp_transitory,
+                udp: svc.timeouts.udp,
+            },
+        },
+        endpoint: Endpoint {
+            spec: EndpointSpec {
+                mode: svc.endpoint_mode,
+                ports: ports(),
+            },
+            ports: ports(),
+            virtual_ips: svc
+                .networks
+                .iter()
+                .filter_map(|n| {
+                    n.vip.map(|vip| DockerVip {
+                        network_id: n.network.clone(),
+                        addr: with_prefix(networks, &n.network, vip),
+                    })
+                })
+                .collect(),
+        },
+        tasks: sorted_tasks(&svc.name, &svc.tasks)
+            .into_iter()
+            .map(|t| DockerTask {
+                name: t.name.clone(),
+                node: t.node.clone(),
+                state: t.state,
+                weight: t.weight,
+                addresses: t
+                    .addresses
+                    .iter()
+                    .map(|a| DockerVip {
+                        network_id: a.network.clone(),
+                        addr: with_prefix(networks, &a.network, a.addr),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Any JSON as aligned `key value` lines, nested keys joined with dots (`workers.0.rx`).
+pub fn key_values(v: &Value) -> String {
+    fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
+        let key = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        };
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    walk(&key(k), x, out);
+                }
+            }
+            Value::Array(a) if !a.is_empty() => {
+                for (i, x) in a.iter().enumerate() {
+                    walk(&key(&i.to_string()), x, out);
+                }
+            }
+            Value::String(s) => out.push((prefix.to_string(), s.clone())),
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let mut pairs = Vec::new();
+    walk("", v, &mut pairs);
+    let width = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in pairs {
+        let line = if k.is_empty() {
+            v
+        } else {
+            format!("{k:<width$}  {v}")
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use ctl::model::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn web() -> Service {
+        let mut s = Service::new("web");
+        s.networks.push(ServiceNetwork {
+            network: "appnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+        });
+        s.ports.push(PublishedPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            target: 80,
+            mode: PublishMode::Ingress,
+        });
+        s.ports.push(PublishedPort {
+            protocol: Protocol::Udp,
+            published: 5353,
+            target: 53,
+            mode: PublishMode::Host,
+        });
+        for (name, node, last, state, weight) in [
+            ("web.10", "n2", 20, TaskState::Draining, 0),
+            ("web.1", "n1", 11, TaskState::Running, 1),
+            ("web.2", "n2", 12, TaskState::Running, 1),
+        ] {
+            s.tasks.push(Task {
+                name: name.into(),
+                node: node.into(),
+                addresses: vec![
+                    TaskAddress {
+                        network: "ingress".into(),
+                        addr: Ipv4Addr::new(10, 0, 0, last),
+                    },
+                    TaskAddress {
+                        network: "appnet".into(),
+                        addr: Ipv4Addr::new(10, 0, 1, last),
+                    },
+                ],
+                state,
+                weight,
+            });
+        }
+        s
+    }
+
+    fn appnet() -> Network {
+        Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(10, 0, 1, 250))]),
+        }
+    }
+
+    #[test]
+    fn tables_align_without_trailing_blanks() {
+        let t = table(
+            &["A", "LONGER"],
+            &[vec!["xxxx".into(), "1".into()], vec!["y".into(), "".into()]],
+        );
+        assert_eq!(t, "A      LONGER\nxxxx   1\ny\n");
+        assert_eq!(table(&["NAME", "MODE"], &[]), "NAME   MODE\n");
+    }
+
+    #[test]
+    fn service_ls_looks_like_docker() {
+        let mut api = Service::new("api");
+        api.endpoint_mode = EndpointMode::Dnsrr;
+        assert_eq!(
+            service_ls(&[web(), api]),
+            "NAME   MODE    TASKS   PORTS\n\
+             web    vip     2/3     *:8080->80/tcp, host:5353->53/udp\n\
+             api    dnsrr   0/0\n"
+        );
+    }
+
+    #[test]
+    fn service_ps_lists_tasks_in_slot_order() {
+        assert_eq!(
+            service_ps(&[("web".into(), web().tasks)]),
+            "NAME     NODE   STATE      ADDRESSES                            WEIGHT\n\
+             web.1    n1     Running    ingress:10.0.0.11,appnet:10.0.1.11   1\n\
+             web.2    n2     Running    ingress:10.0.0.12,appnet:10.0.1.12   1\n\
+             web.10   n2     Draining   ingress:10.0.0.20,appnet:10.0.1.20   0\n"
+        );
+    }
+
+    #[test]
+    fn network_and_node_tables() {
+        assert_eq!(
+            network_ls(&[appnet()]),
+            "NAME     VNI    SUBNET        GATEWAY    KIND      ENDPOINTS\n\
+             appnet   4097   10.0.1.0/24   10.0.1.1   overlay   n1=10.0.1.250\n"
+        );
+        let n = Node {
+            name: "n1".into(),
+            addr: Ipv4Addr::new(192, 168, 1, 11),
+            vtep: Some(Ipv4Addr::new(172, 16, 0, 11)),
+            vtep_port: 4789,
+            availability: Availability::Drain,
+        };
+        assert_eq!(
+            node_ls(&[n]),
+            "NAME   ADDRESS        VTEP               AVAILABILITY\n\
+             n1     192.168.1.11   172.16.0.11:4789   Drain\n"
+        );
+    }
+
+    #[test]
+    fn progress_looks_like_docker() {
+        let bar = "[==================================================>]";
+        assert_eq!(
+            progress(&web()),
+            format!(
+                "overall progress: 2 out of 3 tasks\n1/3: running   {bar}\n2/3: running   {bar}\n3/3: draining  {bar}\n"
+            )
+        );
+        assert_eq!(
+            progress(&Service::new("x")),
+            "overall progress: 0 out of 0 tasks\n"
+        );
+    }
+
+    #[test]
+    fn inspect_has_dockers_endpoint() {
+        let text = serde_json::to_string(&docker_inspect(&web(), &[appnet()])).unwrap();
+        assert!(
+            text.contains(r#""Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"},"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""VirtualIPs":[{"NetworkID":"appnet","Addr":"10.0.1.2/24"}]"#),
+            "{text}"
+        );
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["Endpoint"]["Spec"]["Ports"], v["Endpoint"]["Ports"]);
+        assert_eq!(v["Endpoint"]["Spec"]["Mode"], "vip");
+        assert_eq!(v["Spec"]["Name"], "web");
+        assert_eq!(v["Spec"]["TaskTemplate"]["Networks"][0]["Target"], "appnet");
+        assert_eq!(v["Tasks"][0]["Name"], "web.1");
+        // The ingress network is unknown here: addresses keep no prefix.
+        assert_eq!(
+            v["Tasks"][0]["Addresses"][0],
+            json!({"NetworkID": "ingress", "Addr": "10.0.0.11"})
+        );
+        assert_eq!(v["Tasks"][0]["Addresses"][1]["Addr"], "10.0.1.11/24");
+    }
+
+    #[test]
+    fn key_values_flatten_and_align() {
+        let v =
+            json!({"workers": [{"rx": 10, "tx": 9}], "flows": 3, "version": "0.1.0", "empty": {}});
+        assert_eq!(
+            key_values(&v),
+            "empty         {}\nflows         3\nversion       0.1.0\nworkers.0.rx  10\nworkers.0.tx  9\n"
+        );
+        assert_eq!(key_values(&json!(5)), "5\n");
+    }
+}

@@ -1,0 +1,818 @@
+//! The control protocol between `meshctl` (or any client) and `meshd`.
+//!
+//! A Unix stream socket carries newline-delimited JSON: the client writes one [`Request`] on one
+//! line, the daemon answers with one [`Response`] on one line, and the client may send the next
+//! request on the same connection or close it.
+//!
+//! ```text
+//! → {"version":1,"command":"service-scale","name":"web","replicas":1}
+//! ← {"ok":true,"generation":7,"result":{"name":"web","endpoint_mode":"vip",...}}
+//! → {"version":1,"command":"service-inspect","name":"api"}
+//! ← {"ok":false,"error":{"code":"not-found","message":"service \"api\" not found"}}
+//! ```
+//!
+//! The daemon side is, per line: [`read_line`] (bounded by [`MAX_REQUEST_BYTES`]),
+//! [`parse_request`], then for a changing command [`crate::apply::apply`] and
+//! [`crate::validate()`], and finally [`crate::apply::answer`] for the result body.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{self, BufRead};
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::model::{
+    Availability, ClientIpMode, EndpointMode, Network, Node, Protocol, PublishedPort,
+    SchedulerKind, Service, ServiceNetwork, Task, TaskState,
+};
+
+/// The protocol version this crate speaks. A daemon refuses any other with
+/// [`ErrorCode::UnsupportedVersion`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line a daemon accepts, newline excluded. Longer ones are answered with
+/// [`ErrorCode::TooLarge`].
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// One request: the protocol version and a command.
+///
+/// On the wire the command's fields sit next to `version`:
+/// `{"version":1,"command":"node-update","name":"n2","availability":"drain"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+impl Request {
+    /// A request in this crate's protocol version.
+    pub fn new(command: Command) -> Self {
+        Request {
+            version: PROTOCOL_VERSION,
+            command,
+        }
+    }
+
+    /// The request as one JSON line, newline included.
+    pub fn to_line(&self) -> Result<String, serde_json::Error> {
+        let mut s = serde_json::to_string(self)?;
+        s.push('\n');
+        Ok(s)
+    }
+}
+
+/// What a client asks meshd to do. Names and fields follow Docker's CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    /// Create an overlay network.
+    NetworkCreate { network: Network },
+    /// Remove a network no service uses.
+    NetworkRm { name: String },
+    /// All networks. Result: `[Network]`.
+    NetworkLs {},
+    /// One network. Result: `Network`.
+    NetworkInspect { name: String },
+    /// Add a peer node. `endpoints` gives the node's endpoint address on some networks (network
+    /// name → address), set in the same change: a node needs one on the ingress network as soon
+    /// as a service publishes a port.
+    NodeAdd {
+        node: Node,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        endpoints: BTreeMap<String, Ipv4Addr>,
+    },
+    /// Remove a node that runs no task; its network endpoints go with it.
+    NodeRm { name: String },
+    /// Change a node's availability (`drain`: its tasks take no new connections).
+    NodeUpdate {
+        name: String,
+        availability: Availability,
+    },
+    /// All nodes. Result: `[Node]`.
+    NodeLs {},
+    /// Create a service with its ports and tasks.
+    ServiceCreate { service: Service },
+    /// Change a service; see [`ServiceUpdate`].
+    ServiceUpdate { name: String, update: ServiceUpdate },
+    /// Scale a service down to `replicas` tasks by removing its highest-numbered ones. meshd
+    /// does not start containers, so scaling up is refused: add tasks with `task_add`.
+    ServiceScale { name: String, replicas: u32 },
+    /// Remove a service.
+    ServiceRm { name: String },
+    /// All services. Result: `[Service]`.
+    ServiceLs {},
+    /// One service. Result: `Service`.
+    ServiceInspect { name: String },
+    /// A service's tasks. Result: `[Task]`.
+    ServicePs { name: String },
+    /// The daemon's counters. Result: a JSON object whose shape the daemon defines.
+    Stats {},
+    /// The whole desired state. Result: `State`.
+    State {},
+}
+
+impl Command {
+    /// Whether the command changes the state (and so bumps the generation once every worker has
+    /// picked the change up).
+    pub fn changes_state(&self) -> bool {
+        match self {
+            Command::NetworkCreate { .. }
+            | Command::NetworkRm { .. }
+            | Command::NodeAdd { .. }
+            | Command::NodeRm { .. }
+            | Command::NodeUpdate { .. }
+            | Command::ServiceCreate { .. }
+            | Command::ServiceUpdate { .. }
+            | Command::ServiceScale { .. }
+            | Command::ServiceRm { .. } => true,
+            Command::NetworkLs {}
+            | Command::NetworkInspect { .. }
+            | Command::NodeLs {}
+            | Command::ServiceLs {}
+            | Command::ServiceInspect { .. }
+            | Command::ServicePs { .. }
+            | Command::Stats {}
+            | Command::State {} => false,
+        }
+    }
+
+    /// The command's name on the wire, such as `service-scale`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::NetworkCreate { .. } => "network-create",
+            Command::NetworkRm { .. } => "network-rm",
+            Command::NetworkLs {} => "network-ls",
+            Command::NetworkInspect { .. } => "network-inspect",
+            Command::NodeAdd { .. } => "node-add",
+            Command::NodeRm { .. } => "node-rm",
+            Command::NodeUpdate { .. } => "node-update",
+            Command::NodeLs {} => "node-ls",
+            Command::ServiceCreate { .. } => "service-create",
+            Command::ServiceUpdate { .. } => "service-update",
+            Command::ServiceScale { .. } => "service-scale",
+            Command::ServiceRm { .. } => "service-rm",
+            Command::ServiceLs {} => "service-ls",
+            Command::ServiceInspect { .. } => "service-inspect",
+            Command::ServicePs { .. } => "service-ps",
+            Command::Stats {} => "stats",
+            Command::State {} => "state",
+        }
+    }
+}
+
+/// A published port as named by `--publish-rm`: the published port and its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub published: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl PortSpec {
+    pub fn of(p: &PublishedPort) -> Self {
+        PortSpec {
+            published: p.published,
+            protocol: p.protocol,
+        }
+    }
+
+    pub fn matches(&self, p: &PublishedPort) -> bool {
+        p.published == self.published && p.protocol == self.protocol
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.published, self.protocol)
+    }
+}
+
+/// Why a `PORT[/PROTOCOL]` did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParsePortError(pub String);
+
+impl FromStr for PortSpec {
+    type Err = ParsePortError;
+    /// `8080`, `8080/tcp` or `53/udp`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (port, proto) = match s.split_once('/') {
+            Some((p, proto)) => (p, Some(proto)),
+            None => (s, None),
+        };
+        let published = match port.parse::<u16>() {
+            Ok(p) if p != 0 => p,
+            _ => {
+                return Err(ParsePortError(format!(
+                    "{port:?} is not a port number (1-65535)"
+                )))
+            }
+        };
+        let protocol = match proto {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            Some(other) => {
+                return Err(ParsePortError(format!(
+                    "unknown protocol {other:?} (expected tcp or udp)"
+                )))
+            }
+        };
+        Ok(PortSpec {
+            published,
+            protocol,
+        })
+    }
+}
+
+/// A change to one task: its weight (0 drains it) and/or its state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskUpdate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TaskState>,
+}
+
+/// A change to some idle timeouts; absent ones keep their value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_established: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_transitory: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<u32>,
+}
+
+impl TimeoutsUpdate {
+    pub fn is_empty(&self) -> bool {
+        *self == TimeoutsUpdate::default()
+    }
+}
+
+/// What `service update` changes, as Docker's `--publish-add`, `--publish-rm`, `--network-add`,
+/// `--network-rm` and meshd's `--task-add`, `--task-rm`, `--task-update`.
+///
+/// It is applied in this order, so a port or task can be replaced in one update: `publish_rm`,
+/// `publish_add`, `network_rm`, `network_add`, `task_rm`, `task_add`, `task_update`, then the
+/// scalar settings. Switching to endpoint mode `dnsrr` drops the service's VIPs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceUpdate {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish_add: Vec<PublishedPort>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub publish_rm: Vec<PortSpec>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_add: Vec<ServiceNetwork>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_rm: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task_add: Vec<Task>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task_rm: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub task_update: Vec<TaskUpdate>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_mode: Option<EndpointMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<SchedulerKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsUpdate>,
+}
+
+impl ServiceUpdate {
+    /// Whether the update changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ServiceUpdate::default()
+    }
+}
+
+/// The kind of a failure, for programs; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The line is not JSON, not a request, or names an unknown command or field.
+    BadRequest,
+    /// The request's `version` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// The command names a network, node, service, task or port that does not exist.
+    NotFound,
+    /// The command would create something that exists, or remove something still in use.
+    Conflict,
+    /// The resulting state would be invalid (validation refused it).
+    Invalid,
+    /// The request line is longer than [`MAX_REQUEST_BYTES`].
+    TooLarge,
+    /// The daemon failed (persisting, publishing): the state is unchanged; see its log.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad-request",
+            ErrorCode::UnsupportedVersion => "unsupported-version",
+            ErrorCode::NotFound => "not-found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::TooLarge => "too-large",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed request: a code and a message that says what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("{message}")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A successful answer: the generation of the state it reflects and a result body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Success {
+    /// For a changing command, the generation every worker has acknowledged; otherwise the
+    /// generation that was read.
+    pub generation: u64,
+    /// The body; its shape depends on the command (see [`Command`] and
+    /// [`crate::apply::answer`]). `null` when there is nothing to say.
+    pub result: Value,
+}
+
+/// The answer to one request:
+/// `{"ok":true,"generation":7,"result":...}` or
+/// `{"ok":false,"error":{"code":"not-found","message":"service \"web\" not found"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WireResponse", into = "WireResponse")]
+pub enum Response {
+    Ok(Success),
+    Err(ErrorBody),
+}
+
+impl Response {
+    pub fn ok(generation: u64, result: Value) -> Self {
+        Response::Ok(Success { generation, result })
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Err(ErrorBody::new(code, message))
+    }
+
+    pub fn into_result(self) -> Result<Success, ErrorBody> {
+        match self {
+            Response::Ok(s) => Ok(s),
+            Response::Err(e) => Err(e),
+        }
+    }
+
+    /// The response as one JSON line, newline included. Serialising a `Value` cannot fail; were
+    /// it to, the line is an `internal` error instead.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|e| {
+            format!(
+                r#"{{"ok":false,"error":{{"code":"internal","message":{}}}}}"#,
+                Value::String(format!("cannot encode the response: {e}"))
+            )
+        });
+        s.push('\n');
+        s
+    }
+}
+
+impl From<ErrorBody> for Response {
+    fn from(e: ErrorBody) -> Self {
+        Response::Err(e)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireResponse {
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorBody>,
+}
+
+impl TryFrom<WireResponse> for Response {
+    type Error = String;
+    fn try_from(w: WireResponse) -> Result<Self, String> {
+        match (w.ok, w.generation, w.result, w.error) {
+            (true, Some(generation), result, None) => Ok(Response::Ok(Success {
+                generation,
+                result: result.unwrap_or(Value::Null),
+            })),
+            (true, None, _, _) => Err("\"ok\":true without \"generation\"".into()),
+            (true, _, _, Some(_)) => Err("\"ok\":true with an \"error\"".into()),
+            (false, _, _, Some(error)) => Ok(Response::Err(error)),
+            (false, _, _, None) => Err("\"ok\":false without \"error\"".into()),
+        }
+    }
+}
+
+impl From<Response> for WireResponse {
+    fn from(r: Response) -> Self {
+        match r {
+            Response::Ok(s) => WireResponse {
+                ok: true,
+                generation: Some(s.generation),
+                result: Some(s.result),
+                error: None,
+            },
+            Response::Err(e) => WireResponse {
+                ok: false,
+                generation: None,
+                result: None,
+                error: Some(e),
+            },
+        }
+    }
+}
+
+/// Why [`read_line`] returned no line.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The line was longer than the limit. It has been read up to its newline (or the end of the
+    /// stream) and dropped, so the next line can be read.
+    #[error("the line is longer than {limit} bytes")]
+    TooLarge { limit: usize },
+}
+
+/// Reads one newline-terminated line of at most `limit` bytes (newline and a trailing `\r`
+/// excluded) without ever holding more than `limit` bytes of it. `Ok(None)` at the end of the
+/// stream; a last line without newline is returned as a line.
+pub fn read_line<R: BufRead>(reader: &mut R, limit: usize) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut line = Vec::new();
+    let mut too_large = false;
+    let mut seen_any = false;
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FrameError::Io(e)),
+        };
+        if buf.is_empty() {
+            if !seen_any {
+                return Ok(None);
+            }
+            break;
+        }
+        seen_any = true;
+        let (chunk, used, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], i + 1, true),
+            None => (buf, buf.len(), false),
+        };
+        if !too_large {
+            // A `\r` before the newline may still be dropped, so allow one byte of slack.
+            if line.len() + chunk.len() > limit.saturating_add(1) {
+                too_large = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        reader.consume(used);
+        if done {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    if too_large || line.len() > limit {
+        return Err(FrameError::TooLarge { limit });
+    }
+    Ok(Some(line))
+}
+
+/// Parses one request line, checking the version before the command so that a client of
+/// another version gets [`ErrorCode::UnsupportedVersion`] rather than a parse error.
+pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
+    if line.len() > MAX_REQUEST_BYTES {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!(
+                "the request is {} bytes; the limit is {MAX_REQUEST_BYTES}",
+                line.len()
+            ),
+        ));
+    }
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("the request is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            r#"a request is a JSON object such as {"version":1,"command":"service-ls"}"#,
+        ));
+    };
+    match obj.get("version") {
+        None => {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(
+                    r#"the request has no "version"; this meshd speaks version {PROTOCOL_VERSION}"#
+                ),
+            ))
+        }
+        Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        Some(v) if v.as_u64().is_none() => {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!(r#""version" must be a number such as {PROTOCOL_VERSION}, not {v}"#),
+            ))
+        }
+        Some(v) => {
+            return Err(ErrorBody::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {v} is not supported; this meshd speaks version \
+                     {PROTOCOL_VERSION} (use a meshctl of the same release as meshd)"
+                ),
+            ))
+        }
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad request: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_look_like_the_documentation() {
+        let r = Request::new(Command::ServiceScale {
+            name: "web".into(),
+            replicas: 1,
+        });
+        assert_eq!(
+            r.to_line().unwrap(),
+            "{\"version\":1,\"command\":\"service-scale\",\"name\":\"web\",\"replicas\":1}\n"
+        );
+        let r = Request::new(Command::ServiceLs {});
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"command":"service-ls"}"#
+        );
+        let r = Request::new(Command::NodeUpdate {
+            name: "n2".into(),
+            availability: Availability::Drain,
+        });
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"command":"node-update","name":"n2","availability":"drain"}"#
+        );
+    }
+
+    #[test]
+    fn every_command_round_trips() {
+        let svc = Service::new("web");
+        let net = Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: BTreeMap::new(),
+        };
+        let node = Node {
+            name: "n1".into(),
+            addr: Ipv4Addr::new(192, 168, 1, 11),
+            vtep: None,
+            vtep_port: 4789,
+            availability: Availability::Active,
+        };
+        let update = ServiceUpdate {
+            publish_rm: vec!["8080/udp".parse().unwrap()],
+            task_update: vec![TaskUpdate {
+                name: "web.1".into(),
+                weight: Some(0),
+                state: None,
+            }],
+            timeouts: Some(TimeoutsUpdate {
+                udp: Some(60),
+                ..TimeoutsUpdate::default()
+            }),
+            ..ServiceUpdate::default()
+        };
+        let all = vec![
+            Command::NetworkCreate { network: net },
+            Command::NetworkRm {
+                name: "appnet".into(),
+            },
+            Command::NetworkLs {},
+            Command::NetworkInspect {
+                name: "appnet".into(),
+            },
+            Command::NodeAdd {
+                node,
+                endpoints: BTreeMap::from([("ingress".into(), Ipv4Addr::new(10, 0, 0, 2))]),
+            },
+            Command::NodeRm { name: "n1".into() },
+            Command::NodeUpdate {
+                name: "n1".into(),
+                availability: Availability::Drain,
+            },
+            Command::NodeLs {},
+            Command::ServiceCreate { service: svc },
+            Command::ServiceUpdate {
+                name: "web".into(),
+                update,
+            },
+            Command::ServiceScale {
+                name: "web".into(),
+                replicas: 3,
+            },
+            Command::ServiceRm { name: "web".into() },
+            Command::ServiceLs {},
+            Command::ServiceInspect { name: "web".into() },
+            Command::ServicePs { name: "web".into() },
+            Command::Stats {},
+            Command::State {},
+        ];
+        for c in all {
+            let line = Request::new(c.clone()).to_line().unwrap();
+            assert!(
+                line.contains(&format!("\"command\":\"{}\"", c.name())),
+                "{line}"
+            );
+            let back = parse_request(line.trim_end().as_bytes()).unwrap();
+            assert_eq!(back.command, c);
+            let reads = matches!(
+                c.name(),
+                "network-ls"
+                    | "network-inspect"
+                    | "node-ls"
+                    | "service-ls"
+                    | "service-inspect"
+                    | "service-ps"
+                    | "stats"
+                    | "state"
+            );
+            assert_eq!(c.changes_state(), !reads, "{}", c.name());
+        }
+    }
+
+    #[test]
+    fn bad_requests_get_typed_errors() {
+        let code = |s: &str| parse_request(s.as_bytes()).unwrap_err().code;
+        assert_eq!(code("{not json"), ErrorCode::BadRequest);
+        assert_eq!(code("[1,2]"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"command":"service-ls"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"version":2,"command":"service-ls"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            code(r#"{"version":"1","command":"service-ls"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"version":1,"command":"service-frobnicate"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(r#"{"version":1}"#), ErrorCode::BadRequest);
+        // Unknown fields are refused, for commands with and without fields.
+        assert_eq!(
+            code(r#"{"version":1,"command":"service-rm","name":"web","force":true}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(r#"{"version":1,"command":"service-ls","filter":"x"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code(
+                r#"{"version":1,"command":"service-update","name":"web","update":{"replicas":3}}"#
+            ),
+            ErrorCode::BadRequest
+        );
+        let e = parse_request(br#"{"version":1,"command":"service-frobnicate"}"#).unwrap_err();
+        assert!(e.message.contains("service-frobnicate"), "{}", e.message);
+        let big = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert_eq!(parse_request(&big).unwrap_err().code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn responses_have_the_documented_shape() {
+        let ok = Response::ok(7, json!({"name": "web"}));
+        assert_eq!(
+            ok.to_line(),
+            "{\"ok\":true,\"generation\":7,\"result\":{\"name\":\"web\"}}\n"
+        );
+        let err = Response::error(ErrorCode::NotFound, "service \"web\" not found");
+        assert_eq!(
+            err.to_line(),
+            "{\"ok\":false,\"error\":{\"code\":\"not-found\",\"message\":\"service \\\"web\\\" not found\"}}\n"
+        );
+        for r in [ok, err] {
+            let back: Response = serde_json::from_str(r.to_line().trim_end()).unwrap();
+            assert_eq!(back, r);
+        }
+        let null: Response = serde_json::from_str(r#"{"ok":true,"generation":1}"#).unwrap();
+        assert_eq!(null, Response::ok(1, Value::Null));
+        assert!(serde_json::from_str::<Response>(r#"{"ok":true}"#).is_err());
+        assert!(serde_json::from_str::<Response>(r#"{"ok":false}"#).is_err());
+        assert!(serde_json::from_str::<Response>(
+            r#"{"ok":false,"error":{"code":"nope","message":""}}"#
+        )
+        .is_err());
+        for (c, s) in [
+            (ErrorCode::BadRequest, "bad-request"),
+            (ErrorCode::UnsupportedVersion, "unsupported-version"),
+            (ErrorCode::NotFound, "not-found"),
+            (ErrorCode::Conflict, "conflict"),
+            (ErrorCode::Invalid, "invalid"),
+            (ErrorCode::TooLarge, "too-large"),
+            (ErrorCode::Internal, "internal"),
+        ] {
+            assert_eq!(serde_json::to_value(c).unwrap(), json!(s));
+            assert_eq!(c.as_str(), s);
+        }
+    }
+
+    #[test]
+    fn port_specs_parse() {
+        assert_eq!(
+            "8080".parse::<PortSpec>().unwrap(),
+            PortSpec {
+                published: 8080,
+                protocol: Protocol::Tcp
+            }
+        );
+        assert_eq!("53/udp".parse::<PortSpec>().unwrap().to_string(), "53/udp");
+        assert!("0".parse::<PortSpec>().is_err());
+        assert!("http".parse::<PortSpec>().is_err());
+        assert!("53/sctp"
+            .parse::<PortSpec>()
+            .unwrap_err()
+            .0
+            .contains("sctp"));
+    }
+
+    #[test]
+    fn lines_are_read_within_the_limit() {
+        let mut r = io::Cursor::new(b"abc\r\n\nxyz".to_vec());
+        assert_eq!(read_line(&mut r, 16).unwrap(), Some(b"abc".to_vec()));
+        assert_eq!(read_line(&mut r, 16).unwrap(), Some(Vec::new()));
+        assert_eq!(read_line(&mut r, 16).unwrap(), Some(b"xyz".to_vec()));
+        assert_eq!(read_line(&mut r, 16).unwrap(), None);
+
+        // An oversized line is skipped whole, and the next one is read; a small BufReader
+        // capacity makes it arrive in pieces.
+        let data = format!("{}\nok\n{}", "x".repeat(100), "y".repeat(17));
+        let mut r = io::BufReader::with_capacity(7, io::Cursor::new(data.into_bytes()));
+        assert!(matches!(
+            read_line(&mut r, 16),
+            Err(FrameError::TooLarge { limit: 16 })
+        ));
+        assert_eq!(read_line(&mut r, 16).unwrap(), Some(b"ok".to_vec()));
+        assert!(matches!(
+            read_line(&mut r, 16),
+            Err(FrameError::TooLarge { .. })
+        ));
+        assert_eq!(read_line(&mut r, 16).unwrap(), None);
+        // Exactly at the limit is fine, one more is not.
+        let mut r = io::Cursor::new(b"0123456789abcdef\n0123456789abcdefg\n".to_vec());
+        assert_eq!(read_line(&mut r, 16).unwrap().unwrap().len(), 16);
+        assert!(read_line(&mut r, 16).is_err());
+    }
+}
