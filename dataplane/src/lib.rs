@@ -7,11 +7,16 @@
 
 pub mod balance;
 pub mod buf;
+pub mod control;
+pub mod daemon;
 pub mod fastmap;
 pub mod flow;
+pub mod host;
+pub mod metrics;
 pub mod neigh;
 pub mod pipeline;
 pub mod port;
 mod prefetch;
 pub mod stats;
 pub mod wire;
+pub mod worker;

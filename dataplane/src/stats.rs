@@ -147,6 +147,67 @@ pub struct WorkerStats {
 }
 
 impl WorkerStats {
+    /// Number of plain counters before the drop counters in [`Self::to_array`].
+    pub const FIELDS: usize = 12;
+
+    /// Names of the plain counters, in [`Self::to_array`] order.
+    pub const NAMES: [&'static str; Self::FIELDS] = [
+        "rx",
+        "tx_uplink",
+        "tx_tasks",
+        "to_host",
+        "handoff_out",
+        "arp_replies",
+        "new_flows",
+        "active_flows",
+        "flows_expired",
+        "flows_evicted",
+        "flows_ended",
+        "resets_sent",
+    ];
+
+    /// All counters as one array: the plain ones, then one per drop reason.
+    pub fn to_array(&self) -> [u64; Self::FIELDS + DropReason::COUNT] {
+        let mut a = [0u64; Self::FIELDS + DropReason::COUNT];
+        let plain = [
+            self.rx,
+            self.tx_uplink,
+            self.tx_tasks,
+            self.to_host,
+            self.handoff_out,
+            self.arp_replies,
+            self.new_flows,
+            self.active_flows,
+            self.flows_expired,
+            self.flows_evicted,
+            self.flows_ended,
+            self.resets_sent,
+        ];
+        a[..Self::FIELDS].copy_from_slice(&plain);
+        a[Self::FIELDS..].copy_from_slice(&self.drops);
+        a
+    }
+
+    pub fn from_array(a: &[u64; Self::FIELDS + DropReason::COUNT]) -> Self {
+        let mut drops = [0u64; DropReason::COUNT];
+        drops.copy_from_slice(&a[Self::FIELDS..]);
+        WorkerStats {
+            rx: a[0],
+            tx_uplink: a[1],
+            tx_tasks: a[2],
+            to_host: a[3],
+            handoff_out: a[4],
+            arp_replies: a[5],
+            new_flows: a[6],
+            active_flows: a[7],
+            flows_expired: a[8],
+            flows_evicted: a[9],
+            flows_ended: a[10],
+            resets_sent: a[11],
+            drops,
+        }
+    }
+
     #[inline]
     pub fn drop(&mut self, r: DropReason) {
         self.drops[r as usize] += 1;
@@ -183,6 +244,13 @@ impl WorkerStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_round_trip_through_the_array() {
+        let mut s = WorkerStats { rx: 1, resets_sent: 12, new_flows: 7, ..Default::default() };
+        s.drop(DropReason::TooBig);
+        assert_eq!(WorkerStats::from_array(&s.to_array()), s);
+    }
 
     #[test]
     fn every_reason_has_its_own_slot_and_name() {

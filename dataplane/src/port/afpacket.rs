@@ -510,7 +510,26 @@ impl AsRawFd for AfPacketPort {
     }
 }
 
+/// Sleeps until one of `fds` is readable or `timeout_ms` passes (for idle workers).
+pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
+    let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    let n = fds.len().min(pfds.len());
+    for (p, fd) in pfds.iter_mut().zip(fds) {
+        p.fd = *fd;
+        p.events = libc::POLLIN;
+    }
+    // SAFETY: `pfds` is a valid array of `n` initialised pollfd structs that outlives the call;
+    // poll only writes their `revents` fields.
+    unsafe {
+        libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms);
+    }
+}
+
 impl Port for AfPacketPort {
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.raw_fd())
+    }
+
     fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
         let mut n = 0;
         while !out.is_full() {

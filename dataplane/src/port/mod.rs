@@ -28,4 +28,9 @@ pub trait Port {
 
     /// Pushes out anything the backend batched (for example a TX ring kick).
     fn flush(&mut self) {}
+
+    /// A file descriptor that polls readable when frames wait, for idle workers to sleep on.
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }

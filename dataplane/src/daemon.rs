@@ -1,0 +1,297 @@
+//! The `meshd` daemon: configuration, start-up, the threads, shutdown.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::balance::ServiceTable;
+use crate::buf::PortId;
+use crate::control::{Controller, Persisted, Server, StateStore};
+use crate::host::{self, HostAction};
+use crate::neigh::Neighbors;
+use crate::pipeline::Config;
+use crate::port::afpacket::{AfPacketConfig, AfPacketPort};
+use crate::port::Port;
+use crate::worker::{Idle, Shared, Worker};
+
+const AFTER_HELP: &str = "\
+EXAMPLES:
+  # A node whose underlay NIC is eth1 and whose local tasks hang off the bridge br-tasks:
+  meshd --node n1 --addr 192.168.1.11 --uplink eth1 --tasks br-tasks
+
+  # The same from a file (flags given on the command line win over the file):
+  meshd --config /etc/meshd/meshd.toml
+
+  # Two workers pinned to cores 2 and 3, spinning without back-off:
+  meshd --config /etc/meshd/meshd.toml --cores 2,3 --busy-poll
+
+CONFIG FILE (TOML), every key optional and named like its flag:
+  node = \"n1\"
+  addr = \"192.168.1.11\"
+  uplink = \"eth1\"
+  tasks = \"br-tasks\"
+  cores = [0, 1]
+  socket = \"/run/meshd/meshd.sock\"
+  state = \"/var/lib/meshd/state.json\"
+  flows = 1048576
+  busy_poll = false
+  metrics = \"127.0.0.1:9469\"
+
+Then add peers, networks and services with meshctl (see `meshctl --help`).
+The kernel should hold no IP address on the uplink and tasks interfaces: meshd answers for the
+node's address itself (ARP, ICMP echo, RST for ports it does not publish).";
+
+/// meshd: a userspace routing mesh for an edge node (published ports on every node, DNAT and
+/// round-robin over a service's tasks, a VXLAN overlay, service VIPs).
+#[derive(Debug, Parser, Default)]
+#[command(name = "meshd", version, about, after_help = AFTER_HELP)]
+pub struct Args {
+    /// A TOML file with the options below; flags override it.
+    #[arg(long, short = 'c', env = "MESHD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This node's name in the mesh (as `meshctl node add` names it).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// This node's underlay address: published ports and VXLAN answer here.
+    #[arg(long)]
+    pub addr: Option<Ipv4Addr>,
+    /// This node's VXLAN tunnel endpoint address (defaults to --addr).
+    #[arg(long)]
+    pub vtep: Option<Ipv4Addr>,
+    /// The underlay interface (clients and peer nodes).
+    #[arg(long)]
+    pub uplink: Option<String>,
+    /// The interface the local tasks are reached on (a bridge or a veth).
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// Cores to pin one worker each to, comma separated (default: one worker, core 0).
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Option<Vec<usize>>,
+    /// The control socket meshctl talks to (mode 0600).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Where the state is persisted across restarts.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Flow table size per worker; a full table evicts its stalest flows.
+    #[arg(long)]
+    pub flows: Option<usize>,
+    /// Keep workers spinning when idle (lowest latency; a core at 100% each).
+    #[arg(long)]
+    pub busy_poll: bool,
+    /// Serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9469.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// The options from the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node: Option<String>,
+    addr: Option<Ipv4Addr>,
+    vtep: Option<Ipv4Addr>,
+    uplink: Option<String>,
+    tasks: Option<String>,
+    cores: Option<Vec<usize>>,
+    socket: Option<PathBuf>,
+    state: Option<PathBuf>,
+    flows: Option<usize>,
+    busy_poll: Option<bool>,
+    metrics: Option<std::net::SocketAddr>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: String,
+    pub addr: Ipv4Addr,
+    pub vtep: Option<Ipv4Addr>,
+    pub uplink: String,
+    pub tasks: String,
+    pub cores: Vec<usize>,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    pub flows: usize,
+    pub busy_poll: bool,
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// A start-up error, said so the operator knows what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Port(#[from] crate::port::afpacket::AfPacketError),
+    #[error("{0}")]
+    State(#[from] crate::control::store::StoreError),
+    #[error("control socket {path}: {source}")]
+    Socket { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Args {
+    /// Merges the config file under the flags and checks that everything needed is there.
+    pub fn resolve(self) -> Result<Settings, StartError> {
+        let file: FileConfig = match &self.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+                toml::from_str(&text).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let need = |what: &str, flag: &str| StartError::Config(format!("{what} is not set: give --{flag} or `{flag} = ...` in the config file"));
+        let node = self.node.or(file.node).ok_or_else(|| need("the node name", "node"))?;
+        let addr = self.addr.or(file.addr).ok_or_else(|| need("the node's underlay address", "addr"))?;
+        let uplink = self.uplink.or(file.uplink).ok_or_else(|| need("the uplink interface", "uplink"))?;
+        let tasks = self.tasks.or(file.tasks).ok_or_else(|| need("the tasks interface", "tasks"))?;
+        Ok(Settings {
+            socket: self.socket.or(file.socket).unwrap_or_else(|| PathBuf::from("/run/meshd/meshd.sock")),
+            state: self.state.or(file.state).unwrap_or_else(|| PathBuf::from(format!("/var/lib/meshd/{node}.json"))),
+            node,
+            addr,
+            vtep: self.vtep.or(file.vtep),
+            uplink,
+            tasks,
+            cores: self.cores.or(file.cores).unwrap_or_else(|| vec![0]),
+            flows: self.flows.or(file.flows).unwrap_or(1 << 20),
+            busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
+            metrics: self.metrics.or(file.metrics),
+        })
+    }
+}
+
+/// Reads an interface's MAC address from sysfs.
+pub fn interface_mac(ifname: &str) -> Result<[u8; 6], StartError> {
+    let path = format!("/sys/class/net/{ifname}/address");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| StartError::Config(format!("no such interface {ifname:?} (see `ip link`)")))?;
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(StartError::Config(format!("{path}: {text:?} is not a MAC address")));
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| StartError::Config(format!("{path}: {text:?} is not a MAC address")))?;
+    }
+    Ok(mac)
+}
+
+/// The state to start from: the persisted one, with this node in it.
+fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartError> {
+    let mut p = store.load()?.unwrap_or_default();
+    match p.state.nodes.iter_mut().find(|n| n.name == s.node) {
+        Some(n) => {
+            n.addr = s.addr;
+            n.vtep = s.vtep;
+        }
+        None => p.state.nodes.push(ctl::Node {
+            name: s.node.clone(),
+            addr: s.addr,
+            vtep: s.vtep,
+            vtep_port: ctl::VXLAN_PORT,
+            availability: ctl::Availability::Active,
+        }),
+    }
+    Ok(p)
+}
+
+/// Runs meshd until SIGINT or SIGTERM.
+pub fn run(s: Settings) -> Result<(), StartError> {
+    let store = StateStore::new(&s.state);
+    let persisted = initial_state(&s, &store)?;
+    let uplink_mac = interface_mac(&s.uplink)?;
+    let tasks_mac = interface_mac(&s.tasks)?;
+    let workers = s.cores.len().max(1);
+    let neigh = Arc::new(Neighbors::new(1 << 16));
+    let table = ServiceTable::empty(&s.node, s.addr);
+    let shared = Shared::new(table, workers, neigh);
+    let controller = Controller::new(s.node.clone(), persisted, store, shared.clone()).map_err(StartError::Config)?;
+    tracing::info!(node = %s.node, addr = %s.addr, generation = controller.generation, "state restored");
+
+    let group = (std::process::id() & 0x7fff) as u16;
+    let mut handles = Vec::new();
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    for (w, &core) in s.cores.iter().enumerate().take(workers) {
+        let open = |ifname: &str, port: PortId, fanout: u16| {
+            AfPacketPort::open(ifname, &AfPacketConfig { port, fanout: Some(fanout), ..AfPacketConfig::default() })
+        };
+        let up: Box<dyn Port + Send> = Box::new(open(&s.uplink, PortId::Uplink, group)?);
+        let tk: Box<dyn Port + Send> = Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?);
+        let cfg = Config {
+            uplink_mac,
+            tasks_mac,
+            worker: w as u16,
+            workers: workers as u16,
+            flow_capacity: s.flows,
+            ..Config::default()
+        };
+        let idle = if s.busy_poll { Idle::BusyPoll } else { Idle::Backoff { max: Duration::from_millis(5) } };
+        let mut worker = Worker::new(w, cfg, up, tk, shared.clone(), idle, 4096);
+        let core_id = core_ids.iter().find(|c| c.id == core).copied();
+        let h = std::thread::Builder::new().name(format!("meshd-w{w}")).spawn(move || {
+            match core_id {
+                Some(c) if core_affinity::set_for_current(c) => tracing::info!(worker = w, core, "worker pinned"),
+                _ => tracing::warn!(worker = w, core, "could not pin the worker to its core; running unpinned"),
+            }
+            worker.run();
+        })?;
+        handles.push(h);
+    }
+    tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, "workers started");
+
+    // The host side.
+    let hs = shared.clone();
+    handles.push(std::thread::Builder::new().name("meshd-host".into()).spawn(move || host_loop(&hs))?);
+
+    // The control socket.
+    let (server, listener) =
+        Server::bind(&s.socket).map_err(|e| StartError::Socket { path: s.socket.display().to_string(), source: e })?;
+    let ctl = Arc::new(Mutex::new(controller));
+    let cs = shared.clone();
+    let cc = ctl.clone();
+    handles.push(std::thread::Builder::new().name("meshd-ctl".into()).spawn(move || Server::serve(listener, cc, cs))?);
+    tracing::info!(socket = %s.socket.display(), "control socket ready");
+
+    if let Some(addr) = s.metrics {
+        let ms = ctl.clone();
+        let stop = shared.clone();
+        let l = std::net::TcpListener::bind(addr)?;
+        tracing::info!(%addr, "Prometheus metrics at /metrics");
+        handles.push(std::thread::Builder::new().name("meshd-metrics".into()).spawn(move || crate::metrics::serve(l, ms, stop))?);
+    }
+
+    let term = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
+    signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tracing::info!("stopping");
+    shared.stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    drop(server);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn host_loop(shared: &Shared) {
+    while !shared.stop.load(Ordering::Relaxed) {
+        let Some(mut b) = shared.to_host.pop() else {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        };
+        if host::answer(&mut b) == HostAction::Reply {
+            let _ = shared.from_host.push(b);
+        }
+    }
+}

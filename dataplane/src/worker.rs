@@ -1,0 +1,394 @@
+//! Poll-mode workers: one per core, each with its own ports (one queue of each NIC), its own
+//! pipeline and flow table. Workers share only lock-free things: the current service table
+//! (swapped atomically), the neighbour table, per-worker handoff rings, the host-stack queues,
+//! and their published counters.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use crossbeam::queue::ArrayQueue;
+
+use crate::balance::ServiceTable;
+use crate::buf::{PacketBuf, Pool, PortId};
+use crate::neigh::Neighbors;
+use crate::pipeline::{Config, Pipeline, Verdict, Verdicts};
+use crate::port::{Burst, Port};
+use crate::stats::{DropReason, WorkerStats};
+
+/// Frames per handoff ring and host queue.
+pub const RING: usize = 4096;
+
+/// How a worker waits when there is nothing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Spin without pause (lowest latency, one core at 100%).
+    BusyPoll,
+    /// Spin a little, then sleep with exponential back-off up to `max`.
+    Backoff { max: Duration },
+}
+
+/// What all workers and the control thread share.
+#[derive(Debug)]
+pub struct Shared {
+    pub table: ArcSwap<ServiceTable>,
+    pub neigh: Arc<Neighbors>,
+    pub stop: AtomicBool,
+    /// The table generation each worker last finished a loop with.
+    pub acks: Vec<AtomicU64>,
+    /// Frames for each worker from the others (flows it owns).
+    pub handoff: Vec<ArrayQueue<PacketBuf>>,
+    /// Frames for the host stack, and frames the host stack wants sent.
+    pub to_host: ArrayQueue<PacketBuf>,
+    pub from_host: ArrayQueue<PacketBuf>,
+    /// Counters each worker publishes every few milliseconds.
+    pub stats: Vec<PublishedStats>,
+    /// Burst processing times (ns) each worker adds in about once a second. Workers only
+    /// `try_lock` it, so they never wait.
+    pub latency: Vec<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+    /// Buffers a worker has too many of (handoffs move buffers between workers' pools) for a
+    /// worker that runs short.
+    pub spare: ArrayQueue<PacketBuf>,
+}
+
+impl Shared {
+    pub fn new(table: ServiceTable, workers: usize, neigh: Arc<Neighbors>) -> Arc<Shared> {
+        Arc::new(Shared {
+            table: ArcSwap::from_pointee(table),
+            neigh,
+            stop: AtomicBool::new(false),
+            acks: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            handoff: (0..workers).map(|_| ArrayQueue::new(RING)).collect(),
+            to_host: ArrayQueue::new(RING),
+            from_host: ArrayQueue::new(RING),
+            stats: (0..workers).map(|_| PublishedStats::default()).collect(),
+            latency: (0..workers).map(|_| std::sync::Mutex::new(new_histogram())).collect(),
+            spare: ArrayQueue::new(RING * 2),
+        })
+    }
+
+    /// Publishes a new table; returns once every worker has picked it up, or `Err` with the
+    /// workers that had not within `timeout`.
+    pub fn publish(&self, table: ServiceTable, timeout: Duration) -> Result<(), Vec<usize>> {
+        let generation = table.generation;
+        self.table.store(Arc::new(table));
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind: Vec<usize> = self
+                .acks
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| a.load(Ordering::Acquire) != generation)
+                .map(|(i, _)| i)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) {
+                return Err(behind);
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// The sum of every worker's last published counters, and each worker's.
+    pub fn stats(&self) -> (WorkerStats, Vec<WorkerStats>) {
+        let each: Vec<WorkerStats> = self.stats.iter().map(|p| p.read()).collect();
+        let mut total = WorkerStats::default();
+        for s in &each {
+            total.add(s);
+        }
+        (total, each)
+    }
+}
+
+/// A worker's counters mirrored into atomics for readers on other threads.
+#[derive(Debug)]
+pub struct PublishedStats {
+    values: [AtomicU64; WorkerStats::FIELDS + DropReason::COUNT],
+}
+
+impl Default for PublishedStats {
+    fn default() -> Self {
+        PublishedStats { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl PublishedStats {
+    fn write(&self, s: &WorkerStats) {
+        for (slot, v) in self.values.iter().zip(s.to_array().iter()) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    pub fn read(&self) -> WorkerStats {
+        let mut a = [0u64; WorkerStats::FIELDS + DropReason::COUNT];
+        for (v, slot) in a.iter_mut().zip(self.values.iter()) {
+            *v = slot.load(Ordering::Relaxed);
+        }
+        WorkerStats::from_array(&a)
+    }
+}
+
+/// A millisecond clock the worker loop reads once per iteration; the pipeline itself never
+/// reads a clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock(Instant);
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock(Instant::now())
+    }
+    pub fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One worker: its pipeline, its two ports and a buffer pool.
+pub struct Worker {
+    pub id: usize,
+    pub pipeline: Pipeline,
+    pub uplink: Box<dyn Port + Send>,
+    pub tasks: Box<dyn Port + Send>,
+    pub pool: Pool,
+    pool_size: usize,
+    pub shared: Arc<Shared>,
+    pub idle: Idle,
+    pub clock: Clock,
+    /// Burst processing times, nanoseconds.
+    pub latency: hdrhistogram::Histogram<u64>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("id", &self.id).field("idle", &self.idle).finish()
+    }
+}
+
+/// Per-port output bursts of one loop iteration.
+struct Out {
+    uplink: Burst,
+    tasks: Burst,
+}
+
+impl Worker {
+    pub fn new(
+        id: usize,
+        cfg: Config,
+        uplink: Box<dyn Port + Send>,
+        tasks: Box<dyn Port + Send>,
+        shared: Arc<Shared>,
+        idle: Idle,
+        pool_size: usize,
+    ) -> Self {
+        let pipeline = Pipeline::new(cfg, shared.neigh.clone());
+        Worker {
+            id,
+            pipeline,
+            uplink,
+            tasks,
+            pool: Pool::new(pool_size),
+            pool_size,
+            shared,
+            idle,
+            clock: Clock::new(),
+            latency: new_histogram(),
+        }
+    }
+
+    /// Runs until `shared.stop` is set.
+    pub fn run(&mut self) {
+        let mut idle_for = 0u32;
+        let mut last_publish = 0u64;
+        let mut last_latency = 0u64;
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let busy = self.poll_once();
+            let now = self.clock.now_ms();
+            if now.wrapping_sub(last_publish) >= 10 {
+                self.shared.stats[self.id].write(&self.pipeline.stats);
+                self.rebalance_pool();
+                last_publish = now;
+            }
+            if now.wrapping_sub(last_latency) >= 1000 {
+                if let Ok(mut h) = self.shared.latency[self.id].try_lock() {
+                    let _ = h.add(&self.latency);
+                    self.latency.reset();
+                }
+                last_latency = now;
+            }
+            if busy {
+                idle_for = 0;
+                continue;
+            }
+            idle_for = idle_for.saturating_add(1);
+            match self.idle {
+                Idle::BusyPoll => std::hint::spin_loop(),
+                Idle::Backoff { max } => {
+                    if idle_for < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        self.sleep(idle_for - 64, max);
+                    }
+                }
+            }
+        }
+        self.shared.stats[self.id].write(&self.pipeline.stats);
+    }
+
+    /// One iteration: receive a burst from each port and from the handoff ring, process, send;
+    /// housekeeping. Returns whether any frame moved.
+    pub fn poll_once(&mut self) -> bool {
+        let table = self.shared.table.load_full();
+        let now = self.clock.now_ms();
+        let start = Instant::now();
+        let mut out = Out { uplink: Burst::new(), tasks: Burst::new() };
+        let mut moved = 0;
+        let mut burst = Burst::new();
+        let mut verdicts = Verdicts::new();
+
+        for which in [PortId::Uplink, PortId::Tasks] {
+            let port = match which {
+                PortId::Uplink => &mut self.uplink,
+                PortId::Tasks => &mut self.tasks,
+            };
+            port.rx_burst(&mut self.pool, &mut burst);
+            for b in burst.iter_mut() {
+                b.port = which;
+            }
+            moved += burst.len();
+            self.run_burst(&table, now, &mut burst, &mut verdicts, &mut out);
+        }
+        while let Some(b) = self.shared.handoff[self.id].pop() {
+            burst.push(b);
+            if burst.is_full() {
+                moved += burst.len();
+                self.run_burst(&table, now, &mut burst, &mut verdicts, &mut out);
+            }
+        }
+        moved += burst.len();
+        self.run_burst(&table, now, &mut burst, &mut verdicts, &mut out);
+
+        // Frames the host stack wants sent (worker 0 only, so they keep their order).
+        if self.id == 0 {
+            while let Some(b) = self.shared.from_host.pop() {
+                let port = b.port;
+                self.push_out(&mut out, port, b);
+            }
+        }
+        let mut gen = Burst::new();
+        self.pipeline.maintain(&table, now, &mut self.pool, &mut gen);
+        for b in gen.drain(..) {
+            let port = b.port;
+            self.push_out(&mut out, port, b);
+        }
+        self.flush(&mut out);
+        self.shared.acks[self.id].store(table.generation, Ordering::Release);
+        if moved > 0 {
+            let ns = start.elapsed().as_nanos() as u64;
+            let _ = self.latency.record(ns.max(1));
+        }
+        moved > 0
+    }
+
+    /// Waits for frames with exponential back-off up to `max`: in poll() on the ports' file
+    /// descriptors when they have them (so a frame wakes the worker at once), else in a sleep.
+    fn sleep(&self, step: u32, max: Duration) {
+        let us = (1u64 << step.min(10)).min(max.as_micros() as u64).max(1);
+        let fds: arrayvec::ArrayVec<std::os::fd::RawFd, 2> =
+            [self.uplink.wait_fd(), self.tasks.wait_fd()].into_iter().flatten().collect();
+        if fds.is_empty() || us < 1000 {
+            std::thread::sleep(Duration::from_micros(us));
+        } else {
+            crate::port::afpacket::wait_readable(&fds, (us / 1000) as i32);
+        }
+    }
+
+    /// Gives surplus buffers to the shared spare queue or takes some when short.
+    fn rebalance_pool(&mut self) {
+        while self.pool.available() > self.pool_size {
+            let Some(b) = self.pool.get() else { break };
+            if let Err(b) = self.shared.spare.push(b) {
+                self.pool.put(b);
+                break;
+            }
+        }
+        while self.pool.available() < self.pool_size / 2 {
+            let Some(b) = self.shared.spare.pop() else { break };
+            self.pool.put(b);
+        }
+    }
+
+    fn push_out(&mut self, out: &mut Out, port: PortId, b: PacketBuf) {
+        let q = match port {
+            PortId::Uplink => &mut out.uplink,
+            PortId::Tasks => &mut out.tasks,
+        };
+        if q.is_full() {
+            let (p, q) = match port {
+                PortId::Uplink => (&mut self.uplink, &mut out.uplink),
+                PortId::Tasks => (&mut self.tasks, &mut out.tasks),
+            };
+            p.tx_burst(q, &mut self.pool);
+        }
+        let q = match port {
+            PortId::Uplink => &mut out.uplink,
+            PortId::Tasks => &mut out.tasks,
+        };
+        q.push(b);
+    }
+
+    fn flush(&mut self, out: &mut Out) {
+        if !out.uplink.is_empty() {
+            self.uplink.tx_burst(&mut out.uplink, &mut self.pool);
+        }
+        if !out.tasks.is_empty() {
+            self.tasks.tx_burst(&mut out.tasks, &mut self.pool);
+        }
+        self.uplink.flush();
+        self.tasks.flush();
+    }
+
+    fn run_burst(&mut self, table: &ServiceTable, now: u64, burst: &mut Burst, verdicts: &mut Verdicts, out: &mut Out) {
+        if burst.is_empty() {
+            return;
+        }
+        self.pipeline.process(table, now, burst, verdicts);
+        for (b, v) in burst.drain(..).zip(verdicts.iter()) {
+            match *v {
+                Verdict::Tx(port) => self.push_out(out, port, b),
+                Verdict::Host => {
+                    if let Err(b) = self.shared.to_host.push(b) {
+                        self.pipeline.stats.drop(DropReason::HandoffFull);
+                        self.pool.put(b);
+                    }
+                }
+                Verdict::Handoff(w) => match self.shared.handoff.get(usize::from(w)) {
+                    Some(q) => {
+                        if let Err(b) = q.push(b) {
+                            self.pipeline.stats.drop(DropReason::HandoffFull);
+                            self.pool.put(b);
+                        }
+                    }
+                    None => self.pool.put(b),
+                },
+                Verdict::Drop(_) => self.pool.put(b),
+            }
+        }
+    }
+}
+
+/// 1 ns to 10 s at 3 significant digits: fixed size, allocated once.
+pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    match hdrhistogram::Histogram::new_with_bounds(1, 10_000_000_000, 3) {
+        Ok(h) => h,
+        // The bounds above are valid constants; `new(3)` cannot fail either.
+        Err(_) => hdrhistogram::Histogram::new(3).unwrap_or_else(|_| std::process::abort()),
+    }
+}
