@@ -99,14 +99,7 @@ impl Controller {
         let next = match ctl::apply::apply(&self.state, cmd) {
             Ok(Some(s)) => s,
             Ok(None) => return Response::ok(self.generation, Value::Null),
-            Err(e) => {
-                let code = match &e {
-                    ctl::apply::ApplyError::NotFound { .. } => ErrorCode::NotFound,
-                    ctl::apply::ApplyError::AlreadyExists { .. } => ErrorCode::Conflict,
-                    _ => ErrorCode::Invalid,
-                };
-                return Response::error(code, e.to_string());
-            }
+            Err(e) => return Response::Err(e.into()),
         };
         let generation = self.generation + 1;
         let table = match ServiceTable::build(&next, &self.local, generation) {
@@ -122,8 +115,9 @@ impl Controller {
         }
         self.state = persisted.state;
         self.generation = generation;
+        let answer = ctl::apply::answer(&self.state, cmd).unwrap_or(Value::Null);
         match self.shared.publish(table, ACK_TIMEOUT) {
-            Ok(()) => Response::ok(generation, json!({ "generation": generation, "workers": self.shared.acks.len() })),
+            Ok(()) => Response::ok(generation, answer),
             Err(behind) => Response::error(
                 ErrorCode::Internal,
                 format!("generation {generation} is persisted and published, but workers {behind:?} did not pick it up within {ACK_TIMEOUT:?}"),
