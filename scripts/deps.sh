@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs (as root, from Debian's packages) the tools the demo and the end-to-end tests use:
+# ip (iproute2), ethtool, curl, ping, dig. Says what is missing when it cannot install.
+set -euo pipefail
+declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [dig]=bind9-dnsutils [nft]=nftables )
+missing=()
+for tool in "${!pkg[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "missing tools; install them with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]} (apt-get) ..." >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
