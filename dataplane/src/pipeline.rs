@@ -468,7 +468,15 @@ impl Pipeline {
             return Err(DropReason::NotForUs);
         }
         if l3.proto == UDP && l3.dport == t.vtep_port && dst == me.vtep {
-            return self.decap(t, now, buf, l3);
+            let v = self.decap(t, now, buf, l3);
+            // Fix (found by the multi-worker simulation): `decap` strips the outer headers
+            // before it learns which worker owns the inner flow. A frame handed to another
+            // worker must reach it as it arrived on the uplink (the owner decapsulates it
+            // again), so put the outer headers back; their bytes are still in front.
+            if let Ok(Verdict::Handoff(_)) = v {
+                let _ = buf.prepend(vxlan::ENCAP_LEN);
+            }
+            return v;
         }
         if dst != t.node_addr || !l3.has_ports() {
             return Ok(Verdict::Host);
@@ -492,7 +500,11 @@ impl Pipeline {
         }
         let Some(ing) = t.ingress_net else { return Ok(Verdict::Host) };
         let bal = t.balancer(p.balancer);
-        let Some(b) = self.schedule(t, p.balancer, hash) else {
+        // Fix (found by the simulation): Maglev must pick the same task for a client's flow on
+        // every ingress node, but the flow key's destination is this node's own address, which
+        // differs on each; schedule on a hash of the flow without it.
+        let sched_hash = FlowKey::new(l3.proto, l3.src, l3.sport, 0, l3.dport).hash();
+        let Some(b) = self.schedule(t, p.balancer, sched_hash) else {
             // No task to take it: refuse like a closed port.
             return Ok(Verdict::Host);
         };

@@ -1,0 +1,1887 @@
+//! A deterministic multi-node mesh in memory: several dataplane nodes, an underlay switch,
+//! outside clients and fake tasks, all stepped by one clock. The pipeline tier of the tests
+//! (DESIGN.md, "Tests in tiers") and a harness the benchmarks may reuse.
+//!
+//! ```text
+//!  client ──┐
+//!  client ──┼────────────────────────┬────────────────────────┐  underlay switch
+//!           │ uplink                 │ uplink                 │ uplink
+//!      ┌────┴────┐              ┌────┴────┐              ┌────┴────┐
+//!      │ node n1 │              │ node n2 │              │ node n3 │  a Pipeline per worker,
+//!      └────┬────┘              └────┬────┘              └────┬────┘  one ServiceTable and
+//!           │ tasks segment          │ tasks segment          │       one Neighbors per node
+//!         (no task)            web.1 ┘                  web.2 ┘
+//! ```
+//!
+//! Clients and tasks are both [`SimHost`]s ([`HostKind::Client`], [`HostKind::Task`]).
+//!
+//! Every node compiles its [`ServiceTable`] from the one shared [`State`] for its own name, as
+//! meshctl would on every node; [`Mesh::set_state`] rebuilds them all with the next generation.
+//! Hosts ([`SimHost`]) are small TCP/UDP stacks: an outside client on the underlay, or a task on
+//! a node's tasks segment (created from the `State`, one interface per network address, MAC
+//! `02:42:` + the address as Docker does). A task answers ARP for its addresses, routes
+//! on-subnet destinations directly and others via its network's gateway, accepts TCP on its
+//! service's target ports (and 80) and answers a request like `containous/whoami`
+//! (`Hostname: web.1\nIP: 10.0.0.11\nRemoteAddr: 10.0.0.2:1024\n`), closes on FIN, resets
+//! unknown segments as a kernel would, and echoes UDP datagrams prefixed with its name.
+//!
+//! Stepping: each [`Mesh::step`] gives every worker one burst of what reached it (`process`)
+//! and calls `maintain`, lets every host answer what reached it, moves every frame sent to the
+//! next hop's queue, and advances the clock by [`SimConfig::step_ms`]. Nothing here reads a
+//! real clock or spawns a thread, so a run is the same every time.
+//!
+//! The host stack of a node is not part of the pipeline (and not written yet): frames given
+//! [`Verdict::Host`] are kept in [`SimNode::host_frames`]; with
+//! [`SimConfig::host_refuses_tcp`] a TCP segment handed to it on the uplink is answered with a
+//! RST, as a kernel with no listener on that port would ("Connection refused").
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use ctl::model::{self, Ipv4Net, Protocol, State};
+
+use crate::balance::{BuildError, ServiceTable};
+use crate::buf::{PacketBuf, Pool, PortId};
+use crate::neigh::Neighbors;
+use crate::pipeline::{Config, Pipeline, Verdict, Verdicts};
+use crate::port::{Burst, BURST};
+use crate::stats::WorkerStats;
+use crate::testkit::{self, tcp_flags::*, Mac, TcpSeen, UdpSeen};
+
+/// How a simulated mesh runs.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Workers (pipelines) per node; frames reaching a node are spread over them in turn, as
+    /// RSS would, and [`Verdict::Handoff`] moves a frame to its owner.
+    pub workers: u16,
+    /// Flow-table capacity of each worker.
+    pub flow_capacity: usize,
+    /// Milliseconds the clock moves per step.
+    pub step_ms: u64,
+    /// Bound on the steps of one [`Mesh::run_until_idle`].
+    pub max_steps: usize,
+    /// How many times a host sends a segment or datagram before giving up.
+    pub tries: u32,
+    /// The wait before a retransmission (Linux's initial RTO is one second).
+    pub rto_ms: u64,
+    /// Stand in for the node's host stack: answer TCP handed to it on the uplink with a RST.
+    pub host_refuses_tcp: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            workers: 1,
+            flow_capacity: 4096,
+            step_ms: 1,
+            max_steps: 200_000,
+            tries: 4,
+            rto_ms: 1000,
+            host_refuses_tcp: true,
+        }
+    }
+}
+
+/// Why the simulation could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("no host named {0:?} in the simulation")]
+    UnknownHost(String),
+    #[error("no node named {0:?} in the simulation")]
+    UnknownNode(String),
+    #[error("a host named {0:?} already exists")]
+    DuplicateHost(String),
+    #[error(
+        "the simulation keeps its nodes: a new state must list the same nodes in the same order"
+    )]
+    NodesChanged,
+    #[error("the mesh did not settle within {0} steps")]
+    NotIdle(usize),
+}
+
+/// Why a client's exchange failed, in the words curl would use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CurlError {
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error("no route to host (no interface reaches the destination)")]
+    NoRoute,
+    #[error("connection refused (RST in answer to the SYN)")]
+    Refused,
+    #[error("connection timed out (no answer after {0} tries)")]
+    Timeout(u32),
+    #[error("connection reset by peer")]
+    Reset,
+    #[error("no response to the request")]
+    NoResponse,
+    #[error("the connection did not close cleanly")]
+    NotClosed,
+    #[error("unexpected response {0:?}")]
+    BadResponse(String),
+    #[error("no such open connection")]
+    NoConnection,
+}
+
+/// What a task answered to an HTTP request, whoami-style.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The `Hostname:` line: the task's name.
+    pub task: String,
+    /// The `IP:` line: the task address the connection reached.
+    pub local_ip: Ipv4Addr,
+    /// The `RemoteAddr:` line: the peer address the task saw.
+    pub remote_addr: SocketAddrV4,
+    pub body: String,
+}
+
+impl Reply {
+    /// Reads a whoami-style body.
+    pub fn parse(body: &str) -> Option<Reply> {
+        let (mut task, mut ip, mut remote) = (None, None, None);
+        for line in body.lines() {
+            if let Some(v) = line.strip_prefix("Hostname: ") {
+                task = Some(v.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("IP: ") {
+                ip = v.trim().parse().ok();
+            } else if let Some(v) = line.strip_prefix("RemoteAddr: ") {
+                remote = v.trim().parse().ok();
+            }
+        }
+        Some(Reply {
+            task: task?,
+            local_ip: ip?,
+            remote_addr: remote?,
+            body: body.to_string(),
+        })
+    }
+}
+
+/// A task's echo of a UDP datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpReply {
+    /// The name the task prefixed the echo with.
+    pub task: String,
+    /// Where the reply came from, as the client saw it.
+    pub from: SocketAddrV4,
+    /// The echoed payload, prefix removed.
+    pub payload: Vec<u8>,
+}
+
+/// Which L2 segment a host or port is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Link {
+    /// The underlay: every node's uplink and the outside clients.
+    Underlay,
+    /// Node `i`'s tasks segment: its tasks port and its tasks.
+    Tasks(usize),
+}
+
+/// What a host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    /// An outside host on the underlay.
+    Client,
+    /// A task on node `node` (index into [`Mesh::nodes`]).
+    Task { node: usize },
+}
+
+/// One interface of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub subnet: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    /// The overlay network's name, or "underlay".
+    pub network: String,
+}
+
+/// One TCP connection of a host, by its two ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub local: SocketAddrV4,
+    pub remote: SocketAddrV4,
+}
+
+impl fmt::Display for ConnKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} -> {}", self.local, self.remote)
+    }
+}
+
+/// A connection a host opened and keeps open (see [`Mesh::open`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnId {
+    pub host: String,
+    pub key: ConnKey,
+}
+
+/// A host's TCP connection state (RFC 793 names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpConnState {
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Closed,
+    /// Ended by an acceptable RST from the peer.
+    Reset,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Seg {
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: Vec<u8>,
+}
+
+impl Seg {
+    fn new(flags: u8, seq: u32, ack: u32) -> Seg {
+        Seg {
+            flags,
+            seq,
+            ack,
+            payload: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TcpConn {
+    state: TcpConnState,
+    server: bool,
+    iface: usize,
+    snd_nxt: u32,
+    rcv_nxt: u32,
+    received: Vec<u8>,
+    /// The last segment sent that the peer must answer, for retransmission.
+    last: Option<Seg>,
+}
+
+/// `a` before `b` in sequence space.
+fn seq_lt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) < 0
+}
+
+/// The whoami-style answer of task `name` on connection `key`.
+fn whoami(name: &str, key: &ConnKey) -> Vec<u8> {
+    format!(
+        "Hostname: {name}\nIP: {}\nRemoteAddr: {}\n",
+        key.local.ip(),
+        key.remote
+    )
+    .into_bytes()
+}
+
+impl TcpConn {
+    /// Handles a segment of this connection; returns what to send and whether it was an
+    /// unacceptable RST.
+    fn on_segment(&mut self, s: &TcpSeen, me: &str, key: &ConnKey) -> (Vec<Seg>, bool) {
+        let mut tx = Vec::new();
+        if s.flags & RST != 0 {
+            //= https://www.rfc-editor.org/rfc/rfc5961#section-3.2
+            //# If the RST bit is set and the sequence number exactly matches the next expected
+            //# sequence number (RCV.NXT), then TCP MUST reset the connection.
+            let ok = match self.state {
+                TcpConnState::SynSent => s.flags & ACK != 0 && s.ack == self.snd_nxt,
+                TcpConnState::Reset | TcpConnState::Closed => false,
+                _ => s.seq == self.rcv_nxt,
+            };
+            if ok {
+                self.state = TcpConnState::Reset;
+            }
+            return (tx, !ok);
+        }
+        match self.state {
+            TcpConnState::Reset | TcpConnState::Closed => return (tx, false),
+            TcpConnState::SynSent => {
+                if s.has(SYN | ACK) && s.ack == self.snd_nxt {
+                    self.rcv_nxt = s.seq.wrapping_add(1);
+                    self.state = TcpConnState::Established;
+                    tx.push(Seg::new(ACK, self.snd_nxt, self.rcv_nxt));
+                }
+                return (tx, false);
+            }
+            _ => {}
+        }
+        if s.flags & SYN != 0 {
+            // A retransmitted SYN or SYN-ACK: our answer was lost.
+            match (&self.last, self.state) {
+                (Some(l), TcpConnState::SynReceived) => tx.push(l.clone()),
+                _ => tx.push(Seg::new(ACK, self.snd_nxt, self.rcv_nxt)),
+            }
+            return (tx, false);
+        }
+        if s.flags & ACK != 0 && s.ack == self.snd_nxt {
+            self.state = match self.state {
+                TcpConnState::SynReceived => TcpConnState::Established,
+                TcpConnState::FinWait1 => TcpConnState::FinWait2,
+                TcpConnState::LastAck => TcpConnState::Closed,
+                st => st,
+            };
+        }
+        let fin = s.flags & FIN != 0;
+        let len = s.payload.len() as u32 + u32::from(fin);
+        if len == 0 {
+            return (tx, false);
+        }
+        if s.seq != self.rcv_nxt {
+            match (&self.last, self.server && seq_lt(s.seq, self.rcv_nxt)) {
+                // A duplicate: the peer did not get our answer; send it again.
+                (Some(l), true) => tx.push(l.clone()),
+                _ => tx.push(Seg::new(ACK, self.snd_nxt, self.rcv_nxt)),
+            }
+            return (tx, false);
+        }
+        self.received.extend_from_slice(&s.payload);
+        self.rcv_nxt = self.rcv_nxt.wrapping_add(len);
+        if self.server {
+            if !s.payload.is_empty() && self.state == TcpConnState::Established {
+                let body = whoami(me, key);
+                let seg = Seg {
+                    flags: PSH | ACK,
+                    seq: self.snd_nxt,
+                    ack: self.rcv_nxt,
+                    payload: body,
+                };
+                self.snd_nxt = self.snd_nxt.wrapping_add(seg.payload.len() as u32);
+                self.last = Some(seg.clone());
+                tx.push(seg);
+            }
+            if fin {
+                if self.state == TcpConnState::Established {
+                    let seg = Seg::new(FIN | ACK, self.snd_nxt, self.rcv_nxt);
+                    self.snd_nxt = self.snd_nxt.wrapping_add(1);
+                    self.state = TcpConnState::LastAck;
+                    self.last = Some(seg.clone());
+                    tx.push(seg);
+                } else {
+                    tx.push(Seg::new(ACK, self.snd_nxt, self.rcv_nxt));
+                }
+            }
+        } else {
+            if fin {
+                self.state = match self.state {
+                    TcpConnState::FinWait1 | TcpConnState::FinWait2 => TcpConnState::TimeWait,
+                    TcpConnState::Established => TcpConnState::CloseWait,
+                    st => st,
+                };
+            }
+            tx.push(Seg::new(ACK, self.snd_nxt, self.rcv_nxt));
+        }
+        (tx, false)
+    }
+}
+
+/// A simulated host: an outside client or a task.
+#[derive(Debug)]
+pub struct SimHost {
+    name: String,
+    kind: HostKind,
+    service: Option<String>,
+    link: Link,
+    ifaces: Vec<Iface>,
+    listen: Vec<u16>,
+    arp: HashMap<Ipv4Addr, Mac>,
+    /// Frames waiting for their next hop's MAC.
+    waiting: Vec<(Ipv4Addr, Vec<u8>)>,
+    conns: HashMap<ConnKey, TcpConn>,
+    tcp_log: Vec<TcpSeen>,
+    udp_log: Vec<UdpSeen>,
+    udp_inbox: Vec<UdpSeen>,
+    icmp_inbox: Vec<testkit::IcmpEchoSeen>,
+    next_ping: u16,
+    /// IPv4 frames still to lose on the way out (fault injection).
+    lose_ip: usize,
+    lost_ip: u64,
+    bad_frames: u64,
+    misdelivered: u64,
+    unmatched: u64,
+    bad_resets: u64,
+    next_port: u16,
+    next_iss: u32,
+    inbox: VecDeque<Vec<u8>>,
+    out: Vec<Vec<u8>>,
+}
+
+impl SimHost {
+    fn new(
+        name: &str,
+        kind: HostKind,
+        service: Option<String>,
+        link: Link,
+        ifaces: Vec<Iface>,
+        listen: Vec<u16>,
+    ) -> Self {
+        // A per-host initial sequence number, so hosts' segments are told apart in captures.
+        let seed = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        SimHost {
+            name: name.to_string(),
+            kind,
+            service,
+            link,
+            ifaces,
+            listen,
+            arp: HashMap::new(),
+            waiting: Vec::new(),
+            conns: HashMap::new(),
+            tcp_log: Vec::new(),
+            udp_log: Vec::new(),
+            udp_inbox: Vec::new(),
+            icmp_inbox: Vec::new(),
+            next_ping: 0,
+            lose_ip: 0,
+            lost_ip: 0,
+            bad_frames: 0,
+            misdelivered: 0,
+            unmatched: 0,
+            bad_resets: 0,
+            next_port: 40000,
+            next_iss: seed,
+            inbox: VecDeque::new(),
+            out: Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn kind(&self) -> HostKind {
+        self.kind
+    }
+    /// The service of a task.
+    pub fn service(&self) -> Option<&str> {
+        self.service.as_deref()
+    }
+    pub fn link(&self) -> Link {
+        self.link
+    }
+    pub fn ifaces(&self) -> &[Iface] {
+        &self.ifaces
+    }
+    /// The first interface's address.
+    pub fn addr(&self) -> Option<Ipv4Addr> {
+        self.ifaces.first().map(|i| i.ip)
+    }
+    /// The address on overlay network `network`.
+    pub fn addr_on(&self, network: &str) -> Option<Ipv4Addr> {
+        self.ifaces
+            .iter()
+            .find(|i| i.network == network)
+            .map(|i| i.ip)
+    }
+    /// Every TCP segment this host received (checksums verified), in order.
+    pub fn tcp_log(&self) -> &[TcpSeen] {
+        &self.tcp_log
+    }
+    /// Every UDP datagram this host received (checksums verified), in order.
+    pub fn udp_log(&self) -> &[UdpSeen] {
+        &self.udp_log
+    }
+    /// Frames sent to this host that failed a checksum or length check, or were of a kind no
+    /// host expects. Zero in a healthy mesh.
+    pub fn bad_frames(&self) -> u64 {
+        self.bad_frames
+    }
+    /// IPv4 packets delivered to this host's MAC for an address it does not have.
+    pub fn misdelivered(&self) -> u64 {
+        self.misdelivered
+    }
+    /// TCP segments that matched no connection (answered with a RST, as a kernel does).
+    pub fn unmatched(&self) -> u64 {
+        self.unmatched
+    }
+    /// RSTs ignored because their sequence number was not acceptable (RFC 5961 §3.2).
+    pub fn bad_resets(&self) -> u64 {
+        self.bad_resets
+    }
+    /// IPv4 frames this host lost on purpose (see [`Mesh::lose_next`]).
+    pub fn lost_on_purpose(&self) -> u64 {
+        self.lost_ip
+    }
+    pub fn conn_state(&self, key: &ConnKey) -> Option<TcpConnState> {
+        self.conns.get(key).map(|c| c.state)
+    }
+    /// Connections in any state other than closed, time-wait or reset.
+    pub fn open_conns(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| {
+                !matches!(
+                    c.state,
+                    TcpConnState::Closed | TcpConnState::TimeWait | TcpConnState::Reset
+                )
+            })
+            .count()
+    }
+
+    fn owns_mac(&self, mac: &[u8]) -> bool {
+        self.ifaces.iter().any(|i| i.mac[..] == *mac)
+    }
+
+    fn iface_with_ip(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.ifaces.iter().position(|i| i.ip == ip)
+    }
+
+    /// The interface a new conversation with `dst` leaves from: the one on its subnet, else the
+    /// first with a gateway.
+    fn route(&self, dst: Ipv4Addr) -> Option<usize> {
+        self.ifaces
+            .iter()
+            .position(|i| i.subnet.contains(dst))
+            .or_else(|| self.ifaces.iter().position(|i| i.gateway.is_some()))
+    }
+
+    fn next_hop(&self, iface: usize, dst: Ipv4Addr) -> Ipv4Addr {
+        match self.ifaces.get(iface) {
+            Some(i) if !i.subnet.contains(dst) => i.gateway.unwrap_or(dst),
+            _ => dst,
+        }
+    }
+
+    fn alloc_port(&mut self) -> u16 {
+        let p = self.next_port;
+        self.next_port = if p >= 60999 { 40000 } else { p + 1 };
+        p
+    }
+
+    fn alloc_iss(&mut self) -> u32 {
+        let iss = self.next_iss;
+        self.next_iss = self.next_iss.wrapping_add(0x0001_0007);
+        iss
+    }
+
+    /// Sends an IPv4 frame (destination MAC still to fill) from interface `iface` towards
+    /// `dst`: at once when the next hop's MAC is known, else after an ARP exchange.
+    fn emit_ip(&mut self, iface: usize, dst: Ipv4Addr, mut frame: Vec<u8>) {
+        let hop = self.next_hop(iface, dst);
+        if let Some(mac) = self.arp.get(&hop) {
+            frame[0..6].copy_from_slice(mac);
+            self.out.push(frame);
+            return;
+        }
+        let Some(i) = self.ifaces.get(iface) else {
+            return;
+        };
+        self.out.push(testkit::arp_request(i.mac, i.ip, hop));
+        self.waiting.push((hop, frame));
+    }
+
+    fn send_seg(&mut self, key: &ConnKey, iface: usize, seg: &Seg) {
+        let Some(i) = self.ifaces.get(iface) else {
+            return;
+        };
+        let f = testkit::tcp_frame(
+            i.mac,
+            [0; 6],
+            *key.local.ip(),
+            key.local.port(),
+            *key.remote.ip(),
+            key.remote.port(),
+            seg.flags,
+            seg.seq,
+            seg.ack,
+            &seg.payload,
+        );
+        self.emit_ip(iface, *key.remote.ip(), f);
+    }
+
+    fn send_udp(&mut self, iface: usize, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8]) {
+        let Some(i) = self.ifaces.get(iface) else {
+            return;
+        };
+        let f = testkit::udp_frame(
+            i.mac,
+            [0; 6],
+            *from.ip(),
+            from.port(),
+            *to.ip(),
+            to.port(),
+            payload,
+        );
+        self.emit_ip(iface, *to.ip(), f);
+    }
+
+    /// Takes one frame off the wire.
+    fn handle(&mut self, frame: &[u8]) {
+        if let Some(a) = testkit::parse_arp(frame) {
+            self.on_arp(a);
+            return;
+        }
+        let Some((dst_mac, _, ethertype)) = testkit::eth(frame) else {
+            self.bad_frames += 1;
+            return;
+        };
+        if dst_mac[0] & 1 == 0 && !self.owns_mac(&dst_mac) {
+            return;
+        }
+        if ethertype != 0x0800 {
+            self.bad_frames += 1;
+            return;
+        }
+        if let Some(s) = testkit::parse_ipv4_tcp(frame) {
+            let Some(iface) = self.iface_with_ip(s.dst) else {
+                self.misdelivered += 1;
+                return;
+            };
+            self.tcp_log.push(s.clone());
+            self.on_tcp(iface, s);
+        } else if let Some(u) = testkit::parse_ipv4_udp(frame) {
+            let Some(iface) = self.iface_with_ip(u.dst) else {
+                self.misdelivered += 1;
+                return;
+            };
+            self.udp_log.push(u.clone());
+            if matches!(self.kind, HostKind::Task { .. }) {
+                let mut echo = format!("{}: ", self.name).into_bytes();
+                echo.extend_from_slice(&u.payload);
+                self.send_udp(
+                    iface,
+                    SocketAddrV4::new(u.dst, u.dport),
+                    SocketAddrV4::new(u.src, u.sport),
+                    &echo,
+                );
+            } else {
+                self.udp_inbox.push(u);
+            }
+        } else if let Some(e) = testkit::parse_icmp_echo(frame) {
+            let Some(iface) = self.iface_with_ip(e.dst) else {
+                self.misdelivered += 1;
+                return;
+            };
+            if e.reply {
+                self.icmp_inbox.push(e);
+            } else {
+                let Some(i) = self.ifaces.get(iface) else {
+                    return;
+                };
+                let f =
+                    testkit::icmp_echo_reply(i.mac, [0; 6], e.dst, e.src, e.ident, e.seq, &e.data);
+                self.emit_ip(iface, e.src, f);
+            }
+        } else {
+            self.bad_frames += 1;
+        }
+    }
+
+    fn on_arp(&mut self, a: testkit::ArpSeen) {
+        let Some(iface) = self.iface_with_ip(a.target_ip) else {
+            return;
+        };
+        if a.sender_ip.is_unspecified() {
+            return;
+        }
+        self.arp.insert(a.sender_ip, a.sender_mac);
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].0 == a.sender_ip {
+                let (_, mut f) = self.waiting.remove(i);
+                f[0..6].copy_from_slice(&a.sender_mac);
+                self.out.push(f);
+            } else {
+                i += 1;
+            }
+        }
+        if a.request {
+            if let Some(i) = self.ifaces.get(iface) {
+                self.out
+                    .push(testkit::arp_reply(i.mac, i.ip, a.sender_mac, a.sender_ip));
+            }
+        }
+    }
+
+    fn on_tcp(&mut self, iface: usize, s: TcpSeen) {
+        let key = ConnKey {
+            local: SocketAddrV4::new(s.dst, s.dport),
+            remote: SocketAddrV4::new(s.src, s.sport),
+        };
+        let name = self.name.clone();
+        let tx = match self.conns.get_mut(&key) {
+            Some(c) if c.state != TcpConnState::Closed || s.flags & SYN == 0 => {
+                let (tx, bad_rst) = c.on_segment(&s, &name, &key);
+                if bad_rst {
+                    self.bad_resets += 1;
+                }
+                tx
+            }
+            _ => {
+                if s.flags & RST != 0 {
+                    return;
+                }
+                if s.flags & (SYN | ACK) == SYN && self.listen.contains(&s.dport) {
+                    let iss = self.alloc_iss();
+                    let rcv = s.seq.wrapping_add(1);
+                    let seg = Seg::new(SYN | ACK, iss, rcv);
+                    let c = TcpConn {
+                        state: TcpConnState::SynReceived,
+                        server: true,
+                        iface,
+                        snd_nxt: iss.wrapping_add(1),
+                        rcv_nxt: rcv,
+                        received: Vec::new(),
+                        last: Some(seg.clone()),
+                    };
+                    self.conns.insert(key, c);
+                    vec![seg]
+                } else {
+                    self.unmatched += 1;
+                    //= https://www.rfc-editor.org/rfc/rfc793#section-3.4
+                    //# If the incoming segment has an ACK field, the reset takes its sequence
+                    //# number from the ACK field of the segment, otherwise the reset has
+                    //# sequence number zero and the ACK field is set to the sum of the sequence
+                    //# number and segment length of the incoming segment.
+                    if s.flags & ACK != 0 {
+                        vec![Seg::new(RST, s.ack, 0)]
+                    } else {
+                        let len = s.payload.len() as u32
+                            + u32::from(s.flags & SYN != 0)
+                            + u32::from(s.flags & FIN != 0);
+                        vec![Seg::new(RST | ACK, 0, s.seq.wrapping_add(len))]
+                    }
+                }
+            }
+        };
+        for seg in &tx {
+            self.send_seg(&key, iface, seg);
+        }
+    }
+
+    // ---- what a client does --------------------------------------------------------------
+
+    fn connect(&mut self, sport: Option<u16>, dst: SocketAddrV4) -> Option<ConnKey> {
+        let iface = self.route(*dst.ip())?;
+        let ip = self.ifaces.get(iface)?.ip;
+        let sport = match sport {
+            Some(p) => p,
+            None => self.alloc_port(),
+        };
+        let key = ConnKey {
+            local: SocketAddrV4::new(ip, sport),
+            remote: dst,
+        };
+        let iss = self.alloc_iss();
+        let seg = Seg::new(SYN, iss, 0);
+        let c = TcpConn {
+            state: TcpConnState::SynSent,
+            server: false,
+            iface,
+            snd_nxt: iss.wrapping_add(1),
+            rcv_nxt: 0,
+            received: Vec::new(),
+            last: Some(seg.clone()),
+        };
+        self.conns.insert(key, c);
+        self.send_seg(&key, iface, &seg);
+        Some(key)
+    }
+
+    fn retransmit(&mut self, key: &ConnKey) {
+        let Some(c) = self.conns.get(key) else { return };
+        if let Some(l) = c.last.clone() {
+            let iface = c.iface;
+            self.send_seg(key, iface, &l);
+        }
+    }
+
+    fn send_data(&mut self, key: &ConnKey, data: &[u8]) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if !matches!(c.state, TcpConnState::Established | TcpConnState::CloseWait) {
+            return false;
+        }
+        let seg = Seg {
+            flags: PSH | ACK,
+            seq: c.snd_nxt,
+            ack: c.rcv_nxt,
+            payload: data.to_vec(),
+        };
+        c.snd_nxt = c.snd_nxt.wrapping_add(data.len() as u32);
+        c.last = Some(seg.clone());
+        c.received.clear();
+        let iface = c.iface;
+        self.send_seg(key, iface, &seg);
+        true
+    }
+
+    fn close(&mut self, key: &ConnKey) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let next = match c.state {
+            TcpConnState::Established => TcpConnState::FinWait1,
+            TcpConnState::CloseWait => TcpConnState::LastAck,
+            _ => return false,
+        };
+        let seg = Seg::new(FIN | ACK, c.snd_nxt, c.rcv_nxt);
+        c.snd_nxt = c.snd_nxt.wrapping_add(1);
+        c.state = next;
+        c.last = Some(seg.clone());
+        let iface = c.iface;
+        self.send_seg(key, iface, &seg);
+        true
+    }
+
+    fn udp_send(
+        &mut self,
+        sport: Option<u16>,
+        dst: SocketAddrV4,
+        payload: &[u8],
+    ) -> Option<SocketAddrV4> {
+        let iface = self.route(*dst.ip())?;
+        let ip = self.ifaces.get(iface)?.ip;
+        let sport = match sport {
+            Some(p) => p,
+            None => self.alloc_port(),
+        };
+        let local = SocketAddrV4::new(ip, sport);
+        self.send_udp(iface, local, dst, payload);
+        Some(local)
+    }
+
+    fn ping(&mut self, dst: Ipv4Addr, seq: u16) -> Option<u16> {
+        let iface = self.route(dst)?;
+        let i = self.ifaces.get(iface)?;
+        let ident = 0x5100 | (self.next_iss as u16 & 0xff);
+        let f = testkit::icmp_echo(i.mac, [0; 6], i.ip, dst, ident, seq, b"meshd-sim ping");
+        self.emit_ip(iface, dst, f);
+        Some(ident)
+    }
+
+    fn take_udp(&mut self, local: SocketAddrV4, from: SocketAddrV4) -> Option<UdpSeen> {
+        let i = self.udp_inbox.iter().position(|u| {
+            u.dst == *local.ip()
+                && u.dport == local.port()
+                && u.src == *from.ip()
+                && u.sport == from.port()
+        })?;
+        Some(self.udp_inbox.remove(i))
+    }
+}
+
+/// One worker of a node: its pipeline and the frames waiting for it.
+#[derive(Debug)]
+struct SimWorker {
+    pipeline: Pipeline,
+    rx: VecDeque<PacketBuf>,
+}
+
+/// Who put a frame on a link (it is not delivered back there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    Node(usize, PortId),
+    Host(usize),
+}
+
+type Wire = Vec<(Link, Sender, Vec<u8>)>;
+
+/// One dataplane node: a pipeline per worker sharing one service table and one neighbour
+/// table.
+#[derive(Debug)]
+pub struct SimNode {
+    name: String,
+    addr: Ipv4Addr,
+    uplink_mac: Mac,
+    tasks_mac: Mac,
+    table: ServiceTable,
+    neigh: Arc<Neighbors>,
+    workers: Vec<SimWorker>,
+    pool: Pool,
+    host_frames: Vec<(PortId, Vec<u8>)>,
+    host_resets: u64,
+    handoffs: u64,
+    rx_turn: usize,
+}
+
+fn link_of(node: usize, port: PortId) -> Link {
+    match port {
+        PortId::Uplink => Link::Underlay,
+        PortId::Tasks => Link::Tasks(node),
+    }
+}
+
+impl SimNode {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The underlay address (published ports answer here).
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+    pub fn uplink_mac(&self) -> Mac {
+        self.uplink_mac
+    }
+    pub fn tasks_mac(&self) -> Mac {
+        self.tasks_mac
+    }
+    pub fn table(&self) -> &ServiceTable {
+        &self.table
+    }
+    pub fn neighbors(&self) -> &Arc<Neighbors> {
+        &self.neigh
+    }
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+    /// Worker `w`'s pipeline.
+    pub fn pipeline(&self, w: usize) -> Option<&Pipeline> {
+        self.workers.get(w).map(|x| &x.pipeline)
+    }
+    /// Worker `w`'s counters.
+    pub fn worker_stats(&self, w: usize) -> Option<&WorkerStats> {
+        self.workers.get(w).map(|x| &x.pipeline.stats)
+    }
+    /// The counters of all workers added up.
+    pub fn stats(&self) -> WorkerStats {
+        let mut s = WorkerStats::default();
+        for w in &self.workers {
+            s.add(&w.pipeline.stats);
+        }
+        s
+    }
+    /// Frames the pipeline handed to the host stack, with the port they came in on.
+    pub fn host_frames(&self) -> &[(PortId, Vec<u8>)] {
+        &self.host_frames
+    }
+    /// RSTs the host-stack stand-in sent.
+    pub fn host_resets(&self) -> u64 {
+        self.host_resets
+    }
+    /// Frames moved from one worker to another ([`Verdict::Handoff`]).
+    pub fn handoffs(&self) -> u64 {
+        self.handoffs
+    }
+
+    /// A frame arrives on `port`: copied into a buffer of the node's pool, as a NIC would,
+    /// and queued for the next worker in turn.
+    fn receive(&mut self, port: PortId, frame: &[u8]) {
+        let mut b = self.pool.get().unwrap_or_default();
+        b.fill(frame);
+        b.port = port;
+        let n = self.workers.len().max(1);
+        let w = self.rx_turn % n;
+        self.rx_turn = self.rx_turn.wrapping_add(1);
+        if let Some(wk) = self.workers.get_mut(w) {
+            wk.rx.push_back(b);
+        }
+    }
+
+    /// One burst per worker, then its housekeeping. Frames sent go to `wire`.
+    fn step(&mut self, idx: usize, now: u64, refuse: bool, wire: &mut Wire) -> bool {
+        let mut moved = false;
+        for w in 0..self.workers.len() {
+            let mut burst = Burst::new();
+            while !burst.is_full() {
+                let Some(b) = self.workers[w].rx.pop_front() else {
+                    break;
+                };
+                burst.push(b);
+            }
+            if !burst.is_empty() {
+                moved = true;
+                let mut verdicts = Verdicts::new();
+                self.workers[w]
+                    .pipeline
+                    .process(&self.table, now, &mut burst, &mut verdicts);
+                for (buf, v) in burst.drain(..).zip(verdicts.iter().copied()) {
+                    match v {
+                        Verdict::Tx(port) => {
+                            wire.push((
+                                link_of(idx, port),
+                                Sender::Node(idx, port),
+                                buf.data().to_vec(),
+                            ));
+                            self.pool.put(buf);
+                        }
+                        Verdict::Host => {
+                            self.hand_to_host(idx, &buf, refuse, wire);
+                            self.pool.put(buf);
+                        }
+                        Verdict::Handoff(to) => match self.workers.get_mut(usize::from(to)) {
+                            Some(owner) => {
+                                self.handoffs += 1;
+                                owner.rx.push_back(buf);
+                            }
+                            None => self.pool.put(buf),
+                        },
+                        Verdict::Drop(_) => self.pool.put(buf),
+                    }
+                }
+            }
+            // Keep enough buffers for what maintain may generate.
+            while self.pool.available() < 2 * BURST {
+                self.pool.put(PacketBuf::new());
+            }
+            let mut out = Burst::new();
+            let wk = &mut self.workers[w];
+            wk.pipeline
+                .maintain(&self.table, now, &mut self.pool, &mut out);
+            for buf in out.drain(..) {
+                moved = true;
+                wire.push((
+                    link_of(idx, buf.port),
+                    Sender::Node(idx, buf.port),
+                    buf.data().to_vec(),
+                ));
+                self.pool.put(buf);
+            }
+        }
+        moved
+    }
+
+    /// The host-stack stand-in.
+    fn hand_to_host(&mut self, idx: usize, buf: &PacketBuf, refuse: bool, wire: &mut Wire) {
+        let data = buf.data();
+        self.host_frames.push((buf.port, data.to_vec()));
+        if !refuse || buf.port != PortId::Uplink {
+            return;
+        }
+        let Some(s) = testkit::parse_ipv4_tcp(data) else {
+            return;
+        };
+        if s.dst != self.addr || s.flags & RST != 0 {
+            return;
+        }
+        //= https://www.rfc-editor.org/rfc/rfc793#section-3.4
+        //# If the connection does not exist (CLOSED) then a reset is sent in response to any
+        //# incoming segment except another reset.
+        let (flags, seq, ack) = if s.flags & ACK != 0 {
+            (RST, s.ack, 0)
+        } else {
+            let len = s.payload.len() as u32
+                + u32::from(s.flags & SYN != 0)
+                + u32::from(s.flags & FIN != 0);
+            (RST | ACK, 0, s.seq.wrapping_add(len))
+        };
+        let f = testkit::tcp_frame(
+            self.uplink_mac,
+            s.src_mac,
+            s.dst,
+            s.dport,
+            s.src,
+            s.sport,
+            flags,
+            seq,
+            ack,
+            &[],
+        );
+        self.host_resets += 1;
+        wire.push((Link::Underlay, Sender::Node(idx, PortId::Uplink), f));
+    }
+}
+
+/// The MACs of node `i`: uplink and tasks port.
+fn node_macs(i: usize) -> (Mac, Mac) {
+    let (hi, lo) = ((i >> 8) as u8, i as u8);
+    (
+        [0x02, 0x4d, 0x55, 0x00, hi, lo],
+        [0x02, 0x4d, 0x54, 0x00, hi, lo],
+    )
+}
+
+/// A task interface's MAC: `02:42:` and the address, as Docker makes them.
+fn task_mac(ip: Ipv4Addr) -> Mac {
+    let o = ip.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// A client's MAC: `02:cc:` and its address.
+fn client_mac(ip: Ipv4Addr) -> Mac {
+    let o = ip.octets();
+    [0x02, 0xcc, o[0], o[1], o[2], o[3]]
+}
+
+/// The task hosts `state` calls for.
+fn task_hosts(state: &State) -> Vec<SimHost> {
+    let mut out = Vec::new();
+    for svc in &state.services {
+        let mut listen: Vec<u16> = svc
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .map(|p| p.target)
+            .collect();
+        listen.push(80);
+        listen.sort_unstable();
+        listen.dedup();
+        for t in &svc.tasks {
+            let Some(node) = state.nodes.iter().position(|n| n.name == t.node) else {
+                continue;
+            };
+            let ifaces = t
+                .addresses
+                .iter()
+                .filter_map(|a| {
+                    let net = state.network(&a.network)?;
+                    Some(Iface {
+                        ip: a.addr,
+                        mac: task_mac(a.addr),
+                        subnet: net.subnet,
+                        gateway: Some(net.gateway),
+                        network: net.name.clone(),
+                    })
+                })
+                .collect();
+            out.push(SimHost::new(
+                &t.name,
+                HostKind::Task { node },
+                Some(svc.name.clone()),
+                Link::Tasks(node),
+                ifaces,
+                listen.clone(),
+            ));
+        }
+    }
+    out
+}
+
+/// The whole simulated mesh.
+#[derive(Debug)]
+pub struct Mesh {
+    cfg: SimConfig,
+    state: State,
+    generation: u64,
+    now: u64,
+    nodes: Vec<SimNode>,
+    hosts: Vec<SimHost>,
+    lost: u64,
+    steps: u64,
+}
+
+impl Mesh {
+    /// A mesh of `state`'s nodes with one worker each, and `state`'s tasks.
+    pub fn new(state: State) -> Result<Mesh, SimError> {
+        Mesh::with_config(state, SimConfig::default())
+    }
+
+    pub fn with_config(state: State, cfg: SimConfig) -> Result<Mesh, SimError> {
+        let workers = cfg.workers.max(1);
+        let generation = 1;
+        let mut nodes = Vec::with_capacity(state.nodes.len());
+        for (i, n) in state.nodes.iter().enumerate() {
+            let table = ServiceTable::build(&state, &n.name, generation)?;
+            let (uplink_mac, tasks_mac) = node_macs(i);
+            let neigh = Arc::new(Neighbors::new(1024));
+            let pipelines = (0..workers)
+                .map(|w| {
+                    let c = Config {
+                        uplink_mac,
+                        tasks_mac,
+                        worker: w,
+                        workers,
+                        flow_capacity: cfg.flow_capacity,
+                        ..Config::default()
+                    };
+                    SimWorker {
+                        pipeline: Pipeline::new(c, neigh.clone()),
+                        rx: VecDeque::new(),
+                    }
+                })
+                .collect();
+            nodes.push(SimNode {
+                name: n.name.clone(),
+                addr: table.node_addr,
+                uplink_mac,
+                tasks_mac,
+                table,
+                neigh,
+                workers: pipelines,
+                pool: Pool::new(2 * BURST),
+                host_frames: Vec::new(),
+                host_resets: 0,
+                handoffs: 0,
+                rx_turn: 0,
+            });
+        }
+        let mut mesh = Mesh {
+            cfg,
+            state,
+            generation,
+            now: 0,
+            nodes,
+            hosts: Vec::new(),
+            lost: 0,
+            steps: 0,
+        };
+        let hosts = task_hosts(&mesh.state);
+        mesh.sync_tasks(hosts)?;
+        Ok(mesh)
+    }
+
+    /// Replaces the task hosts with `want`, keeping (with their connections) those that did not
+    /// change: a removed task's container is gone, a new task's container starts.
+    fn sync_tasks(&mut self, want: Vec<SimHost>) -> Result<(), SimError> {
+        for w in &want {
+            if self
+                .hosts
+                .iter()
+                .any(|h| h.name == w.name && h.kind == HostKind::Client)
+            {
+                return Err(SimError::DuplicateHost(w.name.clone()));
+            }
+        }
+        self.hosts.retain(|h| match h.kind {
+            HostKind::Client => true,
+            HostKind::Task { .. } => want.iter().any(|w| {
+                w.name == h.name && w.link == h.link && w.ifaces == h.ifaces && w.listen == h.listen
+            }),
+        });
+        for w in want {
+            if !self.hosts.iter().any(|h| h.name == w.name) {
+                self.hosts.push(w);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies a new state on every node (each rebuilds its table with the next generation, as
+    /// meshctl would have every meshd do) and starts or removes task hosts to match. An invalid
+    /// state changes nothing.
+    pub fn set_state(&mut self, state: State) -> Result<(), SimError> {
+        if state.nodes.len() != self.nodes.len()
+            || state
+                .nodes
+                .iter()
+                .zip(&self.nodes)
+                .any(|(a, b)| a.name != b.name)
+        {
+            return Err(SimError::NodesChanged);
+        }
+        let generation = self.generation + 1;
+        let tables = self
+            .nodes
+            .iter()
+            .map(|n| ServiceTable::build(&state, &n.name, generation))
+            .collect::<Result<Vec<_>, _>>()?;
+        let want = task_hosts(&state);
+        for w in &want {
+            if self
+                .hosts
+                .iter()
+                .any(|h| h.name == w.name && h.kind == HostKind::Client)
+            {
+                return Err(SimError::DuplicateHost(w.name.clone()));
+            }
+        }
+        for (n, t) in self.nodes.iter_mut().zip(tables) {
+            n.addr = t.node_addr;
+            n.table = t;
+        }
+        self.generation = generation;
+        self.state = state;
+        self.sync_tasks(want)
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+    /// The simulation clock.
+    pub fn now_ms(&self) -> u64 {
+        self.now
+    }
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+    /// Frames the switches had no port for.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+    pub fn nodes(&self) -> &[SimNode] {
+        &self.nodes
+    }
+    pub fn node(&self, name: &str) -> Option<&SimNode> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+    /// A node's underlay address.
+    pub fn node_addr(&self, name: &str) -> Option<Ipv4Addr> {
+        self.node(name).map(|n| n.addr)
+    }
+    /// A node's counters, all workers added up.
+    pub fn stats(&self, node: &str) -> Option<WorkerStats> {
+        self.node(node).map(SimNode::stats)
+    }
+    /// Every node's counters added up.
+    pub fn total_stats(&self) -> WorkerStats {
+        let mut s = WorkerStats::default();
+        for n in &self.nodes {
+            s.add(&n.stats());
+        }
+        s
+    }
+    pub fn hosts(&self) -> &[SimHost] {
+        &self.hosts
+    }
+    pub fn host(&self, name: &str) -> Option<&SimHost> {
+        self.hosts.iter().find(|h| h.name == name)
+    }
+    /// Frames hosts refused (bad checksum or length, unexpected kind) or got for an address
+    /// they do not have, all hosts added up. Zero in a healthy mesh.
+    pub fn bad_frames(&self) -> u64 {
+        self.hosts
+            .iter()
+            .map(|h| h.bad_frames + h.misdelivered)
+            .sum()
+    }
+    /// The state of a connection opened with [`Mesh::open`].
+    pub fn conn_state(&self, conn: &ConnId) -> Option<TcpConnState> {
+        self.host(&conn.host)?.conn_state(&conn.key)
+    }
+
+    fn host_idx(&self, name: &str) -> Result<usize, SimError> {
+        self.hosts
+            .iter()
+            .position(|h| h.name == name)
+            .ok_or_else(|| SimError::UnknownHost(name.to_string()))
+    }
+
+    /// Adds an outside host on the underlay (every address on-link).
+    pub fn add_client(&mut self, name: &str, ip: Ipv4Addr) -> Result<(), SimError> {
+        if self.hosts.iter().any(|h| h.name == name) {
+            return Err(SimError::DuplicateHost(name.to_string()));
+        }
+        let iface = Iface {
+            ip,
+            mac: client_mac(ip),
+            subnet: Ipv4Net {
+                addr: Ipv4Addr::UNSPECIFIED,
+                prefix: 0,
+            },
+            gateway: None,
+            network: "underlay".to_string(),
+        };
+        self.hosts.push(SimHost::new(
+            name,
+            HostKind::Client,
+            None,
+            Link::Underlay,
+            vec![iface],
+            Vec::new(),
+        ));
+        Ok(())
+    }
+
+    /// Moves the clock (nothing else happens until the next step).
+    pub fn advance(&mut self, ms: u64) {
+        self.now += ms;
+    }
+
+    /// One step: every worker processes one burst of what reached it and runs its housekeeping;
+    /// every host answers what reached it; what was sent moves to the next hop; the clock
+    /// moves by `step_ms`. Returns whether anything moved.
+    pub fn step(&mut self) -> bool {
+        let now = self.now;
+        let refuse = self.cfg.host_refuses_tcp;
+        let mut wire: Wire = Vec::new();
+        let mut moved = false;
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            moved |= node.step(i, now, refuse, &mut wire);
+        }
+        for (h, host) in self.hosts.iter_mut().enumerate() {
+            while let Some(f) = host.inbox.pop_front() {
+                moved = true;
+                host.handle(&f);
+            }
+            for f in host.out.drain(..) {
+                moved = true;
+                if host.lose_ip > 0 && testkit::eth(&f).is_some_and(|e| e.2 == 0x0800) {
+                    host.lose_ip -= 1;
+                    host.lost_ip += 1;
+                    continue;
+                }
+                wire.push((host.link, Sender::Host(h), f));
+            }
+        }
+        for (link, from, f) in wire {
+            self.deliver(link, from, &f);
+        }
+        self.now += self.cfg.step_ms;
+        self.steps += 1;
+        moved
+    }
+
+    /// Steps until nothing has moved for long enough that every worker's flow sweep has gone
+    /// round its table once (so ended flows have sent their resets). Returns the steps taken.
+    pub fn run_until_idle(&mut self) -> Result<usize, SimError> {
+        let budget = Config::default().sweep_budget.max(1);
+        let quiet_needed = self.cfg.flow_capacity.max(16).div_ceil(budget) + 2;
+        let (mut quiet, mut steps) = (0, 0);
+        while quiet < quiet_needed {
+            if steps >= self.cfg.max_steps {
+                return Err(SimError::NotIdle(steps));
+            }
+            if self.step() {
+                quiet = 0;
+            } else {
+                quiet += 1;
+            }
+            steps += 1;
+        }
+        Ok(steps)
+    }
+
+    /// Puts a frame on the wire: delivered to every port of `link` whose MAC it is addressed
+    /// to (or all of them for broadcast and multicast), except the sender's.
+    fn deliver(&mut self, link: Link, from: Sender, frame: &[u8]) {
+        let Some(dst) = frame.get(0..6) else {
+            self.lost += 1;
+            return;
+        };
+        let group = dst[0] & 1 != 0;
+        let mut n = 0;
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            let port = match link {
+                Link::Underlay => PortId::Uplink,
+                Link::Tasks(j) if j == i => PortId::Tasks,
+                Link::Tasks(_) => continue,
+            };
+            if from == Sender::Node(i, port) {
+                continue;
+            }
+            let mac = match port {
+                PortId::Uplink => node.uplink_mac,
+                PortId::Tasks => node.tasks_mac,
+            };
+            if group || *dst == mac {
+                node.receive(port, frame);
+                n += 1;
+            }
+        }
+        for (h, host) in self.hosts.iter_mut().enumerate() {
+            if host.link != link || from == Sender::Host(h) {
+                continue;
+            }
+            if group || host.owns_mac(dst) {
+                host.inbox.push_back(frame.to_vec());
+                n += 1;
+            }
+        }
+        if n == 0 {
+            self.lost += 1;
+        }
+    }
+
+    /// Sends a raw frame from host `host` onto its link (delivered at the next step).
+    pub fn send_raw(&mut self, host: &str, frame: &[u8]) -> Result<(), SimError> {
+        let h = self.host_idx(host)?;
+        self.hosts[h].out.push(frame.to_vec());
+        Ok(())
+    }
+
+    /// Makes `host` lose the next `n` IPv4 frames it sends (ARP still goes through): for
+    /// checking that lost segments are sent again.
+    pub fn lose_next(&mut self, host: &str, n: usize) -> Result<(), SimError> {
+        let h = self.host_idx(host)?;
+        self.hosts[h].lose_ip = n;
+        Ok(())
+    }
+
+    /// Puts a frame straight into a node's port, bypassing the switch (as if the NIC
+    /// received it whatever its destination MAC).
+    pub fn inject(&mut self, node: &str, port: PortId, frame: &[u8]) -> Result<(), SimError> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .ok_or_else(|| SimError::UnknownNode(node.to_string()))?;
+        n.receive(port, frame);
+        Ok(())
+    }
+
+    // ---- clients ---------------------------------------------------------------------------
+
+    /// Opens a TCP connection from `host` to `ip:port` and leaves it open; the SYN is sent again
+    /// (after [`SimConfig::rto_ms`]) while unanswered, as a TCP stack does.
+    pub fn open(&mut self, host: &str, ip: Ipv4Addr, port: u16) -> Result<ConnId, CurlError> {
+        self.open_from(host, None, ip, port)
+    }
+
+    /// [`Mesh::open`] from a chosen source port.
+    pub fn open_from(
+        &mut self,
+        host: &str,
+        sport: Option<u16>,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> Result<ConnId, CurlError> {
+        let h = self.host_idx(host)?;
+        let key = self.hosts[h]
+            .connect(sport, SocketAddrV4::new(ip, port))
+            .ok_or(CurlError::NoRoute)?;
+        let tries = self.cfg.tries.max(1);
+        for attempt in 1..=tries {
+            self.run_until_idle()?;
+            match self.hosts[h].conn_state(&key) {
+                Some(TcpConnState::Established) => {
+                    return Ok(ConnId {
+                        host: host.to_string(),
+                        key,
+                    })
+                }
+                Some(TcpConnState::Reset) => return Err(CurlError::Refused),
+                _ => {}
+            }
+            if attempt < tries {
+                self.advance(self.cfg.rto_ms);
+                self.hosts[h].retransmit(&key);
+            }
+        }
+        Err(CurlError::Timeout(tries))
+    }
+
+    fn conn_error(&self, h: usize, key: &ConnKey) -> CurlError {
+        match self.hosts[h].conn_state(key) {
+            Some(TcpConnState::Reset) => CurlError::Reset,
+            _ => CurlError::NoConnection,
+        }
+    }
+
+    /// Sends an HTTP request on an open connection and reads the whoami-style answer.
+    pub fn request(&mut self, conn: &ConnId) -> Result<Reply, CurlError> {
+        let h = self.host_idx(&conn.host)?;
+        let key = conn.key;
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {}\r\nUser-Agent: meshd-sim\r\nAccept: */*\r\n\r\n",
+            key.remote
+        );
+        if !self.hosts[h].send_data(&key, req.as_bytes()) {
+            return Err(self.conn_error(h, &key));
+        }
+        let tries = self.cfg.tries.max(1);
+        for attempt in 1..=tries {
+            self.run_until_idle()?;
+            let Some(c) = self.hosts[h].conns.get_mut(&key) else {
+                return Err(CurlError::NoConnection);
+            };
+            if c.state == TcpConnState::Reset {
+                return Err(CurlError::Reset);
+            }
+            if !c.received.is_empty() {
+                let body = String::from_utf8_lossy(&std::mem::take(&mut c.received)).into_owned();
+                return Reply::parse(&body).ok_or(CurlError::BadResponse(body));
+            }
+            if attempt < tries {
+                self.advance(self.cfg.rto_ms);
+                self.hosts[h].retransmit(&key);
+            }
+        }
+        Err(CurlError::NoResponse)
+    }
+
+    /// Closes an open connection (FIN, the peer's FIN, the last ACK).
+    pub fn close(&mut self, conn: &ConnId) -> Result<(), CurlError> {
+        let h = self.host_idx(&conn.host)?;
+        let key = conn.key;
+        if !self.hosts[h].close(&key) {
+            return Err(self.conn_error(h, &key));
+        }
+        let tries = self.cfg.tries.max(1);
+        for attempt in 1..=tries {
+            self.run_until_idle()?;
+            match self.hosts[h].conn_state(&key) {
+                Some(TcpConnState::TimeWait | TcpConnState::Closed) => return Ok(()),
+                Some(TcpConnState::Reset) => return Err(CurlError::Reset),
+                _ => {}
+            }
+            if attempt < tries {
+                self.advance(self.cfg.rto_ms);
+                self.hosts[h].retransmit(&key);
+            }
+        }
+        Err(CurlError::NotClosed)
+    }
+
+    /// `curl http://ip:port/` from `host`: connect, request, answer, close.
+    pub fn curl(&mut self, host: &str, ip: Ipv4Addr, port: u16) -> Result<Reply, CurlError> {
+        self.curl_from(host, None, ip, port)
+    }
+
+    /// [`Mesh::curl`] from a chosen source port.
+    pub fn curl_from(
+        &mut self,
+        host: &str,
+        sport: Option<u16>,
+        ip: Ipv4Addr,
+        port: u16,
+    ) -> Result<Reply, CurlError> {
+        let conn = self.open_from(host, sport, ip, port)?;
+        let reply = self.request(&conn)?;
+        self.close(&conn)?;
+        Ok(reply)
+    }
+
+    /// A task acting as a client (for example towards a service VIP).
+    pub fn task_curl(&mut self, task: &str, ip: Ipv4Addr, port: u16) -> Result<Reply, CurlError> {
+        self.curl(task, ip, port)
+    }
+
+    /// `ping ip` from `host`: an ICMP echo request, sent again while unanswered; returns the
+    /// address the reply came from.
+    pub fn ping(&mut self, host: &str, ip: Ipv4Addr) -> Result<Ipv4Addr, CurlError> {
+        let h = self.host_idx(host)?;
+        let seq = self.hosts[h].next_ping;
+        self.hosts[h].next_ping = seq.wrapping_add(1);
+        let tries = self.cfg.tries.max(1);
+        for attempt in 1..=tries {
+            let ident = self.hosts[h].ping(ip, seq).ok_or(CurlError::NoRoute)?;
+            self.run_until_idle()?;
+            let inbox = &mut self.hosts[h].icmp_inbox;
+            if let Some(i) = inbox
+                .iter()
+                .position(|e| e.ident == ident && e.seq == seq && e.src == ip)
+            {
+                return Ok(inbox.remove(i).src);
+            }
+            if attempt < tries {
+                self.advance(self.cfg.rto_ms);
+            }
+        }
+        Err(CurlError::Timeout(tries))
+    }
+
+    /// Sends a UDP datagram from `host` to `ip:port` and waits for a task's echo (sent again
+    /// while unanswered, as an application would).
+    pub fn udp(
+        &mut self,
+        host: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        payload: &[u8],
+    ) -> Result<UdpReply, CurlError> {
+        self.udp_from(host, None, ip, port, payload)
+    }
+
+    /// [`Mesh::udp`] from a chosen source port (the same port is the same flow).
+    pub fn udp_from(
+        &mut self,
+        host: &str,
+        sport: Option<u16>,
+        ip: Ipv4Addr,
+        port: u16,
+        payload: &[u8],
+    ) -> Result<UdpReply, CurlError> {
+        let h = self.host_idx(host)?;
+        let dst = SocketAddrV4::new(ip, port);
+        let local = self.hosts[h]
+            .udp_send(sport, dst, payload)
+            .ok_or(CurlError::NoRoute)?;
+        let tries = self.cfg.tries.max(1);
+        for attempt in 1..=tries {
+            self.run_until_idle()?;
+            if let Some(u) = self.hosts[h].take_udp(local, dst) {
+                let text = String::from_utf8_lossy(&u.payload).into_owned();
+                let Some((task, rest)) = text.split_once(": ") else {
+                    return Err(CurlError::BadResponse(text));
+                };
+                return Ok(UdpReply {
+                    task: task.to_string(),
+                    from: SocketAddrV4::new(u.src, u.sport),
+                    payload: rest.as_bytes().to_vec(),
+                });
+            }
+            if attempt < tries {
+                self.advance(self.cfg.rto_ms);
+                self.hosts[h].udp_send(Some(local.port()), dst, payload);
+            }
+        }
+        Err(CurlError::Timeout(tries))
+    }
+}
+
+// ---- example states ------------------------------------------------------------------------
+
+/// A node of an example state: `192.168.1.<last>`, VTEP on the same address.
+pub fn node(name: &str, last: u8) -> model::Node {
+    model::Node {
+        name: name.to_string(),
+        addr: Ipv4Addr::new(192, 168, 1, last),
+        vtep: None,
+        vtep_port: model::VXLAN_PORT,
+        availability: model::Availability::Active,
+    }
+}
+
+/// A running task with weight 1 and the given `(network, address)` pairs.
+pub fn task(name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]) -> model::Task {
+    model::Task {
+        name: name.to_string(),
+        node: node.to_string(),
+        addresses: addrs
+            .iter()
+            .map(|(n, a)| model::TaskAddress {
+                network: (*n).to_string(),
+                addr: *a,
+            })
+            .collect(),
+        state: model::TaskState::Running,
+        weight: 1,
+    }
+}
+
+/// Swarm's layout in seeds 000 and 003: nodes n1, n2, n3 (192.168.1.11-13); the ingress
+/// network (VNI 4096, 10.0.0.0/24, endpoints 10.0.0.2-4) and `appnet` (VNI 4097,
+/// 10.0.1.0/24); service `web` publishing 8080→80 with VIP 10.0.1.2 and tasks web.1 on n2
+/// (10.0.0.11, 10.0.1.11) and web.2 on n3 (10.0.0.12, 10.0.1.12). n1 runs no task.
+pub fn three_nodes() -> State {
+    let mut endpoints = std::collections::BTreeMap::new();
+    endpoints.insert("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2));
+    endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
+    endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
+    let ingress = model::Network {
+        name: "ingress".into(),
+        vni: model::INGRESS_VNI,
+        subnet: Ipv4Net {
+            addr: Ipv4Addr::new(10, 0, 0, 0),
+            prefix: 24,
+        },
+        gateway: Ipv4Addr::new(10, 0, 0, 1),
+        ingress: true,
+        endpoints,
+    };
+    let app = model::Network {
+        name: "appnet".into(),
+        vni: 4097,
+        subnet: Ipv4Net {
+            addr: Ipv4Addr::new(10, 0, 1, 0),
+            prefix: 24,
+        },
+        gateway: Ipv4Addr::new(10, 0, 1, 1),
+        ingress: false,
+        endpoints: Default::default(),
+    };
+    let mut web = model::Service::new("web");
+    web.networks.push(model::ServiceNetwork {
+        network: "appnet".into(),
+        vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+    });
+    web.ports.push(model::PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 80,
+        mode: model::PublishMode::Ingress,
+    });
+    for (i, n) in [(1u8, "n2"), (2, "n3")] {
+        web.tasks.push(task(
+            &format!("web.{i}"),
+            n,
+            &[
+                ("ingress", Ipv4Addr::new(10, 0, 0, 10 + i)),
+                ("appnet", Ipv4Addr::new(10, 0, 1, 10 + i)),
+            ],
+        ));
+    }
+    State {
+        nodes: vec![node("n1", 11), node("n2", 12), node("n3", 13)],
+        networks: vec![ingress, app],
+        services: vec![web],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
+
+    fn mesh() -> Mesh {
+        let mut m = Mesh::new(three_nodes()).unwrap();
+        m.add_client("client", CLIENT).unwrap();
+        m
+    }
+
+    #[test]
+    fn lost_syns_are_sent_again_after_the_retransmission_timeout() {
+        let mut m = mesh();
+        let n1 = m.node_addr("n1").unwrap();
+        m.lose_next("client", 2).unwrap();
+        let r = m.curl("client", n1, 8080).unwrap();
+        assert_eq!(r.task, "web.1");
+        assert_eq!(m.host("client").unwrap().lost_on_purpose(), 2);
+        assert!(m.now_ms() >= 2 * m.config().rto_ms);
+        assert_eq!(
+            m.stats("n1").unwrap().new_flows,
+            1,
+            "the retransmitted SYN is the same flow"
+        );
+    }
+
+    #[test]
+    fn unanswered_syns_time_out() {
+        let mut m = mesh();
+        let n1 = m.node_addr("n1").unwrap();
+        m.lose_next("client", 100).unwrap();
+        assert_eq!(m.curl("client", n1, 8080), Err(CurlError::Timeout(4)));
+    }
+
+    #[test]
+    fn a_lost_answer_is_sent_again_when_the_request_is() {
+        let mut m = mesh();
+        let n1 = m.node_addr("n1").unwrap();
+        let c = m.open("client", n1, 8080).unwrap();
+        m.lose_next("web.1", 1).unwrap();
+        assert_eq!(m.request(&c).unwrap().task, "web.1");
+        assert_eq!(m.host("web.1").unwrap().lost_on_purpose(), 1);
+        m.close(&c).unwrap();
+        assert_eq!(m.host("web.1").unwrap().open_conns(), 0);
+        assert_eq!(m.host("client").unwrap().open_conns(), 0);
+        assert_eq!(m.bad_frames(), 0);
+    }
+
+    #[test]
+    fn hosts_refuse_closed_ports_and_reset_unknown_segments() {
+        let mut m = mesh();
+        // A task connecting to another task's closed port, on another node.
+        let web2 = m.host("web.2").unwrap().addr_on("appnet").unwrap();
+        assert_eq!(m.curl("web.1", web2, 9999), Err(CurlError::Refused));
+        assert_eq!(m.host("web.2").unwrap().unmatched(), 1);
+    }
+
+    #[test]
+    fn a_state_the_table_refuses_changes_nothing() {
+        let mut m = mesh();
+        let mut bad = three_nodes();
+        bad.services[0].tasks[1].addresses[0].addr = Ipv4Addr::new(10, 0, 0, 11);
+        assert!(matches!(m.set_state(bad), Err(SimError::Build(_))));
+        assert_eq!(m.generation(), 1);
+        assert!(m.host("web.2").is_some());
+        let mut fewer = three_nodes();
+        fewer.nodes.pop();
+        assert_eq!(m.set_state(fewer), Err(SimError::NodesChanged));
+        assert_eq!(
+            m.add_client("web.1", Ipv4Addr::new(192, 168, 1, 101)),
+            Err(SimError::DuplicateHost("web.1".into()))
+        );
+    }
+
+    #[test]
+    fn runs_are_deterministic() {
+        let run = || {
+            let mut m = mesh();
+            let n = ["n1", "n2", "n3"].map(|x| m.node_addr(x).unwrap());
+            let tasks: Vec<String> = n
+                .iter()
+                .flat_map(|a| [*a, *a])
+                .map(|a| m.curl("client", a, 8080).unwrap().task)
+                .collect();
+            (tasks, m.steps(), m.now_ms(), m.total_stats())
+        };
+        assert_eq!(run(), run());
+    }
+}

@@ -1,0 +1,669 @@
+//! Frame builders and checkers for tests, the in-memory mesh ([`crate::sim`]) and benchmarks.
+//!
+//! Builders emit with smoltcp's `Repr`s (and [`crate::wire::vxlan`] for VXLAN) and return a new
+//! `Vec<u8>` holding a whole Ethernet frame with valid checksums. Parsers check what a receiving
+//! host would check (IPv4 header checksum, TCP/UDP/ICMP checksums, lengths) and return `None`
+//! for anything that does not pass, so a test that reads a frame back has also verified it.
+//!
+//! Not for the fast path: every builder allocates its frame.
+
+use std::net::Ipv4Addr;
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+};
+
+use crate::wire::vxlan;
+
+/// An Ethernet address as bytes.
+pub type Mac = [u8; 6];
+
+/// The broadcast Ethernet address.
+pub const BROADCAST: Mac = [0xff; 6];
+
+/// Ethernet header length.
+pub const ETH_LEN: usize = 14;
+/// IPv4 header length without options.
+pub const IPV4_LEN: usize = 20;
+/// Offset of the VXLAN flags byte in a frame built by [`vxlan_frame`].
+pub const VXLAN_FLAGS_AT: usize = ETH_LEN + IPV4_LEN + 8;
+
+/// TCP flag bits, as in the header's flags byte.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// The hop limit every builder uses.
+pub const TTL: u8 = 64;
+
+fn eth_header(f: &mut [u8], src_mac: Mac, dst_mac: Mac, ethertype: EthernetProtocol) {
+    let repr = EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype,
+    };
+    repr.emit(&mut EthernetFrame::new_unchecked(f));
+}
+
+/// An Ethernet + IPv4 frame (no options, TTL [`TTL`], DF set) of protocol `proto` whose L4 part
+/// is `l4_len` bytes filled by `fill`.
+fn ipv4_with(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    l4_len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: proto,
+        payload_len: l4_len,
+        hop_limit: TTL,
+    };
+    let mut f = vec![0u8; ETH_LEN + ip.buffer_len() + l4_len];
+    eth_header(&mut f, src_mac, dst_mac, EthernetProtocol::Ipv4);
+    ip.emit(
+        &mut Ipv4Packet::new_unchecked(&mut f[ETH_LEN..]),
+        &ChecksumCapabilities::default(),
+    );
+    fill(&mut f[ETH_LEN + IPV4_LEN..]);
+    f
+}
+
+/// An IPv4 frame carrying `l4` as the payload of protocol number `proto` (for protocols the
+/// other builders do not cover, and for malformed L4 headers).
+pub fn ipv4_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    ipv4_with(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        IpProtocol::from(proto),
+        l4.len(),
+        |b| b.copy_from_slice(l4),
+    )
+}
+
+/// A TCP segment with exactly the flag bits `flags` (see [`tcp_flags`]); the acknowledgement
+/// number is written as given (a receiver only reads it when ACK is set).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        control: TcpControl::None,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: Some(TcpSeqNumber(ack as i32)),
+        window_len: 64240,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
+    ipv4_with(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        IpProtocol::Tcp,
+        repr.buffer_len(),
+        |b| {
+            let mut p = TcpPacket::new_unchecked(b);
+            repr.emit(&mut p, &s, &d, &ChecksumCapabilities::default());
+            // The repr knows one control flag at a time; write the flags byte as asked.
+            p.clear_flags();
+            p.set_fin(flags & tcp_flags::FIN != 0);
+            p.set_syn(flags & tcp_flags::SYN != 0);
+            p.set_rst(flags & tcp_flags::RST != 0);
+            p.set_psh(flags & tcp_flags::PSH != 0);
+            p.set_ack(flags & tcp_flags::ACK != 0);
+            p.fill_checksum(&s, &d);
+        },
+    )
+}
+
+/// A UDP datagram with its checksum filled in.
+pub fn udp_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let repr = UdpRepr {
+        src_port: sport,
+        dst_port: dport,
+    };
+    let (s, d) = (IpAddress::Ipv4(src), IpAddress::Ipv4(dst));
+    ipv4_with(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        IpProtocol::Udp,
+        repr.header_len() + payload.len(),
+        |b| {
+            let mut p = UdpPacket::new_unchecked(b);
+            repr.emit(
+                &mut p,
+                &s,
+                &d,
+                payload.len(),
+                |out| out.copy_from_slice(payload),
+                &ChecksumCapabilities::default(),
+            );
+        },
+    )
+}
+
+fn arp(src_mac: Mac, dst_mac: Mac, repr: ArpRepr) -> Vec<u8> {
+    let mut f = vec![0u8; ETH_LEN + repr.buffer_len()];
+    eth_header(&mut f, src_mac, dst_mac, EthernetProtocol::Arp);
+    repr.emit(&mut ArpPacket::new_unchecked(&mut f[ETH_LEN..]));
+    f
+}
+
+/// A broadcast ARP request from `src_mac`/`src_ip` for `target_ip`.
+pub fn arp_request(src_mac: Mac, src_ip: Ipv4Addr, target_ip: Ipv4Addr) -> Vec<u8> {
+    arp(
+        src_mac,
+        BROADCAST,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(src_mac),
+            source_protocol_addr: src_ip,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: target_ip,
+        },
+    )
+}
+
+/// An ARP reply "`src_ip` is at `src_mac`", sent to `dst_mac`/`dst_ip`.
+pub fn arp_reply(src_mac: Mac, src_ip: Ipv4Addr, dst_mac: Mac, dst_ip: Ipv4Addr) -> Vec<u8> {
+    arp(
+        src_mac,
+        dst_mac,
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress(src_mac),
+            source_protocol_addr: src_ip,
+            target_hardware_addr: EthernetAddress(dst_mac),
+            target_protocol_addr: dst_ip,
+        },
+    )
+}
+
+fn icmp(src_mac: Mac, dst_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, repr: Icmpv4Repr) -> Vec<u8> {
+    ipv4_with(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        IpProtocol::Icmp,
+        repr.buffer_len(),
+        |b| {
+            repr.emit(
+                &mut Icmpv4Packet::new_unchecked(b),
+                &ChecksumCapabilities::default(),
+            );
+        },
+    )
+}
+
+/// An ICMP echo request.
+pub fn icmp_echo(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ident: u16,
+    seq: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    icmp(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no: seq,
+            data,
+        },
+    )
+}
+
+/// An ICMP echo reply.
+pub fn icmp_echo_reply(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ident: u16,
+    seq: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    icmp(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        Icmpv4Repr::EchoReply {
+            ident,
+            seq_no: seq,
+            data,
+        },
+    )
+}
+
+/// A VXLAN frame (RFC 7348): outer Ethernet/IPv4/UDP to port 4789 with a zero UDP checksum,
+/// the VXLAN header with the I flag and `vni`, then `inner` (an Ethernet frame).
+pub fn vxlan_frame(
+    outer_src_mac: Mac,
+    outer_dst_mac: Mac,
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    outer_sport: u16,
+    vni: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let repr = UdpRepr {
+        src_port: outer_sport,
+        dst_port: vxlan::UDP_PORT,
+    };
+    let v = vxlan::Repr { vni };
+    let payload_len = v.buffer_len() + inner.len();
+    let (s, d) = (IpAddress::Ipv4(outer_src), IpAddress::Ipv4(outer_dst));
+    ipv4_with(
+        outer_src_mac,
+        outer_dst_mac,
+        outer_src,
+        outer_dst,
+        IpProtocol::Udp,
+        8 + payload_len,
+        |b| {
+            let mut p = UdpPacket::new_unchecked(b);
+            repr.emit(
+                &mut p,
+                &s,
+                &d,
+                payload_len,
+                |out| {
+                    v.emit(&mut vxlan::Packet::new_unchecked(&mut out[..]));
+                    out[vxlan::HEADER_LEN..].copy_from_slice(inner);
+                },
+                &ChecksumCapabilities::default(),
+            );
+            //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+            //# UDP Checksum: It SHOULD be transmitted as zero.
+            p.set_checksum(0);
+        },
+    )
+}
+
+/// Recomputes the IPv4 header checksum of the frame's IPv4 header (after a test edited it).
+pub fn refill_ipv4_checksum(frame: &mut [u8]) {
+    if let Some(b) = frame.get_mut(ETH_LEN..) {
+        if let Ok(mut p) = Ipv4Packet::new_checked(b) {
+            p.fill_checksum();
+        }
+    }
+}
+
+/// Recomputes the TCP or UDP checksum of the frame's L4 header (after a test edited it).
+pub fn refill_l4_checksum(frame: &mut [u8]) {
+    let Some(b) = frame.get_mut(ETH_LEN..) else {
+        return;
+    };
+    let Ok(mut ip) = Ipv4Packet::new_checked(b) else {
+        return;
+    };
+    let (s, d) = (
+        IpAddress::Ipv4(ip.src_addr()),
+        IpAddress::Ipv4(ip.dst_addr()),
+    );
+    match ip.next_header() {
+        IpProtocol::Tcp => {
+            if let Ok(mut t) = TcpPacket::new_checked(ip.payload_mut()) {
+                t.fill_checksum(&s, &d);
+            }
+        }
+        IpProtocol::Udp => {
+            if let Ok(mut u) = UdpPacket::new_checked(ip.payload_mut()) {
+                u.fill_checksum(&s, &d);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The Ethernet addresses and type of a frame: (destination, source, ethertype).
+pub fn eth(frame: &[u8]) -> Option<(Mac, Mac, u16)> {
+    let e = EthernetFrame::new_checked(frame).ok()?;
+    Some((e.dst_addr().0, e.src_addr().0, u16::from(e.ethertype())))
+}
+
+/// A checked IPv4 header of an Ethernet frame and its payload (the L4 part).
+struct Ip<'a> {
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpProtocol,
+    ttl: u8,
+    payload: &'a [u8],
+}
+
+fn parse_ipv4(frame: &[u8]) -> Option<Ip<'_>> {
+    let e = EthernetFrame::new_checked(frame).ok()?;
+    if e.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    let bytes = frame.get(ETH_LEN..)?;
+    let p = Ipv4Packet::new_checked(bytes).ok()?;
+    let r = Ipv4Repr::parse(&p, &ChecksumCapabilities::default()).ok()?;
+    if p.more_frags() || p.frag_offset() != 0 {
+        return None;
+    }
+    let hl = usize::from(p.header_len());
+    let total = usize::from(p.total_len());
+    Some(Ip {
+        src_mac: e.src_addr().0,
+        dst_mac: e.dst_addr().0,
+        src: r.src_addr,
+        dst: r.dst_addr,
+        proto: r.next_header,
+        ttl: r.hop_limit,
+        payload: bytes.get(hl..total)?,
+    })
+}
+
+/// A TCP segment as a receiver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSeen {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// The flags byte (see [`tcp_flags`]).
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    pub ttl: u8,
+    pub payload: Vec<u8>,
+}
+
+impl TcpSeen {
+    pub fn has(&self, flags: u8) -> bool {
+        self.flags & flags == flags
+    }
+}
+
+/// Parses an Ethernet/IPv4/TCP frame, verifying the IPv4 and TCP checksums and lengths.
+pub fn parse_ipv4_tcp(frame: &[u8]) -> Option<TcpSeen> {
+    let ip = parse_ipv4(frame)?;
+    if ip.proto != IpProtocol::Tcp {
+        return None;
+    }
+    let t = TcpPacket::new_checked(ip.payload).ok()?;
+    if !t.verify_checksum(&IpAddress::Ipv4(ip.src), &IpAddress::Ipv4(ip.dst)) {
+        return None;
+    }
+    Some(TcpSeen {
+        src_mac: ip.src_mac,
+        dst_mac: ip.dst_mac,
+        src: ip.src,
+        sport: t.src_port(),
+        dst: ip.dst,
+        dport: t.dst_port(),
+        flags: *ip.payload.get(13)?,
+        seq: t.seq_number().0 as u32,
+        ack: t.ack_number().0 as u32,
+        ttl: ip.ttl,
+        payload: t.payload().to_vec(),
+    })
+}
+
+/// A UDP datagram as a receiver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpSeen {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub ttl: u8,
+    pub payload: Vec<u8>,
+}
+
+/// Parses an Ethernet/IPv4/UDP frame, verifying the IPv4 checksum, the UDP length and the UDP
+/// checksum (when not zero).
+pub fn parse_ipv4_udp(frame: &[u8]) -> Option<UdpSeen> {
+    let ip = parse_ipv4(frame)?;
+    if ip.proto != IpProtocol::Udp {
+        return None;
+    }
+    let u = UdpPacket::new_checked(ip.payload).ok()?;
+    if usize::from(u.len()) != ip.payload.len() {
+        return None;
+    }
+    if u.checksum() != 0 && !u.verify_checksum(&IpAddress::Ipv4(ip.src), &IpAddress::Ipv4(ip.dst)) {
+        return None;
+    }
+    Some(UdpSeen {
+        src_mac: ip.src_mac,
+        dst_mac: ip.dst_mac,
+        src: ip.src,
+        sport: u.src_port(),
+        dst: ip.dst,
+        dport: u.dst_port(),
+        ttl: ip.ttl,
+        payload: u.payload().to_vec(),
+    })
+}
+
+/// An ICMP echo request or reply as a receiver saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IcmpEchoSeen {
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub reply: bool,
+    pub ident: u16,
+    pub seq: u16,
+    pub data: Vec<u8>,
+}
+
+/// Parses an ICMP echo request or reply, verifying the IPv4 and ICMP checksums.
+pub fn parse_icmp_echo(frame: &[u8]) -> Option<IcmpEchoSeen> {
+    let ip = parse_ipv4(frame)?;
+    if ip.proto != IpProtocol::Icmp {
+        return None;
+    }
+    let p = Icmpv4Packet::new_checked(ip.payload).ok()?;
+    let (reply, ident, seq, data) =
+        match Icmpv4Repr::parse(&p, &ChecksumCapabilities::default()).ok()? {
+            Icmpv4Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            } => (false, ident, seq_no, data),
+            Icmpv4Repr::EchoReply {
+                ident,
+                seq_no,
+                data,
+            } => (true, ident, seq_no, data),
+            _ => return None,
+        };
+    Some(IcmpEchoSeen {
+        src_mac: ip.src_mac,
+        dst_mac: ip.dst_mac,
+        src: ip.src,
+        dst: ip.dst,
+        reply,
+        ident,
+        seq,
+        data: data.to_vec(),
+    })
+}
+
+/// An ARP packet as a receiver saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpSeen {
+    /// The Ethernet destination of the frame.
+    pub dst_mac: Mac,
+    pub request: bool,
+    pub sender_mac: Mac,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: Mac,
+    pub target_ip: Ipv4Addr,
+}
+
+/// Parses an Ethernet/ARP (IPv4 over Ethernet) frame.
+pub fn parse_arp(frame: &[u8]) -> Option<ArpSeen> {
+    let e = EthernetFrame::new_checked(frame).ok()?;
+    if e.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    let p = ArpPacket::new_checked(frame.get(ETH_LEN..)?).ok()?;
+    match ArpRepr::parse(&p).ok()? {
+        ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_hardware_addr,
+            target_protocol_addr,
+        } => Some(ArpSeen {
+            dst_mac: e.dst_addr().0,
+            request: operation == ArpOperation::Request,
+            sender_mac: source_hardware_addr.0,
+            sender_ip: source_protocol_addr,
+            target_mac: target_hardware_addr.0,
+            target_ip: target_protocol_addr,
+        }),
+        _ => None,
+    }
+}
+
+/// The VNI and inner frame of a VXLAN frame (outer Ethernet/IPv4/UDP to the VXLAN port, the I
+/// flag set; reserved bits ignored as RFC 7348 §5 says).
+pub fn decap(frame: &[u8]) -> Option<(u32, &[u8])> {
+    let ip = parse_ipv4(frame)?;
+    if ip.proto != IpProtocol::Udp {
+        return None;
+    }
+    let u = UdpPacket::new_checked(ip.payload).ok()?;
+    if u.dst_port() != vxlan::UDP_PORT || usize::from(u.len()) != ip.payload.len() {
+        return None;
+    }
+    // The payload borrows from `frame` through `ip.payload`; index there to keep that lifetime.
+    let v = vxlan::Packet::new_checked(ip.payload.get(8..)?).ok()?;
+    let r = vxlan::Repr::parse(&v).ok()?;
+    Some((r.vni, ip.payload.get(8 + vxlan::HEADER_LEN..)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Mac = [2, 0, 0, 0, 0, 1];
+    const B: Mac = [2, 0, 0, 0, 0, 2];
+    const IA: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const IB: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    #[test]
+    fn tcp_round_trips_with_every_flag_combination() {
+        for flags in [
+            tcp_flags::SYN,
+            tcp_flags::SYN | tcp_flags::ACK,
+            tcp_flags::FIN | tcp_flags::ACK,
+            tcp_flags::RST,
+        ] {
+            let f = tcp_frame(A, B, IA, 1234, IB, 80, flags, 7, 9, b"hi");
+            let s = parse_ipv4_tcp(&f).unwrap();
+            assert_eq!(
+                (s.src, s.sport, s.dst, s.dport, s.flags, s.seq, s.ack),
+                (IA, 1234, IB, 80, flags, 7, 9)
+            );
+            assert_eq!(s.payload, b"hi");
+            assert_eq!((s.src_mac, s.dst_mac, s.ttl), (A, B, TTL));
+        }
+    }
+
+    #[test]
+    fn checkers_refuse_bad_checksums() {
+        let mut f = tcp_frame(A, B, IA, 1, IB, 2, tcp_flags::SYN, 0, 0, b"");
+        f[ETH_LEN + IPV4_LEN + 4] ^= 1;
+        assert!(parse_ipv4_tcp(&f).is_none());
+        refill_l4_checksum(&mut f);
+        assert!(parse_ipv4_tcp(&f).is_some());
+        f[ETH_LEN + 8] = 3;
+        assert!(parse_ipv4_tcp(&f).is_none());
+        refill_ipv4_checksum(&mut f);
+        assert_eq!(parse_ipv4_tcp(&f).unwrap().ttl, 3);
+        let mut u = udp_frame(A, B, IA, 5, IB, 6, b"x");
+        assert_eq!(parse_ipv4_udp(&u).unwrap().payload, b"x");
+        let n = u.len() - 1;
+        u[n] ^= 0xff;
+        assert!(parse_ipv4_udp(&u).is_none());
+    }
+
+    #[test]
+    fn arp_icmp_and_vxlan_round_trip() {
+        let r = parse_arp(&arp_request(A, IA, IB)).unwrap();
+        assert!(r.request && r.dst_mac == BROADCAST && r.sender_ip == IA && r.target_ip == IB);
+        let r = parse_arp(&arp_reply(B, IB, A, IA)).unwrap();
+        assert!(!r.request && r.dst_mac == A && r.sender_mac == B);
+        let e = parse_icmp_echo(&icmp_echo(A, B, IA, IB, 3, 4, b"ping")).unwrap();
+        assert!(!e.reply && e.ident == 3 && e.seq == 4 && e.data == b"ping");
+        assert!(
+            parse_icmp_echo(&icmp_echo_reply(B, A, IB, IA, 3, 4, b"ping"))
+                .unwrap()
+                .reply
+        );
+        let inner = udp_frame(A, B, IA, 5, IB, 6, b"inner");
+        let outer = vxlan_frame(A, B, IA, IB, 50000, 4096, &inner);
+        assert_eq!(outer[VXLAN_FLAGS_AT], vxlan::FLAG_I);
+        let (vni, got) = decap(&outer).unwrap();
+        assert_eq!(vni, 4096);
+        assert_eq!(got, &inner[..]);
+        assert_eq!(parse_ipv4_udp(&outer).unwrap().dport, vxlan::UDP_PORT);
+    }
+}
