@@ -14,6 +14,7 @@ pub mod flow;
 pub mod host;
 pub mod metrics;
 pub mod neigh;
+pub mod netns;
 pub mod pipeline;
 pub mod port;
 pub mod sim;

@@ -1,0 +1,235 @@
+//! The daemon for real: `meshd` on two veth pairs in a network namespace, configured over its
+//! control socket, with real frames sent and received through AF_PACKET on the far ends; then
+//! killed with SIGKILL and restarted, its state intact. Needs root; skips itself otherwise.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use ctl::client;
+use ctl::proto::{Command, Response};
+use ctl::*;
+use dataplane::buf::{Pool, PortId};
+use dataplane::netns::{self, Netns};
+use dataplane::port::afpacket::{AfPacketConfig, AfPacketPort};
+use dataplane::port::{Burst, Port};
+use dataplane::testkit::{self, tcp_flags, Mac};
+
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x99];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 11);
+const TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+const ENDPOINT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+struct Meshd {
+    child: Child,
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(ns: &Netns, dir: &Path) -> Meshd {
+    let log = std::fs::File::create(dir.join("meshd.log")).unwrap();
+    let child = ns
+        .command(env!("CARGO_BIN_EXE_meshd"))
+        .args(["--node", "n1", "--addr", "192.168.1.11", "--uplink", "up0", "--tasks", "tk0"])
+        .arg("--socket")
+        .arg(dir.join("meshd.sock"))
+        .arg("--state")
+        .arg(dir.join("state.json"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let m = Meshd { child };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client::request(&dir.join("meshd.sock"), &Command::NodeLs {}, Duration::from_secs(1)).is_err() {
+        assert!(Instant::now() < deadline, "meshd did not open its socket: {}", log_of(dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m
+}
+
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("meshd.log")).unwrap_or_default()
+}
+
+fn send(dir: &Path, cmd: Command) -> ctl::proto::Success {
+    match client::request(&dir.join("meshd.sock"), &cmd, Duration::from_secs(10)).unwrap() {
+        Response::Ok(s) => s,
+        Response::Err(e) => panic!("{}: {}", cmd.name(), e.message),
+    }
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> Mac {
+    let s = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]).unwrap();
+    let v: Vec<u8> = s.trim().split(':').map(|p| u8::from_str_radix(p, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+/// Receives on `port` until `want` accepts a frame or `timeout` passes, calling `poke` every
+/// 200 ms (to resend what may have been dropped while ARP resolved).
+fn expect(port: &mut AfPacketPort, timeout: Duration, mut poke: impl FnMut(), mut want: impl FnMut(&[u8]) -> bool) -> Vec<u8> {
+    let mut pool = Pool::new(64);
+    let deadline = Instant::now() + timeout;
+    let mut next_poke = Instant::now();
+    loop {
+        if Instant::now() >= next_poke {
+            poke();
+            next_poke = Instant::now() + Duration::from_millis(200);
+        }
+        let mut b = Burst::new();
+        port.rx_burst(&mut pool, &mut b);
+        for f in b.drain(..) {
+            if want(f.data()) {
+                return f.data().to_vec();
+            }
+            pool.put(f);
+        }
+        assert!(Instant::now() < deadline, "expected frame did not arrive");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn tx(port: &mut AfPacketPort, frame: &[u8]) {
+    let mut pool = Pool::new(0);
+    let mut b = Burst::new();
+    b.push(dataplane::buf::PacketBuf::from_frame(PortId::Uplink, frame));
+    port.tx_burst(&mut b, &mut pool);
+    port.flush();
+}
+
+#[test]
+fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
+    if !netns::is_root() {
+        eprintln!("skipped: needs root for network namespaces");
+        return;
+    }
+    let ns = Netns::new(&format!("t-daemon-{}", std::process::id())).unwrap();
+    for (a, b) in [("up0", "upc"), ("tk0", "tkc")] {
+        ns.ip(&["link", "add", "name", a, "type", "veth", "peer", "name", b]).unwrap();
+        ns.ip(&["link", "set", a, "up"]).unwrap();
+        ns.ip(&["link", "set", b, "up"]).unwrap();
+    }
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
+    let dir = PathBuf::from(format!("/tmp/{}", ns.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let up_mac = mac_of(&ns, "up0");
+    let tk_mac = mac_of(&ns, "tk0");
+    let task_mac = mac_of(&ns, "tkc");
+
+    let meshd = start(&ns, &dir);
+    let mut endpoints = BTreeMap::new();
+    endpoints.insert("n1".to_string(), ENDPOINT);
+    send(
+        &dir,
+        Command::NetworkCreate {
+            network: Network {
+                name: "ingress".into(),
+                vni: INGRESS_VNI,
+                subnet: "10.0.0.0/24".parse().unwrap(),
+                gateway: Ipv4Addr::new(10, 0, 0, 1),
+                ingress: true,
+                endpoints,
+            },
+        },
+    );
+    let mut web = Service::new("web");
+    web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+    web.tasks.push(Task {
+        name: "web.1".into(),
+        node: "n1".into(),
+        addresses: vec![TaskAddress { network: "ingress".into(), addr: TASK }],
+        state: TaskState::Running,
+        weight: 1,
+    });
+    let generation = send(&dir, Command::ServiceCreate { service: web }).generation;
+
+    // The far ends, opened from a thread inside the namespace: one socket each to receive and
+    // one to send (a port does not see what its own interface sends).
+    let ns_name = ns.name.clone();
+    let handle = std::thread::spawn(move || {
+        netns::enter(&ns_name).unwrap();
+        let cfg = |port| AfPacketConfig { port, ..AfPacketConfig::default() };
+        let mut client = AfPacketPort::open("upc", &cfg(PortId::Uplink)).unwrap();
+        let mut client_tx = AfPacketPort::open("upc", &cfg(PortId::Uplink)).unwrap();
+        let mut task = AfPacketPort::open("tkc", &cfg(PortId::Tasks)).unwrap();
+        let mut task_tx = AfPacketPort::open("tkc", &cfg(PortId::Tasks)).unwrap();
+
+        // ARP for the node's address is answered by meshd with the uplink's MAC.
+        let arp = testkit::arp_request(CLIENT_MAC, CLIENT, NODE);
+        let reply = expect(&mut client, Duration::from_secs(5), || tx(&mut client_tx, &arp), |f| {
+            testkit::parse_arp(f).is_some_and(|a| !a.request && a.sender_ip == NODE)
+        });
+        assert_eq!(testkit::parse_arp(&reply).unwrap().sender_mac, up_mac);
+
+        // A SYN to the published port comes out on the tasks side, DNAT'ed and masqueraded;
+        // the task answers meshd's ARP for its address on the way.
+        let syn = testkit::tcp_frame(CLIENT_MAC, up_mac, CLIENT, 40000, NODE, 8080, tcp_flags::SYN, 1000, 0, &[]);
+        let got = expect(&mut task, Duration::from_secs(10), || tx(&mut client_tx, &syn), |f| {
+            if let Some(a) = testkit::parse_arp(f) {
+                if a.request && a.target_ip == TASK {
+                    tx(&mut task_tx, &testkit::arp_reply(task_mac, TASK, a.sender_mac, a.sender_ip));
+                }
+                return false;
+            }
+            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dst == TASK && t.dport == 80)
+        });
+        let t = testkit::parse_ipv4_tcp(&got).unwrap();
+        assert!(t.has(tcp_flags::SYN));
+        assert_eq!(t.src, ENDPOINT, "masqueraded to the node's ingress endpoint");
+        assert_eq!(&got[0..6], &task_mac);
+
+        // The task's SYN-ACK goes back to the client from node:8080.
+        let synack =
+            testkit::tcp_frame(task_mac, tk_mac, TASK, 80, ENDPOINT, t.sport, tcp_flags::SYN | tcp_flags::ACK, 5000, 1001, &[]);
+        let back = expect(&mut client, Duration::from_secs(5), || tx(&mut task_tx, &synack), |f| {
+            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40000)
+        });
+        let b = testkit::parse_ipv4_tcp(&back).unwrap();
+        assert_eq!((b.src, b.sport, b.dst), (NODE, 8080, CLIENT));
+        assert!(b.has(tcp_flags::SYN) && b.has(tcp_flags::ACK));
+        assert_eq!(&back[0..6], &CLIENT_MAC);
+
+        // A port meshd does not publish is refused with a reset, as a host would.
+        let stray = testkit::tcp_frame(CLIENT_MAC, up_mac, CLIENT, 40001, NODE, 9999, tcp_flags::SYN, 7, 0, &[]);
+        let rst = expect(&mut client, Duration::from_secs(5), || tx(&mut client_tx, &stray), |f| {
+            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40001)
+        });
+        assert!(testkit::parse_ipv4_tcp(&rst).unwrap().has(tcp_flags::RST));
+        (client_tx, task, task_tx)
+    });
+    let (mut client_tx, mut task, mut task_tx) = handle.join().unwrap();
+
+    // SIGKILL: no chance to clean up. The restarted daemon has the same state and generation.
+    drop(meshd);
+    let meshd = start(&ns, &dir);
+    let ls = send(&dir, Command::ServiceLs {});
+    assert_eq!(ls.generation, generation);
+    assert_eq!(ls.result[0]["name"], "web");
+    let syn = testkit::tcp_frame(CLIENT_MAC, up_mac, CLIENT, 40002, NODE, 8080, tcp_flags::SYN, 1000, 0, &[]);
+    std::thread::spawn(move || {
+        // The restarted meshd has to learn the task's MAC again.
+        let got = expect(&mut task, Duration::from_secs(10), || tx(&mut client_tx, &syn), |f| {
+            if let Some(a) = testkit::parse_arp(f) {
+                if a.request && a.target_ip == TASK {
+                    tx(&mut task_tx, &testkit::arp_reply(task_mac, TASK, a.sender_mac, a.sender_ip));
+                }
+                return false;
+            }
+            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dst == TASK && t.sport != 0)
+        });
+        assert!(testkit::parse_ipv4_tcp(&got).unwrap().has(tcp_flags::SYN));
+    })
+    .join()
+    .unwrap();
+    drop(meshd);
+    let _ = std::fs::remove_dir_all(&dir);
+}
