@@ -1,4 +1,96 @@
+//! `bench`: throughput of meshd's pipeline, measured in memory on one core.
+
+use clap::{Parser, Subcommand};
+
+use bench::scenarios::{measure, Kind, Measured};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Measure meshd's packet pipeline",
+    after_help = "EXAMPLES:\n  cargo run --release -p bench -- pipeline           # the table in the README\n  cargo run --release -p bench -- pipeline --json    # the same as JSON\n  cargo run --release -p bench -- pipeline --quick   # a few seconds, for CI"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Packets per second through the in-memory pipeline on one core: established ingress flows
+    /// (1K, 64K, 1M flows), a new-flow storm, the VIP path and the decapsulation path. 64-byte
+    /// frames, copied into the buffer per packet as a NIC ring would deliver them.
+    Pipeline {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Small flow counts and few packets: checks the harness in seconds, numbers not comparable.
+        #[arg(long)]
+        quick: bool,
+        /// Runs per scenario; the best is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Only scenarios whose name contains this (e.g. "ingress", "storm", "VIP", "decap").
+        #[arg(long)]
+        only: Option<String>,
+        /// Only this flow count for the established ingress scenario.
+        #[arg(long)]
+        flows: Option<usize>,
+    },
+}
+
 fn main() {
-    eprintln!("bench: not implemented yet");
-    std::process::exit(2);
+    let args = Args::parse();
+    match args.cmd {
+        Cmd::Pipeline { json, quick, repeats, only, flows: only_flows } => {
+            let (packets, sizes, storm): (usize, [usize; 3], usize) =
+                if quick { (200_000, [1 << 10, 1 << 12, 1 << 14], 100_000) } else { (20_000_000, [1 << 10, 1 << 16, 1 << 20], 2_000_000) };
+            let mut rows: Vec<Measured> = Vec::new();
+            let plan = [
+                (Kind::Ingress, sizes[0]),
+                (Kind::Ingress, sizes[1]),
+                (Kind::Ingress, sizes[2]),
+                (Kind::NewFlows, storm),
+                (Kind::Vip, sizes[1].min(64_000)),
+                (Kind::Decap, sizes[1]),
+            ];
+            for (kind, flows) in plan {
+                if only.as_ref().is_some_and(|o| !kind.name().contains(o.as_str())) {
+                    continue;
+                }
+                if only_flows.is_some_and(|f| kind == Kind::Ingress && f != flows) {
+                    continue;
+                }
+                if !json {
+                    eprintln!("running {} with {} flows ...", kind.name(), flows);
+                }
+                rows.push(measure(kind, flows, packets, repeats));
+            }
+            if json {
+                match serde_json::to_string_pretty(&rows) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("bench: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            } else {
+                println!("{:<22} {:>9} {:>10} {:>9} {:>10}", "scenario", "flows", "Mpps", "ns/pkt", "forwarded");
+                for r in &rows {
+                    println!(
+                        "{:<22} {:>9} {:>10.2} {:>9.1} {:>9.1}%",
+                        r.scenario,
+                        r.flows,
+                        r.mpps,
+                        r.ns_per_packet,
+                        100.0 * r.forwarded as f64 / r.packets as f64
+                    );
+                }
+            }
+            if rows.iter().any(|r| r.forwarded < r.packets) {
+                eprintln!("bench: some packets were not forwarded; the numbers above do not measure the intended path");
+                std::process::exit(1);
+            }
+        }
+    }
 }

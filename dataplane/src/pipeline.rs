@@ -30,7 +30,9 @@ use crate::flow::{self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, 
 use crate::neigh::Neighbors;
 use crate::port::{Burst, BURST};
 use crate::stats::{DropReason, WorkerStats};
-use crate::wire::checksum::{self, update16};
+use crate::nat::{self, be16, dec_ttl, put16, put32};
+use crate::overlay::{self, entropy_port, Tunnel};
+use crate::wire::checksum;
 use crate::wire::vxlan;
 
 /// What happens to a frame after the pipeline.
@@ -79,11 +81,9 @@ impl Default for Config {
 
 const ETH: usize = 14;
 const IPV4: usize = 20;
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+const TCP: u8 = nat::TCP;
+const UDP: u8 = nat::UDP;
 const ICMP: u8 = 1;
-/// Largest inner frame forwarded (Ethernet header + 1500-byte MTU).
-const MAX_FRAME: usize = 1514;
 
 /// The parsed headers of an IPv4 frame; offsets are within the frame.
 #[derive(Debug, Clone, Copy)]
@@ -112,21 +112,6 @@ impl L3 {
 }
 
 #[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
-#[inline]
-fn put16(b: &mut [u8], at: usize, v: u16) {
-    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
-fn put32(b: &mut [u8], at: usize, v: u32) {
-    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
 fn addr(v: u32) -> Ipv4Address {
     Ipv4Address::from(v.to_be_bytes())
 }
@@ -138,42 +123,59 @@ fn ipkey(a: Ipv4Address) -> u32 {
 
 /// Checks the IPv4 header at `off` (and the TCP/UDP header after it) and reads what the fast
 /// path needs. Every drop reason of the IPv4 and L4 layers comes from here.
+///
+/// The same checks as smoltcp's `Ipv4Packet::check_len`/`TcpPacket::check_len`, written out so
+/// they cost a few compares, and checksums verified with a 32-bit-word sum; the fields are then
+/// read through smoltcp's views.
 #[inline]
 fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReason> {
     let Some(bytes) = frame.get(off..) else { return Err(DropReason::Truncated) };
-    let ip = Ipv4Packet::new_checked(bytes).map_err(|_| {
-        if bytes.len() < IPV4 {
-            DropReason::Truncated
-        } else {
-            DropReason::BadIpv4Header
-        }
-    })?;
-    if ip.version() != 4 {
+    if bytes.len() < IPV4 {
+        return Err(DropReason::Truncated);
+    }
+    //= https://www.rfc-editor.org/rfc/rfc791#section-3.1
+    //# Version:  4 bits [...] IHL:  4 bits  Internet Header Length is the length of the internet
+    //# header in 32 bit words
+    let vihl = bytes[0];
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
         return Err(DropReason::BadIpv4Header);
     }
-    if ip.header_len() as usize != IPV4 {
+    if vihl & 0x0f != 5 {
         return Err(DropReason::Ipv4Options);
     }
-    if !ip.verify_checksum() {
+    let total = usize::from(be16(bytes, 2));
+    if total < IPV4 || total > bytes.len() {
+        return Err(DropReason::BadIpv4Header);
+    }
+    if !checksum::verify(0, &bytes[..IPV4]) {
         return Err(DropReason::BadIpChecksum);
     }
-    if ip.more_frags() || ip.frag_offset() != 0 {
+    // More-fragments flag or a fragment offset.
+    if be16(bytes, 6) & 0x3fff != 0 {
         return Err(DropReason::Fragment);
     }
-    if ip.hop_limit() <= 1 {
+    if bytes[8] <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    let src = ip.src_addr();
-    let dst = ip.dst_addr();
-    let proto = u8::from(ip.next_header());
-    let total = usize::from(ip.total_len());
+    let ip = Ipv4Packet::new_unchecked(&bytes[..total]);
+    let src = ipkey(ip.src_addr());
+    let dst = ipkey(ip.dst_addr());
+    let proto = bytes[9];
     let l4 = off + IPV4;
-    let payload = &bytes[IPV4..total];
-    let mut out = L3 { proto, src: ipkey(src), dst: ipkey(dst), sport: 0, dport: 0, flags: 0, ack: 0, l4 };
+    let payload = ip.payload();
+    let mut out = L3 { proto, src, dst, sport: 0, dport: 0, flags: 0, ack: 0, l4 };
+    let pseudo = || checksum::pseudo_v4(src, dst, proto, payload.len() as u16);
     match proto {
         TCP => {
-            let t = TcpPacket::new_checked(payload).map_err(|_| DropReason::BadL4Header)?;
-            if verify_l4 && !t.verify_checksum(&src.into(), &dst.into()) {
+            if payload.len() < 20 {
+                return Err(DropReason::BadL4Header);
+            }
+            let t = TcpPacket::new_unchecked(payload);
+            let doff = usize::from(t.header_len());
+            if doff < 20 || doff > payload.len() {
+                return Err(DropReason::BadL4Header);
+            }
+            if verify_l4 && !checksum::verify(pseudo(), payload) {
                 return Err(DropReason::BadL4Checksum);
             }
             out.sport = t.src_port();
@@ -182,11 +184,17 @@ fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReaso
             out.ack = t.ack_number().0 as u32;
         }
         UDP => {
-            let u = UdpPacket::new_checked(payload).map_err(|_| DropReason::BadL4Header)?;
+            if payload.len() < 8 {
+                return Err(DropReason::BadL4Header);
+            }
+            let u = UdpPacket::new_unchecked(payload);
             if usize::from(u.len()) != payload.len() {
                 return Err(DropReason::BadL4Header);
             }
-            if verify_l4 && u.checksum() != 0 && !u.verify_checksum(&src.into(), &dst.into()) {
+            //= https://www.rfc-editor.org/rfc/rfc768
+            //# An all zero transmitted checksum value means that the transmitter generated no
+            //# checksum
+            if verify_l4 && u.checksum() != 0 && !checksum::verify(pseudo(), payload) {
                 return Err(DropReason::BadL4Checksum);
             }
             out.sport = u.src_port();
@@ -198,67 +206,30 @@ fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReaso
     Ok(out)
 }
 
-/// Decrements the TTL of the IPv4 header at `off`, fixing its checksum (RFC 1624).
+/// The flow key a frame most likely looks up (its own 5-tuple, or its inner one for VXLAN),
+/// read without validation: only used to prefetch.
 #[inline]
-fn dec_ttl(f: &mut [u8], off: usize) {
-    let old = be16(f, off + 8);
-    let new = old.wrapping_sub(0x0100);
-    f[off + 8] = (new >> 8) as u8;
-    let c = update16(be16(f, off + 10), old, new);
-    put16(f, off + 10, c);
-}
-
-/// Rewrites the addresses and ports of the IPv4 packet at `ip` per `a`, with incremental
-/// checksum updates, and decrements its TTL.
-#[inline]
-fn rewrite(f: &mut [u8], ip: usize, l3: &L3, a: &Action) {
-    put32(f, ip + 12, a.src);
-    put32(f, ip + 16, a.dst);
-    let c = a.ip_delta.apply(be16(f, ip + 10));
-    put16(f, ip + 10, c);
-    dec_ttl(f, ip);
-    match l3.proto {
-        TCP => {
-            put16(f, l3.l4, a.sport);
-            put16(f, l3.l4 + 2, a.dport);
-            let c = a.l4_delta.apply(be16(f, l3.l4 + 16));
-            put16(f, l3.l4 + 16, c);
+fn peek_key(f: &[u8]) -> Option<FlowKey> {
+    let mut off = ETH;
+    for _ in 0..2 {
+        if f.len() < off + IPV4 + 4 || be16(f, off - 2) != 0x0800 || f[off] != 0x45 {
+            return None;
         }
-        UDP => {
-            put16(f, l3.l4, a.sport);
-            put16(f, l3.l4 + 2, a.dport);
-            let c = checksum::apply_udp(a.l4_delta, be16(f, l3.l4 + 6));
-            put16(f, l3.l4 + 6, c);
+        let proto = f[off + 9];
+        if proto != TCP && proto != UDP {
+            return None;
         }
-        _ => {}
-    }
-}
-
-/// Ones-complement checksum of an IPv4 header (RFC 791).
-#[inline]
-fn ipv4_header_checksum(h: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for i in (0..IPV4).step_by(2) {
-        if i != 10 {
-            sum += u32::from(be16(h, i));
+        let l4 = off + IPV4;
+        let dport = be16(f, l4 + 2);
+        if proto == UDP && dport == vxlan::UDP_PORT {
+            off += vxlan::ENCAP_LEN;
+            continue;
         }
+        let src = u32::from_be_bytes([f[off + 12], f[off + 13], f[off + 14], f[off + 15]]);
+        let dst = u32::from_be_bytes([f[off + 16], f[off + 17], f[off + 18], f[off + 19]]);
+        return Some(FlowKey::new(proto, src, be16(f, l4), dst, dport));
     }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A flow's outer UDP source port: from the inner flow's hash, in the dynamic range, so the
-/// underlay's ECMP/RSS spreads flows (RFC 7348 §5).
-#[inline]
-fn entropy_port(key: &FlowKey) -> u16 {
-    //= https://www.rfc-editor.org/rfc/rfc7348#section-5
-    //# Source Port: It is recommended that the UDP source port number
-    //# be calculated using a hash of fields from the inner packet [...]
-    //# it is RECOMMENDED that the UDP source port range be the dynamic
-    //# range 49152-65535
-    49152 | (key.hash() as u16 & 0x3fff)
+    None
 }
 
 /// The per-worker pipeline state.
@@ -280,6 +251,8 @@ pub struct Pipeline {
     arp_sent: [(u32, u32); 16],
     /// Resets towards clients of ended flows, waiting for buffers.
     resets: ArrayVec<Flow, 64>,
+    /// The flow key and hash the prefetch pass computed for the frame being processed.
+    hint: (FlowKey, u64),
 }
 
 impl Pipeline {
@@ -298,6 +271,17 @@ impl Pipeline {
             want_arp: ArrayVec::new(),
             arp_sent: [(0, 0); 16],
             resets: ArrayVec::new(),
+            hint: (FlowKey::default(), 0),
+        }
+    }
+
+    /// `key`'s hash, from the prefetch pass when it computed it already.
+    #[inline]
+    fn hash_of(&self, key: &FlowKey) -> u64 {
+        if self.hint.0 == *key && self.hint.1 != 0 {
+            self.hint.1
+        } else {
+            key.hash()
         }
     }
 
@@ -343,7 +327,23 @@ impl Pipeline {
         }
         let now = now_ms as u32;
         verdicts.clear();
-        for buf in burst.iter_mut() {
+        // Memory-level parallelism: start fetching every frame's flow slot, then every flow,
+        // before working on the first frame (a table of a million flows does not fit in cache).
+        let mut keys = [(FlowKey::default(), 0u64); BURST];
+        for (k, buf) in keys.iter_mut().zip(burst.iter()) {
+            if let Some(key) = peek_key(buf.data()) {
+                let h = key.hash();
+                self.flows.prefetch(h);
+                *k = (key, h);
+            }
+        }
+        for (key, h) in keys.iter().take(burst.len()) {
+            if *h != 0 {
+                self.flows.prefetch_flow(key, *h);
+            }
+        }
+        for (i, buf) in burst.iter_mut().enumerate() {
+            self.hint = keys[i];
             self.stats.rx += 1;
             let v = match self.one(table, now, buf) {
                 Ok(v) => v,
@@ -489,7 +489,7 @@ impl Pipeline {
             return Ok(Verdict::Handoff(owner));
         }
         let key = l3.key();
-        let hash = key.hash();
+        let hash = self.hash_of(&key);
         if let Some((id, dir)) = self.flows.lookup(&key, hash) {
             return self.forward(t, now, buf, &l3, id, dir);
         }
@@ -588,7 +588,7 @@ impl Pipeline {
             }
         }
         let a = fl.actions[dir as usize];
-        rewrite(buf.data_mut(), ETH, l3, &a);
+        nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
         self.send(t, now, buf, a.dst, a.egress)
     }
 
@@ -622,48 +622,26 @@ impl Pipeline {
         }
     }
 
-    /// Prepends outer Ethernet/IPv4/UDP/VXLAN headers in the headroom (RFC 7348 §5).
+    /// Encapsulates towards a peer's VTEP (RFC 7348 §5).
     #[allow(clippy::too_many_arguments)]
+    #[inline]
     fn encap(&mut self, t: &ServiceTable, buf: &mut PacketBuf, vtep: u32, port: u16, vni: u32, sport: u16, mac: [u8; 6]) -> Result<Verdict, DropReason> {
-        let inner = buf.len();
-        if inner > MAX_FRAME {
-            return Err(DropReason::TooBig);
-        }
         {
             // The inner Ethernet header: the receiving meshd rewrites it on delivery.
             let f = buf.data_mut();
             f[0..6].copy_from_slice(&[0; 6]);
             f[6..12].copy_from_slice(&self.cfg.tasks_mac);
         }
-        let me = t.node(t.local);
-        let local_vtep = ipkey(me.vtep);
-        let uplink_mac = self.cfg.uplink_mac;
-        let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else { return Err(DropReason::NoHeadroom) };
-        f[0..6].copy_from_slice(&mac);
-        f[6..12].copy_from_slice(&uplink_mac);
-        put16(f, 12, 0x0800);
-        let ip = &mut f[ETH..ETH + IPV4];
-        ip[0] = 0x45;
-        ip[1] = 0;
-        put16(ip, 2, (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u16);
-        put16(ip, 4, 0);
-        put16(ip, 6, 0x4000);
-        ip[8] = 64;
-        ip[9] = UDP;
-        put32(ip, 12, local_vtep);
-        put32(ip, 16, vtep);
-        let c = ipv4_header_checksum(ip);
-        put16(ip, 10, c);
-        let u = ETH + IPV4;
-        put16(f, u, sport);
-        put16(f, u + 2, port);
-        put16(f, u + 4, (8 + vxlan::HEADER_LEN + inner) as u16);
-        //= https://www.rfc-editor.org/rfc/rfc7348#section-5
-        //# UDP Checksum: It SHOULD be transmitted as zero.
-        put16(f, u + 6, 0);
-        let v = u + 8;
-        put32(f, v, u32::from(vxlan::FLAG_I) << 24);
-        put32(f, v + 4, vni << 8);
+        let tunnel = Tunnel {
+            src_mac: self.cfg.uplink_mac,
+            dst_mac: mac,
+            src: ipkey(t.node(t.local).vtep),
+            dst: vtep,
+            sport,
+            dport: port,
+            vni,
+        };
+        overlay::encap(buf, &tunnel)?;
         Ok(Verdict::Tx(PortId::Uplink))
     }
 
@@ -674,9 +652,7 @@ impl Pipeline {
         let Some(peer) = t.peer(addr(outer.src)) else { return Err(DropReason::UnknownVtep) };
         let (vni, smac) = {
             let f = buf.data();
-            let v = vxlan::Packet::new_checked(&f[outer.l4 + 8..]).map_err(|_| DropReason::Truncated)?;
-            let r = vxlan::Repr::parse(&v).map_err(|_| DropReason::BadVxlan)?;
-            (r.vni, EthernetFrame::new_unchecked(f).src_addr().0)
+            (overlay::vni(f, outer.l4)?, EthernetFrame::new_unchecked(f).src_addr().0)
         };
         self.neigh.learn(outer.src, smac);
         let Some(net) = t.network_by_vni(vni) else { return Err(DropReason::UnknownVni) };
@@ -718,7 +694,7 @@ impl Pipeline {
                     return Ok(v);
                 }
                 let key = l3.key();
-                if let Some((id, dir)) = self.flows.lookup(&key, key.hash()) {
+                if let Some((id, dir)) = self.flows.lookup(&key, self.hash_of(&key)) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
                 if outside {
@@ -767,7 +743,7 @@ impl Pipeline {
             return otherwise;
         }
         let key = l3.key();
-        match self.flows.lookup(&key, key.hash()) {
+        match self.flows.lookup(&key, self.hash_of(&key)) {
             Some((id, dir)) => self.forward(t, now, buf, l3, id, dir),
             None => otherwise,
         }
@@ -803,7 +779,7 @@ impl Pipeline {
                     return Ok(v);
                 }
                 let key = l3.key();
-                let hash = key.hash();
+                let hash = self.hash_of(&key);
                 if let Some((id, dir)) = self.flows.lookup(&key, hash) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
@@ -837,7 +813,7 @@ impl Pipeline {
                         return Ok(v);
                     }
                     let key = l3.key();
-                    if let Some((id, dir)) = self.flows.lookup(&key, key.hash()) {
+                    if let Some((id, dir)) = self.flows.lookup(&key, self.hash_of(&key)) {
                         return self.forward(t, now, buf, &l3, id, dir);
                     }
                 }
@@ -930,7 +906,7 @@ impl Pipeline {
         frame[ip + 9] = TCP;
         put32(&mut frame, ip + 12, rev.src);
         put32(&mut frame, ip + 16, rev.dst);
-        let c = ipv4_header_checksum(&frame[ip..ip + IPV4]);
+        let c = overlay::ipv4_header_checksum(&frame[ip..ip + IPV4]);
         put16(&mut frame, ip + 10, c);
         let tcp = ip + IPV4;
         put16(&mut frame, tcp, rev.sport);
@@ -1056,11 +1032,11 @@ mod tests {
             let l3 = parse_ipv4(&f, ETH, true).unwrap();
             let key = l3.key();
             let a = Action::new(&key, nsrc, nsport, ndst, ndport, Egress::Tasks);
-            rewrite(&mut f, ETH, &l3, &a);
+            nat::rewrite(&mut f, ETH, l3.l4, l3.proto, &a);
             let l3b = parse_ipv4(&f, ETH, true).expect("checksums valid after translation");
             prop_assert_eq!(l3b.key(), a.result_key(key.proto));
             let back = Action::new(&l3b.key(), src, sport, dst, dport, Egress::Tasks);
-            rewrite(&mut f, ETH, &l3b, &back);
+            nat::rewrite(&mut f, ETH, l3b.l4, l3b.proto, &back);
             // Restored but for the TTL, which each hop decrements (and the header checksum with it).
             let l3c = parse_ipv4(&f, ETH, true).expect("checksums valid after reversal");
             prop_assert_eq!(l3c.key(), key);
@@ -1102,7 +1078,7 @@ mod tests {
             f[ETH + 9] = proto;
             put16(&mut f, ETH + 2, (IPV4 + tail.len()) as u16);
             put16(&mut f, ETH + 10, 0);
-            let c = ipv4_header_checksum(&f[ETH..ETH + IPV4]);
+            let c = overlay::ipv4_header_checksum(&f[ETH..ETH + IPV4]);
             put16(&mut f, ETH + 10, c);
             let mut burst = Burst::new();
             burst.push(PacketBuf::from_frame(if up { PortId::Uplink } else { PortId::Tasks }, &f));
@@ -1137,7 +1113,7 @@ mod tests {
         cases.push((f, DropReason::BadIpChecksum));
         let fix = |f: &mut Vec<u8>| {
             put16(f, ETH + 10, 0);
-            let c = ipv4_header_checksum(&f[ETH..ETH + IPV4]);
+            let c = overlay::ipv4_header_checksum(&f[ETH..ETH + IPV4]);
             put16(f, ETH + 10, c);
         };
         let mut f = good.clone();

@@ -264,6 +264,17 @@ impl FlowTable {
         crate::prefetch::read(&self.slots[(hash as usize) & self.mask]);
     }
 
+    /// Hints the CPU to fetch flow `key`'s state, when its slot (prefetched earlier) names one.
+    #[inline]
+    pub fn prefetch_flow(&self, key: &FlowKey, hash: u64) {
+        let s = &self.slots[(hash as usize) & self.mask];
+        if s.val != EMPTY && s.key == *key {
+            let f = &self.flows[(s.val >> 1) as usize];
+            crate::prefetch::read(f);
+            crate::prefetch::read(&f.actions[1]);
+        }
+    }
+
     #[inline]
     fn find_slot(&self, key: &FlowKey, hash: u64) -> Option<usize> {
         let mut i = (hash as usize) & self.mask;

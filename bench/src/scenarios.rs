@@ -1,0 +1,318 @@
+//! In-memory pipeline scenarios: a node `n1` of a three-node mesh, with its flow table warmed,
+//! fed prebuilt 64-byte frames. Shared by the `bench pipeline` command and the criterion
+//! benches, so both measure the same thing.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ctl::model::*;
+use dataplane::balance::ServiceTable;
+use dataplane::buf::{PacketBuf, PortId};
+use dataplane::neigh::Neighbors;
+use dataplane::pipeline::{Config, Pipeline, Verdict, Verdicts};
+use dataplane::port::{Burst, BURST};
+use dataplane::testkit::{self, tcp_flags, Mac};
+
+pub const UPLINK_MAC: Mac = [0x02, 0, 0, 0, 1, 1];
+pub const TASKS_MAC: Mac = [0x02, 0, 0, 0, 2, 1];
+const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 9, 9];
+const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 11);
+const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 12);
+const N3: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 13);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+const CLI_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 50);
+const API_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
+/// Every frame is padded to this (a 64-byte Ethernet frame less its FCS).
+pub const FRAME: usize = 60;
+
+/// The mesh the scenarios run in: `web` (8080→80, VIP 10.0.1.2) with tasks on n2 and n3, a
+/// client task `cli.1` on n1, and `api` (9090→80) with a task on n1.
+pub fn state() -> State {
+    let node = |name: &str, addr: Ipv4Addr| Node { name: name.into(), addr, vtep: None, vtep_port: VXLAN_PORT, availability: Availability::Active };
+    let mut endpoints = BTreeMap::new();
+    endpoints.insert("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2));
+    endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
+    endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
+    let ingress = Network {
+        name: "ingress".into(),
+        vni: INGRESS_VNI,
+        subnet: "10.0.0.0/24".parse().expect("constant"),
+        gateway: Ipv4Addr::new(10, 0, 0, 1),
+        ingress: true,
+        endpoints,
+    };
+    let app = Network {
+        name: "appnet".into(),
+        vni: 4097,
+        subnet: "10.0.1.0/24".parse().expect("constant"),
+        gateway: Ipv4Addr::new(10, 0, 1, 1),
+        ingress: false,
+        endpoints: BTreeMap::new(),
+    };
+    let task = |name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]| Task {
+        name: name.into(),
+        node: node.into(),
+        addresses: addrs.iter().map(|(n, a)| TaskAddress { network: (*n).into(), addr: *a }).collect(),
+        state: TaskState::Running,
+        weight: 1,
+    };
+    let mut web = Service::new("web");
+    web.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(VIP) });
+    web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+    // 32 tasks, half on n2 and half on n3: masquerading to n1's one endpoint address leaves about
+    // 64K source ports per task, so a million flows need at least 16 tasks (as with Swarm).
+    for i in 0..32u8 {
+        let node = if i % 2 == 0 { "n2" } else { "n3" };
+        web.tasks.push(task(
+            &format!("web.{}", i + 1),
+            node,
+            &[("ingress", Ipv4Addr::new(10, 0, 0, 100 + i)), ("appnet", Ipv4Addr::new(10, 0, 1, 100 + i))],
+        ));
+    }
+    let mut cli = Service::new("cli");
+    cli.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 3)) });
+    cli.tasks.push(task("cli.1", "n1", &[("appnet", CLI_TASK)]));
+    let mut api = Service::new("api");
+    api.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 9090, target: 80, mode: PublishMode::Ingress });
+    api.tasks.push(task("api.1", "n1", &[("ingress", API_TASK)]));
+    State { nodes: vec![node("n1", N1), node("n2", N2), node("n3", N3)], networks: vec![ingress, app], services: vec![web, cli, api] }
+}
+
+/// What a scenario feeds the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Established client flows to a published port, balanced to remote tasks (DNAT,
+    /// masquerade, VXLAN encapsulation).
+    Ingress,
+    /// A new flow per packet: SYNs from distinct clients (schedule, insert, translate, encap).
+    NewFlows,
+    /// Established flows from a local task to a service VIP (DNAT, encapsulation).
+    Vip,
+    /// VXLAN from a peer to a local task (check, decapsulate, deliver).
+    Decap,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Ingress => "established ingress",
+            Kind::NewFlows => "new-flow storm",
+            Kind::Vip => "VIP (task to VIP)",
+            Kind::Decap => "decapsulation",
+        }
+    }
+}
+
+/// A ready-to-run scenario: the pipeline with its flows in place and the frames to replay.
+pub struct Scenario {
+    pub kind: Kind,
+    pub flows: usize,
+    pub table: ServiceTable,
+    pub pipeline: Pipeline,
+    /// One frame per flow, back to back, replayed in order.
+    frames: Vec<u8>,
+    port: PortId,
+    now: u64,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario").field("kind", &self.kind).field("flows", &self.flows).finish()
+    }
+}
+
+fn client(i: usize) -> (Ipv4Addr, u16) {
+    let ip = 0xac10_0000u32 + (i / 50_000) as u32;
+    (Ipv4Addr::from(ip), 10_000 + (i % 50_000) as u16)
+}
+
+fn pad(mut f: Vec<u8>) -> Vec<u8> {
+    f.resize(FRAME.max(f.len()), 0);
+    f.truncate(FRAME.max(f.len()));
+    f
+}
+
+/// A deterministic shuffle (xorshift), so runs replay the same order.
+fn shuffled(n: usize) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n as u32).collect();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in (1..n).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+impl Scenario {
+    /// Builds the scenario and, for established kinds, opens every flow first.
+    pub fn new(kind: Kind, flows: usize) -> Scenario {
+        let table = match ServiceTable::build(&state(), "n1", 1) {
+            Ok(t) => t,
+            Err(e) => panic!("the bench state is valid: {e}"),
+        };
+        let neigh = Arc::new(Neighbors::new(1024));
+        neigh.learn(u32::from(N2), [0x02, 0, 0, 0, 1, 2]);
+        neigh.learn(u32::from(N3), [0x02, 0, 0, 0, 1, 3]);
+        neigh.learn(u32::from(API_TASK), [0x02, 0, 0, 0, 3, 1]);
+        neigh.learn(u32::from(CLI_TASK), [0x02, 0, 0, 0, 3, 2]);
+        let cfg = Config {
+            uplink_mac: UPLINK_MAC,
+            tasks_mac: TASKS_MAC,
+            flow_capacity: flows.max(1024),
+            ..Config::default()
+        };
+        let pipeline = Pipeline::new(cfg, neigh);
+        let port = match kind {
+            Kind::Ingress | Kind::NewFlows | Kind::Decap => PortId::Uplink,
+            Kind::Vip => PortId::Tasks,
+        };
+        let frame = |i: usize, flags: u8| -> Vec<u8> {
+            match kind {
+                Kind::Ingress | Kind::NewFlows => {
+                    let (ip, port) = client(i);
+                    testkit::tcp_frame(CLIENT_MAC, UPLINK_MAC, ip, port, N1, 8080, flags, 1000, 1, &[])
+                }
+                Kind::Vip => {
+                    // One client task, one flow per source port.
+                    let port = 1024 + (i % 64_000) as u16;
+                    testkit::tcp_frame([0x02, 0, 0, 0, 3, 2], TASKS_MAC, CLI_TASK, port, VIP, 80, flags, 1000, 1, &[])
+                }
+                Kind::Decap => {
+                    let (_, port) = client(i);
+                    let inner = testkit::tcp_frame(
+                        [0; 6],
+                        [0; 6],
+                        Ipv4Addr::new(10, 0, 0, 3),
+                        port,
+                        API_TASK,
+                        80,
+                        tcp_flags::ACK,
+                        1000,
+                        1,
+                        &[],
+                    );
+                    testkit::vxlan_frame([0x02, 0, 0, 0, 1, 2], UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &inner)
+                }
+            }
+        };
+        let vip_max = 64_000;
+        let flows = if kind == Kind::Vip { flows.min(vip_max) } else { flows };
+        let mut s = Scenario { kind, flows, table, pipeline, frames: Vec::new(), port, now: 1 };
+        let stride = match kind {
+            Kind::Decap => 128,
+            _ => FRAME,
+        };
+        // Frames are laid out in the order they are replayed, like a NIC's receive ring; which
+        // flow each belongs to is shuffled (established kinds), so flow state is hit at random.
+        let order = if kind == Kind::NewFlows { (0..flows as u32).collect() } else { shuffled(flows) };
+        let build = |flags: u8| {
+            let mut all = Vec::with_capacity(flows * stride);
+            for &i in &order {
+                let mut f = pad(frame(i as usize, flags));
+                f.resize(stride, 0);
+                all.extend_from_slice(&f);
+            }
+            all
+        };
+        if matches!(kind, Kind::Ingress | Kind::Vip) {
+            // Open every flow with a SYN first.
+            s.frames = build(tcp_flags::SYN);
+            s.stride_run(stride, flows);
+        }
+        let flags = match kind {
+            Kind::NewFlows => tcp_flags::SYN,
+            _ => tcp_flags::ACK,
+        };
+        s.frames = build(flags);
+        s
+    }
+
+    fn stride(&self) -> usize {
+        match self.kind {
+            Kind::Decap => 128,
+            _ => FRAME,
+        }
+    }
+
+    fn stride_run(&mut self, stride: usize, packets: usize) -> (usize, usize) {
+        let mut burst = Burst::new();
+        for _ in 0..BURST {
+            burst.push(PacketBuf::new());
+        }
+        let mut verdicts = Verdicts::new();
+        let mut done = 0;
+        let mut ok = 0;
+        let len = match self.kind {
+            Kind::Decap => testkit::ETH_LEN + 50 + 40,
+            _ => FRAME,
+        };
+        while done < packets {
+            let n = (packets - done).min(BURST);
+            while burst.len() < n {
+                burst.push(PacketBuf::new());
+            }
+            burst.truncate(n);
+            for (k, b) in burst.iter_mut().enumerate() {
+                let i = (done + k) % self.flows;
+                b.fill(&self.frames[i * stride..i * stride + len]);
+                b.port = self.port;
+            }
+            self.pipeline.process(&self.table, self.now, &mut burst, &mut verdicts);
+            ok += verdicts.iter().filter(|v| matches!(v, Verdict::Tx(_))).count();
+            done += n;
+        }
+        self.now += 1;
+        (done, ok)
+    }
+
+    /// Replays `packets` frames; returns how many the pipeline forwarded.
+    pub fn run(&mut self, packets: usize) -> usize {
+        let stride = self.stride();
+        self.stride_run(stride, packets).1
+    }
+
+    /// For the new-flow storm: a fresh pipeline state so every SYN is new again.
+    pub fn reset_flows(&mut self) {
+        let cfg = self.pipeline.cfg.clone();
+        let neigh = self.pipeline.neighbors().clone();
+        self.pipeline = Pipeline::new(cfg, neigh);
+    }
+}
+
+/// One measured line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measured {
+    pub scenario: &'static str,
+    pub flows: usize,
+    pub packets: usize,
+    pub forwarded: usize,
+    pub mpps: f64,
+    pub ns_per_packet: f64,
+}
+
+/// Runs `kind` with `flows` flows for about `packets` packets (best of `repeats` runs; the
+/// machine is shared and noisy, the best run is the one least disturbed).
+pub fn measure(kind: Kind, flows: usize, packets: usize, repeats: usize) -> Measured {
+    let mut s = Scenario::new(kind, flows);
+    let packets = if kind == Kind::NewFlows { s.flows } else { packets };
+    // Warm-up pass.
+    if kind != Kind::NewFlows {
+        s.run(packets.min(s.flows * 2).max(BURST));
+    }
+    let mut best = f64::MAX;
+    let mut forwarded = 0;
+    for _ in 0..repeats.max(1) {
+        if kind == Kind::NewFlows {
+            s.reset_flows();
+        }
+        let t = Instant::now();
+        forwarded = s.run(packets);
+        let ns = t.elapsed().as_nanos() as f64 / packets as f64;
+        best = best.min(ns);
+    }
+    Measured { scenario: kind.name(), flows: s.flows, packets, forwarded, mpps: 1e3 / best, ns_per_packet: best }
+}

@@ -1,0 +1,125 @@
+//! The VXLAN overlay (RFC 7348): encapsulation in place, in the buffer's headroom, and the
+//! checks on receipt.
+
+use crate::buf::PacketBuf;
+use crate::flow::FlowKey;
+use crate::nat::{put16, put32, UDP};
+use crate::stats::DropReason;
+use crate::wire::checksum;
+use crate::wire::vxlan;
+
+const ETH: usize = 14;
+const IPV4: usize = 20;
+/// Largest inner frame carried (Ethernet header + a 1500-byte MTU).
+pub const MAX_INNER: usize = 1514;
+
+/// Where an encapsulated frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    /// Local and remote VTEP addresses (host byte order).
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub vni: u32,
+}
+
+/// A flow's outer UDP source port: from the inner flow's hash, in the dynamic range, so the
+/// underlay's ECMP/RSS spreads flows.
+#[inline]
+pub fn entropy_port(key: &FlowKey) -> u16 {
+    //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+    //# Source Port: It is recommended that the UDP source port number
+    //# be calculated using a hash of fields from the inner packet [...]
+    //# it is RECOMMENDED that the UDP source port range be the dynamic
+    //# range 49152-65535
+    49152 | (key.hash() as u16 & 0x3fff)
+}
+
+/// The ones-complement checksum of a 20-byte IPv4 header whose checksum field is zero.
+#[inline]
+pub fn ipv4_header_checksum(h: &[u8]) -> u16 {
+    !checksum::fold64(checksum::sum(&h[..IPV4]))
+}
+
+/// Prepends outer Ethernet, IPv4, UDP and VXLAN headers to the frame in `buf`, in place.
+#[inline]
+pub fn encap(buf: &mut PacketBuf, t: &Tunnel) -> Result<(), DropReason> {
+    let inner = buf.len();
+    if inner > MAX_INNER {
+        return Err(DropReason::TooBig);
+    }
+    let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else { return Err(DropReason::NoHeadroom) };
+    f[0..6].copy_from_slice(&t.dst_mac);
+    f[6..12].copy_from_slice(&t.src_mac);
+    put16(f, 12, 0x0800);
+    {
+        let ip = &mut f[ETH..ETH + IPV4];
+        // Version 4, IHL 5, no TOS; total length; id 0; don't fragment; TTL 64; UDP.
+        put32(ip, 0, 0x4500_0000 | (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u32);
+        put32(ip, 4, 0x0000_4000);
+        put32(ip, 8, (64 << 24) | (u32::from(UDP) << 16));
+        put32(ip, 12, t.src);
+        put32(ip, 16, t.dst);
+        let c = ipv4_header_checksum(ip);
+        put16(ip, 10, c);
+    }
+    let u = ETH + IPV4;
+    put16(f, u, t.sport);
+    put16(f, u + 2, t.dport);
+    put16(f, u + 4, (8 + vxlan::HEADER_LEN + inner) as u16);
+    //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+    //# UDP Checksum: It SHOULD be transmitted as zero.
+    put16(f, u + 6, 0);
+    put32(f, u + 8, u32::from(vxlan::FLAG_I) << 24);
+    put32(f, u + 12, t.vni << 8);
+    Ok(())
+}
+
+/// Reads the VNI of the VXLAN header after the outer UDP header at `l4`; fails on a short frame
+/// or a clear I flag (reserved bits are ignored, RFC 7348 §5).
+#[inline]
+pub fn vni(frame: &[u8], l4: usize) -> Result<u32, DropReason> {
+    let Some(rest) = frame.get(l4 + 8..) else { return Err(DropReason::Truncated) };
+    let v = vxlan::Packet::new_checked(rest).map_err(|_| DropReason::Truncated)?;
+    let r = vxlan::Repr::parse(&v).map_err(|_| DropReason::BadVxlan)?;
+    Ok(r.vni)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::PortId;
+    use smoltcp::wire::{Ipv4Packet, UdpPacket};
+
+    #[test]
+    fn encapsulation_writes_valid_outer_headers() {
+        let inner = [0xa5u8; 60];
+        let mut b = PacketBuf::from_frame(PortId::Tasks, &inner);
+        let t = Tunnel { src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2], src: 0xc0a8_010b, dst: 0xc0a8_010c, sport: 50000, dport: 4789, vni: 4096 };
+        encap(&mut b, &t).unwrap();
+        let f = b.data();
+        assert_eq!(f.len(), 110);
+        let ip = Ipv4Packet::new_checked(&f[ETH..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.total_len(), 96);
+        assert!(ip.dont_frag());
+        let u = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!((u.src_port(), u.dst_port(), u.len(), u.checksum()), (50000, 4789, 76, 0));
+        assert_eq!(vni(f, ETH + IPV4).unwrap(), 4096);
+        assert_eq!(&f[50..], &inner[..]);
+    }
+
+    #[test]
+    fn too_big_or_no_headroom_is_refused_and_leaves_the_frame() {
+        let mut b = PacketBuf::from_frame(PortId::Tasks, &[0u8; 1515]);
+        let t = Tunnel { src_mac: [0; 6], dst_mac: [0; 6], src: 0, dst: 0, sport: 0, dport: 0, vni: 1 };
+        assert_eq!(encap(&mut b, &t), Err(DropReason::TooBig));
+        assert_eq!(b.len(), 1515);
+        let mut b = PacketBuf::from_frame(PortId::Tasks, &[0u8; 60]);
+        let _ = b.prepend(crate::buf::HEADROOM);
+        assert_eq!(encap(&mut b, &t), Err(DropReason::NoHeadroom));
+    }
+}
