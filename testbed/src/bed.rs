@@ -1,0 +1,1530 @@
+//! One testbed instance: building the namespaces, starting meshd on each node, creating task
+//! namespaces with whoami, and registering services on every node through meshctl.
+//!
+//! The testbed keeps its own record (`/run/meshd-<instance>/testbed.json`) of what it made, so
+//! `testbed run`, `scale`, `status` and `down` work across invocations; meshd's state (networks,
+//! services, tasks) stays meshd's, read back through the control socket.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use ctl::model::{Availability, ClientIpMode, Protocol, PublishMode, PublishedPort, Service};
+use ctl::proto::Command;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::plan::{self, Plan};
+use crate::sys;
+
+/// Where the programs the testbed starts are.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub meshd: PathBuf,
+    pub meshctl: PathBuf,
+    /// This program: task namespaces run `testbed whoami`.
+    pub testbed: PathBuf,
+}
+
+impl Tools {
+    /// meshd and meshctl from `MESHD_BIN` / `MESHCTL_BIN`, else next to the running executable
+    /// (cargo puts all of a workspace's binaries in `target/<profile>/`).
+    pub fn find() -> Result<Tools> {
+        let exe =
+            std::env::current_exe().map_err(|e| Error::io("finding the testbed executable", e))?;
+        Tools::beside(&exe)
+    }
+
+    /// Like [`Tools::find`], with `testbed` being the testbed binary to run tasks with.
+    pub fn beside(testbed: &Path) -> Result<Tools> {
+        let dir = testbed.parent().unwrap_or(Path::new("."));
+        let pick = |var: &str, name: &str| -> Result<PathBuf> {
+            if let Some(p) = std::env::var_os(var) {
+                let p = PathBuf::from(p);
+                return if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(Error::msg(format!("{var}={} is not a file", p.display())))
+                };
+            }
+            // Next to us, or one up when we are a test binary in target/<profile>/deps/.
+            for d in [dir, dir.parent().unwrap_or(dir)] {
+                let p = d.join(name);
+                if p.is_file() {
+                    return Ok(p);
+                }
+            }
+            Err(Error::msg(format!(
+                "{name} not found in {}: build it with `cargo build` (from the workspace root), or set {var}=/path/to/{name}",
+                dir.display()
+            )))
+        };
+        Ok(Tools {
+            meshd: pick("MESHD_BIN", "meshd")?,
+            meshctl: pick("MESHCTL_BIN", "meshctl")?,
+            testbed: testbed.to_path_buf(),
+        })
+    }
+}
+
+/// A node as the testbed made it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRec {
+    pub name: String,
+    pub index: usize,
+    pub ns: String,
+    pub addr: Ipv4Addr,
+    pub endpoint: Ipv4Addr,
+    pub socket: PathBuf,
+    pub pid: u32,
+    pub core: usize,
+    pub availability: Availability,
+}
+
+/// An overlay network the testbed created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetRec {
+    pub name: String,
+    /// Network number: subnet 10.0.k.0/24.
+    pub k: u8,
+    /// The next host number given to a task.
+    pub next_host: u8,
+}
+
+/// A service the testbed started tasks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SvcRec {
+    pub name: String,
+    pub networks: Vec<String>,
+    pub ports: Vec<PublishedPort>,
+    pub client_ip: ClientIpMode,
+    pub next_slot: u32,
+    /// Nodes to place tasks on (empty: any active node).
+    pub constraint: Vec<String>,
+}
+
+/// A task: a namespace on a node running whoami.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRec {
+    pub name: String,
+    pub service: String,
+    pub slot: u32,
+    pub node: String,
+    pub ns: String,
+    /// The veth end on the node's tasks bridge.
+    pub veth: String,
+    pub addrs: Vec<(String, Ipv4Addr)>,
+    pub pid: u32,
+}
+
+impl TaskRec {
+    pub fn addr_on(&self, network: &str) -> Option<Ipv4Addr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == network)
+            .map(|(_, a)| *a)
+    }
+}
+
+/// The testbed's record of an instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub instance: String,
+    pub nodes: Vec<NodeRec>,
+    pub networks: Vec<NetRec>,
+    pub services: Vec<SvcRec>,
+    pub tasks: Vec<TaskRec>,
+    pub next_veth: u32,
+}
+
+/// What `testbed run` starts.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub name: String,
+    pub replicas: u32,
+    pub publish: Vec<PublishedPort>,
+    /// User networks to attach (created on every node when missing).
+    pub networks: Vec<String>,
+    pub client_ip: ClientIpMode,
+    /// Place tasks only on these nodes (round-robin over them).
+    pub nodes: Vec<String>,
+}
+
+impl RunSpec {
+    pub fn new(name: &str, replicas: u32) -> Self {
+        RunSpec {
+            name: name.to_string(),
+            replicas,
+            publish: Vec::new(),
+            networks: Vec::new(),
+            client_ip: ClientIpMode::Masquerade,
+            nodes: Vec::new(),
+        }
+    }
+    /// Adds a published port in Docker's short form, `8080:80` or `5353:53/udp`.
+    pub fn publish(mut self, spec: &str, mode: PublishMode) -> Result<Self> {
+        self.publish.push(parse_publish(spec, mode)?);
+        Ok(self)
+    }
+    pub fn network(mut self, net: &str) -> Self {
+        self.networks.push(net.to_string());
+        self
+    }
+    pub fn keep_client_ip(mut self) -> Self {
+        self.client_ip = ClientIpMode::Keep;
+        self
+    }
+    pub fn on(mut self, node: &str) -> Self {
+        self.nodes.push(node.to_string());
+        self
+    }
+}
+
+/// Parses Docker's short publish form `PUBLISHED:TARGET[/tcp|/udp]`.
+pub fn parse_publish(spec: &str, mode: PublishMode) -> Result<PublishedPort> {
+    let bad = || {
+        Error::msg(format!(
+            "--publish {spec:?}: expected PUBLISHED:TARGET[/udp], like 8080:80 or 5353:53/udp"
+        ))
+    };
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, "tcp")) => (p, Protocol::Tcp),
+        Some((p, "udp")) => (p, Protocol::Udp),
+        Some(_) => return Err(bad()),
+        None => (spec, Protocol::Tcp),
+    };
+    let (p, t) = ports.split_once(':').ok_or_else(bad)?;
+    let published: u16 = p.parse().map_err(|_| bad())?;
+    let target: u16 = t.parse().map_err(|_| bad())?;
+    if published == 0 || target == 0 {
+        return Err(bad());
+    }
+    Ok(PublishedPort {
+        protocol: proto,
+        published,
+        target,
+        mode,
+    })
+}
+
+/// meshctl's long publish form.
+fn publish_arg(p: &PublishedPort) -> String {
+    let mode = match p.mode {
+        PublishMode::Ingress => "ingress",
+        PublishMode::Host => "host",
+    };
+    format!(
+        "published={},target={},protocol={},mode={}",
+        p.published, p.target, p.protocol, mode
+    )
+}
+
+/// A running (or half-built) instance.
+#[derive(Debug)]
+pub struct Bed {
+    pub plan: Plan,
+    pub tools: Tools,
+    pub rec: Record,
+    /// Print each meshctl command and its answer, for people watching.
+    pub verbose: bool,
+    /// Daemons this process started, reaped when stopped.
+    children: Vec<Child>,
+}
+
+impl Bed {
+    /// Loads the record of an instance that is up.
+    pub fn load(plan: Plan, tools: Tools) -> Result<Bed> {
+        let path = plan.bed_file();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let left = sys::netns_with_prefix(&plan.prefix())?;
+                let hint = if left.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({} namespaces named {}* are left over: `testbed --instance {} down` removes them)", left.len(), plan.prefix(), plan.instance)
+                };
+                return Err(Error::msg(format!(
+                    "instance {} is not up: start it with `testbed --instance {} up --nodes 3`{hint}",
+                    plan.instance, plan.instance
+                )));
+            }
+            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+        };
+        let rec: Record = serde_json::from_str(&text).map_err(|e| {
+            Error::msg(format!(
+                "{}: {e} (remove the instance with `testbed down`)",
+                path.display()
+            ))
+        })?;
+        Ok(Bed {
+            plan,
+            tools,
+            rec,
+            verbose: false,
+            children: Vec::new(),
+        })
+    }
+
+    /// Whether anything of the instance exists (its record or any namespace).
+    pub fn exists(plan: &Plan) -> Result<bool> {
+        Ok(plan.bed_file().exists() || !sys::netns_with_prefix(&plan.prefix())?.is_empty())
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = self.plan.bed_file();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.rec)
+            .map_err(|e| Error::msg(format!("encoding the testbed record: {e}")))?;
+        std::fs::write(&tmp, text)
+            .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    // ---- up -----------------------------------------------------------------------------
+
+    /// Builds the underlay, the client and `nodes` nodes, starts meshd on each, and makes them
+    /// peers with an ingress network. On failure everything made so far is removed.
+    pub fn up(plan: Plan, tools: Tools, nodes: usize, verbose: bool) -> Result<Bed> {
+        if !(1..=plan::MAX_NODES).contains(&nodes) {
+            return Err(Error::msg(format!(
+                "--nodes {nodes}: give 1 to {}",
+                plan::MAX_NODES
+            )));
+        }
+        if Bed::exists(&plan)? {
+            return Err(Error::msg(format!(
+                "instance {0} is already up (or left over): see `testbed --instance {0} status`, or remove it with `testbed --instance {0} down`",
+                plan.instance
+            )));
+        }
+        let mut bed = Bed {
+            plan,
+            tools,
+            rec: Record::default(),
+            verbose,
+            children: Vec::new(),
+        };
+        bed.rec.instance = bed.plan.instance.clone();
+        match bed.build(nodes) {
+            Ok(()) => Ok(bed),
+            Err(e) => {
+                let logs = bed.node_log_tails();
+                bed.down_now();
+                Err(Error::msg(format!(
+                    "{e}{logs}\n(everything `up` had made is removed again)"
+                )))
+            }
+        }
+    }
+
+    fn build(&mut self, nodes: usize) -> Result<()> {
+        let p = self.plan.clone();
+        let dir = p.run_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // The underlay: a switch namespace with one bridge, and the outside client.
+        let (sw, client) = (p.switch_ns(), p.client_ns());
+        sys::netns_add(&sw)?;
+        sys::ip_in(
+            &sw,
+            &["link", "add", "name", plan::SWITCH_DEV, "type", "bridge"],
+        )?;
+        sys::ip_in(&sw, &["link", "set", plan::SWITCH_DEV, "up"])?;
+        sys::netns_add(&client)?;
+        self.wire(&sw, "client", &client, "eth0")?;
+        let caddr = format!("{}/{}", plan::CLIENT_ADDR, plan::UNDERLAY_PREFIX);
+        sys::ip_in(&client, &["addr", "add", &caddr, "dev", "eth0"])?;
+        sys::ip_in(&client, &["link", "set", "eth0", "up"])?;
+
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for i in 1..=nodes {
+            let ns = p.node_ns(i);
+            sys::netns_add(&ns)?;
+            self.wire(&sw, &plan::node_name(i), &ns, plan::UPLINK_DEV)?;
+            sys::ip_in(
+                &ns,
+                &[
+                    "link",
+                    "set",
+                    plan::UPLINK_DEV,
+                    "address",
+                    &plan::uplink_mac(i),
+                ],
+            )?;
+            sys::ip_in(&ns, &["link", "set", plan::UPLINK_DEV, "up"])?;
+            let mac = plan::tasks_bridge_mac(i);
+            sys::ip_in(
+                &ns,
+                &[
+                    "link",
+                    "add",
+                    "name",
+                    plan::TASKS_DEV,
+                    "address",
+                    &mac,
+                    "type",
+                    "bridge",
+                ],
+            )?;
+            sys::ip_in(&ns, &["link", "set", plan::TASKS_DEV, "up"])?;
+            sys::offloads_off(&ns, plan::TASKS_DEV)?;
+            self.rec.nodes.push(NodeRec {
+                name: plan::node_name(i),
+                index: i,
+                ns,
+                addr: plan::node_addr(i),
+                endpoint: plan::ingress_endpoint(i),
+                socket: p.socket(i),
+                pid: 0,
+                core: (i - 1) % cpus,
+                availability: Availability::Active,
+            });
+        }
+        self.save()?;
+        // meshd on every node, all starting at once.
+        for n in 0..self.rec.nodes.len() {
+            let node = self.rec.nodes[n].clone();
+            let args: Vec<String> = [
+                "--node",
+                &node.name,
+                "--addr",
+                &node.addr.to_string(),
+                "--uplink",
+                plan::UPLINK_DEV,
+                "--tasks",
+                plan::TASKS_DEV,
+                "--socket",
+                &node.socket.display().to_string(),
+                "--state",
+                &p.state_file(node.index).display().to_string(),
+                "--cores",
+                &node.core.to_string(),
+                "--flows",
+                "65536",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let child = sys::spawn_in(
+                &node.ns,
+                &self.tools.meshd,
+                &args,
+                &p.node_log(node.index),
+                &[("NO_COLOR", "1")],
+            )?;
+            let pid = child.id();
+            write_pid(&p.node_pidfile(node.index), pid)?;
+            self.rec.nodes[n].pid = pid;
+            self.children.push(child);
+        }
+        self.save()?;
+        for n in 0..self.rec.nodes.len() {
+            self.wait_socket(n)?;
+        }
+        // Peers: each meshd knows itself; tell every other one about it.
+        for n in 0..self.rec.nodes.len() {
+            let node = self.rec.nodes[n].clone();
+            let others: Vec<PathBuf> = self
+                .rec
+                .nodes
+                .iter()
+                .filter(|o| o.name != node.name)
+                .map(|o| o.socket.clone())
+                .collect();
+            if others.is_empty() {
+                continue;
+            }
+            self.meshctl_on(
+                &others,
+                &["node", "add", &node.name, "--addr", &node.addr.to_string()],
+            )?;
+        }
+        let subnet = format!("{}/{}", plan::subnet(0).0, plan::subnet(0).1);
+        let mut args = vec![
+            "network".to_string(),
+            "create".into(),
+            plan::INGRESS.into(),
+            "--ingress".into(),
+            "--subnet".into(),
+            subnet,
+        ];
+        for n in &self.rec.nodes {
+            args.push("--endpoint".into());
+            args.push(format!("{}={}", n.name, n.endpoint));
+        }
+        self.meshctl(&args)?;
+        self.rec.networks.push(NetRec {
+            name: plan::INGRESS.into(),
+            k: 0,
+            next_host: plan::FIRST_TASK_HOST,
+        });
+        self.save()
+    }
+
+    /// A veth from the switch's bridge (end `sw_end`) into namespace `ns` (end `dev`), offloads
+    /// off on both ends.
+    fn wire(&self, sw: &str, sw_end: &str, ns: &str, dev: &str) -> Result<()> {
+        sys::ip_in(
+            sw,
+            &[
+                "link", "add", "name", sw_end, "type", "veth", "peer", "name", dev, "netns", ns,
+            ],
+        )?;
+        sys::ip_in(
+            sw,
+            &["link", "set", sw_end, "master", plan::SWITCH_DEV, "up"],
+        )?;
+        sys::offloads_off(sw, sw_end)?;
+        sys::offloads_off(ns, dev)
+    }
+
+    fn wait_socket(&mut self, n: usize) -> Result<()> {
+        let node = &self.rec.nodes[n];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&node.socket).is_ok() {
+                return Ok(());
+            }
+            if !sys::alive(node.pid) {
+                return Err(Error::msg(format!(
+                    "meshd on {} exited at start (log: {})",
+                    node.name,
+                    self.plan.node_log(node.index).display()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Error::msg(format!(
+                    "meshd on {} did not open its control socket {} within 20 s (log: {})",
+                    node.name,
+                    node.socket.display(),
+                    self.plan.node_log(node.index).display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The last lines of every node's meshd log, for an error message.
+    fn node_log_tails(&self) -> String {
+        let mut s = String::new();
+        for n in &self.rec.nodes {
+            let text = std::fs::read_to_string(self.plan.node_log(n.index)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.is_empty() {
+                continue;
+            }
+            let _ = write!(
+                s,
+                "\nmeshd {} log ({}):",
+                n.name,
+                self.plan.node_log(n.index).display()
+            );
+            for l in &lines[lines.len().saturating_sub(6)..] {
+                let _ = write!(s, "\n    {l}");
+            }
+        }
+        s
+    }
+
+    // ---- meshctl ------------------------------------------------------------------------
+
+    /// Every node's control socket.
+    pub fn sockets(&self) -> Vec<PathBuf> {
+        self.rec.nodes.iter().map(|n| n.socket.clone()).collect()
+    }
+
+    /// `MESHCTL_SOCKET=...` for every node, as a person would export it.
+    pub fn socket_env(&self) -> String {
+        self.sockets()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Runs meshctl with every node's socket (changes go to all of them, reads to n1).
+    pub fn meshctl<S: AsRef<str>>(&self, args: &[S]) -> Result<String> {
+        self.meshctl_on(&self.sockets(), args)
+    }
+
+    /// Runs meshctl against `sockets`; an error carries meshctl's message.
+    pub fn meshctl_on<S: AsRef<str>>(&self, sockets: &[PathBuf], args: &[S]) -> Result<String> {
+        self.meshctl_echo(sockets, args, self.verbose)
+    }
+
+    /// Runs meshctl for a read whose output the caller shows its own way.
+    fn meshctl_quiet<S: AsRef<str>>(&self, args: &[S]) -> Result<String> {
+        self.meshctl_echo(&self.sockets(), args, false)
+    }
+
+    fn meshctl_echo<S: AsRef<str>>(
+        &self,
+        sockets: &[PathBuf],
+        args: &[S],
+        echo: bool,
+    ) -> Result<String> {
+        let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+        let env = sockets
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        if echo {
+            let who = if sockets.len() == self.rec.nodes.len() {
+                String::new()
+            } else {
+                let names: Vec<&str> = self
+                    .rec
+                    .nodes
+                    .iter()
+                    .filter(|n| sockets.contains(&n.socket))
+                    .map(|n| n.name.as_str())
+                    .collect();
+                format!("   # on {}", names.join(", "))
+            };
+            println!("$ {}{who}", sys::cmdline("meshctl", &args));
+        }
+        let out = std::process::Command::new(&self.tools.meshctl)
+            .args(&args)
+            .env("MESHCTL_SOCKET", &env)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| Error::Spawn {
+                program: self.tools.meshctl.display().to_string(),
+                source,
+                hint: "build it with `cargo build`, or set MESHCTL_BIN".into(),
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if echo {
+            for l in stdout.lines() {
+                println!("  {l}");
+            }
+        }
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmdline: format!("MESHCTL_SOCKET={env} {}", sys::cmdline("meshctl", &args)),
+                status: out.status.code().map_or_else(
+                    || "killed by a signal".into(),
+                    |c| format!("exit status {c}"),
+                ),
+                stderr: if stderr.trim().is_empty() {
+                    stdout
+                } else {
+                    stderr
+                },
+            });
+        }
+        Ok(stdout)
+    }
+
+    /// Asks node n1's meshd (through the control protocol) for a service as it knows it.
+    pub fn service(&self, name: &str) -> Result<Service> {
+        let socket = self
+            .sockets()
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::msg("the instance has no nodes"))?;
+        let resp = ctl::client::request(
+            &socket,
+            &Command::ServiceInspect {
+                name: name.to_string(),
+            },
+            Duration::from_secs(10),
+        )
+        .map_err(|e| Error::msg(e.to_string()))?;
+        let ok = resp
+            .into_result()
+            .map_err(|e| Error::msg(format!("meshd: {}", e.message)))?;
+        serde_json::from_value(ok.result).map_err(|e| {
+            Error::msg(format!(
+                "meshd answered service inspect with something unreadable: {e}"
+            ))
+        })
+    }
+
+    /// The VIP of `service` on `network`, as meshd gave it.
+    pub fn vip(&self, service: &str, network: &str) -> Result<Ipv4Addr> {
+        let svc = self.service(service)?;
+        svc.networks
+            .iter()
+            .find(|n| n.network == network)
+            .and_then(|n| n.vip)
+            .ok_or_else(|| Error::msg(format!("service {service} has no VIP on network {network}")))
+    }
+
+    // ---- lookups ------------------------------------------------------------------------
+
+    pub fn node(&self, name: &str) -> Result<&NodeRec> {
+        self.rec
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.rec.nodes.iter().map(|n| n.name.as_str()).collect();
+                Error::msg(format!(
+                    "no node {name:?} in instance {} (nodes: {})",
+                    self.plan.instance,
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// A node's underlay address and a port on it.
+    pub fn node_sock(&self, node: &str, port: u16) -> Result<SocketAddr> {
+        Ok(SocketAddr::from((self.node(node)?.addr, port)))
+    }
+
+    pub fn task(&self, name: &str) -> Result<&TaskRec> {
+        self.rec
+            .tasks
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::msg(format!("no task {name:?}")))
+    }
+
+    /// The tasks of a service, by slot.
+    pub fn tasks_of(&self, service: &str) -> Vec<&TaskRec> {
+        let mut v: Vec<&TaskRec> = self
+            .rec
+            .tasks
+            .iter()
+            .filter(|t| t.service == service)
+            .collect();
+        v.sort_by_key(|t| t.slot);
+        v
+    }
+
+    /// The namespace of the outside client.
+    pub fn client_ns(&self) -> String {
+        self.plan.client_ns()
+    }
+
+    // ---- services and tasks -------------------------------------------------------------
+
+    /// Creates the service's tasks (namespaces running whoami, placed over the nodes) and
+    /// registers the service on every node.
+    pub fn run(&mut self, spec: &RunSpec) -> Result<()> {
+        plan::check_service_name(&spec.name)?;
+        if self.rec.services.iter().any(|s| s.name == spec.name) {
+            return Err(Error::msg(format!("service {} exists: change it with `testbed scale {}=N`, or remove it with `testbed rm {}`", spec.name, spec.name, spec.name)));
+        }
+        for n in &spec.nodes {
+            self.node(n)?;
+        }
+        for net in &spec.networks {
+            if net == plan::INGRESS {
+                return Err(Error::msg("--network ingress: the ingress network carries published ports; publish a port with --publish instead"));
+            }
+            self.ensure_network(net)?;
+        }
+        let mut svc = SvcRec {
+            name: spec.name.clone(),
+            networks: spec.networks.clone(),
+            ports: spec.publish.clone(),
+            client_ip: spec.client_ip,
+            next_slot: 1,
+            constraint: spec.nodes.clone(),
+        };
+        let mut made = Vec::new();
+        let result = (|| -> Result<()> {
+            for _ in 0..spec.replicas {
+                let t = self.add_task(&mut svc)?;
+                made.push(t);
+            }
+            let mut args: Vec<String> = vec![
+                "service".into(),
+                "create".into(),
+                "--name".into(),
+                spec.name.clone(),
+            ];
+            for p in &spec.publish {
+                args.push("--publish".into());
+                args.push(publish_arg(p));
+            }
+            for n in &spec.networks {
+                args.push("--network".into());
+                args.push(n.clone());
+            }
+            if spec.client_ip == ClientIpMode::Keep {
+                args.push("--client-ip".into());
+                args.push("keep".into());
+            }
+            for t in &made {
+                args.push("--task".into());
+                args.push(task_arg(t));
+            }
+            self.meshctl(&args)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for t in &made {
+                self.remove_task_ns(t);
+            }
+            self.rec.tasks.retain(|t| t.service != spec.name);
+            let _ = self.save();
+            return Err(e);
+        }
+        self.rec.services.push(svc);
+        self.save()?;
+        self.write_hosts();
+        Ok(())
+    }
+
+    /// Creates a user network on every node when the testbed has not yet.
+    fn ensure_network(&mut self, name: &str) -> Result<()> {
+        if self.rec.networks.iter().any(|n| n.name == name) {
+            return Ok(());
+        }
+        let k = (1..=250u8)
+            .find(|k| !self.rec.networks.iter().any(|n| n.k == *k))
+            .ok_or_else(|| Error::msg("no free 10.0.k.0/24 subnet left"))?;
+        let (a, len) = plan::subnet(k);
+        self.meshctl(&["network", "create", name, "--subnet", &format!("{a}/{len}")])?;
+        self.rec.networks.push(NetRec {
+            name: name.to_string(),
+            k,
+            next_host: plan::FIRST_TASK_HOST,
+        });
+        self.save()
+    }
+
+    /// Picks a node for a new task of `svc`: the allowed active node with the fewest tasks of
+    /// the service, then the fewest tasks, then the lowest index (Swarm's spread).
+    fn place(&self, svc: &SvcRec) -> Result<String> {
+        let candidates: Vec<&NodeRec> = self
+            .rec
+            .nodes
+            .iter()
+            .filter(|n| n.availability == Availability::Active)
+            .filter(|n| svc.constraint.is_empty() || svc.constraint.contains(&n.name))
+            .collect();
+        let count = |node: &str, service: Option<&str>| {
+            self.rec
+                .tasks
+                .iter()
+                .filter(|t| t.node == node && service.map_or(true, |s| t.service == s))
+                .count()
+        };
+        candidates
+            .iter()
+            .min_by_key(|n| {
+                (
+                    count(&n.name, Some(&svc.name)),
+                    count(&n.name, None),
+                    n.index,
+                )
+            })
+            .map(|n| n.name.clone())
+            .ok_or_else(|| {
+                Error::msg(format!(
+                    "no active node to place a task of {} on (drained nodes take no new tasks)",
+                    svc.name
+                ))
+            })
+    }
+
+    /// Makes the next task of `svc`: its namespace on a node's tasks bridge, its addresses, and
+    /// whoami answering on every target port.
+    fn add_task(&mut self, svc: &mut SvcRec) -> Result<TaskRec> {
+        let node_name = self.place(svc)?;
+        let node = self.node(&node_name)?.clone();
+        let slot = svc.next_slot;
+        svc.next_slot += 1;
+        let name = format!("{}.{slot}", svc.name);
+        let mut nets: Vec<String> = Vec::new();
+        if !svc.ports.is_empty() {
+            nets.push(plan::INGRESS.to_string());
+        }
+        nets.extend(svc.networks.iter().cloned());
+        if nets.is_empty() {
+            return Err(Error::msg(format!(
+                "service {}: a task needs a network: publish a port (--publish) or attach a network (--network appnet)",
+                svc.name
+            )));
+        }
+        let mut addrs = Vec::new();
+        for net in &nets {
+            let Some(rec) = self.rec.networks.iter_mut().find(|n| &n.name == net) else {
+                return Err(Error::msg(format!(
+                    "network {net} was not created by the testbed"
+                )));
+            };
+            if rec.next_host == 255 {
+                return Err(Error::msg(format!(
+                    "network {net} has no address left for a task"
+                )));
+            }
+            addrs.push((net.clone(), plan::host(rec.k, rec.next_host)));
+            rec.next_host += 1;
+        }
+        let gw_k = self
+            .rec
+            .networks
+            .iter()
+            .find(|n| n.name == nets[0])
+            .map_or(0, |n| n.k);
+        let veth = format!("tk{}", self.rec.next_veth);
+        self.rec.next_veth += 1;
+        let task = TaskRec {
+            name: name.clone(),
+            service: svc.name.clone(),
+            slot,
+            node: node.name.clone(),
+            ns: self.plan.task_ns(&name),
+            veth,
+            addrs,
+            pid: 0,
+        };
+        // Recorded before it exists, so `down` finds it whatever happens next.
+        self.rec.tasks.push(task.clone());
+        self.save()?;
+        let pid = match self.build_task(&task, &node, plan::gateway(gw_k), svc) {
+            Ok(pid) => pid,
+            Err(e) => {
+                self.remove_task_ns(&task);
+                self.rec.tasks.retain(|t| t.name != task.name);
+                let _ = self.save();
+                return Err(e);
+            }
+        };
+        let task = TaskRec { pid, ..task };
+        if let Some(t) = self.rec.tasks.iter_mut().find(|t| t.name == task.name) {
+            t.pid = pid;
+        }
+        self.save()?;
+        Ok(task)
+    }
+
+    fn build_task(
+        &mut self,
+        t: &TaskRec,
+        node: &NodeRec,
+        gw: Ipv4Addr,
+        svc: &SvcRec,
+    ) -> Result<u32> {
+        sys::netns_add(&t.ns)?;
+        sys::ip_in(
+            &node.ns,
+            &[
+                "link", "add", "name", &t.veth, "type", "veth", "peer", "name", "eth0", "netns",
+                &t.ns,
+            ],
+        )?;
+        sys::ip_in(
+            &node.ns,
+            &["link", "set", &t.veth, "master", plan::TASKS_DEV, "up"],
+        )?;
+        sys::offloads_off(&node.ns, &t.veth)?;
+        for (_, a) in &t.addrs {
+            sys::ip_in(&t.ns, &["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        }
+        sys::ip_in(&t.ns, &["link", "set", "eth0", "up"])?;
+        sys::offloads_off(&t.ns, "eth0")?;
+        sys::ip_in(&t.ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        // whoami on every target port (and on 80, TCP and UDP, always).
+        let mut http: BTreeSet<u16> = BTreeSet::from([80]);
+        let mut udp: BTreeSet<u16> = BTreeSet::from([80]);
+        for p in &svc.ports {
+            match p.protocol {
+                Protocol::Tcp => http.insert(p.target),
+                Protocol::Udp => udp.insert(p.target),
+            };
+        }
+        let ready = self.plan.task_ready(&t.name);
+        let _ = std::fs::remove_file(&ready);
+        let mut args = vec!["whoami".to_string(), "--name".into(), t.name.clone()];
+        for p in &http {
+            args.push("--http".into());
+            args.push(p.to_string());
+        }
+        for p in &udp {
+            args.push("--udp".into());
+            args.push(p.to_string());
+        }
+        args.push("--ready".into());
+        args.push(ready.display().to_string());
+        let child = sys::spawn_in(
+            &t.ns,
+            &self.tools.testbed,
+            &args,
+            &self.plan.task_log(&t.name),
+            &[],
+        )?;
+        let pid = child.id();
+        self.children.push(child);
+        write_pid(&self.plan.task_pidfile(&t.name), pid)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ready.exists() {
+            if !sys::alive(pid) || Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.plan.task_log(&t.name)).unwrap_or_default();
+                return Err(Error::msg(format!(
+                    "whoami of task {} did not start: {}",
+                    t.name,
+                    log.trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(pid)
+    }
+
+    /// Stops a task's whoami and removes its namespace (its veth goes with it).
+    fn remove_task_ns(&mut self, t: &TaskRec) {
+        if t.pid != 0 {
+            sys::stop_pid(t.pid, "whoami", Duration::from_secs(2));
+        }
+        sys::kill_netns_pids(&t.ns);
+        let _ = sys::ip(&["netns", "del", &t.ns]);
+        let _ = std::fs::remove_dir_all(self.plan.etc_netns(&t.ns));
+        for p in [
+            self.plan.task_pidfile(&t.name),
+            self.plan.task_ready(&t.name),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        self.reap();
+    }
+
+    /// Scales a service: down through `meshctl service scale` (meshd removes the
+    /// highest-numbered tasks and resets their connections), then their namespaces go; up by
+    /// new tasks registered with `meshctl service update --task-add`.
+    pub fn scale(&mut self, service: &str, replicas: u32) -> Result<()> {
+        let idx = self
+            .rec
+            .services
+            .iter()
+            .position(|s| s.name == service)
+            .ok_or_else(|| Error::msg(format!("no service {service} (see `testbed status`)")))?;
+        let current = self.tasks_of(service).len() as u32;
+        if replicas < current {
+            self.meshctl(&["service", "scale", &format!("{service}={replicas}")])?;
+            let kept: BTreeSet<String> = self
+                .service(service)?
+                .tasks
+                .into_iter()
+                .map(|t| t.name)
+                .collect();
+            let gone: Vec<TaskRec> = self
+                .rec
+                .tasks
+                .iter()
+                .filter(|t| t.service == service && !kept.contains(&t.name))
+                .cloned()
+                .collect();
+            for t in &gone {
+                self.remove_task_ns(t);
+            }
+            self.rec
+                .tasks
+                .retain(|t| t.service != service || kept.contains(&t.name));
+        } else if replicas > current {
+            let mut svc = self.rec.services[idx].clone();
+            let mut made = Vec::new();
+            let mut result = Ok(());
+            for _ in current..replicas {
+                match self.add_task(&mut svc) {
+                    Ok(t) => made.push(t),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() {
+                let mut args: Vec<String> = vec!["service".into(), "update".into()];
+                for t in &made {
+                    args.push("--task-add".into());
+                    args.push(task_arg(t));
+                }
+                args.push(service.to_string());
+                result = self.meshctl(&args).map(|_| ());
+            }
+            if let Err(e) = result {
+                for t in &made {
+                    self.remove_task_ns(t);
+                    self.rec.tasks.retain(|x| x.name != t.name);
+                }
+                let _ = self.save();
+                return Err(e);
+            }
+            self.rec.services[idx] = svc;
+        }
+        self.save()?;
+        self.write_hosts();
+        Ok(())
+    }
+
+    /// Removes a task from meshd but leaves its namespace and whoami running (what a crashed
+    /// orchestrator would do; the tests use it to see meshd end the task's connections).
+    pub fn deregister_task(&mut self, task: &str) -> Result<()> {
+        let t = self.task(task)?.clone();
+        self.meshctl(&["service", "update", "--task-rm", &t.name, &t.service])?;
+        Ok(())
+    }
+
+    /// Removes a service from every node, then its tasks.
+    pub fn rm(&mut self, service: &str) -> Result<()> {
+        if !self.rec.services.iter().any(|s| s.name == service) {
+            return Err(Error::msg(format!(
+                "no service {service} (see `testbed status`)"
+            )));
+        }
+        self.meshctl(&["service", "rm", service])?;
+        let gone: Vec<TaskRec> = self
+            .rec
+            .tasks
+            .iter()
+            .filter(|t| t.service == service)
+            .cloned()
+            .collect();
+        for t in &gone {
+            self.remove_task_ns(t);
+        }
+        self.rec.tasks.retain(|t| t.service != service);
+        self.rec.services.retain(|s| s.name != service);
+        self.save()?;
+        self.write_hosts();
+        Ok(())
+    }
+
+    /// `meshctl node update --availability drain|active NODE` on every node.
+    pub fn set_availability(&mut self, node: &str, a: Availability) -> Result<()> {
+        self.node(node)?;
+        let word = match a {
+            Availability::Active => "active",
+            Availability::Drain => "drain",
+        };
+        self.meshctl(&["node", "update", "--availability", word, node])?;
+        if let Some(n) = self.rec.nodes.iter_mut().find(|n| n.name == node) {
+            n.availability = a;
+        }
+        self.save()
+    }
+
+    /// Writes `/etc/netns/<task-ns>/hosts` for every task, naming each service's VIP on the
+    /// task's networks, so `curl web` works inside a task as in the seed articles.
+    ///
+    /// meshd has no embedded DNS resolver yet (DESIGN.md plans one); until it has,
+    /// `ip netns exec` bind-mounts this file over /etc/hosts. Best effort: a service meshd does
+    /// not know is skipped.
+    fn write_hosts(&self) {
+        let mut vips: Vec<(String, String, Ipv4Addr)> = Vec::new();
+        for s in &self.rec.services {
+            if let Ok(svc) = self.service(&s.name) {
+                for n in &svc.networks {
+                    if let Some(v) = n.vip {
+                        vips.push((n.network.clone(), s.name.clone(), v));
+                    }
+                }
+            }
+        }
+        for t in &self.rec.tasks {
+            let mut text = String::from("127.0.0.1\tlocalhost\n");
+            if let Some((_, a)) = t.addrs.first() {
+                let _ = writeln!(text, "{a}\t{}", t.name);
+            }
+            text.push_str("# Service VIPs on this task's networks, written by the testbed (meshd has no DNS yet).\n");
+            for (net, name, vip) in &vips {
+                if t.addr_on(net).is_some() {
+                    let _ = writeln!(text, "{vip}\t{name}");
+                }
+            }
+            let dir = self.plan.etc_netns(&t.ns);
+            let _ = std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(dir.join("hosts"), text));
+        }
+    }
+
+    // ---- down ---------------------------------------------------------------------------
+
+    /// Removes everything of this instance; see [`down`].
+    pub fn down_now(&mut self) -> Vec<String> {
+        let r = down(&self.plan);
+        self.reap();
+        r
+    }
+
+    /// Waits for daemons this process started that have exited.
+    fn reap(&mut self) {
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+
+    // ---- status -------------------------------------------------------------------------
+
+    /// What is up, and how to poke it by hand.
+    pub fn status(&self) -> String {
+        let p = &self.plan;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "Instance {}: {} nodes; sockets, state files and logs in {}",
+            p.instance,
+            self.rec.nodes.len(),
+            p.run_dir().display()
+        );
+        let _ = writeln!(
+            s,
+            "\nUNDERLAY 192.168.100.0/24: switch namespace {} (bridge {})",
+            p.switch_ns(),
+            plan::SWITCH_DEV
+        );
+        let _ = writeln!(
+            s,
+            "  client  {:<18} {}/24 on eth0 (an outside host: its kernel holds the address)",
+            p.client_ns(),
+            plan::CLIENT_ADDR
+        );
+        let _ = writeln!(
+            s,
+            "\nNODES (meshd is the node: the kernel holds no address on up0 or br-tasks)"
+        );
+        let _ = writeln!(
+            s,
+            "  {:<5} {:<18} {:<16} {:<12} {:<9} MESHD",
+            "NODE", "NAMESPACE", "ADDRESS", "INGRESS EP", "AVAIL"
+        );
+        for n in &self.rec.nodes {
+            let state = if sys::alive(n.pid) {
+                "running"
+            } else {
+                "NOT RUNNING"
+            };
+            let avail = match n.availability {
+                Availability::Active => "active",
+                Availability::Drain => "drain",
+            };
+            let _ = writeln!(
+                s,
+                "  {:<5} {:<18} {:<16} {:<12} {:<9} pid {} {state}, core {}, log {}",
+                n.name,
+                n.ns,
+                n.addr.to_string(),
+                n.endpoint.to_string(),
+                avail,
+                n.pid,
+                n.core,
+                p.node_log(n.index).display()
+            );
+        }
+        let _ = writeln!(s, "\nNETWORKS (meshctl network ls)");
+        match self.meshctl_quiet(&["network", "ls"]) {
+            Ok(t) => indent(&mut s, &t),
+            Err(e) => {
+                let _ = writeln!(s, "  (meshd n1 did not answer: {e})");
+            }
+        }
+        let _ = writeln!(s, "\nSERVICES (meshctl service ls)");
+        if let Ok(t) = self.meshctl_quiet(&["service", "ls"]) {
+            indent(&mut s, &t);
+        }
+        for svc in &self.rec.services {
+            if let Ok(svcm) = self.service(&svc.name) {
+                let vips: Vec<String> = svcm
+                    .networks
+                    .iter()
+                    .filter_map(|n| n.vip.map(|v| format!("{}:{v}", n.network)))
+                    .collect();
+                if !vips.is_empty() {
+                    let _ = writeln!(s, "  {} VIP {}", svc.name, vips.join(" "));
+                }
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nTASKS (namespaces on the nodes' br-tasks, each running `testbed whoami`)"
+        );
+        let _ = writeln!(
+            s,
+            "  {:<12} {:<5} {:<22} {:<38} WHOAMI",
+            "TASK", "NODE", "NAMESPACE", "ADDRESSES"
+        );
+        let mut tasks: Vec<&TaskRec> = self.rec.tasks.iter().collect();
+        tasks.sort_by(|a, b| (&a.service, a.slot).cmp(&(&b.service, b.slot)));
+        for t in tasks {
+            let addrs: Vec<String> = t.addrs.iter().map(|(n, a)| format!("{n}:{a}")).collect();
+            let state = if sys::alive(t.pid) {
+                "running"
+            } else {
+                "NOT RUNNING"
+            };
+            let _ = writeln!(
+                s,
+                "  {:<12} {:<5} {:<22} {:<38} pid {} {state}",
+                t.name,
+                t.node,
+                t.ns,
+                addrs.join(","),
+                t.pid
+            );
+        }
+        s.push_str(&self.howto());
+        s
+    }
+
+    /// Commands to run one's own clients.
+    pub fn howto(&self) -> String {
+        let p = &self.plan;
+        let c = p.client_ns();
+        let n1 = self
+            .rec
+            .nodes
+            .first()
+            .map_or("192.168.100.11".to_string(), |n| n.addr.to_string());
+        let mut s = String::new();
+        let _ = writeln!(s, "\nPOKE IT BY HAND");
+        let published: Vec<&PublishedPort> = self
+            .rec
+            .services
+            .iter()
+            .flat_map(|s| s.ports.iter())
+            .collect();
+        let tcp = published
+            .iter()
+            .find(|p| p.protocol == Protocol::Tcp)
+            .map_or(8080, |p| p.published);
+        let _ = writeln!(
+            s,
+            "  ip netns exec {c} curl http://{n1}:{tcp}/            # any node's address works"
+        );
+        if let Some(u) = published.iter().find(|p| p.protocol == Protocol::Udp) {
+            let _ = writeln!(
+                s,
+                "  ip netns exec {c} {} udp {n1}:{} hello",
+                self.tools.testbed.display(),
+                u.published
+            );
+        }
+        let _ = writeln!(s, "  ip netns exec {c} ping -c 2 {n1}");
+        let _ = writeln!(s, "  ip netns exec {c} curl http://{n1}:9999/             # not published: refused by meshd");
+        if let Some(t) = self
+            .rec
+            .tasks
+            .iter()
+            .find(|t| t.addrs.iter().any(|(n, _)| n != plan::INGRESS))
+        {
+            let net = t
+                .addrs
+                .iter()
+                .find(|(n, _)| n != plan::INGRESS)
+                .map(|(n, _)| n.clone())
+                .unwrap_or_default();
+            let other = self
+                .rec
+                .services
+                .iter()
+                .find(|s| s.networks.contains(&net) && s.name != t.service);
+            let target = other.map_or(t.service.as_str(), |s| s.name.as_str());
+            let _ = writeln!(
+                s,
+                "  ip netns exec {} curl http://{target}/         # by VIP, from inside task {}",
+                t.ns, t.name
+            );
+        }
+        let _ = writeln!(s, "  export MESHCTL_SOCKET={}", self.socket_env());
+        let _ = writeln!(
+            s,
+            "  {} service ls; {} stats   # or: testbed ctl service ls",
+            self.tools.meshctl.display(),
+            self.tools.meshctl.display()
+        );
+        let _ = writeln!(s, "  testbed run api --replicas 2 --publish 9090:80 | testbed scale web=3 | testbed drain n2");
+        let _ = writeln!(s, "  testbed --instance {} down                          # removes every meshd-{}-* namespace", p.instance, p.instance);
+        s
+    }
+
+    /// Every node's counters and the last lines of its log: for a failing test's report.
+    pub fn dump(&self) -> String {
+        let mut s = String::new();
+        for n in &self.rec.nodes {
+            let _ = writeln!(s, "---- {} ({}) meshctl stats", n.name, n.ns);
+            match self.meshctl_echo(std::slice::from_ref(&n.socket), &["stats"], false) {
+                Ok(t) => {
+                    for l in t.lines().filter(|l| {
+                        l.starts_with("total.")
+                            || l.starts_with("generation")
+                            || l.starts_with("services.")
+                    }) {
+                        let _ = writeln!(s, "  {l}");
+                    }
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "  {e}");
+                }
+            }
+        }
+        s.push_str(&self.node_log_tails());
+        s
+    }
+}
+
+fn indent(s: &mut String, text: &str) {
+    for l in text.lines() {
+        let _ = writeln!(s, "  {l}");
+    }
+}
+
+fn task_arg(t: &TaskRec) -> String {
+    let mut s = format!("name={},node={}", t.name, t.node);
+    for (n, a) in &t.addrs {
+        let _ = write!(s, ",addr={n}:{a}");
+    }
+    s
+}
+
+fn write_pid(path: &Path, pid: u32) -> Result<()> {
+    std::fs::write(path, format!("{pid}\n"))
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Removes everything instance `plan` made, whether or not its record survived: stops the
+/// daemons named by its pid files, kills whatever else runs in its namespaces, deletes every
+/// namespace named `meshd-<instance>-*`, its /etc/netns entries and its run directory. Returns
+/// what it removed, one line each.
+pub fn down(plan: &Plan) -> Vec<String> {
+    let mut done = Vec::new();
+    let dir = plan.run_dir();
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let mut pidfiles: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pid"))
+            .collect();
+        // Tasks first, meshd last (node pid files are n<i>.pid).
+        pidfiles.sort_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|s| plan::node_index(s).is_some())
+        });
+        for pf in pidfiles {
+            let Some(pid) = std::fs::read_to_string(&pf)
+                .ok()
+                .and_then(|t| t.trim().parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let stem = pf
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("")
+                .to_string();
+            let expect = if plan::node_index(&stem).is_some() {
+                "meshd"
+            } else {
+                "whoami"
+            };
+            if sys::stop_pid(pid, expect, Duration::from_secs(3)) {
+                done.push(format!("stopped {expect} {stem} (pid {pid})"));
+            }
+        }
+    }
+    let mut spaces = sys::netns_with_prefix(&plan.prefix()).unwrap_or_default();
+    // Tasks before nodes before the switch, so no veth is left dangling in between.
+    spaces.sort_by_key(|ns| {
+        let rest = &ns[plan.prefix().len()..];
+        if rest == "sw" {
+            2
+        } else if plan::node_index(rest).is_some() || rest == "client" {
+            1
+        } else {
+            0
+        }
+    });
+    for ns in &spaces {
+        sys::kill_netns_pids(ns);
+    }
+    for ns in &spaces {
+        match sys::ip(&["netns", "del", ns]) {
+            Ok(_) => done.push(format!("deleted namespace {ns}")),
+            Err(e) => done.push(format!("could not delete namespace {ns}: {e}")),
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir("/etc/netns") {
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(&plan.prefix()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    if dir.exists() {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => done.push(format!("removed {}", dir.display())),
+            Err(e) => done.push(format!("could not remove {}: {e}", dir.display())),
+        }
+    }
+    done
+}
+
+/// The instances that have anything left: run directories `/run/meshd-*` and namespaces
+/// `meshd-*-*`.
+pub fn instances() -> Vec<String> {
+    let mut v = BTreeSet::new();
+    if let Ok(rd) = std::fs::read_dir("/run") {
+        for e in rd.filter_map(|e| e.ok()) {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(i) = n.strip_prefix("meshd-") {
+                if Plan::new(i).is_ok() && e.path().join("testbed.json").exists() {
+                    v.insert(i.to_string());
+                }
+            }
+        }
+    }
+    for ns in sys::netns_with_prefix("meshd-").unwrap_or_default() {
+        if let Some((i, _)) = ns["meshd-".len()..].split_once('-') {
+            if Plan::new(i).is_ok() {
+                v.insert(i.to_string());
+            }
+        }
+    }
+    v.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_specs() {
+        let p = parse_publish("8080:80", PublishMode::Ingress).unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (8080, 80, Protocol::Tcp)
+        );
+        let p = parse_publish("5353:53/udp", PublishMode::Host).unwrap();
+        assert_eq!((p.protocol, p.mode), (Protocol::Udp, PublishMode::Host));
+        assert_eq!(
+            publish_arg(&p),
+            "published=5353,target=53,protocol=udp,mode=host"
+        );
+        for bad in ["8080", "8080:80/sctp", "x:80", "0:80", "8080:"] {
+            assert!(parse_publish(bad, PublishMode::Ingress).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn task_specs_name_every_address() {
+        let t = TaskRec {
+            name: "web.1".into(),
+            service: "web".into(),
+            slot: 1,
+            node: "n1".into(),
+            ns: "meshd-tb-web.1".into(),
+            veth: "tk0".into(),
+            addrs: vec![
+                ("ingress".into(), Ipv4Addr::new(10, 0, 0, 100)),
+                ("appnet".into(), Ipv4Addr::new(10, 0, 1, 100)),
+            ],
+            pid: 0,
+        };
+        assert_eq!(
+            task_arg(&t),
+            "name=web.1,node=n1,addr=ingress:10.0.0.100,addr=appnet:10.0.1.100"
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! `testbed demo`: the seed articles' walk through Swarm's routing mesh, on meshd, printed as a
+//! person at the terminal would see it.
+
+use std::time::Duration;
+
+use ctl::model::{Availability, PublishMode};
+
+use crate::bed::{Bed, RunSpec};
+use crate::error::Result;
+use crate::probe;
+
+const CURL_TIME: Duration = Duration::from_secs(3);
+
+fn section(n: u32, title: &str, seed: &str) {
+    println!("\n=== {n}. {title}  ({seed})\n");
+}
+
+fn note(text: &str) {
+    for l in text.lines() {
+        println!("# {l}");
+    }
+}
+
+fn shell(ns: &str, cmd: &str) {
+    println!("[{ns}]$ {cmd}");
+}
+
+/// curl from the outside client to every node's `port`, `rounds` times, one line per answer.
+fn curl_nodes(bed: &Bed, port: u16, rounds: usize) -> Result<()> {
+    let c = bed.client_ns();
+    for _ in 0..rounds {
+        for n in &bed.rec.nodes {
+            let url = format!("http://{}:{port}/", n.addr);
+            let r = probe::curl(&c, &url, CURL_TIME, &[])?;
+            println!("[{c}]$ curl {url:<28} -> {}", r.summary());
+        }
+    }
+    Ok(())
+}
+
+/// Runs the walk on a fresh instance; leaves it up unless `down`.
+pub fn run(mut bed: Bed, down: bool) -> Result<()> {
+    bed.verbose = true;
+    let c = bed.client_ns();
+    let n = bed.rec.nodes.len();
+    let last = bed
+        .rec
+        .nodes
+        .last()
+        .map(|x| x.name.clone())
+        .unwrap_or_default();
+
+    section(1, &format!("A mesh of {n} nodes"), "seed 000: a swarm");
+    note(&format!(
+        "Each node is a network namespace on one switch; meshd runs in it and IS the node: it answers\n\
+         for 192.168.100.1X itself (ARP, ping, published ports) with no address in the kernel.\n\
+         The outside client is {c} (192.168.100.100)."
+    ));
+    println!("$ meshctl node ls");
+    print!("{}", indent(&bed.meshctl(&["node", "ls"])?));
+
+    section(
+        2,
+        "docker service create --name web --publish 8080:80 --replicas 2",
+        "seeds 000, 003",
+    );
+    println!("$ testbed run web --replicas 2 --publish 8080:80 --network appnet");
+    bed.run(
+        &RunSpec::new("web", 2)
+            .publish("8080:80", PublishMode::Ingress)?
+            .network("appnet"),
+    )?;
+    println!("$ meshctl service ps web");
+    print!("{}", indent(&bed.meshctl(&["service", "ps", "web"])?));
+
+    section(3, "curl every node's published port", "seeds 000, 003");
+    let n1 = &bed.rec.nodes[0];
+    let url = format!("http://{}:8080/", n1.addr);
+    shell(&c, &format!("curl {url}"));
+    print!("{}", probe::curl(&c, &url, CURL_TIME, &[])?.body);
+    curl_nodes(&bed, 8080, 2)?;
+    note(&format!(
+        "Every node answers on 8080, {last} too, which runs no task of web; new connections take\n\
+         turns over web.1 and web.2. RemoteAddr is the ingress node's address on the ingress network\n\
+         (Swarm masquerades; `--client-ip keep` shows the client's own address instead)."
+    ));
+
+    section(4, "docker service scale web=1", "seed 000");
+    println!("$ testbed scale web=1");
+    bed.scale("web", 1)?;
+    curl_nodes(&bed, 8080, 1)?;
+    note("One task left, and every node still answers: the port lives on every node, not with the tasks.");
+
+    section(5, "A client task reaches web by its VIP", "seed 004");
+    println!("$ testbed scale web=3");
+    bed.scale("web", 3)?;
+    println!("$ testbed run client --network appnet      # like `docker service create --name client --network mynet`");
+    bed.run(&RunSpec::new("client", 1).network("appnet"))?;
+    let vip = bed.vip("web", "appnet")?;
+    let ct = bed
+        .tasks_of("client")
+        .first()
+        .map(|t| (t.ns.clone(), t.node.clone()))
+        .unwrap_or_default();
+    note(&format!(
+        "web's VIP on appnet is {vip}; client.1 runs on {}. (meshd has no DNS resolver yet: the testbed\n\
+         writes `{vip} web` into the task's /etc/hosts.)",
+        ct.1
+    ));
+    shell(&ct.0, "curl web");
+    print!(
+        "{}",
+        probe::curl(&ct.0, "http://web/", CURL_TIME, &[])?.body
+    );
+    for _ in 0..3 {
+        let r = probe::curl(&ct.0, "http://web/", CURL_TIME, &[])?;
+        println!("[{}]$ curl web   -> {}", ct.0, r.summary());
+    }
+    shell(&ct.0, "ping -c 2 web");
+    let (_, out) = probe::ping(&ct.0, "web", 2)?;
+    print!("{}", out);
+    note(
+        "Connections to the VIP are balanced over web's tasks on every node; the VIP answers ping.",
+    );
+
+    section(6, "docker node update --availability drain n2", "seed 002");
+    println!("$ testbed drain n2");
+    bed.set_availability("n2", Availability::Drain)?;
+    curl_nodes(&bed, 8080, 2)?;
+    let on_n2: Vec<String> = bed
+        .rec
+        .tasks
+        .iter()
+        .filter(|t| t.node == "n2")
+        .map(|t| t.name.clone())
+        .collect();
+    note(&format!(
+        "n2's task ({}) takes no new connections; its open ones go on. (Swarm would also start a\n\
+         replacement elsewhere; meshd routes, it does not schedule containers.)",
+        on_n2.join(", ")
+    ));
+
+    section(7, "docker service update --publish-rm 8080 web", "seed 002");
+    bed.meshctl(&["service", "update", "--publish-rm", "8080", "web"])?;
+    for node in &bed.rec.nodes {
+        let url = format!("http://{}:8080/", node.addr);
+        let r = probe::curl(&c, &url, CURL_TIME, &[])?;
+        println!("[{c}]$ curl {url:<28} -> {}", r.summary());
+    }
+    note("Every node refuses at once (a TCP RST from meshd), as a host with nothing listening would.");
+
+    if down {
+        println!("\n$ testbed down");
+        for l in bed.down_now() {
+            println!("  {l}");
+        }
+        return Ok(());
+    }
+    println!("\n=== Putting the port back and n2 back to active, so you can poke the mesh\n");
+    bed.meshctl(&[
+        "service",
+        "update",
+        "--publish-add",
+        "published=8080,target=80",
+        "web",
+    ])?;
+    bed.set_availability("n2", Availability::Active)?;
+    bed.verbose = false;
+    println!("{}", bed.status());
+    Ok(())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}\n")).collect()
+}

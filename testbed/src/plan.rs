@@ -1,0 +1,211 @@
+//! Names and addresses of a testbed instance, in one place.
+//!
+//! Everything an instance makes is named `meshd-<instance>-...`, so two instances (the demo and
+//! a test run) never touch each other's namespaces, and `testbed down` finds all of an
+//! instance's leftovers by prefix even after a crash.
+//!
+//! ```text
+//!   meshd-tb-sw       the underlay switch: bridge br0, one port per node, one for the client
+//!   meshd-tb-client   an outside client, 192.168.100.100/24 (a normal host: the kernel has the IP)
+//!   meshd-tb-n1       node n1: uplink veth up0 and tasks bridge br-tasks, no IP on either,
+//!                     meshd --node n1 --addr 192.168.100.11 runs here
+//!   meshd-tb-web.1    task web.1: veth eth0 on n1's br-tasks, an address on each of its networks
+//! ```
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// The most nodes an instance has (node i is 192.168.100.(10+i), endpoint 10.0.0.(1+i)).
+pub const MAX_NODES: usize = 50;
+/// The outside client's address on the underlay.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 100);
+/// The underlay prefix length.
+pub const UNDERLAY_PREFIX: u8 = 24;
+/// The ingress network, as Swarm makes it.
+pub const INGRESS: &str = "ingress";
+/// Task addresses on every network start here (below: gateway, node endpoints, VIPs).
+pub const FIRST_TASK_HOST: u8 = 100;
+/// The interface names inside a node's namespace.
+pub const UPLINK_DEV: &str = "up0";
+pub const TASKS_DEV: &str = "br-tasks";
+/// The switch's bridge.
+pub const SWITCH_DEV: &str = "br0";
+
+/// The naming plan of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub instance: String,
+}
+
+impl Plan {
+    /// A plan for `instance`: 1 to 10 lowercase letters and digits, starting with a letter.
+    pub fn new(instance: &str) -> Result<Self> {
+        let ok = !instance.is_empty()
+            && instance.len() <= 10
+            && instance.starts_with(|c: char| c.is_ascii_lowercase())
+            && instance
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !ok {
+            return Err(Error::msg(format!(
+                "instance {instance:?}: use 1 to 10 lowercase letters and digits, starting with a letter (like tb or demo2)"
+            )));
+        }
+        Ok(Plan {
+            instance: instance.to_string(),
+        })
+    }
+
+    /// Every namespace of the instance starts with this.
+    pub fn prefix(&self) -> String {
+        format!("meshd-{}-", self.instance)
+    }
+    pub fn switch_ns(&self) -> String {
+        format!("{}sw", self.prefix())
+    }
+    pub fn client_ns(&self) -> String {
+        format!("{}client", self.prefix())
+    }
+    pub fn node_ns(&self, i: usize) -> String {
+        format!("{}{}", self.prefix(), node_name(i))
+    }
+    pub fn task_ns(&self, task: &str) -> String {
+        format!("{}{task}", self.prefix())
+    }
+
+    /// Sockets, state files, logs and pid files of the instance.
+    pub fn run_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/run/meshd-{}", self.instance))
+    }
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.run_dir().join(format!("{}.sock", node_name(i)))
+    }
+    pub fn state_file(&self, i: usize) -> PathBuf {
+        self.run_dir().join(format!("{}.json", node_name(i)))
+    }
+    pub fn node_log(&self, i: usize) -> PathBuf {
+        self.run_dir().join(format!("{}.log", node_name(i)))
+    }
+    pub fn node_pidfile(&self, i: usize) -> PathBuf {
+        self.run_dir().join(format!("{}.pid", node_name(i)))
+    }
+    pub fn task_log(&self, task: &str) -> PathBuf {
+        self.run_dir().join(format!("{task}.log"))
+    }
+    pub fn task_pidfile(&self, task: &str) -> PathBuf {
+        self.run_dir().join(format!("{task}.pid"))
+    }
+    pub fn task_ready(&self, task: &str) -> PathBuf {
+        self.run_dir().join(format!("{task}.ready"))
+    }
+    /// The testbed's own record of what it made.
+    pub fn bed_file(&self) -> PathBuf {
+        self.run_dir().join("testbed.json")
+    }
+    /// `ip netns exec` bind-mounts files from here over /etc (used for /etc/hosts).
+    pub fn etc_netns(&self, ns: &str) -> PathBuf {
+        PathBuf::from("/etc/netns").join(ns)
+    }
+}
+
+/// `n1`, `n2`, ...
+pub fn node_name(i: usize) -> String {
+    format!("n{i}")
+}
+
+/// The index of node `n3` (3), if the name is one of ours.
+pub fn node_index(name: &str) -> Option<usize> {
+    let i: usize = name.strip_prefix('n')?.parse().ok()?;
+    (1..=MAX_NODES).contains(&i).then_some(i)
+}
+
+/// Node i's underlay address, where its published ports answer: 192.168.100.(10+i).
+pub fn node_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 100, 10 + i as u8)
+}
+
+/// The subnet of network number `k` (the ingress network is 0): 10.0.k.0/24.
+pub fn subnet(k: u8) -> (Ipv4Addr, u8) {
+    (Ipv4Addr::new(10, 0, k, 0), 24)
+}
+
+/// The gateway (and resolver) of network `k`: 10.0.k.1.
+pub fn gateway(k: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, k, 1)
+}
+
+/// Node i's endpoint on the ingress network, its masquerade source: 10.0.0.(1+i).
+pub fn ingress_endpoint(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 1 + i as u8)
+}
+
+/// Host number `h` of network `k`.
+pub fn host(k: u8, h: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, k, h)
+}
+
+/// The MAC of node i's tasks bridge. A Linux bridge without a set address takes the lowest MAC
+/// of its ports and changes it as tasks come and go; meshd reads the address once at start, so
+/// the testbed pins it.
+pub fn tasks_bridge_mac(i: usize) -> String {
+    format!("02:6d:73:00:{:02x}:01", i)
+}
+
+/// The MAC of node i's uplink (fixed only so status output is stable).
+pub fn uplink_mac(i: usize) -> String {
+    format!("02:6d:73:00:{:02x}:00", i)
+}
+
+/// A service name: lowercase letters, digits and '-', starting with a letter, at most 20.
+pub fn check_service_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 20
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::msg(format!(
+            "service name {name:?}: use up to 20 lowercase letters, digits and '-', starting with a letter (like web)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_instance() {
+        let p = Plan::new("tb").unwrap();
+        assert_eq!(p.node_ns(2), "meshd-tb-n2");
+        assert_eq!(p.task_ns("web.1"), "meshd-tb-web.1");
+        assert_eq!(p.switch_ns(), "meshd-tb-sw");
+        assert_eq!(p.socket(1), PathBuf::from("/run/meshd-tb/n1.sock"));
+        // One instance's prefix is never the prefix of another's names.
+        assert!(!Plan::new("tb2")
+            .unwrap()
+            .node_ns(1)
+            .starts_with(&p.prefix()));
+        assert!(Plan::new("Tb").is_err());
+        assert!(Plan::new("").is_err());
+        assert!(Plan::new("a-b").is_err());
+    }
+
+    #[test]
+    fn addresses_follow_the_plan() {
+        assert_eq!(node_addr(1), Ipv4Addr::new(192, 168, 100, 11));
+        assert_eq!(ingress_endpoint(3), Ipv4Addr::new(10, 0, 0, 4));
+        assert_eq!(gateway(1), Ipv4Addr::new(10, 0, 1, 1));
+        assert_eq!(node_index("n3"), Some(3));
+        assert_eq!(node_index("n0"), None);
+        assert_eq!(node_index("x3"), None);
+        assert_eq!(tasks_bridge_mac(10), "02:6d:73:00:0a:01");
+        assert!(check_service_name("web").is_ok());
+        assert!(check_service_name("web.1").is_err());
+    }
+}
