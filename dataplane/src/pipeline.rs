@@ -587,7 +587,7 @@ impl Pipeline {
                 fl.client_ack = l3.ack;
             }
         }
-        let a = fl.actions[dir as usize];
+        let a = *fl.action(dir);
         nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
         self.send(t, now, buf, a.dst, a.egress)
     }
@@ -879,7 +879,7 @@ impl Pipeline {
     /// Builds a TCP RST to the client of flow `f`, as from the service it connected to.
     fn reset_frame(&self, t: &ServiceTable, f: &Flow, b: &mut PacketBuf) -> bool {
         // The reverse action turns a task's packet into what the client expects to see.
-        let rev = f.actions[1];
+        let rev = f.rev;
         let mut frame = [0u8; ETH + IPV4 + 20];
         let (smac, port) = match rev.egress {
             Egress::Uplink { mac } => {

@@ -115,29 +115,36 @@ pub enum Dir {
     Rev = 1,
 }
 
-/// One flow.
+/// One flow. Laid out for the fast path: the first cache line holds the forward action and the
+/// state every packet updates, the second the reverse action; the rest is cold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(64))]
 pub struct Flow {
-    pub keys: [FlowKey; 2],
-    pub actions: [Action; 2],
-    pub kind: FlowKind,
-    pub task_uid: u64,
-    pub balancer: u16,
-    pub tcp: TcpState,
+    /// For packets matching `keys[0]` (client to task).
+    pub fwd: Action,
     /// Milliseconds (of the pipeline's clock, wrapping) when the flow last saw a packet.
     pub last_seen: u32,
-    /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
-    pub timeouts: [u32; 3],
     /// The client's last acknowledgement number: the sequence number a reset towards it needs.
     pub client_ack: u32,
+    pub tcp: TcpState,
+    pub kind: FlowKind,
     live: bool,
+    pub balancer: u16,
+    /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
+    pub timeouts: [u32; 3],
+    /// For packets matching `keys[1]` (task back to client); starts the second cache line.
+    pub rev: Action,
+    pub task_uid: u64,
+    pub keys: [FlowKey; 2],
 }
 
 impl Flow {
     pub fn new(kind: FlowKind, keys: [FlowKey; 2], actions: [Action; 2], task_uid: u64, balancer: u16, timeouts: [u32; 3], now: u32) -> Self {
+        let [fwd, rev] = actions;
         Flow {
             keys,
-            actions,
+            fwd,
+            rev,
             kind,
             task_uid,
             balancer,
@@ -146,6 +153,15 @@ impl Flow {
             timeouts,
             client_ack: 0,
             live: true,
+        }
+    }
+
+    /// The action for packets in direction `dir`.
+    #[inline]
+    pub fn action(&self, dir: Dir) -> &Action {
+        match dir {
+            Dir::Fwd => &self.fwd,
+            Dir::Rev => &self.rev,
         }
     }
 
@@ -223,7 +239,8 @@ impl FlowTable {
         let dummy_action = Action::new(&FlowKey::default(), 0, 0, 0, 0, Egress::Tasks);
         let dummy = Flow {
             keys: [FlowKey::default(); 2],
-            actions: [dummy_action; 2],
+            fwd: dummy_action,
+            rev: dummy_action,
             kind: FlowKind::Ingress,
             task_uid: 0,
             balancer: 0,
@@ -234,9 +251,9 @@ impl FlowTable {
             live: false,
         };
         FlowTable {
-            slots: vec![Slot { key: FlowKey::default(), val: EMPTY }; nslots].into_boxed_slice(),
+            slots: crate::hugepage::vec_of(nslots, Slot { key: FlowKey::default(), val: EMPTY }).into_boxed_slice(),
             mask: nslots - 1,
-            flows: vec![dummy; capacity],
+            flows: crate::hugepage::vec_of(capacity, dummy),
             free: (0..capacity as u32).rev().collect(),
             capacity,
             len: 0,
@@ -271,7 +288,7 @@ impl FlowTable {
         if s.val != EMPTY && s.key == *key {
             let f = &self.flows[(s.val >> 1) as usize];
             crate::prefetch::read(f);
-            crate::prefetch::read(&f.actions[1]);
+            crate::prefetch::read(&f.rev);
         }
     }
 
@@ -434,6 +451,13 @@ mod tests {
         let a = Action::new(&k, k.src, k.sport, r.src, 80, Egress::Tasks);
         let b = Action::new(&r, k.dst, k.dport, k.src, k.sport, Egress::Uplink { mac: [2; 6] });
         Flow::new(FlowKind::Ingress, [k, r], [a, b], 7, 0, [7200, 60, 30], now)
+    }
+
+    #[test]
+    fn a_flow_keeps_its_hot_state_in_two_cache_lines() {
+        assert_eq!(std::mem::offset_of!(Flow, rev), 64);
+        assert!(std::mem::offset_of!(Flow, timeouts) + 12 <= 64);
+        assert_eq!(std::mem::align_of::<Flow>(), 64);
     }
 
     #[test]
