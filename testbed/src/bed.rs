@@ -808,7 +808,7 @@ impl Bed {
             self.rec
                 .tasks
                 .iter()
-                .filter(|t| t.node == node && service.map_or(true, |s| t.service == s))
+                .filter(|t| t.node == node && service.is_none_or(|s| t.service == s))
                 .count()
         };
         candidates

@@ -1,0 +1,578 @@
+//! End-to-end tests: a 3-node meshd mesh in network namespaces, checked with real clients
+//! (curl, ping, UDP and TCP sockets in the client's or a task's namespace).
+//!
+//! Run as root from the workspace root:
+//!
+//! ```text
+//! sudo cargo test -p testbed --test e2e
+//! ```
+//!
+//! Without root every test prints a line and passes. The tests run one at a time (a global
+//! lock: they share the machine's two cores and meshd's timing), each on its own instance
+//! `meshd-e<tag><pid>-*`, removed by a guard even when the test fails; the guard also checks
+//! that no namespace of the instance is left. The test builds meshd and meshctl first (`cargo
+//! build -p dataplane -p ctl`), so it never runs stale daemons.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
+
+use ctl::model::{Availability, PublishMode};
+use testbed::probe::{self, Failure, KeepAlive};
+use testbed::{sys, Bed, Plan, RunSpec, Tools};
+
+const T: Duration = Duration::from_secs(3);
+/// How long a negative check (isolation, a hang) waits.
+const SHORT: Duration = Duration::from_millis(1500);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static BUILD: Once = Once::new();
+
+/// A running mesh; dropping it removes the instance.
+struct Mesh {
+    bed: Bed,
+    started: Instant,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Bed;
+    fn deref(&self) -> &Bed {
+        &self.bed
+    }
+}
+impl std::ops::DerefMut for Mesh {
+    fn deref_mut(&mut self) -> &mut Bed {
+        &mut self.bed
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== mesh {} at failure:\n{}",
+                self.bed.plan.instance,
+                self.bed.dump()
+            );
+        }
+        self.bed.down_now();
+        let left = sys::netns_with_prefix(&self.bed.plan.prefix()).unwrap_or_default();
+        eprintln!(
+            "mesh {}: {:.1} s",
+            self.bed.plan.instance,
+            self.started.elapsed().as_secs_f64()
+        );
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("namespaces left behind: {left:?}");
+        }
+    }
+}
+
+fn build_daemons(testbed: &Path) {
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = testbed.components().any(|c| c.as_os_str() == "release");
+        let mut args = vec![
+            "build",
+            "-q",
+            "-p",
+            "dataplane",
+            "--bin",
+            "meshd",
+            "-p",
+            "ctl",
+            "--bin",
+            "meshctl",
+        ];
+        if release {
+            args.push("--release");
+        }
+        let st = std::process::Command::new(&cargo)
+            .args(&args)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("running cargo to build meshd and meshctl");
+        assert!(st.success(), "cargo build of meshd/meshctl failed");
+    });
+}
+
+/// A fresh 3-node mesh, or `None` (with a printed line) when not root.
+fn mesh(tag: &str) -> Option<Mesh> {
+    if !sys::is_root() {
+        eprintln!("skipping {tag}: the end-to-end tests need root (sudo cargo test -p testbed --test e2e)");
+        return None;
+    }
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = Path::new(env!("CARGO_BIN_EXE_testbed"));
+    build_daemons(exe);
+    let missing = testbed::preflight::missing();
+    assert!(
+        missing.is_empty(),
+        "missing programs: {missing:?} (apt-get install -y iproute2 ethtool curl iputils-ping)"
+    );
+    let plan = Plan::new(&format!("e{tag}{}", std::process::id() % 1000)).unwrap();
+    testbed::bed::down(&plan);
+    let started = Instant::now();
+    let bed = Bed::up(plan, Tools::beside(exe).unwrap(), 3, false).unwrap();
+    Some(Mesh {
+        bed,
+        started,
+        _serial: serial,
+    })
+}
+
+fn url(m: &Mesh, node: &str, port: u16) -> String {
+    format!("http://{}:{port}/", m.node(node).unwrap().addr)
+}
+
+/// curl from the outside client; the task that answered.
+fn hostname(m: &Mesh, node: &str, port: u16) -> String {
+    let r = probe::curl(&m.client_ns(), &url(m, node, port), T, &[]).unwrap();
+    assert!(r.ok(), "curl {} failed: {}", url(m, node, port), r.stderr);
+    r.whoami()
+        .unwrap_or_else(|| panic!("not a whoami answer: {:?}", r.body))
+        .hostname
+}
+
+fn web(replicas: u32) -> RunSpec {
+    RunSpec::new("web", replicas)
+        .publish("8080:80", PublishMode::Ingress)
+        .unwrap()
+}
+
+#[test]
+fn a_published_port_answers_on_every_node_even_one_without_a_task() {
+    let Some(mut m) = mesh("every") else { return };
+    m.run(&web(2)).unwrap();
+    let nodes: Vec<&str> = m.tasks_of("web").iter().map(|t| t.node.as_str()).collect();
+    assert_eq!(
+        nodes,
+        ["n1", "n2"],
+        "two tasks spread over n1 and n2, none on n3"
+    );
+    for node in ["n1", "n2", "n3"] {
+        let h = hostname(&m, node, 8080);
+        assert!(h.starts_with("web."), "{node}: {h}");
+    }
+}
+
+#[test]
+fn two_connections_reach_two_different_tasks() {
+    let Some(mut m) = mesh("rr") else { return };
+    m.run(&web(2)).unwrap();
+    for node in ["n1", "n3"] {
+        let a = hostname(&m, node, 8080);
+        let b = hostname(&m, node, 8080);
+        assert_ne!(a, b, "two connections to {node} should go to two tasks");
+    }
+}
+
+#[test]
+fn after_scaling_to_one_task_every_node_still_reaches_it() {
+    let Some(mut m) = mesh("scale") else { return };
+    m.run(&web(3)).unwrap();
+    m.scale("web", 1).unwrap();
+    assert_eq!(m.tasks_of("web").len(), 1);
+    assert!(
+        sys::netns_with_prefix(&m.plan.task_ns("web.2"))
+            .unwrap()
+            .is_empty(),
+        "web.2's namespace is gone"
+    );
+    for node in ["n1", "n2", "n3"] {
+        for _ in 0..2 {
+            assert_eq!(hostname(&m, node, 8080), "web.1", "{node}");
+        }
+    }
+}
+
+#[test]
+fn udp_published_ports_answer_on_every_node_and_balance() {
+    let Some(mut m) = mesh("udp") else { return };
+    m.run(
+        &RunSpec::new("dns", 2)
+            .publish("5353:53/udp", PublishMode::Ingress)
+            .unwrap(),
+    )
+    .unwrap();
+    let c = m.client_ns();
+    let mut seen = BTreeSet::new();
+    for node in ["n1", "n2", "n3"] {
+        let to = m.node_sock(node, 5353).unwrap();
+        // One socket: one flow, one task, every time.
+        let s = probe::udp_socket(&c).unwrap().unwrap();
+        let first =
+            probe::udp_ask_on(&s, to, "hello", T).unwrap_or_else(|f| panic!("udp to {to}: {f}"));
+        let (task, payload) = first.split_once(' ').unwrap();
+        assert_eq!(payload, "hello");
+        for i in 0..3 {
+            let again = probe::udp_ask_on(&s, to, &format!("again {i}"), T).unwrap();
+            assert_eq!(
+                again,
+                format!("{task} again {i}"),
+                "a UDP flow stays on its task"
+            );
+        }
+        seen.insert(task.to_string());
+        // A second socket is a new flow: the other task.
+        let other = probe::udp_ask(&c, to, "x", T).unwrap().unwrap();
+        seen.insert(other.split_once(' ').unwrap().0.to_string());
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["dns.1".to_string(), "dns.2".to_string()])
+    );
+}
+
+#[test]
+fn masquerade_the_task_sees_the_ingress_nodes_endpoint() {
+    let Some(mut m) = mesh("masq") else { return };
+    m.run(&web(2)).unwrap();
+    for (node, ep) in [("n1", "10.0.0.2"), ("n2", "10.0.0.3"), ("n3", "10.0.0.4")] {
+        for _ in 0..2 {
+            let r = probe::curl(&m.client_ns(), &url(&m, node, 8080), T, &[]).unwrap();
+            let w = r.whoami().unwrap_or_else(|| panic!("{node}: {}", r.stderr));
+            assert_eq!(w.remote_ip(), ep, "{node}: {w:?}");
+        }
+    }
+}
+
+#[test]
+fn keep_client_ip_the_task_sees_the_client() {
+    let Some(mut m) = mesh("keep") else { return };
+    m.run(&web(2).keep_client_ip()).unwrap();
+    for node in ["n1", "n2", "n3"] {
+        let mut tasks = BTreeSet::new();
+        for _ in 0..2 {
+            let r = probe::curl(&m.client_ns(), &url(&m, node, 8080), T, &[]).unwrap();
+            let w = r.whoami().unwrap_or_else(|| panic!("{node}: {}", r.stderr));
+            assert_eq!(w.remote_ip(), "192.168.100.100", "{node}: {w:?}");
+            tasks.insert(w.hostname);
+        }
+        // Both tasks, so both the local and the cross-node return path were used.
+        assert_eq!(tasks.len(), 2, "{node}: {tasks:?}");
+    }
+}
+
+#[test]
+fn host_mode_publishing_answers_only_where_a_task_runs_and_with_that_task() {
+    let Some(mut m) = mesh("host") else { return };
+    m.run(
+        &RunSpec::new("web", 2)
+            .publish("8080:80", PublishMode::Host)
+            .unwrap(),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(hostname(&m, "n1", 8080), "web.1");
+        assert_eq!(hostname(&m, "n2", 8080), "web.2");
+    }
+    let to = m.node_sock("n3", 8080).unwrap();
+    assert_eq!(
+        probe::tcp_open(&m.client_ns(), to, T).unwrap().err(),
+        Some(Failure::Refused),
+        "n3 runs no task"
+    );
+}
+
+#[test]
+fn publish_rm_then_connection_refused() {
+    let Some(mut m) = mesh("pubrm") else { return };
+    m.run(&web(2)).unwrap();
+    assert!(hostname(&m, "n1", 8080).starts_with("web."));
+    m.meshctl(&["service", "update", "--publish-rm", "8080", "web"])
+        .unwrap();
+    for node in ["n1", "n2", "n3"] {
+        let r = probe::curl(&m.client_ns(), &url(&m, node, 8080), T, &[]).unwrap();
+        assert_eq!(
+            r.code, 7,
+            "{node}: curl should fail to connect (refused), got {r:?}"
+        );
+        let to = m.node_sock(node, 8080).unwrap();
+        assert_eq!(
+            probe::tcp_open(&m.client_ns(), to, T).unwrap().err(),
+            Some(Failure::Refused)
+        );
+    }
+    m.meshctl(&["service", "update", "--publish-add", "8080:80", "web"])
+        .unwrap();
+    assert!(
+        hostname(&m, "n3", 8080).starts_with("web."),
+        "--publish-add brings it back"
+    );
+}
+
+#[test]
+fn a_client_task_reaches_a_service_by_its_vip_balanced_over_tasks_on_other_nodes() {
+    let Some(mut m) = mesh("vip") else { return };
+    m.run(&RunSpec::new("web", 2).network("appnet")).unwrap();
+    m.run(&RunSpec::new("client", 1).network("appnet")).unwrap();
+    let client = m.tasks_of("client")[0].clone();
+    assert_eq!(
+        client.node, "n3",
+        "web.1 and web.2 are on n1 and n2; the client on n3"
+    );
+    let vip = m.vip("web", "appnet").unwrap();
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        let r = probe::curl(&client.ns, &format!("http://{vip}/"), T, &[]).unwrap();
+        let w = r
+            .whoami()
+            .unwrap_or_else(|| panic!("curl {vip}: {}", r.stderr));
+        assert_eq!(
+            w.remote_ip(),
+            client.addr_on("appnet").unwrap().to_string(),
+            "VIP traffic keeps the client's address"
+        );
+        seen.insert(w.hostname);
+    }
+    assert_eq!(
+        seen,
+        BTreeSet::from(["web.1".to_string(), "web.2".to_string()])
+    );
+    // By name, as `curl web` in seed 004 (the testbed's /etc/hosts stands in for meshd's DNS).
+    let r = probe::curl(&client.ns, "http://web/", T, &[]).unwrap();
+    assert!(r.whoami().is_some(), "curl web: {}", r.stderr);
+    let (ok, out) = probe::ping(&client.ns, &vip.to_string(), 2).unwrap();
+    assert!(ok, "ping VIP: {out}");
+}
+
+#[test]
+fn drain_stops_new_connections_to_a_nodes_tasks_but_keeps_open_ones() {
+    let Some(mut m) = mesh("drain") else { return };
+    m.run(&web(3)).unwrap();
+    let on_n2 = m
+        .tasks_of("web")
+        .iter()
+        .find(|t| t.node == "n2")
+        .unwrap()
+        .name
+        .clone();
+    // A connection to n2's task, open before the drain.
+    let to = m.node_sock("n1", 8080).unwrap();
+    let mut held = None;
+    for _ in 0..3 {
+        let s = probe::tcp_open(&m.client_ns(), to, T).unwrap().unwrap();
+        let mut k = KeepAlive::new(s, "n1", T).unwrap();
+        if probe::Whoami::parse(&k.get().unwrap()).unwrap().hostname == on_n2 {
+            held = Some(k);
+            break;
+        }
+    }
+    let mut held = held.expect("three connections reach all three tasks");
+    m.set_availability("n2", Availability::Drain).unwrap();
+    for _ in 0..3 {
+        for node in ["n1", "n2", "n3"] {
+            assert_ne!(
+                hostname(&m, node, 8080),
+                on_n2,
+                "drained {on_n2} took a new connection via {node}"
+            );
+        }
+    }
+    let again = held
+        .get()
+        .unwrap_or_else(|f| panic!("the open connection to {on_n2}: {f}"));
+    assert_eq!(
+        probe::Whoami::parse(&again).unwrap().hostname,
+        on_n2,
+        "an open connection stays on the drained task"
+    );
+    m.set_availability("n2", Availability::Active).unwrap();
+    let seen: BTreeSet<String> = (0..3).map(|_| hostname(&m, "n1", 8080)).collect();
+    assert!(seen.contains(&on_n2), "active again: {seen:?}");
+}
+
+#[test]
+fn a_flow_stays_on_its_task_while_tasks_are_added() {
+    let Some(mut m) = mesh("sticky") else { return };
+    m.run(&web(2)).unwrap();
+    let mut conns = Vec::new();
+    for node in ["n1", "n3"] {
+        let s = probe::tcp_open(&m.client_ns(), m.node_sock(node, 8080).unwrap(), T)
+            .unwrap()
+            .unwrap();
+        let mut k = KeepAlive::new(s, node, T).unwrap();
+        let first = probe::Whoami::parse(&k.get().unwrap()).unwrap();
+        conns.push((node, k, first));
+    }
+    m.scale("web", 4).unwrap();
+    for (node, k, first) in &mut conns {
+        for _ in 0..2 {
+            let w =
+                probe::Whoami::parse(&k.get().unwrap_or_else(|f| panic!("{node}: {f}"))).unwrap();
+            assert_eq!(
+                w.hostname, first.hostname,
+                "via {node}: the connection moved"
+            );
+            assert_eq!(w.remote, first.remote, "via {node}: same connection");
+        }
+    }
+    let seen: BTreeSet<String> = (0..4).map(|_| hostname(&m, "n2", 8080)).collect();
+    assert_eq!(
+        seen.len(),
+        4,
+        "new connections use the new tasks too: {seen:?}"
+    );
+}
+
+#[test]
+fn a_removed_tasks_client_gets_a_reset_not_a_hang() {
+    let Some(mut m) = mesh("reset") else { return };
+    m.run(&web(2)).unwrap();
+    m.run(
+        &RunSpec::new("dns", 2)
+            .publish("5353:53/udp", PublishMode::Ingress)
+            .unwrap(),
+    )
+    .unwrap();
+    let c = m.client_ns();
+    // TCP through n3 (no local task: the flow crosses the overlay).
+    let s = probe::tcp_open(&c, m.node_sock("n3", 8080).unwrap(), T)
+        .unwrap()
+        .unwrap();
+    let mut k = KeepAlive::new(s, "n3", Duration::from_secs(5)).unwrap();
+    let victim = probe::Whoami::parse(&k.get().unwrap()).unwrap().hostname;
+    // UDP through n1.
+    let u = probe::udp_socket(&c).unwrap().unwrap();
+    let to = m.node_sock("n1", 5353).unwrap();
+    let udp_victim = probe::udp_ask_on(&u, to, "a", T)
+        .unwrap()
+        .split_once(' ')
+        .unwrap()
+        .0
+        .to_string();
+
+    // meshd forgets the tasks; their servers keep running, so only meshd can end the flows.
+    m.deregister_task(&victim).unwrap();
+    m.deregister_task(&udp_victim).unwrap();
+    let t0 = Instant::now();
+    let end = k.wait_end();
+    assert_eq!(
+        end,
+        Failure::Reset,
+        "the client of removed {victim} should get a RST (waited {:?})",
+        t0.elapsed()
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the reset took {:?}",
+        t0.elapsed()
+    );
+    // The same UDP socket is not black-holed (moby#36878): a client that retries is answered by
+    // the other task within a second, not minutes. (Strictly, its very first datagram should be;
+    // see the ignored test below.)
+    let t0 = Instant::now();
+    let next = loop {
+        match probe::udp_ask_on(&u, to, "b", Duration::from_millis(250)) {
+            Ok(a) => break a,
+            Err(Failure::Timeout) if t0.elapsed() < Duration::from_secs(1) => continue,
+            Err(f) => panic!(
+                "UDP after removing {udp_victim}: {f} after {:?}",
+                t0.elapsed()
+            ),
+        }
+    };
+    assert!(
+        !next.starts_with(&udp_victim) && next.ends_with(" b"),
+        "{next}"
+    );
+    for node in ["n1", "n2", "n3"] {
+        assert_ne!(hostname(&m, node, 8080), victim);
+    }
+}
+
+#[test]
+fn networks_are_isolated_from_each_other() {
+    let Some(mut m) = mesh("iso") else { return };
+    m.run(&RunSpec::new("web", 2).network("appnet")).unwrap();
+    m.run(&RunSpec::new("api", 1).network("othernet")).unwrap();
+    m.run(&RunSpec::new("probe", 1).network("othernet"))
+        .unwrap();
+    let p = m.tasks_of("probe")[0].ns.clone();
+    // Its own network works...
+    let api_vip = m.vip("api", "othernet").unwrap();
+    let r = probe::curl(&p, &format!("http://{api_vip}/"), T, &[]).unwrap();
+    assert_eq!(
+        r.whoami().map(|w| w.hostname).as_deref(),
+        Some("api.1"),
+        "{}",
+        r.stderr
+    );
+    // ...the other one does not: neither its VIP nor its tasks' addresses.
+    let web_vip = m.vip("web", "appnet").unwrap();
+    let mut targets = vec![web_vip];
+    targets.extend(
+        m.tasks_of("web")
+            .iter()
+            .map(|t| t.addr_on("appnet").unwrap()),
+    );
+    for ip in targets {
+        let got = probe::tcp_open(&p, SocketAddr::from((ip, 80)), SHORT).unwrap();
+        assert!(got.is_err(), "othernet reached appnet's {ip}");
+        let (ok, _) = probe::ping(&p, &ip.to_string(), 1).unwrap();
+        assert!(!ok, "othernet pinged appnet's {ip}");
+    }
+}
+
+#[test]
+fn a_nodes_address_answers_ping_and_refuses_what_is_not_published() {
+    let Some(mut m) = mesh("addr") else { return };
+    m.run(&web(1)).unwrap();
+    let c = m.client_ns();
+    for node in ["n1", "n2", "n3"] {
+        let addr = m.node(node).unwrap().addr;
+        let (ok, out) = probe::ping(&c, &addr.to_string(), 2).unwrap();
+        assert!(ok, "ping {node}: {out}");
+        // Published: answers. Anything else: a host's answers, at once, from meshd.
+        assert_eq!(hostname(&m, node, 8080), "web.1");
+        for port in [22, 80, 8081] {
+            let t0 = Instant::now();
+            let r = probe::tcp_open(&c, SocketAddr::from((addr, port)), T).unwrap();
+            assert_eq!(r.err(), Some(Failure::Refused), "{node} TCP {port}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "the RST took {:?}",
+                t0.elapsed()
+            );
+        }
+        for port in [53, 8080] {
+            let r = probe::udp_ask(&c, SocketAddr::from((addr, port)), "x", T).unwrap();
+            assert_eq!(
+                r,
+                Err(Failure::Refused),
+                "{node} UDP {port}: ICMP port unreachable expected"
+            );
+        }
+    }
+}
+
+/// meshd acknowledges a table change before its workers have swept their flows for removed
+/// tasks, so for a moment a removed task's flow still forwards to it. Run with `--ignored`.
+#[test]
+#[ignore = "known meshd race: flows of a removed task live on until the sweep reaches them"]
+fn the_first_udp_datagram_after_a_task_is_removed_reaches_another_task() {
+    let Some(mut m) = mesh("udprm") else { return };
+    m.run(
+        &RunSpec::new("dns", 2)
+            .publish("5353:53/udp", PublishMode::Ingress)
+            .unwrap(),
+    )
+    .unwrap();
+    let u = probe::udp_socket(&m.client_ns()).unwrap().unwrap();
+    let to = m.node_sock("n1", 5353).unwrap();
+    let victim = probe::udp_ask_on(&u, to, "a", T)
+        .unwrap()
+        .split_once(' ')
+        .unwrap()
+        .0
+        .to_string();
+    m.deregister_task(&victim).unwrap();
+    let next = probe::udp_ask_on(&u, to, "b", T)
+        .unwrap_or_else(|f| panic!("the first datagram after removing {victim}: {f}"));
+    assert!(!next.starts_with(&victim), "{next}");
+}
