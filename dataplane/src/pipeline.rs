@@ -526,7 +526,12 @@ impl Pipeline {
         let rkey = FlowKey::new(l3.proto, task_addr, p.target, src, sport);
         let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Uplink { mac: client_mac });
         let flow = Flow::new(FlowKind::Ingress, [key, rkey], [fwd, rev], b.uid, p.balancer, timeouts(svc), now);
-        let id = self.flows.insert(flow, now).map_err(|_| DropReason::NoNatPort)?;
+        // The forward key just missed; a masquerade port was picked so the reverse key is free.
+        let id = match svc.client_ip {
+            ClientIpMode::Masquerade => self.flows.insert_absent(flow, [hash, rkey.hash()], now),
+            ClientIpMode::Keep => self.flows.insert(flow, now),
+        }
+        .map_err(|_| DropReason::NoNatPort)?;
         self.stats.new_flows += 1;
         self.stats.flows_evicted = self.flows.evicted;
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
@@ -705,8 +710,8 @@ impl Pipeline {
                     let rkey = key.reversed();
                     let n = t.node(peer);
                     let back = Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni: t.net(net).vni, sport: entropy_port(&key) };
-                    let fwd = Action::new(&key, key.src, key.sport, key.dst, key.dport, Egress::Tasks);
-                    let rev = Action::new(&rkey, rkey.src, rkey.sport, rkey.dst, rkey.dport, back);
+                    let fwd = Action::keep(&key, Egress::Tasks);
+                    let rev = Action::keep(&rkey, back);
                     let flow = Flow::new(FlowKind::ReturnRoute, [key, rkey], [fwd, rev], te.uid, 0, timeouts(svc), now);
                     if let Ok(id) = self.flows.insert(flow, now) {
                         self.stats.new_flows += 1;

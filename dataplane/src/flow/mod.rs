@@ -15,8 +15,8 @@ use crate::wire::checksum::Delta;
 pub mod tcp;
 pub use tcp::TcpState;
 
-/// A flow key: one direction of a TCP or UDP conversation. 16 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// A flow key: one direction of a TCP or UDP conversation. 16 bytes, compared as two words.
+#[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
 pub struct FlowKey {
     pub src: u32,
@@ -39,11 +39,33 @@ impl FlowKey {
         FlowKey::new(self.proto, self.dst, self.dport, self.src, self.sport)
     }
 
+    /// The key as two words (the padding is always zero, so it is left out).
     #[inline]
-    pub fn hash(&self) -> u64 {
+    fn words(&self) -> (u64, u64) {
         let a = (u64::from(self.src) << 32) | u64::from(self.dst);
         let b = (u64::from(self.sport) << 32) | (u64::from(self.dport) << 16) | u64::from(self.proto);
+        (a, b)
+    }
+
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        let (a, b) = self.words();
         mix64(a ^ mix64(b))
+    }
+}
+
+impl PartialEq for FlowKey {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.words() == other.words()
+    }
+}
+
+impl Eq for FlowKey {}
+
+impl std::hash::Hash for FlowKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.words().hash(state);
     }
 }
 
@@ -87,6 +109,19 @@ impl Action {
         let ip_delta = Delta::new().add32(from.src, src).add32(from.dst, dst);
         let l4_delta = ip_delta.add16(from.sport, sport).add16(from.dport, dport);
         Action { src, sport, dst, dport, ip_delta, l4_delta, egress }
+    }
+
+    /// The identity action (no rewrite) with `egress`.
+    pub fn keep(from: &FlowKey, egress: Egress) -> Self {
+        Action {
+            src: from.src,
+            sport: from.sport,
+            dst: from.dst,
+            dport: from.dport,
+            ip_delta: Delta::new(),
+            l4_delta: Delta::new(),
+            egress,
+        }
     }
 
     /// The key a packet has after this action.
@@ -329,8 +364,8 @@ impl FlowTable {
         self.find_slot(key, key.hash()).is_some()
     }
 
-    fn put_slot(&mut self, key: FlowKey, val: u32) {
-        let mut i = (key.hash() as usize) & self.mask;
+    fn put_slot(&mut self, key: FlowKey, hash: u64, val: u32) {
+        let mut i = (hash as usize) & self.mask;
         while self.slots[i].val != EMPTY {
             i = (i + 1) & self.mask;
         }
@@ -363,6 +398,17 @@ impl FlowTable {
         if self.contains(&flow.keys[0]) || self.contains(&flow.keys[1]) || flow.keys[0] == flow.keys[1] {
             return Err(InsertError::Exists);
         }
+        self.insert_absent(flow, [flow.keys[0].hash(), flow.keys[1].hash()], now)
+    }
+
+    /// Inserts `flow` whose keys the caller has just looked up and found absent (and whose hashes
+    /// it has): the new-flow path saves two lookups. Keys that are in fact present make the
+    /// older entry unreachable until it expires; `insert` checks and is the safe default.
+    #[inline]
+    pub fn insert_absent(&mut self, flow: Flow, hashes: [u64; 2], now: u32) -> Result<u32, InsertError> {
+        if flow.keys[0] == flow.keys[1] {
+            return Err(InsertError::Exists);
+        }
         if self.free.is_empty() {
             self.evict_one(now);
         }
@@ -371,8 +417,8 @@ impl FlowTable {
             return Err(InsertError::Exists);
         };
         self.flows[id as usize] = flow;
-        self.put_slot(flow.keys[0], id << 1);
-        self.put_slot(flow.keys[1], (id << 1) | 1);
+        self.put_slot(flow.keys[0], hashes[0], id << 1);
+        self.put_slot(flow.keys[1], hashes[1], (id << 1) | 1);
         self.len += 1;
         Ok(id)
     }
