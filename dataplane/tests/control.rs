@@ -2,6 +2,9 @@
 //! worker on in-memory ports acknowledging generations. Every command, and bad input of each
 //! kind: each answered with a clear error, the persisted state unchanged, the daemon serving on.
 
+// Test code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

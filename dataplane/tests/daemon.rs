@@ -2,6 +2,9 @@
 //! control socket, with real frames sent and received through AF_PACKET on the far ends; then
 //! killed with SIGKILL and restarted, its state intact. Needs root; skips itself otherwise.
 
+// Test code: a failed setup step should fail the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
