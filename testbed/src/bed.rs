@@ -101,7 +101,6 @@ pub struct SvcRec {
     pub networks: Vec<String>,
     pub ports: Vec<PublishedPort>,
     pub client_ip: ClientIpMode,
-    pub next_slot: u32,
     /// Nodes to place tasks on (empty: any active node).
     pub constraint: Vec<String>,
 }
@@ -723,18 +722,17 @@ impl Bed {
             }
             self.ensure_network(net)?;
         }
-        let mut svc = SvcRec {
+        let svc = SvcRec {
             name: spec.name.clone(),
             networks: spec.networks.clone(),
             ports: spec.publish.clone(),
             client_ip: spec.client_ip,
-            next_slot: 1,
             constraint: spec.nodes.clone(),
         };
         let mut made = Vec::new();
         let result = (|| -> Result<()> {
             for _ in 0..spec.replicas {
-                let t = self.add_task(&mut svc)?;
+                let t = self.add_task(&svc)?;
                 made.push(t);
             }
             let mut args: Vec<String> = vec![
@@ -831,11 +829,18 @@ impl Bed {
 
     /// Makes the next task of `svc`: its namespace on a node's tasks bridge, its addresses, and
     /// whoami answering on every target port.
-    fn add_task(&mut self, svc: &mut SvcRec) -> Result<TaskRec> {
+    fn add_task(&mut self, svc: &SvcRec) -> Result<TaskRec> {
         let node_name = self.place(svc)?;
         let node = self.node(&node_name)?.clone();
-        let slot = svc.next_slot;
-        svc.next_slot += 1;
+        // The lowest free slot, as Swarm reuses web.2 after `scale web=1` then `scale web=2`.
+        let used: BTreeSet<u32> = self
+            .rec
+            .tasks
+            .iter()
+            .filter(|t| t.service == svc.name)
+            .map(|t| t.slot)
+            .collect();
+        let slot = (1..).find(|s| !used.contains(s)).unwrap_or(1);
         let name = format!("{}.{slot}", svc.name);
         let mut nets: Vec<String> = Vec::new();
         if !svc.ports.is_empty() {
@@ -1024,11 +1029,11 @@ impl Bed {
                 .tasks
                 .retain(|t| t.service != service || kept.contains(&t.name));
         } else if replicas > current {
-            let mut svc = self.rec.services[idx].clone();
+            let svc = self.rec.services[idx].clone();
             let mut made = Vec::new();
             let mut result = Ok(());
             for _ in current..replicas {
-                match self.add_task(&mut svc) {
+                match self.add_task(&svc) {
                     Ok(t) => made.push(t),
                     Err(e) => {
                         result = Err(e);
@@ -1053,7 +1058,6 @@ impl Bed {
                 let _ = self.save();
                 return Err(e);
             }
-            self.rec.services[idx] = svc;
         }
         self.save()?;
         self.write_hosts();

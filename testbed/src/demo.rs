@@ -56,8 +56,7 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
          for 192.168.100.1X itself (ARP, ping, published ports) with no address in the kernel.\n\
          The outside client is {c} (192.168.100.100)."
     ));
-    println!("$ meshctl node ls");
-    print!("{}", indent(&bed.meshctl(&["node", "ls"])?));
+    bed.meshctl(&["node", "ls"])?;
 
     section(
         2,
@@ -70,14 +69,13 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
             .publish("8080:80", PublishMode::Ingress)?
             .network("appnet"),
     )?;
-    println!("$ meshctl service ps web");
-    print!("{}", indent(&bed.meshctl(&["service", "ps", "web"])?));
+    bed.meshctl(&["service", "ps", "web"])?;
 
     section(3, "curl every node's published port", "seeds 000, 003");
     let n1 = &bed.rec.nodes[0];
     let url = format!("http://{}:8080/", n1.addr);
     shell(&c, &format!("curl {url}"));
-    print!("{}", probe::curl(&c, &url, CURL_TIME, &[])?.body);
+    print!("{}", body_or_error(&probe::curl(&c, &url, CURL_TIME, &[])?));
     curl_nodes(&bed, 8080, 2)?;
     note(&format!(
         "Every node answers on 8080, {last} too, which runs no task of web; new connections take\n\
@@ -92,10 +90,20 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
     note("One task left, and every node still answers: the port lives on every node, not with the tasks.");
 
     section(5, "A client task reaches web by its VIP", "seed 004");
-    println!("$ testbed scale web=3");
-    bed.scale("web", 3)?;
-    println!("$ testbed run client --network appnet      # like `docker service create --name client --network mynet`");
-    bed.run(&RunSpec::new("client", 1).network("appnet"))?;
+    println!("$ testbed scale web=2");
+    bed.scale("web", 2)?;
+    // On a node without a web task: meshd cannot yet balance a VIP connection to a task on the
+    // client's own node (the task's reply bypasses meshd on the tasks bridge; see the ignored
+    // end-to-end test `a_vip_connection_to_a_task_on_the_clients_own_node_works`).
+    let free = bed
+        .rec
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| !bed.rec.tasks.iter().any(|t| &t.node == n))
+        .unwrap_or_else(|| last.clone());
+    println!("$ testbed run client --network appnet --node {free}   # docker service create --name client --network mynet");
+    bed.run(&RunSpec::new("client", 1).network("appnet").on(&free))?;
     let vip = bed.vip("web", "appnet")?;
     let ct = bed
         .tasks_of("client")
@@ -110,7 +118,7 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
     shell(&ct.0, "curl web");
     print!(
         "{}",
-        probe::curl(&ct.0, "http://web/", CURL_TIME, &[])?.body
+        body_or_error(&probe::curl(&ct.0, "http://web/", CURL_TIME, &[])?)
     );
     for _ in 0..3 {
         let r = probe::curl(&ct.0, "http://web/", CURL_TIME, &[])?;
@@ -147,6 +155,14 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
         let r = probe::curl(&c, &url, CURL_TIME, &[])?;
         println!("[{c}]$ curl {url:<28} -> {}", r.summary());
     }
+    for node in &bed.rec.nodes {
+        let to = std::net::SocketAddr::from((node.addr, 8080));
+        let said = match probe::tcp_open(&c, to, CURL_TIME)? {
+            Ok(_) => "connected".to_string(),
+            Err(f) => f.to_string(),
+        };
+        println!("[{c}]$ connect({to}) -> {said}");
+    }
     note("Every node refuses at once (a TCP RST from meshd), as a host with nothing listening would.");
 
     if down {
@@ -170,6 +186,10 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
     Ok(())
 }
 
-fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("  {l}\n")).collect()
+fn body_or_error(r: &probe::Curl) -> String {
+    if r.ok() {
+        r.body.clone()
+    } else {
+        r.stderr.clone()
+    }
 }
