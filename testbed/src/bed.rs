@@ -295,6 +295,12 @@ impl Bed {
                 plan::MAX_NODES
             )));
         }
+        if Bed::exists(&plan)? && !is_testbed(&plan) {
+            return Err(Error::msg(format!(
+                "namespaces named {}* exist and are not a testbed's (another tool made them): pick another instance with --instance",
+                plan.prefix()
+            )));
+        }
         if Bed::exists(&plan)? {
             return Err(Error::msg(format!(
                 "instance {0} is already up (or left over): see `testbed --instance {0} status`, or remove it with `testbed --instance {0} down`",
@@ -1393,6 +1399,20 @@ fn write_pid(path: &Path, pid: u32) -> Result<()> {
 /// what it removed, one line each.
 pub fn down(plan: &Plan) -> Vec<String> {
     let mut done = Vec::new();
+    if !is_testbed(plan) {
+        // Other tools of the workspace (dataplane's tests, bench) name their namespaces meshd-*
+        // too: only an instance with the testbed's record or switch namespace is ours to remove.
+        let theirs = sys::netns_with_prefix(&plan.prefix()).unwrap_or_default();
+        if !theirs.is_empty() {
+            done.push(format!(
+                "left alone: {} (not a testbed instance: no {} and no namespace {})",
+                theirs.join(", "),
+                plan.bed_file().display(),
+                plan.switch_ns()
+            ));
+        }
+        return done;
+    }
     let dir = plan.run_dir();
     if let Ok(rd) = std::fs::read_dir(&dir) {
         let mut pidfiles: Vec<PathBuf> = rd
@@ -1465,8 +1485,13 @@ pub fn down(plan: &Plan) -> Vec<String> {
     done
 }
 
-/// The instances that have anything left: run directories `/run/meshd-*` and namespaces
-/// `meshd-*-*`.
+/// Whether `plan` names a testbed instance: one with the testbed's record or its switch
+/// namespace (`meshd-<instance>-sw`), which nothing else makes.
+pub fn is_testbed(plan: &Plan) -> bool {
+    plan.bed_file().exists() || Path::new("/run/netns").join(plan.switch_ns()).exists()
+}
+
+/// The testbed instances that have anything left (see [`is_testbed`]).
 pub fn instances() -> Vec<String> {
     let mut v = BTreeSet::new();
     if let Ok(rd) = std::fs::read_dir("/run") {
@@ -1486,7 +1511,9 @@ pub fn instances() -> Vec<String> {
             }
         }
     }
-    v.into_iter().collect()
+    v.into_iter()
+        .filter(|i| Plan::new(i).is_ok_and(|p| is_testbed(&p)))
+        .collect()
 }
 
 #[cfg(test)]
