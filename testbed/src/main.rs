@@ -39,7 +39,7 @@ Examples:
   ip netns exec meshd-tb-client curl http://192.168.100.13:8080/     # n3 runs no task, answers anyway
   testbed run dns --replicas 2 --publish 5353:53/udp
   ip netns exec meshd-tb-client testbed udp 192.168.100.11:5353 hello
-  testbed run client --network appnet
+  testbed run client --network appnet --node n3
   ip netns exec meshd-tb-client.1 curl http://web/                  # web's VIP, from a task
   testbed scale web=1
   testbed drain n2
@@ -114,6 +114,7 @@ address on the ingress network when the service publishes a port, and one on eac
     Run {
         /// The service's name (tasks are NAME.1, NAME.2, ...)
         name: String,
+        /// How many tasks
         #[arg(long, default_value_t = 1)]
         replicas: u32,
         /// Publish a port: PUBLISHED:TARGET[/udp] (repeatable)
