@@ -115,6 +115,10 @@ pub struct Scenario {
     frames: Vec<u8>,
     port: PortId,
     now: u64,
+    /// The next frame to replay.
+    cursor: usize,
+    /// Buffers reused for every burst (allocated once).
+    burst: Burst,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -201,7 +205,7 @@ impl Scenario {
         };
         let vip_max = 64_000;
         let flows = if kind == Kind::Vip { flows.min(vip_max) } else { flows };
-        let mut s = Scenario { kind, flows, table, pipeline, frames: Vec::new(), port, now: 1 };
+        let mut s = Scenario { kind, flows, table, pipeline, frames: Vec::new(), port, now: 1, cursor: 0, burst: Burst::new() };
         let stride = match kind {
             Kind::Decap => 128,
             _ => FRAME,
@@ -222,6 +226,7 @@ impl Scenario {
             // Open every flow with a SYN first.
             s.frames = build(tcp_flags::SYN);
             s.stride_run(stride, flows);
+            s.cursor = 0;
         }
         let flags = match kind {
             Kind::NewFlows => tcp_flags::SYN,
@@ -239,8 +244,8 @@ impl Scenario {
     }
 
     fn stride_run(&mut self, stride: usize, packets: usize) -> (usize, usize) {
-        let mut burst = Burst::new();
-        for _ in 0..BURST {
+        let mut burst = std::mem::take(&mut self.burst);
+        while burst.len() < BURST {
             burst.push(PacketBuf::new());
         }
         let mut verdicts = Verdicts::new();
@@ -257,15 +262,20 @@ impl Scenario {
             }
             burst.truncate(n);
             for (k, b) in burst.iter_mut().enumerate() {
-                let i = (done + k) % self.flows;
+                let i = (self.cursor + k) % self.flows;
                 b.fill(&self.frames[i * stride..i * stride + len]);
                 b.port = self.port;
             }
             self.pipeline.process(&self.table, self.now, &mut burst, &mut verdicts);
             ok += verdicts.iter().filter(|v| matches!(v, Verdict::Tx(_))).count();
             done += n;
+            self.cursor = (self.cursor + n) % self.flows;
         }
         self.now += 1;
+        while burst.len() < BURST {
+            burst.push(PacketBuf::new());
+        }
+        self.burst = burst;
         (done, ok)
     }
 
@@ -280,6 +290,7 @@ impl Scenario {
         let cfg = self.pipeline.cfg.clone();
         let neigh = self.pipeline.neighbors().clone();
         self.pipeline = Pipeline::new(cfg, neigh);
+        self.cursor = 0;
     }
 }
 

@@ -87,22 +87,23 @@ const ICMP: u8 = 1;
 
 /// The parsed headers of an IPv4 frame; offsets are within the frame.
 #[derive(Debug, Clone, Copy)]
-struct L3 {
-    proto: u8,
-    src: u32,
-    dst: u32,
-    sport: u16,
-    dport: u16,
+pub struct L3 {
+    pub proto: u8,
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
     /// TCP flags, or 0.
-    flags: u8,
+    pub flags: u8,
     /// TCP acknowledgement number, or 0.
-    ack: u32,
-    l4: usize,
+    pub ack: u32,
+    /// Offset of the TCP/UDP header in the frame.
+    pub l4: usize,
 }
 
 impl L3 {
     #[inline]
-    fn key(&self) -> FlowKey {
+    pub fn key(&self) -> FlowKey {
         FlowKey::new(self.proto, self.src, self.sport, self.dst, self.dport)
     }
     #[inline]
@@ -128,7 +129,7 @@ fn ipkey(a: Ipv4Address) -> u32 {
 /// they cost a few compares, and checksums verified with a 32-bit-word sum; the fields are then
 /// read through smoltcp's views.
 #[inline]
-fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReason> {
+pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReason> {
     let Some(bytes) = frame.get(off..) else { return Err(DropReason::Truncated) };
     if bytes.len() < IPV4 {
         return Err(DropReason::Truncated);
