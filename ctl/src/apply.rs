@@ -158,21 +158,39 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
             s.networks.remove(idx);
         }
         Command::NodeAdd { node, endpoints } => {
-            if s.node(&node.name).is_some() {
-                return Err(exists(Kind::Node, &node.name));
-            }
+            // Adding a node exactly as it is already known is a no-op, so one `meshctl node add`
+            // can go to every daemon of a mesh, the node's own among them (each meshd knows
+            // itself from its command line).
+            let known = match s.node(&node.name) {
+                Some(n)
+                    if n.addr == node.addr
+                        && n.vtep_addr() == node.vtep_addr()
+                        && n.vtep_port == node.vtep_port =>
+                {
+                    true
+                }
+                Some(_) => return Err(exists(Kind::Node, &node.name)),
+                None => false,
+            };
             for (net_name, addr) in endpoints {
                 let idx = network_index(&s, net_name)?;
                 let net = &mut s.networks[idx];
-                if net.endpoints.contains_key(&node.name) {
-                    return Err(ApplyError::EndpointExists {
-                        network: net_name.clone(),
-                        node: node.name.clone(),
-                    });
+                match net.endpoints.get(&node.name) {
+                    Some(a) if a == addr => {}
+                    Some(_) => {
+                        return Err(ApplyError::EndpointExists {
+                            network: net_name.clone(),
+                            node: node.name.clone(),
+                        })
+                    }
+                    None => {
+                        net.endpoints.insert(node.name.clone(), *addr);
+                    }
                 }
-                net.endpoints.insert(node.name.clone(), *addr);
             }
-            s.nodes.push(node.clone());
+            if !known {
+                s.nodes.push(node.clone());
+            }
         }
         Command::NodeRm { name } => {
             let idx = node_index(&s, name)?;
@@ -265,7 +283,7 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
 /// | `node-ls` | `[Node]` |
 /// | `service-create`, `-update`, `-scale`, `-inspect` | `Service` |
 /// | `service-ls` | `[Service]` |
-/// | `service-ps` | `[Task]` |
+/// | `service-ps` | `[Task]` (the daemon adds each task's observed `status`: `[PsTask]`) |
 /// | `state` | `State` |
 /// | `network-rm`, `node-rm`, `service-rm` | `null` |
 /// | `stats` | `null` here: the daemon answers with its own counters |
@@ -443,6 +461,12 @@ fn update_service(svc: &mut Service, u: &ServiceUpdate) -> Result<(), ApplyError
     }
     if let Some(k) = u.scheduler {
         svc.scheduler = k;
+    }
+    if u.no_health {
+        svc.health = None;
+    }
+    if let Some(h) = &u.health {
+        svc.health = Some(h.clone());
     }
     if let Some(t) = u.timeouts {
         if let Some(v) = t.tcp_established {
@@ -707,8 +731,12 @@ mod tests {
         let s3 = ok(&s2, Command::NodeRm { name: "n3".into() });
         assert_eq!(s3, s, "the node's endpoints go with it");
 
+        // The same node again is a no-op (meshctl sends `node add` to every daemon, the node's
+        // own included); a different node under a known name is a conflict.
+        assert_eq!(ok(&s2, add), s2);
+        let moved = Command::NodeAdd { node: node("n3", 99), endpoints: BTreeMap::new() };
         assert_eq!(
-            err(&s2, add),
+            err(&s2, moved),
             (ErrorCode::Conflict, r#"node "n3" already exists"#.into())
         );
         let bad_net = Command::NodeAdd {
@@ -1078,6 +1106,36 @@ mod tests {
                 ..Timeouts::default()
             }
         );
+
+        let checked = ok(
+            &s,
+            update(
+                "web",
+                ServiceUpdate {
+                    health: Some(HealthCheck {
+                        interval_ms: 2000,
+                        timeout_ms: 1000,
+                        ..HealthCheck::default()
+                    }),
+                    ..Default::default()
+                },
+            ),
+        );
+        assert_eq!(
+            checked.services[0].health.as_ref().map(|h| h.interval_ms),
+            Some(2000)
+        );
+        let unchecked = ok(
+            &checked,
+            update(
+                "web",
+                ServiceUpdate {
+                    no_health: true,
+                    ..Default::default()
+                },
+            ),
+        );
+        assert_eq!(unchecked.services[0].health, None);
 
         let dnsrr = ok(
             &s,

@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 pub const INGRESS_VNI: u32 = 4096;
 /// The IANA port of VXLAN (RFC 7348 §5).
 pub const VXLAN_PORT: u16 = 4789;
+/// The UDP port on which meshd daemons tell each other their local tasks' health verdicts
+/// (from VTEP address to VTEP address). Swarm's gossip uses the same port; it cannot be
+/// published over UDP.
+pub const HEALTH_GOSSIP_PORT: u16 = 7946;
 
 /// The whole desired state of a mesh.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,7 +94,9 @@ pub struct Ipv4Net {
 impl Ipv4Net {
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, ParseNetError> {
         if prefix > 32 {
-            return Err(ParseNetError(format!("{addr}/{prefix}: prefix length is at most 32")));
+            return Err(ParseNetError(format!(
+                "{addr}/{prefix}: prefix length is at most 32"
+            )));
         }
         Ok(Ipv4Net { addr, prefix })
     }
@@ -113,8 +119,7 @@ impl Ipv4Net {
     /// Whether `ip` may be given to a host: inside, and neither the network nor the broadcast
     /// address (for prefixes shorter than /31).
     pub fn is_host(&self, ip: Ipv4Addr) -> bool {
-        self.contains(ip)
-            && (self.prefix >= 31 || (ip != self.network() && ip != self.broadcast()))
+        self.contains(ip) && (self.prefix >= 31 || (ip != self.network() && ip != self.broadcast()))
     }
     pub fn overlaps(&self, other: &Ipv4Net) -> bool {
         let m = self.mask() & other.mask();
@@ -136,9 +141,9 @@ impl std::error::Error for ParseNetError {}
 impl FromStr for Ipv4Net {
     type Err = ParseNetError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| ParseNetError(format!("{s:?}: expected ADDRESS/PREFIX, like 10.0.1.0/24")))?;
+        let (a, p) = s.split_once('/').ok_or_else(|| {
+            ParseNetError(format!("{s:?}: expected ADDRESS/PREFIX, like 10.0.1.0/24"))
+        })?;
         let addr = a
             .parse::<Ipv4Addr>()
             .map_err(|_| ParseNetError(format!("{s:?}: {a:?} is not an IPv4 address")))?;
@@ -196,7 +201,9 @@ pub enum EndpointMode {
     Dnsrr,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -326,6 +333,9 @@ pub struct Service {
     pub client_ip: ClientIpMode,
     #[serde(default)]
     pub scheduler: SchedulerKind,
+    /// How meshd checks that a task serves (Docker's HEALTHCHECK); none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
     #[serde(default)]
     pub tasks: Vec<Task>,
 }
@@ -340,7 +350,95 @@ impl Service {
             timeouts: Timeouts::default(),
             client_ip: ClientIpMode::Masquerade,
             scheduler: SchedulerKind::Rr,
+            health: None,
             tasks: Vec::new(),
+        }
+    }
+
+    /// The port a health check connects to: its own, else the target of the first TCP port the
+    /// service publishes, else 80.
+    pub fn health_port(&self) -> Option<u16> {
+        let h = self.health.as_ref()?;
+        Some(h.port.unwrap_or_else(|| {
+            self.ports
+                .iter()
+                .find(|p| p.protocol == Protocol::Tcp)
+                .map_or(80, |p| p.target)
+        }))
+    }
+}
+
+/// What a health check does. meshd runs it from the task's node over the overlay, so it is a
+/// network probe rather than Docker's command in the container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthTest {
+    /// Connect: the check passes once the TCP handshake completes.
+    #[default]
+    Tcp,
+    /// `GET path`: the check passes when the status is the expected one.
+    Http,
+}
+
+/// A service's health check, like Docker's `--health-*` options: every `interval_ms` a check
+/// that must pass within `timeout_ms`; `retries` failures in a row make a task unhealthy (no new
+/// flows, its flows ended), one pass makes it healthy again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default)]
+    pub test: HealthTest,
+    /// The task port to check; see [`Service::health_port`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The path an `http` check asks for.
+    #[serde(default = "default_health_path")]
+    pub path: String,
+    /// The status an `http` check expects; any 2xx or 3xx when absent (like `curl -f`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default = "default_health_interval")]
+    pub interval_ms: u32,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_ms: u32,
+    #[serde(default = "default_health_retries")]
+    pub retries: u32,
+}
+
+fn default_health_path() -> String {
+    "/".to_string()
+}
+/// Docker's defaults: 30 s, 30 s, 3.
+fn default_health_interval() -> u32 {
+    30_000
+}
+fn default_health_timeout() -> u32 {
+    30_000
+}
+fn default_health_retries() -> u32 {
+    3
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            test: HealthTest::Tcp,
+            port: None,
+            path: default_health_path(),
+            status: None,
+            interval_ms: default_health_interval(),
+            timeout_ms: default_health_timeout(),
+            retries: default_health_retries(),
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Whether an HTTP status passes this check.
+    pub fn status_ok(&self, status: u16) -> bool {
+        match self.status {
+            Some(s) => status == s,
+            None => (200..400).contains(&status),
         }
     }
 }
@@ -364,6 +462,102 @@ impl TaskState {
     pub fn keeps_flows(self) -> bool {
         matches!(self, TaskState::Running | TaskState::Draining)
     }
+}
+
+/// A health verdict: runtime state meshd layers over the desired state, never persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No check has passed yet (nor failed `retries` times): no new flows yet.
+    #[default]
+    Starting,
+    Healthy,
+    /// `retries` checks in a row failed: no new flows, existing flows ended.
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// What a task is doing as meshd observes it, in Swarm's lifecycle words: the desired state
+/// with the health verdict over it (`docker service ps`'s CURRENT STATE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CurrentState {
+    /// Registered with a health check that has not passed yet.
+    Starting,
+    Running,
+    /// Taking no new flows, keeping its own (desired state `draining`).
+    Draining,
+    /// Set failed or unhealthy, or failing its health check.
+    Failed,
+    Shutdown,
+}
+
+impl CurrentState {
+    /// The state of a task desired in `desired`, with health verdict `health` when its service
+    /// has a check.
+    pub fn of(desired: TaskState, health: Option<Health>) -> CurrentState {
+        match (desired, health) {
+            (TaskState::Shutdown, _) => CurrentState::Shutdown,
+            (TaskState::Failed | TaskState::Unhealthy, _) => CurrentState::Failed,
+            (TaskState::Draining, _) => CurrentState::Draining,
+            (TaskState::Running, Some(Health::Starting)) => CurrentState::Starting,
+            (TaskState::Running, Some(Health::Unhealthy)) => CurrentState::Failed,
+            (TaskState::Running, Some(Health::Healthy) | None) => CurrentState::Running,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CurrentState::Starting => "starting",
+            CurrentState::Running => "running",
+            CurrentState::Draining => "draining",
+            CurrentState::Failed => "failed",
+            CurrentState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A task's observed state and since when; runtime, answered by `service-ps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskStatus {
+    pub state: CurrentState,
+    /// How long the task has been in `state`, in milliseconds, when meshd answered.
+    pub age_ms: u64,
+    /// When it entered `state`, in milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+    /// The health verdict, for a service with a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Checks failed in a row.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failing_streak: u32,
+    /// Why the task is not running, such as the last failed check's outcome.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A row of `service ps`: the task as desired, and its observed status when the daemon knows
+/// it (`status` is absent in the answer of a daemon that does not track it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsTask {
+    #[serde(flatten)]
+    pub task: Task,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<TaskStatus>,
 }
 
 /// A task's address on one network.
@@ -393,7 +587,10 @@ fn default_weight() -> u32 {
 
 impl Task {
     pub fn addr_on(&self, network: &str) -> Option<Ipv4Addr> {
-        self.addresses.iter().find(|a| a.network == network).map(|a| a.addr)
+        self.addresses
+            .iter()
+            .find(|a| a.network == network)
+            .map(|a| a.addr)
     }
 }
 
@@ -436,5 +633,88 @@ mod tests {
         let back: State = serde_json::from_str(&j).unwrap();
         assert_eq!(s, back);
         assert!(serde_json::from_str::<State>(r#"{"nodes":[],"bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn health_checks_default_like_docker_and_stay_out_of_old_json() {
+        let mut svc = Service::new("web");
+        let j = serde_json::to_string(&svc).unwrap();
+        assert!(!j.contains("health"), "{j}");
+        svc.health = Some(serde_json::from_str(r#"{"test":"http","path":"/healthz"}"#).unwrap());
+        let h = svc.health.clone().unwrap();
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.retries),
+            (30_000, 30_000, 3)
+        );
+        assert!(h.status_ok(200) && h.status_ok(302) && !h.status_ok(404));
+        assert_eq!(svc.health_port(), Some(80));
+        svc.ports.push(PublishedPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            target: 8000,
+            mode: PublishMode::Ingress,
+        });
+        assert_eq!(svc.health_port(), Some(8000));
+        let back: Service = serde_json::from_str(&serde_json::to_string(&svc).unwrap()).unwrap();
+        assert_eq!(back, svc);
+        assert!(serde_json::from_str::<HealthCheck>(r#"{"test":"grpc"}"#).is_err());
+    }
+
+    #[test]
+    fn current_states_follow_swarm() {
+        use CurrentState as C;
+        assert_eq!(CurrentState::of(TaskState::Running, None), C::Running);
+        assert_eq!(
+            CurrentState::of(TaskState::Running, Some(Health::Starting)),
+            C::Starting
+        );
+        assert_eq!(
+            CurrentState::of(TaskState::Running, Some(Health::Unhealthy)),
+            C::Failed
+        );
+        assert_eq!(
+            CurrentState::of(TaskState::Running, Some(Health::Healthy)),
+            C::Running
+        );
+        assert_eq!(
+            CurrentState::of(TaskState::Shutdown, Some(Health::Healthy)),
+            C::Shutdown
+        );
+        assert_eq!(CurrentState::of(TaskState::Draining, None), C::Draining);
+    }
+
+    #[test]
+    fn ps_rows_are_tasks_with_a_status() {
+        let t = Task {
+            name: "web.1".into(),
+            node: "n1".into(),
+            addresses: vec![],
+            state: TaskState::Running,
+            weight: 1,
+        };
+        // A daemon that does not track status answers plain tasks; they still read.
+        let plain: PsTask = serde_json::from_value(serde_json::to_value(&t).unwrap()).unwrap();
+        assert_eq!(
+            plain,
+            PsTask {
+                task: t.clone(),
+                status: None
+            }
+        );
+        let row = PsTask {
+            task: t,
+            status: Some(TaskStatus {
+                state: CurrentState::Failed,
+                age_ms: 3000,
+                since_unix_ms: 1,
+                health: Some(Health::Unhealthy),
+                failing_streak: 3,
+                error: "connection refused".into(),
+            }),
+        };
+        let v = serde_json::to_value(&row).unwrap();
+        assert_eq!(v["name"], "web.1");
+        assert_eq!(v["status"]["state"], "failed");
+        assert_eq!(serde_json::from_value::<PsTask>(v).unwrap(), row);
     }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{
-    Availability, ClientIpMode, EndpointMode, Network, Node, Protocol, PublishedPort,
+    Availability, ClientIpMode, EndpointMode, HealthCheck, Network, Node, Protocol, PublishedPort,
     SchedulerKind, Service, ServiceNetwork, Task, TaskState,
 };
 
@@ -107,7 +107,8 @@ pub enum Command {
     ServiceLs {},
     /// One service. Result: `Service`.
     ServiceInspect { name: String },
-    /// A service's tasks. Result: `[Task]`.
+    /// A service's tasks. Result: `[PsTask]`: each task with its observed `status` (current
+    /// state, since when, health).
     ServicePs { name: String },
     /// The daemon's counters. Result: a JSON object whose shape the daemon defines.
     Stats {},
@@ -289,6 +290,13 @@ pub struct ServiceUpdate {
     pub scheduler: Option<SchedulerKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsUpdate>,
+    /// Replaces the health check (the whole of it: meshctl merges `--health-*` flags into the
+    /// current one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    /// Removes the health check (`--no-healthcheck`), before `health` is applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_health: bool,
 }
 
 impl ServiceUpdate {
@@ -631,6 +639,7 @@ mod tests {
                 udp: Some(60),
                 ..TimeoutsUpdate::default()
             }),
+            health: Some(HealthCheck::default()),
             ..ServiceUpdate::default()
         };
         let all = vec![

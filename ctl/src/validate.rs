@@ -35,10 +35,62 @@ fn claim(
 fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
         bail!("{kind} name {name:?} is not valid: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit");
+    }
+    Ok(())
+}
+
+/// The limits of a health check: what `--health-*` accepts.
+pub const HEALTH_INTERVAL_MS: std::ops::RangeInclusive<u32> = 100..=3_600_000;
+pub const HEALTH_RETRIES: std::ops::RangeInclusive<u32> = 1..=100;
+/// The longest path an HTTP check may ask for.
+pub const HEALTH_PATH_MAX: usize = 1024;
+
+fn check_health(svc: &str, h: &HealthCheck) -> Result<(), ValidationError> {
+    if !HEALTH_INTERVAL_MS.contains(&h.interval_ms) {
+        bail!(
+            "service \"{svc}\": health check interval {} ms is out of range (100 ms to 1 h)",
+            h.interval_ms
+        );
+    }
+    if h.timeout_ms < 10 || h.timeout_ms > h.interval_ms {
+        bail!(
+            "service \"{svc}\": health check timeout {} ms must be at least 10 ms and at most the interval ({} ms), so one check ends before the next starts",
+            h.timeout_ms, h.interval_ms
+        );
+    }
+    if !HEALTH_RETRIES.contains(&h.retries) {
+        bail!(
+            "service \"{svc}\": health check retries {} is out of range (1 to 100)",
+            h.retries
+        );
+    }
+    if h.port == Some(0) {
+        bail!("service \"{svc}\": health check port 0 is not valid");
+    }
+    if h.test == HealthTest::Http {
+        let p = &h.path;
+        if !p.starts_with('/')
+            || p.len() > HEALTH_PATH_MAX
+            || !p.bytes().all(|b| b.is_ascii_graphic())
+        {
+            bail!(
+                "service \"{svc}\": health check path {p:?} is not valid: it starts with '/' and has at most {HEALTH_PATH_MAX} printable characters, no spaces"
+            );
+        }
+        if let Some(st) = h.status {
+            if !(100..=599).contains(&st) {
+                bail!("service \"{svc}\": expected HTTP status {st} is not a status (100 to 599)");
+            }
+        }
     }
     Ok(())
 }
@@ -54,16 +106,28 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
             bail!("node \"{}\" is defined twice", n.name);
         }
         if let Some(other) = node_addrs.insert(n.addr, n.name.as_str()) {
-            bail!("nodes \"{other}\" and \"{}\" have the same address {}", n.name, n.addr);
+            bail!(
+                "nodes \"{other}\" and \"{}\" have the same address {}",
+                n.name,
+                n.addr
+            );
         }
         if n.vtep_port == 0 {
-            bail!("node \"{}\": VTEP port 0 is not valid (VXLAN uses {VXLAN_PORT})", n.name);
+            bail!(
+                "node \"{}\": VTEP port 0 is not valid (VXLAN uses {VXLAN_PORT})",
+                n.name
+            );
         }
     }
     let mut vteps = BTreeMap::new();
     for n in &state.nodes {
         if let Some(other) = vteps.insert((n.vtep_addr(), n.vtep_port), n.name.as_str()) {
-            bail!("nodes \"{other}\" and \"{}\" have the same VTEP {}:{}", n.name, n.vtep_addr(), n.vtep_port);
+            bail!(
+                "nodes \"{other}\" and \"{}\" have the same VTEP {}:{}",
+                n.name,
+                n.vtep_addr(),
+                n.vtep_port
+            );
         }
     }
 
@@ -78,26 +142,52 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
             bail!("network \"{}\" is defined twice", net.name);
         }
         if net.vni == 0 || net.vni >= 1 << 24 {
-            bail!("network \"{}\": VNI {} is out of range (1 to 16777215)", net.name, net.vni);
+            bail!(
+                "network \"{}\": VNI {} is out of range (1 to 16777215)",
+                net.name,
+                net.vni
+            );
         }
         if let Some(other) = vnis.insert(net.vni, net.name.as_str()) {
-            bail!("networks \"{other}\" and \"{}\" have the same VNI {}", net.name, net.vni);
+            bail!(
+                "networks \"{other}\" and \"{}\" have the same VNI {}",
+                net.name,
+                net.vni
+            );
         }
         if net.subnet.prefix > 30 {
-            bail!("network \"{}\": subnet {} is too small (at most /30)", net.name, net.subnet);
+            bail!(
+                "network \"{}\": subnet {} is too small (at most /30)",
+                net.name,
+                net.subnet
+            );
         }
         for other in &state.networks {
             if other.name != net.name && other.subnet.overlaps(&net.subnet) {
                 bail!(
                     "networks \"{}\" ({}) and \"{}\" ({}) overlap; give each its own subnet",
-                    other.name, other.subnet, net.name, net.subnet
+                    other.name,
+                    other.subnet,
+                    net.name,
+                    net.subnet
                 );
             }
         }
         if !net.subnet.is_host(net.gateway) {
-            bail!("network \"{}\": gateway {} is not a host address of {}", net.name, net.gateway, net.subnet);
+            bail!(
+                "network \"{}\": gateway {} is not a host address of {}",
+                net.name,
+                net.gateway,
+                net.subnet
+            );
         }
-        claim(&mut used, net.vni, &net.name, net.gateway, format!("the gateway of \"{}\"", net.name))?;
+        claim(
+            &mut used,
+            net.vni,
+            &net.name,
+            net.gateway,
+            format!("the gateway of \"{}\"", net.name),
+        )?;
         if net.ingress {
             if let Some(first) = ingress {
                 bail!("networks \"{}\" and \"{}\" are both marked ingress; there is one ingress network", first.name, net.name);
@@ -106,12 +196,25 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
         }
         for (node, addr) in &net.endpoints {
             if !node_names.contains(node.as_str()) {
-                bail!("network \"{}\" has an endpoint for unknown node \"{node}\"", net.name);
+                bail!(
+                    "network \"{}\" has an endpoint for unknown node \"{node}\"",
+                    net.name
+                );
             }
             if !net.subnet.is_host(*addr) {
-                bail!("network \"{}\": endpoint {addr} of node \"{node}\" is outside {}", net.name, net.subnet);
+                bail!(
+                    "network \"{}\": endpoint {addr} of node \"{node}\" is outside {}",
+                    net.name,
+                    net.subnet
+                );
             }
-            claim(&mut used, net.vni, &net.name, *addr, format!("the endpoint of node \"{node}\""))?;
+            claim(
+                &mut used,
+                net.vni,
+                &net.name,
+                *addr,
+                format!("the endpoint of node \"{node}\""),
+            )?;
         }
     }
 
@@ -127,26 +230,49 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
         let mut attached = BTreeSet::new();
         for sn in &svc.networks {
             let Some(net) = nets.get(sn.network.as_str()) else {
-                bail!("service \"{}\" is attached to unknown network \"{}\"; create it first", svc.name, sn.network);
+                bail!(
+                    "service \"{}\" is attached to unknown network \"{}\"; create it first",
+                    svc.name,
+                    sn.network
+                );
             };
             if !attached.insert(sn.network.as_str()) {
-                bail!("service \"{}\" is attached to network \"{}\" twice", svc.name, sn.network);
+                bail!(
+                    "service \"{}\" is attached to network \"{}\" twice",
+                    svc.name,
+                    sn.network
+                );
             }
             match (svc.endpoint_mode, sn.vip) {
                 (EndpointMode::Dnsrr, Some(vip)) => {
-                    bail!("service \"{}\" is in endpoint mode dnsrr and cannot have the VIP {vip}", svc.name)
+                    bail!(
+                        "service \"{}\" is in endpoint mode dnsrr and cannot have the VIP {vip}",
+                        svc.name
+                    )
                 }
                 (EndpointMode::Vip, None) if !net.ingress => {
-                    bail!("service \"{}\" needs a VIP on network \"{}\" (endpoint mode vip)", svc.name, sn.network)
+                    bail!(
+                        "service \"{}\" needs a VIP on network \"{}\" (endpoint mode vip)",
+                        svc.name,
+                        sn.network
+                    )
                 }
                 (_, Some(vip)) => {
                     if !net.subnet.is_host(vip) {
                         bail!(
                             "service \"{}\": VIP {vip} is outside the subnet {} of network \"{}\"",
-                            svc.name, net.subnet, net.name
+                            svc.name,
+                            net.subnet,
+                            net.name
                         );
                     }
-                    claim(&mut used, net.vni, &net.name, vip, format!("the VIP of service \"{}\"", svc.name))?;
+                    claim(
+                        &mut used,
+                        net.vni,
+                        &net.name,
+                        vip,
+                        format!("the VIP of service \"{}\"", svc.name),
+                    )?;
                 }
                 _ => {}
             }
@@ -154,7 +280,16 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
         let has_ingress_ports = svc.ports.iter().any(|p| p.mode == PublishMode::Ingress);
         for p in &svc.ports {
             if p.published == 0 || p.target == 0 {
-                bail!("service \"{}\": port 0 cannot be published or targeted", svc.name);
+                bail!(
+                    "service \"{}\": port 0 cannot be published or targeted",
+                    svc.name
+                );
+            }
+            if p.protocol == Protocol::Udp && p.published == HEALTH_GOSSIP_PORT {
+                bail!(
+                    "service \"{}\": UDP port {HEALTH_GOSSIP_PORT} is meshd's own (nodes tell each other their tasks' health on it); publish another port",
+                    svc.name
+                );
             }
             if let Some(other) = published.insert((p.protocol, p.published), svc.name.as_str()) {
                 bail!(
@@ -177,11 +312,24 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
             }
         }
         let t_timeouts = &svc.timeouts;
-        if t_timeouts.tcp_established == 0 || t_timeouts.tcp_transitory == 0 || t_timeouts.udp == 0 {
-            bail!("service \"{}\": idle timeouts must be at least 1 second", svc.name);
+        if t_timeouts.tcp_established == 0 || t_timeouts.tcp_transitory == 0 || t_timeouts.udp == 0
+        {
+            bail!(
+                "service \"{}\": idle timeouts must be at least 1 second",
+                svc.name
+            );
         }
-        if t_timeouts.tcp_established > 86_400 * 7 || t_timeouts.udp > 86_400 * 7 || t_timeouts.tcp_transitory > 86_400 * 7 {
-            bail!("service \"{}\": idle timeouts are at most 604800 seconds (7 days)", svc.name);
+        if t_timeouts.tcp_established > 86_400 * 7
+            || t_timeouts.udp > 86_400 * 7
+            || t_timeouts.tcp_transitory > 86_400 * 7
+        {
+            bail!(
+                "service \"{}\": idle timeouts are at most 604800 seconds (7 days)",
+                svc.name
+            );
+        }
+        if let Some(h) = &svc.health {
+            check_health(&svc.name, h)?;
         }
         for t in &svc.tasks {
             check_name("task", &t.name)?;
@@ -189,12 +337,20 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                 bail!("task \"{}\" is defined twice", t.name);
             }
             if !node_names.contains(t.node.as_str()) {
-                bail!("task \"{}\" is placed on unknown node \"{}\"; add the node first", t.name, t.node);
+                bail!(
+                    "task \"{}\" is placed on unknown node \"{}\"; add the node first",
+                    t.name,
+                    t.node
+                );
             }
             let mut seen = BTreeSet::new();
             for a in &t.addresses {
                 let Some(net) = nets.get(a.network.as_str()) else {
-                    bail!("task \"{}\" has an address on unknown network \"{}\"", t.name, a.network);
+                    bail!(
+                        "task \"{}\" has an address on unknown network \"{}\"",
+                        t.name,
+                        a.network
+                    );
                 };
                 if !net.ingress && !attached.contains(a.network.as_str()) {
                     bail!(
@@ -203,12 +359,28 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                     );
                 }
                 if !seen.insert(a.network.as_str()) {
-                    bail!("task \"{}\" has two addresses on network \"{}\"", t.name, a.network);
+                    bail!(
+                        "task \"{}\" has two addresses on network \"{}\"",
+                        t.name,
+                        a.network
+                    );
                 }
                 if !net.subnet.is_host(a.addr) {
-                    bail!("task \"{}\": address {} is outside the subnet {} of network \"{}\"", t.name, a.addr, net.subnet, net.name);
+                    bail!(
+                        "task \"{}\": address {} is outside the subnet {} of network \"{}\"",
+                        t.name,
+                        a.addr,
+                        net.subnet,
+                        net.name
+                    );
                 }
-                claim(&mut used, net.vni, &net.name, a.addr, format!("task \"{}\"", t.name))?;
+                claim(
+                    &mut used,
+                    net.vni,
+                    &net.name,
+                    a.addr,
+                    format!("task \"{}\"", t.name),
+                )?;
             }
             if has_ingress_ports {
                 if let Some(ing) = ingress {
@@ -245,8 +417,12 @@ mod tests {
             ingress: true,
             endpoints: BTreeMap::new(),
         };
-        ingress.endpoints.insert("n1".into(), Ipv4Addr::new(10, 0, 0, 2));
-        ingress.endpoints.insert("n2".into(), Ipv4Addr::new(10, 0, 0, 3));
+        ingress
+            .endpoints
+            .insert("n1".into(), Ipv4Addr::new(10, 0, 0, 2));
+        ingress
+            .endpoints
+            .insert("n2".into(), Ipv4Addr::new(10, 0, 0, 3));
         let app = Network {
             name: "appnet".into(),
             vni: 4097,
@@ -256,21 +432,39 @@ mod tests {
             endpoints: BTreeMap::new(),
         };
         let mut web = Service::new("web");
-        web.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 2)) });
-        web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+        web.networks.push(ServiceNetwork {
+            network: "appnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+        });
+        web.ports.push(PublishedPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            target: 80,
+            mode: PublishMode::Ingress,
+        });
         for (i, node) in [(1u8, "n1"), (2, "n2")] {
             web.tasks.push(Task {
                 name: format!("web.{i}"),
                 node: node.into(),
                 addresses: vec![
-                    TaskAddress { network: "ingress".into(), addr: Ipv4Addr::new(10, 0, 0, 10 + i) },
-                    TaskAddress { network: "appnet".into(), addr: Ipv4Addr::new(10, 0, 1, 10 + i) },
+                    TaskAddress {
+                        network: "ingress".into(),
+                        addr: Ipv4Addr::new(10, 0, 0, 10 + i),
+                    },
+                    TaskAddress {
+                        network: "appnet".into(),
+                        addr: Ipv4Addr::new(10, 0, 1, 10 + i),
+                    },
                 ],
                 state: TaskState::Running,
                 weight: 1,
             });
         }
-        State { nodes: vec![node("n1", 11), node("n2", 12)], networks: vec![ingress, app], services: vec![web] }
+        State {
+            nodes: vec![node("n1", 11), node("n2", 12)],
+            networks: vec![ingress, app],
+            services: vec![web],
+        }
     }
 
     fn err(s: &State) -> String {
@@ -329,6 +523,56 @@ mod tests {
         let mut s = sample();
         s.networks[1].vni = 1 << 24;
         assert!(err(&s).contains("out of range"));
+    }
+
+    #[test]
+    fn health_checks_are_checked() {
+        let mut s = sample();
+        s.services[0].health = Some(HealthCheck {
+            test: HealthTest::Http,
+            path: "/healthz".into(),
+            status: Some(200),
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            retries: 3,
+            ..HealthCheck::default()
+        });
+        validate(&s).unwrap();
+        let with = |f: &dyn Fn(&mut HealthCheck)| {
+            let mut s = s.clone();
+            f(s.services[0].health.as_mut().unwrap());
+            err(&s)
+        };
+        assert!(with(&|h| h.interval_ms = 50).contains("interval 50 ms is out of range"));
+        assert!(with(&|h| h.timeout_ms = 3000).contains("at most the interval"));
+        assert!(with(&|h| h.timeout_ms = 1).contains("at least 10 ms"));
+        assert!(with(&|h| h.retries = 0).contains("retries 0"));
+        assert!(with(&|h| h.port = Some(0)).contains("port 0"));
+        assert!(with(&|h| h.path = "healthz".into()).contains("starts with '/'"));
+        assert!(with(&|h| h.path = "/a b".into()).contains("no spaces"));
+        assert!(with(&|h| h.path = format!("/{}", "a".repeat(2000))).contains("path"));
+        assert!(with(&|h| h.status = Some(700)).contains("status 700"));
+        // A TCP check has no path to check.
+        let mut tcp = s.clone();
+        tcp.services[0].health = Some(HealthCheck {
+            path: "nonsense".into(),
+            ..HealthCheck::default()
+        });
+        validate(&tcp).unwrap();
+    }
+
+    #[test]
+    fn the_gossip_port_cannot_be_published_over_udp() {
+        let mut s = sample();
+        s.services[0].ports.push(PublishedPort {
+            protocol: Protocol::Udp,
+            published: HEALTH_GOSSIP_PORT,
+            target: 53,
+            mode: PublishMode::Ingress,
+        });
+        assert!(err(&s).contains("UDP port 7946 is meshd's own"));
+        s.services[0].ports[1].protocol = Protocol::Tcp;
+        validate(&s).unwrap();
     }
 
     #[test]

@@ -189,9 +189,9 @@ fn service_ls_and_ps_print_tables_or_raw_json() {
     let o = meshctl(&["--socket", &d.arg(), "service", "ps", "web"]);
     assert_eq!(
         stdout(&o),
-        "NAME    NODE   STATE     ADDRESSES                            WEIGHT\n\
-         web.1   n1     Running   ingress:10.0.0.11,appnet:10.0.1.11   1\n\
-         web.2   n2     Running   ingress:10.0.0.12,appnet:10.0.1.12   1\n"
+        "NAME    NODE   DESIRED STATE   CURRENT STATE   ADDRESSES                            WEIGHT   ERROR\n\
+         web.1   n1     Running         Running         ingress:10.0.0.11,appnet:10.0.1.11   1\n\
+         web.2   n2     Running         Running         ingress:10.0.0.12,appnet:10.0.1.12   1\n"
     );
 
     let o = meshctl(&["--socket", &d.arg(), "--format", "json", "service", "ls"]);

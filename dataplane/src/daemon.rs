@@ -44,7 +44,10 @@ CONFIG FILE (TOML), every key optional and named like its flag:
 
 Then add peers, networks and services with meshctl (see `meshctl --help`).
 The kernel should hold no IP address on the uplink and tasks interfaces: meshd answers for the
-node's address itself (ARP, ICMP echo, RST for ports it does not publish).";
+node's address itself (ARP, ICMP echo, RST for ports it does not publish). meshd reads both
+interfaces' MAC addresses once at start: give a tasks bridge a fixed one
+(`ip link set br-tasks address 02:...`), since a Linux bridge otherwise takes its lowest port's
+MAC and changes it as tasks come and go.";
 
 /// meshd: a userspace routing mesh for an edge node (published ports on every node, DNAT and
 /// round-robin over a service's tasks, a VXLAN overlay, service VIPs).

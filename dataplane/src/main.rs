@@ -8,6 +8,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = dataplane::daemon::Args::parse();
     let result = args.resolve().and_then(dataplane::daemon::run);

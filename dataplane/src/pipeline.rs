@@ -276,6 +276,27 @@ impl Pipeline {
         }
     }
 
+    /// Looks `key` up. While a new table's check of every flow is still under way, a flow whose
+    /// task is gone ends here, at its first packet (a TCP client gets its reset), so no packet
+    /// reaches a removed task after the change was acknowledged.
+    #[inline]
+    fn lookup_live(&mut self, t: &ServiceTable, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
+        let (id, dir) = self.flows.lookup(key, hash)?;
+        if self.recheck > 0 {
+            let uid = self.flows.get(id).task_uid;
+            if uid != 0 && !t.task_alive(uid) {
+                if let Some(f) = self.flows.remove(id) {
+                    self.stats.flows_ended += 1;
+                    if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
+                        let _ = self.resets.try_push(f);
+                    }
+                }
+                return None;
+            }
+        }
+        Some((id, dir))
+    }
+
     /// `key`'s hash, from the prefetch pass when it computed it already.
     #[inline]
     fn hash_of(&self, key: &FlowKey) -> u64 {
@@ -491,7 +512,7 @@ impl Pipeline {
         }
         let key = l3.key();
         let hash = self.hash_of(&key);
-        if let Some((id, dir)) = self.flows.lookup(&key, hash) {
+        if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
             return self.forward(t, now, buf, &l3, id, dir);
         }
         // A new flow: only a TCP SYN (or any UDP datagram) opens one; a stray segment gets the
@@ -700,7 +721,7 @@ impl Pipeline {
                     return Ok(v);
                 }
                 let key = l3.key();
-                if let Some((id, dir)) = self.flows.lookup(&key, self.hash_of(&key)) {
+                if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
                 if outside {
@@ -749,7 +770,7 @@ impl Pipeline {
             return otherwise;
         }
         let key = l3.key();
-        match self.flows.lookup(&key, self.hash_of(&key)) {
+        match self.lookup_live(t, &key, self.hash_of(&key)) {
             Some((id, dir)) => self.forward(t, now, buf, l3, id, dir),
             None => otherwise,
         }
@@ -786,7 +807,7 @@ impl Pipeline {
                 }
                 let key = l3.key();
                 let hash = self.hash_of(&key);
-                if let Some((id, dir)) = self.flows.lookup(&key, hash) {
+                if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
                 if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
@@ -796,8 +817,18 @@ impl Pipeline {
                 let svc = &t.services[usize::from(service)];
                 let baddr = ipkey(b.addr);
                 let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
-                let fwd = Action::new(&key, l3.src, l3.sport, baddr, l3.dport, egress);
-                let rkey = FlowKey::new(l3.proto, baddr, l3.dport, l3.src, l3.sport);
+                // A backend on the client's own node would answer the client directly over the
+                // tasks' L2 segment, from its own address instead of the VIP's: hairpin NAT, as
+                // IPVS does, masquerading the client to the network's gateway so the reply comes
+                // back through meshd.
+                let (src, sport) = if b.local {
+                    let gw = ipkey(net.gateway);
+                    (gw, self.nat_port(l3.proto, gw, baddr, l3.dport).ok_or(DropReason::NoNatPort)?)
+                } else {
+                    (l3.src, l3.sport)
+                };
+                let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
+                let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
                 let flow = Flow::new(FlowKind::Vip, [key, rkey], [fwd, rev], b.uid, balancer, timeouts(svc), now);
                 let id = self.flows.insert(flow, now).map_err(|_| DropReason::NoNatPort)?;
@@ -819,12 +850,20 @@ impl Pipeline {
                         return Ok(v);
                     }
                     let key = l3.key();
-                    if let Some((id, dir)) = self.flows.lookup(&key, self.hash_of(&key)) {
+                    if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
                         return self.forward(t, now, buf, &l3, id, dir);
                     }
                 }
                 dec_ttl(buf.data_mut(), ETH);
                 self.send(t, now, buf, l3.dst, Egress::Tasks)
+            }
+            // A reply of a hairpin VIP flow (masqueraded to the gateway) by its flow; else the
+            // gateway is the host's (DNS, ping).
+            Some(AddrKind::Gateway) if l3.has_ports() => {
+                if let Some(v) = self.handoff(masq_owner(l3.dport, workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host))
             }
             Some(AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. }) => Ok(Verdict::Host),
             // Outside the overlay: only a reply of a keep-client-IP flow goes there.

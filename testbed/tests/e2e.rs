@@ -554,7 +554,6 @@ fn a_nodes_address_answers_ping_and_refuses_what_is_not_published() {
 /// meshd acknowledges a table change before its workers have swept their flows for removed
 /// tasks, so for a moment a removed task's flow still forwards to it. Run with `--ignored`.
 #[test]
-#[ignore = "known meshd race: flows of a removed task live on until the sweep reaches them"]
 fn the_first_udp_datagram_after_a_task_is_removed_reaches_another_task() {
     let Some(mut m) = mesh("udprm") else { return };
     m.run(
@@ -582,7 +581,6 @@ fn the_first_udp_datagram_after_a_task_is_removed_reaches_another_task() {
 /// meshd leaves ARP for local tasks to the tasks themselves), so the client sees a SYN-ACK from
 /// the task's address instead of the VIP and the connection never opens. Run with `--ignored`.
 #[test]
-#[ignore = "known meshd bug: a VIP flow to a task on the client's own node bypasses meshd on the way back"]
 fn a_vip_connection_to_a_task_on_the_clients_own_node_works() {
     let Some(mut m) = mesh("viploc") else { return };
     m.run(&RunSpec::new("web", 1).network("appnet").on("n1"))

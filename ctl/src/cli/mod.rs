@@ -15,7 +15,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ctl::client::{self, ClientError};
 use ctl::model::{
-    self, Ipv4Net, Network, Node, Service, ServiceNetwork, State, Task, INGRESS_VNI, VXLAN_PORT,
+    self, HealthCheck, Ipv4Net, Network, Node, PsTask, Service, ServiceNetwork, State, Task,
+    INGRESS_VNI, VXLAN_PORT,
 };
 use ctl::proto::{Command, ServiceUpdate, Success, TimeoutsUpdate};
 use serde::de::DeserializeOwned;
@@ -105,6 +106,8 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
+// Parsed once per run: the size of the largest command's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Top {
     /// Manage overlay networks (VXLAN segments)
@@ -240,7 +243,11 @@ Specs:
   --task     name=SERVICE.SLOT,node=NODE,addr=NETWORK:IP[,addr=NETWORK:IP...][,weight=N]
              [,state=running|unhealthy|draining|shutdown|failed]. A task of a service that
              publishes ports needs an address on the ingress network. weight=0 takes no new
-             connections.";
+             connections.
+  --health   tcp[:PORT] or http:[PORT]/PATH[=STATUS], with --health-interval, --health-timeout
+             (durations like 500ms, 2s, 1m30s) and --health-retries, as Docker's HEALTHCHECK.
+             A task takes connections once a check passes; after --health-retries failures in
+             a row it takes none and its connections are reset, until a check passes again.";
 
 const SERVICE_UPDATE_HELP: &str = "\
 Examples:
@@ -250,6 +257,9 @@ Examples:
   meshctl service update --task-update name=web.1,weight=0 web      # drain web.1
   meshctl service update --task-rm web.1 web
   meshctl service update --client-ip keep --scheduler maglev web
+  meshctl service update --health http:/healthz=200 --health-interval 2s --health-retries 3 web
+  meshctl service update --health-interval 5s web     # keeps the rest of the check
+  meshctl service update --no-healthcheck web
 
 Removals run before additions, so a port or a task can be replaced in one update.
 --publish-rm takes PORT[/udp] (or Docker's PUBLISHED:TARGET); --task-update takes
@@ -323,6 +333,67 @@ struct ServiceCreateArgs {
     tasks: Vec<String>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
+    #[command(flatten)]
+    health: HealthArgs,
+}
+
+#[derive(Debug, Args)]
+struct HealthArgs {
+    /// Check the tasks: `tcp[:PORT]` (connect) or `http:[PORT]/PATH[=STATUS]` (GET; any 2xx or
+    /// 3xx passes unless STATUS is given). The port defaults to the first published TCP target
+    /// (80 if none). Each node checks its own tasks and tells the others.
+    #[arg(long, value_name = "CHECK")]
+    health: Option<String>,
+    /// Time between checks (30s unless set)
+    #[arg(long, value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// Time one check may take (30s unless set, and never more than the interval)
+    #[arg(long, value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Failed checks in a row that make a task unhealthy (3 unless set)
+    #[arg(long, value_name = "N")]
+    health_retries: Option<u32>,
+}
+
+impl HealthArgs {
+    fn given(&self) -> bool {
+        self.health.is_some()
+            || self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+    }
+
+    /// The check these flags make of `current` (the service's check, if any); `None` when no
+    /// flag is given.
+    fn merge(&self, current: Option<&HealthCheck>) -> Result<Option<HealthCheck>, CliError> {
+        if !self.given() {
+            return Ok(None);
+        }
+        let mut h = match (current, &self.health) {
+            (Some(h), _) => h.clone(),
+            (None, Some(_)) => HealthCheck::default(),
+            (None, None) => {
+                return Err(CliError::Msg(
+                    "--health-interval, --health-timeout and --health-retries need a check: give --health tcp or --health http:/PATH".into(),
+                ))
+            }
+        };
+        if let Some(spec) = &self.health {
+            spec::health("--health", spec)?.apply_to(&mut h);
+        }
+        if let Some(v) = &self.health_interval {
+            h.interval_ms = spec::duration_ms("--health-interval", v)?;
+        }
+        match &self.health_timeout {
+            Some(v) => h.timeout_ms = spec::duration_ms("--health-timeout", v)?,
+            // One check ends before the next starts.
+            None => h.timeout_ms = h.timeout_ms.min(h.interval_ms),
+        }
+        if let Some(n) = self.health_retries {
+            h.retries = n;
+        }
+        Ok(Some(h))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -383,6 +454,11 @@ struct ServiceUpdateArgs {
     scheduler: Option<SchedulerArg>,
     #[command(flatten)]
     timeouts: TimeoutArgs,
+    #[command(flatten)]
+    health: HealthArgs,
+    /// Remove the health check: every task takes new connections again
+    #[arg(long, conflicts_with = "health")]
+    no_healthcheck: bool,
     /// The service to change
     name: String,
 }
@@ -698,7 +774,7 @@ fn service(ctx: &Ctx, c: ServiceCmd) -> Result<(), CliError> {
         ServiceCmd::Ps { names } => {
             let mut all = Vec::new();
             for name in names {
-                let tasks: Vec<Task> = ctx.read_as(Command::ServicePs { name: name.clone() })?;
+                let tasks: Vec<PsTask> = ctx.read_as(Command::ServicePs { name: name.clone() })?;
                 all.push((name, tasks));
             }
             match ctx.format {
@@ -734,6 +810,7 @@ fn service_create(ctx: &Ctx, a: ServiceCreateArgs) -> Result<(), CliError> {
     for t in &a.tasks {
         svc.tasks.push(spec::task("--task", t)?);
     }
+    svc.health = a.health.merge(None)?;
     if svc.endpoint_mode == model::EndpointMode::Vip && svc.networks.iter().any(|n| n.vip.is_none())
     {
         let states = ctx.states()?;
@@ -775,6 +852,16 @@ fn service_update(ctx: &Ctx, a: ServiceUpdateArgs) -> Result<(), CliError> {
     }
     for t in &a.task_update {
         u.task_update.push(spec::task_update("--task-update", t)?);
+    }
+    u.no_health = a.no_healthcheck;
+    if a.health.given() {
+        // The flags change what they name and keep the rest of the current check.
+        let current = ctx
+            .read_as::<Service>(Command::ServiceInspect {
+                name: a.name.clone(),
+            })?
+            .health;
+        u.health = a.health.merge(current.as_ref())?;
     }
     if u.is_empty() {
         return Err(CliError::Msg(format!(

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use ctl::apply::task_slot;
 use ctl::model::{
-    Availability, ClientIpMode, EndpointMode, Network, Node, Protocol, PublishMode, PublishedPort,
-    SchedulerKind, Service, Task, TaskState,
+    Availability, ClientIpMode, EndpointMode, HealthCheck, HealthTest, Network, Node, Protocol,
+    PsTask, PublishMode, PublishedPort, SchedulerKind, Service, Task, TaskState,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -102,26 +102,111 @@ pub fn service_ls(services: &[Service]) -> String {
     table(&["NAME", "MODE", "TASKS", "PORTS"], &rows)
 }
 
-/// `service ps`: NAME, NODE, STATE, ADDRESSES, WEIGHT; one service's tasks after another's.
-pub fn service_ps(services: &[(String, Vec<Task>)]) -> String {
+/// Go's `units.HumanDuration`, which `docker service ps` uses: "Less than a second",
+/// "5 seconds", "About a minute", "3 hours", ...
+pub fn human_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    if secs < 1 {
+        return "Less than a second".into();
+    }
+    if secs == 1 {
+        return "1 second".into();
+    }
+    if secs < 60 {
+        return format!("{secs} seconds");
+    }
+    let minutes = secs / 60;
+    if minutes == 1 {
+        return "About a minute".into();
+    }
+    if minutes < 60 {
+        return format!("{minutes} minutes");
+    }
+    // Go rounds the hours: int(d.Hours() + 0.5).
+    let hours = (ms + 1_800_000) / 3_600_000;
+    if hours == 1 {
+        return "About an hour".into();
+    }
+    if hours < 48 {
+        return format!("{hours} hours");
+    }
+    if hours < 24 * 7 * 2 {
+        return format!("{} days", hours / 24);
+    }
+    if hours < 24 * 30 * 2 {
+        return format!("{} weeks", hours / 24 / 7);
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{} months", hours / 24 / 30);
+    }
+    format!("{} years", ms / 3_600_000 / 24 / 365)
+}
+
+/// `docker service ps`'s CURRENT STATE: `Running 5 minutes ago`. Without a status (a daemon
+/// that does not track it), the desired state.
+pub fn current_state(t: &PsTask) -> String {
+    match &t.status {
+        Some(st) => format!(
+            "{} {} ago",
+            capitalized(st.state.as_str()),
+            human_duration(st.age_ms)
+        ),
+        None => capitalized(state_word(t.task.state)),
+    }
+}
+
+/// `service ps`: NAME, NODE, DESIRED STATE, CURRENT STATE, ADDRESSES, WEIGHT, ERROR; one
+/// service's tasks after another's. The error says why a task is not running (a failing health
+/// check and its last outcome).
+pub fn service_ps(services: &[(String, Vec<PsTask>)]) -> String {
     let mut rows = Vec::new();
     for (service, tasks) in services {
-        for t in sorted_tasks(service, tasks) {
+        let mut sorted: Vec<&PsTask> = tasks.iter().collect();
+        sorted.sort_by(|a, b| {
+            let ka = (
+                task_slot(service, &a.task.name).unwrap_or(u32::MAX),
+                &a.task.name,
+            );
+            let kb = (
+                task_slot(service, &b.task.name).unwrap_or(u32::MAX),
+                &b.task.name,
+            );
+            ka.cmp(&kb)
+        });
+        for pt in sorted {
+            let t = &pt.task;
             let addrs: Vec<String> = t
                 .addresses
                 .iter()
                 .map(|a| format!("{}:{}", a.network, a.addr))
                 .collect();
+            let error = match &pt.status {
+                Some(st) if !st.error.is_empty() => st.error.clone(),
+                _ => String::new(),
+            };
             rows.push(vec![
                 t.name.clone(),
                 t.node.clone(),
                 capitalized(state_word(t.state)),
+                current_state(pt),
                 addrs.join(","),
                 t.weight.to_string(),
+                error,
             ]);
         }
     }
-    table(&["NAME", "NODE", "STATE", "ADDRESSES", "WEIGHT"], &rows)
+    table(
+        &[
+            "NAME",
+            "NODE",
+            "DESIRED STATE",
+            "CURRENT STATE",
+            "ADDRESSES",
+            "WEIGHT",
+            "ERROR",
+        ],
+        &rows,
+    )
 }
 
 /// `network ls`: NAME, VNI, SUBNET, GATEWAY, SCOPE (ingress or overlay), ENDPOINTS.
@@ -233,7 +318,43 @@ struct Target {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct TaskTemplate {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    container_spec: Option<ContainerSpec>,
     networks: Vec<Target>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ContainerSpec {
+    healthcheck: DockerHealthcheck,
+}
+
+/// Docker's `Healthcheck`: the test as words, durations in nanoseconds.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerHealthcheck {
+    test: Vec<String>,
+    interval: u64,
+    timeout: u64,
+    retries: u32,
+}
+
+fn docker_healthcheck(svc: &Service, h: &HealthCheck) -> DockerHealthcheck {
+    let port = svc.health_port().unwrap_or(80).to_string();
+    let test = match h.test {
+        HealthTest::Tcp => vec!["TCP".to_string(), port],
+        HealthTest::Http => {
+            let mut v = vec!["HTTP".to_string(), port, "GET".into(), h.path.clone()];
+            v.push(h.status.map_or_else(|| "2xx-3xx".into(), |s| s.to_string()));
+            v
+        }
+    };
+    DockerHealthcheck {
+        test,
+        interval: u64::from(h.interval_ms) * 1_000_000,
+        timeout: u64::from(h.timeout_ms) * 1_000_000,
+        retries: h.retries,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -307,6 +428,9 @@ pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
         spec: Spec {
             name: svc.name.clone(),
             task_template: TaskTemplate {
+                container_spec: svc.health.as_ref().map(|h| ContainerSpec {
+                    healthcheck: docker_healthcheck(svc, h),
+                }),
                 networks: svc
                     .networks
                     .iter()
@@ -495,15 +619,74 @@ mod tests {
         );
     }
 
+    fn ps(tasks: Vec<Task>) -> Vec<PsTask> {
+        tasks
+            .into_iter()
+            .map(|task| PsTask { task, status: None })
+            .collect()
+    }
+
     #[test]
     fn service_ps_lists_tasks_in_slot_order() {
         assert_eq!(
-            service_ps(&[("web".into(), web().tasks)]),
-            "NAME     NODE   STATE      ADDRESSES                            WEIGHT\n\
-             web.1    n1     Running    ingress:10.0.0.11,appnet:10.0.1.11   1\n\
-             web.2    n2     Running    ingress:10.0.0.12,appnet:10.0.1.12   1\n\
-             web.10   n2     Draining   ingress:10.0.0.20,appnet:10.0.1.20   0\n"
+            service_ps(&[("web".into(), ps(web().tasks))]),
+            "NAME     NODE   DESIRED STATE   CURRENT STATE   ADDRESSES                            WEIGHT   ERROR\n\
+             web.1    n1     Running         Running         ingress:10.0.0.11,appnet:10.0.1.11   1\n\
+             web.2    n2     Running         Running         ingress:10.0.0.12,appnet:10.0.1.12   1\n\
+             web.10   n2     Draining        Draining        ingress:10.0.0.20,appnet:10.0.1.20   0\n"
         );
+    }
+
+    #[test]
+    fn service_ps_shows_the_current_state_and_how_long_ago_like_docker() {
+        let mut rows = ps(web().tasks);
+        rows.retain(|r| r.task.name != "web.10");
+        rows.sort_by(|a, b| a.task.name.cmp(&b.task.name));
+        rows[0].status = Some(TaskStatus {
+            state: CurrentState::Running,
+            age_ms: 5 * 60_000 + 2000,
+            since_unix_ms: 0,
+            health: Some(Health::Healthy),
+            failing_streak: 0,
+            error: String::new(),
+        });
+        rows[1].status = Some(TaskStatus {
+            state: CurrentState::Failed,
+            age_ms: 3400,
+            since_unix_ms: 0,
+            health: Some(Health::Unhealthy),
+            failing_streak: 3,
+            error: "unhealthy: connection refused (3 checks in a row)".into(),
+        });
+        assert_eq!(
+            service_ps(&[("web".into(), rows)]),
+            "NAME    NODE   DESIRED STATE   CURRENT STATE           ADDRESSES                            WEIGHT   ERROR\n\
+             web.1   n1     Running         Running 5 minutes ago   ingress:10.0.0.11,appnet:10.0.1.11   1\n\
+             web.2   n2     Running         Failed 3 seconds ago    ingress:10.0.0.12,appnet:10.0.1.12   1        unhealthy: connection refused (3 checks in a row)\n"
+        );
+    }
+
+    #[test]
+    fn durations_read_like_dockers() {
+        for (ms, text) in [
+            (0, "Less than a second"),
+            (999, "Less than a second"),
+            (1000, "1 second"),
+            (59_999, "59 seconds"),
+            (60_000, "About a minute"),
+            (119_999, "About a minute"),
+            (120_000, "2 minutes"),
+            (3_599_999, "59 minutes"),
+            (3_600_000, "About an hour"),
+            (5_400_000, "2 hours"),
+            (47 * 3_600_000, "47 hours"),
+            (48 * 3_600_000, "2 days"),
+            (14 * 24 * 3_600_000, "2 weeks"),
+            (60 * 24 * 3_600_000, "2 months"),
+            (800 * 24 * 3_600_000, "2 years"),
+        ] {
+            assert_eq!(human_duration(ms), text, "{ms} ms");
+        }
     }
 
     #[test]
@@ -565,6 +748,23 @@ mod tests {
             json!({"NetworkID": "ingress", "Addr": "10.0.0.11"})
         );
         assert_eq!(v["Tasks"][0]["Addresses"][1]["Addr"], "10.0.1.11/24");
+        assert!(v["Spec"]["TaskTemplate"].get("ContainerSpec").is_none());
+
+        let mut checked = web();
+        checked.health = Some(HealthCheck {
+            test: HealthTest::Http,
+            path: "/healthz".into(),
+            status: Some(200),
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            retries: 3,
+            ..HealthCheck::default()
+        });
+        let v = serde_json::to_value(docker_inspect(&checked, &[appnet()])).unwrap();
+        assert_eq!(
+            v["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"],
+            json!({"Test": ["HTTP", "80", "GET", "/healthz", "200"], "Interval": 2_000_000_000u64, "Timeout": 1_000_000_000u64, "Retries": 3})
+        );
     }
 
     #[test]

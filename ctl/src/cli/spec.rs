@@ -7,7 +7,8 @@
 use std::net::Ipv4Addr;
 
 use ctl::model::{
-    Protocol, PublishMode, PublishedPort, ServiceNetwork, Task, TaskAddress, TaskState,
+    HealthCheck, HealthTest, Protocol, PublishMode, PublishedPort, ServiceNetwork, Task,
+    TaskAddress, TaskState,
 };
 use ctl::proto::{PortSpec, TaskUpdate};
 
@@ -301,9 +302,167 @@ pub fn scale(spec: &str) -> Result<(String, u32), SpecError> {
     Ok((name.to_string(), n))
 }
 
+/// What `--health` says: the test, its port and, for HTTP, its path and expected status. The
+/// timing comes from `--health-interval`, `--health-timeout` and `--health-retries`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    pub test: HealthTest,
+    pub port: Option<u16>,
+    pub path: String,
+    pub status: Option<u16>,
+}
+
+impl HealthSpec {
+    /// Sets the test part of `h`, keeping its timing.
+    pub fn apply_to(&self, h: &mut HealthCheck) {
+        h.test = self.test;
+        h.port = self.port;
+        h.path = self.path.clone();
+        h.status = self.status;
+    }
+}
+
+/// `--health`: `tcp`, `tcp:PORT`, `http:/PATH`, `http:/PATH=STATUS` or `http:PORT/PATH[=STATUS]`.
+/// Without a port the check uses the service's first published TCP target port (80 if none).
+pub fn health(flag: &str, spec: &str) -> Result<HealthSpec, SpecError> {
+    let example = "tcp, tcp:80, http:/healthz or http:8080/healthz=200";
+    let (kind, rest) = match spec.split_once(':') {
+        Some((k, r)) => (k, Some(r)),
+        None => (spec, None),
+    };
+    match (kind, rest) {
+        ("tcp", None) => Ok(HealthSpec {
+            test: HealthTest::Tcp,
+            port: None,
+            path: "/".into(),
+            status: None,
+        }),
+        ("tcp", Some(p)) => Ok(HealthSpec {
+            test: HealthTest::Tcp,
+            port: Some(port(flag, "port", p)?),
+            path: "/".into(),
+            status: None,
+        }),
+        ("http", Some(r)) => {
+            let Some(slash) = r.find('/') else {
+                fail!("{flag}: {spec:?} has no path: give http:/PATH (as in {example})");
+            };
+            let port_part = &r[..slash];
+            let hport = if port_part.is_empty() {
+                None
+            } else {
+                Some(port(flag, "port", port_part)?)
+            };
+            // `=NNN` at the end is the status; any other `=` belongs to the path (a query).
+            let status_part = r[slash..]
+                .rsplit_once('=')
+                .filter(|(_, st)| st.len() == 3 && st.bytes().all(|b| b.is_ascii_digit()));
+            let (path, status) = match status_part {
+                Some((p, st)) => {
+                    let Ok(code) = st.parse::<u16>() else {
+                        fail!("{flag}: ={st} is not an HTTP status (as in http:/healthz=200)");
+                    };
+                    if !(100..=599).contains(&code) {
+                        fail!("{flag}: ={st} is not an HTTP status (100 to 599)");
+                    }
+                    (p, Some(code))
+                }
+                None => (&r[slash..], None),
+            };
+            if !path.bytes().all(|b| b.is_ascii_graphic()) {
+                fail!("{flag}: the path {path:?} has spaces or control characters");
+            }
+            Ok(HealthSpec {
+                test: HealthTest::Http,
+                port: hport,
+                path: path.to_string(),
+                status,
+            })
+        }
+        ("http", None) => fail!("{flag}: {spec:?} has no path: give http:/PATH (as in {example})"),
+        _ => fail!("{flag}: unknown check {spec:?} (expected {example})"),
+    }
+}
+
+/// A duration as Docker writes them (`30s`, `1m30s`, `500ms`, `1.5s`, `2h`), in milliseconds.
+pub fn duration_ms(flag: &str, spec: &str) -> Result<u32, SpecError> {
+    let bad = || {
+        SpecError(format!(
+            "{flag}: {spec:?} is not a duration (as in 500ms, 2s, 1m30s)"
+        ))
+    };
+    let mut rest = spec.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..n].parse().map_err(|_| bad())?;
+        rest = &rest[n..];
+        let u = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ms" => 1.0,
+            "s" => 1000.0,
+            "m" => 60_000.0,
+            "h" => 3_600_000.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[u..];
+        total += value * scale;
+    }
+    if !total.is_finite() || total < 1.0 || total > f64::from(u32::MAX) {
+        fail!("{flag}: {spec:?} is out of range (1ms to about 49 days)");
+    }
+    Ok(total.round() as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_specs() {
+        let h = health("--health", "tcp").unwrap();
+        assert_eq!((h.test, h.port), (HealthTest::Tcp, None));
+        assert_eq!(health("--health", "tcp:8080").unwrap().port, Some(8080));
+        let h = health("--health", "http:/healthz=200").unwrap();
+        assert_eq!(
+            h,
+            HealthSpec {
+                test: HealthTest::Http,
+                port: None,
+                path: "/healthz".into(),
+                status: Some(200)
+            }
+        );
+        let h = health("--health", "http:8080/a/b?x=1").unwrap();
+        assert_eq!(
+            (h.port, h.path.as_str(), h.status),
+            (Some(8080), "/a/b?x=1", None)
+        );
+        assert!(e(health("--health", "http")).contains("no path"));
+        assert!(e(health("--health", "http:80")).contains("no path"));
+        assert!(e(health("--health", "http:/x=999")).contains("not an HTTP status"));
+        assert!(e(health("--health", "grpc")).contains("unknown check"));
+        assert!(e(health("--health", "tcp:0")).contains("not a port"));
+    }
+
+    #[test]
+    fn durations_like_docker() {
+        assert_eq!(duration_ms("--health-interval", "2s").unwrap(), 2000);
+        assert_eq!(duration_ms("--health-interval", "500ms").unwrap(), 500);
+        assert_eq!(duration_ms("--health-interval", "1m30s").unwrap(), 90_000);
+        assert_eq!(duration_ms("--health-interval", "1.5s").unwrap(), 1500);
+        assert_eq!(duration_ms("--health-interval", "1h").unwrap(), 3_600_000);
+        for bad in ["", "2", "s", "2x", "-1s", "0s", "2000h"] {
+            assert!(duration_ms("--health-interval", bad).is_err(), "{bad}");
+        }
+    }
 
     fn e<T: std::fmt::Debug>(r: Result<T, SpecError>) -> String {
         r.unwrap_err().0
