@@ -29,7 +29,7 @@ use crate::buf::{PacketBuf, Pool, PortId};
 use crate::flow::{self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped, TcpState};
 use crate::neigh::Neighbors;
 use crate::port::{Burst, BURST};
-use crate::stats::{DropReason, WorkerStats};
+use crate::stats::{self, DropReason, TaskCounters, WorkerStats};
 use crate::nat::{self, be16, dec_ttl, put16, put32};
 use crate::overlay::{self, entropy_port, Tunnel};
 use crate::wire::checksum;
@@ -46,6 +46,9 @@ pub enum Verdict {
     Handoff(u16),
     Drop(DropReason),
 }
+
+/// How many tasks each worker keeps packet, byte and connection counters for.
+pub const MAX_COUNTED_TASKS: usize = 8192;
 
 /// One verdict per frame of a burst, in order.
 pub type Verdicts = ArrayVec<Verdict, BURST>;
@@ -239,6 +242,8 @@ pub struct Pipeline {
     pub cfg: Config,
     pub flows: FlowTable,
     pub stats: WorkerStats,
+    /// Packets, bytes and connections per task.
+    pub task_stats: TaskCounters,
     neigh: Arc<Neighbors>,
     /// Round-robin position per balancer.
     rr: Vec<u32>,
@@ -264,6 +269,7 @@ impl Pipeline {
             cfg,
             flows,
             stats: WorkerStats::default(),
+            task_stats: TaskCounters::new(MAX_COUNTED_TASKS),
             neigh,
             rr: Vec::new(),
             nat_next: 0,
@@ -295,6 +301,16 @@ impl Pipeline {
             }
         }
         Some((id, dir))
+    }
+
+    /// Counts a new flow to task `uid`.
+    #[inline]
+    fn count_new(&mut self, uid: u64) {
+        self.stats.new_flows += 1;
+        self.stats.flows_evicted = self.flows.evicted;
+        if let Some(c) = self.task_stats.entry(uid) {
+            c[stats::CONNS] += 1;
+        }
     }
 
     /// `key`'s hash, from the prefetch pass when it computed it already.
@@ -554,8 +570,7 @@ impl Pipeline {
             ClientIpMode::Keep => self.flows.insert(flow, now),
         }
         .map_err(|_| DropReason::NoNatPort)?;
-        self.stats.new_flows += 1;
-        self.stats.flows_evicted = self.flows.evicted;
+        self.count_new(b.uid);
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
     }
 
@@ -615,6 +630,11 @@ impl Pipeline {
             }
         }
         let a = *fl.action(dir);
+        let uid = fl.task_uid;
+        if let Some(c) = self.task_stats.entry(uid) {
+            c[stats::PACKETS] += 1;
+            c[stats::BYTES] += buf.len() as u64;
+        }
         nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
         self.send(t, now, buf, a.dst, a.egress)
     }
@@ -832,8 +852,7 @@ impl Pipeline {
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
                 let flow = Flow::new(FlowKind::Vip, [key, rkey], [fwd, rev], b.uid, balancer, timeouts(svc), now);
                 let id = self.flows.insert(flow, now).map_err(|_| DropReason::NoNatPort)?;
-                self.stats.new_flows += 1;
-                self.stats.flows_evicted = self.flows.evicted;
+                self.count_new(b.uid);
                 self.forward(t, now, buf, &l3, id, Dir::Fwd)
             }
             // A reply of an ingress flow this node masqueraded and delivered locally.
@@ -1229,5 +1248,9 @@ mod tests {
         assert_eq!(inner.src, 0x0a00_0002);
         assert_eq!(p.stats.new_flows, 1);
         assert_eq!(p.flows.len(), 1);
+        // Counted for web.1: one packet of the frame's size, one connection.
+        let uid = table.tasks.iter().find(|t| t.name == "web.1").unwrap().uid;
+        let counted: Vec<_> = p.task_stats.iter().collect();
+        assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1])]);
     }
 }

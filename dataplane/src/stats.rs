@@ -263,3 +263,86 @@ mod tests {
         assert_eq!(names.len(), DropReason::COUNT);
     }
 }
+
+/// Per-task counters of one worker, keyed by the task's stable uid: packets, bytes and
+/// connections (new flows). A fixed open-addressing table allocated once; a task seen when the
+/// table is full is not counted (and `overflow` says so).
+#[derive(Debug)]
+pub struct TaskCounters {
+    keys: Box<[u64]>,
+    vals: Box<[[u64; 3]]>,
+    mask: usize,
+    /// Occupied slots, in insertion order (for publishing without a full scan).
+    used: Vec<u32>,
+    /// At most this many tasks (half the slots, so probes stay short).
+    limit: usize,
+    pub overflow: u64,
+}
+
+/// Index of packets, bytes and connections in a [`TaskCounters`] entry.
+pub const PACKETS: usize = 0;
+pub const BYTES: usize = 1;
+pub const CONNS: usize = 2;
+
+impl TaskCounters {
+    /// Room for `capacity` tasks (rounded up to a power of two, twice over for probing).
+    pub fn new(capacity: usize) -> Self {
+        let n = (capacity * 2).next_power_of_two().max(16);
+        TaskCounters {
+            keys: vec![0u64; n].into_boxed_slice(),
+            vals: vec![[0u64; 3]; n].into_boxed_slice(),
+            mask: n - 1,
+            used: Vec::with_capacity(n / 2),
+            limit: n / 2,
+            overflow: 0,
+        }
+    }
+
+    /// The counters of task `uid` (never 0), claiming a slot on first use.
+    #[inline]
+    pub fn entry(&mut self, uid: u64) -> Option<&mut [u64; 3]> {
+        let mut i = (crate::fastmap::mix64(uid) as usize) & self.mask;
+        for _ in 0..32 {
+            let k = self.keys[i];
+            if k == uid {
+                return Some(&mut self.vals[i]);
+            }
+            if k == 0 {
+                if self.used.len() >= self.limit {
+                    break;
+                }
+                self.keys[i] = uid;
+                self.used.push(i as u32);
+                return Some(&mut self.vals[i]);
+            }
+            i = (i + 1) & self.mask;
+        }
+        self.overflow += 1;
+        None
+    }
+
+    /// Every counted task: (uid, [packets, bytes, connections]).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, [u64; 3])> + '_ {
+        self.used.iter().map(|&i| (self.keys[i as usize], self.vals[i as usize]))
+    }
+}
+
+#[cfg(test)]
+mod task_tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_task_and_refuses_when_full() {
+        let mut t = TaskCounters::new(4);
+        for uid in 1..=8u64 {
+            let c = t.entry(uid).unwrap();
+            c[PACKETS] += uid;
+        }
+        assert!(t.entry(9).is_none(), "room for 8 (16 slots, half full at most), all used");
+        assert_eq!(t.overflow, 1);
+        t.entry(3).unwrap()[BYTES] += 100;
+        let got: std::collections::BTreeMap<u64, [u64; 3]> = t.iter().collect();
+        assert_eq!(got[&3], [3, 100, 0]);
+        assert_eq!(got.len(), 8);
+    }
+}

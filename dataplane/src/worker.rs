@@ -47,6 +47,8 @@ pub struct Shared {
     /// Burst processing times (ns) each worker adds in about once a second. Workers only
     /// `try_lock` it, so they never wait.
     pub latency: Vec<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
+    /// Per-task counters each worker publishes about every 250 ms.
+    pub task_stats: Vec<PublishedTasks>,
     /// Buffers a worker has too many of (handoffs move buffers between workers' pools) for a
     /// worker that runs short.
     pub spare: ArrayQueue<PacketBuf>,
@@ -65,6 +67,7 @@ impl Shared {
             stats: (0..workers).map(|_| PublishedStats::default()).collect(),
             latency: (0..workers).map(|_| std::sync::Mutex::new(new_histogram())).collect(),
             spare: ArrayQueue::new(RING * 2),
+            task_stats: (0..workers).map(|_| PublishedTasks::new(crate::pipeline::MAX_COUNTED_TASKS)).collect(),
         })
     }
 
@@ -128,6 +131,42 @@ impl PublishedStats {
             *v = slot.load(Ordering::Relaxed);
         }
         WorkerStats::from_array(&a)
+    }
+}
+
+/// A worker's per-task counters mirrored into atomics: (uid, packets, bytes, connections).
+#[derive(Debug)]
+pub struct PublishedTasks {
+    rows: Box<[[AtomicU64; 4]]>,
+    len: AtomicU64,
+}
+
+impl PublishedTasks {
+    fn new(capacity: usize) -> Self {
+        let rows = (0..capacity * 2).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect();
+        PublishedTasks { rows, len: AtomicU64::new(0) }
+    }
+
+    fn write(&self, c: &crate::stats::TaskCounters) {
+        let mut n = 0;
+        for ((uid, v), row) in c.iter().zip(self.rows.iter()) {
+            row[0].store(uid, Ordering::Relaxed);
+            for (a, x) in row[1..].iter().zip(v) {
+                a.store(x, Ordering::Relaxed);
+            }
+            n += 1;
+        }
+        self.len.store(n, Ordering::Release);
+    }
+
+    /// Every published row: (uid, [packets, bytes, connections]).
+    pub fn read(&self) -> Vec<(u64, [u64; 3])> {
+        let n = self.len.load(Ordering::Acquire) as usize;
+        self.rows
+            .iter()
+            .take(n)
+            .map(|r| (r[0].load(Ordering::Relaxed), [r[1].load(Ordering::Relaxed), r[2].load(Ordering::Relaxed), r[3].load(Ordering::Relaxed)]))
+            .collect()
     }
 }
 
@@ -208,6 +247,7 @@ impl Worker {
         let mut idle_for = 0u32;
         let mut last_publish = 0u64;
         let mut last_latency = 0u64;
+        let mut last_tasks = 0u64;
         while !self.shared.stop.load(Ordering::Relaxed) {
             let busy = self.poll_once();
             let now = self.clock.now_ms();
@@ -215,6 +255,10 @@ impl Worker {
                 self.shared.stats[self.id].write(&self.pipeline.stats);
                 self.rebalance_pool();
                 last_publish = now;
+            }
+            if now.wrapping_sub(last_tasks) >= 250 {
+                self.shared.task_stats[self.id].write(&self.pipeline.task_stats);
+                last_tasks = now;
             }
             if now.wrapping_sub(last_latency) >= 1000 {
                 if let Ok(mut h) = self.shared.latency[self.id].try_lock() {
@@ -240,6 +284,7 @@ impl Worker {
             }
         }
         self.shared.stats[self.id].write(&self.pipeline.stats);
+        self.shared.task_stats[self.id].write(&self.pipeline.task_stats);
     }
 
     /// One iteration: receive a burst from each port and from the handoff ring, process, send;

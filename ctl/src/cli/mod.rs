@@ -5,6 +5,7 @@
 
 pub mod render;
 pub mod spec;
+pub mod stats;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -628,7 +629,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let s = ctx.read(Command::Stats {})?;
             match ctx.format {
                 Format::Json => print_json(&s.result),
-                Format::Table => out(&render::key_values(&s.result)),
+                Format::Table => out(&stats::render(&s.result)),
             }
         }
     }

@@ -151,14 +151,44 @@ impl Controller {
             }
         }
         let table = self.shared.table.load();
+        // Per-task packets, bytes and connections, summed over the workers.
+        let mut per_uid: std::collections::HashMap<u64, [u64; 3]> = std::collections::HashMap::new();
+        for w in &self.shared.task_stats {
+            for (uid, v) in w.read() {
+                let e = per_uid.entry(uid).or_default();
+                for (a, b) in e.iter_mut().zip(v) {
+                    *a += b;
+                }
+            }
+        }
+        let counters = |uid: u64| per_uid.get(&uid).copied().unwrap_or_default();
         let services: Vec<Value> = table
             .services
             .iter()
             .map(|s| {
+                let mut sum = [0u64; 3];
+                let tasks: Vec<Value> = s
+                    .tasks
+                    .iter()
+                    .map(|&t| {
+                        let te = &table.tasks[t as usize];
+                        let c = counters(te.uid);
+                        for (a, b) in sum.iter_mut().zip(c) {
+                            *a += b;
+                        }
+                        json!({
+                            "name": te.name,
+                            "node": table.nodes.get(usize::from(te.node)).map(|n| n.name.as_str()).unwrap_or(""),
+                            "eligible": te.eligible,
+                            "packets": c[0], "bytes": c[1], "connections": c[2],
+                        })
+                    })
+                    .collect();
                 json!({
                     "name": s.name,
-                    "tasks": s.tasks.len(),
+                    "packets": sum[0], "bytes": sum[1], "connections": sum[2],
                     "eligible": s.tasks.iter().filter(|&&t| table.tasks[t as usize].eligible).count(),
+                    "tasks": tasks,
                 })
             })
             .collect();
