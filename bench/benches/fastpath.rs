@@ -34,7 +34,7 @@ fn flow(i: u32) -> Flow {
     let r = FlowKey::new(6, 0x0a00_000b + i / 60000, 80, 0x0a00_0002, 1024 + (i % 60000) as u16);
     let a = Action::new(&k, 0x0a00_0002, r.dport, r.src, 80, Egress::Tasks);
     let b = Action::new(&r, k.dst, k.dport, k.src, k.sport, Egress::Uplink { mac: [2; 6] });
-    Flow::new(FlowKind::Ingress, [k, r], [a, b], 1, 0, [7200, 60, 30], 0)
+    Flow::new(FlowKind::Ingress, [k, r], [a, b], 1, u16::MAX, [7200, 60, 30], 0)
 }
 
 fn lookup(c: &mut Criterion) {

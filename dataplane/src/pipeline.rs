@@ -29,7 +29,7 @@ use crate::buf::{PacketBuf, Pool, PortId};
 use crate::flow::{self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped, TcpState};
 use crate::neigh::Neighbors;
 use crate::port::{Burst, BURST};
-use crate::stats::{self, DropReason, TaskCounters, WorkerStats};
+use crate::stats::{DropReason, TaskCounters, WorkerStats};
 use crate::nat::{self, be16, dec_ttl, put16, put32};
 use crate::overlay::{self, entropy_port, Tunnel};
 use crate::wire::checksum;
@@ -303,14 +303,12 @@ impl Pipeline {
         Some((id, dir))
     }
 
-    /// Counts a new flow to task `uid`.
+    /// Counts a new flow to the task whose counters are at `slot`.
     #[inline]
-    fn count_new(&mut self, uid: u64) {
+    fn count_new(&mut self, slot: u16) {
         self.stats.new_flows += 1;
         self.stats.flows_evicted = self.flows.evicted;
-        if let Some(c) = self.task_stats.entry(uid) {
-            c[stats::CONNS] += 1;
-        }
+        self.task_stats.add(slot, 0, 0, 1);
     }
 
     /// `key`'s hash, from the prefetch pass when it computed it already.
@@ -563,14 +561,15 @@ impl Pipeline {
         let fwd = Action::new(&key, src, sport, task_addr, p.target, egress);
         let rkey = FlowKey::new(l3.proto, task_addr, p.target, src, sport);
         let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Uplink { mac: client_mac });
-        let flow = Flow::new(FlowKind::Ingress, [key, rkey], [fwd, rev], b.uid, p.balancer, timeouts(svc), now);
+        let slot = self.task_stats.slot(b.uid);
+        let flow = Flow::new(FlowKind::Ingress, [key, rkey], [fwd, rev], b.uid, slot, timeouts(svc), now);
         // The forward key just missed; a masquerade port was picked so the reverse key is free.
         let id = match svc.client_ip {
             ClientIpMode::Masquerade => self.flows.insert_absent(flow, [hash, rkey.hash()], now),
             ClientIpMode::Keep => self.flows.insert(flow, now),
         }
         .map_err(|_| DropReason::NoNatPort)?;
-        self.count_new(b.uid);
+        self.count_new(slot);
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
     }
 
@@ -630,11 +629,8 @@ impl Pipeline {
             }
         }
         let a = *fl.action(dir);
-        let uid = fl.task_uid;
-        if let Some(c) = self.task_stats.entry(uid) {
-            c[stats::PACKETS] += 1;
-            c[stats::BYTES] += buf.len() as u64;
-        }
+        let slot = fl.stats_slot;
+        self.task_stats.add(slot, 1, buf.len() as u64, 0);
         nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
         self.send(t, now, buf, a.dst, a.egress)
     }
@@ -754,7 +750,8 @@ impl Pipeline {
                     let back = Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni: t.net(net).vni, sport: entropy_port(&key) };
                     let fwd = Action::keep(&key, Egress::Tasks);
                     let rev = Action::keep(&rkey, back);
-                    let flow = Flow::new(FlowKind::ReturnRoute, [key, rkey], [fwd, rev], te.uid, 0, timeouts(svc), now);
+                    let slot = self.task_stats.slot(te.uid);
+                    let flow = Flow::new(FlowKind::ReturnRoute, [key, rkey], [fwd, rev], te.uid, slot, timeouts(svc), now);
                     if let Ok(id) = self.flows.insert(flow, now) {
                         self.stats.new_flows += 1;
                         self.stats.flows_evicted = self.flows.evicted;
@@ -850,9 +847,10 @@ impl Pipeline {
                 let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
                 let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
-                let flow = Flow::new(FlowKind::Vip, [key, rkey], [fwd, rev], b.uid, balancer, timeouts(svc), now);
+                let slot = self.task_stats.slot(b.uid);
+                let flow = Flow::new(FlowKind::Vip, [key, rkey], [fwd, rev], b.uid, slot, timeouts(svc), now);
                 let id = self.flows.insert(flow, now).map_err(|_| DropReason::NoNatPort)?;
-                self.count_new(b.uid);
+                self.count_new(slot);
                 self.forward(t, now, buf, &l3, id, Dir::Fwd)
             }
             // A reply of an ingress flow this node masqueraded and delivered locally.

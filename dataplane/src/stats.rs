@@ -301,24 +301,42 @@ impl TaskCounters {
     /// The counters of task `uid` (never 0), claiming a slot on first use.
     #[inline]
     pub fn entry(&mut self, uid: u64) -> Option<&mut [u64; 3]> {
+        let i = self.slot(uid);
+        self.vals.get_mut(usize::from(i))
+    }
+
+    /// The slot of task `uid`'s counters, claimed on first use; `u16::MAX` when full. A slot,
+    /// once given, stays the task's (slots are never freed), so flows can keep it.
+    #[inline]
+    pub fn slot(&mut self, uid: u64) -> u16 {
         let mut i = (crate::fastmap::mix64(uid) as usize) & self.mask;
         for _ in 0..32 {
             let k = self.keys[i];
             if k == uid {
-                return Some(&mut self.vals[i]);
+                return i as u16;
             }
             if k == 0 {
-                if self.used.len() >= self.limit {
+                if self.used.len() >= self.limit || i >= usize::from(u16::MAX) {
                     break;
                 }
                 self.keys[i] = uid;
                 self.used.push(i as u32);
-                return Some(&mut self.vals[i]);
+                return i as u16;
             }
             i = (i + 1) & self.mask;
         }
         self.overflow += 1;
-        None
+        u16::MAX
+    }
+
+    /// Adds to the counters at `slot` (from [`Self::slot`]); `u16::MAX` is ignored.
+    #[inline]
+    pub fn add(&mut self, slot: u16, packets: u64, bytes: u64, conns: u64) {
+        if let Some(v) = self.vals.get_mut(usize::from(slot)) {
+            v[PACKETS] += packets;
+            v[BYTES] += bytes;
+            v[CONNS] += conns;
+        }
     }
 
     /// Every counted task: (uid, [packets, bytes, connections]).

@@ -164,7 +164,9 @@ pub struct Flow {
     pub tcp: TcpState,
     pub kind: FlowKind,
     live: bool,
-    pub balancer: u16,
+    /// Where the task's packet, byte and connection counters are in the worker's
+    /// [`crate::stats::TaskCounters`] (`u16::MAX`: not counted).
+    pub stats_slot: u16,
     /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
     pub timeouts: [u32; 3],
     /// For packets matching `keys[1]` (task back to client); starts the second cache line.
@@ -174,7 +176,7 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn new(kind: FlowKind, keys: [FlowKey; 2], actions: [Action; 2], task_uid: u64, balancer: u16, timeouts: [u32; 3], now: u32) -> Self {
+    pub fn new(kind: FlowKind, keys: [FlowKey; 2], actions: [Action; 2], task_uid: u64, stats_slot: u16, timeouts: [u32; 3], now: u32) -> Self {
         let [fwd, rev] = actions;
         Flow {
             keys,
@@ -182,7 +184,7 @@ impl Flow {
             rev,
             kind,
             task_uid,
-            balancer,
+            stats_slot,
             tcp: TcpState::None,
             last_seen: now,
             timeouts,
@@ -278,7 +280,7 @@ impl FlowTable {
             rev: dummy_action,
             kind: FlowKind::Ingress,
             task_uid: 0,
-            balancer: 0,
+            stats_slot: u16::MAX,
             tcp: TcpState::None,
             last_seen: 0,
             timeouts: [0; 3],
