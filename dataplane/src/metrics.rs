@@ -40,6 +40,21 @@ pub fn render(stats: &Value) -> String {
             }
         }
     }
+    if let Some(services) = stats["services"].as_array() {
+        for (metric, field) in [("meshd_task_packets_total", "packets"), ("meshd_task_bytes_total", "bytes"), ("meshd_task_connections_total", "connections")] {
+            out.push_str(&format!("# TYPE {metric} counter\n"));
+            for svc in services {
+                let sname = svc["name"].as_str().unwrap_or("");
+                for t in svc["tasks"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{metric}{{node=\"{node}\",service=\"{sname}\",task=\"{}\"}} {}\n",
+                        t["name"].as_str().unwrap_or(""),
+                        t[field].as_u64().unwrap_or(0)
+                    ));
+                }
+            }
+        }
+    }
     let lat = &stats["burst_latency_ns"];
     out.push_str("# TYPE meshd_burst_latency_ns summary\n");
     for (q, k) in [("0.5", "p50"), ("0.99", "p99"), ("0.999", "p999")] {
@@ -92,12 +107,14 @@ mod tests {
         let v = serde_json::json!({
             "node": "n1", "generation": 3,
             "workers": [{"rx": 5, "active_flows": 2, "drops": {"bad_ip_checksum": 1}}],
-            "burst_latency_ns": {"count": 1, "p50": 100, "p99": 200, "p999": 300, "max": 300}
+            "burst_latency_ns": {"count": 1, "p50": 100, "p99": 200, "p999": 300, "max": 300},
+            "services": [{"name": "web", "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1}]}]
         });
         let t = render(&v);
         assert!(t.contains("meshd_rx_total{node=\"n1\",worker=\"0\"} 5"));
         assert!(t.contains("# TYPE meshd_active_flows gauge"));
         assert!(t.contains("meshd_drops_total{node=\"n1\",worker=\"0\",reason=\"bad_ip_checksum\"} 1"));
         assert!(t.contains("meshd_generation{node=\"n1\"} 3"));
+        assert!(t.contains("meshd_task_connections_total{node=\"n1\",service=\"web\",task=\"web.1\"} 1"));
     }
 }
