@@ -106,8 +106,15 @@ pub struct Action {
 impl Action {
     /// The action that rewrites `from` into the given tuple.
     pub fn new(from: &FlowKey, src: u32, sport: u16, dst: u32, dport: u16, egress: Egress) -> Self {
-        let ip_delta = Delta::new().add32(from.src, src).add32(from.dst, dst);
-        let l4_delta = ip_delta.add16(from.sport, sport).add16(from.dport, dport);
+        let hi = |x: u32| (x >> 16) as u16;
+        let lo = |x: u32| x as u16;
+        let ip_delta = Delta::new().of(&[
+            (hi(from.src), hi(src)),
+            (lo(from.src), lo(src)),
+            (hi(from.dst), hi(dst)),
+            (lo(from.dst), lo(dst)),
+        ]);
+        let l4_delta = ip_delta.of(&[(from.sport, sport), (from.dport, dport)]);
         Action { src, sport, dst, dport, ip_delta, l4_delta, egress }
     }
 
