@@ -37,11 +37,17 @@ enum Cmd {
         #[arg(long)]
         flows: Option<usize>,
     },
+    /// meshd, the Linux kernel (nftables DNAT + VXLAN, Swarm's way) and the veth ceiling
+    /// (dpdk-testpmd) side by side in network namespaces: zero-loss throughput, delivered rate
+    /// at full load, latency percentiles, TCP connection rate. Needs root.
+    #[command(after_help = bench::mesh::cli::EXAMPLES)]
+    Mesh(bench::mesh::cli::MeshArgs),
 }
 
 fn main() {
     let args = Args::parse();
     match args.cmd {
+        Cmd::Mesh(a) => std::process::exit(bench::mesh::cli::main(a)),
         Cmd::Pipeline { json, quick, repeats, only, flows: only_flows } => {
             let (packets, sizes, storm): (usize, [usize; 3], usize) =
                 if quick { (200_000, [1 << 10, 1 << 12, 1 << 14], 100_000) } else { (20_000_000, [1 << 10, 1 << 16, 1 << 20], 2_000_000) };

@@ -243,8 +243,9 @@ impl RxRing {
                 // SAFETY: `mac + snap <= block_size`, so the bytes are inside the owned block,
                 // initialised by the kernel, and not written again until the block is released
                 // below, after the slice's last use.
-                let frame =
-                    unsafe { std::slice::from_raw_parts(self.map.base.as_ptr().add(off + mac), snap) };
+                let frame = unsafe {
+                    std::slice::from_raw_parts(self.map.base.as_ptr().add(off + mac), snap)
+                };
                 let ns = u64::from(h.tp_sec) * 1_000_000_000 + u64::from(h.tp_nsec);
                 f(frame, ns);
                 n += 1;

@@ -1,0 +1,191 @@
+//! The `bench mesh` command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::topo::System;
+use super::{MeshError, Options};
+use crate::pktgen::Proto;
+
+pub const EXAMPLES: &str = "\
+EXAMPLES:
+  sudo target/release/bench mesh                    # the full run (about 10 minutes)
+  sudo target/release/bench mesh --docs docs        # ... and refresh docs/bench-mesh.md + .svg
+  sudo target/release/bench mesh --quick            # a few seconds per system (CI)
+  sudo target/release/bench mesh --systems meshd-1w,kernel --rounds 5 --loss 0
+
+Writes bench/out/mesh.json, bench/out/mesh.md and bench/out/mesh.svg (see --out).
+Namespaces are named meshd-bench-*, and removed at the end, on failure and on Ctrl-C.";
+
+/// Options of `bench mesh`.
+#[derive(Debug, Args)]
+pub struct MeshArgs {
+    /// A few seconds per system, one round: checks that the harness works (CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds; each runs every system once, in alternating order.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Systems, comma separated: meshd-1w, meshd-2w, kernel, afpacket-fwd, testpmd.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "meshd-1w,meshd-2w,kernel,afpacket-fwd,testpmd"
+    )]
+    pub systems: Vec<String>,
+    /// Frame size on the wire, FCS included.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    #[arg(long, value_enum, default_value_t = Proto::Udp)]
+    pub proto: Proto,
+    /// Flows (distinct source ports) the generator cycles through.
+    #[arg(long, default_value_t = 1024)]
+    pub flows: u32,
+    /// Tasks of the service (all on the task node; the sink holds their addresses).
+    #[arg(long, default_value_t = 2)]
+    pub tasks: usize,
+    /// Seconds per rate step.
+    #[arg(long)]
+    pub step: Option<f64>,
+    /// Binary-search steps after the full-load step.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Loss threshold in percent for the zero-loss search (0 is RFC 2544's strict zero).
+    #[arg(long, default_value_t = 0.1)]
+    pub loss: f64,
+    /// Seconds of the latency step.
+    #[arg(long)]
+    pub latency_secs: Option<f64>,
+    /// Seconds of the TCP connection-rate run (0: skip it).
+    #[arg(long)]
+    pub tcp_secs: Option<f64>,
+    /// TCP client threads.
+    #[arg(long, default_value_t = 4)]
+    pub tcp_threads: usize,
+    /// Cores the systems' forwarding threads go on (meshd workers, testpmd lcores).
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub cores: Vec<usize>,
+    /// Leave each node's receive work on the sending thread (no RPS steering to the node's core).
+    #[arg(long)]
+    pub no_rps: bool,
+    /// Where mesh.json, mesh.md and mesh.svg go.
+    #[arg(long, default_value = "bench/out")]
+    pub out: PathBuf,
+    /// Also write bench-mesh.md and bench-mesh.svg into this directory (e.g. docs).
+    #[arg(long)]
+    pub docs: Option<PathBuf>,
+}
+
+fn parse_system(s: &str) -> Result<System, String> {
+    match s.trim() {
+        "kernel" => Ok(System::Kernel),
+        "testpmd" => Ok(System::Testpmd),
+        "afpacket-fwd" => Ok(System::AfPacketFwd),
+        m => match m.strip_prefix("meshd-").and_then(|w| w.strip_suffix('w')).map(str::parse::<usize>) {
+            Some(Ok(n)) if (1..=8).contains(&n) => Ok(System::Meshd { workers: n }),
+            _ => Err(format!(
+                "--systems: unknown system {m:?} (use meshd-1w, meshd-2w, kernel, afpacket-fwd, testpmd)"
+            )),
+        },
+    }
+}
+
+impl MeshArgs {
+    pub fn options(&self) -> Result<Options, String> {
+        let systems = self
+            .systems
+            .iter()
+            .map(|s| parse_system(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if systems.is_empty() {
+            return Err("--systems: name at least one".into());
+        }
+        if !(0.0..100.0).contains(&self.loss) {
+            return Err(format!(
+                "--loss {}: a percentage from 0 to under 100",
+                self.loss
+            ));
+        }
+        if self.tasks == 0 || self.tasks > 100 {
+            return Err(format!("--tasks {}: 1 to 100", self.tasks));
+        }
+        let secs =
+            |v: Option<f64>, quick: f64, full: f64, what: &str| -> Result<Duration, String> {
+                let s = v.unwrap_or(if self.quick { quick } else { full });
+                Duration::try_from_secs_f64(s)
+                    .map_err(|_| format!("--{what} {s}: a number of seconds"))
+            };
+        let command = std::iter::once("bench".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(Options {
+            quick: self.quick,
+            rounds: self.rounds.unwrap_or(if self.quick { 1 } else { 3 }).max(1),
+            systems,
+            size: self.size,
+            proto: self.proto,
+            flows: self.flows,
+            tasks: self.tasks,
+            step: secs(self.step, 0.4, 2.0, "step")?,
+            steps: self.steps.unwrap_or(if self.quick { 3 } else { 7 }),
+            loss_pct: self.loss,
+            latency: secs(self.latency_secs, 0.5, 4.0, "latency-secs")?,
+            tcp: secs(self.tcp_secs, 0.5, 4.0, "tcp-secs")?,
+            tcp_threads: self.tcp_threads.max(1),
+            cores: self.cores.clone(),
+            rps: !self.no_rps,
+            out: self.out.clone(),
+            docs: self.docs.clone(),
+            command,
+        })
+    }
+}
+
+/// Runs `bench mesh`; the process exit code.
+pub fn main(a: MeshArgs) -> i32 {
+    let o = match a.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench mesh: {e}");
+            return 2;
+        }
+    };
+    match super::run(&o) {
+        Ok(r) => {
+            println!("{}", r.markdown());
+            println!(
+                "written: {}/mesh.json, mesh.md, mesh.svg{}",
+                o.out.display(),
+                o.docs
+                    .as_ref()
+                    .map(|d| format!("; {}/bench-mesh.md, bench-mesh.svg", d.display()))
+                    .unwrap_or_default()
+            );
+            0
+        }
+        Err(e @ MeshError::Interrupted) => {
+            eprintln!("bench mesh: {e}");
+            130
+        }
+        Err(e) => {
+            eprintln!("bench mesh: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systems_parse() {
+        assert_eq!(parse_system("meshd-2w"), Ok(System::Meshd { workers: 2 }));
+        assert_eq!(parse_system("kernel"), Ok(System::Kernel));
+        assert!(parse_system("meshd-0w").is_err());
+        assert!(parse_system("ovs").unwrap_err().contains("unknown system"));
+    }
+}

@@ -1,0 +1,685 @@
+//! The results of `bench mesh`: per-run records, per-system summaries (median and spread of
+//! the repeats), the Markdown table with ratios, the JSON file and the SVG chart.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::tcp::ConnRate;
+use super::MeshError;
+use crate::pktgen::Percentiles;
+
+/// One trial at one offered rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Trial {
+    /// The rate asked for; `None`: as fast as the generator can.
+    pub target_pps: Option<f64>,
+    pub sent: u64,
+    pub received: u64,
+    pub secs: f64,
+    pub sent_pps: f64,
+    pub delivered_pps: f64,
+    pub loss_pct: f64,
+    pub reordered: u64,
+    /// Frames the sink's own ring dropped (should be 0: else the sink was the bottleneck).
+    pub sink_dropped: u64,
+    /// Loss at or under the threshold.
+    pub loss_ok: bool,
+    /// `loss_ok` and the generator sent at least 95% of the target rate.
+    pub passed: bool,
+}
+
+/// One system's run in one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub system: String,
+    pub name: String,
+    pub round: usize,
+    pub full_load: Trial,
+    /// The highest rate sent with loss under the threshold, over every trial of the run.
+    pub zero_loss_pps: f64,
+    pub search: Vec<Trial>,
+    pub latency_at_pps: f64,
+    pub latency: Percentiles,
+    pub latency_trial: Trial,
+    pub tcp: Option<ConnRate>,
+    /// meshd's counters on each node after the run (`meshctl stats`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub meshd_stats: Vec<serde_json::Value>,
+}
+
+/// Median, minimum and maximum over a system's rounds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(mut v: Vec<f64>) -> Spread {
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return Spread::default();
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        }
+    }
+}
+
+/// One system over all rounds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub system: String,
+    pub name: String,
+    pub zero_loss_pps: Spread,
+    pub full_load_delivered_pps: Spread,
+    pub p50_us: Spread,
+    pub p99_us: Spread,
+    pub p999_us: Spread,
+    pub tcp_conn_per_sec: Option<Spread>,
+}
+
+/// A ratio of two medians, with the worst and best pairing of the spreads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub what: String,
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    /// The target, and whether the median meets it.
+    pub target: String,
+    pub met: bool,
+}
+
+/// Everything `bench mesh` writes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub date_utc: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub summaries: Vec<Summary>,
+    pub ratios: Vec<Ratio>,
+    pub runs: Vec<Run>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub load_avg_at_start: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    pub frame_bytes: usize,
+    pub protocol: String,
+    pub flows: u32,
+    pub tasks: usize,
+    pub step_secs: f64,
+    pub search_steps: usize,
+    pub loss_threshold_pct: f64,
+    pub latency_secs: f64,
+    pub tcp_secs: f64,
+    pub tcp_threads: usize,
+    pub cores: Vec<usize>,
+    pub rps: bool,
+}
+
+impl Summary {
+    pub fn of(system: &str, name: &str, runs: &[&Run]) -> Summary {
+        let pick = |f: &dyn Fn(&Run) -> f64| Spread::of(runs.iter().map(|r| f(r)).collect());
+        let tcp: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.tcp.map(|t| t.per_sec))
+            .collect();
+        Summary {
+            system: system.into(),
+            name: name.into(),
+            zero_loss_pps: pick(&|r| r.zero_loss_pps),
+            full_load_delivered_pps: pick(&|r| r.full_load.delivered_pps),
+            p50_us: pick(&|r| r.latency.p50_us),
+            p99_us: pick(&|r| r.latency.p99_us),
+            p999_us: pick(&|r| r.latency.p999_us),
+            tcp_conn_per_sec: (!tcp.is_empty()).then(|| Spread::of(tcp)),
+        }
+    }
+}
+
+/// Ratios of each meshd variant to the kernel and to the ceiling, against the targets.
+pub fn ratios(s: &[Summary]) -> Vec<Ratio> {
+    let find = |k: &str| s.iter().find(|x| x.system == k);
+    let mut out = Vec::new();
+    let ratio = |what: String, a: Spread, b: Spread, target: &str, met: &dyn Fn(f64) -> bool| {
+        let div = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+        let median = div(a.median, b.median);
+        Ratio {
+            what,
+            median,
+            low: div(a.min, b.max),
+            high: div(a.max, b.min),
+            target: target.into(),
+            met: met(median),
+        }
+    };
+    for m in s.iter().filter(|x| x.system.starts_with("meshd")) {
+        if let Some(k) = find("kernel") {
+            out.push(ratio(
+                format!("{} / kernel: zero-loss throughput", m.name),
+                m.zero_loss_pps,
+                k.zero_loss_pps,
+                "≥ 2",
+                &|r| r >= 2.0,
+            ));
+            out.push(ratio(
+                format!("{} / kernel: p99 latency", m.name),
+                m.p99_us,
+                k.p99_us,
+                "≤ 1",
+                &|r| r <= 1.0,
+            ));
+            if let (Some(a), Some(b)) = (m.tcp_conn_per_sec, k.tcp_conn_per_sec) {
+                out.push(ratio(
+                    format!("{} / kernel: TCP connections/s", m.name),
+                    a,
+                    b,
+                    "≥ 1",
+                    &|r| r >= 1.0,
+                ));
+            }
+        }
+        for (key, label) in [
+            ("afpacket-fwd", "AF_PACKET forwarder"),
+            ("testpmd", "testpmd"),
+        ] {
+            if let Some(c) = find(key) {
+                out.push(ratio(
+                    format!("{} / {label}: zero-loss throughput", m.name),
+                    m.zero_loss_pps,
+                    c.zero_loss_pps,
+                    "≥ 0.9",
+                    &|r| r >= 0.9,
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn kpps(s: Spread) -> String {
+    if s.n == 0 {
+        return "–".into();
+    }
+    if s.n == 1 {
+        return format!("{:.0}", s.median / 1e3);
+    }
+    format!(
+        "{:.0} ({:.0}–{:.0})",
+        s.median / 1e3,
+        s.min / 1e3,
+        s.max / 1e3
+    )
+}
+
+fn us(s: Spread) -> String {
+    if s.n == 0 {
+        return "–".into();
+    }
+    if s.n == 1 {
+        return format!("{:.0}", s.median);
+    }
+    format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max)
+}
+
+impl Report {
+    /// The Markdown table and the ratios, as in `bench/out/mesh.md`.
+    pub fn markdown(&self) -> String {
+        let mut m = String::new();
+        let st = &self.settings;
+        let _ = writeln!(
+            m,
+            "{} B {} frames, {} flows, {} tasks; {} round(s), systems alternating; {:.1} s per rate step, {} search steps, loss threshold {}%; latency at 50% of each run's zero-loss rate for {:.1} s; TCP: {} client threads for {:.1} s. Machine: {} CPUs ({}), Linux {}, load average at start {}. {}",
+            st.frame_bytes,
+            st.protocol,
+            st.flows,
+            st.tasks,
+            st.rounds,
+            st.step_secs,
+            st.search_steps,
+            st.loss_threshold_pct,
+            st.latency_secs,
+            st.tcp_threads,
+            st.tcp_secs,
+            self.machine.cpus,
+            self.machine.cpu_model,
+            self.machine.kernel,
+            self.machine.load_avg_at_start,
+            self.date_utc,
+        );
+        let _ = writeln!(m);
+        let _ = writeln!(
+            m,
+            "Each cell: median of the rounds, (min–max) when there are several.\n"
+        );
+        let _ = writeln!(
+            m,
+            "| system | zero-loss kpps | delivered kpps at full load | p50 µs | p99 µs | p99.9 µs | TCP conn/s |"
+        );
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
+        for s in &self.summaries {
+            let tcp = s
+                .tcp_conn_per_sec
+                .map(|t| {
+                    if t.n > 1 {
+                        format!("{:.0} ({:.0}–{:.0})", t.median, t.min, t.max)
+                    } else {
+                        format!("{:.0}", t.median)
+                    }
+                })
+                .unwrap_or_else(|| "n/a".into());
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                s.name,
+                kpps(s.zero_loss_pps),
+                kpps(s.full_load_delivered_pps),
+                us(s.p50_us),
+                us(s.p99_us),
+                us(s.p999_us),
+                tcp
+            );
+        }
+        if !self.ratios.is_empty() {
+            let _ = writeln!(m);
+            let _ = writeln!(
+                m,
+                "| ratio | median | range (worst–best pairing) | target | met |"
+            );
+            let _ = writeln!(m, "|---|---:|---:|---|---|");
+            for r in &self.ratios {
+                let _ = writeln!(
+                    m,
+                    "| {} | {:.2} | {:.2}–{:.2} | {} | {} |",
+                    r.what,
+                    r.median,
+                    r.low,
+                    r.high,
+                    r.target,
+                    if r.met { "yes" } else { "**no**" }
+                );
+            }
+        }
+        if !self.notes.is_empty() {
+            let _ = writeln!(m);
+            for n in &self.notes {
+                let _ = writeln!(m, "- {n}");
+            }
+        }
+        m
+    }
+
+    /// Writes `mesh.json`, `mesh.md` and `mesh.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), MeshError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| MeshError::Report(format!("encoding the report: {e}")))?;
+        let p = dir.join("mesh.json");
+        std::fs::write(&p, json).map_err(|e| io(&p, e))?;
+        let p = dir.join("mesh.md");
+        let md = format!("Command: `{}`\n\n{}", self.command, self.markdown());
+        std::fs::write(&p, md).map_err(|e| io(&p, e))?;
+        self.chart(&dir.join("mesh.svg"))
+    }
+
+    /// Draws the chart: throughput (zero-loss and delivered at full load), latency
+    /// percentiles, TCP connection rate; bars are medians, whiskers the min–max of the rounds.
+    pub fn chart(&self, path: &Path) -> Result<(), MeshError> {
+        let err = |e: String| MeshError::Report(format!("drawing {}: {e}", path.display()));
+        let root = SVGBackend::new(path, (1500, 520)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let title = format!(
+            "bench mesh: {} B {}, {} flows, {} round(s) — bars: median, whiskers: min–max",
+            self.settings.frame_bytes,
+            self.settings.protocol,
+            self.settings.flows,
+            self.settings.rounds
+        );
+        let root = root
+            .titled(&title, ("sans-serif", 20))
+            .map_err(|e| err(e.to_string()))?;
+        let panels = root.split_evenly((1, 3));
+        let names: Vec<String> = self.summaries.iter().map(|s| short(&s.name)).collect();
+        let colors = [
+            RGBColor(31, 119, 180),
+            RGBColor(255, 127, 14),
+            RGBColor(44, 160, 44),
+        ];
+
+        let groups: [(&str, Vec<(&str, Vec<Spread>)>, f64, bool); 3] = [
+            (
+                "throughput, kpps",
+                vec![
+                    (
+                        "zero-loss",
+                        self.summaries
+                            .iter()
+                            .map(|s| scale(s.zero_loss_pps, 1e-3))
+                            .collect(),
+                    ),
+                    (
+                        "delivered at full load",
+                        self.summaries
+                            .iter()
+                            .map(|s| scale(s.full_load_delivered_pps, 1e-3))
+                            .collect(),
+                    ),
+                ],
+                1.0,
+                false,
+            ),
+            (
+                "one-way latency at 50% of zero-loss rate, µs (log)",
+                vec![
+                    ("p50", self.summaries.iter().map(|s| s.p50_us).collect()),
+                    ("p99", self.summaries.iter().map(|s| s.p99_us).collect()),
+                    ("p99.9", self.summaries.iter().map(|s| s.p999_us).collect()),
+                ],
+                1.0,
+                true,
+            ),
+            (
+                "new TCP connections per second",
+                vec![(
+                    "conn/s",
+                    self.summaries
+                        .iter()
+                        .map(|s| s.tcp_conn_per_sec.unwrap_or_default())
+                        .collect(),
+                )],
+                1.0,
+                false,
+            ),
+        ];
+        for (area, (caption, series, _, log)) in panels.iter().zip(groups.iter()) {
+            let top = series
+                .iter()
+                .flat_map(|(_, v)| v.iter().map(|s| s.max))
+                .fold(0.0f64, f64::max)
+                .max(1.0)
+                * 1.15;
+            let n = names.len().max(1);
+            let k = series.len().max(1) as f64;
+            let draw =
+                |area: &DrawingArea<SVGBackend, plotters::coord::Shift>| -> Result<(), String> {
+                    if *log {
+                        let bottom = series
+                            .iter()
+                            .flat_map(|(_, v)| v.iter().map(|s| s.min))
+                            .filter(|x| *x > 0.0)
+                            .fold(f64::INFINITY, f64::min);
+                        let bottom = if bottom.is_finite() {
+                            (bottom / 2.0).max(0.1)
+                        } else {
+                            1.0
+                        };
+                        let mut chart = ChartBuilder::on(area)
+                            .caption(*caption, ("sans-serif", 16))
+                            .margin(12)
+                            .x_label_area_size(60)
+                            .y_label_area_size(60)
+                            .build_cartesian_2d(0f64..n as f64, (bottom..top * 2.0).log_scale())
+                            .map_err(|e| e.to_string())?;
+                        mesh_axes(&mut chart, &names)?;
+                        for (si, (label, v)) in series.iter().enumerate() {
+                            let c = colors[si % colors.len()];
+                            bars(&mut chart, v, si, k, c, bottom, label)?;
+                        }
+                        legend(&mut chart)?;
+                    } else {
+                        let mut chart = ChartBuilder::on(area)
+                            .caption(*caption, ("sans-serif", 16))
+                            .margin(12)
+                            .x_label_area_size(60)
+                            .y_label_area_size(60)
+                            .build_cartesian_2d(0f64..n as f64, 0f64..top)
+                            .map_err(|e| e.to_string())?;
+                        mesh_axes(&mut chart, &names)?;
+                        for (si, (label, v)) in series.iter().enumerate() {
+                            let c = colors[si % colors.len()];
+                            bars(&mut chart, v, si, k, c, 0.0, label)?;
+                        }
+                        legend(&mut chart)?;
+                    }
+                    Ok(())
+                };
+            draw(area).map_err(err)?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+        Ok(())
+    }
+}
+
+type Chart<'a, Y> =
+    ChartContext<'a, SVGBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
+
+fn mesh_axes<Y>(chart: &mut Chart<'_, Y>, names: &[String]) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let names = names.to_vec();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(names.len() * 2 + 1)
+        .x_label_formatter(&move |x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_style(("sans-serif", 12))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+fn bars<Y>(
+    chart: &mut Chart<'_, Y>,
+    v: &[Spread],
+    si: usize,
+    k: f64,
+    c: RGBColor,
+    base: f64,
+    label: &str,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let w = 0.8 / k;
+    let x0 = |i: usize| i as f64 + 0.1 + w * si as f64;
+    chart
+        .draw_series(v.iter().enumerate().filter(|(_, s)| s.n > 0).map(|(i, s)| {
+            Rectangle::new(
+                [(x0(i), base), (x0(i) + w * 0.9, s.median.max(base))],
+                c.filled(),
+            )
+        }))
+        .map_err(|e| e.to_string())?
+        .label(label.to_string())
+        .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+    chart
+        .draw_series(v.iter().enumerate().filter(|(_, s)| s.n > 1).map(|(i, s)| {
+            let xm = x0(i) + w * 0.45;
+            PathElement::new(
+                vec![(xm, s.min.max(base)), (xm, s.max.max(base))],
+                BLACK.stroke_width(2),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn legend<Y>(chart: &mut Chart<'_, Y>) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
+fn scale(s: Spread, f: f64) -> Spread {
+    Spread {
+        median: s.median * f,
+        min: s.min * f,
+        max: s.max * f,
+        n: s.n,
+    }
+}
+
+/// A system name short enough for an axis label.
+fn short(name: &str) -> String {
+    name.replace(" (nftables+vxlan)", "")
+        .replace(" (veth ceiling)", "")
+        .replace("AF_PACKET forwarder", "af_packet fwd")
+        .replace(" workers)", "w)")
+        .replace(" worker)", "w)")
+}
+
+fn io(p: &Path, e: std::io::Error) -> MeshError {
+    MeshError::Report(format!("writing {}: {e}", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_median() {
+        let s = Spread::of(vec![3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert_eq!(Spread::of(vec![1.0, 2.0]).median, 1.5);
+        assert_eq!(Spread::of(vec![]).n, 0);
+        assert_eq!(Spread::of(vec![f64::NAN, 4.0]).median, 4.0);
+    }
+
+    fn sp(m: f64) -> Spread {
+        Spread {
+            median: m,
+            min: m * 0.9,
+            max: m * 1.1,
+            n: 3,
+        }
+    }
+
+    fn summary(system: &str, zl: f64, p99: f64, tcp: Option<f64>) -> Summary {
+        Summary {
+            system: system.into(),
+            name: system.into(),
+            zero_loss_pps: sp(zl),
+            full_load_delivered_pps: sp(zl * 1.2),
+            p50_us: sp(p99 / 3.0),
+            p99_us: sp(p99),
+            p999_us: sp(p99 * 2.0),
+            tcp_conn_per_sec: tcp.map(sp),
+        }
+    }
+
+    #[test]
+    fn ratios_say_whether_targets_are_met() {
+        let s = vec![
+            summary("meshd-1w", 500e3, 40.0, Some(3000.0)),
+            summary("kernel", 200e3, 50.0, Some(3500.0)),
+            summary("testpmd", 600e3, 30.0, None),
+        ];
+        let r = ratios(&s);
+        assert_eq!(r.len(), 4);
+        assert!((r[0].median - 2.5).abs() < 1e-9 && r[0].met);
+        assert!(r[1].met, "p99 40 vs 50");
+        assert!(!r[2].met, "3000 vs 3500 conn/s");
+        assert!(!r[3].met && (r[3].median - 500.0 / 600.0).abs() < 1e-9);
+        assert!(r[0].low < r[0].median && r[0].median < r[0].high);
+    }
+
+    #[test]
+    fn the_chart_and_table_are_written() {
+        let s = vec![
+            summary("meshd-1w", 500e3, 40.0, Some(3000.0)),
+            summary("kernel", 200e3, 50.0, Some(3500.0)),
+        ];
+        let report = Report {
+            command: "bench mesh --quick".into(),
+            date_utc: "today".into(),
+            machine: Machine {
+                cpus: 2,
+                kernel: "6".into(),
+                cpu_model: "x".into(),
+                load_avg_at_start: "0".into(),
+            },
+            settings: Settings {
+                quick: true,
+                rounds: 1,
+                frame_bytes: 64,
+                protocol: "udp".into(),
+                flows: 1024,
+                tasks: 2,
+                step_secs: 1.0,
+                search_steps: 3,
+                loss_threshold_pct: 0.1,
+                latency_secs: 1.0,
+                tcp_secs: 1.0,
+                tcp_threads: 2,
+                cores: vec![0, 1],
+                rps: true,
+            },
+            ratios: ratios(&s),
+            summaries: s,
+            runs: Vec::new(),
+            notes: vec!["a note".into()],
+        };
+        let md = report.markdown();
+        assert!(md.contains("| meshd-1w | 500 (450–550) |"), "{md}");
+        assert!(
+            md.contains("meshd-1w / kernel: zero-loss throughput | 2.50"),
+            "{md}"
+        );
+        let dir = std::env::temp_dir().join(format!("bench-report-{}", std::process::id()));
+        report.write(&dir).unwrap();
+        let svg = std::fs::read_to_string(dir.join("mesh.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("zero-loss"),
+            "{}",
+            &svg[..200.min(svg.len())]
+        );
+        assert!(std::fs::read_to_string(dir.join("mesh.json"))
+            .unwrap()
+            .contains("\"zero_loss_pps\""));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
