@@ -2,7 +2,7 @@
 # Installs (as root, from Debian's packages) the tools the demo and the end-to-end tests use:
 # ip (iproute2), ethtool, curl, ping, dig. Says what is missing when it cannot install.
 set -euo pipefail
-declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [dig]=bind9-dnsutils [nft]=nftables )
+declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [dig]=bind9-dnsutils [nft]=nftables [dpdk-testpmd]=dpdk-dev )
 missing=()
 for tool in "${!pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
