@@ -290,7 +290,8 @@ impl Worker {
     /// One iteration: receive a burst from each port and from the handoff ring, process, send;
     /// housekeeping. Returns whether any frame moved.
     pub fn poll_once(&mut self) -> bool {
-        let table = self.shared.table.load_full();
+        // A guard, not a clone of the Arc: no reference-count traffic shared between workers.
+        let table = self.shared.table.load();
         let now = self.clock.now_ms();
         let start = Instant::now();
         let mut out = Out { uplink: Burst::new(), tasks: Burst::new() };
