@@ -17,24 +17,60 @@ use dataplane::pipeline::parse_ipv4;
 use dataplane::testkit::{self, tcp_flags};
 
 fn syn() -> Vec<u8> {
-    testkit::tcp_frame([2, 0, 0, 0, 9, 9], UPLINK_MAC, Ipv4Addr::new(172, 16, 0, 1), 40000, Ipv4Addr::new(192, 168, 1, 11), 8080, tcp_flags::ACK, 1, 1, &[])
+    testkit::tcp_frame(
+        [2, 0, 0, 0, 9, 9],
+        UPLINK_MAC,
+        Ipv4Addr::new(172, 16, 0, 1),
+        40000,
+        Ipv4Addr::new(192, 168, 1, 11),
+        8080,
+        tcp_flags::ACK,
+        1,
+        1,
+        &[],
+    )
 }
 
 fn parse(c: &mut Criterion) {
     let f = syn();
     let mut g = c.benchmark_group("parse");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("ipv4+tcp, checksums verified", |b| b.iter(|| parse_ipv4(black_box(&f), 14, true)));
-    g.bench_function("ipv4+tcp, no L4 checksum", |b| b.iter(|| parse_ipv4(black_box(&f), 14, false)));
+    g.bench_function("ipv4+tcp, checksums verified", |b| {
+        b.iter(|| parse_ipv4(black_box(&f), 14, true))
+    });
+    g.bench_function("ipv4+tcp, no L4 checksum", |b| {
+        b.iter(|| parse_ipv4(black_box(&f), 14, false))
+    });
     g.finish();
 }
 
 fn flow(i: u32) -> Flow {
     let k = FlowKey::new(6, 0xac10_0000 + i, 40000, 0xc0a8_010b, 8080);
-    let r = FlowKey::new(6, 0x0a00_000b + i / 60000, 80, 0x0a00_0002, 1024 + (i % 60000) as u16);
+    let r = FlowKey::new(
+        6,
+        0x0a00_000b + i / 60000,
+        80,
+        0x0a00_0002,
+        1024 + (i % 60000) as u16,
+    );
     let a = Action::new(&k, 0x0a00_0002, r.dport, r.src, 80, Egress::Tasks);
-    let b = Action::new(&r, k.dst, k.dport, k.src, k.sport, Egress::Uplink { mac: [2; 6] });
-    Flow::new(FlowKind::Ingress, [k, r], [a, b], 1, u16::MAX, [7200, 60, 30], 0)
+    let b = Action::new(
+        &r,
+        k.dst,
+        k.dport,
+        k.src,
+        k.sport,
+        Egress::Uplink { mac: [2; 6] },
+    );
+    Flow::new(
+        FlowKind::Ingress,
+        [k, r],
+        [a, b],
+        1,
+        u16::MAX,
+        [7200, 60, 30],
+        0,
+    )
 }
 
 fn lookup(c: &mut Criterion) {
@@ -42,11 +78,13 @@ fn lookup(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for n in [1u32 << 10, 1 << 16, 1 << 20] {
         let mut t = FlowTable::new(n as usize);
-        let keys: Vec<FlowKey> = (0..n).map(|i| {
-            let f = flow(i);
-            t.insert(f, 0).unwrap();
-            f.keys[0]
-        }).collect();
+        let keys: Vec<FlowKey> = (0..n)
+            .map(|i| {
+                let f = flow(i);
+                t.insert(f, 0).unwrap();
+                f.keys[0]
+            })
+            .collect();
         let mut i = 0usize;
         g.bench_function(format!("hit, {n} flows"), |b| {
             b.iter(|| {
@@ -79,7 +117,9 @@ fn schedule(c: &mut Criterion) {
             black_box(m.lookup(h))
         })
     });
-    g.bench_function("maglev build, 32 tasks", |b| b.iter(|| Maglev::build(black_box(&backends))));
+    g.bench_function("maglev build, 32 tasks", |b| {
+        b.iter(|| Maglev::build(black_box(&backends)))
+    });
     let mut pos = 0u32;
     g.bench_function("round-robin pick, 32 tasks", |b| {
         b.iter(|| {
@@ -105,7 +145,16 @@ fn dnat(c: &mut Criterion) {
         })
     });
     g.bench_function("Action::new (per new flow)", |b| {
-        b.iter(|| Action::new(black_box(&l3.key()), 0x0a00_0002, 1024, 0x0a00_000b, 80, Egress::Tasks))
+        b.iter(|| {
+            Action::new(
+                black_box(&l3.key()),
+                0x0a00_0002,
+                1024,
+                0x0a00_000b,
+                80,
+                Egress::Tasks,
+            )
+        })
     });
     g.finish();
 }
@@ -114,7 +163,15 @@ fn tunnel(c: &mut Criterion) {
     let mut g = c.benchmark_group("vxlan");
     g.throughput(Throughput::Elements(1));
     let inner = syn();
-    let t = Tunnel { src_mac: UPLINK_MAC, dst_mac: TASKS_MAC, src: 0xc0a8_010b, dst: 0xc0a8_010c, sport: 50000, dport: 4789, vni: 4096 };
+    let t = Tunnel {
+        src_mac: UPLINK_MAC,
+        dst_mac: TASKS_MAC,
+        src: 0xc0a8_010b,
+        dst: 0xc0a8_010c,
+        sport: 50000,
+        dport: 4789,
+        vni: 4096,
+    };
     let mut buf = PacketBuf::from_frame(PortId::Tasks, &inner);
     g.bench_function("encap", |b| {
         b.iter(|| {
@@ -139,10 +196,17 @@ fn tunnel(c: &mut Criterion) {
 
 fn whole(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline per packet");
-    for (kind, flows) in [(Kind::Ingress, 1 << 16), (Kind::Vip, 1 << 14), (Kind::Decap, 1 << 16)] {
+    for (kind, flows) in [
+        (Kind::Ingress, 1 << 16),
+        (Kind::Vip, 1 << 14),
+        (Kind::Decap, 1 << 16),
+    ] {
         let mut s = Scenario::new(kind, flows);
         g.throughput(Throughput::Elements(32));
-        g.bench_function(format!("{}, {} flows, burst of 32", kind.name(), s.flows), |b| b.iter(|| s.run(32)));
+        g.bench_function(
+            format!("{}, {} flows, burst of 32", kind.name(), s.flows),
+            |b| b.iter(|| s.run(32)),
+        );
     }
     let mut s = Scenario::new(Kind::NewFlows, 1 << 20);
     g.throughput(Throughput::Elements(32));

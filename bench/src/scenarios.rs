@@ -30,7 +30,13 @@ pub const FRAME: usize = 60;
 /// The mesh the scenarios run in: `web` (8080→80, VIP 10.0.1.2) with tasks on n2 and n3, a
 /// client task `cli.1` on n1, and `api` (9090→80) with a task on n1.
 pub fn state() -> State {
-    let node = |name: &str, addr: Ipv4Addr| Node { name: name.into(), addr, vtep: None, vtep_port: VXLAN_PORT, availability: Availability::Active };
+    let node = |name: &str, addr: Ipv4Addr| Node {
+        name: name.into(),
+        addr,
+        vtep: None,
+        vtep_port: VXLAN_PORT,
+        availability: Availability::Active,
+    };
     let mut endpoints = BTreeMap::new();
     endpoints.insert("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2));
     endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
@@ -54,13 +60,27 @@ pub fn state() -> State {
     let task = |name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]| Task {
         name: name.into(),
         node: node.into(),
-        addresses: addrs.iter().map(|(n, a)| TaskAddress { network: (*n).into(), addr: *a }).collect(),
+        addresses: addrs
+            .iter()
+            .map(|(n, a)| TaskAddress {
+                network: (*n).into(),
+                addr: *a,
+            })
+            .collect(),
         state: TaskState::Running,
         weight: 1,
     };
     let mut web = Service::new("web");
-    web.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(VIP) });
-    web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+    web.networks.push(ServiceNetwork {
+        network: "appnet".into(),
+        vip: Some(VIP),
+    });
+    web.ports.push(PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 80,
+        mode: PublishMode::Ingress,
+    });
     // 32 tasks, half on n2 and half on n3: masquerading to n1's one endpoint address leaves about
     // 64K source ports per task, so a million flows need at least 16 tasks (as with Swarm).
     for i in 0..32u8 {
@@ -68,16 +88,32 @@ pub fn state() -> State {
         web.tasks.push(task(
             &format!("web.{}", i + 1),
             node,
-            &[("ingress", Ipv4Addr::new(10, 0, 0, 100 + i)), ("appnet", Ipv4Addr::new(10, 0, 1, 100 + i))],
+            &[
+                ("ingress", Ipv4Addr::new(10, 0, 0, 100 + i)),
+                ("appnet", Ipv4Addr::new(10, 0, 1, 100 + i)),
+            ],
         ));
     }
     let mut cli = Service::new("cli");
-    cli.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 3)) });
+    cli.networks.push(ServiceNetwork {
+        network: "appnet".into(),
+        vip: Some(Ipv4Addr::new(10, 0, 1, 3)),
+    });
     cli.tasks.push(task("cli.1", "n1", &[("appnet", CLI_TASK)]));
     let mut api = Service::new("api");
-    api.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 9090, target: 80, mode: PublishMode::Ingress });
-    api.tasks.push(task("api.1", "n1", &[("ingress", API_TASK)]));
-    State { nodes: vec![node("n1", N1), node("n2", N2), node("n3", N3)], networks: vec![ingress, app], services: vec![web, cli, api] }
+    api.ports.push(PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 9090,
+        target: 80,
+        mode: PublishMode::Ingress,
+    });
+    api.tasks
+        .push(task("api.1", "n1", &[("ingress", API_TASK)]));
+    State {
+        nodes: vec![node("n1", N1), node("n2", N2), node("n3", N3)],
+        networks: vec![ingress, app],
+        services: vec![web, cli, api],
+    }
 }
 
 /// What a scenario feeds the pipeline.
@@ -123,7 +159,10 @@ pub struct Scenario {
 
 impl std::fmt::Debug for Scenario {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Scenario").field("kind", &self.kind).field("flows", &self.flows).finish()
+        f.debug_struct("Scenario")
+            .field("kind", &self.kind)
+            .field("flows", &self.flows)
+            .finish()
     }
 }
 
@@ -178,12 +217,34 @@ impl Scenario {
             match kind {
                 Kind::Ingress | Kind::NewFlows => {
                     let (ip, port) = client(i);
-                    testkit::tcp_frame(CLIENT_MAC, UPLINK_MAC, ip, port, N1, 8080, flags, 1000, 1, &[])
+                    testkit::tcp_frame(
+                        CLIENT_MAC,
+                        UPLINK_MAC,
+                        ip,
+                        port,
+                        N1,
+                        8080,
+                        flags,
+                        1000,
+                        1,
+                        &[],
+                    )
                 }
                 Kind::Vip => {
                     // One client task, one flow per source port.
                     let port = 1024 + (i % 64_000) as u16;
-                    testkit::tcp_frame([0x02, 0, 0, 0, 3, 2], TASKS_MAC, CLI_TASK, port, VIP, 80, flags, 1000, 1, &[])
+                    testkit::tcp_frame(
+                        [0x02, 0, 0, 0, 3, 2],
+                        TASKS_MAC,
+                        CLI_TASK,
+                        port,
+                        VIP,
+                        80,
+                        flags,
+                        1000,
+                        1,
+                        &[],
+                    )
                 }
                 Kind::Decap => {
                     let (_, port) = client(i);
@@ -199,20 +260,46 @@ impl Scenario {
                         1,
                         &[],
                     );
-                    testkit::vxlan_frame([0x02, 0, 0, 0, 1, 2], UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &inner)
+                    testkit::vxlan_frame(
+                        [0x02, 0, 0, 0, 1, 2],
+                        UPLINK_MAC,
+                        N2,
+                        N1,
+                        50000,
+                        INGRESS_VNI,
+                        &inner,
+                    )
                 }
             }
         };
         let vip_max = 64_000;
-        let flows = if kind == Kind::Vip { flows.min(vip_max) } else { flows };
-        let mut s = Scenario { kind, flows, table, pipeline, frames: Vec::new(), port, now: 1, cursor: 0, burst: Burst::new() };
+        let flows = if kind == Kind::Vip {
+            flows.min(vip_max)
+        } else {
+            flows
+        };
+        let mut s = Scenario {
+            kind,
+            flows,
+            table,
+            pipeline,
+            frames: Vec::new(),
+            port,
+            now: 1,
+            cursor: 0,
+            burst: Burst::new(),
+        };
         let stride = match kind {
             Kind::Decap => 128,
             _ => FRAME,
         };
         // Frames are laid out in the order they are replayed, like a NIC's receive ring; which
         // flow each belongs to is shuffled (established kinds), so flow state is hit at random.
-        let order = if kind == Kind::NewFlows { (0..flows as u32).collect() } else { shuffled(flows) };
+        let order = if kind == Kind::NewFlows {
+            (0..flows as u32).collect()
+        } else {
+            shuffled(flows)
+        };
         let build = |flags: u8| {
             let mut all = Vec::with_capacity(flows * stride);
             for &i in &order {
@@ -266,8 +353,12 @@ impl Scenario {
                 b.fill(&self.frames[i * stride..i * stride + len]);
                 b.port = self.port;
             }
-            self.pipeline.process(&self.table, self.now, &mut burst, &mut verdicts);
-            ok += verdicts.iter().filter(|v| matches!(v, Verdict::Tx(_))).count();
+            self.pipeline
+                .process(&self.table, self.now, &mut burst, &mut verdicts);
+            ok += verdicts
+                .iter()
+                .filter(|v| matches!(v, Verdict::Tx(_)))
+                .count();
             done += n;
             self.cursor = (self.cursor + n) % self.flows;
         }
@@ -309,7 +400,11 @@ pub struct Measured {
 /// machine is shared and noisy, the best run is the one least disturbed).
 pub fn measure(kind: Kind, flows: usize, packets: usize, repeats: usize) -> Measured {
     let mut s = Scenario::new(kind, flows);
-    let packets = if kind == Kind::NewFlows { s.flows } else { packets };
+    let packets = if kind == Kind::NewFlows {
+        s.flows
+    } else {
+        packets
+    };
     // Warm-up pass.
     if kind != Kind::NewFlows {
         s.run(packets.min(s.flows * 2).max(BURST));
@@ -325,5 +420,12 @@ pub fn measure(kind: Kind, flows: usize, packets: usize, repeats: usize) -> Meas
         let ns = t.elapsed().as_nanos() as f64 / packets as f64;
         best = best.min(ns);
     }
-    Measured { scenario: kind.name(), flows: s.flows, packets, forwarded, mpps: 1e3 / best, ns_per_packet: best }
+    Measured {
+        scenario: kind.name(),
+        flows: s.flows,
+        packets,
+        forwarded,
+        mpps: 1e3 / best,
+        ns_per_packet: best,
+    }
 }

@@ -50,7 +50,12 @@ impl Default for PacketBuf {
 impl PacketBuf {
     /// Allocates one block. Not for the fast path: build pools up front.
     pub fn new() -> Self {
-        PacketBuf { block: vec![0u8; BUF_SIZE].into_boxed_slice(), start: HEADROOM, end: HEADROOM, port: PortId::Uplink }
+        PacketBuf {
+            block: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            start: HEADROOM,
+            end: HEADROOM,
+            port: PortId::Uplink,
+        }
     }
 
     /// Allocates a buffer holding `frame`.

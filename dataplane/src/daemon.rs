@@ -135,7 +135,10 @@ pub enum StartError {
     #[error("{0}")]
     State(#[from] crate::control::store::StoreError),
     #[error("control socket {path}: {source}")]
-    Socket { path: String, source: std::io::Error },
+    Socket {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -145,19 +148,43 @@ impl Args {
     pub fn resolve(self) -> Result<Settings, StartError> {
         let file: FileConfig = match &self.config {
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
-                toml::from_str(&text).map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| StartError::Config(format!("{}: {e}", p.display())))?
             }
             None => FileConfig::default(),
         };
-        let need = |what: &str, flag: &str| StartError::Config(format!("{what} is not set: give --{flag} or `{flag} = ...` in the config file"));
-        let node = self.node.or(file.node).ok_or_else(|| need("the node name", "node"))?;
-        let addr = self.addr.or(file.addr).ok_or_else(|| need("the node's underlay address", "addr"))?;
-        let uplink = self.uplink.or(file.uplink).ok_or_else(|| need("the uplink interface", "uplink"))?;
-        let tasks = self.tasks.or(file.tasks).ok_or_else(|| need("the tasks interface", "tasks"))?;
+        let need = |what: &str, flag: &str| {
+            StartError::Config(format!(
+                "{what} is not set: give --{flag} or `{flag} = ...` in the config file"
+            ))
+        };
+        let node = self
+            .node
+            .or(file.node)
+            .ok_or_else(|| need("the node name", "node"))?;
+        let addr = self
+            .addr
+            .or(file.addr)
+            .ok_or_else(|| need("the node's underlay address", "addr"))?;
+        let uplink = self
+            .uplink
+            .or(file.uplink)
+            .ok_or_else(|| need("the uplink interface", "uplink"))?;
+        let tasks = self
+            .tasks
+            .or(file.tasks)
+            .ok_or_else(|| need("the tasks interface", "tasks"))?;
         Ok(Settings {
-            socket: self.socket.or(file.socket).unwrap_or_else(|| PathBuf::from("/run/meshd/meshd.sock")),
-            state: self.state.or(file.state).unwrap_or_else(|| PathBuf::from(format!("/var/lib/meshd/{node}.json"))),
+            socket: self
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| PathBuf::from("/run/meshd/meshd.sock")),
+            state: self
+                .state
+                .or(file.state)
+                .unwrap_or_else(|| PathBuf::from(format!("/var/lib/meshd/{node}.json"))),
             node,
             addr,
             vtep: self.vtep.or(file.vtep),
@@ -179,10 +206,13 @@ pub fn interface_mac(ifname: &str) -> Result<[u8; 6], StartError> {
     let mut mac = [0u8; 6];
     let parts: Vec<&str> = text.trim().split(':').collect();
     if parts.len() != 6 {
-        return Err(StartError::Config(format!("{path}: {text:?} is not a MAC address")));
+        return Err(StartError::Config(format!(
+            "{path}: {text:?} is not a MAC address"
+        )));
     }
     for (m, p) in mac.iter_mut().zip(parts) {
-        *m = u8::from_str_radix(p, 16).map_err(|_| StartError::Config(format!("{path}: {text:?} is not a MAC address")))?;
+        *m = u8::from_str_radix(p, 16)
+            .map_err(|_| StartError::Config(format!("{path}: {text:?} is not a MAC address")))?;
     }
     Ok(mac)
 }
@@ -216,7 +246,8 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let neigh = Arc::new(Neighbors::new(1 << 16));
     let table = ServiceTable::empty(&s.node, s.addr);
     let shared = Shared::new(table, workers, neigh);
-    let controller = Controller::new(s.node.clone(), persisted, store, shared.clone()).map_err(StartError::Config)?;
+    let controller = Controller::new(s.node.clone(), persisted, store, shared.clone())
+        .map_err(StartError::Config)?;
     tracing::info!(node = %s.node, addr = %s.addr, generation = controller.generation, "state restored");
 
     let group = (std::process::id() & 0x7fff) as u16;
@@ -224,10 +255,18 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     for (w, &core) in s.cores.iter().enumerate().take(workers) {
         let open = |ifname: &str, port: PortId, fanout: u16| {
-            AfPacketPort::open(ifname, &AfPacketConfig { port, fanout: Some(fanout), ..AfPacketConfig::default() })
+            AfPacketPort::open(
+                ifname,
+                &AfPacketConfig {
+                    port,
+                    fanout: Some(fanout),
+                    ..AfPacketConfig::default()
+                },
+            )
         };
         let up: Box<dyn Port + Send> = Box::new(open(&s.uplink, PortId::Uplink, group)?);
-        let tk: Box<dyn Port + Send> = Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?);
+        let tk: Box<dyn Port + Send> =
+            Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?);
         let cfg = Config {
             uplink_mac,
             tasks_mac,
@@ -236,31 +275,55 @@ pub fn run(s: Settings) -> Result<(), StartError> {
             flow_capacity: s.flows,
             ..Config::default()
         };
-        let idle = if s.busy_poll { Idle::BusyPoll } else { Idle::Backoff { max: Duration::from_millis(5) } };
+        let idle = if s.busy_poll {
+            Idle::BusyPoll
+        } else {
+            Idle::Backoff {
+                max: Duration::from_millis(5),
+            }
+        };
         let mut worker = Worker::new(w, cfg, up, tk, shared.clone(), idle, 4096);
         let core_id = core_ids.iter().find(|c| c.id == core).copied();
-        let h = std::thread::Builder::new().name(format!("meshd-w{w}")).spawn(move || {
-            match core_id {
-                Some(c) if core_affinity::set_for_current(c) => tracing::info!(worker = w, core, "worker pinned"),
-                _ => tracing::warn!(worker = w, core, "could not pin the worker to its core; running unpinned"),
-            }
-            worker.run();
-        })?;
+        let h = std::thread::Builder::new()
+            .name(format!("meshd-w{w}"))
+            .spawn(move || {
+                match core_id {
+                    Some(c) if core_affinity::set_for_current(c) => {
+                        tracing::info!(worker = w, core, "worker pinned")
+                    }
+                    _ => tracing::warn!(
+                        worker = w,
+                        core,
+                        "could not pin the worker to its core; running unpinned"
+                    ),
+                }
+                worker.run();
+            })?;
         handles.push(h);
     }
     tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, "workers started");
 
     // The host side.
     let hs = shared.clone();
-    handles.push(std::thread::Builder::new().name("meshd-host".into()).spawn(move || host_loop(&hs))?);
+    handles.push(
+        std::thread::Builder::new()
+            .name("meshd-host".into())
+            .spawn(move || host_loop(&hs))?,
+    );
 
     // The control socket.
-    let (server, listener) =
-        Server::bind(&s.socket).map_err(|e| StartError::Socket { path: s.socket.display().to_string(), source: e })?;
+    let (server, listener) = Server::bind(&s.socket).map_err(|e| StartError::Socket {
+        path: s.socket.display().to_string(),
+        source: e,
+    })?;
     let ctl = Arc::new(Mutex::new(controller));
     let cs = shared.clone();
     let cc = ctl.clone();
-    handles.push(std::thread::Builder::new().name("meshd-ctl".into()).spawn(move || Server::serve(listener, cc, cs))?);
+    handles.push(
+        std::thread::Builder::new()
+            .name("meshd-ctl".into())
+            .spawn(move || Server::serve(listener, cc, cs))?,
+    );
     tracing::info!(socket = %s.socket.display(), "control socket ready");
 
     if let Some(addr) = s.metrics {
@@ -268,7 +331,11 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         let stop = shared.clone();
         let l = std::net::TcpListener::bind(addr)?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
-        handles.push(std::thread::Builder::new().name("meshd-metrics".into()).spawn(move || crate::metrics::serve(l, ms, stop))?);
+        handles.push(
+            std::thread::Builder::new()
+                .name("meshd-metrics".into())
+                .spawn(move || crate::metrics::serve(l, ms, stop))?,
+        );
     }
 
     let term = Arc::new(AtomicBool::new(false));

@@ -64,7 +64,11 @@ impl<K: FastKey, V: Copy> FrozenMap<K, V> {
                 }
             }
         }
-        FrozenMap { slots: slots.into_boxed_slice(), mask, len }
+        FrozenMap {
+            slots: slots.into_boxed_slice(),
+            mask,
+            len,
+        }
     }
 
     #[inline]

@@ -17,7 +17,11 @@ pub fn vec_of<T: Clone>(n: usize, value: T) -> Vec<T> {
             // elements), and MADV_HUGEPAGE changes only how the kernel backs those pages, not their
             // contents or validity.
             unsafe {
-                libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+                libc::madvise(
+                    aligned as *mut libc::c_void,
+                    end - aligned,
+                    libc::MADV_HUGEPAGE,
+                );
             }
         }
     }

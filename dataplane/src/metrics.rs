@@ -18,14 +18,29 @@ pub fn render(stats: &Value) -> String {
     if let Some(workers) = stats["workers"].as_array() {
         let mut names: Vec<&str> = Vec::new();
         if let Some(first) = workers.first().and_then(|w| w.as_object()) {
-            names = first.keys().filter(|k| *k != "drops").map(|k| k.as_str()).collect();
+            names = first
+                .keys()
+                .filter(|k| *k != "drops")
+                .map(|k| k.as_str())
+                .collect();
         }
         for name in names {
-            let kind = if name == "active_flows" { "gauge" } else { "counter" };
-            let metric = if kind == "counter" { format!("meshd_{name}_total") } else { format!("meshd_{name}") };
+            let kind = if name == "active_flows" {
+                "gauge"
+            } else {
+                "counter"
+            };
+            let metric = if kind == "counter" {
+                format!("meshd_{name}_total")
+            } else {
+                format!("meshd_{name}")
+            };
             out.push_str(&format!("# TYPE {metric} {kind}\n"));
             for (i, w) in workers.iter().enumerate() {
-                out.push_str(&format!("{metric}{{node=\"{node}\",worker=\"{i}\"}} {}\n", w[name].as_u64().unwrap_or(0)));
+                out.push_str(&format!(
+                    "{metric}{{node=\"{node}\",worker=\"{i}\"}} {}\n",
+                    w[name].as_u64().unwrap_or(0)
+                ));
             }
         }
         out.push_str("# TYPE meshd_drops_total counter\n");
@@ -41,7 +56,11 @@ pub fn render(stats: &Value) -> String {
         }
     }
     if let Some(services) = stats["services"].as_array() {
-        for (metric, field) in [("meshd_task_packets_total", "packets"), ("meshd_task_bytes_total", "bytes"), ("meshd_task_connections_total", "connections")] {
+        for (metric, field) in [
+            ("meshd_task_packets_total", "packets"),
+            ("meshd_task_bytes_total", "bytes"),
+            ("meshd_task_connections_total", "connections"),
+        ] {
             out.push_str(&format!("# TYPE {metric} counter\n"));
             for svc in services {
                 let sname = svc["name"].as_str().unwrap_or("");
@@ -58,11 +77,20 @@ pub fn render(stats: &Value) -> String {
     let lat = &stats["burst_latency_ns"];
     out.push_str("# TYPE meshd_burst_latency_ns summary\n");
     for (q, k) in [("0.5", "p50"), ("0.99", "p99"), ("0.999", "p999")] {
-        out.push_str(&format!("meshd_burst_latency_ns{{node=\"{node}\",quantile=\"{q}\"}} {}\n", lat[k].as_u64().unwrap_or(0)));
+        out.push_str(&format!(
+            "meshd_burst_latency_ns{{node=\"{node}\",quantile=\"{q}\"}} {}\n",
+            lat[k].as_u64().unwrap_or(0)
+        ));
     }
-    out.push_str(&format!("meshd_burst_latency_ns_count{{node=\"{node}\"}} {}\n", lat["count"].as_u64().unwrap_or(0)));
+    out.push_str(&format!(
+        "meshd_burst_latency_ns_count{{node=\"{node}\"}} {}\n",
+        lat["count"].as_u64().unwrap_or(0)
+    ));
     out.push_str("# TYPE meshd_generation gauge\n");
-    out.push_str(&format!("meshd_generation{{node=\"{node}\"}} {}\n", stats["generation"].as_u64().unwrap_or(0)));
+    out.push_str(&format!(
+        "meshd_generation{{node=\"{node}\"}} {}\n",
+        stats["generation"].as_u64().unwrap_or(0)
+    ));
     out
 }
 
@@ -113,8 +141,12 @@ mod tests {
         let t = render(&v);
         assert!(t.contains("meshd_rx_total{node=\"n1\",worker=\"0\"} 5"));
         assert!(t.contains("# TYPE meshd_active_flows gauge"));
-        assert!(t.contains("meshd_drops_total{node=\"n1\",worker=\"0\",reason=\"bad_ip_checksum\"} 1"));
+        assert!(
+            t.contains("meshd_drops_total{node=\"n1\",worker=\"0\",reason=\"bad_ip_checksum\"} 1")
+        );
         assert!(t.contains("meshd_generation{node=\"n1\"} 3"));
-        assert!(t.contains("meshd_task_connections_total{node=\"n1\",service=\"web\",task=\"web.1\"} 1"));
+        assert!(t.contains(
+            "meshd_task_connections_total{node=\"n1\",service=\"web\",task=\"web.1\"} 1"
+        ));
     }
 }

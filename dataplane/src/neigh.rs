@@ -38,8 +38,16 @@ impl Neighbors {
     /// A table with room for about `capacity` addresses.
     pub fn new(capacity: usize) -> Self {
         let n = (capacity * 2).next_power_of_two().max(64);
-        let entries = (0..n).map(|_| Entry { ip: AtomicU32::new(0), mac: AtomicU64::new(0) }).collect();
-        Neighbors { entries, mask: n - 1 }
+        let entries = (0..n)
+            .map(|_| Entry {
+                ip: AtomicU32::new(0),
+                mac: AtomicU64::new(0),
+            })
+            .collect();
+        Neighbors {
+            entries,
+            mask: n - 1,
+        }
     }
 
     #[inline]
@@ -82,10 +90,14 @@ impl Neighbors {
             let e = &self.entries[i];
             let k = e.ip.load(Ordering::Acquire);
             let claimed = k == ip
-                || (k == 0 && match e.ip.compare_exchange(0, ip, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => true,
-                    Err(other) => other == ip,
-                });
+                || (k == 0
+                    && match e
+                        .ip
+                        .compare_exchange(0, ip, Ordering::AcqRel, Ordering::Acquire)
+                    {
+                        Ok(_) => true,
+                        Err(other) => other == ip,
+                    });
             if claimed {
                 if e.mac.load(Ordering::Relaxed) != packed {
                     e.mac.store(packed, Ordering::Release);

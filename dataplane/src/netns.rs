@@ -50,7 +50,9 @@ impl Netns {
 
     /// Runs a command inside the namespace.
     pub fn exec(&self, argv: &[&str]) -> io::Result<String> {
-        run(Command::new("ip").args(["netns", "exec", &self.name]).args(argv))
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv))
     }
 
     /// A `Command` that runs `program` inside the namespace.
@@ -80,6 +82,8 @@ pub fn enter(name: &str) -> io::Result<()> {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }

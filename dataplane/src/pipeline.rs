@@ -20,18 +20,20 @@ use std::sync::Arc;
 use arrayvec::ArrayVec;
 use ctl::model::{ClientIpMode, SchedulerKind};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Address,
-    Ipv4Packet, TcpPacket, UdpPacket,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
+    Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
 use crate::balance::{AddrKind, ServiceTable};
 use crate::buf::{PacketBuf, Pool, PortId};
-use crate::flow::{self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped, TcpState};
+use crate::flow::{
+    self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped,
+};
+use crate::nat::{self, be16, dec_ttl, put16, put32};
 use crate::neigh::Neighbors;
+use crate::overlay::{self, entropy_port, Tunnel};
 use crate::port::{Burst, BURST};
 use crate::stats::{DropReason, TaskCounters, WorkerStats};
-use crate::nat::{self, be16, dec_ttl, put16, put32};
-use crate::overlay::{self, entropy_port, Tunnel};
 use crate::wire::checksum;
 use crate::wire::vxlan;
 
@@ -133,7 +135,9 @@ fn ipkey(a: Ipv4Address) -> u32 {
 /// read through smoltcp's views.
 #[inline]
 pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReason> {
-    let Some(bytes) = frame.get(off..) else { return Err(DropReason::Truncated) };
+    let Some(bytes) = frame.get(off..) else {
+        return Err(DropReason::Truncated);
+    };
     if bytes.len() < IPV4 {
         return Err(DropReason::Truncated);
     }
@@ -167,7 +171,16 @@ pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropR
     let proto = bytes[9];
     let l4 = off + IPV4;
     let payload = ip.payload();
-    let mut out = L3 { proto, src, dst, sport: 0, dport: 0, flags: 0, ack: 0, l4 };
+    let mut out = L3 {
+        proto,
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        flags: 0,
+        ack: 0,
+        l4,
+    };
     let pseudo = || checksum::pseudo_v4(src, dst, proto, payload.len() as u16);
     match proto {
         TCP => {
@@ -357,7 +370,13 @@ impl Pipeline {
     }
 
     /// Processes one burst: rewrites each frame in place and pushes one verdict per frame.
-    pub fn process(&mut self, table: &ServiceTable, now_ms: u64, burst: &mut Burst, verdicts: &mut Verdicts) {
+    pub fn process(
+        &mut self,
+        table: &ServiceTable,
+        now_ms: u64,
+        burst: &mut Burst,
+        verdicts: &mut Verdicts,
+    ) {
         if table.generation != self.generation {
             self.adopt(table);
         }
@@ -397,7 +416,12 @@ impl Pipeline {
         self.stats.active_flows = self.flows.len() as u64;
     }
 
-    fn one(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf) -> Result<Verdict, DropReason> {
+    fn one(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+    ) -> Result<Verdict, DropReason> {
         let port = buf.port;
         let f = buf.data();
         let eth = EthernetFrame::new_checked(f).map_err(|_| DropReason::Truncated)?;
@@ -436,8 +460,13 @@ impl Pipeline {
             let p = ArpPacket::new_checked(&f[ETH..]).map_err(|_| DropReason::BadArp)?;
             ArpRepr::parse(&p).map_err(|_| DropReason::BadArp)?
         };
-        let ArpRepr::EthernetIpv4 { operation, source_hardware_addr, source_protocol_addr, target_protocol_addr, .. } =
-            repr
+        let ArpRepr::EthernetIpv4 {
+            operation,
+            source_hardware_addr,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } = repr
         else {
             return Err(DropReason::BadArp);
         };
@@ -448,10 +477,15 @@ impl Pipeline {
                     self.neigh.learn(sender, source_hardware_addr.0);
                 }
                 let me = t.node(t.local);
-                (target_protocol_addr == t.node_addr || target_protocol_addr == me.vtep, self.cfg.uplink_mac)
+                (
+                    target_protocol_addr == t.node_addr || target_protocol_addr == me.vtep,
+                    self.cfg.uplink_mac,
+                )
             }
             PortId::Tasks => {
-                let Some(src) = t.addr(source_protocol_addr) else { return Err(DropReason::ArpIgnored) };
+                let Some(src) = t.addr(source_protocol_addr) else {
+                    return Err(DropReason::ArpIgnored);
+                };
                 if !matches!(src.kind, AddrKind::Task { local: true, .. }) {
                     return Err(DropReason::ArpIgnored);
                 }
@@ -462,7 +496,10 @@ impl Pipeline {
                 );
                 let net = t.net(src.net);
                 let in_net = net.subnet.contains(target_protocol_addr);
-                (in_net && !local_task && target_protocol_addr != source_protocol_addr, self.cfg.tasks_mac)
+                (
+                    in_net && !local_task && target_protocol_addr != source_protocol_addr,
+                    self.cfg.tasks_mac,
+                )
             }
         };
         if operation != ArpOperation::Request || !answer {
@@ -497,7 +534,13 @@ impl Pipeline {
 
     // ---- uplink ---------------------------------------------------------------------------
 
-    fn on_uplink(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: L3) -> Result<Verdict, DropReason> {
+    fn on_uplink(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: L3,
+    ) -> Result<Verdict, DropReason> {
         let dst = addr(l3.dst);
         let me = t.node(t.local);
         if dst != t.node_addr && dst != me.vtep {
@@ -517,8 +560,14 @@ impl Pipeline {
         if dst != t.node_addr || !l3.has_ports() {
             return Ok(Verdict::Host);
         }
-        let proto = if l3.proto == TCP { IpProtocol::Tcp } else { IpProtocol::Udp };
-        let Some(p) = t.published(proto, l3.dport) else { return Ok(Verdict::Host) };
+        let proto = if l3.proto == TCP {
+            IpProtocol::Tcp
+        } else {
+            IpProtocol::Udp
+        };
+        let Some(p) = t.published(proto, l3.dport) else {
+            return Ok(Verdict::Host);
+        };
         let p = *p;
         let owner = owner_of(l3.src, l3.sport, self.cfg.workers);
         if owner != self.cfg.worker {
@@ -534,7 +583,9 @@ impl Pipeline {
         if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
             return Ok(Verdict::Host);
         }
-        let Some(ing) = t.ingress_net else { return Ok(Verdict::Host) };
+        let Some(ing) = t.ingress_net else {
+            return Ok(Verdict::Host);
+        };
         let bal = t.balancer(p.balancer);
         // Fix (found by the simulation): Maglev must pick the same task for a client's flow on
         // every ingress node, but the flow key's destination is this node's own address, which
@@ -550,9 +601,13 @@ impl Pipeline {
         let (src, sport) = match svc.client_ip {
             ClientIpMode::Keep => (l3.src, l3.sport),
             ClientIpMode::Masquerade => {
-                let Some(ep) = net.local_endpoint else { return Err(DropReason::NoRoute) };
+                let Some(ep) = net.local_endpoint else {
+                    return Err(DropReason::NoRoute);
+                };
                 let ep = ipkey(ep);
-                let port = self.nat_port(l3.proto, ep, ipkey(b.addr), p.target).ok_or(DropReason::NoNatPort)?;
+                let port = self
+                    .nat_port(l3.proto, ep, ipkey(b.addr), p.target)
+                    .ok_or(DropReason::NoNatPort)?;
                 (ep, port)
             }
         };
@@ -560,9 +615,24 @@ impl Pipeline {
         let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
         let fwd = Action::new(&key, src, sport, task_addr, p.target, egress);
         let rkey = FlowKey::new(l3.proto, task_addr, p.target, src, sport);
-        let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Uplink { mac: client_mac });
+        let rev = Action::new(
+            &rkey,
+            l3.dst,
+            l3.dport,
+            l3.src,
+            l3.sport,
+            Egress::Uplink { mac: client_mac },
+        );
         let slot = self.task_stats.slot(b.uid);
-        let flow = Flow::new(FlowKind::Ingress, [key, rkey], [fwd, rev], b.uid, slot, timeouts(svc), now);
+        let flow = Flow::new(
+            FlowKind::Ingress,
+            [key, rkey],
+            [fwd, rev],
+            b.uid,
+            slot,
+            timeouts(svc),
+            now,
+        );
         // The forward key just missed; a masquerade port was picked so the reverse key is free.
         let id = match svc.client_ip {
             ClientIpMode::Masquerade => self.flows.insert_absent(flow, [hash, rkey.hash()], now),
@@ -575,13 +645,20 @@ impl Pipeline {
 
     /// Picks a backend of balancer `bal` for a new flow with hash `hash`.
     #[inline]
-    fn schedule(&mut self, t: &ServiceTable, bal: u16, hash: u64) -> Option<crate::balance::Backend> {
+    fn schedule(
+        &mut self,
+        t: &ServiceTable,
+        bal: u16,
+        hash: u64,
+    ) -> Option<crate::balance::Backend> {
         let b = t.balancer(bal);
         if b.backends.is_empty() {
             return None;
         }
         match (b.scheduler, &b.maglev) {
-            (SchedulerKind::Maglev, Some(m)) => m.lookup(hash).and_then(|i| b.backends.get(usize::from(i)).copied()),
+            (SchedulerKind::Maglev, Some(m)) => m
+                .lookup(hash)
+                .and_then(|i| b.backends.get(usize::from(i)).copied()),
             _ => {
                 let pos = self.rr.get_mut(usize::from(bal))?;
                 let i = (*pos as usize) % b.backends.len();
@@ -601,25 +678,48 @@ impl Pipeline {
             self.nat_next = self.nat_next.wrapping_add(1);
             let port = 1024 + n * workers + u32::from(self.cfg.worker);
             let port = u16::try_from(port).ok()?;
-            if !self.flows.contains(&FlowKey::new(proto, task, tport, ep, port)) {
+            if !self
+                .flows
+                .contains(&FlowKey::new(proto, task, tport, ep, port))
+            {
                 return Some(port);
             }
         }
         None
     }
 
-    fn egress_to(&self, t: &ServiceTable, local: bool, node: u16, vni: u32, key: &FlowKey) -> Egress {
+    fn egress_to(
+        &self,
+        t: &ServiceTable,
+        local: bool,
+        node: u16,
+        vni: u32,
+        key: &FlowKey,
+    ) -> Egress {
         if local {
             Egress::Tasks
         } else {
             let n = t.node(node);
-            Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni, sport: entropy_port(key) }
+            Egress::Vxlan {
+                vtep: ipkey(n.vtep),
+                port: n.vtep_port,
+                vni,
+                sport: entropy_port(key),
+            }
         }
     }
 
     /// Applies flow `id`'s action for `dir` to the packet and sends it on.
     #[inline]
-    fn forward(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: &L3, id: u32, dir: Dir) -> Result<Verdict, DropReason> {
+    fn forward(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        id: u32,
+        dir: Dir,
+    ) -> Result<Verdict, DropReason> {
         let fl = self.flows.get_mut(id);
         fl.last_seen = now;
         if l3.proto == TCP {
@@ -637,7 +737,14 @@ impl Pipeline {
 
     /// Sends an IPv4 frame (already rewritten) towards `dst` by `egress`.
     #[inline]
-    fn send(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, dst: u32, egress: Egress) -> Result<Verdict, DropReason> {
+    fn send(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        dst: u32,
+        egress: Egress,
+    ) -> Result<Verdict, DropReason> {
         match egress {
             Egress::Uplink { mac } => {
                 let f = buf.data_mut();
@@ -655,7 +762,12 @@ impl Pipeline {
                 f[6..12].copy_from_slice(&self.cfg.tasks_mac);
                 Ok(Verdict::Tx(PortId::Tasks))
             }
-            Egress::Vxlan { vtep, port, vni, sport } => {
+            Egress::Vxlan {
+                vtep,
+                port,
+                vni,
+                sport,
+            } => {
                 let Some(mac) = self.neigh.get(vtep) else {
                     self.want(vtep, PortId::Uplink, now);
                     return Err(DropReason::NoNeighbor);
@@ -668,7 +780,16 @@ impl Pipeline {
     /// Encapsulates towards a peer's VTEP (RFC 7348 §5).
     #[allow(clippy::too_many_arguments)]
     #[inline]
-    fn encap(&mut self, t: &ServiceTable, buf: &mut PacketBuf, vtep: u32, port: u16, vni: u32, sport: u16, mac: [u8; 6]) -> Result<Verdict, DropReason> {
+    fn encap(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        vtep: u32,
+        port: u16,
+        vni: u32,
+        sport: u16,
+        mac: [u8; 6],
+    ) -> Result<Verdict, DropReason> {
         {
             // The inner Ethernet header: the receiving meshd rewrites it on delivery.
             let f = buf.data_mut();
@@ -691,14 +812,27 @@ impl Pipeline {
     // ---- overlay --------------------------------------------------------------------------
 
     /// VXLAN from a peer: checked, decapsulated, routed in its network.
-    fn decap(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, outer: L3) -> Result<Verdict, DropReason> {
-        let Some(peer) = t.peer(addr(outer.src)) else { return Err(DropReason::UnknownVtep) };
+    fn decap(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        outer: L3,
+    ) -> Result<Verdict, DropReason> {
+        let Some(peer) = t.peer(addr(outer.src)) else {
+            return Err(DropReason::UnknownVtep);
+        };
         let (vni, smac) = {
             let f = buf.data();
-            (overlay::vni(f, outer.l4)?, EthernetFrame::new_unchecked(f).src_addr().0)
+            (
+                overlay::vni(f, outer.l4)?,
+                EthernetFrame::new_unchecked(f).src_addr().0,
+            )
         };
         self.neigh.learn(outer.src, smac);
-        let Some(net) = t.network_by_vni(vni) else { return Err(DropReason::UnknownVni) };
+        let Some(net) = t.network_by_vni(vni) else {
+            return Err(DropReason::UnknownVni);
+        };
         if !buf.trim_front(vxlan::ENCAP_LEN) {
             return Err(DropReason::Truncated);
         }
@@ -724,7 +858,9 @@ impl Pipeline {
                 }
                 self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
             }
-            Some(AddrKind::Task { local: true, task, .. }) => {
+            Some(AddrKind::Task {
+                local: true, task, ..
+            }) => {
                 let src_kind = t.addr(addr(l3.src)).map(|e| e.kind);
                 if !l3.has_ports() || matches!(src_kind, Some(AddrKind::Endpoint { .. })) {
                     // ICMP, or a request another node masqueraded: no state here.
@@ -732,7 +868,11 @@ impl Pipeline {
                     return self.send(t, now, buf, l3.dst, Egress::Tasks);
                 }
                 let outside = src_kind.is_none();
-                let o = if outside { owner_of(l3.src, l3.sport, self.cfg.workers) } else { owner_of(l3.dst, l3.dport, self.cfg.workers) };
+                let o = if outside {
+                    owner_of(l3.src, l3.sport, self.cfg.workers)
+                } else {
+                    owner_of(l3.dst, l3.dport, self.cfg.workers)
+                };
                 if let Some(v) = self.handoff(o) {
                     return Ok(v);
                 }
@@ -747,11 +887,24 @@ impl Pipeline {
                     let svc = &t.services[usize::from(te.service)];
                     let rkey = key.reversed();
                     let n = t.node(peer);
-                    let back = Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni: t.net(net).vni, sport: entropy_port(&key) };
+                    let back = Egress::Vxlan {
+                        vtep: ipkey(n.vtep),
+                        port: n.vtep_port,
+                        vni: t.net(net).vni,
+                        sport: entropy_port(&key),
+                    };
                     let fwd = Action::keep(&key, Egress::Tasks);
                     let rev = Action::keep(&rkey, back);
                     let slot = self.task_stats.slot(te.uid);
-                    let flow = Flow::new(FlowKind::ReturnRoute, [key, rkey], [fwd, rev], te.uid, slot, timeouts(svc), now);
+                    let flow = Flow::new(
+                        FlowKind::ReturnRoute,
+                        [key, rkey],
+                        [fwd, rev],
+                        te.uid,
+                        slot,
+                        timeouts(svc),
+                        now,
+                    );
                     if let Ok(id) = self.flows.insert(flow, now) {
                         self.stats.new_flows += 1;
                         self.stats.flows_evicted = self.flows.evicted;
@@ -769,7 +922,9 @@ impl Pipeline {
                 self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
             }
             // This node does not transit between peers.
-            Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => Err(DropReason::NoRoute),
+            Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => {
+                Err(DropReason::NoRoute)
+            }
             Some(AddrKind::Vip { .. } | AddrKind::Gateway) => Ok(Verdict::Host),
         }
     }
@@ -782,7 +937,14 @@ impl Pipeline {
 
     /// Forwards by the flow `l3` belongs to, or returns `otherwise`.
     #[inline]
-    fn by_flow_or(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: &L3, otherwise: Result<Verdict, DropReason>) -> Result<Verdict, DropReason> {
+    fn by_flow_or(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        otherwise: Result<Verdict, DropReason>,
+    ) -> Result<Verdict, DropReason> {
         if !l3.has_ports() {
             return otherwise;
         }
@@ -794,8 +956,16 @@ impl Pipeline {
     }
 
     /// A frame from a local task.
-    fn on_task(&mut self, t: &ServiceTable, now: u32, buf: &mut PacketBuf, l3: L3) -> Result<Verdict, DropReason> {
-        let Some(s) = t.addr(addr(l3.src)) else { return Err(DropReason::UnknownSource) };
+    fn on_task(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: L3,
+    ) -> Result<Verdict, DropReason> {
+        let Some(s) = t.addr(addr(l3.src)) else {
+            return Err(DropReason::UnknownSource);
+        };
         if !matches!(s.kind, AddrKind::Task { local: true, .. }) {
             return Err(DropReason::UnknownSource);
         }
@@ -811,11 +981,21 @@ impl Pipeline {
         let workers = self.cfg.workers;
         match d.map(|d| d.kind) {
             // To another node's task or endpoint (a reply to a flow it masqueraded): stateless.
-            Some(AddrKind::Task { local: false, node, .. } | AddrKind::Endpoint { local: false, node }) => {
+            Some(
+                AddrKind::Task {
+                    local: false, node, ..
+                }
+                | AddrKind::Endpoint { local: false, node },
+            ) => {
                 dec_ttl(buf.data_mut(), ETH);
                 let n = t.node(node);
                 let key = l3.key();
-                let e = Egress::Vxlan { vtep: ipkey(n.vtep), port: n.vtep_port, vni: net.vni, sport: entropy_port(&key) };
+                let e = Egress::Vxlan {
+                    vtep: ipkey(n.vtep),
+                    port: n.vtep_port,
+                    vni: net.vni,
+                    sport: entropy_port(&key),
+                };
                 self.send(t, now, buf, l3.dst, e)
             }
             Some(AddrKind::Vip { service, balancer }) if l3.has_ports() => {
@@ -827,10 +1007,14 @@ impl Pipeline {
                 if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
-                if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
+                if l3.proto == TCP
+                    && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0)
+                {
                     return Ok(Verdict::Host);
                 }
-                let Some(b) = self.schedule(t, balancer, hash) else { return Ok(Verdict::Host) };
+                let Some(b) = self.schedule(t, balancer, hash) else {
+                    return Ok(Verdict::Host);
+                };
                 let svc = &t.services[usize::from(service)];
                 let baddr = ipkey(b.addr);
                 let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
@@ -840,7 +1024,11 @@ impl Pipeline {
                 // back through meshd.
                 let (src, sport) = if b.local {
                     let gw = ipkey(net.gateway);
-                    (gw, self.nat_port(l3.proto, gw, baddr, l3.dport).ok_or(DropReason::NoNatPort)?)
+                    (
+                        gw,
+                        self.nat_port(l3.proto, gw, baddr, l3.dport)
+                            .ok_or(DropReason::NoNatPort)?,
+                    )
                 } else {
                     (l3.src, l3.sport)
                 };
@@ -848,8 +1036,19 @@ impl Pipeline {
                 let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
                 let slot = self.task_stats.slot(b.uid);
-                let flow = Flow::new(FlowKind::Vip, [key, rkey], [fwd, rev], b.uid, slot, timeouts(svc), now);
-                let id = self.flows.insert(flow, now).map_err(|_| DropReason::NoNatPort)?;
+                let flow = Flow::new(
+                    FlowKind::Vip,
+                    [key, rkey],
+                    [fwd, rev],
+                    b.uid,
+                    slot,
+                    timeouts(svc),
+                    now,
+                );
+                let id = self
+                    .flows
+                    .insert(flow, now)
+                    .map_err(|_| DropReason::NoNatPort)?;
                 self.count_new(slot);
                 self.forward(t, now, buf, &l3, id, Dir::Fwd)
             }
@@ -882,7 +1081,9 @@ impl Pipeline {
                 }
                 self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host))
             }
-            Some(AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. }) => Ok(Verdict::Host),
+            Some(
+                AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. },
+            ) => Ok(Verdict::Host),
             // Outside the overlay: only a reply of a keep-client-IP flow goes there.
             None => {
                 if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
@@ -898,24 +1099,39 @@ impl Pipeline {
     /// Between bursts: expires idle flows, ends flows of tasks that are gone (TCP resets towards
     /// their clients), and emits wanted ARP requests. Generated frames are appended to `out`
     /// with `port` set to the port to send them on; buffers come from `pool`.
-    pub fn maintain(&mut self, table: &ServiceTable, now_ms: u64, pool: &mut Pool, out: &mut Burst) {
+    pub fn maintain(
+        &mut self,
+        table: &ServiceTable,
+        now_ms: u64,
+        pool: &mut Pool,
+        out: &mut Burst,
+    ) {
         let now = now_ms as u32;
         if table.generation != self.generation {
             self.adopt(table);
         }
-        let budget = if self.recheck > 0 { self.cfg.sweep_budget.max(4096) } else { self.cfg.sweep_budget };
+        let budget = if self.recheck > 0 {
+            self.cfg.sweep_budget.max(4096)
+        } else {
+            self.cfg.sweep_budget
+        };
         self.recheck = self.recheck.saturating_sub(budget);
         let stats = &mut self.stats;
         let resets = &mut self.resets;
-        self.flows.sweep(now, budget, |uid| uid == 0 || table.task_alive(uid), |r| match r {
-            Reaped::Expired => stats.flows_expired += 1,
-            Reaped::Ended(f) => {
-                stats.flows_ended += 1;
-                if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
-                    let _ = resets.try_push(f);
+        self.flows.sweep(
+            now,
+            budget,
+            |uid| uid == 0 || table.task_alive(uid),
+            |r| match r {
+                Reaped::Expired => stats.flows_expired += 1,
+                Reaped::Ended(f) => {
+                    stats.flows_ended += 1;
+                    if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
+                        let _ = resets.try_push(f);
+                    }
                 }
-            }
-        });
+            },
+        );
         self.stats.active_flows = self.flows.len() as u64;
         while !out.is_full() {
             let Some(f) = self.resets.pop() else { break };
@@ -931,7 +1147,9 @@ impl Pipeline {
             }
         }
         while !out.is_full() {
-            let Some((ip, port)) = self.want_arp.pop() else { break };
+            let Some((ip, port)) = self.want_arp.pop() else {
+                break;
+            };
             let Some(mut b) = pool.get() else { break };
             self.arp_request(table, ip, port, &mut b);
             out.push(b);
@@ -991,7 +1209,10 @@ impl Pipeline {
             PortId::Uplink => (self.cfg.uplink_mac, t.node(t.local).vtep),
             PortId::Tasks => {
                 // Ask from the gateway of the network the address is on.
-                let gw = t.addr(addr(ip)).map(|e| t.net(e.net).gateway).unwrap_or(Ipv4Address::UNSPECIFIED);
+                let gw = t
+                    .addr(addr(ip))
+                    .map(|e| t.net(e.net).gateway)
+                    .unwrap_or(Ipv4Address::UNSPECIFIED);
                 (self.cfg.tasks_mac, gw)
             }
         };
@@ -1019,14 +1240,11 @@ fn masq_owner(port: u16, workers: u16) -> u16 {
 }
 
 fn timeouts(svc: &crate::balance::table::SvcEntry) -> [u32; 3] {
-    [svc.timeouts.tcp_established, svc.timeouts.tcp_transitory, svc.timeouts.udp]
-}
-
-impl TcpState {
-    /// Whether the flow is past its handshake.
-    pub fn is_established(self) -> bool {
-        self == TcpState::Established
-    }
+    [
+        svc.timeouts.tcp_established,
+        svc.timeouts.tcp_transitory,
+        svc.timeouts.udp,
+    ]
 }
 
 #[cfg(test)]
@@ -1039,11 +1257,23 @@ mod tests {
 
     fn ip_udp_frame(src: u32, sport: u16, dst: u32, dport: u16, payload: &[u8]) -> Vec<u8> {
         let caps = ChecksumCapabilities::default();
-        let udp = UdpRepr { src_port: sport, dst_port: dport };
-        let ipr = Ipv4Repr { src_addr: addr(src), dst_addr: addr(dst), next_header: IpProtocol::Udp, payload_len: 8 + payload.len(), hop_limit: 64 };
+        let udp = UdpRepr {
+            src_port: sport,
+            dst_port: dport,
+        };
+        let ipr = Ipv4Repr {
+            src_addr: addr(src),
+            dst_addr: addr(dst),
+            next_header: IpProtocol::Udp,
+            payload_len: 8 + payload.len(),
+            hop_limit: 64,
+        };
         let mut f = vec![0u8; ETH + IPV4 + 8 + payload.len()];
         f[12..14].copy_from_slice(&[8, 0]);
-        ipr.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH..ETH + IPV4]), &caps);
+        ipr.emit(
+            &mut Ipv4Packet::new_unchecked(&mut f[ETH..ETH + IPV4]),
+            &caps,
+        );
         udp.emit(
             &mut UdpPacket::new_unchecked(&mut f[ETH + IPV4..]),
             &addr(src).into(),
@@ -1071,11 +1301,25 @@ mod tests {
             timestamp: None,
             payload,
         };
-        let ipr = Ipv4Repr { src_addr: addr(src), dst_addr: addr(dst), next_header: IpProtocol::Tcp, payload_len: tcp.buffer_len(), hop_limit: 64 };
+        let ipr = Ipv4Repr {
+            src_addr: addr(src),
+            dst_addr: addr(dst),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
         let mut f = vec![0u8; ETH + IPV4 + tcp.buffer_len()];
         f[12..14].copy_from_slice(&[8, 0]);
-        ipr.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH..ETH + IPV4]), &caps);
-        tcp.emit(&mut TcpPacket::new_unchecked(&mut f[ETH + IPV4..]), &addr(src).into(), &addr(dst).into(), &caps);
+        ipr.emit(
+            &mut Ipv4Packet::new_unchecked(&mut f[ETH..ETH + IPV4]),
+            &caps,
+        );
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut f[ETH + IPV4..]),
+            &addr(src).into(),
+            &addr(dst).into(),
+            &caps,
+        );
         f
     }
 

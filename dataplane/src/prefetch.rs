@@ -9,7 +9,9 @@ pub fn read<T>(r: &T) {
     // SAFETY: prefetch is a hint that never faults and does not read memory architecturally;
     // the pointer comes from a valid reference anyway.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>((r as *const T).cast::<i8>());
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(
+            (r as *const T).cast::<i8>(),
+        );
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = r;

@@ -65,9 +65,13 @@ impl Shared {
             to_host: ArrayQueue::new(RING),
             from_host: ArrayQueue::new(RING),
             stats: (0..workers).map(|_| PublishedStats::default()).collect(),
-            latency: (0..workers).map(|_| std::sync::Mutex::new(new_histogram())).collect(),
+            latency: (0..workers)
+                .map(|_| std::sync::Mutex::new(new_histogram()))
+                .collect(),
             spare: ArrayQueue::new(RING * 2),
-            task_stats: (0..workers).map(|_| PublishedTasks::new(crate::pipeline::MAX_COUNTED_TASKS)).collect(),
+            task_stats: (0..workers)
+                .map(|_| PublishedTasks::new(crate::pipeline::MAX_COUNTED_TASKS))
+                .collect(),
         })
     }
 
@@ -114,7 +118,9 @@ pub struct PublishedStats {
 
 impl Default for PublishedStats {
     fn default() -> Self {
-        PublishedStats { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+        PublishedStats {
+            values: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
     }
 }
 
@@ -143,8 +149,13 @@ pub struct PublishedTasks {
 
 impl PublishedTasks {
     fn new(capacity: usize) -> Self {
-        let rows = (0..capacity * 2).map(|_| std::array::from_fn(|_| AtomicU64::new(0))).collect();
-        PublishedTasks { rows, len: AtomicU64::new(0) }
+        let rows = (0..capacity * 2)
+            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+            .collect();
+        PublishedTasks {
+            rows,
+            len: AtomicU64::new(0),
+        }
     }
 
     fn write(&self, c: &crate::stats::TaskCounters) {
@@ -165,7 +176,16 @@ impl PublishedTasks {
         self.rows
             .iter()
             .take(n)
-            .map(|r| (r[0].load(Ordering::Relaxed), [r[1].load(Ordering::Relaxed), r[2].load(Ordering::Relaxed), r[3].load(Ordering::Relaxed)]))
+            .map(|r| {
+                (
+                    r[0].load(Ordering::Relaxed),
+                    [
+                        r[1].load(Ordering::Relaxed),
+                        r[2].load(Ordering::Relaxed),
+                        r[3].load(Ordering::Relaxed),
+                    ],
+                )
+            })
             .collect()
     }
 }
@@ -207,7 +227,10 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.id).field("idle", &self.idle).finish()
+        f.debug_struct("Worker")
+            .field("id", &self.id)
+            .field("idle", &self.idle)
+            .finish()
     }
 }
 
@@ -294,7 +317,10 @@ impl Worker {
         let table = self.shared.table.load();
         let now = self.clock.now_ms();
         let start = Instant::now();
-        let mut out = Out { uplink: Burst::new(), tasks: Burst::new() };
+        let mut out = Out {
+            uplink: Burst::new(),
+            tasks: Burst::new(),
+        };
         let mut moved = 0;
         let mut burst = Burst::new();
         let mut verdicts = Verdicts::new();
@@ -329,7 +355,8 @@ impl Worker {
             }
         }
         let mut gen = Burst::new();
-        self.pipeline.maintain(&table, now, &mut self.pool, &mut gen);
+        self.pipeline
+            .maintain(&table, now, &mut self.pool, &mut gen);
         for b in gen.drain(..) {
             let port = b.port;
             self.push_out(&mut out, port, b);
@@ -348,7 +375,10 @@ impl Worker {
     fn sleep(&self, step: u32, max: Duration) {
         let us = (1u64 << step.min(10)).min(max.as_micros() as u64).max(1);
         let fds: arrayvec::ArrayVec<std::os::fd::RawFd, 2> =
-            [self.uplink.wait_fd(), self.tasks.wait_fd()].into_iter().flatten().collect();
+            [self.uplink.wait_fd(), self.tasks.wait_fd()]
+                .into_iter()
+                .flatten()
+                .collect();
         if fds.is_empty() || us < 1000 {
             std::thread::sleep(Duration::from_micros(us));
         } else {
@@ -366,7 +396,9 @@ impl Worker {
             }
         }
         while self.pool.available() < self.pool_size / 2 {
-            let Some(b) = self.shared.spare.pop() else { break };
+            let Some(b) = self.shared.spare.pop() else {
+                break;
+            };
             self.pool.put(b);
         }
     }
@@ -401,7 +433,14 @@ impl Worker {
         self.tasks.flush();
     }
 
-    fn run_burst(&mut self, table: &ServiceTable, now: u64, burst: &mut Burst, verdicts: &mut Verdicts, out: &mut Out) {
+    fn run_burst(
+        &mut self,
+        table: &ServiceTable,
+        now: u64,
+        burst: &mut Burst,
+        verdicts: &mut Verdicts,
+        out: &mut Out,
+    ) {
         if burst.is_empty() {
             return;
         }

@@ -45,17 +45,37 @@ impl Daemon {
         if persisted.state.node("n1").is_none() {
             persisted.state.nodes.push(node("n1", 11));
         }
-        let shared = Shared::new(ServiceTable::empty("n1", Ipv4Addr::new(192, 168, 1, 11)), 1, Arc::new(Neighbors::new(64)));
+        let shared = Shared::new(
+            ServiceTable::empty("n1", Ipv4Addr::new(192, 168, 1, 11)),
+            1,
+            Arc::new(Neighbors::new(64)),
+        );
         let controller = Controller::new("n1".into(), persisted, store, shared.clone()).unwrap();
         let (up, _up_peer) = mem::link(64);
         let (tk, _tk_peer) = mem::link(64);
-        let mut w = Worker::new(0, Config::default(), Box::new(up), Box::new(tk), shared.clone(), Idle::Backoff { max: Duration::from_millis(1) }, 64);
+        let mut w = Worker::new(
+            0,
+            Config::default(),
+            Box::new(up),
+            Box::new(tk),
+            shared.clone(),
+            Idle::Backoff {
+                max: Duration::from_millis(1),
+            },
+            64,
+        );
         let mut threads = vec![std::thread::spawn(move || w.run())];
         let (server, listener) = Server::bind(&socket).unwrap();
         let ctl = Arc::new(Mutex::new(controller));
         let s2 = shared.clone();
         threads.push(std::thread::spawn(move || Server::serve(listener, ctl, s2)));
-        Daemon { dir, socket, shared, threads, _server: server }
+        Daemon {
+            dir,
+            socket,
+            shared,
+            threads,
+            _server: server,
+        }
     }
 
     fn conn(&self) -> Connection {
@@ -72,7 +92,13 @@ impl Daemon {
 }
 
 fn node(name: &str, last: u8) -> Node {
-    Node { name: name.into(), addr: Ipv4Addr::new(192, 168, 1, last), vtep: None, vtep_port: VXLAN_PORT, availability: Availability::Active }
+    Node {
+        name: name.into(),
+        addr: Ipv4Addr::new(192, 168, 1, last),
+        vtep: None,
+        vtep_port: VXLAN_PORT,
+        availability: Availability::Active,
+    }
 }
 
 fn ok(r: Response) -> ctl::proto::Success {
@@ -96,24 +122,52 @@ fn state_file(dir: &Path) -> String {
 fn ingress() -> Network {
     let mut endpoints = BTreeMap::new();
     endpoints.insert("n1".into(), Ipv4Addr::new(10, 0, 0, 2));
-    Network { name: "ingress".into(), vni: INGRESS_VNI, subnet: "10.0.0.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 0, 0, 1), ingress: true, endpoints }
+    Network {
+        name: "ingress".into(),
+        vni: INGRESS_VNI,
+        subnet: "10.0.0.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 0, 0, 1),
+        ingress: true,
+        endpoints,
+    }
 }
 
 fn appnet() -> Network {
-    Network { name: "appnet".into(), vni: 4097, subnet: "10.0.1.0/24".parse().unwrap(), gateway: Ipv4Addr::new(10, 0, 1, 1), ingress: false, endpoints: BTreeMap::new() }
+    Network {
+        name: "appnet".into(),
+        vni: 4097,
+        subnet: "10.0.1.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 0, 1, 1),
+        ingress: false,
+        endpoints: BTreeMap::new(),
+    }
 }
 
 fn web() -> Service {
     let mut s = Service::new("web");
-    s.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 2)) });
-    s.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+    s.networks.push(ServiceNetwork {
+        network: "appnet".into(),
+        vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+    });
+    s.ports.push(PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 80,
+        mode: PublishMode::Ingress,
+    });
     for i in 1..=2u8 {
         s.tasks.push(Task {
             name: format!("web.{i}"),
             node: "n1".into(),
             addresses: vec![
-                TaskAddress { network: "ingress".into(), addr: Ipv4Addr::new(10, 0, 0, 10 + i) },
-                TaskAddress { network: "appnet".into(), addr: Ipv4Addr::new(10, 0, 1, 10 + i) },
+                TaskAddress {
+                    network: "ingress".into(),
+                    addr: Ipv4Addr::new(10, 0, 0, 10 + i),
+                },
+                TaskAddress {
+                    network: "appnet".into(),
+                    addr: Ipv4Addr::new(10, 0, 1, 10 + i),
+                },
             ],
             state: TaskState::Running,
             weight: 1,
@@ -127,38 +181,100 @@ fn every_command_round_trips_and_changes_bump_the_generation() {
     let d = Daemon::start("all");
     let mut c = d.conn();
     let g0 = ok(c.send(&Command::NodeLs {}).unwrap()).generation;
-    let g1 = ok(c.send(&Command::NetworkCreate { network: ingress() }).unwrap()).generation;
+    let g1 = ok(c
+        .send(&Command::NetworkCreate { network: ingress() })
+        .unwrap())
+    .generation;
     assert_eq!(g1, g0 + 1);
-    ok(c.send(&Command::NetworkCreate { network: appnet() }).unwrap());
+    ok(c.send(&Command::NetworkCreate { network: appnet() })
+        .unwrap());
     let mut eps = BTreeMap::new();
     eps.insert("ingress".to_string(), Ipv4Addr::new(10, 0, 0, 3));
-    ok(c.send(&Command::NodeAdd { node: node("n2", 12), endpoints: eps }).unwrap());
+    ok(c.send(&Command::NodeAdd {
+        node: node("n2", 12),
+        endpoints: eps,
+    })
+    .unwrap());
     let s = ok(c.send(&Command::ServiceCreate { service: web() }).unwrap());
     // The answer comes only once the worker runs the new generation.
     assert_eq!(d.shared.table.load().generation, s.generation);
     assert_eq!(d.shared.acks[0].load(Ordering::Acquire), s.generation);
-    assert!(d.shared.table.load().published(smoltcp::wire::IpProtocol::Tcp, 8080).is_some());
+    assert!(d
+        .shared
+        .table
+        .load()
+        .published(smoltcp::wire::IpProtocol::Tcp, 8080)
+        .is_some());
 
     let nets = ok(c.send(&Command::NetworkLs {}).unwrap()).result;
     assert_eq!(nets.as_array().unwrap().len(), 2);
-    let n = ok(c.send(&Command::NetworkInspect { name: "appnet".into() }).unwrap()).result;
+    let n = ok(c
+        .send(&Command::NetworkInspect {
+            name: "appnet".into(),
+        })
+        .unwrap())
+    .result;
     assert_eq!(n["vni"], 4097);
-    assert_eq!(ok(c.send(&Command::NodeLs {}).unwrap()).result.as_array().unwrap().len(), 2);
-    ok(c.send(&Command::NodeUpdate { name: "n2".into(), availability: Availability::Drain }).unwrap());
-    assert_eq!(ok(c.send(&Command::ServiceLs {}).unwrap()).result.as_array().unwrap().len(), 1);
-    let svc = ok(c.send(&Command::ServiceInspect { name: "web".into() }).unwrap()).result;
+    assert_eq!(
+        ok(c.send(&Command::NodeLs {}).unwrap())
+            .result
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    ok(c.send(&Command::NodeUpdate {
+        name: "n2".into(),
+        availability: Availability::Drain,
+    })
+    .unwrap());
+    assert_eq!(
+        ok(c.send(&Command::ServiceLs {}).unwrap())
+            .result
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let svc = ok(c
+        .send(&Command::ServiceInspect { name: "web".into() })
+        .unwrap())
+    .result;
     assert_eq!(svc["ports"][0]["published"], 8080);
-    assert_eq!(ok(c.send(&Command::ServicePs { name: "web".into() }).unwrap()).result.as_array().unwrap().len(), 2);
+    assert_eq!(
+        ok(c.send(&Command::ServicePs { name: "web".into() }).unwrap())
+            .result
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let upd = ServiceUpdate {
-        publish_add: vec![PublishedPort { protocol: Protocol::Udp, published: 5353, target: 53, mode: PublishMode::Ingress }],
-        publish_rm: vec![PortSpec { published: 8080, protocol: Protocol::Tcp }],
+        publish_add: vec![PublishedPort {
+            protocol: Protocol::Udp,
+            published: 5353,
+            target: 53,
+            mode: PublishMode::Ingress,
+        }],
+        publish_rm: vec![PortSpec {
+            published: 8080,
+            protocol: Protocol::Tcp,
+        }],
         ..ServiceUpdate::default()
     };
-    ok(c.send(&Command::ServiceUpdate { name: "web".into(), update: upd }).unwrap());
+    ok(c.send(&Command::ServiceUpdate {
+        name: "web".into(),
+        update: upd,
+    })
+    .unwrap());
     let t = d.shared.table.load();
     assert!(t.published(smoltcp::wire::IpProtocol::Tcp, 8080).is_none());
     assert!(t.published(smoltcp::wire::IpProtocol::Udp, 5353).is_some());
-    ok(c.send(&Command::ServiceScale { name: "web".into(), replicas: 1 }).unwrap());
+    ok(c.send(&Command::ServiceScale {
+        name: "web".into(),
+        replicas: 1,
+    })
+    .unwrap());
     assert_eq!(d.shared.table.load().tasks.len(), 1);
     let st = ok(c.send(&Command::Stats {}).unwrap()).result;
     assert!(st["workers"].as_array().is_some() && st["total"]["rx"].is_u64());
@@ -166,8 +282,18 @@ fn every_command_round_trips_and_changes_bump_the_generation() {
     assert_eq!(full["services"][0]["name"], "web");
     ok(c.send(&Command::ServiceRm { name: "web".into() }).unwrap());
     ok(c.send(&Command::NodeRm { name: "n2".into() }).unwrap());
-    ok(c.send(&Command::NetworkRm { name: "appnet".into() }).unwrap());
-    assert_eq!(ok(c.send(&Command::NetworkLs {}).unwrap()).result.as_array().unwrap().len(), 1);
+    ok(c.send(&Command::NetworkRm {
+        name: "appnet".into(),
+    })
+    .unwrap());
+    assert_eq!(
+        ok(c.send(&Command::NetworkLs {}).unwrap())
+            .result
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     d.stop();
 }
 
@@ -175,29 +301,53 @@ fn every_command_round_trips_and_changes_bump_the_generation() {
 fn bad_requests_get_clear_errors_and_change_nothing() {
     let d = Daemon::start("bad");
     let mut c = d.conn();
-    ok(c.send(&Command::NetworkCreate { network: ingress() }).unwrap());
-    ok(c.send(&Command::NetworkCreate { network: appnet() }).unwrap());
+    ok(c.send(&Command::NetworkCreate { network: ingress() })
+        .unwrap());
+    ok(c.send(&Command::NetworkCreate { network: appnet() })
+        .unwrap());
     let before_gen = ok(c.send(&Command::ServiceCreate { service: web() }).unwrap()).generation;
     let before = state_file(&d.dir);
     assert!(before.contains("\"web\""));
 
     let e = err(c.send_line(b"{this is not json").unwrap());
     assert_eq!(e.code, ErrorCode::BadRequest);
-    let e = err(c.send_line(br#"{"version":1,"command":"service-explode"}"#).unwrap());
+    let e = err(c
+        .send_line(br#"{"version":1,"command":"service-explode"}"#)
+        .unwrap());
     assert_eq!(e.code, ErrorCode::BadRequest);
     assert!(e.message.contains("service-explode"), "{}", e.message);
-    let e = err(c.send_line(br#"{"version":99,"command":"node-ls"}"#).unwrap());
+    let e = err(c
+        .send_line(br#"{"version":99,"command":"node-ls"}"#)
+        .unwrap());
     assert_eq!(e.code, ErrorCode::UnsupportedVersion);
 
     // A published port already in use.
     let mut api = Service::new("api");
-    api.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 9000, mode: PublishMode::Ingress });
+    api.ports.push(PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 9000,
+        mode: PublishMode::Ingress,
+    });
     let e = err(c.send(&Command::ServiceCreate { service: api }).unwrap());
-    assert!(e.message.contains("8080/tcp is already in use by service \"web\""), "{}", e.message);
+    assert!(
+        e.message
+            .contains("8080/tcp is already in use by service \"web\""),
+        "{}",
+        e.message
+    );
     // An unknown service.
-    let e = err(c.send(&Command::ServiceInspect { name: "nope".into() }).unwrap());
+    let e = err(c
+        .send(&Command::ServiceInspect {
+            name: "nope".into(),
+        })
+        .unwrap());
     assert_eq!(e.code, ErrorCode::NotFound);
-    let e = err(c.send(&Command::ServiceRm { name: "nope".into() }).unwrap());
+    let e = err(c
+        .send(&Command::ServiceRm {
+            name: "nope".into(),
+        })
+        .unwrap());
     assert_eq!(e.code, ErrorCode::NotFound);
     // A VIP outside its subnet.
     let mut bad = web();
@@ -217,7 +367,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
     // An oversized request is refused; the daemon serves the next connection.
     let mut big = br#"{"version":1,"command":"node-ls","x":""#.to_vec();
-    big.extend(std::iter::repeat_n(b'a', ctl::proto::MAX_REQUEST_BYTES + 10));
+    big.extend(std::iter::repeat_n(
+        b'a',
+        ctl::proto::MAX_REQUEST_BYTES + 10,
+    ));
     big.extend(br#""}"#);
     let mut c2 = d.conn();
     let e = err(c2.send_line(&big).unwrap());
@@ -232,8 +385,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 fn state_survives_a_restart() {
     let d = Daemon::start("restart");
     let mut c = d.conn();
-    ok(c.send(&Command::NetworkCreate { network: ingress() }).unwrap());
-    ok(c.send(&Command::NetworkCreate { network: appnet() }).unwrap());
+    ok(c.send(&Command::NetworkCreate { network: ingress() })
+        .unwrap());
+    ok(c.send(&Command::NetworkCreate { network: appnet() })
+        .unwrap());
     let g = ok(c.send(&Command::ServiceCreate { service: web() }).unwrap()).generation;
     drop(c);
     let dir = d.stop();
@@ -242,7 +397,12 @@ fn state_survives_a_restart() {
     let r = ok(c.send(&Command::ServiceLs {}).unwrap());
     assert_eq!(r.generation, g);
     assert_eq!(r.result[0]["name"], "web");
-    assert!(d.shared.table.load().published(smoltcp::wire::IpProtocol::Tcp, 8080).is_some());
+    assert!(d
+        .shared
+        .table
+        .load()
+        .published(smoltcp::wire::IpProtocol::Tcp, 8080)
+        .is_some());
     let dir = d.stop();
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -41,7 +41,16 @@ fn start(ns: &Netns, dir: &Path) -> Meshd {
     let log = std::fs::File::create(dir.join("meshd.log")).unwrap();
     let child = ns
         .command(env!("CARGO_BIN_EXE_meshd"))
-        .args(["--node", "n1", "--addr", "192.168.1.11", "--uplink", "up0", "--tasks", "tk0"])
+        .args([
+            "--node",
+            "n1",
+            "--addr",
+            "192.168.1.11",
+            "--uplink",
+            "up0",
+            "--tasks",
+            "tk0",
+        ])
         .arg("--socket")
         .arg(dir.join("meshd.sock"))
         .arg("--state")
@@ -52,8 +61,18 @@ fn start(ns: &Netns, dir: &Path) -> Meshd {
         .unwrap();
     let m = Meshd { child };
     let deadline = Instant::now() + Duration::from_secs(10);
-    while client::request(&dir.join("meshd.sock"), &Command::NodeLs {}, Duration::from_secs(1)).is_err() {
-        assert!(Instant::now() < deadline, "meshd did not open its socket: {}", log_of(dir));
+    while client::request(
+        &dir.join("meshd.sock"),
+        &Command::NodeLs {},
+        Duration::from_secs(1),
+    )
+    .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "meshd did not open its socket: {}",
+            log_of(dir)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     m
@@ -71,14 +90,25 @@ fn send(dir: &Path, cmd: Command) -> ctl::proto::Success {
 }
 
 fn mac_of(ns: &Netns, dev: &str) -> Mac {
-    let s = ns.exec(&["cat", &format!("/sys/class/net/{dev}/address")]).unwrap();
-    let v: Vec<u8> = s.trim().split(':').map(|p| u8::from_str_radix(p, 16).unwrap()).collect();
+    let s = ns
+        .exec(&["cat", &format!("/sys/class/net/{dev}/address")])
+        .unwrap();
+    let v: Vec<u8> = s
+        .trim()
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).unwrap())
+        .collect();
     v.try_into().unwrap()
 }
 
 /// Receives on `port` until `want` accepts a frame or `timeout` passes, calling `poke` every
 /// 200 ms (to resend what may have been dropped while ARP resolved).
-fn expect(port: &mut AfPacketPort, timeout: Duration, mut poke: impl FnMut(), mut want: impl FnMut(&[u8]) -> bool) -> Vec<u8> {
+fn expect(
+    port: &mut AfPacketPort,
+    timeout: Duration,
+    mut poke: impl FnMut(),
+    mut want: impl FnMut(&[u8]) -> bool,
+) -> Vec<u8> {
     let mut pool = Pool::new(64);
     let deadline = Instant::now() + timeout;
     let mut next_poke = Instant::now();
@@ -116,11 +146,13 @@ fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
     }
     let ns = Netns::new(&format!("t-daemon-{}", std::process::id())).unwrap();
     for (a, b) in [("up0", "upc"), ("tk0", "tkc")] {
-        ns.ip(&["link", "add", "name", a, "type", "veth", "peer", "name", b]).unwrap();
+        ns.ip(&["link", "add", "name", a, "type", "veth", "peer", "name", b])
+            .unwrap();
         ns.ip(&["link", "set", a, "up"]).unwrap();
         ns.ip(&["link", "set", b, "up"]).unwrap();
     }
-    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]).unwrap();
+    ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+        .unwrap();
     let dir = PathBuf::from(format!("/tmp/{}", ns.name));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -145,11 +177,19 @@ fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
         },
     );
     let mut web = Service::new("web");
-    web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+    web.ports.push(PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 80,
+        mode: PublishMode::Ingress,
+    });
     web.tasks.push(Task {
         name: "web.1".into(),
         node: "n1".into(),
-        addresses: vec![TaskAddress { network: "ingress".into(), addr: TASK }],
+        addresses: vec![TaskAddress {
+            network: "ingress".into(),
+            addr: TASK,
+        }],
         state: TaskState::Running,
         weight: 1,
     });
@@ -160,7 +200,10 @@ fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
     let ns_name = ns.name.clone();
     let handle = std::thread::spawn(move || {
         netns::enter(&ns_name).unwrap();
-        let cfg = |port| AfPacketConfig { port, ..AfPacketConfig::default() };
+        let cfg = |port| AfPacketConfig {
+            port,
+            ..AfPacketConfig::default()
+        };
         let mut client = AfPacketPort::open("upc", &cfg(PortId::Uplink)).unwrap();
         let mut client_tx = AfPacketPort::open("upc", &cfg(PortId::Uplink)).unwrap();
         let mut task = AfPacketPort::open("tkc", &cfg(PortId::Tasks)).unwrap();
@@ -168,44 +211,96 @@ fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
 
         // ARP for the node's address is answered by meshd with the uplink's MAC.
         let arp = testkit::arp_request(CLIENT_MAC, CLIENT, NODE);
-        let reply = expect(&mut client, Duration::from_secs(5), || tx(&mut client_tx, &arp), |f| {
-            testkit::parse_arp(f).is_some_and(|a| !a.request && a.sender_ip == NODE)
-        });
+        let reply = expect(
+            &mut client,
+            Duration::from_secs(5),
+            || tx(&mut client_tx, &arp),
+            |f| testkit::parse_arp(f).is_some_and(|a| !a.request && a.sender_ip == NODE),
+        );
         assert_eq!(testkit::parse_arp(&reply).unwrap().sender_mac, up_mac);
 
         // A SYN to the published port comes out on the tasks side, DNAT'ed and masqueraded;
         // the task answers meshd's ARP for its address on the way.
-        let syn = testkit::tcp_frame(CLIENT_MAC, up_mac, CLIENT, 40000, NODE, 8080, tcp_flags::SYN, 1000, 0, &[]);
-        let got = expect(&mut task, Duration::from_secs(10), || tx(&mut client_tx, &syn), |f| {
-            if let Some(a) = testkit::parse_arp(f) {
-                if a.request && a.target_ip == TASK {
-                    tx(&mut task_tx, &testkit::arp_reply(task_mac, TASK, a.sender_mac, a.sender_ip));
+        let syn = testkit::tcp_frame(
+            CLIENT_MAC,
+            up_mac,
+            CLIENT,
+            40000,
+            NODE,
+            8080,
+            tcp_flags::SYN,
+            1000,
+            0,
+            &[],
+        );
+        let got = expect(
+            &mut task,
+            Duration::from_secs(10),
+            || tx(&mut client_tx, &syn),
+            |f| {
+                if let Some(a) = testkit::parse_arp(f) {
+                    if a.request && a.target_ip == TASK {
+                        tx(
+                            &mut task_tx,
+                            &testkit::arp_reply(task_mac, TASK, a.sender_mac, a.sender_ip),
+                        );
+                    }
+                    return false;
                 }
-                return false;
-            }
-            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dst == TASK && t.dport == 80)
-        });
+                testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dst == TASK && t.dport == 80)
+            },
+        );
         let t = testkit::parse_ipv4_tcp(&got).unwrap();
         assert!(t.has(tcp_flags::SYN));
-        assert_eq!(t.src, ENDPOINT, "masqueraded to the node's ingress endpoint");
+        assert_eq!(
+            t.src, ENDPOINT,
+            "masqueraded to the node's ingress endpoint"
+        );
         assert_eq!(&got[0..6], &task_mac);
 
         // The task's SYN-ACK goes back to the client from node:8080.
-        let synack =
-            testkit::tcp_frame(task_mac, tk_mac, TASK, 80, ENDPOINT, t.sport, tcp_flags::SYN | tcp_flags::ACK, 5000, 1001, &[]);
-        let back = expect(&mut client, Duration::from_secs(5), || tx(&mut task_tx, &synack), |f| {
-            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40000)
-        });
+        let synack = testkit::tcp_frame(
+            task_mac,
+            tk_mac,
+            TASK,
+            80,
+            ENDPOINT,
+            t.sport,
+            tcp_flags::SYN | tcp_flags::ACK,
+            5000,
+            1001,
+            &[],
+        );
+        let back = expect(
+            &mut client,
+            Duration::from_secs(5),
+            || tx(&mut task_tx, &synack),
+            |f| testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40000),
+        );
         let b = testkit::parse_ipv4_tcp(&back).unwrap();
         assert_eq!((b.src, b.sport, b.dst), (NODE, 8080, CLIENT));
         assert!(b.has(tcp_flags::SYN) && b.has(tcp_flags::ACK));
         assert_eq!(&back[0..6], &CLIENT_MAC);
 
         // A port meshd does not publish is refused with a reset, as a host would.
-        let stray = testkit::tcp_frame(CLIENT_MAC, up_mac, CLIENT, 40001, NODE, 9999, tcp_flags::SYN, 7, 0, &[]);
-        let rst = expect(&mut client, Duration::from_secs(5), || tx(&mut client_tx, &stray), |f| {
-            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40001)
-        });
+        let stray = testkit::tcp_frame(
+            CLIENT_MAC,
+            up_mac,
+            CLIENT,
+            40001,
+            NODE,
+            9999,
+            tcp_flags::SYN,
+            7,
+            0,
+            &[],
+        );
+        let rst = expect(
+            &mut client,
+            Duration::from_secs(5),
+            || tx(&mut client_tx, &stray),
+            |f| testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40001),
+        );
         assert!(testkit::parse_ipv4_tcp(&rst).unwrap().has(tcp_flags::RST));
         (client_tx, task, task_tx)
     });
@@ -217,18 +312,37 @@ fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
     let ls = send(&dir, Command::ServiceLs {});
     assert_eq!(ls.generation, generation);
     assert_eq!(ls.result[0]["name"], "web");
-    let syn = testkit::tcp_frame(CLIENT_MAC, up_mac, CLIENT, 40002, NODE, 8080, tcp_flags::SYN, 1000, 0, &[]);
+    let syn = testkit::tcp_frame(
+        CLIENT_MAC,
+        up_mac,
+        CLIENT,
+        40002,
+        NODE,
+        8080,
+        tcp_flags::SYN,
+        1000,
+        0,
+        &[],
+    );
     std::thread::spawn(move || {
         // The restarted meshd has to learn the task's MAC again.
-        let got = expect(&mut task, Duration::from_secs(10), || tx(&mut client_tx, &syn), |f| {
-            if let Some(a) = testkit::parse_arp(f) {
-                if a.request && a.target_ip == TASK {
-                    tx(&mut task_tx, &testkit::arp_reply(task_mac, TASK, a.sender_mac, a.sender_ip));
+        let got = expect(
+            &mut task,
+            Duration::from_secs(10),
+            || tx(&mut client_tx, &syn),
+            |f| {
+                if let Some(a) = testkit::parse_arp(f) {
+                    if a.request && a.target_ip == TASK {
+                        tx(
+                            &mut task_tx,
+                            &testkit::arp_reply(task_mac, TASK, a.sender_mac, a.sender_ip),
+                        );
+                    }
+                    return false;
                 }
-                return false;
-            }
-            testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dst == TASK && t.sport != 0)
-        });
+                testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dst == TASK && t.sport != 0)
+            },
+        );
         assert!(testkit::parse_ipv4_tcp(&got).unwrap().has(tcp_flags::SYN));
     })
     .join()

@@ -5,7 +5,9 @@ use serde_json::Value;
 use super::render::table;
 
 fn n(v: &Value) -> String {
-    v.as_u64().map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+    v.as_u64()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 /// Renders the JSON of the daemon's `stats` answer.
@@ -16,10 +18,39 @@ pub fn render(s: &Value) -> String {
         s["node"].as_str().unwrap_or("?"),
         n(&s["generation"])
     ));
-    let cols = ["rx", "tx_uplink", "tx_tasks", "to_host", "handoff_out", "new_flows", "active_flows", "flows_expired", "flows_ended", "resets_sent"];
-    let heads = ["WORKER", "RX", "TX-UPLINK", "TX-TASKS", "TO-HOST", "HANDOFF", "NEW-FLOWS", "ACTIVE-FLOWS", "EXPIRED", "ENDED", "RESETS", "DROPS"];
+    let cols = [
+        "rx",
+        "tx_uplink",
+        "tx_tasks",
+        "to_host",
+        "handoff_out",
+        "new_flows",
+        "active_flows",
+        "flows_expired",
+        "flows_ended",
+        "resets_sent",
+    ];
+    let heads = [
+        "WORKER",
+        "RX",
+        "TX-UPLINK",
+        "TX-TASKS",
+        "TO-HOST",
+        "HANDOFF",
+        "NEW-FLOWS",
+        "ACTIVE-FLOWS",
+        "EXPIRED",
+        "ENDED",
+        "RESETS",
+        "DROPS",
+    ];
     let workers = s["workers"].as_array().cloned().unwrap_or_default();
-    let drops_of = |w: &Value| w["drops"].as_object().map(|d| d.values().filter_map(Value::as_u64).sum::<u64>()).unwrap_or(0);
+    let drops_of = |w: &Value| {
+        w["drops"]
+            .as_object()
+            .map(|d| d.values().filter_map(Value::as_u64).sum::<u64>())
+            .unwrap_or(0)
+    };
     let mut rows: Vec<Vec<String>> = workers
         .iter()
         .enumerate()
@@ -56,7 +87,14 @@ pub fn render(s: &Value) -> String {
     let mut rows = Vec::new();
     for svc in s["services"].as_array().into_iter().flatten() {
         let name = svc["name"].as_str().unwrap_or("?");
-        rows.push(vec![name.to_string(), "".into(), "".into(), n(&svc["packets"]), n(&svc["bytes"]), n(&svc["connections"])]);
+        rows.push(vec![
+            name.to_string(),
+            "".into(),
+            "".into(),
+            n(&svc["packets"]),
+            n(&svc["bytes"]),
+            n(&svc["connections"]),
+        ]);
         for t in svc["tasks"].as_array().into_iter().flatten() {
             rows.push(vec![
                 String::new(),
@@ -70,7 +108,10 @@ pub fn render(s: &Value) -> String {
     }
     if !rows.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["SERVICE", "TASK", "NODE", "PACKETS", "BYTES", "CONNECTIONS"], &rows));
+        out.push_str(&table(
+            &["SERVICE", "TASK", "NODE", "PACKETS", "BYTES", "CONNECTIONS"],
+            &rows,
+        ));
     }
     out
 }
@@ -93,6 +134,11 @@ mod tests {
         assert!(t.contains("node n1   generation 7"), "{t}");
         assert!(t.contains("no_route"), "{t}");
         assert!(t.contains("p50 900"), "{t}");
-        assert!(t.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["web.1", "n2", "8", "800", "2"]), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == ["web.1", "n2", "8", "800", "2"]),
+            "{t}"
+        );
     }
 }

@@ -48,10 +48,22 @@ pub struct Controller {
 
 impl Controller {
     /// Builds the table for the current state and publishes it (at start-up).
-    pub fn new(local: String, persisted: Persisted, store: StateStore, shared: Arc<Shared>) -> Result<Self, String> {
-        let table = ServiceTable::build(&persisted.state, &local, persisted.generation).map_err(|e| e.to_string())?;
+    pub fn new(
+        local: String,
+        persisted: Persisted,
+        store: StateStore,
+        shared: Arc<Shared>,
+    ) -> Result<Self, String> {
+        let table = ServiceTable::build(&persisted.state, &local, persisted.generation)
+            .map_err(|e| e.to_string())?;
         shared.table.store(Arc::new(table));
-        Ok(Controller { local, state: persisted.state, generation: persisted.generation, store, shared })
+        Ok(Controller {
+            local,
+            state: persisted.state,
+            generation: persisted.generation,
+            store,
+            shared,
+        })
     }
 
     /// Handles one request line; never panics, always answers.
@@ -68,10 +80,15 @@ impl Controller {
             return self.change(cmd);
         }
         let g = self.generation;
-        let not_found = |kind: &str, name: &str| Response::error(ErrorCode::NotFound, format!("{kind} \"{name}\" not found"));
+        let not_found = |kind: &str, name: &str| {
+            Response::error(ErrorCode::NotFound, format!("{kind} \"{name}\" not found"))
+        };
         let val = |v: Result<Value, serde_json::Error>| match v {
             Ok(v) => Response::ok(g, v),
-            Err(e) => Response::error(ErrorCode::Internal, format!("cannot encode the answer: {e}")),
+            Err(e) => Response::error(
+                ErrorCode::Internal,
+                format!("cannot encode the answer: {e}"),
+            ),
         };
         match cmd {
             Command::NetworkLs {} => val(serde_json::to_value(&self.state.networks)),
@@ -91,7 +108,10 @@ impl Controller {
             },
             Command::State {} => val(serde_json::to_value(&self.state)),
             Command::Stats {} => Response::ok(g, self.stats()),
-            _ => Response::error(ErrorCode::Internal, format!("command {} is not handled", cmd.name())),
+            _ => Response::error(
+                ErrorCode::Internal,
+                format!("command {} is not handled", cmd.name()),
+            ),
         }
     }
 
@@ -105,13 +125,23 @@ impl Controller {
         let table = match ServiceTable::build(&next, &self.local, generation) {
             Ok(t) => t,
             Err(e) => {
-                let code = if e.to_string().contains("already in use") { ErrorCode::Conflict } else { ErrorCode::Invalid };
+                let code = if e.to_string().contains("already in use") {
+                    ErrorCode::Conflict
+                } else {
+                    ErrorCode::Invalid
+                };
                 return Response::error(code, e.to_string());
             }
         };
-        let persisted = Persisted { generation, state: next };
+        let persisted = Persisted {
+            generation,
+            state: next,
+        };
         if let Err(e) = self.store.save(&persisted) {
-            return Response::error(ErrorCode::Internal, format!("cannot persist the state, nothing changed: {e}"));
+            return Response::error(
+                ErrorCode::Internal,
+                format!("cannot persist the state, nothing changed: {e}"),
+            );
         }
         self.state = persisted.state;
         self.generation = generation;
@@ -152,7 +182,8 @@ impl Controller {
         }
         let table = self.shared.table.load();
         // Per-task packets, bytes and connections, summed over the workers.
-        let mut per_uid: std::collections::HashMap<u64, [u64; 3]> = std::collections::HashMap::new();
+        let mut per_uid: std::collections::HashMap<u64, [u64; 3]> =
+            std::collections::HashMap::new();
         for w in &self.shared.task_stats {
             for (uid, v) in w.read() {
                 let e = per_uid.entry(uid).or_default();
@@ -226,14 +257,22 @@ impl Server {
             if UnixStream::connect(path).is_ok() {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AddrInUse,
-                    format!("{} is in use by a running meshd; stop it or pick another --socket", path.display()),
+                    format!(
+                        "{} is in use by a running meshd; stop it or pick another --socket",
+                        path.display()
+                    ),
                 ));
             }
             std::fs::remove_file(path)?;
         }
         let l = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok((Server { path: path.to_path_buf() }, l))
+        Ok((
+            Server {
+                path: path.to_path_buf(),
+            },
+            l,
+        ))
     }
 
     /// Serves connections until `shared.stop`; one thread per connection, requests applied one
@@ -244,9 +283,13 @@ impl Server {
             match listener.accept() {
                 Ok((stream, _)) => {
                     let ctl = ctl.clone();
-                    let _ = std::thread::Builder::new().name("meshd-conn".into()).spawn(move || serve_conn(stream, ctl));
+                    let _ = std::thread::Builder::new()
+                        .name("meshd-conn".into())
+                        .spawn(move || serve_conn(stream, ctl));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(e) => {
                     tracing::warn!("control socket accept failed: {e}");
                     std::thread::sleep(Duration::from_millis(100));
@@ -265,17 +308,25 @@ impl Drop for Server {
 fn serve_conn(stream: UnixStream, ctl: Arc<Mutex<Controller>>) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let Ok(mut w) = stream.try_clone() else { return };
+    let Ok(mut w) = stream.try_clone() else {
+        return;
+    };
     let mut r = BufReader::new(stream);
     loop {
         let resp = match proto::read_line(&mut r, proto::MAX_REQUEST_BYTES) {
             Ok(None) => return,
             Ok(Some(line)) => match ctl.lock() {
                 Ok(mut c) => c.handle_line(&line),
-                Err(_) => Response::error(ErrorCode::Internal, "the control state is poisoned; restart meshd"),
+                Err(_) => Response::error(
+                    ErrorCode::Internal,
+                    "the control state is poisoned; restart meshd",
+                ),
             },
             Err(proto::FrameError::TooLarge { limit }) => {
-                let resp = Response::error(ErrorCode::TooLarge, format!("request larger than {limit} bytes"));
+                let resp = Response::error(
+                    ErrorCode::TooLarge,
+                    format!("request larger than {limit} bytes"),
+                );
                 let _ = w.write_all(resp.to_line().as_bytes());
                 // The rest of the oversized line cannot be framed: close.
                 return;

@@ -17,9 +17,15 @@ pub struct StateStore {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not a meshd state file ({source}); move it away to start empty")]
-    Corrupt { path: String, source: serde_json::Error },
+    Corrupt {
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 impl StateStore {
@@ -32,7 +38,10 @@ impl StateStore {
     }
 
     fn io(&self, source: std::io::Error) -> StoreError {
-        StoreError::Io { path: self.path.display().to_string(), source }
+        StoreError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
     }
 
     /// The persisted state, or `None` when there is none yet.
@@ -44,12 +53,19 @@ impl StateStore {
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|source| StoreError::Corrupt { path: self.path.display().to_string(), source })
+            .map_err(|source| StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                source,
+            })
     }
 
     /// Writes `p` atomically.
     pub fn save(&self, p: &Persisted) -> Result<(), StoreError> {
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("tmp");
         let body = serde_json::to_vec_pretty(p).map_err(|e| self.io(std::io::Error::other(e)))?;
@@ -58,7 +74,9 @@ impl StateStore {
         f.sync_all().map_err(|e| self.io(e))?;
         drop(f);
         fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| self.io(e))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.io(e))?;
         Ok(())
     }
 }
@@ -72,7 +90,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("meshd-store-{}", std::process::id()));
         let s = StateStore::new(dir.join("state.json"));
         assert!(s.load().unwrap().is_none());
-        let p = Persisted { generation: 7, ..Default::default() };
+        let p = Persisted {
+            generation: 7,
+            ..Default::default()
+        };
         s.save(&p).unwrap();
         assert_eq!(s.load().unwrap(), Some(p));
         fs::write(s.path(), b"{not json").unwrap();

@@ -30,7 +30,14 @@ pub struct FlowKey {
 impl FlowKey {
     #[inline]
     pub fn new(proto: u8, src: u32, sport: u16, dst: u32, dport: u16) -> Self {
-        FlowKey { src, dst, sport, dport, proto, _pad: [0; 3] }
+        FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad: [0; 3],
+        }
     }
 
     /// The key of the other direction, untranslated.
@@ -43,7 +50,8 @@ impl FlowKey {
     #[inline]
     fn words(&self) -> (u64, u64) {
         let a = (u64::from(self.src) << 32) | u64::from(self.dst);
-        let b = (u64::from(self.sport) << 32) | (u64::from(self.dport) << 16) | u64::from(self.proto);
+        let b =
+            (u64::from(self.sport) << 32) | (u64::from(self.dport) << 16) | u64::from(self.proto);
         (a, b)
     }
 
@@ -86,7 +94,12 @@ pub enum Egress {
     /// Out of the tasks port to the local task at the packet's new destination address.
     Tasks,
     /// VXLAN-encapsulated to a peer's VTEP.
-    Vxlan { vtep: u32, port: u16, vni: u32, sport: u16 },
+    Vxlan {
+        vtep: u32,
+        port: u16,
+        vni: u32,
+        sport: u16,
+    },
 }
 
 /// How to rewrite a packet matching one key of a flow, and where to send it.
@@ -115,7 +128,15 @@ impl Action {
             (lo(from.dst), lo(dst)),
         ]);
         let l4_delta = ip_delta.of(&[(from.sport, sport), (from.dport, dport)]);
-        Action { src, sport, dst, dport, ip_delta, l4_delta, egress }
+        Action {
+            src,
+            sport,
+            dst,
+            dport,
+            ip_delta,
+            l4_delta,
+            egress,
+        }
     }
 
     /// The identity action (no rewrite) with `egress`.
@@ -183,7 +204,15 @@ pub struct Flow {
 }
 
 impl Flow {
-    pub fn new(kind: FlowKind, keys: [FlowKey; 2], actions: [Action; 2], task_uid: u64, stats_slot: u16, timeouts: [u32; 3], now: u32) -> Self {
+    pub fn new(
+        kind: FlowKind,
+        keys: [FlowKey; 2],
+        actions: [Action; 2],
+        task_uid: u64,
+        stats_slot: u16,
+        timeouts: [u32; 3],
+        now: u32,
+    ) -> Self {
         let [fwd, rev] = actions;
         Flow {
             keys,
@@ -295,7 +324,14 @@ impl FlowTable {
             live: false,
         };
         FlowTable {
-            slots: crate::hugepage::vec_of(nslots, Slot { key: FlowKey::default(), val: EMPTY }).into_boxed_slice(),
+            slots: crate::hugepage::vec_of(
+                nslots,
+                Slot {
+                    key: FlowKey::default(),
+                    val: EMPTY,
+                },
+            )
+            .into_boxed_slice(),
             mask: nslots - 1,
             flows: crate::hugepage::vec_of(capacity, dummy),
             free: (0..capacity as u32).rev().collect(),
@@ -392,7 +428,11 @@ impl FlowTable {
             }
             let home = (self.slots[j].key.hash() as usize) & mask;
             // Move j into the hole at i if its home is not cyclically within (i, j].
-            let in_range = if i <= j { i < home && home <= j } else { i < home || home <= j };
+            let in_range = if i <= j {
+                i < home && home <= j
+            } else {
+                i < home || home <= j
+            };
             if !in_range {
                 self.slots[i] = self.slots[j];
                 i = j;
@@ -404,7 +444,10 @@ impl FlowTable {
     /// Inserts `flow`. When the table is full, evicts the stalest of a sample of flows first
     /// (counted in `evicted`). Returns the new flow's id.
     pub fn insert(&mut self, flow: Flow, now: u32) -> Result<u32, InsertError> {
-        if self.contains(&flow.keys[0]) || self.contains(&flow.keys[1]) || flow.keys[0] == flow.keys[1] {
+        if self.contains(&flow.keys[0])
+            || self.contains(&flow.keys[1])
+            || flow.keys[0] == flow.keys[1]
+        {
             return Err(InsertError::Exists);
         }
         self.insert_absent(flow, [flow.keys[0].hash(), flow.keys[1].hash()], now)
@@ -414,7 +457,12 @@ impl FlowTable {
     /// it has): the new-flow path saves two lookups. Keys that are in fact present make the
     /// older entry unreachable until it expires; `insert` checks and is the safe default.
     #[inline]
-    pub fn insert_absent(&mut self, flow: Flow, hashes: [u64; 2], now: u32) -> Result<u32, InsertError> {
+    pub fn insert_absent(
+        &mut self,
+        flow: Flow,
+        hashes: [u64; 2],
+        now: u32,
+    ) -> Result<u32, InsertError> {
         if flow.keys[0] == flow.keys[1] {
             return Err(InsertError::Exists);
         }
@@ -470,7 +518,13 @@ impl FlowTable {
 
     /// Looks at up to `budget` flows from where the last sweep stopped; removes those idle past
     /// their timeout and those whose task `alive` says is gone, reporting each to `reaped`.
-    pub fn sweep(&mut self, now: u32, budget: usize, alive: impl Fn(u64) -> bool, mut reaped: impl FnMut(Reaped)) {
+    pub fn sweep(
+        &mut self,
+        now: u32,
+        budget: usize,
+        alive: impl Fn(u64) -> bool,
+        mut reaped: impl FnMut(Reaped),
+    ) {
         for _ in 0..budget.min(self.capacity) {
             let i = self.sweep_cursor;
             self.sweep_cursor = (self.sweep_cursor + 1) % self.capacity;
@@ -490,7 +544,11 @@ impl FlowTable {
 
     /// Ids of live flows (for tests and stats; not for the fast path).
     pub fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.flows.iter().enumerate().filter(|(_, f)| f.live).map(|(i, _)| i as u32)
+        self.flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.live)
+            .map(|(i, _)| i as u32)
     }
 }
 
@@ -500,11 +558,29 @@ mod tests {
     use proptest::prelude::*;
 
     fn flow(i: u32, now: u32) -> Flow {
-        let k = FlowKey::new(6, 0x0a00_0000 + i, 1000 + (i % 50000) as u16, 0xc0a8_010b, 8080);
-        let r = FlowKey::new(6, 0x0a00_000b, 80, 0x0a00_0002, 1024 + (i % 60000) as u16).reversed().reversed();
-        let r = FlowKey { src: r.src ^ i, ..r };
+        let k = FlowKey::new(
+            6,
+            0x0a00_0000 + i,
+            1000 + (i % 50000) as u16,
+            0xc0a8_010b,
+            8080,
+        );
+        let r = FlowKey::new(6, 0x0a00_000b, 80, 0x0a00_0002, 1024 + (i % 60000) as u16)
+            .reversed()
+            .reversed();
+        let r = FlowKey {
+            src: r.src ^ i,
+            ..r
+        };
         let a = Action::new(&k, k.src, k.sport, r.src, 80, Egress::Tasks);
-        let b = Action::new(&r, k.dst, k.dport, k.src, k.sport, Egress::Uplink { mac: [2; 6] });
+        let b = Action::new(
+            &r,
+            k.dst,
+            k.dport,
+            k.src,
+            k.sport,
+            Egress::Uplink { mac: [2; 6] },
+        );
         Flow::new(FlowKind::Ingress, [k, r], [a, b], 7, 0, [7200, 60, 30], now)
     }
 
@@ -556,19 +632,29 @@ mod tests {
         t.insert(est, 0).unwrap();
         let mut n = (0, 0);
         // 16 minutes later: UDP (30 s) expired; an established TCP flow (2 h) is not cut at 900 s.
-        t.sweep(16 * 60 * 1000, 16, |_| true, |r| match r {
-            Reaped::Expired => n.0 += 1,
-            Reaped::Ended(_) => n.1 += 1,
-        });
+        t.sweep(
+            16 * 60 * 1000,
+            16,
+            |_| true,
+            |r| match r {
+                Reaped::Expired => n.0 += 1,
+                Reaped::Ended(_) => n.1 += 1,
+            },
+        );
         assert_eq!(n, (1, 0));
         assert_eq!(t.len(), 1);
-        t.sweep(16 * 60 * 1000, 16, |uid| uid != 9, |r| match r {
-            Reaped::Expired => n.0 += 1,
-            Reaped::Ended(f) => {
-                assert_eq!(f.task_uid, 9);
-                n.1 += 1
-            }
-        });
+        t.sweep(
+            16 * 60 * 1000,
+            16,
+            |uid| uid != 9,
+            |r| match r {
+                Reaped::Expired => n.0 += 1,
+                Reaped::Ended(f) => {
+                    assert_eq!(f.task_uid, 9);
+                    n.1 += 1
+                }
+            },
+        );
         assert_eq!(n, (1, 1));
         assert!(t.is_empty());
     }

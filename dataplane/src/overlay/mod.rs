@@ -51,14 +51,20 @@ pub fn encap(buf: &mut PacketBuf, t: &Tunnel) -> Result<(), DropReason> {
     if inner > MAX_INNER {
         return Err(DropReason::TooBig);
     }
-    let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else { return Err(DropReason::NoHeadroom) };
+    let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else {
+        return Err(DropReason::NoHeadroom);
+    };
     f[0..6].copy_from_slice(&t.dst_mac);
     f[6..12].copy_from_slice(&t.src_mac);
     put16(f, 12, 0x0800);
     {
         let ip = &mut f[ETH..ETH + IPV4];
         // Version 4, IHL 5, no TOS; total length; id 0; don't fragment; TTL 64; UDP.
-        put32(ip, 0, 0x4500_0000 | (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u32);
+        put32(
+            ip,
+            0,
+            0x4500_0000 | (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u32,
+        );
         put32(ip, 4, 0x0000_4000);
         put32(ip, 8, (64 << 24) | (u32::from(UDP) << 16));
         put32(ip, 12, t.src);
@@ -82,7 +88,9 @@ pub fn encap(buf: &mut PacketBuf, t: &Tunnel) -> Result<(), DropReason> {
 /// or a clear I flag (reserved bits are ignored, RFC 7348 §5).
 #[inline]
 pub fn vni(frame: &[u8], l4: usize) -> Result<u32, DropReason> {
-    let Some(rest) = frame.get(l4 + 8..) else { return Err(DropReason::Truncated) };
+    let Some(rest) = frame.get(l4 + 8..) else {
+        return Err(DropReason::Truncated);
+    };
     let v = vxlan::Packet::new_checked(rest).map_err(|_| DropReason::Truncated)?;
     let r = vxlan::Repr::parse(&v).map_err(|_| DropReason::BadVxlan)?;
     Ok(r.vni)
@@ -98,7 +106,15 @@ mod tests {
     fn encapsulation_writes_valid_outer_headers() {
         let inner = [0xa5u8; 60];
         let mut b = PacketBuf::from_frame(PortId::Tasks, &inner);
-        let t = Tunnel { src_mac: [2, 0, 0, 0, 0, 1], dst_mac: [2, 0, 0, 0, 0, 2], src: 0xc0a8_010b, dst: 0xc0a8_010c, sport: 50000, dport: 4789, vni: 4096 };
+        let t = Tunnel {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            src: 0xc0a8_010b,
+            dst: 0xc0a8_010c,
+            sport: 50000,
+            dport: 4789,
+            vni: 4096,
+        };
         encap(&mut b, &t).unwrap();
         let f = b.data();
         assert_eq!(f.len(), 110);
@@ -107,7 +123,10 @@ mod tests {
         assert_eq!(ip.total_len(), 96);
         assert!(ip.dont_frag());
         let u = UdpPacket::new_checked(ip.payload()).unwrap();
-        assert_eq!((u.src_port(), u.dst_port(), u.len(), u.checksum()), (50000, 4789, 76, 0));
+        assert_eq!(
+            (u.src_port(), u.dst_port(), u.len(), u.checksum()),
+            (50000, 4789, 76, 0)
+        );
         assert_eq!(vni(f, ETH + IPV4).unwrap(), 4096);
         assert_eq!(&f[50..], &inner[..]);
     }
@@ -115,7 +134,15 @@ mod tests {
     #[test]
     fn too_big_or_no_headroom_is_refused_and_leaves_the_frame() {
         let mut b = PacketBuf::from_frame(PortId::Tasks, &[0u8; 1515]);
-        let t = Tunnel { src_mac: [0; 6], dst_mac: [0; 6], src: 0, dst: 0, sport: 0, dport: 0, vni: 1 };
+        let t = Tunnel {
+            src_mac: [0; 6],
+            dst_mac: [0; 6],
+            src: 0,
+            dst: 0,
+            sport: 0,
+            dport: 0,
+            vni: 1,
+        };
         assert_eq!(encap(&mut b, &t), Err(DropReason::TooBig));
         assert_eq!(b.len(), 1515);
         let mut b = PacketBuf::from_frame(PortId::Tasks, &[0u8; 60]);

@@ -512,7 +512,11 @@ impl AsRawFd for AfPacketPort {
 
 /// Sleeps until one of `fds` is readable or `timeout_ms` passes (for idle workers).
 pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
-    let mut pfds = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 4];
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 4];
     let n = fds.len().min(pfds.len());
     for (p, fd) in pfds.iter_mut().zip(fds) {
         p.fd = *fd;

@@ -21,8 +21,16 @@ pub fn link(depth: usize) -> (MemPort, MemPort) {
     let a = Arc::new(ArrayQueue::new(depth));
     let b = Arc::new(ArrayQueue::new(depth));
     (
-        MemPort { rx: a.clone(), tx: b.clone(), tx_full: 0 },
-        MemPort { rx: b, tx: a, tx_full: 0 },
+        MemPort {
+            rx: a.clone(),
+            tx: b.clone(),
+            tx_full: 0,
+        },
+        MemPort {
+            rx: b,
+            tx: a,
+            tx_full: 0,
+        },
     )
 }
 
