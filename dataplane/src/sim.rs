@@ -30,10 +30,14 @@
 //! next hop's queue, and advances the clock by [`SimConfig::step_ms`]. Nothing here reads a
 //! real clock or spawns a thread, so a run is the same every time.
 //!
-//! The host stack of a node is not part of the pipeline (and not written yet): frames given
-//! [`Verdict::Host`] are kept in [`SimNode::host_frames`]; with
-//! [`SimConfig::host_refuses_tcp`] a TCP segment handed to it on the uplink is answered with a
-//! RST, as a kernel with no listener on that port would ("Connection refused").
+//! Each node runs its host stack ([`crate::host::HostStack`]) as meshd does: frames given
+//! [`Verdict::Host`] reach it (and are kept in [`SimNode::host_frames`]), and what it sends goes
+//! on the wire: RSTs and ICMP for the node's own addresses, the embedded DNS resolver on every
+//! gateway ([`Mesh::dns`]), health checks of the node's tasks and the verdicts it tells its
+//! peers. When a node's health view changes it recompiles its table, as meshd's controller
+//! does. Tasks answer HTTP requests with a status ([`Mesh::set_http_status`]), and can stop
+//! serving ([`Mesh::set_serving`]: new connections refused) or fall silent
+//! ([`Mesh::set_silent`]: no IP answered at all).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -42,8 +46,10 @@ use std::sync::Arc;
 
 use ctl::model::{self, Ipv4Net, Protocol, State};
 
+use crate::balance::table::HealthView;
 use crate::balance::{BuildError, ServiceTable};
 use crate::buf::{PacketBuf, Pool, PortId};
+use crate::host::{dns, HostConfig, HostStack};
 use crate::neigh::Neighbors;
 use crate::pipeline::{Config, Pipeline, Verdict, Verdicts};
 use crate::port::{Burst, BURST};
@@ -66,8 +72,8 @@ pub struct SimConfig {
     pub tries: u32,
     /// The wait before a retransmission (Linux's initial RTO is one second).
     pub rto_ms: u64,
-    /// Stand in for the node's host stack: answer TCP handed to it on the uplink with a RST.
-    pub host_refuses_tcp: bool,
+    /// Run each node's host stack; without it, frames for it are only recorded.
+    pub host_stack: bool,
 }
 
 impl Default for SimConfig {
@@ -79,7 +85,7 @@ impl Default for SimConfig {
             max_steps: 200_000,
             tries: 4,
             rto_ms: 1000,
-            host_refuses_tcp: true,
+            host_stack: true,
         }
     }
 }
@@ -272,12 +278,21 @@ fn seq_lt(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) < 0
 }
 
-/// The whoami-style answer of task `name` on connection `key`.
-fn whoami(name: &str, key: &ConnKey) -> Vec<u8> {
-    format!(
+/// The whoami-style answer of task `name` on connection `key`; to an HTTP request, in an HTTP
+/// response with status `status`.
+fn whoami(name: &str, key: &ConnKey, request: &[u8], status: u16) -> Vec<u8> {
+    let body = format!(
         "Hostname: {name}\nIP: {}\nRemoteAddr: {}\n",
         key.local.ip(),
         key.remote
+    );
+    if !request.starts_with(b"GET ") {
+        return body.into_bytes();
+    }
+    let reason = if status < 400 { "OK" } else { "Error" };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .into_bytes()
 }
@@ -285,7 +300,13 @@ fn whoami(name: &str, key: &ConnKey) -> Vec<u8> {
 impl TcpConn {
     /// Handles a segment of this connection; returns what to send and whether it was an
     /// unacceptable RST.
-    fn on_segment(&mut self, s: &TcpSeen, me: &str, key: &ConnKey) -> (Vec<Seg>, bool) {
+    fn on_segment(
+        &mut self,
+        s: &TcpSeen,
+        me: &str,
+        key: &ConnKey,
+        status: u16,
+    ) -> (Vec<Seg>, bool) {
         let mut tx = Vec::new();
         if s.flags & RST != 0 {
             //= https://www.rfc-editor.org/rfc/rfc5961#section-3.2
@@ -346,7 +367,7 @@ impl TcpConn {
         self.rcv_nxt = self.rcv_nxt.wrapping_add(len);
         if self.server {
             if !s.payload.is_empty() && self.state == TcpConnState::Established {
-                let body = whoami(me, key);
+                let body = whoami(me, key, &s.payload, status);
                 let seg = Seg {
                     flags: PSH | ACK,
                     seq: self.snd_nxt,
@@ -411,6 +432,14 @@ pub struct SimHost {
     next_iss: u32,
     inbox: VecDeque<Vec<u8>>,
     out: Vec<Vec<u8>>,
+    /// Accepts new TCP connections (else refuses them, as with its server stopped).
+    serving: bool,
+    /// Answers no IPv4 at all (a hung host; ARP still answered).
+    silent: bool,
+    /// The status of its HTTP answers.
+    http_status: u16,
+    /// UDP ports it sent from as a client: what arrives there is an answer, not a request.
+    client_ports: Vec<u16>,
 }
 
 impl SimHost {
@@ -451,6 +480,10 @@ impl SimHost {
             next_iss: seed,
             inbox: VecDeque::new(),
             out: Vec::new(),
+            serving: true,
+            silent: false,
+            http_status: 200,
+            client_ports: Vec::new(),
         }
     }
 
@@ -630,6 +663,9 @@ impl SimHost {
             self.bad_frames += 1;
             return;
         }
+        if self.silent {
+            return;
+        }
         if let Some(s) = testkit::parse_ipv4_tcp(frame) {
             let Some(iface) = self.iface_with_ip(s.dst) else {
                 self.misdelivered += 1;
@@ -643,7 +679,7 @@ impl SimHost {
                 return;
             };
             self.udp_log.push(u.clone());
-            if matches!(self.kind, HostKind::Task { .. }) {
+            if matches!(self.kind, HostKind::Task { .. }) && !self.client_ports.contains(&u.dport) {
                 let mut echo = format!("{}: ", self.name).into_bytes();
                 echo.extend_from_slice(&u.payload);
                 self.send_udp(
@@ -707,9 +743,10 @@ impl SimHost {
             remote: SocketAddrV4::new(s.src, s.sport),
         };
         let name = self.name.clone();
+        let status = self.http_status;
         let tx = match self.conns.get_mut(&key) {
             Some(c) if c.state != TcpConnState::Closed || s.flags & SYN == 0 => {
-                let (tx, bad_rst) = c.on_segment(&s, &name, &key);
+                let (tx, bad_rst) = c.on_segment(&s, &name, &key, status);
                 if bad_rst {
                     self.bad_resets += 1;
                 }
@@ -719,7 +756,7 @@ impl SimHost {
                 if s.flags & RST != 0 {
                     return;
                 }
-                if s.flags & (SYN | ACK) == SYN && self.listen.contains(&s.dport) {
+                if s.flags & (SYN | ACK) == SYN && self.serving && self.listen.contains(&s.dport) {
                     let iss = self.alloc_iss();
                     let rcv = s.seq.wrapping_add(1);
                     let seg = Seg::new(SYN | ACK, iss, rcv);
@@ -846,6 +883,9 @@ impl SimHost {
             None => self.alloc_port(),
         };
         let local = SocketAddrV4::new(ip, sport);
+        if !self.client_ports.contains(&sport) {
+            self.client_ports.push(sport);
+        }
         self.send_udp(iface, local, dst, payload);
         Some(local)
     }
@@ -898,8 +938,12 @@ pub struct SimNode {
     neigh: Arc<Neighbors>,
     workers: Vec<SimWorker>,
     pool: Pool,
+    host: HostStack,
+    /// The health view the node's table was last compiled with.
+    health: HealthView,
+    /// The node's own table generation: desired-state changes and health changes.
+    table_gen: u64,
     host_frames: Vec<(PortId, Vec<u8>)>,
-    host_resets: u64,
     handoffs: u64,
     rx_turn: usize,
 }
@@ -954,9 +998,13 @@ impl SimNode {
     pub fn host_frames(&self) -> &[(PortId, Vec<u8>)] {
         &self.host_frames
     }
-    /// RSTs the host-stack stand-in sent.
+    /// RSTs the host stack sent.
     pub fn host_resets(&self) -> u64 {
-        self.host_resets
+        self.host.stats.rst_sent
+    }
+    /// The node's host stack (its counters, health verdicts).
+    pub fn host(&self) -> &HostStack {
+        &self.host
     }
     /// Frames moved from one worker to another ([`Verdict::Handoff`]).
     pub fn handoffs(&self) -> u64 {
@@ -977,8 +1025,9 @@ impl SimNode {
         }
     }
 
-    /// One burst per worker, then its housekeeping. Frames sent go to `wire`.
-    fn step(&mut self, idx: usize, now: u64, refuse: bool, wire: &mut Wire) -> bool {
+    /// One burst per worker, then its housekeeping, then the host stack. Frames sent go to
+    /// `wire`.
+    fn step(&mut self, idx: usize, now: u64, host_stack: bool, wire: &mut Wire) -> bool {
         let mut moved = false;
         for w in 0..self.workers.len() {
             let mut burst = Burst::new();
@@ -1005,7 +1054,10 @@ impl SimNode {
                             self.pool.put(buf);
                         }
                         Verdict::Host => {
-                            self.hand_to_host(idx, &buf, refuse, wire);
+                            self.host_frames.push((buf.port, buf.data().to_vec()));
+                            if host_stack {
+                                self.host.input(&self.table, buf.port, buf.data(), now);
+                            }
                             self.pool.put(buf);
                         }
                         Verdict::Handoff(to) => match self.workers.get_mut(usize::from(to)) {
@@ -1037,47 +1089,14 @@ impl SimNode {
                 self.pool.put(buf);
             }
         }
+        if host_stack {
+            self.host.poll(&self.table, &self.neigh, now);
+            for (port, f) in self.host.take_output() {
+                moved = true;
+                wire.push((link_of(idx, port), Sender::Node(idx, port), f));
+            }
+        }
         moved
-    }
-
-    /// The host-stack stand-in.
-    fn hand_to_host(&mut self, idx: usize, buf: &PacketBuf, refuse: bool, wire: &mut Wire) {
-        let data = buf.data();
-        self.host_frames.push((buf.port, data.to_vec()));
-        if !refuse || buf.port != PortId::Uplink {
-            return;
-        }
-        let Some(s) = testkit::parse_ipv4_tcp(data) else {
-            return;
-        };
-        if s.dst != self.addr || s.flags & RST != 0 {
-            return;
-        }
-        //= https://www.rfc-editor.org/rfc/rfc793#section-3.4
-        //# If the connection does not exist (CLOSED) then a reset is sent in response to any
-        //# incoming segment except another reset.
-        let (flags, seq, ack) = if s.flags & ACK != 0 {
-            (RST, s.ack, 0)
-        } else {
-            let len = s.payload.len() as u32
-                + u32::from(s.flags & SYN != 0)
-                + u32::from(s.flags & FIN != 0);
-            (RST | ACK, 0, s.seq.wrapping_add(len))
-        };
-        let f = testkit::tcp_frame(
-            self.uplink_mac,
-            s.src_mac,
-            s.dst,
-            s.dport,
-            s.src,
-            s.sport,
-            flags,
-            seq,
-            ack,
-            &[],
-        );
-        self.host_resets += 1;
-        wire.push((Link::Underlay, Sender::Node(idx, PortId::Uplink), f));
     }
 }
 
@@ -1198,8 +1217,14 @@ impl Mesh {
                 neigh,
                 workers: pipelines,
                 pool: Pool::new(2 * BURST),
+                host: HostStack::new(HostConfig {
+                    uplink_mac,
+                    tasks_mac,
+                    seed: 0x5eed_0000 + i as u64,
+                }),
+                health: HealthView::new(),
+                table_gen: generation,
                 host_frames: Vec::new(),
-                host_resets: 0,
                 handoffs: 0,
                 rx_turn: 0,
             });
@@ -1262,7 +1287,7 @@ impl Mesh {
         let tables = self
             .nodes
             .iter()
-            .map(|n| ServiceTable::build(&state, &n.name, generation))
+            .map(|n| ServiceTable::build_with(&state, &n.name, n.table_gen + 1, &n.health))
             .collect::<Result<Vec<_>, _>>()?;
         let want = task_hosts(&state);
         for w in &want {
@@ -1276,6 +1301,7 @@ impl Mesh {
         }
         for (n, t) in self.nodes.iter_mut().zip(tables) {
             n.addr = t.node_addr;
+            n.table_gen = t.generation;
             n.table = t;
         }
         self.generation = generation;
@@ -1388,11 +1414,21 @@ impl Mesh {
     /// moves by `step_ms`. Returns whether anything moved.
     pub fn step(&mut self) -> bool {
         let now = self.now;
-        let refuse = self.cfg.host_refuses_tcp;
+        let host_stack = self.cfg.host_stack;
         let mut wire: Wire = Vec::new();
         let mut moved = false;
         for (i, node) in self.nodes.iter_mut().enumerate() {
-            moved |= node.step(i, now, refuse, &mut wire);
+            moved |= node.step(i, now, host_stack, &mut wire);
+            // A changed health view: the node recompiles its table, as meshd's controller does.
+            if let Some(view) = node.host.take_view() {
+                if let Ok(t) =
+                    ServiceTable::build_with(&self.state, &node.name, node.table_gen + 1, &view)
+                {
+                    node.table_gen = t.generation;
+                    node.table = t;
+                    node.health = view;
+                }
+            }
         }
         for (h, host) in self.hosts.iter_mut().enumerate() {
             while let Some(f) = host.inbox.pop_front() {
@@ -1585,6 +1621,38 @@ impl Mesh {
         Err(CurlError::NoResponse)
     }
 
+    /// Sends `data` on an open connection and reads until `done` says the answer is complete.
+    pub fn exchange(
+        &mut self,
+        conn: &ConnId,
+        data: &[u8],
+        done: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, CurlError> {
+        let h = self.host_idx(&conn.host)?;
+        let key = conn.key;
+        if !self.hosts[h].send_data(&key, data) {
+            return Err(self.conn_error(h, &key));
+        }
+        let tries = self.cfg.tries.max(1);
+        for attempt in 1..=tries {
+            self.run_until_idle()?;
+            let Some(c) = self.hosts[h].conns.get_mut(&key) else {
+                return Err(CurlError::NoConnection);
+            };
+            if done(&c.received) {
+                return Ok(std::mem::take(&mut c.received));
+            }
+            if c.state == TcpConnState::Reset {
+                return Err(CurlError::Reset);
+            }
+            if attempt < tries {
+                self.advance(self.cfg.rto_ms);
+                self.hosts[h].retransmit(&key);
+            }
+        }
+        Err(CurlError::NoResponse)
+    }
+
     /// Closes an open connection (FIN, the peer's FIN, the last ACK).
     pub fn close(&mut self, conn: &ConnId) -> Result<(), CurlError> {
         let h = self.host_idx(&conn.host)?;
@@ -1654,6 +1722,125 @@ impl Mesh {
             }
         }
         Err(CurlError::Timeout(tries))
+    }
+
+    /// `dig @server name type` from `host` over UDP: the answer, parsed.
+    pub fn dns(
+        &mut self,
+        host: &str,
+        server: Ipv4Addr,
+        name: &str,
+        qtype: u16,
+    ) -> Result<dns::Parsed, CurlError> {
+        let id = (self.steps as u16).wrapping_mul(31).wrapping_add(7);
+        let q = dns::build_query(id, name, qtype, Some(1232));
+        let answer = self
+            .dns_raw(host, server, &q)?
+            .ok_or(CurlError::NoResponse)?;
+        let p = dns::parse_answer(&answer)
+            .ok_or_else(|| CurlError::BadResponse(format!("{answer:02x?}")))?;
+        if p.id != id {
+            return Err(CurlError::BadResponse(format!(
+                "answer to query {} for {id}",
+                p.id
+            )));
+        }
+        Ok(p)
+    }
+
+    /// Sends `msg` from `host` to `server:53` over UDP; the answer's bytes, or `None` when
+    /// nothing came back after [`SimConfig::tries`] sends.
+    pub fn dns_raw(
+        &mut self,
+        host: &str,
+        server: Ipv4Addr,
+        msg: &[u8],
+    ) -> Result<Option<Vec<u8>>, CurlError> {
+        let h = self.host_idx(host)?;
+        let dst = SocketAddrV4::new(server, 53);
+        let local = self.hosts[h]
+            .udp_send(None, dst, msg)
+            .ok_or(CurlError::NoRoute)?;
+        let tries = self.cfg.tries.max(1);
+        for attempt in 1..=tries {
+            self.run_until_idle()?;
+            if let Some(u) = self.hosts[h].take_udp(local, dst) {
+                return Ok(Some(u.payload));
+            }
+            if attempt < tries {
+                self.advance(self.cfg.rto_ms);
+                self.hosts[h].udp_send(Some(local.port()), dst, msg);
+            }
+        }
+        Ok(None)
+    }
+
+    /// `dig +tcp @server name type` from `host`: the query over TCP (a two-byte length first).
+    pub fn dns_tcp(
+        &mut self,
+        host: &str,
+        server: Ipv4Addr,
+        name: &str,
+        qtype: u16,
+    ) -> Result<dns::Parsed, CurlError> {
+        let conn = self.open(host, server, 53)?;
+        let q = dns::build_query(0x7cb, name, qtype, None);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        let complete =
+            |b: &[u8]| b.len() >= 2 && b.len() >= 2 + usize::from(u16::from_be_bytes([b[0], b[1]]));
+        let got = self.exchange(&conn, &framed, complete)?;
+        self.close(&conn)?;
+        let len = usize::from(u16::from_be_bytes([got[0], got[1]]));
+        dns::parse_answer(&got[2..2 + len])
+            .ok_or_else(|| CurlError::BadResponse(format!("{got:02x?}")))
+    }
+
+    /// Makes task `task` accept new TCP connections or refuse them (its server stopped).
+    pub fn set_serving(&mut self, task: &str, serving: bool) -> Result<(), SimError> {
+        let h = self.host_idx(task)?;
+        self.hosts[h].serving = serving;
+        Ok(())
+    }
+
+    /// Makes task `task` answer no IPv4 at all (hung), or answer again.
+    pub fn set_silent(&mut self, task: &str, silent: bool) -> Result<(), SimError> {
+        let h = self.host_idx(task)?;
+        self.hosts[h].silent = silent;
+        Ok(())
+    }
+
+    /// The status of task `task`'s HTTP answers.
+    pub fn set_http_status(&mut self, task: &str, status: u16) -> Result<(), SimError> {
+        let h = self.host_idx(task)?;
+        self.hosts[h].http_status = status;
+        Ok(())
+    }
+
+    /// Steps for `ms` milliseconds of simulated time (whatever moves).
+    pub fn run_for(&mut self, ms: u64) {
+        let end = self.now + ms;
+        while self.now < end {
+            self.step();
+        }
+    }
+
+    /// Steps until `cond` holds or `ms` milliseconds passed; whether it held, and when.
+    pub fn run_until(&mut self, ms: u64, mut cond: impl FnMut(&Mesh) -> bool) -> Option<u64> {
+        let end = self.now + ms;
+        while self.now < end {
+            if cond(self) {
+                return Some(self.now);
+            }
+            self.step();
+        }
+        cond(self).then_some(self.now)
+    }
+
+    /// Task `task`'s health as node `node` compiled it into its table (`None`: no check).
+    pub fn health(&self, node: &str, task: &str) -> Option<ctl::model::Health> {
+        let t = self.node(node)?.table();
+        t.tasks.iter().find(|x| x.name == task)?.health
     }
 
     /// Sends a UDP datagram from `host` to `ip:port` and waits for a task's echo (sent again

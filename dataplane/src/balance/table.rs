@@ -3,7 +3,12 @@
 
 use std::net::Ipv4Addr;
 
-use ctl::model::{self, Availability, ClientIpMode, EndpointMode, Protocol, PublishMode, SchedulerKind, State};
+use std::collections::HashMap;
+
+use ctl::model::{
+    self, Availability, ClientIpMode, EndpointMode, Health, Protocol, PublishMode, SchedulerKind,
+    State,
+};
 use smoltcp::wire::{IpProtocol, Ipv4Address};
 
 use super::maglev::{self, Maglev};
@@ -17,7 +22,11 @@ pub enum BuildError {
     #[error("this node \"{0}\" is not among the mesh's nodes; add it with `meshctl node add`")]
     UnknownLocalNode(String),
     #[error("too many {what} ({count}); at most {max}")]
-    TooMany { what: &'static str, count: usize, max: usize },
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 pub type NodeIdx = u16;
@@ -56,11 +65,18 @@ pub struct TaskEntry {
     pub name: String,
     pub service: SvcIdx,
     pub node: NodeIdx,
-    /// May take new flows: running, weight > 0, node active.
+    /// May take new flows: running, weight > 0, node active, and healthy when its service has
+    /// a health check.
     pub eligible: bool,
-    /// May keep the flows it has.
+    /// May keep the flows it has (not unhealthy either).
     pub alive: bool,
     pub weight: u32,
+    /// The desired state.
+    pub state: model::TaskState,
+    /// The health verdict compiled in, for a service with a health check.
+    pub health: Option<Health>,
+    /// The task's address on each network it is on (the host side's view: DNS, health checks).
+    pub addrs: Vec<(NetIdx, Ipv4Address)>,
 }
 
 /// A service.
@@ -71,6 +87,11 @@ pub struct SvcEntry {
     pub client_ip: ClientIpMode,
     pub timeouts: model::Timeouts,
     pub tasks: Vec<TaskIdx>,
+    /// The networks the service is attached to, with its VIP there (endpoint mode vip).
+    pub networks: Vec<(NetIdx, Option<Ipv4Address>)>,
+    pub health: Option<model::HealthCheck>,
+    /// The port the health check connects to.
+    pub health_port: u16,
 }
 
 /// One backend of a balancer: a task and the address it is reached at on that balancer's network.
@@ -105,10 +126,20 @@ pub struct Published {
 /// What an overlay address is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddrKind {
-    Task { task: TaskIdx, node: NodeIdx, local: bool },
-    Vip { service: SvcIdx, balancer: BalIdx },
+    Task {
+        task: TaskIdx,
+        node: NodeIdx,
+        local: bool,
+    },
+    Vip {
+        service: SvcIdx,
+        balancer: BalIdx,
+    },
     Gateway,
-    Endpoint { node: NodeIdx, local: bool },
+    Endpoint {
+        node: NodeIdx,
+        local: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +171,16 @@ pub struct ServiceTable {
     vnis: FrozenMap<u32, NetIdx>,
     alive: FrozenMap<u64, TaskIdx>,
     pub ingress_net: Option<NetIdx>,
+    /// Services by name, lower case (DNS names are case-insensitive).
+    svc_names: HashMap<String, SvcIdx>,
+    /// Tasks by name, lower case.
+    task_names: HashMap<String, TaskIdx>,
 }
+
+/// Health verdicts by task uid: runtime state layered over the desired state when a table is
+/// compiled (never persisted). A task of a service with a health check and no verdict here is
+/// [`Health::Starting`].
+pub type HealthView = HashMap<u64, Health>;
 
 fn ip(a: Ipv4Addr) -> Ipv4Address {
     a
@@ -173,22 +213,47 @@ fn task_uid(svc: &str, t: &model::Task) -> u64 {
 }
 
 impl ServiceTable {
-    /// Validates `state` and compiles it for node `local`.
+    /// Validates `state` and compiles it for node `local`, every health-checked task starting.
     pub fn build(state: &State, local: &str, generation: u64) -> Result<ServiceTable, BuildError> {
+        Self::build_with(state, local, generation, &HealthView::new())
+    }
+
+    /// [`ServiceTable::build`] with the health verdicts `health` layered over the desired state:
+    /// a task of a service with a health check takes new flows only when healthy, and keeps its
+    /// flows unless unhealthy.
+    pub fn build_with(
+        state: &State,
+        local: &str,
+        generation: u64,
+        health: &HealthView,
+    ) -> Result<ServiceTable, BuildError> {
         ctl::validate(state)?;
         let too_many = |what, count, max| BuildError::TooMany { what, count, max };
         if state.nodes.len() > usize::from(u16::MAX) {
             return Err(too_many("nodes", state.nodes.len(), usize::from(u16::MAX)));
         }
-        if state.networks.len() > usize::from(u16::MAX) || state.services.len() > usize::from(u16::MAX) {
-            return Err(too_many("networks or services", state.networks.len().max(state.services.len()), usize::from(u16::MAX)));
+        if state.networks.len() > usize::from(u16::MAX)
+            || state.services.len() > usize::from(u16::MAX)
+        {
+            return Err(too_many(
+                "networks or services",
+                state.networks.len().max(state.services.len()),
+                usize::from(u16::MAX),
+            ));
         }
         let local_idx = state
             .nodes
             .iter()
             .position(|n| n.name == local)
-            .ok_or_else(|| BuildError::UnknownLocalNode(local.to_string()))? as NodeIdx;
-        let node_idx = |name: &str| state.nodes.iter().position(|n| n.name == name).map(|i| i as NodeIdx);
+            .ok_or_else(|| BuildError::UnknownLocalNode(local.to_string()))?
+            as NodeIdx;
+        let node_idx = |name: &str| {
+            state
+                .nodes
+                .iter()
+                .position(|n| n.name == name)
+                .map(|i| i as NodeIdx)
+        };
         let nodes: Vec<NodeEntry> = state
             .nodes
             .iter()
@@ -212,16 +277,41 @@ impl ServiceTable {
                 local_endpoint: n.endpoints.get(local).copied().map(ip),
             })
             .collect();
-        let net_idx = |name: &str| state.networks.iter().position(|n| n.name == name).map(|i| i as NetIdx);
-        let ingress_net = state.networks.iter().position(|n| n.ingress).map(|i| i as NetIdx);
+        let net_idx = |name: &str| {
+            state
+                .networks
+                .iter()
+                .position(|n| n.name == name)
+                .map(|i| i as NetIdx)
+        };
+        let ingress_net = state
+            .networks
+            .iter()
+            .position(|n| n.ingress)
+            .map(|i| i as NetIdx);
 
         let mut addrs: Vec<(u32, AddrEntry)> = Vec::new();
         for (ni, n) in state.networks.iter().enumerate() {
             let net = ni as NetIdx;
-            addrs.push((key(ip(n.gateway)), AddrEntry { net, kind: AddrKind::Gateway }));
+            addrs.push((
+                key(ip(n.gateway)),
+                AddrEntry {
+                    net,
+                    kind: AddrKind::Gateway,
+                },
+            ));
             for (node, a) in &n.endpoints {
                 if let Some(nd) = node_idx(node) {
-                    addrs.push((key(ip(*a)), AddrEntry { net, kind: AddrKind::Endpoint { node: nd, local: nd == local_idx } }));
+                    addrs.push((
+                        key(ip(*a)),
+                        AddrEntry {
+                            net,
+                            kind: AddrKind::Endpoint {
+                                node: nd,
+                                local: nd == local_idx,
+                            },
+                        },
+                    ));
                 }
             }
         }
@@ -239,18 +329,43 @@ impl ServiceTable {
             for t in sorted {
                 let node = node_idx(&t.node).unwrap_or(0);
                 let tidx = tasks.len() as TaskIdx;
+                let uid = task_uid(&s.name, t);
+                let verdict = s
+                    .health
+                    .as_ref()
+                    .map(|_| health.get(&uid).copied().unwrap_or(Health::Starting));
                 tasks.push(TaskEntry {
-                    uid: task_uid(&s.name, t),
+                    uid,
                     name: t.name.clone(),
                     service: svc,
                     node,
-                    eligible: t.state == model::TaskState::Running && t.weight > 0 && !nodes[usize::from(node)].drained,
-                    alive: t.state.keeps_flows(),
+                    eligible: t.state == model::TaskState::Running
+                        && t.weight > 0
+                        && !nodes[usize::from(node)].drained
+                        && matches!(verdict, None | Some(Health::Healthy)),
+                    alive: t.state.keeps_flows() && verdict != Some(Health::Unhealthy),
                     weight: t.weight,
+                    state: t.state,
+                    health: verdict,
+                    addrs: t
+                        .addresses
+                        .iter()
+                        .filter_map(|a| Some((net_idx(&a.network)?, ip(a.addr))))
+                        .collect(),
                 });
                 for a in &t.addresses {
                     if let Some(net) = net_idx(&a.network) {
-                        addrs.push((key(ip(a.addr)), AddrEntry { net, kind: AddrKind::Task { task: tidx, node, local: node == local_idx } }));
+                        addrs.push((
+                            key(ip(a.addr)),
+                            AddrEntry {
+                                net,
+                                kind: AddrKind::Task {
+                                    task: tidx,
+                                    node,
+                                    local: node == local_idx,
+                                },
+                            },
+                        ));
                     }
                 }
                 ids.push(tidx);
@@ -276,17 +391,35 @@ impl ServiceTable {
                 let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
                     let bs: Vec<maglev::Backend> = backends
                         .iter()
-                        .map(|b| maglev::Backend { id: b.uid, weight: tasks[b.task as usize].weight })
+                        .map(|b| maglev::Backend {
+                            id: b.uid,
+                            weight: tasks[b.task as usize].weight,
+                        })
                         .collect();
                     Maglev::build(&bs)
                 });
-                Balancer { service: svc, net, backends, scheduler: s.scheduler, maglev }
+                Balancer {
+                    service: svc,
+                    net,
+                    backends,
+                    scheduler: s.scheduler,
+                    maglev,
+                }
             };
             for sn in &s.networks {
                 if let (Some(vip), Some(net)) = (sn.vip, net_idx(&sn.network)) {
                     let bal = balancers.len() as BalIdx;
                     balancers.push(mk_balancer(net, false, &tasks));
-                    addrs.push((key(ip(vip)), AddrEntry { net, kind: AddrKind::Vip { service: svc, balancer: bal } }));
+                    addrs.push((
+                        key(ip(vip)),
+                        AddrEntry {
+                            net,
+                            kind: AddrKind::Vip {
+                                service: svc,
+                                balancer: bal,
+                            },
+                        },
+                    ));
                 }
             }
             for p in &s.ports {
@@ -302,7 +435,11 @@ impl ServiceTable {
                     Protocol::Tcp => 0,
                     Protocol::Udp => PORTS,
                 } + usize::from(p.published);
-                published.push(Published { balancer: bal, target: p.target, mode: p.mode });
+                published.push(Published {
+                    balancer: bal,
+                    target: p.target,
+                    mode: p.mode,
+                });
                 port_map[slot] = published.len() as u16;
             }
             services.push(SvcEntry {
@@ -311,17 +448,53 @@ impl ServiceTable {
                 client_ip: s.client_ip,
                 timeouts: s.timeouts,
                 tasks: ids,
+                networks: s
+                    .networks
+                    .iter()
+                    .filter_map(|n| Some((net_idx(&n.network)?, n.vip.map(ip))))
+                    .collect(),
+                health: s.health.clone(),
+                health_port: s.health_port().unwrap_or(80),
             });
         }
         if balancers.len() >= usize::from(u16::MAX) || published.len() >= usize::from(u16::MAX) {
-            return Err(too_many("published ports and VIPs", balancers.len(), usize::from(u16::MAX) - 1));
+            return Err(too_many(
+                "published ports and VIPs",
+                balancers.len(),
+                usize::from(u16::MAX) - 1,
+            ));
         }
         let peers = FrozenMap::build(
-            nodes.iter().enumerate().filter(|(i, _)| *i != usize::from(local_idx)).map(|(i, n)| (key(n.vtep), i as NodeIdx)),
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != usize::from(local_idx))
+                .map(|(i, n)| (key(n.vtep), i as NodeIdx)),
         );
-        let vnis = FrozenMap::build(networks.iter().enumerate().map(|(i, n)| (n.vni, i as NetIdx)));
-        let alive = FrozenMap::build(tasks.iter().enumerate().filter(|(_, t)| t.alive).map(|(i, t)| (t.uid, i as TaskIdx)));
+        let vnis = FrozenMap::build(
+            networks
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.vni, i as NetIdx)),
+        );
+        let alive = FrozenMap::build(
+            tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.alive)
+                .map(|(i, t)| (t.uid, i as TaskIdx)),
+        );
         let me = &nodes[usize::from(local_idx)];
+        let svc_names = services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.to_ascii_lowercase(), i as SvcIdx))
+            .collect();
+        let task_names = tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.to_ascii_lowercase(), i as TaskIdx))
+            .collect();
         Ok(ServiceTable {
             generation,
             local: local_idx,
@@ -339,7 +512,25 @@ impl ServiceTable {
             vnis,
             alive,
             ingress_net,
+            svc_names,
+            task_names,
         })
+    }
+
+    /// The service named `name` (any case).
+    pub fn service_by_name(&self, name: &str) -> Option<SvcIdx> {
+        self.svc_names.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    /// The task named `name` (any case).
+    pub fn task_by_name(&self, name: &str) -> Option<TaskIdx> {
+        self.task_names.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    /// Task `t`'s address on network `net`.
+    pub fn task_addr_on(&self, t: TaskIdx, net: NetIdx) -> Option<Ipv4Address> {
+        let te = self.tasks.get(t as usize)?;
+        te.addrs.iter().find(|(n, _)| *n == net).map(|(_, a)| *a)
     }
 
     /// The published port `port` of protocol `proto` on this node.
@@ -430,6 +621,8 @@ impl ServiceTable {
                 vnis: FrozenMap::default(),
                 alive: FrozenMap::default(),
                 ingress_net: None,
+                svc_names: HashMap::new(),
+                task_names: HashMap::new(),
             },
         }
     }
@@ -471,21 +664,39 @@ pub(crate) mod tests {
             endpoints: BTreeMap::new(),
         };
         let mut web = Service::new("web");
-        web.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 2)) });
-        web.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080, target: 80, mode: PublishMode::Ingress });
+        web.networks.push(ServiceNetwork {
+            network: "appnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+        });
+        web.ports.push(PublishedPort {
+            protocol: Protocol::Tcp,
+            published: 8080,
+            target: 80,
+            mode: PublishMode::Ingress,
+        });
         for (i, node) in [(1u8, "n2"), (2, "n3")] {
             web.tasks.push(Task {
                 name: format!("web.{i}"),
                 node: node.into(),
                 addresses: vec![
-                    TaskAddress { network: "ingress".into(), addr: Ipv4Addr::new(10, 0, 0, 10 + i) },
-                    TaskAddress { network: "appnet".into(), addr: Ipv4Addr::new(10, 0, 1, 10 + i) },
+                    TaskAddress {
+                        network: "ingress".into(),
+                        addr: Ipv4Addr::new(10, 0, 0, 10 + i),
+                    },
+                    TaskAddress {
+                        network: "appnet".into(),
+                        addr: Ipv4Addr::new(10, 0, 1, 10 + i),
+                    },
                 ],
                 state: TaskState::Running,
                 weight: 1,
             });
         }
-        State { nodes: vec![node("n1", 11), node("n2", 12), node("n3", 13)], networks: vec![ingress, app], services: vec![web] }
+        State {
+            nodes: vec![node("n1", 11), node("n2", 12), node("n3", 13)],
+            networks: vec![ingress, app],
+            services: vec![web],
+        }
     }
 
     #[test]
@@ -501,9 +712,19 @@ pub(crate) mod tests {
         assert!(!b.backends[0].local);
         let vip = t.addr(Ipv4Address::new(10, 0, 1, 2)).unwrap();
         assert!(matches!(vip.kind, AddrKind::Vip { .. }));
-        assert_eq!(t.addr(Ipv4Address::new(10, 0, 0, 2)).unwrap().kind, AddrKind::Endpoint { node: 0, local: true });
+        assert_eq!(
+            t.addr(Ipv4Address::new(10, 0, 0, 2)).unwrap().kind,
+            AddrKind::Endpoint {
+                node: 0,
+                local: true
+            }
+        );
         assert_eq!(t.peer(Ipv4Address::new(192, 168, 1, 12)), Some(1));
-        assert_eq!(t.peer(Ipv4Address::new(192, 168, 1, 11)), None, "a node is not its own peer");
+        assert_eq!(
+            t.peer(Ipv4Address::new(192, 168, 1, 11)),
+            None,
+            "a node is not its own peer"
+        );
         assert_eq!(t.network_by_vni(INGRESS_VNI), Some(0));
         assert_eq!(t.net(0).local_endpoint, Some(Ipv4Address::new(10, 0, 0, 2)));
     }
@@ -520,11 +741,57 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn health_verdicts_decide_who_takes_and_keeps_flows() {
+        let mut s = three_nodes();
+        s.services[0].health = Some(HealthCheck::default());
+        let t = ServiceTable::build(&s, "n1", 1).unwrap();
+        let bal = |t: &ServiceTable| {
+            t.balancer(t.published(IpProtocol::Tcp, 8080).unwrap().balancer)
+                .backends
+                .len()
+        };
+        // Starting: no new flows yet, but nothing to end either.
+        assert_eq!(bal(&t), 0);
+        assert!(t
+            .tasks
+            .iter()
+            .all(|x| x.health == Some(Health::Starting) && x.alive && !x.eligible));
+        let (u1, u2) = (t.tasks[0].uid, t.tasks[1].uid);
+        let view = HealthView::from([(u1, Health::Healthy), (u2, Health::Unhealthy)]);
+        let t = ServiceTable::build_with(&s, "n1", 2, &view).unwrap();
+        assert_eq!(bal(&t), 1);
+        assert!(t.task_alive(u1));
+        assert!(!t.task_alive(u2), "an unhealthy task's flows end");
+        // Without a health check, verdicts are ignored.
+        s.services[0].health = None;
+        let t = ServiceTable::build_with(&s, "n1", 3, &view).unwrap();
+        assert_eq!(bal(&t), 2);
+        assert!(t.tasks.iter().all(|x| x.health.is_none()));
+    }
+
+    #[test]
+    fn names_and_addresses_for_the_host_side() {
+        let t = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+        assert_eq!(t.service_by_name("WEB"), Some(0));
+        assert_eq!(t.task_by_name("web.2"), Some(1));
+        let app = t.addr(Ipv4Address::new(10, 0, 1, 1)).unwrap().net;
+        assert_eq!(t.task_addr_on(1, app), Some(Ipv4Address::new(10, 0, 1, 12)));
+        assert_eq!(
+            t.services[0].networks,
+            vec![(app, Some(Ipv4Address::new(10, 0, 1, 2)))]
+        );
+        assert_eq!(t.services[0].health_port, 80);
+    }
+
+    #[test]
     fn host_mode_ports_are_served_by_local_tasks_only() {
         let mut s = three_nodes();
         s.services[0].ports[0].mode = PublishMode::Host;
         let t1 = ServiceTable::build(&s, "n1", 1).unwrap();
-        assert!(t1.published(IpProtocol::Tcp, 8080).is_none(), "n1 runs no task");
+        assert!(
+            t1.published(IpProtocol::Tcp, 8080).is_none(),
+            "n1 runs no task"
+        );
         let t2 = ServiceTable::build(&s, "n2", 1).unwrap();
         let p = t2.published(IpProtocol::Tcp, 8080).unwrap();
         let b = t2.balancer(p.balancer);
@@ -536,8 +803,14 @@ pub(crate) mod tests {
     fn invalid_states_and_unknown_local_nodes_are_refused() {
         let mut s = three_nodes();
         s.services[0].networks[0].vip = Some(Ipv4Addr::new(10, 9, 9, 9));
-        assert!(matches!(ServiceTable::build(&s, "n1", 1), Err(BuildError::Invalid(_))));
-        assert!(matches!(ServiceTable::build(&three_nodes(), "n9", 1), Err(BuildError::UnknownLocalNode(_))));
+        assert!(matches!(
+            ServiceTable::build(&s, "n1", 1),
+            Err(BuildError::Invalid(_))
+        ));
+        assert!(matches!(
+            ServiceTable::build(&three_nodes(), "n9", 1),
+            Err(BuildError::UnknownLocalNode(_))
+        ));
     }
 
     #[test]

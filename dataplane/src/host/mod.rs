@@ -1,179 +1,826 @@
 //! The host side: what the mesh answers for itself, off the workers' fast path.
 //!
-//! Frames the pipeline hands over with `Verdict::Host` arrive here. For now this answers as a
-//! host with no listening sockets would (RFC 1122): a TCP segment gets a RST, a UDP datagram an
-//! ICMP port unreachable, an ICMP echo request its reply — for the node's address, the gateways
-//! and the VIPs. So a port meshd does not publish is refused at once, never silently dropped.
+//! Frames the pipeline hands over with `Verdict::Host` arrive in [`HostStack::input`], tagged
+//! with the port they came in on; what the host side sends comes out of
+//! [`HostStack::take_output`], tagged with the port to send it on. The stack reads no clock and
+//! spawns nothing: the daemon's host thread (or the in-memory simulation) gives it the time, the
+//! current service table and the pipeline's neighbour table.
+//!
+//! - [`lane`]: per overlay network, a smoltcp interface with the network's gateway address: the
+//!   embedded DNS resolver ([`dns`], [`resolver`]) on UDP and TCP port 53, and the health
+//!   probes' TCP connections to this node's tasks;
+//! - [`health`]: which of this node's tasks to check when, and their verdicts;
+//! - [`gossip`]: the verdicts this node tells its peers and hears from them;
+//! - [`stateless`]: RST, ICMP port unreachable and echo replies for the node's address, the
+//!   VIPs, the endpoints and the gateways (in place, for any number of addresses).
+//!
+//! Health verdicts are runtime state: [`HostStack::take_view`] hands a changed [`HealthView`]
+//! to whoever compiles tables (the controller), which layers it over the desired state and
+//! publishes a new table generation; nothing of it is persisted.
 
+pub mod dns;
+pub mod gossip;
+pub mod health;
+pub mod lane;
+pub mod resolver;
+mod stateless;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use ctl::model::{Health, HEALTH_GOSSIP_PORT};
+use serde::Serialize;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress,
+    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
 };
 
-use crate::buf::PacketBuf;
+pub use stateless::{answer, HostAction};
+
+use crate::balance::table::{AddrKind, HealthView, NodeIdx, ServiceTable};
+use crate::buf::{PacketBuf, PortId};
+use crate::neigh::Neighbors;
+use dns::{AnswerSpec, Malformed, Rcode};
+use health::{Monitor, Outcome};
+use lane::{DnsRequest, Lane, Via};
+use resolver::{Resolution, Rng};
 
 const ETH: usize = 14;
+/// How long a query forwarded upstream waits for its answer.
+const FORWARD_MS: u64 = 3000;
+/// The most queries waiting for an upstream answer at once.
+const FORWARD_MAX: usize = 4096;
+/// How often the combined view is recomputed without an event (for peers gone quiet).
+const RECOMPUTE_MS: u64 = 250;
 
-/// What the host side did with a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostAction {
-    /// The frame was turned into its answer, to be sent back out of the port it came in on.
-    Reply,
-    /// Nothing to answer (a RST, an ICMP error, a frame from inside a tunnel, ...).
-    Ignore,
+/// An upstream resolver for names that are not the mesh's (`meshd --dns-upstream`): the daemon
+/// gives a kernel UDP socket in meshd's own namespace; the simulation a fake.
+pub trait Upstream: Send {
+    /// Sends a query; false when it could not.
+    fn send(&mut self, msg: &[u8]) -> bool;
+    /// An answer that arrived, if any (never blocks).
+    fn recv(&mut self) -> Option<Vec<u8>>;
 }
 
-/// Answers `buf` in place when a host would.
-pub fn answer(buf: &mut PacketBuf) -> HostAction {
-    let mut out = [0u8; 1514];
-    let Some(n) = build_answer(buf.data(), &mut out) else { return HostAction::Ignore };
-    buf.fill(&out[..n]);
-    HostAction::Reply
+impl std::fmt::Debug for dyn Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Upstream")
+    }
 }
 
-fn build_answer(frame: &[u8], out: &mut [u8]) -> Option<usize> {
+/// The host side's counters (`meshctl stats`, under `host`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HostStats {
+    /// Frames handed to the host side.
+    pub frames: u64,
+    /// Frames it had nothing to say to (not for the node, an ICMP error, a RST, ...).
+    pub ignored: u64,
+    pub rst_sent: u64,
+    pub unreachable_sent: u64,
+    pub echo_replies: u64,
+    pub dns_queries: u64,
+    /// Of which over TCP.
+    pub dns_tcp_queries: u64,
+    pub dns_noerror: u64,
+    pub dns_nxdomain: u64,
+    pub dns_formerr: u64,
+    pub dns_notimp: u64,
+    pub dns_refused: u64,
+    pub dns_badvers: u64,
+    /// Answers that did not fit over UDP and went out truncated (TC).
+    pub dns_truncated: u64,
+    /// Messages dropped without an answer (too short to have a header, or a response).
+    pub dns_dropped: u64,
+    pub dns_forwarded: u64,
+    pub dns_upstream_answers: u64,
+    pub dns_upstream_timeouts: u64,
+    /// Answers that could not be queued (a full socket buffer).
+    pub dns_send_failed: u64,
+    pub checks_started: u64,
+    pub checks_passed: u64,
+    pub checks_failed: u64,
+    /// Times the combined health view changed (each a new table generation).
+    pub health_changes: u64,
+    pub gossip_sent: u64,
+    pub gossip_received: u64,
+    /// Gossip from an unknown VTEP, under another node's name, or malformed.
+    pub gossip_rejected: u64,
+}
+
+/// A task's health as `service ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthDetail {
+    pub health: Health,
+    pub streak: u32,
+    /// Why it is not healthy (the last failed check), empty when healthy.
+    pub error: String,
+    /// The node that checks it (its own).
+    pub node: String,
+}
+
+/// What the host thread shares with the control thread.
+#[derive(Debug, Default)]
+pub struct HostShared {
+    pub stats: Mutex<HostStats>,
+    /// Every health-checked task's detail by uid, local and reported by peers.
+    pub board: Mutex<HashMap<u64, HealthDetail>>,
+}
+
+/// The host side's fixed settings.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub uplink_mac: [u8; 6],
+    pub tasks_mac: [u8; 6],
+    /// Seeds the answers' shuffling and smoltcp's initial sequence numbers.
+    pub seed: u64,
+}
+
+/// A peer's report about one of its tasks.
+#[derive(Debug, Clone)]
+struct Remote {
+    health: Health,
+    streak: u8,
+    error: String,
+    heard_at: u64,
+    node: NodeIdx,
+}
+
+/// A query waiting for the upstream's answer.
+#[derive(Debug)]
+struct Forward {
+    vni: u32,
+    req: DnsRequest,
+    id: u16,
+    deadline: u64,
+}
+
+/// The whole host side of a node.
+#[derive(Debug)]
+pub struct HostStack {
+    cfg: HostConfig,
+    generation: Option<u64>,
+    lanes: Vec<Lane>,
+    monitor: Monitor,
+    remote: HashMap<u64, Remote>,
+    /// Each task's uid → its node, from the current table.
+    placement: HashMap<u64, NodeIdx>,
+    view: HealthView,
+    view_dirty: bool,
+    board: HashMap<u64, HealthDetail>,
+    board_dirty: bool,
+    recompute_at: u64,
+    next_gossip: u64,
+    gossip_soon: bool,
+    rng: Rng,
+    pub stats: HostStats,
+    out: Vec<(PortId, Vec<u8>)>,
+    upstream: Option<Box<dyn Upstream>>,
+    forwards: HashMap<u16, Forward>,
+    next_fwd: u16,
+    arp_asked: HashMap<Ipv4Address, u64>,
+}
+
+fn key(a: Ipv4Address) -> u32 {
+    u32::from_be_bytes(a.octets())
+}
+
+impl HostStack {
+    pub fn new(cfg: HostConfig) -> Self {
+        let rng = Rng::new(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
+        HostStack {
+            cfg,
+            generation: None,
+            lanes: Vec::new(),
+            monitor: Monitor::new(),
+            remote: HashMap::new(),
+            placement: HashMap::new(),
+            view: HealthView::new(),
+            view_dirty: false,
+            board: HashMap::new(),
+            board_dirty: false,
+            recompute_at: 0,
+            next_gossip: 0,
+            gossip_soon: false,
+            rng,
+            stats: HostStats::default(),
+            out: Vec::new(),
+            upstream: None,
+            forwards: HashMap::new(),
+            next_fwd: 1,
+            arp_asked: HashMap::new(),
+        }
+    }
+
+    /// Forwards names that are not the mesh's to `up`.
+    pub fn set_upstream(&mut self, up: Box<dyn Upstream>) {
+        self.upstream = Some(up);
+    }
+
+    /// Follows a new table: a lane per network (kept while its gateway stays), the tasks to
+    /// check, the peers' reports about tasks that still exist.
+    fn sync(&mut self, t: &ServiceTable, now: u64) {
+        if self.generation == Some(t.generation) {
+            return;
+        }
+        self.generation = Some(t.generation);
+        let mut lanes = Vec::with_capacity(t.networks.len());
+        for n in &t.networks {
+            let (gw, prefix) = (n.gateway, n.subnet.prefix);
+            let existing = self
+                .lanes
+                .iter()
+                .position(|l| l.vni == n.vni && l.gateway == gw && l.prefix == prefix);
+            let lane = match existing {
+                Some(i) => Some(self.lanes.swap_remove(i)),
+                None => Lane::new(
+                    n.vni,
+                    gw,
+                    prefix,
+                    self.cfg.tasks_mac,
+                    self.cfg.seed ^ now,
+                    now,
+                ),
+            };
+            if let Some(l) = lane {
+                lanes.push(l);
+            }
+        }
+        self.lanes = lanes;
+        self.monitor.sync(t, now);
+        self.placement = t.tasks.iter().map(|te| (te.uid, te.node)).collect();
+        let placement = &self.placement;
+        self.remote
+            .retain(|uid, r| placement.get(uid) == Some(&r.node));
+        self.recompute(t, now);
+    }
+
+    /// A frame the pipeline handed over, with the port it came in on.
+    pub fn input(&mut self, t: &ServiceTable, port: PortId, frame: &[u8], now: u64) {
+        self.sync(t, now);
+        self.stats.frames += 1;
+        let Some((src, dst, proto, l4)) = ipv4(frame) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        match port {
+            PortId::Uplink => {
+                let me = t.node(t.local);
+                if dst != t.node_addr && dst != me.vtep {
+                    // A peer's overlay frame for a VIP or a gateway: answered by the asker's own
+                    // node, never across the tunnel.
+                    self.stats.ignored += 1;
+                    return;
+                }
+                if proto == IpProtocol::Udp {
+                    if let Ok(u) = UdpPacket::new_checked(l4) {
+                        if u.dst_port() == HEALTH_GOSSIP_PORT {
+                            self.gossip_in(t, src, u.payload(), now);
+                            return;
+                        }
+                    }
+                }
+            }
+            PortId::Tasks => {
+                if matches!(proto, IpProtocol::Tcp | IpProtocol::Udp) {
+                    if let Some(e) = t.addr(dst) {
+                        if e.kind == AddrKind::Gateway {
+                            let vni = t.net(e.net).vni;
+                            if let Some(lane) = self
+                                .lanes
+                                .iter_mut()
+                                .find(|l| l.vni == vni && l.gateway == dst)
+                            {
+                                lane.input(frame);
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.stateless(port, frame);
+    }
+
+    /// The in-place answers (RST, port unreachable, echo reply).
+    fn stateless(&mut self, port: PortId, frame: &[u8]) {
+        let mut b = PacketBuf::from_frame(port, frame);
+        if answer(&mut b) != HostAction::Reply {
+            self.stats.ignored += 1;
+            return;
+        }
+        match ipv4(b.data()).map(|(_, _, p, l4)| (p, l4.first().copied())) {
+            Some((IpProtocol::Tcp, _)) => self.stats.rst_sent += 1,
+            Some((IpProtocol::Icmp, Some(0))) => self.stats.echo_replies += 1,
+            Some((IpProtocol::Icmp, _)) => self.stats.unreachable_sent += 1,
+            _ => {}
+        }
+        self.out.push((port, b.data().to_vec()));
+    }
+
+    /// Runs everything that is due: health probes, the lanes (answers, retransmissions), the
+    /// upstream's answers, gossip.
+    pub fn poll(&mut self, t: &ServiceTable, neigh: &Neighbors, now: u64) {
+        self.sync(t, now);
+        let mut changed = false;
+        // Checks to start, and checks past their deadline.
+        for p in self.monitor.due(now) {
+            let vni = t.networks.get(usize::from(p.net)).map(|n| n.vni);
+            let (uid, seq) = (p.uid, p.seq);
+            self.stats.checks_started += 1;
+            let started = match self.lanes.iter_mut().find(|l| Some(l.vni) == vni) {
+                Some(l) => l.start_probe(p, now),
+                None => Err(Outcome::Fail("no interface on the task's network".into())),
+            };
+            if let Err(o) = started {
+                self.stats.checks_failed += 1;
+                changed |= self.monitor.finish(uid, seq, o, now);
+            }
+        }
+        let (expired, ch) = self.monitor.expire(now);
+        changed |= ch;
+        for (uid, seq) in expired {
+            self.stats.checks_failed += 1;
+            for l in &mut self.lanes {
+                l.abort_probe(uid, seq, now);
+            }
+        }
+        // The lanes.
+        for i in 0..self.lanes.len() {
+            let ev = self.lanes[i].poll(now, neigh);
+            for (uid, seq, o) in ev.outcomes {
+                match o {
+                    Outcome::Pass => self.stats.checks_passed += 1,
+                    Outcome::Fail(_) => self.stats.checks_failed += 1,
+                }
+                changed |= self.monitor.finish(uid, seq, o, now);
+            }
+            if !ev.dns.is_empty() {
+                for req in ev.dns {
+                    self.serve_dns(t, i, req, now);
+                }
+                self.lanes[i].flush(now, neigh);
+            }
+            for f in self.lanes[i].out.drain(..) {
+                self.out.push((PortId::Tasks, f));
+            }
+        }
+        self.upstream_poll(neigh, now);
+        if changed {
+            self.gossip_soon = true;
+        }
+        if changed || now >= self.recompute_at {
+            self.recompute(t, now);
+        }
+        self.gossip_out(t, neigh, now);
+    }
+
+    /// Frames to send, with their port.
+    pub fn take_output(&mut self) -> Vec<(PortId, Vec<u8>)> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The health view, when it changed since last taken: compile it into the next table.
+    pub fn take_view(&mut self) -> Option<HealthView> {
+        if !self.view_dirty {
+            return None;
+        }
+        self.view_dirty = false;
+        Some(self.view.clone())
+    }
+
+    /// The current health view.
+    pub fn view(&self) -> &HealthView {
+        &self.view
+    }
+
+    /// Every checked task's detail, when it changed since last taken.
+    pub fn take_board(&mut self) -> Option<HashMap<u64, HealthDetail>> {
+        if !self.board_dirty {
+            return None;
+        }
+        self.board_dirty = false;
+        Some(self.board.clone())
+    }
+
+    /// The detail of a task's health.
+    pub fn detail(&self, uid: u64) -> Option<&HealthDetail> {
+        self.board.get(&uid)
+    }
+
+    /// When [`HostStack::poll`] next has something to do, at the latest.
+    pub fn next_wakeup(&mut self, now: u64) -> u64 {
+        let mut at = self.recompute_at.max(now + 1);
+        if let Some(m) = self.monitor.next_wakeup() {
+            at = at.min(m);
+        }
+        if !self.monitor.is_empty() {
+            at = at.min(self.next_gossip);
+        }
+        for l in &mut self.lanes {
+            if let Some(p) = l.poll_at(now) {
+                at = at.min(p);
+            }
+        }
+        if let Some(d) = self.forwards.values().map(|f| f.deadline).min() {
+            at = at.min(d);
+        }
+        at.max(now)
+    }
+
+    /// Health probes under way.
+    pub fn probes(&self) -> usize {
+        self.lanes.iter().map(Lane::probes).sum()
+    }
+
+    // ---- DNS -----------------------------------------------------------------------------
+
+    fn serve_dns(&mut self, t: &ServiceTable, lane: usize, req: DnsRequest, now: u64) {
+        self.stats.dns_queries += 1;
+        if matches!(req.via, Via::Tcp(_)) {
+            self.stats.dns_tcp_queries += 1;
+        }
+        let Some(l) = self.lanes.get(lane) else {
+            return;
+        };
+        let (vni, gw) = (l.vni, l.gateway);
+        let IpAddress::Ipv4(from) = req.from.addr else {
+            return;
+        };
+        let Some(net) = t.addr(gw).map(|e| e.net) else {
+            return;
+        };
+        let ra = self.upstream.is_some();
+        let reply = match dns::parse_query(&req.msg) {
+            Err(Malformed::Drop(_)) => {
+                self.stats.dns_dropped += 1;
+                return;
+            }
+            Err(Malformed::Answer {
+                id,
+                opcode,
+                rd,
+                rcode,
+            }) => {
+                self.count(rcode);
+                dns::build_error(id, opcode, rd, rcode)
+            }
+            Ok(q) => {
+                let limit = match req.via {
+                    Via::Udp => q.udp_limit(),
+                    Via::Tcp(_) => usize::from(u16::MAX),
+                };
+                let spec = |rcode, aa| AnswerSpec {
+                    rcode,
+                    aa,
+                    ra,
+                    limit,
+                };
+                if q.edns.is_some_and(|e| e.version != 0) {
+                    //= https://www.rfc-editor.org/rfc/rfc6891#section-6.1.3
+                    //# If a responder does not implement the VERSION level of the request, then
+                    //# it MUST respond with RCODE=BADVERS.
+                    self.count(Rcode::BadVers);
+                    dns::build_answer(&q, &[], spec(Rcode::BadVers, false))
+                } else {
+                    match resolver::resolve(t, from, net, &q, &mut self.rng) {
+                        Resolution::Answer { rcode, answers } => {
+                            self.count(rcode);
+                            let a = dns::build_answer(&q, &answers, spec(rcode, true));
+                            if dns::parse_answer(&a).is_some_and(|p| p.tc) {
+                                self.stats.dns_truncated += 1;
+                            }
+                            a
+                        }
+                        Resolution::NotOurs if self.upstream.is_some() => {
+                            let id = q.id;
+                            self.forward(vni, req, id, now);
+                            return;
+                        }
+                        Resolution::NotOurs => {
+                            self.count(Rcode::NxDomain);
+                            dns::build_answer(&q, &[], spec(Rcode::NxDomain, true))
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(l) = self.lanes.get_mut(lane) {
+            if !l.answer(&req, &reply) {
+                self.stats.dns_send_failed += 1;
+            }
+        }
+    }
+
+    fn count(&mut self, rcode: Rcode) {
+        let s = &mut self.stats;
+        match rcode {
+            Rcode::NoError => s.dns_noerror += 1,
+            Rcode::FormErr => s.dns_formerr += 1,
+            Rcode::NxDomain => s.dns_nxdomain += 1,
+            Rcode::NotImp => s.dns_notimp += 1,
+            Rcode::Refused => s.dns_refused += 1,
+            Rcode::BadVers => s.dns_badvers += 1,
+            Rcode::ServFail => {}
+        }
+    }
+
+    /// Sends a query that is not the mesh's to the upstream under an ID of ours.
+    fn forward(&mut self, vni: u32, req: DnsRequest, id: u16, now: u64) {
+        if self.forwards.len() >= FORWARD_MAX {
+            self.stats.dns_dropped += 1;
+            return;
+        }
+        let mut fid = self.next_fwd;
+        while self.forwards.contains_key(&fid) {
+            fid = fid.wrapping_add(1);
+        }
+        self.next_fwd = fid.wrapping_add(1);
+        let mut msg = req.msg.clone();
+        dns::set_id(&mut msg, fid);
+        let Some(up) = self.upstream.as_mut() else {
+            return;
+        };
+        if up.send(&msg) {
+            self.stats.dns_forwarded += 1;
+            self.forwards.insert(
+                fid,
+                Forward {
+                    vni,
+                    req,
+                    id,
+                    deadline: now + FORWARD_MS,
+                },
+            );
+        } else {
+            self.stats.dns_send_failed += 1;
+        }
+    }
+
+    fn upstream_poll(&mut self, neigh: &Neighbors, now: u64) {
+        let mut answers = Vec::new();
+        if let Some(up) = self.upstream.as_mut() {
+            while let Some(m) = up.recv() {
+                answers.push(m);
+            }
+        }
+        for mut m in answers {
+            let Some((fid, true)) = dns::id_of(&m) else {
+                continue;
+            };
+            let Some(f) = self.forwards.remove(&fid) else {
+                continue;
+            };
+            dns::set_id(&mut m, f.id);
+            self.stats.dns_upstream_answers += 1;
+            if let Some(l) = self.lanes.iter_mut().find(|l| l.vni == f.vni) {
+                if !l.answer(&f.req, &m) {
+                    self.stats.dns_send_failed += 1;
+                }
+                l.flush(now, neigh);
+                for fr in l.out.drain(..) {
+                    self.out.push((PortId::Tasks, fr));
+                }
+            }
+        }
+        let before = self.forwards.len();
+        self.forwards.retain(|_, f| f.deadline > now);
+        self.stats.dns_upstream_timeouts += (before - self.forwards.len()) as u64;
+    }
+
+    // ---- health --------------------------------------------------------------------------
+
+    /// Combines this node's verdicts and its peers' fresh reports into the view tables are
+    /// compiled with, and the details `service ps` shows.
+    fn recompute(&mut self, t: &ServiceTable, now: u64) {
+        self.recompute_at = now + RECOMPUTE_MS;
+        let mut view = HealthView::new();
+        let mut board = HashMap::new();
+        let me = t.node(t.local).name.clone();
+        for (uid, v) in self.monitor.verdicts() {
+            view.insert(uid, v.health);
+            let error = if v.health == Health::Healthy {
+                String::new()
+            } else {
+                v.last_error.clone()
+            };
+            board.insert(
+                uid,
+                HealthDetail {
+                    health: v.health,
+                    streak: v.streak,
+                    error,
+                    node: me.clone(),
+                },
+            );
+        }
+        for (uid, r) in &self.remote {
+            let node = t
+                .nodes
+                .get(usize::from(r.node))
+                .map(|n| n.name.clone())
+                .unwrap_or_default();
+            let age = now.saturating_sub(r.heard_at);
+            if age > gossip::STALE_MS {
+                let error = format!("no health report from node {node} for {} s", age / 1000);
+                board.insert(
+                    *uid,
+                    HealthDetail {
+                        health: Health::Starting,
+                        streak: 0,
+                        error,
+                        node,
+                    },
+                );
+                continue;
+            }
+            view.insert(*uid, r.health);
+            let error = if r.health == Health::Healthy {
+                String::new()
+            } else {
+                r.error.clone()
+            };
+            board.insert(
+                *uid,
+                HealthDetail {
+                    health: r.health,
+                    streak: u32::from(r.streak),
+                    error,
+                    node,
+                },
+            );
+        }
+        if view != self.view {
+            self.view = view;
+            self.view_dirty = true;
+            self.stats.health_changes += 1;
+        }
+        if board != self.board {
+            self.board = board;
+            self.board_dirty = true;
+        }
+    }
+
+    fn gossip_in(&mut self, t: &ServiceTable, src: Ipv4Address, payload: &[u8], now: u64) {
+        let Some(peer) = t.peer(src) else {
+            self.stats.gossip_rejected += 1;
+            return;
+        };
+        let Some(msg) = gossip::decode(payload) else {
+            self.stats.gossip_rejected += 1;
+            return;
+        };
+        if msg.node != t.node(peer).name {
+            self.stats.gossip_rejected += 1;
+            return;
+        }
+        self.stats.gossip_received += 1;
+        let mut changed = false;
+        for e in msg.entries {
+            // A node speaks for its own tasks only.
+            if self.placement.get(&e.uid) != Some(&peer) {
+                continue;
+            }
+            let prev = self
+                .remote
+                .get(&e.uid)
+                .map(|r| (r.health, now.saturating_sub(r.heard_at) > gossip::STALE_MS));
+            changed |= prev != Some((e.health, false));
+            self.remote.insert(
+                e.uid,
+                Remote {
+                    health: e.health,
+                    streak: e.streak,
+                    error: e.error,
+                    heard_at: now,
+                    node: peer,
+                },
+            );
+        }
+        if changed {
+            self.recompute(t, now);
+        } else {
+            // Keep the details (streaks) current without waiting.
+            self.recompute_at = self.recompute_at.min(now);
+        }
+    }
+
+    /// Tells every peer this node's verdicts: every [`gossip::PERIOD_MS`], and at once after a
+    /// change.
+    fn gossip_out(&mut self, t: &ServiceTable, neigh: &Neighbors, now: u64) {
+        if self.monitor.is_empty() || !(self.gossip_soon || now >= self.next_gossip) {
+            return;
+        }
+        self.gossip_soon = false;
+        self.next_gossip = now + gossip::PERIOD_MS;
+        let mut entries: Vec<gossip::Entry> = self
+            .monitor
+            .verdicts()
+            .map(|(uid, v)| gossip::Entry {
+                uid,
+                health: v.health,
+                streak: v.streak.min(255) as u8,
+                age_ms: now.saturating_sub(v.since).min(u64::from(u32::MAX)) as u32,
+                error: if v.health == Health::Healthy {
+                    String::new()
+                } else {
+                    v.last_error.clone()
+                },
+            })
+            .collect();
+        entries.sort_by_key(|e| e.uid);
+        let me = t.node(t.local);
+        let (name, src) = (me.name.clone(), me.vtep);
+        let dgrams = gossip::encode(&name, &entries);
+        for (i, n) in t.nodes.iter().enumerate() {
+            if i == usize::from(t.local) {
+                continue;
+            }
+            let Some(mac) = neigh.get(key(n.vtep)) else {
+                self.ask_uplink(src, n.vtep, now);
+                continue;
+            };
+            for d in &dgrams {
+                let f = udp_frame(self.cfg.uplink_mac, mac, src, n.vtep, HEALTH_GOSSIP_PORT, d);
+                self.out.push((PortId::Uplink, f));
+                self.stats.gossip_sent += 1;
+            }
+        }
+    }
+
+    /// An ARP request on the uplink for a peer's VTEP (the pipeline learns the answer).
+    fn ask_uplink(&mut self, src: Ipv4Address, dst: Ipv4Address, now: u64) {
+        if self
+            .arp_asked
+            .get(&dst)
+            .is_some_and(|&at| now.saturating_sub(at) < 1000)
+        {
+            return;
+        }
+        self.arp_asked.insert(dst, now);
+        let mut f = vec![0u8; ETH + 28];
+        f[0..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&self.cfg.uplink_mac);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(self.cfg.uplink_mac),
+            source_protocol_addr: src,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: dst,
+        }
+        .emit(&mut ArpPacket::new_unchecked(&mut f[ETH..]));
+        self.out.push((PortId::Uplink, f));
+    }
+}
+
+/// An IPv4 frame's source, destination, protocol and payload, checked.
+fn ipv4(frame: &[u8]) -> Option<(Ipv4Address, Ipv4Address, IpProtocol, &[u8])> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4 || eth.dst_addr().0 == [0; 6] || !eth.dst_addr().is_unicast() {
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
         return None;
     }
-    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-    let caps = ChecksumCapabilities::default();
-    let ip_repr = Ipv4Repr::parse(&ip, &caps).ok()?;
-    let (src, dst) = (ip_repr.src_addr, ip_repr.dst_addr);
-    let reply_ip = |proto: IpProtocol, len: usize| Ipv4Repr {
-        src_addr: dst,
-        dst_addr: src,
-        next_header: proto,
-        payload_len: len,
-        hop_limit: 64,
-    };
-    out[0..6].copy_from_slice(&eth.src_addr().0);
-    out[6..12].copy_from_slice(&eth.dst_addr().0);
-    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    match ip_repr.next_header {
-        IpProtocol::Tcp => {
-            let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-            let seg = TcpRepr::parse(&tcp, &src.into(), &dst.into(), &caps).ok()?;
-            if seg.control == TcpControl::Rst {
-                return None;
-            }
-            //= https://www.rfc-editor.org/rfc/rfc9293#section-3.10.7.1
-            //# If the incoming segment has the ACK bit set, the reset takes its sequence number
-            //# from the ACK field of the segment; otherwise, the reset has sequence number zero
-            //# and the ACK field is set to the sum of the sequence number and segment length of
-            //# the incoming segment.
-            let (seq, ack) = match seg.ack_number {
-                Some(a) => (a, None),
-                None => (TcpSeqNumber(0), Some(seg.seq_number + seg.segment_len())),
-            };
-            let rst = TcpRepr {
-                src_port: seg.dst_port,
-                dst_port: seg.src_port,
-                control: TcpControl::Rst,
-                seq_number: seq,
-                ack_number: ack,
-                window_len: 0,
-                window_scale: None,
-                max_seg_size: None,
-                sack_permitted: false,
-                sack_ranges: [None; 3],
-                timestamp: None,
-                payload: &[],
-            };
-            let ipr = reply_ip(IpProtocol::Tcp, rst.buffer_len());
-            let total = ETH + ipr.buffer_len() + rst.buffer_len();
-            let (iph, rest) = out[ETH..total].split_at_mut(ipr.buffer_len());
-            ipr.emit(&mut Ipv4Packet::new_unchecked(iph), &caps);
-            rst.emit(&mut TcpPacket::new_unchecked(rest), &dst.into(), &src.into(), &caps);
-            Some(total)
-        }
-        IpProtocol::Udp => {
-            // ICMP port unreachable quoting the header and the first 8 bytes (RFC 792).
-            let quoted_len = (ip.header_len() as usize + 8).min(eth.payload().len());
-            let data = &eth.payload()[ip.header_len() as usize..quoted_len];
-            let icmp = Icmpv4Repr::DstUnreachable { reason: Icmpv4DstUnreachable::PortUnreachable, header: ip_repr, data };
-            let ipr = reply_ip(IpProtocol::Icmp, icmp.buffer_len());
-            let total = ETH + ipr.buffer_len() + icmp.buffer_len();
-            let (iph, rest) = out[ETH..total].split_at_mut(ipr.buffer_len());
-            ipr.emit(&mut Ipv4Packet::new_unchecked(iph), &caps);
-            icmp.emit(&mut Icmpv4Packet::new_unchecked(rest), &caps);
-            Some(total)
-        }
-        IpProtocol::Icmp => {
-            let p = Icmpv4Packet::new_checked(ip.payload()).ok()?;
-            let Icmpv4Repr::EchoRequest { ident, seq_no, data } = Icmpv4Repr::parse(&p, &caps).ok()? else { return None };
-            let icmp = Icmpv4Repr::EchoReply { ident, seq_no, data };
-            let ipr = reply_ip(IpProtocol::Icmp, icmp.buffer_len());
-            let total = ETH + ipr.buffer_len() + icmp.buffer_len();
-            if total > out.len() {
-                return None;
-            }
-            let (iph, rest) = out[ETH..total].split_at_mut(ipr.buffer_len());
-            ipr.emit(&mut Ipv4Packet::new_unchecked(iph), &caps);
-            icmp.emit(&mut Icmpv4Packet::new_unchecked(rest), &caps);
-            Some(total)
-        }
-        _ => None,
-    }
+    let ip = Ipv4Packet::new_checked(frame.get(ETH..)?).ok()?;
+    let hl = usize::from(ip.header_len());
+    let total = usize::from(ip.total_len());
+    let l4 = frame.get(ETH + hl..ETH + total)?;
+    Some((ip.src_addr(), ip.dst_addr(), ip.next_header(), l4))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::buf::PortId;
-
-    fn syn() -> Vec<u8> {
-        // Ethernet + IPv4 + TCP SYN 10.0.0.9:40000 -> 192.168.1.11:9999, built with smoltcp.
-        let caps = ChecksumCapabilities::default();
-        let src = smoltcp::wire::Ipv4Address::new(10, 0, 0, 9);
-        let dst = smoltcp::wire::Ipv4Address::new(192, 168, 1, 11);
-        let tcp = TcpRepr {
-            src_port: 40000,
-            dst_port: 9999,
-            control: TcpControl::Syn,
-            seq_number: TcpSeqNumber(1000),
-            ack_number: None,
-            window_len: 1000,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: &[],
-        };
-        let ipr = Ipv4Repr { src_addr: src, dst_addr: dst, next_header: IpProtocol::Tcp, payload_len: tcp.buffer_len(), hop_limit: 64 };
-        let mut f = vec![0u8; ETH + 20 + tcp.buffer_len()];
-        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 9]);
-        f[12..14].copy_from_slice(&[8, 0]);
-        ipr.emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH..ETH + 20]), &caps);
-        tcp.emit(&mut TcpPacket::new_unchecked(&mut f[ETH + 20..]), &src.into(), &dst.into(), &caps);
-        f
-    }
-
-    #[test]
-    fn a_syn_to_a_closed_port_gets_a_reset() {
-        let mut b = PacketBuf::from_frame(PortId::Uplink, &syn());
-        assert_eq!(answer(&mut b), HostAction::Reply);
-        let f = b.data();
-        assert_eq!(&f[0..6], &[2, 0, 0, 0, 0, 9]);
-        let ip = Ipv4Packet::new_checked(&f[ETH..]).unwrap();
-        assert!(ip.verify_checksum());
-        let t = TcpPacket::new_checked(ip.payload()).unwrap();
-        assert!(t.rst() && t.ack());
-        assert_eq!(t.ack_number(), TcpSeqNumber(1001));
-        assert_eq!(t.dst_port(), 40000);
-        // A reset is never answered.
-        let mut again = b.clone();
-        assert_eq!(answer(&mut again), HostAction::Ignore);
-    }
-
-    #[test]
-    fn garbage_is_ignored() {
-        for n in 0..80 {
-            let mut b = PacketBuf::from_frame(PortId::Uplink, &vec![0x45; n]);
-            assert_eq!(answer(&mut b), HostAction::Ignore);
-        }
-    }
+/// A UDP datagram in an Ethernet frame, checksums filled.
+fn udp_frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Address,
+    dst: Ipv4Address,
+    port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let udp = UdpRepr {
+        src_port: port,
+        dst_port: port,
+    };
+    let ipr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    };
+    let mut f = vec![0u8; ETH + ipr.buffer_len() + 8 + payload.len()];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let (iph, rest) = f[ETH..].split_at_mut(ipr.buffer_len());
+    ipr.emit(&mut Ipv4Packet::new_unchecked(iph), &caps);
+    udp.emit(
+        &mut UdpPacket::new_unchecked(rest),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &caps,
+    );
+    f
 }

@@ -1,0 +1,714 @@
+//! One overlay network's share of the host stack on this node: a smoltcp [`Interface`] holding
+//! the network's gateway address, with the embedded resolver's sockets (UDP 53, and TCP 53 for
+//! answers that do not fit) and the health probes' TCP client sockets.
+//!
+//! The interface's device speaks IP (`Medium::Ip`): the lane strips the Ethernet header of
+//! frames from local tasks (learning each task's MAC from them) and adds one to what smoltcp
+//! sends, the task's MAC coming from those frames or from the neighbour table the pipeline
+//! keeps. ARP for the gateway is the pipeline's job (it answers in place), so smoltcp never
+//! needs to resolve anything itself, and never waits on its neighbour cache's one-second rate
+//! limit. For a task that has not spoken yet (a first health check), the lane asks with an ARP
+//! request of its own; the pipeline learns the answer and the packet goes out at the next poll.
+//!
+//! smoltcp answers what reaches the gateway and no socket wants: a TCP segment with a RST, a
+//! UDP datagram with an ICMP port unreachable.
+
+use std::collections::{HashMap, VecDeque};
+
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, HardwareAddress, IpAddress, IpCidr,
+    IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Packet,
+};
+
+use super::health::{Outcome, Probe};
+use crate::neigh::Neighbors;
+use ctl::model::HealthTest;
+
+const ETH: usize = 14;
+/// TCP connections the resolver serves at once on one network.
+const DNS_TCP_SOCKETS: usize = 4;
+/// The largest DNS message over TCP (RFC 1035 §4.2.2: a two-byte length).
+const DNS_TCP_MAX: usize = 65535;
+/// Health probes' source ports: below 1024, where the pipeline never takes a masquerade port, so
+/// a probe's reply can never be mistaken for a flow's.
+const PROBE_PORTS: std::ops::Range<u16> = 600..1024;
+/// How much of an HTTP answer a probe reads to find its status line.
+const PROBE_READ_MAX: usize = 2048;
+/// Packets waiting for a task's MAC are dropped after this long (TCP sends again).
+const PENDING_MS: u64 = 2000;
+/// An ARP request for the same address at most this often.
+const ARP_EVERY_MS: u64 = 500;
+/// An idle resolver TCP connection is closed after this long (RFC 7766 §6.2.3 suggests seconds).
+const DNS_TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// A device over two queues of IP packets.
+#[derive(Debug, Default)]
+struct LaneDevice {
+    rx: VecDeque<Vec<u8>>,
+    tx: Vec<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Rx(Vec<u8>);
+
+#[derive(Debug)]
+struct Tx<'a>(&'a mut Vec<Vec<u8>>);
+
+impl phy::RxToken for Rx {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let mut b = vec![0u8; len];
+        let r = f(&mut b);
+        self.0.push(b);
+        r
+    }
+}
+
+impl Device for LaneDevice {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let p = self.rx.pop_front()?;
+        Some((Rx(p), Tx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<Self::TxToken<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ip;
+        // The tasks' segment is plain Ethernet.
+        c.max_transmission_unit = 1500;
+        c
+    }
+}
+
+/// How a DNS query reached the resolver, to send its answer the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Udp,
+    Tcp(SocketHandle),
+}
+
+/// A DNS query for the resolver.
+#[derive(Debug, Clone)]
+pub struct DnsRequest {
+    pub from: IpEndpoint,
+    pub via: Via,
+    pub msg: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct ProbeConn {
+    probe: Probe,
+    handle: SocketHandle,
+    established: bool,
+    sent: bool,
+    response: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct DnsConn {
+    buf: Vec<u8>,
+}
+
+/// What a poll of a lane produced besides frames.
+#[derive(Debug, Default)]
+pub struct LaneEvents {
+    pub dns: Vec<DnsRequest>,
+    pub outcomes: Vec<(u64, u32, Outcome)>,
+}
+
+/// One network's host-side interface.
+pub struct Lane {
+    pub vni: u32,
+    pub gateway: Ipv4Address,
+    pub prefix: u8,
+    tasks_mac: [u8; 6],
+    iface: Interface,
+    dev: LaneDevice,
+    sockets: SocketSet<'static>,
+    udp: SocketHandle,
+    dns_tcp: Vec<(SocketHandle, DnsConn)>,
+    probes: Vec<ProbeConn>,
+    /// Aborted probe sockets, removed once their RST is out.
+    closing: Vec<(SocketHandle, u64)>,
+    macs: HashMap<Ipv4Address, [u8; 6]>,
+    pending: Vec<(Ipv4Address, u64, Vec<u8>)>,
+    arp_asked: HashMap<Ipv4Address, u64>,
+    next_port: u16,
+    /// Frames to send on the tasks port.
+    pub out: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("vni", &self.vni)
+            .field("gateway", &self.gateway)
+            .field("probes", &self.probes.len())
+            .finish()
+    }
+}
+
+fn is_unicast(a: Ipv4Address) -> bool {
+    !(a.is_unspecified() || a.is_broadcast() || a.is_multicast())
+}
+
+fn udp_socket() -> udp::Socket<'static> {
+    let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 64 * 1024]);
+    let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 128 * 1024]);
+    udp::Socket::new(rx, tx)
+}
+
+fn dns_tcp_socket() -> tcp::Socket<'static> {
+    let mut s = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; 4096]),
+        tcp::SocketBuffer::new(vec![0; DNS_TCP_MAX + 2]),
+    );
+    s.set_timeout(Some(DNS_TCP_IDLE));
+    s
+}
+
+impl Lane {
+    /// A lane for the network with VNI `vni` whose gateway is `gateway/prefix`; `None` when the
+    /// gateway cannot be an interface address.
+    pub fn new(
+        vni: u32,
+        gateway: Ipv4Address,
+        prefix: u8,
+        tasks_mac: [u8; 6],
+        seed: u64,
+        now: u64,
+    ) -> Option<Lane> {
+        if !is_unicast(gateway) || prefix > 32 {
+            return None;
+        }
+        let mut dev = LaneDevice::default();
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = seed ^ u64::from(vni);
+        let mut iface = Interface::new(cfg, &mut dev, Instant::from_millis(now as i64));
+        let mut ok = true;
+        iface.update_ip_addrs(|a| {
+            ok = a
+                .push(IpCidr::new(IpAddress::Ipv4(gateway), prefix))
+                .is_ok()
+        });
+        if !ok {
+            return None;
+        }
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut u = udp_socket();
+        u.bind(IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(gateway)),
+            port: 53,
+        })
+        .ok()?;
+        let udp = sockets.add(u);
+        let mut dns_tcp = Vec::new();
+        for _ in 0..DNS_TCP_SOCKETS {
+            dns_tcp.push((sockets.add(dns_tcp_socket()), DnsConn::default()));
+        }
+        let mut lane = Lane {
+            vni,
+            gateway,
+            prefix,
+            tasks_mac,
+            iface,
+            dev,
+            sockets,
+            udp,
+            dns_tcp,
+            probes: Vec::new(),
+            closing: Vec::new(),
+            macs: HashMap::new(),
+            pending: Vec::new(),
+            arp_asked: HashMap::new(),
+            next_port: PROBE_PORTS.start
+                + (seed % u64::from(PROBE_PORTS.end - PROBE_PORTS.start)) as u16,
+            out: Vec::new(),
+        };
+        lane.listen();
+        Some(lane)
+    }
+
+    /// Keeps every resolver TCP socket that is not serving listening.
+    fn listen(&mut self) {
+        let gw = self.gateway;
+        for (h, conn) in &mut self.dns_tcp {
+            let s = self.sockets.get_mut::<tcp::Socket>(*h);
+            if s.state() == tcp::State::Closed {
+                conn.buf.clear();
+                let _ = s.listen(IpListenEndpoint {
+                    addr: Some(IpAddress::Ipv4(gw)),
+                    port: 53,
+                });
+            }
+        }
+    }
+
+    /// A frame from a local task to the gateway.
+    pub fn input(&mut self, frame: &[u8]) {
+        let (Some(eth), Some(ip)) = (frame.get(..ETH), frame.get(ETH..)) else {
+            return;
+        };
+        if let Ok(p) = Ipv4Packet::new_checked(ip) {
+            let mut mac = [0u8; 6];
+            mac.copy_from_slice(&eth[6..12]);
+            self.macs.insert(p.src_addr(), mac);
+        }
+        self.dev.rx.push_back(ip.to_vec());
+    }
+
+    /// Starts a probe from the gateway to `p.addr:p.port`.
+    pub fn start_probe(&mut self, p: Probe, now: u64) -> Result<(), Outcome> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; PROBE_READ_MAX]),
+            tcp::SocketBuffer::new(vec![0; 2048]),
+        );
+        s.set_nagle_enabled(false);
+        let span = PROBE_PORTS.end - PROBE_PORTS.start;
+        let mut port = None;
+        for _ in 0..span {
+            let cand = self.next_port;
+            self.next_port = if cand + 1 >= PROBE_PORTS.end {
+                PROBE_PORTS.start
+            } else {
+                cand + 1
+            };
+            if !self.port_busy(cand) {
+                port = Some(cand);
+                break;
+            }
+        }
+        let Some(port) = port else {
+            return Err(Outcome::Fail("no free source port for the check".into()));
+        };
+        let remote = IpEndpoint::new(IpAddress::Ipv4(p.addr), p.port);
+        let local = IpListenEndpoint {
+            addr: Some(IpAddress::Ipv4(self.gateway)),
+            port,
+        };
+        if let Err(e) = s.connect(self.iface.context(), remote, local) {
+            return Err(Outcome::Fail(format!("cannot connect: {e}")));
+        }
+        let handle = self.sockets.add(s);
+        self.probes.push(ProbeConn {
+            probe: p,
+            handle,
+            established: false,
+            sent: false,
+            response: Vec::new(),
+        });
+        let _ = now;
+        Ok(())
+    }
+
+    fn port_busy(&self, port: u16) -> bool {
+        let busy = |h: &SocketHandle| {
+            self.sockets
+                .get::<tcp::Socket>(*h)
+                .local_endpoint()
+                .is_some_and(|e| e.port == port)
+        };
+        self.probes.iter().any(|c| busy(&c.handle)) || self.closing.iter().any(|(h, _)| busy(h))
+    }
+
+    /// Aborts the probe `(uid, seq)` (timed out): a RST goes to the task.
+    pub fn abort_probe(&mut self, uid: u64, seq: u32, now: u64) {
+        if let Some(i) = self
+            .probes
+            .iter()
+            .position(|c| c.probe.uid == uid && c.probe.seq == seq)
+        {
+            let c = self.probes.swap_remove(i);
+            self.sockets.get_mut::<tcp::Socket>(c.handle).abort();
+            self.closing.push((c.handle, now));
+        }
+    }
+
+    /// Sends a DNS answer the way its query came.
+    pub fn answer(&mut self, req: &DnsRequest, reply: &[u8]) -> bool {
+        match req.via {
+            Via::Udp => {
+                let meta = udp::UdpMetadata {
+                    endpoint: req.from,
+                    local_address: Some(IpAddress::Ipv4(self.gateway)),
+                    meta: Default::default(),
+                };
+                self.sockets
+                    .get_mut::<udp::Socket>(self.udp)
+                    .send_slice(reply, meta)
+                    .is_ok()
+            }
+            Via::Tcp(h) => {
+                let Some((_, _)) = self.dns_tcp.iter().find(|(x, _)| *x == h) else {
+                    return false;
+                };
+                let s = self.sockets.get_mut::<tcp::Socket>(h);
+                let Ok(len) = u16::try_from(reply.len()) else {
+                    return false;
+                };
+                if !s.may_send() || s.send_capacity() - s.send_queue() < reply.len() + 2 {
+                    return false;
+                }
+                let a = s.send_slice(&len.to_be_bytes()).unwrap_or(0);
+                let b = s.send_slice(reply).unwrap_or(0);
+                a + b == reply.len() + 2
+            }
+        }
+    }
+
+    /// Runs the interface: takes what arrived, serves the sockets, and turns what smoltcp sent
+    /// into frames in [`Lane::out`]. `neigh` is the pipeline's neighbour table.
+    pub fn poll(&mut self, now: u64, neigh: &Neighbors) -> LaneEvents {
+        let ts = Instant::from_millis(now as i64);
+        self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+        let mut ev = LaneEvents::default();
+        // UDP queries.
+        let u = self.sockets.get_mut::<udp::Socket>(self.udp);
+        while let Ok((data, meta)) = u.recv() {
+            ev.dns.push(DnsRequest {
+                from: meta.endpoint,
+                via: Via::Udp,
+                msg: data.to_vec(),
+            });
+        }
+        // TCP queries: two-byte length, then the message (RFC 1035 §4.2.2).
+        for (h, conn) in &mut self.dns_tcp {
+            let s = self.sockets.get_mut::<tcp::Socket>(*h);
+            while s.can_recv() {
+                let room = (DNS_TCP_MAX + 2).saturating_sub(conn.buf.len());
+                let got = s.recv(|b| {
+                    let n = b.len().min(room);
+                    (n, b[..n].to_vec())
+                });
+                match got {
+                    Ok(b) if !b.is_empty() => conn.buf.extend_from_slice(&b),
+                    _ => break,
+                }
+            }
+            while conn.buf.len() >= 2 {
+                let len = usize::from(u16::from_be_bytes([conn.buf[0], conn.buf[1]]));
+                if conn.buf.len() < 2 + len {
+                    break;
+                }
+                let msg = conn.buf[2..2 + len].to_vec();
+                conn.buf.drain(..2 + len);
+                if let Some(from) = s.remote_endpoint() {
+                    ev.dns.push(DnsRequest {
+                        from,
+                        via: Via::Tcp(*h),
+                        msg,
+                    });
+                }
+            }
+            if s.state() == tcp::State::CloseWait {
+                s.close();
+            }
+        }
+        // Probes.
+        let mut done = Vec::new();
+        for (i, c) in self.probes.iter_mut().enumerate() {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            let state = s.state();
+            if matches!(state, tcp::State::Established | tcp::State::CloseWait) {
+                c.established = true;
+            }
+            let outcome = match c.probe.test {
+                HealthTest::Tcp if c.established => Some(Outcome::Pass),
+                HealthTest::Http if c.established => {
+                    if !c.sent && s.can_send() {
+                        let req = format!(
+                            "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: meshd-healthcheck\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+                            c.probe.path, c.probe.addr, c.probe.port
+                        );
+                        c.sent = s.send_slice(req.as_bytes()).is_ok_and(|n| n == req.len());
+                    }
+                    while s.can_recv() && c.response.len() < PROBE_READ_MAX {
+                        match s.recv(|b| (b.len(), b.to_vec())) {
+                            Ok(b) if !b.is_empty() => c.response.extend_from_slice(&b),
+                            _ => break,
+                        }
+                    }
+                    http_outcome(&c.response, &c.probe, !s.may_recv())
+                }
+                _ => match state {
+                    tcp::State::Closed | tcp::State::TimeWait => {
+                        Some(Outcome::Fail("connection refused".into()))
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(o) = outcome {
+                done.push((i, o));
+            }
+        }
+        for (i, o) in done.into_iter().rev() {
+            let c = self.probes.swap_remove(i);
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            if s.state() != tcp::State::Closed {
+                s.abort();
+            }
+            self.closing.push((c.handle, now));
+            ev.outcomes.push((c.probe.uid, c.probe.seq, o));
+        }
+        self.listen();
+        // Send what the sockets have now (answers, RSTs of finished probes), then tidy up.
+        self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+        let mut i = 0;
+        while i < self.closing.len() {
+            let (h, since) = self.closing[i];
+            let s = self.sockets.get::<tcp::Socket>(h);
+            if (s.state() == tcp::State::Closed && s.local_endpoint().is_none())
+                || now.saturating_sub(since) > 5000
+            {
+                self.sockets.remove(h);
+                self.closing.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        self.frame_out(now, neigh);
+        ev
+    }
+
+    /// Re-runs the interface after answers were queued with [`Lane::answer`].
+    pub fn flush(&mut self, now: u64, neigh: &Neighbors) {
+        self.iface.poll(
+            Instant::from_millis(now as i64),
+            &mut self.dev,
+            &mut self.sockets,
+        );
+        self.frame_out(now, neigh);
+    }
+
+    /// When smoltcp next wants to run (retransmissions, timeouts), in ms.
+    pub fn poll_at(&mut self, now: u64) -> Option<u64> {
+        let at = self
+            .iface
+            .poll_at(Instant::from_millis(now as i64), &self.sockets)?;
+        Some(at.total_millis().max(0) as u64)
+    }
+
+    /// Puts an Ethernet header on each IP packet smoltcp sent.
+    fn frame_out(&mut self, now: u64, neigh: &Neighbors) {
+        let mut packets: Vec<(Ipv4Address, u64, Vec<u8>)> = std::mem::take(&mut self.pending);
+        for p in self.dev.tx.drain(..) {
+            let Ok(ip) = Ipv4Packet::new_checked(&p[..]) else {
+                continue;
+            };
+            packets.push((ip.dst_addr(), now, p));
+        }
+        for (dst, since, p) in packets {
+            let mac = self
+                .macs
+                .get(&dst)
+                .copied()
+                .or_else(|| neigh.get(u32::from_be_bytes(dst.octets())));
+            match mac {
+                Some(mac) => {
+                    let mut f = Vec::with_capacity(ETH + p.len());
+                    f.extend_from_slice(&mac);
+                    f.extend_from_slice(&self.tasks_mac);
+                    f.extend_from_slice(&[0x08, 0x00]);
+                    f.extend_from_slice(&p);
+                    self.out.push(f);
+                }
+                None if now.saturating_sub(since) < PENDING_MS => {
+                    self.ask(dst, now);
+                    self.pending.push((dst, since, p));
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// An ARP request for `dst` from the gateway (the pipeline learns the answer).
+    fn ask(&mut self, dst: Ipv4Address, now: u64) {
+        if self
+            .arp_asked
+            .get(&dst)
+            .is_some_and(|&t| now.saturating_sub(t) < ARP_EVERY_MS)
+        {
+            return;
+        }
+        self.arp_asked.insert(dst, now);
+        let mut f = vec![0u8; ETH + 28];
+        f[0..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&self.tasks_mac);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        let req = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(self.tasks_mac),
+            source_protocol_addr: self.gateway,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: dst,
+        };
+        req.emit(&mut ArpPacket::new_unchecked(&mut f[ETH..]));
+        self.out.push(f);
+    }
+
+    /// Probes under way.
+    pub fn probes(&self) -> usize {
+        self.probes.len()
+    }
+}
+
+/// What an HTTP probe's answer so far says: the status line decides; a connection that ends
+/// without one failed.
+fn http_outcome(resp: &[u8], p: &Probe, ended: bool) -> Option<Outcome> {
+    let line_end = resp
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .or_else(|| resp.iter().position(|&b| b == b'\n'));
+    let Some(end) = line_end else {
+        if ended {
+            return Some(Outcome::Fail(
+                "the connection ended before an HTTP status line".into(),
+            ));
+        }
+        if resp.len() >= PROBE_READ_MAX
+            || (!resp.is_empty() && !b"HTTP/".starts_with(&resp[..resp.len().min(5)]))
+        {
+            return Some(Outcome::Fail("not an HTTP response".into()));
+        }
+        return None;
+    };
+    let line = String::from_utf8_lossy(&resp[..end]);
+    let mut parts = line.split_ascii_whitespace();
+    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
+        return Some(Outcome::Fail("not an HTTP response".into()));
+    };
+    let Ok(status) = code.parse::<u16>() else {
+        return Some(Outcome::Fail("not an HTTP response".into()));
+    };
+    if !version.starts_with("HTTP/") {
+        return Some(Outcome::Fail("not an HTTP response".into()));
+    }
+    if p.status_ok(status) {
+        Some(Outcome::Pass)
+    } else {
+        let want = p
+            .check
+            .status
+            .map_or_else(|| "2xx or 3xx".to_string(), |s| s.to_string());
+        Some(Outcome::Fail(format!(
+            "HTTP status {status}, expected {want}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ctl::model::HealthCheck;
+
+    fn probe(status: Option<u16>) -> Probe {
+        Probe {
+            uid: 1,
+            seq: 1,
+            net: 0,
+            addr: Ipv4Address::new(10, 0, 1, 11),
+            port: 80,
+            test: HealthTest::Http,
+            path: "/healthz".into(),
+            check: HealthCheck {
+                test: HealthTest::Http,
+                status,
+                ..HealthCheck::default()
+            },
+            deadline: 1000,
+        }
+    }
+
+    #[test]
+    fn http_status_lines_decide() {
+        let p = probe(None);
+        assert_eq!(
+            http_outcome(b"HTTP/1.1 200 OK\r\n", &p, false),
+            Some(Outcome::Pass)
+        );
+        assert_eq!(
+            http_outcome(b"HTTP/1.0 302 Found\r\n", &p, false),
+            Some(Outcome::Pass)
+        );
+        assert_eq!(
+            http_outcome(b"HTTP/1.1 503 Unavailable\r\n", &p, false),
+            Some(Outcome::Fail("HTTP status 503, expected 2xx or 3xx".into()))
+        );
+        assert_eq!(
+            http_outcome(b"HTTP/1.1 302 Found\r\n", &probe(Some(200)), false),
+            Some(Outcome::Fail("HTTP status 302, expected 200".into()))
+        );
+        assert_eq!(
+            http_outcome(b"HTTP/1.1 2", &p, false),
+            None,
+            "not all there yet"
+        );
+        assert_eq!(http_outcome(b"HTT", &p, false), None);
+        assert!(matches!(
+            http_outcome(b"HTT", &p, true),
+            Some(Outcome::Fail(_))
+        ));
+        assert_eq!(
+            http_outcome(b"SSH-2.0-OpenSSH", &p, false),
+            Some(Outcome::Fail("not an HTTP response".into()))
+        );
+        assert_eq!(
+            http_outcome(b"Hostname: web.1\n", &p, false),
+            Some(Outcome::Fail("not an HTTP response".into()))
+        );
+        assert_eq!(
+            http_outcome(b"", &p, true),
+            Some(Outcome::Fail(
+                "the connection ended before an HTTP status line".into()
+            ))
+        );
+        assert_eq!(
+            http_outcome(b"HTTP/1.1 abc\r\n", &p, false),
+            Some(Outcome::Fail("not an HTTP response".into()))
+        );
+    }
+
+    #[test]
+    fn a_lane_needs_a_unicast_gateway() {
+        assert!(Lane::new(
+            4097,
+            Ipv4Address::new(10, 0, 1, 1),
+            24,
+            [2, 0, 0, 0, 0, 2],
+            1,
+            0
+        )
+        .is_some());
+        assert!(Lane::new(
+            4097,
+            Ipv4Address::new(224, 0, 0, 1),
+            24,
+            [2, 0, 0, 0, 0, 2],
+            1,
+            0
+        )
+        .is_none());
+        assert!(Lane::new(4097, Ipv4Address::BROADCAST, 24, [2, 0, 0, 0, 0, 2], 1, 0).is_none());
+    }
+}
