@@ -15,6 +15,7 @@ EXAMPLES:
   sudo target/release/bench mesh --docs docs        # ... and refresh docs/bench-mesh.md + .svg
   sudo target/release/bench mesh --quick            # a few seconds per system (CI)
   sudo target/release/bench mesh --systems meshd-1w,kernel --rounds 5 --loss 0
+  target/release/bench mesh --render bench/out/mesh.json --docs docs   # redraw, no run
 
 Writes bench/out/mesh.json, bench/out/mesh.md and bench/out/mesh.svg (see --out).
 Namespaces are named meshd-bench-*, and removed at the end, on failure and on Ctrl-C.";
@@ -67,9 +68,14 @@ pub struct MeshArgs {
     /// Cores the systems' forwarding threads go on (meshd workers, testpmd lcores).
     #[arg(long, value_delimiter = ',', default_value = "0,1")]
     pub cores: Vec<usize>,
-    /// Leave each node's receive work on the sending thread (no RPS steering to the node's core).
+    /// Steer each node's receive work to the node's core with RPS, as a NIC interrupt would
+    /// (default: the sending thread does it, as a veth does; on a VM every RPS hand-off is an
+    /// IPI, which costs more than the work it moves).
     #[arg(long)]
-    pub no_rps: bool,
+    pub rps: bool,
+    /// Render mesh.md/.svg (and --docs) again from a mesh.json written earlier, without running.
+    #[arg(long, value_name = "MESH_JSON")]
+    pub render: Option<PathBuf>,
     /// Where mesh.json, mesh.md and mesh.svg go.
     #[arg(long, default_value = "bench/out")]
     pub out: PathBuf,
@@ -136,7 +142,7 @@ impl MeshArgs {
             tcp: secs(self.tcp_secs, 0.5, 4.0, "tcp-secs")?,
             tcp_threads: self.tcp_threads.max(1),
             cores: self.cores.clone(),
-            rps: !self.no_rps,
+            rps: self.rps,
             out: self.out.clone(),
             docs: self.docs.clone(),
             command,
@@ -153,6 +159,15 @@ pub fn main(a: MeshArgs) -> i32 {
             return 2;
         }
     };
+    if let Some(p) = &a.render {
+        return match super::render(p, &o) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bench mesh --render: {e}");
+                1
+            }
+        };
+    }
     if o.quick && !dataplane::netns::is_root() {
         // As the namespace tests do: `./test` as a normal user skips what needs root.
         eprintln!("bench mesh --quick: skipped: needs root for network namespaces");

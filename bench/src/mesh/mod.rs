@@ -549,7 +549,9 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
     ));
     notes.push("Latency is one-way, from the generator's send time (stamped in the frame) to the kernel's arrival stamp in the sink's ring; both ends share this machine's clock.".into());
     if o.rps {
-        notes.push("Each node's uplink steers its receive work to the node's core with RPS (n1 on the first of --cores, n2 on the second; meshd with 2 workers: both), as a NIC interrupt would; --no-rps leaves it on the sending thread.".into());
+        notes.push("--rps: each node's uplink steers its receive work to the node's core with RPS (n1 on the first of --cores, n2 on the second; meshd with 2 workers: both), as a NIC interrupt would.".into());
+    } else {
+        notes.push("No RPS: a veth hands a frame on in the softirq of the thread that sent it, so the kernel system's whole forwarding path runs on the generator's thread (it can never drop: it slows the generator down instead), and each meshd worker pays for the kernel path to the next node's ring when it sends.".into());
     }
     if o.systems.contains(&System::Testpmd) {
         notes.push("testpmd busy-polls (its forwarding lcores spin at 100%), so on a machine with as many cores as forwarders it starves the generator and the sink; the AF_PACKET forwarder (same ports and idle back-off as meshd, no pipeline) is the ceiling that fits such a machine.".into());
@@ -587,6 +589,19 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
         write_docs(&report, d)?;
     }
     Ok(report)
+}
+
+/// Writes the report files (and the docs copy) again from a `mesh.json`.
+pub fn render(json: &std::path::Path, o: &Options) -> Result<(), MeshError> {
+    let text = std::fs::read_to_string(json)
+        .map_err(|e| MeshError::Report(format!("reading {}: {e}", json.display())))?;
+    let r: Report = serde_json::from_str(&text)
+        .map_err(|e| MeshError::Report(format!("{}: {e}", json.display())))?;
+    r.write(&o.out)?;
+    if let Some(d) = &o.docs {
+        write_docs(&r, d)?;
+    }
+    Ok(())
 }
 
 /// `docs/bench-mesh.md` and `docs/bench-mesh.svg`: the table, the chart, the command, and the

@@ -6,14 +6,14 @@ use std::path::Path;
 
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::tcp::ConnRate;
 use super::MeshError;
 use crate::pktgen::Percentiles;
 
 /// One trial at one offered rate.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Trial {
     /// The rate asked for; `None`: as fast as the generator can.
     pub target_pps: Option<f64>,
@@ -33,7 +33,7 @@ pub struct Trial {
 }
 
 /// One system's run in one round.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
     pub system: String,
     pub name: String,
@@ -47,12 +47,12 @@ pub struct Run {
     pub latency_trial: Trial,
     pub tcp: Option<ConnRate>,
     /// meshd's counters on each node after the run (`meshctl stats`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meshd_stats: Vec<serde_json::Value>,
 }
 
 /// Median, minimum and maximum over a system's rounds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Spread {
     pub median: f64,
     pub min: f64,
@@ -83,7 +83,7 @@ impl Spread {
 }
 
 /// One system over all rounds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub system: String,
     pub name: String,
@@ -96,7 +96,7 @@ pub struct Summary {
 }
 
 /// A ratio of two medians, with the worst and best pairing of the spreads.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {
     pub what: String,
     pub median: f64,
@@ -108,7 +108,7 @@ pub struct Ratio {
 }
 
 /// Everything `bench mesh` writes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub command: String,
     pub date_utc: String,
@@ -120,7 +120,7 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     pub cpus: usize,
     pub kernel: String,
@@ -128,7 +128,7 @@ pub struct Machine {
     pub load_avg_at_start: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Settings {
     pub quick: bool,
     pub rounds: usize,
@@ -143,6 +143,7 @@ pub struct Settings {
     pub tcp_secs: f64,
     pub tcp_threads: usize,
     pub cores: Vec<usize>,
+    #[serde(default)]
     pub rps: bool,
 }
 
