@@ -12,12 +12,12 @@ use serde::Deserialize;
 use crate::balance::ServiceTable;
 use crate::buf::PortId;
 use crate::control::{Controller, Persisted, Server, StateStore};
-use crate::host::{self, HostAction};
+use crate::host::{HostConfig, HostShared, HostStack, Upstream};
 use crate::neigh::Neighbors;
 use crate::pipeline::Config;
 use crate::port::afpacket::{AfPacketConfig, AfPacketPort};
 use crate::port::Port;
-use crate::worker::{Idle, Shared, Worker};
+use crate::worker::{Clock, Idle, Shared, Worker};
 
 const AFTER_HELP: &str = "\
 EXAMPLES:
@@ -41,6 +41,7 @@ CONFIG FILE (TOML), every key optional and named like its flag:
   flows = 1048576
   busy_poll = false
   metrics = \"127.0.0.1:9469\"
+  dns_upstream = \"192.168.1.1:53\"
 
 Then add peers, networks and services with meshctl (see `meshctl --help`).
 The kernel should hold no IP address on the uplink and tasks interfaces: meshd answers for the
@@ -90,6 +91,11 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP on this address, e.g. 127.0.0.1:9469.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Forward DNS names that are not the mesh's (asked of a network's resolver, its gateway)
+    /// to this resolver, e.g. 192.168.1.1:53, from a UDP socket in meshd's own network
+    /// namespace (not the uplink). Without it they get NXDOMAIN.
+    #[arg(long, value_name = "IP:PORT")]
+    pub dns_upstream: Option<std::net::SocketAddrV4>,
 }
 
 /// The options from the config file.
@@ -107,6 +113,7 @@ struct FileConfig {
     flows: Option<usize>,
     busy_poll: Option<bool>,
     metrics: Option<std::net::SocketAddr>,
+    dns_upstream: Option<std::net::SocketAddrV4>,
 }
 
 /// Resolved settings.
@@ -123,6 +130,7 @@ pub struct Settings {
     pub flows: usize,
     pub busy_poll: bool,
     pub metrics: Option<std::net::SocketAddr>,
+    pub dns_upstream: Option<std::net::SocketAddrV4>,
 }
 
 /// A start-up error, said so the operator knows what to fix.
@@ -194,6 +202,7 @@ impl Args {
             flows: self.flows.or(file.flows).unwrap_or(1 << 20),
             busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
             metrics: self.metrics.or(file.metrics),
+            dns_upstream: self.dns_upstream.or(file.dns_upstream),
         })
     }
 }
@@ -246,8 +255,10 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let neigh = Arc::new(Neighbors::new(1 << 16));
     let table = ServiceTable::empty(&s.node, s.addr);
     let shared = Shared::new(table, workers, neigh);
-    let controller = Controller::new(s.node.clone(), persisted, store, shared.clone())
+    let mut controller = Controller::new(s.node.clone(), persisted, store, shared.clone())
         .map_err(StartError::Config)?;
+    let host_shared = Arc::new(HostShared::default());
+    controller.host = Some(host_shared.clone());
     tracing::info!(node = %s.node, addr = %s.addr, generation = controller.generation, "state restored");
 
     let group = (std::process::id() & 0x7fff) as u16;
@@ -303,12 +314,27 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     }
     tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, "workers started");
 
+    let ctl = Arc::new(Mutex::new(controller));
+
     // The host side.
-    let hs = shared.clone();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let mut stack = HostStack::new(HostConfig {
+        uplink_mac,
+        tasks_mac,
+        seed,
+    });
+    if let Some(up) = s.dns_upstream {
+        stack.set_upstream(Box::new(UdpUpstream::connect(up)?));
+        tracing::info!(upstream = %up, "DNS names outside the mesh go upstream");
+    }
+    let (hs, hc) = (shared.clone(), ctl.clone());
     handles.push(
         std::thread::Builder::new()
             .name("meshd-host".into())
-            .spawn(move || host_loop(&hs))?,
+            .spawn(move || host_loop(&hs, &hc, &host_shared, stack))?,
     );
 
     // The control socket.
@@ -316,7 +342,6 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         path: s.socket.display().to_string(),
         source: e,
     })?;
-    let ctl = Arc::new(Mutex::new(controller));
     let cs = shared.clone();
     let cc = ctl.clone();
     handles.push(
@@ -354,14 +379,89 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
-fn host_loop(shared: &Shared) {
+/// The upstream resolver: a kernel UDP socket in meshd's own namespace, connected so only the
+/// upstream's answers come in.
+struct UdpUpstream(std::net::UdpSocket);
+
+impl UdpUpstream {
+    fn connect(to: std::net::SocketAddrV4) -> std::io::Result<UdpUpstream> {
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(to)?;
+        s.set_nonblocking(true)?;
+        Ok(UdpUpstream(s))
+    }
+}
+
+impl Upstream for UdpUpstream {
+    fn send(&mut self, msg: &[u8]) -> bool {
+        self.0.send(msg).is_ok()
+    }
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut b = [0u8; 4096];
+        let n = self.0.recv(&mut b).ok()?;
+        Some(b[..n].to_vec())
+    }
+}
+
+/// The host thread: frames from the workers into the host stack, its frames back to worker 0,
+/// health views to the controller (which publishes them as new table generations), counters
+/// and health details for the control thread.
+fn host_loop(shared: &Shared, ctl: &Mutex<Controller>, host: &HostShared, mut stack: HostStack) {
+    let clock = Clock::new();
+    let mut pending_view = None;
+    let mut last_stats = 0u64;
+    let mut wake = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
-        let Some(mut b) = shared.to_host.pop() else {
+        let now = clock.now_ms();
+        let table = shared.table.load_full();
+        let mut got = 0;
+        while got < 256 {
+            let Some(b) = shared.to_host.pop() else { break };
+            stack.input(&table, b.port, b.data(), now);
+            // The buffer goes back to the workers.
+            let _ = shared.spare.push(b);
+            got += 1;
+        }
+        if got > 0 || now >= wake {
+            stack.poll(&table, &shared.neigh, now);
+            for (port, f) in stack.take_output() {
+                let mut b = shared.spare.pop().unwrap_or_default();
+                b.fill(&f);
+                b.port = port;
+                let _ = shared.from_host.push(b);
+            }
+            wake = stack.next_wakeup(now);
+        }
+        if let Some(v) = stack.take_view() {
+            pending_view = Some(v);
+        }
+        if let Some(v) = pending_view.take() {
+            // Never wait on a control request under way: try again next round.
+            match ctl.try_lock() {
+                Ok(mut c) => {
+                    if c.set_health(v) {
+                        tracing::info!(
+                            generation = c.generation,
+                            "health changed: new table published"
+                        );
+                    }
+                }
+                Err(_) => pending_view = Some(v),
+            }
+        }
+        if let Some(b) = stack.take_board() {
+            if let Ok(mut x) = host.board.lock() {
+                *x = b;
+            }
+        }
+        if now.saturating_sub(last_stats) >= 100 {
+            if let Ok(mut x) = host.stats.lock() {
+                *x = stack.stats.clone();
+            }
+            last_stats = now;
+        }
+        if got == 0 && pending_view.is_none() {
             std::thread::sleep(Duration::from_micros(200));
-            continue;
-        };
-        if host::answer(&mut b) == HostAction::Reply {
-            let _ = shared.from_host.push(b);
         }
     }
 }

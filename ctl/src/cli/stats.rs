@@ -103,15 +103,68 @@ pub fn render(s: &Value) -> String {
                 n(&t["packets"]),
                 n(&t["bytes"]),
                 n(&t["connections"]),
+                t["health"].as_str().unwrap_or("").to_string(),
             ]);
         }
     }
     if !rows.is_empty() {
         out.push('\n');
         out.push_str(&table(
-            &["SERVICE", "TASK", "NODE", "PACKETS", "BYTES", "CONNECTIONS"],
+            &[
+                "SERVICE",
+                "TASK",
+                "NODE",
+                "PACKETS",
+                "BYTES",
+                "CONNECTIONS",
+                "HEALTH",
+            ],
             &rows,
         ));
+    }
+    if let Some(h) = s["host"].as_object() {
+        // The host side: DNS, health checks, gossip, the node's own answers.
+        let line = |keys: &[&str]| -> String {
+            keys.iter()
+                .map(|k| {
+                    format!(
+                        "{} {}",
+                        k.replace('_', "-"),
+                        n(h.get(*k).unwrap_or(&Value::Null))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("   ")
+        };
+        out.push_str("\nhost: ");
+        out.push_str(&line(&[
+            "frames",
+            "rst_sent",
+            "unreachable_sent",
+            "echo_replies",
+        ]));
+        out.push_str("\ndns: ");
+        out.push_str(&line(&[
+            "dns_queries",
+            "dns_tcp_queries",
+            "dns_noerror",
+            "dns_nxdomain",
+            "dns_formerr",
+            "dns_truncated",
+            "dns_dropped",
+            "dns_forwarded",
+        ]));
+        out.push_str("\nhealth: ");
+        out.push_str(&line(&[
+            "checks_started",
+            "checks_passed",
+            "checks_failed",
+            "health_changes",
+            "gossip_sent",
+            "gossip_received",
+            "gossip_rejected",
+        ]));
+        out.push('\n');
     }
     out
 }
@@ -128,17 +181,19 @@ mod tests {
             "total": {"rx": 10, "new_flows": 2, "drops": {"no_route": 1}},
             "burst_latency_ns": {"count": 3, "p50": 900, "p99": 2000, "p999": 2000, "max": 2100},
             "services": [{"name": "web", "packets": 8, "bytes": 800, "connections": 2,
-                          "tasks": [{"name": "web.1", "node": "n2", "packets": 8, "bytes": 800, "connections": 2}]}]
+                          "tasks": [{"name": "web.1", "node": "n2", "packets": 8, "bytes": 800, "connections": 2, "health": "healthy"}]}],
+            "host": {"dns_queries": 5, "checks_failed": 1}
         });
         let t = render(&v);
         assert!(t.contains("node n1   generation 7"), "{t}");
         assert!(t.contains("no_route"), "{t}");
         assert!(t.contains("p50 900"), "{t}");
         assert!(
-            t.lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>()
-                    == ["web.1", "n2", "8", "800", "2"]),
+            t.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["web.1", "n2", "8", "800", "2", "healthy"]),
             "{t}"
         );
+        assert!(t.contains("dns-queries 5"), "{t}");
+        assert!(t.contains("checks-failed 1"), "{t}");
     }
 }

@@ -4,21 +4,30 @@
 //! and validated into a new service table, persisted (temp file, fsync, rename), published to the
 //! workers, and answered only once every worker has picked that generation up. A request that
 //! fails any step changes nothing and gets an error that says what is wrong.
+//!
+//! Health verdicts are runtime state layered over the desired state: the host thread hands a
+//! changed view to [`Controller::set_health`], which compiles and publishes a new table
+//! generation without persisting anything. The controller also notes when each task's observed
+//! state ([`ctl::model::CurrentState`]) changed, for `service ps`.
 
+use std::collections::HashMap;
 use std::io::{BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use ctl::model::{CurrentState, Health, PsTask, TaskState, TaskStatus};
 use ctl::proto::{self, Command, ErrorCode, Response};
 use ctl::State;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::balance::table::HealthView;
 use crate::balance::ServiceTable;
+use crate::host::HostShared;
 use crate::stats::DropReason;
 use crate::worker::Shared;
 
@@ -41,9 +50,25 @@ pub struct Persisted {
 pub struct Controller {
     pub local: String,
     pub state: State,
+    /// The generation of the last table published: a desired-state change or a health change.
+    /// Desired-state changes persist it.
     pub generation: u64,
     pub store: StateStore,
     pub shared: Arc<Shared>,
+    /// The health verdicts compiled into the current table (runtime, never persisted).
+    pub health: HealthView,
+    /// What the host thread shares: its counters and every checked task's health detail.
+    pub host: Option<Arc<HostShared>>,
+    /// Each task's observed state and since when, by task name.
+    since: HashMap<String, Since>,
+}
+
+/// When a task entered its observed state.
+#[derive(Debug, Clone, Copy)]
+struct Since {
+    state: CurrentState,
+    at: Instant,
+    unix_ms: u64,
 }
 
 impl Controller {
@@ -56,14 +81,116 @@ impl Controller {
     ) -> Result<Self, String> {
         let table = ServiceTable::build(&persisted.state, &local, persisted.generation)
             .map_err(|e| e.to_string())?;
-        shared.table.store(Arc::new(table));
-        Ok(Controller {
+        let mut c = Controller {
             local,
             state: persisted.state,
             generation: persisted.generation,
             store,
             shared,
-        })
+            health: HealthView::new(),
+            host: None,
+            since: HashMap::new(),
+        };
+        c.observe(&table);
+        c.shared.table.store(Arc::new(table));
+        Ok(c)
+    }
+
+    /// Notes the tasks whose observed state changed in `t` (and forgets removed tasks).
+    fn observe(&mut self, t: &ServiceTable) {
+        let now = Instant::now();
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut seen: HashMap<String, Since> = HashMap::with_capacity(t.tasks.len());
+        for te in &t.tasks {
+            let state = CurrentState::of(te.state, te.health);
+            let s = match self.since.get(&te.name) {
+                Some(prev) if prev.state == state => *prev,
+                _ => Since {
+                    state,
+                    at: now,
+                    unix_ms,
+                },
+            };
+            seen.insert(te.name.clone(), s);
+        }
+        self.since = seen;
+    }
+
+    /// Compiles the health verdicts `view` into a new table and publishes it (without waiting
+    /// for the workers: nobody waits on it, and a verdict is not persisted). Returns whether it
+    /// changed anything.
+    pub fn set_health(&mut self, view: HealthView) -> bool {
+        if view == self.health {
+            return false;
+        }
+        let generation = self.generation + 1;
+        match ServiceTable::build_with(&self.state, &self.local, generation, &view) {
+            Ok(t) => {
+                self.health = view;
+                self.generation = generation;
+                self.observe(&t);
+                self.shared.table.store(Arc::new(t));
+                true
+            }
+            Err(e) => {
+                tracing::warn!("health change not applied: {e}");
+                false
+            }
+        }
+    }
+
+    /// `service ps`: each task with its observed state, since when, and its health.
+    fn ps(&self, svc: &ctl::Service) -> Vec<PsTask> {
+        let table = self.shared.table.load();
+        let board = self
+            .host
+            .as_ref()
+            .and_then(|h| h.board.lock().ok().map(|b| b.clone()));
+        let retries = svc.health.as_ref().map_or(0, |h| h.retries);
+        svc.tasks
+            .iter()
+            .map(|t| {
+                let te = table.tasks.iter().find(|x| x.name == t.name);
+                let health = te.and_then(|x| x.health);
+                let state = CurrentState::of(t.state, health);
+                let detail = te.and_then(|x| board.as_ref()?.get(&x.uid).cloned());
+                let (age_ms, since_unix_ms) = match self.since.get(&t.name) {
+                    Some(s) if s.state == state => (s.at.elapsed().as_millis() as u64, s.unix_ms),
+                    _ => (0, 0),
+                };
+                let streak = detail.as_ref().map_or(0, |d| d.streak);
+                let why = detail.as_ref().map(|d| d.error.clone()).unwrap_or_default();
+                let error = match (t.state, health) {
+                    (TaskState::Failed | TaskState::Unhealthy, _) => {
+                        format!(
+                            "desired state {} (set with --task-update)",
+                            ts_word(t.state)
+                        )
+                    }
+                    (TaskState::Running, Some(Health::Unhealthy)) => {
+                        format!("unhealthy: {why} ({streak} checks failed in a row)")
+                    }
+                    (TaskState::Running, Some(Health::Starting)) if streak > 0 => {
+                        format!("starting: {why} ({streak} of {retries} checks failed)")
+                    }
+                    (TaskState::Running, Some(Health::Starting)) => why,
+                    _ => String::new(),
+                };
+                PsTask {
+                    task: t.clone(),
+                    status: Some(TaskStatus {
+                        state,
+                        age_ms,
+                        since_unix_ms,
+                        health,
+                        failing_streak: streak,
+                        error,
+                    }),
+                }
+            })
+            .collect()
     }
 
     /// Handles one request line; never panics, always answers.
@@ -103,7 +230,7 @@ impl Controller {
                 None => not_found("service", name),
             },
             Command::ServicePs { name } => match self.state.service(name) {
-                Some(s) => val(serde_json::to_value(&s.tasks)),
+                Some(s) => val(serde_json::to_value(self.ps(s))),
                 None => not_found("service", name),
             },
             Command::State {} => val(serde_json::to_value(&self.state)),
@@ -122,7 +249,7 @@ impl Controller {
             Err(e) => return Response::Err(e.into()),
         };
         let generation = self.generation + 1;
-        let table = match ServiceTable::build(&next, &self.local, generation) {
+        let table = match ServiceTable::build_with(&next, &self.local, generation, &self.health) {
             Ok(t) => t,
             Err(e) => {
                 let code = if e.to_string().contains("already in use") {
@@ -145,6 +272,7 @@ impl Controller {
         }
         self.state = persisted.state;
         self.generation = generation;
+        self.observe(&table);
         let answer = ctl::apply::answer(&self.state, cmd).unwrap_or(Value::Null);
         match self.shared.publish(table, ACK_TIMEOUT) {
             Ok(()) => Response::ok(generation, answer),
@@ -211,6 +339,7 @@ impl Controller {
                             "name": te.name,
                             "node": table.nodes.get(usize::from(te.node)).map(|n| n.name.as_str()).unwrap_or(""),
                             "eligible": te.eligible,
+                            "health": te.health.map(|h| h.as_str()),
                             "packets": c[0], "bytes": c[1], "connections": c[2],
                         })
                     })
@@ -236,7 +365,18 @@ impl Controller {
                 "max": hist.max(),
             },
             "services": services,
+            "host": self.host.as_ref().and_then(|h| h.stats.lock().ok().and_then(|s| serde_json::to_value(&*s).ok())).unwrap_or(Value::Null),
         })
+    }
+}
+
+fn ts_word(s: TaskState) -> &'static str {
+    match s {
+        TaskState::Running => "running",
+        TaskState::Unhealthy => "unhealthy",
+        TaskState::Draining => "draining",
+        TaskState::Shutdown => "shutdown",
+        TaskState::Failed => "failed",
     }
 }
 
@@ -336,5 +476,132 @@ fn serve_conn(stream: UnixStream, ctl: Arc<Mutex<Controller>>) {
         if w.write_all(resp.to_line().as_bytes()).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::HealthDetail;
+    use crate::neigh::Neighbors;
+    use ctl::model::HealthCheck;
+
+    /// A controller for node n2 of `three_nodes` with a health-checked `web`, no workers (so
+    /// nothing waits for acknowledgements).
+    fn controller(tag: &str) -> Controller {
+        let dir =
+            std::env::temp_dir().join(format!("meshd-ctl-health-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let mut state = crate::sim::three_nodes();
+        state.services[0].health = Some(HealthCheck {
+            interval_ms: 1000,
+            timeout_ms: 500,
+            ..HealthCheck::default()
+        });
+        let shared = Shared::new(
+            ServiceTable::empty("n2", std::net::Ipv4Addr::new(192, 168, 1, 12)),
+            0,
+            Arc::new(Neighbors::new(16)),
+        );
+        let persisted = Persisted {
+            generation: 4,
+            state,
+        };
+        let mut c = Controller::new(
+            "n2".into(),
+            persisted,
+            StateStore::new(dir.join("state.json")),
+            shared,
+        )
+        .unwrap();
+        c.host = Some(Arc::new(HostShared::default()));
+        c
+    }
+
+    fn ps(c: &mut Controller) -> Vec<PsTask> {
+        let Response::Ok(ok) = c.handle(&Command::ServicePs { name: "web".into() }) else {
+            panic!()
+        };
+        serde_json::from_value(ok.result).unwrap()
+    }
+
+    #[test]
+    fn health_changes_publish_a_generation_without_persisting() {
+        let mut c = controller("gen");
+        let t = c.shared.table.load_full();
+        assert_eq!(t.generation, 4);
+        assert!(t
+            .tasks
+            .iter()
+            .all(|x| x.health == Some(Health::Starting) && !x.eligible));
+        let view: HealthView = t.tasks.iter().map(|x| (x.uid, Health::Healthy)).collect();
+        assert!(c.set_health(view.clone()));
+        assert!(!c.set_health(view), "the same view changes nothing");
+        let t = c.shared.table.load_full();
+        assert_eq!((t.generation, c.generation), (5, 5));
+        assert!(t.tasks.iter().all(|x| x.eligible));
+        assert!(!c.store.path().exists(), "a verdict is not persisted");
+        // A desired-state change keeps the verdicts.
+        let r = c.handle(&Command::NodeUpdate {
+            name: "n1".into(),
+            availability: ctl::Availability::Drain,
+        });
+        assert!(matches!(r, Response::Ok(_)), "{r:?}");
+        let t = c.shared.table.load_full();
+        assert_eq!(t.generation, 6);
+        assert!(t.tasks.iter().all(|x| x.health == Some(Health::Healthy)));
+    }
+
+    #[test]
+    fn service_ps_shows_the_current_state_since_when_and_why() {
+        let mut c = controller("ps");
+        let rows = ps(&mut c);
+        let st = rows[0].status.clone().unwrap();
+        assert_eq!(
+            (st.state, st.health),
+            (CurrentState::Starting, Some(Health::Starting))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        let t = c.shared.table.load_full();
+        let (u1, u2) = (t.tasks[0].uid, t.tasks[1].uid);
+        c.set_health(HealthView::from([
+            (u1, Health::Healthy),
+            (u2, Health::Unhealthy),
+        ]));
+        if let Some(h) = &c.host {
+            h.board.lock().unwrap().insert(
+                u2,
+                HealthDetail {
+                    health: Health::Unhealthy,
+                    streak: 3,
+                    error: "connection refused".into(),
+                    node: "n3".into(),
+                },
+            );
+        }
+        let rows = ps(&mut c);
+        let (a, b) = (
+            rows[0].status.clone().unwrap(),
+            rows[1].status.clone().unwrap(),
+        );
+        assert_eq!((a.state, a.error.as_str()), (CurrentState::Running, ""));
+        assert!(a.age_ms < 20, "the state changed just now: {} ms", a.age_ms);
+        assert!(a.since_unix_ms > 0);
+        assert_eq!(
+            (b.state, b.health, b.failing_streak),
+            (CurrentState::Failed, Some(Health::Unhealthy), 3)
+        );
+        assert_eq!(
+            b.error,
+            "unhealthy: connection refused (3 checks failed in a row)"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        let again = ps(&mut c)[0].status.clone().unwrap();
+        assert!(
+            again.age_ms >= 30,
+            "the same state ages: {} ms",
+            again.age_ms
+        );
     }
 }
