@@ -1796,6 +1796,21 @@ impl Mesh {
             .ok_or_else(|| CurlError::BadResponse(format!("{got:02x?}")))
     }
 
+    /// Gives node `node`'s resolver an upstream for names that are not the mesh's.
+    pub fn set_dns_upstream(
+        &mut self,
+        node: &str,
+        up: Box<dyn crate::host::Upstream>,
+    ) -> Result<(), SimError> {
+        let n = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == node)
+            .ok_or_else(|| SimError::UnknownNode(node.to_string()))?;
+        n.host.set_upstream(up);
+        Ok(())
+    }
+
     /// Makes task `task` accept new TCP connections or refuse them (its server stopped).
     pub fn set_serving(&mut self, task: &str, serving: bool) -> Result<(), SimError> {
         let h = self.host_idx(task)?;

@@ -448,3 +448,80 @@ fn removing_the_check_puts_every_task_back() {
     }
     assert_eq!(seen.len(), 2);
 }
+
+/// An upstream resolver that knows `example.com` and answers at once.
+struct FakeUpstream {
+    answers: Vec<Vec<u8>>,
+    asked: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl dataplane::host::Upstream for FakeUpstream {
+    fn send(&mut self, msg: &[u8]) -> bool {
+        let Ok(q) = dns::parse_query(msg) else {
+            return false;
+        };
+        self.asked.lock().unwrap().push(q.name.clone());
+        let (rcode, answers) = if q.name == "example.com" {
+            (
+                dns::Rcode::NoError,
+                vec![dns::Answer {
+                    addr: Ipv4Addr::new(93, 184, 216, 34),
+                    ttl: 300,
+                }],
+            )
+        } else {
+            (dns::Rcode::NxDomain, vec![])
+        };
+        let spec = dns::AnswerSpec {
+            rcode,
+            aa: true,
+            ra: true,
+            limit: 512,
+        };
+        self.answers.push(dns::build_answer(&q, &answers, spec));
+        true
+    }
+    fn recv(&mut self) -> Option<Vec<u8>> {
+        self.answers.pop()
+    }
+}
+
+#[test]
+fn names_outside_the_mesh_go_upstream_when_one_is_configured() {
+    let mut m = mesh(state());
+    assert_eq!(
+        m.dns("tool.1", APP_GW, "example.com", TYPE_A)
+            .unwrap()
+            .rcode,
+        NXDOMAIN,
+        "no upstream: NXDOMAIN"
+    );
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    m.set_dns_upstream(
+        "n1",
+        Box::new(FakeUpstream {
+            answers: Vec::new(),
+            asked: asked.clone(),
+        }),
+    )
+    .unwrap();
+    let p = m.dns("tool.1", APP_GW, "example.com", TYPE_A).unwrap();
+    assert_eq!(
+        (p.rcode, p.ra, sorted(&p)),
+        (NOERROR, true, vec![Ipv4Addr::new(93, 184, 216, 34)])
+    );
+    assert_eq!(
+        m.dns("tool.1", APP_GW, "nosuch.example", TYPE_A)
+            .unwrap()
+            .rcode,
+        NXDOMAIN
+    );
+    // The mesh's own names never leave the node.
+    assert_eq!(
+        sorted(&m.dns("tool.1", APP_GW, "web", TYPE_A).unwrap()),
+        [WEB_VIP]
+    );
+    assert_eq!(*asked.lock().unwrap(), ["example.com", "nosuch.example"]);
+    let st = m.node("n1").unwrap().host().stats.clone();
+    assert_eq!((st.dns_forwarded, st.dns_upstream_answers), (2, 2));
+}
