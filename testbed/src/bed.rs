@@ -150,6 +150,8 @@ pub struct RunSpec {
     pub client_ip: ClientIpMode,
     /// Place tasks only on these nodes (round-robin over them).
     pub nodes: Vec<String>,
+    /// More `meshctl service create` flags, such as `--health tcp` or `--endpoint-mode dnsrr`.
+    pub create_args: Vec<String>,
 }
 
 impl RunSpec {
@@ -161,7 +163,13 @@ impl RunSpec {
             networks: Vec::new(),
             client_ip: ClientIpMode::Masquerade,
             nodes: Vec::new(),
+            create_args: Vec::new(),
         }
+    }
+    /// Adds flags to `meshctl service create`: `.with_args(&["--health", "tcp"])`.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.create_args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
     /// Adds a published port in Docker's short form, `8080:80` or `5353:53/udp`.
     pub fn publish(mut self, spec: &str, mode: PublishMode) -> Result<Self> {
@@ -763,6 +771,7 @@ impl Bed {
                 args.push("--task".into());
                 args.push(task_arg(t));
             }
+            args.extend(spec.create_args.iter().cloned());
             self.meshctl(&args)?;
             Ok(())
         })();
@@ -938,6 +947,11 @@ impl Bed {
         sys::ip_in(&t.ns, &["link", "set", "eth0", "up"])?;
         sys::offloads_off(&t.ns, "eth0")?;
         sys::ip_in(&t.ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        self.start_whoami(t, svc)
+    }
+
+    /// Starts task `t`'s whoami and waits until it serves; its pid.
+    fn start_whoami(&mut self, t: &TaskRec, svc: &SvcRec) -> Result<u32> {
         // whoami on every target port (and on 80, TCP and UDP, always).
         let mut http: BTreeSet<u16> = BTreeSet::from([80]);
         let mut udp: BTreeSet<u16> = BTreeSet::from([80]);
@@ -1068,6 +1082,44 @@ impl Bed {
         self.save()?;
         self.write_hosts();
         Ok(())
+    }
+
+    /// Stops task `task`'s server (whoami) but keeps its namespace and its registration in
+    /// meshd: new connections to it are refused by its kernel, as when a container's process
+    /// dies. The health-check tests use it.
+    pub fn stop_task_server(&mut self, task: &str) -> Result<()> {
+        let t = self.task(task)?.clone();
+        if t.pid != 0 && !sys::stop_pid(t.pid, "whoami", Duration::from_secs(2)) {
+            return Err(Error::msg(format!(
+                "whoami of task {task} (pid {}) did not stop",
+                t.pid
+            )));
+        }
+        if let Some(r) = self.rec.tasks.iter_mut().find(|x| x.name == task) {
+            r.pid = 0;
+        }
+        self.reap();
+        self.save()
+    }
+
+    /// Starts task `task`'s server again after [`Bed::stop_task_server`].
+    pub fn start_task_server(&mut self, task: &str) -> Result<()> {
+        let t = self.task(task)?.clone();
+        if t.pid != 0 && sys::alive(t.pid) {
+            return Ok(());
+        }
+        let svc = self
+            .rec
+            .services
+            .iter()
+            .find(|s| s.name == t.service)
+            .cloned()
+            .ok_or_else(|| Error::msg(format!("no service {} for task {task}", t.service)))?;
+        let pid = self.start_whoami(&t, &svc)?;
+        if let Some(r) = self.rec.tasks.iter_mut().find(|x| x.name == task) {
+            r.pid = pid;
+        }
+        self.save()
     }
 
     /// Removes a task from meshd but leaves its namespace and whoami running (what a crashed
