@@ -86,6 +86,36 @@ pub fn render(stats: &Value) -> String {
         "meshd_burst_latency_ns_count{{node=\"{node}\"}} {}\n",
         lat["count"].as_u64().unwrap_or(0)
     ));
+    // Health verdicts: 1 for the task's current health, per task with a check.
+    if let Some(services) = stats["services"].as_array() {
+        out.push_str("# TYPE meshd_task_health gauge\n");
+        for svc in services {
+            let sname = svc["name"].as_str().unwrap_or("");
+            for t in svc["tasks"].as_array().into_iter().flatten() {
+                let Some(h) = t["health"].as_str() else {
+                    continue;
+                };
+                for state in ["starting", "healthy", "unhealthy"] {
+                    out.push_str(&format!(
+                        "meshd_task_health{{node=\"{node}\",service=\"{sname}\",task=\"{}\",health=\"{state}\"}} {}\n",
+                        t["name"].as_str().unwrap_or(""),
+                        u8::from(h == state)
+                    ));
+                }
+            }
+        }
+    }
+    // The host side's counters: DNS, health checks, gossip, the node's own answers.
+    if let Some(host) = stats["host"].as_object() {
+        for (name, v) in host {
+            let metric = format!("meshd_host_{name}_total");
+            out.push_str(&format!("# TYPE {metric} counter\n"));
+            out.push_str(&format!(
+                "{metric}{{node=\"{node}\"}} {}\n",
+                v.as_u64().unwrap_or(0)
+            ));
+        }
+    }
     out.push_str("# TYPE meshd_generation gauge\n");
     out.push_str(&format!(
         "meshd_generation{{node=\"{node}\"}} {}\n",
@@ -136,7 +166,8 @@ mod tests {
             "node": "n1", "generation": 3,
             "workers": [{"rx": 5, "active_flows": 2, "drops": {"bad_ip_checksum": 1}}],
             "burst_latency_ns": {"count": 1, "p50": 100, "p99": 200, "p999": 300, "max": 300},
-            "services": [{"name": "web", "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1}]}]
+            "services": [{"name": "web", "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1, "health": "unhealthy"}]}],
+            "host": {"dns_queries": 7}
         });
         let t = render(&v);
         assert!(t.contains("meshd_rx_total{node=\"n1\",worker=\"0\"} 5"));
@@ -148,5 +179,9 @@ mod tests {
         assert!(t.contains(
             "meshd_task_connections_total{node=\"n1\",service=\"web\",task=\"web.1\"} 1"
         ));
+        assert!(t.contains(
+            "meshd_task_health{node=\"n1\",service=\"web\",task=\"web.1\",health=\"unhealthy\"} 1"
+        ));
+        assert!(t.contains("meshd_host_dns_queries_total{node=\"n1\"} 7"));
     }
 }

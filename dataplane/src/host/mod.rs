@@ -824,3 +824,109 @@ fn udp_frame(
     );
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    fn stack() -> (HostStack, ServiceTable, Neighbors) {
+        let mut s = crate::sim::three_nodes();
+        s.services[0].health = Some(ctl::model::HealthCheck {
+            interval_ms: 100,
+            timeout_ms: 50,
+            ..Default::default()
+        });
+        let t = ServiceTable::build(&s, "n2", 1).unwrap_or_else(|e| panic!("{e}"));
+        let h = HostStack::new(HostConfig {
+            uplink_mac: [2, 0, 0, 0, 0, 1],
+            tasks_mac: [2, 0, 0, 0, 0, 2],
+            seed: 9,
+        });
+        (h, t, Neighbors::new(64))
+    }
+
+    proptest! {
+        /// Any bytes on either port, then time passing: answers or silence, never a panic.
+        #[test]
+        fn arbitrary_frames_never_panic(frames in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..200)), 1..16)) {
+            let (mut h, t, n) = stack();
+            for (i, (up, f)) in frames.iter().enumerate() {
+                let port = if *up { PortId::Uplink } else { PortId::Tasks };
+                h.input(&t, port, f, i as u64);
+                h.poll(&t, &n, i as u64);
+            }
+            h.poll(&t, &n, 10_000);
+            let _ = h.take_output();
+        }
+
+        /// Valid Ethernet, IPv4 and UDP headers to the gateway's port 53 or the gossip port,
+        /// any payload: the resolver and the gossip decoder never panic.
+        #[test]
+        fn arbitrary_payloads_to_the_resolver_and_gossip_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..300), gossip in any::<bool>()) {
+            let (mut h, t, n) = stack();
+            let f = if gossip {
+                testkit::udp_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 9], Ipv4Addr::new(192, 168, 1, 13), HEALTH_GOSSIP_PORT, Ipv4Addr::new(192, 168, 1, 12), HEALTH_GOSSIP_PORT, &payload)
+            } else {
+                testkit::udp_frame([2, 0x42, 10, 0, 1, 11], [2, 0, 0, 0, 0, 2], Ipv4Addr::new(10, 0, 1, 11), 40000, Ipv4Addr::new(10, 0, 1, 1), 53, &payload)
+            };
+            let port = if gossip { PortId::Uplink } else { PortId::Tasks };
+            h.input(&t, port, &f, 1);
+            h.poll(&t, &n, 1);
+            h.poll(&t, &n, 2);
+            let _ = h.take_output();
+        }
+    }
+
+    #[test]
+    fn gossip_is_taken_only_from_a_peer_about_its_own_tasks() {
+        let (mut h, t, n) = stack();
+        h.poll(&t, &n, 0);
+        let (web1, web2) = (t.tasks[0].uid, t.tasks[1].uid);
+        let entry = |uid| gossip::Entry {
+            uid,
+            health: Health::Unhealthy,
+            streak: 3,
+            age_ms: 0,
+            error: "refused".into(),
+        };
+        let send = |h: &mut HostStack, from: Ipv4Addr, node: &str, uid| {
+            let d = gossip::encode(node, &[entry(uid)]).remove(0);
+            let f = testkit::udp_frame(
+                [2, 0, 0, 0, 0, 1],
+                [2, 0, 0, 0, 0, 9],
+                from,
+                HEALTH_GOSSIP_PORT,
+                Ipv4Addr::new(192, 168, 1, 12),
+                HEALTH_GOSSIP_PORT,
+                &d,
+            );
+            h.input(&t, PortId::Uplink, &f, 5);
+        };
+        // web.2 runs on n3 (192.168.1.13); web.1 on n2, this node.
+        send(&mut h, Ipv4Addr::new(192, 168, 1, 99), "n3", web2);
+        send(&mut h, Ipv4Addr::new(192, 168, 1, 13), "n1", web2);
+        send(&mut h, Ipv4Addr::new(192, 168, 1, 13), "n3", web1);
+        assert_eq!(
+            h.stats.gossip_rejected, 2,
+            "an unknown VTEP, another node's name"
+        );
+        assert_eq!(
+            h.view().get(&web1),
+            Some(&Health::Starting),
+            "n3 cannot speak for web.1"
+        );
+        send(&mut h, Ipv4Addr::new(192, 168, 1, 13), "n3", web2);
+        assert_eq!(h.view().get(&web2), Some(&Health::Unhealthy));
+        assert_eq!(h.detail(web2).map(|d| d.node.as_str()), Some("n3"));
+        // Silent for longer than STALE_MS: starting again.
+        h.poll(&t, &n, 5 + gossip::STALE_MS + RECOMPUTE_MS + 1);
+        assert_eq!(h.view().get(&web2), None);
+        assert!(h
+            .detail(web2)
+            .is_some_and(|d| d.health == Health::Starting
+                && d.error.contains("no health report from node n3")));
+    }
+}
