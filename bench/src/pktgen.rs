@@ -10,7 +10,8 @@
 //!   the time in the payload.
 //! - **Generator** ([`Generator`]): meshd's AF_PACKET port ([`AfPacketPort`]: a TPACKET_V3 TX
 //!   ring, one `sendto` kick per batch, qdisc bypassed) at a set rate or as fast as it can.
-//!   Paced in batches of at most 32 frames sent every `batch / rate` seconds; a generator that
+//!   Paced in batches of at most 32 frames sent every `batch / rate` seconds (about 100 µs),
+//!   sleeping in between (with a 1 ns timer slack) rather than spinning; a generator that
 //!   was scheduled out catches up on at most 2 ms of its schedule, and always reports the rate it
 //!   really sent.
 //! - **Sink** ([`Sink`]): a TPACKET_V3 RX ring ([`crate::rxring::RxRing`]) that counts frames
@@ -278,12 +279,13 @@ impl Generator {
     /// `stop` is set.
     pub fn run(&mut self, rate: Option<f64>, duration: Duration, stop: &AtomicBool) -> Sent {
         let before = self.port.stats().tx_ring_full;
-        // Batches small enough that a paced stream is smooth (about 50 µs apart), at most a
-        // burst.
+        // Batches about 100 µs apart (smooth enough, and long enough to sleep in between), at
+        // most a burst.
         let batch = match rate {
-            Some(r) => ((r * 50e-6).ceil() as usize).clamp(1, dataplane::port::BURST),
+            Some(r) => ((r * 100e-6).ceil() as usize).clamp(1, dataplane::port::BURST),
             None => dataplane::port::BURST,
         };
+        crate::rxring::fine_timer_slack();
         let period = rate.map(|r| Duration::from_secs_f64(batch as f64 / r.max(1.0)));
         let start_ns = realtime_ns();
         let t0 = Instant::now();
@@ -297,9 +299,11 @@ impl Generator {
             }
             if let Some(p) = period {
                 if now < next {
+                    // Sleep through most of the wait (the CPU is the system under test's),
+                    // spin the last few microseconds.
                     let wait = next - now;
-                    if wait > Duration::from_micros(300) {
-                        std::thread::sleep(wait - Duration::from_micros(200));
+                    if wait > Duration::from_micros(25) {
+                        std::thread::sleep(wait - Duration::from_micros(15));
                     } else {
                         std::hint::spin_loop();
                     }

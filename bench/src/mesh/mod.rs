@@ -554,7 +554,7 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
         notes.push("No RPS: a veth hands a frame on in the softirq of the thread that sent it, so the kernel system's whole forwarding path runs on the generator's thread (it can never drop: it slows the generator down instead), and each meshd worker pays for the kernel path to the next node's ring when it sends.".into());
     }
     if o.systems.contains(&System::Testpmd) {
-        notes.push("testpmd busy-polls (its forwarding lcores spin at 100%), so on a machine with as many cores as forwarders it starves the generator and the sink; the AF_PACKET forwarder (same ports and idle back-off as meshd, no pipeline) is the ceiling that fits such a machine.".into());
+        notes.push("testpmd busy-polls (its forwarding lcores spin at 100%), so on a machine with no core to spare it competes with the generator and the sink for the CPU; the AF_PACKET forwarder (`pktgen forward`: meshd's ports and idle back-off, no pipeline) is the ceiling that fits such a machine.".into());
     }
     if o.quick {
         notes.push("--quick: short steps and one round; checks the harness, the numbers are not comparable.".into());

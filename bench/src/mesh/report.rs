@@ -6,6 +6,7 @@ use std::path::Path;
 
 use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 use super::tcp::ConnRate;
@@ -501,6 +502,7 @@ where
             }
         })
         .x_label_style(("sans-serif", 12))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| e.to_string())
 }
@@ -529,6 +531,19 @@ where
         .map_err(|e| e.to_string())?
         .label(label.to_string())
         .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+    // The median over each bar.
+    chart
+        .draw_series(v.iter().enumerate().filter(|(_, s)| s.n > 0).map(|(i, s)| {
+            Text::new(
+                format!("{:.0}", s.median),
+                (x0(i), s.median.max(base)),
+                ("sans-serif", 10)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Left, VPos::Bottom)),
+            )
+        }))
+        .map_err(|e| e.to_string())?;
     chart
         .draw_series(v.iter().enumerate().filter(|(_, s)| s.n > 1).map(|(i, s)| {
             let xm = x0(i) + w * 0.45;
