@@ -131,7 +131,7 @@ impl Monitor {
     /// Follows the table: starts tracking this node's tasks of services with a health check
     /// (their first check due at once), stops tracking the others, takes up changed settings.
     pub fn sync(&mut self, t: &ServiceTable, now: u64) {
-        let mut seen: Vec<u64> = Vec::new();
+        let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
         for te in &t.tasks {
             if te.node != t.local {
                 continue;
@@ -143,7 +143,7 @@ impl Monitor {
             let Some((net, addr)) = check_net(t, &te.addrs) else {
                 continue;
             };
-            seen.push(te.uid);
+            seen.insert(te.uid);
             let port = svc.health_port;
             match self.tasks.get_mut(&te.uid) {
                 Some(tr) => {
@@ -237,6 +237,7 @@ impl Monitor {
             changed |= tr.verdict.record(Outcome::Fail(why), tr.check.retries, now);
             gone.push((*uid, seq));
         }
+        gone.sort_unstable();
         (gone, changed)
     }
 
