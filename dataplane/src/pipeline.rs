@@ -261,6 +261,8 @@ pub struct Pipeline {
     /// Round-robin position per balancer.
     rr: Vec<u32>,
     nat_next: u32,
+    /// Per task counters slot: masquerade ports handed out so far, before the first wrap.
+    nat_next_by_slot: Vec<u32>,
     generation: u64,
     /// Flows still to be checked against a new table's live tasks.
     recheck: usize,
@@ -286,6 +288,7 @@ impl Pipeline {
             neigh,
             rr: Vec::new(),
             nat_next: 0,
+            nat_next_by_slot: vec![0; usize::from(u16::MAX)],
             generation: u64::MAX,
             recheck: 0,
             want_arp: ArrayVec::new(),
@@ -605,8 +608,9 @@ impl Pipeline {
                     return Err(DropReason::NoRoute);
                 };
                 let ep = ipkey(ep);
+                let slot = self.task_stats.slot(b.uid);
                 let port = self
-                    .nat_port(l3.proto, ep, ipkey(b.addr), p.target)
+                    .nat_port(l3.proto, ep, ipkey(b.addr), p.target, slot)
                     .ok_or(DropReason::NoNatPort)?;
                 (ep, port)
             }
@@ -670,14 +674,27 @@ impl Pipeline {
 
     /// A masquerade port on `ep` for a flow to `task:tport`, from this worker's share of the port
     /// space (port % workers == worker), so replies can be steered to this worker.
-    fn nat_port(&mut self, proto: u8, ep: u32, task: u32, tport: u16) -> Option<u16> {
+    ///
+    /// Each task (by its counters' `slot`, stable for the task's life) hands out its ports in
+    /// order; until its counter wraps, every port it gives is one no flow of that task can hold,
+    /// so the new-flow path needs no lookup. After a wrap each candidate is checked against the
+    /// flow table, as for tasks without a slot.
+    fn nat_port(&mut self, proto: u8, ep: u32, task: u32, tport: u16, slot: u16) -> Option<u16> {
         let workers = u32::from(self.cfg.workers.max(1));
         let span = (65536 - 1024) / workers;
+        let worker = u32::from(self.cfg.worker);
+        let to_port = |n: u32| u16::try_from(1024 + (n % span) * workers + worker).ok();
+        if let Some(next) = self.nat_next_by_slot.get_mut(usize::from(slot)) {
+            if *next < span {
+                let port = to_port(*next);
+                *next += 1;
+                return port;
+            }
+        }
         for _ in 0..64 {
-            let n = self.nat_next % span;
+            let n = self.nat_next;
             self.nat_next = self.nat_next.wrapping_add(1);
-            let port = 1024 + n * workers + u32::from(self.cfg.worker);
-            let port = u16::try_from(port).ok()?;
+            let port = to_port(n)?;
             if !self
                 .flows
                 .contains(&FlowKey::new(proto, task, tport, ep, port))
@@ -1024,9 +1041,10 @@ impl Pipeline {
                 // back through meshd.
                 let (src, sport) = if b.local {
                     let gw = ipkey(net.gateway);
+                    let slot = self.task_stats.slot(b.uid);
                     (
                         gw,
-                        self.nat_port(l3.proto, gw, baddr, l3.dport)
+                        self.nat_port(l3.proto, gw, baddr, l3.dport, slot)
                             .ok_or(DropReason::NoNatPort)?,
                     )
                 } else {
@@ -1393,6 +1411,45 @@ mod tests {
             prop_assert_eq!(v.len(), 1);
             prop_assert_eq!(p.stats.rx, 1);
         }
+    }
+
+    #[test]
+    fn masquerade_ports_are_unique_per_task_before_and_after_the_counter_wraps() {
+        let cfg = Config {
+            worker: 1,
+            workers: 2,
+            flow_capacity: 1024,
+            ..Config::default()
+        };
+        let mut p = Pipeline::new(cfg, Arc::new(Neighbors::new(64)));
+        let (ep, task) = (0x0a00_0002, 0x0a00_000b);
+        let span = (65536 - 1024) / 2;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..span {
+            let port = p.nat_port(TCP, ep, task, 80, 5).unwrap();
+            assert_eq!((port - 1024) % 2, 1, "worker 1's half of the port space");
+            assert!(seen.insert(port), "port {port} given twice");
+        }
+        // Wrapped: from now on every candidate is checked against the live flows.
+        let taken = p.nat_port(TCP, ep, task, 80, 5).unwrap();
+        let k = FlowKey::new(TCP, 0xac10_0001, 40000, 0xc0a8_010b, 8080);
+        let r = FlowKey::new(TCP, task, 80, ep, taken);
+        let f = Flow::new(
+            FlowKind::Ingress,
+            [k, r],
+            [
+                Action::keep(&k, Egress::Tasks),
+                Action::keep(&r, Egress::Tasks),
+            ],
+            1,
+            u16::MAX,
+            [1, 1, 1],
+            0,
+        );
+        p.flows.insert(f, 0).unwrap();
+        p.nat_next = p.nat_next.wrapping_sub(1);
+        let next = p.nat_port(TCP, ep, task, 80, 5).unwrap();
+        assert_ne!(next, taken, "a port a live flow holds is skipped");
     }
 
     #[test]
