@@ -283,21 +283,37 @@ fn dig_from_a_task_resolves_the_services_of_its_networks() {
 
     // Latency: sequential queries from the task, through the pipeline and the host thread.
     let mut lat = Vec::new();
+    let mut lost = 0;
     for i in 0..300u16 {
         let mut q = vec![(i >> 8) as u8, i as u8, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
         q.extend_from_slice(b"\x03web\x00\x00\x01\x00\x01");
         let t0 = Instant::now();
         sock.send(&q).unwrap();
-        let n = sock.recv(&mut buf).expect("an answer");
+        // A busy machine may delay an answer past the read timeout: ask again, as a stub
+        // resolver would, and count it.
+        let mut n = None;
+        for _ in 0..4 {
+            match sock.recv(&mut buf) {
+                Ok(got) if buf[..2] == q[..2] => {
+                    n = Some(got);
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => {
+                    lost += 1;
+                    sock.send(&q).unwrap();
+                }
+            }
+        }
         lat.push(t0.elapsed());
-        assert_eq!(&buf[..2], &q[..2]);
-        assert!(n > 12);
+        assert!(n.is_some_and(|n| n > 12), "query {i} unanswered");
     }
     lat.sort();
     eprintln!(
-        "300 UDP queries one after another: p50 {:?}, p99 {:?}, max {:?}",
+        "300 UDP queries one after another: p50 {:?}, p99 {:?}, max {:?}, {lost} asked again",
         lat[150], lat[296], lat[299]
     );
+    assert!(lost <= 3, "{lost} queries had to be asked again");
 
     // Scaled down: the task leaves the answers at once.
     m.scale("web", 1).unwrap();
@@ -376,14 +392,14 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
             "--health-interval",
             "1s",
             "--health-timeout",
-            "500ms",
+            "900ms",
             "--health-retries",
             "2",
         ]);
     m.run(&spec).unwrap();
     let took = wait_for(
         "every node holds every task healthy",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         || {
             ["web.1", "web.2", "web.3"].iter().all(|t| {
                 health_everywhere(&m, "web", t)
@@ -436,7 +452,7 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
     m.stop_task_server("web.2").unwrap();
     let detected = wait_for(
         "web.2 unhealthy on every node",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || {
             health_everywhere(&m, "web", "web.2")
                 .iter()
@@ -478,7 +494,7 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
     m.start_task_server("web.2").unwrap();
     let back = wait_for(
         "web.2 healthy on every node again",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || {
             health_everywhere(&m, "web", "web.2")
                 .iter()
@@ -495,7 +511,9 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
     assert_eq!(probe::Whoami::parse(&again).unwrap().hostname, held_by);
 
     let bound = interval * retries;
-    let slack = Duration::from_millis(300);
+    // What a client may still see after the bound: the verdict's trip to the other nodes and
+    // their next table (milliseconds), and a request already under way.
+    let slack = Duration::from_millis(500);
     // A request under way when the server stops may fail with it.
     let around = stopped - Duration::from_millis(200);
     let mut errors_after_stop = Vec::new();

@@ -220,11 +220,10 @@ impl Monitor {
         tr.verdict.record(outcome, retries, now)
     }
 
-    /// Fails the probes past their deadline; returns them (to abort their connections) and
-    /// whether any verdict changed.
-    pub fn expire(&mut self, now: u64) -> (Vec<(u64, u32)>, bool) {
+    /// Fails the probes past their deadline; returns them (to abort their connections), each
+    /// with whether its task's verdict changed.
+    pub fn expire(&mut self, now: u64) -> Vec<(u64, u32, bool)> {
         let mut gone = Vec::new();
-        let mut changed = false;
         for (uid, tr) in self.tasks.iter_mut() {
             let Some((seq, deadline)) = tr.in_flight else {
                 continue;
@@ -234,11 +233,11 @@ impl Monitor {
             }
             tr.in_flight = None;
             let why = format!("no answer within {} ms", tr.check.timeout_ms);
-            changed |= tr.verdict.record(Outcome::Fail(why), tr.check.retries, now);
-            gone.push((*uid, seq));
+            let changed = tr.verdict.record(Outcome::Fail(why), tr.check.retries, now);
+            gone.push((*uid, seq, changed));
         }
         gone.sort_unstable();
-        (gone, changed)
+        gone
     }
 
     /// When something is next due (a check to start or a deadline).
@@ -353,16 +352,15 @@ mod tests {
         assert!(m.due(999).is_empty());
         let p2 = m.due(1000).remove(0);
         assert_eq!(m.next_wakeup(), Some(1300));
-        assert_eq!(m.expire(1299), (vec![], false));
-        assert_eq!(m.expire(1300), (vec![(p2.uid, p2.seq)], false));
+        assert_eq!(m.expire(1299), vec![]);
+        assert_eq!(m.expire(1300), vec![(p2.uid, p2.seq, false)]);
         assert!(
             !m.finish(p2.uid, p2.seq, Outcome::Pass, 1301),
             "too late: already failed"
         );
         let p3 = m.due(2000).remove(0);
-        let (gone, changed) = m.expire(2300);
-        assert_eq!(gone, vec![(p3.uid, p3.seq)]);
-        assert!(changed, "two failures in a row");
+        let gone = m.expire(2300);
+        assert_eq!(gone, vec![(p3.uid, p3.seq, true)], "two failures in a row");
         let v = m.verdict(p3.uid).unwrap();
         assert_eq!((v.health, v.streak, v.since), (Health::Unhealthy, 2, 2300));
         assert_eq!(v.last_error, "no answer within 300 ms");

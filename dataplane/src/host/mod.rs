@@ -323,7 +323,35 @@ impl HostStack {
     pub fn poll(&mut self, t: &ServiceTable, neigh: &Neighbors, now: u64) {
         self.sync(t, now);
         let mut changed = false;
-        // Checks to start, and checks past their deadline.
+        // First what arrived: probes' answers count before their deadlines are judged (a host
+        // thread kept off the CPU for a while must not fail checks whose answers are waiting).
+        for i in 0..self.lanes.len() {
+            let ev = self.lanes[i].poll(now, neigh);
+            for (uid, seq, o) in ev.outcomes {
+                match o {
+                    Outcome::Pass => self.stats.checks_passed += 1,
+                    Outcome::Fail(_) => self.stats.checks_failed += 1,
+                }
+                if self.monitor.finish(uid, seq, o, now) {
+                    self.log_verdict(uid);
+                    changed = true;
+                }
+            }
+            for req in ev.dns {
+                self.serve_dns(t, i, req, now);
+            }
+        }
+        // Checks past their deadline, then checks to start.
+        for (uid, seq, ch) in self.monitor.expire(now) {
+            if ch {
+                self.log_verdict(uid);
+                changed = true;
+            }
+            self.stats.checks_failed += 1;
+            for l in &mut self.lanes {
+                l.abort_probe(uid, seq, now);
+            }
+        }
         for p in self.monitor.due(now) {
             let vni = t.networks.get(usize::from(p.net)).map(|n| n.vni);
             let (uid, seq) = (p.uid, p.seq);
@@ -334,34 +362,16 @@ impl HostStack {
             };
             if let Err(o) = started {
                 self.stats.checks_failed += 1;
-                changed |= self.monitor.finish(uid, seq, o, now);
+                if self.monitor.finish(uid, seq, o, now) {
+                    self.log_verdict(uid);
+                    changed = true;
+                }
             }
         }
-        let (expired, ch) = self.monitor.expire(now);
-        changed |= ch;
-        for (uid, seq) in expired {
-            self.stats.checks_failed += 1;
-            for l in &mut self.lanes {
-                l.abort_probe(uid, seq, now);
-            }
-        }
-        // The lanes.
-        for i in 0..self.lanes.len() {
-            let ev = self.lanes[i].poll(now, neigh);
-            for (uid, seq, o) in ev.outcomes {
-                match o {
-                    Outcome::Pass => self.stats.checks_passed += 1,
-                    Outcome::Fail(_) => self.stats.checks_failed += 1,
-                }
-                changed |= self.monitor.finish(uid, seq, o, now);
-            }
-            if !ev.dns.is_empty() {
-                for req in ev.dns {
-                    self.serve_dns(t, i, req, now);
-                }
-                self.lanes[i].flush(now, neigh);
-            }
-            for f in self.lanes[i].out.drain(..) {
+        // Send what the sockets have now: answers, SYNs of new probes, RSTs of ended ones.
+        for l in &mut self.lanes {
+            l.flush(now, neigh);
+            for f in l.out.drain(..) {
                 self.out.push((PortId::Tasks, f));
             }
         }
@@ -373,6 +383,18 @@ impl HostStack {
             self.recompute(t, now);
         }
         self.gossip_out(t, neigh, now);
+    }
+
+    /// Logs a local task's new verdict.
+    fn log_verdict(&self, uid: u64) {
+        if let (Some(name), Some(v)) = (self.monitor.name(uid), self.monitor.verdict(uid)) {
+            match v.health {
+                Health::Unhealthy => {
+                    tracing::warn!(task = name, failed = v.streak, last = %v.last_error, "task unhealthy")
+                }
+                h => tracing::info!(task = name, health = h.as_str(), "task health"),
+            }
+        }
     }
 
     /// Frames to send, with their port.
@@ -878,6 +900,44 @@ mod tests {
             h.poll(&t, &n, 2);
             let _ = h.take_output();
         }
+    }
+
+    #[test]
+    fn an_answer_waiting_when_the_deadline_passes_still_counts() {
+        // A host thread kept off the CPU past a probe's deadline finds the task's SYN-ACK
+        // waiting: the check passed.
+        let (mut h, t, n) = stack();
+        let web1 = Ipv4Addr::new(10, 0, 1, 11);
+        let mac = [2, 0x42, 10, 0, 1, 11];
+        n.learn(u32::from(web1), mac);
+        h.poll(&t, &n, 0);
+        let syn = h
+            .take_output()
+            .into_iter()
+            .find_map(|(_, f)| testkit::parse_ipv4_tcp(&f).filter(|s| s.dst == web1))
+            .unwrap_or_else(|| panic!("a SYN to web.1"));
+        assert_eq!(
+            (syn.dport, syn.flags & testkit::tcp_flags::SYN != 0),
+            (80, true)
+        );
+        assert!((600..1024).contains(&syn.sport));
+        let synack = testkit::tcp_frame(
+            mac,
+            [2, 0, 0, 0, 0, 2],
+            web1,
+            80,
+            syn.src,
+            syn.sport,
+            testkit::tcp_flags::SYN | testkit::tcp_flags::ACK,
+            7777,
+            syn.seq.wrapping_add(1),
+            &[],
+        );
+        h.input(&t, PortId::Tasks, &synack, 500);
+        h.poll(&t, &n, 500);
+        assert_eq!(h.stats.checks_passed, 1, "{:?}", h.stats);
+        assert_eq!(h.stats.checks_failed, 0);
+        assert_eq!(h.view().get(&t.tasks[0].uid), Some(&Health::Healthy));
     }
 
     #[test]
