@@ -71,7 +71,7 @@ impl Drop for Map {
 
 impl Map {
     fn status(&self, off: usize) -> &AtomicU32 {
-        debug_assert!(off + 4 <= self.len && off % 4 == 0);
+        debug_assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: callers pass a block start plus BLOCK_STATUS: inside the mapping (block index
         // below block_count) and 4-byte aligned (blocks are page aligned). The kernel writes the
         // word concurrently; user space only accesses it through this atomic.
@@ -113,7 +113,7 @@ impl RxRing {
         block_count: u32,
         timeout_ms: u32,
     ) -> io::Result<RxRing> {
-        if block_size < 4096 || block_size % 4096 != 0 || block_count == 0 {
+        if block_size < 4096 || !block_size.is_multiple_of(4096) || block_count == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "ring blocks must be a non-zero multiple of 4096 bytes, and at least one",

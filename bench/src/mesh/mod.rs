@@ -244,7 +244,7 @@ impl Rig {
             100.0
         };
         let loss_ok = sent.frames > 0 && loss_pct <= self.loss_pct;
-        let passed = loss_ok && rate.map_or(true, |r| sent.pps() >= 0.95 * r);
+        let passed = loss_ok && rate.is_none_or(|r| sent.pps() >= 0.95 * r);
         Ok((
             Trial {
                 target_pps: rate,
