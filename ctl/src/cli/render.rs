@@ -9,7 +9,6 @@ use ctl::model::{
     PsTask, PublishMode, PublishedPort, SchedulerKind, Service, Task, TaskState,
 };
 use serde::Serialize;
-use serde_json::Value;
 
 /// Columns padded to their widest cell, three spaces apart, no trailing blanks.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -488,51 +487,6 @@ pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
     }
 }
 
-/// Any JSON as aligned `key value` lines, nested keys joined with dots (`workers.0.rx`).
-pub fn key_values(v: &Value) -> String {
-    fn walk(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
-        let key = |k: &str| {
-            if prefix.is_empty() {
-                k.to_string()
-            } else {
-                format!("{prefix}.{k}")
-            }
-        };
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    walk(&key(k), x, out);
-                }
-            }
-            Value::Array(a) if !a.is_empty() => {
-                for (i, x) in a.iter().enumerate() {
-                    walk(&key(&i.to_string()), x, out);
-                }
-            }
-            Value::String(s) => out.push((prefix.to_string(), s.clone())),
-            other => out.push((prefix.to_string(), other.to_string())),
-        }
-    }
-    let mut pairs = Vec::new();
-    walk("", v, &mut pairs);
-    let width = pairs
-        .iter()
-        .map(|(k, _)| k.chars().count())
-        .max()
-        .unwrap_or(0);
-    let mut out = String::new();
-    for (k, v) in pairs {
-        let line = if k.is_empty() {
-            v
-        } else {
-            format!("{k:<width$}  {v}")
-        };
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -767,14 +721,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn key_values_flatten_and_align() {
-        let v =
-            json!({"workers": [{"rx": 10, "tx": 9}], "flows": 3, "version": "0.1.0", "empty": {}});
-        assert_eq!(
-            key_values(&v),
-            "empty         {}\nflows         3\nversion       0.1.0\nworkers.0.rx  10\nworkers.0.tx  9\n"
-        );
-        assert_eq!(key_values(&json!(5)), "5\n");
-    }
 }
