@@ -690,7 +690,7 @@ mod tests {
             text.contains(r#""VirtualIPs":[{"NetworkID":"appnet","Addr":"10.0.1.2/24"}]"#),
             "{text}"
         );
-        let v: Value = serde_json::from_str(&text).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["Endpoint"]["Spec"]["Ports"], v["Endpoint"]["Ports"]);
         assert_eq!(v["Endpoint"]["Spec"]["Mode"], "vip");
         assert_eq!(v["Spec"]["Name"], "web");
