@@ -595,8 +595,19 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
 pub fn render(json: &std::path::Path, o: &Options) -> Result<(), MeshError> {
     let text = std::fs::read_to_string(json)
         .map_err(|e| MeshError::Report(format!("reading {}: {e}", json.display())))?;
-    let r: Report = serde_json::from_str(&text)
+    let mut r: Report = serde_json::from_str(&text)
         .map_err(|e| MeshError::Report(format!("{}: {e}", json.display())))?;
+    // Summaries and ratios again from the runs, so a newer bench summarises an older file
+    // the way it would now.
+    r.summaries = r
+        .summaries
+        .iter()
+        .map(|s| {
+            let rs: Vec<&Run> = r.runs.iter().filter(|x| x.system == s.system).collect();
+            Summary::of(&s.system, &s.name, &rs)
+        })
+        .collect();
+    r.ratios = report::ratios(&r.summaries);
     r.write(&o.out)?;
     if let Some(d) = &o.docs {
         write_docs(&r, d)?;
