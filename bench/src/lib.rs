@@ -6,6 +6,7 @@
 #![allow(clippy::expect_used, clippy::panic)]
 
 pub mod mesh;
+pub mod os;
 pub mod pktgen;
 pub mod rxring;
 pub mod scenarios;

@@ -485,6 +485,18 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
     if !dataplane::netns::is_root() {
         return Err(MeshError::NotRoot);
     }
+    // One run at a time: a second one would remove the first one's namespaces.
+    let lock_path = std::path::Path::new("/run/meshd-bench.lock");
+    let _lock = match crate::os::exclusive_lock(lock_path) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            return Err(MeshError::Setup(format!(
+                "another bench mesh is running (it holds {}); wait for it to finish",
+                lock_path.display()
+            )))
+        }
+        Err(e) => return Err(MeshError::Setup(format!("{}: {e}", lock_path.display()))),
+    };
     let programs = Programs::find()?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

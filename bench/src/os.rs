@@ -1,0 +1,43 @@
+//! Small operating-system helpers of the bench (the ring and clock ones are in [`crate::rxring`]).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Takes an exclusive, non-blocking `flock` on `path` (created if missing), held until the
+/// returned file is dropped; `Ok(None)` when another process holds it.
+pub fn exclusive_lock(path: &Path) -> io::Result<Option<File>> {
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: `f` is an open file that outlives the call; flock only changes its lock state.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(Some(f));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_refused_until_the_first_is_dropped() {
+        let p = std::env::temp_dir().join(format!("bench-lock-{}", std::process::id()));
+        let a = exclusive_lock(&p).unwrap();
+        assert!(a.is_some());
+        assert!(exclusive_lock(&p).unwrap().is_none());
+        drop(a);
+        assert!(exclusive_lock(&p).unwrap().is_some());
+        let _ = std::fs::remove_file(&p);
+    }
+}
