@@ -673,7 +673,7 @@ mod tests {
             println!("skipping frames_cross_a_veth_and_are_counted_and_timed: needs root");
             return;
         }
-        let ns = Netns::new(&format!("bench-pktgen-{}", std::process::id())).unwrap();
+        let ns = Netns::new(&format!("pktgen-test-{}", std::process::id())).unwrap();
         ns.ip(&[
             "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
         ])
