@@ -261,6 +261,8 @@ pub struct Pipeline {
     /// Round-robin position per balancer.
     rr: Vec<u32>,
     nat_next: u32,
+    /// The millisecond of the last idle sweep.
+    last_sweep: u32,
     /// Per task counters slot: masquerade ports handed out so far, before the first wrap.
     nat_next_by_slot: Vec<u32>,
     generation: u64,
@@ -288,6 +290,7 @@ impl Pipeline {
             neigh,
             rr: Vec::new(),
             nat_next: 0,
+            last_sweep: u32::MAX,
             nat_next_by_slot: vec![0; usize::from(u16::MAX)],
             generation: u64::MAX,
             recheck: 0,
@@ -1128,11 +1131,17 @@ impl Pipeline {
         if table.generation != self.generation {
             self.adopt(table);
         }
+        // A new table's check of every flow goes as fast as it can; otherwise the idle sweep
+        // looks at `sweep_budget` flows once per millisecond, not on every loop (a worker that
+        // spins would spend its time sweeping).
         let budget = if self.recheck > 0 {
             self.cfg.sweep_budget.max(4096)
-        } else {
+        } else if now != self.last_sweep {
             self.cfg.sweep_budget
+        } else {
+            0
         };
+        self.last_sweep = now;
         self.recheck = self.recheck.saturating_sub(budget);
         let stats = &mut self.stats;
         let resets = &mut self.resets;
