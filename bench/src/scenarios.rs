@@ -155,6 +155,9 @@ pub struct Scenario {
     cursor: usize,
     /// Buffers reused for every burst (allocated once).
     burst: Burst,
+    /// Buffers for frames `maintain` generates, and those frames.
+    spare: dataplane::buf::Pool,
+    generated: Burst,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -288,6 +291,8 @@ impl Scenario {
             now: 1,
             cursor: 0,
             burst: Burst::new(),
+            spare: dataplane::buf::Pool::new(64),
+            generated: Burst::new(),
         };
         let stride = match kind {
             Kind::Decap => 128,
@@ -355,6 +360,13 @@ impl Scenario {
             }
             self.pipeline
                 .process(&self.table, self.now, &mut burst, &mut verdicts);
+            // Between bursts, as the worker loop does: the flow sweep (and whatever it
+            // generates, dropped here).
+            self.pipeline
+                .maintain(&self.table, self.now, &mut self.spare, &mut self.generated);
+            while let Some(b) = self.generated.pop() {
+                self.spare.put(b);
+            }
             ok += verdicts
                 .iter()
                 .filter(|v| matches!(v, Verdict::Tx(_)))
