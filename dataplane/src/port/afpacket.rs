@@ -1,15 +1,27 @@
-//! AF_PACKET port: one `SOCK_RAW` packet socket per port with a TPACKET_V3 RX ring and a
-//! TPACKET_V3 TX ring, both memory-mapped in one region (RX blocks first, then TX blocks).
+//! AF_PACKET port: one `SOCK_RAW` packet socket per port with an RX ring and a TX ring, both
+//! memory-mapped in one region (RX ring first, then TX ring). A socket has one `PACKET_VERSION`
+//! for both rings, chosen by [`RxRing`]:
 //!
-//! - **RX** walks the kernel's blocks in place: no system call per frame or per burst. Each frame
-//!   is copied into a [`PacketBuf`] from the pool and stamped with the configured [`PortId`]; a
-//!   block goes back to the kernel as soon as its last frame has been copied. A burst that ends
-//!   mid-block (burst full, pool empty) remembers where it stopped. Frames the kernel took off a
-//!   VLAN tag from (it always does, before any packet socket sees them) get the tag put back, so
-//!   the pipeline sees the bytes that were on the wire.
-//! - **TX** copies each frame into the next free slot, marks it `TP_STATUS_SEND_REQUEST`, and kicks
-//!   the kernel with one `sendto(fd, NULL, 0, MSG_DONTWAIT)` per burst. A V3 TX ring uses fixed
-//!   slots (`tp_next_offset` must be 0) and needs Linux 4.11 or newer. The qdisc is bypassed
+//! - [`RxRing::PerFrame`] (the default): TPACKET_V2. Every RX slot holds one frame and is user
+//!   space's as soon as the kernel has written it (`TP_STATUS_USER` per frame), so a frame waits
+//!   for nothing but the worker; `poll` wakes on each frame. Slots are `frame_size` bytes
+//!   whatever the frame's size, so the ring holds fewer small frames than a block ring of the
+//!   same memory.
+//! - [`RxRing::Blocks`]: TPACKET_V3. The kernel packs frames into blocks and hands a block over
+//!   only when it is full or its retire timer (`block_timeout_ms`, 1 ms at least) fires: fewer
+//!   cache misses and wake-ups at high rates, but at low and moderate rates every frame waits up
+//!   to the timer.
+//!
+//! - **RX** reads frames in place: no system call per frame or per burst. Each frame is copied
+//!   into a [`PacketBuf`] from the pool and stamped with the configured [`PortId`]; a V2 slot
+//!   goes back to the kernel as soon as its frame is copied, a V3 block as soon as its last frame
+//!   is. A burst that ends mid-block (burst full, pool empty) remembers where it stopped. Frames
+//!   the kernel took off a VLAN tag from (it always does, before any packet socket sees them) get
+//!   the tag put back, so the pipeline sees the bytes that were on the wire.
+//! - **TX** copies each frame into the next free slot (same version as the RX ring), marks it
+//!   `TP_STATUS_SEND_REQUEST`, and kicks the kernel with one `sendto(fd, NULL, 0, MSG_DONTWAIT)`
+//!   per burst. A V3 TX ring uses fixed slots (`tp_next_offset` must be 0) and needs Linux 4.11
+//!   or newer. The qdisc is bypassed
 //!   (`PACKET_QDISC_BYPASS`) and malformed frames are discarded by the kernel rather than stalling
 //!   the ring (`PACKET_LOSS`).
 //! - The socket does not see outgoing frames (`PACKET_IGNORE_OUTGOING`, and the matching fanout
@@ -30,7 +42,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::{Burst, Port};
+use super::{Burst, Port, PortCounters};
 use crate::buf::{Pool, PortId};
 
 /// Bytes of an Ethernet header (no tag).
@@ -50,11 +62,33 @@ const BLOCK_NUM_PKTS: usize =
     offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, num_pkts);
 const BLOCK_FIRST_PKT: usize = offset_of!(libc::tpacket_block_desc, hdr)
     + offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt);
-/// Offset of `tp_status` in a `tpacket3_hdr` (the ownership word of a TX slot).
+/// Offset of `tp_status` in a `tpacket3_hdr` (the ownership word of a V3 TX slot).
 const FRAME_STATUS: usize = offset_of!(libc::tpacket3_hdr, tp_status);
+/// Where the frame starts in a V2 TX slot: `TPACKET_ALIGN(sizeof(struct tpacket2_hdr))`.
+const TX2_DATA_OFFSET: usize = align16(size_of::<libc::tpacket2_hdr>());
+/// Offset of `tp_status` in a `tpacket2_hdr` (the ownership word of a V2 RX or TX slot).
+const FRAME2_STATUS: usize = offset_of!(libc::tpacket2_hdr, tp_status);
+/// Where the kernel puts an untagged frame in a V2 RX slot (`tpacket_rcv`: `TPACKET_ALIGN(
+/// TPACKET2_HDRLEN + 16) - ETH_HLEN`); a slot holds frames up to `frame_size` minus this.
+pub const RX2_FRAME_OFFSET: usize =
+    align16(TX2_DATA_OFFSET + size_of::<libc::sockaddr_ll>() + 16) - ETH_HLEN;
 
 const fn align16(x: usize) -> usize {
     (x + 15) & !15
+}
+
+/// How the RX ring hands frames to user space (and which TPACKET version both rings use).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RxRing {
+    /// TPACKET_V2: one frame per `frame_size` slot, each user space's as soon as it is written.
+    /// Lowest latency at every rate (no block timer); holds `block_size * block_count /
+    /// frame_size` frames, and frames up to `frame_size - RX2_FRAME_OFFSET` bytes.
+    #[default]
+    PerFrame,
+    /// TPACKET_V3: frames packed into blocks, each handed over when full or after
+    /// `block_timeout_ms`. Fewer wake-ups at high rates and more small frames per byte of ring,
+    /// but up to `block_timeout_ms` of added latency per frame at low and moderate rates.
+    Blocks,
 }
 
 /// How to open an [`AfPacketPort`]. The RX and the TX ring have the same geometry: each is
@@ -63,6 +97,9 @@ const fn align16(x: usize) -> usize {
 pub struct AfPacketConfig {
     /// Stamped on every received buffer.
     pub port: PortId,
+    /// Per-frame (TPACKET_V2, default) or block (TPACKET_V3) RX ring; the TX ring uses the same
+    /// version.
+    pub rx_ring: RxRing,
     /// Bytes per ring block: a multiple of the page size (a power of two wastes no kernel
     /// memory: the kernel allocates blocks in power-of-two pages). A frame larger than a block
     /// cannot be received.
@@ -73,12 +110,14 @@ pub struct AfPacketConfig {
     /// of one-frame blocks, and the kernel drops (`rx_dropped`) until blocks come back. An idle
     /// worker should sleep in `poll` on [`AfPacketPort::raw_fd`], which wakes on the first block.
     pub block_count: u32,
-    /// Bytes per TX slot (frame plus a 48-byte header): a multiple of 16, at least 2048 for
-    /// 1500-byte MTU frames. The RX ring packs frames by their real size and only needs
-    /// `block_size` to be a multiple of it.
+    /// Bytes per TX slot (frame plus a 32-byte V2 or 48-byte V3 header), and per RX slot with
+    /// [`RxRing::PerFrame`] (frame plus [`RX2_FRAME_OFFSET`]): a multiple of 16, at least 2048
+    /// for 1500-byte MTU frames. A [`RxRing::Blocks`] RX ring packs frames by their real size
+    /// and only needs `block_size` to be a multiple of it.
     pub frame_size: u32,
-    /// How long the kernel holds a partly filled RX block before handing it over, in ms: the
-    /// worst-case added latency at low rates. 0 lets the kernel pick (8 ms or more).
+    /// [`RxRing::Blocks`] only: how long the kernel holds a partly filled RX block before
+    /// handing it over, in ms: the worst-case added latency at low rates. 0 lets the kernel pick
+    /// (8 ms or more).
     pub block_timeout_ms: u32,
     /// Join this `PACKET_FANOUT_HASH` group (ids are per network namespace; every member must be
     /// on the same interface).
@@ -89,10 +128,12 @@ pub struct AfPacketConfig {
 }
 
 impl Default for AfPacketConfig {
-    /// 2 MiB per ring: 32 blocks of 64 KiB, 1024 TX slots of 2 KiB, 2 ms block timeout.
+    /// Per-frame RX ring; 2 MiB per ring: 32 blocks of 64 KiB, 1024 slots of 2 KiB (2 ms block
+    /// timeout for a block ring).
     fn default() -> Self {
         AfPacketConfig {
             port: PortId::Uplink,
+            rx_ring: RxRing::PerFrame,
             block_size: 1 << 16,
             block_count: 32,
             frame_size: 2048,
@@ -154,7 +195,8 @@ pub struct AfPacketStats {
     pub tx_kick_failed: u64,
     /// Frames the kernel dropped because the RX ring was full (`tp_drops`).
     pub rx_dropped: u64,
-    /// Times the kernel found the whole RX ring owned by user space (`tp_freeze_q_cnt`).
+    /// Times the kernel found the whole RX ring owned by user space (`tp_freeze_q_cnt`; block
+    /// rings only).
     pub rx_ring_frozen: u64,
     /// Frames dropped because they did not fit a [`crate::buf::PacketBuf`] or an RX block (jumbo
     /// frames, or GRO/TSO super-frames from the host stack: turn those offloads off).
@@ -209,7 +251,7 @@ impl Drop for Mapping {
     }
 }
 
-/// A port on a Linux interface through TPACKET_V3 rings. See the module documentation.
+/// A port on a Linux interface through TPACKET_V2 or V3 rings. See the module documentation.
 #[derive(Debug)]
 pub struct AfPacketPort {
     // Declared before `fd`, so it is unmapped before the socket closes.
@@ -217,15 +259,23 @@ pub struct AfPacketPort {
     fd: OwnedFd,
     ifname: String,
     port: PortId,
+    rx_ring: RxRing,
     mtu: usize,
     block_size: usize,
     block_count: usize,
     frame_size: usize,
     /// Byte offset of the TX ring in the mapping.
     tx_base: usize,
-    tx_slots_per_block: usize,
-    tx_slots: usize,
-    /// The RX block being read.
+    /// Fixed-size slots per block: TX slots, and RX slots of a per-frame ring.
+    slots_per_block: usize,
+    /// Slots per ring.
+    slots: usize,
+    /// Where a frame starts in a TX slot, and where the slot's `tp_status` is (V2 or V3).
+    tx_data_offset: usize,
+    tx_status: usize,
+    /// Per-frame ring: the next RX slot to read.
+    rx_slot: usize,
+    /// Block ring: the RX block being read.
     rx_block: usize,
     /// Frames of `rx_block` not read yet; 0: the block is not claimed yet.
     rx_left: u32,
@@ -288,8 +338,12 @@ impl AfPacketPort {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let s = fd.as_raw_fd();
 
-        let v3: libc::c_int = libc::tpacket_versions::TPACKET_V3 as libc::c_int;
-        setsockopt(s, libc::PACKET_VERSION, &v3).map_err(unsupported("TPACKET_V3"))?;
+        let (version, version_name) = match cfg.rx_ring {
+            RxRing::PerFrame => (libc::tpacket_versions::TPACKET_V2, "TPACKET_V2"),
+            RxRing::Blocks => (libc::tpacket_versions::TPACKET_V3, "TPACKET_V3"),
+        };
+        let version = version as libc::c_int;
+        setsockopt(s, libc::PACKET_VERSION, &version).map_err(unsupported(version_name))?;
         let one: libc::c_int = 1;
         // Without it a frame the kernel rejects is marked TP_STATUS_WRONG_FORMAT and the kernel
         // stops at it for good; with it the frame is discarded and the ring moves on.
@@ -299,15 +353,6 @@ impl AfPacketPort {
         setsockopt(s, libc::PACKET_IGNORE_OUTGOING, &one)
             .map_err(unsupported("PACKET_IGNORE_OUTGOING"))?;
 
-        let mut req = libc::tpacket_req3 {
-            tp_block_size: cfg.block_size,
-            tp_block_nr: cfg.block_count,
-            tp_frame_size: cfg.frame_size,
-            tp_frame_nr: geo.frames,
-            tp_retire_blk_tov: cfg.block_timeout_ms,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
-        };
         let ring_err = |what: &'static str| {
             move |e: io::Error| match e.raw_os_error() {
                 Some(libc::ENOMEM) => AfPacketError::RingAlloc {
@@ -318,10 +363,37 @@ impl AfPacketPort {
                 _ => io_err(what)(e),
             }
         };
-        setsockopt(s, libc::PACKET_RX_RING, &req).map_err(ring_err("a TPACKET_V3 RX ring"))?;
-        // A TX ring rejects the RX-only fields.
-        req.tp_retire_blk_tov = 0;
-        setsockopt(s, libc::PACKET_TX_RING, &req).map_err(ring_err("a TPACKET_V3 TX ring"))?;
+        match cfg.rx_ring {
+            RxRing::PerFrame => {
+                let req = libc::tpacket_req {
+                    tp_block_size: cfg.block_size,
+                    tp_block_nr: cfg.block_count,
+                    tp_frame_size: cfg.frame_size,
+                    tp_frame_nr: geo.frames,
+                };
+                setsockopt(s, libc::PACKET_RX_RING, &req)
+                    .map_err(ring_err("a TPACKET_V2 RX ring"))?;
+                setsockopt(s, libc::PACKET_TX_RING, &req)
+                    .map_err(ring_err("a TPACKET_V2 TX ring"))?;
+            }
+            RxRing::Blocks => {
+                let mut req = libc::tpacket_req3 {
+                    tp_block_size: cfg.block_size,
+                    tp_block_nr: cfg.block_count,
+                    tp_frame_size: cfg.frame_size,
+                    tp_frame_nr: geo.frames,
+                    tp_retire_blk_tov: cfg.block_timeout_ms,
+                    tp_sizeof_priv: 0,
+                    tp_feature_req_word: 0,
+                };
+                setsockopt(s, libc::PACKET_RX_RING, &req)
+                    .map_err(ring_err("a TPACKET_V3 RX ring"))?;
+                // A TX ring rejects the RX-only fields.
+                req.tp_retire_blk_tov = 0;
+                setsockopt(s, libc::PACKET_TX_RING, &req)
+                    .map_err(ring_err("a TPACKET_V3 TX ring"))?;
+            }
+        }
 
         let map_len = 2 * geo.ring_len;
         // SAFETY: maps the socket's rings, whose total size is exactly `map_len` (the kernel
@@ -407,13 +479,23 @@ impl AfPacketPort {
             fd,
             ifname: ifname.to_owned(),
             port: cfg.port,
+            rx_ring: cfg.rx_ring,
             mtu,
             block_size: cfg.block_size as usize,
             block_count: cfg.block_count as usize,
             frame_size: cfg.frame_size as usize,
             tx_base: geo.ring_len,
-            tx_slots_per_block: geo.frames_per_block,
-            tx_slots: geo.frames as usize,
+            slots_per_block: geo.frames_per_block,
+            slots: geo.frames as usize,
+            tx_data_offset: match cfg.rx_ring {
+                RxRing::PerFrame => TX2_DATA_OFFSET,
+                RxRing::Blocks => TX_DATA_OFFSET,
+            },
+            tx_status: match cfg.rx_ring {
+                RxRing::PerFrame => FRAME2_STATUS,
+                RxRing::Blocks => FRAME_STATUS,
+            },
+            rx_slot: 0,
             rx_block: 0,
             rx_left: 0,
             rx_next: 0,
@@ -423,14 +505,19 @@ impl AfPacketPort {
         })
     }
 
-    /// The socket, for `poll(POLLIN)` when a worker is idle: readable once an RX block is
-    /// ready (full, or retired by the block timeout).
+    /// The socket, for `poll(POLLIN)` when a worker is idle: readable once a frame (per-frame
+    /// ring) or an RX block (block ring: full, or retired by the block timeout) is ready.
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
     pub fn ifname(&self) -> &str {
         &self.ifname
+    }
+
+    /// The RX ring mode the port was opened with.
+    pub fn rx_ring(&self) -> RxRing {
+        self.rx_ring
     }
 
     /// The counters, with the kernel's (`PACKET_STATISTICS`, which resets them on every read)
@@ -469,12 +556,16 @@ impl AfPacketPort {
         self.rx_left = 0;
     }
 
-    /// Byte offset of TX slot `i` in the mapping (slots never straddle blocks).
+    /// Byte offset of slot `i` in a ring of fixed-size slots (slots never straddle blocks).
+    #[inline]
+    fn slot(&self, i: usize) -> usize {
+        (i / self.slots_per_block) * self.block_size + (i % self.slots_per_block) * self.frame_size
+    }
+
+    /// Byte offset of TX slot `i` in the mapping.
     #[inline]
     fn tx_slot(&self, i: usize) -> usize {
-        self.tx_base
-            + (i / self.tx_slots_per_block) * self.block_size
-            + (i % self.tx_slots_per_block) * self.frame_size
+        self.tx_base + self.slot(i)
     }
 
     /// Asks the kernel to send every slot marked `TP_STATUS_SEND_REQUEST`.
@@ -495,46 +586,75 @@ impl AfPacketPort {
         }
         // The kernel sends in ring order and stops early when the socket's send buffer or the
         // device is full: then the last slot written is still waiting.
-        let last = self.tx_slot((self.tx_head + self.tx_slots - 1) % self.tx_slots);
+        let last = self.tx_slot((self.tx_head + self.slots - 1) % self.slots);
         self.tx_unsent = self
             .ring
-            .status(last + FRAME_STATUS)
+            .status(last + self.tx_status)
             .load(Ordering::Acquire)
             == libc::TP_STATUS_SEND_REQUEST;
     }
-}
 
-impl AsRawFd for AfPacketPort {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+    /// [`Port::rx_burst`] on a per-frame ring (TPACKET_V2): one frame per slot, each slot
+    /// handed back to the kernel as soon as its frame is copied.
+    fn rx_burst_frames(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+        let mut n = 0;
+        while !out.is_full() {
+            let slot = self.slot(self.rx_slot);
+            let status = self
+                .ring
+                .status(slot + FRAME2_STATUS)
+                .load(Ordering::Acquire);
+            if status & libc::TP_STATUS_USER == 0 {
+                break;
+            }
+            let Some(mut buf) = pool.get() else {
+                // Out of buffers: the frame waits in the ring for the next burst.
+                break;
+            };
+            // SAFETY: the slot is owned by user space (TP_STATUS_USER seen with acquire
+            // ordering, so the kernel's writes to it are visible and it no longer writes it); it
+            // lies inside the mapping (`slot` of an index below `slots`) and holds at least a
+            // header (`frame_size >= TPACKET3_HDRLEN`, checked at open).
+            let h: libc::tpacket2_hdr =
+                unsafe { ptr::read_unaligned(self.ring.at(slot).cast::<libc::tpacket2_hdr>()) };
+            let mac = usize::from(h.tp_mac);
+            let snap = h.tp_snaplen as usize;
+            let len = if mac < size_of::<libc::tpacket2_hdr>() || mac + snap > self.frame_size {
+                self.stats.rx_bad_desc += 1;
+                None
+            } else {
+                let tag = vlan_tag(status, h.tp_vlan_tpid, h.tp_vlan_tci);
+                // SAFETY: the slot is owned by user space and the frame lies inside it (checked
+                // just above), so the slice is inside the mapping, initialised, and not written
+                // by the kernel until the slot is released below, after the slice's last use.
+                let frame = unsafe { std::slice::from_raw_parts(self.ring.at(slot + mac), snap) };
+                let len = copy_frame(frame, h.tp_len, tag, buf.room_mut());
+                if len.is_none() {
+                    self.stats.rx_too_long += 1;
+                }
+                len
+            };
+            self.ring
+                .status(slot + FRAME2_STATUS)
+                .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+            self.rx_slot = (self.rx_slot + 1) % self.slots;
+            let Some(len) = len else {
+                pool.put(buf);
+                continue;
+            };
+            if status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+                self.stats.rx_csum_partial += 1;
+            }
+            buf.set_len(len);
+            buf.port = self.port;
+            out.push(buf);
+            n += 1;
+        }
+        n
     }
-}
 
-/// Sleeps until one of `fds` is readable or `timeout_ms` passes (for idle workers).
-pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
-    let mut pfds = [libc::pollfd {
-        fd: -1,
-        events: 0,
-        revents: 0,
-    }; 4];
-    let n = fds.len().min(pfds.len());
-    for (p, fd) in pfds.iter_mut().zip(fds) {
-        p.fd = *fd;
-        p.events = libc::POLLIN;
-    }
-    // SAFETY: `pfds` is a valid array of `n` initialised pollfd structs that outlives the call;
-    // poll only writes their `revents` fields.
-    unsafe {
-        libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms);
-    }
-}
-
-impl Port for AfPacketPort {
-    fn wait_fd(&self) -> Option<RawFd> {
-        Some(self.raw_fd())
-    }
-
-    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+    /// [`Port::rx_burst`] on a block ring (TPACKET_V3): walks the kernel's blocks in place.
+    fn rx_burst_blocks(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
         let mut n = 0;
         while !out.is_full() {
             let block = self.rx_block * self.block_size;
@@ -590,52 +710,127 @@ impl Port for AfPacketPort {
                 continue;
             }
             // The kernel takes the 802.1Q tag off before packet sockets see the frame and reports
-            // it in the header: put it back.
-            let vlan = h.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && snap >= 12;
-            let len = snap + if vlan { VLAN_HLEN } else { 0 };
-            let room = buf.room_mut();
-            let fits = h.tp_snaplen == h.tp_len && len <= room.len();
-            if fits {
-                // SAFETY: the block is owned by user space and `mac + snap <= block_size`
-                // (checked above), so the slice is inside the mapping, initialised, and not
-                // written by the kernel until the block is released, after the slice's last use.
-                let frame = unsafe { std::slice::from_raw_parts(self.ring.at(block + mac), snap) };
-                if vlan {
-                    let tpid = if h.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
-                        h.hv1.tp_vlan_tpid
-                    } else {
-                        0x8100
-                    };
-                    // The TCI (PCP, DEI, VID) in the low 16 bits.
-                    let tci = h.hv1.tp_vlan_tci as u16;
-                    room[..12].copy_from_slice(&frame[..12]);
-                    room[12..14].copy_from_slice(&tpid.to_be_bytes());
-                    room[14..16].copy_from_slice(&tci.to_be_bytes());
-                    room[16..len].copy_from_slice(&frame[12..]);
-                } else {
-                    room[..snap].copy_from_slice(frame);
-                }
-                if h.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
-                    self.stats.rx_csum_partial += 1;
-                }
-            }
+            // it in the header (the TCI in the low 16 bits): put it back.
+            let tag = vlan_tag(h.tp_status, h.hv1.tp_vlan_tpid, h.hv1.tp_vlan_tci as u16);
+            // SAFETY: the block is owned by user space and `mac + snap <= block_size` (checked
+            // above), so the slice is inside the mapping, initialised, and not written by the
+            // kernel until the block is released, after the slice's last use.
+            let frame = unsafe { std::slice::from_raw_parts(self.ring.at(block + mac), snap) };
+            let len = copy_frame(frame, h.tp_len, tag, buf.room_mut());
             self.rx_left -= 1;
             self.rx_next = hdr_off + h.tp_next_offset as usize;
             if self.rx_left == 0 {
                 self.rx_release_block();
             }
-            if !fits {
+            let Some(len) = len else {
                 self.stats.rx_too_long += 1;
                 pool.put(buf);
                 continue;
+            };
+            if h.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
+                self.stats.rx_csum_partial += 1;
             }
             buf.set_len(len);
             buf.port = self.port;
             out.push(buf);
             n += 1;
         }
+        n
+    }
+}
+
+impl AsRawFd for AfPacketPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Sleeps until one of `fds` is readable or `timeout_ms` passes (for idle workers).
+pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
+    let mut pfds = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 4];
+    let n = fds.len().min(pfds.len());
+    for (p, fd) in pfds.iter_mut().zip(fds) {
+        p.fd = *fd;
+        p.events = libc::POLLIN;
+    }
+    // SAFETY: `pfds` is a valid array of `n` initialised pollfd structs that outlives the call;
+    // poll only writes their `revents` fields.
+    unsafe {
+        libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms);
+    }
+}
+
+/// The VLAN tag the kernel took off a received frame, as (TPID, TCI), from the header's status
+/// word and tag fields.
+#[inline]
+fn vlan_tag(status: u32, tpid: u16, tci: u16) -> Option<(u16, u16)> {
+    if status & libc::TP_STATUS_VLAN_VALID == 0 {
+        return None;
+    }
+    let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+        tpid
+    } else {
+        0x8100
+    };
+    Some((tpid, tci))
+}
+
+/// Copies a received frame (`frame`, `wire_len` bytes long on the wire) into `room`, with its
+/// VLAN tag put back after the MAC addresses. Returns the length, or `None` when the ring holds
+/// only part of the frame or it does not fit `room`.
+#[inline]
+fn copy_frame(
+    frame: &[u8],
+    wire_len: u32,
+    tag: Option<(u16, u16)>,
+    room: &mut [u8],
+) -> Option<usize> {
+    if frame.len() != wire_len as usize {
+        return None;
+    }
+    match tag {
+        Some((tpid, tci)) if frame.len() >= 12 => {
+            let len = frame.len() + VLAN_HLEN;
+            let room = room.get_mut(..len)?;
+            room[..12].copy_from_slice(&frame[..12]);
+            room[12..14].copy_from_slice(&tpid.to_be_bytes());
+            room[14..16].copy_from_slice(&tci.to_be_bytes());
+            room[16..].copy_from_slice(&frame[12..]);
+            Some(len)
+        }
+        _ => {
+            room.get_mut(..frame.len())?.copy_from_slice(frame);
+            Some(frame.len())
+        }
+    }
+}
+
+impl Port for AfPacketPort {
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.raw_fd())
+    }
+
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+        let n = match self.rx_ring {
+            RxRing::PerFrame => self.rx_burst_frames(pool, out),
+            RxRing::Blocks => self.rx_burst_blocks(pool, out),
+        };
         self.stats.rx += n as u64;
         n
+    }
+
+    fn counters(&mut self) -> PortCounters {
+        let s = self.stats();
+        PortCounters {
+            rx_dropped: s.rx_dropped,
+            rx_too_long: s.rx_too_long,
+            tx_full: s.tx_ring_full,
+            tx_bad_len: s.tx_bad_len,
+        }
     }
 
     fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
@@ -645,7 +840,7 @@ impl Port for AfPacketPort {
             let tagged = data.len() >= ETH_HLEN
                 && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
             let max = (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 })
-                .min(self.frame_size - TX_DATA_OFFSET);
+                .min(self.frame_size - self.tx_data_offset);
             if data.len() < ETH_HLEN || data.len() > max {
                 self.stats.tx_bad_len += 1;
                 pool.put(buf);
@@ -654,7 +849,7 @@ impl Port for AfPacketPort {
             let slot = self.tx_slot(self.tx_head);
             let status = self
                 .ring
-                .status(slot + FRAME_STATUS)
+                .status(slot + self.tx_status)
                 .load(Ordering::Acquire);
             // TP_STATUS_WRONG_FORMAT cannot happen with PACKET_LOSS; if it did, the kernel would
             // be stuck on this slot until it is refilled, so it counts as free.
@@ -666,26 +861,38 @@ impl Port for AfPacketPort {
             let len = data.len() as u32;
             let hdr = self.ring.at(slot);
             // SAFETY: the slot is owned by user space (TP_STATUS_AVAILABLE seen with acquire
-            // ordering); it lies inside the mapping (`tx_slot` of an index below `tx_slots`) and
-            // is 16-byte aligned, so the u32 header fields are aligned; `TX_DATA_OFFSET + len <=
-            // frame_size` (checked above), so the copy stays inside the slot and does not touch
-            // the status word.
+            // ordering); it lies inside the mapping (`tx_slot` of an index below `slots`) and is
+            // 16-byte aligned, so the u32 header fields are aligned; `tx_data_offset + len <=
+            // frame_size` (checked above), so the copy stays inside the slot; the header fields
+            // written are not the status word.
             unsafe {
-                hdr.add(offset_of!(libc::tpacket3_hdr, tp_next_offset))
-                    .cast::<u32>()
-                    .write(0);
-                hdr.add(offset_of!(libc::tpacket3_hdr, tp_len))
-                    .cast::<u32>()
-                    .write(len);
-                hdr.add(offset_of!(libc::tpacket3_hdr, tp_snaplen))
-                    .cast::<u32>()
-                    .write(len);
-                ptr::copy_nonoverlapping(data.as_ptr(), hdr.add(TX_DATA_OFFSET), data.len());
+                match self.rx_ring {
+                    RxRing::PerFrame => {
+                        hdr.add(offset_of!(libc::tpacket2_hdr, tp_len))
+                            .cast::<u32>()
+                            .write(len);
+                        hdr.add(offset_of!(libc::tpacket2_hdr, tp_snaplen))
+                            .cast::<u32>()
+                            .write(len);
+                    }
+                    RxRing::Blocks => {
+                        hdr.add(offset_of!(libc::tpacket3_hdr, tp_next_offset))
+                            .cast::<u32>()
+                            .write(0);
+                        hdr.add(offset_of!(libc::tpacket3_hdr, tp_len))
+                            .cast::<u32>()
+                            .write(len);
+                        hdr.add(offset_of!(libc::tpacket3_hdr, tp_snaplen))
+                            .cast::<u32>()
+                            .write(len);
+                    }
+                }
+                ptr::copy_nonoverlapping(data.as_ptr(), hdr.add(self.tx_data_offset), data.len());
             }
             self.ring
-                .status(slot + FRAME_STATUS)
+                .status(slot + self.tx_status)
                 .store(libc::TP_STATUS_SEND_REQUEST, Ordering::Release);
-            self.tx_head = (self.tx_head + 1) % self.tx_slots;
+            self.tx_head = (self.tx_head + 1) % self.slots;
             sent += 1;
             pool.put(buf);
         }
@@ -900,11 +1107,34 @@ mod tests {
         assert_eq!(r, 0, "setns {path}: {}", io::Error::last_os_error());
     }
 
-    fn cfg(port: PortId) -> AfPacketConfig {
+    fn cfg(mode: RxRing, port: PortId) -> AfPacketConfig {
         AfPacketConfig {
             port,
+            rx_ring: mode,
             ..AfPacketConfig::default()
         }
+    }
+
+    /// A short name of `mode` for namespace names.
+    fn tag(mode: RxRing, what: &str) -> String {
+        match mode {
+            RxRing::PerFrame => format!("{what}-v2"),
+            RxRing::Blocks => format!("{what}-v3"),
+        }
+    }
+
+    /// Runs the root test `f` once in each ring mode, as two #[test]s.
+    macro_rules! both_rings {
+        ($f:ident: $frames:ident, $blocks:ident) => {
+            #[test]
+            fn $frames() {
+                $f(RxRing::PerFrame);
+            }
+            #[test]
+            fn $blocks() {
+                $f(RxRing::Blocks);
+            }
+        };
     }
 
     /// Frame `seq`: 60 to 1514 bytes, every 7th one 802.1Q-tagged, an experimental ethertype,
@@ -1078,23 +1308,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn frames_cross_a_veth_byte_exact() {
+    both_rings!(frames_cross_a_veth_byte_exact: frames_cross_a_veth_byte_exact_per_frame, frames_cross_a_veth_byte_exact_blocks);
+
+    fn frames_cross_a_veth_byte_exact(mode: RxRing) {
         if !is_root() {
             println!("skipping frames_cross_a_veth_byte_exact: needs root for network namespaces and AF_PACKET");
             return;
         }
         const N: u32 = 1000;
-        let ns = Netns::with_veth("xfer");
+        let ns = Netns::with_veth(&tag(mode, "xfer"));
         ns.run(|| {
-            let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+            let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
+            assert_eq!(a.rx_ring(), mode);
             // A second socket on the sending interface: it must not see the outgoing frames.
-            let mut watch = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+            let mut watch = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
             let mut b = AfPacketPort::open(
                 "b",
                 &AfPacketConfig {
                     promiscuous: true,
-                    ..cfg(PortId::Tasks)
+                    ..cfg(mode, PortId::Tasks)
                 },
             )
             .unwrap();
@@ -1152,19 +1384,20 @@ mod tests {
         });
     }
 
-    #[test]
-    fn fanout_members_share_the_traffic() {
+    both_rings!(fanout_members_share_the_traffic: fanout_members_share_the_traffic_per_frame, fanout_members_share_the_traffic_blocks);
+
+    fn fanout_members_share_the_traffic(mode: RxRing) {
         if !is_root() {
             println!("skipping fanout_members_share_the_traffic: needs root for network namespaces and AF_PACKET");
             return;
         }
         const N: u32 = 1000;
-        let ns = Netns::with_veth("fanout");
+        let ns = Netns::with_veth(&tag(mode, "fanout"));
         ns.run(|| {
-            let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+            let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
             let member = AfPacketConfig {
                 fanout: Some(0x6d73),
-                ..cfg(PortId::Tasks)
+                ..cfg(mode, PortId::Tasks)
             };
             let mut b1 = AfPacketPort::open("b", &member).unwrap();
             let mut b2 = AfPacketPort::open("b", &member).unwrap();
@@ -1217,23 +1450,24 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_full_tx_ring_counts_its_drops() {
+    both_rings!(a_full_tx_ring_counts_its_drops: a_full_tx_ring_counts_its_drops_per_frame, a_full_tx_ring_counts_its_drops_blocks);
+
+    fn a_full_tx_ring_counts_its_drops(mode: RxRing) {
         if !is_root() {
             println!("skipping a_full_tx_ring_counts_its_drops: needs root for network namespaces and AF_PACKET");
             return;
         }
-        let ns = Netns::with_veth("txfull");
+        let ns = Netns::with_veth(&tag(mode, "txfull"));
         ns.run(|| {
             // One page per ring: two TX slots. Nothing is kicked before the burst ends, so the
             // third frame of a burst finds the ring full.
             let tiny = AfPacketConfig {
                 block_size: 4096,
                 block_count: 1,
-                ..cfg(PortId::Uplink)
+                ..cfg(mode, PortId::Uplink)
             };
             let mut a = AfPacketPort::open("a", &tiny).unwrap();
-            let mut b = AfPacketPort::open("b", &cfg(PortId::Tasks)).unwrap();
+            let mut b = AfPacketPort::open("b", &cfg(mode, PortId::Tasks)).unwrap();
             let mut pool = Pool::new(64);
             let mut burst = Burst::new();
             for seq in 0..32 {
@@ -1248,9 +1482,94 @@ mod tests {
             assert_eq!(a.tx_burst(&mut burst, &mut pool), 0);
             let s = a.stats();
             assert_eq!((s.tx, s.tx_ring_full, s.tx_bad_len), (2, 30, 2));
+            assert_eq!(
+                a.counters(),
+                PortCounters {
+                    tx_full: 30,
+                    tx_bad_len: 2,
+                    ..PortCounters::default()
+                }
+            );
             let mut got = BTreeMap::new();
             receive_all(&mut [(&mut b, &mut got)], &mut pool, 2);
             assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![0, 7]);
+        });
+    }
+
+    both_rings!(a_full_rx_ring_counts_the_kernels_drops: a_full_rx_ring_counts_the_kernels_drops_per_frame, a_full_rx_ring_counts_the_kernels_drops_blocks);
+
+    fn a_full_rx_ring_counts_the_kernels_drops(mode: RxRing) {
+        if !is_root() {
+            println!("skipping a_full_rx_ring_counts_the_kernels_drops: needs root for network namespaces and AF_PACKET");
+            return;
+        }
+        let ns = Netns::with_veth(&tag(mode, "rxfull"));
+        ns.run(|| {
+            let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
+            // One page: two slots of a per-frame ring, one block of a block ring (a few 1514-byte
+            // frames). Nobody reads it while 64 frames arrive.
+            let tiny = AfPacketConfig {
+                block_size: 4096,
+                block_count: 1,
+                block_timeout_ms: 1,
+                ..cfg(mode, PortId::Tasks)
+            };
+            let mut b = AfPacketPort::open("b", &tiny).unwrap();
+            let mut pool = Pool::new(64);
+            let big = |seq: u32| {
+                let mut f = udp_frame(seq);
+                f.resize(1514, 0xa5);
+                f
+            };
+            assert_eq!(send(&mut a, &mut pool, (0..64).map(big)), 64);
+            std::thread::sleep(Duration::from_millis(20));
+            let first = b.counters();
+            assert!(first.rx_dropped > 0 && first.rx_dropped < 64, "{first:?}");
+            // PACKET_STATISTICS resets on read: the port keeps the sum.
+            let mut burst = Burst::new();
+            assert!(b.rx_burst(&mut pool, &mut burst) > 0);
+            for buf in burst.drain(..) {
+                pool.put(buf);
+            }
+            assert_eq!(b.counters().rx_dropped, first.rx_dropped);
+            assert_eq!(b.stats().rx_dropped, first.rx_dropped);
+        });
+    }
+
+    both_rings!(a_lone_frame_waits_for_no_block_timer: a_lone_frame_waits_for_no_block_timer_per_frame, a_lone_frame_waits_for_no_block_timer_blocks);
+
+    /// With a 1 s block timeout, a lone frame reaches a block ring after about 1 s; a per-frame
+    /// ring has it at once (and `poll` says so).
+    fn a_lone_frame_waits_for_no_block_timer(mode: RxRing) {
+        if !is_root() {
+            println!("skipping a_lone_frame_waits_for_no_block_timer: needs root for network namespaces and AF_PACKET");
+            return;
+        }
+        let ns = Netns::with_veth(&tag(mode, "lone"));
+        ns.run(|| {
+            let slow = |port| AfPacketConfig {
+                block_timeout_ms: 1000,
+                ..cfg(mode, port)
+            };
+            let mut a = AfPacketPort::open("a", &slow(PortId::Uplink)).unwrap();
+            let mut b = AfPacketPort::open("b", &slow(PortId::Tasks)).unwrap();
+            let mut pool = Pool::new(64);
+            // Let the kernel's own frames on a new link (IPv6 router solicitations...) pass.
+            std::thread::sleep(Duration::from_millis(50));
+            let mut got = BTreeMap::new();
+            drain(&mut b, &mut pool, &mut got);
+            let t0 = Instant::now();
+            assert_eq!(send(&mut a, &mut pool, std::iter::once(udp_frame(1))), 1);
+            while !got.contains_key(&1) && t0.elapsed() < Duration::from_secs(3) {
+                wait_readable(&b, 2000);
+                drain(&mut b, &mut pool, &mut got);
+            }
+            let took = t0.elapsed();
+            assert!(got.contains_key(&1), "the frame never arrived");
+            match mode {
+                RxRing::PerFrame => assert!(took < Duration::from_millis(300), "{took:?}"),
+                RxRing::Blocks => assert!(took > Duration::from_millis(300), "{took:?}"),
+            }
         });
     }
 
@@ -1323,6 +1642,32 @@ mod tests {
     }
 
     #[test]
+    fn v2_header_layout_matches_the_kernel() {
+        // tpacket2_hdr is 32 bytes: TX frames start right after it; TPACKET2_HDRLEN is 52, so an
+        // untagged received frame starts at TPACKET_ALIGN(52 + 16) - 14 = 66.
+        assert_eq!((TX2_DATA_OFFSET, FRAME2_STATUS), (32, 0));
+        assert_eq!(
+            TX2_DATA_OFFSET + size_of::<libc::sockaddr_ll>(),
+            libc::TPACKET2_HDRLEN
+        );
+        assert_eq!(RX2_FRAME_OFFSET, 66);
+        assert_eq!(
+            (
+                offset_of!(libc::tpacket2_hdr, tp_len),
+                offset_of!(libc::tpacket2_hdr, tp_snaplen),
+                offset_of!(libc::tpacket2_hdr, tp_mac),
+                offset_of!(libc::tpacket2_hdr, tp_vlan_tci),
+            ),
+            (4, 8, 12, 24)
+        );
+    }
+
+    #[test]
+    fn default_is_the_per_frame_ring() {
+        assert_eq!(AfPacketConfig::default().rx_ring, RxRing::PerFrame);
+    }
+
+    #[test]
     fn tx_header_layout_matches_the_kernel() {
         // tpacket3_hdr is 48 bytes: frames start right after it, TPACKET3_HDRLEN is 68.
         assert_eq!(TX_DATA_OFFSET, 48);
@@ -1343,14 +1688,19 @@ mod tests {
             return;
         }
         let ns = Netns::with_veth("bench");
-        for size in [64usize, 1514] {
+        for (mode, size) in [
+            (RxRing::PerFrame, 64usize),
+            (RxRing::PerFrame, 1514),
+            (RxRing::Blocks, 64),
+            (RxRing::Blocks, 1514),
+        ] {
             let secs = 2.0;
             let (sent, received, stats_a, stats_b) = ns.run(|| {
-                let mut a = AfPacketPort::open("a", &cfg(PortId::Uplink)).unwrap();
+                let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
                 let big = AfPacketConfig {
                     block_size: 1 << 20,
                     block_count: 16,
-                    ..cfg(PortId::Tasks)
+                    ..cfg(mode, PortId::Tasks)
                 };
                 let mut b = AfPacketPort::open("b", &big).unwrap();
                 let stop = std::sync::atomic::AtomicBool::new(false);
@@ -1398,7 +1748,7 @@ mod tests {
                 })
             });
             println!(
-                "afpacket {size:4} B: tx {:.2} Mpps, rx {:.2} Mpps ({:.0} Mbit/s), tx_ring_full {}, rx_dropped {}, rx_ring_frozen {}",
+                "afpacket {mode:?} {size:4} B: tx {:.2} Mpps, rx {:.2} Mpps ({:.0} Mbit/s), tx_ring_full {}, rx_dropped {}, rx_ring_frozen {}",
                 sent as f64 / secs / 1e6,
                 received as f64 / secs / 1e6,
                 received as f64 * size as f64 * 8.0 / secs / 1e6,

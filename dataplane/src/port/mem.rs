@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 
-use super::{Burst, Port};
+use super::{Burst, Port, PortCounters};
 use crate::buf::{PacketBuf, Pool};
 
 /// One end of an in-memory link.
@@ -79,6 +79,13 @@ impl Port for MemPort {
             }
         }
         n
+    }
+
+    fn counters(&mut self) -> PortCounters {
+        PortCounters {
+            tx_full: self.tx_full,
+            ..PortCounters::default()
+        }
     }
 }
 

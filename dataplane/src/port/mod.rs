@@ -1,7 +1,7 @@
 //! Ports move frames in and out; they know nothing of what the frames mean.
 //!
 //! Backends: [`mem`] (in-process queues, always built: tests, benchmarks, the in-memory mesh
-//! simulation) and [`afpacket`] (TPACKET_V3 rings on any Linux interface).
+//! simulation) and [`afpacket`] (TPACKET_V2 or V3 rings on any Linux interface).
 
 use arrayvec::ArrayVec;
 
@@ -16,6 +16,21 @@ pub const BURST: usize = 32;
 /// One burst of frames.
 pub type Burst = ArrayVec<PacketBuf, BURST>;
 
+/// Frames a port dropped below the pipeline, counted since it was opened. Zero for what a
+/// backend cannot lose.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// Frames the kernel dropped because the RX ring was full.
+    pub rx_dropped: u64,
+    /// Received frames dropped because they did not fit a buffer or a ring slot.
+    pub rx_too_long: u64,
+    /// Frames dropped because the TX ring (or queue) had no room.
+    pub tx_full: u64,
+    /// Frames not sent because of their length (shorter than an Ethernet header, longer than
+    /// the MTU allows).
+    pub tx_bad_len: u64,
+}
+
 /// A source and sink of Ethernet frames.
 pub trait Port {
     /// Appends up to `out.remaining_capacity()` received frames to `out`, taking empty buffers
@@ -28,6 +43,11 @@ pub trait Port {
 
     /// Pushes out anything the backend batched (for example a TX ring kick).
     fn flush(&mut self) {}
+
+    /// The drop counters (may make a system call: not for every burst).
+    fn counters(&mut self) -> PortCounters {
+        PortCounters::default()
+    }
 
     /// A file descriptor that polls readable when frames wait, for idle workers to sleep on.
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
