@@ -143,12 +143,20 @@ pub struct WorkerStats {
     pub flows_evicted: u64,
     pub flows_ended: u64,
     pub resets_sent: u64,
+    /// Frames the ports dropped below the pipeline (see [`crate::port::PortCounters`]), totals
+    /// since they opened, refreshed by the worker about every 10 ms: the kernel found the RX
+    /// ring full; a received frame did not fit a buffer; the TX ring was full; a frame to send
+    /// had a bad length.
+    pub port_rx_dropped: u64,
+    pub port_rx_too_long: u64,
+    pub port_tx_full: u64,
+    pub port_tx_bad_len: u64,
     pub drops: [u64; DropReason::COUNT],
 }
 
 impl WorkerStats {
     /// Number of plain counters before the drop counters in [`Self::to_array`].
-    pub const FIELDS: usize = 12;
+    pub const FIELDS: usize = 16;
 
     /// Names of the plain counters, in [`Self::to_array`] order.
     pub const NAMES: [&'static str; Self::FIELDS] = [
@@ -164,6 +172,10 @@ impl WorkerStats {
         "flows_evicted",
         "flows_ended",
         "resets_sent",
+        "port_rx_dropped",
+        "port_rx_too_long",
+        "port_tx_full",
+        "port_tx_bad_len",
     ];
 
     /// All counters as one array: the plain ones, then one per drop reason.
@@ -182,6 +194,10 @@ impl WorkerStats {
             self.flows_evicted,
             self.flows_ended,
             self.resets_sent,
+            self.port_rx_dropped,
+            self.port_rx_too_long,
+            self.port_tx_full,
+            self.port_tx_bad_len,
         ];
         a[..Self::FIELDS].copy_from_slice(&plain);
         a[Self::FIELDS..].copy_from_slice(&self.drops);
@@ -204,6 +220,10 @@ impl WorkerStats {
             flows_evicted: a[9],
             flows_ended: a[10],
             resets_sent: a[11],
+            port_rx_dropped: a[12],
+            port_rx_too_long: a[13],
+            port_tx_full: a[14],
+            port_tx_bad_len: a[15],
             drops,
         }
     }
@@ -235,6 +255,10 @@ impl WorkerStats {
         self.flows_evicted += o.flows_evicted;
         self.flows_ended += o.flows_ended;
         self.resets_sent += o.resets_sent;
+        self.port_rx_dropped += o.port_rx_dropped;
+        self.port_rx_too_long += o.port_rx_too_long;
+        self.port_tx_full += o.port_tx_full;
+        self.port_tx_bad_len += o.port_tx_bad_len;
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
@@ -250,6 +274,22 @@ mod tests {
         let mut s = WorkerStats { rx: 1, resets_sent: 12, new_flows: 7, ..Default::default() };
         s.drop(DropReason::TooBig);
         assert_eq!(WorkerStats::from_array(&s.to_array()), s);
+        // Every plain counter has its own slot, in NAMES order.
+        let s = WorkerStats {
+            port_rx_dropped: 13,
+            port_rx_too_long: 14,
+            port_tx_full: 15,
+            port_tx_bad_len: 16,
+            ..Default::default()
+        };
+        let a = s.to_array();
+        for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
+            assert_eq!(a[i], i as u64 + 1, "{name}");
+        }
+        assert_eq!(WorkerStats::from_array(&a), s);
+        let mut total = s.clone();
+        total.add(&s);
+        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (26, 32));
     }
 
     #[test]

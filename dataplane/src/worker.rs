@@ -275,6 +275,7 @@ impl Worker {
             let busy = self.poll_once();
             let now = self.clock.now_ms();
             if now.wrapping_sub(last_publish) >= 10 {
+                self.refresh_port_counters();
                 self.shared.stats[self.id].write(&self.pipeline.stats);
                 self.rebalance_pool();
                 last_publish = now;
@@ -306,8 +307,20 @@ impl Worker {
                 }
             }
         }
+        self.refresh_port_counters();
         self.shared.stats[self.id].write(&self.pipeline.stats);
         self.shared.task_stats[self.id].write(&self.pipeline.task_stats);
+    }
+
+    /// Copies the ports' drop counters (totals since they opened) into the worker's counters,
+    /// for publishing. A system call per AF_PACKET port: not for every loop.
+    pub fn refresh_port_counters(&mut self) {
+        let (u, t) = (self.uplink.counters(), self.tasks.counters());
+        let s = &mut self.pipeline.stats;
+        s.port_rx_dropped = u.rx_dropped + t.rx_dropped;
+        s.port_rx_too_long = u.rx_too_long + t.rx_too_long;
+        s.port_tx_full = u.tx_full + t.tx_full;
+        s.port_tx_bad_len = u.tx_bad_len + t.tx_bad_len;
     }
 
     /// One iteration: receive a burst from each port and from the handoff ring, process, send;
@@ -475,5 +488,37 @@ pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
         Ok(h) => h,
         // The bounds above are valid constants; `new(3)` cannot fail either.
         Err(_) => hdrhistogram::Histogram::new(3).unwrap_or_else(|_| std::process::abort()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port::mem;
+
+    #[test]
+    fn port_drop_counters_reach_the_published_stats() {
+        let table = ServiceTable::empty("n1", std::net::Ipv4Addr::new(10, 0, 0, 1));
+        let shared = Shared::new(table, 1, Arc::new(Neighbors::new(16)));
+        let (mut up, _up_peer) = mem::link(4);
+        let (mut tasks, _tasks_peer) = mem::link(4);
+        up.tx_full = 3;
+        tasks.tx_full = 4;
+        let mut w = Worker::new(
+            0,
+            Config::default(),
+            Box::new(up),
+            Box::new(tasks),
+            shared.clone(),
+            Idle::BusyPoll,
+            16,
+        );
+        // The worker publishes on its own every ~10 ms and when it stops.
+        shared.stop.store(true, Ordering::Relaxed);
+        w.run();
+        let (total, each) = shared.stats();
+        assert_eq!(each[0].port_tx_full, 7);
+        assert_eq!(total.port_tx_full, 7);
+        assert_eq!(total.port_rx_dropped, 0);
     }
 }
