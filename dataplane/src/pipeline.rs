@@ -46,6 +46,8 @@ pub enum Verdict {
     Host,
     /// Hand to the worker that owns the frame's flow.
     Handoff(u16),
+    /// Used up by the pipeline itself (an ARP reply it learned from): nothing to send.
+    Consumed,
     Drop(DropReason),
 }
 
@@ -415,6 +417,7 @@ impl Pipeline {
                 Verdict::Tx(PortId::Tasks) => self.stats.tx_tasks += 1,
                 Verdict::Host => self.stats.to_host += 1,
                 Verdict::Handoff(_) => self.stats.handoff_out += 1,
+                Verdict::Consumed => {}
                 Verdict::Drop(r) => self.stats.drop(r),
             }
             verdicts.push(v);
@@ -508,6 +511,12 @@ impl Pipeline {
                 )
             }
         };
+        if operation == ArpOperation::Reply
+            && (port == PortId::Tasks || t.peer(source_protocol_addr).is_some())
+        {
+            // A reply from a task or a peer, learned above: nothing to send, and not a drop.
+            return Ok(Verdict::Consumed);
+        }
         if operation != ArpOperation::Request || !answer {
             return Err(DropReason::ArpIgnored);
         }
@@ -1459,6 +1468,29 @@ mod tests {
         p.nat_next = p.nat_next.wrapping_sub(1);
         let next = p.nat_port(TCP, ep, task, 80, 5).unwrap();
         assert_ne!(next, taken, "a port a live flow holds is skipped");
+    }
+
+    #[test]
+    fn an_arp_reply_from_a_peer_is_learned_and_not_counted_as_a_drop() {
+        let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+        let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+        let peer = std::net::Ipv4Addr::new(192, 168, 1, 12);
+        let reply = crate::testkit::arp_reply(
+            [2, 0, 0, 0, 0, 0x12],
+            peer,
+            p.cfg.uplink_mac,
+            std::net::Ipv4Addr::new(192, 168, 1, 11),
+        );
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(PortId::Uplink, &reply));
+        let mut v = Verdicts::new();
+        p.process(&table, 1, &mut burst, &mut v);
+        assert_eq!(v[0], Verdict::Consumed);
+        assert_eq!(p.stats.total_drops(), 0);
+        assert_eq!(
+            p.neighbors().get(u32::from(peer)),
+            Some([2, 0, 0, 0, 0, 0x12])
+        );
     }
 
     #[test]

@@ -1067,7 +1067,7 @@ impl SimNode {
                             }
                             None => self.pool.put(buf),
                         },
-                        Verdict::Drop(_) => self.pool.put(buf),
+                        Verdict::Drop(_) | Verdict::Consumed => self.pool.put(buf),
                     }
                 }
             }

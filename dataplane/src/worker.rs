@@ -476,7 +476,7 @@ impl Worker {
                     }
                     None => self.pool.put(b),
                 },
-                Verdict::Drop(_) => self.pool.put(b),
+                Verdict::Drop(_) | Verdict::Consumed => self.pool.put(b),
             }
         }
     }
