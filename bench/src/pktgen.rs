@@ -386,15 +386,9 @@ pub fn forward(
             if idle < 64 {
                 std::hint::spin_loop();
             } else {
+                // The same idle back-off as meshd's workers: ppoll on the ring, up to ~1 ms.
                 let us = 1u64 << (idle - 64).min(10);
-                if us < 1000 {
-                    std::thread::sleep(Duration::from_micros(us));
-                } else {
-                    dataplane::port::afpacket::wait_readable(
-                        &[rx.raw_fd()],
-                        (us / 1000).min(5) as i32,
-                    );
-                }
+                dataplane::port::afpacket::wait_readable(&[rx.raw_fd()], Duration::from_micros(us));
             }
             continue;
         }

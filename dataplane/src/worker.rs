@@ -383,8 +383,9 @@ impl Worker {
         moved > 0
     }
 
-    /// Waits for frames with exponential back-off up to `max`: in poll() on the ports' file
-    /// descriptors when they have them (so a frame wakes the worker at once), else in a sleep.
+    /// Waits for frames with exponential back-off up to `max`: in ppoll() on the ports' file
+    /// descriptors when they have them (so a frame wakes the worker at once, however short the
+    /// wait), else in a sleep.
     fn sleep(&self, step: u32, max: Duration) {
         let us = (1u64 << step.min(10)).min(max.as_micros() as u64).max(1);
         let fds: arrayvec::ArrayVec<std::os::fd::RawFd, 2> =
@@ -392,10 +393,10 @@ impl Worker {
                 .into_iter()
                 .flatten()
                 .collect();
-        if fds.is_empty() || us < 1000 {
+        if fds.is_empty() {
             std::thread::sleep(Duration::from_micros(us));
         } else {
-            crate::port::afpacket::wait_readable(&fds, (us / 1000) as i32);
+            crate::port::afpacket::wait_readable(&fds, Duration::from_micros(us));
         }
     }
 

@@ -43,8 +43,21 @@ pub fn render(s: &Value) -> String {
         "ENDED",
         "RESETS",
         "DROPS",
+        "PORT-DROPS",
     ];
     let workers = s["workers"].as_array().cloned().unwrap_or_default();
+    // Frames the ports lost before or after the pipeline (kernel ring full, too long, TX full).
+    let port_drops = |w: &Value| {
+        [
+            "port_rx_dropped",
+            "port_rx_too_long",
+            "port_tx_full",
+            "port_tx_bad_len",
+        ]
+        .iter()
+        .filter_map(|k| w[*k].as_u64())
+        .sum::<u64>()
+    };
     let drops_of = |w: &Value| {
         w["drops"]
             .as_object()
@@ -58,6 +71,7 @@ pub fn render(s: &Value) -> String {
             let mut r = vec![i.to_string()];
             r.extend(cols.iter().map(|c| n(&w[*c])));
             r.push(drops_of(w).to_string());
+            r.push(port_drops(w).to_string());
             r
         })
         .collect();
@@ -65,6 +79,7 @@ pub fn render(s: &Value) -> String {
     let mut r = vec!["total".to_string()];
     r.extend(cols.iter().map(|c| n(&total[*c])));
     r.push(drops_of(total).to_string());
+    r.push(port_drops(total).to_string());
     rows.push(r);
     out.push_str(&table(&heads, &rows));
 

@@ -746,7 +746,7 @@ impl AsRawFd for AfPacketPort {
 }
 
 /// Sleeps until one of `fds` is readable or `timeout_ms` passes (for idle workers).
-pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
+pub fn wait_readable(fds: &[RawFd], timeout: std::time::Duration) {
     let mut pfds = [libc::pollfd {
         fd: -1,
         events: 0,
@@ -757,10 +757,16 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) {
         p.fd = *fd;
         p.events = libc::POLLIN;
     }
-    // SAFETY: `pfds` is a valid array of `n` initialised pollfd structs that outlives the call;
-    // poll only writes their `revents` fields.
+    // Microsecond precision (ppoll), so short back-off waits still wake on the first frame.
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `pfds` is a valid array of `n` initialised pollfd structs and `ts` a valid timespec,
+    // both outliving the call; ppoll only writes the `revents` fields; a null signal mask leaves
+    // the thread's mask alone.
     unsafe {
-        libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, timeout_ms);
+        libc::ppoll(pfds.as_mut_ptr(), n as libc::nfds_t, &ts, std::ptr::null());
     }
 }
 
