@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Installs (as root, from Debian's packages) the tools the demo and the end-to-end tests use:
-# ip (iproute2), ethtool, curl, ping, dig. Says what is missing when it cannot install.
+# ip (iproute2), ethtool, curl, ping, dig; with --bench also what `bench mesh` compares meshd
+# with: nftables (the kernel's way) and DPDK's testpmd (the veth ceiling).
+# Says what is missing when it cannot install.
 set -euo pipefail
-declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [dig]=bind9-dnsutils [nft]=nftables [dpdk-testpmd]=dpdk-dev )
+declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [dig]=bind9-dnsutils )
+if [ "${1:-}" = "--bench" ]; then
+  pkg[nft]=nftables
+  pkg[dpdk-testpmd]=dpdk-dev
+fi
 missing=()
 for tool in "${!pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
