@@ -48,9 +48,18 @@ fn main() {
     let args = Args::parse();
     match args.cmd {
         Cmd::Mesh(a) => std::process::exit(bench::mesh::cli::main(a)),
-        Cmd::Pipeline { json, quick, repeats, only, flows: only_flows } => {
-            let (packets, sizes, storm): (usize, [usize; 3], usize) =
-                if quick { (200_000, [1 << 10, 1 << 12, 1 << 14], 100_000) } else { (20_000_000, [1 << 10, 1 << 16, 1 << 20], 2_000_000) };
+        Cmd::Pipeline {
+            json,
+            quick,
+            repeats,
+            only,
+            flows: only_flows,
+        } => {
+            let (packets, sizes, storm): (usize, [usize; 3], usize) = if quick {
+                (200_000, [1 << 10, 1 << 12, 1 << 14], 100_000)
+            } else {
+                (20_000_000, [1 << 10, 1 << 16, 1 << 20], 2_000_000)
+            };
             let mut rows: Vec<Measured> = Vec::new();
             let plan = [
                 (Kind::Ingress, sizes[0]),
@@ -61,7 +70,10 @@ fn main() {
                 (Kind::Decap, sizes[1]),
             ];
             for (kind, flows) in plan {
-                if only.as_ref().is_some_and(|o| !kind.name().contains(o.as_str())) {
+                if only
+                    .as_ref()
+                    .is_some_and(|o| !kind.name().contains(o.as_str()))
+                {
                     continue;
                 }
                 if only_flows.is_some_and(|f| kind == Kind::Ingress && f != flows) {
@@ -81,7 +93,10 @@ fn main() {
                     }
                 }
             } else {
-                println!("{:<22} {:>9} {:>10} {:>9} {:>10}", "scenario", "flows", "Mpps", "ns/pkt", "forwarded");
+                println!(
+                    "{:<22} {:>9} {:>10} {:>9} {:>10}",
+                    "scenario", "flows", "Mpps", "ns/pkt", "forwarded"
+                );
                 for r in &rows {
                     println!(
                         "{:<22} {:>9} {:>10.2} {:>9.1} {:>9.1}%",

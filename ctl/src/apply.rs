@@ -734,7 +734,10 @@ mod tests {
         // The same node again is a no-op (meshctl sends `node add` to every daemon, the node's
         // own included); a different node under a known name is a conflict.
         assert_eq!(ok(&s2, add), s2);
-        let moved = Command::NodeAdd { node: node("n3", 99), endpoints: BTreeMap::new() };
+        let moved = Command::NodeAdd {
+            node: node("n3", 99),
+            endpoints: BTreeMap::new(),
+        };
         assert_eq!(
             err(&s2, moved),
             (ErrorCode::Conflict, r#"node "n3" already exists"#.into())

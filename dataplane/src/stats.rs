@@ -271,7 +271,12 @@ mod tests {
 
     #[test]
     fn counters_round_trip_through_the_array() {
-        let mut s = WorkerStats { rx: 1, resets_sent: 12, new_flows: 7, ..Default::default() };
+        let mut s = WorkerStats {
+            rx: 1,
+            resets_sent: 12,
+            new_flows: 7,
+            ..Default::default()
+        };
         s.drop(DropReason::TooBig);
         assert_eq!(WorkerStats::from_array(&s.to_array()), s);
         // Every plain counter has its own slot, in NAMES order.
@@ -381,7 +386,9 @@ impl TaskCounters {
 
     /// Every counted task: (uid, [packets, bytes, connections]).
     pub fn iter(&self) -> impl Iterator<Item = (u64, [u64; 3])> + '_ {
-        self.used.iter().map(|&i| (self.keys[i as usize], self.vals[i as usize]))
+        self.used
+            .iter()
+            .map(|&i| (self.keys[i as usize], self.vals[i as usize]))
     }
 }
 
@@ -396,7 +403,10 @@ mod task_tests {
             let c = t.entry(uid).unwrap();
             c[PACKETS] += uid;
         }
-        assert!(t.entry(9).is_none(), "room for 8 (16 slots, half full at most), all used");
+        assert!(
+            t.entry(9).is_none(),
+            "room for 8 (16 slots, half full at most), all used"
+        );
         assert_eq!(t.overflow, 1);
         t.entry(3).unwrap()[BYTES] += 100;
         let got: std::collections::BTreeMap<u64, [u64; 3]> = t.iter().collect();

@@ -720,5 +720,4 @@ mod tests {
             json!({"Test": ["HTTP", "80", "GET", "/healthz", "200"], "Interval": 2_000_000_000u64, "Timeout": 1_000_000_000u64, "Retries": 3})
         );
     }
-
 }
