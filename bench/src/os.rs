@@ -37,7 +37,16 @@ mod tests {
         assert!(a.is_some());
         assert!(exclusive_lock(&p).unwrap().is_none());
         drop(a);
-        assert!(exclusive_lock(&p).unwrap().is_some());
+        // Another test of this process may be forking a child right now: until that child
+        // execs, it shares the lock's open file (O_CLOEXEC closes it only at exec), so allow it
+        // a moment to let go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut again = exclusive_lock(&p).unwrap();
+        while again.is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            again = exclusive_lock(&p).unwrap();
+        }
+        assert!(again.is_some());
         let _ = std::fs::remove_file(&p);
     }
 }
