@@ -1169,37 +1169,29 @@ impl Bed {
         self.save()
     }
 
-    /// Writes `/etc/netns/<task-ns>/hosts` for every task, naming each service's VIP on the
-    /// task's networks, so `curl web` works inside a task as in the seed articles.
-    ///
-    /// meshd has no embedded DNS resolver yet (DESIGN.md plans one); until it has,
-    /// `ip netns exec` bind-mounts this file over /etc/hosts. Best effort: a service meshd does
-    /// not know is skipped.
+    /// Writes `/etc/netns/<task-ns>/hosts` and `resolv.conf` for every task (`ip netns exec`
+    /// bind-mounts them over /etc): the task's own name, and meshd's embedded resolver as its
+    /// name server, on the gateway of the task's first network other than ingress (the ingress
+    /// network is not for discovery, as in Swarm). So `curl web` inside a task asks meshd.
     fn write_hosts(&self) {
-        let mut vips: Vec<(String, String, Ipv4Addr)> = Vec::new();
-        for s in &self.rec.services {
-            if let Ok(svc) = self.service(&s.name) {
-                for n in &svc.networks {
-                    if let Some(v) = n.vip {
-                        vips.push((n.network.clone(), s.name.clone(), v));
-                    }
-                }
-            }
-        }
         for t in &self.rec.tasks {
-            let mut text = String::from("127.0.0.1\tlocalhost\n");
+            let mut hosts = String::from("127.0.0.1\tlocalhost\n");
             if let Some((_, a)) = t.addrs.first() {
-                let _ = writeln!(text, "{a}\t{}", t.name);
+                let _ = writeln!(hosts, "{a}\t{}", t.name);
             }
-            text.push_str("# Service VIPs on this task's networks, written by the testbed (meshd has no DNS yet).\n");
-            for (net, name, vip) in &vips {
-                if t.addr_on(net).is_some() {
-                    let _ = writeln!(text, "{vip}\t{name}");
-                }
-            }
+            let resolver = t
+                .addrs
+                .iter()
+                .filter(|(net, _)| net != "ingress")
+                .find_map(|(net, _)| self.rec.networks.iter().find(|n| &n.name == net))
+                .map(|n| plan::gateway(n.k));
             let dir = self.plan.etc_netns(&t.ns);
             let _ = std::fs::create_dir_all(&dir)
-                .and_then(|()| std::fs::write(dir.join("hosts"), text));
+                .and_then(|()| std::fs::write(dir.join("hosts"), hosts));
+            if let Some(gw) = resolver {
+                let conf = format!("# meshd's embedded resolver on this task's network (written by the testbed)\nnameserver {gw}\noptions timeout:1 attempts:2\n");
+                let _ = std::fs::write(dir.join("resolv.conf"), conf);
+            }
         }
     }
 

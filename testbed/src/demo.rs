@@ -111,10 +111,27 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
         .map(|t| (t.ns.clone(), t.node.clone()))
         .unwrap_or_default();
     note(&format!(
-        "web's VIP on appnet is {vip}; client.1 runs on {}. (meshd has no DNS resolver yet: the testbed\n\
-         writes `{vip} web` into the task's /etc/hosts.)",
+        "web's VIP on appnet is {vip}; client.1 runs on {}. The name `web` is answered by meshd's\n\
+         embedded resolver on appnet's gateway (the task's /etc/resolv.conf names it).",
         ct.1
     ));
+    shell(&ct.0, "dig +short web tasks.web");
+    match std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ct.0,
+            "dig",
+            "+short",
+            "+time=2",
+            "web",
+            "tasks.web",
+        ])
+        .output()
+    {
+        Ok(o) => print!("{}", String::from_utf8_lossy(&o.stdout)),
+        Err(e) => println!("(dig: {e})"),
+    }
     shell(&ct.0, "curl web");
     print!(
         "{}",
