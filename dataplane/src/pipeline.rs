@@ -613,6 +613,7 @@ impl Pipeline {
         let svc = &t.services[usize::from(bal.service)];
         let net = t.net(ing);
         let client_mac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+        let slot = self.task_stats.slot(b.uid);
         let (src, sport) = match svc.client_ip {
             ClientIpMode::Keep => (l3.src, l3.sport),
             ClientIpMode::Masquerade => {
@@ -620,7 +621,6 @@ impl Pipeline {
                     return Err(DropReason::NoRoute);
                 };
                 let ep = ipkey(ep);
-                let slot = self.task_stats.slot(b.uid);
                 let port = self
                     .nat_port(l3.proto, ep, ipkey(b.addr), p.target, slot)
                     .ok_or(DropReason::NoNatPort)?;
@@ -639,7 +639,6 @@ impl Pipeline {
             l3.sport,
             Egress::Uplink { mac: client_mac },
         );
-        let slot = self.task_stats.slot(b.uid);
         let flow = Flow::new(
             FlowKind::Ingress,
             [key, rkey],
@@ -1051,9 +1050,9 @@ impl Pipeline {
                 // tasks' L2 segment, from its own address instead of the VIP's: hairpin NAT, as
                 // IPVS does, masquerading the client to the network's gateway so the reply comes
                 // back through meshd.
+                let slot = self.task_stats.slot(b.uid);
                 let (src, sport) = if b.local {
                     let gw = ipkey(net.gateway);
-                    let slot = self.task_stats.slot(b.uid);
                     (
                         gw,
                         self.nat_port(l3.proto, gw, baddr, l3.dport, slot)
@@ -1065,7 +1064,6 @@ impl Pipeline {
                 let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
                 let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
-                let slot = self.task_stats.slot(b.uid);
                 let flow = Flow::new(
                     FlowKind::Vip,
                     [key, rkey],
