@@ -12,105 +12,29 @@
 //! `meshd-h<tag><pid>-*`, removed by a guard even when the test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Mesh;
 use ctl::model::{CurrentState, Health, PsTask, PublishMode};
 use ctl::proto::Command;
 use testbed::probe::{self, KeepAlive};
-use testbed::{plan, sys, Bed, Plan, RunSpec, Tools};
+use testbed::{plan, sys, RunSpec};
 
 const T: Duration = Duration::from_secs(3);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-static BUILD: Once = Once::new();
-
-/// A running mesh; dropping it removes the instance.
-struct Mesh {
-    bed: Bed,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl std::ops::Deref for Mesh {
-    type Target = Bed;
-    fn deref(&self) -> &Bed {
-        &self.bed
-    }
-}
-impl std::ops::DerefMut for Mesh {
-    fn deref_mut(&mut self) -> &mut Bed {
-        &mut self.bed
-    }
-}
-
-impl Drop for Mesh {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "==== mesh {} at failure:\n{}",
-                self.bed.plan.instance,
-                self.bed.dump()
-            );
-        }
-        self.bed.down_now();
-        let left = sys::netns_with_prefix(&self.bed.plan.prefix()).unwrap_or_default();
-        if !left.is_empty() && !std::thread::panicking() {
-            panic!("namespaces left behind: {left:?}");
-        }
-    }
-}
-
-fn build_daemons(testbed: &Path) {
-    BUILD.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = testbed.components().any(|c| c.as_os_str() == "release");
-        let mut args = vec![
-            "build",
-            "-q",
-            "-p",
-            "dataplane",
-            "--bin",
-            "meshd",
-            "-p",
-            "ctl",
-            "--bin",
-            "meshctl",
-        ];
-        if release {
-            args.push("--release");
-        }
-        let st = std::process::Command::new(&cargo)
-            .args(&args)
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .status()
-            .expect("running cargo to build meshd and meshctl");
-        assert!(st.success(), "cargo build of meshd/meshctl failed");
-    });
-}
-
 /// A fresh 3-node mesh, or `None` (with a printed line) when not root or without dig.
 fn mesh(tag: &str) -> Option<Mesh> {
-    if !sys::is_root() {
-        eprintln!("skipping {tag}: the end-to-end tests need root (sudo cargo test -p testbed --test dns_health)");
-        return None;
-    }
-    assert!(
-        testbed::preflight::on_path("dig"),
-        "dig is missing: run scripts/deps.sh (Debian's bind9-dnsutils)"
-    );
-    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let exe = Path::new(env!("CARGO_BIN_EXE_testbed"));
-    build_daemons(exe);
-    let plan = Plan::new(&format!("h{tag}{}", std::process::id() % 1000)).unwrap();
-    testbed::bed::down(&plan);
-    let bed = Bed::up(plan, Tools::beside(exe).unwrap(), 3, false).unwrap();
-    Some(Mesh {
-        bed,
-        _serial: serial,
+    common::mesh("h", "dns_health", tag, || {
+        assert!(
+            testbed::preflight::on_path("dig"),
+            "dig is missing: run scripts/deps.sh (Debian's bind9-dnsutils)"
+        );
     })
 }
 

@@ -1,0 +1,104 @@
+//! What the end-to-end test files share: one 3-node mesh at a time, built fresh for each test
+//! and removed by a guard (also when the test fails, after dumping every node's state), with
+//! meshd and meshctl rebuilt once per test binary so no stale daemon runs.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::Instant;
+
+use testbed::{sys, Bed, Plan, Tools};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+static BUILD: Once = Once::new();
+
+/// A running mesh; dropping it removes the instance.
+pub struct Mesh {
+    pub bed: Bed,
+    started: Instant,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for Mesh {
+    type Target = Bed;
+    fn deref(&self) -> &Bed {
+        &self.bed
+    }
+}
+
+impl std::ops::DerefMut for Mesh {
+    fn deref_mut(&mut self) -> &mut Bed {
+        &mut self.bed
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "==== mesh {} at failure:\n{}",
+                self.bed.plan.instance,
+                self.bed.dump()
+            );
+        }
+        self.bed.down_now();
+        let left = sys::netns_with_prefix(&self.bed.plan.prefix()).unwrap_or_default();
+        eprintln!(
+            "mesh {}: {:.1} s",
+            self.bed.plan.instance,
+            self.started.elapsed().as_secs_f64()
+        );
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("namespaces left behind: {left:?}");
+        }
+    }
+}
+
+fn build_daemons(testbed: &Path) {
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = testbed.components().any(|c| c.as_os_str() == "release");
+        let mut args = vec![
+            "build",
+            "-q",
+            "-p",
+            "dataplane",
+            "--bin",
+            "meshd",
+            "-p",
+            "ctl",
+            "--bin",
+            "meshctl",
+        ];
+        if release {
+            args.push("--release");
+        }
+        let st = std::process::Command::new(&cargo)
+            .args(&args)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .status()
+            .expect("running cargo to build meshd and meshctl");
+        assert!(st.success(), "cargo build of meshd/meshctl failed");
+    });
+}
+
+/// A fresh 3-node mesh on instance `<letter><tag><pid>`, or `None` (with a printed line) when
+/// not root. `preflight` checks what this test file needs besides root.
+pub fn mesh(letter: &str, test: &str, tag: &str, preflight: impl FnOnce()) -> Option<Mesh> {
+    if !sys::is_root() {
+        eprintln!("skipping {tag}: the end-to-end tests need root (sudo cargo test -p testbed --test {test})");
+        return None;
+    }
+    preflight();
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let exe = Path::new(env!("CARGO_BIN_EXE_testbed"));
+    build_daemons(exe);
+    let plan = Plan::new(&format!("{letter}{tag}{}", std::process::id() % 1000)).unwrap();
+    testbed::bed::down(&plan);
+    let started = Instant::now();
+    let bed = Bed::up(plan, Tools::beside(exe).unwrap(), 3, false).unwrap();
+    Some(Mesh {
+        bed,
+        started,
+        _serial: serial,
+    })
+}
