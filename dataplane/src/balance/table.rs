@@ -632,72 +632,10 @@ impl ServiceTable {
 pub(crate) mod tests {
     use super::*;
     use ctl::model::*;
-    use std::collections::BTreeMap;
 
-    /// Two networks, three nodes, `web` with tasks on n2 and n3 publishing 8080->80.
-    pub(crate) fn three_nodes() -> State {
-        let node = |name: &str, last: u8| Node {
-            name: name.into(),
-            addr: Ipv4Addr::new(192, 168, 1, last),
-            vtep: None,
-            vtep_port: VXLAN_PORT,
-            availability: Availability::Active,
-        };
-        let mut endpoints = BTreeMap::new();
-        endpoints.insert("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2));
-        endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
-        endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
-        let ingress = Network {
-            name: "ingress".into(),
-            vni: INGRESS_VNI,
-            subnet: "10.0.0.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 0, 0, 1),
-            ingress: true,
-            endpoints,
-        };
-        let app = Network {
-            name: "appnet".into(),
-            vni: 4097,
-            subnet: "10.0.1.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 0, 1, 1),
-            ingress: false,
-            endpoints: BTreeMap::new(),
-        };
-        let mut web = Service::new("web");
-        web.networks.push(ServiceNetwork {
-            network: "appnet".into(),
-            vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
-        });
-        web.ports.push(PublishedPort {
-            protocol: Protocol::Tcp,
-            published: 8080,
-            target: 80,
-            mode: PublishMode::Ingress,
-        });
-        for (i, node) in [(1u8, "n2"), (2, "n3")] {
-            web.tasks.push(Task {
-                name: format!("web.{i}"),
-                node: node.into(),
-                addresses: vec![
-                    TaskAddress {
-                        network: "ingress".into(),
-                        addr: Ipv4Addr::new(10, 0, 0, 10 + i),
-                    },
-                    TaskAddress {
-                        network: "appnet".into(),
-                        addr: Ipv4Addr::new(10, 0, 1, 10 + i),
-                    },
-                ],
-                state: TaskState::Running,
-                weight: 1,
-            });
-        }
-        State {
-            nodes: vec![node("n1", 11), node("n2", 12), node("n3", 13)],
-            networks: vec![ingress, app],
-            services: vec![web],
-        }
-    }
+    /// Two networks, three nodes, `web` with tasks on n2 and n3 publishing 8080->80: the
+    /// simulation's seed layout.
+    pub(crate) use crate::sim::three_nodes;
 
     #[test]
     fn compiles_published_ports_vips_and_addresses() {
