@@ -202,6 +202,11 @@ impl Clock {
     pub fn now_ms(&self) -> u64 {
         self.0.elapsed().as_millis() as u64
     }
+
+    /// The clock's milliseconds at `t` (to reuse one clock read).
+    pub fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.0).as_millis() as u64
+    }
 }
 
 impl Default for Clock {
@@ -272,8 +277,7 @@ impl Worker {
         let mut last_latency = 0u64;
         let mut last_tasks = 0u64;
         while !self.shared.stop.load(Ordering::Relaxed) {
-            let busy = self.poll_once();
-            let now = self.clock.now_ms();
+            let (busy, now) = self.poll_once();
             if now.wrapping_sub(last_publish) >= 10 {
                 self.refresh_port_counters();
                 self.shared.stats[self.id].write(&self.pipeline.stats);
@@ -324,12 +328,13 @@ impl Worker {
     }
 
     /// One iteration: receive a burst from each port and from the handoff ring, process, send;
-    /// housekeeping. Returns whether any frame moved.
-    pub fn poll_once(&mut self) -> bool {
+    /// housekeeping. Returns whether any frame moved, and the clock's milliseconds it ran at.
+    pub fn poll_once(&mut self) -> (bool, u64) {
         // A guard, not a clone of the Arc: no reference-count traffic shared between workers.
         let table = self.shared.table.load();
-        let now = self.clock.now_ms();
+        // One clock read per iteration: the pipeline's `now` and the burst timer's start.
         let start = Instant::now();
+        let now = self.clock.ms_at(start);
         let mut out = Out {
             uplink: Burst::new(),
             tasks: Burst::new(),
@@ -380,7 +385,7 @@ impl Worker {
             let ns = start.elapsed().as_nanos() as u64;
             let _ = self.latency.record(ns.max(1));
         }
-        moved > 0
+        (moved > 0, now)
     }
 
     /// Waits for frames with exponential back-off up to `max`: in ppoll() on the ports' file
