@@ -53,13 +53,13 @@ fn flow(i: u32) -> Flow {
         0x0a00_0002,
         1024 + (i % 60000) as u16,
     );
-    let a = Action::new(&k, 0x0a00_0002, r.dport, r.src, 80, Egress::Tasks);
+    let a = Action::new(&k, 0x0a00_0002, r.dport(), r.src(), 80, Egress::Tasks);
     let b = Action::new(
         &r,
-        k.dst,
-        k.dport,
-        k.src,
-        k.sport,
+        k.dst(),
+        k.dport(),
+        k.src(),
+        k.sport(),
         Egress::Uplink { mac: [2; 6] },
     );
     Flow::new(

@@ -21,6 +21,9 @@ struct Entry {
 pub struct Neighbors {
     entries: Box<[Entry]>,
     mask: usize,
+    /// Bumped after every change of an entry, so a worker's cache of a few entries can tell in
+    /// one load that it is still right.
+    version: AtomicU32,
 }
 
 fn pack(mac: [u8; 6]) -> u64 {
@@ -47,6 +50,7 @@ impl Neighbors {
         Neighbors {
             entries,
             mask: n - 1,
+            version: AtomicU32::new(0),
         }
     }
 
@@ -77,6 +81,13 @@ impl Neighbors {
         None
     }
 
+    /// Changes so far. Read it before [`Neighbors::get`]: an answer cached with the version read
+    /// before it is still the table's while the version is the same.
+    #[inline]
+    pub fn version(&self) -> u32 {
+        self.version.load(Ordering::Acquire)
+    }
+
     /// Records that `ip` is at `mac`. Writes only when something changed, so a hot entry's cache
     /// line stays shared between workers. Returns false when the table is too full to learn.
     #[inline]
@@ -101,6 +112,7 @@ impl Neighbors {
             if claimed {
                 if e.mac.load(Ordering::Relaxed) != packed {
                     e.mac.store(packed, Ordering::Release);
+                    self.version.fetch_add(1, Ordering::Release);
                 }
                 return true;
             }
@@ -119,10 +131,16 @@ mod tests {
     fn learns_and_updates() {
         let n = Neighbors::new(16);
         assert_eq!(n.get(5), None);
+        let v0 = n.version();
         assert!(n.learn(5, [2, 0, 0, 0, 0, 1]));
         assert_eq!(n.get(5), Some([2, 0, 0, 0, 0, 1]));
+        let v1 = n.version();
+        assert_ne!(v0, v1, "a new entry is a change");
+        assert!(n.learn(5, [2, 0, 0, 0, 0, 1]));
+        assert_eq!(n.version(), v1, "learning the same MAC again is not");
         assert!(n.learn(5, [2, 0, 0, 0, 0, 2]));
         assert_eq!(n.get(5), Some([2, 0, 0, 0, 0, 2]));
+        assert_ne!(n.version(), v1, "a moved address is");
         assert!(!n.learn(6, [0xff; 6]), "a broadcast MAC is never learned");
         assert!(!n.learn(0, [2; 6]));
     }

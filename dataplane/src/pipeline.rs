@@ -21,7 +21,7 @@ use arrayvec::ArrayVec;
 use ctl::model::{ClientIpMode, SchedulerKind};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
-    Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
+    Ipv4Address, TcpPacket, UdpPacket,
 };
 
 use crate::balance::{AddrKind, ServiceTable};
@@ -31,7 +31,7 @@ use crate::flow::{
 };
 use crate::nat::{self, be16, dec_ttl, put16, put32};
 use crate::neigh::Neighbors;
-use crate::overlay::{self, entropy_port, Tunnel};
+use crate::overlay::{self, entropy_port, Outer};
 use crate::port::{Burst, BURST};
 use crate::stats::{DropReason, TaskCounters, WorkerStats};
 use crate::wire::checksum;
@@ -91,6 +91,35 @@ const IPV4: usize = 20;
 const TCP: u8 = nat::TCP;
 const UDP: u8 = nat::UDP;
 const ICMP: u8 = 1;
+/// Entries of a worker's cache of prebuilt outer headers, one per peer VTEP (direct-mapped).
+const OUTER_CACHE: usize = 16;
+/// Entries of a worker's cache of local tasks' MACs (direct-mapped).
+const MAC_CACHE: usize = 64;
+
+/// Where `ip` goes in a direct-mapped cache of `n` (a power of two) entries: the top bits of a
+/// multiplicative hash, so neighbouring addresses spread.
+#[inline]
+fn cache_index(ip: u32, n: usize) -> usize {
+    (ip.wrapping_mul(0x9e37_79b1) >> (32 - n.trailing_zeros())) as usize
+}
+
+/// Outer headers towards one peer, and the neighbour-table version they were built at.
+#[derive(Debug, Clone, Copy)]
+struct OuterEntry {
+    vtep: u32,
+    port: u16,
+    version: u32,
+    outer: Outer,
+}
+
+impl OuterEntry {
+    const EMPTY: OuterEntry = OuterEntry {
+        vtep: 0,
+        port: 0,
+        version: 0,
+        outer: Outer::EMPTY,
+    };
+}
 
 /// The parsed headers of an IPv4 frame; offsets are within the frame.
 #[derive(Debug, Clone, Copy)]
@@ -133,46 +162,48 @@ fn ipkey(a: Ipv4Address) -> u32 {
 /// path needs. Every drop reason of the IPv4 and L4 layers comes from here.
 ///
 /// The same checks as smoltcp's `Ipv4Packet::check_len`/`TcpPacket::check_len`, written out so
-/// they cost a few compares, and checksums verified with a 32-bit-word sum; the fields are then
-/// read through smoltcp's views.
+/// they cost a few compares, and checksums verified with a 64-bit-word sum; the IPv4 fields are
+/// read from the fixed header as an array (no bounds check per field), the TCP and UDP ones
+/// through smoltcp's views.
 #[inline]
 pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReason> {
     let Some(bytes) = frame.get(off..) else {
         return Err(DropReason::Truncated);
     };
-    if bytes.len() < IPV4 {
+    // The fixed header as an array: the reads below need no bounds checks.
+    let Some(h) = bytes.first_chunk::<IPV4>() else {
         return Err(DropReason::Truncated);
-    }
+    };
     //= https://www.rfc-editor.org/rfc/rfc791#section-3.1
     //# Version:  4 bits [...] IHL:  4 bits  Internet Header Length is the length of the internet
     //# header in 32 bit words
-    let vihl = bytes[0];
+    let vihl = h[0];
     if vihl >> 4 != 4 || vihl & 0x0f < 5 {
         return Err(DropReason::BadIpv4Header);
     }
     if vihl & 0x0f != 5 {
         return Err(DropReason::Ipv4Options);
     }
-    let total = usize::from(be16(bytes, 2));
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
     if total < IPV4 || total > bytes.len() {
         return Err(DropReason::BadIpv4Header);
     }
-    if !checksum::verify(0, &bytes[..IPV4]) {
+    if !checksum::verify(0, h) {
         return Err(DropReason::BadIpChecksum);
     }
     // More-fragments flag or a fragment offset.
-    if be16(bytes, 6) & 0x3fff != 0 {
+    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
         return Err(DropReason::Fragment);
     }
-    if bytes[8] <= 1 {
+    if h[8] <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    let ip = Ipv4Packet::new_unchecked(&bytes[..total]);
-    let src = ipkey(ip.src_addr());
-    let dst = ipkey(ip.dst_addr());
-    let proto = bytes[9];
+    let src = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+    let dst = u32::from_be_bytes([h[16], h[17], h[18], h[19]]);
+    let proto = h[9];
     let l4 = off + IPV4;
-    let payload = ip.payload();
+    // `IPV4 <= total <= bytes.len()`, checked above: the payload is what the header says.
+    let payload = bytes.get(IPV4..total).unwrap_or_default();
     let mut out = L3 {
         proto,
         src,
@@ -278,6 +309,10 @@ pub struct Pipeline {
     resets: ArrayVec<Flow, 64>,
     /// The flow key and hash the prefetch pass computed for the frame being processed.
     hint: (FlowKey, u64),
+    /// Prebuilt outer headers per peer VTEP (emptied when a new table comes).
+    outers: [OuterEntry; OUTER_CACHE],
+    /// Local tasks' MACs: (address, neighbour-table version, MAC); address 0 is empty.
+    macs: [(u32, u32, [u8; 6]); MAC_CACHE],
 }
 
 impl Pipeline {
@@ -300,6 +335,8 @@ impl Pipeline {
             arp_sent: [(0, 0); 16],
             resets: ArrayVec::new(),
             hint: (FlowKey::default(), 0),
+            outers: [OuterEntry::EMPTY; OUTER_CACHE],
+            macs: [(0, 0, [0; 6]); MAC_CACHE],
         }
     }
 
@@ -360,6 +397,8 @@ impl Pipeline {
         }
         self.generation = table.generation;
         self.recheck = self.flows.capacity();
+        // The local VTEP address and the peers' ports may have changed.
+        self.outers = [OuterEntry::EMPTY; OUTER_CACHE];
         if self.cfg.worker == 0 {
             // Warm the neighbour table so the first packet of a flow finds its next hop.
             for (i, n) in table.nodes.iter().enumerate() {
@@ -781,7 +820,7 @@ impl Pipeline {
                 Ok(Verdict::Tx(PortId::Uplink))
             }
             Egress::Tasks => {
-                let Some(mac) = self.neigh.get(dst) else {
+                let Some(mac) = self.mac_of(dst) else {
                     self.want(dst, PortId::Tasks, now);
                     return Err(DropReason::NoNeighbor);
                 };
@@ -796,45 +835,57 @@ impl Pipeline {
                 vni,
                 sport,
             } => {
-                let Some(mac) = self.neigh.get(vtep) else {
+                let Some(i) = self.outer_to(t, vtep, port) else {
                     self.want(vtep, PortId::Uplink, now);
                     return Err(DropReason::NoNeighbor);
                 };
-                self.encap(t, buf, vtep, port, vni, sport, mac)
+                {
+                    // The inner Ethernet header: the receiving meshd rewrites it on delivery.
+                    let f = buf.data_mut();
+                    f[0..6].copy_from_slice(&[0; 6]);
+                    f[6..12].copy_from_slice(&self.cfg.tasks_mac);
+                }
+                self.outers[i].outer.encap(buf, sport, vni)?;
+                Ok(Verdict::Tx(PortId::Uplink))
             }
         }
     }
 
-    /// Encapsulates towards a peer's VTEP (RFC 7348 §5).
-    #[allow(clippy::too_many_arguments)]
+    /// The MAC of `ip` (a local task), from a small cache in front of the shared neighbour
+    /// table that stays valid while the table's version does not change.
     #[inline]
-    fn encap(
-        &mut self,
-        t: &ServiceTable,
-        buf: &mut PacketBuf,
-        vtep: u32,
-        port: u16,
-        vni: u32,
-        sport: u16,
-        mac: [u8; 6],
-    ) -> Result<Verdict, DropReason> {
-        {
-            // The inner Ethernet header: the receiving meshd rewrites it on delivery.
-            let f = buf.data_mut();
-            f[0..6].copy_from_slice(&[0; 6]);
-            f[6..12].copy_from_slice(&self.cfg.tasks_mac);
+    fn mac_of(&mut self, ip: u32) -> Option<[u8; 6]> {
+        let version = self.neigh.version();
+        let i = cache_index(ip, MAC_CACHE);
+        let e = &mut self.macs[i];
+        if e.0 == ip && e.1 == version {
+            return Some(e.2);
         }
-        let tunnel = Tunnel {
-            src_mac: self.cfg.uplink_mac,
-            dst_mac: mac,
-            src: ipkey(t.node(t.local).vtep),
-            dst: vtep,
-            sport,
-            dport: port,
-            vni,
+        let mac = self.neigh.get(ip)?;
+        *e = (ip, version, mac);
+        Some(mac)
+    }
+
+    /// The index in `outers` of the prebuilt outer headers towards `vtep:port`, built now if
+    /// they are missing or the neighbour table changed since; `None` while the peer's MAC is
+    /// unknown.
+    #[inline]
+    fn outer_to(&mut self, t: &ServiceTable, vtep: u32, port: u16) -> Option<usize> {
+        let version = self.neigh.version();
+        let i = cache_index(vtep, OUTER_CACHE);
+        let e = &self.outers[i];
+        if e.vtep == vtep && e.port == port && e.version == version {
+            return Some(i);
+        }
+        let mac = self.neigh.get(vtep)?;
+        let src = ipkey(t.node(t.local).vtep);
+        self.outers[i] = OuterEntry {
+            vtep,
+            port,
+            version,
+            outer: Outer::new(self.cfg.uplink_mac, mac, src, vtep, port),
         };
-        overlay::encap(buf, &tunnel)?;
-        Ok(Verdict::Tx(PortId::Uplink))
+        Some(i)
     }
 
     // ---- overlay --------------------------------------------------------------------------
@@ -1287,7 +1338,7 @@ mod tests {
     use crate::balance::table::tests::three_nodes;
     use proptest::prelude::*;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr};
+    use smoltcp::wire::{Ipv4Packet, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr};
 
     fn ip_udp_frame(src: u32, sport: u16, dst: u32, dport: u16, payload: &[u8]) -> Vec<u8> {
         let caps = ChecksumCapabilities::default();
@@ -1374,7 +1425,7 @@ mod tests {
             let a = Action::new(&key, nsrc, nsport, ndst, ndport, Egress::Tasks);
             nat::rewrite(&mut f, ETH, l3.l4, l3.proto, &a);
             let l3b = parse_ipv4(&f, ETH, true).expect("checksums valid after translation");
-            prop_assert_eq!(l3b.key(), a.result_key(key.proto));
+            prop_assert_eq!(l3b.key(), a.result_key(key.proto()));
             let back = Action::new(&l3b.key(), src, sport, dst, dport, Egress::Tasks);
             nat::rewrite(&mut f, ETH, l3b.l4, l3b.proto, &back);
             // Restored but for the TTL, which each hop decrements (and the header checksum with it).

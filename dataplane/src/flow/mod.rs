@@ -15,65 +15,64 @@ use crate::wire::checksum::Delta;
 pub mod tcp;
 pub use tcp::TcpState;
 
-/// A flow key: one direction of a TCP or UDP conversation. 16 bytes, compared as two words.
-#[derive(Debug, Clone, Copy, Default)]
+/// A flow key: one direction of a TCP or UDP conversation, held as the two 64-bit words it is
+/// hashed and compared as: `src << 32 | dst` and `sport << 32 | dport << 16 | proto`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[repr(C)]
 pub struct FlowKey {
-    pub src: u32,
-    pub dst: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub proto: u8,
-    _pad: [u8; 3],
+    a: u64,
+    b: u64,
 }
 
 impl FlowKey {
     #[inline]
-    pub fn new(proto: u8, src: u32, sport: u16, dst: u32, dport: u16) -> Self {
+    pub const fn new(proto: u8, src: u32, sport: u16, dst: u32, dport: u16) -> Self {
         FlowKey {
-            src,
-            dst,
-            sport,
-            dport,
-            proto,
-            _pad: [0; 3],
+            a: ((src as u64) << 32) | dst as u64,
+            b: ((sport as u64) << 32) | ((dport as u64) << 16) | proto as u64,
         }
+    }
+
+    #[inline]
+    pub const fn src(&self) -> u32 {
+        (self.a >> 32) as u32
+    }
+
+    #[inline]
+    pub const fn dst(&self) -> u32 {
+        self.a as u32
+    }
+
+    #[inline]
+    pub const fn sport(&self) -> u16 {
+        (self.b >> 32) as u16
+    }
+
+    #[inline]
+    pub const fn dport(&self) -> u16 {
+        (self.b >> 16) as u16
+    }
+
+    #[inline]
+    pub const fn proto(&self) -> u8 {
+        self.b as u8
     }
 
     /// The key of the other direction, untranslated.
     #[inline]
     pub fn reversed(&self) -> Self {
-        FlowKey::new(self.proto, self.dst, self.dport, self.src, self.sport)
-    }
-
-    /// The key as two words (the padding is always zero, so it is left out).
-    #[inline]
-    fn words(&self) -> (u64, u64) {
-        let a = (u64::from(self.src) << 32) | u64::from(self.dst);
-        let b =
-            (u64::from(self.sport) << 32) | (u64::from(self.dport) << 16) | u64::from(self.proto);
-        (a, b)
+        FlowKey::new(
+            self.proto(),
+            self.dst(),
+            self.dport(),
+            self.src(),
+            self.sport(),
+        )
     }
 
     #[inline]
     pub fn hash(&self) -> u64 {
-        let (a, b) = self.words();
-        mix64(a ^ mix64(b))
-    }
-}
-
-impl PartialEq for FlowKey {
-    #[inline]
-    fn eq(&self, other: &Self) -> bool {
-        self.words() == other.words()
-    }
-}
-
-impl Eq for FlowKey {}
-
-impl std::hash::Hash for FlowKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.words().hash(state);
+        mix64(self.a ^ mix64(self.b))
     }
 }
 
@@ -122,12 +121,12 @@ impl Action {
         let hi = |x: u32| (x >> 16) as u16;
         let lo = |x: u32| x as u16;
         let ip_delta = Delta::new().of(&[
-            (hi(from.src), hi(src)),
-            (lo(from.src), lo(src)),
-            (hi(from.dst), hi(dst)),
-            (lo(from.dst), lo(dst)),
+            (hi(from.src()), hi(src)),
+            (lo(from.src()), lo(src)),
+            (hi(from.dst()), hi(dst)),
+            (lo(from.dst()), lo(dst)),
         ]);
-        let l4_delta = ip_delta.of(&[(from.sport, sport), (from.dport, dport)]);
+        let l4_delta = ip_delta.of(&[(from.sport(), sport), (from.dport(), dport)]);
         Action {
             src,
             sport,
@@ -142,10 +141,10 @@ impl Action {
     /// The identity action (no rewrite) with `egress`.
     pub fn keep(from: &FlowKey, egress: Egress) -> Self {
         Action {
-            src: from.src,
-            sport: from.sport,
-            dst: from.dst,
-            dport: from.dport,
+            src: from.src(),
+            sport: from.sport(),
+            dst: from.dst(),
+            dport: from.dport(),
             ip_delta: Delta::new(),
             l4_delta: Delta::new(),
             egress,
@@ -239,7 +238,7 @@ impl Flow {
     }
 
     pub fn is_tcp(&self) -> bool {
-        self.keys[0].proto == 6
+        self.keys[0].proto() == 6
     }
 
     /// The idle timeout in force, in milliseconds.
@@ -570,17 +569,14 @@ mod tests {
         let r = FlowKey::new(6, 0x0a00_000b, 80, 0x0a00_0002, 1024 + (i % 60000) as u16)
             .reversed()
             .reversed();
-        let r = FlowKey {
-            src: r.src ^ i,
-            ..r
-        };
-        let a = Action::new(&k, k.src, k.sport, r.src, 80, Egress::Tasks);
+        let r = FlowKey::new(r.proto(), r.src() ^ i, r.sport(), r.dst(), r.dport());
+        let a = Action::new(&k, k.src(), k.sport(), r.src(), 80, Egress::Tasks);
         let b = Action::new(
             &r,
-            k.dst,
-            k.dport,
-            k.src,
-            k.sport,
+            k.dst(),
+            k.dport(),
+            k.src(),
+            k.sport(),
             Egress::Uplink { mac: [2; 6] },
         );
         Flow::new(FlowKind::Ingress, [k, r], [a, b], 7, 0, [7200, 60, 30], now)
@@ -625,8 +621,8 @@ mod tests {
     fn sweep_expires_idle_flows_and_ends_dead_tasks() {
         let mut t = FlowTable::new(16);
         let mut udp = flow(1, 0);
-        udp.keys[0].proto = 17;
-        udp.keys[1].proto = 17;
+        let udp_key = |k: FlowKey| FlowKey::new(17, k.src(), k.sport(), k.dst(), k.dport());
+        udp.keys = [udp_key(udp.keys[0]), udp_key(udp.keys[1])];
         t.insert(udp, 0).unwrap();
         let mut est = flow(2, 0);
         est.tcp = TcpState::Established;

@@ -47,41 +47,75 @@ pub fn ipv4_header_checksum(h: &[u8]) -> u16 {
 /// Prepends outer Ethernet, IPv4, UDP and VXLAN headers to the frame in `buf`, in place.
 #[inline]
 pub fn encap(buf: &mut PacketBuf, t: &Tunnel) -> Result<(), DropReason> {
-    let inner = buf.len();
-    if inner > MAX_INNER {
-        return Err(DropReason::TooBig);
-    }
-    let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else {
-        return Err(DropReason::NoHeadroom);
+    Outer::new(t.src_mac, t.dst_mac, t.src, t.dst, t.dport).encap(buf, t.sport, t.vni)
+}
+
+/// The outer headers towards one peer, built once: everything but the lengths, the IPv4
+/// checksum, the UDP source port and the VNI, which [`Outer::encap`] writes per frame. The IPv4
+/// checksum comes from the sum of the fixed fields plus the frame's length (RFC 1071 sums are
+/// associative), so no header is summed per frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outer {
+    hdr: [u8; vxlan::ENCAP_LEN],
+    /// The ones-complement sum of the IPv4 header with its length and checksum fields zero.
+    ip_sum: u64,
+}
+
+impl Outer {
+    /// All zero: a placeholder for an empty cache entry.
+    pub const EMPTY: Outer = Outer {
+        hdr: [0; vxlan::ENCAP_LEN],
+        ip_sum: 0,
     };
-    f[0..6].copy_from_slice(&t.dst_mac);
-    f[6..12].copy_from_slice(&t.src_mac);
-    put16(f, 12, 0x0800);
-    {
-        let ip = &mut f[ETH..ETH + IPV4];
-        // Version 4, IHL 5, no TOS; total length; id 0; don't fragment; TTL 64; UDP.
-        put32(
-            ip,
-            0,
-            0x4500_0000 | (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u32,
-        );
-        put32(ip, 4, 0x0000_4000);
-        put32(ip, 8, (64 << 24) | (u32::from(UDP) << 16));
-        put32(ip, 12, t.src);
-        put32(ip, 16, t.dst);
-        let c = ipv4_header_checksum(ip);
-        put16(ip, 10, c);
+
+    pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], src: u32, dst: u32, dport: u16) -> Self {
+        let mut f = [0u8; vxlan::ENCAP_LEN];
+        f[0..6].copy_from_slice(&dst_mac);
+        f[6..12].copy_from_slice(&src_mac);
+        put16(&mut f, 12, 0x0800);
+        // Version 4, IHL 5, no TOS; total length (per frame); id 0; don't fragment; TTL 64; UDP.
+        put32(&mut f, ETH, 0x4500_0000);
+        put32(&mut f, ETH + 4, 0x0000_4000);
+        put32(&mut f, ETH + 8, (64 << 24) | (u32::from(UDP) << 16));
+        put32(&mut f, ETH + 12, src);
+        put32(&mut f, ETH + 16, dst);
+        let ip_sum = checksum::sum(&f[ETH..ETH + IPV4]);
+        let u = ETH + IPV4;
+        put16(&mut f, u + 2, dport);
+        //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+        //# UDP Checksum: It SHOULD be transmitted as zero.
+        put16(&mut f, u + 6, 0);
+        put32(&mut f, u + 8, u32::from(vxlan::FLAG_I) << 24);
+        Outer { hdr: f, ip_sum }
     }
-    let u = ETH + IPV4;
-    put16(f, u, t.sport);
-    put16(f, u + 2, t.dport);
-    put16(f, u + 4, (8 + vxlan::HEADER_LEN + inner) as u16);
-    //= https://www.rfc-editor.org/rfc/rfc7348#section-5
-    //# UDP Checksum: It SHOULD be transmitted as zero.
-    put16(f, u + 6, 0);
-    put32(f, u + 8, u32::from(vxlan::FLAG_I) << 24);
-    put32(f, u + 12, t.vni << 8);
-    Ok(())
+
+    /// Prepends the headers to the frame in `buf`, with outer UDP source port `sport` and `vni`.
+    #[inline]
+    pub fn encap(&self, buf: &mut PacketBuf, sport: u16, vni: u32) -> Result<(), DropReason> {
+        let inner = buf.len();
+        if inner > MAX_INNER {
+            return Err(DropReason::TooBig);
+        }
+        let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else {
+            return Err(DropReason::NoHeadroom);
+        };
+        let Some(h) = f.first_chunk_mut::<{ vxlan::ENCAP_LEN }>() else {
+            return Err(DropReason::NoHeadroom);
+        };
+        *h = self.hdr;
+        let total = (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u16;
+        put16(h, ETH + 2, total);
+        put16(
+            h,
+            ETH + 10,
+            !checksum::fold64(self.ip_sum + u64::from(total)),
+        );
+        let u = ETH + IPV4;
+        put16(h, u, sport);
+        put16(h, u + 4, total - IPV4 as u16);
+        put32(h, u + 12, vni << 8);
+        Ok(())
+    }
 }
 
 /// Reads the VNI of the VXLAN header after the outer UDP header at `l4`; fails on a short frame
@@ -129,6 +163,32 @@ mod tests {
         );
         assert_eq!(vni(f, ETH + IPV4).unwrap(), 4096);
         assert_eq!(&f[50..], &inner[..]);
+    }
+
+    proptest::proptest! {
+        /// Any peer, port, VNI and inner length: the prebuilt headers read back as built, with
+        /// a valid IPv4 checksum.
+        #[test]
+        fn prebuilt_headers_are_valid_for_any_frame(
+            src in proptest::prelude::any::<u32>(),
+            dst in proptest::prelude::any::<u32>(),
+            sport in proptest::prelude::any::<u16>(),
+            dport in proptest::prelude::any::<u16>(),
+            net in 0u32..1 << 24,
+            inner in 14usize..=MAX_INNER,
+        ) {
+            let mut b = PacketBuf::from_frame(PortId::Tasks, &vec![0x5a; inner]);
+            let o = Outer::new([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], src, dst, dport);
+            o.encap(&mut b, sport, net).unwrap();
+            let f = b.data();
+            let ip = Ipv4Packet::new_checked(&f[ETH..]).unwrap();
+            proptest::prop_assert!(ip.verify_checksum());
+            proptest::prop_assert_eq!(usize::from(ip.total_len()), inner + 50 - ETH);
+            proptest::prop_assert_eq!((u32::from(ip.src_addr()), u32::from(ip.dst_addr())), (src, dst));
+            let u = UdpPacket::new_checked(ip.payload()).unwrap();
+            proptest::prop_assert_eq!((u.src_port(), u.dst_port(), usize::from(u.len())), (sport, dport, inner + 16));
+            proptest::prop_assert_eq!(vni(f, ETH + IPV4).unwrap(), net);
+        }
     }
 
     #[test]

@@ -150,21 +150,53 @@ pub const fn apply_udp(delta: Delta, csum: u16) -> u16 {
     }
 }
 
-/// The Internet checksum's running sum of `data` (RFC 1071): big-endian 32-bit words added into
-/// a 64-bit accumulator, which [`fold`] reduces. Summing 32-bit words is the same sum as
-/// 16-bit ones, since 2^16 ≡ 1 (mod 0xffff); it takes half the additions. A trailing odd byte is
-/// the high byte of a final 16-bit word, as RFC 1071 pads it.
+/// The Internet checksum's running sum of `data` (RFC 1071), as a value [`fold64`] reduces to
+/// the 16-bit ones-complement sum of its big-endian 16-bit words (a trailing odd byte is the
+/// high byte of a final word, as RFC 1071 pads it).
+///
+/// It adds 64-bit words as they lie in memory, with end-around carry, and swaps the folded
+/// result into big-endian order once at the end: the ones-complement sum does not depend on
+/// byte order (RFC 1071 §2(B)), and 2^16 ≡ 1 (mod 0xffff) makes a sum of 64-bit words the same
+/// sum as one of 16-bit words, in a quarter of the additions and with no swap per word.
 #[inline]
 pub fn sum(data: &[u8]) -> u64 {
     let mut acc = 0u64;
-    let mut words = data.chunks_exact(4);
+    let mut carries = 0u64;
+    let mut words = data.chunks_exact(8);
     for w in &mut words {
-        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        let (s, c) = acc.overflowing_add(u64::from_ne_bytes(b));
+        acc = s;
+        carries += u64::from(c);
     }
-    let rest = words.remainder();
-    let mut last = [0u8; 4];
-    last[..rest.len()].copy_from_slice(rest);
-    acc + u64::from(u32::from_be_bytes(last))
+    // The last 0 to 7 bytes, from an even offset: a 32-bit word, a 16-bit word, a byte (as the
+    // first byte of a 16-bit word whose second is zero); fixed-size reads, no copy.
+    let mut rest = words.remainder();
+    let mut tail = 0u64;
+    if let Some((w, r)) = rest.split_first_chunk::<4>() {
+        tail += u64::from(u32::from_ne_bytes(*w));
+        rest = r;
+    }
+    if let Some((w, r)) = rest.split_first_chunk::<2>() {
+        tail += u64::from(u16::from_ne_bytes(*w));
+        rest = r;
+    }
+    if let Some(&b) = rest.first() {
+        tail += u64::from(u16::from_ne_bytes([b, 0]));
+    }
+    let (s, c) = acc.overflowing_add(tail);
+    carries += u64::from(c);
+    // Each carry out of bit 63 is worth 2^64 ≡ 1: add it back in (it cannot carry again, as
+    // `carries` is far below 2^32 and the halves below are each under 2^32).
+    let folded = u64::from(fold64((s & 0xffff_ffff) + (s >> 32) + carries));
+    // The 16-bit words summed were in memory order; on a little-endian machine that is each
+    // word byte-swapped, and so is the sum.
+    if cfg!(target_endian = "little") {
+        u64::from(u16::swap_bytes(folded as u16))
+    } else {
+        folded
+    }
 }
 
 /// Reduces a [`sum`] to the 16-bit ones-complement sum (not yet complemented).
@@ -460,6 +492,22 @@ mod test {
             let expected = update16(update16(csum, oh, nh), ol, nl);
             prop_assert_eq!(update32(csum, old, new), expected);
             prop_assert_eq!(update16(update16(csum, ol, nl), oh, nh), expected);
+        }
+    }
+
+    /// Every 64-bit addition carries: the carries are added back.
+    #[test]
+    fn fast_sum_adds_back_every_carry() {
+        for len in [0, 1, 7, 8, 9, 20, 40, 1500, 9001] {
+            let data = vec![0xffu8; len];
+            let ours = fold64(sum(&data));
+            let theirs = smoltcp::wire::checksum::data(&data);
+            assert!(
+                ours == theirs
+                    || (ours == 0xffff && theirs == 0)
+                    || (ours == 0 && theirs == 0xffff),
+                "{len}"
+            );
         }
     }
 
