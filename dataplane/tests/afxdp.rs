@@ -147,7 +147,8 @@ fn frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port() {
         assert_eq!(b.mode(), XdpMode::Native);
         assert!(!b.zero_copy());
         assert!(has_xdp(&ns, "b"), "no XDP program on b while the port is open");
-        // One socket per queue: a second port on b is refused, and says why.
+        // One socket per queue: a second port on b is refused (after the 2 s the kernel may need
+        // to let go of a closed socket's queue), and says why.
         match AfXdpPort::open("b", &xcfg) {
             Err(e @ AfXdpError::Busy { .. }) => {
                 assert!(e.to_string().contains("one worker per veth"), "{e}")

@@ -125,8 +125,8 @@ pub enum AfXdpError {
     PermissionDenied(String),
     #[error("invalid AF_XDP config: {0}")]
     Config(String),
-    #[error("{ifname} already has an XDP program or AF_XDP socket on this queue (another meshd or port?): see `ip link show dev {ifname}`; an AF_XDP port is one per interface queue, so one worker per veth")]
-    Busy { ifname: String },
+    #[error("{what}: {ifname} already has an XDP program or AF_XDP socket on this queue (another meshd or port?): see `ip link show dev {ifname}`; an AF_XDP port is one per interface queue, so one worker per veth")]
+    Busy { ifname: String, what: &'static str },
     #[error("the kernel refused {what} on {ifname} ({source}): meshd's AF_XDP port needs Linux 5.9 or newer with CONFIG_XDP_SOCKETS and CONFIG_BPF_SYSCALL")]
     Unsupported {
         ifname: String,
@@ -513,6 +513,7 @@ impl AfXdpPort {
                 }
                 Some(libc::EBUSY) | Some(libc::EEXIST) => AfXdpError::Busy {
                     ifname: ifname.to_owned(),
+                    what,
                 },
                 Some(libc::EINVAL)
                 | Some(libc::EOPNOTSUPP)
@@ -648,13 +649,25 @@ impl AfXdpPort {
             sxdp_queue_id: cfg.queue,
             sxdp_shared_umem_fd: 0,
         };
-        // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
-        let r = unsafe {
-            libc::bind(
-                s,
-                ptr::from_ref(&sxdp).cast::<libc::sockaddr>(),
-                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
+        // The kernel lets go of a closed socket's queue in a work item, after the close: a
+        // socket of a process that just ended (a meshd restarting) can hold it for a moment.
+        let t0 = std::time::Instant::now();
+        let r = loop {
+            // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
+            let r = unsafe {
+                libc::bind(
+                    s,
+                    ptr::from_ref(&sxdp).cast::<libc::sockaddr>(),
+                    size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            if r == 0
+                || io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY)
+                || t0.elapsed() > std::time::Duration::from_secs(2)
+            {
+                break r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         };
         if r != 0 {
             let e = io::Error::last_os_error();
