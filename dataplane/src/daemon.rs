@@ -99,8 +99,8 @@ pub struct Args {
     /// interface (any Linux, any number of workers, the kernel stack still sees the frames).
     /// afxdp: an AF_XDP socket on queue 0 of each interface, fed by a small XDP program that
     /// meshd attaches at start and that goes away with meshd (even if it is killed); the frames
-    /// no longer reach the kernel stack. Fewer copies and no sk_buff on the receive side of
-    /// drivers with native XDP (veth has it). One worker only (one socket per interface queue):
+    /// no longer reach the kernel stack. On drivers with native XDP (veth has it) frames are
+    /// taken before the kernel's stack and packet taps see them. One worker only (one socket per interface queue):
     /// give --cores a single core. Needs a meshd built with `--features afxdp` and Linux 5.9+.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io: Option<IoMode>,
@@ -147,10 +147,10 @@ struct FileConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IoMode {
-    /// AF_PACKET rings ([`crate::port::afpacket`]).
+    /// AF_PACKET rings, any number of workers.
     #[default]
     Afpacket,
-    /// An AF_XDP socket and its XDP program (`port::afxdp`, cargo feature `afxdp`).
+    /// An AF_XDP socket and meshd's XDP program, one worker (build with --features afxdp).
     Afxdp,
 }
 
