@@ -155,8 +155,7 @@ pub enum IoMode {
 }
 
 /// What a meshd built without the `afxdp` feature says to `--io afxdp`.
-pub const NO_AFXDP: &str =
-    "meshd was built without AF_XDP: cargo build --release --features afxdp";
+pub const NO_AFXDP: &str = "meshd was built without AF_XDP: cargo build --release --features afxdp";
 
 /// `--rx-ring`: the AF_PACKET RX ring mode ([`RxRing`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -359,7 +358,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                 },
             )
         };
-        let (up, tk): (Box<dyn Port + Send>, Box<dyn Port + Send>) = match s.io {
+        let (up, tk): PortPair = match s.io {
             IoMode::Afpacket => (
                 Box::new(open(&s.uplink, PortId::Uplink, group)?),
                 Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?),
@@ -467,9 +466,12 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     Ok(())
 }
 
+/// A worker's uplink and tasks ports.
+type PortPair = (Box<dyn Port + Send>, Box<dyn Port + Send>);
+
 /// The uplink and tasks ports of the (single) worker on AF_XDP.
 #[cfg(feature = "afxdp")]
-fn open_xdp(s: &Settings) -> Result<(Box<dyn Port + Send>, Box<dyn Port + Send>), StartError> {
+fn open_xdp(s: &Settings) -> Result<PortPair, StartError> {
     use crate::port::afxdp::{AfXdpConfig, AfXdpPort};
     let open = |ifname: &str, port: PortId| {
         let p = AfXdpPort::open(
@@ -490,7 +492,7 @@ fn open_xdp(s: &Settings) -> Result<(Box<dyn Port + Send>, Box<dyn Port + Send>)
 
 /// Never called: [`Args::resolve`] refuses `--io afxdp` in a build without the feature.
 #[cfg(not(feature = "afxdp"))]
-fn open_xdp(_: &Settings) -> Result<(Box<dyn Port + Send>, Box<dyn Port + Send>), StartError> {
+fn open_xdp(_: &Settings) -> Result<PortPair, StartError> {
     Err(StartError::Config(NO_AFXDP.to_owned()))
 }
 
@@ -618,7 +620,10 @@ mod tests {
                 .resolve()
                 .unwrap_err()
                 .to_string();
-            assert!(two.contains("one worker") && two.contains("--cores names 2"), "{two}");
+            assert!(
+                two.contains("one worker") && two.contains("--cores names 2"),
+                "{two}"
+            );
             // One core is fine, and AF_PACKET takes any number.
             assert!(args(&["--io", "afxdp", "--cores", "1"]).resolve().is_ok());
             assert!(args(&["--cores", "0,1"]).resolve().is_ok());

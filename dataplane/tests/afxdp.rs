@@ -125,7 +125,9 @@ fn receive_for(
 
 /// Whether `ip link show dev DEV` in `ns` lists an XDP program.
 fn has_xdp(ns: &Netns, dev: &str) -> bool {
-    ns.ip(&["link", "show", "dev", dev]).unwrap().contains("xdp")
+    ns.ip(&["link", "show", "dev", dev])
+        .unwrap()
+        .contains("xdp")
 }
 
 #[test]
@@ -146,7 +148,10 @@ fn frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port() {
         // A veth has native XDP and no zero-copy.
         assert_eq!(b.mode(), XdpMode::Native);
         assert!(!b.zero_copy());
-        assert!(has_xdp(&ns, "b"), "no XDP program on b while the port is open");
+        assert!(
+            has_xdp(&ns, "b"),
+            "no XDP program on b while the port is open"
+        );
         // One socket per queue: a second port on b is refused (after the 2 s the kernel may need
         // to let go of a closed socket's queue), and says why.
         match AfXdpPort::open("b", &xcfg) {
@@ -171,13 +176,20 @@ fn frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port() {
             });
             std::thread::sleep(Duration::from_millis(20));
             for chunk in (0..N).collect::<Vec<_>>().chunks(32) {
-                assert_eq!(send(&mut a, &mut pool, chunk.iter().map(|&s| frame(s))), chunk.len());
+                assert_eq!(
+                    send(&mut a, &mut pool, chunk.iter().map(|&s| frame(s))),
+                    chunk.len()
+                );
                 std::thread::sleep(Duration::from_micros(200));
             }
             r.join().unwrap()
         });
         let seqs: Vec<u32> = rx.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (0..N).collect::<Vec<_>>(), "b received out of order or lost");
+        assert_eq!(
+            seqs,
+            (0..N).collect::<Vec<_>>(),
+            "b received out of order or lost"
+        );
         for (seq, f) in &rx {
             assert_eq!(f, &frame(*seq), "frame {seq} differs");
         }
@@ -188,7 +200,11 @@ fn frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port() {
         assert_eq!(sent, N as usize);
         let got = receive(&mut a, &mut pool, N as usize, PortId::Uplink);
         let seqs: BTreeSet<u32> = got.iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, (1000..1000 + N).collect(), "a did not get every frame b sent");
+        assert_eq!(
+            seqs,
+            (1000..1000 + N).collect(),
+            "a did not get every frame b sent"
+        );
         for (seq, f) in &got {
             assert_eq!(f, &frame(*seq), "frame {seq} differs");
         }
@@ -196,7 +212,12 @@ fn frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port() {
         // rx also counts the kernel's own frames on the new link (IPv6 router solicitations).
         assert!(st.rx >= u64::from(N) && st.tx == u64::from(N), "{st:?}");
         assert_eq!(
-            (st.tx_ring_full, st.tx_bad_len, st.rx_bad_desc, st.rx_too_long),
+            (
+                st.tx_ring_full,
+                st.tx_bad_len,
+                st.rx_bad_desc,
+                st.rx_too_long
+            ),
             (0, 0, 0, 0),
             "{st:?}"
         );
@@ -241,7 +262,10 @@ fn a_full_rx_ring_counts_the_kernels_drops() {
         // Each frame read went back to the fill ring: frames flow again.
         assert_eq!(send(&mut a, &mut pool, (500..510).map(frame)), 10);
         let got = receive(&mut b, &mut pool, 10, PortId::Uplink);
-        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (500..510).collect::<Vec<_>>());
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (500..510).collect::<Vec<_>>()
+        );
     });
 }
 

@@ -327,7 +327,10 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
         // The kernel took the XDP programs off with the process's BPF links.
         for dev in ["up0", "tk0"] {
             let link = ns.ip(&["link", "show", "dev", dev]).unwrap();
-            assert!(!link.contains("xdp"), "{dev} kept meshd's XDP program: {link}");
+            assert!(
+                !link.contains("xdp"),
+                "{dev} kept meshd's XDP program: {link}"
+            );
         }
     }
     let meshd = start(&ns, &dir, io);

@@ -574,7 +574,10 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
     if o.systems.contains(&System::Testpmd) {
         notes.push("testpmd busy-polls (its forwarding lcores spin at 100%), so on a machine with no core to spare it competes with the generator and the sink for the CPU; the AF_PACKET forwarder (`pktgen forward`: meshd's ports and idle back-off, no pipeline) is the ceiling that fits such a machine.".into());
     }
-    if o.systems.iter().any(|s| matches!(s, System::MeshdXdp | System::AfXdpFwd)) {
+    if o.systems
+        .iter()
+        .any(|s| matches!(s, System::MeshdXdp | System::AfXdpFwd))
+    {
         notes.push("AF_XDP (meshd-afxdp, afxdp-fwd): one XDP socket on queue 0 of up0 and tk0 per node, fed by meshd's XDP program in native (veth driver) mode, in copy mode (veth has no zero-copy); frames are copied from the UMEM into meshd's buffers as on AF_PACKET, and sent with one sendto kick per 32 frames. One worker per node: a veth has one queue.".into());
     }
     if o.quick {

@@ -481,7 +481,12 @@ impl Topology {
     }
 
     /// `pktgen forward --io io` on both nodes, pinned like meshd's single workers.
-    fn start_forwarder(&mut self, p: &Programs, cores: &[usize], io: &str) -> Result<(), MeshError> {
+    fn start_forwarder(
+        &mut self,
+        p: &Programs,
+        cores: &[usize],
+        io: &str,
+    ) -> Result<(), MeshError> {
         let n = cores.len().max(1);
         let c1 = cores.first().copied().unwrap_or(0);
         let c2 = cores.get(1 % n).copied().unwrap_or(c1);

@@ -436,12 +436,12 @@ fn program(map_fd: RawFd) -> [Insn; 6] {
     /// ingress_ifindex (all u32).
     const RX_QUEUE_INDEX: i16 = 16;
     [
-        insn(LDX_W, 2, 1, RX_QUEUE_INDEX, 0),        // r2 = ctx->rx_queue_index
+        insn(LDX_W, 2, 1, RX_QUEUE_INDEX, 0), // r2 = ctx->rx_queue_index
         insn(LD_DW, 1, BPF_PSEUDO_MAP_FD, 0, map_fd), // r1 = &xsks
-        insn(0, 0, 0, 0, 0),                         //   (upper half of the 64-bit load)
-        insn(MOV64_K, 3, 0, 0, XDP_PASS),            // r3 = XDP_PASS
-        insn(CALL, 0, 0, 0, BPF_FUNC_REDIRECT_MAP),  // r0 = bpf_redirect_map(r1, r2, r3)
-        insn(EXIT, 0, 0, 0, 0),                      // return r0
+        insn(0, 0, 0, 0, 0),                  //   (upper half of the 64-bit load)
+        insn(MOV64_K, 3, 0, 0, XDP_PASS),     // r3 = XDP_PASS
+        insn(CALL, 0, 0, 0, BPF_FUNC_REDIRECT_MAP), // r0 = bpf_redirect_map(r1, r2, r3)
+        insn(EXIT, 0, 0, 0, 0),               // return r0
     ]
 }
 
@@ -487,9 +487,7 @@ impl AfXdpPort {
                 cfg.frames
             )));
         }
-        if ifname.is_empty()
-            || ifname.len() >= libc::IFNAMSIZ
-            || ifname.contains(['/', ' ', '\0'])
+        if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains(['/', ' ', '\0'])
         {
             return Err(AfXdpError::BadName(ifname.to_owned()));
         }
@@ -769,7 +767,11 @@ impl AfXdpPort {
         };
 
         let mut tx_free = Vec::with_capacity(half as usize);
-        tx_free.extend((half..cfg.frames).rev().map(|i| u64::from(i) * u64::from(FRAME_SIZE)));
+        tx_free.extend(
+            (half..cfg.frames)
+                .rev()
+                .map(|i| u64::from(i) * u64::from(FRAME_SIZE)),
+        );
         Ok(AfXdpPort {
             link,
             _prog: prog,
@@ -889,7 +891,10 @@ impl AfXdpPort {
         };
         if r < 0 {
             let e = io::Error::last_os_error().raw_os_error();
-            if !matches!(e, Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)) {
+            if !matches!(
+                e,
+                Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)
+            ) {
                 self.stats.tx_kick_failed += 1;
             }
         }
@@ -954,9 +959,7 @@ impl Port for AfXdpPort {
             // SAFETY: user space produces on the fill ring and it has room for `want` entries
             // (checked above), so this entry is ours.
             unsafe {
-                self.fill
-                    .entry::<u64>(self.fill.head)
-                    .write(frame as u64);
+                self.fill.entry::<u64>(self.fill.head).write(frame as u64);
             }
             self.fill.head = self.fill.head.wrapping_add(1);
         }
@@ -985,8 +988,8 @@ impl Port for AfXdpPort {
             let data = buf.data();
             let tagged = data.len() >= ETH_HLEN
                 && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
-            let max = (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 })
-                .min(FRAME_SIZE as usize);
+            let max =
+                (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 }).min(FRAME_SIZE as usize);
             if data.len() < ETH_HLEN || data.len() > max {
                 self.stats.tx_bad_len += 1;
                 pool.put(buf);
@@ -1007,11 +1010,13 @@ impl Port for AfXdpPort {
             // entry at `head` is ours (free space checked above).
             unsafe {
                 ptr::copy_nonoverlapping(data.as_ptr(), self.umem.at(addr as usize), data.len());
-                self.tx.entry::<libc::xdp_desc>(self.tx.head).write(libc::xdp_desc {
-                    addr,
-                    len: data.len() as u32,
-                    options: 0,
-                });
+                self.tx
+                    .entry::<libc::xdp_desc>(self.tx.head)
+                    .write(libc::xdp_desc {
+                        addr,
+                        len: data.len() as u32,
+                        options: 0,
+                    });
             }
             self.tx.head = self.tx.head.wrapping_add(1);
             sent += 1;
