@@ -611,9 +611,8 @@ impl AfXdpPort {
             }));
         }
         let d = size_of::<libc::xdp_desc>();
-        let ring_err = io_err("mmap of a ring");
         let rx = Ring::open(s, &off.rx, half, d, libc::XDP_PGOFF_RX_RING as u64, false)
-            .map_err(ring_err)?;
+            .map_err(io_err("mmap of a ring"))?;
         let tx = Ring::open(s, &off.tx, half, d, libc::XDP_PGOFF_TX_RING as u64, true)
             .map_err(io_err("mmap of a ring"))?;
         let mut fill = Ring::open(s, &off.fr, half, 8, libc::XDP_UMEM_PGOFF_FILL_RING, true)
@@ -650,7 +649,7 @@ impl AfXdpPort {
         // The kernel lets go of a closed socket's queue in a work item, after the close: a
         // socket of a process that just ended (a meshd restarting) can hold it for a moment.
         let t0 = std::time::Instant::now();
-        let r = loop {
+        let bound = loop {
             // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
             let r = unsafe {
                 libc::bind(
@@ -659,16 +658,18 @@ impl AfXdpPort {
                     size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
                 )
             };
-            if r == 0
-                || io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY)
+            if r == 0 {
+                break Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBUSY)
                 || t0.elapsed() > std::time::Duration::from_secs(2)
             {
-                break r;
+                break Err(e);
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        if r != 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = bound {
             return Err(match e.raw_os_error() {
                 Some(libc::EINVAL) => AfXdpError::Config(format!(
                     "{ifname} has no queue {} (or refused the socket: {e})",
