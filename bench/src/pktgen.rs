@@ -355,26 +355,110 @@ pub struct Forwarded {
     pub tx_ring_full: u64,
 }
 
-/// A plain AF_PACKET forwarder: frames from `input` out of `output` (the same interface when
-/// `output` is `None`), with the destination and source MACs rewritten when `rewrite` is given
-/// (`(dst, src)`). Same ports, ring geometry and idle policy as a meshd worker (spin a little,
-/// then sleep in `poll` on the RX ring with a back-off up to 5 ms), and no pipeline: the cost of
-/// moving frames through meshd's I/O alone. Runs until `stop` is set.
+/// The port backend of a forwarder, as `meshd --io` names them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Io {
+    /// meshd's AF_PACKET port (TPACKET_V2 rings).
+    #[default]
+    Afpacket,
+    /// meshd's AF_XDP port (needs a build with `--features afxdp`).
+    Afxdp,
+}
+
+/// Why a forwarder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0}")]
+    AfPacket(#[from] AfPacketError),
+    #[cfg(feature = "afxdp")]
+    #[error("{0}")]
+    AfXdp(#[from] dataplane::port::afxdp::AfXdpError),
+    #[error("pktgen was built without AF_XDP: cargo build --release -p bench --features afxdp")]
+    NoAfXdp,
+}
+
+/// What a forwarder's ports counted.
+struct FwdCounts {
+    rx_dropped: u64,
+    tx_full: u64,
+}
+
+/// A plain forwarder: frames from `input` out of `output` (the same interface when `output` is
+/// `None`), with the destination and source MACs rewritten when `rewrite` is given (`(dst,
+/// src)`). Same ports ([`Io`]: AF_PACKET or AF_XDP), ring geometry and idle policy as a meshd
+/// worker (spin a little, then sleep in `poll` on the RX ring with a back-off up to 5 ms), and no
+/// pipeline: the cost of moving frames through meshd's I/O alone. Runs until `stop` is set.
 pub fn forward(
+    io: Io,
     input: &str,
     output: Option<&str>,
     rewrite: Option<([u8; 6], [u8; 6])>,
     stop: &AtomicBool,
-) -> Result<Forwarded, AfPacketError> {
-    let cfg = AfPacketConfig {
-        promiscuous: true,
-        ..AfPacketConfig::default()
-    };
-    let mut rx = AfPacketPort::open(input, &cfg)?;
-    let mut tx = match output {
-        Some(o) => Some(AfPacketPort::open(o, &cfg)?),
-        None => None,
-    };
+) -> Result<Forwarded, ForwardError> {
+    match io {
+        Io::Afpacket => {
+            let cfg = AfPacketConfig {
+                promiscuous: true,
+                ..AfPacketConfig::default()
+            };
+            let rx = AfPacketPort::open(input, &cfg)?;
+            let tx = match output {
+                Some(o) => Some(AfPacketPort::open(o, &cfg)?),
+                None => None,
+            };
+            Ok(forward_on(rx, tx, rewrite, stop))
+        }
+        #[cfg(feature = "afxdp")]
+        Io::Afxdp => {
+            use dataplane::port::afxdp::{AfXdpConfig, AfXdpPort};
+            let cfg = AfXdpConfig {
+                promiscuous: true,
+                ..AfXdpConfig::default()
+            };
+            let rx = AfXdpPort::open(input, &cfg)?;
+            let tx = match output {
+                Some(o) => Some(AfXdpPort::open(o, &cfg)?),
+                None => None,
+            };
+            Ok(forward_on(rx, tx, rewrite, stop))
+        }
+        #[cfg(not(feature = "afxdp"))]
+        Io::Afxdp => Err(ForwardError::NoAfXdp),
+    }
+}
+
+/// The counters [`forward`] reports, of either backend.
+trait Counted: Port {
+    fn fwd_counts(&mut self) -> FwdCounts;
+}
+
+impl Counted for AfPacketPort {
+    fn fwd_counts(&mut self) -> FwdCounts {
+        let s = self.stats();
+        FwdCounts {
+            rx_dropped: s.rx_dropped,
+            tx_full: s.tx_ring_full,
+        }
+    }
+}
+
+#[cfg(feature = "afxdp")]
+impl Counted for dataplane::port::afxdp::AfXdpPort {
+    fn fwd_counts(&mut self) -> FwdCounts {
+        let s = self.stats();
+        FwdCounts {
+            rx_dropped: s.rx_dropped + s.rx_ring_full,
+            tx_full: s.tx_ring_full,
+        }
+    }
+}
+
+fn forward_on<P: Counted>(
+    mut rx: P,
+    mut tx: Option<P>,
+    rewrite: Option<([u8; 6], [u8; 6])>,
+    stop: &AtomicBool,
+) -> Forwarded {
     let mut pool = Pool::new(4096);
     let mut burst = Burst::new();
     let mut idle = 0u32;
@@ -388,7 +472,13 @@ pub fn forward(
             } else {
                 // The same idle back-off as meshd's workers: ppoll on the ring, up to ~1 ms.
                 let us = 1u64 << (idle - 64).min(10);
-                dataplane::port::afpacket::wait_readable(&[rx.raw_fd()], Duration::from_micros(us));
+                let fd = rx.wait_fd();
+                dataplane::port::afpacket::wait_readable(fd.as_slice(), Duration::from_micros(us));
+            }
+            // AF_XDP sends at most 32 frames per kick: push out what the last burst left.
+            match tx.as_mut() {
+                Some(t) => t.flush(),
+                None => rx.flush(),
             }
             continue;
         }
@@ -407,13 +497,13 @@ pub fn forward(
             None => rx.tx_burst(&mut burst, &mut pool),
         } as u64;
     }
-    let rs = rx.stats();
-    let ts = tx.as_mut().map_or(rs, |t| t.stats());
-    Ok(Forwarded {
+    let rs = rx.fwd_counts();
+    let ts = tx.as_mut().map_or(rs.tx_full, |t| t.fwd_counts().tx_full);
+    Forwarded {
         frames,
         rx_dropped: rs.rx_dropped,
-        tx_ring_full: ts.tx_ring_full,
-    })
+        tx_ring_full: ts,
+    }
 }
 
 /// Why the generator could not start.

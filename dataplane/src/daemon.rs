@@ -30,6 +30,9 @@ EXAMPLES:
   # Two workers pinned to cores 2 and 3, spinning without back-off:
   meshd --config /etc/meshd/meshd.toml --cores 2,3 --busy-poll
 
+  # AF_XDP instead of AF_PACKET (a build with `--features afxdp`; one worker):
+  meshd --config /etc/meshd/meshd.toml --io afxdp --cores 2
+
 CONFIG FILE (TOML), every key optional and named like its flag:
   node = \"n1\"
   addr = \"192.168.1.11\"
@@ -40,6 +43,7 @@ CONFIG FILE (TOML), every key optional and named like its flag:
   state = \"/var/lib/meshd/state.json\"
   flows = 1048576
   busy_poll = false
+  io = \"afpacket\"
   rx_ring = \"frames\"
   metrics = \"127.0.0.1:9469\"
   dns_upstream = \"192.168.1.1:53\"
@@ -89,7 +93,18 @@ pub struct Args {
     /// Keep workers spinning when idle (lowest latency; a core at 100% each).
     #[arg(long)]
     pub busy_poll: bool,
-    /// How the kernel hands received frames over [default: frames].
+    /// How frames get in and out of meshd [default: afpacket].
+    ///
+    /// afpacket: an AF_PACKET socket with memory-mapped RX and TX rings per worker and
+    /// interface (any Linux, any number of workers, the kernel stack still sees the frames).
+    /// afxdp: an AF_XDP socket on queue 0 of each interface, fed by a small XDP program that
+    /// meshd attaches at start and that goes away with meshd (even if it is killed); the frames
+    /// no longer reach the kernel stack. On drivers with native XDP (veth has it) frames are
+    /// taken before the kernel's stack and packet taps see them. One worker only (one socket per interface queue):
+    /// give --cores a single core. Needs a meshd built with `--features afxdp` and Linux 5.9+.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub io: Option<IoMode>,
+    /// How the kernel hands received frames over, with --io afpacket [default: frames].
     ///
     /// frames: one frame per ring slot (TPACKET_V2), each the worker's as soon as it arrives:
     /// the lowest latency at every rate. blocks: frames packed into 64 KiB blocks (TPACKET_V3),
@@ -122,10 +137,25 @@ struct FileConfig {
     state: Option<PathBuf>,
     flows: Option<usize>,
     busy_poll: Option<bool>,
+    io: Option<IoMode>,
     rx_ring: Option<RxRingMode>,
     metrics: Option<std::net::SocketAddr>,
     dns_upstream: Option<std::net::SocketAddrV4>,
 }
+
+/// `--io`: the port backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// AF_PACKET rings, any number of workers.
+    #[default]
+    Afpacket,
+    /// An AF_XDP socket and meshd's XDP program, one worker (build with --features afxdp).
+    Afxdp,
+}
+
+/// What a meshd built without the `afxdp` feature says to `--io afxdp`.
+pub const NO_AFXDP: &str = "meshd was built without AF_XDP: cargo build --release --features afxdp";
 
 /// `--rx-ring`: the AF_PACKET RX ring mode ([`RxRing`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
@@ -160,6 +190,7 @@ pub struct Settings {
     pub state: PathBuf,
     pub flows: usize,
     pub busy_poll: bool,
+    pub io: IoMode,
     pub rx_ring: RxRing,
     pub metrics: Option<std::net::SocketAddr>,
     pub dns_upstream: Option<std::net::SocketAddrV4>,
@@ -172,6 +203,9 @@ pub enum StartError {
     Config(String),
     #[error("{0}")]
     Port(#[from] crate::port::afpacket::AfPacketError),
+    #[cfg(feature = "afxdp")]
+    #[error("{0}")]
+    XdpPort(#[from] crate::port::afxdp::AfXdpError),
     #[error("{0}")]
     State(#[from] crate::control::store::StoreError),
     #[error("control socket {path}: {source}")]
@@ -216,6 +250,20 @@ impl Args {
             .tasks
             .or(file.tasks)
             .ok_or_else(|| need("the tasks interface", "tasks"))?;
+        let io = self.io.or(file.io).unwrap_or_default();
+        let cores = self.cores.or(file.cores).unwrap_or_else(|| vec![0]);
+        if io == IoMode::Afxdp {
+            if !cfg!(feature = "afxdp") {
+                return Err(StartError::Config(NO_AFXDP.to_owned()));
+            }
+            if cores.len() > 1 {
+                return Err(StartError::Config(format!(
+                    "--io afxdp runs one worker (an AF_XDP socket per interface queue, and a veth \
+                     has one queue), but --cores names {}: give a single core, or use --io afpacket",
+                    cores.len()
+                )));
+            }
+        }
         Ok(Settings {
             socket: self
                 .socket
@@ -230,9 +278,10 @@ impl Args {
             vtep: self.vtep.or(file.vtep),
             uplink,
             tasks,
-            cores: self.cores.or(file.cores).unwrap_or_else(|| vec![0]),
+            cores,
             flows: self.flows.or(file.flows).unwrap_or(1 << 20),
             busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
+            io,
             rx_ring: self.rx_ring.or(file.rx_ring).unwrap_or_default().into(),
             metrics: self.metrics.or(file.metrics),
             dns_upstream: self.dns_upstream.or(file.dns_upstream),
@@ -309,9 +358,13 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                 },
             )
         };
-        let up: Box<dyn Port + Send> = Box::new(open(&s.uplink, PortId::Uplink, group)?);
-        let tk: Box<dyn Port + Send> =
-            Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?);
+        let (up, tk): PortPair = match s.io {
+            IoMode::Afpacket => (
+                Box::new(open(&s.uplink, PortId::Uplink, group)?),
+                Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?),
+            ),
+            IoMode::Afxdp => open_xdp(&s)?,
+        };
         let cfg = Config {
             uplink_mac,
             tasks_mac,
@@ -346,7 +399,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
             })?;
         handles.push(h);
     }
-    tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, rx_ring = ?s.rx_ring, "workers started");
+    tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, io = ?s.io, rx_ring = ?s.rx_ring, "workers started");
 
     let ctl = Arc::new(Mutex::new(controller));
 
@@ -411,6 +464,36 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     drop(server);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A worker's uplink and tasks ports.
+type PortPair = (Box<dyn Port + Send>, Box<dyn Port + Send>);
+
+/// The uplink and tasks ports of the (single) worker on AF_XDP.
+#[cfg(feature = "afxdp")]
+fn open_xdp(s: &Settings) -> Result<PortPair, StartError> {
+    use crate::port::afxdp::{AfXdpConfig, AfXdpPort};
+    let open = |ifname: &str, port: PortId| {
+        let p = AfXdpPort::open(
+            ifname,
+            &AfXdpConfig {
+                port,
+                ..AfXdpConfig::default()
+            },
+        )?;
+        tracing::info!(ifname, mode = ?p.mode(), zero_copy = p.zero_copy(), "AF_XDP port open");
+        Ok::<_, StartError>(p)
+    };
+    Ok((
+        Box::new(open(&s.uplink, PortId::Uplink)?),
+        Box::new(open(&s.tasks, PortId::Tasks)?),
+    ))
+}
+
+/// Never called: [`Args::resolve`] refuses `--io afxdp` in a build without the feature.
+#[cfg(not(feature = "afxdp"))]
+fn open_xdp(_: &Settings) -> Result<PortPair, StartError> {
+    Err(StartError::Config(NO_AFXDP.to_owned()))
 }
 
 /// The upstream resolver: a kernel UDP socket in meshd's own namespace, connected so only the
@@ -520,6 +603,58 @@ mod tests {
         let s = args(&["--rx-ring", "frames"]).resolve().unwrap();
         assert_eq!(s.rx_ring, RxRing::PerFrame);
         assert!(Args::try_parse_from(["meshd", "--rx-ring", "v3"]).is_err());
+    }
+
+    #[test]
+    fn io_defaults_to_afpacket_and_afxdp_needs_the_feature_and_one_core() {
+        assert_eq!(args(&[]).resolve().unwrap().io, IoMode::Afpacket);
+        assert_eq!(
+            args(&["--io", "afpacket"]).resolve().unwrap().io,
+            IoMode::Afpacket
+        );
+        assert!(Args::try_parse_from(["meshd", "--io", "xdp"]).is_err());
+        let xdp = args(&["--io", "afxdp"]).resolve();
+        if cfg!(feature = "afxdp") {
+            assert_eq!(xdp.unwrap().io, IoMode::Afxdp);
+            let two = args(&["--io", "afxdp", "--cores", "0,1"])
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                two.contains("one worker") && two.contains("--cores names 2"),
+                "{two}"
+            );
+            // One core is fine, and AF_PACKET takes any number.
+            assert!(args(&["--io", "afxdp", "--cores", "1"]).resolve().is_ok());
+            assert!(args(&["--cores", "0,1"]).resolve().is_ok());
+        } else {
+            assert_eq!(xdp.unwrap_err().to_string(), NO_AFXDP);
+        }
+    }
+
+    #[test]
+    fn io_from_the_config_file_and_the_flag_wins() {
+        let dir = std::env::temp_dir().join(format!("meshd-io-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("meshd.toml");
+        std::fs::write(&path, "io = \"afxdp\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let from_file = args(&["--config", p]).resolve();
+        if cfg!(feature = "afxdp") {
+            assert_eq!(from_file.unwrap().io, IoMode::Afxdp);
+        } else {
+            assert_eq!(from_file.unwrap_err().to_string(), NO_AFXDP);
+        }
+        assert_eq!(
+            args(&["--config", p, "--io", "afpacket"])
+                .resolve()
+                .unwrap()
+                .io,
+            IoMode::Afpacket
+        );
+        std::fs::write(&path, "io = \"dpdk\"\n").unwrap();
+        assert!(args(&["--config", p]).resolve().is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

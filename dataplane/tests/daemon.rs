@@ -37,7 +37,8 @@ impl Drop for Meshd {
     }
 }
 
-fn start(ns: &Netns, dir: &Path) -> Meshd {
+/// Starts meshd with `--io io`.
+fn start(ns: &Netns, dir: &Path, io: &str) -> Meshd {
     let log = std::fs::File::create(dir.join("meshd.log")).unwrap();
     let child = ns
         .command(env!("CARGO_BIN_EXE_meshd"))
@@ -50,6 +51,8 @@ fn start(ns: &Netns, dir: &Path) -> Meshd {
             "up0",
             "--tasks",
             "tk0",
+            "--io",
+            io,
         ])
         .arg("--socket")
         .arg(dir.join("meshd.sock"))
@@ -140,11 +143,23 @@ fn tx(port: &mut AfPacketPort, frame: &[u8]) {
 
 #[test]
 fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
+    frames_cross_and_state_survives_sigkill("afpacket");
+}
+
+/// The same over AF_XDP. The restart also shows that a killed meshd leaves no XDP program
+/// behind: the new one could not attach its own otherwise.
+#[cfg(feature = "afxdp")]
+#[test]
+fn frames_cross_a_running_meshd_on_af_xdp_and_its_state_survives_sigkill() {
+    frames_cross_and_state_survives_sigkill("afxdp");
+}
+
+fn frames_cross_and_state_survives_sigkill(io: &str) {
     if !netns::is_root() {
         eprintln!("skipped: needs root for network namespaces");
         return;
     }
-    let ns = Netns::new(&format!("t-daemon-{}", std::process::id())).unwrap();
+    let ns = Netns::new(&format!("t-daemon-{}-{io}", std::process::id())).unwrap();
     for (a, b) in [("up0", "upc"), ("tk0", "tkc")] {
         ns.ip(&["link", "add", "name", a, "type", "veth", "peer", "name", b])
             .unwrap();
@@ -160,7 +175,7 @@ fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
     let tk_mac = mac_of(&ns, "tk0");
     let task_mac = mac_of(&ns, "tkc");
 
-    let meshd = start(&ns, &dir);
+    let meshd = start(&ns, &dir, io);
     let mut endpoints = BTreeMap::new();
     endpoints.insert("n1".to_string(), ENDPOINT);
     send(
@@ -308,7 +323,17 @@ fn frames_cross_a_running_meshd_and_its_state_survives_sigkill() {
 
     // SIGKILL: no chance to clean up. The restarted daemon has the same state and generation.
     drop(meshd);
-    let meshd = start(&ns, &dir);
+    if io == "afxdp" {
+        // The kernel took the XDP programs off with the process's BPF links.
+        for dev in ["up0", "tk0"] {
+            let link = ns.ip(&["link", "show", "dev", dev]).unwrap();
+            assert!(
+                !link.contains("xdp"),
+                "{dev} kept meshd's XDP program: {link}"
+            );
+        }
+    }
+    let meshd = start(&ns, &dir, io);
     let ls = send(&dir, Command::ServiceLs {});
     assert_eq!(ls.generation, generation);
     assert_eq!(ls.result[0]["name"], "web");

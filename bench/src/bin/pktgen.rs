@@ -22,6 +22,9 @@ EXAMPLES:
   # Forward up0 -> up0 to the next hop's MAC (a node that only moves frames):
   pktgen forward --in up0 --dst-mac 02:62:00:00:02:00
 
+  # The same through meshd's AF_XDP port (a build with --features afxdp):
+  pktgen forward --io afxdp --in up0 --dst-mac 02:62:00:00:02:00
+
   # Count what arrives on the sink side for 6 s (loss, reordering, one-way latency):
   ip netns exec meshd-bench-sink pktgen sink --iface eth0 --duration 6
 
@@ -76,9 +79,14 @@ enum Cmd {
         duration: f64,
     },
     /// Forward frames from one interface to another (or back out of the same one), optionally
-    /// rewriting the MACs: the raw cost of meshd's AF_PACKET I/O, without its pipeline. Runs
-    /// until SIGINT/SIGTERM.
+    /// rewriting the MACs: the raw cost of meshd's AF_PACKET (or AF_XDP) I/O, without its
+    /// pipeline. Runs until SIGINT/SIGTERM.
     Forward {
+        /// meshd's port backend to forward with, as `meshd --io`: afpacket, or afxdp (an
+        /// AF_XDP socket on queue 0 of each interface and its XDP program, detached on exit;
+        /// needs a build with `--features afxdp`).
+        #[arg(long, value_enum, default_value_t = bench::pktgen::Io::Afpacket)]
+        io: bench::pktgen::Io,
         #[arg(long = "in")]
         input: String,
         /// Default: back out of --in.
@@ -183,6 +191,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Cmd::Forward {
+            io,
             input,
             output,
             dst_mac,
@@ -191,7 +200,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 Some(d) => Some((d, iface_mac(output.as_deref().unwrap_or(&input))?)),
                 None => None,
             };
-            let f = bench::pktgen::forward(&input, output.as_deref(), rewrite, &stop)
+            let f = bench::pktgen::forward(io, &input, output.as_deref(), rewrite, &stop)
                 .map_err(|e| e.to_string())?;
             println!(
                 "forwarded {} frames; RX ring dropped {}, TX ring full {}",

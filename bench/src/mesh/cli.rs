@@ -15,6 +15,8 @@ EXAMPLES:
   sudo target/release/bench mesh --docs docs        # ... and refresh docs/bench-mesh.md + .svg
   sudo target/release/bench mesh --quick            # a few seconds per system (CI)
   sudo target/release/bench mesh --systems meshd-1w,kernel --rounds 5 --loss 0
+  sudo target/release/bench mesh --systems meshd-1w,meshd-afxdp,kernel,afpacket-fwd,afxdp-fwd
+                                                    # AF_XDP (a build with --features bench/afxdp)
   target/release/bench mesh --render bench/out/mesh.json --docs docs   # redraw, no run
 
 Writes bench/out/mesh.json, bench/out/mesh.md and bench/out/mesh.svg (see --out).
@@ -29,12 +31,11 @@ pub struct MeshArgs {
     /// Rounds; each runs every system once, in alternating order.
     #[arg(long)]
     pub rounds: Option<usize>,
-    /// Systems, comma separated: meshd-1w, meshd-2w, kernel, afpacket-fwd, testpmd.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "meshd-1w,meshd-2w,kernel,afpacket-fwd,testpmd"
-    )]
+    /// Systems, comma separated: meshd-1w, meshd-2w (meshd-Nw: N workers on AF_PACKET),
+    /// meshd-afxdp (one worker on AF_XDP), kernel, afpacket-fwd, afxdp-fwd (`pktgen forward` on
+    /// AF_PACKET or AF_XDP), testpmd. The AF_XDP ones need a build with `--features afxdp`
+    /// (`cargo build --release --features bench/afxdp`) and are in the default set only then.
+    #[arg(long, value_delimiter = ',', default_value = DEFAULT_SYSTEMS)]
     pub systems: Vec<String>,
     /// Frame size on the wire, FCS included.
     #[arg(long, default_value_t = 64)]
@@ -84,15 +85,33 @@ pub struct MeshArgs {
     pub docs: Option<PathBuf>,
 }
 
+/// The systems `bench mesh` runs by default: the AF_XDP ones when built with them.
+pub const DEFAULT_SYSTEMS: &str = if cfg!(feature = "afxdp") {
+    "meshd-1w,meshd-2w,meshd-afxdp,kernel,afpacket-fwd,afxdp-fwd,testpmd"
+} else {
+    "meshd-1w,meshd-2w,kernel,afpacket-fwd,testpmd"
+};
+
+const NO_AFXDP: &str = "bench was built without AF_XDP: cargo build --release --features bench/afxdp (builds meshd and pktgen with it too)";
+
 fn parse_system(s: &str) -> Result<System, String> {
+    let xdp = |sys: System| {
+        if cfg!(feature = "afxdp") {
+            Ok(sys)
+        } else {
+            Err(format!("--systems {}: {NO_AFXDP}", s.trim()))
+        }
+    };
     match s.trim() {
         "kernel" => Ok(System::Kernel),
         "testpmd" => Ok(System::Testpmd),
         "afpacket-fwd" => Ok(System::AfPacketFwd),
+        "meshd-afxdp" => xdp(System::MeshdXdp),
+        "afxdp-fwd" => xdp(System::AfXdpFwd),
         m => match m.strip_prefix("meshd-").and_then(|w| w.strip_suffix('w')).map(str::parse::<usize>) {
             Some(Ok(n)) if (1..=8).contains(&n) => Ok(System::Meshd { workers: n }),
             _ => Err(format!(
-                "--systems: unknown system {m:?} (use meshd-1w, meshd-2w, kernel, afpacket-fwd, testpmd)"
+                "--systems: unknown system {m:?} (use meshd-1w, meshd-2w, meshd-afxdp, kernel, afpacket-fwd, afxdp-fwd, testpmd)"
             )),
         },
     }
@@ -207,5 +226,26 @@ mod tests {
         assert_eq!(parse_system("kernel"), Ok(System::Kernel));
         assert!(parse_system("meshd-0w").is_err());
         assert!(parse_system("ovs").unwrap_err().contains("unknown system"));
+        if cfg!(feature = "afxdp") {
+            assert_eq!(parse_system("meshd-afxdp"), Ok(System::MeshdXdp));
+            assert_eq!(parse_system("afxdp-fwd"), Ok(System::AfXdpFwd));
+        } else {
+            assert!(parse_system("meshd-afxdp")
+                .unwrap_err()
+                .contains("--features bench/afxdp"));
+        }
+    }
+
+    #[test]
+    fn the_default_set_parses_and_has_af_xdp_exactly_when_built_with_it() {
+        let all = DEFAULT_SYSTEMS
+            .split(',')
+            .map(parse_system)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert_eq!(
+            all.contains(&System::MeshdXdp) && all.contains(&System::AfXdpFwd),
+            cfg!(feature = "afxdp")
+        );
     }
 }

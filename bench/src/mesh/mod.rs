@@ -299,7 +299,7 @@ fn run_one(
     stop: &Arc<AtomicBool>,
 ) -> Result<Run, MeshError> {
     let mut topo = Topology::build(system, o.tasks)?;
-    let with_tcp = !matches!(system, System::Testpmd | System::AfPacketFwd);
+    let with_tcp = !system.is_forwarder();
     if with_tcp {
         topo.start_whoami(p)?;
     }
@@ -397,7 +397,7 @@ fn measure(
         latency.p999_us,
         lat_trial.loss_pct
     );
-    let tcp = if !matches!(system, System::Testpmd | System::AfPacketFwd) && !o.tcp.is_zero() {
+    let tcp = if !system.is_forwarder() && !o.tcp.is_zero() {
         check(stop)?;
         let target = SocketAddr::from((topo::N1_IP, topo::PUBLISHED));
         let r = tcp::run(topo::GEN_NS, target, o.tcp_threads, o.tcp, stop)
@@ -417,7 +417,7 @@ fn measure(
         None
     };
     topo.check_alive()?;
-    let meshd_stats = if matches!(system, System::Meshd { .. }) {
+    let meshd_stats = if system.is_meshd() {
         topo.meshd_stats()
     } else {
         Vec::new()
@@ -573,6 +573,12 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
     }
     if o.systems.contains(&System::Testpmd) {
         notes.push("testpmd busy-polls (its forwarding lcores spin at 100%), so on a machine with no core to spare it competes with the generator and the sink for the CPU; the AF_PACKET forwarder (`pktgen forward`: meshd's ports and idle back-off, no pipeline) is the ceiling that fits such a machine.".into());
+    }
+    if o.systems
+        .iter()
+        .any(|s| matches!(s, System::MeshdXdp | System::AfXdpFwd))
+    {
+        notes.push("AF_XDP (meshd-afxdp, afxdp-fwd): one XDP socket on queue 0 of up0 and tk0 per node, fed by meshd's XDP program in native (veth driver) mode, in copy mode (veth has no zero-copy); frames are copied from the UMEM into meshd's buffers as on AF_PACKET, and sent with one sendto kick per 32 frames. One worker per node: a veth has one queue.".into());
     }
     if o.quick {
         notes.push("--quick: short steps and one round; checks the harness, the numbers are not comparable.".into());

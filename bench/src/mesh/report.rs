@@ -215,10 +215,26 @@ pub fn ratios(s: &[Summary]) -> Vec<Ratio> {
                 ));
             }
         }
-        for (key, label) in [
-            ("afpacket-fwd", "AF_PACKET forwarder"),
-            ("testpmd", "testpmd"),
-        ] {
+        // Each meshd against the forwarder on its own ports (and testpmd); meshd on AF_XDP also
+        // against meshd on AF_PACKET, one worker each.
+        let xdp = m.system == "meshd-afxdp";
+        if xdp {
+            if let Some(c) = find("meshd-1w") {
+                out.push(ratio(
+                    format!("{} / {}: zero-loss throughput", m.name, c.name),
+                    m.zero_loss_pps,
+                    c.zero_loss_pps,
+                    "≥ 1",
+                    &|r| r >= 1.0,
+                ));
+            }
+        }
+        let own = if xdp {
+            ("afxdp-fwd", "AF_XDP forwarder")
+        } else {
+            ("afpacket-fwd", "AF_PACKET forwarder")
+        };
+        for (key, label) in [own, ("testpmd", "testpmd")] {
             if let Some(c) = find(key) {
                 out.push(ratio(
                     format!("{} / {label}: zero-loss throughput", m.name),
@@ -599,6 +615,8 @@ fn short(name: &str) -> String {
     name.replace(" (nftables+vxlan)", "")
         .replace(" (veth ceiling)", "")
         .replace("AF_PACKET forwarder", "af_packet fwd")
+        .replace("AF_XDP forwarder", "af_xdp fwd")
+        .replace("meshd AF_XDP", "meshd xdp")
         .replace(" workers)", "w)")
         .replace(" worker)", "w)")
 }

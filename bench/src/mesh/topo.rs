@@ -22,6 +22,11 @@
 //! - [`System::Kernel`]: Swarm's way with the kernel: addresses on up0, nftables DNAT with
 //!   `numgen inc mod N` over the tasks and masquerade on n1, a VXLAN device in a bridge on both
 //!   nodes, static FDB and neighbour entries as Docker programs them.
+//! - [`System::MeshdXdp`]: the same with `--io afxdp` (one worker per node): AF_XDP sockets fed
+//!   by meshd's XDP program in native mode on up0 and tk0 instead of AF_PACKET rings.
+//! - [`System::AfPacketFwd`], [`System::AfXdpFwd`]: `pktgen forward` on both nodes, on the same
+//!   ports as meshd (AF_PACKET or AF_XDP) but with no pipeline: n1 sends up0 → up0 rewriting the
+//!   MACs, n2 sends up0 → tk0.
 //! - [`System::Testpmd`]: `dpdk-testpmd` on AF_PACKET vdevs: n1 forwards up0 → up0 rewriting
 //!   the MACs to n2's (`mac` mode), n2 forwards up0 → tk0 (`io` mode). No NAT, no VXLAN: the
 //!   raw cost of moving a frame through the two nodes' veths.
@@ -95,6 +100,10 @@ pub enum System {
     Testpmd,
     /// `pktgen forward` on both nodes: meshd's AF_PACKET ports without the pipeline.
     AfPacketFwd,
+    /// meshd with one worker per node on AF_XDP ports (`--io afxdp`).
+    MeshdXdp,
+    /// `pktgen forward --io afxdp` on both nodes: meshd's AF_XDP ports without the pipeline.
+    AfXdpFwd,
 }
 
 impl System {
@@ -105,6 +114,8 @@ impl System {
             System::Kernel => "kernel (nftables+vxlan)".into(),
             System::Testpmd => "testpmd (veth ceiling)".into(),
             System::AfPacketFwd => "AF_PACKET forwarder (veth ceiling)".into(),
+            System::MeshdXdp => "meshd AF_XDP (1 worker)".into(),
+            System::AfXdpFwd => "AF_XDP forwarder (veth ceiling)".into(),
         }
     }
     /// A short key for JSON and file names.
@@ -114,7 +125,22 @@ impl System {
             System::Kernel => "kernel".into(),
             System::Testpmd => "testpmd".into(),
             System::AfPacketFwd => "afpacket-fwd".into(),
+            System::MeshdXdp => "meshd-afxdp".into(),
+            System::AfXdpFwd => "afxdp-fwd".into(),
         }
+    }
+
+    /// Whether it is meshd (whoami, the TCP run and meshd's own counters apply).
+    pub fn is_meshd(&self) -> bool {
+        matches!(self, System::Meshd { .. } | System::MeshdXdp)
+    }
+
+    /// Whether it only moves frames (no NAT, no TCP run).
+    pub fn is_forwarder(&self) -> bool {
+        matches!(
+            self,
+            System::Testpmd | System::AfPacketFwd | System::AfXdpFwd
+        )
     }
 }
 
@@ -445,14 +471,22 @@ impl Topology {
             steer(N2_NS, "up0", m2)?;
         }
         match self.system {
-            System::Meshd { workers } => self.start_meshd(p, tasks, workers, cores),
+            System::Meshd { workers } => self.start_meshd(p, tasks, workers, cores, "afpacket"),
+            System::MeshdXdp => self.start_meshd(p, tasks, 1, cores, "afxdp"),
             System::Kernel => self.start_kernel(tasks),
             System::Testpmd => self.start_testpmd(p, cores),
-            System::AfPacketFwd => self.start_forwarder(p, cores),
+            System::AfPacketFwd => self.start_forwarder(p, cores, "afpacket"),
+            System::AfXdpFwd => self.start_forwarder(p, cores, "afxdp"),
         }
     }
 
-    fn start_forwarder(&mut self, p: &Programs, cores: &[usize]) -> Result<(), MeshError> {
+    /// `pktgen forward --io io` on both nodes, pinned like meshd's single workers.
+    fn start_forwarder(
+        &mut self,
+        p: &Programs,
+        cores: &[usize],
+        io: &str,
+    ) -> Result<(), MeshError> {
         let n = cores.len().max(1);
         let c1 = cores.first().copied().unwrap_or(0);
         let c2 = cores.get(1 % n).copied().unwrap_or(c1);
@@ -471,6 +505,8 @@ impl Topology {
                 core.to_string(),
                 pktgen.clone(),
                 "forward".into(),
+                "--io".into(),
+                io.into(),
             ];
             a.extend(args.iter().map(|s| s.to_string()));
             let log = if ns == N1_NS { "fwd-n1" } else { "fwd-n2" };
@@ -485,6 +521,7 @@ impl Topology {
         tasks: usize,
         workers: usize,
         cores: &[usize],
+        io: &str,
     ) -> Result<(), MeshError> {
         let n = cores.len().max(1);
         let mut sockets = Vec::new();
@@ -514,6 +551,8 @@ impl Topology {
                 node_cores.join(","),
                 "--flows".into(),
                 "262144".into(),
+                "--io".into(),
+                io.into(),
                 "--socket".into(),
                 socket.display().to_string(),
                 "--state".into(),

@@ -976,7 +976,7 @@ fn setsockopt<T>(fd: RawFd, name: libc::c_int, val: &T) -> io::Result<()> {
     setsockopt_level(fd, libc::SOL_PACKET, name, val)
 }
 
-fn setsockopt_level<T>(
+pub(super) fn setsockopt_level<T>(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -1001,7 +1001,7 @@ fn setsockopt_level<T>(
 }
 
 /// The interface's MTU, read on `fd` (so in the socket's network namespace).
-fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
+pub(super) fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();

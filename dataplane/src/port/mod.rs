@@ -1,13 +1,17 @@
 //! Ports move frames in and out; they know nothing of what the frames mean.
 //!
 //! Backends: [`mem`] (in-process queues, always built: tests, benchmarks, the in-memory mesh
-//! simulation) and [`afpacket`] (TPACKET_V2 or V3 rings on any Linux interface).
+//! simulation), [`afpacket`] (TPACKET_V2 or V3 rings on any Linux interface) and, with the
+//! cargo feature `afxdp`, [`afxdp`] (an AF_XDP socket and its XDP program on one interface
+//! queue).
 
 use arrayvec::ArrayVec;
 
 use crate::buf::{PacketBuf, Pool};
 
 pub mod afpacket;
+#[cfg(feature = "afxdp")]
+pub mod afxdp;
 pub mod mem;
 
 /// Most frames a port moves per call.

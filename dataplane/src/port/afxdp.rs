@@ -1,0 +1,1043 @@
+//! AF_XDP port (cargo feature `afxdp`): one XDP socket on one queue of an interface, a UMEM of
+//! fixed 2 KiB frames shared with the kernel, and a 6-instruction XDP program that sends every
+//! frame of that queue to the socket.
+//!
+//! - **Set-up**, all with plain system calls (no libbpf, no libxdp, nothing to build): an
+//!   `AF_XDP` socket; the UMEM (anonymous memory, registered with `XDP_UMEM_REG`); the four
+//!   rings (fill, completion, RX, TX) sized with `setsockopt` and mapped at the offsets
+//!   `XDP_MMAP_OFFSETS` gives; `bind` to (interface, queue) letting the kernel pick zero-copy when
+//!   the driver has it, copy mode otherwise (veth: copy); an `XSKMAP` holding the socket at the
+//!   queue's index; the program `bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS)` loaded
+//!   with `bpf(BPF_PROG_LOAD)` and attached with `bpf(BPF_LINK_CREATE)`, in native (driver) mode
+//!   when the driver has it, generic (skb) mode otherwise ([`XdpMode`]).
+//! - **Detach**: the attachment is a BPF link, which lives as long as its file descriptor. The
+//!   port holds the only one, so dropping the port (or the process ending, even killed) detaches
+//!   the program: the interface is left as it was found. Frames of other queues, and all frames
+//!   once the socket is gone, go to the kernel stack as before (`XDP_PASS`).
+//! - **UMEM frames** are split in two fixed halves. RX frames all start in the fill ring; a
+//!   received frame is copied into a [`PacketBuf`] from the pool, stamped with the configured
+//!   [`PortId`], and its UMEM frame goes straight back to the fill ring (the fill ring holds every
+//!   RX frame, so it always has room). TX frames sit on a free list: a frame to send is copied into
+//!   one, described on the TX ring and the kernel kicked with one `sendto(MSG_DONTWAIT)` per burst
+//!   (copy mode sends nothing without it, and at most 32 frames per kick: [`Port::flush`] kicks
+//!   again while frames wait); finished frames come back through the completion ring.
+//! - **What the port sees**: everything the interface receives on the queue, as an AF_PACKET
+//!   port does (an XDP program runs before any MAC filtering of the stack), and nothing it
+//!   sends. Unlike AF_PACKET, the kernel stack no longer sees those frames (meshd owns its
+//!   interfaces and gives the kernel no address on them, so nothing changes for it).
+//! - **One socket per queue**: a veth has one queue, so one port (one worker) per interface;
+//!   opening a second port on the same interface fails with [`AfXdpError::Busy`].
+//!
+//! Needs Linux 5.9 or newer (XDP BPF links), root (or CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW).
+//! Every unsafe block is here: the system calls and the accesses to the shared rings and UMEM.
+//! Ring indices are read with acquire and written with release ordering, as the kernel's
+//! `xsk_queue.h` pairs them; ring entries and UMEM frames are touched only while user space
+//! owns them.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::afpacket::{interface_mtu, setsockopt_level};
+use super::{Burst, Port, PortCounters};
+use crate::buf::{Pool, PortId};
+
+/// Bytes of an Ethernet header (no tag).
+const ETH_HLEN: usize = 14;
+/// Bytes of one 802.1Q / 802.1ad tag.
+const VLAN_HLEN: usize = 4;
+/// Bytes per UMEM frame (the kernel's minimum chunk size; a page holds two). The kernel keeps
+/// 256 bytes free in front of a received frame (`XDP_PACKET_HEADROOM`), so frames up to 1792
+/// bytes are received; longer ones are dropped by the kernel (no multi-buffer `XDP_USE_SG`).
+pub const FRAME_SIZE: u32 = 2048;
+
+// linux/bpf.h: commands, types and flags of the bpf(2) calls made here.
+const BPF_MAP_CREATE: libc::c_int = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_LINK_CREATE: libc::c_int = 28;
+const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const BPF_FUNC_REDIRECT_MAP: i32 = 51;
+const BPF_PSEUDO_MAP_FD: u8 = 1;
+const XDP_PASS: i32 = 2;
+// linux/if_link.h
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// Where the XDP program runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native if the driver has it (veth, most NIC drivers), else generic.
+    #[default]
+    Auto,
+    /// In the driver, before any `sk_buff` is built (`XDP_FLAGS_DRV_MODE`).
+    Native,
+    /// After the stack built the `sk_buff` (`XDP_FLAGS_SKB_MODE`): any interface, slower.
+    Generic,
+}
+
+/// How to open an [`AfXdpPort`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfXdpConfig {
+    /// Stamped on every received buffer.
+    pub port: PortId,
+    /// The interface queue to bind to (a veth has only queue 0).
+    pub queue: u32,
+    /// UMEM frames of [`FRAME_SIZE`] bytes: half for RX, half for TX; each ring holds its half.
+    /// A power of two, 64 to 65536.
+    pub frames: u32,
+    /// Where the program runs.
+    pub mode: XdpMode,
+    /// Put the interface in promiscuous mode while the port is open (frames for other MACs
+    /// than the interface's, on a NIC that filters them).
+    pub promiscuous: bool,
+}
+
+impl Default for AfXdpConfig {
+    /// Queue 0, 4096 frames (8 MiB of UMEM: 2048 RX, 2048 TX), native mode if available.
+    fn default() -> Self {
+        AfXdpConfig {
+            port: PortId::Uplink,
+            queue: 0,
+            frames: 4096,
+            mode: XdpMode::Auto,
+            promiscuous: false,
+        }
+    }
+}
+
+/// Why a port could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AfXdpError {
+    #[error(
+        "interface name {0:?} is not valid: it must be 1 to 15 bytes, without NUL, '/' or spaces"
+    )]
+    BadName(String),
+    #[error("no such interface {0}: check the name with `ip link` (and that meshd runs in the network namespace that has it)")]
+    NoSuchInterface(String),
+    #[error("opening an AF_XDP socket and loading its XDP program on {0} needs root (CAP_NET_ADMIN, CAP_BPF, CAP_NET_RAW): run meshd as root")]
+    PermissionDenied(String),
+    #[error("invalid AF_XDP config: {0}")]
+    Config(String),
+    #[error("{what}: {ifname} already has an XDP program or AF_XDP socket on this queue (another meshd or port?): see `ip link show dev {ifname}`; an AF_XDP port is one per interface queue, so one worker per veth")]
+    Busy { ifname: String, what: &'static str },
+    #[error("the kernel refused {what} on {ifname} ({source}): meshd's AF_XDP port needs Linux 5.9 or newer with CONFIG_XDP_SOCKETS and CONFIG_BPF_SYSCALL")]
+    Unsupported {
+        ifname: String,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{op} on {ifname} failed: {source}")]
+    Io {
+        ifname: String,
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Counters of one port. The kernel's (`rx_dropped`, `rx_ring_full`, `rx_fill_empty`,
+/// `rx_invalid`, `tx_invalid`) are brought up to date by [`AfXdpPort::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AfXdpStats {
+    /// Frames handed out by `rx_burst`.
+    pub rx: u64,
+    /// Frames put on the TX ring.
+    pub tx: u64,
+    /// Frames dropped because no TX frame of the UMEM was free (all in flight).
+    pub tx_ring_full: u64,
+    /// Frames dropped because they were shorter than an Ethernet header or longer than the MTU
+    /// (as read at open) allows, plus 4 for a tagged frame.
+    pub tx_bad_len: u64,
+    /// Kicks the kernel refused for another reason than "more to do" (device down...). The
+    /// frames stay queued and go with the next kick.
+    pub tx_kick_failed: u64,
+    /// Frames the kernel dropped for want of a UMEM frame in the fill ring (`rx_dropped`).
+    pub rx_dropped: u64,
+    /// Frames the kernel dropped because the RX ring was full (`rx_ring_full`).
+    pub rx_ring_full: u64,
+    /// Times the kernel found the fill ring empty (`rx_fill_ring_empty_descs`).
+    pub rx_fill_empty: u64,
+    /// Frames dropped because they did not fit a [`crate::buf::PacketBuf`].
+    pub rx_too_long: u64,
+    /// RX descriptors pointing outside the UMEM (never seen; a guard against an ABI mismatch).
+    pub rx_bad_desc: u64,
+    /// Descriptors the kernel found invalid (`rx_invalid_descs`, `tx_invalid_descs`).
+    pub rx_invalid: u64,
+    pub tx_invalid: u64,
+}
+
+/// A shared memory region (UMEM or a ring). Unmapped on drop.
+#[derive(Debug)]
+struct Region {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: each region is owned by exactly one `Region`, itself owned by one port, and only
+// accessed through that port's `&mut self` methods, so moving it to another thread moves every
+// user-space access with it.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// Pointer to byte `off`. Computing it is safe; dereferencing needs `off + len <= self.len`.
+    #[inline]
+    fn at(&self, off: usize) -> *mut u8 {
+        debug_assert!(off <= self.len);
+        self.base.as_ptr().wrapping_add(off)
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly what mmap returned and nothing else unmaps them; no
+        // reference into the region outlives the port that owns it.
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// Maps `len` bytes: of the socket `fd` at offset `pgoff` (a ring), or anonymous memory.
+fn map(fd: Option<RawFd>, len: usize, pgoff: u64) -> io::Result<Region> {
+    let (flags, fd) = match fd {
+        Some(fd) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd),
+        None => (
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+        ),
+    };
+    // SAFETY: a new mapping at an address the kernel picks; no existing memory is affected. The
+    // kernel checks a ring's length and offset against the ring it set up.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            fd,
+            pgoff as libc::off_t,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    NonNull::new(base.cast::<u8>())
+        .map(|base| Region { base, len })
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))
+}
+
+/// One of the four single-producer single-consumer rings shared with the kernel. User space
+/// produces on the fill and TX rings and consumes from the RX and completion rings.
+#[derive(Debug)]
+struct Ring {
+    region: Region,
+    /// Offset of the index user space writes (producer or consumer) and of the kernel's.
+    mine: usize,
+    theirs: usize,
+    desc: usize,
+    /// Entries; a power of two.
+    size: u32,
+    /// User space's index, published with [`Ring::publish`].
+    head: u32,
+    /// The kernel's index as last read.
+    seen: u32,
+}
+
+impl Ring {
+    /// Maps a ring of `size` entries of `entry` bytes at `pgoff` of the socket; `produce`: user
+    /// space is its producer.
+    fn open(
+        fd: RawFd,
+        off: &libc::xdp_ring_offset,
+        size: u32,
+        entry: usize,
+        pgoff: u64,
+        produce: bool,
+    ) -> io::Result<Ring> {
+        let desc = off.desc as usize;
+        let (prod, cons) = (off.producer as usize, off.consumer as usize);
+        if prod + 4 > desc || cons + 4 > desc || prod % 4 != 0 || cons % 4 != 0 {
+            return Err(io::Error::other(
+                "the kernel's ring offsets are not as expected",
+            ));
+        }
+        let region = map(Some(fd), desc + size as usize * entry, pgoff)?;
+        let (mine, theirs) = if produce { (prod, cons) } else { (cons, prod) };
+        // SAFETY: both indices were checked above to lie before the entries, inside the
+        // mapping, 4-byte aligned; the kernel set them up before the mmap.
+        let (h, t) = unsafe {
+            (
+                AtomicU32::from_ptr(region.at(mine).cast::<u32>()).load(Ordering::Acquire),
+                AtomicU32::from_ptr(region.at(theirs).cast::<u32>()).load(Ordering::Acquire),
+            )
+        };
+        Ok(Ring {
+            region,
+            mine,
+            theirs,
+            desc,
+            size,
+            head: h,
+            seen: t,
+        })
+    }
+
+    #[inline]
+    fn index(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: `off` is `mine` or `theirs`, checked at open to lie before the entries, inside
+        // the mapping, 4-byte aligned. The kernel accesses the word concurrently; user space
+        // only through this atomic.
+        unsafe { AtomicU32::from_ptr(self.region.at(off).cast::<u32>()) }
+    }
+
+    /// Entry `i` (any index: taken modulo the size) of `T`, the ring's entry type (the one it
+    /// was opened with: `u64` for fill and completion, `xdp_desc` for RX and TX).
+    #[inline]
+    fn entry<T>(&self, i: u32) -> *mut T {
+        self.region
+            .at(self.desc + (i & (self.size - 1)) as usize * size_of::<T>())
+            .cast::<T>()
+    }
+
+    /// Producer side: free entries (reads the kernel's consumer index only when the last read
+    /// does not show `want` free).
+    #[inline]
+    fn free(&mut self, want: u32) -> u32 {
+        let free = self.size - self.head.wrapping_sub(self.seen);
+        if free >= want {
+            return free;
+        }
+        self.seen = self.index(self.theirs).load(Ordering::Acquire);
+        self.size - self.head.wrapping_sub(self.seen)
+    }
+
+    /// Consumer side: entries ready to read.
+    #[inline]
+    fn ready(&mut self) -> u32 {
+        if self.seen == self.head {
+            self.seen = self.index(self.theirs).load(Ordering::Acquire);
+        }
+        self.seen.wrapping_sub(self.head)
+    }
+
+    /// Producer side: whether the kernel has consumed everything published.
+    #[inline]
+    fn drained(&mut self) -> bool {
+        self.seen = self.index(self.theirs).load(Ordering::Acquire);
+        self.seen == self.head
+    }
+
+    /// Hands the entries up to `head` to the kernel (produced ones, or consumed slots).
+    #[inline]
+    fn publish(&self) {
+        self.index(self.mine).store(self.head, Ordering::Release);
+    }
+}
+
+/// A `bpf_attr` union, zeroed, with the fields of one command written at their offsets.
+#[repr(C, align(8))]
+struct BpfAttr([u8; 128]);
+
+impl BpfAttr {
+    fn new() -> BpfAttr {
+        BpfAttr([0; 128])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn name(&mut self, off: usize, name: &[u8; 15]) -> &mut Self {
+        self.0[off..off + 15].copy_from_slice(name);
+        self
+    }
+}
+
+/// `bpf(cmd, attr)`: what the command returns.
+fn bpf(cmd: libc::c_int, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a 128-byte, 8-byte aligned bpf_attr, zero beyond the fields `cmd`
+    // reads; any pointers in it (instructions, license, key, value) point to memory that lives
+    // across the call. The kernel reads at most the size given.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            ptr::from_mut(attr),
+            size_of::<BpfAttr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// `bpf(cmd, attr)` for a command that returns a new file descriptor.
+fn bpf_fd(cmd: libc::c_int, attr: &mut BpfAttr) -> io::Result<OwnedFd> {
+    let r = bpf(cmd, attr)?;
+    let raw = RawFd::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: BPF_MAP_CREATE, BPF_PROG_LOAD and BPF_LINK_CREATE return a new file descriptor
+    // that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// One `struct bpf_insn`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct Insn {
+    code: u8,
+    /// `dst_reg:4, src_reg:4` bit-fields.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    // C bit-fields fill from the low bits on little-endian targets, from the high bits on
+    // big-endian ones.
+    let regs = if cfg!(target_endian = "little") {
+        dst | (src << 4)
+    } else {
+        (dst << 4) | src
+    };
+    Insn {
+        code,
+        regs,
+        off,
+        imm,
+    }
+}
+
+/// The XDP program, for the XSKMAP `map_fd`:
+///
+/// ```c
+/// return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+/// ```
+///
+/// A queue without a socket in the map passes its frames to the stack.
+fn program(map_fd: RawFd) -> [Insn; 6] {
+    const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
+    const LD_DW: u8 = 0x18; // BPF_LD | BPF_IMM | BPF_DW (two slots)
+    const MOV64_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
+    const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
+    const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+    /// `offsetof(struct xdp_md, rx_queue_index)`: after data, data_end, data_meta,
+    /// ingress_ifindex (all u32).
+    const RX_QUEUE_INDEX: i16 = 16;
+    [
+        insn(LDX_W, 2, 1, RX_QUEUE_INDEX, 0), // r2 = ctx->rx_queue_index
+        insn(LD_DW, 1, BPF_PSEUDO_MAP_FD, 0, map_fd), // r1 = &xsks
+        insn(0, 0, 0, 0, 0),                  //   (upper half of the 64-bit load)
+        insn(MOV64_K, 3, 0, 0, XDP_PASS),     // r3 = XDP_PASS
+        insn(CALL, 0, 0, 0, BPF_FUNC_REDIRECT_MAP), // r0 = bpf_redirect_map(r1, r2, r3)
+        insn(EXIT, 0, 0, 0, 0),               // return r0
+    ]
+}
+
+/// An AF_XDP socket on one interface queue, with its UMEM, rings and XDP program. See the
+/// module documentation.
+///
+/// Fields drop in order: the BPF link first (the program is detached before anything else goes),
+/// the socket before the UMEM.
+#[derive(Debug)]
+pub struct AfXdpPort {
+    link: OwnedFd,
+    _prog: OwnedFd,
+    _map: OwnedFd,
+    rx: Ring,
+    tx: Ring,
+    fill: Ring,
+    comp: Ring,
+    fd: OwnedFd,
+    umem: Region,
+    /// An AF_PACKET socket holding the interface promiscuous (dropped with it), when asked.
+    _promisc: Option<OwnedFd>,
+    /// TX frames of the UMEM not in flight (addresses); never grows past its capacity.
+    tx_free: Vec<u64>,
+    /// Bytes of the RX half of the UMEM (RX frames are below, TX frames above).
+    rx_bytes: usize,
+    /// Whether the last kick left descriptors on the TX ring.
+    tx_unsent: bool,
+    ifname: String,
+    port: PortId,
+    mtu: usize,
+    mode: XdpMode,
+    zero_copy: bool,
+    stats: AfXdpStats,
+}
+
+impl AfXdpPort {
+    /// Opens an AF_XDP socket on `cfg.queue` of `ifname` and attaches the XDP program that
+    /// feeds it. Detached again when the port is dropped.
+    pub fn open(ifname: &str, cfg: &AfXdpConfig) -> Result<AfXdpPort, AfXdpError> {
+        if !cfg.frames.is_power_of_two() || !(64..=65536).contains(&cfg.frames) {
+            return Err(AfXdpError::Config(format!(
+                "frames {} must be a power of two from 64 to 65536",
+                cfg.frames
+            )));
+        }
+        if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains(['/', ' ', '\0'])
+        {
+            return Err(AfXdpError::BadName(ifname.to_owned()));
+        }
+        let cname = CString::new(ifname).map_err(|_| AfXdpError::BadName(ifname.to_owned()))?;
+        // SAFETY: `cname` is a NUL-terminated string that lives across the call.
+        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if ifindex == 0 {
+            return Err(AfXdpError::NoSuchInterface(ifname.to_owned()));
+        }
+        let io_err = |op: &'static str| {
+            move |source: io::Error| AfXdpError::Io {
+                ifname: ifname.to_owned(),
+                op,
+                source,
+            }
+        };
+        let refused = |what: &'static str| {
+            move |source: io::Error| match source.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    AfXdpError::PermissionDenied(ifname.to_owned())
+                }
+                Some(libc::EBUSY) | Some(libc::EEXIST) => AfXdpError::Busy {
+                    ifname: ifname.to_owned(),
+                    what,
+                },
+                Some(libc::EINVAL)
+                | Some(libc::EOPNOTSUPP)
+                | Some(libc::EAFNOSUPPORT)
+                | Some(libc::ENOSYS) => AfXdpError::Unsupported {
+                    ifname: ifname.to_owned(),
+                    what,
+                    source,
+                },
+                _ => io_err(what)(source),
+            }
+        };
+
+        // An AF_PACKET socket of protocol 0 receives nothing: it reads the MTU (an XDP socket
+        // has no ioctls) and, kept open, holds the interface promiscuous.
+        // SAFETY: plain system call with constant arguments.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(refused("socket(AF_PACKET)")(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let ctl = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mtu = interface_mtu(ctl.as_raw_fd(), &cname)
+            .map_err(io_err("reading the MTU (SIOCGIFMTU)"))?;
+        let promisc = if cfg.promiscuous {
+            let mreq = libc::packet_mreq {
+                mr_ifindex: ifindex as libc::c_int,
+                mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
+                mr_alen: 0,
+                mr_address: [0; 8],
+            };
+            setsockopt_level(
+                ctl.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_ADD_MEMBERSHIP,
+                &mreq,
+            )
+            .map_err(io_err("promiscuous mode"))?;
+            Some(ctl)
+        } else {
+            None
+        };
+
+        // SAFETY: plain system call with constant arguments.
+        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(refused("socket(AF_XDP)")(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let s = fd.as_raw_fd();
+        let xdp_opt = |name: libc::c_int, v: &u32, what: &'static str| {
+            setsockopt_level(s, libc::SOL_XDP, name, v).map_err(refused(what))
+        };
+
+        let half = cfg.frames / 2;
+        let umem_len = cfg.frames as usize * FRAME_SIZE as usize;
+        let umem = map(None, umem_len, 0).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOMEM) => AfXdpError::Config(format!(
+                "could not allocate {umem_len} bytes of UMEM: lower frames"
+            )),
+            _ => io_err("mmap of the UMEM")(e),
+        })?;
+        let reg = libc::xdp_umem_reg {
+            addr: umem.base.as_ptr() as u64,
+            len: umem_len as u64,
+            chunk_size: FRAME_SIZE,
+            headroom: 0,
+            flags: 0,
+            tx_metadata_len: 0,
+        };
+        setsockopt_level(s, libc::SOL_XDP, libc::XDP_UMEM_REG, &reg)
+            .map_err(refused("XDP_UMEM_REG"))?;
+        xdp_opt(libc::XDP_UMEM_FILL_RING, &half, "the fill ring")?;
+        xdp_opt(libc::XDP_UMEM_COMPLETION_RING, &half, "the completion ring")?;
+        xdp_opt(libc::XDP_RX_RING, &half, "the RX ring")?;
+        xdp_opt(libc::XDP_TX_RING, &half, "the TX ring")?;
+
+        // SAFETY: xdp_mmap_offsets is plain data; all-zero is a valid value.
+        let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
+        // SAFETY: `off` is writable for `len` bytes and `len` is a valid in/out length.
+        let r = unsafe {
+            libc::getsockopt(
+                s,
+                libc::SOL_XDP,
+                libc::XDP_MMAP_OFFSETS,
+                ptr::from_mut(&mut off).cast(),
+                &mut len,
+            )
+        };
+        if r != 0 || len as usize != size_of::<libc::xdp_mmap_offsets>() {
+            return Err(refused("XDP_MMAP_OFFSETS")(if r != 0 {
+                io::Error::last_os_error()
+            } else {
+                io::Error::from_raw_os_error(libc::EINVAL)
+            }));
+        }
+        let d = size_of::<libc::xdp_desc>();
+        let rx = Ring::open(s, &off.rx, half, d, libc::XDP_PGOFF_RX_RING as u64, false)
+            .map_err(io_err("mmap of a ring"))?;
+        let tx = Ring::open(s, &off.tx, half, d, libc::XDP_PGOFF_TX_RING as u64, true)
+            .map_err(io_err("mmap of a ring"))?;
+        let mut fill = Ring::open(s, &off.fr, half, 8, libc::XDP_UMEM_PGOFF_FILL_RING, true)
+            .map_err(io_err("mmap of a ring"))?;
+        let comp = Ring::open(
+            s,
+            &off.cr,
+            half,
+            8,
+            libc::XDP_UMEM_PGOFF_COMPLETION_RING,
+            false,
+        )
+        .map_err(io_err("mmap of a ring"))?;
+
+        // Every RX frame starts in the fill ring.
+        for i in 0..half {
+            // SAFETY: the fill ring is empty and user space is its producer, so all `half`
+            // entries from `head` are ours; `entry` stays inside the ring.
+            unsafe {
+                fill.entry::<u64>(fill.head.wrapping_add(i))
+                    .write(u64::from(i) * u64::from(FRAME_SIZE));
+            }
+        }
+        fill.head = fill.head.wrapping_add(half);
+        fill.publish();
+
+        let sxdp = libc::sockaddr_xdp {
+            sxdp_family: libc::AF_XDP as u16,
+            sxdp_flags: 0,
+            sxdp_ifindex: ifindex,
+            sxdp_queue_id: cfg.queue,
+            sxdp_shared_umem_fd: 0,
+        };
+        // The kernel lets go of a closed socket's queue in a work item, after the close: a
+        // socket of a process that just ended (a meshd restarting) can hold it for a moment.
+        let t0 = std::time::Instant::now();
+        let bound = loop {
+            // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
+            let r = unsafe {
+                libc::bind(
+                    s,
+                    ptr::from_ref(&sxdp).cast::<libc::sockaddr>(),
+                    size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBUSY)
+                || t0.elapsed() > std::time::Duration::from_secs(2)
+            {
+                break Err(e);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        if let Err(e) = bound {
+            return Err(match e.raw_os_error() {
+                Some(libc::EINVAL) => AfXdpError::Config(format!(
+                    "{ifname} has no queue {} (or refused the socket: {e})",
+                    cfg.queue
+                )),
+                Some(libc::ENODEV) => AfXdpError::NoSuchInterface(ifname.to_owned()),
+                _ => refused("bind")(e),
+            });
+        }
+        let zero_copy = {
+            let mut o = libc::xdp_options { flags: 0 };
+            let mut len = size_of::<libc::xdp_options>() as libc::socklen_t;
+            // SAFETY: `o` is writable for `len` bytes and `len` is a valid in/out length.
+            let r = unsafe {
+                libc::getsockopt(
+                    s,
+                    libc::SOL_XDP,
+                    libc::XDP_OPTIONS,
+                    ptr::from_mut(&mut o).cast(),
+                    &mut len,
+                )
+            };
+            r == 0 && o.flags & libc::XDP_OPTIONS_ZEROCOPY != 0
+        };
+
+        // The XSKMAP: the socket at its queue's index.
+        let map_fd = bpf_fd(
+            BPF_MAP_CREATE,
+            BpfAttr::new()
+                .u32(0, BPF_MAP_TYPE_XSKMAP)
+                .u32(4, 4) // key_size
+                .u32(8, 4) // value_size
+                .u32(12, cfg.queue + 1) // max_entries
+                .name(28, b"meshd_xsks\0\0\0\0\0"),
+        )
+        .map_err(refused("creating the XSKMAP (bpf BPF_MAP_CREATE)"))?;
+        let (key, value) = (cfg.queue, s as u32);
+        bpf(
+            BPF_MAP_UPDATE_ELEM,
+            BpfAttr::new()
+                .u32(0, map_fd.as_raw_fd() as u32)
+                .u64(8, ptr::from_ref(&key) as u64)
+                .u64(16, ptr::from_ref(&value) as u64),
+        )
+        .map_err(refused("putting the socket in the XSKMAP"))?;
+
+        let insns = program(map_fd.as_raw_fd());
+        let license = b"Apache-2.0\0";
+        let prog = bpf_fd(
+            BPF_PROG_LOAD,
+            BpfAttr::new()
+                .u32(0, BPF_PROG_TYPE_XDP)
+                .u32(4, insns.len() as u32)
+                .u64(8, insns.as_ptr() as u64)
+                .u64(16, license.as_ptr() as u64)
+                .name(48, b"meshd_xsk\0\0\0\0\0\0")
+                .u32(68, BPF_XDP), // expected_attach_type
+        )
+        .map_err(refused("loading the XDP program (bpf BPF_PROG_LOAD)"))?;
+
+        let attach = |flags: u32| {
+            bpf_fd(
+                BPF_LINK_CREATE,
+                BpfAttr::new()
+                    .u32(0, prog.as_raw_fd() as u32)
+                    .u32(4, ifindex)
+                    .u32(8, BPF_XDP)
+                    .u32(12, flags),
+            )
+        };
+        let what = "attaching the XDP program (bpf BPF_LINK_CREATE)";
+        let (link, mode) = match cfg.mode {
+            XdpMode::Native => (
+                attach(XDP_FLAGS_DRV_MODE).map_err(refused(what))?,
+                XdpMode::Native,
+            ),
+            XdpMode::Generic => (
+                attach(XDP_FLAGS_SKB_MODE).map_err(refused(what))?,
+                XdpMode::Generic,
+            ),
+            XdpMode::Auto => match attach(XDP_FLAGS_DRV_MODE) {
+                Ok(l) => (l, XdpMode::Native),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+                    ) =>
+                {
+                    (
+                        attach(XDP_FLAGS_SKB_MODE).map_err(refused(what))?,
+                        XdpMode::Generic,
+                    )
+                }
+                Err(e) => return Err(refused(what)(e)),
+            },
+        };
+
+        let mut tx_free = Vec::with_capacity(half as usize);
+        tx_free.extend(
+            (half..cfg.frames)
+                .rev()
+                .map(|i| u64::from(i) * u64::from(FRAME_SIZE)),
+        );
+        Ok(AfXdpPort {
+            link,
+            _prog: prog,
+            _map: map_fd,
+            rx,
+            tx,
+            fill,
+            comp,
+            fd,
+            umem,
+            _promisc: promisc,
+            tx_free,
+            rx_bytes: half as usize * FRAME_SIZE as usize,
+            tx_unsent: false,
+            ifname: ifname.to_owned(),
+            port: cfg.port,
+            mtu,
+            mode,
+            zero_copy,
+            stats: AfXdpStats::default(),
+        })
+    }
+
+    /// The socket, for `poll(POLLIN)` when a worker is idle: readable once the RX ring holds a
+    /// frame.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// Where the program was attached: [`XdpMode::Native`] or [`XdpMode::Generic`].
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// Whether the kernel bound the socket in zero-copy mode (not on veth: copy mode).
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    /// The BPF link holding the program on the interface (closing it detaches the program).
+    pub fn link_fd(&self) -> RawFd {
+        self.link.as_raw_fd()
+    }
+
+    /// The counters, with the kernel's (`XDP_STATISTICS`, running totals) brought up to date.
+    /// Not for every burst: it is a system call.
+    pub fn stats(&mut self) -> AfXdpStats {
+        // SAFETY: xdp_statistics is plain data; all-zero is a valid value.
+        let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: `st` is writable for `len` bytes and `len` is a valid in/out length.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                ptr::from_mut(&mut st).cast(),
+                &mut len,
+            )
+        };
+        // It cannot fail on a bound socket with a right-sized buffer; if it ever does, the
+        // totals are read again next time.
+        if r == 0 {
+            self.stats.rx_dropped = st.rx_dropped;
+            self.stats.rx_invalid = st.rx_invalid_descs;
+            self.stats.tx_invalid = st.tx_invalid_descs;
+            if len as usize == size_of::<libc::xdp_statistics>() {
+                self.stats.rx_ring_full = st.rx_ring_full;
+                self.stats.rx_fill_empty = st.rx_fill_ring_empty_descs;
+            }
+        }
+        self.stats
+    }
+
+    /// Takes finished TX frames back from the completion ring.
+    #[inline]
+    fn reclaim(&mut self) {
+        let n = self.comp.ready();
+        for _ in 0..n {
+            // SAFETY: the entry lies between user space's consumer index and the kernel's
+            // producer index (read with acquire): written by the kernel, not touched by it
+            // until the consumer index is published below.
+            let addr = unsafe { self.comp.entry::<u64>(self.comp.head).read() };
+            self.comp.head = self.comp.head.wrapping_add(1);
+            let frame = addr & !u64::from(FRAME_SIZE - 1);
+            // Only TX frames are ever sent; the free list cannot outgrow its capacity (every
+            // TX frame is either free, on the TX ring or in the kernel's hands).
+            if (frame as usize) >= self.rx_bytes
+                && (frame as usize) < self.umem.len
+                && self.tx_free.len() < self.tx_free.capacity()
+            {
+                self.tx_free.push(frame);
+            }
+        }
+        if n > 0 {
+            self.comp.publish();
+        }
+    }
+
+    /// Asks the kernel to send what the TX ring holds. In copy mode it sends at most 32 frames
+    /// per call and says EAGAIN when more wait: [`Port::flush`] kicks again.
+    fn kick(&mut self) {
+        // SAFETY: no buffer is passed; an XDP socket sends from its TX ring.
+        let r = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                ptr::null(),
+                0,
+                libc::MSG_DONTWAIT,
+                ptr::null(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error().raw_os_error();
+            if !matches!(
+                e,
+                Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)
+            ) {
+                self.stats.tx_kick_failed += 1;
+            }
+        }
+        self.tx_unsent = !self.tx.drained();
+    }
+}
+
+impl AsRawFd for AfXdpPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl Port for AfXdpPort {
+    fn wait_fd(&self) -> Option<RawFd> {
+        Some(self.raw_fd())
+    }
+
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+        let want = self.rx.ready().min(out.remaining_capacity() as u32);
+        if want == 0 {
+            return 0;
+        }
+        // The fill ring holds every RX frame, so it has room for each one taken here.
+        let want = want.min(self.fill.free(want));
+        let mut n = 0;
+        let mut taken = 0;
+        while taken < want {
+            let Some(mut buf) = pool.get() else {
+                // Out of buffers: the frame waits in the ring for the next burst.
+                break;
+            };
+            // SAFETY: the entry lies between user space's consumer index and the kernel's
+            // producer index (read with acquire): written by the kernel, not touched by it until
+            // the consumer index is published below.
+            let d = unsafe { self.rx.entry::<libc::xdp_desc>(self.rx.head).read() };
+            self.rx.head = self.rx.head.wrapping_add(1);
+            taken += 1;
+            let (addr, len) = (d.addr as usize, d.len as usize);
+            let frame = addr & !(FRAME_SIZE as usize - 1);
+            if frame >= self.rx_bytes || addr - frame + len > FRAME_SIZE as usize {
+                // Never seen. A frame outside the RX half cannot go back to the fill ring.
+                self.stats.rx_bad_desc += 1;
+                pool.put(buf);
+                if frame >= self.rx_bytes {
+                    continue;
+                }
+            } else if let Some(room) = buf.room_mut().get_mut(..len) {
+                // SAFETY: the frame (checked above to lie inside one RX frame of the UMEM) was
+                // written by the kernel before it published the descriptor, and is not written
+                // again until the frame goes back to the fill ring below, after the copy.
+                let data = unsafe { std::slice::from_raw_parts(self.umem.at(addr), len) };
+                room.copy_from_slice(data);
+                buf.set_len(len);
+                buf.port = self.port;
+                out.push(buf);
+                n += 1;
+            } else {
+                self.stats.rx_too_long += 1;
+                pool.put(buf);
+            }
+            // SAFETY: user space produces on the fill ring and it has room for `want` entries
+            // (checked above), so this entry is ours.
+            unsafe {
+                self.fill.entry::<u64>(self.fill.head).write(frame as u64);
+            }
+            self.fill.head = self.fill.head.wrapping_add(1);
+        }
+        if taken > 0 {
+            self.rx.publish();
+            self.fill.publish();
+        }
+        self.stats.rx += n as u64;
+        n
+    }
+
+    fn counters(&mut self) -> PortCounters {
+        let s = self.stats();
+        PortCounters {
+            rx_dropped: s.rx_dropped + s.rx_ring_full,
+            rx_too_long: s.rx_too_long,
+            tx_full: s.tx_ring_full,
+            tx_bad_len: s.tx_bad_len,
+        }
+    }
+
+    fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
+        self.reclaim();
+        let mut sent = 0;
+        for buf in frames.drain(..) {
+            let data = buf.data();
+            let tagged = data.len() >= ETH_HLEN
+                && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
+            let max =
+                (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 }).min(FRAME_SIZE as usize);
+            if data.len() < ETH_HLEN || data.len() > max {
+                self.stats.tx_bad_len += 1;
+                pool.put(buf);
+                continue;
+            }
+            if self.tx.free(1) == 0 {
+                self.stats.tx_ring_full += 1;
+                pool.put(buf);
+                continue;
+            }
+            let Some(addr) = self.tx_free.pop() else {
+                self.stats.tx_ring_full += 1;
+                pool.put(buf);
+                continue;
+            };
+            // SAFETY: `addr` is a free TX frame (off every ring, so the kernel does not touch
+            // it), inside the UMEM, and `data.len() <= FRAME_SIZE` (checked above); the TX ring
+            // entry at `head` is ours (free space checked above).
+            unsafe {
+                ptr::copy_nonoverlapping(data.as_ptr(), self.umem.at(addr as usize), data.len());
+                self.tx
+                    .entry::<libc::xdp_desc>(self.tx.head)
+                    .write(libc::xdp_desc {
+                        addr,
+                        len: data.len() as u32,
+                        options: 0,
+                    });
+            }
+            self.tx.head = self.tx.head.wrapping_add(1);
+            sent += 1;
+            pool.put(buf);
+        }
+        if sent > 0 {
+            self.tx.publish();
+        }
+        self.stats.tx += sent as u64;
+        if sent > 0 || self.tx_unsent {
+            self.kick();
+        }
+        sent
+    }
+
+    /// Kicks the kernel again while the TX ring holds frames, and takes finished ones back.
+    fn flush(&mut self) {
+        if self.tx_unsent {
+            self.kick();
+        }
+        self.reclaim();
+    }
+}
