@@ -30,7 +30,7 @@ EXAMPLES:
   # Two workers pinned to cores 2 and 3, spinning without back-off:
   meshd --config /etc/meshd/meshd.toml --cores 2,3 --busy-poll
 
-  # AF_XDP instead of AF_PACKET (a build with `--features afxdp`; one worker):
+  # AF_XDP instead of AF_PACKET (one worker):
   meshd --config /etc/meshd/meshd.toml --io afxdp --cores 2
 
 CONFIG FILE (TOML), every key optional and named like its flag:
@@ -101,7 +101,7 @@ pub struct Args {
     /// meshd attaches at start and that goes away with meshd (even if it is killed); the frames
     /// no longer reach the kernel stack. On drivers with native XDP (veth has it) frames are
     /// taken before the kernel's stack and packet taps see them. One worker only (one socket per interface queue):
-    /// give --cores a single core. Needs a meshd built with `--features afxdp` and Linux 5.9+.
+    /// give --cores a single core. Needs Linux 5.9+ (and a meshd built with its default features).
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io: Option<IoMode>,
     /// How the kernel hands received frames over, with --io afpacket [default: frames].
@@ -150,12 +150,12 @@ pub enum IoMode {
     /// AF_PACKET rings, any number of workers.
     #[default]
     Afpacket,
-    /// An AF_XDP socket and meshd's XDP program, one worker (build with --features afxdp).
+    /// An AF_XDP socket and meshd's XDP program, one worker (in the default build).
     Afxdp,
 }
 
 /// What a meshd built without the `afxdp` feature says to `--io afxdp`.
-pub const NO_AFXDP: &str = "meshd was built without AF_XDP: cargo build --release --features afxdp";
+pub const NO_AFXDP: &str = "meshd was built without AF_XDP (--no-default-features): build it with its default features (cargo build --release)";
 
 /// `--rx-ring`: the AF_PACKET RX ring mode ([`RxRing`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]

@@ -48,6 +48,15 @@ fn veth(tag: &str) -> Netns {
         "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
     ])
     .unwrap();
+    // No IPv6 on the pair: the kernel's own frames on a new link (router solicitations, MLD
+    // reports) would take ring slots the tests count.
+    ns.exec(&[
+        "sh",
+        "-c",
+        "echo 1 >/proc/sys/net/ipv6/conf/all/disable_ipv6; \
+         echo 1 >/proc/sys/net/ipv6/conf/default/disable_ipv6",
+    ])
+    .unwrap();
     ns.ip(&["link", "set", "dev", "a", "up"]).unwrap();
     ns.ip(&["link", "set", "dev", "b", "up"]).unwrap();
     ns

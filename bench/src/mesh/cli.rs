@@ -16,7 +16,7 @@ EXAMPLES:
   sudo target/release/bench mesh --quick            # a few seconds per system (CI)
   sudo target/release/bench mesh --systems meshd-1w,kernel --rounds 5 --loss 0
   sudo target/release/bench mesh --systems meshd-1w,meshd-afxdp,kernel,afpacket-fwd,afxdp-fwd
-                                                    # AF_XDP (a build with --features bench/afxdp)
+                                                    # AF_XDP (in the default build)
   target/release/bench mesh --render bench/out/mesh.json --docs docs   # redraw, no run
 
 Writes bench/out/mesh.json, bench/out/mesh.md and bench/out/mesh.svg (see --out).
@@ -33,8 +33,8 @@ pub struct MeshArgs {
     pub rounds: Option<usize>,
     /// Systems, comma separated: meshd-1w, meshd-2w (meshd-Nw: N workers on AF_PACKET),
     /// meshd-afxdp (one worker on AF_XDP), kernel, afpacket-fwd, afxdp-fwd (`pktgen forward` on
-    /// AF_PACKET or AF_XDP), testpmd. The AF_XDP ones need a build with `--features afxdp`
-    /// (`cargo build --release --features bench/afxdp`) and are in the default set only then.
+    /// AF_PACKET or AF_XDP), testpmd. The AF_XDP ones are in the default set when bench is
+    /// built with its default feature `afxdp`.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SYSTEMS)]
     pub systems: Vec<String>,
     /// Frame size on the wire, FCS included.
@@ -92,7 +92,8 @@ pub const DEFAULT_SYSTEMS: &str = if cfg!(feature = "afxdp") {
     "meshd-1w,meshd-2w,kernel,afpacket-fwd,testpmd"
 };
 
-const NO_AFXDP: &str = "bench was built without AF_XDP: cargo build --release --features bench/afxdp (builds meshd and pktgen with it too)";
+const NO_AFXDP: &str =
+    "bench was built without AF_XDP: build it with its default features (cargo build --release)";
 
 fn parse_system(s: &str) -> Result<System, String> {
     let xdp = |sys: System| {
@@ -232,7 +233,7 @@ mod tests {
         } else {
             assert!(parse_system("meshd-afxdp")
                 .unwrap_err()
-                .contains("--features bench/afxdp"));
+                .contains("without AF_XDP"));
         }
     }
 
