@@ -461,6 +461,8 @@ impl Pipeline {
             }
             verdicts.push(v);
         }
+        // The reverse slots of this burst's new flows, prefetched when they were made.
+        self.flows.flush_pending();
         self.stats.active_flows = self.flows.len() as u64;
     }
 
@@ -689,7 +691,7 @@ impl Pipeline {
         );
         // The forward key just missed; a masquerade port was picked so the reverse key is free.
         let id = match svc.client_ip {
-            ClientIpMode::Masquerade => self.flows.insert_absent(flow, [hash, rkey.hash()], now),
+            ClientIpMode::Masquerade => self.flows.insert_deferred(flow, [hash, rkey.hash()], now),
             ClientIpMode::Keep => self.flows.insert(flow, now),
         }
         .map_err(|_| DropReason::NoNatPort)?;

@@ -297,7 +297,13 @@ pub struct FlowTable {
     evict_cursor: usize,
     sweep_cursor: usize,
     pub evicted: u64,
+    /// Reverse keys of flows inserted with [`FlowTable::insert_deferred`] whose slot is still to
+    /// be written: (flow id, key, hash).
+    pending: arrayvec::ArrayVec<(u32, FlowKey, u64), PENDING>,
 }
+
+/// Most reverse slots [`FlowTable::insert_deferred`] holds back (a burst's worth).
+const PENDING: usize = 32;
 
 /// How many flows eviction samples.
 const EVICT_SAMPLE: usize = 16;
@@ -339,6 +345,7 @@ impl FlowTable {
             evict_cursor: 0,
             sweep_cursor: 0,
             evicted: 0,
+            pending: arrayvec::ArrayVec::new(),
         }
     }
 
@@ -479,6 +486,51 @@ impl FlowTable {
         Ok(id)
     }
 
+    /// As [`FlowTable::insert_absent`], but the reverse key's slot (a random cache line that
+    /// nothing has fetched yet) is only prefetched now and written by the next
+    /// [`FlowTable::flush_pending`], when it has arrived: the new-flow path's costliest miss
+    /// overlaps the rest of the burst. Until then a lookup of the reverse key misses; the
+    /// caller flushes before any packet of that direction can exist (a reply comes after the
+    /// first packet has been sent, so after the burst).
+    #[inline]
+    pub fn insert_deferred(
+        &mut self,
+        flow: Flow,
+        hashes: [u64; 2],
+        now: u32,
+    ) -> Result<u32, InsertError> {
+        if self.pending.is_full() {
+            self.flush_pending();
+        }
+        if flow.keys[0] == flow.keys[1] {
+            return Err(InsertError::Exists);
+        }
+        if self.free.is_empty() {
+            self.evict_one(now);
+        }
+        let Some(id) = self.free.pop() else {
+            return Err(InsertError::Exists);
+        };
+        self.flows[id as usize] = flow;
+        self.put_slot(flow.keys[0], hashes[0], id << 1);
+        self.prefetch(hashes[1]);
+        self.pending.push((id, flow.keys[1], hashes[1]));
+        self.len += 1;
+        Ok(id)
+    }
+
+    /// Writes the reverse slots [`FlowTable::insert_deferred`] held back, of the flows still
+    /// there (one evicted or ended meanwhile has none to write).
+    #[inline]
+    pub fn flush_pending(&mut self) {
+        while let Some((id, key, hash)) = self.pending.pop() {
+            let f = &self.flows[id as usize];
+            if f.live && f.keys[1] == key && self.find_slot(&key, hash).is_none() {
+                self.put_slot(key, hash, (id << 1) | 1);
+            }
+        }
+    }
+
     /// Removes flow `id`; returns it.
     pub fn remove(&mut self, id: u32) -> Option<Flow> {
         let f = *self.flows.get(id as usize)?;
@@ -580,6 +632,49 @@ mod tests {
             Egress::Uplink { mac: [2; 6] },
         );
         Flow::new(FlowKind::Ingress, [k, r], [a, b], 7, 0, [7200, 60, 30], now)
+    }
+
+    #[test]
+    fn a_deferred_reverse_slot_appears_at_the_flush_and_never_for_a_flow_gone_meanwhile() {
+        let mut t = FlowTable::new(16);
+        let hashes = |f: &Flow| [f.keys[0].hash(), f.keys[1].hash()];
+        let a = flow(1, 0);
+        let id = t.insert_deferred(a, hashes(&a), 0).unwrap();
+        assert_eq!(t.lookup(&a.keys[0], a.keys[0].hash()), Some((id, Dir::Fwd)));
+        assert_eq!(t.lookup(&a.keys[1], a.keys[1].hash()), None, "held back");
+        t.flush_pending();
+        assert_eq!(t.lookup(&a.keys[1], a.keys[1].hash()), Some((id, Dir::Rev)));
+
+        // Removed before the flush: its reverse slot is never written.
+        let b = flow(2, 0);
+        let id = t.insert_deferred(b, hashes(&b), 0).unwrap();
+        t.remove(id).unwrap();
+        // Its id is reused by a flow with other keys before the flush.
+        let c = flow(3, 0);
+        assert_eq!(t.insert_deferred(c, hashes(&c), 0).unwrap(), id);
+        t.flush_pending();
+        assert_eq!(t.lookup(&b.keys[1], b.keys[1].hash()), None);
+        assert_eq!(t.lookup(&c.keys[1], c.keys[1].hash()), Some((id, Dir::Rev)));
+        assert_eq!(t.len(), 2);
+
+        // More than a burst held back: the oldest are written as room is needed, none lost.
+        let mut t = FlowTable::new(256);
+        let fs: Vec<Flow> = (10..10 + 2 * PENDING as u32).map(|i| flow(i, 0)).collect();
+        for f in &fs {
+            t.insert_deferred(*f, hashes(f), 0).unwrap();
+        }
+        t.flush_pending();
+        for f in &fs {
+            assert!(t.contains(&f.keys[0]) && t.contains(&f.keys[1]));
+        }
+        // Removing every flow leaves no slot behind.
+        for id in 0..fs.len() as u32 {
+            t.remove(id);
+        }
+        assert!(t.is_empty());
+        assert!(fs
+            .iter()
+            .all(|f| !t.contains(&f.keys[0]) && !t.contains(&f.keys[1])));
     }
 
     #[test]
