@@ -372,9 +372,13 @@ impl FlowTable {
     pub fn prefetch_flow(&self, key: &FlowKey, hash: u64) {
         let s = &self.slots[(hash as usize) & self.mask];
         if s.val != EMPTY && s.key == *key {
+            // The first line holds the forward action and the state every packet updates; a
+            // packet of the reverse direction also needs the second, its action.
             let f = &self.flows[(s.val >> 1) as usize];
             crate::prefetch::read(f);
-            crate::prefetch::read(&f.rev);
+            if s.val & 1 != 0 {
+                crate::prefetch::read(&f.rev);
+            }
         }
     }
 
