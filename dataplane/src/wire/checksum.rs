@@ -27,9 +27,9 @@ pub use smoltcp::wire::checksum::{combine, data, pseudo_header_v4, pseudo_header
 /// The result is 0 only when every word added was 0.
 #[inline]
 const fn fold(sum: u32) -> u16 {
-    let sum = (sum & 0xffff) + (sum >> 16);
-    let sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
+    // sum + (sum rotated by 16) holds, in its high half, high + low + the carry out of the low
+    // half: the end-around-carry sum of the two halves in one addition (as Linux's csum_fold).
+    (sum.wrapping_add(sum.rotate_right(16)) >> 16) as u16
 }
 
 /// Return the checksum `csum` updated for a 16-bit field of the checksummed data changing
@@ -158,55 +158,47 @@ pub const fn apply_udp(delta: Delta, csum: u16) -> u16 {
 /// result into big-endian order once at the end: the ones-complement sum does not depend on
 /// byte order (RFC 1071 §2(B)), and 2^16 ≡ 1 (mod 0xffff) makes a sum of 64-bit words the same
 /// sum as one of 16-bit words, in a quarter of the additions and with no swap per word.
-#[inline]
-pub fn sum(data: &[u8]) -> u64 {
-    let mut acc = 0u64;
-    let mut carries = 0u64;
-    let mut words = data.chunks_exact(8);
-    for w in &mut words {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(w);
-        let (s, c) = acc.overflowing_add(u64::from_ne_bytes(b));
-        acc = s;
-        carries += u64::from(c);
+#[inline(always)]
+pub fn sum(mut data: &[u8]) -> u64 {
+    // A 128-bit accumulator: the carries out of 64 bits pile up in the high half (add, adc).
+    let mut acc = 0u128;
+    while let Some((w, rest)) = data.split_first_chunk::<8>() {
+        acc += u128::from(u64::from_ne_bytes(*w));
+        data = rest;
     }
     // The last 0 to 7 bytes, from an even offset: a 32-bit word, a 16-bit word, a byte (as the
     // first byte of a 16-bit word whose second is zero); fixed-size reads, no copy.
-    let mut rest = words.remainder();
-    let mut tail = 0u64;
-    if let Some((w, r)) = rest.split_first_chunk::<4>() {
-        tail += u64::from(u32::from_ne_bytes(*w));
-        rest = r;
+    if let Some((w, rest)) = data.split_first_chunk::<4>() {
+        acc += u128::from(u32::from_ne_bytes(*w));
+        data = rest;
     }
-    if let Some((w, r)) = rest.split_first_chunk::<2>() {
-        tail += u64::from(u16::from_ne_bytes(*w));
-        rest = r;
+    if let Some((w, rest)) = data.split_first_chunk::<2>() {
+        acc += u128::from(u16::from_ne_bytes(*w));
+        data = rest;
     }
-    if let Some(&b) = rest.first() {
-        tail += u64::from(u16::from_ne_bytes([b, 0]));
+    if let Some(&b) = data.first() {
+        acc += u128::from(u16::from_ne_bytes([b, 0]));
     }
-    let (s, c) = acc.overflowing_add(tail);
-    carries += u64::from(c);
-    // Each carry out of bit 63 is worth 2^64 ≡ 1: add it back in (it cannot carry again, as
-    // `carries` is far below 2^32 and the halves below are each under 2^32).
-    let folded = u64::from(fold64((s & 0xffff_ffff) + (s >> 32) + carries));
+    // Each carry out of bit 63 is worth 2^64 ≡ 1: add the high half back in (the high half is
+    // far below 2^32, so a carry of this addition cannot carry again).
+    let (s, c) = (acc as u64).overflowing_add((acc >> 64) as u64);
+    let folded = fold64(s + u64::from(c));
     // The 16-bit words summed were in memory order; on a little-endian machine that is each
     // word byte-swapped, and so is the sum.
     if cfg!(target_endian = "little") {
-        u64::from(u16::swap_bytes(folded as u16))
+        u64::from(folded.swap_bytes())
     } else {
-        folded
+        u64::from(folded)
     }
 }
 
 /// Reduces a [`sum`] to the 16-bit ones-complement sum (not yet complemented).
 #[inline]
 pub const fn fold64(acc: u64) -> u16 {
-    let s = (acc & 0xffff_ffff) + (acc >> 32);
-    let s = (s & 0xffff) + (s >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    s as u16
+    // The two 32-bit halves with end-around carry (the sum of two halves is at most
+    // 2^33 - 2, so adding its carry back cannot carry again), then the two 16-bit halves.
+    let (s, c) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    fold(s + c as u32)
 }
 
 /// The sum of the IPv4 pseudo-header (RFC 793 §3.1, RFC 768) for `src`, `dst`, protocol
@@ -508,6 +500,25 @@ mod test {
                     || (ours == 0 && theirs == 0xffff),
                 "{len}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// The one-addition folds equal folding 16 bits at a time, exactly (zero stays 0,
+        /// other multiples of 0xffff give 0xffff).
+        #[test]
+        fn folds_equal_the_slow_fold(x in proptest::prelude::any::<u64>(), y in proptest::prelude::any::<u32>()) {
+            let slow = |mut s: u64| {
+                while s > 0xffff {
+                    s = (s & 0xffff) + (s >> 16);
+                }
+                s as u16
+            };
+            proptest::prop_assert_eq!(fold64(x), slow(x));
+            proptest::prop_assert_eq!(fold(y), slow(u64::from(y)));
+            for edge in [0, 0xffff, 0x1_0000, 0xffff_ffff, u64::MAX, 1 << 32, (1 << 32) - 1] {
+                proptest::prop_assert_eq!(fold64(edge), slow(edge));
+            }
         }
     }
 
