@@ -473,6 +473,16 @@ impl FlowTable {
         hashes: [u64; 2],
         now: u32,
     ) -> Result<u32, InsertError> {
+        let id = self.claim(flow, now)?;
+        self.put_slot(flow.keys[0], hashes[0], id << 1);
+        self.put_slot(flow.keys[1], hashes[1], (id << 1) | 1);
+        Ok(id)
+    }
+
+    /// Stores `flow` in a free place of the arena (evicting the stalest of a sample when there
+    /// is none) and counts it; its slots are the caller's to write. Returns its id.
+    #[inline]
+    fn claim(&mut self, flow: Flow, now: u32) -> Result<u32, InsertError> {
         if flow.keys[0] == flow.keys[1] {
             return Err(InsertError::Exists);
         }
@@ -484,8 +494,6 @@ impl FlowTable {
             return Err(InsertError::Exists);
         };
         self.flows[id as usize] = flow;
-        self.put_slot(flow.keys[0], hashes[0], id << 1);
-        self.put_slot(flow.keys[1], hashes[1], (id << 1) | 1);
         self.len += 1;
         Ok(id)
     }
@@ -506,20 +514,10 @@ impl FlowTable {
         if self.pending.is_full() {
             self.flush_pending();
         }
-        if flow.keys[0] == flow.keys[1] {
-            return Err(InsertError::Exists);
-        }
-        if self.free.is_empty() {
-            self.evict_one(now);
-        }
-        let Some(id) = self.free.pop() else {
-            return Err(InsertError::Exists);
-        };
-        self.flows[id as usize] = flow;
+        let id = self.claim(flow, now)?;
         self.put_slot(flow.keys[0], hashes[0], id << 1);
         self.prefetch(hashes[1]);
         self.pending.push((id, flow.keys[1], hashes[1]));
-        self.len += 1;
         Ok(id)
     }
 
