@@ -29,7 +29,7 @@ use crate::buf::{PacketBuf, Pool, PortId};
 use crate::flow::{
     self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped,
 };
-use crate::nat::{self, be16, dec_ttl, put16, put32};
+use crate::nat::{self, dec_ttl, put16, put32};
 use crate::neigh::Neighbors;
 use crate::overlay::{self, entropy_port, Outer};
 use crate::port::{Burst, BURST};
@@ -262,22 +262,26 @@ pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropR
 fn peek_key(f: &[u8]) -> Option<FlowKey> {
     let mut off = ETH;
     for _ in 0..2 {
-        if f.len() < off + IPV4 + 4 || be16(f, off - 2) != 0x0800 || f[off] != 0x45 {
+        // The ethertype, the IPv4 header and the ports as one array: no bounds check per byte.
+        let h = f.get(off - 2..)?.first_chunk::<{ 2 + IPV4 + 4 }>()?;
+        if h[0..2] != [0x08, 0x00] || h[2] != 0x45 {
             return None;
         }
-        let proto = f[off + 9];
+        let ip = 2;
+        let proto = h[ip + 9];
         if proto != TCP && proto != UDP {
             return None;
         }
-        let l4 = off + IPV4;
-        let dport = be16(f, l4 + 2);
+        let l4 = ip + IPV4;
+        let dport = u16::from_be_bytes([h[l4 + 2], h[l4 + 3]]);
         if proto == UDP && dport == vxlan::UDP_PORT {
             off += vxlan::ENCAP_LEN;
             continue;
         }
-        let src = u32::from_be_bytes([f[off + 12], f[off + 13], f[off + 14], f[off + 15]]);
-        let dst = u32::from_be_bytes([f[off + 16], f[off + 17], f[off + 18], f[off + 19]]);
-        return Some(FlowKey::new(proto, src, be16(f, l4), dst, dport));
+        let src = u32::from_be_bytes([h[ip + 12], h[ip + 13], h[ip + 14], h[ip + 15]]);
+        let dst = u32::from_be_bytes([h[ip + 16], h[ip + 17], h[ip + 18], h[ip + 19]]);
+        let sport = u16::from_be_bytes([h[l4], h[l4 + 1]]);
+        return Some(FlowKey::new(proto, src, sport, dst, dport));
     }
     None
 }
@@ -1338,6 +1342,7 @@ fn timeouts(svc: &crate::balance::table::SvcEntry) -> [u32; 3] {
 mod tests {
     use super::*;
     use crate::balance::table::tests::three_nodes;
+    use crate::nat::be16;
     use proptest::prelude::*;
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{Ipv4Packet, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr};
