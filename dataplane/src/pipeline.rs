@@ -347,22 +347,31 @@ impl Pipeline {
     /// Looks `key` up. While a new table's check of every flow is still under way, a flow whose
     /// task is gone ends here, at its first packet (a TCP client gets its reset), so no packet
     /// reaches a removed task after the change was acknowledged.
-    #[inline]
+    #[inline(always)]
     fn lookup_live(&mut self, t: &ServiceTable, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
         let (id, dir) = self.flows.lookup(key, hash)?;
-        if self.recheck > 0 {
-            let uid = self.flows.get(id).task_uid;
-            if uid != 0 && !t.task_alive(uid) {
-                if let Some(f) = self.flows.remove(id) {
-                    self.stats.flows_ended += 1;
-                    if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
-                        let _ = self.resets.try_push(f);
-                    }
-                }
-                return None;
-            }
+        if self.recheck > 0 && !self.still_live(t, id) {
+            return None;
         }
         Some((id, dir))
+    }
+
+    /// While a new table is being checked: whether flow `id`'s task is still there; if it is
+    /// not, the flow ends now (a TCP client's reset is queued).
+    #[cold]
+    #[inline(never)]
+    fn still_live(&mut self, t: &ServiceTable, id: u32) -> bool {
+        let uid = self.flows.get(id).task_uid;
+        if uid == 0 || t.task_alive(uid) {
+            return true;
+        }
+        if let Some(f) = self.flows.remove(id) {
+            self.stats.flows_ended += 1;
+            if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
+                let _ = self.resets.try_push(f);
+            }
+        }
+        false
     }
 
     /// Counts a new flow to the task whose counters are at `slot`.
