@@ -381,9 +381,12 @@ mod tests {
     /// taken by other backends whose later choices then shift (the cascade the paper accepts
     /// in exchange for near-perfect balance). Measured over 100 random id sets for each
     /// N ∈ {2, 5, 20, 100, 150, 200, 300, 500, 700, 1000}, that extra churn was 0.25–0.9 % of
-    /// the table on average and never above 1.02 %; the bound asserted is 1/N + 1.5 %.
+    /// the table on average and never above 1.02 %. Few backends have rarer, larger cascades:
+    /// over 200 random sets for each N from 2 to 8, removing each backend in turn, the mean
+    /// was under 0.2 % and the worst 2.18 % (N = 5; the proptest below found 1.97 % for N = 3,
+    /// kept in proptest-regressions). The bound asserted is 1/N + 2.5 %.
     fn disruption_bound(n: usize) -> f64 {
-        1.0 / n as f64 + 0.015
+        1.0 / n as f64 + 0.025
     }
 
     #[test]
