@@ -361,7 +361,7 @@ pub enum Io {
     /// meshd's AF_PACKET port (TPACKET_V2 rings).
     #[default]
     Afpacket,
-    /// meshd's AF_XDP port (needs a build with `--features afxdp`).
+    /// meshd's AF_XDP port (in the default build; not with `--no-default-features`).
     Afxdp,
 }
 
@@ -373,7 +373,7 @@ pub enum ForwardError {
     #[cfg(feature = "afxdp")]
     #[error("{0}")]
     AfXdp(#[from] dataplane::port::afxdp::AfXdpError),
-    #[error("pktgen was built without AF_XDP: cargo build --release -p bench --features afxdp")]
+    #[error("pktgen was built without AF_XDP (--no-default-features): build it with its default features (cargo build --release)")]
     NoAfXdp,
 }
 

@@ -22,7 +22,7 @@ EXAMPLES:
   # Forward up0 -> up0 to the next hop's MAC (a node that only moves frames):
   pktgen forward --in up0 --dst-mac 02:62:00:00:02:00
 
-  # The same through meshd's AF_XDP port (a build with --features afxdp):
+  # The same through meshd's AF_XDP port:
   pktgen forward --io afxdp --in up0 --dst-mac 02:62:00:00:02:00
 
   # Count what arrives on the sink side for 6 s (loss, reordering, one-way latency):
@@ -84,7 +84,7 @@ enum Cmd {
     Forward {
         /// meshd's port backend to forward with, as `meshd --io`: afpacket, or afxdp (an
         /// AF_XDP socket on queue 0 of each interface and its XDP program, detached on exit;
-        /// needs a build with `--features afxdp`).
+        /// in the default build).
         #[arg(long, value_enum, default_value_t = bench::pktgen::Io::Afpacket)]
         io: bench::pktgen::Io,
         #[arg(long = "in")]
