@@ -122,6 +122,58 @@ impl Neighbors {
     }
 }
 
+/// A worker's small direct-mapped cache of what it derives from neighbours' MACs (the MAC
+/// itself, prebuilt outer headers), in front of the shared table: an entry is right while the
+/// table's [`Neighbors::version`] is the one it was made at, so a hit costs one load of the
+/// version and two compares, no probe of the shared table.
+#[derive(Debug, Clone)]
+pub struct NeighCache<K, V, const N: usize> {
+    /// (key, the table's version when the entry was made, value).
+    entries: [Option<(K, u32, V)>; N],
+}
+
+impl<K: Copy + Eq, V: Copy, const N: usize> NeighCache<K, V, N> {
+    const EMPTY: Option<(K, u32, V)> = None;
+
+    pub fn new() -> Self {
+        const { assert!(N.is_power_of_two() && N > 1) };
+        NeighCache {
+            entries: [Self::EMPTY; N],
+        }
+    }
+
+    /// Forgets every entry.
+    pub fn clear(&mut self) {
+        self.entries = [Self::EMPTY; N];
+    }
+
+    /// The value for `key`, whose neighbour is `ip`: the cached one, or `make(ip's MAC)` made
+    /// now (`None` while `ip`'s MAC is unknown).
+    #[inline]
+    pub fn get(
+        &mut self,
+        neigh: &Neighbors,
+        key: K,
+        ip: u32,
+        make: impl FnOnce([u8; 6]) -> V,
+    ) -> Option<&V> {
+        let version = neigh.version();
+        // The top bits of a multiplicative hash, so neighbouring addresses spread.
+        let i = (ip.wrapping_mul(0x9e37_79b1) >> (32 - N.trailing_zeros())) as usize;
+        let e = &mut self.entries[i];
+        if !matches!(e, Some((k, v, _)) if *k == key && *v == version) {
+            *e = Some((key, version, make(neigh.get(ip)?)));
+        }
+        e.as_ref().map(|(_, _, v)| v)
+    }
+}
+
+impl<K: Copy + Eq, V: Copy, const N: usize> Default for NeighCache<K, V, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +195,34 @@ mod tests {
         assert_ne!(n.version(), v1, "a moved address is");
         assert!(!n.learn(6, [0xff; 6]), "a broadcast MAC is never learned");
         assert!(!n.learn(0, [2; 6]));
+    }
+
+    #[test]
+    fn a_cached_value_is_made_again_when_the_table_changes() {
+        let n = Neighbors::new(16);
+        let mut c: NeighCache<u32, [u8; 6], 8> = NeighCache::new();
+        let mut made = 0;
+        let mut get = |c: &mut NeighCache<u32, [u8; 6], 8>, ip| {
+            c.get(&n, ip, ip, |m| {
+                made += 1;
+                m
+            })
+            .copied()
+        };
+        assert_eq!(get(&mut c, 5), None, "unknown: nothing cached");
+        n.learn(5, [2, 0, 0, 0, 0, 1]);
+        assert_eq!(get(&mut c, 5), Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(get(&mut c, 5), Some([2, 0, 0, 0, 0, 1]));
+        n.learn(5, [2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            get(&mut c, 5),
+            Some([2, 0, 0, 0, 0, 2]),
+            "moved: made again"
+        );
+        c.clear();
+        assert_eq!(get(&mut c, 5), Some([2, 0, 0, 0, 0, 2]));
+        drop(get);
+        assert_eq!(made, 3);
     }
 
     #[test]

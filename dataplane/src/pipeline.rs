@@ -30,7 +30,7 @@ use crate::flow::{
     self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped,
 };
 use crate::nat::{self, dec_ttl, put16, put32};
-use crate::neigh::Neighbors;
+use crate::neigh::{NeighCache, Neighbors};
 use crate::overlay::{self, entropy_port, Outer};
 use crate::port::{Burst, BURST};
 use crate::stats::{DropReason, TaskCounters, WorkerStats};
@@ -95,31 +95,6 @@ const ICMP: u8 = 1;
 const OUTER_CACHE: usize = 16;
 /// Entries of a worker's cache of local tasks' MACs (direct-mapped).
 const MAC_CACHE: usize = 64;
-
-/// Where `ip` goes in a direct-mapped cache of `n` (a power of two) entries: the top bits of a
-/// multiplicative hash, so neighbouring addresses spread.
-#[inline]
-fn cache_index(ip: u32, n: usize) -> usize {
-    (ip.wrapping_mul(0x9e37_79b1) >> (32 - n.trailing_zeros())) as usize
-}
-
-/// Outer headers towards one peer, and the neighbour-table version they were built at.
-#[derive(Debug, Clone, Copy)]
-struct OuterEntry {
-    vtep: u32,
-    port: u16,
-    version: u32,
-    outer: Outer,
-}
-
-impl OuterEntry {
-    const EMPTY: OuterEntry = OuterEntry {
-        vtep: 0,
-        port: 0,
-        version: 0,
-        outer: Outer::EMPTY,
-    };
-}
 
 /// The parsed headers of an IPv4 frame; offsets are within the frame.
 #[derive(Debug, Clone, Copy)]
@@ -313,10 +288,10 @@ pub struct Pipeline {
     resets: ArrayVec<Flow, 64>,
     /// The flow key and hash the prefetch pass computed for the frame being processed.
     hint: (FlowKey, u64),
-    /// Prebuilt outer headers per peer VTEP (emptied when a new table comes).
-    outers: [OuterEntry; OUTER_CACHE],
-    /// Local tasks' MACs: (address, neighbour-table version, MAC); address 0 is empty.
-    macs: [(u32, u32, [u8; 6]); MAC_CACHE],
+    /// Prebuilt outer headers per peer VTEP and port (emptied when a new table comes).
+    outers: NeighCache<(u32, u16), Outer, OUTER_CACHE>,
+    /// Local tasks' MACs.
+    macs: NeighCache<u32, [u8; 6], MAC_CACHE>,
 }
 
 impl Pipeline {
@@ -339,8 +314,8 @@ impl Pipeline {
             arp_sent: [(0, 0); 16],
             resets: ArrayVec::new(),
             hint: (FlowKey::default(), 0),
-            outers: [OuterEntry::EMPTY; OUTER_CACHE],
-            macs: [(0, 0, [0; 6]); MAC_CACHE],
+            outers: NeighCache::new(),
+            macs: NeighCache::new(),
         }
     }
 
@@ -411,7 +386,7 @@ impl Pipeline {
         self.generation = table.generation;
         self.recheck = self.flows.capacity();
         // The local VTEP address and the peers' ports may have changed.
-        self.outers = [OuterEntry::EMPTY; OUTER_CACHE];
+        self.outers.clear();
         if self.cfg.worker == 0 {
             // Warm the neighbour table so the first packet of a flow finds its next hop.
             for (i, n) in table.nodes.iter().enumerate() {
@@ -835,7 +810,7 @@ impl Pipeline {
                 Ok(Verdict::Tx(PortId::Uplink))
             }
             Egress::Tasks => {
-                let Some(mac) = self.mac_of(dst) else {
+                let Some(&mac) = self.macs.get(&self.neigh, dst, dst, |mac| mac) else {
                     self.want(dst, PortId::Tasks, now);
                     return Err(DropReason::NoNeighbor);
                 };
@@ -850,7 +825,11 @@ impl Pipeline {
                 vni,
                 sport,
             } => {
-                let Some(i) = self.outer_to(t, vtep, port) else {
+                let up = self.cfg.uplink_mac;
+                let outer = self.outers.get(&self.neigh, (vtep, port), vtep, |mac| {
+                    Outer::new(up, mac, ipkey(t.node(t.local).vtep), vtep, port)
+                });
+                let Some(outer) = outer else {
                     self.want(vtep, PortId::Uplink, now);
                     return Err(DropReason::NoNeighbor);
                 };
@@ -860,47 +839,10 @@ impl Pipeline {
                     f[0..6].copy_from_slice(&[0; 6]);
                     f[6..12].copy_from_slice(&self.cfg.tasks_mac);
                 }
-                self.outers[i].outer.encap(buf, sport, vni)?;
+                outer.encap(buf, sport, vni)?;
                 Ok(Verdict::Tx(PortId::Uplink))
             }
         }
-    }
-
-    /// The MAC of `ip` (a local task), from a small cache in front of the shared neighbour
-    /// table that stays valid while the table's version does not change.
-    #[inline]
-    fn mac_of(&mut self, ip: u32) -> Option<[u8; 6]> {
-        let version = self.neigh.version();
-        let i = cache_index(ip, MAC_CACHE);
-        let e = &mut self.macs[i];
-        if e.0 == ip && e.1 == version {
-            return Some(e.2);
-        }
-        let mac = self.neigh.get(ip)?;
-        *e = (ip, version, mac);
-        Some(mac)
-    }
-
-    /// The index in `outers` of the prebuilt outer headers towards `vtep:port`, built now if
-    /// they are missing or the neighbour table changed since; `None` while the peer's MAC is
-    /// unknown.
-    #[inline]
-    fn outer_to(&mut self, t: &ServiceTable, vtep: u32, port: u16) -> Option<usize> {
-        let version = self.neigh.version();
-        let i = cache_index(vtep, OUTER_CACHE);
-        let e = &self.outers[i];
-        if e.vtep == vtep && e.port == port && e.version == version {
-            return Some(i);
-        }
-        let mac = self.neigh.get(vtep)?;
-        let src = ipkey(t.node(t.local).vtep);
-        self.outers[i] = OuterEntry {
-            vtep,
-            port,
-            version,
-            outer: Outer::new(self.cfg.uplink_mac, mac, src, vtep, port),
-        };
-        Some(i)
     }
 
     // ---- overlay --------------------------------------------------------------------------

@@ -62,12 +62,6 @@ pub struct Outer {
 }
 
 impl Outer {
-    /// All zero: a placeholder for an empty cache entry.
-    pub const EMPTY: Outer = Outer {
-        hdr: [0; vxlan::ENCAP_LEN],
-        ip_sum: 0,
-    };
-
     pub fn new(src_mac: [u8; 6], dst_mac: [u8; 6], src: u32, dst: u32, dport: u16) -> Self {
         let mut f = [0u8; vxlan::ENCAP_LEN];
         f[0..6].copy_from_slice(&dst_mac);
