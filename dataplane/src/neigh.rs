@@ -221,7 +221,6 @@ mod tests {
         );
         c.clear();
         assert_eq!(get(&mut c, 5), Some([2, 0, 0, 0, 0, 2]));
-        drop(get);
         assert_eq!(made, 3);
     }
 
