@@ -323,19 +323,12 @@ impl AfPacketPort {
 
         // Protocol 0: the socket receives nothing until it is bound to the interface below, so
         // no frame of another interface slips in while the rings are set up.
-        // SAFETY: plain system call with constant arguments.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => {
-                    AfPacketError::PermissionDenied(ifname.to_owned())
-                }
-                _ => io_err("socket(AF_PACKET)")(e),
-            });
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = raw_socket(libc::AF_PACKET).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                AfPacketError::PermissionDenied(ifname.to_owned())
+            }
+            _ => io_err("socket(AF_PACKET)")(e),
+        })?;
         let s = fd.as_raw_fd();
 
         let (version, version_name) = match cfg.rx_ring {
@@ -525,20 +518,15 @@ impl AfPacketPort {
     pub fn stats(&mut self) -> AfPacketStats {
         // SAFETY: tpacket_stats_v3 is plain data; all-zero is a valid value.
         let mut st: libc::tpacket_stats_v3 = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
-        // SAFETY: `st` is writable for `len` bytes and `len` is a valid in/out length.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_STATISTICS,
-                ptr::from_mut(&mut st).cast(),
-                &mut len,
-            )
-        };
+        let r = getsockopt_level(
+            self.fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut st,
+        );
         // It cannot fail on an open packet socket with a right-sized buffer; if it ever does,
         // the kernel keeps its counts and the next call picks them up.
-        if r == 0 {
+        if r.is_ok() {
             self.stats.rx_dropped += u64::from(st.tp_drops);
             self.stats.rx_ring_frozen += u64::from(st.tp_freeze_q_cnt);
         }
@@ -843,11 +831,7 @@ impl Port for AfPacketPort {
         let mut sent = 0;
         for buf in frames.drain(..) {
             let data = buf.data();
-            let tagged = data.len() >= ETH_HLEN
-                && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
-            let max = (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 })
-                .min(self.frame_size - self.tx_data_offset);
-            if data.len() < ETH_HLEN || data.len() > max {
+            if !sendable(data, self.mtu, self.frame_size - self.tx_data_offset) {
                 self.stats.tx_bad_len += 1;
                 pool.put(buf);
                 continue;
@@ -998,6 +982,48 @@ pub(super) fn setsockopt_level<T>(
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Reads socket option `level`/`name` into `val`, a plain-data struct the caller made (all
+/// zero, say); returns how many bytes the kernel wrote (some options write fewer than the
+/// struct on older kernels or other socket modes).
+pub(super) fn getsockopt_level<T>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    val: &mut T,
+) -> io::Result<usize> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `val` is writable for `len` bytes (its exact size) and lives across the call;
+    // `len` is a valid in/out length.
+    let r = unsafe { libc::getsockopt(fd, level, name, ptr::from_mut(val).cast(), &mut len) };
+    if r == 0 {
+        Ok(len as usize)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A new raw socket of `domain` (`AF_PACKET` with protocol 0 receives nothing until bound).
+pub(super) fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: plain system call with constant arguments.
+    let raw = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Whether a port can send `frame`: an Ethernet header at least, at most the interface's `mtu`
+/// plus the header (and a VLAN tag when it has one), and at most the `room` of a TX slot.
+#[inline]
+pub(super) fn sendable(frame: &[u8], mtu: usize, room: usize) -> bool {
+    let Some(h) = frame.first_chunk::<ETH_HLEN>() else {
+        return false;
+    };
+    let tagged = matches!(u16::from_be_bytes([h[12], h[13]]), 0x8100 | 0x88a8);
+    frame.len() <= (mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 }).min(room)
 }
 
 /// The interface's MTU, read on `fd` (so in the socket's network namespace).

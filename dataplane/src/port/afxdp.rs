@@ -42,14 +42,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::afpacket::{interface_mtu, setsockopt_level};
+use super::afpacket::{getsockopt_level, interface_mtu, raw_socket, sendable, setsockopt_level};
 use super::{Burst, Port, PortCounters};
 use crate::buf::{Pool, PortId};
 
-/// Bytes of an Ethernet header (no tag).
-const ETH_HLEN: usize = 14;
-/// Bytes of one 802.1Q / 802.1ad tag.
-const VLAN_HLEN: usize = 4;
 /// Bytes per UMEM frame (the kernel's minimum chunk size; a page holds two). The kernel keeps
 /// 256 bytes free in front of a received frame (`XDP_PACKET_HEADROOM`), so frames up to 1792
 /// bytes are received; longer ones are dropped by the kernel (no multi-buffer `XDP_USE_SG`).
@@ -527,13 +523,7 @@ impl AfXdpPort {
 
         // An AF_PACKET socket of protocol 0 receives nothing: it reads the MTU (an XDP socket
         // has no ioctls) and, kept open, holds the interface promiscuous.
-        // SAFETY: plain system call with constant arguments.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(refused("socket(AF_PACKET)")(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let ctl = unsafe { OwnedFd::from_raw_fd(raw) };
+        let ctl = raw_socket(libc::AF_PACKET).map_err(refused("socket(AF_PACKET)"))?;
         let mtu = interface_mtu(ctl.as_raw_fd(), &cname)
             .map_err(io_err("reading the MTU (SIOCGIFMTU)"))?;
         let promisc = if cfg.promiscuous {
@@ -555,13 +545,7 @@ impl AfXdpPort {
             None
         };
 
-        // SAFETY: plain system call with constant arguments.
-        let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(refused("socket(AF_XDP)")(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = raw_socket(libc::AF_XDP).map_err(refused("socket(AF_XDP)"))?;
         let s = fd.as_raw_fd();
         let xdp_opt = |name: libc::c_int, v: &u32, what: &'static str| {
             setsockopt_level(s, libc::SOL_XDP, name, v).map_err(refused(what))
@@ -592,23 +576,14 @@ impl AfXdpPort {
 
         // SAFETY: xdp_mmap_offsets is plain data; all-zero is a valid value.
         let mut off: libc::xdp_mmap_offsets = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::xdp_mmap_offsets>() as libc::socklen_t;
-        // SAFETY: `off` is writable for `len` bytes and `len` is a valid in/out length.
-        let r = unsafe {
-            libc::getsockopt(
-                s,
-                libc::SOL_XDP,
-                libc::XDP_MMAP_OFFSETS,
-                ptr::from_mut(&mut off).cast(),
-                &mut len,
-            )
-        };
-        if r != 0 || len as usize != size_of::<libc::xdp_mmap_offsets>() {
-            return Err(refused("XDP_MMAP_OFFSETS")(if r != 0 {
-                io::Error::last_os_error()
-            } else {
-                io::Error::from_raw_os_error(libc::EINVAL)
-            }));
+        match getsockopt_level(s, libc::SOL_XDP, libc::XDP_MMAP_OFFSETS, &mut off) {
+            Ok(len) if len == size_of::<libc::xdp_mmap_offsets>() => {}
+            Ok(_) => {
+                return Err(refused("XDP_MMAP_OFFSETS")(io::Error::from_raw_os_error(
+                    libc::EINVAL,
+                )))
+            }
+            Err(e) => return Err(refused("XDP_MMAP_OFFSETS")(e)),
         }
         let d = size_of::<libc::xdp_desc>();
         let rx = Ring::open(s, &off.rx, half, d, libc::XDP_PGOFF_RX_RING as u64, false)
@@ -681,18 +656,8 @@ impl AfXdpPort {
         }
         let zero_copy = {
             let mut o = libc::xdp_options { flags: 0 };
-            let mut len = size_of::<libc::xdp_options>() as libc::socklen_t;
-            // SAFETY: `o` is writable for `len` bytes and `len` is a valid in/out length.
-            let r = unsafe {
-                libc::getsockopt(
-                    s,
-                    libc::SOL_XDP,
-                    libc::XDP_OPTIONS,
-                    ptr::from_mut(&mut o).cast(),
-                    &mut len,
-                )
-            };
-            r == 0 && o.flags & libc::XDP_OPTIONS_ZEROCOPY != 0
+            getsockopt_level(s, libc::SOL_XDP, libc::XDP_OPTIONS, &mut o).is_ok()
+                && o.flags & libc::XDP_OPTIONS_ZEROCOPY != 0
         };
 
         // The XSKMAP: the socket at its queue's index.
@@ -826,24 +791,19 @@ impl AfXdpPort {
     pub fn stats(&mut self) -> AfXdpStats {
         // SAFETY: xdp_statistics is plain data; all-zero is a valid value.
         let mut st: libc::xdp_statistics = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::xdp_statistics>() as libc::socklen_t;
-        // SAFETY: `st` is writable for `len` bytes and `len` is a valid in/out length.
-        let r = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                ptr::from_mut(&mut st).cast(),
-                &mut len,
-            )
-        };
+        let r = getsockopt_level(
+            self.fd.as_raw_fd(),
+            libc::SOL_XDP,
+            libc::XDP_STATISTICS,
+            &mut st,
+        );
         // It cannot fail on a bound socket with a right-sized buffer; if it ever does, the
         // totals are read again next time.
-        if r == 0 {
+        if let Ok(len) = r {
             self.stats.rx_dropped = st.rx_dropped;
             self.stats.rx_invalid = st.rx_invalid_descs;
             self.stats.tx_invalid = st.tx_invalid_descs;
-            if len as usize == size_of::<libc::xdp_statistics>() {
+            if len == size_of::<libc::xdp_statistics>() {
                 self.stats.rx_ring_full = st.rx_ring_full;
                 self.stats.rx_fill_empty = st.rx_fill_ring_empty_descs;
             }
@@ -987,11 +947,7 @@ impl Port for AfXdpPort {
         let mut sent = 0;
         for buf in frames.drain(..) {
             let data = buf.data();
-            let tagged = data.len() >= ETH_HLEN
-                && matches!(u16::from_be_bytes([data[12], data[13]]), 0x8100 | 0x88a8);
-            let max =
-                (self.mtu + ETH_HLEN + if tagged { VLAN_HLEN } else { 0 }).min(FRAME_SIZE as usize);
-            if data.len() < ETH_HLEN || data.len() > max {
+            if !sendable(data, self.mtu, FRAME_SIZE as usize) {
                 self.stats.tx_bad_len += 1;
                 pool.put(buf);
                 continue;
