@@ -377,12 +377,6 @@ pub enum ForwardError {
     NoAfXdp,
 }
 
-/// What a forwarder's ports counted.
-struct FwdCounts {
-    rx_dropped: u64,
-    tx_full: u64,
-}
-
 /// A plain forwarder: frames from `input` out of `output` (the same interface when `output` is
 /// `None`), with the destination and source MACs rewritten when `rewrite` is given (`(dst,
 /// src)`). Same ports ([`Io`]: AF_PACKET or AF_XDP), ring geometry and idle policy as a meshd
@@ -402,10 +396,7 @@ pub fn forward(
                 ..AfPacketConfig::default()
             };
             let rx = AfPacketPort::open(input, &cfg)?;
-            let tx = match output {
-                Some(o) => Some(AfPacketPort::open(o, &cfg)?),
-                None => None,
-            };
+            let tx = output.map(|o| AfPacketPort::open(o, &cfg)).transpose()?;
             Ok(forward_on(rx, tx, rewrite, stop))
         }
         #[cfg(feature = "afxdp")]
@@ -416,10 +407,7 @@ pub fn forward(
                 ..AfXdpConfig::default()
             };
             let rx = AfXdpPort::open(input, &cfg)?;
-            let tx = match output {
-                Some(o) => Some(AfXdpPort::open(o, &cfg)?),
-                None => None,
-            };
+            let tx = output.map(|o| AfXdpPort::open(o, &cfg)).transpose()?;
             Ok(forward_on(rx, tx, rewrite, stop))
         }
         #[cfg(not(feature = "afxdp"))]
@@ -427,33 +415,7 @@ pub fn forward(
     }
 }
 
-/// The counters [`forward`] reports, of either backend.
-trait Counted: Port {
-    fn fwd_counts(&mut self) -> FwdCounts;
-}
-
-impl Counted for AfPacketPort {
-    fn fwd_counts(&mut self) -> FwdCounts {
-        let s = self.stats();
-        FwdCounts {
-            rx_dropped: s.rx_dropped,
-            tx_full: s.tx_ring_full,
-        }
-    }
-}
-
-#[cfg(feature = "afxdp")]
-impl Counted for dataplane::port::afxdp::AfXdpPort {
-    fn fwd_counts(&mut self) -> FwdCounts {
-        let s = self.stats();
-        FwdCounts {
-            rx_dropped: s.rx_dropped + s.rx_ring_full,
-            tx_full: s.tx_ring_full,
-        }
-    }
-}
-
-fn forward_on<P: Counted>(
+fn forward_on<P: Port>(
     mut rx: P,
     mut tx: Option<P>,
     rewrite: Option<([u8; 6], [u8; 6])>,
@@ -497,8 +459,8 @@ fn forward_on<P: Counted>(
             None => rx.tx_burst(&mut burst, &mut pool),
         } as u64;
     }
-    let rs = rx.fwd_counts();
-    let ts = tx.as_mut().map_or(rs.tx_full, |t| t.fwd_counts().tx_full);
+    let rs = rx.counters();
+    let ts = tx.as_mut().map_or(rs.tx_full, |t| t.counters().tx_full);
     Forwarded {
         frames,
         rx_dropped: rs.rx_dropped,
