@@ -292,20 +292,10 @@ impl AfPacketPort {
     /// Opens a port on `ifname` (which must exist in the calling thread's network namespace).
     pub fn open(ifname: &str, cfg: &AfPacketConfig) -> Result<AfPacketPort, AfPacketError> {
         let geo = Geometry::check(cfg)?;
-        if ifname.is_empty()
-            || ifname.len() >= libc::IFNAMSIZ
-            || ifname
-                .bytes()
-                .any(|c| c == 0 || c == b'/' || c.is_ascii_whitespace())
-        {
-            return Err(AfPacketError::BadName(ifname.to_owned()));
-        }
-        let cname = CString::new(ifname).map_err(|_| AfPacketError::BadName(ifname.to_owned()))?;
-        // SAFETY: `cname` is a NUL-terminated string that lives across the call.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(AfPacketError::NoSuchInterface(ifname.to_owned()));
-        }
+        let (cname, ifindex) = interface(ifname).map_err(|e| match e {
+            IfLookup::BadName => AfPacketError::BadName(ifname.to_owned()),
+            IfLookup::NoSuchInterface => AfPacketError::NoSuchInterface(ifname.to_owned()),
+        })?;
         let io_err = |op: &'static str| {
             move |source: io::Error| AfPacketError::Io {
                 ifname: ifname.to_owned(),
@@ -982,6 +972,35 @@ pub(super) fn setsockopt_level<T>(
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Why [`interface`] found no interface.
+pub(super) enum IfLookup {
+    /// Not a name an interface can have.
+    BadName,
+    /// No interface of that name in the calling thread's network namespace.
+    NoSuchInterface,
+}
+
+/// `ifname` checked (not empty, shorter than `IFNAMSIZ`, no NUL, `/` or white space, as Linux
+/// requires of interface names) and looked up in the calling thread's network namespace: its C
+/// string and its index.
+pub(super) fn interface(ifname: &str) -> Result<(CString, libc::c_uint), IfLookup> {
+    if ifname.is_empty()
+        || ifname.len() >= libc::IFNAMSIZ
+        || ifname
+            .bytes()
+            .any(|c| c == 0 || c == b'/' || c.is_ascii_whitespace())
+    {
+        return Err(IfLookup::BadName);
+    }
+    let cname = CString::new(ifname).map_err(|_| IfLookup::BadName)?;
+    // SAFETY: `cname` is a NUL-terminated string that lives across the call.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if ifindex == 0 {
+        return Err(IfLookup::NoSuchInterface);
+    }
+    Ok((cname, ifindex))
 }
 
 /// Reads socket option `level`/`name` into `val`, a plain-data struct the caller made (all

@@ -35,14 +35,15 @@
 //! owns them.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::afpacket::{getsockopt_level, interface_mtu, raw_socket, sendable, setsockopt_level};
+use super::afpacket::{
+    getsockopt_level, interface, interface_mtu, raw_socket, sendable, setsockopt_level, IfLookup,
+};
 use super::{Burst, Port, PortCounters};
 use crate::buf::{Pool, PortId};
 
@@ -483,16 +484,10 @@ impl AfXdpPort {
                 cfg.frames
             )));
         }
-        if ifname.is_empty() || ifname.len() >= libc::IFNAMSIZ || ifname.contains(['/', ' ', '\0'])
-        {
-            return Err(AfXdpError::BadName(ifname.to_owned()));
-        }
-        let cname = CString::new(ifname).map_err(|_| AfXdpError::BadName(ifname.to_owned()))?;
-        // SAFETY: `cname` is a NUL-terminated string that lives across the call.
-        let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if ifindex == 0 {
-            return Err(AfXdpError::NoSuchInterface(ifname.to_owned()));
-        }
+        let (cname, ifindex) = interface(ifname).map_err(|e| match e {
+            IfLookup::BadName => AfXdpError::BadName(ifname.to_owned()),
+            IfLookup::NoSuchInterface => AfXdpError::NoSuchInterface(ifname.to_owned()),
+        })?;
         let io_err = |op: &'static str| {
             move |source: io::Error| AfXdpError::Io {
                 ifname: ifname.to_owned(),
