@@ -210,11 +210,12 @@ pub struct AfPacketStats {
     pub rx_csum_partial: u64,
 }
 
-/// The shared memory of the rings. Unmapped on drop.
+/// Memory mapped for a port: its rings shared with the kernel, or (AF_XDP) its UMEM. Unmapped
+/// on drop.
 #[derive(Debug)]
-struct Mapping {
+pub(super) struct Mapping {
     base: NonNull<u8>,
-    len: usize,
+    pub(super) len: usize,
 }
 
 // SAFETY: the mapping is owned by exactly one `Mapping`, itself owned by one port, and is only
@@ -223,10 +224,41 @@ struct Mapping {
 unsafe impl Send for Mapping {}
 
 impl Mapping {
+    /// Maps `len` bytes, populated: of the socket `fd` at offset `pgoff` (its rings), or
+    /// anonymous memory when `fd` is `None`.
+    pub(super) fn new(fd: Option<RawFd>, len: usize, pgoff: u64) -> io::Result<Mapping> {
+        let (flags, fd) = match fd {
+            Some(fd) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd),
+            None => (
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+            ),
+        };
+        // SAFETY: a new mapping at an address the kernel picks; no existing memory is
+        // affected. The kernel checks a ring mapping's length and offset against the rings it
+        // set up.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                fd,
+                pgoff as libc::off_t,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        NonNull::new(base.cast::<u8>())
+            .map(|base| Mapping { base, len })
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))
+    }
+
     /// Pointer to byte `off` of the mapping. Computing it is safe; dereferencing needs
     /// `off + len <= self.len`, which the callers' ring geometry guarantees.
     #[inline]
-    fn at(&self, off: usize) -> *mut u8 {
+    pub(super) fn at(&self, off: usize) -> *mut u8 {
         debug_assert!(off <= self.len);
         self.base.as_ptr().wrapping_add(off)
     }
@@ -378,28 +410,9 @@ impl AfPacketPort {
             }
         }
 
-        let map_len = 2 * geo.ring_len;
-        // SAFETY: maps the socket's rings, whose total size is exactly `map_len` (the kernel
-        // checks it); no existing memory is affected.
-        let base = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                s,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(io_err("mmap of the rings")(io::Error::last_os_error()));
-        }
-        let Some(base) = NonNull::new(base.cast::<u8>()) else {
-            return Err(io_err("mmap of the rings")(io::Error::from_raw_os_error(
-                libc::EFAULT,
-            )));
-        };
-        let ring = Mapping { base, len: map_len };
+        // Both rings: exactly their total size (the kernel checks it).
+        let ring =
+            Mapping::new(Some(s), 2 * geo.ring_len, 0).map_err(io_err("mmap of the rings"))?;
 
         // Frames in flight on the TX ring count against the socket's send buffer; when it is
         // full the kernel leaves the rest for the next kick. Let a whole ring be in flight. Best

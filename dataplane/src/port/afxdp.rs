@@ -38,11 +38,12 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::{self, NonNull};
+use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::afpacket::{
     getsockopt_level, interface, interface_mtu, raw_socket, sendable, setsockopt_level, IfLookup,
+    Mapping,
 };
 use super::{Burst, Port, PortCounters};
 use crate::buf::{Pool, PortId};
@@ -171,71 +172,11 @@ pub struct AfXdpStats {
     pub tx_invalid: u64,
 }
 
-/// A shared memory region (UMEM or a ring). Unmapped on drop.
-#[derive(Debug)]
-struct Region {
-    base: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: each region is owned by exactly one `Region`, itself owned by one port, and only
-// accessed through that port's `&mut self` methods, so moving it to another thread moves every
-// user-space access with it.
-unsafe impl Send for Region {}
-
-impl Region {
-    /// Pointer to byte `off`. Computing it is safe; dereferencing needs `off + len <= self.len`.
-    #[inline]
-    fn at(&self, off: usize) -> *mut u8 {
-        debug_assert!(off <= self.len);
-        self.base.as_ptr().wrapping_add(off)
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly what mmap returned and nothing else unmaps them; no
-        // reference into the region outlives the port that owns it.
-        unsafe {
-            libc::munmap(self.base.as_ptr().cast(), self.len);
-        }
-    }
-}
-
-/// Maps `len` bytes: of the socket `fd` at offset `pgoff` (a ring), or anonymous memory.
-fn map(fd: Option<RawFd>, len: usize, pgoff: u64) -> io::Result<Region> {
-    let (flags, fd) = match fd {
-        Some(fd) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd),
-        None => (
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-        ),
-    };
-    // SAFETY: a new mapping at an address the kernel picks; no existing memory is affected. The
-    // kernel checks a ring's length and offset against the ring it set up.
-    let base = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            flags,
-            fd,
-            pgoff as libc::off_t,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    NonNull::new(base.cast::<u8>())
-        .map(|base| Region { base, len })
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))
-}
-
 /// One of the four single-producer single-consumer rings shared with the kernel. User space
 /// produces on the fill and TX rings and consumes from the RX and completion rings.
 #[derive(Debug)]
 struct Ring {
-    region: Region,
+    region: Mapping,
     /// Offset of the index user space writes (producer or consumer) and of the kernel's.
     mine: usize,
     theirs: usize,
@@ -266,7 +207,7 @@ impl Ring {
                 "the kernel's ring offsets are not as expected",
             ));
         }
-        let region = map(Some(fd), desc + size as usize * entry, pgoff)?;
+        let region = Mapping::new(Some(fd), desc + size as usize * entry, pgoff)?;
         let (mine, theirs) = if produce { (prod, cons) } else { (cons, prod) };
         // SAFETY: both indices were checked above to lie before the entries, inside the
         // mapping, 4-byte aligned; the kernel set them up before the mmap.
@@ -457,7 +398,7 @@ pub struct AfXdpPort {
     fill: Ring,
     comp: Ring,
     fd: OwnedFd,
-    umem: Region,
+    umem: Mapping,
     /// An AF_PACKET socket holding the interface promiscuous (dropped with it), when asked.
     _promisc: Option<OwnedFd>,
     /// TX frames of the UMEM not in flight (addresses); never grows past its capacity.
@@ -548,14 +489,14 @@ impl AfXdpPort {
 
         let half = cfg.frames / 2;
         let umem_len = cfg.frames as usize * FRAME_SIZE as usize;
-        let umem = map(None, umem_len, 0).map_err(|e| match e.raw_os_error() {
+        let umem = Mapping::new(None, umem_len, 0).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOMEM) => AfXdpError::Config(format!(
                 "could not allocate {umem_len} bytes of UMEM: lower frames"
             )),
             _ => io_err("mmap of the UMEM")(e),
         })?;
         let reg = libc::xdp_umem_reg {
-            addr: umem.base.as_ptr() as u64,
+            addr: umem.at(0) as u64,
             len: umem_len as u64,
             chunk_size: FRAME_SIZE,
             headroom: 0,
