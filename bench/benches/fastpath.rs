@@ -82,7 +82,7 @@ fn lookup(c: &mut Criterion) {
             .map(|i| {
                 let f = flow(i);
                 t.insert(f, 0).unwrap();
-                f.keys[0]
+                f.keys()[0]
             })
             .collect();
         let mut i = 0usize;

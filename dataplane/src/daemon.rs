@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::balance::ServiceTable;
 use crate::buf::PortId;
 use crate::control::{Controller, Persisted, Server, StateStore};
+use crate::flow::{FlowTable, MAX_FLOWS};
 use crate::host::{HostConfig, HostShared, HostStack, Upstream};
 use crate::neigh::Neighbors;
 use crate::pipeline::Config;
@@ -87,7 +88,8 @@ pub struct Args {
     /// Where the state is persisted across restarts.
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Flow table size per worker; a full table evicts its stalest flows.
+    /// Flow table size per worker (16 to 268435456, 228 bytes each, allocated at start; default
+    /// 1048576); a full table evicts its stalest flows.
     #[arg(long)]
     pub flows: Option<usize>,
     /// Keep workers spinning when idle (lowest latency; a core at 100% each).
@@ -264,6 +266,16 @@ impl Args {
                 )));
             }
         }
+        let flows = self.flows.or(file.flows).unwrap_or(1 << 20);
+        if !(16..=MAX_FLOWS).contains(&flows) {
+            return Err(StartError::Config(format!(
+                "--flows {flows}: a worker's flow table takes 16 to {MAX_FLOWS} flows (each \
+                 costs {} bytes per worker, allocated at start: the default, 1048576 flows, \
+                 takes {} MiB per worker)",
+                FlowTable::BYTES_PER_FLOW,
+                FlowTable::BYTES_PER_FLOW
+            )));
+        }
         Ok(Settings {
             socket: self
                 .socket
@@ -279,7 +291,7 @@ impl Args {
             uplink,
             tasks,
             cores,
-            flows: self.flows.or(file.flows).unwrap_or(1 << 20),
+            flows,
             busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
             io,
             rx_ring: self.rx_ring.or(file.rx_ring).unwrap_or_default().into(),
@@ -629,6 +641,24 @@ mod tests {
             assert!(args(&["--cores", "0,1"]).resolve().is_ok());
         } else {
             assert_eq!(xdp.unwrap_err().to_string(), NO_AFXDP);
+        }
+    }
+
+    #[test]
+    fn a_flow_table_size_out_of_range_is_refused_with_the_range() {
+        assert_eq!(args(&[]).resolve().unwrap().flows, 1 << 20);
+        assert_eq!(args(&["--flows", "16"]).resolve().unwrap().flows, 16);
+        assert_eq!(
+            FlowTable::BYTES_PER_FLOW,
+            228,
+            "--flows's help says 228 bytes"
+        );
+        for bad in ["0", "15", "268435457"] {
+            let e = args(&["--flows", bad]).resolve().unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("--flows {bad}")) && e.contains("16 to 268435456"),
+                "{e}"
+            );
         }
     }
 

@@ -427,9 +427,9 @@ impl Pipeline {
                 *k = (key, h);
             }
         }
-        for (key, h) in keys.iter().take(burst.len()) {
+        for (_, h) in keys.iter().take(burst.len()) {
             if *h != 0 {
-                self.flows.prefetch_flow(key, *h);
+                self.flows.prefetch_flow(*h);
             }
         }
         for (i, buf) in burst.iter_mut().enumerate() {
