@@ -8,7 +8,7 @@ use bench::scenarios::{measure, Kind, Measured};
 #[command(
     name = "bench",
     about = "Measure meshd's packet pipeline",
-    after_help = "EXAMPLES:\n  cargo run --release -p bench -- pipeline           # the table in the README\n  cargo run --release -p bench -- pipeline --json    # the same as JSON\n  cargo run --release -p bench -- pipeline --quick   # a few seconds, for CI"
+    after_help = "EXAMPLES:\n  cargo run --release -p bench -- pipeline           # the table in the README\n  cargo run --release -p bench -- pipeline --json    # the same as JSON\n  cargo run --release -p bench -- pipeline --quick   # a few seconds, for CI\n  cargo run --release -p bench -- cache              # this core's real cache share"
 )]
 struct Args {
     #[command(subcommand)]
@@ -37,6 +37,17 @@ enum Cmd {
         #[arg(long)]
         flows: Option<usize>,
     },
+    /// Memory latency by working-set size (a random pointer chase, one 64-byte line a load):
+    /// how much last-level cache one core really gets here. On a shared VM it is far less than
+    /// lscpu says, and it decides how the flow-table scenarios above fare (docs/perf.md).
+    Cache {
+        /// Working-set sizes in MiB.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,6,8,12,16,32,64")]
+        mib: Vec<usize>,
+        /// Loads timed per size.
+        #[arg(long, default_value_t = 20_000_000)]
+        loads: usize,
+    },
     /// meshd, the Linux kernel (nftables DNAT + VXLAN, Swarm's way) and the veth ceiling
     /// (dpdk-testpmd) side by side in network namespaces: zero-loss throughput, delivered rate
     /// at full load, latency percentiles, TCP connection rate. Needs root.
@@ -48,6 +59,13 @@ fn main() {
     let args = Args::parse();
     match args.cmd {
         Cmd::Mesh(a) => std::process::exit(bench::mesh::cli::main(a)),
+        Cmd::Cache { mib, loads } => {
+            println!("{:>10} {:>12}", "MiB", "ns/load");
+            for m in mib {
+                let ns = bench::cache::chase(m << 20, loads.max(1));
+                println!("{m:>10} {ns:>12.1}");
+            }
+        }
         Cmd::Pipeline {
             json,
             quick,

@@ -12,7 +12,7 @@ pub mod daemon;
 pub mod fastmap;
 pub mod flow;
 pub mod host;
-mod hugepage;
+pub mod hugepage;
 pub mod metrics;
 pub mod nat;
 pub mod neigh;
