@@ -4,8 +4,9 @@
 //! keys, one per direction, and an [`Action`] for each: how to rewrite and where to send a
 //! packet that matches that key.
 //!
-//! The table is an open-addressing index (linear probing, backward-shift deletion) into an arena
-//! of flows. Both are sized once for `capacity` flows. When the arena is full, a new flow evicts
+//! The table is an open-addressing index (linear probing, backward-shift deletion) of 8-byte
+//! slots, a hash tag and a place, into an arena of flows that hold the keys. Both are sized once
+//! for `capacity` flows. When the arena is full, a new flow evicts
 //! the least recently seen of a small sample of flows (an approximation of "oldest idle" that
 //! costs no per-packet bookkeeping) and counts it.
 
