@@ -88,8 +88,8 @@ pub struct Args {
     /// Where the state is persisted across restarts.
     #[arg(long)]
     pub state: Option<PathBuf>,
-    /// Flow table size per worker (16 to 268435456, 228 bytes each, allocated at start; default
-    /// 1048576); a full table evicts its stalest flows.
+    /// Flow table size per worker (16 to 268435456, about 228 bytes each, allocated at start;
+    /// default 1048576); a full table evicts its stalest flows.
     #[arg(long)]
     pub flows: Option<usize>,
     /// Keep workers spinning when idle (lowest latency; a core at 100% each).
@@ -270,7 +270,7 @@ impl Args {
         if !(16..=MAX_FLOWS).contains(&flows) {
             return Err(StartError::Config(format!(
                 "--flows {flows}: a worker's flow table takes 16 to {MAX_FLOWS} flows (each \
-                 costs {} bytes per worker, allocated at start: the default, 1048576 flows, \
+                 costs about {} bytes per worker, allocated at start: the default, 1048576 flows, \
                  takes {} MiB per worker)",
                 FlowTable::BYTES_PER_FLOW,
                 FlowTable::BYTES_PER_FLOW

@@ -6,9 +6,9 @@
 //!
 //! The table is an open-addressing index (linear probing, backward-shift deletion) of 8-byte
 //! slots, a hash tag and a place, into an arena of flows that hold the keys. Both are sized once
-//! for `capacity` flows. When the arena is full, a new flow evicts
-//! the least recently seen of a small sample of flows (an approximation of "oldest idle" that
-//! costs no per-packet bookkeeping) and counts it.
+//! for `capacity` flows. When the arena is full, a new flow evicts the least recently seen of a
+//! small sample of flows (an approximation of "oldest idle" that costs no per-packet
+//! bookkeeping) and counts it.
 
 use crate::fastmap::mix64;
 use crate::wire::checksum::Delta;
@@ -298,8 +298,9 @@ pub const MAX_FLOWS: usize = 1 << 28;
 /// One slot of the index, 8 bytes, eight to a cache line: the low 32 bits of its key's hash
 /// (which give the slot's home, and tell most other keys apart without reading the flow) and
 /// where the flow is. A lookup confirms the key in the flow's line for that direction, the line
-/// the packet needs next anyway; a key's index thus costs one line per eight keys, small enough
-/// for the index of 64 K flows to stay in a core's L2 cache.
+/// the packet needs next anyway. The index of 64 K flows is 2 MiB (24-byte key slots took 6,
+/// and a quarter of them straddled two lines): what decides the speed once the flows outgrow
+/// the cache is how many bytes a packet needs (docs/perf.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(8))]
 struct Slot {
@@ -372,7 +373,8 @@ const PENDING: usize = 32;
 const EVICT_SAMPLE: usize = 16;
 
 impl FlowTable {
-    /// Memory a flow of capacity takes: its record, four index slots and a free-list entry.
+    /// Memory a flow of capacity takes when the capacity is a power of two: its record, four
+    /// index slots and a free-list entry (the index rounds up to a power of two).
     pub const BYTES_PER_FLOW: usize =
         std::mem::size_of::<Flow>() + 4 * std::mem::size_of::<Slot>() + 4;
 
@@ -546,8 +548,9 @@ impl FlowTable {
     }
 
     /// Inserts `flow` whose keys the caller has just looked up and found absent (and whose hashes
-    /// it has): the new-flow path saves two lookups. Keys that are in fact present make the
-    /// older entry unreachable until it expires; `insert` checks and is the safe default.
+    /// it has): the new-flow path saves two lookups. A key that is in fact present is then held
+    /// twice, and lookups find the entry nearer its home, the older one, until that expires;
+    /// `insert` checks and is the safe default.
     #[inline]
     pub fn insert_absent(
         &mut self,
