@@ -9,16 +9,8 @@ use std::time::Instant;
 /// on 2 MiB pages where the kernel gives them, as the flow table is), timed over `loads` loads.
 pub fn chase(bytes: usize, loads: usize) -> f64 {
     let lines = (bytes / 64).max(2);
-    // One cycle through every line, in random order (Sattolo's shuffle; xorshift, so every run
-    // walks the same cycle).
-    let mut order: Vec<u32> = (0..lines as u32).collect();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for i in (1..lines).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % i as u64) as usize);
-    }
+    // One cycle through every line, in random order (the same cycle every run).
+    let order = crate::scenarios::shuffled(lines, true);
     let mut next = dataplane::hugepage::vec_of(lines, [0u64; 8]);
     for (line, &to) in next.iter_mut().zip(&order) {
         line[0] = u64::from(to);
@@ -40,6 +32,18 @@ pub fn chase(bytes: usize, loads: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_chase_walks_one_cycle_through_every_line() {
+        let order = crate::scenarios::shuffled(1000, true);
+        let (mut p, mut seen) = (0usize, vec![false; 1000]);
+        for _ in 0..1000 {
+            assert!(!seen[p], "line {p} visited twice before the cycle closed");
+            seen[p] = true;
+            p = order[p] as usize;
+        }
+        assert_eq!(p, 0);
+    }
 
     #[test]
     fn the_chase_runs_and_reports_a_latency() {

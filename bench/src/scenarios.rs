@@ -180,15 +180,18 @@ fn pad(mut f: Vec<u8>) -> Vec<u8> {
     f
 }
 
-/// A deterministic shuffle (xorshift), so runs replay the same order.
-fn shuffled(n: usize) -> Vec<u32> {
+/// `0..n` in a deterministic random order (xorshift), so runs replay the same order. With
+/// `one_cycle`, Sattolo's variant: read as "i is followed by v[i]", the order is a single cycle
+/// through all `n`.
+pub(crate) fn shuffled(n: usize, one_cycle: bool) -> Vec<u32> {
     let mut v: Vec<u32> = (0..n as u32).collect();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for i in (1..n).rev() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        v.swap(i, (x % (i as u64 + 1)) as usize);
+        let span = if one_cycle { i } else { i + 1 };
+        v.swap(i, (x % span as u64) as usize);
     }
     v
 }
@@ -303,7 +306,7 @@ impl Scenario {
         let order = if kind == Kind::NewFlows {
             (0..flows as u32).collect()
         } else {
-            shuffled(flows)
+            shuffled(flows, false)
         };
         let build = |flags: u8| {
             let mut all = Vec::with_capacity(flows * stride);
