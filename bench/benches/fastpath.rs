@@ -204,6 +204,7 @@ fn whole(c: &mut Criterion) {
         (Kind::Ingress, 1 << 16),
         (Kind::Vip, 1 << 14),
         (Kind::Decap, 1 << 16),
+        (Kind::Replies, 1 << 16),
     ] {
         let mut s = Scenario::new(kind, flows);
         g.throughput(Throughput::Elements(32));

@@ -86,6 +86,7 @@ fn main() {
                 (Kind::NewFlows, storm),
                 (Kind::Vip, sizes[1].min(64_000)),
                 (Kind::Decap, sizes[1]),
+                (Kind::Replies, sizes[1]),
             ];
             for (kind, flows) in plan {
                 if only

@@ -10,6 +10,7 @@ use std::time::Instant;
 use ctl::model::*;
 use dataplane::balance::ServiceTable;
 use dataplane::buf::{PacketBuf, PortId};
+use dataplane::flow::{Egress, FlowKey};
 use dataplane::neigh::Neighbors;
 use dataplane::pipeline::{Config, Pipeline, Verdict, Verdicts};
 use dataplane::port::{Burst, BURST};
@@ -18,6 +19,8 @@ use dataplane::testkit::{self, tcp_flags, Mac};
 pub const UPLINK_MAC: Mac = [0x02, 0, 0, 0, 1, 1];
 pub const TASKS_MAC: Mac = [0x02, 0, 0, 0, 2, 1];
 const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 9, 9];
+const N2_MAC: Mac = [0x02, 0, 0, 0, 1, 2];
+const N3_MAC: Mac = [0x02, 0, 0, 0, 1, 3];
 const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 11);
 const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 12);
 const N3: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 13);
@@ -128,6 +131,10 @@ pub enum Kind {
     Vip,
     /// VXLAN from a peer to a local task (check, decapsulate, deliver).
     Decap,
+    /// The tasks' replies to established ingress flows, back through the ingress node: VXLAN
+    /// from the task's node, decapsulated, the reverse translation (un-masquerade, un-DNAT),
+    /// out of the uplink to the client.
+    Replies,
 }
 
 impl Kind {
@@ -137,6 +144,7 @@ impl Kind {
             Kind::NewFlows => "new-flow storm",
             Kind::Vip => "VIP (task to VIP)",
             Kind::Decap => "decapsulation",
+            Kind::Replies => "ingress replies",
         }
     }
 }
@@ -204,8 +212,8 @@ impl Scenario {
             Err(e) => panic!("the bench state is valid: {e}"),
         };
         let neigh = Arc::new(Neighbors::new(1024));
-        neigh.learn(u32::from(N2), [0x02, 0, 0, 0, 1, 2]);
-        neigh.learn(u32::from(N3), [0x02, 0, 0, 0, 1, 3]);
+        neigh.learn(u32::from(N2), N2_MAC);
+        neigh.learn(u32::from(N3), N3_MAC);
         neigh.learn(u32::from(API_TASK), [0x02, 0, 0, 0, 3, 1]);
         neigh.learn(u32::from(CLI_TASK), [0x02, 0, 0, 0, 3, 2]);
         let cfg = Config {
@@ -216,12 +224,12 @@ impl Scenario {
         };
         let pipeline = Pipeline::new(cfg, neigh);
         let port = match kind {
-            Kind::Ingress | Kind::NewFlows | Kind::Decap => PortId::Uplink,
+            Kind::Ingress | Kind::NewFlows | Kind::Decap | Kind::Replies => PortId::Uplink,
             Kind::Vip => PortId::Tasks,
         };
         let frame = |i: usize, flags: u8| -> Vec<u8> {
             match kind {
-                Kind::Ingress | Kind::NewFlows => {
+                Kind::Ingress | Kind::NewFlows | Kind::Replies => {
                     let (ip, port) = client(i);
                     testkit::tcp_frame(
                         CLIENT_MAC,
@@ -266,15 +274,7 @@ impl Scenario {
                         1,
                         &[],
                     );
-                    testkit::vxlan_frame(
-                        [0x02, 0, 0, 0, 1, 2],
-                        UPLINK_MAC,
-                        N2,
-                        N1,
-                        50000,
-                        INGRESS_VNI,
-                        &inner,
-                    )
+                    testkit::vxlan_frame(N2_MAC, UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &inner)
                 }
             }
         };
@@ -297,10 +297,7 @@ impl Scenario {
             spare: dataplane::buf::Pool::new(64),
             generated: Burst::new(),
         };
-        let stride = match kind {
-            Kind::Decap => 128,
-            _ => FRAME,
-        };
+        let (stride, _) = s.layout();
         // Frames are laid out in the order they are replayed, like a NIC's receive ring; which
         // flow each belongs to is shuffled (established kinds), so flow state is hit at random.
         let order = if kind == Kind::NewFlows {
@@ -308,7 +305,7 @@ impl Scenario {
         } else {
             shuffled(flows, false)
         };
-        let build = |flags: u8| {
+        let build = |flags: u8, stride: usize| {
             let mut all = Vec::with_capacity(flows * stride);
             for &i in &order {
                 let mut f = pad(frame(i as usize, flags));
@@ -317,28 +314,76 @@ impl Scenario {
             }
             all
         };
-        if matches!(kind, Kind::Ingress | Kind::Vip) {
+        if matches!(kind, Kind::Ingress | Kind::Vip | Kind::Replies) {
             // Open every flow with a SYN first.
-            s.frames = build(tcp_flags::SYN);
-            s.stride_run(stride, flows);
+            s.frames = build(tcp_flags::SYN, FRAME);
+            s.stride_run((FRAME, FRAME), flows);
             s.cursor = 0;
+        }
+        if kind == Kind::Replies {
+            // Each flow's task answers: from the task to the masquerade address and port the
+            // flow was given, encapsulated by the task's node back to this one.
+            let mut all = Vec::with_capacity(flows * stride);
+            for &i in &order {
+                let (ip, port) = client(i as usize);
+                let key = FlowKey::new(6, u32::from(ip), port, u32::from(N1), 8080);
+                let Some((id, _)) = s.pipeline.flows.lookup(&key, key.hash()) else {
+                    panic!("flow {i} was opened");
+                };
+                let f = s.pipeline.flows.get(id);
+                let Egress::Vxlan { vtep, .. } = f.fwd.egress else {
+                    panic!("web's tasks are on other nodes");
+                };
+                let back = f.keys()[1];
+                let node = Ipv4Addr::from(vtep);
+                let node_mac = if node == N2 { N2_MAC } else { N3_MAC };
+                let inner = testkit::tcp_frame(
+                    [0; 6],
+                    [0; 6],
+                    Ipv4Addr::from(back.src()),
+                    back.sport(),
+                    Ipv4Addr::from(back.dst()),
+                    back.dport(),
+                    tcp_flags::ACK,
+                    1000,
+                    1,
+                    &[],
+                );
+                let mut f = testkit::vxlan_frame(
+                    node_mac,
+                    UPLINK_MAC,
+                    node,
+                    N1,
+                    50000,
+                    INGRESS_VNI,
+                    &inner,
+                );
+                f.resize(stride, 0);
+                all.extend_from_slice(&f);
+            }
+            s.frames = all;
+            return s;
         }
         let flags = match kind {
             Kind::NewFlows => tcp_flags::SYN,
             _ => tcp_flags::ACK,
         };
-        s.frames = build(flags);
+        s.frames = build(flags, stride);
         s
     }
 
-    fn stride(&self) -> usize {
+    /// Where the replayed frames sit: (distance between frames, frame length).
+    fn layout(&self) -> (usize, usize) {
         match self.kind {
-            Kind::Decap => 128,
-            _ => FRAME,
+            Kind::Decap | Kind::Replies => (
+                128,
+                testkit::ETH_LEN + dataplane::wire::vxlan::ENCAP_LEN + 40,
+            ),
+            _ => (FRAME, FRAME),
         }
     }
 
-    fn stride_run(&mut self, stride: usize, packets: usize) -> (usize, usize) {
+    fn stride_run(&mut self, (stride, len): (usize, usize), packets: usize) -> (usize, usize) {
         let mut burst = std::mem::take(&mut self.burst);
         while burst.len() < BURST {
             burst.push(PacketBuf::new());
@@ -346,10 +391,6 @@ impl Scenario {
         let mut verdicts = Verdicts::new();
         let mut done = 0;
         let mut ok = 0;
-        let len = match self.kind {
-            Kind::Decap => testkit::ETH_LEN + 50 + 40,
-            _ => FRAME,
-        };
         while done < packets {
             let n = (packets - done).min(BURST);
             while burst.len() < n {
@@ -387,8 +428,7 @@ impl Scenario {
 
     /// Replays `packets` frames; returns how many the pipeline forwarded.
     pub fn run(&mut self, packets: usize) -> usize {
-        let stride = self.stride();
-        self.stride_run(stride, packets).1
+        self.stride_run(self.layout(), packets).1
     }
 
     /// For the new-flow storm: a fresh pipeline state so every SYN is new again.
