@@ -780,15 +780,27 @@ impl Pipeline {
         dir: Dir,
     ) -> Result<Verdict, DropReason> {
         let fl = self.flows.get_mut(id);
-        fl.last_seen = now;
-        if l3.proto == TCP {
-            fl.tcp = fl.tcp.next(l3.flags, dir == Dir::Fwd);
-            if dir == Dir::Fwd && l3.flags & flow::tcp::ACK != 0 {
-                fl.client_ack = l3.ack;
+        match dir {
+            Dir::Fwd => {
+                fl.last_seen = now;
+                if l3.proto == TCP {
+                    fl.tcp = fl.tcp.next(l3.flags, true);
+                    if l3.flags & flow::tcp::ACK != 0 {
+                        fl.client_ack = l3.ack;
+                    }
+                }
+            }
+            Dir::Rev => {
+                fl.rev_seen = now;
+                // Only these flags move the state on a reverse segment (`TcpState::next`): the
+                // others leave the flow's first line alone.
+                if l3.proto == TCP && l3.flags & flow::tcp::CHANGES_STATE_BACKWARDS != 0 {
+                    fl.tcp = fl.tcp.next(l3.flags, false);
+                }
             }
         }
         let a = *fl.action(dir);
-        let slot = fl.stats_slot;
+        let slot = fl.stats_slot(dir);
         self.task_stats.add(slot, 1, buf.len() as u64, 0);
         nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
         self.send(t, now, buf, a.dst, a.egress)

@@ -178,11 +178,13 @@ pub enum Dir {
     Rev = 1,
 }
 
-/// One flow. Laid out for the fast path: a packet of the forward direction needs only the first
-/// cache line (its key, its action and the state every packet updates); one of the reverse
-/// direction needs the second (its key and action) and the state in the first; the rest is cold.
-/// The flow table's index holds only a hash tag per key, and a lookup checks the key here, in the
-/// line the packet needs anyway.
+/// One flow. Laid out for the fast path: a packet needs only its direction's cache line. The
+/// first holds the forward key and action and the state forward packets update (when last
+/// seen, the client's acknowledgement, the TCP state); the second the reverse key and action and
+/// when the reverse direction was last seen. A reverse segment changes the TCP state only if it
+/// carries SYN, FIN or RST ([`TcpState::next`]); only those reach into the first line. The
+/// rest is cold. The flow table's index holds only a hash tag per key, and a lookup checks the
+/// key here, in the line the packet needs anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C, align(64))]
 pub struct Flow {
@@ -190,7 +192,7 @@ pub struct Flow {
     fwd_key: FlowKey,
     /// For packets matching the forward key.
     pub fwd: Action,
-    /// Milliseconds (of the pipeline's clock, wrapping) when the flow last saw a packet.
+    /// Milliseconds (of the pipeline's clock, wrapping) when a forward packet was last seen.
     pub last_seen: u32,
     /// The client's last acknowledgement number: the sequence number a reset towards it needs.
     pub client_ack: u32,
@@ -203,6 +205,10 @@ pub struct Flow {
     rev_key: FlowKey,
     /// For packets matching the reverse key.
     pub rev: Action,
+    /// When a reverse packet was last seen.
+    pub rev_seen: u32,
+    /// `stats_slot`, for reverse packets.
+    rev_stats_slot: u16,
     pub kind: FlowKind,
     pub task_uid: u64,
     /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
@@ -214,7 +220,7 @@ pub struct Flow {
 const _: () = assert!(std::mem::align_of::<Flow>() == 64);
 const _: () = assert!(std::mem::offset_of!(Flow, rev_key) == 64);
 const _: () = assert!(std::mem::offset_of!(Flow, stats_slot) + 2 <= 64);
-const _: () = assert!(std::mem::offset_of!(Flow, task_uid) + 8 <= 128);
+const _: () = assert!(std::mem::offset_of!(Flow, kind) < 128);
 
 impl Flow {
     pub fn new(
@@ -236,8 +242,10 @@ impl Flow {
             kind,
             task_uid,
             stats_slot,
+            rev_stats_slot: stats_slot,
             tcp: TcpState::None,
             last_seen: now,
+            rev_seen: now,
             timeouts,
             client_ack: 0,
             live: true,
@@ -257,6 +265,21 @@ impl Flow {
             Dir::Fwd => &self.fwd_key,
             Dir::Rev => &self.rev_key,
         }
+    }
+
+    /// Where direction `dir`'s counters are (the same slot, kept in each direction's line).
+    #[inline]
+    pub fn stats_slot(&self, dir: Dir) -> u16 {
+        match dir {
+            Dir::Fwd => self.stats_slot,
+            Dir::Rev => self.rev_stats_slot,
+        }
+    }
+
+    /// Milliseconds since either direction last saw a packet.
+    pub fn idle_ms(&self, now: u32) -> u32 {
+        now.wrapping_sub(self.last_seen)
+            .min(now.wrapping_sub(self.rev_seen))
     }
 
     /// The action for packets in direction `dir`.
@@ -288,7 +311,7 @@ impl Flow {
 
     /// Whether the flow has been idle past its timeout at `now`.
     pub fn expired(&self, now: u32) -> bool {
-        u64::from(now.wrapping_sub(self.last_seen)) > self.timeout_ms()
+        u64::from(self.idle_ms(now)) > self.timeout_ms()
     }
 }
 
@@ -393,8 +416,10 @@ impl FlowTable {
             kind: FlowKind::Ingress,
             task_uid: 0,
             stats_slot: u16::MAX,
+            rev_stats_slot: u16::MAX,
             tcp: TcpState::None,
             last_seen: 0,
+            rev_seen: 0,
             timeouts: [0; 3],
             client_ack: 0,
             live: false,
@@ -432,16 +457,16 @@ impl FlowTable {
     }
 
     /// Hints the CPU to fetch the flow line a packet with `key` needs, when its home slot
-    /// (prefetched earlier) has `key`'s tag: the first line for the forward direction; for the
-    /// reverse one the second, its key and action, and the first, the state.
+    /// (prefetched earlier) has `key`'s tag: the first line for the forward direction, the
+    /// second for the reverse one.
     #[inline]
     pub fn prefetch_flow(&self, hash: u64) {
         let s = &self.slots[(hash as usize) & self.mask];
         if s.tag == hash as u32 && !s.is_empty() {
             let f = &self.flows[s.id() as usize];
-            crate::prefetch::read(f);
-            if s.dir() == Dir::Rev {
-                crate::prefetch::read(&f.rev_key);
+            match s.dir() {
+                Dir::Fwd => crate::prefetch::read(f),
+                Dir::Rev => crate::prefetch::read(&f.rev_key),
             }
         }
     }
@@ -642,7 +667,7 @@ impl FlowTable {
             self.evict_cursor = (self.evict_cursor + 1) % self.capacity;
             let f = &self.flows[i];
             if f.live {
-                let idle = now.wrapping_sub(f.last_seen);
+                let idle = f.idle_ms(now);
                 if best.is_none_or(|(_, b)| idle > b) {
                     best = Some((i as u32, idle));
                 }
@@ -839,6 +864,23 @@ mod tests {
         let f0 = flow(0, 0);
         assert!(!t.contains(&f0.keys()[0]));
         assert!(t.contains(&flow(1, 0).keys()[0]));
+    }
+
+    #[test]
+    fn a_flow_whose_packets_all_come_back_is_not_idle() {
+        // UDP, 30 s: the forward direction went quiet at 0, the reverse one is still talking.
+        let mut f = flow(1, 0);
+        let udp = |k: FlowKey| FlowKey::new(17, k.src(), k.sport(), k.dst(), k.dport());
+        let [k0, k1] = f.keys();
+        (f.fwd_key, f.rev_key) = (udp(k0), udp(k1));
+        f.rev_seen = 100_000;
+        assert_eq!(f.idle_ms(110_000), 10_000);
+        assert!(!f.expired(110_000));
+        assert!(f.expired(131_000));
+        // The clock wraps: the most recent of the two still counts.
+        f.last_seen = u32::MAX - 5_000;
+        f.rev_seen = 5_000;
+        assert_eq!(f.idle_ms(10_000), 5_000);
     }
 
     #[test]

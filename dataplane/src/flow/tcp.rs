@@ -23,6 +23,10 @@ pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
 
+/// The flags without which a segment from the task back to the client leaves the state as it
+/// is, whatever the state ([`TcpState::next`] with `fwd` false; a test holds it to that).
+pub const CHANGES_STATE_BACKWARDS: u8 = SYN | FIN | RST;
+
 impl TcpState {
     /// The state after a segment with `flags` going forward (`fwd`, client to task) or back.
     #[inline]
@@ -67,5 +71,17 @@ mod tests {
             assert_eq!(s, want);
         }
         assert_eq!(TcpState::Established.next(RST, false), TcpState::Closed);
+    }
+
+    #[test]
+    fn a_reverse_segment_without_syn_fin_or_rst_never_changes_the_state() {
+        use TcpState::*;
+        for state in [None, SynSent, SynReceived, Established, Closing, Closed] {
+            for flags in 0..=u8::MAX {
+                if flags & CHANGES_STATE_BACKWARDS == 0 {
+                    assert_eq!(state.next(flags, false), state, "{state:?} {flags:#04x}");
+                }
+            }
+        }
     }
 }
