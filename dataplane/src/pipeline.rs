@@ -291,7 +291,7 @@ pub struct Pipeline {
     hint: (FlowKey, u64),
     /// Prebuilt outer headers per peer VTEP and port (emptied when a new table comes).
     outers: NeighCache<(u32, u16), Outer, OUTER_CACHE>,
-    /// Local tasks' MACs.
+    /// Local tasks' and peers' MACs.
     macs: NeighCache<u32, [u8; 6], MAC_CACHE>,
 }
 
@@ -879,7 +879,11 @@ impl Pipeline {
                 EthernetFrame::new_unchecked(f).src_addr().0,
             )
         };
-        self.neigh.learn(outer.src, smac);
+        // Learn the peer's MAC; the worker's cache of the shared table says when it is known
+        // already (most packets), which saves the shared table's probe.
+        if self.macs.get(&self.neigh, outer.src, outer.src, |mac| mac) != Some(&smac) {
+            self.neigh.learn(outer.src, smac);
+        }
         let Some(net) = t.network_by_vni(vni) else {
             return Err(DropReason::UnknownVni);
         };
@@ -1512,6 +1516,48 @@ mod tests {
             p.neighbors().get(u32::from(peer)),
             Some([2, 0, 0, 0, 0, 0x12])
         );
+    }
+
+    #[test]
+    fn a_peers_mac_is_learned_from_its_vxlan_and_relearned_when_it_changes() {
+        let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+        let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+        let (n1, n2) = (
+            std::net::Ipv4Addr::new(192, 168, 1, 11),
+            std::net::Ipv4Addr::new(192, 168, 1, 12),
+        );
+        let inner = crate::testkit::tcp_frame(
+            [0; 6],
+            [0; 6],
+            std::net::Ipv4Addr::new(10, 0, 0, 3),
+            40000,
+            std::net::Ipv4Addr::new(10, 0, 0, 250),
+            80,
+            crate::flow::tcp::ACK,
+            1,
+            1,
+            &[],
+        );
+        let mut v = Verdicts::new();
+        for mac in [
+            [2, 0, 0, 0, 0, 0x12],
+            [2, 0, 0, 0, 0, 0x12],
+            [2, 0, 0, 0, 0, 0x99],
+        ] {
+            let frame = crate::testkit::vxlan_frame(
+                mac,
+                p.cfg.uplink_mac,
+                n2,
+                n1,
+                50000,
+                ctl::INGRESS_VNI,
+                &inner,
+            );
+            let mut burst = Burst::new();
+            burst.push(PacketBuf::from_frame(PortId::Uplink, &frame));
+            p.process(&table, 1, &mut burst, &mut v);
+            assert_eq!(p.neighbors().get(u32::from(n2)), Some(mac));
+        }
     }
 
     #[test]
