@@ -270,10 +270,9 @@ impl Args {
         if !(16..=MAX_FLOWS).contains(&flows) {
             return Err(StartError::Config(format!(
                 "--flows {flows}: a worker's flow table takes 16 to {MAX_FLOWS} flows (each \
-                 costs about {} bytes per worker, allocated at start: the default, 1048576 flows, \
-                 takes {} MiB per worker)",
-                FlowTable::BYTES_PER_FLOW,
-                FlowTable::BYTES_PER_FLOW
+                 costs about {b} bytes per worker, allocated at start: the default, 1048576 flows, \
+                 takes {b} MiB per worker)",
+                b = FlowTable::BYTES_PER_FLOW
             )));
         }
         Ok(Settings {

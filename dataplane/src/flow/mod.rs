@@ -199,8 +199,9 @@ pub struct Flow {
     pub tcp: TcpState,
     live: bool,
     /// Where the task's packet, byte and connection counters are in the worker's
-    /// [`crate::stats::TaskCounters`] (`u16::MAX`: not counted).
-    pub stats_slot: u16,
+    /// [`crate::stats::TaskCounters`] (`u16::MAX`: not counted); set once, with its copy for
+    /// reverse packets (read both through [`Flow::stats_slot`]).
+    stats_slot: u16,
     /// The task-to-client key; starts the second cache line.
     rev_key: FlowKey,
     /// For packets matching the reverse key.
@@ -471,21 +472,30 @@ impl FlowTable {
         }
     }
 
-    /// The slot holding `key`, if any.
-    #[inline]
-    fn find_slot(&self, key: &FlowKey, hash: u64) -> Option<usize> {
-        let tag = hash as u32;
+    /// The first slot of `hash`'s probe run (from its home to the next empty slot) that `hit`
+    /// accepts.
+    #[inline(always)]
+    fn probe(&self, hash: u64, hit: impl Fn(&Slot) -> bool) -> Option<usize> {
         let mut i = (hash as usize) & self.mask;
         loop {
             let s = &self.slots[i];
             if s.is_empty() {
                 return None;
             }
-            if s.tag == tag && self.flows[s.id() as usize].key(s.dir()) == key {
+            if hit(s) {
                 return Some(i);
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// The slot holding `key`, if any: its tag, then the key in the flow's line.
+    #[inline]
+    fn find_slot(&self, key: &FlowKey, hash: u64) -> Option<usize> {
+        let tag = hash as u32;
+        self.probe(hash, |s| {
+            s.tag == tag && self.flows[s.id() as usize].key(s.dir()) == key
+        })
     }
 
     /// The flow `key` belongs to, and the direction it matches.
@@ -511,17 +521,7 @@ impl FlowTable {
 
     /// The slot from `hash`'s home that points at `val` (a flow's own slot for one direction).
     fn slot_of(&self, hash: u64, val: u32) -> Option<usize> {
-        let mut i = (hash as usize) & self.mask;
-        loop {
-            let s = &self.slots[i];
-            if s.is_empty() {
-                return None;
-            }
-            if s.val == val && s.tag == hash as u32 {
-                return Some(i);
-            }
-            i = (i + 1) & self.mask;
-        }
+        self.probe(hash, |s| s.val == val && s.tag == hash as u32)
     }
 
     /// Points the first free slot from `hash`'s home at `val` (the flow must hold the key
