@@ -30,7 +30,7 @@ enum Cmd {
         /// Runs per scenario; the best is reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Only scenarios whose name contains this (e.g. "ingress", "storm", "VIP", "decap").
+        /// Only scenarios whose name contains this (e.g. "ingress", "storm", "VIP", "decap", "replies").
         #[arg(long)]
         only: Option<String>,
         /// Only this flow count for the established ingress scenario.

@@ -144,7 +144,7 @@ impl Kind {
             Kind::NewFlows => "new-flow storm",
             Kind::Vip => "VIP (task to VIP)",
             Kind::Decap => "decapsulation",
-            Kind::Replies => "ingress replies",
+            Kind::Replies => "task replies",
         }
     }
 }
