@@ -51,6 +51,7 @@ pub fn state() -> State {
         gateway: Ipv4Addr::new(10, 0, 0, 1),
         ingress: true,
         endpoints,
+        mtu: None,
     };
     let app = Network {
         name: "appnet".into(),
@@ -59,6 +60,7 @@ pub fn state() -> State {
         gateway: Ipv4Addr::new(10, 0, 1, 1),
         ingress: false,
         endpoints: BTreeMap::new(),
+        mtu: None,
     };
     let task = |name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]| Task {
         name: name.into(),

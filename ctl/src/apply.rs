@@ -579,6 +579,7 @@ mod tests {
                 ("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2)),
                 ("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3)),
             ]),
+            mtu: None,
         };
         let app = Network {
             name: "appnet".into(),
@@ -587,6 +588,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             ingress: false,
             endpoints: BTreeMap::new(),
+            mtu: None,
         };
         let mut web = Service::new("web");
         web.networks.push(ServiceNetwork {

@@ -188,7 +188,29 @@ pub struct Network {
     /// Each node's endpoint address on this network; the masquerade source of that node.
     #[serde(default)]
     pub endpoints: BTreeMap<String, Ipv4Addr>,
+    /// The largest IPv4 packet a task on this network may send or receive (its interface's
+    /// MTU), as Docker's `com.docker.network.driver.mtu`. `None`: the node's uplink MTU less
+    /// [`VXLAN_OVERHEAD`] (1450 on a 1500 underlay), as Swarm's overlays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
 }
+
+impl Network {
+    /// The MTU tasks on this network have on a node whose uplink MTU is `uplink_mtu`: the one
+    /// set with `--opt mtu`, else the uplink's less [`VXLAN_OVERHEAD`].
+    pub fn effective_mtu(&self, uplink_mtu: u16) -> u16 {
+        self.mtu
+            .unwrap_or_else(|| uplink_mtu.saturating_sub(VXLAN_OVERHEAD))
+    }
+}
+
+/// What VXLAN adds to an inner IPv4 packet on the underlay: the inner Ethernet header (14),
+/// VXLAN (8), UDP (8) and the outer IPv4 header (20). An overlay's MTU is the underlay's less this.
+pub const VXLAN_OVERHEAD: u16 = 50;
+/// The smallest network MTU accepted: every IPv4 host must take 576-byte datagrams (RFC 791).
+pub const MIN_NETWORK_MTU: u16 = 576;
+/// The largest network MTU accepted: an IPv4 packet's length field, less the encapsulation.
+pub const MAX_NETWORK_MTU: u16 = u16::MAX - VXLAN_OVERHEAD;
 
 /// How a service is reached inside the overlay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -620,6 +620,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             ingress: false,
             endpoints: BTreeMap::new(),
+            mtu: None,
         };
         let node = Node {
             name: "n1".into(),

@@ -32,6 +32,26 @@ fn claim(
     Ok(())
 }
 
+/// Checks every network's MTU against a node's uplink MTU: a VXLAN-encapsulated packet of the
+/// network's MTU must fit the uplink ([`VXLAN_OVERHEAD`] bytes more). The daemon runs this with
+/// the MTU it read from its uplink interface; `meshctl` cannot, as each node has its own.
+pub fn check_mtu(state: &State, uplink_mtu: u16) -> Result<(), ValidationError> {
+    let most = uplink_mtu.saturating_sub(VXLAN_OVERHEAD);
+    for net in &state.networks {
+        if let Some(mtu) = net.mtu {
+            if mtu > most {
+                bail!(
+                    "network \"{}\": MTU {mtu} does not fit this node's uplink (MTU {uplink_mtu}): \
+                     VXLAN adds {VXLAN_OVERHEAD} bytes, so the largest overlay MTU here is {most}; \
+                     give the network a smaller --opt mtu, or raise the uplink's MTU",
+                    net.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= 63
@@ -170,6 +190,14 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                     other.subnet,
                     net.name,
                     net.subnet
+                );
+            }
+        }
+        if let Some(mtu) = net.mtu {
+            if !(MIN_NETWORK_MTU..=MAX_NETWORK_MTU).contains(&mtu) {
+                bail!(
+                    "network \"{}\": MTU {mtu} is out of range ({MIN_NETWORK_MTU} to {MAX_NETWORK_MTU})",
+                    net.name
                 );
             }
         }
@@ -416,6 +444,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 0, 1),
             ingress: true,
             endpoints: BTreeMap::new(),
+            mtu: None,
         };
         ingress
             .endpoints
@@ -430,6 +459,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             ingress: false,
             endpoints: BTreeMap::new(),
+            mtu: None,
         };
         let mut web = Service::new("web");
         web.networks.push(ServiceNetwork {
@@ -523,6 +553,25 @@ mod tests {
         let mut s = sample();
         s.networks[1].vni = 1 << 24;
         assert!(err(&s).contains("out of range"));
+    }
+
+    #[test]
+    fn a_network_mtu_must_be_in_range_and_fit_the_uplink() {
+        let mut s = sample();
+        s.networks[1].mtu = Some(575);
+        assert!(err(&s).contains("MTU 575 is out of range (576 to 65485)"));
+        s.networks[1].mtu = Some(1400);
+        validate(&s).unwrap();
+        check_mtu(&s, 1500).unwrap();
+        check_mtu(&s, 1450).unwrap();
+        let e = check_mtu(&s, 1449).unwrap_err().to_string();
+        assert!(e.contains("\"appnet\": MTU 1400 does not fit this node's uplink (MTU 1449)"));
+        assert!(e.contains("the largest overlay MTU here is 1399"), "{e}");
+        // Unset: the uplink's less 50, always fits.
+        s.networks[1].mtu = None;
+        check_mtu(&s, 600).unwrap();
+        assert_eq!(s.networks[1].effective_mtu(1500), 1450);
+        assert_eq!(s.networks[1].effective_mtu(9000), 8950);
     }
 
     #[test]

@@ -145,6 +145,7 @@ fn appnet() -> Network {
         gateway: Ipv4Addr::new(10, 0, 1, 1),
         ingress: false,
         endpoints: BTreeMap::new(),
+        mtu: None,
     }
 }
 

@@ -319,6 +319,19 @@ pub fn interface_mac(ifname: &str) -> Result<[u8; 6], StartError> {
     Ok(mac)
 }
 
+/// Reads an interface's MTU from sysfs.
+pub fn interface_mtu(ifname: &str) -> Result<u16, StartError> {
+    let path = format!("/sys/class/net/{ifname}/mtu");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|_| StartError::Config(format!("no such interface {ifname:?} (see `ip link`)")))?;
+    let mtu: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| StartError::Config(format!("{path}: {text:?} is not an MTU")))?;
+    // An IPv4 packet is at most 65,535 bytes, whatever the link carries.
+    Ok(u16::try_from(mtu).unwrap_or(u16::MAX))
+}
+
 /// The state to start from: the persisted one, with this node in it.
 fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartError> {
     let mut p = store.load()?.unwrap_or_default();
@@ -344,6 +357,17 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let persisted = initial_state(&s, &store)?;
     let uplink_mac = interface_mac(&s.uplink)?;
     let tasks_mac = interface_mac(&s.tasks)?;
+    let uplink_mtu = interface_mtu(&s.uplink)?;
+    if uplink_mtu < ctl::MIN_NETWORK_MTU + ctl::VXLAN_OVERHEAD {
+        return Err(StartError::Config(format!(
+            "the uplink {:?} has MTU {uplink_mtu}: VXLAN needs {} bytes of it, which leaves less \
+             than the {}-byte minimum an overlay must carry; raise it (ip link set {} mtu 1500)",
+            s.uplink,
+            ctl::VXLAN_OVERHEAD,
+            ctl::MIN_NETWORK_MTU,
+            s.uplink
+        )));
+    }
     let workers = s.cores.len().max(1);
     let neigh = Arc::new(Neighbors::new(1 << 16));
     let table = ServiceTable::empty(&s.node, s.addr);
@@ -352,6 +376,14 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         .map_err(StartError::Config)?;
     let host_shared = Arc::new(HostShared::default());
     controller.host = Some(host_shared.clone());
+    controller.uplink_mtu = Some(uplink_mtu);
+    if let Err(e) = ctl::validate::check_mtu(&controller.state, uplink_mtu) {
+        tracing::error!(
+            "{e}; until it is changed, that network's packets are limited to {} bytes",
+            uplink_mtu - ctl::VXLAN_OVERHEAD
+        );
+    }
+    tracing::info!(uplink = %s.uplink, mtu = uplink_mtu, overlay_mtu = uplink_mtu - ctl::VXLAN_OVERHEAD, "uplink MTU");
     tracing::info!(node = %s.node, addr = %s.addr, generation = controller.generation, "state restored");
 
     let group = (std::process::id() & 0x7fff) as u16;
@@ -382,6 +414,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
             worker: w as u16,
             workers: workers as u16,
             flow_capacity: s.flows,
+            uplink_mtu,
             ..Config::default()
         };
         let idle = if s.busy_poll {

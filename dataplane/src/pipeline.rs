@@ -35,6 +35,7 @@ use crate::overlay::{self, entropy_port, Outer};
 use crate::port::{Burst, BURST};
 use crate::stats::{DropReason, TaskCounters, WorkerStats};
 use crate::wire::checksum;
+use crate::wire::reply::{self, RateLimit};
 use crate::wire::vxlan;
 
 /// What happens to a frame after the pipeline.
@@ -70,6 +71,9 @@ pub struct Config {
     pub verify_l4_checksums: bool,
     /// Flows looked at per [`Pipeline::maintain`] call.
     pub sweep_budget: usize,
+    /// The uplink interface's MTU: an encapsulated packet must fit it, so each overlay's MTU is
+    /// at most this less 50 ([`ctl::VXLAN_OVERHEAD`]).
+    pub uplink_mtu: u16,
 }
 
 impl Default for Config {
@@ -82,6 +86,7 @@ impl Default for Config {
             flow_capacity: 1 << 16,
             verify_l4_checksums: true,
             sweep_budget: 256,
+            uplink_mtu: 1500,
         }
     }
 }
@@ -293,6 +298,12 @@ pub struct Pipeline {
     outers: NeighCache<(u32, u16), Outer, OUTER_CACHE>,
     /// Local tasks' and peers' MACs.
     macs: NeighCache<u32, [u8; 6], MAC_CACHE>,
+    /// Each network's MTU (by network index) and the smallest of them: a frame no longer than
+    /// `ETH + min_mtu` fits any overlay, which is one compare on the fast path.
+    net_mtu: Vec<u16>,
+    min_mtu: u16,
+    /// Per-source limit of the ICMP answers the pipeline writes.
+    icmp_limit: RateLimit,
 }
 
 impl Pipeline {
@@ -317,6 +328,9 @@ impl Pipeline {
             hint: (FlowKey::default(), 0),
             outers: NeighCache::new(),
             macs: NeighCache::new(),
+            net_mtu: Vec::new(),
+            min_mtu: 0,
+            icmp_limit: RateLimit::default(),
         }
     }
 
@@ -386,6 +400,15 @@ impl Pipeline {
         }
         self.generation = table.generation;
         self.recheck = self.flows.capacity();
+        let most = self.cfg.uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
+        self.net_mtu.clear();
+        self.net_mtu.extend(
+            table
+                .networks
+                .iter()
+                .map(|n| n.mtu.map_or(most, |m| m.min(most))),
+        );
+        self.min_mtu = self.net_mtu.iter().copied().min().unwrap_or(most);
         // The local VTEP address and the peers' ports may have changed.
         self.outers.clear();
         if self.cfg.worker == 0 {
@@ -801,9 +824,92 @@ impl Pipeline {
         }
         let a = *fl.action(dir);
         let slot = fl.stats_slot(dir);
+        // A packet that will not fit the tunnel is refused before it is rewritten, so the
+        // ICMP answer quotes the header its sender knows.
+        if buf.len() > ETH + usize::from(self.min_mtu) {
+            if let Egress::Vxlan { vni, .. } = a.egress {
+                if let Some(v) = self.too_big(t, now, buf, vni) {
+                    return v;
+                }
+            }
+        }
         self.task_stats.add(slot, 1, buf.len() as u64, 0);
         nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
+        if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
+            self.clamp_mss(t, buf, l3, &a, dir);
+        }
         self.send(t, now, buf, a.dst, a.egress)
+    }
+
+    /// Lowers the MSS of a SYN or SYN-ACK of a flow (already translated) to what its task's
+    /// network carries, in both directions: the SYN tells the task, the SYN-ACK the client, how
+    /// large a segment the other end may send through the overlay.
+    #[cold]
+    #[inline(never)]
+    fn clamp_mss(&mut self, t: &ServiceTable, buf: &mut PacketBuf, l3: &L3, a: &Action, dir: Dir) {
+        let task = match dir {
+            Dir::Fwd => a.dst,
+            Dir::Rev => l3.src,
+        };
+        let mtu = t
+            .addr(addr(task))
+            .and_then(|e| self.net_mtu.get(usize::from(e.net)).copied())
+            .unwrap_or(self.min_mtu);
+        let max = mtu.saturating_sub(nat::mss::IPV4_TCP_HEADERS);
+        if nat::mss::clamp(buf.data_mut(), l3.l4, max) {
+            self.stats.mss_clamped += 1;
+        }
+    }
+
+    /// For a frame about to be encapsulated on overlay `vni`: `None` if it fits the network's
+    /// MTU. Otherwise it is dropped as `TooBig`, and when it has DF set (RFC 1191 path MTU
+    /// discovery) its sender gets an ICMP "fragmentation needed" with the network's MTU, from
+    /// the address it sent through (the node's, or its network's gateway), in place of the
+    /// frame, at most a burst per source per 100 ms.
+    #[cold]
+    #[inline(never)]
+    fn too_big(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        vni: u32,
+    ) -> Option<Result<Verdict, DropReason>> {
+        let mtu = t
+            .network_by_vni(vni)
+            .and_then(|n| self.net_mtu.get(usize::from(n)).copied())
+            .unwrap_or(self.min_mtu);
+        let f = buf.data();
+        if f.len() <= ETH + usize::from(mtu) {
+            return None;
+        }
+        let df = f.get(ETH + 6).is_some_and(|b| b & 0x40 != 0);
+        let Some(sender) = f.get(ETH + 12..ETH + 16) else {
+            return Some(Err(DropReason::TooBig));
+        };
+        let sender = u32::from_be_bytes([sender[0], sender[1], sender[2], sender[3]]);
+        let port = buf.port;
+        let from = match port {
+            PortId::Uplink => Some(t.node_addr),
+            PortId::Tasks => t.addr(addr(sender)).map(|e| t.net(e.net).gateway),
+        };
+        let (Some(from), true) = (from, df) else {
+            return Some(Err(DropReason::TooBig));
+        };
+        if !self.icmp_limit.allow(sender, now) {
+            return Some(Err(DropReason::TooBig));
+        }
+        let smac = match port {
+            PortId::Uplink => self.cfg.uplink_mac,
+            PortId::Tasks => self.cfg.tasks_mac,
+        };
+        let dmac = EthernetFrame::new_unchecked(f).src_addr().0;
+        let mut out = [0u8; reply::FRAG_NEEDED_LEN];
+        let n = reply::frag_needed(&mut out, (smac, dmac), ipkey(from), sender, mtu, &f[ETH..]);
+        buf.fill(&out[..n]);
+        self.stats.drop(DropReason::TooBig);
+        self.stats.icmp_frag_needed += 1;
+        Some(Ok(Verdict::Tx(port)))
     }
 
     /// Sends an IPv4 frame (already rewritten) towards `dst` by `egress`.
@@ -839,6 +945,11 @@ impl Pipeline {
                 vni,
                 sport,
             } => {
+                if buf.len() > ETH + usize::from(self.min_mtu) {
+                    if let Some(v) = self.too_big(t, now, buf, vni) {
+                        return v;
+                    }
+                }
                 let up = self.cfg.uplink_mac;
                 let outer = self.outers.get(&self.neigh, (vtep, port), vtep, |mac| {
                     Outer::new(up, mac, ipkey(t.node(t.local).vtep), vtep, port)
@@ -1659,5 +1770,327 @@ mod tests {
         let uid = table.tasks.iter().find(|t| t.name == "web.1").unwrap().uid;
         let counted: Vec<_> = p.task_stats.iter().collect();
         assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1])]);
+    }
+
+    // ---- big packets: MSS clamping and path MTU discovery ----------------------------------
+
+    const CLIENT: u32 = 0x0a09_0009;
+    const N1: u32 = 0xc0a8_010b;
+    const N2: u32 = 0xc0a8_010c;
+    const WEB1: u32 = 0x0a00_000b;
+
+    /// A TCP segment with the given control, MSS option and payload, checksums right.
+    #[allow(clippy::too_many_arguments)]
+    fn tcp_seg(
+        macs: ([u8; 6], [u8; 6]),
+        src: u32,
+        sport: u16,
+        dst: u32,
+        dport: u16,
+        control: TcpControl,
+        ack: bool,
+        mss: Option<u16>,
+        payload: &[u8],
+        df: bool,
+    ) -> Vec<u8> {
+        let caps = ChecksumCapabilities::default();
+        let tcp = TcpRepr {
+            src_port: sport,
+            dst_port: dport,
+            control,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: ack.then_some(TcpSeqNumber(5000)),
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: mss,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ipr = Ipv4Repr {
+            src_addr: addr(src),
+            dst_addr: addr(dst),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut f = vec![0u8; ETH + IPV4 + tcp.buffer_len()];
+        f[0..6].copy_from_slice(&macs.1);
+        f[6..12].copy_from_slice(&macs.0);
+        f[12..14].copy_from_slice(&[8, 0]);
+        let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH..]);
+        ipr.emit(&mut ip, &caps);
+        ip.set_dont_frag(df);
+        ip.fill_checksum();
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut f[ETH + IPV4..]),
+            &addr(src).into(),
+            &addr(dst).into(),
+            &caps,
+        );
+        f
+    }
+
+    fn mss_at(f: &[u8], ip: usize) -> Option<u16> {
+        let l3 = parse_ipv4(f, ip, true).ok()?;
+        let p = TcpPacket::new_checked(&f[l3.l4..]).ok()?;
+        TcpRepr::parse(
+            &p,
+            &addr(l3.src).into(),
+            &addr(l3.dst).into(),
+            &ChecksumCapabilities::default(),
+        )
+        .ok()?
+        .max_seg_size
+    }
+
+    fn run(p: &mut Pipeline, t: &ServiceTable, port: PortId, f: &[u8]) -> (Verdict, Vec<u8>) {
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(port, f));
+        let mut v = Verdicts::new();
+        p.process(t, 1, &mut burst, &mut v);
+        (v[0], burst[0].data().to_vec())
+    }
+
+    /// Node n2 (web.1 is local): a client's SYN and web.1's SYN-ACK both cross meshd.
+    fn on_n2(ingress_mtu: Option<u16>) -> (ServiceTable, Pipeline) {
+        let mut state = three_nodes();
+        state.networks[0].mtu = ingress_mtu;
+        let table = ServiceTable::build(&state, "n2", 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        neigh.learn(WEB1, [2, 0, 0, 0, 0, 0x11]);
+        (table, Pipeline::new(Config::default(), neigh))
+    }
+
+    #[test]
+    fn mss_is_clamped_on_the_syn_and_the_syn_ack_to_the_overlay_mtu() {
+        for (mtu, want) in [(None, 1410), (Some(1400), 1360)] {
+            let (t, mut p) = on_n2(mtu);
+            let (up, tk) = (p.cfg.uplink_mac, p.cfg.tasks_mac);
+            let client_mac = [2, 0, 0, 0, 0, 0x99];
+            let syn = tcp_seg(
+                (client_mac, up),
+                CLIENT,
+                40000,
+                N2,
+                8080,
+                TcpControl::Syn,
+                false,
+                Some(1460),
+                b"",
+                true,
+            );
+            let (v, out) = run(&mut p, &t, PortId::Uplink, &syn);
+            assert_eq!(v, Verdict::Tx(PortId::Tasks));
+            // parse_ipv4 verified the TCP checksum after the edit.
+            assert_eq!(
+                mss_at(&out, ETH),
+                Some(want),
+                "SYN to the task, network MTU {mtu:?}"
+            );
+            let to_task = parse_ipv4(&out, ETH, true).unwrap();
+            assert_eq!((to_task.dst, to_task.dport), (WEB1, 80));
+            // web.1 answers its masqueraded client.
+            let synack = tcp_seg(
+                ([2, 0, 0, 0, 0, 0x11], tk),
+                WEB1,
+                80,
+                to_task.src,
+                to_task.sport,
+                TcpControl::Syn,
+                true,
+                Some(1460),
+                b"",
+                true,
+            );
+            let (v, out) = run(&mut p, &t, PortId::Tasks, &synack);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink));
+            let back = parse_ipv4(&out, ETH, true).unwrap();
+            assert_eq!(
+                (back.src, back.sport, back.dst, back.dport),
+                (N2, 8080, CLIENT, 40000)
+            );
+            assert_eq!(mss_at(&out, ETH), Some(want), "SYN-ACK to the client");
+            assert_eq!(p.stats.mss_clamped, 2);
+            // An MSS already small enough is left alone and not counted.
+            let syn = tcp_seg(
+                (client_mac, up),
+                CLIENT,
+                40001,
+                N2,
+                8080,
+                TcpControl::Syn,
+                false,
+                Some(536),
+                b"",
+                true,
+            );
+            let (_, out) = run(&mut p, &t, PortId::Uplink, &syn);
+            assert_eq!(mss_at(&out, ETH), Some(536));
+            assert_eq!(p.stats.mss_clamped, 2);
+        }
+    }
+
+    /// Node n1 (web.1 is on n2, behind VXLAN) with an established flow from the client.
+    fn on_n1_established(ingress_mtu: Option<u16>) -> (ServiceTable, Pipeline) {
+        let mut state = three_nodes();
+        state.networks[0].mtu = ingress_mtu;
+        let t = ServiceTable::build(&state, "n1", 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        neigh.learn(N2, [2, 0, 0, 0, 0, 0x12]);
+        neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+        let mut p = Pipeline::new(Config::default(), neigh);
+        let up = p.cfg.uplink_mac;
+        let syn = tcp_seg(
+            ([2, 0, 0, 0, 0, 0x99], up),
+            CLIENT,
+            40000,
+            N1,
+            8080,
+            TcpControl::Syn,
+            false,
+            Some(1460),
+            b"",
+            true,
+        );
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &syn);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        assert_eq!(
+            mss_at(&out, ETH + vxlan::ENCAP_LEN),
+            Some(ingress_mtu.unwrap_or(1450) - 40)
+        );
+        (t, p)
+    }
+
+    #[test]
+    fn a_too_big_df_packet_gets_frag_needed_quoting_what_its_sender_sent() {
+        for mtu in [None, Some(1400)] {
+            let (t, mut p) = on_n1_established(mtu);
+            let mtu = mtu.unwrap_or(1450);
+            let up = p.cfg.uplink_mac;
+            let client_mac = [2, 0, 0, 0, 0, 0x99];
+            // The largest packet that fits is encapsulated to exactly the uplink's MTU or less.
+            let fits = vec![0x61; usize::from(mtu) - 40];
+            let seg = tcp_seg(
+                (client_mac, up),
+                CLIENT,
+                40000,
+                N1,
+                8080,
+                TcpControl::Psh,
+                true,
+                None,
+                &fits,
+                true,
+            );
+            let (v, out) = run(&mut p, &t, PortId::Uplink, &seg);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink));
+            assert!(out.len() - ETH <= 1500);
+            // One byte more: ICMP "fragmentation needed" to the client, from the node.
+            let big = vec![0x62; usize::from(mtu) - 39];
+            let seg = tcp_seg(
+                (client_mac, up),
+                CLIENT,
+                40000,
+                N1,
+                8080,
+                TcpControl::Psh,
+                true,
+                None,
+                &big,
+                true,
+            );
+            let (v, out) = run(&mut p, &t, PortId::Uplink, &seg);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink));
+            assert_eq!(&out[0..6], &client_mac);
+            assert_eq!(&out[6..12], &up);
+            let ip = Ipv4Packet::new_checked(&out[ETH..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!((ipkey(ip.src_addr()), ipkey(ip.dst_addr())), (N1, CLIENT));
+            let icmp = smoltcp::wire::Icmpv4Packet::new_checked(ip.payload()).unwrap();
+            assert!(icmp.verify_checksum());
+            assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (3, 4));
+            assert_eq!(be16(ip.payload(), 6), mtu, "the next-hop MTU (RFC 1191)");
+            // The quote is the packet as the client sent it: to the node's published port.
+            assert_eq!(&ip.payload()[8..], &seg[ETH..ETH + 28]);
+            assert_eq!(p.stats.icmp_frag_needed, 1);
+            assert_eq!(p.stats.dropped(DropReason::TooBig), 1);
+            // Without DF: dropped (fragmenting is not done yet), typed.
+            let seg = tcp_seg(
+                (client_mac, up),
+                CLIENT,
+                40000,
+                N1,
+                8080,
+                TcpControl::Psh,
+                true,
+                None,
+                &big,
+                false,
+            );
+            let (v, _) = run(&mut p, &t, PortId::Uplink, &seg);
+            assert_eq!(v, Verdict::Drop(DropReason::TooBig));
+            assert_eq!(p.stats.icmp_frag_needed, 1);
+            assert_eq!(p.stats.dropped(DropReason::TooBig), 2);
+        }
+    }
+
+    #[test]
+    fn frag_needed_is_rate_limited_per_source() {
+        let (t, mut p) = on_n1_established(None);
+        let up = p.cfg.uplink_mac;
+        let big = vec![0x62; 1411];
+        let seg = tcp_seg(
+            ([2, 0, 0, 0, 0, 0x99], up),
+            CLIENT,
+            40000,
+            N1,
+            8080,
+            TcpControl::Psh,
+            true,
+            None,
+            &big,
+            true,
+        );
+        let answered = (0..50)
+            .filter(|_| run(&mut p, &t, PortId::Uplink, &seg).0 == Verdict::Tx(PortId::Uplink))
+            .count();
+        assert_eq!(answered, 10);
+        assert_eq!(p.stats.icmp_frag_needed, 10);
+        assert_eq!(p.stats.dropped(DropReason::TooBig), 50);
+    }
+
+    #[test]
+    fn a_tasks_too_big_reply_gets_frag_needed_from_its_gateway() {
+        // On n2, web.1 answers a flow n1 masqueraded: stateless, VXLAN back to n1.
+        let (t, mut p) = on_n2(None);
+        p.neighbors().learn(N1, [2, 0, 0, 0, 0, 0x01]);
+        let tk = p.cfg.tasks_mac;
+        let web1_mac = [2, 0, 0, 0, 0, 0x11];
+        let big = vec![0x63; 1460];
+        let seg = tcp_seg(
+            (web1_mac, tk),
+            WEB1,
+            80,
+            0x0a00_0002,
+            1024,
+            TcpControl::Psh,
+            true,
+            None,
+            &big,
+            true,
+        );
+        let (v, out) = run(&mut p, &t, PortId::Tasks, &seg);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        assert_eq!(&out[0..6], &web1_mac);
+        let ip = Ipv4Packet::new_checked(&out[ETH..]).unwrap();
+        // From the ingress network's gateway, to the task.
+        assert_eq!(
+            (ipkey(ip.src_addr()), ipkey(ip.dst_addr())),
+            (0x0a00_0001, WEB1)
+        );
+        assert_eq!(be16(ip.payload(), 6), 1450);
+        assert_eq!(p.stats.icmp_frag_needed, 1);
     }
 }

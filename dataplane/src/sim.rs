@@ -1956,6 +1956,7 @@ pub fn three_nodes() -> State {
         gateway: Ipv4Addr::new(10, 0, 0, 1),
         ingress: true,
         endpoints,
+        mtu: None,
     };
     let app = model::Network {
         name: "appnet".into(),
@@ -1967,6 +1968,7 @@ pub fn three_nodes() -> State {
         gateway: Ipv4Addr::new(10, 0, 1, 1),
         ingress: false,
         endpoints: Default::default(),
+        mtu: None,
     };
     let mut web = model::Service::new("web");
     web.networks.push(model::ServiceNetwork {

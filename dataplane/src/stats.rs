@@ -56,7 +56,8 @@ pub enum DropReason {
     HandoffFull,
     /// Masquerade ports of this worker are exhausted.
     NoNatPort,
-    /// The frame is larger than the mesh forwards after encapsulation.
+    /// Larger than the overlay's MTU once encapsulated: answered with ICMP "fragmentation
+    /// needed" when DF is set (rate-limited per source), else dropped.
     TooBig,
 }
 
@@ -143,6 +144,11 @@ pub struct WorkerStats {
     pub flows_evicted: u64,
     pub flows_ended: u64,
     pub resets_sent: u64,
+    /// SYNs and SYN-ACKs whose TCP MSS was lowered to what the overlay carries.
+    pub mss_clamped: u64,
+    /// ICMP "fragmentation needed" answers sent for too-big packets with DF set (each such
+    /// packet is also counted as a `too_big` drop).
+    pub icmp_frag_needed: u64,
     /// Frames the ports dropped below the pipeline (see [`crate::port::PortCounters`]), totals
     /// since they opened, refreshed by the worker about every 10 ms: the kernel found the RX
     /// ring full; a received frame did not fit a buffer; the TX ring was full; a frame to send
@@ -156,7 +162,7 @@ pub struct WorkerStats {
 
 impl WorkerStats {
     /// Number of plain counters before the drop counters in [`Self::to_array`].
-    pub const FIELDS: usize = 16;
+    pub const FIELDS: usize = 18;
 
     /// Names of the plain counters, in [`Self::to_array`] order.
     pub const NAMES: [&'static str; Self::FIELDS] = [
@@ -172,6 +178,8 @@ impl WorkerStats {
         "flows_evicted",
         "flows_ended",
         "resets_sent",
+        "mss_clamped",
+        "icmp_frag_needed",
         "port_rx_dropped",
         "port_rx_too_long",
         "port_tx_full",
@@ -194,6 +202,8 @@ impl WorkerStats {
             self.flows_evicted,
             self.flows_ended,
             self.resets_sent,
+            self.mss_clamped,
+            self.icmp_frag_needed,
             self.port_rx_dropped,
             self.port_rx_too_long,
             self.port_tx_full,
@@ -220,10 +230,12 @@ impl WorkerStats {
             flows_evicted: a[9],
             flows_ended: a[10],
             resets_sent: a[11],
-            port_rx_dropped: a[12],
-            port_rx_too_long: a[13],
-            port_tx_full: a[14],
-            port_tx_bad_len: a[15],
+            mss_clamped: a[12],
+            icmp_frag_needed: a[13],
+            port_rx_dropped: a[14],
+            port_rx_too_long: a[15],
+            port_tx_full: a[16],
+            port_tx_bad_len: a[17],
             drops,
         }
     }
@@ -255,6 +267,8 @@ impl WorkerStats {
         self.flows_evicted += o.flows_evicted;
         self.flows_ended += o.flows_ended;
         self.resets_sent += o.resets_sent;
+        self.mss_clamped += o.mss_clamped;
+        self.icmp_frag_needed += o.icmp_frag_needed;
         self.port_rx_dropped += o.port_rx_dropped;
         self.port_rx_too_long += o.port_rx_too_long;
         self.port_tx_full += o.port_tx_full;
@@ -281,10 +295,12 @@ mod tests {
         assert_eq!(WorkerStats::from_array(&s.to_array()), s);
         // Every plain counter has its own slot, in NAMES order.
         let s = WorkerStats {
-            port_rx_dropped: 13,
-            port_rx_too_long: 14,
-            port_tx_full: 15,
-            port_tx_bad_len: 16,
+            mss_clamped: 13,
+            icmp_frag_needed: 14,
+            port_rx_dropped: 15,
+            port_rx_too_long: 16,
+            port_tx_full: 17,
+            port_tx_bad_len: 18,
             ..Default::default()
         };
         let a = s.to_array();
@@ -294,7 +310,7 @@ mod tests {
         assert_eq!(WorkerStats::from_array(&a), s);
         let mut total = s.clone();
         total.add(&s);
-        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (26, 32));
+        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (30, 36));
     }
 
     #[test]

@@ -129,6 +129,7 @@ fn ingress() -> Network {
         gateway: Ipv4Addr::new(10, 0, 0, 1),
         ingress: true,
         endpoints,
+        mtu: None,
     }
 }
 
@@ -140,6 +141,7 @@ fn appnet() -> Network {
         gateway: Ipv4Addr::new(10, 0, 1, 1),
         ingress: false,
         endpoints: BTreeMap::new(),
+        mtu: None,
     }
 }
 

@@ -188,6 +188,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
                 gateway: Ipv4Addr::new(10, 0, 0, 1),
                 ingress: true,
                 endpoints,
+                mtu: None,
             },
         },
     );

@@ -488,6 +488,7 @@ fn tasks_on_different_networks_cannot_reach_each_other() {
         gateway: Ipv4Addr::new(10, 0, 2, 1),
         ingress: false,
         endpoints: BTreeMap::new(),
+        mtu: None,
     });
     let mut db = Service::new("db");
     db.networks.push(ServiceNetwork {

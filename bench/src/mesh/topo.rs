@@ -614,6 +614,7 @@ impl Topology {
             gateway: Ipv4Addr::new(10, 0, 0, 1),
             ingress: true,
             endpoints,
+            mtu: None,
         };
         for (s, peer) in [
             (&sockets[0], node("n2", N2_IP)),

@@ -131,9 +131,15 @@ enum NetworkCmd {
 Examples:
   meshctl network create ingress --ingress --subnet 10.0.0.0/24 --endpoint n1=10.0.0.2 --endpoint n2=10.0.0.3
   meshctl network create appnet --subnet 10.0.1.0/24 --gateway 10.0.1.1 --vni 4097
+  meshctl network create jumbo --subnet 10.0.2.0/24 --opt mtu=8950
 
 Without --vni, the ingress network gets VNI 4096, as in Swarm, and any other network the
-lowest free VNI above it on every daemon named by --socket.")]
+lowest free VNI above it on every daemon named by --socket.
+
+Each network has an MTU, the largest IPv4 packet its tasks send: by default each node's uplink
+MTU less the 50 bytes VXLAN adds (1450 on a 1500 underlay), as Swarm's overlays. Give the tasks'
+interfaces that MTU. meshd also clamps the TCP MSS of connections it translates and answers
+too-big packets with ICMP \"fragmentation needed\", so a task left at 1500 still works.")]
     Create(NetworkCreateArgs),
     /// List networks
     #[command(visible_alias = "list")]
@@ -171,6 +177,44 @@ struct NetworkCreateArgs {
     /// traffic with (repeatable; the ingress network needs one per node)
     #[arg(long = "endpoint", value_name = "NODE=IP")]
     endpoints: Vec<String>,
+    /// A driver option, as `docker network create -o`: `mtu=N` (or Docker's
+    /// `com.docker.network.driver.mtu=N`) sets the MTU of the network's tasks. Without it the
+    /// MTU is each node's uplink MTU less 50 bytes of VXLAN (1450 on a 1500 underlay); a node
+    /// refuses a network whose MTU does not fit its uplink (repeatable)
+    #[arg(long = "opt", short = 'o', value_name = "KEY=VALUE")]
+    opts: Vec<String>,
+}
+
+/// The MTU set by `--opt mtu=N` (the last one given wins, as in Docker), or an error naming
+/// what is wrong.
+fn network_mtu(opts: &[String]) -> Result<Option<u16>, CliError> {
+    let mut mtu = None;
+    for o in opts {
+        let Some((key, value)) = o.split_once('=') else {
+            return Err(CliError::Msg(format!(
+                "--opt {o:?}: expected KEY=VALUE, for example --opt mtu=1400"
+            )));
+        };
+        match key.trim() {
+            "mtu" | "com.docker.network.driver.mtu" => {
+                let n: u16 = value.trim().parse().map_err(|_| {
+                    CliError::Msg(format!(
+                        "--opt {o:?}: the MTU must be a number from {} to {}",
+                        ctl::MIN_NETWORK_MTU,
+                        ctl::MAX_NETWORK_MTU
+                    ))
+                })?;
+                mtu = Some(n);
+            }
+            other => {
+                return Err(CliError::Msg(format!(
+                    "--opt {o:?}: unknown option {other:?}; meshd knows `mtu` \
+                     (also spelled com.docker.network.driver.mtu)"
+                )))
+            }
+        }
+    }
+    Ok(mtu)
 }
 
 #[derive(Debug, Subcommand)]
@@ -655,6 +699,7 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
             let gateway = a
                 .gateway
                 .unwrap_or_else(|| Ipv4Addr::from(u32::from(a.subnet.network()).wrapping_add(1)));
+            let mtu = network_mtu(&a.opts)?;
             let network = Network {
                 name: a.name.clone(),
                 vni,
@@ -662,6 +707,7 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
                 gateway,
                 ingress: a.ingress,
                 endpoints,
+                mtu,
             };
             ctx.change(
                 Command::NetworkCreate { network },
@@ -1179,6 +1225,24 @@ mod tests {
     }
 
     #[test]
+    fn network_opts_set_the_mtu_in_meshds_and_dockers_words() {
+        let o = |v: &[&str]| network_mtu(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(o(&[]).unwrap(), None);
+        assert_eq!(o(&["mtu=1400"]).unwrap(), Some(1400));
+        assert_eq!(
+            o(&["com.docker.network.driver.mtu=9000", "mtu=1300"]).unwrap(),
+            Some(1300)
+        );
+        let e = |v: &[&str]| match o(v) {
+            Err(CliError::Msg(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(e(&["mtu"]).contains("expected KEY=VALUE"));
+        assert!(e(&["mtu=big"]).contains("the MTU must be a number"));
+        assert!(e(&["encrypted=true"]).contains("unknown option \"encrypted\""));
+    }
+
+    #[test]
     fn sockets_split_on_commas() {
         let cli = Cli::try_parse_from([
             "meshctl",
@@ -1218,6 +1282,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             ingress: false,
             endpoints: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(10, 0, 1, 2))]),
+            mtu: None,
         });
         s
     }

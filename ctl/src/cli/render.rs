@@ -548,6 +548,7 @@ mod tests {
             gateway: Ipv4Addr::new(10, 0, 1, 1),
             ingress: false,
             endpoints: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(10, 0, 1, 250))]),
+            mtu: None,
         }
     }
 

@@ -55,6 +55,9 @@ pub struct NetEntry {
     pub ingress: bool,
     /// This node's endpoint (masquerade) address here, if it has one.
     pub local_endpoint: Option<Ipv4Address>,
+    /// The MTU set for the network (`--opt mtu`), if any; otherwise the uplink's less VXLAN's
+    /// 50 bytes ([`model::Network::effective_mtu`]).
+    pub mtu: Option<u16>,
 }
 
 /// A task.
@@ -275,6 +278,7 @@ impl ServiceTable {
                 gateway: ip(n.gateway),
                 ingress: n.ingress,
                 local_endpoint: n.endpoints.get(local).copied().map(ip),
+                mtu: n.mtu,
             })
             .collect();
         let net_idx = |name: &str| {

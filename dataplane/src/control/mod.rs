@@ -61,6 +61,8 @@ pub struct Controller {
     pub host: Option<Arc<HostShared>>,
     /// Each task's observed state and since when, by task name.
     since: HashMap<String, Since>,
+    /// The uplink's MTU, when known: a network whose MTU does not fit it is refused.
+    pub uplink_mtu: Option<u16>,
 }
 
 /// When a task entered its observed state.
@@ -90,6 +92,7 @@ impl Controller {
             health: HealthView::new(),
             host: None,
             since: HashMap::new(),
+            uplink_mtu: None,
         };
         c.observe(&table);
         c.shared.table.store(Arc::new(table));
@@ -220,7 +223,13 @@ impl Controller {
         match cmd {
             Command::NetworkLs {} => val(serde_json::to_value(&self.state.networks)),
             Command::NetworkInspect { name } => match self.state.network(name) {
-                Some(n) => val(serde_json::to_value(n)),
+                // With the MTU its tasks have on this node, set or derived from the uplink's.
+                Some(n) => val(serde_json::to_value(n).map(|mut v| {
+                    if let (Some(m), Value::Object(o)) = (self.uplink_mtu, &mut v) {
+                        o.insert("mtu".into(), json!(n.effective_mtu(m)));
+                    }
+                    v
+                })),
                 None => not_found("network", name),
             },
             Command::NodeLs {} => val(serde_json::to_value(&self.state.nodes)),
@@ -248,6 +257,11 @@ impl Controller {
             Ok(None) => return Response::ok(self.generation, Value::Null),
             Err(e) => return Response::Err(e.into()),
         };
+        if let Some(mtu) = self.uplink_mtu {
+            if let Err(e) = ctl::validate::check_mtu(&next, mtu) {
+                return Response::error(ErrorCode::Invalid, e.to_string());
+            }
+        }
         let generation = self.generation + 1;
         let table = match ServiceTable::build_with(&next, &self.local, generation, &self.health) {
             Ok(t) => t,

@@ -2,6 +2,8 @@
 //! checksums updated incrementally (RFC 1624) from deltas precomputed per flow
 //! ([`crate::flow::Action`]).
 
+pub mod mss;
+
 use crate::flow::Action;
 use crate::wire::checksum::{self, update16};
 

@@ -5,4 +5,5 @@
 pub use smoltcp::wire::*;
 
 pub mod checksum;
+pub mod reply;
 pub mod vxlan;

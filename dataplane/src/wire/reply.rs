@@ -1,0 +1,172 @@
+//! Answers meshd writes itself, as a router on the path: ICMP "fragmentation needed" for a
+//! packet too big for the overlay (path MTU discovery), with a per-source rate limit.
+
+//= https://www.rfc-editor.org/rfc/rfc1191#section-4
+//# The router MUST include the MTU of that next-hop network in the low-order 16 bits of the
+//# ICMP header field that is labelled "unused" in the ICMP specification [7]. The high-order
+//# 16 bits of the field MUST be zero.
+//= https://www.rfc-editor.org/rfc/rfc792
+//# Destination Unreachable Message ... Internet Header + 64 bits of Original Data Datagram
+
+use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
+
+/// Ethernet, IPv4 and ICMP headers of an answer, before the quoted datagram.
+const HEADERS: usize = 14 + 20 + 8;
+/// What an ICMP error quotes: the offending IPv4 header (20 bytes: meshd forwards no options)
+/// and the first 8 bytes of its payload (the ports).
+pub const QUOTE: usize = 20 + 8;
+/// The length of a frag-needed frame with a full quote.
+pub const FRAG_NEEDED_LEN: usize = HEADERS + QUOTE;
+
+/// Writes into `out` an Ethernet frame carrying an ICMP destination unreachable, code 4
+/// ("fragmentation needed and DF set"), with next-hop MTU `mtu`, from `src` to `dst`, quoting
+/// the start of `offending` (the too-big IPv4 packet, from its header). Returns the frame's
+/// length (at most [`FRAG_NEEDED_LEN`]).
+pub fn frag_needed(
+    out: &mut [u8; FRAG_NEEDED_LEN],
+    macs: ([u8; 6], [u8; 6]),
+    src: u32,
+    dst: u32,
+    mtu: u16,
+    offending: &[u8],
+) -> usize {
+    let quote = &offending[..offending.len().min(QUOTE)];
+    let len = HEADERS + quote.len();
+    let (smac, dmac) = macs;
+    out[0..6].copy_from_slice(&dmac);
+    out[6..12].copy_from_slice(&smac);
+    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip = 14;
+    let ip_len = u16::try_from(len - ip).unwrap_or(u16::MAX);
+    out[ip] = 0x45;
+    // Internetwork control, as Linux marks the ICMP errors it sends.
+    out[ip + 1] = 0xc0;
+    out[ip + 2..ip + 4].copy_from_slice(&ip_len.to_be_bytes());
+    out[ip + 4..ip + 8].copy_from_slice(&[0; 4]);
+    out[ip + 8] = 64;
+    out[ip + 9] = 1;
+    out[ip + 12..ip + 16].copy_from_slice(&src.to_be_bytes());
+    out[ip + 16..ip + 20].copy_from_slice(&dst.to_be_bytes());
+    Ipv4Packet::new_unchecked(&mut out[ip..ip + 20]).fill_checksum();
+    let icmp = ip + 20;
+    out[icmp] = 3;
+    out[icmp + 1] = 4;
+    out[icmp + 2..icmp + 6].copy_from_slice(&[0; 4]);
+    out[icmp + 6..icmp + 8].copy_from_slice(&mtu.to_be_bytes());
+    out[HEADERS..len].copy_from_slice(quote);
+    Icmpv4Packet::new_unchecked(&mut out[icmp..len]).fill_checksum();
+    len
+}
+
+/// How many answers one source may get per window, and the window.
+const BURST: u16 = 10;
+const WINDOW_MS: u32 = 100;
+const SLOTS: usize = 64;
+
+/// A per-source rate limit for generated answers, as Linux's `icmp_ratelimit`: at most
+/// [`BURST`] answers per source address in any [`WINDOW_MS`] window. Direct-mapped by address:
+/// two sources sharing a slot only reset each other's window (they may get more, never
+/// starve). Time is the caller's `now` in milliseconds; no clock is read.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    slots: [(u32, u32, u16); SLOTS],
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            slots: [(0, 0, 0); SLOTS],
+        }
+    }
+}
+
+impl RateLimit {
+    /// Whether `src` may get one more answer at `now`; counts it if so.
+    pub fn allow(&mut self, src: u32, now: u32) -> bool {
+        let slot = (src.wrapping_mul(0x9e37_79b1) >> 26) as usize % SLOTS;
+        let e = &mut self.slots[slot];
+        if e.0 != src || e.2 == 0 || now.wrapping_sub(e.1) >= WINDOW_MS {
+            *e = (src, now, 1);
+            return true;
+        }
+        if e.2 < BURST {
+            e.2 += 1;
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frag_needed_carries_the_mtu_and_quotes_the_offending_header() {
+        // A 1,500-byte TCP packet with DF, from 192.168.100.1:40000 to 192.168.100.11:8080.
+        let mut big = vec![0xa5u8; 1500];
+        big[..20].copy_from_slice(&[
+            0x45, 0, 0x05, 0xdc, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0, 192, 168, 100, 1, 192, 168, 100,
+            11,
+        ]);
+        big[20..24].copy_from_slice(&[0x9c, 0x40, 0x1f, 0x90]);
+        let mut out = [0xa5u8; FRAG_NEEDED_LEN];
+        let n = frag_needed(
+            &mut out,
+            ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 9]),
+            u32::from_be_bytes([192, 168, 100, 11]),
+            u32::from_be_bytes([192, 168, 100, 1]),
+            1450,
+            &big,
+        );
+        assert_eq!(n, FRAG_NEEDED_LEN);
+        assert_eq!(&out[0..6], &[2, 0, 0, 0, 0, 9]);
+        assert_eq!(&out[6..12], &[2, 0, 0, 0, 0, 1]);
+        let ip = Ipv4Packet::new_checked(&out[14..n]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!(ip.next_header(), smoltcp::wire::IpProtocol::Icmp);
+        assert_eq!(usize::from(ip.total_len()), n - 14);
+        assert_eq!(ip.dst_addr().octets(), [192, 168, 100, 1]);
+        let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!((icmp.msg_type().into(), icmp.msg_code()), (3u8, 4u8));
+        // RFC 1191: the next-hop MTU in the low 16 bits of the "unused" field.
+        assert_eq!(&ip.payload()[4..8], &[0, 0, 0x05, 0xaa]);
+        // The quote: the whole offending IPv4 header and its ports.
+        assert_eq!(&ip.payload()[8..], &big[..QUOTE]);
+    }
+
+    #[test]
+    fn a_short_offending_packet_is_quoted_whole() {
+        let mut out = [0u8; FRAG_NEEDED_LEN];
+        let n = frag_needed(&mut out, ([1; 6], [2; 6]), 1, 2, 1400, &[0x45; 20]);
+        assert_eq!(n, FRAG_NEEDED_LEN - 8);
+        assert!(Icmpv4Packet::new_checked(&out[34..n])
+            .unwrap()
+            .verify_checksum());
+    }
+
+    #[test]
+    fn each_source_gets_a_burst_per_window() {
+        let mut l = RateLimit::default();
+        let a = 0x0a00_0001;
+        let b = 0x0a00_0002;
+        for _ in 0..BURST {
+            assert!(l.allow(a, 1000));
+        }
+        assert!(!l.allow(a, 1000));
+        assert!(!l.allow(a, 1000 + WINDOW_MS - 1));
+        // Another source is not held back by the first.
+        assert!(l.allow(b, 1000));
+        // A new window.
+        assert!(l.allow(a, 1000 + WINDOW_MS));
+        // The clock wraps.
+        let mut l = RateLimit::default();
+        assert!(l.allow(a, u32::MAX - 10));
+        for _ in 1..BURST {
+            assert!(l.allow(a, u32::MAX));
+        }
+        assert!(!l.allow(a, 5));
+        assert!(l.allow(a, 90 + 10));
+    }
+}
