@@ -137,6 +137,9 @@ pub struct Record {
     pub services: Vec<SvcRec>,
     pub tasks: Vec<TaskRec>,
     pub next_veth: u32,
+    /// The MTU new tasks' interfaces get ([`plan::TASK_MTU`] when unset).
+    #[serde(default)]
+    pub task_mtu: Option<u16>,
 }
 
 /// What `testbed run` starts.
@@ -290,6 +293,13 @@ impl Bed {
             .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &path)
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Gives the tasks started from now on interfaces of MTU `mtu` (instead of
+    /// [`plan::TASK_MTU`]).
+    pub fn set_task_mtu(&mut self, mtu: u16) -> Result<()> {
+        self.rec.task_mtu = Some(mtu);
+        self.save()
     }
 
     // ---- up -----------------------------------------------------------------------------
@@ -944,7 +954,8 @@ impl Bed {
         for (_, a) in &t.addrs {
             sys::ip_in(&t.ns, &["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
         }
-        sys::ip_in(&t.ns, &["link", "set", "eth0", "up"])?;
+        let mtu = self.rec.task_mtu.unwrap_or(plan::TASK_MTU).to_string();
+        sys::ip_in(&t.ns, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
         sys::offloads_off(&t.ns, "eth0")?;
         sys::ip_in(&t.ns, &["route", "add", "default", "via", &gw.to_string()])?;
         self.start_whoami(t, svc)

@@ -90,6 +90,11 @@ enum Cmd {
         /// How many nodes (n1, n2, ...)
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// The MTU of the tasks' interfaces [default: 1450, the 1500-byte underlay less 50 bytes
+        /// of VXLAN, as Swarm gives containers on an overlay]. 1500 shows that a task left at
+        /// the underlay's MTU still works (meshd clamps the MSS, sends "fragmentation needed")
+        #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(576..=9000))]
+        task_mtu: Option<u16>,
     },
     /// Remove everything `up` made: stop meshd and tasks, delete the namespaces (also after a crash)
     Down {
@@ -246,9 +251,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Up { nodes } => {
+        Cmd::Up { nodes, task_mtu } => {
             preflight::check(true)?;
-            let bed = Bed::up(plan, Tools::find()?, nodes, true)?;
+            let mut bed = Bed::up(plan, Tools::find()?, nodes, true)?;
+            if let Some(mtu) = task_mtu {
+                bed.set_task_mtu(mtu)?;
+            }
             println!("{}", bed.status());
         }
         Cmd::Down { all } => {

@@ -30,6 +30,11 @@ pub const FIRST_TASK_HOST: u8 = 100;
 /// The interface names inside a node's namespace.
 pub const UPLINK_DEV: &str = "up0";
 pub const TASKS_DEV: &str = "br-tasks";
+/// The MTU tasks get: the underlay veths' 1500 less the 50 bytes of VXLAN, as Swarm gives every
+/// container on an overlay network (`com.docker.network.driver.mtu`). A task at 1500 works too
+/// (meshd clamps the TCP MSS and answers too-big packets with ICMP "fragmentation needed"), but
+/// then its large UDP datagrams need fragmenting; `testbed up --task-mtu 1500` tries that.
+pub const TASK_MTU: u16 = 1450;
 /// The switch's bridge.
 pub const SWITCH_DEV: &str = "br0";
 

@@ -83,7 +83,8 @@ fn accept_loop(l: TcpListener, name: Arc<str>) {
 }
 
 fn echo_loop(s: UdpSocket, name: Arc<str>) {
-    let mut buf = [0u8; 2048];
+    // Any UDP datagram, up to IPv4's 65,507 bytes of payload.
+    let mut buf = vec![0u8; 65536];
     loop {
         match s.recv_from(&mut buf) {
             Ok((n, from)) => {
@@ -159,6 +160,15 @@ pub fn read_head<R: BufRead>(r: &mut R) -> std::io::Result<Option<Head>> {
     }))
 }
 
+/// The largest body `/bytes/N` and `/echo` move (16 MiB).
+pub const MAX_BYTES: usize = 16 << 20;
+
+/// The body of `GET /bytes/N`: byte i is `(i * 7 + i / 251) % 256`, so a lost, repeated or
+/// reordered stretch shows.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| ((i * 7 + i / 251) % 256) as u8).collect()
+}
+
 /// The body whoami answers with.
 pub fn body(name: &str, ips: &[Ipv4Addr], remote: SocketAddr, head: &Head) -> String {
     let mut b = format!("Hostname: {name}\n");
@@ -177,20 +187,44 @@ fn serve_conn(s: TcpStream, name: &str) -> std::io::Result<()> {
     let mut w = s.try_clone()?;
     let mut r = BufReader::new(s);
     while let Some(head) = read_head(&mut r)? {
-        // Discard a request body.
         let len: u64 = head
             .header("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        std::io::copy(&mut (&mut r).take(len), &mut std::io::sink())?;
         let keep = head.keep_alive();
-        let text = body(name, &local_ips(), remote, &head);
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n{text}",
-            text.len(),
-            if keep { "keep-alive" } else { "close" }
-        );
-        w.write_all(resp.as_bytes())?;
+        let conn = if keep { "keep-alive" } else { "close" };
+        let path = head.request_line.split(' ').nth(1).unwrap_or("/");
+        if let Some(n) = path
+            .strip_prefix("/bytes/")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            // GET /bytes/N: N bytes of a pattern a client can check (see `pattern`).
+            std::io::copy(&mut (&mut r).take(len), &mut std::io::sink())?;
+            let n = n.min(MAX_BYTES);
+            w.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nConnection: {conn}\r\n\r\n").as_bytes(),
+            )?;
+            w.write_all(&pattern(n))?;
+        } else if path == "/echo" {
+            // POST /echo: the request body back.
+            let mut b = Vec::with_capacity(usize::try_from(len).unwrap_or(0).min(MAX_BYTES));
+            (&mut r)
+                .take(len.min(MAX_BYTES as u64))
+                .read_to_end(&mut b)?;
+            w.write_all(
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n", b.len()).as_bytes(),
+            )?;
+            w.write_all(&b)?;
+        } else {
+            // Discard a request body.
+            std::io::copy(&mut (&mut r).take(len), &mut std::io::sink())?;
+            let text = body(name, &local_ips(), remote, &head);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: {conn}\r\n\r\n{text}",
+                text.len(),
+            );
+            w.write_all(resp.as_bytes())?;
+        }
         w.flush()?;
         if !keep {
             break;

@@ -1,0 +1,194 @@
+//! End-to-end tests of big payloads across the overlay: the overlay MTU (1450 on the testbed's
+//! 1500-byte underlay), TCP MSS clamping and ICMP "fragmentation needed", with curl moving a
+//! mebibyte each way through every path, with tasks at the overlay's MTU and left at 1500.
+//!
+//! Run as root from the workspace root: `sudo cargo test -p testbed --test bigpackets`.
+//! Each test builds its own mesh (`meshd-b<tag><pid>-*`), removed by a guard even on failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::Mesh;
+use ctl::model::PublishMode;
+use testbed::{sys, whoami, RunSpec};
+
+const MIB: usize = 1 << 20;
+
+fn mesh(tag: &str) -> Option<Mesh> {
+    common::mesh("b", "bigpackets", tag, || {
+        let missing = testbed::preflight::missing();
+        assert!(missing.is_empty(), "missing programs: {missing:?}");
+    })
+}
+
+/// A scratch directory for one test's files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("meshd-big-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// From namespace `ns`: downloads `GET base/bytes/1MiB` and uploads a mebibyte to `base/echo`,
+/// and checks both bodies byte for byte. `what` names the path in failure messages.
+fn mebibyte_each_way(s: &Scratch, ns: &str, base: &str, what: &str) {
+    let down = s.path("down");
+    let _ = std::fs::remove_file(&down);
+    let url = format!("{base}/bytes/{MIB}");
+    let out =
+        sys::exec_in_output(ns, "curl", &["-sS", "--max-time", "30", "-o", &down, &url]).unwrap();
+    assert_eq!(out.code, Some(0), "{what}: curl {url}: {}", out.stderr);
+    let got = std::fs::read(&down).unwrap();
+    assert_eq!(got.len(), MIB, "{what}: downloaded {} bytes", got.len());
+    assert!(
+        got == whoami::pattern(MIB),
+        "{what}: the download's bytes differ"
+    );
+
+    let up = s.path("up");
+    let mut body = whoami::pattern(MIB);
+    body.reverse();
+    std::fs::write(&up, &body).unwrap();
+    let echo = s.path("echo");
+    let _ = std::fs::remove_file(&echo);
+    let url = format!("{base}/echo");
+    let data = format!("@{up}");
+    let out = sys::exec_in_output(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &data,
+            "-o",
+            &echo,
+            &url,
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{what}: curl POST {url}: {}", out.stderr);
+    let got = std::fs::read(&echo).unwrap();
+    assert_eq!(got.len(), MIB, "{what}: echoed {} bytes", got.len());
+    assert!(got == body, "{what}: the echoed upload differs");
+}
+
+/// Published ports (Swarm's masquerade and `--client-ip keep`) through every node, with the
+/// task on n2: local to n2, remote from n1 and n3.
+fn published_paths(m: &mut Mesh, s: &Scratch) {
+    m.run(
+        &RunSpec::new("web", 1)
+            .publish("8080:80", PublishMode::Ingress)
+            .unwrap()
+            .on("n2"),
+    )
+    .unwrap();
+    m.run(
+        &RunSpec::new("kept", 1)
+            .publish("8081:80", PublishMode::Ingress)
+            .unwrap()
+            .keep_client_ip()
+            .on("n2"),
+    )
+    .unwrap();
+    let client = m.client_ns();
+    for node in ["n1", "n2", "n3"] {
+        let a = m.node(node).unwrap().addr;
+        mebibyte_each_way(
+            s,
+            &client,
+            &format!("http://{a}:8080"),
+            &format!("{node}:8080"),
+        );
+        mebibyte_each_way(
+            s,
+            &client,
+            &format!("http://{a}:8081"),
+            &format!("{node}:8081 (client IP kept)"),
+        );
+    }
+}
+
+/// A VIP from client tasks on n1 (the web task is remote) and n2 (it is local).
+fn vip_paths(m: &mut Mesh, s: &Scratch) {
+    m.run(&RunSpec::new("api", 1).network("appnet").on("n2"))
+        .unwrap();
+    m.run(&RunSpec::new("c1", 1).network("appnet").on("n1"))
+        .unwrap();
+    m.run(&RunSpec::new("c2", 1).network("appnet").on("n2"))
+        .unwrap();
+    let vip = m.vip("api", "appnet").unwrap();
+    for (c, what) in [("c1", "VIP, remote task"), ("c2", "VIP, local task")] {
+        let ns = m.tasks_of(c)[0].ns.clone();
+        mebibyte_each_way(s, &ns, &format!("http://{vip}"), what);
+    }
+}
+
+#[test]
+fn a_mebibyte_crosses_every_path_with_tasks_at_the_overlay_mtu() {
+    let Some(mut m) = mesh("mtu") else { return };
+    let s = Scratch::new("mtu");
+    published_paths(&mut m, &s);
+    vip_paths(&mut m, &s);
+    // The tasks have the overlay's MTU, as Swarm's containers do.
+    let t = &m.tasks_of("web")[0];
+    let mtu = sys::exec_in(&t.ns, "cat", &["/sys/class/net/eth0/mtu"]).unwrap();
+    assert_eq!(mtu.trim(), "1450");
+}
+
+#[test]
+fn tasks_left_at_mtu_1500_still_move_a_mebibyte_and_learn_the_path_mtu() {
+    let Some(mut m) = mesh("1500") else { return };
+    m.set_task_mtu(1500).unwrap();
+    let s = Scratch::new("1500");
+    // TCP works because meshd clamps the MSS of every SYN and SYN-ACK it translates.
+    published_paths(&mut m, &s);
+    vip_paths(&mut m, &s);
+    // A task's own too-big packet with DF (no flow translates it: task to task directly) gets
+    // ICMP "fragmentation needed" with the overlay's MTU from its gateway (RFC 1191).
+    let c1 = m.tasks_of("c1")[0].ns.clone();
+    let api = m.tasks_of("api")[0].addr_on("appnet").unwrap().to_string();
+    let out = sys::exec_in_output(
+        &c1,
+        "ping",
+        &["-M", "do", "-s", "1472", "-c", "2", "-W", "1", &api],
+    )
+    .unwrap();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("mtu = 1450") || text.contains("mtu=1450"),
+        "ping: {text}"
+    );
+    // And the largest packet that fits passes.
+    let out = sys::exec_in_output(
+        &c1,
+        "ping",
+        &["-M", "do", "-s", "1422", "-c", "1", "-W", "2", &api],
+    )
+    .unwrap();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "ping -s 1422: {}{}",
+        out.stdout,
+        out.stderr
+    );
+}
