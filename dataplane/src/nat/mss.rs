@@ -62,7 +62,7 @@ pub fn clamp(f: &mut [u8], l4: usize, max: u16) -> bool {
                     // an option at an odd offset splits its value over two words.
                     let ck = l4 + 16;
                     let mut c = u16::from_be_bytes([f[ck], f[ck + 1]]);
-                    if (at + 2 - l4) % 2 == 0 {
+                    if (at + 2 - l4) & 1 == 0 {
                         c = update16(c, old, max);
                     } else {
                         // Words [x, hi] and [lo, y]: the high byte ends one word, the low byte
