@@ -714,9 +714,8 @@ mod tests {
     /// order, with a plausible one-way latency; frames of an earlier window are not counted.
     #[test]
     fn frames_cross_a_veth_and_are_counted_and_timed() {
-        use dataplane::netns::{self, Netns};
-        if !netns::is_root() {
-            println!("skipping frames_cross_a_veth_and_are_counted_and_timed: needs root");
+        use testbed::sys::{self as netns, Netns};
+        if !netns::require_root("frames_cross_a_veth_and_are_counted_and_timed") {
             return;
         }
         let ns = Netns::new(&format!("pktgen-test-{}", std::process::id())).unwrap();

@@ -16,7 +16,6 @@ pub mod hugepage;
 pub mod metrics;
 pub mod nat;
 pub mod neigh;
-pub mod netns;
 pub mod overlay;
 pub mod pipeline;
 pub mod port;

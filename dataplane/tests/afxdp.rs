@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use dataplane::buf::{PacketBuf, Pool, PortId};
-use dataplane::netns::{self, Netns};
 use dataplane::port::afpacket::{wait_readable, AfPacketConfig, AfPacketPort};
 use dataplane::port::afxdp::{AfXdpConfig, AfXdpError, AfXdpPort, XdpMode};
 use dataplane::port::{Burst, Port};
+use testbed::sys::{self as netns, Netns};
 
 const EXPERIMENTAL: u16 = 0x88b5;
 const MAGIC: &[u8; 4] = b"mshd";
@@ -141,8 +141,9 @@ fn has_xdp(ns: &Netns, dev: &str) -> bool {
 
 #[test]
 fn frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port() {
-    if !netns::is_root() {
-        println!("skipping: needs root for network namespaces and AF_XDP");
+    if !netns::require_root(
+        "frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port",
+    ) {
         return;
     }
     let ns = veth("both");
@@ -244,8 +245,7 @@ fn frames_cross_an_afxdp_port_both_ways_and_the_program_goes_with_the_port() {
 
 #[test]
 fn a_full_rx_ring_counts_the_kernels_drops() {
-    if !netns::is_root() {
-        println!("skipping: needs root for network namespaces and AF_XDP");
+    if !netns::require_root("a_full_rx_ring_counts_the_kernels_drops") {
         return;
     }
     let ns = veth("rxfull");

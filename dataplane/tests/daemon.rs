@@ -15,10 +15,10 @@ use ctl::client;
 use ctl::proto::{Command, Response};
 use ctl::*;
 use dataplane::buf::{Pool, PortId};
-use dataplane::netns::{self, Netns};
 use dataplane::port::afpacket::{AfPacketConfig, AfPacketPort};
 use dataplane::port::{Burst, Port};
 use dataplane::testkit::{self, tcp_flags, Mac};
+use testbed::sys::{self as netns, Netns};
 
 const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 0, 0x99];
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
@@ -155,8 +155,7 @@ fn frames_cross_a_running_meshd_on_af_xdp_and_its_state_survives_sigkill() {
 }
 
 fn frames_cross_and_state_survives_sigkill(io: &str) {
-    if !netns::is_root() {
-        eprintln!("skipped: needs root for network namespaces");
+    if !netns::require_root("frames_cross_and_state_survives_sigkill") {
         return;
     }
     let ns = Netns::new(&format!("t-daemon-{}-{io}", std::process::id())).unwrap();

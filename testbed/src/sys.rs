@@ -20,6 +20,103 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// For a test that needs root (namespaces, raw sockets): whether it may go on. When not root,
+/// under CI (the `CI` variable set, as CI runs `.ci/run` as root) the test **fails**, since a
+/// root test skipped there would pass without having run; elsewhere it says that it skips and
+/// the test returns.
+#[allow(clippy::panic)] // a test helper: failing the calling test is its job
+pub fn require_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test} needs root and CI is set: CI runs as root, so skipping would hide this test"
+        );
+    }
+    eprintln!("skipped {test}: it needs root (run with sudo)");
+    false
+}
+
+/// The prefix of every network namespace meshd's tests and tools create.
+pub const NETNS_PREFIX: &str = "meshd-";
+
+/// A network namespace `meshd-<name>`, deleted on drop (also when a test fails).
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+fn run_io(cmd: &mut Command) -> std::io::Result<String> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl Netns {
+    /// Creates `meshd-<name>` (replacing a leftover of the same name), loopback up.
+    pub fn new(name: &str) -> std::io::Result<Netns> {
+        let name = format!("{NETNS_PREFIX}{name}");
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run_io(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Runs `ip -n NAME args...`.
+    pub fn ip(&self, args: &[&str]) -> std::io::Result<String> {
+        run_io(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, argv: &[&str]) -> std::io::Result<String> {
+        run_io(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(argv),
+        )
+    }
+
+    /// A `Command` that runs `program` inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+
+    /// Moves the calling thread into the namespace (for sockets opened afterwards).
+    pub fn enter(&self) -> std::io::Result<()> {
+        enter(&self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Moves the calling thread into the namespace named `name` (as `ip netns` names it). See
+/// [`in_netns`] to run code there on a thread of its own.
+pub fn enter(name: &str) -> std::io::Result<()> {
+    let f = File::open(format!("/var/run/netns/{name}"))?;
+    // SAFETY: `f` is an open namespace file that outlives the call; setns only changes the
+    // calling thread's network namespace.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `prog args...` as a person would type it (for messages).
 pub fn cmdline<S: AsRef<OsStr>>(prog: &str, args: &[S]) -> String {
     let mut s = prog.to_string();

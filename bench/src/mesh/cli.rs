@@ -188,7 +188,7 @@ pub fn main(a: MeshArgs) -> i32 {
             }
         };
     }
-    if o.quick && !dataplane::netns::is_root() {
+    if o.quick && !testbed::sys::is_root() {
         // As the namespace tests do: `./test` as a normal user skips what needs root.
         eprintln!("bench mesh --quick: skipped: needs root for network namespaces");
         return 0;

@@ -87,7 +87,7 @@ impl GenThread {
         let handle = std::thread::Builder::new()
             .name("pktgen-tx".into())
             .spawn(move || {
-                let g = dataplane::netns::enter(topo::GEN_NS)
+                let g = testbed::sys::enter(topo::GEN_NS)
                     .map_err(|e| format!("entering {}: {e}", topo::GEN_NS))
                     .and_then(|()| Generator::open("eth0", spec).map_err(|e| e.to_string()));
                 let mut g = match g {
@@ -154,7 +154,7 @@ impl SinkThread {
         let handle = std::thread::Builder::new()
             .name("pktgen-sink".into())
             .spawn(move || {
-                let s = dataplane::netns::enter(topo::SINK_NS)
+                let s = testbed::sys::enter(topo::SINK_NS)
                     .and_then(|()| Sink::open("eth0"))
                     .map_err(|e| format!("sink in {}: {e}", topo::SINK_NS));
                 let mut sink = match s {
@@ -482,7 +482,7 @@ fn utc_now() -> String {
 
 /// Runs the whole comparison and writes the report.
 pub fn run(o: &Options) -> Result<Report, MeshError> {
-    if !dataplane::netns::is_root() {
+    if !testbed::sys::is_root() {
         return Err(MeshError::NotRoot);
     }
     // One run at a time: a second one would remove the first one's namespaces.

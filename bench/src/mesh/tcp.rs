@@ -37,7 +37,7 @@ pub fn run(
         let handles: Vec<_> = (0..threads.max(1))
             .map(|_| {
                 s.spawn(|| -> std::io::Result<()> {
-                    dataplane::netns::enter(netns)?;
+                    testbed::sys::enter(netns)?;
                     let mut buf = [0u8; 2048];
                     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                         if one(target, &mut buf) {

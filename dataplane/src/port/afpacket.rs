@@ -1081,94 +1081,43 @@ pub(super) fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::fs::File;
-    use std::process::Command;
     use std::time::{Duration, Instant};
 
     use super::*;
     use crate::buf::PacketBuf;
+    use testbed::sys::{require_root, Netns};
 
     const MAGIC: &[u8; 4] = b"mshd";
     const EXPERIMENTAL: u16 = 0x88b5;
 
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+    /// A network namespace `meshd-t-afp-<pid>-<tag>` with a veth pair `a`/`b`, both up, deleted
+    /// on drop (also when a test fails).
+    fn with_veth(tag: &str) -> Netns {
+        let ns = Netns::new(&format!("t-afp-{}-{tag}", std::process::id())).unwrap();
+        // "name" and "dev" are needed: ip reads a bare `a` as an abbreviation of `address`.
+        ns.ip(&[
+            "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
+        ])
+        .unwrap();
+        ns.ip(&["link", "set", "dev", "a", "up"]).unwrap();
+        ns.ip(&["link", "set", "dev", "b", "up"]).unwrap();
+        ns
     }
 
-    /// A network namespace `meshd-t-afp-<pid>-<tag>`, deleted on drop (also when a test fails).
-    struct Netns {
-        name: String,
-    }
-
-    impl Netns {
-        fn new(tag: &str) -> Netns {
-            let name = format!("meshd-t-afp-{}-{tag}", std::process::id());
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            run("ip", &["netns", "add", &name]);
-            Netns { name }
+    /// Runs `f` on a new thread that has entered `ns`; a panic in `f` is re-raised here (after
+    /// the thread is gone, before `ns` is dropped).
+    fn run_in<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
+        let r = std::thread::scope(|s| {
+            s.spawn(|| {
+                ns.enter().unwrap();
+                f()
+            })
+            .join()
+        });
+        match r {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
         }
-
-        /// Runs `ip -n NAME args...`.
-        fn ip(&self, args: &[&str]) {
-            let mut all = vec!["-n", self.name.as_str()];
-            all.extend_from_slice(args);
-            run("ip", &all);
-        }
-
-        /// A veth pair `a`/`b`, both up.
-        fn with_veth(tag: &str) -> Netns {
-            let ns = Netns::new(tag);
-            // "name" and "dev" are needed: ip reads a bare `a` as an abbreviation of `address`.
-            ns.ip(&[
-                "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
-            ]);
-            ns.ip(&["link", "set", "dev", "a", "up"]);
-            ns.ip(&["link", "set", "dev", "b", "up"]);
-            ns
-        }
-
-        /// Runs `f` on a new thread that has entered the namespace; a panic in `f` is re-raised
-        /// here (after the thread is gone, before `self` is dropped).
-        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-            let path = format!("/var/run/netns/{}", self.name);
-            let r = std::thread::scope(|s| {
-                s.spawn(|| {
-                    enter(&path);
-                    f()
-                })
-                .join()
-            });
-            match r {
-                Ok(v) => v,
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .output();
-        }
-    }
-
-    fn run(cmd: &str, args: &[&str]) {
-        let out = Command::new(cmd).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Moves the calling thread into the network namespace at `path`.
-    fn enter(path: &str) {
-        let f = File::open(path).unwrap();
-        // SAFETY: `f` is an open namespace file; setns only changes this thread's namespace.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns {path}: {}", io::Error::last_os_error());
     }
 
     fn cfg(mode: RxRing, port: PortId) -> AfPacketConfig {
@@ -1375,13 +1324,12 @@ mod tests {
     both_rings!(frames_cross_a_veth_byte_exact: frames_cross_a_veth_byte_exact_per_frame, frames_cross_a_veth_byte_exact_blocks);
 
     fn frames_cross_a_veth_byte_exact(mode: RxRing) {
-        if !is_root() {
-            println!("skipping frames_cross_a_veth_byte_exact: needs root for network namespaces and AF_PACKET");
+        if !require_root("frames_cross_a_veth_byte_exact") {
             return;
         }
         const N: u32 = 1000;
-        let ns = Netns::with_veth(&tag(mode, "xfer"));
-        ns.run(|| {
+        let ns = with_veth(&tag(mode, "xfer"));
+        run_in(&ns, || {
             let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
             assert_eq!(a.rx_ring(), mode);
             // A second socket on the sending interface: it must not see the outgoing frames.
@@ -1451,13 +1399,12 @@ mod tests {
     both_rings!(fanout_members_share_the_traffic: fanout_members_share_the_traffic_per_frame, fanout_members_share_the_traffic_blocks);
 
     fn fanout_members_share_the_traffic(mode: RxRing) {
-        if !is_root() {
-            println!("skipping fanout_members_share_the_traffic: needs root for network namespaces and AF_PACKET");
+        if !require_root("fanout_members_share_the_traffic") {
             return;
         }
         const N: u32 = 1000;
-        let ns = Netns::with_veth(&tag(mode, "fanout"));
-        ns.run(|| {
+        let ns = with_veth(&tag(mode, "fanout"));
+        run_in(&ns, || {
             let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
             let member = AfPacketConfig {
                 fanout: Some(0x6d73),
@@ -1517,12 +1464,11 @@ mod tests {
     both_rings!(a_full_tx_ring_counts_its_drops: a_full_tx_ring_counts_its_drops_per_frame, a_full_tx_ring_counts_its_drops_blocks);
 
     fn a_full_tx_ring_counts_its_drops(mode: RxRing) {
-        if !is_root() {
-            println!("skipping a_full_tx_ring_counts_its_drops: needs root for network namespaces and AF_PACKET");
+        if !require_root("a_full_tx_ring_counts_its_drops") {
             return;
         }
-        let ns = Netns::with_veth(&tag(mode, "txfull"));
-        ns.run(|| {
+        let ns = with_veth(&tag(mode, "txfull"));
+        run_in(&ns, || {
             // One page per ring: two TX slots. Nothing is kicked before the burst ends, so the
             // third frame of a burst finds the ring full.
             let tiny = AfPacketConfig {
@@ -1563,12 +1509,11 @@ mod tests {
     both_rings!(a_full_rx_ring_counts_the_kernels_drops: a_full_rx_ring_counts_the_kernels_drops_per_frame, a_full_rx_ring_counts_the_kernels_drops_blocks);
 
     fn a_full_rx_ring_counts_the_kernels_drops(mode: RxRing) {
-        if !is_root() {
-            println!("skipping a_full_rx_ring_counts_the_kernels_drops: needs root for network namespaces and AF_PACKET");
+        if !require_root("a_full_rx_ring_counts_the_kernels_drops") {
             return;
         }
-        let ns = Netns::with_veth(&tag(mode, "rxfull"));
-        ns.run(|| {
+        let ns = with_veth(&tag(mode, "rxfull"));
+        run_in(&ns, || {
             let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
             // One page: two slots of a per-frame ring, one block of a block ring (a few 1514-byte
             // frames). Nobody reads it while 64 frames arrive.
@@ -1605,12 +1550,11 @@ mod tests {
     /// With a 1 s block timeout, a lone frame reaches a block ring after about 1 s; a per-frame
     /// ring has it at once (and `poll` says so).
     fn a_lone_frame_waits_for_no_block_timer(mode: RxRing) {
-        if !is_root() {
-            println!("skipping a_lone_frame_waits_for_no_block_timer: needs root for network namespaces and AF_PACKET");
+        if !require_root("a_lone_frame_waits_for_no_block_timer") {
             return;
         }
-        let ns = Netns::with_veth(&tag(mode, "lone"));
-        ns.run(|| {
+        let ns = with_veth(&tag(mode, "lone"));
+        run_in(&ns, || {
             let slow = |port| AfPacketConfig {
                 block_timeout_ms: 1000,
                 ..cfg(mode, port)
@@ -1660,7 +1604,7 @@ mod tests {
 
     #[test]
     fn without_cap_net_raw_the_error_says_so() {
-        if is_root() {
+        if testbed::sys::is_root() {
             println!("skipping without_cap_net_raw_the_error_says_so: runs only as a normal user");
             return;
         }
@@ -1747,11 +1691,10 @@ mod tests {
     #[test]
     #[ignore]
     fn afpacket_throughput() {
-        if !is_root() {
-            println!("skipping afpacket_throughput: needs root");
+        if !require_root("afpacket_throughput") {
             return;
         }
-        let ns = Netns::with_veth("bench");
+        let ns = with_veth("bench");
         for (mode, size) in [
             (RxRing::PerFrame, 64usize),
             (RxRing::PerFrame, 1514),
@@ -1759,7 +1702,7 @@ mod tests {
             (RxRing::Blocks, 1514),
         ] {
             let secs = 2.0;
-            let (sent, received, stats_a, stats_b) = ns.run(|| {
+            let (sent, received, stats_a, stats_b) = run_in(&ns, || {
                 let mut a = AfPacketPort::open("a", &cfg(mode, PortId::Uplink)).unwrap();
                 let big = AfPacketConfig {
                     block_size: 1 << 20,
@@ -1768,10 +1711,9 @@ mod tests {
                 };
                 let mut b = AfPacketPort::open("b", &big).unwrap();
                 let stop = std::sync::atomic::AtomicBool::new(false);
-                let path = format!("/var/run/netns/{}", ns.name);
                 std::thread::scope(|s| {
                     let rx = s.spawn(|| {
-                        enter(&path);
+                        ns.enter().unwrap();
                         let mut pool = Pool::new(64);
                         let mut burst = Burst::new();
                         let mut n = 0u64;

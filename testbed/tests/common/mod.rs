@@ -82,10 +82,12 @@ fn build_daemons(testbed: &Path) {
 }
 
 /// A fresh 3-node mesh on instance `<letter><tag><pid>`, or `None` (with a printed line) when
-/// not root. `preflight` checks what this test file needs besides root.
+/// not root; under CI (which runs as root) not being root fails the test instead
+/// ([`sys::require_root`]). `preflight` checks what this test file needs besides root.
 pub fn mesh(letter: &str, test: &str, tag: &str, preflight: impl FnOnce()) -> Option<Mesh> {
-    if !sys::is_root() {
-        eprintln!("skipping {tag}: the end-to-end tests need root (sudo cargo test -p testbed --test {test})");
+    if !sys::require_root(&format!(
+        "{test}/{tag} (sudo cargo test -p testbed --test {test})"
+    )) {
         return None;
     }
     preflight();
