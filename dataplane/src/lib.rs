@@ -21,6 +21,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod port;
 mod prefetch;
+pub mod shared;
 pub mod sim;
 pub mod stats;
 pub mod testkit;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::control::Controller;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 /// Renders the `stats` JSON of [`Controller::stats`] as Prometheus text format 0.0.4.
 pub fn render(stats: &Value) -> String {

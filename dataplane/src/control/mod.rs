@@ -28,8 +28,8 @@ use serde_json::{json, Value};
 use crate::balance::table::HealthView;
 use crate::balance::ServiceTable;
 use crate::host::HostShared;
+use crate::shared::Shared;
 use crate::stats::DropReason;
-use crate::worker::Shared;
 
 pub mod store;
 pub use store::StateStore;
@@ -302,7 +302,7 @@ impl Controller {
             m.insert("drops".into(), Value::Object(drops));
             Value::Object(m)
         };
-        let mut hist = crate::worker::new_histogram();
+        let mut hist = crate::shared::new_histogram();
         for h in &self.shared.latency {
             if let Ok(h) = h.lock() {
                 let _ = hist.add(&*h);
