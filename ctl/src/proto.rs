@@ -110,7 +110,7 @@ pub enum Command {
     /// A service's tasks. Result: `[PsTask]`: each task with its observed `status` (current
     /// state, since when, health).
     ServicePs { name: String },
-    /// The daemon's counters. Result: a JSON object whose shape the daemon defines.
+    /// The daemon's counters. Result: [`StatsReport`].
     Stats {},
     /// The whole desired state. Result: `State`.
     State {},
@@ -578,6 +578,160 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
     }
     serde_json::from_value(value)
         .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad request: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The `stats` answer.
+
+crate::counters! {
+    /// One worker's plain counters (its drops by reason are beside them in [`WorkerReport`]).
+    /// meshd's fast path increments these fields directly; see [`crate::counters`] to add one.
+    pub struct WorkerCounters {
+        rx: Counter,
+        tx_uplink: Counter,
+        tx_tasks: Counter,
+        to_host: Counter,
+        handoff_out: Counter,
+        arp_replies: Counter,
+        new_flows: Counter,
+        active_flows: Gauge,
+        flows_expired: Counter,
+        flows_evicted: Counter,
+        flows_ended: Counter,
+        resets_sent: Counter,
+        /// Frames the ports dropped below the pipeline, totals since they opened, refreshed by
+        /// the worker about every 10 ms: the kernel found the RX ring full; a received frame did
+        /// not fit a buffer; the TX ring was full; a frame to send had a bad length.
+        port_rx_dropped: Counter,
+        port_rx_too_long: Counter,
+        port_tx_full: Counter,
+        port_tx_bad_len: Counter,
+    }
+}
+
+impl WorkerCounters {
+    /// Frames the ports lost before or after the pipeline.
+    pub fn port_drops(&self) -> u64 {
+        self.port_rx_dropped + self.port_rx_too_long + self.port_tx_full + self.port_tx_bad_len
+    }
+}
+
+crate::counters! {
+    /// The host side's counters: its answers, DNS, health checks, gossip.
+    pub struct HostCounters {
+        /// Frames handed to the host side.
+        frames: Counter,
+        /// Frames it had nothing to say to (not for the node, an ICMP error, a RST, ...).
+        ignored: Counter,
+        rst_sent: Counter,
+        unreachable_sent: Counter,
+        echo_replies: Counter,
+        dns_queries: Counter,
+        /// Of which over TCP.
+        dns_tcp_queries: Counter,
+        dns_noerror: Counter,
+        dns_nxdomain: Counter,
+        dns_formerr: Counter,
+        dns_notimp: Counter,
+        dns_refused: Counter,
+        dns_badvers: Counter,
+        /// Answers that did not fit over UDP and went out truncated (TC).
+        dns_truncated: Counter,
+        /// Messages dropped without an answer (too short to have a header, or a response).
+        dns_dropped: Counter,
+        dns_forwarded: Counter,
+        dns_upstream_answers: Counter,
+        dns_upstream_timeouts: Counter,
+        /// Answers that could not be queued (a full socket buffer).
+        dns_send_failed: Counter,
+        checks_started: Counter,
+        checks_passed: Counter,
+        checks_failed: Counter,
+        /// Times the combined health view changed (each a new table generation).
+        health_changes: Counter,
+        gossip_sent: Counter,
+        gossip_received: Counter,
+        /// Gossip from an unknown VTEP, under another node's name, or malformed.
+        gossip_rejected: Counter,
+    }
+}
+
+/// One worker's counters, or their sum: the plain counters and the frames dropped, by reason
+/// (the reason's name; reasons with no drop are left out).
+///
+/// On the wire the plain counters sit next to `drops`: `{"rx":5,...,"drops":{"no_route":1}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    #[serde(flatten)]
+    pub counters: WorkerCounters,
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl WorkerReport {
+    /// Frames dropped for any reason.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+/// Burst processing time percentiles in nanoseconds, over every worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyReport {
+    /// Bursts measured.
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// Packets, bytes and connections (new flows) of one task, summed over the workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskReport {
+    pub name: String,
+    /// The node the task runs on.
+    pub node: String,
+    pub eligible: bool,
+    /// The task's health verdict, when its service has a check.
+    #[serde(default)]
+    pub health: Option<crate::model::Health>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+}
+
+/// One service's traffic: the sum over its tasks, and each task's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceReport {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+    /// Tasks that take new connections.
+    pub eligible: u64,
+    pub tasks: Vec<TaskReport>,
+}
+
+/// The answer to [`Command::Stats`]: everything `meshctl stats` and Prometheus show, built by
+/// meshd from the counters its threads publish (never behind a state change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatsReport {
+    pub node: String,
+    /// The generation of the table the workers run.
+    pub generation: u64,
+    pub workers: Vec<WorkerReport>,
+    /// The sum over the workers.
+    pub total: WorkerReport,
+    pub burst_latency_ns: LatencyReport,
+    pub services: Vec<ServiceReport>,
+    /// The host side's counters; absent when meshd runs no host thread.
+    #[serde(default)]
+    pub host: Option<HostCounters>,
 }
 
 #[cfg(test)]

@@ -13,6 +13,9 @@ use crossbeam::queue::ArrayQueue;
 use crate::balance::ServiceTable;
 use crate::buf::PacketBuf;
 use crate::neigh::Neighbors;
+use ctl::proto::{LatencyReport, ServiceReport, StatsReport, TaskReport};
+
+use crate::host::HostShared;
 use crate::stats::{DropReason, WorkerStats};
 
 /// Frames per handoff ring and host queue.
@@ -185,5 +188,83 @@ pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
         Ok(h) => h,
         // The bounds above are valid constants; `new(3)` cannot fail either.
         Err(_) => hdrhistogram::Histogram::new(3).unwrap_or_else(|_| std::process::abort()),
+    }
+}
+
+/// The `stats` answer, from what the workers and the host thread publish and the table the
+/// workers run (its node name and generation). Takes no lock the workers or the control thread
+/// hold for long: a scrape never waits behind a state change.
+pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) -> StatsReport {
+    let (total, each) = shared.stats();
+    let mut hist = new_histogram();
+    for h in &shared.latency {
+        if let Ok(h) = h.lock() {
+            let _ = hist.add(&*h);
+        }
+    }
+    // Per-task packets, bytes and connections, summed over the workers.
+    let mut per_uid: std::collections::HashMap<u64, [u64; 3]> = std::collections::HashMap::new();
+    for w in &shared.task_stats {
+        for (uid, v) in w.read() {
+            let e = per_uid.entry(uid).or_default();
+            for (a, b) in e.iter_mut().zip(v) {
+                *a += b;
+            }
+        }
+    }
+    let services = table
+        .services
+        .iter()
+        .map(|s| {
+            let tasks: Vec<TaskReport> = s
+                .tasks
+                .iter()
+                .filter_map(|&t| table.tasks.get(t as usize))
+                .map(|te| {
+                    let [packets, bytes, connections] =
+                        per_uid.get(&te.uid).copied().unwrap_or_default();
+                    TaskReport {
+                        name: te.name.clone(),
+                        node: table
+                            .nodes
+                            .get(usize::from(te.node))
+                            .map(|n| n.name.clone())
+                            .unwrap_or_default(),
+                        eligible: te.eligible,
+                        health: te.health,
+                        packets,
+                        bytes,
+                        connections,
+                    }
+                })
+                .collect();
+            ServiceReport {
+                name: s.name.clone(),
+                packets: tasks.iter().map(|t| t.packets).sum(),
+                bytes: tasks.iter().map(|t| t.bytes).sum(),
+                connections: tasks.iter().map(|t| t.connections).sum(),
+                eligible: tasks.iter().map(|t| u64::from(t.eligible)).sum(),
+                tasks,
+            }
+        })
+        .collect();
+    StatsReport {
+        node: table
+            .nodes
+            .get(usize::from(table.local))
+            .map(|n| n.name.clone())
+            .unwrap_or_default(),
+        generation: table.generation,
+        workers: each.iter().map(WorkerStats::report).collect(),
+        total: total.report(),
+        burst_latency_ns: LatencyReport {
+            count: hist.len(),
+            p50: hist.value_at_quantile(0.5),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        },
+        services,
+        host: host.and_then(|h| h.stats.lock().ok().map(|s| s.clone())),
     }
 }

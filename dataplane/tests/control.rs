@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ctl::client::Connection;
@@ -66,9 +66,9 @@ impl Daemon {
         );
         let mut threads = vec![std::thread::spawn(move || w.run())];
         let (server, listener) = Server::bind(&socket).unwrap();
-        let ctl = Arc::new(Mutex::new(controller));
-        let s2 = shared.clone();
-        threads.push(std::thread::spawn(move || Server::serve(listener, ctl, s2)));
+        let (ctl, control) = controller.start().unwrap();
+        threads.push(control);
+        threads.push(std::thread::spawn(move || Server::serve(listener, ctl)));
         Daemon {
             dir,
             socket,
@@ -405,4 +405,93 @@ fn state_survives_a_restart() {
         .is_some());
     let dir = d.stop();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A change waiting for a worker that never acknowledges holds the control thread; `stats` and
+/// a Prometheus scrape still answer, while the change is still waiting (a liveness test: the
+/// change waits two minutes, the reads get no deadline of their own).
+#[test]
+fn stats_and_metrics_answer_while_a_change_waits_for_the_workers() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("meshd-ctl-{}-stuck", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("meshd.sock");
+    let mut persisted = dataplane::control::Persisted::default();
+    persisted.state.nodes.push(node("n1", 11));
+    // One worker that never runs, so never acknowledges a generation.
+    let shared = Shared::new(
+        ServiceTable::empty("n1", Ipv4Addr::new(192, 168, 1, 11)),
+        1,
+        Arc::new(Neighbors::new(64)),
+    );
+    let mut controller = Controller::new(
+        "n1".into(),
+        persisted,
+        StateStore::new(dir.join("state.json")),
+        shared.clone(),
+    )
+    .unwrap();
+    controller.ack_timeout = Duration::from_secs(120);
+    controller.host = Some(Arc::new(dataplane::host::HostShared::default()));
+    let host = controller.host.clone();
+    let (ctl, control) = controller.start().unwrap();
+    let (server, listener) = Server::bind(&socket).unwrap();
+    let serve = std::thread::spawn(move || Server::serve(listener, ctl));
+    let metrics_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = metrics_l.local_addr().unwrap();
+    let (ms, mh) = (shared.clone(), host.clone());
+    let metrics = std::thread::spawn(move || dataplane::metrics::serve(metrics_l, ms, mh));
+
+    let sock = socket.clone();
+    let change = std::thread::spawn(move || {
+        let mut c = Connection::connect(&sock, Duration::from_secs(600)).unwrap();
+        c.send(&Command::NodeAdd {
+            node: node("n2", 12),
+            endpoints: BTreeMap::new(),
+        })
+        .unwrap()
+    });
+    // The change is under way once its table is published (it then waits for the acks).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while shared.table.load().generation != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let mut c = Connection::connect(&socket, Duration::from_secs(60)).unwrap();
+    let st = ok(c.send(&Command::Stats {}).unwrap());
+    let report: ctl::proto::StatsReport = serde_json::from_value(st.result).unwrap();
+    assert_eq!((report.node.as_str(), report.generation), ("n1", 1));
+    assert_eq!(report.workers.len(), 1);
+    assert!(report.host.is_some());
+
+    let mut s = std::net::TcpStream::connect(metrics_addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(body.contains("meshd_generation{node=\"n1\"} 1"), "{body}");
+    assert!(
+        body.contains("meshd_rx_total{node=\"n1\",worker=\"0\"} 0"),
+        "{body}"
+    );
+
+    assert!(
+        !change.is_finished(),
+        "the reads answered only after the change gave up"
+    );
+    // Stopping ends the wait: the change is persisted, published, and says who did not ack.
+    shared.stop.store(true, Ordering::Relaxed);
+    let e = err(change.join().unwrap());
+    assert_eq!(e.code, ErrorCode::Internal);
+    assert!(e.message.contains("did not pick it up"), "{}", e.message);
+    for t in [control, serve, metrics] {
+        t.join().unwrap();
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -626,11 +626,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Top::Node(c) => node(&ctx, c),
         Top::Service(c) => service(&ctx, c),
         Top::Stats => {
-            let s = ctx.read(Command::Stats {})?;
-            match ctx.format {
-                Format::Json => print_json(&s.result),
-                Format::Table => out(&stats::render(&s.result)),
-            }
+            let s: ctl::proto::StatsReport = ctx.read_as(Command::Stats {})?;
+            ctx.show(&s, || stats::render(&s))
         }
     }
 }
