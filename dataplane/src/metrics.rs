@@ -54,7 +54,7 @@ fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
             )?;
         }
     }
-    let task_metrics: [(&str, fn(&TaskReport) -> u64); 3] = [
+    let task_metrics: [(&str, TaskField); 3] = [
         ("meshd_task_packets_total", |t| t.packets),
         ("meshd_task_bytes_total", |t| t.bytes),
         ("meshd_task_connections_total", |t| t.connections),
@@ -114,6 +114,9 @@ fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
         stats.generation
     )
 }
+
+/// One of a task's counters.
+type TaskField = fn(&TaskReport) -> u64;
 
 fn write_host(out: &mut String, node: &str, host: &HostCounters) -> std::fmt::Result {
     for (name, kind, v) in host.iter() {

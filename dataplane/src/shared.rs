@@ -164,7 +164,8 @@ impl PublishedTasks {
 
     /// Every published row: (uid, [packets, bytes, connections]).
     pub fn read(&self) -> Vec<(u64, [u64; 3])> {
-        let n = self.len.load(Ordering::Acquire) as usize;
+        // At most the rows' length (the writer counts the rows it filled).
+        let n = usize::try_from(self.len.load(Ordering::Acquire)).unwrap_or(usize::MAX);
         self.rows
             .iter()
             .take(n)

@@ -4,8 +4,11 @@ use ctl::proto::{HostCounters, StatsReport, WorkerReport};
 
 use super::render::table;
 
+/// One column of the worker table.
+type Column = fn(&WorkerReport) -> u64;
+
 /// The worker table's columns: heading and counter, then the drops and the port drops.
-const COLUMNS: [(&str, fn(&WorkerReport) -> u64); 12] = [
+const COLUMNS: [(&str, Column); 12] = [
     ("RX", |w| w.counters.rx),
     ("TX-UPLINK", |w| w.counters.tx_uplink),
     ("TX-TASKS", |w| w.counters.tx_tasks),

@@ -110,7 +110,7 @@ impl Controller {
         let now = Instant::now();
         let unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut seen: HashMap<String, Since> = HashMap::with_capacity(t.tasks.len());
         for te in &t.tasks {
             let state = CurrentState::of(te.state, te.health);
@@ -166,7 +166,10 @@ impl Controller {
                 let state = CurrentState::of(t.state, health);
                 let detail = te.and_then(|x| board.as_ref()?.get(&x.uid).cloned());
                 let (age_ms, since_unix_ms) = match self.since.get(&t.name) {
-                    Some(s) if s.state == state => (s.at.elapsed().as_millis() as u64, s.unix_ms),
+                    Some(s) if s.state == state => (
+                        u64::try_from(s.at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        s.unix_ms,
+                    ),
                     _ => (0, 0),
                 };
                 let streak = detail.as_ref().map_or(0, |d| d.streak);
@@ -340,7 +343,7 @@ impl Controller {
 #[derive(Debug)]
 pub enum ControlMsg {
     /// A parsed request, and where its answer goes.
-    Request(Command, Sender<Response>),
+    Request(Box<Command>, Sender<Response>),
     /// The host thread's changed health verdicts.
     Health(HealthView),
 }
@@ -377,7 +380,11 @@ impl ControlHandle {
             };
         }
         let (reply, answer) = channel::bounded(1);
-        if self.tx.send(ControlMsg::Request(cmd, reply)).is_err() {
+        if self
+            .tx
+            .send(ControlMsg::Request(Box::new(cmd), reply))
+            .is_err()
+        {
             return Response::error(ErrorCode::Internal, "meshd is stopping");
         }
         answer
