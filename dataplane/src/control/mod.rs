@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 
 use ctl::model::{CurrentState, Health, PsTask, TaskState, TaskStatus};
-use ctl::proto::{self, Command, ErrorCode, Response};
+use ctl::proto::{self, Change, Command, ErrorCode, Query, Response};
 use ctl::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -215,9 +215,13 @@ impl Controller {
     }
 
     pub fn handle(&mut self, cmd: &Command) -> Response {
-        if cmd.changes_state() {
-            return self.change(cmd);
+        match cmd {
+            Command::Query(q) => self.query(q),
+            Command::Change(c) => self.change(c),
         }
+    }
+
+    fn query(&self, q: &Query) -> Response {
         let g = self.generation;
         let not_found = |kind: &str, name: &str| {
             Response::error(ErrorCode::NotFound, format!("{kind} \"{name}\" not found"))
@@ -229,35 +233,30 @@ impl Controller {
                 format!("cannot encode the answer: {e}"),
             ),
         };
-        match cmd {
-            Command::NetworkLs {} => val(serde_json::to_value(&self.state.networks)),
-            Command::NetworkInspect { name } => match self.state.network(name) {
+        match q {
+            Query::NetworkLs {} => val(serde_json::to_value(&self.state.networks)),
+            Query::NetworkInspect { name } => match self.state.network(name) {
                 Some(n) => val(serde_json::to_value(n)),
                 None => not_found("network", name),
             },
-            Command::NodeLs {} => val(serde_json::to_value(&self.state.nodes)),
-            Command::ServiceLs {} => val(serde_json::to_value(&self.state.services)),
-            Command::ServiceInspect { name } => match self.state.service(name) {
+            Query::NodeLs {} => val(serde_json::to_value(&self.state.nodes)),
+            Query::ServiceLs {} => val(serde_json::to_value(&self.state.services)),
+            Query::ServiceInspect { name } => match self.state.service(name) {
                 Some(s) => val(serde_json::to_value(s)),
                 None => not_found("service", name),
             },
-            Command::ServicePs { name } => match self.state.service(name) {
+            Query::ServicePs { name } => match self.state.service(name) {
                 Some(s) => val(serde_json::to_value(self.ps(s))),
                 None => not_found("service", name),
             },
-            Command::State {} => val(serde_json::to_value(&self.state)),
-            Command::Stats {} => val(serde_json::to_value(self.stats())),
-            _ => Response::error(
-                ErrorCode::Internal,
-                format!("command {} is not handled", cmd.name()),
-            ),
+            Query::State {} => val(serde_json::to_value(&self.state)),
+            Query::Stats {} => val(serde_json::to_value(self.stats())),
         }
     }
 
-    fn change(&mut self, cmd: &Command) -> Response {
-        let next = match ctl::apply::apply(&self.state, cmd) {
-            Ok(Some(s)) => s,
-            Ok(None) => return Response::ok(self.generation, Value::Null),
+    fn change(&mut self, c: &Change) -> Response {
+        let next = match ctl::apply::change(&self.state, c) {
+            Ok(s) => s,
             Err(e) => return Response::Err(e.into()),
         };
         let generation = self.generation + 1;
@@ -285,7 +284,7 @@ impl Controller {
         self.state = persisted.state;
         self.generation = generation;
         self.observe(&table);
-        let answer = ctl::apply::answer(&self.state, cmd).unwrap_or(Value::Null);
+        let answer = ctl::apply::answer_change(&self.state, c).unwrap_or(Value::Null);
         match self.shared.publish(table, self.ack_timeout) {
             Ok(()) => Response::ok(generation, answer),
             Err(behind) => Response::error(
@@ -368,7 +367,7 @@ impl ControlHandle {
     /// Answers `stats` here, from the hub; hands every other command to the control thread and
     /// waits for its answer.
     pub fn request(&self, cmd: Command) -> Response {
-        if let Command::Stats {} = cmd {
+        if let Command::Query(Query::Stats {}) = cmd {
             let table = self.shared.table.load();
             let report = crate::shared::report(&self.shared, self.host.as_deref(), &table);
             return match serde_json::to_value(report) {
@@ -547,7 +546,8 @@ mod tests {
     }
 
     fn ps(c: &mut Controller) -> Vec<PsTask> {
-        let Response::Ok(ok) = c.handle(&Command::ServicePs { name: "web".into() }) else {
+        let Response::Ok(ok) = c.handle(&Command::Query(Query::ServicePs { name: "web".into() }))
+        else {
             panic!()
         };
         serde_json::from_value(ok.result).unwrap()
@@ -570,10 +570,10 @@ mod tests {
         assert!(t.tasks.iter().all(|x| x.eligible));
         assert!(!c.store.path().exists(), "a verdict is not persisted");
         // A desired-state change keeps the verdicts.
-        let r = c.handle(&Command::NodeUpdate {
+        let r = c.handle(&Command::Change(Change::NodeUpdate {
             name: "n1".into(),
             availability: ctl::Availability::Drain,
-        });
+        }));
         assert!(matches!(r, Response::Ok(_)), "{r:?}");
         let t = c.shared.table.load_full();
         assert_eq!(t.generation, 6);
