@@ -32,7 +32,7 @@ use ctl::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::balance::table::HealthView;
+use crate::balance::table::{BuildError, HealthView};
 use crate::balance::ServiceTable;
 use crate::host::HostShared;
 use crate::shared::Shared;
@@ -263,10 +263,11 @@ impl Controller {
         let table = match ServiceTable::build_with(&next, &self.local, generation, &self.health) {
             Ok(t) => t,
             Err(e) => {
-                let code = if e.to_string().contains("already in use") {
-                    ErrorCode::Conflict
-                } else {
-                    ErrorCode::Invalid
+                let code = match &e {
+                    BuildError::Invalid(v) => v.code(),
+                    BuildError::UnknownLocalNode(_) | BuildError::TooMany { .. } => {
+                        ErrorCode::Invalid
+                    }
                 };
                 return Response::error(code, e.to_string());
             }
