@@ -18,8 +18,9 @@
 //! }
 //! ```
 //!
-//! Its name is the field's name: `meshctl stats --json` and Prometheus (`meshd_<name>_total` for a
-//! counter, `meshd_<name>` for a gauge) pick it up with no other change.
+//! Its name is the field's name: the `stats` answer (`meshctl --format json stats`) and
+//! Prometheus (`meshd_<name>_total` for a counter, `meshd_<name>` for a gauge) pick it up with no
+//! other change. The `meshctl stats` table shows the columns `ctl/src/cli/stats.rs` picks.
 //!
 //! [`WorkerCounters`]: crate::proto::WorkerCounters
 
