@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{EndpointMode, Network, Node, Service, State, Task};
-use crate::proto::{Command, ErrorBody, ErrorCode, PortSpec, ServiceUpdate};
+use crate::proto::{Change, Command, ErrorBody, ErrorCode, PortSpec, Query, ServiceUpdate};
 
 /// What a command names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,18 +127,23 @@ pub fn task_slot(service: &str, task: &str) -> Option<u32> {
 
 /// The next state after a changing command, `None` for a command that only reads.
 pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> {
-    if !cmd.changes_state() {
-        return Ok(None);
-    }
-    let mut s = state.clone();
     match cmd {
-        Command::NetworkCreate { network } => {
+        Command::Query(_) => Ok(None),
+        Command::Change(c) => change(state, c).map(Some),
+    }
+}
+
+/// The next state after `change`, or why it cannot be made.
+pub fn change(state: &State, change: &Change) -> Result<State, ApplyError> {
+    let mut s = state.clone();
+    match change {
+        Change::NetworkCreate { network } => {
             if s.network(&network.name).is_some() {
                 return Err(exists(Kind::Network, &network.name));
             }
             s.networks.push(network.clone());
         }
-        Command::NetworkRm { name } => {
+        Change::NetworkRm { name } => {
             let idx = network_index(&s, name)?;
             let users: Vec<String> = s
                 .services
@@ -157,7 +162,7 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
             }
             s.networks.remove(idx);
         }
-        Command::NodeAdd { node, endpoints } => {
+        Change::NodeAdd { node, endpoints } => {
             // Adding a node exactly as it is already known is a no-op, so one `meshctl node add`
             // can go to every daemon of a mesh, the node's own among them (each meshd knows
             // itself from its command line).
@@ -192,7 +197,7 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
                 s.nodes.push(node.clone());
             }
         }
-        Command::NodeRm { name } => {
+        Change::NodeRm { name } => {
             let idx = node_index(&s, name)?;
             let tasks: Vec<String> = s
                 .services
@@ -212,11 +217,11 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
                 net.endpoints.remove(name);
             }
         }
-        Command::NodeUpdate { name, availability } => {
+        Change::NodeUpdate { name, availability } => {
             let idx = node_index(&s, name)?;
             s.nodes[idx].availability = *availability;
         }
-        Command::ServiceCreate { service } => {
+        Change::ServiceCreate { service } => {
             if s.service(&service.name).is_some() {
                 return Err(exists(Kind::Service, &service.name));
             }
@@ -240,19 +245,19 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
             }
             s.services.push(checked);
         }
-        Command::ServiceUpdate { name, update } => {
+        Change::ServiceUpdate { name, update } => {
             let svc = s
                 .service_mut(name)
                 .ok_or_else(|| not_found(Kind::Service, name))?;
             update_service(svc, update)?;
         }
-        Command::ServiceScale { name, replicas } => {
+        Change::ServiceScale { name, replicas } => {
             let svc = s
                 .service_mut(name)
                 .ok_or_else(|| not_found(Kind::Service, name))?;
             scale(svc, *replicas)?;
         }
-        Command::ServiceRm { name } => {
+        Change::ServiceRm { name } => {
             let idx = s
                 .services
                 .iter()
@@ -260,16 +265,8 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
                 .ok_or_else(|| not_found(Kind::Service, name))?;
             s.services.remove(idx);
         }
-        Command::NetworkLs {}
-        | Command::NetworkInspect { .. }
-        | Command::NodeLs {}
-        | Command::ServiceLs {}
-        | Command::ServiceInspect { .. }
-        | Command::ServicePs { .. }
-        | Command::Stats {}
-        | Command::State {} => return Ok(None),
     }
-    Ok(Some(s))
+    Ok(s)
 }
 
 /// The result body of a successful response to `cmd`, read from `state` (for a changing
@@ -289,23 +286,38 @@ pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> 
 /// | `stats` | `null` here: the daemon answers with its own counters |
 pub fn answer(state: &State, cmd: &Command) -> Result<Value, ApplyError> {
     match cmd {
-        Command::NetworkCreate { network } => to_value(find_network(state, &network.name)?),
-        Command::NetworkInspect { name } => to_value(find_network(state, name)?),
-        Command::NetworkLs {} => to_value(&state.networks),
-        Command::NodeAdd { node, .. } => to_value(find_node(state, &node.name)?),
-        Command::NodeUpdate { name, .. } => to_value(find_node(state, name)?),
-        Command::NodeLs {} => to_value(&state.nodes),
-        Command::ServiceCreate { service } => to_value(find_service(state, &service.name)?),
-        Command::ServiceUpdate { name, .. }
-        | Command::ServiceScale { name, .. }
-        | Command::ServiceInspect { name } => to_value(find_service(state, name)?),
-        Command::ServiceLs {} => to_value(&state.services),
-        Command::ServicePs { name } => to_value(&find_service(state, name)?.tasks),
-        Command::State {} => to_value(state),
-        Command::NetworkRm { .. }
-        | Command::NodeRm { .. }
-        | Command::ServiceRm { .. }
-        | Command::Stats {} => Ok(Value::Null),
+        Command::Query(q) => answer_query(state, q),
+        Command::Change(c) => answer_change(state, c),
+    }
+}
+
+/// The result body of a query (see [`answer`]).
+pub fn answer_query(state: &State, q: &Query) -> Result<Value, ApplyError> {
+    match q {
+        Query::NetworkInspect { name } => to_value(find_network(state, name)?),
+        Query::NetworkLs {} => to_value(&state.networks),
+        Query::NodeLs {} => to_value(&state.nodes),
+        Query::ServiceInspect { name } => to_value(find_service(state, name)?),
+        Query::ServiceLs {} => to_value(&state.services),
+        Query::ServicePs { name } => to_value(&find_service(state, name)?.tasks),
+        Query::State {} => to_value(state),
+        Query::Stats {} => Ok(Value::Null),
+    }
+}
+
+/// The result body of a change, read from the new state (see [`answer`]).
+pub fn answer_change(state: &State, c: &Change) -> Result<Value, ApplyError> {
+    match c {
+        Change::NetworkCreate { network } => to_value(find_network(state, &network.name)?),
+        Change::NodeAdd { node, .. } => to_value(find_node(state, &node.name)?),
+        Change::NodeUpdate { name, .. } => to_value(find_node(state, name)?),
+        Change::ServiceCreate { service } => to_value(find_service(state, &service.name)?),
+        Change::ServiceUpdate { name, .. } | Change::ServiceScale { name, .. } => {
+            to_value(find_service(state, name)?)
+        }
+        Change::NetworkRm { .. } | Change::NodeRm { .. } | Change::ServiceRm { .. } => {
+            Ok(Value::Null)
+        }
     }
 }
 
@@ -620,10 +632,10 @@ mod tests {
     }
 
     fn update(name: &str, update: ServiceUpdate) -> Command {
-        Command::ServiceUpdate {
+        Command::Change(Change::ServiceUpdate {
             name: name.into(),
             update,
-        }
+        })
     }
 
     #[test]
@@ -635,16 +647,16 @@ mod tests {
     fn reads_change_nothing() {
         let s = sample();
         for c in [
-            Command::NetworkLs {},
-            Command::NetworkInspect {
+            Command::Query(Query::NetworkLs {}),
+            Command::Query(Query::NetworkInspect {
                 name: "appnet".into(),
-            },
-            Command::NodeLs {},
-            Command::ServiceLs {},
-            Command::ServiceInspect { name: "web".into() },
-            Command::ServicePs { name: "web".into() },
-            Command::Stats {},
-            Command::State {},
+            }),
+            Command::Query(Query::NodeLs {}),
+            Command::Query(Query::ServiceLs {}),
+            Command::Query(Query::ServiceInspect { name: "web".into() }),
+            Command::Query(Query::ServicePs { name: "web".into() }),
+            Command::Query(Query::Stats {}),
+            Command::Query(Query::State {}),
         ] {
             assert_eq!(apply(&s, &c).unwrap(), None, "{}", c.name());
         }
@@ -660,25 +672,25 @@ mod tests {
         net.gateway = Ipv4Addr::new(10, 0, 2, 1);
         let s2 = ok(
             &s,
-            Command::NetworkCreate {
+            Command::Change(Change::NetworkCreate {
                 network: net.clone(),
-            },
+            }),
         );
         assert_eq!(s2.network("backnet"), Some(&net));
         let s3 = ok(
             &s2,
-            Command::NetworkRm {
+            Command::Change(Change::NetworkRm {
                 name: "backnet".into(),
-            },
+            }),
         );
         assert_eq!(s3, s);
 
         assert_eq!(
             err(
                 &s,
-                Command::NetworkCreate {
+                Command::Change(Change::NetworkCreate {
                     network: s.networks[1].clone()
-                }
+                })
             ),
             (
                 ErrorCode::Conflict,
@@ -688,18 +700,18 @@ mod tests {
         assert_eq!(
             err(
                 &s,
-                Command::NetworkRm {
+                Command::Change(Change::NetworkRm {
                     name: "nonet".into()
-                }
+                })
             ),
             (ErrorCode::NotFound, r#"network "nonet" not found"#.into())
         );
         assert_eq!(
             err(
                 &s,
-                Command::NetworkRm {
+                Command::Change(Change::NetworkRm {
                     name: "appnet".into()
-                }
+                })
             ),
             (
                 ErrorCode::Conflict,
@@ -709,9 +721,9 @@ mod tests {
         // Task addresses count as use, even without attachment (the ingress network).
         assert!(err(
             &s,
-            Command::NetworkRm {
+            Command::Change(Change::NetworkRm {
                 name: "ingress".into()
-            }
+            })
         )
         .1
         .contains("still used by services web"));
@@ -720,34 +732,34 @@ mod tests {
     #[test]
     fn node_add_rm_update() {
         let s = sample();
-        let add = Command::NodeAdd {
+        let add = Command::Change(Change::NodeAdd {
             node: node("n3", 13),
             endpoints: BTreeMap::from([("ingress".to_string(), Ipv4Addr::new(10, 0, 0, 4))]),
-        };
+        });
         let s2 = ok(&s, add.clone());
         assert_eq!(s2.node("n3"), Some(&node("n3", 13)));
         assert_eq!(
             s2.networks[0].endpoints.get("n3"),
             Some(&Ipv4Addr::new(10, 0, 0, 4))
         );
-        let s3 = ok(&s2, Command::NodeRm { name: "n3".into() });
+        let s3 = ok(&s2, Command::Change(Change::NodeRm { name: "n3".into() }));
         assert_eq!(s3, s, "the node's endpoints go with it");
 
         // The same node again is a no-op (meshctl sends `node add` to every daemon, the node's
         // own included); a different node under a known name is a conflict.
         assert_eq!(ok(&s2, add), s2);
-        let moved = Command::NodeAdd {
+        let moved = Command::Change(Change::NodeAdd {
             node: node("n3", 99),
             endpoints: BTreeMap::new(),
-        };
+        });
         assert_eq!(
             err(&s2, moved),
             (ErrorCode::Conflict, r#"node "n3" already exists"#.into())
         );
-        let bad_net = Command::NodeAdd {
+        let bad_net = Command::Change(Change::NodeAdd {
             node: node("n3", 13),
             endpoints: BTreeMap::from([("nonet".to_string(), Ipv4Addr::new(10, 0, 0, 4))]),
-        };
+        });
         assert_eq!(
             err(&s, bad_net),
             (ErrorCode::NotFound, r#"network "nonet" not found"#.into())
@@ -756,10 +768,10 @@ mod tests {
         stale.networks[0]
             .endpoints
             .insert("n3".into(), Ipv4Addr::new(10, 0, 0, 9));
-        let again = Command::NodeAdd {
+        let again = Command::Change(Change::NodeAdd {
             node: node("n3", 13),
             endpoints: BTreeMap::from([("ingress".to_string(), Ipv4Addr::new(10, 0, 0, 4))]),
-        };
+        });
         assert_eq!(
             err(&stale, again),
             (
@@ -769,23 +781,23 @@ mod tests {
         );
 
         assert_eq!(
-            err(&s, Command::NodeRm { name: "n1".into() }),
+            err(&s, Command::Change(Change::NodeRm { name: "n1".into() })),
             (
                 ErrorCode::Conflict,
                 r#"node "n1" still runs tasks web.1, web.3; remove them first"#.into()
             )
         );
         assert_eq!(
-            err(&s, Command::NodeRm { name: "n9".into() }).0,
+            err(&s, Command::Change(Change::NodeRm { name: "n9".into() })).0,
             ErrorCode::NotFound
         );
 
         let drained = ok(
             &s,
-            Command::NodeUpdate {
+            Command::Change(Change::NodeUpdate {
                 name: "n2".into(),
                 availability: Availability::Drain,
-            },
+            }),
         );
         assert_eq!(
             drained.node("n2").unwrap().availability,
@@ -794,10 +806,10 @@ mod tests {
         assert_eq!(
             err(
                 &s,
-                Command::NodeUpdate {
+                Command::Change(Change::NodeUpdate {
                     name: "n9".into(),
                     availability: Availability::Drain
-                }
+                })
             ),
             (ErrorCode::NotFound, r#"node "n9" not found"#.into())
         );
@@ -815,20 +827,23 @@ mod tests {
         api.tasks.push(task("api.1", "n2", 21));
         let s2 = ok(
             &s,
-            Command::ServiceCreate {
+            Command::Change(Change::ServiceCreate {
                 service: api.clone(),
-            },
+            }),
         );
         assert_eq!(s2.service("api"), Some(&api));
-        let s3 = ok(&s2, Command::ServiceRm { name: "api".into() });
+        let s3 = ok(
+            &s2,
+            Command::Change(Change::ServiceRm { name: "api".into() }),
+        );
         assert_eq!(s3, s);
 
         assert_eq!(
             err(
                 &s,
-                Command::ServiceCreate {
+                Command::Change(Change::ServiceCreate {
                     service: s.services[0].clone()
-                }
+                })
             ),
             (
                 ErrorCode::Conflict,
@@ -838,16 +853,19 @@ mod tests {
         assert_eq!(
             err(
                 &s,
-                Command::ServiceRm {
+                Command::Change(Change::ServiceRm {
                     name: "nope".into()
-                }
+                })
             ),
             (ErrorCode::NotFound, r#"service "nope" not found"#.into())
         );
         let mut dup_task = api.clone();
         dup_task.tasks.push(task("api.1", "n1", 22));
         assert_eq!(
-            err(&s, Command::ServiceCreate { service: dup_task }),
+            err(
+                &s,
+                Command::Change(Change::ServiceCreate { service: dup_task })
+            ),
             (
                 ErrorCode::Conflict,
                 r#"task "api.1" already exists in service "api""#.into()
@@ -855,7 +873,10 @@ mod tests {
         );
         let mut bad_name = api.clone();
         bad_name.tasks[0].name = "web.7".into();
-        let (code, msg) = err(&s, Command::ServiceCreate { service: bad_name });
+        let (code, msg) = err(
+            &s,
+            Command::Change(Change::ServiceCreate { service: bad_name }),
+        );
         assert_eq!(code, ErrorCode::Invalid);
         assert!(
             msg.starts_with(
@@ -866,7 +887,10 @@ mod tests {
         let mut dup_port = api;
         dup_port.ports.push(port(9090, 91, Protocol::Tcp));
         assert_eq!(
-            err(&s, Command::ServiceCreate { service: dup_port }),
+            err(
+                &s,
+                Command::Change(Change::ServiceCreate { service: dup_port })
+            ),
             (
                 ErrorCode::Conflict,
                 r#"published port 9090/tcp is already published by service "api""#.into()
@@ -1204,10 +1228,10 @@ mod tests {
         s.services[0].tasks.swap(0, 2);
         let s2 = ok(
             &s,
-            Command::ServiceScale {
+            Command::Change(Change::ServiceScale {
                 name: "web".into(),
                 replicas: 2,
-            },
+            }),
         );
         let names: Vec<&str> = s2.services[0]
             .tasks
@@ -1217,29 +1241,29 @@ mod tests {
         assert_eq!(names, ["web.2", "web.1"]);
         let s3 = ok(
             &s,
-            Command::ServiceScale {
+            Command::Change(Change::ServiceScale {
                 name: "web".into(),
                 replicas: 0,
-            },
+            }),
         );
         assert!(s3.services[0].tasks.is_empty());
         assert_eq!(
             ok(
                 &s,
-                Command::ServiceScale {
+                Command::Change(Change::ServiceScale {
                     name: "web".into(),
                     replicas: 3
-                }
+                })
             ),
             s
         );
 
         let (code, msg) = err(
             &s,
-            Command::ServiceScale {
+            Command::Change(Change::ServiceScale {
                 name: "web".into(),
                 replicas: 5,
-            },
+            }),
         );
         assert_eq!(code, ErrorCode::Invalid);
         assert_eq!(
@@ -1250,10 +1274,10 @@ mod tests {
         assert_eq!(
             err(
                 &s,
-                Command::ServiceScale {
+                Command::Change(Change::ServiceScale {
                     name: "nope".into(),
                     replicas: 1
-                }
+                })
             )
             .0,
             ErrorCode::NotFound
@@ -1277,11 +1301,15 @@ mod tests {
     fn answers() {
         let s = sample();
         assert_eq!(
-            answer(&s, &Command::ServiceInspect { name: "web".into() }).unwrap()["name"],
+            answer(
+                &s,
+                &Command::Query(Query::ServiceInspect { name: "web".into() })
+            )
+            .unwrap()["name"],
             "web"
         );
         assert_eq!(
-            answer(&s, &Command::ServicePs { name: "web".into() })
+            answer(&s, &Command::Query(Query::ServicePs { name: "web".into() }))
                 .unwrap()
                 .as_array()
                 .unwrap()
@@ -1289,7 +1317,7 @@ mod tests {
             3
         );
         assert_eq!(
-            answer(&s, &Command::ServiceLs {})
+            answer(&s, &Command::Query(Query::ServiceLs {}))
                 .unwrap()
                 .as_array()
                 .unwrap()
@@ -1297,40 +1325,52 @@ mod tests {
             1
         );
         assert_eq!(
-            answer(&s, &Command::NetworkLs {})
+            answer(&s, &Command::Query(Query::NetworkLs {}))
                 .unwrap()
                 .as_array()
                 .unwrap()
                 .len(),
             2
         );
-        assert_eq!(answer(&s, &Command::NodeLs {}).unwrap()[1]["name"], "n2");
+        assert_eq!(
+            answer(&s, &Command::Query(Query::NodeLs {})).unwrap()[1]["name"],
+            "n2"
+        );
         assert_eq!(
             answer(
                 &s,
-                &Command::NetworkInspect {
+                &Command::Query(Query::NetworkInspect {
                     name: "appnet".into()
-                }
+                })
             )
             .unwrap()["vni"],
             4097
         );
         assert_eq!(
-            answer(&s, &Command::ServiceRm { name: "web".into() }).unwrap(),
+            answer(
+                &s,
+                &Command::Change(Change::ServiceRm { name: "web".into() })
+            )
+            .unwrap(),
             Value::Null
         );
-        let st: State = serde_json::from_value(answer(&s, &Command::State {}).unwrap()).unwrap();
+        let st: State =
+            serde_json::from_value(answer(&s, &Command::Query(Query::State {})).unwrap()).unwrap();
         assert_eq!(st, s);
-        let e = answer(&s, &Command::ServiceInspect { name: "api".into() }).unwrap_err();
+        let e = answer(
+            &s,
+            &Command::Query(Query::ServiceInspect { name: "api".into() }),
+        )
+        .unwrap_err();
         assert_eq!(
             ErrorBody::from(e),
             ErrorBody::new(ErrorCode::NotFound, r#"service "api" not found"#)
         );
         // After a change, the answer is the changed object.
-        let cmd = Command::ServiceScale {
+        let cmd = Command::Change(Change::ServiceScale {
             name: "web".into(),
             replicas: 1,
-        };
+        });
         let next = apply(&s, &cmd).unwrap().unwrap();
         let svc: Service = serde_json::from_value(answer(&next, &cmd).unwrap()).unwrap();
         assert_eq!(svc.tasks.len(), 1);

@@ -165,7 +165,7 @@ mod tests {
     use std::thread;
 
     use super::*;
-    use crate::proto::{ErrorCode, PROTOCOL_VERSION};
+    use crate::proto::{ErrorCode, Query, PROTOCOL_VERSION};
 
     fn temp_socket(tag: &str) -> PathBuf {
         let p =
@@ -177,7 +177,12 @@ mod tests {
     #[test]
     fn a_missing_daemon_is_reported_with_a_hint() {
         let p = temp_socket("missing");
-        let e = request(&p, &Command::ServiceLs {}, Duration::from_secs(1)).unwrap_err();
+        let e = request(
+            &p,
+            &Command::Query(Query::ServiceLs {}),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.starts_with(&format!(
@@ -214,16 +219,16 @@ mod tests {
         });
         let mut c = Connection::connect(&p, Duration::from_secs(5)).unwrap();
         assert_eq!(
-            c.send(&Command::ServiceLs {}).unwrap(),
+            c.send(&Command::Query(Query::ServiceLs {})).unwrap(),
             Response::ok(3, serde_json::json!([]))
         );
         let e = c
-            .send(&Command::ServiceInspect { name: "x".into() })
+            .send(&Command::Query(Query::ServiceInspect { name: "x".into() }))
             .unwrap()
             .into_result()
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::NotFound);
-        let bad = c.send(&Command::NodeLs {}).unwrap_err();
+        let bad = c.send(&Command::Query(Query::NodeLs {})).unwrap_err();
         assert!(matches!(bad, ClientError::BadResponse { .. }), "{bad}");
         let lines = server.join().unwrap();
         assert_eq!(
@@ -256,10 +261,15 @@ mod tests {
             // Keep the first one open until the client timed out.
             l
         });
-        let e = request(&p, &Command::Stats {}, Duration::from_millis(200)).unwrap_err();
+        let e = request(
+            &p,
+            &Command::Query(Query::Stats {}),
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
         assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
         assert!(e.to_string().contains("did not answer within 0.2 s"), "{e}");
-        let e = request(&p, &Command::Stats {}, Duration::from_secs(5)).unwrap_err();
+        let e = request(&p, &Command::Query(Query::Stats {}), Duration::from_secs(5)).unwrap_err();
         assert!(matches!(e, ClientError::Closed { .. }), "{e}");
         server.join().unwrap();
         let _ = std::fs::remove_file(&p);

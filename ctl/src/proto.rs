@@ -65,102 +65,173 @@ impl Request {
     }
 }
 
-/// What a client asks meshd to do. Names and fields follow Docker's CLI.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+/// Defines a command enum once: its variants (each `Variant { fields } = "wire-name",`), their
+/// serde form (tagged by `command`, unknown fields refused), `NAMES` and `name()`.
+macro_rules! commands {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident { $($body:tt)* } = $label:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(tag = "command", deny_unknown_fields)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $label)] $variant { $($body)* }, )*
+        }
+
+        impl $name {
+            /// Every command's name on the wire.
+            pub const NAMES: &'static [&'static str] = &[$($label),*];
+
+            /// The command's name on the wire, such as `service-scale`.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( $name::$variant { .. } => $label, )*
+                }
+            }
+        }
+    };
+}
+
+/// What a client asks meshd to do: a [`Query`] reads, a [`Change`] changes the state. Names and
+/// fields follow Docker's CLI.
+///
+/// On the wire both are one flat object tagged by `command`:
+/// `{"command":"node-update","name":"n2","availability":"drain"}`.
+// A command is built once per request and never stored in bulk: its size does not matter, and
+// boxing the change would only make every call site longer.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Create an overlay network.
-    NetworkCreate { network: Network },
-    /// Remove a network no service uses.
-    NetworkRm { name: String },
-    /// All networks. Result: `[Network]`.
-    NetworkLs {},
-    /// One network. Result: `Network`.
-    NetworkInspect { name: String },
-    /// Add a peer node. `endpoints` gives the node's endpoint address on some networks (network
-    /// name → address), set in the same change: a node needs one on the ingress network as soon
-    /// as a service publishes a port.
-    NodeAdd {
-        node: Node,
-        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-        endpoints: BTreeMap<String, Ipv4Addr>,
-    },
-    /// Remove a node that runs no task; its network endpoints go with it.
-    NodeRm { name: String },
-    /// Change a node's availability (`drain`: its tasks take no new connections).
-    NodeUpdate {
-        name: String,
-        availability: Availability,
-    },
-    /// All nodes. Result: `[Node]`.
-    NodeLs {},
-    /// Create a service with its ports and tasks.
-    ServiceCreate { service: Service },
-    /// Change a service; see [`ServiceUpdate`].
-    ServiceUpdate { name: String, update: ServiceUpdate },
-    /// Scale a service down to `replicas` tasks by removing its highest-numbered ones. meshd
-    /// does not start containers, so scaling up is refused: add tasks with `task_add`.
-    ServiceScale { name: String, replicas: u32 },
-    /// Remove a service.
-    ServiceRm { name: String },
-    /// All services. Result: `[Service]`.
-    ServiceLs {},
-    /// One service. Result: `Service`.
-    ServiceInspect { name: String },
-    /// A service's tasks. Result: `[PsTask]`: each task with its observed `status` (current
-    /// state, since when, health).
-    ServicePs { name: String },
-    /// The daemon's counters. Result: a JSON object whose shape the daemon defines.
-    Stats {},
-    /// The whole desired state. Result: `State`.
-    State {},
+    Query(Query),
+    Change(Change),
+}
+
+commands! {
+    /// A command that only reads: answered from the state (or the counters), changes nothing.
+    pub enum Query {
+        /// All networks. Result: `[Network]`.
+        NetworkLs {} = "network-ls",
+        /// One network. Result: `Network`.
+        NetworkInspect { name: String } = "network-inspect",
+        /// All nodes. Result: `[Node]`.
+        NodeLs {} = "node-ls",
+        /// All services. Result: `[Service]`.
+        ServiceLs {} = "service-ls",
+        /// One service. Result: `Service`.
+        ServiceInspect { name: String } = "service-inspect",
+        /// A service's tasks. Result: `[PsTask]`: each task with its observed `status` (current
+        /// state, since when, health).
+        ServicePs { name: String } = "service-ps",
+        /// The daemon's counters. Result: [`StatsReport`].
+        Stats {} = "stats",
+        /// The whole desired state. Result: `State`.
+        State {} = "state",
+    }
+}
+
+commands! {
+    /// A command that changes the state, and so bumps the generation once every worker has
+    /// picked the change up.
+    pub enum Change {
+        /// Create an overlay network.
+        NetworkCreate { network: Network } = "network-create",
+        /// Remove a network no service uses.
+        NetworkRm { name: String } = "network-rm",
+        /// Add a peer node. `endpoints` gives the node's endpoint address on some networks (network
+        /// name → address), set in the same change: a node needs one on the ingress network as soon
+        /// as a service publishes a port.
+        NodeAdd {
+            node: Node,
+            #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+            endpoints: BTreeMap<String, Ipv4Addr>,
+        } = "node-add",
+        /// Remove a node that runs no task; its network endpoints go with it.
+        NodeRm { name: String } = "node-rm",
+        /// Change a node's availability (`drain`: its tasks take no new connections).
+        NodeUpdate {
+            name: String,
+            availability: Availability,
+        } = "node-update",
+        /// Create a service with its ports and tasks.
+        ServiceCreate { service: Service } = "service-create",
+        /// Change a service; see [`ServiceUpdate`].
+        ServiceUpdate { name: String, update: ServiceUpdate } = "service-update",
+        /// Scale a service down to `replicas` tasks by removing its highest-numbered ones. meshd
+        /// does not start containers, so scaling up is refused: add tasks with `task_add`.
+        ServiceScale { name: String, replicas: u32 } = "service-scale",
+        /// Remove a service.
+        ServiceRm { name: String } = "service-rm",
+    }
 }
 
 impl Command {
     /// Whether the command changes the state (and so bumps the generation once every worker has
     /// picked the change up).
     pub fn changes_state(&self) -> bool {
-        match self {
-            Command::NetworkCreate { .. }
-            | Command::NetworkRm { .. }
-            | Command::NodeAdd { .. }
-            | Command::NodeRm { .. }
-            | Command::NodeUpdate { .. }
-            | Command::ServiceCreate { .. }
-            | Command::ServiceUpdate { .. }
-            | Command::ServiceScale { .. }
-            | Command::ServiceRm { .. } => true,
-            Command::NetworkLs {}
-            | Command::NetworkInspect { .. }
-            | Command::NodeLs {}
-            | Command::ServiceLs {}
-            | Command::ServiceInspect { .. }
-            | Command::ServicePs { .. }
-            | Command::Stats {}
-            | Command::State {} => false,
-        }
+        matches!(self, Command::Change(_))
     }
 
     /// The command's name on the wire, such as `service-scale`.
     pub fn name(&self) -> &'static str {
         match self {
-            Command::NetworkCreate { .. } => "network-create",
-            Command::NetworkRm { .. } => "network-rm",
-            Command::NetworkLs {} => "network-ls",
-            Command::NetworkInspect { .. } => "network-inspect",
-            Command::NodeAdd { .. } => "node-add",
-            Command::NodeRm { .. } => "node-rm",
-            Command::NodeUpdate { .. } => "node-update",
-            Command::NodeLs {} => "node-ls",
-            Command::ServiceCreate { .. } => "service-create",
-            Command::ServiceUpdate { .. } => "service-update",
-            Command::ServiceScale { .. } => "service-scale",
-            Command::ServiceRm { .. } => "service-rm",
-            Command::ServiceLs {} => "service-ls",
-            Command::ServiceInspect { .. } => "service-inspect",
-            Command::ServicePs { .. } => "service-ps",
-            Command::Stats {} => "stats",
-            Command::State {} => "state",
+            Command::Query(q) => q.name(),
+            Command::Change(c) => c.name(),
+        }
+    }
+}
+
+impl From<Query> for Command {
+    fn from(q: Query) -> Self {
+        Command::Query(q)
+    }
+}
+
+impl From<Change> for Command {
+    fn from(c: Change) -> Self {
+        Command::Change(c)
+    }
+}
+
+impl Serialize for Command {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Command::Query(q) => q.serialize(s),
+            Command::Change(c) => c.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    /// By the `command` tag: a query's name gives a [`Query`], a change's a [`Change`].
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = Value::deserialize(d)?;
+        let name = match v.get("command") {
+            Some(Value::String(n)) => n.as_str(),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "\"command\" must be a string such as \"service-ls\", not {other}"
+                )))
+            }
+            None => return Err(D::Error::missing_field("command")),
+        };
+        if Query::NAMES.contains(&name) {
+            Query::deserialize(v)
+                .map(Command::Query)
+                .map_err(D::Error::custom)
+        } else if Change::NAMES.contains(&name) {
+            Change::deserialize(v)
+                .map(Command::Change)
+                .map_err(D::Error::custom)
+        } else {
+            let all: Vec<&str> = Query::NAMES.iter().chain(Change::NAMES).copied().collect();
+            Err(D::Error::custom(format!(
+                "unknown command `{name}`, expected one of {}",
+                all.join(", ")
+            )))
         }
     }
 }
@@ -580,6 +651,165 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
         .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, format!("bad request: {e}")))
 }
 
+// ---------------------------------------------------------------------------------------------
+// The `stats` answer.
+
+crate::counters! {
+    /// One worker's plain counters (its drops by reason are beside them in [`WorkerReport`]).
+    /// meshd's fast path increments these fields directly; see [`crate::counters`] to add one.
+    pub struct WorkerCounters {
+        rx: Counter,
+        tx_uplink: Counter,
+        tx_tasks: Counter,
+        to_host: Counter,
+        handoff_out: Counter,
+        arp_replies: Counter,
+        new_flows: Counter,
+        active_flows: Gauge,
+        flows_expired: Counter,
+        flows_evicted: Counter,
+        flows_ended: Counter,
+        resets_sent: Counter,
+        /// SYNs and SYN-ACKs whose TCP MSS was lowered to what the overlay carries.
+        mss_clamped: Counter,
+        /// ICMP "fragmentation needed" answers sent for too-big packets with DF set (each such
+        /// packet is also counted as a `too_big` drop).
+        icmp_frag_needed: Counter,
+        /// Frames the ports dropped below the pipeline, totals since they opened, refreshed by
+        /// the worker about every 10 ms: the kernel found the RX ring full; a received frame did
+        /// not fit a buffer; the TX ring was full; a frame to send had a bad length.
+        port_rx_dropped: Counter,
+        port_rx_too_long: Counter,
+        port_tx_full: Counter,
+        port_tx_bad_len: Counter,
+    }
+}
+
+impl WorkerCounters {
+    /// Frames the ports lost before or after the pipeline.
+    pub fn port_drops(&self) -> u64 {
+        self.port_rx_dropped + self.port_rx_too_long + self.port_tx_full + self.port_tx_bad_len
+    }
+}
+
+crate::counters! {
+    /// The host side's counters: its answers, DNS, health checks, gossip.
+    pub struct HostCounters {
+        /// Frames handed to the host side.
+        frames: Counter,
+        /// Frames it had nothing to say to (not for the node, an ICMP error, a RST, ...).
+        ignored: Counter,
+        rst_sent: Counter,
+        unreachable_sent: Counter,
+        echo_replies: Counter,
+        dns_queries: Counter,
+        /// Of which over TCP.
+        dns_tcp_queries: Counter,
+        dns_noerror: Counter,
+        dns_nxdomain: Counter,
+        dns_formerr: Counter,
+        dns_notimp: Counter,
+        dns_refused: Counter,
+        dns_badvers: Counter,
+        /// Answers that did not fit over UDP and went out truncated (TC).
+        dns_truncated: Counter,
+        /// Messages dropped without an answer (too short to have a header, or a response).
+        dns_dropped: Counter,
+        dns_forwarded: Counter,
+        dns_upstream_answers: Counter,
+        dns_upstream_timeouts: Counter,
+        /// Answers that could not be queued (a full socket buffer).
+        dns_send_failed: Counter,
+        checks_started: Counter,
+        checks_passed: Counter,
+        checks_failed: Counter,
+        /// Times the combined health view changed (each a new table generation).
+        health_changes: Counter,
+        gossip_sent: Counter,
+        gossip_received: Counter,
+        /// Gossip from an unknown VTEP, under another node's name, or malformed.
+        gossip_rejected: Counter,
+    }
+}
+
+/// One worker's counters, or their sum: the plain counters and the frames dropped, by reason
+/// (the reason's name; reasons with no drop are left out).
+///
+/// On the wire the plain counters sit next to `drops`: `{"rx":5,...,"drops":{"no_route":1}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    #[serde(flatten)]
+    pub counters: WorkerCounters,
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl WorkerReport {
+    /// Frames dropped for any reason.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.values().sum()
+    }
+}
+
+/// Burst processing time percentiles in nanoseconds, over every worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatencyReport {
+    /// Bursts measured.
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// Packets, bytes and connections (new flows) of one task, summed over the workers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskReport {
+    pub name: String,
+    /// The node the task runs on.
+    pub node: String,
+    pub eligible: bool,
+    /// The task's health verdict, when its service has a check.
+    #[serde(default)]
+    pub health: Option<crate::model::Health>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+}
+
+/// One service's traffic: the sum over its tasks, and each task's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceReport {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub connections: u64,
+    /// Tasks that take new connections.
+    pub eligible: u64,
+    pub tasks: Vec<TaskReport>,
+}
+
+/// The answer to [`Command::Stats`]: everything `meshctl stats` and Prometheus show, built by
+/// meshd from the counters its threads publish (never behind a state change).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatsReport {
+    pub node: String,
+    /// The generation of the table the workers run.
+    pub generation: u64,
+    pub workers: Vec<WorkerReport>,
+    /// The sum over the workers.
+    pub total: WorkerReport,
+    pub burst_latency_ns: LatencyReport,
+    pub services: Vec<ServiceReport>,
+    /// The host side's counters; absent when meshd runs no host thread.
+    #[serde(default)]
+    pub host: Option<HostCounters>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,23 +817,23 @@ mod tests {
 
     #[test]
     fn requests_look_like_the_documentation() {
-        let r = Request::new(Command::ServiceScale {
+        let r = Request::new(Command::Change(Change::ServiceScale {
             name: "web".into(),
             replicas: 1,
-        });
+        }));
         assert_eq!(
             r.to_line().unwrap(),
             "{\"version\":1,\"command\":\"service-scale\",\"name\":\"web\",\"replicas\":1}\n"
         );
-        let r = Request::new(Command::ServiceLs {});
+        let r = Request::new(Command::Query(Query::ServiceLs {}));
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"version":1,"command":"service-ls"}"#
         );
-        let r = Request::new(Command::NodeUpdate {
+        let r = Request::new(Command::Change(Change::NodeUpdate {
             name: "n2".into(),
             availability: Availability::Drain,
-        });
+        }));
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"version":1,"command":"node-update","name":"n2","availability":"drain"}"#
@@ -644,39 +874,39 @@ mod tests {
             ..ServiceUpdate::default()
         };
         let all = vec![
-            Command::NetworkCreate { network: net },
-            Command::NetworkRm {
+            Command::Change(Change::NetworkCreate { network: net }),
+            Command::Change(Change::NetworkRm {
                 name: "appnet".into(),
-            },
-            Command::NetworkLs {},
-            Command::NetworkInspect {
+            }),
+            Command::Query(Query::NetworkLs {}),
+            Command::Query(Query::NetworkInspect {
                 name: "appnet".into(),
-            },
-            Command::NodeAdd {
+            }),
+            Command::Change(Change::NodeAdd {
                 node,
                 endpoints: BTreeMap::from([("ingress".into(), Ipv4Addr::new(10, 0, 0, 2))]),
-            },
-            Command::NodeRm { name: "n1".into() },
-            Command::NodeUpdate {
+            }),
+            Command::Change(Change::NodeRm { name: "n1".into() }),
+            Command::Change(Change::NodeUpdate {
                 name: "n1".into(),
                 availability: Availability::Drain,
-            },
-            Command::NodeLs {},
-            Command::ServiceCreate { service: svc },
-            Command::ServiceUpdate {
+            }),
+            Command::Query(Query::NodeLs {}),
+            Command::Change(Change::ServiceCreate { service: svc }),
+            Command::Change(Change::ServiceUpdate {
                 name: "web".into(),
                 update,
-            },
-            Command::ServiceScale {
+            }),
+            Command::Change(Change::ServiceScale {
                 name: "web".into(),
                 replicas: 3,
-            },
-            Command::ServiceRm { name: "web".into() },
-            Command::ServiceLs {},
-            Command::ServiceInspect { name: "web".into() },
-            Command::ServicePs { name: "web".into() },
-            Command::Stats {},
-            Command::State {},
+            }),
+            Command::Change(Change::ServiceRm { name: "web".into() }),
+            Command::Query(Query::ServiceLs {}),
+            Command::Query(Query::ServiceInspect { name: "web".into() }),
+            Command::Query(Query::ServicePs { name: "web".into() }),
+            Command::Query(Query::Stats {}),
+            Command::Query(Query::State {}),
         ];
         for c in all {
             let line = Request::new(c.clone()).to_line().unwrap();

@@ -8,13 +8,34 @@ use std::net::Ipv4Addr;
 
 use crate::model::*;
 
-/// Why a state cannot be used. The message is for the operator.
+/// Why a state cannot be used. The message is for the operator; [`ValidationError::code`]
+/// classifies it for the protocol.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ValidationError(pub String);
+pub enum ValidationError {
+    /// The state breaks a rule (the message says which and what to change).
+    #[error("{0}")]
+    Invalid(String),
+    /// A published port is already taken by another service.
+    #[error("published port {published}/{protocol} is already in use by service \"{service}\"; pick another published port")]
+    PortInUse {
+        published: u16,
+        protocol: Protocol,
+        service: String,
+    },
+}
+
+impl ValidationError {
+    /// The protocol's error code: a taken port is a conflict, anything else invalid.
+    pub fn code(&self) -> crate::proto::ErrorCode {
+        match self {
+            ValidationError::Invalid(_) => crate::proto::ErrorCode::Invalid,
+            ValidationError::PortInUse { .. } => crate::proto::ErrorCode::Conflict,
+        }
+    }
+}
 
 macro_rules! bail {
-    ($($arg:tt)*) => { return Err(ValidationError(format!($($arg)*))) };
+    ($($arg:tt)*) => { return Err(ValidationError::Invalid(format!($($arg)*))) };
 }
 
 /// What owns an overlay address, for duplicate detection.
@@ -320,10 +341,11 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                 );
             }
             if let Some(other) = published.insert((p.protocol, p.published), svc.name.as_str()) {
-                bail!(
-                    "published port {}/{} is already in use by service \"{other}\"; pick another published port",
-                    p.published, p.protocol
-                );
+                return Err(ValidationError::PortInUse {
+                    published: p.published,
+                    protocol: p.protocol,
+                    service: other.to_string(),
+                });
             }
         }
         if has_ingress_ports {
@@ -498,7 +520,7 @@ mod tests {
     }
 
     fn err(s: &State) -> String {
-        validate(s).unwrap_err().0
+        validate(s).unwrap_err().to_string()
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::balance::ServiceTable;
 use crate::buf::PortId;
-use crate::control::{Controller, Persisted, Server, StateStore};
+use crate::control::{ControlHandle, Controller, Persisted, Server, StateStore};
 use crate::flow::{FlowTable, MAX_FLOWS};
 use crate::host::{HostConfig, HostShared, HostStack, Upstream};
 use crate::neigh::Neighbors;
@@ -445,7 +445,9 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     }
     tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, io = ?s.io, rx_ring = ?s.rx_ring, "workers started");
 
-    let ctl = Arc::new(Mutex::new(controller));
+    // The control thread owns the controller; everyone else sends it messages.
+    let (ctl, control_thread) = controller.start()?;
+    handles.push(control_thread);
 
     // The host side.
     let seed = std::time::SystemTime::now()
@@ -461,11 +463,11 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         stack.set_upstream(Box::new(UdpUpstream::connect(up)?));
         tracing::info!(upstream = %up, "DNS names outside the mesh go upstream");
     }
-    let (hs, hc) = (shared.clone(), ctl.clone());
+    let (hs, hc, hh) = (shared.clone(), ctl.clone(), host_shared.clone());
     handles.push(
         std::thread::Builder::new()
             .name("meshd-host".into())
-            .spawn(move || host_loop(&hs, &hc, &host_shared, stack))?,
+            .spawn(move || host_loop(&hs, &hc, &hh, stack))?,
     );
 
     // The control socket.
@@ -473,24 +475,22 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         path: s.socket.display().to_string(),
         source: e,
     })?;
-    let cs = shared.clone();
     let cc = ctl.clone();
     handles.push(
         std::thread::Builder::new()
             .name("meshd-ctl".into())
-            .spawn(move || Server::serve(listener, cc, cs))?,
+            .spawn(move || Server::serve(listener, cc))?,
     );
     tracing::info!(socket = %s.socket.display(), "control socket ready");
 
     if let Some(addr) = s.metrics {
-        let ms = ctl.clone();
-        let stop = shared.clone();
+        let (ms, mh) = (shared.clone(), host_shared.clone());
         let l = std::net::TcpListener::bind(addr)?;
         tracing::info!(%addr, "Prometheus metrics at /metrics");
         handles.push(
             std::thread::Builder::new()
                 .name("meshd-metrics".into())
-                .spawn(move || crate::metrics::serve(l, ms, stop))?,
+                .spawn(move || crate::metrics::serve(l, ms, Some(mh)))?,
         );
     }
 
@@ -567,9 +567,8 @@ impl Upstream for UdpUpstream {
 /// The host thread: frames from the workers into the host stack, its frames back to worker 0,
 /// health views to the controller (which publishes them as new table generations), counters
 /// and health details for the control thread.
-fn host_loop(shared: &Shared, ctl: &Mutex<Controller>, host: &HostShared, mut stack: HostStack) {
+fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack: HostStack) {
     let clock = Clock::new();
-    let mut pending_view = None;
     let mut last_stats = 0u64;
     let mut wake = 0u64;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -594,21 +593,8 @@ fn host_loop(shared: &Shared, ctl: &Mutex<Controller>, host: &HostShared, mut st
             wake = stack.next_wakeup(now);
         }
         if let Some(v) = stack.take_view() {
-            pending_view = Some(v);
-        }
-        if let Some(v) = pending_view.take() {
-            // Never wait on a control request under way: try again next round.
-            match ctl.try_lock() {
-                Ok(mut c) => {
-                    if c.set_health(v) {
-                        tracing::info!(
-                            generation = c.generation,
-                            "health changed: new table published"
-                        );
-                    }
-                }
-                Err(_) => pending_view = Some(v),
-            }
+            // Never waits: the control thread applies it after any request under way.
+            ctl.health(v);
         }
         if let Some(b) = stack.take_board() {
             if let Ok(mut x) = host.board.lock() {
@@ -621,7 +607,7 @@ fn host_loop(shared: &Shared, ctl: &Mutex<Controller>, host: &HostShared, mut st
             }
             last_stats = now;
         }
-        if got == 0 && pending_view.is_none() {
+        if got == 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
     }

@@ -20,6 +20,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod port;
 mod prefetch;
+pub mod shared;
 pub mod sim;
 pub mod stats;
 pub mod testkit;

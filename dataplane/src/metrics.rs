@@ -1,131 +1,134 @@
 //! Prometheus text exposition of the daemon's counters, on an optional HTTP address.
+//!
+//! It renders the same [`StatsReport`] as `meshctl stats`, built from the hub without the
+//! controller, so a scrape never waits behind a state change.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use ctl::model::Health;
+use ctl::proto::{HostCounters, StatsReport, TaskReport, WorkerCounters};
 
-use crate::control::Controller;
-use crate::worker::Shared;
+use crate::host::HostShared;
+use crate::shared::Shared;
 
-/// Renders the `stats` JSON of [`Controller::stats`] as Prometheus text format 0.0.4.
-pub fn render(stats: &Value) -> String {
+/// Renders a [`StatsReport`] as Prometheus text format 0.0.4.
+pub fn render(stats: &StatsReport) -> String {
     let mut out = String::new();
-    let node = stats["node"].as_str().unwrap_or("");
-    if let Some(workers) = stats["workers"].as_array() {
-        let mut names: Vec<&str> = Vec::new();
-        if let Some(first) = workers.first().and_then(|w| w.as_object()) {
-            names = first
-                .keys()
-                .filter(|k| *k != "drops")
-                .map(|k| k.as_str())
-                .collect();
-        }
-        for name in names {
-            let kind = if name == "active_flows" {
-                "gauge"
-            } else {
-                "counter"
-            };
-            let metric = if kind == "counter" {
-                format!("meshd_{name}_total")
-            } else {
-                format!("meshd_{name}")
-            };
-            out.push_str(&format!("# TYPE {metric} {kind}\n"));
-            for (i, w) in workers.iter().enumerate() {
-                out.push_str(&format!(
-                    "{metric}{{node=\"{node}\",worker=\"{i}\"}} {}\n",
-                    w[name].as_u64().unwrap_or(0)
-                ));
-            }
-        }
-        out.push_str("# TYPE meshd_drops_total counter\n");
-        for (i, w) in workers.iter().enumerate() {
-            if let Some(d) = w["drops"].as_object() {
-                for (reason, n) in d {
-                    out.push_str(&format!(
-                        "meshd_drops_total{{node=\"{node}\",worker=\"{i}\",reason=\"{reason}\"}} {}\n",
-                        n.as_u64().unwrap_or(0)
-                    ));
-                }
-            }
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut out, stats);
+    out
+}
+
+fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
+    let node = stats.node.as_str();
+    let values: Vec<[u64; WorkerCounters::FIELDS]> = stats
+        .workers
+        .iter()
+        .map(|w| w.counters.to_array())
+        .collect();
+    for (i, (name, kind)) in WorkerCounters::NAMES
+        .iter()
+        .zip(WorkerCounters::KINDS)
+        .enumerate()
+    {
+        let metric = match kind {
+            ctl::counters::Kind::Counter => format!("meshd_{name}_total"),
+            ctl::counters::Kind::Gauge => format!("meshd_{name}"),
+        };
+        writeln!(out, "# TYPE {metric} {}", kind.as_str())?;
+        for (w, v) in values.iter().enumerate() {
+            writeln!(out, "{metric}{{node=\"{node}\",worker=\"{w}\"}} {}", v[i])?;
         }
     }
-    if let Some(services) = stats["services"].as_array() {
-        for (metric, field) in [
-            ("meshd_task_packets_total", "packets"),
-            ("meshd_task_bytes_total", "bytes"),
-            ("meshd_task_connections_total", "connections"),
-        ] {
-            out.push_str(&format!("# TYPE {metric} counter\n"));
-            for svc in services {
-                let sname = svc["name"].as_str().unwrap_or("");
-                for t in svc["tasks"].as_array().into_iter().flatten() {
-                    out.push_str(&format!(
-                        "{metric}{{node=\"{node}\",service=\"{sname}\",task=\"{}\"}} {}\n",
-                        t["name"].as_str().unwrap_or(""),
-                        t[field].as_u64().unwrap_or(0)
-                    ));
-                }
+    writeln!(out, "# TYPE meshd_drops_total counter")?;
+    for (i, w) in stats.workers.iter().enumerate() {
+        for (reason, n) in &w.drops {
+            writeln!(
+                out,
+                "meshd_drops_total{{node=\"{node}\",worker=\"{i}\",reason=\"{reason}\"}} {n}"
+            )?;
+        }
+    }
+    let task_metrics: [(&str, TaskField); 3] = [
+        ("meshd_task_packets_total", |t| t.packets),
+        ("meshd_task_bytes_total", |t| t.bytes),
+        ("meshd_task_connections_total", |t| t.connections),
+    ];
+    for (metric, field) in task_metrics {
+        writeln!(out, "# TYPE {metric} counter")?;
+        for svc in &stats.services {
+            for t in &svc.tasks {
+                writeln!(
+                    out,
+                    "{metric}{{node=\"{node}\",service=\"{}\",task=\"{}\"}} {}",
+                    svc.name,
+                    t.name,
+                    field(t)
+                )?;
             }
         }
     }
-    let lat = &stats["burst_latency_ns"];
-    out.push_str("# TYPE meshd_burst_latency_ns summary\n");
-    for (q, k) in [("0.5", "p50"), ("0.99", "p99"), ("0.999", "p999")] {
-        out.push_str(&format!(
-            "meshd_burst_latency_ns{{node=\"{node}\",quantile=\"{q}\"}} {}\n",
-            lat[k].as_u64().unwrap_or(0)
-        ));
+    let lat = &stats.burst_latency_ns;
+    writeln!(out, "# TYPE meshd_burst_latency_ns summary")?;
+    for (q, v) in [("0.5", lat.p50), ("0.99", lat.p99), ("0.999", lat.p999)] {
+        writeln!(
+            out,
+            "meshd_burst_latency_ns{{node=\"{node}\",quantile=\"{q}\"}} {v}"
+        )?;
     }
-    out.push_str(&format!(
-        "meshd_burst_latency_ns_count{{node=\"{node}\"}} {}\n",
-        lat["count"].as_u64().unwrap_or(0)
-    ));
+    writeln!(
+        out,
+        "meshd_burst_latency_ns_count{{node=\"{node}\"}} {}",
+        lat.count
+    )?;
     // Health verdicts: 1 for the task's current health, per task with a check.
-    if let Some(services) = stats["services"].as_array() {
-        out.push_str("# TYPE meshd_task_health gauge\n");
-        for svc in services {
-            let sname = svc["name"].as_str().unwrap_or("");
-            for t in svc["tasks"].as_array().into_iter().flatten() {
-                let Some(h) = t["health"].as_str() else {
-                    continue;
-                };
-                for state in ["starting", "healthy", "unhealthy"] {
-                    out.push_str(&format!(
-                        "meshd_task_health{{node=\"{node}\",service=\"{sname}\",task=\"{}\",health=\"{state}\"}} {}\n",
-                        t["name"].as_str().unwrap_or(""),
-                        u8::from(h == state)
-                    ));
-                }
+    writeln!(out, "# TYPE meshd_task_health gauge")?;
+    for svc in &stats.services {
+        for t in &svc.tasks {
+            let Some(h) = t.health else { continue };
+            for state in [Health::Starting, Health::Healthy, Health::Unhealthy] {
+                writeln!(
+                    out,
+                    "meshd_task_health{{node=\"{node}\",service=\"{}\",task=\"{}\",health=\"{}\"}} {}",
+                    svc.name,
+                    t.name,
+                    state.as_str(),
+                    u8::from(h == state)
+                )?;
             }
         }
     }
     // The host side's counters: DNS, health checks, gossip, the node's own answers.
-    if let Some(host) = stats["host"].as_object() {
-        for (name, v) in host {
-            let metric = format!("meshd_host_{name}_total");
-            out.push_str(&format!("# TYPE {metric} counter\n"));
-            out.push_str(&format!(
-                "{metric}{{node=\"{node}\"}} {}\n",
-                v.as_u64().unwrap_or(0)
-            ));
-        }
+    if let Some(host) = &stats.host {
+        write_host(out, node, host)?;
     }
-    out.push_str("# TYPE meshd_generation gauge\n");
-    out.push_str(&format!(
-        "meshd_generation{{node=\"{node}\"}} {}\n",
-        stats["generation"].as_u64().unwrap_or(0)
-    ));
-    out
+    writeln!(out, "# TYPE meshd_generation gauge")?;
+    writeln!(
+        out,
+        "meshd_generation{{node=\"{node}\"}} {}",
+        stats.generation
+    )
+}
+
+/// One of a task's counters.
+type TaskField = fn(&TaskReport) -> u64;
+
+fn write_host(out: &mut String, node: &str, host: &HostCounters) -> std::fmt::Result {
+    for (name, kind, v) in host.iter() {
+        let metric = format!("meshd_host_{name}_total");
+        writeln!(out, "# TYPE {metric} {}", kind.as_str())?;
+        writeln!(out, "{metric}{{node=\"{node}\"}} {v}")?;
+    }
+    Ok(())
 }
 
 /// Serves `GET /metrics` until `shared.stop`.
-pub fn serve(l: TcpListener, ctl: Arc<Mutex<Controller>>, shared: Arc<Shared>) {
+pub fn serve(l: TcpListener, shared: Arc<Shared>, host: Option<Arc<HostShared>>) {
     let _ = l.set_nonblocking(true);
     while !shared.stop.load(Ordering::Relaxed) {
         let Ok((mut s, _)) = l.accept() else {
@@ -140,17 +143,12 @@ pub fn serve(l: TcpListener, ctl: Arc<Mutex<Controller>>, shared: Arc<Shared>) {
         if r.read_line(&mut first).is_err() {
             continue;
         }
-        let body = if first.starts_with("GET /metrics") {
-            match ctl.lock() {
-                Ok(c) => Some(render(&c.stats())),
-                Err(_) => None,
-            }
+        let resp = if first.starts_with("GET /metrics") {
+            let table = shared.table.load();
+            let b = render(&crate::shared::report(&shared, host.as_deref(), &table));
+            format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{b}", b.len())
         } else {
-            None
-        };
-        let resp = match body {
-            Some(b) => format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{b}", b.len()),
-            None => "HTTP/1.0 404 Not Found\r\nContent-Length: 20\r\n\r\ntry GET /metrics ...".to_string(),
+            "HTTP/1.0 404 Not Found\r\nContent-Length: 20\r\n\r\ntry GET /metrics ...".to_string()
         };
         let _ = s.write_all(resp.as_bytes());
     }
@@ -169,7 +167,7 @@ mod tests {
             "services": [{"name": "web", "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1, "health": "unhealthy"}]}],
             "host": {"dns_queries": 7}
         });
-        let t = render(&v);
+        let t = render(&serde_json::from_value(v).unwrap());
         assert!(t.contains("meshd_rx_total{node=\"n1\",worker=\"0\"} 5"));
         assert!(t.contains("# TYPE meshd_active_flows gauge"));
         assert!(

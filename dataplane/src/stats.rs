@@ -1,241 +1,180 @@
 //! Counters. Every drop has a typed reason ([`DropReason`]) and every reason a counter.
+//!
+//! Both lists are written once. A worker's plain counters are [`ctl::proto::WorkerCounters`]
+//! (add one there, one line in its `counters!` invocation); a reason enum is one [`reasons!`]
+//! invocation, which gives the variants, `COUNT`, `ALL`, `NAMES` and `name()`. To add a reason,
+//! add one line `/// Why. \n NewReason = "new_reason",`; its counter, `meshctl stats` row and
+//! Prometheus label follow. Another reason enum with its own counters takes the same macro:
+//!
+//! ```text
+//! reasons! {
+//!     /// Why a frame went to the host side.
+//!     pub enum HostReason {
+//!         /// The published port has no listener.
+//!         NotPublished = "not_published",
+//!     }
+//! }
+//! ```
 
-/// Why the fast path dropped a frame. Each variant has a counter in [`WorkerStats::drops`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum DropReason {
-    /// Shorter than the headers it claims to carry.
-    Truncated,
-    /// An ethertype the mesh does not route.
-    UnknownEthertype,
-    /// Not addressed to this node's MAC.
-    NotOurMac,
-    /// IPv4 header length, total length or version is wrong.
-    BadIpv4Header,
-    /// IPv4 header checksum is wrong.
-    BadIpChecksum,
-    /// IPv4 options are present; the mesh does not forward them.
-    Ipv4Options,
-    /// A fragment; the mesh does not reassemble.
-    Fragment,
-    /// Time to live ran out.
-    TtlExpired,
-    /// TCP or UDP header is malformed or its length is wrong.
-    BadL4Header,
-    /// TCP or UDP checksum is wrong.
-    BadL4Checksum,
-    /// A protocol other than TCP, UDP or ICMP.
-    UnknownProtocol,
-    /// Addressed to an IP this node does not serve.
-    NotForUs,
-    /// VXLAN from an address that is not a known peer VTEP.
-    UnknownVtep,
-    /// VXLAN header is malformed (I flag clear).
-    BadVxlan,
-    /// VXLAN network identifier this node does not know.
-    UnknownVni,
-    /// From a local task address the table does not know.
-    UnknownSource,
-    /// Between two different overlay networks.
-    CrossNetwork,
-    /// No route: the destination is not in any overlay and no flow knows it.
-    NoRoute,
-    /// The service has no eligible task.
-    NoTask,
-    /// The next hop's MAC address is not known yet (an ARP request went out).
-    NoNeighbor,
-    /// ARP that the mesh does not answer (not a request, or for an address a task owns).
-    ArpIgnored,
-    /// Malformed ARP.
-    BadArp,
-    /// The headroom was too small to encapsulate.
-    NoHeadroom,
-    /// The flow ended (its task was removed or failed).
-    FlowEnded,
-    /// The owning worker's handoff ring was full.
-    HandoffFull,
-    /// Masquerade ports of this worker are exhausted.
-    NoNatPort,
-    /// Larger than the overlay's MTU once encapsulated: answered with ICMP "fragmentation
-    /// needed" when DF is set (rate-limited per source), else dropped.
-    TooBig,
+use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
+
+pub use ctl::proto::WorkerCounters;
+
+/// Defines a `#[repr(u8)]` reason enum once: its variants (each `Variant = "name"`, with its doc
+/// comment), `COUNT`, `ALL` (in declaration order, so `r as usize` indexes it), `NAMES` and
+/// `name()` (the name `meshctl stats` and Prometheus labels use).
+macro_rules! reasons {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $label:literal ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant, )*
+        }
+
+        impl $name {
+            /// Number of reasons.
+            pub const COUNT: usize = [$($label),*].len();
+
+            /// Every reason, in declaration order (`r as usize` is its index).
+            pub const ALL: [$name; Self::COUNT] = [$($name::$variant),*];
+
+            /// Every reason's name, in [`Self::ALL`] order.
+            pub const NAMES: [&'static str; Self::COUNT] = [$($label),*];
+
+            /// The name used in `meshctl stats` and Prometheus labels.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $label, )*
+                }
+            }
+        }
+    };
 }
 
-impl DropReason {
-    pub const COUNT: usize = DropReason::TooBig as usize + 1;
-
-    pub const ALL: [DropReason; DropReason::COUNT] = [
-        DropReason::Truncated,
-        DropReason::UnknownEthertype,
-        DropReason::NotOurMac,
-        DropReason::BadIpv4Header,
-        DropReason::BadIpChecksum,
-        DropReason::Ipv4Options,
-        DropReason::Fragment,
-        DropReason::TtlExpired,
-        DropReason::BadL4Header,
-        DropReason::BadL4Checksum,
-        DropReason::UnknownProtocol,
-        DropReason::NotForUs,
-        DropReason::UnknownVtep,
-        DropReason::BadVxlan,
-        DropReason::UnknownVni,
-        DropReason::UnknownSource,
-        DropReason::CrossNetwork,
-        DropReason::NoRoute,
-        DropReason::NoTask,
-        DropReason::NoNeighbor,
-        DropReason::ArpIgnored,
-        DropReason::BadArp,
-        DropReason::NoHeadroom,
-        DropReason::FlowEnded,
-        DropReason::HandoffFull,
-        DropReason::NoNatPort,
-        DropReason::TooBig,
-    ];
-
-    /// The name used in `meshctl stats` and Prometheus labels.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::Truncated => "truncated",
-            DropReason::UnknownEthertype => "unknown_ethertype",
-            DropReason::NotOurMac => "not_our_mac",
-            DropReason::BadIpv4Header => "bad_ipv4_header",
-            DropReason::BadIpChecksum => "bad_ip_checksum",
-            DropReason::Ipv4Options => "ipv4_options",
-            DropReason::Fragment => "fragment",
-            DropReason::TtlExpired => "ttl_expired",
-            DropReason::BadL4Header => "bad_l4_header",
-            DropReason::BadL4Checksum => "bad_l4_checksum",
-            DropReason::UnknownProtocol => "unknown_protocol",
-            DropReason::NotForUs => "not_for_us",
-            DropReason::UnknownVtep => "unknown_vtep",
-            DropReason::BadVxlan => "bad_vxlan",
-            DropReason::UnknownVni => "unknown_vni",
-            DropReason::UnknownSource => "unknown_source",
-            DropReason::CrossNetwork => "cross_network",
-            DropReason::NoRoute => "no_route",
-            DropReason::NoTask => "no_task",
-            DropReason::NoNeighbor => "no_neighbor",
-            DropReason::ArpIgnored => "arp_ignored",
-            DropReason::BadArp => "bad_arp",
-            DropReason::NoHeadroom => "no_headroom",
-            DropReason::FlowEnded => "flow_ended",
-            DropReason::HandoffFull => "handoff_full",
-            DropReason::NoNatPort => "no_nat_port",
-            DropReason::TooBig => "too_big",
-        }
+reasons! {
+    /// Why the fast path dropped a frame. Each variant has a counter in [`WorkerStats::drops`].
+    pub enum DropReason {
+        /// Shorter than the headers it claims to carry.
+        Truncated = "truncated",
+        /// An ethertype the mesh does not route.
+        UnknownEthertype = "unknown_ethertype",
+        /// Not addressed to this node's MAC.
+        NotOurMac = "not_our_mac",
+        /// IPv4 header length, total length or version is wrong.
+        BadIpv4Header = "bad_ipv4_header",
+        /// IPv4 header checksum is wrong.
+        BadIpChecksum = "bad_ip_checksum",
+        /// IPv4 options are present; the mesh does not forward them.
+        Ipv4Options = "ipv4_options",
+        /// A fragment; the mesh does not reassemble.
+        Fragment = "fragment",
+        /// Time to live ran out.
+        TtlExpired = "ttl_expired",
+        /// TCP or UDP header is malformed or its length is wrong.
+        BadL4Header = "bad_l4_header",
+        /// TCP or UDP checksum is wrong.
+        BadL4Checksum = "bad_l4_checksum",
+        /// A protocol other than TCP, UDP or ICMP.
+        UnknownProtocol = "unknown_protocol",
+        /// Addressed to an IP this node does not serve.
+        NotForUs = "not_for_us",
+        /// VXLAN from an address that is not a known peer VTEP.
+        UnknownVtep = "unknown_vtep",
+        /// VXLAN header is malformed (I flag clear).
+        BadVxlan = "bad_vxlan",
+        /// VXLAN network identifier this node does not know.
+        UnknownVni = "unknown_vni",
+        /// From a local task address the table does not know.
+        UnknownSource = "unknown_source",
+        /// Between two different overlay networks.
+        CrossNetwork = "cross_network",
+        /// No route: the destination is not in any overlay and no flow knows it.
+        NoRoute = "no_route",
+        /// The service has no eligible task.
+        NoTask = "no_task",
+        /// The next hop's MAC address is not known yet (an ARP request went out).
+        NoNeighbor = "no_neighbor",
+        /// ARP that the mesh does not answer (not a request, or for an address a task owns).
+        ArpIgnored = "arp_ignored",
+        /// Malformed ARP.
+        BadArp = "bad_arp",
+        /// The headroom was too small to encapsulate.
+        NoHeadroom = "no_headroom",
+        /// The flow ended (its task was removed or failed).
+        FlowEnded = "flow_ended",
+        /// The owning worker's handoff ring was full.
+        HandoffFull = "handoff_full",
+        /// Masquerade ports of this worker are exhausted.
+        NoNatPort = "no_nat_port",
+        /// Larger than the overlay's MTU once encapsulated: answered with ICMP "fragmentation
+        /// needed" when DF is set (rate-limited per source), else dropped.
+        TooBig = "too_big",
     }
 }
 
-/// One worker's counters. Plain integers: only the worker writes them; readers get copies
-/// published by the worker (see `worker.rs`).
+/// Non-zero counts by reason name: `names` and `counts` in the same (reason) order.
+pub fn by_reason(names: &[&'static str], counts: &[u64]) -> BTreeMap<String, u64> {
+    names
+        .iter()
+        .zip(counts)
+        .filter(|(_, &n)| n > 0)
+        .map(|(name, &n)| ((*name).to_string(), n))
+        .collect()
+}
+
+/// One worker's counters: the plain ones ([`WorkerCounters`], reached through `Deref`, so
+/// `stats.rx += 1` works) and one per drop reason. Plain integers: only the worker writes them;
+/// readers get copies published by the worker (see `shared.rs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerStats {
-    pub rx: u64,
-    pub tx_uplink: u64,
-    pub tx_tasks: u64,
-    pub to_host: u64,
-    pub handoff_out: u64,
-    pub arp_replies: u64,
-    pub new_flows: u64,
-    pub active_flows: u64,
-    pub flows_expired: u64,
-    pub flows_evicted: u64,
-    pub flows_ended: u64,
-    pub resets_sent: u64,
-    /// SYNs and SYN-ACKs whose TCP MSS was lowered to what the overlay carries.
-    pub mss_clamped: u64,
-    /// ICMP "fragmentation needed" answers sent for too-big packets with DF set (each such
-    /// packet is also counted as a `too_big` drop).
-    pub icmp_frag_needed: u64,
-    /// Frames the ports dropped below the pipeline (see [`crate::port::PortCounters`]), totals
-    /// since they opened, refreshed by the worker about every 10 ms: the kernel found the RX
-    /// ring full; a received frame did not fit a buffer; the TX ring was full; a frame to send
-    /// had a bad length.
-    pub port_rx_dropped: u64,
-    pub port_rx_too_long: u64,
-    pub port_tx_full: u64,
-    pub port_tx_bad_len: u64,
+    pub counters: WorkerCounters,
     pub drops: [u64; DropReason::COUNT],
+}
+
+impl Deref for WorkerStats {
+    type Target = WorkerCounters;
+    fn deref(&self) -> &WorkerCounters {
+        &self.counters
+    }
+}
+
+impl DerefMut for WorkerStats {
+    fn deref_mut(&mut self) -> &mut WorkerCounters {
+        &mut self.counters
+    }
 }
 
 impl WorkerStats {
     /// Number of plain counters before the drop counters in [`Self::to_array`].
-    pub const FIELDS: usize = 18;
+    pub const FIELDS: usize = WorkerCounters::FIELDS;
 
     /// Names of the plain counters, in [`Self::to_array`] order.
-    pub const NAMES: [&'static str; Self::FIELDS] = [
-        "rx",
-        "tx_uplink",
-        "tx_tasks",
-        "to_host",
-        "handoff_out",
-        "arp_replies",
-        "new_flows",
-        "active_flows",
-        "flows_expired",
-        "flows_evicted",
-        "flows_ended",
-        "resets_sent",
-        "mss_clamped",
-        "icmp_frag_needed",
-        "port_rx_dropped",
-        "port_rx_too_long",
-        "port_tx_full",
-        "port_tx_bad_len",
-    ];
+    pub const NAMES: [&'static str; Self::FIELDS] = WorkerCounters::NAMES;
 
     /// All counters as one array: the plain ones, then one per drop reason.
     pub fn to_array(&self) -> [u64; Self::FIELDS + DropReason::COUNT] {
         let mut a = [0u64; Self::FIELDS + DropReason::COUNT];
-        let plain = [
-            self.rx,
-            self.tx_uplink,
-            self.tx_tasks,
-            self.to_host,
-            self.handoff_out,
-            self.arp_replies,
-            self.new_flows,
-            self.active_flows,
-            self.flows_expired,
-            self.flows_evicted,
-            self.flows_ended,
-            self.resets_sent,
-            self.mss_clamped,
-            self.icmp_frag_needed,
-            self.port_rx_dropped,
-            self.port_rx_too_long,
-            self.port_tx_full,
-            self.port_tx_bad_len,
-        ];
-        a[..Self::FIELDS].copy_from_slice(&plain);
-        a[Self::FIELDS..].copy_from_slice(&self.drops);
+        let (plain, drops) = a.split_at_mut(Self::FIELDS);
+        plain.copy_from_slice(&self.counters.to_array());
+        drops.copy_from_slice(&self.drops);
         a
     }
 
     pub fn from_array(a: &[u64; Self::FIELDS + DropReason::COUNT]) -> Self {
+        let mut plain = [0u64; Self::FIELDS];
         let mut drops = [0u64; DropReason::COUNT];
-        drops.copy_from_slice(&a[Self::FIELDS..]);
+        let (p, d) = a.split_at(Self::FIELDS);
+        plain.copy_from_slice(p);
+        drops.copy_from_slice(d);
         WorkerStats {
-            rx: a[0],
-            tx_uplink: a[1],
-            tx_tasks: a[2],
-            to_host: a[3],
-            handoff_out: a[4],
-            arp_replies: a[5],
-            new_flows: a[6],
-            active_flows: a[7],
-            flows_expired: a[8],
-            flows_evicted: a[9],
-            flows_ended: a[10],
-            resets_sent: a[11],
-            mss_clamped: a[12],
-            icmp_frag_needed: a[13],
-            port_rx_dropped: a[14],
-            port_rx_too_long: a[15],
-            port_tx_full: a[16],
-            port_tx_bad_len: a[17],
+            counters: WorkerCounters::from_array(&plain),
             drops,
         }
     }
@@ -255,26 +194,17 @@ impl WorkerStats {
 
     /// Adds another worker's counters (for totals).
     pub fn add(&mut self, o: &WorkerStats) {
-        self.rx += o.rx;
-        self.tx_uplink += o.tx_uplink;
-        self.tx_tasks += o.tx_tasks;
-        self.to_host += o.to_host;
-        self.handoff_out += o.handoff_out;
-        self.arp_replies += o.arp_replies;
-        self.new_flows += o.new_flows;
-        self.active_flows += o.active_flows;
-        self.flows_expired += o.flows_expired;
-        self.flows_evicted += o.flows_evicted;
-        self.flows_ended += o.flows_ended;
-        self.resets_sent += o.resets_sent;
-        self.mss_clamped += o.mss_clamped;
-        self.icmp_frag_needed += o.icmp_frag_needed;
-        self.port_rx_dropped += o.port_rx_dropped;
-        self.port_rx_too_long += o.port_rx_too_long;
-        self.port_tx_full += o.port_tx_full;
-        self.port_tx_bad_len += o.port_tx_bad_len;
+        self.counters.add(&o.counters);
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
+        }
+    }
+
+    /// The counters as the `stats` answer carries them.
+    pub fn report(&self) -> ctl::proto::WorkerReport {
+        ctl::proto::WorkerReport {
+            counters: self.counters.clone(),
+            drops: by_reason(&DropReason::NAMES, &self.drops),
         }
     }
 }
@@ -285,24 +215,20 @@ mod tests {
 
     #[test]
     fn counters_round_trip_through_the_array() {
-        let mut s = WorkerStats {
-            rx: 1,
-            resets_sent: 12,
-            new_flows: 7,
-            ..Default::default()
-        };
+        let mut s = WorkerStats::default();
+        (s.rx, s.resets_sent, s.new_flows) = (1, 12, 7);
         s.drop(DropReason::TooBig);
         assert_eq!(WorkerStats::from_array(&s.to_array()), s);
         // Every plain counter has its own slot, in NAMES order.
-        let s = WorkerStats {
-            mss_clamped: 13,
-            icmp_frag_needed: 14,
-            port_rx_dropped: 15,
-            port_rx_too_long: 16,
-            port_tx_full: 17,
-            port_tx_bad_len: 18,
-            ..Default::default()
-        };
+        let mut s = WorkerStats::default();
+        (
+            s.mss_clamped,
+            s.icmp_frag_needed,
+            s.port_rx_dropped,
+            s.port_rx_too_long,
+            s.port_tx_full,
+            s.port_tx_bad_len,
+        ) = (13, 14, 15, 16, 17, 18);
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
             assert_eq!(a[i], i as u64 + 1, "{name}");

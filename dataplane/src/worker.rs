@@ -3,22 +3,17 @@
 //! (swapped atomically), the neighbour table, per-worker handoff rings, the host-stack queues,
 //! and their published counters.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
-use crossbeam::queue::ArrayQueue;
-
 use crate::balance::ServiceTable;
 use crate::buf::{PacketBuf, Pool, PortId};
-use crate::neigh::Neighbors;
 use crate::pipeline::{Config, Pipeline, Verdict, Verdicts};
 use crate::port::{Burst, Port};
-use crate::stats::{DropReason, WorkerStats};
+use crate::stats::DropReason;
 
-/// Frames per handoff ring and host queue.
-pub const RING: usize = 4096;
+pub use crate::shared::{new_histogram, PublishedStats, PublishedTasks, Shared, RING};
 
 /// How a worker waits when there is nothing to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,167 +22,6 @@ pub enum Idle {
     BusyPoll,
     /// Spin a little, then sleep with exponential back-off up to `max`.
     Backoff { max: Duration },
-}
-
-/// What all workers and the control thread share.
-#[derive(Debug)]
-pub struct Shared {
-    pub table: ArcSwap<ServiceTable>,
-    pub neigh: Arc<Neighbors>,
-    pub stop: AtomicBool,
-    /// The table generation each worker last finished a loop with.
-    pub acks: Vec<AtomicU64>,
-    /// Frames for each worker from the others (flows it owns).
-    pub handoff: Vec<ArrayQueue<PacketBuf>>,
-    /// Frames for the host stack, and frames the host stack wants sent.
-    pub to_host: ArrayQueue<PacketBuf>,
-    pub from_host: ArrayQueue<PacketBuf>,
-    /// Counters each worker publishes every few milliseconds.
-    pub stats: Vec<PublishedStats>,
-    /// Burst processing times (ns) each worker adds in about once a second. Workers only
-    /// `try_lock` it, so they never wait.
-    pub latency: Vec<std::sync::Mutex<hdrhistogram::Histogram<u64>>>,
-    /// Per-task counters each worker publishes about every 250 ms.
-    pub task_stats: Vec<PublishedTasks>,
-    /// Buffers a worker has too many of (handoffs move buffers between workers' pools) for a
-    /// worker that runs short.
-    pub spare: ArrayQueue<PacketBuf>,
-}
-
-impl Shared {
-    pub fn new(table: ServiceTable, workers: usize, neigh: Arc<Neighbors>) -> Arc<Shared> {
-        Arc::new(Shared {
-            table: ArcSwap::from_pointee(table),
-            neigh,
-            stop: AtomicBool::new(false),
-            acks: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            handoff: (0..workers).map(|_| ArrayQueue::new(RING)).collect(),
-            to_host: ArrayQueue::new(RING),
-            from_host: ArrayQueue::new(RING),
-            stats: (0..workers).map(|_| PublishedStats::default()).collect(),
-            latency: (0..workers)
-                .map(|_| std::sync::Mutex::new(new_histogram()))
-                .collect(),
-            spare: ArrayQueue::new(RING * 2),
-            task_stats: (0..workers)
-                .map(|_| PublishedTasks::new(crate::pipeline::MAX_COUNTED_TASKS))
-                .collect(),
-        })
-    }
-
-    /// Publishes a new table; returns once every worker has picked it up, or `Err` with the
-    /// workers that had not within `timeout`.
-    pub fn publish(&self, table: ServiceTable, timeout: Duration) -> Result<(), Vec<usize>> {
-        let generation = table.generation;
-        self.table.store(Arc::new(table));
-        let deadline = Instant::now() + timeout;
-        loop {
-            let behind: Vec<usize> = self
-                .acks
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| a.load(Ordering::Acquire) != generation)
-                .map(|(i, _)| i)
-                .collect();
-            if behind.is_empty() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) {
-                return Err(behind);
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-    }
-
-    /// The sum of every worker's last published counters, and each worker's.
-    pub fn stats(&self) -> (WorkerStats, Vec<WorkerStats>) {
-        let each: Vec<WorkerStats> = self.stats.iter().map(|p| p.read()).collect();
-        let mut total = WorkerStats::default();
-        for s in &each {
-            total.add(s);
-        }
-        (total, each)
-    }
-}
-
-/// A worker's counters mirrored into atomics for readers on other threads.
-#[derive(Debug)]
-pub struct PublishedStats {
-    values: [AtomicU64; WorkerStats::FIELDS + DropReason::COUNT],
-}
-
-impl Default for PublishedStats {
-    fn default() -> Self {
-        PublishedStats {
-            values: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
-}
-
-impl PublishedStats {
-    fn write(&self, s: &WorkerStats) {
-        for (slot, v) in self.values.iter().zip(s.to_array().iter()) {
-            slot.store(*v, Ordering::Relaxed);
-        }
-    }
-
-    pub fn read(&self) -> WorkerStats {
-        let mut a = [0u64; WorkerStats::FIELDS + DropReason::COUNT];
-        for (v, slot) in a.iter_mut().zip(self.values.iter()) {
-            *v = slot.load(Ordering::Relaxed);
-        }
-        WorkerStats::from_array(&a)
-    }
-}
-
-/// A worker's per-task counters mirrored into atomics: (uid, packets, bytes, connections).
-#[derive(Debug)]
-pub struct PublishedTasks {
-    rows: Box<[[AtomicU64; 4]]>,
-    len: AtomicU64,
-}
-
-impl PublishedTasks {
-    fn new(capacity: usize) -> Self {
-        let rows = (0..capacity * 2)
-            .map(|_| std::array::from_fn(|_| AtomicU64::new(0)))
-            .collect();
-        PublishedTasks {
-            rows,
-            len: AtomicU64::new(0),
-        }
-    }
-
-    fn write(&self, c: &crate::stats::TaskCounters) {
-        let mut n = 0;
-        for ((uid, v), row) in c.iter().zip(self.rows.iter()) {
-            row[0].store(uid, Ordering::Relaxed);
-            for (a, x) in row[1..].iter().zip(v) {
-                a.store(x, Ordering::Relaxed);
-            }
-            n += 1;
-        }
-        self.len.store(n, Ordering::Release);
-    }
-
-    /// Every published row: (uid, [packets, bytes, connections]).
-    pub fn read(&self) -> Vec<(u64, [u64; 3])> {
-        let n = self.len.load(Ordering::Acquire) as usize;
-        self.rows
-            .iter()
-            .take(n)
-            .map(|r| {
-                (
-                    r[0].load(Ordering::Relaxed),
-                    [
-                        r[1].load(Ordering::Relaxed),
-                        r[2].load(Ordering::Relaxed),
-                        r[3].load(Ordering::Relaxed),
-                    ],
-                )
-            })
-            .collect()
-    }
 }
 
 /// A millisecond clock the worker loop reads once per iteration; the pipeline itself never
@@ -488,18 +322,10 @@ impl Worker {
     }
 }
 
-/// 1 ns to 10 s at 3 significant digits: fixed size, allocated once.
-pub fn new_histogram() -> hdrhistogram::Histogram<u64> {
-    match hdrhistogram::Histogram::new_with_bounds(1, 10_000_000_000, 3) {
-        Ok(h) => h,
-        // The bounds above are valid constants; `new(3)` cannot fail either.
-        Err(_) => hdrhistogram::Histogram::new(3).unwrap_or_else(|_| std::process::abort()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::neigh::Neighbors;
     use crate::port::mem;
 
     #[test]

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ctl::client::Connection;
-use ctl::proto::{Command, ErrorCode, PortSpec, Response, ServiceUpdate};
+use ctl::proto::{Change, Command, ErrorCode, PortSpec, Query, Response, ServiceUpdate};
 use ctl::*;
 use dataplane::balance::ServiceTable;
 use dataplane::control::{Controller, Server, StateStore};
@@ -66,9 +66,9 @@ impl Daemon {
         );
         let mut threads = vec![std::thread::spawn(move || w.run())];
         let (server, listener) = Server::bind(&socket).unwrap();
-        let ctl = Arc::new(Mutex::new(controller));
-        let s2 = shared.clone();
-        threads.push(std::thread::spawn(move || Server::serve(listener, ctl, s2)));
+        let (ctl, control) = controller.start().unwrap();
+        threads.push(control);
+        threads.push(std::thread::spawn(move || Server::serve(listener, ctl)));
         Daemon {
             dir,
             socket,
@@ -182,22 +182,28 @@ fn web() -> Service {
 fn every_command_round_trips_and_changes_bump_the_generation() {
     let d = Daemon::start("all");
     let mut c = d.conn();
-    let g0 = ok(c.send(&Command::NodeLs {}).unwrap()).generation;
+    let g0 = ok(c.send(&Command::Query(Query::NodeLs {})).unwrap()).generation;
     let g1 = ok(c
-        .send(&Command::NetworkCreate { network: ingress() })
+        .send(&Command::Change(Change::NetworkCreate {
+            network: ingress(),
+        }))
         .unwrap())
     .generation;
     assert_eq!(g1, g0 + 1);
-    ok(c.send(&Command::NetworkCreate { network: appnet() })
-        .unwrap());
+    ok(c.send(&Command::Change(Change::NetworkCreate {
+        network: appnet(),
+    }))
+    .unwrap());
     let mut eps = BTreeMap::new();
     eps.insert("ingress".to_string(), Ipv4Addr::new(10, 0, 0, 3));
-    ok(c.send(&Command::NodeAdd {
+    ok(c.send(&Command::Change(Change::NodeAdd {
         node: node("n2", 12),
         endpoints: eps,
-    })
+    }))
     .unwrap());
-    let s = ok(c.send(&Command::ServiceCreate { service: web() }).unwrap());
+    let s = ok(c
+        .send(&Command::Change(Change::ServiceCreate { service: web() }))
+        .unwrap());
     // The answer comes only once the worker runs the new generation.
     assert_eq!(d.shared.table.load().generation, s.generation);
     assert_eq!(d.shared.acks[0].load(Ordering::Acquire), s.generation);
@@ -208,30 +214,30 @@ fn every_command_round_trips_and_changes_bump_the_generation() {
         .published(smoltcp::wire::IpProtocol::Tcp, 8080)
         .is_some());
 
-    let nets = ok(c.send(&Command::NetworkLs {}).unwrap()).result;
+    let nets = ok(c.send(&Command::Query(Query::NetworkLs {})).unwrap()).result;
     assert_eq!(nets.as_array().unwrap().len(), 2);
     let n = ok(c
-        .send(&Command::NetworkInspect {
+        .send(&Command::Query(Query::NetworkInspect {
             name: "appnet".into(),
-        })
+        }))
         .unwrap())
     .result;
     assert_eq!(n["vni"], 4097);
     assert_eq!(
-        ok(c.send(&Command::NodeLs {}).unwrap())
+        ok(c.send(&Command::Query(Query::NodeLs {})).unwrap())
             .result
             .as_array()
             .unwrap()
             .len(),
         2
     );
-    ok(c.send(&Command::NodeUpdate {
+    ok(c.send(&Command::Change(Change::NodeUpdate {
         name: "n2".into(),
         availability: Availability::Drain,
-    })
+    }))
     .unwrap());
     assert_eq!(
-        ok(c.send(&Command::ServiceLs {}).unwrap())
+        ok(c.send(&Command::Query(Query::ServiceLs {})).unwrap())
             .result
             .as_array()
             .unwrap()
@@ -239,16 +245,21 @@ fn every_command_round_trips_and_changes_bump_the_generation() {
         1
     );
     let svc = ok(c
-        .send(&Command::ServiceInspect { name: "web".into() })
+        .send(&Command::Query(Query::ServiceInspect {
+            name: "web".into(),
+        }))
         .unwrap())
     .result;
     assert_eq!(svc["ports"][0]["published"], 8080);
     assert_eq!(
-        ok(c.send(&Command::ServicePs { name: "web".into() }).unwrap())
-            .result
-            .as_array()
-            .unwrap()
-            .len(),
+        ok(
+            c.send(&Command::Query(Query::ServicePs { name: "web".into() }))
+                .unwrap()
+        )
+        .result
+        .as_array()
+        .unwrap()
+        .len(),
         2
     );
     let upd = ServiceUpdate {
@@ -264,32 +275,38 @@ fn every_command_round_trips_and_changes_bump_the_generation() {
         }],
         ..ServiceUpdate::default()
     };
-    ok(c.send(&Command::ServiceUpdate {
+    ok(c.send(&Command::Change(Change::ServiceUpdate {
         name: "web".into(),
         update: upd,
-    })
+    }))
     .unwrap());
     let t = d.shared.table.load();
     assert!(t.published(smoltcp::wire::IpProtocol::Tcp, 8080).is_none());
     assert!(t.published(smoltcp::wire::IpProtocol::Udp, 5353).is_some());
-    ok(c.send(&Command::ServiceScale {
+    ok(c.send(&Command::Change(Change::ServiceScale {
         name: "web".into(),
         replicas: 1,
-    })
+    }))
     .unwrap());
     assert_eq!(d.shared.table.load().tasks.len(), 1);
-    let st = ok(c.send(&Command::Stats {}).unwrap()).result;
+    let st = ok(c.send(&Command::Query(Query::Stats {})).unwrap()).result;
     assert!(st["workers"].as_array().is_some() && st["total"]["rx"].is_u64());
-    let full = ok(c.send(&Command::State {}).unwrap()).result;
+    let full = ok(c.send(&Command::Query(Query::State {})).unwrap()).result;
     assert_eq!(full["services"][0]["name"], "web");
-    ok(c.send(&Command::ServiceRm { name: "web".into() }).unwrap());
-    ok(c.send(&Command::NodeRm { name: "n2".into() }).unwrap());
-    ok(c.send(&Command::NetworkRm {
+    ok(
+        c.send(&Command::Change(Change::ServiceRm { name: "web".into() }))
+            .unwrap(),
+    );
+    ok(
+        c.send(&Command::Change(Change::NodeRm { name: "n2".into() }))
+            .unwrap(),
+    );
+    ok(c.send(&Command::Change(Change::NetworkRm {
         name: "appnet".into(),
-    })
+    }))
     .unwrap());
     assert_eq!(
-        ok(c.send(&Command::NetworkLs {}).unwrap())
+        ok(c.send(&Command::Query(Query::NetworkLs {})).unwrap())
             .result
             .as_array()
             .unwrap()
@@ -303,11 +320,18 @@ fn every_command_round_trips_and_changes_bump_the_generation() {
 fn bad_requests_get_clear_errors_and_change_nothing() {
     let d = Daemon::start("bad");
     let mut c = d.conn();
-    ok(c.send(&Command::NetworkCreate { network: ingress() })
-        .unwrap());
-    ok(c.send(&Command::NetworkCreate { network: appnet() })
-        .unwrap());
-    let before_gen = ok(c.send(&Command::ServiceCreate { service: web() }).unwrap()).generation;
+    ok(c.send(&Command::Change(Change::NetworkCreate {
+        network: ingress(),
+    }))
+    .unwrap());
+    ok(c.send(&Command::Change(Change::NetworkCreate {
+        network: appnet(),
+    }))
+    .unwrap());
+    let before_gen = ok(c
+        .send(&Command::Change(Change::ServiceCreate { service: web() }))
+        .unwrap())
+    .generation;
     let before = state_file(&d.dir);
     assert!(before.contains("\"web\""));
 
@@ -331,7 +355,9 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         target: 9000,
         mode: PublishMode::Ingress,
     });
-    let e = err(c.send(&Command::ServiceCreate { service: api }).unwrap());
+    let e = err(c
+        .send(&Command::Change(Change::ServiceCreate { service: api }))
+        .unwrap());
     assert!(
         e.message
             .contains("8080/tcp is already in use by service \"web\""),
@@ -340,15 +366,15 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     // An unknown service.
     let e = err(c
-        .send(&Command::ServiceInspect {
+        .send(&Command::Query(Query::ServiceInspect {
             name: "nope".into(),
-        })
+        }))
         .unwrap());
     assert_eq!(e.code, ErrorCode::NotFound);
     let e = err(c
-        .send(&Command::ServiceRm {
+        .send(&Command::Change(Change::ServiceRm {
             name: "nope".into(),
-        })
+        }))
         .unwrap());
     assert_eq!(e.code, ErrorCode::NotFound);
     // A VIP outside its subnet.
@@ -357,13 +383,15 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     bad.ports.clear();
     bad.tasks.clear();
     bad.networks[0].vip = Some(Ipv4Addr::new(10, 9, 9, 9));
-    let e = err(c.send(&Command::ServiceCreate { service: bad }).unwrap());
+    let e = err(c
+        .send(&Command::Change(Change::ServiceCreate { service: bad }))
+        .unwrap());
     assert_eq!(e.code, ErrorCode::Invalid);
     assert!(e.message.contains("outside the subnet"), "{}", e.message);
 
     // Nothing changed: the file, the generation, the table.
     assert_eq!(state_file(&d.dir), before);
-    let g = ok(c.send(&Command::NodeLs {}).unwrap()).generation;
+    let g = ok(c.send(&Command::Query(Query::NodeLs {})).unwrap()).generation;
     assert_eq!(g, before_gen);
     assert_eq!(d.shared.table.load().generation, before_gen);
 
@@ -378,7 +406,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let e = err(c2.send_line(&big).unwrap());
     assert_eq!(e.code, ErrorCode::TooLarge);
     let mut c3 = d.conn();
-    ok(c3.send(&Command::ServiceLs {}).unwrap());
+    ok(c3.send(&Command::Query(Query::ServiceLs {})).unwrap());
     assert_eq!(state_file(&d.dir), before);
     d.stop();
 }
@@ -387,16 +415,23 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 fn state_survives_a_restart() {
     let d = Daemon::start("restart");
     let mut c = d.conn();
-    ok(c.send(&Command::NetworkCreate { network: ingress() })
-        .unwrap());
-    ok(c.send(&Command::NetworkCreate { network: appnet() })
-        .unwrap());
-    let g = ok(c.send(&Command::ServiceCreate { service: web() }).unwrap()).generation;
+    ok(c.send(&Command::Change(Change::NetworkCreate {
+        network: ingress(),
+    }))
+    .unwrap());
+    ok(c.send(&Command::Change(Change::NetworkCreate {
+        network: appnet(),
+    }))
+    .unwrap());
+    let g = ok(c
+        .send(&Command::Change(Change::ServiceCreate { service: web() }))
+        .unwrap())
+    .generation;
     drop(c);
     let dir = d.stop();
     let d = Daemon::start_in(dir);
     let mut c = d.conn();
-    let r = ok(c.send(&Command::ServiceLs {}).unwrap());
+    let r = ok(c.send(&Command::Query(Query::ServiceLs {})).unwrap());
     assert_eq!(r.generation, g);
     assert_eq!(r.result[0]["name"], "web");
     assert!(d
@@ -407,4 +442,93 @@ fn state_survives_a_restart() {
         .is_some());
     let dir = d.stop();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A change waiting for a worker that never acknowledges holds the control thread; `stats` and
+/// a Prometheus scrape still answer, while the change is still waiting (a liveness test: the
+/// change waits two minutes, the reads get no deadline of their own).
+#[test]
+fn stats_and_metrics_answer_while_a_change_waits_for_the_workers() {
+    use std::io::{Read, Write};
+    let dir = std::env::temp_dir().join(format!("meshd-ctl-{}-stuck", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("meshd.sock");
+    let mut persisted = dataplane::control::Persisted::default();
+    persisted.state.nodes.push(node("n1", 11));
+    // One worker that never runs, so never acknowledges a generation.
+    let shared = Shared::new(
+        ServiceTable::empty("n1", Ipv4Addr::new(192, 168, 1, 11)),
+        1,
+        Arc::new(Neighbors::new(64)),
+    );
+    let mut controller = Controller::new(
+        "n1".into(),
+        persisted,
+        StateStore::new(dir.join("state.json")),
+        shared.clone(),
+    )
+    .unwrap();
+    controller.ack_timeout = Duration::from_secs(120);
+    controller.host = Some(Arc::new(dataplane::host::HostShared::default()));
+    let host = controller.host.clone();
+    let (ctl, control) = controller.start().unwrap();
+    let (server, listener) = Server::bind(&socket).unwrap();
+    let serve = std::thread::spawn(move || Server::serve(listener, ctl));
+    let metrics_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = metrics_l.local_addr().unwrap();
+    let (ms, mh) = (shared.clone(), host.clone());
+    let metrics = std::thread::spawn(move || dataplane::metrics::serve(metrics_l, ms, mh));
+
+    let sock = socket.clone();
+    let change = std::thread::spawn(move || {
+        let mut c = Connection::connect(&sock, Duration::from_secs(600)).unwrap();
+        c.send(&Command::Change(Change::NodeAdd {
+            node: node("n2", 12),
+            endpoints: BTreeMap::new(),
+        }))
+        .unwrap()
+    });
+    // The change is under way once its table is published (it then waits for the acks).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while shared.table.load().generation != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the change never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let mut c = Connection::connect(&socket, Duration::from_secs(60)).unwrap();
+    let st = ok(c.send(&Command::Query(Query::Stats {})).unwrap());
+    let report: ctl::proto::StatsReport = serde_json::from_value(st.result).unwrap();
+    assert_eq!((report.node.as_str(), report.generation), ("n1", 1));
+    assert_eq!(report.workers.len(), 1);
+    assert!(report.host.is_some());
+
+    let mut s = std::net::TcpStream::connect(metrics_addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.0 200 OK"), "{body}");
+    assert!(body.contains("meshd_generation{node=\"n1\"} 1"), "{body}");
+    assert!(
+        body.contains("meshd_rx_total{node=\"n1\",worker=\"0\"} 0"),
+        "{body}"
+    );
+
+    assert!(
+        !change.is_finished(),
+        "the reads answered only after the change gave up"
+    );
+    // Stopping ends the wait: the change is persisted, published, and says who did not ack.
+    shared.stop.store(true, Ordering::Relaxed);
+    let e = err(change.join().unwrap());
+    assert_eq!(e.code, ErrorCode::Internal);
+    assert!(e.message.contains("did not pick it up"), "{}", e.message);
+    for t in [control, serve, metrics] {
+        t.join().unwrap();
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
 }

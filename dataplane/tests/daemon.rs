@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ctl::client;
-use ctl::proto::{Command, Response};
+use ctl::proto::{Change, Command, Query, Response};
 use ctl::*;
 use dataplane::buf::{Pool, PortId};
 use dataplane::port::afpacket::{AfPacketConfig, AfPacketPort};
@@ -66,7 +66,7 @@ fn start(ns: &Netns, dir: &Path, io: &str) -> Meshd {
     let deadline = Instant::now() + Duration::from_secs(10);
     while client::request(
         &dir.join("meshd.sock"),
-        &Command::NodeLs {},
+        &Command::Query(Query::NodeLs {}),
         Duration::from_secs(1),
     )
     .is_err()
@@ -179,7 +179,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
     endpoints.insert("n1".to_string(), ENDPOINT);
     send(
         &dir,
-        Command::NetworkCreate {
+        Command::Change(Change::NetworkCreate {
             network: Network {
                 name: "ingress".into(),
                 vni: INGRESS_VNI,
@@ -189,7 +189,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
                 endpoints,
                 mtu: None,
             },
-        },
+        }),
     );
     let mut web = Service::new("web");
     web.ports.push(PublishedPort {
@@ -208,7 +208,11 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
         state: TaskState::Running,
         weight: 1,
     });
-    let generation = send(&dir, Command::ServiceCreate { service: web }).generation;
+    let generation = send(
+        &dir,
+        Command::Change(Change::ServiceCreate { service: web }),
+    )
+    .generation;
 
     // The far ends, opened from a thread inside the namespace: one socket each to receive and
     // one to send (a port does not see what its own interface sends).
@@ -334,7 +338,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
         }
     }
     let meshd = start(&ns, &dir, io);
-    let ls = send(&dir, Command::ServiceLs {});
+    let ls = send(&dir, Command::Query(Query::ServiceLs {}));
     assert_eq!(ls.generation, generation);
     assert_eq!(ls.result[0]["name"], "web");
     let syn = testkit::tcp_frame(

@@ -13,7 +13,7 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ctl::model::{Availability, ClientIpMode, Protocol, PublishMode, PublishedPort, Service};
-use ctl::proto::Command;
+use ctl::proto::{Command, Query};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -655,9 +655,9 @@ impl Bed {
             .ok_or_else(|| Error::msg("the instance has no nodes"))?;
         let resp = ctl::client::request(
             &socket,
-            &Command::ServiceInspect {
+            &Command::Query(Query::ServiceInspect {
                 name: name.to_string(),
-            },
+            }),
             Duration::from_secs(10),
         )
         .map_err(|e| Error::msg(e.to_string()))?;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::Mesh;
 use ctl::model::{CurrentState, Health, PsTask, PublishMode};
-use ctl::proto::Command;
+use ctl::proto::{Command, Query};
 use testbed::probe::{self, KeepAlive};
 use testbed::{plan, sys, RunSpec};
 
@@ -268,9 +268,9 @@ fn ps_everywhere(m: &Mesh, service: &str) -> Vec<Vec<PsTask>> {
         .map(|s| {
             let r = ctl::client::request(
                 s,
-                &Command::ServicePs {
+                &Command::Query(Query::ServicePs {
                     name: service.into(),
-                },
+                }),
                 T,
             )
             .unwrap();

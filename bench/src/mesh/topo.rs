@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ctl::proto::{Command, Response};
+use ctl::proto::{Change, Command, Query, Response};
 use ctl::{
     Availability, Network, Node, Protocol, PublishMode, PublishedPort, Service, Task, TaskAddress,
     TaskState, INGRESS_VNI, VXLAN_PORT,
@@ -402,7 +402,11 @@ impl Topology {
             .iter()
             .filter_map(|n| {
                 let s = self.run_dir.join(format!("{n}.sock"));
-                match ctl::client::request(&s, &Command::Stats {}, Duration::from_secs(5)) {
+                match ctl::client::request(
+                    &s,
+                    &Command::Query(Query::Stats {}),
+                    Duration::from_secs(5),
+                ) {
                     Ok(Response::Ok(ok)) => {
                         Some(serde_json::json!({ "node": n, "stats": ok.result }))
                     }
@@ -566,7 +570,8 @@ impl Topology {
         }
         for s in &sockets {
             wait_for(Duration::from_secs(20), || {
-                ctl::client::request(s, &Command::NodeLs {}, Duration::from_secs(1)).is_ok()
+                ctl::client::request(s, &Command::Query(Query::NodeLs {}), Duration::from_secs(1))
+                    .is_ok()
             })
             .map_err(|_| {
                 MeshError::Setup(format!(
@@ -621,16 +626,16 @@ impl Topology {
             (&sockets[1], node("n1", N1_IP)),
         ] {
             for cmd in [
-                Command::NodeAdd {
+                Command::Change(Change::NodeAdd {
                     node: peer,
                     endpoints: BTreeMap::new(),
-                },
-                Command::NetworkCreate {
+                }),
+                Command::Change(Change::NetworkCreate {
                     network: net.clone(),
-                },
-                Command::ServiceCreate {
+                }),
+                Command::Change(Change::ServiceCreate {
                     service: web.clone(),
-                },
+                }),
             ] {
                 match ctl::client::request(s, &cmd, Duration::from_secs(10)) {
                     Ok(Response::Ok(_)) => {}

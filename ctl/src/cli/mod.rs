@@ -19,7 +19,7 @@ use ctl::model::{
     self, HealthCheck, Ipv4Net, Network, Node, PsTask, Service, ServiceNetwork, State, Task,
     INGRESS_VNI, VXLAN_PORT,
 };
-use ctl::proto::{Command, ServiceUpdate, Success, TimeoutsUpdate};
+use ctl::proto::{Change, Command, Query, ServiceUpdate, Success, TimeoutsUpdate};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -670,11 +670,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         Top::Node(c) => node(&ctx, c),
         Top::Service(c) => service(&ctx, c),
         Top::Stats => {
-            let s = ctx.read(Command::Stats {})?;
-            match ctx.format {
-                Format::Json => print_json(&s.result),
-                Format::Table => out(&stats::render(&s.result)),
-            }
+            let s: ctl::proto::StatsReport = ctx.read_as(Command::Query(Query::Stats {}))?;
+            ctx.show(&s, || stats::render(&s))
         }
     }
 }
@@ -710,24 +707,27 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
                 mtu,
             };
             ctx.change(
-                Command::NetworkCreate { network },
+                Command::Change(Change::NetworkCreate { network }),
                 Report::plain(a.name, "Network created"),
             )
         }
         NetworkCmd::Ls => {
-            let nets: Vec<Network> = ctx.read_as(Command::NetworkLs {})?;
+            let nets: Vec<Network> = ctx.read_as(Command::Query(Query::NetworkLs {}))?;
             ctx.show(&nets, || render::network_ls(&nets))
         }
         NetworkCmd::Inspect { names } => {
             let mut all = Vec::new();
             for name in names {
-                all.push(ctx.read(Command::NetworkInspect { name })?.result);
+                all.push(
+                    ctx.read(Command::Query(Query::NetworkInspect { name }))?
+                        .result,
+                );
             }
             print_json(&all)
         }
         NetworkCmd::Rm { names } => each(names, |name| {
             ctx.change(
-                Command::NetworkRm { name: name.clone() },
+                Command::Change(Change::NetworkRm { name: name.clone() }),
                 Report::plain(name, "Network removed"),
             )
         }),
@@ -754,25 +754,25 @@ fn node(ctx: &Ctx, c: NodeCmd) -> Result<(), CliError> {
                 availability: a.availability.into(),
             };
             ctx.change(
-                Command::NodeAdd { node, endpoints },
+                Command::Change(Change::NodeAdd { node, endpoints }),
                 Report::plain(a.name, "Node added"),
             )
         }
         NodeCmd::Ls => {
-            let nodes: Vec<Node> = ctx.read_as(Command::NodeLs {})?;
+            let nodes: Vec<Node> = ctx.read_as(Command::Query(Query::NodeLs {}))?;
             ctx.show(&nodes, || render::node_ls(&nodes))
         }
         NodeCmd::Rm { names } => each(names, |name| {
             ctx.change(
-                Command::NodeRm { name: name.clone() },
+                Command::Change(Change::NodeRm { name: name.clone() }),
                 Report::plain(name, "Node removed"),
             )
         }),
         NodeCmd::Update { availability, name } => ctx.change(
-            Command::NodeUpdate {
+            Command::Change(Change::NodeUpdate {
                 name: name.clone(),
                 availability: availability.into(),
-            },
+            }),
             Report::plain(name, "Node updated"),
         ),
     }
@@ -789,27 +789,28 @@ fn service(ctx: &Ctx, c: ServiceCmd) -> Result<(), CliError> {
                 .collect::<Result<Vec<_>, _>>()?;
             each(parsed, |(name, replicas)| {
                 ctx.change(
-                    Command::ServiceScale {
+                    Command::Change(Change::ServiceScale {
                         name: name.clone(),
                         replicas,
-                    },
+                    }),
                     Report::service(format!("{name} scaled to {replicas}"), "Service converged"),
                 )
             })
         }
         ServiceCmd::Ls => {
-            let services: Vec<Service> = ctx.read_as(Command::ServiceLs {})?;
+            let services: Vec<Service> = ctx.read_as(Command::Query(Query::ServiceLs {}))?;
             ctx.show(&services, || render::service_ls(&services))
         }
         ServiceCmd::Inspect { names } => {
             let mut services = Vec::new();
             for name in names {
-                services.push(ctx.read_as::<Service>(Command::ServiceInspect { name })?);
+                services
+                    .push(ctx.read_as::<Service>(Command::Query(Query::ServiceInspect { name }))?);
             }
             match ctx.format {
                 Format::Json => print_json(&services),
                 Format::Table => {
-                    let nets: Vec<Network> = ctx.read_as(Command::NetworkLs {})?;
+                    let nets: Vec<Network> = ctx.read_as(Command::Query(Query::NetworkLs {}))?;
                     let views: Vec<_> = services
                         .iter()
                         .map(|s| render::docker_inspect(s, &nets))
@@ -821,7 +822,8 @@ fn service(ctx: &Ctx, c: ServiceCmd) -> Result<(), CliError> {
         ServiceCmd::Ps { names } => {
             let mut all = Vec::new();
             for name in names {
-                let tasks: Vec<PsTask> = ctx.read_as(Command::ServicePs { name: name.clone() })?;
+                let tasks: Vec<PsTask> =
+                    ctx.read_as(Command::Query(Query::ServicePs { name: name.clone() }))?;
                 all.push((name, tasks));
             }
             match ctx.format {
@@ -831,7 +833,7 @@ fn service(ctx: &Ctx, c: ServiceCmd) -> Result<(), CliError> {
         }
         ServiceCmd::Rm { names } => each(names, |name| {
             ctx.change(
-                Command::ServiceRm { name: name.clone() },
+                Command::Change(Change::ServiceRm { name: name.clone() }),
                 Report::plain(name, "Service removed"),
             )
         }),
@@ -869,7 +871,7 @@ fn service_create(ctx: &Ctx, a: ServiceCreateArgs) -> Result<(), CliError> {
         }
     }
     ctx.change(
-        Command::ServiceCreate { service: svc },
+        Command::Change(Change::ServiceCreate { service: svc }),
         Report::service(a.name, "Service converged"),
     )
 }
@@ -904,9 +906,9 @@ fn service_update(ctx: &Ctx, a: ServiceUpdateArgs) -> Result<(), CliError> {
     if a.health.given() {
         // The flags change what they name and keep the rest of the current check.
         let current = ctx
-            .read_as::<Service>(Command::ServiceInspect {
+            .read_as::<Service>(Command::Query(Query::ServiceInspect {
                 name: a.name.clone(),
-            })?
+            }))?
             .health;
         u.health = a.health.merge(current.as_ref())?;
     }
@@ -946,10 +948,10 @@ fn service_update(ctx: &Ctx, a: ServiceUpdateArgs) -> Result<(), CliError> {
         }
     }
     ctx.change(
-        Command::ServiceUpdate {
+        Command::Change(Change::ServiceUpdate {
             name: a.name.clone(),
             update: u,
-        },
+        }),
         Report::service(a.name, "Service converged"),
     )
 }
@@ -1102,7 +1104,7 @@ impl Ctx {
     /// The whole state of every daemon, for choosing VNIs and VIPs free on all of them.
     fn states(&self) -> Result<Vec<State>, CliError> {
         let mut states = Vec::new();
-        for o in self.send_all(&Command::State {}) {
+        for o in self.send_all(&Command::Query(Query::State {})) {
             let s = o.result.map_err(CliError::Msg)?;
             states.push(decode(&o.socket, "state", s.result)?);
         }

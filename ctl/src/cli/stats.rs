@@ -1,124 +1,105 @@
-//! `meshctl stats`: the daemon's counters as tables.
+//! `meshctl stats`: the daemon's [`StatsReport`] as tables.
 
-use serde_json::Value;
+use ctl::proto::{HostCounters, StatsReport, WorkerReport};
 
 use super::render::table;
 
-fn n(v: &Value) -> String {
-    v.as_u64()
-        .map(|x| x.to_string())
-        .unwrap_or_else(|| "-".into())
+/// One column of the worker table.
+type Column = fn(&WorkerReport) -> u64;
+
+/// The worker table's columns: heading and counter, then the drops and the port drops.
+const COLUMNS: [(&str, Column); 12] = [
+    ("RX", |w| w.counters.rx),
+    ("TX-UPLINK", |w| w.counters.tx_uplink),
+    ("TX-TASKS", |w| w.counters.tx_tasks),
+    ("TO-HOST", |w| w.counters.to_host),
+    ("HANDOFF", |w| w.counters.handoff_out),
+    ("NEW-FLOWS", |w| w.counters.new_flows),
+    ("ACTIVE-FLOWS", |w| w.counters.active_flows),
+    ("EXPIRED", |w| w.counters.flows_expired),
+    ("ENDED", |w| w.counters.flows_ended),
+    ("RESETS", |w| w.counters.resets_sent),
+    ("DROPS", WorkerReport::total_drops),
+    // Frames the ports lost before or after the pipeline (kernel ring full, too long, TX full).
+    ("PORT-DROPS", |w| w.counters.port_drops()),
+];
+
+/// `name value` pairs of host counters, each named by its field (`dns_queries` shows as
+/// `dns-queries`).
+macro_rules! host_line {
+    ($h:expr; $($field:ident),* $(,)?) => {
+        line(&[$((stringify!($field), $h.$field)),*])
+    };
 }
 
-/// Renders the JSON of the daemon's `stats` answer.
-pub fn render(s: &Value) -> String {
+fn line(pairs: &[(&str, u64)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{} {v}", k.replace('_', "-")))
+        .collect::<Vec<_>>()
+        .join("   ")
+}
+
+/// Renders the daemon's `stats` answer.
+pub fn render(s: &StatsReport) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "node {}   generation {}\n\n",
-        s["node"].as_str().unwrap_or("?"),
-        n(&s["generation"])
+        s.node, s.generation
     ));
-    let cols = [
-        "rx",
-        "tx_uplink",
-        "tx_tasks",
-        "to_host",
-        "handoff_out",
-        "new_flows",
-        "active_flows",
-        "flows_expired",
-        "flows_ended",
-        "resets_sent",
-    ];
-    let heads = [
-        "WORKER",
-        "RX",
-        "TX-UPLINK",
-        "TX-TASKS",
-        "TO-HOST",
-        "HANDOFF",
-        "NEW-FLOWS",
-        "ACTIVE-FLOWS",
-        "EXPIRED",
-        "ENDED",
-        "RESETS",
-        "DROPS",
-        "PORT-DROPS",
-    ];
-    let workers = s["workers"].as_array().cloned().unwrap_or_default();
-    // Frames the ports lost before or after the pipeline (kernel ring full, too long, TX full).
-    let port_drops = |w: &Value| {
-        [
-            "port_rx_dropped",
-            "port_rx_too_long",
-            "port_tx_full",
-            "port_tx_bad_len",
-        ]
-        .iter()
-        .filter_map(|k| w[*k].as_u64())
-        .sum::<u64>()
+    let heads: Vec<&str> = std::iter::once("WORKER")
+        .chain(COLUMNS.iter().map(|(h, _)| *h))
+        .collect();
+    let row = |label: String, w: &WorkerReport| -> Vec<String> {
+        std::iter::once(label)
+            .chain(COLUMNS.iter().map(|(_, f)| f(w).to_string()))
+            .collect()
     };
-    let drops_of = |w: &Value| {
-        w["drops"]
-            .as_object()
-            .map(|d| d.values().filter_map(Value::as_u64).sum::<u64>())
-            .unwrap_or(0)
-    };
-    let mut rows: Vec<Vec<String>> = workers
+    let mut rows: Vec<Vec<String>> = s
+        .workers
         .iter()
         .enumerate()
-        .map(|(i, w)| {
-            let mut r = vec![i.to_string()];
-            r.extend(cols.iter().map(|c| n(&w[*c])));
-            r.push(drops_of(w).to_string());
-            r.push(port_drops(w).to_string());
-            r
-        })
+        .map(|(i, w)| row(i.to_string(), w))
         .collect();
-    let total = &s["total"];
-    let mut r = vec!["total".to_string()];
-    r.extend(cols.iter().map(|c| n(&total[*c])));
-    r.push(drops_of(total).to_string());
-    r.push(port_drops(total).to_string());
-    rows.push(r);
+    rows.push(row("total".to_string(), &s.total));
     out.push_str(&table(&heads, &rows));
 
-    if let Some(d) = total["drops"].as_object().filter(|d| !d.is_empty()) {
+    if !s.total.drops.is_empty() {
         out.push('\n');
-        let rows: Vec<Vec<String>> = d.iter().map(|(k, v)| vec![k.clone(), n(v)]).collect();
+        let rows: Vec<Vec<String>> = s
+            .total
+            .drops
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
         out.push_str(&table(&["DROP REASON", "PACKETS"], &rows));
     }
 
-    let lat = &s["burst_latency_ns"];
+    let lat = &s.burst_latency_ns;
     out.push_str(&format!(
         "\nburst processing time (ns): p50 {}   p99 {}   p99.9 {}   max {}   ({} bursts)\n",
-        n(&lat["p50"]),
-        n(&lat["p99"]),
-        n(&lat["p999"]),
-        n(&lat["max"]),
-        n(&lat["count"])
+        lat.p50, lat.p99, lat.p999, lat.max, lat.count
     ));
 
     let mut rows = Vec::new();
-    for svc in s["services"].as_array().into_iter().flatten() {
-        let name = svc["name"].as_str().unwrap_or("?");
+    for svc in &s.services {
         rows.push(vec![
-            name.to_string(),
+            svc.name.clone(),
             "".into(),
             "".into(),
-            n(&svc["packets"]),
-            n(&svc["bytes"]),
-            n(&svc["connections"]),
+            svc.packets.to_string(),
+            svc.bytes.to_string(),
+            svc.connections.to_string(),
         ]);
-        for t in svc["tasks"].as_array().into_iter().flatten() {
+        for t in &svc.tasks {
             rows.push(vec![
                 String::new(),
-                t["name"].as_str().unwrap_or("?").to_string(),
-                t["node"].as_str().unwrap_or("?").to_string(),
-                n(&t["packets"]),
-                n(&t["bytes"]),
-                n(&t["connections"]),
-                t["health"].as_str().unwrap_or("").to_string(),
+                t.name.clone(),
+                t.node.clone(),
+                t.packets.to_string(),
+                t.bytes.to_string(),
+                t.connections.to_string(),
+                t.health.map_or("", |h| h.as_str()).to_string(),
             ]);
         }
     }
@@ -137,50 +118,38 @@ pub fn render(s: &Value) -> String {
             &rows,
         ));
     }
-    if let Some(h) = s["host"].as_object() {
-        // The host side: DNS, health checks, gossip, the node's own answers.
-        let line = |keys: &[&str]| -> String {
-            keys.iter()
-                .map(|k| {
-                    format!(
-                        "{} {}",
-                        k.replace('_', "-"),
-                        n(h.get(*k).unwrap_or(&Value::Null))
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("   ")
-        };
-        out.push_str("\nhost: ");
-        out.push_str(&line(&[
-            "frames",
-            "rst_sent",
-            "unreachable_sent",
-            "echo_replies",
-        ]));
-        out.push_str("\ndns: ");
-        out.push_str(&line(&[
-            "dns_queries",
-            "dns_tcp_queries",
-            "dns_noerror",
-            "dns_nxdomain",
-            "dns_formerr",
-            "dns_truncated",
-            "dns_dropped",
-            "dns_forwarded",
-        ]));
-        out.push_str("\nhealth: ");
-        out.push_str(&line(&[
-            "checks_started",
-            "checks_passed",
-            "checks_failed",
-            "health_changes",
-            "gossip_sent",
-            "gossip_received",
-            "gossip_rejected",
-        ]));
-        out.push('\n');
+    if let Some(h) = &s.host {
+        out.push_str(&host(h));
     }
+    out
+}
+
+/// The host side: its own answers, DNS, health checks and gossip.
+fn host(h: &HostCounters) -> String {
+    let mut out = String::from("\nhost: ");
+    out.push_str(&host_line!(h; frames, rst_sent, unreachable_sent, echo_replies));
+    out.push_str("\ndns: ");
+    out.push_str(&host_line!(h;
+        dns_queries,
+        dns_tcp_queries,
+        dns_noerror,
+        dns_nxdomain,
+        dns_formerr,
+        dns_truncated,
+        dns_dropped,
+        dns_forwarded,
+    ));
+    out.push_str("\nhealth: ");
+    out.push_str(&host_line!(h;
+        checks_started,
+        checks_passed,
+        checks_failed,
+        health_changes,
+        gossip_sent,
+        gossip_received,
+        gossip_rejected,
+    ));
+    out.push('\n');
     out
 }
 
@@ -199,7 +168,7 @@ mod tests {
                           "tasks": [{"name": "web.1", "node": "n2", "packets": 8, "bytes": 800, "connections": 2, "health": "healthy"}]}],
             "host": {"dns_queries": 5, "checks_failed": 1}
         });
-        let t = render(&v);
+        let t = render(&serde_json::from_value(v).unwrap());
         assert!(t.contains("node n1   generation 7"), "{t}");
         assert!(t.contains("no_route"), "{t}");
         assert!(t.contains("p50 900"), "{t}");

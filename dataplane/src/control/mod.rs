@@ -5,9 +5,14 @@
 //! workers, and answered only once every worker has picked that generation up. A request that
 //! fails any step changes nothing and gets an error that says what is wrong.
 //!
-//! Health verdicts are runtime state layered over the desired state: the host thread hands a
-//! changed view to [`Controller::set_health`], which compiles and publishes a new table
-//! generation without persisting anything. The controller also notes when each task's observed
+//! The control thread owns the [`Controller`] ([`Controller::start`]); connection threads and the
+//! host thread feed it [`ControlMsg`]s over a channel through a [`ControlHandle`] and never share
+//! it. `stats` needs no controller: the handle answers it from the hub ([`crate::shared::report`])
+//! on the asking thread, so it never waits behind a change waiting for the workers' acks.
+//!
+//! Health verdicts are runtime state layered over the desired state: the host thread sends a
+//! changed view ([`ControlMsg::Health`]) to [`Controller::set_health`], which compiles and
+//! publishes a new table generation without persisting anything. The controller also notes when each task's observed
 //! state ([`ctl::model::CurrentState`]) changed, for `service ps`.
 
 use std::collections::HashMap;
@@ -16,20 +21,21 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+
 use ctl::model::{CurrentState, Health, PsTask, TaskState, TaskStatus};
-use ctl::proto::{self, Command, ErrorCode, Response};
+use ctl::proto::{self, Change, Command, ErrorCode, Query, Response};
 use ctl::State;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::balance::table::HealthView;
+use crate::balance::table::{BuildError, HealthView};
 use crate::balance::ServiceTable;
 use crate::host::HostShared;
-use crate::stats::DropReason;
-use crate::worker::Shared;
+use crate::shared::Shared;
 
 pub mod store;
 pub use store::StateStore;
@@ -59,6 +65,8 @@ pub struct Controller {
     pub health: HealthView,
     /// What the host thread shares: its counters and every checked task's health detail.
     pub host: Option<Arc<HostShared>>,
+    /// How long a change waits for the workers to pick it up ([`ACK_TIMEOUT`]).
+    pub ack_timeout: Duration,
     /// Each task's observed state and since when, by task name.
     since: HashMap<String, Since>,
     /// The uplink's MTU, when known: a network whose MTU does not fit it is refused.
@@ -91,6 +99,7 @@ impl Controller {
             shared,
             health: HealthView::new(),
             host: None,
+            ack_timeout: ACK_TIMEOUT,
             since: HashMap::new(),
             uplink_mtu: None,
         };
@@ -104,7 +113,7 @@ impl Controller {
         let now = Instant::now();
         let unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut seen: HashMap<String, Since> = HashMap::with_capacity(t.tasks.len());
         for te in &t.tasks {
             let state = CurrentState::of(te.state, te.health);
@@ -160,7 +169,10 @@ impl Controller {
                 let state = CurrentState::of(t.state, health);
                 let detail = te.and_then(|x| board.as_ref()?.get(&x.uid).cloned());
                 let (age_ms, since_unix_ms) = match self.since.get(&t.name) {
-                    Some(s) if s.state == state => (s.at.elapsed().as_millis() as u64, s.unix_ms),
+                    Some(s) if s.state == state => (
+                        u64::try_from(s.at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        s.unix_ms,
+                    ),
                     _ => (0, 0),
                 };
                 let streak = detail.as_ref().map_or(0, |d| d.streak);
@@ -206,9 +218,13 @@ impl Controller {
     }
 
     pub fn handle(&mut self, cmd: &Command) -> Response {
-        if cmd.changes_state() {
-            return self.change(cmd);
+        match cmd {
+            Command::Query(q) => self.query(q),
+            Command::Change(c) => self.change(c),
         }
+    }
+
+    fn query(&self, q: &Query) -> Response {
         let g = self.generation;
         let not_found = |kind: &str, name: &str| {
             Response::error(ErrorCode::NotFound, format!("{kind} \"{name}\" not found"))
@@ -220,41 +236,36 @@ impl Controller {
                 format!("cannot encode the answer: {e}"),
             ),
         };
-        match cmd {
-            Command::NetworkLs {} => val(serde_json::to_value(&self.state.networks)),
-            Command::NetworkInspect { name } => match self.state.network(name) {
+        match q {
+            Query::NetworkLs {} => val(serde_json::to_value(&self.state.networks)),
+            Query::NetworkInspect { name } => match self.state.network(name) {
                 // With the MTU its tasks have on this node, set or derived from the uplink's.
                 Some(n) => val(serde_json::to_value(n).map(|mut v| {
                     if let (Some(m), Value::Object(o)) = (self.uplink_mtu, &mut v) {
-                        o.insert("mtu".into(), json!(n.effective_mtu(m)));
+                        o.insert("mtu".into(), serde_json::json!(n.effective_mtu(m)));
                     }
                     v
                 })),
                 None => not_found("network", name),
             },
-            Command::NodeLs {} => val(serde_json::to_value(&self.state.nodes)),
-            Command::ServiceLs {} => val(serde_json::to_value(&self.state.services)),
-            Command::ServiceInspect { name } => match self.state.service(name) {
+            Query::NodeLs {} => val(serde_json::to_value(&self.state.nodes)),
+            Query::ServiceLs {} => val(serde_json::to_value(&self.state.services)),
+            Query::ServiceInspect { name } => match self.state.service(name) {
                 Some(s) => val(serde_json::to_value(s)),
                 None => not_found("service", name),
             },
-            Command::ServicePs { name } => match self.state.service(name) {
+            Query::ServicePs { name } => match self.state.service(name) {
                 Some(s) => val(serde_json::to_value(self.ps(s))),
                 None => not_found("service", name),
             },
-            Command::State {} => val(serde_json::to_value(&self.state)),
-            Command::Stats {} => Response::ok(g, self.stats()),
-            _ => Response::error(
-                ErrorCode::Internal,
-                format!("command {} is not handled", cmd.name()),
-            ),
+            Query::State {} => val(serde_json::to_value(&self.state)),
+            Query::Stats {} => val(serde_json::to_value(self.stats())),
         }
     }
 
-    fn change(&mut self, cmd: &Command) -> Response {
-        let next = match ctl::apply::apply(&self.state, cmd) {
-            Ok(Some(s)) => s,
-            Ok(None) => return Response::ok(self.generation, Value::Null),
+    fn change(&mut self, c: &Change) -> Response {
+        let next = match ctl::apply::change(&self.state, c) {
+            Ok(s) => s,
             Err(e) => return Response::Err(e.into()),
         };
         if let Some(mtu) = self.uplink_mtu {
@@ -266,10 +277,11 @@ impl Controller {
         let table = match ServiceTable::build_with(&next, &self.local, generation, &self.health) {
             Ok(t) => t,
             Err(e) => {
-                let code = if e.to_string().contains("already in use") {
-                    ErrorCode::Conflict
-                } else {
-                    ErrorCode::Invalid
+                let code = match &e {
+                    BuildError::Invalid(v) => v.code(),
+                    BuildError::UnknownLocalNode(_) | BuildError::TooMany { .. } => {
+                        ErrorCode::Invalid
+                    }
                 };
                 return Response::error(code, e.to_string());
             }
@@ -287,100 +299,121 @@ impl Controller {
         self.state = persisted.state;
         self.generation = generation;
         self.observe(&table);
-        let answer = ctl::apply::answer(&self.state, cmd).unwrap_or(Value::Null);
-        match self.shared.publish(table, ACK_TIMEOUT) {
+        let answer = ctl::apply::answer_change(&self.state, c).unwrap_or(Value::Null);
+        match self.shared.publish(table, self.ack_timeout) {
             Ok(()) => Response::ok(generation, answer),
             Err(behind) => Response::error(
                 ErrorCode::Internal,
-                format!("generation {generation} is persisted and published, but workers {behind:?} did not pick it up within {ACK_TIMEOUT:?}"),
+                format!("generation {generation} is persisted and published, but workers {behind:?} did not pick it up within {:?}", self.ack_timeout),
             ),
         }
     }
 
-    /// Counters as JSON: totals, per worker, per drop reason, burst latency percentiles.
-    pub fn stats(&self) -> Value {
-        let (total, each) = self.shared.stats();
-        let encode = |s: &crate::stats::WorkerStats| {
-            let a = s.to_array();
-            let mut m = serde_json::Map::new();
-            for (i, name) in crate::stats::WorkerStats::NAMES.iter().enumerate() {
-                m.insert((*name).to_string(), json!(a[i]));
-            }
-            let mut drops = serde_json::Map::new();
-            for r in DropReason::ALL {
-                let n = s.dropped(r);
-                if n > 0 {
-                    drops.insert(r.name().to_string(), json!(n));
-                }
-            }
-            m.insert("drops".into(), Value::Object(drops));
-            Value::Object(m)
-        };
-        let mut hist = crate::worker::new_histogram();
-        for h in &self.shared.latency {
-            if let Ok(h) = h.lock() {
-                let _ = hist.add(&*h);
-            }
-        }
+    /// The `stats` answer (see [`crate::shared::report`]).
+    pub fn stats(&self) -> ctl::proto::StatsReport {
         let table = self.shared.table.load();
-        // Per-task packets, bytes and connections, summed over the workers.
-        let mut per_uid: std::collections::HashMap<u64, [u64; 3]> =
-            std::collections::HashMap::new();
-        for w in &self.shared.task_stats {
-            for (uid, v) in w.read() {
-                let e = per_uid.entry(uid).or_default();
-                for (a, b) in e.iter_mut().zip(v) {
-                    *a += b;
+        crate::shared::report(&self.shared, self.host.as_deref(), &table)
+    }
+
+    /// Runs the control thread: applies messages one at a time until `shared.stop` is set or
+    /// every sender is gone.
+    pub fn run(mut self, rx: Receiver<ControlMsg>) {
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(ControlMsg::Request(cmd, reply)) => {
+                    // The asker may have given up; nothing to do then.
+                    let _ = reply.send(self.handle(&cmd));
                 }
+                Ok(ControlMsg::Health(view)) => {
+                    if self.set_health(view) {
+                        tracing::info!(
+                            generation = self.generation,
+                            "health changed: new table published"
+                        );
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        let counters = |uid: u64| per_uid.get(&uid).copied().unwrap_or_default();
-        let services: Vec<Value> = table
-            .services
-            .iter()
-            .map(|s| {
-                let mut sum = [0u64; 3];
-                let tasks: Vec<Value> = s
-                    .tasks
-                    .iter()
-                    .map(|&t| {
-                        let te = &table.tasks[t as usize];
-                        let c = counters(te.uid);
-                        for (a, b) in sum.iter_mut().zip(c) {
-                            *a += b;
-                        }
-                        json!({
-                            "name": te.name,
-                            "node": table.nodes.get(usize::from(te.node)).map(|n| n.name.as_str()).unwrap_or(""),
-                            "eligible": te.eligible,
-                            "health": te.health.map(|h| h.as_str()),
-                            "packets": c[0], "bytes": c[1], "connections": c[2],
-                        })
-                    })
-                    .collect();
-                json!({
-                    "name": s.name,
-                    "packets": sum[0], "bytes": sum[1], "connections": sum[2],
-                    "eligible": s.tasks.iter().filter(|&&t| table.tasks[t as usize].eligible).count(),
-                    "tasks": tasks,
-                })
-            })
-            .collect();
-        json!({
-            "node": self.local,
-            "generation": self.generation,
-            "workers": each.iter().map(encode).collect::<Vec<_>>(),
-            "total": encode(&total),
-            "burst_latency_ns": {
-                "count": hist.len(),
-                "p50": hist.value_at_quantile(0.5),
-                "p99": hist.value_at_quantile(0.99),
-                "p999": hist.value_at_quantile(0.999),
-                "max": hist.max(),
-            },
-            "services": services,
-            "host": self.host.as_ref().and_then(|h| h.stats.lock().ok().and_then(|s| serde_json::to_value(&*s).ok())).unwrap_or(Value::Null),
-        })
+    }
+
+    /// Starts the control thread with this controller; returns the handle that feeds it.
+    pub fn start(self) -> std::io::Result<(ControlHandle, std::thread::JoinHandle<()>)> {
+        let (tx, rx) = channel::unbounded();
+        let handle = ControlHandle {
+            tx,
+            shared: self.shared.clone(),
+            host: self.host.clone(),
+        };
+        let t = std::thread::Builder::new()
+            .name("meshd-control".into())
+            .spawn(move || self.run(rx))?;
+        Ok((handle, t))
+    }
+}
+
+/// What the control thread is fed.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// A parsed request, and where its answer goes.
+    Request(Box<Command>, Sender<Response>),
+    /// The host thread's changed health verdicts.
+    Health(HealthView),
+}
+
+/// The way to the control thread, for connection threads and the host thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlHandle {
+    tx: Sender<ControlMsg>,
+    shared: Arc<Shared>,
+    host: Option<Arc<HostShared>>,
+}
+
+impl ControlHandle {
+    /// Handles one request line; never panics, always answers.
+    pub fn handle_line(&self, line: &[u8]) -> Response {
+        match proto::parse_request(line) {
+            Ok(r) => self.request(r.command),
+            Err(e) => Response::Err(e),
+        }
+    }
+
+    /// Answers `stats` here, from the hub; hands every other command to the control thread and
+    /// waits for its answer.
+    pub fn request(&self, cmd: Command) -> Response {
+        if let Command::Query(Query::Stats {}) = cmd {
+            let table = self.shared.table.load();
+            let report = crate::shared::report(&self.shared, self.host.as_deref(), &table);
+            return match serde_json::to_value(report) {
+                Ok(v) => Response::ok(table.generation, v),
+                Err(e) => Response::error(
+                    ErrorCode::Internal,
+                    format!("cannot encode the answer: {e}"),
+                ),
+            };
+        }
+        let (reply, answer) = channel::bounded(1);
+        if self
+            .tx
+            .send(ControlMsg::Request(Box::new(cmd), reply))
+            .is_err()
+        {
+            return Response::error(ErrorCode::Internal, "meshd is stopping");
+        }
+        answer
+            .recv()
+            .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "meshd is stopping"))
+    }
+
+    /// Hands the control thread changed health verdicts (never waits).
+    pub fn health(&self, view: HealthView) {
+        let _ = self.tx.send(ControlMsg::Health(view));
+    }
+
+    /// The hub the control thread publishes to.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 }
 
@@ -431,9 +464,9 @@ impl Server {
 
     /// Serves connections until `shared.stop`; one thread per connection, requests applied one
     /// at a time.
-    pub fn serve(listener: UnixListener, ctl: Arc<Mutex<Controller>>, shared: Arc<Shared>) {
+    pub fn serve(listener: UnixListener, ctl: ControlHandle) {
         let _ = listener.set_nonblocking(true);
-        while !shared.stop.load(Ordering::Relaxed) {
+        while !ctl.shared.stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, _)) => {
                     let ctl = ctl.clone();
@@ -459,7 +492,7 @@ impl Drop for Server {
     }
 }
 
-fn serve_conn(stream: UnixStream, ctl: Arc<Mutex<Controller>>) {
+fn serve_conn(stream: UnixStream, ctl: ControlHandle) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut w) = stream.try_clone() else {
@@ -469,13 +502,7 @@ fn serve_conn(stream: UnixStream, ctl: Arc<Mutex<Controller>>) {
     loop {
         let resp = match proto::read_line(&mut r, proto::MAX_REQUEST_BYTES) {
             Ok(None) => return,
-            Ok(Some(line)) => match ctl.lock() {
-                Ok(mut c) => c.handle_line(&line),
-                Err(_) => Response::error(
-                    ErrorCode::Internal,
-                    "the control state is poisoned; restart meshd",
-                ),
-            },
+            Ok(Some(line)) => ctl.handle_line(&line),
             Err(proto::FrameError::TooLarge { limit }) => {
                 let resp = Response::error(
                     ErrorCode::TooLarge,
@@ -534,7 +561,8 @@ mod tests {
     }
 
     fn ps(c: &mut Controller) -> Vec<PsTask> {
-        let Response::Ok(ok) = c.handle(&Command::ServicePs { name: "web".into() }) else {
+        let Response::Ok(ok) = c.handle(&Command::Query(Query::ServicePs { name: "web".into() }))
+        else {
             panic!()
         };
         serde_json::from_value(ok.result).unwrap()
@@ -557,10 +585,10 @@ mod tests {
         assert!(t.tasks.iter().all(|x| x.eligible));
         assert!(!c.store.path().exists(), "a verdict is not persisted");
         // A desired-state change keeps the verdicts.
-        let r = c.handle(&Command::NodeUpdate {
+        let r = c.handle(&Command::Change(Change::NodeUpdate {
             name: "n1".into(),
             availability: ctl::Availability::Drain,
-        });
+        }));
         assert!(matches!(r, Response::Ok(_)), "{r:?}");
         let t = c.shared.table.load_full();
         assert_eq!(t.generation, 6);

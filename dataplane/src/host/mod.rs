@@ -29,7 +29,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ctl::model::{Health, HEALTH_GOSSIP_PORT};
-use serde::Serialize;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress,
@@ -69,44 +68,8 @@ impl std::fmt::Debug for dyn Upstream {
     }
 }
 
-/// The host side's counters (`meshctl stats`, under `host`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct HostStats {
-    /// Frames handed to the host side.
-    pub frames: u64,
-    /// Frames it had nothing to say to (not for the node, an ICMP error, a RST, ...).
-    pub ignored: u64,
-    pub rst_sent: u64,
-    pub unreachable_sent: u64,
-    pub echo_replies: u64,
-    pub dns_queries: u64,
-    /// Of which over TCP.
-    pub dns_tcp_queries: u64,
-    pub dns_noerror: u64,
-    pub dns_nxdomain: u64,
-    pub dns_formerr: u64,
-    pub dns_notimp: u64,
-    pub dns_refused: u64,
-    pub dns_badvers: u64,
-    /// Answers that did not fit over UDP and went out truncated (TC).
-    pub dns_truncated: u64,
-    /// Messages dropped without an answer (too short to have a header, or a response).
-    pub dns_dropped: u64,
-    pub dns_forwarded: u64,
-    pub dns_upstream_answers: u64,
-    pub dns_upstream_timeouts: u64,
-    /// Answers that could not be queued (a full socket buffer).
-    pub dns_send_failed: u64,
-    pub checks_started: u64,
-    pub checks_passed: u64,
-    pub checks_failed: u64,
-    /// Times the combined health view changed (each a new table generation).
-    pub health_changes: u64,
-    pub gossip_sent: u64,
-    pub gossip_received: u64,
-    /// Gossip from an unknown VTEP, under another node's name, or malformed.
-    pub gossip_rejected: u64,
-}
+/// The host side's counters (`meshctl stats`, under `host`), defined in the control protocol.
+pub use ctl::proto::HostCounters as HostStats;
 
 /// A task's health as `service ps` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
