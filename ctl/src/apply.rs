@@ -54,6 +54,9 @@ pub enum ApplyError {
     PortNotPublished { service: String, port: PortSpec },
     #[error("published port {port} is already published by service {service:?}")]
     PortAlreadyPublished { service: String, port: PortSpec },
+    /// Another service holds the port: the error names the holder, not the service changed.
+    #[error("published port {port} is already in use by service \"{holder}\"; pick another published port")]
+    PortInUse { holder: String, port: PortSpec },
     #[error("service {service:?} is not attached to network {network:?}")]
     NetworkNotAttached { service: String, network: String },
     #[error("service {service:?} is already attached to network {network:?}")]
@@ -97,6 +100,7 @@ impl ApplyError {
             ApplyError::AlreadyExists { .. }
             | ApplyError::TaskExists { .. }
             | ApplyError::PortAlreadyPublished { .. }
+            | ApplyError::PortInUse { .. }
             | ApplyError::NetworkAlreadyAttached { .. }
             | ApplyError::EndpointExists { .. }
             | ApplyError::NodeInUse { .. }
@@ -243,6 +247,7 @@ pub fn change(state: &State, change: &Change) -> Result<State, ApplyError> {
             for t in &service.tasks {
                 add_task(&mut checked, t)?;
             }
+            port_holders(&s, &checked)?;
             s.services.push(checked);
         }
         Change::ServiceUpdate { name, update } => {
@@ -250,6 +255,9 @@ pub fn change(state: &State, change: &Change) -> Result<State, ApplyError> {
                 .service_mut(name)
                 .ok_or_else(|| not_found(Kind::Service, name))?;
             update_service(svc, update)?;
+            if let Some(svc) = s.service(name) {
+                port_holders(&s, svc)?;
+            }
         }
         Change::ServiceScale { name, replicas } => {
             let svc = s
@@ -381,6 +389,25 @@ fn add_task(svc: &mut Service, t: &Task) -> Result<(), ApplyError> {
         });
     }
     svc.tasks.push(t.clone());
+    Ok(())
+}
+
+/// Refuses a published port of `changed` that another service of `s` already publishes, naming
+/// that service (the whole-state validation cannot tell which of two services came first).
+fn port_holders(s: &State, changed: &Service) -> Result<(), ApplyError> {
+    for p in &changed.ports {
+        let spec = PortSpec::of(p);
+        if let Some(holder) = s
+            .services
+            .iter()
+            .find(|o| o.name != changed.name && o.ports.iter().any(|q| PortSpec::of(q) == spec))
+        {
+            return Err(ApplyError::PortInUse {
+                holder: holder.name.clone(),
+                port: spec,
+            });
+        }
+    }
     Ok(())
 }
 
@@ -641,6 +668,48 @@ mod tests {
     #[test]
     fn the_sample_is_valid() {
         crate::validate(&sample()).unwrap();
+    }
+
+    #[test]
+    fn a_port_conflict_names_the_service_that_holds_the_port() {
+        // "api" sorts and is listed before "web", which holds 8080: updating or creating api
+        // with 8080 names web, whatever the order of the services.
+        let mut s = sample();
+        s.services.insert(0, Service::new("api"));
+        let (code, msg) = err(
+            &s,
+            update(
+                "api",
+                ServiceUpdate {
+                    publish_add: vec![port(8080, 80, Protocol::Tcp)],
+                    ..ServiceUpdate::default()
+                },
+            ),
+        );
+        assert_eq!(code, ErrorCode::Conflict);
+        assert_eq!(
+            msg,
+            "published port 8080/tcp is already in use by service \"web\"; pick another published port"
+        );
+        let mut other = Service::new("aaa");
+        other.ports.push(port(8080, 80, Protocol::Tcp));
+        let (code, msg) = err(
+            &s,
+            Command::Change(Change::ServiceCreate { service: other }),
+        );
+        assert_eq!(code, ErrorCode::Conflict);
+        assert!(msg.contains("in use by service \"web\""), "{msg}");
+        // The same port over the other protocol is free.
+        ok(
+            &s,
+            update(
+                "api",
+                ServiceUpdate {
+                    publish_add: vec![port(8080, 80, Protocol::Udp)],
+                    ..ServiceUpdate::default()
+                },
+            ),
+        );
     }
 
     #[test]
@@ -1166,12 +1235,17 @@ mod tests {
         );
         assert_eq!(unchecked.services[0].health, None);
 
+        // dnsrr cannot keep an ingress-mode publish (Docker refuses it too): unpublish it.
         let dnsrr = ok(
             &s,
             update(
                 "web",
                 ServiceUpdate {
                     endpoint_mode: Some(EndpointMode::Dnsrr),
+                    publish_rm: vec![PortSpec {
+                        published: 8080,
+                        protocol: Protocol::Tcp,
+                    }],
                     ..Default::default()
                 },
             ),

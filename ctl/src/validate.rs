@@ -340,6 +340,23 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                     svc.name
                 );
             }
+            if p.protocol == Protocol::Udp {
+                if let Some(n) = state.nodes.iter().find(|n| n.vtep_port == p.published) {
+                    bail!(
+                        "service \"{}\": UDP port {} is meshd's own (node \"{}\" receives the VXLAN overlay on it); publish another port",
+                        svc.name,
+                        p.published,
+                        n.name
+                    );
+                }
+            }
+            if svc.endpoint_mode == EndpointMode::Dnsrr && p.mode == PublishMode::Ingress {
+                // Docker's own words for the same refusal.
+                bail!(
+                    "service \"{}\": port published with ingress mode can't be used with dnsrr mode (publish it with mode=host, or use --endpoint-mode vip)",
+                    svc.name
+                );
+            }
             if let Some(other) = published.insert((p.protocol, p.published), svc.name.as_str()) {
                 return Err(ValidationError::PortInUse {
                     published: p.published,
@@ -643,6 +660,40 @@ mod tests {
         });
         assert!(err(&s).contains("UDP port 7946 is meshd's own"));
         s.services[0].ports[1].protocol = Protocol::Tcp;
+        validate(&s).unwrap();
+    }
+
+    #[test]
+    fn the_vxlan_port_cannot_be_published_over_udp() {
+        let mut s = sample();
+        let udp = |published| PublishedPort {
+            protocol: Protocol::Udp,
+            published,
+            target: 53,
+            mode: PublishMode::Ingress,
+        };
+        s.services[0].ports.push(udp(VXLAN_PORT));
+        assert!(err(&s).contains(
+            "UDP port 4789 is meshd's own (node \"n1\" receives the VXLAN overlay on it)"
+        ));
+        // A node's own VTEP port counts too, and TCP on those ports is fine.
+        s.services[0].ports[1] = udp(4790);
+        validate(&s).unwrap();
+        s.nodes[1].vtep_port = 4790;
+        assert!(err(&s).contains("UDP port 4790 is meshd's own (node \"n2\""));
+        s.services[0].ports[1].protocol = Protocol::Tcp;
+        validate(&s).unwrap();
+    }
+
+    #[test]
+    fn dnsrr_cannot_publish_in_ingress_mode() {
+        let mut s = sample();
+        s.services[0].endpoint_mode = EndpointMode::Dnsrr;
+        for n in &mut s.services[0].networks {
+            n.vip = None;
+        }
+        assert!(err(&s).contains("port published with ingress mode can't be used with dnsrr mode"));
+        s.services[0].ports[0].mode = PublishMode::Host;
         validate(&s).unwrap();
     }
 

@@ -298,10 +298,13 @@ pub struct Pipeline {
     outers: NeighCache<(u32, u16), Outer, OUTER_CACHE>,
     /// Local tasks' and peers' MACs.
     macs: NeighCache<u32, [u8; 6], MAC_CACHE>,
-    /// Each network's MTU (by network index) and the smallest of them: a frame no longer than
-    /// `ETH + min_mtu` fits any overlay, which is one compare on the fast path.
+    /// Each network's MTU (by network index), the smallest of them, and the longest frame that
+    /// fits any overlay (`ETH + min_mtu`): one compare on the fast path. Every frame sent by VXLAN
+    /// is checked against it first: in `forward` (before the rewrite, so an ICMP answer quotes
+    /// what the sender sent) and on the stateless task-to-peer path.
     net_mtu: Vec<u16>,
     min_mtu: u16,
+    max_frame: usize,
     /// Per-source limit of the ICMP answers the pipeline writes.
     icmp_limit: RateLimit,
 }
@@ -330,6 +333,7 @@ impl Pipeline {
             macs: NeighCache::new(),
             net_mtu: Vec::new(),
             min_mtu: 0,
+            max_frame: 0,
             icmp_limit: RateLimit::default(),
         }
     }
@@ -409,6 +413,7 @@ impl Pipeline {
                 .map(|n| n.mtu.map_or(most, |m| m.min(most))),
         );
         self.min_mtu = self.net_mtu.iter().copied().min().unwrap_or(most);
+        self.max_frame = ETH + usize::from(self.min_mtu);
         // The local VTEP address and the peers' ports may have changed.
         self.outers.clear();
         if self.cfg.worker == 0 {
@@ -826,7 +831,7 @@ impl Pipeline {
         let slot = fl.stats_slot(dir);
         // A packet that will not fit the tunnel is refused before it is rewritten, so the
         // ICMP answer quotes the header its sender knows.
-        if buf.len() > ETH + usize::from(self.min_mtu) {
+        if buf.len() > self.max_frame {
             if let Egress::Vxlan { vni, .. } = a.egress {
                 if let Some(v) = self.too_big(t, now, buf, vni) {
                     return v;
@@ -945,11 +950,6 @@ impl Pipeline {
                 vni,
                 sport,
             } => {
-                if buf.len() > ETH + usize::from(self.min_mtu) {
-                    if let Some(v) = self.too_big(t, now, buf, vni) {
-                        return v;
-                    }
-                }
                 let up = self.cfg.uplink_mac;
                 let outer = self.outers.get(&self.neigh, (vtep, port), vtep, |mac| {
                     Outer::new(up, mac, ipkey(t.node(t.local).vtep), vtep, port)
@@ -1152,6 +1152,11 @@ impl Pipeline {
                 }
                 | AddrKind::Endpoint { local: false, node },
             ) => {
+                if buf.len() > self.max_frame {
+                    if let Some(v) = self.too_big(t, now, buf, net.vni) {
+                        return v;
+                    }
+                }
                 dec_ttl(buf.data_mut(), ETH);
                 let n = t.node(node);
                 let key = l3.key();
