@@ -17,6 +17,7 @@ use crate::host::{HostConfig, HostShared, HostStack, Upstream};
 use crate::neigh::Neighbors;
 use crate::pipeline::Config;
 use crate::port::afpacket::{AfPacketConfig, AfPacketPort, RxRing};
+use crate::port::pcap::{Capture, PcapWriter};
 use crate::port::Port;
 use crate::worker::{Clock, Idle, Shared, Worker};
 
@@ -123,6 +124,11 @@ pub struct Args {
     /// namespace (not the uplink). Without it they get NXDOMAIN.
     #[arg(long, value_name = "IP:PORT")]
     pub dns_upstream: Option<std::net::SocketAddrV4>,
+    /// Write every frame meshd receives and sends, on both interfaces, to this pcap file
+    /// (`tcpdump -r FILE`, Wireshark): what tcpdump on the interfaces cannot show once meshd
+    /// owns them. For debugging: it costs a copy, a lock and a write per frame.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
 }
 
 /// The options from the config file.
@@ -143,6 +149,7 @@ struct FileConfig {
     rx_ring: Option<RxRingMode>,
     metrics: Option<std::net::SocketAddr>,
     dns_upstream: Option<std::net::SocketAddrV4>,
+    pcap: Option<PathBuf>,
 }
 
 /// `--io`: the port backend.
@@ -196,6 +203,7 @@ pub struct Settings {
     pub rx_ring: RxRing,
     pub metrics: Option<std::net::SocketAddr>,
     pub dns_upstream: Option<std::net::SocketAddrV4>,
+    pub pcap: Option<PathBuf>,
 }
 
 /// A start-up error, said so the operator knows what to fix.
@@ -296,6 +304,7 @@ impl Args {
             rx_ring: self.rx_ring.or(file.rx_ring).unwrap_or_default().into(),
             metrics: self.metrics.or(file.metrics),
             dns_upstream: self.dns_upstream.or(file.dns_upstream),
+            pcap: self.pcap.or(file.pcap),
         })
     }
 }
@@ -387,6 +396,15 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     tracing::info!(node = %s.node, addr = %s.addr, generation = controller.generation, "state restored");
 
     let group = (std::process::id() & 0x7fff) as u16;
+    let capture = match &s.pcap {
+        Some(path) => {
+            let c = Capture::create(path)
+                .map_err(|e| StartError::Config(format!("--pcap {}: {e}", path.display())))?;
+            tracing::warn!(file = %path.display(), "capturing every frame (a write per frame: for debugging)");
+            Some(c)
+        }
+        None => None,
+    };
     let mut handles = Vec::new();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     for (w, &core) in s.cores.iter().enumerate().take(workers) {
@@ -401,13 +419,17 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                 },
             )
         };
-        let (up, tk): PortPair = match s.io {
+        let (mut up, mut tk): PortPair = match s.io {
             IoMode::Afpacket => (
                 Box::new(open(&s.uplink, PortId::Uplink, group)?),
                 Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?),
             ),
             IoMode::Afxdp => open_xdp(&s)?,
         };
+        if let Some(cap) = &capture {
+            up = Box::new(PcapWriter::new(up, cap.clone()));
+            tk = Box::new(PcapWriter::new(tk, cap.clone()));
+        }
         let cfg = Config {
             uplink_mac,
             tasks_mac,

@@ -13,6 +13,7 @@ pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
 pub mod mem;
+pub mod pcap;
 
 /// Most frames a port moves per call.
 pub const BURST: usize = 32;
@@ -56,5 +57,24 @@ pub trait Port {
     /// A file descriptor that polls readable when frames wait, for idle workers to sleep on.
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+}
+
+/// A boxed port is a port (so wrappers such as [`pcap::PcapWriter`] go around any backend).
+impl<P: Port + ?Sized> Port for Box<P> {
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+        (**self).rx_burst(pool, out)
+    }
+    fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
+        (**self).tx_burst(frames, pool)
+    }
+    fn flush(&mut self) {
+        (**self).flush();
+    }
+    fn counters(&mut self) -> PortCounters {
+        (**self).counters()
+    }
+    fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
+        (**self).wait_fd()
     }
 }
