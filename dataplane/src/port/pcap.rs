@@ -149,8 +149,13 @@ mod tests {
         f
     }
 
-    /// Reads a pcap file back: (header fields, records as (incl_len, orig_len, bytes)).
-    fn read(path: &Path) -> ((u32, u16, u16, u32, u32), Vec<(u32, u32, Vec<u8>)>) {
+    /// A file header's magic, version, snapshot length and link type.
+    type Head = (u32, u16, u16, u32, u32);
+    /// A record's captured length, real length and bytes.
+    type Record = (u32, u32, Vec<u8>);
+
+    /// Reads a pcap file back.
+    fn read(path: &Path) -> (Head, Vec<Record>) {
         let b = std::fs::read(path).unwrap();
         let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
         let u16_at = |i: usize| u16::from_le_bytes(b[i..i + 2].try_into().unwrap());
