@@ -670,6 +670,9 @@ crate::counters! {
         flows_evicted: Counter,
         flows_ended: Counter,
         resets_sent: Counter,
+        /// Resets for ended flows that could not be sent: the reset queue was full, or the
+        /// client's next hop was unknown.
+        resets_unsent: Counter,
         /// SYNs and SYN-ACKs whose TCP MSS was lowered to what the overlay carries.
         mss_clamped: Counter,
         /// ICMP "fragmentation needed" answers sent for too-big packets with DF set (each such
@@ -742,6 +745,9 @@ pub struct WorkerReport {
     pub counters: WorkerCounters,
     #[serde(default)]
     pub drops: BTreeMap<String, u64>,
+    /// Frames handed to the node's own stack, by reason (they add up to `to_host`).
+    #[serde(default)]
+    pub to_host: BTreeMap<String, u64>,
 }
 
 impl WorkerReport {

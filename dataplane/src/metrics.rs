@@ -54,6 +54,15 @@ fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
             )?;
         }
     }
+    writeln!(out, "# TYPE meshd_to_host_by_reason_total counter")?;
+    for (i, w) in stats.workers.iter().enumerate() {
+        for (reason, n) in &w.to_host {
+            writeln!(
+                out,
+                "meshd_to_host_by_reason_total{{node=\"{node}\",worker=\"{i}\",reason=\"{reason}\"}} {n}"
+            )?;
+        }
+    }
     let task_metrics: [(&str, TaskField); 3] = [
         ("meshd_task_packets_total", |t| t.packets),
         ("meshd_task_bytes_total", |t| t.bytes),

@@ -33,7 +33,7 @@ use crate::nat::{self, dec_ttl, put16, put32};
 use crate::neigh::{NeighCache, Neighbors};
 use crate::overlay::{self, entropy_port, Outer};
 use crate::port::{Burst, BURST};
-use crate::stats::{DropReason, TaskCounters, WorkerStats};
+use crate::stats::{DropReason, HostReason, TaskCounters, WorkerStats};
 use crate::wire::checksum;
 use crate::wire::reply::{self, RateLimit};
 use crate::wire::vxlan;
@@ -44,7 +44,7 @@ pub enum Verdict {
     /// Send out of this port (the frame was rewritten for it).
     Tx(PortId),
     /// Hand to the host stack (ARP/ICMP/RST/DNS for the node and the mesh's own addresses).
-    Host,
+    Host(HostReason),
     /// Hand to the worker that owns the frame's flow.
     Handoff(u16),
     /// Used up by the pipeline itself (an ARP reply it learned from): nothing to send.
@@ -361,8 +361,8 @@ impl Pipeline {
         }
         if let Some(f) = self.flows.remove(id) {
             self.stats.flows_ended += 1;
-            if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
-                let _ = self.resets.try_push(f);
+            if f.is_tcp() && f.kind != FlowKind::ReturnRoute && self.resets.try_push(f).is_err() {
+                self.stats.resets_unsent += 1;
             }
         }
         false
@@ -471,7 +471,7 @@ impl Pipeline {
             match v {
                 Verdict::Tx(PortId::Uplink) => self.stats.tx_uplink += 1,
                 Verdict::Tx(PortId::Tasks) => self.stats.tx_tasks += 1,
-                Verdict::Host => self.stats.to_host += 1,
+                Verdict::Host(r) => self.stats.to_host(r),
                 Verdict::Handoff(_) => self.stats.handoff_out += 1,
                 Verdict::Consumed => {}
                 Verdict::Drop(r) => self.stats.drop(r),
@@ -631,7 +631,7 @@ impl Pipeline {
             return v;
         }
         if dst != t.node_addr || !l3.has_ports() {
-            return Ok(Verdict::Host);
+            return Ok(Verdict::Host(HostReason::NodeAddress));
         }
         let proto = if l3.proto == TCP {
             IpProtocol::Tcp
@@ -639,7 +639,7 @@ impl Pipeline {
             IpProtocol::Udp
         };
         let Some(p) = t.published(proto, l3.dport) else {
-            return Ok(Verdict::Host);
+            return Ok(Verdict::Host(HostReason::NotPublished));
         };
         let p = *p;
         let owner = owner_of(l3.src, l3.sport, self.cfg.workers);
@@ -654,10 +654,11 @@ impl Pipeline {
         // A new flow: only a TCP SYN (or any UDP datagram) opens one; a stray segment gets the
         // host's answer (RST), as from a kernel with no such connection.
         if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
-            return Ok(Verdict::Host);
+            return Ok(Verdict::Host(HostReason::NotSyn));
         }
+        // A table publishes ports only when it has an ingress network.
         let Some(ing) = t.ingress_net else {
-            return Ok(Verdict::Host);
+            return Ok(Verdict::Host(HostReason::NotPublished));
         };
         let bal = t.balancer(p.balancer);
         // Fix (found by the simulation): Maglev must pick the same task for a client's flow on
@@ -666,7 +667,7 @@ impl Pipeline {
         let sched_hash = FlowKey::new(l3.proto, l3.src, l3.sport, 0, l3.dport).hash();
         let Some(b) = self.schedule(t, p.balancer, sched_hash) else {
             // No task to take it: refuse like a closed port.
-            return Ok(Verdict::Host);
+            return Ok(Verdict::Host(HostReason::NoTask));
         };
         let svc = &t.services[usize::from(bal.service)];
         let net = t.net(ing);
@@ -1090,7 +1091,9 @@ impl Pipeline {
             Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => {
                 Err(DropReason::NoRoute)
             }
-            Some(AddrKind::Vip { .. } | AddrKind::Gateway) => Ok(Verdict::Host),
+            Some(AddrKind::Vip { .. } | AddrKind::Gateway) => {
+                Ok(Verdict::Host(HostReason::MeshAddress))
+            }
         }
     }
 
@@ -1180,10 +1183,10 @@ impl Pipeline {
                 if l3.proto == TCP
                     && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0)
                 {
-                    return Ok(Verdict::Host);
+                    return Ok(Verdict::Host(HostReason::NotSyn));
                 }
                 let Some(b) = self.schedule(t, balancer, hash) else {
-                    return Ok(Verdict::Host);
+                    return Ok(Verdict::Host(HostReason::NoTask));
                 };
                 let svc = &t.services[usize::from(service)];
                 let baddr = ipkey(b.addr);
@@ -1227,7 +1230,7 @@ impl Pipeline {
                 if let Some(v) = self.handoff(masq_owner(l3.dport, workers)) {
                     return Ok(v);
                 }
-                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host))
+                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
             }
             // To a task on this node: a VIP flow's reply if a flow says so, else plain L3.
             Some(AddrKind::Task { local: true, .. }) => {
@@ -1249,11 +1252,11 @@ impl Pipeline {
                 if let Some(v) = self.handoff(masq_owner(l3.dport, workers)) {
                     return Ok(v);
                 }
-                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host))
+                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
             }
             Some(
                 AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. },
-            ) => Ok(Verdict::Host),
+            ) => Ok(Verdict::Host(HostReason::MeshAddress)),
             // Outside the overlay: only a reply of a keep-client-IP flow goes there.
             None => {
                 if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
@@ -1302,8 +1305,9 @@ impl Pipeline {
                 Reaped::Expired => stats.flows_expired += 1,
                 Reaped::Ended(f) => {
                     stats.flows_ended += 1;
-                    if f.is_tcp() && f.kind != FlowKind::ReturnRoute {
-                        let _ = resets.try_push(f);
+                    if f.is_tcp() && f.kind != FlowKind::ReturnRoute && resets.try_push(f).is_err()
+                    {
+                        stats.resets_unsent += 1;
                     }
                 }
             },
@@ -1312,6 +1316,7 @@ impl Pipeline {
         while !out.is_full() {
             let Some(f) = self.resets.pop() else { break };
             let Some(mut b) = pool.get() else {
+                // Back where it was popped from: there is room.
                 let _ = self.resets.try_push(f);
                 break;
             };
@@ -1319,6 +1324,8 @@ impl Pipeline {
                 self.stats.resets_sent += 1;
                 out.push(b);
             } else {
+                // The client's next hop is not known (or not reachable from here).
+                self.stats.resets_unsent += 1;
                 pool.put(b);
             }
         }
@@ -2097,5 +2104,102 @@ mod tests {
         );
         assert_eq!(be16(ip.payload(), 6), 1450);
         assert_eq!(p.stats.icmp_frag_needed, 1);
+    }
+
+    #[test]
+    fn every_host_reason_is_produced_and_counted() {
+        use crate::testkit;
+        let client_mac = [2, 0, 0, 0, 0, 0x99];
+        let client = std::net::Ipv4Addr::new(10, 9, 0, 9);
+        let n1 = std::net::Ipv4Addr::new(192, 168, 1, 11);
+        let syn = |dport: u16| {
+            testkit::tcp_frame(
+                client_mac,
+                Config::default().uplink_mac,
+                client,
+                40000,
+                n1,
+                dport,
+                testkit::tcp_flags::SYN,
+                1,
+                0,
+                b"",
+            )
+        };
+        let full = three_nodes();
+        let mut no_task = three_nodes();
+        no_task.services[0].tasks.clear();
+        let cases: Vec<(HostReason, ctl::State, PortId, Vec<u8>)> = vec![
+            (
+                HostReason::NodeAddress,
+                full.clone(),
+                PortId::Uplink,
+                testkit::icmp_echo(
+                    client_mac,
+                    Config::default().uplink_mac,
+                    client,
+                    n1,
+                    1,
+                    1,
+                    b"ping",
+                ),
+            ),
+            (
+                HostReason::NotPublished,
+                full.clone(),
+                PortId::Uplink,
+                syn(9999),
+            ),
+            (
+                HostReason::NotSyn,
+                full.clone(),
+                PortId::Uplink,
+                testkit::tcp_frame(
+                    client_mac,
+                    Config::default().uplink_mac,
+                    client,
+                    40000,
+                    n1,
+                    8080,
+                    testkit::tcp_flags::ACK,
+                    1,
+                    1,
+                    b"",
+                ),
+            ),
+            (HostReason::NoTask, no_task, PortId::Uplink, syn(8080)),
+            (
+                HostReason::MeshAddress,
+                full.clone(),
+                PortId::Tasks,
+                // web.1 pings its network's gateway (on n2, where it runs).
+                testkit::icmp_echo(
+                    [2, 0, 0, 0, 0, 0x11],
+                    Config::default().tasks_mac,
+                    std::net::Ipv4Addr::new(10, 0, 1, 11),
+                    std::net::Ipv4Addr::new(10, 0, 1, 1),
+                    1,
+                    1,
+                    b"gw",
+                ),
+            ),
+        ];
+        let mut seen = [false; HostReason::COUNT];
+        for (want, state, port, frame) in cases {
+            let node = if port == PortId::Tasks { "n2" } else { "n1" };
+            let t = ServiceTable::build(&state, node, 1).unwrap();
+            let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+            let (v, _) = run(&mut p, &t, port, &frame);
+            assert_eq!(v, Verdict::Host(want), "{want:?}");
+            assert_eq!(p.stats.to_host_by[want as usize], 1, "{want:?}");
+            assert_eq!(p.stats.to_host, 1);
+            seen[want as usize] = true;
+        }
+        for r in HostReason::ALL {
+            assert!(
+                seen[r as usize],
+                "no input produces HostReason::{r:?}: add one"
+            );
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::neigh::Neighbors;
 use ctl::proto::{LatencyReport, ServiceReport, StatsReport, TaskReport};
 
 use crate::host::HostShared;
-use crate::stats::{DropReason, WorkerStats};
+use crate::stats::WorkerStats;
 
 /// Frames per handoff ring and host queue.
 pub const RING: usize = 4096;
@@ -105,7 +105,7 @@ impl Shared {
 /// A worker's counters mirrored into atomics for readers on other threads.
 #[derive(Debug)]
 pub struct PublishedStats {
-    values: [AtomicU64; WorkerStats::FIELDS + DropReason::COUNT],
+    values: [AtomicU64; WorkerStats::LEN],
 }
 
 impl Default for PublishedStats {
@@ -124,7 +124,7 @@ impl PublishedStats {
     }
 
     pub fn read(&self) -> WorkerStats {
-        let mut a = [0u64; WorkerStats::FIELDS + DropReason::COUNT];
+        let mut a = [0u64; WorkerStats::LEN];
         for (v, slot) in a.iter_mut().zip(self.values.iter()) {
             *v = slot.load(Ordering::Relaxed);
         }

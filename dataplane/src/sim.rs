@@ -1053,7 +1053,7 @@ impl SimNode {
                             ));
                             self.pool.put(buf);
                         }
-                        Verdict::Host => {
+                        Verdict::Host(_) => {
                             self.host_frames.push((buf.port, buf.data().to_vec()));
                             if host_stack {
                                 self.host.input(&self.table, buf.port, buf.data(), now);

@@ -97,8 +97,6 @@ reasons! {
         CrossNetwork = "cross_network",
         /// No route: the destination is not in any overlay and no flow knows it.
         NoRoute = "no_route",
-        /// The service has no eligible task.
-        NoTask = "no_task",
         /// The next hop's MAC address is not known yet (an ARP request went out).
         NoNeighbor = "no_neighbor",
         /// ARP that the mesh does not answer (not a request, or for an address a task owns).
@@ -107,15 +105,37 @@ reasons! {
         BadArp = "bad_arp",
         /// The headroom was too small to encapsulate.
         NoHeadroom = "no_headroom",
-        /// The flow ended (its task was removed or failed).
-        FlowEnded = "flow_ended",
-        /// The owning worker's handoff ring was full.
+        /// The owning worker's handoff ring was full (or, never expected, there is no such
+        /// worker).
         HandoffFull = "handoff_full",
         /// Masquerade ports of this worker are exhausted.
         NoNatPort = "no_nat_port",
         /// Larger than the overlay's MTU once encapsulated: answered with ICMP "fragmentation
         /// needed" when DF is set (rate-limited per source), else dropped.
         TooBig = "too_big",
+        /// The queue to the host side (the node's own stack) was full.
+        HostQueueFull = "host_queue_full",
+    }
+}
+
+reasons! {
+    /// Why the pipeline handed a frame to the host side (the node's own stack: ARP and ICMP it
+    /// does not answer in place, RST and port unreachable for closed ports, DNS, health checks).
+    /// Each has a counter, beside the total `to_host`.
+    pub enum HostReason {
+        /// To the node's address, and not a published port's TCP or UDP (ICMP echo, say).
+        NodeAddress = "node_address",
+        /// To a port of the node that is not published: answered as a closed port.
+        NotPublished = "not_published",
+        /// A TCP segment other than a SYN that belongs to no flow (a connection meshd does not
+        /// know, or one whose task is gone): answered with a RST.
+        NotSyn = "not_syn",
+        /// A new connection to a service with no task that may take it (none, all draining or
+        /// unhealthy): refused as a closed port.
+        NoTask = "no_task",
+        /// To one of the mesh's own overlay addresses (a VIP, a gateway, an endpoint) and not
+        /// a flow's: ping, DNS, a closed port.
+        MeshAddress = "mesh_address",
     }
 }
 
@@ -136,6 +156,8 @@ pub fn by_reason(names: &[&'static str], counts: &[u64]) -> BTreeMap<String, u64
 pub struct WorkerStats {
     pub counters: WorkerCounters,
     pub drops: [u64; DropReason::COUNT],
+    /// Frames handed to the host side, by reason (they add up to `to_host`).
+    pub to_host_by: [u64; HostReason::COUNT],
 }
 
 impl Deref for WorkerStats {
@@ -158,30 +180,47 @@ impl WorkerStats {
     /// Names of the plain counters, in [`Self::to_array`] order.
     pub const NAMES: [&'static str; Self::FIELDS] = WorkerCounters::NAMES;
 
-    /// All counters as one array: the plain ones, then one per drop reason.
-    pub fn to_array(&self) -> [u64; Self::FIELDS + DropReason::COUNT] {
-        let mut a = [0u64; Self::FIELDS + DropReason::COUNT];
-        let (plain, drops) = a.split_at_mut(Self::FIELDS);
+    /// The length of [`Self::to_array`]: plain counters, drop reasons, host reasons.
+    pub const LEN: usize = Self::FIELDS + DropReason::COUNT + HostReason::COUNT;
+
+    /// All counters as one array: the plain ones, then one per drop reason, then one per host
+    /// reason.
+    pub fn to_array(&self) -> [u64; Self::LEN] {
+        let mut a = [0u64; Self::LEN];
+        let (plain, rest) = a.split_at_mut(Self::FIELDS);
+        let (drops, host) = rest.split_at_mut(DropReason::COUNT);
         plain.copy_from_slice(&self.counters.to_array());
         drops.copy_from_slice(&self.drops);
+        host.copy_from_slice(&self.to_host_by);
         a
     }
 
-    pub fn from_array(a: &[u64; Self::FIELDS + DropReason::COUNT]) -> Self {
+    pub fn from_array(a: &[u64; Self::LEN]) -> Self {
         let mut plain = [0u64; Self::FIELDS];
         let mut drops = [0u64; DropReason::COUNT];
-        let (p, d) = a.split_at(Self::FIELDS);
+        let mut to_host_by = [0u64; HostReason::COUNT];
+        let (p, rest) = a.split_at(Self::FIELDS);
+        let (d, h) = rest.split_at(DropReason::COUNT);
         plain.copy_from_slice(p);
         drops.copy_from_slice(d);
+        to_host_by.copy_from_slice(h);
         WorkerStats {
             counters: WorkerCounters::from_array(&plain),
             drops,
+            to_host_by,
         }
     }
 
     #[inline]
     pub fn drop(&mut self, r: DropReason) {
         self.drops[r as usize] += 1;
+    }
+
+    /// Counts a frame handed to the host side for `r`.
+    #[inline]
+    pub fn to_host(&mut self, r: HostReason) {
+        self.counters.to_host += 1;
+        self.to_host_by[r as usize] += 1;
     }
 
     pub fn dropped(&self, r: DropReason) -> u64 {
@@ -198,6 +237,9 @@ impl WorkerStats {
         for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
             *a += b;
         }
+        for (a, b) in self.to_host_by.iter_mut().zip(o.to_host_by.iter()) {
+            *a += b;
+        }
     }
 
     /// The counters as the `stats` answer carries them.
@@ -205,6 +247,7 @@ impl WorkerStats {
         ctl::proto::WorkerReport {
             counters: self.counters.clone(),
             drops: by_reason(&DropReason::NAMES, &self.drops),
+            to_host: by_reason(&HostReason::NAMES, &self.to_host_by),
         }
     }
 }
@@ -222,13 +265,14 @@ mod tests {
         // Every plain counter has its own slot, in NAMES order.
         let mut s = WorkerStats::default();
         (
+            s.resets_unsent,
             s.mss_clamped,
             s.icmp_frag_needed,
             s.port_rx_dropped,
             s.port_rx_too_long,
             s.port_tx_full,
             s.port_tx_bad_len,
-        ) = (13, 14, 15, 16, 17, 18);
+        ) = (13, 14, 15, 16, 17, 18, 19);
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
             assert_eq!(a[i], i as u64 + 1, "{name}");
@@ -236,7 +280,7 @@ mod tests {
         assert_eq!(WorkerStats::from_array(&a), s);
         let mut total = s.clone();
         total.add(&s);
-        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (30, 36));
+        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (32, 38));
     }
 
     #[test]

@@ -301,9 +301,9 @@ impl Worker {
         for (b, v) in burst.drain(..).zip(verdicts.iter()) {
             match *v {
                 Verdict::Tx(port) => self.push_out(out, port, b),
-                Verdict::Host => {
+                Verdict::Host(_) => {
                     if let Err(b) = self.shared.to_host.push(b) {
-                        self.pipeline.stats.drop(DropReason::HandoffFull);
+                        self.pipeline.stats.drop(DropReason::HostQueueFull);
                         self.pool.put(b);
                     }
                 }
@@ -314,7 +314,12 @@ impl Worker {
                             self.pool.put(b);
                         }
                     }
-                    None => self.pool.put(b),
+                    // Cannot happen while the pipeline and the worker agree on the worker
+                    // count; counted rather than lost silently if they ever do not.
+                    None => {
+                        self.pipeline.stats.drop(DropReason::HandoffFull);
+                        self.pool.put(b);
+                    }
                 },
                 Verdict::Drop(_) | Verdict::Consumed => self.pool.put(b),
             }

@@ -74,6 +74,16 @@ pub fn render(s: &StatsReport) -> String {
             .collect();
         out.push_str(&table(&["DROP REASON", "PACKETS"], &rows));
     }
+    if !s.total.to_host.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = s
+            .total
+            .to_host
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        out.push_str(&table(&["TO-HOST REASON", "PACKETS"], &rows));
+    }
 
     let lat = &s.burst_latency_ns;
     out.push_str(&format!(
