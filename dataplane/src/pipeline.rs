@@ -2202,4 +2202,229 @@ mod tests {
             );
         }
     }
+
+    /// Drop reasons produced by the worker loop rather than the pipeline (see
+    /// `worker::tests::full_queues_are_counted_by_their_reason`).
+    const WORKER_LEVEL: [DropReason; 2] = [DropReason::HandoffFull, DropReason::HostQueueFull];
+
+    #[test]
+    fn every_drop_reason_is_produced_and_counted() {
+        use crate::testkit;
+        use std::net::Ipv4Addr as A;
+        let up = Config::default().uplink_mac;
+        let tk = Config::default().tasks_mac;
+        let cmac = [2, 0, 0, 0, 0, 0x99];
+        let web1_mac = [2, 0, 0, 0, 0, 0x11];
+        let client = A::new(10, 9, 0, 9);
+        let n1 = A::new(192, 168, 1, 11);
+        let n2 = A::new(192, 168, 1, 12);
+        let web1 = A::new(10, 0, 1, 11);
+        let syn = |dst: A, dport: u16, sport: u16| {
+            testkit::tcp_frame(
+                cmac,
+                up,
+                client,
+                sport,
+                dst,
+                dport,
+                testkit::tcp_flags::SYN,
+                1,
+                0,
+                b"",
+            )
+        };
+        let from_web1 = |dst: A| testkit::udp_frame(web1_mac, tk, web1, 5000, dst, 53, b"q");
+        // What a peer's VXLAN carries: a client's SYN to web.1, masqueraded by n2's endpoint.
+        let inner = testkit::tcp_frame(
+            cmac,
+            tk,
+            A::new(10, 0, 0, 3),
+            1024,
+            A::new(10, 0, 0, 11),
+            80,
+            testkit::tcp_flags::SYN,
+            1,
+            0,
+            b"",
+        );
+        let vx = |src: A, vni: u32| {
+            testkit::vxlan_frame([2, 0, 0, 0, 0, 0x12], up, src, n1, 50000, vni, &inner)
+        };
+        let mut bad_vxlan = vx(n2, ctl::INGRESS_VNI);
+        bad_vxlan[ETH + IPV4 + 8] = 0; // the I flag
+        testkit::refill_l4_checksum(&mut bad_vxlan);
+        let mut udp_bad_len = testkit::udp_frame(cmac, up, client, 5000, n1, 8080, b"x");
+        put16(&mut udp_bad_len, ETH + IPV4 + 4, 3);
+        let mut bad_arp = testkit::arp_request(web1_mac, web1, A::new(10, 0, 1, 1));
+        bad_arp.truncate(ETH + 10);
+        // Two published ports onto the same target port of the one task, client IP kept: the
+        // second SYN from the same client port would translate onto the first one's flow.
+        let mut kept = three_nodes();
+        kept.services[0].client_ip = ClientIpMode::Keep;
+        kept.services[0].tasks.truncate(1);
+        let mut second = kept.services[0].ports[0];
+        second.published = 8081;
+        kept.services[0].ports.push(second);
+        let full = three_nodes();
+        // (reason, state, node, port, frames: all but the last must not be dropped)
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(DropReason, &ctl::State, &str, PortId, Vec<Vec<u8>>)> = vec![
+            (
+                DropReason::NotForUs,
+                &full,
+                "n1",
+                PortId::Uplink,
+                vec![syn(A::new(192, 168, 1, 99), 8080, 40000)],
+            ),
+            (
+                DropReason::UnknownVtep,
+                &full,
+                "n1",
+                PortId::Uplink,
+                vec![vx(A::new(192, 168, 1, 99), ctl::INGRESS_VNI)],
+            ),
+            (
+                DropReason::BadVxlan,
+                &full,
+                "n1",
+                PortId::Uplink,
+                vec![bad_vxlan],
+            ),
+            (
+                DropReason::UnknownVni,
+                &full,
+                "n1",
+                PortId::Uplink,
+                vec![vx(n2, 999)],
+            ),
+            (
+                DropReason::BadL4Header,
+                &full,
+                "n1",
+                PortId::Uplink,
+                vec![udp_bad_len],
+            ),
+            (
+                DropReason::UnknownSource,
+                &full,
+                "n2",
+                PortId::Tasks,
+                vec![testkit::udp_frame(
+                    web1_mac,
+                    tk,
+                    A::new(10, 0, 1, 99),
+                    5000,
+                    web1,
+                    53,
+                    b"q",
+                )],
+            ),
+            (
+                DropReason::CrossNetwork,
+                &full,
+                "n2",
+                PortId::Tasks,
+                vec![from_web1(A::new(10, 0, 0, 12))],
+            ),
+            (
+                DropReason::NoRoute,
+                &full,
+                "n2",
+                PortId::Tasks,
+                vec![from_web1(A::new(8, 8, 8, 8))],
+            ),
+            (
+                DropReason::NoNeighbor,
+                &full,
+                "n2",
+                PortId::Uplink,
+                vec![syn(n2, 8080, 40000)],
+            ),
+            (
+                DropReason::ArpIgnored,
+                &full,
+                "n2",
+                PortId::Tasks,
+                vec![testkit::arp_request(web1_mac, web1, web1)],
+            ),
+            (
+                DropReason::BadArp,
+                &full,
+                "n2",
+                PortId::Tasks,
+                vec![bad_arp],
+            ),
+            (
+                DropReason::NoNatPort,
+                &kept,
+                "n1",
+                PortId::Uplink,
+                vec![syn(n1, 8080, 40000), syn(n1, 8081, 40000)],
+            ),
+        ];
+        let mut seen: Vec<DropReason> = WORKER_LEVEL.to_vec();
+        for (want, state, node, port, frames) in cases {
+            let t = ServiceTable::build(state, node, 1).unwrap();
+            let neigh = Arc::new(Neighbors::new(64));
+            neigh.learn(0xc0a8_010c, [2, 0, 0, 0, 0, 0x12]);
+            neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+            let mut p = Pipeline::new(Config::default(), neigh);
+            let n = frames.len();
+            for (i, f) in frames.iter().enumerate() {
+                let (v, _) = run(&mut p, &t, port, f);
+                if i + 1 < n {
+                    assert!(
+                        !matches!(v, Verdict::Drop(_)),
+                        "{want:?}: frame {i} was {v:?}"
+                    );
+                } else {
+                    assert_eq!(v, Verdict::Drop(want), "{want:?}");
+                }
+            }
+            assert_eq!(p.stats.dropped(want), 1, "{want:?}");
+            seen.push(want);
+        }
+        // No headroom left to encapsulate: a buffer whose frame starts 10 bytes in.
+        {
+            let t = ServiceTable::build(&full, "n1", 1).unwrap();
+            let neigh = Arc::new(Neighbors::new(64));
+            neigh.learn(0xc0a8_010c, [2, 0, 0, 0, 0, 0x12]);
+            neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+            let mut p = Pipeline::new(Config::default(), neigh);
+            let f = syn(n1, 8080, 40000);
+            let mut b = PacketBuf::from_frame(PortId::Uplink, &f);
+            let room = b.headroom() - 10;
+            b.prepend(room).unwrap();
+            b.data_mut()[..f.len()].copy_from_slice(&f);
+            b.truncate(f.len());
+            assert_eq!(b.headroom(), 10);
+            let mut burst = Burst::new();
+            burst.push(b);
+            let mut v = Verdicts::new();
+            p.process(&t, 1, &mut burst, &mut v);
+            assert_eq!(v[0], Verdict::Drop(DropReason::NoHeadroom));
+            seen.push(DropReason::NoHeadroom);
+        }
+        // The malformations (see each_malformation_has_its_reason) and too_big (see the big
+        // packet tests) are produced there.
+        seen.extend([
+            DropReason::Truncated,
+            DropReason::UnknownEthertype,
+            DropReason::NotOurMac,
+            DropReason::BadIpChecksum,
+            DropReason::Fragment,
+            DropReason::TtlExpired,
+            DropReason::Ipv4Options,
+            DropReason::BadL4Checksum,
+            DropReason::UnknownProtocol,
+            DropReason::BadIpv4Header,
+            DropReason::TooBig,
+        ]);
+        for r in DropReason::ALL {
+            assert!(
+                seen.contains(&r),
+                "no input produces DropReason::{r:?}: add one"
+            );
+        }
+    }
 }

@@ -108,7 +108,9 @@ reasons! {
         /// The owning worker's handoff ring was full (or, never expected, there is no such
         /// worker).
         HandoffFull = "handoff_full",
-        /// Masquerade ports of this worker are exhausted.
+        /// A new flow could not be made: no masquerade port of this worker was free, or its
+        /// translation would collide with a flow the worker already has (the same client port
+        /// onto the same task port through two published ports, with the client IP kept).
         NoNatPort = "no_nat_port",
         /// Larger than the overlay's MTU once encapsulated: answered with ICMP "fragmentation
         /// needed" when DF is set (rate-limited per source), else dropped.

@@ -358,4 +358,60 @@ mod tests {
         assert_eq!(total.port_tx_full, 7);
         assert_eq!(total.port_rx_dropped, 0);
     }
+
+    #[test]
+    fn full_queues_are_counted_by_their_reason() {
+        use crate::buf::{PacketBuf, PortId};
+        use crate::stats::DropReason;
+        use crate::testkit;
+        use std::net::Ipv4Addr as A;
+        let table =
+            ServiceTable::build(&crate::balance::table::tests::three_nodes(), "n1", 1).unwrap();
+        let shared = Shared::new(table, 2, Arc::new(Neighbors::new(16)));
+        // The host queue and worker 1's handoff ring are full.
+        while shared.to_host.push(PacketBuf::new()).is_ok() {}
+        while shared.handoff[1].push(PacketBuf::new()).is_ok() {}
+        let (up, _up_peer) = mem::link(64);
+        let (tasks, _tasks_peer) = mem::link(64);
+        let cfg = Config {
+            workers: 2,
+            ..Config::default()
+        };
+        let mac = cfg.uplink_mac;
+        let client = A::new(10, 9, 0, 9);
+        let n1 = A::new(192, 168, 1, 11);
+        // A ping of the node goes to the host side.
+        let ping = testkit::icmp_echo([2; 6], mac, client, n1, 1, 1, b"x");
+        assert!(up.inject(PacketBuf::from_frame(PortId::Uplink, &ping)));
+        // A SYN whose flow worker 1 owns is handed to it.
+        let sport = (1024u16..)
+            .find(|&p| crate::flow::owner_of(u32::from(client), p, 2) == 1)
+            .unwrap();
+        let syn = testkit::tcp_frame(
+            [2; 6],
+            mac,
+            client,
+            sport,
+            n1,
+            8080,
+            testkit::tcp_flags::SYN,
+            1,
+            0,
+            b"",
+        );
+        assert!(up.inject(PacketBuf::from_frame(PortId::Uplink, &syn)));
+        let mut w = Worker::new(
+            0,
+            cfg,
+            Box::new(up),
+            Box::new(tasks),
+            shared.clone(),
+            Idle::BusyPoll,
+            16,
+        );
+        w.poll_once();
+        let s = &w.pipeline.stats;
+        assert_eq!(s.dropped(DropReason::HostQueueFull), 1);
+        assert_eq!(s.dropped(DropReason::HandoffFull), 1);
+    }
 }
