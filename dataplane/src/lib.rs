@@ -21,8 +21,13 @@ pub mod pipeline;
 pub mod port;
 mod prefetch;
 pub mod shared;
+/// The in-memory multi-node mesh of the pipeline-tier tests: test harness, not product (the
+/// `testkit` feature, which the shipped `meshd` does not enable).
+#[cfg(any(test, feature = "testkit"))]
 pub mod sim;
 pub mod stats;
+/// Frame builders and parsers for tests and benchmarks (the `testkit` feature).
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod wire;
 pub mod worker;
