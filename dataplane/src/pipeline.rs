@@ -620,15 +620,9 @@ impl Pipeline {
             return Err(DropReason::NotForUs);
         }
         if l3.proto == UDP && l3.dport == t.vtep_port && dst == me.vtep {
-            let v = self.decap(t, now, buf, l3);
-            // Fix (found by the multi-worker simulation): `decap` strips the outer headers
-            // before it learns which worker owns the inner flow. A frame handed to another
-            // worker must reach it as it arrived on the uplink (the owner decapsulates it
-            // again), so put the outer headers back; their bytes are still in front.
-            if let Ok(Verdict::Handoff(_)) = v {
-                let _ = buf.prepend(vxlan::ENCAP_LEN);
-            }
-            return v;
+            // A frame handed to another worker goes as it arrived on the uplink: `decap` decides
+            // the owner before it strips anything.
+            return self.decap(t, now, buf, l3);
         }
         if dst != t.node_addr || !l3.has_ports() {
             return Ok(Verdict::Host(HostReason::NodeAddress));
@@ -999,49 +993,48 @@ impl Pipeline {
         let Some(net) = t.network_by_vni(vni) else {
             return Err(DropReason::UnknownVni);
         };
-        if !buf.trim_front(vxlan::ENCAP_LEN) {
-            return Err(DropReason::Truncated);
-        }
+        // The inner frame is read where it lies, behind the outer headers: the worker that
+        // owns its flow is known before anything is stripped, so a frame for another worker
+        // goes to it as it arrived.
         let f = buf.data();
-        let eth = EthernetFrame::new_checked(f).map_err(|_| DropReason::Truncated)?;
+        let inner = f.get(vxlan::ENCAP_LEN..).ok_or(DropReason::Truncated)?;
+        let eth = EthernetFrame::new_checked(inner).map_err(|_| DropReason::Truncated)?;
         match eth.ethertype() {
             EthernetProtocol::Ipv4 => {}
             EthernetProtocol::Arp => return Err(DropReason::ArpIgnored),
             _ => return Err(DropReason::UnknownEthertype),
         }
-        let l3 = parse_ipv4(f, ETH, self.cfg.verify_l4_checksums)?;
+        let mut l3 = parse_ipv4(f, vxlan::ENCAP_LEN + ETH, self.cfg.verify_l4_checksums)?;
         let d = t.addr(addr(l3.dst));
         if let Some(d) = d {
             if d.net != net {
                 return Err(DropReason::CrossNetwork);
             }
         }
-        match d.map(|d| d.kind) {
-            // A reply to a flow this node masqueraded: the port says which worker owns it.
+        let kind = d.map(|d| d.kind);
+        let src_kind = t.addr(addr(l3.src)).map(|e| e.kind);
+        if let Some(v) = self.handoff(self.inner_owner(&l3, kind, src_kind)) {
+            return Ok(v);
+        }
+        // Ours: decapsulate.
+        if !buf.trim_front(vxlan::ENCAP_LEN) {
+            return Err(DropReason::Truncated);
+        }
+        l3.l4 -= vxlan::ENCAP_LEN;
+        match kind {
+            // A reply to a flow this node masqueraded.
             Some(AddrKind::Endpoint { local: true, .. }) => {
-                if let Some(v) = self.handoff(masq_owner(l3.dport, self.cfg.workers)) {
-                    return Ok(v);
-                }
                 self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
             }
             Some(AddrKind::Task {
                 local: true, task, ..
             }) => {
-                let src_kind = t.addr(addr(l3.src)).map(|e| e.kind);
                 if !l3.has_ports() || matches!(src_kind, Some(AddrKind::Endpoint { .. })) {
                     // ICMP, or a request another node masqueraded: no state here.
                     dec_ttl(buf.data_mut(), ETH);
                     return self.send(t, now, buf, l3.dst, Egress::Tasks);
                 }
                 let outside = src_kind.is_none();
-                let o = if outside {
-                    owner_of(l3.src, l3.sport, self.cfg.workers)
-                } else {
-                    owner_of(l3.dst, l3.dport, self.cfg.workers)
-                };
-                if let Some(v) = self.handoff(o) {
-                    return Ok(v);
-                }
                 let key = l3.key();
                 if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
                     return self.forward(t, now, buf, &l3, id, dir);
@@ -1081,12 +1074,7 @@ impl Pipeline {
                 self.send(t, now, buf, l3.dst, Egress::Tasks)
             }
             // Not an overlay address: a reply towards an outside client of a keep-client-IP flow.
-            None => {
-                if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, self.cfg.workers)) {
-                    return Ok(v);
-                }
-                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
-            }
+            None => self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute)),
             // This node does not transit between peers.
             Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => {
                 Err(DropReason::NoRoute)
@@ -1094,6 +1082,31 @@ impl Pipeline {
             Some(AddrKind::Vip { .. } | AddrKind::Gateway) => {
                 Ok(Verdict::Host(HostReason::MeshAddress))
             }
+        }
+    }
+
+    /// The worker that owns the flow of a decapsulated packet `l3` (read in place, before
+    /// decapsulation), whose destination and source are of kinds `dst` and `src` (`None`: not
+    /// an overlay address); this worker when no flow is involved.
+    #[inline]
+    fn inner_owner(&self, l3: &L3, dst: Option<AddrKind>, src: Option<AddrKind>) -> u16 {
+        let workers = self.cfg.workers;
+        match dst {
+            // A reply to a flow this node masqueraded: its port says which worker owns it.
+            Some(AddrKind::Endpoint { local: true, .. }) => masq_owner(l3.dport, workers),
+            Some(AddrKind::Task { local: true, .. }) => {
+                if !l3.has_ports() || matches!(src, Some(AddrKind::Endpoint { .. })) {
+                    self.cfg.worker
+                } else if src.is_none() {
+                    // An outside client, its address kept: owned by the client end.
+                    owner_of(l3.src, l3.sport, workers)
+                } else {
+                    owner_of(l3.dst, l3.dport, workers)
+                }
+            }
+            // A reply towards an outside client of a keep-client-IP flow.
+            None => owner_of(l3.dst, l3.dport, workers),
+            Some(_) => self.cfg.worker,
         }
     }
 
