@@ -18,17 +18,18 @@
 use std::sync::Arc;
 
 use arrayvec::ArrayVec;
-use ctl::model::{ClientIpMode, SchedulerKind};
+use ctl::model::ClientIpMode;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
     Ipv4Address, TcpPacket, UdpPacket,
 };
 
-use crate::balance::{AddrKind, ServiceTable};
+use crate::balance::{AddrKind, Scheduler, ServiceTable};
 use crate::buf::{PacketBuf, Pool, PortId};
 use crate::flow::{
     self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped,
 };
+use crate::nat::ports::{self, MasqPorts};
 use crate::nat::{self, dec_ttl, put16, put32};
 use crate::neigh::{NeighCache, Neighbors};
 use crate::overlay::{self, entropy_port, Outer};
@@ -276,13 +277,12 @@ pub struct Pipeline {
     /// Packets, bytes and connections per task.
     pub task_stats: TaskCounters,
     neigh: Arc<Neighbors>,
-    /// Round-robin position per balancer.
-    rr: Vec<u32>,
-    nat_next: u32,
+    /// Picks the task of a new flow.
+    sched: Scheduler,
+    /// Hands out masquerade ports from this worker's share.
+    masq: MasqPorts,
     /// The millisecond of the last idle sweep.
     last_sweep: u32,
-    /// Per task counters slot: masquerade ports handed out so far, before the first wrap.
-    nat_next_by_slot: Vec<u32>,
     generation: u64,
     /// Flows still to be checked against a new table's live tasks.
     recheck: usize,
@@ -313,16 +313,16 @@ impl Pipeline {
     /// A pipeline with its flow table allocated. `neigh` is shared by all workers.
     pub fn new(cfg: Config, neigh: Arc<Neighbors>) -> Self {
         let flows = FlowTable::new(cfg.flow_capacity);
+        let masq = MasqPorts::new(cfg.worker, cfg.workers);
         Pipeline {
             cfg,
             flows,
             stats: WorkerStats::default(),
             task_stats: TaskCounters::new(MAX_COUNTED_TASKS),
             neigh,
-            rr: Vec::new(),
-            nat_next: 0,
+            sched: Scheduler::default(),
+            masq,
             last_sweep: u32::MAX,
-            nat_next_by_slot: vec![0; usize::from(u16::MAX)],
             generation: u64::MAX,
             recheck: 0,
             want_arp: ArrayVec::new(),
@@ -399,9 +399,7 @@ impl Pipeline {
     /// to end those whose task is gone. Called by `process` when the generation changes; this is
     /// the only place the pipeline may allocate, and only when the table grew.
     fn adopt(&mut self, table: &ServiceTable) {
-        if self.rr.len() < table.balancers.len() {
-            self.rr.resize(table.balancers.len(), 0);
-        }
+        self.sched.adopt(table);
         self.generation = table.generation;
         self.recheck = self.flows.capacity();
         let most = self.cfg.uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
@@ -659,7 +657,7 @@ impl Pipeline {
         // every ingress node, but the flow key's destination is this node's own address, which
         // differs on each; schedule on a hash of the flow without it.
         let sched_hash = FlowKey::new(l3.proto, l3.src, l3.sport, 0, l3.dport).hash();
-        let Some(b) = self.schedule(t, p.balancer, sched_hash) else {
+        let Some(b) = self.sched.pick(t, p.balancer, sched_hash) else {
             // No task to take it: refuse like a closed port.
             return Ok(Verdict::Host(HostReason::NoTask));
         };
@@ -675,7 +673,8 @@ impl Pipeline {
                 };
                 let ep = ipkey(ep);
                 let port = self
-                    .nat_port(l3.proto, ep, ipkey(b.addr), p.target, slot)
+                    .masq
+                    .pick(&self.flows, l3.proto, ep, ipkey(b.addr), p.target, slot)
                     .ok_or(DropReason::NoNatPort)?;
                 (ep, port)
             }
@@ -709,64 +708,6 @@ impl Pipeline {
         .map_err(|_| DropReason::NoNatPort)?;
         self.count_new(slot);
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
-    }
-
-    /// Picks a backend of balancer `bal` for a new flow with hash `hash`.
-    #[inline]
-    fn schedule(
-        &mut self,
-        t: &ServiceTable,
-        bal: u16,
-        hash: u64,
-    ) -> Option<crate::balance::Backend> {
-        let b = t.balancer(bal);
-        if b.backends.is_empty() {
-            return None;
-        }
-        match (b.scheduler, &b.maglev) {
-            (SchedulerKind::Maglev, Some(m)) => m
-                .lookup(hash)
-                .and_then(|i| b.backends.get(usize::from(i)).copied()),
-            _ => {
-                let pos = self.rr.get_mut(usize::from(bal))?;
-                let i = (*pos as usize) % b.backends.len();
-                *pos = (i as u32).wrapping_add(1);
-                b.backends.get(i).copied()
-            }
-        }
-    }
-
-    /// A masquerade port on `ep` for a flow to `task:tport`, from this worker's share of the port
-    /// space (port % workers == worker), so replies can be steered to this worker.
-    ///
-    /// Each task (by its counters' `slot`, stable for the task's life) hands out its ports in
-    /// order; until its counter wraps, every port it gives is one no flow of that task can hold,
-    /// so the new-flow path needs no lookup. After a wrap each candidate is checked against the
-    /// flow table, as for tasks without a slot.
-    fn nat_port(&mut self, proto: u8, ep: u32, task: u32, tport: u16, slot: u16) -> Option<u16> {
-        let workers = u32::from(self.cfg.workers.max(1));
-        let span = (65536 - 1024) / workers;
-        let worker = u32::from(self.cfg.worker);
-        let to_port = |n: u32| u16::try_from(1024 + (n % span) * workers + worker).ok();
-        if let Some(next) = self.nat_next_by_slot.get_mut(usize::from(slot)) {
-            if *next < span {
-                let port = to_port(*next);
-                *next += 1;
-                return port;
-            }
-        }
-        for _ in 0..64 {
-            let n = self.nat_next;
-            self.nat_next = self.nat_next.wrapping_add(1);
-            let port = to_port(n)?;
-            if !self
-                .flows
-                .contains(&FlowKey::new(proto, task, tport, ep, port))
-            {
-                return Some(port);
-            }
-        }
-        None
     }
 
     fn egress_to(
@@ -1093,7 +1034,7 @@ impl Pipeline {
         let workers = self.cfg.workers;
         match dst {
             // A reply to a flow this node masqueraded: its port says which worker owns it.
-            Some(AddrKind::Endpoint { local: true, .. }) => masq_owner(l3.dport, workers),
+            Some(AddrKind::Endpoint { local: true, .. }) => ports::owner(l3.dport, workers),
             Some(AddrKind::Task { local: true, .. }) => {
                 if !l3.has_ports() || matches!(src, Some(AddrKind::Endpoint { .. })) {
                     self.cfg.worker
@@ -1198,7 +1139,7 @@ impl Pipeline {
                 {
                     return Ok(Verdict::Host(HostReason::NotSyn));
                 }
-                let Some(b) = self.schedule(t, balancer, hash) else {
+                let Some(b) = self.sched.pick(t, balancer, hash) else {
                     return Ok(Verdict::Host(HostReason::NoTask));
                 };
                 let svc = &t.services[usize::from(service)];
@@ -1213,7 +1154,8 @@ impl Pipeline {
                     let gw = ipkey(net.gateway);
                     (
                         gw,
-                        self.nat_port(l3.proto, gw, baddr, l3.dport, slot)
+                        self.masq
+                            .pick(&self.flows, l3.proto, gw, baddr, l3.dport, slot)
                             .ok_or(DropReason::NoNatPort)?,
                     )
                 } else {
@@ -1240,7 +1182,7 @@ impl Pipeline {
             }
             // A reply of an ingress flow this node masqueraded and delivered locally.
             Some(AddrKind::Endpoint { local: true, .. }) if l3.has_ports() => {
-                if let Some(v) = self.handoff(masq_owner(l3.dport, workers)) {
+                if let Some(v) = self.handoff(ports::owner(l3.dport, workers)) {
                     return Ok(v);
                 }
                 self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
@@ -1262,7 +1204,7 @@ impl Pipeline {
             // A reply of a hairpin VIP flow (masqueraded to the gateway) by its flow; else the
             // gateway is the host's (DNS, ping).
             Some(AddrKind::Gateway) if l3.has_ports() => {
-                if let Some(v) = self.handoff(masq_owner(l3.dport, workers)) {
+                if let Some(v) = self.handoff(ports::owner(l3.dport, workers)) {
                     return Ok(v);
                 }
                 self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
@@ -1427,12 +1369,6 @@ impl Pipeline {
         b.fill(&frame);
         b.port = port;
     }
-}
-
-/// The worker that owns masquerade port `port` (see [`Pipeline::nat_port`]).
-#[inline]
-fn masq_owner(port: u16, workers: u16) -> u16 {
-    ((u32::from(port).saturating_sub(1024)) % u32::from(workers.max(1))) as u16
 }
 
 fn timeouts(svc: &crate::balance::table::SvcEntry) -> [u32; 3] {
@@ -1605,12 +1541,12 @@ mod tests {
         let span = (65536 - 1024) / 2;
         let mut seen = std::collections::HashSet::new();
         for _ in 0..span {
-            let port = p.nat_port(TCP, ep, task, 80, 5).unwrap();
+            let port = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
             assert_eq!((port - 1024) % 2, 1, "worker 1's half of the port space");
             assert!(seen.insert(port), "port {port} given twice");
         }
         // Wrapped: from now on every candidate is checked against the live flows.
-        let taken = p.nat_port(TCP, ep, task, 80, 5).unwrap();
+        let taken = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
         let k = FlowKey::new(TCP, 0xac10_0001, 40000, 0xc0a8_010b, 8080);
         let r = FlowKey::new(TCP, task, 80, ep, taken);
         let f = Flow::new(
@@ -1626,8 +1562,8 @@ mod tests {
             0,
         );
         p.flows.insert(f, 0).unwrap();
-        p.nat_next = p.nat_next.wrapping_sub(1);
-        let next = p.nat_port(TCP, ep, task, 80, 5).unwrap();
+        p.masq.rewind();
+        let next = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
         assert_ne!(next, taken, "a port a live flow holds is skipped");
     }
 

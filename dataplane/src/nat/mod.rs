@@ -3,6 +3,7 @@
 //! ([`crate::flow::Action`]).
 
 pub mod mss;
+pub mod ports;
 
 use crate::flow::Action;
 use crate::wire::checksum::{self, update16};
