@@ -4,6 +4,8 @@
 
 // A benchmark harness: a setup that cannot be built aborts the run with a message.
 #![allow(clippy::expect_used, clippy::panic)]
+// Unsafe only where a module says why (rxring: the ring and socket system calls; os: flock).
+#![deny(unsafe_code)]
 
 pub mod cache;
 pub mod mesh;

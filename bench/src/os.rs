@@ -1,4 +1,5 @@
 //! Small operating-system helpers of the bench (the ring and clock ones are in [`crate::rxring`]).
+#![allow(unsafe_code)]
 
 use std::fs::File;
 use std::io;

@@ -379,8 +379,8 @@ fn a_removed_tasks_client_gets_a_reset_not_a_hang() {
         t0.elapsed()
     );
     // The same UDP socket is not black-holed (moby#36878): a client that retries is answered by
-    // the other task within a second, not minutes. (Strictly, its very first datagram should be;
-    // see the ignored test below.)
+    // the other task within a second, not minutes (and its very first datagram already is: see
+    // the_first_udp_datagram_after_a_task_is_removed_reaches_another_task).
     let t0 = Instant::now();
     let next = loop {
         match probe::udp_ask_on(&u, to, "b", Duration::from_millis(250)) {
@@ -466,8 +466,9 @@ fn a_nodes_address_answers_ping_and_refuses_what_is_not_published() {
     }
 }
 
-/// meshd acknowledges a table change before its workers have swept their flows for removed
-/// tasks, so for a moment a removed task's flow still forwards to it. Run with `--ignored`.
+/// A change is acknowledged only when every worker runs it, and a flow whose task is gone ends
+/// at its first packet after that (while the sweep of the new table is under way): the first
+/// datagram after the removal already reaches another task.
 #[test]
 fn the_first_udp_datagram_after_a_task_is_removed_reaches_another_task() {
     let Some(mut m) = mesh("udprm") else { return };
@@ -491,10 +492,9 @@ fn the_first_udp_datagram_after_a_task_is_removed_reaches_another_task() {
     assert!(!next.starts_with(&victim), "{next}");
 }
 
-/// A VIP connection from a task to a task on the same node: meshd DNATs the SYN to the local
-/// task, whose kernel then answers the client directly over the tasks bridge (same subnet, and
-/// meshd leaves ARP for local tasks to the tasks themselves), so the client sees a SYN-ACK from
-/// the task's address instead of the VIP and the connection never opens. Run with `--ignored`.
+/// A VIP connection from a task to a task on the same node: meshd masquerades the client to the
+/// network's gateway (hairpin NAT, as IPVS does), so the task answers through meshd and the
+/// client sees the SYN-ACK come from the VIP, not straight from the task's address.
 #[test]
 fn a_vip_connection_to_a_task_on_the_clients_own_node_works() {
     let Some(mut m) = mesh("viploc") else { return };

@@ -465,15 +465,13 @@ mod tests {
     }
 
     #[test]
-    fn build_is_fast_enough() {
-        let backends = equal(1000);
-        let start = std::time::Instant::now();
-        let m = Maglev::build(&backends);
-        let took = start.elapsed();
+    fn a_thousand_backends_build_a_full_table() {
+        // How long it takes is a benchmark's question (bench/benches/fastpath.rs, "maglev
+        // build, 1000 tasks"), not a unit test's.
+        let m = Maglev::build(&equal(1000));
         assert!(!m.is_empty());
-        println!("build of 1000 backends took {took:?}");
-        if !cfg!(debug_assertions) {
-            assert!(took < std::time::Duration::from_millis(50));
+        for i in 0..1000u16 {
+            assert!(m.slots_of(i) > 0, "backend {i} got no slot");
         }
     }
 

@@ -1547,8 +1547,11 @@ mod tests {
 
     both_rings!(a_lone_frame_waits_for_no_block_timer: a_lone_frame_waits_for_no_block_timer_per_frame, a_lone_frame_waits_for_no_block_timer_blocks);
 
-    /// With a 1 s block timeout, a lone frame reaches a block ring after about 1 s; a per-frame
-    /// ring has it at once (and `poll` says so).
+    /// With a 2 s block timeout, a lone frame reaches a block ring only when the block timer
+    /// closes its block; a per-frame ring hands it over before any block timer could have fired
+    /// (and `poll` says so). The bounds are the timer's, not a speed claim: the per-frame side
+    /// has the whole 2 s, the block side is bounded from below only (a slow machine cannot make
+    /// either fail).
     fn a_lone_frame_waits_for_no_block_timer(mode: RxRing) {
         if !require_root("a_lone_frame_waits_for_no_block_timer") {
             return;
@@ -1556,7 +1559,7 @@ mod tests {
         let ns = with_veth(&tag(mode, "lone"));
         run_in(&ns, || {
             let slow = |port| AfPacketConfig {
-                block_timeout_ms: 1000,
+                block_timeout_ms: 2000,
                 ..cfg(mode, port)
             };
             let mut a = AfPacketPort::open("a", &slow(PortId::Uplink)).unwrap();
@@ -1568,15 +1571,15 @@ mod tests {
             drain(&mut b, &mut pool, &mut got);
             let t0 = Instant::now();
             assert_eq!(send(&mut a, &mut pool, std::iter::once(udp_frame(1))), 1);
-            while !got.contains_key(&1) && t0.elapsed() < Duration::from_secs(3) {
-                wait_readable(&b, 2000);
+            while !got.contains_key(&1) && t0.elapsed() < Duration::from_secs(6) {
+                wait_readable(&b, 3000);
                 drain(&mut b, &mut pool, &mut got);
             }
             let took = t0.elapsed();
             assert!(got.contains_key(&1), "the frame never arrived");
             match mode {
-                RxRing::PerFrame => assert!(took < Duration::from_millis(300), "{took:?}"),
-                RxRing::Blocks => assert!(took > Duration::from_millis(300), "{took:?}"),
+                RxRing::PerFrame => assert!(took < Duration::from_millis(2000), "{took:?}"),
+                RxRing::Blocks => assert!(took >= Duration::from_millis(1000), "{took:?}"),
             }
         });
     }
