@@ -182,6 +182,51 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
     }
     note("Every node refuses at once (a TCP RST from meshd), as a host with nothing listening would.");
 
+    section(
+        8,
+        "HEALTHCHECK: a task whose server stops leaves rotation",
+        "docker service create --health-cmd",
+    );
+    println!("$ testbed run api --replicas 2 --publish 9090:80 --health tcp --health-interval 500ms --health-retries 2");
+    let api = RunSpec::new("api", 2)
+        .publish("9090:80", PublishMode::Ingress)?
+        .with_args(&[
+            "--health",
+            "tcp",
+            "--health-interval",
+            "500ms",
+            "--health-retries",
+            "2",
+        ]);
+    bed.run(&api)?;
+    let victim = bed
+        .tasks_of("api")
+        .first()
+        .map(|t| t.name.clone())
+        .ok_or_else(|| crate::error::Error::msg("api has no task"))?;
+    println!("$ kill the server of {victim}   # (testbed stops its whoami)");
+    bed.stop_task_server(&victim)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let verbose = std::mem::replace(&mut bed.verbose, false);
+    let ps = loop {
+        let ps = bed.meshctl(&["service", "ps", "api"])?;
+        if ps.to_lowercase().contains("unhealthy") || std::time::Instant::now() > deadline {
+            break ps;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    bed.verbose = verbose;
+    println!("$ meshctl service ps api");
+    for l in ps.lines() {
+        println!("  {l}");
+    }
+    curl_nodes(&bed, 9090, 1)?;
+    note(&format!(
+        "Within interval x retries {victim} is unhealthy on every node and every connection goes\n\
+         to the other task; it comes back once its server answers again."
+    ));
+    bed.start_task_server(&victim)?;
+
     if down {
         println!("\n$ testbed down");
         for l in bed.down_now() {

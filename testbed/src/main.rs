@@ -137,6 +137,17 @@ address on the ingress network when the service publishes a port, and one on eac
         /// Place tasks only on these nodes (repeatable)
         #[arg(long, value_name = "NODE")]
         node: Vec<String>,
+        /// A health check, as `meshctl service create --health`: tcp[:PORT] or
+        /// http:[PORT]/PATH[=STATUS] (whoami answers every path with 200). A task takes
+        /// connections once it passes, and none while it fails (`testbed ctl service ps NAME`)
+        #[arg(long, value_name = "CHECK")]
+        health: Option<String>,
+        /// Time between checks (500ms, 2s, 1m30s), with --health
+        #[arg(long, value_name = "DURATION", requires = "health")]
+        health_interval: Option<String>,
+        /// Failures in a row before a task is unhealthy, with --health
+        #[arg(long, value_name = "N", requires = "health")]
+        health_retries: Option<u32>,
     },
     /// Scale services: SERVICE=REPLICAS (down: meshd drops the highest-numbered tasks first)
     Scale {
@@ -296,6 +307,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             mode,
             client_ip,
             node,
+            health,
+            health_interval,
+            health_retries,
         } => {
             let mut bed = open(plan)?;
             bed.verbose = true;
@@ -309,6 +323,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             spec.networks = network;
             spec.nodes = node;
+            let mut extra: Vec<String> = Vec::new();
+            if let Some(h) = health {
+                extra.extend(["--health".to_string(), h]);
+            }
+            if let Some(i) = health_interval {
+                extra.extend(["--health-interval".to_string(), i]);
+            }
+            if let Some(r) = health_retries {
+                extra.extend(["--health-retries".to_string(), r.to_string()]);
+            }
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            spec = spec.with_args(&extra);
             spec.client_ip = match client_ip {
                 ClientIpArg::Masquerade => ClientIpMode::Masquerade,
                 ClientIpArg::Keep => ClientIpMode::Keep,
