@@ -110,6 +110,8 @@ impl FrameSpec {
 
     /// Writes frame `flow % flows` with `stamp` into `out` (at least [`Self::frame_len`] bytes)
     /// and returns its length; 0 when `out` is too short.
+    // Casts: a generated frame is at most a buffer (2 KiB): its lengths fit u16.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn write(&self, out: &mut [u8], flow: u32, stamp: Stamp) -> usize {
         let len = self.frame_len();
         let Some(f) = out.get_mut(..len) else {
@@ -277,6 +279,8 @@ impl Generator {
 
     /// Sends for `duration` at `rate` frames per second (`None`: as fast as it can), or until
     /// `stop` is set.
+    // Casts: clamped to 1..=BURST right there.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn run(&mut self, rate: Option<f64>, duration: Duration, stop: &AtomicBool) -> Sent {
         let before = self.port.stats().tx_ring_full;
         // Batches about 100 µs apart (smooth enough, and long enough to sleep in between), at
@@ -603,6 +607,7 @@ impl Sink {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use super::*;
 

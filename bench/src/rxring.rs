@@ -79,6 +79,8 @@ impl Map {
     }
 }
 
+// Casts: system-call constants and struct sizes, far inside the target type.
+#[allow(clippy::cast_possible_truncation)]
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
     // SAFETY: `val` is an initialised T that lives across the call, and its exact size is passed.
     let r = unsafe {
@@ -107,6 +109,8 @@ impl RxRing {
     /// on `ifname` in the calling thread's network namespace. `timeout_ms` is the block
     /// retirement timer (at least 1). Frames of any destination MAC are seen (a veth hands the
     /// sockets every frame it carries); frames this host sends are not.
+    // Casts: system-call constants and struct sizes, far inside the target type.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn open(
         ifname: &str,
         block_size: u32,
@@ -274,6 +278,8 @@ impl RxRing {
     }
 
     /// The kernel's drop counters since the last call (`PACKET_STATISTICS` resets on read).
+    // Casts: system-call constants and struct sizes, far inside the target type.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn drops(&mut self) -> RingDrops {
         // SAFETY: tpacket_stats_v3 is plain data; all zeroes is valid.
         let mut st: libc::tpacket_stats_v3 = unsafe { std::mem::zeroed() };

@@ -179,6 +179,8 @@ impl std::fmt::Debug for Scenario {
     }
 }
 
+// Casts: remainders below 50,000 and flow counts below 2^32.
+#[allow(clippy::cast_possible_truncation)]
 fn client(i: usize) -> (Ipv4Addr, u16) {
     let ip = 0xac10_0000u32 + (i / 50_000) as u32;
     (Ipv4Addr::from(ip), 10_000 + (i % 50_000) as u16)
@@ -193,6 +195,8 @@ fn pad(mut f: Vec<u8>) -> Vec<u8> {
 /// `0..n` in a deterministic random order (xorshift), so runs replay the same order. With
 /// `one_cycle`, Sattolo's variant: read as "i is followed by v[i]", the order is a single cycle
 /// through all `n`.
+// Casts: indices of a flow list far shorter than 2^32; a remainder below its length.
+#[allow(clippy::cast_possible_truncation)]
 pub(crate) fn shuffled(n: usize, one_cycle: bool) -> Vec<u32> {
     let mut v: Vec<u32> = (0..n as u32).collect();
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -208,6 +212,8 @@ pub(crate) fn shuffled(n: usize, one_cycle: bool) -> Vec<u32> {
 
 impl Scenario {
     /// Builds the scenario and, for established kinds, opens every flow first.
+    // Casts: a remainder below 64,000, and flow counts below 2^32.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn new(kind: Kind, flows: usize) -> Scenario {
         let table = match ServiceTable::build(&state(), "n1", 1) {
             Ok(t) => t,

@@ -113,6 +113,8 @@ fn task(name: &str, node: &str, last: u8) -> Task {
     }
 }
 
+// Casts: test values are small and known.
+#[allow(clippy::cast_possible_truncation)]
 fn web(tasks: usize) -> Service {
     let mut s = Service::new("web");
     s.networks.push(ServiceNetwork {

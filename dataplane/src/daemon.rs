@@ -361,6 +361,8 @@ fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartErr
 }
 
 /// Runs meshd until SIGINT or SIGTERM.
+// Casts: the worker index and count come from --cores (a few dozen); the seed keeps the nanoseconds' low bits on purpose.
+#[allow(clippy::cast_possible_truncation)]
 pub fn run(s: Settings) -> Result<(), StartError> {
     let store = StateStore::new(&s.state);
     let persisted = initial_state(&s, &store)?;

@@ -44,6 +44,8 @@ pub struct FrozenMap<K, V> {
 
 impl<K: FastKey, V: Copy> FrozenMap<K, V> {
     /// Builds the map; a later duplicate key replaces the earlier one.
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn build(items: impl IntoIterator<Item = (K, V)>) -> Self {
         let items: Vec<(K, V)> = items.into_iter().collect();
         let cap = (items.len() * 2).next_power_of_two().max(8);
@@ -75,6 +77,8 @@ impl<K: FastKey, V: Copy> FrozenMap<K, V> {
     }
 
     #[inline]
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn get(&self, k: K) -> Option<V> {
         let mut i = (k.mix() as usize) & self.mask;
         loop {
@@ -102,6 +106,7 @@ impl<K: FastKey, V: Copy> Default for FrozenMap<K, V> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use super::*;
 

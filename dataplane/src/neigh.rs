@@ -55,6 +55,8 @@ impl Neighbors {
     }
 
     #[inline]
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     fn home(&self, ip: u32) -> usize {
         (mix64(u64::from(ip)) as usize) & self.mask
     }
@@ -175,6 +177,7 @@ impl<K: Copy + Eq, V: Copy, const N: usize> Default for NeighCache<K, V, N> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use super::*;
     use std::sync::Arc;

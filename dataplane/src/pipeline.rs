@@ -148,6 +148,8 @@ fn ipkey(a: Ipv4Address) -> u32 {
 /// through smoltcp's views. Always inlined: returning the parsed fields through memory and the
 /// call itself cost 5-13% of an established packet's time (bench pipeline, side by side).
 #[inline(always)]
+// Casts: an IPv4 payload is at most 65,535 bytes (checked against the total length).
+#[allow(clippy::cast_possible_truncation)]
 pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropReason> {
     let Some(bytes) = frame.get(off..) else {
         return Err(DropReason::Truncated);
@@ -432,6 +434,8 @@ impl Pipeline {
     }
 
     /// Processes one burst: rewrites each frame in place and pushes one verdict per frame.
+    // Casts: `now` is a millisecond clock kept as u32 that wraps after 49 days: every comparison of it wraps too.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn process(
         &mut self,
         table: &ServiceTable,
@@ -1227,6 +1231,8 @@ impl Pipeline {
     /// Between bursts: expires idle flows, ends flows of tasks that are gone (TCP resets towards
     /// their clients), and emits wanted ARP requests. Generated frames are appended to `out`
     /// with `port` set to the port to send them on; buffers come from `pool`.
+    // Casts: `now` is a millisecond clock kept as u32 that wraps after 49 days: every comparison of it wraps too.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn maintain(
         &mut self,
         table: &ServiceTable,
@@ -1380,6 +1386,7 @@ fn timeouts(svc: &crate::balance::table::SvcEntry) -> [u32; 3] {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use super::*;
     use crate::balance::table::tests::three_nodes;

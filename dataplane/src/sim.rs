@@ -38,6 +38,8 @@
 //! does. Tasks answer HTTP requests with a status ([`Mesh::set_http_status`]), and can stop
 //! serving ([`Mesh::set_serving`]: new connections refused) or fall silent
 //! ([`Mesh::set_silent`]: no IP answered at all).
+// A test harness: its counters, ids and lengths are small and known.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

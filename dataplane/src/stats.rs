@@ -340,6 +340,9 @@ impl TaskCounters {
 
     /// The slot of task `uid`'s counters, claimed on first use; `u16::MAX` when full. A slot,
     /// once given, stays the task's (slots are never freed), so flows can keep it.
+    // Casts: a hash folded to a slot index (keeping the low bits is the point); slots are below
+    // the table's size, at most 8,192.
+    #[allow(clippy::cast_possible_truncation)]
     #[inline]
     pub fn slot(&mut self, uid: u64) -> u16 {
         let mut i = (crate::fastmap::mix64(uid) as usize) & self.mask;

@@ -33,11 +33,15 @@ impl Clock {
     pub fn new() -> Self {
         Clock(Instant::now())
     }
+    // Casts: milliseconds of a process's life fit u64 (584 million years).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn now_ms(&self) -> u64 {
         self.0.elapsed().as_millis() as u64
     }
 
     /// The clock's milliseconds at `t` (to reuse one clock read).
+    // Casts: milliseconds of a process's life fit u64 (584 million years).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn ms_at(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.0).as_millis() as u64
     }
@@ -163,6 +167,8 @@ impl Worker {
 
     /// One iteration: receive a burst from each port and from the handoff ring, process, send;
     /// housekeeping. Returns whether any frame moved, and the clock's milliseconds it ran at.
+    // Casts: nanoseconds of one burst fit u64 many times over.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn poll_once(&mut self) -> (bool, u64) {
         // A guard, not a clone of the Arc: no reference-count traffic shared between workers.
         let table = self.shared.table.load();
@@ -225,6 +231,8 @@ impl Worker {
     /// Waits for frames with exponential back-off up to `max`: in ppoll() on the ports' file
     /// descriptors when they have them (so a frame wakes the worker at once, however short the
     /// wait), else in a sleep.
+    // Casts: u64/u128 to usize or u64: lossless on the 64-bit targets meshd runs on.
+    #[allow(clippy::cast_possible_truncation)]
     fn sleep(&self, step: u32, max: Duration) {
         let us = (1u64 << step.min(10)).min(max.as_micros() as u64).max(1);
         let fds: arrayvec::ArrayVec<std::os::fd::RawFd, 2> =

@@ -20,6 +20,8 @@ const EXPERIMENTAL: u16 = 0x88b5;
 const MAGIC: &[u8; 4] = b"mshd";
 
 /// Frame `seq`: 60 to 1514 bytes, an experimental ethertype, MAGIC, `seq`, a pattern.
+// Casts: test values are small and known.
+#[allow(clippy::cast_possible_truncation)]
 fn frame(seq: u32) -> Vec<u8> {
     let len = 60 + (seq as usize * 151) % (1514 - 60 + 1);
     let mut f = vec![0x02, 0, 0, 0, 0, 0x0b, 0x02, 0, 0, 0, 0, 0x0a];

@@ -1030,6 +1030,8 @@ impl Bed {
     /// Scales a service: down through `meshctl service scale` (meshd removes the
     /// highest-numbered tasks and resets their connections), then their namespaces go; up by
     /// new tasks registered with `meshctl service update --task-add`.
+    // Casts: a service's task count is small (the testbed has addresses for 155).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn scale(&mut self, service: &str, replicas: u32) -> Result<()> {
         let idx = self
             .rec

@@ -127,6 +127,8 @@ pub fn node_index(name: &str) -> Option<usize> {
 }
 
 /// Node i's underlay address, where its published ports answer: 192.168.100.(10+i).
+// Casts: a node index is below MAX_NODES (50).
+#[allow(clippy::cast_possible_truncation)]
 pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 100, 10 + i as u8)
 }
@@ -142,6 +144,8 @@ pub fn gateway(k: u8) -> Ipv4Addr {
 }
 
 /// Node i's endpoint on the ingress network, its masquerade source: 10.0.0.(1+i).
+// Casts: a node index is below MAX_NODES (50).
+#[allow(clippy::cast_possible_truncation)]
 pub fn ingress_endpoint(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, 1 + i as u8)
 }

@@ -165,6 +165,8 @@ pub const MAX_BYTES: usize = 16 << 20;
 
 /// The body of `GET /bytes/N`: byte i is `(i * 7 + i / 251) % 256`, so a lost, repeated or
 /// reordered stretch shows.
+// Casts: a remainder of 256.
+#[allow(clippy::cast_possible_truncation)]
 pub fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| ((i * 7 + i / 251) % 256) as u8).collect()
 }

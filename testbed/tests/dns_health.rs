@@ -123,6 +123,8 @@ fn set(addrs: &[Ipv4Addr]) -> BTreeSet<String> {
 }
 
 #[test]
+// Casts: test values are small and known.
+#[allow(clippy::cast_possible_truncation)]
 fn dig_from_a_task_resolves_the_services_of_its_networks() {
     let Some(mut m) = mesh("dns") else { return };
     m.run(&RunSpec::new("web", 2).network("appnet")).unwrap();

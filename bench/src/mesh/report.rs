@@ -515,6 +515,8 @@ type Panel<'a> = (&'a str, Vec<(&'a str, Vec<Spread>)>, bool);
 type Chart<'a, Y> =
     ChartContext<'a, SVGBackend<'a>, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
 
+// Casts: a chart coordinate, floored, within the axis' few hundred ticks.
+#[allow(clippy::cast_possible_truncation)]
 fn mesh_axes<Y>(chart: &mut Chart<'_, Y>, names: &[String]) -> Result<(), String>
 where
     Y: Ranged<ValueType = f64> + ValueFormatter<f64>,

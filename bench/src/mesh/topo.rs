@@ -77,6 +77,8 @@ pub const UDP_TARGET: u16 = 5201;
 pub const HTTP_TARGET: u16 = 80;
 
 /// Task i's address: 10.0.0.(100 + i).
+// Casts: a task index of the bench's topology, a handful (the address's last octet).
+#[allow(clippy::cast_possible_truncation)]
 pub fn task_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 0, 100 + i as u8)
 }

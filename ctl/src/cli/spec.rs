@@ -385,6 +385,8 @@ pub fn health(flag: &str, spec: &str) -> Result<HealthSpec, SpecError> {
 }
 
 /// A duration as Docker writes them (`30s`, `1m30s`, `500ms`, `1.5s`, `2h`), in milliseconds.
+// Casts: checked just above to lie within 1..=u32::MAX.
+#[allow(clippy::cast_possible_truncation)]
 pub fn duration_ms(flag: &str, spec: &str) -> Result<u32, SpecError> {
     let bad = || {
         SpecError(format!(

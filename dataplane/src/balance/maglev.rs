@@ -71,6 +71,8 @@ use std::collections::BinaryHeap;
 pub const TABLE_SIZE: usize = 65537;
 
 /// `M` as the integer width the permutation arithmetic uses.
+// Casts: TABLE_SIZE is 65,537, a u32.
+#[allow(clippy::cast_possible_truncation)]
 const M: u32 = TABLE_SIZE as u32;
 
 /// Marks a free slot while the table is being filled.
@@ -168,6 +170,8 @@ impl Maglev {
     /// `None` when the table has no backend. The hash should be well mixed (a flow hash);
     /// it is reduced modulo [`TABLE_SIZE`]. Never allocates, never panics.
     #[inline]
+    // Casts: a remainder of TABLE_SIZE (65,537): a valid index.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn lookup(&self, hash: u64) -> Option<u16> {
         self.table.get((hash % TABLE_SIZE as u64) as usize).copied()
     }
@@ -192,6 +196,8 @@ struct Cursor {
 }
 
 impl Cursor {
+    // Casts: remainders of M (65,537) fit u32.
+    #[allow(clippy::cast_possible_truncation)]
     fn new(id: u64) -> Cursor {
         Cursor {
             slot: (h1(id) % u64::from(M)) as u32,
@@ -259,6 +265,7 @@ fn h2(id: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -224,6 +224,8 @@ impl ServiceTable {
     /// [`ServiceTable::build`] with the health verdicts `health` layered over the desired state:
     /// a task of a service with a health check takes new flows only when healthy, and keeps its
     /// flows unless unhealthy.
+    // Casts: indices below the counts checked at the top (nodes, networks, services, balancers, ports <= u16::MAX; tasks far below u32::MAX).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn build_with(
         state: &State,
         local: &str,

@@ -40,21 +40,29 @@ impl FlowKey {
     }
 
     #[inline]
+    // Casts: unpacking a field from the key's packed word.
+    #[allow(clippy::cast_possible_truncation)]
     pub const fn dst(&self) -> u32 {
         self.a as u32
     }
 
     #[inline]
+    // Casts: unpacking a field from the key's packed word.
+    #[allow(clippy::cast_possible_truncation)]
     pub const fn sport(&self) -> u16 {
         (self.b >> 32) as u16
     }
 
     #[inline]
+    // Casts: unpacking a field from the key's packed word.
+    #[allow(clippy::cast_possible_truncation)]
     pub const fn dport(&self) -> u16 {
         (self.b >> 16) as u16
     }
 
     #[inline]
+    // Casts: unpacking a field from the key's packed word.
+    #[allow(clippy::cast_possible_truncation)]
     pub const fn proto(&self) -> u8 {
         self.b as u8
     }
@@ -79,6 +87,8 @@ impl FlowKey {
 
 /// Which worker owns the flow whose client end is `ip:port`.
 #[inline]
+// Casts: a remainder of the worker count, itself a u16.
+#[allow(clippy::cast_possible_truncation)]
 pub fn owner_of(ip: u32, port: u16, workers: u16) -> u16 {
     if workers <= 1 {
         return 0;
@@ -118,6 +128,8 @@ pub struct Action {
 
 impl Action {
     /// The action that rewrites `from` into the given tuple.
+    // Casts: splitting packed words and sizing by a capacity checked to be at most 2^28 (MAX_FLOWS).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn new(from: &FlowKey, src: u32, sport: u16, dst: u32, dport: u16, egress: Egress) -> Self {
         let hi = |x: u32| (x >> 16) as u16;
         let lo = |x: u32| x as u16;
@@ -404,6 +416,8 @@ impl FlowTable {
 
     /// A table for up to `capacity` flows (at least 16, at most [`MAX_FLOWS`]). Allocates
     /// everything now.
+    // Casts: splitting packed words and sizing by a capacity checked to be at most 2^28 (MAX_FLOWS).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(16, MAX_FLOWS);
         // Two keys per flow, at most half full.
@@ -453,6 +467,8 @@ impl FlowTable {
 
     /// Hints the CPU to fetch the slot `hash` starts at.
     #[inline]
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn prefetch(&self, hash: u64) {
         crate::prefetch::read(&self.slots[(hash as usize) & self.mask]);
     }
@@ -461,6 +477,8 @@ impl FlowTable {
     /// (prefetched earlier) has `key`'s tag: the first line for the forward direction, the
     /// second for the reverse one.
     #[inline]
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn prefetch_flow(&self, hash: u64) {
         let s = &self.slots[(hash as usize) & self.mask];
         if s.tag == hash as u32 && !s.is_empty() {
@@ -475,6 +493,8 @@ impl FlowTable {
     /// The first slot of `hash`'s probe run (from its home to the next empty slot) that `hit`
     /// accepts.
     #[inline(always)]
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     fn probe(&self, hash: u64, hit: impl Fn(&Slot) -> bool) -> Option<usize> {
         let mut i = (hash as usize) & self.mask;
         loop {
@@ -491,6 +511,8 @@ impl FlowTable {
 
     /// The slot holding `key`, if any: its tag, then the key in the flow's line.
     #[inline]
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     fn find_slot(&self, key: &FlowKey, hash: u64) -> Option<usize> {
         let tag = hash as u32;
         self.probe(hash, |s| {
@@ -520,12 +542,16 @@ impl FlowTable {
     }
 
     /// The slot from `hash`'s home that points at `val` (a flow's own slot for one direction).
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     fn slot_of(&self, hash: u64, val: u32) -> Option<usize> {
         self.probe(hash, |s| s.val == val && s.tag == hash as u32)
     }
 
     /// Points the first free slot from `hash`'s home at `val` (the flow must hold the key
     /// already: lookups confirm keys there).
+    // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
     fn put_slot(&mut self, hash: u64, val: u32) {
         let mut i = (hash as usize) & self.mask;
         while !self.slots[i].is_empty() {
@@ -660,6 +686,8 @@ impl FlowTable {
         Some(f)
     }
 
+    // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
+    #[allow(clippy::cast_possible_truncation)]
     fn evict_one(&mut self, now: u32) {
         let mut best: Option<(u32, u32)> = None;
         for _ in 0..EVICT_SAMPLE {
@@ -681,6 +709,8 @@ impl FlowTable {
 
     /// Looks at up to `budget` flows from where the last sweep stopped; removes those idle past
     /// their timeout and those whose task `alive` says is gone, reporting each to `reaped`.
+    // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn sweep(
         &mut self,
         now: u32,
@@ -708,6 +738,8 @@ impl FlowTable {
     }
 
     /// Ids of live flows (for tests and stats; not for the fast path).
+    // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn live_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.flows
             .iter()
@@ -718,6 +750,7 @@ impl FlowTable {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use super::*;
     use proptest::prelude::*;

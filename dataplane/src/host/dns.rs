@@ -234,6 +234,8 @@ impl<'a> Reader<'a> {
 
 /// Parses a query. Anything that is not a well-formed standard query of one question is
 /// [`Malformed`], with what to answer when an answer is due.
+// Casts: constants below u16::MAX, and the 8-bit EDNS version taken from its field.
+#[allow(clippy::cast_possible_truncation)]
 pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Malformed> {
     let mut r = Reader { msg, at: 0 };
     let (Some(id), Some(fl)) = (r.u16(), r.u16()) else {
@@ -337,6 +339,8 @@ pub struct AnswerSpec {
 /// pointer to the question's), and an OPT record when the query had one. When the answers do
 /// not fit in `spec.limit`, none is sent and TC is set (RFC 2181 §9: the client asks again over
 /// TCP).
+// Casts: answers are bounded by the message size (a few hundred), the header length is 12.
+#[allow(clippy::cast_possible_truncation)]
 pub fn build_answer(q: &Query<'_>, answers: &[Answer], spec: AnswerSpec) -> Vec<u8> {
     const RR_A: usize = 2 + 2 + 2 + 4 + 2 + 4;
     const OPT: usize = 1 + 2 + 2 + 4 + 2;
@@ -402,6 +406,8 @@ fn header(out: &mut Vec<u8>, id: u16, fl: u16, qd: u16, an: u16, ar: u16) {
 }
 
 /// Our OPT record: our UDP size, the extended rcode bits, version 0, DO copied (RFC 3225 §3).
+// Casts: UDP_EDNS_MAX is a u16-sized constant.
+#[allow(clippy::cast_possible_truncation)]
 fn opt(out: &mut Vec<u8>, rcode: Rcode, dnssec_ok: bool) {
     out.push(0);
     out.extend_from_slice(&TYPE_OPT.to_be_bytes());
@@ -432,6 +438,8 @@ pub fn id_of(msg: &[u8]) -> Option<(u16, bool)> {
 // ---- the client side, for tests and the simulation's tasks -----------------------------------
 
 /// A query for `name` of type `qtype` (RD set), with an EDNS record of `edns` bytes if given.
+// Casts: a label length capped at 63 there.
+#[allow(clippy::cast_possible_truncation)]
 pub fn build_query(id: u16, name: &str, qtype: u16, edns: Option<u16>) -> Vec<u8> {
     let mut out = Vec::new();
     header(&mut out, id, flags::RD, 1, 0, u16::from(edns.is_some()));

@@ -61,6 +61,8 @@ fn health_of(b: u8) -> Option<Health> {
     }
 }
 
+// Casts: the name is cut to 255 bytes just above.
+#[allow(clippy::cast_possible_truncation)]
 fn header(node: &str) -> Vec<u8> {
     let name = &node.as_bytes()[..node.len().min(255)];
     let mut out = Vec::with_capacity(MAX_PAYLOAD);
@@ -74,6 +76,8 @@ fn header(node: &str) -> Vec<u8> {
 
 /// The datagrams that carry `entries` for `node` (at least one, so an empty report is sent
 /// too), each at most [`MAX_PAYLOAD`] bytes.
+// Casts: error texts are cut to 255 bytes before they are encoded.
+#[allow(clippy::cast_possible_truncation)]
 pub fn encode(node: &str, entries: &[Entry]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut cur = header(node);

@@ -272,6 +272,7 @@ impl Monitor {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use super::*;
     use ctl::model::State;

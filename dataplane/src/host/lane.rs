@@ -191,6 +191,8 @@ fn dns_tcp_socket() -> tcp::Socket<'static> {
 impl Lane {
     /// A lane for the network with VNI `vni` whose gateway is `gateway/prefix`; `None` when the
     /// gateway cannot be an interface address.
+    // Casts: a remainder below the probe port range's width.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn new(
         vni: u32,
         gateway: Ipv4Address,

@@ -692,6 +692,8 @@ impl HostStack {
 
     /// Tells every peer this node's verdicts: every [`gossip::PERIOD_MS`], and at once after a
     /// change.
+    // Casts: capped at u32::MAX just before.
+    #[allow(clippy::cast_possible_truncation)]
     fn gossip_out(&mut self, t: &ServiceTable, neigh: &Neighbors, now: u64) {
         if self.monitor.is_empty() || !(self.gossip_soon || now >= self.next_gossip) {
             return;

@@ -51,6 +51,8 @@ impl Rng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     /// Fisher–Yates.
+    // Casts: a remainder below i + 1, a usize.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = (self.next_u64() % (i as u64 + 1)) as usize;

@@ -29,6 +29,8 @@ pub struct Tunnel {
 /// A flow's outer UDP source port: from the inner flow's hash, in the dynamic range, so the
 /// underlay's ECMP/RSS spreads flows.
 #[inline]
+// Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
+#[allow(clippy::cast_possible_truncation)]
 pub fn entropy_port(key: &FlowKey) -> u16 {
     //= https://www.rfc-editor.org/rfc/rfc7348#section-5
     //# Source Port: It is recommended that the UDP source port number
@@ -85,6 +87,8 @@ impl Outer {
 
     /// Prepends the headers to the frame in `buf`, with outer UDP source port `sport` and `vni`.
     #[inline]
+    // Casts: an encapsulated frame is at most a buffer (2 KiB): its lengths fit u16.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn encap(&self, buf: &mut PacketBuf, sport: u16, vni: u32) -> Result<(), DropReason> {
         let inner = buf.len();
         if inner > MAX_INNER {

@@ -322,6 +322,8 @@ pub struct AfPacketPort {
 
 impl AfPacketPort {
     /// Opens a port on `ifname` (which must exist in the calling thread's network namespace).
+    // Casts: system-call constants and struct sizes, far inside the target type.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn open(ifname: &str, cfg: &AfPacketConfig) -> Result<AfPacketPort, AfPacketError> {
         let geo = Geometry::check(cfg)?;
         let (cname, ifindex) = interface(ifname).map_err(|e| match e {
@@ -645,6 +647,8 @@ impl AfPacketPort {
     }
 
     /// [`Port::rx_burst`] on a block ring (TPACKET_V3): walks the kernel's blocks in place.
+    // Casts: the kernel's VLAN TCI is 16 bits kept in a u32 field.
+    #[allow(clippy::cast_possible_truncation)]
     fn rx_burst_blocks(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
         let mut n = 0;
         while !out.is_full() {
@@ -830,6 +834,8 @@ impl Port for AfPacketPort {
         }
     }
 
+    // Casts: a frame is at most a ring slot (a few KiB).
+    #[allow(clippy::cast_possible_truncation)]
     fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
         let mut sent = 0;
         for buf in frames.drain(..) {
@@ -963,6 +969,8 @@ fn setsockopt<T>(fd: RawFd, name: libc::c_int, val: &T) -> io::Result<()> {
     setsockopt_level(fd, libc::SOL_PACKET, name, val)
 }
 
+// Casts: system-call constants and struct sizes, far inside the target type.
+#[allow(clippy::cast_possible_truncation)]
 pub(super) fn setsockopt_level<T>(
     fd: RawFd,
     level: libc::c_int,
@@ -1019,6 +1027,8 @@ pub(super) fn interface(ifname: &str) -> Result<(CString, libc::c_uint), IfLooku
 /// Reads socket option `level`/`name` into `val`, a plain-data struct the caller made (all
 /// zero, say); returns how many bytes the kernel wrote (some options write fewer than the
 /// struct on older kernels or other socket modes).
+// Casts: system-call constants and struct sizes, far inside the target type.
+#[allow(clippy::cast_possible_truncation)]
 pub(super) fn getsockopt_level<T>(
     fd: RawFd,
     level: libc::c_int,
@@ -1079,6 +1089,7 @@ pub(super) fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod tests {
     use std::collections::BTreeMap;
     use std::time::{Duration, Instant};

@@ -192,6 +192,8 @@ struct Ring {
 impl Ring {
     /// Maps a ring of `size` entries of `entry` bytes at `pgoff` of the socket; `produce`: user
     /// space is its producer.
+    // Casts: system-call constants and struct sizes, far inside the target type; ring offsets within a few pages.
+    #[allow(clippy::cast_possible_truncation)]
     fn open(
         fd: RawFd,
         off: &libc::xdp_ring_offset,
@@ -303,6 +305,8 @@ impl BpfAttr {
 }
 
 /// `bpf(cmd, attr)`: what the command returns.
+// Casts: system-call constants and struct sizes, far inside the target type.
+#[allow(clippy::cast_possible_truncation)]
 fn bpf(cmd: libc::c_int, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a 128-byte, 8-byte aligned bpf_attr, zero beyond the fields `cmd`
     // reads; any pointers in it (instructions, license, key, value) point to memory that lives
@@ -418,6 +422,8 @@ pub struct AfXdpPort {
 impl AfXdpPort {
     /// Opens an AF_XDP socket on `cfg.queue` of `ifname` and attaches the XDP program that
     /// feeds it. Detached again when the port is dropped.
+    // Casts: system-call constants and struct sizes, far inside the target type; ring offsets within a few pages.
+    #[allow(clippy::cast_possible_truncation)]
     pub fn open(ifname: &str, cfg: &AfXdpConfig) -> Result<AfXdpPort, AfXdpError> {
         if !cfg.frames.is_power_of_two() || !(64..=65536).contains(&cfg.frames) {
             return Err(AfXdpError::Config(format!(
@@ -749,6 +755,8 @@ impl AfXdpPort {
 
     /// Takes finished TX frames back from the completion ring.
     #[inline]
+    // Casts: u64/u128 to usize or u64: lossless on the 64-bit targets meshd runs on.
+    #[allow(clippy::cast_possible_truncation)]
     fn reclaim(&mut self) {
         let n = self.comp.ready();
         for _ in 0..n {
@@ -810,6 +818,8 @@ impl Port for AfXdpPort {
         Some(self.raw_fd())
     }
 
+    // Casts: descriptor addresses and lengths lie within the UMEM (a few MiB); a burst is at most 32.
+    #[allow(clippy::cast_possible_truncation)]
     fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
         let want = self.rx.ready().min(out.remaining_capacity() as u32);
         if want == 0 {
@@ -878,6 +888,8 @@ impl Port for AfXdpPort {
         }
     }
 
+    // Casts: descriptor addresses and lengths lie within the UMEM (a few MiB).
+    #[allow(clippy::cast_possible_truncation)]
     fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
         self.reclaim();
         let mut sent = 0;

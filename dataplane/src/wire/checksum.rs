@@ -80,6 +80,8 @@ impl Delta {
     /// Add the rewrite of a 32-bit field from `old` to `new`, as two 16-bit words.
     #[inline]
     #[must_use]
+    // Casts: a 32-bit word split into its two 16-bit halves.
+    #[allow(clippy::cast_possible_truncation)]
     pub const fn add32(self, old: u32, new: u32) -> Delta {
         self.add16((old >> 16) as u16, (new >> 16) as u16)
             .add16(old as u16, new as u16)
@@ -90,6 +92,8 @@ impl Delta {
     /// are skipped alike; a positive sum folds to the same representative either way).
     #[inline]
     #[must_use]
+    // Casts: folding a wide sum keeps its low bits on purpose (RFC 1071).
+    #[allow(clippy::cast_possible_truncation)]
     pub fn of(self, pairs: &[(u16, u16)]) -> Delta {
         let mut sum = self.0 as u64;
         for &(old, new) in pairs {
@@ -159,6 +163,8 @@ pub const fn apply_udp(delta: Delta, csum: u16) -> u16 {
 /// byte order (RFC 1071 §2(B)), and 2^16 ≡ 1 (mod 0xffff) makes a sum of 64-bit words the same
 /// sum as one of 16-bit words, in a quarter of the additions and with no swap per word.
 #[inline(always)]
+// Casts: folding a wide sum keeps its low bits on purpose (RFC 1071).
+#[allow(clippy::cast_possible_truncation)]
 pub fn sum(mut data: &[u8]) -> u64 {
     // A 128-bit accumulator: the carries out of 64 bits pile up in the high half (add, adc).
     let mut acc = 0u128;
@@ -194,6 +200,8 @@ pub fn sum(mut data: &[u8]) -> u64 {
 
 /// Reduces a [`sum`] to the 16-bit ones-complement sum (not yet complemented).
 #[inline]
+// Casts: folding a wide sum keeps its low bits on purpose (RFC 1071).
+#[allow(clippy::cast_possible_truncation)]
 pub const fn fold64(acc: u64) -> u16 {
     // The two 32-bit halves with end-around carry (the sum of two halves is at most
     // 2^33 - 2, so adding its carry back cannot carry again), then the two 16-bit halves.
@@ -216,6 +224,7 @@ pub fn verify(pseudo: u64, data: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
 mod test {
     use super::*;
     use proptest::prelude::*;
