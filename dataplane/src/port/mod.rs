@@ -12,6 +12,7 @@ use crate::buf::{PacketBuf, Pool};
 pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
+pub mod fault;
 pub mod mem;
 pub mod pcap;
 
