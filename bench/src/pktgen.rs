@@ -439,7 +439,7 @@ fn forward_on<P: Port>(
                 // The same idle back-off as meshd's workers: ppoll on the ring, up to ~1 ms.
                 let us = 1u64 << (idle - 64).min(10);
                 let fd = rx.wait_fd();
-                dataplane::port::afpacket::wait_readable(fd.as_slice(), Duration::from_micros(us));
+                dataplane::port::sys::wait_readable(fd.as_slice(), Duration::from_micros(us));
             }
             // AF_XDP sends at most 32 frames per kick: push out what the last burst left.
             match tx.as_mut() {

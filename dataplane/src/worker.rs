@@ -243,7 +243,7 @@ impl Worker {
         if fds.is_empty() {
             std::thread::sleep(Duration::from_micros(us));
         } else {
-            crate::port::afpacket::wait_readable(&fds, Duration::from_micros(us));
+            crate::port::sys::wait_readable(&fds, Duration::from_micros(us));
         }
     }
 

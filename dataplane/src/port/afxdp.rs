@@ -41,7 +41,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::afpacket::{
+use super::sys::{
     getsockopt_level, interface, interface_mtu, raw_socket, sendable, setsockopt_level, IfLookup,
     Mapping,
 };

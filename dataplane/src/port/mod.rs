@@ -15,6 +15,7 @@ pub mod afxdp;
 pub mod fault;
 pub mod mem;
 pub mod pcap;
+pub mod sys;
 
 /// Most frames a port moves per call.
 pub const BURST: usize = 32;
