@@ -1,0 +1,156 @@
+//! Between bursts: idle flows expire, flows of tasks that are gone end (their TCP clients get a
+//! RST), and wanted ARP requests go out.
+
+use super::*;
+
+impl Pipeline {
+    // ---- housekeeping ----------------------------------------------------------------------
+
+    /// Between bursts: expires idle flows, ends flows of tasks that are gone (TCP resets towards
+    /// their clients), and emits wanted ARP requests. Generated frames are appended to `out`
+    /// with `port` set to the port to send them on; buffers come from `pool`.
+    // Casts: `now` is a millisecond clock kept as u32 that wraps after 49 days: every comparison of it wraps too.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn maintain(
+        &mut self,
+        table: &ServiceTable,
+        now_ms: u64,
+        pool: &mut Pool,
+        out: &mut Burst,
+    ) {
+        let now = now_ms as u32;
+        if table.generation != self.generation {
+            self.adopt(table);
+        }
+        // A new table's check of every flow goes as fast as it can; otherwise the idle sweep
+        // looks at `sweep_budget` flows once per millisecond, not on every loop (a worker that
+        // spins would spend its time sweeping).
+        let budget = if self.recheck > 0 {
+            self.cfg.sweep_budget.max(4096)
+        } else if now != self.last_sweep {
+            self.cfg.sweep_budget
+        } else {
+            0
+        };
+        self.last_sweep = now;
+        self.recheck = self.recheck.saturating_sub(budget);
+        let stats = &mut self.stats;
+        let resets = &mut self.resets;
+        self.flows.sweep(
+            now,
+            budget,
+            |uid| uid == 0 || table.task_alive(uid),
+            |r| match r {
+                Reaped::Expired => stats.flows_expired += 1,
+                Reaped::Ended(f) => {
+                    stats.flows_ended += 1;
+                    if f.is_tcp() && f.kind != FlowKind::ReturnRoute && resets.try_push(f).is_err()
+                    {
+                        stats.resets_unsent += 1;
+                    }
+                }
+            },
+        );
+        self.stats.active_flows = self.flows.len() as u64;
+        while !out.is_full() {
+            let Some(f) = self.resets.pop() else { break };
+            let Some(mut b) = pool.get() else {
+                // Back where it was popped from: there is room.
+                let _ = self.resets.try_push(f);
+                break;
+            };
+            if self.reset_frame(table, &f, &mut b) {
+                self.stats.resets_sent += 1;
+                out.push(b);
+            } else {
+                // The client's next hop is not known (or not reachable from here).
+                self.stats.resets_unsent += 1;
+                pool.put(b);
+            }
+        }
+        while !out.is_full() {
+            let Some((ip, port)) = self.want_arp.pop() else {
+                break;
+            };
+            let Some(mut b) = pool.get() else { break };
+            self.arp_request(table, ip, port, &mut b);
+            out.push(b);
+        }
+    }
+
+    /// Builds a TCP RST to the client of flow `f`, as from the service it connected to.
+    pub(super) fn reset_frame(&self, t: &ServiceTable, f: &Flow, b: &mut PacketBuf) -> bool {
+        // The reverse action turns a task's packet into what the client expects to see.
+        let rev = f.rev;
+        let mut frame = [0u8; ETH + IPV4 + 20];
+        let (smac, port) = match rev.egress {
+            Egress::Uplink { mac } => {
+                frame[0..6].copy_from_slice(&mac);
+                (self.cfg.uplink_mac, PortId::Uplink)
+            }
+            Egress::Tasks => match self.neigh.get(rev.dst) {
+                Some(mac) => {
+                    frame[0..6].copy_from_slice(&mac);
+                    (self.cfg.tasks_mac, PortId::Tasks)
+                }
+                None => return false,
+            },
+            Egress::Vxlan { .. } => return false,
+        };
+        let _ = t;
+        frame[6..12].copy_from_slice(&smac);
+        put16(&mut frame, 12, 0x0800);
+        let ip = ETH;
+        frame[ip] = 0x45;
+        put16(&mut frame, ip + 2, 40);
+        put16(&mut frame, ip + 6, 0x4000);
+        frame[ip + 8] = 64;
+        frame[ip + 9] = TCP;
+        put32(&mut frame, ip + 12, rev.src);
+        put32(&mut frame, ip + 16, rev.dst);
+        let c = overlay::ipv4_header_checksum(&frame[ip..ip + IPV4]);
+        put16(&mut frame, ip + 10, c);
+        let tcp = ip + IPV4;
+        put16(&mut frame, tcp, rev.sport);
+        put16(&mut frame, tcp + 2, rev.dport);
+        // In window: the sequence number the client acknowledged last.
+        put32(&mut frame, tcp + 4, f.client_ack);
+        frame[tcp + 12] = 5 << 4;
+        frame[tcp + 13] = flow::tcp::RST;
+        {
+            let mut p = TcpPacket::new_unchecked(&mut frame[tcp..]);
+            p.fill_checksum(&addr(rev.src).into(), &addr(rev.dst).into());
+        }
+        b.fill(&frame);
+        b.port = port;
+        true
+    }
+
+    pub(super) fn arp_request(&self, t: &ServiceTable, ip: u32, port: PortId, b: &mut PacketBuf) {
+        let (mac, sender) = match port {
+            PortId::Uplink => (self.cfg.uplink_mac, t.node(t.local).vtep),
+            PortId::Tasks => {
+                // Ask from the gateway of the network the address is on.
+                let gw = t
+                    .addr(addr(ip))
+                    .map(|e| t.net(e.net).gateway)
+                    .unwrap_or(Ipv4Address::UNSPECIFIED);
+                (self.cfg.tasks_mac, gw)
+            }
+        };
+        let mut frame = [0u8; ETH + 28];
+        frame[0..6].copy_from_slice(&[0xff; 6]);
+        frame[6..12].copy_from_slice(&mac);
+        put16(&mut frame, 12, 0x0806);
+        let req = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(mac),
+            source_protocol_addr: sender,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: addr(ip),
+        };
+        req.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH..]));
+        b.fill(&frame);
+        b.port = port;
+    }
+}

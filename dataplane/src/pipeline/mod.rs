@@ -1,0 +1,778 @@
+//! The per-burst fast path.
+//!
+//! [`Pipeline::process`] takes a burst of frames, the current [`ServiceTable`] and `now`, and
+//! rewrites each frame in place and gives it a [`Verdict`]: out of a port, to the host stack, to
+//! the worker that owns its flow, or dropped with a typed reason. It reads no clock, no socket and
+//! no global, allocates nothing and cannot panic on any input (frames are checked before any
+//! field is read; every index is bounded by those checks).
+//!
+//! Paths (see DESIGN.md):
+//! - uplink → published port: flow lookup; on a miss a task is picked (round-robin or Maglev),
+//!   the flow recorded, the packet DNAT'ed (and masqueraded in Swarm's mode) and delivered on the
+//!   tasks port or VXLAN-encapsulated to the task's node;
+//! - uplink → VXLAN from a peer VTEP: decapsulated, then routed in its overlay network;
+//! - tasks port → overlay: VIP balancing, task-to-task forwarding, replies of flows;
+//! - ARP from tasks for any overlay address that is not a local task, and for the node's
+//!   address on the uplink, is answered in place.
+//!
+//! One packet's way, by stage and file:
+//! 1. classify (`classify.rs`): `parse_ipv4` checks the headers (every L3/L4 drop reason);
+//!    `one` below sends ARP to `arp.rs` and IPv4 to the path of its port (`on_uplink`,
+//!    `decap`, `on_task` here), which say what the destination is;
+//! 2. steer (`steer.rs` and the `owner_of`/`ports::owner` calls here): the worker that owns the
+//!    flow, decided before anything is rewritten; VXLAN is steered from the inner packet read
+//!    in place (`inner_owner`), so a frame for another worker goes as it arrived;
+//! 3. flow (here): look the flow up; on a miss `balance::Scheduler` picks a task,
+//!    `nat::ports::MasqPorts` a masquerade port, and the flow is created;
+//! 4. transmit (`xmit.rs`): `forward` rewrites by the flow's action (NAT, MSS clamping, the
+//!    overlay MTU check) and `send` sends by the flow's egress.
+//!
+//! Every exit is a typed [`Verdict`]: `Tx`, `Host(HostReason)`, `Handoff`, `Consumed` or
+//! `Drop(DropReason)`, each counted. Between bursts, `housekeeping.rs` expires and ends flows.
+
+use std::sync::Arc;
+
+use arrayvec::ArrayVec;
+use ctl::model::ClientIpMode;
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
+    Ipv4Address, TcpPacket, UdpPacket,
+};
+
+use crate::balance::{AddrKind, Scheduler, ServiceTable};
+use crate::buf::{PacketBuf, Pool, PortId};
+use crate::flow::{
+    self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped,
+};
+use crate::nat::ports::{self, MasqPorts};
+use crate::nat::{self, dec_ttl, put16, put32};
+use crate::neigh::{NeighCache, Neighbors};
+use crate::overlay::{self, entropy_port, Outer};
+use crate::port::{Burst, BURST};
+use crate::stats::{DropReason, HostReason, TaskCounters, WorkerStats};
+use crate::wire::checksum;
+use crate::wire::reply::{self, RateLimit};
+use crate::wire::vxlan;
+
+/// What happens to a frame after the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send out of this port (the frame was rewritten for it).
+    Tx(PortId),
+    /// Hand to the host stack (ARP/ICMP/RST/DNS for the node and the mesh's own addresses).
+    Host(HostReason),
+    /// Hand to the worker that owns the frame's flow.
+    Handoff(u16),
+    /// Used up by the pipeline itself (an ARP reply it learned from): nothing to send.
+    Consumed,
+    Drop(DropReason),
+}
+
+/// How many tasks each worker keeps packet, byte and connection counters for.
+pub const MAX_COUNTED_TASKS: usize = 8192;
+
+/// One verdict per frame of a burst, in order.
+pub type Verdicts = ArrayVec<Verdict, BURST>;
+
+/// A worker's fixed settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub uplink_mac: [u8; 6],
+    pub tasks_mac: [u8; 6],
+    /// This worker's index and the number of workers (flow ownership).
+    pub worker: u16,
+    pub workers: u16,
+    pub flow_capacity: usize,
+    /// Verify TCP/UDP checksums of received frames (on by default).
+    pub verify_l4_checksums: bool,
+    /// Flows looked at per [`Pipeline::maintain`] call.
+    pub sweep_budget: usize,
+    /// The uplink interface's MTU: an encapsulated packet must fit it, so each overlay's MTU is
+    /// at most this less 50 ([`ctl::VXLAN_OVERHEAD`]).
+    pub uplink_mtu: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            uplink_mac: [0x02, 0, 0, 0, 0, 1],
+            tasks_mac: [0x02, 0, 0, 0, 0, 2],
+            worker: 0,
+            workers: 1,
+            flow_capacity: 1 << 16,
+            verify_l4_checksums: true,
+            sweep_budget: 256,
+            uplink_mtu: 1500,
+        }
+    }
+}
+
+const ETH: usize = 14;
+const IPV4: usize = 20;
+const TCP: u8 = nat::TCP;
+const UDP: u8 = nat::UDP;
+const ICMP: u8 = 1;
+/// Entries of a worker's cache of prebuilt outer headers, one per peer VTEP (direct-mapped).
+const OUTER_CACHE: usize = 16;
+/// Entries of a worker's cache of local tasks' MACs (direct-mapped).
+const MAC_CACHE: usize = 64;
+
+/// The per-worker pipeline state.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub cfg: Config,
+    pub flows: FlowTable,
+    pub stats: WorkerStats,
+    /// Packets, bytes and connections per task.
+    pub task_stats: TaskCounters,
+    neigh: Arc<Neighbors>,
+    /// Picks the task of a new flow.
+    sched: Scheduler,
+    /// Hands out masquerade ports from this worker's share.
+    masq: MasqPorts,
+    /// The millisecond of the last idle sweep.
+    last_sweep: u32,
+    generation: u64,
+    /// Flows still to be checked against a new table's live tasks.
+    recheck: usize,
+    /// Addresses whose MAC is wanted, and from which port.
+    want_arp: ArrayVec<(u32, PortId), 16>,
+    /// Recently solicited addresses and when, so a storm of misses sends one request.
+    arp_sent: [(u32, u32); 16],
+    /// Resets towards clients of ended flows, waiting for buffers.
+    resets: ArrayVec<Flow, 64>,
+    /// The flow key and hash the prefetch pass computed for the frame being processed.
+    hint: (FlowKey, u64),
+    /// Prebuilt outer headers per peer VTEP and port (emptied when a new table comes).
+    outers: NeighCache<(u32, u16), Outer, OUTER_CACHE>,
+    /// Local tasks' and peers' MACs.
+    macs: NeighCache<u32, [u8; 6], MAC_CACHE>,
+    /// Each network's MTU (by network index), the smallest of them, and the longest frame that
+    /// fits any overlay (`ETH + min_mtu`): one compare on the fast path. Every frame sent by VXLAN
+    /// is checked against it first: in `forward` (before the rewrite, so an ICMP answer quotes
+    /// what the sender sent) and on the stateless task-to-peer path.
+    net_mtu: Vec<u16>,
+    min_mtu: u16,
+    max_frame: usize,
+    /// Per-source limit of the ICMP answers the pipeline writes.
+    icmp_limit: RateLimit,
+}
+
+mod arp;
+mod classify;
+mod housekeeping;
+mod steer;
+#[cfg(test)]
+mod tests;
+mod xmit;
+
+use classify::{addr, ipkey, peek_key};
+pub use classify::{parse_ipv4, L3};
+
+impl Pipeline {
+    /// A pipeline with its flow table allocated. `neigh` is shared by all workers.
+    pub fn new(cfg: Config, neigh: Arc<Neighbors>) -> Self {
+        let flows = FlowTable::new(cfg.flow_capacity);
+        let masq = MasqPorts::new(cfg.worker, cfg.workers);
+        Pipeline {
+            cfg,
+            flows,
+            stats: WorkerStats::default(),
+            task_stats: TaskCounters::new(MAX_COUNTED_TASKS),
+            neigh,
+            sched: Scheduler::default(),
+            masq,
+            last_sweep: u32::MAX,
+            generation: u64::MAX,
+            recheck: 0,
+            want_arp: ArrayVec::new(),
+            arp_sent: [(0, 0); 16],
+            resets: ArrayVec::new(),
+            hint: (FlowKey::default(), 0),
+            outers: NeighCache::new(),
+            macs: NeighCache::new(),
+            net_mtu: Vec::new(),
+            min_mtu: 0,
+            max_frame: 0,
+            icmp_limit: RateLimit::default(),
+        }
+    }
+
+    /// Looks `key` up. While a new table's check of every flow is still under way, a flow whose
+    /// task is gone ends here, at its first packet (a TCP client gets its reset), so no packet
+    /// reaches a removed task after the change was acknowledged.
+    #[inline(always)]
+    fn lookup_live(&mut self, t: &ServiceTable, key: &FlowKey, hash: u64) -> Option<(u32, Dir)> {
+        let (id, dir) = self.flows.lookup(key, hash)?;
+        if self.recheck > 0 && !self.still_live(t, id) {
+            return None;
+        }
+        Some((id, dir))
+    }
+
+    /// While a new table is being checked: whether flow `id`'s task is still there; if it is
+    /// not, the flow ends now (a TCP client's reset is queued).
+    #[cold]
+    #[inline(never)]
+    fn still_live(&mut self, t: &ServiceTable, id: u32) -> bool {
+        let uid = self.flows.get(id).task_uid;
+        if uid == 0 || t.task_alive(uid) {
+            return true;
+        }
+        if let Some(f) = self.flows.remove(id) {
+            self.stats.flows_ended += 1;
+            if f.is_tcp() && f.kind != FlowKind::ReturnRoute && self.resets.try_push(f).is_err() {
+                self.stats.resets_unsent += 1;
+            }
+        }
+        false
+    }
+
+    /// Counts a new flow to the task whose counters are at `slot`.
+    #[inline]
+    fn count_new(&mut self, slot: u16) {
+        self.stats.new_flows += 1;
+        self.stats.flows_evicted = self.flows.evicted;
+        self.task_stats.add(slot, 0, 0, 1);
+    }
+
+    /// `key`'s hash, from the prefetch pass when it computed it already.
+    #[inline]
+    fn hash_of(&self, key: &FlowKey) -> u64 {
+        if self.hint.0 == *key && self.hint.1 != 0 {
+            self.hint.1
+        } else {
+            key.hash()
+        }
+    }
+
+    pub fn neighbors(&self) -> &Arc<Neighbors> {
+        &self.neigh
+    }
+
+    /// The table generation this worker last processed a burst with.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Adopts a new table: sizes the round-robin state and schedules a full pass over the flows
+    /// to end those whose task is gone. Called by `process` when the generation changes; this is
+    /// the only place the pipeline may allocate, and only when the table grew.
+    fn adopt(&mut self, table: &ServiceTable) {
+        self.sched.adopt(table);
+        self.generation = table.generation;
+        self.recheck = self.flows.capacity();
+        let most = self.cfg.uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
+        self.net_mtu.clear();
+        self.net_mtu.extend(
+            table
+                .networks
+                .iter()
+                .map(|n| n.mtu.map_or(most, |m| m.min(most))),
+        );
+        self.min_mtu = self.net_mtu.iter().copied().min().unwrap_or(most);
+        self.max_frame = ETH + usize::from(self.min_mtu);
+        // The local VTEP address and the peers' ports may have changed.
+        self.outers.clear();
+        if self.cfg.worker == 0 {
+            // Warm the neighbour table so the first packet of a flow finds its next hop.
+            for (i, n) in table.nodes.iter().enumerate() {
+                if i != usize::from(table.local) && self.neigh.get(ipkey(n.vtep)).is_none() {
+                    let _ = self.want_arp.try_push((ipkey(n.vtep), PortId::Uplink));
+                }
+            }
+            for b in &table.balancers {
+                for be in b.backends.iter().filter(|b| b.local) {
+                    if self.neigh.get(ipkey(be.addr)).is_none() {
+                        let _ = self.want_arp.try_push((ipkey(be.addr), PortId::Tasks));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Processes one burst: rewrites each frame in place and pushes one verdict per frame.
+    // Casts: `now` is a millisecond clock kept as u32 that wraps after 49 days: every comparison of it wraps too.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn process(
+        &mut self,
+        table: &ServiceTable,
+        now_ms: u64,
+        burst: &mut Burst,
+        verdicts: &mut Verdicts,
+    ) {
+        if table.generation != self.generation {
+            self.adopt(table);
+        }
+        let now = now_ms as u32;
+        verdicts.clear();
+        // Memory-level parallelism: start fetching every frame's flow slot, then every flow,
+        // before working on the first frame (a table of a million flows does not fit in cache).
+        let mut keys = [(FlowKey::default(), 0u64); BURST];
+        for (k, buf) in keys.iter_mut().zip(burst.iter()) {
+            if let Some(key) = peek_key(buf.data()) {
+                let h = key.hash();
+                self.flows.prefetch(h);
+                *k = (key, h);
+            }
+        }
+        for (_, h) in keys.iter().take(burst.len()) {
+            if *h != 0 {
+                self.flows.prefetch_flow(*h);
+            }
+        }
+        for (i, buf) in burst.iter_mut().enumerate() {
+            self.hint = keys[i];
+            self.stats.rx += 1;
+            let v = match self.one(table, now, buf) {
+                Ok(v) => v,
+                Err(r) => Verdict::Drop(r),
+            };
+            match v {
+                Verdict::Tx(PortId::Uplink) => self.stats.tx_uplink += 1,
+                Verdict::Tx(PortId::Tasks) => self.stats.tx_tasks += 1,
+                Verdict::Host(r) => self.stats.to_host(r),
+                Verdict::Handoff(_) => self.stats.handoff_out += 1,
+                Verdict::Consumed => {}
+                Verdict::Drop(r) => self.stats.drop(r),
+            }
+            verdicts.push(v);
+        }
+        // The reverse slots of this burst's new flows, prefetched when they were made.
+        self.flows.flush_pending();
+        self.stats.active_flows = self.flows.len() as u64;
+    }
+
+    fn one(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+    ) -> Result<Verdict, DropReason> {
+        let port = buf.port;
+        let f = buf.data();
+        let eth = EthernetFrame::new_checked(f).map_err(|_| DropReason::Truncated)?;
+        let my_mac = match port {
+            PortId::Uplink => self.cfg.uplink_mac,
+            PortId::Tasks => self.cfg.tasks_mac,
+        };
+        let dst_mac = eth.dst_addr();
+        if dst_mac.0 != my_mac && !dst_mac.is_broadcast() && !dst_mac.is_multicast() {
+            return Err(DropReason::NotOurMac);
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.arp(t, buf),
+            EthernetProtocol::Ipv4 => {
+                if dst_mac.0 != my_mac {
+                    return Err(DropReason::NotOurMac);
+                }
+                let l3 = parse_ipv4(f, ETH, self.cfg.verify_l4_checksums)?;
+                match port {
+                    PortId::Uplink => self.on_uplink(t, now, buf, l3),
+                    PortId::Tasks => self.on_task(t, now, buf, l3),
+                }
+            }
+            _ => Err(DropReason::UnknownEthertype),
+        }
+    }
+
+    // ---- uplink ---------------------------------------------------------------------------
+
+    fn on_uplink(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: L3,
+    ) -> Result<Verdict, DropReason> {
+        let dst = addr(l3.dst);
+        let me = t.node(t.local);
+        if dst != t.node_addr && dst != me.vtep {
+            return Err(DropReason::NotForUs);
+        }
+        if l3.proto == UDP && l3.dport == t.vtep_port && dst == me.vtep {
+            // A frame handed to another worker goes as it arrived on the uplink: `decap` decides
+            // the owner before it strips anything.
+            return self.decap(t, now, buf, l3);
+        }
+        if dst != t.node_addr || !l3.has_ports() {
+            return Ok(Verdict::Host(HostReason::NodeAddress));
+        }
+        let proto = if l3.proto == TCP {
+            IpProtocol::Tcp
+        } else {
+            IpProtocol::Udp
+        };
+        let Some(p) = t.published(proto, l3.dport) else {
+            return Ok(Verdict::Host(HostReason::NotPublished));
+        };
+        let p = *p;
+        let owner = owner_of(l3.src, l3.sport, self.cfg.workers);
+        if owner != self.cfg.worker {
+            return Ok(Verdict::Handoff(owner));
+        }
+        let key = l3.key();
+        let hash = self.hash_of(&key);
+        if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
+            return self.forward(t, now, buf, &l3, id, dir);
+        }
+        // A new flow: only a TCP SYN (or any UDP datagram) opens one; a stray segment gets the
+        // host's answer (RST), as from a kernel with no such connection.
+        if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
+            return Ok(Verdict::Host(HostReason::NotSyn));
+        }
+        // A table publishes ports only when it has an ingress network.
+        let Some(ing) = t.ingress_net else {
+            return Ok(Verdict::Host(HostReason::NotPublished));
+        };
+        let bal = t.balancer(p.balancer);
+        // Fix (found by the simulation): Maglev must pick the same task for a client's flow on
+        // every ingress node, but the flow key's destination is this node's own address, which
+        // differs on each; schedule on a hash of the flow without it.
+        let sched_hash = FlowKey::new(l3.proto, l3.src, l3.sport, 0, l3.dport).hash();
+        let Some(b) = self.sched.pick(t, p.balancer, sched_hash) else {
+            // No task to take it: refuse like a closed port.
+            return Ok(Verdict::Host(HostReason::NoTask));
+        };
+        let svc = &t.services[usize::from(bal.service)];
+        let net = t.net(ing);
+        let client_mac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+        let slot = self.task_stats.slot(b.uid);
+        let (src, sport) = match svc.client_ip {
+            ClientIpMode::Keep => (l3.src, l3.sport),
+            ClientIpMode::Masquerade => {
+                let Some(ep) = net.local_endpoint else {
+                    return Err(DropReason::NoRoute);
+                };
+                let ep = ipkey(ep);
+                let port = self
+                    .masq
+                    .pick(&self.flows, l3.proto, ep, ipkey(b.addr), p.target, slot)
+                    .ok_or(DropReason::NoNatPort)?;
+                (ep, port)
+            }
+        };
+        let task_addr = ipkey(b.addr);
+        let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
+        let fwd = Action::new(&key, src, sport, task_addr, p.target, egress);
+        let rkey = FlowKey::new(l3.proto, task_addr, p.target, src, sport);
+        let rev = Action::new(
+            &rkey,
+            l3.dst,
+            l3.dport,
+            l3.src,
+            l3.sport,
+            Egress::Uplink { mac: client_mac },
+        );
+        let flow = Flow::new(
+            FlowKind::Ingress,
+            [key, rkey],
+            [fwd, rev],
+            b.uid,
+            slot,
+            timeouts(svc),
+            now,
+        );
+        // The forward key just missed; a masquerade port was picked so the reverse key is free.
+        let id = match svc.client_ip {
+            ClientIpMode::Masquerade => self.flows.insert_deferred(flow, [hash, rkey.hash()], now),
+            ClientIpMode::Keep => self.flows.insert(flow, now),
+        }
+        .map_err(|_| DropReason::NoNatPort)?;
+        self.count_new(slot);
+        self.forward(t, now, buf, &l3, id, Dir::Fwd)
+    }
+
+    // ---- overlay --------------------------------------------------------------------------
+
+    /// VXLAN from a peer: checked, decapsulated, routed in its network.
+    fn decap(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        outer: L3,
+    ) -> Result<Verdict, DropReason> {
+        let Some(peer) = t.peer(addr(outer.src)) else {
+            return Err(DropReason::UnknownVtep);
+        };
+        let (vni, smac) = {
+            let f = buf.data();
+            (
+                overlay::vni(f, outer.l4)?,
+                EthernetFrame::new_unchecked(f).src_addr().0,
+            )
+        };
+        // Learn the peer's MAC; the worker's cache of the shared table says when it is known
+        // already (most packets), which saves the shared table's probe.
+        if self.macs.get(&self.neigh, outer.src, outer.src, |mac| mac) != Some(&smac) {
+            self.neigh.learn(outer.src, smac);
+        }
+        let Some(net) = t.network_by_vni(vni) else {
+            return Err(DropReason::UnknownVni);
+        };
+        // The inner frame is read where it lies, behind the outer headers: the worker that
+        // owns its flow is known before anything is stripped, so a frame for another worker
+        // goes to it as it arrived.
+        let f = buf.data();
+        let inner = f.get(vxlan::ENCAP_LEN..).ok_or(DropReason::Truncated)?;
+        let eth = EthernetFrame::new_checked(inner).map_err(|_| DropReason::Truncated)?;
+        match eth.ethertype() {
+            EthernetProtocol::Ipv4 => {}
+            EthernetProtocol::Arp => return Err(DropReason::ArpIgnored),
+            _ => return Err(DropReason::UnknownEthertype),
+        }
+        let mut l3 = parse_ipv4(f, vxlan::ENCAP_LEN + ETH, self.cfg.verify_l4_checksums)?;
+        let d = t.addr(addr(l3.dst));
+        if let Some(d) = d {
+            if d.net != net {
+                return Err(DropReason::CrossNetwork);
+            }
+        }
+        let kind = d.map(|d| d.kind);
+        let src_kind = t.addr(addr(l3.src)).map(|e| e.kind);
+        if let Some(v) = self.handoff(self.inner_owner(&l3, kind, src_kind)) {
+            return Ok(v);
+        }
+        // Ours: decapsulate.
+        if !buf.trim_front(vxlan::ENCAP_LEN) {
+            return Err(DropReason::Truncated);
+        }
+        l3.l4 -= vxlan::ENCAP_LEN;
+        match kind {
+            // A reply to a flow this node masqueraded.
+            Some(AddrKind::Endpoint { local: true, .. }) => {
+                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
+            }
+            Some(AddrKind::Task {
+                local: true, task, ..
+            }) => {
+                if !l3.has_ports() || matches!(src_kind, Some(AddrKind::Endpoint { .. })) {
+                    // ICMP, or a request another node masqueraded: no state here.
+                    dec_ttl(buf.data_mut(), ETH);
+                    return self.send(t, now, buf, l3.dst, Egress::Tasks);
+                }
+                let outside = src_kind.is_none();
+                let key = l3.key();
+                if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
+                    return self.forward(t, now, buf, &l3, id, dir);
+                }
+                if outside {
+                    // An outside client's packet, DNAT'ed with its address kept: remember which
+                    // ingress VTEP the replies go back to.
+                    let te = &t.tasks[task as usize];
+                    let svc = &t.services[usize::from(te.service)];
+                    let rkey = key.reversed();
+                    let n = t.node(peer);
+                    let back = Egress::Vxlan {
+                        vtep: ipkey(n.vtep),
+                        port: n.vtep_port,
+                        vni: t.net(net).vni,
+                        sport: entropy_port(&key),
+                    };
+                    let fwd = Action::keep(&key, Egress::Tasks);
+                    let rev = Action::keep(&rkey, back);
+                    let slot = self.task_stats.slot(te.uid);
+                    let flow = Flow::new(
+                        FlowKind::ReturnRoute,
+                        [key, rkey],
+                        [fwd, rev],
+                        te.uid,
+                        slot,
+                        timeouts(svc),
+                        now,
+                    );
+                    if let Ok(id) = self.flows.insert(flow, now) {
+                        self.stats.new_flows += 1;
+                        self.stats.flows_evicted = self.flows.evicted;
+                        return self.forward(t, now, buf, &l3, id, Dir::Fwd);
+                    }
+                }
+                dec_ttl(buf.data_mut(), ETH);
+                self.send(t, now, buf, l3.dst, Egress::Tasks)
+            }
+            // Not an overlay address: a reply towards an outside client of a keep-client-IP flow.
+            None => self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute)),
+            // This node does not transit between peers.
+            Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => {
+                Err(DropReason::NoRoute)
+            }
+            Some(AddrKind::Vip { .. } | AddrKind::Gateway) => {
+                Ok(Verdict::Host(HostReason::MeshAddress))
+            }
+        }
+    }
+
+    /// Forwards by the flow `l3` belongs to, or returns `otherwise`.
+    #[inline]
+    fn by_flow_or(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        otherwise: Result<Verdict, DropReason>,
+    ) -> Result<Verdict, DropReason> {
+        if !l3.has_ports() {
+            return otherwise;
+        }
+        let key = l3.key();
+        match self.lookup_live(t, &key, self.hash_of(&key)) {
+            Some((id, dir)) => self.forward(t, now, buf, l3, id, dir),
+            None => otherwise,
+        }
+    }
+
+    /// A frame from a local task.
+    fn on_task(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: L3,
+    ) -> Result<Verdict, DropReason> {
+        let Some(s) = t.addr(addr(l3.src)) else {
+            return Err(DropReason::UnknownSource);
+        };
+        if !matches!(s.kind, AddrKind::Task { local: true, .. }) {
+            return Err(DropReason::UnknownSource);
+        }
+        let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+        self.neigh.learn(l3.src, smac);
+        let net = t.net(s.net);
+        let d = t.addr(addr(l3.dst));
+        if let Some(d) = d {
+            if d.net != s.net {
+                return Err(DropReason::CrossNetwork);
+            }
+        }
+        let workers = self.cfg.workers;
+        match d.map(|d| d.kind) {
+            // To another node's task or endpoint (a reply to a flow it masqueraded): stateless.
+            Some(
+                AddrKind::Task {
+                    local: false, node, ..
+                }
+                | AddrKind::Endpoint { local: false, node },
+            ) => {
+                if buf.len() > self.max_frame {
+                    if let Some(v) = self.too_big(t, now, buf, net.vni) {
+                        return v;
+                    }
+                }
+                dec_ttl(buf.data_mut(), ETH);
+                let n = t.node(node);
+                let key = l3.key();
+                let e = Egress::Vxlan {
+                    vtep: ipkey(n.vtep),
+                    port: n.vtep_port,
+                    vni: net.vni,
+                    sport: entropy_port(&key),
+                };
+                self.send(t, now, buf, l3.dst, e)
+            }
+            Some(AddrKind::Vip { service, balancer }) if l3.has_ports() => {
+                if let Some(v) = self.handoff(owner_of(l3.src, l3.sport, workers)) {
+                    return Ok(v);
+                }
+                let key = l3.key();
+                let hash = self.hash_of(&key);
+                if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
+                    return self.forward(t, now, buf, &l3, id, dir);
+                }
+                if l3.proto == TCP
+                    && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0)
+                {
+                    return Ok(Verdict::Host(HostReason::NotSyn));
+                }
+                let Some(b) = self.sched.pick(t, balancer, hash) else {
+                    return Ok(Verdict::Host(HostReason::NoTask));
+                };
+                let svc = &t.services[usize::from(service)];
+                let baddr = ipkey(b.addr);
+                let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
+                // A backend on the client's own node would answer the client directly over the
+                // tasks' L2 segment, from its own address instead of the VIP's: hairpin NAT, as
+                // IPVS does, masquerading the client to the network's gateway so the reply comes
+                // back through meshd.
+                let slot = self.task_stats.slot(b.uid);
+                let (src, sport) = if b.local {
+                    let gw = ipkey(net.gateway);
+                    (
+                        gw,
+                        self.masq
+                            .pick(&self.flows, l3.proto, gw, baddr, l3.dport, slot)
+                            .ok_or(DropReason::NoNatPort)?,
+                    )
+                } else {
+                    (l3.src, l3.sport)
+                };
+                let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
+                let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
+                let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
+                let flow = Flow::new(
+                    FlowKind::Vip,
+                    [key, rkey],
+                    [fwd, rev],
+                    b.uid,
+                    slot,
+                    timeouts(svc),
+                    now,
+                );
+                let id = self
+                    .flows
+                    .insert(flow, now)
+                    .map_err(|_| DropReason::NoNatPort)?;
+                self.count_new(slot);
+                self.forward(t, now, buf, &l3, id, Dir::Fwd)
+            }
+            // A reply of an ingress flow this node masqueraded and delivered locally.
+            Some(AddrKind::Endpoint { local: true, .. }) if l3.has_ports() => {
+                if let Some(v) = self.handoff(ports::owner(l3.dport, workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
+            }
+            // To a task on this node: a VIP flow's reply if a flow says so, else plain L3.
+            Some(AddrKind::Task { local: true, .. }) => {
+                if l3.has_ports() {
+                    if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
+                        return Ok(v);
+                    }
+                    let key = l3.key();
+                    if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
+                        return self.forward(t, now, buf, &l3, id, dir);
+                    }
+                }
+                dec_ttl(buf.data_mut(), ETH);
+                self.send(t, now, buf, l3.dst, Egress::Tasks)
+            }
+            // A reply of a hairpin VIP flow (masqueraded to the gateway) by its flow; else the
+            // gateway is the host's (DNS, ping).
+            Some(AddrKind::Gateway) if l3.has_ports() => {
+                if let Some(v) = self.handoff(ports::owner(l3.dport, workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
+            }
+            Some(
+                AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. },
+            ) => Ok(Verdict::Host(HostReason::MeshAddress)),
+            // Outside the overlay: only a reply of a keep-client-IP flow goes there.
+            None => {
+                if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
+                    return Ok(v);
+                }
+                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
+            }
+        }
+    }
+}
+
+fn timeouts(svc: &crate::balance::table::SvcEntry) -> [u32; 3] {
+    [
+        svc.timeouts.tcp_established,
+        svc.timeouts.tcp_transitory,
+        svc.timeouts.udp,
+    ]
+}

@@ -1,0 +1,998 @@
+//! The pipeline's unit tests.
+#![allow(clippy::cast_possible_truncation)] // test values are small and known
+
+use super::*;
+use crate::balance::table::tests::three_nodes;
+use crate::nat::be16;
+use proptest::prelude::*;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{Ipv4Packet, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber, UdpRepr};
+
+fn ip_udp_frame(src: u32, sport: u16, dst: u32, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let udp = UdpRepr {
+        src_port: sport,
+        dst_port: dport,
+    };
+    let ipr = Ipv4Repr {
+        src_addr: addr(src),
+        dst_addr: addr(dst),
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    };
+    let mut f = vec![0u8; ETH + IPV4 + 8 + payload.len()];
+    f[12..14].copy_from_slice(&[8, 0]);
+    ipr.emit(
+        &mut Ipv4Packet::new_unchecked(&mut f[ETH..ETH + IPV4]),
+        &caps,
+    );
+    udp.emit(
+        &mut UdpPacket::new_unchecked(&mut f[ETH + IPV4..]),
+        &addr(src).into(),
+        &addr(dst).into(),
+        payload.len(),
+        |b| b.copy_from_slice(payload),
+        &caps,
+    );
+    f
+}
+
+fn ip_tcp_frame(src: u32, sport: u16, dst: u32, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let tcp = TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        control: TcpControl::Psh,
+        seq_number: TcpSeqNumber(77),
+        ack_number: Some(TcpSeqNumber(99)),
+        window_len: 512,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let ipr = Ipv4Repr {
+        src_addr: addr(src),
+        dst_addr: addr(dst),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut f = vec![0u8; ETH + IPV4 + tcp.buffer_len()];
+    f[12..14].copy_from_slice(&[8, 0]);
+    ipr.emit(
+        &mut Ipv4Packet::new_unchecked(&mut f[ETH..ETH + IPV4]),
+        &caps,
+    );
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut f[ETH + IPV4..]),
+        &addr(src).into(),
+        &addr(dst).into(),
+        &caps,
+    );
+    f
+}
+
+proptest! {
+    /// DNAT (and SNAT) then the reverse translation restores the packet, with valid
+    /// checksums at every step (RFC 1624 incremental updates).
+    #[test]
+    fn translate_then_reverse_restores_the_packet(
+        tcp in any::<bool>(),
+        src in any::<u32>(), sport in 1u16.., dst in any::<u32>(), dport in 1u16..,
+        nsrc in any::<u32>(), nsport in 1u16.., ndst in any::<u32>(), ndport in 1u16..,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let orig = if tcp { ip_tcp_frame(src, sport, dst, dport, &payload) } else { ip_udp_frame(src, sport, dst, dport, &payload) };
+        let mut f = orig.clone();
+        let l3 = parse_ipv4(&f, ETH, true).unwrap();
+        let key = l3.key();
+        let a = Action::new(&key, nsrc, nsport, ndst, ndport, Egress::Tasks);
+        nat::rewrite(&mut f, ETH, l3.l4, l3.proto, &a);
+        let l3b = parse_ipv4(&f, ETH, true).expect("checksums valid after translation");
+        prop_assert_eq!(l3b.key(), a.result_key(key.proto()));
+        let back = Action::new(&l3b.key(), src, sport, dst, dport, Egress::Tasks);
+        nat::rewrite(&mut f, ETH, l3b.l4, l3b.proto, &back);
+        // Restored but for the TTL, which each hop decrements (and the header checksum with it).
+        let l3c = parse_ipv4(&f, ETH, true).expect("checksums valid after reversal");
+        prop_assert_eq!(l3c.key(), key);
+        let mut expect = orig.clone();
+        dec_ttl(&mut expect, ETH);
+        dec_ttl(&mut expect, ETH);
+        prop_assert_eq!(&f[..ETH + 8], &expect[..ETH + 8]);
+        prop_assert_eq!(&f[ETH + 12..], &expect[ETH + 12..]);
+        prop_assert_eq!(be16(&f, ETH + 10), be16(&expect, ETH + 10));
+    }
+
+    /// Any bytes on either port: a verdict, never a panic.
+    #[test]
+    fn arbitrary_frames_never_panic(frames in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..200)), 1..32)) {
+        let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+        let mut p = Pipeline::new(Config { flow_capacity: 64, ..Config::default() }, Arc::new(Neighbors::new(64)));
+        let mut burst = Burst::new();
+        for (up, bytes) in &frames {
+            burst.push(PacketBuf::from_frame(if *up { PortId::Uplink } else { PortId::Tasks }, bytes));
+        }
+        let mut v = Verdicts::new();
+        p.process(&table, 1, &mut burst, &mut v);
+        prop_assert_eq!(v.len(), frames.len());
+        let mut pool = Pool::new(8);
+        let mut out = Burst::new();
+        p.maintain(&table, 2, &mut pool, &mut out);
+    }
+
+    /// Valid Ethernet + IPv4 headers with random everything after, aimed at the node: parsed,
+    /// never a panic, always a counted verdict.
+    #[test]
+    fn random_l4_on_valid_ip_never_panics(proto in prop::sample::select(vec![1u8, 6, 17, 47]), tail in proptest::collection::vec(any::<u8>(), 0..80), up in any::<bool>()) {
+        let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+        let mut p = Pipeline::new(Config { flow_capacity: 64, verify_l4_checksums: false, ..Config::default() }, Arc::new(Neighbors::new(64)));
+        let mut f = ip_udp_frame(0x0a00_0009, 1, 0xc0a8_010b, 8080, &[]);
+        f.truncate(ETH + IPV4);
+        f.extend_from_slice(&tail);
+        f[0..6].copy_from_slice(if up { &p.cfg.uplink_mac } else { &p.cfg.tasks_mac });
+        f[ETH + 9] = proto;
+        put16(&mut f, ETH + 2, (IPV4 + tail.len()) as u16);
+        put16(&mut f, ETH + 10, 0);
+        let c = overlay::ipv4_header_checksum(&f[ETH..ETH + IPV4]);
+        put16(&mut f, ETH + 10, c);
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(if up { PortId::Uplink } else { PortId::Tasks }, &f));
+        let mut v = Verdicts::new();
+        p.process(&table, 1, &mut burst, &mut v);
+        prop_assert_eq!(v.len(), 1);
+        prop_assert_eq!(p.stats.rx, 1);
+    }
+}
+
+#[test]
+fn masquerade_ports_are_unique_per_task_before_and_after_the_counter_wraps() {
+    let cfg = Config {
+        worker: 1,
+        workers: 2,
+        flow_capacity: 1024,
+        ..Config::default()
+    };
+    let mut p = Pipeline::new(cfg, Arc::new(Neighbors::new(64)));
+    let (ep, task) = (0x0a00_0002, 0x0a00_000b);
+    let span = (65536 - 1024) / 2;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..span {
+        let port = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
+        assert_eq!((port - 1024) % 2, 1, "worker 1's half of the port space");
+        assert!(seen.insert(port), "port {port} given twice");
+    }
+    // Wrapped: from now on every candidate is checked against the live flows.
+    let taken = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
+    let k = FlowKey::new(TCP, 0xac10_0001, 40000, 0xc0a8_010b, 8080);
+    let r = FlowKey::new(TCP, task, 80, ep, taken);
+    let f = Flow::new(
+        FlowKind::Ingress,
+        [k, r],
+        [
+            Action::keep(&k, Egress::Tasks),
+            Action::keep(&r, Egress::Tasks),
+        ],
+        1,
+        u16::MAX,
+        [1, 1, 1],
+        0,
+    );
+    p.flows.insert(f, 0).unwrap();
+    p.masq.rewind();
+    let next = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
+    assert_ne!(next, taken, "a port a live flow holds is skipped");
+}
+
+#[test]
+fn an_arp_reply_from_a_peer_is_learned_and_not_counted_as_a_drop() {
+    let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+    let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+    let peer = std::net::Ipv4Addr::new(192, 168, 1, 12);
+    let reply = crate::testkit::arp_reply(
+        [2, 0, 0, 0, 0, 0x12],
+        peer,
+        p.cfg.uplink_mac,
+        std::net::Ipv4Addr::new(192, 168, 1, 11),
+    );
+    let mut burst = Burst::new();
+    burst.push(PacketBuf::from_frame(PortId::Uplink, &reply));
+    let mut v = Verdicts::new();
+    p.process(&table, 1, &mut burst, &mut v);
+    assert_eq!(v[0], Verdict::Consumed);
+    assert_eq!(p.stats.total_drops(), 0);
+    assert_eq!(
+        p.neighbors().get(u32::from(peer)),
+        Some([2, 0, 0, 0, 0, 0x12])
+    );
+}
+
+#[test]
+fn a_peers_mac_is_learned_from_its_vxlan_and_relearned_when_it_changes() {
+    let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+    let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+    let (n1, n2) = (
+        std::net::Ipv4Addr::new(192, 168, 1, 11),
+        std::net::Ipv4Addr::new(192, 168, 1, 12),
+    );
+    let inner = crate::testkit::tcp_frame(
+        [0; 6],
+        [0; 6],
+        std::net::Ipv4Addr::new(10, 0, 0, 3),
+        40000,
+        std::net::Ipv4Addr::new(10, 0, 0, 250),
+        80,
+        crate::flow::tcp::ACK,
+        1,
+        1,
+        &[],
+    );
+    let mut v = Verdicts::new();
+    for mac in [
+        [2, 0, 0, 0, 0, 0x12],
+        [2, 0, 0, 0, 0, 0x12],
+        [2, 0, 0, 0, 0, 0x99],
+    ] {
+        let frame = crate::testkit::vxlan_frame(
+            mac,
+            p.cfg.uplink_mac,
+            n2,
+            n1,
+            50000,
+            ctl::INGRESS_VNI,
+            &inner,
+        );
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(PortId::Uplink, &frame));
+        p.process(&table, 1, &mut burst, &mut v);
+        assert_eq!(p.neighbors().get(u32::from(n2)), Some(mac));
+    }
+}
+
+#[test]
+fn each_malformation_has_its_reason() {
+    let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+    let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+    let mac = p.cfg.uplink_mac;
+    let good = {
+        let mut f = ip_tcp_frame(0x0a00_0009, 40000, 0xc0a8_010b, 8080, b"x");
+        f[0..6].copy_from_slice(&mac);
+        f
+    };
+    let mut cases: Vec<(Vec<u8>, DropReason)> = Vec::new();
+    cases.push((good[..10].to_vec(), DropReason::Truncated));
+    let mut f = good.clone();
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    cases.push((f, DropReason::UnknownEthertype));
+    let mut f = good.clone();
+    f[0] = 0x02;
+    f[5] = 0x77;
+    cases.push((f, DropReason::NotOurMac));
+    let mut f = good.clone();
+    f[ETH + 10] ^= 0xff;
+    cases.push((f, DropReason::BadIpChecksum));
+    let fix = |f: &mut Vec<u8>| {
+        put16(f, ETH + 10, 0);
+        let c = overlay::ipv4_header_checksum(&f[ETH..ETH + IPV4]);
+        put16(f, ETH + 10, c);
+    };
+    let mut f = good.clone();
+    f[ETH + 6] = 0x20; // more fragments
+    fix(&mut f);
+    cases.push((f, DropReason::Fragment));
+    let mut f = good.clone();
+    f[ETH + 8] = 1;
+    fix(&mut f);
+    cases.push((f, DropReason::TtlExpired));
+    let mut f = good.clone();
+    f[ETH] = 0x46;
+    fix(&mut f);
+    cases.push((f, DropReason::Ipv4Options));
+    let mut f = good.clone();
+    let n = f.len();
+    f[n - 1] ^= 0xff;
+    cases.push((f, DropReason::BadL4Checksum));
+    let mut f = good.clone();
+    f[ETH + 9] = 47;
+    fix(&mut f);
+    cases.push((f, DropReason::UnknownProtocol));
+    let mut f = good.clone();
+    put16(&mut f, ETH + 2, 2000);
+    fix(&mut f);
+    cases.push((f, DropReason::BadIpv4Header));
+    for (frame, want) in cases {
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(PortId::Uplink, &frame));
+        let mut v = Verdicts::new();
+        p.process(&table, 1, &mut burst, &mut v);
+        assert_eq!(v[0], Verdict::Drop(want), "case {want:?}");
+        assert!(p.stats.dropped(want) >= 1);
+    }
+}
+
+#[test]
+fn a_published_port_is_dnated_and_encapsulated_to_the_tasks_node() {
+    let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+    let neigh = Arc::new(Neighbors::new(64));
+    neigh.learn(0xc0a8_010c, [2, 0, 0, 0, 0, 0x12]);
+    neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+    let mut p = Pipeline::new(Config::default(), neigh);
+    let mut f = ip_tcp_frame(0x0a09_0009, 40000, 0xc0a8_010b, 8080, b"");
+    f[0..6].copy_from_slice(&p.cfg.uplink_mac);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x99]);
+    f[ETH + IPV4 + 13] = flow::tcp::SYN;
+    let n = f.len();
+    {
+        let mut t = TcpPacket::new_unchecked(&mut f[ETH + IPV4..n]);
+        t.fill_checksum(&addr(0x0a09_0009).into(), &addr(0xc0a8_010b).into());
+    }
+    let mut burst = Burst::new();
+    burst.push(PacketBuf::from_frame(PortId::Uplink, &f));
+    let mut v = Verdicts::new();
+    p.process(&table, 1, &mut burst, &mut v);
+    assert_eq!(v[0], Verdict::Tx(PortId::Uplink));
+    let out = burst[0].data();
+    assert_eq!(&out[0..6], &[2, 0, 0, 0, 0, 0x12], "to web.1's node n2");
+    let outer = parse_ipv4(out, ETH, true).unwrap();
+    assert_eq!((outer.proto, outer.dport), (UDP, 4789));
+    assert!(outer.sport >= 49152);
+    let vx = vxlan::Packet::new_checked(&out[ETH + IPV4 + 8..]).unwrap();
+    assert_eq!(vx.vni(), ctl::INGRESS_VNI);
+    let inner = parse_ipv4(out, vxlan::ENCAP_LEN + ETH, true).unwrap();
+    // DNAT to web.1's ingress address and target port, masqueraded to n1's endpoint.
+    assert_eq!((inner.dst, inner.dport), (0x0a00_000b, 80));
+    assert_eq!(inner.src, 0x0a00_0002);
+    assert_eq!(p.stats.new_flows, 1);
+    assert_eq!(p.flows.len(), 1);
+    // Counted for web.1: one packet of the frame's size, one connection.
+    let uid = table.tasks.iter().find(|t| t.name == "web.1").unwrap().uid;
+    let counted: Vec<_> = p.task_stats.iter().collect();
+    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1])]);
+}
+
+// ---- big packets: MSS clamping and path MTU discovery ----------------------------------
+
+const CLIENT: u32 = 0x0a09_0009;
+const N1: u32 = 0xc0a8_010b;
+const N2: u32 = 0xc0a8_010c;
+const WEB1: u32 = 0x0a00_000b;
+
+/// A TCP segment with the given control, MSS option and payload, checksums right.
+#[allow(clippy::too_many_arguments)]
+fn tcp_seg(
+    macs: ([u8; 6], [u8; 6]),
+    src: u32,
+    sport: u16,
+    dst: u32,
+    dport: u16,
+    control: TcpControl,
+    ack: bool,
+    mss: Option<u16>,
+    payload: &[u8],
+    df: bool,
+) -> Vec<u8> {
+    let caps = ChecksumCapabilities::default();
+    let tcp = TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        control,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: ack.then_some(TcpSeqNumber(5000)),
+        window_len: 64240,
+        window_scale: None,
+        max_seg_size: mss,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let ipr = Ipv4Repr {
+        src_addr: addr(src),
+        dst_addr: addr(dst),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut f = vec![0u8; ETH + IPV4 + tcp.buffer_len()];
+    f[0..6].copy_from_slice(&macs.1);
+    f[6..12].copy_from_slice(&macs.0);
+    f[12..14].copy_from_slice(&[8, 0]);
+    let mut ip = Ipv4Packet::new_unchecked(&mut f[ETH..]);
+    ipr.emit(&mut ip, &caps);
+    ip.set_dont_frag(df);
+    ip.fill_checksum();
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut f[ETH + IPV4..]),
+        &addr(src).into(),
+        &addr(dst).into(),
+        &caps,
+    );
+    f
+}
+
+fn mss_at(f: &[u8], ip: usize) -> Option<u16> {
+    let l3 = parse_ipv4(f, ip, true).ok()?;
+    let p = TcpPacket::new_checked(&f[l3.l4..]).ok()?;
+    TcpRepr::parse(
+        &p,
+        &addr(l3.src).into(),
+        &addr(l3.dst).into(),
+        &ChecksumCapabilities::default(),
+    )
+    .ok()?
+    .max_seg_size
+}
+
+fn run(p: &mut Pipeline, t: &ServiceTable, port: PortId, f: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut burst = Burst::new();
+    burst.push(PacketBuf::from_frame(port, f));
+    let mut v = Verdicts::new();
+    p.process(t, 1, &mut burst, &mut v);
+    (v[0], burst[0].data().to_vec())
+}
+
+/// Node n2 (web.1 is local): a client's SYN and web.1's SYN-ACK both cross meshd.
+fn on_n2(ingress_mtu: Option<u16>) -> (ServiceTable, Pipeline) {
+    let mut state = three_nodes();
+    state.networks[0].mtu = ingress_mtu;
+    let table = ServiceTable::build(&state, "n2", 1).unwrap();
+    let neigh = Arc::new(Neighbors::new(64));
+    neigh.learn(WEB1, [2, 0, 0, 0, 0, 0x11]);
+    (table, Pipeline::new(Config::default(), neigh))
+}
+
+#[test]
+fn mss_is_clamped_on_the_syn_and_the_syn_ack_to_the_overlay_mtu() {
+    for (mtu, want) in [(None, 1410), (Some(1400), 1360)] {
+        let (t, mut p) = on_n2(mtu);
+        let (up, tk) = (p.cfg.uplink_mac, p.cfg.tasks_mac);
+        let client_mac = [2, 0, 0, 0, 0, 0x99];
+        let syn = tcp_seg(
+            (client_mac, up),
+            CLIENT,
+            40000,
+            N2,
+            8080,
+            TcpControl::Syn,
+            false,
+            Some(1460),
+            b"",
+            true,
+        );
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &syn);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        // parse_ipv4 verified the TCP checksum after the edit.
+        assert_eq!(
+            mss_at(&out, ETH),
+            Some(want),
+            "SYN to the task, network MTU {mtu:?}"
+        );
+        let to_task = parse_ipv4(&out, ETH, true).unwrap();
+        assert_eq!((to_task.dst, to_task.dport), (WEB1, 80));
+        // web.1 answers its masqueraded client.
+        let synack = tcp_seg(
+            ([2, 0, 0, 0, 0, 0x11], tk),
+            WEB1,
+            80,
+            to_task.src,
+            to_task.sport,
+            TcpControl::Syn,
+            true,
+            Some(1460),
+            b"",
+            true,
+        );
+        let (v, out) = run(&mut p, &t, PortId::Tasks, &synack);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        let back = parse_ipv4(&out, ETH, true).unwrap();
+        assert_eq!(
+            (back.src, back.sport, back.dst, back.dport),
+            (N2, 8080, CLIENT, 40000)
+        );
+        assert_eq!(mss_at(&out, ETH), Some(want), "SYN-ACK to the client");
+        assert_eq!(p.stats.mss_clamped, 2);
+        // An MSS already small enough is left alone and not counted.
+        let syn = tcp_seg(
+            (client_mac, up),
+            CLIENT,
+            40001,
+            N2,
+            8080,
+            TcpControl::Syn,
+            false,
+            Some(536),
+            b"",
+            true,
+        );
+        let (_, out) = run(&mut p, &t, PortId::Uplink, &syn);
+        assert_eq!(mss_at(&out, ETH), Some(536));
+        assert_eq!(p.stats.mss_clamped, 2);
+    }
+}
+
+/// Node n1 (web.1 is on n2, behind VXLAN) with an established flow from the client.
+fn on_n1_established(ingress_mtu: Option<u16>) -> (ServiceTable, Pipeline) {
+    let mut state = three_nodes();
+    state.networks[0].mtu = ingress_mtu;
+    let t = ServiceTable::build(&state, "n1", 1).unwrap();
+    let neigh = Arc::new(Neighbors::new(64));
+    neigh.learn(N2, [2, 0, 0, 0, 0, 0x12]);
+    neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+    let mut p = Pipeline::new(Config::default(), neigh);
+    let up = p.cfg.uplink_mac;
+    let syn = tcp_seg(
+        ([2, 0, 0, 0, 0, 0x99], up),
+        CLIENT,
+        40000,
+        N1,
+        8080,
+        TcpControl::Syn,
+        false,
+        Some(1460),
+        b"",
+        true,
+    );
+    let (v, out) = run(&mut p, &t, PortId::Uplink, &syn);
+    assert_eq!(v, Verdict::Tx(PortId::Uplink));
+    assert_eq!(
+        mss_at(&out, ETH + vxlan::ENCAP_LEN),
+        Some(ingress_mtu.unwrap_or(1450) - 40)
+    );
+    (t, p)
+}
+
+#[test]
+fn a_too_big_df_packet_gets_frag_needed_quoting_what_its_sender_sent() {
+    for mtu in [None, Some(1400)] {
+        let (t, mut p) = on_n1_established(mtu);
+        let mtu = mtu.unwrap_or(1450);
+        let up = p.cfg.uplink_mac;
+        let client_mac = [2, 0, 0, 0, 0, 0x99];
+        // The largest packet that fits is encapsulated to exactly the uplink's MTU or less.
+        let fits = vec![0x61; usize::from(mtu) - 40];
+        let seg = tcp_seg(
+            (client_mac, up),
+            CLIENT,
+            40000,
+            N1,
+            8080,
+            TcpControl::Psh,
+            true,
+            None,
+            &fits,
+            true,
+        );
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &seg);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        assert!(out.len() - ETH <= 1500);
+        // One byte more: ICMP "fragmentation needed" to the client, from the node.
+        let big = vec![0x62; usize::from(mtu) - 39];
+        let seg = tcp_seg(
+            (client_mac, up),
+            CLIENT,
+            40000,
+            N1,
+            8080,
+            TcpControl::Psh,
+            true,
+            None,
+            &big,
+            true,
+        );
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &seg);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        assert_eq!(&out[0..6], &client_mac);
+        assert_eq!(&out[6..12], &up);
+        let ip = Ipv4Packet::new_checked(&out[ETH..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((ipkey(ip.src_addr()), ipkey(ip.dst_addr())), (N1, CLIENT));
+        let icmp = smoltcp::wire::Icmpv4Packet::new_checked(ip.payload()).unwrap();
+        assert!(icmp.verify_checksum());
+        assert_eq!((u8::from(icmp.msg_type()), icmp.msg_code()), (3, 4));
+        assert_eq!(be16(ip.payload(), 6), mtu, "the next-hop MTU (RFC 1191)");
+        // The quote is the packet as the client sent it: to the node's published port.
+        assert_eq!(&ip.payload()[8..], &seg[ETH..ETH + 28]);
+        assert_eq!(p.stats.icmp_frag_needed, 1);
+        assert_eq!(p.stats.dropped(DropReason::TooBig), 1);
+        // Without DF: dropped (fragmenting is not done yet), typed.
+        let seg = tcp_seg(
+            (client_mac, up),
+            CLIENT,
+            40000,
+            N1,
+            8080,
+            TcpControl::Psh,
+            true,
+            None,
+            &big,
+            false,
+        );
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &seg);
+        assert_eq!(v, Verdict::Drop(DropReason::TooBig));
+        assert_eq!(p.stats.icmp_frag_needed, 1);
+        assert_eq!(p.stats.dropped(DropReason::TooBig), 2);
+    }
+}
+
+#[test]
+fn frag_needed_is_rate_limited_per_source() {
+    let (t, mut p) = on_n1_established(None);
+    let up = p.cfg.uplink_mac;
+    let big = vec![0x62; 1411];
+    let seg = tcp_seg(
+        ([2, 0, 0, 0, 0, 0x99], up),
+        CLIENT,
+        40000,
+        N1,
+        8080,
+        TcpControl::Psh,
+        true,
+        None,
+        &big,
+        true,
+    );
+    let answered = (0..50)
+        .filter(|_| run(&mut p, &t, PortId::Uplink, &seg).0 == Verdict::Tx(PortId::Uplink))
+        .count();
+    assert_eq!(answered, 10);
+    assert_eq!(p.stats.icmp_frag_needed, 10);
+    assert_eq!(p.stats.dropped(DropReason::TooBig), 50);
+}
+
+#[test]
+fn a_tasks_too_big_reply_gets_frag_needed_from_its_gateway() {
+    // On n2, web.1 answers a flow n1 masqueraded: stateless, VXLAN back to n1.
+    let (t, mut p) = on_n2(None);
+    p.neighbors().learn(N1, [2, 0, 0, 0, 0, 0x01]);
+    let tk = p.cfg.tasks_mac;
+    let web1_mac = [2, 0, 0, 0, 0, 0x11];
+    let big = vec![0x63; 1460];
+    let seg = tcp_seg(
+        (web1_mac, tk),
+        WEB1,
+        80,
+        0x0a00_0002,
+        1024,
+        TcpControl::Psh,
+        true,
+        None,
+        &big,
+        true,
+    );
+    let (v, out) = run(&mut p, &t, PortId::Tasks, &seg);
+    assert_eq!(v, Verdict::Tx(PortId::Tasks));
+    assert_eq!(&out[0..6], &web1_mac);
+    let ip = Ipv4Packet::new_checked(&out[ETH..]).unwrap();
+    // From the ingress network's gateway, to the task.
+    assert_eq!(
+        (ipkey(ip.src_addr()), ipkey(ip.dst_addr())),
+        (0x0a00_0001, WEB1)
+    );
+    assert_eq!(be16(ip.payload(), 6), 1450);
+    assert_eq!(p.stats.icmp_frag_needed, 1);
+}
+
+#[test]
+fn every_host_reason_is_produced_and_counted() {
+    use crate::testkit;
+    let client_mac = [2, 0, 0, 0, 0, 0x99];
+    let client = std::net::Ipv4Addr::new(10, 9, 0, 9);
+    let n1 = std::net::Ipv4Addr::new(192, 168, 1, 11);
+    let syn = |dport: u16| {
+        testkit::tcp_frame(
+            client_mac,
+            Config::default().uplink_mac,
+            client,
+            40000,
+            n1,
+            dport,
+            testkit::tcp_flags::SYN,
+            1,
+            0,
+            b"",
+        )
+    };
+    let full = three_nodes();
+    let mut no_task = three_nodes();
+    no_task.services[0].tasks.clear();
+    let cases: Vec<(HostReason, ctl::State, PortId, Vec<u8>)> = vec![
+        (
+            HostReason::NodeAddress,
+            full.clone(),
+            PortId::Uplink,
+            testkit::icmp_echo(
+                client_mac,
+                Config::default().uplink_mac,
+                client,
+                n1,
+                1,
+                1,
+                b"ping",
+            ),
+        ),
+        (
+            HostReason::NotPublished,
+            full.clone(),
+            PortId::Uplink,
+            syn(9999),
+        ),
+        (
+            HostReason::NotSyn,
+            full.clone(),
+            PortId::Uplink,
+            testkit::tcp_frame(
+                client_mac,
+                Config::default().uplink_mac,
+                client,
+                40000,
+                n1,
+                8080,
+                testkit::tcp_flags::ACK,
+                1,
+                1,
+                b"",
+            ),
+        ),
+        (HostReason::NoTask, no_task, PortId::Uplink, syn(8080)),
+        (
+            HostReason::MeshAddress,
+            full.clone(),
+            PortId::Tasks,
+            // web.1 pings its network's gateway (on n2, where it runs).
+            testkit::icmp_echo(
+                [2, 0, 0, 0, 0, 0x11],
+                Config::default().tasks_mac,
+                std::net::Ipv4Addr::new(10, 0, 1, 11),
+                std::net::Ipv4Addr::new(10, 0, 1, 1),
+                1,
+                1,
+                b"gw",
+            ),
+        ),
+    ];
+    let mut seen = [false; HostReason::COUNT];
+    for (want, state, port, frame) in cases {
+        let node = if port == PortId::Tasks { "n2" } else { "n1" };
+        let t = ServiceTable::build(&state, node, 1).unwrap();
+        let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+        let (v, _) = run(&mut p, &t, port, &frame);
+        assert_eq!(v, Verdict::Host(want), "{want:?}");
+        assert_eq!(p.stats.to_host_by[want as usize], 1, "{want:?}");
+        assert_eq!(p.stats.to_host, 1);
+        seen[want as usize] = true;
+    }
+    for r in HostReason::ALL {
+        assert!(
+            seen[r as usize],
+            "no input produces HostReason::{r:?}: add one"
+        );
+    }
+}
+
+/// Drop reasons produced by the worker loop rather than the pipeline (see
+/// `worker::tests::full_queues_are_counted_by_their_reason`).
+const WORKER_LEVEL: [DropReason; 2] = [DropReason::HandoffFull, DropReason::HostQueueFull];
+
+#[test]
+fn every_drop_reason_is_produced_and_counted() {
+    use crate::testkit;
+    use std::net::Ipv4Addr as A;
+    let up = Config::default().uplink_mac;
+    let tk = Config::default().tasks_mac;
+    let cmac = [2, 0, 0, 0, 0, 0x99];
+    let web1_mac = [2, 0, 0, 0, 0, 0x11];
+    let client = A::new(10, 9, 0, 9);
+    let n1 = A::new(192, 168, 1, 11);
+    let n2 = A::new(192, 168, 1, 12);
+    let web1 = A::new(10, 0, 1, 11);
+    let syn = |dst: A, dport: u16, sport: u16| {
+        testkit::tcp_frame(
+            cmac,
+            up,
+            client,
+            sport,
+            dst,
+            dport,
+            testkit::tcp_flags::SYN,
+            1,
+            0,
+            b"",
+        )
+    };
+    let from_web1 = |dst: A| testkit::udp_frame(web1_mac, tk, web1, 5000, dst, 53, b"q");
+    // What a peer's VXLAN carries: a client's SYN to web.1, masqueraded by n2's endpoint.
+    let inner = testkit::tcp_frame(
+        cmac,
+        tk,
+        A::new(10, 0, 0, 3),
+        1024,
+        A::new(10, 0, 0, 11),
+        80,
+        testkit::tcp_flags::SYN,
+        1,
+        0,
+        b"",
+    );
+    let vx = |src: A, vni: u32| {
+        testkit::vxlan_frame([2, 0, 0, 0, 0, 0x12], up, src, n1, 50000, vni, &inner)
+    };
+    let mut bad_vxlan = vx(n2, ctl::INGRESS_VNI);
+    bad_vxlan[ETH + IPV4 + 8] = 0; // the I flag
+    testkit::refill_l4_checksum(&mut bad_vxlan);
+    let mut udp_bad_len = testkit::udp_frame(cmac, up, client, 5000, n1, 8080, b"x");
+    put16(&mut udp_bad_len, ETH + IPV4 + 4, 3);
+    let mut bad_arp = testkit::arp_request(web1_mac, web1, A::new(10, 0, 1, 1));
+    bad_arp.truncate(ETH + 10);
+    // Two published ports onto the same target port of the one task, client IP kept: the
+    // second SYN from the same client port would translate onto the first one's flow.
+    let mut kept = three_nodes();
+    kept.services[0].client_ip = ClientIpMode::Keep;
+    kept.services[0].tasks.truncate(1);
+    let mut second = kept.services[0].ports[0];
+    second.published = 8081;
+    kept.services[0].ports.push(second);
+    let full = three_nodes();
+    // (reason, state, node, port, frames: all but the last must not be dropped)
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(DropReason, &ctl::State, &str, PortId, Vec<Vec<u8>>)> = vec![
+        (
+            DropReason::NotForUs,
+            &full,
+            "n1",
+            PortId::Uplink,
+            vec![syn(A::new(192, 168, 1, 99), 8080, 40000)],
+        ),
+        (
+            DropReason::UnknownVtep,
+            &full,
+            "n1",
+            PortId::Uplink,
+            vec![vx(A::new(192, 168, 1, 99), ctl::INGRESS_VNI)],
+        ),
+        (
+            DropReason::BadVxlan,
+            &full,
+            "n1",
+            PortId::Uplink,
+            vec![bad_vxlan],
+        ),
+        (
+            DropReason::UnknownVni,
+            &full,
+            "n1",
+            PortId::Uplink,
+            vec![vx(n2, 999)],
+        ),
+        (
+            DropReason::BadL4Header,
+            &full,
+            "n1",
+            PortId::Uplink,
+            vec![udp_bad_len],
+        ),
+        (
+            DropReason::UnknownSource,
+            &full,
+            "n2",
+            PortId::Tasks,
+            vec![testkit::udp_frame(
+                web1_mac,
+                tk,
+                A::new(10, 0, 1, 99),
+                5000,
+                web1,
+                53,
+                b"q",
+            )],
+        ),
+        (
+            DropReason::CrossNetwork,
+            &full,
+            "n2",
+            PortId::Tasks,
+            vec![from_web1(A::new(10, 0, 0, 12))],
+        ),
+        (
+            DropReason::NoRoute,
+            &full,
+            "n2",
+            PortId::Tasks,
+            vec![from_web1(A::new(8, 8, 8, 8))],
+        ),
+        (
+            DropReason::NoNeighbor,
+            &full,
+            "n2",
+            PortId::Uplink,
+            vec![syn(n2, 8080, 40000)],
+        ),
+        (
+            DropReason::ArpIgnored,
+            &full,
+            "n2",
+            PortId::Tasks,
+            vec![testkit::arp_request(web1_mac, web1, web1)],
+        ),
+        (
+            DropReason::BadArp,
+            &full,
+            "n2",
+            PortId::Tasks,
+            vec![bad_arp],
+        ),
+        (
+            DropReason::NoNatPort,
+            &kept,
+            "n1",
+            PortId::Uplink,
+            vec![syn(n1, 8080, 40000), syn(n1, 8081, 40000)],
+        ),
+    ];
+    let mut seen: Vec<DropReason> = WORKER_LEVEL.to_vec();
+    for (want, state, node, port, frames) in cases {
+        let t = ServiceTable::build(state, node, 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        neigh.learn(0xc0a8_010c, [2, 0, 0, 0, 0, 0x12]);
+        neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+        let mut p = Pipeline::new(Config::default(), neigh);
+        let n = frames.len();
+        for (i, f) in frames.iter().enumerate() {
+            let (v, _) = run(&mut p, &t, port, f);
+            if i + 1 < n {
+                assert!(
+                    !matches!(v, Verdict::Drop(_)),
+                    "{want:?}: frame {i} was {v:?}"
+                );
+            } else {
+                assert_eq!(v, Verdict::Drop(want), "{want:?}");
+            }
+        }
+        assert_eq!(p.stats.dropped(want), 1, "{want:?}");
+        seen.push(want);
+    }
+    // No headroom left to encapsulate: a buffer whose frame starts 10 bytes in.
+    {
+        let t = ServiceTable::build(&full, "n1", 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        neigh.learn(0xc0a8_010c, [2, 0, 0, 0, 0, 0x12]);
+        neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+        let mut p = Pipeline::new(Config::default(), neigh);
+        let f = syn(n1, 8080, 40000);
+        let mut b = PacketBuf::from_frame(PortId::Uplink, &f);
+        let room = b.headroom() - 10;
+        b.prepend(room).unwrap();
+        b.data_mut()[..f.len()].copy_from_slice(&f);
+        b.truncate(f.len());
+        assert_eq!(b.headroom(), 10);
+        let mut burst = Burst::new();
+        burst.push(b);
+        let mut v = Verdicts::new();
+        p.process(&t, 1, &mut burst, &mut v);
+        assert_eq!(v[0], Verdict::Drop(DropReason::NoHeadroom));
+        seen.push(DropReason::NoHeadroom);
+    }
+    // The malformations (see each_malformation_has_its_reason) and too_big (see the big
+    // packet tests) are produced there.
+    seen.extend([
+        DropReason::Truncated,
+        DropReason::UnknownEthertype,
+        DropReason::NotOurMac,
+        DropReason::BadIpChecksum,
+        DropReason::Fragment,
+        DropReason::TtlExpired,
+        DropReason::Ipv4Options,
+        DropReason::BadL4Checksum,
+        DropReason::UnknownProtocol,
+        DropReason::BadIpv4Header,
+        DropReason::TooBig,
+    ]);
+    for r in DropReason::ALL {
+        assert!(
+            seen.contains(&r),
+            "no input produces DropReason::{r:?}: add one"
+        );
+    }
+}

@@ -1,0 +1,210 @@
+//! Stage 4, transmit: the flow's rewrite (NAT, MSS clamping), the size check against the
+//! overlay's MTU (with ICMP "fragmentation needed"), and the send by the flow's egress (the
+//! tasks port, the uplink, or VXLAN to a peer).
+
+use super::*;
+
+impl Pipeline {
+    pub(super) fn egress_to(
+        &self,
+        t: &ServiceTable,
+        local: bool,
+        node: u16,
+        vni: u32,
+        key: &FlowKey,
+    ) -> Egress {
+        if local {
+            Egress::Tasks
+        } else {
+            let n = t.node(node);
+            Egress::Vxlan {
+                vtep: ipkey(n.vtep),
+                port: n.vtep_port,
+                vni,
+                sport: entropy_port(key),
+            }
+        }
+    }
+
+    /// Applies flow `id`'s action for `dir` to the packet and sends it on (always inlined, as
+    /// `parse_ipv4` is: the hot path is one function).
+    #[inline(always)]
+    pub(super) fn forward(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        id: u32,
+        dir: Dir,
+    ) -> Result<Verdict, DropReason> {
+        let fl = self.flows.get_mut(id);
+        match dir {
+            Dir::Fwd => {
+                fl.last_seen = now;
+                if l3.proto == TCP {
+                    fl.tcp = fl.tcp.next(l3.flags, true);
+                    if l3.flags & flow::tcp::ACK != 0 {
+                        fl.client_ack = l3.ack;
+                    }
+                }
+            }
+            Dir::Rev => {
+                fl.rev_seen = now;
+                // Only these flags move the state on a reverse segment (`TcpState::next`): the
+                // others leave the flow's first line alone.
+                if l3.proto == TCP && l3.flags & flow::tcp::CHANGES_STATE_BACKWARDS != 0 {
+                    fl.tcp = fl.tcp.next(l3.flags, false);
+                }
+            }
+        }
+        let a = *fl.action(dir);
+        let slot = fl.stats_slot(dir);
+        // A packet that will not fit the tunnel is refused before it is rewritten, so the
+        // ICMP answer quotes the header its sender knows.
+        if buf.len() > self.max_frame {
+            if let Egress::Vxlan { vni, .. } = a.egress {
+                if let Some(v) = self.too_big(t, now, buf, vni) {
+                    return v;
+                }
+            }
+        }
+        self.task_stats.add(slot, 1, buf.len() as u64, 0);
+        nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
+        if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
+            self.clamp_mss(t, buf, l3, &a, dir);
+        }
+        self.send(t, now, buf, a.dst, a.egress)
+    }
+
+    /// Lowers the MSS of a SYN or SYN-ACK of a flow (already translated) to what its task's
+    /// network carries, in both directions: the SYN tells the task, the SYN-ACK the client, how
+    /// large a segment the other end may send through the overlay.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn clamp_mss(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        a: &Action,
+        dir: Dir,
+    ) {
+        let task = match dir {
+            Dir::Fwd => a.dst,
+            Dir::Rev => l3.src,
+        };
+        let mtu = t
+            .addr(addr(task))
+            .and_then(|e| self.net_mtu.get(usize::from(e.net)).copied())
+            .unwrap_or(self.min_mtu);
+        let max = mtu.saturating_sub(nat::mss::IPV4_TCP_HEADERS);
+        if nat::mss::clamp(buf.data_mut(), l3.l4, max) {
+            self.stats.mss_clamped += 1;
+        }
+    }
+
+    /// For a frame about to be encapsulated on overlay `vni`: `None` if it fits the network's
+    /// MTU. Otherwise it is dropped as `TooBig`, and when it has DF set (RFC 1191 path MTU
+    /// discovery) its sender gets an ICMP "fragmentation needed" with the network's MTU, from
+    /// the address it sent through (the node's, or its network's gateway), in place of the
+    /// frame, at most a burst per source per 100 ms.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn too_big(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        vni: u32,
+    ) -> Option<Result<Verdict, DropReason>> {
+        let mtu = t
+            .network_by_vni(vni)
+            .and_then(|n| self.net_mtu.get(usize::from(n)).copied())
+            .unwrap_or(self.min_mtu);
+        let f = buf.data();
+        if f.len() <= ETH + usize::from(mtu) {
+            return None;
+        }
+        let df = f.get(ETH + 6).is_some_and(|b| b & 0x40 != 0);
+        let Some(sender) = f.get(ETH + 12..ETH + 16) else {
+            return Some(Err(DropReason::TooBig));
+        };
+        let sender = u32::from_be_bytes([sender[0], sender[1], sender[2], sender[3]]);
+        let port = buf.port;
+        let from = match port {
+            PortId::Uplink => Some(t.node_addr),
+            PortId::Tasks => t.addr(addr(sender)).map(|e| t.net(e.net).gateway),
+        };
+        let (Some(from), true) = (from, df) else {
+            return Some(Err(DropReason::TooBig));
+        };
+        if !self.icmp_limit.allow(sender, now) {
+            return Some(Err(DropReason::TooBig));
+        }
+        let smac = match port {
+            PortId::Uplink => self.cfg.uplink_mac,
+            PortId::Tasks => self.cfg.tasks_mac,
+        };
+        let dmac = EthernetFrame::new_unchecked(f).src_addr().0;
+        let mut out = [0u8; reply::FRAG_NEEDED_LEN];
+        let n = reply::frag_needed(&mut out, (smac, dmac), ipkey(from), sender, mtu, &f[ETH..]);
+        buf.fill(&out[..n]);
+        self.stats.drop(DropReason::TooBig);
+        self.stats.icmp_frag_needed += 1;
+        Some(Ok(Verdict::Tx(port)))
+    }
+
+    /// Sends an IPv4 frame (already rewritten) towards `dst` by `egress`.
+    #[inline]
+    pub(super) fn send(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        dst: u32,
+        egress: Egress,
+    ) -> Result<Verdict, DropReason> {
+        match egress {
+            Egress::Uplink { mac } => {
+                let f = buf.data_mut();
+                f[0..6].copy_from_slice(&mac);
+                f[6..12].copy_from_slice(&self.cfg.uplink_mac);
+                Ok(Verdict::Tx(PortId::Uplink))
+            }
+            Egress::Tasks => {
+                let Some(&mac) = self.macs.get(&self.neigh, dst, dst, |mac| mac) else {
+                    self.want(dst, PortId::Tasks, now);
+                    return Err(DropReason::NoNeighbor);
+                };
+                let f = buf.data_mut();
+                f[0..6].copy_from_slice(&mac);
+                f[6..12].copy_from_slice(&self.cfg.tasks_mac);
+                Ok(Verdict::Tx(PortId::Tasks))
+            }
+            Egress::Vxlan {
+                vtep,
+                port,
+                vni,
+                sport,
+            } => {
+                let up = self.cfg.uplink_mac;
+                let outer = self.outers.get(&self.neigh, (vtep, port), vtep, |mac| {
+                    Outer::new(up, mac, ipkey(t.node(t.local).vtep), vtep, port)
+                });
+                let Some(outer) = outer else {
+                    self.want(vtep, PortId::Uplink, now);
+                    return Err(DropReason::NoNeighbor);
+                };
+                {
+                    // The inner Ethernet header: the receiving meshd rewrites it on delivery.
+                    let f = buf.data_mut();
+                    f[0..6].copy_from_slice(&[0; 6]);
+                    f[6..12].copy_from_slice(&self.cfg.tasks_mac);
+                }
+                outer.encap(buf, sport, vni)?;
+                Ok(Verdict::Tx(PortId::Uplink))
+            }
+        }
+    }
+}
