@@ -11,11 +11,12 @@
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 use crate::buf::PacketBuf;
+use crate::wire::reply;
 
 const ETH: usize = 14;
 
@@ -76,47 +77,35 @@ fn build_answer(frame: &[u8], out: &mut [u8]) -> Option<usize> {
                 Some(a) => (a, None),
                 None => (TcpSeqNumber(0), Some(seg.seq_number + seg.segment_len())),
             };
-            let rst = TcpRepr {
-                src_port: seg.dst_port,
-                dst_port: seg.src_port,
-                control: TcpControl::Rst,
-                seq_number: seq,
-                ack_number: ack,
-                window_len: 0,
-                window_scale: None,
-                max_seg_size: None,
-                sack_permitted: false,
-                sack_ranges: [None; 3],
-                timestamp: None,
-                payload: &[],
-            };
-            let ipr = reply_ip(IpProtocol::Tcp, rst.buffer_len());
-            let total = ETH + ipr.buffer_len() + rst.buffer_len();
-            let (iph, rest) = out[ETH..total].split_at_mut(ipr.buffer_len());
-            ipr.emit(&mut Ipv4Packet::new_unchecked(iph), &caps);
-            rst.emit(
-                &mut TcpPacket::new_unchecked(rest),
-                &dst.into(),
-                &src.into(),
-                &caps,
+            let as_u32 = |n: TcpSeqNumber| u32::from_ne_bytes(n.0.to_ne_bytes());
+            let mut rst = [0u8; reply::RST_LEN];
+            let n = reply::tcp_rst(
+                &mut rst,
+                (eth.dst_addr().0, eth.src_addr().0),
+                dst,
+                seg.dst_port,
+                src,
+                seg.src_port,
+                as_u32(seq),
+                ack.map(as_u32),
             );
-            Some(total)
+            out.get_mut(..n)?.copy_from_slice(&rst[..n]);
+            Some(n)
         }
         IpProtocol::Udp => {
             // ICMP port unreachable quoting the header and the first 8 bytes (RFC 792).
-            let quoted_len = (ip.header_len() as usize + 8).min(eth.payload().len());
-            let data = &eth.payload()[ip.header_len() as usize..quoted_len];
-            let icmp = Icmpv4Repr::DstUnreachable {
-                reason: Icmpv4DstUnreachable::PortUnreachable,
-                header: ip_repr,
-                data,
-            };
-            let ipr = reply_ip(IpProtocol::Icmp, icmp.buffer_len());
-            let total = ETH + ipr.buffer_len() + icmp.buffer_len();
-            let (iph, rest) = out[ETH..total].split_at_mut(ipr.buffer_len());
-            ipr.emit(&mut Ipv4Packet::new_unchecked(iph), &caps);
-            icmp.emit(&mut Icmpv4Packet::new_unchecked(rest), &caps);
-            Some(total)
+            let mut icmp = [0u8; reply::FRAG_NEEDED_LEN];
+            let n = reply::dst_unreachable(
+                &mut icmp,
+                (eth.dst_addr().0, eth.src_addr().0),
+                u32::from_be_bytes(dst.octets()),
+                u32::from_be_bytes(src.octets()),
+                reply::PORT_UNREACHABLE,
+                0,
+                eth.payload(),
+            );
+            out.get_mut(..n)?.copy_from_slice(&icmp[..n]);
+            Some(n)
         }
         IpProtocol::Icmp => {
             let p = Icmpv4Packet::new_checked(ip.payload()).ok()?;

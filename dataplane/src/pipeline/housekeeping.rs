@@ -59,7 +59,7 @@ impl Pipeline {
                 let _ = self.resets.try_push(f);
                 break;
             };
-            if self.reset_frame(table, &f, &mut b) {
+            if self.reset_frame(&f, &mut b) {
                 self.stats.resets_sent += 1;
                 out.push(b);
             } else {
@@ -79,49 +79,30 @@ impl Pipeline {
     }
 
     /// Builds a TCP RST to the client of flow `f`, as from the service it connected to.
-    pub(super) fn reset_frame(&self, t: &ServiceTable, f: &Flow, b: &mut PacketBuf) -> bool {
+    pub(super) fn reset_frame(&self, f: &Flow, b: &mut PacketBuf) -> bool {
         // The reverse action turns a task's packet into what the client expects to see.
         let rev = f.rev;
-        let mut frame = [0u8; ETH + IPV4 + 20];
-        let (smac, port) = match rev.egress {
-            Egress::Uplink { mac } => {
-                frame[0..6].copy_from_slice(&mac);
-                (self.cfg.uplink_mac, PortId::Uplink)
-            }
+        let (dmac, smac, port) = match rev.egress {
+            Egress::Uplink { mac } => (mac, self.cfg.uplink_mac, PortId::Uplink),
             Egress::Tasks => match self.neigh.get(rev.dst) {
-                Some(mac) => {
-                    frame[0..6].copy_from_slice(&mac);
-                    (self.cfg.tasks_mac, PortId::Tasks)
-                }
+                Some(mac) => (mac, self.cfg.tasks_mac, PortId::Tasks),
                 None => return false,
             },
             Egress::Vxlan { .. } => return false,
         };
-        let _ = t;
-        frame[6..12].copy_from_slice(&smac);
-        put16(&mut frame, 12, 0x0800);
-        let ip = ETH;
-        frame[ip] = 0x45;
-        put16(&mut frame, ip + 2, 40);
-        put16(&mut frame, ip + 6, 0x4000);
-        frame[ip + 8] = 64;
-        frame[ip + 9] = TCP;
-        put32(&mut frame, ip + 12, rev.src);
-        put32(&mut frame, ip + 16, rev.dst);
-        let c = overlay::ipv4_header_checksum(&frame[ip..ip + IPV4]);
-        put16(&mut frame, ip + 10, c);
-        let tcp = ip + IPV4;
-        put16(&mut frame, tcp, rev.sport);
-        put16(&mut frame, tcp + 2, rev.dport);
+        let mut frame = [0u8; reply::RST_LEN];
         // In window: the sequence number the client acknowledged last.
-        put32(&mut frame, tcp + 4, f.client_ack);
-        frame[tcp + 12] = 5 << 4;
-        frame[tcp + 13] = flow::tcp::RST;
-        {
-            let mut p = TcpPacket::new_unchecked(&mut frame[tcp..]);
-            p.fill_checksum(&addr(rev.src).into(), &addr(rev.dst).into());
-        }
-        b.fill(&frame);
+        let n = reply::tcp_rst(
+            &mut frame,
+            (smac, dmac),
+            addr(rev.src),
+            rev.sport,
+            addr(rev.dst),
+            rev.dport,
+            f.client_ack,
+            None,
+        );
+        b.fill(&frame[..n]);
         b.port = port;
         true
     }

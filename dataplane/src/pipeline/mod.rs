@@ -45,7 +45,7 @@ use crate::flow::{
     self, owner_of, Action, Dir, Egress, Flow, FlowKey, FlowKind, FlowTable, Reaped,
 };
 use crate::nat::ports::{self, MasqPorts};
-use crate::nat::{self, dec_ttl, put16, put32};
+use crate::nat::{self, dec_ttl, put16};
 use crate::neigh::{NeighCache, Neighbors};
 use crate::overlay::{self, entropy_port, Outer};
 use crate::port::{Burst, BURST};

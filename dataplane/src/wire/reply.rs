@@ -1,5 +1,8 @@
-//! Answers meshd writes itself, as a router on the path: ICMP "fragmentation needed" for a
-//! packet too big for the overlay (path MTU discovery), with a per-source rate limit.
+//! The answers meshd writes itself, for the pipeline and the host side alike: a TCP RST
+//! (a closed port, a segment of no connection, a flow whose task is gone), an ICMP destination
+//! unreachable (port unreachable for UDP to a closed port; "fragmentation needed" with the
+//! next-hop MTU for a packet too big for the overlay, as a router on the path does), and a
+//! per-source rate limit for them. Each writes a whole Ethernet frame into a caller's buffer.
 
 //= https://www.rfc-editor.org/rfc/rfc1191#section-4
 //# The router MUST include the MTU of that next-hop network in the low-order 16 bits of the
@@ -8,7 +11,11 @@
 //= https://www.rfc-editor.org/rfc/rfc792
 //# Destination Unreachable Message ... Internet Header + 64 bits of Original Data Datagram
 
-use smoltcp::wire::{Icmpv4Packet, Ipv4Packet};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv4Packet, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber,
+};
 
 /// Ethernet, IPv4 and ICMP headers of an answer, before the quoted datagram.
 const HEADERS: usize = 14 + 20 + 8;
@@ -17,6 +24,69 @@ const HEADERS: usize = 14 + 20 + 8;
 pub const QUOTE: usize = 20 + 8;
 /// The length of a frag-needed frame with a full quote.
 pub const FRAG_NEEDED_LEN: usize = HEADERS + QUOTE;
+
+/// The length of a TCP RST frame (Ethernet, IPv4 and TCP headers without options).
+pub const RST_LEN: usize = 14 + 20 + 20;
+
+/// ICMP destination unreachable codes meshd sends (RFC 792).
+pub const PORT_UNREACHABLE: u8 = 3;
+/// "Fragmentation needed and DF set" (RFC 792), with the next-hop MTU (RFC 1191).
+pub const FRAG_NEEDED: u8 = 4;
+
+/// Writes into `out` an Ethernet frame carrying a TCP RST from `src:sport` to `dst:dport`
+/// with sequence number `seq`, and with ACK set to `ack` when given; `macs` are (ours, the
+/// peer's). Returns the frame's length, [`RST_LEN`].
+//= https://www.rfc-editor.org/rfc/rfc9293#section-3.10.7.1
+//# If the incoming segment has the ACK bit set, the reset takes its sequence number from the
+//# ACK field of the segment; otherwise, the reset has sequence number zero and the ACK field is
+//# set to the sum of the sequence number and segment length of the incoming segment.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_rst(
+    out: &mut [u8; RST_LEN],
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv4Address,
+    sport: u16,
+    dst: Ipv4Address,
+    dport: u16,
+    seq: u32,
+    ack: Option<u32>,
+) -> usize {
+    let caps = ChecksumCapabilities::default();
+    let rst = TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(i32::from_ne_bytes(seq.to_ne_bytes())),
+        ack_number: ack.map(|a| TcpSeqNumber(i32::from_ne_bytes(a.to_ne_bytes()))),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ipr = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: rst.buffer_len(),
+        hop_limit: 64,
+    };
+    let (smac, dmac) = macs;
+    out[0..6].copy_from_slice(&dmac);
+    out[6..12].copy_from_slice(&smac);
+    out[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let (iph, tcp) = out[14..].split_at_mut(20);
+    ipr.emit(&mut Ipv4Packet::new_unchecked(iph), &caps);
+    rst.emit(
+        &mut TcpPacket::new_unchecked(tcp),
+        &src.into(),
+        &dst.into(),
+        &caps,
+    );
+    RST_LEN
+}
 
 /// Writes into `out` an Ethernet frame carrying an ICMP destination unreachable, code 4
 /// ("fragmentation needed and DF set"), with next-hop MTU `mtu`, from `src` to `dst`, quoting
@@ -27,6 +97,22 @@ pub fn frag_needed(
     macs: ([u8; 6], [u8; 6]),
     src: u32,
     dst: u32,
+    mtu: u16,
+    offending: &[u8],
+) -> usize {
+    dst_unreachable(out, macs, src, dst, FRAG_NEEDED, mtu, offending)
+}
+
+/// Writes into `out` an Ethernet frame carrying an ICMP destination unreachable with `code`
+/// ([`PORT_UNREACHABLE`], [`FRAG_NEEDED`], ...) and, for code 4, the next-hop `mtu` (else 0),
+/// from `src` to `dst`, quoting the IPv4 header and first 8 payload bytes of `offending`.
+/// Returns the frame's length (at most [`FRAG_NEEDED_LEN`]).
+pub fn dst_unreachable(
+    out: &mut [u8; FRAG_NEEDED_LEN],
+    macs: ([u8; 6], [u8; 6]),
+    src: u32,
+    dst: u32,
+    code: u8,
     mtu: u16,
     offending: &[u8],
 ) -> usize {
@@ -50,8 +136,9 @@ pub fn frag_needed(
     Ipv4Packet::new_unchecked(&mut out[ip..ip + 20]).fill_checksum();
     let icmp = ip + 20;
     out[icmp] = 3;
-    out[icmp + 1] = 4;
+    out[icmp + 1] = code;
     out[icmp + 2..icmp + 6].copy_from_slice(&[0; 4]);
+    let mtu = if code == FRAG_NEEDED { mtu } else { 0 };
     out[icmp + 6..icmp + 8].copy_from_slice(&mtu.to_be_bytes());
     out[HEADERS..len].copy_from_slice(quote);
     Icmpv4Packet::new_unchecked(&mut out[icmp..len]).fill_checksum();
