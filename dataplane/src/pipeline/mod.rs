@@ -530,9 +530,16 @@ impl Pipeline {
             }
         }
         let kind = d.map(|d| d.kind);
-        let src_kind = t.addr(addr(l3.src)).map(|e| e.kind);
-        if let Some(v) = self.handoff(self.inner_owner(&l3, kind, src_kind)) {
-            return Ok(v);
+        // The source's kind matters only for traffic to a local task (a reply to a flow, most
+        // packets here, needs no second lookup).
+        let src_kind = match kind {
+            Some(AddrKind::Task { local: true, .. }) => t.addr(addr(l3.src)).map(|e| e.kind),
+            _ => None,
+        };
+        if self.cfg.workers > 1 {
+            if let Some(v) = self.handoff(self.inner_owner(&l3, kind, src_kind)) {
+                return Ok(v);
+            }
         }
         // Ours: decapsulate.
         if !buf.trim_front(vxlan::ENCAP_LEN) {
