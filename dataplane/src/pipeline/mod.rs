@@ -19,9 +19,9 @@
 //! 1. classify (`classify.rs`): `parse_ipv4` checks the headers (every L3/L4 drop reason);
 //!    `one` below sends ARP to `arp.rs` and IPv4 to the path of its port (`on_uplink`,
 //!    `decap`, `on_task` here), which say what the destination is;
-//! 2. steer (`steer.rs` and the `owner_of`/`ports::owner` calls here): the worker that owns the
-//!    flow, decided before anything is rewritten; VXLAN is steered from the inner packet read
-//!    in place (`inner_owner`), so a frame for another worker goes as it arrived;
+//! 2. steer (`steer.rs`): the worker that owns the flow, decided by one function per way in
+//!    before anything is rewritten; VXLAN is steered from the inner packet read in place
+//!    (`inner_owner`), so a frame for another worker goes as it arrived;
 //! 3. flow (here): look the flow up; on a miss `balance::Scheduler` picks a task,
 //!    `nat::ports::MasqPorts` a masquerade port, and the flow is created;
 //! 4. transmit (`xmit.rs`): `forward` rewrites by the flow's action (NAT, MSS clamping, the
@@ -407,9 +407,8 @@ impl Pipeline {
             return Ok(Verdict::Host(HostReason::NotPublished));
         };
         let p = *p;
-        let owner = owner_of(l3.src, l3.sport, self.cfg.workers);
-        if owner != self.cfg.worker {
-            return Ok(Verdict::Handoff(owner));
+        if let Some(v) = self.handoff(self.published_owner(&l3)) {
+            return Ok(v);
         }
         let key = l3.key();
         let hash = self.hash_of(&key);
@@ -653,8 +652,13 @@ impl Pipeline {
                 return Err(DropReason::CrossNetwork);
             }
         }
-        let workers = self.cfg.workers;
-        match d.map(|d| d.kind) {
+        let kind = d.map(|d| d.kind);
+        if self.cfg.workers > 1 {
+            if let Some(v) = self.handoff(self.task_owner(&l3, kind)) {
+                return Ok(v);
+            }
+        }
+        match kind {
             // To another node's task or endpoint (a reply to a flow it masqueraded): stateless.
             Some(
                 AddrKind::Task {
@@ -679,9 +683,6 @@ impl Pipeline {
                 self.send(t, now, buf, l3.dst, e)
             }
             Some(AddrKind::Vip { service, balancer }) if l3.has_ports() => {
-                if let Some(v) = self.handoff(owner_of(l3.src, l3.sport, workers)) {
-                    return Ok(v);
-                }
                 let key = l3.key();
                 let hash = self.hash_of(&key);
                 if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
@@ -735,17 +736,11 @@ impl Pipeline {
             }
             // A reply of an ingress flow this node masqueraded and delivered locally.
             Some(AddrKind::Endpoint { local: true, .. }) if l3.has_ports() => {
-                if let Some(v) = self.handoff(ports::owner(l3.dport, workers)) {
-                    return Ok(v);
-                }
                 self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
             }
             // To a task on this node: a VIP flow's reply if a flow says so, else plain L3.
             Some(AddrKind::Task { local: true, .. }) => {
                 if l3.has_ports() {
-                    if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
-                        return Ok(v);
-                    }
                     let key = l3.key();
                     if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
                         return self.forward(t, now, buf, &l3, id, dir);
@@ -757,21 +752,13 @@ impl Pipeline {
             // A reply of a hairpin VIP flow (masqueraded to the gateway) by its flow; else the
             // gateway is the host's (DNS, ping).
             Some(AddrKind::Gateway) if l3.has_ports() => {
-                if let Some(v) = self.handoff(ports::owner(l3.dport, workers)) {
-                    return Ok(v);
-                }
                 self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
             }
             Some(
                 AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. },
             ) => Ok(Verdict::Host(HostReason::MeshAddress)),
             // Outside the overlay: only a reply of a keep-client-IP flow goes there.
-            None => {
-                if let Some(v) = self.handoff(owner_of(l3.dst, l3.dport, workers)) {
-                    return Ok(v);
-                }
-                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
-            }
+            None => self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute)),
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Stage 2, steer: which worker owns a frame's flow, decided before anything is rewritten. A
-//! flow is owned by one worker, computable from any of its packets (`flow::owner_of` on the
-//! client end, `nat::ports::owner` on a masquerade port); a frame for another worker is handed
-//! to it as it arrived.
+//! Stage 2, steer: which worker owns a frame's flow, decided before anything is rewritten, by
+//! one function per way in (`published_owner` from the uplink, `inner_owner` for VXLAN,
+//! `task_owner` from a local task). A flow is owned by one worker, computable from any of its
+//! packets (`flow::owner_of` on the client end, `nat::ports::owner` on a masquerade port); a
+//! frame for another worker is handed to it as it arrived.
 
 use super::*;
 
@@ -28,6 +29,39 @@ impl Pipeline {
             // A reply towards an outside client of a keep-client-IP flow.
             None => owner_of(l3.dst, l3.dport, workers),
             Some(_) => self.cfg.worker,
+        }
+    }
+
+    /// The worker that owns a new or established flow to a published port: the client end's.
+    #[inline]
+    pub(super) fn published_owner(&self, l3: &L3) -> u16 {
+        owner_of(l3.src, l3.sport, self.cfg.workers)
+    }
+
+    /// The worker that owns the flow of a packet from a local task to an address of kind `dst`
+    /// (`None`: outside the overlay); this worker when no flow is involved (no ports, or a
+    /// stateless path).
+    #[inline]
+    pub(super) fn task_owner(&self, l3: &L3, dst: Option<AddrKind>) -> u16 {
+        let workers = self.cfg.workers;
+        if !l3.has_ports() {
+            return self.cfg.worker;
+        }
+        match dst {
+            // A VIP connection: owned by the client task's end.
+            Some(AddrKind::Vip { .. }) => owner_of(l3.src, l3.sport, workers),
+            // A reply to a flow masqueraded to this node's endpoint or (hairpin) a gateway:
+            // the port says which worker owns it.
+            Some(AddrKind::Endpoint { local: true, .. } | AddrKind::Gateway) => {
+                ports::owner(l3.dport, workers)
+            }
+            // A reply towards the client end: a local task (VIP) or an outside client (kept
+            // client IP).
+            Some(AddrKind::Task { local: true, .. }) | None => owner_of(l3.dst, l3.dport, workers),
+            // To another node: stateless.
+            Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => {
+                self.cfg.worker
+            }
         }
     }
 
