@@ -412,6 +412,14 @@ impl Scenario {
             }
             self.pipeline
                 .process(&self.table, self.now, &mut burst, &mut verdicts);
+            // Frames made beside the burst's (the pieces of a fragmented packet), as the
+            // worker sends them.
+            if self.pipeline.has_extra() {
+                for (b, v) in self.pipeline.take_extra() {
+                    ok += usize::from(matches!(v, Verdict::Tx(_)));
+                    self.spare.put(b);
+                }
+            }
             // Between bursts, as the worker loop does: the flow sweep (and whatever it
             // generates, dropped here).
             self.pipeline

@@ -678,6 +678,12 @@ crate::counters! {
         /// ICMP "fragmentation needed" answers sent for too-big packets with DF set (each such
         /// packet is also counted as a `too_big` drop).
         icmp_frag_needed: Counter,
+        /// IPv4 fragments received (forwarded by their datagram's first fragment's flow).
+        fragments_in: Counter,
+        /// Fragments held because they came before their datagram's first fragment.
+        fragments_held: Counter,
+        /// Fragments made from too-big packets without DF (RFC 791).
+        fragments_made: Counter,
         /// Frames the ports dropped below the pipeline, totals since they opened, refreshed by
         /// the worker about every 10 ms: the kernel found the RX ring full; a received frame did
         /// not fit a buffer; the TX ring was full; a frame to send had a bad length.

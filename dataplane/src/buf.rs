@@ -29,6 +29,9 @@ pub struct PacketBuf {
     end: usize,
     /// The port the frame arrived on.
     pub port: PortId,
+    /// A fragment handed to the worker that owns its datagram's flow by the worker that
+    /// collects the datagram's fragments: processed where it is, not steered again.
+    pub pinned: bool,
 }
 
 impl std::fmt::Debug for PacketBuf {
@@ -55,6 +58,7 @@ impl PacketBuf {
             start: HEADROOM,
             end: HEADROOM,
             port: PortId::Uplink,
+            pinned: false,
         }
     }
 
@@ -74,6 +78,7 @@ impl PacketBuf {
     pub fn reset(&mut self) {
         self.start = HEADROOM;
         self.end = HEADROOM;
+        self.pinned = false;
     }
 
     /// Sets the frame to the first `len` bytes of [`Self::room_mut`]; `len` is clamped to fit.

@@ -1045,7 +1045,9 @@ impl SimNode {
                 self.workers[w]
                     .pipeline
                     .process(&self.table, now, &mut burst, &mut verdicts);
-                for (buf, v) in burst.drain(..).zip(verdicts.iter().copied()) {
+                // The burst's frames, then those the pipeline made or released beside them.
+                let extra = self.workers[w].pipeline.take_extra();
+                for (buf, v) in burst.drain(..).zip(verdicts.iter().copied()).chain(extra) {
                     match v {
                         Verdict::Tx(port) => {
                             wire.push((

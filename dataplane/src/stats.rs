@@ -73,8 +73,22 @@ reasons! {
         BadIpChecksum = "bad_ip_checksum",
         /// IPv4 options are present; the mesh does not forward them.
         Ipv4Options = "ipv4_options",
-        /// A fragment; the mesh does not reassemble.
+        /// A fragment of VXLAN: VTEPs do not fragment it (RFC 7348 section 4.3) and meshd
+        /// does not reassemble it.
         Fragment = "fragment",
+        /// A malformed IPv4 fragment: past byte 65,535, data not a multiple of 8 bytes before
+        /// the last, a first fragment too short for its transport header, a later one past
+        /// the datagram's end, or a TCP fragment at offset 8 (RFC 1858).
+        BadFragment = "bad_fragment",
+        /// A fragment overlapping one already forwarded (RFC 5722's rule, as the kernel
+        /// applies it to IPv4).
+        FragmentOverlap = "fragment_overlap",
+        /// No room to track another datagram's fragments, or to hold another early fragment.
+        FragmentTableFull = "fragment_table_full",
+        /// A fragment whose datagram's first fragment did not come in time.
+        FragmentTimeout = "fragment_timeout",
+        /// No free buffer to hold a fragment or to fragment a too-big packet into.
+        NoBuffer = "no_buffer",
         /// Time to live ran out.
         TtlExpired = "ttl_expired",
         /// TCP or UDP header is malformed or its length is wrong.
@@ -270,11 +284,14 @@ mod tests {
             s.resets_unsent,
             s.mss_clamped,
             s.icmp_frag_needed,
+            s.fragments_in,
+            s.fragments_held,
+            s.fragments_made,
             s.port_rx_dropped,
             s.port_rx_too_long,
             s.port_tx_full,
             s.port_tx_bad_len,
-        ) = (13, 14, 15, 16, 17, 18, 19);
+        ) = (13, 14, 15, 16, 17, 18, 19, 20, 21, 22);
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
             assert_eq!(a[i], i as u64 + 1, "{name}");
@@ -282,7 +299,7 @@ mod tests {
         assert_eq!(WorkerStats::from_array(&a), s);
         let mut total = s.clone();
         total.add(&s);
-        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (32, 38));
+        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (38, 44));
     }
 
     #[test]

@@ -343,6 +343,76 @@ pub fn refill_ipv4_checksum(frame: &mut [u8]) {
     }
 }
 
+/// Splits an Ethernet/IPv4 frame (IHL 5) into fragments of at most `mtu` bytes of IPv4, as a
+/// sender's stack does (RFC 791): each with a copy of the header, data in multiples of 8 bytes
+/// but the last, its offset, and more-fragments on all but the last. `id` is set in all.
+// Casts: test frames are under 64 KiB.
+#[allow(clippy::cast_possible_truncation)]
+pub fn fragment(frame: &[u8], mtu: usize, id: u16) -> Vec<Vec<u8>> {
+    let total = usize::from(u16::from_be_bytes([frame[ETH_LEN + 2], frame[ETH_LEN + 3]]));
+    let payload = &frame[ETH_LEN + 20..ETH_LEN + total];
+    let chunk = (mtu - 20) & !7;
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(k, c)| {
+            let mut f = frame[..ETH_LEN + 20].to_vec();
+            f.extend_from_slice(c);
+            let more = if (k + 1) * chunk < payload.len() {
+                0x2000
+            } else {
+                0
+            };
+            f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&((20 + c.len()) as u16).to_be_bytes());
+            f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&id.to_be_bytes());
+            let off = (k * chunk / 8) as u16 | more;
+            f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&off.to_be_bytes());
+            refill_ipv4_checksum(&mut f);
+            f
+        })
+        .collect()
+}
+
+/// Joins Ethernet/IPv4 fragments, in any order, into the datagram's frame (the first
+/// fragment's Ethernet and IPv4 headers, offset and flags cleared, checksum refilled). `None`
+/// unless they are exactly one datagram: the same addresses, protocol and id, no gap, no
+/// overlap, one last fragment, every header checksum right.
+// Casts: test frames are under 64 KiB.
+#[allow(clippy::cast_possible_truncation)]
+pub fn reassemble(frags: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let mut parts = Vec::new();
+    for f in frags {
+        let ip = Ipv4Packet::new_checked(f.get(ETH_LEN..)?).ok()?;
+        if !ip.verify_checksum() || ip.header_len() != 20 {
+            return None;
+        }
+        let same = (ip.src_addr(), ip.dst_addr(), ip.next_header(), ip.ident());
+        let off = usize::from(ip.frag_offset());
+        parts.push((off, ip.more_frags(), same, ip.payload().to_vec(), f.clone()));
+    }
+    parts.sort_by_key(|p| p.0);
+    let first = parts.first()?;
+    if parts.iter().any(|p| p.2 != first.2) || parts.iter().filter(|p| !p.1).count() != 1 {
+        return None;
+    }
+    let mut data = Vec::new();
+    for p in &parts {
+        if p.0 != data.len() {
+            return None;
+        }
+        data.extend_from_slice(&p.3);
+    }
+    if parts.last()?.1 {
+        return None;
+    }
+    let mut f = first.4[..ETH_LEN + 20].to_vec();
+    f.extend_from_slice(&data);
+    f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+    f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&[0, 0]);
+    refill_ipv4_checksum(&mut f);
+    Some(f)
+}
+
 /// Recomputes the TCP or UDP checksum of the frame's L4 header (after a test edited it).
 pub fn refill_l4_checksum(frame: &mut [u8]) {
     let Some(b) = frame.get_mut(ETH_LEN..) else {

@@ -307,30 +307,41 @@ impl Worker {
         }
         self.pipeline.process(table, now, burst, verdicts);
         for (b, v) in burst.drain(..).zip(verdicts.iter()) {
-            match *v {
-                Verdict::Tx(port) => self.push_out(out, port, b),
-                Verdict::Host(_) => {
-                    if let Err(b) = self.shared.to_host.push(b) {
-                        self.pipeline.stats.drop(DropReason::HostQueueFull);
-                        self.pool.put(b);
-                    }
+            self.dispatch(b, *v, out);
+        }
+        // Fragments of too-big packets, and held fragments whose first fragment came.
+        if self.pipeline.has_extra() {
+            for (b, v) in self.pipeline.take_extra() {
+                self.dispatch(b, v, out);
+            }
+        }
+    }
+
+    /// Sends, queues or frees one frame by its verdict.
+    fn dispatch(&mut self, b: PacketBuf, v: Verdict, out: &mut Out) {
+        match v {
+            Verdict::Tx(port) => self.push_out(out, port, b),
+            Verdict::Host(_) => {
+                if let Err(b) = self.shared.to_host.push(b) {
+                    self.pipeline.stats.drop(DropReason::HostQueueFull);
+                    self.pool.put(b);
                 }
-                Verdict::Handoff(w) => match self.shared.handoff.get(usize::from(w)) {
-                    Some(q) => {
-                        if let Err(b) = q.push(b) {
-                            self.pipeline.stats.drop(DropReason::HandoffFull);
-                            self.pool.put(b);
-                        }
-                    }
-                    // Cannot happen while the pipeline and the worker agree on the worker
-                    // count; counted rather than lost silently if they ever do not.
-                    None => {
+            }
+            Verdict::Handoff(w) => match self.shared.handoff.get(usize::from(w)) {
+                Some(q) => {
+                    if let Err(b) = q.push(b) {
                         self.pipeline.stats.drop(DropReason::HandoffFull);
                         self.pool.put(b);
                     }
-                },
-                Verdict::Drop(_) | Verdict::Consumed => self.pool.put(b),
-            }
+                }
+                // Cannot happen while the pipeline and the worker agree on the worker count;
+                // counted rather than lost silently if they ever do not.
+                None => {
+                    self.pipeline.stats.drop(DropReason::HandoffFull);
+                    self.pool.put(b);
+                }
+            },
+            Verdict::Drop(_) | Verdict::Consumed => self.pool.put(b),
         }
     }
 }

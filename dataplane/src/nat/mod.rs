@@ -37,16 +37,24 @@ pub fn dec_ttl(f: &mut [u8], ip: usize) {
     put16(f, ip + 10, c);
 }
 
-/// Rewrites the addresses and ports of the IPv4 packet whose header is at `ip` and whose
-/// TCP/UDP header (protocol `proto`) is at `l4`, per `a`; updates both checksums and
-/// decrements the TTL. The caller has validated the headers.
+/// Rewrites the addresses of the IPv4 header at `ip` per `a`, updates its checksum and
+/// decrements the TTL: all a datagram's fragment after the first needs (the transport checksum,
+/// over the whole datagram, was updated in the first). The caller has validated the header.
 #[inline]
-pub fn rewrite(f: &mut [u8], ip: usize, l4: usize, proto: u8, a: &Action) {
+pub fn rewrite_ip(f: &mut [u8], ip: usize, a: &Action) {
     put32(f, ip + 12, a.src);
     put32(f, ip + 16, a.dst);
     let c = a.ip_delta.apply(be16(f, ip + 10));
     put16(f, ip + 10, c);
     dec_ttl(f, ip);
+}
+
+/// Rewrites the addresses and ports of the IPv4 packet whose header is at `ip` and whose
+/// TCP/UDP header (protocol `proto`) is at `l4`, per `a`; updates both checksums and
+/// decrements the TTL. The caller has validated the headers.
+#[inline]
+pub fn rewrite(f: &mut [u8], ip: usize, l4: usize, proto: u8, a: &Action) {
+    rewrite_ip(f, ip, a);
     match proto {
         TCP => {
             put16(f, l4, a.sport);

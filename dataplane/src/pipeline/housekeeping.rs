@@ -68,6 +68,10 @@ impl Pipeline {
                 pool.put(b);
             }
         }
+        if !self.held.is_empty() {
+            self.expire_held(now, pool);
+        }
+        self.refill_spares(pool);
         while !out.is_full() {
             let Some((ip, port)) = self.want_arp.pop() else {
                 break;

@@ -156,10 +156,22 @@ pub struct Pipeline {
     max_frame: usize,
     /// Per-source limit of the ICMP answers the pipeline writes.
     icmp_limit: RateLimit,
+    /// Datagrams whose fragments pass this worker, and what their first fragment did.
+    frags: frag::FragTable,
+    /// Fragments waiting for their datagram's first fragment.
+    held: ArrayVec<frag::Held, { frag::HOLD }>,
+    /// Empty buffers for held fragments and for the pieces of too-big packets (from the pool,
+    /// between bursts).
+    spare: ArrayVec<PacketBuf, { frag::SPARE }>,
+    /// Frames made or released during a burst besides its own, with their verdicts.
+    extra: ArrayVec<(PacketBuf, Verdict), { frag::EXTRA }>,
+    /// The flow a first fragment was forwarded by (set by `forward`).
+    frag_flow: Option<FlowKey>,
 }
 
 mod arp;
 mod classify;
+pub mod frag;
 mod housekeeping;
 mod steer;
 #[cfg(test)]
@@ -168,6 +180,7 @@ mod xmit;
 
 use classify::{addr, ipkey, peek_key};
 pub use classify::{parse_ipv4, L3};
+use frag::{Size, Way};
 
 impl Pipeline {
     /// A pipeline with its flow table allocated. `neigh` is shared by all workers.
@@ -195,6 +208,11 @@ impl Pipeline {
             min_mtu: 0,
             max_frame: 0,
             icmp_limit: RateLimit::default(),
+            frags: frag::FragTable::default(),
+            held: ArrayVec::new(),
+            spare: ArrayVec::new(),
+            extra: ArrayVec::new(),
+            frag_flow: None,
         }
     }
 
@@ -328,14 +346,7 @@ impl Pipeline {
                 Ok(v) => v,
                 Err(r) => Verdict::Drop(r),
             };
-            match v {
-                Verdict::Tx(PortId::Uplink) => self.stats.tx_uplink += 1,
-                Verdict::Tx(PortId::Tasks) => self.stats.tx_tasks += 1,
-                Verdict::Host(r) => self.stats.to_host(r),
-                Verdict::Handoff(_) => self.stats.handoff_out += 1,
-                Verdict::Consumed => {}
-                Verdict::Drop(r) => self.stats.drop(r),
-            }
+            self.count(v);
             verdicts.push(v);
         }
         // The reverse slots of this burst's new flows, prefetched when they were made.
@@ -367,6 +378,9 @@ impl Pipeline {
                     return Err(DropReason::NotOurMac);
                 }
                 let l3 = parse_ipv4(f, ETH, self.cfg.verify_l4_checksums)?;
+                if l3.frag != 0 {
+                    return self.fragment(t, now, buf, l3, Way::Direct);
+                }
                 match port {
                     PortId::Uplink => self.on_uplink(t, now, buf, l3),
                     PortId::Tasks => self.on_task(t, now, buf, l3),
@@ -391,6 +405,10 @@ impl Pipeline {
             return Err(DropReason::NotForUs);
         }
         if l3.proto == UDP && l3.dport == t.vtep_port && dst == me.vtep {
+            if l3.frag != 0 {
+                // VTEPs do not fragment VXLAN (RFC 7348 section 4.3), nor reassemble it.
+                return Err(DropReason::Fragment);
+            }
             // A frame handed to another worker goes as it arrived on the uplink: `decap` decides
             // the owner before it strips anything.
             return self.decap(t, now, buf, l3);
@@ -521,7 +539,25 @@ impl Pipeline {
             EthernetProtocol::Arp => return Err(DropReason::ArpIgnored),
             _ => return Err(DropReason::UnknownEthertype),
         }
-        let mut l3 = parse_ipv4(f, vxlan::ENCAP_LEN + ETH, self.cfg.verify_l4_checksums)?;
+        let l3 = parse_ipv4(f, vxlan::ENCAP_LEN + ETH, self.cfg.verify_l4_checksums)?;
+        if l3.frag != 0 {
+            return self.fragment(t, now, buf, l3, Way::Decap { peer, net });
+        }
+        self.decap_inner(t, now, buf, peer, net, l3)
+    }
+
+    /// The inner packet `l3` of VXLAN from `peer` on network `net`, still encapsulated: steered,
+    /// decapsulated, routed.
+    #[inline(always)]
+    fn decap_inner(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        peer: crate::balance::table::NodeIdx,
+        net: crate::balance::table::NetIdx,
+        mut l3: L3,
+    ) -> Result<Verdict, DropReason> {
         let d = t.addr(addr(l3.dst));
         if let Some(d) = d {
             if d.net != net {
@@ -666,12 +702,6 @@ impl Pipeline {
                 }
                 | AddrKind::Endpoint { local: false, node },
             ) => {
-                if buf.len() > self.max_frame {
-                    if let Some(v) = self.too_big(t, now, buf, net.vni) {
-                        return v;
-                    }
-                }
-                dec_ttl(buf.data_mut(), ETH);
                 let n = t.node(node);
                 let key = l3.key();
                 let e = Egress::Vxlan {
@@ -680,7 +710,16 @@ impl Pipeline {
                     vni: net.vni,
                     sport: entropy_port(&key),
                 };
-                self.send(t, now, buf, l3.dst, e)
+                let mut split = 0;
+                if buf.len() > self.max_frame {
+                    match self.oversize(t, now, buf, l3.dst, e) {
+                        Size::Fits => {}
+                        Size::Refused(v) => return v,
+                        Size::Split(mtu) => split = mtu,
+                    }
+                }
+                dec_ttl(buf.data_mut(), ETH);
+                self.send_sized(t, now, buf, l3.dst, e, split)
             }
             Some(AddrKind::Vip { service, balancer }) if l3.has_ports() => {
                 let key = l3.key();

@@ -280,9 +280,10 @@ fn each_malformation_has_its_reason() {
         put16(f, ETH + 10, c);
     };
     let mut f = good.clone();
-    f[ETH + 6] = 0x20; // more fragments
+    f[ETH + 6] = 0x3f; // a fragment past byte 65,535
+    f[ETH + 7] = 0xff;
     fix(&mut f);
-    cases.push((f, DropReason::Fragment));
+    cases.push((f, DropReason::BadFragment));
     let mut f = good.clone();
     f[ETH + 8] = 1;
     fix(&mut f);
@@ -597,23 +598,8 @@ fn a_too_big_df_packet_gets_frag_needed_quoting_what_its_sender_sent() {
         assert_eq!(&ip.payload()[8..], &seg[ETH..ETH + 28]);
         assert_eq!(p.stats.icmp_frag_needed, 1);
         assert_eq!(p.stats.dropped(DropReason::TooBig), 1);
-        // Without DF: dropped (fragmenting is not done yet), typed.
-        let seg = tcp_seg(
-            (client_mac, up),
-            CLIENT,
-            40000,
-            N1,
-            8080,
-            TcpControl::Psh,
-            true,
-            None,
-            &big,
-            false,
-        );
-        let (v, _) = run(&mut p, &t, PortId::Uplink, &seg);
-        assert_eq!(v, Verdict::Drop(DropReason::TooBig));
-        assert_eq!(p.stats.icmp_frag_needed, 1);
-        assert_eq!(p.stats.dropped(DropReason::TooBig), 2);
+        // Without DF it is fragmented instead (see
+        // a_too_big_packet_without_df_is_fragmented_to_the_overlay_mtu).
     }
 }
 
@@ -981,7 +967,7 @@ fn every_drop_reason_is_produced_and_counted() {
         DropReason::UnknownEthertype,
         DropReason::NotOurMac,
         DropReason::BadIpChecksum,
-        DropReason::Fragment,
+        DropReason::BadFragment,
         DropReason::TtlExpired,
         DropReason::Ipv4Options,
         DropReason::BadL4Checksum,
@@ -989,10 +975,452 @@ fn every_drop_reason_is_produced_and_counted() {
         DropReason::BadIpv4Header,
         DropReason::TooBig,
     ]);
+    // The fragment reasons are produced by the fragment tests below
+    // (bad_fragments_are_dropped_by_reason, early_fragments_are_held_within_bounds_and_time_out,
+    // the_fragment_table_is_bounded_and_other_flows_go_on).
+    seen.extend([
+        DropReason::Fragment,
+        DropReason::FragmentOverlap,
+        DropReason::FragmentTableFull,
+        DropReason::FragmentTimeout,
+        DropReason::NoBuffer,
+    ]);
     for r in DropReason::ALL {
         assert!(
             seen.contains(&r),
             "no input produces DropReason::{r:?}: add one"
         );
     }
+}
+
+// ---- fragments: forwarded by their datagram's flow; too-big packets fragmented -------------
+
+/// The seed layout with UDP 5353 published too (to port 53 of web's tasks).
+fn udp_published() -> ctl::model::State {
+    let mut s = three_nodes();
+    s.services[0].ports.push(ctl::model::PublishedPort {
+        protocol: ctl::model::Protocol::Udp,
+        published: 5353,
+        target: 53,
+        mode: ctl::model::PublishMode::Ingress,
+    });
+    s
+}
+
+/// Node `node` of `udp_published`, with `workers` workers, their spare buffers filled, and
+/// the MACs of web.1, web.2 and the peers known.
+fn frag_node(node: &str, workers: u16) -> (ServiceTable, Vec<Pipeline>) {
+    let t = ServiceTable::build(&udp_published(), node, 1).unwrap();
+    let neigh = Arc::new(Neighbors::new(64));
+    neigh.learn(WEB1, [2, 0, 0, 0, 0, 0x11]);
+    neigh.learn(0x0a00_000c, [2, 0, 0, 0, 0, 0x14]);
+    neigh.learn(N2, [2, 0, 0, 0, 0, 0x12]);
+    neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+    let mut pool = Pool::new(256);
+    let ps = (0..workers)
+        .map(|w| {
+            let cfg = Config {
+                worker: w,
+                workers,
+                ..Config::default()
+            };
+            let mut p = Pipeline::new(cfg, neigh.clone());
+            let mut out = Burst::new();
+            p.maintain(&t, 1, &mut pool, &mut out);
+            p
+        })
+        .collect();
+    (t, ps)
+}
+
+/// Runs `input` (worker, frame) through the workers as the worker loop does: handed-off
+/// frames go to their worker, frames made or released beside a burst follow it. Returns what
+/// went out, and every verdict given (the burst's and the extra frames').
+fn drive(
+    ps: &mut [Pipeline],
+    t: &ServiceTable,
+    now: u64,
+    input: Vec<(usize, PacketBuf)>,
+) -> (Vec<(PortId, Vec<u8>)>, Vec<Verdict>) {
+    let mut queues: Vec<std::collections::VecDeque<PacketBuf>> =
+        ps.iter().map(|_| Default::default()).collect();
+    for (w, b) in input {
+        queues[w].push_back(b);
+    }
+    let (mut out, mut seen) = (Vec::new(), Vec::new());
+    while queues.iter().any(|q| !q.is_empty()) {
+        for w in 0..ps.len() {
+            // One frame per burst, so frames of different workers interleave.
+            let Some(b) = queues[w].pop_front() else {
+                continue;
+            };
+            let mut burst = Burst::new();
+            burst.push(b);
+            let mut v = Verdicts::new();
+            ps[w].process(t, now, &mut burst, &mut v);
+            let extra = ps[w].take_extra();
+            for (b, v) in burst.drain(..).zip(v.iter().copied()).chain(extra) {
+                seen.push(v);
+                match v {
+                    Verdict::Tx(port) => out.push((port, b.data().to_vec())),
+                    Verdict::Handoff(to) => queues[usize::from(to)].push_back(b),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (out, seen)
+}
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
+
+/// A client's UDP datagram of `len` bytes to the node's published port 5353, as the fragments
+/// a 1500-byte link gives it, numbered by offset.
+fn client_datagram(t: &ServiceTable, mac: [u8; 6], len: usize, id: u16) -> (Vec<u8>, Vec<Vec<u8>>) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let node = std::net::Ipv4Addr::from(t.node_addr.octets());
+    let whole = crate::testkit::udp_frame(
+        CLIENT_MAC,
+        mac,
+        std::net::Ipv4Addr::from(CLIENT),
+        40000,
+        node,
+        5353,
+        &data,
+    );
+    let frags = crate::testkit::fragment(&whole, 1500, id);
+    (data, frags)
+}
+
+/// The datagram the outputs carry: reassembled from the frames on the tasks port, or from
+/// the inner frames of the VXLAN ones.
+fn delivered(out: &[(PortId, Vec<u8>)]) -> crate::testkit::UdpSeen {
+    let inner: Vec<Vec<u8>> = out
+        .iter()
+        .map(|(port, f)| {
+            assert!(
+                f.len() <= ETH + 1500,
+                "a frame longer than the link: {}",
+                f.len()
+            );
+            match port {
+                PortId::Tasks => {
+                    assert!(f.len() <= ETH + 1450, "longer than the overlay's MTU");
+                    f.clone()
+                }
+                PortId::Uplink => crate::testkit::decap(f).expect("VXLAN").1.to_vec(),
+            }
+        })
+        .collect();
+    let whole = crate::testkit::reassemble(&inner).expect("the fragments make one datagram");
+    crate::testkit::parse_ipv4_udp(&whole).expect("a UDP datagram with its checksum right")
+}
+
+#[test]
+fn fragments_reach_the_task_in_any_order_translated_with_checksums_right() {
+    // n2: web.1 is local (tasks port); n1: the task is on another node (VXLAN).
+    for node in ["n2", "n1"] {
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0], [2, 0, 1]] {
+            let (t, mut ps) = frag_node(node, 1);
+            let mac = ps[0].cfg.uplink_mac;
+            let (data, frags) = client_datagram(&t, mac, 4000, 77);
+            assert_eq!(frags.len(), 3);
+            let input = order
+                .iter()
+                .map(|&i| (0, PacketBuf::from_frame(PortId::Uplink, &frags[i])))
+                .collect();
+            let (out, _) = drive(&mut ps, &t, 5, input);
+            let got = delivered(&out);
+            assert_eq!(got.payload, data, "{node} {order:?}");
+            assert_eq!(got.dport, 53, "DNAT to the target port");
+            assert!(
+                [0x0a00_000b, 0x0a00_000c].contains(&u32::from(got.dst)),
+                "to a task of web: {}",
+                got.dst
+            );
+            let p = &ps[0];
+            assert_eq!(p.stats.fragments_in, 3);
+            assert_eq!(p.stats.new_flows, 1, "one flow, from the first fragment");
+            // Each 1500-byte fragment is fragmented again to the overlay's 1450.
+            assert_eq!(p.stats.fragments_made, 4, "{node} {order:?}");
+            assert_eq!(
+                p.stats.fragments_held,
+                order.iter().position(|&i| i == 0).unwrap() as u64
+            );
+            assert_eq!(p.fragments(5), (0, 0), "the datagram is done and forgotten");
+        }
+    }
+}
+
+#[test]
+fn the_fragments_of_a_datagram_meet_the_flow_whichever_worker_they_land_on() {
+    for node in ["n2", "n1"] {
+        for first_on in 0..2 {
+            for later_on in 0..2 {
+                let (t, mut ps) = frag_node(node, 2);
+                let mac = ps[0].cfg.uplink_mac;
+                let (data, frags) = client_datagram(&t, mac, 4000, 1234);
+                // Later fragments first, on one worker; the first last, on another.
+                let input = vec![
+                    (later_on, PacketBuf::from_frame(PortId::Uplink, &frags[2])),
+                    (later_on, PacketBuf::from_frame(PortId::Uplink, &frags[1])),
+                    (first_on, PacketBuf::from_frame(PortId::Uplink, &frags[0])),
+                ];
+                let (out, _) = drive(&mut ps, &t, 5, input);
+                assert_eq!(delivered(&out).payload, data);
+                // The flow is on the worker that owns it, and only there.
+                let owner = flow::owner_of(CLIENT, 40000, 2);
+                assert_eq!(ps[usize::from(owner)].flows.len(), 1);
+                assert_eq!(ps[1 - usize::from(owner)].flows.len(), 0);
+                // A whole datagram of the same flow after them goes by that flow.
+                let whole = crate::testkit::udp_frame(
+                    CLIENT_MAC,
+                    mac,
+                    std::net::Ipv4Addr::from(CLIENT),
+                    40000,
+                    std::net::Ipv4Addr::from(t.node_addr.octets()),
+                    5353,
+                    b"again",
+                );
+                let (out, _) = drive(
+                    &mut ps,
+                    &t,
+                    6,
+                    vec![(first_on, PacketBuf::from_frame(PortId::Uplink, &whole))],
+                );
+                assert_eq!(delivered(&out).payload, b"again");
+                let flows: usize = ps.iter().map(|p| p.stats.new_flows as usize).sum();
+                assert_eq!(flows, 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_too_big_packet_without_df_is_fragmented_to_the_overlay_mtu() {
+    for mtu in [None, Some(1400)] {
+        let (t, mut p) = on_n1_established(mtu);
+        let mtu = usize::from(mtu.unwrap_or(1450));
+        let up = p.cfg.uplink_mac;
+        let body: Vec<u8> = (0..1460).map(|i| (i % 253) as u8).collect();
+        let seg = tcp_seg(
+            (CLIENT_MAC, up),
+            CLIENT,
+            40000,
+            N1,
+            8080,
+            TcpControl::Psh,
+            true,
+            None,
+            &body,
+            false,
+        );
+        let mut pool = Pool::new(64);
+        p.maintain(&t, 1, &mut pool, &mut Burst::new());
+        let (out, verdicts) = drive(
+            std::slice::from_mut(&mut p),
+            &t,
+            2,
+            vec![(0, PacketBuf::from_frame(PortId::Uplink, &seg))],
+        );
+        assert_eq!(verdicts, vec![Verdict::Tx(PortId::Uplink); 2]);
+        let inner: Vec<Vec<u8>> = out
+            .iter()
+            .map(|(_, f)| {
+                let inner = crate::testkit::decap(f).unwrap().1.to_vec();
+                assert!(inner.len() - ETH <= mtu);
+                inner
+            })
+            .collect();
+        let whole = crate::testkit::reassemble(&inner).unwrap();
+        let got = crate::testkit::parse_ipv4_tcp(&whole).expect("TCP checksum right");
+        assert_eq!((u32::from(got.dst), got.dport), (WEB1, 80));
+        assert_eq!(got.payload, body);
+        assert_eq!(p.stats.fragments_made, 2);
+        assert_eq!(p.stats.dropped(DropReason::TooBig), 0);
+    }
+}
+
+#[test]
+fn early_fragments_are_held_within_bounds_and_time_out() {
+    let (t, mut ps) = frag_node("n2", 1);
+    let mac = ps[0].cfg.uplink_mac;
+    let p = &mut ps[0];
+    // More early fragments than the worker holds: the rest are refused, typed.
+    let mut verdicts = Vec::new();
+    for id in 0..(frag::HOLD as u16 + 3) {
+        let (_, frags) = client_datagram(&t, mac, 4000, id);
+        verdicts.push(run(p, &t, PortId::Uplink, &frags[1]).0);
+    }
+    assert!(
+        verdicts[..frag::HOLD]
+            .iter()
+            .all(|v| *v == Verdict::Consumed),
+        "{verdicts:?}"
+    );
+    assert!(verdicts[frag::HOLD..]
+        .iter()
+        .all(|v| *v == Verdict::Drop(DropReason::FragmentTableFull)));
+    assert_eq!(p.fragments(1).1, frag::HOLD);
+    // Their first fragments never come: the held ones time out, their buffers go back.
+    let mut pool = Pool::new(0);
+    p.maintain(&t, 600, &mut pool, &mut Burst::new());
+    assert_eq!(p.fragments(600).1, 0);
+    assert_eq!(
+        p.stats.dropped(DropReason::FragmentTimeout),
+        frag::HOLD as u64
+    );
+    // Their buffers are the spares again: as many early fragments can be held anew.
+    for id in 100..100 + frag::HOLD as u16 {
+        let (_, frags) = client_datagram(&t, mac, 4000, id);
+        assert_eq!(run(p, &t, PortId::Uplink, &frags[1]).0, Verdict::Consumed);
+    }
+    // Without spare buffers a fragment cannot be held: refused, typed.
+    let (t2, _) = frag_node("n2", 1);
+    let mut bare = Pipeline::new(Config::default(), Arc::new(Neighbors::new(4)));
+    let (_, frags) = client_datagram(&t2, bare.cfg.uplink_mac, 4000, 9);
+    assert_eq!(
+        run(&mut bare, &t2, PortId::Uplink, &frags[1]).0,
+        Verdict::Drop(DropReason::NoBuffer)
+    );
+}
+
+#[test]
+fn the_fragment_table_is_bounded_and_other_flows_go_on() {
+    let (t, mut ps) = frag_node("n2", 1);
+    let mac = ps[0].cfg.uplink_mac;
+    let p = &mut ps[0];
+    // A flood of first fragments that never complete.
+    let mut full = 0;
+    let mut pool = Pool::new(64);
+    for id in 0..3000u16 {
+        let (_, frags) = client_datagram(&t, mac, 4000, id);
+        match run(p, &t, PortId::Uplink, &frags[0]).0 {
+            Verdict::Drop(DropReason::FragmentTableFull) => full += 1,
+            Verdict::Tx(_) => {}
+            v => panic!("{v:?}"),
+        }
+        // As the worker loop: extra frames sent, spares topped up between bursts.
+        for (b, _) in p.take_extra() {
+            pool.put(b);
+        }
+        p.maintain(&t, 1, &mut pool, &mut Burst::new());
+    }
+    assert!(full > 0);
+    assert!(p.fragments(2).0 <= 1024);
+    // A whole datagram still goes through.
+    let whole = crate::testkit::udp_frame(
+        CLIENT_MAC,
+        mac,
+        std::net::Ipv4Addr::from(CLIENT),
+        40001,
+        std::net::Ipv4Addr::from(N2),
+        5353,
+        b"hello",
+    );
+    assert!(matches!(
+        run(p, &t, PortId::Uplink, &whole).0,
+        Verdict::Tx(_)
+    ));
+    // Entries are forgotten after their lifetime: new datagrams are tracked again.
+    let (_, frags) = client_datagram(&t, mac, 4000, 60000);
+    let mut burst = Burst::new();
+    burst.push(PacketBuf::from_frame(PortId::Uplink, &frags[0]));
+    let mut v = Verdicts::new();
+    p.process(&t, 5_000, &mut burst, &mut v);
+    assert!(matches!(v[0], Verdict::Tx(_)), "{:?}", v[0]);
+}
+
+#[test]
+fn bad_fragments_are_dropped_by_reason() {
+    let (t, mut ps) = frag_node("n2", 1);
+    let mac = ps[0].cfg.uplink_mac;
+    let p = &mut ps[0];
+    let (_, frags) = client_datagram(&t, mac, 4000, 5);
+    assert_eq!(
+        run(p, &t, PortId::Uplink, &frags[0]).0,
+        Verdict::Tx(PortId::Tasks)
+    );
+    let _ = p.take_extra();
+    // The same bytes again: an overlap.
+    assert_eq!(
+        run(p, &t, PortId::Uplink, &frags[0]).0,
+        Verdict::Drop(DropReason::FragmentOverlap)
+    );
+    let fix = |f: &mut Vec<u8>| crate::testkit::refill_ipv4_checksum(f);
+    // Past byte 65,535.
+    let mut f = frags[1].clone();
+    put16(&mut f, ETH + 6, 0x2000 | 8180);
+    fix(&mut f);
+    assert_eq!(
+        run(p, &t, PortId::Uplink, &f).0,
+        Verdict::Drop(DropReason::BadFragment)
+    );
+    // More fragments follow, but the data is not a multiple of 8 bytes.
+    let mut f = frags[1].clone();
+    f.truncate(f.len() - 3);
+    let n = (f.len() - ETH) as u16;
+    put16(&mut f, ETH + 2, n);
+    fix(&mut f);
+    assert_eq!(
+        run(p, &t, PortId::Uplink, &f).0,
+        Verdict::Drop(DropReason::BadFragment)
+    );
+    // A first fragment too short for its TCP header.
+    let seg = tcp_seg(
+        (CLIENT_MAC, mac),
+        CLIENT,
+        1,
+        N2,
+        8080,
+        TcpControl::Syn,
+        false,
+        None,
+        b"",
+        false,
+    );
+    let mut f = seg[..ETH + IPV4 + 8].to_vec();
+    put16(&mut f, ETH + 2, (IPV4 + 8) as u16);
+    put16(&mut f, ETH + 6, 0x2000);
+    fix(&mut f);
+    assert_eq!(
+        run(p, &t, PortId::Uplink, &f).0,
+        Verdict::Drop(DropReason::BadFragment)
+    );
+    // A TCP fragment at offset 8 (RFC 1858's overlap attack).
+    let mut f = seg.clone();
+    put16(&mut f, ETH + 6, 1);
+    fix(&mut f);
+    assert_eq!(
+        run(p, &t, PortId::Uplink, &f).0,
+        Verdict::Drop(DropReason::BadFragment)
+    );
+    // A fragment of VXLAN from a peer.
+    let mut vx = crate::testkit::vxlan_frame(
+        [2, 0, 0, 0, 0, 0x13],
+        mac,
+        std::net::Ipv4Addr::from(0xc0a8_010d),
+        std::net::Ipv4Addr::from(N2),
+        50000,
+        ctl::INGRESS_VNI,
+        // A length whose VXLAN payload is a multiple of 8 bytes, as a non-last fragment's.
+        &frags[1][..1512],
+    );
+    put16(&mut vx, ETH + 6, 0x2000);
+    fix(&mut vx);
+    let (v, _) = run(p, &t, PortId::Uplink, &vx);
+    assert_eq!(v, Verdict::Drop(DropReason::Fragment));
+    // Other traffic is unaffected: the datagram's own later fragments still go.
+    let (out, _) = drive(
+        std::slice::from_mut(p),
+        &t,
+        2,
+        vec![
+            (0, PacketBuf::from_frame(PortId::Uplink, &frags[1])),
+            (0, PacketBuf::from_frame(PortId::Uplink, &frags[2])),
+        ],
+    );
+    assert!(out.iter().all(|(port, _)| *port == PortId::Tasks));
+    // The 1500-byte fragment in two pieces for the overlay's 1450, the last one whole.
+    assert_eq!(out.len(), 3);
 }

@@ -60,14 +60,12 @@ impl Pipeline {
         }
         let a = *fl.action(dir);
         let slot = fl.stats_slot(dir);
-        // A packet that will not fit the tunnel is refused before it is rewritten, so the
-        // ICMP answer quotes the header its sender knows.
+        if l3.frag != 0 {
+            // A datagram's first fragment: its other fragments follow this flow.
+            self.frag_flow = Some(*fl.key(dir));
+        }
         if buf.len() > self.max_frame {
-            if let Egress::Vxlan { vni, .. } = a.egress {
-                if let Some(v) = self.too_big(t, now, buf, vni) {
-                    return v;
-                }
-            }
+            return self.forward_big(t, now, buf, l3, &a, slot, dir);
         }
         self.task_stats.add(slot, 1, buf.len() as u64, 0);
         nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, &a);
@@ -75,6 +73,35 @@ impl Pipeline {
             self.clamp_mss(t, buf, l3, &a, dir);
         }
         self.send(t, now, buf, a.dst, a.egress)
+    }
+
+    /// `forward` of a packet longer than the smallest overlay MTU: checked against where it
+    /// goes before it is rewritten (so an ICMP answer quotes the header its sender knows), and
+    /// fragmented after, when it has no DF.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn forward_big(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        a: &Action,
+        slot: u16,
+        dir: Dir,
+    ) -> Result<Verdict, DropReason> {
+        let split = match self.oversize(t, now, buf, a.dst, a.egress) {
+            Size::Refused(v) => return v,
+            Size::Fits => 0,
+            Size::Split(mtu) => mtu,
+        };
+        self.task_stats.add(slot, 1, buf.len() as u64, 0);
+        nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, a);
+        if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
+            self.clamp_mss(t, buf, l3, a, dir);
+        }
+        self.send_sized(t, now, buf, a.dst, a.egress, split)
     }
 
     /// Lowers the MSS of a SYN or SYN-ACK of a flow (already translated) to what its task's
@@ -104,31 +131,41 @@ impl Pipeline {
         }
     }
 
-    /// For a frame about to be encapsulated on overlay `vni`: `None` if it fits the network's
-    /// MTU. Otherwise it is dropped as `TooBig`, and when it has DF set (RFC 1191 path MTU
-    /// discovery) its sender gets an ICMP "fragmentation needed" with the network's MTU, from
-    /// the address it sent through (the node's, or its network's gateway), in place of the
-    /// frame, at most a burst per source per 100 ms.
+    /// For a frame about to go to `dst` by `egress` (encapsulated on an overlay, or to a local
+    /// task): whether it fits the network's MTU. If it does not and has no DF, it is to be
+    /// fragmented to that MTU. If it has DF (RFC 1191 path MTU discovery) it is dropped as
+    /// `TooBig` and its sender gets an ICMP "fragmentation needed" with the network's MTU,
+    /// from the address it sent through (the node's, or its network's gateway), in place of
+    /// the frame, at most a burst per source per 100 ms.
     #[cold]
     #[inline(never)]
-    pub(super) fn too_big(
+    pub(super) fn oversize(
         &mut self,
         t: &ServiceTable,
         now: u32,
         buf: &mut PacketBuf,
-        vni: u32,
-    ) -> Option<Result<Verdict, DropReason>> {
-        let mtu = t
-            .network_by_vni(vni)
+        dst: u32,
+        egress: Egress,
+    ) -> Size {
+        let net = match egress {
+            Egress::Vxlan { vni, .. } => t.network_by_vni(vni),
+            Egress::Tasks => t.addr(addr(dst)).map(|e| e.net),
+            // Towards an outside client: the uplink carries what the overlay does and more.
+            Egress::Uplink { .. } => return Size::Fits,
+        };
+        let mtu = net
             .and_then(|n| self.net_mtu.get(usize::from(n)).copied())
             .unwrap_or(self.min_mtu);
         let f = buf.data();
         if f.len() <= ETH + usize::from(mtu) {
-            return None;
+            return Size::Fits;
         }
         let df = f.get(ETH + 6).is_some_and(|b| b & 0x40 != 0);
+        if !df {
+            return Size::Split(mtu);
+        }
         let Some(sender) = f.get(ETH + 12..ETH + 16) else {
-            return Some(Err(DropReason::TooBig));
+            return Size::Refused(Err(DropReason::TooBig));
         };
         let sender = u32::from_be_bytes([sender[0], sender[1], sender[2], sender[3]]);
         let port = buf.port;
@@ -136,11 +173,11 @@ impl Pipeline {
             PortId::Uplink => Some(t.node_addr),
             PortId::Tasks => t.addr(addr(sender)).map(|e| t.net(e.net).gateway),
         };
-        let (Some(from), true) = (from, df) else {
-            return Some(Err(DropReason::TooBig));
+        let Some(from) = from else {
+            return Size::Refused(Err(DropReason::TooBig));
         };
         if !self.icmp_limit.allow(sender, now) {
-            return Some(Err(DropReason::TooBig));
+            return Size::Refused(Err(DropReason::TooBig));
         }
         let smac = match port {
             PortId::Uplink => self.cfg.uplink_mac,
@@ -152,7 +189,7 @@ impl Pipeline {
         buf.fill(&out[..n]);
         self.stats.drop(DropReason::TooBig);
         self.stats.icmp_frag_needed += 1;
-        Some(Ok(Verdict::Tx(port)))
+        Size::Refused(Ok(Verdict::Tx(port)))
     }
 
     /// Sends an IPv4 frame (already rewritten) towards `dst` by `egress`.
