@@ -711,6 +711,10 @@ crate::counters! {
         rst_sent: Counter,
         unreachable_sent: Counter,
         echo_replies: Counter,
+        /// Fragmented datagrams for the host side put together (a large ping).
+        reassembled: Counter,
+        /// Fragments for the host side dropped: overlapping, malformed, or no room.
+        fragments_dropped: Counter,
         dns_queries: Counter,
         /// Of which over TCP.
         dns_tcp_queries: Counter,

@@ -482,6 +482,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         uplink_mac,
         tasks_mac,
         seed,
+        uplink_mtu,
     });
     if let Some(up) = s.dns_upstream {
         stack.set_upstream(Box::new(UdpUpstream::connect(up)?));

@@ -1225,6 +1225,7 @@ impl Mesh {
                     uplink_mac,
                     tasks_mac,
                     seed: 0x5eed_0000 + i as u64,
+                    uplink_mtu: 1500,
                 }),
                 health: HealthView::new(),
                 table_gen: generation,

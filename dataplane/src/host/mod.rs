@@ -18,6 +18,7 @@
 //! to whoever compiles tables (the controller), which layers it over the desired state and
 //! publishes a new table generation; nothing of it is persisted.
 
+pub mod defrag;
 pub mod dns;
 pub mod gossip;
 pub mod health;
@@ -38,7 +39,7 @@ use smoltcp::wire::{
 pub use stateless::{answer, HostAction};
 
 use crate::balance::table::{AddrKind, HealthView, NodeIdx, ServiceTable};
-use crate::buf::{PacketBuf, PortId};
+use crate::buf::PortId;
 use crate::neigh::Neighbors;
 use dns::{AnswerSpec, Malformed, Rcode};
 use health::{Monitor, Outcome};
@@ -97,6 +98,9 @@ pub struct HostConfig {
     pub tasks_mac: [u8; 6],
     /// Seeds the answers' shuffling and smoltcp's initial sequence numbers.
     pub seed: u64,
+    /// The uplink's MTU: answers longer than it (or than a network's MTU on the tasks side)
+    /// go out in fragments.
+    pub uplink_mtu: u16,
 }
 
 /// A peer's report about one of its tasks.
@@ -138,6 +142,8 @@ pub struct HostStack {
     rng: Rng,
     pub stats: HostStats,
     out: Vec<(PortId, Vec<u8>)>,
+    /// Fragmented datagrams for the host side (a large ping), being put together.
+    defrag: defrag::Reassembly,
     upstream: Option<Box<dyn Upstream>>,
     forwards: HashMap<u16, Forward>,
     next_fwd: u16,
@@ -168,6 +174,7 @@ impl HostStack {
             rng,
             stats: HostStats::default(),
             out: Vec::new(),
+            defrag: defrag::Reassembly::default(),
             upstream: None,
             forwards: HashMap::new(),
             next_fwd: 1,
@@ -222,6 +229,20 @@ impl HostStack {
     pub fn input(&mut self, t: &ServiceTable, port: PortId, frame: &[u8], now: u64) {
         self.sync(t, now);
         self.stats.frames += 1;
+        let whole;
+        let frame = match self.defrag.add(frame, now) {
+            defrag::Added::Whole => frame,
+            defrag::Added::Pending => return,
+            defrag::Added::Dropped => {
+                self.stats.fragments_dropped += 1;
+                return;
+            }
+            defrag::Added::Done(f) => {
+                self.stats.reassembled += 1;
+                whole = f;
+                &whole
+            }
+        };
         let Some((src, dst, proto, l4)) = ipv4(frame) else {
             self.stats.ignored += 1;
             return;
@@ -262,23 +283,34 @@ impl HostStack {
                 }
             }
         }
-        self.stateless(port, frame);
+        // The answer goes back to the sender: on the uplink, or to a task on its network.
+        let overlay = self.cfg.uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
+        let mtu = match port {
+            PortId::Uplink => self.cfg.uplink_mtu,
+            PortId::Tasks => t
+                .addr(src)
+                .and_then(|e| t.net(e.net).mtu)
+                .map_or(overlay, |m| m.min(overlay)),
+        };
+        self.stateless(port, frame, mtu);
     }
 
-    /// The in-place answers (RST, port unreachable, echo reply).
-    fn stateless(&mut self, port: PortId, frame: &[u8]) {
-        let mut b = PacketBuf::from_frame(port, frame);
-        if answer(&mut b) != HostAction::Reply {
+    /// The answers of a host with no sockets (RST, port unreachable, echo reply), in
+    /// fragments of at most `mtu` bytes of IPv4 when longer.
+    fn stateless(&mut self, port: PortId, frame: &[u8], mtu: u16) {
+        let Some(reply) = stateless::answer_frame(frame) else {
             self.stats.ignored += 1;
             return;
-        }
-        match ipv4(b.data()).map(|(_, _, p, l4)| (p, l4.first().copied())) {
+        };
+        match ipv4(&reply).map(|(_, _, p, l4)| (p, l4.first().copied())) {
             Some((IpProtocol::Tcp, _)) => self.stats.rst_sent += 1,
             Some((IpProtocol::Icmp, Some(0))) => self.stats.echo_replies += 1,
             Some((IpProtocol::Icmp, _)) => self.stats.unreachable_sent += 1,
             _ => {}
         }
-        self.out.push((port, b.data().to_vec()));
+        for f in defrag::split(&reply, usize::from(mtu)) {
+            self.out.push((port, f));
+        }
     }
 
     /// Runs everything that is due: health probes, the lanes (answers, retransmissions), the
@@ -831,8 +863,55 @@ mod tests {
             uplink_mac: [2, 0, 0, 0, 0, 1],
             tasks_mac: [2, 0, 0, 0, 0, 2],
             seed: 9,
+            uplink_mtu: 1500,
         });
         (h, t, Neighbors::new(64))
+    }
+
+    #[test]
+    fn a_fragmented_ping_of_the_node_or_a_vip_is_answered_in_fragments() {
+        let (mut h, t, _) = stack();
+        let data: Vec<u8> = (0..4000).map(|i| (i % 251) as u8).collect();
+        // From an outside client to the node (uplink, MTU 1500), and from a task to web's VIP
+        // (tasks port, the network's 1450).
+        let cases = [
+            (
+                PortId::Uplink,
+                Ipv4Addr::new(10, 9, 0, 9),
+                Ipv4Addr::new(192, 168, 1, 12),
+                1500,
+            ),
+            (
+                PortId::Tasks,
+                Ipv4Addr::new(10, 0, 1, 11),
+                Ipv4Addr::new(10, 0, 1, 2),
+                1450,
+            ),
+        ];
+        for (port, from, to, mtu) in cases {
+            let ping = testkit::icmp_echo(
+                [2, 0, 0, 0, 0, 9],
+                [2, 0, 0, 0, 0, 1],
+                from,
+                to,
+                3,
+                4,
+                &data,
+            );
+            for f in testkit::fragment(&ping, 1500, 42).iter().rev() {
+                h.input(&t, port, f, 1);
+            }
+            let out = h.take_output();
+            assert!(out.len() >= 3, "{port:?}: {} frames", out.len());
+            assert!(out.iter().all(|(p, f)| *p == port && f.len() <= 14 + mtu));
+            let frames: Vec<Vec<u8>> = out.into_iter().map(|(_, f)| f).collect();
+            let whole = testkit::reassemble(&frames).expect("one datagram");
+            let r = testkit::parse_icmp_echo(&whole).expect("checksums right");
+            assert!(r.reply);
+            assert_eq!((r.src, r.dst, r.data), (to, from, data.clone()));
+        }
+        assert_eq!(h.stats.reassembled, 2);
+        assert_eq!(h.stats.echo_replies, 2);
     }
 
     proptest! {

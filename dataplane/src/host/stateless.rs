@@ -31,12 +31,26 @@ pub enum HostAction {
 
 /// Answers `buf` in place when a host would.
 pub fn answer(buf: &mut PacketBuf) -> HostAction {
-    let mut out = [0u8; 1514];
-    let Some(n) = build_answer(buf.data(), &mut out) else {
+    let Some(out) = answer_frame(buf.data()) else {
         return HostAction::Ignore;
     };
-    buf.fill(&out[..n]);
+    buf.fill(&out);
     HostAction::Reply
+}
+
+/// The answer a host would give to `frame`, if any, whatever its length (an echo reply is as
+/// long as its request, which may be a reassembled datagram).
+pub fn answer_frame(frame: &[u8]) -> Option<Vec<u8>> {
+    let mut out = vec![
+        0u8;
+        frame
+            .len()
+            .max(ETH + reply::FRAG_NEEDED_LEN)
+            .max(reply::RST_LEN)
+    ];
+    let n = build_answer(frame, &mut out)?;
+    out.truncate(n);
+    Some(out)
 }
 
 fn build_answer(frame: &[u8], out: &mut [u8]) -> Option<usize> {
