@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs (as root, from Debian's packages) the tools the demo and the end-to-end tests use:
-# ip (iproute2), ethtool, curl, ping, dig; with --bench also what `bench mesh` compares meshd
+# ip (iproute2), ethtool, curl, ping, tracepath, dig; with --bench also what `bench mesh` compares meshd
 # with: nftables (the kernel's way) and DPDK's testpmd (the veth ceiling).
 # Says what is missing when it cannot install. The AF_XDP backend (meshd --io afxdp) needs no
 # package: it is plain system calls (no libbpf/libxdp, no clang).
 set -euo pipefail
-declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [dig]=bind9-dnsutils )
+declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [tracepath]=iputils-tracepath [dig]=bind9-dnsutils )
 if [ "${1:-}" = "--bench" ]; then
   pkg[nft]=nftables
   pkg[dpdk-testpmd]=dpdk-dev

@@ -415,7 +415,7 @@ impl Scenario {
             // Frames made beside the burst's (the pieces of a fragmented packet), as the
             // worker sends them.
             if self.pipeline.has_extra() {
-                for (b, v) in self.pipeline.take_extra() {
+                for (b, v, _) in self.pipeline.take_extra() {
                     ok += usize::from(matches!(v, Verdict::Tx(_)));
                     self.spare.put(b);
                 }

@@ -1046,7 +1046,11 @@ impl SimNode {
                     .pipeline
                     .process(&self.table, now, &mut burst, &mut verdicts);
                 // The burst's frames, then those the pipeline made or released beside them.
-                let extra = self.workers[w].pipeline.take_extra();
+                let extra = self.workers[w]
+                    .pipeline
+                    .take_extra()
+                    .into_iter()
+                    .map(|(b, v, _)| (b, v));
                 for (buf, v) in burst.drain(..).zip(verdicts.iter().copied()).chain(extra) {
                     match v {
                         Verdict::Tx(port) => {

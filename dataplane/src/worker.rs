@@ -306,14 +306,23 @@ impl Worker {
             return;
         }
         self.pipeline.process(table, now, burst, verdicts);
-        for (b, v) in burst.drain(..).zip(verdicts.iter()) {
-            self.dispatch(b, *v, out);
+        if !self.pipeline.has_extra() {
+            for (b, v) in burst.drain(..).zip(verdicts.iter()) {
+                self.dispatch(b, *v, out);
+            }
+            return;
         }
-        // Fragments of too-big packets, and held fragments whose first fragment came.
-        if self.pipeline.has_extra() {
-            for (b, v) in self.pipeline.take_extra() {
+        // Fragments of too-big packets, and held fragments whose first fragment came: each
+        // right after the frame it belongs with, so a packet's pieces leave in order.
+        let mut extra = self.pipeline.take_extra().into_iter().peekable();
+        for (i, (b, v)) in burst.drain(..).zip(verdicts.iter()).enumerate() {
+            self.dispatch(b, *v, out);
+            while let Some((b, v, _)) = extra.next_if(|e| usize::from(e.2) == i) {
                 self.dispatch(b, v, out);
             }
+        }
+        for (b, v, _) in extra {
+            self.dispatch(b, v, out);
         }
     }
 

@@ -1,5 +1,5 @@
 //! What the testbed needs from the machine, checked before it touches anything: root, and the
-//! programs it runs (`ip`, `ethtool`, `curl`, `ping`, `sysctl`). Missing Debian packages are
+//! programs it runs (`ip`, `ethtool`, `curl`, `ping`, `tracepath`, `sysctl`). Missing Debian packages are
 //! installed with apt-get when running as root; otherwise the message says what to install.
 
 use std::path::Path;
@@ -13,6 +13,7 @@ pub const NEEDED: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("curl", "curl"),
     ("ping", "iputils-ping"),
+    ("tracepath", "iputils-tracepath"),
     ("sysctl", "procps"),
 ];
 

@@ -170,6 +170,23 @@ pub fn udp_ask_on(
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Sends `payload` (any size up to UDP's 65,507 bytes: the kernel fragments what its route
+/// cannot carry) on a socket the caller keeps, and returns the first datagram back, whole.
+pub fn udp_echo_on(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, Failure> {
+    sock.connect(to)?;
+    sock.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+    sock.send(payload)?;
+    let mut buf = vec![0u8; 65_536];
+    let n = sock.recv(&mut buf)?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// A UDP socket bound inside namespace `ns`.
 pub fn udp_socket(ns: &str) -> Result<Result<UdpSocket, Failure>> {
     Ok(sys::in_netns(ns, || UdpSocket::bind("0.0.0.0:0"))?.map_err(Failure::from))

@@ -1,6 +1,9 @@
 //! End-to-end tests of big payloads across the overlay: the overlay MTU (1450 on the testbed's
 //! 1500-byte underlay), TCP MSS clamping and ICMP "fragmentation needed", with curl moving a
-//! mebibyte each way through every path, with tasks at the overlay's MTU and left at 1500.
+//! mebibyte each way through every path, UDP datagrams of 1,400 to 8,000 bytes (IPv4
+//! fragments: forwarded, and fragmented again for the overlay) echoed intact, `ping -s 4000`
+//! of every node and of a VIP, and `tracepath` finding the overlay's MTU; with tasks at the
+//! overlay's MTU and left at 1500.
 //!
 //! Run as root from the workspace root: `sudo cargo test -p testbed --test bigpackets`.
 //! Each test builds its own mesh (`meshd-b<tag><pid>-*`), removed by a guard even on failure.
@@ -8,11 +11,13 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use common::Mesh;
 use ctl::model::PublishMode;
-use testbed::{sys, whoami, RunSpec};
+use testbed::{probe, sys, whoami, RunSpec};
 
 const MIB: usize = 1 << 20;
 
@@ -91,6 +96,47 @@ fn mebibyte_each_way(s: &Scratch, ns: &str, base: &str, what: &str) {
     assert!(got == body, "{what}: the echoed upload differs");
 }
 
+/// The UDP sizes each path must carry: one that fits, one a byte past a 1500-byte link (two
+/// fragments), and two of several fragments.
+const UDP_SIZES: [usize; 4] = [1400, 1473, 4000, 8000];
+
+/// From namespace `ns`: UDP datagrams of each of `UDP_SIZES` to `to`, each echoed whole (the
+/// whoami's name, a space, then the datagram) and intact.
+fn udp_sizes_echoed(ns: &str, to: SocketAddr, what: &str) {
+    let sock = probe::udp_socket(ns).unwrap().unwrap();
+    for n in UDP_SIZES {
+        let body = whoami::pattern(n);
+        // A datagram lost to the path MTU discovery of the client's kernel (its first at a new
+        // size may meet "fragmentation needed") is sent again, as a UDP application would.
+        let got = (0..3)
+            .find_map(|_| probe::udp_echo_on(&sock, to, &body, Duration::from_secs(2)).ok())
+            .unwrap_or_else(|| panic!("{what}: no echo of {n} bytes to {to}"));
+        assert!(
+            got.len() > n && got.ends_with(&body),
+            "{what}: {n} bytes to {to}: got {} bytes back, not the datagram",
+            got.len()
+        );
+    }
+}
+
+/// From namespace `ns`: `ping -s 4000` of `to` is answered (the request and the reply both
+/// travel as fragments).
+fn big_ping(ns: &str, to: &str, what: &str) {
+    let out = sys::exec_in_output(ns, "ping", &["-s", "4000", "-c", "2", "-W", "2", to]).unwrap();
+    assert_eq!(
+        out.code,
+        Some(0),
+        "{what}: ping -s 4000 {to}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("4008 bytes from"),
+        "{what}: {}",
+        out.stdout
+    );
+}
+
 /// Published ports (Swarm's masquerade and `--client-ip keep`) through every node, with the
 /// task on n2: local to n2, remote from n1 and n3.
 fn published_paths(m: &mut Mesh, s: &Scratch) {
@@ -109,9 +155,35 @@ fn published_paths(m: &mut Mesh, s: &Scratch) {
             .on("n2"),
     )
     .unwrap();
+    m.run(
+        &RunSpec::new("uecho", 1)
+            .publish("5353:80/udp", PublishMode::Ingress)
+            .unwrap()
+            .on("n2"),
+    )
+    .unwrap();
+    m.run(
+        &RunSpec::new("ukept", 1)
+            .publish("5354:80/udp", PublishMode::Ingress)
+            .unwrap()
+            .keep_client_ip()
+            .on("n2"),
+    )
+    .unwrap();
     let client = m.client_ns();
     for node in ["n1", "n2", "n3"] {
         let a = m.node(node).unwrap().addr;
+        udp_sizes_echoed(
+            &client,
+            SocketAddr::from((a, 5353)),
+            &format!("{node}:5353/udp"),
+        );
+        udp_sizes_echoed(
+            &client,
+            SocketAddr::from((a, 5354)),
+            &format!("{node}:5354/udp (client IP kept)"),
+        );
+        big_ping(&client, &a.to_string(), &format!("node {node}"));
         mebibyte_each_way(
             s,
             &client,
@@ -139,6 +211,8 @@ fn vip_paths(m: &mut Mesh, s: &Scratch) {
     for (c, what) in [("c1", "VIP, remote task"), ("c2", "VIP, local task")] {
         let ns = m.tasks_of(c)[0].ns.clone();
         mebibyte_each_way(s, &ns, &format!("http://{vip}"), what);
+        udp_sizes_echoed(&ns, SocketAddr::from((vip, 80)), what);
+        big_ping(&ns, &vip.to_string(), what);
     }
 }
 
@@ -191,4 +265,9 @@ fn tasks_left_at_mtu_1500_still_move_a_mebibyte_and_learn_the_path_mtu() {
         out.stdout,
         out.stderr
     );
+    // tracepath from a task at 1500 to a task on another node finds the overlay's MTU: meshd
+    // answers its 1500-byte probes with "fragmentation needed".
+    let out = sys::exec_in_output(&c1, "tracepath", &["-n", "-m", "4", &api]).unwrap();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("pmtu 1450"), "tracepath: {text}");
 }

@@ -41,7 +41,7 @@ pub(super) const EXTRA: usize = SPARE + HOLD;
 const LIFETIME_MS: u32 = 2_000;
 const HOLD_MS: u32 = 500;
 /// Disjoint byte ranges tracked per datagram (fragments in order make one).
-const RANGES: usize = 4;
+const RANGES: usize = 8;
 
 /// A datagram: what its fragments share.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -434,10 +434,11 @@ impl Pipeline {
         }
     }
 
-    /// A frame made or released outside the burst's own, with its verdict (counted here).
+    /// A frame made or released outside the burst's own, with its verdict (counted here); it
+    /// goes out right after the burst's frame being processed.
     pub(super) fn push_extra(&mut self, b: PacketBuf, v: Verdict) {
         self.count(v);
-        if let Err(e) = self.extra.try_push((b, v)) {
+        if let Err(e) = self.extra.try_push((b, v, self.cur)) {
             // Cannot happen while the worker drains the extra frames after every burst (each
             // came from a spare buffer or a held fragment); counted, and the buffer kept.
             self.stats.drop(DropReason::NoBuffer);
@@ -446,8 +447,9 @@ impl Pipeline {
     }
 
     /// The frames made or released by the last burst (fragments of a too-big packet, held
-    /// fragments whose first fragment came), with their verdicts, in order.
-    pub fn take_extra(&mut self) -> ArrayVec<(PacketBuf, Verdict), EXTRA> {
+    /// fragments whose first fragment came), with their verdicts and the index of the burst's
+    /// frame each is to follow (so a packet's pieces leave together, in order), in order.
+    pub fn take_extra(&mut self) -> ArrayVec<Extra, EXTRA> {
         std::mem::take(&mut self.extra)
     }
 
@@ -557,6 +559,10 @@ fn set_fragment(f: &mut [u8], len: usize, offset: u16, more: u16) {
     let c = overlay::ipv4_header_checksum(&f[ETH..ETH + IPV4]);
     put16(f, ETH + 10, c);
 }
+
+/// A frame made or released beside a burst's own: the frame, its verdict, and the index of
+/// the burst's frame it follows.
+pub type Extra = (PacketBuf, Verdict, u8);
 
 /// What to do with a packet longer than the smallest overlay MTU.
 pub(super) enum Size {

@@ -164,7 +164,9 @@ pub struct Pipeline {
     /// between bursts).
     spare: ArrayVec<PacketBuf, { frag::SPARE }>,
     /// Frames made or released during a burst besides its own, with their verdicts.
-    extra: ArrayVec<(PacketBuf, Verdict), { frag::EXTRA }>,
+    extra: ArrayVec<frag::Extra, { frag::EXTRA }>,
+    /// The index in its burst of the frame being processed (which extra frames follow).
+    cur: u8,
     /// The flow a first fragment was forwarded by (set by `forward`).
     frag_flow: Option<FlowKey>,
 }
@@ -212,6 +214,7 @@ impl Pipeline {
             held: ArrayVec::new(),
             spare: ArrayVec::new(),
             extra: ArrayVec::new(),
+            cur: 0,
             frag_flow: None,
         }
     }
@@ -341,6 +344,11 @@ impl Pipeline {
         }
         for (i, buf) in burst.iter_mut().enumerate() {
             self.hint = keys[i];
+            // Casts: a burst has at most BURST (32) frames.
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                self.cur = i as u8;
+            }
             self.stats.rx += 1;
             let v = match self.one(table, now, buf) {
                 Ok(v) => v,

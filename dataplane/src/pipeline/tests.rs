@@ -1058,7 +1058,7 @@ fn drive(
             burst.push(b);
             let mut v = Verdicts::new();
             ps[w].process(t, now, &mut burst, &mut v);
-            let extra = ps[w].take_extra();
+            let extra = ps[w].take_extra().into_iter().map(|(b, v, _)| (b, v));
             for (b, v) in burst.drain(..).zip(v.iter().copied()).chain(extra) {
                 seen.push(v);
                 match v {
@@ -1301,7 +1301,7 @@ fn the_fragment_table_is_bounded_and_other_flows_go_on() {
             v => panic!("{v:?}"),
         }
         // As the worker loop: extra frames sent, spares topped up between bursts.
-        for (b, _) in p.take_extra() {
+        for (b, _, _) in p.take_extra() {
             pool.put(b);
         }
         p.maintain(&t, 1, &mut pool, &mut Burst::new());
@@ -1423,4 +1423,36 @@ fn bad_fragments_are_dropped_by_reason() {
     assert!(out.iter().all(|(port, _)| *port == PortId::Tasks));
     // The 1500-byte fragment in two pieces for the overlay's 1450, the last one whole.
     assert_eq!(out.len(), 3);
+}
+
+#[test]
+fn the_pieces_of_a_fragmented_packet_follow_their_frame_in_the_burst() {
+    let (t, mut ps) = frag_node("n1", 1);
+    let mac = ps[0].cfg.uplink_mac;
+    let (data, frags) = client_datagram(&t, mac, 8000, 3);
+    let mut burst: Burst = frags
+        .iter()
+        .map(|f| PacketBuf::from_frame(PortId::Uplink, f))
+        .collect();
+    let mut v = Verdicts::new();
+    ps[0].process(&t, 1, &mut burst, &mut v);
+    let extra = ps[0].take_extra();
+    // Each 1500-byte fragment became two pieces: its second piece follows it.
+    let after: Vec<u8> = extra.iter().map(|e| e.2).collect();
+    assert_eq!(after, (0..frags.len() as u8 - 1).collect::<Vec<_>>());
+    // Sent as the worker sends them, the receiver sees the datagram in order.
+    let mut out = Vec::new();
+    let mut ex = extra.into_iter().peekable();
+    for (i, b) in burst.iter().enumerate() {
+        out.push((PortId::Uplink, b.data().to_vec()));
+        while let Some((b, _, _)) = ex.next_if(|e| usize::from(e.2) == i) {
+            out.push((PortId::Uplink, b.data().to_vec()));
+        }
+    }
+    let offsets: Vec<u16> = out
+        .iter()
+        .map(|(_, f)| be16(crate::testkit::decap(f).unwrap().1, ETH + 6) & 0x1fff)
+        .collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    assert_eq!(delivered(&out).payload, data);
 }
