@@ -87,6 +87,7 @@ fn main() {
                 (Kind::Vip, sizes[1].min(64_000)),
                 (Kind::Decap, sizes[1]),
                 (Kind::Replies, sizes[1]),
+                (Kind::Fragments, sizes[1].min(1 << 16)),
             ];
             for (kind, flows) in plan {
                 if only
@@ -113,12 +114,12 @@ fn main() {
                 }
             } else {
                 println!(
-                    "{:<22} {:>9} {:>10} {:>9} {:>10}",
+                    "{:<30} {:>9} {:>10} {:>9} {:>10}",
                     "scenario", "flows", "Mpps", "ns/pkt", "forwarded"
                 );
                 for r in &rows {
                     println!(
-                        "{:<22} {:>9} {:>10.2} {:>9.1} {:>9.1}%",
+                        "{:<30} {:>9} {:>10.2} {:>9.1} {:>9.1}%",
                         r.scenario,
                         r.flows,
                         r.mpps,

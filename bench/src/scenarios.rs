@@ -86,6 +86,12 @@ pub fn state() -> State {
         target: 80,
         mode: PublishMode::Ingress,
     });
+    web.ports.push(PublishedPort {
+        protocol: Protocol::Udp,
+        published: FRAG_PORT,
+        target: 80,
+        mode: PublishMode::Ingress,
+    });
     // 32 tasks, half on n2 and half on n3: masquerading to n1's one endpoint address leaves about
     // 64K source ports per task, so a million flows need at least 16 tasks (as with Swarm).
     for i in 0..32u8 {
@@ -137,7 +143,19 @@ pub enum Kind {
     /// from the task's node, decapsulated, the reverse translation (un-masquerade, un-DNAT),
     /// out of the uplink to the client.
     Replies,
+    /// Established UDP flows to a published port whose datagrams arrive as two 1,500-byte
+    /// IPv4 fragments (a 2,952-byte datagram from a client on a 1500 link): the first finds
+    /// the flow, the second follows it through the fragment table; each is DNAT'ed,
+    /// masqueraded and fragmented again for the 1450 overlay before encapsulation.
+    Fragments,
 }
+
+/// The published UDP port of the fragmented-datagram scenario.
+pub const FRAG_PORT: u16 = 5353;
+/// Its datagrams' UDP payload: two fragments of 1,480 bytes of IPv4 payload.
+const FRAG_PAYLOAD: usize = 2 * 1480 - 8;
+/// Where its fragments sit in the replay buffer (each 1,514 bytes).
+const FRAG_STRIDE: usize = 1536;
 
 impl Kind {
     pub fn name(self) -> &'static str {
@@ -147,6 +165,7 @@ impl Kind {
             Kind::Vip => "VIP (task to VIP)",
             Kind::Decap => "decapsulation",
             Kind::Replies => "task replies",
+            Kind::Fragments => "fragmented UDP (per fragment)",
         }
     }
 }
@@ -155,6 +174,8 @@ impl Kind {
 pub struct Scenario {
     pub kind: Kind,
     pub flows: usize,
+    /// Frames in the replay buffer: one per flow, two for fragmented datagrams.
+    replayed: usize,
     pub table: ServiceTable,
     pub pipeline: Pipeline,
     /// One frame per flow, back to back, replayed in order.
@@ -232,12 +253,14 @@ impl Scenario {
         };
         let pipeline = Pipeline::new(cfg, neigh);
         let port = match kind {
-            Kind::Ingress | Kind::NewFlows | Kind::Decap | Kind::Replies => PortId::Uplink,
+            Kind::Ingress | Kind::NewFlows | Kind::Decap | Kind::Replies | Kind::Fragments => {
+                PortId::Uplink
+            }
             Kind::Vip => PortId::Tasks,
         };
         let frame = |i: usize, flags: u8| -> Vec<u8> {
             match kind {
-                Kind::Ingress | Kind::NewFlows | Kind::Replies => {
+                Kind::Ingress | Kind::NewFlows | Kind::Replies | Kind::Fragments => {
                     let (ip, port) = client(i);
                     testkit::tcp_frame(
                         CLIENT_MAC,
@@ -295,6 +318,7 @@ impl Scenario {
         let mut s = Scenario {
             kind,
             flows,
+            replayed: flows,
             table,
             pipeline,
             frames: Vec::new(),
@@ -372,6 +396,26 @@ impl Scenario {
             s.frames = all;
             return s;
         }
+        if kind == Kind::Fragments {
+            // Two fragments per flow, one after the other; the first pass opens the flows.
+            let body = vec![0x5a; FRAG_PAYLOAD];
+            let mut all = Vec::with_capacity(flows * 2 * FRAG_STRIDE);
+            for &i in &order {
+                let (ip, port) = client(i as usize);
+                let whole =
+                    testkit::udp_frame(CLIENT_MAC, UPLINK_MAC, ip, port, N1, FRAG_PORT, &body);
+                for mut f in testkit::fragment(&whole, 1500, (i % 65_536) as u16) {
+                    assert_eq!(f.len(), testkit::ETH_LEN + 1500);
+                    f.resize(FRAG_STRIDE, 0);
+                    all.extend_from_slice(&f);
+                }
+            }
+            s.frames = all;
+            s.replayed = 2 * flows;
+            s.stride_run(s.layout(), 2 * flows);
+            s.cursor = 0;
+            return s;
+        }
         let flags = match kind {
             Kind::NewFlows => tcp_flags::SYN,
             _ => tcp_flags::ACK,
@@ -387,6 +431,7 @@ impl Scenario {
                 128,
                 testkit::ETH_LEN + dataplane::wire::vxlan::ENCAP_LEN + 40,
             ),
+            Kind::Fragments => (FRAG_STRIDE, testkit::ETH_LEN + 1500),
             _ => (FRAME, FRAME),
         }
     }
@@ -406,17 +451,17 @@ impl Scenario {
             }
             burst.truncate(n);
             for (k, b) in burst.iter_mut().enumerate() {
-                let i = (self.cursor + k) % self.flows;
+                let i = (self.cursor + k) % self.replayed;
                 b.fill(&self.frames[i * stride..i * stride + len]);
                 b.port = self.port;
             }
             self.pipeline
                 .process(&self.table, self.now, &mut burst, &mut verdicts);
-            // Frames made beside the burst's (the pieces of a fragmented packet), as the
-            // worker sends them.
+            // Frames made beside the burst's (the second pieces of fragmented packets): sent by
+            // the worker; here their buffers go back (a frame counts as forwarded by its own
+            // verdict).
             if self.pipeline.has_extra() {
-                for (b, v, _) in self.pipeline.take_extra() {
-                    ok += usize::from(matches!(v, Verdict::Tx(_)));
+                for (b, _, _) in self.pipeline.take_extra() {
                     self.spare.put(b);
                 }
             }
@@ -432,7 +477,7 @@ impl Scenario {
                 .filter(|v| matches!(v, Verdict::Tx(_)))
                 .count();
             done += n;
-            self.cursor = (self.cursor + n) % self.flows;
+            self.cursor = (self.cursor + n) % self.replayed;
         }
         self.now += 1;
         while burst.len() < BURST {

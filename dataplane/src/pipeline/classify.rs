@@ -79,6 +79,10 @@ pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropR
     if !checksum::verify(0, h) {
         return Err(DropReason::BadIpChecksum);
     }
+    // More-fragments flag or a fragment offset: checked apart (cold).
+    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+        return super::frag::parse_fragment(h, bytes, off, total);
+    }
     if h[8] <= 1 {
         return Err(DropReason::TtlExpired);
     }
@@ -99,10 +103,6 @@ pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropR
         l4,
         frag: 0,
     };
-    // More-fragments flag or a fragment offset: checked apart (cold).
-    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
-        return super::frag::parse_fragment(h, payload, out);
-    }
     let pseudo = || checksum::pseudo_v4(src, dst, proto, payload.len() as u16);
     match proto {
         TCP => {

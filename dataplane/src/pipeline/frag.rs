@@ -574,19 +574,35 @@ pub(super) enum Size {
     Split(u16),
 }
 
-/// Checks a fragment's header (IPv4 header `h`, already checked by `parse_ipv4`, of a packet
-/// whose IPv4 payload is `payload`, at frame offset `l4`) and reads what the path needs: the
-/// first fragment's ports (its transport checksum, over the whole datagram, cannot be checked
-/// here: the task checks it), nothing of a later one.
+/// Checks a fragment (IPv4 header `h`, whose checksum and lengths `parse_ipv4` checked, of
+/// the packet `bytes` at frame offset `off`, `total` bytes long) and reads what the path needs:
+/// the first fragment's ports (its transport checksum, over the whole datagram, cannot be
+/// checked here: the task checks it), nothing of a later one.
 #[cold]
 #[inline(never)]
 // Casts: an IPv4 payload is at most 65,535 bytes.
 #[allow(clippy::cast_possible_truncation)]
 pub(super) fn parse_fragment(
     h: &[u8; IPV4],
-    payload: &[u8],
-    mut out: L3,
+    bytes: &[u8],
+    off: usize,
+    total: usize,
 ) -> Result<L3, DropReason> {
+    if h[8] <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    let payload = bytes.get(IPV4..total).unwrap_or_default();
+    let mut out = L3 {
+        proto: h[9],
+        src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+        dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+        sport: 0,
+        dport: 0,
+        flags: 0,
+        ack: 0,
+        l4: off + IPV4,
+        frag: 0,
+    };
     let ff = u16::from_be_bytes([h[6], h[7]]);
     let start = usize::from(ff & 0x1fff) * 8;
     let more = ff & 0x2000 != 0;

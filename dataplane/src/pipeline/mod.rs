@@ -556,7 +556,7 @@ impl Pipeline {
 
     /// The inner packet `l3` of VXLAN from `peer` on network `net`, still encapsulated: steered,
     /// decapsulated, routed.
-    #[inline(always)]
+    #[inline]
     fn decap_inner(
         &mut self,
         t: &ServiceTable,
