@@ -85,12 +85,12 @@ pub(super) enum Route {
 }
 
 /// How a fragment reached the pipeline: on its port, or inside VXLAN from a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(super) enum Way {
     Direct,
+    /// Inside VXLAN with this outer packet.
     Decap {
-        peer: crate::balance::table::NodeIdx,
-        net: crate::balance::table::NetIdx,
+        outer: L3,
     },
 }
 
@@ -318,7 +318,8 @@ impl Pipeline {
         match (way, buf.port) {
             (Way::Direct, PortId::Uplink) => self.on_uplink(t, now, buf, l3),
             (Way::Direct, PortId::Tasks) => self.on_task(t, now, buf, l3),
-            (Way::Decap { peer, net }, _) => self.decap_inner(t, now, buf, peer, net, l3),
+            // The inner packet is read again from the frame (`l3` is the same).
+            (Way::Decap { outer }, _) => self.decap(t, now, buf, outer, true),
         }
     }
 

@@ -419,7 +419,7 @@ impl Pipeline {
             }
             // A frame handed to another worker goes as it arrived on the uplink: `decap` decides
             // the owner before it strips anything.
-            return self.decap(t, now, buf, l3);
+            return self.decap(t, now, buf, l3, false);
         }
         if dst != t.node_addr || !l3.has_ports() {
             return Ok(Verdict::Host(HostReason::NodeAddress));
@@ -517,6 +517,7 @@ impl Pipeline {
         now: u32,
         buf: &mut PacketBuf,
         outer: L3,
+        replay: bool,
     ) -> Result<Verdict, DropReason> {
         let Some(peer) = t.peer(addr(outer.src)) else {
             return Err(DropReason::UnknownVtep);
@@ -547,25 +548,12 @@ impl Pipeline {
             EthernetProtocol::Arp => return Err(DropReason::ArpIgnored),
             _ => return Err(DropReason::UnknownEthertype),
         }
-        let l3 = parse_ipv4(f, vxlan::ENCAP_LEN + ETH, self.cfg.verify_l4_checksums)?;
-        if l3.frag != 0 {
-            return self.fragment(t, now, buf, l3, Way::Decap { peer, net });
+        let mut l3 = parse_ipv4(f, vxlan::ENCAP_LEN + ETH, self.cfg.verify_l4_checksums)?;
+        // A fragment goes through the fragment stage, which runs it through here again
+        // (`replay`) when its datagram's route says so.
+        if l3.frag != 0 && !replay {
+            return self.fragment(t, now, buf, l3, Way::Decap { outer });
         }
-        self.decap_inner(t, now, buf, peer, net, l3)
-    }
-
-    /// The inner packet `l3` of VXLAN from `peer` on network `net`, still encapsulated: steered,
-    /// decapsulated, routed.
-    #[inline]
-    fn decap_inner(
-        &mut self,
-        t: &ServiceTable,
-        now: u32,
-        buf: &mut PacketBuf,
-        peer: crate::balance::table::NodeIdx,
-        net: crate::balance::table::NetIdx,
-        mut l3: L3,
-    ) -> Result<Verdict, DropReason> {
         let d = t.addr(addr(l3.dst));
         if let Some(d) = d {
             if d.net != net {
