@@ -76,7 +76,7 @@ impl<K: FastKey, V: Copy> FrozenMap<K, V> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
     #[allow(clippy::cast_possible_truncation)]
     pub fn get(&self, k: K) -> Option<V> {

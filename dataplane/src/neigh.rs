@@ -151,7 +151,7 @@ impl<K: Copy + Eq, V: Copy, const N: usize> NeighCache<K, V, N> {
 
     /// The value for `key`, whose neighbour is `ip`: the cached one, or `make(ip's MAC)` made
     /// now (`None` while `ip`'s MAC is unknown).
-    #[inline]
+    #[inline(always)]
     pub fn get(
         &mut self,
         neigh: &Neighbors,

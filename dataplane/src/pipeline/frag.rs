@@ -316,7 +316,14 @@ impl Pipeline {
         way: Way,
     ) -> Result<Verdict, DropReason> {
         match (way, buf.port) {
-            (Way::Direct, PortId::Uplink) => self.on_uplink(t, now, buf, l3),
+            (Way::Direct, PortId::Uplink) => {
+                let me = t.node(t.local);
+                if l3.proto == UDP && l3.dport == t.vtep_port && addr(l3.dst) == me.vtep {
+                    // VTEPs do not fragment VXLAN (RFC 7348 section 4.3), nor reassemble it.
+                    return Err(DropReason::Fragment);
+                }
+                self.on_uplink(t, now, buf, l3)
+            }
             (Way::Direct, PortId::Tasks) => self.on_task(t, now, buf, l3),
             // The inner packet is read again from the frame (`l3` is the same).
             (Way::Decap { outer }, _) => self.decap(t, now, buf, outer, true),

@@ -413,10 +413,6 @@ impl Pipeline {
             return Err(DropReason::NotForUs);
         }
         if l3.proto == UDP && l3.dport == t.vtep_port && dst == me.vtep {
-            if l3.frag != 0 {
-                // VTEPs do not fragment VXLAN (RFC 7348 section 4.3), nor reassemble it.
-                return Err(DropReason::Fragment);
-            }
             // A frame handed to another worker goes as it arrived on the uplink: `decap` decides
             // the owner before it strips anything.
             return self.decap(t, now, buf, l3, false);
