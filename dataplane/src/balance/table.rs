@@ -60,6 +60,15 @@ pub struct NetEntry {
     pub mtu: Option<u16>,
 }
 
+impl NetEntry {
+    /// The network's MTU on a node whose uplink MTU is `uplink_mtu`: the one set, at most what
+    /// the uplink carries once encapsulated, else the uplink's less VXLAN's 50 bytes.
+    pub fn mtu_on(&self, uplink_mtu: u16) -> u16 {
+        let most = uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
+        self.mtu.map_or(most, |m| m.min(most))
+    }
+}
+
 /// A task.
 #[derive(Debug, Clone)]
 pub struct TaskEntry {

@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use crate::wire::set_fragment;
+
 const ETH: usize = 14;
 const IPV4: usize = 20;
 /// Datagrams in reassembly at once.
@@ -109,12 +111,8 @@ impl Reassembly {
         let mut whole = head.to_vec();
         whole.extend_from_slice(&p.data[..total]);
         self.partial.remove(&key);
-        // Casts: `total` was checked to be at most 65,515.
-        #[allow(clippy::cast_possible_truncation)]
-        let len = (IPV4 + total) as u16;
-        whole[ETH + 2..ETH + 4].copy_from_slice(&len.to_be_bytes());
-        whole[ETH + 6..ETH + 8].copy_from_slice(&[0, 0]);
-        set_checksum(&mut whole);
+        // `total` was checked to be at most 65,515.
+        set_fragment(&mut whole[ETH..ETH + IPV4], total, 0, false);
         Added::Done(whole)
     }
 
@@ -146,22 +144,13 @@ pub fn split(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
         .map(|(k, c)| {
             let mut f = frame[..ETH + IPV4].to_vec();
             f.extend_from_slice(c);
-            // Casts: a piece is at most `mtu` long and its offset within 65,535 bytes.
+            // Casts: an offset within a 65,535-byte datagram, in 8-byte units.
             #[allow(clippy::cast_possible_truncation)]
-            let (len, off) = ((IPV4 + c.len()) as u16, (k * chunk / 8) as u16);
-            let more = if k + 1 < n { 0x2000 } else { 0 };
-            f[ETH + 2..ETH + 4].copy_from_slice(&len.to_be_bytes());
-            f[ETH + 6..ETH + 8].copy_from_slice(&(off | more).to_be_bytes());
-            set_checksum(&mut f);
+            let off = (k * chunk / 8) as u16;
+            set_fragment(&mut f[ETH..ETH + IPV4], c.len(), off, k + 1 < n);
             f
         })
         .collect()
-}
-
-fn set_checksum(f: &mut [u8]) {
-    f[ETH + 10..ETH + 12].copy_from_slice(&[0, 0]);
-    let c = crate::overlay::ipv4_header_checksum(&f[ETH..ETH + IPV4]);
-    f[ETH + 10..ETH + 12].copy_from_slice(&c.to_be_bytes());
 }
 
 #[cfg(test)]

@@ -284,13 +284,14 @@ impl HostStack {
             }
         }
         // The answer goes back to the sender: on the uplink, or to a task on its network.
-        let overlay = self.cfg.uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
+        let uplink = self.cfg.uplink_mtu;
         let mtu = match port {
-            PortId::Uplink => self.cfg.uplink_mtu,
+            PortId::Uplink => uplink,
             PortId::Tasks => t
                 .addr(src)
-                .and_then(|e| t.net(e.net).mtu)
-                .map_or(overlay, |m| m.min(overlay)),
+                .map_or(uplink.saturating_sub(ctl::VXLAN_OVERHEAD), |e| {
+                    t.net(e.net).mtu_on(uplink)
+                }),
         };
         self.stateless(port, frame, mtu);
     }

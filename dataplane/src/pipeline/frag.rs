@@ -20,6 +20,7 @@
 
 use super::*;
 use crate::nat::be16;
+use crate::wire;
 
 /// `L3::frag` of a datagram's first fragment (offset 0, more fragments).
 pub const FIRST: u8 = 1;
@@ -343,23 +344,20 @@ impl Pipeline {
         match route {
             Route::Owner(o) => {
                 buf.pinned = true;
-                return Ok(Verdict::Handoff(o));
+                Ok(Verdict::Handoff(o))
             }
-            Route::Path => return self.path(t, now, buf, l3, way),
-            Route::Drop(r) => return Err(r),
-            Route::Pending | Route::Host(_) | Route::Flow(_) => {}
-        }
-        if let Way::Decap { .. } = way {
-            if !buf.trim_front(vxlan::ENCAP_LEN) {
-                return Err(DropReason::Truncated);
+            Route::Path => self.path(t, now, buf, l3, way),
+            Route::Drop(r) => Err(r),
+            Route::Host(r) => {
+                decapsulate(buf, way)?;
+                Ok(Verdict::Host(r))
             }
-        }
-        match route {
-            Route::Host(r) => Ok(Verdict::Host(r)),
             Route::Flow(key) => {
+                decapsulate(buf, way)?;
                 let Some((id, dir)) = self.lookup_live(t, &key, key.hash()) else {
                     return Err(DropReason::NoRoute);
                 };
+                // No TCP state moves: a later fragment has no TCP header.
                 let fl = self.flows.get_mut(id);
                 match dir {
                     Dir::Fwd => fl.last_seen = now,
@@ -367,19 +365,10 @@ impl Pipeline {
                 }
                 let a = *fl.action(dir);
                 let slot = fl.stats_slot(dir);
-                let split = match self.oversize(t, now, buf, a.dst, a.egress) {
-                    Size::Refused(v) => return v,
-                    Size::Fits => 0,
-                    Size::Split(mtu) => mtu,
-                };
-                self.task_stats.add(slot, 1, buf.len() as u64, 0);
-                nat::rewrite_ip(buf.data_mut(), ETH, &a);
-                self.send_sized(t, now, buf, a.dst, a.egress, split)
+                self.forward_big(t, now, buf, &l3, &a, slot, dir)
             }
-            // Handled above.
-            Route::Pending | Route::Owner(_) | Route::Path | Route::Drop(_) => {
-                Err(DropReason::NoRoute)
-            }
+            // `fragment` holds those; never released with this route.
+            Route::Pending => Err(DropReason::NoRoute),
         }
     }
 
@@ -504,7 +493,7 @@ impl Pipeline {
             return Err(DropReason::NoBuffer);
         }
         let ff = be16(f, ETH + 6);
-        let (base, mf) = (ff & 0x1fff, ff & 0x2000);
+        let (base, mf) = (ff & 0x1fff, ff & 0x2000 != 0);
         let mut head = [0u8; ETH + IPV4];
         head.copy_from_slice(&f[..ETH + IPV4]);
         for k in 1..pieces {
@@ -517,30 +506,18 @@ impl Pipeline {
             room[ETH + IPV4..n].copy_from_slice(&buf.data()[from..to]);
             p.set_len(n);
             p.port = buf.port;
-            let more = if k + 1 < pieces { 0x2000 } else { mf };
-            set_fragment(p.data_mut(), to - from, base + piece_units(k * chunk), more);
+            let more = k + 1 < pieces || mf;
+            let h = &mut p.data_mut()[ETH..ETH + IPV4];
+            wire::set_fragment(h, to - from, base + piece_units(k * chunk), more);
             let v = self
                 .send(t, now, &mut p, dst, egress)
                 .unwrap_or_else(Verdict::Drop);
             self.push_extra(p, v);
         }
         buf.truncate(ETH + IPV4 + chunk);
-        set_fragment(buf.data_mut(), chunk, base, 0x2000);
+        wire::set_fragment(&mut buf.data_mut()[ETH..ETH + IPV4], chunk, base, true);
         self.stats.fragments_made += pieces as u64;
         self.send(t, now, buf, dst, egress)
-    }
-
-    /// Counts a verdict (of a burst's frame or an extra one).
-    #[inline]
-    pub(super) fn count(&mut self, v: Verdict) {
-        match v {
-            Verdict::Tx(PortId::Uplink) => self.stats.tx_uplink += 1,
-            Verdict::Tx(PortId::Tasks) => self.stats.tx_tasks += 1,
-            Verdict::Host(r) => self.stats.to_host(r),
-            Verdict::Handoff(_) => self.stats.handoff_out += 1,
-            Verdict::Consumed => {}
-            Verdict::Drop(r) => self.stats.drop(r),
-        }
     }
 
     /// Datagrams whose fragments this worker tracks at `now`, and fragments it holds.
@@ -549,23 +526,20 @@ impl Pipeline {
     }
 }
 
+/// Strips the VXLAN headers of a fragment that came inside VXLAN (as `decap` does before it
+/// delivers).
+fn decapsulate(buf: &mut PacketBuf, way: Way) -> Result<(), DropReason> {
+    match way {
+        Way::Decap { .. } if !buf.trim_front(vxlan::ENCAP_LEN) => Err(DropReason::Truncated),
+        _ => Ok(()),
+    }
+}
+
 /// `bytes` (a multiple of 8) in fragment-offset units.
 // Casts: an offset within a 65,535-byte datagram, in 8-byte units, fits 13 bits.
 #[allow(clippy::cast_possible_truncation)]
 fn piece_units(bytes: usize) -> u16 {
     (bytes / 8) as u16
-}
-
-/// Sets the IPv4 header at `ETH` of a piece: `len` bytes of data at `offset` (8-byte units),
-/// more-fragments `more` (0 or 0x2000), DF clear; and its checksum.
-// Casts: a piece is at most an MTU long.
-#[allow(clippy::cast_possible_truncation)]
-fn set_fragment(f: &mut [u8], len: usize, offset: u16, more: u16) {
-    put16(f, ETH + 2, (IPV4 + len) as u16);
-    put16(f, ETH + 6, offset | more);
-    put16(f, ETH + 10, 0);
-    let c = overlay::ipv4_header_checksum(&f[ETH..ETH + IPV4]);
-    put16(f, ETH + 10, c);
 }
 
 /// A frame made or released beside a burst's own: the frame, its verdict, and the index of

@@ -249,6 +249,19 @@ impl Pipeline {
         false
     }
 
+    /// Counts a verdict (of a burst's frame or an extra one).
+    #[inline]
+    pub(super) fn count(&mut self, v: Verdict) {
+        match v {
+            Verdict::Tx(PortId::Uplink) => self.stats.tx_uplink += 1,
+            Verdict::Tx(PortId::Tasks) => self.stats.tx_tasks += 1,
+            Verdict::Host(r) => self.stats.to_host(r),
+            Verdict::Handoff(_) => self.stats.handoff_out += 1,
+            Verdict::Consumed => {}
+            Verdict::Drop(r) => self.stats.drop(r),
+        }
+    }
+
     /// Counts a new flow to the task whose counters are at `slot`.
     #[inline]
     fn count_new(&mut self, slot: u16) {
@@ -283,14 +296,11 @@ impl Pipeline {
         self.sched.adopt(table);
         self.generation = table.generation;
         self.recheck = self.flows.capacity();
-        let most = self.cfg.uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
+        let uplink = self.cfg.uplink_mtu;
         self.net_mtu.clear();
-        self.net_mtu.extend(
-            table
-                .networks
-                .iter()
-                .map(|n| n.mtu.map_or(most, |m| m.min(most))),
-        );
+        self.net_mtu
+            .extend(table.networks.iter().map(|n| n.mtu_on(uplink)));
+        let most = uplink.saturating_sub(ctl::VXLAN_OVERHEAD);
         self.min_mtu = self.net_mtu.iter().copied().min().unwrap_or(most);
         self.max_frame = ETH + usize::from(self.min_mtu);
         // The local VTEP address and the peers' ports may have changed.

@@ -75,13 +75,14 @@ impl Pipeline {
         self.send(t, now, buf, a.dst, a.egress)
     }
 
-    /// `forward` of a packet longer than the smallest overlay MTU: checked against where it
-    /// goes before it is rewritten (so an ICMP answer quotes the header its sender knows), and
-    /// fragmented after, when it has no DF.
+    /// `forward` of a packet longer than the smallest overlay MTU, or of a datagram's fragment
+    /// after the first (any length; only its IPv4 header is rewritten): checked against where
+    /// it goes before it is rewritten (so an ICMP answer quotes the header its sender knows),
+    /// and fragmented after, when it has no DF.
     #[cold]
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
-    fn forward_big(
+    pub(super) fn forward_big(
         &mut self,
         t: &ServiceTable,
         now: u32,
@@ -97,7 +98,11 @@ impl Pipeline {
             Size::Split(mtu) => mtu,
         };
         self.task_stats.add(slot, 1, buf.len() as u64, 0);
-        nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, a);
+        if l3.frag == frag::LATER {
+            nat::rewrite_ip(buf.data_mut(), ETH, a);
+        } else {
+            nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, a);
+        }
         if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
             self.clamp_mss(t, buf, l3, a, dir);
         }
