@@ -18,8 +18,8 @@ pub struct L3 {
     pub ack: u32,
     /// Offset of the TCP/UDP header in the frame.
     pub l4: usize,
-    /// 0, or which fragment of a datagram this is (`frag::FIRST`, `frag::LATER`).
-    pub frag: u8,
+    /// Whether this is a whole datagram or which fragment of one.
+    pub frag: super::frag::Frag,
 }
 
 impl L3 {
@@ -29,7 +29,7 @@ impl L3 {
     }
     #[inline]
     pub(super) fn has_ports(&self) -> bool {
-        (self.proto == TCP || self.proto == UDP) && self.frag != super::frag::LATER
+        (self.proto == TCP || self.proto == UDP) && self.frag != super::frag::Frag::Later
     }
 }
 
@@ -79,10 +79,6 @@ pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropR
     if !checksum::verify(0, h) {
         return Err(DropReason::BadIpChecksum);
     }
-    // More-fragments flag or a fragment offset: checked apart (cold).
-    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
-        return super::frag::parse_fragment(h, bytes, off, total);
-    }
     if h[8] <= 1 {
         return Err(DropReason::TtlExpired);
     }
@@ -101,8 +97,18 @@ pub fn parse_ipv4(frame: &[u8], off: usize, verify_l4: bool) -> Result<L3, DropR
         flags: 0,
         ack: 0,
         l4,
-        frag: 0,
+        frag: super::frag::Frag::Whole,
     };
+    // More-fragments flag or a fragment offset: checked apart (cold).
+    if u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0 {
+        let head = super::frag::parse_fragment(h, payload)?;
+        out.frag = head.frag;
+        out.sport = head.sport;
+        out.dport = head.dport;
+        out.flags = head.flags;
+        out.ack = head.ack;
+        return Ok(out);
+    }
     let pseudo = || checksum::pseudo_v4(src, dst, proto, payload.len() as u16);
     match proto {
         TCP => {

@@ -22,10 +22,18 @@ use super::*;
 use crate::nat::be16;
 use crate::wire;
 
-/// `L3::frag` of a datagram's first fragment (offset 0, more fragments).
-pub const FIRST: u8 = 1;
-/// `L3::frag` of any later fragment (no transport header).
-pub const LATER: u8 = 2;
+/// Which piece of a datagram a packet is (`L3::frag`). An enum rather than a number: its
+/// unused values give `Result<L3, DropReason>` room for its tag, so a parsed header still fits
+/// in 32 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not a fragment: the whole datagram.
+    Whole,
+    /// The first fragment (offset 0, more fragments): it carries the transport header.
+    First,
+    /// Any later fragment: no transport header.
+    Later,
+}
 
 /// Datagrams a worker tracks at once: `SETS` sets of `WAYS` entries.
 const SETS: usize = 256;
@@ -235,7 +243,7 @@ pub(super) struct Held {
 }
 
 impl Pipeline {
-    /// A fragment (`l3.frag` is `FIRST` or `LATER`), checked by `parse_fragment`.
+    /// A fragment (`l3.frag` is `Frag::First` or `Frag::Later`), checked by `parse_fragment`.
     #[cold]
     #[inline(never)]
     pub(super) fn fragment(
@@ -276,7 +284,7 @@ impl Pipeline {
                 .ok_or(DropReason::FragmentTableFull)?,
         };
         self.frags.add(i, start, end, last)?;
-        let v = if l3.frag == FIRST {
+        let v = if l3.frag == Frag::First {
             // Its path decides the datagram's route.
             let held = self.frags.e[i].route == Route::Pending;
             self.frag_flow = None;
@@ -327,8 +335,22 @@ impl Pipeline {
             }
             (Way::Direct, PortId::Tasks) => self.on_task(t, now, buf, l3),
             // The inner packet is read again from the frame (`l3` is the same).
-            (Way::Decap { outer }, _) => self.decap(t, now, buf, outer, true),
+            (Way::Decap { outer }, _) => self.decap_replay(t, now, buf, outer),
         }
+    }
+
+    /// The decapsulating path again for a fragment the fragment stage let through: out of line,
+    /// so the uplink's path keeps `decap` inlined and this cold copy stays apart.
+    #[inline(never)]
+    #[cold]
+    fn decap_replay(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        outer: L3,
+    ) -> Result<Verdict, DropReason> {
+        self.decap(t, now, buf, outer, true)
     }
 
     /// A fragment after the first, by its datagram's route.
@@ -556,35 +578,33 @@ pub(super) enum Size {
     Split(u16),
 }
 
-/// Checks a fragment (IPv4 header `h`, whose checksum and lengths `parse_ipv4` checked, of
-/// the packet `bytes` at frame offset `off`, `total` bytes long) and reads what the path needs:
-/// the first fragment's ports (its transport checksum, over the whole datagram, cannot be
-/// checked here: the task checks it), nothing of a later one.
+/// What `parse_fragment` reads of a fragment: which piece it is and, in the first, the ports.
+/// Small enough to come back in registers, so `parse_ipv4`'s path for whole datagrams is not
+/// made to build its result in memory.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FragHead {
+    pub frag: Frag,
+    pub sport: u16,
+    pub dport: u16,
+    pub flags: u8,
+    pub ack: u32,
+}
+
+/// Checks a fragment (IPv4 header `h`, whose checksum, lengths and TTL `parse_ipv4` checked;
+/// `payload` is what follows the header) and reads what the path needs: the first fragment's
+/// ports (its transport checksum, over the whole datagram, cannot be checked here: the task
+/// checks it), nothing of a later one.
 #[cold]
 #[inline(never)]
-// Casts: an IPv4 payload is at most 65,535 bytes.
-#[allow(clippy::cast_possible_truncation)]
-pub(super) fn parse_fragment(
-    h: &[u8; IPV4],
-    bytes: &[u8],
-    off: usize,
-    total: usize,
-) -> Result<L3, DropReason> {
-    if h[8] <= 1 {
-        return Err(DropReason::TtlExpired);
-    }
-    let payload = bytes.get(IPV4..total).unwrap_or_default();
-    let mut out = L3 {
-        proto: h[9],
-        src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
-        dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+pub(super) fn parse_fragment(h: &[u8; IPV4], payload: &[u8]) -> Result<FragHead, DropReason> {
+    let mut out = FragHead {
+        frag: Frag::Later,
         sport: 0,
         dport: 0,
         flags: 0,
         ack: 0,
-        l4: off + IPV4,
-        frag: 0,
     };
+    let proto = h[9];
     let ff = u16::from_be_bytes([h[6], h[7]]);
     let start = usize::from(ff & 0x1fff) * 8;
     let more = ff & 0x2000 != 0;
@@ -599,14 +619,13 @@ pub(super) fn parse_fragment(
     if start > 0 {
         //= https://www.rfc-editor.org/rfc/rfc1858#section-4
         //# if FO=1 and PROTOCOL=TCP then drop packet
-        if out.proto == TCP && start == 8 {
+        if proto == TCP && start == 8 {
             return Err(DropReason::BadFragment);
         }
-        out.frag = LATER;
         return Ok(out);
     }
-    out.frag = FIRST;
-    match out.proto {
+    out.frag = Frag::First;
+    match proto {
         TCP => {
             let t = TcpPacket::new_unchecked(payload);
             if payload.len() < 20 || !(20..=payload.len()).contains(&usize::from(t.header_len())) {

@@ -60,7 +60,7 @@ impl Pipeline {
         }
         let a = *fl.action(dir);
         let slot = fl.stats_slot(dir);
-        if l3.frag != 0 {
+        if l3.frag != frag::Frag::Whole {
             // A datagram's first fragment: its other fragments follow this flow.
             self.frag_flow = Some(*fl.key(dir));
         }
@@ -98,7 +98,7 @@ impl Pipeline {
             Size::Split(mtu) => mtu,
         };
         self.task_stats.add(slot, 1, buf.len() as u64, 0);
-        if l3.frag == frag::LATER {
+        if l3.frag == frag::Frag::Later {
             nat::rewrite_ip(buf.data_mut(), ETH, a);
         } else {
             nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, a);
