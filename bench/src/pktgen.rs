@@ -584,7 +584,7 @@ impl Sink {
             let _ = got.latency.record(lat.max(1));
         });
         if n == 0 && wait_ms > 0 {
-            self.ring.wait(wait_ms);
+            self.ring.wait(wait_ms.unsigned_abs());
         }
         n
     }

@@ -43,8 +43,8 @@ use std::sync::atomic::Ordering;
 
 pub use super::sys::wait_readable;
 use super::sys::{
-    getsockopt_level, interface, interface_mtu, raw_socket, sendable, setsockopt_level, IfLookup,
-    Mapping,
+    add_promiscuous, bind_link, getsockopt_level, interface, interface_mtu, kick, page_size,
+    raw_socket, sendable, setsockopt_level, IfLookup, Mapping,
 };
 use super::{Burst, Port, PortCounters};
 use crate::buf::{Pool, PortId};
@@ -251,158 +251,159 @@ pub struct AfPacketPort {
     stats: AfPacketStats,
 }
 
+/// Names a failed set-up step for the user: the interface, what was being done, and the
+/// kernel's answer.
+#[derive(Debug, Clone, Copy)]
+struct Step<'a>(&'a str);
+
+impl<'a> Step<'a> {
+    fn io(self, op: &'static str) -> impl Fn(io::Error) -> AfPacketError + 'a {
+        move |source| AfPacketError::Io {
+            ifname: self.0.to_owned(),
+            op,
+            source,
+        }
+    }
+
+    /// A feature this kernel does not have.
+    fn unsupported(self, what: &'static str) -> impl Fn(io::Error) -> AfPacketError + 'a {
+        move |source| AfPacketError::Unsupported {
+            ifname: self.0.to_owned(),
+            what,
+            source,
+        }
+    }
+}
+
+/// An AF_PACKET socket of the ring version `rx_ring` needs, with the options the port relies
+/// on. Protocol 0: the socket receives nothing until it is bound to the interface, so no frame
+/// of another interface slips in while the rings are set up.
+// Casts: a ring version constant, far inside c_int.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+fn packet_socket(step: Step, rx_ring: RxRing) -> Result<OwnedFd, AfPacketError> {
+    let fd = raw_socket(libc::AF_PACKET).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            AfPacketError::PermissionDenied(step.0.to_owned())
+        }
+        _ => step.io("socket(AF_PACKET)")(e),
+    })?;
+    let s = fd.as_raw_fd();
+    let (version, version_name) = match rx_ring {
+        RxRing::PerFrame => (libc::tpacket_versions::TPACKET_V2, "TPACKET_V2"),
+        RxRing::Blocks => (libc::tpacket_versions::TPACKET_V3, "TPACKET_V3"),
+    };
+    let version = version as libc::c_int;
+    setsockopt(s, libc::PACKET_VERSION, &version).map_err(step.unsupported(version_name))?;
+    let one: libc::c_int = 1;
+    // Without it a frame the kernel rejects is marked TP_STATUS_WRONG_FORMAT and the kernel
+    // stops at it for good; with it the frame is discarded and the ring moves on.
+    setsockopt(s, libc::PACKET_LOSS, &one).map_err(step.io("PACKET_LOSS"))?;
+    setsockopt(s, libc::PACKET_QDISC_BYPASS, &one)
+        .map_err(step.unsupported("PACKET_QDISC_BYPASS"))?;
+    setsockopt(s, libc::PACKET_IGNORE_OUTGOING, &one)
+        .map_err(step.unsupported("PACKET_IGNORE_OUTGOING"))?;
+    Ok(fd)
+}
+
+/// Asks the kernel for the RX and TX rings of `geo` and maps both: one region, the RX ring
+/// first, exactly their total size (the kernel checks it).
+fn map_rings(
+    step: Step,
+    s: RawFd,
+    cfg: &AfPacketConfig,
+    geo: &Geometry,
+) -> Result<Mapping, AfPacketError> {
+    let ring_err = |what: &'static str| {
+        move |e: io::Error| match e.raw_os_error() {
+            Some(libc::ENOMEM) => AfPacketError::RingAlloc {
+                ifname: step.0.to_owned(),
+                bytes: 2 * geo.ring_len,
+            },
+            Some(libc::EINVAL) => step.unsupported(what)(e),
+            _ => step.io(what)(e),
+        }
+    };
+    match cfg.rx_ring {
+        RxRing::PerFrame => {
+            let req = libc::tpacket_req {
+                tp_block_size: cfg.block_size,
+                tp_block_nr: cfg.block_count,
+                tp_frame_size: cfg.frame_size,
+                tp_frame_nr: geo.frames,
+            };
+            setsockopt(s, libc::PACKET_RX_RING, &req).map_err(ring_err("a TPACKET_V2 RX ring"))?;
+            setsockopt(s, libc::PACKET_TX_RING, &req).map_err(ring_err("a TPACKET_V2 TX ring"))?;
+        }
+        RxRing::Blocks => {
+            let mut req = libc::tpacket_req3 {
+                tp_block_size: cfg.block_size,
+                tp_block_nr: cfg.block_count,
+                tp_frame_size: cfg.frame_size,
+                tp_frame_nr: geo.frames,
+                tp_retire_blk_tov: cfg.block_timeout_ms,
+                tp_sizeof_priv: 0,
+                tp_feature_req_word: 0,
+            };
+            setsockopt(s, libc::PACKET_RX_RING, &req).map_err(ring_err("a TPACKET_V3 RX ring"))?;
+            // A TX ring rejects the RX-only fields.
+            req.tp_retire_blk_tov = 0;
+            setsockopt(s, libc::PACKET_TX_RING, &req).map_err(ring_err("a TPACKET_V3 TX ring"))?;
+        }
+    }
+    Mapping::new(Some(s), 2 * geo.ring_len, 0).map_err(step.io("mmap of the rings"))
+}
+
+/// Joins the hash fanout group `group` (several sockets on one interface share its frames by
+/// flow hash).
+// Casts: the fanout argument packs a 16-bit group id and mode flags into a c_int.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+fn join_fanout(step: Step, s: RawFd, group: u16) -> Result<(), AfPacketError> {
+    // The fanout group's hook replaces the socket's own, so PACKET_IGNORE_OUTGOING must be
+    // asked of the group too (Linux 6.2+; older kernels ignore the flag).
+    let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
+    let arg = (u32::from(group) | (mode << 16)) as libc::c_int;
+    setsockopt(s, libc::PACKET_FANOUT, &arg).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) | Some(libc::EALREADY) => AfPacketError::FanoutRefused {
+            ifname: step.0.to_owned(),
+            group,
+        },
+        _ => step.io("PACKET_FANOUT")(e),
+    })
+}
+
 impl AfPacketPort {
-    /// Opens a port on `ifname` (which must exist in the calling thread's network namespace).
-    // Casts: system-call constants and struct sizes, far inside the target type.
-    #[allow(clippy::cast_possible_truncation)]
+    /// Opens a port on `ifname` (which must exist in the calling thread's network namespace),
+    /// in named steps: the geometry checked, the interface looked up, `packet_socket` (version
+    /// and options), `map_rings` (the RX and TX rings asked for and mapped as one region), the
+    /// send buffer, the MTU, `bind_link`, promiscuous mode, `join_fanout`.
     pub fn open(ifname: &str, cfg: &AfPacketConfig) -> Result<AfPacketPort, AfPacketError> {
         let geo = Geometry::check(cfg)?;
         let (cname, ifindex) = interface(ifname).map_err(|e| match e {
             IfLookup::BadName => AfPacketError::BadName(ifname.to_owned()),
             IfLookup::NoSuchInterface => AfPacketError::NoSuchInterface(ifname.to_owned()),
         })?;
-        let io_err = |op: &'static str| {
-            move |source: io::Error| AfPacketError::Io {
-                ifname: ifname.to_owned(),
-                op,
-                source,
-            }
-        };
-        let unsupported = |what: &'static str| {
-            move |source: io::Error| AfPacketError::Unsupported {
-                ifname: ifname.to_owned(),
-                what,
-                source,
-            }
-        };
-
-        // Protocol 0: the socket receives nothing until it is bound to the interface below, so
-        // no frame of another interface slips in while the rings are set up.
-        let fd = raw_socket(libc::AF_PACKET).map_err(|e| match e.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) => {
-                AfPacketError::PermissionDenied(ifname.to_owned())
-            }
-            _ => io_err("socket(AF_PACKET)")(e),
-        })?;
+        let step = Step(ifname);
+        let fd = packet_socket(step, cfg.rx_ring)?;
         let s = fd.as_raw_fd();
-
-        let (version, version_name) = match cfg.rx_ring {
-            RxRing::PerFrame => (libc::tpacket_versions::TPACKET_V2, "TPACKET_V2"),
-            RxRing::Blocks => (libc::tpacket_versions::TPACKET_V3, "TPACKET_V3"),
-        };
-        let version = version as libc::c_int;
-        setsockopt(s, libc::PACKET_VERSION, &version).map_err(unsupported(version_name))?;
-        let one: libc::c_int = 1;
-        // Without it a frame the kernel rejects is marked TP_STATUS_WRONG_FORMAT and the kernel
-        // stops at it for good; with it the frame is discarded and the ring moves on.
-        setsockopt(s, libc::PACKET_LOSS, &one).map_err(io_err("PACKET_LOSS"))?;
-        setsockopt(s, libc::PACKET_QDISC_BYPASS, &one)
-            .map_err(unsupported("PACKET_QDISC_BYPASS"))?;
-        setsockopt(s, libc::PACKET_IGNORE_OUTGOING, &one)
-            .map_err(unsupported("PACKET_IGNORE_OUTGOING"))?;
-
-        let ring_err = |what: &'static str| {
-            move |e: io::Error| match e.raw_os_error() {
-                Some(libc::ENOMEM) => AfPacketError::RingAlloc {
-                    ifname: ifname.to_owned(),
-                    bytes: 2 * geo.ring_len,
-                },
-                Some(libc::EINVAL) => unsupported(what)(e),
-                _ => io_err(what)(e),
-            }
-        };
-        match cfg.rx_ring {
-            RxRing::PerFrame => {
-                let req = libc::tpacket_req {
-                    tp_block_size: cfg.block_size,
-                    tp_block_nr: cfg.block_count,
-                    tp_frame_size: cfg.frame_size,
-                    tp_frame_nr: geo.frames,
-                };
-                setsockopt(s, libc::PACKET_RX_RING, &req)
-                    .map_err(ring_err("a TPACKET_V2 RX ring"))?;
-                setsockopt(s, libc::PACKET_TX_RING, &req)
-                    .map_err(ring_err("a TPACKET_V2 TX ring"))?;
-            }
-            RxRing::Blocks => {
-                let mut req = libc::tpacket_req3 {
-                    tp_block_size: cfg.block_size,
-                    tp_block_nr: cfg.block_count,
-                    tp_frame_size: cfg.frame_size,
-                    tp_frame_nr: geo.frames,
-                    tp_retire_blk_tov: cfg.block_timeout_ms,
-                    tp_sizeof_priv: 0,
-                    tp_feature_req_word: 0,
-                };
-                setsockopt(s, libc::PACKET_RX_RING, &req)
-                    .map_err(ring_err("a TPACKET_V3 RX ring"))?;
-                // A TX ring rejects the RX-only fields.
-                req.tp_retire_blk_tov = 0;
-                setsockopt(s, libc::PACKET_TX_RING, &req)
-                    .map_err(ring_err("a TPACKET_V3 TX ring"))?;
-            }
-        }
-
-        // Both rings: exactly their total size (the kernel checks it).
-        let ring =
-            Mapping::new(Some(s), 2 * geo.ring_len, 0).map_err(io_err("mmap of the rings"))?;
-
+        let ring = map_rings(step, s, cfg, &geo)?;
         // Frames in flight on the TX ring count against the socket's send buffer; when it is
         // full the kernel leaves the rest for the next kick. Let a whole ring be in flight. Best
         // effort: SO_SNDBUFFORCE needs CAP_NET_ADMIN and the default still works, only in
         // smaller steps.
         let sndbuf = libc::c_int::try_from(geo.ring_len).unwrap_or(libc::c_int::MAX);
         let _ = setsockopt_level(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf);
-
-        let mtu = interface_mtu(s, &cname).map_err(io_err("reading the MTU (SIOCGIFMTU)"))?;
-
-        // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as libc::c_ushort;
-        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-        sll.sll_ifindex = ifindex as libc::c_int;
-        // SAFETY: `sll` is a valid sockaddr_ll and its exact size is passed.
-        let r = unsafe {
-            libc::bind(
-                s,
-                ptr::from_ref(&sll).cast::<libc::sockaddr>(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ENODEV) => AfPacketError::NoSuchInterface(ifname.to_owned()),
-                _ => io_err("bind")(e),
-            });
-        }
-
+        let mtu = interface_mtu(s, &cname).map_err(step.io("reading the MTU (SIOCGIFMTU)"))?;
+        bind_link(s, ifindex).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENODEV) => AfPacketError::NoSuchInterface(ifname.to_owned()),
+            _ => step.io("bind")(e),
+        })?;
         if cfg.promiscuous {
-            let mreq = libc::packet_mreq {
-                mr_ifindex: ifindex as libc::c_int,
-                mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
-                mr_alen: 0,
-                mr_address: [0; 8],
-            };
             // Dropped by the kernel when the socket closes.
-            setsockopt(s, libc::PACKET_ADD_MEMBERSHIP, &mreq)
-                .map_err(io_err("promiscuous mode"))?;
+            add_promiscuous(s, ifindex).map_err(step.io("promiscuous mode"))?;
         }
-
         if let Some(group) = cfg.fanout {
-            // The fanout group's hook replaces the socket's own, so PACKET_IGNORE_OUTGOING must
-            // be asked of the group too (Linux 6.2+; older kernels ignore the flag).
-            let mode = libc::PACKET_FANOUT_HASH | libc::PACKET_FANOUT_FLAG_IGNORE_OUTGOING;
-            let arg = (u32::from(group) | (mode << 16)) as libc::c_int;
-            setsockopt(s, libc::PACKET_FANOUT, &arg).map_err(|e| match e.raw_os_error() {
-                Some(libc::EINVAL) | Some(libc::EALREADY) => AfPacketError::FanoutRefused {
-                    ifname: ifname.to_owned(),
-                    group,
-                },
-                _ => io_err("PACKET_FANOUT")(e),
-            })?;
+            join_fanout(step, s, group)?;
         }
-
         Ok(AfPacketPort {
             ring,
             fd,
@@ -494,18 +495,7 @@ impl AfPacketPort {
 
     /// Asks the kernel to send every slot marked `TP_STATUS_SEND_REQUEST`.
     fn kick(&mut self) {
-        // SAFETY: no buffer is passed; with a TX ring the kernel sends from the ring.
-        let r = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                ptr::null(),
-                0,
-            )
-        };
-        if r < 0 {
+        if kick(self.fd.as_raw_fd()).is_err() {
             self.stats.tx_kick_failed += 1;
         }
         // The kernel sends in ring order and stops early when the socket's send buffer or the
@@ -827,9 +817,7 @@ struct Geometry {
 impl Geometry {
     fn check(cfg: &AfPacketConfig) -> Result<Geometry, AfPacketError> {
         let bad = |m: String| Err(AfPacketError::Config(m));
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        let page = usize::try_from(page).unwrap_or(4096).max(1);
+        let page = page_size();
         let (bs, fs) = (cfg.block_size as usize, cfg.frame_size as usize);
         if bs == 0 || bs % page != 0 || bs > i32::MAX as usize {
             return bad(format!(

@@ -17,9 +17,9 @@ const VLAN_HLEN: usize = 4;
 /// Memory mapped for a port: its rings shared with the kernel, or (AF_XDP) its UMEM. Unmapped
 /// on drop.
 #[derive(Debug)]
-pub(crate) struct Mapping {
+pub struct Mapping {
     base: NonNull<u8>,
-    pub(crate) len: usize,
+    len: usize,
 }
 
 // SAFETY: the mapping is owned by exactly one `Mapping`, itself owned by one port, and is only
@@ -30,7 +30,7 @@ unsafe impl Send for Mapping {}
 impl Mapping {
     /// Maps `len` bytes, populated: of the socket `fd` at offset `pgoff` (its rings), or
     /// anonymous memory when `fd` is `None`.
-    pub(crate) fn new(fd: Option<RawFd>, len: usize, pgoff: u64) -> io::Result<Mapping> {
+    pub fn new(fd: Option<RawFd>, len: usize, pgoff: u64) -> io::Result<Mapping> {
         let (flags, fd) = match fd {
             Some(fd) => (libc::MAP_SHARED | libc::MAP_POPULATE, fd),
             None => (
@@ -62,14 +62,51 @@ impl Mapping {
     /// Pointer to byte `off` of the mapping. Computing it is safe; dereferencing needs
     /// `off + len <= self.len`, which the callers' ring geometry guarantees.
     #[inline]
-    pub(crate) fn at(&self, off: usize) -> *mut u8 {
+    pub fn at(&self, off: usize) -> *mut u8 {
         debug_assert!(off <= self.len);
         self.base.as_ptr().wrapping_add(off)
     }
 
+    /// Bytes mapped.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is mapped (never: a mapping has at least one page).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Reads a `T` (plain data: a ring or block header) at byte `off`, unaligned.
+    ///
+    /// # Safety
+    /// `off + size_of::<T>() <= self.len()`, and user space owns those bytes by the ring's
+    /// protocol (the kernel is not writing them), every bit pattern being a valid `T`.
+    #[inline]
+    pub unsafe fn read<T: Copy>(&self, off: usize) -> T {
+        debug_assert!(off + size_of::<T>() <= self.len);
+        // SAFETY: in bounds and not written concurrently, by the caller's contract.
+        unsafe { ptr::read_unaligned(self.at(off).cast::<T>()) }
+    }
+
+    /// The `len` bytes at byte `off`.
+    ///
+    /// # Safety
+    /// `off + len <= self.len()`, and user space owns those bytes by the ring's protocol for as
+    /// long as the slice lives (the kernel does not write them until they are handed back).
+    #[inline]
+    pub unsafe fn bytes(&self, off: usize, len: usize) -> &[u8] {
+        debug_assert!(off + len <= self.len);
+        // SAFETY: in bounds, initialised (mapped memory) and not written while the slice
+        // lives, by the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.at(off), len) }
+    }
+
     /// The ownership word at byte `off` (a block's `block_status` or a TX slot's `tp_status`).
     #[inline]
-    pub(crate) fn status(&self, off: usize) -> &AtomicU32 {
+    pub fn status(&self, off: usize) -> &AtomicU32 {
         debug_assert!(off + 4 <= self.len && off.is_multiple_of(4));
         // SAFETY: callers pass `BLOCK_STATUS` or `FRAME_STATUS` past a block or slot start, all
         // inside the mapping (ring geometry checked at open) and 4-byte aligned (blocks are page
@@ -114,7 +151,7 @@ pub fn wait_readable(fds: &[RawFd], timeout: std::time::Duration) {
 
 // Casts: system-call constants and struct sizes, far inside the target type.
 #[allow(clippy::cast_possible_truncation)]
-pub(crate) fn setsockopt_level<T>(
+pub fn setsockopt_level<T>(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -139,7 +176,8 @@ pub(crate) fn setsockopt_level<T>(
 }
 
 /// Why [`interface`] found no interface.
-pub(crate) enum IfLookup {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfLookup {
     /// Not a name an interface can have.
     BadName,
     /// No interface of that name in the calling thread's network namespace.
@@ -149,7 +187,7 @@ pub(crate) enum IfLookup {
 /// `ifname` checked (not empty, shorter than `IFNAMSIZ`, no NUL, `/` or white space, as Linux
 /// requires of interface names) and looked up in the calling thread's network namespace: its C
 /// string and its index.
-pub(crate) fn interface(ifname: &str) -> Result<(CString, libc::c_uint), IfLookup> {
+pub fn interface(ifname: &str) -> Result<(CString, libc::c_uint), IfLookup> {
     if ifname.is_empty()
         || ifname.len() >= libc::IFNAMSIZ
         || ifname
@@ -172,7 +210,7 @@ pub(crate) fn interface(ifname: &str) -> Result<(CString, libc::c_uint), IfLooku
 /// struct on older kernels or other socket modes).
 // Casts: system-call constants and struct sizes, far inside the target type.
 #[allow(clippy::cast_possible_truncation)]
-pub(crate) fn getsockopt_level<T>(
+pub fn getsockopt_level<T>(
     fd: RawFd,
     level: libc::c_int,
     name: libc::c_int,
@@ -190,7 +228,7 @@ pub(crate) fn getsockopt_level<T>(
 }
 
 /// A new raw socket of `domain` (`AF_PACKET` with protocol 0 receives nothing until bound).
-pub(crate) fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
+pub fn raw_socket(domain: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain system call with constant arguments.
     let raw = unsafe { libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -212,7 +250,7 @@ pub(crate) fn sendable(frame: &[u8], mtu: usize, room: usize) -> bool {
 }
 
 /// The interface's MTU, read on `fd` (so in the socket's network namespace).
-pub(crate) fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
+pub fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
@@ -229,4 +267,69 @@ pub(crate) fn interface_mtu(fd: RawFd, name: &CString) -> io::Result<usize> {
     // SAFETY: SIOCGIFMTU filled the `ifru_mtu` member of the union.
     let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
     Ok(usize::try_from(mtu).unwrap_or(0))
+}
+
+/// Binds the socket `fd` to the address `addr` (a `sockaddr_ll`, `sockaddr_xdp`, ...).
+// Casts: a struct size, far inside socklen_t.
+#[allow(clippy::cast_possible_truncation)]
+pub fn bind<T>(fd: RawFd, addr: &T) -> io::Result<()> {
+    // SAFETY: `addr` is an initialised socket address of the exact size passed, living across
+    // the call; the kernel only reads it (and checks its family and length).
+    let r = unsafe {
+        libc::bind(
+            fd,
+            ptr::from_ref(addr).cast::<libc::sockaddr>(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Binds the AF_PACKET socket `fd` to interface `ifindex`, every protocol (`ETH_P_ALL`).
+// Casts: constants and an interface index, far inside the C types.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+pub fn bind_link(fd: RawFd, ifindex: libc::c_uint) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as libc::c_ushort;
+    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    sll.sll_ifindex = ifindex as libc::c_int;
+    bind(fd, &sll)
+}
+
+/// Puts interface `ifindex` in promiscuous mode for as long as the AF_PACKET socket `fd` is
+/// open (the kernel counts and drops the membership with the socket).
+// Casts: constants and an interface index, far inside the C types.
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+pub fn add_promiscuous(fd: RawFd, ifindex: libc::c_uint) -> io::Result<()> {
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex as libc::c_int,
+        mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    setsockopt_level(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
+}
+
+/// Asks the kernel to send what the socket's TX ring holds (AF_PACKET or AF_XDP): a `sendto`
+/// with no buffer, never blocking.
+pub fn kick(fd: RawFd) -> io::Result<()> {
+    // SAFETY: no buffer and no address are passed; a socket with a TX ring sends from it.
+    let r = unsafe { libc::sendto(fd, ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page).unwrap_or(4096).max(1)
 }

@@ -49,8 +49,8 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use super::sys::{
-    getsockopt_level, interface, interface_mtu, raw_socket, sendable, setsockopt_level, IfLookup,
-    Mapping,
+    add_promiscuous, bind, getsockopt_level, interface, interface_mtu, kick, raw_socket, sendable,
+    IfLookup, Mapping,
 };
 use super::{Burst, Port, PortCounters};
 use crate::buf::{Pool, PortId};
@@ -232,19 +232,7 @@ fn control_socket(
     if !promiscuous {
         return Ok((mtu, None));
     }
-    let mreq = libc::packet_mreq {
-        mr_ifindex: ifindex as libc::c_int,
-        mr_type: libc::PACKET_MR_PROMISC as libc::c_ushort,
-        mr_alen: 0,
-        mr_address: [0; 8],
-    };
-    setsockopt_level(
-        ctl.as_raw_fd(),
-        libc::SOL_PACKET,
-        libc::PACKET_ADD_MEMBERSHIP,
-        &mreq,
-    )
-    .map_err(step.io("promiscuous mode"))?;
+    add_promiscuous(ctl.as_raw_fd(), ifindex).map_err(step.io("promiscuous mode"))?;
     Ok((mtu, Some(ctl)))
 }
 
@@ -264,18 +252,9 @@ fn bind_queue(step: Step, s: RawFd, ifindex: u32, queue: u32) -> Result<(), AfXd
     };
     let t0 = std::time::Instant::now();
     loop {
-        // SAFETY: `sxdp` is a valid sockaddr_xdp and its exact size is passed.
-        let r = unsafe {
-            libc::bind(
-                s,
-                ptr::from_ref(&sxdp).cast::<libc::sockaddr>(),
-                size_of::<libc::sockaddr_xdp>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
+        let Err(e) = bind(s, &sxdp) else {
             return Ok(());
-        }
-        let e = io::Error::last_os_error();
+        };
         if e.raw_os_error() == Some(libc::EBUSY)
             && t0.elapsed() <= std::time::Duration::from_secs(2)
         {
@@ -448,7 +427,7 @@ impl AfXdpPort {
             // Only TX frames are ever sent; the free list cannot outgrow its capacity (every
             // TX frame is either free, on the TX ring or in the kernel's hands).
             if (frame as usize) >= self.rx_bytes
-                && (frame as usize) < self.umem.len
+                && (frame as usize) < self.umem.len()
                 && self.tx_free.len() < self.tx_free.capacity()
             {
                 self.tx_free.push(frame);
@@ -462,21 +441,9 @@ impl AfXdpPort {
     /// Asks the kernel to send what the TX ring holds. In copy mode it sends at most 32 frames
     /// per call and says EAGAIN when more wait: [`Port::flush`] kicks again.
     fn kick(&mut self) {
-        // SAFETY: no buffer is passed; an XDP socket sends from its TX ring.
-        let r = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                ptr::null(),
-                0,
-                libc::MSG_DONTWAIT,
-                ptr::null(),
-                0,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error().raw_os_error();
+        if let Err(e) = kick(self.fd.as_raw_fd()) {
             if !matches!(
-                e,
+                e.raw_os_error(),
                 Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)
             ) {
                 self.stats.tx_kick_failed += 1;
