@@ -21,12 +21,10 @@ pub mod pipeline;
 pub mod port;
 mod prefetch;
 pub mod shared;
-/// The in-memory multi-node mesh of the pipeline-tier tests: test harness, not product (the
-/// `testkit` feature, which the shipped `meshd` does not enable).
-#[cfg(any(test, feature = "testkit"))]
-pub mod sim;
 pub mod stats;
-/// Frame builders and parsers for tests and benchmarks (the `testkit` feature).
+/// Frame builders and parsers and example states for tests and benchmarks (the `testkit`
+/// feature, which the shipped `meshd` does not enable). The in-memory multi-node mesh the
+/// pipeline-tier tests run on is not here: it lives with them, in `tests/mesh/`.
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod wire;

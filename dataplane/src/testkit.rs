@@ -17,6 +17,7 @@ use smoltcp::wire::{
 };
 
 use crate::wire::vxlan;
+use ctl::model::{self, Ipv4Net, Protocol, State};
 
 /// An Ethernet address as bytes.
 pub type Mac = [u8; 6];
@@ -667,6 +668,97 @@ pub fn decap(frame: &[u8]) -> Option<(u32, &[u8])> {
     let v = vxlan::Packet::new_checked(ip.payload.get(8..)?).ok()?;
     let r = vxlan::Repr::parse(&v).ok()?;
     Some((r.vni, ip.payload.get(8 + vxlan::HEADER_LEN..)?))
+}
+
+// ---- example states ------------------------------------------------------------------------
+
+/// A node of an example state: `192.168.1.<last>`, VTEP on the same address.
+pub fn node(name: &str, last: u8) -> model::Node {
+    model::Node {
+        name: name.to_string(),
+        addr: Ipv4Addr::new(192, 168, 1, last),
+        vtep: None,
+        vtep_port: model::VXLAN_PORT,
+        availability: model::Availability::Active,
+    }
+}
+
+/// A running task with weight 1 and the given `(network, address)` pairs.
+pub fn task(name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]) -> model::Task {
+    model::Task {
+        name: name.to_string(),
+        node: node.to_string(),
+        addresses: addrs
+            .iter()
+            .map(|(n, a)| model::TaskAddress {
+                network: (*n).to_string(),
+                addr: *a,
+            })
+            .collect(),
+        state: model::TaskState::Running,
+        weight: 1,
+    }
+}
+
+/// Swarm's layout in seeds 000 and 003: nodes n1, n2, n3 (192.168.1.11-13); the ingress
+/// network (VNI 4096, 10.0.0.0/24, endpoints 10.0.0.2-4) and `appnet` (VNI 4097,
+/// 10.0.1.0/24); service `web` publishing 8080→80 with VIP 10.0.1.2 and tasks web.1 on n2
+/// (10.0.0.11, 10.0.1.11) and web.2 on n3 (10.0.0.12, 10.0.1.12). n1 runs no task.
+pub fn three_nodes() -> State {
+    let mut endpoints = std::collections::BTreeMap::new();
+    endpoints.insert("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2));
+    endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
+    endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
+    let ingress = model::Network {
+        name: "ingress".into(),
+        vni: model::INGRESS_VNI,
+        subnet: Ipv4Net {
+            addr: Ipv4Addr::new(10, 0, 0, 0),
+            prefix: 24,
+        },
+        gateway: Ipv4Addr::new(10, 0, 0, 1),
+        ingress: true,
+        endpoints,
+        mtu: None,
+    };
+    let app = model::Network {
+        name: "appnet".into(),
+        vni: 4097,
+        subnet: Ipv4Net {
+            addr: Ipv4Addr::new(10, 0, 1, 0),
+            prefix: 24,
+        },
+        gateway: Ipv4Addr::new(10, 0, 1, 1),
+        ingress: false,
+        endpoints: Default::default(),
+        mtu: None,
+    };
+    let mut web = model::Service::new("web");
+    web.networks.push(model::ServiceNetwork {
+        network: "appnet".into(),
+        vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
+    });
+    web.ports.push(model::PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 80,
+        mode: model::PublishMode::Ingress,
+    });
+    for (i, n) in [(1u8, "n2"), (2, "n3")] {
+        web.tasks.push(task(
+            &format!("web.{i}"),
+            n,
+            &[
+                ("ingress", Ipv4Addr::new(10, 0, 0, 10 + i)),
+                ("appnet", Ipv4Addr::new(10, 0, 1, 10 + i)),
+            ],
+        ));
+    }
+    State {
+        nodes: vec![node("n1", 11), node("n2", 12), node("n3", 13)],
+        networks: vec![ingress, app],
+        services: vec![web],
+    }
 }
 
 #[cfg(test)]

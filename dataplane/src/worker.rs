@@ -170,11 +170,23 @@ impl Worker {
     // Casts: nanoseconds of one burst fit u64 many times over.
     #[allow(clippy::cast_possible_truncation)]
     pub fn poll_once(&mut self) -> (bool, u64) {
-        // A guard, not a clone of the Arc: no reference-count traffic shared between workers.
-        let table = self.shared.table.load();
         // One clock read per iteration: the pipeline's `now` and the burst timer's start.
         let start = Instant::now();
         let now = self.clock.ms_at(start);
+        let moved = self.poll_at(now);
+        if moved {
+            let ns = start.elapsed().as_nanos() as u64;
+            let _ = self.latency.record(ns.max(1));
+        }
+        (moved, now)
+    }
+
+    /// One iteration at `now` (the clock's milliseconds) without reading a clock: what
+    /// [`Worker::poll_once`] runs, and what the in-memory mesh of the tests drives with its own
+    /// clock. Returns whether any frame moved.
+    pub fn poll_at(&mut self, now: u64) -> bool {
+        // A guard, not a clone of the Arc: no reference-count traffic shared between workers.
+        let table = self.shared.table.load();
         let mut out = Out {
             uplink: Burst::new(),
             tasks: Burst::new(),
@@ -221,11 +233,7 @@ impl Worker {
         }
         self.flush(&mut out);
         self.shared.acks[self.id].store(table.generation, Ordering::Release);
-        if moved > 0 {
-            let ns = start.elapsed().as_nanos() as u64;
-            let _ = self.latency.record(ns.max(1));
-        }
-        (moved > 0, now)
+        moved > 0
     }
 
     /// Waits for frames with exponential back-off up to `max`: in ppoll() on the ports' file

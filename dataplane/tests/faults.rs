@@ -21,7 +21,7 @@ use dataplane::worker::{Idle, Worker};
 #[test]
 fn a_worker_behind_a_faulty_link_accounts_for_every_frame() {
     // Node n2 runs web.1 (10.0.0.11 on the ingress network); web.2 runs on n3.
-    let table = ServiceTable::build(&dataplane::sim::three_nodes(), "n2", 1).unwrap();
+    let table = ServiceTable::build(&dataplane::testkit::three_nodes(), "n2", 1).unwrap();
     let neigh = Arc::new(Neighbors::new(64));
     neigh.learn(
         u32::from(Ipv4Addr::new(10, 0, 0, 11)),

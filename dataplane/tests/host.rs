@@ -1,14 +1,16 @@
-//! The host stack in the in-memory mesh (`dataplane::sim`): the embedded DNS resolver asked by
+//! The host stack in the in-memory mesh (`tests/mesh/`): the embedded DNS resolver asked by
 //! tasks through their gateway, health checks that take a failing task out of rotation on every
 //! node and put it back, and the node's own answers (ping, RST) for the mesh's addresses.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod mesh;
+
 use std::net::Ipv4Addr;
 
 use ctl::model::{EndpointMode, Health, HealthCheck, HealthTest, Service, ServiceNetwork, State};
 use dataplane::host::dns::{self, TYPE_A, TYPE_AAAA};
-use dataplane::sim::{task, three_nodes, CurlError, Mesh, TcpConnState};
+use mesh::{task, three_nodes, CurlError, Mesh, TcpConnState};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
 const APP_GW: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);

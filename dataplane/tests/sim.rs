@@ -1,9 +1,11 @@
 //! The pipeline tier: Swarm's routing-mesh scenarios (../shared/seeds/) replayed on an
-//! in-memory mesh of dataplane nodes (`dataplane::sim`), asserting what the hosts really
+//! in-memory mesh of dataplane nodes (`tests/mesh/`: meshd's own workers on in-memory ports), asserting what the hosts really
 //! received: every reply was parsed from frames whose IPv4 and TCP/UDP checksums verified.
 
 // The helpers below are test code too: a failed lookup is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod mesh;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -13,9 +15,9 @@ use ctl::model::{
     Service, ServiceNetwork, State,
 };
 use dataplane::buf::PortId;
-use dataplane::sim::{task, three_nodes, CurlError, Mesh, SimConfig, TcpConnState};
 use dataplane::stats::{DropReason, WorkerStats};
 use dataplane::testkit::{self, tcp_flags::*};
+use mesh::{task, three_nodes, CurlError, Mesh, SimConfig, SimError, TcpConnState};
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -887,4 +889,96 @@ fn tasks_on_different_nodes_ping_each_other_over_the_overlay() {
         assert_eq!(m.ping("tool.1", target).unwrap(), target);
     }
     assert_healthy(&m);
+}
+
+/// The harness itself: retransmission, refusals, determinism.
+mod harness {
+    use super::*;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
+
+    fn mesh() -> Mesh {
+        let mut m = Mesh::new(three_nodes()).unwrap();
+        m.add_client("client", CLIENT).unwrap();
+        m
+    }
+
+    #[test]
+    fn lost_syns_are_sent_again_after_the_retransmission_timeout() {
+        let mut m = mesh();
+        let n1 = m.node_addr("n1").unwrap();
+        m.lose_next("client", 2).unwrap();
+        let r = m.curl("client", n1, 8080).unwrap();
+        assert_eq!(r.task, "web.1");
+        assert_eq!(m.host("client").unwrap().lost_on_purpose(), 2);
+        assert!(m.now_ms() >= 2 * m.config().rto_ms);
+        assert_eq!(
+            m.stats("n1").unwrap().new_flows,
+            1,
+            "the retransmitted SYN is the same flow"
+        );
+    }
+
+    #[test]
+    fn unanswered_syns_time_out() {
+        let mut m = mesh();
+        let n1 = m.node_addr("n1").unwrap();
+        m.lose_next("client", 100).unwrap();
+        assert_eq!(m.curl("client", n1, 8080), Err(CurlError::Timeout(4)));
+    }
+
+    #[test]
+    fn a_lost_answer_is_sent_again_when_the_request_is() {
+        let mut m = mesh();
+        let n1 = m.node_addr("n1").unwrap();
+        let c = m.open("client", n1, 8080).unwrap();
+        m.lose_next("web.1", 1).unwrap();
+        assert_eq!(m.request(&c).unwrap().task, "web.1");
+        assert_eq!(m.host("web.1").unwrap().lost_on_purpose(), 1);
+        m.close(&c).unwrap();
+        assert_eq!(m.host("web.1").unwrap().open_conns(), 0);
+        assert_eq!(m.host("client").unwrap().open_conns(), 0);
+        assert_eq!(m.bad_frames(), 0);
+    }
+
+    #[test]
+    fn hosts_refuse_closed_ports_and_reset_unknown_segments() {
+        let mut m = mesh();
+        // A task connecting to another task's closed port, on another node.
+        let web2 = m.host("web.2").unwrap().addr_on("appnet").unwrap();
+        assert_eq!(m.curl("web.1", web2, 9999), Err(CurlError::Refused));
+        assert_eq!(m.host("web.2").unwrap().unmatched(), 1);
+    }
+
+    #[test]
+    fn a_state_the_table_refuses_changes_nothing() {
+        let mut m = mesh();
+        let mut bad = three_nodes();
+        bad.services[0].tasks[1].addresses[0].addr = Ipv4Addr::new(10, 0, 0, 11);
+        assert!(matches!(m.set_state(bad), Err(SimError::Refused(_))));
+        assert_eq!(m.generation(), 1);
+        assert!(m.host("web.2").is_some());
+        let mut fewer = three_nodes();
+        fewer.nodes.pop();
+        assert_eq!(m.set_state(fewer), Err(SimError::NodesChanged));
+        assert_eq!(
+            m.add_client("web.1", Ipv4Addr::new(192, 168, 1, 101)),
+            Err(SimError::DuplicateHost("web.1".into()))
+        );
+    }
+
+    #[test]
+    fn runs_are_deterministic() {
+        let run = || {
+            let mut m = mesh();
+            let n = ["n1", "n2", "n3"].map(|x| m.node_addr(x).unwrap());
+            let tasks: Vec<String> = n
+                .iter()
+                .flat_map(|a| [*a, *a])
+                .map(|a| m.curl("client", a, 8080).unwrap().task)
+                .collect();
+            (tasks, m.steps(), m.now_ms(), m.total_stats())
+        };
+        assert_eq!(run(), run());
+    }
 }

@@ -650,7 +650,7 @@ pub(crate) mod tests {
 
     /// Two networks, three nodes, `web` with tasks on n2 and n3 publishing 8080->80: the
     /// simulation's seed layout.
-    pub(crate) use crate::sim::three_nodes;
+    pub(crate) use crate::testkit::three_nodes;
 
     #[test]
     fn compiles_published_ports_vips_and_addresses() {

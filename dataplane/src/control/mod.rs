@@ -268,37 +268,14 @@ impl Controller {
             Ok(s) => s,
             Err(e) => return Response::Err(e.into()),
         };
-        if let Some(mtu) = self.uplink_mtu {
-            if let Err(e) = ctl::validate::check_mtu(&next, mtu) {
-                return Response::error(ErrorCode::Invalid, e.to_string());
-            }
-        }
-        let generation = self.generation + 1;
-        let table = match ServiceTable::build_with(&next, &self.local, generation, &self.health) {
+        let table = match self.prepare(&next) {
             Ok(t) => t,
-            Err(e) => {
-                let code = match &e {
-                    BuildError::Invalid(v) => v.code(),
-                    BuildError::UnknownLocalNode(_) | BuildError::TooMany { .. } => {
-                        ErrorCode::Invalid
-                    }
-                };
-                return Response::error(code, e.to_string());
-            }
+            Err(refused) => return refused,
         };
-        let persisted = Persisted {
-            generation,
-            state: next,
+        let generation = match self.commit(next, &table) {
+            Ok(g) => g,
+            Err(refused) => return refused,
         };
-        if let Err(e) = self.store.save(&persisted) {
-            return Response::error(
-                ErrorCode::Internal,
-                format!("cannot persist the state, nothing changed: {e}"),
-            );
-        }
-        self.state = persisted.state;
-        self.generation = generation;
-        self.observe(&table);
         let answer = ctl::apply::answer_change(&self.state, c).unwrap_or(Value::Null);
         match self.shared.publish(table, self.ack_timeout) {
             Ok(()) => Response::ok(generation, answer),
@@ -307,6 +284,48 @@ impl Controller {
                 format!("generation {generation} is persisted and published, but workers {behind:?} did not pick it up within {:?}", self.ack_timeout),
             ),
         }
+    }
+
+    /// The first half of a change: checks the next state against this node (the uplink's MTU)
+    /// and compiles its table with the next generation and the current health view. Changes
+    /// nothing; a refusal is the answer to send.
+    pub fn prepare(&self, next: &State) -> Result<ServiceTable, Response> {
+        if let Some(mtu) = self.uplink_mtu {
+            if let Err(e) = ctl::validate::check_mtu(next, mtu) {
+                return Err(Response::error(ErrorCode::Invalid, e.to_string()));
+            }
+        }
+        ServiceTable::build_with(next, &self.local, self.generation + 1, &self.health).map_err(
+            |e| {
+                let code = match &e {
+                    BuildError::Invalid(v) => v.code(),
+                    BuildError::UnknownLocalNode(_) | BuildError::TooMany { .. } => {
+                        ErrorCode::Invalid
+                    }
+                };
+                Response::error(code, e.to_string())
+            },
+        )
+    }
+
+    /// The second half: persists `next` (the state `table` was prepared from) and makes it the
+    /// controller's. The caller publishes the table (the control thread waits for the workers;
+    /// the in-memory mesh of the tests steps them). Returns the new generation.
+    pub fn commit(&mut self, next: State, table: &ServiceTable) -> Result<u64, Response> {
+        let persisted = Persisted {
+            generation: table.generation,
+            state: next,
+        };
+        if let Err(e) = self.store.save(&persisted) {
+            return Err(Response::error(
+                ErrorCode::Internal,
+                format!("cannot persist the state, nothing changed: {e}"),
+            ));
+        }
+        self.state = persisted.state;
+        self.generation = persisted.generation;
+        self.observe(table);
+        Ok(self.generation)
     }
 
     /// The `stats` answer (see [`crate::shared::report`]).
@@ -534,7 +553,7 @@ mod tests {
             std::env::temp_dir().join(format!("meshd-ctl-health-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::create_dir_all(&dir);
-        let mut state = crate::sim::three_nodes();
+        let mut state = crate::testkit::three_nodes();
         state.services[0].health = Some(HealthCheck {
             interval_ms: 1000,
             timeout_ms: 500,

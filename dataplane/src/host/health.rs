@@ -278,7 +278,7 @@ mod tests {
     use ctl::model::State;
 
     fn checked(interval_ms: u32, timeout_ms: u32, retries: u32) -> State {
-        let mut s = crate::sim::three_nodes();
+        let mut s = crate::testkit::three_nodes();
         s.services[0].health = Some(HealthCheck {
             interval_ms,
             timeout_ms,
@@ -329,7 +329,7 @@ mod tests {
         let t1 = ServiceTable::build(&checked(1000, 500, 3), "n1", 1).unwrap();
         m.sync(&t1, 5);
         assert!(m.is_empty());
-        let mut plain = crate::sim::three_nodes();
+        let mut plain = crate::testkit::three_nodes();
         plain.services[0].health = None;
         let mut m = Monitor::new();
         m.sync(&ServiceTable::build(&plain, "n2", 1).unwrap(), 0);

@@ -853,7 +853,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn stack() -> (HostStack, ServiceTable, Neighbors) {
-        let mut s = crate::sim::three_nodes();
+        let mut s = crate::testkit::three_nodes();
         s.services[0].health = Some(ctl::model::HealthCheck {
             interval_ms: 100,
             timeout_ms: 50,

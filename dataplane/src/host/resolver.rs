@@ -198,7 +198,7 @@ mod tests {
     /// `three_nodes` plus `api` (dnsrr) on appnet with two tasks, and `db` on its own network
     /// `backnet` with the task `tool.1` on appnet only.
     fn state() -> State {
-        let mut s = crate::sim::three_nodes();
+        let mut s = crate::testkit::three_nodes();
         let mut back = s.networks[1].clone();
         back.name = "backnet".into();
         back.vni = 4098;
@@ -212,7 +212,7 @@ mod tests {
             vip: None,
         });
         for i in 1..=2u8 {
-            api.tasks.push(crate::sim::task(
+            api.tasks.push(crate::testkit::task(
                 &format!("api.{i}"),
                 "n1",
                 &[("appnet", Ipv4Addr::new(10, 0, 1, 30 + i))],
@@ -223,7 +223,7 @@ mod tests {
             network: "backnet".into(),
             vip: Some(Ipv4Addr::new(10, 0, 2, 2)),
         });
-        db.tasks.push(crate::sim::task(
+        db.tasks.push(crate::testkit::task(
             "db.1",
             "n1",
             &[("backnet", Ipv4Addr::new(10, 0, 2, 10))],
@@ -233,7 +233,7 @@ mod tests {
             network: "appnet".into(),
             vip: Some(Ipv4Addr::new(10, 0, 1, 3)),
         });
-        tool.tasks.push(crate::sim::task(
+        tool.tasks.push(crate::testkit::task(
             "tool.1",
             "n1",
             &[("appnet", Ipv4Addr::new(10, 0, 1, 20))],
@@ -372,7 +372,7 @@ mod tests {
     fn answers_are_shuffled_per_answer() {
         let mut s = state();
         for i in 3..=9u8 {
-            s.services[1].tasks.push(crate::sim::task(
+            s.services[1].tasks.push(crate::testkit::task(
                 &format!("api.{i}"),
                 "n1",
                 &[("appnet", Ipv4Addr::new(10, 0, 1, 30 + i))],

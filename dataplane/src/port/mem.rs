@@ -46,6 +46,17 @@ impl MemPort {
         self.tx.pop()
     }
 
+    /// Sends one frame to the peer (a frame on the wire towards it). `false` if its queue is
+    /// full.
+    pub fn send(&self, frame: PacketBuf) -> bool {
+        self.tx.push(frame).is_ok()
+    }
+
+    /// Receives one frame the peer sent, if any.
+    pub fn recv(&self) -> Option<PacketBuf> {
+        self.rx.pop()
+    }
+
     /// Frames waiting to be received.
     pub fn pending(&self) -> usize {
         self.rx.len()

@@ -1,22 +1,27 @@
 //! A deterministic multi-node mesh in memory: several dataplane nodes, an underlay switch,
 //! outside clients and fake tasks, all stepped by one clock. The pipeline tier of the tests
-//! (DESIGN.md, "Tests in tiers") and a harness the benchmarks may reuse.
+//! (DESIGN.md, "Tests in tiers"): meshd's own parts, not copies of them: each node runs
+//! meshd's [`Worker`] loop (`poll_at`, with the mesh's clock) on in-memory ports, its
+//! [`Controller`] (which compiles and publishes its tables) and its host stack.
 //!
 //! ```text
 //!  client ──┐
 //!  client ──┼────────────────────────┬────────────────────────┐  underlay switch
 //!           │ uplink                 │ uplink                 │ uplink
 //!      ┌────┴────┐              ┌────┴────┐              ┌────┴────┐
-//!      │ node n1 │              │ node n2 │              │ node n3 │  a Pipeline per worker,
-//!      └────┬────┘              └────┬────┘              └────┬────┘  one ServiceTable and
-//!           │ tasks segment          │ tasks segment          │       one Neighbors per node
+//!      │ node n1 │              │ node n2 │              │ node n3 │  meshd's Workers, one
+//!      └────┬────┘              └────┬────┘              └────┬────┘  Shared (table, neighbours,
+//!           │ tasks segment          │ tasks segment          │       rings), a Controller
 //!         (no task)            web.1 ┘                  web.2 ┘
 //! ```
 //!
 //! Clients and tasks are both [`SimHost`]s ([`HostKind::Client`], [`HostKind::Task`]).
 //!
-//! Every node compiles its [`ServiceTable`] from the one shared [`State`] for its own name, as
-//! meshctl would on every node; [`Mesh::set_state`] rebuilds them all with the next generation.
+//! Every node's controller compiles its [`ServiceTable`] from the one shared [`State`] for its
+//! own name, as meshctl would have every meshd do; [`Mesh::set_state`] has every controller
+//! check and compile the new state (`Controller::prepare`) before any commits it
+//! (`Controller::commit`, which persists it in a directory removed with the mesh), and the
+//! tables are published for the workers' next step.
 //! Hosts ([`SimHost`]) are small TCP/UDP stacks: an outside client on the underlay, or a task on
 //! a node's tasks segment (created from the `State`, one interface per network address, MAC
 //! `02:42:` + the address as Docker does). A task answers ARP for its addresses, routes
@@ -25,38 +30,53 @@
 //! (`Hostname: web.1\nIP: 10.0.0.11\nRemoteAddr: 10.0.0.2:1024\n`), closes on FIN, resets
 //! unknown segments as a kernel would, and echoes UDP datagrams prefixed with its name.
 //!
-//! Stepping: each [`Mesh::step`] gives every worker one burst of what reached it (`process`)
-//! and calls `maintain`, lets every host answer what reached it, moves every frame sent to the
-//! next hop's queue, and advances the clock by [`SimConfig::step_ms`]. Nothing here reads a
-//! real clock or spawns a thread, so a run is the same every time.
+//! Stepping: each [`Mesh::step`] runs one iteration of every worker's loop (a burst from each
+//! port and from the handoff ring, housekeeping, the host stack's frames on worker 0, sending),
+//! feeds the host stack what the workers queued for it, lets every host answer what reached
+//! it, moves every frame sent to the next hop, and advances the clock by
+//! [`SimConfig::step_ms`]. The dataplane reads no real clock and nothing spawns a thread, so a
+//! run is the same every time.
 //!
-//! Each node runs its host stack ([`crate::host::HostStack`]) as meshd does: frames given
+//! Each node runs its host stack ([`dataplane::host::HostStack`]) as meshd does: frames given
 //! [`Verdict::Host`] reach it (and are kept in [`SimNode::host_frames`]), and what it sends goes
 //! on the wire: RSTs and ICMP for the node's own addresses, the embedded DNS resolver on every
 //! gateway ([`Mesh::dns`]), health checks of the node's tasks and the verdicts it tells its
-//! peers. When a node's health view changes it recompiles its table, as meshd's controller
-//! does. Tasks answer HTTP requests with a status ([`Mesh::set_http_status`]), and can stop
+//! peers. A changed health view goes to the node's controller (`Controller::set_health`),
+//! which recompiles and publishes the table, as in meshd. Tasks answer HTTP requests with a status ([`Mesh::set_http_status`]), and can stop
 //! serving ([`Mesh::set_serving`]: new connections refused) or fall silent
 //! ([`Mesh::set_silent`]: no IP answered at all).
-// A test harness: its counters, ids and lengths are small and known.
-#![allow(clippy::cast_possible_truncation)]
+// A test harness: its counters, ids and lengths are small and known; each test crate uses
+// part of it.
+#![allow(clippy::cast_possible_truncation, dead_code)]
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ctl::model::{self, Ipv4Net, Protocol, State};
+use ctl::model::{Ipv4Net, Protocol, State};
 
-use crate::balance::table::HealthView;
-use crate::balance::{BuildError, ServiceTable};
-use crate::buf::{PacketBuf, Pool, PortId};
-use crate::host::{dns, HostConfig, HostStack};
-use crate::neigh::Neighbors;
-use crate::pipeline::{Config, Pipeline, Verdict, Verdicts};
-use crate::port::{Burst, BURST};
-use crate::stats::WorkerStats;
-use crate::testkit::{self, tcp_flags::*, Mac, TcpSeen, UdpSeen};
+use dataplane::balance::ServiceTable;
+use dataplane::buf::{PacketBuf, PortId};
+use dataplane::control::store::StateStore;
+use dataplane::control::{Controller, Persisted};
+use dataplane::host::{dns, HostConfig, HostStack};
+use dataplane::neigh::Neighbors;
+use dataplane::pipeline::{Config, Pipeline};
+use dataplane::port::mem::{self, MemPort};
+use dataplane::port::BURST;
+use dataplane::shared::Shared;
+use dataplane::stats::WorkerStats;
+use dataplane::testkit::{self, tcp_flags::*, Mac, TcpSeen, UdpSeen};
+use dataplane::worker::{Idle, Worker};
+
+/// Frames each in-memory port queue holds (far more than a step moves).
+const PORT_DEPTH: usize = 4096;
+/// Buffers in each worker's pool (it makes RSTs, ICMP and fragments from them; what it sends
+/// comes back to it).
+const POOL: usize = 4 * BURST;
 
 /// How a simulated mesh runs.
 #[derive(Debug, Clone)]
@@ -95,8 +115,9 @@ impl Default for SimConfig {
 /// Why the simulation could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimError {
-    #[error(transparent)]
-    Build(#[from] BuildError),
+    /// A node's controller refused the state (its answer's message).
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("no host named {0:?} in the simulation")]
     UnknownHost(String),
     #[error("no node named {0:?} in the simulation")]
@@ -912,11 +933,24 @@ impl SimHost {
     }
 }
 
-/// One worker of a node: its pipeline and the frames waiting for it.
+/// One worker of a node: meshd's own worker loop ([`Worker::poll_at`], with the mesh's clock)
+/// over in-memory ports, whose other ends the mesh holds.
 #[derive(Debug)]
 struct SimWorker {
-    pipeline: Pipeline,
-    rx: VecDeque<PacketBuf>,
+    worker: Worker,
+    /// The far ends of the worker's uplink and tasks ports: frames reach the worker through
+    /// them and what it sends comes out of them.
+    uplink: MemPort,
+    tasks: MemPort,
+}
+
+impl SimWorker {
+    fn far_end(&self, port: PortId) -> &MemPort {
+        match port {
+            PortId::Uplink => &self.uplink,
+            PortId::Tasks => &self.tasks,
+        }
+    }
 }
 
 /// Who put a frame on a link (it is not delivered back there).
@@ -928,25 +962,22 @@ enum Sender {
 
 type Wire = Vec<(Link, Sender, Vec<u8>)>;
 
-/// One dataplane node: a pipeline per worker sharing one service table and one neighbour
-/// table.
+/// One dataplane node: meshd's workers sharing what a meshd's workers share ([`Shared`]: the
+/// service table, the neighbour table, the handoff rings and the host queues), and its host
+/// stack fed from the host queue as meshd's host thread is.
 #[derive(Debug)]
 pub struct SimNode {
     name: String,
     addr: Ipv4Addr,
     uplink_mac: Mac,
     tasks_mac: Mac,
-    table: ServiceTable,
-    neigh: Arc<Neighbors>,
+    shared: Arc<Shared>,
     workers: Vec<SimWorker>,
-    pool: Pool,
     host: HostStack,
-    /// The health view the node's table was last compiled with.
-    health: HealthView,
-    /// The node's own table generation: desired-state changes and health changes.
-    table_gen: u64,
+    /// meshd's controller for the node: it compiles and publishes the node's tables, from
+    /// desired-state changes and from the host stack's health verdicts.
+    ctl: Controller,
     host_frames: Vec<(PortId, Vec<u8>)>,
-    handoffs: u64,
     rx_turn: usize,
 }
 
@@ -971,28 +1002,29 @@ impl SimNode {
     pub fn tasks_mac(&self) -> Mac {
         self.tasks_mac
     }
-    pub fn table(&self) -> &ServiceTable {
-        &self.table
+    /// The table the node's workers run.
+    pub fn table(&self) -> Arc<ServiceTable> {
+        self.shared.table.load_full()
     }
     pub fn neighbors(&self) -> &Arc<Neighbors> {
-        &self.neigh
+        &self.shared.neigh
     }
     pub fn workers(&self) -> usize {
         self.workers.len()
     }
     /// Worker `w`'s pipeline.
     pub fn pipeline(&self, w: usize) -> Option<&Pipeline> {
-        self.workers.get(w).map(|x| &x.pipeline)
+        self.workers.get(w).map(|x| &x.worker.pipeline)
     }
     /// Worker `w`'s counters.
     pub fn worker_stats(&self, w: usize) -> Option<&WorkerStats> {
-        self.workers.get(w).map(|x| &x.pipeline.stats)
+        self.workers.get(w).map(|x| &x.worker.pipeline.stats)
     }
     /// The counters of all workers added up.
     pub fn stats(&self) -> WorkerStats {
         let mut s = WorkerStats::default();
         for w in &self.workers {
-            s.add(&w.pipeline.stats);
+            s.add(&w.worker.pipeline.stats);
         }
         s
     }
@@ -1010,98 +1042,60 @@ impl SimNode {
     }
     /// Frames moved from one worker to another ([`Verdict::Handoff`]).
     pub fn handoffs(&self) -> u64 {
-        self.handoffs
+        self.workers
+            .iter()
+            .map(|w| w.worker.pipeline.stats.handoff_out)
+            .sum()
     }
 
-    /// A frame arrives on `port`: copied into a buffer of the node's pool, as a NIC would,
-    /// and queued for the next worker in turn.
+    /// A frame arrives on `port`: put on the next worker's port in turn.
     fn receive(&mut self, port: PortId, frame: &[u8]) {
-        let mut b = self.pool.get().unwrap_or_default();
-        b.fill(frame);
-        b.port = port;
         let n = self.workers.len().max(1);
         let w = self.rx_turn % n;
         self.rx_turn = self.rx_turn.wrapping_add(1);
-        if let Some(wk) = self.workers.get_mut(w) {
-            wk.rx.push_back(b);
+        if let Some(wk) = self.workers.get(w) {
+            // The far end's queue is deep enough for any test; a full one drops, as a NIC.
+            let _ = wk.far_end(port).send(PacketBuf::from_frame(port, frame));
         }
     }
 
-    /// One burst per worker, then its housekeeping, then the host stack. Frames sent go to
+    /// One iteration of every worker's loop at `now` (`Worker::poll_at`: a burst from each
+    /// port and the handoff ring, housekeeping, what the host stack sent on worker 0), then
+    /// the host stack on what the workers gave it, as meshd's host thread. Frames sent go to
     /// `wire`.
     fn step(&mut self, idx: usize, now: u64, host_stack: bool, wire: &mut Wire) -> bool {
         let mut moved = false;
-        for w in 0..self.workers.len() {
-            let mut burst = Burst::new();
-            while !burst.is_full() {
-                let Some(b) = self.workers[w].rx.pop_front() else {
-                    break;
-                };
-                burst.push(b);
-            }
-            if !burst.is_empty() {
-                moved = true;
-                let mut verdicts = Verdicts::new();
-                self.workers[w]
-                    .pipeline
-                    .process(&self.table, now, &mut burst, &mut verdicts);
-                // The burst's frames, then those the pipeline made or released beside them.
-                let extra = self.workers[w]
-                    .pipeline
-                    .take_extra()
-                    .into_iter()
-                    .map(|(b, v, _)| (b, v));
-                for (buf, v) in burst.drain(..).zip(verdicts.iter().copied()).chain(extra) {
-                    match v {
-                        Verdict::Tx(port) => {
-                            wire.push((
-                                link_of(idx, port),
-                                Sender::Node(idx, port),
-                                buf.data().to_vec(),
-                            ));
-                            self.pool.put(buf);
-                        }
-                        Verdict::Host(_) => {
-                            self.host_frames.push((buf.port, buf.data().to_vec()));
-                            if host_stack {
-                                self.host.input(&self.table, buf.port, buf.data(), now);
-                            }
-                            self.pool.put(buf);
-                        }
-                        Verdict::Handoff(to) => match self.workers.get_mut(usize::from(to)) {
-                            Some(owner) => {
-                                self.handoffs += 1;
-                                owner.rx.push_back(buf);
-                            }
-                            None => self.pool.put(buf),
-                        },
-                        Verdict::Drop(_) | Verdict::Consumed => self.pool.put(buf),
-                    }
+        for wk in &mut self.workers {
+            moved |= wk.worker.poll_at(now);
+            for port in [PortId::Uplink, PortId::Tasks] {
+                while let Some(buf) = wk.far_end(port).recv() {
+                    moved = true;
+                    wire.push((
+                        link_of(idx, port),
+                        Sender::Node(idx, port),
+                        buf.data().to_vec(),
+                    ));
+                    wk.worker.pool.put(buf);
                 }
             }
-            // Keep enough buffers for what maintain may generate.
-            while self.pool.available() < 2 * BURST {
-                self.pool.put(PacketBuf::new());
+        }
+        let table = self.shared.table.load_full();
+        while let Some(buf) = self.shared.to_host.pop() {
+            moved = true;
+            self.host_frames.push((buf.port, buf.data().to_vec()));
+            if host_stack {
+                self.host.input(&table, buf.port, buf.data(), now);
             }
-            let mut out = Burst::new();
-            let wk = &mut self.workers[w];
-            wk.pipeline
-                .maintain(&self.table, now, &mut self.pool, &mut out);
-            for buf in out.drain(..) {
-                moved = true;
-                wire.push((
-                    link_of(idx, buf.port),
-                    Sender::Node(idx, buf.port),
-                    buf.data().to_vec(),
-                ));
-                self.pool.put(buf);
+            if let Some(wk) = self.workers.first_mut() {
+                wk.worker.pool.put(buf);
             }
         }
         if host_stack {
-            self.host.poll(&self.table, &self.neigh, now);
+            self.host.poll(&table, &self.shared.neigh, now);
             for (port, f) in self.host.take_output() {
                 moved = true;
-                wire.push((link_of(idx, port), Sender::Node(idx, port), f));
+                // Sent by worker 0 on its next iteration, as meshd's host thread's frames are.
+                let _ = self.shared.from_host.push(PacketBuf::from_frame(port, &f));
             }
         }
         moved
@@ -1173,10 +1167,23 @@ fn task_hosts(state: &State) -> Vec<SimHost> {
     out
 }
 
+/// A controller's refusal, as the mesh reports it.
+fn refused(r: ctl::proto::Response) -> SimError {
+    SimError::Refused(format!("{r:?}"))
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The whole simulated mesh.
 #[derive(Debug)]
 pub struct Mesh {
     cfg: SimConfig,
+    /// Where the nodes' controllers persist their state (removed with the mesh).
+    dir: PathBuf,
     state: State,
     generation: u64,
     now: u64,
@@ -1195,12 +1202,32 @@ impl Mesh {
     pub fn with_config(state: State, cfg: SimConfig) -> Result<Mesh, SimError> {
         let workers = cfg.workers.max(1);
         let generation = 1;
+        static MESHES: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "meshd-mesh-{}-{}",
+            std::process::id(),
+            MESHES.fetch_add(1, Ordering::Relaxed)
+        ));
         let mut nodes = Vec::with_capacity(state.nodes.len());
         for (i, n) in state.nodes.iter().enumerate() {
-            let table = ServiceTable::build(&state, &n.name, generation)?;
             let (uplink_mac, tasks_mac) = node_macs(i);
-            let neigh = Arc::new(Neighbors::new(1024));
-            let pipelines = (0..workers)
+            // The controller builds the node's first table and publishes it.
+            let shared = Shared::new(
+                ServiceTable::empty(&n.name, n.addr),
+                usize::from(workers),
+                Arc::new(Neighbors::new(1024)),
+            );
+            let ctl = Controller::new(
+                n.name.clone(),
+                Persisted {
+                    generation,
+                    state: state.clone(),
+                },
+                StateStore::new(dir.join(format!("{}.json", n.name))),
+                shared.clone(),
+            )
+            .map_err(SimError::Refused)?;
+            let sim_workers = (0..workers)
                 .map(|w| {
                     let c = Config {
                         uplink_mac,
@@ -1210,36 +1237,44 @@ impl Mesh {
                         flow_capacity: cfg.flow_capacity,
                         ..Config::default()
                     };
+                    let (up, uplink) = mem::link(PORT_DEPTH);
+                    let (tk, tasks) = mem::link(PORT_DEPTH);
                     SimWorker {
-                        pipeline: Pipeline::new(c, neigh.clone()),
-                        rx: VecDeque::new(),
+                        worker: Worker::new(
+                            usize::from(w),
+                            c,
+                            Box::new(up),
+                            Box::new(tk),
+                            shared.clone(),
+                            Idle::BusyPoll,
+                            POOL,
+                        ),
+                        uplink,
+                        tasks,
                     }
                 })
                 .collect();
             nodes.push(SimNode {
                 name: n.name.clone(),
-                addr: table.node_addr,
+                addr: shared.table.load().node_addr,
                 uplink_mac,
                 tasks_mac,
-                table,
-                neigh,
-                workers: pipelines,
-                pool: Pool::new(2 * BURST),
+                shared,
+                workers: sim_workers,
                 host: HostStack::new(HostConfig {
                     uplink_mac,
                     tasks_mac,
                     seed: 0x5eed_0000 + i as u64,
                     uplink_mtu: 1500,
                 }),
-                health: HealthView::new(),
-                table_gen: generation,
+                ctl,
                 host_frames: Vec::new(),
-                handoffs: 0,
                 rx_turn: 0,
             });
         }
         let mut mesh = Mesh {
             cfg,
+            dir,
             state,
             generation,
             now: 0,
@@ -1293,10 +1328,11 @@ impl Mesh {
             return Err(SimError::NodesChanged);
         }
         let generation = self.generation + 1;
+        // Every node's controller checks and compiles the state before any commits it.
         let tables = self
             .nodes
             .iter()
-            .map(|n| ServiceTable::build_with(&state, &n.name, n.table_gen + 1, &n.health))
+            .map(|n| n.ctl.prepare(&state).map_err(refused))
             .collect::<Result<Vec<_>, _>>()?;
         let want = task_hosts(&state);
         for w in &want {
@@ -1309,9 +1345,10 @@ impl Mesh {
             }
         }
         for (n, t) in self.nodes.iter_mut().zip(tables) {
+            n.ctl.commit(state.clone(), &t).map_err(refused)?;
             n.addr = t.node_addr;
-            n.table_gen = t.generation;
-            n.table = t;
+            // Published without waiting: the workers pick it up on their next step.
+            n.shared.table.store(Arc::new(t));
         }
         self.generation = generation;
         self.state = state;
@@ -1428,15 +1465,10 @@ impl Mesh {
         let mut moved = false;
         for (i, node) in self.nodes.iter_mut().enumerate() {
             moved |= node.step(i, now, host_stack, &mut wire);
-            // A changed health view: the node recompiles its table, as meshd's controller does.
+            // A changed health view goes to the node's controller, which recompiles and
+            // publishes its table, as in meshd.
             if let Some(view) = node.host.take_view() {
-                if let Ok(t) =
-                    ServiceTable::build_with(&self.state, &node.name, node.table_gen + 1, &view)
-                {
-                    node.table_gen = t.generation;
-                    node.table = t;
-                    node.health = view;
-                }
+                node.ctl.set_health(view);
             }
         }
         for (h, host) in self.hosts.iter_mut().enumerate() {
@@ -1809,7 +1841,7 @@ impl Mesh {
     pub fn set_dns_upstream(
         &mut self,
         node: &str,
-        up: Box<dyn crate::host::Upstream>,
+        up: Box<dyn dataplane::host::Upstream>,
     ) -> Result<(), SimError> {
         let n = self
             .nodes
@@ -1916,185 +1948,5 @@ impl Mesh {
     }
 }
 
-// ---- example states ------------------------------------------------------------------------
-
-/// A node of an example state: `192.168.1.<last>`, VTEP on the same address.
-pub fn node(name: &str, last: u8) -> model::Node {
-    model::Node {
-        name: name.to_string(),
-        addr: Ipv4Addr::new(192, 168, 1, last),
-        vtep: None,
-        vtep_port: model::VXLAN_PORT,
-        availability: model::Availability::Active,
-    }
-}
-
-/// A running task with weight 1 and the given `(network, address)` pairs.
-pub fn task(name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]) -> model::Task {
-    model::Task {
-        name: name.to_string(),
-        node: node.to_string(),
-        addresses: addrs
-            .iter()
-            .map(|(n, a)| model::TaskAddress {
-                network: (*n).to_string(),
-                addr: *a,
-            })
-            .collect(),
-        state: model::TaskState::Running,
-        weight: 1,
-    }
-}
-
-/// Swarm's layout in seeds 000 and 003: nodes n1, n2, n3 (192.168.1.11-13); the ingress
-/// network (VNI 4096, 10.0.0.0/24, endpoints 10.0.0.2-4) and `appnet` (VNI 4097,
-/// 10.0.1.0/24); service `web` publishing 8080→80 with VIP 10.0.1.2 and tasks web.1 on n2
-/// (10.0.0.11, 10.0.1.11) and web.2 on n3 (10.0.0.12, 10.0.1.12). n1 runs no task.
-pub fn three_nodes() -> State {
-    let mut endpoints = std::collections::BTreeMap::new();
-    endpoints.insert("n1".to_string(), Ipv4Addr::new(10, 0, 0, 2));
-    endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
-    endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
-    let ingress = model::Network {
-        name: "ingress".into(),
-        vni: model::INGRESS_VNI,
-        subnet: Ipv4Net {
-            addr: Ipv4Addr::new(10, 0, 0, 0),
-            prefix: 24,
-        },
-        gateway: Ipv4Addr::new(10, 0, 0, 1),
-        ingress: true,
-        endpoints,
-        mtu: None,
-    };
-    let app = model::Network {
-        name: "appnet".into(),
-        vni: 4097,
-        subnet: Ipv4Net {
-            addr: Ipv4Addr::new(10, 0, 1, 0),
-            prefix: 24,
-        },
-        gateway: Ipv4Addr::new(10, 0, 1, 1),
-        ingress: false,
-        endpoints: Default::default(),
-        mtu: None,
-    };
-    let mut web = model::Service::new("web");
-    web.networks.push(model::ServiceNetwork {
-        network: "appnet".into(),
-        vip: Some(Ipv4Addr::new(10, 0, 1, 2)),
-    });
-    web.ports.push(model::PublishedPort {
-        protocol: Protocol::Tcp,
-        published: 8080,
-        target: 80,
-        mode: model::PublishMode::Ingress,
-    });
-    for (i, n) in [(1u8, "n2"), (2, "n3")] {
-        web.tasks.push(task(
-            &format!("web.{i}"),
-            n,
-            &[
-                ("ingress", Ipv4Addr::new(10, 0, 0, 10 + i)),
-                ("appnet", Ipv4Addr::new(10, 0, 1, 10 + i)),
-            ],
-        ));
-    }
-    State {
-        nodes: vec![node("n1", 11), node("n2", 12), node("n3", 13)],
-        networks: vec![ingress, app],
-        services: vec![web],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
-
-    fn mesh() -> Mesh {
-        let mut m = Mesh::new(three_nodes()).unwrap();
-        m.add_client("client", CLIENT).unwrap();
-        m
-    }
-
-    #[test]
-    fn lost_syns_are_sent_again_after_the_retransmission_timeout() {
-        let mut m = mesh();
-        let n1 = m.node_addr("n1").unwrap();
-        m.lose_next("client", 2).unwrap();
-        let r = m.curl("client", n1, 8080).unwrap();
-        assert_eq!(r.task, "web.1");
-        assert_eq!(m.host("client").unwrap().lost_on_purpose(), 2);
-        assert!(m.now_ms() >= 2 * m.config().rto_ms);
-        assert_eq!(
-            m.stats("n1").unwrap().new_flows,
-            1,
-            "the retransmitted SYN is the same flow"
-        );
-    }
-
-    #[test]
-    fn unanswered_syns_time_out() {
-        let mut m = mesh();
-        let n1 = m.node_addr("n1").unwrap();
-        m.lose_next("client", 100).unwrap();
-        assert_eq!(m.curl("client", n1, 8080), Err(CurlError::Timeout(4)));
-    }
-
-    #[test]
-    fn a_lost_answer_is_sent_again_when_the_request_is() {
-        let mut m = mesh();
-        let n1 = m.node_addr("n1").unwrap();
-        let c = m.open("client", n1, 8080).unwrap();
-        m.lose_next("web.1", 1).unwrap();
-        assert_eq!(m.request(&c).unwrap().task, "web.1");
-        assert_eq!(m.host("web.1").unwrap().lost_on_purpose(), 1);
-        m.close(&c).unwrap();
-        assert_eq!(m.host("web.1").unwrap().open_conns(), 0);
-        assert_eq!(m.host("client").unwrap().open_conns(), 0);
-        assert_eq!(m.bad_frames(), 0);
-    }
-
-    #[test]
-    fn hosts_refuse_closed_ports_and_reset_unknown_segments() {
-        let mut m = mesh();
-        // A task connecting to another task's closed port, on another node.
-        let web2 = m.host("web.2").unwrap().addr_on("appnet").unwrap();
-        assert_eq!(m.curl("web.1", web2, 9999), Err(CurlError::Refused));
-        assert_eq!(m.host("web.2").unwrap().unmatched(), 1);
-    }
-
-    #[test]
-    fn a_state_the_table_refuses_changes_nothing() {
-        let mut m = mesh();
-        let mut bad = three_nodes();
-        bad.services[0].tasks[1].addresses[0].addr = Ipv4Addr::new(10, 0, 0, 11);
-        assert!(matches!(m.set_state(bad), Err(SimError::Build(_))));
-        assert_eq!(m.generation(), 1);
-        assert!(m.host("web.2").is_some());
-        let mut fewer = three_nodes();
-        fewer.nodes.pop();
-        assert_eq!(m.set_state(fewer), Err(SimError::NodesChanged));
-        assert_eq!(
-            m.add_client("web.1", Ipv4Addr::new(192, 168, 1, 101)),
-            Err(SimError::DuplicateHost("web.1".into()))
-        );
-    }
-
-    #[test]
-    fn runs_are_deterministic() {
-        let run = || {
-            let mut m = mesh();
-            let n = ["n1", "n2", "n3"].map(|x| m.node_addr(x).unwrap());
-            let tasks: Vec<String> = n
-                .iter()
-                .flat_map(|a| [*a, *a])
-                .map(|a| m.curl("client", a, 8080).unwrap().task)
-                .collect();
-            (tasks, m.steps(), m.now_ms(), m.total_stats())
-        };
-        assert_eq!(run(), run());
-    }
-}
+#[allow(unused_imports)]
+pub use dataplane::testkit::{node, task, three_nodes};
