@@ -15,6 +15,7 @@ use ctl::model::{
     Service, ServiceNetwork, State,
 };
 use dataplane::buf::PortId;
+use dataplane::port::fault::Faults;
 use dataplane::stats::{DropReason, WorkerStats};
 use dataplane::testkit::{self, tcp_flags::*};
 use mesh::{task, three_nodes, CurlError, Mesh, SimConfig, SimError, TcpConnState};
@@ -980,5 +981,41 @@ mod harness {
             (tasks, m.steps(), m.now_ms(), m.total_stats())
         };
         assert_eq!(run(), run());
+    }
+}
+
+/// The underlay drops, duplicates and reorders frames (meshd's fault injector on every worker's
+/// uplink, two workers per node): every request through every node still reaches a task and
+/// gets its answer (the hosts' retransmissions cover the losses), and no host receives a frame
+/// it cannot parse or was not meant to get.
+#[test]
+fn requests_get_through_a_lossy_duplicating_reordering_underlay() {
+    let cfg = SimConfig {
+        workers: 2,
+        uplink_faults: Some(Faults {
+            drop_per_mille: 100,
+            duplicate_per_mille: 50,
+            reorder_per_mille: 100,
+            corrupt_per_mille: 0,
+            seed: 7,
+        }),
+        tries: 10,
+        ..SimConfig::default()
+    };
+    let mut m = Mesh::with_config(three_nodes(), cfg).unwrap();
+    m.add_client("client", CLIENT).unwrap();
+    for i in 0..30 {
+        let ip = m.node_addr(["n1", "n2", "n3"][i % 3]).unwrap();
+        let r = m.curl("client", ip, 8080).unwrap();
+        assert!(r.task == "web.1" || r.task == "web.2", "{r:?}");
+    }
+    let f = m.fault_counts();
+    assert!(
+        f.dropped > 0 && f.duplicated > 0 && f.reordered > 0,
+        "the faults happened: {f:?}"
+    );
+    assert_eq!(m.bad_frames(), 0);
+    for h in m.hosts() {
+        assert_eq!(h.misdelivered(), 0, "{} got frames for others", h.name());
     }
 }

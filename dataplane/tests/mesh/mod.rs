@@ -54,19 +54,21 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ctl::model::{Ipv4Net, Protocol, State};
 
 use dataplane::balance::ServiceTable;
+use dataplane::buf::Pool;
 use dataplane::buf::{PacketBuf, PortId};
 use dataplane::control::store::StateStore;
 use dataplane::control::{Controller, Persisted};
 use dataplane::host::{dns, HostConfig, HostStack};
 use dataplane::neigh::Neighbors;
 use dataplane::pipeline::{Config, Pipeline};
+use dataplane::port::fault::{FaultCounts, FaultInjector, Faults};
 use dataplane::port::mem::{self, MemPort};
-use dataplane::port::BURST;
+use dataplane::port::{Burst, Port, PortCounters, BURST};
 use dataplane::shared::Shared;
 use dataplane::stats::WorkerStats;
 use dataplane::testkit::{self, tcp_flags::*, Mac, TcpSeen, UdpSeen};
@@ -96,6 +98,9 @@ pub struct SimConfig {
     pub rto_ms: u64,
     /// Run each node's host stack; without it, frames for it are only recorded.
     pub host_stack: bool,
+    /// Faults on every worker's uplink (the underlay, as each node receives it): drops,
+    /// duplicates, reordering, corruption ([`FaultInjector`], meshd's own port wrapper).
+    pub uplink_faults: Option<Faults>,
 }
 
 impl Default for SimConfig {
@@ -108,6 +113,7 @@ impl Default for SimConfig {
             tries: 4,
             rto_ms: 1000,
             host_stack: true,
+            uplink_faults: None,
         }
     }
 }
@@ -1167,6 +1173,34 @@ fn task_hosts(state: &State) -> Vec<SimHost> {
     out
 }
 
+/// A worker's uplink behind meshd's fault injector, its counts added up for the mesh.
+#[derive(Debug)]
+struct Faulty {
+    port: FaultInjector<MemPort>,
+    counts: Arc<Mutex<FaultCounts>>,
+}
+
+impl Port for Faulty {
+    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+        let before = self.port.counts;
+        let n = self.port.rx_burst(pool, out);
+        let now = self.port.counts;
+        if let Ok(mut c) = self.counts.lock() {
+            c.dropped += now.dropped - before.dropped;
+            c.duplicated += now.duplicated - before.duplicated;
+            c.reordered += now.reordered - before.reordered;
+            c.corrupted += now.corrupted - before.corrupted;
+        }
+        n
+    }
+    fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
+        self.port.tx_burst(frames, pool)
+    }
+    fn counters(&mut self) -> PortCounters {
+        self.port.counters()
+    }
+}
+
 /// A controller's refusal, as the mesh reports it.
 fn refused(r: ctl::proto::Response) -> SimError {
     SimError::Refused(format!("{r:?}"))
@@ -1182,6 +1216,8 @@ impl Drop for Mesh {
 #[derive(Debug)]
 pub struct Mesh {
     cfg: SimConfig,
+    /// What the uplinks' fault injectors did, all nodes added up.
+    faults: Arc<Mutex<FaultCounts>>,
     /// Where the nodes' controllers persist their state (removed with the mesh).
     dir: PathBuf,
     state: State,
@@ -1202,6 +1238,7 @@ impl Mesh {
     pub fn with_config(state: State, cfg: SimConfig) -> Result<Mesh, SimError> {
         let workers = cfg.workers.max(1);
         let generation = 1;
+        let faults = Arc::new(Mutex::new(FaultCounts::default()));
         static MESHES: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "meshd-mesh-{}-{}",
@@ -1238,12 +1275,25 @@ impl Mesh {
                         ..Config::default()
                     };
                     let (up, uplink) = mem::link(PORT_DEPTH);
+                    let up: Box<dyn Port + Send> = match cfg.uplink_faults {
+                        Some(f) => Box::new(Faulty {
+                            port: FaultInjector::new(
+                                up,
+                                Faults {
+                                    seed: f.seed ^ ((i as u64) << 16 | u64::from(w)),
+                                    ..f
+                                },
+                            ),
+                            counts: faults.clone(),
+                        }),
+                        None => Box::new(up),
+                    };
                     let (tk, tasks) = mem::link(PORT_DEPTH);
                     SimWorker {
                         worker: Worker::new(
                             usize::from(w),
                             c,
-                            Box::new(up),
+                            up,
                             Box::new(tk),
                             shared.clone(),
                             Idle::BusyPoll,
@@ -1274,6 +1324,7 @@ impl Mesh {
         }
         let mut mesh = Mesh {
             cfg,
+            faults,
             dir,
             state,
             generation,
@@ -1353,6 +1404,11 @@ impl Mesh {
         self.generation = generation;
         self.state = state;
         self.sync_tasks(want)
+    }
+
+    /// What the uplinks' fault injectors did ([`SimConfig::uplink_faults`]).
+    pub fn fault_counts(&self) -> FaultCounts {
+        self.faults.lock().map(|c| *c).unwrap_or_default()
     }
 
     pub fn state(&self) -> &State {
