@@ -116,8 +116,26 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// `s` with its control characters (C0, DEL, C1: terminal escape sequences among them)
+/// written out as escapes (`\u{1b}`): text a peer sent is shown to operators (`service ps`)
+/// and logged, never raw.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Parses a datagram; `None` for anything malformed (wrong magic or version, cut short,
-/// trailing bytes, an unknown health code).
+/// trailing bytes, an unknown health code). Text in it comes back [`printable`].
 pub fn decode(b: &[u8]) -> Option<Message> {
     let mut at = 0usize;
     let mut take = |n: usize| -> Option<&[u8]> {
@@ -129,7 +147,7 @@ pub fn decode(b: &[u8]) -> Option<Message> {
         return None;
     }
     let nl = usize::from(*take(1)?.first()?);
-    let node = std::str::from_utf8(take(nl)?).ok()?.to_string();
+    let node = printable(std::str::from_utf8(take(nl)?).ok()?);
     let c = take(2)?;
     let count = u16::from_be_bytes([c[0], c[1]]);
     let mut entries = Vec::with_capacity(usize::from(count).min(128));
@@ -141,7 +159,7 @@ pub fn decode(b: &[u8]) -> Option<Message> {
         let a = take(4)?;
         let age_ms = u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
         let el = usize::from(*take(1)?.first()?);
-        let error = String::from_utf8_lossy(take(el)?).into_owned();
+        let error = printable(&String::from_utf8_lossy(take(el)?));
         entries.push(Entry {
             uid,
             health,
@@ -157,6 +175,21 @@ pub fn decode(b: &[u8]) -> Option<Message> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_peers_escape_codes_come_out_escaped() {
+        let entries = [entry(
+            7,
+            Health::Unhealthy,
+            "bad \u{1b}[31mred\u{7}\u{9b}0m",
+        )];
+        for d in encode("n\u{1b}[2Jx", &entries) {
+            let got = decode(&d).unwrap();
+            assert_eq!(got.node, "n\\u{1b}[2Jx");
+            assert_eq!(got.entries[0].error, "bad \\u{1b}[31mred\\u{7}\\u{9b}0m");
+            assert!(!got.entries[0].error.chars().any(char::is_control));
+        }
+    }
 
     fn entry(uid: u64, health: Health, error: &str) -> Entry {
         Entry {
