@@ -44,6 +44,7 @@ CONFIG FILE (TOML), every key optional and named like its flag:
   socket = \"/run/meshd/meshd.sock\"
   state = \"/var/lib/meshd/state.json\"
   flows = 1048576
+  new_flows_per_source = 0
   busy_poll = false
   io = \"afpacket\"
   rx_ring = \"frames\"
@@ -90,9 +91,16 @@ pub struct Args {
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// Flow table size per worker (16 to 268435456, about 228 bytes each, allocated at start;
-    /// default 1048576); a full table evicts its stalest flows.
+    /// default 1048576). A full table evicts expired flows, then the stalest half-open (a SYN
+    /// flood's), UDP and closed ones; never an established connection: with none of those
+    /// left, a new flow is refused (drop reason flow_table_full).
     #[arg(long)]
     pub flows: Option<usize>,
+    /// New flows one source address may open per second on each worker (1 to 65535; default 0:
+    /// no limit). Over it, a source's new flows are dropped (new_flow_rate) until the second
+    /// ends; its established ones go on.
+    #[arg(long, value_name = "N")]
+    pub new_flows_per_source: Option<u16>,
     /// Keep workers spinning when idle (lowest latency; a core at 100% each).
     #[arg(long)]
     pub busy_poll: bool,
@@ -144,6 +152,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     state: Option<PathBuf>,
     flows: Option<usize>,
+    new_flows_per_source: Option<u16>,
     busy_poll: Option<bool>,
     io: Option<IoMode>,
     rx_ring: Option<RxRingMode>,
@@ -198,6 +207,8 @@ pub struct Settings {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub flows: usize,
+    /// `Config::new_flows_per_source` (0: no limit).
+    pub new_flows_per_source: u16,
     pub busy_poll: bool,
     pub io: IoMode,
     pub rx_ring: RxRing,
@@ -299,6 +310,10 @@ impl Args {
             tasks,
             cores,
             flows,
+            new_flows_per_source: self
+                .new_flows_per_source
+                .or(file.new_flows_per_source)
+                .unwrap_or(0),
             busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
             io,
             rx_ring: self.rx_ring.or(file.rx_ring).unwrap_or_default().into(),
@@ -439,6 +454,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
             workers: workers as u16,
             flow_capacity: s.flows,
             uplink_mtu,
+            new_flows_per_source: s.new_flows_per_source,
             ..Config::default()
         };
         let idle = if s.busy_poll {

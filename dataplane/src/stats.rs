@@ -126,6 +126,15 @@ reasons! {
         /// translation would collide with a flow the worker already has (the same client port
         /// onto the same task port through two published ports, with the client IP kept).
         NoNatPort = "no_nat_port",
+        /// A TCP segment with SYN and FIN or RST: no stack sends one (a scan or a flood); it
+        /// never opens a flow.
+        BadTcpFlags = "bad_tcp_flags",
+        /// A new flow was refused: the worker's flow table is full of established connections,
+        /// which eviction never takes for a new flow (half-open flows, UDP and closed ones go
+        /// first).
+        FlowTableFull = "flow_table_full",
+        /// A source opened new flows faster than `--new-flows-per-source` allows.
+        NewFlowRate = "new_flow_rate",
         /// Larger than the overlay's MTU once encapsulated: answered with ICMP "fragmentation
         /// needed" when DF is set (rate-limited per source), else dropped.
         TooBig = "too_big",
@@ -168,12 +177,23 @@ pub fn by_reason(names: &[&'static str], counts: &[u64]) -> BTreeMap<String, u64
 /// One worker's counters: the plain ones ([`WorkerCounters`], reached through `Deref`, so
 /// `stats.rx += 1` works) and one per drop reason. Plain integers: only the worker writes them;
 /// readers get copies published by the worker (see `shared.rs`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerStats {
     pub counters: WorkerCounters,
     pub drops: [u64; DropReason::COUNT],
     /// Frames handed to the host side, by reason (they add up to `to_host`).
     pub to_host_by: [u64; HostReason::COUNT],
+}
+
+// By hand: arrays longer than 32 have no derived `Default`.
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            counters: WorkerCounters::default(),
+            drops: [0; DropReason::COUNT],
+            to_host_by: [0; HostReason::COUNT],
+        }
+    }
 }
 
 impl Deref for WorkerStats {

@@ -316,10 +316,17 @@ impl Flow {
             match self.tcp {
                 TcpState::Established => self.timeouts[0],
                 TcpState::Closed => self.timeouts[1].min(10),
+                s if s.half_open() => self.timeouts[1].min(tcp::HALF_OPEN_S),
                 _ => self.timeouts[1],
             }
         };
         u64::from(secs) * 1000
+    }
+
+    /// Whether eviction may take this flow for a new one while it is alive: anything but an
+    /// established or closing TCP connection (half-open flows, UDP, closed connections).
+    pub fn evictable(&self) -> bool {
+        !self.is_tcp() || self.tcp.half_open() || self.tcp == TcpState::Closed
     }
 
     /// Whether the flow has been idle past its timeout at `now`.
@@ -375,6 +382,9 @@ impl Slot {
 pub enum InsertError {
     /// One of its keys is already in the table.
     Exists,
+    /// The table is full of flows eviction must not take (established connections): the new
+    /// one is refused.
+    Full,
 }
 
 /// A flow removed by [`FlowTable::sweep`].
@@ -397,6 +407,8 @@ pub struct FlowTable {
     evict_cursor: usize,
     sweep_cursor: usize,
     pub evicted: u64,
+    /// New flows refused: the table was full of flows eviction must not take.
+    pub refused: u64,
     /// Reverse keys of flows inserted with [`FlowTable::insert_deferred`] whose slot is still to
     /// be written: (flow id, key, hash).
     pending: arrayvec::ArrayVec<(u32, FlowKey, u64), PENDING>,
@@ -407,6 +419,8 @@ const PENDING: usize = 32;
 
 /// How many flows eviction samples.
 const EVICT_SAMPLE: usize = 16;
+/// How many places eviction looks at, at most, for an evictable flow.
+const EVICT_PROBES: usize = 256;
 
 impl FlowTable {
     /// Memory a flow of capacity takes when the capacity is a power of two: its record, four
@@ -449,6 +463,7 @@ impl FlowTable {
             evict_cursor: 0,
             sweep_cursor: 0,
             evicted: 0,
+            refused: 0,
             pending: arrayvec::ArrayVec::new(),
         }
     }
@@ -626,8 +641,8 @@ impl FlowTable {
             self.evict_one(now);
         }
         let Some(id) = self.free.pop() else {
-            // Unreachable: eviction always frees one when the arena is full.
-            return Err(InsertError::Exists);
+            self.refused += 1;
+            return Err(InsertError::Full);
         };
         self.flows[id as usize] = flow;
         self.len += 1;
@@ -686,19 +701,37 @@ impl FlowTable {
         Some(f)
     }
 
+    /// Frees a place for a new flow when the table is full: the first expired flow among the
+    /// next few it samples, else the stalest evictable one (half-open, UDP, closed: never an
+    /// established or closing connection). Looks at up to `EVICT_SAMPLE` live flows, and up to
+    /// `EVICT_PROBES` places; finding nothing evictable, it frees nothing and the new flow is
+    /// refused (a SYN flood fills the table with half-open flows, which go first; a table of
+    /// established connections keeps them all).
     // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
     #[allow(clippy::cast_possible_truncation)]
     fn evict_one(&mut self, now: u32) {
         let mut best: Option<(u32, u32)> = None;
-        for _ in 0..EVICT_SAMPLE {
+        let mut seen = 0;
+        for _ in 0..EVICT_PROBES.min(self.capacity) {
             let i = self.evict_cursor;
             self.evict_cursor = (self.evict_cursor + 1) % self.capacity;
             let f = &self.flows[i];
-            if f.live {
+            if !f.live {
+                continue;
+            }
+            if f.expired(now) {
+                best = Some((i as u32, u32::MAX));
+                break;
+            }
+            if f.evictable() {
                 let idle = f.idle_ms(now);
                 if best.is_none_or(|(_, b)| idle > b) {
                     best = Some((i as u32, idle));
                 }
+            }
+            seen += 1;
+            if seen >= EVICT_SAMPLE && best.is_some() {
+                break;
             }
         }
         if let Some((id, _)) = best {
@@ -897,6 +930,73 @@ mod tests {
         let f0 = flow(0, 0);
         assert!(!t.contains(&f0.keys()[0]));
         assert!(t.contains(&flow(1, 0).keys()[0]));
+    }
+
+    /// A flow in TCP state `tcp`.
+    fn in_state(i: u32, now: u32, tcp: TcpState) -> Flow {
+        let mut f = flow(i, now);
+        f.tcp = tcp;
+        f
+    }
+
+    #[test]
+    fn a_table_of_established_connections_refuses_a_new_flow_and_keeps_them_all() {
+        let mut t = FlowTable::new(16);
+        for i in 0..16 {
+            t.insert(in_state(i, 100, TcpState::Established), 100)
+                .unwrap();
+        }
+        // Idle for a minute, well inside their 2-hour timeout: none may go.
+        assert_eq!(
+            t.insert(in_state(100, 60_000, TcpState::None), 60_000),
+            Err(InsertError::Full)
+        );
+        assert_eq!((t.len(), t.evicted, t.refused), (16, 0, 1));
+        for i in 0..16 {
+            assert!(t.contains(&flow(i, 0).keys()[0]));
+        }
+        // Once one has expired, it makes room.
+        assert!(t
+            .insert(in_state(101, 7_300_000, TcpState::None), 7_300_000)
+            .is_ok());
+        assert_eq!(t.evicted, 1);
+    }
+
+    #[test]
+    fn half_open_flows_go_before_established_ones_however_stale() {
+        let mut t = FlowTable::new(16);
+        // Half the table established long ago, half a flood's SYNs since.
+        for i in 0..8 {
+            t.insert(in_state(i, 0, TcpState::Established), 0).unwrap();
+        }
+        for i in 8..16 {
+            t.insert(in_state(i, 1000 + i, TcpState::SynSent), 1000 + i)
+                .unwrap();
+        }
+        // Eight new flows: each takes a half-open one, the stalest first.
+        for i in 100..108 {
+            t.insert(in_state(i, 2000, TcpState::SynSent), 2000)
+                .unwrap();
+        }
+        assert_eq!((t.len(), t.evicted, t.refused), (16, 8, 0));
+        for i in 0..8 {
+            assert!(
+                t.contains(&flow(i, 0).keys()[0]),
+                "established {i} was evicted"
+            );
+        }
+        for i in 8..16 {
+            assert!(!t.contains(&flow(i, 0).keys()[0]), "half-open {i} stayed");
+        }
+    }
+
+    #[test]
+    fn a_half_open_flow_has_its_own_short_timeout() {
+        let f = in_state(1, 0, TcpState::SynSent);
+        assert_eq!(f.timeout_ms(), u64::from(tcp::HALF_OPEN_S) * 1000);
+        assert!(f.expired(tcp::HALF_OPEN_S * 1000 + 1));
+        let e = in_state(1, 0, TcpState::Established);
+        assert!(!e.expired(tcp::HALF_OPEN_S * 1000 + 1));
     }
 
     #[test]

@@ -23,6 +23,48 @@ pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
 pub const ACK: u8 = 0x10;
 
+/// Whether a segment may open a new flow through meshd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// A plain SYN (no ACK, FIN or RST; ECN and other bits allowed): it opens one.
+    Opens,
+    /// No SYN, or SYN with ACK: a segment of a connection meshd does not know (the host
+    /// answers it with a RST, as a kernel with no such connection).
+    NotSyn,
+    /// SYN with FIN or RST: no stack sends it; a scan or a flood. Dropped, never a flow.
+    Invalid,
+}
+
+/// What a segment with `flags` does to a flow table that has no flow for it.
+#[inline]
+pub fn opening(flags: u8) -> Opening {
+    if flags & SYN == 0 || flags & ACK != 0 {
+        Opening::NotSyn
+    } else if flags & (FIN | RST) != 0 {
+        Opening::Invalid
+    } else {
+        Opening::Opens
+    }
+}
+
+/// Seconds a half-open flow (a SYN seen, the handshake not finished) lives without traffic,
+/// whatever the service's timeouts: short, as IPVS's SYN_RECV under attack, so a SYN flood's
+/// flows go soon; a real handshake takes milliseconds, and a retransmitted SYN after the flow
+/// expired opens another.
+pub const HALF_OPEN_S: u32 = 10;
+
+impl TcpState {
+    /// Whether the handshake has not finished (a flood's flows are all like this), so the flow
+    /// may be evicted before established ones.
+    #[inline]
+    pub fn half_open(self) -> bool {
+        matches!(
+            self,
+            TcpState::None | TcpState::SynSent | TcpState::SynReceived
+        )
+    }
+}
+
 /// The flags without which a segment from the task back to the client leaves the state as it
 /// is, whatever the state ([`TcpState::next`] with `fwd` false; a test holds it to that).
 pub const CHANGES_STATE_BACKWARDS: u8 = SYN | FIN | RST;
@@ -55,6 +97,27 @@ impl TcpState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_plain_syn_opens_a_flow() {
+        assert_eq!(opening(SYN), Opening::Opens);
+        assert_eq!(
+            opening(SYN | 0x40 | 0x80),
+            Opening::Opens,
+            "ECN bits are fine"
+        );
+        for bad in [
+            SYN | FIN,
+            SYN | RST,
+            SYN | FIN | RST,
+            SYN | FIN | 0x08 | 0x20,
+        ] {
+            assert_eq!(opening(bad), Opening::Invalid, "{bad:#04x}");
+        }
+        for stray in [0, ACK, FIN, RST, SYN | ACK, FIN | ACK, 0x08 | 0x20 | FIN] {
+            assert_eq!(opening(stray), Opening::NotSyn, "{stray:#04x}");
+        }
+    }
 
     #[test]
     fn a_whole_connection() {

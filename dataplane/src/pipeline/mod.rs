@@ -90,6 +90,11 @@ pub struct Config {
     /// The uplink interface's MTU: an encapsulated packet must fit it, so each overlay's MTU is
     /// at most this less 50 ([`ctl::VXLAN_OVERHEAD`]).
     pub uplink_mtu: u16,
+    /// New flows a source address may open per second on this worker (a burst of as many,
+    /// then the rest of the second waits); 0: no limit. Katran's connection-rate cap, per
+    /// source: a spoofed flood from many sources is bounded by the flow table's eviction of
+    /// half-open flows instead.
+    pub new_flows_per_source: u16,
 }
 
 impl Default for Config {
@@ -103,6 +108,7 @@ impl Default for Config {
             verify_l4_checksums: true,
             sweep_budget: 256,
             uplink_mtu: 1500,
+            new_flows_per_source: 0,
         }
     }
 }
@@ -114,6 +120,8 @@ const UDP: u8 = nat::UDP;
 const ICMP: u8 = 1;
 /// Entries of a worker's cache of prebuilt outer headers, one per peer VTEP (direct-mapped).
 const OUTER_CACHE: usize = 16;
+/// Sources a worker's new-flow limit tells apart (direct-mapped by address).
+const FLOW_LIMIT_SLOTS: usize = 4096;
 /// Entries of a worker's cache of local tasks' MACs (direct-mapped).
 const MAC_CACHE: usize = 64;
 
@@ -156,6 +164,8 @@ pub struct Pipeline {
     max_frame: usize,
     /// Per-source limit of the ICMP answers the pipeline writes.
     icmp_limit: RateLimit,
+    /// Per-source limit of new flows (`Config::new_flows_per_source`), when set.
+    flow_limit: Option<Box<RateLimit<FLOW_LIMIT_SLOTS>>>,
     /// Datagrams whose fragments pass this worker, and what their first fragment did.
     frags: frag::FragTable,
     /// Fragments waiting for their datagram's first fragment.
@@ -187,6 +197,8 @@ use frag::{Size, Way};
 impl Pipeline {
     /// A pipeline with its flow table allocated. `neigh` is shared by all workers.
     pub fn new(cfg: Config, neigh: Arc<Neighbors>) -> Self {
+        let flow_limit = (cfg.new_flows_per_source > 0)
+            .then(|| Box::new(RateLimit::new(cfg.new_flows_per_source, 1000)));
         let flows = FlowTable::new(cfg.flow_capacity);
         let masq = MasqPorts::new(cfg.worker, cfg.workers);
         Pipeline {
@@ -210,6 +222,7 @@ impl Pipeline {
             min_mtu: 0,
             max_frame: 0,
             icmp_limit: RateLimit::default(),
+            flow_limit,
             frags: frag::FragTable::default(),
             held: ArrayVec::new(),
             spare: ArrayVec::new(),
@@ -447,10 +460,11 @@ impl Pipeline {
         if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
             return self.forward(t, now, buf, &l3, id, dir);
         }
-        // A new flow: only a TCP SYN (or any UDP datagram) opens one; a stray segment gets the
-        // host's answer (RST), as from a kernel with no such connection.
-        if l3.proto == TCP && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0) {
-            return Ok(Verdict::Host(HostReason::NotSyn));
+        // A new flow: only a plain TCP SYN (or any UDP datagram) opens one, at most as often as
+        // the source may; a stray segment gets the host's answer (RST), as from a kernel with
+        // no such connection.
+        if let Some(v) = self.may_open(&l3, now)? {
+            return Ok(v);
         }
         // A table publishes ports only when it has an ingress network.
         let Some(ing) = t.ingress_net else {
@@ -509,9 +523,29 @@ impl Pipeline {
             ClientIpMode::Masquerade => self.flows.insert_deferred(flow, [hash, rkey.hash()], now),
             ClientIpMode::Keep => self.flows.insert(flow, now),
         }
-        .map_err(|_| DropReason::NoNatPort)?;
+        .map_err(insert_refused)?;
         self.count_new(slot);
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
+    }
+
+    /// Whether the packet `l3`, which no flow has, may open one at `now`: `None` if so, the
+    /// verdict for it if not (a stray TCP segment: the host's RST), or the drop (a SYN with FIN
+    /// or RST; a source over its new-flow rate).
+    #[inline]
+    fn may_open(&mut self, l3: &L3, now: u32) -> Result<Option<Verdict>, DropReason> {
+        if l3.proto == TCP {
+            match flow::tcp::opening(l3.flags) {
+                flow::tcp::Opening::Opens => {}
+                flow::tcp::Opening::NotSyn => return Ok(Some(Verdict::Host(HostReason::NotSyn))),
+                flow::tcp::Opening::Invalid => return Err(DropReason::BadTcpFlags),
+            }
+        }
+        if let Some(limit) = &mut self.flow_limit {
+            if !limit.allow(l3.src, now) {
+                return Err(DropReason::NewFlowRate);
+            }
+        }
+        Ok(None)
     }
 
     // ---- overlay --------------------------------------------------------------------------
@@ -737,10 +771,8 @@ impl Pipeline {
                 if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
-                if l3.proto == TCP
-                    && (l3.flags & flow::tcp::SYN == 0 || l3.flags & flow::tcp::ACK != 0)
-                {
-                    return Ok(Verdict::Host(HostReason::NotSyn));
+                if let Some(v) = self.may_open(&l3, now)? {
+                    return Ok(v);
                 }
                 let Some(b) = self.sched.pick(t, balancer, hash) else {
                     return Ok(Verdict::Host(HostReason::NoTask));
@@ -776,10 +808,7 @@ impl Pipeline {
                     timeouts(svc),
                     now,
                 );
-                let id = self
-                    .flows
-                    .insert(flow, now)
-                    .map_err(|_| DropReason::NoNatPort)?;
+                let id = self.flows.insert(flow, now).map_err(insert_refused)?;
                 self.count_new(slot);
                 self.forward(t, now, buf, &l3, id, Dir::Fwd)
             }
@@ -809,6 +838,15 @@ impl Pipeline {
             // Outside the overlay: only a reply of a keep-client-IP flow goes there.
             None => self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute)),
         }
+    }
+}
+
+/// Why the flow table refused a new flow, as a drop reason.
+fn insert_refused(e: flow::InsertError) -> DropReason {
+    match e {
+        // A translation that collides with a flow the worker has.
+        flow::InsertError::Exists => DropReason::NoNatPort,
+        flow::InsertError::Full => DropReason::FlowTableFull,
     }
 }
 

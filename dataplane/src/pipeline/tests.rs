@@ -916,6 +916,24 @@ fn every_drop_reason_is_produced_and_counted() {
             PortId::Uplink,
             vec![syn(n1, 8080, 40000), syn(n1, 8081, 40000)],
         ),
+        (
+            DropReason::BadTcpFlags,
+            &full,
+            "n1",
+            PortId::Uplink,
+            vec![testkit::tcp_frame(
+                cmac,
+                up,
+                client,
+                40000,
+                n1,
+                8080,
+                testkit::tcp_flags::SYN | testkit::tcp_flags::FIN,
+                1,
+                0,
+                b"",
+            )],
+        ),
     ];
     let mut seen: Vec<DropReason> = WORKER_LEVEL.to_vec();
     for (want, state, node, port, frames) in cases {
@@ -938,6 +956,61 @@ fn every_drop_reason_is_produced_and_counted() {
         }
         assert_eq!(p.stats.dropped(want), 1, "{want:?}");
         seen.push(want);
+    }
+    // A source over its new-flow rate (two a second): its third SYN in the second.
+    {
+        let t = ServiceTable::build(&full, "n1", 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        neigh.learn(0xc0a8_010c, [2, 0, 0, 0, 0, 0x12]);
+        neigh.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+        let cfg = Config {
+            new_flows_per_source: 2,
+            ..Config::default()
+        };
+        let mut p = Pipeline::new(cfg, neigh);
+        for sport in [40000, 40001] {
+            let (v, _) = run(&mut p, &t, PortId::Uplink, &syn(n1, 8080, sport));
+            assert_eq!(v, Verdict::Tx(PortId::Uplink), "within the rate");
+        }
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &syn(n1, 8080, 40002));
+        assert_eq!(v, Verdict::Drop(DropReason::NewFlowRate));
+        // Its flows go on; another source may open one.
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &syn(n1, 8080, 40000));
+        assert_eq!(v, Verdict::Tx(PortId::Uplink), "an existing flow");
+        seen.push(DropReason::NewFlowRate);
+    }
+    // A flow table full of established connections: a new SYN is refused, none is evicted.
+    {
+        let t = ServiceTable::build(&full, "n1", 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        neigh.learn(0xc0a8_010c, [2, 0, 0, 0, 0, 0x12]);
+        let cfg = Config {
+            flow_capacity: 16,
+            ..Config::default()
+        };
+        let mut p = Pipeline::new(cfg, neigh);
+        for i in 0..16u16 {
+            let k = FlowKey::new(TCP, 0x0a09_0100 + u32::from(i), 1000 + i, 0xc0a8_010b, 9);
+            let r = FlowKey::new(TCP, 0x0a00_000b, 80, 0x0a00_0002, 2000 + i);
+            let mut f = Flow::new(
+                FlowKind::Ingress,
+                [k, r],
+                [
+                    Action::keep(&k, Egress::Tasks),
+                    Action::keep(&r, Egress::Tasks),
+                ],
+                1,
+                u16::MAX,
+                [7200, 60, 30],
+                0,
+            );
+            f.tcp = crate::flow::TcpState::Established;
+            p.flows.insert(f, 0).unwrap();
+        }
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &syn(n1, 8080, 40000));
+        assert_eq!(v, Verdict::Drop(DropReason::FlowTableFull));
+        assert_eq!((p.flows.len(), p.flows.evicted), (16, 0));
+        seen.push(DropReason::FlowTableFull);
     }
     // No headroom left to encapsulate: a buffer whose frame starts 10 bytes in.
     {

@@ -150,33 +150,50 @@ const BURST: u16 = 10;
 const WINDOW_MS: u32 = 100;
 const SLOTS: usize = 64;
 
-/// A per-source rate limit for generated answers, as Linux's `icmp_ratelimit`: at most
-/// [`BURST`] answers per source address in any [`WINDOW_MS`] window. Direct-mapped by address:
+/// A per-source rate limit: at most `burst` events per source address in any window of
+/// `window_ms` (for generated answers, as Linux's `icmp_ratelimit`, [`BURST`] per [`WINDOW_MS`];
+/// for new flows, a configured number per second). Direct-mapped by address over `N` slots:
 /// two sources sharing a slot only reset each other's window (they may get more, never
 /// starve). Time is the caller's `now` in milliseconds; no clock is read.
 #[derive(Debug, Clone)]
-pub struct RateLimit {
-    slots: [(u32, u32, u16); SLOTS],
+pub struct RateLimit<const N: usize = SLOTS> {
+    slots: [(u32, u32, u16); N],
+    burst: u16,
+    window_ms: u32,
 }
 
 impl Default for RateLimit {
     fn default() -> Self {
-        RateLimit {
-            slots: [(0, 0, 0); SLOTS],
-        }
+        RateLimit::new(BURST, WINDOW_MS)
     }
 }
 
-impl RateLimit {
-    /// Whether `src` may get one more answer at `now`; counts it if so.
+impl<const N: usize> RateLimit<N> {
+    /// At most `burst` per source in any `window_ms`.
+    pub fn new(burst: u16, window_ms: u32) -> Self {
+        RateLimit {
+            slots: [(0, 0, 0); N],
+            burst,
+            window_ms,
+        }
+    }
+
+    /// Whether `src` may have one more at `now`; counts it if so.
+    // Casts: the product's high half, below N.
+    #[allow(clippy::cast_possible_truncation)]
+    #[inline]
     pub fn allow(&mut self, src: u32, now: u32) -> bool {
-        let slot = (src.wrapping_mul(0x9e37_79b1) >> 26) as usize % SLOTS;
-        let e = &mut self.slots[slot];
-        if e.0 != src || e.2 == 0 || now.wrapping_sub(e.1) >= WINDOW_MS {
+        // Multiply-shift: the hash's high bits, scaled to the slots.
+        let h = src.wrapping_mul(0x9e37_79b1);
+        let slot = ((u64::from(h) * N as u64) >> 32) as usize;
+        let Some(e) = self.slots.get_mut(slot) else {
+            return true;
+        };
+        if e.0 != src || e.2 == 0 || now.wrapping_sub(e.1) >= self.window_ms {
             *e = (src, now, 1);
             return true;
         }
-        if e.2 < BURST {
+        if e.2 < self.burst {
             e.2 += 1;
             return true;
         }
