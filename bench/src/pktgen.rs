@@ -62,8 +62,12 @@ pub struct FrameSpec {
     pub dst_mac: [u8; 6],
     pub src_ip: Ipv4Addr,
     pub dst_ip: Ipv4Addr,
-    /// Flow i uses source port `sport_base + i % FLOWS_PER_ADDR`.
+    /// Flow i uses source port `sport_base + i % per_source`, from address
+    /// `src_ip + i / per_source`.
     pub sport_base: u16,
+    /// Flows per source address (at most [`FLOWS_PER_ADDR`], the default): 200 for 200,000
+    /// flows from 1,000 addresses.
+    pub per_source: u32,
     pub dport: u16,
     pub proto: Proto,
     /// Bytes on the wire, FCS included.
@@ -80,6 +84,8 @@ pub enum SpecError {
     Size(usize),
     #[error("--flows must be at least 1")]
     NoFlows,
+    #[error("--flows-per-source {0}: 1 to {FLOWS_PER_ADDR}")]
+    PerSource(u32),
     #[error("--flows {flows} with source port base {base}: the ports would pass 65535; lower --sport or --flows")]
     Ports { flows: u32, base: u16 },
 }
@@ -93,7 +99,10 @@ impl FrameSpec {
         if self.flows == 0 {
             return Err(SpecError::NoFlows);
         }
-        let per = self.flows.min(FLOWS_PER_ADDR);
+        if self.per_source == 0 || self.per_source > FLOWS_PER_ADDR {
+            return Err(SpecError::PerSource(self.per_source));
+        }
+        let per = self.flows.min(self.per_source);
         if u32::from(self.sport_base) + per > 65_536 {
             return Err(SpecError::Ports {
                 flows: self.flows,
@@ -119,8 +128,9 @@ impl FrameSpec {
         };
         f.fill(0);
         let flow = flow % self.flows;
-        let src = u32::from(self.src_ip).wrapping_add(flow / FLOWS_PER_ADDR);
-        let sport = self.sport_base.wrapping_add((flow % FLOWS_PER_ADDR) as u16);
+        let per = self.per_source.max(1);
+        let src = u32::from(self.src_ip).wrapping_add(flow / per);
+        let sport = self.sport_base.wrapping_add((flow % per) as u16);
         let dst = u32::from(self.dst_ip);
         f[0..6].copy_from_slice(&self.dst_mac);
         f[6..12].copy_from_slice(&self.src_mac);
@@ -618,6 +628,7 @@ mod tests {
             src_ip: Ipv4Addr::new(192, 168, 100, 100),
             dst_ip: Ipv4Addr::new(192, 168, 100, 11),
             sport_base: 10_000,
+            per_source: FLOWS_PER_ADDR,
             dport: 8080,
             proto,
             size,

@@ -56,9 +56,14 @@ enum Cmd {
         src_ip: Ipv4Addr,
         #[arg(long)]
         dst_ip: Ipv4Addr,
-        /// First source port; flow i uses sport + i (up to 50000 flows per source address).
+        /// First source port; flow i uses sport + i % N and source address src-ip + i / N, N
+        /// being --flows-per-source.
         #[arg(long, default_value_t = 10_000)]
         sport: u16,
+        /// Flows per source address (1 to 50000): with --flows 200000, 200 makes the flows come
+        /// from 1,000 addresses.
+        #[arg(long, default_value_t = bench::pktgen::FLOWS_PER_ADDR)]
+        flows_per_source: u32,
         #[arg(long, default_value_t = 8080)]
         dport: u16,
         #[arg(long, value_enum, default_value_t = Proto::Udp)]
@@ -150,6 +155,7 @@ fn run(cli: Cli) -> Result<(), String> {
             src_ip,
             dst_ip,
             sport,
+            flows_per_source,
             dport,
             proto,
             tcp_flags,
@@ -171,6 +177,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 src_ip,
                 dst_ip,
                 sport_base: sport,
+                per_source: flows_per_source,
                 dport,
                 proto,
                 size,

@@ -310,6 +310,7 @@ fn run_one(
         src_ip: topo::GEN_IP,
         dst_ip: topo::N1_IP,
         sport_base: 10_000,
+        per_source: crate::pktgen::FLOWS_PER_ADDR,
         dport: topo::PUBLISHED,
         proto: o.proto,
         size: o.size,

@@ -68,6 +68,11 @@ fn build_daemons(testbed: &Path) {
             "ctl",
             "--bin",
             "meshctl",
+            // The floods' generator (testbed/tests/floods.rs).
+            "-p",
+            "bench",
+            "--bin",
+            "pktgen",
         ];
         if release {
             args.push("--release");
