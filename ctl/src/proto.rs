@@ -684,6 +684,11 @@ crate::counters! {
         fragments_held: Counter,
         /// Fragments made from too-big packets without DF (RFC 791).
         fragments_made: Counter,
+        /// A peer's or a local task's MAC changed: an ARP reply to meshd's own request said so.
+        neighbor_changes: Counter,
+        /// Frames or ARP claiming a known address from another MAC, unasked: not believed (an
+        /// ARP request goes out, rate-limited, and only its answer may change the entry).
+        neighbor_conflicts: Counter,
         /// Frames the ports dropped below the pipeline, totals since they opened, refreshed by
         /// the worker about every 10 ms: the kernel found the RX ring full; a received frame did
         /// not fit a buffer; the TX ring was full; a frame to send had a bad length.

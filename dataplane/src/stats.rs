@@ -307,11 +307,13 @@ mod tests {
             s.fragments_in,
             s.fragments_held,
             s.fragments_made,
+            s.neighbor_changes,
+            s.neighbor_conflicts,
             s.port_rx_dropped,
             s.port_rx_too_long,
             s.port_tx_full,
             s.port_tx_bad_len,
-        ) = (13, 14, 15, 16, 17, 18, 19, 20, 21, 22);
+        ) = (13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24);
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
             assert_eq!(a[i], i as u64 + 1, "{name}");
@@ -319,7 +321,7 @@ mod tests {
         assert_eq!(WorkerStats::from_array(&a), s);
         let mut total = s.clone();
         total.add(&s);
-        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (38, 44));
+        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (42, 48));
     }
 
     #[test]

@@ -53,6 +53,14 @@ impl Default for Clock {
     }
 }
 
+/// A MAC as `02:42:0a:00:00:0b`.
+fn mac_text(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
 /// One worker: its pipeline, its two ports and a buffer pool.
 pub struct Worker {
     pub id: usize,
@@ -117,6 +125,15 @@ impl Worker {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let (busy, now) = self.poll_once();
             if now.wrapping_sub(last_publish) >= 10 {
+                if let Some((ip, old, new)) = self.pipeline.take_mac_change() {
+                    tracing::warn!(
+                        worker = self.id,
+                        address = %std::net::Ipv4Addr::from(ip),
+                        old = %mac_text(old),
+                        new = %mac_text(new),
+                        "a neighbour's MAC changed (an ARP reply to meshd's request said so)"
+                    );
+                }
                 self.refresh_port_counters();
                 self.shared.stats[self.id].write(&self.pipeline.stats);
                 self.rebalance_pool();

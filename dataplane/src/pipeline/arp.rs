@@ -11,6 +11,7 @@ impl Pipeline {
     pub(super) fn arp(
         &mut self,
         t: &ServiceTable,
+        now: u32,
         buf: &mut PacketBuf,
     ) -> Result<Verdict, DropReason> {
         let port = buf.port;
@@ -30,10 +31,12 @@ impl Pipeline {
             return Err(DropReason::BadArp);
         };
         let sender = ipkey(source_protocol_addr);
+        // Only an answer to meshd's own request may change a MAC it knows.
+        let solicited = operation == ArpOperation::Reply && self.asked(sender, now);
         let (answer, my_mac) = match port {
             PortId::Uplink => {
                 if t.peer(source_protocol_addr).is_some() {
-                    self.neigh.learn(sender, source_hardware_addr.0);
+                    self.note_mac(sender, source_hardware_addr.0, port, now, solicited);
                 }
                 let me = t.node(t.local);
                 (
@@ -48,7 +51,7 @@ impl Pipeline {
                 if !matches!(src.kind, AddrKind::Task { local: true, .. }) {
                     return Err(DropReason::ArpIgnored);
                 }
-                self.neigh.learn(sender, source_hardware_addr.0);
+                self.note_mac(sender, source_hardware_addr.0, port, now, solicited);
                 let local_task = matches!(
                     t.addr(target_protocol_addr).map(|e| e.kind),
                     Some(AddrKind::Task { local: true, .. })
@@ -83,6 +86,45 @@ impl Pipeline {
         f[6..12].copy_from_slice(&my_mac);
         self.stats.arp_replies += 1;
         Ok(Verdict::Tx(port))
+    }
+
+    /// What a frame or an ARP packet says of `ip`'s MAC (from `port`): learned when `ip` has no
+    /// entry yet; when it contradicts the entry, believed only if `solicited` (an ARP reply to
+    /// meshd's own request: counted in `neighbor_changes`, the change kept for the worker to
+    /// log), else not (counted in `neighbor_conflicts`) and an ARP request goes out
+    /// (rate-limited), whose answer settles it. So one forged ARP reply or VXLAN frame from
+    /// the underlay, or a task's spoofed frame, does not redirect a peer's or a task's traffic.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn note_mac(
+        &mut self,
+        ip: u32,
+        mac: [u8; 6],
+        port: PortId,
+        now: u32,
+        solicited: bool,
+    ) {
+        match self.neigh.get(ip) {
+            None => {
+                self.neigh.learn(ip, mac);
+            }
+            Some(known) if known == mac => {}
+            Some(known) if solicited => {
+                self.neigh.learn(ip, mac);
+                self.stats.neighbor_changes += 1;
+                self.mac_change = Some((ip, known, mac));
+            }
+            Some(_) => {
+                self.stats.neighbor_conflicts += 1;
+                self.want(ip, port, now);
+            }
+        }
+    }
+
+    /// Whether meshd asked for `ip`'s MAC in the last 3 seconds.
+    fn asked(&self, ip: u32, now: u32) -> bool {
+        let (last_ip, at) = self.arp_sent[(ip as usize) % self.arp_sent.len()];
+        last_ip == ip && now.wrapping_sub(at) < 3000
     }
 
     /// Notes that `ip`'s MAC is wanted; [`Pipeline::maintain`] sends the request.

@@ -179,6 +179,9 @@ pub struct Pipeline {
     cur: u8,
     /// The flow a first fragment was forwarded by (set by `forward`).
     frag_flow: Option<FlowKey>,
+    /// The last neighbour MAC change (address, old MAC, new MAC), for the worker to log and
+    /// clear ([`Pipeline::take_mac_change`]).
+    mac_change: Option<(u32, [u8; 6], [u8; 6])>,
 }
 
 mod arp;
@@ -229,6 +232,7 @@ impl Pipeline {
             extra: ArrayVec::new(),
             cur: 0,
             frag_flow: None,
+            mac_change: None,
         }
     }
 
@@ -403,7 +407,7 @@ impl Pipeline {
             return Err(DropReason::NotOurMac);
         }
         match eth.ethertype() {
-            EthernetProtocol::Arp => self.arp(t, buf),
+            EthernetProtocol::Arp => self.arp(t, now, buf),
             EthernetProtocol::Ipv4 => {
                 if dst_mac.0 != my_mac {
                     return Err(DropReason::NotOurMac);
@@ -548,6 +552,12 @@ impl Pipeline {
         Ok(None)
     }
 
+    /// The last change of a neighbour's MAC since the last call (address, old, new): the worker
+    /// logs it, off the fast path.
+    pub fn take_mac_change(&mut self) -> Option<(u32, [u8; 6], [u8; 6])> {
+        self.mac_change.take()
+    }
+
     // ---- overlay --------------------------------------------------------------------------
 
     /// VXLAN from a peer: checked, decapsulated, routed in its network. Inlined into the
@@ -572,10 +582,11 @@ impl Pipeline {
                 EthernetFrame::new_unchecked(f).src_addr().0,
             )
         };
-        // Learn the peer's MAC; the worker's cache of the shared table says when it is known
-        // already (most packets), which saves the shared table's probe.
+        // The peer's MAC, learned if new; the worker's cache of the shared table says when it
+        // is known already (most packets), which saves the shared table's probe. A different
+        // one is not believed (`note_mac`).
         if self.macs.get(&self.neigh, outer.src, outer.src, |mac| mac) != Some(&smac) {
-            self.neigh.learn(outer.src, smac);
+            self.note_mac(outer.src, smac, PortId::Uplink, now, false);
         }
         let Some(net) = t.network_by_vni(vni) else {
             return Err(DropReason::UnknownVni);
@@ -724,7 +735,9 @@ impl Pipeline {
             return Err(DropReason::UnknownSource);
         }
         let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
-        self.neigh.learn(l3.src, smac);
+        if self.macs.get(&self.neigh, l3.src, l3.src, |mac| mac) != Some(&smac) {
+            self.note_mac(l3.src, smac, PortId::Tasks, now, false);
+        }
         let net = t.net(s.net);
         let d = t.addr(addr(l3.dst));
         if let Some(d) = d {

@@ -210,8 +210,11 @@ fn an_arp_reply_from_a_peer_is_learned_and_not_counted_as_a_drop() {
     );
 }
 
+/// A peer's MAC is learned from its first VXLAN frame; a frame (or an unasked ARP reply)
+/// claiming the peer from another MAC is not believed: meshd asks by ARP, and only the answer
+/// to its own request changes the entry.
 #[test]
-fn a_peers_mac_is_learned_from_its_vxlan_and_relearned_when_it_changes() {
+fn a_peers_mac_changes_only_by_an_answer_to_meshds_own_arp_request() {
     let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
     let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
     let (n1, n2) = (
@@ -230,26 +233,56 @@ fn a_peers_mac_is_learned_from_its_vxlan_and_relearned_when_it_changes() {
         1,
         &[],
     );
-    let mut v = Verdicts::new();
-    for mac in [
+    let (real, forged, moved) = (
         [2, 0, 0, 0, 0, 0x12],
-        [2, 0, 0, 0, 0, 0x12],
+        [2, 0, 0, 0, 0, 0x66],
         [2, 0, 0, 0, 0, 0x99],
-    ] {
-        let frame = crate::testkit::vxlan_frame(
+    );
+    let mut v = Verdicts::new();
+    let mut input = |p: &mut Pipeline, now: u64, f: Vec<u8>| {
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(PortId::Uplink, &f));
+        p.process(&table, now, &mut burst, &mut v);
+    };
+    let vx = |mac| {
+        crate::testkit::vxlan_frame(
             mac,
-            p.cfg.uplink_mac,
+            [2, 0, 0, 0, 0, 1],
             n2,
             n1,
             50000,
             ctl::INGRESS_VNI,
             &inner,
-        );
-        let mut burst = Burst::new();
-        burst.push(PacketBuf::from_frame(PortId::Uplink, &frame));
-        p.process(&table, 1, &mut burst, &mut v);
-        assert_eq!(p.neighbors().get(u32::from(n2)), Some(mac));
-    }
+        )
+    };
+    let reply = |mac| crate::testkit::arp_reply(mac, n2, [2, 0, 0, 0, 0, 1], n1);
+    input(&mut p, 1, vx(real));
+    input(&mut p, 2, vx(real));
+    assert_eq!(p.neighbors().get(u32::from(n2)), Some(real), "learned");
+    // Unasked: a forged VXLAN frame and a forged ARP reply change nothing.
+    input(&mut p, 5000, reply(forged));
+    input(&mut p, 5001, vx(forged));
+    assert_eq!(p.neighbors().get(u32::from(n2)), Some(real));
+    assert_eq!(p.stats.neighbor_conflicts, 2);
+    assert_eq!(p.stats.neighbor_changes, 0);
+    // The conflict made meshd ask: an ARP request for n2 leaves by the uplink.
+    let mut pool = Pool::new(64);
+    let mut out = Burst::new();
+    p.maintain(&table, 5002, &mut pool, &mut out);
+    assert!(
+        out.iter().any(|b| b.port == PortId::Uplink
+            && b.data()[12..14] == [0x08, 0x06]
+            && b.data()[ETH + 24..ETH + 28] == n2.octets()),
+        "no ARP request for the peer"
+    );
+    // The peer's answer (its NIC did change) is believed, counted and kept for the log.
+    input(&mut p, 5003, reply(moved));
+    assert_eq!(p.neighbors().get(u32::from(n2)), Some(moved));
+    assert_eq!(p.stats.neighbor_changes, 1);
+    assert_eq!(p.take_mac_change(), Some((u32::from(n2), real, moved)));
+    // Seconds later, an unasked reply again changes nothing.
+    input(&mut p, 9000, reply(forged));
+    assert_eq!(p.neighbors().get(u32::from(n2)), Some(moved));
 }
 
 #[test]
