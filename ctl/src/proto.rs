@@ -395,6 +395,11 @@ pub enum ErrorCode {
     TooLarge,
     /// The daemon failed (persisting, publishing): the state is unchanged; see its log.
     Internal,
+    /// Too many control connections are open (in all, or from this client process): try
+    /// again when one closes.
+    Busy,
+    /// The request did not arrive whole within the daemon's deadline; the connection closes.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -407,6 +412,8 @@ impl ErrorCode {
             ErrorCode::Invalid => "invalid",
             ErrorCode::TooLarge => "too-large",
             ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
         }
     }
 }

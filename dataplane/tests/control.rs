@@ -16,7 +16,7 @@ use ctl::client::Connection;
 use ctl::proto::{Change, Command, ErrorCode, PortSpec, Query, Response, ServiceUpdate};
 use ctl::*;
 use dataplane::balance::ServiceTable;
-use dataplane::control::{Controller, Server, StateStore};
+use dataplane::control::{Controller, Limits, Server, StateStore};
 use dataplane::neigh::Neighbors;
 use dataplane::pipeline::Config;
 use dataplane::port::mem;
@@ -39,6 +39,10 @@ impl Daemon {
     }
 
     fn start_in(dir: PathBuf) -> Daemon {
+        Self::start_limited(dir, Limits::default())
+    }
+
+    fn start_limited(dir: PathBuf, limits: Limits) -> Daemon {
         let socket = dir.join("meshd.sock");
         let store = StateStore::new(dir.join("state.json"));
         let mut persisted = store.load().unwrap().unwrap_or_default();
@@ -68,7 +72,9 @@ impl Daemon {
         let (server, listener) = Server::bind(&socket).unwrap();
         let (ctl, control) = controller.start().unwrap();
         threads.push(control);
-        threads.push(std::thread::spawn(move || Server::serve(listener, ctl)));
+        threads.push(std::thread::spawn(move || {
+            Server::serve_limited(listener, ctl, limits)
+        }));
         Daemon {
             dir,
             socket,
@@ -531,4 +537,92 @@ fn stats_and_metrics_answer_while_a_change_waits_for_the_workers() {
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Clients that would hold the control socket cannot: a connection over the per-client cap
+/// gets `busy`, one that dribbles its request gets `timeout` at the deadline and is closed, one
+/// that never reads its answers is closed at the write deadline; meanwhile and afterwards a
+/// plain client is served.
+#[test]
+fn dribbling_deaf_and_greedy_clients_cannot_hold_the_control_socket() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::os::unix::net::UnixStream;
+    let dir = std::env::temp_dir().join(format!("meshd-ctl-{}-limits", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let limits = Limits {
+        request: Duration::from_millis(400),
+        write: Duration::from_millis(300),
+        per_client: 3,
+        total: 16,
+    };
+    let d = Daemon::start_limited(dir, limits);
+    let line = |s: &mut UnixStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut l = String::new();
+        BufReader::new(s.try_clone().unwrap())
+            .read_line(&mut l)
+            .unwrap();
+        serde_json::from_str::<Response>(&l).unwrap()
+    };
+
+    // A dribbler: one byte of its request every 100 ms, never a whole line.
+    let mut dribbler = UnixStream::connect(&d.socket).unwrap();
+    let start = std::time::Instant::now();
+    for b in br#"{"version":1,"#.iter().take(3) {
+        dribbler.write_all(&[*b]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(err(line(&mut dribbler)).code, ErrorCode::Timeout);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut rest = Vec::new();
+    assert_eq!(
+        dribbler.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "closed after the timeout"
+    );
+
+    // Greedy: three connections are this process's share; the fourth is refused at once.
+    let held: Vec<UnixStream> = (0..3)
+        .map(|_| UnixStream::connect(&d.socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut fourth = UnixStream::connect(&d.socket).unwrap();
+    let e = err(line(&mut fourth));
+    assert_eq!(e.code, ErrorCode::Busy, "{e:?}");
+    drop(held);
+
+    // Deaf: requests sent, answers never read; the daemon gives up on writing and closes.
+    let mut deaf = UnixStream::connect(&d.socket).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let req = format!(
+        "{}\n",
+        serde_json::to_string(&ctl::proto::Request::new(Command::Query(Query::Stats {}))).unwrap()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut closed = false;
+    while std::time::Instant::now() < deadline {
+        match deaf.write_all(req.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the daemon kept a connection that never reads");
+
+    // Everyone else is served, then and now.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = d.conn();
+    ok(c.send(&Command::Query(Query::NodeLs {})).unwrap());
+    d.stop();
 }

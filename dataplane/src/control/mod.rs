@@ -484,14 +484,61 @@ impl Server {
     /// Serves connections until `shared.stop`; one thread per connection, requests applied one
     /// at a time.
     pub fn serve(listener: UnixListener, ctl: ControlHandle) {
+        Self::serve_limited(listener, ctl, Limits::default());
+    }
+
+    /// [`Server::serve`] within `limits`: a connection over the caps gets one `busy` error
+    /// line and is closed; a request not whole within `limits.request` gets a `timeout` line
+    /// and its connection is closed; an answer the client does not read within `limits.write`
+    /// closes it. The daemon goes on serving everyone else.
+    pub fn serve_limited(listener: UnixListener, ctl: ControlHandle, limits: Limits) {
         let _ = listener.set_nonblocking(true);
+        let open = Arc::new(std::sync::Mutex::new(HashMap::<i32, usize>::new()));
         while !ctl.shared.stop.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok((stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    let client = peer_pid(&stream);
+                    let admitted = open.lock().is_ok_and(|mut o| {
+                        let total: usize = o.values().sum();
+                        let mine = o.entry(client).or_insert(0);
+                        if total >= limits.total || *mine >= limits.per_client {
+                            return false;
+                        }
+                        *mine += 1;
+                        true
+                    });
+                    if !admitted {
+                        refuse(
+                            stream,
+                            &limits,
+                            ErrorCode::Busy,
+                            format!(
+                                "too many control connections (at most {} in all, {} per client): try again when one closes",
+                                limits.total, limits.per_client
+                            ),
+                        );
+                        continue;
+                    }
                     let ctl = ctl.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("meshd-conn".into())
-                        .spawn(move || serve_conn(stream, ctl));
+                    let open = open.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("meshd-conn".into())
+                            .spawn(move || {
+                                serve_conn(stream, ctl, limits);
+                                if let Ok(mut o) = open.lock() {
+                                    if let Some(n) = o.get_mut(&client) {
+                                        *n -= 1;
+                                        if *n == 0 {
+                                            o.remove(&client);
+                                        }
+                                    }
+                                }
+                            });
+                    if spawned.is_err() {
+                        tracing::warn!("control socket: no thread for a connection");
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20))
@@ -505,19 +552,94 @@ impl Server {
     }
 }
 
+/// What one control socket tolerates of its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A request line must arrive whole within this, counted from the connection's start or
+    /// the previous answer (so also how long an idle connection stays open).
+    pub request: Duration,
+    /// An answer must be taken by the client within this.
+    pub write: Duration,
+    /// Connections open at once from one client process.
+    pub per_client: usize,
+    /// Connections open at once in all.
+    pub total: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request: Duration::from_secs(30),
+            write: Duration::from_secs(5),
+            per_client: 8,
+            total: 64,
+        }
+    }
+}
+
+/// The process at the other end of `stream` (0 when the kernel does not say).
+fn peer_pid(stream: &UnixStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    match crate::port::sys::getsockopt_level(
+        stream.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        &mut cred,
+    ) {
+        Ok(_) => cred.pid,
+        Err(_) => 0,
+    }
+}
+
+/// Answers `stream` with one error line (within the write deadline) and closes it.
+fn refuse(mut stream: UnixStream, limits: &Limits, code: ErrorCode, msg: String) {
+    let _ = stream.set_write_timeout(Some(limits.write));
+    let _ = stream.write_all(Response::error(code, msg).to_line().as_bytes());
+}
+
+/// A connection's reads, each waiting at most until the current request's deadline: a client
+/// that sends a byte now and then cannot hold its thread past it.
+struct Deadlined {
+    stream: UnixStream,
+    until: Instant,
+}
+
+impl std::io::Read for Deadlined {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match self.stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(std::io::ErrorKind::TimedOut.into())
+            }
+            r => r,
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
-fn serve_conn(stream: UnixStream, ctl: ControlHandle) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+fn serve_conn(stream: UnixStream, ctl: ControlHandle, limits: Limits) {
     let Ok(mut w) = stream.try_clone() else {
         return;
     };
-    let mut r = BufReader::new(stream);
+    let _ = w.set_write_timeout(Some(limits.write));
+    let mut r = BufReader::new(Deadlined {
+        stream,
+        until: Instant::now() + limits.request,
+    });
     loop {
         let resp = match proto::read_line(&mut r, proto::MAX_REQUEST_BYTES) {
             Ok(None) => return,
@@ -531,11 +653,24 @@ fn serve_conn(stream: UnixStream, ctl: ControlHandle) {
                 // The rest of the oversized line cannot be framed: close.
                 return;
             }
+            Err(proto::FrameError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                let resp = Response::error(
+                    ErrorCode::Timeout,
+                    format!(
+                        "no whole request within {:?}: closing the connection",
+                        limits.request
+                    ),
+                );
+                let _ = w.write_all(resp.to_line().as_bytes());
+                return;
+            }
             Err(proto::FrameError::Io(_)) => return,
         };
+        // A client that does not take its answer within the write deadline is dropped.
         if w.write_all(resp.to_line().as_bytes()).is_err() {
             return;
         }
+        r.get_mut().until = Instant::now() + limits.request;
     }
 }
 
