@@ -740,6 +740,8 @@ crate::counters! {
         dns_truncated: Counter,
         /// Messages dropped without an answer (too short to have a header, or a response).
         dns_dropped: Counter,
+        /// Resolver TCP connections reset because their client already held its share.
+        dns_tcp_refused: Counter,
         dns_forwarded: Counter,
         dns_upstream_answers: Counter,
         dns_upstream_timeouts: Counter,

@@ -527,3 +527,43 @@ fn names_outside_the_mesh_go_upstream_when_one_is_configured() {
     let st = m.node("n1").unwrap().host().stats.clone();
     assert_eq!((st.dns_forwarded, st.dns_upstream_answers), (2, 2));
 }
+
+/// One task cannot starve the resolver's TCP side: it opens twenty connections to its gateway's
+/// port 53 and leaves them idle; all but its share (two) are reset as they open, the others
+/// close once idle, and meanwhile another task on the same network and node (api.1 next to
+/// tool.1 on n1) gets its answers over TCP.
+#[test]
+fn one_task_holding_dns_tcp_connections_cannot_starve_the_others() {
+    let mut m = mesh(state());
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        if let Ok(c) = m.open("tool.1", APP_GW, 53) {
+            held.push(c);
+        }
+    }
+    m.run_until_idle().unwrap();
+    let open = held
+        .iter()
+        .filter(|c| m.conn_state(c) == Some(TcpConnState::Established))
+        .count();
+    assert!(
+        open <= 2,
+        "{open} idle resolver connections still open for one task"
+    );
+    let stats = m.node("n1").unwrap().host().stats.clone();
+    assert!(stats.dns_tcp_refused >= 18, "{}", stats.dns_tcp_refused);
+    let p = m.dns_tcp("api.1", APP_GW, "tasks.api", TYPE_A).unwrap();
+    assert_eq!(p.rcode, NOERROR);
+    // Idle for longer than the resolver keeps a quiet connection: closed by the resolver.
+    m.advance(6_000);
+    m.run_until_idle().unwrap();
+    m.advance(6_000);
+    m.run_until_idle().unwrap();
+    for c in &held {
+        assert_ne!(
+            m.conn_state(c),
+            Some(TcpConnState::Established),
+            "an idle resolver connection stayed open"
+        );
+    }
+}

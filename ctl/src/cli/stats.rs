@@ -147,6 +147,7 @@ fn host(h: &HostCounters) -> String {
         dns_formerr,
         dns_truncated,
         dns_dropped,
+        dns_tcp_refused,
         dns_forwarded,
     ));
     out.push_str("\nhealth: ");

@@ -30,7 +30,9 @@ use ctl::model::HealthTest;
 
 const ETH: usize = 14;
 /// TCP connections the resolver serves at once on one network.
-const DNS_TCP_SOCKETS: usize = 4;
+const DNS_TCP_SOCKETS: usize = 16;
+/// Of which one client address may hold at most this many (more are reset as they open).
+const DNS_TCP_PER_CLIENT: usize = 2;
 /// The largest DNS message over TCP (RFC 1035 §4.2.2: a two-byte length).
 const DNS_TCP_MAX: usize = 65535;
 /// Health probes' source ports: below 1024, where the pipeline never takes a masquerade port, so
@@ -42,8 +44,10 @@ const PROBE_READ_MAX: usize = 2048;
 const PENDING_MS: u64 = 2000;
 /// An ARP request for the same address at most this often.
 const ARP_EVERY_MS: u64 = 500;
-/// An idle resolver TCP connection is closed after this long (RFC 7766 §6.2.3 suggests seconds).
-const DNS_TCP_IDLE: Duration = Duration::from_secs(10);
+/// An idle resolver TCP connection is closed after this long (RFC 7766 §6.2.3 suggests seconds),
+/// and reset if it has not closed after twice as long. Also smoltcp's retransmission give-up.
+const DNS_TCP_IDLE: Duration = Duration::from_secs(5);
+const DNS_TCP_IDLE_MS: u64 = 5000;
 
 /// A device over two queues of IP packets.
 #[derive(Debug, Default)]
@@ -128,12 +132,19 @@ struct ProbeConn {
 #[derive(Debug, Default)]
 struct DnsConn {
     buf: Vec<u8>,
+    /// The client, from when the connection opened (`None` while listening).
+    peer: Option<Ipv4Address>,
+    /// When it opened, and when it last received a byte (ms).
+    since: u64,
+    last: u64,
 }
 
 /// What a poll of a lane produced besides frames.
 #[derive(Debug, Default)]
 pub struct LaneEvents {
     pub dns: Vec<DnsRequest>,
+    /// Resolver TCP connections reset for their client's share.
+    pub dns_tcp_refused: u64,
     pub outcomes: Vec<(u64, u32, Outcome)>,
 }
 
@@ -250,6 +261,30 @@ impl Lane {
         };
         lane.listen();
         Some(lane)
+    }
+
+    /// Resets the newest resolver connections of any client holding more than its share;
+    /// returns how many.
+    fn limit_dns_clients(&mut self) -> u64 {
+        let mut open: Vec<(Ipv4Address, u64, SocketHandle)> = self
+            .dns_tcp
+            .iter()
+            .filter_map(|(h, c)| Some((c.peer?, c.since, *h)))
+            .collect();
+        open.sort_unstable_by_key(|&(a, since, _)| (a, since));
+        let (mut run, mut refused) = (0, 0);
+        for i in 0..open.len() {
+            run = if i > 0 && open[i].0 == open[i - 1].0 {
+                run + 1
+            } else {
+                1
+            };
+            if run > DNS_TCP_PER_CLIENT {
+                self.sockets.get_mut::<tcp::Socket>(open[i].2).abort();
+                refused += 1;
+            }
+        }
+        refused
     }
 
     /// Keeps every resolver TCP socket that is not serving listening.
@@ -394,9 +429,37 @@ impl Lane {
                 msg: data.to_vec(),
             });
         }
-        // TCP queries: two-byte length, then the message (RFC 1035 §4.2.2).
+        // TCP queries: two-byte length, then the message (RFC 1035 §4.2.2). Each connection
+        // is closed when idle for DNS_TCP_IDLE, and a client over its share is reset.
         for (h, conn) in &mut self.dns_tcp {
             let s = self.sockets.get_mut::<tcp::Socket>(*h);
+            match (s.state(), s.remote_endpoint()) {
+                (tcp::State::Listen | tcp::State::Closed, _) | (_, None) => {
+                    conn.peer = None;
+                    continue;
+                }
+                (_, Some(ep)) if conn.peer.is_none() => {
+                    let IpAddress::Ipv4(a) = ep.addr else {
+                        s.abort();
+                        continue;
+                    };
+                    conn.peer = Some(a);
+                    conn.since = now;
+                    conn.last = now;
+                }
+                _ => {}
+            }
+            if s.can_recv() {
+                conn.last = now;
+            }
+            let idle = now.saturating_sub(conn.last);
+            if idle > 2 * DNS_TCP_IDLE_MS {
+                s.abort();
+                continue;
+            }
+            if idle > DNS_TCP_IDLE_MS {
+                s.close();
+            }
             while s.can_recv() {
                 let room = (DNS_TCP_MAX + 2).saturating_sub(conn.buf.len());
                 let got = s.recv(|b| {
@@ -427,6 +490,7 @@ impl Lane {
                 s.close();
             }
         }
+        ev.dns_tcp_refused = self.limit_dns_clients();
         // Probes.
         let mut done = Vec::new();
         for (i, c) in self.probes.iter_mut().enumerate() {

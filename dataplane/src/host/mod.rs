@@ -323,6 +323,7 @@ impl HostStack {
         // thread kept off the CPU for a while must not fail checks whose answers are waiting).
         for i in 0..self.lanes.len() {
             let ev = self.lanes[i].poll(now, neigh);
+            self.stats.dns_tcp_refused += ev.dns_tcp_refused;
             for (uid, seq, o) in ev.outcomes {
                 match o {
                     Outcome::Pass => self.stats.checks_passed += 1,
