@@ -1339,18 +1339,22 @@ impl Mesh {
         Ok(mesh)
     }
 
+    /// Refuses task hosts named like a client.
+    fn no_client_named(&self, want: &[SimHost]) -> Result<(), SimError> {
+        match want.iter().find(|w| {
+            self.hosts
+                .iter()
+                .any(|h| h.name == w.name && h.kind == HostKind::Client)
+        }) {
+            Some(w) => Err(SimError::DuplicateHost(w.name.clone())),
+            None => Ok(()),
+        }
+    }
+
     /// Replaces the task hosts with `want`, keeping (with their connections) those that did not
     /// change: a removed task's container is gone, a new task's container starts.
     fn sync_tasks(&mut self, want: Vec<SimHost>) -> Result<(), SimError> {
-        for w in &want {
-            if self
-                .hosts
-                .iter()
-                .any(|h| h.name == w.name && h.kind == HostKind::Client)
-            {
-                return Err(SimError::DuplicateHost(w.name.clone()));
-            }
-        }
+        self.no_client_named(&want)?;
         self.hosts.retain(|h| match h.kind {
             HostKind::Client => true,
             HostKind::Task { .. } => want.iter().any(|w| {
@@ -1386,15 +1390,7 @@ impl Mesh {
             .map(|n| n.ctl.prepare(&state).map_err(refused))
             .collect::<Result<Vec<_>, _>>()?;
         let want = task_hosts(&state);
-        for w in &want {
-            if self
-                .hosts
-                .iter()
-                .any(|h| h.name == w.name && h.kind == HostKind::Client)
-            {
-                return Err(SimError::DuplicateHost(w.name.clone()));
-            }
-        }
+        self.no_client_named(&want)?;
         for (n, t) in self.nodes.iter_mut().zip(tables) {
             n.ctl.commit(state.clone(), &t).map_err(refused)?;
             n.addr = t.node_addr;
