@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// An ARP request meshd sent for `ip`: open until its first answer, and the MAC a first answer
+/// proposed in place of the known one, until a second answer confirms it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Ask {
+    ip: u32,
+    sent_at: u32,
+    open: bool,
+    candidate: Option<[u8; 6]>,
+}
+
 impl Pipeline {
     // ---- ARP ----------------------------------------------------------------------------
 
@@ -89,11 +99,13 @@ impl Pipeline {
     }
 
     /// What a frame or an ARP packet says of `ip`'s MAC (from `port`): learned when `ip` has no
-    /// entry yet; when it contradicts the entry, believed only if `solicited` (an ARP reply to
-    /// meshd's own request: counted in `neighbor_changes`, the change kept for the worker to
-    /// log), else not (counted in `neighbor_conflicts`) and an ARP request goes out
-    /// (rate-limited), whose answer settles it. So one forged ARP reply or VXLAN frame from
-    /// the underlay, or a task's spoofed frame, does not redirect a peer's or a task's traffic.
+    /// entry yet. When it contradicts the entry: if `solicited` (the first answer to meshd's
+    /// own open request), the new MAC becomes a candidate, and a second such answer with the
+    /// same MAC makes the change (counted in `neighbor_changes`, kept for the worker to log);
+    /// else it is not believed (counted in `neighbor_conflicts`) and an ARP request goes out,
+    /// at most once a second. So a forged ARP reply or VXLAN frame from the underlay, or a
+    /// task's spoofed frame, does not redirect a peer's or a task's traffic: a forger must
+    /// answer meshd's requests before the real owner, twice in a row.
     #[cold]
     #[inline(never)]
     pub(super) fn note_mac(
@@ -104,15 +116,28 @@ impl Pipeline {
         now: u32,
         solicited: bool,
     ) {
+        let slot = (ip as usize) % self.arp_open.len();
         match self.neigh.get(ip) {
             None => {
                 self.neigh.learn(ip, mac);
             }
-            Some(known) if known == mac => {}
+            Some(known) if known == mac => {
+                if solicited && self.arp_open[slot].ip == ip {
+                    self.arp_open[slot].candidate = None;
+                }
+            }
             Some(known) if solicited => {
-                self.neigh.learn(ip, mac);
-                self.stats.neighbor_changes += 1;
-                self.mac_change = Some((ip, known, mac));
+                let ask = &mut self.arp_open[slot];
+                if ask.ip == ip && ask.candidate == Some(mac) {
+                    ask.candidate = None;
+                    self.neigh.learn(ip, mac);
+                    self.stats.neighbor_changes += 1;
+                    self.mac_change = Some((ip, known, mac));
+                } else {
+                    ask.ip = ip;
+                    ask.candidate = Some(mac);
+                    self.want(ip, port, now);
+                }
             }
             Some(_) => {
                 self.stats.neighbor_conflicts += 1;
@@ -121,10 +146,26 @@ impl Pipeline {
         }
     }
 
-    /// Whether meshd asked for `ip`'s MAC in the last 3 seconds.
-    fn asked(&self, ip: u32, now: u32) -> bool {
-        let (last_ip, at) = self.arp_sent[(ip as usize) % self.arp_sent.len()];
-        last_ip == ip && now.wrapping_sub(at) < 3000
+    /// Whether an ARP reply from `ip` answers meshd's own request: one sent in the last 3
+    /// seconds and not answered yet. The first answer closes it.
+    pub(super) fn asked(&mut self, ip: u32, now: u32) -> bool {
+        let a = &mut self.arp_open[(ip as usize) % self.arp_open.len()];
+        if a.ip == ip && a.open && now.wrapping_sub(a.sent_at) < 3000 {
+            a.open = false;
+            return true;
+        }
+        false
+    }
+
+    /// Notes that a request for `ip` went out at `now`.
+    pub(super) fn asking(&mut self, ip: u32, now: u32) {
+        let a = &mut self.arp_open[(ip as usize) % self.arp_open.len()];
+        if a.ip != ip {
+            *a = Ask::default();
+            a.ip = ip;
+        }
+        a.sent_at = now;
+        a.open = true;
     }
 
     /// Notes that `ip`'s MAC is wanted; [`Pipeline::maintain`] sends the request.

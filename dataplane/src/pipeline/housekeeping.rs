@@ -78,6 +78,7 @@ impl Pipeline {
             };
             let Some(mut b) = pool.get() else { break };
             self.arp_request(table, ip, port, &mut b);
+            self.asking(ip, now);
             out.push(b);
         }
     }

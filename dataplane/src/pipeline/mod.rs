@@ -147,6 +147,9 @@ pub struct Pipeline {
     want_arp: ArrayVec<(u32, PortId), 16>,
     /// Recently solicited addresses and when, so a storm of misses sends one request.
     arp_sent: [(u32, u32); 16],
+    /// ARP requests sent and not yet answered, and a MAC change waiting for a second answer
+    /// (direct-mapped by address, as `arp_sent`).
+    arp_open: [arp::Ask; 16],
     /// Resets towards clients of ended flows, waiting for buffers.
     resets: ArrayVec<Flow, 64>,
     /// The flow key and hash the prefetch pass computed for the frame being processed.
@@ -217,6 +220,7 @@ impl Pipeline {
             recheck: 0,
             want_arp: ArrayVec::new(),
             arp_sent: [(0, 0); 16],
+            arp_open: [arp::Ask::default(); 16],
             resets: ArrayVec::new(),
             hint: (FlowKey::default(), 0),
             outers: NeighCache::new(),

@@ -211,8 +211,8 @@ fn an_arp_reply_from_a_peer_is_learned_and_not_counted_as_a_drop() {
 }
 
 /// A peer's MAC is learned from its first VXLAN frame; a frame (or an unasked ARP reply)
-/// claiming the peer from another MAC is not believed: meshd asks by ARP, and only the answer
-/// to its own request changes the entry.
+/// claiming the peer from another MAC is not believed: meshd asks by ARP, and only first
+/// answers to two of its own requests, both with the new MAC, change the entry.
 #[test]
 fn a_peers_mac_changes_only_by_an_answer_to_meshds_own_arp_request() {
     let table = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
@@ -275,8 +275,23 @@ fn a_peers_mac_changes_only_by_an_answer_to_meshds_own_arp_request() {
             && b.data()[ETH + 24..ETH + 28] == n2.octets()),
         "no ARP request for the peer"
     );
-    // The peer's answer (its NIC did change) is believed, counted and kept for the log.
+    // The peer's answer (its NIC did change) is a candidate; the peer goes on sending from its
+    // new MAC, meshd asks again a second later, and the second answer makes the change,
+    // counted and kept for the log.
     input(&mut p, 5003, reply(moved));
+    assert_eq!(
+        p.neighbors().get(u32::from(n2)),
+        Some(real),
+        "one answer is not enough"
+    );
+    input(&mut p, 6100, vx(moved));
+    let mut out = Burst::new();
+    p.maintain(&table, 6101, &mut pool, &mut out);
+    assert!(
+        out.iter().any(|b| b.data()[12..14] == [0x08, 0x06]),
+        "no second ARP request"
+    );
+    input(&mut p, 6102, reply(moved));
     assert_eq!(p.neighbors().get(u32::from(n2)), Some(moved));
     assert_eq!(p.stats.neighbor_changes, 1);
     assert_eq!(p.take_mac_change(), Some((u32::from(n2), real, moved)));
