@@ -126,6 +126,12 @@ reasons! {
         /// translation would collide with a flow the worker already has (the same client port
         /// onto the same task port through two published ports, with the client IP kept).
         NoNatPort = "no_nat_port",
+        /// A VXLAN frame or health gossip with a peer's address from another MAC than the peer's
+        /// (forged on the underlay): not delivered, and meshd asks the peer's MAC by ARP.
+        SpoofedPeer = "spoofed_peer",
+        /// A frame from the tasks side with a local task's address from another MAC than the
+        /// task's: not forwarded.
+        SpoofedSource = "spoofed_source",
         /// A TCP segment with SYN and FIN or RST: no stack sends one (a scan or a flood); it
         /// never opens a flow.
         BadTcpFlags = "bad_tcp_flags",

@@ -537,8 +537,9 @@ fn tasks_on_different_networks_cannot_reach_each_other() {
         0,
         b"",
     );
+    // From n1's address and MAC (a forger with another MAC is stopped before: spoofed_peer).
     let spoofed = testkit::vxlan_frame(
-        testkit::BROADCAST,
+        m.node("n1").unwrap().uplink_mac(),
         n2_mac,
         addr(&m, "n1"),
         n2_addr,
@@ -584,16 +585,9 @@ fn vxlan_from_an_unknown_vtep_is_dropped_and_counted() {
         m.host("web.1").unwrap().tcp_log().is_empty(),
         "nothing was decapsulated"
     );
-    // The same frame from n1's VTEP is delivered: only the source was wrong.
-    let frame = testkit::vxlan_frame(
-        client_mac(&m),
-        n2_mac,
-        addr(&m, "n1"),
-        n2_addr,
-        50000,
-        4096,
-        &inner,
-    );
+    // The same frame from n1's VTEP (and n1's MAC) is delivered: only the source was wrong.
+    let n1_mac = m.node("n1").unwrap().uplink_mac();
+    let frame = testkit::vxlan_frame(n1_mac, n2_mac, addr(&m, "n1"), n2_addr, 50000, 4096, &inner);
     m.send_raw("client", &frame).unwrap();
     m.run_until_idle().unwrap();
     assert!(m
@@ -611,6 +605,8 @@ fn malformed_frames_are_dropped_with_their_reasons_and_the_mesh_keeps_serving() 
     assert!(m.curl("client", addr(&m, "n1"), 8080).is_ok());
     let n1 = addr(&m, "n1");
     let n1_mac = m.node("n1").unwrap().uplink_mac();
+    // VXLAN from n2 comes from n2's MAC (from any other, n1 drops it as spoofed_peer).
+    let n2_mac = m.node("n2").unwrap().uplink_mac();
     let cmac = client_mac(&m);
     let syn = testkit::tcp_frame(cmac, n1_mac, CLIENT, 41000, n1, 8080, SYN, 1, 0, b"");
     let udp = testkit::udp_frame(cmac, n1_mac, CLIENT, 41000, n1, 8080, b"x");
@@ -724,19 +720,19 @@ fn malformed_frames_are_dropped_with_their_reasons_and_the_mesh_keeps_serving() 
         (
             "VXLAN without the I flag",
             edit(
-                &testkit::vxlan_frame(cmac, n1_mac, n2, n1, 50000, 4096, &syn),
+                &testkit::vxlan_frame(n2_mac, n1_mac, n2, n1, 50000, 4096, &syn),
                 &|f| f[testkit::VXLAN_FLAGS_AT] = 0,
             ),
             DropReason::BadVxlan,
         ),
         (
             "VXLAN of an unknown VNI",
-            testkit::vxlan_frame(cmac, n1_mac, n2, n1, 50000, 777, &syn),
+            testkit::vxlan_frame(n2_mac, n1_mac, n2, n1, 50000, 777, &syn),
             DropReason::UnknownVni,
         ),
         (
             "VXLAN too short",
-            testkit::vxlan_frame(cmac, n1_mac, n2, n1, 50000, 4096, &syn[..10]),
+            testkit::vxlan_frame(n2_mac, n1_mac, n2, n1, 50000, 4096, &syn[..10]),
             DropReason::Truncated,
         ),
     ];

@@ -46,7 +46,7 @@ impl Pipeline {
         let (answer, my_mac) = match port {
             PortId::Uplink => {
                 if t.peer(source_protocol_addr).is_some() {
-                    self.note_mac(sender, source_hardware_addr.0, port, now, solicited);
+                    let _ = self.note_mac(sender, source_hardware_addr.0, port, now, solicited);
                 }
                 let me = t.node(t.local);
                 (
@@ -61,7 +61,7 @@ impl Pipeline {
                 if !matches!(src.kind, AddrKind::Task { local: true, .. }) {
                     return Err(DropReason::ArpIgnored);
                 }
-                self.note_mac(sender, source_hardware_addr.0, port, now, solicited);
+                let _ = self.note_mac(sender, source_hardware_addr.0, port, now, solicited);
                 let local_task = matches!(
                     t.addr(target_protocol_addr).map(|e| e.kind),
                     Some(AddrKind::Task { local: true, .. })
@@ -105,7 +105,9 @@ impl Pipeline {
     /// else it is not believed (counted in `neighbor_conflicts`) and an ARP request goes out,
     /// at most once a second. So a forged ARP reply or VXLAN frame from the underlay, or a
     /// task's spoofed frame, does not redirect a peer's or a task's traffic: a forger must
-    /// answer meshd's requests before the real owner, twice in a row.
+    /// answer meshd's requests before the real owner, twice in a row. Returns whether `mac` is
+    /// now `ip`'s (known already, or just learned): a frame that says otherwise is dropped by
+    /// its caller.
     #[cold]
     #[inline(never)]
     pub(super) fn note_mac(
@@ -115,16 +117,19 @@ impl Pipeline {
         port: PortId,
         now: u32,
         solicited: bool,
-    ) {
+    ) -> bool {
         let slot = (ip as usize) % self.arp_open.len();
         match self.neigh.get(ip) {
             None => {
+                // A full table learns nothing; the frame is not refused for it.
                 self.neigh.learn(ip, mac);
+                true
             }
             Some(known) if known == mac => {
                 if solicited && self.arp_open[slot].ip == ip {
                     self.arp_open[slot].candidate = None;
                 }
+                true
             }
             Some(known) if solicited => {
                 let ask = &mut self.arp_open[slot];
@@ -133,15 +138,18 @@ impl Pipeline {
                     self.neigh.learn(ip, mac);
                     self.stats.neighbor_changes += 1;
                     self.mac_change = Some((ip, known, mac));
+                    true
                 } else {
                     ask.ip = ip;
                     ask.candidate = Some(mac);
                     self.want(ip, port, now);
+                    false
                 }
             }
             Some(_) => {
                 self.stats.neighbor_conflicts += 1;
                 self.want(ip, port, now);
+                false
             }
         }
     }

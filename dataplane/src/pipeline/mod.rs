@@ -457,6 +457,16 @@ impl Pipeline {
             IpProtocol::Udp
         };
         let Some(p) = t.published(proto, l3.dport) else {
+            // Health gossip from a peer's address but not from the peer's MAC is forged.
+            if l3.proto == UDP
+                && l3.dport == ctl::HEALTH_GOSSIP_PORT
+                && t.peer(addr(l3.src)).is_some()
+            {
+                let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+                if !self.note_mac(l3.src, smac, PortId::Uplink, now, false) {
+                    return Err(DropReason::SpoofedPeer);
+                }
+            }
             return Ok(Verdict::Host(HostReason::NotPublished));
         };
         let p = *p;
@@ -588,9 +598,12 @@ impl Pipeline {
         };
         // The peer's MAC, learned if new; the worker's cache of the shared table says when it
         // is known already (most packets), which saves the shared table's probe. A different
-        // one is not believed (`note_mac`).
-        if self.macs.get(&self.neigh, outer.src, outer.src, |mac| mac) != Some(&smac) {
-            self.note_mac(outer.src, smac, PortId::Uplink, now, false);
+        // one is not believed (`note_mac`), and its frame goes no further: a host on the
+        // underlay that forges a peer's address from its own MAC reaches no task.
+        if self.macs.get(&self.neigh, outer.src, outer.src, |mac| mac) != Some(&smac)
+            && !self.note_mac(outer.src, smac, PortId::Uplink, now, false)
+        {
+            return Err(DropReason::SpoofedPeer);
         }
         let Some(net) = t.network_by_vni(vni) else {
             return Err(DropReason::UnknownVni);
@@ -740,7 +753,10 @@ impl Pipeline {
         }
         let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
         if self.macs.get(&self.neigh, l3.src, l3.src, |mac| mac) != Some(&smac) {
-            self.note_mac(l3.src, smac, PortId::Tasks, now, false);
+            // A frame claiming a known task's address from another MAC: not from that task.
+            if !self.note_mac(l3.src, smac, PortId::Tasks, now, false) {
+                return Err(DropReason::SpoofedSource);
+            }
         }
         let net = t.net(s.net);
         let d = t.addr(addr(l3.dst));
