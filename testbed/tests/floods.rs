@@ -38,21 +38,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// A counter of node `node`'s `meshctl stats` (its JSON: top level, or under `drops`).
-fn stat(m: &Mesh, node: &str, name: &str) -> u64 {
-    let sock = m.node(node).unwrap().socket.display().to_string();
-    let out = m
-        .meshctl(&["--socket", &sock, "stats", "--format", "json"])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let total = v.get("total").unwrap_or(&v);
-    total
-        .get(name)
-        .or_else(|| total.get("drops").and_then(|d| d.get(name)))
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or_else(|| panic!("no counter {name} in {out}"))
-}
-
 /// `pktgen send` from the client's namespace to n1's uplink: `flows` flows of `proto`
 /// (`tcp` frames carry `flags`), `per_source` flows per source address starting at
 /// 10.250.0.1 (addresses nobody owns: the answers go nowhere), `rate` frames a second for
@@ -140,7 +125,7 @@ fn syn_and_udp_floods_leave_established_connections_and_new_clients_alone() {
         })
         .collect();
     let rss_before = rss_kib(n1.pid);
-    let evicted_before = stat(&m, "n1", "flows_evicted");
+    let evicted_before = common::counter(&m, "n1", "flows_evicted");
 
     // 200,000 SYNs and 200,000 UDP datagrams from 1,000 addresses, each 25,000 a second for
     // 8 s (together about what one meshd core takes here on a 2-vCPU machine shared with the
@@ -199,7 +184,7 @@ fn syn_and_udp_floods_leave_established_connections_and_new_clients_alone() {
     );
     // The flood overflowed the table: flows were evicted (half-open and UDP ones), and the
     // invalid or refused ones are counted, not lost.
-    let evicted = stat(&m, "n1", "flows_evicted") - evicted_before;
+    let evicted = common::counter(&m, "n1", "flows_evicted") - evicted_before;
     assert!(evicted > 0, "the flood never filled the flow table");
     // Memory is what it was (the flow table is allocated at start).
     let rss_after = rss_kib(n1.pid);

@@ -35,18 +35,6 @@ fn mac(text: &str) -> [u8; 6] {
     m
 }
 
-/// A counter of node `node`'s `meshctl stats`.
-fn stat(m: &Mesh, node: &str, name: &str) -> u64 {
-    let sock = m.node(node).unwrap().socket.display().to_string();
-    let out = m
-        .meshctl(&["--socket", &sock, "stats", "--format", "json"])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["total"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {out}"))
-}
-
 fn curls_through(m: &Mesh, node: Ipv4Addr, n: usize) -> Vec<String> {
     let url = format!("http://{node}:8080/");
     (0..n)
@@ -70,7 +58,7 @@ fn forged_arp_and_vxlan_from_the_underlay_do_not_redirect_a_peers_traffic() {
     let (n1, n2) = (m.node("n1").unwrap().clone(), m.node("n2").unwrap().clone());
     // n1 knows n2 from real traffic.
     assert_eq!(curls_through(&m, n1.addr, 3), Vec::<String>::new());
-    let conflicts_before = stat(&m, "n1", "neighbor_conflicts");
+    let conflicts_before = common::counter(&m, "n1", "neighbor_conflicts");
 
     let client = m.client_ns();
     let me = mac(&sys::exec_in(&client, "cat", &["/sys/class/net/eth0/address"]).unwrap());
@@ -122,7 +110,7 @@ fn forged_arp_and_vxlan_from_the_underlay_do_not_redirect_a_peers_traffic() {
 
     // n1 still sends n2's traffic to n2.
     assert_eq!(curls_through(&m, n1.addr, 10), Vec::<String>::new());
-    let conflicts = stat(&m, "n1", "neighbor_conflicts") - conflicts_before;
+    let conflicts = common::counter(&m, "n1", "neighbor_conflicts") - conflicts_before;
     assert!(conflicts > 0, "n1 never saw the forgeries as conflicts");
     eprintln!(
         "spoof: {conflicts} forged claims not believed; 10 of 10 requests through n1 answered"

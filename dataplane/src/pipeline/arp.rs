@@ -3,11 +3,13 @@
 
 use super::*;
 
-/// An ARP request meshd sent for `ip`: open until its first answer, and the MAC a first answer
-/// proposed in place of the known one, until a second answer confirms it.
+/// What meshd asked of `ip`'s MAC: when it last wanted it (at most one request a second), the
+/// request sent and open until its first answer, and the MAC a first answer proposed in place of
+/// the known one, until a second answer confirms it.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Ask {
     ip: u32,
+    wanted_at: u32,
     sent_at: u32,
     open: bool,
     candidate: Option<[u8; 6]>,
@@ -165,26 +167,36 @@ impl Pipeline {
         false
     }
 
-    /// Notes that a request for `ip` went out at `now`.
-    pub(super) fn asking(&mut self, ip: u32, now: u32) {
+    /// `ip`'s entry of the table of asks, taken over from another address if it held it.
+    fn ask_of(&mut self, ip: u32) -> &mut Ask {
         let a = &mut self.arp_open[(ip as usize) % self.arp_open.len()];
         if a.ip != ip {
-            *a = Ask::default();
-            a.ip = ip;
+            *a = Ask {
+                ip,
+                ..Ask::default()
+            };
         }
+        a
+    }
+
+    /// Notes that a request for `ip` went out at `now`.
+    pub(super) fn asking(&mut self, ip: u32, now: u32) {
+        let a = self.ask_of(ip);
         a.sent_at = now;
         a.open = true;
     }
 
-    /// Notes that `ip`'s MAC is wanted; [`Pipeline::maintain`] sends the request.
+    /// Notes that `ip`'s MAC is wanted; [`Pipeline::maintain`] sends the request, at most once
+    /// a second per address, so a storm of misses sends one.
     pub(super) fn want(&mut self, ip: u32, port: PortId, now: u32) {
-        let slot = (ip as usize) % self.arp_sent.len();
-        let (last_ip, at) = self.arp_sent[slot];
-        if last_ip == ip && now.wrapping_sub(at) < 1000 {
+        let slot = (ip as usize) % self.arp_open.len();
+        let a = self.arp_open[slot];
+        if a.ip == ip && a.wanted_at != 0 && now.wrapping_sub(a.wanted_at) < 1000 {
             return;
         }
         if self.want_arp.try_push((ip, port)).is_ok() {
-            self.arp_sent[slot] = (ip, now);
+            // Never 0: 0 means "not wanted yet".
+            self.ask_of(ip).wanted_at = now.max(1);
         }
     }
 }

@@ -145,10 +145,8 @@ pub struct Pipeline {
     recheck: usize,
     /// Addresses whose MAC is wanted, and from which port.
     want_arp: ArrayVec<(u32, PortId), 16>,
-    /// Recently solicited addresses and when, so a storm of misses sends one request.
-    arp_sent: [(u32, u32); 16],
-    /// ARP requests sent and not yet answered, and a MAC change waiting for a second answer
-    /// (direct-mapped by address, as `arp_sent`).
+    /// What was asked by ARP of each recently wanted address: when, whether a request is open,
+    /// a MAC change waiting for a second answer (direct-mapped by address).
     arp_open: [arp::Ask; 16],
     /// Resets towards clients of ended flows, waiting for buffers.
     resets: ArrayVec<Flow, 64>,
@@ -219,7 +217,6 @@ impl Pipeline {
             generation: u64::MAX,
             recheck: 0,
             want_arp: ArrayVec::new(),
-            arp_sent: [(0, 0); 16],
             arp_open: [arp::Ask::default(); 16],
             resets: ArrayVec::new(),
             hint: (FlowKey::default(), 0),

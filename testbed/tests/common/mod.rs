@@ -109,3 +109,16 @@ pub fn mesh(letter: &str, test: &str, tag: &str, preflight: impl FnOnce()) -> Op
         _serial: serial,
     })
 }
+
+/// A plain counter of node `node`'s `meshctl stats --format json` (summed over its workers).
+#[allow(dead_code)] // each test file uses part of this module
+pub fn counter(m: &Mesh, node: &str, name: &str) -> u64 {
+    let sock = m.node(node).unwrap().socket.display().to_string();
+    let out = m
+        .meshctl(&["--socket", &sock, "stats", "--format", "json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["total"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {out}"))
+}
