@@ -74,6 +74,7 @@ pub fn state() -> State {
             .collect(),
         state: TaskState::Running,
         weight: 1,
+        vlan: None,
     };
     let mut web = Service::new("web");
     web.networks.push(ServiceNetwork {

@@ -585,6 +585,7 @@ mod tests {
             ],
             state: TaskState::Running,
             weight: 1,
+            vlan: None,
         }
     }
 

@@ -601,6 +601,13 @@ pub struct Task {
     pub state: TaskState,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// The VLAN (1 to 4094) of the task's own port on the node's tasks bridge: the bridge tags
+    /// what the task sends with it, so meshd knows which task a frame came from whatever
+    /// addresses the frame claims, and tasks reach each other only through meshd. Unique per
+    /// node. A task without one shares the untagged segment with the other such tasks (and is
+    /// only as isolated as they are trustworthy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 fn default_weight() -> u32 {
@@ -713,6 +720,7 @@ mod tests {
             addresses: vec![],
             state: TaskState::Running,
             weight: 1,
+            vlan: None,
         };
         // A daemon that does not track status answers plain tasks; they still read.
         let plain: PsTask = serde_json::from_value(serde_json::to_value(&t).unwrap()).unwrap();

@@ -270,6 +270,8 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
     // Services and tasks.
     let mut svc_names = BTreeSet::new();
     let mut task_names = BTreeSet::new();
+    // (node, VLAN) → the task whose port it is.
+    let mut vlans: BTreeMap<(&str, u16), &str> = BTreeMap::new();
     let mut published: BTreeMap<(Protocol, u16), &str> = BTreeMap::new();
     for svc in &state.services {
         check_name("service", &svc.name)?;
@@ -410,6 +412,18 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                     t.node
                 );
             }
+            if let Some(v) = t.vlan {
+                if !(1..=4094).contains(&v) {
+                    bail!("task \"{}\": VLAN {v} is not a VLAN id (1 to 4094)", t.name);
+                }
+                if let Some(other) = vlans.insert((t.node.as_str(), v), t.name.as_str()) {
+                    bail!(
+                        "task \"{}\": VLAN {v} on node \"{}\" is task \"{other}\"'s already; every task on a node needs its own",
+                        t.name,
+                        t.node
+                    );
+                }
+            }
             let mut seen = BTreeSet::new();
             for a in &t.addresses {
                 let Some(net) = nets.get(a.network.as_str()) else {
@@ -527,6 +541,7 @@ mod tests {
                 ],
                 state: TaskState::Running,
                 weight: 1,
+                vlan: None,
             });
         }
         State {
@@ -559,6 +574,22 @@ mod tests {
         let mut s = sample();
         s.services[0].networks[0].vip = Some(Ipv4Addr::new(10, 0, 9, 2));
         assert!(err(&s).contains("VIP 10.0.9.2 is outside the subnet 10.0.1.0/24"));
+    }
+
+    #[test]
+    fn two_tasks_of_a_node_never_share_a_vlan() {
+        let mut s = sample();
+        s.services[0].tasks[0].vlan = Some(5);
+        s.services[0].tasks[1].vlan = Some(5);
+        // On two nodes: fine.
+        assert_ne!(s.services[0].tasks[0].node, s.services[0].tasks[1].node);
+        validate(&s).unwrap();
+        s.services[0].tasks[1].node = s.services[0].tasks[0].node.clone();
+        let e = validate(&s).unwrap_err().to_string();
+        assert!(e.contains("VLAN 5 on node") && e.contains("already"), "{e}");
+        s.services[0].tasks[1].vlan = Some(4095);
+        let e = validate(&s).unwrap_err().to_string();
+        assert!(e.contains("VLAN 4095 is not a VLAN id"), "{e}");
     }
 
     #[test]

@@ -110,6 +110,7 @@ fn task(name: &str, node: &str, last: u8) -> Task {
         ],
         state: TaskState::Running,
         weight: 1,
+        vlan: None,
     }
 }
 

@@ -10,6 +10,12 @@ pub const BUF_SIZE: usize = 2048;
 /// Bytes kept free in front of a received frame: room for one VXLAN encapsulation (50 bytes)
 /// and more.
 pub const HEADROOM: usize = 128;
+/// The 802.1Q tag protocol identifier.
+const VLAN_TPID: [u8; 2] = [0x81, 0x00];
+/// The VLAN id's bits of a tag's control information.
+const VLAN_ID: u16 = 0x0fff;
+/// An Ethernet header with one 802.1Q tag.
+const ETH_VLAN: usize = 18;
 
 /// Which port of a node a frame came in on or goes out of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -32,6 +38,11 @@ pub struct PacketBuf {
     /// A fragment handed to the worker that owns its datagram's flow by the worker that
     /// collects the datagram's fragments: processed where it is, not steered again.
     pub pinned: bool,
+    /// On the tasks port, the VLAN the frame came in on or goes out on (0: untagged): the
+    /// worker takes the 802.1Q tag off what the port received ([`PacketBuf::untag`]) and puts
+    /// it back on what it sends ([`PacketBuf::tag`]); in between, the pipeline sees plain
+    /// Ethernet.
+    pub vlan: u16,
 }
 
 impl std::fmt::Debug for PacketBuf {
@@ -59,6 +70,7 @@ impl PacketBuf {
             end: HEADROOM,
             port: PortId::Uplink,
             pinned: false,
+            vlan: 0,
         }
     }
 
@@ -79,6 +91,41 @@ impl PacketBuf {
         self.start = HEADROOM;
         self.end = HEADROOM;
         self.pinned = false;
+        self.vlan = 0;
+    }
+
+    /// Takes an 802.1Q tag off the frame into [`PacketBuf::vlan`] (the 12 bytes of MAC
+    /// addresses move up by 4). A frame without one keeps `vlan` at 0; a tag with VLAN 0 (a
+    /// priority tag) leaves it untagged; a frame cut inside its tag is left as it is (and
+    /// dropped by the pipeline for its ethertype).
+    #[inline]
+    pub fn untag(&mut self) {
+        let s = self.start;
+        let f = &self.block[s..self.end];
+        if f.len() < ETH_VLAN || f[12..14] != VLAN_TPID {
+            return;
+        }
+        self.vlan = u16::from_be_bytes([f[14], f[15]]) & VLAN_ID;
+        self.block.copy_within(s..s + 12, s + 4);
+        self.start += 4;
+    }
+
+    /// Puts [`PacketBuf::vlan`]'s 802.1Q tag on the frame (nothing when it is 0). `false`,
+    /// and nothing changed, when the headroom or the frame is too short.
+    #[inline]
+    pub fn tag(&mut self) -> bool {
+        if self.vlan == 0 {
+            return true;
+        }
+        let s = self.start;
+        if s < 4 || self.len() < 14 {
+            return false;
+        }
+        self.block.copy_within(s..s + 12, s - 4);
+        self.start -= 4;
+        let [hi, lo] = (self.vlan & VLAN_ID).to_be_bytes();
+        self.block[s + 8..s + 12].copy_from_slice(&[VLAN_TPID[0], VLAN_TPID[1], hi, lo]);
+        true
     }
 
     /// Sets the frame to the first `len` bytes of [`Self::room_mut`]; `len` is clamped to fit.
@@ -148,9 +195,12 @@ impl PacketBuf {
         }
     }
 
-    /// Replaces the frame with `frame`, restoring the headroom; cut to fit.
+    /// Replaces the frame with `frame`, restoring the headroom; cut to fit. The frame stays on
+    /// its VLAN (an answer made in place goes back where the frame came from).
     pub fn fill(&mut self, frame: &[u8]) {
+        let vlan = self.vlan;
         self.reset();
+        self.vlan = vlan;
         let n = frame.len().min(self.block.len() - self.start);
         self.block[self.start..self.start + n].copy_from_slice(&frame[..n]);
         self.end = self.start + n;
@@ -192,6 +242,49 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vlan_tag_comes_off_and_goes_back_on() {
+        let mut frame = vec![
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x81, 0x00, 0x20, 0x65,
+        ];
+        frame.extend_from_slice(&[0x08, 0x00, 0x45, 0xaa]);
+        let mut b = PacketBuf::from_frame(PortId::Tasks, &frame);
+        b.untag();
+        // Priority bits dropped: VLAN 0x065 = 101.
+        assert_eq!(b.vlan, 101);
+        assert_eq!(
+            b.data(),
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0x08, 0x00, 0x45, 0xaa]
+        );
+        assert!(b.tag());
+        let mut back = frame.clone();
+        back[14] = 0x00;
+        assert_eq!(b.data(), &back[..]);
+        // Untagged frames and cut tags stay as they are.
+        let plain = &back[..12]
+            .iter()
+            .chain(&[0x08, 0x00, 0x45, 0xaa, 0, 0])
+            .copied()
+            .collect::<Vec<u8>>();
+        let mut p = PacketBuf::from_frame(PortId::Tasks, plain);
+        p.untag();
+        assert_eq!((p.vlan, p.data()), (0, &plain[..]));
+        let mut cut = PacketBuf::from_frame(PortId::Tasks, &frame[..16]);
+        cut.untag();
+        assert_eq!((cut.vlan, cut.len()), (0, 16));
+        // No headroom: refused, unchanged.
+        let mut full = PacketBuf::from_frame(PortId::Tasks, plain);
+        full.vlan = 7;
+        let room = full.headroom();
+        assert!(full.prepend(room).is_some());
+        assert!(!full.tag());
+        // The answer made in place keeps its VLAN; a buffer from the pool has none.
+        full.fill(plain);
+        assert_eq!(full.vlan, 7);
+        full.reset();
+        assert_eq!(full.vlan, 0);
+    }
 
     #[test]
     fn prepend_and_trim_move_the_start() {

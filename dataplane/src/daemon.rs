@@ -629,6 +629,13 @@ fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack:
                 let mut b = shared.spare.pop().unwrap_or_default();
                 b.fill(&f);
                 b.port = port;
+                // To a task: on its VLAN, by the table (what the host stack sends is IPv4).
+                b.vlan = match (port, f.get(12..14), f.get(30..34)) {
+                    (PortId::Tasks, Some([8, 0]), Some(&[a, b2, c, d])) => {
+                        table.local_vlan(smoltcp::wire::Ipv4Address::new(a, b2, c, d))
+                    }
+                    _ => 0,
+                };
                 let _ = shared.from_host.push(b);
             }
             wake = stack.next_wakeup(now);

@@ -132,6 +132,10 @@ reasons! {
         /// A frame from the tasks side with a local task's address from another MAC than the
         /// task's: not forwarded.
         SpoofedSource = "spoofed_source",
+        /// A frame (or ARP) from the tasks side with a local task's address that did not come
+        /// in on that task's VLAN: another task claiming its address, or a task whose `vlan=`
+        /// does not match its port on the tasks bridge.
+        WrongVlan = "wrong_vlan",
         /// A TCP segment with SYN and FIN or RST: no stack sends one (a scan or a flood); it
         /// never opens a flow.
         BadTcpFlags = "bad_tcp_flags",

@@ -697,6 +697,7 @@ pub fn task(name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]) -> model::Task {
             .collect(),
         state: model::TaskState::Running,
         weight: 1,
+        vlan: None,
     }
 }
 

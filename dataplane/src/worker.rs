@@ -221,6 +221,12 @@ impl Worker {
             for b in burst.iter_mut() {
                 b.port = which;
             }
+            if which == PortId::Tasks {
+                // The tasks bridge tags each task's frames with its port's VLAN.
+                for b in burst.iter_mut() {
+                    b.untag();
+                }
+            }
             moved += burst.len();
             self.run_burst(&table, now, &mut burst, &mut verdicts, &mut out);
         }
@@ -289,7 +295,12 @@ impl Worker {
         }
     }
 
-    fn push_out(&mut self, out: &mut Out, port: PortId, b: PacketBuf) {
+    fn push_out(&mut self, out: &mut Out, port: PortId, mut b: PacketBuf) {
+        if port == PortId::Tasks && !b.tag() {
+            self.pipeline.stats.drop(DropReason::NoHeadroom);
+            self.pool.put(b);
+            return;
+        }
         let q = match port {
             PortId::Uplink => &mut out.uplink,
             PortId::Tasks => &mut out.tasks,

@@ -179,6 +179,7 @@ fn web() -> Service {
             ],
             state: TaskState::Running,
             weight: 1,
+            vlan: None,
         });
     }
     s

@@ -207,6 +207,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
         }],
         state: TaskState::Running,
         weight: 1,
+        vlan: None,
     });
     let generation = send(
         &dir,

@@ -115,6 +115,10 @@ pub struct TaskRec {
     pub ns: String,
     /// The veth end on the node's tasks bridge.
     pub veth: String,
+    /// The VLAN of that bridge port: untagged towards the task, tagged towards meshd (unique
+    /// on its node).
+    #[serde(default)]
+    pub vlan: u16,
     pub addrs: Vec<(String, Ipv4Addr)>,
     pub pid: u32,
 }
@@ -358,6 +362,7 @@ impl Bed {
             &["link", "add", "name", plan::SWITCH_DEV, "type", "bridge"],
         )?;
         sys::ip_in(&sw, &["link", "set", plan::SWITCH_DEV, "up"])?;
+        sys::bridge_nf_off(&sw)?;
         sys::netns_add(&client)?;
         self.wire(&sw, "client", &client, "eth0")?;
         let caddr = format!("{}/{}", plan::CLIENT_ADDR, plan::UNDERLAY_PREFIX);
@@ -381,6 +386,7 @@ impl Bed {
             )?;
             sys::ip_in(&ns, &["link", "set", plan::UPLINK_DEV, "up"])?;
             let mac = plan::tasks_bridge_mac(i);
+            // Each task's port gets its own VLAN (`build_task`).
             sys::ip_in(
                 &ns,
                 &[
@@ -394,6 +400,7 @@ impl Bed {
                     "bridge",
                 ],
             )?;
+            sys::bridge_nf_off(&ns)?;
             sys::ip_in(&ns, &["link", "set", plan::TASKS_DEV, "up"])?;
             sys::offloads_off(&ns, plan::TASKS_DEV)?;
             self.rec.nodes.push(NodeRec {
@@ -901,6 +908,20 @@ impl Bed {
             .map_or(0, |n| n.k);
         let veth = format!("tk{}", self.rec.next_veth);
         self.rec.next_veth += 1;
+        // The lowest VLAN no task of the node has (from 2: 1 is many switches' default).
+        let vlans: BTreeSet<u16> = self
+            .rec
+            .tasks
+            .iter()
+            .filter(|t| t.node == node.name)
+            .map(|t| t.vlan)
+            .collect();
+        let Some(vlan) = (2..=4094).find(|v| !vlans.contains(v)) else {
+            return Err(Error::msg(format!(
+                "node {} has no VLAN left for another task (4093 at most)",
+                node.name
+            )));
+        };
         let task = TaskRec {
             name: name.clone(),
             service: svc.name.clone(),
@@ -908,6 +929,7 @@ impl Bed {
             node: node.name.clone(),
             ns: self.plan.task_ns(&name),
             veth,
+            vlan,
             addrs,
             pid: 0,
         };
@@ -948,8 +970,23 @@ impl Bed {
         )?;
         sys::ip_in(
             &node.ns,
-            &["link", "set", &t.veth, "master", plan::TASKS_DEV, "up"],
+            &["link", "set", &t.veth, "master", plan::TASKS_DEV],
         )?;
+        // The task's own VLAN: what it sends comes to meshd tagged with it, and it hears only
+        // what meshd sends it on it; no task's port forwards to another's (port isolation).
+        // What `bridge vlan add dev PORT vid V pvid untagged` does on a VLAN-filtering bridge,
+        // which the test machines' kernels lack: tc programs on the port (port::taskvlan).
+        sys::exec_in(
+            &node.ns,
+            "bridge",
+            &["link", "set", "dev", &t.veth, "isolated", "on"],
+        )?;
+        let (veth, vlan) = (t.veth.clone(), t.vlan);
+        sys::in_netns(&node.ns, move || {
+            dataplane::port::taskvlan::attach(&veth, vlan)
+        })?
+        .map_err(|e| Error::msg(e.to_string()))?;
+        sys::ip_in(&node.ns, &["link", "set", &t.veth, "up"])?;
         sys::offloads_off(&node.ns, &t.veth)?;
         for (_, a) in &t.addrs {
             sys::ip_in(&t.ns, &["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
@@ -1442,6 +1479,9 @@ fn task_arg(t: &TaskRec) -> String {
     for (n, a) in &t.addrs {
         let _ = write!(s, ",addr={n}:{a}");
     }
+    if t.vlan != 0 {
+        let _ = write!(s, ",vlan={}", t.vlan);
+    }
     s
 }
 
@@ -1604,6 +1644,7 @@ mod tests {
             node: "n1".into(),
             ns: "meshd-tb-web.1".into(),
             veth: "tk0".into(),
+            vlan: 2,
             addrs: vec![
                 ("ingress".into(), Ipv4Addr::new(10, 0, 0, 100)),
                 ("appnet".into(), Ipv4Addr::new(10, 0, 1, 100)),
@@ -1612,7 +1653,7 @@ mod tests {
         };
         assert_eq!(
             task_arg(&t),
-            "name=web.1,node=n1,addr=ingress:10.0.0.100,addr=appnet:10.0.1.100"
+            "name=web.1,node=n1,addr=ingress:10.0.0.100,addr=appnet:10.0.1.100,vlan=2"
         );
     }
 }

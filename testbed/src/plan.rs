@@ -9,7 +9,8 @@
 //!   meshd-tb-client   an outside client, 192.168.100.100/24 (a normal host: the kernel has the IP)
 //!   meshd-tb-n1       node n1: uplink veth up0 and tasks bridge br-tasks, no IP on either,
 //!                     meshd --node n1 --addr 192.168.100.11 runs here
-//!   meshd-tb-web.1    task web.1: veth eth0 on n1's br-tasks, an address on each of its networks
+//!   meshd-tb-web.1    task web.1: veth eth0 on n1's br-tasks (its port there isolated and on the
+//!                     task's own VLAN), an address on each of its networks
 //! ```
 
 use std::net::Ipv4Addr;

@@ -11,6 +11,7 @@ use crate::sys;
 pub const NEEDED: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
+    ("bridge", "iproute2"),
     ("curl", "curl"),
     ("ping", "iputils-ping"),
     ("tracepath", "iputils-tracepath"),

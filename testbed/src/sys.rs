@@ -267,6 +267,22 @@ pub fn offloads_off(ns: &str, dev: &str) -> Result<()> {
     Ok(())
 }
 
+/// Turns `br_netfilter` off for the bridges of namespace `ns` (`bridge-nf-call-iptables` and
+/// its siblings, per namespace), when the module is loaded: else the host's firewall rules see
+/// the frames crossing the testbed's bridges, and its IPv4 sanity checks drop malformed frames
+/// before they reach meshd, so a test of meshd's own checks would pass without reaching it.
+pub fn bridge_nf_off(ns: &str) -> Result<()> {
+    exec_in(
+        ns,
+        "sh",
+        &[
+            "-c",
+            "for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ ! -e \"$f\" ] || echo 0 > \"$f\" || exit 1; done",
+        ],
+    )?;
+    Ok(())
+}
+
 /// Starts `prog args...` inside namespace `ns` as a daemon of its own process group, with
 /// stdin closed and stdout/stderr appended to `log`. The returned child's pid is the daemon's
 /// (`ip netns exec` execs the program).

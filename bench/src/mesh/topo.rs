@@ -612,6 +612,7 @@ impl Topology {
                 }],
                 state: TaskState::Running,
                 weight: 1,
+                vlan: None,
             });
         }
         let net = Network {

@@ -286,9 +286,12 @@ Specs:
   --network  NETWORK[:VIP]. In endpoint mode vip, meshctl picks the lowest free address of the
              network (on every daemon named) when no VIP is given.
   --task     name=SERVICE.SLOT,node=NODE,addr=NETWORK:IP[,addr=NETWORK:IP...][,weight=N]
-             [,state=running|unhealthy|draining|shutdown|failed]. A task of a service that
-             publishes ports needs an address on the ingress network. weight=0 takes no new
-             connections.
+             [,state=running|unhealthy|draining|shutdown|failed][,vlan=1-4094]. A task of a
+             service that publishes ports needs an address on the ingress network. weight=0
+             takes no new connections. vlan= is the VLAN of the task's own port on its node's
+             tasks bridge (unique per node): meshd then takes from the task only frames tagged
+             with it, and carries every frame between tasks itself (README: Floods and hostile
+             input).
   --health   tcp[:PORT] or http:[PORT]/PATH[=STATUS], with --health-interval, --health-timeout
              (durations like 500ms, 2s, 1m30s) and --health-retries, as Docker's HEALTHCHECK.
              A task takes connections once a check passes; after --health-retries failures in

@@ -535,6 +535,7 @@ mod tests {
                 ],
                 state,
                 weight,
+                vlan: None,
             });
         }
         s

@@ -22,7 +22,7 @@ macro_rules! fail {
 }
 
 const PUBLISH_KEYS: &[&str] = &["published", "target", "protocol", "mode"];
-const TASK_KEYS: &[&str] = &["name", "node", "addr", "weight", "state"];
+const TASK_KEYS: &[&str] = &["name", "node", "addr", "weight", "state", "vlan"];
 const TASK_UPDATE_KEYS: &[&str] = &["name", "weight", "state"];
 const TASK_STATES: &str = "running, unhealthy, draining, shutdown, failed";
 
@@ -192,7 +192,7 @@ pub fn publish_rm(flag: &str, spec: &str) -> Result<PortSpec, SpecError> {
     })
 }
 
-/// `--task` / `--task-add`: `name=web.1,node=n1,addr=NETWORK:IP[,addr=...][,weight=1][,state=running]`.
+/// `--task` / `--task-add`: `name=web.1,node=n1,addr=NETWORK:IP[,addr=...][,weight=1][,state=running][,vlan=101]`.
 pub fn task(flag: &str, spec: &str) -> Result<Task, SpecError> {
     let example = "name=web.1,node=n1,addr=ingress:10.0.0.11,addr=appnet:10.0.1.11";
     let kv = pairs(flag, spec, TASK_KEYS, example)?;
@@ -235,7 +235,18 @@ pub fn task(flag: &str, spec: &str) -> Result<Task, SpecError> {
             .map(|v| weight(flag, v))
             .transpose()?
             .unwrap_or(1),
+        vlan: single(flag, &kv, "vlan")?
+            .map(|v| vlan(flag, v))
+            .transpose()?,
     })
+}
+
+/// `vlan=N`: 1 to 4094 (0 and 4095 are reserved by 802.1Q).
+fn vlan(flag: &str, v: &str) -> Result<u16, SpecError> {
+    match v.parse::<u16>() {
+        Ok(n) if (1..=4094).contains(&n) => Ok(n),
+        _ => fail!("{flag}: vlan={v} is not a VLAN id: give 1 to 4094, the VLAN of the task's port on the node's tasks bridge"),
+    }
 }
 
 /// `--task-update`: `name=web.1[,weight=0][,state=draining]`.
@@ -602,8 +613,20 @@ mod tests {
 
         assert_eq!(
             e(task("--task", "name=web.1,node=n1,ip=10.0.0.5")),
-            "--task: unknown key 'ip' (expected name, node, addr, weight, state)"
+            "--task: unknown key 'ip' (expected name, node, addr, weight, state, vlan)"
         );
+        let t = task("--task", "name=web.3,node=n1,addr=appnet:10.0.1.7,vlan=101").unwrap();
+        assert_eq!(t.vlan, Some(101));
+        for bad in ["0", "4095", "x", "-1"] {
+            assert!(
+                e(task(
+                    "--task",
+                    &format!("name=web.1,node=n1,addr=appnet:10.0.1.5,vlan={bad}")
+                ))
+                .contains("is not a VLAN id: give 1 to 4094"),
+                "vlan={bad}"
+            );
+        }
         assert!(
             e(task("--task", "node=n1,addr=appnet:10.0.1.5")).starts_with("--task: missing name=")
         );

@@ -142,6 +142,8 @@ pub enum AddrKind {
         task: TaskIdx,
         node: NodeIdx,
         local: bool,
+        /// The VLAN of the task's port on its node's tasks bridge (0: untagged).
+        vlan: u16,
     },
     Vip {
         service: SvcIdx,
@@ -378,6 +380,7 @@ impl ServiceTable {
                                     task: tidx,
                                     node,
                                     local: node == local_idx,
+                                    vlan: t.vlan.unwrap_or(0),
                                 },
                             },
                         ));
@@ -568,6 +571,17 @@ impl ServiceTable {
     #[inline]
     pub fn addr(&self, a: Ipv4Address) -> Option<AddrEntry> {
         self.addrs.get(key(a))
+    }
+
+    /// The VLAN of the tasks bridge port of the local task at `a`: 0 for an untagged task, or
+    /// an address that is no local task's.
+    pub fn local_vlan(&self, a: Ipv4Address) -> u16 {
+        match self.addr(a).map(|e| e.kind) {
+            Some(AddrKind::Task {
+                local: true, vlan, ..
+            }) => vlan,
+            _ => 0,
+        }
     }
 
     /// The peer node whose VTEP is `a`.

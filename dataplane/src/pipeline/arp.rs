@@ -1,5 +1,6 @@
 //! ARP, answered in place: on the uplink for the node's address; on the tasks port for every
-//! overlay address that is not a local task (RFC 826).
+//! overlay address that is not on the asker's own segment (RFC 826): for a task on its own
+//! VLAN, every other address of its network.
 
 use super::*;
 
@@ -19,14 +20,15 @@ impl Pipeline {
     // ---- ARP ----------------------------------------------------------------------------
 
     /// Answers ARP in place: on the uplink for the node's address; on the tasks port for every
-    /// overlay address that is not a local task. Learns senders that are peers or local tasks.
+    /// overlay address not on the asker's segment. Learns senders that are peers or local tasks
+    /// (a task only from its own VLAN).
     pub(super) fn arp(
         &mut self,
         t: &ServiceTable,
         now: u32,
         buf: &mut PacketBuf,
     ) -> Result<Verdict, DropReason> {
-        let port = buf.port;
+        let (port, in_vlan) = (buf.port, buf.vlan);
         let f = buf.data_mut();
         let repr = {
             let p = ArpPacket::new_checked(&f[ETH..]).map_err(|_| DropReason::BadArp)?;
@@ -60,18 +62,27 @@ impl Pipeline {
                 let Some(src) = t.addr(source_protocol_addr) else {
                     return Err(DropReason::ArpIgnored);
                 };
-                if !matches!(src.kind, AddrKind::Task { local: true, .. }) {
+                let AddrKind::Task {
+                    local: true, vlan, ..
+                } = src.kind
+                else {
                     return Err(DropReason::ArpIgnored);
+                };
+                if vlan != in_vlan {
+                    return Err(DropReason::WrongVlan);
                 }
                 let _ = self.note_mac(sender, source_hardware_addr.0, port, now, solicited);
-                let local_task = matches!(
+                // Whoever shares the asker's segment answers for itself: a task on its own
+                // VLAN shares it with nobody, so meshd answers for every other address of its
+                // network (and carries the traffic, by its rules); untagged tasks share one.
+                let same_segment = matches!(
                     t.addr(target_protocol_addr).map(|e| e.kind),
-                    Some(AddrKind::Task { local: true, .. })
+                    Some(AddrKind::Task { local: true, vlan: v, .. }) if v == vlan
                 );
                 let net = t.net(src.net);
                 let in_net = net.subnet.contains(target_protocol_addr);
                 (
-                    in_net && !local_task && target_protocol_addr != source_protocol_addr,
+                    in_net && !same_segment && target_protocol_addr != source_protocol_addr,
                     self.cfg.tasks_mac,
                 )
             }

@@ -255,6 +255,11 @@ impl Pipeline {
         way: Way,
     ) -> Result<Verdict, DropReason> {
         self.stats.fragments_in += 1;
+        if buf.port == PortId::Tasks && matches!(way, Way::Direct) {
+            // Every fragment, not only the first that `on_task` sees: a later one claiming
+            // another task's datagram would be forwarded as that datagram's.
+            self.task_source(t, now, buf, l3.src)?;
+        }
         let ip = l3.l4 - IPV4;
         let (id, start, end, last) = {
             let h = buf.data().get(ip..ip + IPV4).ok_or(DropReason::Truncated)?;

@@ -59,7 +59,7 @@ impl Pipeline {
                 let _ = self.resets.try_push(f);
                 break;
             };
-            if self.reset_frame(&f, &mut b) {
+            if self.reset_frame(table, &f, &mut b) {
                 self.stats.resets_sent += 1;
                 out.push(b);
             } else {
@@ -84,7 +84,7 @@ impl Pipeline {
     }
 
     /// Builds a TCP RST to the client of flow `f`, as from the service it connected to.
-    pub(super) fn reset_frame(&self, f: &Flow, b: &mut PacketBuf) -> bool {
+    pub(super) fn reset_frame(&self, t: &ServiceTable, f: &Flow, b: &mut PacketBuf) -> bool {
         // The reverse action turns a task's packet into what the client expects to see.
         let rev = f.rev;
         let (dmac, smac, port) = match rev.egress {
@@ -109,6 +109,9 @@ impl Pipeline {
         );
         b.fill(&frame[..n]);
         b.port = port;
+        if port == PortId::Tasks {
+            b.vlan = task_vlan(t, rev.dst);
+        }
         true
     }
 
@@ -138,5 +141,9 @@ impl Pipeline {
         req.emit(&mut ArpPacket::new_unchecked(&mut frame[ETH..]));
         b.fill(&frame);
         b.port = port;
+        if port == PortId::Tasks {
+            // On the task's own VLAN: nobody else hears it.
+            b.vlan = task_vlan(t, ip);
+        }
     }
 }

@@ -154,8 +154,9 @@ pub struct Pipeline {
     hint: (FlowKey, u64),
     /// Prebuilt outer headers per peer VTEP and port (emptied when a new table comes).
     outers: NeighCache<(u32, u16), Outer, OUTER_CACHE>,
-    /// Local tasks' and peers' MACs.
-    macs: NeighCache<u32, [u8; 6], MAC_CACHE>,
+    /// Local tasks' and peers' MACs, with the VLAN of a task's port (emptied when a new table
+    /// comes: a task's VLAN is the table's).
+    macs: NeighCache<u32, Hw, MAC_CACHE>,
     /// Each network's MTU (by network index), the smallest of them, and the longest frame that
     /// fits any overlay (`ETH + min_mtu`): one compare on the fast path. Every frame sent by VXLAN
     /// is checked against it first: in `forward` (before the rewrite, so an ICMP answer quotes
@@ -195,6 +196,26 @@ mod tests;
 mod xmit;
 
 use classify::{addr, ipkey, peek_key};
+
+/// Where a neighbour is on its port: its MAC, and on the tasks port the VLAN of its own port of
+/// the tasks bridge (0 for peers and untagged tasks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hw {
+    mac: [u8; 6],
+    vlan: u16,
+}
+
+impl Hw {
+    /// A peer's, or anything's on an untagged segment.
+    fn plain(mac: [u8; 6]) -> Self {
+        Hw { mac, vlan: 0 }
+    }
+}
+
+/// [`ServiceTable::local_vlan`] of `ip` (host byte order).
+pub(super) fn task_vlan(t: &ServiceTable, ip: u32) -> u16 {
+    t.local_vlan(addr(ip))
+}
 pub use classify::{parse_ipv4, L3};
 use frag::{Size, Way};
 
@@ -321,8 +342,9 @@ impl Pipeline {
         let most = uplink.saturating_sub(ctl::VXLAN_OVERHEAD);
         self.min_mtu = self.net_mtu.iter().copied().min().unwrap_or(most);
         self.max_frame = ETH + usize::from(self.min_mtu);
-        // The local VTEP address and the peers' ports may have changed.
+        // The local VTEP address and the peers' ports may have changed, and tasks' VLANs.
         self.outers.clear();
+        self.macs.clear();
         if self.cfg.worker == 0 {
             // Warm the neighbour table so the first packet of a flow finds its next hop.
             for (i, n) in table.nodes.iter().enumerate() {
@@ -597,7 +619,11 @@ impl Pipeline {
         // is known already (most packets), which saves the shared table's probe. A different
         // one is not believed (`note_mac`), and its frame goes no further: a host on the
         // underlay that forges a peer's address from its own MAC reaches no task.
-        if self.macs.get(&self.neigh, outer.src, outer.src, |mac| mac) != Some(&smac)
+        if self
+            .macs
+            .get(&self.neigh, outer.src, outer.src, Hw::plain)
+            .map(|h| h.mac)
+            != Some(smac)
             && !self.note_mac(outer.src, smac, PortId::Uplink, now, false)
         {
             return Err(DropReason::SpoofedPeer);
@@ -742,19 +768,7 @@ impl Pipeline {
         buf: &mut PacketBuf,
         l3: L3,
     ) -> Result<Verdict, DropReason> {
-        let Some(s) = t.addr(addr(l3.src)) else {
-            return Err(DropReason::UnknownSource);
-        };
-        if !matches!(s.kind, AddrKind::Task { local: true, .. }) {
-            return Err(DropReason::UnknownSource);
-        }
-        let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
-        if self.macs.get(&self.neigh, l3.src, l3.src, |mac| mac) != Some(&smac) {
-            // A frame claiming a known task's address from another MAC: not from that task.
-            if !self.note_mac(l3.src, smac, PortId::Tasks, now, false) {
-                return Err(DropReason::SpoofedSource);
-            }
-        }
+        let s = self.task_source(t, now, buf, l3.src)?;
         let net = t.net(s.net);
         let d = t.addr(addr(l3.dst));
         if let Some(d) = d {
@@ -868,6 +882,44 @@ impl Pipeline {
             // Outside the overlay: only a reply of a keep-client-IP flow goes there.
             None => self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute)),
         }
+    }
+}
+
+impl Pipeline {
+    /// The overlay address of the local task that a frame from the tasks side with source
+    /// address `src` comes from. Refused unless the frame came in on that task's VLAN (which
+    /// the bridge gives every frame by the port it came in on: a task cannot choose it), from
+    /// the task's MAC (the one it was first seen with): a task speaks only as itself.
+    #[inline]
+    pub(super) fn task_source(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &PacketBuf,
+        src: u32,
+    ) -> Result<crate::balance::AddrEntry, DropReason> {
+        let Some(s) = t.addr(addr(src)) else {
+            return Err(DropReason::UnknownSource);
+        };
+        let AddrKind::Task {
+            local: true, vlan, ..
+        } = s.kind
+        else {
+            return Err(DropReason::UnknownSource);
+        };
+        if vlan != buf.vlan {
+            return Err(DropReason::WrongVlan);
+        }
+        let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+        let known = self
+            .macs
+            .get(&self.neigh, src, src, |mac| Hw { mac, vlan })
+            .map(|h| h.mac);
+        // A frame claiming a known task's address from another MAC: not from that task.
+        if known != Some(smac) && !self.note_mac(src, smac, PortId::Tasks, now, false) {
+            return Err(DropReason::SpoofedSource);
+        }
+        Ok(s)
     }
 }
 

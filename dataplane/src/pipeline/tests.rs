@@ -1114,9 +1114,11 @@ fn every_drop_reason_is_produced_and_counted() {
         assert_eq!(v[0], Verdict::Drop(DropReason::NoHeadroom));
         seen.push(DropReason::NoHeadroom);
     }
-    // The malformations (see each_malformation_has_its_reason) and too_big (see the big
-    // packet tests) are produced there.
+    // The malformations (see each_malformation_has_its_reason), too_big (see the big packet
+    // tests) and wrong_vlan (tasks_on_their_own_vlans_speak_only_as_themselves) are produced
+    // there.
     seen.extend([
+        DropReason::WrongVlan,
         DropReason::Truncated,
         DropReason::UnknownEthertype,
         DropReason::NotOurMac,
@@ -1609,4 +1611,176 @@ fn the_pieces_of_a_fragmented_packet_follow_their_frame_in_the_burst() {
         .collect();
     assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
     assert_eq!(delivered(&out).payload, data);
+}
+
+// ---- tasks on their own VLANs --------------------------------------------------------------
+
+/// The VLAN layout of the isolation tests: `three_nodes` with web.1 on VLAN 101 of n2, web.3
+/// beside it on n2 (VLAN 103), and service `db` on its own network `dbnet` (10.0.2.0/24) with
+/// db.1 on n2 (VLAN 201).
+fn vlan_state() -> ctl::State {
+    use std::net::Ipv4Addr as A;
+    let mut s = three_nodes();
+    s.services[0].tasks[0].vlan = Some(101);
+    let mut web3 = crate::testkit::task(
+        "web.3",
+        "n2",
+        &[
+            ("ingress", A::new(10, 0, 0, 13)),
+            ("appnet", A::new(10, 0, 1, 13)),
+        ],
+    );
+    web3.vlan = Some(103);
+    s.services[0].tasks.push(web3);
+    let mut dbnet = s.networks[1].clone();
+    dbnet.name = "dbnet".into();
+    dbnet.vni = 4098;
+    dbnet.subnet = ctl::Ipv4Net::new(A::new(10, 0, 2, 0), 24).unwrap();
+    dbnet.gateway = A::new(10, 0, 2, 1);
+    s.networks.push(dbnet);
+    let mut db = ctl::model::Service::new("db");
+    db.networks.push(ctl::model::ServiceNetwork {
+        network: "dbnet".into(),
+        vip: Some(A::new(10, 0, 2, 2)),
+    });
+    let mut db1 = crate::testkit::task("db.1", "n2", &[("dbnet", A::new(10, 0, 2, 11))]);
+    db1.vlan = Some(201);
+    db.tasks.push(db1);
+    s.services.push(db);
+    ctl::validate::validate(&s).unwrap();
+    s
+}
+
+/// One frame in on `port` and `vlan`: its verdict and the buffer as it leaves.
+fn run_vlan(
+    p: &mut Pipeline,
+    t: &ServiceTable,
+    port: PortId,
+    vlan: u16,
+    f: &[u8],
+) -> (Verdict, PacketBuf) {
+    let mut burst = Burst::new();
+    let mut b = PacketBuf::from_frame(port, f);
+    b.vlan = vlan;
+    burst.push(b);
+    let mut v = Verdicts::new();
+    p.process(t, 1, &mut burst, &mut v);
+    (v[0], burst.pop().unwrap())
+}
+
+#[test]
+fn tasks_on_their_own_vlans_speak_only_as_themselves() {
+    use crate::testkit;
+    use std::net::Ipv4Addr as A;
+    let tk = Config::default().tasks_mac;
+    let (web1_mac, web3_mac, db1_mac) = (
+        [2, 0, 0, 0, 0, 0x11],
+        [2, 0, 0, 0, 0, 0x13],
+        [2, 0, 0, 0, 0, 0x21],
+    );
+    let (web1, web3, db1) = (
+        A::new(10, 0, 1, 11),
+        A::new(10, 0, 1, 13),
+        A::new(10, 0, 2, 11),
+    );
+    let t = ServiceTable::build(&vlan_state(), "n2", 1).unwrap();
+    let neigh = Arc::new(Neighbors::new(64));
+    let mut p = Pipeline::new(Config::default(), neigh.clone());
+    let udp = |smac, src, dst| testkit::udp_frame(smac, tk, src, 5000, dst, 7000, b"hi");
+
+    // Each task is learned from its own VLAN.
+    for (mac, ip, vlan, peer) in [
+        (web1_mac, web1, 101, web3),
+        (web3_mac, web3, 103, web1),
+        (db1_mac, db1, 201, A::new(10, 0, 2, 1)),
+        (web1_mac, A::new(10, 0, 0, 11), 101, A::new(10, 0, 0, 1)),
+        (web3_mac, A::new(10, 0, 0, 13), 103, A::new(10, 0, 0, 1)),
+    ] {
+        let (v, _) = run_vlan(
+            &mut p,
+            &t,
+            PortId::Tasks,
+            vlan,
+            &testkit::arp_request(mac, ip, peer),
+        );
+        assert_eq!(v, Verdict::Tx(PortId::Tasks), "{ip} asks for {peer}");
+    }
+    // A task on its own VLAN hears no one else: meshd answers for its neighbour on the same
+    // network (from meshd's MAC, on the asker's VLAN) and carries the traffic between them.
+    let (v, b) = run_vlan(
+        &mut p,
+        &t,
+        PortId::Tasks,
+        101,
+        &testkit::arp_request(web1_mac, web1, web3),
+    );
+    assert_eq!((v, b.vlan), (Verdict::Tx(PortId::Tasks), 101));
+    assert_eq!(
+        &b.data()[ETH + 8..ETH + 14],
+        &tk,
+        "answered with meshd's MAC"
+    );
+    let (v, b) = run_vlan(&mut p, &t, PortId::Tasks, 101, &udp(web1_mac, web1, web3));
+    assert_eq!(
+        (v, b.vlan),
+        (Verdict::Tx(PortId::Tasks), 103),
+        "web.1 to web.3, on web.3's VLAN"
+    );
+    assert_eq!(&b.data()[0..6], &web3_mac);
+
+    // db.1 claims web.1's address: from its own VLAN, that is not web.1's. Nothing is
+    // forwarded, nothing learned, web.1's traffic still reaches web.1.
+    let (v, _) = run_vlan(&mut p, &t, PortId::Tasks, 201, &udp(db1_mac, web1, web3));
+    assert_eq!(v, Verdict::Drop(DropReason::WrongVlan));
+    let (v, _) = run_vlan(
+        &mut p,
+        &t,
+        PortId::Tasks,
+        201,
+        &testkit::arp_reply(db1_mac, web1, tk, A::new(10, 0, 1, 1)),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::WrongVlan));
+    // ... and untagged, as a task off the VLANs would send it.
+    let (v, _) = run_vlan(&mut p, &t, PortId::Tasks, 0, &udp(db1_mac, web1, web3));
+    assert_eq!(v, Verdict::Drop(DropReason::WrongVlan));
+    // ... and as a later fragment of one of web.1's datagrams.
+    let big = testkit::udp_frame(db1_mac, tk, web1, 5000, web3, 7000, &[7u8; 3000]);
+    let pieces = testkit::fragment(&big, 1400, 77);
+    let (v, _) = run_vlan(&mut p, &t, PortId::Tasks, 201, &pieces[1]);
+    assert_eq!(v, Verdict::Drop(DropReason::WrongVlan));
+    assert_eq!(p.stats.dropped(DropReason::WrongVlan), 4);
+    assert_eq!(neigh.get(0x0a00_010b), Some(web1_mac));
+    let (v, b) = run_vlan(&mut p, &t, PortId::Tasks, 103, &udp(web3_mac, web3, web1));
+    assert_eq!((v, b.vlan), (Verdict::Tx(PortId::Tasks), 101));
+    assert_eq!(&b.data()[0..6], &web1_mac);
+
+    // Across networks only by meshd's rules: none between dbnet and appnet.
+    let (v, _) = run_vlan(&mut p, &t, PortId::Tasks, 201, &udp(db1_mac, db1, web1));
+    assert_eq!(v, Verdict::Drop(DropReason::CrossNetwork));
+
+    // From the uplink: a client's SYN to the published port reaches web.1 or web.3 on its VLAN.
+    let cmac = [2, 0, 0, 0, 0, 0x99];
+    let up = Config::default().uplink_mac;
+    let mut local = 0;
+    for sport in 40000..40012 {
+        let syn = testkit::tcp_frame(
+            cmac,
+            up,
+            A::new(10, 9, 0, 9),
+            sport,
+            A::new(192, 168, 1, 12),
+            8080,
+            testkit::tcp_flags::SYN,
+            1,
+            0,
+            b"",
+        );
+        let (v, b) = run_vlan(&mut p, &t, PortId::Uplink, 0, &syn);
+        if v == Verdict::Tx(PortId::Tasks) {
+            let want = if b.data()[0..6] == web1_mac { 101 } else { 103 };
+            assert_eq!(b.vlan, want, "to {:?}", &b.data()[0..6]);
+            local += 1;
+        }
+    }
+    assert!(local > 0, "no SYN went to a local task");
 }

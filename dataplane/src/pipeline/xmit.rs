@@ -215,13 +215,17 @@ impl Pipeline {
                 Ok(Verdict::Tx(PortId::Uplink))
             }
             Egress::Tasks => {
-                let Some(&mac) = self.macs.get(&self.neigh, dst, dst, |mac| mac) else {
+                let Some(&hw) = self.macs.get(&self.neigh, dst, dst, |mac| Hw {
+                    mac,
+                    vlan: task_vlan(t, dst),
+                }) else {
                     self.want(dst, PortId::Tasks, now);
                     return Err(DropReason::NoNeighbor);
                 };
                 let f = buf.data_mut();
-                f[0..6].copy_from_slice(&mac);
+                f[0..6].copy_from_slice(&hw.mac);
                 f[6..12].copy_from_slice(&self.cfg.tasks_mac);
+                buf.vlan = hw.vlan;
                 Ok(Verdict::Tx(PortId::Tasks))
             }
             Egress::Vxlan {

@@ -12,10 +12,12 @@ use crate::buf::{PacketBuf, Pool};
 pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
+pub(crate) mod ebpf;
 pub mod fault;
 pub mod mem;
 pub mod pcap;
 pub mod sys;
+pub mod taskvlan;
 
 /// Most frames a port moves per call.
 pub const BURST: usize = 32;

@@ -122,3 +122,15 @@ pub fn counter(m: &Mesh, node: &str, name: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name} in {out}"))
 }
+
+/// The drops of node `node` for reason `reason` (its name in `meshctl stats`), summed over its
+/// workers: 0 while none happened.
+#[allow(dead_code)] // each test file uses part of this module
+pub fn dropped(m: &Mesh, node: &str, reason: &str) -> u64 {
+    let sock = m.node(node).unwrap().socket.display().to_string();
+    let out = m
+        .meshctl(&["--socket", &sock, "stats", "--format", "json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["total"]["drops"][reason].as_u64().unwrap_or(0)
+}

@@ -4,17 +4,16 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use super::XdpMode;
+use crate::port::ebpf::{
+    bpf, bpf_fd, insn, BpfAttr, Insn, BPF_LINK_CREATE, BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM,
+    BPF_PROG_LOAD,
+};
 
-// linux/bpf.h: commands, types and flags of the bpf(2) calls made here.
-const BPF_MAP_CREATE: libc::c_int = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
-const BPF_PROG_LOAD: libc::c_int = 5;
-const BPF_LINK_CREATE: libc::c_int = 28;
+// linux/bpf.h: the types and flags of the XDP side.
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -24,85 +23,6 @@ const XDP_PASS: i32 = 2;
 // linux/if_link.h
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
-
-/// A `bpf_attr` union, zeroed, with the fields of one command written at their offsets.
-#[repr(C, align(8))]
-pub(super) struct BpfAttr([u8; 128]);
-
-impl BpfAttr {
-    fn new() -> BpfAttr {
-        BpfAttr([0; 128])
-    }
-    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
-        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
-        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
-        self
-    }
-    fn name(&mut self, off: usize, name: &[u8; 15]) -> &mut Self {
-        self.0[off..off + 15].copy_from_slice(name);
-        self
-    }
-}
-
-/// `bpf(cmd, attr)`: what the command returns.
-// Casts: system-call constants and struct sizes, far inside the target type.
-#[allow(clippy::cast_possible_truncation)]
-fn bpf(cmd: libc::c_int, attr: &mut BpfAttr) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a 128-byte, 8-byte aligned bpf_attr, zero beyond the fields `cmd`
-    // reads; any pointers in it (instructions, license, key, value) point to memory that lives
-    // across the call. The kernel reads at most the size given.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            ptr::from_mut(attr),
-            size_of::<BpfAttr>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r)
-}
-
-/// `bpf(cmd, attr)` for a command that returns a new file descriptor.
-fn bpf_fd(cmd: libc::c_int, attr: &mut BpfAttr) -> io::Result<OwnedFd> {
-    let r = bpf(cmd, attr)?;
-    let raw = RawFd::try_from(r).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: BPF_MAP_CREATE, BPF_PROG_LOAD and BPF_LINK_CREATE return a new file descriptor
-    // that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// One `struct bpf_insn`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct Insn {
-    code: u8,
-    /// `dst_reg:4, src_reg:4` bit-fields.
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
-
-const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
-    // C bit-fields fill from the low bits on little-endian targets, from the high bits on
-    // big-endian ones.
-    let regs = if cfg!(target_endian = "little") {
-        dst | (src << 4)
-    } else {
-        (dst << 4) | src
-    };
-    Insn {
-        code,
-        regs,
-        off,
-        imm,
-    }
-}
 
 /// The XDP program, for the XSKMAP `map_fd`:
 ///
