@@ -11,6 +11,9 @@ pub mod control;
 pub mod daemon;
 pub mod fastmap;
 pub mod flow;
+/// The functions the fuzz targets run (`fuzz/`), with their seeds (the `testkit` feature).
+#[cfg(feature = "testkit")]
+pub mod fuzzing;
 pub mod host;
 pub mod hugepage;
 pub mod metrics;

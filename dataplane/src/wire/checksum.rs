@@ -220,7 +220,9 @@ pub const fn pseudo_v4(src: u32, dst: u32, proto: u8, len: u16) -> u64 {
 /// Internet checksum.
 #[inline]
 pub fn verify(pseudo: u64, data: &[u8]) -> bool {
-    fold64(pseudo + sum(data)) == 0xffff
+    // Fuzzing (cargo-fuzz builds with `--cfg fuzzing`): every checksum passes, so the fuzzer
+    // reaches what lies behind them, as smoltcp's fuzz targets do.
+    cfg!(fuzzing) || fold64(pseudo + sum(data)) == 0xffff
 }
 
 #[cfg(test)]
