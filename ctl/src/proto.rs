@@ -756,6 +756,10 @@ crate::counters! {
         gossip_received: Counter,
         /// Gossip from an unknown VTEP, under another node's name, or malformed.
         gossip_rejected: Counter,
+        /// Gossip refused by its keyed MAC (`meshd --gossip-key-file`): none, a wrong one, an
+        /// unknown key, or a datagram replayed (not newer than the last from its node, or more
+        /// than a minute off the clock).
+        gossip_forged: Counter,
     }
 }
 

@@ -137,6 +137,14 @@ pub struct Args {
     /// owns them. For debugging: it costs a copy, a lock and a write per frame.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Sign the health gossip this node sends and take only gossip signed with a key in this
+    /// file (one key a line, 64 hexadecimal digits: `head -c 32 /dev/urandom | od -An -tx1 |
+    /// tr -d ' \n'`; the first signs, all are accepted, so keys roll: add the new one on every
+    /// node, move it first, remove the old). The same file on every node. Without it, gossip is
+    /// taken from any datagram that comes from a peer's address and MAC: the underlay is
+    /// trusted.
+    #[arg(long, value_name = "FILE")]
+    pub gossip_key_file: Option<PathBuf>,
 }
 
 /// The options from the config file.
@@ -159,6 +167,7 @@ struct FileConfig {
     metrics: Option<std::net::SocketAddr>,
     dns_upstream: Option<std::net::SocketAddrV4>,
     pcap: Option<PathBuf>,
+    gossip_key_file: Option<PathBuf>,
 }
 
 /// `--io`: the port backend.
@@ -215,6 +224,8 @@ pub struct Settings {
     pub metrics: Option<std::net::SocketAddr>,
     pub dns_upstream: Option<std::net::SocketAddrV4>,
     pub pcap: Option<PathBuf>,
+    /// The health gossip's keys (`--gossip-key-file`), read at start: empty without.
+    pub gossip_keys: crate::host::gossip::Keyring,
 }
 
 /// A start-up error, said so the operator knows what to fix.
@@ -320,6 +331,17 @@ impl Args {
             metrics: self.metrics.or(file.metrics),
             dns_upstream: self.dns_upstream.or(file.dns_upstream),
             pcap: self.pcap.or(file.pcap),
+            gossip_keys: match self.gossip_key_file.or(file.gossip_key_file) {
+                None => crate::host::gossip::Keyring::default(),
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        StartError::Config(format!("--gossip-key-file {}: {e}", path.display()))
+                    })?;
+                    crate::host::gossip::Keyring::parse(&text).map_err(|e| {
+                        StartError::Config(format!("--gossip-key-file {}: {e}", path.display()))
+                    })?
+                }
+            },
         })
     }
 }
@@ -494,11 +516,17 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id());
+    if s.gossip_keys.is_empty() {
+        tracing::info!(
+            "health gossip is not signed (no --gossip-key-file): the underlay is trusted"
+        );
+    }
     let mut stack = HostStack::new(HostConfig {
         uplink_mac,
         tasks_mac,
         seed,
         uplink_mtu,
+        gossip_keys: s.gossip_keys.clone(),
     });
     if let Some(up) = s.dns_upstream {
         stack.set_upstream(Box::new(UdpUpstream::connect(up)?));
@@ -629,12 +657,10 @@ fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack:
                 let mut b = shared.spare.pop().unwrap_or_default();
                 b.fill(&f);
                 b.port = port;
-                // To a task: on its VLAN, by the table (what the host stack sends is IPv4).
-                b.vlan = match (port, f.get(12..14), f.get(30..34)) {
-                    (PortId::Tasks, Some([8, 0]), Some(&[a, b2, c, d])) => {
-                        table.local_vlan(smoltcp::wire::Ipv4Address::new(a, b2, c, d))
-                    }
-                    _ => 0,
+                // To a task: on its VLAN, by the table.
+                b.vlan = match port {
+                    PortId::Tasks => crate::host::tasks_frame_vlan(&table, &f),
+                    PortId::Uplink => 0,
                 };
                 let _ = shared.from_host.push(b);
             }

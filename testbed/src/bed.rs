@@ -416,6 +416,10 @@ impl Bed {
             });
         }
         self.save()?;
+        // One gossip key for the instance, as an operator gives every node the same file: the
+        // nodes sign their health gossip and take only signed gossip.
+        let key_file = p.run_dir().join("gossip.key");
+        write_gossip_key(&key_file)?;
         // meshd on every node, all starting at once.
         for n in 0..self.rec.nodes.len() {
             let node = self.rec.nodes[n].clone();
@@ -436,6 +440,8 @@ impl Bed {
                 &node.core.to_string(),
                 "--flows",
                 "65536",
+                "--gossip-key-file",
+                &key_file.display().to_string(),
             ]
             .iter()
             .map(|s| s.to_string())
@@ -1483,6 +1489,26 @@ fn task_arg(t: &TaskRec) -> String {
         let _ = write!(s, ",vlan={}", t.vlan);
     }
     s
+}
+
+/// A new random gossip key (`meshd --gossip-key-file`), readable by root only.
+fn write_gossip_key(path: &Path) -> Result<()> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(|e| Error::io("reading /dev/urandom".to_string(), e))?;
+    let text: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    std::io::Write::write_all(&mut f, format!("{text}\n").as_bytes())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 fn write_pid(path: &Path, pid: u32) -> Result<()> {

@@ -116,3 +116,95 @@ fn forged_arp_and_vxlan_from_the_underlay_do_not_redirect_a_peers_traffic() {
         "spoof: {conflicts} forged claims not believed; 10 of 10 requests through n1 answered"
     );
 }
+
+/// The health of `task` of `service` as node `node` sees it (`meshctl service ps`).
+fn health_on(m: &Mesh, node: &str, service: &str, task: &str) -> Option<ctl::model::Health> {
+    use ctl::proto::{Command, Query};
+    let sock = m.node(node).unwrap().socket.clone();
+    let r = ctl::client::request(
+        &sock,
+        &Command::Query(Query::ServicePs {
+            name: service.into(),
+        }),
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let rows: Vec<ctl::model::PsTask> =
+        serde_json::from_value(r.into_result().unwrap().result).unwrap();
+    rows.iter()
+        .find(|r| r.task.name == task)
+        .and_then(|r| r.status.as_ref()?.health)
+}
+
+#[test]
+fn forged_health_gossip_does_not_take_a_healthy_task_out_of_rotation() {
+    use ctl::model::Health;
+    let Some(mut m) = mesh("gossip") else { return };
+    m.run(
+        &RunSpec::new("web", 1)
+            .publish("8080:80", PublishMode::Ingress)
+            .unwrap()
+            .on("n2")
+            .with_args(&["--health", "tcp", "--health-interval", "500ms"]),
+    )
+    .unwrap();
+    let (n1, n2) = (m.node("n1").unwrap().clone(), m.node("n2").unwrap().clone());
+    let t0 = std::time::Instant::now();
+    while health_on(&m, "n1", "web", "web.1") != Some(Health::Healthy) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "web.1 never healthy on n1"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // web.1's uid, as every node computes it from the state.
+    let state: dataplane::control::Persisted =
+        serde_json::from_slice(&std::fs::read(m.bed.plan.state_file(n1.index)).unwrap()).unwrap();
+    let table = dataplane::balance::table::ServiceTable::build(&state.state, "n1", 1).unwrap();
+    let uid = table.tasks.iter().find(|t| t.name == "web.1").unwrap().uid;
+    // "web.1 is unhealthy", from n2's address and n2's own MAC (the MAC forged too: what the
+    // MAC check alone cannot stop), unsigned.
+    let forged = dataplane::host::gossip::encode(
+        "n2",
+        &[dataplane::host::gossip::Entry {
+            uid,
+            health: Health::Unhealthy,
+            streak: 9,
+            age_ms: 0,
+            error: "\u{1b}[31mforged\u{1b}[0m".into(),
+        }],
+    )
+    .remove(0);
+    let f = testkit::udp_frame(
+        mac(&plan::uplink_mac(n2.index)),
+        mac(&plan::uplink_mac(n1.index)),
+        n2.addr,
+        ctl::HEALTH_GOSSIP_PORT,
+        n1.addr,
+        ctl::HEALTH_GOSSIP_PORT,
+        &forged,
+    );
+    let before = common::host_counter(&m, "n1", "gossip_forged");
+    let client = m.client_ns();
+    sys::in_netns(&client, move || {
+        let mut port = AfPacketPort::open("eth0", &AfPacketConfig::default()).unwrap();
+        let mut pool = Pool::new(64);
+        for _ in 0..10 {
+            let mut burst = Burst::new();
+            burst.push(PacketBuf::from_frame(PortId::Uplink, &f));
+            port.tx_burst(&mut burst, &mut pool);
+            port.flush();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+    .unwrap();
+    let forged_seen = common::host_counter(&m, "n1", "gossip_forged") - before;
+    assert!(forged_seen > 0, "n1 never saw the forged gossip");
+    assert_eq!(health_on(&m, "n1", "web", "web.1"), Some(Health::Healthy));
+    // The switch learned n2's MAC on the client's port for a moment: let n2 speak again.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(curls_through(&m, n1.addr, 5), Vec::<String>::new());
+    eprintln!(
+        "spoof: {forged_seen} forged gossip datagrams refused; web.1 healthy, 5 of 5 answered"
+    );
+}

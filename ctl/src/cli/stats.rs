@@ -159,6 +159,7 @@ fn host(h: &HostCounters) -> String {
         gossip_sent,
         gossip_received,
         gossip_rejected,
+        gossip_forged,
     ));
     out.push('\n');
     out

@@ -171,6 +171,142 @@ pub fn decode(b: &[u8]) -> Option<Message> {
     (at == b.len()).then_some(Message { node, entries })
 }
 
+/// The keys health gossip is signed and checked with (`meshd --gossip-key-file`), as Serf's and
+/// Consul's gossip keyrings: the first key signs, every key is accepted, so a new key is rolled
+/// out by adding it on every node, then moving it first, then removing the old one. A sealed
+/// datagram is the message, then a trailer:
+///
+/// ```text
+/// message... | sent at (u64, ms since the Unix epoch) | key id (4 bytes) | tag (16 bytes)
+/// ```
+///
+/// The tag is HMAC-SHA256 of everything before it, cut to 16 bytes; the key id is the first 4
+/// bytes of SHA-256 of the key, so a receiver knows which key to check with. A receiver takes a
+/// datagram only if it is newer than the last it took from that node and within a minute of its
+/// own clock: a recorded datagram replayed later is refused.
+#[derive(Clone, Default)]
+pub struct Keyring {
+    keys: Vec<([u8; 4], [u8; KEY_LEN])>,
+}
+
+/// A gossip key's length: 32 bytes, written as 64 hexadecimal digits in the key file.
+pub const KEY_LEN: usize = 32;
+/// What sealing adds to a datagram.
+pub const TRAILER: usize = 8 + 4 + 16;
+/// How far a sealed datagram's time may be from the receiver's clock.
+pub const SKEW_MS: u64 = 60_000;
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys themselves.
+        f.debug_struct("Keyring")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+/// Why a datagram was refused by the keyring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too short to hold a trailer, or sealed with a key this node does not have.
+    UnknownKey,
+    /// The tag does not match: forged or damaged.
+    BadTag,
+}
+
+fn key_id(key: &[u8; KEY_LEN]) -> [u8; 4] {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(key);
+    [d[0], d[1], d[2], d[3]]
+}
+
+fn mac(key: &[u8; KEY_LEN]) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    // HMAC takes a key of any length: this cannot fail.
+    match hmac::Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    }
+}
+
+impl Keyring {
+    /// The keys in a key file's text: one key a line, 64 hexadecimal digits; blank lines and
+    /// lines starting with `#` are skipped. At least one key.
+    pub fn parse(text: &str) -> Result<Keyring, String> {
+        let mut keys = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bytes = line.as_bytes();
+            if bytes.len() != 2 * KEY_LEN || !bytes.iter().all(u8::is_ascii_hexdigit) {
+                return Err(format!(
+                    "line {}: a key is {} hexadecimal digits (make one with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
+                    i + 1,
+                    2 * KEY_LEN
+                ));
+            }
+            let mut k = [0u8; KEY_LEN];
+            for (j, b) in k.iter_mut().enumerate() {
+                let hex = std::str::from_utf8(&bytes[2 * j..2 * j + 2]).unwrap_or("00");
+                *b = u8::from_str_radix(hex, 16).unwrap_or(0);
+            }
+            keys.push((key_id(&k), k));
+        }
+        if keys.is_empty() {
+            return Err("no key in it (one key a line, 64 hexadecimal digits)".into());
+        }
+        Ok(Keyring { keys })
+    }
+
+    /// A keyring of these keys, the first signing (tests).
+    pub fn of(keys: &[[u8; KEY_LEN]]) -> Keyring {
+        Keyring {
+            keys: keys.iter().map(|k| (key_id(k), *k)).collect(),
+        }
+    }
+
+    /// Whether gossip is sealed and checked at all.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Appends the trailer to `d`: its time `sent_ms`, the signing key's id, the tag.
+    pub fn seal(&self, d: &mut Vec<u8>, sent_ms: u64) {
+        use hmac::Mac;
+        let Some((id, key)) = self.keys.first() else {
+            return;
+        };
+        d.extend_from_slice(&sent_ms.to_be_bytes());
+        d.extend_from_slice(id);
+        let mut m = mac(key);
+        m.update(d);
+        let tag = m.finalize().into_bytes();
+        d.extend_from_slice(&tag[..16]);
+    }
+
+    /// The message of a sealed datagram and the time it was sent, if its tag checks with one
+    /// of the keys (compared in constant time).
+    pub fn open<'a>(&self, d: &'a [u8]) -> Result<(&'a [u8], u64), Refused> {
+        use hmac::Mac;
+        let Some(split) = d.len().checked_sub(TRAILER) else {
+            return Err(Refused::UnknownKey);
+        };
+        let (signed, tag) = d.split_at(d.len() - 16);
+        let id = &signed[signed.len() - 4..];
+        let Some((_, key)) = self.keys.iter().find(|(k, _)| k == id) else {
+            return Err(Refused::UnknownKey);
+        };
+        let mut m = mac(key);
+        m.update(signed);
+        m.verify_truncated_left(tag).map_err(|_| Refused::BadTag)?;
+        let t = &d[split..split + 8];
+        let sent = u64::from_be_bytes([t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7]]);
+        Ok((&d[..split], sent))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,5 +412,44 @@ mod tests {
             }
             prop_assert_eq!(back, entries);
         }
+    }
+
+    #[test]
+    fn a_sealed_datagram_opens_only_with_its_key_and_unchanged() {
+        let (a, b) = ([1u8; KEY_LEN], [2u8; KEY_LEN]);
+        let ring = Keyring::of(&[a]);
+        let msg = encode("n2", &[]).remove(0);
+        let mut d = msg.clone();
+        ring.seal(&mut d, 1_700_000_000_123);
+        assert_eq!(d.len(), msg.len() + TRAILER);
+        assert_eq!(ring.open(&d), Ok((&msg[..], 1_700_000_000_123)));
+        // Rolled: the old key still opens what the old key sealed.
+        let rolled = Keyring::of(&[b, a]);
+        assert!(rolled.open(&d).is_ok());
+        let mut d2 = msg.clone();
+        rolled.seal(&mut d2, 5);
+        assert_eq!(ring.open(&d2), Err(Refused::UnknownKey));
+        // Any bit changed: refused.
+        for i in 0..d.len() {
+            let mut x = d.clone();
+            x[i] ^= 0x10;
+            assert!(ring.open(&x).is_err(), "byte {i} changed and still opened");
+        }
+        assert_eq!(ring.open(&d[..10]), Err(Refused::UnknownKey));
+        assert_eq!(ring.open(&msg), Err(Refused::UnknownKey));
+    }
+
+    #[test]
+    fn key_files_are_read_or_refused_with_the_line() {
+        let k = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        let ring = Keyring::parse(&format!("# keys\n\n{k}\n{}\n", k.replace('0', "f"))).unwrap();
+        assert_eq!(ring.keys.len(), 2);
+        assert_eq!(ring.keys[0].1[1], 0x11);
+        assert!(!format!("{ring:?}").contains("11"), "keys printed");
+        assert!(Keyring::parse("").unwrap_err().contains("no key"));
+        assert!(Keyring::parse("# only\nabc\n")
+            .unwrap_err()
+            .starts_with("line 2:"));
+        assert!(Keyring::parse(&k.replace('0', "g")).is_err());
     }
 }

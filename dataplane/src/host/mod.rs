@@ -101,6 +101,8 @@ pub struct HostConfig {
     /// The uplink's MTU: answers longer than it (or than a network's MTU on the tasks side)
     /// go out in fragments.
     pub uplink_mtu: u16,
+    /// The health gossip's keys: gossip is signed and checked when there are any.
+    pub gossip_keys: gossip::Keyring,
 }
 
 /// A peer's report about one of its tasks.
@@ -148,6 +150,29 @@ pub struct HostStack {
     forwards: HashMap<u16, Forward>,
     next_fwd: u16,
     arp_asked: HashMap<Ipv4Address, u64>,
+    /// The wall clock (ms since the Unix epoch) when the stack was made: gossip's times.
+    wall_at_start: u64,
+    /// The host clock's first reading (`now` of the first call that needed the wall clock).
+    first_now: Option<u64>,
+    /// The time of the last gossip datagram sealed.
+    gossip_sent_at: u64,
+    /// The time of the last signed gossip taken from each peer.
+    gossip_heard: HashMap<NodeIdx, u64>,
+}
+
+/// The VLAN a frame the host stack sends on the tasks port goes out on: its task's
+/// ([`ServiceTable::local_vlan`] of the IPv4 destination, or of the address an ARP request asks
+/// for); 0 for anything else.
+pub fn tasks_frame_vlan(t: &ServiceTable, f: &[u8]) -> u16 {
+    let at = match f.get(12..14) {
+        Some([0x08, 0x00]) => 30,
+        Some([0x08, 0x06]) => 38,
+        _ => return 0,
+    };
+    match f.get(at..at + 4) {
+        Some(&[a, b, c, d]) => t.local_vlan(Ipv4Address::new(a, b, c, d)),
+        _ => 0,
+    }
 }
 
 fn key(a: Ipv4Address) -> u32 {
@@ -179,6 +204,12 @@ impl HostStack {
             forwards: HashMap::new(),
             next_fwd: 1,
             arp_asked: HashMap::new(),
+            wall_at_start: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            first_now: None,
+            gossip_sent_at: 0,
+            gossip_heard: HashMap::new(),
         }
     }
 
@@ -685,6 +716,25 @@ impl HostStack {
             self.stats.gossip_rejected += 1;
             return;
         };
+        let payload = if self.cfg.gossip_keys.is_empty() {
+            payload
+        } else {
+            // Signed with a key of ours, newer than the last from this node, and near our time.
+            let wall = self.wall_ms(now);
+            match self.cfg.gossip_keys.open(payload) {
+                Ok((body, sent))
+                    if sent.abs_diff(wall) <= gossip::SKEW_MS
+                        && self.gossip_heard.get(&peer).is_none_or(|&last| sent > last) =>
+                {
+                    self.gossip_heard.insert(peer, sent);
+                    body
+                }
+                _ => {
+                    self.stats.gossip_forged += 1;
+                    return;
+                }
+            }
+        };
         let Some(msg) = gossip::decode(payload) else {
             self.stats.gossip_rejected += 1;
             return;
@@ -752,7 +802,15 @@ impl HostStack {
         entries.sort_by_key(|e| e.uid);
         let me = t.node(t.local);
         let (name, src) = (me.name.clone(), me.vtep);
-        let dgrams = gossip::encode(&name, &entries);
+        let mut dgrams = gossip::encode(&name, &entries);
+        if !self.cfg.gossip_keys.is_empty() {
+            for d in &mut dgrams {
+                // Each datagram a later time than the one before, even within a millisecond.
+                let sent = self.wall_ms(now).max(self.gossip_sent_at + 1);
+                self.gossip_sent_at = sent;
+                self.cfg.gossip_keys.seal(d, sent);
+            }
+        }
         for (i, n) in t.nodes.iter().enumerate() {
             if i == usize::from(t.local) {
                 continue;
@@ -767,6 +825,13 @@ impl HostStack {
                 self.stats.gossip_sent += 1;
             }
         }
+    }
+
+    /// The wall clock (ms since the Unix epoch) at `now` of the host's clock: read once, at
+    /// start, and moved on by the host clock, so every time the host sees comes from one clock.
+    fn wall_ms(&mut self, now: u64) -> u64 {
+        let first = *self.first_now.get_or_insert(now);
+        self.wall_at_start.saturating_add(now.saturating_sub(first))
     }
 
     /// An ARP request on the uplink for a peer's VTEP (the pipeline learns the answer).
@@ -866,6 +931,7 @@ mod tests {
             tasks_mac: [2, 0, 0, 0, 0, 2],
             seed: 9,
             uplink_mtu: 1500,
+            gossip_keys: gossip::Keyring::default(),
         });
         (h, t, Neighbors::new(64))
     }
@@ -1034,5 +1100,95 @@ mod tests {
             .detail(web2)
             .is_some_and(|d| d.health == Health::Starting
                 && d.error.contains("no health report from node n3")));
+    }
+
+    #[test]
+    fn signed_gossip_is_taken_only_with_a_known_key_newer_than_the_last_and_near_the_clock() {
+        let (mut h, t, n) = stack();
+        let ring = gossip::Keyring::of(&[[7; gossip::KEY_LEN]]);
+        h.cfg.gossip_keys = ring.clone();
+        h.poll(&t, &n, 0);
+        let web2 = t.tasks[1].uid;
+        let dgram = |health, sent: u64, ring: &gossip::Keyring| {
+            let e = gossip::Entry {
+                uid: web2,
+                health,
+                streak: 3,
+                age_ms: 0,
+                error: String::new(),
+            };
+            let mut d = gossip::encode("n3", &[e]).remove(0);
+            if !ring.is_empty() {
+                ring.seal(&mut d, sent);
+            }
+            testkit::udp_frame(
+                [2, 0, 0, 0, 0, 3],
+                [2, 0, 0, 0, 0, 9],
+                Ipv4Addr::new(192, 168, 1, 13),
+                HEALTH_GOSSIP_PORT,
+                Ipv4Addr::new(192, 168, 1, 12),
+                HEALTH_GOSSIP_PORT,
+                &d,
+            )
+        };
+        let wall = h.wall_ms(0);
+        let other = gossip::Keyring::of(&[[8; gossip::KEY_LEN]]);
+        // Unsigned, signed with another key, too old, too far ahead: refused.
+        for f in [
+            dgram(Health::Unhealthy, wall, &gossip::Keyring::default()),
+            dgram(Health::Unhealthy, wall, &other),
+            dgram(Health::Unhealthy, wall - gossip::SKEW_MS - 10, &ring),
+            dgram(Health::Unhealthy, wall + gossip::SKEW_MS + 10, &ring),
+        ] {
+            h.input(&t, PortId::Uplink, &f, 5);
+        }
+        assert_eq!((h.stats.gossip_forged, h.stats.gossip_received), (4, 0));
+        assert_eq!(h.view().get(&web2), None, "nothing believed");
+        // Signed and current: taken. The same datagram again (a replay): refused.
+        let healthy = dgram(Health::Healthy, wall + 5, &ring);
+        h.input(&t, PortId::Uplink, &healthy, 5);
+        assert_eq!(h.view().get(&web2), Some(&Health::Healthy));
+        let unhealthy = dgram(Health::Unhealthy, wall + 6, &ring);
+        h.input(&t, PortId::Uplink, &unhealthy, 6);
+        h.input(&t, PortId::Uplink, &healthy, 7);
+        assert_eq!(
+            h.view().get(&web2),
+            Some(&Health::Unhealthy),
+            "the replay was believed"
+        );
+        assert_eq!((h.stats.gossip_forged, h.stats.gossip_received), (5, 2));
+        // What this node sends is signed: a peer with the key takes it.
+        n.learn(0xc0a8_010b, [2, 0, 0, 0, 0, 0x11]);
+        n.learn(0xc0a8_010d, [2, 0, 0, 0, 0, 0x13]);
+        h.gossip_soon = true;
+        h.poll(&t, &n, 10);
+        let sent: Vec<Vec<u8>> = h
+            .take_output()
+            .into_iter()
+            .filter(|(_, f)| f.len() > 42 && f[36..38] == HEALTH_GOSSIP_PORT.to_be_bytes())
+            .map(|(_, f)| f[42..].to_vec())
+            .collect();
+        assert!(!sent.is_empty(), "no gossip sent");
+        for d in &sent {
+            let (body, _) = ring.open(d).unwrap();
+            assert_eq!(gossip::decode(body).map(|m| m.node).as_deref(), Some("n2"));
+        }
+    }
+
+    #[test]
+    fn what_the_host_sends_a_task_goes_on_the_tasks_vlan() {
+        let mut s = crate::testkit::three_nodes();
+        s.services[0].tasks[0].vlan = Some(101);
+        let t = ServiceTable::build(&s, "n2", 1).unwrap_or_else(|e| panic!("{e}"));
+        let web1 = Ipv4Addr::new(10, 0, 1, 11);
+        let gw = Ipv4Addr::new(10, 0, 1, 1);
+        let udp = testkit::udp_frame([2; 6], [4; 6], gw, 53, web1, 5000, b"a");
+        let arp = testkit::arp_request([2; 6], gw, web1);
+        assert_eq!(tasks_frame_vlan(&t, &udp), 101);
+        assert_eq!(tasks_frame_vlan(&t, &arp), 101, "an ARP request for web.1");
+        // web.2 runs on n3: not a local task's VLAN.
+        let other = testkit::arp_request([2; 6], gw, Ipv4Addr::new(10, 0, 1, 12));
+        assert_eq!(tasks_frame_vlan(&t, &other), 0);
+        assert_eq!(tasks_frame_vlan(&t, &udp[..20]), 0);
     }
 }

@@ -1101,7 +1101,11 @@ impl SimNode {
             for (port, f) in self.host.take_output() {
                 moved = true;
                 // Sent by worker 0 on its next iteration, as meshd's host thread's frames are.
-                let _ = self.shared.from_host.push(PacketBuf::from_frame(port, &f));
+                let mut b = PacketBuf::from_frame(port, &f);
+                if port == PortId::Tasks {
+                    b.vlan = dataplane::host::tasks_frame_vlan(&self.shared.table.load(), &f);
+                }
+                let _ = self.shared.from_host.push(b);
             }
         }
         moved
@@ -1316,6 +1320,7 @@ impl Mesh {
                     tasks_mac,
                     seed: 0x5eed_0000 + i as u64,
                     uplink_mtu: 1500,
+                    gossip_keys: dataplane::host::gossip::Keyring::default(),
                 }),
                 ctl,
                 host_frames: Vec::new(),

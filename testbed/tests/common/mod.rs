@@ -134,3 +134,16 @@ pub fn dropped(m: &Mesh, node: &str, reason: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["total"]["drops"][reason].as_u64().unwrap_or(0)
 }
+
+/// A counter of node `node`'s host side (`meshctl stats --format json`, `host`).
+#[allow(dead_code)] // each test file uses part of this module
+pub fn host_counter(m: &Mesh, node: &str, name: &str) -> u64 {
+    let sock = m.node(node).unwrap().socket.display().to_string();
+    let out = m
+        .meshctl(&["--socket", &sock, "stats", "--format", "json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["host"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no host counter {name} in {out}"))
+}
