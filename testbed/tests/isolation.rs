@@ -17,9 +17,6 @@ use std::time::Duration;
 
 use common::Mesh;
 use ctl::model::PublishMode;
-use dataplane::buf::{PacketBuf, Pool, PortId};
-use dataplane::port::afpacket::{AfPacketConfig, AfPacketPort};
-use dataplane::port::{Burst, Port};
 use dataplane::testkit;
 use testbed::bed::TaskRec;
 use testbed::{plan, probe, sys, RunSpec};
@@ -164,27 +161,7 @@ fn a_task_claiming_another_tasks_addresses_takes_none_of_its_traffic() {
     }
     let ns = evil.ns.clone();
     let spoof = std::thread::spawn(move || {
-        sys::in_netns(&ns, move || {
-            let mut port = AfPacketPort::open(
-                "eth0",
-                &AfPacketConfig {
-                    port: PortId::Tasks,
-                    ..AfPacketConfig::default()
-                },
-            )
-            .unwrap();
-            let mut pool = Pool::new(64);
-            for _ in 0..100 {
-                let mut burst = Burst::new();
-                for f in &frames {
-                    burst.push(PacketBuf::from_frame(PortId::Tasks, f));
-                }
-                port.tx_burst(&mut burst, &mut pool);
-                port.flush();
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-        .unwrap();
+        common::send_raw(&ns, "eth0", &frames, 100, Duration::from_millis(20));
     });
     std::thread::sleep(Duration::from_millis(300));
     // web.1 keeps its published traffic on every node, and its VIP and address traffic.

@@ -14,9 +14,6 @@ use std::time::Duration;
 
 use common::Mesh;
 use ctl::model::PublishMode;
-use dataplane::buf::{PacketBuf, Pool, PortId};
-use dataplane::port::afpacket::{AfPacketConfig, AfPacketPort};
-use dataplane::port::{Burst, Port};
 use dataplane::testkit;
 use testbed::{plan, probe, sys, RunSpec};
 
@@ -87,26 +84,7 @@ fn forged_arp_and_vxlan_from_the_underlay_do_not_redirect_a_peers_traffic() {
         ctl::INGRESS_VNI,
         &inner,
     );
-    sys::in_netns(&client, move || {
-        let mut port = AfPacketPort::open(
-            "eth0",
-            &AfPacketConfig {
-                port: PortId::Uplink,
-                ..AfPacketConfig::default()
-            },
-        )
-        .unwrap();
-        let mut pool = Pool::new(64);
-        for _ in 0..20 {
-            let mut burst = Burst::new();
-            burst.push(PacketBuf::from_frame(PortId::Uplink, &arp));
-            burst.push(PacketBuf::from_frame(PortId::Uplink, &vx));
-            port.tx_burst(&mut burst, &mut pool);
-            port.flush();
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    })
-    .unwrap();
+    common::send_raw(&client, "eth0", &[arp, vx], 20, Duration::from_millis(10));
 
     // n1 still sends n2's traffic to n2.
     assert_eq!(curls_through(&m, n1.addr, 10), Vec::<String>::new());
@@ -186,18 +164,7 @@ fn forged_health_gossip_does_not_take_a_healthy_task_out_of_rotation() {
     );
     let before = common::host_counter(&m, "n1", "gossip_forged");
     let client = m.client_ns();
-    sys::in_netns(&client, move || {
-        let mut port = AfPacketPort::open("eth0", &AfPacketConfig::default()).unwrap();
-        let mut pool = Pool::new(64);
-        for _ in 0..10 {
-            let mut burst = Burst::new();
-            burst.push(PacketBuf::from_frame(PortId::Uplink, &f));
-            port.tx_burst(&mut burst, &mut pool);
-            port.flush();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-    .unwrap();
+    common::send_raw(&client, "eth0", &[f], 10, Duration::from_millis(100));
     let forged_seen = common::host_counter(&m, "n1", "gossip_forged") - before;
     assert!(forged_seen > 0, "n1 never saw the forged gossip");
     assert_eq!(health_on(&m, "n1", "web", "web.1"), Some(Health::Healthy));

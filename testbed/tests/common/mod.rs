@@ -110,40 +110,64 @@ pub fn mesh(letter: &str, test: &str, tag: &str, preflight: impl FnOnce()) -> Op
     })
 }
 
-/// A plain counter of node `node`'s `meshctl stats --format json` (summed over its workers).
-#[allow(dead_code)] // each test file uses part of this module
-pub fn counter(m: &Mesh, node: &str, name: &str) -> u64 {
+/// Node `node`'s `meshctl stats --format json`, parsed.
+fn stats(m: &Mesh, node: &str) -> serde_json::Value {
     let sock = m.node(node).unwrap().socket.display().to_string();
     let out = m
         .meshctl(&["--socket", &sock, "stats", "--format", "json"])
         .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A plain counter of node `node`'s `meshctl stats --format json` (summed over its workers).
+#[allow(dead_code)] // each test file uses part of this module
+pub fn counter(m: &Mesh, node: &str, name: &str) -> u64 {
+    let v = stats(m, node);
     v["total"][name]
         .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {out}"))
+        .unwrap_or_else(|| panic!("no counter {name} in {v}"))
 }
 
 /// The drops of node `node` for reason `reason` (its name in `meshctl stats`), summed over its
 /// workers: 0 while none happened.
 #[allow(dead_code)] // each test file uses part of this module
 pub fn dropped(m: &Mesh, node: &str, reason: &str) -> u64 {
-    let sock = m.node(node).unwrap().socket.display().to_string();
-    let out = m
-        .meshctl(&["--socket", &sock, "stats", "--format", "json"])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["total"]["drops"][reason].as_u64().unwrap_or(0)
+    stats(m, node)["total"]["drops"][reason]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// A counter of node `node`'s host side (`meshctl stats --format json`, `host`).
 #[allow(dead_code)] // each test file uses part of this module
 pub fn host_counter(m: &Mesh, node: &str, name: &str) -> u64 {
-    let sock = m.node(node).unwrap().socket.display().to_string();
-    let out = m
-        .meshctl(&["--socket", &sock, "stats", "--format", "json"])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = stats(m, node);
     v["host"][name]
         .as_u64()
-        .unwrap_or_else(|| panic!("no host counter {name} in {out}"))
+        .unwrap_or_else(|| panic!("no host counter {name} in {v}"))
+}
+
+/// Sends `frames` from interface `dev` of namespace `ns` as they are (an AF_PACKET port, what
+/// an attacker with a raw socket there does): all of them `rounds` times, `gap` apart.
+#[allow(dead_code)] // each test file uses part of this module
+pub fn send_raw(ns: &str, dev: &str, frames: &[Vec<u8>], rounds: usize, gap: std::time::Duration) {
+    use dataplane::buf::{PacketBuf, Pool, PortId};
+    use dataplane::port::afpacket::{AfPacketConfig, AfPacketPort};
+    use dataplane::port::{Burst, Port};
+    let dev = dev.to_string();
+    sys::in_netns(ns, move || {
+        let mut port = AfPacketPort::open(&dev, &AfPacketConfig::default()).unwrap();
+        let mut pool = Pool::new(64);
+        for _ in 0..rounds {
+            for chunk in frames.chunks(dataplane::port::BURST) {
+                let mut burst = Burst::new();
+                for f in chunk {
+                    burst.push(PacketBuf::from_frame(PortId::Uplink, f));
+                }
+                port.tx_burst(&mut burst, &mut pool);
+            }
+            port.flush();
+            std::thread::sleep(gap);
+        }
+    })
+    .unwrap();
 }
