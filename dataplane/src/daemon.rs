@@ -333,14 +333,8 @@ impl Args {
             pcap: self.pcap.or(file.pcap),
             gossip_keys: match self.gossip_key_file.or(file.gossip_key_file) {
                 None => crate::host::gossip::Keyring::default(),
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path).map_err(|e| {
-                        StartError::Config(format!("--gossip-key-file {}: {e}", path.display()))
-                    })?;
-                    crate::host::gossip::Keyring::parse(&text).map_err(|e| {
-                        StartError::Config(format!("--gossip-key-file {}: {e}", path.display()))
-                    })?
-                }
+                Some(path) => crate::host::gossip::Keyring::load(&path)
+                    .map_err(|e| StartError::Config(format!("--gossip-key-file {e}")))?,
             },
         })
     }

@@ -32,12 +32,7 @@ fn mesh(tag: &str) -> Option<Mesh> {
 }
 
 fn mac_of(ns: &str) -> [u8; 6] {
-    let text = sys::exec_in(ns, "cat", &["/sys/class/net/eth0/address"]).unwrap();
-    let mut m = [0u8; 6];
-    for (b, p) in m.iter_mut().zip(text.trim().split(':')) {
-        *b = u8::from_str_radix(p, 16).unwrap();
-    }
-    m
+    common::mac(&sys::exec_in(ns, "cat", &["/sys/class/net/eth0/address"]).unwrap())
 }
 
 /// web.1 (appnet, publishing 8080) and a client task on appnet, both on n1, and the attacker:
@@ -138,14 +133,7 @@ fn a_task_claiming_another_tasks_addresses_takes_none_of_its_traffic() {
         .map(|n| web.addr_on(n).unwrap())
         .collect();
     let evil_mac = mac_of(&evil.ns);
-    let meshd_mac = {
-        let text = plan::tasks_bridge_mac(m.node("n1").unwrap().index);
-        let mut mac = [0u8; 6];
-        for (b, p) in mac.iter_mut().zip(text.split(':')) {
-            *b = u8::from_str_radix(p, 16).unwrap();
-        }
-        mac
-    };
+    let meshd_mac = common::mac(&plan::tasks_bridge_mac(m.node("n1").unwrap().index));
     let before = common::dropped(&m, "n1", "wrong_vlan");
     // "web.1's addresses are at my MAC": ARP replies to the gateways, and frames from web.1's
     // addresses, as a burst and again while the checks below run.

@@ -12,7 +12,7 @@ mod common;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::Mesh;
+use common::{mac, Mesh};
 use ctl::model::PublishMode;
 use dataplane::testkit;
 use testbed::{plan, probe, sys, RunSpec};
@@ -22,14 +22,6 @@ fn mesh(tag: &str) -> Option<Mesh> {
         let missing = testbed::preflight::missing();
         assert!(missing.is_empty(), "missing programs: {missing:?}");
     })
-}
-
-fn mac(text: &str) -> [u8; 6] {
-    let mut m = [0u8; 6];
-    for (b, p) in m.iter_mut().zip(text.trim().split(':')) {
-        *b = u8::from_str_radix(p, 16).unwrap();
-    }
-    m
 }
 
 fn curls_through(m: &Mesh, node: Ipv4Addr, n: usize) -> Vec<String> {

@@ -260,6 +260,14 @@ impl Keyring {
         Ok(Keyring { keys })
     }
 
+    /// The keys of key file `path` ([`Keyring::parse`]); the error names the file.
+    pub fn load(path: &std::path::Path) -> Result<Keyring, String> {
+        std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| Keyring::parse(&text))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// A keyring of these keys, the first signing (tests).
     pub fn of(keys: &[[u8; KEY_LEN]]) -> Keyring {
         Keyring {

@@ -93,3 +93,26 @@ pub(crate) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn
         imm,
     }
 }
+
+/// Loads a program of type `prog_type` (`expected_attach_type` 0 when the type needs none)
+/// under `name`, licensed as the project is (none of its helpers is GPL-only).
+// Casts: instruction counts, far inside u32.
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) fn load_program(
+    prog_type: u32,
+    insns: &[Insn],
+    name: &[u8; 15],
+    expected_attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let license = b"Apache-2.0\0";
+    bpf_fd(
+        BPF_PROG_LOAD,
+        BpfAttr::new()
+            .u32(0, prog_type)
+            .u32(4, insns.len() as u32)
+            .u64(8, insns.as_ptr() as u64)
+            .u64(16, license.as_ptr() as u64)
+            .name(48, name)
+            .u32(68, expected_attach_type),
+    )
+}

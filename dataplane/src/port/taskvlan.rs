@@ -15,7 +15,7 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::port::ebpf::{bpf, bpf_fd, insn, BpfAttr, Insn, BPF_PROG_ATTACH, BPF_PROG_LOAD};
+use crate::port::ebpf::{bpf, insn, load_program, BpfAttr, Insn, BPF_PROG_ATTACH};
 use crate::port::sys;
 
 // linux/bpf.h
@@ -129,18 +129,8 @@ pub fn attach(ifname: &str, vlan: u16) -> Result<(), AttachError> {
     let (_, ifindex) = sys::interface(ifname).map_err(|e| {
         fail("finding the interface")(io::Error::new(io::ErrorKind::NotFound, format!("{e:?}")))
     })?;
-    let license = b"Apache-2.0\0";
-    let load = |insns: &[Insn], name: &[u8; 15]| {
-        bpf_fd(
-            BPF_PROG_LOAD,
-            BpfAttr::new()
-                .u32(0, BPF_PROG_TYPE_SCHED_CLS)
-                .u32(4, insns.len() as u32)
-                .u64(8, insns.as_ptr() as u64)
-                .u64(16, license.as_ptr() as u64)
-                .name(48, name),
-        )
-    };
+    let load =
+        |insns: &[Insn], name: &[u8; 15]| load_program(BPF_PROG_TYPE_SCHED_CLS, insns, name, 0);
     let tag = load(&tag_program(vlan), b"meshd_vlan_tag\0")
         .map_err(fail("loading the tagging program (bpf BPF_PROG_LOAD)"))?;
     let untag = load(&untag_program(vlan), b"meshd_vlan_pop\0")

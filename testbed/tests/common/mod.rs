@@ -171,3 +171,13 @@ pub fn send_raw(ns: &str, dev: &str, frames: &[Vec<u8>], rounds: usize, gap: std
     })
     .unwrap();
 }
+
+/// A MAC address written as `02:6d:73:00:01:01` (what sysfs and the plan give).
+#[allow(dead_code)] // each test file uses part of this module
+pub fn mac(text: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, p) in m.iter_mut().zip(text.trim().split(':')) {
+        *b = u8::from_str_radix(p, 16).unwrap();
+    }
+    m
+}

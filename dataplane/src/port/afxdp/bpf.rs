@@ -9,8 +9,8 @@ use std::ptr;
 
 use super::XdpMode;
 use crate::port::ebpf::{
-    bpf, bpf_fd, insn, BpfAttr, Insn, BPF_LINK_CREATE, BPF_MAP_CREATE, BPF_MAP_UPDATE_ELEM,
-    BPF_PROG_LOAD,
+    bpf, bpf_fd, insn, load_program, BpfAttr, Insn, BPF_LINK_CREATE, BPF_MAP_CREATE,
+    BPF_MAP_UPDATE_ELEM,
 };
 
 // linux/bpf.h: the types and flags of the XDP side.
@@ -95,17 +95,11 @@ pub(super) fn attach(
     )
     .map_err(|e| ("putting the socket in the XSKMAP", e))?;
 
-    let insns = program(map.as_raw_fd());
-    let license = b"Apache-2.0\0";
-    let prog = bpf_fd(
-        BPF_PROG_LOAD,
-        BpfAttr::new()
-            .u32(0, BPF_PROG_TYPE_XDP)
-            .u32(4, insns.len() as u32)
-            .u64(8, insns.as_ptr() as u64)
-            .u64(16, license.as_ptr() as u64)
-            .name(48, b"meshd_xsk\0\0\0\0\0\0")
-            .u32(68, BPF_XDP), // expected_attach_type
+    let prog = load_program(
+        BPF_PROG_TYPE_XDP,
+        &program(map.as_raw_fd()),
+        b"meshd_xsk\0\0\0\0\0\0",
+        BPF_XDP,
     )
     .map_err(|e| ("loading the XDP program (bpf BPF_PROG_LOAD)", e))?;
 
