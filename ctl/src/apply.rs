@@ -12,8 +12,10 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::{EndpointMode, Network, Node, Service, State, Task};
-use crate::proto::{Change, Command, ErrorBody, ErrorCode, PortSpec, Query, ServiceUpdate};
+use crate::model::{EndpointMode, Network, Node, Service, State, Task, MAX_NETWORK_KEYS};
+use crate::proto::{
+    Change, Command, ErrorBody, ErrorCode, NetworkUpdate, PortSpec, Query, ServiceUpdate,
+};
 
 /// What a command names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,13 @@ pub enum ApplyError {
     },
     #[error("the update of task {task:?} changes nothing: give weight= and/or state=")]
     EmptyTaskUpdate { task: String },
+    #[error(
+        "network {network:?} is not encrypted: its keys cannot change (encryption is chosen at \
+         creation: meshctl network create --opt encrypted)"
+    )]
+    NotEncrypted { network: String },
+    #[error("network {network:?}: {problem}")]
+    BadKeyUpdate { network: String, problem: String },
     #[error("cannot encode the result: {0}")]
     Encode(String),
 }
@@ -107,7 +116,9 @@ impl ApplyError {
             | ApplyError::NetworkInUse { .. } => ErrorCode::Conflict,
             ApplyError::BadTaskName { .. }
             | ApplyError::ScaleUp { .. }
-            | ApplyError::EmptyTaskUpdate { .. } => ErrorCode::Invalid,
+            | ApplyError::EmptyTaskUpdate { .. }
+            | ApplyError::NotEncrypted { .. }
+            | ApplyError::BadKeyUpdate { .. } => ErrorCode::Invalid,
             ApplyError::Encode(_) => ErrorCode::Internal,
         }
     }
@@ -165,6 +176,10 @@ pub fn change(state: &State, change: &Change) -> Result<State, ApplyError> {
                 });
             }
             s.networks.remove(idx);
+        }
+        Change::NetworkUpdate { name, update } => {
+            let idx = network_index(&s, name)?;
+            update_keys(&mut s.networks[idx], update)?;
         }
         Change::NodeAdd { node, endpoints } => {
             // Adding a node exactly as it is already known is a no-op, so one `meshctl node add`
@@ -290,7 +305,10 @@ pub fn change(state: &State, change: &Change) -> Result<State, ApplyError> {
 /// | `service-ls` | `[Service]` |
 /// | `service-ps` | `[Task]` (the daemon adds each task's observed `status`: `[PsTask]`) |
 /// | `state` | `State` |
+/// | `network-update` | `Network` |
 /// | `network-rm`, `node-rm`, `service-rm` | `null` |
+///
+/// Network keys are never in a result: answers carry their ids only.
 /// | `stats` | `null` here: the daemon answers with its own counters |
 pub fn answer(state: &State, cmd: &Command) -> Result<Value, ApplyError> {
     match cmd {
@@ -302,13 +320,14 @@ pub fn answer(state: &State, cmd: &Command) -> Result<Value, ApplyError> {
 /// The result body of a query (see [`answer`]).
 pub fn answer_query(state: &State, q: &Query) -> Result<Value, ApplyError> {
     match q {
-        Query::NetworkInspect { name } => to_value(find_network(state, name)?),
-        Query::NetworkLs {} => to_value(&state.networks),
+        // Network keys never leave the node: answers carry their ids only.
+        Query::NetworkInspect { name } => to_value(&redacted(find_network(state, name)?)),
+        Query::NetworkLs {} => to_value(&state.redacted().networks),
         Query::NodeLs {} => to_value(&state.nodes),
         Query::ServiceInspect { name } => to_value(find_service(state, name)?),
         Query::ServiceLs {} => to_value(&state.services),
         Query::ServicePs { name } => to_value(&find_service(state, name)?.tasks),
-        Query::State {} => to_value(state),
+        Query::State {} => to_value(&state.redacted()),
         Query::Stats {} => Ok(Value::Null),
     }
 }
@@ -316,7 +335,10 @@ pub fn answer_query(state: &State, q: &Query) -> Result<Value, ApplyError> {
 /// The result body of a change, read from the new state (see [`answer`]).
 pub fn answer_change(state: &State, c: &Change) -> Result<Value, ApplyError> {
     match c {
-        Change::NetworkCreate { network } => to_value(find_network(state, &network.name)?),
+        Change::NetworkCreate { network } => {
+            to_value(&redacted(find_network(state, &network.name)?))
+        }
+        Change::NetworkUpdate { name, .. } => to_value(&redacted(find_network(state, name)?)),
         Change::NodeAdd { node, .. } => to_value(find_node(state, &node.name)?),
         Change::NodeUpdate { name, .. } => to_value(find_node(state, name)?),
         Change::ServiceCreate { service } => to_value(find_service(state, &service.name)?),
@@ -327,6 +349,68 @@ pub fn answer_change(state: &State, c: &Change) -> Result<Value, ApplyError> {
             Ok(Value::Null)
         }
     }
+}
+
+fn redacted(n: &Network) -> Network {
+    let mut n = n.clone();
+    n.redact();
+    n
+}
+
+/// Applies a key update to an encrypted network ([`NetworkUpdate`]).
+fn update_keys(net: &mut Network, u: &NetworkUpdate) -> Result<(), ApplyError> {
+    let name = net.name.clone();
+    let bad = |problem: String| ApplyError::BadKeyUpdate {
+        network: name.clone(),
+        problem,
+    };
+    let Some(enc) = &mut net.encryption else {
+        return Err(ApplyError::NotEncrypted { network: name });
+    };
+    if u.key_add.is_none() && u.key_primary.is_none() {
+        return Err(bad(
+            "the update changes nothing: give a key to add and/or the primary key".into(),
+        ));
+    }
+    if let Some(k) = &u.key_add {
+        if k.key.is_none() {
+            return Err(bad(format!("key {} comes without its value", k.id)));
+        }
+        match enc.keys.iter().find(|e| e.id == k.id) {
+            // The same key again (a retried rotation): nothing to do.
+            Some(e) if e.key == k.key => {}
+            Some(_) => return Err(bad(format!("it has a key {} already", k.id))),
+            None => {
+                if enc.keys.len() >= MAX_NETWORK_KEYS {
+                    let primary = enc.primary;
+                    if let Some(oldest) = enc
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| e.id != primary)
+                        .min_by_key(|(_, e)| e.id)
+                        .map(|(i, _)| i)
+                    {
+                        enc.keys.remove(oldest);
+                    }
+                }
+                enc.keys.push(k.clone());
+            }
+        }
+    }
+    if let Some(id) = u.key_primary {
+        if !enc.keys.iter().any(|e| e.id == id) {
+            return Err(bad(format!(
+                "it has no key {id} to seal with (add it to every node first)"
+            )));
+        }
+        let previous = enc.primary;
+        if id != previous {
+            enc.keys.retain(|e| e.id >= previous.min(id));
+            enc.primary = id;
+        }
+    }
+    Ok(())
 }
 
 fn to_value<T: Serialize>(v: &T) -> Result<Value, ApplyError> {
@@ -620,6 +704,7 @@ mod tests {
                 ("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3)),
             ]),
             mtu: None,
+            encryption: None,
         };
         let app = Network {
             name: "appnet".into(),
@@ -629,6 +714,7 @@ mod tests {
             ingress: false,
             endpoints: BTreeMap::new(),
             mtu: None,
+            encryption: None,
         };
         let mut web = Service::new("web");
         web.networks.push(ServiceNetwork {
@@ -729,6 +815,120 @@ mod tests {
             Command::Query(Query::State {}),
         ] {
             assert_eq!(apply(&s, &c).unwrap(), None, "{}", c.name());
+        }
+    }
+
+    #[test]
+    fn an_encrypted_networks_key_rotates_in_two_steps_and_answers_never_carry_keys() {
+        let mut s = sample();
+        let key = |id: u32, b: u8| crate::model::NetworkKey {
+            id,
+            key: Some(crate::model::Secret([b; 32])),
+        };
+        s.networks[1].encryption = Some(crate::model::Encryption {
+            primary: 1,
+            keys: vec![key(1, 1)],
+        });
+        let update = |u: NetworkUpdate| {
+            Command::Change(Change::NetworkUpdate {
+                name: "appnet".into(),
+                update: u,
+            })
+        };
+        let keys = |s: &State| {
+            let e = s.networks[1].encryption.as_ref().unwrap();
+            (e.primary, e.keys.iter().map(|k| k.id).collect::<Vec<_>>())
+        };
+        // Rotation: add (still sealing with 1), then seal with 2 (1 still accepted).
+        let add2 = update(NetworkUpdate {
+            key_add: Some(key(2, 2)),
+            key_primary: None,
+        });
+        let s1 = apply(&s, &add2).unwrap().unwrap();
+        assert_eq!(keys(&s1), (1, vec![1, 2]));
+        // A retried step is harmless.
+        assert_eq!(keys(&apply(&s1, &add2).unwrap().unwrap()), (1, vec![1, 2]));
+        let use2 = update(NetworkUpdate {
+            key_add: None,
+            key_primary: Some(2),
+        });
+        let s2 = apply(&s1, &use2).unwrap().unwrap();
+        assert_eq!(keys(&s2), (2, vec![1, 2]));
+        // The next rotation drops key 1 once key 3 seals.
+        let s3 = apply(
+            &s2,
+            &update(NetworkUpdate {
+                key_add: Some(key(3, 3)),
+                key_primary: None,
+            }),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(keys(&s3), (2, vec![1, 2, 3]));
+        let s4 = apply(
+            &s3,
+            &update(NetworkUpdate {
+                key_add: None,
+                key_primary: Some(3),
+            }),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(keys(&s4), (3, vec![2, 3]));
+        crate::validate(&s4).unwrap();
+        // Refused: another key under a used id, a primary it does not have, a keyless key,
+        // nothing to do, a network that is not encrypted.
+        let refused = |s: &State, u: NetworkUpdate| apply(s, &update(u)).unwrap_err().to_string();
+        assert!(refused(
+            &s4,
+            NetworkUpdate {
+                key_add: Some(key(3, 9)),
+                key_primary: None
+            }
+        )
+        .contains("has a key 3 already"));
+        assert!(refused(
+            &s4,
+            NetworkUpdate {
+                key_add: None,
+                key_primary: Some(7)
+            }
+        )
+        .contains("has no key 7 to seal with"));
+        assert!(refused(
+            &s4,
+            NetworkUpdate {
+                key_add: Some(crate::model::NetworkKey { id: 8, key: None }),
+                key_primary: None
+            }
+        )
+        .contains("comes without its value"));
+        assert!(refused(&s4, NetworkUpdate::default()).contains("changes nothing"));
+        let e = apply(
+            &sample(),
+            &update(NetworkUpdate {
+                key_add: None,
+                key_primary: Some(1),
+            }),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("is not encrypted"), "{e}");
+        assert_eq!(e.code(), ErrorCode::Invalid);
+        // Every answer leaves the keys out.
+        for q in [
+            Command::Query(Query::State {}),
+            Command::Query(Query::NetworkLs {}),
+            Command::Query(Query::NetworkInspect {
+                name: "appnet".into(),
+            }),
+            use2,
+        ] {
+            let v = answer(&s4, &q).unwrap().to_string();
+            assert!(
+                v.contains("\"id\":3") && !v.contains("0303"),
+                "{}: {v}",
+                q.name()
+            );
         }
     }
 

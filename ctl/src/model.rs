@@ -193,14 +193,131 @@ pub struct Network {
     /// [`VXLAN_OVERHEAD`] (1450 on a 1500 underlay), as Swarm's overlays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// Set for an encrypted overlay (Docker's `--opt encrypted`): the network's keys. Every
+    /// VXLAN frame of the network is sealed (XChaCha20-Poly1305) with the primary key and
+    /// opened with any of them; a frame that does not open is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
 }
 
 impl Network {
     /// The MTU tasks on this network have on a node whose uplink MTU is `uplink_mtu`: the one
-    /// set with `--opt mtu`, else the uplink's less [`VXLAN_OVERHEAD`].
+    /// set with `--opt mtu`, else the uplink's less [`Network::overhead`].
     pub fn effective_mtu(&self, uplink_mtu: u16) -> u16 {
         self.mtu
-            .unwrap_or_else(|| uplink_mtu.saturating_sub(VXLAN_OVERHEAD))
+            .unwrap_or_else(|| uplink_mtu.saturating_sub(self.overhead()))
+    }
+
+    /// What the underlay carries besides a task's IPv4 packet: [`VXLAN_OVERHEAD`], and
+    /// [`SEAL_OVERHEAD`] more on an encrypted network.
+    pub fn overhead(&self) -> u16 {
+        if self.encryption.is_some() {
+            VXLAN_OVERHEAD + SEAL_OVERHEAD
+        } else {
+            VXLAN_OVERHEAD
+        }
+    }
+}
+
+/// What sealing adds to an encrypted network's VXLAN frame: the key's id (4 bytes), the nonce
+/// (24) and the authentication tag (16).
+pub const SEAL_OVERHEAD: u16 = 4 + 24 + 16;
+/// The most keys an encrypted network holds at once: the one in use, the next one (being
+/// distributed) and the last one (still accepted from nodes not yet switched).
+pub const MAX_NETWORK_KEYS: usize = 3;
+
+/// An encrypted network's keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Encryption {
+    /// The id of the key that seals what this node sends.
+    pub primary: u32,
+    /// Every key frames are accepted with (the primary among them), at most
+    /// [`MAX_NETWORK_KEYS`].
+    pub keys: Vec<NetworkKey>,
+}
+
+/// One key of an encrypted network.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkKey {
+    /// Carried in every sealed frame, so the receiver knows which key opens it.
+    pub id: u32,
+    /// The 256-bit key. `None` in what a daemon answers (keys never leave the node's state
+    /// file and the changes that set them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+}
+
+impl fmt::Debug for NetworkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetworkKey").field("id", &self.id).finish()
+    }
+}
+
+/// 32 secret bytes, written as 64 hexadecimal digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Secret(pub [u8; 32]);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// 32 bytes from the operating system's random source.
+    pub fn random() -> Result<Secret, String> {
+        let mut k = [0u8; 32];
+        getrandom::fill(&mut k).map_err(|e| format!("no random key: {e}"))?;
+        Ok(Secret(k))
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
+        s.serialize_str(&hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let b = text.as_bytes();
+        if b.len() != 64 || !b.iter().all(u8::is_ascii_hexdigit) {
+            return Err(serde::de::Error::custom(
+                "a network key is 64 hexadecimal digits",
+            ));
+        }
+        let mut k = [0u8; 32];
+        for (i, v) in k.iter_mut().enumerate() {
+            let hex = std::str::from_utf8(&b[2 * i..2 * i + 2]).unwrap_or("00");
+            *v = u8::from_str_radix(hex, 16).unwrap_or(0);
+        }
+        Ok(Secret(k))
+    }
+}
+
+impl State {
+    /// This state with every network key left out: what a daemon answers.
+    pub fn redacted(&self) -> State {
+        let mut s = self.clone();
+        for n in &mut s.networks {
+            n.redact();
+        }
+        s
+    }
+}
+
+impl Network {
+    /// Leaves the network's keys out (their ids stay).
+    pub fn redact(&mut self) {
+        if let Some(e) = &mut self.encryption {
+            for k in &mut e.keys {
+                k.key = None;
+            }
+        }
     }
 }
 

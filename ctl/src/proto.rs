@@ -140,6 +140,8 @@ commands! {
         NetworkCreate { network: Network } = "network-create",
         /// Remove a network no service uses.
         NetworkRm { name: String } = "network-rm",
+        /// Change an encrypted network's keys; see [`NetworkUpdate`].
+        NetworkUpdate { name: String, update: NetworkUpdate } = "network-update",
         /// Add a peer node. `endpoints` gives the node's endpoint address on some networks (network
         /// name → address), set in the same change: a node needs one on the ingress network as soon
         /// as a service publishes a port.
@@ -333,6 +335,24 @@ impl TimeoutsUpdate {
 /// What `service update` changes, as Docker's `--publish-add`, `--publish-rm`, `--network-add`,
 /// `--network-rm` and meshd's `--task-add`, `--task-rm`, `--task-update`.
 ///
+/// A change of an encrypted network's keys: the one thing about a network that changes after
+/// it is created (its subnet, VNI and encryption do not, as in Docker). A key rotation is two
+/// updates sent to every node: first `key_add` (every node accepts the new key), then
+/// `key_primary` (every node seals with it), so no node ever receives a frame sealed with a key
+/// it does not have yet.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkUpdate {
+    /// A key to accept from now on; when the network holds [`crate::model::MAX_NETWORK_KEYS`]
+    /// already, the oldest that is not the primary is dropped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_add: Option<crate::model::NetworkKey>,
+    /// The key to seal with from now on; the keys older than the primary it replaces are
+    /// dropped (the replaced one is still accepted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_primary: Option<u32>,
+}
+
 /// It is applied in this order, so a port or task can be replaced in one update: `publish_rm`,
 /// `publish_add`, `network_rm`, `network_add`, `task_rm`, `task_add`, `task_update`, then the
 /// scalar settings. Switching to endpoint mode `dnsrr` drops the service's VIPs.
@@ -885,6 +905,7 @@ mod tests {
             ingress: false,
             endpoints: BTreeMap::new(),
             mtu: None,
+            encryption: None,
         };
         let node = Node {
             name: "n1".into(),
@@ -911,6 +932,16 @@ mod tests {
             Command::Change(Change::NetworkCreate { network: net }),
             Command::Change(Change::NetworkRm {
                 name: "appnet".into(),
+            }),
+            Command::Change(Change::NetworkUpdate {
+                name: "appnet".into(),
+                update: NetworkUpdate {
+                    key_add: Some(crate::model::NetworkKey {
+                        id: 2,
+                        key: Some(crate::model::Secret([3; 32])),
+                    }),
+                    key_primary: Some(2),
+                },
             }),
             Command::Query(Query::NetworkLs {}),
             Command::Query(Query::NetworkInspect {

@@ -57,18 +57,51 @@ fn claim(
 /// network's MTU must fit the uplink ([`VXLAN_OVERHEAD`] bytes more). The daemon runs this with
 /// the MTU it read from its uplink interface; `meshctl` cannot, as each node has its own.
 pub fn check_mtu(state: &State, uplink_mtu: u16) -> Result<(), ValidationError> {
-    let most = uplink_mtu.saturating_sub(VXLAN_OVERHEAD);
     for net in &state.networks {
+        let overhead = net.overhead();
+        let most = uplink_mtu.saturating_sub(overhead);
+        let what = if net.encryption.is_some() {
+            "VXLAN and its seal add"
+        } else {
+            "VXLAN adds"
+        };
         if let Some(mtu) = net.mtu {
             if mtu > most {
                 bail!(
                     "network \"{}\": MTU {mtu} does not fit this node's uplink (MTU {uplink_mtu}): \
-                     VXLAN adds {VXLAN_OVERHEAD} bytes, so the largest overlay MTU here is {most}; \
+                     {what} {overhead} bytes, so the largest MTU of this network here is {most}; \
                      give the network a smaller --opt mtu, or raise the uplink's MTU",
                     net.name
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// An encrypted network's keys: one to [`MAX_NETWORK_KEYS`], each with its value and its own
+/// id, the primary among them.
+fn check_keys(net: &str, enc: &Encryption) -> Result<(), ValidationError> {
+    if enc.keys.is_empty() || enc.keys.len() > MAX_NETWORK_KEYS {
+        bail!(
+            "network \"{net}\": an encrypted network has 1 to {MAX_NETWORK_KEYS} keys, not {}",
+            enc.keys.len()
+        );
+    }
+    let mut ids = BTreeSet::new();
+    for k in &enc.keys {
+        if k.key.is_none() {
+            bail!("network \"{net}\": key {} has no value", k.id);
+        }
+        if !ids.insert(k.id) {
+            bail!("network \"{net}\": key id {} is used twice", k.id);
+        }
+    }
+    if !ids.contains(&enc.primary) {
+        bail!(
+            "network \"{net}\": the primary key {} is not one of its keys",
+            enc.primary
+        );
     }
     Ok(())
 }
@@ -221,6 +254,9 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                     net.name
                 );
             }
+        }
+        if let Some(enc) = &net.encryption {
+            check_keys(&net.name, enc)?;
         }
         if !net.subnet.is_host(net.gateway) {
             bail!(
@@ -498,6 +534,7 @@ mod tests {
             ingress: true,
             endpoints: BTreeMap::new(),
             mtu: None,
+            encryption: None,
         };
         ingress
             .endpoints
@@ -513,6 +550,7 @@ mod tests {
             ingress: false,
             endpoints: BTreeMap::new(),
             mtu: None,
+            encryption: None,
         };
         let mut web = Service::new("web");
         web.networks.push(ServiceNetwork {
@@ -636,12 +674,72 @@ mod tests {
         check_mtu(&s, 1450).unwrap();
         let e = check_mtu(&s, 1449).unwrap_err().to_string();
         assert!(e.contains("\"appnet\": MTU 1400 does not fit this node's uplink (MTU 1449)"));
-        assert!(e.contains("the largest overlay MTU here is 1399"), "{e}");
+        assert!(
+            e.contains("VXLAN adds 50 bytes, so the largest MTU of this network here is 1399"),
+            "{e}"
+        );
         // Unset: the uplink's less 50, always fits.
         s.networks[1].mtu = None;
         check_mtu(&s, 600).unwrap();
         assert_eq!(s.networks[1].effective_mtu(1500), 1450);
         assert_eq!(s.networks[1].effective_mtu(9000), 8950);
+        // Encrypted: the seal's 44 bytes more.
+        s.networks[1].encryption = Some(one_key());
+        assert_eq!(s.networks[1].effective_mtu(1500), 1406);
+        s.networks[1].mtu = Some(1400);
+        check_mtu(&s, 1494).unwrap();
+        let e = check_mtu(&s, 1493).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "VXLAN and its seal add 94 bytes, so the largest MTU of this network here is 1399"
+            ),
+            "{e}"
+        );
+    }
+
+    fn one_key() -> Encryption {
+        Encryption {
+            primary: 1,
+            keys: vec![NetworkKey {
+                id: 1,
+                key: Some(Secret([7; 32])),
+            }],
+        }
+    }
+
+    #[test]
+    fn an_encrypted_networks_keys_are_checked() {
+        let mut s = sample();
+        s.networks[1].encryption = Some(one_key());
+        validate(&s).unwrap();
+        let with = |f: &dyn Fn(&mut Encryption)| {
+            let mut s = s.clone();
+            f(s.networks[1].encryption.as_mut().unwrap());
+            err(&s)
+        };
+        assert!(with(&|e| e.keys.clear()).contains("1 to 3 keys, not 0"));
+        assert!(with(&|e| {
+            for (id, b) in [(2, 2u8), (3, 3), (4, 4)] {
+                e.keys.push(NetworkKey {
+                    id,
+                    key: Some(Secret([b; 32])),
+                });
+            }
+        })
+        .contains("1 to 3 keys, not 4"));
+        assert!(with(&|e| e.keys[0].key = None).contains("key 1 has no value"));
+        assert!(with(&|e| e.keys.push(e.keys[0].clone())).contains("key id 1 is used twice"));
+        assert!(with(&|e| e.primary = 2).contains("the primary key 2 is not one of its keys"));
+        // What a daemon answers has the ids, not the keys.
+        let r = s.redacted();
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(r.networks[1].encryption.as_ref().unwrap().keys[0]
+            .key
+            .is_none());
+        assert!(!text.contains("0707"), "{text}");
+        assert!(serde_json::to_string(&s)
+            .unwrap()
+            .contains(&"07".repeat(32)));
     }
 
     #[test]

@@ -149,6 +149,7 @@ fn appnet() -> Network {
         ingress: false,
         endpoints: BTreeMap::new(),
         mtu: None,
+        encryption: None,
     }
 }
 

@@ -43,6 +43,10 @@ pub struct PacketBuf {
     /// it back on what it sends ([`PacketBuf::tag`]); in between, the pipeline sees plain
     /// Ethernet.
     pub vlan: u16,
+    /// A VXLAN frame of an encrypted network whose seal this node checked and took off
+    /// ([`crate::overlay::seal`]): a worker it is handed to, or the fragment stage that replays
+    /// it, does not open it again.
+    pub opened: bool,
 }
 
 impl std::fmt::Debug for PacketBuf {
@@ -71,6 +75,7 @@ impl PacketBuf {
             port: PortId::Uplink,
             pinned: false,
             vlan: 0,
+            opened: false,
         }
     }
 
@@ -92,6 +97,7 @@ impl PacketBuf {
         self.end = HEADROOM;
         self.pinned = false;
         self.vlan = 0;
+        self.opened = false;
     }
 
     /// Takes an 802.1Q tag off the frame into [`PacketBuf::vlan`] (the 12 bytes of MAC
@@ -175,6 +181,31 @@ impl PacketBuf {
         }
         self.start -= n;
         Some(&mut self.block[self.start..self.end])
+    }
+
+    /// Grows the frame at the end by `n` bytes (their content is what the block held);
+    /// `false`, and nothing changed, when the block has no room for them.
+    #[inline]
+    pub fn append(&mut self, n: usize) -> bool {
+        if n > self.block.len() - self.end {
+            return false;
+        }
+        self.end += n;
+        true
+    }
+
+    /// Takes the `n` bytes at offset `at` out of the frame, moving the `at` bytes before them
+    /// up (cheaper than moving what follows when `at` is small); `false`, and nothing changed,
+    /// when the frame is shorter than `at + n`.
+    #[inline]
+    pub fn remove(&mut self, at: usize, n: usize) -> bool {
+        if at + n > self.len() {
+            return false;
+        }
+        let s = self.start;
+        self.block.copy_within(s..s + at, s + n);
+        self.start += n;
+        true
     }
 
     /// Drops `n` bytes from the front; `false` (and nothing changed) when the frame is shorter.

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use crate::balance::table::ServiceTable;
 use crate::buf::{PacketBuf, Pool, PortId};
 use crate::neigh::Neighbors;
+use crate::overlay::seal::{NetKeys, Sealer};
 use crate::pipeline::{Config, Pipeline, Verdicts};
 use crate::port::Burst;
 use crate::testkit;
@@ -33,12 +34,24 @@ pub fn run(target: &str, data: &[u8]) {
     }
 }
 
-/// The layout every pipeline input runs on: `three_nodes` with web.1 (on n2) on VLAN 101.
-fn layout() -> ctl::State {
+/// The layout every pipeline input runs on: `three_nodes` with web.1 (on n2) on VLAN 101;
+/// `sealed`, with appnet encrypted under [`SEAL_KEY`].
+fn layout(sealed: bool) -> ctl::State {
     let mut s = testkit::three_nodes();
     s.services[0].tasks[0].vlan = Some(101);
+    if sealed {
+        s.networks[1].encryption = Some(ctl::Encryption {
+            primary: 1,
+            keys: vec![ctl::NetworkKey {
+                id: 1,
+                key: Some(ctl::Secret(SEAL_KEY)),
+            }],
+        });
+    }
     s
 }
+
+const SEAL_KEY: [u8; 32] = [0x5e; 32];
 
 /// Peers' and web.1's MACs, as the pipeline would have learned them.
 const PEER_MACS: [(Ipv4Addr, [u8; 6]); 3] = [
@@ -50,10 +63,12 @@ const WEB1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x21];
 
 /// One record of a pipeline input: `[control][length: 2 bytes, big-endian][frame]`. Control
 /// bit 0: the tasks port (else the uplink); bit 1: the frame is an inner frame, sent inside a
-/// valid VXLAN envelope from peer n1 (bit 2: on appnet's VNI, else ingress's); bits 3-7: the
-/// VLAN it comes in on (0-31; web.1's is 101 − 96 = 5 → bits `00101`, so 96 is added to a
-/// non-zero value).
-fn records(data: &[u8]) -> Vec<(PortId, u16, Vec<u8>)> {
+/// valid VXLAN envelope from peer n1 (bit 2: on appnet's VNI, else ingress's; when appnet is
+/// encrypted, sealed with its key, so the fuzzer gets past the seal); bits 3-7: the VLAN it
+/// comes in on (0-31; web.1's is 101 − 96 = 5 → bits `00101`, so 96 is added to a non-zero
+/// value).
+fn records(data: &[u8], keys: Option<&NetKeys>) -> Vec<(PortId, u16, Vec<u8>)> {
+    let mut sealer = Sealer::with_prefix([0x17; 16]);
     let mut out = Vec::new();
     let mut at = 1;
     while out.len() < crate::port::BURST {
@@ -74,7 +89,23 @@ fn records(data: &[u8]) -> Vec<(PortId, u16, Vec<u8>)> {
             0 => 0,
             v => v + 96,
         };
-        let frame = if ctl & 2 != 0 {
+        let frame = if let (true, true, Some(keys)) = (ctl & 2 != 0, ctl & 4 != 0, keys) {
+            let mut b = PacketBuf::from_frame(PortId::Uplink, frame);
+            let (src, dst) = (u32::from(PEER_MACS[0].0), u32::from(PEER_MACS[1].0));
+            let outer = crate::overlay::Outer::new(
+                PEER_MACS[0].1,
+                Config::default().uplink_mac,
+                src,
+                dst,
+                ctl::VXLAN_PORT,
+            );
+            if sealer.seal(keys, &mut b, 4097, src, dst).is_err()
+                || outer.encap(&mut b, 50000, 4097).is_err()
+            {
+                continue;
+            }
+            b.data().to_vec()
+        } else if ctl & 2 != 0 {
             let vni = if ctl & 4 != 0 { 4097 } else { ctl::INGRESS_VNI };
             testkit::vxlan_frame(
                 PEER_MACS[0].1,
@@ -94,14 +125,14 @@ fn records(data: &[u8]) -> Vec<(PortId, u16, Vec<u8>)> {
 }
 
 /// Frames through a node's pipeline: byte 0 picks the node (bit 0: n2, which runs web.1,
-/// else n1; bit 1: two workers), then up to a burst of [`records`]. The burst runs, the
+/// else n1; bit 1: two workers; bit 2: appnet encrypted), then up to a burst of [`records`]. The burst runs, the
 /// housekeeping runs, and the same burst runs again 11 s later (past the half-open timeout),
 /// so the fuzzer reaches both new and existing flows.
 pub fn pipeline(data: &[u8]) {
     let Some(&first) = data.first() else { return };
     let node = if first & 1 != 0 { "n2" } else { "n1" };
     let workers: u16 = if first & 2 != 0 { 2 } else { 1 };
-    let Ok(table) = ServiceTable::build(&layout(), node, 1) else {
+    let Ok(table) = ServiceTable::build(&layout(first & 4 != 0), node, 1) else {
         return;
     };
     let neigh = Arc::new(Neighbors::new(64));
@@ -117,7 +148,7 @@ pub fn pipeline(data: &[u8]) {
     };
     let mut p = Pipeline::new(cfg, neigh);
     let mut pool = Pool::new(64);
-    let frames = records(data);
+    let frames = records(data, table.networks.get(1).and_then(|n| n.keys.as_ref()));
     let mut verdicts = Verdicts::new();
     for now in [1_000u64, 12_000] {
         let mut burst = Burst::new();
@@ -166,7 +197,7 @@ pub fn control(data: &[u8]) {
     let Ok(req) = ctl::proto::parse_request(data) else {
         return;
     };
-    let state = layout();
+    let state = layout(false);
     if let Ok(Some(next)) = ctl::apply::apply(&state, &req.command) {
         let _ = ServiceTable::build(&next, "n1", 1);
     }
@@ -209,7 +240,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
             r#"{"version":1,"command":"service-scale","name":"web","replicas":1}"#.to_string(),
             ctl::proto::Request::new(ctl::proto::Command::Change(
                 ctl::proto::Change::ServiceCreate {
-                    service: layout().services[0].clone(),
+                    service: layout(false).services[0].clone(),
                 },
             ))
             .to_line()
@@ -220,7 +251,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         .collect(),
         "state" => vec![serde_json::to_vec(&crate::control::Persisted {
             generation: 3,
-            state: layout(),
+            state: layout(false),
         })
         .unwrap_or_default()],
         _ => Vec::new(),
@@ -339,5 +370,54 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
             )],
         ),
         frags,
+        // n2 with appnet encrypted: a sealed SYN from a task on n1 to web.1's appnet address.
+        on(5, {
+            let to_web1 = testkit::tcp_frame(
+                [2; 6],
+                tk,
+                Ipv4Addr::new(10, 0, 1, 50),
+                5001,
+                web1,
+                80,
+                SYN,
+                1,
+                0,
+                b"",
+            );
+            let mut r = record(false, true, 0, &to_web1);
+            r[0] |= 4;
+            vec![r]
+        }),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_record_opens_on_the_encrypted_layout() {
+        let table = ServiceTable::build(&layout(true), "n2", 1).unwrap();
+        let keys = table.networks[1].keys.as_ref();
+        assert!(keys.is_some());
+        let seed = pipeline_seeds().pop().unwrap();
+        let recs = records(&seed, keys);
+        assert_eq!(recs.len(), 1);
+        let neigh = Arc::new(Neighbors::new(64));
+        for (ip, mac) in PEER_MACS {
+            neigh.learn(u32::from(ip), mac);
+        }
+        let mut p = Pipeline::new(Config::default(), neigh);
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(recs[0].0, &recs[0].2));
+        let mut v = Verdicts::new();
+        p.process(&table, 1, &mut burst, &mut v);
+        // Opened and routed to web.1 (whose MAC is not known here: asked by ARP).
+        assert_eq!(
+            v[0],
+            crate::pipeline::Verdict::Drop(crate::stats::DropReason::NoNeighbor),
+            "{:?}",
+            p.stats
+        );
+    }
 }

@@ -129,6 +129,18 @@ reasons! {
         /// A VXLAN frame or health gossip with a peer's address from another MAC than the peer's
         /// (forged on the underlay): not delivered, and meshd asks the peer's MAC by ARP.
         SpoofedPeer = "spoofed_peer",
+        /// VXLAN of an encrypted network sealed with a key id this node does not have (a peer
+        /// a key rotation missed, a peer that does not encrypt the network, or a forgery), or
+        /// too short to hold a seal.
+        SealUnknownKey = "seal_unknown_key",
+        /// VXLAN of an encrypted network whose seal does not check: forged or damaged.
+        SealForged = "seal_forged",
+        /// VXLAN of an encrypted network sealed with a nonce this worker has seen opened
+        /// already, or one too old to tell: a recorded frame sent again.
+        SealReplayed = "seal_replayed",
+        /// Not sealed: this worker drew no random nonce prefix when it started (the kernel
+        /// gave none), and it seals nothing rather than risk a nonce twice.
+        SealNoNonce = "seal_no_nonce",
         /// A frame from the tasks side with a local task's address from another MAC than the
         /// task's: not forwarded.
         SpoofedSource = "spoofed_source",

@@ -721,6 +721,7 @@ pub fn three_nodes() -> State {
         ingress: true,
         endpoints,
         mtu: None,
+        encryption: None,
     };
     let app = model::Network {
         name: "appnet".into(),
@@ -733,6 +734,7 @@ pub fn three_nodes() -> State {
         ingress: false,
         endpoints: Default::default(),
         mtu: None,
+        encryption: None,
     };
     let mut web = model::Service::new("web");
     web.networks.push(model::ServiceNetwork {

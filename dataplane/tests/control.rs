@@ -136,6 +136,7 @@ fn ingress() -> Network {
         ingress: true,
         endpoints,
         mtu: None,
+        encryption: None,
     }
 }
 
@@ -148,6 +149,7 @@ fn appnet() -> Network {
         ingress: false,
         endpoints: BTreeMap::new(),
         mtu: None,
+        encryption: None,
     }
 }
 

@@ -188,6 +188,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
                 ingress: true,
                 endpoints,
                 mtu: None,
+                encryption: None,
             },
         }),
     );

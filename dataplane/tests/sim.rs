@@ -492,6 +492,7 @@ fn tasks_on_different_networks_cannot_reach_each_other() {
         ingress: false,
         endpoints: BTreeMap::new(),
         mtu: None,
+        encryption: None,
     });
     let mut db = Service::new("db");
     db.networks.push(ServiceNetwork {

@@ -623,6 +623,7 @@ impl Topology {
             ingress: true,
             endpoints,
             mtu: None,
+            encryption: None,
         };
         for (s, peer) in [
             (&sockets[0], node("n2", N2_IP)),

@@ -550,6 +550,7 @@ mod tests {
             ingress: false,
             endpoints: BTreeMap::from([("n1".to_string(), Ipv4Addr::new(10, 0, 1, 250))]),
             mtu: None,
+            encryption: None,
         }
     }
 

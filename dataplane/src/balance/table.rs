@@ -13,6 +13,7 @@ use smoltcp::wire::{IpProtocol, Ipv4Address};
 
 use super::maglev::{self, Maglev};
 use crate::fastmap::{mix64, FrozenMap};
+use crate::overlay::seal;
 
 /// Why a state cannot become a service table. The previous table stays in force.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,13 +59,21 @@ pub struct NetEntry {
     /// The MTU set for the network (`--opt mtu`), if any; otherwise the uplink's less VXLAN's
     /// 50 bytes ([`model::Network::effective_mtu`]).
     pub mtu: Option<u16>,
+    /// An encrypted network's keys: its VXLAN frames are sealed and must open.
+    pub keys: Option<seal::NetKeys>,
 }
 
 impl NetEntry {
     /// The network's MTU on a node whose uplink MTU is `uplink_mtu`: the one set, at most what
-    /// the uplink carries once encapsulated, else the uplink's less VXLAN's 50 bytes.
+    /// the uplink carries once encapsulated (and sealed), else the uplink's less VXLAN's 50
+    /// bytes (and the seal's 44).
     pub fn mtu_on(&self, uplink_mtu: u16) -> u16 {
-        let most = uplink_mtu.saturating_sub(ctl::VXLAN_OVERHEAD);
+        let overhead = if self.keys.is_some() {
+            ctl::VXLAN_OVERHEAD + ctl::SEAL_OVERHEAD
+        } else {
+            ctl::VXLAN_OVERHEAD
+        };
+        let most = uplink_mtu.saturating_sub(overhead);
         self.mtu.map_or(most, |m| m.min(most))
     }
 }
@@ -185,6 +194,8 @@ pub struct ServiceTable {
     vnis: FrozenMap<u32, NetIdx>,
     alive: FrozenMap<u64, TaskIdx>,
     pub ingress_net: Option<NetIdx>,
+    /// Whether any network is encrypted (one test on the VXLAN paths of a mesh without).
+    pub sealed: bool,
     /// Services by name, lower case (DNS names are case-insensitive).
     svc_names: HashMap<String, SvcIdx>,
     /// Tasks by name, lower case.
@@ -292,8 +303,10 @@ impl ServiceTable {
                 ingress: n.ingress,
                 local_endpoint: n.endpoints.get(local).copied().map(ip),
                 mtu: n.mtu,
+                keys: n.encryption.as_ref().and_then(seal::NetKeys::new),
             })
             .collect();
+        let sealed = networks.iter().any(|n| n.keys.is_some());
         let net_idx = |name: &str| {
             state
                 .networks
@@ -530,6 +543,7 @@ impl ServiceTable {
             vnis,
             alive,
             ingress_net,
+            sealed,
             svc_names,
             task_names,
         })
@@ -650,6 +664,7 @@ impl ServiceTable {
                 vnis: FrozenMap::default(),
                 alive: FrozenMap::default(),
                 ingress_net: None,
+                sealed: false,
                 svc_names: HashMap::new(),
                 task_names: HashMap::new(),
             },

@@ -236,11 +236,20 @@ impl Controller {
                 format!("cannot encode the answer: {e}"),
             ),
         };
+        // Network keys never leave the node: answers carry their ids only.
+        let redacted = |n: &ctl::Network| {
+            let mut n = n.clone();
+            n.redact();
+            n
+        };
         match q {
-            Query::NetworkLs {} => val(serde_json::to_value(&self.state.networks)),
+            Query::NetworkLs {} => {
+                let nets: Vec<ctl::Network> = self.state.networks.iter().map(redacted).collect();
+                val(serde_json::to_value(&nets))
+            }
             Query::NetworkInspect { name } => match self.state.network(name) {
                 // With the MTU its tasks have on this node, set or derived from the uplink's.
-                Some(n) => val(serde_json::to_value(n).map(|mut v| {
+                Some(n) => val(serde_json::to_value(redacted(n)).map(|mut v| {
                     if let (Some(m), Value::Object(o)) = (self.uplink_mtu, &mut v) {
                         o.insert("mtu".into(), serde_json::json!(n.effective_mtu(m)));
                     }
@@ -258,7 +267,7 @@ impl Controller {
                 Some(s) => val(serde_json::to_value(self.ps(s))),
                 None => not_found("service", name),
             },
-            Query::State {} => val(serde_json::to_value(&self.state)),
+            Query::State {} => val(serde_json::to_value(self.state.redacted())),
             Query::Stats {} => val(serde_json::to_value(self.stats())),
         }
     }
@@ -720,6 +729,77 @@ mod tests {
             panic!()
         };
         serde_json::from_value(ok.result).unwrap()
+    }
+
+    #[test]
+    fn an_encrypted_networks_keys_are_kept_in_the_state_file_and_never_answered() {
+        let mut c = controller("keys");
+        let secret = ctl::Secret([0x5a; 32]);
+        let hex = "5a".repeat(32);
+        let net = ctl::Network {
+            name: "vault".into(),
+            vni: 5000,
+            subnet: "10.0.9.0/24".parse().unwrap(),
+            gateway: std::net::Ipv4Addr::new(10, 0, 9, 1),
+            ingress: false,
+            endpoints: Default::default(),
+            mtu: None,
+            encryption: Some(ctl::Encryption {
+                primary: 1,
+                keys: vec![ctl::NetworkKey {
+                    id: 1,
+                    key: Some(secret),
+                }],
+            }),
+        };
+        let mut answers = Vec::new();
+        for cmd in [
+            Command::Change(Change::NetworkCreate { network: net }),
+            Command::Change(Change::NetworkUpdate {
+                name: "vault".into(),
+                update: ctl::proto::NetworkUpdate {
+                    key_add: Some(ctl::NetworkKey {
+                        id: 2,
+                        key: Some(ctl::Secret([0x6b; 32])),
+                    }),
+                    key_primary: Some(2),
+                },
+            }),
+            Command::Query(Query::NetworkLs {}),
+            Command::Query(Query::NetworkInspect {
+                name: "vault".into(),
+            }),
+            Command::Query(Query::State {}),
+        ] {
+            let r = c.handle(&cmd);
+            let Response::Ok(ok) = r else {
+                panic!("{}: {r:?}", cmd.name())
+            };
+            answers.push(ok.result.to_string());
+        }
+        for (i, a) in answers.iter().enumerate() {
+            assert!(
+                a.contains(if i == 0 {
+                    "\"primary\":1"
+                } else {
+                    "\"primary\":2"
+                }),
+                "{a}"
+            );
+            assert!(!a.contains(&hex) && !a.contains(&"6b".repeat(32)), "{a}");
+        }
+        // The file has them (a restart seals with the same keys), for root only.
+        let file = std::fs::read_to_string(c.store.path()).unwrap();
+        assert!(file.contains(&hex) && file.contains(&"6b".repeat(32)));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(c.store.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let t = c.shared.table.load_full();
+        assert!(t.sealed);
+        assert_eq!(t.networks.last().unwrap().mtu_on(1500), 1406);
     }
 
     #[test]

@@ -69,7 +69,23 @@ impl StateStore {
         fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("tmp");
         let body = serde_json::to_vec_pretty(p).map_err(|e| self.io(std::io::Error::other(e)))?;
-        let mut f = File::create(&tmp).map_err(|e| self.io(e))?;
+        // Readable by root only: it holds encrypted networks' keys.
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| self.io(e))?
+        };
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // A file left by an older meshd keeps its mode through `open`.
+            f.set_permissions(fs::Permissions::from_mode(0o600))
+                .map_err(|e| self.io(e))?;
+        }
         f.write_all(&body).map_err(|e| self.io(e))?;
         f.sync_all().map_err(|e| self.io(e))?;
         drop(f);
@@ -96,6 +112,11 @@ mod tests {
         };
         s.save(&p).unwrap();
         assert_eq!(s.load().unwrap(), Some(p));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(s.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "the state file holds keys: root only");
+        }
         fs::write(s.path(), b"{not json").unwrap();
         assert!(matches!(s.load(), Err(StoreError::Corrupt { .. })));
         let _ = fs::remove_dir_all(dir);

@@ -8,10 +8,14 @@ use crate::stats::DropReason;
 use crate::wire::checksum;
 use crate::wire::vxlan;
 
+pub mod seal;
+
 const ETH: usize = 14;
 const IPV4: usize = 20;
 /// Largest inner frame carried (Ethernet header + a 1500-byte MTU).
 pub const MAX_INNER: usize = 1514;
+/// Largest VXLAN payload: an inner frame, sealed ([`seal::SEAL_LEN`]) on an encrypted network.
+const MAX_PAYLOAD: usize = MAX_INNER + seal::SEAL_LEN;
 
 /// Where an encapsulated frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +95,7 @@ impl Outer {
     #[allow(clippy::cast_possible_truncation)]
     pub fn encap(&self, buf: &mut PacketBuf, sport: u16, vni: u32) -> Result<(), DropReason> {
         let inner = buf.len();
-        if inner > MAX_INNER {
+        if inner > MAX_PAYLOAD {
             return Err(DropReason::TooBig);
         }
         let Some(f) = buf.prepend(vxlan::ENCAP_LEN) else {
@@ -191,7 +195,8 @@ mod tests {
 
     #[test]
     fn too_big_or_no_headroom_is_refused_and_leaves_the_frame() {
-        let mut b = PacketBuf::from_frame(PortId::Tasks, &[0u8; 1515]);
+        // Longer than a sealed largest frame: no VXLAN payload is.
+        let mut b = PacketBuf::from_frame(PortId::Tasks, &[0u8; MAX_PAYLOAD + 1]);
         let t = Tunnel {
             src_mac: [0; 6],
             dst_mac: [0; 6],
@@ -202,7 +207,7 @@ mod tests {
             vni: 1,
         };
         assert_eq!(encap(&mut b, &t), Err(DropReason::TooBig));
-        assert_eq!(b.len(), 1515);
+        assert_eq!(b.len(), MAX_PAYLOAD + 1);
         let mut b = PacketBuf::from_frame(PortId::Tasks, &[0u8; 60]);
         let _ = b.prepend(crate::buf::HEADROOM);
         assert_eq!(encap(&mut b, &t), Err(DropReason::NoHeadroom));

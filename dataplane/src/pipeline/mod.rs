@@ -47,6 +47,7 @@ use crate::flow::{
 use crate::nat::ports::{self, MasqPorts};
 use crate::nat::{self, dec_ttl, put16};
 use crate::neigh::{NeighCache, Neighbors};
+use crate::overlay::seal::{Replay, Sealer};
 use crate::overlay::{self, entropy_port, Outer};
 use crate::port::{Burst, BURST};
 use crate::stats::{DropReason, HostReason, TaskCounters, WorkerStats};
@@ -184,6 +185,10 @@ pub struct Pipeline {
     /// The last neighbour MAC change (address, old MAC, new MAC), for the worker to log and
     /// clear ([`Pipeline::take_mac_change`]).
     mac_change: Option<(u32, [u8; 6], [u8; 6])>,
+    /// Seals this worker's VXLAN frames of encrypted networks (its nonces).
+    sealer: Sealer,
+    /// The nonces of sealed frames this worker opened (the replay check).
+    replay: Replay,
 }
 
 mod arp;
@@ -255,6 +260,8 @@ impl Pipeline {
             cur: 0,
             frag_flow: None,
             mac_change: None,
+            sealer: Sealer::new(),
+            replay: Replay::default(),
         }
     }
 
@@ -587,11 +594,35 @@ impl Pipeline {
 
     /// The last change of a neighbour's MAC since the last call (address, old, new): the worker
     /// logs it, off the fast path.
+    /// Forgets which sealed frames this worker opened, so recorded ones open again
+    /// (benchmarks that replay a ring of sealed frames; never the daemon).
+    #[cfg(any(test, feature = "testkit"))]
+    pub fn forget_replays(&mut self) {
+        self.replay.clear();
+    }
+
     pub fn take_mac_change(&mut self) -> Option<(u32, [u8; 6], [u8; 6])> {
         self.mac_change.take()
     }
 
     // ---- overlay --------------------------------------------------------------------------
+
+    /// Opens a VXLAN frame of network `net` when the network is encrypted (outside `decap`, so
+    /// the plain overlay's path does not carry it).
+    #[inline(never)]
+    fn open_sealed(
+        &mut self,
+        t: &ServiceTable,
+        net: crate::balance::table::NetIdx,
+        buf: &mut PacketBuf,
+        vni: u32,
+        outer: &L3,
+    ) -> Result<(), DropReason> {
+        match &t.net(net).keys {
+            Some(keys) => self.replay.open(keys, buf, vni, outer.src, outer.dst),
+            None => Ok(()),
+        }
+    }
 
     /// VXLAN from a peer: checked, decapsulated, routed in its network. Inlined into the
     /// uplink's path (a call here costs the established decapsulating flow a tenth of its
@@ -631,6 +662,11 @@ impl Pipeline {
         let Some(net) = t.network_by_vni(vni) else {
             return Err(DropReason::UnknownVni);
         };
+        // An encrypted network's frame is opened before anything reads it (once: a frame
+        // handed over or replayed by the fragment stage was opened already).
+        if t.sealed && !buf.opened {
+            self.open_sealed(t, net, buf, vni, &outer)?;
+        }
         // The inner frame is read where it lies, behind the outer headers: the worker that
         // owns its flow is known before anything is stripped, so a frame for another worker
         // goes to it as it arrived.

@@ -1141,6 +1141,14 @@ fn every_drop_reason_is_produced_and_counted() {
         DropReason::FragmentTimeout,
         DropReason::NoBuffer,
     ]);
+    // The seal reasons: an_encrypted_network_is_sealed_between_nodes_and_what_does_not_open_is_refused
+    // below, and overlay::seal's tests (a sealer the kernel gave no random bytes).
+    seen.extend([
+        DropReason::SealUnknownKey,
+        DropReason::SealForged,
+        DropReason::SealReplayed,
+        DropReason::SealNoNonce,
+    ]);
     for r in DropReason::ALL {
         assert!(
             seen.contains(&r),
@@ -1166,7 +1174,12 @@ fn udp_published() -> ctl::model::State {
 /// Node `node` of `udp_published`, with `workers` workers, their spare buffers filled, and
 /// the MACs of web.1, web.2 and the peers known.
 fn frag_node(node: &str, workers: u16) -> (ServiceTable, Vec<Pipeline>) {
-    let t = ServiceTable::build(&udp_published(), node, 1).unwrap();
+    node_of(&udp_published(), node, workers)
+}
+
+/// Node `node` of `state`, as [`frag_node`].
+fn node_of(state: &ctl::State, node: &str, workers: u16) -> (ServiceTable, Vec<Pipeline>) {
+    let t = ServiceTable::build(state, node, 1).unwrap();
     let neigh = Arc::new(Neighbors::new(64));
     neigh.learn(WEB1, [2, 0, 0, 0, 0, 0x11]);
     neigh.learn(0x0a00_000c, [2, 0, 0, 0, 0, 0x14]);
@@ -1783,4 +1796,106 @@ fn tasks_on_their_own_vlans_speak_only_as_themselves() {
         }
     }
     assert!(local > 0, "no SYN went to a local task");
+}
+
+// ---- encrypted overlays: sealed between nodes, nothing else opens -------------------------
+
+/// `udp_published` with its ingress network encrypted under key `id` (bytes `b`).
+fn sealed_state(id: u32, b: u8) -> ctl::State {
+    let mut s = udp_published();
+    s.networks[0].encryption = Some(ctl::Encryption {
+        primary: id,
+        keys: vec![ctl::NetworkKey {
+            id,
+            key: Some(ctl::Secret([b; 32])),
+        }],
+    });
+    s
+}
+
+/// n2 with two workers, its uplink MAC the one the others know it by and n1's learned.
+fn sealed_n2(state: &ctl::State) -> (ServiceTable, Vec<Pipeline>) {
+    let (t, mut ps) = node_of(state, "n2", 2);
+    for p in &mut ps {
+        p.cfg.uplink_mac = [2, 0, 0, 0, 0, 0x12];
+    }
+    ps[0].neighbors().learn(N1, Config::default().uplink_mac);
+    (t, ps)
+}
+
+#[test]
+fn an_encrypted_network_is_sealed_between_nodes_and_what_does_not_open_is_refused() {
+    let state = sealed_state(1, 7);
+    let (t1, mut n1) = node_of(&state, "n1", 1);
+    let (t2, mut n2) = sealed_n2(&state);
+    assert!(t1.sealed && t1.net(0).keys.is_some());
+    // A client's 4000-byte datagram to n1's published port: fragmented to the encrypted
+    // network's MTU (1406: 1500 less VXLAN's 50 and the seal's 44), each piece sealed.
+    let (data, frags) = client_datagram(&t1, n1[0].cfg.uplink_mac, 4000, 91);
+    let input = frags
+        .iter()
+        .map(|f| (0, PacketBuf::from_frame(PortId::Uplink, f)))
+        .collect();
+    let (wire, _) = drive(&mut n1, &t1, 5, input);
+    assert!(wire.len() >= 3);
+    let marker: Vec<u8> = data[1000..1016].to_vec();
+    for (port, f) in &wire {
+        assert_eq!(*port, PortId::Uplink);
+        assert!(f.len() <= ETH + 1500, "longer than the link: {}", f.len());
+        assert!(
+            !f.windows(16).any(|w| w == &marker[..]),
+            "the payload is readable on the underlay"
+        );
+        // To anyone without the key it is no VXLAN payload that parses as a frame.
+        let (vni, body) = crate::testkit::decap(f).expect("VXLAN outside");
+        assert_eq!(vni, ctl::INGRESS_VNI);
+        assert!(crate::testkit::parse_ipv4_udp(body).is_none());
+    }
+    // n2 opens every piece (on whichever worker it lands) and the task gets the datagram.
+    let arrive = || {
+        wire.iter()
+            .enumerate()
+            .map(|(i, (_, f))| (i % 2, PacketBuf::from_frame(PortId::Uplink, f)))
+            .collect()
+    };
+    let (out, seen) = drive(&mut n2, &t2, 5, arrive());
+    assert!(
+        seen.iter().all(|v| !matches!(v, Verdict::Drop(_))),
+        "{seen:?}"
+    );
+    let got = delivered(&out);
+    assert_eq!(got.payload, data);
+    assert_eq!(got.dport, 53);
+    // The same frames again (recorded and replayed by a host on the underlay): refused.
+    let (out, seen) = drive(&mut n2, &t2, 5, arrive());
+    assert!(out.is_empty());
+    assert!(
+        seen.iter()
+            .all(|v| *v == Verdict::Drop(DropReason::SealReplayed)),
+        "{seen:?}"
+    );
+    // Plain VXLAN from the peer's address and MAC (what forged the unencrypted overlay: what
+    // would be the key id reads as one n2 lacks), a frame sealed with another key under the
+    // same id, and one with a key id n2 lacks.
+    let make = |state: &ctl::State, id: u16| -> Vec<u8> {
+        let (t, mut p) = node_of(state, "n1", 1);
+        let (_, fr) = client_datagram(&t, Config::default().uplink_mac, 200, id);
+        let input = vec![(0, PacketBuf::from_frame(PortId::Uplink, &fr[0]))];
+        let (out, _) = drive(&mut p, &t, 5, input);
+        out[0].1.clone()
+    };
+    for (f, why) in [
+        (make(&udp_published(), 92), DropReason::SealUnknownKey),
+        (make(&sealed_state(1, 8), 93), DropReason::SealForged),
+        (make(&sealed_state(2, 7), 94), DropReason::SealUnknownKey),
+    ] {
+        let input = vec![(0, PacketBuf::from_frame(PortId::Uplink, &f))];
+        let (out, seen) = drive(&mut n2, &t2, 5, input);
+        assert!(out.is_empty(), "{why:?}");
+        assert_eq!(seen, vec![Verdict::Drop(why)]);
+    }
+    let count = |r: DropReason| n2.iter().map(|p| p.stats.drops[r as usize]).sum::<u64>();
+    assert_eq!(count(DropReason::SealReplayed), wire.len() as u64);
+    assert_eq!(count(DropReason::SealForged), 1);
+    assert_eq!(count(DropReason::SealUnknownKey), 2);
 }

@@ -248,9 +248,29 @@ impl Pipeline {
                     f[0..6].copy_from_slice(&[0; 6]);
                     f[6..12].copy_from_slice(&self.cfg.tasks_mac);
                 }
+                if t.sealed {
+                    Self::seal(&mut self.sealer, t, buf, vni, vtep)?;
+                }
                 outer.encap(buf, sport, vni)?;
                 Ok(Verdict::Tx(PortId::Uplink))
             }
         }
+    }
+
+    /// Seals a frame for VTEP `vtep` on network `vni` when the network is encrypted (outside
+    /// `send`, so the plain overlay's path does not carry it).
+    #[inline(never)]
+    fn seal(
+        sealer: &mut Sealer,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        vni: u32,
+        vtep: u32,
+    ) -> Result<(), DropReason> {
+        let Some(keys) = t.network_by_vni(vni).and_then(|n| t.net(n).keys.as_ref()) else {
+            return Ok(());
+        };
+        let local = ipkey(t.node(t.local).vtep);
+        sealer.seal(keys, buf, vni, local, vtep)
     }
 }
