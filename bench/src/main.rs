@@ -30,7 +30,8 @@ enum Cmd {
         /// Runs per scenario; the best is reported.
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Only scenarios whose name contains this (e.g. "ingress", "storm", "VIP", "decap", "replies").
+        /// Only this scenario (its whole name, e.g. "decapsulation"), or those whose name contains
+        /// this (e.g. "ingress", "storm", "VIP", "sealed", "replies").
         #[arg(long)]
         only: Option<String>,
         /// Only this flow count for the established ingress scenario.
@@ -88,12 +89,24 @@ fn main() {
                 (Kind::Decap, sizes[1]),
                 (Kind::Replies, sizes[1]),
                 (Kind::Fragments, sizes[1].min(1 << 16)),
+                (Kind::SealedIngress, sizes[1]),
+                (Kind::SealedDecap, sizes[1]),
+                (Kind::IngressMtu, sizes[1]),
+                (Kind::SealedIngressMtu, sizes[1]),
             ];
+            // A scenario's whole name picks it alone; a part of one picks every scenario with
+            // it in its name.
+            let exact = only
+                .as_ref()
+                .is_some_and(|o| plan.iter().any(|(k, _)| k.name() == o.as_str()));
             for (kind, flows) in plan {
-                if only
-                    .as_ref()
-                    .is_some_and(|o| !kind.name().contains(o.as_str()))
-                {
+                if only.as_ref().is_some_and(|o| {
+                    if exact {
+                        kind.name() != o.as_str()
+                    } else {
+                        !kind.name().contains(o.as_str())
+                    }
+                }) {
                     continue;
                 }
                 if only_flows.is_some_and(|f| kind == Kind::Ingress && f != flows) {

@@ -32,6 +32,28 @@ pub const FRAME: usize = 60;
 
 /// The mesh the scenarios run in: `web` (8080→80, VIP 10.0.1.2) with tasks on n2 and n3, a
 /// client task `cli.1` on n1, and `api` (9090→80) with a task on n1.
+/// `state()` with the ingress network encrypted (`--opt encrypted`), under a fixed key.
+pub fn sealed_state() -> State {
+    let mut s = state();
+    s.networks[0].encryption = Some(Encryption {
+        primary: 1,
+        keys: vec![NetworkKey {
+            id: 1,
+            key: Some(Secret(SEAL_KEY)),
+        }],
+    });
+    s
+}
+
+const SEAL_KEY: [u8; 32] = [0x42; 32];
+/// The IPv4 length of the MTU-sized scenarios' packets: what an encrypted network on a 1500
+/// underlay carries (1406) rounded down to a TCP segment a task would send.
+pub const MTU_PACKET: usize = 1400;
+/// Where MTU-sized frames sit in the replay buffer.
+const MTU_STRIDE: usize = 1536;
+/// Where sealed decapsulation frames sit in the replay buffer.
+const SEALED_STRIDE: usize = 192;
+
 pub fn state() -> State {
     let node = |name: &str, addr: Ipv4Addr| Node {
         name: name.into(),
@@ -52,6 +74,7 @@ pub fn state() -> State {
         ingress: true,
         endpoints,
         mtu: None,
+        encryption: None,
     };
     let app = Network {
         name: "appnet".into(),
@@ -61,6 +84,7 @@ pub fn state() -> State {
         ingress: false,
         endpoints: BTreeMap::new(),
         mtu: None,
+        encryption: None,
     };
     let task = |name: &str, node: &str, addrs: &[(&str, Ipv4Addr)]| Task {
         name: name.into(),
@@ -149,6 +173,16 @@ pub enum Kind {
     /// the flow, the second follows it through the fragment table; each is DNAT'ed,
     /// masqueraded and fragmented again for the 1450 overlay before encapsulation.
     Fragments,
+    /// `Ingress` on an encrypted ingress network: each frame is also sealed
+    /// (XChaCha20-Poly1305) before it leaves.
+    SealedIngress,
+    /// `Decap` on an encrypted network: each frame's seal is checked (and its replay window)
+    /// and the inner frame decrypted before it is delivered.
+    SealedDecap,
+    /// `Ingress` with 1,400-byte packets (a full segment of a 1500 underlay's overlay).
+    IngressMtu,
+    /// `SealedIngress` with 1,400-byte packets: the encrypted overlay's cost per byte.
+    SealedIngressMtu,
 }
 
 /// The published UDP port of the fragmented-datagram scenario.
@@ -167,7 +201,32 @@ impl Kind {
             Kind::Decap => "decapsulation",
             Kind::Replies => "task replies",
             Kind::Fragments => "fragmented UDP (per fragment)",
+            Kind::SealedIngress => "sealed ingress",
+            Kind::SealedDecap => "sealed decapsulation",
+            Kind::IngressMtu => "1400-byte ingress",
+            Kind::SealedIngressMtu => "1400-byte sealed ingress",
         }
+    }
+
+    /// Whether the scenario runs on the encrypted ingress network.
+    pub fn sealed(self) -> bool {
+        matches!(
+            self,
+            Kind::SealedIngress | Kind::SealedDecap | Kind::SealedIngressMtu
+        )
+    }
+
+    /// Whether it is the established-ingress path (whatever the size or sealing).
+    fn ingress(self) -> bool {
+        matches!(
+            self,
+            Kind::Ingress | Kind::SealedIngress | Kind::IngressMtu | Kind::SealedIngressMtu
+        )
+    }
+
+    /// Whether its packets are MTU-sized.
+    fn mtu(self) -> bool {
+        matches!(self, Kind::IngressMtu | Kind::SealedIngressMtu)
     }
 }
 
@@ -237,7 +296,12 @@ impl Scenario {
     // Casts: a remainder below 64,000, and flow counts below 2^32.
     #[allow(clippy::cast_possible_truncation)]
     pub fn new(kind: Kind, flows: usize) -> Scenario {
-        let table = match ServiceTable::build(&state(), "n1", 1) {
+        let state = if kind.sealed() {
+            sealed_state()
+        } else {
+            state()
+        };
+        let table = match ServiceTable::build(&state, "n1", 1) {
             Ok(t) => t,
             Err(e) => panic!("the bench state is valid: {e}"),
         };
@@ -254,26 +318,49 @@ impl Scenario {
         };
         let pipeline = Pipeline::new(cfg, neigh);
         let port = match kind {
-            Kind::Ingress | Kind::NewFlows | Kind::Decap | Kind::Replies | Kind::Fragments => {
-                PortId::Uplink
-            }
             Kind::Vip => PortId::Tasks,
+            _ => PortId::Uplink,
         };
-        let frame = |i: usize, flags: u8| -> Vec<u8> {
+        // The sealed decapsulation frames are sealed as a peer (n2) would, in the order they
+        // are replayed (the receiver's replay window wants rising counters).
+        let seal_keys = state.networks[0]
+            .encryption
+            .as_ref()
+            .and_then(dataplane::overlay::seal::NetKeys::new);
+        let mut sealer = dataplane::overlay::seal::Sealer::new();
+        let body = if kind.mtu() {
+            vec![0x5a; MTU_PACKET - 40]
+        } else {
+            Vec::new()
+        };
+        // What n2 sends the api task on n1 for flow `i`: a masqueraded request's next segment.
+        let to_api = |i: usize| {
+            let (_, port) = client(i);
+            testkit::tcp_frame(
+                [0; 6],
+                [0; 6],
+                Ipv4Addr::new(10, 0, 0, 3),
+                port,
+                API_TASK,
+                80,
+                tcp_flags::ACK,
+                1000,
+                1,
+                &[],
+            )
+        };
+        let mut frame = |i: usize, flags: u8| -> Vec<u8> {
             match kind {
-                Kind::Ingress | Kind::NewFlows | Kind::Replies | Kind::Fragments => {
+                Kind::Ingress
+                | Kind::NewFlows
+                | Kind::Replies
+                | Kind::Fragments
+                | Kind::SealedIngress
+                | Kind::IngressMtu
+                | Kind::SealedIngressMtu => {
                     let (ip, port) = client(i);
                     testkit::tcp_frame(
-                        CLIENT_MAC,
-                        UPLINK_MAC,
-                        ip,
-                        port,
-                        N1,
-                        8080,
-                        flags,
-                        1000,
-                        1,
-                        &[],
+                        CLIENT_MAC, UPLINK_MAC, ip, port, N1, 8080, flags, 1000, 1, &body,
                     )
                 }
                 Kind::Vip => {
@@ -293,28 +380,37 @@ impl Scenario {
                     )
                 }
                 Kind::Decap => {
-                    let (_, port) = client(i);
-                    let inner = testkit::tcp_frame(
-                        [0; 6],
-                        [0; 6],
-                        Ipv4Addr::new(10, 0, 0, 3),
-                        port,
-                        API_TASK,
-                        80,
-                        tcp_flags::ACK,
-                        1000,
-                        1,
-                        &[],
+                    testkit::vxlan_frame(N2_MAC, UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &to_api(i))
+                }
+                Kind::SealedDecap => {
+                    let mut b = PacketBuf::from_frame(PortId::Uplink, &to_api(i));
+                    let Some(keys) = seal_keys.as_ref() else {
+                        panic!("the sealed state has keys");
+                    };
+                    if let Err(e) =
+                        sealer.seal(keys, &mut b, INGRESS_VNI, u32::from(N2), u32::from(N1))
+                    {
+                        panic!("sealing a bench frame: {e:?}");
+                    }
+                    let outer = dataplane::overlay::Outer::new(
+                        N2_MAC,
+                        UPLINK_MAC,
+                        u32::from(N2),
+                        u32::from(N1),
+                        VXLAN_PORT,
                     );
-                    testkit::vxlan_frame(N2_MAC, UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &inner)
+                    if let Err(e) = outer.encap(&mut b, 50000, INGRESS_VNI) {
+                        panic!("encapsulating a bench frame: {e:?}");
+                    }
+                    b.data().to_vec()
                 }
             }
         };
         let vip_max = 64_000;
-        let flows = if kind == Kind::Vip {
-            flows.min(vip_max)
-        } else {
-            flows
+        let flows = match kind {
+            Kind::Vip => flows.min(vip_max),
+            Kind::SealedDecap => flows.next_multiple_of(BURST),
+            _ => flows,
         };
         let mut s = Scenario {
             kind,
@@ -338,7 +434,7 @@ impl Scenario {
         } else {
             shuffled(flows, false)
         };
-        let build = |flags: u8, stride: usize| {
+        let mut build = |flags: u8, stride: usize| {
             let mut all = Vec::with_capacity(flows * stride);
             for &i in &order {
                 let mut f = pad(frame(i as usize, flags));
@@ -347,10 +443,15 @@ impl Scenario {
             }
             all
         };
-        if matches!(kind, Kind::Ingress | Kind::Vip | Kind::Replies) {
+        if kind.ingress() || matches!(kind, Kind::Vip | Kind::Replies) {
             // Open every flow with a SYN first.
-            s.frames = build(tcp_flags::SYN, FRAME);
-            s.stride_run((FRAME, FRAME), flows);
+            let open = if kind == Kind::Replies {
+                (FRAME, FRAME)
+            } else {
+                s.layout()
+            };
+            s.frames = build(tcp_flags::SYN, open.0);
+            s.stride_run(open, flows);
             s.cursor = 0;
         }
         if kind == Kind::Replies {
@@ -432,7 +533,17 @@ impl Scenario {
                 128,
                 testkit::ETH_LEN + dataplane::wire::vxlan::ENCAP_LEN + 40,
             ),
+            Kind::SealedDecap => (
+                SEALED_STRIDE,
+                testkit::ETH_LEN
+                    + dataplane::wire::vxlan::ENCAP_LEN
+                    + 40
+                    + dataplane::overlay::seal::SEAL_LEN,
+            ),
             Kind::Fragments => (FRAG_STRIDE, testkit::ETH_LEN + 1500),
+            Kind::IngressMtu | Kind::SealedIngressMtu => {
+                (MTU_STRIDE, testkit::ETH_LEN + MTU_PACKET)
+            }
             _ => (FRAME, FRAME),
         }
     }
@@ -451,6 +562,11 @@ impl Scenario {
                 burst.push(PacketBuf::new());
             }
             burst.truncate(n);
+            if self.kind == Kind::SealedDecap && self.cursor == 0 {
+                // The ring of sealed frames starts over: as if their sender had sealed them
+                // anew (bursts never straddle the wrap: `Scenario::new` rounds the flows).
+                self.pipeline.forget_replays();
+            }
             for (k, b) in burst.iter_mut().enumerate() {
                 let i = (self.cursor + k) % self.replayed;
                 b.fill(&self.frames[i * stride..i * stride + len]);
