@@ -92,6 +92,9 @@ pub struct NetRec {
     pub k: u8,
     /// The next host number given to a task.
     pub next_host: u8,
+    /// Created with `--opt encrypted`: its VXLAN frames are sealed.
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// A service the testbed started tasks for.
@@ -159,6 +162,8 @@ pub struct RunSpec {
     pub nodes: Vec<String>,
     /// More `meshctl service create` flags, such as `--health tcp` or `--endpoint-mode dnsrr`.
     pub create_args: Vec<String>,
+    /// Create the networks this run creates encrypted (`--opt encrypted`).
+    pub encrypted: bool,
 }
 
 impl RunSpec {
@@ -171,7 +176,13 @@ impl RunSpec {
             client_ip: ClientIpMode::Masquerade,
             nodes: Vec::new(),
             create_args: Vec::new(),
+            encrypted: false,
         }
+    }
+    /// Creates the networks this run creates (`network`) encrypted.
+    pub fn encrypted(mut self) -> Self {
+        self.encrypted = true;
+        self
     }
     /// Adds flags to `meshctl service create`: `.with_args(&["--health", "tcp"])`.
     pub fn with_args(mut self, args: &[&str]) -> Self {
@@ -498,6 +509,7 @@ impl Bed {
             name: plan::INGRESS.into(),
             k: 0,
             next_host: plan::FIRST_TASK_HOST,
+            encrypted: false,
         });
         self.save()
     }
@@ -757,7 +769,7 @@ impl Bed {
             if net == plan::INGRESS {
                 return Err(Error::msg("--network ingress: the ingress network carries published ports; publish a port with --publish instead"));
             }
-            self.ensure_network(net)?;
+            self.ensure_network(net, spec.encrypted)?;
         }
         let svc = SvcRec {
             name: spec.name.clone(),
@@ -812,8 +824,9 @@ impl Bed {
         Ok(())
     }
 
-    /// Creates a user network on every node when the testbed has not yet.
-    fn ensure_network(&mut self, name: &str) -> Result<()> {
+    /// Creates a user network on every node when the testbed has not yet, `encrypted` with
+    /// `--opt encrypted`.
+    fn ensure_network(&mut self, name: &str, encrypted: bool) -> Result<()> {
         if self.rec.networks.iter().any(|n| n.name == name) {
             return Ok(());
         }
@@ -821,11 +834,17 @@ impl Bed {
             .find(|k| !self.rec.networks.iter().any(|n| n.k == *k))
             .ok_or_else(|| Error::msg("no free 10.0.k.0/24 subnet left"))?;
         let (a, len) = plan::subnet(k);
-        self.meshctl(&["network", "create", name, "--subnet", &format!("{a}/{len}")])?;
+        let subnet = format!("{a}/{len}");
+        let mut args = vec!["network", "create", name, "--subnet", &subnet];
+        if encrypted {
+            args.extend(["--opt", "encrypted"]);
+        }
+        self.meshctl(&args)?;
         self.rec.networks.push(NetRec {
             name: name.to_string(),
             k,
             next_host: plan::FIRST_TASK_HOST,
+            encrypted,
         });
         self.save()
     }
@@ -997,7 +1016,19 @@ impl Bed {
         for (_, a) in &t.addrs {
             sys::ip_in(&t.ns, &["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
         }
-        let mtu = self.rec.task_mtu.unwrap_or(plan::TASK_MTU).to_string();
+        // A task on an encrypted network gets its smaller MTU (the seal's 44 bytes less).
+        let sealed = svc.networks.iter().any(|n| {
+            self.rec
+                .networks
+                .iter()
+                .any(|r| r.name == *n && r.encrypted)
+        });
+        let default = if sealed {
+            plan::TASK_MTU - ctl::SEAL_OVERHEAD
+        } else {
+            plan::TASK_MTU
+        };
+        let mtu = self.rec.task_mtu.unwrap_or(default).to_string();
         sys::ip_in(&t.ns, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
         sys::offloads_off(&t.ns, "eth0")?;
         sys::ip_in(&t.ns, &["route", "add", "default", "via", &gw.to_string()])?;

@@ -128,6 +128,10 @@ address on the ingress network when the service publishes a port, and one on eac
         /// Attach to an overlay network, created when new (repeatable)
         #[arg(long, value_name = "NET")]
         network: Vec<String>,
+        /// Create the new networks of --network encrypted (`meshctl network create --opt
+        /// encrypted`: VXLAN sealed with XChaCha20-Poly1305, tasks' MTU 1406)
+        #[arg(long, requires = "network")]
+        encrypted: bool,
         /// Publish mode of every --publish
         #[arg(long, value_enum, default_value_t = ModeArg::Ingress)]
         mode: ModeArg,
@@ -304,6 +308,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             replicas,
             publish,
             network,
+            encrypted,
             mode,
             client_ip,
             node,
@@ -322,6 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 spec = spec.publish(p, mode)?;
             }
             spec.networks = network;
+            spec.encrypted = encrypted;
             spec.nodes = node;
             let mut extra: Vec<String> = Vec::new();
             if let Some(h) = health {

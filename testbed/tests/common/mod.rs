@@ -181,3 +181,40 @@ pub fn mac(text: &str) -> [u8; 6] {
     }
     m
 }
+
+/// Starts recording what interface `dev` of namespace `ns` receives (AF_PACKET, as tcpdump
+/// does) for `time`; the handle gives the frames (at most 20,000). Give the socket a moment to
+/// open before the traffic starts.
+#[allow(dead_code)] // each test file uses part of this module
+pub fn capture(
+    ns: &str,
+    dev: &str,
+    time: std::time::Duration,
+) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    use dataplane::buf::Pool;
+    use dataplane::port::afpacket::{AfPacketConfig, AfPacketPort};
+    use dataplane::port::{Burst, Port};
+    let (ns, dev) = (ns.to_string(), dev.to_string());
+    std::thread::spawn(move || {
+        sys::in_netns(&ns, move || {
+            let mut port = AfPacketPort::open(&dev, &AfPacketConfig::default()).unwrap();
+            let mut pool = Pool::new(256);
+            let mut got = Vec::new();
+            let end = Instant::now() + time;
+            while Instant::now() < end {
+                let mut burst = Burst::new();
+                if port.rx_burst(&mut pool, &mut burst) == 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                for b in burst.drain(..) {
+                    if got.len() < 20_000 {
+                        got.push(b.data().to_vec());
+                    }
+                    pool.put(b);
+                }
+            }
+            got
+        })
+        .unwrap()
+    })
+}
