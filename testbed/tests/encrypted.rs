@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{mac, Mesh};
 use dataplane::testkit;
