@@ -5,6 +5,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod cluster;
 pub mod counters;
 pub mod model;
 pub mod proto;

@@ -1,0 +1,389 @@
+//! The cluster's desired state as keys of a distributed store (etcd; issue 14): one key per
+//! object, so a change writes only what it changes, whatever the cluster's size.
+//!
+//! ```text
+//! /meshd/v1/nodes/<node>              a Node, as JSON
+//! /meshd/v1/networks/<network>        a Network (with an encrypted network's keys)
+//! /meshd/v1/services/<service>        a Service without its tasks
+//! /meshd/v1/tasks/<service>/<task>    one Task of the service
+//! ```
+//!
+//! [`to_keys`] lays a [`State`] out, [`from_keys`] reads one back (refusing, with the key
+//! named, a value that does not parse or a key that does not belong), and [`diff`] gives the
+//! puts and deletes that turn one state's keys into another's. Pure functions: the etcd client
+//! (meshd's watcher, meshctl's transactions) uses them.
+
+use std::collections::BTreeMap;
+
+use crate::apply::task_slot;
+use crate::model::{Node, Service, State, Task};
+use crate::Network;
+
+/// The prefix of every key, with the layout's version: a layout that changes gets `v2`, and an
+/// old reader sees nothing it misreads.
+pub const PREFIX: &str = "/meshd/v1/";
+
+/// What a key holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    Node(String),
+    Network(String),
+    Service(String),
+    Task { service: String, task: String },
+}
+
+impl Key {
+    /// The key's path in the store.
+    pub fn path(&self) -> String {
+        match self {
+            Key::Node(n) => format!("{PREFIX}nodes/{n}"),
+            Key::Network(n) => format!("{PREFIX}networks/{n}"),
+            Key::Service(s) => format!("{PREFIX}services/{s}"),
+            Key::Task { service, task } => format!("{PREFIX}tasks/{service}/{task}"),
+        }
+    }
+
+    /// The key at `path`, if it is one of the layout's.
+    pub fn parse(path: &str) -> Option<Key> {
+        let rest = path.strip_prefix(PREFIX)?;
+        let (kind, name) = rest.split_once('/')?;
+        let plain = |n: &str| (!n.is_empty() && !n.contains('/')).then(|| n.to_string());
+        match kind {
+            "nodes" => plain(name).map(Key::Node),
+            "networks" => plain(name).map(Key::Network),
+            "services" => plain(name).map(Key::Service),
+            "tasks" => {
+                let (service, task) = name.split_once('/')?;
+                Some(Key::Task {
+                    service: plain(service)?,
+                    task: plain(task)?,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Why keys do not make a state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("{path}: not a key of meshd's layout ({PREFIX}nodes|networks|services/NAME, {PREFIX}tasks/SERVICE/TASK)")]
+    UnknownKey { path: String },
+    #[error("{path}: the value does not parse: {reason}")]
+    BadValue { path: String, reason: String },
+    #[error("{path}: the value names {inner:?}, the key {outer:?}")]
+    NameMismatch {
+        path: String,
+        outer: String,
+        inner: String,
+    },
+    #[error("{path}: a task of service {service:?}, which has no key")]
+    OrphanTask { path: String, service: String },
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // The model's types serialize to JSON without fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// The keys of `state`, by path, with their JSON values.
+pub fn to_keys(state: &State) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for n in &state.nodes {
+        out.insert(Key::Node(n.name.clone()).path(), json(n));
+    }
+    for n in &state.networks {
+        out.insert(Key::Network(n.name.clone()).path(), json(n));
+    }
+    for s in &state.services {
+        let mut bare = s.clone();
+        bare.tasks.clear();
+        out.insert(Key::Service(s.name.clone()).path(), json(&bare));
+        for t in &s.tasks {
+            let k = Key::Task {
+                service: s.name.clone(),
+                task: t.name.clone(),
+            };
+            out.insert(k.path(), json(t));
+        }
+    }
+    out
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &str, v: &[u8]) -> Result<T, LayoutError> {
+    serde_json::from_slice(v).map_err(|e| LayoutError::BadValue {
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn same_name(path: &str, outer: &str, inner: &str) -> Result<(), LayoutError> {
+    if outer == inner {
+        Ok(())
+    } else {
+        Err(LayoutError::NameMismatch {
+            path: path.to_string(),
+            outer: outer.to_string(),
+            inner: inner.to_string(),
+        })
+    }
+}
+
+/// The state the keys hold (any order): nodes, networks and services by name, each service's
+/// tasks by slot number (web.2 before web.10). Fails on the first key that does not belong or
+/// whose value does not parse; the caller keeps its last good state and says which key.
+pub fn from_keys<'a>(
+    keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<State, LayoutError> {
+    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
+    let mut networks: BTreeMap<String, Network> = BTreeMap::new();
+    let mut services: BTreeMap<String, Service> = BTreeMap::new();
+    let mut tasks: Vec<(String, String, Task)> = Vec::new();
+    for (path, value) in keys {
+        match Key::parse(path) {
+            Some(Key::Node(name)) => {
+                let n: Node = parse(path, value)?;
+                same_name(path, &name, &n.name)?;
+                nodes.insert(name, n);
+            }
+            Some(Key::Network(name)) => {
+                let n: Network = parse(path, value)?;
+                same_name(path, &name, &n.name)?;
+                networks.insert(name, n);
+            }
+            Some(Key::Service(name)) => {
+                let s: Service = parse(path, value)?;
+                same_name(path, &name, &s.name)?;
+                services.insert(name, s);
+            }
+            Some(Key::Task { service, task }) => {
+                let t: Task = parse(path, value)?;
+                same_name(path, &task, &t.name)?;
+                tasks.push((path.to_string(), service, t));
+            }
+            None => {
+                return Err(LayoutError::UnknownKey {
+                    path: path.to_string(),
+                })
+            }
+        }
+    }
+    for (path, service, t) in tasks {
+        let Some(s) = services.get_mut(&service) else {
+            return Err(LayoutError::OrphanTask { path, service });
+        };
+        s.tasks.push(t);
+    }
+    for s in services.values_mut() {
+        // By slot number, then name (a name that is not `<service>.<N>` is the validator's to
+        // refuse, not ours).
+        let name = s.name.clone();
+        s.tasks.sort_by(|a, b| {
+            (task_slot(&name, &a.name), &a.name).cmp(&(task_slot(&name, &b.name), &b.name))
+        });
+    }
+    Ok(State {
+        nodes: nodes.into_values().collect(),
+        networks: networks.into_values().collect(),
+        services: services.into_values().collect(),
+    })
+}
+
+/// One write of a change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+/// The puts (new or changed keys) and deletes (keys gone) that turn `old`'s keys into `new`'s,
+/// in path order.
+pub fn diff(old: &State, new: &State) -> Vec<Op> {
+    let (a, b) = (to_keys(old), to_keys(new));
+    let mut ops = Vec::new();
+    for (k, v) in &b {
+        if a.get(k) != Some(v) {
+            ops.push(Op::Put(k.clone(), v.clone()));
+        }
+    }
+    for k in a.keys() {
+        if !b.contains_key(k) {
+            ops.push(Op::Delete(k.clone()));
+        }
+    }
+    ops
+}
+
+/// `state` in the order [`from_keys`] gives back: nodes, networks and services by name, tasks
+/// by slot.
+pub fn canonical(state: &State) -> State {
+    let keys = to_keys(state);
+    from_keys(keys.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap_or_default()
+}
+
+// Casts: test addresses' last bytes, below 256.
+#[allow(clippy::cast_possible_truncation)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Availability, Ipv4Net, ServiceNetwork, TaskAddress};
+    use proptest::prelude::*;
+    use std::net::Ipv4Addr;
+
+    fn task(name: &str, addr: Ipv4Addr) -> Task {
+        Task {
+            name: name.into(),
+            node: "n1".into(),
+            addresses: vec![TaskAddress {
+                network: "appnet".into(),
+                addr,
+            }],
+            state: Default::default(),
+            weight: 1,
+            vlan: None,
+        }
+    }
+
+    fn state(nodes: usize, services: &[(&str, usize)]) -> State {
+        let mut s = State::default();
+        for i in 0..nodes {
+            s.nodes.push(Node {
+                name: format!("n{}", i + 1),
+                addr: Ipv4Addr::new(192, 168, 1, 10 + i as u8),
+                vtep: None,
+                vtep_port: 4789,
+                availability: Availability::Active,
+            });
+        }
+        s.networks.push(Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".parse::<Ipv4Net>().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: Default::default(),
+            mtu: None,
+            encryption: None,
+        });
+        for (k, (name, n)) in services.iter().enumerate() {
+            let mut svc = Service::new(name);
+            svc.networks.push(ServiceNetwork {
+                network: "appnet".into(),
+                vip: None,
+            });
+            for slot in 1..=*n {
+                svc.tasks.push(task(
+                    &format!("{name}.{slot}"),
+                    Ipv4Addr::new(10, 0, 1, (100 + 20 * k + slot) as u8),
+                ));
+            }
+            s.services.push(svc);
+        }
+        s
+    }
+
+    #[test]
+    fn a_state_is_laid_out_one_key_per_object_and_read_back() {
+        let s = state(3, &[("web", 12), ("api", 1)]);
+        let keys = to_keys(&s);
+        assert_eq!(keys.len(), 3 + 1 + 2 + 13);
+        assert!(keys.contains_key("/meshd/v1/nodes/n2"));
+        assert!(keys.contains_key("/meshd/v1/networks/appnet"));
+        assert!(keys.contains_key("/meshd/v1/services/web"));
+        assert!(keys.contains_key("/meshd/v1/tasks/web/web.12"));
+        // A service's key does not carry its tasks: adding a task writes one small key.
+        let web = String::from_utf8(keys["/meshd/v1/services/web"].clone()).unwrap();
+        assert!(!web.contains("web.1"), "{web}");
+        let back = from_keys(keys.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        assert_eq!(back, canonical(&s));
+        // Tasks by slot: web.2 before web.10.
+        let names: Vec<&str> = back.services[1]
+            .tasks
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(&names[..3], ["web.1", "web.2", "web.3"]);
+        assert_eq!(names[11], "web.12");
+    }
+
+    #[test]
+    fn a_change_writes_only_what_it_changes() {
+        let a = state(3, &[("web", 200), ("api", 1)]);
+        let mut b = a.clone();
+        b.services[0]
+            .tasks
+            .push(task("web.201", Ipv4Addr::new(10, 0, 2, 1)));
+        b.services[1].tasks.clear();
+        let ops = diff(&a, &b);
+        assert_eq!(
+            ops.iter()
+                .map(|o| match o {
+                    Op::Put(k, _) => format!("put {k}"),
+                    Op::Delete(k) => format!("delete {k}"),
+                })
+                .collect::<Vec<_>>(),
+            vec![
+                "put /meshd/v1/tasks/web/web.201".to_string(),
+                "delete /meshd/v1/tasks/api/api.1".to_string(),
+            ]
+        );
+        assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn keys_that_do_not_belong_are_refused_by_name() {
+        let s = state(1, &[("web", 1)]);
+        let mut keys = to_keys(&s);
+        let read = |k: &BTreeMap<String, Vec<u8>>| {
+            from_keys(k.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .unwrap_err()
+                .to_string()
+        };
+        let mut bad = keys.clone();
+        bad.insert("/meshd/v1/nodes/n1".into(), b"{not json".to_vec());
+        assert!(read(&bad).starts_with("/meshd/v1/nodes/n1: the value does not parse"));
+        let mut bad = keys.clone();
+        bad.insert("/meshd/v1/gadgets/x".into(), b"{}".to_vec());
+        assert!(read(&bad).contains("not a key of meshd's layout"));
+        let mut bad = keys.clone();
+        let v = bad.remove("/meshd/v1/nodes/n1").unwrap();
+        bad.insert("/meshd/v1/nodes/n9".into(), v);
+        assert!(read(&bad).contains("the value names \"n1\", the key \"n9\""));
+        keys.remove("/meshd/v1/services/web");
+        assert!(read(&keys).contains("a task of service \"web\", which has no key"));
+        for p in [
+            "/meshd/v1/nodes/",
+            "/meshd/v1/tasks/web",
+            "/meshd/v1/nodes/a/b",
+            "/other/v1/nodes/n1",
+        ] {
+            assert_eq!(Key::parse(p), None, "{p}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn keys_round_trip_and_diffs_take_one_state_to_the_other(
+            nodes in 1usize..5,
+            a in proptest::collection::vec(0usize..6, 0..4),
+            b in proptest::collection::vec(0usize..6, 0..4),
+        ) {
+            let names = ["web", "api", "db", "cache"];
+            let sa: Vec<(&str, usize)> = a.iter().enumerate().map(|(i, n)| (names[i], *n)).collect();
+            let sb: Vec<(&str, usize)> = b.iter().enumerate().map(|(i, n)| (names[i], *n)).collect();
+            let (x, y) = (state(nodes, &sa), state(nodes.max(2) - 1, &sb));
+            let keys = to_keys(&x);
+            let back = from_keys(keys.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+            prop_assert_eq!(&back, &canonical(&x));
+            // Applying the diff to x's keys gives y's.
+            let mut k = to_keys(&x);
+            for op in diff(&x, &y) {
+                match op {
+                    Op::Put(p, v) => { k.insert(p, v); }
+                    Op::Delete(p) => { k.remove(&p); }
+                }
+            }
+            prop_assert_eq!(k, to_keys(&y));
+        }
+    }
+}
