@@ -15,6 +15,9 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "cluster")]
+pub mod etcd;
+
 use crate::apply::task_slot;
 use crate::model::{Node, Service, State, Task};
 use crate::Network;
