@@ -35,13 +35,7 @@ pub const FRAME: usize = 60;
 /// `state()` with the ingress network encrypted (`--opt encrypted`), under a fixed key.
 pub fn sealed_state() -> State {
     let mut s = state();
-    s.networks[0].encryption = Some(Encryption {
-        primary: 1,
-        keys: vec![NetworkKey {
-            id: 1,
-            key: Some(Secret(SEAL_KEY)),
-        }],
-    });
+    s.networks[0].encryption = Some(Encryption::single(1, Secret(SEAL_KEY)));
     s
 }
 
@@ -383,26 +377,24 @@ impl Scenario {
                     testkit::vxlan_frame(N2_MAC, UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &to_api(i))
                 }
                 Kind::SealedDecap => {
-                    let mut b = PacketBuf::from_frame(PortId::Uplink, &to_api(i));
                     let Some(keys) = seal_keys.as_ref() else {
                         panic!("the sealed state has keys");
                     };
-                    if let Err(e) =
-                        sealer.seal(keys, &mut b, INGRESS_VNI, u32::from(N2), u32::from(N1))
-                    {
-                        panic!("sealing a bench frame: {e:?}");
-                    }
-                    let outer = dataplane::overlay::Outer::new(
+                    let inner = to_api(i);
+                    let f = testkit::sealed_vxlan_frame(
+                        &mut sealer,
+                        keys,
                         N2_MAC,
                         UPLINK_MAC,
-                        u32::from(N2),
-                        u32::from(N1),
-                        VXLAN_PORT,
+                        N2,
+                        N1,
+                        INGRESS_VNI,
+                        &inner,
                     );
-                    if let Err(e) = outer.encap(&mut b, 50000, INGRESS_VNI) {
-                        panic!("encapsulating a bench frame: {e:?}");
-                    }
-                    b.data().to_vec()
+                    let Some(f) = f else {
+                        panic!("sealing a bench frame failed");
+                    };
+                    f
                 }
             }
         };

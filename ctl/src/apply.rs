@@ -307,9 +307,9 @@ pub fn change(state: &State, change: &Change) -> Result<State, ApplyError> {
 /// | `state` | `State` |
 /// | `network-update` | `Network` |
 /// | `network-rm`, `node-rm`, `service-rm` | `null` |
+/// | `stats` | `null` here: the daemon answers with its own counters |
 ///
 /// Network keys are never in a result: answers carry their ids only.
-/// | `stats` | `null` here: the daemon answers with its own counters |
 pub fn answer(state: &State, cmd: &Command) -> Result<Value, ApplyError> {
     match cmd {
         Command::Query(q) => answer_query(state, q),
@@ -321,7 +321,7 @@ pub fn answer(state: &State, cmd: &Command) -> Result<Value, ApplyError> {
 pub fn answer_query(state: &State, q: &Query) -> Result<Value, ApplyError> {
     match q {
         // Network keys never leave the node: answers carry their ids only.
-        Query::NetworkInspect { name } => to_value(&redacted(find_network(state, name)?)),
+        Query::NetworkInspect { name } => to_value(&find_network(state, name)?.redacted()),
         Query::NetworkLs {} => to_value(&state.redacted().networks),
         Query::NodeLs {} => to_value(&state.nodes),
         Query::ServiceInspect { name } => to_value(find_service(state, name)?),
@@ -336,9 +336,9 @@ pub fn answer_query(state: &State, q: &Query) -> Result<Value, ApplyError> {
 pub fn answer_change(state: &State, c: &Change) -> Result<Value, ApplyError> {
     match c {
         Change::NetworkCreate { network } => {
-            to_value(&redacted(find_network(state, &network.name)?))
+            to_value(&find_network(state, &network.name)?.redacted())
         }
-        Change::NetworkUpdate { name, .. } => to_value(&redacted(find_network(state, name)?)),
+        Change::NetworkUpdate { name, .. } => to_value(&find_network(state, name)?.redacted()),
         Change::NodeAdd { node, .. } => to_value(find_node(state, &node.name)?),
         Change::NodeUpdate { name, .. } => to_value(find_node(state, name)?),
         Change::ServiceCreate { service } => to_value(find_service(state, &service.name)?),
@@ -349,12 +349,6 @@ pub fn answer_change(state: &State, c: &Change) -> Result<Value, ApplyError> {
             Ok(Value::Null)
         }
     }
-}
-
-fn redacted(n: &Network) -> Network {
-    let mut n = n.clone();
-    n.redact();
-    n
 }
 
 /// Applies a key update to an encrypted network ([`NetworkUpdate`]).
@@ -825,10 +819,10 @@ mod tests {
             id,
             key: Some(crate::model::Secret([b; 32])),
         };
-        s.networks[1].encryption = Some(crate::model::Encryption {
-            primary: 1,
-            keys: vec![key(1, 1)],
-        });
+        s.networks[1].encryption = Some(crate::model::Encryption::single(
+            1,
+            crate::model::Secret([1; 32]),
+        ));
         let update = |u: NetworkUpdate| {
             Command::Change(Change::NetworkUpdate {
                 name: "appnet".into(),

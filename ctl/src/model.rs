@@ -208,14 +208,19 @@ impl Network {
             .unwrap_or_else(|| uplink_mtu.saturating_sub(self.overhead()))
     }
 
-    /// What the underlay carries besides a task's IPv4 packet: [`VXLAN_OVERHEAD`], and
-    /// [`SEAL_OVERHEAD`] more on an encrypted network.
+    /// What the underlay carries besides a task's IPv4 packet ([`overlay_overhead`]).
     pub fn overhead(&self) -> u16 {
-        if self.encryption.is_some() {
-            VXLAN_OVERHEAD + SEAL_OVERHEAD
-        } else {
-            VXLAN_OVERHEAD
-        }
+        overlay_overhead(self.encryption.is_some())
+    }
+}
+
+/// What the underlay carries besides a task's IPv4 packet: [`VXLAN_OVERHEAD`], and
+/// [`SEAL_OVERHEAD`] more on an encrypted network.
+pub fn overlay_overhead(encrypted: bool) -> u16 {
+    if encrypted {
+        VXLAN_OVERHEAD + SEAL_OVERHEAD
+    } else {
+        VXLAN_OVERHEAD
     }
 }
 
@@ -235,6 +240,16 @@ pub struct Encryption {
     /// Every key frames are accepted with (the primary among them), at most
     /// [`MAX_NETWORK_KEYS`].
     pub keys: Vec<NetworkKey>,
+}
+
+impl Encryption {
+    /// One key, `key` with id `id`, that seals.
+    pub fn single(id: u32, key: Secret) -> Encryption {
+        Encryption {
+            primary: id,
+            keys: vec![NetworkKey { id, key: Some(key) }],
+        }
+    }
 }
 
 /// One key of an encrypted network.
@@ -281,14 +296,14 @@ impl Serialize for Secret {
     }
 }
 
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
+impl FromStr for Secret {
+    type Err = &'static str;
+
+    /// 64 hexadecimal digits (network keys, gossip key files).
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
         let b = text.as_bytes();
         if b.len() != 64 || !b.iter().all(u8::is_ascii_hexdigit) {
-            return Err(serde::de::Error::custom(
-                "a network key is 64 hexadecimal digits",
-            ));
+            return Err("a key is 64 hexadecimal digits");
         }
         let mut k = [0u8; 32];
         for (i, v) in k.iter_mut().enumerate() {
@@ -299,25 +314,34 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl State {
     /// This state with every network key left out: what a daemon answers.
     pub fn redacted(&self) -> State {
-        let mut s = self.clone();
-        for n in &mut s.networks {
-            n.redact();
+        State {
+            networks: self.networks.iter().map(Network::redacted).collect(),
+            ..self.clone()
         }
-        s
     }
 }
 
 impl Network {
-    /// Leaves the network's keys out (their ids stay).
-    pub fn redact(&mut self) {
-        if let Some(e) = &mut self.encryption {
+    /// This network with its keys left out (their ids stay): what a daemon answers.
+    pub fn redacted(&self) -> Network {
+        let mut n = self.clone();
+        if let Some(e) = &mut n.encryption {
             for k in &mut e.keys {
                 k.key = None;
             }
         }
+        n
     }
 }
 

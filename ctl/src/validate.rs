@@ -698,13 +698,7 @@ mod tests {
     }
 
     fn one_key() -> Encryption {
-        Encryption {
-            primary: 1,
-            keys: vec![NetworkKey {
-                id: 1,
-                key: Some(Secret([7; 32])),
-            }],
-        }
+        Encryption::single(1, Secret([7; 32]))
     }
 
     #[test]

@@ -40,13 +40,7 @@ fn layout(sealed: bool) -> ctl::State {
     let mut s = testkit::three_nodes();
     s.services[0].tasks[0].vlan = Some(101);
     if sealed {
-        s.networks[1].encryption = Some(ctl::Encryption {
-            primary: 1,
-            keys: vec![ctl::NetworkKey {
-                id: 1,
-                key: Some(ctl::Secret(SEAL_KEY)),
-            }],
-        });
+        s.networks[1].encryption = Some(ctl::Encryption::single(1, ctl::Secret(SEAL_KEY)));
     }
     s
 }
@@ -90,21 +84,19 @@ fn records(data: &[u8], keys: Option<&NetKeys>) -> Vec<(PortId, u16, Vec<u8>)> {
             v => v + 96,
         };
         let frame = if let (true, true, Some(keys)) = (ctl & 2 != 0, ctl & 4 != 0, keys) {
-            let mut b = PacketBuf::from_frame(PortId::Uplink, frame);
-            let (src, dst) = (u32::from(PEER_MACS[0].0), u32::from(PEER_MACS[1].0));
-            let outer = crate::overlay::Outer::new(
+            let Some(f) = testkit::sealed_vxlan_frame(
+                &mut sealer,
+                keys,
                 PEER_MACS[0].1,
                 Config::default().uplink_mac,
-                src,
-                dst,
-                ctl::VXLAN_PORT,
-            );
-            if sealer.seal(keys, &mut b, 4097, src, dst).is_err()
-                || outer.encap(&mut b, 50000, 4097).is_err()
-            {
+                PEER_MACS[0].0,
+                PEER_MACS[1].0,
+                4097,
+                frame,
+            ) else {
                 continue;
-            }
-            b.data().to_vec()
+            };
+            f
         } else if ctl & 2 != 0 {
             let vni = if ctl & 4 != 0 { 4097 } else { ctl::INGRESS_VNI };
             testkit::vxlan_frame(

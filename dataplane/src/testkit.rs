@@ -290,6 +290,28 @@ pub fn icmp_echo_reply(
     )
 }
 
+/// `inner` sealed by `sealer` with `keys` for network `vni` and encapsulated, as a peer meshd
+/// sends on an encrypted network (outer UDP source port 50000); `None` if sealing fails.
+#[allow(clippy::too_many_arguments)]
+pub fn sealed_vxlan_frame(
+    sealer: &mut crate::overlay::seal::Sealer,
+    keys: &crate::overlay::seal::NetKeys,
+    outer_src_mac: Mac,
+    outer_dst_mac: Mac,
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    vni: u32,
+    inner: &[u8],
+) -> Option<Vec<u8>> {
+    let (src, dst) = (u32::from(outer_src), u32::from(outer_dst));
+    let mut b = crate::buf::PacketBuf::from_frame(crate::buf::PortId::Uplink, inner);
+    sealer.seal(keys, &mut b, vni, src, dst).ok()?;
+    crate::overlay::Outer::new(outer_src_mac, outer_dst_mac, src, dst, vxlan::UDP_PORT)
+        .encap(&mut b, 50000, vni)
+        .ok()?;
+    Some(b.data().to_vec())
+}
+
 /// A VXLAN frame (RFC 7348): outer Ethernet/IPv4/UDP to port 4789 with a zero UDP checksum,
 /// the VXLAN header with the I flag and `vni`, then `inner` (an Ethernet frame).
 pub fn vxlan_frame(

@@ -748,14 +748,10 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
                 .unwrap_or_else(|| Ipv4Addr::from(u32::from(a.subnet.network()).wrapping_add(1)));
             let opts = network_opts(&a.opts)?;
             let encryption = if opts.encrypted {
-                let key = Secret::random().map_err(CliError::Msg)?;
-                Some(Encryption {
-                    primary: 1,
-                    keys: vec![NetworkKey {
-                        id: 1,
-                        key: Some(key),
-                    }],
-                })
+                Some(Encryption::single(
+                    1,
+                    Secret::random().map_err(CliError::Msg)?,
+                ))
             } else {
                 None
             };

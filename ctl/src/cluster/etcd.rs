@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 
-use super::{diff, from_keys, Key, LayoutError, Op, PREFIX};
+use super::{diff, from_keys, LayoutError, Op, PREFIX};
 use crate::apply::ApplyError;
 use crate::model::State;
 use crate::proto::Change;
@@ -115,7 +115,7 @@ impl Etcd {
                         path: path.clone(),
                         value: text.clone(),
                     })?;
-            } else if is_object(&path) || Key::parse(&path).is_some() {
+            } else if is_object(&path) {
                 objects.push((path, kv.value().to_vec()));
             }
         }

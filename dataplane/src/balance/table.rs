@@ -68,12 +68,7 @@ impl NetEntry {
     /// the uplink carries once encapsulated (and sealed), else the uplink's less VXLAN's 50
     /// bytes (and the seal's 44).
     pub fn mtu_on(&self, uplink_mtu: u16) -> u16 {
-        let overhead = if self.keys.is_some() {
-            ctl::VXLAN_OVERHEAD + ctl::SEAL_OVERHEAD
-        } else {
-            ctl::VXLAN_OVERHEAD
-        };
-        let most = uplink_mtu.saturating_sub(overhead);
+        let most = uplink_mtu.saturating_sub(ctl::overlay_overhead(self.keys.is_some()));
         self.mtu.map_or(most, |m| m.min(most))
     }
 }

@@ -237,19 +237,19 @@ impl Controller {
             ),
         };
         // Network keys never leave the node: answers carry their ids only.
-        let redacted = |n: &ctl::Network| {
-            let mut n = n.clone();
-            n.redact();
-            n
-        };
         match q {
             Query::NetworkLs {} => {
-                let nets: Vec<ctl::Network> = self.state.networks.iter().map(redacted).collect();
+                let nets: Vec<ctl::Network> = self
+                    .state
+                    .networks
+                    .iter()
+                    .map(ctl::Network::redacted)
+                    .collect();
                 val(serde_json::to_value(&nets))
             }
             Query::NetworkInspect { name } => match self.state.network(name) {
                 // With the MTU its tasks have on this node, set or derived from the uplink's.
-                Some(n) => val(serde_json::to_value(redacted(n)).map(|mut v| {
+                Some(n) => val(serde_json::to_value(n.redacted()).map(|mut v| {
                     if let (Some(m), Value::Object(o)) = (self.uplink_mtu, &mut v) {
                         o.insert("mtu".into(), serde_json::json!(n.effective_mtu(m)));
                     }
@@ -744,13 +744,7 @@ mod tests {
             ingress: false,
             endpoints: Default::default(),
             mtu: None,
-            encryption: Some(ctl::Encryption {
-                primary: 1,
-                keys: vec![ctl::NetworkKey {
-                    id: 1,
-                    key: Some(secret),
-                }],
-            }),
+            encryption: Some(ctl::Encryption::single(1, secret)),
         };
         let mut answers = Vec::new();
         for cmd in [

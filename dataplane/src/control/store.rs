@@ -69,20 +69,11 @@ impl StateStore {
         fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("tmp");
         let body = serde_json::to_vec_pretty(p).map_err(|e| self.io(std::io::Error::other(e)))?;
-        // Readable by root only: it holds encrypted networks' keys.
-        let mut f = {
-            use std::os::unix::fs::OpenOptionsExt;
-            fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(|e| self.io(e))?
-        };
+        // Readable by root only (it holds encrypted networks' keys), also when an older meshd
+        // left the file with another mode; set before anything is written to it.
+        let mut f = File::create(&tmp).map_err(|e| self.io(e))?;
         {
             use std::os::unix::fs::PermissionsExt;
-            // A file left by an older meshd keeps its mode through `open`.
             f.set_permissions(fs::Permissions::from_mode(0o600))
                 .map_err(|e| self.io(e))?;
         }

@@ -239,19 +239,13 @@ impl Keyring {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let bytes = line.as_bytes();
-            if bytes.len() != 2 * KEY_LEN || !bytes.iter().all(u8::is_ascii_hexdigit) {
+            let Ok(ctl::Secret(k)) = line.parse::<ctl::Secret>() else {
                 return Err(format!(
                     "line {}: a key is {} hexadecimal digits (make one with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n')",
                     i + 1,
                     2 * KEY_LEN
                 ));
-            }
-            let mut k = [0u8; KEY_LEN];
-            for (j, b) in k.iter_mut().enumerate() {
-                let hex = std::str::from_utf8(&bytes[2 * j..2 * j + 2]).unwrap_or("00");
-                *b = u8::from_str_radix(hex, 16).unwrap_or(0);
-            }
+            };
             keys.push((key_id(&k), k));
         }
         if keys.is_empty() {

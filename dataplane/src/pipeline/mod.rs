@@ -592,8 +592,6 @@ impl Pipeline {
         Ok(None)
     }
 
-    /// The last change of a neighbour's MAC since the last call (address, old, new): the worker
-    /// logs it, off the fast path.
     /// Forgets which sealed frames this worker opened, so recorded ones open again
     /// (benchmarks that replay a ring of sealed frames; never the daemon).
     #[cfg(any(test, feature = "testkit"))]
@@ -601,6 +599,8 @@ impl Pipeline {
         self.replay.clear();
     }
 
+    /// The last change of a neighbour's MAC since the last call (address, old, new): the worker
+    /// logs it, off the fast path.
     pub fn take_mac_change(&mut self) -> Option<(u32, [u8; 6], [u8; 6])> {
         self.mac_change.take()
     }

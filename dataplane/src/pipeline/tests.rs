@@ -1803,13 +1803,7 @@ fn tasks_on_their_own_vlans_speak_only_as_themselves() {
 /// `udp_published` with its ingress network encrypted under key `id` (bytes `b`).
 fn sealed_state(id: u32, b: u8) -> ctl::State {
     let mut s = udp_published();
-    s.networks[0].encryption = Some(ctl::Encryption {
-        primary: id,
-        keys: vec![ctl::NetworkKey {
-            id,
-            key: Some(ctl::Secret([b; 32])),
-        }],
-    });
+    s.networks[0].encryption = Some(ctl::Encryption::single(id, ctl::Secret([b; 32])));
     s
 }
 
