@@ -1,25 +1,23 @@
 #!/usr/bin/env bash
-# Installs (as root, from Debian's packages) the tools the demo and the end-to-end tests use:
-# ip (iproute2), ethtool, curl, ping, tracepath, dig; with --bench also what `bench mesh` compares meshd
-# with: nftables (the kernel's way) and DPDK's testpmd (the veth ceiling), and what the cluster
-# store's tests use: etcd and etcdctl, and protoc with protobuf's own .proto files (the etcd
-# client's build needs both).
+# Installs (as root, from Debian's packages) what the build, the demo and the end-to-end tests
+# use: protoc with protobuf's own .proto files (the etcd client's build needs both), etcd and
+# etcdctl (cluster mode: the demo runs on a real etcd), ip (iproute2), ethtool, curl, ping,
+# tracepath, dig; with --bench also what `bench mesh` compares meshd with: nftables (the
+# kernel's way) and DPDK's testpmd (the veth ceiling).
 # Says what is missing when it cannot install. The AF_XDP backend (meshd --io afxdp) needs no
 # package: it is plain system calls (no libbpf/libxdp, no clang).
 set -euo pipefail
-declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [tracepath]=iputils-tracepath [dig]=bind9-dnsutils )
+declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [tracepath]=iputils-tracepath [dig]=bind9-dnsutils
+                 [etcd]=etcd-server [etcdctl]=etcd-client [protoc]=protobuf-compiler )
 if [ "${1:-}" = "--bench" ]; then
   pkg[nft]=nftables
   pkg[dpdk-testpmd]=dpdk-dev
-  pkg[etcd]=etcd-server
-  pkg[etcdctl]=etcd-client
-  pkg[protoc]=protobuf-compiler
 fi
 missing=()
 for tool in "${!pkg[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${pkg[$tool]}")
 done
-if [ "${1:-}" = "--bench" ] && [ ! -e /usr/include/google/protobuf/descriptor.proto ]; then
+if [ ! -e /usr/include/google/protobuf/descriptor.proto ]; then
   missing+=(libprotobuf-dev)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0

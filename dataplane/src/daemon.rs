@@ -35,6 +35,9 @@ EXAMPLES:
   # AF_XDP instead of AF_PACKET (one worker):
   meshd --config /etc/meshd/meshd.toml --io afxdp --cores 2
 
+  # Cluster mode: the desired state from etcd (every node of the mesh names the same etcd):
+  meshd --config /etc/meshd/meshd.toml --cluster etcd://10.0.9.1:2379,10.0.9.2:2379,10.0.9.3:2379
+
 CONFIG FILE (TOML), every key optional and named like its flag:
   node = \"n1\"
   addr = \"192.168.1.11\"
@@ -50,6 +53,8 @@ CONFIG FILE (TOML), every key optional and named like its flag:
   rx_ring = \"frames\"
   metrics = \"127.0.0.1:9469\"
   dns_upstream = \"192.168.1.1:53\"
+  cluster = \"etcd://10.0.9.1:2379\"
+  etcd_cacert = \"/etc/meshd/etcd-ca.pem\"
 
 Then add peers, networks and services with meshctl (see `meshctl --help`).
 The kernel should hold no IP address on the uplink and tasks interfaces: meshd answers for the
@@ -145,6 +150,28 @@ pub struct Args {
     /// trusted.
     #[arg(long, value_name = "FILE")]
     pub gossip_key_file: Option<PathBuf>,
+    /// Cluster mode: take the desired state from etcd at these endpoints
+    /// (etcd://HOST:PORT[,HOST:PORT...]) and follow it, instead of the local state file and
+    /// changes on the socket. meshd registers under a lease (`meshctl node ls` shows it Ready,
+    /// Down once the lease lapses), says which revision it runs, and keeps serving its last
+    /// applied state while etcd is away (the state file is then its cache, also across a
+    /// restart). Changes: `meshctl --cluster ...` from any machine that reaches etcd.
+    #[arg(long, value_name = "ENDPOINTS")]
+    pub cluster: Option<String>,
+    /// The CA certificate (PEM) that signed etcd's: etcd is then reached over TLS.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// This node's client certificate (PEM), when etcd asks for one (with --etcd-key).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_key: Option<PathBuf>,
+    /// Seconds this node's lease lives without a keep-alive: after that long out of touch with
+    /// etcd it is Down for the others, and its tasks take no new connections through them
+    /// [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    pub cluster_lease: Option<u64>,
 }
 
 /// The options from the config file.
@@ -168,6 +195,11 @@ struct FileConfig {
     dns_upstream: Option<std::net::SocketAddrV4>,
     pcap: Option<PathBuf>,
     gossip_key_file: Option<PathBuf>,
+    cluster: Option<String>,
+    etcd_cacert: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    cluster_lease: Option<u64>,
 }
 
 /// `--io`: the port backend.
@@ -226,6 +258,70 @@ pub struct Settings {
     pub pcap: Option<PathBuf>,
     /// The health gossip's keys (`--gossip-key-file`), read at start: empty without.
     pub gossip_keys: crate::host::gossip::Keyring,
+    /// Cluster mode (`--cluster`).
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// Where the cluster's state is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// `--cluster` as given (for messages).
+    pub spec: String,
+    /// The endpoints as URLs.
+    pub endpoints: Vec<String>,
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub lease: Duration,
+}
+
+/// What a meshd built without the `cluster` feature says to `--cluster`.
+pub const NO_CLUSTER: &str = "meshd was built without cluster mode (--no-default-features): build it with its default features (cargo build --release)";
+
+#[cfg(feature = "cluster")]
+fn cluster_settings(
+    spec: String,
+    cacert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    lease: u64,
+) -> Result<ClusterSettings, StartError> {
+    let tls = ctl::cluster::etcd::Tls {
+        cacert: cacert.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let endpoints = ctl::cluster::etcd::endpoints(&spec, &tls)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    if cert.is_some() != key.is_some() {
+        return Err(StartError::Config(
+            "--etcd-cert and --etcd-key go together: give both (the client certificate and its key) or neither".into(),
+        ));
+    }
+    if !(2..=3600).contains(&lease) {
+        return Err(StartError::Config(format!(
+            "--cluster-lease {lease}: give 2 to 3600 seconds"
+        )));
+    }
+    Ok(ClusterSettings {
+        spec,
+        endpoints,
+        cacert,
+        cert,
+        key,
+        lease: Duration::from_secs(lease),
+    })
+}
+
+#[cfg(not(feature = "cluster"))]
+fn cluster_settings(
+    _: String,
+    _: Option<PathBuf>,
+    _: Option<PathBuf>,
+    _: Option<PathBuf>,
+    _: u64,
+) -> Result<ClusterSettings, StartError> {
+    Err(StartError::Config(NO_CLUSTER.to_owned()))
 }
 
 /// A start-up error, said so the operator knows what to fix.
@@ -305,7 +401,18 @@ impl Args {
                 b = FlowTable::BYTES_PER_FLOW
             )));
         }
+        let cluster = match self.cluster.or(file.cluster) {
+            Some(spec) => Some(cluster_settings(
+                spec,
+                self.etcd_cacert.or(file.etcd_cacert),
+                self.etcd_cert.or(file.etcd_cert),
+                self.etcd_key.or(file.etcd_key),
+                self.cluster_lease.or(file.cluster_lease).unwrap_or(10),
+            )?),
+            None => None,
+        };
         Ok(Settings {
+            cluster,
             socket: self
                 .socket
                 .or(file.socket)
@@ -419,6 +526,9 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let host_shared = Arc::new(HostShared::default());
     controller.host = Some(host_shared.clone());
     controller.uplink_mtu = Some(uplink_mtu);
+    if let Some(c) = &s.cluster {
+        controller.cluster = Some(c.spec.clone());
+    }
     if let Err(e) = ctl::validate::check_mtu(&controller.state, uplink_mtu) {
         tracing::error!(
             "{e}; until it is changed, that network's packets are limited to {} bytes",
@@ -502,8 +612,18 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, io = ?s.io, rx_ring = ?s.rx_ring, "workers started");
 
     // The control thread owns the controller; everyone else sends it messages.
+    let cached_revision = controller.revision;
     let (ctl, control_thread) = controller.start()?;
     handles.push(control_thread);
+    if let Some(c) = &s.cluster {
+        handles.push(start_follower(
+            &s,
+            c,
+            workers,
+            cached_revision,
+            ctl.clone(),
+        )?);
+    }
 
     // The host side.
     let seed = std::time::SystemTime::now()
@@ -571,6 +691,73 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     drop(server);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Cluster mode: the thread that follows etcd and hands its state to the controller.
+#[cfg(feature = "cluster")]
+fn start_follower(
+    s: &Settings,
+    c: &ClusterSettings,
+    workers: usize,
+    cached_revision: i64,
+    ctl: ControlHandle,
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    use ctl::cluster::follow::{follow, Applier, FollowConfig};
+
+    struct ToController(ControlHandle);
+    impl Applier for ToController {
+        fn apply(
+            &mut self,
+            state: &ctl::State,
+            revision: i64,
+            live: &std::collections::BTreeSet<String>,
+        ) -> Result<u64, String> {
+            self.0.adopt(state.clone(), revision, live.clone())
+        }
+        fn stopping(&self) -> bool {
+            self.0.shared().stop.load(Ordering::Relaxed)
+        }
+    }
+    let cfg = FollowConfig {
+        endpoints: c.endpoints.clone(),
+        tls: ctl::cluster::etcd::Tls {
+            cacert: c.cacert.clone(),
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+        },
+        node: ctl::Node {
+            name: s.node.clone(),
+            addr: s.addr,
+            vtep: s.vtep,
+            vtep_port: ctl::VXLAN_PORT,
+            availability: ctl::Availability::Active,
+        },
+        member: ctl::cluster::Member {
+            addr: s.addr,
+            vtep: s.vtep,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            workers,
+        },
+        lease_ttl: c.lease,
+        timeout: Duration::from_secs(3),
+        cached_revision,
+    };
+    tracing::info!(etcd = %c.spec, lease = ?c.lease, "cluster mode: following the state in etcd");
+    let mut applier = ToController(ctl);
+    Ok(std::thread::Builder::new()
+        .name("meshd-cluster".into())
+        .spawn(move || follow(&cfg, &mut applier))?)
+}
+
+#[cfg(not(feature = "cluster"))]
+fn start_follower(
+    _: &Settings,
+    _: &ClusterSettings,
+    _: usize,
+    _: i64,
+    _: ControlHandle,
+) -> Result<std::thread::JoinHandle<()>, StartError> {
+    Err(StartError::Config(NO_CLUSTER.to_owned()))
 }
 
 /// A worker's uplink and tasks ports.

@@ -244,6 +244,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "state" => vec![serde_json::to_vec(&crate::control::Persisted {
             generation: 3,
             state: layout(false),
+            revision: 0,
         })
         .unwrap_or_default()],
         _ => Vec::new(),

@@ -147,6 +147,37 @@ pub struct Record {
     /// The MTU new tasks' interfaces get ([`plan::TASK_MTU`] when unset).
     #[serde(default)]
     pub task_mtu: Option<u16>,
+    /// Cluster mode: the etcd the nodes follow (`up --cluster`).
+    #[serde(default)]
+    pub etcd: Option<EtcdRec>,
+}
+
+/// The instance's etcd: its members in a namespace of their own on the management network
+/// (10.99.0.0/24, a bridge every node has a kernel-held leg `mgmt0` on).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EtcdRec {
+    pub ns: String,
+    pub members: Vec<EtcdMember>,
+}
+
+/// One etcd member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdMember {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub pid: u32,
+}
+
+impl EtcdRec {
+    /// `etcd://ADDR:2379,...`, as meshd's and meshctl's --cluster take it.
+    pub fn endpoints(&self) -> String {
+        let list: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| format!("{}:{}", m.addr, plan::ETCD_CLIENT_PORT))
+            .collect();
+        format!("etcd://{}", list.join(","))
+    }
 }
 
 /// What `testbed run` starts.
@@ -322,6 +353,23 @@ impl Bed {
     /// Builds the underlay, the client and `nodes` nodes, starts meshd on each, and makes them
     /// peers with an ingress network. On failure everything made so far is removed.
     pub fn up(plan: Plan, tools: Tools, nodes: usize, verbose: bool) -> Result<Bed> {
+        Self::up_with(plan, tools, nodes, verbose, 0)
+    }
+
+    /// [`Bed::up`] in cluster mode when `etcd_members` > 0: an etcd of that many members (1 or
+    /// 3) on a management network, every meshd following it (`--cluster`), meshctl changing it.
+    pub fn up_with(
+        plan: Plan,
+        tools: Tools,
+        nodes: usize,
+        verbose: bool,
+        etcd_members: usize,
+    ) -> Result<Bed> {
+        if etcd_members > 5 {
+            return Err(Error::msg(format!(
+                "--etcd-members {etcd_members}: give 1, 3 or 5"
+            )));
+        }
         if !(1..=plan::MAX_NODES).contains(&nodes) {
             return Err(Error::msg(format!(
                 "--nodes {nodes}: give 1 to {}",
@@ -348,7 +396,7 @@ impl Bed {
             children: Vec::new(),
         };
         bed.rec.instance = bed.plan.instance.clone();
-        match bed.build(nodes) {
+        match bed.build(nodes, etcd_members) {
             Ok(()) => Ok(bed),
             Err(e) => {
                 let logs = bed.node_log_tails();
@@ -360,7 +408,7 @@ impl Bed {
         }
     }
 
-    fn build(&mut self, nodes: usize) -> Result<()> {
+    fn build(&mut self, nodes: usize, etcd_members: usize) -> Result<()> {
         let p = self.plan.clone();
         let dir = p.run_dir();
         std::fs::create_dir_all(&dir)
@@ -427,54 +475,30 @@ impl Bed {
             });
         }
         self.save()?;
+        if etcd_members > 0 {
+            self.start_etcd(etcd_members)?;
+        }
         // One gossip key for the instance, as an operator gives every node the same file: the
         // nodes sign their health gossip and take only signed gossip.
         let key_file = p.run_dir().join("gossip.key");
         write_gossip_key(&key_file)?;
         // meshd on every node, all starting at once.
         for n in 0..self.rec.nodes.len() {
-            let node = self.rec.nodes[n].clone();
-            let args: Vec<String> = [
-                "--node",
-                &node.name,
-                "--addr",
-                &node.addr.to_string(),
-                "--uplink",
-                plan::UPLINK_DEV,
-                "--tasks",
-                plan::TASKS_DEV,
-                "--socket",
-                &node.socket.display().to_string(),
-                "--state",
-                &p.state_file(node.index).display().to_string(),
-                "--cores",
-                &node.core.to_string(),
-                "--flows",
-                "65536",
-                "--gossip-key-file",
-                &key_file.display().to_string(),
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let child = sys::spawn_in(
-                &node.ns,
-                &self.tools.meshd,
-                &args,
-                &p.node_log(node.index),
-                &[("NO_COLOR", "1")],
-            )?;
-            let pid = child.id();
-            write_pid(&p.node_pidfile(node.index), pid)?;
-            self.rec.nodes[n].pid = pid;
-            self.children.push(child);
+            self.spawn_meshd(n)?;
         }
         self.save()?;
         for n in 0..self.rec.nodes.len() {
             self.wait_socket(n)?;
         }
+        if self.rec.etcd.is_some() {
+            // Each meshd adds itself to the cluster's state.
+            self.wait_ready(Duration::from_secs(20))?;
+        }
         // Peers: each meshd knows itself; tell every other one about it.
         for n in 0..self.rec.nodes.len() {
+            if self.rec.etcd.is_some() {
+                break;
+            }
             let node = self.rec.nodes[n].clone();
             let others: Vec<PathBuf> = self
                 .rec
@@ -529,6 +553,305 @@ impl Bed {
         )?;
         sys::offloads_off(sw, sw_end)?;
         sys::offloads_off(ns, dev)
+    }
+
+    /// Starts node `n`'s meshd (0-based) and records its pid.
+    fn spawn_meshd(&mut self, n: usize) -> Result<()> {
+        let p = self.plan.clone();
+        let node = self.rec.nodes[n].clone();
+        let key_file = p.run_dir().join("gossip.key");
+        let mut args: Vec<String> = [
+            "--node",
+            &node.name,
+            "--addr",
+            &node.addr.to_string(),
+            "--uplink",
+            plan::UPLINK_DEV,
+            "--tasks",
+            plan::TASKS_DEV,
+            "--socket",
+            &node.socket.display().to_string(),
+            "--state",
+            &p.state_file(node.index).display().to_string(),
+            "--cores",
+            &node.core.to_string(),
+            "--flows",
+            "65536",
+            "--gossip-key-file",
+            &key_file.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(e) = &self.rec.etcd {
+            args.extend([
+                "--cluster".to_string(),
+                e.endpoints(),
+                "--cluster-lease".into(),
+                plan::CLUSTER_LEASE_SECS.to_string(),
+            ]);
+        }
+        let child = sys::spawn_in(
+            &node.ns,
+            &self.tools.meshd,
+            &args,
+            &p.node_log(node.index),
+            &[("NO_COLOR", "1")],
+        )?;
+        let pid = child.id();
+        write_pid(&p.node_pidfile(node.index), pid)?;
+        self.rec.nodes[n].pid = pid;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// `kill -9` of node `name`'s meshd (a crash); its tasks keep running.
+    pub fn kill_meshd(&mut self, name: &str) -> Result<()> {
+        let pid = self.node(name)?.pid;
+        sys::signal(pid, libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sys::alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// Starts node `name`'s meshd again (after [`Bed::kill_meshd`]) and waits for its socket.
+    pub fn restart_meshd(&mut self, name: &str) -> Result<()> {
+        let n = self
+            .rec
+            .nodes
+            .iter()
+            .position(|x| x.name == name)
+            .ok_or_else(|| Error::msg(format!("no node {name}")))?;
+        self.spawn_meshd(n)?;
+        self.save()?;
+        self.wait_socket(n)
+    }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) to node `name`'s meshd: a node frozen, then back.
+    pub fn freeze_meshd(&self, name: &str, frozen: bool) -> Result<()> {
+        let pid = self.node(name)?.pid;
+        sys::signal(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT });
+        Ok(())
+    }
+
+    /// Cuts node `name` off the management network (`true`: its leg there goes down, so its
+    /// meshd cannot reach etcd) or puts it back; the underlay and its tasks are untouched.
+    pub fn cut_off(&self, name: &str, cut: bool) -> Result<()> {
+        let ns = self.node(name)?.ns.clone();
+        sys::ip_in(
+            &ns,
+            &["link", "set", "mgmt0", if cut { "down" } else { "up" }],
+        )?;
+        Ok(())
+    }
+
+    /// Stops etcd member `k` (1-based) with SIGKILL.
+    pub fn kill_etcd_member(&mut self, k: usize) -> Result<()> {
+        let pid = self
+            .rec
+            .etcd
+            .as_ref()
+            .and_then(|e| e.members.get(k.wrapping_sub(1)))
+            .map(|m| m.pid)
+            .ok_or_else(|| Error::msg(format!("no etcd member {k}")))?;
+        sys::signal(pid, libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sys::alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.reap();
+        Ok(())
+    }
+
+    /// Starts etcd member `k` (1-based) again, on its data.
+    pub fn start_etcd_member(&mut self, k: usize) -> Result<()> {
+        self.spawn_etcd_member(k.wrapping_sub(1))?;
+        self.save()
+    }
+
+    fn spawn_etcd_member(&mut self, k: usize) -> Result<()> {
+        let p = self.plan.clone();
+        let Some(rec) = self.rec.etcd.clone() else {
+            return Err(Error::msg("this instance runs without etcd"));
+        };
+        let m = rec
+            .members
+            .get(k)
+            .cloned()
+            .ok_or_else(|| Error::msg(format!("no etcd member {}", k + 1)))?;
+        let cluster: Vec<String> = rec
+            .members
+            .iter()
+            .map(|m| format!("{}=http://{}:{}", m.name, m.addr, plan::ETCD_PEER_PORT))
+            .collect();
+        let etcd = crate::preflight::which("etcd").ok_or_else(|| {
+            Error::msg("etcd is not installed: scripts/deps.sh installs it (apt-get install etcd-server etcd-client)")
+        })?;
+        let client = format!("http://{}:{}", m.addr, plan::ETCD_CLIENT_PORT);
+        let peer = format!("http://{}:{}", m.addr, plan::ETCD_PEER_PORT);
+        let data = p.run_dir().join(format!("etcd-{}", m.name));
+        let args: Vec<String> = vec![
+            "--name".into(),
+            m.name.clone(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client-urls".into(),
+            client.clone(),
+            "--advertise-client-urls".into(),
+            client,
+            "--listen-peer-urls".into(),
+            peer.clone(),
+            "--initial-advertise-peer-urls".into(),
+            peer,
+            "--initial-cluster".into(),
+            cluster.join(","),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--initial-cluster-token".into(),
+            format!("meshd-{}", p.instance),
+        ];
+        let log = p.run_dir().join(format!("etcd-{}.log", m.name));
+        let child = sys::spawn_in(&rec.ns, &etcd, &args, &log, &[])?;
+        let pid = child.id();
+        write_pid(&p.run_dir().join(format!("etcd-{}.pid", m.name)), pid)?;
+        if let Some(e) = &mut self.rec.etcd {
+            e.members[k].pid = pid;
+        }
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// Starts the instance's etcd: `members` members in namespace `<prefix>etcd` on the
+    /// management bridge, every node given a leg on it; waits until etcd answers.
+    fn start_etcd(&mut self, members: usize) -> Result<()> {
+        let p = self.plan.clone();
+        let ns = p.etcd_ns();
+        sys::netns_add(&ns)?;
+        sys::ip_in(&ns, &["link", "set", "lo", "up"])?;
+        sys::ip_in(
+            &ns,
+            &["link", "add", "name", plan::MGMT_DEV, "type", "bridge"],
+        )?;
+        sys::ip_in(&ns, &["link", "set", plan::MGMT_DEV, "up"])?;
+        sys::bridge_nf_off(&ns)?;
+        let mut rec = EtcdRec {
+            ns: ns.clone(),
+            members: Vec::new(),
+        };
+        for k in 1..=members {
+            let addr = plan::etcd_addr(k);
+            rec.members.push(EtcdMember {
+                name: format!("e{k}"),
+                addr,
+                pid: 0,
+            });
+            sys::ip_in(
+                &ns,
+                &["addr", "add", &format!("{addr}/24"), "dev", plan::MGMT_DEV],
+            )?;
+        }
+        for node in self.rec.nodes.clone() {
+            let end = format!("mgmt-{}", node.name);
+            sys::ip_in(
+                &ns,
+                &[
+                    "link", "add", "name", &end, "type", "veth", "peer", "name", "mgmt0", "netns",
+                    &node.ns,
+                ],
+            )?;
+            sys::ip_in(&ns, &["link", "set", &end, "master", plan::MGMT_DEV, "up"])?;
+            let a = format!("{}/24", plan::mgmt_addr(node.index));
+            sys::ip_in(&node.ns, &["addr", "add", &a, "dev", "mgmt0"])?;
+            sys::ip_in(&node.ns, &["link", "set", "mgmt0", "up"])?;
+            sys::ip_in(&node.ns, &["link", "set", "lo", "up"])?;
+        }
+        let members = rec.members.len();
+        self.rec.etcd = Some(rec);
+        for k in 0..members {
+            self.spawn_etcd_member(k)?;
+        }
+        self.save()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.etcdctl(&["endpoint", "health"]) {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(Error::msg(format!(
+                        "etcd did not come up within 30 s: {e} (logs: {}/etcd-*.log)",
+                        p.run_dir().display()
+                    )))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Runs etcdctl (API v3) against the instance's etcd, inside its namespace.
+    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
+        let Some(e) = &self.rec.etcd else {
+            return Err(Error::msg(
+                "this instance runs without etcd (up --cluster starts one)",
+            ));
+        };
+        let eps: Vec<String> = e
+            .members
+            .iter()
+            .map(|m| format!("http://{}:{}", m.addr, plan::ETCD_CLIENT_PORT))
+            .collect();
+        let mut all = vec![format!("--endpoints={}", eps.join(","))];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &e.ns, "etcdctl"])
+            .args(&all)
+            .env("ETCDCTL_API", "3")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| Error::Spawn {
+                program: "etcdctl".into(),
+                source,
+                hint: "scripts/deps.sh installs it (apt-get install etcd-client)".into(),
+            })?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(Error::msg(format!(
+                "etcdctl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// Waits until every node's meshd holds its lease and runs the cluster's current state.
+    pub fn wait_ready(&self, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ls = self.meshctl_quiet(&["--format", "json", "node", "ls"]);
+            let ready = ls.as_ref().ok().and_then(|text| {
+                let rows: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
+                let up = rows
+                    .iter()
+                    .filter(|r| r["status"] == "ready" && r["revision"].is_i64())
+                    .count();
+                Some(up)
+            });
+            if ready == Some(self.rec.nodes.len()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::msg(format!(
+                    "the nodes did not all register with etcd within {within:?}: {}",
+                    match ls {
+                        Ok(t) => t,
+                        Err(e) => e.to_string(),
+                    }
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn wait_socket(&mut self, n: usize) -> Result<()> {
@@ -637,7 +960,18 @@ impl Bed {
             };
             println!("$ {}{who}", sys::cmdline("meshctl", &args));
         }
-        let out = std::process::Command::new(&self.tools.meshctl)
+        // Cluster mode: meshctl talks to etcd, from etcd's namespace (the management network).
+        let mut cmd = match &self.rec.etcd {
+            Some(e) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", &e.ns])
+                    .arg(&self.tools.meshctl)
+                    .env("MESHCTL_CLUSTER", e.endpoints());
+                c
+            }
+            None => std::process::Command::new(&self.tools.meshctl),
+        };
+        let out = cmd
             .args(&args)
             .env("MESHCTL_SOCKET", &env)
             .stdin(std::process::Stdio::null())
@@ -1322,6 +1656,14 @@ impl Bed {
             p.client_ns(),
             plan::CLIENT_ADDR
         );
+        if let Some(e) = &self.rec.etcd {
+            let _ = writeln!(
+                s,
+                "\nCLUSTER: etcd {} in namespace {} (management network 10.99.0.0/24, each node's mgmt0 at 10.99.0.1X); every meshd runs --cluster, meshctl changes etcd",
+                e.endpoints(),
+                e.ns
+            );
+        }
         let _ = writeln!(
             s,
             "\nNODES (meshd is the node: the kernel holds no address on up0 or br-tasks)"
@@ -1574,11 +1916,10 @@ pub fn down(plan: &Plan) -> Vec<String> {
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "pid"))
             .collect();
-        // Tasks first, meshd last (node pid files are n<i>.pid).
+        // Tasks first, then meshd (node pid files are n<i>.pid), etcd last.
         pidfiles.sort_by_key(|p| {
-            p.file_stem()
-                .and_then(|s| s.to_str())
-                .is_some_and(|s| plan::node_index(s).is_some())
+            let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            (stem.starts_with("etcd-"), plan::node_index(stem).is_some())
         });
         for pf in pidfiles {
             let Some(pid) = std::fs::read_to_string(&pf)
@@ -1594,6 +1935,8 @@ pub fn down(plan: &Plan) -> Vec<String> {
                 .to_string();
             let expect = if plan::node_index(&stem).is_some() {
                 "meshd"
+            } else if stem.starts_with("etcd-") {
+                "etcd"
             } else {
                 "whoami"
             };

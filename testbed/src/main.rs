@@ -95,6 +95,13 @@ enum Cmd {
         /// the underlay's MTU still works (meshd clamps the MSS, sends "fragmentation needed")
         #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(576..=9000))]
         task_mtu: Option<u16>,
+        /// Cluster mode: start an etcd (Debian's) on a management network and run every meshd
+        /// with --cluster; meshctl then changes etcd
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster, how many etcd members (1, 3 or 5)
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        etcd_members: usize,
     },
     /// Remove everything `up` made: stop meshd and tasks, delete the namespaces (also after a crash)
     Down {
@@ -266,9 +273,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Cmd::Up { nodes, task_mtu } => {
+        Cmd::Up {
+            nodes,
+            task_mtu,
+            cluster,
+            etcd_members,
+        } => {
             preflight::check(true)?;
-            let mut bed = Bed::up(plan, Tools::find()?, nodes, true)?;
+            let members = if cluster { etcd_members } else { 0 };
+            let mut bed = Bed::up_with(plan, Tools::find()?, nodes, true, members)?;
             if let Some(mtu) = task_mtu {
                 bed.set_task_mtu(mtu)?;
             }
@@ -397,7 +410,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Ctl { args } => {
             let bed = Bed::load(plan, Tools::find()?)?;
-            let status = std::process::Command::new(&bed.tools.meshctl)
+            // Cluster mode: meshctl asks etcd, from etcd's namespace.
+            let mut cmd = match &bed.rec.etcd {
+                Some(e) => {
+                    let mut c = std::process::Command::new("ip");
+                    c.args(["netns", "exec", &e.ns])
+                        .arg(&bed.tools.meshctl)
+                        .env("MESHCTL_CLUSTER", e.endpoints());
+                    c
+                }
+                None => std::process::Command::new(&bed.tools.meshctl),
+            };
+            let status = cmd
                 .args(&args)
                 .env("MESHCTL_SOCKET", bed.socket_env())
                 .status()

@@ -38,6 +38,22 @@ pub const TASKS_DEV: &str = "br-tasks";
 pub const TASK_MTU: u16 = 1450;
 /// The switch's bridge.
 pub const SWITCH_DEV: &str = "br0";
+/// The management bridge (cluster mode), in the etcd namespace.
+pub const MGMT_DEV: &str = "mgmt";
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+/// The lease of a testbed node: Down 4 s after its meshd stops answering etcd.
+pub const CLUSTER_LEASE_SECS: u64 = 4;
+
+/// The address of etcd member `k` (1-based) on the management network.
+pub fn etcd_addr(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, 0, u8::try_from(k).unwrap_or(1))
+}
+
+/// Node `i`'s kernel-held address on the management network.
+pub fn mgmt_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 99, 0, u8::try_from(10 + i).unwrap_or(255))
+}
 
 /// The naming plan of one instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +83,10 @@ impl Plan {
     /// Every namespace of the instance starts with this.
     pub fn prefix(&self) -> String {
         format!("meshd-{}-", self.instance)
+    }
+    /// The namespace of the instance's etcd (cluster mode).
+    pub fn etcd_ns(&self) -> String {
+        format!("{}etcd", self.prefix())
     }
     pub fn switch_ns(&self) -> String {
         format!("{}sw", self.prefix())

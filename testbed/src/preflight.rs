@@ -20,8 +20,15 @@ pub const NEEDED: &[(&str, &str)] = &[
 
 /// Whether `prog` is on PATH.
 pub fn on_path(prog: &str) -> bool {
+    which(prog).is_some()
+}
+
+/// Where `prog` is on PATH.
+pub fn which(prog: &str) -> Option<std::path::PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).any(|d| is_executable(&d.join(prog)))
+    std::env::split_paths(&path)
+        .map(|d| d.join(prog))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

@@ -339,7 +339,7 @@ pub fn proc_cmdline(pid: u32) -> Option<String> {
     )
 }
 
-fn signal(pid: u32, sig: i32) {
+pub fn signal(pid: u32, sig: i32) {
     let Ok(p) = libc::pid_t::try_from(pid) else {
         return;
     };

@@ -3,6 +3,8 @@
 //! Reads (`ls`, `inspect`, `ps`, `stats`) ask the first `--socket`; changes go to every socket
 //! (one per node of a small mesh) at once and are reported per node.
 
+#[cfg(feature = "cluster")]
+mod cluster;
 pub mod render;
 pub mod spec;
 pub mod stats;
@@ -72,6 +74,53 @@ pub struct Cli {
         value_name = "PATH"
     )]
     socket: Vec<PathBuf>,
+
+    /// The cluster's etcd (etcd://HOST:PORT[,HOST:PORT...]), for a mesh whose meshds run with
+    /// --cluster: reads and changes go to etcd instead of sockets, from any machine that
+    /// reaches it, and a change waits until every node runs it.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Cluster options",
+        env = "MESHCTL_CLUSTER",
+        value_name = "ENDPOINTS"
+    )]
+    cluster: Option<String>,
+
+    /// The CA certificate (PEM) that signed etcd's: etcd is then reached over TLS.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Cluster options",
+        env = "MESHCTL_ETCD_CACERT",
+        value_name = "FILE"
+    )]
+    etcd_cacert: Option<PathBuf>,
+
+    /// A client certificate (PEM) for an etcd that asks for one (with --etcd-key).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Cluster options",
+        env = "MESHCTL_ETCD_CERT",
+        value_name = "FILE"
+    )]
+    etcd_cert: Option<PathBuf>,
+
+    /// The key of --etcd-cert (PEM).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Cluster options",
+        env = "MESHCTL_ETCD_KEY",
+        value_name = "FILE"
+    )]
+    etcd_key: Option<PathBuf>,
+
+    /// With --cluster, return once the change is written, without waiting for the nodes to run
+    /// it (Docker's --detach).
+    #[arg(long, short = 'd', global = true, help_heading = "Cluster options")]
+    detach: bool,
 
     /// Output: `table` for people (tables, Docker-style progress, Docker-shaped inspect), `json`
     /// for scripts (meshd's own JSON, unchanged).
@@ -670,6 +719,10 @@ struct Ctx {
     sockets: Vec<PathBuf>,
     format: Format,
     timeout: Duration,
+    /// `--cluster`: etcd instead of the sockets.
+    #[cfg(feature = "cluster")]
+    cluster: Option<cluster::Cluster>,
+    detach: bool,
 }
 
 /// How a successful change is reported.
@@ -710,13 +763,48 @@ fn run(cli: Cli) -> Result<(), CliError> {
             "no control socket given: pass --socket PATH or set MESHCTL_SOCKET (meshd's default is {DEFAULT_SOCKET})"
         )));
     }
+    #[cfg(feature = "cluster")]
+    let cluster = match &cli.cluster {
+        Some(spec) if !spec.trim().is_empty() => {
+            let tls = ctl::cluster::etcd::Tls {
+                cacert: cli.etcd_cacert.clone(),
+                cert: cli.etcd_cert.clone(),
+                key: cli.etcd_key.clone(),
+            };
+            // Stats is a node's: it goes to the socket whatever --cluster says.
+            match &cli.command {
+                Top::Stats => None,
+                _ => Some(cluster::Cluster::connect(
+                    spec,
+                    &tls,
+                    cli.timeout.min(Duration::from_secs(10)),
+                )?),
+            }
+        }
+        _ => None,
+    };
+    #[cfg(not(feature = "cluster"))]
+    if cli.cluster.as_ref().is_some_and(|s| !s.trim().is_empty()) {
+        return Err(CliError::Msg(
+            "meshctl was built without cluster mode (--no-default-features): build it with its default features".into(),
+        ));
+    }
+    let _ = (&cli.etcd_cacert, &cli.etcd_cert, &cli.etcd_key);
     let ctx = Ctx {
         sockets,
         format: cli.format,
         timeout: cli.timeout,
+        #[cfg(feature = "cluster")]
+        cluster,
+        detach: cli.detach,
     };
     match cli.command {
         Top::Network(c) => network(&ctx, c),
+        #[cfg(feature = "cluster")]
+        Top::Node(NodeCmd::Ls) if ctx.cluster.is_some() => match &ctx.cluster {
+            Some(c) => c.node_ls(ctx.format),
+            None => Ok(()),
+        },
         Top::Node(c) => node(&ctx, c),
         Top::Service(c) => service(&ctx, c),
         Top::Stats => {
@@ -1175,8 +1263,12 @@ impl Ctx {
         }
     }
 
-    /// Sends a read to the first socket.
+    /// Sends a read to the first socket (or answers it from etcd's state).
     fn read(&self, cmd: Command) -> Result<Success, CliError> {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.read(&cmd);
+        }
         let socket = &self.sockets[0];
         let resp = client::request(socket, &cmd, self.timeout)?;
         resp.into_result()
@@ -1199,6 +1291,10 @@ impl Ctx {
 
     /// The whole state of every daemon, for choosing VNIs and VIPs free on all of them.
     fn states(&self) -> Result<Vec<State>, CliError> {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.states();
+        }
         let mut states = Vec::new();
         for o in self.send_all(&Command::Query(Query::State {})) {
             let s = o.result.map_err(CliError::Msg)?;
@@ -1241,6 +1337,11 @@ impl Ctx {
 
     /// Sends a change to every socket and reports per node; fails if any node refused it.
     fn change(&self, cmd: Command, report: Report) -> Result<(), CliError> {
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.cluster {
+            return c.change(&cmd, &report, self.format, self.timeout, self.detach);
+        }
+        let _ = self.detach;
         let outcomes = self.send_all(&cmd);
         let mut failed = false;
         match self.format {

@@ -254,6 +254,49 @@ pub fn node_ls(nodes: &[Node]) -> String {
     table(&["NAME", "ADDRESS", "VTEP", "AVAILABILITY"], &rows)
 }
 
+/// `node ls` in cluster mode, as `docker node ls`: STATUS from the node's lease, the revision
+/// its meshd runs.
+#[cfg(feature = "cluster")]
+pub(super) fn node_ls_cluster(rows: &[super::cluster::NodeRow]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let n = &r.node;
+            vec![
+                n.name.clone(),
+                n.addr.to_string(),
+                format!("{}:{}", n.vtep_addr(), n.vtep_port),
+                match r.status {
+                    "ready" => "Ready",
+                    _ => "Down",
+                }
+                .to_string(),
+                match n.availability {
+                    Availability::Active => "Active",
+                    Availability::Drain => "Drain",
+                }
+                .to_string(),
+                r.revision.map_or_else(|| "-".into(), |v| v.to_string()),
+                r.version.clone().unwrap_or_else(|| "-".into()),
+                r.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "ADDRESS",
+            "VTEP",
+            "STATUS",
+            "AVAILABILITY",
+            "REVISION",
+            "VERSION",
+            "ERROR",
+        ],
+        &rows,
+    )
+}
+
 /// Docker's convergence display, every bar full: meshd answers once every worker has the change.
 pub fn progress(svc: &Service) -> String {
     let n = svc.tasks.len();

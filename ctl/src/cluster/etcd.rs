@@ -5,11 +5,16 @@
 //! Blocking calls over the async `etcd-client` crate, on a runtime of their own (meshctl and
 //! meshd's control thread are plain threads).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
+};
 
-use super::{diff, from_keys, LayoutError, Op, PREFIX};
+use super::{diff, entry, read_keys, Entry, LayoutError, Member, Op, Status, PREFIX};
 use crate::apply::ApplyError;
 use crate::model::State;
 use crate::proto::Change;
@@ -26,8 +31,14 @@ pub const TRIES: usize = 16;
 pub enum ClusterError {
     #[error("cannot reach etcd at {endpoints}: {reason} (is etcd running there? `etcdctl --endpoints={endpoints} endpoint health` tells)")]
     Connect { endpoints: String, reason: String },
+    #[error("{0}")]
+    Endpoints(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("etcd: {0}")]
     Etcd(String),
+    #[error("etcd cannot write now: {reason} (a majority of its members must be up: `etcdctl endpoint status --cluster` shows them); nothing was changed")]
+    NoQuorum { reason: String },
     #[error("the cluster state in etcd is unreadable: {0}")]
     Layout(#[from] LayoutError),
     #[error("{path}: the generation is not a number: {value:?}")]
@@ -42,9 +53,101 @@ pub enum ClusterError {
 
 impl From<etcd_client::Error> for ClusterError {
     fn from(e: etcd_client::Error) -> Self {
-        ClusterError::Etcd(e.to_string())
+        let text = e.to_string();
+        // What etcd (and gRPC) say when the cluster has no leader: quorum lost, or the member
+        // asked is cut off from the others.
+        let lost = [
+            "no leader",
+            "request timed out",
+            "leader changed",
+            "Unavailable",
+        ];
+        if lost.iter().any(|w| text.contains(w)) {
+            ClusterError::NoQuorum { reason: text }
+        } else {
+            ClusterError::Etcd(text)
+        }
     }
 }
+
+/// TLS for etcd, as etcd deployments set it up: the CA that signed etcd's certificate and,
+/// when etcd asks for client certificates, this client's certificate and key (PEM files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub cacert: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl Tls {
+    pub fn enabled(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    fn options(&self) -> Result<Option<TlsOptions>, ClusterError> {
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p)
+                .map_err(|e| ClusterError::Tls(format!("--{flag} {}: {e}", p.display())))
+        };
+        let mut o = TlsOptions::new();
+        if let Some(ca) = &self.cacert {
+            o = o.ca_certificate(Certificate::from_pem(read("etcd-cacert", ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => {
+                o = o.identity(Identity::from_pem(read("etcd-cert", c)?, read("etcd-key", k)?));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ClusterError::Tls(
+                    "--etcd-cert and --etcd-key go together: give both (the client certificate and its key) or neither".into(),
+                ))
+            }
+        }
+        Ok(Some(o))
+    }
+}
+
+/// The endpoints of `spec`: `etcd://HOST:PORT[,HOST:PORT...]` (or bare `HOST:PORT`s, or
+/// `http(s)://` URLs), as URLs with the scheme TLS asks for.
+pub fn endpoints(spec: &str, tls: &Tls) -> Result<Vec<String>, ClusterError> {
+    let scheme = if tls.enabled() { "https" } else { "http" };
+    let rest = spec.strip_prefix("etcd://").unwrap_or(spec);
+    let mut out = Vec::new();
+    for item in rest.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let bare = item
+            .strip_prefix("http://")
+            .or_else(|| item.strip_prefix("https://"))
+            .unwrap_or(item)
+            .trim_end_matches('/');
+        let ok = bare.rsplit_once(':').is_some_and(|(h, p)| {
+            !h.is_empty() && !h.contains('/') && p.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(ClusterError::Endpoints(format!(
+                "--cluster {spec:?}: {item:?} is not HOST:PORT (for example etcd://10.0.0.1:2379,10.0.0.2:2379)"
+            )));
+        }
+        if item.starts_with("http://") && tls.enabled() {
+            return Err(ClusterError::Endpoints(format!(
+                "--cluster {spec:?}: {item:?} says http, but TLS options are given: drop the scheme or the TLS options"
+            )));
+        }
+        out.push(format!("{scheme}://{bare}"));
+    }
+    if out.is_empty() {
+        return Err(ClusterError::Endpoints(format!(
+            "--cluster {spec:?} names no endpoint: give etcd://HOST:PORT[,HOST:PORT...]"
+        )));
+    }
+    Ok(out)
+}
+
+/// The running meshds by node name, and what each has applied.
+pub type Liveness = (BTreeMap<String, Member>, BTreeMap<String, Status>);
 
 /// The whole desired state as read at one revision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +157,16 @@ pub struct Snapshot {
     pub generation: u64,
     /// etcd's revision of the read.
     pub revision: i64,
+    /// Keys left out of `state`, each naming its key and why (a value written by hand, a key
+    /// outside the layout).
+    pub skipped: Vec<LayoutError>,
+    /// The running meshds, by node name (their leases' keys).
+    pub members: BTreeMap<String, Member>,
+    /// What each running meshd has applied.
+    pub status: BTreeMap<String, Status>,
+    /// The keys and values `state` was read from, those skipped included (for a reader that
+    /// follows changes key by key).
+    pub raw: BTreeMap<String, Vec<u8>>,
 }
 
 /// A client of the cluster's etcd.
@@ -69,44 +182,179 @@ impl std::fmt::Debug for Etcd {
 }
 
 impl Etcd {
-    /// Connects to etcd at `endpoints` (`HOST:PORT` or `http://HOST:PORT`), giving up after
-    /// `timeout`.
+    /// Connects to etcd at `endpoints` (URLs from [`endpoints`]), giving up after `timeout`.
     pub fn connect(endpoints: &[String], timeout: Duration) -> Result<Etcd, ClusterError> {
-        let named = endpoints.join(",");
-        let fail = |reason: String| ClusterError::Connect {
-            endpoints: named.clone(),
-            reason,
-        };
+        Self::connect_tls(endpoints, &Tls::default(), timeout)
+    }
+
+    /// [`Etcd::connect`] with TLS.
+    pub fn connect_tls(
+        endpoints: &[String],
+        tls: &Tls,
+        timeout: Duration,
+    ) -> Result<Etcd, ClusterError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| fail(e.to_string()))?;
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
-        let client = rt
-            .block_on(Client::connect(endpoints, Some(opts)))
-            .map_err(|e| fail(e.to_string()))?;
-        let mut e = Etcd { rt, client };
-        // The connection is lazy: one read says now whether etcd answers.
-        e.rt.block_on(e.client.get(GENERATION, None))
-            .map_err(|err| fail(err.to_string()))?;
-        Ok(e)
+            .map_err(|e| ClusterError::Etcd(e.to_string()))?;
+        let client = rt.block_on(connect(endpoints, tls, timeout))?;
+        Ok(Etcd { rt, client })
     }
 
-    /// The desired state, whole, at one revision. Keys of the prefix that are not objects of
-    /// the layout or the generation (members, status: later) are left for their readers.
+    /// The desired state, whole, at one revision, with the members and their status. Keys
+    /// that do not belong or do not parse are left out and named in `skipped`.
     pub fn load(&mut self) -> Result<Snapshot, ClusterError> {
-        let resp = self.rt.block_on(
-            self.client
-                .get(PREFIX, Some(GetOptions::new().with_prefix())),
-        )?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut generation = 0;
-        let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
-        for kv in resp.kvs() {
-            let path = String::from_utf8_lossy(kv.key()).into_owned();
-            if path == GENERATION {
+        self.rt.block_on(load(&mut self.client))
+    }
+
+    /// Applies `change` to the state in etcd: read, apply, validate, then one transaction that
+    /// writes only the keys that change and bumps the generation, if the generation is still
+    /// the one read; else again on the newer state, up to [`TRIES`] times. A change that the
+    /// state refuses (or that makes it invalid) leaves etcd untouched.
+    pub fn change(&mut self, change: &Change) -> Result<Snapshot, ClusterError> {
+        self.rt.block_on(apply_change(&mut self.client, change))
+    }
+
+    /// The members and their status only (what `node ls` and convergence need), without
+    /// reading the whole state.
+    pub fn liveness(&mut self) -> Result<Liveness, ClusterError> {
+        self.rt.block_on(async {
+            let mut members = BTreeMap::new();
+            let mut status = BTreeMap::new();
+            for kind in ["members/", "status/"] {
+                let resp = self
+                    .client
+                    .get(
+                        format!("{PREFIX}{kind}"),
+                        Some(GetOptions::new().with_prefix()),
+                    )
+                    .await?;
+                for kv in resp.kvs() {
+                    let path = String::from_utf8_lossy(kv.key()).into_owned();
+                    note_liveness(
+                        &path,
+                        kv.value(),
+                        &mut members,
+                        &mut status,
+                        &mut Vec::new(),
+                    );
+                }
+            }
+            Ok((members, status))
+        })
+    }
+}
+
+/// Connects to the first endpoint (from a starting point that differs per process, so a fleet
+/// spreads over the members) that answers a linearizable read: a member that is down, or cut
+/// off from its quorum, is passed over. One endpoint per client: the client's own balancing
+/// sends requests to a member that is down and fails them; a session that loses its member
+/// connects again and finds another.
+pub(crate) async fn connect(
+    endpoints: &[String],
+    tls: &Tls,
+    timeout: Duration,
+) -> Result<Client, ClusterError> {
+    let named = endpoints.join(",");
+    let tls = tls.options()?;
+    let start = usize::try_from(std::process::id()).unwrap_or(0) % endpoints.len().max(1);
+    let mut reasons = Vec::new();
+    for k in 0..endpoints.len() {
+        let ep = &endpoints[(start + k) % endpoints.len()];
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout)
+            .with_keep_alive(Duration::from_secs(2), timeout);
+        if let Some(t) = &tls {
+            opts = opts.with_tls(t.clone());
+        }
+        let tried = async {
+            let mut c = Client::connect(std::slice::from_ref(ep), Some(opts)).await?;
+            c.get(GENERATION, None).await?;
+            Ok::<_, etcd_client::Error>(c)
+        }
+        .await;
+        match tried {
+            Ok(c) => return Ok(c),
+            Err(e) => reasons.push(format!("{ep}: {}", brief(&e))),
+        }
+    }
+    Err(ClusterError::Connect {
+        endpoints: named,
+        reason: reasons.join("; "),
+    })
+}
+
+/// The gist of a client error: gRPC's transport errors nest the cause several levels deep.
+fn brief(e: &etcd_client::Error) -> String {
+    let text = e.to_string();
+    for (needle, said) in [
+        ("Connection refused", "connection refused"),
+        ("No route to host", "no route to host"),
+        ("Network is unreachable", "network unreachable"),
+        ("no leader", "etcd has no leader (quorum lost?)"),
+        ("deadline has elapsed", "timed out"),
+        ("timed out", "timed out"),
+        (
+            "certificate",
+            "TLS: the certificate was refused (check --etcd-cacert, --etcd-cert, --etcd-key)",
+        ),
+        (
+            "InvalidCertificate",
+            "TLS: the certificate was refused (check --etcd-cacert)",
+        ),
+        ("authentication", "authentication failed"),
+    ] {
+        if text.contains(needle) {
+            return said.to_string();
+        }
+    }
+    text
+}
+
+/// Files a member or status key's value; a value that does not parse goes to `skipped`.
+pub(crate) fn note_liveness(
+    path: &str,
+    value: &[u8],
+    members: &mut BTreeMap<String, Member>,
+    status: &mut BTreeMap<String, Status>,
+    skipped: &mut Vec<LayoutError>,
+) {
+    let bad = |e: serde_json::Error| LayoutError::BadValue {
+        path: path.to_string(),
+        reason: e.to_string(),
+    };
+    match entry(path) {
+        Entry::Member(n) => match serde_json::from_slice(value) {
+            Ok(m) => {
+                members.insert(n, m);
+            }
+            Err(e) => skipped.push(bad(e)),
+        },
+        Entry::Status(n) => match serde_json::from_slice(value) {
+            Ok(s) => {
+                status.insert(n, s);
+            }
+            Err(e) => skipped.push(bad(e)),
+        },
+        _ => {}
+    }
+}
+
+/// See [`Etcd::load`].
+pub(crate) async fn load(client: &mut Client) -> Result<Snapshot, ClusterError> {
+    let resp = client
+        .get(PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut generation = 0;
+    let mut raw: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let (mut members, mut status) = (BTreeMap::new(), BTreeMap::new());
+    for kv in resp.kvs() {
+        let path = String::from_utf8_lossy(kv.key()).into_owned();
+        match entry(&path) {
+            Entry::Generation => {
                 let text = String::from_utf8_lossy(kv.value()).into_owned();
                 generation = text
                     .trim()
@@ -115,60 +363,109 @@ impl Etcd {
                         path: path.clone(),
                         value: text.clone(),
                     })?;
-            } else if is_object(&path) {
-                objects.push((path, kv.value().to_vec()));
+            }
+            Entry::Member(_) | Entry::Status(_) => {
+                note_liveness(&path, kv.value(), &mut members, &mut status, &mut skipped)
+            }
+            Entry::Object(_) | Entry::Unknown => {
+                raw.insert(path, kv.value().to_vec());
             }
         }
-        let state = from_keys(objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
-        Ok(Snapshot {
-            state,
-            generation,
-            revision,
-        })
     }
-
-    /// Applies `change` to the state in etcd: read, apply, validate, then one transaction that
-    /// writes only the keys that change and bumps the generation, if the generation is still
-    /// the one read; else again on the newer state, up to [`TRIES`] times. A change that the
-    /// state refuses (or that makes it invalid) leaves etcd untouched.
-    pub fn change(&mut self, change: &Change) -> Result<Snapshot, ClusterError> {
-        for _ in 0..TRIES {
-            let snap = self.load()?;
-            let next = crate::apply::change(&snap.state, change)?;
-            crate::validate(&next)?;
-            let mut ops: Vec<TxnOp> = diff(&snap.state, &next)
-                .into_iter()
-                .map(|op| match op {
-                    Op::Put(k, v) => TxnOp::put(k, v, None),
-                    Op::Delete(k) => TxnOp::delete(k, None),
-                })
-                .collect();
-            let generation = snap.generation + 1;
-            ops.push(TxnOp::put(GENERATION, generation.to_string(), None));
-            let guard = if snap.generation == 0 {
-                Compare::version(GENERATION, CompareOp::Equal, 0)
-            } else {
-                Compare::value(GENERATION, CompareOp::Equal, snap.generation.to_string())
-            };
-            let resp = self
-                .rt
-                .block_on(self.client.txn(Txn::new().when(vec![guard]).and_then(ops)))?;
-            if resp.succeeded() {
-                return Ok(Snapshot {
-                    state: next,
-                    generation,
-                    revision: resp.header().map_or(0, |h| h.revision()),
-                });
-            }
-        }
-        Err(ClusterError::Busy)
-    }
+    let (state, mut bad) = read_keys(raw.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    skipped.append(&mut bad);
+    Ok(Snapshot {
+        state,
+        generation,
+        revision,
+        skipped,
+        members,
+        status,
+        raw,
+    })
 }
 
-/// Whether `path` is under one of the object kinds' prefixes (a key there that does not parse
-/// is the layout's to refuse, by name).
-fn is_object(path: &str) -> bool {
-    ["nodes/", "networks/", "services/", "tasks/"]
-        .iter()
-        .any(|k| path.strip_prefix(PREFIX).is_some_and(|r| r.starts_with(k)))
+/// See [`Etcd::change`].
+pub(crate) async fn apply_change(
+    client: &mut Client,
+    change: &Change,
+) -> Result<Snapshot, ClusterError> {
+    for _ in 0..TRIES {
+        let snap = load(client).await?;
+        let next = crate::apply::change(&snap.state, change)?;
+        crate::validate(&next)?;
+        let mut ops: Vec<TxnOp> = diff(&snap.state, &next)
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(k, v) => TxnOp::put(k, v, None),
+                Op::Delete(k) => TxnOp::delete(k, None),
+            })
+            .collect();
+        let generation = snap.generation + 1;
+        ops.push(TxnOp::put(GENERATION, generation.to_string(), None));
+        let guard = if snap.generation == 0 {
+            Compare::version(GENERATION, CompareOp::Equal, 0)
+        } else {
+            Compare::value(GENERATION, CompareOp::Equal, snap.generation.to_string())
+        };
+        let resp = client
+            .txn(Txn::new().when(vec![guard]).and_then(ops))
+            .await?;
+        if resp.succeeded() {
+            return Ok(Snapshot {
+                state: next,
+                generation,
+                revision: resp.header().map_or(0, |h| h.revision()),
+                ..snap
+            });
+        }
+    }
+    Err(ClusterError::Busy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_read_as_operators_write_them() {
+        let plain = Tls::default();
+        assert_eq!(
+            endpoints("etcd://10.0.0.1:2379,10.0.0.2:2379", &plain).unwrap(),
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(
+            endpoints("http://h1:2379/, h2:2379", &plain).unwrap(),
+            ["http://h1:2379", "http://h2:2379"]
+        );
+        let tls = Tls {
+            cacert: Some("/ca.pem".into()),
+            ..Tls::default()
+        };
+        assert_eq!(
+            endpoints("etcd://h1:2379", &tls).unwrap(),
+            ["https://h1:2379"]
+        );
+        for (bad, says) in [
+            ("", "names no endpoint"),
+            ("etcd://", "names no endpoint"),
+            ("etcd://h1", "is not HOST:PORT"),
+            ("etcd://h1:0", "is not HOST:PORT"),
+            ("etcd://h1:http", "is not HOST:PORT"),
+        ] {
+            let e = endpoints(bad, &plain).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        let e = endpoints("http://h1:2379", &tls).unwrap_err().to_string();
+        assert!(e.contains("says http, but TLS options are given"), "{e}");
+        let half = Tls {
+            cert: Some("/c.pem".into()),
+            ..Tls::default()
+        };
+        assert!(half
+            .options()
+            .unwrap_err()
+            .to_string()
+            .contains("go together"));
+    }
 }

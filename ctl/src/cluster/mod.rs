@@ -6,6 +6,9 @@
 //! /meshd/v1/networks/<network>        a Network (with an encrypted network's keys)
 //! /meshd/v1/services/<service>        a Service without its tasks
 //! /meshd/v1/tasks/<service>/<task>    one Task of the service
+//! /meshd/v1/generation                the number of changes made (each change's guard)
+//! /meshd/v1/members/<node>            a running meshd ([`Member`]), under its lease
+//! /meshd/v1/status/<node>             what it has applied ([`Status`]), under its lease
 //! ```
 //!
 //! [`to_keys`] lays a [`State`] out, [`from_keys`] reads one back (refusing, with the key
@@ -17,6 +20,8 @@ use std::collections::BTreeMap;
 
 #[cfg(feature = "cluster")]
 pub mod etcd;
+#[cfg(feature = "cluster")]
+pub mod follow;
 
 use crate::apply::task_slot;
 use crate::model::{Node, Service, State, Task};
@@ -67,6 +72,80 @@ impl Key {
     }
 }
 
+/// Where a running meshd registers itself, under its lease: the key goes when the node stops
+/// or loses etcd for longer than the lease (`node ls` then says Down).
+pub fn member_path(node: &str) -> String {
+    format!("{PREFIX}members/{node}")
+}
+
+/// Where a meshd says which revision it has applied, under its lease.
+pub fn status_path(node: &str) -> String {
+    format!("{PREFIX}status/{node}")
+}
+
+/// A running meshd, as it registers itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub addr: std::net::Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vtep: Option<std::net::Ipv4Addr>,
+    /// meshd's version.
+    pub version: String,
+    pub workers: usize,
+}
+
+/// What a meshd has applied: every change of the desired state up to `revision` runs on all
+/// its workers. A revision it could not apply is named in `error` (it keeps the last good one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Status {
+    pub revision: i64,
+    /// The node's table generation running that revision.
+    pub generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<Refusal>,
+    /// Keys of the state it left out (a value that does not parse, a key outside the layout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+/// A revision a node refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refusal {
+    pub revision: i64,
+    pub message: String,
+}
+
+/// What a key of the prefix is, for a reader of the whole prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// An object of the desired state.
+    Object(Key),
+    Generation,
+    Member(String),
+    Status(String),
+    /// A key under the prefix that is none of these.
+    Unknown,
+}
+
+/// What `path` (a key under [`PREFIX`]) holds.
+pub fn entry(path: &str) -> Entry {
+    if let Some(k) = Key::parse(path) {
+        return Entry::Object(k);
+    }
+    let Some(rest) = path.strip_prefix(PREFIX) else {
+        return Entry::Unknown;
+    };
+    if rest == "generation" {
+        return Entry::Generation;
+    }
+    let plain = |n: &str| !n.is_empty() && !n.contains('/');
+    match rest.split_once('/') {
+        Some(("members", n)) if plain(n) => Entry::Member(n.to_string()),
+        Some(("status", n)) if plain(n) => Entry::Status(n.to_string()),
+        _ => Entry::Unknown,
+    }
+}
+
 /// Why keys do not make a state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
@@ -82,6 +161,18 @@ pub enum LayoutError {
     },
     #[error("{path}: a task of service {service:?}, which has no key")]
     OrphanTask { path: String, service: String },
+}
+
+impl LayoutError {
+    /// The key it is about.
+    pub fn path(&self) -> &str {
+        match self {
+            LayoutError::UnknownKey { path }
+            | LayoutError::BadValue { path, .. }
+            | LayoutError::NameMismatch { path, .. }
+            | LayoutError::OrphanTask { path, .. } => path,
+        }
+    }
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -134,48 +225,45 @@ fn same_name(path: &str, outer: &str, inner: &str) -> Result<(), LayoutError> {
 
 /// The state the keys hold (any order): nodes, networks and services by name, each service's
 /// tasks by slot number (web.2 before web.10). Fails on the first key that does not belong or
-/// whose value does not parse; the caller keeps its last good state and says which key.
+/// whose value does not parse, naming it.
 pub fn from_keys<'a>(
     keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<State, LayoutError> {
+    let (state, mut skipped) = read_keys(keys);
+    match skipped.is_empty() {
+        true => Ok(state),
+        false => Err(skipped.swap_remove(0)),
+    }
+}
+
+/// The state the keys hold, leaving out each key that does not belong or whose value does not
+/// parse (a value written by hand with etcdctl, or by a newer meshd): those come back, each
+/// naming its key, for the reader to log and count; the rest of the state still applies.
+pub fn read_keys<'a>(
+    keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> (State, Vec<LayoutError>) {
+    let mut skipped = Vec::new();
     let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
     let mut networks: BTreeMap<String, Network> = BTreeMap::new();
     let mut services: BTreeMap<String, Service> = BTreeMap::new();
     let mut tasks: Vec<(String, String, Task)> = Vec::new();
     for (path, value) in keys {
-        match Key::parse(path) {
-            Some(Key::Node(name)) => {
-                let n: Node = parse(path, value)?;
-                same_name(path, &name, &n.name)?;
-                nodes.insert(name, n);
-            }
-            Some(Key::Network(name)) => {
-                let n: Network = parse(path, value)?;
-                same_name(path, &name, &n.name)?;
-                networks.insert(name, n);
-            }
-            Some(Key::Service(name)) => {
-                let s: Service = parse(path, value)?;
-                same_name(path, &name, &s.name)?;
-                services.insert(name, s);
-            }
-            Some(Key::Task { service, task }) => {
-                let t: Task = parse(path, value)?;
-                same_name(path, &task, &t.name)?;
-                tasks.push((path.to_string(), service, t));
-            }
-            None => {
-                return Err(LayoutError::UnknownKey {
-                    path: path.to_string(),
-                })
-            }
+        if let Err(e) = read_key(
+            path,
+            value,
+            &mut nodes,
+            &mut networks,
+            &mut services,
+            &mut tasks,
+        ) {
+            skipped.push(e);
         }
     }
     for (path, service, t) in tasks {
-        let Some(s) = services.get_mut(&service) else {
-            return Err(LayoutError::OrphanTask { path, service });
-        };
-        s.tasks.push(t);
+        match services.get_mut(&service) {
+            Some(s) => s.tasks.push(t),
+            None => skipped.push(LayoutError::OrphanTask { path, service }),
+        }
     }
     for s in services.values_mut() {
         // By slot number, then name (a name that is not `<service>.<N>` is the validator's to
@@ -185,11 +273,50 @@ pub fn from_keys<'a>(
             (task_slot(&name, &a.name), &a.name).cmp(&(task_slot(&name, &b.name), &b.name))
         });
     }
-    Ok(State {
+    let state = State {
         nodes: nodes.into_values().collect(),
         networks: networks.into_values().collect(),
         services: services.into_values().collect(),
-    })
+    };
+    (state, skipped)
+}
+
+fn read_key(
+    path: &str,
+    value: &[u8],
+    nodes: &mut BTreeMap<String, Node>,
+    networks: &mut BTreeMap<String, Network>,
+    services: &mut BTreeMap<String, Service>,
+    tasks: &mut Vec<(String, String, Task)>,
+) -> Result<(), LayoutError> {
+    match Key::parse(path) {
+        Some(Key::Node(name)) => {
+            let n: Node = parse(path, value)?;
+            same_name(path, &name, &n.name)?;
+            nodes.insert(name, n);
+        }
+        Some(Key::Network(name)) => {
+            let n: Network = parse(path, value)?;
+            same_name(path, &name, &n.name)?;
+            networks.insert(name, n);
+        }
+        Some(Key::Service(name)) => {
+            let s: Service = parse(path, value)?;
+            same_name(path, &name, &s.name)?;
+            services.insert(name, s);
+        }
+        Some(Key::Task { service, task }) => {
+            let t: Task = parse(path, value)?;
+            same_name(path, &task, &t.name)?;
+            tasks.push((path.to_string(), service, t));
+        }
+        None => {
+            return Err(LayoutError::UnknownKey {
+                path: path.to_string(),
+            })
+        }
+    }
+    Ok(())
 }
 
 /// One write of a change.
@@ -362,6 +489,44 @@ mod tests {
         ] {
             assert_eq!(Key::parse(p), None, "{p}");
         }
+    }
+
+    #[test]
+    fn every_key_of_the_prefix_is_known_by_its_kind() {
+        assert_eq!(
+            entry("/meshd/v1/tasks/web/web.1"),
+            Entry::Object(Key::Task {
+                service: "web".into(),
+                task: "web.1".into()
+            })
+        );
+        assert_eq!(entry("/meshd/v1/generation"), Entry::Generation);
+        assert_eq!(entry("/meshd/v1/members/n2"), Entry::Member("n2".into()));
+        assert_eq!(entry("/meshd/v1/status/n2"), Entry::Status("n2".into()));
+        for p in [
+            "/meshd/v1/members/",
+            "/meshd/v1/status/a/b",
+            "/meshd/v1/x",
+            "/meshd/v2/nodes/n1",
+        ] {
+            assert_eq!(entry(p), Entry::Unknown, "{p}");
+        }
+        assert_eq!(member_path("n1"), "/meshd/v1/members/n1");
+        assert_eq!(status_path("n1"), "/meshd/v1/status/n1");
+    }
+
+    #[test]
+    fn a_bad_key_is_left_out_and_the_rest_is_read() {
+        let s = state(2, &[("web", 2), ("api", 1)]);
+        let mut keys = to_keys(&s);
+        keys.insert("/meshd/v1/nodes/n9".into(), b"{oops".to_vec());
+        keys.remove("/meshd/v1/services/api");
+        let (got, skipped) = read_keys(keys.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+        let named: Vec<&str> = skipped.iter().map(LayoutError::path).collect();
+        assert_eq!(named, ["/meshd/v1/nodes/n9", "/meshd/v1/tasks/api/api.1"]);
+        let mut want = canonical(&s);
+        want.services.retain(|x| x.name != "api");
+        assert_eq!(got, want);
     }
 
     proptest! {

@@ -15,7 +15,8 @@
 //! publishes a new table generation without persisting anything. The controller also notes when each task's observed
 //! state ([`ctl::model::CurrentState`]) changed, for `service ps`.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -48,6 +49,14 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Persisted {
     pub generation: u64,
     pub state: State,
+    /// In cluster mode, the etcd revision `state` was read at (0 otherwise): the file is then
+    /// the cache a restart serves from while etcd cannot be reached.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: i64,
+}
+
+fn is_zero(r: &i64) -> bool {
+    *r == 0
 }
 
 /// The control thread's state: the desired state, its generation, where it is persisted and
@@ -71,6 +80,14 @@ pub struct Controller {
     since: HashMap<String, Since>,
     /// The uplink's MTU, when known: a network whose MTU does not fit it is refused.
     pub uplink_mtu: Option<u16>,
+    /// In cluster mode, etcd's endpoints: the desired state comes from there only, and a
+    /// change sent to the socket is refused with the way to make it.
+    pub cluster: Option<String>,
+    /// In cluster mode, the nodes whose meshd holds a lease (`None` until etcd has said): the
+    /// tasks of the others take no new connections.
+    pub live: Option<BTreeSet<String>>,
+    /// The etcd revision the desired state was read at (cluster mode).
+    pub revision: i64,
 }
 
 /// When a task entered its observed state.
@@ -102,6 +119,9 @@ impl Controller {
             ack_timeout: ACK_TIMEOUT,
             since: HashMap::new(),
             uplink_mtu: None,
+            cluster: None,
+            live: None,
+            revision: persisted.revision,
         };
         c.observe(&table);
         c.shared.table.store(Arc::new(table));
@@ -138,7 +158,8 @@ impl Controller {
             return false;
         }
         let generation = self.generation + 1;
-        match ServiceTable::build_with(&self.state, &self.local, generation, &view) {
+        let state = self.effective(&self.state);
+        match ServiceTable::build_with(&state, &self.local, generation, &view) {
             Ok(t) => {
                 self.health = view;
                 self.generation = generation;
@@ -272,7 +293,78 @@ impl Controller {
         }
     }
 
+    /// `state` as the table is built from it: in cluster mode, a node other than this one whose
+    /// meshd holds no lease is drained (its tasks take no new connections; flows already
+    /// running go on while they can).
+    pub fn effective<'a>(&self, state: &'a State) -> Cow<'a, State> {
+        let Some(live) = &self.live else {
+            return Cow::Borrowed(state);
+        };
+        let down = |n: &ctl::Node| n.name != self.local && !live.contains(&n.name);
+        if !state.nodes.iter().any(down) {
+            return Cow::Borrowed(state);
+        }
+        let mut s = state.clone();
+        for n in &mut s.nodes {
+            if down(n) {
+                n.availability = ctl::Availability::Drain;
+            }
+        }
+        Cow::Owned(s)
+    }
+
+    /// Cluster mode: makes `next` (etcd's state at `revision`, `live` the nodes holding a
+    /// lease) the desired state, runs it on every worker and caches it in the state file.
+    /// Returns the table generation, or why this node refuses it (nothing changes then).
+    pub fn adopt(
+        &mut self,
+        next: State,
+        revision: i64,
+        live: BTreeSet<String>,
+    ) -> Result<u64, String> {
+        let previous = self.live.replace(live);
+        let table = match self.prepare(&next) {
+            Ok(t) => t,
+            Err(refused) => {
+                self.live = previous;
+                return Err(match refused {
+                    Response::Err(e) => e.message,
+                    Response::Ok(_) => "refused".into(),
+                });
+            }
+        };
+        let persisted = Persisted {
+            generation: table.generation,
+            state: next,
+            revision,
+        };
+        if let Err(e) = self.store.save(&persisted) {
+            // The cache is for restarts without etcd; serving the state matters more.
+            tracing::warn!("cannot cache the cluster state in the state file: {e}");
+        }
+        self.state = persisted.state;
+        self.generation = persisted.generation;
+        self.revision = revision;
+        self.observe(&table);
+        match self.shared.publish(table, self.ack_timeout) {
+            Ok(()) => Ok(self.generation),
+            Err(behind) => Err(format!(
+                "workers {behind:?} did not pick generation {} up within {:?}",
+                self.generation, self.ack_timeout
+            )),
+        }
+    }
+
     fn change(&mut self, c: &Change) -> Response {
+        if let Some(endpoints) = &self.cluster {
+            return Response::error(
+                ErrorCode::Invalid,
+                format!(
+                    "node {} takes its state from the cluster (etcd at {endpoints}): make changes there, with `meshctl --cluster {endpoints} ...` (or MESHCTL_CLUSTER)",
+                    self.local
+                ),
+            );
+        }
         let next = match ctl::apply::change(&self.state, c) {
             Ok(s) => s,
             Err(e) => return Response::Err(e.into()),
@@ -304,7 +396,8 @@ impl Controller {
                 return Err(Response::error(ErrorCode::Invalid, e.to_string()));
             }
         }
-        ServiceTable::build_with(next, &self.local, self.generation + 1, &self.health).map_err(
+        let next = self.effective(next);
+        ServiceTable::build_with(&next, &self.local, self.generation + 1, &self.health).map_err(
             |e| {
                 let code = match &e {
                     BuildError::Invalid(v) => v.code(),
@@ -324,6 +417,7 @@ impl Controller {
         let persisted = Persisted {
             generation: table.generation,
             state: next,
+            revision: 0,
         };
         if let Err(e) = self.store.save(&persisted) {
             return Err(Response::error(
@@ -351,6 +445,14 @@ impl Controller {
                 Ok(ControlMsg::Request(cmd, reply)) => {
                     // The asker may have given up; nothing to do then.
                     let _ = reply.send(self.handle(&cmd));
+                }
+                Ok(ControlMsg::Adopt {
+                    state,
+                    revision,
+                    live,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.adopt(state, revision, live));
                 }
                 Ok(ControlMsg::Health(view)) => {
                     if self.set_health(view) {
@@ -388,6 +490,13 @@ pub enum ControlMsg {
     Request(Box<Command>, Sender<Response>),
     /// The host thread's changed health verdicts.
     Health(HealthView),
+    /// Cluster mode: etcd's state at a revision, for [`Controller::adopt`].
+    Adopt {
+        state: State,
+        revision: i64,
+        live: BTreeSet<String>,
+        reply: Sender<Result<u64, String>>,
+    },
 }
 
 /// The way to the control thread, for connection threads and the host thread. Cheap to clone.
@@ -432,6 +541,28 @@ impl ControlHandle {
         answer
             .recv()
             .unwrap_or_else(|_| Response::error(ErrorCode::Internal, "meshd is stopping"))
+    }
+
+    /// Cluster mode: hands the control thread etcd's state and waits until it runs on every
+    /// worker (see [`Controller::adopt`]).
+    pub fn adopt(
+        &self,
+        state: State,
+        revision: i64,
+        live: BTreeSet<String>,
+    ) -> Result<u64, String> {
+        let (reply, answer) = channel::bounded(1);
+        self.tx
+            .send(ControlMsg::Adopt {
+                state,
+                revision,
+                live,
+                reply,
+            })
+            .map_err(|_| "meshd is stopping".to_string())?;
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err("meshd is stopping".into()))
     }
 
     /// Hands the control thread changed health verdicts (never waits).
@@ -711,6 +842,7 @@ mod tests {
         let persisted = Persisted {
             generation: 4,
             state,
+            revision: 0,
         };
         let mut c = Controller::new(
             "n2".into(),
@@ -729,6 +861,51 @@ mod tests {
             panic!()
         };
         serde_json::from_value(ok.result).unwrap()
+    }
+
+    #[test]
+    fn in_cluster_mode_the_state_comes_from_etcd_and_nodes_without_a_lease_are_drained() {
+        let mut c = controller("cluster");
+        c.cluster = Some("etcd://10.99.0.1:2379".into());
+        // The socket takes no change: it says where changes go.
+        let r = c.handle(&Command::Change(Change::ServiceScale {
+            name: "web".into(),
+            replicas: 0,
+        }));
+        let Response::Err(e) = r else { panic!("{r:?}") };
+        assert!(
+            e.message
+                .contains("meshctl --cluster etcd://10.99.0.1:2379"),
+            "{}",
+            e.message
+        );
+        // etcd's state at revision 40, n3's meshd holding no lease: n3 is drained in the
+        // table (its tasks take no new connections), not in the desired state; this node (n2)
+        // is never drained by it.
+        let state = c.state.clone();
+        let live: BTreeSet<String> = ["n1".to_string()].into();
+        let g = c.adopt(state.clone(), 40, live).unwrap();
+        let t = c.shared.table.load();
+        assert_eq!(t.generation, g);
+        let drained: Vec<(&str, bool)> = t
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.drained))
+            .collect();
+        assert_eq!(drained, [("n1", false), ("n2", false), ("n3", true)]);
+        assert_eq!(c.state, state);
+        assert_eq!(c.revision, 40);
+        // Cached with its revision, for a restart without etcd.
+        let cached = c.store.load().unwrap().unwrap();
+        assert_eq!((cached.revision, cached.generation), (40, g));
+        // A state this node cannot run is refused and changes nothing.
+        let mut bad = state.clone();
+        bad.nodes.retain(|n| n.name != "n2");
+        bad.services.clear();
+        let e = c.adopt(bad, 41, BTreeSet::new()).unwrap_err();
+        assert!(e.contains("n2"), "{e}");
+        assert_eq!((c.revision, c.shared.table.load().generation), (40, g));
+        assert_eq!(c.live.as_ref().map(BTreeSet::len), Some(1));
     }
 
     #[test]

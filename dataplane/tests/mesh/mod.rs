@@ -1263,6 +1263,7 @@ impl Mesh {
                 Persisted {
                     generation,
                     state: state.clone(),
+                    revision: 0,
                 },
                 StateStore::new(dir.join(format!("{}.json", n.name))),
                 shared.clone(),

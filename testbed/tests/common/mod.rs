@@ -89,7 +89,20 @@ fn build_daemons(testbed: &Path) {
 /// A fresh 3-node mesh on instance `<letter><tag><pid>`, or `None` (with a printed line) when
 /// not root; under CI (which runs as root) not being root fails the test instead
 /// ([`sys::require_root`]). `preflight` checks what this test file needs besides root.
+#[allow(dead_code)] // each test file uses part of this module
 pub fn mesh(letter: &str, test: &str, tag: &str, preflight: impl FnOnce()) -> Option<Mesh> {
+    mesh_with(letter, test, tag, 0, preflight)
+}
+
+/// [`mesh`] in cluster mode when `etcd_members` > 0: an etcd of that many members, every meshd
+/// following it, meshctl changing it.
+pub fn mesh_with(
+    letter: &str,
+    test: &str,
+    tag: &str,
+    etcd_members: usize,
+    preflight: impl FnOnce(),
+) -> Option<Mesh> {
     if !sys::require_root(&format!(
         "{test}/{tag} (sudo cargo test -p testbed --test {test})"
     )) {
@@ -102,7 +115,7 @@ pub fn mesh(letter: &str, test: &str, tag: &str, preflight: impl FnOnce()) -> Op
     let plan = Plan::new(&format!("{letter}{tag}{}", std::process::id() % 1000)).unwrap();
     testbed::bed::down(&plan);
     let started = Instant::now();
-    let bed = Bed::up(plan, Tools::beside(exe).unwrap(), 3, false).unwrap();
+    let bed = Bed::up_with(plan, Tools::beside(exe).unwrap(), 3, false, etcd_members).unwrap();
     Some(Mesh {
         bed,
         started,

@@ -1,0 +1,344 @@
+//! A meshd in cluster mode: registers itself under a lease, takes the desired state from etcd,
+//! watches it, hands each new state to its [`Applier`] (meshd's controller) and says under its
+//! lease which revision runs (the status key `meshctl` waits on).
+//!
+//! Fail static: while etcd cannot be reached the node keeps what it runs (the follower retries
+//! with back-off and changes nothing). Back in touch, it watches from the revision after the
+//! last it had, so it sees every change it missed; if etcd has compacted that history away it
+//! reads everything again at the current revision, and what vanished meanwhile goes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, EventType, PutOptions, WatchOptions};
+
+use super::etcd::{apply_change, connect, load, note_liveness, ClusterError, Tls};
+use super::{entry, member_path, read_keys, status_path, Entry, LayoutError, Member, Refusal};
+use super::{Status, PREFIX};
+use crate::model::{Node, State};
+use crate::proto::Change;
+
+/// What the follower drives: meshd's controller.
+pub trait Applier {
+    /// Makes `state` (read at `revision`) run on every worker, `live` naming the nodes whose
+    /// meshd holds a lease (the others' tasks take no new connections). Returns the table
+    /// generation that runs it, or why this node refuses it (it keeps what it runs then).
+    fn apply(
+        &mut self,
+        state: &State,
+        revision: i64,
+        live: &BTreeSet<String>,
+    ) -> Result<u64, String>;
+    /// Whether meshd is stopping (the follower then revokes its lease and returns).
+    fn stopping(&self) -> bool;
+}
+
+/// How to follow.
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// etcd's endpoints, as URLs ([`super::etcd::endpoints`]).
+    pub endpoints: Vec<String>,
+    pub tls: Tls,
+    /// This node, as it adds itself to the desired state when it is not there yet.
+    pub node: Node,
+    pub member: Member,
+    /// The lease's time to live: a node silent this long is Down.
+    pub lease_ttl: Duration,
+    /// How long one etcd call may take.
+    pub timeout: Duration,
+    /// The revision of the state meshd serves from its cache file at start (0: none).
+    pub cached_revision: i64,
+}
+
+/// Why a session with etcd ended.
+enum End {
+    Stopped,
+    /// The watch's start revision was compacted away: read everything again.
+    Compacted(i64),
+}
+
+/// What the follower keeps across sessions.
+#[derive(Default)]
+struct Mirror {
+    /// The desired state's keys and values, as of `revision`.
+    objects: BTreeMap<String, Vec<u8>>,
+    members: BTreeMap<String, Member>,
+    /// The last revision seen (0: nothing read yet).
+    revision: i64,
+    /// What the status key says now.
+    status: Status,
+}
+
+/// Follows the cluster until the applier says meshd is stopping. Never returns an error: etcd
+/// being away is a state to wait out (logged once per outage), not a failure.
+pub fn follow(cfg: &FollowConfig, applier: &mut dyn Applier) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cluster: no runtime for the etcd client: {e}; this node keeps its last applied state");
+            return;
+        }
+    };
+    let mut mirror = Mirror::default();
+    mirror.status.revision = cfg.cached_revision;
+    let mut backoff = Duration::from_millis(250);
+    let mut outage: Option<Instant> = None;
+    let named = cfg.endpoints.join(",");
+    while !applier.stopping() {
+        match rt.block_on(session(cfg, applier, &mut mirror, &mut outage)) {
+            Ok(End::Stopped) => return,
+            Ok(End::Compacted(at)) => {
+                tracing::warn!(
+                    revision = mirror.revision,
+                    compacted = at,
+                    "cluster: etcd has compacted the changes since the last revision this node had; reading the whole state again"
+                );
+                // Read afresh: what vanished meanwhile goes with the old mirror.
+                mirror.revision = 0;
+                backoff = Duration::from_millis(250);
+            }
+            Err(e) => {
+                match outage {
+                    None => {
+                        tracing::warn!(
+                            "cluster: {e}; serving the last applied state (revision {}) until etcd at {named} answers again",
+                            mirror.status.revision
+                        );
+                        outage = Some(Instant::now());
+                    }
+                    Some(since) => {
+                        tracing::debug!("cluster: still no etcd after {:?}: {e}", since.elapsed())
+                    }
+                }
+                let until = Instant::now() + backoff;
+                while Instant::now() < until && !applier.stopping() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(4));
+            }
+        }
+    }
+}
+
+/// One connection's life: register, catch up, watch until something ends it.
+async fn session(
+    cfg: &FollowConfig,
+    applier: &mut dyn Applier,
+    m: &mut Mirror,
+    outage: &mut Option<Instant>,
+) -> Result<End, ClusterError> {
+    let mut client = connect(&cfg.endpoints, &cfg.tls, cfg.timeout).await?;
+    if let Some(since) = outage.take() {
+        tracing::info!(
+            "cluster: etcd answers again after {:?}; catching up from revision {}",
+            since.elapsed(),
+            m.revision
+        );
+    }
+    let ttl = i64::try_from(cfg.lease_ttl.as_secs().max(2)).unwrap_or(10);
+    let lease = client.lease_grant(ttl, None).await?.id();
+    let (mut keeper, mut alive) = client.lease_keep_alive(lease).await?;
+    let member = serde_json::to_vec(&cfg.member).unwrap_or_default();
+    client
+        .put(
+            member_path(&cfg.node.name),
+            member,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    if m.revision == 0 {
+        let mut snap = load(&mut client).await?;
+        if snap.state.node(&cfg.node.name).is_none() && add_self(&mut client, cfg).await {
+            snap = load(&mut client).await?;
+        }
+        m.objects = snap.raw;
+        m.members = snap.members;
+        m.revision = snap.revision;
+        apply(cfg, applier, m, &mut client, lease, None).await?;
+    } else {
+        // The status key went with the old lease: say again what runs.
+        put_status(&mut client, &cfg.node.name, &m.status, lease).await?;
+    }
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(m.revision + 1)
+        .with_progress_notify();
+    let mut watch = client.watch(PREFIX, Some(opts)).await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let beat = Duration::from_secs(u64::try_from(ttl / 3).unwrap_or(1).max(1));
+    let mut last_beat = Instant::now();
+    loop {
+        tokio::select! {
+            msg = watch.message() => {
+                let Some(resp) = msg? else {
+                    return Err(ClusterError::Etcd("the watch ended".into()));
+                };
+                if resp.canceled() {
+                    if resp.compact_revision() > 0 {
+                        return Ok(End::Compacted(resp.compact_revision()));
+                    }
+                    return Err(ClusterError::Etcd(format!("the watch was cancelled: {}", resp.cancel_reason())));
+                }
+                let mut changed = false;
+                let mut touched = BTreeSet::new();
+                let mut skipped = Vec::new();
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let path = String::from_utf8_lossy(kv.key()).into_owned();
+                    let put = ev.event_type() == EventType::Put;
+                    match entry(&path) {
+                        Entry::Object(_) | Entry::Unknown => {
+                            if put {
+                                m.objects.insert(path.clone(), kv.value().to_vec());
+                            } else {
+                                m.objects.remove(&path);
+                            }
+                            touched.insert(path);
+                            changed = true;
+                        }
+                        Entry::Member(n) => {
+                            if put {
+                                note_liveness(&path, kv.value(), &mut m.members, &mut BTreeMap::new(), &mut skipped);
+                            } else {
+                                m.members.remove(&n);
+                            }
+                            changed = true;
+                        }
+                        // Every change bumps the generation, also one that changes no
+                        // object (`scale web=1` of a service at 1): applying it says the
+                        // change's revision runs here, which meshctl waits for.
+                        Entry::Generation => changed = true,
+                        Entry::Status(_) => {}
+                    }
+                    m.revision = m.revision.max(kv.mod_revision());
+                }
+                for e in &skipped {
+                    tracing::warn!("cluster: skipped {e}");
+                }
+                if changed {
+                    apply(cfg, applier, m, &mut client, lease, Some(&touched)).await?;
+                }
+            }
+            _ = tick.tick() => {
+                if applier.stopping() {
+                    // Down at once rather than after the lease's time.
+                    let _ = client.lease_revoke(lease).await;
+                    return Ok(End::Stopped);
+                }
+                if last_beat.elapsed() >= beat {
+                    last_beat = Instant::now();
+                    keeper.keep_alive().await?;
+                    match alive.message().await? {
+                        Some(r) if r.ttl() > 0 => {}
+                        _ => return Err(ClusterError::Etcd("this node's lease expired (it was away longer than its time to live); registering again".into())),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds this node to the desired state (as `meshctl node add` would), as a meshd without
+/// cluster mode adds itself to its state file. A state that refuses it as it is (the ingress
+/// network wants an endpoint on every node) is said in the log with what to run.
+async fn add_self(client: &mut Client, cfg: &FollowConfig) -> bool {
+    let change = Change::NodeAdd {
+        node: cfg.node.clone(),
+        endpoints: BTreeMap::new(),
+    };
+    match apply_change(client, &change).await {
+        Ok(s) => {
+            tracing::info!(
+                node = %cfg.node.name,
+                revision = s.revision,
+                "cluster: added this node to the cluster state"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(
+            "cluster: this node ({}) is not in the cluster state and cannot add itself: {e}; add it with `meshctl --cluster ... node add {} --addr {} --endpoint ingress=IP`",
+            cfg.node.name,
+            cfg.node.name,
+            cfg.node.addr
+            );
+            false
+        }
+    }
+}
+
+/// Hands the mirrored state to the applier and says the outcome under the lease.
+async fn apply(
+    cfg: &FollowConfig,
+    applier: &mut dyn Applier,
+    m: &mut Mirror,
+    client: &mut Client,
+    lease: i64,
+    touched: Option<&BTreeSet<String>>,
+) -> Result<(), ClusterError> {
+    let (state, skipped) = read_keys(m.objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    // Each bad key is logged when it is read: at a full read, or when a change touches it
+    // (a task whose service vanished is the service key's doing).
+    for e in &skipped {
+        let fresh = touched.is_none_or(|t| {
+            t.contains(e.path())
+                || matches!(e, LayoutError::OrphanTask { service, .. } if t.contains(&super::Key::Service(service.clone()).path()))
+        });
+        if fresh {
+            tracing::warn!("cluster: skipped {e}");
+        }
+    }
+    let live: BTreeSet<String> = m.members.keys().cloned().collect();
+    match applier.apply(&state, m.revision, &live) {
+        Ok(generation) => {
+            m.status = Status {
+                revision: m.revision,
+                generation,
+                error: None,
+                skipped: skipped
+                    .iter()
+                    .map(LayoutError::path)
+                    .map(str::to_string)
+                    .collect(),
+            };
+            tracing::info!(
+                revision = m.revision,
+                generation,
+                live = live.len(),
+                "cluster: applied"
+            );
+        }
+        Err(message) => {
+            tracing::error!(
+                revision = m.revision,
+                "cluster: this node refuses the cluster state: {message}; it keeps running revision {}",
+                m.status.revision
+            );
+            m.status.error = Some(Refusal {
+                revision: m.revision,
+                message,
+            });
+        }
+    }
+    put_status(client, &cfg.node.name, &m.status, lease).await
+}
+
+async fn put_status(
+    client: &mut Client,
+    node: &str,
+    status: &Status,
+    lease: i64,
+) -> Result<(), ClusterError> {
+    let body = serde_json::to_vec(status).unwrap_or_default();
+    client
+        .put(
+            status_path(node),
+            body,
+            Some(PutOptions::new().with_lease(lease)),
+        )
+        .await?;
+    Ok(())
+}
