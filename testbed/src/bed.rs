@@ -928,6 +928,42 @@ impl Bed {
         self.meshctl_echo(sockets, args, self.verbose)
     }
 
+    /// Runs meshctl against node `node`'s own socket (its view: observed task health, its
+    /// counters), without cluster mode; echoed when the bed is verbose.
+    pub fn meshctl_local<S: AsRef<str>>(&self, node: &str, args: &[S]) -> Result<String> {
+        let sock = self.node(node)?.socket.display().to_string();
+        let mut all = vec!["--socket".to_string(), sock.clone()];
+        all.extend(args.iter().map(|a| a.as_ref().to_string()));
+        if self.verbose {
+            println!("$ {}", sys::cmdline("meshctl", &all));
+        }
+        let out = std::process::Command::new(&self.tools.meshctl)
+            .args(&all)
+            .env_remove("MESHCTL_CLUSTER")
+            .env_remove("MESHCTL_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|source| Error::Spawn {
+                program: self.tools.meshctl.display().to_string(),
+                source,
+                hint: "build it with `cargo build`, or set MESHCTL_BIN".into(),
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmdline: sys::cmdline("meshctl", &all),
+                status: format!("{}", out.status),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            });
+        }
+        if self.verbose {
+            for l in stdout.lines() {
+                println!("  {l}");
+            }
+        }
+        Ok(stdout)
+    }
+
     /// Runs meshctl for a read whose output the caller shows its own way.
     fn meshctl_quiet<S: AsRef<str>>(&self, args: &[S]) -> Result<String> {
         self.meshctl_echo(&self.sockets(), args, false)

@@ -56,6 +56,16 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
          for 192.168.100.1X itself (ARP, ping, published ports) with no address in the kernel.\n\
          The outside client is {c} (192.168.100.100)."
     ));
+    if let Some(e) = &bed.rec.etcd {
+        note(&format!(
+            "The mesh's state lives in etcd ({}, a real etcd on a management network, as Swarm keeps\n\
+             its own in raft): every meshd runs with --cluster, registered under a lease, and follows\n\
+             it; meshctl runs with MESHCTL_CLUSTER={} and writes etcd, then waits until\n\
+             every node runs the change (`verify: ... on 3/3 nodes (revision R)`).",
+            e.endpoints(),
+            e.endpoints()
+        ));
+    }
     bed.meshctl(&["node", "ls"])?;
 
     section(
@@ -208,15 +218,21 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
     bed.stop_task_server(&victim)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let verbose = std::mem::replace(&mut bed.verbose, false);
+    // Health is each node's observation: ask a node's own socket (etcd holds the desired state).
+    let n1 = bed.rec.nodes[0].clone();
     let ps = loop {
-        let ps = bed.meshctl(&["service", "ps", "api"])?;
+        let ps = bed.meshctl_local(&n1.name, &["service", "ps", "api"])?;
         if ps.to_lowercase().contains("unhealthy") || std::time::Instant::now() > deadline {
             break ps;
         }
         std::thread::sleep(Duration::from_millis(250));
     };
     bed.verbose = verbose;
-    println!("$ meshctl service ps api");
+    println!(
+        "$ meshctl --socket {} service ps api   # {}'s own view, with the tasks' health",
+        n1.socket.display(),
+        n1.name
+    );
     for l in ps.lines() {
         println!("  {l}");
     }
@@ -226,6 +242,56 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
          to the other task; it comes back once its server answers again."
     ));
     bed.start_task_server(&victim)?;
+
+    if bed.rec.etcd.is_some() && bed.rec.nodes.len() >= 3 {
+        section(
+            9,
+            "A node whose meshd stops answering: Down, its tasks leave rotation",
+            "docker node ls",
+        );
+        let n3 = bed.rec.nodes[2].name.clone();
+        let on_n3: Vec<String> = bed
+            .tasks_of("api")
+            .iter()
+            .filter(|t| t.node == n3)
+            .map(|t| t.name.clone())
+            .collect();
+        println!("$ kill -STOP $(pidof meshd on {n3})   # frozen: its lease ({} s) lapses", crate::plan::CLUSTER_LEASE_SECS);
+        bed.freeze_meshd(&n3, true)?;
+        let verbose = std::mem::replace(&mut bed.verbose, false);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let ls = loop {
+            let ls = bed.meshctl(&["node", "ls"])?;
+            let down = ls
+                .lines()
+                .any(|l| l.starts_with(&format!("{n3} ")) && l.contains("Down"));
+            if down || std::time::Instant::now() > deadline {
+                break ls;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        bed.verbose = verbose;
+        println!("$ meshctl node ls");
+        for l in ls.lines() {
+            println!("  {l}");
+        }
+        let n1 = &bed.rec.nodes[0];
+        for _ in 0..4 {
+            let url = format!("http://{}:9090/", n1.addr);
+            let r = probe::curl(&c, &url, CURL_TIME, &[])?;
+            println!("[{c}]$ curl {url:<28} -> {}", r.summary());
+        }
+        note(&format!(
+            "{n3} is Down (no keep-alive reached etcd within its lease), so the other nodes send no new\n\
+             connection to its tasks ({}); {n3} itself keeps forwarding on its last table (fail static).",
+            on_n3.join(", ")
+        ));
+        println!("$ kill -CONT $(pidof meshd on {n3})");
+        bed.freeze_meshd(&n3, false)?;
+        bed.wait_ready(Duration::from_secs(20))?;
+        bed.meshctl(&["node", "ls"])?;
+        note(&format!("{n3} registered again and caught up on what it missed."));
+    }
 
     if down {
         println!("\n$ testbed down");

@@ -442,7 +442,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 bed::down(&plan);
             }
-            let bed = Bed::up(plan, tools, nodes, false)?;
+            // The demo runs in cluster mode: one etcd, every meshd following it.
+            let bed = Bed::up_with(plan, tools, nodes, false, 1)?;
             demo::run(bed, down)?;
         }
     }
