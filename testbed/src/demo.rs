@@ -256,7 +256,10 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
             .filter(|t| t.node == n3)
             .map(|t| t.name.clone())
             .collect();
-        println!("$ kill -STOP $(pidof meshd on {n3})   # frozen: its lease ({} s) lapses", crate::plan::CLUSTER_LEASE_SECS);
+        println!(
+            "$ kill -STOP $(pidof meshd on {n3})   # frozen: its lease ({} s) lapses",
+            crate::plan::CLUSTER_LEASE_SECS
+        );
         bed.freeze_meshd(&n3, true)?;
         let verbose = std::mem::replace(&mut bed.verbose, false);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -290,7 +293,9 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
         bed.freeze_meshd(&n3, false)?;
         bed.wait_ready(Duration::from_secs(20))?;
         bed.meshctl(&["node", "ls"])?;
-        note(&format!("{n3} registered again and caught up on what it missed."));
+        note(&format!(
+            "{n3} registered again and caught up on what it missed."
+        ));
     }
 
     if down {
