@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ctl::cluster::etcd::{ClusterError, Etcd};
+use ctl::cluster::etcd::{ClusterError, Etcd, Tls};
 use ctl::model::{Availability, Network, Node, Service, ServiceNetwork, State, Task, TaskAddress};
 use ctl::proto::{Change, ServiceUpdate};
 
@@ -324,4 +324,157 @@ fn a_bad_value_in_etcd_is_skipped_by_its_key_and_the_rest_still_applies() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("cannot reach etcd"), "{err}");
+}
+
+/// Runs openssl with `args` in `dir`, panicking with its output if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (Debian's openssl package) makes the test certificates");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a certificate for etcd at 127.0.0.1 and one for a client, all signed by the CA.
+fn certificates(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=meshd test CA",
+        ],
+    );
+    for (name, ext) in [
+        (
+            "server",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
+        ),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        std::fs::write(dir.join(format!("{name}.ext")), ext.replace("\\n", "\n")).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates_as_deployments_run_it() {
+    let dir = std::env::temp_dir().join(format!("meshd-etcd-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    certificates(&dir.join("pki"));
+    let pki = |f: &str| dir.join("pki").join(f);
+    let (client, peer) = (free_port(), free_port());
+    let endpoint = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &endpoint])
+        .args(["--advertise-client-urls", &endpoint])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("t={peer_url}")])
+        .arg("--cert-file")
+        .arg(pki("server.pem"))
+        .arg("--key-file")
+        .arg(pki("server.key"))
+        .arg("--trusted-ca-file")
+        .arg(pki("ca.pem"))
+        .arg("--client-cert-auth")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tls = Tls {
+        cacert: Some(pki("ca.pem")),
+        cert: Some(pki("client.pem")),
+        key: Some(pki("client.key")),
+    };
+    let spec = format!("etcd://127.0.0.1:{client}");
+    let eps = ctl::cluster::etcd::endpoints(&spec, &tls).unwrap();
+    assert_eq!(eps, [endpoint.clone()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut e = loop {
+        match Etcd::connect_tls(&eps, &tls, Duration::from_secs(2)) {
+            Ok(e) => break e,
+            Err(err) => {
+                assert!(Instant::now() < deadline, "no TLS etcd: {err}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    e.change(&Change::NetworkCreate { network: appnet() })
+        .unwrap();
+    assert!(e.load().unwrap().state.network("appnet").is_some());
+    // Without a client certificate, or without the CA, etcd is not reached: a clear error.
+    let no_cert = Tls {
+        cacert: Some(pki("ca.pem")),
+        ..Tls::default()
+    };
+    let err = Etcd::connect_tls(&eps, &no_cert, Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach etcd"), "{err}");
+    let plain = ctl::cluster::etcd::endpoints(&spec, &Tls::default()).unwrap();
+    let err = Etcd::connect(&plain, Duration::from_secs(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach etcd"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -50,6 +50,11 @@ Examples:
   meshctl node update --availability drain n2
   meshctl --format json service inspect web | jq '.[0].Endpoint.VirtualIPs'
 
+  # A fleet whose meshds run with --cluster: the same commands, against etcd, from anywhere.
+  export MESHCTL_CLUSTER=etcd://10.0.9.1:2379,10.0.9.2:2379,10.0.9.3:2379
+  meshctl node ls                    # STATUS Ready/Down, the revision each node runs
+  meshctl service scale web=1        # returns once every node runs it (or names who does not)
+
 meshd does not start containers: a task is a backend that already exists somewhere (a
 container, a network namespace) with an address on each network; meshctl registers it.";
 
