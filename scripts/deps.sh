@@ -12,6 +12,7 @@ declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping
 if [ "${1:-}" = "--bench" ]; then
   pkg[nft]=nftables
   pkg[dpdk-testpmd]=dpdk-dev
+  pkg[openssl]=openssl
 fi
 missing=()
 for tool in "${!pkg[@]}"; do
