@@ -351,7 +351,7 @@ impl ServiceTable {
             let mut ids = Vec::new();
             let mut sorted: Vec<&model::Task> = s.tasks.iter().collect();
             sorted.sort_by(|a, b| a.name.cmp(&b.name));
-            for t in sorted {
+            for &t in &sorted {
                 let node = node_idx(&t.node).unwrap_or(0);
                 let tidx = tasks.len() as TaskIdx;
                 let uid = task_uid(&s.name, t);
@@ -398,11 +398,13 @@ impl ServiceTable {
             }
             let mk_balancer = |net: NetIdx, local_only: bool, tasks: &Vec<TaskEntry>| {
                 let net_name = &state.networks[usize::from(net)].name;
+                // `sorted[k]` is the task `ids[k]` was made from (no search by name: a
+                // service of many tasks compiles in linear time).
                 let backends: Vec<Backend> = ids
                     .iter()
-                    .filter_map(|&ti| {
+                    .zip(&sorted)
+                    .filter_map(|(&ti, mt)| {
                         let te = &tasks[ti as usize];
-                        let mt = s.tasks.iter().find(|t| t.name == te.name)?;
                         let addr = mt.addr_on(net_name)?;
                         let local = te.node == local_idx;
                         (te.eligible && (!local_only || local)).then_some(Backend {
