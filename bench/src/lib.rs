@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod cache;
+pub mod converge;
 pub mod mesh;
 pub mod os;
 pub mod pktgen;

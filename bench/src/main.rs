@@ -54,12 +54,20 @@ enum Cmd {
     /// at full load, latency percentiles, TCP connection rate. Needs root.
     #[command(after_help = bench::mesh::cli::EXAMPLES)]
     Mesh(bench::mesh::cli::MeshArgs),
+    /// Cluster mode: N meshd nodes in namespaces following one etcd with S services of T tasks;
+    /// times one-task updates from meshctl's write to every node's confirmation (p50/p99) and a
+    /// node's restart. Needs root.
+    #[command(
+        after_help = "EXAMPLES:\n  sudo target/release/bench converge                       # 5 and 20 nodes, 1,000 services of 10 tasks\n  sudo target/release/bench converge --nodes 5 --services 10000 --updates 50"
+    )]
+    Converge(bench::converge::ConvergeArgs),
 }
 
 fn main() {
     let args = Args::parse();
     match args.cmd {
         Cmd::Mesh(a) => std::process::exit(bench::mesh::cli::main(a)),
+        Cmd::Converge(a) => std::process::exit(bench::converge::main(&a)),
         Cmd::Cache { mib, loads } => {
             println!("{:>10} {:>12}", "MiB", "ns/load");
             for m in mib {
