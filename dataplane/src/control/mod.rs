@@ -88,6 +88,8 @@ pub struct Controller {
     pub live: Option<BTreeSet<String>>,
     /// The etcd revision the desired state was read at (cluster mode).
     pub revision: i64,
+    /// Cluster mode: the state runs but is not in the cache file yet.
+    uncached: bool,
 }
 
 /// When a task entered its observed state.
@@ -122,6 +124,7 @@ impl Controller {
             cluster: None,
             live: None,
             revision: persisted.revision,
+            uncached: false,
         };
         c.observe(&table);
         c.shared.table.store(Arc::new(table));
@@ -333,25 +336,37 @@ impl Controller {
                 });
             }
         };
-        let persisted = Persisted {
-            generation: table.generation,
-            state: next,
-            revision,
-        };
-        if let Err(e) = self.store.save(&persisted) {
-            // The cache is for restarts without etcd; serving the state matters more.
-            tracing::warn!("cannot cache the cluster state in the state file: {e}");
-        }
-        self.state = persisted.state;
-        self.generation = persisted.generation;
+        self.state = next;
+        self.generation = table.generation;
         self.revision = revision;
         self.observe(&table);
-        match self.shared.publish(table, self.ack_timeout) {
+        // The workers first: the cache is for a restart without etcd, and a change is
+        // confirmed once it runs, not once it is on disk (etcd holds it durably already).
+        // The cache is written after the answer ([`Controller::cache`], from the control loop).
+        let ran = self.shared.publish(table, self.ack_timeout);
+        self.uncached = true;
+        match ran {
             Ok(()) => Ok(self.generation),
             Err(behind) => Err(format!(
                 "workers {behind:?} did not pick generation {} up within {:?}",
                 self.generation, self.ack_timeout
             )),
+        }
+    }
+
+    /// Cluster mode: writes the state adopted last to the state file, the cache a restart
+    /// serves from while etcd is away (the control loop calls it once the change is answered).
+    pub fn cache(&mut self) {
+        if !std::mem::take(&mut self.uncached) {
+            return;
+        }
+        let persisted = Persisted {
+            generation: self.generation,
+            state: self.state.clone(),
+            revision: self.revision,
+        };
+        if let Err(e) = self.store.save(&persisted) {
+            tracing::warn!("cannot cache the cluster state in the state file: {e}");
         }
     }
 
@@ -453,6 +468,7 @@ impl Controller {
                     reply,
                 }) => {
                     let _ = reply.send(self.adopt(state, revision, live));
+                    self.cache();
                 }
                 Ok(ControlMsg::Health(view)) => {
                     if self.set_health(view) {
@@ -895,7 +911,8 @@ mod tests {
         assert_eq!(drained, [("n1", false), ("n2", false), ("n3", true)]);
         assert_eq!(c.state, state);
         assert_eq!(c.revision, 40);
-        // Cached with its revision, for a restart without etcd.
+        // Cached with its revision, for a restart without etcd (once answered).
+        c.cache();
         let cached = c.store.load().unwrap().unwrap();
         assert_eq!((cached.revision, cached.generation), (40, g));
         // A state this node cannot run is refused and changes nothing.
