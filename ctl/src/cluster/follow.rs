@@ -173,53 +173,31 @@ async fn session(
     loop {
         tokio::select! {
             msg = watch.message() => {
-                let Some(resp) = msg? else {
-                    return Err(ClusterError::Etcd("the watch ended".into()));
-                };
-                if resp.canceled() {
-                    if resp.compact_revision() > 0 {
-                        return Ok(End::Compacted(resp.compact_revision()));
-                    }
-                    return Err(ClusterError::Etcd(format!("the watch was cancelled: {}", resp.cancel_reason())));
-                }
-                let mut changed = false;
-                let mut touched = BTreeSet::new();
-                let mut skipped = Vec::new();
-                for ev in resp.events() {
-                    let Some(kv) = ev.kv() else { continue };
-                    let path = String::from_utf8_lossy(kv.key()).into_owned();
-                    let put = ev.event_type() == EventType::Put;
-                    match entry(&path) {
-                        Entry::Object(_) | Entry::Unknown => {
-                            if put {
-                                m.objects.insert(path.clone(), kv.value().to_vec());
-                            } else {
-                                m.objects.remove(&path);
-                            }
-                            touched.insert(path);
-                            changed = true;
+                let mut batch = Batch::default();
+                let mut msg = msg;
+                loop {
+                    let Some(resp) = msg? else {
+                        return Err(ClusterError::Etcd("the watch ended".into()));
+                    };
+                    if resp.canceled() {
+                        if resp.compact_revision() > 0 {
+                            return Ok(End::Compacted(resp.compact_revision()));
                         }
-                        Entry::Member(n) => {
-                            if put {
-                                note_liveness(&path, kv.value(), &mut m.members, &mut BTreeMap::new(), &mut skipped);
-                            } else {
-                                m.members.remove(&n);
-                            }
-                            changed = true;
-                        }
-                        // Every change bumps the generation, also one that changes no
-                        // object (`scale web=1` of a service at 1): applying it says the
-                        // change's revision runs here, which meshctl waits for.
-                        Entry::Generation => changed = true,
-                        Entry::Status(_) => {}
+                        return Err(ClusterError::Etcd(format!("the watch was cancelled: {}", resp.cancel_reason())));
                     }
-                    m.revision = m.revision.max(kv.mod_revision());
+                    batch.take(m, &resp);
+                    // A burst (an import, many writers) is applied once: take whatever
+                    // else has arrived already, without waiting.
+                    match tokio::time::timeout(Duration::ZERO, watch.message()).await {
+                        Ok(next) => msg = next,
+                        Err(_) => break,
+                    }
                 }
-                for e in &skipped {
+                for e in &batch.skipped {
                     tracing::warn!("cluster: skipped {e}");
                 }
-                if changed {
-                    apply(cfg, applier, m, &mut client, lease, Some(&touched)).await?;
+                if batch.changed {
+                    apply(cfg, applier, m, &mut client, lease, Some(&batch.touched)).await?;
                 }
             }
             _ = tick.tick() => {
@@ -237,6 +215,56 @@ async fn session(
                     }
                 }
             }
+        }
+    }
+}
+
+/// What watch responses taken together change.
+#[derive(Default)]
+struct Batch {
+    changed: bool,
+    touched: BTreeSet<String>,
+    skipped: Vec<LayoutError>,
+}
+
+impl Batch {
+    /// Files `resp`'s events into the mirror.
+    fn take(&mut self, m: &mut Mirror, resp: &etcd_client::WatchResponse) {
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let path = String::from_utf8_lossy(kv.key()).into_owned();
+            let put = ev.event_type() == EventType::Put;
+            match entry(&path) {
+                Entry::Object(_) | Entry::Unknown => {
+                    if put {
+                        m.objects.insert(path.clone(), kv.value().to_vec());
+                    } else {
+                        m.objects.remove(&path);
+                    }
+                    self.touched.insert(path);
+                    self.changed = true;
+                }
+                Entry::Member(n) => {
+                    if put {
+                        note_liveness(
+                            &path,
+                            kv.value(),
+                            &mut m.members,
+                            &mut BTreeMap::new(),
+                            &mut self.skipped,
+                        );
+                    } else {
+                        m.members.remove(&n);
+                    }
+                    self.changed = true;
+                }
+                // Every change bumps the generation, also one that changes no object
+                // (`scale web=1` of a service at 1): applying it says the change's revision
+                // runs here, which meshctl waits for.
+                Entry::Generation => self.changed = true,
+                Entry::Status(_) => {}
+            }
+            m.revision = m.revision.max(kv.mod_revision());
         }
     }
 }
