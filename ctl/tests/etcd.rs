@@ -446,7 +446,7 @@ fn etcd_over_tls_with_client_certificates_as_deployments_run_it() {
     };
     let spec = format!("etcd://127.0.0.1:{client}");
     let eps = ctl::cluster::etcd::endpoints(&spec, &tls).unwrap();
-    assert_eq!(eps, [endpoint.clone()]);
+    assert_eq!(eps, [endpoint]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut e = loop {
         match Etcd::connect_tls(&eps, &tls, Duration::from_secs(2)) {
