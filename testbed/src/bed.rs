@@ -928,6 +928,21 @@ impl Bed {
         self.meshctl_echo(sockets, args, self.verbose)
     }
 
+    /// meshctl as this instance runs it: in cluster mode inside etcd's namespace (the
+    /// management network) with `MESHCTL_CLUSTER`, else as is (the sockets are files).
+    pub fn meshctl_command(&self) -> std::process::Command {
+        match &self.rec.etcd {
+            Some(e) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", &e.ns])
+                    .arg(&self.tools.meshctl)
+                    .env("MESHCTL_CLUSTER", e.endpoints());
+                c
+            }
+            None => std::process::Command::new(&self.tools.meshctl),
+        }
+    }
+
     /// Runs meshctl against node `node`'s own socket (its view: observed task health, its
     /// counters), without cluster mode; echoed when the bed is verbose.
     pub fn meshctl_local<S: AsRef<str>>(&self, node: &str, args: &[S]) -> Result<String> {
@@ -996,18 +1011,8 @@ impl Bed {
             };
             println!("$ {}{who}", sys::cmdline("meshctl", &args));
         }
-        // Cluster mode: meshctl talks to etcd, from etcd's namespace (the management network).
-        let mut cmd = match &self.rec.etcd {
-            Some(e) => {
-                let mut c = std::process::Command::new("ip");
-                c.args(["netns", "exec", &e.ns])
-                    .arg(&self.tools.meshctl)
-                    .env("MESHCTL_CLUSTER", e.endpoints());
-                c
-            }
-            None => std::process::Command::new(&self.tools.meshctl),
-        };
-        let out = cmd
+        let out = self
+            .meshctl_command()
             .args(&args)
             .env("MESHCTL_SOCKET", &env)
             .stdin(std::process::Stdio::null())

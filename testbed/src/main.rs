@@ -410,18 +410,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Ctl { args } => {
             let bed = Bed::load(plan, Tools::find()?)?;
-            // Cluster mode: meshctl asks etcd, from etcd's namespace.
-            let mut cmd = match &bed.rec.etcd {
-                Some(e) => {
-                    let mut c = std::process::Command::new("ip");
-                    c.args(["netns", "exec", &e.ns])
-                        .arg(&bed.tools.meshctl)
-                        .env("MESHCTL_CLUSTER", e.endpoints());
-                    c
-                }
-                None => std::process::Command::new(&bed.tools.meshctl),
-            };
-            let status = cmd
+            let status = bed
+                .meshctl_command()
                 .args(&args)
                 .env("MESHCTL_SOCKET", bed.socket_env())
                 .status()
