@@ -327,21 +327,156 @@ pub enum Op {
 }
 
 /// The puts (new or changed keys) and deletes (keys gone) that turn `old`'s keys into `new`'s,
-/// in path order.
+/// puts then deletes, each in path order. Objects are compared as they are and only the
+/// changed ones serialized: a change to a store of 100,000 tasks costs one task's JSON.
 pub fn diff(old: &State, new: &State) -> Vec<Op> {
-    let (a, b) = (to_keys(old), to_keys(new));
-    let mut ops = Vec::new();
-    for (k, v) in &b {
-        if a.get(k) != Some(v) {
-            ops.push(Op::Put(k.clone(), v.clone()));
+    let mut puts: Vec<Op> = Vec::new();
+    let mut deletes: Vec<String> = Vec::new();
+    fn by_name<T>(items: &[T], name: impl Fn(&T) -> &str) -> BTreeMap<&str, &T> {
+        items.iter().map(|x| (name(x), x)).collect()
+    }
+    fn kind<T: serde::Serialize + PartialEq>(
+        old: &BTreeMap<&str, &T>,
+        new: &BTreeMap<&str, &T>,
+        same: impl Fn(&T, &T) -> bool,
+        body: impl Fn(&T) -> Vec<u8>,
+        path: impl Fn(&str) -> String,
+        puts: &mut Vec<Op>,
+        deletes: &mut Vec<String>,
+    ) {
+        for (name, n) in new {
+            if !old.get(name).is_some_and(|o| same(o, n)) {
+                puts.push(Op::Put(path(name), body(n)));
+            }
+        }
+        deletes.extend(
+            old.keys()
+                .filter(|k| !new.contains_key(*k))
+                .map(|k| path(k)),
+        );
+    }
+    kind(
+        &by_name(&old.nodes, |n| &n.name),
+        &by_name(&new.nodes, |n| &n.name),
+        |a, b| a == b,
+        json,
+        |n| Key::Node(n.to_string()).path(),
+        &mut puts,
+        &mut deletes,
+    );
+    kind(
+        &by_name(&old.networks, |n| &n.name),
+        &by_name(&new.networks, |n| &n.name),
+        |a, b| a == b,
+        json,
+        |n| Key::Network(n.to_string()).path(),
+        &mut puts,
+        &mut deletes,
+    );
+    let (os, ns) = (
+        by_name(&old.services, |s| &s.name),
+        by_name(&new.services, |s| &s.name),
+    );
+    kind(
+        &os,
+        &ns,
+        same_but_tasks,
+        |s| {
+            let mut bare = Service {
+                tasks: Vec::new(),
+                ..Service::new(&s.name)
+            };
+            bare_fields(s, &mut bare);
+            json(&bare)
+        },
+        |n| Key::Service(n.to_string()).path(),
+        &mut puts,
+        &mut deletes,
+    );
+    for (name, s) in &ns {
+        let empty = Vec::new();
+        let before = os.get(name).map_or(&empty, |o| &o.tasks);
+        kind(
+            &by_name(before, |t| &t.name),
+            &by_name(&s.tasks, |t| &t.name),
+            |a, b| a == b,
+            json,
+            |t| {
+                Key::Task {
+                    service: name.to_string(),
+                    task: t.to_string(),
+                }
+                .path()
+            },
+            &mut puts,
+            &mut deletes,
+        );
+    }
+    for (name, s) in &os {
+        if !ns.contains_key(name) {
+            deletes.extend(s.tasks.iter().map(|t| {
+                Key::Task {
+                    service: name.to_string(),
+                    task: t.name.clone(),
+                }
+                .path()
+            }));
         }
     }
-    for k in a.keys() {
-        if !b.contains_key(k) {
-            ops.push(Op::Delete(k.clone()));
-        }
-    }
-    ops
+    puts.sort_by(|a, b| match (a, b) {
+        (Op::Put(x, _), Op::Put(y, _)) => x.cmp(y),
+        _ => std::cmp::Ordering::Equal,
+    });
+    deletes.sort();
+    puts.extend(deletes.into_iter().map(Op::Delete));
+    puts
+}
+
+/// Whether two services are the same but for their tasks (every field named: a new field of
+/// `Service` does not compile here until it is compared).
+fn same_but_tasks(a: &Service, b: &Service) -> bool {
+    let Service {
+        name,
+        endpoint_mode,
+        networks,
+        ports,
+        timeouts,
+        client_ip,
+        scheduler,
+        health,
+        tasks: _,
+    } = a;
+    *name == b.name
+        && *endpoint_mode == b.endpoint_mode
+        && *networks == b.networks
+        && *ports == b.ports
+        && *timeouts == b.timeouts
+        && *client_ip == b.client_ip
+        && *scheduler == b.scheduler
+        && *health == b.health
+}
+
+/// Copies every field of `s` but its tasks into `bare`.
+fn bare_fields(s: &Service, bare: &mut Service) {
+    let Service {
+        name,
+        endpoint_mode,
+        networks,
+        ports,
+        timeouts,
+        client_ip,
+        scheduler,
+        health,
+        tasks: _,
+    } = s;
+    bare.name.clone_from(name);
+    bare.endpoint_mode = *endpoint_mode;
+    bare.networks.clone_from(networks);
+    bare.ports.clone_from(ports);
+    bare.timeouts = *timeouts;
+    bare.client_ip = *client_ip;
+    bare.scheduler = *scheduler;
+    bare.health.clone_from(health);
 }
 
 /// `state` in the order [`from_keys`] gives back: nodes, networks and services by name, tasks
