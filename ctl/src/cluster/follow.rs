@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, EventType, PutOptions, WatchOptions};
 
 use super::etcd::{apply_change, connect, load, note_liveness, ClusterError, Tls};
-use super::{entry, member_path, read_keys, status_path, Entry, LayoutError, Member, Refusal};
+use super::{assemble, entry, member_path, parse_object, status_path, Entry, LayoutError};
+use super::{Member, Object, Refusal};
 use super::{Status, PREFIX};
 use crate::model::{Node, State};
 use crate::proto::Change;
@@ -60,8 +61,9 @@ enum End {
 /// What the follower keeps across sessions.
 #[derive(Default)]
 struct Mirror {
-    /// The desired state's keys and values, as of `revision`.
-    objects: BTreeMap<String, Vec<u8>>,
+    /// The desired state's keys, their values parsed (once, when they arrive), as of
+    /// `revision`.
+    objects: BTreeMap<String, Result<Object, LayoutError>>,
     members: BTreeMap<String, Member>,
     /// The last revision seen (0: nothing read yet).
     revision: i64,
@@ -154,7 +156,11 @@ async fn session(
         if snap.state.node(&cfg.node.name).is_none() && add_self(&mut client, cfg).await {
             snap = load(&mut client).await?;
         }
-        m.objects = snap.raw;
+        m.objects = snap
+            .raw
+            .iter()
+            .map(|(k, v)| (k.clone(), parse_object(k, v)))
+            .collect();
         m.members = snap.members;
         m.revision = snap.revision;
         apply(cfg, applier, m, &mut client, lease, None).await?;
@@ -237,7 +243,8 @@ impl Batch {
             match entry(&path) {
                 Entry::Object(_) | Entry::Unknown => {
                     if put {
-                        m.objects.insert(path.clone(), kv.value().to_vec());
+                        m.objects
+                            .insert(path.clone(), parse_object(&path, kv.value()));
                     } else {
                         m.objects.remove(&path);
                     }
@@ -307,7 +314,7 @@ async fn apply(
     lease: i64,
     touched: Option<&BTreeSet<String>>,
 ) -> Result<(), ClusterError> {
-    let (state, skipped) = read_keys(m.objects.iter().map(|(k, v)| (k.as_str(), v.as_slice())));
+    let (state, skipped) = assemble(m.objects.iter().map(|(k, v)| (k.as_str(), v)));
     // Each bad key is logged when it is read: at a full read, or when a change touches it
     // (a task whose service vanished is the service key's doing).
     for e in &skipped {

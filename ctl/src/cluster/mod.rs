@@ -236,33 +236,89 @@ pub fn from_keys<'a>(
     }
 }
 
+/// One key's value, parsed (and its name checked against the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Node(Node),
+    Network(Network),
+    Service(Service),
+    Task { service: String, task: Task },
+}
+
+/// The object at `path`, or why it is not one.
+pub fn parse_object(path: &str, value: &[u8]) -> Result<Object, LayoutError> {
+    match Key::parse(path) {
+        Some(Key::Node(name)) => {
+            let n: Node = parse(path, value)?;
+            same_name(path, &name, &n.name)?;
+            Ok(Object::Node(n))
+        }
+        Some(Key::Network(name)) => {
+            let n: Network = parse(path, value)?;
+            same_name(path, &name, &n.name)?;
+            Ok(Object::Network(n))
+        }
+        Some(Key::Service(name)) => {
+            let s: Service = parse(path, value)?;
+            same_name(path, &name, &s.name)?;
+            Ok(Object::Service(s))
+        }
+        Some(Key::Task { service, task }) => {
+            let t: Task = parse(path, value)?;
+            same_name(path, &task, &t.name)?;
+            Ok(Object::Task { service, task: t })
+        }
+        None => Err(LayoutError::UnknownKey {
+            path: path.to_string(),
+        }),
+    }
+}
+
 /// The state the keys hold, leaving out each key that does not belong or whose value does not
 /// parse (a value written by hand with etcdctl, or by a newer meshd): those come back, each
 /// naming its key, for the reader to log and count; the rest of the state still applies.
 pub fn read_keys<'a>(
     keys: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> (State, Vec<LayoutError>) {
+    let parsed: Vec<(&str, Result<Object, LayoutError>)> = keys
+        .into_iter()
+        .map(|(p, v)| (p, parse_object(p, v)))
+        .collect();
+    assemble(parsed.iter().map(|(p, o)| (*p, o)))
+}
+
+/// The state parsed objects make (see [`read_keys`]): what did not parse is skipped, and so is
+/// a task whose service has no key.
+pub fn assemble<'a>(
+    objects: impl IntoIterator<Item = (&'a str, &'a Result<Object, LayoutError>)>,
+) -> (State, Vec<LayoutError>) {
     let mut skipped = Vec::new();
-    let mut nodes: BTreeMap<String, Node> = BTreeMap::new();
-    let mut networks: BTreeMap<String, Network> = BTreeMap::new();
-    let mut services: BTreeMap<String, Service> = BTreeMap::new();
-    let mut tasks: Vec<(String, String, Task)> = Vec::new();
-    for (path, value) in keys {
-        if let Err(e) = read_key(
-            path,
-            value,
-            &mut nodes,
-            &mut networks,
-            &mut services,
-            &mut tasks,
-        ) {
-            skipped.push(e);
+    let mut nodes: BTreeMap<&str, Node> = BTreeMap::new();
+    let mut networks: BTreeMap<&str, Network> = BTreeMap::new();
+    let mut services: BTreeMap<&str, Service> = BTreeMap::new();
+    let mut tasks: Vec<(&str, &str, &Task)> = Vec::new();
+    for (path, o) in objects {
+        match o {
+            Ok(Object::Node(n)) => {
+                nodes.insert(&n.name, n.clone());
+            }
+            Ok(Object::Network(n)) => {
+                networks.insert(&n.name, n.clone());
+            }
+            Ok(Object::Service(s)) => {
+                services.insert(&s.name, s.clone());
+            }
+            Ok(Object::Task { service, task }) => tasks.push((path, service, task)),
+            Err(e) => skipped.push(e.clone()),
         }
     }
     for (path, service, t) in tasks {
-        match services.get_mut(&service) {
-            Some(s) => s.tasks.push(t),
-            None => skipped.push(LayoutError::OrphanTask { path, service }),
+        match services.get_mut(service) {
+            Some(s) => s.tasks.push(t.clone()),
+            None => skipped.push(LayoutError::OrphanTask {
+                path: path.to_string(),
+                service: service.to_string(),
+            }),
         }
     }
     for s in services.values_mut() {
@@ -279,44 +335,6 @@ pub fn read_keys<'a>(
         services: services.into_values().collect(),
     };
     (state, skipped)
-}
-
-fn read_key(
-    path: &str,
-    value: &[u8],
-    nodes: &mut BTreeMap<String, Node>,
-    networks: &mut BTreeMap<String, Network>,
-    services: &mut BTreeMap<String, Service>,
-    tasks: &mut Vec<(String, String, Task)>,
-) -> Result<(), LayoutError> {
-    match Key::parse(path) {
-        Some(Key::Node(name)) => {
-            let n: Node = parse(path, value)?;
-            same_name(path, &name, &n.name)?;
-            nodes.insert(name, n);
-        }
-        Some(Key::Network(name)) => {
-            let n: Network = parse(path, value)?;
-            same_name(path, &name, &n.name)?;
-            networks.insert(name, n);
-        }
-        Some(Key::Service(name)) => {
-            let s: Service = parse(path, value)?;
-            same_name(path, &name, &s.name)?;
-            services.insert(name, s);
-        }
-        Some(Key::Task { service, task }) => {
-            let t: Task = parse(path, value)?;
-            same_name(path, &task, &t.name)?;
-            tasks.push((path.to_string(), service, t));
-        }
-        None => {
-            return Err(LayoutError::UnknownKey {
-                path: path.to_string(),
-            })
-        }
-    }
-    Ok(())
 }
 
 /// One write of a change.
