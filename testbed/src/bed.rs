@@ -947,15 +947,28 @@ impl Bed {
     /// counters), without cluster mode; echoed when the bed is verbose.
     pub fn meshctl_local<S: AsRef<str>>(&self, node: &str, args: &[S]) -> Result<String> {
         let sock = self.node(node)?.socket.display().to_string();
-        let mut all = vec!["--socket".to_string(), sock.clone()];
+        let mut all = vec!["--socket".to_string(), sock];
         all.extend(args.iter().map(|a| a.as_ref().to_string()));
+        let shown = sys::cmdline("meshctl", &all);
         if self.verbose {
-            println!("$ {}", sys::cmdline("meshctl", &all));
+            println!("$ {shown}");
         }
-        let out = std::process::Command::new(&self.tools.meshctl)
-            .args(&all)
+        let mut cmd = std::process::Command::new(&self.tools.meshctl);
+        cmd.args(&all)
             .env_remove("MESHCTL_CLUSTER")
-            .env_remove("MESHCTL_SOCKET")
+            .env_remove("MESHCTL_SOCKET");
+        self.run_meshctl(cmd, shown, self.verbose)
+    }
+
+    /// Runs a meshctl command: its output (echoed indented when `echo`), or an error with
+    /// `shown`, its exit status and what it said.
+    fn run_meshctl(
+        &self,
+        mut cmd: std::process::Command,
+        shown: String,
+        echo: bool,
+    ) -> Result<String> {
+        let out = cmd
             .stdin(std::process::Stdio::null())
             .output()
             .map_err(|source| Error::Spawn {
@@ -964,17 +977,25 @@ impl Bed {
                 hint: "build it with `cargo build`, or set MESHCTL_BIN".into(),
             })?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            return Err(Error::Command {
-                cmdline: sys::cmdline("meshctl", &all),
-                status: format!("{}", out.status),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
-        if self.verbose {
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if echo {
             for l in stdout.lines() {
                 println!("  {l}");
             }
+        }
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmdline: shown,
+                status: out.status.code().map_or_else(
+                    || "killed by a signal".into(),
+                    |c| format!("exit status {c}"),
+                ),
+                stderr: if stderr.trim().is_empty() {
+                    stdout
+                } else {
+                    stderr
+                },
+            });
         }
         Ok(stdout)
     }
@@ -1011,39 +1032,10 @@ impl Bed {
             };
             println!("$ {}{who}", sys::cmdline("meshctl", &args));
         }
-        let out = self
-            .meshctl_command()
-            .args(&args)
-            .env("MESHCTL_SOCKET", &env)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|source| Error::Spawn {
-                program: self.tools.meshctl.display().to_string(),
-                source,
-                hint: "build it with `cargo build`, or set MESHCTL_BIN".into(),
-            })?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if echo {
-            for l in stdout.lines() {
-                println!("  {l}");
-            }
-        }
-        if !out.status.success() {
-            return Err(Error::Command {
-                cmdline: format!("MESHCTL_SOCKET={env} {}", sys::cmdline("meshctl", &args)),
-                status: out.status.code().map_or_else(
-                    || "killed by a signal".into(),
-                    |c| format!("exit status {c}"),
-                ),
-                stderr: if stderr.trim().is_empty() {
-                    stdout
-                } else {
-                    stderr
-                },
-            });
-        }
-        Ok(stdout)
+        let mut cmd = self.meshctl_command();
+        cmd.args(&args).env("MESHCTL_SOCKET", &env);
+        let shown = format!("MESHCTL_SOCKET={env} {}", sys::cmdline("meshctl", &args));
+        self.run_meshctl(cmd, shown, echo)
     }
 
     /// Asks node n1's meshd (through the control protocol) for a service as it knows it.

@@ -190,9 +190,7 @@ pub fn to_keys(state: &State) -> BTreeMap<String, Vec<u8>> {
         out.insert(Key::Network(n.name.clone()).path(), json(n));
     }
     for s in &state.services {
-        let mut bare = s.clone();
-        bare.tasks.clear();
-        out.insert(Key::Service(s.name.clone()).path(), json(&bare));
+        out.insert(Key::Service(s.name.clone()).path(), json(&bare(s)));
         for t in &s.tasks {
             let k = Key::Task {
                 service: s.name.clone(),
@@ -398,15 +396,8 @@ pub fn diff(old: &State, new: &State) -> Vec<Op> {
     kind(
         &os,
         &ns,
-        same_but_tasks,
-        |s| {
-            let mut bare = Service {
-                tasks: Vec::new(),
-                ..Service::new(&s.name)
-            };
-            bare_fields(s, &mut bare);
-            json(&bare)
-        },
+        |a, b| bare(a) == bare(b),
+        |s| json(&bare(s)),
         |n| Key::Service(n.to_string()).path(),
         &mut puts,
         &mut deletes,
@@ -450,32 +441,9 @@ pub fn diff(old: &State, new: &State) -> Vec<Op> {
     puts
 }
 
-/// Whether two services are the same but for their tasks (every field named: a new field of
-/// `Service` does not compile here until it is compared).
-fn same_but_tasks(a: &Service, b: &Service) -> bool {
-    let Service {
-        name,
-        endpoint_mode,
-        networks,
-        ports,
-        timeouts,
-        client_ip,
-        scheduler,
-        health,
-        tasks: _,
-    } = a;
-    *name == b.name
-        && *endpoint_mode == b.endpoint_mode
-        && *networks == b.networks
-        && *ports == b.ports
-        && *timeouts == b.timeouts
-        && *client_ip == b.client_ip
-        && *scheduler == b.scheduler
-        && *health == b.health
-}
-
-/// Copies every field of `s` but its tasks into `bare`.
-fn bare_fields(s: &Service, bare: &mut Service) {
+/// `s` without its tasks, as its key holds it (every field named: a new field of `Service` does
+/// not compile here until it is carried).
+fn bare(s: &Service) -> Service {
     let Service {
         name,
         endpoint_mode,
@@ -487,14 +455,17 @@ fn bare_fields(s: &Service, bare: &mut Service) {
         health,
         tasks: _,
     } = s;
-    bare.name.clone_from(name);
-    bare.endpoint_mode = *endpoint_mode;
-    bare.networks.clone_from(networks);
-    bare.ports.clone_from(ports);
-    bare.timeouts = *timeouts;
-    bare.client_ip = *client_ip;
-    bare.scheduler = *scheduler;
-    bare.health.clone_from(health);
+    Service {
+        name: name.clone(),
+        endpoint_mode: *endpoint_mode,
+        networks: networks.clone(),
+        ports: ports.clone(),
+        timeouts: *timeouts,
+        client_ip: *client_ip,
+        scheduler: *scheduler,
+        health: health.clone(),
+        tasks: Vec::new(),
+    }
 }
 
 /// `state` in the order [`from_keys`] gives back: nodes, networks and services by name, tasks
