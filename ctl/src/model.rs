@@ -46,6 +46,20 @@ impl State {
     pub fn service_mut(&mut self, name: &str) -> Option<&mut Service> {
         self.services.iter_mut().find(|s| s.name == name)
     }
+    /// Makes service `name` be `new` (`None`: gone); returns what it was. A new service goes
+    /// where its name sorts among services sorted by name (as the cluster's state has them).
+    pub fn put_service(&mut self, name: &str, new: Option<Service>) -> Option<Service> {
+        match (self.services.iter().position(|s| s.name == name), new) {
+            (Some(i), Some(new)) => Some(std::mem::replace(&mut self.services[i], new)),
+            (Some(i), None) => Some(self.services.remove(i)),
+            (None, Some(new)) => {
+                let at = self.services.partition_point(|s| s.name.as_str() < name);
+                self.services.insert(at, new);
+                None
+            }
+            (None, None) => None,
+        }
+    }
 }
 
 /// Whether a node takes new connections for its tasks.

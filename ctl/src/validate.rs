@@ -3,7 +3,7 @@
 //! The daemon runs this on every change; a state that fails it is refused and the previous one
 //! stays in force. Messages name the object and say what to change.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use crate::model::*;
@@ -38,19 +38,126 @@ macro_rules! bail {
     ($($arg:tt)*) => { return Err(ValidationError::Invalid(format!($($arg)*))) };
 }
 
-/// What owns an overlay address, for duplicate detection.
-fn claim(
-    used: &mut BTreeMap<(u32, Ipv4Addr), String>,
-    vni: u32,
-    net: &str,
-    addr: Ipv4Addr,
-    who: String,
-) -> Result<(), ValidationError> {
-    if let Some(prev) = used.get(&(vni, addr)) {
-        bail!("address {addr} on network \"{net}\" is used twice: by {prev} and by {who}");
+/// What holds an overlay address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Owner {
+    Gateway(String),
+    Endpoint(String),
+    Vip(String),
+    Task(String),
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Gateway(net) => write!(f, "the gateway of \"{net}\""),
+            Owner::Endpoint(node) => write!(f, "the endpoint of node \"{node}\""),
+            Owner::Vip(svc) => write!(f, "the VIP of service \"{svc}\""),
+            Owner::Task(task) => write!(f, "task \"{task}\""),
+        }
     }
-    used.insert((vni, addr), who);
-    Ok(())
+}
+
+/// What a valid state's objects hold that no other object may: overlay addresses, published
+/// ports, task names, VLANs on a node, service names. Made by [`Claims::of`] (which checks a
+/// whole state); then kept up to date a service at a time by [`Claims::replace`], which checks
+/// only that service against the rest, so a change to one service of many costs that service.
+#[derive(Debug, Clone, Default)]
+pub struct Claims {
+    addrs: HashMap<(u32, Ipv4Addr), Owner>,
+    ports: HashMap<(Protocol, u16), String>,
+    tasks: HashSet<String>,
+    vlans: HashMap<(String, u16), String>,
+    services: HashSet<String>,
+}
+
+impl Claims {
+    fn claim(
+        &mut self,
+        vni: u32,
+        net: &str,
+        addr: Ipv4Addr,
+        who: Owner,
+    ) -> Result<(), ValidationError> {
+        if let Some(prev) = self.addrs.get(&(vni, addr)) {
+            bail!("address {addr} on network \"{net}\" is used twice: by {prev} and by {who}");
+        }
+        self.addrs.insert((vni, addr), who);
+        Ok(())
+    }
+
+    /// Checks the whole of `state` (as [`validate`]) and returns what its objects hold.
+    pub fn of(state: &State) -> Result<Claims, ValidationError> {
+        let mut claims = Claims::default();
+        let scope = Scope::check(state, &mut claims)?;
+        for svc in &state.services {
+            claims.add_service(&scope, state, svc)?;
+        }
+        Ok(claims)
+    }
+
+    /// Services change: `old` (each as it was when claimed) are given back, then `new` (each
+    /// as it is in `state`, whose nodes and networks must be those these claims were made
+    /// with) checked against everything else and claimed, so one service may take what another
+    /// gave up in the same change. On an error the claims are spoiled (partly claimed): make
+    /// them again with [`Claims::of`] from the state still in force.
+    pub fn replace<'a>(
+        &mut self,
+        state: &State,
+        old: impl IntoIterator<Item = &'a Service>,
+        new: impl IntoIterator<Item = &'a Service>,
+    ) -> Result<(), ValidationError> {
+        for s in old {
+            self.release(state, s);
+        }
+        let scope = Scope::of(state);
+        for s in new {
+            self.add_service(&scope, state, s)?;
+        }
+        Ok(())
+    }
+
+    /// Gives back what service `svc` (valid when claimed) holds.
+    fn release(&mut self, state: &State, svc: &Service) {
+        self.services.remove(&svc.name);
+        let vni = |net: &str| state.networks.iter().find(|n| n.name == net).map(|n| n.vni);
+        for sn in &svc.networks {
+            if let (Some(vip), Some(v)) = (sn.vip, vni(&sn.network)) {
+                if self.addrs.get(&(v, vip)) == Some(&Owner::Vip(svc.name.clone())) {
+                    self.addrs.remove(&(v, vip));
+                }
+            }
+        }
+        for p in &svc.ports {
+            if self.ports.get(&(p.protocol, p.published)) == Some(&svc.name) {
+                self.ports.remove(&(p.protocol, p.published));
+            }
+        }
+        for t in &svc.tasks {
+            self.tasks.remove(&t.name);
+            if let Some(v) = t.vlan {
+                let k = (t.node.clone(), v);
+                if self.vlans.get(&k) == Some(&t.name) {
+                    self.vlans.remove(&k);
+                }
+            }
+            for a in &t.addresses {
+                if let Some(v) = vni(&a.network) {
+                    if matches!(self.addrs.get(&(v, a.addr)), Some(Owner::Task(n)) if *n == t.name)
+                    {
+                        self.addrs.remove(&(v, a.addr));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The nodes and networks of a state, by name: what a service is checked against.
+struct Scope<'a> {
+    node_names: HashSet<&'a str>,
+    nets: HashMap<&'a str, &'a Network>,
+    ingress: Option<&'a Network>,
 }
 
 /// Checks every network's MTU against a node's uplink MTU: a VXLAN-encapsulated packet of the
@@ -171,152 +278,171 @@ fn check_health(svc: &str, h: &HealthCheck) -> Result<(), ValidationError> {
 
 /// Checks a whole state.
 pub fn validate(state: &State) -> Result<(), ValidationError> {
-    // Nodes.
-    let mut node_names = BTreeSet::new();
-    let mut node_addrs = BTreeMap::new();
-    for n in &state.nodes {
-        check_name("node", &n.name)?;
-        if !node_names.insert(n.name.as_str()) {
-            bail!("node \"{}\" is defined twice", n.name);
-        }
-        if let Some(other) = node_addrs.insert(n.addr, n.name.as_str()) {
-            bail!(
-                "nodes \"{other}\" and \"{}\" have the same address {}",
-                n.name,
-                n.addr
-            );
-        }
-        if n.vtep_port == 0 {
-            bail!(
-                "node \"{}\": VTEP port 0 is not valid (VXLAN uses {VXLAN_PORT})",
-                n.name
-            );
-        }
-    }
-    let mut vteps = BTreeMap::new();
-    for n in &state.nodes {
-        if let Some(other) = vteps.insert((n.vtep_addr(), n.vtep_port), n.name.as_str()) {
-            bail!(
-                "nodes \"{other}\" and \"{}\" have the same VTEP {}:{}",
-                n.name,
-                n.vtep_addr(),
-                n.vtep_port
-            );
+    Claims::of(state).map(|_| ())
+}
+
+impl<'a> Scope<'a> {
+    /// The scope of `state`, whose nodes and networks were checked already.
+    fn of(state: &'a State) -> Scope<'a> {
+        Scope {
+            node_names: state.nodes.iter().map(|n| n.name.as_str()).collect(),
+            nets: state
+                .networks
+                .iter()
+                .map(|n| (n.name.as_str(), n))
+                .collect(),
+            ingress: state.networks.iter().find(|n| n.ingress),
         }
     }
 
-    // Networks.
-    let mut used: BTreeMap<(u32, Ipv4Addr), String> = BTreeMap::new();
-    let mut nets: BTreeMap<&str, &Network> = BTreeMap::new();
-    let mut vnis = BTreeMap::new();
-    let mut ingress: Option<&Network> = None;
-    for net in &state.networks {
-        check_name("network", &net.name)?;
-        if nets.insert(net.name.as_str(), net).is_some() {
-            bail!("network \"{}\" is defined twice", net.name);
-        }
-        if net.vni == 0 || net.vni >= 1 << 24 {
-            bail!(
-                "network \"{}\": VNI {} is out of range (1 to 16777215)",
-                net.name,
-                net.vni
-            );
-        }
-        if let Some(other) = vnis.insert(net.vni, net.name.as_str()) {
-            bail!(
-                "networks \"{other}\" and \"{}\" have the same VNI {}",
-                net.name,
-                net.vni
-            );
-        }
-        if net.subnet.prefix > 30 {
-            bail!(
-                "network \"{}\": subnet {} is too small (at most /30)",
-                net.name,
-                net.subnet
-            );
-        }
-        for other in &state.networks {
-            if other.name != net.name && other.subnet.overlaps(&net.subnet) {
+    /// Checks `state`'s nodes and networks, claiming the networks' addresses.
+    fn check(state: &'a State, claims: &mut Claims) -> Result<Scope<'a>, ValidationError> {
+        // Nodes.
+        let mut node_names = BTreeSet::new();
+        let mut node_addrs = BTreeMap::new();
+        for n in &state.nodes {
+            check_name("node", &n.name)?;
+            if !node_names.insert(n.name.as_str()) {
+                bail!("node \"{}\" is defined twice", n.name);
+            }
+            if let Some(other) = node_addrs.insert(n.addr, n.name.as_str()) {
                 bail!(
-                    "networks \"{}\" ({}) and \"{}\" ({}) overlap; give each its own subnet",
-                    other.name,
-                    other.subnet,
+                    "nodes \"{other}\" and \"{}\" have the same address {}",
+                    n.name,
+                    n.addr
+                );
+            }
+            if n.vtep_port == 0 {
+                bail!(
+                    "node \"{}\": VTEP port 0 is not valid (VXLAN uses {VXLAN_PORT})",
+                    n.name
+                );
+            }
+        }
+        let mut vteps = BTreeMap::new();
+        for n in &state.nodes {
+            if let Some(other) = vteps.insert((n.vtep_addr(), n.vtep_port), n.name.as_str()) {
+                bail!(
+                    "nodes \"{other}\" and \"{}\" have the same VTEP {}:{}",
+                    n.name,
+                    n.vtep_addr(),
+                    n.vtep_port
+                );
+            }
+        }
+
+        // Networks.
+        let mut nets: BTreeMap<&str, &Network> = BTreeMap::new();
+        let mut vnis = BTreeMap::new();
+        let mut ingress: Option<&Network> = None;
+        for net in &state.networks {
+            check_name("network", &net.name)?;
+            if nets.insert(net.name.as_str(), net).is_some() {
+                bail!("network \"{}\" is defined twice", net.name);
+            }
+            if net.vni == 0 || net.vni >= 1 << 24 {
+                bail!(
+                    "network \"{}\": VNI {} is out of range (1 to 16777215)",
+                    net.name,
+                    net.vni
+                );
+            }
+            if let Some(other) = vnis.insert(net.vni, net.name.as_str()) {
+                bail!(
+                    "networks \"{other}\" and \"{}\" have the same VNI {}",
+                    net.name,
+                    net.vni
+                );
+            }
+            if net.subnet.prefix > 30 {
+                bail!(
+                    "network \"{}\": subnet {} is too small (at most /30)",
                     net.name,
                     net.subnet
                 );
             }
-        }
-        if let Some(mtu) = net.mtu {
-            if !(MIN_NETWORK_MTU..=MAX_NETWORK_MTU).contains(&mtu) {
-                bail!(
-                    "network \"{}\": MTU {mtu} is out of range ({MIN_NETWORK_MTU} to {MAX_NETWORK_MTU})",
-                    net.name
-                );
+            for other in &state.networks {
+                if other.name != net.name && other.subnet.overlaps(&net.subnet) {
+                    bail!(
+                        "networks \"{}\" ({}) and \"{}\" ({}) overlap; give each its own subnet",
+                        other.name,
+                        other.subnet,
+                        net.name,
+                        net.subnet
+                    );
+                }
             }
-        }
-        if let Some(enc) = &net.encryption {
-            check_keys(&net.name, enc)?;
-        }
-        if !net.subnet.is_host(net.gateway) {
-            bail!(
-                "network \"{}\": gateway {} is not a host address of {}",
-                net.name,
-                net.gateway,
-                net.subnet
-            );
-        }
-        claim(
-            &mut used,
-            net.vni,
-            &net.name,
-            net.gateway,
-            format!("the gateway of \"{}\"", net.name),
-        )?;
-        if net.ingress {
-            if let Some(first) = ingress {
-                bail!("networks \"{}\" and \"{}\" are both marked ingress; there is one ingress network", first.name, net.name);
+            if let Some(mtu) = net.mtu {
+                if !(MIN_NETWORK_MTU..=MAX_NETWORK_MTU).contains(&mtu) {
+                    bail!(
+                        "network \"{}\": MTU {mtu} is out of range ({MIN_NETWORK_MTU} to {MAX_NETWORK_MTU})",
+                        net.name
+                    );
+                }
             }
-            ingress = Some(net);
-        }
-        for (node, addr) in &net.endpoints {
-            if !node_names.contains(node.as_str()) {
-                bail!(
-                    "network \"{}\" has an endpoint for unknown node \"{node}\"",
-                    net.name
-                );
+            if let Some(enc) = &net.encryption {
+                check_keys(&net.name, enc)?;
             }
-            if !net.subnet.is_host(*addr) {
+            if !net.subnet.is_host(net.gateway) {
                 bail!(
-                    "network \"{}\": endpoint {addr} of node \"{node}\" is outside {}",
+                    "network \"{}\": gateway {} is not a host address of {}",
                     net.name,
+                    net.gateway,
                     net.subnet
                 );
             }
-            claim(
-                &mut used,
+            claims.claim(
                 net.vni,
                 &net.name,
-                *addr,
-                format!("the endpoint of node \"{node}\""),
+                net.gateway,
+                Owner::Gateway(net.name.clone()),
             )?;
+            if net.ingress {
+                if let Some(first) = ingress {
+                    bail!("networks \"{}\" and \"{}\" are both marked ingress; there is one ingress network", first.name, net.name);
+                }
+                ingress = Some(net);
+            }
+            for (node, addr) in &net.endpoints {
+                if !node_names.contains(node.as_str()) {
+                    bail!(
+                        "network \"{}\" has an endpoint for unknown node \"{node}\"",
+                        net.name
+                    );
+                }
+                if !net.subnet.is_host(*addr) {
+                    bail!(
+                        "network \"{}\": endpoint {addr} of node \"{node}\" is outside {}",
+                        net.name,
+                        net.subnet
+                    );
+                }
+                claims.claim(net.vni, &net.name, *addr, Owner::Endpoint(node.clone()))?;
+            }
         }
+        Ok(Scope {
+            node_names: node_names.into_iter().collect(),
+            nets: nets.into_iter().collect(),
+            ingress,
+        })
     }
+}
 
-    // Services and tasks.
-    let mut svc_names = BTreeSet::new();
-    let mut task_names = BTreeSet::new();
-    // (node, VLAN) → the task whose port it is.
-    let mut vlans: BTreeMap<(&str, u16), &str> = BTreeMap::new();
-    let mut published: BTreeMap<(Protocol, u16), &str> = BTreeMap::new();
-    for svc in &state.services {
+impl Claims {
+    /// Checks service `svc` of `state` against the rest and claims what it holds.
+    fn add_service(
+        &mut self,
+        scope: &Scope,
+        state: &State,
+        svc: &Service,
+    ) -> Result<(), ValidationError> {
         check_name("service", &svc.name)?;
-        if !svc_names.insert(svc.name.as_str()) {
+        if !self.services.insert(svc.name.clone()) {
             bail!("service \"{}\" is defined twice", svc.name);
         }
         let mut attached = BTreeSet::new();
         for sn in &svc.networks {
-            let Some(net) = nets.get(sn.network.as_str()) else {
+            let Some(net) = scope.nets.get(sn.network.as_str()) else {
                 bail!(
                     "service \"{}\" is attached to unknown network \"{}\"; create it first",
                     svc.name,
@@ -353,13 +479,7 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                             net.name
                         );
                     }
-                    claim(
-                        &mut used,
-                        net.vni,
-                        &net.name,
-                        vip,
-                        format!("the VIP of service \"{}\"", svc.name),
-                    )?;
+                    self.claim(net.vni, &net.name, vip, Owner::Vip(svc.name.clone()))?;
                 }
                 _ => {}
             }
@@ -395,16 +515,18 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                     svc.name
                 );
             }
-            if let Some(other) = published.insert((p.protocol, p.published), svc.name.as_str()) {
+            if let Some(other) = self.ports.get(&(p.protocol, p.published)) {
                 return Err(ValidationError::PortInUse {
                     published: p.published,
                     protocol: p.protocol,
-                    service: other.to_string(),
+                    service: other.clone(),
                 });
             }
+            self.ports
+                .insert((p.protocol, p.published), svc.name.clone());
         }
         if has_ingress_ports {
-            let Some(ing) = ingress else {
+            let Some(ing) = scope.ingress else {
                 bail!("service \"{}\" publishes ports in ingress mode but there is no ingress network; create one with `meshctl network create --ingress`", svc.name);
             };
             for n in &state.nodes {
@@ -438,10 +560,10 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
         }
         for t in &svc.tasks {
             check_name("task", &t.name)?;
-            if !task_names.insert(t.name.as_str()) {
+            if !self.tasks.insert(t.name.clone()) {
                 bail!("task \"{}\" is defined twice", t.name);
             }
-            if !node_names.contains(t.node.as_str()) {
+            if !scope.node_names.contains(t.node.as_str()) {
                 bail!(
                     "task \"{}\" is placed on unknown node \"{}\"; add the node first",
                     t.name,
@@ -452,17 +574,18 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                 if !(1..=4094).contains(&v) {
                     bail!("task \"{}\": VLAN {v} is not a VLAN id (1 to 4094)", t.name);
                 }
-                if let Some(other) = vlans.insert((t.node.as_str(), v), t.name.as_str()) {
+                if let Some(other) = self.vlans.get(&(t.node.clone(), v)) {
                     bail!(
                         "task \"{}\": VLAN {v} on node \"{}\" is task \"{other}\"'s already; every task on a node needs its own",
                         t.name,
                         t.node
                     );
                 }
+                self.vlans.insert((t.node.clone(), v), t.name.clone());
             }
             let mut seen = BTreeSet::new();
             for a in &t.addresses {
-                let Some(net) = nets.get(a.network.as_str()) else {
+                let Some(net) = scope.nets.get(a.network.as_str()) else {
                     bail!(
                         "task \"{}\" has an address on unknown network \"{}\"",
                         t.name,
@@ -491,16 +614,10 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                         net.name
                     );
                 }
-                claim(
-                    &mut used,
-                    net.vni,
-                    &net.name,
-                    a.addr,
-                    format!("task \"{}\"", t.name),
-                )?;
+                self.claim(net.vni, &net.name, a.addr, Owner::Task(t.name.clone()))?;
             }
             if has_ingress_ports {
-                if let Some(ing) = ingress {
+                if let Some(ing) = scope.ingress {
                     if t.addr_on(&ing.name).is_none() {
                         bail!(
                             "task \"{}\" has no address on the ingress network \"{}\"; service \"{}\" publishes ports and needs one",
@@ -510,8 +627,8 @@ pub fn validate(state: &State) -> Result<(), ValidationError> {
                 }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -828,5 +945,57 @@ mod tests {
         let mut s = sample();
         s.networks[0].endpoints.remove("n2");
         assert!(err(&s).contains("node \"n2\" has no endpoint"));
+    }
+
+    #[test]
+    fn claims_kept_service_by_service_agree_with_checking_the_whole_state() {
+        use proptest::prelude::*;
+        // Changes to one or two services at a time that may clash with the others: a port, a
+        // VIP, a task address, a task name, a VLAN taken twice.
+        let change = (0..2usize, 0..6u8, 0..4u8);
+        proptest!(|(changes in proptest::collection::vec(proptest::collection::vec(change, 1..3), 1..12))| {
+            let mut state = sample();
+            let mut api = Service::new("api");
+            api.networks.push(ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, 50)) });
+            state.services.push(api);
+            validate(&state).unwrap();
+            let mut claims = Claims::of(&state).unwrap();
+            for batch in changes {
+                let mut next = state.clone();
+                let mut names = BTreeSet::new();
+                for (which, what, v) in batch {
+                    let svc = &mut next.services[which];
+                    names.insert(svc.name.clone());
+                    match what {
+                        0 => svc.ports.push(PublishedPort { protocol: Protocol::Tcp, published: 8080 + u16::from(v), target: 80, mode: PublishMode::Ingress }),
+                        1 => svc.ports.clear(),
+                        2 => svc.networks[0].vip = Some(Ipv4Addr::new(10, 0, 1, 2 + v)),
+                        3 => {
+                            let name = format!("{}.{}", svc.name, 7 + v);
+                            let mut t = Task { name, node: "n1".into(), addresses: Vec::new(), state: Default::default(), weight: 1, vlan: None };
+                            t.addresses.push(TaskAddress { network: "appnet".into(), addr: Ipv4Addr::new(10, 0, 1, 10 + v) });
+                            t.addresses.push(TaskAddress { network: "ingress".into(), addr: Ipv4Addr::new(10, 0, 0, 40 + v) });
+                            svc.tasks.push(t);
+                        }
+                        4 => { svc.tasks.pop(); }
+                        _ => {
+                            if let Some(t) = svc.tasks.last_mut() { t.vlan = Some(100 + u16::from(v)); }
+                        }
+                    }
+                }
+                let whole = validate(&next);
+                let mut trial = claims.clone();
+                let kept = trial.replace(
+                    &next,
+                    names.iter().filter_map(|n| state.service(n)),
+                    names.iter().filter_map(|n| next.service(n)),
+                );
+                prop_assert_eq!(whole.is_ok(), kept.is_ok(), "whole: {:?} kept: {:?}", whole, kept);
+                if whole.is_ok() {
+                    state = next;
+                    claims = trial;
+                }
+            }
+        });
     }
 }

@@ -12,8 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ctl::cluster::etcd::{ClusterError, Etcd, Tls};
-use ctl::model::{Availability, Network, Node, Service, ServiceNetwork, State, Task, TaskAddress};
-use ctl::proto::{Change, ServiceUpdate};
+use ctl::model::{
+    Availability, Network, Node, Protocol, PublishMode, PublishedPort, Service, ServiceNetwork,
+    State, Task, TaskAddress,
+};
+use ctl::proto::{Change, ServiceUpdate, TaskUpdate};
 
 /// An etcd server of the test's own, stopped (by its pid) and its data removed when dropped.
 struct Server {
@@ -281,6 +284,87 @@ fn concurrent_changes_from_two_operators_lose_nothing() {
         web.tasks.iter().map(|t| &t.name).collect::<Vec<_>>()
     );
     assert_eq!(snap.generation, 3 + 20);
+}
+
+#[test]
+fn a_change_to_one_service_reads_that_service_and_still_loses_nothing() {
+    // Task updates and published ports read the service they change (and, to publish, every
+    // service's key), not the store; the guard is the same generation as a whole read's.
+    let s = Server::start("scoped");
+    seed(&mut s.client());
+    let mut e = s.client();
+    let mut api = Service::new("api");
+    api.networks.push(ServiceNetwork {
+        network: "appnet".into(),
+        vip: Some(Ipv4Addr::new(10, 0, 1, 3)),
+    });
+    api.tasks = vec![task("api.1", 110)];
+    api.ports.push(PublishedPort {
+        protocol: Protocol::Tcp,
+        published: 8080,
+        target: 80,
+        mode: PublishMode::Host,
+    });
+    e.change(&Change::ServiceCreate { service: api }).unwrap();
+    // Two writers flip weights of web's two tasks at once, while a third publishes ports.
+    let endpoint = s.endpoint.clone();
+    let writers: Vec<_> = ["web.1", "web.2"]
+        .into_iter()
+        .map(|t| {
+            let endpoint = endpoint.clone();
+            std::thread::spawn(move || {
+                let mut e = Etcd::connect(&[endpoint], Duration::from_secs(5)).unwrap();
+                for w in 1..=10u32 {
+                    e.change(&Change::ServiceUpdate {
+                        name: "web".into(),
+                        update: ServiceUpdate {
+                            task_update: vec![TaskUpdate {
+                                name: t.into(),
+                                weight: Some(w),
+                                state: None,
+                            }],
+                            ..ServiceUpdate::default()
+                        },
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let publish = |e: &mut Etcd, port: u16| {
+        e.change(&Change::ServiceUpdate {
+            name: "web".into(),
+            update: ServiceUpdate {
+                publish_add: vec![PublishedPort {
+                    protocol: Protocol::Tcp,
+                    published: port,
+                    target: 80,
+                    mode: PublishMode::Host,
+                }],
+                ..ServiceUpdate::default()
+            },
+        })
+    };
+    for port in 9001..=9005 {
+        publish(&mut e, port).unwrap();
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    let snap = s.client().load().unwrap();
+    let web = snap.state.service("web").unwrap();
+    let weights: Vec<u32> = web.tasks.iter().map(|t| t.weight).collect();
+    assert_eq!(weights, [10, 10], "lost updates");
+    assert_eq!(web.ports.len(), 5, "{:?}", web.ports);
+    assert_eq!(snap.generation, 4 + 20 + 5);
+    // api holds 8080: web cannot publish it, and the refusal names api; nothing is written.
+    let before = s.client().load().unwrap();
+    let err = publish(&mut e, 8080).unwrap_err();
+    assert!(
+        err.to_string().contains("in use by service \"api\""),
+        "{err}"
+    );
+    assert_eq!(s.client().load().unwrap(), before);
 }
 
 #[test]

@@ -503,7 +503,9 @@ fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartErr
 #[allow(clippy::cast_possible_truncation)]
 pub fn run(s: Settings) -> Result<(), StartError> {
     let store = StateStore::new(&s.state);
+    let t0 = std::time::Instant::now();
     let persisted = initial_state(&s, &store)?;
+    let read = t0.elapsed();
     let uplink_mac = interface_mac(&s.uplink)?;
     let tasks_mac = interface_mac(&s.tasks)?;
     let uplink_mtu = interface_mtu(&s.uplink)?;
@@ -521,8 +523,22 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let neigh = Arc::new(Neighbors::new(1 << 16));
     let table = ServiceTable::empty(&s.node, s.addr);
     let shared = Shared::new(table, workers, neigh);
+    let t1 = std::time::Instant::now();
     let mut controller = Controller::new(s.node.clone(), persisted, store, shared.clone())
         .map_err(StartError::Config)?;
+    tracing::info!(
+        services = controller.state.services.len(),
+        tasks = controller
+            .state
+            .services
+            .iter()
+            .map(|x| x.tasks.len())
+            .sum::<usize>(),
+        read_ms = read.as_millis(),
+        compiled_ms = t1.elapsed().as_millis(),
+        "state from {} in force",
+        s.state.display()
+    );
     let host_shared = Arc::new(HostShared::default());
     controller.host = Some(host_shared.clone());
     controller.uplink_mtu = Some(uplink_mtu);
@@ -708,11 +724,11 @@ fn start_follower(
     impl Applier for ToController {
         fn apply(
             &mut self,
-            state: &ctl::State,
+            delta: ctl::cluster::Delta,
             revision: i64,
             live: &std::collections::BTreeSet<String>,
         ) -> Result<u64, String> {
-            self.0.adopt(state.clone(), revision, live.clone())
+            self.0.adopt(delta, revision, live.clone())
         }
         fn stopping(&self) -> bool {
             self.0.shared().stop.load(Ordering::Relaxed)

@@ -94,6 +94,71 @@ impl<K: FastKey, V: Copy> FrozenMap<K, V> {
         self.len
     }
 
+    /// Every entry, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.slots.iter().flatten().copied()
+    }
+
+    /// Puts `k` → `v` into the map, replacing what `k` had. For the control thread, on its
+    /// own copy of a table it is about to publish (a published map is only read). Grows (by a
+    /// rebuild) to stay at most half full.
+    // Casts: a hash folded to a slot index: keeping the low bits is the point.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn insert(&mut self, k: K, v: V) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            let items: Vec<(K, V)> = self.slots.iter().flatten().copied().collect();
+            *self = Self::build(items.into_iter().chain(std::iter::once((k, v))));
+            return;
+        }
+        let mut i = (k.mix() as usize) & self.mask;
+        loop {
+            match &mut self.slots[i] {
+                Some((sk, sv)) if *sk == k => {
+                    *sv = v;
+                    return;
+                }
+                Some(_) => i = (i + 1) & self.mask,
+                empty @ None => {
+                    *empty = Some((k, v));
+                    self.len += 1;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes `k` out of the map (backward-shift deletion: no tombstones, so lookups stay as
+    /// short as in a freshly built map). Returns what it held.
+    // Casts: as in `insert`.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn remove(&mut self, k: K) -> Option<V> {
+        let mut i = (k.mix() as usize) & self.mask;
+        let v = loop {
+            match &self.slots[i] {
+                Some((sk, v)) if *sk == k => break *v,
+                Some(_) => i = (i + 1) & self.mask,
+                None => return None,
+            }
+        };
+        self.slots[i] = None;
+        self.len -= 1;
+        // Pull back the entries of the run after the hole that may not sit past it.
+        let mut hole = i;
+        let mut j = (i + 1) & self.mask;
+        while let Some((jk, _)) = self.slots[j] {
+            let home = (jk.mix() as usize) & self.mask;
+            // The entry at j may move to the hole if its home is not in (hole, j] cyclically.
+            let dist_home = j.wrapping_sub(home) & self.mask;
+            let dist_hole = j.wrapping_sub(hole) & self.mask;
+            if dist_home >= dist_hole {
+                self.slots[hole] = self.slots[j].take();
+                hole = j;
+            }
+            j = (j + 1) & self.mask;
+        }
+        Some(v)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -120,6 +185,28 @@ mod tests {
         assert_eq!(m.get(1), None);
         let e: FrozenMap<u64, u8> = FrozenMap::default();
         assert_eq!(e.get(5), None);
+    }
+
+    #[test]
+    fn inserts_and_removes_agree_with_a_hash_map() {
+        use proptest::prelude::*;
+        proptest!(|(ops in proptest::collection::vec((any::<bool>(), 0u32..64, any::<u8>()), 0..400))| {
+            let mut m: FrozenMap<u32, u8> = FrozenMap::build((0u32..8).map(|i| (i * 3, 0)));
+            let mut want: std::collections::HashMap<u32, u8> = (0u32..8).map(|i| (i * 3, 0)).collect();
+            for (put, k, v) in ops {
+                // Keys that collide often: a small range, mixed to neighbouring slots.
+                if put {
+                    m.insert(k, v);
+                    want.insert(k, v);
+                } else {
+                    prop_assert_eq!(m.remove(k), want.remove(&k));
+                }
+                prop_assert_eq!(m.len(), want.len());
+            }
+            for k in 0u32..64 {
+                prop_assert_eq!(m.get(k), want.get(&k).copied());
+            }
+        });
     }
 
     #[test]

@@ -216,6 +216,7 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
     let services = table
         .services
         .iter()
+        .filter(|s| !s.removed)
         .map(|s| {
             let tasks: Vec<TaskReport> = s
                 .tasks
@@ -225,7 +226,7 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                     let [packets, bytes, connections] =
                         per_uid.get(&te.uid).copied().unwrap_or_default();
                     TaskReport {
-                        name: te.name.clone(),
+                        name: te.name.to_string(),
                         node: table
                             .nodes
                             .get(usize::from(te.node))
@@ -240,7 +241,7 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                 })
                 .collect();
             ServiceReport {
-                name: s.name.clone(),
+                name: s.name.to_string(),
                 packets: tasks.iter().map(|t| t.packets).sum(),
                 bytes: tasks.iter().map(|t| t.bytes).sum(),
                 connections: tasks.iter().map(|t| t.connections).sum(),

@@ -492,7 +492,10 @@ impl Bed {
         }
         if self.rec.etcd.is_some() {
             // Each meshd adds itself to the cluster's state.
-            self.wait_ready(Duration::from_secs(20))?;
+            // Every node adds itself to the state, contending for the generation: a big mesh
+            // takes longer.
+            let nodes = u64::try_from(self.rec.nodes.len()).unwrap_or(u64::MAX);
+            self.wait_ready(Duration::from_secs(20 + nodes))?;
         }
         // Peers: each meshd knows itself; tell every other one about it.
         for n in 0..self.rec.nodes.len() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
+    TxnOp, TxnOpResponse,
 };
 
 use super::{diff, entry, read_keys, Entry, LayoutError, Member, Op, Status, PREFIX};
@@ -23,6 +23,9 @@ use crate::validate::ValidationError;
 /// The key counting the changes made: each transaction compares it with what it read and
 /// bumps it. A prefix's revisions would not see a key deleted since the read; this does.
 pub const GENERATION: &str = "/meshd/v1/generation";
+
+/// The largest answer a read of the whole state may be (gRPC's default is 4 MB).
+pub(crate) const MAX_READ: usize = 1 << 30;
 /// How many times a change is applied again to a newer state before it gives up.
 pub const TRIES: usize = 16;
 
@@ -366,15 +369,74 @@ pub(crate) fn note_liveness(
 
 /// See [`Etcd::load`].
 pub(crate) async fn load(client: &mut Client) -> Result<Snapshot, ClusterError> {
+    // The whole store in one answer: 100,000 tasks are ~20 MB, past gRPC's default 4 MB.
     let resp = client
+        .kv_client()
+        .max_decoding_message_size(MAX_READ)
         .get(PREFIX, Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
+    snapshot(revision, resp.kvs())
+}
+
+/// The keys a change needs when it needs fewer than all of them (each a key, or a prefix when
+/// marked): the nodes, the networks, the generation, the service it changes with its tasks,
+/// and every service's key (without their tasks) when it publishes a port, to check that no
+/// other service holds it. Changes that add task or VIP addresses, or create services, read
+/// everything: an address is checked against every task's.
+fn scope(change: &Change) -> Option<Vec<(String, bool)>> {
+    let (name, every_service) = match change {
+        Change::ServiceUpdate { name, update }
+            if update.task_add.is_empty()
+                && update.network_add.is_empty()
+                && update.endpoint_mode.is_none() =>
+        {
+            (name, !update.publish_add.is_empty())
+        }
+        Change::ServiceScale { name, .. } | Change::ServiceRm { name } => (name, false),
+        _ => return None,
+    };
+    let services = if every_service {
+        (format!("{PREFIX}services/"), true)
+    } else {
+        (super::Key::Service(name.clone()).path(), false)
+    };
+    Some(vec![
+        (format!("{PREFIX}nodes/"), true),
+        (format!("{PREFIX}networks/"), true),
+        (GENERATION.to_string(), false),
+        services,
+        (format!("{PREFIX}tasks/{name}/"), true),
+    ])
+}
+
+/// The keys `keys` names ([`scope`]), read together at one revision (one transaction).
+async fn load_scope(
+    client: &mut Client,
+    keys: &[(String, bool)],
+) -> Result<Snapshot, ClusterError> {
+    let gets: Vec<TxnOp> = keys
+        .iter()
+        .map(|(k, prefix)| TxnOp::get(k.as_str(), prefix.then(|| GetOptions::new().with_prefix())))
+        .collect();
+    let resp = client.txn(Txn::new().and_then(gets)).await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut kvs = Vec::new();
+    for r in resp.op_responses() {
+        if let TxnOpResponse::Get(g) = r {
+            kvs.extend(g.kvs().iter().cloned());
+        }
+    }
+    snapshot(revision, &kvs)
+}
+
+/// The snapshot keys read at `revision` make.
+fn snapshot(revision: i64, kvs: &[etcd_client::KeyValue]) -> Result<Snapshot, ClusterError> {
     let mut generation = 0;
     let mut raw: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut skipped = Vec::new();
     let (mut members, mut status) = (BTreeMap::new(), BTreeMap::new());
-    for kv in resp.kvs() {
+    for kv in kvs {
         let path = String::from_utf8_lossy(kv.key()).into_owned();
         match entry(&path) {
             Entry::Generation => {
@@ -413,8 +475,14 @@ pub(crate) async fn apply_change(
     client: &mut Client,
     change: &Change,
 ) -> Result<Snapshot, ClusterError> {
+    let scope = scope(change);
     for _ in 0..TRIES {
-        let snap = load(client).await?;
+        // A change to one service reads that service, not the store: its cost follows the
+        // change. The guard (the generation) is the same either way.
+        let snap = match &scope {
+            Some(keys) => load_scope(client, keys).await?,
+            None => load(client).await?,
+        };
         let next = crate::apply::change(&snap.state, change)?;
         crate::validate(&next)?;
         let mut ops: Vec<TxnOp> = diff(&snap.state, &next)

@@ -320,12 +320,7 @@ pub fn assemble<'a>(
         }
     }
     for s in services.values_mut() {
-        // By slot number, then name (a name that is not `<service>.<N>` is the validator's to
-        // refuse, not ours).
-        let name = s.name.clone();
-        s.tasks.sort_by(|a, b| {
-            (task_slot(&name, &a.name), &a.name).cmp(&(task_slot(&name, &b.name), &b.name))
-        });
+        sort_tasks(s);
     }
     let state = State {
         nodes: nodes.into_values().collect(),
@@ -333,6 +328,127 @@ pub fn assemble<'a>(
         services: services.into_values().collect(),
     };
     (state, skipped)
+}
+
+/// Orders a service's tasks by slot number, then name (a name that is not `<service>.<N>` is
+/// the validator's to refuse, not ours).
+fn sort_tasks(s: &mut Service) {
+    let name = s.name.clone();
+    s.tasks.sort_by(|a, b| {
+        (task_slot(&name, &a.name), &a.name).cmp(&(task_slot(&name, &b.name), &b.name))
+    });
+}
+
+/// Parsed objects by path, as a follower mirrors the store.
+pub type Objects = BTreeMap<String, Result<Object, LayoutError>>;
+
+/// The objects under `prefix`, in path order.
+fn under<'a>(
+    objects: &'a Objects,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a Result<Object, LayoutError>)> + 'a {
+    objects
+        .range::<str, _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
+/// Service `name` as `objects` hold it (its key and its tasks' keys, as [`assemble`] makes
+/// it), or `None` when its key is missing or does not parse.
+pub fn assemble_service(objects: &Objects, name: &str) -> Option<Service> {
+    let Some(Ok(Object::Service(s))) = objects.get(&Key::Service(name.to_string()).path()) else {
+        return None;
+    };
+    let mut s = s.clone();
+    let prefix = format!("{PREFIX}tasks/{name}/");
+    for (_, o) in under(objects, &prefix) {
+        if let Ok(Object::Task { task, .. }) = o {
+            s.tasks.push(task.clone());
+        }
+    }
+    sort_tasks(&mut s);
+    Some(s)
+}
+
+/// What changed in the desired state, as a follower hands it to meshd.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// The whole state (the first read, or a read after etcd compacted the changes missed).
+    Full(State),
+    /// Only what keys touched since the last state meshd took make.
+    Part(Part),
+}
+
+/// Some objects of the state, as they are now.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Part {
+    /// Every node, when a node changed.
+    pub nodes: Option<Vec<Node>>,
+    /// Every network, when a network changed.
+    pub networks: Option<Vec<Network>>,
+    /// Each service touched, as it is now (`None`: gone).
+    pub services: BTreeMap<String, Option<Service>>,
+}
+
+impl Part {
+    /// What `objects` hold for the keys at `touched`: the cost follows the keys, not the
+    /// store.
+    pub fn of(objects: &Objects, touched: &std::collections::BTreeSet<String>) -> Part {
+        let mut part = Part::default();
+        for path in touched {
+            match Key::parse(path) {
+                Some(Key::Node(_)) if part.nodes.is_none() => {
+                    let prefix = format!("{PREFIX}nodes/");
+                    part.nodes = Some(
+                        under(objects, &prefix)
+                            .filter_map(|(_, o)| match o {
+                                Ok(Object::Node(n)) => Some(n.clone()),
+                                _ => None,
+                            })
+                            .collect(),
+                    );
+                }
+                Some(Key::Network(_)) if part.networks.is_none() => {
+                    let prefix = format!("{PREFIX}networks/");
+                    part.networks = Some(
+                        under(objects, &prefix)
+                            .filter_map(|(_, o)| match o {
+                                Ok(Object::Network(n)) => Some(n.clone()),
+                                _ => None,
+                            })
+                            .collect(),
+                    );
+                }
+                Some(Key::Service(name) | Key::Task { service: name, .. })
+                    if !part.services.contains_key(&name) =>
+                {
+                    let s = assemble_service(objects, &name);
+                    part.services.insert(name, s);
+                }
+                _ => {}
+            }
+        }
+        part
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_none() && self.networks.is_none() && self.services.is_empty()
+    }
+
+    /// Makes `state` hold these objects as they are now.
+    pub fn apply_to(self, state: &mut State) {
+        if let Some(nodes) = self.nodes {
+            state.nodes = nodes;
+        }
+        if let Some(networks) = self.networks {
+            state.networks = networks;
+        }
+        for (name, s) in self.services {
+            state.put_service(&name, s);
+        }
+    }
 }
 
 /// One write of a change.
@@ -558,6 +674,65 @@ mod tests {
             .collect();
         assert_eq!(&names[..3], ["web.1", "web.2", "web.3"]);
         assert_eq!(names[11], "web.12");
+    }
+
+    #[test]
+    fn a_part_brings_a_state_to_what_all_the_keys_make() {
+        // Key edits as a watch delivers them: puts of good and bad values, deletes, tasks
+        // whose service goes and comes back. Applying `Part::of` the touched keys to the state
+        // before must give what assembling every key gives.
+        let edits = prop_oneof![
+            (0..3usize, 1..6usize).prop_map(|(s, t)| (
+                format!(
+                    "tasks/{}/{}.{t}",
+                    ["web", "api", "db"][s],
+                    ["web", "api", "db"][s]
+                ),
+                0u8
+            )),
+            (0..3usize).prop_map(|s| (format!("services/{}", ["web", "api", "db"][s]), 0u8)),
+            (0..3usize, 1..6usize).prop_map(|(s, t)| (
+                format!(
+                    "tasks/{}/{}.{t}",
+                    ["web", "api", "db"][s],
+                    ["web", "api", "db"][s]
+                ),
+                1u8
+            )),
+            (0..3usize).prop_map(|s| (format!("services/{}", ["web", "api", "db"][s]), 1u8)),
+            (0..3usize).prop_map(|s| (format!("services/{}", ["web", "api", "db"][s]), 2u8)),
+            (1..4usize).prop_map(|n| (format!("nodes/n{n}"), 1u8)),
+            Just(("bogus/x".to_string(), 0u8)),
+        ];
+        proptest!(|(batches in proptest::collection::vec(proptest::collection::vec(edits, 1..6), 1..6))| {
+            let full = state(3, &[("web", 12), ("api", 5), ("db", 5)]);
+            let all = to_keys(&full);
+            let mut objects: Objects = all.iter().map(|(k, v)| (k.clone(), parse_object(k, v))).collect();
+            let (mut st, _) = assemble(objects.iter().map(|(k, v)| (k.as_str(), v)));
+            for batch in batches {
+                let mut touched = std::collections::BTreeSet::new();
+                for (rel, how) in batch {
+                    let path = format!("{PREFIX}{rel}");
+                    match how {
+                        // Put back its value as first laid out (or a junk one for a key of no object).
+                        0 => {
+                            let v = all.get(&path).cloned().unwrap_or_else(|| b"{}".to_vec());
+                            objects.insert(path.clone(), parse_object(&path, &v));
+                        }
+                        1 => {
+                            objects.remove(&path);
+                        }
+                        _ => {
+                            objects.insert(path.clone(), parse_object(&path, b"{not json"));
+                        }
+                    }
+                    touched.insert(path);
+                }
+                Part::of(&objects, &touched).apply_to(&mut st);
+                let (want, _) = assemble(objects.iter().map(|(k, v)| (k.as_str(), v)));
+                prop_assert_eq!(&st, &want);
+            }
+        });
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use ctl::model::{
     self, Availability, ClientIpMode, EndpointMode, Health, Protocol, PublishMode, SchedulerKind,
@@ -78,7 +79,7 @@ impl NetEntry {
 pub struct TaskEntry {
     /// Stable across tables while the task keeps its name, node and addresses.
     pub uid: u64,
-    pub name: String,
+    pub name: Arc<str>,
     pub service: SvcIdx,
     pub node: NodeIdx,
     /// May take new flows: running, weight > 0, node active, and healthy when its service has
@@ -92,22 +93,31 @@ pub struct TaskEntry {
     /// The health verdict compiled in, for a service with a health check.
     pub health: Option<Health>,
     /// The task's address on each network it is on (the host side's view: DNS, health checks).
-    pub addrs: Vec<(NetIdx, Ipv4Address)>,
+    pub addrs: Arc<[(NetIdx, Ipv4Address)]>,
+    /// Gone from the state since this table's last full compile ([`ServiceTable::patch`]):
+    /// nothing refers to it any more.
+    pub removed: bool,
 }
 
 /// A service.
 #[derive(Debug, Clone)]
 pub struct SvcEntry {
-    pub name: String,
+    pub name: Arc<str>,
     pub endpoint_mode: EndpointMode,
     pub client_ip: ClientIpMode,
     pub timeouts: model::Timeouts,
-    pub tasks: Vec<TaskIdx>,
+    pub tasks: Arc<[TaskIdx]>,
     /// The networks the service is attached to, with its VIP there (endpoint mode vip).
-    pub networks: Vec<(NetIdx, Option<Ipv4Address>)>,
-    pub health: Option<model::HealthCheck>,
+    pub networks: Arc<[(NetIdx, Option<Ipv4Address>)]>,
+    pub health: Option<Arc<model::HealthCheck>>,
     /// The port the health check connects to.
     pub health_port: u16,
+    /// Its VIPs' and published ports' balancers, and its slots in the port map: what
+    /// [`ServiceTable::patch`] takes out when the service changes.
+    balancers: Arc<[BalIdx]>,
+    slots: Arc<[usize]>,
+    /// Gone from the state since this table's last full compile (its name no longer finds it).
+    pub removed: bool,
 }
 
 /// One backend of a balancer: a task and the address it is reached at on that balancer's network.
@@ -126,9 +136,9 @@ pub struct Balancer {
     pub service: SvcIdx,
     pub net: NetIdx,
     /// Eligible backends only, in a stable order (by task name).
-    pub backends: Vec<Backend>,
+    pub backends: Arc<[Backend]>,
     pub scheduler: SchedulerKind,
-    pub maglev: Option<Maglev>,
+    pub maglev: Option<Arc<Maglev>>,
 }
 
 /// A published port on this node.
@@ -192,9 +202,11 @@ pub struct ServiceTable {
     /// Whether any network is encrypted (one test on the VXLAN paths of a mesh without).
     pub sealed: bool,
     /// Services by name, lower case (DNS names are case-insensitive).
-    svc_names: HashMap<String, SvcIdx>,
+    svc_names: HashMap<Arc<str>, SvcIdx>,
     /// Tasks by name, lower case.
-    task_names: HashMap<String, TaskIdx>,
+    task_names: HashMap<Arc<str>, TaskIdx>,
+    /// Entries of tasks and balancers left behind by [`ServiceTable::patch`].
+    garbage: usize,
 }
 
 /// Health verdicts by task uid: runtime state layered over the desired state when a table is
@@ -232,6 +244,48 @@ fn task_uid(svc: &str, t: &model::Task) -> u64 {
     h
 }
 
+/// What compiling one service needs to know of the rest: this node, and the nodes and
+/// networks by name.
+struct Ctx<'a> {
+    local: &'a str,
+    local_idx: NodeIdx,
+    nodes: HashMap<&'a str, NodeIdx>,
+    nets: HashMap<&'a str, NetIdx>,
+}
+
+impl<'a> Ctx<'a> {
+    // Casts: indices below the counts checked in `ServiceTable::compile`.
+    #[allow(clippy::cast_possible_truncation)]
+    fn new(state: &'a State, local: &'a str, local_idx: NodeIdx) -> Ctx<'a> {
+        Ctx {
+            local,
+            local_idx,
+            nodes: state
+                .nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.as_str(), i as NodeIdx))
+                .collect(),
+            nets: state
+                .networks
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.name.as_str(), i as NetIdx))
+                .collect(),
+        }
+    }
+}
+
+/// A name as the name maps key it: lower case, sharing the entry's own string when it is
+/// lower case already.
+fn lower(name: &Arc<str>) -> Arc<str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Arc::from(name.to_ascii_lowercase())
+    } else {
+        Arc::clone(name)
+    }
+}
+
 impl ServiceTable {
     /// Validates `state` and compiles it for node `local`, every health-checked task starting.
     pub fn build(state: &State, local: &str, generation: u64) -> Result<ServiceTable, BuildError> {
@@ -241,8 +295,6 @@ impl ServiceTable {
     /// [`ServiceTable::build`] with the health verdicts `health` layered over the desired state:
     /// a task of a service with a health check takes new flows only when healthy, and keeps its
     /// flows unless unhealthy.
-    // Casts: indices below the counts checked at the top (nodes, networks, services, balancers, ports <= u16::MAX; tasks far below u32::MAX).
-    #[allow(clippy::cast_possible_truncation)]
     pub fn build_with(
         state: &State,
         local: &str,
@@ -250,6 +302,21 @@ impl ServiceTable {
         health: &HealthView,
     ) -> Result<ServiceTable, BuildError> {
         ctl::validate(state)?;
+        Self::compile(state, local, generation, health, &BTreeSet::new())
+    }
+
+    /// Compiles a state validated already (by [`ctl::validate`], or [`ctl::validate::Claims`]
+    /// kept up to date change by change), the nodes named in `down` drained (in cluster mode,
+    /// the nodes whose meshd holds no lease: their tasks take no new connections).
+    // Casts: indices below the counts checked at the top (nodes, networks, services, balancers, ports <= u16::MAX; tasks far below u32::MAX).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn compile(
+        state: &State,
+        local: &str,
+        generation: u64,
+        health: &HealthView,
+        down: &BTreeSet<String>,
+    ) -> Result<ServiceTable, BuildError> {
         let too_many = |what, count, max| BuildError::TooMany { what, count, max };
         if state.nodes.len() > usize::from(u16::MAX) {
             return Err(too_many("nodes", state.nodes.len(), usize::from(u16::MAX)));
@@ -269,13 +336,7 @@ impl ServiceTable {
             .position(|n| n.name == local)
             .ok_or_else(|| BuildError::UnknownLocalNode(local.to_string()))?
             as NodeIdx;
-        let node_idx = |name: &str| {
-            state
-                .nodes
-                .iter()
-                .position(|n| n.name == name)
-                .map(|i| i as NodeIdx)
-        };
+        let ctx = Ctx::new(state, local, local_idx);
         let nodes: Vec<NodeEntry> = state
             .nodes
             .iter()
@@ -284,7 +345,7 @@ impl ServiceTable {
                 addr: ip(n.addr),
                 vtep: ip(n.vtep_addr()),
                 vtep_port: n.vtep_port,
-                drained: n.availability == Availability::Drain,
+                drained: n.availability == Availability::Drain || down.contains(&n.name),
             })
             .collect();
         let networks: Vec<NetEntry> = state
@@ -302,13 +363,6 @@ impl ServiceTable {
             })
             .collect();
         let sealed = networks.iter().any(|n| n.keys.is_some());
-        let net_idx = |name: &str| {
-            state
-                .networks
-                .iter()
-                .position(|n| n.name == name)
-                .map(|i| i as NetIdx)
-        };
         let ingress_net = state
             .networks
             .iter()
@@ -326,7 +380,7 @@ impl ServiceTable {
                 },
             ));
             for (node, a) in &n.endpoints {
-                if let Some(nd) = node_idx(node) {
+                if let Some(&nd) = ctx.nodes.get(node.as_str()) {
                     addrs.push((
                         key(ip(*a)),
                         AddrEntry {
@@ -339,158 +393,6 @@ impl ServiceTable {
                     ));
                 }
             }
-        }
-
-        let mut services = Vec::new();
-        let mut tasks = Vec::new();
-        let mut balancers = Vec::new();
-        let mut published = Vec::new();
-        let mut port_map = vec![0u16; 2 * PORTS].into_boxed_slice();
-        for (si, s) in state.services.iter().enumerate() {
-            let svc = si as SvcIdx;
-            let mut ids = Vec::new();
-            let mut sorted: Vec<&model::Task> = s.tasks.iter().collect();
-            sorted.sort_by(|a, b| a.name.cmp(&b.name));
-            for &t in &sorted {
-                let node = node_idx(&t.node).unwrap_or(0);
-                let tidx = tasks.len() as TaskIdx;
-                let uid = task_uid(&s.name, t);
-                let verdict = s
-                    .health
-                    .as_ref()
-                    .map(|_| health.get(&uid).copied().unwrap_or(Health::Starting));
-                tasks.push(TaskEntry {
-                    uid,
-                    name: t.name.clone(),
-                    service: svc,
-                    node,
-                    eligible: t.state == model::TaskState::Running
-                        && t.weight > 0
-                        && !nodes[usize::from(node)].drained
-                        && matches!(verdict, None | Some(Health::Healthy)),
-                    alive: t.state.keeps_flows() && verdict != Some(Health::Unhealthy),
-                    weight: t.weight,
-                    state: t.state,
-                    health: verdict,
-                    addrs: t
-                        .addresses
-                        .iter()
-                        .filter_map(|a| Some((net_idx(&a.network)?, ip(a.addr))))
-                        .collect(),
-                });
-                for a in &t.addresses {
-                    if let Some(net) = net_idx(&a.network) {
-                        addrs.push((
-                            key(ip(a.addr)),
-                            AddrEntry {
-                                net,
-                                kind: AddrKind::Task {
-                                    task: tidx,
-                                    node,
-                                    local: node == local_idx,
-                                    vlan: t.vlan.unwrap_or(0),
-                                },
-                            },
-                        ));
-                    }
-                }
-                ids.push(tidx);
-            }
-            let mk_balancer = |net: NetIdx, local_only: bool, tasks: &Vec<TaskEntry>| {
-                let net_name = &state.networks[usize::from(net)].name;
-                // `sorted[k]` is the task `ids[k]` was made from (no search by name: a
-                // service of many tasks compiles in linear time).
-                let backends: Vec<Backend> = ids
-                    .iter()
-                    .zip(&sorted)
-                    .filter_map(|(&ti, mt)| {
-                        let te = &tasks[ti as usize];
-                        let addr = mt.addr_on(net_name)?;
-                        let local = te.node == local_idx;
-                        (te.eligible && (!local_only || local)).then_some(Backend {
-                            task: ti,
-                            uid: te.uid,
-                            addr: ip(addr),
-                            node: te.node,
-                            local,
-                        })
-                    })
-                    .collect();
-                let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
-                    let bs: Vec<maglev::Backend> = backends
-                        .iter()
-                        .map(|b| maglev::Backend {
-                            id: b.uid,
-                            weight: tasks[b.task as usize].weight,
-                        })
-                        .collect();
-                    Maglev::build(&bs)
-                });
-                Balancer {
-                    service: svc,
-                    net,
-                    backends,
-                    scheduler: s.scheduler,
-                    maglev,
-                }
-            };
-            for sn in &s.networks {
-                if let (Some(vip), Some(net)) = (sn.vip, net_idx(&sn.network)) {
-                    let bal = balancers.len() as BalIdx;
-                    balancers.push(mk_balancer(net, false, &tasks));
-                    addrs.push((
-                        key(ip(vip)),
-                        AddrEntry {
-                            net,
-                            kind: AddrKind::Vip {
-                                service: svc,
-                                balancer: bal,
-                            },
-                        },
-                    ));
-                }
-            }
-            for p in &s.ports {
-                let Some(net) = ingress_net else { continue };
-                let local_only = p.mode == PublishMode::Host;
-                if local_only && !s.tasks.iter().any(|t| t.node == local) {
-                    // Host mode: only nodes that run a task answer.
-                    continue;
-                }
-                let bal = balancers.len() as BalIdx;
-                balancers.push(mk_balancer(net, local_only, &tasks));
-                let slot = match p.protocol {
-                    Protocol::Tcp => 0,
-                    Protocol::Udp => PORTS,
-                } + usize::from(p.published);
-                published.push(Published {
-                    balancer: bal,
-                    target: p.target,
-                    mode: p.mode,
-                });
-                port_map[slot] = published.len() as u16;
-            }
-            services.push(SvcEntry {
-                name: s.name.clone(),
-                endpoint_mode: s.endpoint_mode,
-                client_ip: s.client_ip,
-                timeouts: s.timeouts,
-                tasks: ids,
-                networks: s
-                    .networks
-                    .iter()
-                    .filter_map(|n| Some((net_idx(&n.network)?, n.vip.map(ip))))
-                    .collect(),
-                health: s.health.clone(),
-                health_port: s.health_port().unwrap_or(80),
-            });
-        }
-        if balancers.len() >= usize::from(u16::MAX) || published.len() >= usize::from(u16::MAX) {
-            return Err(too_many(
-                "published ports and VIPs",
-                balancers.len(),
-                usize::from(u16::MAX) - 1,
-            ));
         }
         let peers = FrozenMap::build(
             nodes
@@ -505,25 +407,9 @@ impl ServiceTable {
                 .enumerate()
                 .map(|(i, n)| (n.vni, i as NetIdx)),
         );
-        let alive = FrozenMap::build(
-            tasks
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| t.alive)
-                .map(|(i, t)| (t.uid, i as TaskIdx)),
-        );
         let me = &nodes[usize::from(local_idx)];
-        let svc_names = services
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.to_ascii_lowercase(), i as SvcIdx))
-            .collect();
-        let task_names = tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.to_ascii_lowercase(), i as TaskIdx))
-            .collect();
-        Ok(ServiceTable {
+        let tasks_hint: usize = state.services.iter().map(|s| s.tasks.len()).sum();
+        let mut t = ServiceTable {
             generation,
             local: local_idx,
             node_addr: me.addr,
@@ -531,29 +417,340 @@ impl ServiceTable {
             addrs: FrozenMap::build(addrs),
             nodes,
             networks,
-            services,
-            tasks,
-            balancers,
-            published,
-            port_map,
+            services: Vec::with_capacity(state.services.len()),
+            tasks: Vec::with_capacity(tasks_hint),
+            balancers: Vec::new(),
+            published: Vec::new(),
+            port_map: vec![0u16; 2 * PORTS].into_boxed_slice(),
             peers,
             vnis,
-            alive,
+            alive: FrozenMap::default(),
             ingress_net,
             sealed,
-            svc_names,
-            task_names,
-        })
+            svc_names: HashMap::with_capacity(state.services.len()),
+            task_names: HashMap::with_capacity(tasks_hint),
+            garbage: 0,
+        };
+        for (si, s) in state.services.iter().enumerate() {
+            t.put_service(&ctx, state, si as SvcIdx, s, health);
+        }
+        t.check_counts()?;
+        Ok(t)
+    }
+
+    /// A table for `state` made from this one by compiling again only the services named in
+    /// `changed` (new, updated or gone), as a change from etcd or a health verdict touches a
+    /// few services of many: the cost follows the change, not the mesh's size. `state` must be
+    /// validated, and have this table's nodes (drained alike) and networks (any other change
+    /// compiles it all with [`ServiceTable::compile`]); `health` as for that. The parts of the services that
+    /// changed stay behind, unreachable, until garbage reaches a quarter of the table, when
+    /// the whole state is compiled afresh.
+    // Casts: as in `compile`.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn patch(
+        &self,
+        state: &State,
+        changed: &BTreeSet<String>,
+        generation: u64,
+        health: &HealthView,
+    ) -> Result<ServiceTable, BuildError> {
+        let local = &self.nodes[usize::from(self.local)].name;
+        if self.garbage > 1024 + (self.tasks.len() + self.balancers.len()) / 4 {
+            // Drained as they are here (the state's own availability, or a node down).
+            let down = self
+                .nodes
+                .iter()
+                .filter(|n| n.drained)
+                .map(|n| n.name.clone())
+                .collect();
+            return Self::compile(state, local, generation, health, &down);
+        }
+        let ctx = Ctx::new(state, local, self.local);
+        let mut t = self.clone();
+        t.generation = generation;
+        for name in changed {
+            let at = t.service_by_name(name);
+            if let Some(si) = at {
+                t.drop_service(si);
+            }
+            let Some(s) = state.service(name) else {
+                continue;
+            };
+            let si = match at {
+                Some(si) => si,
+                None if t.services.len() < usize::from(u16::MAX) => t.services.len() as SvcIdx,
+                None => {
+                    return Err(BuildError::TooMany {
+                        what: "networks or services",
+                        count: t.services.len() + 1,
+                        max: usize::from(u16::MAX),
+                    })
+                }
+            };
+            t.put_service(&ctx, state, si, s, health);
+        }
+        t.check_counts()?;
+        Ok(t)
+    }
+
+    fn check_counts(&self) -> Result<(), BuildError> {
+        if self.balancers.len() >= usize::from(u16::MAX)
+            || self.published.len() >= usize::from(u16::MAX)
+        {
+            return Err(BuildError::TooMany {
+                what: "published ports and VIPs",
+                count: self.balancers.len(),
+                max: usize::from(u16::MAX) - 1,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes service `si` out: its tasks, VIPs and published ports stop answering, its entries
+    /// stay (indices of the others do not move) as garbage.
+    fn drop_service(&mut self, si: SvcIdx) {
+        let svc = &mut self.services[usize::from(si)];
+        svc.removed = true;
+        let lname = lower(&svc.name);
+        if self.svc_names.get(&lname) == Some(&si) {
+            self.svc_names.remove(&lname);
+        }
+        let (tasks, bals, slots) = (
+            std::mem::take(&mut svc.tasks),
+            std::mem::take(&mut svc.balancers),
+            std::mem::take(&mut svc.slots),
+        );
+        let vips: Vec<Ipv4Address> = svc.networks.iter().filter_map(|(_, v)| *v).collect();
+        for &ti in tasks.iter() {
+            let te = &mut self.tasks[ti as usize];
+            te.removed = true;
+            te.eligible = false;
+            te.alive = false;
+            if self.alive.get(te.uid) == Some(ti) {
+                self.alive.remove(te.uid);
+            }
+            for &(_, a) in te.addrs.iter() {
+                if matches!(self.addrs.get(key(a)), Some(AddrEntry { kind: AddrKind::Task { task, .. }, .. }) if task == ti)
+                {
+                    self.addrs.remove(key(a));
+                }
+            }
+            let lname = lower(&te.name);
+            if self.task_names.get(&lname) == Some(&ti) {
+                self.task_names.remove(&lname);
+            }
+        }
+        for a in vips {
+            if matches!(self.addrs.get(key(a)), Some(AddrEntry { kind: AddrKind::Vip { service, .. }, .. }) if service == si)
+            {
+                self.addrs.remove(key(a));
+            }
+        }
+        for &b in bals.iter() {
+            let bal = &mut self.balancers[usize::from(b)];
+            bal.backends = Arc::from([]);
+            bal.maglev = None;
+        }
+        for &slot in slots.iter() {
+            let p = self.port_map[slot];
+            if p != 0
+                && self
+                    .published
+                    .get(usize::from(p) - 1)
+                    .is_some_and(|p| bals.contains(&p.balancer))
+            {
+                self.port_map[slot] = 0;
+            }
+        }
+        self.garbage += tasks.len() + bals.len();
+    }
+
+    /// Compiles service `s` into slot `si` (an existing slot, taken out first, or the next).
+    // Casts: as in `compile`.
+    #[allow(clippy::cast_possible_truncation)]
+    fn put_service(
+        &mut self,
+        ctx: &Ctx,
+        state: &State,
+        si: SvcIdx,
+        s: &model::Service,
+        health: &HealthView,
+    ) {
+        let svc = si;
+        let mut ids = Vec::with_capacity(s.tasks.len());
+        let mut sorted: Vec<&model::Task> = s.tasks.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
+        for &t in &sorted {
+            let node = ctx.nodes.get(t.node.as_str()).copied().unwrap_or(0);
+            let tidx = self.tasks.len() as TaskIdx;
+            let uid = task_uid(&s.name, t);
+            let verdict = s
+                .health
+                .as_ref()
+                .map(|_| health.get(&uid).copied().unwrap_or(Health::Starting));
+            let name: Arc<str> = Arc::from(t.name.as_str());
+            let entry = TaskEntry {
+                uid,
+                name: Arc::clone(&name),
+                service: svc,
+                node,
+                eligible: t.state == model::TaskState::Running
+                    && t.weight > 0
+                    && !self.nodes[usize::from(node)].drained
+                    && matches!(verdict, None | Some(Health::Healthy)),
+                alive: t.state.keeps_flows() && verdict != Some(Health::Unhealthy),
+                weight: t.weight,
+                state: t.state,
+                health: verdict,
+                addrs: t
+                    .addresses
+                    .iter()
+                    .filter_map(|a| Some((*ctx.nets.get(a.network.as_str())?, ip(a.addr))))
+                    .collect(),
+                removed: false,
+            };
+            for &(net, a) in entry.addrs.iter() {
+                self.addrs.insert(
+                    key(a),
+                    AddrEntry {
+                        net,
+                        kind: AddrKind::Task {
+                            task: tidx,
+                            node,
+                            local: node == ctx.local_idx,
+                            vlan: t.vlan.unwrap_or(0),
+                        },
+                    },
+                );
+            }
+            if entry.alive {
+                self.alive.insert(uid, tidx);
+            }
+            self.task_names.insert(lower(&name), tidx);
+            self.tasks.push(entry);
+            ids.push(tidx);
+        }
+        let mut bals = Vec::new();
+        let mut slots = Vec::new();
+        let mk_balancer = |net: NetIdx, local_only: bool, tasks: &Vec<TaskEntry>| {
+            let net_name = &state.networks[usize::from(net)].name;
+            // `sorted[k]` is the task `ids[k]` was made from (no search by name: a
+            // service of many tasks compiles in linear time).
+            let backends: Vec<Backend> = ids
+                .iter()
+                .zip(&sorted)
+                .filter_map(|(&ti, mt)| {
+                    let te = &tasks[ti as usize];
+                    let addr = mt.addr_on(net_name)?;
+                    let local = te.node == ctx.local_idx;
+                    (te.eligible && (!local_only || local)).then_some(Backend {
+                        task: ti,
+                        uid: te.uid,
+                        addr: ip(addr),
+                        node: te.node,
+                        local,
+                    })
+                })
+                .collect();
+            let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
+                let bs: Vec<maglev::Backend> = backends
+                    .iter()
+                    .map(|b| maglev::Backend {
+                        id: b.uid,
+                        weight: tasks[b.task as usize].weight,
+                    })
+                    .collect();
+                Arc::new(Maglev::build(&bs))
+            });
+            Balancer {
+                service: svc,
+                net,
+                backends: backends.into(),
+                scheduler: s.scheduler,
+                maglev,
+            }
+        };
+        for sn in &s.networks {
+            if let (Some(vip), Some(&net)) = (sn.vip, ctx.nets.get(sn.network.as_str())) {
+                let bal = self.balancers.len() as BalIdx;
+                self.balancers.push(mk_balancer(net, false, &self.tasks));
+                bals.push(bal);
+                self.addrs.insert(
+                    key(ip(vip)),
+                    AddrEntry {
+                        net,
+                        kind: AddrKind::Vip {
+                            service: svc,
+                            balancer: bal,
+                        },
+                    },
+                );
+            }
+        }
+        for p in &s.ports {
+            let Some(net) = self.ingress_net else {
+                continue;
+            };
+            let local_only = p.mode == PublishMode::Host;
+            if local_only && !s.tasks.iter().any(|t| t.node == ctx.local) {
+                // Host mode: only nodes that run a task answer.
+                continue;
+            }
+            let bal = self.balancers.len() as BalIdx;
+            self.balancers
+                .push(mk_balancer(net, local_only, &self.tasks));
+            bals.push(bal);
+            let slot = match p.protocol {
+                Protocol::Tcp => 0,
+                Protocol::Udp => PORTS,
+            } + usize::from(p.published);
+            self.published.push(Published {
+                balancer: bal,
+                target: p.target,
+                mode: p.mode,
+            });
+            // Saturates rather than wraps: past u16::MAX entries `check_counts` refuses
+            // the table anyway.
+            self.port_map[slot] = u16::try_from(self.published.len()).unwrap_or(u16::MAX);
+            slots.push(slot);
+        }
+        let entry = SvcEntry {
+            name: Arc::from(s.name.as_str()),
+            endpoint_mode: s.endpoint_mode,
+            client_ip: s.client_ip,
+            timeouts: s.timeouts,
+            tasks: ids.into(),
+            networks: s
+                .networks
+                .iter()
+                .filter_map(|n| Some((*ctx.nets.get(n.network.as_str())?, n.vip.map(ip))))
+                .collect(),
+            health: s.health.clone().map(Arc::new),
+            health_port: s.health_port().unwrap_or(80),
+            balancers: bals.into(),
+            slots: slots.into(),
+            removed: false,
+        };
+        self.svc_names.insert(lower(&entry.name), si);
+        if usize::from(si) == self.services.len() {
+            self.services.push(entry);
+        } else {
+            self.services[usize::from(si)] = entry;
+        }
     }
 
     /// The service named `name` (any case).
     pub fn service_by_name(&self, name: &str) -> Option<SvcIdx> {
-        self.svc_names.get(&name.to_ascii_lowercase()).copied()
+        self.svc_names
+            .get(name.to_ascii_lowercase().as_str())
+            .copied()
     }
 
     /// The task named `name` (any case).
     pub fn task_by_name(&self, name: &str) -> Option<TaskIdx> {
-        self.task_names.get(&name.to_ascii_lowercase()).copied()
+        self.task_names
+            .get(name.to_ascii_lowercase().as_str())
+            .copied()
     }
 
     /// Task `t`'s address on network `net`.
@@ -664,6 +861,7 @@ impl ServiceTable {
                 sealed: false,
                 svc_names: HashMap::new(),
                 task_names: HashMap::new(),
+                garbage: 0,
             },
         }
     }
@@ -756,8 +954,8 @@ pub(crate) mod tests {
         let app = t.addr(Ipv4Address::new(10, 0, 1, 1)).unwrap().net;
         assert_eq!(t.task_addr_on(1, app), Some(Ipv4Address::new(10, 0, 1, 12)));
         assert_eq!(
-            t.services[0].networks,
-            vec![(app, Some(Ipv4Address::new(10, 0, 1, 2)))]
+            &t.services[0].networks[..],
+            [(app, Some(Ipv4Address::new(10, 0, 1, 2)))]
         );
         assert_eq!(t.services[0].health_port, 80);
     }
@@ -802,5 +1000,224 @@ pub(crate) mod tests {
         let c = ServiceTable::build(&s, "n1", 3).unwrap();
         assert_ne!(a.tasks[0].uid, c.tasks[0].uid);
         assert!(!c.task_alive(a.tasks[0].uid));
+    }
+
+    /// What a table answers, by names rather than indices: two tables that answer alike for
+    /// every port, address, name and task are the same to the fast path and the host side.
+    fn answers(t: &ServiceTable) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let task = |ti: TaskIdx| &*t.tasks[ti as usize].name;
+        let backends = |b: BalIdx| {
+            let bal = t.balancer(b);
+            let v: Vec<_> = bal
+                .backends
+                .iter()
+                .map(|be| (task(be.task), be.uid, be.addr, be.local))
+                .collect();
+            (
+                &*t.services[usize::from(bal.service)].name,
+                bal.net,
+                v,
+                bal.maglev.is_some(),
+            )
+        };
+        for (slot, &i) in t.port_map.iter().enumerate().filter(|(_, &i)| i != 0) {
+            let (name, port) = if slot < PORTS {
+                ("tcp", slot)
+            } else {
+                ("udp", slot - PORTS)
+            };
+            let p = &t.published[usize::from(i) - 1];
+            let _ = writeln!(
+                out,
+                "{name}/{port} -> {} {:?} {:?}",
+                p.target,
+                p.mode,
+                backends(p.balancer)
+            );
+        }
+        let mut addrs: Vec<_> = t.addrs.iter().collect();
+        addrs.sort_by_key(|(k, _)| *k);
+        for (k, e) in addrs {
+            let kind = match e.kind {
+                AddrKind::Task {
+                    task: ti,
+                    node,
+                    local,
+                    vlan,
+                } => format!("task {} {node} {local} {vlan}", task(ti)),
+                AddrKind::Vip { service, balancer } => format!(
+                    "vip {} {:?}",
+                    t.services[usize::from(service)].name,
+                    backends(balancer)
+                ),
+                other => format!("{other:?}"),
+            };
+            let _ = writeln!(out, "addr {k:x} net {} {kind}", e.net);
+        }
+        let mut alive: Vec<_> = t.alive.iter().map(|(u, ti)| (u, task(ti))).collect();
+        alive.sort_unstable();
+        let _ = writeln!(out, "alive {alive:?}");
+        let mut svcs: Vec<_> = t.services.iter().filter(|s| !s.removed).collect();
+        svcs.sort_by(|a, b| a.name.cmp(&b.name));
+        for s in svcs {
+            let tasks: Vec<_> = s
+                .tasks
+                .iter()
+                .map(|&ti| {
+                    let te = &t.tasks[ti as usize];
+                    (
+                        task(ti),
+                        te.uid,
+                        te.eligible,
+                        te.alive,
+                        te.weight,
+                        te.state,
+                        te.health,
+                        te.node,
+                        te.addrs.to_vec(),
+                    )
+                })
+                .collect();
+            let by_name = t
+                .service_by_name(&s.name)
+                .map(|i| &*t.services[usize::from(i)].name);
+            let _ = writeln!(
+                out,
+                "svc {} {by_name:?} {:?} {:?} {:?} {}",
+                s.name, s.endpoint_mode, s.networks, tasks, s.health_port
+            );
+            for &ti in s.tasks.iter() {
+                let found = t.task_by_name(task(ti)).map(task);
+                assert_eq!(found, Some(task(ti)));
+            }
+        }
+        let live = t.tasks.iter().filter(|te| !te.removed).count();
+        let _ = writeln!(out, "tasks {live}");
+        out
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Weight(usize, usize, u32),
+        Shutdown(usize, usize),
+        AddTask(usize, u8),
+        RemoveTask(usize),
+        RemoveService(usize),
+        AddService(u8),
+        Publish(usize, u16),
+        Unpublish(usize),
+        Health(usize, usize, u8),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..6usize, 0..6usize, 0..4u32).prop_map(|(s, t, w)| Op::Weight(s, t, w)),
+            (0..6usize, 0..6usize).prop_map(|(s, t)| Op::Shutdown(s, t)),
+            (0..6usize, 0..3u8).prop_map(|(s, n)| Op::AddTask(s, n)),
+            (0..6usize).prop_map(Op::RemoveTask),
+            (0..6usize).prop_map(Op::RemoveService),
+            (0..200u8).prop_map(Op::AddService),
+            (0..6usize, 8080..8084u16).prop_map(|(s, p)| Op::Publish(s, p)),
+            (0..6usize).prop_map(Op::Unpublish),
+            (0..6usize, 0..6usize, 0..3u8).prop_map(|(s, t, h)| Op::Health(s, t, h)),
+        ]
+    }
+
+    #[test]
+    fn a_patched_table_answers_as_one_compiled_afresh() {
+        use proptest::prelude::*;
+        proptest!(ProptestConfig::with_cases(64), |(ops in proptest::collection::vec(op(), 1..30))| {
+            let mut state = three_nodes();
+            let mut health = HealthView::new();
+            let mut next_addr = 100u8;
+            let mut table = ServiceTable::build(&state, "n1", 1).unwrap();
+            for (step, op) in ops.into_iter().enumerate() {
+                let mut next = state.clone();
+                let n = next.services.len();
+                let mut touched = BTreeSet::new();
+                let mut health_next = health.clone();
+                match op {
+                    Op::Weight(s, t, _) | Op::Health(s, t, _) if n > 0 && !next.services[s % n].tasks.is_empty() => {
+                        let svc = &mut next.services[s % n];
+                        let k = t % svc.tasks.len();
+                        touched.insert(svc.name.clone());
+                        match op {
+                            Op::Weight(_, _, w) => svc.tasks[k].weight = w,
+                            Op::Health(_, _, h) => {
+                                if svc.health.is_none() {
+                                    svc.health = Some(model::HealthCheck::default());
+                                }
+                                let uid = task_uid(&svc.name, &svc.tasks[k]);
+                                let v = [Health::Healthy, Health::Unhealthy, Health::Starting][usize::from(h)];
+                                health_next.insert(uid, v);
+                            }
+                            _ => {}
+                        }
+                    }
+                    Op::Shutdown(s, t) if n > 0 && !next.services[s % n].tasks.is_empty() => {
+                        let svc = &mut next.services[s % n];
+                        let k = t % svc.tasks.len();
+                        svc.tasks[k].state = model::TaskState::Shutdown;
+                        touched.insert(svc.name.clone());
+                    }
+                    Op::AddTask(s, node) if n > 0 => {
+                        let svc = &mut next.services[s % n];
+                        let slot = svc.tasks.len() + 1 + usize::from(next_addr);
+                        next_addr = next_addr.wrapping_add(1).max(100);
+                        let mut t = crate::testkit::task(
+                            &format!("{}.{slot}", svc.name),
+                            ["n1", "n2", "n3"][usize::from(node)],
+                            &[("ingress", Ipv4Addr::new(10, 0, 0, next_addr)), ("appnet", Ipv4Addr::new(10, 0, 1, next_addr))],
+                        );
+                        t.weight = 1;
+                        svc.tasks.push(t);
+                        touched.insert(svc.name.clone());
+                    }
+                    Op::RemoveTask(s) if n > 0 => {
+                        let svc = &mut next.services[s % n];
+                        svc.tasks.pop();
+                        touched.insert(svc.name.clone());
+                    }
+                    Op::RemoveService(s) if n > 0 => {
+                        touched.insert(next.services.remove(s % n).name);
+                    }
+                    Op::AddService(k) => {
+                        let name = format!("svc{k}");
+                        if next.service(&name).is_none() {
+                            next_addr = next_addr.wrapping_add(1).max(100);
+                            let mut svc = model::Service::new(&name);
+                            svc.networks.push(model::ServiceNetwork { network: "appnet".into(), vip: Some(Ipv4Addr::new(10, 0, 1, next_addr)) });
+                            next.put_service(&name, Some(svc));
+                            touched.insert(name);
+                        }
+                    }
+                    Op::Publish(s, port) if n > 0 => {
+                        let svc = &mut next.services[s % n];
+                        svc.ports.push(model::PublishedPort { protocol: Protocol::Tcp, published: port, target: 80, mode: if port % 2 == 0 { PublishMode::Ingress } else { PublishMode::Host } });
+                        touched.insert(svc.name.clone());
+                    }
+                    Op::Unpublish(s) if n > 0 => {
+                        let svc = &mut next.services[s % n];
+                        svc.ports.clear();
+                        touched.insert(svc.name.clone());
+                    }
+                    _ => {}
+                }
+                // Tasks of a service publishing ports need an ingress address: every task has one.
+                if ctl::validate(&next).is_err() {
+                    continue;
+                }
+                let g = 2 + step as u64;
+                let patched = table.patch(&next, &touched, g, &health_next).unwrap();
+                let fresh = ServiceTable::compile(&next, "n1", g, &health_next, &BTreeSet::new()).unwrap();
+                prop_assert_eq!(answers(&patched), answers(&fresh));
+                state = next;
+                health = health_next;
+                table = patched;
+            }
+        });
     }
 }

@@ -15,8 +15,7 @@
 //! publishes a new table generation without persisting anything. The controller also notes when each task's observed
 //! state ([`ctl::model::CurrentState`]) changed, for `service ps`.
 
-use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -27,8 +26,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 
+use ctl::cluster::{Delta, Part};
 use ctl::model::{CurrentState, Health, PsTask, TaskState, TaskStatus};
 use ctl::proto::{self, Change, Command, ErrorCode, Query, Response};
+use ctl::validate::Claims;
 use ctl::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -59,6 +60,21 @@ fn is_zero(r: &i64) -> bool {
     *r == 0
 }
 
+/// [`Persisted`], borrowed: what the cache is written from without a copy of the state.
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    generation: u64,
+    state: &'a State,
+    #[serde(skip_serializing_if = "is_zero")]
+    revision: i64,
+}
+
+/// Cluster mode: a change to at most this many services goes to the cache's journal (one
+/// line); a bigger one rewrites the cache file.
+const JOURNAL_SERVICES: usize = 64;
+/// The journal's size past which the next change rewrites the cache file (and empties it).
+const JOURNAL_BYTES: usize = 4 << 20;
+
 /// The control thread's state: the desired state, its generation, where it is persisted and
 /// where tables are published.
 #[derive(Debug)]
@@ -88,8 +104,15 @@ pub struct Controller {
     pub live: Option<BTreeSet<String>>,
     /// The etcd revision the desired state was read at (cluster mode).
     pub revision: i64,
-    /// Cluster mode: the state runs but is not in the cache file yet.
+    /// Cluster mode: the state runs but is not in the cache yet (the file is rewritten once
+    /// the change is answered).
     uncached: bool,
+    /// Cluster mode: the bytes in the cache's journal (changes to a few services are appended
+    /// there, each costing its size, not the state's).
+    journaled: usize,
+    /// Cluster mode: what the state's objects hold, kept up to date service by service so a
+    /// change is checked in proportion to its size (`None`: made again at the next change).
+    claims: Option<Claims>,
 }
 
 /// When a task entered its observed state.
@@ -110,6 +133,8 @@ impl Controller {
     ) -> Result<Self, String> {
         let table = ServiceTable::build(&persisted.state, &local, persisted.generation)
             .map_err(|e| e.to_string())?;
+        let journaled = std::fs::metadata(store.journal_path())
+            .map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX));
         let mut c = Controller {
             local,
             state: persisted.state,
@@ -125,6 +150,8 @@ impl Controller {
             live: None,
             revision: persisted.revision,
             uncached: false,
+            journaled,
+            claims: None,
         };
         c.observe(&table);
         c.shared.table.store(Arc::new(table));
@@ -138,9 +165,9 @@ impl Controller {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let mut seen: HashMap<String, Since> = HashMap::with_capacity(t.tasks.len());
-        for te in &t.tasks {
+        for te in t.tasks.iter().filter(|te| !te.removed) {
             let state = CurrentState::of(te.state, te.health);
-            let s = match self.since.get(&te.name) {
+            let s = match self.since.get(&*te.name) {
                 Some(prev) if prev.state == state => *prev,
                 _ => Since {
                     state,
@@ -148,25 +175,79 @@ impl Controller {
                     unix_ms,
                 },
             };
-            seen.insert(te.name.clone(), s);
+            seen.insert(te.name.to_string(), s);
         }
         self.since = seen;
     }
 
+    /// [`Controller::observe`] for the tasks of the services named `names` only (as they are
+    /// in `t`), `gone` naming the tasks they had before.
+    fn observe_services<'a>(
+        &mut self,
+        t: &ServiceTable,
+        names: impl IntoIterator<Item = &'a String>,
+        gone: impl IntoIterator<Item = &'a str>,
+    ) {
+        let now = Instant::now();
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut fresh: Vec<(String, Since)> = Vec::new();
+        for name in names {
+            let Some(si) = t.service_by_name(name) else {
+                continue;
+            };
+            for &ti in t.services[usize::from(si)].tasks.iter() {
+                let te = &t.tasks[ti as usize];
+                let state = CurrentState::of(te.state, te.health);
+                let s = match self.since.get(&*te.name) {
+                    Some(prev) if prev.state == state => *prev,
+                    _ => Since {
+                        state,
+                        at: now,
+                        unix_ms,
+                    },
+                };
+                fresh.push((te.name.to_string(), s));
+            }
+        }
+        for g in gone {
+            self.since.remove(g);
+        }
+        self.since.extend(fresh);
+    }
+
     /// Compiles the health verdicts `view` into a new table and publishes it (without waiting
-    /// for the workers: nobody waits on it, and a verdict is not persisted). Returns whether it
-    /// changed anything.
+    /// for the workers: nobody waits on it, and a verdict is not persisted). Only the services
+    /// whose tasks' verdicts changed are compiled again. Returns whether it changed anything.
     pub fn set_health(&mut self, view: HealthView) -> bool {
         if view == self.health {
             return false;
         }
         let generation = self.generation + 1;
-        let state = self.effective(&self.state);
-        match ServiceTable::build_with(&state, &self.local, generation, &view) {
+        let current = self.shared.table.load();
+        let changed: HashSet<u64> = view
+            .iter()
+            .filter(|(u, h)| self.health.get(u) != Some(h))
+            .map(|(u, _)| *u)
+            .chain(
+                self.health
+                    .keys()
+                    .filter(|u| !view.contains_key(u))
+                    .copied(),
+            )
+            .collect();
+        let names: BTreeSet<String> = current
+            .tasks
+            .iter()
+            .filter(|te| !te.removed && changed.contains(&te.uid))
+            .map(|te| current.services[usize::from(te.service)].name.to_string())
+            .collect();
+        match current.patch(&self.state, &names, generation, &view) {
             Ok(t) => {
                 self.health = view;
                 self.generation = generation;
-                self.observe(&t);
+                self.observe_services(&t, &names, std::iter::empty());
                 self.shared.table.store(Arc::new(t));
                 true
             }
@@ -188,7 +269,9 @@ impl Controller {
         svc.tasks
             .iter()
             .map(|t| {
-                let te = table.tasks.iter().find(|x| x.name == t.name);
+                let te = table
+                    .task_by_name(&t.name)
+                    .and_then(|i| table.tasks.get(i as usize));
                 let health = te.and_then(|x| x.health);
                 let state = CurrentState::of(t.state, health);
                 let detail = te.and_then(|x| board.as_ref()?.get(&x.uid).cloned());
@@ -296,55 +379,65 @@ impl Controller {
         }
     }
 
-    /// `state` as the table is built from it: in cluster mode, a node other than this one whose
-    /// meshd holds no lease is drained (its tasks take no new connections; flows already
-    /// running go on while they can).
-    pub fn effective<'a>(&self, state: &'a State) -> Cow<'a, State> {
+    /// In cluster mode, the nodes other than this one whose meshd holds no lease: drained in
+    /// the table (their tasks take no new connections; flows already running go on while they
+    /// can), not in the desired state.
+    fn down(&self, state: &State) -> BTreeSet<String> {
         let Some(live) = &self.live else {
-            return Cow::Borrowed(state);
+            return BTreeSet::new();
         };
-        let down = |n: &ctl::Node| n.name != self.local && !live.contains(&n.name);
-        if !state.nodes.iter().any(down) {
-            return Cow::Borrowed(state);
-        }
-        let mut s = state.clone();
-        for n in &mut s.nodes {
-            if down(n) {
-                n.availability = ctl::Availability::Drain;
-            }
-        }
-        Cow::Owned(s)
+        state
+            .nodes
+            .iter()
+            .filter(|n| n.name != self.local && !live.contains(&n.name))
+            .map(|n| n.name.clone())
+            .collect()
     }
 
-    /// Cluster mode: makes `next` (etcd's state at `revision`, `live` the nodes holding a
-    /// lease) the desired state, runs it on every worker and caches it in the state file.
-    /// Returns the table generation, or why this node refuses it (nothing changes then).
+    /// Cluster mode: makes the state `delta` gives (etcd's at `revision`, `live` the nodes
+    /// holding a lease) the desired state and runs it on every worker; it is cached in the
+    /// state file later ([`Controller::cache_due`]). Returns the table generation, or why this
+    /// node refuses it (nothing changes then).
     pub fn adopt(
         &mut self,
-        next: State,
+        delta: Delta,
         revision: i64,
         live: BTreeSet<String>,
     ) -> Result<u64, String> {
         let previous = self.live.replace(live);
-        let table = match self.prepare(&next) {
-            Ok(t) => t,
+        let live_changed = previous != self.live;
+        let small = match &delta {
+            Delta::Part(p)
+                if p.nodes.is_none()
+                    && p.networks.is_none()
+                    && p.services.len() <= JOURNAL_SERVICES =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        };
+        let table = match delta {
+            Delta::Full(state) => self.take_full(state).map(Some),
+            Delta::Part(part) => self.take_part(part, live_changed),
+        };
+        let table = match table {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                // Nothing this node runs changed (a change that changed no object).
+                self.revision = revision;
+                return Ok(self.generation);
+            }
             Err(refused) => {
                 self.live = previous;
-                return Err(match refused {
-                    Response::Err(e) => e.message,
-                    Response::Ok(_) => "refused".into(),
-                });
+                return Err(refused);
             }
         };
-        self.state = next;
         self.generation = table.generation;
         self.revision = revision;
-        self.observe(&table);
         // The workers first: the cache is for a restart without etcd, and a change is
         // confirmed once it runs, not once it is on disk (etcd holds it durably already).
-        // The cache is written after the answer ([`Controller::cache`], from the control loop).
         let ran = self.shared.publish(table, self.ack_timeout);
-        self.uncached = true;
+        self.journal(small);
         match ran {
             Ok(()) => Ok(self.generation),
             Err(behind) => Err(format!(
@@ -354,18 +447,132 @@ impl Controller {
         }
     }
 
+    /// Cluster mode: keeps the cache up to date with the change just adopted: a small one is
+    /// appended to the journal at once; anything else rewrites the file once answered.
+    fn journal(&mut self, small: Option<Part>) {
+        if self.uncached {
+            return;
+        }
+        let Some(part) = small.filter(|_| self.journaled < JOURNAL_BYTES) else {
+            self.uncached = true;
+            return;
+        };
+        match self.store.append(self.revision, self.generation, &part) {
+            Ok(n) => self.journaled += n,
+            Err(e) => {
+                tracing::warn!("cannot append to the cache's journal: {e}; rewriting the cache");
+                self.uncached = true;
+            }
+        }
+    }
+
+    /// A whole state: checked and compiled whole.
+    fn take_full(&mut self, state: State) -> Result<ServiceTable, String> {
+        if let Some(mtu) = self.uplink_mtu {
+            ctl::validate::check_mtu(&state, mtu).map_err(|e| e.to_string())?;
+        }
+        let claims = Claims::of(&state).map_err(|e| e.to_string())?;
+        let down = self.down(&state);
+        let table = ServiceTable::compile(
+            &state,
+            &self.local,
+            self.generation + 1,
+            &self.health,
+            &down,
+        )
+        .map_err(|e| e.to_string())?;
+        self.state = state;
+        self.claims = Some(claims);
+        self.observe(&table);
+        Ok(table)
+    }
+
+    /// Some objects changed: when only services did, only they are checked (against what the
+    /// others hold) and compiled again; a node or a network changing takes the whole path.
+    fn take_part(
+        &mut self,
+        part: Part,
+        live_changed: bool,
+    ) -> Result<Option<ServiceTable>, String> {
+        if part.is_empty() && !live_changed {
+            return Ok(None);
+        }
+        if part.nodes.is_some() || part.networks.is_some() {
+            let mut next = self.state.clone();
+            part.apply_to(&mut next);
+            return self.take_full(next).map(Some);
+        }
+        if self.claims.is_none() {
+            // The state in force is valid: its claims are made without fail.
+            self.claims = Some(Claims::of(&self.state).map_err(|e| e.to_string())?);
+        }
+        let undo: Vec<(String, Option<ctl::Service>)> = part
+            .services
+            .into_iter()
+            .map(|(name, s)| {
+                let old = self.state.put_service(&name, s);
+                (name, old)
+            })
+            .collect();
+        let names: BTreeSet<String> = undo.iter().map(|(n, _)| n.clone()).collect();
+        let checked = match self.claims.as_mut() {
+            Some(claims) => claims.replace(
+                &self.state,
+                undo.iter().filter_map(|(_, old)| old.as_ref()),
+                names.iter().filter_map(|n| self.state.service(n)),
+            ),
+            None => Ok(()),
+        };
+        let table = checked.map_err(|e| e.to_string()).and_then(|()| {
+            let generation = self.generation + 1;
+            if live_changed {
+                let down = self.down(&self.state);
+                ServiceTable::compile(&self.state, &self.local, generation, &self.health, &down)
+            } else {
+                let current = self.shared.table.load();
+                current.patch(&self.state, &names, generation, &self.health)
+            }
+            .map_err(|e| e.to_string())
+        });
+        match table {
+            Ok(t) => {
+                if live_changed {
+                    self.observe(&t);
+                } else {
+                    let gone = undo
+                        .iter()
+                        .filter_map(|(_, old)| old.as_ref())
+                        .flat_map(|s| s.tasks.iter().map(|t| t.name.as_str()));
+                    self.observe_services(&t, &names, gone);
+                }
+                Ok(Some(t))
+            }
+            Err(refused) => {
+                for (name, old) in undo.into_iter().rev() {
+                    self.state.put_service(&name, old);
+                }
+                // Spoiled by the refused change: made again from the state in force.
+                self.claims = None;
+                Err(refused)
+            }
+        }
+    }
+
     /// Cluster mode: writes the state adopted last to the state file, the cache a restart
-    /// serves from while etcd is away (the control loop calls it once the change is answered).
+    /// serves from while etcd is away (the control loop calls it once the change is answered),
+    /// and empties the journal.
     pub fn cache(&mut self) {
         if !std::mem::take(&mut self.uncached) {
             return;
         }
-        let persisted = Persisted {
+        self.journaled = 0;
+        let persisted = PersistedRef {
             generation: self.generation,
-            state: self.state.clone(),
+            state: &self.state,
             revision: self.revision,
         };
-        if let Err(e) = self.store.save(&persisted) {
+        // Compact: it is a cache (etcd holds the state), read back as fast as it can be.
+        if let Err(e) = self.store.save_compact(&persisted) {
             tracing::warn!("cannot cache the cluster state in the state file: {e}");
         }
     }
@@ -411,9 +618,13 @@ impl Controller {
                 return Err(Response::error(ErrorCode::Invalid, e.to_string()));
             }
         }
-        let next = self.effective(next);
-        ServiceTable::build_with(&next, &self.local, self.generation + 1, &self.health).map_err(
-            |e| {
+        ctl::validate(next)
+            .map_err(BuildError::from)
+            .and_then(|()| {
+                let down = self.down(next);
+                ServiceTable::compile(next, &self.local, self.generation + 1, &self.health, &down)
+            })
+            .map_err(|e| {
                 let code = match &e {
                     BuildError::Invalid(v) => v.code(),
                     BuildError::UnknownLocalNode(_) | BuildError::TooMany { .. } => {
@@ -421,8 +632,7 @@ impl Controller {
                     }
                 };
                 Response::error(code, e.to_string())
-            },
-        )
+            })
     }
 
     /// The second half: persists `next` (the state `table` was prepared from) and makes it the
@@ -462,12 +672,12 @@ impl Controller {
                     let _ = reply.send(self.handle(&cmd));
                 }
                 Ok(ControlMsg::Adopt {
-                    state,
+                    delta,
                     revision,
                     live,
                     reply,
                 }) => {
-                    let _ = reply.send(self.adopt(state, revision, live));
+                    let _ = reply.send(self.adopt(delta, revision, live));
                     self.cache();
                 }
                 Ok(ControlMsg::Health(view)) => {
@@ -506,9 +716,10 @@ pub enum ControlMsg {
     Request(Box<Command>, Sender<Response>),
     /// The host thread's changed health verdicts.
     Health(HealthView),
-    /// Cluster mode: etcd's state at a revision, for [`Controller::adopt`].
+    /// Cluster mode: etcd's state at a revision (whole, or what changed), for
+    /// [`Controller::adopt`].
     Adopt {
-        state: State,
+        delta: Delta,
         revision: i64,
         live: BTreeSet<String>,
         reply: Sender<Result<u64, String>>,
@@ -563,14 +774,14 @@ impl ControlHandle {
     /// worker (see [`Controller::adopt`]).
     pub fn adopt(
         &self,
-        state: State,
+        delta: Delta,
         revision: i64,
         live: BTreeSet<String>,
     ) -> Result<u64, String> {
         let (reply, answer) = channel::bounded(1);
         self.tx
             .send(ControlMsg::Adopt {
-                state,
+                delta,
                 revision,
                 live,
                 reply,
@@ -900,7 +1111,7 @@ mod tests {
         // is never drained by it.
         let state = c.state.clone();
         let live: BTreeSet<String> = ["n1".to_string()].into();
-        let g = c.adopt(state.clone(), 40, live).unwrap();
+        let g = c.adopt(Delta::Full(state.clone()), 40, live).unwrap();
         let t = c.shared.table.load();
         assert_eq!(t.generation, g);
         let drained: Vec<(&str, bool)> = t
@@ -919,7 +1130,7 @@ mod tests {
         let mut bad = state.clone();
         bad.nodes.retain(|n| n.name != "n2");
         bad.services.clear();
-        let e = c.adopt(bad, 41, BTreeSet::new()).unwrap_err();
+        let e = c.adopt(Delta::Full(bad), 41, BTreeSet::new()).unwrap_err();
         assert!(e.contains("n2"), "{e}");
         assert_eq!((c.revision, c.shared.table.load().generation), (40, g));
         assert_eq!(c.live.as_ref().map(BTreeSet::len), Some(1));
@@ -991,6 +1202,95 @@ mod tests {
     }
 
     #[test]
+    fn in_cluster_mode_a_change_to_one_service_is_checked_and_compiled_alone() {
+        let mut c = controller("part");
+        c.cluster = Some("etcd://10.99.0.1:2379".into());
+        let live: BTreeSet<String> = ["n1", "n2", "n3"].map(String::from).into();
+        let state = c.state.clone();
+        let g = c
+            .adopt(Delta::Full(state.clone()), 10, live.clone())
+            .unwrap();
+        c.cache(); // as the control loop does once it has answered
+                   // web.1's weight goes to 0: only web is compiled again.
+        let mut web = state.service("web").unwrap().clone();
+        web.tasks[0].weight = 0;
+        let part = |s: ctl::Service| Part {
+            services: [(s.name.clone(), Some(s))].into(),
+            ..Part::default()
+        };
+        let g2 = c
+            .adopt(Delta::Part(part(web.clone())), 11, live.clone())
+            .unwrap();
+        assert_eq!(g2, g + 1);
+        assert_eq!(c.state.service("web"), Some(&web));
+        let shared = c.shared.clone();
+        let weight = |name: &str| {
+            let t = shared.table.load_full();
+            t.task_by_name(name).map(|i| t.tasks[i as usize].weight)
+        };
+        assert_eq!((weight("web.1"), weight("web.2")), (Some(0), Some(1)));
+        // The cache holds it at once: the file as the whole state was, and a journal line.
+        let cached = c.store.load().unwrap().unwrap();
+        assert_eq!((cached.revision, cached.generation), (11, g2));
+        assert_eq!(cached.state.service("web"), Some(&web));
+        assert!(c.store.journal_path().exists());
+        // A new service publishing web's port is refused by name, and changes nothing.
+        let mut api = ctl::Service::new("api");
+        api.ports = web.ports.clone();
+        let before = c.state.clone();
+        let e = c
+            .adopt(Delta::Part(part(api)), 12, live.clone())
+            .unwrap_err();
+        assert!(e.contains("already in use by service \"web\""), "{e}");
+        assert_eq!(c.state, before);
+        assert_eq!((c.revision, c.shared.table.load().generation), (11, g2));
+        // Then a good change goes through (what the refusal spoiled is made again).
+        let mut web2 = web.clone();
+        web2.tasks[0].weight = 1;
+        let g3 = c.adopt(Delta::Part(part(web2)), 13, live.clone()).unwrap();
+        assert_eq!(g3, g2 + 1);
+        assert_eq!((weight("web.1"), weight("web.2")), (Some(1), Some(1)));
+        // A change that changed no object (a generation bump) compiles nothing.
+        assert_eq!(c.adopt(Delta::Part(Part::default()), 14, live).unwrap(), g3);
+        assert_eq!(c.revision, 14);
+        // Removing web takes its port away.
+        let gone = Part {
+            services: [("web".to_string(), None)].into(),
+            ..Part::default()
+        };
+        c.adopt(
+            Delta::Part(gone),
+            15,
+            ["n1", "n2", "n3"].map(String::from).into(),
+        )
+        .unwrap();
+        let t = c.shared.table.load_full();
+        assert!(t.published(smoltcp::wire::IpProtocol::Tcp, 8080).is_none());
+        assert!(t.service_by_name("web").is_none());
+        // A restart reads the file and replays the journal; a last line cut short (a crash
+        // while appending) is left out, what came before stands.
+        let cached = c.store.load().unwrap().unwrap();
+        assert_eq!(cached.revision, 15);
+        assert!(cached.state.service("web").is_none());
+        let journal = c.store.journal_path();
+        let mut text = std::fs::read_to_string(&journal).unwrap();
+        text.push_str("{\"revision\":16,\"generation\":");
+        std::fs::write(&journal, text).unwrap();
+        let cached = c.store.load().unwrap().unwrap();
+        assert_eq!(cached.revision, 15);
+        // A whole state rewrites the file and empties the journal.
+        c.adopt(
+            Delta::Full(before),
+            17,
+            ["n1", "n2", "n3"].map(String::from).into(),
+        )
+        .unwrap();
+        c.cache();
+        assert!(!journal.exists());
+        assert_eq!(c.store.load().unwrap().unwrap().revision, 17);
+    }
+
+    #[test]
     fn health_changes_publish_a_generation_without_persisting() {
         let mut c = controller("gen");
         let t = c.shared.table.load_full();
@@ -1004,7 +1304,9 @@ mod tests {
         assert!(!c.set_health(view), "the same view changes nothing");
         let t = c.shared.table.load_full();
         assert_eq!((t.generation, c.generation), (5, 5));
-        assert!(t.tasks.iter().all(|x| x.eligible));
+        // The services whose verdicts changed were compiled again; their old entries stay
+        // behind, removed.
+        assert!(t.tasks.iter().filter(|x| !x.removed).all(|x| x.eligible));
         assert!(!c.store.path().exists(), "a verdict is not persisted");
         // A desired-state change keeps the verdicts.
         let r = c.handle(&Command::Change(Change::NodeUpdate {
@@ -1014,7 +1316,11 @@ mod tests {
         assert!(matches!(r, Response::Ok(_)), "{r:?}");
         let t = c.shared.table.load_full();
         assert_eq!(t.generation, 6);
-        assert!(t.tasks.iter().all(|x| x.health == Some(Health::Healthy)));
+        assert!(t
+            .tasks
+            .iter()
+            .filter(|x| !x.removed)
+            .all(|x| x.health == Some(Health::Healthy)));
     }
 
     #[test]

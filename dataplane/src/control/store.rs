@@ -5,7 +5,18 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use ctl::cluster::Part;
+use serde::{Deserialize, Serialize};
+
 use super::Persisted;
+
+/// One line of the journal.
+#[derive(Deserialize)]
+struct Journaled {
+    revision: i64,
+    generation: u64,
+    part: Part,
+}
 
 /// Where the daemon keeps its state.
 #[derive(Debug, Clone)]
@@ -44,23 +55,102 @@ impl StateStore {
         }
     }
 
-    /// The persisted state, or `None` when there is none yet.
+    /// The journal beside the state file (cluster mode): the changes since it was written.
+    pub fn journal_path(&self) -> PathBuf {
+        self.path.with_extension("journal")
+    }
+
+    /// The persisted state, or `None` when there is none yet, with the changes its journal
+    /// holds past the file's revision applied.
     pub fn load(&self) -> Result<Option<Persisted>, StoreError> {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io(e)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
+        let mut p: Persisted =
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
                 path: self.path.display().to_string(),
                 source,
-            })
+            })?;
+        self.replay(&mut p);
+        Ok(Some(p))
     }
 
-    /// Writes `p` atomically.
-    pub fn save(&self, p: &Persisted) -> Result<(), StoreError> {
+    /// Applies the journal's changes past `p`'s revision. A line that does not parse (the
+    /// last one, cut by a crash) ends the replay: what came before it stands.
+    fn replay(&self, p: &mut Persisted) {
+        let Ok(text) = fs::read_to_string(self.journal_path()) else {
+            return;
+        };
+        let mut applied = 0usize;
+        for (i, line) in text.lines().enumerate() {
+            match serde_json::from_str::<Journaled>(line) {
+                Ok(j) if j.revision > p.revision => {
+                    j.part.apply_to(&mut p.state);
+                    p.revision = j.revision;
+                    p.generation = p.generation.max(j.generation);
+                    applied += 1;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(
+                        "{}: line {} does not parse ({e}); the changes before it are applied",
+                        self.journal_path().display(),
+                        i + 1
+                    );
+                    break;
+                }
+            }
+        }
+        if applied > 0 {
+            tracing::info!(
+                changes = applied,
+                revision = p.revision,
+                "replayed the journal of changes since the state file"
+            );
+        }
+    }
+
+    /// Appends one change to the journal (no fsync: etcd holds the change durably; the
+    /// journal outlives the process, which is what a restart without etcd needs). Returns
+    /// the bytes written.
+    pub fn append(&self, revision: i64, generation: u64, part: &Part) -> Result<usize, StoreError> {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            revision: i64,
+            generation: u64,
+            part: &'a Part,
+        }
+        let mut line = serde_json::to_vec(&Entry {
+            revision,
+            generation,
+            part,
+        })
+        .map_err(|e| self.io(std::io::Error::other(e)))?;
+        line.push(b'\n');
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(self.journal_path())
+            .map_err(|e| self.io(e))?;
+        f.write_all(&line).map_err(|e| self.io(e))?;
+        Ok(line.len())
+    }
+
+    /// Writes `p` atomically (and drops the journal, which it includes).
+    pub fn save<T: serde::Serialize>(&self, p: &T) -> Result<(), StoreError> {
+        self.write(p, true)
+    }
+
+    /// [`StateStore::save`] without the indentation (a cache, not a file for people).
+    pub fn save_compact<T: serde::Serialize>(&self, p: &T) -> Result<(), StoreError> {
+        self.write(p, false)
+    }
+
+    fn write<T: serde::Serialize>(&self, p: &T, pretty: bool) -> Result<(), StoreError> {
         let dir = self
             .path
             .parent()
@@ -68,7 +158,12 @@ impl StateStore {
             .unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(|e| self.io(e))?;
         let tmp = self.path.with_extension("tmp");
-        let body = serde_json::to_vec_pretty(p).map_err(|e| self.io(std::io::Error::other(e)))?;
+        let body = if pretty {
+            serde_json::to_vec_pretty(p)
+        } else {
+            serde_json::to_vec(p)
+        }
+        .map_err(|e| self.io(std::io::Error::other(e)))?;
         // Readable by root only (it holds encrypted networks' keys), also when an older meshd
         // left the file with another mode; set before anything is written to it.
         let mut f = File::create(&tmp).map_err(|e| self.io(e))?;
@@ -81,6 +176,11 @@ impl StateStore {
         f.sync_all().map_err(|e| self.io(e))?;
         drop(f);
         fs::rename(&tmp, &self.path).map_err(|e| self.io(e))?;
+        // The file holds everything the journal did.
+        match fs::remove_file(self.journal_path()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(self.io(e)),
+            _ => {}
+        }
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| self.io(e))?;

@@ -133,7 +133,7 @@ impl Monitor {
     pub fn sync(&mut self, t: &ServiceTable, now: u64) {
         let mut seen: std::collections::HashSet<u64> = std::collections::HashSet::new();
         for te in &t.tasks {
-            if te.node != t.local {
+            if te.removed || te.node != t.local {
                 continue;
             }
             let Some(svc) = t.services.get(usize::from(te.service)) else {
@@ -147,10 +147,10 @@ impl Monitor {
             let port = svc.health_port;
             match self.tasks.get_mut(&te.uid) {
                 Some(tr) => {
-                    if tr.check != *check || tr.port != port || tr.net != net {
+                    if tr.check != **check || tr.port != port || tr.net != net {
                         // A new check: its verdict stands until the new check says otherwise,
                         // and it runs at once.
-                        tr.check = check.clone();
+                        tr.check = (**check).clone();
                         tr.port = port;
                         tr.net = net;
                         tr.next_at = now;
@@ -161,11 +161,11 @@ impl Monitor {
                     self.tasks.insert(
                         te.uid,
                         Tracked {
-                            name: te.name.clone(),
+                            name: te.name.to_string(),
                             net,
                             addr,
                             port,
-                            check: check.clone(),
+                            check: (**check).clone(),
                             verdict: Verdict::new(now),
                             next_at: now,
                             in_flight: None,

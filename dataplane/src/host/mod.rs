@@ -134,6 +134,9 @@ pub struct HostStack {
     remote: HashMap<u64, Remote>,
     /// Each task's uid → its node, from the current table.
     placement: HashMap<u64, NodeIdx>,
+    /// The table generation `placement` was made from (made when gossip needs it: a mesh of
+    /// 100,000 tasks does not rebuild it per change when no health check runs).
+    placement_of: Option<u64>,
     view: HealthView,
     view_dirty: bool,
     board: HashMap<u64, HealthDetail>,
@@ -189,6 +192,7 @@ impl HostStack {
             monitor: Monitor::new(),
             remote: HashMap::new(),
             placement: HashMap::new(),
+            placement_of: None,
             view: HealthView::new(),
             view_dirty: false,
             board: HashMap::new(),
@@ -249,11 +253,26 @@ impl HostStack {
         }
         self.lanes = lanes;
         self.monitor.sync(t, now);
-        self.placement = t.tasks.iter().map(|te| (te.uid, te.node)).collect();
-        let placement = &self.placement;
-        self.remote
-            .retain(|uid, r| placement.get(uid) == Some(&r.node));
+        if !self.remote.is_empty() {
+            self.place(t);
+            let placement = &self.placement;
+            self.remote
+                .retain(|uid, r| placement.get(uid) == Some(&r.node));
+        }
         self.recompute(t, now);
+    }
+
+    /// Makes `placement` (which node runs each task) follow `t`.
+    fn place(&mut self, t: &ServiceTable) {
+        if self.placement_of != Some(t.generation) {
+            self.placement = t
+                .tasks
+                .iter()
+                .filter(|te| !te.removed)
+                .map(|te| (te.uid, te.node))
+                .collect();
+            self.placement_of = Some(t.generation);
+        }
     }
 
     /// A frame the pipeline handed over, with the port it came in on.
@@ -744,6 +763,7 @@ impl HostStack {
             return;
         }
         self.stats.gossip_received += 1;
+        self.place(t);
         let mut changed = false;
         for e in msg.entries {
             // A node speaks for its own tasks only.

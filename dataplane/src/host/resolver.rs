@@ -72,7 +72,7 @@ fn networks_of(t: &ServiceTable, from: Ipv4Address, first: NetIdx) -> Option<Vec
     if te.addrs.iter().any(|(n, _)| *n == first) {
         nets.push(first);
     }
-    for (n, _) in &te.addrs {
+    for (n, _) in te.addrs.iter() {
         if !nets.contains(n) {
             nets.push(*n);
         }
