@@ -613,7 +613,17 @@ impl Bed {
         let pid = self.node(name)?.pid;
         sys::signal(pid, libc::SIGKILL);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while sys::alive(pid) && Instant::now() < deadline {
+        // Gone means reaped: a killed process's first thread shows as a zombie while the
+        // others still exit holding its files (its control socket still takes connections).
+        let ours = self.children.iter().position(|c| c.id() == pid);
+        while Instant::now() < deadline {
+            let gone = match ours {
+                Some(i) => matches!(self.children[i].try_wait(), Ok(Some(_))),
+                None => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            };
+            if gone {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.reap();

@@ -1954,7 +1954,7 @@ impl Mesh {
     /// Task `task`'s health as node `node` compiled it into its table (`None`: no check).
     pub fn health(&self, node: &str, task: &str) -> Option<ctl::model::Health> {
         let t = self.node(node)?.table();
-        t.tasks.iter().find(|x| &*x.name == task)?.health
+        t.tasks.get(t.task_by_name(task)? as usize)?.health
     }
 
     /// Sends a UDP datagram from `host` to `ip:port` and waits for a task's echo (sent again
