@@ -131,12 +131,7 @@ fn forged_health_gossip_does_not_take_a_healthy_task_out_of_rotation() {
     let state: dataplane::control::Persisted =
         serde_json::from_slice(&std::fs::read(m.bed.plan.state_file(n1.index)).unwrap()).unwrap();
     let table = dataplane::balance::table::ServiceTable::build(&state.state, "n1", 1).unwrap();
-    let uid = table
-        .tasks
-        .iter()
-        .find(|t| &*t.name == "web.1")
-        .unwrap()
-        .uid;
+    let uid = table.tasks[table.task_by_name("web.1").unwrap() as usize].uid;
     // "web.1 is unhealthy", from n2's address and n2's own MAC (the MAC forged too: what the
     // MAC check alone cannot stop), unsigned.
     let forged = dataplane::host::gossip::encode(

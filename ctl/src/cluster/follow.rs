@@ -492,12 +492,7 @@ fn recheck(
                 check(path, None);
                 // Its tasks are orphans while it has no key, and no longer once it has.
                 let prefix = format!("{}tasks/{name}/", super::PREFIX);
-                let tasks: Vec<String> = objects
-                    .range::<str, _>((
-                        std::ops::Bound::Included(prefix.as_str()),
-                        std::ops::Bound::Unbounded,
-                    ))
-                    .take_while(|(k, _)| k.starts_with(&prefix))
+                let tasks: Vec<String> = super::under(objects, &prefix)
                     .map(|(k, _)| k.clone())
                     .collect();
                 for t in tasks {

@@ -342,8 +342,15 @@ fn sort_tasks(s: &mut Service) {
 /// Parsed objects by path, as a follower mirrors the store.
 pub type Objects = BTreeMap<String, Result<Object, LayoutError>>;
 
+/// Every object of one kind (`nodes`, `networks`) that parses, in name order.
+fn every<T: Clone>(objects: &Objects, kind: &str, pick: impl Fn(&Object) -> Option<&T>) -> Vec<T> {
+    under(objects, &format!("{PREFIX}{kind}/"))
+        .filter_map(|(_, o)| o.as_ref().ok().and_then(&pick).cloned())
+        .collect()
+}
+
 /// The objects under `prefix`, in path order.
-fn under<'a>(
+pub(crate) fn under<'a>(
     objects: &'a Objects,
     prefix: &'a str,
 ) -> impl Iterator<Item = (&'a String, &'a Result<Object, LayoutError>)> + 'a {
@@ -400,26 +407,16 @@ impl Part {
         for path in touched {
             match Key::parse(path) {
                 Some(Key::Node(_)) if part.nodes.is_none() => {
-                    let prefix = format!("{PREFIX}nodes/");
-                    part.nodes = Some(
-                        under(objects, &prefix)
-                            .filter_map(|(_, o)| match o {
-                                Ok(Object::Node(n)) => Some(n.clone()),
-                                _ => None,
-                            })
-                            .collect(),
-                    );
+                    part.nodes = Some(every(objects, "nodes", |o| match o {
+                        Object::Node(n) => Some(n),
+                        _ => None,
+                    }));
                 }
                 Some(Key::Network(_)) if part.networks.is_none() => {
-                    let prefix = format!("{PREFIX}networks/");
-                    part.networks = Some(
-                        under(objects, &prefix)
-                            .filter_map(|(_, o)| match o {
-                                Ok(Object::Network(n)) => Some(n.clone()),
-                                _ => None,
-                            })
-                            .collect(),
-                    );
+                    part.networks = Some(every(objects, "networks", |o| match o {
+                        Object::Network(n) => Some(n),
+                        _ => None,
+                    }));
                 }
                 Some(Key::Service(name) | Key::Task { service: name, .. })
                     if !part.services.contains_key(&name) =>

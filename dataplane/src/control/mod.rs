@@ -34,7 +34,7 @@ use ctl::State;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::balance::table::{BuildError, HealthView};
+use crate::balance::table::{BuildError, HealthView, TaskEntry};
 use crate::balance::ServiceTable;
 use crate::host::HostShared;
 use crate::shared::Shared;
@@ -158,26 +158,37 @@ impl Controller {
         Ok(c)
     }
 
-    /// Notes the tasks whose observed state changed in `t` (and forgets removed tasks).
-    fn observe(&mut self, t: &ServiceTable) {
-        let now = Instant::now();
+    /// Task `te`'s observed state, and since when: as noted before while it has not changed,
+    /// else from `now` on.
+    fn since(&self, te: &TaskEntry, now: Instant, unix_ms: u64) -> Since {
+        let state = CurrentState::of(te.state, te.health);
+        match self.since.get(&*te.name) {
+            Some(prev) if prev.state == state => *prev,
+            _ => Since {
+                state,
+                at: now,
+                unix_ms,
+            },
+        }
+    }
+
+    /// Now, as an instant and as Unix milliseconds.
+    fn now() -> (Instant, u64) {
         let unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut seen: HashMap<String, Since> = HashMap::with_capacity(t.tasks.len());
-        for te in t.tasks.iter().filter(|te| !te.removed) {
-            let state = CurrentState::of(te.state, te.health);
-            let s = match self.since.get(&*te.name) {
-                Some(prev) if prev.state == state => *prev,
-                _ => Since {
-                    state,
-                    at: now,
-                    unix_ms,
-                },
-            };
-            seen.insert(te.name.to_string(), s);
-        }
-        self.since = seen;
+        (Instant::now(), unix_ms)
+    }
+
+    /// Notes the tasks whose observed state changed in `t` (and forgets removed tasks).
+    fn observe(&mut self, t: &ServiceTable) {
+        let (now, unix_ms) = Self::now();
+        self.since = t
+            .tasks
+            .iter()
+            .filter(|te| !te.removed)
+            .map(|te| (te.name.to_string(), self.since(te, now, unix_ms)))
+            .collect();
     }
 
     /// [`Controller::observe`] for the tasks of the services named `names` only (as they are
@@ -188,29 +199,16 @@ impl Controller {
         names: impl IntoIterator<Item = &'a String>,
         gone: impl IntoIterator<Item = &'a str>,
     ) {
-        let now = Instant::now();
-        let unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let mut fresh: Vec<(String, Since)> = Vec::new();
-        for name in names {
-            let Some(si) = t.service_by_name(name) else {
-                continue;
-            };
-            for &ti in t.services[usize::from(si)].tasks.iter() {
+        let (now, unix_ms) = Self::now();
+        let fresh: Vec<(String, Since)> = names
+            .into_iter()
+            .filter_map(|name| t.service_by_name(name))
+            .flat_map(|si| t.services[usize::from(si)].tasks.iter())
+            .map(|&ti| {
                 let te = &t.tasks[ti as usize];
-                let state = CurrentState::of(te.state, te.health);
-                let s = match self.since.get(&*te.name) {
-                    Some(prev) if prev.state == state => *prev,
-                    _ => Since {
-                        state,
-                        at: now,
-                        unix_ms,
-                    },
-                };
-                fresh.push((te.name.to_string(), s));
-            }
-        }
+                (te.name.to_string(), self.since(te, now, unix_ms))
+            })
+            .collect();
         for g in gone {
             self.since.remove(g);
         }

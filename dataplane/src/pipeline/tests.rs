@@ -397,12 +397,7 @@ fn a_published_port_is_dnated_and_encapsulated_to_the_tasks_node() {
     assert_eq!(p.stats.new_flows, 1);
     assert_eq!(p.flows.len(), 1);
     // Counted for web.1: one packet of the frame's size, one connection.
-    let uid = table
-        .tasks
-        .iter()
-        .find(|t| &*t.name == "web.1")
-        .unwrap()
-        .uid;
+    let uid = table.tasks[table.task_by_name("web.1").unwrap() as usize].uid;
     let counted: Vec<_> = p.task_stats.iter().collect();
     assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1])]);
 }
