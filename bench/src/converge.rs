@@ -33,6 +33,9 @@ pub struct ConvergeArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Copy every node's log here (`<DIR>/cv<N>-<node>.log`) before the mesh is taken down.
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<std::path::PathBuf>,
 }
 
 /// One cluster size's figures.
@@ -52,6 +55,31 @@ pub struct Row {
     /// compiled and running on every worker), over every node and update.
     pub apply_p50_ms: f64,
     pub apply_p99_ms: f64,
+    /// meshctl's transaction alone (etcd's commit, its fsync included).
+    pub write_p50_ms: f64,
+    pub write_p99_ms: f64,
+    /// CPU time one update costs each node's meshd (user and system, over the update loop,
+    /// less what the nodes spend idle in as long), and etcd.
+    pub node_cpu_ms: f64,
+    pub etcd_cpu_ms: f64,
+    /// The slowest updates, each with the node that confirmed it last and where that
+    /// node's time went.
+    pub slowest: Vec<Slow>,
+}
+
+/// One slow update, taken apart.
+#[derive(Debug, Clone, Serialize)]
+pub struct Slow {
+    pub revision: i64,
+    pub total_ms: f64,
+    pub write_ms: f64,
+    /// The node whose apply took longest for this revision, and its log's figures.
+    pub node: String,
+    pub apply_ms: f64,
+    pub how: String,
+    pub compile_ms: f64,
+    pub publish_ms: f64,
+    pub journal_ms: f64,
 }
 
 /// The services to import: `svc<i>` with `tasks` tasks spread over the nodes, on `appnet`.
@@ -131,6 +159,44 @@ fn wait_all(
     }
 }
 
+/// Waits until every node has written its cache file after the last change that rewrites it
+/// (a whole state, or more services than its journal takes: `how="whole"` or `services` over
+/// 64 in its log's `cluster: adopted` lines).
+fn wait_cached(bed: &Bed, within: Duration) -> Result<(), String> {
+    let t0 = Instant::now();
+    loop {
+        let behind = bed
+            .rec
+            .nodes
+            .iter()
+            .filter(|node| {
+                let log =
+                    std::fs::read_to_string(bed.plan.node_log(node.index)).unwrap_or_default();
+                let mut due = false;
+                for l in log.lines() {
+                    if l.contains("cluster: adopted") {
+                        let services = field(l, "services").and_then(|x| x.parse::<usize>().ok());
+                        due |= field(l, "how") == Some("\"whole\"")
+                            || services.is_some_and(|n| n > 64);
+                    } else if l.contains("cluster: cached the state") {
+                        due = false;
+                    }
+                }
+                due
+            })
+            .count();
+        if behind == 0 {
+            return Ok(());
+        }
+        if t0.elapsed() > within {
+            return Err(format!(
+                "{behind} nodes had not written their cache after {within:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 // Casts: a rank between 1 and the sample count (a few hundred at most).
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -142,33 +208,92 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-/// Each node's time to apply the changes from revision `from` on, from its log's
-/// `cluster: applied ... took_us=N` lines, in milliseconds.
-fn apply_times(bed: &Bed, from: i64) -> Vec<f64> {
-    let field = |line: &str, name: &str| -> Option<i64> {
-        let at = line.find(&format!(" {name}="))? + name.len() + 2;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
+/// What a node's log says about applying one revision.
+#[derive(Debug, Clone, Default)]
+struct Applied {
+    node: String,
+    revision: i64,
+    /// `cluster: applied ... took_us`: the whole apply as the follower timed it.
+    took_ms: f64,
+    /// `cluster: adopted ...`: how, and the controller's parts of it.
+    how: String,
+    compile_ms: f64,
+    publish_ms: f64,
+    journal_ms: f64,
+}
+
+/// `name=value` in a log line (tracing's plain format).
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split(' ').next()
+}
+
+fn field_ms(line: &str, name: &str) -> Option<f64> {
+    // Microseconds, a few million at most: exact in f64.
+    #[allow(clippy::cast_precision_loss)]
+    field(line, name)?
+        .parse::<u64>()
+        .ok()
+        .map(|us| us as f64 / 1e3)
+}
+
+/// Every node's applies of revision `from` on, from its log's `cluster: applied` and
+/// `cluster: adopted` lines.
+fn applies(bed: &Bed, from: i64) -> Vec<Applied> {
     let mut out = Vec::new();
     for node in &bed.rec.nodes {
         let Ok(log) = std::fs::read_to_string(bed.plan.node_log(node.index)) else {
             continue;
         };
-        for line in log.lines().filter(|l| l.contains("cluster: applied")) {
-            if let (Some(rev), Some(us)) = (field(line, "revision"), field(line, "took_us")) {
-                if rev >= from {
-                    // Microseconds, a few thousand at most: exact in f64.
-                    #[allow(clippy::cast_precision_loss)]
-                    out.push(us as f64 / 1e3);
-                }
+        let mut by_rev: std::collections::BTreeMap<i64, Applied> = Default::default();
+        for line in log.lines() {
+            let Some(rev) = field(line, "revision").and_then(|r| r.parse::<i64>().ok()) else {
+                continue;
+            };
+            if rev < from {
+                continue;
+            }
+            let a = by_rev.entry(rev).or_insert_with(|| Applied {
+                node: node.name.clone(),
+                revision: rev,
+                ..Applied::default()
+            });
+            if line.contains("cluster: applied") {
+                a.took_ms = field_ms(line, "took_us").unwrap_or(0.0);
+            } else if line.contains("cluster: adopted") {
+                a.how = field(line, "how")
+                    .unwrap_or("")
+                    .trim_matches('"')
+                    .to_string();
+                a.compile_ms = field_ms(line, "compile_us").unwrap_or(0.0);
+                a.publish_ms = field_ms(line, "publish_us").unwrap_or(0.0);
+                a.journal_ms = field_ms(line, "journal_us").unwrap_or(0.0);
             }
         }
+        out.extend(by_rev.into_values().filter(|a| a.took_ms > 0.0));
     }
     out
+}
+
+/// The CPU time (user and system) process `pid` has used, in milliseconds; 0 when gone.
+fn cpu_ms(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // Clock ticks: 100 a second on Linux (USER_HZ).
+    (ticks(11) + ticks(12)) * 10.0
+}
+
+/// The CPU time every node's meshd and every etcd member have used, in milliseconds.
+fn cpu_of(pids: &[u32], etcd: &[u32]) -> (f64, f64) {
+    (
+        pids.iter().map(|&p| cpu_ms(p)).sum(),
+        etcd.iter().map(|&p| cpu_ms(p)).sum(),
+    )
 }
 
 /// Measures one cluster size.
@@ -178,6 +303,15 @@ fn one(n: usize, a: &ConvergeArgs, tools: Tools) -> Result<Row, String> {
     eprintln!("converge: {n} nodes: starting meshd on each, and etcd ...");
     let mut bed = Bed::up_with(plan, tools, n, false, 1).map_err(|e| e.to_string())?;
     let result = measure(&mut bed, n, a);
+    if let Some(dir) = &a.logs {
+        let _ = std::fs::create_dir_all(dir);
+        for node in &bed.rec.nodes {
+            let to = dir.join(format!("cv{n}-{}.log", node.name));
+            if let Err(e) = std::fs::copy(bed.plan.node_log(node.index), &to) {
+                eprintln!("converge: cannot keep {}: {e}", to.display());
+            }
+        }
+    }
     bed.down_now();
     result
 }
@@ -187,9 +321,11 @@ fn measure(bed: &mut Bed, n: usize, a: &ConvergeArgs) -> Result<Row, String> {
     let eps = vec![format!("http://{}:2379", etcd.members[0].addr)];
     let (net, services) = workload(n, a.services, a.tasks);
     let names: Vec<String> = bed.rec.nodes.iter().map(|x| x.name.clone()).collect();
+    let pids: Vec<u32> = bed.rec.nodes.iter().map(|x| x.pid).collect();
+    let etcd_pids: Vec<u32> = etcd.members.iter().map(|m| m.pid).collect();
     let nodes = &*bed;
     // The client runs in etcd's namespace (the management network is not the host's).
-    let (import, mut samples, first) = testbed::sys::in_netns(&etcd.ns, || -> Result<_, String> {
+    let (import, samples, cpu) = testbed::sys::in_netns(&etcd.ns, || -> Result<_, String> {
         let mut e = Etcd::connect(&eps, Duration::from_secs(10)).map_err(|x| x.to_string())?;
         e.change(&Change::NetworkCreate { network: net })
             .map_err(|x| x.to_string())?;
@@ -215,15 +351,31 @@ fn measure(bed: &mut Bed, n: usize, a: &ConvergeArgs) -> Result<Row, String> {
         }
         let rev = rev?;
         let import = wait_all(&mut e, n, rev, Duration::from_secs(600))? + t0.elapsed();
-        // Each node's return (a lease again) is news to the others: let it settle.
-        std::thread::sleep(Duration::from_secs(5));
+        // Each node then rewrites its cache file (the import is no journal line): 100,000
+        // tasks take a second of CPU per node, which is setup too.
+        wait_cached(nodes, Duration::from_secs(600))?;
+        // Each node's return (a lease again) is news to the others: let it settle, then
+        // see what the nodes and etcd spend idle.
+        std::thread::sleep(Duration::from_secs(3));
+        let (q0, qe0, qt) = {
+            let (a, b) = cpu_of(&pids, &etcd_pids);
+            (a, b, Instant::now())
+        };
+        std::thread::sleep(Duration::from_secs(3));
+        let (q1, qe1) = cpu_of(&pids, &etcd_pids);
+        let quiet = qt.elapsed().as_secs_f64();
+        let idle = ((q1 - q0) / quiet, (qe1 - qe0) / quiet);
         eprintln!(
             "converge: {n} nodes: imported and running everywhere in {:.1} s; timing {} updates ...",
             import.as_secs_f64(),
             a.updates
         );
+        // (revision, write to every node's confirmation, the write alone), in ms.
         let mut samples = Vec::with_capacity(a.updates);
-        let mut first = i64::MAX;
+        let (c0, ce0, ct) = {
+            let (a, b) = cpu_of(&pids, &etcd_pids);
+            (a, b, Instant::now())
+        };
         for u in 0..a.updates {
             let svc = format!("svc{}", u % a.services.max(1));
             let t0 = Instant::now();
@@ -233,27 +385,68 @@ fn measure(bed: &mut Bed, n: usize, a: &ConvergeArgs) -> Result<Row, String> {
                     update: ServiceUpdate {
                         task_update: vec![TaskUpdate {
                             name: format!("{svc}.1"),
-                            weight: Some(if u % 2 == 0 { 2 } else { 1 }),
+                            // A change every time: 1 → 2 on the first round of the
+                            // services, back to 1 on the next.
+                            weight: Some(if (u / a.services.max(1)).is_multiple_of(2) { 2 } else { 1 }),
                             state: None,
                         }],
                         ..ServiceUpdate::default()
                     },
                 })
                 .map_err(|x| x.to_string())?;
-            first = first.min(snap.revision);
+            let written = t0.elapsed();
             wait_all(&mut e, n, snap.revision, Duration::from_secs(120))?;
-            samples.push(ms(t0.elapsed()));
+            samples.push((snap.revision, ms(t0.elapsed()), ms(written)));
         }
-        Ok((import, samples, first))
+        let (c1, ce1) = cpu_of(&pids, &etcd_pids);
+        let took = ct.elapsed().as_secs_f64();
+        // Casts: a few dozen nodes and updates.
+        #[allow(clippy::cast_precision_loss)]
+        let per = (a.updates.max(1) as f64, n.max(1) as f64);
+        let cpu = (
+            ((c1 - c0) - idle.0 * took).max(0.0) / per.0 / per.1,
+            ((ce1 - ce0) - idle.1 * took).max(0.0) / per.0,
+        );
+        Ok((import, samples, cpu))
     })
     .map_err(|e| e.to_string())??;
-    let mut applies = apply_times(bed, first);
-    applies.sort_by(f64::total_cmp);
+    let first = samples.iter().map(|s| s.0).min().unwrap_or(i64::MAX);
+    let applied = applies(bed, first);
+    let mut apply_ms: Vec<f64> = applied.iter().map(|a| a.took_ms).collect();
+    apply_ms.sort_by(f64::total_cmp);
+    let mut by_total = samples.clone();
+    by_total.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let slowest = by_total
+        .iter()
+        .take(3)
+        .map(|&(revision, total_ms, write_ms)| {
+            let last = applied
+                .iter()
+                .filter(|a| a.revision == revision)
+                .max_by(|x, y| x.took_ms.total_cmp(&y.took_ms))
+                .cloned()
+                .unwrap_or_default();
+            Slow {
+                revision,
+                total_ms,
+                write_ms,
+                node: last.node,
+                apply_ms: last.took_ms,
+                how: last.how,
+                compile_ms: last.compile_ms,
+                publish_ms: last.publish_ms,
+                journal_ms: last.journal_ms,
+            }
+        })
+        .collect();
+    let mut writes: Vec<f64> = samples.iter().map(|s| s.2).collect();
+    writes.sort_by(f64::total_cmp);
     // A node's restart: kill -9, then its socket answering from the cached state.
     let t0 = Instant::now();
     bed.kill_meshd("n1").map_err(|e| e.to_string())?;
     bed.restart_meshd("n1").map_err(|e| e.to_string())?;
     let restart = t0.elapsed();
+    let mut samples: Vec<f64> = samples.iter().map(|s| s.1).collect();
     samples.sort_by(f64::total_cmp);
     Ok(Row {
         nodes: n,
@@ -264,8 +457,13 @@ fn measure(bed: &mut Bed, n: usize, a: &ConvergeArgs) -> Result<Row, String> {
         p99_ms: percentile(&samples, 99.0),
         max_ms: samples.last().copied().unwrap_or(0.0),
         restart_ms: ms(restart),
-        apply_p50_ms: percentile(&applies, 50.0),
-        apply_p99_ms: percentile(&applies, 99.0),
+        apply_p50_ms: percentile(&apply_ms, 50.0),
+        apply_p99_ms: percentile(&apply_ms, 99.0),
+        write_p50_ms: percentile(&writes, 50.0),
+        write_p99_ms: percentile(&writes, 99.0),
+        node_cpu_ms: cpu.0,
+        etcd_cpu_ms: cpu.1,
+        slowest,
     })
 }
 
@@ -288,7 +486,14 @@ pub fn main(a: &ConvergeArgs) -> i32 {
     for &n in &a.nodes {
         match one(n, a, tools.clone()) {
             Ok(r) => {
-                eprintln!("converge: {n} nodes: {r:?}");
+                for w in &r.slowest {
+                    eprintln!(
+                        "converge: {n} nodes: a slow update: revision {} took {:.1} ms (the write {:.1} ms); \
+                         {} applied it last in {:.1} ms ({}: compile {:.1} ms, workers {:.1} ms, journal {:.1} ms)",
+                        w.revision, w.total_ms, w.write_ms, w.node, w.apply_ms, w.how,
+                        w.compile_ms, w.publish_ms, w.journal_ms
+                    );
+                }
                 rows.push(r);
             }
             Err(e) => {
@@ -306,7 +511,7 @@ pub fn main(a: &ConvergeArgs) -> i32 {
         return i32::from(failed);
     }
     println!(
-        "{:>5} {:>8} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>11} {:>11}",
+        "{:>5} {:>8} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
         "NODES",
         "SERVICES",
         "TASKS",
@@ -316,11 +521,15 @@ pub fn main(a: &ConvergeArgs) -> i32 {
         "MAX",
         "RESTART",
         "APPLY P50",
-        "APPLY P99"
+        "APPLY P99",
+        "WRITE P50",
+        "WRITE P99",
+        "CPU/NODE",
+        "CPU/ETCD"
     );
     for r in &rows {
         println!(
-            "{:>5} {:>8} {:>7} {:>9.0}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>8.1}ms {:>9.2}ms {:>9.2}ms",
+            "{:>5} {:>8} {:>7} {:>9.0}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>8.1}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>7.1}ms {:>7.1}ms",
             r.nodes,
             r.services,
             r.tasks,
@@ -330,7 +539,11 @@ pub fn main(a: &ConvergeArgs) -> i32 {
             r.max_ms,
             r.restart_ms,
             r.apply_p50_ms,
-            r.apply_p99_ms
+            r.apply_p99_ms,
+            r.write_p50_ms,
+            r.write_p99_ms,
+            r.node_cpu_ms,
+            r.etcd_cpu_ms
         );
     }
     i32::from(failed)

@@ -67,11 +67,16 @@ impl Shared {
         })
     }
 
-    /// Publishes a new table; returns once every worker has picked it up, or `Err` with the
-    /// workers that had not within `timeout`.
-    pub fn publish(&self, table: ServiceTable, timeout: Duration) -> Result<(), Vec<usize>> {
+    /// Publishes a new table; returns the one it replaced once every worker has picked the
+    /// new one up (no worker holds the old one then), or `Err` with the workers that had not
+    /// within `timeout`.
+    pub fn publish(
+        &self,
+        table: ServiceTable,
+        timeout: Duration,
+    ) -> Result<Arc<ServiceTable>, Vec<usize>> {
         let generation = table.generation;
-        self.table.store(Arc::new(table));
+        let old = self.table.swap(Arc::new(table));
         let deadline = Instant::now() + timeout;
         loop {
             let behind: Vec<usize> = self
@@ -82,7 +87,7 @@ impl Shared {
                 .map(|(i, _)| i)
                 .collect();
             if behind.is_empty() {
-                return Ok(());
+                return Ok(old);
             }
             if Instant::now() >= deadline || self.stop.load(Ordering::Relaxed) {
                 return Err(behind);

@@ -445,8 +445,6 @@ impl ServiceTable {
     /// compiles it all with [`ServiceTable::compile`]); `health` as for that. The parts of the services that
     /// changed stay behind, unreachable, until garbage reaches a quarter of the table, when
     /// the whole state is compiled afresh.
-    // Casts: as in `compile`.
-    #[allow(clippy::cast_possible_truncation)]
     pub fn patch(
         &self,
         state: &State,
@@ -454,43 +452,90 @@ impl ServiceTable {
         generation: u64,
         health: &HealthView,
     ) -> Result<ServiceTable, BuildError> {
-        let local = &self.nodes[usize::from(self.local)].name;
-        if self.garbage > 1024 + (self.tasks.len() + self.balancers.len()) / 4 {
-            // Drained as they are here (the state's own availability, or a node down).
-            let down = self
-                .nodes
-                .iter()
-                .filter(|n| n.drained)
-                .map(|n| n.name.clone())
-                .collect();
-            return Self::compile(state, local, generation, health, &down);
+        if self.spoiled() {
+            return self.compile_again(state, generation, health);
         }
-        let ctx = Ctx::new(state, local, self.local);
         let mut t = self.clone();
-        t.generation = generation;
+        t.patch_here(state, changed, generation, health)?;
+        Ok(t)
+    }
+
+    /// [`ServiceTable::patch`] in place, for a table no worker holds any more (the one before
+    /// the table running, kept for this): the copy is saved, the cost is the change's alone.
+    /// On `Err` the table is half made: drop it.
+    pub fn update(
+        &mut self,
+        state: &State,
+        changed: &BTreeSet<String>,
+        generation: u64,
+        health: &HealthView,
+    ) -> Result<(), BuildError> {
+        if self.spoiled() {
+            *self = self.compile_again(state, generation, health)?;
+            return Ok(());
+        }
+        self.patch_here(state, changed, generation, health)
+    }
+
+    /// Whether garbage has reached a quarter of the table (then it is compiled afresh).
+    fn spoiled(&self) -> bool {
+        self.garbage > 1024 + (self.tasks.len() + self.balancers.len()) / 4
+    }
+
+    /// `state` compiled whole, with this table's nodes drained as they are here (the state's
+    /// own availability, or a node down).
+    fn compile_again(
+        &self,
+        state: &State,
+        generation: u64,
+        health: &HealthView,
+    ) -> Result<ServiceTable, BuildError> {
+        let local = &self.nodes[usize::from(self.local)].name;
+        let down = self
+            .nodes
+            .iter()
+            .filter(|n| n.drained)
+            .map(|n| n.name.clone())
+            .collect();
+        Self::compile(state, local, generation, health, &down)
+    }
+
+    // Casts: as in `compile`.
+    #[allow(clippy::cast_possible_truncation)]
+    fn patch_here(
+        &mut self,
+        state: &State,
+        changed: &BTreeSet<String>,
+        generation: u64,
+        health: &HealthView,
+    ) -> Result<(), BuildError> {
+        let local = self.nodes[usize::from(self.local)].name.clone();
+        let ctx = Ctx::new(state, &local, self.local);
+        self.generation = generation;
         for name in changed {
-            let at = t.service_by_name(name);
+            let at = self.service_by_name(name);
             if let Some(si) = at {
-                t.drop_service(si);
+                self.drop_service(si);
             }
             let Some(s) = state.service(name) else {
                 continue;
             };
             let si = match at {
                 Some(si) => si,
-                None if t.services.len() < usize::from(u16::MAX) => t.services.len() as SvcIdx,
+                None if self.services.len() < usize::from(u16::MAX) => {
+                    self.services.len() as SvcIdx
+                }
                 None => {
                     return Err(BuildError::TooMany {
                         what: "networks or services",
-                        count: t.services.len() + 1,
+                        count: self.services.len() + 1,
                         max: usize::from(u16::MAX),
                     })
                 }
             };
-            t.put_service(&ctx, state, si, s, health);
+            self.put_service(&ctx, state, si, s, health);
         }
-        t.check_counts()?;
-        Ok(t)
+        self.check_counts()
     }
 
     fn check_counts(&self) -> Result<(), BuildError> {
@@ -1134,6 +1179,9 @@ pub(crate) mod tests {
             let mut health = HealthView::new();
             let mut next_addr = 100u8;
             let mut table = ServiceTable::build(&state, "n1", 1).unwrap();
+            // The table before `table`, and the services changed since: patched in place, as
+            // the controller does with the table the workers have let go.
+            let mut spare: Option<(ServiceTable, BTreeSet<String>)> = None;
             for (step, op) in ops.into_iter().enumerate() {
                 let mut next = state.clone();
                 let n = next.services.len();
@@ -1211,12 +1259,20 @@ pub(crate) mod tests {
                     continue;
                 }
                 let g = 2 + step as u64;
-                let patched = table.patch(&next, &touched, g, &health_next).unwrap();
+                let patched = match spare.take() {
+                    // Every third step on a copy, the others on the spare.
+                    Some((mut old, behind)) if step % 3 != 0 => {
+                        let all: BTreeSet<String> = behind.union(&touched).cloned().collect();
+                        old.update(&next, &all, g, &health_next).unwrap();
+                        old
+                    }
+                    _ => table.patch(&next, &touched, g, &health_next).unwrap(),
+                };
                 let fresh = ServiceTable::compile(&next, "n1", g, &health_next, &BTreeSet::new()).unwrap();
                 prop_assert_eq!(answers(&patched), answers(&fresh));
                 state = next;
                 health = health_next;
-                table = patched;
+                spare = Some((std::mem::replace(&mut table, patched), touched));
             }
         });
     }
