@@ -311,6 +311,10 @@ fn one(n: usize, a: &ConvergeArgs, tools: Tools) -> Result<Row, String> {
                 eprintln!("converge: cannot keep {}: {e}", to.display());
             }
         }
+        for m in bed.rec.etcd.iter().flat_map(|e| &e.members) {
+            let from = bed.plan.run_dir().join(format!("etcd-{}.log", m.name));
+            let _ = std::fs::copy(from, dir.join(format!("cv{n}-etcd-{}.log", m.name)));
+        }
     }
     bed.down_now();
     result
@@ -326,7 +330,8 @@ fn measure(bed: &mut Bed, n: usize, a: &ConvergeArgs) -> Result<Row, String> {
     let nodes = &*bed;
     // The client runs in etcd's namespace (the management network is not the host's).
     let (import, samples, cpu) = testbed::sys::in_netns(&etcd.ns, || -> Result<_, String> {
-        let mut e = Etcd::connect(&eps, Duration::from_secs(10)).map_err(|x| x.to_string())?;
+        // Generous: 50 nodes starting on 2 cores keep etcd busy for a while.
+        let mut e = Etcd::connect(&eps, Duration::from_secs(60)).map_err(|x| x.to_string())?;
         e.change(&Change::NetworkCreate { network: net })
             .map_err(|x| x.to_string())?;
         eprintln!(

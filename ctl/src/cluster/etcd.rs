@@ -271,6 +271,9 @@ impl Etcd {
     }
 }
 
+/// How often a connection to etcd is pinged: above etcd's minimum (5 s).
+const KEEPALIVE: Duration = Duration::from_secs(10);
+
 /// Connects to the first endpoint (from a starting point that differs per process, so a fleet
 /// spreads over the members) that answers a linearizable read: a member that is down, or cut
 /// off from its quorum, is passed over. One endpoint per client: the client's own balancing
@@ -290,7 +293,10 @@ pub(crate) async fn connect(
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
-            .with_keep_alive(Duration::from_secs(2), timeout);
+            // etcd refuses pings more often than every 5 s (its --grpc-keepalive-min-time):
+            // it closes the connection of a client that sends them ("too many pings"), which
+            // a busy benchmark met as a broken pipe in the middle of an import.
+            .with_keep_alive(KEEPALIVE, timeout);
         if let Some(t) = &tls {
             opts = opts.with_tls(t.clone());
         }
