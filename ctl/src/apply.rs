@@ -576,6 +576,9 @@ fn update_service(svc: &mut Service, u: &ServiceUpdate) -> Result<(), ApplyError
     if let Some(c) = u.client_ip {
         svc.client_ip = c;
     }
+    if let Some(o) = u.outlier {
+        svc.outlier = o;
+    }
     if let Some(k) = u.scheduler {
         svc.scheduler = k;
     }

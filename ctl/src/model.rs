@@ -513,6 +513,10 @@ pub struct Service {
     /// How meshd checks that a task serves (Docker's HEALTHCHECK); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
+    /// Passive health: when a node stops sending a task new connections after what it saw
+    /// of the task's answers (on unless turned off, with the defaults when absent).
+    #[serde(default, skip_serializing_if = "Outlier::is_default")]
+    pub outlier: Outlier,
     #[serde(default)]
     pub tasks: Vec<Task>,
 }
@@ -528,6 +532,7 @@ impl Service {
             client_ip: ClientIpMode::Masquerade,
             scheduler: SchedulerKind::Rr,
             health: None,
+            outlier: Outlier::default(),
             tasks: Vec::new(),
         }
     }
@@ -641,6 +646,77 @@ impl TaskState {
     }
 }
 
+/// Passive health (outlier ejection, as Envoy's): a node that sees `consecutive` new
+/// connections to a task fail in a row (its SYN answered by a RST, or never answered) sends it
+/// no new connection for `eject_ms`, then tries it again; each ejection in a row lasts one
+/// `eject_ms` longer (up to [`Outlier::MAX_EJECT_MS`]). At most `max_percent` of a service's
+/// tasks (and at least one) are out at once, so a service-wide failure does not empty it.
+/// Connections already running are left alone. `consecutive` 0 turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outlier {
+    #[serde(default = "default_outlier_consecutive")]
+    pub consecutive: u32,
+    #[serde(default = "default_outlier_eject")]
+    pub eject_ms: u32,
+    #[serde(default = "default_outlier_max_percent")]
+    pub max_percent: u8,
+}
+
+fn default_outlier_consecutive() -> u32 {
+    3
+}
+fn default_outlier_eject() -> u32 {
+    10_000
+}
+fn default_outlier_max_percent() -> u8 {
+    50
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive: default_outlier_consecutive(),
+            eject_ms: default_outlier_eject(),
+            max_percent: default_outlier_max_percent(),
+        }
+    }
+}
+
+impl Outlier {
+    /// The longest an ejection lasts, however often the task failed (Envoy's
+    /// max_ejection_time default).
+    pub const MAX_EJECT_MS: u32 = 300_000;
+
+    /// Off: tasks are never ejected for what a node sees.
+    pub fn off() -> Self {
+        Outlier {
+            consecutive: 0,
+            ..Outlier::default()
+        }
+    }
+
+    pub fn is_off(&self) -> bool {
+        self.consecutive == 0
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == Outlier::default()
+    }
+
+    /// How long the `n`th ejection in a row lasts (`n` from 1).
+    pub fn eject_for(&self, n: u32) -> u32 {
+        self.eject_ms
+            .saturating_mul(n.max(1))
+            .min(Self::MAX_EJECT_MS.max(self.eject_ms))
+    }
+
+    /// How many of `tasks` tasks may be out at once: `max_percent` of them, at least one.
+    pub fn max_out(&self, tasks: usize) -> usize {
+        (tasks * usize::from(self.max_percent) / 100).max(1)
+    }
+}
+
 /// A health verdict: runtime state meshd layers over the desired state, never persisted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -651,6 +727,9 @@ pub enum Health {
     Healthy,
     /// `retries` checks in a row failed: no new flows, existing flows ended.
     Unhealthy,
+    /// This node saw its new connections fail ([`Outlier`]): no new flows from this node for
+    /// a while, existing flows kept. A node's own verdict, never told to the others.
+    Ejected,
 }
 
 impl Health {
@@ -659,6 +738,7 @@ impl Health {
             Health::Starting => "starting",
             Health::Healthy => "healthy",
             Health::Unhealthy => "unhealthy",
+            Health::Ejected => "ejected",
         }
     }
 }
@@ -688,7 +768,10 @@ impl CurrentState {
             (TaskState::Draining, _) => CurrentState::Draining,
             (TaskState::Running, Some(Health::Starting)) => CurrentState::Starting,
             (TaskState::Running, Some(Health::Unhealthy)) => CurrentState::Failed,
-            (TaskState::Running, Some(Health::Healthy) | None) => CurrentState::Running,
+            // Ejected on this node only: it runs (other nodes may send it connections).
+            (TaskState::Running, Some(Health::Healthy | Health::Ejected) | None) => {
+                CurrentState::Running
+            }
         }
     }
 

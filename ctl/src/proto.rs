@@ -388,6 +388,9 @@ pub struct ServiceUpdate {
     /// Removes the health check (`--no-healthcheck`), before `health` is applied.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub no_health: bool,
+    /// Replaces the passive health settings (`--outlier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier: Option<crate::model::Outlier>,
 }
 
 impl ServiceUpdate {
@@ -723,6 +726,13 @@ crate::counters! {
         port_rx_too_long: Counter,
         port_tx_full: Counter,
         port_tx_bad_len: Counter,
+        /// New connections a task answered with a RST (nothing listening: passive health
+        /// counts them against it).
+        syn_refused: Counter,
+        /// New connections whose SYN a task never answered (the half-open flow expired).
+        syn_unanswered: Counter,
+        /// Passive health events lost on the way to the host side (a full queue).
+        passive_lost: Counter,
     }
 }
 
@@ -772,6 +782,12 @@ crate::counters! {
         checks_failed: Counter,
         /// Times the combined health view changed (each a new table generation).
         health_changes: Counter,
+        /// Tasks this node stopped sending new connections to for what it saw (passive health),
+        /// and those it tried again once the ejection ended.
+        outlier_ejections: Counter,
+        outlier_returns: Counter,
+        /// Ejections not made: the service had as many tasks out as it may.
+        outlier_held: Counter,
         gossip_sent: Counter,
         gossip_received: Counter,
         /// Gossip from an unknown VTEP, under another node's name, or malformed.

@@ -484,6 +484,18 @@ impl Claims {
                 _ => {}
             }
         }
+        let o = &svc.outlier;
+        if !o.is_off()
+            && (o.consecutive > 1000 || o.eject_ms < 100 || !(1..=100).contains(&o.max_percent))
+        {
+            bail!(
+                "service \"{}\": outlier settings consecutive={} eject_ms={} max_percent={} are out of range (1-1000 failures, at least 100 ms, 1-100%)",
+                svc.name,
+                o.consecutive,
+                o.eject_ms,
+                o.max_percent
+            );
+        }
         let has_ingress_ports = svc.ports.iter().any(|p| p.mode == PublishMode::Ingress);
         for p in &svc.ports {
             if p.published == 0 || p.target == 0 {
@@ -923,6 +935,21 @@ mod tests {
         assert!(err(&s).contains("UDP port 4790 is meshd's own (node \"n2\""));
         s.services[0].ports[1].protocol = Protocol::Tcp;
         validate(&s).unwrap();
+    }
+
+    #[test]
+    fn outlier_settings_out_of_range_are_refused() {
+        let mut s = sample();
+        s.services[0].outlier.eject_ms = 5;
+        assert!(err(&s).contains("outlier settings"));
+        s.services[0].outlier = crate::model::Outlier::off();
+        s.services[0].outlier.eject_ms = 5;
+        assert!(validate(&s).is_ok(), "off: the rest does not matter");
+        s.services[0].outlier = crate::model::Outlier {
+            max_percent: 0,
+            ..Default::default()
+        };
+        assert!(err(&s).contains("outlier settings"));
     }
 
     #[test]

@@ -848,6 +848,12 @@ fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack:
             let _ = shared.spare.push(b);
             got += 1;
         }
+        for q in &shared.seen {
+            while let Some((uid, seen)) = q.pop() {
+                stack.seen(&table, uid, seen, now);
+                got += 1;
+            }
+        }
         if got > 0 || now >= wake {
             stack.poll(&table, &shared.neigh, now);
             for (port, f) in stack.take_output() {

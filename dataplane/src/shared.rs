@@ -21,6 +21,9 @@ use crate::stats::WorkerStats;
 /// Frames per handoff ring and host queue.
 pub const RING: usize = 4096;
 
+/// Passive health events a worker may have waiting for the host side.
+const SEEN: usize = 1024;
+
 /// What all workers and the control thread share.
 #[derive(Debug)]
 pub struct Shared {
@@ -31,6 +34,9 @@ pub struct Shared {
     pub acks: Vec<AtomicU64>,
     /// Frames for each worker from the others (flows it owns).
     pub handoff: Vec<ArrayQueue<PacketBuf>>,
+    /// Per worker: what it saw of the tasks' answers to new connections, for the host side's
+    /// passive health.
+    pub seen: Vec<ArrayQueue<(u64, crate::pipeline::passive::Seen)>>,
     /// Frames for the host stack, and frames the host stack wants sent.
     pub to_host: ArrayQueue<PacketBuf>,
     pub from_host: ArrayQueue<PacketBuf>,
@@ -54,6 +60,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             acks: (0..workers).map(|_| AtomicU64::new(u64::MAX)).collect(),
             handoff: (0..workers).map(|_| ArrayQueue::new(RING)).collect(),
+            seen: (0..workers).map(|_| ArrayQueue::new(SEEN)).collect(),
             to_host: ArrayQueue::new(RING),
             from_host: ArrayQueue::new(RING),
             stats: (0..workers).map(|_| PublishedStats::default()).collect(),

@@ -255,6 +255,13 @@ impl Worker {
             self.push_out(&mut out, port, b);
         }
         self.flush(&mut out);
+        let passive = &mut self.pipeline.passive;
+        for e in passive.events.drain(..) {
+            if self.shared.seen[self.id].push(e).is_err() {
+                passive.lost += 1;
+            }
+        }
+        self.pipeline.stats.passive_lost = passive.lost;
         self.shared.acks[self.id].store(table.generation, Ordering::Release);
         moved > 0
     }

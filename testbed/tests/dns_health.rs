@@ -1,6 +1,6 @@
 //! End-to-end tests of meshd's host stack: the embedded DNS resolver asked with `dig` from task
-//! namespaces, and health checks taking a task whose server stopped out of rotation on every
-//! node (under load), then back.
+//! namespaces, health checks taking a task whose server stopped out of rotation on every
+//! node (under load), then back, and passive health doing it without a check.
 //!
 //! Run as root from the workspace root (needs `dig`: `scripts/deps.sh` installs it):
 //!
@@ -486,6 +486,126 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
         .iter()
         .filter(|(t, _)| *t > restarted + back + slack)
         .filter_map(|(_, r)| r.clone().ok())
+        .collect();
+    assert!(
+        late.contains("web.2"),
+        "web.2 takes connections again: {late:?}"
+    );
+}
+
+/// A request of the load: when it started, the node it went to (n1 = 0), what answered.
+type NodeSample = (Instant, usize, Result<String, String>);
+
+#[test]
+fn without_a_check_a_task_whose_server_dies_under_load_is_ejected_after_n_refusals_per_node() {
+    let Some(mut m) = mesh("pe") else { return };
+    // The default passive health, with an ejection long enough to restart the server within it.
+    let consecutive = 3usize;
+    let spec = RunSpec::new("web", 3)
+        .publish("8080:80", PublishMode::Ingress)
+        .unwrap()
+        .network("appnet")
+        .with_args(&["--outlier", "consecutive=3,eject=8s"]);
+    m.run(&spec).unwrap();
+    let inspect = m.meshctl(&["service", "inspect", "web"]).unwrap();
+    assert!(
+        inspect.contains("\"BaseEjectionTime\": \"8000ms\""),
+        "{inspect}"
+    );
+
+    // Load: new connections through all three nodes, one after another, each noting the node.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<NodeSample>>> = Arc::new(Mutex::new(Vec::new()));
+    let urls: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| format!("http://{}/", m.node_sock(n, 8080).unwrap()))
+        .collect();
+    let (ns, st, sa) = (m.client_ns(), stop.clone(), samples.clone());
+    let load = std::thread::spawn(move || {
+        let mut i = 0;
+        while !st.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let node = i % urls.len();
+            let r = probe::curl(&ns, &urls[node], Duration::from_secs(2), &[]).unwrap();
+            let v = match r.whoami() {
+                Some(w) => Ok(w.hostname),
+                None => Err(format!("curl exit {}: {}", r.code, r.stderr.trim())),
+            };
+            sa.lock().unwrap().push((t, node, v));
+            i += 1;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = Instant::now();
+    // Its server dies; the task stays registered (no check, nothing else says so).
+    m.stop_task_server("web.2").unwrap();
+    let ejected = wait_for(
+        "web.2 ejected on every node",
+        Duration::from_secs(8),
+        || {
+            health_everywhere(&m, "web", "web.2")
+                .iter()
+                .all(|h| *h == Some(Health::Ejected))
+        },
+    );
+    let ps = m.meshctl(&["service", "ps", "web"]).unwrap();
+    eprintln!("{ps}");
+    let row = ps.lines().find(|l| l.starts_with("web.2")).unwrap();
+    assert!(
+        row.contains("ejected by node") && row.contains("refused (RST)"),
+        "{ps}"
+    );
+    // DNS leaves it out on a node that ejected it.
+    let w1 = m.tasks_of("web")[0].clone();
+    let d = dig(&w1.ns, gateway(&m, "appnet"), "tasks.web", "A", &[]);
+    assert_eq!(d.a().len(), 2, "{}", d.raw);
+    let stats = m
+        .meshctl_local("n1", &["stats", "--format", "json"])
+        .unwrap();
+    assert!(stats.contains("\"outlier_ejections\":"), "{stats}");
+    // Back within the ejection: it takes connections again once the ejection ends.
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = Instant::now();
+    m.start_task_server("web.2").unwrap();
+    let back = wait_for("web.2 back on every node", Duration::from_secs(20), || {
+        health_everywhere(&m, "web", "web.2")
+            .iter()
+            .all(Option::is_none)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let samples = samples.lock().unwrap().clone();
+
+    // A request under way when the server stops may fail with it.
+    let around = stopped - Duration::from_millis(200);
+    let mut errors = [0usize; 3];
+    for (t, node, r) in &samples {
+        match r {
+            Err(e) if *t < around => panic!("a request before the stop failed: {e}"),
+            Err(_) => errors[*node] += 1,
+            Ok(_) => {}
+        }
+    }
+    eprintln!(
+        "{} requests; after web.2's server died: refused per node {errors:?} (bound {consecutive}); ejected everywhere after {ejected:?}; back {back:?} after its restart",
+        samples.len()
+    );
+    for (node, n) in errors.iter().enumerate() {
+        assert!(
+            *n <= consecutive,
+            "node n{}: {n} connections failed, more than the {consecutive} in a row that eject",
+            node + 1
+        );
+    }
+    assert!(
+        errors.iter().sum::<usize>() >= 1,
+        "the dead server was hit at all"
+    );
+    let late: BTreeSet<String> = samples
+        .iter()
+        .filter(|(t, _, _)| *t > restarted + back + Duration::from_millis(500))
+        .filter_map(|(_, _, r)| r.clone().ok())
         .collect();
     assert!(
         late.contains("web.2"),

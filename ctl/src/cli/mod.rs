@@ -396,7 +396,13 @@ Specs:
   --health   tcp[:PORT] or http:[PORT]/PATH[=STATUS], with --health-interval, --health-timeout
              (durations like 500ms, 2s, 1m30s) and --health-retries, as Docker's HEALTHCHECK.
              A task takes connections once a check passes; after --health-retries failures in
-             a row it takes none and its connections are reset, until a check passes again.";
+             a row it takes none and its connections are reset, until a check passes again.
+  --outlier  consecutive=N,eject=DURATION,max=P% or none. Passive health, on without a check:
+             a node that sees N new connections to a task fail in a row (a RST to its SYN, or
+             no answer within 10 s) sends it no new connection for DURATION, one DURATION
+             longer each time in a row (5m at most), then tries it again; never more than P%
+             of a service's tasks (at least one) at once. Running connections stay. Each node
+             judges by what it sees itself. Defaults: consecutive=3,eject=10s,max=50%.";
 
 const SERVICE_UPDATE_HELP: &str = "\
 Examples:
@@ -409,6 +415,8 @@ Examples:
   meshctl service update --health http:/healthz=200 --health-interval 2s --health-retries 3 web
   meshctl service update --health-interval 5s web     # keeps the rest of the check
   meshctl service update --no-healthcheck web
+  meshctl service update --outlier consecutive=5,eject=30s web
+  meshctl service update --outlier none web          # no passive health
 
 Removals run before additions, so a port or a task can be replaced in one update.
 --publish-rm takes PORT[/udp] (or Docker's PUBLISHED:TARGET); --task-update takes
@@ -484,6 +492,10 @@ struct ServiceCreateArgs {
     timeouts: TimeoutArgs,
     #[command(flatten)]
     health: HealthArgs,
+    /// Passive health: `consecutive=N,eject=DURATION,max=P%` or `none` (on by default:
+    /// 3 failed connections in a row take a task out for 10s on the node that saw them)
+    #[arg(long, value_name = "SPEC")]
+    outlier: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -608,6 +620,10 @@ struct ServiceUpdateArgs {
     /// Remove the health check: every task takes new connections again
     #[arg(long, conflicts_with = "health")]
     no_healthcheck: bool,
+    /// Passive health: `consecutive=N,eject=DURATION,max=P%` (what is not named goes back to
+    /// its default) or `none`
+    #[arg(long, value_name = "SPEC")]
+    outlier: Option<String>,
     /// The service to change
     name: String,
 }
@@ -1049,6 +1065,9 @@ fn service_create(ctx: &Ctx, a: ServiceCreateArgs) -> Result<(), CliError> {
         svc.tasks.push(spec::task("--task", t)?);
     }
     svc.health = a.health.merge(None)?;
+    if let Some(o) = &a.outlier {
+        svc.outlier = spec::outlier("--outlier", o)?;
+    }
     if svc.endpoint_mode == model::EndpointMode::Vip && svc.networks.iter().any(|n| n.vip.is_none())
     {
         let states = ctx.states()?;
@@ -1092,6 +1111,9 @@ fn service_update(ctx: &Ctx, a: ServiceUpdateArgs) -> Result<(), CliError> {
         u.task_update.push(spec::task_update("--task-update", t)?);
     }
     u.no_health = a.no_healthcheck;
+    if let Some(o) = &a.outlier {
+        u.outlier = Some(spec::outlier("--outlier", o)?);
+    }
     if a.health.given() {
         // The flags change what they name and keep the rest of the current check.
         let current = ctx

@@ -420,6 +420,18 @@ struct Spec {
     client_ip: ClientIpMode,
     scheduler: SchedulerKind,
     idle_timeouts: DockerTimeouts,
+    /// Passive health (meshd's own; absent when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outlier_detection: Option<DockerOutlier>,
+}
+
+/// Passive health as Envoy names its outlier detection settings.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerOutlier {
+    consecutive: u32,
+    base_ejection_time: String,
+    max_ejection_percent: u8,
 }
 
 #[derive(Debug, Serialize)]
@@ -487,6 +499,11 @@ pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
             },
             client_ip: svc.client_ip,
             scheduler: svc.scheduler,
+            outlier_detection: (!svc.outlier.is_off()).then(|| DockerOutlier {
+                consecutive: svc.outlier.consecutive,
+                base_ejection_time: format!("{}ms", svc.outlier.eject_ms),
+                max_ejection_percent: svc.outlier.max_percent,
+            }),
             idle_timeouts: DockerTimeouts {
                 tcp_established: svc.timeouts.tcp_established,
                 tcp_transitory: svc.timeouts.tcp_transitory,

@@ -333,6 +333,43 @@ impl HealthSpec {
     }
 }
 
+/// `--outlier`: `none`, or `consecutive=N,eject=DURATION,max=P%` (any of them; the others
+/// keep their defaults: 3, 10s, 50%).
+pub fn outlier(flag: &str, spec: &str) -> Result<ctl::model::Outlier, SpecError> {
+    let spec = spec.trim();
+    if spec == "none" || spec == "off" {
+        return Ok(ctl::model::Outlier::off());
+    }
+    let mut o = ctl::model::Outlier::default();
+    for part in spec.split(',') {
+        let Some((k, v)) = part.split_once('=') else {
+            fail!("{flag}: {part:?} is not KEY=VALUE (as in consecutive=3,eject=10s,max=50%, or none)")
+        };
+        match k.trim() {
+            "consecutive" => {
+                o.consecutive = match v.trim().parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => n,
+                    _ => fail!("{flag}: consecutive={v} is not a count from 1 to 1000 (--outlier none turns it off)"),
+                }
+            }
+            "eject" => {
+                o.eject_ms = duration_ms(flag, v.trim())?;
+                if o.eject_ms < 100 {
+                    fail!("{flag}: eject={v} is shorter than 100ms");
+                }
+            }
+            "max" => {
+                o.max_percent = match v.trim().trim_end_matches('%').parse::<u8>() {
+                    Ok(p) if (1..=100).contains(&p) => p,
+                    _ => fail!("{flag}: max={v} is not a share from 1% to 100%"),
+                }
+            }
+            other => fail!("{flag}: unknown setting {other:?} (consecutive, eject, max; or none)"),
+        }
+    }
+    Ok(o)
+}
+
 /// `--health`: `tcp`, `tcp:PORT`, `http:/PATH`, `http:/PATH=STATUS` or `http:PORT/PATH[=STATUS]`.
 /// Without a port the check uses the service's first published TCP target port (80 if none).
 pub fn health(flag: &str, spec: &str) -> Result<HealthSpec, SpecError> {
@@ -463,6 +500,21 @@ mod tests {
         assert!(e(health("--health", "http:/x=999")).contains("not an HTTP status"));
         assert!(e(health("--health", "grpc")).contains("unknown check"));
         assert!(e(health("--health", "tcp:0")).contains("not a port"));
+    }
+
+    #[test]
+    fn outlier_specs() {
+        use ctl::model::Outlier;
+        assert_eq!(outlier("--outlier", "none").unwrap(), Outlier::off());
+        let o = outlier("--outlier", "consecutive=5,eject=30s,max=20%").unwrap();
+        assert_eq!((o.consecutive, o.eject_ms, o.max_percent), (5, 30_000, 20));
+        let o = outlier("--outlier", "eject=1m").unwrap();
+        assert_eq!((o.consecutive, o.eject_ms, o.max_percent), (3, 60_000, 50));
+        assert!(e(outlier("--outlier", "consecutive=0")).contains("--outlier none"));
+        assert!(e(outlier("--outlier", "max=0%")).contains("from 1% to 100%"));
+        assert!(e(outlier("--outlier", "eject=10ms")).contains("shorter than 100ms"));
+        assert!(e(outlier("--outlier", "interval=1s")).contains("unknown setting"));
+        assert!(e(outlier("--outlier", "3")).contains("KEY=VALUE"));
     }
 
     #[test]

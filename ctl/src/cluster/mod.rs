@@ -566,6 +566,7 @@ fn bare(s: &Service) -> Service {
         client_ip,
         scheduler,
         health,
+        outlier,
         tasks: _,
     } = s;
     Service {
@@ -577,6 +578,7 @@ fn bare(s: &Service) -> Service {
         client_ip: *client_ip,
         scheduler: *scheduler,
         health: health.clone(),
+        outlier: *outlier,
         tasks: Vec::new(),
     }
 }

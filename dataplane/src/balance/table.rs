@@ -112,6 +112,8 @@ pub struct SvcEntry {
     pub health: Option<Arc<model::HealthCheck>>,
     /// The port the health check connects to.
     pub health_port: u16,
+    /// Passive health: when this node stops sending a task new connections.
+    pub outlier: model::Outlier,
     /// Its VIPs' and published ports' balancers, and its slots in the port map: what
     /// [`ServiceTable::patch`] takes out when the service changes.
     balancers: Arc<[BalIdx]>,
@@ -629,10 +631,13 @@ impl ServiceTable {
             let node = ctx.nodes.get(t.node.as_str()).copied().unwrap_or(0);
             let tidx = self.tasks.len() as TaskIdx;
             let uid = task_uid(&s.name, t);
-            let verdict = s
-                .health
-                .as_ref()
-                .map(|_| health.get(&uid).copied().unwrap_or(Health::Starting));
+            // An ejection (this node's passive verdict) stands over any check's verdict; a
+            // service without a check has no other.
+            let verdict = match (health.get(&uid).copied(), &s.health) {
+                (Some(Health::Ejected), _) => Some(Health::Ejected),
+                (v, Some(_)) => Some(v.unwrap_or(Health::Starting)),
+                (_, None) => None,
+            };
             let name: Arc<str> = Arc::from(t.name.as_str());
             let entry = TaskEntry {
                 uid,
@@ -772,6 +777,7 @@ impl ServiceTable {
                 .collect(),
             health: s.health.clone().map(Arc::new),
             health_port: s.health_port().unwrap_or(80),
+            outlier: s.outlier,
             balancers: bals.into(),
             slots: slots.into(),
             removed: false,
@@ -852,6 +858,11 @@ impl ServiceTable {
     #[inline]
     pub fn task_alive(&self, uid: u64) -> bool {
         self.alive.get(uid).is_some()
+    }
+
+    /// The task with `uid`, while it may keep flows.
+    pub fn task_by_uid(&self, uid: u64) -> Option<TaskIdx> {
+        self.alive.get(uid)
     }
 
     #[inline]
@@ -989,6 +1000,17 @@ pub(crate) mod tests {
         let t = ServiceTable::build_with(&s, "n1", 3, &view).unwrap();
         assert_eq!(bal(&t), 2);
         assert!(t.tasks.iter().all(|x| x.health.is_none()));
+        // An ejection counts with or without a check: no new flows, its flows go on.
+        let view = HealthView::from([(u1, Health::Ejected)]);
+        let t = ServiceTable::build_with(&s, "n1", 4, &view).unwrap();
+        assert_eq!(bal(&t), 1);
+        assert_eq!(t.tasks[0].health, Some(Health::Ejected));
+        assert!(t.task_alive(u1) && !t.tasks[0].eligible);
+        s.services[0].health = Some(HealthCheck::default());
+        let view = HealthView::from([(u1, Health::Ejected), (u2, Health::Healthy)]);
+        let t = ServiceTable::build_with(&s, "n1", 5, &view).unwrap();
+        assert_eq!(bal(&t), 1);
+        assert!(t.task_alive(u1));
     }
 
     #[test]

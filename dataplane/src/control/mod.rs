@@ -315,7 +315,7 @@ impl Controller {
                     (TaskState::Running, Some(Health::Starting)) if streak > 0 => {
                         format!("starting: {why} ({streak} of {retries} checks failed)")
                     }
-                    (TaskState::Running, Some(Health::Starting)) => why,
+                    (TaskState::Running, Some(Health::Starting | Health::Ejected)) => why,
                     _ => String::new(),
                 };
                 PsTask {

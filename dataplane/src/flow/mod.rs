@@ -391,6 +391,8 @@ pub enum InsertError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reaped {
     Expired,
+    /// Expired before its task answered the SYN (the task's uid): passive health's evidence.
+    Unanswered(u64),
     /// Its task is gone or failed.
     Ended(Flow),
 }
@@ -760,8 +762,10 @@ impl FlowTable {
                 continue;
             }
             if f.expired(now) {
+                let unanswered = (f.tcp == TcpState::SynSent && f.kind != FlowKind::ReturnRoute)
+                    .then_some(f.task_uid);
                 self.remove(i as u32);
-                reaped(Reaped::Expired);
+                reaped(unanswered.map_or(Reaped::Expired, Reaped::Unanswered));
             } else if !alive(f.task_uid) {
                 if let Some(f) = self.remove(i as u32) {
                     reaped(Reaped::Ended(f));
@@ -1028,7 +1032,13 @@ mod tests {
         est.tcp = TcpState::Established;
         est.task_uid = 9;
         t.insert(est, 0).unwrap();
+        // A SYN its task never answered: expired, and told as such.
+        let mut syn = flow(3, 0);
+        syn.tcp = TcpState::SynSent;
+        syn.task_uid = 11;
+        t.insert(syn, 0).unwrap();
         let mut n = (0, 0);
+        let mut unanswered = Vec::new();
         // 16 minutes later: UDP (30 s) expired; an established TCP flow (2 h) is not cut at 900 s.
         t.sweep(
             16 * 60 * 1000,
@@ -1036,17 +1046,19 @@ mod tests {
             |_| true,
             |r| match r {
                 Reaped::Expired => n.0 += 1,
+                Reaped::Unanswered(uid) => unanswered.push(uid),
                 Reaped::Ended(_) => n.1 += 1,
             },
         );
         assert_eq!(n, (1, 0));
+        assert_eq!(unanswered, [11]);
         assert_eq!(t.len(), 1);
         t.sweep(
             16 * 60 * 1000,
             16,
             |uid| uid != 9,
             |r| match r {
-                Reaped::Expired => n.0 += 1,
+                Reaped::Expired | Reaped::Unanswered(_) => n.0 += 1,
                 Reaped::Ended(f) => {
                     assert_eq!(f.task_uid, 9);
                     n.1 += 1

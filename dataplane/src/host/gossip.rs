@@ -46,7 +46,9 @@ pub struct Message {
 
 fn health_code(h: Health) -> u8 {
     match h {
-        Health::Starting => 0,
+        // A node's ejections are its own (gossip carries checks' verdicts only); were one
+        // handed here, it would say nothing.
+        Health::Starting | Health::Ejected => 0,
         Health::Healthy => 1,
         Health::Unhealthy => 2,
     }

@@ -23,12 +23,14 @@ pub mod dns;
 pub mod gossip;
 pub mod health;
 pub mod lane;
+pub mod outlier;
 pub mod resolver;
 mod stateless;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use crate::pipeline::passive::Seen;
 use ctl::model::{Health, HEALTH_GOSSIP_PORT};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -139,6 +141,10 @@ pub struct HostStack {
     placement_of: Option<u64>,
     view: HealthView,
     view_dirty: bool,
+    /// Passive health: what the workers saw of the tasks' answers, judged.
+    outliers: outlier::Outliers,
+    /// Why each ejected task is out (for `service ps`).
+    ejected_why: HashMap<u64, String>,
     board: HashMap<u64, HealthDetail>,
     board_dirty: bool,
     recompute_at: u64,
@@ -195,6 +201,8 @@ impl HostStack {
             placement_of: None,
             view: HealthView::new(),
             view_dirty: false,
+            outliers: outlier::Outliers::default(),
+            ejected_why: HashMap::new(),
             board: HashMap::new(),
             board_dirty: false,
             recompute_at: 0,
@@ -253,6 +261,8 @@ impl HostStack {
         }
         self.lanes = lanes;
         self.monitor.sync(t, now);
+        self.outliers.retain(|uid| t.task_alive(uid));
+        self.ejected_why.retain(|uid, _| t.task_alive(*uid));
         if !self.remote.is_empty() {
             self.place(t);
             let placement = &self.placement;
@@ -380,7 +390,7 @@ impl HostStack {
                     Outcome::Fail(_) => self.stats.checks_failed += 1,
                 }
                 if self.monitor.finish(uid, seq, o, now) {
-                    self.log_verdict(uid);
+                    self.verdict_changed(uid);
                     changed = true;
                 }
             }
@@ -391,7 +401,7 @@ impl HostStack {
         // Checks past their deadline, then checks to start.
         for (uid, seq, ch) in self.monitor.expire(now) {
             if ch {
-                self.log_verdict(uid);
+                self.verdict_changed(uid);
                 changed = true;
             }
             self.stats.checks_failed += 1;
@@ -410,7 +420,7 @@ impl HostStack {
             if let Err(o) = started {
                 self.stats.checks_failed += 1;
                 if self.monitor.finish(uid, seq, o, now) {
-                    self.log_verdict(uid);
+                    self.verdict_changed(uid);
                     changed = true;
                 }
             }
@@ -426,10 +436,72 @@ impl HostStack {
         if changed {
             self.gossip_soon = true;
         }
+        for uid in self.outliers.expire(now) {
+            self.stats.outlier_returns += 1;
+            self.ejected_why.remove(&uid);
+            if let Some(te) = t.task_by_uid(uid).and_then(|i| t.tasks.get(i as usize)) {
+                tracing::info!(task = %te.name, "passive health: the ejection ended; the task takes new connections from this node again");
+            }
+            changed = true;
+        }
         if changed || now >= self.recompute_at {
             self.recompute(t, now);
         }
         self.gossip_out(t, neigh, now);
+    }
+
+    /// What a worker saw of task `uid`'s answer to a new connection (passive health).
+    pub fn seen(&mut self, t: &ServiceTable, uid: u64, seen: Seen, now: u64) {
+        self.sync(t, now);
+        let Some(te) = t.task_by_uid(uid).and_then(|i| t.tasks.get(i as usize)) else {
+            return;
+        };
+        let Some(svc) = t.services.get(usize::from(te.service)) else {
+            return;
+        };
+        let siblings: Vec<u64> = svc
+            .tasks
+            .iter()
+            .filter_map(|&i| t.tasks.get(i as usize).map(|x| x.uid))
+            .collect();
+        let policy = svc.outlier;
+        match self.outliers.saw(uid, seen, now, &policy, &siblings) {
+            outlier::Judged::Nothing => {}
+            outlier::Judged::Held => {
+                self.stats.outlier_held += 1;
+            }
+            outlier::Judged::Ejected(ms) => {
+                self.stats.outlier_ejections += 1;
+                let what = match seen {
+                    Seen::Unanswered => "went unanswered",
+                    _ => "were refused (RST)",
+                };
+                let why = format!(
+                    "ejected by node {} for {} s: {} new connections in a row {what}",
+                    t.node(t.local).name,
+                    ms.div_ceil(1000),
+                    policy.consecutive
+                );
+                tracing::warn!(task = %te.name, "passive health: {why}");
+                self.ejected_why.insert(uid, why);
+                self.recompute(t, now);
+            }
+        }
+    }
+
+    /// A local task's check gave a new verdict: logged; a pass ends an ejection (the check
+    /// says it serves, as Envoy's successful_active_health_check_uneject_host).
+    fn verdict_changed(&mut self, uid: u64) {
+        self.log_verdict(uid);
+        if self
+            .monitor
+            .verdict(uid)
+            .is_some_and(|v| v.health == Health::Healthy)
+            && self.outliers.forgive(uid)
+        {
+            self.ejected_why.remove(&uid);
+            self.stats.outlier_returns += 1;
+        }
     }
 
     /// Logs a local task's new verdict.
@@ -492,6 +564,9 @@ impl HostStack {
             }
         }
         if let Some(d) = self.forwards.values().map(|f| f.deadline).min() {
+            at = at.min(d);
+        }
+        if let Some(d) = self.outliers.next_end() {
             at = at.min(d);
         }
         at.max(now)
@@ -716,6 +791,39 @@ impl HostStack {
                     streak: u32::from(r.streak),
                     error,
                     node,
+                },
+            );
+        }
+        // A check that passes again (here or on the task's node) ends an ejection.
+        let passed: Vec<u64> = self
+            .outliers
+            .out()
+            .map(|(uid, _)| uid)
+            .filter(|uid| {
+                self.view.get(uid) == Some(&Health::Unhealthy)
+                    && view.get(uid) == Some(&Health::Healthy)
+            })
+            .collect();
+        for uid in passed {
+            if self.outliers.forgive(uid) {
+                self.ejected_why.remove(&uid);
+                self.stats.outlier_returns += 1;
+            }
+        }
+        // This node's ejections over a check's verdict (its own; never gossiped), but not
+        // over unhealthy: that one also ends the task's flows.
+        for (uid, _) in self.outliers.out() {
+            if view.get(&uid) == Some(&Health::Unhealthy) {
+                continue;
+            }
+            view.insert(uid, Health::Ejected);
+            board.insert(
+                uid,
+                HealthDetail {
+                    health: Health::Ejected,
+                    streak: 0,
+                    error: self.ejected_why.get(&uid).cloned().unwrap_or_default(),
+                    node: me.clone(),
                 },
             );
         }

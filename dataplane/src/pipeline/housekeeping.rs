@@ -36,12 +36,18 @@ impl Pipeline {
         self.recheck = self.recheck.saturating_sub(budget);
         let stats = &mut self.stats;
         let resets = &mut self.resets;
+        let passive = &mut self.passive;
         self.flows.sweep(
             now,
             budget,
             |uid| uid == 0 || table.task_alive(uid),
             |r| match r {
                 Reaped::Expired => stats.flows_expired += 1,
+                Reaped::Unanswered(uid) => {
+                    stats.flows_expired += 1;
+                    stats.syn_unanswered += 1;
+                    passive.saw(uid, super::passive::Seen::Unanswered);
+                }
                 Reaped::Ended(f) => {
                     stats.flows_ended += 1;
                     if f.is_tcp() && f.kind != FlowKind::ReturnRoute && resets.try_push(f).is_err()

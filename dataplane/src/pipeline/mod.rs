@@ -151,6 +151,8 @@ pub struct Pipeline {
     arp_open: [arp::Ask; 16],
     /// Resets towards clients of ended flows, waiting for buffers.
     resets: ArrayVec<Flow, 64>,
+    /// What tasks answered to new connections, for passive health (the worker hands it on).
+    pub passive: passive::Passive,
     /// The flow key and hash the prefetch pass computed for the frame being processed.
     hint: (FlowKey, u64),
     /// Prebuilt outer headers per peer VTEP and port (emptied when a new table comes).
@@ -195,6 +197,7 @@ mod arp;
 mod classify;
 pub mod frag;
 mod housekeeping;
+pub mod passive;
 mod steer;
 #[cfg(test)]
 mod tests;
@@ -245,6 +248,7 @@ impl Pipeline {
             want_arp: ArrayVec::new(),
             arp_open: [arp::Ask::default(); 16],
             resets: ArrayVec::new(),
+            passive: passive::Passive::default(),
             hint: (FlowKey::default(), 0),
             outers: NeighCache::new(),
             macs: NeighCache::new(),

@@ -562,6 +562,104 @@ fn mss_is_clamped_on_the_syn_and_the_syn_ack_to_the_overlay_mtu() {
     }
 }
 
+#[test]
+fn a_tasks_answer_to_a_new_connection_is_passive_healths_evidence() {
+    use super::passive::Seen;
+    let (t, mut p) = on_n2(None);
+    let (up, tk) = (p.cfg.uplink_mac, p.cfg.tasks_mac);
+    let web1 = [2, 0, 0, 0, 0, 0x11];
+    let uid = t.tasks[t.task_by_name("web.1").unwrap() as usize].uid;
+    // SYNs until one goes to web.1 here; web.1 answers it with `control`.
+    let mut sport = 41000;
+    let mut answer = |p: &mut Pipeline, control: TcpControl, ack: bool| loop {
+        sport += 1;
+        let syn = tcp_seg(
+            (CLIENT_MAC, up),
+            CLIENT,
+            sport,
+            N2,
+            8080,
+            TcpControl::Syn,
+            false,
+            None,
+            b"",
+            true,
+        );
+        let (v, out) = run(p, &t, PortId::Uplink, &syn);
+        if v != Verdict::Tx(PortId::Tasks) {
+            continue;
+        }
+        let to = parse_ipv4(&out, ETH, true).unwrap();
+        assert_eq!(to.dst, WEB1);
+        let back = tcp_seg(
+            (web1, tk),
+            WEB1,
+            80,
+            to.src,
+            to.sport,
+            control,
+            ack,
+            None,
+            b"",
+            true,
+        );
+        run(p, &t, PortId::Tasks, &back);
+        return;
+    };
+    // An answer from a task that never failed is not news.
+    answer(&mut p, TcpControl::Syn, true);
+    assert!(p.passive.events.is_empty());
+    // Refused twice, then served.
+    answer(&mut p, TcpControl::Rst, true);
+    answer(&mut p, TcpControl::Rst, true);
+    answer(&mut p, TcpControl::Syn, true);
+    assert_eq!(
+        &p.passive.events[..],
+        [
+            (uid, Seen::Refused),
+            (uid, Seen::Refused),
+            (uid, Seen::Answered)
+        ]
+    );
+    assert_eq!(p.stats.syn_refused, 2);
+    // A SYN never answered: told when its half-open flow expires.
+    p.passive.events.clear();
+    loop {
+        sport += 1;
+        let syn = tcp_seg(
+            (CLIENT_MAC, up),
+            CLIENT,
+            sport,
+            N2,
+            8080,
+            TcpControl::Syn,
+            false,
+            None,
+            b"",
+            true,
+        );
+        if run(&mut p, &t, PortId::Uplink, &syn).0 == Verdict::Tx(PortId::Tasks) {
+            break;
+        }
+    }
+    let mut pool = Pool::new(64);
+    let mut out = Burst::new();
+    for k in 0..40u64 {
+        p.maintain(
+            &t,
+            (crate::flow::tcp::HALF_OPEN_S as u64 + 2) * 1000 + k,
+            &mut pool,
+            &mut out,
+        );
+    }
+    assert!(
+        p.passive.events.contains(&(uid, Seen::Unanswered)),
+        "{:?}",
+        p.passive.events
+    );
+    assert!(p.stats.syn_unanswered >= 1);
+}
+
 /// Node n1 (web.1 is on n2, behind VXLAN) with an established flow from the client.
 fn on_n1_established(ingress_mtu: Option<u16>) -> (ServiceTable, Pipeline) {
     let mut state = three_nodes();

@@ -54,7 +54,17 @@ impl Pipeline {
                 // Only these flags move the state on a reverse segment (`TcpState::next`): the
                 // others leave the flow's first line alone.
                 if l3.proto == TCP && l3.flags & flow::tcp::CHANGES_STATE_BACKWARDS != 0 {
+                    let opening = fl.tcp == flow::TcpState::SynSent;
                     fl.tcp = fl.tcp.next(l3.flags, false);
+                    // The task's answer to a new connection: passive health's evidence.
+                    if opening && fl.kind != flow::FlowKind::ReturnRoute {
+                        if l3.flags & flow::tcp::RST != 0 {
+                            self.stats.syn_refused += 1;
+                            self.passive.saw(fl.task_uid, passive::Seen::Refused);
+                        } else if fl.tcp == flow::TcpState::SynReceived {
+                            self.passive.saw(fl.task_uid, passive::Seen::Answered);
+                        }
+                    }
                 }
             }
         }
