@@ -301,8 +301,56 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Dura
     t0.elapsed()
 }
 
-/// One request of the load: when it started and what answered (a task) or the error.
-type Sample = (Instant, Result<String, String>);
+/// One request of the load: when it started, the node it went to (n1 = 0), and what
+/// answered (a task) or the error.
+type Sample = (Instant, usize, Result<String, String>);
+
+/// New connections to the published port 8080 through all three nodes in turn, one after
+/// another, until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(m: &Mesh) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
+        let urls: Vec<String> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| format!("http://{}/", m.node_sock(n, 8080).unwrap()))
+            .collect();
+        let (ns, st, sa) = (m.client_ns(), stop.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            let mut i = 0;
+            while !st.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let node = i % urls.len();
+                let r = probe::curl(&ns, &urls[node], Duration::from_secs(2), &[]).unwrap();
+                let v = match r.whoami() {
+                    Some(w) => Ok(w.hostname),
+                    None => Err(format!("curl exit {}: {}", r.code, r.stderr.trim())),
+                };
+                sa.lock().unwrap().push((t, node, v));
+                i += 1;
+            }
+        });
+        Load {
+            stop,
+            samples,
+            thread,
+        }
+    }
+
+    /// Stops it; every request it made.
+    fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        let s = self.samples.lock().unwrap().clone();
+        s
+    }
+}
 
 #[test]
 fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_times_retries() {
@@ -353,26 +401,7 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
     let (mut held, held_by) = held.expect("a connection to web.1 or web.3");
 
     // Load: new connections through all three nodes, one after another.
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
-    let urls: Vec<String> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| format!("http://{}/", m.node_sock(n, 8080).unwrap()))
-        .collect();
-    let (ns, st, sa) = (m.client_ns(), stop.clone(), samples.clone());
-    let load = std::thread::spawn(move || {
-        let mut i = 0;
-        while !st.load(Ordering::Relaxed) {
-            let t = Instant::now();
-            let r = probe::curl(&ns, &urls[i % urls.len()], Duration::from_secs(2), &[]).unwrap();
-            let v = match r.whoami() {
-                Some(w) => Ok(w.hostname),
-                None => Err(format!("curl exit {}: {}", r.code, r.stderr.trim())),
-            };
-            sa.lock().unwrap().push((t, v));
-            i += 1;
-        }
-    });
+    let load = Load::start(&m);
     std::thread::sleep(Duration::from_millis(1500));
     let stopped = Instant::now();
     m.stop_task_server("web.2").unwrap();
@@ -428,9 +457,7 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
         },
     );
     std::thread::sleep(Duration::from_millis(1500));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    let samples = samples.lock().unwrap().clone();
+    let samples = load.stop();
 
     // The held connection never saw an error.
     let again = held.get().unwrap();
@@ -443,7 +470,7 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
     // A request under way when the server stops may fail with it.
     let around = stopped - Duration::from_millis(200);
     let mut errors_after_stop = Vec::new();
-    for (t, r) in &samples {
+    for (t, _, r) in &samples {
         match r {
             Ok(task) if *t < stopped => assert!(task.starts_with("web."), "{task}"),
             Err(e) if *t < around => panic!("a request before the stop failed: {e}"),
@@ -484,17 +511,14 @@ fn a_task_whose_server_stops_under_load_gets_no_new_connection_after_interval_ti
     );
     let late: BTreeSet<String> = samples
         .iter()
-        .filter(|(t, _)| *t > restarted + back + slack)
-        .filter_map(|(_, r)| r.clone().ok())
+        .filter(|(t, _, _)| *t > restarted + back + slack)
+        .filter_map(|(_, _, r)| r.clone().ok())
         .collect();
     assert!(
         late.contains("web.2"),
         "web.2 takes connections again: {late:?}"
     );
 }
-
-/// A request of the load: when it started, the node it went to (n1 = 0), what answered.
-type NodeSample = (Instant, usize, Result<String, String>);
 
 #[test]
 fn without_a_check_a_task_whose_server_dies_under_load_is_ejected_after_n_refusals_per_node() {
@@ -513,28 +537,8 @@ fn without_a_check_a_task_whose_server_dies_under_load_is_ejected_after_n_refusa
         "{inspect}"
     );
 
-    // Load: new connections through all three nodes, one after another, each noting the node.
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples: Arc<Mutex<Vec<NodeSample>>> = Arc::new(Mutex::new(Vec::new()));
-    let urls: Vec<String> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| format!("http://{}/", m.node_sock(n, 8080).unwrap()))
-        .collect();
-    let (ns, st, sa) = (m.client_ns(), stop.clone(), samples.clone());
-    let load = std::thread::spawn(move || {
-        let mut i = 0;
-        while !st.load(Ordering::Relaxed) {
-            let t = Instant::now();
-            let node = i % urls.len();
-            let r = probe::curl(&ns, &urls[node], Duration::from_secs(2), &[]).unwrap();
-            let v = match r.whoami() {
-                Some(w) => Ok(w.hostname),
-                None => Err(format!("curl exit {}: {}", r.code, r.stderr.trim())),
-            };
-            sa.lock().unwrap().push((t, node, v));
-            i += 1;
-        }
-    });
+    // Load: new connections through all three nodes, one after another.
+    let load = Load::start(&m);
     std::thread::sleep(Duration::from_millis(1500));
     let stopped = Instant::now();
     // Its server dies; the task stays registered (no check, nothing else says so).
@@ -573,9 +577,7 @@ fn without_a_check_a_task_whose_server_dies_under_load_is_ejected_after_n_refusa
             .all(Option::is_none)
     });
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
-    let samples = samples.lock().unwrap().clone();
+    let samples = load.stop();
 
     // A request under way when the server stops may fail with it.
     let around = stopped - Duration::from_millis(200);

@@ -211,6 +211,9 @@ pub struct ServiceTable {
     garbage: usize,
 }
 
+/// Entries [`ServiceTable::make_room`] makes room for.
+const ROOM: usize = 4096;
+
 /// Health verdicts by task uid: runtime state layered over the desired state when a table is
 /// compiled (never persisted). A task of a service with a health check and no verdict here is
 /// [`Health::Starting`].
@@ -430,13 +433,15 @@ impl ServiceTable {
             ingress_net,
             sealed,
             svc_names: HashMap::with_capacity(state.services.len()),
-            task_names: HashMap::with_capacity(tasks_hint),
+            task_names: HashMap::with_capacity(tasks_hint + ROOM),
             garbage: 0,
         };
         for (si, s) in state.services.iter().enumerate() {
             t.put_service(&ctx, state, si as SvcIdx, s, health);
         }
         t.check_counts()?;
+        // Patched later in place (as the controller's spare): room for that now.
+        t.make_room();
         Ok(t)
     }
 
@@ -458,8 +463,19 @@ impl ServiceTable {
             return self.compile_again(state, generation, health);
         }
         let mut t = self.clone();
+        t.make_room();
         t.patch_here(state, changed, generation, health)?;
         Ok(t)
+    }
+
+    /// Room for the entries of patches to come, so a patch does not grow (copy and rehash) a
+    /// list or a name map of 100,000 tasks for its ten (a copy has exactly its length).
+    pub fn make_room(&mut self) {
+        self.tasks.reserve(ROOM);
+        self.balancers.reserve(ROOM / 4);
+        self.services.reserve(ROOM / 16);
+        self.task_names.reserve(ROOM);
+        self.svc_names.reserve(ROOM / 16);
     }
 
     /// [`ServiceTable::patch`] in place, for a table no worker holds any more (the one before

@@ -658,8 +658,9 @@ impl Controller {
     /// in place rather than waiting for that copy.
     pub fn keep_spare(&mut self) {
         if self.cluster.is_some() && self.spare.is_none() {
-            let current = self.shared.table.load_full();
-            self.spare = Some((Arc::new((*current).clone()), BTreeSet::new()));
+            let mut copy = (*self.shared.table.load_full()).clone();
+            copy.make_room();
+            self.spare = Some((Arc::new(copy), BTreeSet::new()));
         }
     }
 
