@@ -1110,6 +1110,42 @@ mod tests {
         assert_eq!(h.stats.echo_replies, 2);
     }
 
+    #[test]
+    fn refusals_seen_by_the_workers_eject_a_task_from_this_nodes_view_until_its_time_ends() {
+        let (mut h, _, n) = stack();
+        // web without a check: passive health is its only verdict.
+        let t = ServiceTable::build(&crate::testkit::three_nodes(), "n2", 1)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let uid = t.tasks[t.task_by_name("web.1").unwrap() as usize].uid;
+        h.seen(&t, 0xdead, Seen::Refused, 0); // no such task: nothing
+        h.seen(&t, uid, Seen::Refused, 1);
+        h.seen(&t, uid, Seen::Unanswered, 2);
+        assert_eq!(h.take_view(), None);
+        h.seen(&t, uid, Seen::Refused, 3);
+        let view = h.take_view().expect("a new view");
+        assert_eq!(view.get(&uid), Some(&Health::Ejected));
+        assert_eq!(view.len(), 1);
+        let board = h.take_board().expect("a new board");
+        let why = &board[&uid].error;
+        assert!(
+            why.contains(
+                "ejected by node n2 for 10 s: 3 new connections in a row were refused (RST)"
+            ),
+            "{why}"
+        );
+        assert_eq!((h.stats.outlier_ejections, h.stats.outlier_returns), (1, 0));
+        // Its time ends: back in the view as nothing (no check), counted.
+        assert!(
+            h.next_wakeup(4) <= 10_003,
+            "the host wakes for the ejection's end"
+        );
+        h.poll(&t, &n, 10_002);
+        assert!(h.view.contains_key(&uid), "not yet");
+        h.poll(&t, &n, 10_003);
+        assert_eq!(h.take_view(), Some(HealthView::new()));
+        assert_eq!(h.stats.outlier_returns, 1);
+    }
+
     proptest! {
         /// Any bytes on either port, then time passing: answers or silence, never a panic.
         #[test]
