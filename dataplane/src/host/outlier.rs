@@ -63,10 +63,6 @@ impl Outliers {
             }
             return Judged::Nothing;
         }
-        let out = siblings
-            .iter()
-            .filter(|u| **u != uid && self.is_out(**u))
-            .count();
         let t = self.tasks.entry(uid).or_insert(Track {
             failures: 0,
             ejections: 0,
@@ -82,9 +78,17 @@ impl Outliers {
         if t.failures < policy.consecutive {
             return Judged::Nothing;
         }
+        // Only now (enough failures) the service's share out at once.
+        let out = siblings
+            .iter()
+            .filter(|u| **u != uid && self.is_out(**u))
+            .count();
         if out >= policy.max_out(siblings.len()) {
             return Judged::Held;
         }
+        let Some(t) = self.tasks.get_mut(&uid) else {
+            return Judged::Nothing;
+        };
         t.ejections += 1;
         t.failures = 0;
         let ms = policy.eject_for(t.ejections);

@@ -569,9 +569,9 @@ fn a_tasks_answer_to_a_new_connection_is_passive_healths_evidence() {
     let (up, tk) = (p.cfg.uplink_mac, p.cfg.tasks_mac);
     let web1 = [2, 0, 0, 0, 0, 0x11];
     let uid = t.tasks[t.task_by_name("web.1").unwrap() as usize].uid;
-    // SYNs until one goes to web.1 here; web.1 answers it with `control`.
+    // A client's SYNs (each from a new port) until one goes to web.1 here: what meshd sent it.
     let mut sport = 41000;
-    let mut answer = |p: &mut Pipeline, control: TcpControl, ack: bool| loop {
+    let mut syn_to_web1 = |p: &mut Pipeline| loop {
         sport += 1;
         let syn = tcp_seg(
             (CLIENT_MAC, up),
@@ -586,11 +586,15 @@ fn a_tasks_answer_to_a_new_connection_is_passive_healths_evidence() {
             true,
         );
         let (v, out) = run(p, &t, PortId::Uplink, &syn);
-        if v != Verdict::Tx(PortId::Tasks) {
-            continue;
+        if v == Verdict::Tx(PortId::Tasks) {
+            let to = parse_ipv4(&out, ETH, true).unwrap();
+            assert_eq!(to.dst, WEB1);
+            return to;
         }
-        let to = parse_ipv4(&out, ETH, true).unwrap();
-        assert_eq!(to.dst, WEB1);
+    };
+    // web.1 answers a new connection with `control`.
+    let mut answer = |p: &mut Pipeline, control: TcpControl| {
+        let to = syn_to_web1(p);
         let back = tcp_seg(
             (web1, tk),
             WEB1,
@@ -598,21 +602,20 @@ fn a_tasks_answer_to_a_new_connection_is_passive_healths_evidence() {
             to.src,
             to.sport,
             control,
-            ack,
+            true,
             None,
             b"",
             true,
         );
         run(p, &t, PortId::Tasks, &back);
-        return;
     };
     // An answer from a task that never failed is not news.
-    answer(&mut p, TcpControl::Syn, true);
+    answer(&mut p, TcpControl::Syn);
     assert!(p.passive.events.is_empty());
     // Refused twice, then served.
-    answer(&mut p, TcpControl::Rst, true);
-    answer(&mut p, TcpControl::Rst, true);
-    answer(&mut p, TcpControl::Syn, true);
+    answer(&mut p, TcpControl::Rst);
+    answer(&mut p, TcpControl::Rst);
+    answer(&mut p, TcpControl::Syn);
     assert_eq!(
         &p.passive.events[..],
         [
@@ -624,24 +627,7 @@ fn a_tasks_answer_to_a_new_connection_is_passive_healths_evidence() {
     assert_eq!(p.stats.syn_refused, 2);
     // A SYN never answered: told when its half-open flow expires.
     p.passive.events.clear();
-    loop {
-        sport += 1;
-        let syn = tcp_seg(
-            (CLIENT_MAC, up),
-            CLIENT,
-            sport,
-            N2,
-            8080,
-            TcpControl::Syn,
-            false,
-            None,
-            b"",
-            true,
-        );
-        if run(&mut p, &t, PortId::Uplink, &syn).0 == Verdict::Tx(PortId::Tasks) {
-            break;
-        }
-    }
+    syn_to_web1(&mut p);
     let mut pool = Pool::new(64);
     let mut out = Burst::new();
     for k in 0..40u64 {
