@@ -2,12 +2,12 @@
 # Installs (as root, from Debian's packages) what the build, the demo and the end-to-end tests
 # use: protoc with protobuf's own .proto files (the etcd client's build needs both), etcd and
 # etcdctl (cluster mode: the demo runs on a real etcd), ip (iproute2), ethtool, curl, ping,
-# tracepath, dig; with --bench also what `bench mesh` compares meshd with: nftables (the
+# tracepath, dig, wrk (keep-alive load across meshd restarts); with --bench also what `bench mesh` compares meshd with: nftables (the
 # kernel's way) and DPDK's testpmd (the veth ceiling).
 # Says what is missing when it cannot install. The AF_XDP backend (meshd --io afxdp) needs no
 # package: it is plain system calls (no libbpf/libxdp, no clang).
 set -euo pipefail
-declare -A pkg=( [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [tracepath]=iputils-tracepath [dig]=bind9-dnsutils
+declare -A pkg=( [wrk]=wrk [ip]=iproute2 [ethtool]=ethtool [curl]=curl [ping]=iputils-ping [tracepath]=iputils-tracepath [dig]=bind9-dnsutils
                  [etcd]=etcd-server [etcdctl]=etcd-client [protoc]=protobuf-compiler )
 if [ "${1:-}" = "--bench" ]; then
   pkg[nft]=nftables

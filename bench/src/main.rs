@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
-use bench::scenarios::{measure, Kind, Measured};
+use bench::scenarios::{Kind, Measured};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,6 +37,11 @@ enum Cmd {
         /// Only this flow count for the established ingress scenario.
         #[arg(long)]
         flows: Option<usize>,
+        /// Keep the flow table in a flow-state file at this path, as meshd does by default
+        /// (`--flow-state`, on tmpfs: /dev/shm/...), instead of on the heap: what keeping flows
+        /// across restarts costs the fast path. The file is removed at the end.
+        #[arg(long, value_name = "FILE")]
+        flow_state: Option<std::path::PathBuf>,
     },
     /// Memory latency by working-set size (a random pointer chase, one 64-byte line a load):
     /// how much last-level cache one core really gets here. On a shared VM it is far less than
@@ -81,6 +86,7 @@ fn main() {
             repeats,
             only,
             flows: only_flows,
+            flow_state,
         } => {
             let (packets, sizes, storm): (usize, [usize; 3], usize) = if quick {
                 (200_000, [1 << 10, 1 << 12, 1 << 14], 100_000)
@@ -123,7 +129,16 @@ fn main() {
                 if !json {
                     eprintln!("running {} with {} flows ...", kind.name(), flows);
                 }
-                rows.push(measure(kind, flows, packets, repeats));
+                rows.push(bench::scenarios::measure_kept(
+                    kind,
+                    flows,
+                    packets,
+                    repeats,
+                    flow_state.as_deref(),
+                ));
+                if let Some(p) = &flow_state {
+                    let _ = std::fs::remove_file(p);
+                }
             }
             if json {
                 match serde_json::to_string_pretty(&rows) {

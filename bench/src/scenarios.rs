@@ -243,6 +243,35 @@ pub struct Scenario {
     /// Buffers for frames `maintain` generates, and those frames.
     spare: dataplane::buf::Pool,
     generated: Burst,
+    /// With `--flow-state`: the file the flow table lives in (as meshd's), and its path.
+    kept: Option<(dataplane::flow::keep::FlowFile, std::path::PathBuf)>,
+}
+
+/// A pipeline whose flow table lives in a fresh flow-state file at `path` (as meshd's does by
+/// default), or on the heap.
+fn pipeline_over(
+    cfg: Config,
+    neigh: Arc<Neighbors>,
+    path: Option<&std::path::Path>,
+) -> (
+    Pipeline,
+    Option<(dataplane::flow::keep::FlowFile, std::path::PathBuf)>,
+) {
+    let Some(path) = path else {
+        return (Pipeline::new(cfg, neigh), None);
+    };
+    let _ = std::fs::remove_file(path);
+    let (mut ff, _) =
+        match dataplane::flow::keep::FlowFile::open(path, "bench", 1, 1, cfg.flow_capacity) {
+            Ok(x) => x,
+            Err(e) => panic!("bench: {e}"),
+        };
+    let (arena, live) = ff.region(0);
+    let (flows, _) = dataplane::flow::FlowTable::adopt(arena, &live);
+    (
+        Pipeline::with_flows(cfg, neigh, flows),
+        Some((ff, path.to_owned())),
+    )
 }
 
 impl std::fmt::Debug for Scenario {
@@ -290,6 +319,13 @@ impl Scenario {
     // Casts: a remainder below 64,000, and flow counts below 2^32.
     #[allow(clippy::cast_possible_truncation)]
     pub fn new(kind: Kind, flows: usize) -> Scenario {
+        Self::new_kept(kind, flows, None)
+    }
+
+    /// As [`Scenario::new`], with the flow table in a flow-state file at `kept` when given.
+    // Casts: a remainder below 64,000, and flow counts below 2^32.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn new_kept(kind: Kind, flows: usize, kept: Option<&std::path::Path>) -> Scenario {
         let state = if kind.sealed() {
             sealed_state()
         } else {
@@ -310,7 +346,7 @@ impl Scenario {
             flow_capacity: flows.max(1024),
             ..Config::default()
         };
-        let pipeline = Pipeline::new(cfg, neigh);
+        let (pipeline, kept) = pipeline_over(cfg, neigh, kept);
         let port = match kind {
             Kind::Vip => PortId::Tasks,
             _ => PortId::Uplink,
@@ -417,6 +453,7 @@ impl Scenario {
             burst: Burst::new(),
             spare: dataplane::buf::Pool::new(64),
             generated: Burst::new(),
+            kept,
         };
         let (stride, _) = s.layout();
         // Frames are laid out in the order they are replayed, like a NIC's receive ring; which
@@ -605,7 +642,11 @@ impl Scenario {
     pub fn reset_flows(&mut self) {
         let cfg = self.pipeline.cfg.clone();
         let neigh = self.pipeline.neighbors().clone();
-        self.pipeline = Pipeline::new(cfg, neigh);
+        // The old file's lock goes first; its mapping stays until the old pipeline goes.
+        let path = self.kept.take().map(|(_, p)| p);
+        let (pipeline, kept) = pipeline_over(cfg, neigh, path.as_deref());
+        self.pipeline = pipeline;
+        self.kept = kept;
         self.cursor = 0;
     }
 }
@@ -624,7 +665,19 @@ pub struct Measured {
 /// Runs `kind` with `flows` flows for about `packets` packets (best of `repeats` runs; the
 /// machine is shared and noisy, the best run is the one least disturbed).
 pub fn measure(kind: Kind, flows: usize, packets: usize, repeats: usize) -> Measured {
-    let mut s = Scenario::new(kind, flows);
+    measure_kept(kind, flows, packets, repeats, None)
+}
+
+/// As [`measure`], with the flow table in a flow-state file at `kept` when given (meshd's
+/// default: a file on tmpfs, see `dataplane::flow::keep`).
+pub fn measure_kept(
+    kind: Kind,
+    flows: usize,
+    packets: usize,
+    repeats: usize,
+    kept: Option<&std::path::Path>,
+) -> Measured {
+    let mut s = Scenario::new_kept(kind, flows, kept);
     let packets = if kind == Kind::NewFlows {
         s.flows
     } else {

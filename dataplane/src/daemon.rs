@@ -15,7 +15,7 @@ use crate::control::{ControlHandle, Controller, Persisted, Server, StateStore};
 use crate::flow::{FlowTable, MAX_FLOWS};
 use crate::host::{HostConfig, HostShared, HostStack, Upstream};
 use crate::neigh::Neighbors;
-use crate::pipeline::Config;
+use crate::pipeline::{Config, Pipeline};
 use crate::port::afpacket::{AfPacketConfig, AfPacketPort, RxRing};
 use crate::port::pcap::{Capture, PcapWriter};
 use crate::port::Port;
@@ -101,6 +101,13 @@ pub struct Args {
     /// left, a new flow is refused (drop reason flow_table_full).
     #[arg(long)]
     pub flows: Option<usize>,
+    /// Where the flow tables live, so that they outlive meshd: a file (on tmpfs: memory) that
+    /// a restarted meshd with the same node, address, --cores count and --flows adopts, keeping
+    /// every connection through this node across a crash, `kill -9`, or an upgrade. A file that
+    /// does not fit is logged and replaced by empty tables. `none`: flow tables on the heap,
+    /// lost at exit [default: /dev/shm/meshd-NODE.flows].
+    #[arg(long, value_name = "FILE|none")]
+    pub flow_state: Option<PathBuf>,
     /// New flows one source address may open per second on each worker (1 to 65535; default 0:
     /// no limit). Over it, a source's new flows are dropped (new_flow_rate) until the second
     /// ends; its established ones go on.
@@ -187,6 +194,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     state: Option<PathBuf>,
     flows: Option<usize>,
+    flow_state: Option<PathBuf>,
     new_flows_per_source: Option<u16>,
     busy_poll: Option<bool>,
     io: Option<IoMode>,
@@ -248,6 +256,8 @@ pub struct Settings {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub flows: usize,
+    /// Where the flow tables outlive the process (`--flow-state`; None: on the heap).
+    pub flow_state: Option<PathBuf>,
     /// `Config::new_flows_per_source` (0: no limit).
     pub new_flows_per_source: u16,
     pub busy_poll: bool,
@@ -342,6 +352,8 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("{0}")]
+    FlowState(#[from] crate::flow::keep::KeepError),
+    #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -421,6 +433,11 @@ impl Args {
                 .state
                 .or(file.state)
                 .unwrap_or_else(|| PathBuf::from(format!("/var/lib/meshd/{node}.json"))),
+            flow_state: match self.flow_state.or(file.flow_state) {
+                Some(p) if p.as_os_str() == "none" => None,
+                Some(p) => Some(p),
+                None => Some(PathBuf::from(format!("/dev/shm/meshd-{node}.flows"))),
+            },
             node,
             addr,
             vtep: self.vtep.or(file.vtep),
@@ -502,6 +519,8 @@ fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartErr
 // Casts: the worker index and count come from --cores (a few dozen); the seed keeps the nanoseconds' low bits on purpose.
 #[allow(clippy::cast_possible_truncation)]
 pub fn run(s: Settings) -> Result<(), StartError> {
+    // First: it refuses a second meshd for the same node before that one touches anything.
+    let mut flow_file = open_flow_state(&s, s.cores.len().max(1))?;
     let store = StateStore::new(&s.state);
     let t0 = std::time::Instant::now();
     let persisted = initial_state(&s, &store)?;
@@ -606,7 +625,23 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                 max: Duration::from_millis(5),
             }
         };
-        let mut worker = Worker::new(w, cfg, up, tk, shared.clone(), idle, 4096);
+        let flows = match &mut flow_file {
+            Some(ff) => {
+                let (arena, live) = ff.region(w);
+                let (table, dropped) = FlowTable::adopt(arena, &live);
+                if dropped > 0 {
+                    tracing::warn!(
+                        worker = w,
+                        dropped,
+                        "adopted flows held the same key twice: kept the first of each"
+                    );
+                }
+                table
+            }
+            None => FlowTable::new(s.flows),
+        };
+        let pipeline = Pipeline::with_flows(cfg, shared.neigh.clone(), flows);
+        let mut worker = Worker::with_pipeline(w, pipeline, up, tk, shared.clone(), idle, 4096);
         let core_id = core_ids.iter().find(|c| c.id == core).copied();
         let h = std::thread::Builder::new()
             .name(format!("meshd-w{w}"))
@@ -705,8 +740,51 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         let _ = h.join();
     }
     drop(server);
+    if let Some(ff) = &flow_file {
+        ff.stopped();
+        tracing::info!(file = %ff.path().display(), "flows kept for the next meshd");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Maps the flow-state file (`--flow-state`) and says what it found in it.
+fn open_flow_state(
+    s: &Settings,
+    workers: usize,
+) -> Result<Option<crate::flow::keep::FlowFile>, StartError> {
+    use crate::flow::keep::{FlowFile, Found};
+    let Some(path) = &s.flow_state else {
+        tracing::info!("flow tables on the heap (--flow-state none): a restart ends every connection through this node");
+        return Ok(None);
+    };
+    let t0 = std::time::Instant::now();
+    let (ff, found) = FlowFile::open(path, &s.node, u32::from(s.addr), workers, s.flows)?;
+    let file = path.display();
+    match found {
+        Found::Fresh => {
+            tracing::info!(%file, "no flows kept from a meshd before this one: flow tables start empty (and are kept in that file)");
+        }
+        Found::Adopted {
+            flows,
+            discarded,
+            clean,
+        } => {
+            tracing::info!(
+                %file,
+                flows = flows.iter().sum::<usize>(),
+                per_worker = ?flows,
+                discarded,
+                took_ms = t0.elapsed().as_millis(),
+                "adopted the flows of the meshd before this one ({})",
+                if clean { "it stopped cleanly" } else { "it did not stop cleanly: killed or crashed" }
+            );
+        }
+        Found::Refused(why) => {
+            tracing::warn!(%file, "flows kept there not adopted: {why}; flow tables start empty");
+        }
+    }
+    Ok(Some(ff))
 }
 
 /// Cluster mode: the thread that follows etcd and hands its state to the controller.

@@ -102,6 +102,20 @@ impl Worker {
         pool_size: usize,
     ) -> Self {
         let pipeline = Pipeline::new(cfg, shared.neigh.clone());
+        Self::with_pipeline(id, pipeline, uplink, tasks, shared, idle, pool_size)
+    }
+
+    /// A worker running `pipeline` (one over flows adopted at start, see
+    /// [`Pipeline::with_flows`]); its clock starts now.
+    pub fn with_pipeline(
+        id: usize,
+        pipeline: Pipeline,
+        uplink: Box<dyn Port + Send>,
+        tasks: Box<dyn Port + Send>,
+        shared: Arc<Shared>,
+        idle: Idle,
+        pool_size: usize,
+    ) -> Self {
         Worker {
             id,
             pipeline,

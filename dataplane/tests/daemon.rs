@@ -37,27 +37,36 @@ impl Drop for Meshd {
     }
 }
 
+/// The meshd of node n1 with `--io io`, its control socket `dir/socket`, its state and flow
+/// state in `dir`.
+fn meshd_command(ns: &Netns, dir: &Path, io: &str, socket: &str) -> std::process::Command {
+    let mut c = ns.command(env!("CARGO_BIN_EXE_meshd"));
+    c.args([
+        "--node",
+        "n1",
+        "--addr",
+        "192.168.1.11",
+        "--uplink",
+        "up0",
+        "--tasks",
+        "tk0",
+        "--io",
+        io,
+    ])
+    .arg("--socket")
+    .arg(dir.join(socket))
+    .arg("--state")
+    .arg(dir.join("state.json"))
+    .arg("--flow-state")
+    .arg(dir.join("n1.flows"))
+    .args(["--flows", "4096"]);
+    c
+}
+
 /// Starts meshd with `--io io`.
 fn start(ns: &Netns, dir: &Path, io: &str) -> Meshd {
     let log = std::fs::File::create(dir.join("meshd.log")).unwrap();
-    let child = ns
-        .command(env!("CARGO_BIN_EXE_meshd"))
-        .args([
-            "--node",
-            "n1",
-            "--addr",
-            "192.168.1.11",
-            "--uplink",
-            "up0",
-            "--tasks",
-            "tk0",
-            "--io",
-            io,
-        ])
-        .arg("--socket")
-        .arg(dir.join("meshd.sock"))
-        .arg("--state")
-        .arg(dir.join("state.json"))
+    let child = meshd_command(ns, dir, io, "meshd.sock")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -130,6 +139,109 @@ fn expect(
         }
         assert!(Instant::now() < deadline, "expected frame did not arrive");
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The far ends of the veths: a client on the uplink, a task on the tasks side (one socket
+/// each way).
+struct Far {
+    client: AfPacketPort,
+    client_tx: AfPacketPort,
+    task: AfPacketPort,
+    task_tx: AfPacketPort,
+}
+
+/// Runs `f` on a thread inside `ns` (where the far ends' sockets live).
+fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let name = ns.name.clone();
+    std::thread::spawn(move || {
+        netns::enter(&name).unwrap();
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The connection client:40000 → node:8080 → task:80, masqueraded to `ENDPOINT:masq`.
+#[derive(Clone, Copy)]
+struct Hop {
+    up_mac: Mac,
+    tk_mac: Mac,
+    task_mac: Mac,
+    masq: u16,
+}
+
+impl Hop {
+    /// The client's `n`th data segment reaches the task on the connection's masquerade port,
+    /// and the task's answer reaches the client from node:8080; neither is a SYN or a RST.
+    fn carry_on(self, mut far: Far, n: u32) -> Far {
+        let seg = testkit::tcp_frame(
+            CLIENT_MAC,
+            self.up_mac,
+            CLIENT,
+            40000,
+            NODE,
+            8080,
+            tcp_flags::ACK | tcp_flags::PSH,
+            1001 + 4 * (n - 1),
+            5001,
+            b"GET ",
+        );
+        let task_mac = self.task_mac;
+        let got = {
+            let Far {
+                task,
+                task_tx,
+                client_tx,
+                ..
+            } = &mut far;
+            expect(
+                task,
+                Duration::from_secs(10),
+                || tx(client_tx, &seg),
+                |f| {
+                    if let Some(a) = testkit::parse_arp(f) {
+                        if a.request && a.target_ip == TASK {
+                            tx(
+                                task_tx,
+                                &testkit::arp_reply(task_mac, TASK, a.sender_mac, a.sender_ip),
+                            );
+                        }
+                        return false;
+                    }
+                    testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dst == TASK && t.dport == 80)
+                },
+            )
+        };
+        let t = testkit::parse_ipv4_tcp(&got).unwrap();
+        assert_eq!(
+            (t.src, t.sport),
+            (ENDPOINT, self.masq),
+            "segment {n}: the kept flow keeps its masquerade port"
+        );
+        assert!(!t.has(tcp_flags::SYN) && !t.has(tcp_flags::RST));
+        let answer = testkit::tcp_frame(
+            self.task_mac,
+            self.tk_mac,
+            TASK,
+            80,
+            ENDPOINT,
+            self.masq,
+            tcp_flags::ACK | tcp_flags::PSH,
+            5001,
+            1001 + 4 * n,
+            b"OK",
+        );
+        let back = expect(
+            &mut far.client,
+            Duration::from_secs(5),
+            || tx(&mut far.task_tx, &answer),
+            |f| testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40000),
+        );
+        let b = testkit::parse_ipv4_tcp(&back).unwrap();
+        assert_eq!((b.src, b.sport, b.dst), (NODE, 8080, CLIENT));
+        assert!(!b.has(tcp_flags::RST), "segment {n}: answered by a reset");
+        far
     }
 }
 
@@ -323,9 +435,9 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
             |f| testkit::parse_ipv4_tcp(f).is_some_and(|t| t.dport == 40001),
         );
         assert!(testkit::parse_ipv4_tcp(&rst).unwrap().has(tcp_flags::RST));
-        (client_tx, task, task_tx)
+        (client, client_tx, task, task_tx, t.sport)
     });
-    let (mut client_tx, mut task, mut task_tx) = handle.join().unwrap();
+    let (client, client_tx, task, task_tx, masq) = handle.join().unwrap();
 
     // SIGKILL: no chance to clean up. The restarted daemon has the same state and generation.
     drop(meshd);
@@ -343,6 +455,61 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
     let ls = send(&dir, Command::Query(Query::ServiceLs {}));
     assert_eq!(ls.generation, generation);
     assert_eq!(ls.result[0]["name"], "web");
+    let log = log_of(&dir);
+    assert!(
+        log.contains("adopted the flows of the meshd before this one (it did not stop cleanly")
+            && log.contains("flows=1"),
+        "the restarted meshd did not adopt the connection's flow: {log}"
+    );
+
+    // The connection opened before the kill goes on through the restarted meshd: the client's
+    // next segment reaches the task on the same masquerade port, and the task's answer comes
+    // back from node:8080. (Without the kept flow, it would meet no flow and be refused.)
+    let hop = Hop {
+        up_mac,
+        tk_mac,
+        task_mac,
+        masq,
+    };
+    let far = Far {
+        client,
+        client_tx,
+        task,
+        task_tx,
+    };
+    let far = in_ns(&ns, move || hop.carry_on(far, 1));
+
+    // A second meshd for the same node is refused while this one runs, and disturbs nothing.
+    let second = meshd_command(&ns, &dir, io, "second.sock")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second meshd started: {err}");
+    assert!(
+        err.contains(&format!("another meshd (pid {})", meshd.child.id())),
+        "{err}"
+    );
+    let far = in_ns(&ns, move || hop.carry_on(far, 2));
+
+    // A graceful stop (SIGTERM, as `systemctl restart` sends) hands over the same way.
+    let mut meshd = meshd;
+    let pid = i32::try_from(meshd.child.id()).unwrap();
+    // SAFETY: signalling the child this test started, by its id.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert!(meshd.child.wait().unwrap().success(), "{}", log_of(&dir));
+    let meshd = start(&ns, &dir, io);
+    assert!(
+        log_of(&dir).contains("(it stopped cleanly)"),
+        "{}",
+        log_of(&dir)
+    );
+    let Far {
+        client: _client,
+        mut client_tx,
+        mut task,
+        mut task_tx,
+    } = in_ns(&ns, move || hop.carry_on(far, 3));
+
     let syn = testkit::tcp_frame(
         CLIENT_MAC,
         up_mac,

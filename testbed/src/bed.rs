@@ -576,6 +576,8 @@ impl Bed {
             &node.socket.display().to_string(),
             "--state",
             &p.state_file(node.index).display().to_string(),
+            "--flow-state",
+            &p.flow_file(node.index).display().to_string(),
             "--cores",
             &node.core.to_string(),
             "--flows",
@@ -610,8 +612,19 @@ impl Bed {
 
     /// `kill -9` of node `name`'s meshd (a crash); its tasks keep running.
     pub fn kill_meshd(&mut self, name: &str) -> Result<()> {
+        self.signal_meshd(name, libc::SIGKILL)
+    }
+
+    /// SIGTERM to node `name`'s meshd (as `systemctl stop` sends), and waits until it has
+    /// exited.
+    pub fn stop_meshd(&mut self, name: &str) -> Result<()> {
+        self.signal_meshd(name, libc::SIGTERM)
+    }
+
+    /// Sends `sig` to node `name`'s meshd and waits (up to 5 s) until it is gone.
+    fn signal_meshd(&mut self, name: &str, sig: i32) -> Result<()> {
         let pid = self.node(name)?.pid;
-        sys::signal(pid, libc::SIGKILL);
+        sys::signal(pid, sig);
         let deadline = Instant::now() + Duration::from_secs(5);
         // Gone means reaped: a killed process's first thread shows as a zombie while the
         // others still exit holding its files (its control socket still takes connections).

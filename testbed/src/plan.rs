@@ -111,6 +111,10 @@ impl Plan {
     pub fn state_file(&self, i: usize) -> PathBuf {
         self.run_dir().join(format!("{}.json", node_name(i)))
     }
+    /// Where node `i`'s meshd keeps its flows across restarts (`--flow-state`).
+    pub fn flow_file(&self, i: usize) -> PathBuf {
+        self.run_dir().join(format!("{}.flows", node_name(i)))
+    }
     pub fn node_log(&self, i: usize) -> PathBuf {
         self.run_dir().join(format!("{}.log", node_name(i)))
     }

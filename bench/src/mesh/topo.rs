@@ -218,6 +218,8 @@ pub struct Topology {
     pub run_dir: PathBuf,
     children: Vec<(String, Child)>,
     made: Vec<&'static str>,
+    /// The meshds' flow-state files (on tmpfs, as meshd's default), removed at the end.
+    flow_files: Vec<PathBuf>,
 }
 
 impl Drop for Topology {
@@ -231,6 +233,9 @@ impl Drop for Topology {
             let _ = sys::ip(&["netns", "del", ns]);
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+        for f in &self.flow_files {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 
@@ -246,6 +251,7 @@ impl Topology {
             run_dir,
             children: Vec::new(),
             made: Vec::new(),
+            flow_files: Vec::new(),
         };
         for ns in ALL_NS {
             sys::netns_add(ns).map_err(setup)?;
@@ -544,6 +550,9 @@ impl Topology {
                     .collect()
             };
             let socket = self.run_dir.join(format!("{name}.sock"));
+            let flow_file = PathBuf::from(format!("/dev/shm/meshd-bench-{name}.flows"));
+            let _ = std::fs::remove_file(&flow_file);
+            self.flow_files.push(flow_file.clone());
             let args: Vec<String> = vec![
                 "--node".into(),
                 name.into(),
@@ -566,6 +575,8 @@ impl Topology {
                     .join(format!("{name}.json"))
                     .display()
                     .to_string(),
+                "--flow-state".into(),
+                flow_file.display().to_string(),
             ];
             self.spawn(ns, &p.meshd, &args, &format!("meshd-{name}"))?;
             sockets.push(socket);

@@ -13,12 +13,13 @@
 use crate::fastmap::mix64;
 use crate::wire::checksum::Delta;
 
+pub mod keep;
 pub mod tcp;
 pub use tcp::TcpState;
 
 /// A flow key: one direction of a TCP or UDP conversation, held as the two 64-bit words it is
 /// hashed and compared as: `src << 32 | dst` and `sport << 32 | dport << 16 | proto`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, bytemuck::Zeroable, bytemuck::Pod)]
 #[repr(C)]
 pub struct FlowKey {
     a: u64,
@@ -97,7 +98,8 @@ pub fn owner_of(ip: u32, port: u16, workers: u16) -> u16 {
 }
 
 /// Where a translated packet goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::CheckedBitPattern)]
+#[repr(C, u8)]
 pub enum Egress {
     /// Out of the uplink to this MAC (a client or its router).
     Uplink { mac: [u8; 6] },
@@ -106,23 +108,24 @@ pub enum Egress {
     /// VXLAN-encapsulated to a peer's VTEP.
     Vxlan {
         vtep: u32,
-        port: u16,
         vni: u32,
+        port: u16,
         sport: u16,
     },
 }
 
 /// How to rewrite a packet matching one key of a flow, and where to send it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::CheckedBitPattern)]
+#[repr(C)]
 pub struct Action {
     pub src: u32,
-    pub sport: u16,
     pub dst: u32,
-    pub dport: u16,
     /// Ones-complement difference for the IPv4 header checksum (addresses).
     pub ip_delta: Delta,
     /// Ones-complement difference for the TCP/UDP checksum (pseudo-header addresses and ports).
     pub l4_delta: Delta,
+    pub sport: u16,
+    pub dport: u16,
     pub egress: Egress,
 }
 
@@ -164,6 +167,16 @@ impl Action {
         }
     }
 
+    /// Whether `other` rewrites the same way (its deltas equal, or both a zero: the two
+    /// ones-complement zeros are the same change).
+    fn same(&self, other: &Action) -> bool {
+        let delta = |a: Delta, b: Delta| a == b || (a.is_zero() && b.is_zero());
+        (self.src, self.sport, self.dst, self.dport, self.egress)
+            == (other.src, other.sport, other.dst, other.dport, other.egress)
+            && delta(self.ip_delta, other.ip_delta)
+            && delta(self.l4_delta, other.l4_delta)
+    }
+
     /// The key a packet has after this action.
     pub fn result_key(&self, proto: u8) -> FlowKey {
         FlowKey::new(proto, self.src, self.sport, self.dst, self.dport)
@@ -171,7 +184,8 @@ impl Action {
 }
 
 /// What made the flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::CheckedBitPattern)]
+#[repr(u8)]
 pub enum FlowKind {
     /// A published port: client → node:published, balanced to a task.
     Ingress,
@@ -197,7 +211,7 @@ pub enum Dir {
 /// carries SYN, FIN or RST ([`TcpState::next`]); only those reach into the first line. The
 /// rest is cold. The flow table's index holds only a hash tag per key, and a lookup checks the
 /// key here, in the line the packet needs anyway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::CheckedBitPattern)]
 #[repr(C, align(64))]
 pub struct Flow {
     /// The client-to-task key.
@@ -329,6 +343,29 @@ impl Flow {
         !self.is_tcp() || self.tcp.half_open() || self.tcp == TcpState::Closed
     }
 
+    /// Whether a record is whole: its keys differ and are of one protocol, its two counters
+    /// slots agree, and each direction's checksum deltas are what its key and rewrite give. A
+    /// record the process was writing when it died fails this (see [`keep`]).
+    pub(crate) fn consistent(&self) -> bool {
+        let again = |k: &FlowKey, a: &Action| {
+            Action::new(k, a.src, a.sport, a.dst, a.dport, a.egress).same(a)
+        };
+        self.fwd_key != self.rev_key
+            && self.fwd_key.proto() == self.rev_key.proto()
+            && self.stats_slot == self.rev_stats_slot
+            && again(&self.fwd_key, &self.fwd)
+            && again(&self.rev_key, &self.rev)
+    }
+
+    /// Starts the flow's clock again at `now`, and points its counters at `slot` (a flow adopted
+    /// from a process before this one: its times and slots were that process's).
+    pub(crate) fn readopt(&mut self, now: u32, slot: u16) {
+        self.last_seen = now;
+        self.rev_seen = now;
+        self.stats_slot = slot;
+        self.rev_stats_slot = slot;
+    }
+
     /// Whether the flow has been idle past its timeout at `now`.
     pub fn expired(&self, now: u32) -> bool {
         u64::from(self.idle_ms(now)) > self.timeout_ms()
@@ -402,7 +439,7 @@ pub enum Reaped {
 pub struct FlowTable {
     slots: Box<[Slot]>,
     mask: usize,
-    flows: Vec<Flow>,
+    flows: keep::Arena,
     free: Vec<u32>,
     capacity: usize,
     len: usize,
@@ -430,14 +467,10 @@ impl FlowTable {
     pub const BYTES_PER_FLOW: usize =
         std::mem::size_of::<Flow>() + 4 * std::mem::size_of::<Slot>() + 4;
 
-    /// A table for up to `capacity` flows (at least 16, at most [`MAX_FLOWS`]). Allocates
-    /// everything now.
-    // Casts: splitting packed words and sizing by a capacity checked to be at most 2^28 (MAX_FLOWS).
-    #[allow(clippy::cast_possible_truncation)]
+    /// A table for up to `capacity` flows (at least 16, at most [`MAX_FLOWS`]), on the heap.
+    /// Allocates everything now.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(16, MAX_FLOWS);
-        // Two keys per flow, at most half full.
-        let nslots = (capacity * 4).next_power_of_two();
         let dummy_action = Action::new(&FlowKey::default(), 0, 0, 0, 0, Egress::Tasks);
         let dummy = Flow {
             fwd_key: FlowKey::default(),
@@ -455,11 +488,36 @@ impl FlowTable {
             client_ack: 0,
             live: false,
         };
-        FlowTable {
+        Self::adopt(keep::Arena::heap(capacity, dummy), &[]).0
+    }
+
+    /// A table over `flows` (a region of a [`keep::FlowFile`], or the heap), taking the records
+    /// at `live` (checked already: valid and whole) as its flows: the index, the free list and
+    /// the counters are rebuilt from them. A record whose key another one already holds is
+    /// dropped. Returns the table and how many it dropped.
+    // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn adopt(mut flows: keep::Arena, live: &[u32]) -> (Self, usize) {
+        let capacity = flows.len().clamp(16, MAX_FLOWS);
+        // Two keys per flow, at most half full.
+        let nslots = (capacity * 4).next_power_of_two();
+        let mut taken = vec![false; capacity];
+        for &id in live {
+            if let Some(t) = taken.get_mut(id as usize) {
+                *t = true;
+            }
+        }
+        // Places never adopted are dead, whatever they held.
+        for (f, &t) in flows.iter_mut().zip(&taken) {
+            if f.live && !t {
+                f.live = false;
+            }
+        }
+        let mut t = FlowTable {
             slots: crate::hugepage::vec_of(nslots, Slot::EMPTY).into_boxed_slice(),
             mask: nslots - 1,
-            flows: crate::hugepage::vec_of(capacity, dummy),
-            free: (0..capacity as u32).rev().collect(),
+            flows,
+            free: Vec::with_capacity(capacity),
             capacity,
             len: 0,
             evict_cursor: 0,
@@ -467,7 +525,32 @@ impl FlowTable {
             evicted: 0,
             refused: 0,
             pending: arrayvec::ArrayVec::new(),
+        };
+        let mut dropped = 0;
+        for id in 0..capacity as u32 {
+            if !t.flows[id as usize].live {
+                continue;
+            }
+            let [k0, k1] = t.flows[id as usize].keys();
+            if t.contains(&k0) || t.contains(&k1) {
+                t.flows[id as usize].live = false;
+                dropped += 1;
+                continue;
+            }
+            t.put_slot(k0.hash(), id << 1);
+            t.put_slot(k1.hash(), (id << 1) | 1);
+            t.len += 1;
         }
+        t.free = (0..capacity as u32)
+            .rev()
+            .filter(|&id| !t.flows[id as usize].live)
+            .collect();
+        (t, dropped)
+    }
+
+    /// Whether the records outlive the process (a region of a [`keep::FlowFile`]).
+    pub fn kept(&self) -> bool {
+        self.flows.kept()
     }
 
     pub fn len(&self) -> usize {

@@ -1,7 +1,8 @@
 //! Just enough TCP tracking to pick idle timeouts: opening, established, closing, closed.
 
 /// TCP state of a flow, as seen by a middlebox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, bytemuck::CheckedBitPattern)]
+#[repr(u8)]
 pub enum TcpState {
     /// Not TCP, or nothing seen yet.
     #[default]

@@ -25,6 +25,12 @@ impl MasqPorts {
         }
     }
 
+    /// From now on, checks every port against the flow table before handing it out (as after
+    /// a wrap): for a table adopted with flows that hold ports already.
+    pub fn check_every_pick(&mut self) {
+        self.next_by_slot.fill(u32::MAX);
+    }
+
     /// A port on `ep` for a new `proto` flow to `task:tport`.
     ///
     /// Each task (by its counters' `slot`, stable for the task's life) hands out its ports in

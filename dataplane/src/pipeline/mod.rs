@@ -230,15 +230,38 @@ use frag::{Size, Way};
 impl Pipeline {
     /// A pipeline with its flow table allocated. `neigh` is shared by all workers.
     pub fn new(cfg: Config, neigh: Arc<Neighbors>) -> Self {
+        let flows = FlowTable::new(cfg.flow_capacity);
+        Self::with_flows(cfg, neigh, flows)
+    }
+
+    /// A pipeline over `flows`: a table adopted from a meshd before this one
+    /// ([`crate::flow::keep`]) or a new one. Adopted flows get this pipeline's clock (their idle
+    /// time starts again at the clock's zero, where a worker's clock starts) and counters slots; masquerade ports are then checked
+    /// against the table before they are handed out, since the adopted flows hold some.
+    pub fn with_flows(cfg: Config, neigh: Arc<Neighbors>, flows: FlowTable) -> Self {
         let flow_limit = (cfg.new_flows_per_source > 0)
             .then(|| Box::new(RateLimit::new(cfg.new_flows_per_source, 1000)));
-        let flows = FlowTable::new(cfg.flow_capacity);
-        let masq = MasqPorts::new(cfg.worker, cfg.workers);
+        let mut masq = MasqPorts::new(cfg.worker, cfg.workers);
+        let mut task_stats = TaskCounters::new(MAX_COUNTED_TASKS);
+        let mut flows = flows;
+        if !flows.is_empty() {
+            masq.check_every_pick();
+            let ids: Vec<u32> = flows.live_ids().collect();
+            for id in ids {
+                let f = flows.get_mut(id);
+                let slot = if f.task_uid == 0 {
+                    u16::MAX
+                } else {
+                    task_stats.slot(f.task_uid)
+                };
+                f.readopt(0, slot);
+            }
+        }
         Pipeline {
             cfg,
             flows,
             stats: WorkerStats::default(),
-            task_stats: TaskCounters::new(MAX_COUNTED_TASKS),
+            task_stats,
             neigh,
             sched: Scheduler::default(),
             masq,

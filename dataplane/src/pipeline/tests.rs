@@ -148,6 +148,49 @@ proptest! {
     }
 }
 
+/// Flows adopted from a meshd before this one hold masquerade ports the fresh allocator would
+/// hand out first: a pipeline over them checks every port, and re-points their counters and
+/// clocks at its own.
+#[test]
+fn a_pipeline_over_adopted_flows_never_hands_out_a_port_they_hold() {
+    let cfg = Config {
+        flow_capacity: 64,
+        ..Config::default()
+    };
+    let neigh = Arc::new(Neighbors::new(64));
+    let (ep, task) = (0x0a00_0002, 0x0a00_000b);
+    let mut fresh = Pipeline::new(cfg.clone(), neigh.clone());
+    let first = fresh.masq.pick(&fresh.flows, TCP, ep, task, 80, 0).unwrap();
+    let k = FlowKey::new(TCP, 0xac10_0001, 40000, 0xc0a8_010b, 8080);
+    let r = FlowKey::new(TCP, task, 80, ep, first);
+    let held = Flow::new(
+        FlowKind::Ingress,
+        [k, r],
+        [
+            Action::keep(&k, Egress::Tasks),
+            Action::keep(&r, Egress::Tasks),
+        ],
+        42,
+        9,
+        [1, 1, 1],
+        123_456,
+    );
+    let mut flows = FlowTable::new(64);
+    let id = flows.insert(held, 123_456).unwrap();
+    let mut p = Pipeline::with_flows(cfg, neigh, flows);
+    let slot = p.task_stats.slot(42);
+    let f = p.flows.get(id);
+    assert_eq!(
+        (f.stats_slot(Dir::Fwd), f.stats_slot(Dir::Rev)),
+        (slot, slot)
+    );
+    assert_eq!((f.last_seen, f.rev_seen), (0, 0), "idle time starts again");
+    for _ in 0..1000 {
+        let port = p.masq.pick(&p.flows, TCP, ep, task, 80, slot).unwrap();
+        assert_ne!(port, first, "a port an adopted flow holds was handed out");
+    }
+}
+
 #[test]
 fn masquerade_ports_are_unique_per_task_before_and_after_the_counter_wraps() {
     let cfg = Config {

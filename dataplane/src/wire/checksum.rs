@@ -55,7 +55,8 @@ pub const fn update32(csum: u16, old: u32, new: u32) -> u16 {
 /// Applying a delta gives exactly what the same [`update16`] / [`update32`] calls, in any
 /// order, would give. Two deltas that compare unequal can still be equivalent (the two
 /// zeros, see [`Delta::is_zero`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Zeroable, bytemuck::Pod)]
+#[repr(transparent)]
 pub struct Delta(u32);
 
 impl Delta {
