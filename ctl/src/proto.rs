@@ -733,6 +733,10 @@ crate::counters! {
         syn_unanswered: Counter,
         /// Passive health events lost on the way to the host side (a full queue).
         passive_lost: Counter,
+        /// New flows a task answered with an ICMP destination unreachable (port, protocol,
+        /// host, or administratively prohibited): passive health counts them against it, and
+        /// a UDP flow ends so the client's next datagram is balanced again.
+        task_unreachable: Counter,
     }
 }
 

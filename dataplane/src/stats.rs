@@ -338,7 +338,10 @@ mod tests {
             s.syn_refused,
             s.syn_unanswered,
             s.passive_lost,
-        ) = (13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27);
+            s.task_unreachable,
+        ) = (
+            13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+        );
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
             assert_eq!(a[i], i as u64 + 1, "{name}");

@@ -244,6 +244,26 @@ fn icmp(src_mac: Mac, dst_mac: Mac, src: Ipv4Addr, dst: Ipv4Addr, repr: Icmpv4Re
     )
 }
 
+/// An ICMP destination unreachable with `code` (3: port unreachable) from `src` to `dst`,
+/// quoting the IPv4 packet of `frame` (its header and first 8 bytes of payload), as a host
+/// answers a datagram to a port nothing listens on.
+pub fn icmp_unreachable(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    code: u8,
+    frame: &[u8],
+) -> Vec<u8> {
+    let ip = &frame[ETH_LEN..];
+    let quoted = &ip[..(usize::from(ip[0] & 0x0f) * 4 + 8).min(ip.len())];
+    let mut icmp = vec![3, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let sum = !crate::wire::checksum::fold64(crate::wire::checksum::sum(&icmp));
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    ipv4_frame(src_mac, dst_mac, src, dst, 1, &icmp)
+}
+
 /// An ICMP echo request.
 pub fn icmp_echo(
     src_mac: Mac,

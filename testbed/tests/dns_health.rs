@@ -614,3 +614,101 @@ fn without_a_check_a_task_whose_server_dies_under_load_is_ejected_after_n_refusa
         "web.2 takes connections again: {late:?}"
     );
 }
+
+/// Passive health for UDP: a task whose server dies answers datagrams with ICMP port
+/// unreachable (from its kernel); each node that sent it one takes that as a failure (the
+/// nodes where the task is not local get the ICMP over VXLAN) and ejects it after N, with no
+/// check configured. Clients asking through all three nodes see unanswered datagrams until then,
+/// and none after. More than N per node may go unanswered before: the task's kernel sends at most
+/// one ICMP error a second to each destination (`net.ipv4.icmp_ratelimit`, 1000 ms), and a
+/// datagram it sent none for is no evidence.
+#[test]
+fn without_a_check_a_udp_task_whose_server_dies_is_ejected_by_its_icmp_unreachables() {
+    let Some(mut m) = mesh("pu") else { return };
+    let consecutive = 3usize;
+    let spec = RunSpec::new("echo", 3)
+        .publish("5353:53/udp", PublishMode::Ingress)
+        .unwrap()
+        .network("appnet")
+        .with_args(&["--outlier", "consecutive=3,eject=8s"]);
+    m.run(&spec).unwrap();
+    // Load: a datagram from a new port (a new flow) through n1, n2, n3 in turn.
+    let stop = Arc::new(AtomicBool::new(false));
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
+    let to: Vec<SocketAddr> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| m.node_sock(n, 5353).unwrap())
+        .collect();
+    let (ns, st, sa) = (m.client_ns(), stop.clone(), samples.clone());
+    let load = std::thread::spawn(move || {
+        let mut i = 0;
+        while !st.load(Ordering::Relaxed) {
+            let node = i % to.len();
+            let t = Instant::now();
+            // A source port of its own each time: a port used before could still have its flow
+            // (UDP flows live 30 s idle), to the task it went to then.
+            let port = 20_000 + u16::try_from(i % 40_000).unwrap();
+            let sock = sys::in_netns(&ns, || std::net::UdpSocket::bind(("0.0.0.0", port)))
+                .unwrap()
+                .unwrap();
+            let r = probe::udp_ask_on(&sock, to[node], "ping", Duration::from_secs(1))
+                .map_err(|f| f.to_string());
+            sa.lock().unwrap().push((t, node, r));
+            i += 1;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = Instant::now();
+    m.stop_task_server("echo.2").unwrap();
+    let ejected = wait_for(
+        "echo.2 ejected on every node",
+        Duration::from_secs(15),
+        || {
+            health_everywhere(&m, "echo", "echo.2")
+                .iter()
+                .all(|h| *h == Some(Health::Ejected))
+        },
+    );
+    let ps = m.meshctl(&["service", "ps", "echo"]).unwrap();
+    eprintln!("{ps}");
+    let row = ps.lines().find(|l| l.starts_with("echo.2")).unwrap();
+    assert!(row.contains("answered by ICMP unreachable"), "{ps}");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let stats = m
+        .meshctl_local("n1", &["stats", "--format", "json"])
+        .unwrap();
+    assert!(stats.contains("\"task_unreachable\":"), "{stats}");
+
+    // A datagram asked before the stop may meet it; one asked once every node has ejected the
+    // task (and published the table without it: well within 300 ms) must be answered.
+    let around = stopped - Duration::from_millis(500);
+    let settled = stopped + ejected + Duration::from_millis(300);
+    let mut errors = [0usize; 3];
+    let samples = samples.lock().unwrap();
+    for (t, node, r) in samples.iter() {
+        match r {
+            Err(e) if *t < around => panic!("a datagram before the stop went unanswered: {e}"),
+            Err(e) if *t > settled => panic!(
+                "a datagram through n{} asked {:?} after the stop, after echo.2 was ejected \
+                 everywhere ({ejected:?}), went unanswered: {e}",
+                node + 1,
+                t.duration_since(stopped)
+            ),
+            Err(_) => errors[*node] += 1,
+            Ok(_) => {}
+        }
+    }
+    let after = samples.iter().filter(|(t, _, _)| *t > settled).count();
+    eprintln!(
+        "{} datagrams; after echo.2's server died: unanswered per node {errors:?} (N = \
+         {consecutive} ICMP unreachables each; the task's kernel sends one a second per \
+         destination), ejected everywhere after {ejected:?}, then {after} asked, all answered",
+        samples.len()
+    );
+    assert!(after > 0, "nothing asked after the ejection");
+    for (node, n) in errors.iter().enumerate() {
+        assert!(*n >= 1, "node n{}: never met the dead task", node + 1);
+    }
+}

@@ -474,6 +474,7 @@ impl HostStack {
                 self.stats.outlier_ejections += 1;
                 let what = match seen {
                     Seen::Unanswered => "went unanswered",
+                    Seen::Unreachable => "were answered by ICMP unreachable",
                     _ => "were refused (RST)",
                 };
                 let why = format!(

@@ -43,6 +43,38 @@ pub(super) fn ipkey(a: Ipv4Address) -> u32 {
     u32::from_be_bytes(a.octets())
 }
 
+/// The key of the TCP or UDP packet an ICMP destination unreachable at `l4` quotes, when it is
+/// one that says nothing listens or may be reached there (host, protocol or port unreachable;
+/// administratively prohibited): not "fragmentation needed", which is path MTU discovery.
+//= https://www.rfc-editor.org/rfc/rfc792
+//# Destination Unreachable Message [...] Internet Header + 64 bits of Original Data Datagram
+pub(super) fn unreachable_quote(frame: &[u8], l4: usize) -> Option<FlowKey> {
+    let icmp = frame.get(l4..)?;
+    let (&[kind, code], rest) = icmp.split_first_chunk::<2>()?;
+    if kind != 3 || !matches!(code, 1 | 2 | 3 | 9 | 10 | 13) {
+        return None;
+    }
+    let ip = rest.get(6..)?;
+    let h = ip.first_chunk::<IPV4>()?;
+    if h[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let proto = h[9];
+    if ihl < IPV4 || !(proto == TCP || proto == UDP) {
+        return None;
+    }
+    let ports = ip.get(ihl..)?.first_chunk::<4>()?;
+    let word = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    Some(FlowKey::new(
+        proto,
+        word(&h[12..16]),
+        u16::from_be_bytes([ports[0], ports[1]]),
+        word(&h[16..20]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+    ))
+}
+
 /// Checks the IPv4 header at `off` (and the TCP/UDP header after it) and reads what the fast
 /// path needs. Every drop reason of the IPv4 and L4 layers comes from here.
 ///

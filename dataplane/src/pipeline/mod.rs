@@ -729,6 +729,17 @@ impl Pipeline {
             Some(AddrKind::Task { local: true, .. }) => t.addr(addr(l3.src)).map(|e| e.kind),
             _ => None,
         };
+        if l3.proto == ICMP && matches!(kind, Some(AddrKind::Endpoint { local: true, .. })) {
+            // A task on another node says a flow this node masqueraded cannot reach it.
+            if let Some(q3) = self.unreachable_of(buf, &l3) {
+                if self.cfg.workers > 1 {
+                    if let Some(v) = self.handoff(self.inner_owner(&q3, kind, src_kind)) {
+                        return Ok(v);
+                    }
+                }
+                self.task_unreachable(t, &q3);
+            }
+        }
         if self.cfg.workers > 1 {
             if let Some(v) = self.handoff(self.inner_owner(&l3, kind, src_kind)) {
                 return Ok(v);
@@ -840,6 +851,17 @@ impl Pipeline {
             }
         }
         let kind = d.map(|d| d.kind);
+        if l3.proto == ICMP {
+            if let Some(q3) = self.unreachable_of(buf, &l3) {
+                // Judged by the worker that owns the flow it quotes; then as any ICMP.
+                if self.cfg.workers > 1 {
+                    if let Some(v) = self.handoff(self.task_owner(&q3, kind)) {
+                        return Ok(v);
+                    }
+                }
+                self.task_unreachable(t, &q3);
+            }
+        }
         if self.cfg.workers > 1 {
             if let Some(v) = self.handoff(self.task_owner(&l3, kind)) {
                 return Ok(v);
@@ -949,6 +971,51 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// When `l3` (from a task) is an ICMP destination unreachable quoting a TCP or UDP packet
+    /// sent to that task from the ICMP's destination: the headers of the task's own direction
+    /// of that packet's flow (what a reply would carry), to find and steer by.
+    #[cold]
+    #[inline(never)]
+    fn unreachable_of(&self, buf: &PacketBuf, l3: &L3) -> Option<L3> {
+        let q = classify::unreachable_quote(buf.data(), l3.l4)?.reversed();
+        // The quoted packet went from the ICMP's destination to its sender: a task speaks only
+        // of its own flows.
+        if (q.src(), q.dst()) != (l3.src, l3.dst) {
+            return None;
+        }
+        Some(L3 {
+            proto: q.proto(),
+            sport: q.sport(),
+            dport: q.dport(),
+            flags: 0,
+            ack: 0,
+            frag: frag::Frag::Whole,
+            ..*l3
+        })
+    }
+
+    /// A task's ICMP destination unreachable about its direction `q3` of a flow: passive
+    /// health's evidence against the task when the flow is new (a TCP connection it has not
+    /// answered) or UDP, whose flow then ends so the client's next datagram is balanced again.
+    #[cold]
+    #[inline(never)]
+    fn task_unreachable(&mut self, t: &ServiceTable, q3: &L3) {
+        let key = q3.key();
+        let Some((id, Dir::Rev)) = self.lookup_live(t, &key, key.hash()) else {
+            return;
+        };
+        let fl = self.flows.get(id);
+        let udp = !fl.is_tcp();
+        if fl.kind == FlowKind::ReturnRoute || !(udp || fl.tcp == flow::TcpState::SynSent) {
+            return;
+        }
+        self.stats.task_unreachable += 1;
+        self.passive.saw(fl.task_uid, passive::Seen::Unreachable);
+        if udp && self.flows.remove(id).is_some() {
+            self.stats.flows_ended += 1;
+        }
+    }
+
     /// The overlay address of the local task that a frame from the tasks side with source
     /// address `src` comes from. Refused unless the frame came in on that task's VLAN (which
     /// the bridge gives every frame by the port it came in on: a task cannot choose it), from

@@ -5,8 +5,9 @@
 //! listens: its server died), or by nothing until the half-open flow expires
 //! ([`crate::flow::tcp::HALF_OPEN_S`]). Failures are told every time; an answer only when this
 //! worker told a failure of that task before (an event per connection would cost the host side
-//! as much as the connections). ICMP errors from tasks are not matched to flows, so UDP
-//! services are not judged.
+//! as much as the connections). A UDP flow's first datagram is answered by a datagram back (it
+//! serves) or by an ICMP destination unreachable from the task, which the pipeline matches to
+//! the flow by the datagram it quotes.
 
 use arrayvec::ArrayVec;
 
@@ -19,6 +20,8 @@ pub enum Seen {
     Refused,
     /// Nothing within the half-open time.
     Unanswered,
+    /// An ICMP destination unreachable from the task (a UDP port nothing listens on, mostly).
+    Unreachable,
 }
 
 impl Seen {

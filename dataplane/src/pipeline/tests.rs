@@ -2020,3 +2020,112 @@ fn an_encrypted_network_is_sealed_between_nodes_and_what_does_not_open_is_refuse
     assert_eq!(count(DropReason::SealForged), 1);
     assert_eq!(count(DropReason::SealUnknownKey), 2);
 }
+
+/// A UDP datagram to a task whose port nothing listens on comes back as an ICMP port
+/// unreachable from the task: the worker that owns the flow (whichever worker the ICMP
+/// arrives on) counts it against the task and ends the flow, so the client's next datagram is
+/// balanced again; a datagram back from the task after that is news that it serves. What is
+/// not such evidence is not taken: "fragmentation needed", and an ICMP about another task's flow.
+#[test]
+fn an_icmp_unreachable_from_a_task_is_passive_healths_evidence_for_udp() {
+    use super::passive::Seen;
+    use crate::testkit::{icmp_unreachable, udp_frame};
+    use std::net::Ipv4Addr;
+    let (t, mut ps) = frag_node("n2", 2);
+    let tk = ps[0].cfg.tasks_mac;
+    let up = ps[0].cfg.uplink_mac;
+    let web1_mac = [2, 0, 0, 0, 0, 0x11];
+    let uid = t.tasks[t.task_by_name("web.1").unwrap() as usize].uid;
+    let node = Ipv4Addr::from(t.node_addr.octets());
+    // Datagrams from new client ports until one reaches web.1 here: what meshd sent it.
+    let mut sport = 30000;
+    let mut to_web1 = |ps: &mut [Pipeline]| loop {
+        sport += 1;
+        let d = udp_frame(
+            CLIENT_MAC,
+            up,
+            Ipv4Addr::from(CLIENT),
+            sport,
+            node,
+            5353,
+            b"q",
+        );
+        let (out, _) = drive(
+            ps,
+            &t,
+            10,
+            vec![(0, PacketBuf::from_frame(PortId::Uplink, &d))],
+        );
+        if let [(PortId::Tasks, f)] = &out[..] {
+            let seen = crate::testkit::parse_ipv4_udp(f).unwrap();
+            assert_eq!(seen.dst, Ipv4Addr::from(WEB1));
+            return (f.clone(), seen, sport);
+        }
+    };
+    let owner_of_flow = |ps: &[Pipeline], sport: u16| {
+        ps.iter()
+            .position(|p| {
+                p.flows
+                    .contains(&FlowKey::new(UDP, CLIENT, sport, t.node_addr.into(), 5353))
+            })
+            .unwrap()
+    };
+    let events = |ps: &[Pipeline]| -> Vec<(u64, Seen)> {
+        ps.iter()
+            .flat_map(|p| p.passive.events.iter().copied())
+            .collect()
+    };
+    let icmp = |code: u8, from: u32, to: Ipv4Addr, frame: &[u8]| {
+        icmp_unreachable(web1_mac, tk, Ipv4Addr::from(from), to, code, frame)
+    };
+
+    let (sent, seen, sport) = to_web1(&mut ps);
+    let owner = owner_of_flow(&ps, sport);
+    // "Fragmentation needed" is path MTU discovery, not a failure; a task cannot speak of a
+    // flow that is not its own.
+    for (code, from) in [(4, WEB1), (3, 0x0a00_000c)] {
+        let f = icmp(code, from, seen.src, &sent);
+        let (_, _) = drive(
+            &mut ps,
+            &t,
+            20,
+            vec![(1 - owner, PacketBuf::from_frame(PortId::Tasks, &f))],
+        );
+    }
+    assert!(events(&ps).is_empty(), "{:?}", events(&ps));
+    // Port unreachable, arriving on the other worker: handed to the flow's owner, told, and
+    // the flow ends.
+    let f = icmp(3, WEB1, seen.src, &sent);
+    let (_, verdicts) = drive(
+        &mut ps,
+        &t,
+        30,
+        vec![(1 - owner, PacketBuf::from_frame(PortId::Tasks, &f))],
+    );
+    assert!(
+        verdicts.contains(&Verdict::Handoff(owner as u16)),
+        "{verdicts:?}"
+    );
+    assert_eq!(events(&ps), [(uid, Seen::Unreachable)]);
+    assert_eq!(ps[owner].stats.task_unreachable, 1);
+    assert!(
+        !ps[owner]
+            .flows
+            .contains(&FlowKey::new(UDP, CLIENT, sport, t.node_addr.into(), 5353)),
+        "the UDP flow ended"
+    );
+    // A new flow to web.1 that it answers: the task serves again.
+    let (_, seen, _) = to_web1(&mut ps);
+    let reply = udp_frame(web1_mac, tk, seen.dst, 53, seen.src, seen.sport, b"a");
+    let (out, _) = drive(
+        &mut ps,
+        &t,
+        40,
+        vec![(0, PacketBuf::from_frame(PortId::Tasks, &reply))],
+    );
+    assert!(matches!(&out[..], [(PortId::Uplink, _)]), "{out:?}");
+    assert_eq!(
+        events(&ps),
+        [(uid, Seen::Unreachable), (uid, Seen::Answered)]
+    );
+}

@@ -65,6 +65,9 @@ impl Pipeline {
                             self.passive.saw(fl.task_uid, passive::Seen::Answered);
                         }
                     }
+                } else if l3.proto == UDP && fl.kind != flow::FlowKind::ReturnRoute {
+                    // A datagram back: the task serves (news only after a failure).
+                    self.passive.saw(fl.task_uid, passive::Seen::Answered);
                 }
             }
         }
