@@ -731,13 +731,10 @@ impl Pipeline {
         };
         if l3.proto == ICMP && matches!(kind, Some(AddrKind::Endpoint { local: true, .. })) {
             // A task on another node says a flow this node masqueraded cannot reach it.
-            if let Some(q3) = self.unreachable_of(buf, &l3) {
-                if self.cfg.workers > 1 {
-                    if let Some(v) = self.handoff(self.inner_owner(&q3, kind, src_kind)) {
-                        return Ok(v);
-                    }
-                }
-                self.task_unreachable(t, &q3);
+            if let Some(v) =
+                self.icmp_from_task(t, buf, &l3, |p, q3| p.inner_owner(q3, kind, src_kind))
+            {
+                return Ok(v);
             }
         }
         if self.cfg.workers > 1 {
@@ -852,14 +849,9 @@ impl Pipeline {
         }
         let kind = d.map(|d| d.kind);
         if l3.proto == ICMP {
-            if let Some(q3) = self.unreachable_of(buf, &l3) {
-                // Judged by the worker that owns the flow it quotes; then as any ICMP.
-                if self.cfg.workers > 1 {
-                    if let Some(v) = self.handoff(self.task_owner(&q3, kind)) {
-                        return Ok(v);
-                    }
-                }
-                self.task_unreachable(t, &q3);
+            // Judged by the worker that owns the flow it quotes; then as any ICMP.
+            if let Some(v) = self.icmp_from_task(t, buf, &l3, |p, q3| p.task_owner(q3, kind)) {
+                return Ok(v);
             }
         }
         if self.cfg.workers > 1 {
@@ -971,27 +963,26 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// When `l3` (from a task) is an ICMP destination unreachable quoting a TCP or UDP packet
-    /// sent to that task from the ICMP's destination: the headers of the task's own direction
-    /// of that packet's flow (what a reply would carry), to find and steer by.
+    /// An ICMP message `l3` from a task: when it is a destination unreachable about one of the
+    /// task's flows, the worker that owns that flow (by `owner`) judges it; `Some(handoff)` when
+    /// that is another worker. Out of line: only ICMP comes here.
     #[cold]
     #[inline(never)]
-    fn unreachable_of(&self, buf: &PacketBuf, l3: &L3) -> Option<L3> {
-        let q = classify::unreachable_quote(buf.data(), l3.l4)?.reversed();
-        // The quoted packet went from the ICMP's destination to its sender: a task speaks only
-        // of its own flows.
-        if (q.src(), q.dst()) != (l3.src, l3.dst) {
-            return None;
+    fn icmp_from_task(
+        &mut self,
+        t: &ServiceTable,
+        buf: &PacketBuf,
+        l3: &L3,
+        owner: impl Fn(&Self, &L3) -> u16,
+    ) -> Option<Verdict> {
+        let q3 = unreachable_of(buf, l3.l4, l3.src, l3.dst)?;
+        if self.cfg.workers > 1 {
+            if let Some(v) = self.handoff(owner(self, &q3)) {
+                return Some(v);
+            }
         }
-        Some(L3 {
-            proto: q.proto(),
-            sport: q.sport(),
-            dport: q.dport(),
-            flags: 0,
-            ack: 0,
-            frag: frag::Frag::Whole,
-            ..*l3
-        })
+        self.task_unreachable(t, &q3);
+        None
     }
 
     /// A task's ICMP destination unreachable about its direction `q3` of a flow: passive
@@ -1056,6 +1047,29 @@ impl Pipeline {
 }
 
 /// Why the flow table refused a new flow, as a drop reason.
+/// When the ICMP message at `l4` of `buf`, from `src` to `dst` (a task's), is a destination
+/// unreachable quoting a TCP or UDP packet sent from `dst` to `src`: the headers of the task's
+/// own direction of that packet's flow (what a reply would carry), to find and steer by.
+fn unreachable_of(buf: &PacketBuf, l4: usize, src: u32, dst: u32) -> Option<L3> {
+    let q = classify::unreachable_quote(buf.data(), l4)?.reversed();
+    // The quoted packet went from the ICMP's destination to its sender: a task speaks only of
+    // its own flows.
+    if (q.src(), q.dst()) != (src, dst) {
+        return None;
+    }
+    Some(L3 {
+        proto: q.proto(),
+        src,
+        dst,
+        sport: q.sport(),
+        dport: q.dport(),
+        flags: 0,
+        ack: 0,
+        l4,
+        frag: frag::Frag::Whole,
+    })
+}
+
 fn insert_refused(e: flow::InsertError) -> DropReason {
     match e {
         // A translation that collides with a flow the worker has.

@@ -59,6 +59,13 @@ impl Default for Passive {
 }
 
 impl Passive {
+    /// Notes that the task with `uid` answered, out of line: the UDP reply path calls it for
+    /// every datagram back, and inlined it cost the TCP paths beside it instructions.
+    #[inline(never)]
+    pub fn answered(&mut self, uid: u64) {
+        self.saw(uid, Seen::Answered);
+    }
+
     /// Notes `seen` for the task with `uid`.
     // Casts: the slot is the uid's low bits.
     #[allow(clippy::cast_possible_truncation)]

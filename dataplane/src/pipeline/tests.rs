@@ -2129,3 +2129,65 @@ fn an_icmp_unreachable_from_a_task_is_passive_healths_evidence_for_udp() {
         [(uid, Seen::Unreachable), (uid, Seen::Answered)]
     );
 }
+
+/// Port 53 over UDP may be published (a DNS service): clients reach it on the node's address,
+/// while meshd's own resolver answers on the networks' gateways, which a published port never
+/// covers. Both at once, on the same node.
+#[test]
+fn a_published_udp_53_and_the_gateways_resolver_do_not_meet() {
+    use crate::testkit::udp_frame;
+    use std::net::Ipv4Addr;
+    let mut s = three_nodes();
+    s.services[0].ports.push(ctl::model::PublishedPort {
+        protocol: ctl::model::Protocol::Udp,
+        published: 53,
+        target: 53,
+        mode: ctl::model::PublishMode::Ingress,
+    });
+    let (t, mut ps) = node_of(&s, "n2", 1);
+    let up = ps[0].cfg.uplink_mac;
+    let tk = ps[0].cfg.tasks_mac;
+    let node = Ipv4Addr::from(t.node_addr.octets());
+    // A client's query to the node's port 53: to a task of web.
+    let q = udp_frame(
+        CLIENT_MAC,
+        up,
+        Ipv4Addr::from(CLIENT),
+        40053,
+        node,
+        53,
+        b"q",
+    );
+    let (out, verdicts) = drive(
+        &mut ps,
+        &t,
+        10,
+        vec![(0, PacketBuf::from_frame(PortId::Uplink, &q))],
+    );
+    assert!(
+        matches!(verdicts[..], [Verdict::Tx(_)]),
+        "the published port: {verdicts:?}"
+    );
+    assert!(!out.is_empty());
+    // web.1's query to its gateway: meshd's resolver (the host side).
+    let gw = t.networks[0].gateway;
+    let q = udp_frame(
+        [2, 0, 0, 0, 0, 0x11],
+        tk,
+        Ipv4Addr::from(WEB1),
+        40054,
+        Ipv4Addr::from(gw.octets()),
+        53,
+        b"q",
+    );
+    let (_, verdicts) = drive(
+        &mut ps,
+        &t,
+        20,
+        vec![(0, PacketBuf::from_frame(PortId::Tasks, &q))],
+    );
+    assert!(
+        matches!(verdicts[..], [Verdict::Host(_)]),
+        "the gateway's resolver: {verdicts:?}"
+    );
+}

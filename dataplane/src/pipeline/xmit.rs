@@ -53,7 +53,12 @@ impl Pipeline {
                 fl.rev_seen = now;
                 // Only these flags move the state on a reverse segment (`TcpState::next`): the
                 // others leave the flow's first line alone.
-                if l3.proto == TCP && l3.flags & flow::tcp::CHANGES_STATE_BACKWARDS != 0 {
+                if l3.proto != TCP {
+                    // UDP: a datagram back says the task serves (news only after a failure).
+                    if fl.kind != flow::FlowKind::ReturnRoute {
+                        self.passive.answered(fl.task_uid);
+                    }
+                } else if l3.flags & flow::tcp::CHANGES_STATE_BACKWARDS != 0 {
                     let opening = fl.tcp == flow::TcpState::SynSent;
                     fl.tcp = fl.tcp.next(l3.flags, false);
                     // The task's answer to a new connection: passive health's evidence.
@@ -65,9 +70,6 @@ impl Pipeline {
                             self.passive.saw(fl.task_uid, passive::Seen::Answered);
                         }
                     }
-                } else if l3.proto == UDP && fl.kind != flow::FlowKind::ReturnRoute {
-                    // A datagram back: the task serves (news only after a failure).
-                    self.passive.saw(fl.task_uid, passive::Seen::Answered);
                 }
             }
         }
