@@ -229,6 +229,7 @@ impl FlowFile {
         workers: usize,
         capacity: usize,
     ) -> Result<(FlowFile, Found), KeepError> {
+        let capacity = capacity.clamp(16, super::MAX_FLOWS);
         let io = |source: std::io::Error| KeepError::Io {
             path: path.display().to_string(),
             source,

@@ -494,11 +494,13 @@ impl FlowTable {
     /// A table over `flows` (a region of a [`keep::FlowFile`], or the heap), taking the records
     /// at `live` (checked already: valid and whole) as its flows: the index, the free list and
     /// the counters are rebuilt from them. A record whose key another one already holds is
-    /// dropped. Returns the table and how many it dropped.
+    /// dropped. Returns the table and how many it dropped. Its capacity is the arena's length
+    /// (16 to [`MAX_FLOWS`]: [`FlowTable::new`] and [`keep::FlowFile::open`] clamp to that).
     // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
     #[allow(clippy::cast_possible_truncation)]
     pub fn adopt(mut flows: keep::Arena, live: &[u32]) -> (Self, usize) {
-        let capacity = flows.len().clamp(16, MAX_FLOWS);
+        let capacity = flows.len();
+        debug_assert!((16..=MAX_FLOWS).contains(&capacity));
         // Two keys per flow, at most half full.
         let nslots = (capacity * 4).next_power_of_two();
         let mut taken = vec![false; capacity];
