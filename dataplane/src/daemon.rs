@@ -584,6 +584,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         None => None,
     };
     let mut handles = Vec::new();
+    let mut kept = flow_file.as_mut().map(|ff| ff.regions().into_iter());
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     for (w, &core) in s.cores.iter().enumerate().take(workers) {
         let open = |ifname: &str, port: PortId, fanout: u16| {
@@ -625,10 +626,9 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                 max: Duration::from_millis(5),
             }
         };
-        let flows = match &mut flow_file {
-            Some(ff) => {
-                let (arena, live) = ff.region(w);
-                let (table, dropped) = FlowTable::adopt(arena, &live);
+        let flows = match kept.as_mut().and_then(Iterator::next) {
+            Some(arena) => {
+                let (table, dropped) = FlowTable::adopt(arena);
                 if dropped > 0 {
                     tracing::warn!(
                         worker = w,

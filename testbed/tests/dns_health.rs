@@ -315,23 +315,35 @@ struct Load {
 
 impl Load {
     fn start(m: &Mesh) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
         let urls: Vec<String> = ["n1", "n2", "n3"]
             .iter()
             .map(|n| format!("http://{}/", m.node_sock(n, 8080).unwrap()))
             .collect();
-        let (ns, st, sa) = (m.client_ns(), stop.clone(), samples.clone());
+        let ns = m.client_ns();
+        Load::each(move |i| {
+            let node = i % urls.len();
+            let r = probe::curl(&ns, &urls[node], Duration::from_secs(2), &[]).unwrap();
+            let v = match r.whoami() {
+                Some(w) => Ok(w.hostname),
+                None => Err(format!("curl exit {}: {}", r.code, r.stderr.trim())),
+            };
+            (node, v)
+        })
+    }
+
+    /// Runs `ask(i)` for i = 0, 1, 2 ... one after another until stopped, noting when each
+    /// started, the node it went to and what answered.
+    fn each(
+        mut ask: impl FnMut(usize) -> (usize, Result<String, String>) + Send + 'static,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
+        let (st, sa) = (stop.clone(), samples.clone());
         let thread = std::thread::spawn(move || {
             let mut i = 0;
             while !st.load(Ordering::Relaxed) {
                 let t = Instant::now();
-                let node = i % urls.len();
-                let r = probe::curl(&ns, &urls[node], Duration::from_secs(2), &[]).unwrap();
-                let v = match r.whoami() {
-                    Some(w) => Ok(w.hostname),
-                    None => Err(format!("curl exit {}: {}", r.code, r.stderr.trim())),
-                };
+                let (node, v) = ask(i);
                 sa.lock().unwrap().push((t, node, v));
                 i += 1;
             }
@@ -633,29 +645,22 @@ fn without_a_check_a_udp_task_whose_server_dies_is_ejected_by_its_icmp_unreachab
         .with_args(&["--outlier", "consecutive=3,eject=8s"]);
     m.run(&spec).unwrap();
     // Load: a datagram from a new port (a new flow) through n1, n2, n3 in turn.
-    let stop = Arc::new(AtomicBool::new(false));
-    let samples: Arc<Mutex<Vec<Sample>>> = Arc::new(Mutex::new(Vec::new()));
     let to: Vec<SocketAddr> = ["n1", "n2", "n3"]
         .iter()
         .map(|n| m.node_sock(n, 5353).unwrap())
         .collect();
-    let (ns, st, sa) = (m.client_ns(), stop.clone(), samples.clone());
-    let load = std::thread::spawn(move || {
-        let mut i = 0;
-        while !st.load(Ordering::Relaxed) {
-            let node = i % to.len();
-            let t = Instant::now();
-            // A source port of its own each time: a port used before could still have its flow
-            // (UDP flows live 30 s idle), to the task it went to then.
-            let port = 20_000 + u16::try_from(i % 40_000).unwrap();
-            let sock = sys::in_netns(&ns, || std::net::UdpSocket::bind(("0.0.0.0", port)))
-                .unwrap()
-                .unwrap();
-            let r = probe::udp_ask_on(&sock, to[node], "ping", Duration::from_secs(1))
-                .map_err(|f| f.to_string());
-            sa.lock().unwrap().push((t, node, r));
-            i += 1;
-        }
+    let ns = m.client_ns();
+    let load = Load::each(move |i| {
+        let node = i % to.len();
+        // A source port of its own each time: a port used before could still have its flow
+        // (UDP flows live 30 s idle), to the task it went to then.
+        let port = 20_000 + u16::try_from(i % 40_000).unwrap();
+        let sock = sys::in_netns(&ns, || std::net::UdpSocket::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        let r = probe::udp_ask_on(&sock, to[node], "ping", Duration::from_secs(1))
+            .map_err(|f| f.to_string());
+        (node, r)
     });
     std::thread::sleep(Duration::from_millis(1500));
     let stopped = Instant::now();
@@ -674,8 +679,7 @@ fn without_a_check_a_udp_task_whose_server_dies_is_ejected_by_its_icmp_unreachab
     let row = ps.lines().find(|l| l.starts_with("echo.2")).unwrap();
     assert!(row.contains("answered by ICMP unreachable"), "{ps}");
     std::thread::sleep(Duration::from_secs(2));
-    stop.store(true, Ordering::Relaxed);
-    load.join().unwrap();
+    let samples = load.stop();
     let stats = m
         .meshctl_local("n1", &["stats", "--format", "json"])
         .unwrap();
@@ -686,7 +690,6 @@ fn without_a_check_a_udp_task_whose_server_dies_is_ejected_by_its_icmp_unreachab
     let around = stopped - Duration::from_millis(500);
     let settled = stopped + ejected + Duration::from_millis(300);
     let mut errors = [0usize; 3];
-    let samples = samples.lock().unwrap();
     for (t, node, r) in samples.iter() {
         match r {
             Err(e) if *t < around => panic!("a datagram before the stop went unanswered: {e}"),

@@ -211,8 +211,8 @@ pub struct FlowFile {
     base: NonNull<u8>,
     workers: usize,
     capacity: usize,
-    /// Per worker: the ids of the live records found at start.
-    live: Vec<Vec<u32>>,
+    /// Whether the regions were handed out (once: each backs one worker's table).
+    handed: bool,
 }
 
 // SAFETY: `base` points into `map`, which this owns through the Arc; the regions it hands out
@@ -314,24 +314,22 @@ impl FlowFile {
         }
         let base = NonNull::new(map.as_mut_ptr())
             .ok_or_else(|| io(std::io::ErrorKind::InvalidData.into()))?;
-        let mut ff = FlowFile {
+        let ff = FlowFile {
             path: path.to_owned(),
             _file: file,
             map: Arc::new(map),
             base,
             workers,
             capacity,
-            live: vec![Vec::new(); workers],
+            handed: false,
         };
         let found = match found {
             Found::Adopted { clean, .. } => {
-                let mut discarded = 0;
-                for w in 0..workers {
-                    discarded += ff.check(w);
-                }
+                let (flows, discarded): (Vec<usize>, Vec<usize>) =
+                    (0..workers).map(|w| ff.check(w)).unzip();
                 Found::Adopted {
-                    flows: ff.live.iter().map(Vec::len).collect(),
-                    discarded,
+                    flows,
+                    discarded: discarded.iter().sum(),
                     clean,
                 }
             }
@@ -352,11 +350,10 @@ impl FlowFile {
     }
 
     /// Checks every record of worker `w`'s region; zeroes those that are not valid flows, or
-    /// are live but inconsistent; notes the live ones. Returns how many were zeroed.
-    fn check(&mut self, w: usize) -> usize {
+    /// are live but inconsistent. Returns how many live ones it kept, and how many it zeroed.
+    fn check(&self, w: usize) -> (usize, usize) {
         let p = self.region_ptr(w);
-        let mut discarded = 0;
-        let mut live = Vec::new();
+        let (mut live, mut discarded) = (0, 0);
         for i in 0..self.capacity {
             // SAFETY: record i of region w lies inside the mapping, which is initialized memory
             // (a file's bytes); reading it as bytes is valid whatever it holds. No reference to
@@ -365,7 +362,7 @@ impl FlowFile {
             let ok = match bytemuck::checked::try_from_bytes::<Flow>(bytes) {
                 Ok(f) if !f.live => true,
                 Ok(f) if f.consistent() => {
-                    live.push(u32::try_from(i).unwrap_or(u32::MAX));
+                    live += 1;
                     true
                 }
                 _ => false,
@@ -376,25 +373,24 @@ impl FlowFile {
                 unsafe { std::ptr::write_bytes(p.add(i * RECORD), 0, RECORD) };
             }
         }
-        self.live[w] = live;
-        discarded
+        (live, discarded)
     }
 
-    /// Worker `w`'s records, to back its flow table, and the ids of those that were live at
-    /// start (to adopt). Each worker's region is handed out once.
-    pub fn region(&mut self, w: usize) -> (Arena, Vec<u32>) {
-        let ptr = self.region_ptr(w).cast::<Flow>();
-        let arena = Arena {
-            // SAFETY: a pointer into the mapping, never null.
-            ptr: unsafe { NonNull::new_unchecked(ptr) },
-            len: self.capacity,
-            owner: Owner::Mapped(self.map.clone()),
-        };
-        (arena, std::mem::take(&mut self.live[w]))
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers
+    /// Each worker's records, in worker order, to back its flow table (every record a valid
+    /// flow: checked at open, or zeroes). Handed out once: later calls get none, so no two
+    /// tables share a record.
+    pub fn regions(&mut self) -> Vec<Arena> {
+        if std::mem::replace(&mut self.handed, true) {
+            return Vec::new();
+        }
+        (0..self.workers)
+            .map(|w| Arena {
+                // SAFETY: a pointer into the mapping, never null.
+                ptr: unsafe { NonNull::new_unchecked(self.region_ptr(w).cast::<Flow>()) },
+                len: self.capacity,
+                owner: Owner::Mapped(self.map.clone()),
+            })
+            .collect()
     }
 
     /// Notes in the header that this meshd stopped cleanly (after its workers stopped).
@@ -454,11 +450,6 @@ impl Arena {
             len,
             owner: Owner::Heap,
         }
-    }
-
-    /// Whether the records outlive the process.
-    pub fn kept(&self) -> bool {
-        matches!(self.owner, Owner::Mapped(_))
     }
 }
 
@@ -558,11 +549,10 @@ mod tests {
         FlowFile::open(p, "n1", 0xc0a8_0102, workers, cap).unwrap()
     }
 
-    /// Fills worker `w`'s table with flows 0..n; returns the table (keep it alive to keep the
-    /// records mapped until dropped).
-    fn fill(ff: &mut FlowFile, w: usize, n: u32) -> FlowTable {
-        let (arena, live) = ff.region(w);
-        let (mut t, dropped) = FlowTable::adopt(arena, &live);
+    /// A table over `arena` holding flows 0..n (keep it alive to keep the records mapped until
+    /// dropped).
+    fn fill(arena: Arena, n: u32) -> FlowTable {
+        let (mut t, dropped) = FlowTable::adopt(arena);
         assert_eq!(dropped, 0);
         for i in 0..n {
             t.insert(flow(i), 0).unwrap();
@@ -581,8 +571,9 @@ mod tests {
         let p = Scratch::new("adopt");
         let (mut ff, found) = open(&p.0, 2, 64);
         assert_eq!(found, Found::Fresh);
-        let t0 = fill(&mut ff, 0, 10);
-        let t1 = fill(&mut ff, 1, 3);
+        let mut regions = ff.regions();
+        let t1 = fill(regions.pop().unwrap(), 3);
+        let t0 = fill(regions.pop().unwrap(), 10);
         let before: Vec<Flow> = t0.live_ids().map(|id| *t0.get(id)).collect();
         // A kill -9: nothing is written on the way out.
         drop((t0, t1, ff));
@@ -596,8 +587,7 @@ mod tests {
                 clean: false
             }
         );
-        let (arena, live) = ff.region(0);
-        let (mut t, _) = FlowTable::adopt(arena, &live);
+        let (mut t, _) = FlowTable::adopt(ff.regions().swap_remove(0));
         assert_eq!(t.len(), 10);
         for f in &before {
             for (k, dir) in f
@@ -644,7 +634,7 @@ mod tests {
         let refused = |edit: &dyn Fn(&Path), workers: usize, cap: usize, node: &str, want: &str| {
             let p = Scratch::new("refuse");
             let (mut ff, _) = open(&p.0, 2, 64);
-            let t = fill(&mut ff, 0, 5);
+            let t = fill(ff.regions().swap_remove(0), 5);
             drop((t, ff));
             edit(&p.0);
             let (mut ff, found) = FlowFile::open(&p.0, node, 0xc0a8_0102, workers, cap).unwrap();
@@ -652,9 +642,7 @@ mod tests {
                 Found::Refused(why) => assert!(why.contains(want), "{why:?} lacks {want:?}"),
                 other => panic!("{other:?}: adopted, wanted refused ({want})"),
             }
-            let (arena, live) = ff.region(0);
-            assert!(live.is_empty());
-            assert!(FlowTable::adopt(arena, &live).0.is_empty());
+            assert!(FlowTable::adopt(ff.regions().swap_remove(0)).0.is_empty());
             let len = std::fs::metadata(&p.0).unwrap().len() as usize;
             assert_eq!(len, HEADER + workers * cap * RECORD);
         };
@@ -728,7 +716,7 @@ mod tests {
         use std::os::unix::fs::FileExt;
         let p = Scratch::new("torn");
         let (mut ff, _) = open(&p.0, 1, 16);
-        let t = fill(&mut ff, 0, 4);
+        let t = fill(ff.regions().swap_remove(0), 4);
         let ids: Vec<u32> = t.live_ids().collect();
         drop((t, ff));
         let f = std::fs::OpenOptions::new().write(true).open(&p.0).unwrap();
@@ -751,8 +739,7 @@ mod tests {
                 clean: false
             }
         );
-        let (arena, live) = ff.region(0);
-        let (t, _) = FlowTable::adopt(arena, &live);
+        let (t, _) = FlowTable::adopt(ff.regions().swap_remove(0));
         assert_eq!(t.live_ids().collect::<Vec<_>>(), ids[2..].to_vec());
     }
 
@@ -766,15 +753,14 @@ mod tests {
             use std::os::unix::fs::FileExt;
             let p = Scratch::new("fuzz");
             let (mut ff, _) = open(&p.0, 1, 16);
-            let t = fill(&mut ff, 0, 8);
+            let t = fill(ff.regions().swap_remove(0), 8);
             drop((t, ff));
             let f = std::fs::OpenOptions::new().write(true).open(&p.0).unwrap();
             for (at, b) in &pokes {
                 f.write_all_at(&[*b], *at as u64).unwrap();
             }
             let (mut ff, found) = open(&p.0, 1, 16);
-            let (arena, live) = ff.region(0);
-            let (t, _) = FlowTable::adopt(arena, &live);
+            let (t, _) = FlowTable::adopt(ff.regions().swap_remove(0));
             match found {
                 Found::Adopted { flows, .. } => prop_assert!(flows[0] <= 8),
                 _ => prop_assert!(t.is_empty()),

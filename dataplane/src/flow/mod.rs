@@ -488,33 +488,21 @@ impl FlowTable {
             client_ack: 0,
             live: false,
         };
-        Self::adopt(keep::Arena::heap(capacity, dummy), &[]).0
+        Self::adopt(keep::Arena::heap(capacity, dummy)).0
     }
 
-    /// A table over `flows` (a region of a [`keep::FlowFile`], or the heap), taking the records
-    /// at `live` (checked already: valid and whole) as its flows: the index, the free list and
-    /// the counters are rebuilt from them. A record whose key another one already holds is
-    /// dropped. Returns the table and how many it dropped. Its capacity is the arena's length
+    /// A table over `flows` (a region of a [`keep::FlowFile`], checked there: every record
+    /// valid, the live ones whole; or the heap), its live records its flows: the index, the free
+    /// list and the counters are rebuilt from them. A record whose key another one already
+    /// holds is dropped. Returns the table and how many it dropped. Its capacity is the arena's length
     /// (16 to [`MAX_FLOWS`]: [`FlowTable::new`] and [`keep::FlowFile::open`] clamp to that).
     // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
     #[allow(clippy::cast_possible_truncation)]
-    pub fn adopt(mut flows: keep::Arena, live: &[u32]) -> (Self, usize) {
+    pub fn adopt(flows: keep::Arena) -> (Self, usize) {
         let capacity = flows.len();
         debug_assert!((16..=MAX_FLOWS).contains(&capacity));
         // Two keys per flow, at most half full.
         let nslots = (capacity * 4).next_power_of_two();
-        let mut taken = vec![false; capacity];
-        for &id in live {
-            if let Some(t) = taken.get_mut(id as usize) {
-                *t = true;
-            }
-        }
-        // Places never adopted are dead, whatever they held.
-        for (f, &t) in flows.iter_mut().zip(&taken) {
-            if f.live && !t {
-                f.live = false;
-            }
-        }
         let mut t = FlowTable {
             slots: crate::hugepage::vec_of(nslots, Slot::EMPTY).into_boxed_slice(),
             mask: nslots - 1,
@@ -548,11 +536,6 @@ impl FlowTable {
             .filter(|&id| !t.flows[id as usize].live)
             .collect();
         (t, dropped)
-    }
-
-    /// Whether the records outlive the process (a region of a [`keep::FlowFile`]).
-    pub fn kept(&self) -> bool {
-        self.flows.kept()
     }
 
     pub fn len(&self) -> usize {

@@ -437,8 +437,7 @@ impl HostStack {
             self.gossip_soon = true;
         }
         for uid in self.outliers.expire(now) {
-            self.stats.outlier_returns += 1;
-            self.ejected_why.remove(&uid);
+            self.returned(uid);
             if let Some(te) = t.task_by_uid(uid).and_then(|i| t.tasks.get(i as usize)) {
                 tracing::info!(task = %te.name, "passive health: the ejection ended; the task takes new connections from this node again");
             }
@@ -498,11 +497,22 @@ impl HostStack {
             .monitor
             .verdict(uid)
             .is_some_and(|v| v.health == Health::Healthy)
-            && self.outliers.forgive(uid)
         {
-            self.ejected_why.remove(&uid);
-            self.stats.outlier_returns += 1;
+            self.forgive(uid);
         }
+    }
+
+    /// Ends task `uid`'s ejection before its time (a check passed), if it is ejected.
+    fn forgive(&mut self, uid: u64) {
+        if self.outliers.forgive(uid) {
+            self.returned(uid);
+        }
+    }
+
+    /// Task `uid`'s ejection ended: counted, and its reason forgotten.
+    fn returned(&mut self, uid: u64) {
+        self.ejected_why.remove(&uid);
+        self.stats.outlier_returns += 1;
     }
 
     /// Logs a local task's new verdict.
@@ -799,21 +809,17 @@ impl HostStack {
         let passed: Vec<u64> = self
             .outliers
             .out()
-            .map(|(uid, _)| uid)
             .filter(|uid| {
                 self.view.get(uid) == Some(&Health::Unhealthy)
                     && view.get(uid) == Some(&Health::Healthy)
             })
             .collect();
         for uid in passed {
-            if self.outliers.forgive(uid) {
-                self.ejected_why.remove(&uid);
-                self.stats.outlier_returns += 1;
-            }
+            self.forgive(uid);
         }
         // This node's ejections over a check's verdict (its own; never gossiped), but not
         // over unhealthy: that one also ends the task's flows.
-        for (uid, _) in self.outliers.out() {
+        for uid in self.outliers.out() {
             if view.get(&uid) == Some(&Health::Unhealthy) {
                 continue;
             }

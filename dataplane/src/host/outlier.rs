@@ -17,8 +17,6 @@ pub struct Track {
     pub ejections: u32,
     /// Out until then (the host clock's ms), when ejected.
     pub until: Option<u64>,
-    /// What its last failure was.
-    pub last: Seen,
 }
 
 /// What [`Outliers::saw`] did.
@@ -67,14 +65,12 @@ impl Outliers {
             failures: 0,
             ejections: 0,
             until: None,
-            last: seen,
         });
         if t.until.is_some() {
             // Connections opened before it went out, failing late: no news.
             return Judged::Nothing;
         }
         t.failures += 1;
-        t.last = seen;
         if t.failures < policy.consecutive {
             return Judged::Nothing;
         }
@@ -123,12 +119,12 @@ impl Outliers {
         self.tasks.values().filter_map(|t| t.until).min()
     }
 
-    /// The tasks out now, with their records.
-    pub fn out(&self) -> impl Iterator<Item = (u64, &Track)> {
+    /// The tasks out now.
+    pub fn out(&self) -> impl Iterator<Item = u64> + '_ {
         self.tasks
             .iter()
             .filter(|(_, t)| t.until.is_some())
-            .map(|(u, t)| (*u, t))
+            .map(|(u, _)| *u)
     }
 
     /// Forgets the tasks `keep` says are gone.

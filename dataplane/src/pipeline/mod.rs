@@ -236,14 +236,14 @@ impl Pipeline {
 
     /// A pipeline over `flows`: a table adopted from a meshd before this one
     /// ([`crate::flow::keep`]) or a new one. Adopted flows get this pipeline's clock (their idle
-    /// time starts again at the clock's zero, where a worker's clock starts) and counters slots; masquerade ports are then checked
-    /// against the table before they are handed out, since the adopted flows hold some.
-    pub fn with_flows(cfg: Config, neigh: Arc<Neighbors>, flows: FlowTable) -> Self {
+    /// time starts again at the clock's zero, where a worker's clock starts) and counters
+    /// slots; masquerade ports are then checked against the table before they are handed out,
+    /// since the adopted flows hold some.
+    pub fn with_flows(cfg: Config, neigh: Arc<Neighbors>, mut flows: FlowTable) -> Self {
         let flow_limit = (cfg.new_flows_per_source > 0)
             .then(|| Box::new(RateLimit::new(cfg.new_flows_per_source, 1000)));
         let mut masq = MasqPorts::new(cfg.worker, cfg.workers);
         let mut task_stats = TaskCounters::new(MAX_COUNTED_TASKS);
-        let mut flows = flows;
         if !flows.is_empty() {
             masq.check_every_pick();
             let ids: Vec<u32> = flows.live_ids().collect();
@@ -1046,7 +1046,6 @@ impl Pipeline {
     }
 }
 
-/// Why the flow table refused a new flow, as a drop reason.
 /// When the ICMP message at `l4` of `buf`, from `src` to `dst` (a task's), is a destination
 /// unreachable quoting a TCP or UDP packet sent from `dst` to `src`: the headers of the task's
 /// own direction of that packet's flow (what a reply would carry), to find and steer by.
@@ -1070,6 +1069,7 @@ fn unreachable_of(buf: &PacketBuf, l4: usize, src: u32, dst: u32) -> Option<L3> 
     })
 }
 
+/// Why the flow table refused a new flow, as a drop reason.
 fn insert_refused(e: flow::InsertError) -> DropReason {
     match e {
         // A translation that collides with a flow the worker has.
