@@ -244,7 +244,7 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                             .get(usize::from(te.node))
                             .map(|n| n.name.clone())
                             .unwrap_or_default(),
-                        eligible: te.eligible,
+                        eligible: te.eligible && !table.down.is_down(te.node),
                         health: te.health,
                         packets,
                         bytes,

@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ctl::model::{
@@ -44,7 +45,61 @@ pub struct NodeEntry {
     pub addr: Ipv4Address,
     pub vtep: Ipv4Address,
     pub vtep_port: u16,
+    /// Drained in the desired state (`meshctl node update --availability drain`). A node down
+    /// (no lease) is not drained here but flagged in [`NodesDown`].
     pub drained: bool,
+}
+
+/// Which nodes are down (cluster mode: their meshd holds no lease), by node index. The
+/// balancers skip a down node's tasks when they pick ([`super::Scheduler::pick`]), as DNS
+/// does when it answers, so a lease lapsing or coming back costs a store per node, not a
+/// compile of every task on every node (a storm at 50 nodes of 100,000 tasks). Shared by every
+/// table made from one compile (patches and copies of it): setting a flag reaches the table
+/// the workers run at once.
+#[derive(Debug, Default)]
+pub struct NodesDown {
+    /// Whether any flag is set: the one load a pick makes while every node is up.
+    any: AtomicBool,
+    each: Box<[AtomicBool]>,
+}
+
+impl NodesDown {
+    fn new(nodes: &[NodeEntry], down: &BTreeSet<String>) -> NodesDown {
+        let d = NodesDown {
+            any: AtomicBool::new(false),
+            each: nodes.iter().map(|_| AtomicBool::new(false)).collect(),
+        };
+        d.set(nodes, down);
+        d
+    }
+
+    /// Flags the nodes named in `down`, clears the others; returns whether any flag changed.
+    fn set(&self, nodes: &[NodeEntry], down: &BTreeSet<String>) -> bool {
+        let mut changed = false;
+        for (n, flag) in nodes.iter().zip(self.each.iter()) {
+            let d = down.contains(&n.name);
+            changed |= flag.swap(d, Ordering::Relaxed) != d;
+        }
+        self.any.store(
+            self.each.iter().any(|f| f.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
+        changed
+    }
+
+    /// Whether some node is down.
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.any.load(Ordering::Relaxed)
+    }
+
+    /// Whether node `n` is down.
+    #[inline]
+    pub fn is_down(&self, n: NodeIdx) -> bool {
+        self.each
+            .get(usize::from(n))
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+    }
 }
 
 /// An overlay network.
@@ -137,7 +192,8 @@ pub struct Backend {
 pub struct Balancer {
     pub service: SvcIdx,
     pub net: NetIdx,
-    /// Eligible backends only, in a stable order (by task name).
+    /// Eligible backends only, in a stable order (by task name). Those on a node down are
+    /// here too: the pick skips them ([`ServiceTable::down`]).
     pub backends: Arc<[Backend]>,
     pub scheduler: SchedulerKind,
     pub maglev: Option<Arc<Maglev>>,
@@ -189,6 +245,8 @@ pub struct ServiceTable {
     pub node_addr: Ipv4Address,
     pub vtep_port: u16,
     pub nodes: Vec<NodeEntry>,
+    /// The nodes down now, by index into `nodes`.
+    pub down: Arc<NodesDown>,
     pub networks: Vec<NetEntry>,
     pub services: Vec<SvcEntry>,
     pub tasks: Vec<TaskEntry>,
@@ -311,8 +369,9 @@ impl ServiceTable {
     }
 
     /// Compiles a state validated already (by [`ctl::validate`], or [`ctl::validate::Claims`]
-    /// kept up to date change by change), the nodes named in `down` drained (in cluster mode,
-    /// the nodes whose meshd holds no lease: their tasks take no new connections).
+    /// kept up to date change by change), the nodes named in `down` flagged down (in cluster
+    /// mode, the nodes whose meshd holds no lease: their tasks take no new connections; see
+    /// [`ServiceTable::set_down`]).
     // Casts: indices below the counts checked at the top (nodes, networks, services, balancers, ports <= u16::MAX; tasks far below u32::MAX).
     #[allow(clippy::cast_possible_truncation)]
     pub fn compile(
@@ -350,9 +409,10 @@ impl ServiceTable {
                 addr: ip(n.addr),
                 vtep: ip(n.vtep_addr()),
                 vtep_port: n.vtep_port,
-                drained: n.availability == Availability::Drain || down.contains(&n.name),
+                drained: n.availability == Availability::Drain,
             })
             .collect();
+        let nodes_down = Arc::new(NodesDown::new(&nodes, down));
         let networks: Vec<NetEntry> = state
             .networks
             .iter()
@@ -421,6 +481,7 @@ impl ServiceTable {
             vtep_port: me.vtep_port,
             addrs: FrozenMap::build(addrs),
             nodes,
+            down: nodes_down,
             networks,
             services: Vec::with_capacity(state.services.len()),
             tasks: Vec::with_capacity(tasks_hint),
@@ -500,8 +561,8 @@ impl ServiceTable {
         self.garbage > 1024 + (self.tasks.len() + self.balancers.len()) / 4
     }
 
-    /// `state` compiled whole, with this table's nodes drained as they are here (the state's
-    /// own availability, or a node down).
+    /// `state` compiled whole, sharing this table's flags of the nodes down (the table running
+    /// and this one are one mesh: a flag set later reaches both).
     fn compile_again(
         &self,
         state: &State,
@@ -509,13 +570,34 @@ impl ServiceTable {
         health: &HealthView,
     ) -> Result<ServiceTable, BuildError> {
         let local = &self.nodes[usize::from(self.local)].name;
-        let down = self
-            .nodes
-            .iter()
-            .filter(|n| n.drained)
-            .map(|n| n.name.clone())
+        let down: BTreeSet<String> = (0..self.nodes.len())
+            .filter(|&i| NodeIdx::try_from(i).is_ok_and(|i| self.down.is_down(i)))
+            .map(|i| self.nodes[i].name.clone())
             .collect();
-        Self::compile(state, local, generation, health, &down)
+        let mut t = Self::compile(state, local, generation, health, &down)?;
+        if t.nodes
+            .iter()
+            .map(|n| &n.name)
+            .eq(self.nodes.iter().map(|n| &n.name))
+        {
+            t.down = Arc::clone(&self.down);
+        }
+        Ok(t)
+    }
+
+    /// Flags the nodes named in `down` down and the others up, in this table and every table
+    /// sharing its flags (made from it by a patch or a copy): no compile, no new generation.
+    /// Returns whether any flag changed.
+    pub fn set_down(&self, down: &BTreeSet<String>) -> bool {
+        self.down.set(&self.nodes, down)
+    }
+
+    /// Whether task `ti` takes new flows now: eligible in the table and on a node up.
+    #[inline]
+    pub fn takes_new(&self, ti: TaskIdx) -> bool {
+        self.tasks
+            .get(ti as usize)
+            .is_some_and(|te| te.eligible && !self.down.is_down(te.node))
     }
 
     // Casts: as in `compile`.
@@ -919,6 +1001,7 @@ impl ServiceTable {
                 node_addr: ip(addr),
                 vtep_port: model::VXLAN_PORT,
                 nodes: Vec::new(),
+                down: Arc::default(),
                 networks: Vec::new(),
                 services: Vec::new(),
                 tasks: Vec::new(),

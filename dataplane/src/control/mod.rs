@@ -397,9 +397,9 @@ impl Controller {
         }
     }
 
-    /// In cluster mode, the nodes other than this one whose meshd holds no lease: drained in
-    /// the table (their tasks take no new connections; flows already running go on while they
-    /// can), not in the desired state.
+    /// In cluster mode, the nodes other than this one whose meshd holds no lease: flagged down
+    /// in the table (their tasks take no new connections; flows already running go on while
+    /// they can), not drained in the desired state.
     fn down(&self, state: &State) -> BTreeSet<String> {
         let Some(live) = &self.live else {
             return BTreeSet::new();
@@ -422,8 +422,16 @@ impl Controller {
         revision: i64,
         live: BTreeSet<String>,
     ) -> Result<u64, String> {
-        let previous = self.live.replace(live);
-        let live_changed = previous != self.live;
+        if self.live.as_ref() != Some(&live) {
+            // Which nodes are up is no part of the desired state: flagged in the tables (the
+            // one running and those sharing its flags), not compiled, whatever becomes of the
+            // change that came with it.
+            self.live = Some(live);
+            let down = self.down(&self.state);
+            if self.shared.table.load().set_down(&down) {
+                tracing::info!(?down, revision, "cluster: the nodes down are now these");
+            }
+        }
         let small = match &delta {
             Delta::Part(p)
                 if p.nodes.is_none()
@@ -441,7 +449,7 @@ impl Controller {
         };
         let table = match delta {
             Delta::Full(state) => self.take_full(state).map(|t| Some((t, "whole", None))),
-            Delta::Part(part) => self.take_part(part, live_changed),
+            Delta::Part(part) => self.take_part(part),
         };
         let compiled = t0.elapsed();
         let (table, how, patched) = match table {
@@ -451,10 +459,7 @@ impl Controller {
                 self.revision = revision;
                 return Ok(self.generation);
             }
-            Err(refused) => {
-                self.live = previous;
-                return Err(refused);
-            }
+            Err(refused) => return Err(refused),
         };
         self.generation = table.generation;
         self.revision = revision;
@@ -553,11 +558,11 @@ impl Controller {
 
     /// Some objects changed: when only services did, only they are checked (against what the
     /// others hold) and compiled again; a node or a network changing takes the whole path.
-    /// Returns the table, how it was made (`whole`, `compile`: every service, as the nodes
-    /// down or more than [`PATCH_SERVICES`] services changed; `patch`: the spare patched in place; `copy`: a copy patched), and for a patch
-    /// the services it changed.
-    fn take_part(&mut self, part: Part, live_changed: bool) -> Result<Option<Taken>, String> {
-        if part.is_empty() && !live_changed {
+    /// Returns the table, how it was made (`whole`, `compile`: every service, as more than
+    /// [`PATCH_SERVICES`] services changed; `patch`: the spare patched in place; `copy`: a copy
+    /// patched), and for a patch the services it changed.
+    fn take_part(&mut self, part: Part) -> Result<Option<Taken>, String> {
+        if part.is_empty() {
             return Ok(None);
         }
         if part.nodes.is_some() || part.networks.is_some() {
@@ -588,7 +593,7 @@ impl Controller {
         };
         // Many services at once (an import, a node back after a long pause) are compiled
         // whole: a patch costs per service what a whole compile costs per task.
-        let whole = live_changed || names.len() > PATCH_SERVICES;
+        let whole = names.len() > PATCH_SERVICES;
         let table = checked.map_err(|e| e.to_string()).and_then(|()| {
             let generation = self.generation + 1;
             if whole {
@@ -1180,7 +1185,7 @@ mod tests {
     }
 
     #[test]
-    fn in_cluster_mode_the_state_comes_from_etcd_and_nodes_without_a_lease_are_drained() {
+    fn in_cluster_mode_the_state_comes_from_etcd_and_nodes_without_a_lease_are_flagged_down() {
         let mut c = controller("cluster");
         c.cluster = Some("etcd://10.99.0.1:2379".into());
         // The socket takes no change: it says where changes go.
@@ -1195,21 +1200,44 @@ mod tests {
             "{}",
             e.message
         );
-        // etcd's state at revision 40, n3's meshd holding no lease: n3 is drained in the
-        // table (its tasks take no new connections), not in the desired state; this node (n2)
-        // is never drained by it.
+        // etcd's state at revision 40, n3's meshd holding no lease: n3 is flagged down in the
+        // table (its tasks take no new connections), not drained in the desired state; this
+        // node (n2) is never down by it.
         let state = c.state.clone();
         let live: BTreeSet<String> = ["n1".to_string()].into();
         let g = c.adopt(Delta::Full(state.clone()), 40, live).unwrap();
         let t = c.shared.table.load();
         assert_eq!(t.generation, g);
-        let drained: Vec<(&str, bool)> = t
-            .nodes
-            .iter()
-            .map(|n| (n.name.as_str(), n.drained))
-            .collect();
-        assert_eq!(drained, [("n1", false), ("n2", false), ("n3", true)]);
+        let down = |t: &ServiceTable| -> Vec<(String, bool, bool)> {
+            (0u16..3)
+                .map(|i| {
+                    let n = t.node(i);
+                    (n.name.clone(), n.drained, t.down.is_down(i))
+                })
+                .collect()
+        };
+        let named = |v: [(&str, bool, bool); 3]| v.map(|(n, a, b)| (n.to_string(), a, b));
+        assert_eq!(
+            down(&t),
+            named([
+                ("n1", false, false),
+                ("n2", false, false),
+                ("n3", false, true)
+            ])
+        );
+        // n3's lease back, then lapsing again: flags flip in the running table, nothing is
+        // compiled (the same generation: no table is published).
+        let all: BTreeSet<String> = ["n1", "n2", "n3"].map(String::from).into();
+        assert_eq!(c.adopt(Delta::Part(Part::default()), 41, all).unwrap(), g);
+        let t = c.shared.table.load();
+        assert_eq!(t.generation, g);
+        assert!(!t.down.any());
+        let live: BTreeSet<String> = ["n1".to_string()].into();
+        assert_eq!(c.adopt(Delta::Part(Part::default()), 42, live).unwrap(), g);
+        assert!(t.down.is_down(2) && !t.down.is_down(0));
+        assert_eq!(c.revision, 42);
         assert_eq!(c.state, state);
+        c.revision = 40;
         assert_eq!(c.revision, 40);
         // Cached with its revision, for a restart without etcd (once answered).
         c.cache();
@@ -1219,10 +1247,19 @@ mod tests {
         let mut bad = state.clone();
         bad.nodes.retain(|n| n.name != "n2");
         bad.services.clear();
-        let e = c.adopt(Delta::Full(bad), 41, BTreeSet::new()).unwrap_err();
+        let e = c.adopt(Delta::Full(bad), 43, BTreeSet::new()).unwrap_err();
         assert!(e.contains("n2"), "{e}");
         assert_eq!((c.revision, c.shared.table.load().generation), (40, g));
-        assert_eq!(c.live.as_ref().map(BTreeSet::len), Some(1));
+        // Which nodes hold a lease is a fact, not part of the change refused: n1 is down now.
+        assert_eq!(c.live.as_ref().map(BTreeSet::len), Some(0));
+        assert_eq!(
+            down(&c.shared.table.load()),
+            named([
+                ("n1", false, true),
+                ("n2", false, false),
+                ("n3", false, true)
+            ])
+        );
     }
 
     #[test]

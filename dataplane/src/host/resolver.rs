@@ -85,11 +85,11 @@ fn v4(a: Ipv4Address) -> Ipv4Addr {
     a
 }
 
-/// The addresses on `net` of `tasks` that take new flows.
+/// The addresses on `net` of `tasks` that take new flows (eligible, on a node up).
 fn task_answers(t: &ServiceTable, tasks: &[TaskIdx], net: NetIdx) -> Vec<Answer> {
     tasks
         .iter()
-        .filter(|&&ti| t.tasks.get(ti as usize).is_some_and(|te| te.eligible))
+        .filter(|&&ti| t.takes_new(ti))
         .filter_map(|&ti| t.task_addr_on(ti, net))
         .map(|a| Answer {
             addr: v4(a),
