@@ -62,6 +62,9 @@ pub struct Row {
     /// less what the nodes spend idle in as long), and etcd.
     pub node_cpu_ms: f64,
     pub etcd_cpu_ms: f64,
+    /// What one node's meshd spends with nothing to do (after the import, before the updates),
+    /// in percent of a CPU: with dozens of nodes on two cores, this is what the others get.
+    pub node_idle_pct: f64,
     /// The slowest updates, each with the node that confirmed it last and where that
     /// node's time went.
     pub slowest: Vec<Slow>,
@@ -412,7 +415,11 @@ fn measure(bed: &mut Bed, n: usize, a: &ConvergeArgs) -> Result<Row, String> {
             ((c1 - c0) - idle.0 * took).max(0.0) / per.0 / per.1,
             ((ce1 - ce0) - idle.1 * took).max(0.0) / per.0,
         );
-        Ok((import, samples, cpu))
+        // Milliseconds of CPU a second, per node: a tenth is a percent of a CPU.
+        // Casts: a few dozen nodes.
+        #[allow(clippy::cast_precision_loss)]
+        let idle_pct = idle.0 / n.max(1) as f64 / 10.0;
+        Ok((import, samples, (cpu.0, cpu.1, idle_pct)))
     })
     .map_err(|e| e.to_string())??;
     let first = samples.iter().map(|s| s.0).min().unwrap_or(i64::MAX);
@@ -468,6 +475,7 @@ fn measure(bed: &mut Bed, n: usize, a: &ConvergeArgs) -> Result<Row, String> {
         write_p99_ms: percentile(&writes, 99.0),
         node_cpu_ms: cpu.0,
         etcd_cpu_ms: cpu.1,
+        node_idle_pct: cpu.2,
         slowest,
     })
 }
@@ -516,7 +524,7 @@ pub fn main(a: &ConvergeArgs) -> i32 {
         return i32::from(failed);
     }
     println!(
-        "{:>5} {:>8} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "{:>5} {:>8} {:>7} {:>11} {:>9} {:>9} {:>9} {:>10} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9} {:>10}",
         "NODES",
         "SERVICES",
         "TASKS",
@@ -530,11 +538,12 @@ pub fn main(a: &ConvergeArgs) -> i32 {
         "WRITE P50",
         "WRITE P99",
         "CPU/NODE",
-        "CPU/ETCD"
+        "CPU/ETCD",
+        "IDLE/NODE"
     );
     for r in &rows {
         println!(
-            "{:>5} {:>8} {:>7} {:>9.0}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>8.1}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>7.1}ms {:>7.1}ms",
+            "{:>5} {:>8} {:>7} {:>9.0}ms {:>7.1}ms {:>7.1}ms {:>7.1}ms {:>8.1}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>9.2}ms {:>7.1}ms {:>7.1}ms {:>9.2}%",
             r.nodes,
             r.services,
             r.tasks,
@@ -548,7 +557,8 @@ pub fn main(a: &ConvergeArgs) -> i32 {
             r.write_p50_ms,
             r.write_p99_ms,
             r.node_cpu_ms,
-            r.etcd_cpu_ms
+            r.etcd_cpu_ms,
+            r.node_idle_pct
         );
     }
     i32::from(failed)

@@ -622,8 +622,10 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         let idle = if s.busy_poll {
             Idle::BusyPoll
         } else {
+            // Long: frames, a table published and the host stack's frames wake a worker
+            // at once (its ports' descriptors and its bell); only housekeeping waits this.
             Idle::Backoff {
-                max: Duration::from_millis(5),
+                max: Duration::from_millis(50),
             }
         };
         let flows = match kept.as_mut().and_then(Iterator::next) {
@@ -934,6 +936,7 @@ fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack:
         }
         if got > 0 || now >= wake {
             stack.poll(&table, &shared.neigh, now);
+            let mut sent = false;
             for (port, f) in stack.take_output() {
                 let mut b = shared.spare.pop().unwrap_or_default();
                 b.fill(&f);
@@ -944,6 +947,10 @@ fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack:
                     PortId::Uplink => 0,
                 };
                 let _ = shared.from_host.push(b);
+                sent = true;
+            }
+            if sent {
+                shared.bells[0].ring();
             }
             wake = stack.next_wakeup(now);
         }
@@ -963,9 +970,28 @@ fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack:
             last_stats = now;
         }
         if got == 0 {
-            std::thread::sleep(Duration::from_micros(200));
+            // Nothing came: sleep until the stack's next timer, the next counters copy or a
+            // worker's ring, whichever is first.
+            let due = wake.min(last_stats + 100).saturating_sub(now).clamp(1, 100);
+            host_sleep(shared, Duration::from_millis(due));
         }
     }
+}
+
+/// The host thread's wait: on its bell when it has one (a worker rings it when it queues
+/// frames or passive-health events), else a short sleep.
+fn host_sleep(shared: &Shared, most: Duration) {
+    let bell = &shared.host_bell;
+    let Some(fd) = bell.fd() else {
+        std::thread::sleep(most.min(Duration::from_micros(200)));
+        return;
+    };
+    bell.arm();
+    let waiting = !shared.to_host.is_empty() || shared.seen.iter().any(|q| !q.is_empty());
+    if !waiting {
+        crate::port::sys::wait_readable(&[fd], most);
+    }
+    bell.disarm();
 }
 
 #[cfg(test)]

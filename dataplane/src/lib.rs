@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod balance;
+pub mod bell;
 pub mod buf;
 pub mod control;
 pub mod daemon;

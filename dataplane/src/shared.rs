@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 
 use crate::balance::ServiceTable;
+use crate::bell::Bell;
 use crate::buf::PacketBuf;
 use crate::neigh::Neighbors;
 use ctl::proto::{LatencyReport, ServiceReport, StatsReport, TaskReport};
@@ -50,6 +51,11 @@ pub struct Shared {
     /// Buffers a worker has too many of (handoffs move buffers between workers' pools) for a
     /// worker that runs short.
     pub spare: ArrayQueue<PacketBuf>,
+    /// Per worker: rung when a table is published, frames are handed off to it, or (worker 0)
+    /// the host stack has frames to send, so an idle worker sleeps until then.
+    pub bells: Vec<Bell>,
+    /// Rung when a worker queues frames or passive-health events for the host thread.
+    pub host_bell: Bell,
 }
 
 impl Shared {
@@ -71,6 +77,8 @@ impl Shared {
             task_stats: (0..workers)
                 .map(|_| PublishedTasks::new(crate::pipeline::MAX_COUNTED_TASKS))
                 .collect(),
+            bells: (0..workers).map(|_| Bell::new()).collect(),
+            host_bell: Bell::new(),
         })
     }
 
@@ -84,6 +92,9 @@ impl Shared {
     ) -> Result<Arc<ServiceTable>, Vec<usize>> {
         let generation = table.generation;
         let old = self.table.swap(Arc::new(table));
+        for b in &self.bells {
+            b.ring();
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let behind: Vec<usize> = self

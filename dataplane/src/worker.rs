@@ -24,6 +24,10 @@ pub enum Idle {
     Backoff { max: Duration },
 }
 
+/// The longest idle wait of a worker that cannot be woken (no bell, or a port without a
+/// descriptor to wait on).
+const UNBELLED_MAX: Duration = Duration::from_millis(5);
+
 /// A millisecond clock the worker loop reads once per iteration; the pipeline itself never
 /// reads a clock.
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +78,10 @@ pub struct Worker {
     pub clock: Clock,
     /// Burst processing times, nanoseconds.
     pub latency: hdrhistogram::Histogram<u64>,
+    /// Bells to ring after this loop: the host thread's, and (a bit per worker) the workers
+    /// frames were handed off to.
+    ring_host: bool,
+    ring_workers: u128,
 }
 
 impl std::fmt::Debug for Worker {
@@ -127,6 +135,8 @@ impl Worker {
             idle,
             clock: Clock::new(),
             latency: new_histogram(),
+            ring_host: false,
+            ring_workers: 0,
         }
     }
 
@@ -172,9 +182,15 @@ impl Worker {
             match self.idle {
                 Idle::BusyPoll => std::hint::spin_loop(),
                 Idle::Backoff { max } => {
-                    if idle_for < 64 {
+                    if idle_for < 64 || self.pipeline.has_chores() {
                         std::hint::spin_loop();
                     } else {
+                        if idle_for == 64 {
+                            // Going to sleep: what the last frames counted is published now,
+                            // not at the next wake.
+                            self.shared.stats[self.id].write(&self.pipeline.stats);
+                            self.shared.task_stats[self.id].write(&self.pipeline.task_stats);
+                        }
                         self.sleep(idle_for - 64, max);
                     }
                 }
@@ -274,29 +290,56 @@ impl Worker {
             if self.shared.seen[self.id].push(e).is_err() {
                 passive.lost += 1;
             }
+            self.ring_host = true;
         }
         self.pipeline.stats.passive_lost = passive.lost;
         self.shared.acks[self.id].store(table.generation, Ordering::Release);
+        if self.ring_host {
+            self.ring_host = false;
+            self.shared.host_bell.ring();
+        }
+        while self.ring_workers != 0 {
+            let w = self.ring_workers.trailing_zeros() as usize;
+            self.ring_workers &= self.ring_workers - 1;
+            if let Some(b) = self.shared.bells.get(w) {
+                b.ring();
+            }
+        }
         moved > 0
     }
 
     /// Waits for frames with exponential back-off up to `max`: in ppoll() on the ports' file
     /// descriptors when they have them (so a frame wakes the worker at once, however short the
-    /// wait), else in a sleep.
+    /// wait) and on its bell (a table published, frames handed to it or from the host stack),
+    /// else in a sleep. Without a bell (no eventfd) or a port descriptor the wait is at most
+    /// [`UNBELLED_MAX`].
     // Casts: u64/u128 to usize or u64: lossless on the 64-bit targets meshd runs on.
     #[allow(clippy::cast_possible_truncation)]
     fn sleep(&self, step: u32, max: Duration) {
-        let us = (1u64 << step.min(10)).min(max.as_micros() as u64).max(1);
-        let fds: arrayvec::ArrayVec<std::os::fd::RawFd, 2> =
-            [self.uplink.wait_fd(), self.tasks.wait_fd()]
-                .into_iter()
-                .flatten()
-                .collect();
-        if fds.is_empty() {
-            std::thread::sleep(Duration::from_micros(us));
+        let bell = &self.shared.bells[self.id];
+        let port_fds = [self.uplink.wait_fd(), self.tasks.wait_fd()];
+        let max = if bell.works() && port_fds.iter().all(Option::is_some) {
+            max
         } else {
-            crate::port::sys::wait_readable(&fds, Duration::from_micros(us));
+            max.min(UNBELLED_MAX)
+        };
+        let us = (1u64 << step.min(16)).min(max.as_micros() as u64).max(1);
+        let fds: arrayvec::ArrayVec<std::os::fd::RawFd, 3> =
+            port_fds.into_iter().chain([bell.fd()]).flatten().collect();
+        bell.arm();
+        // The last look, armed: work queued before the arm is seen here, work queued after it
+        // rings.
+        let waiting = !self.shared.handoff[self.id].is_empty()
+            || (self.id == 0 && !self.shared.from_host.is_empty())
+            || self.shared.table.load().generation != self.pipeline.generation();
+        if !waiting {
+            if fds.is_empty() {
+                std::thread::sleep(Duration::from_micros(us));
+            } else {
+                crate::port::sys::wait_readable(&fds, Duration::from_micros(us));
+            }
         }
+        bell.disarm();
     }
 
     /// Gives surplus buffers to the shared spare queue or takes some when short.
@@ -392,12 +435,17 @@ impl Worker {
                     self.pipeline.stats.drop(DropReason::HostQueueFull);
                     self.pool.put(b);
                 }
+                self.ring_host = true;
             }
             Verdict::Handoff(w) => match self.shared.handoff.get(usize::from(w)) {
                 Some(q) => {
                     if let Err(b) = q.push(b) {
                         self.pipeline.stats.drop(DropReason::HandoffFull);
                         self.pool.put(b);
+                    }
+                    match 1u128.checked_shl(u32::from(w)) {
+                        Some(bit) => self.ring_workers |= bit,
+                        None => self.shared.bells[usize::from(w)].ring(),
                     }
                 }
                 // Cannot happen while the pipeline and the worker agree on the worker count;

@@ -1002,7 +1002,12 @@ impl Server {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20))
+                    // Until a client connects (or a look at the stop flag is due).
+                    use std::os::fd::AsRawFd;
+                    crate::port::sys::wait_readable(
+                        &[listener.as_raw_fd()],
+                        Duration::from_millis(100),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!("control socket accept failed: {e}");

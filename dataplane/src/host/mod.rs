@@ -574,8 +574,10 @@ impl HostStack {
                 at = at.min(p);
             }
         }
-        if let Some(d) = self.forwards.values().map(|f| f.deadline).min() {
-            at = at.min(d);
+        if !self.forwards.is_empty() {
+            // The upstream's answers are looked for every millisecond while queries wait (the
+            // host thread sleeps on its bell, which the upstream's socket does not ring).
+            at = at.min(now + 1);
         }
         if let Some(d) = self.outliers.next_end() {
             at = at.min(d);

@@ -23,14 +23,14 @@ impl Pipeline {
             self.adopt(table);
         }
         // A new table's check of every flow goes as fast as it can; otherwise the idle sweep
-        // looks at `sweep_budget` flows once per millisecond, not on every loop (a worker that
-        // spins would spend its time sweeping).
+        // looks at `sweep_budget` flows per millisecond gone by, not on every loop (a worker
+        // that spins would spend its time sweeping; one that sleeps between frames sweeps as
+        // many flows a second, in fewer passes).
         let budget = if self.recheck > 0 {
             self.cfg.sweep_budget.max(4096)
-        } else if now != self.last_sweep {
-            self.cfg.sweep_budget
         } else {
-            0
+            let ms = now.wrapping_sub(self.last_sweep).min(64) as usize;
+            self.cfg.sweep_budget * ms
         };
         self.last_sweep = now;
         self.recheck = self.recheck.saturating_sub(budget);

@@ -362,6 +362,12 @@ impl Pipeline {
         self.generation
     }
 
+    /// Whether housekeeping has work that should not wait for an idle worker's next wake (a
+    /// new table's check of every flow, which ends the flows of tasks gone).
+    pub fn has_chores(&self) -> bool {
+        self.recheck > 0
+    }
+
     /// Adopts a new table: sizes the round-robin state and schedules a full pass over the flows
     /// to end those whose task is gone. Called by `process` when the generation changes; this is
     /// the only place the pipeline may allocate, and only when the table grew.

@@ -125,6 +125,32 @@ impl Drop for Mapping {
 }
 
 /// Sleeps until one of `fds` is readable or `timeout_ms` passes (for idle workers).
+/// A non-blocking eventfd (a counter another thread adds to, to wake a `ppoll` on it).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to eventfd `fd` (it becomes readable). At its maximum count the write fails with
+/// EAGAIN, and the eventfd is readable anyway.
+pub fn eventfd_add(fd: RawFd) {
+    let one = 1u64;
+    // SAFETY: writes 8 bytes from a live u64.
+    let _ = unsafe { libc::write(fd, std::ptr::addr_of!(one).cast(), 8) };
+}
+
+/// Empties eventfd `fd` (not readable any more); nothing happens when it is empty (EAGAIN).
+pub fn eventfd_take(fd: RawFd) {
+    let mut v = 0u64;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    let _ = unsafe { libc::read(fd, std::ptr::addr_of_mut!(v).cast(), 8) };
+}
+
 pub fn wait_readable(fds: &[RawFd], timeout: std::time::Duration) {
     let mut pfds = [libc::pollfd {
         fd: -1,
