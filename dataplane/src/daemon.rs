@@ -969,6 +969,9 @@ fn host_loop(shared: &Shared, ctl: &ControlHandle, host: &HostShared, mut stack:
             }
             last_stats = now;
         }
+        // Not held while asleep: the controller patches the table before the running one in
+        // place once nobody holds it (a copy of 100,000 tasks otherwise).
+        drop(table);
         if got == 0 {
             // Nothing came: sleep until the stack's next timer, the next counters copy or a
             // worker's ring, whichever is first.
