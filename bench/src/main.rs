@@ -63,7 +63,7 @@ enum Cmd {
     /// times one-task updates from meshctl's write to every node's confirmation (p50/p99) and a
     /// node's restart. Needs root.
     #[command(
-        after_help = "EXAMPLES:\n  sudo target/release/bench converge                       # 5, 20 and 50 nodes, 10,000 services of 10 tasks (~15 min)\n  sudo target/release/bench converge --nodes 5 --services 1000 --updates 20   # a minute"
+        after_help = "EXAMPLES:\n  sudo target/release/bench converge                       # 5, 20 and 50 nodes, 10,000 services of 10 tasks (~8 min)\n  sudo target/release/bench converge --nodes 5 --services 1000 --updates 20   # a minute"
     )]
     Converge(bench::converge::ConvergeArgs),
 }
