@@ -28,6 +28,9 @@ pub enum Idle {
 /// descriptor to wait on).
 const UNBELLED_MAX: Duration = Duration::from_millis(5);
 
+/// The longest idle wait of a worker whose port holds frames for another TX kick.
+const UNSENT_MAX: Duration = Duration::from_millis(1);
+
 /// A millisecond clock the worker loop reads once per iteration; the pipeline itself never
 /// reads a clock.
 #[derive(Debug, Clone, Copy)]
@@ -318,7 +321,11 @@ impl Worker {
     fn sleep(&self, step: u32, max: Duration) {
         let bell = &self.shared.bells[self.id];
         let port_fds = [self.uplink.wait_fd(), self.tasks.wait_fd()];
-        let max = if bell.works() && port_fds.iter().all(Option::is_some) {
+        let max = if self.uplink.unsent() || self.tasks.unsent() {
+            // Frames wait for the next kick (a TX ring the kernel drains 32 at a time): soon,
+            // but without spinning on a link that takes none.
+            max.min(UNSENT_MAX)
+        } else if bell.works() && port_fds.iter().all(Option::is_some) {
             max
         } else {
             max.min(UNBELLED_MAX)

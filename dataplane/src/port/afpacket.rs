@@ -711,6 +711,10 @@ impl Port for AfPacketPort {
         Some(self.raw_fd())
     }
 
+    fn unsent(&self) -> bool {
+        self.tx_unsent
+    }
+
     fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
         let n = match self.rx_ring {
             RxRing::PerFrame => self.rx_burst_frames(pool, out),

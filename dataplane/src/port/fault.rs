@@ -132,6 +132,10 @@ impl<P: Port> Port for FaultInjector<P> {
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         self.inner.wait_fd()
     }
+
+    fn unsent(&self) -> bool {
+        self.inner.unsent()
+    }
 }
 
 /// Appends `b` to `out`, or hands it back to the pool when the burst is full (a duplicate

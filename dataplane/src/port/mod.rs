@@ -62,6 +62,12 @@ pub trait Port {
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// Whether frames wait in the TX ring for another kick ([`Port::flush`]): a worker with
+    /// such a port does not sleep.
+    fn unsent(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed port is a port (so wrappers such as [`pcap::PcapWriter`] go around any backend).
@@ -80,5 +86,8 @@ impl<P: Port + ?Sized> Port for Box<P> {
     }
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         (**self).wait_fd()
+    }
+    fn unsent(&self) -> bool {
+        (**self).unsent()
     }
 }

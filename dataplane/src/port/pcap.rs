@@ -135,6 +135,10 @@ impl<P: Port> Port for PcapWriter<P> {
     fn wait_fd(&self) -> Option<std::os::fd::RawFd> {
         self.inner.wait_fd()
     }
+
+    fn unsent(&self) -> bool {
+        self.inner.unsent()
+    }
 }
 
 #[cfg(test)]

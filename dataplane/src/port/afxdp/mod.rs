@@ -464,6 +464,10 @@ impl Port for AfXdpPort {
         Some(self.raw_fd())
     }
 
+    fn unsent(&self) -> bool {
+        self.tx_unsent
+    }
+
     // Casts: descriptor addresses and lengths lie within the UMEM (a few MiB); a burst is at most 32.
     #[allow(clippy::cast_possible_truncation)]
     fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
