@@ -191,8 +191,7 @@ impl Worker {
                         if idle_for == 64 {
                             // Going to sleep: what the last frames counted is published now,
                             // not at the next wake.
-                            self.shared.stats[self.id].write(&self.pipeline.stats);
-                            self.shared.task_stats[self.id].write(&self.pipeline.task_stats);
+                            self.publish_counters();
                         }
                         self.sleep(idle_for - 64, max);
                     }
@@ -200,6 +199,11 @@ impl Worker {
             }
         }
         self.refresh_port_counters();
+        self.publish_counters();
+    }
+
+    /// Publishes the worker's counters and per-task counters for the other threads.
+    fn publish_counters(&self) {
         self.shared.stats[self.id].write(&self.pipeline.stats);
         self.shared.task_stats[self.id].write(&self.pipeline.task_stats);
     }

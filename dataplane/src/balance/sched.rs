@@ -80,9 +80,11 @@ impl Scheduler {
             _ => {
                 let pos = self.rr.get_mut(usize::from(bal))?;
                 let start = (*pos as usize) % n;
-                let i = (0..n).map(|k| (start + k) % n).find(|&i| up(i).is_some())?;
+                let (i, x) = (0..n)
+                    .map(|k| (start + k) % n)
+                    .find_map(|i| Some((i, up(i)?)))?;
                 *pos = u32::try_from(i).unwrap_or(0).wrapping_add(1);
-                up(i)
+                Some(x)
             }
         }
     }
