@@ -3,7 +3,7 @@
 # use: protoc with protobuf's own .proto files (the etcd client's build needs both), etcd and
 # etcdctl (cluster mode: the demo runs on a real etcd), ip (iproute2), ethtool, curl, ping,
 # tracepath, dig, wrk (keep-alive load across meshd restarts); with --bench also what `bench mesh` compares meshd with: nftables (the
-# kernel's way) and DPDK's testpmd (the veth ceiling).
+# kernel's way), DPDK's testpmd (the veth ceiling) and libdpdk-dev (meshd's DPDK port).
 # Says what is missing when it cannot install. The AF_XDP backend (meshd --io afxdp) needs no
 # package: it is plain system calls (no libbpf/libxdp, no clang).
 set -euo pipefail
@@ -20,6 +20,11 @@ for tool in "${!pkg[@]}"; do
 done
 if [ ! -e /usr/include/google/protobuf/descriptor.proto ]; then
   missing+=(libprotobuf-dev)
+fi
+# With --bench (./test): DPDK's development files, for meshd's DPDK port (--features
+# dataplane/dpdk: `meshd --io dpdk`, testbed/tests/dpdk.rs), found with pkg-config.
+if [ "${1:-}" = "--bench" ] && ! pkg-config --exists libdpdk 2>/dev/null; then
+  missing+=(libdpdk-dev pkg-config)
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then

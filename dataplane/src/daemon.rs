@@ -125,8 +125,19 @@ pub struct Args {
     /// no longer reach the kernel stack. On drivers with native XDP (veth has it) frames are
     /// taken before the kernel's stack and packet taps see them. One worker only (one socket per interface queue):
     /// give --cores a single core. Needs Linux 5.9+ (and a meshd built with its default features).
+    ///
+    /// dpdk: a DPDK poll-mode driver (a meshd built with --features dpdk): --uplink and --tasks
+    /// then name DPDK devices — a PCI address bound to vfio-pci (0000:03:00.0), or a virtual
+    /// device with its arguments (net_af_packet0,iface=eth1; net_af_xdp0,iface=eth1;
+    /// net_memif0,role=server,socket=/run/m.sock) — with one queue pair per worker (RSS
+    /// spreads flows over them). EAL's own options go in --dpdk-args.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io: Option<IoMode>,
+    /// With --io dpdk: DPDK EAL arguments, in one string, e.g. "--no-huge -m 512" (no
+    /// hugepages) or "--vdev net_memif0,socket=/run/m.sock" (then --uplink net_memif0). meshd
+    /// adds, unless given: -l with the first --cores core, --in-memory, --log-level=*:warning.
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub dpdk_args: Option<String>,
     /// How the kernel hands received frames over, with --io afpacket [default: frames].
     ///
     /// frames: one frame per ring slot (TPACKET_V2), each the worker's as soon as it arrives:
@@ -198,6 +209,7 @@ struct FileConfig {
     new_flows_per_source: Option<u16>,
     busy_poll: Option<bool>,
     io: Option<IoMode>,
+    dpdk_args: Option<String>,
     rx_ring: Option<RxRingMode>,
     metrics: Option<std::net::SocketAddr>,
     dns_upstream: Option<std::net::SocketAddrV4>,
@@ -219,7 +231,12 @@ pub enum IoMode {
     Afpacket,
     /// An AF_XDP socket and meshd's XDP program, one worker (in the default build).
     Afxdp,
+    /// A DPDK poll-mode driver, a queue pair per worker (in a build with --features dpdk).
+    Dpdk,
 }
+
+/// What a meshd built without the `dpdk` feature says to `--io dpdk`.
+pub const NO_DPDK: &str = "meshd was built without DPDK: build it with `cargo build --release --features dataplane/dpdk` (needs libdpdk-dev and pkg-config)";
 
 /// What a meshd built without the `afxdp` feature says to `--io afxdp`.
 pub const NO_AFXDP: &str = "meshd was built without AF_XDP (--no-default-features): build it with its default features (cargo build --release)";
@@ -262,6 +279,8 @@ pub struct Settings {
     pub new_flows_per_source: u16,
     pub busy_poll: bool,
     pub io: IoMode,
+    /// `--dpdk-args`, split at white space.
+    pub dpdk_args: Vec<String>,
     pub rx_ring: RxRing,
     pub metrics: Option<std::net::SocketAddr>,
     pub dns_upstream: Option<std::net::SocketAddrV4>,
@@ -344,6 +363,9 @@ pub enum StartError {
     #[cfg(feature = "afxdp")]
     #[error("{0}")]
     XdpPort(#[from] crate::port::afxdp::AfXdpError),
+    #[cfg(feature = "dpdk")]
+    #[error("{0}")]
+    Dpdk(#[from] crate::port::dpdk::DpdkError),
     #[error("{0}")]
     State(#[from] crate::control::store::StoreError),
     #[error("control socket {path}: {source}")]
@@ -404,6 +426,19 @@ impl Args {
                 )));
             }
         }
+        if io == IoMode::Dpdk && !cfg!(feature = "dpdk") {
+            return Err(StartError::Config(NO_DPDK.to_owned()));
+        }
+        let dpdk_args: Vec<String> = self
+            .dpdk_args
+            .or(file.dpdk_args)
+            .map(|a| a.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        if !dpdk_args.is_empty() && io != IoMode::Dpdk {
+            return Err(StartError::Config(
+                "--dpdk-args goes with --io dpdk".to_owned(),
+            ));
+        }
         let flows = self.flows.or(file.flows).unwrap_or(1 << 20);
         if !(16..=MAX_FLOWS).contains(&flows) {
             return Err(StartError::Config(format!(
@@ -451,6 +486,7 @@ impl Args {
                 .unwrap_or(0),
             busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
             io,
+            dpdk_args,
             rx_ring: self.rx_ring.or(file.rx_ring).unwrap_or_default().into(),
             metrics: self.metrics.or(file.metrics),
             dns_upstream: self.dns_upstream.or(file.dns_upstream),
@@ -525,9 +561,16 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let t0 = std::time::Instant::now();
     let persisted = initial_state(&s, &store)?;
     let read = t0.elapsed();
-    let uplink_mac = interface_mac(&s.uplink)?;
-    let tasks_mac = interface_mac(&s.tasks)?;
-    let uplink_mtu = interface_mtu(&s.uplink)?;
+    let workers = s.cores.len().max(1);
+    let mut dpdk = open_dpdk(&s, workers)?;
+    let (uplink_mac, tasks_mac, uplink_mtu) = match &dpdk {
+        Some(d) => d.addresses(),
+        None => (
+            interface_mac(&s.uplink)?,
+            interface_mac(&s.tasks)?,
+            interface_mtu(&s.uplink)?,
+        ),
+    };
     if uplink_mtu < ctl::MIN_NETWORK_MTU + ctl::VXLAN_OVERHEAD {
         return Err(StartError::Config(format!(
             "the uplink {:?} has MTU {uplink_mtu}: VXLAN needs {} bytes of it, which leaves less \
@@ -538,7 +581,6 @@ pub fn run(s: Settings) -> Result<(), StartError> {
             s.uplink
         )));
     }
-    let workers = s.cores.len().max(1);
     let neigh = Arc::new(Neighbors::new(1 << 16));
     let table = ServiceTable::empty(&s.node, s.addr);
     let shared = Shared::new(table, workers, neigh);
@@ -604,6 +646,10 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                 Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?),
             ),
             IoMode::Afxdp => open_xdp(&s)?,
+            IoMode::Dpdk => match dpdk.as_mut() {
+                Some(d) => d.ports(w),
+                None => return Err(StartError::Config(NO_DPDK.to_owned())),
+            },
         };
         if let Some(cap) = &capture {
             up = Box::new(PcapWriter::new(up, cap.clone()));
@@ -886,6 +932,108 @@ fn open_xdp(_: &Settings) -> Result<PortPair, StartError> {
     Err(StartError::Config(NO_AFXDP.to_owned()))
 }
 
+/// The DPDK devices of `--io dpdk`, started, and each worker's mbuf pool.
+#[cfg(feature = "dpdk")]
+struct DpdkIo {
+    up: crate::port::dpdk::Device,
+    tk: crate::port::dpdk::Device,
+    pools: Vec<Arc<crate::port::dpdk::MbufPool>>,
+}
+
+#[cfg(feature = "dpdk")]
+impl DpdkIo {
+    fn addresses(&self) -> ([u8; 6], [u8; 6], u16) {
+        (self.up.mac, self.tk.mac, self.up.mtu)
+    }
+
+    /// Worker `w`'s queue pair on each device.
+    // Casts: w < workers, which the devices have queues for (u16).
+    #[allow(clippy::cast_possible_truncation)]
+    fn ports(&mut self, w: usize) -> PortPair {
+        use crate::port::dpdk::DpdkPort;
+        let pool = self.pools[w].clone();
+        (
+            Box::new(DpdkPort::new(
+                &self.up,
+                w as u16,
+                PortId::Uplink,
+                pool.clone(),
+            )),
+            Box::new(DpdkPort::new(&self.tk, w as u16, PortId::Tasks, pool)),
+        )
+    }
+}
+
+/// With `--io dpdk`: starts EAL and both devices, a queue pair per worker.
+#[cfg(feature = "dpdk")]
+fn open_dpdk(s: &Settings, workers: usize) -> Result<Option<DpdkIo>, StartError> {
+    use crate::port::dpdk::{self, Device, DeviceSpec, MbufPool};
+    if s.io != IoMode::Dpdk {
+        return Ok(None);
+    }
+    let up =
+        DeviceSpec::parse(&s.uplink).map_err(|e| StartError::Config(format!("--uplink {e}")))?;
+    let tk = DeviceSpec::parse(&s.tasks).map_err(|e| StartError::Config(format!("--tasks {e}")))?;
+    if up.name() == tk.name() {
+        return Err(StartError::Config(format!(
+            "--uplink and --tasks both name the DPDK device {:?}: give two devices",
+            up.name()
+        )));
+    }
+    let args = dpdk::eal_args(
+        &s.dpdk_args,
+        s.cores.first().copied().unwrap_or(0),
+        &[up.clone(), tk.clone()],
+    );
+    tracing::info!(?args, "starting DPDK's EAL");
+    dpdk::init(&args)?;
+    let pools = (0..workers)
+        .map(|w| MbufPool::new(&format!("meshd-w{w}")).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&MbufPool> = pools.iter().map(|p| &**p).collect();
+    let upd = Device::start(&up, &refs)?;
+    let tkd = Device::start(&tk, &refs)?;
+    for d in [&upd, &tkd] {
+        let l = d.link();
+        tracing::info!(
+            device = %d.name,
+            port = d.id,
+            driver = %d.driver,
+            queues = d.queues,
+            rss = d.rss,
+            mtu = d.mtu,
+            link_up = l.up != 0,
+            speed_mbps = l.speed_mbps,
+            "DPDK device started"
+        );
+    }
+    Ok(Some(DpdkIo {
+        up: upd,
+        tk: tkd,
+        pools,
+    }))
+}
+
+/// Uninhabited without the `dpdk` feature: [`Args::resolve`] refuses `--io dpdk`.
+#[cfg(not(feature = "dpdk"))]
+enum DpdkIo {}
+
+#[cfg(not(feature = "dpdk"))]
+impl DpdkIo {
+    fn addresses(&self) -> ([u8; 6], [u8; 6], u16) {
+        match *self {}
+    }
+    fn ports(&mut self, _: usize) -> PortPair {
+        match *self {}
+    }
+}
+
+#[cfg(not(feature = "dpdk"))]
+#[allow(clippy::unnecessary_wraps)]
+fn open_dpdk(_: &Settings, _: usize) -> Result<Option<DpdkIo>, StartError> {
+    Ok(None)
+}
+
 /// The upstream resolver: a kernel UDP socket in meshd's own namespace, connected so only the
 /// upstream's answers come in.
 struct UdpUpstream(std::net::UdpSocket);
@@ -1020,6 +1168,21 @@ mod tests {
     }
 
     #[test]
+    fn io_dpdk_needs_the_feature_and_dpdk_args_need_io_dpdk() {
+        let d = args(&["--io", "dpdk", "--dpdk-args", "--no-huge -m 128"]).resolve();
+        if cfg!(feature = "dpdk") {
+            assert_eq!(d.unwrap().dpdk_args, ["--no-huge", "-m", "128"]);
+        } else {
+            assert!(d
+                .unwrap_err()
+                .to_string()
+                .contains("--features dataplane/dpdk"));
+        }
+        let e = args(&["--dpdk-args", "--no-huge"]).resolve().unwrap_err();
+        assert!(e.to_string().contains("--io dpdk"), "{e}");
+    }
+
+    #[test]
     fn io_defaults_to_afpacket_and_afxdp_needs_the_feature_and_one_core() {
         assert_eq!(args(&[]).resolve().unwrap().io, IoMode::Afpacket);
         assert_eq!(
@@ -1084,8 +1247,19 @@ mod tests {
                 .io,
             IoMode::Afpacket
         );
-        std::fs::write(&path, "io = \"dpdk\"\n").unwrap();
-        assert!(args(&["--config", p]).resolve().is_err());
+        std::fs::write(&path, "io = \"netmap\"\n").unwrap();
+        assert!(args(&["--config", p]).resolve().is_err(), "no such backend");
+        std::fs::write(&path, "io = \"dpdk\"\ndpdk_args = \"--no-huge\"\n").unwrap();
+        let d = args(&["--config", p]).resolve();
+        if cfg!(feature = "dpdk") {
+            let d = d.unwrap();
+            assert_eq!(
+                (d.io, d.dpdk_args),
+                (IoMode::Dpdk, vec!["--no-huge".to_string()])
+            );
+        } else {
+            assert_eq!(d.unwrap_err().to_string(), NO_DPDK);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -150,6 +150,9 @@ pub struct Record {
     /// Cluster mode: the etcd the nodes follow (`up --cluster`).
     #[serde(default)]
     pub etcd: Option<EtcdRec>,
+    /// How the nodes' meshd reach their interfaces (`up --io`).
+    #[serde(default)]
+    pub io: plan::NodeIo,
 }
 
 /// The instance's etcd: its members in a namespace of their own on the management network
@@ -396,6 +399,7 @@ impl Bed {
             children: Vec::new(),
         };
         bed.rec.instance = bed.plan.instance.clone();
+        bed.rec.io = bed.plan.io;
         match bed.build(nodes, etcd_members) {
             Ok(()) => Ok(bed),
             Err(e) => {
@@ -563,15 +567,22 @@ impl Bed {
         let p = self.plan.clone();
         let node = self.rec.nodes[n].clone();
         let key_file = p.run_dir().join("gossip.key");
+        let (uplink, tasks) = match self.rec.io {
+            plan::NodeIo::Afpacket => (plan::UPLINK_DEV.to_string(), plan::TASKS_DEV.to_string()),
+            plan::NodeIo::Dpdk => (
+                format!("net_af_packet0,iface={}", plan::UPLINK_DEV),
+                format!("net_af_packet1,iface={}", plan::TASKS_DEV),
+            ),
+        };
         let mut args: Vec<String> = [
             "--node",
             &node.name,
             "--addr",
             &node.addr.to_string(),
             "--uplink",
-            plan::UPLINK_DEV,
+            &uplink,
             "--tasks",
-            plan::TASKS_DEV,
+            &tasks,
             "--socket",
             &node.socket.display().to_string(),
             "--state",
@@ -588,6 +599,14 @@ impl Bed {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if self.rec.io == plan::NodeIo::Dpdk {
+            args.extend([
+                "--io".to_string(),
+                "dpdk".into(),
+                "--dpdk-args".into(),
+                plan::DPDK_EAL_ARGS.into(),
+            ]);
+        }
         if let Some(e) = &self.rec.etcd {
             args.extend([
                 "--cluster".to_string(),

@@ -102,6 +102,11 @@ enum Cmd {
         /// With --cluster, how many etcd members (1, 3 or 5)
         #[arg(long, default_value_t = 1, value_name = "N")]
         etcd_members: usize,
+        /// How each meshd reaches its interfaces: afpacket (its default), or dpdk (a
+        /// net_af_packet virtual device on each, EAL without hugepages; needs meshd built with
+        /// `cargo build --release --features dataplane/dpdk`)
+        #[arg(long, value_enum, default_value_t = testbed::plan::NodeIo::Afpacket)]
+        io: testbed::plan::NodeIo,
     },
     /// Remove everything `up` made: stop meshd and tasks, delete the namespaces (also after a crash)
     Down {
@@ -278,9 +283,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             task_mtu,
             cluster,
             etcd_members,
+            io,
         } => {
             preflight::check(true)?;
             let members = if cluster { etcd_members } else { 0 };
+            let plan = Plan { io, ..plan };
             let mut bed = Bed::up_with(plan, Tools::find()?, nodes, true, members)?;
             if let Some(mtu) = task_mtu {
                 bed.set_task_mtu(mtu)?;

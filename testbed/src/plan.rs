@@ -59,7 +59,35 @@ pub fn mgmt_addr(i: usize) -> Ipv4Addr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub instance: String,
+    /// How the nodes' meshd reach their interfaces (`up --io`); kept in the instance's record.
+    pub io: NodeIo,
 }
+
+/// How a node's meshd reaches its two interfaces.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeIo {
+    /// meshd's AF_PACKET rings (its default).
+    #[default]
+    Afpacket,
+    /// DPDK (`meshd --io dpdk`, a meshd built with --features dpdk): a `net_af_packet` virtual
+    /// device on each interface, EAL without hugepages.
+    Dpdk,
+}
+
+/// EAL's arguments for a testbed node: no hugepages, no PCI scan, 128 MiB (the mbuf pool
+/// takes about 20).
+pub const DPDK_EAL_ARGS: &str = "--no-huge -m 128 --no-pci";
 
 impl Plan {
     /// A plan for `instance`: 1 to 10 lowercase letters and digits, starting with a letter.
@@ -77,6 +105,7 @@ impl Plan {
         }
         Ok(Plan {
             instance: instance.to_string(),
+            io: NodeIo::default(),
         })
     }
 

@@ -12,6 +12,8 @@ use crate::buf::{PacketBuf, Pool};
 pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub(crate) mod ebpf;
 pub mod fault;
 pub mod mem;

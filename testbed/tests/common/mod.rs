@@ -77,6 +77,11 @@ fn build_daemons(testbed: &Path) {
         if release {
             args.push("--release");
         }
+        // meshd with its DPDK port (testbed/tests/dpdk.rs) where DPDK is installed (./test
+        // installs it); elsewhere that test fails, saying so.
+        if dpdk_installed() {
+            args.extend(["--features", "dataplane/dpdk"]);
+        }
         let st = std::process::Command::new(&cargo)
             .args(&args)
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -84,6 +89,14 @@ fn build_daemons(testbed: &Path) {
             .expect("running cargo to build meshd and meshctl");
         assert!(st.success(), "cargo build of meshd/meshctl failed");
     });
+}
+
+/// Whether DPDK's development files are installed (pkg-config finds libdpdk).
+pub fn dpdk_installed() -> bool {
+    std::process::Command::new("pkg-config")
+        .args(["--exists", "libdpdk"])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A fresh 3-node mesh on instance `<letter><tag><pid>`, or `None` (with a printed line) when
@@ -103,6 +116,26 @@ pub fn mesh_with(
     etcd_members: usize,
     preflight: impl FnOnce(),
 ) -> Option<Mesh> {
+    mesh_io(
+        letter,
+        test,
+        tag,
+        etcd_members,
+        testbed::plan::NodeIo::default(),
+        preflight,
+    )
+}
+
+#[allow(dead_code)] // each test file uses part of this module
+/// [`mesh_with`] with every meshd reaching its interfaces the `io` way.
+pub fn mesh_io(
+    letter: &str,
+    test: &str,
+    tag: &str,
+    etcd_members: usize,
+    io: testbed::plan::NodeIo,
+    preflight: impl FnOnce(),
+) -> Option<Mesh> {
     if !sys::require_root(&format!(
         "{test}/{tag} (sudo cargo test -p testbed --test {test})"
     )) {
@@ -112,7 +145,8 @@ pub fn mesh_with(
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let exe = Path::new(env!("CARGO_BIN_EXE_testbed"));
     build_daemons(exe);
-    let plan = Plan::new(&format!("{letter}{tag}{}", std::process::id() % 1000)).unwrap();
+    let mut plan = Plan::new(&format!("{letter}{tag}{}", std::process::id() % 1000)).unwrap();
+    plan.io = io;
     testbed::bed::down(&plan);
     let started = Instant::now();
     let bed = Bed::up_with(plan, Tools::beside(exe).unwrap(), 3, false, etcd_members).unwrap();
