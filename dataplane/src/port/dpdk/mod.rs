@@ -197,7 +197,13 @@ fn eal_hint(errno: i32, args: &[String]) -> &'static str {
                 "no hugepages to take: reserve some (echo 512 > /proc/sys/vm/nr_hugepages) or add --no-huge to --dpdk-args"
             }
         }
-        libc::EACCES => "permission denied: run meshd as root (or with the capabilities DPDK needs)",
+        libc::EACCES => {
+            if args.iter().any(|a| a == "--no-huge") {
+                "permission denied: run meshd as root (or with the capabilities DPDK needs)"
+            } else {
+                "no hugepages to use (EAL found none mounted and reserved, or may not read them): reserve some (echo 512 > /proc/sys/vm/nr_hugepages) and run meshd as root, or add --no-huge to --dpdk-args"
+            }
+        }
         libc::EALREADY => "EAL runs already in this process",
         libc::ENODEV => "a device could not be probed: check the --vdev/-a arguments and that no other process holds the device (the EAL lines above say which)",
         libc::EINVAL => "an argument was refused: check --dpdk-args (the EAL lines above say which; a plugin directory -d must not be world-writable)",
@@ -346,7 +352,7 @@ impl Device {
                 count: unsafe { sys::meshd_port_count() },
                 hint: match spec {
                     DeviceSpec::Named(_) => "name a device that --dpdk-args creates (--vdev NAME,...) or give its PCI address or net_...,ARGS here",
-                    _ => "EAL did not create it: see the EAL lines above (a PCI device must be bound to vfio-pci or uio_pci_generic)",
+                    _ => "EAL did not create it: check its arguments (a net_af_packet or net_af_xdp iface= must exist in meshd's network namespace; a memif socket= path must be reachable) and the EAL lines above; a PCI device must be bound to vfio-pci or uio_pci_generic",
                 },
             });
         }
