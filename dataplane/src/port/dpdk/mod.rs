@@ -563,9 +563,14 @@ impl Port for DpdkPort {
                 self.stats.rx_no_buf += 1;
                 continue;
             };
+            let Some(room) = buf.room_mut().get_mut(..len) else {
+                self.stats.rx_too_long += 1;
+                pool.put(buf);
+                continue;
+            };
             // SAFETY: the first (only) segment holds `len` bytes at `data`.
             let frame = unsafe { std::slice::from_raw_parts(data, len) };
-            buf.room_mut()[..len].copy_from_slice(frame);
+            room.copy_from_slice(frame);
             buf.set_len(len);
             buf.port = self.port;
             out.push(buf);
