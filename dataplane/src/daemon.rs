@@ -135,7 +135,8 @@ pub struct Args {
     pub io: Option<IoMode>,
     /// With --io dpdk: DPDK EAL arguments, in one string, e.g. "--no-huge -m 512" (no
     /// hugepages) or "--vdev net_memif0,socket=/run/m.sock" (then --uplink net_memif0). meshd
-    /// adds, unless given: -l with the first --cores core, --in-memory, --log-level=*:warning.
+    /// adds, unless given: -l with the first --cores core, --in-memory (--no-shconf with
+    /// --no-huge), --log-level=*:warning.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub dpdk_args: Option<String>,
     /// How the kernel hands received frames over, with --io afpacket [default: frames].
@@ -562,7 +563,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let persisted = initial_state(&s, &store)?;
     let read = t0.elapsed();
     let workers = s.cores.len().max(1);
-    let mut dpdk = open_dpdk(&s, workers)?;
+    let dpdk = open_dpdk(&s, workers)?;
     let (uplink_mac, tasks_mac, uplink_mtu) = match &dpdk {
         Some(d) => d.addresses(),
         None => (
@@ -646,7 +647,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                 Box::new(open(&s.tasks, PortId::Tasks, group.wrapping_add(0x8000))?),
             ),
             IoMode::Afxdp => open_xdp(&s)?,
-            IoMode::Dpdk => match dpdk.as_mut() {
+            IoMode::Dpdk => match &dpdk {
                 Some(d) => d.ports(w),
                 None => return Err(StartError::Config(NO_DPDK.to_owned())),
             },
@@ -691,6 +692,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         let pipeline = Pipeline::with_flows(cfg, shared.neigh.clone(), flows);
         let mut worker = Worker::with_pipeline(w, pipeline, up, tk, shared.clone(), idle, 4096);
         let core_id = core_ids.iter().find(|c| c.id == core).copied();
+        let on_dpdk = dpdk.is_some();
         let h = std::thread::Builder::new()
             .name(format!("meshd-w{w}"))
             .spawn(move || {
@@ -703,6 +705,9 @@ pub fn run(s: Settings) -> Result<(), StartError> {
                         core,
                         "could not pin the worker to its core; running unpinned"
                     ),
+                }
+                if on_dpdk {
+                    register_dpdk_thread();
                 }
                 worker.run();
             })?;
@@ -949,7 +954,7 @@ impl DpdkIo {
     /// Worker `w`'s queue pair on each device.
     // Casts: w < workers, which the devices have queues for (u16).
     #[allow(clippy::cast_possible_truncation)]
-    fn ports(&mut self, w: usize) -> PortPair {
+    fn ports(&self, w: usize) -> PortPair {
         use crate::port::dpdk::DpdkPort;
         let pool = self.pools[w].clone();
         (
@@ -963,6 +968,16 @@ impl DpdkIo {
         )
     }
 }
+
+/// A DPDK worker's thread takes an lcore id before its first burst.
+#[cfg(feature = "dpdk")]
+fn register_dpdk_thread() {
+    crate::port::dpdk::register_thread();
+}
+
+/// Never called: without the `dpdk` feature there are no DPDK workers.
+#[cfg(not(feature = "dpdk"))]
+fn register_dpdk_thread() {}
 
 /// With `--io dpdk`: starts EAL and both devices, a queue pair per worker.
 #[cfg(feature = "dpdk")]
@@ -983,7 +998,7 @@ fn open_dpdk(s: &Settings, workers: usize) -> Result<Option<DpdkIo>, StartError>
     let args = dpdk::eal_args(
         &s.dpdk_args,
         s.cores.first().copied().unwrap_or(0),
-        &[up.clone(), tk.clone()],
+        &[&up, &tk],
     );
     tracing::info!(?args, "starting DPDK's EAL");
     dpdk::init(&args)?;
@@ -1023,7 +1038,7 @@ impl DpdkIo {
     fn addresses(&self) -> ([u8; 6], [u8; 6], u16) {
         match *self {}
     }
-    fn ports(&mut self, _: usize) -> PortPair {
+    fn ports(&self, _: usize) -> PortPair {
         match *self {}
     }
 }

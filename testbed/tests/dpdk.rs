@@ -47,6 +47,23 @@ fn dig(ns: &str, server: std::net::Ipv4Addr, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// curl of each of `urls` from `ns`: the tasks that answered.
+fn answered(ns: &str, urls: &[String]) -> BTreeSet<String> {
+    urls.iter()
+        .map(|url| {
+            let r = probe::curl(ns, url, T, &[]).unwrap();
+            r.whoami()
+                .unwrap_or_else(|| panic!("curl {url}: {}", r.stderr))
+                .hostname
+        })
+        .collect()
+}
+
+/// Both tasks of web.
+fn both() -> BTreeSet<String> {
+    BTreeSet::from(["web.1".to_string(), "web.2".to_string()])
+}
+
 #[test]
 fn a_mesh_on_dpdk_ports_answers_curl_ping_and_dig_through_every_node() {
     let Some(mut m) = mesh("mesh") else { return };
@@ -67,19 +84,11 @@ fn a_mesh_on_dpdk_ports_answers_curl_ping_and_dig_through_every_node() {
     m.run(&RunSpec::new("client", 1).network("appnet")).unwrap();
 
     // The published port on every node, one without a task included; both tasks answer.
-    let mut seen = BTreeSet::new();
-    for node in ["n1", "n2", "n3", "n1", "n2", "n3"] {
-        let url = format!("http://{}:8080/", m.node(node).unwrap().addr);
-        let r = probe::curl(&m.client_ns(), &url, T, &[]).unwrap();
-        let w = r
-            .whoami()
-            .unwrap_or_else(|| panic!("curl {url} through {node}: {}", r.stderr));
-        seen.insert(w.hostname);
-    }
-    assert_eq!(
-        seen,
-        BTreeSet::from(["web.1".to_string(), "web.2".to_string()])
-    );
+    let urls: Vec<String> = ["n1", "n2", "n3", "n1", "n2", "n3"]
+        .iter()
+        .map(|n| format!("http://{}:8080/", m.node(n).unwrap().addr))
+        .collect();
+    assert_eq!(answered(&m.client_ns(), &urls), both());
 
     // A mebibyte (MTU-sized frames, VXLAN across nodes) through a node without a task,
     // byte for byte.
@@ -122,18 +131,8 @@ fn a_mesh_on_dpdk_ports_answers_curl_ping_and_dig_through_every_node() {
         dig(&client.ns, plan::gateway(k), "web"),
         BTreeSet::from([vip.to_string()])
     );
-    let mut seen = BTreeSet::new();
-    for _ in 0..4 {
-        let r = probe::curl(&client.ns, &format!("http://{vip}/"), T, &[]).unwrap();
-        let w = r
-            .whoami()
-            .unwrap_or_else(|| panic!("curl {vip}: {}", r.stderr));
-        seen.insert(w.hostname);
-    }
-    assert_eq!(
-        seen,
-        BTreeSet::from(["web.1".to_string(), "web.2".to_string()])
-    );
+    let urls = vec![format!("http://{vip}/"); 4];
+    assert_eq!(answered(&client.ns, &urls), both());
     let (ok, out) = probe::ping(&client.ns, &vip.to_string(), 2).unwrap();
     assert!(ok, "ping VIP {vip}: {out}");
 

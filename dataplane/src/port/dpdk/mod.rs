@@ -38,7 +38,7 @@ use std::sync::OnceLock;
 
 use super::sys::sendable;
 use super::{Burst, Port, PortCounters, BURST};
-use crate::buf::{Pool, PortId, BUF_SIZE, HEADROOM};
+use crate::buf::{Pool, PortId, BUF_SIZE};
 
 /// Mbufs per worker's pool: both ports' RX and TX rings full, bursts in flight and the
 /// per-lcore cache (2^n - 1: a mempool's best size).
@@ -98,7 +98,7 @@ fn errno() -> i32 {
 }
 
 /// What the operator gives EAL, and what meshd adds to it.
-pub fn eal_args(user: &[String], first_core: usize, devices: &[DeviceSpec]) -> Vec<String> {
+pub fn eal_args(user: &[String], first_core: usize, devices: &[&DeviceSpec]) -> Vec<String> {
     let has = |opts: &[&str]| {
         user.iter().any(|a| {
             opts.iter()
@@ -126,7 +126,7 @@ pub fn eal_args(user: &[String], first_core: usize, devices: &[DeviceSpec]) -> V
     }
     args.extend(user.iter().cloned());
     for d in devices {
-        match d {
+        match *d {
             DeviceSpec::Pci(a) => args.extend(["-a".into(), a.clone()]),
             DeviceSpec::Vdev { spec, .. } => args.extend(["--vdev".into(), spec.clone()]),
             DeviceSpec::Named(_) => {}
@@ -292,18 +292,6 @@ impl MbufPool {
             size: POOL_MBUFS,
         })
     }
-
-    /// Mbufs in the pool or its caches, free to take.
-    pub fn available(&self) -> u32 {
-        // SAFETY: the pool lives as long as self.
-        unsafe { sys::meshd_pool_avail(self.ptr) }
-    }
-
-    /// Mbufs taken out of the pool (in rings, in flight, or leaked).
-    pub fn in_use(&self) -> u32 {
-        // SAFETY: the pool lives as long as self.
-        unsafe { sys::meshd_pool_in_use(self.ptr) }
-    }
 }
 
 impl Drop for MbufPool {
@@ -425,11 +413,6 @@ impl Device {
     pub fn link(&self) -> sys::Link {
         link(self.id)
     }
-
-    /// The PMD's port counters.
-    pub fn stats(&self) -> sys::Stats {
-        stats(self.id)
-    }
 }
 
 impl Drop for Device {
@@ -477,10 +460,6 @@ pub struct DpdkStats {
     pub link_down: u64,
 }
 
-thread_local! {
-    static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// One worker's queue pair on a started [`Device`].
 #[derive(Debug)]
 pub struct DpdkPort {
@@ -511,29 +490,21 @@ impl DpdkPort {
             link_up: true,
         }
     }
+}
 
-    /// The pool this port takes mbufs from.
-    pub fn pool(&self) -> &MbufPool {
-        &self.pool
-    }
-
-    /// Gives the calling thread an lcore id once (mempool caches need one).
-    fn register() {
-        REGISTERED.with(|r| {
-            if !r.get() {
-                r.set(true);
-                // SAFETY: EAL runs; registering a thread has no other precondition.
-                if unsafe { sys::meshd_thread_register() } != 0 {
-                    tracing::warn!("DPDK: no lcore id left for this worker thread: its mbuf pool runs without a cache");
-                }
-            }
-        });
+/// Gives the calling thread (a worker, before its first burst) an lcore id: its mbuf pool's
+/// per-lcore cache works only with one. Once per thread: each call takes another id.
+pub fn register_thread() {
+    // SAFETY: EAL runs (the devices a worker polls were started after it).
+    if unsafe { sys::meshd_thread_register() } != 0 {
+        tracing::warn!(
+            "DPDK: no lcore id left for this worker thread: its mbuf pool runs without a cache"
+        );
     }
 }
 
 impl Port for DpdkPort {
     fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
-        Self::register();
         let want = out.remaining_capacity().min(BURST);
         let mut mbufs = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
         #[allow(clippy::cast_possible_truncation)]
@@ -555,10 +526,6 @@ impl Port for DpdkPort {
                 continue;
             }
             let len = usize::from(len);
-            if len > BUF_SIZE - HEADROOM {
-                self.stats.rx_too_long += 1;
-                continue;
-            }
             let Some(mut buf) = pool.get() else {
                 self.stats.rx_no_buf += 1;
                 continue;
@@ -588,15 +555,15 @@ impl Port for DpdkPort {
     }
 
     fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
-        Self::register();
         let mut mbufs = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
         let want = frames.len();
+        if want == 0 {
+            return 0;
+        }
         #[allow(clippy::cast_possible_truncation)]
         // SAFETY: mbufs has room for `want` (≤ BURST) pointers.
-        let ok = want > 0
-            && unsafe { sys::meshd_alloc_bulk(self.pool.ptr, mbufs.as_mut_ptr(), want as u32) }
-                == 0;
-        if !ok {
+        let got = unsafe { sys::meshd_alloc_bulk(self.pool.ptr, mbufs.as_mut_ptr(), want as u32) };
+        if got != 0 {
             self.stats.tx_no_mbuf += want as u64;
             for b in frames.drain(..) {
                 pool.put(b);
@@ -694,7 +661,7 @@ mod tests {
         let a = eal_args(
             &["--no-huge".into()],
             1,
-            &[v.clone(), DeviceSpec::Pci("0000:03:00.0".into())],
+            &[&v, &DeviceSpec::Pci("0000:03:00.0".into())],
         );
         assert_eq!(
             a,

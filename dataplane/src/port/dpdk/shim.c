@@ -28,10 +28,6 @@ struct rte_mempool *meshd_pool_create(const char *name, unsigned n, unsigned cac
                                    (int)rte_socket_id());
 }
 
-unsigned meshd_pool_avail(const struct rte_mempool *mp) { return rte_mempool_avail_count(mp); }
-
-unsigned meshd_pool_in_use(const struct rte_mempool *mp) { return rte_mempool_in_use_count(mp); }
-
 void meshd_pool_free(struct rte_mempool *mp) { rte_mempool_free(mp); }
 
 int meshd_port_by_name(const char *name, uint16_t *port) {

@@ -58,8 +58,6 @@ extern "C" {
     pub fn meshd_eal_init(argc: c_int, argv: *mut *mut c_char) -> c_int;
     pub fn meshd_thread_register() -> c_int;
     pub fn meshd_pool_create(name: *const c_char, n: c_uint, cache: c_uint) -> *mut RteMempool;
-    pub fn meshd_pool_avail(mp: *const RteMempool) -> c_uint;
-    pub fn meshd_pool_in_use(mp: *const RteMempool) -> c_uint;
     pub fn meshd_pool_free(mp: *mut RteMempool);
     pub fn meshd_port_by_name(name: *const c_char, port: *mut u16) -> c_int;
     pub fn meshd_port_count() -> u16;
