@@ -882,6 +882,47 @@ pub struct StatsReport {
     /// The host side's counters; absent when meshd runs no host thread.
     #[serde(default)]
     pub host: Option<HostCounters>,
+    /// The DPDK devices and mbufs (`meshd --io dpdk`); absent on other ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpdk: Option<DpdkReport>,
+}
+
+/// What the DPDK poll-mode drivers report of a device, read when asked (not from the workers).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DeviceReport {
+    /// `uplink` or `tasks`.
+    pub port: String,
+    /// The device's DPDK name (a vdev's name or a PCI address).
+    pub name: String,
+    pub driver: String,
+    pub link_up: bool,
+    pub speed_mbps: u32,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    /// Frames the device dropped because no RX descriptor was free (the workers fell behind).
+    pub rx_missed: u64,
+    /// Frames the device received in error (bad FCS, too long, ...).
+    pub rx_errors: u64,
+    /// Frames the device failed to send.
+    pub tx_errors: u64,
+    /// Frames dropped because the PMD found no mbuf to receive into.
+    pub rx_nombuf: u64,
+}
+
+/// The DPDK devices and the workers' mbuf pools.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DpdkReport {
+    pub devices: Vec<DeviceReport>,
+    /// Mbufs taken from the workers' pools: what the devices' RX rings hold, plus any in flight
+    /// or leaked (meshd copies frames in and out within a burst, so this stays at what the
+    /// rings hold).
+    pub mbufs_in_use: u64,
+    /// The pools' size.
+    pub mbufs: u64,
 }
 
 #[cfg(test)]

@@ -139,6 +139,12 @@ pub struct Args {
     /// --no-huge), --log-level=*:warning.
     #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
     pub dpdk_args: Option<String>,
+    /// With --io dpdk: the MTU to set on the uplink device [default: the device's, usually
+    /// 1500]. A NIC driven by DPDK has no kernel interface to set it on; an underlay that
+    /// carries VXLAN often runs 1550 or more so the overlay keeps 1500. 1280 to 1900 (meshd's
+    /// buffers hold 1920-byte frames).
+    #[arg(long, value_name = "BYTES")]
+    pub uplink_mtu: Option<u16>,
     /// How the kernel hands received frames over, with --io afpacket [default: frames].
     ///
     /// frames: one frame per ring slot (TPACKET_V2), each the worker's as soon as it arrives:
@@ -211,6 +217,7 @@ struct FileConfig {
     busy_poll: Option<bool>,
     io: Option<IoMode>,
     dpdk_args: Option<String>,
+    uplink_mtu: Option<u16>,
     rx_ring: Option<RxRingMode>,
     metrics: Option<std::net::SocketAddr>,
     dns_upstream: Option<std::net::SocketAddrV4>,
@@ -235,6 +242,11 @@ pub enum IoMode {
     /// A DPDK poll-mode driver, a queue pair per worker (in a build with --features dpdk).
     Dpdk,
 }
+
+/// `--uplink-mtu`'s bounds: IPv4's minimum link MTU for an overlay of 1280 less VXLAN is
+/// refused anyway; the largest frame a [`crate::buf::PacketBuf`] holds, with an 802.1Q tag.
+const MIN_UPLINK_MTU: u16 = 1280;
+const MAX_UPLINK_MTU: u16 = 1900;
 
 /// What a meshd built without the `dpdk` feature says to `--io dpdk`.
 pub const NO_DPDK: &str = "meshd was built without DPDK: build it with `cargo build --release --features dataplane/dpdk` (needs libdpdk-dev and pkg-config)";
@@ -282,6 +294,8 @@ pub struct Settings {
     pub io: IoMode,
     /// `--dpdk-args`, split at white space.
     pub dpdk_args: Vec<String>,
+    /// `--uplink-mtu`: set on the DPDK uplink device at start.
+    pub uplink_mtu: Option<u16>,
     pub rx_ring: RxRing,
     pub metrics: Option<std::net::SocketAddr>,
     pub dns_upstream: Option<std::net::SocketAddrV4>,
@@ -440,6 +454,21 @@ impl Args {
                 "--dpdk-args goes with --io dpdk".to_owned(),
             ));
         }
+        let uplink_mtu = self.uplink_mtu.or(file.uplink_mtu);
+        match uplink_mtu {
+            Some(_) if io != IoMode::Dpdk => {
+                return Err(StartError::Config(
+                    "--uplink-mtu goes with --io dpdk (with AF_PACKET or AF_XDP, set the interface's: ip link set DEV mtu N)".to_owned(),
+                ))
+            }
+            Some(m) if !(MIN_UPLINK_MTU..=MAX_UPLINK_MTU).contains(&m) => {
+                return Err(StartError::Config(format!(
+                    "--uplink-mtu {m}: {MIN_UPLINK_MTU} to {MAX_UPLINK_MTU} (meshd's buffers hold {}-byte frames)",
+                    crate::buf::BUF_SIZE - crate::buf::HEADROOM
+                )))
+            }
+            _ => {}
+        }
         let flows = self.flows.or(file.flows).unwrap_or(1 << 20);
         if !(16..=MAX_FLOWS).contains(&flows) {
             return Err(StartError::Config(format!(
@@ -488,6 +517,7 @@ impl Args {
             busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
             io,
             dpdk_args,
+            uplink_mtu,
             rx_ring: self.rx_ring.or(file.rx_ring).unwrap_or_default().into(),
             metrics: self.metrics.or(file.metrics),
             dns_upstream: self.dns_upstream.or(file.dns_upstream),
@@ -585,6 +615,9 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let neigh = Arc::new(Neighbors::new(1 << 16));
     let table = ServiceTable::empty(&s.node, s.addr);
     let shared = Shared::new(table, workers, neigh);
+    if let Some(d) = &dpdk {
+        let _ = shared.devices.set(d.stats_source());
+    }
     let t1 = std::time::Instant::now();
     let mut controller = Controller::new(s.node.clone(), persisted, store, shared.clone())
         .map_err(StartError::Config)?;
@@ -951,6 +984,15 @@ impl DpdkIo {
         (self.up.mac, self.tk.mac, self.up.mtu)
     }
 
+    /// What `stats` shows of the devices and pools, read on the asking thread.
+    fn stats_source(&self) -> crate::shared::DeviceStats {
+        let devices = [("uplink", self.up.handle()), ("tasks", self.tk.handle())];
+        let pools = self.pools.clone();
+        crate::shared::DeviceStats(Box::new(move || {
+            crate::port::dpdk::report(&devices, &pools)
+        }))
+    }
+
     /// Worker `w`'s queue pair on each device.
     // Casts: w < workers, which the devices have queues for (u16).
     #[allow(clippy::cast_possible_truncation)]
@@ -1006,8 +1048,8 @@ fn open_dpdk(s: &Settings, workers: usize) -> Result<Option<DpdkIo>, StartError>
         .map(|w| MbufPool::new(&format!("meshd-w{w}")).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let refs: Vec<&MbufPool> = pools.iter().map(|p| &**p).collect();
-    let upd = Device::start(&up, &refs)?;
-    let tkd = Device::start(&tk, &refs)?;
+    let upd = Device::start(&up, &refs, s.uplink_mtu)?;
+    let tkd = Device::start(&tk, &refs, None)?;
     for d in [&upd, &tkd] {
         let l = d.link();
         tracing::info!(
@@ -1036,6 +1078,9 @@ enum DpdkIo {}
 #[cfg(not(feature = "dpdk"))]
 impl DpdkIo {
     fn addresses(&self) -> ([u8; 6], [u8; 6], u16) {
+        match *self {}
+    }
+    fn stats_source(&self) -> crate::shared::DeviceStats {
         match *self {}
     }
     fn ports(&self, _: usize) -> PortPair {
@@ -1195,6 +1240,18 @@ mod tests {
         }
         let e = args(&["--dpdk-args", "--no-huge"]).resolve().unwrap_err();
         assert!(e.to_string().contains("--io dpdk"), "{e}");
+        let e = args(&["--uplink-mtu", "1600"]).resolve().unwrap_err();
+        assert!(e.to_string().contains("goes with --io dpdk"), "{e}");
+        if cfg!(feature = "dpdk") {
+            let d = args(&["--io", "dpdk", "--uplink-mtu", "1600"]).resolve();
+            assert_eq!(d.unwrap().uplink_mtu, Some(1600));
+            for bad in ["1000", "9000"] {
+                let e = args(&["--io", "dpdk", "--uplink-mtu", bad])
+                    .resolve()
+                    .unwrap_err();
+                assert!(e.to_string().contains("1280 to 1900"), "{e}");
+            }
+        }
     }
 
     #[test]

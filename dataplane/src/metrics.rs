@@ -116,6 +116,9 @@ fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
     if let Some(host) = &stats.host {
         write_host(out, node, host)?;
     }
+    if let Some(d) = &stats.dpdk {
+        write_dpdk(out, node, d)?;
+    }
     writeln!(out, "# TYPE meshd_generation gauge")?;
     writeln!(
         out,
@@ -134,6 +137,48 @@ fn write_host(out: &mut String, node: &str, host: &HostCounters) -> std::fmt::Re
         writeln!(out, "{metric}{{node=\"{node}\"}} {v}")?;
     }
     Ok(())
+}
+
+/// One of a DPDK device's counters.
+type DeviceField = fn(&ctl::proto::DeviceReport) -> u64;
+
+/// The DPDK devices' link and counters (from their drivers) and the mbuf pools.
+fn write_dpdk(out: &mut String, node: &str, d: &ctl::proto::DpdkReport) -> std::fmt::Result {
+    let fields: [(&str, &str, DeviceField); 10] = [
+        ("meshd_device_link_up", "gauge", |x| u64::from(x.link_up)),
+        ("meshd_device_speed_mbps", "gauge", |x| {
+            u64::from(x.speed_mbps)
+        }),
+        ("meshd_device_rx_packets_total", "counter", |x| x.rx_packets),
+        ("meshd_device_tx_packets_total", "counter", |x| x.tx_packets),
+        ("meshd_device_rx_bytes_total", "counter", |x| x.rx_bytes),
+        ("meshd_device_tx_bytes_total", "counter", |x| x.tx_bytes),
+        ("meshd_device_rx_missed_total", "counter", |x| x.rx_missed),
+        ("meshd_device_rx_errors_total", "counter", |x| x.rx_errors),
+        ("meshd_device_tx_errors_total", "counter", |x| x.tx_errors),
+        ("meshd_device_rx_nombuf_total", "counter", |x| x.rx_nombuf),
+    ];
+    for (metric, kind, f) in fields {
+        writeln!(out, "# TYPE {metric} {kind}")?;
+        for x in &d.devices {
+            writeln!(
+                out,
+                "{metric}{{node=\"{node}\",port=\"{}\",device=\"{}\",driver=\"{}\"}} {}",
+                x.port,
+                x.name,
+                x.driver,
+                f(x)
+            )?;
+        }
+    }
+    writeln!(out, "# TYPE meshd_dpdk_mbufs_in_use gauge")?;
+    writeln!(
+        out,
+        "meshd_dpdk_mbufs_in_use{{node=\"{node}\"}} {}",
+        d.mbufs_in_use
+    )?;
+    writeln!(out, "# TYPE meshd_dpdk_mbufs gauge")?;
+    writeln!(out, "meshd_dpdk_mbufs{{node=\"{node}\"}} {}", d.mbufs)
 }
 
 /// Serves `GET /metrics` until `shared.stop`.
@@ -190,5 +235,34 @@ mod tests {
             "meshd_task_health{node=\"n1\",service=\"web\",task=\"web.1\",health=\"unhealthy\"} 1"
         ));
         assert!(t.contains("meshd_host_dns_queries_total{node=\"n1\"} 7"));
+        assert!(!t.contains("meshd_device_"), "no DPDK rows on other ports");
+    }
+
+    #[test]
+    fn renders_dpdk_devices() {
+        let v = serde_json::json!({
+            "node": "n1", "generation": 1, "workers": [], "burst_latency_ns": {}, "services": [],
+            "dpdk": {"mbufs_in_use": 1024, "mbufs": 8191, "devices": [
+                {"port": "uplink", "name": "net_memif0", "driver": "net_memif", "link_up": true,
+                 "rx_missed": 3, "rx_nombuf": 2}]}
+        });
+        let t = render(&serde_json::from_value(v).unwrap());
+        let labels = "node=\"n1\",port=\"uplink\",device=\"net_memif0\",driver=\"net_memif\"";
+        assert!(
+            t.contains(&format!("meshd_device_link_up{{{labels}}} 1")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("meshd_device_rx_missed_total{{{labels}}} 3")),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!("meshd_device_rx_nombuf_total{{{labels}}} 2")),
+            "{t}"
+        );
+        assert!(
+            t.contains("meshd_dpdk_mbufs_in_use{node=\"n1\"} 1024"),
+            "{t}"
+        );
     }
 }

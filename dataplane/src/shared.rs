@@ -56,6 +56,17 @@ pub struct Shared {
     pub bells: Vec<Bell>,
     /// Rung when a worker queues frames or passive-health events for the host thread.
     pub host_bell: Bell,
+    /// With `--io dpdk`: reads the devices' own counters and the mbuf pools for `stats`.
+    pub devices: std::sync::OnceLock<DeviceStats>,
+}
+
+/// Reads what the DPDK devices report, on the asking (control or metrics) thread.
+pub struct DeviceStats(pub Box<dyn Fn() -> ctl::proto::DpdkReport + Send + Sync>);
+
+impl std::fmt::Debug for DeviceStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceStats")
+    }
 }
 
 impl Shared {
@@ -79,6 +90,7 @@ impl Shared {
                 .collect(),
             bells: (0..workers).map(|_| Bell::new()).collect(),
             host_bell: Bell::new(),
+            devices: std::sync::OnceLock::new(),
         })
     }
 
@@ -291,5 +303,6 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
         },
         services,
         host: host.and_then(|h| h.stats.lock().ok().map(|s| s.clone())),
+        dpdk: shared.devices.get().map(|f| (f.0)()),
     }
 }

@@ -1,6 +1,6 @@
 //! `meshctl stats`: the daemon's [`StatsReport`] as tables.
 
-use ctl::proto::{HostCounters, StatsReport, WorkerReport};
+use ctl::proto::{DpdkReport, HostCounters, StatsReport, WorkerReport};
 
 use super::render::table;
 
@@ -85,6 +85,10 @@ pub fn render(s: &StatsReport) -> String {
         out.push_str(&table(&["TO-HOST REASON", "PACKETS"], &rows));
     }
 
+    if let Some(d) = &s.dpdk {
+        out.push_str(&dpdk(d));
+    }
+
     let lat = &s.burst_latency_ns;
     out.push_str(&format!(
         "\nburst processing time (ns): p50 {}   p99 {}   p99.9 {}   max {}   ({} bursts)\n",
@@ -131,6 +135,53 @@ pub fn render(s: &StatsReport) -> String {
     if let Some(h) = &s.host {
         out.push_str(&host(h));
     }
+    out
+}
+
+/// The DPDK devices as their drivers count (`meshd --io dpdk`), and the mbuf pools.
+fn dpdk(d: &DpdkReport) -> String {
+    let rows: Vec<Vec<String>> = d
+        .devices
+        .iter()
+        .map(|x| {
+            vec![
+                x.port.clone(),
+                x.name.clone(),
+                x.driver.clone(),
+                if x.link_up {
+                    format!("up {} Mb/s", x.speed_mbps)
+                } else {
+                    "down".into()
+                },
+                x.rx_packets.to_string(),
+                x.tx_packets.to_string(),
+                x.rx_missed.to_string(),
+                x.rx_errors.to_string(),
+                x.tx_errors.to_string(),
+                x.rx_nombuf.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = String::from("\n");
+    out.push_str(&table(
+        &[
+            "PORT",
+            "DEVICE",
+            "DRIVER",
+            "LINK",
+            "RX",
+            "TX",
+            "RX-MISSED",
+            "RX-ERRORS",
+            "TX-ERRORS",
+            "RX-NOMBUF",
+        ],
+        &rows,
+    ));
+    out.push_str(&format!(
+        "mbufs in use: {} of {} (the devices' RX rings hold most)\n",
+        d.mbufs_in_use, d.mbufs
+    ));
     out
 }
 
@@ -191,5 +242,47 @@ mod tests {
         );
         assert!(t.contains("dns-queries 5"), "{t}");
         assert!(t.contains("checks-failed 1"), "{t}");
+        // No DPDK section on other ports.
+        assert!(!t.contains("DEVICE"), "{t}");
+    }
+
+    #[test]
+    fn renders_dpdk_devices_and_mbufs() {
+        let v = serde_json::json!({
+            "node": "n1", "generation": 1, "workers": [], "total": {},
+            "burst_latency_ns": {}, "services": [],
+            "dpdk": {"mbufs_in_use": 2048, "mbufs": 8191, "devices": [
+                {"port": "uplink", "name": "net_memif0", "driver": "net_memif", "link_up": true,
+                 "speed_mbps": 100000, "rx_packets": 9, "tx_packets": 8, "rx_missed": 3,
+                 "rx_errors": 0, "tx_errors": 1, "rx_nombuf": 2},
+                {"port": "tasks", "name": "net_memif1", "driver": "net_memif", "link_up": false}]}
+        });
+        let t = render(&serde_json::from_value(v).unwrap());
+        let row = |first: &str| {
+            t.lines()
+                .find(|l| l.starts_with(first))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            row("uplink"),
+            [
+                "uplink",
+                "net_memif0",
+                "net_memif",
+                "up",
+                "100000",
+                "Mb/s",
+                "9",
+                "8",
+                "3",
+                "0",
+                "1",
+                "2"
+            ],
+            "{t}"
+        );
+        assert_eq!(row("tasks")[3], "down", "{t}");
+        assert!(t.contains("mbufs in use: 2048 of 8191"), "{t}");
     }
 }

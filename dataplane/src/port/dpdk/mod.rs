@@ -39,6 +39,7 @@ use std::sync::OnceLock;
 use super::sys::sendable;
 use super::{Burst, Port, PortCounters, BURST};
 use crate::buf::{Pool, PortId, BUF_SIZE};
+use ctl::proto::{DeviceReport, DpdkReport};
 
 /// Mbufs per worker's pool: both ports' RX and TX rings full, bursts in flight and the
 /// per-lcore cache (2^n - 1: a mempool's best size).
@@ -294,6 +295,16 @@ impl MbufPool {
     }
 }
 
+impl MbufPool {
+    /// Mbufs taken from the pool and not given back: those the PMD holds in its RX rings, those
+    /// in flight, and any leaked. Frames are copied in and out within a burst, so between
+    /// bursts it returns to what the devices hold.
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: the pool is live; the count only reads it.
+        unsafe { sys::meshd_pool_in_use(self.ptr) }
+    }
+}
+
 impl Drop for MbufPool {
     fn drop(&mut self) {
         // SAFETY: the pool's users (devices, ports) are gone before it.
@@ -327,8 +338,12 @@ fn device_err(name: &str, what: &'static str, rc: i32, hint: &'static str) -> Dp
 
 impl Device {
     /// Finds the device `spec` names (EAL must run, with the device's --vdev or -a) and starts
-    /// it with a queue pair per pool, RX queue q filled from `pools[q]`.
-    pub fn start(spec: &DeviceSpec, pools: &[&MbufPool]) -> Result<Device, DpdkError> {
+    /// it with a queue pair per pool, RX queue q filled from `pools[q]`, with MTU `mtu` if given.
+    pub fn start(
+        spec: &DeviceSpec,
+        pools: &[&MbufPool],
+        mtu: Option<u16>,
+    ) -> Result<Device, DpdkError> {
         let name = spec.name();
         let c = CString::new(name).unwrap_or_default();
         let mut id = 0u16;
@@ -374,6 +389,7 @@ impl Device {
                 want,
                 DESCRIPTORS,
                 DESCRIPTORS,
+                mtu.unwrap_or(0),
                 ptrs.as_mut_ptr(),
                 &mut stage,
             )
@@ -384,13 +400,14 @@ impl Device {
                 "setting up an RX queue",
                 "setting up a TX queue",
                 "starting it",
-            ][stage.clamp(0, 3) as usize];
-            return Err(device_err(
-                name,
-                what,
-                rc,
-                ": is another process using it? (a memif socket, an interface another DPDK process holds)",
-            ));
+                "setting its MTU",
+            ][stage.clamp(0, 4) as usize];
+            let hint = if stage == 4 {
+                ": the device does not take this --uplink-mtu (its driver cannot change the MTU, or its largest frame is smaller): leave --uplink-mtu out to keep the device's"
+            } else {
+                ": is another process using it? (a memif socket, an interface another DPDK process holds)"
+            };
+            return Err(device_err(name, what, rc, hint));
         }
         let driver = info
             .driver
@@ -402,7 +419,7 @@ impl Device {
             name: name.to_string(),
             id,
             mac: info.mac,
-            mtu: info.mtu,
+            mtu: mtu.unwrap_or(info.mtu),
             driver,
             queues: want,
             rss: info.rss != 0 && want > 1,
@@ -412,6 +429,56 @@ impl Device {
     /// The link as the PMD reports it.
     pub fn link(&self) -> sys::Link {
         link(self.id)
+    }
+
+    /// What a thread other than the workers needs to read the device's counters.
+    pub fn handle(&self) -> DeviceHandle {
+        DeviceHandle {
+            id: self.id,
+            name: self.name.clone(),
+            driver: self.driver.clone(),
+        }
+    }
+}
+
+/// A started device's id and names, for reading its link and counters ([`report`]).
+#[derive(Debug, Clone)]
+pub struct DeviceHandle {
+    id: u16,
+    name: String,
+    driver: String,
+}
+
+/// The `stats` rows of the devices (named by their meshd port) and the pools. Reads the PMDs'
+/// counters (`rte_eth_stats_get`, safe beside the workers' bursts: the drivers' counters are
+/// per queue and summed when asked) and the pools' counts; a device closed meanwhile reads as
+/// zeros.
+pub fn report(devices: &[(&str, DeviceHandle)], pools: &[std::sync::Arc<MbufPool>]) -> DpdkReport {
+    DpdkReport {
+        devices: devices
+            .iter()
+            .map(|(port, d)| {
+                let l = link(d.id);
+                let s = stats(d.id);
+                DeviceReport {
+                    port: (*port).to_string(),
+                    name: d.name.clone(),
+                    driver: d.driver.clone(),
+                    link_up: l.up != 0,
+                    speed_mbps: l.speed_mbps,
+                    rx_packets: s.ipackets,
+                    tx_packets: s.opackets,
+                    rx_bytes: s.ibytes,
+                    tx_bytes: s.obytes,
+                    rx_missed: s.imissed,
+                    rx_errors: s.ierrors,
+                    tx_errors: s.oerrors,
+                    rx_nombuf: s.rx_nombuf,
+                }
+            })
+            .collect(),
+        mbufs_in_use: pools.iter().map(|p| u64::from(p.in_use())).sum(),
+        mbufs: pools.iter().map(|p| u64::from(p.size)).sum(),
     }
 }
 

@@ -30,6 +30,10 @@ struct rte_mempool *meshd_pool_create(const char *name, unsigned n, unsigned cac
 
 void meshd_pool_free(struct rte_mempool *mp) { rte_mempool_free(mp); }
 
+/* Mbufs taken from the pool (held by the PMD's rings, in flight, or leaked); the per-lcore
+ * caches count as free. */
+unsigned meshd_pool_in_use(const struct rte_mempool *mp) { return rte_mempool_in_use_count(mp); }
+
 int meshd_port_by_name(const char *name, uint16_t *port) {
     return rte_eth_dev_get_port_by_name(name, port);
 }
@@ -75,10 +79,11 @@ static uint8_t symmetric_key[40] = {
 };
 
 /* Configures `queues` RX/TX queue pairs (RSS over them when there are several and the device
- * has it), each RX queue filled from pools[q], and starts the port in promiscuous mode.
- * `stage` says which step failed (0 configure, 1 rx queue, 2 tx queue, 3 start). */
+ * has it), each RX queue filled from pools[q], sets the MTU (unless 0), and starts the port in
+ * promiscuous mode. `stage` says which step failed (0 configure, 1 rx queue, 2 tx queue,
+ * 3 start, 4 MTU). */
 int meshd_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t tx_desc,
-                     struct rte_mempool **pools, int *stage) {
+                     uint16_t mtu, struct rte_mempool **pools, int *stage) {
     struct rte_eth_conf conf;
     struct rte_eth_dev_info info;
     int r = rte_eth_dev_info_get(port, &info);
@@ -98,6 +103,13 @@ int meshd_port_start(uint16_t port, uint16_t queues, uint16_t rx_desc, uint16_t 
     r = rte_eth_dev_configure(port, queues, queues, &conf);
     if (r != 0)
         return r;
+    if (mtu != 0) {
+        *stage = 4;
+        r = rte_eth_dev_set_mtu(port, mtu);
+        if (r != 0)
+            return r;
+        *stage = 0;
+    }
     r = rte_eth_dev_adjust_nb_rx_tx_desc(port, &rx_desc, &tx_desc);
     if (r != 0)
         return r;

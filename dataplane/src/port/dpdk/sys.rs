@@ -59,6 +59,7 @@ extern "C" {
     pub fn meshd_thread_register() -> c_int;
     pub fn meshd_pool_create(name: *const c_char, n: c_uint, cache: c_uint) -> *mut RteMempool;
     pub fn meshd_pool_free(mp: *mut RteMempool);
+    pub fn meshd_pool_in_use(mp: *const RteMempool) -> c_uint;
     pub fn meshd_port_by_name(name: *const c_char, port: *mut u16) -> c_int;
     pub fn meshd_port_count() -> u16;
     pub fn meshd_port_info(port: u16, out: *mut PortInfo) -> c_int;
@@ -67,6 +68,7 @@ extern "C" {
         queues: u16,
         rx_desc: u16,
         tx_desc: u16,
+        mtu: u16,
         pools: *mut *mut RteMempool,
         stage: *mut c_int,
     ) -> c_int;
