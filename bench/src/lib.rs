@@ -9,6 +9,8 @@
 
 pub mod cache;
 pub mod converge;
+#[cfg(feature = "dpdk")]
+pub mod memif;
 pub mod mesh;
 pub mod os;
 pub mod pktgen;

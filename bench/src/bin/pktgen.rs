@@ -28,6 +28,13 @@ EXAMPLES:
   # Count what arrives on the sink side for 6 s (loss, reordering, one-way latency):
   ip netns exec meshd-bench-sink pktgen sink --iface eth0 --duration 6
 
+  # DPDK memif (built with --features bench/dpdk): be the memif server on two sockets, wait for
+  # the system under test to connect as client (meshd --io dpdk --uplink
+  # net_memif0,role=client,socket=/run/pg/up.sock,socket-abstract=no ...), then send 64-byte
+  # frames to its published port for 5 s as fast as they go, counting what comes back on both:
+  pktgen memif --socket /run/pg/up.sock --socket /run/pg/tk.sock --dst-mac 02:00:00:00:00:01 \
+      --dst-ip 192.168.100.11 --dport 8080 --duration 5
+
 Frames carry a sequence number and their send time (CLOCK_REALTIME), so a sink on the same
 machine measures one-way latency. The sink counts only frames sent after it started.
 The kernel's pktgen (/proc/net/pktgen) is not used: this one sends from an AF_PACKET TPACKET_V3
@@ -100,6 +107,61 @@ enum Cmd {
         /// Rewrite the destination MAC to this (and the source MAC to the output's).
         #[arg(long, value_parser = parse_mac)]
         dst_mac: Option<[u8; 6]>,
+    },
+    /// DPDK memif generator and sink in one thread on one core: memif server on each
+    /// --socket (the system under test connects as client), sends on the first (or --tx),
+    /// counts stamped frames coming back on all (bare or in VXLAN), answers ARP on all.
+    /// Needs a build with `--features bench/dpdk` and root.
+    Memif {
+        /// A memif socket file to serve (repeat for more interfaces: 0, 1, ...).
+        #[arg(long = "socket", required = true)]
+        sockets: Vec<std::path::PathBuf>,
+        /// The interface to send on (index into --socket).
+        #[arg(long, default_value_t = 0)]
+        tx: usize,
+        /// The core to run on.
+        #[arg(long, default_value_t = 0)]
+        core: usize,
+        /// Destination MAC (the system under test's interface).
+        #[arg(long, value_parser = parse_mac)]
+        dst_mac: [u8; 6],
+        #[arg(long, default_value = "192.168.100.100")]
+        src_ip: Ipv4Addr,
+        #[arg(long)]
+        dst_ip: Ipv4Addr,
+        #[arg(long, default_value_t = 10_000)]
+        sport: u16,
+        #[arg(long, default_value_t = 8080)]
+        dport: u16,
+        #[arg(long, value_enum, default_value_t = Proto::Udp)]
+        proto: Proto,
+        /// Frame size on the wire, FCS included (64..1518), before any VXLAN encapsulation.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 1024)]
+        flows: u32,
+        /// Send the frames inside VXLAN from this VTEP address (a peer node) to --vxlan-dst.
+        #[arg(long, requires = "vxlan_dst")]
+        vxlan_src: Option<Ipv4Addr>,
+        #[arg(long, requires = "vxlan_src")]
+        vxlan_dst: Option<Ipv4Addr>,
+        /// The outer destination MAC (default: --dst-mac); the inner one is then --dst-mac.
+        #[arg(long, value_parser = parse_mac)]
+        vxlan_dst_mac: Option<[u8; 6]>,
+        #[arg(long, default_value_t = 4096)]
+        vni: u32,
+        /// Frames per second; 0: as fast as the ring takes them.
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// Seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Seconds to wait for the peer to connect.
+        #[arg(long, default_value_t = 30.0)]
+        wait: f64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Count stamped frames arriving on an interface: rate, reordering, one-way latency.
     Sink {
@@ -215,6 +277,47 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
+        Cmd::Memif {
+            sockets,
+            tx,
+            core,
+            dst_mac,
+            src_ip,
+            dst_ip,
+            sport,
+            dport,
+            proto,
+            size,
+            flows,
+            vxlan_src,
+            vxlan_dst,
+            vxlan_dst_mac,
+            vni,
+            rate,
+            duration,
+            wait,
+            json,
+        } => memif(MemifArgs {
+            sockets,
+            tx,
+            core,
+            dst_mac,
+            src_ip,
+            dst_ip,
+            sport,
+            dport,
+            proto,
+            size,
+            flows,
+            vxlan: vxlan_src
+                .zip(vxlan_dst)
+                .map(|(s, d)| (s, d, vxlan_dst_mac, vni)),
+            rate,
+            duration: secs(duration)?,
+            wait: secs(wait)?,
+            json,
+            stop,
+        }),
         Cmd::Sink {
             iface,
             duration,
@@ -257,6 +360,116 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+struct MemifArgs {
+    sockets: Vec<std::path::PathBuf>,
+    tx: usize,
+    core: usize,
+    dst_mac: [u8; 6],
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    proto: Proto,
+    size: usize,
+    flows: u32,
+    /// Outer source and destination, outer destination MAC, VNI.
+    vxlan: Option<(Ipv4Addr, Ipv4Addr, Option<[u8; 6]>, u32)>,
+    rate: f64,
+    duration: Duration,
+    wait: Duration,
+    json: bool,
+    stop: Arc<AtomicBool>,
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn memif(_: MemifArgs) -> Result<(), String> {
+    Err("this pktgen was built without DPDK: build it with `cargo build --release -p bench --features bench/dpdk` (needs libdpdk-dev and pkg-config)".into())
+}
+
+#[cfg(feature = "dpdk")]
+fn memif(a: MemifArgs) -> Result<(), String> {
+    use bench::memif::{Frames, Memif, Vxlan};
+    if a.tx >= a.sockets.len() {
+        return Err(format!(
+            "--tx {}: there are {} --socket (0 to {})",
+            a.tx,
+            a.sockets.len(),
+            a.sockets.len() - 1
+        ));
+    }
+    let mut m = Memif::open(&a.sockets, a.core, 512).map_err(|e| e.to_string())?;
+    let me = m.mac(a.tx);
+    let frames = Frames {
+        inner: FrameSpec {
+            src_mac: me,
+            dst_mac: a.dst_mac,
+            src_ip: a.src_ip,
+            dst_ip: a.dst_ip,
+            sport_base: a.sport,
+            per_source: bench::pktgen::FLOWS_PER_ADDR,
+            dport: a.dport,
+            proto: a.proto,
+            size: a.size,
+            flows: a.flows,
+            tcp_flags: 0x10,
+        },
+        vxlan: a.vxlan.map(|(src_ip, dst_ip, mac, vni)| Vxlan {
+            src_mac: me,
+            dst_mac: mac.unwrap_or(a.dst_mac),
+            src_ip,
+            dst_ip,
+            vni,
+        }),
+    };
+    frames.inner.check().map_err(|e| e.to_string())?;
+    eprintln!(
+        "pktgen: memif server on {} socket(s); waiting up to {:?} for the peer",
+        a.sockets.len(),
+        a.wait
+    );
+    m.wait_up(a.wait, &a.stop).map_err(|e| e.to_string())?;
+    let rate = (a.rate > 0.0).then_some(a.rate);
+    let (sent, got) = m
+        .run(
+            &frames,
+            a.tx,
+            rate,
+            a.duration,
+            &a.stop,
+            Duration::from_millis(50),
+        )
+        .map_err(|e| e.to_string())?;
+    let p = got.percentiles();
+    let loss = sent.frames.saturating_sub(got.frames);
+    if a.json {
+        let v = serde_json::json!({
+            "sent": sent,
+            "received": got.frames,
+            "lost": loss,
+            "reordered": got.reordered,
+            "latency": p,
+            "chores": m.chores,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "sent {} frames in {:.2} s ({:.1} kpps), received {} ({} lost, {} reordered), ARP answered {}\nlatency µs: p50 {:.1}, p99 {:.1}, p99.9 {:.1}, max {:.1}",
+            sent.frames,
+            sent.secs,
+            sent.pps() / 1e3,
+            got.frames,
+            loss,
+            got.reordered,
+            m.chores.arp,
+            p.p50_us,
+            p.p99_us,
+            p.p999_us,
+            p.max_us
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
