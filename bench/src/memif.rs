@@ -150,6 +150,8 @@ pub enum MemifError {
     Spec(#[from] crate::pktgen::SpecError),
     #[error("memif socket {0}: {1}")]
     Socket(PathBuf, String),
+    #[error("{0}")]
+    Setup(String),
     #[error("no memif peer connected to {0} in {1:?}: is the system under test running with role=client on that socket?")]
     NoPeer(PathBuf, Duration),
 }
@@ -169,7 +171,12 @@ pub struct Chores {
     pub arp: u64,
     /// Frames received that were neither stamped nor ARP.
     pub other: u64,
+    /// Stamped frames received on each interface (in every window, and between them).
+    pub stamped_on: [u64; MAX_ENDS],
 }
+
+/// Interfaces a generator serves at most.
+pub const MAX_ENDS: usize = 4;
 
 /// The generator and sink on its memif interfaces.
 #[derive(Debug)]
@@ -203,6 +210,12 @@ impl Memif {
     /// server on each socket (a stale socket file is removed first), frames on them marked
     /// `PortId::Uplink` for the first and `Tasks` for the others.
     pub fn open(sockets: &[PathBuf], core: usize, memory_mb: u32) -> Result<Memif, MemifError> {
+        if sockets.is_empty() || sockets.len() > MAX_ENDS {
+            return Err(MemifError::Setup(format!(
+                "{} memif sockets: 1 to {MAX_ENDS}",
+                sockets.len()
+            )));
+        }
         for s in sockets {
             if let Some(d) = s.parent() {
                 std::fs::create_dir_all(d)
@@ -219,7 +232,7 @@ impl Memif {
             .enumerate()
             .map(|(i, s)| DeviceSpec::parse(&server_vdev(i, s)))
             .collect::<Result<_, _>>()
-            .map_err(|e| MemifError::Socket(PathBuf::new(), e))?;
+            .map_err(MemifError::Setup)?;
         let user = vec![
             "--no-huge".to_string(),
             "-m".into(),
@@ -230,6 +243,13 @@ impl Memif {
         ];
         let refs: Vec<&DeviceSpec> = specs.iter().collect();
         dpdk::init(&dpdk::eal_args(&user, core, &refs))?;
+        // EAL gives the calling thread its affinity back: the generator pins itself, so it
+        // never shares a core with the system under test.
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            return Err(MemifError::Setup(format!(
+                "cannot pin the generator to core {core} (see nproc)"
+            )));
+        }
         dpdk::register_thread();
         let mbufs = Arc::new(MbufPool::new("pktgen")?);
         let mut ends = Vec::new();
@@ -305,6 +325,7 @@ impl Memif {
             let mut replies = Burst::new();
             for b in burst.drain(..) {
                 if let Some(s) = parse_any(b.data()) {
+                    self.chores.stamped_on[i] += 1;
                     w.record(s, arrived);
                 } else if let Some(mut r) = self.pool.get() {
                     match arp_reply(b.data(), mac, r.room_mut()) {

@@ -27,6 +27,16 @@ pub fn exclusive_lock(path: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// Sends SIGTERM to `pid` (a child this process started and has not reaped yet).
+pub fn terminate(pid: i32) -> io::Result<()> {
+    // SAFETY: kill(2) only sends a signal; the caller names its own unreaped child.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,9 @@ EXAMPLES:
   sudo target/release/bench mesh --systems meshd-1w,meshd-afxdp,kernel,afpacket-fwd,afxdp-fwd
                                                     # AF_XDP (in the default build)
   target/release/bench mesh --render bench/out/mesh.json --docs docs   # redraw, no run
+  sudo target/release/bench mesh --io memif --docs docs
+                                # meshd vs dpdk-testpmd over DPDK memif (bench built with
+                                # --features bench/dpdk): both paths, 64/1468 B, 1K/1M flows
 
 Writes bench/out/mesh.json, bench/out/mesh.md and bench/out/mesh.svg (see --out).
 Namespaces are named meshd-bench-*, and removed at the end, on failure and on Ctrl-C.";
@@ -28,6 +31,13 @@ pub struct MeshArgs {
     /// A few seconds per system, one round: checks that the harness works (CI).
     #[arg(long)]
     pub quick: bool,
+    /// veth: the namespace topology (meshd, the kernel, forwarders and testpmd over veths).
+    /// memif: meshd and dpdk-testpmd io-forward over DPDK memif, the generator in this process
+    /// (needs bench built with --features bench/dpdk); --systems, --size, --flows, --tasks,
+    /// --tcp-*, --rps do not apply: it runs the ingress and decap paths at 64 and 1468 B with
+    /// 1K and 1M flows (--quick: 64 B, 1K flows), on the first two --cores.
+    #[arg(long, value_enum, default_value_t = BenchIo::Veth)]
+    pub io: BenchIo,
     /// Rounds; each runs every system once, in alternating order.
     #[arg(long)]
     pub rounds: Option<usize>,
@@ -54,9 +64,10 @@ pub struct MeshArgs {
     /// Binary-search steps after the full-load step.
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Loss threshold in percent for the zero-loss search (0 is RFC 2544's strict zero).
-    #[arg(long, default_value_t = 0.1)]
-    pub loss: f64,
+    /// Loss threshold in percent for the zero-loss search (0 is RFC 2544's strict zero)
+    /// [default: 0.1 over veth, 0 over memif].
+    #[arg(long)]
+    pub loss: Option<f64>,
     /// Seconds of the latency step.
     #[arg(long)]
     pub latency_secs: Option<f64>,
@@ -83,6 +94,13 @@ pub struct MeshArgs {
     /// Also write bench-mesh.md and bench-mesh.svg into this directory (e.g. docs).
     #[arg(long)]
     pub docs: Option<PathBuf>,
+}
+
+/// Where `bench mesh` runs its systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchIo {
+    Veth,
+    Memif,
 }
 
 /// The systems `bench mesh` runs by default: the AF_XDP ones when built with them.
@@ -128,11 +146,9 @@ impl MeshArgs {
         if systems.is_empty() {
             return Err("--systems: name at least one".into());
         }
-        if !(0.0..100.0).contains(&self.loss) {
-            return Err(format!(
-                "--loss {}: a percentage from 0 to under 100",
-                self.loss
-            ));
+        let loss = self.loss.unwrap_or(0.1);
+        if !(0.0..100.0).contains(&loss) {
+            return Err(format!("--loss {loss}: a percentage from 0 to under 100"));
         }
         if self.tasks == 0 || self.tasks > 100 {
             return Err(format!("--tasks {}: 1 to 100", self.tasks));
@@ -157,7 +173,7 @@ impl MeshArgs {
             tasks: self.tasks,
             step: secs(self.step, 0.4, 2.0, "step")?,
             steps: self.steps.unwrap_or(if self.quick { 3 } else { 7 }),
-            loss_pct: self.loss,
+            loss_pct: loss,
             latency: secs(self.latency_secs, 0.5, 4.0, "latency-secs")?,
             tcp: secs(self.tcp_secs, 0.5, 4.0, "tcp-secs")?,
             tcp_threads: self.tcp_threads.max(1),
@@ -168,10 +184,85 @@ impl MeshArgs {
             command,
         })
     }
+
+    /// The options of `--io memif`.
+    #[cfg(feature = "dpdk")]
+    pub fn memif_options(&self) -> Result<super::memif::MemifOptions, String> {
+        use super::memif::PathKind;
+        let o = self.options()?;
+        let loss = self.loss.unwrap_or(0.0);
+        let secs = |v: Option<f64>, quick: f64, full: f64| {
+            Duration::from_secs_f64(v.unwrap_or(if self.quick { quick } else { full }))
+        };
+        let gen_core = self.cores.first().copied().unwrap_or(0);
+        Ok(super::memif::MemifOptions {
+            quick: self.quick,
+            rounds: o.rounds,
+            paths: vec![PathKind::Ingress, PathKind::Decap],
+            sizes: if self.quick { vec![64] } else { vec![64, 1468] },
+            flows: if self.quick {
+                vec![1024]
+            } else {
+                vec![1024, 1 << 20]
+            },
+            step: secs(self.step, 0.3, 1.0),
+            steps: self.steps.unwrap_or(if self.quick { 3 } else { 7 }),
+            loss_pct: loss,
+            latency: secs(self.latency_secs, 0.5, 2.0),
+            gen_core,
+            sut_core: self.cores.get(1).copied().unwrap_or(gen_core),
+            out: o.out,
+            docs: o.docs,
+            command: o.command,
+        })
+    }
+}
+
+/// `bench mesh --io memif`; the process exit code.
+#[cfg(feature = "dpdk")]
+fn main_memif(a: &MeshArgs) -> i32 {
+    let o = match a.memif_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench mesh: {e}");
+            return 2;
+        }
+    };
+    match super::memif::run(&o) {
+        Ok(r) => {
+            println!("{}", r.markdown());
+            println!(
+                "written: {}/memif.json, memif.md, memif.svg{}",
+                o.out.display(),
+                o.docs
+                    .as_ref()
+                    .map(|d| format!("; {}/bench-memif.md, bench-memif.svg", d.display()))
+                    .unwrap_or_default()
+            );
+            0
+        }
+        Err(e @ MeshError::Interrupted) => {
+            eprintln!("bench mesh: {e}");
+            130
+        }
+        Err(e) => {
+            eprintln!("bench mesh --io memif: {e}");
+            1
+        }
+    }
+}
+
+#[cfg(not(feature = "dpdk"))]
+fn main_memif(_: &MeshArgs) -> i32 {
+    eprintln!("bench mesh --io memif: bench was built without DPDK: build it with `cargo build --release --workspace --features bench/dpdk` (needs libdpdk-dev and pkg-config; scripts/deps.sh --bench installs them)");
+    2
 }
 
 /// Runs `bench mesh`; the process exit code.
 pub fn main(a: MeshArgs) -> i32 {
+    if a.io == BenchIo::Memif {
+        return main_memif(&a);
+    }
     let o = match a.options() {
         Ok(o) => o,
         Err(e) => {

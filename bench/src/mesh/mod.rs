@@ -16,6 +16,8 @@
 //! 7. the topology is removed.
 
 pub mod cli;
+#[cfg(feature = "dpdk")]
+pub mod memif;
 pub mod report;
 pub mod tcp;
 pub mod topo;
@@ -438,7 +440,7 @@ fn measure(
     })
 }
 
-fn machine() -> Machine {
+pub(crate) fn machine() -> Machine {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu_model = read("/proc/cpuinfo")
         .lines()
@@ -458,7 +460,7 @@ fn machine() -> Machine {
     }
 }
 
-fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
