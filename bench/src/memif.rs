@@ -26,7 +26,7 @@ use dataplane::port::dpdk::{self, Device, DeviceSpec, DpdkError, DpdkPort, MbufP
 use dataplane::port::{Burst, Port, BURST};
 use dataplane::wire::checksum;
 
-use crate::pktgen::{latency_histogram, parse_stamp, FrameSpec, Received, Sent, Stamp};
+use crate::pktgen::{parse_stamp, FrameSpec, Received, Sent, Stamp, Stamper, Tally};
 use crate::rxring::realtime_ns;
 
 /// How far behind its schedule a paced generator still catches up.
@@ -184,8 +184,7 @@ pub struct Memif {
     ends: Vec<End>,
     pool: Pool,
     mbufs: Arc<MbufPool>,
-    seq: u32,
-    flow: u32,
+    stamper: Stamper,
     pub chores: Chores,
 }
 
@@ -271,8 +270,7 @@ impl Memif {
             ends,
             pool: Pool::new(1024),
             mbufs,
-            seq: 0,
-            flow: 0,
+            stamper: Stamper::default(),
             chores: Chores::default(),
         })
     }
@@ -298,7 +296,7 @@ impl Memif {
                     limit,
                 ));
             }
-            self.serve(&mut fresh_window());
+            self.serve(&mut Tally::new(u64::MAX));
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
@@ -311,7 +309,7 @@ impl Memif {
 
     /// Reads every interface once: stamped frames counted into `w`, ARP answered. Returns the
     /// frames seen.
-    fn serve(&mut self, w: &mut Window) -> usize {
+    fn serve(&mut self, w: &mut Tally) -> usize {
         let mut seen = 0;
         let mut burst = Burst::new();
         for i in 0..self.ends.len() {
@@ -369,7 +367,7 @@ impl Memif {
     ) -> Result<(Sent, Received), MemifError> {
         frames.inner.check()?;
         let start_ns = realtime_ns();
-        let mut w = Window::new(start_ns);
+        let mut w = Tally::new(start_ns);
         let before = self.ends[tx].port.stats.tx_full + self.ends[tx].port.stats.tx_no_mbuf;
         let t0 = Instant::now();
         // The schedule: frames due by now, and where it started counting (moved forward when
@@ -398,22 +396,14 @@ impl Memif {
                 None => BURST,
             };
             if want > 0 {
-                let time_ns = realtime_ns();
-                for _ in 0..want {
-                    let Some(mut b) = self.pool.get() else { break };
-                    let n = frames.write(
-                        b.room_mut(),
-                        self.flow,
-                        Stamp {
-                            seq: self.seq,
-                            time_ns,
-                        },
-                    );
-                    b.set_len(n);
-                    self.seq = self.seq.wrapping_add(1);
-                    self.flow = (self.flow + 1) % frames.inner.flows;
-                    burst.push(b);
-                }
+                self.stamper.fill(
+                    want,
+                    frames.inner.flows,
+                    realtime_ns(),
+                    &mut self.pool,
+                    &mut burst,
+                    |b, flow, stamp| frames.write(b, flow, stamp),
+                );
                 sent += self.ends[tx].port.tx_burst(&mut burst, &mut self.pool) as u64;
             }
             self.serve(&mut w);
@@ -438,46 +428,6 @@ impl Memif {
             },
             w.got,
         ))
-    }
-}
-
-fn fresh_window() -> Window {
-    Window::new(u64::MAX)
-}
-
-/// The counts of one run: frames sent before `from_ns` are left out.
-#[derive(Debug)]
-struct Window {
-    from_ns: u64,
-    last_seq: Option<u32>,
-    got: Received,
-}
-
-impl Window {
-    fn new(from_ns: u64) -> Window {
-        Window {
-            from_ns,
-            last_seq: None,
-            got: Received {
-                frames: 0,
-                reordered: 0,
-                sink_dropped: 0,
-                latency: latency_histogram(),
-            },
-        }
-    }
-
-    fn record(&mut self, s: Stamp, arrived: u64) {
-        let lat = crate::pktgen::latency_ns(s.time_ns, arrived);
-        if arrived.wrapping_sub(lat) < self.from_ns {
-            return;
-        }
-        self.got.frames += 1;
-        match self.last_seq {
-            Some(l) if (s.seq.wrapping_sub(l) as i32) < 0 => self.got.reordered += 1,
-            _ => self.last_seq = Some(s.seq),
-        }
-        let _ = self.got.latency.record(lat.max(1));
     }
 }
 
@@ -560,19 +510,5 @@ mod tests {
         rep[21] = 2;
         assert_eq!(arp_reply(&rep, me, &mut out), None);
         assert_eq!(arp_reply(&req[..30], me, &mut out), None);
-    }
-
-    #[test]
-    fn the_window_leaves_out_frames_sent_before_it_and_counts_reordering() {
-        let mut w = Window::new(1_000_000);
-        let t = |seq, time_ns| Stamp { seq, time_ns };
-        w.record(t(1, 999_000), 1_500_000);
-        assert_eq!(w.got.frames, 0);
-        w.record(t(2, 1_100_000), 1_500_000);
-        w.record(t(4, 1_200_000), 1_500_000);
-        w.record(t(3, 1_300_000), 1_500_000);
-        assert_eq!(w.got.frames, 3);
-        assert_eq!(w.got.reordered, 1);
-        assert_eq!(w.got.latency.len(), 3);
     }
 }

@@ -256,8 +256,7 @@ pub struct Generator {
     port: AfPacketPort,
     pool: Pool,
     spec: FrameSpec,
-    seq: u32,
-    flow: u32,
+    stamper: Stamper,
 }
 
 impl Generator {
@@ -278,8 +277,7 @@ impl Generator {
             port,
             pool: Pool::new(64),
             spec,
-            seq: 0,
-            flow: 0,
+            stamper: Stamper::default(),
         })
     }
 
@@ -332,22 +330,15 @@ impl Generator {
                     next + p
                 };
             }
-            let time_ns = realtime_ns();
-            for _ in 0..batch {
-                let Some(mut b) = self.pool.get() else { break };
-                let n = self.spec.write(
-                    b.room_mut(),
-                    self.flow,
-                    Stamp {
-                        seq: self.seq,
-                        time_ns,
-                    },
-                );
-                b.set_len(n);
-                self.seq = self.seq.wrapping_add(1);
-                self.flow = (self.flow + 1) % self.spec.flows;
-                burst.push(b);
-            }
+            let spec = &self.spec;
+            self.stamper.fill(
+                batch,
+                spec.flows,
+                realtime_ns(),
+                &mut self.pool,
+                &mut burst,
+                |b, flow, stamp| spec.write(b, flow, stamp),
+            );
             frames += self.port.tx_burst(&mut burst, &mut self.pool) as u64;
         }
         self.port.flush();
@@ -527,6 +518,90 @@ impl Received {
     }
 }
 
+/// The counts of one window: frames sent before `from_ns` are left out.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    pub from_ns: u64,
+    last_seq: Option<u32>,
+    pub got: Received,
+}
+
+impl Tally {
+    pub fn new(from_ns: u64) -> Tally {
+        Tally {
+            from_ns,
+            last_seq: None,
+            got: Received {
+                frames: 0,
+                reordered: 0,
+                sink_dropped: 0,
+                latency: latency_histogram(),
+            },
+        }
+    }
+
+    /// Starts again from `from_ns`.
+    pub fn reset(&mut self, from_ns: u64) {
+        self.from_ns = from_ns;
+        self.last_seq = None;
+        self.got.frames = 0;
+        self.got.reordered = 0;
+        self.got.sink_dropped = 0;
+        self.got.latency.reset();
+    }
+
+    /// Counts a frame stamped `s` that arrived at `arrived` (`CLOCK_REALTIME` ns).
+    pub fn record(&mut self, s: Stamp, arrived: u64) {
+        let lat = latency_ns(s.time_ns, arrived);
+        if arrived.wrapping_sub(lat) < self.from_ns {
+            return;
+        }
+        self.got.frames += 1;
+        match self.last_seq {
+            Some(l) if (s.seq.wrapping_sub(l) as i32) < 0 => self.got.reordered += 1,
+            _ => self.last_seq = Some(s.seq),
+        }
+        let _ = self.got.latency.record(lat.max(1));
+    }
+}
+
+/// Numbers the frames a generator sends: sequence and flow, both cycling.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stamper {
+    seq: u32,
+    flow: u32,
+}
+
+impl Stamper {
+    /// Appends up to `n` frames written by `write(buf, flow, stamp)` (0 < flows) to `burst`,
+    /// stamped `time_ns`, with buffers from `pool`.
+    pub fn fill(
+        &mut self,
+        n: usize,
+        flows: u32,
+        time_ns: u64,
+        pool: &mut Pool,
+        burst: &mut Burst,
+        write: impl Fn(&mut [u8], u32, Stamp) -> usize,
+    ) {
+        for _ in 0..n.min(burst.remaining_capacity()) {
+            let Some(mut b) = pool.get() else { break };
+            let len = write(
+                b.room_mut(),
+                self.flow,
+                Stamp {
+                    seq: self.seq,
+                    time_ns,
+                },
+            );
+            b.set_len(len);
+            self.seq = self.seq.wrapping_add(1);
+            self.flow = (self.flow + 1) % flows.max(1);
+            burst.push(b);
+        }
+    }
+}
+
 /// 1 ns to 60 s at 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3)
@@ -538,9 +613,7 @@ pub fn latency_histogram() -> Histogram<u64> {
 #[derive(Debug)]
 pub struct Sink {
     ring: RxRing,
-    from_ns: u64,
-    last_seq: Option<u32>,
-    got: Received,
+    tally: Tally,
 }
 
 impl Sink {
@@ -553,14 +626,7 @@ impl Sink {
     pub fn open(ifname: &str) -> std::io::Result<Sink> {
         Ok(Sink {
             ring: RxRing::open(ifname, 1 << 18, 64, 10)?,
-            from_ns: 0,
-            last_seq: None,
-            got: Received {
-                frames: 0,
-                reordered: 0,
-                sink_dropped: 0,
-                latency: latency_histogram(),
-            },
+            tally: Tally::new(0),
         })
     }
 
@@ -568,30 +634,17 @@ impl Sink {
     pub fn begin(&mut self, from_ns: u64) {
         self.poll(0);
         let _ = self.ring.drops();
-        self.from_ns = from_ns;
-        self.last_seq = None;
-        self.got.frames = 0;
-        self.got.reordered = 0;
-        self.got.sink_dropped = 0;
-        self.got.latency.reset();
+        self.tally.reset(from_ns);
     }
 
     /// Reads what has arrived, waiting up to `wait_ms` for a block when none is ready. Returns
     /// the number of frames seen (counted or not).
     pub fn poll(&mut self, wait_ms: i32) -> usize {
-        let (from, got, last) = (self.from_ns, &mut self.got, &mut self.last_seq);
+        let tally = &mut self.tally;
         let n = self.ring.drain(|f, arrived| {
-            let Some(s) = parse_stamp(f) else { return };
-            let lat = latency_ns(s.time_ns, arrived);
-            if arrived.wrapping_sub(lat) < from {
-                return;
+            if let Some(s) = parse_stamp(f) {
+                tally.record(s, arrived);
             }
-            got.frames += 1;
-            match *last {
-                Some(l) if (s.seq.wrapping_sub(l) as i32) < 0 => got.reordered += 1,
-                _ => *last = Some(s.seq),
-            }
-            let _ = got.latency.record(lat.max(1));
         });
         if n == 0 && wait_ms > 0 {
             self.ring.wait(wait_ms.unsigned_abs());
@@ -611,8 +664,8 @@ impl Sink {
                 break;
             }
         }
-        self.got.sink_dropped += self.ring.drops().dropped;
-        self.got.clone()
+        self.tally.got.sink_dropped += self.ring.drops().dropped;
+        self.tally.got.clone()
     }
 }
 
@@ -783,5 +836,19 @@ mod tests {
         let arrived = (5u64 << 48) + 15;
         assert_eq!(latency_ns(sent & T48, arrived), 25);
         assert_eq!(latency_ns(100, 350), 250);
+    }
+
+    #[test]
+    fn the_tally_leaves_out_frames_sent_before_it_and_counts_reordering() {
+        let mut w = Tally::new(1_000_000);
+        let t = |seq, time_ns| Stamp { seq, time_ns };
+        w.record(t(1, 999_000), 1_500_000);
+        assert_eq!(w.got.frames, 0);
+        w.record(t(2, 1_100_000), 1_500_000);
+        w.record(t(4, 1_200_000), 1_500_000);
+        w.record(t(3, 1_300_000), 1_500_000);
+        assert_eq!(w.got.frames, 3);
+        assert_eq!(w.got.reordered, 1);
+        assert_eq!(w.got.latency.len(), 3);
     }
 }

@@ -362,6 +362,8 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+// Read only by the DPDK build's `memif`.
+#[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
 struct MemifArgs {
     sockets: Vec<std::path::PathBuf>,
     tx: usize,
