@@ -37,6 +37,26 @@ pub fn terminate(pid: i32) -> io::Result<()> {
     }
 }
 
+/// Makes `cmd`'s process start allowed on every CPU, whatever the calling thread is pinned to
+/// (a pinned generator's children would otherwise inherit its one core, and a system under
+/// test could not pin its own threads elsewhere).
+pub fn unpinned(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only makes two system
+    // calls on a stack-local set (no allocation, no lock), which is what pre_exec allows.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for c in 0..libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(c, &mut set);
+            }
+            // CPUs that do not exist are ignored by the kernel; a failure leaves the inherited set.
+            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

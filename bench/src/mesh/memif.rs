@@ -263,7 +263,10 @@ fn spawn(dir: &Path, name: &str, prog: &Path, args: &[String]) -> Result<Running
     let log = dir.join(format!("{name}.log"));
     let f = std::fs::File::create(&log).map_err(|e| MeshError::Setup(e.to_string()))?;
     let g = f.try_clone().map_err(|e| MeshError::Setup(e.to_string()))?;
-    let child = Proc::new(prog)
+    let mut cmd = Proc::new(prog);
+    // This thread is the generator, pinned to its core: the system goes where it says.
+    crate::os::unpinned(&mut cmd);
+    let child = cmd
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
