@@ -41,8 +41,8 @@ pub struct CostStep {
     /// Run time of the generator, the sink, the system's processes and `ksoftirqd`, all CPUs, ns
     /// (see [`super::cost`]).
     pub cpu_ns: u64,
-    /// Busy time of the whole machine (`/proc/stat`) over the same step, ns: what is above
-    /// `cpu_ns` is other work that ran meanwhile.
+    /// Non-idle time of all CPUs over the same step (wall time less `/proc/stat`'s idle), ns:
+    /// what is above `cpu_ns` is other work that ran meanwhile.
     pub machine_busy_ns: u64,
 }
 
@@ -495,7 +495,7 @@ impl Report {
             "not sustained: no figure".into()
         };
         Some(format!(
-            "CPU ns/packet: CPU time per delivered packet at {:.0} kpps offered (a rate every system should sustain; a step that loses more than the threshold or sends less than 95% of it gives no figure), all CPUs: the run time of the generator and the sink, of the system's processes and of the kernel's ksoftirqd threads (the kernel forwards in softirq, charged to the thread it runs on), less the same on the bare path (generator → switch → sink, no node) in the same round: {bare}. What is left is the system's own cost, the underlay hop from n1 to n2 included. Other work on the machine during the cost steps (/proc/stat busy time not spent by these threads): {other:.2} CPUs on average.",
+            "CPU ns/packet: CPU time per delivered packet at {:.0} kpps offered (a rate every system should sustain; a step that loses more than the threshold or sends less than 95% of it gives no figure), all CPUs: the run time of the generator and the sink, of the system's processes and of the kernel's ksoftirqd threads (the kernel forwards in softirq, charged to the thread it runs on), less the same on the bare path (generator → switch → sink, no node) in the same round: {bare}. What is left is the system's own cost, the underlay hop from n1 to n2 included. Other work on the machine during the cost steps (the CPUs' non-idle time from /proc/stat, less these threads'): {other:.2} CPUs on average.",
             self.settings.cost_pps / 1e3,
         ))
     }
