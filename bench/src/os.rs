@@ -57,6 +57,13 @@ pub fn unpinned(cmd: &mut std::process::Command) {
     }
 }
 
+/// Clock ticks per second (`/proc/stat`'s unit), 100 if the system does not say.
+pub fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf reads a configuration value; it takes no pointer.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(hz).ok().filter(|h| *h > 0).unwrap_or(100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,8 @@ EXAMPLES:
   sudo target/release/bench mesh --docs docs        # ... and refresh docs/bench-mesh.md + .svg
   sudo target/release/bench mesh --quick            # a few seconds per system (CI)
   sudo target/release/bench mesh --systems meshd-1w,kernel --rounds 5 --loss 0
+  sudo target/release/bench mesh --systems meshd-1w,kernel --cost-kpps 50 --cost-secs 5
+                                                    # CPU per packet at 50 kpps
   sudo target/release/bench mesh --systems meshd-1w,meshd-afxdp,kernel,afpacket-fwd,afxdp-fwd
                                                     # AF_XDP (in the default build)
   target/release/bench mesh --render bench/out/mesh.json --docs docs   # redraw, no run
@@ -71,6 +73,13 @@ pub struct MeshArgs {
     /// Seconds of the latency step.
     #[arg(long)]
     pub latency_secs: Option<f64>,
+    /// Offered rate of the cost step, in thousands of frames per second: one every system
+    /// sustains, so CPU per packet compares what they spend, not who gets the cores.
+    #[arg(long, default_value_t = 30.0)]
+    pub cost_kpps: f64,
+    /// Seconds of the cost step (0: skip it, and the bare path).
+    #[arg(long)]
+    pub cost_secs: Option<f64>,
     /// Seconds of the TCP connection-rate run (0: skip it).
     #[arg(long)]
     pub tcp_secs: Option<f64>,
@@ -150,6 +159,12 @@ impl MeshArgs {
         if !(0.0..100.0).contains(&loss) {
             return Err(format!("--loss {loss}: a percentage from 0 to under 100"));
         }
+        if !(self.cost_kpps > 0.0 && self.cost_kpps <= 10_000.0) {
+            return Err(format!(
+                "--cost-kpps {}: a rate above 0 and at most 10000",
+                self.cost_kpps
+            ));
+        }
         if self.tasks == 0 || self.tasks > 100 {
             return Err(format!("--tasks {}: 1 to 100", self.tasks));
         }
@@ -175,6 +190,8 @@ impl MeshArgs {
             steps: self.steps.unwrap_or(if self.quick { 3 } else { 7 }),
             loss_pct: loss,
             latency: secs(self.latency_secs, 0.5, 4.0, "latency-secs")?,
+            cost_pps: self.cost_kpps * 1e3,
+            cost: secs(self.cost_secs, 1.0, 3.0, "cost-secs")?,
             tcp: secs(self.tcp_secs, 0.5, 4.0, "tcp-secs")?,
             tcp_threads: self.tcp_threads.max(1),
             cores: self.cores.clone(),

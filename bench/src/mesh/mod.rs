@@ -11,11 +11,19 @@
 //!    rate *actually sent* by any step (step 3 included) whose loss was within the threshold;
 //! 5. **latency**: one longer step at 50% of that rate; the sink's HdrHistogram of one-way
 //!    latencies gives p50/p99/p99.9;
-//! 6. **TCP connection rate**: real handshakes from the generator's kernel to the published
+//! 6. **cost**: one step at a fixed offered rate every system sustains (`--cost-kpps`), with the
+//!    CPU time spent meanwhile on all CPUs by the generator, the sink, the system and the
+//!    kernel's softirq threads ([`cost`]);
+//! 7. **TCP connection rate**: real handshakes from the generator's kernel to the published
 //!    port, answered by whoami in the sink (not for testpmd, which does no NAT);
-//! 7. the topology is removed.
+//! 8. the topology is removed.
+//!
+//! Each round also runs the cost step once on the bare path (the generator through the switch
+//! straight to the sink, [`Topology::bare`]); each system's cost per packet less the bare path's
+//! of the same round is the system's own.
 
 pub mod cli;
+pub mod cost;
 #[cfg(feature = "dpdk")]
 pub mod memif;
 pub mod report;
@@ -31,7 +39,7 @@ use std::time::Duration;
 
 use crate::pktgen::{FrameSpec, Generator, Proto, Received, Sent, Sink};
 use crate::rxring::realtime_ns;
-use report::{Machine, Report, Run, Settings, Summary, Trial};
+use report::{BareRun, CostStep, Machine, Report, Run, Settings, Summary, Trial};
 use topo::{Programs, System, Topology};
 
 /// Why `bench mesh` stopped.
@@ -64,6 +72,10 @@ pub struct Options {
     /// Loss threshold in percent (0: RFC 2544's zero loss).
     pub loss_pct: f64,
     pub latency: Duration,
+    /// The cost step's offered rate, frames per second.
+    pub cost_pps: f64,
+    /// The cost step's length (zero: no cost step).
+    pub cost: Duration,
     pub tcp: Duration,
     pub tcp_threads: usize,
     pub cores: Vec<usize>,
@@ -266,6 +278,55 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Sends until frames reach the sink (ARP, meshd learning its neighbours, testpmd
+    /// starting), at most 30 s.
+    fn warm_up(&self, topo: &mut Topology, stop: &AtomicBool) -> Result<(), MeshError> {
+        let t0 = std::time::Instant::now();
+        loop {
+            check(stop)?;
+            topo.check_alive()?;
+            let (t, _) = self.trial(Some(2000.0), Duration::from_millis(200))?;
+            if t.received > 0 {
+                return Ok(());
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(MeshError::Run(
+                    "no frame reached the sink in 30 s of warm-up".into(),
+                ));
+            }
+        }
+    }
+
+    /// The cost step: one trial at `rate`, with the CPU time `probe` saw spent around it.
+    fn cost_step(
+        &self,
+        probe: &cost::CpuProbe,
+        rate: f64,
+        dur: Duration,
+    ) -> Result<CostStep, MeshError> {
+        let before = probe.read();
+        let (trial, _) = self.trial(Some(rate), dur)?;
+        let spent = probe.read().since(&before);
+        let step = CostStep {
+            trial,
+            cpu_ns: spent.tasks_ns,
+            machine_busy_ns: spent.machine_ns,
+        };
+        eprintln!(
+            "    cost at {:.0} kpps: {} ({:.1} ms of CPU for {} frames delivered, loss {:.3}%; the whole machine was busy {:.1} ms)",
+            rate / 1e3,
+            step.per_packet_ns()
+                .map_or_else(|| "rate not sustained".into(), |c| format!("{c:.0} ns CPU per packet")),
+            step.cpu_ns as f64 / 1e6,
+            step.trial.received,
+            step.trial.loss_pct,
+            step.machine_busy_ns as f64 / 1e6,
+        );
+        Ok(step)
+    }
+}
+
 fn check(stop: &AtomicBool) -> Result<(), MeshError> {
     if stop.load(Ordering::Relaxed) {
         Err(MeshError::Interrupted)
@@ -292,6 +353,48 @@ fn say(t: &Trial) {
     );
 }
 
+impl Rig {
+    /// The generator (sending to `dst_mac`) and the sink.
+    fn start(o: &Options, dst_mac: [u8; 6], stop: &Arc<AtomicBool>) -> Result<Rig, MeshError> {
+        let spec = FrameSpec {
+            src_mac: topo::GEN_MAC,
+            dst_mac,
+            src_ip: topo::GEN_IP,
+            dst_ip: topo::N1_IP,
+            sport_base: 10_000,
+            per_source: crate::pktgen::FLOWS_PER_ADDR,
+            dport: topo::PUBLISHED,
+            proto: o.proto,
+            size: o.size,
+            flows: o.flows,
+            tcp_flags: 0x10,
+        };
+        Ok(Rig {
+            gen: GenThread::start(spec, stop.clone())?,
+            sink: SinkThread::start(Duration::from_millis(if o.quick { 60 } else { 150 }))?,
+            loss_pct: o.loss_pct,
+        })
+    }
+}
+
+/// The bare path's cost step in one round: the same frames at the same rate, from the generator
+/// through the switch to the sink's MAC, no node.
+fn run_bare(round: usize, o: &Options, stop: &Arc<AtomicBool>) -> Result<BareRun, MeshError> {
+    let mut topo = Topology::bare(o.tasks)?;
+    let rig = Rig::start(o, topo::SINK_MAC, stop)?;
+    let result = (|| {
+        rig.warm_up(&mut topo, stop)?;
+        check(stop)?;
+        rig.cost_step(&cost::CpuProbe::new(&[]), o.cost_pps, o.cost)
+    })();
+    drop(rig);
+    match result {
+        Ok(step) => Ok(BareRun { round, step }),
+        Err(MeshError::Interrupted) => Err(MeshError::Interrupted),
+        Err(e) => Err(MeshError::Run(format!("bare path: {e}"))),
+    }
+}
+
 /// One system, one round.
 fn run_one(
     system: System,
@@ -306,24 +409,7 @@ fn run_one(
         topo.start_whoami(p)?;
     }
     topo.start_system(p, o.tasks, &o.cores, o.rps)?;
-    let spec = FrameSpec {
-        src_mac: topo::GEN_MAC,
-        dst_mac: topo::N1_UP_MAC,
-        src_ip: topo::GEN_IP,
-        dst_ip: topo::N1_IP,
-        sport_base: 10_000,
-        per_source: crate::pktgen::FLOWS_PER_ADDR,
-        dport: topo::PUBLISHED,
-        proto: o.proto,
-        size: o.size,
-        flows: o.flows,
-        tcp_flags: 0x10,
-    };
-    let rig = Rig {
-        gen: GenThread::start(spec, stop.clone())?,
-        sink: SinkThread::start(Duration::from_millis(if o.quick { 60 } else { 150 }))?,
-        loss_pct: o.loss_pct,
-    };
+    let rig = Rig::start(o, topo::N1_UP_MAC, stop)?;
     let result = measure(system, round, o, &rig, &mut topo, stop);
     drop(rig);
     match result {
@@ -345,21 +431,7 @@ fn measure(
     topo: &mut Topology,
     stop: &AtomicBool,
 ) -> Result<Run, MeshError> {
-    // Warm up: until frames arrive (ARP, meshd learning its neighbours, testpmd starting).
-    let t0 = std::time::Instant::now();
-    loop {
-        check(stop)?;
-        topo.check_alive()?;
-        let (t, _) = rig.trial(Some(2000.0), Duration::from_millis(200))?;
-        if t.received > 0 {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            return Err(MeshError::Run(
-                "no frame reached the sink in 30 s of warm-up".into(),
-            ));
-        }
-    }
+    rig.warm_up(topo, stop)?;
     // Every flow once, so the measurements see established flows.
     let per_flow = Duration::from_secs_f64((f64::from(o.flows) / 50_000.0).max(0.2));
     rig.trial(Some(50_000.0), per_flow)?;
@@ -400,6 +472,13 @@ fn measure(
         latency.p999_us,
         lat_trial.loss_pct
     );
+    let cost = if o.cost.is_zero() {
+        None
+    } else {
+        check(stop)?;
+        topo.check_alive()?;
+        Some(rig.cost_step(&cost::CpuProbe::new(&topo.pids()), o.cost_pps, o.cost)?)
+    };
     let tcp = if !system.is_forwarder() && !o.tcp.is_zero() {
         check(stop)?;
         let target = SocketAddr::from((topo::N1_IP, topo::PUBLISHED));
@@ -436,6 +515,7 @@ fn measure(
         latency,
         latency_trial: lat_trial,
         tcp,
+        cost,
         meshd_stats,
     })
 }
@@ -524,8 +604,23 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
     let machine = machine();
     topo::remove_leftovers()?;
     let mut runs = Vec::new();
+    let mut bare_path = Vec::new();
     let mut failure = None;
     'rounds: for round in 0..o.rounds {
+        if !o.cost.is_zero() {
+            eprintln!("round {}/{}: bare path (cost)", round + 1, o.rounds);
+            match run_bare(round, o, &stop) {
+                Ok(b) => bare_path.push(b),
+                Err(MeshError::Interrupted) => {
+                    let _ = topo::remove_leftovers();
+                    return Err(MeshError::Interrupted);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break 'rounds;
+                }
+            }
+        }
         // Alternate the order too, so no system always runs first (or right after another).
         let order: Vec<System> = if round % 2 == 0 {
             systems.clone()
@@ -561,7 +656,7 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
         .iter()
         .map(|s| {
             let rs: Vec<&Run> = runs.iter().filter(|r| r.system == s.key()).collect();
-            Summary::of(&s.key(), &s.name(), &rs)
+            Summary::of(&s.key(), &s.name(), &rs, &bare_path)
         })
         .collect();
     notes.push(format!(
@@ -601,6 +696,8 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
             search_steps: o.steps,
             loss_threshold_pct: o.loss_pct,
             latency_secs: o.latency.as_secs_f64(),
+            cost_pps: o.cost_pps,
+            cost_secs: o.cost.as_secs_f64(),
             tcp_secs: o.tcp.as_secs_f64(),
             tcp_threads: o.tcp_threads,
             cores: o.cores.clone(),
@@ -609,6 +706,7 @@ pub fn run(o: &Options) -> Result<Report, MeshError> {
         ratios: report::ratios(&summaries),
         summaries,
         runs,
+        bare_path,
         notes,
     };
     report.write(&o.out)?;
@@ -631,7 +729,7 @@ pub fn render(json: &std::path::Path, o: &Options) -> Result<(), MeshError> {
         .iter()
         .map(|s| {
             let rs: Vec<&Run> = r.runs.iter().filter(|x| x.system == s.system).collect();
-            Summary::of(&s.system, &s.name, &rs)
+            Summary::of(&s.system, &s.name, &rs, &r.bare_path)
         })
         .collect();
     r.ratios = report::ratios(&r.summaries);

@@ -9,6 +9,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
+use super::cost;
 use super::tcp::ConnRate;
 use super::MeshError;
 use crate::pktgen::Percentiles;
@@ -33,6 +34,48 @@ pub struct Trial {
     pub passed: bool,
 }
 
+/// The cost step: one trial at the cost rate, with the CPU time spent meanwhile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CostStep {
+    pub trial: Trial,
+    /// Run time of the generator, the sink, the system's processes and `ksoftirqd`, all CPUs, ns
+    /// (see [`super::cost`]).
+    pub cpu_ns: u64,
+    /// Non-idle time of all CPUs over the same step (wall time less `/proc/stat`'s idle), ns:
+    /// what is above `cpu_ns` is other work that ran meanwhile.
+    pub machine_busy_ns: u64,
+}
+
+impl CostStep {
+    /// CPU ns per delivered packet; `None` when the step did not sustain the rate (lost more
+    /// than the threshold, or the generator sent less than 95% of it).
+    pub fn per_packet_ns(&self) -> Option<f64> {
+        if !self.trial.passed {
+            return None;
+        }
+        cost::per_packet_ns(self.cpu_ns, self.trial.received)
+    }
+}
+
+/// The bare path's cost step in one round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BareRun {
+    pub round: usize,
+    pub step: CostStep,
+}
+
+/// A run's own cost: its CPU ns per delivered packet less the bare path's of the same round.
+/// `None` when either step did not sustain the rate, or no bare step ran in that round.
+pub fn own_cost_ns(run: &Run, bare: &[BareRun]) -> Option<f64> {
+    let path = run.cost.as_ref()?.per_packet_ns()?;
+    let b = bare
+        .iter()
+        .find(|b| b.round == run.round)?
+        .step
+        .per_packet_ns()?;
+    Some(cost::own_ns(path, b))
+}
+
 /// One system's run in one round.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Run {
@@ -47,6 +90,9 @@ pub struct Run {
     pub latency: Percentiles,
     pub latency_trial: Trial,
     pub tcp: Option<ConnRate>,
+    /// The cost step (none with `--cost-secs 0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostStep>,
     /// meshd's counters on each node after the run (`meshctl stats`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub meshd_stats: Vec<serde_json::Value>,
@@ -98,6 +144,13 @@ pub struct Summary {
     pub p99_us: Spread,
     pub p999_us: Spread,
     pub tcp_conn_per_sec: Option<Spread>,
+    /// CPU ns per delivered packet at the cost rate, the bare path subtracted, over the rounds
+    /// where the system and the bare path both sustained the rate.
+    #[serde(default)]
+    pub cpu_ns_per_packet: Option<Spread>,
+    /// Rounds with a cost step that gave no figure (the rate was not sustained).
+    #[serde(default)]
+    pub cost_missed: usize,
 }
 
 /// A ratio of two medians, with the worst and best pairing of the spreads.
@@ -122,6 +175,9 @@ pub struct Report {
     pub summaries: Vec<Summary>,
     pub ratios: Vec<Ratio>,
     pub runs: Vec<Run>,
+    /// The bare path's cost step, one per round.
+    #[serde(default)]
+    pub bare_path: Vec<BareRun>,
     pub notes: Vec<String>,
 }
 
@@ -150,14 +206,25 @@ pub struct Settings {
     pub cores: Vec<usize>,
     #[serde(default)]
     pub rps: bool,
+    /// The cost step's offered rate (pps) and length (0: no cost step).
+    #[serde(default)]
+    pub cost_pps: f64,
+    #[serde(default)]
+    pub cost_secs: f64,
 }
 
 impl Summary {
-    pub fn of(system: &str, name: &str, runs: &[&Run]) -> Summary {
+    /// `bare`: the bare path's cost steps of every round.
+    pub fn of(system: &str, name: &str, runs: &[&Run], bare: &[BareRun]) -> Summary {
         let pick = |f: &dyn Fn(&Run) -> f64| Spread::of(runs.iter().map(|r| f(r)).collect());
         let tcp: Vec<f64> = runs
             .iter()
             .filter_map(|r| r.tcp.map(|t| t.per_sec))
+            .collect();
+        let with_cost: Vec<&&Run> = runs.iter().filter(|r| r.cost.is_some()).collect();
+        let costs: Vec<f64> = with_cost
+            .iter()
+            .filter_map(|r| own_cost_ns(r, bare))
             .collect();
         Summary {
             system: system.into(),
@@ -169,6 +236,8 @@ impl Summary {
             p99_us: pick(&|r| r.latency.p99_us),
             p999_us: pick(&|r| r.latency.p999_us),
             tcp_conn_per_sec: (!tcp.is_empty()).then(|| Spread::of(tcp)),
+            cost_missed: with_cost.len() - costs.len(),
+            cpu_ns_per_packet: (!costs.is_empty()).then(|| Spread::of(costs)),
         }
     }
 }
@@ -212,6 +281,15 @@ pub fn ratios(s: &[Summary]) -> Vec<Ratio> {
                     b,
                     "≥ 1",
                     &|r| r >= 1.0,
+                ));
+            }
+            if let (Some(a), Some(b)) = (m.cpu_ns_per_packet, k.cpu_ns_per_packet) {
+                out.push(ratio(
+                    format!("{} / kernel: CPU per packet", m.name),
+                    a,
+                    b,
+                    "< 1",
+                    &|r| r < 1.0,
                 ));
             }
         }
@@ -281,7 +359,7 @@ impl Report {
         let st = &self.settings;
         let _ = writeln!(
             m,
-            "{} B {} frames, {} flows, {} tasks; {} round(s), systems alternating; {:.1} s per rate step, {} search steps, loss threshold {}%; latency at 50% of each run's zero-loss rate for {:.1} s; TCP: {} client threads for {:.1} s. Machine: {} CPUs ({}), Linux {}, load average at start {}. {}",
+            "{} B {} frames, {} flows, {} tasks; {} round(s), systems alternating; {:.1} s per rate step, {} search steps, loss threshold {}%; latency at 50% of each run's zero-loss rate for {:.1} s; cost at {:.0} kpps for {:.1} s; TCP: {} client threads for {:.1} s. Machine: {} CPUs ({}), Linux {}, load average at start {}. {}",
             st.frame_bytes,
             st.protocol,
             st.flows,
@@ -291,6 +369,8 @@ impl Report {
             st.search_steps,
             st.loss_threshold_pct,
             st.latency_secs,
+            st.cost_pps / 1e3,
+            st.cost_secs,
             st.tcp_threads,
             st.tcp_secs,
             self.machine.cpus,
@@ -306,9 +386,10 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "| system | zero-loss kpps | delivered kpps at full load | p50 µs | p99 µs | p99.9 µs | TCP conn/s |"
+            "| system | zero-loss kpps | delivered kpps at full load | p50 µs | p99 µs | p99.9 µs | TCP conn/s | CPU ns/packet at {:.0} kpps |",
+            st.cost_pps / 1e3
         );
-        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(m, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for s in &self.summaries {
             let tcp = s
                 .tcp_conn_per_sec
@@ -330,17 +411,28 @@ impl Report {
             } else {
                 kpps(s.zero_loss_pps)
             };
+            let cost = match (s.cpu_ns_per_packet, s.cost_missed) {
+                (None, 0) => "–".to_string(),
+                (None, k) => format!("not sustained in {k}/{k}"),
+                (Some(c), 0) => us(c),
+                (Some(c), k) => format!("{} (not sustained in {k}/{})", us(c), k + c.n),
+            };
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.name,
                 zl,
                 kpps(s.full_load_delivered_pps),
                 us(s.p50_us),
                 us(s.p99_us),
                 us(s.p999_us),
-                tcp
+                tcp,
+                cost
             );
+        }
+        if let Some(c) = self.cost_paragraph() {
+            let _ = writeln!(m);
+            let _ = writeln!(m, "{c}");
         }
         if !self.ratios.is_empty() {
             let _ = writeln!(m);
@@ -371,6 +463,43 @@ impl Report {
         m
     }
 
+    /// What the cost column means, with the bare path's figure and how much other work ran on
+    /// the machine during the cost steps (from the runs, so `--render` says it too).
+    fn cost_paragraph(&self) -> Option<String> {
+        if self.bare_path.is_empty() {
+            return None;
+        }
+        let bare = Spread::of(
+            self.bare_path
+                .iter()
+                .filter_map(|b| b.step.per_packet_ns())
+                .collect(),
+        );
+        let steps: Vec<&CostStep> = self
+            .runs
+            .iter()
+            .filter_map(|r| r.cost.as_ref())
+            .chain(self.bare_path.iter().map(|b| &b.step))
+            .collect();
+        let (ours, machine, secs) = steps.iter().fold((0u64, 0u64, 0f64), |a, s| {
+            (a.0 + s.cpu_ns, a.1 + s.machine_busy_ns, a.2 + s.trial.secs)
+        });
+        let other = if secs > 0.0 {
+            machine.saturating_sub(ours) as f64 / 1e9 / secs
+        } else {
+            0.0
+        };
+        let bare = if bare.n > 0 {
+            format!("{} ns per packet", us(bare))
+        } else {
+            "not sustained: no figure".into()
+        };
+        Some(format!(
+            "CPU ns/packet: CPU time per delivered packet at {:.0} kpps offered (a rate every system should sustain; a step that loses more than the threshold or sends less than 95% of it gives no figure), all CPUs: the run time of the generator and the sink, of the system's processes and of the kernel's ksoftirqd threads (the kernel forwards in softirq, charged to the thread it runs on), less the same on the bare path (generator → switch → sink, no node) in the same round: {bare}. What is left is the system's own cost, the underlay hop from n1 to n2 included. Other work on the machine during the cost steps (the CPUs' non-idle time from /proc/stat, less these threads'): {other:.2} CPUs on average.",
+            self.settings.cost_pps / 1e3,
+        ))
+    }
+
     /// Writes `mesh.json`, `mesh.md` and `mesh.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<(), MeshError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -388,7 +517,7 @@ impl Report {
     /// percentiles, TCP connection rate; bars are medians, whiskers the min–max of the rounds.
     pub fn chart(&self, path: &Path) -> Result<(), MeshError> {
         let err = |e: String| MeshError::Report(format!("drawing {}: {e}", path.display()));
-        let root = SVGBackend::new(path, (1500, 520)).into_drawing_area();
+        let root = SVGBackend::new(path, (2000, 520)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
         let title = format!(
             "bench mesh: {} B {}, {} flows, {} round(s) — bars: median, whiskers: min–max",
@@ -400,7 +529,7 @@ impl Report {
         let root = root
             .titled(&title, ("sans-serif", 20))
             .map_err(|e| err(e.to_string()))?;
-        let panels = root.split_evenly((1, 3));
+        let panels = root.split_evenly((1, 4));
         let names: Vec<String> = self.summaries.iter().map(|s| short(&s.name)).collect();
         let colors = [
             RGBColor(31, 119, 180),
@@ -408,7 +537,11 @@ impl Report {
             RGBColor(44, 160, 44),
         ];
 
-        let groups: [Panel; 3] = [
+        let cost_caption = format!(
+            "CPU ns per packet at {:.0} kpps (bare path subtracted)",
+            self.settings.cost_pps / 1e3
+        );
+        let groups: [Panel; 4] = [
             (
                 "throughput, kpps",
                 vec![
@@ -445,6 +578,17 @@ impl Report {
                     self.summaries
                         .iter()
                         .map(|s| s.tcp_conn_per_sec.unwrap_or_default())
+                        .collect(),
+                )],
+                false,
+            ),
+            (
+                &cost_caption,
+                vec![(
+                    "ns/packet",
+                    self.summaries
+                        .iter()
+                        .map(|s| s.cpu_ns_per_packet.unwrap_or_default())
                         .collect(),
                 )],
                 false,
@@ -660,6 +804,8 @@ mod tests {
             p99_us: sp(p99),
             p999_us: sp(p99 * 2.0),
             tcp_conn_per_sec: tcp.map(sp),
+            cpu_ns_per_packet: None,
+            cost_missed: 0,
         }
     }
 
@@ -709,10 +855,13 @@ mod tests {
                 tcp_threads: 2,
                 cores: vec![0, 1],
                 rps: true,
+                cost_pps: 30e3,
+                cost_secs: 1.0,
             },
             ratios: ratios(&s),
             summaries: s,
             runs: Vec::new(),
+            bare_path: Vec::new(),
             notes: vec!["a note".into()],
         };
         let md = report.markdown();
@@ -733,5 +882,184 @@ mod tests {
             .unwrap()
             .contains("\"zero_loss_pps\""));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn trial(sent: u64, received: u64, passed: bool) -> Trial {
+        Trial {
+            target_pps: Some(30e3),
+            sent,
+            received,
+            secs: 1.0,
+            sent_pps: sent as f64,
+            delivered_pps: received as f64,
+            loss_pct: 0.0,
+            reordered: 0,
+            sink_dropped: 0,
+            loss_ok: passed,
+            passed,
+        }
+    }
+
+    fn step(cpu_ms: u64, delivered: u64, passed: bool) -> CostStep {
+        CostStep {
+            trial: trial(delivered, delivered, passed),
+            cpu_ns: cpu_ms * 1_000_000,
+            machine_busy_ns: cpu_ms * 2_000_000,
+        }
+    }
+
+    fn run(system: &str, round: usize, cost: Option<CostStep>) -> Run {
+        Run {
+            system: system.into(),
+            name: system.into(),
+            round,
+            full_load: trial(100, 100, true),
+            zero_loss_pps: 100.0,
+            search: Vec::new(),
+            latency_at_pps: 50.0,
+            latency: Percentiles::default(),
+            latency_trial: trial(50, 50, true),
+            tcp: None,
+            cost,
+            meshd_stats: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_cost_is_the_run_less_the_bare_path_of_its_round() {
+        let bare = vec![
+            BareRun {
+                round: 0,
+                step: step(30, 30_000, true),
+            },
+            BareRun {
+                round: 1,
+                step: step(45, 30_000, true),
+            },
+            BareRun {
+                round: 2,
+                step: step(30, 30_000, false),
+            },
+        ];
+        // 3000 ns per packet less 1000 (round 0), less 1500 (round 1); no figure where either
+        // step missed the rate, or without a bare step in the round.
+        assert_eq!(
+            own_cost_ns(&run("m", 0, Some(step(90, 30_000, true))), &bare),
+            Some(2000.0)
+        );
+        assert_eq!(
+            own_cost_ns(&run("m", 1, Some(step(90, 30_000, true))), &bare),
+            Some(1500.0)
+        );
+        assert_eq!(
+            own_cost_ns(&run("m", 2, Some(step(90, 30_000, true))), &bare),
+            None
+        );
+        assert_eq!(
+            own_cost_ns(&run("m", 0, Some(step(90, 30_000, false))), &bare),
+            None
+        );
+        assert_eq!(
+            own_cost_ns(&run("m", 3, Some(step(90, 30_000, true))), &bare),
+            None
+        );
+        assert_eq!(own_cost_ns(&run("m", 0, None), &bare), None);
+
+        let runs = [
+            run("m", 0, Some(step(90, 30_000, true))),
+            run("m", 1, Some(step(90, 30_000, true))),
+            run("m", 2, Some(step(90, 30_000, true))),
+        ];
+        let refs: Vec<&Run> = runs.iter().collect();
+        let s = Summary::of("m", "m", &refs, &bare);
+        let c = s.cpu_ns_per_packet.unwrap();
+        assert_eq!((c.median, c.min, c.max, c.n), (1750.0, 1500.0, 2000.0, 2));
+        assert_eq!(s.cost_missed, 1);
+        // No cost step at all: no figure and nothing missed.
+        let runs = [run("m", 0, None)];
+        let refs: Vec<&Run> = runs.iter().collect();
+        let s = Summary::of("m", "m", &refs, &bare);
+        assert!(s.cpu_ns_per_packet.is_none() && s.cost_missed == 0);
+    }
+
+    #[test]
+    fn meshd_must_cost_less_than_the_kernel() {
+        let mut m = summary("meshd-1w", 500e3, 40.0, None);
+        let mut k = summary("kernel", 200e3, 50.0, None);
+        m.cpu_ns_per_packet = Some(sp(1500.0));
+        k.cpu_ns_per_packet = Some(sp(2000.0));
+        let r = ratios(&[m.clone(), k.clone()]);
+        let c = r
+            .iter()
+            .find(|r| r.what == "meshd-1w / kernel: CPU per packet")
+            .unwrap();
+        assert!((c.median - 0.75).abs() < 1e-9 && c.met && c.target == "< 1");
+        m.cpu_ns_per_packet = Some(sp(2000.0));
+        let r = ratios(&[m, k]);
+        let c = r
+            .iter()
+            .find(|r| r.what.ends_with("CPU per packet"))
+            .unwrap();
+        assert!(!c.met, "equal is not below");
+    }
+
+    #[test]
+    fn the_table_has_the_cost_column_and_the_bare_path() {
+        let mut m = summary("meshd-1w", 500e3, 40.0, None);
+        m.cpu_ns_per_packet = Some(Spread {
+            median: 1750.0,
+            min: 1500.0,
+            max: 2000.0,
+            n: 2,
+        });
+        m.cost_missed = 1;
+        let mut k = summary("kernel", 200e3, 50.0, None);
+        k.cost_missed = 3;
+        let report = Report {
+            command: "bench mesh".into(),
+            date_utc: "today".into(),
+            machine: Machine {
+                cpus: 2,
+                kernel: "6".into(),
+                cpu_model: "x".into(),
+                load_avg_at_start: "0".into(),
+            },
+            settings: Settings {
+                quick: false,
+                rounds: 3,
+                frame_bytes: 64,
+                protocol: "udp".into(),
+                flows: 1024,
+                tasks: 2,
+                step_secs: 1.0,
+                search_steps: 3,
+                loss_threshold_pct: 0.1,
+                latency_secs: 1.0,
+                tcp_secs: 0.0,
+                tcp_threads: 2,
+                cores: vec![0, 1],
+                rps: false,
+                cost_pps: 30e3,
+                cost_secs: 1.0,
+            },
+            ratios: ratios(&[m.clone(), k.clone()]),
+            summaries: vec![m, k],
+            runs: vec![run("meshd-1w", 0, Some(step(90, 30_000, true)))],
+            bare_path: vec![BareRun {
+                round: 0,
+                step: step(30, 30_000, true),
+            }],
+            notes: Vec::new(),
+        };
+        let md = report.markdown();
+        assert!(md.contains("| CPU ns/packet at 30 kpps |"), "{md}");
+        assert!(
+            md.contains("| 1750 (1500–2000) (not sustained in 1/3) |"),
+            "{md}"
+        );
+        assert!(md.contains("| not sustained in 3/3 |"), "{md}");
+        assert!(md.contains("bare path (generator → switch → sink, no node) in the same round: 1000 ns per packet"), "{md}");
+        // 240 ms busy, 120 ms ours, over 2 s of steps.
+        assert!(md.contains("0.06 CPUs on average"), "{md}");
     }
 }

@@ -31,6 +31,9 @@
 //!   the MACs to n2's (`mac` mode), n2 forwards up0 → tk0 (`io` mode). No NAT, no VXLAN: the
 //!   raw cost of moving a frame through the two nodes' veths.
 //!
+//! The bare path ([`Topology::bare`]), for the cost step: only the generator and the sink, both
+//! on the switch (`eth0 ── br0 ── eth0`), the generator sending to the sink's MAC.
+//!
 //! Everything is named `meshd-bench-*` and removed on drop, processes first.
 
 use std::collections::BTreeMap;
@@ -214,7 +217,8 @@ fn setup<E: std::fmt::Display>(e: E) -> MeshError {
 /// it stops the processes and deletes the namespaces.
 #[derive(Debug)]
 pub struct Topology {
-    pub system: System,
+    /// `None`: the bare path.
+    pub system: Option<System>,
     pub run_dir: PathBuf,
     children: Vec<(String, Child)>,
     made: Vec<&'static str>,
@@ -240,8 +244,8 @@ impl Drop for Topology {
 }
 
 impl Topology {
-    /// Builds the namespaces and links (see the module documentation); no system yet.
-    pub fn build(system: System, tasks: usize) -> Result<Topology, MeshError> {
+    /// Creates the run directory and the namespaces `namespaces`.
+    fn create(system: Option<System>, namespaces: &[&'static str]) -> Result<Topology, MeshError> {
         let run_dir = PathBuf::from("/run/meshd-bench");
         let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir)
@@ -253,51 +257,22 @@ impl Topology {
             made: Vec::new(),
             flow_files: Vec::new(),
         };
-        for ns in ALL_NS {
+        for ns in namespaces {
             sys::netns_add(ns).map_err(setup)?;
             t.made.push(ns);
         }
-        let ip = |ns: &str, args: &[&str]| sys::ip_in(ns, args).map_err(setup);
-        ip(SW_NS, &["link", "add", "name", "br0", "type", "bridge"])?;
-        // Forward at once: no STP listening, no multicast snooping surprises.
-        ip(
-            SW_NS,
-            &[
-                "link",
-                "set",
-                "dev",
-                "br0",
-                "type",
-                "bridge",
-                "forward_delay",
-                "0",
-                "mcast_snooping",
-                "0",
-            ],
-        )?;
-        ip(SW_NS, &["link", "set", "dev", "br0", "up"])?;
-        let wire = |sw_end: &str, ns: &str, dev: &str, mac: [u8; 6]| -> Result<(), MeshError> {
-            ip(
-                SW_NS,
-                &[
-                    "link", "add", "name", sw_end, "type", "veth", "peer", "name", dev, "netns", ns,
-                ],
-            )?;
-            ip(
-                SW_NS,
-                &["link", "set", "dev", sw_end, "master", "br0", "up"],
-            )?;
-            ip(
-                ns,
-                &["link", "set", "dev", dev, "address", &mac_str(mac), "up"],
-            )?;
-            sys::offloads_off(SW_NS, sw_end).map_err(setup)?;
-            sys::offloads_off(ns, dev).map_err(setup)
-        };
-        wire("gen", GEN_NS, "eth0", GEN_MAC)?;
-        wire("n1", N1_NS, "up0", N1_UP_MAC)?;
-        wire("n2", N2_NS, "up0", N2_UP_MAC)?;
+        Ok(t)
+    }
+
+    /// Builds the namespaces and links (see the module documentation); no system yet.
+    pub fn build(system: System, tasks: usize) -> Result<Topology, MeshError> {
+        let t = Topology::create(Some(system), &ALL_NS)?;
+        switch()?;
+        to_switch("gen", GEN_NS, "eth0", GEN_MAC)?;
+        to_switch("n1", N1_NS, "up0", N1_UP_MAC)?;
+        to_switch("n2", N2_NS, "up0", N2_UP_MAC)?;
         // n2's tasks port to the sink; n1's tasks port goes nowhere (no tasks on n1).
+        let ip = |ns: &str, args: &[&str]| sys::ip_in(ns, args).map_err(setup);
         let pair = |ns: &str, a: &str, mac: [u8; 6], peer_ns: &str, b: &str, peer_mac: [u8; 6]| {
             ip(
                 ns,
@@ -325,53 +300,39 @@ impl Topology {
             "tkx",
             [0x02, 0x62, 0, 0, 1, 9],
         )?;
-        // Hosts: the generator (a normal client) and the sink (every task's address). MTU 1450
-        // on both, so encapsulated frames fit the 1500-byte underlay.
-        ip(
-            GEN_NS,
-            &["addr", "add", "192.168.100.100/24", "dev", "eth0"],
-        )?;
-        ip(GEN_NS, &["link", "set", "dev", "eth0", "mtu", "1450"])?;
-        ip(
-            GEN_NS,
-            &[
-                "neigh",
-                "replace",
-                &N1_IP.to_string(),
-                "lladdr",
-                &mac_str(N1_UP_MAC),
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ],
-        )?;
-        for i in 0..tasks {
-            ip(
-                SINK_NS,
-                &["addr", "add", &format!("{}/24", task_ip(i)), "dev", "eth0"],
-            )?;
-        }
-        ip(SINK_NS, &["link", "set", "dev", "eth0", "mtu", "1450"])?;
-        // Many short connections from one client address: every local port, and reuse of
-        // TIME_WAIT ones.
+        hosts(tasks)?;
+        Ok(t)
+    }
+
+    /// The bare path: the generator and the sink on the switch, no node between them, for the
+    /// generator's and the sink's own CPU cost. The generator sends to the sink's MAC (see
+    /// [`super::cost`]); the switch knows it, so nothing is flooded.
+    pub fn bare(tasks: usize) -> Result<Topology, MeshError> {
+        let t = Topology::create(None, &[GEN_NS, SW_NS, SINK_NS])?;
+        switch()?;
+        to_switch("gen", GEN_NS, "eth0", GEN_MAC)?;
+        to_switch("sink", SINK_NS, "eth0", SINK_MAC)?;
         sys::exec_in(
-            GEN_NS,
-            "sysctl",
+            SW_NS,
+            "bridge",
             &[
-                "-qw",
-                "net.ipv4.ip_local_port_range=1024 65535",
-                "net.ipv4.tcp_tw_reuse=1",
+                "fdb",
+                "add",
+                &mac_str(SINK_MAC),
+                "dev",
+                "sink",
+                "master",
+                "static",
             ],
         )
         .map_err(setup)?;
-        // The sink counts UDP frames in its ring; the kernel behind it need not answer them
-        // (no ICMP port unreachable flowing back through the system under test).
-        nft(
-            SINK_NS,
-            "table netdev sink {\n  chain in {\n    type filter hook ingress device \"eth0\" priority 0;\n    udp dport { 5201, 8080 } drop\n  }\n}\n",
-        )?;
+        hosts(tasks)?;
         Ok(t)
+    }
+
+    /// The processes started in the topology (for the CPU they spend).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
     }
 
     /// Starts `prog args` in `ns` with its output in `<run_dir>/<log>.log`.
@@ -469,9 +430,14 @@ impl Topology {
         cores: &[usize],
         rps: bool,
     ) -> Result<(), MeshError> {
+        let Some(system) = self.system else {
+            return Err(MeshError::Setup(
+                "the bare path has no system to start".into(),
+            ));
+        };
         let n = cores.len().max(1);
         let mask = |cs: &[usize]| cs.iter().fold(0u64, |m, c| m | 1u64 << (c % 64));
-        let (m1, m2) = match self.system {
+        let (m1, m2) = match system {
             System::Meshd { workers } if workers > 1 => (mask(cores), mask(cores)),
             _ => (
                 mask(&[cores.first().copied().unwrap_or(0)]),
@@ -482,7 +448,7 @@ impl Topology {
             steer(N1_NS, "up0", m1)?;
             steer(N2_NS, "up0", m2)?;
         }
-        match self.system {
+        match system {
             System::Meshd { workers } => self.start_meshd(p, tasks, workers, cores, "afpacket"),
             System::MeshdXdp => self.start_meshd(p, tasks, 1, cores, "afxdp"),
             System::Kernel => self.start_kernel(tasks),
@@ -935,6 +901,98 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+/// The switch: a bridge in the switch namespace.
+fn switch() -> Result<(), MeshError> {
+    let ip = |args: &[&str]| sys::ip_in(SW_NS, args).map_err(setup);
+    ip(&["link", "add", "name", "br0", "type", "bridge"])?;
+    // Forward at once: no STP listening, no multicast snooping surprises.
+    ip(&[
+        "link",
+        "set",
+        "dev",
+        "br0",
+        "type",
+        "bridge",
+        "forward_delay",
+        "0",
+        "mcast_snooping",
+        "0",
+    ])?;
+    ip(&["link", "set", "dev", "br0", "up"])?;
+    Ok(())
+}
+
+/// A veth from the switch (`sw_end`, a bridge port) to `dev` in namespace `ns`.
+fn to_switch(sw_end: &str, ns: &str, dev: &str, mac: [u8; 6]) -> Result<(), MeshError> {
+    let ip = |ns: &str, args: &[&str]| sys::ip_in(ns, args).map_err(setup);
+    ip(
+        SW_NS,
+        &[
+            "link", "add", "name", sw_end, "type", "veth", "peer", "name", dev, "netns", ns,
+        ],
+    )?;
+    ip(
+        SW_NS,
+        &["link", "set", "dev", sw_end, "master", "br0", "up"],
+    )?;
+    ip(
+        ns,
+        &["link", "set", "dev", dev, "address", &mac_str(mac), "up"],
+    )?;
+    sys::offloads_off(SW_NS, sw_end).map_err(setup)?;
+    sys::offloads_off(ns, dev).map_err(setup)
+}
+
+/// Hosts: the generator (a normal client) and the sink (every task's address), each on its
+/// eth0. MTU 1450 on both, so encapsulated frames fit the 1500-byte underlay.
+fn hosts(tasks: usize) -> Result<(), MeshError> {
+    let ip = |ns: &str, args: &[&str]| sys::ip_in(ns, args).map_err(setup);
+    ip(
+        GEN_NS,
+        &["addr", "add", "192.168.100.100/24", "dev", "eth0"],
+    )?;
+    ip(GEN_NS, &["link", "set", "dev", "eth0", "mtu", "1450"])?;
+    ip(
+        GEN_NS,
+        &[
+            "neigh",
+            "replace",
+            &N1_IP.to_string(),
+            "lladdr",
+            &mac_str(N1_UP_MAC),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )?;
+    for i in 0..tasks {
+        ip(
+            SINK_NS,
+            &["addr", "add", &format!("{}/24", task_ip(i)), "dev", "eth0"],
+        )?;
+    }
+    ip(SINK_NS, &["link", "set", "dev", "eth0", "mtu", "1450"])?;
+    // Many short connections from one client address: every local port, and reuse of
+    // TIME_WAIT ones.
+    sys::exec_in(
+        GEN_NS,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.ip_local_port_range=1024 65535",
+            "net.ipv4.tcp_tw_reuse=1",
+        ],
+    )
+    .map_err(setup)?;
+    // The sink counts UDP frames in its ring; the kernel behind it need not answer them
+    // (no ICMP port unreachable flowing back through the system under test).
+    nft(
+        SINK_NS,
+        "table netdev sink {\n  chain in {\n    type filter hook ingress device \"eth0\" priority 0;\n    udp dport { 5201, 8080 } drop\n  }\n}\n",
+    )
 }
 
 /// Sets the RPS CPU mask of `dev`'s receive queue in `ns`.
