@@ -206,7 +206,7 @@ pub fn client_vdev(i: usize, socket: &Path) -> String {
 
 impl Memif {
     /// Starts EAL in this process (once: `--no-huge`, `-l core`, no shared files) and a memif
-    /// server on each socket (a stale socket file is removed first), frames on them marked
+    /// server on each socket (a stale socket file is removed first; a live one is refused), frames on them marked
     /// `PortId::Uplink` for the first and `Tasks` for the others.
     pub fn open(sockets: &[PathBuf], core: usize, memory_mb: u32) -> Result<Memif, MemifError> {
         if sockets.is_empty() || sockets.len() > MAX_ENDS {
@@ -219,6 +219,13 @@ impl Memif {
             if let Some(d) = s.parent() {
                 std::fs::create_dir_all(d)
                     .map_err(|e| MemifError::Socket(s.clone(), e.to_string()))?;
+            }
+            // A socket someone answers on is another server's: not ours to take over.
+            if std::os::unix::net::UnixStream::connect(s).is_ok() {
+                return Err(MemifError::Socket(
+                    s.clone(),
+                    "another memif server (a running pktgen or bench) listens on it: stop it or use another path".into(),
+                ));
             }
             match std::fs::remove_file(s) {
                 Ok(()) => {}
