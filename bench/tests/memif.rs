@@ -117,6 +117,12 @@ fn meshd_forwards_memif_frames_both_ways_and_leaks_no_mbuf() {
     // meshd copies frames in and out within a burst: its pools hold what they held before.
     assert_eq!(meshd_end, meshd_start, "meshd's mbufs in use: {stats}");
     drop(meshd);
+    // The generator's side sees the peer go (the link state the stats report).
+    let t0 = std::time::Instant::now();
+    while g.up() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!g.up(), "memif link still up 5 s after meshd stopped");
     assert_eq!(g.mbufs_in_use(), gen_start, "the generator's mbufs in use");
     let _ = std::fs::remove_dir_all(&dir);
 }

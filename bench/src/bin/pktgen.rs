@@ -112,57 +112,7 @@ enum Cmd {
     /// --socket (the system under test connects as client), sends on the first (or --tx),
     /// counts stamped frames coming back on all (bare or in VXLAN), answers ARP on all.
     /// Needs a build with `--features bench/dpdk` and root.
-    Memif {
-        /// A memif socket file to serve (repeat for more interfaces: 0, 1, ...).
-        #[arg(long = "socket", required = true)]
-        sockets: Vec<std::path::PathBuf>,
-        /// The interface to send on (index into --socket).
-        #[arg(long, default_value_t = 0)]
-        tx: usize,
-        /// The core to run on.
-        #[arg(long, default_value_t = 0)]
-        core: usize,
-        /// Destination MAC (the system under test's interface).
-        #[arg(long, value_parser = parse_mac)]
-        dst_mac: [u8; 6],
-        #[arg(long, default_value = "192.168.100.100")]
-        src_ip: Ipv4Addr,
-        #[arg(long)]
-        dst_ip: Ipv4Addr,
-        #[arg(long, default_value_t = 10_000)]
-        sport: u16,
-        #[arg(long, default_value_t = 8080)]
-        dport: u16,
-        #[arg(long, value_enum, default_value_t = Proto::Udp)]
-        proto: Proto,
-        /// Frame size on the wire, FCS included (64..1518), before any VXLAN encapsulation.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value_t = 1024)]
-        flows: u32,
-        /// Send the frames inside VXLAN from this VTEP address (a peer node) to --vxlan-dst.
-        #[arg(long, requires = "vxlan_dst")]
-        vxlan_src: Option<Ipv4Addr>,
-        #[arg(long, requires = "vxlan_src")]
-        vxlan_dst: Option<Ipv4Addr>,
-        /// The outer destination MAC (default: --dst-mac); the inner one is then --dst-mac.
-        #[arg(long, value_parser = parse_mac)]
-        vxlan_dst_mac: Option<[u8; 6]>,
-        #[arg(long, default_value_t = 4096)]
-        vni: u32,
-        /// Frames per second; 0: as fast as the ring takes them.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Seconds.
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-        /// Seconds to wait for the peer to connect.
-        #[arg(long, default_value_t = 30.0)]
-        wait: f64,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Memif(MemifArgs),
     /// Count stamped frames arriving on an interface: rate, reordering, one-way latency.
     Sink {
         #[arg(long)]
@@ -277,47 +227,7 @@ fn run(cli: Cli) -> Result<(), String> {
             );
             Ok(())
         }
-        Cmd::Memif {
-            sockets,
-            tx,
-            core,
-            dst_mac,
-            src_ip,
-            dst_ip,
-            sport,
-            dport,
-            proto,
-            size,
-            flows,
-            vxlan_src,
-            vxlan_dst,
-            vxlan_dst_mac,
-            vni,
-            rate,
-            duration,
-            wait,
-            json,
-        } => memif(MemifArgs {
-            sockets,
-            tx,
-            core,
-            dst_mac,
-            src_ip,
-            dst_ip,
-            sport,
-            dport,
-            proto,
-            size,
-            flows,
-            vxlan: vxlan_src
-                .zip(vxlan_dst)
-                .map(|(s, d)| (s, d, vxlan_dst_mac, vni)),
-            rate,
-            duration: secs(duration)?,
-            wait: secs(wait)?,
-            json,
-            stop,
-        }),
+        Cmd::Memif(a) => memif(a, &stop),
         Cmd::Sink {
             iface,
             duration,
@@ -362,36 +272,69 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// `pktgen memif`'s options.
+#[derive(Debug, clap::Args)]
 // Read only by the DPDK build's `memif`.
 #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
 struct MemifArgs {
+    /// A memif socket file to serve (repeat for more interfaces: 0, 1, ...).
+    #[arg(long = "socket", required = true)]
     sockets: Vec<std::path::PathBuf>,
+    /// The interface to send on (index into --socket).
+    #[arg(long, default_value_t = 0)]
     tx: usize,
+    /// The core to run on.
+    #[arg(long, default_value_t = 0)]
     core: usize,
+    /// Destination MAC (the system under test's interface).
+    #[arg(long, value_parser = parse_mac)]
     dst_mac: [u8; 6],
+    #[arg(long, default_value = "192.168.100.100")]
     src_ip: Ipv4Addr,
+    #[arg(long)]
     dst_ip: Ipv4Addr,
+    #[arg(long, default_value_t = 10_000)]
     sport: u16,
+    #[arg(long, default_value_t = 8080)]
     dport: u16,
+    #[arg(long, value_enum, default_value_t = Proto::Udp)]
     proto: Proto,
+    /// Frame size on the wire, FCS included (64..1518), before any VXLAN encapsulation.
+    #[arg(long, default_value_t = 64)]
     size: usize,
+    #[arg(long, default_value_t = 1024)]
     flows: u32,
-    /// Outer source and destination, outer destination MAC, VNI.
-    vxlan: Option<(Ipv4Addr, Ipv4Addr, Option<[u8; 6]>, u32)>,
+    /// Send the frames inside VXLAN from this VTEP address (a peer node) to --vxlan-dst.
+    #[arg(long, requires = "vxlan_dst")]
+    vxlan_src: Option<Ipv4Addr>,
+    #[arg(long, requires = "vxlan_src")]
+    vxlan_dst: Option<Ipv4Addr>,
+    /// The outer destination MAC (default: --dst-mac); the inner one is then --dst-mac.
+    #[arg(long, value_parser = parse_mac)]
+    vxlan_dst_mac: Option<[u8; 6]>,
+    #[arg(long, default_value_t = 4096)]
+    vni: u32,
+    /// Frames per second; 0: as fast as the ring takes them.
+    #[arg(long, default_value_t = 0.0)]
     rate: f64,
-    duration: Duration,
-    wait: Duration,
+    /// Seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds to wait for the peer to connect.
+    #[arg(long, default_value_t = 30.0)]
+    wait: f64,
+    /// Print JSON.
+    #[arg(long)]
     json: bool,
-    stop: Arc<AtomicBool>,
 }
 
 #[cfg(not(feature = "dpdk"))]
-fn memif(_: MemifArgs) -> Result<(), String> {
+fn memif(_: MemifArgs, _: &AtomicBool) -> Result<(), String> {
     Err("this pktgen was built without DPDK: build it with `cargo build --release -p bench --features bench/dpdk` (needs libdpdk-dev and pkg-config)".into())
 }
 
 #[cfg(feature = "dpdk")]
-fn memif(a: MemifArgs) -> Result<(), String> {
+fn memif(a: MemifArgs, stop: &AtomicBool) -> Result<(), String> {
     use bench::memif::{Frames, Memif, Vxlan};
     if a.tx >= a.sockets.len() {
         return Err(format!(
@@ -401,11 +344,12 @@ fn memif(a: MemifArgs) -> Result<(), String> {
             a.sockets.len() - 1
         ));
     }
-    let mut m = Memif::open(&a.sockets, a.core, 512).map_err(|e| e.to_string())?;
-    let me = m.mac(a.tx);
-    let frames = Frames {
+    // Everything checked before EAL starts: a bad option changes nothing.
+    let (wait, duration) = (secs(a.wait)?, secs(a.duration)?);
+    let mut frames = Frames {
         inner: FrameSpec {
-            src_mac: me,
+            // Both source MACs are the interface's, known once it exists.
+            src_mac: [0; 6],
             dst_mac: a.dst_mac,
             src_ip: a.src_ip,
             dst_ip: a.dst_ip,
@@ -417,29 +361,35 @@ fn memif(a: MemifArgs) -> Result<(), String> {
             flows: a.flows,
             tcp_flags: 0x10,
         },
-        vxlan: a.vxlan.map(|(src_ip, dst_ip, mac, vni)| Vxlan {
-            src_mac: me,
-            dst_mac: mac.unwrap_or(a.dst_mac),
+        vxlan: a.vxlan_src.zip(a.vxlan_dst).map(|(src_ip, dst_ip)| Vxlan {
+            src_mac: [0; 6],
+            dst_mac: a.vxlan_dst_mac.unwrap_or(a.dst_mac),
             src_ip,
             dst_ip,
-            vni,
+            vni: a.vni,
         }),
     };
     frames.inner.check().map_err(|e| e.to_string())?;
+    let mut m = Memif::open(&a.sockets, a.core, 512).map_err(|e| e.to_string())?;
+    let me = m.mac(a.tx);
+    frames.inner.src_mac = me;
+    if let Some(v) = frames.vxlan.as_mut() {
+        v.src_mac = me;
+    }
     eprintln!(
-        "pktgen: memif server on {} socket(s); waiting up to {:?} for the peer",
+        "pktgen: memif server on {} socket(s); waiting up to {} s for the peer",
         a.sockets.len(),
         a.wait
     );
-    m.wait_up(a.wait, &a.stop).map_err(|e| e.to_string())?;
+    m.wait_up(wait, stop).map_err(|e| e.to_string())?;
     let rate = (a.rate > 0.0).then_some(a.rate);
     let (sent, got) = m
         .run(
             &frames,
             a.tx,
             rate,
-            a.duration,
-            &a.stop,
+            duration,
+            stop,
             Duration::from_millis(50),
         )
         .map_err(|e| e.to_string())?;

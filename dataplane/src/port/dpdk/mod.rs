@@ -293,9 +293,7 @@ impl MbufPool {
             size: POOL_MBUFS,
         })
     }
-}
 
-impl MbufPool {
     /// Mbufs taken from the pool and not given back: those the PMD holds in its RX rings, those
     /// in flight, and any leaked. Frames are copied in and out within a burst, so between
     /// bursts it returns to what the devices hold.
