@@ -243,8 +243,9 @@ pub enum IoMode {
     Dpdk,
 }
 
-/// `--uplink-mtu`'s bounds: IPv4's minimum link MTU for an overlay of 1280 less VXLAN is
-/// refused anyway; the largest frame a [`crate::buf::PacketBuf`] holds, with an 802.1Q tag.
+/// `--uplink-mtu`'s bounds: below 1280 the overlay (the MTU less VXLAN's 50 bytes) would be
+/// refused anyway; above 1900 a frame (with Ethernet and an 802.1Q tag) would not fit a
+/// [`crate::buf::PacketBuf`].
 const MIN_UPLINK_MTU: u16 = 1280;
 const MAX_UPLINK_MTU: u16 = 1900;
 

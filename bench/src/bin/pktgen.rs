@@ -53,42 +53,8 @@ enum Cmd {
     Send {
         #[arg(long)]
         iface: String,
-        /// Destination MAC (the next hop: a node's uplink).
-        #[arg(long, value_parser = parse_mac)]
-        dst_mac: [u8; 6],
-        /// Source MAC (default: the interface's).
-        #[arg(long, value_parser = parse_mac)]
-        src_mac: Option<[u8; 6]>,
-        #[arg(long, default_value = "192.168.100.100")]
-        src_ip: Ipv4Addr,
-        #[arg(long)]
-        dst_ip: Ipv4Addr,
-        /// First source port; flow i uses sport + i % N and source address src-ip + i / N, N
-        /// being --flows-per-source.
-        #[arg(long, default_value_t = 10_000)]
-        sport: u16,
-        /// Flows per source address (1 to 50000): with --flows 200000, 200 makes the flows come
-        /// from 1,000 addresses.
-        #[arg(long, default_value_t = bench::pktgen::FLOWS_PER_ADDR)]
-        flows_per_source: u32,
-        #[arg(long, default_value_t = 8080)]
-        dport: u16,
-        #[arg(long, value_enum, default_value_t = Proto::Udp)]
-        proto: Proto,
-        /// TCP flags byte (0x10 ACK, 0x02 SYN).
-        #[arg(long, default_value = "0x10", value_parser = parse_u8)]
-        tcp_flags: u8,
-        /// Frame size on the wire, FCS included (64..1518).
-        #[arg(long, default_value_t = 64)]
-        size: usize,
-        #[arg(long, default_value_t = 1024)]
-        flows: u32,
-        /// Frames per second; 0: as fast as possible.
-        #[arg(long, default_value_t = 0.0)]
-        rate: f64,
-        /// Seconds.
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
+        #[command(flatten)]
+        frames: FrameArgs,
     },
     /// Forward frames from one interface to another (or back out of the same one), optionally
     /// rewriting the MACs: the raw cost of meshd's AF_PACKET (or AF_XDP) I/O, without its
@@ -160,45 +126,18 @@ fn run(cli: Cli) -> Result<(), String> {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
     }
     match cli.cmd {
-        Cmd::Send {
-            iface,
-            dst_mac,
-            src_mac,
-            src_ip,
-            dst_ip,
-            sport,
-            flows_per_source,
-            dport,
-            proto,
-            tcp_flags,
-            size,
-            flows,
-            rate,
-            duration,
-        } => {
+        Cmd::Send { iface, frames } => {
             if std::path::Path::new("/proc/net/pktgen").exists() {
                 eprintln!("pktgen: /proc/net/pktgen exists, but this tool always sends from its own AF_PACKET ring");
             }
-            let src_mac = match src_mac {
+            let mac = match frames.src_mac {
                 Some(m) => m,
                 None => iface_mac(&iface)?,
             };
-            let spec = FrameSpec {
-                src_mac,
-                dst_mac,
-                src_ip,
-                dst_ip,
-                sport_base: sport,
-                per_source: flows_per_source,
-                dport,
-                proto,
-                size,
-                flows,
-                tcp_flags,
-            };
+            let spec = frames.spec(mac);
+            let size = spec.size;
             let mut g = Generator::open(&iface, spec).map_err(|e| e.to_string())?;
-            let rate = (rate > 0.0).then_some(rate);
-            let sent = g.run(rate, secs(duration)?, &stop);
+            let sent = g.run(frames.rate(), secs(frames.duration)?, &stop);
             println!(
                 "sent {} frames in {:.2} s: {:.1} kpps ({:.1} Mbit/s on the wire), TX ring full {} times",
                 sent.frames,
@@ -272,6 +211,72 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// What `send` and `memif` generate.
+#[derive(Debug, clap::Args)]
+struct FrameArgs {
+    /// Destination MAC (the next hop: a node's uplink, or the system under test's interface).
+    #[arg(long, value_parser = parse_mac)]
+    dst_mac: [u8; 6],
+    /// Source MAC (default: the interface's).
+    #[arg(long, value_parser = parse_mac)]
+    src_mac: Option<[u8; 6]>,
+    #[arg(long, default_value = "192.168.100.100")]
+    src_ip: Ipv4Addr,
+    #[arg(long)]
+    dst_ip: Ipv4Addr,
+    /// First source port; flow i uses sport + i % N and source address src-ip + i / N, N
+    /// being --flows-per-source.
+    #[arg(long, default_value_t = 10_000)]
+    sport: u16,
+    /// Flows per source address (1 to 50000): with --flows 200000, 200 makes the flows come
+    /// from 1,000 addresses.
+    #[arg(long, default_value_t = bench::pktgen::FLOWS_PER_ADDR)]
+    flows_per_source: u32,
+    #[arg(long, default_value_t = 8080)]
+    dport: u16,
+    #[arg(long, value_enum, default_value_t = Proto::Udp)]
+    proto: Proto,
+    /// TCP flags byte (0x10 ACK, 0x02 SYN).
+    #[arg(long, default_value = "0x10", value_parser = parse_u8)]
+    tcp_flags: u8,
+    /// Frame size on the wire, FCS included (64..1518); with memif's --vxlan-*, the frame
+    /// inside VXLAN.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 1024)]
+    flows: u32,
+    /// Frames per second; 0: as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+}
+
+impl FrameArgs {
+    /// The frames, from --src-mac or else `mac` (the interface's).
+    fn spec(&self, mac: [u8; 6]) -> FrameSpec {
+        FrameSpec {
+            src_mac: self.src_mac.unwrap_or(mac),
+            dst_mac: self.dst_mac,
+            src_ip: self.src_ip,
+            dst_ip: self.dst_ip,
+            sport_base: self.sport,
+            per_source: self.flows_per_source,
+            dport: self.dport,
+            proto: self.proto,
+            size: self.size,
+            flows: self.flows,
+            tcp_flags: self.tcp_flags,
+        }
+    }
+
+    /// --rate as the generators take it.
+    fn rate(&self) -> Option<f64> {
+        (self.rate > 0.0).then_some(self.rate)
+    }
+}
+
 /// `pktgen memif`'s options.
 #[derive(Debug, clap::Args)]
 // Read only by the DPDK build's `memif`.
@@ -286,24 +291,8 @@ struct MemifArgs {
     /// The core to run on.
     #[arg(long, default_value_t = 0)]
     core: usize,
-    /// Destination MAC (the system under test's interface).
-    #[arg(long, value_parser = parse_mac)]
-    dst_mac: [u8; 6],
-    #[arg(long, default_value = "192.168.100.100")]
-    src_ip: Ipv4Addr,
-    #[arg(long)]
-    dst_ip: Ipv4Addr,
-    #[arg(long, default_value_t = 10_000)]
-    sport: u16,
-    #[arg(long, default_value_t = 8080)]
-    dport: u16,
-    #[arg(long, value_enum, default_value_t = Proto::Udp)]
-    proto: Proto,
-    /// Frame size on the wire, FCS included (64..1518), before any VXLAN encapsulation.
-    #[arg(long, default_value_t = 64)]
-    size: usize,
-    #[arg(long, default_value_t = 1024)]
-    flows: u32,
+    #[command(flatten)]
+    frames: FrameArgs,
     /// Send the frames inside VXLAN from this VTEP address (a peer node) to --vxlan-dst.
     #[arg(long, requires = "vxlan_dst")]
     vxlan_src: Option<Ipv4Addr>,
@@ -314,12 +303,6 @@ struct MemifArgs {
     vxlan_dst_mac: Option<[u8; 6]>,
     #[arg(long, default_value_t = 4096)]
     vni: u32,
-    /// Frames per second; 0: as fast as the ring takes them.
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
-    /// Seconds.
-    #[arg(long, default_value_t = 5.0)]
-    duration: f64,
     /// Seconds to wait for the peer to connect.
     #[arg(long, default_value_t = 30.0)]
     wait: f64,
@@ -345,25 +328,14 @@ fn memif(a: MemifArgs, stop: &AtomicBool) -> Result<(), String> {
         ));
     }
     // Everything checked before EAL starts: a bad option changes nothing.
-    let (wait, duration) = (secs(a.wait)?, secs(a.duration)?);
+    let (wait, duration) = (secs(a.wait)?, secs(a.frames.duration)?);
+    let f = &a.frames;
     let mut frames = Frames {
-        inner: FrameSpec {
-            // Both source MACs are the interface's, known once it exists.
-            src_mac: [0; 6],
-            dst_mac: a.dst_mac,
-            src_ip: a.src_ip,
-            dst_ip: a.dst_ip,
-            sport_base: a.sport,
-            per_source: bench::pktgen::FLOWS_PER_ADDR,
-            dport: a.dport,
-            proto: a.proto,
-            size: a.size,
-            flows: a.flows,
-            tcp_flags: 0x10,
-        },
+        // The source MACs (but --src-mac) are the interface's, known once it exists.
+        inner: f.spec([0; 6]),
         vxlan: a.vxlan_src.zip(a.vxlan_dst).map(|(src_ip, dst_ip)| Vxlan {
             src_mac: [0; 6],
-            dst_mac: a.vxlan_dst_mac.unwrap_or(a.dst_mac),
+            dst_mac: a.vxlan_dst_mac.unwrap_or(f.dst_mac),
             src_ip,
             dst_ip,
             vni: a.vni,
@@ -372,7 +344,7 @@ fn memif(a: MemifArgs, stop: &AtomicBool) -> Result<(), String> {
     frames.inner.check().map_err(|e| e.to_string())?;
     let mut m = Memif::open(&a.sockets, a.core, 512).map_err(|e| e.to_string())?;
     let me = m.mac(a.tx);
-    frames.inner.src_mac = me;
+    frames.inner.src_mac = f.src_mac.unwrap_or(me);
     if let Some(v) = frames.vxlan.as_mut() {
         v.src_mac = me;
     }
@@ -382,12 +354,11 @@ fn memif(a: MemifArgs, stop: &AtomicBool) -> Result<(), String> {
         a.wait
     );
     m.wait_up(wait, stop).map_err(|e| e.to_string())?;
-    let rate = (a.rate > 0.0).then_some(a.rate);
     let (sent, got) = m
         .run(
             &frames,
             a.tx,
-            rate,
+            a.frames.rate(),
             duration,
             stop,
             Duration::from_millis(50),

@@ -247,38 +247,17 @@ fn main_memif(a: &MeshArgs) -> i32 {
         }
     };
     if let Some(p) = &a.render {
-        return match super::memif::MemifReport::read(p)
-            .and_then(|r| r.write(&o.out, o.docs.as_deref()))
-        {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("bench mesh --io memif --render: {e}");
-                1
-            }
-        };
+        let r = super::memif::MemifReport::read(p).and_then(|r| r.write(&o.out, o.docs.as_deref()));
+        return rendered("bench mesh --io memif --render", r);
     }
-    match super::memif::run(&o) {
-        Ok(r) => {
-            println!("{}", r.markdown());
-            println!(
-                "written: {}/memif.json, memif.md, memif.svg{}",
-                o.out.display(),
-                o.docs
-                    .as_ref()
-                    .map(|d| format!("; {}/bench-memif.md, bench-memif.svg", d.display()))
-                    .unwrap_or_default()
-            );
-            0
-        }
-        Err(e @ MeshError::Interrupted) => {
-            eprintln!("bench mesh: {e}");
-            130
-        }
-        Err(e) => {
-            eprintln!("bench mesh --io memif: {e}");
-            1
-        }
-    }
+    let r = super::memif::run(&o).map(|r| r.markdown());
+    finish(
+        "bench mesh --io memif",
+        r,
+        &o.out,
+        o.docs.as_deref(),
+        "memif",
+    )
 }
 
 #[cfg(not(feature = "dpdk"))]
@@ -300,28 +279,44 @@ pub fn main(a: MeshArgs) -> i32 {
         }
     };
     if let Some(p) = &a.render {
-        return match super::render(p, &o) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("bench mesh --render: {e}");
-                1
-            }
-        };
+        return rendered("bench mesh --render", super::render(p, &o));
     }
     if o.quick && !testbed::sys::is_root() {
         // As the namespace tests do: `./test` as a normal user skips what needs root.
         eprintln!("bench mesh --quick: skipped: needs root for network namespaces");
         return 0;
     }
-    match super::run(&o) {
-        Ok(r) => {
-            println!("{}", r.markdown());
+    let r = super::run(&o).map(|r| r.markdown());
+    finish("bench mesh", r, &o.out, o.docs.as_deref(), "mesh")
+}
+
+/// The exit code of a `--render`.
+fn rendered(what: &str, r: Result<(), MeshError>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            1
+        }
+    }
+}
+
+/// Prints a run's table (`Ok`: its Markdown) and where `<stem>.json/.md/.svg` (and
+/// `bench-<stem>.md/.svg` in `docs`) went; the exit code (130 when interrupted).
+fn finish(
+    what: &str,
+    r: Result<String, MeshError>,
+    out: &std::path::Path,
+    docs: Option<&std::path::Path>,
+    stem: &str,
+) -> i32 {
+    match r {
+        Ok(markdown) => {
+            println!("{markdown}");
             println!(
-                "written: {}/mesh.json, mesh.md, mesh.svg{}",
-                o.out.display(),
-                o.docs
-                    .as_ref()
-                    .map(|d| format!("; {}/bench-mesh.md, bench-mesh.svg", d.display()))
+                "written: {}/{stem}.json, {stem}.md, {stem}.svg{}",
+                out.display(),
+                docs.map(|d| format!("; {}/bench-{stem}.md, bench-{stem}.svg", d.display()))
                     .unwrap_or_default()
             );
             0
@@ -331,7 +326,7 @@ pub fn main(a: MeshArgs) -> i32 {
             130
         }
         Err(e) => {
-            eprintln!("bench mesh: {e}");
+            eprintln!("{what}: {e}");
             1
         }
     }

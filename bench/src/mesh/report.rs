@@ -775,6 +775,43 @@ fn io(p: &Path, e: std::io::Error) -> MeshError {
 mod tests {
     use super::*;
 
+    /// A quick run's report of `summaries` (ratios from them), no runs, no notes.
+    fn test_report(summaries: Vec<Summary>) -> Report {
+        Report {
+            command: "bench mesh --quick".into(),
+            date_utc: "today".into(),
+            machine: Machine {
+                cpus: 2,
+                kernel: "6".into(),
+                cpu_model: "x".into(),
+                load_avg_at_start: "0".into(),
+            },
+            settings: Settings {
+                quick: true,
+                rounds: 1,
+                frame_bytes: 64,
+                protocol: "udp".into(),
+                flows: 1024,
+                tasks: 2,
+                step_secs: 1.0,
+                search_steps: 3,
+                loss_threshold_pct: 0.1,
+                latency_secs: 1.0,
+                tcp_secs: 1.0,
+                tcp_threads: 2,
+                cores: vec![0, 1],
+                rps: true,
+                cost_pps: 30e3,
+                cost_secs: 1.0,
+            },
+            ratios: ratios(&summaries),
+            summaries,
+            runs: Vec::new(),
+            bare_path: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
     #[test]
     fn spread_takes_the_median() {
         let s = Spread::of(vec![3.0, 1.0, 2.0]);
@@ -831,39 +868,8 @@ mod tests {
             summary("meshd-1w", 500e3, 40.0, Some(3000.0)),
             summary("kernel", 200e3, 50.0, Some(3500.0)),
         ];
-        let report = Report {
-            command: "bench mesh --quick".into(),
-            date_utc: "today".into(),
-            machine: Machine {
-                cpus: 2,
-                kernel: "6".into(),
-                cpu_model: "x".into(),
-                load_avg_at_start: "0".into(),
-            },
-            settings: Settings {
-                quick: true,
-                rounds: 1,
-                frame_bytes: 64,
-                protocol: "udp".into(),
-                flows: 1024,
-                tasks: 2,
-                step_secs: 1.0,
-                search_steps: 3,
-                loss_threshold_pct: 0.1,
-                latency_secs: 1.0,
-                tcp_secs: 1.0,
-                tcp_threads: 2,
-                cores: vec![0, 1],
-                rps: true,
-                cost_pps: 30e3,
-                cost_secs: 1.0,
-            },
-            ratios: ratios(&s),
-            summaries: s,
-            runs: Vec::new(),
-            bare_path: Vec::new(),
-            notes: vec!["a note".into()],
-        };
+        let mut report = test_report(s);
+        report.notes = vec!["a note".into()];
         let md = report.markdown();
         assert!(md.contains("| meshd-1w | 500 (450–550) |"), "{md}");
         assert!(
@@ -1015,42 +1021,15 @@ mod tests {
         m.cost_missed = 1;
         let mut k = summary("kernel", 200e3, 50.0, None);
         k.cost_missed = 3;
-        let report = Report {
-            command: "bench mesh".into(),
-            date_utc: "today".into(),
-            machine: Machine {
-                cpus: 2,
-                kernel: "6".into(),
-                cpu_model: "x".into(),
-                load_avg_at_start: "0".into(),
-            },
-            settings: Settings {
-                quick: false,
-                rounds: 3,
-                frame_bytes: 64,
-                protocol: "udp".into(),
-                flows: 1024,
-                tasks: 2,
-                step_secs: 1.0,
-                search_steps: 3,
-                loss_threshold_pct: 0.1,
-                latency_secs: 1.0,
-                tcp_secs: 0.0,
-                tcp_threads: 2,
-                cores: vec![0, 1],
-                rps: false,
-                cost_pps: 30e3,
-                cost_secs: 1.0,
-            },
-            ratios: ratios(&[m.clone(), k.clone()]),
-            summaries: vec![m, k],
-            runs: vec![run("meshd-1w", 0, Some(step(90, 30_000, true)))],
-            bare_path: vec![BareRun {
-                round: 0,
-                step: step(30, 30_000, true),
-            }],
-            notes: Vec::new(),
-        };
+        let mut report = test_report(vec![m, k]);
+        report.command = "bench mesh".into();
+        (report.settings.quick, report.settings.rounds) = (false, 3);
+        (report.settings.tcp_secs, report.settings.rps) = (0.0, false);
+        report.runs = vec![run("meshd-1w", 0, Some(step(90, 30_000, true)))];
+        report.bare_path = vec![BareRun {
+            round: 0,
+            step: step(30, 30_000, true),
+        }];
         let md = report.markdown();
         assert!(md.contains("| CPU ns/packet at 30 kpps |"), "{md}");
         assert!(
