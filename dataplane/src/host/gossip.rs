@@ -66,7 +66,9 @@ fn health_of(b: u8) -> Option<Health> {
 // Casts: the name is cut to 255 bytes just above.
 #[allow(clippy::cast_possible_truncation)]
 fn header(node: &str) -> Vec<u8> {
-    let name = &node.as_bytes()[..node.len().min(255)];
+    // On a character boundary, as error texts are: a name cut inside a character would not
+    // decode (a peer's name, escaped by `printable`, can pass 255 bytes).
+    let name = truncate(node, 255).as_bytes();
     let mut out = Vec::with_capacity(MAX_PAYLOAD);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
