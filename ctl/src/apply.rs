@@ -143,7 +143,7 @@ pub fn task_slot(service: &str, task: &str) -> Option<u32> {
 /// The next state after a changing command, `None` for a command that only reads.
 pub fn apply(state: &State, cmd: &Command) -> Result<Option<State>, ApplyError> {
     match cmd {
-        Command::Query(_) => Ok(None),
+        Command::Query(_) | Command::Runtime(_) => Ok(None),
         Command::Change(c) => change(state, c).map(Some),
     }
 }
@@ -314,6 +314,8 @@ pub fn answer(state: &State, cmd: &Command) -> Result<Value, ApplyError> {
     match cmd {
         Command::Query(q) => answer_query(state, q),
         Command::Change(c) => answer_change(state, c),
+        // The daemon answers these from its workers.
+        Command::Runtime(_) => Ok(Value::Null),
     }
 }
 
@@ -328,7 +330,8 @@ pub fn answer_query(state: &State, q: &Query) -> Result<Value, ApplyError> {
         Query::ServiceLs {} => to_value(&state.services),
         Query::ServicePs { name } => to_value(&find_service(state, name)?.tasks),
         Query::State {} => to_value(&state.redacted()),
-        Query::Stats {} => Ok(Value::Null),
+        // The daemon answers these from its own counters and workers.
+        Query::Stats {} | Query::ConnLs { .. } => Ok(Value::Null),
     }
 }
 

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{
-    Availability, ClientIpMode, EndpointMode, HealthCheck, Network, Node, Protocol, PublishedPort,
-    SchedulerKind, Service, ServiceNetwork, Task, TaskState,
+    Availability, ClientIpMode, EndpointMode, HealthCheck, Ipv4Net, Network, Node, Protocol,
+    PublishedPort, SchedulerKind, Service, ServiceNetwork, Task, TaskState,
 };
 
 /// The protocol version this crate speaks. A daemon refuses any other with
@@ -107,6 +107,7 @@ macro_rules! commands {
 pub enum Command {
     Query(Query),
     Change(Change),
+    Runtime(Runtime),
 }
 
 commands! {
@@ -129,6 +130,29 @@ commands! {
         Stats {} = "stats",
         /// The whole desired state. Result: `State`.
         State {} = "state",
+        /// The node's connections (its workers' flows) that `filter` matches, at most `limit`
+        /// (1 to [`MAX_CONN_ROWS`]). Result: [`ConnList`].
+        ConnLs {
+            #[serde(default)]
+            filter: ConnFilter,
+            limit: u32,
+        } = "conn-ls",
+    }
+}
+
+commands! {
+    /// A command that acts on the node's running dataplane, not on the desired state: nothing
+    /// is persisted or published, no generation moves.
+    pub enum Runtime {
+        /// Ends the node's connections that `filter` matches (at least one criterion): their
+        /// flows are removed and TCP clients get a RST. Result: [`ConnRemoved`].
+        /// `all` must be set to end every connection (an empty filter alone is refused).
+        ConnRm {
+            #[serde(default)]
+            filter: ConnFilter,
+            #[serde(default)]
+            all: bool,
+        } = "conn-rm",
     }
 }
 
@@ -181,6 +205,7 @@ impl Command {
         match self {
             Command::Query(q) => q.name(),
             Command::Change(c) => c.name(),
+            Command::Runtime(r) => r.name(),
         }
     }
 }
@@ -188,6 +213,12 @@ impl Command {
 impl From<Query> for Command {
     fn from(q: Query) -> Self {
         Command::Query(q)
+    }
+}
+
+impl From<Runtime> for Command {
+    fn from(r: Runtime) -> Self {
+        Command::Runtime(r)
     }
 }
 
@@ -202,6 +233,7 @@ impl Serialize for Command {
         match self {
             Command::Query(q) => q.serialize(s),
             Command::Change(c) => c.serialize(s),
+            Command::Runtime(r) => r.serialize(s),
         }
     }
 }
@@ -228,8 +260,17 @@ impl<'de> Deserialize<'de> for Command {
             Change::deserialize(v)
                 .map(Command::Change)
                 .map_err(D::Error::custom)
+        } else if Runtime::NAMES.contains(&name) {
+            Runtime::deserialize(v)
+                .map(Command::Runtime)
+                .map_err(D::Error::custom)
         } else {
-            let all: Vec<&str> = Query::NAMES.iter().chain(Change::NAMES).copied().collect();
+            let all: Vec<&str> = Query::NAMES
+                .iter()
+                .chain(Change::NAMES)
+                .chain(Runtime::NAMES)
+                .copied()
+                .collect();
             Err(D::Error::custom(format!(
                 "unknown command `{name}`, expected one of {}",
                 all.join(", ")
@@ -699,6 +740,8 @@ crate::counters! {
         flows_expired: Counter,
         flows_evicted: Counter,
         flows_ended: Counter,
+        /// Flows ended by `meshctl conn rm`.
+        flows_removed: Counter,
         resets_sent: Counter,
         /// Resets for ended flows that could not be sent: the reset queue was full, or the
         /// client's next hop was unknown.
@@ -925,6 +968,173 @@ pub struct DpdkReport {
     pub mbufs: u64,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Connections: `conn-ls` and `conn-rm`.
+
+/// Most connections one `conn-ls` answer lists.
+pub const MAX_CONN_ROWS: u32 = 100_000;
+
+/// A connection's state, in IPVS's and conntrack's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConnState {
+    /// TCP, nothing seen yet that moves the state.
+    None,
+    /// The client's SYN went through.
+    SynSent,
+    /// The task answered with SYN-ACK.
+    SynRecv,
+    /// The handshake finished: an active connection, as IPVS counts them.
+    Established,
+    /// One side sent FIN.
+    FinWait,
+    /// Both sides sent FIN, or one sent RST.
+    Close,
+    /// A UDP flow (no states).
+    Udp,
+}
+
+impl ConnState {
+    pub const ALL: [ConnState; 7] = [
+        ConnState::None,
+        ConnState::SynSent,
+        ConnState::SynRecv,
+        ConnState::Established,
+        ConnState::FinWait,
+        ConnState::Close,
+        ConnState::Udp,
+    ];
+
+    /// The name `conn ls` prints and `--state` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnState::None => "NONE",
+            ConnState::SynSent => "SYN_SENT",
+            ConnState::SynRecv => "SYN_RECV",
+            ConnState::Established => "ESTABLISHED",
+            ConnState::FinWait => "FIN_WAIT",
+            ConnState::Close => "CLOSE",
+            ConnState::Udp => "UDP",
+        }
+    }
+}
+
+impl fmt::Display for ConnState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ConnState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let up = s.to_ascii_uppercase().replace('-', "_");
+        ConnState::ALL
+            .into_iter()
+            .find(|c| c.as_str() == up)
+            .ok_or_else(|| {
+                let all: Vec<&str> = ConnState::ALL.iter().map(|c| c.as_str()).collect();
+                format!(
+                    "{s:?} is not a connection state (one of {})",
+                    all.join(", ")
+                )
+            })
+    }
+}
+
+/// Which connections a `conn-ls` or `conn-rm` means: all criteria given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnFilter {
+    /// Connections balanced to this service's tasks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Connections balanced to this task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Connections whose client address is in this prefix (`/32` for one client).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Ipv4Net>,
+    /// Connections in one of these states (any state when empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<ConnState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+}
+
+impl ConnFilter {
+    /// Whether the filter names nothing (matches every connection).
+    pub fn is_empty(&self) -> bool {
+        *self == ConnFilter::default()
+    }
+}
+
+/// What made a connection's flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConnKind {
+    /// A client reached a published port of this node.
+    Ingress,
+    /// A local task reached a service VIP.
+    Vip,
+    /// On a task's node, with `--client-ip keep`: the way back to an outside client.
+    Return,
+}
+
+/// One connection, as one worker's flow table holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conn {
+    pub protocol: Protocol,
+    pub kind: ConnKind,
+    /// The client, as it sent its packets.
+    pub client: std::net::SocketAddrV4,
+    /// The address the client reached: the node's published port or a service VIP.
+    pub service_addr: std::net::SocketAddrV4,
+    /// The service and task it is balanced to (absent when the task is gone).
+    pub service: Option<String>,
+    pub task: Option<String>,
+    /// The task's address and target port.
+    pub task_addr: std::net::SocketAddrV4,
+    /// The source the task sees: the masquerade address and port, or the client's own.
+    pub source: std::net::SocketAddrV4,
+    pub state: ConnState,
+    /// Milliseconds since the last packet either way.
+    pub idle_ms: u64,
+    /// Milliseconds until it expires, idle (the timeout in force, less the idle time).
+    pub expires_ms: u64,
+    /// From the client towards the task.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// From the task back to the client.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    /// The worker whose flow table holds it.
+    pub worker: u16,
+}
+
+/// The answer to `conn-ls`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnList {
+    pub node: String,
+    /// Connections the filter matched on every worker (more than listed when `limit` cut).
+    pub matched: u64,
+    /// The first `limit` of them, by worker, then by place in its table.
+    pub connections: Vec<Conn>,
+}
+
+/// The answer to `conn-rm`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnRemoved {
+    pub node: String,
+    /// Connections ended (their flows removed).
+    pub removed: u64,
+    /// Of those, TCP connections whose client a RST was queued for (`resets_sent` and
+    /// `resets_unsent` in `stats` say what became of them).
+    pub reset: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1033,6 +1243,22 @@ mod tests {
             Command::Query(Query::ServicePs { name: "web".into() }),
             Command::Query(Query::Stats {}),
             Command::Query(Query::State {}),
+            Command::Query(Query::ConnLs {
+                filter: ConnFilter {
+                    service: Some("web".into()),
+                    client: Some("10.1.0.0/16".parse().unwrap()),
+                    state: vec![ConnState::Established, ConnState::Udp],
+                    ..ConnFilter::default()
+                },
+                limit: 10,
+            }),
+            Command::Runtime(Runtime::ConnRm {
+                filter: ConnFilter {
+                    task: Some("web.1".into()),
+                    ..ConnFilter::default()
+                },
+                all: false,
+            }),
         ];
         for c in all {
             let line = Request::new(c.clone()).to_line().unwrap();

@@ -58,6 +58,11 @@ pub struct Shared {
     pub host_bell: Bell,
     /// With `--io dpdk`: reads the devices' own counters and the mbuf pools for `stats`.
     pub devices: std::sync::OnceLock<DeviceStats>,
+    /// Per worker: a `conn ls` or `conn rm` walk of its flow table to do, and done.
+    pub jobs: Vec<crate::conn::Slot>,
+    /// The last walk's number; held by the asking thread for a whole walk (one at a time).
+    /// Workers never take it.
+    pub job_serial: std::sync::Mutex<u64>,
 }
 
 /// Reads what the DPDK devices report, on the asking (control or metrics) thread.
@@ -91,6 +96,8 @@ impl Shared {
             bells: (0..workers).map(|_| Bell::new()).collect(),
             host_bell: Bell::new(),
             devices: std::sync::OnceLock::new(),
+            jobs: (0..workers).map(|_| crate::conn::Slot::default()).collect(),
+            job_serial: std::sync::Mutex::new(0),
         })
     }
 

@@ -85,6 +85,8 @@ pub struct Worker {
     /// frames were handed off to.
     ring_host: bool,
     ring_workers: u128,
+    /// A `conn ls`/`conn rm` walk of the flow table under way ([`crate::conn`]).
+    job: Option<Box<crate::conn::Job>>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -140,6 +142,7 @@ impl Worker {
             latency: new_histogram(),
             ring_host: false,
             ring_workers: 0,
+            job: None,
         }
     }
 
@@ -185,7 +188,7 @@ impl Worker {
             match self.idle {
                 Idle::BusyPoll => std::hint::spin_loop(),
                 Idle::Backoff { max } => {
-                    if idle_for < 64 || self.pipeline.has_chores() {
+                    if idle_for < 64 || self.pipeline.has_chores() || self.job.is_some() {
                         std::hint::spin_loop();
                     } else {
                         if idle_for == 64 {
@@ -284,6 +287,18 @@ impl Worker {
                 self.push_out(&mut out, port, b);
             }
         }
+        // A chunk of a `conn` walk, before `maintain` sends the resets `conn rm` queued.
+        let jobs = &self.shared.jobs[self.id];
+        if self.job.is_none() {
+            self.job = jobs.take();
+        }
+        if let Some(job) = self.job.as_mut() {
+            if self.pipeline.serve(job, now) {
+                if let Some(job) = self.job.take() {
+                    jobs.finish(job);
+                }
+            }
+        }
         let mut gen = Burst::new();
         self.pipeline
             .maintain(&table, now, &mut self.pool, &mut gen);
@@ -341,6 +356,7 @@ impl Worker {
         // The last look, armed: work queued before the arm is seen here, work queued after it
         // rings.
         let waiting = !self.shared.handoff[self.id].is_empty()
+            || self.shared.jobs[self.id].pending()
             || (self.id == 0 && !self.shared.from_host.is_empty())
             || self.shared.table.load().generation != self.pipeline.generation();
         if !waiting {

@@ -28,6 +28,9 @@ struct Daemon {
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
     _server: Server,
+    /// The far ends of the worker's uplink and tasks ports.
+    up: mem::MemPort,
+    tasks: mem::MemPort,
 }
 
 impl Daemon {
@@ -55,8 +58,8 @@ impl Daemon {
             Arc::new(Neighbors::new(64)),
         );
         let controller = Controller::new("n1".into(), persisted, store, shared.clone()).unwrap();
-        let (up, _up_peer) = mem::link(64);
-        let (tk, _tk_peer) = mem::link(64);
+        let (up, up_peer) = mem::link(64);
+        let (tk, tk_peer) = mem::link(64);
         let mut w = Worker::new(
             0,
             Config::default(),
@@ -81,6 +84,8 @@ impl Daemon {
             shared,
             threads,
             _server: server,
+            up: up_peer,
+            tasks: tk_peer,
         }
     }
 
@@ -627,5 +632,174 @@ fn dribbling_deaf_and_greedy_clients_cannot_hold_the_control_socket() {
     std::thread::sleep(Duration::from_millis(100));
     let mut c = d.conn();
     ok(c.send(&Command::Query(Query::NodeLs {})).unwrap());
+    d.stop();
+}
+
+/// `conn-ls` lists the worker's flows as a client made them, filtered; `conn-rm` ends the ones
+/// it names and their TCP clients get a RST; bad requests change nothing.
+#[test]
+fn conn_ls_lists_the_workers_flows_and_conn_rm_ends_them_with_a_reset() {
+    use ctl::proto::{ConnFilter, ConnList, ConnRemoved, ConnState, Runtime};
+    use dataplane::buf::{PacketBuf, PortId};
+    use dataplane::testkit::{parse_ipv4_tcp, tcp_flags, tcp_frame};
+    let d = Daemon::start("conn");
+    let mut c = d.conn();
+    for network in [ingress(), appnet()] {
+        ok(c.send(&Command::Change(Change::NetworkCreate { network }))
+            .unwrap());
+    }
+    ok(
+        c.send(&Command::Change(Change::ServiceCreate { service: web() }))
+            .unwrap(),
+    );
+    for (i, ip) in [(1u8, [10, 0, 0, 11]), (2, [10, 0, 0, 12])] {
+        d.shared
+            .neigh
+            .learn(u32::from_be_bytes(ip), [2, 0, 0, 0, 0x10, i]);
+    }
+    let client = Ipv4Addr::new(192, 168, 7, 1);
+    let (client_mac, meshd_mac) = ([2, 0, 0, 0, 0x70, 1], Config::default().uplink_mac);
+    for sport in 40000..40005u16 {
+        let syn = tcp_frame(
+            client_mac,
+            meshd_mac,
+            client,
+            sport,
+            Ipv4Addr::new(192, 168, 1, 11),
+            8080,
+            tcp_flags::SYN,
+            7,
+            0,
+            b"",
+        );
+        assert!(d.up.send(PacketBuf::from_frame(PortId::Uplink, &syn)));
+    }
+    let ls = |c: &mut Connection, filter: ConnFilter, limit: u32| -> Response {
+        c.send(&Command::Query(Query::ConnLs { filter, limit }))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let all: ConnList = loop {
+        let l: ConnList =
+            serde_json::from_value(ok(ls(&mut c, ConnFilter::default(), 100)).result).unwrap();
+        if l.matched == 5 || std::time::Instant::now() > deadline {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((all.node.as_str(), all.matched), ("n1", 5), "{all:?}");
+    assert_eq!(all.connections.len(), 5);
+    for k in &all.connections {
+        assert_eq!(k.client.ip(), &client);
+        assert_eq!(k.service_addr.to_string(), "192.168.1.11:8080");
+        assert_eq!(k.service.as_deref(), Some("web"));
+        assert_eq!(k.state, ConnState::SynSent);
+        assert_eq!((k.packets_in, k.packets_out), (1, 0));
+        assert_eq!(k.task_addr.port(), 80);
+        // Masqueraded: the task sees the node's ingress endpoint.
+        assert_eq!(k.source.ip(), &Ipv4Addr::new(10, 0, 0, 2));
+    }
+    // Round-robin: the tasks share them, and a filter by task finds each one's.
+    let by_task = |c: &mut Connection, t: &str| -> u64 {
+        let f = ConnFilter {
+            task: Some(t.into()),
+            ..ConnFilter::default()
+        };
+        let l: ConnList = serde_json::from_value(ok(ls(c, f, 100)).result).unwrap();
+        assert!(l.connections.iter().all(|k| k.task.as_deref() == Some(t)));
+        l.matched
+    };
+    let (w1, w2) = (by_task(&mut c, "web.1"), by_task(&mut c, "web.2"));
+    assert_eq!(w1 + w2, 5);
+    assert!(w1 >= 2 && w2 >= 2, "{w1} {w2}");
+    // The limit cuts the list, not the count.
+    let l: ConnList =
+        serde_json::from_value(ok(ls(&mut c, ConnFilter::default(), 2)).result).unwrap();
+    assert_eq!((l.connections.len(), l.matched), (2, 5));
+
+    // Bad requests: clear errors, nothing ended.
+    assert_eq!(
+        err(ls(&mut c, ConnFilter::default(), 0)).code,
+        ErrorCode::BadRequest
+    );
+    let e = err(ls(
+        &mut c,
+        ConnFilter {
+            service: Some("api".into()),
+            ..ConnFilter::default()
+        },
+        10,
+    ));
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("\"api\""), "{}", e.message);
+    let rm = |c: &mut Connection, filter: ConnFilter, all: bool| -> Response {
+        c.send(&Command::Runtime(Runtime::ConnRm { filter, all }))
+            .unwrap()
+    };
+    let e = err(rm(&mut c, ConnFilter::default(), false));
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    assert!(e.message.contains("needs a filter"), "{}", e.message);
+    let line = c
+        .send_line(b"{\"version\":1,\"command\":\"conn-ls\",\"limit\":5,\"filter\":{\"client\":\"10.0.0.0/99\"}}")
+        .unwrap();
+    assert_eq!(err(line).code, ErrorCode::BadRequest);
+    let l: ConnList =
+        serde_json::from_value(ok(ls(&mut c, ConnFilter::default(), 100)).result).unwrap();
+    assert_eq!(l.matched, 5, "nothing ended by the refused requests");
+
+    // conn rm of one state of another client: none match, none end.
+    let other = ConnFilter {
+        client: Some("192.168.8.0/24".parse().unwrap()),
+        ..ConnFilter::default()
+    };
+    let r: ConnRemoved = serde_json::from_value(ok(rm(&mut c, other, false)).result).unwrap();
+    assert_eq!(r.removed, 0);
+    // conn rm of the client: every flow ends, each TCP client gets its RST on the uplink.
+    let f = ConnFilter {
+        client: Some("192.168.7.1/32".parse().unwrap()),
+        state: vec![ConnState::SynSent],
+        ..ConnFilter::default()
+    };
+    let r: ConnRemoved = serde_json::from_value(ok(rm(&mut c, f, false)).result).unwrap();
+    assert_eq!((r.node.as_str(), r.removed, r.reset), ("n1", 5, 5));
+    let mut resets = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while resets.len() < 5 && std::time::Instant::now() < deadline {
+        match d.up.recv() {
+            Some(b) => {
+                if let Some(t) = parse_ipv4_tcp(b.data()) {
+                    if t.has(tcp_flags::RST) {
+                        assert_eq!(
+                            (t.src, t.sport, t.dst),
+                            (Ipv4Addr::new(192, 168, 1, 11), 8080, client)
+                        );
+                        resets.insert(t.dport);
+                    }
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+    assert_eq!(
+        resets,
+        (40000..40005).collect(),
+        "a RST for each connection"
+    );
+    let l: ConnList =
+        serde_json::from_value(ok(ls(&mut c, ConnFilter::default(), 100)).result).unwrap();
+    assert_eq!(l.matched, 0);
+    // Counted, once the worker publishes its counters (every 10 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let removed = loop {
+        let st = ok(c.send(&Command::Query(Query::Stats {})).unwrap());
+        let report: ctl::proto::StatsReport = serde_json::from_value(st.result).unwrap();
+        let n = report.total.counters.flows_removed;
+        if n == 5 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(removed, 5);
+    let _ = &d.tasks;
     d.stop();
 }

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "cluster")]
 mod cluster;
+mod conn;
 pub mod render;
 pub mod spec;
 pub mod stats;
@@ -176,6 +177,9 @@ enum Top {
     Service(ServiceCmd),
     /// Show meshd's counters (of the first socket)
     Stats,
+    /// See and end the connections meshd's workers hold (of every socket)
+    #[command(subcommand)]
+    Conn(conn::ConnCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -794,7 +798,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             // Stats is a node's: it goes to the socket whatever --cluster says.
             match &cli.command {
-                Top::Stats => None,
+                Top::Stats | Top::Conn(_) => None,
                 _ => Some(cluster::Cluster::connect(
                     spec,
                     &tls,
@@ -832,6 +836,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let s: ctl::proto::StatsReport = ctx.read_as(Command::Query(Query::Stats {}))?;
             ctx.show(&s, || stats::render(&s))
         }
+        Top::Conn(c) => conn::run(&ctx, c),
     }
 }
 
@@ -1300,6 +1305,24 @@ impl Ctx {
         let resp = client::request(socket, &cmd, self.timeout)?;
         resp.into_result()
             .map_err(|e| CliError::Msg(format!("{}{}", self.prefix(socket), e.message)))
+    }
+
+    /// Sends `cmd` to every socket (never to etcd: it asks a node's own workers) and decodes
+    /// each answer, in the sockets' order; fails with every node's error if any failed.
+    fn ask_each<T: DeserializeOwned>(&self, cmd: &Command) -> Result<Vec<T>, CliError> {
+        let mut got = Vec::new();
+        let mut errors = Vec::new();
+        for o in self.send_all(cmd) {
+            match o.result {
+                Ok(s) => got.push(decode(&o.socket, cmd.name(), s.result)?),
+                Err(e) => errors.push(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(got)
+        } else {
+            Err(CliError::Msg(errors.join("\n")))
+        }
     }
 
     fn read_as<T: DeserializeOwned>(&self, cmd: Command) -> Result<T, CliError> {

@@ -346,6 +346,14 @@ impl Controller {
         match cmd {
             Command::Query(q) => self.query(q),
             Command::Change(c) => self.change(c),
+            // The connection threads answer these from the workers (`ControlHandle::request`).
+            Command::Runtime(r) => Response::error(
+                ErrorCode::Internal,
+                format!(
+                    "{} is answered by the workers, not the control thread",
+                    r.name()
+                ),
+            ),
         }
     }
 
@@ -394,6 +402,12 @@ impl Controller {
             },
             Query::State {} => val(serde_json::to_value(self.state.redacted())),
             Query::Stats {} => val(serde_json::to_value(self.stats())),
+            Query::ConnLs { filter, limit } => {
+                match crate::conn::list(&self.shared, filter, *limit).and_then(|v| encode(&v)) {
+                    Ok(v) => Response::ok(self.generation, v),
+                    Err((code, message)) => Response::error(code, message),
+                }
+            }
         }
     }
 
@@ -837,9 +851,26 @@ impl ControlHandle {
         }
     }
 
-    /// Answers `stats` here, from the hub; hands every other command to the control thread and
-    /// waits for its answer.
+    /// Answers `stats` here, from the hub, and `conn-ls`/`conn-rm` from the workers
+    /// ([`crate::conn`]); hands every other command to the control thread and waits for its
+    /// answer.
     pub fn request(&self, cmd: Command) -> Response {
+        let conn = match &cmd {
+            Command::Query(Query::ConnLs { filter, limit }) => {
+                Some(crate::conn::list(&self.shared, filter, *limit).and_then(|v| encode(&v)))
+            }
+            Command::Runtime(proto::Runtime::ConnRm { filter, all }) => {
+                Some(crate::conn::remove(&self.shared, filter, *all).and_then(|v| encode(&v)))
+            }
+            _ => None,
+        };
+        if let Some(answer) = conn {
+            let generation = self.shared.table.load().generation;
+            return match answer {
+                Ok(v) => Response::ok(generation, v),
+                Err((code, message)) => Response::error(code, message),
+            };
+        }
         if let Command::Query(Query::Stats {}) = cmd {
             let table = self.shared.table.load();
             let report = crate::shared::report(&self.shared, self.host.as_deref(), &table);
@@ -895,6 +926,16 @@ impl ControlHandle {
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
+}
+
+/// A result body as JSON.
+fn encode<T: Serialize>(v: &T) -> Result<Value, (ErrorCode, String)> {
+    serde_json::to_value(v).map_err(|e| {
+        (
+            ErrorCode::Internal,
+            format!("cannot encode the answer: {e}"),
+        )
+    })
 }
 
 fn ts_word(s: TaskState) -> &'static str {

@@ -137,7 +137,7 @@ impl Header {
 /// writes another shape, and its files are not adopted.
 fn shape() -> u32 {
     use std::mem::{offset_of, size_of};
-    let words: [usize; 24] = [
+    let words: [usize; 25] = [
         size_of::<Flow>(),
         offset_of!(Flow, fwd_key),
         offset_of!(Flow, fwd),
@@ -153,6 +153,7 @@ fn shape() -> u32 {
         offset_of!(Flow, kind),
         offset_of!(Flow, task_uid),
         offset_of!(Flow, timeouts),
+        offset_of!(Flow, counts),
         size_of::<Action>(),
         offset_of!(Action, src),
         offset_of!(Action, dst),

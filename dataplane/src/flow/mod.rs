@@ -240,6 +240,10 @@ pub struct Flow {
     pub task_uid: u64,
     /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
     pub timeouts: [u32; 3],
+    /// Packets and bytes each way, for `meshctl conn ls`: forward packets, forward bytes,
+    /// reverse packets, reverse bytes. In the third line, which only the owning worker writes
+    /// (prefetched with the direction's line).
+    pub counts: [u64; 4],
 }
 
 // What the layout above promises (checked when it compiles): one line per direction, the
@@ -248,6 +252,8 @@ const _: () = assert!(std::mem::align_of::<Flow>() == 64);
 const _: () = assert!(std::mem::offset_of!(Flow, rev_key) == 64);
 const _: () = assert!(std::mem::offset_of!(Flow, stats_slot) + 2 <= 64);
 const _: () = assert!(std::mem::offset_of!(Flow, kind) < 128);
+const _: () = assert!(std::mem::offset_of!(Flow, counts) >= 128);
+const _: () = assert!(std::mem::size_of::<Flow>() == 192);
 
 impl Flow {
     pub fn new(
@@ -276,7 +282,23 @@ impl Flow {
             timeouts,
             client_ack: 0,
             live: true,
+            counts: [0; 4],
         }
+    }
+
+    /// Counts a packet of `bytes` in direction `dir`.
+    #[inline]
+    pub fn count(&mut self, dir: Dir, bytes: u64) {
+        let i = dir as usize * 2;
+        if let Some([p, b]) = self.counts.get_mut(i..i + 2) {
+            *p += 1;
+            *b += bytes;
+        }
+    }
+
+    /// Whether the record holds a flow (a free place does not).
+    pub fn is_live(&self) -> bool {
+        self.live
     }
 
     /// The forward (client to task) and reverse (task to client) keys.
@@ -487,6 +509,7 @@ impl FlowTable {
             timeouts: [0; 3],
             client_ack: 0,
             live: false,
+            counts: [0; 4],
         };
         Self::adopt(keep::Arena::heap(capacity, dummy)).0
     }
@@ -572,6 +595,7 @@ impl FlowTable {
                 Dir::Fwd => crate::prefetch::read(f),
                 Dir::Rev => crate::prefetch::read(&f.rev_key),
             }
+            crate::prefetch::read(&f.counts);
         }
     }
 
@@ -840,6 +864,23 @@ impl FlowTable {
                 }
             }
         }
+    }
+
+    /// Calls `each` with every live flow of ids `from..` up to `n` records on (not for the
+    /// fast path: `meshctl conn`'s walk, a chunk between bursts); returns where the next chunk
+    /// starts, the capacity once the walk is through.
+    // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn walk(&self, from: u32, n: u32, mut each: impl FnMut(u32, &Flow)) -> u32 {
+        let end = (from as usize)
+            .saturating_add(n as usize)
+            .min(self.flows.len());
+        for (i, f) in self.flows.iter().enumerate().take(end).skip(from as usize) {
+            if f.live {
+                each(i as u32, f);
+            }
+        }
+        end as u32
     }
 
     /// Ids of live flows (for tests and stats; not for the fast path).

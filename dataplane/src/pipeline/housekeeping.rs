@@ -89,6 +89,53 @@ impl Pipeline {
         }
     }
 
+    /// Walks the next [`crate::conn::CHUNK`] flow records for a `conn ls` or `conn rm` job:
+    /// copies the flows it matches into its rows (while they have room), or ends them (a TCP
+    /// client's reset queued, sent by [`Pipeline::maintain`]). Returns whether the walk is
+    /// through. `conn rm` stops early while the reset queue is full and goes on next time.
+    // Casts: `now` is a millisecond clock kept as u32 that wraps after 49 days; flow ids are
+    // below the capacity, at most 2^28.
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn serve(&mut self, job: &mut crate::conn::Job, now_ms: u64) -> bool {
+        let now = now_ms as u32;
+        let cap = self.flows.capacity() as u32;
+        let end = job.cursor.saturating_add(crate::conn::CHUNK).min(cap);
+        let mut id = job.cursor;
+        while id < end {
+            let f = self.flows.get(id);
+            if f.is_live() && job.matcher.matches(f) {
+                if job.remove {
+                    let reset = f.is_tcp() && f.kind != FlowKind::ReturnRoute;
+                    if reset && self.resets.is_full() {
+                        break;
+                    }
+                    if let Some(f) = self.flows.remove(id) {
+                        job.matched += 1;
+                        job.removed += 1;
+                        self.stats.flows_removed += 1;
+                        if reset && self.resets.try_push(f).is_ok() {
+                            job.reset += 1;
+                        }
+                    }
+                } else {
+                    job.matched += 1;
+                    if job.rows.len() < job.rows.capacity() {
+                        let idle_ms = f.idle_ms(now);
+                        job.rows.push(crate::conn::Row {
+                            flow: *f,
+                            idle_ms,
+                            expires_ms: f.timeout_ms().saturating_sub(u64::from(idle_ms)),
+                        });
+                    }
+                }
+            }
+            id += 1;
+        }
+        job.cursor = id;
+        self.stats.active_flows = self.flows.len() as u64;
+        id >= cap
+    }
+
     /// Builds a TCP RST to the client of flow `f`, as from the service it connected to.
     pub(super) fn reset_frame(&self, t: &ServiceTable, f: &Flow, b: &mut PacketBuf) -> bool {
         // The reverse action turns a task's packet into what the client expects to see.

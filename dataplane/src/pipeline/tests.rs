@@ -2191,3 +2191,225 @@ fn a_published_udp_53_and_the_gateways_resolver_do_not_meet() {
         "the gateway's resolver: {verdicts:?}"
     );
 }
+
+// ---- conn ls / conn rm: a worker's walk of its flow table ------------------------------
+
+/// Serves `job` to its end, counting the chunks it took.
+fn serve_all(p: &mut Pipeline, job: &mut crate::conn::Job, now: u64) -> usize {
+    let mut chunks = 1;
+    while !p.serve(job, now) {
+        chunks += 1;
+        assert!(chunks < 100_000, "the walk never ends");
+    }
+    chunks
+}
+
+fn conn_job(t: &ServiceTable, f: ctl::proto::ConnFilter, remove: bool) -> crate::conn::Job {
+    let m = crate::conn::Matcher::new(&f, t).unwrap();
+    crate::conn::Job::new(m, remove, 64)
+}
+
+#[test]
+fn a_walk_lists_the_flows_it_matches_with_their_state_and_counts_and_rm_resets_them() {
+    use ctl::proto::{ConnFilter, ConnState};
+    let (t, mut p) = on_n2(None);
+    let (up, tk) = (p.cfg.uplink_mac, p.cfg.tasks_mac);
+    let web1 = [2, 0, 0, 0, 0, 0x11];
+    let other = 0x0a09_0010;
+    // A client's connection to web.1 (local here), handshake and one segment of data.
+    let mut sport = 41000;
+    let to = loop {
+        sport += 1;
+        let syn = tcp_seg(
+            (CLIENT_MAC, up),
+            CLIENT,
+            sport,
+            N2,
+            8080,
+            TcpControl::Syn,
+            false,
+            None,
+            b"",
+            true,
+        );
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &syn);
+        if v == Verdict::Tx(PortId::Tasks) {
+            break parse_ipv4(&out, ETH, true).unwrap();
+        }
+    };
+    let synack = tcp_seg(
+        (web1, tk),
+        WEB1,
+        80,
+        to.src,
+        to.sport,
+        TcpControl::Syn,
+        true,
+        None,
+        b"",
+        true,
+    );
+    assert_eq!(
+        run(&mut p, &t, PortId::Tasks, &synack).0,
+        Verdict::Tx(PortId::Uplink)
+    );
+    let mut sent = 0u64;
+    for payload in [&b""[..], &b"GET / HTTP/1.0\r\n\r\n"[..]] {
+        let seg = tcp_seg(
+            (CLIENT_MAC, up),
+            CLIENT,
+            sport,
+            N2,
+            8080,
+            TcpControl::None,
+            true,
+            None,
+            payload,
+            true,
+        );
+        sent += seg.len() as u64;
+        assert_eq!(
+            run(&mut p, &t, PortId::Uplink, &seg).0,
+            Verdict::Tx(PortId::Tasks)
+        );
+    }
+    // Another client's SYNs, never answered: half-open flows.
+    for k in 0..3 {
+        let syn = tcp_seg(
+            (CLIENT_MAC, up),
+            other,
+            50000 + k,
+            N2,
+            8080,
+            TcpControl::Syn,
+            false,
+            None,
+            b"",
+            true,
+        );
+        run(&mut p, &t, PortId::Uplink, &syn);
+    }
+    let total = p.flows.len() as u64;
+    assert!(total >= 4, "{total}");
+
+    // Everything: every flow, once; the table is walked in many chunks.
+    let mut all = conn_job(&t, ConnFilter::default(), false);
+    assert!(serve_all(&mut p, &mut all, 1) > 1, "a walk takes chunks");
+    assert_eq!(all.matched(), total);
+    assert_eq!(all.rows().len() as u64, total);
+
+    // The established one, with its addresses, state and counts both ways.
+    let f = ConnFilter {
+        state: vec![ConnState::Established],
+        ..ConnFilter::default()
+    };
+    let mut est = conn_job(&t, f, false);
+    serve_all(&mut p, &mut est, 1500);
+    assert_eq!(est.rows().len(), 1);
+    let c = crate::conn::conn_of(&t, 0, &est.rows()[0]);
+    assert_eq!(c.client.to_string(), format!("10.9.0.9:{sport}"));
+    assert_eq!(c.service_addr.to_string(), "192.168.1.12:8080");
+    assert_eq!(
+        (c.service.as_deref(), c.task.as_deref()),
+        (Some("web"), Some("web.1"))
+    );
+    assert_eq!(c.task_addr.to_string(), "10.0.0.11:80");
+    assert_eq!(
+        c.source,
+        std::net::SocketAddrV4::new(to.src.into(), to.sport)
+    );
+    assert_eq!(c.state, ConnState::Established);
+    // The SYN, then the ACK and the request (`sent`): the SYN is a frame without payload.
+    assert_eq!(c.packets_in, 3, "SYN, ACK and the request");
+    assert_eq!(c.bytes_in, sent + (ETH + IPV4 + 20) as u64);
+    assert_eq!((c.packets_out, c.bytes_out), (1, synack.len() as u64));
+    assert_eq!(c.idle_ms, 1499);
+
+    // By client, by task, by protocol: what matches and no more.
+    let by_client = ConnFilter {
+        client: Some("10.9.0.16/32".parse().unwrap()),
+        ..ConnFilter::default()
+    };
+    let mut j = conn_job(&t, by_client.clone(), false);
+    serve_all(&mut p, &mut j, 1);
+    assert_eq!(j.matched(), 3);
+    assert!(j
+        .rows()
+        .iter()
+        .all(|r| crate::conn::state_of(&r.flow) == ConnState::SynSent));
+    let mut j = conn_job(
+        &t,
+        ConnFilter {
+            protocol: Some(ctl::model::Protocol::Udp),
+            ..ConnFilter::default()
+        },
+        false,
+    );
+    serve_all(&mut p, &mut j, 1);
+    assert_eq!(j.matched(), 0);
+    // Rows stop at the room the asker gave; the count goes on.
+    let m = crate::conn::Matcher::new(&ConnFilter::default(), &t).unwrap();
+    let mut j = crate::conn::Job::new(m, false, 2);
+    serve_all(&mut p, &mut j, 1);
+    assert_eq!((j.rows().len(), j.matched()), (2, total));
+    // A task or service the node does not have is an error, not an empty list.
+    let e = crate::conn::Matcher::new(
+        &ConnFilter {
+            task: Some("web.9".into()),
+            ..ConnFilter::default()
+        },
+        &t,
+    )
+    .unwrap_err();
+    assert_eq!(e.0, ctl::proto::ErrorCode::NotFound);
+
+    // conn rm of the established client: its flow goes and it gets a RST in its window.
+    let only = ConnFilter {
+        client: Some("10.9.0.9/32".parse().unwrap()),
+        ..ConnFilter::default()
+    };
+    let mut rm = conn_job(&t, only.clone(), true);
+    serve_all(&mut p, &mut rm, 2000);
+    assert_eq!((rm.removed(), rm.matched()), (1, 1));
+    assert_eq!(p.flows.len() as u64, total - 1);
+    assert_eq!(p.stats.flows_removed, 1);
+    let mut pool = Pool::new(64);
+    let mut out = Burst::new();
+    p.maintain(&t, 2000, &mut pool, &mut out);
+    let rst: Vec<_> = out
+        .iter()
+        .filter_map(|b| {
+            let l3 = parse_ipv4(b.data(), ETH, true).ok()?;
+            (l3.proto == TCP && l3.flags & flow::tcp::RST != 0).then_some(l3)
+        })
+        .collect();
+    assert_eq!(rst.len(), 1, "one RST");
+    assert_eq!(
+        (rst[0].src, rst[0].sport, rst[0].dst, rst[0].dport),
+        (N2, 8080, CLIENT, sport),
+        "from the published port to the client"
+    );
+    assert_eq!(p.stats.resets_sent, 1);
+    // A second rm of it finds nothing (it just ended): nothing else is touched.
+    let mut again = conn_job(&t, only, true);
+    serve_all(&mut p, &mut again, 2000);
+    assert_eq!(again.removed(), 0);
+    assert_eq!(p.flows.len() as u64, total - 1);
+    // The next segment of the ended connection is not forwarded as before: no flow holds it.
+    let seg = tcp_seg(
+        (CLIENT_MAC, up),
+        CLIENT,
+        sport,
+        N2,
+        8080,
+        TcpControl::None,
+        true,
+        None,
+        b"more",
+        true,
+    );
+    assert_ne!(
+        run(&mut p, &t, PortId::Uplink, &seg).0,
+        Verdict::Tx(PortId::Tasks)
+    );
+}

@@ -73,6 +73,7 @@ impl Pipeline {
                 }
             }
         }
+        fl.count(dir, buf.len() as u64);
         let a = *fl.action(dir);
         let slot = fl.stats_slot(dir);
         if l3.frag != frag::Frag::Whole {
