@@ -1278,6 +1278,9 @@ mod tests {
                     | "service-ps"
                     | "stats"
                     | "state"
+                    | "conn-ls"
+                    // Acts on the running dataplane: no state change, no generation.
+                    | "conn-rm"
             );
             assert_eq!(c.changes_state(), !reads, "{}", c.name());
         }
