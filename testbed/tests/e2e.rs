@@ -514,3 +514,67 @@ fn a_vip_connection_to_a_task_on_the_clients_own_node_works() {
         );
     }
 }
+
+/// `meshctl conn ls` shows a real client's open connection on the node it entered, as the
+/// task saw it; `conn rm` of that client ends it with a RST, and the node serves on.
+#[test]
+fn conn_ls_shows_a_clients_connection_and_conn_rm_resets_it() {
+    use ctl::proto::{ConnKind, ConnList, ConnState};
+    let Some(mut m) = mesh("conn") else { return };
+    m.run(&web(2)).unwrap();
+    let c = m.client_ns();
+    // Through n3, which runs no task of web: the flow crosses the overlay.
+    let s = probe::tcp_open(&c, m.node_sock("n3", 8080).unwrap(), T)
+        .unwrap()
+        .unwrap();
+    let mut k = KeepAlive::new(s, "n3", Duration::from_secs(5)).unwrap();
+    let seen = probe::Whoami::parse(&k.get().unwrap()).unwrap();
+    let n3 = vec![m.node("n3").unwrap().socket.clone()];
+
+    let json = m
+        .meshctl(&["--format", "json", "conn", "ls", "--service", "web"])
+        .unwrap();
+    let lists: Vec<ConnList> = serde_json::from_str(&json).unwrap();
+    assert_eq!(lists.len(), 3, "one answer per node: {json}");
+    let on_n3 = lists.iter().find(|l| l.node == "n3").unwrap();
+    let mine: Vec<_> = on_n3
+        .connections
+        .iter()
+        .filter(|k| *k.client.ip() == testbed::plan::CLIENT_ADDR)
+        .collect();
+    assert_eq!(mine.len(), 1, "{json}");
+    let conn = mine[0];
+    assert_eq!(conn.kind, ConnKind::Ingress);
+    assert_eq!(conn.state, ConnState::Established);
+    assert_eq!(conn.service_addr, m.node_sock("n3", 8080).unwrap().to_string().parse().unwrap());
+    assert_eq!(conn.task.as_deref(), Some(seen.hostname.as_str()));
+    assert_eq!(conn.source.to_string(), seen.remote, "the source the task saw");
+    assert!(conn.packets_in >= 3 && conn.packets_out >= 2, "{conn:?}");
+    assert!(conn.bytes_out > conn.bytes_in, "the answer is the bigger side: {conn:?}");
+    // The table people read says the same.
+    let table = m.meshctl_on(&n3, &["conn", "ls", "--state", "established"]).unwrap();
+    assert!(table.contains("ESTABLISHED") && table.contains(&seen.hostname), "{table}");
+    // A filter that does not parse is refused, with the fix.
+    let e = m
+        .meshctl_on(&n3, &["conn", "ls", "--client", "192.168.100.100/24"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did you mean 192.168.100.0/24"), "{e}");
+    let e = m.meshctl_on(&n3, &["conn", "rm"]).unwrap_err().to_string();
+    assert!(e.contains("--all"), "{e}");
+
+    let out = m
+        .meshctl_on(&n3, &["conn", "rm", "--client", &testbed::plan::CLIENT_ADDR.to_string()])
+        .unwrap();
+    assert!(out.contains("n3: 1 connection ended, 1 TCP client sent a RST"), "{out}");
+    let t0 = Instant::now();
+    assert_eq!(k.wait_end(), Failure::Reset, "the client should get a RST");
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    let after = m
+        .meshctl_on(&n3, &["--format", "json", "conn", "ls", "--client", "192.168.100.100"])
+        .unwrap();
+    let after: Vec<ConnList> = serde_json::from_str(&after).unwrap();
+    assert_eq!(after[0].matched, 0, "{after:?}");
+    // The node serves on: a new connection through it is answered.
+    hostname(&m, "n3", 8080);
+}
