@@ -740,8 +740,6 @@ crate::counters! {
         flows_expired: Counter,
         flows_evicted: Counter,
         flows_ended: Counter,
-        /// Flows ended by `meshctl conn rm`.
-        flows_removed: Counter,
         resets_sent: Counter,
         /// Resets for ended flows that could not be sent: the reset queue was full, or the
         /// client's next hop was unknown.
@@ -780,6 +778,8 @@ crate::counters! {
         /// host, or administratively prohibited): passive health counts them against it, and
         /// a UDP flow ends so the client's next datagram is balanced again.
         task_unreachable: Counter,
+        /// Flows ended by `meshctl conn rm`.
+        flows_removed: Counter,
     }
 }
 
@@ -893,7 +893,12 @@ pub struct TaskReport {
     pub health: Option<crate::model::Health>,
     pub packets: u64,
     pub bytes: u64,
+    /// New connections since meshd started.
     pub connections: u64,
+    /// Flows held now: established TCP (IPVS's ActiveConn), and every other TCP state and UDP
+    /// (InActConn); as of the workers' last sweep of their flow tables.
+    pub active_connections: u64,
+    pub inactive_connections: u64,
 }
 
 /// One service's traffic: the sum over its tasks, and each task's.
@@ -904,6 +909,8 @@ pub struct ServiceReport {
     pub packets: u64,
     pub bytes: u64,
     pub connections: u64,
+    pub active_connections: u64,
+    pub inactive_connections: u64,
     /// Tasks that take new connections.
     pub eligible: u64,
     pub tasks: Vec<TaskReport>,

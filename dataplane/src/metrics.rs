@@ -63,13 +63,20 @@ fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
             )?;
         }
     }
-    let task_metrics: [(&str, TaskField); 3] = [
-        ("meshd_task_packets_total", |t| t.packets),
-        ("meshd_task_bytes_total", |t| t.bytes),
-        ("meshd_task_connections_total", |t| t.connections),
+    let task_metrics: [(&str, &str, TaskField); 5] = [
+        ("meshd_task_packets_total", "counter", |t| t.packets),
+        ("meshd_task_bytes_total", "counter", |t| t.bytes),
+        ("meshd_task_connections_total", "counter", |t| t.connections),
+        // IPVS's ActiveConn and InActConn, as of the workers' last sweep.
+        ("meshd_task_active_connections", "gauge", |t| {
+            t.active_connections
+        }),
+        ("meshd_task_inactive_connections", "gauge", |t| {
+            t.inactive_connections
+        }),
     ];
-    for (metric, field) in task_metrics {
-        writeln!(out, "# TYPE {metric} counter")?;
+    for (metric, kind, field) in task_metrics {
+        writeln!(out, "# TYPE {metric} {kind}")?;
         for svc in &stats.services {
             for t in &svc.tasks {
                 writeln!(
@@ -218,7 +225,7 @@ mod tests {
             "node": "n1", "generation": 3,
             "workers": [{"rx": 5, "active_flows": 2, "drops": {"bad_ip_checksum": 1}}],
             "burst_latency_ns": {"count": 1, "p50": 100, "p99": 200, "p999": 300, "max": 300},
-            "services": [{"name": "web", "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1, "health": "unhealthy"}]}],
+            "services": [{"name": "web", "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1, "active_connections": 2, "inactive_connections": 3, "health": "unhealthy"}]}],
             "host": {"dns_queries": 7}
         });
         let t = render(&serde_json::from_value(v).unwrap());
@@ -230,6 +237,13 @@ mod tests {
         assert!(t.contains("meshd_generation{node=\"n1\"} 3"));
         assert!(t.contains(
             "meshd_task_connections_total{node=\"n1\",service=\"web\",task=\"web.1\"} 1"
+        ));
+        assert!(t.contains("# TYPE meshd_task_active_connections gauge"));
+        assert!(t.contains(
+            "meshd_task_active_connections{node=\"n1\",service=\"web\",task=\"web.1\"} 2"
+        ));
+        assert!(t.contains(
+            "meshd_task_inactive_connections{node=\"n1\",service=\"web\",task=\"web.1\"} 3"
         ));
         assert!(t.contains(
             "meshd_task_health{node=\"n1\",service=\"web\",task=\"web.1\",health=\"unhealthy\"} 1"

@@ -17,7 +17,7 @@ use crate::neigh::Neighbors;
 use ctl::proto::{LatencyReport, ServiceReport, StatsReport, TaskReport};
 
 use crate::host::HostShared;
-use crate::stats::WorkerStats;
+use crate::stats::{WorkerStats, TASK_COLS};
 
 /// Frames per handoff ring and host queue.
 pub const RING: usize = 4096;
@@ -174,10 +174,11 @@ impl PublishedStats {
     }
 }
 
-/// A worker's per-task counters mirrored into atomics: (uid, packets, bytes, connections).
+/// A worker's per-task counters mirrored into atomics: the uid, then
+/// [`crate::stats::TaskCounters`]' columns.
 #[derive(Debug)]
 pub struct PublishedTasks {
-    rows: Box<[[AtomicU64; 4]]>,
+    rows: Box<[[AtomicU64; 1 + TASK_COLS]]>,
     len: AtomicU64,
 }
 
@@ -204,22 +205,19 @@ impl PublishedTasks {
         self.len.store(n, Ordering::Release);
     }
 
-    /// Every published row: (uid, [packets, bytes, connections]).
-    pub fn read(&self) -> Vec<(u64, [u64; 3])> {
+    /// Every published row: (uid, [packets, bytes, connections, active, inactive]).
+    pub fn read(&self) -> Vec<(u64, [u64; TASK_COLS])> {
         // At most the rows' length (the writer counts the rows it filled).
         let n = usize::try_from(self.len.load(Ordering::Acquire)).unwrap_or(usize::MAX);
         self.rows
             .iter()
             .take(n)
             .map(|r| {
-                (
-                    r[0].load(Ordering::Relaxed),
-                    [
-                        r[1].load(Ordering::Relaxed),
-                        r[2].load(Ordering::Relaxed),
-                        r[3].load(Ordering::Relaxed),
-                    ],
-                )
+                let mut v = [0u64; TASK_COLS];
+                for (x, a) in v.iter_mut().zip(&r[1..]) {
+                    *x = a.load(Ordering::Relaxed);
+                }
+                (r[0].load(Ordering::Relaxed), v)
             })
             .collect()
     }
@@ -246,7 +244,8 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
         }
     }
     // Per-task packets, bytes and connections, summed over the workers.
-    let mut per_uid: std::collections::HashMap<u64, [u64; 3]> = std::collections::HashMap::new();
+    let mut per_uid: std::collections::HashMap<u64, [u64; TASK_COLS]> =
+        std::collections::HashMap::new();
     for w in &shared.task_stats {
         for (uid, v) in w.read() {
             let e = per_uid.entry(uid).or_default();
@@ -265,7 +264,7 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                 .iter()
                 .filter_map(|&t| table.tasks.get(t as usize))
                 .map(|te| {
-                    let [packets, bytes, connections] =
+                    let [packets, bytes, connections, active_connections, inactive_connections] =
                         per_uid.get(&te.uid).copied().unwrap_or_default();
                     TaskReport {
                         name: te.name.to_string(),
@@ -279,6 +278,8 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                         packets,
                         bytes,
                         connections,
+                        active_connections,
+                        inactive_connections,
                     }
                 })
                 .collect();
@@ -287,6 +288,8 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                 packets: tasks.iter().map(|t| t.packets).sum(),
                 bytes: tasks.iter().map(|t| t.bytes).sum(),
                 connections: tasks.iter().map(|t| t.connections).sum(),
+                active_connections: tasks.iter().map(|t| t.active_connections).sum(),
+                inactive_connections: tasks.iter().map(|t| t.inactive_connections).sum(),
                 eligible: tasks.iter().map(|t| u64::from(t.eligible)).sum(),
                 tasks,
             }

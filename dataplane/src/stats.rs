@@ -339,8 +339,9 @@ mod tests {
             s.syn_unanswered,
             s.passive_lost,
             s.task_unreachable,
+            s.flows_removed,
         ) = (
-            13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+            13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
         );
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
@@ -365,12 +366,20 @@ mod tests {
 }
 
 /// Per-task counters of one worker, keyed by the task's stable uid: packets, bytes and
-/// connections (new flows). A fixed open-addressing table allocated once; a task seen when the
-/// table is full is not counted (and `overflow` says so).
+/// connections (new flows), and the flows it holds now, active (established TCP) and inactive
+/// (any other TCP state, and UDP), as IPVS counts them. A fixed open-addressing table allocated
+/// once; a task seen when the table is full is not counted (and `overflow` says so).
+///
+/// The active and inactive counts are those of the idle sweep's last whole pass over the flow
+/// table (it looks at every flow anyway): exact for the flows that lived through the pass, and
+/// as old as one pass (the table's capacity over `sweep_budget` per millisecond: 0.26 s for 64 K
+/// flows). The fast path pays nothing for them.
 #[derive(Debug)]
 pub struct TaskCounters {
     keys: Box<[u64]>,
-    vals: Box<[[u64; 3]]>,
+    vals: Box<[[u64; TASK_COLS]]>,
+    /// Active and inactive flows the sweep's current pass has seen so far, per slot.
+    tally: Box<[[u64; 2]]>,
     mask: usize,
     /// Occupied slots, in insertion order (for publishing without a full scan).
     used: Vec<u32>,
@@ -383,6 +392,10 @@ pub struct TaskCounters {
 pub const PACKETS: usize = 0;
 pub const BYTES: usize = 1;
 pub const CONNS: usize = 2;
+pub const ACTIVE: usize = 3;
+pub const INACTIVE: usize = 4;
+/// Counters per task.
+pub const TASK_COLS: usize = 5;
 
 impl TaskCounters {
     /// Room for `capacity` tasks (rounded up to a power of two, twice over for probing).
@@ -390,7 +403,8 @@ impl TaskCounters {
         let n = (capacity * 2).next_power_of_two().max(16);
         TaskCounters {
             keys: vec![0u64; n].into_boxed_slice(),
-            vals: vec![[0u64; 3]; n].into_boxed_slice(),
+            vals: vec![[0u64; TASK_COLS]; n].into_boxed_slice(),
+            tally: vec![[0u64; 2]; n].into_boxed_slice(),
             mask: n - 1,
             used: Vec::with_capacity(n / 2),
             limit: n / 2,
@@ -400,7 +414,7 @@ impl TaskCounters {
 
     /// The counters of task `uid` (never 0), claiming a slot on first use.
     #[inline]
-    pub fn entry(&mut self, uid: u64) -> Option<&mut [u64; 3]> {
+    pub fn entry(&mut self, uid: u64) -> Option<&mut [u64; TASK_COLS]> {
         let i = self.slot(uid);
         self.vals.get_mut(usize::from(i))
     }
@@ -442,8 +456,29 @@ impl TaskCounters {
         }
     }
 
-    /// Every counted task: (uid, [packets, bytes, connections]).
-    pub fn iter(&self) -> impl Iterator<Item = (u64, [u64; 3])> + '_ {
+    /// Counts a flow of the task at `slot` the sweep's pass found alive; `u16::MAX` is ignored.
+    #[inline]
+    pub fn tally(&mut self, slot: u16, active: bool) {
+        if let Some(t) = self.tally.get_mut(usize::from(slot)) {
+            t[usize::from(!active)] += 1;
+        }
+    }
+
+    /// The sweep finished a pass: what it counted becomes each task's active and inactive
+    /// flows, and the next pass counts afresh.
+    pub fn close_pass(&mut self) {
+        for &i in &self.used {
+            let i = i as usize;
+            if let (Some(v), Some(t)) = (self.vals.get_mut(i), self.tally.get_mut(i)) {
+                v[ACTIVE] = t[0];
+                v[INACTIVE] = t[1];
+                *t = [0, 0];
+            }
+        }
+    }
+
+    /// Every counted task: (uid, [packets, bytes, connections, active, inactive]).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, [u64; TASK_COLS])> + '_ {
         self.used
             .iter()
             .map(|&i| (self.keys[i as usize], self.vals[i as usize]))
@@ -467,8 +502,29 @@ mod task_tests {
         );
         assert_eq!(t.overflow, 1);
         t.entry(3).unwrap()[BYTES] += 100;
-        let got: std::collections::BTreeMap<u64, [u64; 3]> = t.iter().collect();
-        assert_eq!(got[&3], [3, 100, 0]);
+        let got: std::collections::BTreeMap<u64, [u64; TASK_COLS]> = t.iter().collect();
+        assert_eq!(got[&3], [3, 100, 0, 0, 0]);
         assert_eq!(got.len(), 8);
+    }
+
+    #[test]
+    fn active_and_inactive_are_the_last_whole_pass() {
+        let mut t = TaskCounters::new(4);
+        let (a, b) = (t.slot(1), t.slot(2));
+        for _ in 0..3 {
+            t.tally(a, true);
+        }
+        t.tally(a, false);
+        t.tally(b, false);
+        t.tally(u16::MAX, true);
+        let now = |t: &TaskCounters| -> Vec<[u64; 2]> {
+            t.iter().map(|(_, v)| [v[ACTIVE], v[INACTIVE]]).collect()
+        };
+        assert_eq!(now(&t), [[0, 0], [0, 0]], "nothing until the pass ends");
+        t.close_pass();
+        assert_eq!(now(&t), [[3, 1], [0, 1]]);
+        t.tally(b, true);
+        t.close_pass();
+        assert_eq!(now(&t), [[0, 0], [1, 0]], "each pass counts afresh");
     }
 }

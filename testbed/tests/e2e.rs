@@ -546,14 +546,71 @@ fn conn_ls_shows_a_clients_connection_and_conn_rm_resets_it() {
     let conn = mine[0];
     assert_eq!(conn.kind, ConnKind::Ingress);
     assert_eq!(conn.state, ConnState::Established);
-    assert_eq!(conn.service_addr, m.node_sock("n3", 8080).unwrap().to_string().parse().unwrap());
+    assert_eq!(
+        conn.service_addr,
+        m.node_sock("n3", 8080)
+            .unwrap()
+            .to_string()
+            .parse()
+            .unwrap()
+    );
     assert_eq!(conn.task.as_deref(), Some(seen.hostname.as_str()));
-    assert_eq!(conn.source.to_string(), seen.remote, "the source the task saw");
+    assert_eq!(
+        conn.source.to_string(),
+        seen.remote,
+        "the source the task saw"
+    );
     assert!(conn.packets_in >= 3 && conn.packets_out >= 2, "{conn:?}");
-    assert!(conn.bytes_out > conn.bytes_in, "the answer is the bigger side: {conn:?}");
+    assert!(
+        conn.bytes_out > conn.bytes_in,
+        "the answer is the bigger side: {conn:?}"
+    );
     // The table people read says the same.
-    let table = m.meshctl_on(&n3, &["conn", "ls", "--state", "established"]).unwrap();
-    assert!(table.contains("ESTABLISHED") && table.contains(&seen.hostname), "{table}");
+    let table = m
+        .meshctl_on(&n3, &["conn", "ls", "--state", "established"])
+        .unwrap();
+    assert!(
+        table.contains("ESTABLISHED") && table.contains(&seen.hostname),
+        "{table}"
+    );
+    // service stats counts it as the task's active connection on n3 (as of the sweep's last
+    // pass over the flow table: a fraction of a second).
+    let t0 = Instant::now();
+    let active = loop {
+        let json = m
+            .meshctl_on(
+                &n3,
+                &[
+                    "--format",
+                    "json",
+                    "service",
+                    "stats",
+                    "web",
+                    "--interval",
+                    "0",
+                ],
+            )
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let row = v[0]["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["task"] == seen.hostname.as_str())
+            .cloned()
+            .unwrap_or_else(|| panic!("{json}"));
+        if row["active"] == 1 || t0.elapsed() > Duration::from_secs(5) {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(active["active"], 1, "{active}");
+    assert!(active["connections"].as_u64().unwrap() >= 1, "{active}");
+    let e = m
+        .meshctl_on(&n3, &["service", "stats", "nope"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("service \"nope\" not found"), "{e}");
     // A filter that does not parse is refused, with the fix.
     let e = m
         .meshctl_on(&n3, &["conn", "ls", "--client", "192.168.100.100/24"])
@@ -564,14 +621,35 @@ fn conn_ls_shows_a_clients_connection_and_conn_rm_resets_it() {
     assert!(e.contains("--all"), "{e}");
 
     let out = m
-        .meshctl_on(&n3, &["conn", "rm", "--client", &testbed::plan::CLIENT_ADDR.to_string()])
+        .meshctl_on(
+            &n3,
+            &[
+                "conn",
+                "rm",
+                "--client",
+                &testbed::plan::CLIENT_ADDR.to_string(),
+            ],
+        )
         .unwrap();
-    assert!(out.contains("n3: 1 connection ended, 1 TCP client sent a RST"), "{out}");
+    assert!(
+        out.contains("n3: 1 connection ended, 1 TCP client sent a RST"),
+        "{out}"
+    );
     let t0 = Instant::now();
     assert_eq!(k.wait_end(), Failure::Reset, "the client should get a RST");
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     let after = m
-        .meshctl_on(&n3, &["--format", "json", "conn", "ls", "--client", "192.168.100.100"])
+        .meshctl_on(
+            &n3,
+            &[
+                "--format",
+                "json",
+                "conn",
+                "ls",
+                "--client",
+                "192.168.100.100",
+            ],
+        )
         .unwrap();
     let after: Vec<ConnList> = serde_json::from_str(&after).unwrap();
     assert_eq!(after[0].matched, 0, "{after:?}");

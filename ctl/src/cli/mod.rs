@@ -7,6 +7,7 @@
 mod cluster;
 mod conn;
 pub mod render;
+mod service_stats;
 pub mod spec;
 pub mod stats;
 
@@ -464,6 +465,10 @@ meshd does not start containers, so it cannot scale up: add tasks with
         #[arg(required = true, value_name = "SERVICE")]
         names: Vec<String>,
     },
+    /// Show services' traffic per task on every node: connections held (active, inactive),
+    /// new connections, packets and bytes, per second and in all
+    #[command(after_help = service_stats::HELP)]
+    Stats(service_stats::Args),
 }
 
 #[derive(Debug, Args)]
@@ -798,7 +803,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             // Stats is a node's: it goes to the socket whatever --cluster says.
             match &cli.command {
-                Top::Stats | Top::Conn(_) => None,
+                Top::Stats | Top::Conn(_) | Top::Service(ServiceCmd::Stats(_)) => None,
                 _ => Some(cluster::Cluster::connect(
                     spec,
                     &tls,
@@ -991,6 +996,7 @@ fn node(ctx: &Ctx, c: NodeCmd) -> Result<(), CliError> {
 fn service(ctx: &Ctx, c: ServiceCmd) -> Result<(), CliError> {
     match c {
         ServiceCmd::Create(a) => service_create(ctx, a),
+        ServiceCmd::Stats(a) => service_stats::run(ctx, &a),
         ServiceCmd::Update(a) => service_update(ctx, a),
         ServiceCmd::Scale { specs } => {
             let parsed = specs

@@ -835,7 +835,9 @@ impl FlowTable {
     }
 
     /// Looks at up to `budget` flows from where the last sweep stopped; removes those idle past
-    /// their timeout and those whose task `alive` says is gone, reporting each to `reaped`.
+    /// their timeout and those whose task `alive` says is gone, reporting each to `reaped`, and
+    /// shows `kept` the others. Returns whether it finished a pass over the whole table (it
+    /// stops there: a pass sees each flow once).
     // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
     #[allow(clippy::cast_possible_truncation)]
     pub fn sweep(
@@ -844,16 +846,17 @@ impl FlowTable {
         budget: usize,
         alive: impl Fn(u64) -> bool,
         mut reaped: impl FnMut(Reaped),
-    ) {
+        mut kept: impl FnMut(&Flow),
+    ) -> bool {
         for _ in 0..budget.min(self.capacity) {
             let i = self.sweep_cursor;
             self.sweep_cursor = (self.sweep_cursor + 1) % self.capacity;
+            let wrapped = self.sweep_cursor == 0;
             // Look through a reference: most slots are free or fine, and a flow is 192 bytes.
             let f = &self.flows[i];
             if !f.live {
-                continue;
-            }
-            if f.expired(now) {
+                // Nothing here.
+            } else if f.expired(now) {
                 let unanswered = (f.tcp == TcpState::SynSent && f.kind != FlowKind::ReturnRoute)
                     .then_some(f.task_uid);
                 self.remove(i as u32);
@@ -862,25 +865,14 @@ impl FlowTable {
                 if let Some(f) = self.remove(i as u32) {
                     reaped(Reaped::Ended(f));
                 }
+            } else {
+                kept(f);
+            }
+            if wrapped {
+                return true;
             }
         }
-    }
-
-    /// Calls `each` with every live flow of ids `from..` up to `n` records on (not for the
-    /// fast path: `meshctl conn`'s walk, a chunk between bursts); returns where the next chunk
-    /// starts, the capacity once the walk is through.
-    // Casts: flow ids are below the capacity, at most 2^28 (MAX_FLOWS).
-    #[allow(clippy::cast_possible_truncation)]
-    pub fn walk(&self, from: u32, n: u32, mut each: impl FnMut(u32, &Flow)) -> u32 {
-        let end = (from as usize)
-            .saturating_add(n as usize)
-            .min(self.flows.len());
-        for (i, f) in self.flows.iter().enumerate().take(end).skip(from as usize) {
-            if f.live {
-                each(i as u32, f);
-            }
-        }
-        end as u32
+        false
     }
 
     /// Ids of live flows (for tests and stats; not for the fast path).
@@ -1149,7 +1141,8 @@ mod tests {
         let mut n = (0, 0);
         let mut unanswered = Vec::new();
         // 16 minutes later: UDP (30 s) expired; an established TCP flow (2 h) is not cut at 900 s.
-        t.sweep(
+        let mut kept = Vec::new();
+        let whole = t.sweep(
             16 * 60 * 1000,
             16,
             |_| true,
@@ -1158,13 +1151,17 @@ mod tests {
                 Reaped::Unanswered(uid) => unanswered.push(uid),
                 Reaped::Ended(_) => n.1 += 1,
             },
+            |f| kept.push(f.task_uid),
         );
+        assert!(whole, "16 places of a 16-flow table: a whole pass");
         assert_eq!(n, (1, 0));
         assert_eq!(unanswered, [11]);
+        assert_eq!(kept, [9], "the established flow stays, and is shown");
         assert_eq!(t.len(), 1);
-        t.sweep(
+        // A pass ends where it began, however large the budget: each flow is seen once.
+        let whole = t.sweep(
             16 * 60 * 1000,
-            16,
+            1000,
             |uid| uid != 9,
             |r| match r {
                 Reaped::Expired | Reaped::Unanswered(_) => n.0 += 1,
@@ -1173,9 +1170,12 @@ mod tests {
                     n.1 += 1
                 }
             },
+            |_| panic!("nothing is kept"),
         );
+        assert!(whole);
         assert_eq!(n, (1, 1));
         assert!(t.is_empty());
+        assert!(!t.sweep(0, 5, |_| true, |_| {}, |_| {}), "a part of a pass");
     }
 
     proptest! {

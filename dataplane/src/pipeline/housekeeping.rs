@@ -37,7 +37,8 @@ impl Pipeline {
         let stats = &mut self.stats;
         let resets = &mut self.resets;
         let passive = &mut self.passive;
-        self.flows.sweep(
+        let tasks = &mut self.task_stats;
+        let pass_done = self.flows.sweep(
             now,
             budget,
             |uid| uid == 0 || table.task_alive(uid),
@@ -56,7 +57,14 @@ impl Pipeline {
                     }
                 }
             },
+            |f| {
+                let active = f.is_tcp() && f.tcp == flow::TcpState::Established;
+                tasks.tally(f.stats_slot(Dir::Fwd), active);
+            },
         );
+        if pass_done {
+            self.task_stats.close_pass();
+        }
         self.stats.active_flows = self.flows.len() as u64;
         while !out.is_full() {
             let Some(f) = self.resets.pop() else { break };

@@ -442,7 +442,15 @@ fn a_published_port_is_dnated_and_encapsulated_to_the_tasks_node() {
     // Counted for web.1: one packet of the frame's size, one connection.
     let uid = table.tasks[table.task_by_name("web.1").unwrap() as usize].uid;
     let counted: Vec<_> = p.task_stats.iter().collect();
-    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1])]);
+    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1, 0, 0])]);
+    // Held now: an inactive connection (half-open), once the sweep has been round the table.
+    let mut pool = Pool::new(8);
+    let mut out = Burst::new();
+    for ms in 2..400 {
+        p.maintain(&table, ms, &mut pool, &mut out);
+    }
+    let counted: Vec<_> = p.task_stats.iter().collect();
+    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1, 0, 1])]);
 }
 
 // ---- big packets: MSS clamping and path MTU discovery ----------------------------------
