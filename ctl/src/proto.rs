@@ -379,6 +379,12 @@ pub struct ServiceUpdate {
     pub client_ip: Option<ClientIpMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<SchedulerKind>,
+    /// Turns source-IP affinity on or off (`--affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<crate::model::AffinityMode>,
+    /// Sets the affinity timeout (`--affinity-timeout`); affinity must be on, or turned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_s: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsUpdate>,
     /// Replaces the health check (the whole of it: meshctl merges `--health-*` flags into the
