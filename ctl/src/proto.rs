@@ -743,6 +743,13 @@ crate::counters! {
         /// host, or administratively prohibited): passive health counts them against it, and
         /// a UDP flow ends so the client's next datagram is balanced again.
         task_unreachable: Counter,
+        /// New clients of services with source-IP affinity placed by the hash but not
+        /// remembered: the worker's affinity table had no room (every way of their set held a
+        /// client seen within its timeout).
+        affinity_full: Counter,
+        /// Least-connections picks made by rotation instead: a task's connections were not
+        /// counted (the worker's per-task counters were full).
+        sched_uncounted: Counter,
     }
 }
 
