@@ -252,7 +252,10 @@ impl Scheduler {
         let b = t.balancer(bal);
         let any_down = t.down.any();
         let n = b.backends.len();
-        let start = self.rr.get(usize::from(bal)).map_or(0, |&p| p as usize % n);
+        let start = self
+            .rr
+            .get(usize::from(bal))
+            .map_or(0, |&p| p as usize % n.max(1));
         let Some(cells) = self.cells_of(b, bal) else {
             return self.rotate(t, bal);
         };

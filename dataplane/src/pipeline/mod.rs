@@ -7,7 +7,7 @@
 //! field is read; every index is bounded by those checks).
 //!
 //! Paths (see DESIGN.md):
-//! - uplink → published port: flow lookup; on a miss a task is picked (round-robin or Maglev),
+//! - uplink → published port: flow lookup; on a miss a task is picked (the service's scheduler),
 //!   the flow recorded, the packet DNAT'ed (and masqueraded in Swarm's mode) and delivered on the
 //!   tasks port or VXLAN-encapsulated to the task's node;
 //! - uplink → VXLAN from a peer VTEP: decapsulated, then routed in its overlay network;
@@ -375,7 +375,7 @@ impl Pipeline {
         self.recheck > 0
     }
 
-    /// Adopts a new table: sizes the round-robin state and schedules a full pass over the flows
+    /// Adopts a new table: sizes the scheduler's state and schedules a full pass over the flows
     /// to end those whose task is gone. Called by `process` when the generation changes; this is
     /// the only place the pipeline may allocate, and only when the table grew.
     fn adopt(&mut self, table: &ServiceTable) {

@@ -2334,3 +2334,41 @@ fn affinity_sends_a_clients_connections_to_one_task_on_every_node_and_worker() {
     }
     assert_eq!(ps.iter().map(|p| p.stats.affinity_full).sum::<u64>(), 0);
 }
+
+#[test]
+fn lc_counts_a_connection_until_its_flow_ends_through_the_pipeline() {
+    use ctl::model::SchedulerKind;
+    let (t, mut ps) = node_of(&scheduled(SchedulerKind::Lc, None), "n1", 1);
+    let web2 = 0x0a00_000c;
+    let syns = |ps: &mut Vec<Pipeline>, now: u64, sports: std::ops::Range<u16>| {
+        let input: Vec<_> = sports.map(|sp| syn_to(N1, CLIENT, sp, 1)).collect();
+        task_of(&drive(ps, &t, now, input).0)
+    };
+    // Weights 3 and 1 mean nothing to lc: at 1 ms one connection to web.1, then at 5 s three
+    // more fill the least loaded first, a tie going to the next in turn: web.2, web.1, web.2.
+    assert_eq!(syns(&mut ps, 1, 40000..40001), [WEB1]);
+    assert_eq!(syns(&mut ps, 5000, 40001..40004), [web2, WEB1, web2]);
+    let slot = |p: &mut Pipeline, addr: u32| {
+        let uid = t
+            .balancer(t.published(IpProtocol::Tcp, 8080).unwrap().balancer)
+            .backends
+            .iter()
+            .find(|b| ipkey(b.addr) == addr)
+            .unwrap()
+            .uid;
+        usize::from(p.task_stats.slot(uid))
+    };
+    let (s1, s2) = (slot(&mut ps[0], WEB1), slot(&mut ps[0], web2));
+    assert_eq!((ps[0].flows.active()[s1], ps[0].flows.active()[s2]), (2, 2));
+    // At 10.5 s the first SYN, never answered, has expired (half-open: 10 s): web.1 has one
+    // connection to web.2's two, and takes the next.
+    let mut pool = Pool::new(64);
+    let mut out = Burst::new();
+    // (Each call sweeps part of the 64 K flow places: a full pass.)
+    for k in 0..20 {
+        ps[0].maintain(&t, 10_500 + 16 * k, &mut pool, &mut out);
+    }
+    assert_eq!(ps[0].stats.flows_expired, 1);
+    assert_eq!((ps[0].flows.active()[s1], ps[0].flows.active()[s2]), (1, 2));
+    assert_eq!(syns(&mut ps, 11_000, 40010..40011), [WEB1]);
+}
