@@ -408,8 +408,9 @@ Schedulers (--scheduler; each worker of each node schedules its own connections)
   rr      strict rotation over the tasks taking connections (the default). Weights are
           ignored, as by IPVS's rr: weight=0 (no new connections) is the only one that counts.
   wrr     weighted round-robin: a task of weight=3 gets three connections for every one of a
-          task of weight=1, interleaved (nginx's smooth weighted round-robin: over any run of
-          picks a task is within one pick of its exact share), not in bursts.
+          task of weight=1, interleaved, not in bursts (nginx's smooth weighted round-robin: a
+          task is never a whole connection ahead of its exact share, and has exactly it after
+          each round of sum-of-weights connections).
   lc      least connections: the task with the fewest active connections made by the worker
           picking (ties in rotation). Each worker keeps its own counts within one of each
           other, so with W workers on N nodes the totals differ by at most N*W from picks.

@@ -6,10 +6,15 @@
 //! - `rr`: strict rotation over the eligible backends (weights ignored, as IPVS's `rr`).
 //! - `wrr`: nginx's smooth weighted round-robin (`ngx_http_upstream_get_peer`): at each pick
 //!   every backend's `current` grows by its weight, the largest is picked and loses the total.
-//!   With integer weights `wᵢ` summing to `W`, `currentᵢ = k·wᵢ − W·picksᵢ(k)` after `k` picks
-//!   and stays within `(−W, W)`, so over the first `k` picks (any `k`) a backend has its exact
-//!   share `k·wᵢ/W` to within one pick, and exactly `wᵢ` of every `W`: interleaved, never in
-//!   bursts. Over any window of consecutive picks it is within two picks of its share.
+//!   With integer weights `wᵢ` summing to `W`, `currentᵢ = k·wᵢ − W·pᵢ(k)` after `k` picks
+//!   (`pᵢ(k)` the backend's picks). The picked `current` is the largest after the weights were
+//!   added, so positive, and stays above `−W` after losing `W`: no `current` ever reaches `−W`,
+//!   so a backend is never a whole pick ahead of its share (`pᵢ(k) < k·wᵢ/W + 1`: no bursts).
+//!   Hence after `W` picks every backend has at most, so exactly, `wᵢ`: the sequence repeats
+//!   every `W` picks. Behind its share a backend can be by less than `n − 1` picks in theory;
+//!   in random searches (up to 64 backends, weights to 1000) never by 1.5, and by little more
+//!   than one with few backends (the property test holds it under 2). Over any window of `L`
+//!   picks a backend has `L·wᵢ/W` to within one plus that lag.
 //! - `lc` / `wlc`: least connections (per unit of weight for `wlc`: the smallest
 //!   `activeᵢ/wᵢ`, compared as `aᵢ·wⱼ < aⱼ·wᵢ`), from the worker's own count of its live
 //!   balanced flows per task ([`crate::flow::FlowTable::active`], kept where flows are made and
@@ -24,8 +29,8 @@
 //!
 //! Source-IP affinity ([`Balancer::affinity_ms`] > 0) is in front of any of them: a client's
 //! first pick is its address's hash over the balancer's (weighted) Maglev table, the same on
-//! every node and worker with nothing shared, and the worker remembers it ([`Affinity`]) until
-//! the client has opened no new flow for the timeout. While the task set stays, every pick is
+//! every node and worker with nothing shared, and the worker remembers it ([`AffinityTable`])
+//! until the client has opened no new flow for the timeout. While the task set stays, every pick is
 //! that hash; when it changes, a remembered client keeps its task unless the task no longer
 //! takes new flows (removed, weight 0, drained, unhealthy, ejected, on a node down), when it is
 //! placed again by the hash.
@@ -85,7 +90,7 @@ pub struct Scheduler {
     cells: Vec<Cell>,
     /// The previous table's lanes and cells, kept to be refilled (no allocation once grown).
     spare: (Vec<Lane>, Vec<Cell>),
-    affinity: Option<Box<Affinity>>,
+    affinity: Option<Box<AffinityTable>>,
     /// Clients placed by the hash but not remembered: their affinity set was full of clients
     /// seen within their timeout.
     pub affinity_full: u64,
@@ -140,7 +145,7 @@ impl Scheduler {
             std::mem::replace(&mut self.cells, cells),
         );
         if self.affinity.is_none() && table.balancers.iter().any(|b| b.affinity_ms > 0) {
-            self.affinity = Some(Box::new(Affinity::new(AFFINITY_ENTRIES)));
+            self.affinity = Some(Box::new(AffinityTable::new(AFFINITY_ENTRIES)));
         }
     }
 
@@ -427,17 +432,17 @@ impl Entry {
 /// no more (the newcomer is placed by the hash, not remembered, and counted), rather than
 /// forget a client that is still coming.
 #[derive(Debug)]
-pub struct Affinity {
+pub struct AffinityTable {
     entries: Box<[Entry]>,
     /// Sets − 1 (a power of two).
     mask: usize,
 }
 
-impl Affinity {
+impl AffinityTable {
     /// Room for `entries` clients (rounded up to whole sets of a power of two).
     pub fn new(entries: usize) -> Self {
         let sets = (entries / AFFINITY_WAYS).next_power_of_two().max(1);
-        Affinity {
+        AffinityTable {
             entries: vec![Entry::default(); sets * AFFINITY_WAYS].into_boxed_slice(),
             mask: sets - 1,
         }
@@ -552,8 +557,9 @@ mod tests {
         s
     }
 
-    /// Picks by smooth WRR: every task within one pick of its exact share after any number of
-    /// picks (exactly its share after each whole cycle), within two over any window.
+    /// Picks by smooth WRR: after any number of picks no task is a whole pick ahead of its
+    /// exact share (proved, see the module) nor two behind (observed: under 1.1 in these
+    /// ranges); exactly its share after each whole cycle; within three over any window.
     fn check_smooth(weights: &[u32], cycles: usize) -> Result<(), TestCaseError> {
         let t = ServiceTable::build(&weighted(weights, SchedulerKind::Wrr), "n1", 1).unwrap();
         let bal = port(&t);
@@ -581,9 +587,10 @@ mod tests {
             row[index[&b.uid]] += 1;
             let k = k as u64;
             for i in 0..n {
-                // |picks − k·w/W| < 1, in integers.
+                // picks − k·w/W in (−2, 1), in integers.
                 let (p, share) = (row[i] * total, k * w[i]);
-                prop_assert!(p.abs_diff(share) < total, "k={k} i={i} {row:?} {w:?}");
+                prop_assert!(p < share + total, "ahead: k={k} i={i} {row:?} {w:?}");
+                prop_assert!(p + 2 * total > share, "behind: k={k} i={i} {row:?} {w:?}");
                 if k.is_multiple_of(total) {
                     prop_assert_eq!(row[i] * total, share);
                 }
@@ -596,7 +603,7 @@ mod tests {
                 for i in 0..n {
                     let got = (picks[b][i] - picks[a][i]) * total;
                     let share = (b - a) as u64 * w[i];
-                    prop_assert!(got.abs_diff(share) < 2 * total, "window {a}..{b} i={i}");
+                    prop_assert!(got.abs_diff(share) < 3 * total, "window {a}..{b} i={i}");
                 }
             }
         }
@@ -622,6 +629,8 @@ mod tests {
             "11213111121311"
         );
         check_smooth(&[3, 1], 4).unwrap();
+        // Behind by a whole pick, never ahead by one: 1, 1, 1, 6, 6.
+        check_smooth(&[1, 1, 1, 6, 6], 2).unwrap();
         // rr ignores the weights (IPVS's rr): 5, 1, 1 alternate.
         let t = ServiceTable::build(&weighted(&[5, 1, 1], SchedulerKind::Rr), "n1", 1).unwrap();
         let mut s = adopted(&t, &mut Slots::default());
@@ -637,8 +646,8 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         #[test]
-        fn wrr_shares_stay_within_one_pick_of_the_weights(
-            weights in proptest::collection::vec(1u32..12, 1..7),
+        fn wrr_is_never_a_pick_ahead_of_the_weights_and_exact_each_cycle(
+            weights in proptest::collection::vec(1u32..21, 1..9),
             cycles in 1usize..4,
         ) {
             check_smooth(&weights, cycles)?;
@@ -945,7 +954,7 @@ mod tests {
         t2.set_down(&BTreeSet::new());
         // One set of four ways: the fifth client seen within the timeout is not remembered.
         let mut s = adopted(&t, &mut Slots::default());
-        s.affinity = Some(Box::new(Affinity::new(4)));
+        s.affinity = Some(Box::new(AffinityTable::new(4)));
         for c in 1..=4 {
             client_pick(&mut s, &t, bal, c, 0);
         }
