@@ -412,19 +412,22 @@ Schedulers (--scheduler; each worker of each node schedules its own connections)
           task is never a whole connection ahead of its exact share, and has exactly it after
           each round of sum-of-weights connections).
   lc      least connections: the task with the fewest active connections made by the worker
-          picking (ties in rotation). Each worker keeps its own counts within one of each
-          other, so with W workers on N nodes the totals differ by at most N*W from picks.
+          picking (ties in rotation). A worker picks only a task at its least count, so with
+          W workers on N nodes picks leave the tasks' totals within N*W of each other (closes
+          can spread them more; the next picks fill the least loaded first).
   wlc     weighted least connections: the fewest active connections per unit of weight.
   maglev  Maglev consistent hashing over the client's address and ports: the same choice on
           every node; weighted.
 
 Affinity (--affinity client-ip [--affinity-timeout 10m]): a client's first connection goes to
-a task chosen by a weighted consistent hash of its address (the same on every node and worker,
-whatever the scheduler), and later ones to the same task. While the tasks stay, that holds
-forever; when tasks are added or removed, each node keeps sending a client it has seen within
-the timeout to its task, unless that task is removed, drained, unhealthy or on a node down (then
-the client is placed again). A node remembers up to 65536 clients per worker; a client it has no
-room for still gets the hashed task, counted in affinity_full.";
+a task chosen by a consistent hash of its address (Maglev, weighted for wrr, wlc and maglev; the
+same on every node and worker, whatever the scheduler), and later ones to the same task. While
+the tasks stay, that holds forever. When tasks are added or removed, each worker keeps sending
+a client it has seen within the timeout (since its last new connection) to its task, unless
+that task is removed, drained, unhealthy or on a node down (then the client is placed again); a
+worker or node that has not seen the client places it by the new hash, which moves few clients.
+Each worker remembers up to 65536 clients; a client it has no room for still gets the hashed
+task, counted in affinity_full (meshctl stats). See docs/schedulers.md.";
 
 const SERVICE_UPDATE_HELP: &str = "\
 Examples:
