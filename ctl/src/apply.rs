@@ -12,7 +12,9 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::{EndpointMode, Network, Node, Service, State, Task, MAX_NETWORK_KEYS};
+use crate::model::{
+    Affinity, AffinityMode, EndpointMode, Network, Node, Service, State, Task, MAX_NETWORK_KEYS,
+};
 use crate::proto::{
     Change, Command, ErrorBody, ErrorCode, NetworkUpdate, PortSpec, Query, ServiceUpdate,
 };
@@ -43,6 +45,8 @@ pub enum ApplyError {
     NotFound { kind: Kind, name: String },
     #[error("{kind} {name:?} already exists")]
     AlreadyExists { kind: Kind, name: String },
+    #[error("service {service:?} has no affinity to time out: give --affinity client-ip with --affinity-timeout")]
+    AffinityTimeoutWithoutAffinity { service: String },
     #[error("task {task:?} not found in service {service:?}")]
     TaskNotFound { service: String, task: String },
     #[error("task {task:?} already exists in service {service:?}")]
@@ -117,6 +121,7 @@ impl ApplyError {
             ApplyError::BadTaskName { .. }
             | ApplyError::ScaleUp { .. }
             | ApplyError::EmptyTaskUpdate { .. }
+            | ApplyError::AffinityTimeoutWithoutAffinity { .. }
             | ApplyError::NotEncrypted { .. }
             | ApplyError::BadKeyUpdate { .. } => ErrorCode::Invalid,
             ApplyError::Encode(_) => ErrorCode::Internal,
@@ -585,6 +590,7 @@ fn update_service(svc: &mut Service, u: &ServiceUpdate) -> Result<(), ApplyError
     if let Some(k) = u.scheduler {
         svc.scheduler = k;
     }
+    svc.affinity = affinity(&svc.name, svc.affinity, u.affinity, u.affinity_timeout_s)?;
     if u.no_health {
         svc.health = None;
     }
@@ -603,6 +609,32 @@ fn update_service(svc: &mut Service, u: &ServiceUpdate) -> Result<(), ApplyError
         }
     }
     Ok(())
+}
+
+/// The affinity an update's `--affinity` (`mode`) and `--affinity-timeout` (`timeout_s`) make
+/// of `current`: turning it on keeps the timeout it had (else the default); a timeout alone
+/// needs affinity on.
+fn affinity(
+    service: &str,
+    current: Option<Affinity>,
+    mode: Option<AffinityMode>,
+    timeout_s: Option<u32>,
+) -> Result<Option<Affinity>, ApplyError> {
+    let keep = current.map_or(Affinity::DEFAULT_TIMEOUT_S, Affinity::timeout_s);
+    match (mode, timeout_s, current) {
+        (None, None, _) => Ok(current),
+        (Some(AffinityMode::None), None, _) => Ok(None),
+        (Some(AffinityMode::ClientIp), t, _) | (None, t @ Some(_), Some(_)) => {
+            Ok(Some(Affinity::ClientIp {
+                timeout_s: t.unwrap_or(keep),
+            }))
+        }
+        (Some(AffinityMode::None), Some(_), _) | (None, Some(_), None) => {
+            Err(ApplyError::AffinityTimeoutWithoutAffinity {
+                service: service.to_string(),
+            })
+        }
+    }
 }
 
 fn scale(svc: &mut Service, replicas: u32) -> Result<(), ApplyError> {
@@ -1369,6 +1401,74 @@ mod tests {
             .1,
             r#"task "web.9" not found in service "web""#
         );
+    }
+
+    #[test]
+    fn affinity_turns_on_keeps_its_timeout_and_turns_off() {
+        let s = sample();
+        let set = |s: &State, mode: Option<AffinityMode>, t: Option<u32>| {
+            let c = update(
+                "web",
+                ServiceUpdate {
+                    affinity: mode,
+                    affinity_timeout_s: t,
+                    ..Default::default()
+                },
+            );
+            ok(s, c)
+        };
+        let aff = |s: &State| s.services[0].affinity;
+        let on = set(&s, Some(AffinityMode::ClientIp), None);
+        assert_eq!(
+            aff(&on),
+            Some(Affinity::ClientIp {
+                timeout_s: Affinity::DEFAULT_TIMEOUT_S
+            })
+        );
+        let ten = set(&on, None, Some(600));
+        assert_eq!(aff(&ten), Some(Affinity::ClientIp { timeout_s: 600 }));
+        // On again (or a scheduler change) keeps the timeout.
+        assert_eq!(
+            aff(&set(&ten, Some(AffinityMode::ClientIp), None)),
+            aff(&ten)
+        );
+        assert_eq!(aff(&set(&ten, Some(AffinityMode::None), None)), None);
+        let no = |s: &State, mode, t| {
+            err(
+                s,
+                update(
+                    "web",
+                    ServiceUpdate {
+                        affinity: mode,
+                        affinity_timeout_s: t,
+                        ..Default::default()
+                    },
+                ),
+            )
+        };
+        let want = (
+            ErrorCode::Invalid,
+            r#"service "web" has no affinity to time out: give --affinity client-ip with --affinity-timeout"#.to_string(),
+        );
+        assert_eq!(no(&s, None, Some(60)), want);
+        assert_eq!(no(&ten, Some(AffinityMode::None), Some(60)), want);
+        // The state's own checks: a timeout of 0 or past a day.
+        for (t, what) in [
+            (0, "affinity timeout 0s is out of range"),
+            (86_401, "(1s to 24h"),
+        ] {
+            let c = update(
+                "web",
+                ServiceUpdate {
+                    affinity: Some(AffinityMode::ClientIp),
+                    affinity_timeout_s: Some(t),
+                    ..Default::default()
+                },
+            );
+            let next = apply(&s, &c).unwrap().unwrap();
+            let e = crate::validate(&next).unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
     }
 
     #[test]

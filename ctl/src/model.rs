@@ -437,15 +437,75 @@ pub enum ClientIpMode {
     Keep,
 }
 
-/// How new flows are spread over a service's tasks.
+/// How new flows are spread over a service's tasks. As in IPVS, only the weighted ones (`wrr`,
+/// `wlc`, `maglev`) read a task's weight beyond 0 (which always means "no new connections").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchedulerKind {
-    /// Strict rotation over eligible tasks.
+    /// Strict rotation over eligible tasks (weights ignored).
     #[default]
     Rr,
-    /// Maglev consistent hashing (65537-slot table).
+    /// Weighted round-robin, smoothly interleaved (nginx's smooth weighted round-robin).
+    Wrr,
+    /// Least connections: the task with the fewest active connections on the worker picking.
+    Lc,
+    /// Weighted least connections: the fewest active connections per unit of weight.
+    Wlc,
+    /// Maglev consistent hashing (65537-slot table, weighted).
     Maglev,
+}
+
+impl SchedulerKind {
+    /// Whether the scheduler reads task weights beyond "0: no new connections".
+    pub fn weighted(self) -> bool {
+        matches!(
+            self,
+            SchedulerKind::Wrr | SchedulerKind::Wlc | SchedulerKind::Maglev
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchedulerKind::Rr => "rr",
+            SchedulerKind::Wrr => "wrr",
+            SchedulerKind::Lc => "lc",
+            SchedulerKind::Wlc => "wlc",
+            SchedulerKind::Maglev => "maglev",
+        }
+    }
+}
+
+/// Which new connections of a service go where the same client's went before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Affinity {
+    /// Source-IP affinity: a client (by address) keeps reaching one task. Its first task is a
+    /// weighted consistent hash of its address (alike on every node and worker); each worker
+    /// then remembers it for `timeout_s` seconds after the client's last new connection, so a
+    /// task set that changes moves no client it remembers, unless that client's task stops
+    /// taking connections.
+    ClientIp { timeout_s: u32 },
+}
+
+impl Affinity {
+    /// `--affinity-timeout` unless given: 5 minutes.
+    pub const DEFAULT_TIMEOUT_S: u32 = 300;
+    /// The longest `--affinity-timeout`: a day.
+    pub const MAX_TIMEOUT_S: u32 = 86_400;
+
+    pub fn timeout_s(self) -> u32 {
+        match self {
+            Affinity::ClientIp { timeout_s } => timeout_s,
+        }
+    }
+}
+
+/// `--affinity` of `service update`: turn it off or on (keeping the timeout when it was on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityMode {
+    None,
+    ClientIp,
 }
 
 /// Idle timeouts in seconds.
@@ -510,6 +570,9 @@ pub struct Service {
     pub client_ip: ClientIpMode,
     #[serde(default)]
     pub scheduler: SchedulerKind,
+    /// Source-IP affinity, when on (absent from older states: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
     /// How meshd checks that a task serves (Docker's HEALTHCHECK); none when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthCheck>,
@@ -531,6 +594,7 @@ impl Service {
             timeouts: Timeouts::default(),
             client_ip: ClientIpMode::Masquerade,
             scheduler: SchedulerKind::Rr,
+            affinity: None,
             health: None,
             outlier: Outlier::default(),
             tasks: Vec::new(),
@@ -864,6 +928,28 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_of_an_older_state_has_no_affinity_and_one_without_writes_none() {
+        let old = r#"{"name":"web","scheduler":"rr","tasks":[]}"#;
+        let svc: Service = serde_json::from_str(old).unwrap();
+        assert_eq!((svc.scheduler, svc.affinity), (SchedulerKind::Rr, None));
+        let text = serde_json::to_string(&svc).unwrap();
+        assert!(!text.contains("affinity"), "{text}");
+        let mut on = svc.clone();
+        on.scheduler = SchedulerKind::Wlc;
+        on.affinity = Some(Affinity::ClientIp { timeout_s: 600 });
+        let text = serde_json::to_string(&on).unwrap();
+        assert!(
+            text.contains(r#""scheduler":"wlc","affinity":{"client_ip":{"timeout_s":600}}"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Service>(&text).unwrap(), on);
+        for k in ["rr", "wrr", "lc", "wlc", "maglev"] {
+            let s: SchedulerKind = serde_json::from_str(&format!("\"{k}\"")).unwrap();
+            assert_eq!(s.as_str(), k);
+        }
+    }
 
     #[test]
     fn prefixes_parse_and_print() {

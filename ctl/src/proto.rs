@@ -420,6 +420,12 @@ pub struct ServiceUpdate {
     pub client_ip: Option<ClientIpMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<SchedulerKind>,
+    /// Turns source-IP affinity on or off (`--affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<crate::model::AffinityMode>,
+    /// Sets the affinity timeout (`--affinity-timeout`); affinity must be on, or turned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_s: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<TimeoutsUpdate>,
     /// Replaces the health check (the whole of it: meshctl merges `--health-*` flags into the
@@ -780,6 +786,13 @@ crate::counters! {
         task_unreachable: Counter,
         /// Flows ended by `meshctl conn rm`.
         flows_removed: Counter,
+        /// New clients of services with source-IP affinity placed by the hash but not
+        /// remembered: the worker's affinity table had no room (every way of their set held a
+        /// client seen within its timeout).
+        affinity_full: Counter,
+        /// Least-connections picks made by rotation instead: a task's connections were not
+        /// counted (the worker's per-task counters were full).
+        sched_uncounted: Counter,
     }
 }
 

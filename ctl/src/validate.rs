@@ -496,6 +496,15 @@ impl Claims {
                 o.max_percent
             );
         }
+        if let Some(a) = svc.affinity {
+            let t = a.timeout_s();
+            if !(1..=crate::model::Affinity::MAX_TIMEOUT_S).contains(&t) {
+                bail!(
+                    "service \"{}\": affinity timeout {t}s is out of range (1s to 24h, as in --affinity-timeout 10m)",
+                    svc.name
+                );
+            }
+        }
         let has_ingress_ports = svc.ports.iter().any(|p| p.mode == PublishMode::Ingress);
         for p in &svc.ports {
             if p.published == 0 || p.target == 0 {

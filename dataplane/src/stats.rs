@@ -340,8 +340,10 @@ mod tests {
             s.passive_lost,
             s.task_unreachable,
             s.flows_removed,
+            s.affinity_full,
+            s.sched_uncounted,
         ) = (
-            13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
+            13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
         );
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {

@@ -805,6 +805,128 @@ fn maglev_makes_every_ingress_node_pick_the_same_task_for_a_client_flow() {
     assert_healthy(&m);
 }
 
+#[test]
+fn affinity_sends_each_client_to_one_task_through_every_node_and_worker_and_keeps_it() {
+    let mut s = three_tasks();
+    s.services[0].affinity = Some(ctl::model::Affinity::ClientIp { timeout_s: 600 });
+    let cfg = SimConfig {
+        workers: 2,
+        ..SimConfig::default()
+    };
+    let clients: Vec<(String, Ipv4Addr)> = (0..10u8)
+        .map(|i| (format!("c{i}"), Ipv4Addr::new(192, 168, 1, 150 + i)))
+        .collect();
+    let start = |s: &State| {
+        let mut m = mesh_with(s.clone(), cfg.clone());
+        for (c, ip) in &clients {
+            m.add_client(c, *ip).unwrap();
+        }
+        m
+    };
+    // Three connections through each node, from client ports `from..from + 9`.
+    let each = |m: &mut Mesh, c: &str, from: u16| -> Vec<String> {
+        ["n1", "n2", "n3"]
+            .iter()
+            .flat_map(|n| [*n; 3])
+            .zip(from..)
+            .map(|(n, sport)| m.curl_from(c, Some(sport), addr(m, n), 8080).unwrap().task)
+            .collect()
+    };
+    let mut m = start(&s);
+    let mut first = BTreeMap::new();
+    for (c, _) in &clients {
+        let picks = each(&mut m, c, 50000);
+        assert!(picks.iter().all(|t| *t == picks[0]), "{c}: {picks:?}");
+        first.insert(c.clone(), picks[0].clone());
+    }
+    let used: std::collections::BTreeSet<_> = first.values().collect();
+    assert!(used.len() >= 2, "clients spread over the tasks: {first:?}");
+    // A task more. Where a mesh that never saw the clients would send each:
+    s.services[0].tasks.push(task(
+        "web.4",
+        "n2",
+        &[
+            ("ingress", Ipv4Addr::new(10, 0, 0, 14)),
+            ("appnet", Ipv4Addr::new(10, 0, 1, 14)),
+        ],
+    ));
+    let mut fresh = start(&s);
+    let hashed: BTreeMap<String, String> = clients
+        .iter()
+        .map(|(c, _)| (c.clone(), each(&mut fresh, c, 50000)[0].clone()))
+        .collect();
+    assert!(
+        clients.iter().any(|(c, _)| hashed[c] != first[c]),
+        "the new task takes some clients: {hashed:?}"
+    );
+    m.set_state(s.clone()).unwrap();
+    // The closed connections' flows go (10 s), the clients' memory stays (600 s).
+    m.advance(11_000);
+    m.run_until_idle().unwrap();
+    for (c, _) in &clients {
+        // The same client ports land on the same workers, which saw the client: its task.
+        let picks = each(&mut m, c, 50000);
+        assert!(
+            picks.iter().all(|t| *t == first[c]),
+            "{c}: {picks:?} (was {})",
+            first[c]
+        );
+        // Other ports may land on a worker that never saw it: the new hash's task, no other.
+        let picks = each(&mut m, c, 60000);
+        assert!(
+            picks.iter().all(|t| *t == first[c] || *t == hashed[c]),
+            "{c}: {picks:?} (was {}, hashed {})",
+            first[c],
+            hashed[c]
+        );
+    }
+    assert_eq!(m.total_stats().affinity_full, 0);
+    assert_healthy(&m);
+}
+
+#[test]
+fn wrr_gives_the_heavier_task_its_share_and_lc_fills_the_least_loaded() {
+    // wrr, weights 3, 1, 1 (web.1, web.2, web.3): through one node, 3 of every 5 to web.1.
+    let mut s = three_tasks();
+    s.services[0].scheduler = SchedulerKind::Wrr;
+    s.services[0].tasks[0].weight = 3;
+    let mut m = mesh(s.clone());
+    let mut count = BTreeMap::new();
+    for _ in 0..15 {
+        let t = m.curl("client", addr(&m, "n1"), 8080).unwrap().task;
+        *count.entry(t).or_insert(0) += 1;
+    }
+    assert_eq!(count["web.1"], 9, "{count:?}");
+    assert_eq!((count["web.2"], count["web.3"]), (3, 3), "{count:?}");
+    // lc: connections held open; a closed one's task takes the next.
+    s.services[0].scheduler = SchedulerKind::Lc;
+    let mut m = mesh(s.clone());
+    let n1 = addr(&m, "n1");
+    let conns: Vec<_> = (0..6)
+        .map(|_| m.open("client", n1, 8080).unwrap())
+        .collect();
+    let mut on = BTreeMap::new();
+    for c in &conns {
+        let t = m.request(c).unwrap().task;
+        on.entry(t).or_insert_with(Vec::new).push(c.clone());
+    }
+    assert!(
+        on.values().all(|v| v.len() == 2),
+        "weights do not count for lc: {on:?}"
+    );
+    let web2 = on["web.2"].clone();
+    for c in &web2 {
+        m.close(c).unwrap();
+    }
+    m.run_until_idle().unwrap();
+    // The closed connections' flows end after the closing timeout: advance past it.
+    m.advance(11_000);
+    m.run_until_idle().unwrap();
+    let c = m.open("client", n1, 8080).unwrap();
+    assert_eq!(m.request(&c).unwrap().task, "web.2");
+    assert_healthy(&m);
+}
+
 // ---- several workers per node -------------------------------------------------------------------
 
 #[test]

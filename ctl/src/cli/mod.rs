@@ -407,7 +407,32 @@ Specs:
              no answer within 10 s) sends it no new connection for DURATION, one DURATION
              longer each time in a row (5m at most), then tries it again; never more than P%
              of a service's tasks (at least one) at once. Running connections stay. Each node
-             judges by what it sees itself. Defaults: consecutive=3,eject=10s,max=50%.";
+             judges by what it sees itself. Defaults: consecutive=3,eject=10s,max=50%.
+
+Schedulers (--scheduler; each worker of each node schedules its own connections):
+  rr      strict rotation over the tasks taking connections (the default). Weights are
+          ignored, as by IPVS's rr: weight=0 (no new connections) is the only one that counts.
+  wrr     weighted round-robin: a task of weight=3 gets three connections for every one of a
+          task of weight=1, interleaved, not in bursts (nginx's smooth weighted round-robin: a
+          task is never a whole connection ahead of its exact share, and has exactly it after
+          each round of sum-of-weights connections).
+  lc      least connections: the task with the fewest active connections made by the worker
+          picking (ties in rotation). A worker picks only a task at its least count, so with
+          W workers on N nodes picks leave the tasks' totals within N*W of each other (closes
+          can spread them more; the next picks fill the least loaded first).
+  wlc     weighted least connections: the fewest active connections per unit of weight.
+  maglev  Maglev consistent hashing over the client's address and ports: the same choice on
+          every node; weighted.
+
+Affinity (--affinity client-ip [--affinity-timeout 10m]): a client's first connection goes to
+a task chosen by a consistent hash of its address (Maglev, weighted for wrr, wlc and maglev; the
+same on every node and worker, whatever the scheduler), and later ones to the same task. While
+the tasks stay, that holds forever. When tasks are added or removed, each worker keeps sending
+a client it has seen within the timeout (since its last new connection) to its task, unless
+that task is removed, drained, unhealthy or on a node down (then the client is placed again); a
+worker or node that has not seen the client places it by the new hash, which moves few clients.
+Each worker remembers up to 65536 clients; a client it has no room for still gets the hashed
+task, counted in affinity_full (meshctl stats). See docs/schedulers.md.";
 
 const SERVICE_UPDATE_HELP: &str = "\
 Examples:
@@ -417,6 +442,9 @@ Examples:
   meshctl service update --task-update name=web.1,weight=0 web      # drain web.1
   meshctl service update --task-rm web.1 web
   meshctl service update --client-ip keep --scheduler maglev web
+  meshctl service update --scheduler wrr --task-update name=web.1,weight=3 web
+  meshctl service update --affinity client-ip --affinity-timeout 10m web
+  meshctl service update --affinity none web          # no affinity
   meshctl service update --health http:/healthz=200 --health-interval 2s --health-retries 3 web
   meshctl service update --health-interval 5s web     # keeps the rest of the check
   meshctl service update --no-healthcheck web
@@ -490,10 +518,12 @@ struct ServiceCreateArgs {
     /// ingress node's endpoint) or `keep` (the client's)
     #[arg(long, value_enum, default_value_t = ClientIpArg::Masquerade)]
     client_ip: ClientIpArg,
-    /// How new connections are spread: `rr` (strict rotation) or `maglev` (consistent hashing,
-    /// the same choice on every node)
+    /// How new connections are spread over the tasks (see "Schedulers" below); weights count
+    /// only for wrr, wlc and maglev (weight=0: no new connections, for every scheduler)
     #[arg(long, value_enum, default_value_t = SchedulerArg::Rr)]
     scheduler: SchedulerArg,
+    #[command(flatten)]
+    affinity: AffinityArgs,
     /// Register a task, a backend that already runs (repeatable)
     #[arg(long = "task", value_name = "SPEC")]
     tasks: Vec<String>,
@@ -567,6 +597,65 @@ impl HealthArgs {
 }
 
 #[derive(Debug, Args)]
+struct AffinityArgs {
+    /// `client-ip`: a client keeps reaching the same task, on every node, while the tasks
+    /// stay; when they change, a client seen within --affinity-timeout keeps its task unless
+    /// that task stops taking connections. `none` (the default) turns it off
+    #[arg(long, value_enum, value_name = "MODE")]
+    affinity: Option<AffinityArg>,
+    /// How long a node remembers a client's task after the client's last new connection
+    /// (as in 30s, 10m, 1h; 1s to 24h; 5m unless set)
+    #[arg(long, value_name = "DURATION")]
+    affinity_timeout: Option<String>,
+}
+
+impl AffinityArgs {
+    /// `--affinity-timeout` in seconds, if given: whole seconds, 1s to 24h.
+    fn timeout_s(&self) -> Result<Option<u32>, CliError> {
+        let Some(v) = &self.affinity_timeout else {
+            return Ok(None);
+        };
+        let ms = spec::duration_ms("--affinity-timeout", v)?;
+        let max = model::Affinity::MAX_TIMEOUT_S;
+        if ms % 1000 != 0 || ms / 1000 > max {
+            return Err(CliError::Msg(format!(
+                "--affinity-timeout: {v:?} must be whole seconds, 1s to 24h (as in 30s, 10m, 1h)"
+            )));
+        }
+        Ok(Some(ms / 1000))
+    }
+
+    /// The affinity a new service gets.
+    fn create(&self) -> Result<Option<model::Affinity>, CliError> {
+        let t = self.timeout_s()?;
+        match (self.affinity, t) {
+            (Some(AffinityArg::ClientIp), t) => Ok(Some(model::Affinity::ClientIp {
+                timeout_s: t.unwrap_or(model::Affinity::DEFAULT_TIMEOUT_S),
+            })),
+            (_, Some(_)) => Err(CliError::Msg(
+                "--affinity-timeout needs --affinity client-ip".into(),
+            )),
+            (_, None) => Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AffinityArg {
+    None,
+    ClientIp,
+}
+
+impl From<AffinityArg> for model::AffinityMode {
+    fn from(a: AffinityArg) -> Self {
+        match a {
+            AffinityArg::None => model::AffinityMode::None,
+            AffinityArg::ClientIp => model::AffinityMode::ClientIp,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 struct TimeoutArgs {
     /// Idle timeout of an established TCP connection (7200 unless set; Swarm cuts at 900)
     #[arg(long, value_name = "SECONDS")]
@@ -619,9 +708,11 @@ struct ServiceUpdateArgs {
     /// Change the client-IP mode
     #[arg(long, value_enum)]
     client_ip: Option<ClientIpArg>,
-    /// Change the scheduler
+    /// Change the scheduler (see `service create --help`)
     #[arg(long, value_enum)]
     scheduler: Option<SchedulerArg>,
+    #[command(flatten)]
+    affinity: AffinityArgs,
     #[command(flatten)]
     timeouts: TimeoutArgs,
     #[command(flatten)]
@@ -658,6 +749,9 @@ enum ClientIpArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SchedulerArg {
     Rr,
+    Wrr,
+    Lc,
+    Wlc,
     Maglev,
 }
 
@@ -692,6 +786,9 @@ impl From<SchedulerArg> for model::SchedulerKind {
     fn from(a: SchedulerArg) -> Self {
         match a {
             SchedulerArg::Rr => model::SchedulerKind::Rr,
+            SchedulerArg::Wrr => model::SchedulerKind::Wrr,
+            SchedulerArg::Lc => model::SchedulerKind::Lc,
+            SchedulerArg::Wlc => model::SchedulerKind::Wlc,
             SchedulerArg::Maglev => model::SchedulerKind::Maglev,
         }
     }
@@ -1061,6 +1158,7 @@ fn service_create(ctx: &Ctx, a: ServiceCreateArgs) -> Result<(), CliError> {
     svc.endpoint_mode = a.endpoint_mode.into();
     svc.client_ip = a.client_ip.into();
     svc.scheduler = a.scheduler.into();
+    svc.affinity = a.affinity.create()?;
     if let Some(t) = a.timeouts.update() {
         svc.timeouts.tcp_established = t.tcp_established.unwrap_or(svc.timeouts.tcp_established);
         svc.timeouts.tcp_transitory = t.tcp_transitory.unwrap_or(svc.timeouts.tcp_transitory);
@@ -1100,6 +1198,8 @@ fn service_update(ctx: &Ctx, a: ServiceUpdateArgs) -> Result<(), CliError> {
         endpoint_mode: a.endpoint_mode.map(Into::into),
         client_ip: a.client_ip.map(Into::into),
         scheduler: a.scheduler.map(Into::into),
+        affinity: a.affinity.affinity.map(Into::into),
+        affinity_timeout_s: a.affinity.timeout_s()?,
         timeouts: a.timeouts.update(),
         network_rm: a.network_rm.clone(),
         task_rm: a.task_rm.clone(),
@@ -1531,6 +1631,72 @@ mod tests {
         assert_eq!(cli.format, Format::Json);
         assert_eq!(cli.timeout, Duration::from_millis(2500));
         assert!(Cli::try_parse_from(["meshctl", "--timeout", "0", "stats"]).is_err());
+    }
+
+    #[test]
+    fn affinity_flags_make_the_affinity_or_say_what_is_missing() {
+        let parse = |args: &[&str]| -> AffinityArgs {
+            let mut v = vec!["meshctl", "service", "create", "--name", "web"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Top::Service(ServiceCmd::Create(a)) => a.affinity,
+                other => panic!("{other:?}"),
+            }
+        };
+        let made = |args: &[&str]| parse(args).create();
+        assert_eq!(made(&[]).unwrap(), None);
+        assert_eq!(made(&["--affinity", "none"]).unwrap(), None);
+        assert_eq!(
+            made(&["--affinity", "client-ip"]).unwrap(),
+            Some(Affinity::ClientIp {
+                timeout_s: Affinity::DEFAULT_TIMEOUT_S
+            })
+        );
+        assert_eq!(
+            made(&["--affinity", "client-ip", "--affinity-timeout", "10m"]).unwrap(),
+            Some(Affinity::ClientIp { timeout_s: 600 })
+        );
+        let msg = |args: &[&str]| match made(args) {
+            Err(CliError::Msg(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            msg(&["--affinity-timeout", "10m"]),
+            "--affinity-timeout needs --affinity client-ip"
+        );
+        assert!(
+            msg(&["--affinity", "client-ip", "--affinity-timeout", "1500ms"])
+                .contains("must be whole seconds, 1s to 24h")
+        );
+        assert!(
+            msg(&["--affinity", "client-ip", "--affinity-timeout", "25h"])
+                .contains("must be whole seconds, 1s to 24h")
+        );
+        assert!(
+            msg(&["--affinity", "client-ip", "--affinity-timeout", "0s"])
+                .contains("is out of range")
+        );
+        assert!(Cli::try_parse_from([
+            "meshctl",
+            "service",
+            "create",
+            "--name",
+            "w",
+            "--scheduler",
+            "wlc"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from([
+            "meshctl",
+            "service",
+            "update",
+            "--affinity",
+            "none",
+            "--scheduler",
+            "lc",
+            "web"
+        ])
+        .is_ok());
     }
 
     fn state_with_appnet() -> State {

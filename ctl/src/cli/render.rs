@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use ctl::apply::task_slot;
 use ctl::model::{
-    Availability, ClientIpMode, EndpointMode, HealthCheck, HealthTest, Network, Node, Protocol,
-    PsTask, PublishMode, PublishedPort, SchedulerKind, Service, Task, TaskState,
+    Affinity, Availability, ClientIpMode, EndpointMode, HealthCheck, HealthTest, Network, Node,
+    Protocol, PsTask, PublishMode, PublishedPort, SchedulerKind, Service, Task, TaskState,
 };
 use serde::Serialize;
 
@@ -419,10 +419,42 @@ struct Spec {
     #[serde(rename = "ClientIP")]
     client_ip: ClientIpMode,
     scheduler: SchedulerKind,
+    /// Source-IP affinity (meshd's own; absent when off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    affinity: Option<DockerAffinity>,
     idle_timeouts: DockerTimeouts,
     /// Passive health (meshd's own; absent when off).
     #[serde(skip_serializing_if = "Option::is_none")]
     outlier_detection: Option<DockerOutlier>,
+}
+
+/// Source-IP affinity: `{"Mode": "client-ip", "Timeout": "10m0s"}`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerAffinity {
+    mode: &'static str,
+    timeout: String,
+}
+
+impl DockerAffinity {
+    fn of(a: Affinity) -> Self {
+        match a {
+            Affinity::ClientIp { timeout_s } => DockerAffinity {
+                mode: "client-ip",
+                timeout: go_duration(timeout_s),
+            },
+        }
+    }
+}
+
+/// Whole seconds as Go prints a `time.Duration`: `45s`, `10m0s`, `1h30m0s`.
+fn go_duration(secs: u32) -> String {
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
 }
 
 /// Passive health as Envoy names its outlier detection settings.
@@ -499,6 +531,7 @@ pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
             },
             client_ip: svc.client_ip,
             scheduler: svc.scheduler,
+            affinity: svc.affinity.map(DockerAffinity::of),
             outlier_detection: (!svc.outlier.is_off()).then(|| DockerOutlier {
                 consecutive: svc.outlier.consecutive,
                 base_ejection_time: format!("{}ms", svc.outlier.eject_ms),
@@ -766,6 +799,19 @@ mod tests {
         );
         assert_eq!(v["Tasks"][0]["Addresses"][1]["Addr"], "10.0.1.11/24");
         assert!(v["Spec"]["TaskTemplate"].get("ContainerSpec").is_none());
+
+        assert!(v["Spec"].get("Affinity").is_none());
+        let mut sticky = web();
+        sticky.scheduler = SchedulerKind::Wrr;
+        sticky.affinity = Some(Affinity::ClientIp { timeout_s: 5400 });
+        let v = serde_json::to_value(docker_inspect(&sticky, &[appnet()])).unwrap();
+        assert_eq!(v["Spec"]["Scheduler"], "wrr");
+        assert_eq!(
+            v["Spec"]["Affinity"],
+            json!({"Mode": "client-ip", "Timeout": "1h30m0s"})
+        );
+        assert_eq!(go_duration(45), "45s");
+        assert_eq!(go_duration(600), "10m0s");
 
         let mut checked = web();
         checked.health = Some(HealthCheck {

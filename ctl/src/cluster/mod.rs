@@ -565,6 +565,7 @@ fn bare(s: &Service) -> Service {
         timeouts,
         client_ip,
         scheduler,
+        affinity,
         health,
         outlier,
         tasks: _,
@@ -577,6 +578,7 @@ fn bare(s: &Service) -> Service {
         timeouts: *timeouts,
         client_ip: *client_ip,
         scheduler: *scheduler,
+        affinity: *affinity,
         health: health.clone(),
         outlier: *outlier,
         tasks: Vec::new(),
@@ -649,6 +651,25 @@ mod tests {
             s.services.push(svc);
         }
         s
+    }
+
+    #[test]
+    fn a_services_scheduler_and_affinity_go_through_its_key() {
+        let mut s = state(1, &[("web", 2)]);
+        s.services[0].scheduler = crate::model::SchedulerKind::Wlc;
+        s.services[0].affinity = Some(crate::model::Affinity::ClientIp { timeout_s: 600 });
+        s.services[0].tasks[1].weight = 3;
+        let keys = to_keys(&s);
+        let back = from_keys(keys.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        assert_eq!(back, canonical(&s));
+        assert_eq!(back.services[0].affinity, s.services[0].affinity);
+        assert_eq!(back.services[0].scheduler, crate::model::SchedulerKind::Wlc);
+        // A key written before affinity existed reads as affinity off.
+        let web = String::from_utf8(keys["/meshd/v1/services/web"].clone()).unwrap();
+        let old = web.replace(r#","affinity":{"client_ip":{"timeout_s":600}}"#, "");
+        assert_ne!(old, web);
+        let svc: Service = serde_json::from_str(&old).unwrap();
+        assert_eq!(svc.affinity, None);
     }
 
     #[test]

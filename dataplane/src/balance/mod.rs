@@ -1,7 +1,9 @@
 //! Balancing: the compiled service table and the schedulers that pick a task for a new flow.
 //!
-//! Round-robin (the default) is strict rotation over a balancer's eligible backends, with the
-//! rotation counter kept per worker ([`sched::Scheduler`]); Maglev is the alternative per service.
+//! Each service picks its scheduler: strict rotation (`rr`, the default), smooth weighted
+//! round-robin (`wrr`), least connections (`lc`, `wlc`) or Maglev, with source-IP affinity in
+//! front of any of them; every worker keeps its own state ([`sched::Scheduler`]). See
+//! docs/schedulers.md for what each promises.
 
 pub mod maglev;
 pub mod sched;

@@ -185,6 +185,10 @@ pub struct Backend {
     pub addr: Ipv4Address,
     pub node: NodeIdx,
     pub local: bool,
+    /// The weight its balancer's scheduler gives it: the task's for the weighted schedulers
+    /// (wrr, wlc, maglev), else 1 (rr and lc ignore weights, as IPVS's do). Never 0: a task of
+    /// weight 0 is no backend.
+    pub weight: u32,
 }
 
 /// What spreads a published port's or a VIP's new flows.
@@ -196,7 +200,14 @@ pub struct Balancer {
     /// here too: the pick skips them ([`ServiceTable::down`]).
     pub backends: Arc<[Backend]>,
     pub scheduler: SchedulerKind,
+    /// The backends' Maglev table: for the Maglev scheduler, and for source-IP affinity's
+    /// first pick (hashed by the client's address).
     pub maglev: Option<Arc<Maglev>>,
+    /// Source-IP affinity's timeout in milliseconds; 0: no affinity.
+    pub affinity_ms: u32,
+    /// The balancer's identity across tables and nodes (its service's name, and its network
+    /// or published port): what a worker remembers a client's task under.
+    pub key: u64,
 }
 
 /// A published port on this node.
@@ -305,6 +316,15 @@ fn task_uid(svc: &str, t: &model::Task) -> u64 {
         eat(&a.addr.octets());
     }
     h
+}
+
+/// A name's hash, alike on every node and in every process (no random seed).
+fn name_hash(bytes: &[u8]) -> u64 {
+    bytes.chunks(8).fold(mix64(bytes.len() as u64), |h, chunk| {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        mix64(h ^ u64::from_le_bytes(w)).rotate_left(7)
+    })
 }
 
 /// What compiling one service needs to know of the rest: this node, and the nodes and
@@ -780,7 +800,9 @@ impl ServiceTable {
         }
         let mut bals = Vec::new();
         let mut slots = Vec::new();
-        let mk_balancer = |net: NetIdx, local_only: bool, tasks: &Vec<TaskEntry>| {
+        let affinity_ms = s.affinity.map_or(0, |a| a.timeout_s().saturating_mul(1000));
+        let weighted = s.scheduler.weighted();
+        let mk_balancer = |net: NetIdx, local_only: bool, key: u64, tasks: &Vec<TaskEntry>| {
             let net_name = &state.networks[usize::from(net)].name;
             // `sorted[k]` is the task `ids[k]` was made from (no search by name: a
             // service of many tasks compiles in linear time).
@@ -797,15 +819,16 @@ impl ServiceTable {
                         addr: ip(addr),
                         node: te.node,
                         local,
+                        weight: if weighted { te.weight.max(1) } else { 1 },
                     })
                 })
                 .collect();
-            let maglev = (s.scheduler == SchedulerKind::Maglev).then(|| {
+            let maglev = (s.scheduler == SchedulerKind::Maglev || affinity_ms > 0).then(|| {
                 let bs: Vec<maglev::Backend> = backends
                     .iter()
                     .map(|b| maglev::Backend {
                         id: b.uid,
-                        weight: tasks[b.task as usize].weight,
+                        weight: b.weight,
                     })
                     .collect();
                 Arc::new(Maglev::build(&bs))
@@ -816,12 +839,17 @@ impl ServiceTable {
                 backends: backends.into(),
                 scheduler: s.scheduler,
                 maglev,
+                affinity_ms,
+                key,
             }
         };
+        let svc_key = name_hash(s.name.as_bytes());
         for sn in &s.networks {
             if let (Some(vip), Some(&net)) = (sn.vip, ctx.nets.get(sn.network.as_str())) {
                 let bal = self.balancers.len() as BalIdx;
-                self.balancers.push(mk_balancer(net, false, &self.tasks));
+                let bkey = mix64(svc_key ^ u64::from(state.networks[usize::from(net)].vni));
+                self.balancers
+                    .push(mk_balancer(net, false, bkey, &self.tasks));
                 bals.push(bal);
                 self.addrs.insert(
                     key(ip(vip)),
@@ -845,8 +873,13 @@ impl ServiceTable {
                 continue;
             }
             let bal = self.balancers.len() as BalIdx;
+            let proto = match p.protocol {
+                Protocol::Tcp => 6u64,
+                Protocol::Udp => 17,
+            };
+            let bkey = mix64(svc_key ^ (1 << 40 | proto << 16 | u64::from(p.published)));
             self.balancers
-                .push(mk_balancer(net, local_only, &self.tasks));
+                .push(mk_balancer(net, local_only, bkey, &self.tasks));
             bals.push(bal);
             let slot = match p.protocol {
                 Protocol::Tcp => 0,

@@ -446,6 +446,17 @@ pub enum InsertError {
     Full,
 }
 
+/// Where flow `f` is counted in [`FlowTable::active`]: its counters slot when a scheduler picked
+/// its task (ingress and VIP flows), else past the end (a return route was balanced by another
+/// node; a flow without a slot is not counted).
+#[inline]
+fn active_slot(f: &Flow) -> usize {
+    match f.kind {
+        FlowKind::ReturnRoute => usize::MAX,
+        FlowKind::Ingress | FlowKind::Vip => usize::from(f.stats_slot),
+    }
+}
+
 /// A flow removed by [`FlowTable::sweep`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reaped {
@@ -473,7 +484,16 @@ pub struct FlowTable {
     /// Reverse keys of flows inserted with [`FlowTable::insert_deferred`] whose slot is still to
     /// be written: (flow id, key, hash).
     pending: arrayvec::ArrayVec<(u32, FlowKey, u64), PENDING>,
+    /// Live balanced flows (ingress and VIP: those a scheduler picked a task for) per task
+    /// counters slot ([`Flow::stats_slot`]), for the least-connections schedulers. Kept where
+    /// every flow is made ([`FlowTable::claim`]) and ends ([`FlowTable::remove`]: expiry, end,
+    /// eviction), so no way out is missed. Slots from [`ACTIVE_SLOTS`] up are not counted.
+    active: Box<[u32]>,
 }
+
+/// Task counters slots whose live flows a [`FlowTable`] counts (the pipeline's
+/// `TaskCounters` hands out slots below this; a const assertion there says so).
+pub const ACTIVE_SLOTS: usize = 1 << 14;
 
 /// Most reverse slots [`FlowTable::insert_deferred`] holds back (a burst's worth).
 const PENDING: usize = 32;
@@ -538,6 +558,7 @@ impl FlowTable {
             evicted: 0,
             refused: 0,
             pending: arrayvec::ArrayVec::new(),
+            active: vec![0u32; ACTIVE_SLOTS].into_boxed_slice(),
         };
         let mut dropped = 0;
         for id in 0..capacity as u32 {
@@ -558,7 +579,27 @@ impl FlowTable {
             .rev()
             .filter(|&id| !t.flows[id as usize].live)
             .collect();
+        t.recount_active();
         (t, dropped)
+    }
+
+    /// Counts the live balanced flows per counters slot again, from the flows (after their
+    /// slots were changed: flows adopted from a meshd before this one).
+    pub fn recount_active(&mut self) {
+        self.active.fill(0);
+        for f in self.flows.iter().filter(|f| f.live) {
+            if let Some(n) = self.active.get_mut(active_slot(f)) {
+                *n += 1;
+            }
+        }
+    }
+
+    /// Live balanced flows (ingress and VIP) per task counters slot: the active connections
+    /// each task has from this table's worker. Indexed by [`Flow::stats_slot`]; a slot past
+    /// the end is not counted.
+    #[inline]
+    pub fn active(&self) -> &[u32] {
+        &self.active
     }
 
     pub fn len(&self) -> usize {
@@ -740,6 +781,9 @@ impl FlowTable {
         };
         self.flows[id as usize] = flow;
         self.len += 1;
+        if let Some(n) = self.active.get_mut(active_slot(&flow)) {
+            *n += 1;
+        }
         Ok(id)
     }
 
@@ -792,6 +836,9 @@ impl FlowTable {
         self.flows[id as usize].live = false;
         self.free.push(id);
         self.len -= 1;
+        if let Some(n) = self.active.get_mut(active_slot(&f)) {
+            *n = n.saturating_sub(1);
+        }
         Some(f)
     }
 
@@ -1001,6 +1048,46 @@ mod tests {
         t.remove(id1);
         assert_eq!(t.lookup(&k1, k1.hash()), None);
         assert_eq!(t.lookup(&k2, k2.hash()), Some((id2, Dir::Fwd)));
+    }
+
+    #[test]
+    fn live_balanced_flows_are_counted_per_slot_until_they_end_however_they_end() {
+        let mut t = FlowTable::new(16);
+        let mk = |i: u32, kind: FlowKind, slot: u16| {
+            let mut f = flow(i, 0);
+            f.kind = kind;
+            f.stats_slot = slot;
+            f.rev_stats_slot = slot;
+            f
+        };
+        let a = t.insert(mk(1, FlowKind::Ingress, 3), 0).unwrap();
+        t.insert(mk(2, FlowKind::Vip, 3), 0).unwrap();
+        t.insert(mk(3, FlowKind::Ingress, 5), 0).unwrap();
+        // A return route was balanced elsewhere; a flow without a slot is not counted.
+        t.insert(mk(4, FlowKind::ReturnRoute, 5), 0).unwrap();
+        t.insert(mk(5, FlowKind::Ingress, u16::MAX), 0).unwrap();
+        assert_eq!((t.active()[3], t.active()[5]), (2, 1));
+        t.remove(a).unwrap();
+        assert!(t.remove(a).is_none(), "ended once");
+        assert_eq!(t.active()[3], 1);
+        // Filled up, new flows evict (none is established): the counts follow, as counted
+        // afresh from the flows.
+        for i in 10..30 {
+            t.insert(mk(i, FlowKind::Ingress, 7), 0).unwrap();
+        }
+        assert!(t.evicted > 0);
+        let kept = t.active().to_vec();
+        t.recount_active();
+        assert_eq!(kept, t.active());
+        // Expired by the sweep: nothing left counted.
+        // (A sweep stops where a pass ends: two calls see every place whatever the cursor.)
+        for _ in 0..2 {
+            t.sweep(u32::MAX / 2, 64, |_| true, |_| {}, |_| {});
+        }
+        assert_eq!((t.len(), t.active().iter().sum::<u32>()), (0, 0));
+        t.insert(mk(40, FlowKind::Vip, 9), 0).unwrap();
+        t.recount_active();
+        assert_eq!(t.active()[9], 1);
     }
 
     #[test]

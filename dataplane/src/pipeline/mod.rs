@@ -7,7 +7,7 @@
 //! field is read; every index is bounded by those checks).
 //!
 //! Paths (see DESIGN.md):
-//! - uplink → published port: flow lookup; on a miss a task is picked (round-robin or Maglev),
+//! - uplink → published port: flow lookup; on a miss a task is picked (the service's scheduler),
 //!   the flow recorded, the packet DNAT'ed (and masqueraded in Swarm's mode) and delivered on the
 //!   tasks port or VXLAN-encapsulated to the task's node;
 //! - uplink → VXLAN from a peer VTEP: decapsulated, then routed in its overlay network;
@@ -39,6 +39,7 @@ use smoltcp::wire::{
     Ipv4Address, TcpPacket, UdpPacket,
 };
 
+use crate::balance::sched::NewFlow;
 use crate::balance::{AddrKind, Scheduler, ServiceTable};
 use crate::buf::{PacketBuf, Pool, PortId};
 use crate::flow::{
@@ -71,6 +72,9 @@ pub enum Verdict {
 
 /// How many tasks each worker keeps packet, byte and connection counters for.
 pub const MAX_COUNTED_TASKS: usize = 8192;
+
+// Every counters slot a worker hands out has its live flows counted (least connections).
+const _: () = assert!((MAX_COUNTED_TASKS * 2).next_power_of_two() <= flow::ACTIVE_SLOTS);
 
 /// One verdict per frame of a burst, in order.
 pub type Verdicts = ArrayVec<Verdict, BURST>;
@@ -256,6 +260,7 @@ impl Pipeline {
                 };
                 f.readopt(0, slot);
             }
+            flows.recount_active();
         }
         Pipeline {
             cfg,
@@ -340,6 +345,8 @@ impl Pipeline {
     fn count_new(&mut self, slot: u16) {
         self.stats.new_flows += 1;
         self.stats.flows_evicted = self.flows.evicted;
+        self.stats.affinity_full = self.sched.affinity_full;
+        self.stats.sched_uncounted = self.sched.uncounted;
         self.task_stats.add(slot, 0, 0, 1);
     }
 
@@ -368,11 +375,12 @@ impl Pipeline {
         self.recheck > 0
     }
 
-    /// Adopts a new table: sizes the round-robin state and schedules a full pass over the flows
+    /// Adopts a new table: sizes the scheduler's state and schedules a full pass over the flows
     /// to end those whose task is gone. Called by `process` when the generation changes; this is
     /// the only place the pipeline may allocate, and only when the table grew.
     fn adopt(&mut self, table: &ServiceTable) {
-        self.sched.adopt(table);
+        let task_stats = &mut self.task_stats;
+        self.sched.adopt(table, |uid| task_stats.slot(uid));
         self.generation = table.generation;
         self.recheck = self.flows.capacity();
         let uplink = self.cfg.uplink_mtu;
@@ -551,8 +559,12 @@ impl Pipeline {
         // Fix (found by the simulation): Maglev must pick the same task for a client's flow on
         // every ingress node, but the flow key's destination is this node's own address, which
         // differs on each; schedule on a hash of the flow without it.
-        let sched_hash = FlowKey::new(l3.proto, l3.src, l3.sport, 0, l3.dport).hash();
-        let Some(b) = self.sched.pick(t, p.balancer, sched_hash) else {
+        let pick = NewFlow {
+            hash: FlowKey::new(l3.proto, l3.src, l3.sport, 0, l3.dport).hash(),
+            client: l3.src,
+            now,
+        };
+        let Some(b) = self.sched.pick(t, p.balancer, pick, self.flows.active()) else {
             // No task to take it: refuse like a closed port.
             return Ok(Verdict::Host(HostReason::NoTask));
         };
@@ -901,7 +913,12 @@ impl Pipeline {
                 if let Some(v) = self.may_open(&l3, now)? {
                     return Ok(v);
                 }
-                let Some(b) = self.sched.pick(t, balancer, hash) else {
+                let pick = NewFlow {
+                    hash,
+                    client: l3.src,
+                    now,
+                };
+                let Some(b) = self.sched.pick(t, balancer, pick, self.flows.active()) else {
                     return Ok(Verdict::Host(HostReason::NoTask));
                 };
                 let svc = &t.services[usize::from(service)];

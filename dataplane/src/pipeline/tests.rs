@@ -2421,3 +2421,184 @@ fn a_walk_lists_the_flows_it_matches_with_their_state_and_counts_and_rm_resets_t
         Verdict::Tx(PortId::Tasks)
     );
 }
+
+// ---- schedulers: wrr and source-IP affinity, frames through the pipeline ----------------
+
+/// `three_nodes` with web.1 (n2) at weight 3 and web.2 (n3) at weight 1, balanced by
+/// `scheduler`, with source-IP affinity when `affinity_s` is given.
+fn scheduled(scheduler: ctl::model::SchedulerKind, affinity_s: Option<u32>) -> ctl::model::State {
+    let mut s = three_nodes();
+    let web = &mut s.services[0];
+    web.scheduler = scheduler;
+    web.tasks[0].weight = 3;
+    web.tasks[1].weight = 1;
+    web.affinity = affinity_s.map(|timeout_s| ctl::model::Affinity::ClientIp { timeout_s });
+    s
+}
+
+/// A client's SYN to `node`'s published port 8080, on the worker that owns it.
+fn syn_to(node: u32, client: u32, sport: u16, workers: u16) -> (usize, PacketBuf) {
+    let f = tcp_seg(
+        (CLIENT_MAC, Config::default().uplink_mac),
+        client,
+        sport,
+        node,
+        8080,
+        TcpControl::Syn,
+        false,
+        None,
+        b"",
+        false,
+    );
+    (
+        usize::from(flow::owner_of(client, sport, workers)),
+        PacketBuf::from_frame(PortId::Uplink, &f),
+    )
+}
+
+/// The task address each frame sent went to (the inner destination of VXLAN, else the
+/// frame's own), in order.
+fn task_of(out: &[(PortId, Vec<u8>)]) -> Vec<u32> {
+    out.iter()
+        .map(|(_, f)| {
+            let l3 = parse_ipv4(f, ETH, true).unwrap();
+            if l3.proto == UDP && l3.dport == 4789 {
+                parse_ipv4(f, vxlan::ENCAP_LEN + ETH, true).unwrap().dst
+            } else {
+                l3.dst
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn wrr_spreads_new_connections_by_weight_interleaved_through_the_pipeline() {
+    use ctl::model::SchedulerKind;
+    // One worker: exactly 3 to 1, and within one connection of that after every SYN.
+    let (t, mut ps) = node_of(&scheduled(SchedulerKind::Wrr, None), "n1", 1);
+    let input: Vec<_> = (0..40u32)
+        .map(|i| syn_to(N1, 0x0a09_0100 + i, 40000, 1))
+        .collect();
+    let (out, seen) = drive(&mut ps, &t, 1, input);
+    assert!(
+        seen.iter().all(|v| *v == Verdict::Tx(PortId::Uplink)),
+        "{seen:?}"
+    );
+    let to = task_of(&out);
+    assert_eq!(to.len(), 40);
+    let mut web1 = 0i64;
+    for (k, &a) in to.iter().enumerate() {
+        web1 += i64::from(a == WEB1);
+        let k = k as i64 + 1;
+        assert!(
+            (web1 * 4 - 3 * k).abs() < 4,
+            "after {k}: {web1} to web.1 ({to:x?})"
+        );
+    }
+    assert_eq!(web1, 30);
+    // rr on the same weights: one each in turn.
+    let (t, mut ps) = node_of(&scheduled(SchedulerKind::Rr, None), "n1", 1);
+    let input: Vec<_> = (0..40u32)
+        .map(|i| syn_to(N1, 0x0a09_0100 + i, 40000, 1))
+        .collect();
+    let to = task_of(&drive(&mut ps, &t, 1, input).0);
+    assert_eq!(to.iter().filter(|&&a| a == WEB1).count(), 20);
+    // Two workers, each its own rotation: the total is within one per worker of 3 to 1.
+    let (t, mut ps) = node_of(&scheduled(SchedulerKind::Wrr, None), "n1", 2);
+    let input: Vec<_> = (0..200u16)
+        .map(|i| syn_to(N1, 0x0a09_0009, 30000 + i, 2))
+        .collect();
+    let to = task_of(&drive(&mut ps, &t, 1, input).0);
+    assert_eq!(to.len(), 200);
+    let web1 = to.iter().filter(|&&a| a == WEB1).count() as i64;
+    assert!((web1 * 4 - 3 * 200).abs() < 2 * 4, "{web1} of 200");
+}
+
+#[test]
+fn affinity_sends_a_clients_connections_to_one_task_on_every_node_and_worker() {
+    use ctl::model::SchedulerKind;
+    let state = scheduled(SchedulerKind::Rr, Some(600));
+    let nodes = [("n1", N1), ("n3", 0xc0a8_010d)];
+    let clients: Vec<u32> = (0..24).map(|i| 0x0a09_0200 + i * 7).collect();
+    // Each client's task, by the node it connected through.
+    let mut task: std::collections::HashMap<u32, u32> = Default::default();
+    let mut tables = Vec::new();
+    for (name, addr) in nodes {
+        let (t, mut ps) = node_of(&state, name, 2);
+        for &c in &clients {
+            let input: Vec<_> = (0..6u16).map(|k| syn_to(addr, c, 40000 + k, 2)).collect();
+            let (out, _) = drive(&mut ps, &t, 1, input);
+            let to = task_of(&out);
+            assert_eq!(to.len(), 6, "{name}");
+            assert!(
+                to.iter().all(|&a| a == to[0]),
+                "{name}: {c:x} went to {to:x?}"
+            );
+            assert_eq!(*task.entry(c).or_insert(to[0]), to[0], "{c:x} on {name}");
+        }
+        tables.push((t, ps));
+    }
+    // Both tasks have clients (weights ignored by rr: about half each).
+    let web1 = task.values().filter(|&&a| a == WEB1).count();
+    assert!((4..=20).contains(&web1), "{web1} of 24 on web.1");
+    // A task added on n1: n1's workers keep each client they saw where it was.
+    let mut more = state.clone();
+    more.services[0].tasks.push(crate::testkit::task(
+        "web.3",
+        "n1",
+        &[
+            ("ingress", std::net::Ipv4Addr::new(10, 0, 0, 13)),
+            ("appnet", std::net::Ipv4Addr::new(10, 0, 1, 13)),
+        ],
+    ));
+    let t2 = ServiceTable::build(&more, "n1", 2).unwrap();
+    let (_, ps) = &mut tables[0];
+    for &c in &clients {
+        // New connections on the workers that saw the client.
+        let input: Vec<_> = (0..40u16)
+            .map(|k| syn_to(N1, c, 41000 + k, 2))
+            .filter(|(w, _)| (0..6u16).any(|k| usize::from(flow::owner_of(c, 40000 + k, 2)) == *w))
+            .collect();
+        let to = task_of(&drive(ps, &t2, 2, input).0);
+        assert!(to.iter().all(|&a| a == task[&c]), "{c:x}: {to:x?}");
+    }
+    assert_eq!(ps.iter().map(|p| p.stats.affinity_full).sum::<u64>(), 0);
+}
+
+#[test]
+fn lc_counts_a_connection_until_its_flow_ends_through_the_pipeline() {
+    use ctl::model::SchedulerKind;
+    let (t, mut ps) = node_of(&scheduled(SchedulerKind::Lc, None), "n1", 1);
+    let web2 = 0x0a00_000c;
+    let syns = |ps: &mut Vec<Pipeline>, now: u64, sports: std::ops::Range<u16>| {
+        let input: Vec<_> = sports.map(|sp| syn_to(N1, CLIENT, sp, 1)).collect();
+        task_of(&drive(ps, &t, now, input).0)
+    };
+    // Weights 3 and 1 mean nothing to lc: at 1 ms one connection to web.1, then at 5 s three
+    // more fill the least loaded first, a tie going to the next in turn: web.2, web.1, web.2.
+    assert_eq!(syns(&mut ps, 1, 40000..40001), [WEB1]);
+    assert_eq!(syns(&mut ps, 5000, 40001..40004), [web2, WEB1, web2]);
+    let slot = |p: &mut Pipeline, addr: u32| {
+        let uid = t
+            .balancer(t.published(IpProtocol::Tcp, 8080).unwrap().balancer)
+            .backends
+            .iter()
+            .find(|b| ipkey(b.addr) == addr)
+            .unwrap()
+            .uid;
+        usize::from(p.task_stats.slot(uid))
+    };
+    let (s1, s2) = (slot(&mut ps[0], WEB1), slot(&mut ps[0], web2));
+    assert_eq!((ps[0].flows.active()[s1], ps[0].flows.active()[s2]), (2, 2));
+    // At 10.5 s the first SYN, never answered, has expired (half-open: 10 s): web.1 has one
+    // connection to web.2's two, and takes the next.
+    let mut pool = Pool::new(64);
+    let mut out = Burst::new();
+    // (Each call sweeps part of the 64 K flow places: a full pass.)
+    for k in 0..20 {
+        ps[0].maintain(&t, 10_500 + 16 * k, &mut pool, &mut out);
+    }
+    assert_eq!(ps[0].stats.flows_expired, 1);
+    assert_eq!((ps[0].flows.active()[s1], ps[0].flows.active()[s2]), (1, 2));
+    assert_eq!(syns(&mut ps, 11_000, 40010..40011), [WEB1]);
+}
