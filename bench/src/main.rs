@@ -42,6 +42,10 @@ enum Cmd {
         /// across restarts costs the fast path. The file is removed at the end.
         #[arg(long, value_name = "FILE")]
         flow_state: Option<std::path::PathBuf>,
+        /// Count packets and bytes per flow, as meshd --flow-accounting does: what the
+        /// counters cost the fast path.
+        #[arg(long)]
+        flow_accounting: bool,
     },
     /// Memory latency by working-set size (a random pointer chase, one 64-byte line a load):
     /// how much last-level cache one core really gets here. On a shared VM it is far less than
@@ -87,6 +91,7 @@ fn main() {
             only,
             flows: only_flows,
             flow_state,
+            flow_accounting,
         } => {
             let (packets, sizes, storm): (usize, [usize; 3], usize) = if quick {
                 (200_000, [1 << 10, 1 << 12, 1 << 14], 100_000)
@@ -135,6 +140,7 @@ fn main() {
                     packets,
                     repeats,
                     flow_state.as_deref(),
+                    flow_accounting,
                 ));
                 if let Some(p) = &flow_state {
                     let _ = std::fs::remove_file(p);

@@ -325,9 +325,20 @@ impl Scenario {
     }
 
     /// As [`Scenario::new`], with the flow table in a flow-state file at `kept` when given.
+    pub fn new_kept(kind: Kind, flows: usize, kept: Option<&std::path::Path>) -> Scenario {
+        Self::with(kind, flows, kept, false)
+    }
+
+    /// A scenario whose flows are kept in `kept` (a flow-state file) or on the heap, with
+    /// per-flow packet and byte counts when `accounting` (meshd's `--flow-accounting`).
     // Casts: a remainder below 64,000, and flow counts below 2^32.
     #[allow(clippy::cast_possible_truncation)]
-    pub fn new_kept(kind: Kind, flows: usize, kept: Option<&std::path::Path>) -> Scenario {
+    pub fn with(
+        kind: Kind,
+        flows: usize,
+        kept: Option<&std::path::Path>,
+        accounting: bool,
+    ) -> Scenario {
         let state = if kind.sealed() {
             sealed_state()
         } else {
@@ -346,6 +357,7 @@ impl Scenario {
             uplink_mac: UPLINK_MAC,
             tasks_mac: TASKS_MAC,
             flow_capacity: flows.max(1024),
+            flow_accounting: accounting,
             ..Config::default()
         };
         let (pipeline, kept) = pipeline_over(cfg, neigh, kept);
@@ -667,7 +679,7 @@ pub struct Measured {
 /// Runs `kind` with `flows` flows for about `packets` packets (best of `repeats` runs; the
 /// machine is shared and noisy, the best run is the one least disturbed).
 pub fn measure(kind: Kind, flows: usize, packets: usize, repeats: usize) -> Measured {
-    measure_kept(kind, flows, packets, repeats, None)
+    measure_kept(kind, flows, packets, repeats, None, false)
 }
 
 /// As [`measure`], with the flow table in a flow-state file at `kept` when given (meshd's
@@ -678,8 +690,9 @@ pub fn measure_kept(
     packets: usize,
     repeats: usize,
     kept: Option<&std::path::Path>,
+    accounting: bool,
 ) -> Measured {
-    let mut s = Scenario::new_kept(kind, flows, kept);
+    let mut s = Scenario::with(kind, flows, kept, accounting);
     let packets = if kind == Kind::NewFlows {
         s.flows
     } else {

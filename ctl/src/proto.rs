@@ -1122,12 +1122,17 @@ pub struct Conn {
     pub idle_ms: u64,
     /// Milliseconds until it expires, idle (the timeout in force, less the idle time).
     pub expires_ms: u64,
-    /// From the client towards the task.
-    pub packets_in: u64,
-    pub bytes_in: u64,
+    /// From the client towards the task; absent unless meshd counts them
+    /// (`--flow-accounting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
     /// From the task back to the client.
-    pub packets_out: u64,
-    pub bytes_out: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
     /// The worker whose flow table holds it.
     pub worker: u16,
 }

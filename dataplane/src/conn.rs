@@ -177,6 +177,8 @@ pub struct Job {
     pub(crate) matched: u64,
     pub(crate) removed: u64,
     pub(crate) reset: u64,
+    /// Whether the worker counts packets and bytes per flow (`--flow-accounting`).
+    pub(crate) accounting: bool,
 }
 
 impl Job {
@@ -191,6 +193,7 @@ impl Job {
             matched: 0,
             removed: 0,
             reset: 0,
+            accounting: false,
         }
     }
 
@@ -316,8 +319,10 @@ fn sock(ip: u32, port: u16) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(ip.into(), port)
 }
 
-/// A row as `conn ls` shows it, with names from table `t`.
-pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row) -> Conn {
+/// A row as `conn ls` shows it, with names from table `t`; packets and bytes when its worker
+/// counts them (`accounting`).
+pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Conn {
+    let count = |i: usize| accounting.then(|| r.flow.counts.get(i).copied().unwrap_or(0));
     let f = &r.flow;
     let [k, _] = f.keys();
     let task = t
@@ -344,10 +349,10 @@ pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row) -> Conn {
         state: state_of(f),
         idle_ms: u64::from(r.idle_ms),
         expires_ms: r.expires_ms,
-        packets_in: f.counts[0],
-        bytes_in: f.counts[1],
-        packets_out: f.counts[2],
-        bytes_out: f.counts[3],
+        packets_in: count(0),
+        bytes_in: count(1),
+        packets_out: count(2),
+        bytes_out: count(3),
         worker: u16::try_from(worker).unwrap_or(u16::MAX),
     }
 }
@@ -380,9 +385,9 @@ pub fn list(
     let connections = jobs
         .iter()
         .enumerate()
-        .flat_map(|(w, j)| j.rows().iter().map(move |r| (w, r)))
+        .flat_map(|(w, j)| j.rows().iter().map(move |r| (w, j.accounting, r)))
         .take(limit as usize)
-        .map(|(w, r)| conn_of(&table, w, r))
+        .map(|(w, a, r)| conn_of(&table, w, r, a))
         .collect();
     Ok(ConnList {
         node: node_name(&table),

@@ -48,6 +48,7 @@ CONFIG FILE (TOML), every key optional and named like its flag:
   state = \"/var/lib/meshd/state.json\"
   flows = 1048576
   new_flows_per_source = 0
+  flow_accounting = false
   busy_poll = false
   io = \"afpacket\"
   rx_ring = \"frames\"
@@ -113,6 +114,11 @@ pub struct Args {
     /// ends; its established ones go on.
     #[arg(long, value_name = "N")]
     pub new_flows_per_source: Option<u16>,
+    /// Count packets and bytes per connection, both ways, for `meshctl conn ls` (off by
+    /// default, as the kernel's nf_conntrack_acct: one more cache line per packet, a quarter
+    /// of the throughput at a million flows; bench pipeline --flow-accounting measures it).
+    #[arg(long)]
+    pub flow_accounting: bool,
     /// Keep workers spinning when idle (lowest latency; a core at 100% each).
     #[arg(long)]
     pub busy_poll: bool,
@@ -214,6 +220,7 @@ struct FileConfig {
     flows: Option<usize>,
     flow_state: Option<PathBuf>,
     new_flows_per_source: Option<u16>,
+    flow_accounting: Option<bool>,
     busy_poll: Option<bool>,
     io: Option<IoMode>,
     dpdk_args: Option<String>,
@@ -291,6 +298,8 @@ pub struct Settings {
     pub flow_state: Option<PathBuf>,
     /// `Config::new_flows_per_source` (0: no limit).
     pub new_flows_per_source: u16,
+    /// `Config::flow_accounting`.
+    pub flow_accounting: bool,
     pub busy_poll: bool,
     pub io: IoMode,
     /// `--dpdk-args`, split at white space.
@@ -515,6 +524,7 @@ impl Args {
                 .new_flows_per_source
                 .or(file.new_flows_per_source)
                 .unwrap_or(0),
+            flow_accounting: self.flow_accounting || file.flow_accounting.unwrap_or(false),
             busy_poll: self.busy_poll || file.busy_poll.unwrap_or(false),
             io,
             dpdk_args,
@@ -698,6 +708,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
             flow_capacity: s.flows,
             uplink_mtu,
             new_flows_per_source: s.new_flows_per_source,
+            flow_accounting: s.flow_accounting,
             ..Config::default()
         };
         let idle = if s.busy_poll {

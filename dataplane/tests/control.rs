@@ -62,7 +62,10 @@ impl Daemon {
         let (tk, tk_peer) = mem::link(64);
         let mut w = Worker::new(
             0,
-            Config::default(),
+            Config {
+                flow_accounting: true,
+                ..Config::default()
+            },
             Box::new(up),
             Box::new(tk),
             shared.clone(),
@@ -694,7 +697,7 @@ fn conn_ls_lists_the_workers_flows_and_conn_rm_ends_them_with_a_reset() {
         assert_eq!(k.service_addr.to_string(), "192.168.1.11:8080");
         assert_eq!(k.service.as_deref(), Some("web"));
         assert_eq!(k.state, ConnState::SynSent);
-        assert_eq!((k.packets_in, k.packets_out), (1, 0));
+        assert_eq!((k.packets_in, k.packets_out), (Some(1), Some(0)));
         assert_eq!(k.task_addr.port(), 80);
         // Masqueraded: the task sees the node's ingress endpoint.
         assert_eq!(k.source.ip(), &Ipv4Addr::new(10, 0, 0, 2));

@@ -593,6 +593,7 @@ impl Bed {
             &node.core.to_string(),
             "--flows",
             "65536",
+            "--flow-accounting",
             "--gossip-key-file",
             &key_file.display().to_string(),
         ]

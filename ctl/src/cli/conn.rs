@@ -23,7 +23,8 @@ published port of the node, or a service VIP); the SERVICE and TASK it is balanc
 task's DESTINATION; SOURCE, what the task sees as the client (the masquerade address, or the
 client's own with --client-ip keep); STATE in IPVS's words (SYN_SENT, SYN_RECV, ESTABLISHED,
 FIN_WAIT, CLOSE, UDP); IDLE since the last packet either way; EXPIRE, when it ends if nothing
-more comes; IN and OUT, packets/bytes from the client and back to it. KIND is ingress (a
+more comes; IN and OUT, packets/bytes from the client and back to it (with meshd
+--flow-accounting; `-` without). KIND is ingress (a
 published port), vip (a task to a VIP) or return (--client-ip keep on the task's node).
 
 Each worker walks its own flow table between bursts, a few thousand records at a time, so
@@ -187,6 +188,14 @@ fn si(n: u64) -> String {
     n.to_string()
 }
 
+/// `packets/bytes`, or `-` when meshd does not count them (no `--flow-accounting`).
+fn counts(packets: Option<u64>, bytes: Option<u64>) -> String {
+    match (packets, bytes) {
+        (Some(p), Some(b)) => format!("{p}/{}", si(b)),
+        _ => "-".into(),
+    }
+}
+
 /// `850ms`, `12s`, `3m05s`, `2h14m`.
 fn short(ms: u64) -> String {
     let s = ms / 1000;
@@ -241,8 +250,8 @@ pub(super) fn render_ls(lists: &[ConnList]) -> String {
                 c.state.to_string(),
                 short(c.idle_ms),
                 short(c.expires_ms),
-                format!("{}/{}", c.packets_in, si(c.bytes_in)),
-                format!("{}/{}", c.packets_out, si(c.bytes_out)),
+                counts(c.packets_in, c.bytes_in),
+                counts(c.packets_out, c.bytes_out),
             ]);
             rows.push(r);
         }
@@ -323,10 +332,10 @@ mod tests {
             state: ConnState::Established,
             idle_ms: 1500,
             expires_ms: 898_500,
-            packets_in: 6,
-            bytes_in: 420,
-            packets_out: 5,
-            bytes_out: 3 << 20,
+            packets_in: Some(6),
+            bytes_in: Some(420),
+            packets_out: Some(5),
+            bytes_out: Some(3 << 20),
             worker: 0,
         };
         let l = ConnList {
@@ -339,6 +348,10 @@ mod tests {
         assert!(s.contains("14m58s"), "{s}");
         assert!(s.contains("5/3.0M"), "{s}");
         assert!(s.contains("1 of 3 connections shown"), "{s}");
+        let mut uncounted = l.clone();
+        uncounted.connections[0].packets_in = None;
+        uncounted.connections[0].bytes_in = None;
+        assert!(render_ls(&[uncounted]).contains(" - "), "no counts: a dash");
         let two = render_ls(&[
             l.clone(),
             ConnList {

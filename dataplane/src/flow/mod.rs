@@ -241,8 +241,9 @@ pub struct Flow {
     /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
     pub timeouts: [u32; 3],
     /// Packets and bytes each way, for `meshctl conn ls`: forward packets, forward bytes,
-    /// reverse packets, reverse bytes. In the third line, which only the owning worker writes
-    /// (prefetched with the direction's line).
+    /// reverse packets, reverse bytes; counted only with `--flow-accounting`. In the third
+    /// line, which only the owning worker writes (prefetched with the direction's line when
+    /// counted).
     pub counts: [u64; 4],
 }
 
@@ -628,7 +629,7 @@ impl FlowTable {
     #[inline]
     // Casts: a hash folded to a slot index or tag: keeping the low bits is the point.
     #[allow(clippy::cast_possible_truncation)]
-    pub fn prefetch_flow(&self, hash: u64) {
+    pub fn prefetch_flow(&self, hash: u64, counts: bool) {
         let s = &self.slots[(hash as usize) & self.mask];
         if s.tag == hash as u32 && !s.is_empty() {
             let f = &self.flows[s.id() as usize];
@@ -636,7 +637,9 @@ impl FlowTable {
                 Dir::Fwd => crate::prefetch::read(f),
                 Dir::Rev => crate::prefetch::read(&f.rev_key),
             }
-            crate::prefetch::read(&f.counts);
+            if counts {
+                crate::prefetch::read(&f.counts);
+            }
         }
     }
 

@@ -390,7 +390,9 @@ impl Pipeline {
                     Dir::Fwd => fl.last_seen = now,
                     Dir::Rev => fl.rev_seen = now,
                 }
-                fl.count(dir, buf.len() as u64);
+                if self.cfg.flow_accounting {
+                    fl.count(dir, buf.len() as u64);
+                }
                 let a = *fl.action(dir);
                 let slot = fl.stats_slot(dir);
                 self.forward_big(t, now, buf, &l3, &a, slot, dir)

@@ -106,6 +106,7 @@ impl Pipeline {
     #[allow(clippy::cast_possible_truncation)]
     pub fn serve(&mut self, job: &mut crate::conn::Job, now_ms: u64) -> bool {
         let now = now_ms as u32;
+        job.accounting = self.cfg.flow_accounting;
         let cap = self.flows.capacity() as u32;
         let end = job.cursor.saturating_add(crate::conn::CHUNK).min(cap);
         let mut id = job.cursor;

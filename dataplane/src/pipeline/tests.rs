@@ -2221,6 +2221,7 @@ fn conn_job(t: &ServiceTable, f: ctl::proto::ConnFilter, remove: bool) -> crate:
 fn a_walk_lists_the_flows_it_matches_with_their_state_and_counts_and_rm_resets_them() {
     use ctl::proto::{ConnFilter, ConnState};
     let (t, mut p) = on_n2(None);
+    p.cfg.flow_accounting = true;
     let (up, tk) = (p.cfg.uplink_mac, p.cfg.tasks_mac);
     let web1 = [2, 0, 0, 0, 0, 0x11];
     let other = 0x0a09_0010;
@@ -2314,7 +2315,7 @@ fn a_walk_lists_the_flows_it_matches_with_their_state_and_counts_and_rm_resets_t
     let mut est = conn_job(&t, f, false);
     serve_all(&mut p, &mut est, 1500);
     assert_eq!(est.rows().len(), 1);
-    let c = crate::conn::conn_of(&t, 0, &est.rows()[0]);
+    let c = crate::conn::conn_of(&t, 0, &est.rows()[0], true);
     assert_eq!(c.client.to_string(), format!("10.9.0.9:{sport}"));
     assert_eq!(c.service_addr.to_string(), "192.168.1.12:8080");
     assert_eq!(
@@ -2328,9 +2329,17 @@ fn a_walk_lists_the_flows_it_matches_with_their_state_and_counts_and_rm_resets_t
     );
     assert_eq!(c.state, ConnState::Established);
     // The SYN, then the ACK and the request (`sent`): the SYN is a frame without payload.
-    assert_eq!(c.packets_in, 3, "SYN, ACK and the request");
-    assert_eq!(c.bytes_in, sent + (ETH + IPV4 + 20) as u64);
-    assert_eq!((c.packets_out, c.bytes_out), (1, synack.len() as u64));
+    assert_eq!(c.packets_in, Some(3), "SYN, ACK and the request");
+    assert_eq!(c.bytes_in, Some(sent + (ETH + IPV4 + 20) as u64));
+    assert_eq!(
+        (c.packets_out, c.bytes_out),
+        (Some(1), Some(synack.len() as u64))
+    );
+    // Without --flow-accounting, nothing is counted and nothing is shown.
+    assert_eq!(
+        crate::conn::conn_of(&t, 0, &est.rows()[0], false).packets_in,
+        None
+    );
     assert_eq!(c.idle_ms, 1499);
 
     // By client, by task, by protocol: what matches and no more.

@@ -73,7 +73,9 @@ impl Pipeline {
                 }
             }
         }
-        fl.count(dir, buf.len() as u64);
+        if self.cfg.flow_accounting {
+            fl.count(dir, buf.len() as u64);
+        }
         let a = *fl.action(dir);
         let slot = fl.stats_slot(dir);
         if l3.frag != frag::Frag::Whole {
