@@ -395,6 +395,14 @@ impl Protocol {
             Protocol::Udp => "udp",
         }
     }
+
+    /// The IP protocol number (6, 17).
+    pub fn ip_number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
 }
 
 impl fmt::Display for Protocol {

@@ -20,7 +20,10 @@ use std::time::{Duration, Instant};
 use crossbeam::queue::ArrayQueue;
 
 use ctl::model::Protocol;
-use ctl::proto::{Conn, ConnFilter, ConnKind, ConnList, ConnRemoved, ConnState, ErrorCode};
+use ctl::proto::{
+    Command, Conn, ConnFilter, ConnKind, ConnList, ConnRemoved, ConnState, ErrorCode, Query,
+    Response, Runtime,
+};
 
 use crate::balance::ServiceTable;
 use crate::flow::{Flow, FlowKind, TcpState};
@@ -50,19 +53,18 @@ impl Matcher {
     /// The matcher for `filter` on the node whose table is `t`; an error for a service or task
     /// the table does not have.
     pub fn new(filter: &ConnFilter, t: &ServiceTable) -> Result<Self, (ErrorCode, String)> {
-        let node = node_name(t);
+        let missing = |kind: &str, name: &str| {
+            (
+                ErrorCode::NotFound,
+                format!("{kind} {name:?} not found on node {}", t.node(t.local).name),
+            )
+        };
         let mut uids: Option<Vec<u64>> = None;
         if let Some(name) = &filter.service {
             let s = t
-                .services
-                .iter()
-                .find(|s| !s.removed && &*s.name == name.as_str())
-                .ok_or_else(|| {
-                    (
-                        ErrorCode::NotFound,
-                        format!("service {name:?} not found on node {node}"),
-                    )
-                })?;
+                .service_by_name(name)
+                .and_then(|i| t.services.get(usize::from(i)))
+                .ok_or_else(|| missing("service", name))?;
             let v = s
                 .tasks
                 .iter()
@@ -72,39 +74,27 @@ impl Matcher {
             uids = Some(v);
         }
         if let Some(name) = &filter.task {
-            let te = t
-                .tasks
-                .iter()
-                .find(|te| !te.removed && &*te.name == name.as_str())
-                .ok_or_else(|| {
-                    (
-                        ErrorCode::NotFound,
-                        format!("task {name:?} not found on node {node}"),
-                    )
-                })?;
+            let uid = t
+                .task_by_name(name)
+                .and_then(|i| t.tasks.get(i as usize))
+                .ok_or_else(|| missing("task", name))?
+                .uid;
+            // With a service too: its task, or none.
             uids = Some(match uids {
-                Some(v) => v.into_iter().filter(|&u| u == te.uid).collect(),
-                None => vec![te.uid],
+                Some(v) => v.into_iter().filter(|&u| u == uid).collect(),
+                None => vec![uid],
             });
         }
         if let Some(v) = uids.as_mut() {
             v.sort_unstable();
         }
-        let states = filter
-            .state
-            .iter()
-            .map(|s| 1u8 << ConnState::ALL.iter().position(|x| x == s).unwrap_or(0))
-            .fold(0, |a, b| a | b);
         Ok(Matcher {
             uids,
             client: filter
                 .client
                 .map(|n| (u32::from(n.addr) & n.mask(), n.mask())),
-            states,
-            proto: filter.protocol.map(|p| match p {
-                Protocol::Tcp => 6,
-                Protocol::Udp => 17,
-            }),
+            states: filter.state.iter().fold(0, |a, &s| a | state_bit(s)),
+            proto: filter.protocol.map(Protocol::ip_number),
         })
     }
 
@@ -126,17 +116,13 @@ impl Matcher {
                 return false;
             }
         }
-        if self.states != 0 {
-            let i = ConnState::ALL
-                .iter()
-                .position(|&s| s == state_of(f))
-                .unwrap_or(0);
-            if self.states & (1 << i) == 0 {
-                return false;
-            }
-        }
-        true
+        self.states == 0 || self.states & state_bit(state_of(f)) != 0
     }
+}
+
+/// State `s`'s bit in [`Matcher::states`] (its place in the enum: seven states, eight bits).
+fn state_bit(s: ConnState) -> u8 {
+    1 << (s as u8)
 }
 
 /// A flow's state in IPVS's words.
@@ -308,13 +294,6 @@ pub fn run(
     }
 }
 
-fn node_name(t: &ServiceTable) -> String {
-    t.nodes
-        .get(usize::from(t.local))
-        .map(|n| n.name.clone())
-        .unwrap_or_default()
-}
-
 fn sock(ip: u32, port: u16) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(ip.into(), port)
 }
@@ -330,7 +309,7 @@ pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Co
         .and_then(|i| t.tasks.get(i as usize));
     let service = task.and_then(|te| t.services.get(te.service as usize));
     Conn {
-        protocol: if k.proto() == 6 {
+        protocol: if k.proto() == Protocol::Tcp.ip_number() {
             Protocol::Tcp
         } else {
             Protocol::Udp
@@ -372,6 +351,7 @@ pub fn list(
             ),
         ));
     }
+    // Names come from the table the walk started under (a task removed since keeps its name).
     let table = shared.table.load_full();
     let m = Matcher::new(filter, &table)?;
     let jobs = run(
@@ -380,8 +360,6 @@ pub fn list(
         WALK_TIMEOUT,
     )
     .map_err(|e| (ErrorCode::Internal, e))?;
-    // Names from the table the walk ran under (a task removed since still has its name here).
-    let table = shared.table.load_full();
     let connections = jobs
         .iter()
         .enumerate()
@@ -390,7 +368,7 @@ pub fn list(
         .map(|(w, a, r)| conn_of(&table, w, r, a))
         .collect();
     Ok(ConnList {
-        node: node_name(&table),
+        node: table.node(table.local).name.clone(),
         matched: jobs.iter().map(|j| j.matched()).sum(),
         connections,
     })
@@ -421,8 +399,37 @@ pub fn remove(
     let jobs = run(shared, || Job::new(m.clone(), true, 0), WALK_TIMEOUT)
         .map_err(|e| (ErrorCode::Internal, e))?;
     Ok(ConnRemoved {
-        node: node_name(&table),
+        node: table.node(table.local).name.clone(),
         removed: jobs.iter().map(|j| j.removed()).sum(),
         reset: jobs.iter().map(|j| j.reset).sum(),
+    })
+}
+
+/// Answers `conn-ls` and `conn-rm` from the workers; `None` for every other command. What the
+/// control connections and the controller both call.
+pub fn answer(shared: &Arc<Shared>, cmd: &Command) -> Option<Response> {
+    let result = match cmd {
+        Command::Query(Query::ConnLs { filter, limit }) => {
+            list(shared, filter, *limit).and_then(|v| encode(&v))
+        }
+        Command::Runtime(Runtime::ConnRm { filter, all }) => {
+            remove(shared, filter, *all).and_then(|v| encode(&v))
+        }
+        _ => return None,
+    };
+    let generation = shared.table.load().generation;
+    Some(match result {
+        Ok(v) => Response::ok(generation, v),
+        Err((code, message)) => Response::error(code, message),
+    })
+}
+
+/// A result body as JSON.
+fn encode<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, (ErrorCode, String)> {
+    serde_json::to_value(v).map_err(|e| {
+        (
+            ErrorCode::Internal,
+            format!("cannot encode the answer: {e}"),
+        )
     })
 }

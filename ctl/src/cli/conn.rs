@@ -130,11 +130,7 @@ fn parse_state(s: &str) -> Result<ConnState, String> {
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "tcp" => Ok(Protocol::Tcp),
-        "udp" => Ok(Protocol::Udp),
-        _ => Err(format!("{s:?} is not a protocol (tcp or udp)")),
-    }
+    super::spec::protocol("--protocol", s).map_err(|e| e.to_string())
 }
 
 pub(super) fn run(ctx: &Ctx, c: ConnCmd) -> Result<(), CliError> {

@@ -76,7 +76,7 @@ fn port(flag: &str, key: &str, v: &str) -> Result<u16, SpecError> {
     }
 }
 
-fn protocol(flag: &str, v: &str) -> Result<Protocol, SpecError> {
+pub(crate) fn protocol(flag: &str, v: &str) -> Result<Protocol, SpecError> {
     match v {
         "tcp" => Ok(Protocol::Tcp),
         "udp" => Ok(Protocol::Udp),

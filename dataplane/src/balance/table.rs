@@ -873,10 +873,7 @@ impl ServiceTable {
                 continue;
             }
             let bal = self.balancers.len() as BalIdx;
-            let proto = match p.protocol {
-                Protocol::Tcp => 6u64,
-                Protocol::Udp => 17,
-            };
+            let proto = u64::from(p.protocol.ip_number());
             let bkey = mix64(svc_key ^ (1 << 40 | proto << 16 | u64::from(p.published)));
             self.balancers
                 .push(mk_balancer(net, local_only, bkey, &self.tasks));

@@ -343,10 +343,13 @@ impl Controller {
     }
 
     pub fn handle(&mut self, cmd: &Command) -> Response {
+        if let Some(r) = crate::conn::answer(&self.shared, cmd) {
+            return r;
+        }
         match cmd {
             Command::Query(q) => self.query(q),
             Command::Change(c) => self.change(c),
-            // The connection threads answer these from the workers (`ControlHandle::request`).
+            // Answered above, from the workers (`conn::answer`).
             Command::Runtime(r) => Response::error(
                 ErrorCode::Internal,
                 format!(
@@ -402,12 +405,11 @@ impl Controller {
             },
             Query::State {} => val(serde_json::to_value(self.state.redacted())),
             Query::Stats {} => val(serde_json::to_value(self.stats())),
-            Query::ConnLs { filter, limit } => {
-                match crate::conn::list(&self.shared, filter, *limit).and_then(|v| encode(&v)) {
-                    Ok(v) => Response::ok(self.generation, v),
-                    Err((code, message)) => Response::error(code, message),
-                }
-            }
+            // `handle` answers it from the workers (`conn::answer`) before this.
+            Query::ConnLs { .. } => Response::error(
+                ErrorCode::Internal,
+                "conn-ls is answered by the workers, not the control thread",
+            ),
         }
     }
 
@@ -855,21 +857,8 @@ impl ControlHandle {
     /// ([`crate::conn`]); hands every other command to the control thread and waits for its
     /// answer.
     pub fn request(&self, cmd: Command) -> Response {
-        let conn = match &cmd {
-            Command::Query(Query::ConnLs { filter, limit }) => {
-                Some(crate::conn::list(&self.shared, filter, *limit).and_then(|v| encode(&v)))
-            }
-            Command::Runtime(proto::Runtime::ConnRm { filter, all }) => {
-                Some(crate::conn::remove(&self.shared, filter, *all).and_then(|v| encode(&v)))
-            }
-            _ => None,
-        };
-        if let Some(answer) = conn {
-            let generation = self.shared.table.load().generation;
-            return match answer {
-                Ok(v) => Response::ok(generation, v),
-                Err((code, message)) => Response::error(code, message),
-            };
+        if let Some(r) = crate::conn::answer(&self.shared, &cmd) {
+            return r;
         }
         if let Command::Query(Query::Stats {}) = cmd {
             let table = self.shared.table.load();
@@ -926,16 +915,6 @@ impl ControlHandle {
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
-}
-
-/// A result body as JSON.
-fn encode<T: Serialize>(v: &T) -> Result<Value, (ErrorCode, String)> {
-    serde_json::to_value(v).map_err(|e| {
-        (
-            ErrorCode::Internal,
-            format!("cannot encode the answer: {e}"),
-        )
-    })
 }
 
 fn ts_word(s: TaskState) -> &'static str {
