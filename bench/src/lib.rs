@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod cache;
+pub mod capture;
 pub mod converge;
 #[cfg(feature = "dpdk")]
 pub mod memif;

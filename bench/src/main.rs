@@ -47,6 +47,23 @@ enum Cmd {
         #[arg(long)]
         flow_accounting: bool,
     },
+    /// What `meshctl capture` costs the worker that copies: a whole worker loop over in-memory
+    /// ports (established ingress flows, 64-byte frames), with no capture, a capture whose
+    /// filter matches nothing, one matching one flow, and one copying every frame, in turns.
+    Capture {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Few packets: checks the harness in seconds, numbers not comparable.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds of the four modes; the best run of each is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Flows replayed.
+        #[arg(long, default_value_t = 1024)]
+        flows: usize,
+    },
     /// Memory latency by working-set size (a random pointer chase, one 64-byte line a load):
     /// how much last-level cache one core really gets here. On a shared VM it is far less than
     /// lscpu says, and it decides how the flow-table scenarios above fare (docs/perf.md).
@@ -77,6 +94,39 @@ fn main() {
     match args.cmd {
         Cmd::Mesh(a) => std::process::exit(bench::mesh::cli::main(a)),
         Cmd::Converge(a) => std::process::exit(bench::converge::main(&a)),
+        Cmd::Capture {
+            json,
+            quick,
+            rounds,
+            flows,
+        } => {
+            let (packets, rounds) = if quick {
+                (100_000, 1)
+            } else {
+                (5_000_000, rounds)
+            };
+            let rows = bench::capture::measure(flows, packets, rounds);
+            if json {
+                match serde_json::to_string_pretty(&rows) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("bench: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            } else {
+                println!(
+                    "{:<26} {:>7} {:>8} {:>8} {:>10}",
+                    "worker loop", "flows", "Mpps", "ns/pkt", "vs none"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<26} {:>7} {:>8.2} {:>8.1} {:>9.2}x",
+                        r.mode, r.flows, r.mpps, r.ns_per_packet, r.ratio
+                    );
+                }
+            }
+        }
         Cmd::Cache { mib, loads } => {
             println!("{:>10} {:>12}", "MiB", "ns/load");
             for m in mib {

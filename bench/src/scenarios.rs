@@ -647,6 +647,16 @@ impl Scenario {
         (done, ok)
     }
 
+    /// The scenario's parts for a harness of its own (a worker over in-memory ports, in
+    /// [`crate::capture`]): the table, the pipeline, and each replayed frame.
+    pub fn into_parts(self) -> (ServiceTable, Pipeline, Vec<Vec<u8>>) {
+        let (stride, len) = self.layout();
+        let frames = (0..self.replayed)
+            .map(|i| self.frames[i * stride..i * stride + len].to_vec())
+            .collect();
+        (self.table, self.pipeline, frames)
+    }
+
     /// Replays `packets` frames; returns how many the pipeline forwarded.
     pub fn run(&mut self, packets: usize) -> usize {
         self.stride_run(self.layout(), packets).1

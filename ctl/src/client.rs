@@ -114,6 +114,11 @@ impl Connection {
             s.flush()
         };
         w().map_err(|e| self.io_error(e))?;
+        self.receive()
+    }
+
+    /// Reads one more response line: the next of a streamed answer (`capture`).
+    pub fn receive(&mut self) -> Result<Response, ClientError> {
         let reply = match proto::read_line(&mut self.stream, MAX_RESPONSE_BYTES) {
             Ok(Some(l)) => l,
             Ok(None) => {
@@ -133,6 +138,28 @@ impl Connection {
             socket: self.socket.clone(),
             detail: e.to_string(),
         })
+    }
+
+    /// Waits at most `timeout` for each later read and write.
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        let t = Some(timeout.max(Duration::from_millis(1)));
+        let s = self.stream.get_ref();
+        s.set_read_timeout(t)
+            .and_then(|()| s.set_write_timeout(t))
+            .map_err(|e| self.io_error(e))?;
+        self.timeout = timeout;
+        Ok(())
+    }
+
+    /// Another handle on the socket, to shut the connection down from another thread (which
+    /// ends a streamed answer).
+    pub fn handle(&self) -> io::Result<UnixStream> {
+        self.stream.get_ref().try_clone()
+    }
+
+    /// The daemon's socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     fn io_error(&self, e: io::Error) -> ClientError {

@@ -153,6 +153,15 @@ commands! {
             #[serde(default)]
             all: bool,
         } = "conn-rm",
+        /// Copies what the node's workers receive and send (see [`CaptureSpec`]). The answer is
+        /// a stream on the connection: a [`CaptureChunk`] with `start` set, then chunks of
+        /// frames (at least one every [`CAPTURE_HEARTBEAT_MS`]), the last with `end` set; the
+        /// connection then closes. A client ends it early by closing the connection. One
+        /// capture at a time per node: another is refused as `busy`.
+        Capture {
+            #[serde(default)]
+            spec: CaptureSpec,
+        } = "capture",
     }
 }
 
@@ -1137,6 +1146,151 @@ pub struct Conn {
     pub worker: u16,
 }
 
+/// At least this often a capture's stream sends a chunk, frames or none: the client knows
+/// the node is there, and the node finds out soon when the client has gone.
+pub const CAPTURE_HEARTBEAT_MS: u64 = 500;
+
+/// The longest a captured frame's copy can be (the whole of meshd's largest frame).
+pub const CAPTURE_MAX_SNAPLEN: u32 = 2048;
+
+/// The shortest `snaplen` a capture takes: the Ethernet, IPv4 and TCP headers with options.
+pub const CAPTURE_MIN_SNAPLEN: u32 = 96;
+
+/// Which ports a capture copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapturePorts {
+    /// The uplink and the tasks port.
+    #[default]
+    All,
+    /// The underlay NIC: clients and peer nodes' VXLAN.
+    Uplink,
+    /// The local tasks' segment.
+    Tasks,
+}
+
+/// What `capture` copies, and until when.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureSpec {
+    /// The node that should answer: another node's daemon refuses (`not-found`), so a client
+    /// can send to every socket it knows and hear from one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub ports: CapturePorts,
+    /// A libpcap filter expression (tcpdump's syntax, `man pcap-filter`) over the frames as
+    /// the pipeline sees them (Ethernet, without the tasks port's VLAN tag). Empty: every
+    /// frame.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub filter: String,
+    /// Bytes kept of each frame ([`CAPTURE_MIN_SNAPLEN`] to [`CAPTURE_MAX_SNAPLEN`]; absent:
+    /// whole frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snaplen: Option<u32>,
+    /// Stop after this many frames (absent: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Stop after this many milliseconds (absent: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// Where a captured frame was seen: before the pipeline (received, before any translation)
+/// or after it (sent, translated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureDirection {
+    /// Received on the port, before translation.
+    Rx,
+    /// Sent on the port, after translation (or made by meshd: ARP, RSTs, ICMP).
+    Tx,
+}
+
+/// One captured frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedFrame {
+    /// Microseconds since the Unix epoch (the worker's loop time: frames of one burst share
+    /// it).
+    pub time_us: u64,
+    pub worker: u16,
+    /// `uplink` or `tasks`.
+    pub port: CapturePorts,
+    pub direction: CaptureDirection,
+    /// The tasks port's VLAN the frame came in or goes out on (0: none); the copy is
+    /// untagged.
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub vlan: u16,
+    /// The frame's whole length (the copy may be shorter: `snaplen`).
+    pub len: u32,
+    /// The copy, in base64.
+    #[serde(with = "base64_bytes")]
+    pub data: Vec<u8>,
+}
+
+fn is_zero_u16(v: &u16) -> bool {
+    *v == 0
+}
+
+/// Bytes as a base64 string in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a capture began: the first chunk of its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CaptureStart {
+    pub node: String,
+    pub workers: u16,
+    pub snaplen: u32,
+    /// The filter, as given.
+    pub filter: String,
+}
+
+/// Why a capture ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureStop {
+    /// `count` frames were captured.
+    Count,
+    /// `duration_ms` passed.
+    Duration,
+    /// meshd is stopping.
+    Shutdown,
+}
+
+/// One line of a capture's stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CaptureChunk {
+    /// On the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<CaptureStart>,
+    /// Frames copied since the previous chunk, in time order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub frames: Vec<CapturedFrame>,
+    /// So far: frames the filter matched, on every worker.
+    pub matched: u64,
+    /// So far: matched frames not copied because the worker's capture ring was full (the
+    /// client or the control thread did not keep up). The frames themselves went on.
+    pub missed: u64,
+    /// On the last chunk only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<CaptureStop>,
+}
+
 /// The answer to `conn-ls`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -1164,6 +1318,7 @@ pub struct ConnRemoved {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::BTreeSet;
 
     #[test]
     fn requests_look_like_the_documentation() {
@@ -1284,7 +1439,26 @@ mod tests {
                 },
                 all: false,
             }),
+            Command::Runtime(Runtime::Capture {
+                spec: CaptureSpec {
+                    node: Some("n1".into()),
+                    ports: CapturePorts::Tasks,
+                    filter: "tcp port 80".into(),
+                    snaplen: Some(128),
+                    count: Some(10),
+                    duration_ms: Some(5000),
+                },
+            }),
         ];
+        // Every command is here.
+        let names: BTreeSet<&str> = all.iter().map(|c| c.name()).collect();
+        let every: BTreeSet<&str> = Query::NAMES
+            .iter()
+            .chain(Runtime::NAMES)
+            .chain(Change::NAMES)
+            .copied()
+            .collect();
+        assert_eq!(names, every);
         for c in all {
             let line = Request::new(c.clone()).to_line().unwrap();
             assert!(
@@ -1304,8 +1478,9 @@ mod tests {
                     | "stats"
                     | "state"
                     | "conn-ls"
-                    // Acts on the running dataplane: no state change, no generation.
+                    // Act on the running dataplane: no state change, no generation.
                     | "conn-rm"
+                    | "capture"
             );
             assert_eq!(c.changes_state(), !reads, "{}", c.name());
         }

@@ -8,6 +8,7 @@
 pub mod balance;
 pub mod bell;
 pub mod buf;
+pub mod capture;
 pub mod conn;
 pub mod control;
 pub mod daemon;

@@ -63,6 +63,8 @@ pub struct Shared {
     /// The last walk's number; held by the asking thread for a whole walk (one at a time).
     /// Workers never take it.
     pub job_serial: std::sync::Mutex<u64>,
+    /// A `meshctl capture` under way, for the workers to copy frames into.
+    pub capture: crate::capture::Board,
 }
 
 /// Reads what the DPDK devices report, on the asking (control or metrics) thread.
@@ -98,6 +100,7 @@ impl Shared {
             devices: std::sync::OnceLock::new(),
             jobs: (0..workers).map(|_| crate::conn::Slot::default()).collect(),
             job_serial: std::sync::Mutex::new(0),
+            capture: crate::capture::Board::default(),
         })
     }
 

@@ -46,6 +46,13 @@ impl Clock {
         self.0.elapsed().as_millis() as u64
     }
 
+    /// The clock's microseconds at `t` (to reuse one clock read).
+    // Casts: microseconds of a process's life fit u64 (584 thousand years).
+    #[allow(clippy::cast_possible_truncation)]
+    pub fn us_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.0).as_micros() as u64
+    }
+
     /// The clock's milliseconds at `t` (to reuse one clock read).
     // Casts: milliseconds of a process's life fit u64 (584 million years).
     #[allow(clippy::cast_possible_truncation)]
@@ -87,6 +94,12 @@ pub struct Worker {
     ring_workers: u128,
     /// A `conn ls`/`conn rm` walk of the flow table under way ([`crate::conn`]).
     job: Option<Box<crate::conn::Job>>,
+    /// A `meshctl capture` this worker copies frames for ([`crate::capture`]), and the board's
+    /// generation it last looked at.
+    capture: Option<Arc<crate::capture::Session>>,
+    capture_generation: u64,
+    /// The clock's microseconds at the start of this loop: a capture's time stamps.
+    now_us: u64,
 }
 
 impl std::fmt::Debug for Worker {
@@ -143,6 +156,9 @@ impl Worker {
             ring_host: false,
             ring_workers: 0,
             job: None,
+            capture: None,
+            capture_generation: 0,
+            now_us: 0,
         }
     }
 
@@ -230,6 +246,7 @@ impl Worker {
         // One clock read per iteration: the pipeline's `now` and the burst timer's start.
         let start = Instant::now();
         let now = self.clock.ms_at(start);
+        self.now_us = self.clock.us_at(start);
         let moved = self.poll_at(now);
         if moved {
             let ns = start.elapsed().as_nanos() as u64;
@@ -251,6 +268,15 @@ impl Worker {
         let mut moved = 0;
         let mut burst = Burst::new();
         let mut verdicts = Verdicts::new();
+        // A capture put up or taken down: one relaxed load a loop while none is.
+        let generation = self.shared.capture.generation.load(Ordering::Acquire);
+        if generation != self.capture_generation {
+            self.capture_generation = generation;
+            self.capture = self.shared.capture.current();
+            if let Some(c) = &self.capture {
+                c.taken(self.id, self.now_us);
+            }
+        }
 
         for which in [PortId::Uplink, PortId::Tasks] {
             let port = match which {
@@ -266,6 +292,9 @@ impl Worker {
                 for b in burst.iter_mut() {
                     b.untag();
                 }
+            }
+            if let Some(c) = &self.capture {
+                c.received(self.id, which, self.now_us, &burst);
             }
             moved += burst.len();
             self.run_burst(&table, now, &mut burst, &mut verdicts, &mut out);
@@ -357,6 +386,7 @@ impl Worker {
         // rings.
         let waiting = !self.shared.handoff[self.id].is_empty()
             || self.shared.jobs[self.id].pending()
+            || self.shared.capture.generation.load(Ordering::Acquire) != self.capture_generation
             || (self.id == 0 && !self.shared.from_host.is_empty())
             || self.shared.table.load().generation != self.pipeline.generation();
         if !waiting {
@@ -387,6 +417,9 @@ impl Worker {
     }
 
     fn push_out(&mut self, out: &mut Out, port: PortId, mut b: PacketBuf) {
+        if let Some(c) = &self.capture {
+            c.sent(self.id, port, self.now_us, &b);
+        }
         if port == PortId::Tasks && !b.tag() {
             self.pipeline.stats.drop(DropReason::NoHeadroom);
             self.pool.put(b);

@@ -805,3 +805,179 @@ fn conn_ls_lists_the_workers_flows_and_conn_rm_ends_them_with_a_reset() {
     assert_eq!(removed, 5);
     d.stop();
 }
+
+#[test]
+fn capture_streams_frames_before_and_after_translation_and_refuses_bad_requests() {
+    use ctl::proto::{
+        CaptureChunk, CaptureDirection, CapturePorts, CaptureSpec, CaptureStop, Runtime,
+    };
+    use dataplane::buf::{PacketBuf, PortId};
+    use dataplane::testkit::{parse_ipv4_tcp, tcp_flags, tcp_frame, udp_frame};
+    let d = Daemon::start("capture");
+    let mut c = d.conn();
+    for network in [ingress(), appnet()] {
+        ok(c.send(&Command::Change(Change::NetworkCreate { network }))
+            .unwrap());
+    }
+    ok(
+        c.send(&Command::Change(Change::ServiceCreate { service: web() }))
+            .unwrap(),
+    );
+    for (i, ip) in [(1u8, [10, 0, 0, 11]), (2, [10, 0, 0, 12])] {
+        d.shared
+            .neigh
+            .learn(u32::from_be_bytes(ip), [2, 0, 0, 0, 0x10, i]);
+    }
+    let capture = |spec: CaptureSpec| Command::Runtime(Runtime::Capture { spec });
+
+    // Refused, each with a clear error, before anything starts.
+    let bad = [
+        (
+            CaptureSpec {
+                filter: "tcp port eighty".into(),
+                ..CaptureSpec::default()
+            },
+            ErrorCode::Invalid,
+            "does not parse",
+        ),
+        (
+            CaptureSpec {
+                node: Some("n7".into()),
+                ..CaptureSpec::default()
+            },
+            ErrorCode::NotFound,
+            "this is node n1, not n7",
+        ),
+        (
+            CaptureSpec {
+                snaplen: Some(9000),
+                ..CaptureSpec::default()
+            },
+            ErrorCode::Invalid,
+            "snaplen 9000 is out of range",
+        ),
+    ];
+    for (spec, code, words) in bad {
+        let e = err(d.conn().send(&capture(spec)).unwrap());
+        assert_eq!(e.code, code, "{}", e.message);
+        assert!(e.message.contains(words), "{}", e.message);
+    }
+    let mut cap = d.conn();
+    let spec = CaptureSpec {
+        node: Some("N1".into()),
+        filter: "tcp".into(),
+        count: Some(4),
+        ..CaptureSpec::default()
+    };
+    let first: CaptureChunk =
+        serde_json::from_value(ok(cap.send(&capture(spec)).unwrap()).result).unwrap();
+    let start = first.start.expect("the first chunk says how it began");
+    assert_eq!((start.node.as_str(), start.workers), ("n1", 1));
+    assert_eq!((start.snaplen, start.filter.as_str()), (2048, "tcp"));
+    // One capture at a time.
+    let e = err(d.conn().send(&capture(CaptureSpec::default())).unwrap());
+    assert_eq!(e.code, ErrorCode::Busy);
+    assert!(e.message.contains("one at a time"), "{}", e.message);
+
+    let client = Ipv4Addr::new(192, 168, 7, 1);
+    let (client_mac, meshd_mac) = ([2, 0, 0, 0, 0x70, 1], Config::default().uplink_mac);
+    let node = Ipv4Addr::new(192, 168, 1, 11);
+    // UDP the filter does not match, then two SYNs to the published port.
+    let dns = udp_frame(client_mac, meshd_mac, client, 5353, node, 53, b"q");
+    assert!(d.up.send(PacketBuf::from_frame(PortId::Uplink, &dns)));
+    for sport in [41000u16, 41001] {
+        let syn = tcp_frame(
+            client_mac,
+            meshd_mac,
+            client,
+            sport,
+            node,
+            8080,
+            tcp_flags::SYN,
+            7,
+            0,
+            b"",
+        );
+        assert!(d.up.send(PacketBuf::from_frame(PortId::Uplink, &syn)));
+    }
+    let mut frames = Vec::new();
+    let end = loop {
+        let chunk: CaptureChunk =
+            serde_json::from_value(ok(cap.receive().unwrap()).result).unwrap();
+        // Other connections are served while the capture streams.
+        ok(c.send(&Command::Query(Query::ServiceLs {})).unwrap());
+        frames.extend(chunk.frames);
+        if let Some(end) = chunk.end {
+            assert_eq!((chunk.matched, chunk.missed), (4, 0));
+            break end;
+        }
+    };
+    assert_eq!(end, CaptureStop::Count);
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    let mut seen = Vec::new();
+    for f in &frames {
+        assert_eq!(f.worker, 0);
+        assert_eq!(f.len as usize, f.data.len());
+        let t = parse_ipv4_tcp(&f.data).expect("a TCP frame");
+        assert!(t.has(tcp_flags::SYN));
+        seen.push((f.port, f.direction, t.src, t.dst, t.dport));
+    }
+    let ingress_ep = Ipv4Addr::new(10, 0, 0, 2);
+    // Each SYN as the client sent it, and as the task got it: masqueraded, to port 80.
+    for (port, dir, src, _, dport) in &seen {
+        match (port, dir) {
+            (CapturePorts::Uplink, CaptureDirection::Rx) => {
+                assert_eq!((*src, *dport), (client, 8080));
+            }
+            (CapturePorts::Tasks, CaptureDirection::Tx) => {
+                assert_eq!((*src, *dport), (ingress_ep, 80));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.1 == CaptureDirection::Rx && s.3 == node)
+            .count(),
+        2
+    );
+    assert!(frames.windows(2).all(|w| w[0].time_us <= w[1].time_us));
+    let now_us = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros(),
+    )
+    .unwrap();
+    assert!(frames
+        .iter()
+        .all(|f| f.time_us <= now_us && f.time_us + 60_000_000 > now_us));
+    // The stream ends with the capture: the connection closes.
+    assert!(cap.receive().is_err());
+
+    // A client that hangs up ends its capture; the next one may start at once.
+    let mut gone = d.conn();
+    ok(gone.send(&capture(CaptureSpec::default())).unwrap());
+    drop(gone);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        match d.conn().send(&capture(CaptureSpec {
+            duration_ms: Some(50),
+            ports: CapturePorts::Tasks,
+            ..CaptureSpec::default()
+        })) {
+            Ok(Response::Err(e)) if e.code == ErrorCode::Busy => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the capture never ended"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(r) => break ok(r),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let first: CaptureChunk = serde_json::from_value(next.result).unwrap();
+    assert!(first.start.is_some());
+    d.stop();
+}

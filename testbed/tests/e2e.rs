@@ -658,3 +658,141 @@ fn conn_ls_shows_a_clients_connection_and_conn_rm_resets_it() {
     // The node serves on: a new connection through it is answered.
     hostname(&m, "n3", 8080);
 }
+
+/// `meshctl capture` on every node while a client reaches a task through n3: the file tcpdump
+/// reads shows the connection's walk, each frame marked with its node, port and direction —
+/// the client's SYN as it came to n3, n3's VXLAN to the task's node, that node receiving it,
+/// and the SYN as the task got it (translated).
+#[test]
+fn capture_shows_a_connections_walk_through_the_mesh_before_and_after_translation() {
+    use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    use std::io::BufRead;
+    let Some(mut m) = mesh("cap") else { return };
+    assert!(
+        testbed::preflight::on_path("tcpdump"),
+        "tcpdump is missing (apt-get install -y tcpdump; scripts/deps.sh installs it)"
+    );
+    m.run(&web(2)).unwrap();
+    let file = std::env::temp_dir().join(format!("meshd-capture-{}.pcapng", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let mut args: Vec<String> = Vec::new();
+    for s in m.sockets() {
+        args.extend(["--socket".into(), s.display().to_string()]);
+    }
+    args.extend(
+        [
+            "capture",
+            "-w",
+            file.to_str().unwrap(),
+            "--filter",
+            "tcp port 8080 or tcp port 80 or udp port 4789",
+            "--duration",
+            "20s",
+        ]
+        .map(String::from),
+    );
+    let mut child = std::process::Command::new(&m.tools.meshctl)
+        .args(&args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(
+        line.starts_with("capturing on n1, n2, n3 (filter: tcp port 8080"),
+        "{line}"
+    );
+    // One connection through n3, which runs no task of web.
+    let h = hostname(&m, "n3", 8080);
+    let task_node = m
+        .tasks_of("web")
+        .iter()
+        .find(|t| t.name == h)
+        .unwrap()
+        .node
+        .clone();
+    // Ended early: SIGINT, as Ctrl-C; meshctl closes the file properly.
+    std::thread::sleep(Duration::from_millis(300));
+    sys::signal(child.id(), libc::SIGINT);
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert!(status.success(), "meshctl capture failed: {rest}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(rest.contains(&format!("{n}: ")), "{rest}");
+    }
+    assert!(rest.contains("interrupted"), "{rest}");
+
+    // tcpdump reads it.
+    let out = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "tcpdump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n3 = m.node("n3").unwrap().addr;
+    assert!(text.contains(&format!("{n3}.8080: Flags [S]")), "{text}");
+    assert!(text.contains("VXLAN"), "{text}");
+
+    // And each frame says where it was seen.
+    let bytes = std::fs::read(&file).unwrap();
+    let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+    let mut names = Vec::new();
+    let mut seen = BTreeSet::new();
+    while let Some(b) = r.next_block() {
+        match b.unwrap() {
+            Block::InterfaceDescription(i) => {
+                names.extend(i.options.iter().filter_map(|o| match o {
+                    InterfaceDescriptionOption::IfName(n) => Some(n.to_string()),
+                    _ => None,
+                }))
+            }
+            Block::EnhancedPacket(p) => {
+                let comment = p.options.iter().find_map(|o| match o {
+                    EnhancedPacketOption::Comment(c) => Some(c.to_string()),
+                    _ => None,
+                });
+                let c = comment.expect("every frame has its comment");
+                // "n3 uplink rx, before translation, worker 0": node, port, direction.
+                let words: Vec<&str> = c.split([' ', ',']).collect();
+                seen.insert((
+                    words[0].to_string(),
+                    words[1].to_string(),
+                    words[2].to_string(),
+                ));
+                let iface = &names[p.interface_id as usize];
+                assert_eq!(iface, &format!("{}:{}", words[0], words[1]), "{c}");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        names,
+        [
+            "n1:uplink",
+            "n1:tasks",
+            "n2:uplink",
+            "n2:tasks",
+            "n3:uplink",
+            "n3:tasks"
+        ]
+    );
+    let t = |n: &str, p: &str, d: &str| (n.to_string(), p.to_string(), d.to_string());
+    for want in [
+        t("n3", "uplink", "rx"),
+        t("n3", "uplink", "tx"),
+        t(&task_node, "uplink", "rx"),
+        t(&task_node, "tasks", "tx"),
+        t(&task_node, "tasks", "rx"),
+    ] {
+        assert!(seen.contains(&want), "{want:?} not in {seen:?}");
+    }
+    let _ = std::fs::remove_file(&file);
+}

@@ -3,6 +3,7 @@
 //! Reads (`ls`, `inspect`, `ps`, `stats`) ask the first `--socket`; changes go to every socket
 //! (one per node of a small mesh) at once and are reported per node.
 
+mod capture;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod conn;
@@ -181,6 +182,9 @@ enum Top {
     /// See and end the connections meshd's workers hold (of every socket)
     #[command(subcommand)]
     Conn(conn::ConnCmd),
+    /// Write what meshd's workers receive and send to a pcapng file (as tcpdump -w)
+    #[command(after_help = capture::EXAMPLES)]
+    Capture(capture::CaptureArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -900,7 +904,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             // Stats is a node's: it goes to the socket whatever --cluster says.
             match &cli.command {
-                Top::Stats | Top::Conn(_) | Top::Service(ServiceCmd::Stats(_)) => None,
+                Top::Stats
+                | Top::Conn(_)
+                | Top::Capture(_)
+                | Top::Service(ServiceCmd::Stats(_)) => None,
                 _ => Some(cluster::Cluster::connect(
                     spec,
                     &tls,
@@ -939,6 +946,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             ctx.show(&s, || stats::render(&s))
         }
         Top::Conn(c) => conn::run(&ctx, c),
+        Top::Capture(a) => capture::run(&ctx, a),
     }
 }
 

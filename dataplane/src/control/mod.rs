@@ -28,7 +28,7 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 
 use ctl::cluster::{Delta, Part};
 use ctl::model::{CurrentState, Health, PsTask, TaskState, TaskStatus};
-use ctl::proto::{self, Change, Command, ErrorCode, Query, Response};
+use ctl::proto::{self, Change, Command, ErrorCode, Query, Response, Runtime};
 use ctl::validate::Claims;
 use ctl::State;
 use serde::{Deserialize, Serialize};
@@ -860,6 +860,12 @@ impl ControlHandle {
         if let Some(r) = crate::conn::answer(&self.shared, &cmd) {
             return r;
         }
+        if let Command::Runtime(Runtime::Capture { .. }) = cmd {
+            return Response::error(
+                ErrorCode::BadRequest,
+                "capture streams its answer: send it alone on a control connection of its own (meshctl capture does)",
+            );
+        }
         if let Command::Query(Query::Stats {}) = cmd {
             let table = self.shared.table.load();
             let report = crate::shared::report(&self.shared, self.host.as_deref(), &table);
@@ -1129,7 +1135,19 @@ fn serve_conn(stream: UnixStream, ctl: ControlHandle, limits: Limits) {
     loop {
         let resp = match proto::read_line(&mut r, proto::MAX_REQUEST_BYTES) {
             Ok(None) => return,
-            Ok(Some(line)) => ctl.handle_line(&line),
+            Ok(Some(line)) => match proto::parse_request(&line) {
+                Ok(proto::Request {
+                    command: Command::Runtime(Runtime::Capture { spec }),
+                    ..
+                }) => {
+                    // A stream of its own until the capture ends; then the connection closes.
+                    // Each line must be taken within the write deadline, as any answer.
+                    crate::capture::serve(&ctl.shared, &spec, &mut w);
+                    return;
+                }
+                Ok(r) => ctl.request(r.command),
+                Err(e) => Response::Err(e),
+            },
             Err(proto::FrameError::TooLarge { limit }) => {
                 let resp = Response::error(
                     ErrorCode::TooLarge,
