@@ -90,7 +90,11 @@ impl Pipeline {
         if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
             self.clamp_mss(t, buf, l3, &a, dir);
         }
-        self.send(t, now, buf, a.dst, a.egress)
+        match self.send(t, now, buf, a.dst, a.egress) {
+            Ok(v) => Ok(v),
+            // The flow's drop: its task's (on the drop path only).
+            Err(r) => Err(self.blame(slot, r)),
+        }
     }
 
     /// `forward` of a packet longer than the smallest overlay MTU, or of a datagram's fragment
@@ -111,7 +115,11 @@ impl Pipeline {
         dir: Dir,
     ) -> Result<Verdict, DropReason> {
         let split = match self.oversize(t, now, buf, a.dst, a.egress) {
-            Size::Refused(v) => return v,
+            // Dropped as too big (and answered with ICMP, or not): the flow's task's drop.
+            Size::Refused(v) => {
+                self.task_stats.drop_at(slot);
+                return v;
+            }
             Size::Fits => 0,
             Size::Split(mtu) => mtu,
         };
@@ -124,7 +132,10 @@ impl Pipeline {
         if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
             self.clamp_mss(t, buf, l3, a, dir);
         }
+        // The packet counts once, whole: a drop of it (not of its pieces beyond the first) is
+        // the task's.
         self.send_sized(t, now, buf, a.dst, a.egress, split)
+            .map_err(|r| self.blame(slot, r))
     }
 
     /// Lowers the MSS of a SYN or SYN-ACK of a flow (already translated) to what its task's
