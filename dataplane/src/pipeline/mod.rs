@@ -34,8 +34,9 @@
 //! `DROPPED` column of [`TaskCounters`]; `meshctl service stats`' DROPS), only on the drop
 //! path (`blame`, `blame_service`, `blame_flow_of`), so forwarding pays nothing for it:
 //! - a flow's packet dropped on its way out (`forward`: no neighbour for the next hop, too big
-//!   for the overlay, no buffer to fragment it, sealing or encapsulation failing), and the
-//!   later fragments that follow it: the flow's task;
+//!   for the overlay, no buffer to fragment it, sealing or encapsulation failing): the flow's
+//!   task, found again by `process` from the frame's 5-tuple as it arrived; the later
+//!   fragments that follow a flow, by `later`;
 //! - a new connection to a published port or a VIP refused after a task was picked (no
 //!   masquerade port, the translation colliding, the flow table full, no ingress endpoint):
 //!   that task; refused before one was (no task may take it, answered by the host side as a
@@ -369,11 +370,11 @@ impl Pipeline {
         }
     }
 
-    /// Counts a drop against the task whose counters are at `slot` (its flow's, or the task
-    /// picked for a new flow), and gives `r` back. Drop paths only.
+    /// Counts a drop against the task whose counters are at `slot` (the task picked for a new
+    /// flow, or a later fragment's flow's), and gives `r` back. Drop paths only.
     #[cold]
     #[inline(never)]
-    fn blame(&mut self, slot: u16, r: DropReason) -> DropReason {
+    pub(super) fn blame(&mut self, slot: u16, r: DropReason) -> DropReason {
         self.task_stats.drop_at(slot);
         r
     }
@@ -389,13 +390,28 @@ impl Pipeline {
         }
     }
 
-    /// A frame dropped as `r` before the pipeline read where it goes: when `r` is one a flow's
-    /// own packet may fail (time to live, transport checksum) and the frame's 5-tuple, from
-    /// the prefetch pass, is a flow of this worker, counts it against the flow's task.
+    /// A frame dropped as `r`: when `r` is one a flow's own packet may meet and the frame's
+    /// 5-tuple, from the prefetch pass (as it arrived, before any rewrite), is a flow of this
+    /// worker, counts it against the flow's task. Those reasons: dropped before the pipeline
+    /// read where it goes (time to live, transport checksum), or on the way out once `forward`
+    /// has rewritten it (no neighbour, too big, no buffer to fragment it, no headroom, no seal).
+    /// Looking the flow up again here, on the drop path, keeps `forward` as it was: a match on
+    /// `send`'s result there made `by_flow_or` (the task replies' path) stop inlining `send`.
     #[cold]
     #[inline(never)]
     fn blame_flow_of(&mut self, r: DropReason) {
-        if !matches!(r, DropReason::TtlExpired | DropReason::BadL4Checksum) {
+        use DropReason as R;
+        if !matches!(
+            r,
+            R::TtlExpired
+                | R::BadL4Checksum
+                | R::NoNeighbor
+                | R::TooBig
+                | R::NoBuffer
+                | R::NoHeadroom
+                | R::SealUnknownKey
+                | R::SealNoNonce
+        ) {
             return;
         }
         let (key, hash) = self.hint;

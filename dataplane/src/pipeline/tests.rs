@@ -2795,3 +2795,31 @@ fn a_flows_dropped_packets_count_against_its_task() {
     let w1 = s.tasks.iter().find(|x| x.name == "web.1").unwrap();
     assert_eq!((w1.dropped, s.dropped), (3, 3));
 }
+
+/// Too-big packets with DF of an established flow: each is the flow's task's drop once,
+/// whether meshd answered it with ICMP (a `Tx` verdict, blamed in `forward_big`) or, over the
+/// answer's rate, dropped it bare (blamed by `process`).
+#[test]
+fn too_big_packets_of_a_flow_count_once_against_its_task_answered_or_not() {
+    let (t, mut p) = on_n1_established(None);
+    let up = p.cfg.uplink_mac;
+    let big = vec![0x62; 1411];
+    let seg = tcp_seg(
+        ([2, 0, 0, 0, 0, 0x99], up),
+        CLIENT,
+        40000,
+        N1,
+        8080,
+        TcpControl::Psh,
+        true,
+        None,
+        &big,
+        true,
+    );
+    let answered = (0..50)
+        .filter(|_| run(&mut p, &t, PortId::Uplink, &seg).0 == Verdict::Tx(PortId::Uplink))
+        .count();
+    assert_eq!((answered, p.stats.dropped(DropReason::TooBig)), (10, 50));
+    assert_eq!(dropped_of(&p, task_uid(&t, "web.1")), 50);
+    assert_eq!(dropped_of(&p, t.services[0].uid), 0);
+}

@@ -90,11 +90,9 @@ impl Pipeline {
         if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
             self.clamp_mss(t, buf, l3, &a, dir);
         }
-        match self.send(t, now, buf, a.dst, a.egress) {
-            Ok(v) => Ok(v),
-            // The flow's drop: its task's (on the drop path only).
-            Err(r) => Err(self.blame(slot, r)),
-        }
+        // A drop here is blamed on the flow's task by `process` (`blame_flow_of`), off this
+        // path: matching the result here made `by_flow_or` stop inlining `send`.
+        self.send(t, now, buf, a.dst, a.egress)
     }
 
     /// `forward` of a packet longer than the smallest overlay MTU, or of a datagram's fragment
@@ -115,9 +113,13 @@ impl Pipeline {
         dir: Dir,
     ) -> Result<Verdict, DropReason> {
         let split = match self.oversize(t, now, buf, a.dst, a.egress) {
-            // Dropped as too big (and answered with ICMP, or not): the flow's task's drop.
+            // Dropped as too big and answered with ICMP (a `Tx` verdict): the flow's task's
+            // drop. Dropped without an answer (`Err`): blamed as any of the flow's drops, by
+            // `process` or (a later fragment) `later`.
             Size::Refused(v) => {
-                self.task_stats.drop_at(slot);
+                if v.is_ok() {
+                    self.task_stats.drop_at(slot);
+                }
                 return v;
             }
             Size::Fits => 0,
@@ -132,10 +134,7 @@ impl Pipeline {
         if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
             self.clamp_mss(t, buf, l3, a, dir);
         }
-        // The packet counts once, whole: a drop of it (not of its pieces beyond the first) is
-        // the task's.
         self.send_sized(t, now, buf, a.dst, a.egress, split)
-            .map_err(|r| self.blame(slot, r))
     }
 
     /// Lowers the MSS of a SYN or SYN-ACK of a flow (already translated) to what its task's
