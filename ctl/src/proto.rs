@@ -921,6 +921,9 @@ pub struct TaskReport {
     /// (InActConn); as of the workers' last sweep of their flow tables.
     pub active_connections: u64,
     pub inactive_connections: u64,
+    /// Frames of the task's flows this node dropped (and new connections refused after the
+    /// task was picked for them), since meshd started.
+    pub dropped: u64,
 }
 
 /// One service's traffic: the sum over its tasks, and each task's.
@@ -933,6 +936,10 @@ pub struct ServiceReport {
     pub connections: u64,
     pub active_connections: u64,
     pub inactive_connections: u64,
+    /// Frames of the service this node dropped: its tasks' drops, and those of new
+    /// connections refused before a task was picked (none could take it, or the source was
+    /// over its new-flow rate), which no task is blamed for.
+    pub dropped: u64,
     /// Tasks that take new connections.
     pub eligible: u64,
     pub tasks: Vec<TaskReport>,

@@ -63,10 +63,12 @@ fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
             )?;
         }
     }
-    let task_metrics: [(&str, &str, TaskField); 5] = [
+    let task_metrics: [(&str, &str, TaskField); 6] = [
         ("meshd_task_packets_total", "counter", |t| t.packets),
         ("meshd_task_bytes_total", "counter", |t| t.bytes),
         ("meshd_task_connections_total", "counter", |t| t.connections),
+        // Frames of the task's flows dropped (meshd_drops_total has them by reason).
+        ("meshd_task_dropped_total", "counter", |t| t.dropped),
         // IPVS's ActiveConn and InActConn, as of the workers' last sweep.
         ("meshd_task_active_connections", "gauge", |t| {
             t.active_connections
@@ -88,6 +90,15 @@ fn write_report(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
                 )?;
             }
         }
+    }
+    // A service's drops: its tasks', and new connections refused before a task was picked.
+    writeln!(out, "# TYPE meshd_service_dropped_total counter")?;
+    for svc in &stats.services {
+        writeln!(
+            out,
+            "meshd_service_dropped_total{{node=\"{node}\",service=\"{}\"}} {}",
+            svc.name, svc.dropped
+        )?;
     }
     let lat = &stats.burst_latency_ns;
     writeln!(out, "# TYPE meshd_burst_latency_ns summary")?;
@@ -225,7 +236,7 @@ mod tests {
             "node": "n1", "generation": 3,
             "workers": [{"rx": 5, "active_flows": 2, "drops": {"bad_ip_checksum": 1}}],
             "burst_latency_ns": {"count": 1, "p50": 100, "p99": 200, "p999": 300, "max": 300},
-            "services": [{"name": "web", "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1, "active_connections": 2, "inactive_connections": 3, "health": "unhealthy"}]}],
+            "services": [{"name": "web", "dropped": 9, "tasks": [{"name": "web.1", "packets": 4, "bytes": 400, "connections": 1, "active_connections": 2, "inactive_connections": 3, "dropped": 5, "health": "unhealthy"}]}],
             "host": {"dns_queries": 7}
         });
         let t = render(&serde_json::from_value(v).unwrap());
@@ -248,6 +259,12 @@ mod tests {
         assert!(t.contains(
             "meshd_task_health{node=\"n1\",service=\"web\",task=\"web.1\",health=\"unhealthy\"} 1"
         ));
+        assert!(t.contains("# TYPE meshd_task_dropped_total counter"));
+        assert!(
+            t.contains("meshd_task_dropped_total{node=\"n1\",service=\"web\",task=\"web.1\"} 5")
+        );
+        assert!(t.contains("# TYPE meshd_service_dropped_total counter"));
+        assert!(t.contains("meshd_service_dropped_total{node=\"n1\",service=\"web\"} 9"));
         assert!(t.contains("meshd_host_dns_queries_total{node=\"n1\"} 7"));
         assert!(!t.contains("meshd_device_"), "no DPDK rows on other ports");
     }

@@ -208,7 +208,7 @@ impl PublishedTasks {
         self.len.store(n, Ordering::Release);
     }
 
-    /// Every published row: (uid, [packets, bytes, connections, active, inactive]).
+    /// Every published row: (uid, [packets, bytes, connections, active, inactive, dropped]).
     pub fn read(&self) -> Vec<(u64, [u64; TASK_COLS])> {
         // At most the rows' length (the writer counts the rows it filled).
         let n = usize::try_from(self.len.load(Ordering::Acquire)).unwrap_or(usize::MAX);
@@ -246,7 +246,8 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
             let _ = hist.add(&*h);
         }
     }
-    // Per-task packets, bytes and connections, summed over the workers.
+    // Per-task packets, bytes, connections and drops (and per-service drops no task is blamed
+    // for, under the service's uid), summed over the workers.
     let mut per_uid: std::collections::HashMap<u64, [u64; TASK_COLS]> =
         std::collections::HashMap::new();
     for w in &shared.task_stats {
@@ -267,7 +268,7 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                 .iter()
                 .filter_map(|&t| table.tasks.get(t as usize))
                 .map(|te| {
-                    let [packets, bytes, connections, active_connections, inactive_connections] =
+                    let [packets, bytes, connections, active_connections, inactive_connections, dropped] =
                         per_uid.get(&te.uid).copied().unwrap_or_default();
                     TaskReport {
                         name: te.name.to_string(),
@@ -283,9 +284,13 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                         connections,
                         active_connections,
                         inactive_connections,
+                        dropped,
                     }
                 })
                 .collect();
+            let unblamed = per_uid
+                .get(&s.uid)
+                .map_or(0, |v| v[crate::stats::DROPPED]);
             ServiceReport {
                 name: s.name.to_string(),
                 packets: tasks.iter().map(|t| t.packets).sum(),
@@ -293,6 +298,7 @@ pub fn report(shared: &Shared, host: Option<&HostShared>, table: &ServiceTable) 
                 connections: tasks.iter().map(|t| t.connections).sum(),
                 active_connections: tasks.iter().map(|t| t.active_connections).sum(),
                 inactive_connections: tasks.iter().map(|t| t.inactive_connections).sum(),
+                dropped: unblamed + tasks.iter().map(|t| t.dropped).sum::<u64>(),
                 eligible: tasks.iter().map(|t| u64::from(t.eligible)).sum(),
                 tasks,
             }

@@ -368,9 +368,16 @@ mod tests {
 }
 
 /// Per-task counters of one worker, keyed by the task's stable uid: packets, bytes and
-/// connections (new flows), and the flows it holds now, active (established TCP) and inactive
-/// (any other TCP state, and UDP), as IPVS counts them. A fixed open-addressing table allocated
-/// once; a task seen when the table is full is not counted (and `overflow` says so).
+/// connections (new flows), the flows it holds now, active (established TCP) and inactive
+/// (any other TCP state, and UDP), as IPVS counts them, and the frames of its flows the
+/// pipeline dropped. A fixed open-addressing table allocated once; a task seen when the table
+/// is full is not counted (and `overflow` says so).
+///
+/// A service has an entry too, under its own uid ([`crate::balance::table::SvcEntry::uid`]),
+/// made on its first drop that no task can be blamed for (a new connection refused before a
+/// task was picked: no task to take it, a SYN with FIN or RST, a source over its new-flow
+/// rate); only its `DROPPED` column is used. A service's drops are its entry's and its tasks'.
+/// Drops are counted only on drop paths ([`Self::drop_at`]): the forwarding path pays nothing.
 ///
 /// The active and inactive counts are those of the idle sweep's last whole pass over the flow
 /// table (it looks at every flow anyway): exact for the flows that lived through the pass, and
@@ -396,8 +403,11 @@ pub const BYTES: usize = 1;
 pub const CONNS: usize = 2;
 pub const ACTIVE: usize = 3;
 pub const INACTIVE: usize = 4;
+/// Frames dropped after the pipeline knew their flow's task (or, in a service's entry, the
+/// service but no task).
+pub const DROPPED: usize = 5;
 /// Counters per task.
-pub const TASK_COLS: usize = 5;
+pub const TASK_COLS: usize = 6;
 
 impl TaskCounters {
     /// Room for `capacity` tasks (rounded up to a power of two, twice over for probing).
@@ -458,6 +468,15 @@ impl TaskCounters {
         }
     }
 
+    /// Counts a dropped frame against the task (or service) at `slot`; `u16::MAX` is ignored.
+    /// Only drop paths call it.
+    #[cold]
+    pub fn drop_at(&mut self, slot: u16) {
+        if let Some(v) = self.vals.get_mut(usize::from(slot)) {
+            v[DROPPED] += 1;
+        }
+    }
+
     /// Counts a flow of the task at `slot` the sweep's pass found alive; `u16::MAX` is ignored.
     #[inline]
     pub fn tally(&mut self, slot: u16, active: bool) {
@@ -479,7 +498,8 @@ impl TaskCounters {
         }
     }
 
-    /// Every counted task: (uid, [packets, bytes, connections, active, inactive]).
+    /// Every counted task (and service): (uid, [packets, bytes, connections, active, inactive,
+    /// dropped]).
     pub fn iter(&self) -> impl Iterator<Item = (u64, [u64; TASK_COLS])> + '_ {
         self.used
             .iter()
@@ -505,8 +525,27 @@ mod task_tests {
         assert_eq!(t.overflow, 1);
         t.entry(3).unwrap()[BYTES] += 100;
         let got: std::collections::BTreeMap<u64, [u64; TASK_COLS]> = t.iter().collect();
-        assert_eq!(got[&3], [3, 100, 0, 0, 0]);
+        assert_eq!(got[&3], [3, 100, 0, 0, 0, 0]);
         assert_eq!(got.len(), 8);
+    }
+
+    #[test]
+    fn drops_count_against_their_slot_and_nothing_else() {
+        let mut t = TaskCounters::new(4);
+        let (task, service) = (t.slot(7), t.slot(0x5e41));
+        t.add(task, 2, 120, 1);
+        t.drop_at(task);
+        for _ in 0..3 {
+            t.drop_at(service);
+        }
+        t.drop_at(u16::MAX);
+        let got: std::collections::BTreeMap<u64, [u64; TASK_COLS]> = t.iter().collect();
+        assert_eq!(got[&7], [2, 120, 1, 0, 0, 1]);
+        assert_eq!(got[&0x5e41], [0, 0, 0, 0, 0, 3]);
+        assert_eq!(got.len(), 2, "an unknown slot claims nothing");
+        // A pass of the sweep leaves the drops alone.
+        t.close_pass();
+        assert_eq!(t.iter().map(|(_, v)| v[DROPPED]).sum::<u64>(), 4);
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub struct TaskEntry {
 #[derive(Debug, Clone)]
 pub struct SvcEntry {
     pub name: Arc<str>,
+    /// The service's identity for counters (never 0): a hash of its name, alike in every
+    /// table and on every node. Its drops that no task can be blamed for are counted under it
+    /// in the workers' [`crate::stats::TaskCounters`], beside its tasks' uids.
+    pub uid: u64,
     pub endpoint_mode: EndpointMode,
     pub client_ip: ClientIpMode,
     pub timeouts: model::Timeouts,
@@ -316,6 +320,12 @@ fn task_uid(svc: &str, t: &model::Task) -> u64 {
         eat(&a.addr.octets());
     }
     h
+}
+
+/// A service's identity for counters ([`SvcEntry::uid`]): its name's hash, salted apart from
+/// the balancers' keys, never 0 (a free slot's key).
+fn service_uid(name: &str) -> u64 {
+    (mix64(name_hash(name.as_bytes()) ^ 0x5e41_ce00_d409_0001)).max(1)
 }
 
 /// A name's hash, alike on every node and in every process (no random seed).
@@ -894,6 +904,7 @@ impl ServiceTable {
         }
         let entry = SvcEntry {
             name: Arc::from(s.name.as_str()),
+            uid: service_uid(&s.name),
             endpoint_mode: s.endpoint_mode,
             client_ip: s.client_ip,
             timeouts: s.timeouts,

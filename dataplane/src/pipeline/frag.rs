@@ -395,7 +395,10 @@ impl Pipeline {
                 }
                 let a = *fl.action(dir);
                 let slot = fl.stats_slot(dir);
+                // A later fragment's ports are not in it, so `process` cannot find its flow:
+                // its drop is blamed on the flow's task here.
                 self.forward_big(t, now, buf, &l3, &a, slot, dir)
+                    .map_err(|r| self.blame(slot, r))
             }
             // `fragment` holds those; never released with this route.
             Route::Pending => Err(DropReason::NoRoute),

@@ -29,6 +29,30 @@
 //!
 //! Every exit is a typed [`Verdict`]: `Tx`, `Host(HostReason)`, `Handoff`, `Consumed` or
 //! `Drop(DropReason)`, each counted. Between bursts, `housekeeping.rs` expires and ends flows.
+//!
+//! A drop also counts against a task, or its service, once the pipeline knows which (the
+//! `DROPPED` column of [`TaskCounters`]; `meshctl service stats`' DROPS), only on the drop
+//! path (`blame`, `blame_service`, `blame_flow_of`), so forwarding pays nothing for it:
+//! - a flow's packet dropped on its way out (`forward`: no neighbour for the next hop, too big
+//!   for the overlay, no buffer to fragment it, sealing or encapsulation failing): the flow's
+//!   task, found again by `process` from the frame's 5-tuple as it arrived; the later
+//!   fragments that follow a flow, by `later`;
+//! - a new connection to a published port or a VIP refused after a task was picked (no
+//!   masquerade port, the translation colliding, the flow table full, no ingress endpoint):
+//!   that task; refused before one was (no task may take it, answered by the host side as a
+//!   closed port, `HostReason::NoTask`; a SYN with FIN or RST; a source over its new-flow
+//!   rate): the service alone;
+//! - a frame whose headers fail with `ttl_expired` or `bad_l4_checksum` before the pipeline
+//!   has read where it goes, when its 5-tuple (read again on that cold path) is a flow of
+//!   this worker: the flow's task. A frame the receiving worker does not own is dropped before
+//!   it would be handed over, and is not blamed.
+//!
+//! Not blamed on anyone, counted only by reason: drops before the pipeline knows a service
+//! (malformed Ethernet, IPv4, TCP or UDP headers, unknown VTEPs and VNIs, spoofed sources,
+//! ARP, fragments the fragment stage refuses, a later fragment of a datagram whose first was
+//! dropped), frames delivered by address without a flow on this node (task-to-task traffic,
+//! requests another node masqueraded; their packets are not counted per task here either),
+//! and the worker's own queues (`handoff_full`, `host_queue_full`, `no_headroom` there).
 
 use std::sync::Arc;
 
@@ -346,6 +370,60 @@ impl Pipeline {
         }
     }
 
+    /// Counts a drop against the task whose counters are at `slot` (the task picked for a new
+    /// flow, or a later fragment's flow's), and gives `r` back. Drop paths only.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn blame(&mut self, slot: u16, r: DropReason) -> DropReason {
+        self.task_stats.drop_at(slot);
+        r
+    }
+
+    /// Counts a drop (or a refusal) against service `svc` when no task was picked: under the
+    /// service's own uid in the task counters. Drop paths only.
+    #[cold]
+    #[inline(never)]
+    fn blame_service(&mut self, t: &ServiceTable, svc: crate::balance::table::SvcIdx) {
+        if let Some(s) = t.services.get(usize::from(svc)) {
+            let slot = self.task_stats.slot(s.uid);
+            self.task_stats.drop_at(slot);
+        }
+    }
+
+    /// A frame dropped as `r`: when `r` is one a flow's own packet may meet and the frame's
+    /// 5-tuple, from the prefetch pass (as it arrived, before any rewrite), is a flow of this
+    /// worker, counts it against the flow's task. Those reasons: dropped before the pipeline
+    /// read where it goes (time to live, transport checksum), or on the way out once `forward`
+    /// has rewritten it (no neighbour, too big, no buffer to fragment it, no headroom, no seal).
+    /// Looking the flow up again here, on the drop path, keeps `forward` as it was: a match on
+    /// `send`'s result there made `by_flow_or` (the task replies' path) stop inlining `send`.
+    #[cold]
+    #[inline(never)]
+    fn blame_flow_of(&mut self, r: DropReason) {
+        use DropReason as R;
+        if !matches!(
+            r,
+            R::TtlExpired
+                | R::BadL4Checksum
+                | R::NoNeighbor
+                | R::TooBig
+                | R::NoBuffer
+                | R::NoHeadroom
+                | R::SealUnknownKey
+                | R::SealNoNonce
+        ) {
+            return;
+        }
+        let (key, hash) = self.hint;
+        if hash == 0 {
+            return;
+        }
+        if let Some((id, dir)) = self.flows.lookup(&key, hash) {
+            let slot = self.flows.get(id).stats_slot(dir);
+            self.task_stats.drop_at(slot);
+        }
+    }
+
     /// Counts a new flow to the task whose counters are at `slot`.
     #[inline]
     fn count_new(&mut self, slot: u16) {
@@ -456,7 +534,10 @@ impl Pipeline {
             self.stats.rx += 1;
             let v = match self.one(table, now, buf) {
                 Ok(v) => v,
-                Err(r) => Verdict::Drop(r),
+                Err(r) => {
+                    self.blame_flow_of(r);
+                    Verdict::Drop(r)
+                }
             };
             self.count(v);
             verdicts.push(v);
@@ -554,7 +635,10 @@ impl Pipeline {
         // A new flow: only a plain TCP SYN (or any UDP datagram) opens one, at most as often as
         // the source may; a stray segment gets the host's answer (RST), as from a kernel with
         // no such connection.
-        if let Some(v) = self.may_open(&l3, now)? {
+        if let Some(v) = self
+            .may_open(&l3, now)
+            .inspect_err(|_| self.blame_service(t, t.balancer(p.balancer).service))?
+        {
             return Ok(v);
         }
         // A table publishes ports only when it has an ingress network.
@@ -571,7 +655,8 @@ impl Pipeline {
             now,
         };
         let Some(b) = self.sched.pick(t, p.balancer, pick, self.flows.active()) else {
-            // No task to take it: refuse like a closed port.
+            // No task to take it: refuse like a closed port (the service's drop).
+            self.blame_service(t, bal.service);
             return Ok(Verdict::Host(HostReason::NoTask));
         };
         let svc = &t.services[usize::from(bal.service)];
@@ -582,13 +667,15 @@ impl Pipeline {
             ClientIpMode::Keep => (l3.src, l3.sport),
             ClientIpMode::Masquerade => {
                 let Some(ep) = net.local_endpoint else {
-                    return Err(DropReason::NoRoute);
+                    return Err(self.blame(slot, DropReason::NoRoute));
                 };
                 let ep = ipkey(ep);
-                let port = self
-                    .masq
-                    .pick(&self.flows, l3.proto, ep, ipkey(b.addr), p.target, slot)
-                    .ok_or(DropReason::NoNatPort)?;
+                let picked =
+                    self.masq
+                        .pick(&self.flows, l3.proto, ep, ipkey(b.addr), p.target, slot);
+                let Some(port) = picked else {
+                    return Err(self.blame(slot, DropReason::NoNatPort));
+                };
                 (ep, port)
             }
         };
@@ -618,7 +705,7 @@ impl Pipeline {
             ClientIpMode::Masquerade => self.flows.insert_deferred(flow, [hash, rkey.hash()], now),
             ClientIpMode::Keep => self.flows.insert(flow, now),
         }
-        .map_err(insert_refused)?;
+        .map_err(|e| self.blame(slot, insert_refused(e)))?;
         self.count_new(slot);
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
     }
@@ -916,7 +1003,10 @@ impl Pipeline {
                 if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
-                if let Some(v) = self.may_open(&l3, now)? {
+                if let Some(v) = self
+                    .may_open(&l3, now)
+                    .inspect_err(|_| self.blame_service(t, service))?
+                {
                     return Ok(v);
                 }
                 let pick = NewFlow {
@@ -925,6 +1015,7 @@ impl Pipeline {
                     now,
                 };
                 let Some(b) = self.sched.pick(t, balancer, pick, self.flows.active()) else {
+                    self.blame_service(t, service);
                     return Ok(Verdict::Host(HostReason::NoTask));
                 };
                 let svc = &t.services[usize::from(service)];
@@ -937,12 +1028,13 @@ impl Pipeline {
                 let slot = self.task_stats.slot(b.uid);
                 let (src, sport) = if b.local {
                     let gw = ipkey(net.gateway);
-                    (
-                        gw,
-                        self.masq
-                            .pick(&self.flows, l3.proto, gw, baddr, l3.dport, slot)
-                            .ok_or(DropReason::NoNatPort)?,
-                    )
+                    let picked = self
+                        .masq
+                        .pick(&self.flows, l3.proto, gw, baddr, l3.dport, slot);
+                    let Some(port) = picked else {
+                        return Err(self.blame(slot, DropReason::NoNatPort));
+                    };
+                    (gw, port)
                 } else {
                     (l3.src, l3.sport)
                 };
@@ -958,7 +1050,10 @@ impl Pipeline {
                     timeouts(svc),
                     now,
                 );
-                let id = self.flows.insert(flow, now).map_err(insert_refused)?;
+                let id = self
+                    .flows
+                    .insert(flow, now)
+                    .map_err(|e| self.blame(slot, insert_refused(e)))?;
                 self.count_new(slot);
                 self.forward(t, now, buf, &l3, id, Dir::Fwd)
             }

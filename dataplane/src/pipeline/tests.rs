@@ -442,7 +442,7 @@ fn a_published_port_is_dnated_and_encapsulated_to_the_tasks_node() {
     // Counted for web.1: one packet of the frame's size, one connection.
     let uid = table.tasks[table.task_by_name("web.1").unwrap() as usize].uid;
     let counted: Vec<_> = p.task_stats.iter().collect();
-    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1, 0, 0])]);
+    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1, 0, 0, 0])]);
     // Held now: an inactive connection (half-open), once the sweep has been round the table.
     let mut pool = Pool::new(8);
     let mut out = Burst::new();
@@ -450,7 +450,7 @@ fn a_published_port_is_dnated_and_encapsulated_to_the_tasks_node() {
         p.maintain(&table, ms, &mut pool, &mut out);
     }
     let counted: Vec<_> = p.task_stats.iter().collect();
-    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1, 0, 1])]);
+    assert_eq!(counted, vec![(uid, [1, f.len() as u64, 1, 0, 1, 0])]);
 }
 
 // ---- big packets: MSS clamping and path MTU discovery ----------------------------------
@@ -2610,4 +2610,216 @@ fn lc_counts_a_connection_until_its_flow_ends_through_the_pipeline() {
     assert_eq!(ps[0].stats.flows_expired, 1);
     assert_eq!((ps[0].flows.active()[s1], ps[0].flows.active()[s2]), (1, 2));
     assert_eq!(syns(&mut ps, 11_000, 40010..40011), [WEB1]);
+}
+
+// ---- drops per service and per task ----------------------------------------------------------
+
+/// The `DROPPED` count of the task or service with `uid` in `p`'s counters (0 if it has none).
+fn dropped_of(p: &Pipeline, uid: u64) -> u64 {
+    p.task_stats
+        .iter()
+        .find(|(u, _)| *u == uid)
+        .map_or(0, |(_, v)| v[crate::stats::DROPPED])
+}
+
+fn task_uid(t: &ServiceTable, name: &str) -> u64 {
+    t.tasks[t.task_by_name(name).unwrap() as usize].uid
+}
+
+/// A service whose tasks are all gone refuses a client's SYN to its published port (the host
+/// side answers as a closed port): a drop of the service, which no task is blamed for, in the
+/// counters and in the `stats` answer. A SYN with FIN to a service that has tasks is the
+/// service's drop too, not a task's.
+#[test]
+fn a_refused_new_connection_counts_against_its_service_and_no_task() {
+    use crate::testkit;
+    let n1 = std::net::Ipv4Addr::new(192, 168, 1, 11);
+    let client = std::net::Ipv4Addr::new(10, 9, 0, 9);
+    let syn = |flags: u8, sport: u16| {
+        testkit::tcp_frame(
+            [2, 0, 0, 0, 0, 0x99],
+            Config::default().uplink_mac,
+            client,
+            sport,
+            n1,
+            8080,
+            flags,
+            1,
+            0,
+            b"",
+        )
+    };
+    let mut no_task = three_nodes();
+    no_task.services[0].tasks.clear();
+    let t = ServiceTable::build(&no_task, "n1", 1).unwrap();
+    let neigh = Arc::new(Neighbors::new(64));
+    let mut p = Pipeline::new(Config::default(), neigh.clone());
+    for sport in [40000, 40001] {
+        let (v, _) = run(
+            &mut p,
+            &t,
+            PortId::Uplink,
+            &syn(testkit::tcp_flags::SYN, sport),
+        );
+        assert_eq!(v, Verdict::Host(HostReason::NoTask));
+    }
+    let web = t.services[0].uid;
+    assert_eq!(dropped_of(&p, web), 2);
+    // Only the service's own entry: nothing else was counted.
+    let rows: Vec<_> = p.task_stats.iter().collect();
+    assert_eq!(rows, vec![(web, [0, 0, 0, 0, 0, 2])]);
+    // As `stats` (and so meshctl and the metrics) report it.
+    let shared = crate::shared::Shared::new(t.clone(), 1, neigh);
+    shared.task_stats[0].write(&p.task_stats);
+    let r = crate::shared::report(&shared, None, &t);
+    let s = r.services.iter().find(|s| s.name == "web").unwrap();
+    assert_eq!((s.dropped, s.tasks.len()), (2, 0));
+
+    // With its tasks: a SYN with FIN is dropped before a task is picked, against the service.
+    let t = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+    let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+    let bad = syn(testkit::tcp_flags::SYN | testkit::tcp_flags::FIN, 40002);
+    let (v, _) = run(&mut p, &t, PortId::Uplink, &bad);
+    assert_eq!(v, Verdict::Drop(DropReason::BadTcpFlags));
+    assert_eq!(dropped_of(&p, t.services[0].uid), 1);
+    assert_eq!(dropped_of(&p, task_uid(&t, "web.1")), 0);
+    assert_eq!(dropped_of(&p, task_uid(&t, "web.2")), 0);
+}
+
+/// A task's connection to its service's VIP when no task may take it (every weight 0): the
+/// service's drop.
+#[test]
+fn a_vip_connection_with_no_task_to_take_it_counts_against_the_service() {
+    use crate::testkit;
+    let mut state = three_nodes();
+    for task in &mut state.services[0].tasks {
+        task.weight = 0;
+    }
+    let t = ServiceTable::build(&state, "n2", 1).unwrap();
+    let mut p = Pipeline::new(Config::default(), Arc::new(Neighbors::new(64)));
+    // web.1 (on n2) to web's VIP.
+    let f = testkit::udp_frame(
+        [2, 0, 0, 0, 0, 0x11],
+        Config::default().tasks_mac,
+        std::net::Ipv4Addr::new(10, 0, 1, 11),
+        5000,
+        std::net::Ipv4Addr::new(10, 0, 1, 2),
+        80,
+        b"q",
+    );
+    let (v, _) = run(&mut p, &t, PortId::Tasks, &f);
+    assert_eq!(v, Verdict::Host(HostReason::NoTask));
+    assert_eq!(dropped_of(&p, t.services[0].uid), 1);
+    assert_eq!(dropped_of(&p, task_uid(&t, "web.1")), 0);
+}
+
+/// A flow's packets dropped on their way (no neighbour for the task's node yet; time to live
+/// run out; a bad checksum) count against the flow's task, and so its service; a packet of no
+/// flow with the same faults is blamed on nobody.
+#[test]
+fn a_flows_dropped_packets_count_against_its_task() {
+    use crate::testkit;
+    // n1 does not know n2's MAC yet: the SYN makes web.1's flow, and is dropped.
+    let t = ServiceTable::build(&three_nodes(), "n1", 1).unwrap();
+    let neigh = Arc::new(Neighbors::new(64));
+    let mut p = Pipeline::new(Config::default(), neigh.clone());
+    let up = p.cfg.uplink_mac;
+    let seg = |sport: u16, flags: u8, seq: u32| {
+        testkit::tcp_frame(
+            [2, 0, 0, 0, 0, 0x99],
+            up,
+            std::net::Ipv4Addr::new(10, 9, 0, 9),
+            sport,
+            std::net::Ipv4Addr::new(192, 168, 1, 11),
+            8080,
+            flags,
+            seq,
+            0,
+            b"",
+        )
+    };
+    let (v, _) = run(
+        &mut p,
+        &t,
+        PortId::Uplink,
+        &seg(40000, testkit::tcp_flags::SYN, 1),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::NoNeighbor));
+    let web1 = task_uid(&t, "web.1");
+    let row = |p: &Pipeline| p.task_stats.iter().find(|(u, _)| *u == web1).unwrap().1;
+    let [packets, _, conns, _, _, dropped] = row(&p);
+    assert_eq!((packets, conns, dropped), (1, 1, 1));
+    // Retransmitted once n2 is known: through, nothing more dropped.
+    neigh.learn(N2, [2, 0, 0, 0, 0, 0x12]);
+    let (v, _) = run(
+        &mut p,
+        &t,
+        PortId::Uplink,
+        &seg(40000, testkit::tcp_flags::SYN, 1),
+    );
+    assert_eq!(v, Verdict::Tx(PortId::Uplink));
+    assert_eq!(row(&p)[crate::stats::DROPPED], 1);
+    // The flow's next segment with its time to live run out, then one with a bad checksum:
+    // dropped before the pipeline reads where they go, and still the flow's.
+    let mut ttl = seg(40000, testkit::tcp_flags::ACK, 2);
+    ttl[ETH + 8] = 1;
+    testkit::refill_ipv4_checksum(&mut ttl);
+    let mut sum = seg(40000, testkit::tcp_flags::ACK, 2);
+    sum[ETH + IPV4 + 16] ^= 0xff; // the TCP checksum
+    for (f, why) in [
+        (&ttl, DropReason::TtlExpired),
+        (&sum, DropReason::BadL4Checksum),
+    ] {
+        let (v, _) = run(&mut p, &t, PortId::Uplink, f);
+        assert_eq!(v, Verdict::Drop(why));
+    }
+    assert_eq!(row(&p)[crate::stats::DROPPED], 3);
+    // The same faults on a connection meshd has no flow for: nobody's.
+    let mut other = seg(40001, testkit::tcp_flags::ACK, 2);
+    other[ETH + 8] = 1;
+    testkit::refill_ipv4_checksum(&mut other);
+    let (v, _) = run(&mut p, &t, PortId::Uplink, &other);
+    assert_eq!(v, Verdict::Drop(DropReason::TtlExpired));
+    let total: u64 = p
+        .task_stats
+        .iter()
+        .map(|(_, v)| v[crate::stats::DROPPED])
+        .sum();
+    assert_eq!(total, 3);
+    assert_eq!(dropped_of(&p, t.services[0].uid), 0, "all blamed on web.1");
+    // In the `stats` answer: web.1's three, and the service's sum of its tasks'.
+    let shared = crate::shared::Shared::new(t.clone(), 1, neigh);
+    shared.task_stats[0].write(&p.task_stats);
+    let r = crate::shared::report(&shared, None, &t);
+    let s = r.services.iter().find(|s| s.name == "web").unwrap();
+    let w1 = s.tasks.iter().find(|x| x.name == "web.1").unwrap();
+    assert_eq!((w1.dropped, s.dropped), (3, 3));
+}
+
+/// Too-big packets with DF of an established flow: each is the flow's task's drop once,
+/// whether meshd answered it with ICMP (a `Tx` verdict, blamed in `forward_big`) or, over the
+/// answer's rate, dropped it bare (blamed by `process`).
+#[test]
+fn too_big_packets_of_a_flow_count_once_against_its_task_answered_or_not() {
+    let (t, mut p) = on_n1_established(None);
+    let up = p.cfg.uplink_mac;
+    let big = vec![0x62; 1411];
+    let seg = tcp_seg(
+        ([2, 0, 0, 0, 0, 0x99], up),
+        CLIENT,
+        40000,
+        N1,
+        8080,
+        TcpControl::Psh,
+        true,
+        None,
+        &big,
+        true,
+    );
+    let answered = (0..50)
+        .filter(|_| run(&mut p, &t, PortId::Uplink, &seg).0 == Verdict::Tx(PortId::Uplink))
+        .count();
+    assert_eq!((answered, p.stats.dropped(DropReason::TooBig)), (10, 50));
+    assert_eq!(dropped_of(&p, task_uid(&t, "web.1")), 50);
+    assert_eq!(dropped_of(&p, t.services[0].uid), 0);
 }

@@ -90,6 +90,8 @@ impl Pipeline {
         if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
             self.clamp_mss(t, buf, l3, &a, dir);
         }
+        // A drop here is blamed on the flow's task by `process` (`blame_flow_of`), off this
+        // path: matching the result here made `by_flow_or` stop inlining `send`.
         self.send(t, now, buf, a.dst, a.egress)
     }
 
@@ -111,7 +113,15 @@ impl Pipeline {
         dir: Dir,
     ) -> Result<Verdict, DropReason> {
         let split = match self.oversize(t, now, buf, a.dst, a.egress) {
-            Size::Refused(v) => return v,
+            // Dropped as too big and answered with ICMP (a `Tx` verdict): the flow's task's
+            // drop. Dropped without an answer (`Err`): blamed as any of the flow's drops, by
+            // `process` or (a later fragment) `later`.
+            Size::Refused(v) => {
+                if v.is_ok() {
+                    self.task_stats.drop_at(slot);
+                }
+                return v;
+            }
             Size::Fits => 0,
             Size::Split(mtu) => mtu,
         };
