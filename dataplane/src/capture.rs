@@ -219,7 +219,8 @@ impl Session {
         r.len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
         r.port = port;
         r.tx = tx;
-        r.vlan = b.vlan;
+        // A buffer keeps the VLAN it came in on: only the tasks port's frames have one.
+        r.vlan = if port == PortId::Tasks { b.vlan } else { 0 };
         r.data.clear();
         // Within the capacity the asker gave it: no allocation.
         r.data

@@ -208,6 +208,7 @@ pub(super) fn run(ctx: &Ctx, a: CaptureArgs) -> Result<(), CliError> {
         let mut last_progress = Instant::now();
         let mut stopping = false;
         let mut total = 0u64;
+        let mut pending: Vec<(usize, CapturedFrame)> = Vec::new();
         loop {
             if interrupted.load(Ordering::Relaxed) && !stopping {
                 // Closing the connections ends each node's capture; what they sent is kept.
@@ -218,13 +219,11 @@ pub(super) fn run(ctx: &Ctx, a: CaptureArgs) -> Result<(), CliError> {
             }
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(Event::Chunk(i, chunk)) => {
-                    for f in &chunk.frames {
+                    for f in chunk.frames {
                         if a.count.is_some_and(|c| total >= c) {
                             break;
                         }
-                        out.write_pcapng_block(packet(&nodes[i].start.node, i, f))
-                            .map_err(write_error)?;
-                        nodes[i].written += 1;
+                        pending.push((i, f));
                         total += 1;
                     }
                     let n = &mut nodes[i];
@@ -249,11 +248,16 @@ pub(super) fn run(ctx: &Ctx, a: CaptureArgs) -> Result<(), CliError> {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
+            // Frames older than the window are in: written in time order, every node's
+            // interleaved.
+            let ripe = unix_us().saturating_sub(MERGE_WINDOW_US);
+            write_ripe(&mut out, &mut pending, &mut nodes, Some(ripe))?;
             if progress && last_progress.elapsed() >= Duration::from_secs(1) {
                 last_progress = Instant::now();
                 eprint!("\r{}", progress_line(&nodes, total));
             }
         }
+        write_ripe(&mut out, &mut pending, &mut nodes, None)?;
         if progress {
             eprintln!();
         }
@@ -287,6 +291,42 @@ pub(super) fn run(ctx: &Ctx, a: CaptureArgs) -> Result<(), CliError> {
     }
     if failed {
         return Err(CliError::Reported);
+    }
+    Ok(())
+}
+
+/// How long meshctl holds frames before writing them, so that the nodes' streams (each a few
+/// milliseconds behind its node) interleave in time order in the file.
+const MERGE_WINDOW_US: u64 = 1_000_000;
+
+/// Unix microseconds now.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Writes the frames of `pending` seen before `until` (all of them with `None`), in time
+/// order.
+fn write_ripe<W: Write>(
+    out: &mut PcapNgWriter<W>,
+    pending: &mut Vec<(usize, CapturedFrame)>,
+    nodes: &mut [Node],
+    until: Option<u64>,
+) -> Result<(), CliError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    // Stable: one node's frames keep their order.
+    pending.sort_by_key(|(_, f)| f.time_us);
+    let n = match until {
+        Some(t) => pending.partition_point(|(_, f)| f.time_us < t),
+        None => pending.len(),
+    };
+    for (i, f) in pending.drain(..n) {
+        out.write_pcapng_block(packet(&nodes[i].start.node, i, &f))
+            .map_err(write_error)?;
+        nodes[i].written += 1;
     }
     Ok(())
 }
