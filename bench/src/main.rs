@@ -89,6 +89,17 @@ enum Cmd {
     Converge(bench::converge::ConvergeArgs),
 }
 
+/// Prints `rows` as JSON (what `--json` asks), or fails the run.
+fn print_json<T: serde::Serialize>(rows: &T) {
+    match serde_json::to_string_pretty(rows) {
+        Ok(s) => println!("{s}"),
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
     match args.cmd {
@@ -107,13 +118,7 @@ fn main() {
             };
             let rows = bench::capture::measure(flows, packets, rounds);
             if json {
-                match serde_json::to_string_pretty(&rows) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("bench: {e}");
-                        std::process::exit(1);
-                    }
-                }
+                print_json(&rows);
             } else {
                 println!(
                     "{:<26} {:>7} {:>8} {:>8} {:>10}",
@@ -197,13 +202,7 @@ fn main() {
                 }
             }
             if json {
-                match serde_json::to_string_pretty(&rows) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        eprintln!("bench: {e}");
-                        std::process::exit(1);
-                    }
-                }
+                print_json(&rows);
             } else {
                 println!(
                     "{:<30} {:>9} {:>10} {:>9} {:>10}",

@@ -96,6 +96,26 @@ impl Daemon {
         Connection::connect(&self.socket, Duration::from_secs(5)).unwrap()
     }
 
+    /// The ingress and appnet networks and the service web, its tasks' MACs known: a
+    /// connection to go on with.
+    fn with_web(&self) -> Connection {
+        let mut c = self.conn();
+        for network in [ingress(), appnet()] {
+            ok(c.send(&Command::Change(Change::NetworkCreate { network }))
+                .unwrap());
+        }
+        ok(
+            c.send(&Command::Change(Change::ServiceCreate { service: web() }))
+                .unwrap(),
+        );
+        for (i, ip) in [(1u8, [10, 0, 0, 11]), (2, [10, 0, 0, 12])] {
+            self.shared
+                .neigh
+                .learn(u32::from_be_bytes(ip), [2, 0, 0, 0, 0x10, i]);
+        }
+        c
+    }
+
     fn stop(mut self) -> PathBuf {
         self.shared.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -646,20 +666,7 @@ fn conn_ls_lists_the_workers_flows_and_conn_rm_ends_them_with_a_reset() {
     use dataplane::buf::{PacketBuf, PortId};
     use dataplane::testkit::{parse_ipv4_tcp, tcp_flags, tcp_frame};
     let d = Daemon::start("conn");
-    let mut c = d.conn();
-    for network in [ingress(), appnet()] {
-        ok(c.send(&Command::Change(Change::NetworkCreate { network }))
-            .unwrap());
-    }
-    ok(
-        c.send(&Command::Change(Change::ServiceCreate { service: web() }))
-            .unwrap(),
-    );
-    for (i, ip) in [(1u8, [10, 0, 0, 11]), (2, [10, 0, 0, 12])] {
-        d.shared
-            .neigh
-            .learn(u32::from_be_bytes(ip), [2, 0, 0, 0, 0x10, i]);
-    }
+    let mut c = d.with_web();
     let client = Ipv4Addr::new(192, 168, 7, 1);
     let (client_mac, meshd_mac) = ([2, 0, 0, 0, 0x70, 1], Config::default().uplink_mac);
     for sport in 40000..40005u16 {
@@ -814,20 +821,7 @@ fn capture_streams_frames_before_and_after_translation_and_refuses_bad_requests(
     use dataplane::buf::{PacketBuf, PortId};
     use dataplane::testkit::{parse_ipv4_tcp, tcp_flags, tcp_frame, udp_frame};
     let d = Daemon::start("capture");
-    let mut c = d.conn();
-    for network in [ingress(), appnet()] {
-        ok(c.send(&Command::Change(Change::NetworkCreate { network }))
-            .unwrap());
-    }
-    ok(
-        c.send(&Command::Change(Change::ServiceCreate { service: web() }))
-            .unwrap(),
-    );
-    for (i, ip) in [(1u8, [10, 0, 0, 11]), (2, [10, 0, 0, 12])] {
-        d.shared
-            .neigh
-            .learn(u32::from_be_bytes(ip), [2, 0, 0, 0, 0x10, i]);
-    }
+    let mut c = d.with_web();
     let capture = |spec: CaptureSpec| Command::Runtime(Runtime::Capture { spec });
 
     // Refused, each with a clear error, before anything starts.
