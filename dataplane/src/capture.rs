@@ -88,7 +88,7 @@ impl Filter {
 
 /// One copied frame, in a buffer the asker allocated.
 #[derive(Debug)]
-pub struct Record {
+struct Record {
     /// The worker clock's microseconds when its loop began.
     at_us: u64,
     len: u32,
@@ -113,7 +113,7 @@ impl Record {
 
 /// One worker's share of a session.
 #[derive(Debug)]
-pub struct Lane {
+struct Lane {
     free: ArrayQueue<Box<Record>>,
     full: ArrayQueue<Box<Record>>,
     matched: AtomicU64,
@@ -300,11 +300,6 @@ fn unix_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// Why a capture could not start.
-fn refused(code: ErrorCode, msg: impl Into<String>) -> Response {
-    Response::error(code, msg)
-}
-
 /// Checks `spec` against this node and compiles its filter: the session's parts, or the
 /// error line to answer.
 pub fn prepare(shared: &Shared, spec: &CaptureSpec) -> Result<(Option<Filter>, usize), Response> {
@@ -312,7 +307,7 @@ pub fn prepare(shared: &Shared, spec: &CaptureSpec) -> Result<(Option<Filter>, u
     let me = table.node(table.local).name.clone();
     if let Some(n) = &spec.node {
         if !n.eq_ignore_ascii_case(&me) {
-            return Err(refused(
+            return Err(Response::error(
                 ErrorCode::NotFound,
                 format!("this is node {me}, not {n}"),
             ));
@@ -320,7 +315,7 @@ pub fn prepare(shared: &Shared, spec: &CaptureSpec) -> Result<(Option<Filter>, u
     }
     let snaplen = spec.snaplen.unwrap_or(CAPTURE_MAX_SNAPLEN);
     if !(CAPTURE_MIN_SNAPLEN..=CAPTURE_MAX_SNAPLEN).contains(&snaplen) {
-        return Err(refused(
+        return Err(Response::error(
             ErrorCode::Invalid,
             format!(
                 "snaplen {snaplen} is out of range: {CAPTURE_MIN_SNAPLEN} to {CAPTURE_MAX_SNAPLEN} bytes (meshd's frames are at most {CAPTURE_MAX_SNAPLEN})"
@@ -328,7 +323,7 @@ pub fn prepare(shared: &Shared, spec: &CaptureSpec) -> Result<(Option<Filter>, u
         ));
     }
     if spec.count == Some(0) || spec.duration_ms == Some(0) {
-        return Err(refused(
+        return Err(Response::error(
             ErrorCode::Invalid,
             "count and duration must be at least 1 when given",
         ));
@@ -336,7 +331,7 @@ pub fn prepare(shared: &Shared, spec: &CaptureSpec) -> Result<(Option<Filter>, u
     let filter = match spec.filter.trim() {
         "" => None,
         expr => Some(Filter::compile(expr).map_err(|e| {
-            refused(
+            Response::error(
                 ErrorCode::Invalid,
                 format!(
                     "the capture filter {expr:?} does not parse: {e} (tcpdump's syntax, man pcap-filter)"
@@ -358,7 +353,7 @@ pub fn serve(shared: &Shared, spec: &CaptureSpec, out: &mut impl Write) {
         }
     };
     if shared.capture.busy.swap(true, Ordering::AcqRel) {
-        let r = refused(
+        let r = Response::error(
             ErrorCode::Busy,
             "a capture is running on this node already: one at a time (stop the other meshctl capture, or wait for it)",
         );
