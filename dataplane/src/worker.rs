@@ -46,18 +46,12 @@ impl Clock {
         self.0.elapsed().as_millis() as u64
     }
 
-    /// The clock's microseconds at `t` (to reuse one clock read).
+    /// The clock's microseconds at `t` (to reuse one clock read; milliseconds are a
+    /// thousandth of it).
     // Casts: microseconds of a process's life fit u64 (584 thousand years).
     #[allow(clippy::cast_possible_truncation)]
     pub fn us_at(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.0).as_micros() as u64
-    }
-
-    /// The clock's milliseconds at `t` (to reuse one clock read).
-    // Casts: milliseconds of a process's life fit u64 (584 million years).
-    #[allow(clippy::cast_possible_truncation)]
-    pub fn ms_at(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.0).as_millis() as u64
     }
 }
 
@@ -245,8 +239,9 @@ impl Worker {
     pub fn poll_once(&mut self) -> (bool, u64) {
         // One clock read per iteration: the pipeline's `now` and the burst timer's start.
         let start = Instant::now();
-        let now = self.clock.ms_at(start);
+        // Milliseconds for the pipeline, microseconds for a capture's time stamps: one reading.
         self.now_us = self.clock.us_at(start);
+        let now = self.now_us / 1000;
         let moved = self.poll_at(now);
         if moved {
             let ns = start.elapsed().as_nanos() as u64;

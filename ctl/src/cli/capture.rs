@@ -402,16 +402,16 @@ fn interface(start: &CaptureStart, port: &str) -> InterfaceDescriptionBlock<'sta
 
 /// A captured frame as a pcapng packet of node `i`'s interface for its port.
 fn packet<'a>(node: &str, i: usize, f: &'a CapturedFrame) -> EnhancedPacketBlock<'a> {
-    let port = match f.port {
-        CapturePorts::Tasks => 1,
-        _ => 0,
+    // The node's two interfaces: uplink, then tasks.
+    let (port, port_name) = match f.port {
+        CapturePorts::Tasks => (1, "tasks"),
+        _ => (0, "uplink"),
     };
     let (flag, word, stage) = match f.direction {
         // epb_flags bits 0-1: 01 inbound, 10 outbound.
         CaptureDirection::Rx => (1u32, "rx", "before translation"),
         CaptureDirection::Tx => (2u32, "tx", "after translation"),
     };
-    let port_name = if port == 0 { "uplink" } else { "tasks" };
     let vlan = if f.vlan != 0 {
         format!(", vlan {}", f.vlan)
     } else {
