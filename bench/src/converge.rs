@@ -581,6 +581,7 @@ mod tests {
                 name: format!("n{i}"),
                 addr: Ipv4Addr::new(192, 168, 100, 10 + i),
                 vtep: None,
+                addr6: None,
                 vtep_port: 4789,
                 availability: ctl::model::Availability::Active,
             });

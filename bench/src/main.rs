@@ -167,6 +167,7 @@ fn main() {
                 (Kind::SealedDecap, sizes[1]),
                 (Kind::IngressMtu, sizes[1]),
                 (Kind::SealedIngressMtu, sizes[1]),
+                (Kind::Ndp, sizes[0]),
             ];
             // A scenario's whole name picks it alone; a part of one picks every scenario with
             // it in its name.

@@ -3,7 +3,7 @@
 //! benches, so both measure the same thing.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +22,8 @@ const CLIENT_MAC: Mac = [0x02, 0, 0, 0, 9, 9];
 const N2_MAC: Mac = [0x02, 0, 0, 0, 1, 2];
 const N3_MAC: Mac = [0x02, 0, 0, 0, 1, 3];
 const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 11);
+/// n1's IPv6 address (`--addr6`).
+const N1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11);
 const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 12);
 const N3: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 13);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
@@ -53,6 +55,7 @@ pub fn state() -> State {
         name: name.into(),
         addr,
         vtep: None,
+        addr6: None,
         vtep_port: VXLAN_PORT,
         availability: Availability::Active,
     };
@@ -139,8 +142,10 @@ pub fn state() -> State {
     });
     api.tasks
         .push(task("api.1", "n1", &[("ingress", API_TASK)]));
+    let mut n1 = node("n1", N1);
+    n1.addr6 = Some(N1_6);
     State {
-        nodes: vec![node("n1", N1), node("n2", N2), node("n3", N3)],
+        nodes: vec![n1, node("n2", N2), node("n3", N3)],
         networks: vec![ingress, app],
         services: vec![web, cli, api],
     }
@@ -177,6 +182,10 @@ pub enum Kind {
     IngressMtu,
     /// `SealedIngress` with 1,400-byte packets: the encrypted overlay's cost per byte.
     SealedIngressMtu,
+    /// IPv6 Neighbor Solicitations for the node's IPv6 address from distinct clients (one per
+    /// "flow"), each answered in place with an advertisement (parse, validate, checksum both
+    /// ways).
+    Ndp,
 }
 
 /// The published UDP port of the fragmented-datagram scenario.
@@ -199,6 +208,7 @@ impl Kind {
             Kind::SealedDecap => "sealed decapsulation",
             Kind::IngressMtu => "1400-byte ingress",
             Kind::SealedIngressMtu => "1400-byte sealed ingress",
+            Kind::Ndp => "IPv6 neighbor solicitation",
         }
     }
 
@@ -423,6 +433,10 @@ impl Scenario {
                         &[],
                     )
                 }
+                Kind::Ndp => {
+                    let c = Ipv6Addr::from(0xfd00_0001_u128 << 96 | (0x1_0000 + i as u128));
+                    testkit::neighbor_solicit(CLIENT_MAC, c, N1_6)
+                }
                 Kind::Decap => {
                     testkit::vxlan_frame(N2_MAC, UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &to_api(i))
                 }
@@ -584,6 +598,8 @@ impl Scenario {
                     + dataplane::overlay::seal::SEAL_LEN,
             ),
             Kind::Fragments => (FRAG_STRIDE, testkit::ETH_LEN + 1500),
+            // Ethernet, IPv6, a solicitation with its link-layer address option.
+            Kind::Ndp => (96, testkit::ETH_LEN + 40 + 32),
             Kind::IngressMtu | Kind::SealedIngressMtu => {
                 (MTU_STRIDE, testkit::ETH_LEN + MTU_PACKET)
             }

@@ -719,6 +719,7 @@ mod tests {
             name: name.into(),
             addr: Ipv4Addr::new(192, 168, 1, last),
             vtep: None,
+            addr6: None,
             vtep_port: VXLAN_PORT,
             availability: Availability::Active,
         }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,11 @@ pub struct Node {
     /// The VXLAN tunnel endpoint; the underlay address when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep: Option<Ipv4Addr>,
+    /// The node's IPv6 address on the underlay, if it has one: meshd answers Neighbor
+    /// Discovery and ping there; TCP and UDP are refused as closed ports (published ports
+    /// answer on IPv4 only so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr6: Option<Ipv6Addr>,
     #[serde(default = "default_vxlan_port")]
     pub vtep_port: u16,
     #[serde(default)]
@@ -979,6 +984,7 @@ mod tests {
             name: "n1".into(),
             addr: Ipv4Addr::new(192, 168, 1, 11),
             vtep: None,
+            addr6: None,
             vtep_port: VXLAN_PORT,
             availability: Availability::Active,
         });

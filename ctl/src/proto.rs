@@ -750,6 +750,8 @@ crate::counters! {
         to_host: Counter,
         handoff_out: Counter,
         arp_replies: Counter,
+        /// Neighbor Advertisements sent for the node's IPv6 address (`--addr6`).
+        ndp_replies: Counter,
         new_flows: Counter,
         active_flows: Gauge,
         flows_expired: Counter,
@@ -1369,6 +1371,7 @@ mod tests {
             name: "n1".into(),
             addr: Ipv4Addr::new(192, 168, 1, 11),
             vtep: None,
+            addr6: None,
             vtep_port: 4789,
             availability: Availability::Active,
         };

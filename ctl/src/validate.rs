@@ -213,6 +213,25 @@ fn check_keys(net: &str, enc: &Encryption) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// A node's IPv6 address must be one a client can reach: unicast, not loopback, not
+/// link-local (a client would need the link's zone), not an IPv4-mapped address.
+fn check_addr6(node: &str, a: std::net::Ipv6Addr) -> Result<(), ValidationError> {
+    let why = if a.is_unspecified() {
+        "is the unspecified address"
+    } else if a.is_loopback() {
+        "is the loopback address"
+    } else if a.is_multicast() {
+        "is a multicast address"
+    } else if a.segments()[0] & 0xffc0 == 0xfe80 {
+        "is link-local (clients would need the link's zone); give a global or ULA (fd00::/8) one"
+    } else if a.to_ipv4_mapped().is_some() {
+        "is an IPv4-mapped address; give the IPv4 one as --addr"
+    } else {
+        return Ok(());
+    };
+    bail!("node \"{node}\": IPv6 address {a} {why}")
+}
+
 fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= 63
@@ -300,6 +319,7 @@ impl<'a> Scope<'a> {
         // Nodes.
         let mut node_names = BTreeSet::new();
         let mut node_addrs = BTreeMap::new();
+        let mut node_addrs6 = BTreeMap::new();
         for n in &state.nodes {
             check_name("node", &n.name)?;
             if !node_names.insert(n.name.as_str()) {
@@ -311,6 +331,15 @@ impl<'a> Scope<'a> {
                     n.name,
                     n.addr
                 );
+            }
+            if let Some(a6) = n.addr6 {
+                check_addr6(&n.name, a6)?;
+                if let Some(other) = node_addrs6.insert(a6, n.name.as_str()) {
+                    bail!(
+                        "nodes \"{other}\" and \"{}\" have the same IPv6 address {a6}",
+                        n.name
+                    );
+                }
             }
             if n.vtep_port == 0 {
                 bail!(
@@ -661,6 +690,7 @@ mod tests {
             name: name.into(),
             addr: Ipv4Addr::new(192, 168, 1, last),
             vtep: None,
+            addr6: None,
             vtep_port: VXLAN_PORT,
             availability: Availability::Active,
         };
@@ -786,6 +816,34 @@ mod tests {
         let mut s = sample();
         s.services[0].tasks[1].addresses[1].addr = Ipv4Addr::new(10, 0, 1, 2);
         assert!(err(&s).contains("the VIP of service \"web\""));
+    }
+
+    #[test]
+    fn a_nodes_ipv6_address_must_be_reachable_and_its_own() {
+        let mut s = sample();
+        s.nodes[0].addr6 = Some("fd00::11".parse().unwrap());
+        s.nodes[1].addr6 = Some("fd00::12".parse().unwrap());
+        validate(&s).unwrap();
+        s.nodes[1].addr6 = s.nodes[0].addr6;
+        assert!(
+            err(&s).contains("have the same IPv6 address fd00::11"),
+            "{}",
+            err(&s)
+        );
+        for (a, why) in [
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("ff02::1", "multicast"),
+            ("fe80::1", "link-local"),
+            ("::ffff:192.168.1.11", "IPv4-mapped"),
+        ] {
+            s.nodes[1].addr6 = Some(a.parse().unwrap());
+            let e = err(&s);
+            assert!(
+                e.contains(why) && e.contains(&format!("node \"{}\"", s.nodes[1].name)),
+                "{a}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -128,6 +128,7 @@ fn node(name: &str, last: u8) -> Node {
         name: name.into(),
         addr: Ipv4Addr::new(192, 168, 1, last),
         vtep: None,
+        addr6: None,
         vtep_port: 4789,
         availability: Availability::Active,
     }

@@ -1,6 +1,6 @@
 //! The `meshd` daemon: configuration, start-up, the threads, shutdown.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -81,6 +81,11 @@ pub struct Args {
     /// This node's VXLAN tunnel endpoint address (defaults to --addr).
     #[arg(long)]
     pub vtep: Option<Ipv4Addr>,
+    /// This node's IPv6 address on the underlay (optional): meshd answers Neighbor Discovery
+    /// and ping6 there, and refuses TCP and UDP as closed ports (published ports answer on
+    /// IPv4 only so far). Without it, IPv6 frames are dropped as `no_ipv6`.
+    #[arg(long, value_name = "IPV6")]
+    pub addr6: Option<Ipv6Addr>,
     /// The underlay interface (clients and peer nodes).
     #[arg(long)]
     pub uplink: Option<String>,
@@ -212,6 +217,7 @@ struct FileConfig {
     node: Option<String>,
     addr: Option<Ipv4Addr>,
     vtep: Option<Ipv4Addr>,
+    addr6: Option<Ipv6Addr>,
     uplink: Option<String>,
     tasks: Option<String>,
     cores: Option<Vec<usize>>,
@@ -288,6 +294,7 @@ pub struct Settings {
     pub node: String,
     pub addr: Ipv4Addr,
     pub vtep: Option<Ipv4Addr>,
+    pub addr6: Option<Ipv6Addr>,
     pub uplink: String,
     pub tasks: String,
     pub cores: Vec<usize>,
@@ -516,6 +523,7 @@ impl Args {
             node,
             addr,
             vtep: self.vtep.or(file.vtep),
+            addr6: self.addr6.or(file.addr6),
             uplink,
             tasks,
             cores,
@@ -581,11 +589,13 @@ fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartErr
         Some(n) => {
             n.addr = s.addr;
             n.vtep = s.vtep;
+            n.addr6 = s.addr6;
         }
         None => p.state.nodes.push(ctl::Node {
             name: s.node.clone(),
             addr: s.addr,
             vtep: s.vtep,
+            addr6: s.addr6,
             vtep_port: ctl::VXLAN_PORT,
             availability: ctl::Availability::Active,
         }),
@@ -921,6 +931,7 @@ fn start_follower(
             name: s.node.clone(),
             addr: s.addr,
             vtep: s.vtep,
+            addr6: s.addr6,
             vtep_port: ctl::VXLAN_PORT,
             availability: ctl::Availability::Active,
         },

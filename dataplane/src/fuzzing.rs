@@ -39,6 +39,10 @@ pub fn run(target: &str, data: &[u8]) {
 fn layout(sealed: bool) -> ctl::State {
     let mut s = testkit::three_nodes();
     s.services[0].tasks[0].vlan = Some(101);
+    // Every node has an IPv6 address (fd00::11, ::12, ::13): IPv6 reaches the parser.
+    for (n, last) in s.nodes.iter_mut().zip([0x11u16, 0x12, 0x13]) {
+        n.addr6 = Some(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last));
+    }
     if sealed {
         s.networks[1].encryption = Some(ctl::Encryption::single(1, ctl::Secret(SEAL_KEY)));
     }
@@ -322,6 +326,18 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
         frags.extend(record(false, false, 0, &f));
     }
     let arp = testkit::arp_request(WEB1_MAC, web1, Ipv4Addr::new(10, 0, 1, 1));
+    // IPv6 to n1 (fd00::11): a solicitation, a SYN, and a SYN behind two extension headers.
+    let (c6, n1_6) = (
+        std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x99),
+        std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x11),
+    );
+    let ns = testkit::neighbor_solicit(cmac, c6, n1_6);
+    let syn6 = testkit::tcp6_frame(cmac, up, c6, 40000, n1_6, 8080, SYN, 1);
+    let mut chained = syn6.clone();
+    chained[14 + 6] = 0;
+    let ext = [60u8, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0];
+    chained.splice(14 + 40..14 + 40, ext);
+    chained[14 + 5] += 16;
     let on = |node: u8, recs: Vec<Vec<u8>>| {
         let mut v = vec![node];
         for r in recs {
@@ -330,6 +346,14 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
         v
     };
     vec![
+        on(
+            0,
+            vec![
+                record(false, false, 0, &ns),
+                record(false, false, 0, &syn6),
+                record(false, false, 0, &chained),
+            ],
+        ),
         on(
             0,
             vec![record(

@@ -162,6 +162,26 @@ reasons! {
         TooBig = "too_big",
         /// The queue to the host side (the node's own stack) was full.
         HostQueueFull = "host_queue_full",
+        /// IPv6 where meshd has no IPv6 address: on a node started without `--addr6`, or from
+        /// a task (tasks have IPv4 addresses only so far).
+        NoIpv6 = "no_ipv6",
+        /// An IPv6 header that is not one: a version other than 6, a payload length past the
+        /// frame.
+        BadIpv6Header = "bad_ipv6_header",
+        /// IPv6 extension headers meshd does not walk: more than
+        /// [`crate::pipeline::MAX_IPV6_EXT_HEADERS`], hop-by-hop options anywhere but first,
+        /// a kind repeated (destination options may come twice), or one running past the
+        /// packet.
+        Ipv6ExtChain = "ipv6_ext_chain",
+        /// An IPv6 fragment: meshd does not reassemble IPv6 yet.
+        Ipv6Fragment = "ipv6_fragment",
+        /// Neighbor Discovery that RFC 4861 says to discard: a hop limit other than 255, a
+        /// code other than 0, a multicast target, bad options, a solicitation from the
+        /// unspecified address not sent to the solicited-node group.
+        BadNdp = "bad_ndp",
+        /// Neighbor Discovery not for meshd to answer: a solicitation for another address,
+        /// an advertisement, a router solicitation or advertisement, a redirect.
+        NdpIgnored = "ndp_ignored",
     }
 }
 
@@ -183,6 +203,9 @@ reasons! {
         /// To one of the mesh's own overlay addresses (a VIP, a gateway, an endpoint) and not
         /// a flow's: ping, DNS, a closed port.
         MeshAddress = "mesh_address",
+        /// TCP or UDP to the node's IPv6 address: published ports answer on IPv4 only so far,
+        /// so it is refused as a closed port (RST, ICMPv6 port unreachable).
+        Ipv6Port = "ipv6_port",
     }
 }
 
@@ -343,16 +366,16 @@ mod tests {
             s.affinity_full,
             s.sched_uncounted,
         ) = (
-            13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31,
+            14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
         );
         let a = s.to_array();
-        for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(12) {
+        for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(13) {
             assert_eq!(a[i], i as u64 + 1, "{name}");
         }
         assert_eq!(WorkerStats::from_array(&a), s);
         let mut total = s.clone();
         total.add(&s);
-        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (42, 48));
+        assert_eq!((total.port_rx_dropped, total.port_tx_bad_len), (44, 50));
     }
 
     #[test]

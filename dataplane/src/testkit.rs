@@ -7,13 +7,14 @@
 //!
 //! Not for the fast path: every builder allocates its frame.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
+    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
 use crate::wire::vxlan;
@@ -712,6 +713,123 @@ pub fn decap(frame: &[u8]) -> Option<(u32, &[u8])> {
     Some((r.vni, ip.payload.get(8 + vxlan::HEADER_LEN..)?))
 }
 
+// ---- IPv6 ----------------------------------------------------------------------------------
+
+/// An IPv6 packet of `next` with hop limit `hop`, its payload written by `fill` (given the
+/// payload's bytes).
+#[allow(clippy::too_many_arguments)]
+pub fn ipv6_with(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    next: IpProtocol,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Vec<u8> {
+    let mut f = vec![0u8; ETH_LEN + 40 + len];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: next,
+        payload_len: len,
+        hop_limit: hop,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(
+        &mut f[ETH_LEN..ETH_LEN + 40],
+    ));
+    fill(&mut f[ETH_LEN + 40..]);
+    f
+}
+
+/// An ICMPv6 message (`repr`) in a frame, its checksum filled in.
+pub fn icmpv6_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    repr: &Icmpv6Repr,
+) -> Vec<u8> {
+    ipv6_with(
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        hop,
+        IpProtocol::Icmpv6,
+        repr.buffer_len(),
+        |b| {
+            repr.emit(
+                &src,
+                &dst,
+                &mut Icmpv6Packet::new_unchecked(b),
+                &ChecksumCapabilities::default(),
+            );
+        },
+    )
+}
+
+/// A Neighbor Solicitation for `target` from `src` (with its link-layer address option unless
+/// `src` is the unspecified address), to `target`'s solicited-node group, hop limit 255.
+pub fn neighbor_solicit(src_mac: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let o = target.octets();
+    let group = Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    );
+    let g = group.octets();
+    let dst_mac = [0x33, 0x33, g[12], g[13], g[14], g[15]];
+    let lladdr = (!src.is_unspecified()).then(|| EthernetAddress(src_mac).into());
+    icmpv6_frame(
+        src_mac,
+        dst_mac,
+        src,
+        group,
+        255,
+        &Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit {
+            target_addr: target,
+            lladdr,
+        }),
+    )
+}
+
+/// A TCP segment over IPv6 with exactly the flag bits `flags`, checksum filled in.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp6_frame(
+    src_mac: Mac,
+    dst_mac: Mac,
+    src: Ipv6Addr,
+    sport: u16,
+    dst: Ipv6Addr,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+) -> Vec<u8> {
+    let mut f = vec![0u8; 20];
+    f[0..2].copy_from_slice(&sport.to_be_bytes());
+    f[2..4].copy_from_slice(&dport.to_be_bytes());
+    f[4..8].copy_from_slice(&seq.to_be_bytes());
+    f[12] = 5 << 4;
+    f[13] = flags;
+    f[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(dst));
+    ipv6_with(src_mac, dst_mac, src, dst, 64, IpProtocol::Tcp, 20, |b| {
+        b.copy_from_slice(&f);
+        TcpPacket::new_unchecked(b).fill_checksum(&s, &d);
+    })
+}
+
 // ---- example states ------------------------------------------------------------------------
 
 /// A node of an example state: `192.168.1.<last>`, VTEP on the same address.
@@ -720,6 +838,7 @@ pub fn node(name: &str, last: u8) -> model::Node {
         name: name.to_string(),
         addr: Ipv4Addr::new(192, 168, 1, last),
         vtep: None,
+        addr6: None,
         vtep_port: model::VXLAN_PORT,
         availability: model::Availability::Active,
     }

@@ -419,6 +419,7 @@ pub fn configure(sock: &Path) -> Result<(), MeshError> {
                 name: "n2".into(),
                 addr: ip(N2_IP),
                 vtep: None,
+                addr6: None,
                 vtep_port: VXLAN_PORT,
                 availability: Availability::Active,
             },

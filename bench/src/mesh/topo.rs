@@ -564,6 +564,7 @@ impl Topology {
             name: name.into(),
             addr,
             vtep: None,
+            addr6: None,
             vtep_port: VXLAN_PORT,
             availability: Availability::Active,
         };

@@ -13,7 +13,7 @@ pub mod spec;
 pub mod stats;
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -371,6 +371,9 @@ struct NodeAddArgs {
     /// The node's VXLAN tunnel endpoint [default: --addr]
     #[arg(long, value_name = "IP")]
     vtep: Option<Ipv4Addr>,
+    /// The node's IPv6 address on the underlay, if it has one (where it answers ping6)
+    #[arg(long, value_name = "IPV6")]
+    addr6: Option<Ipv6Addr>,
     /// The UDP port of the node's VXLAN tunnel endpoint
     #[arg(long, value_name = "PORT", default_value_t = VXLAN_PORT)]
     vtep_port: u16,
@@ -1070,6 +1073,7 @@ fn node(ctx: &Ctx, c: NodeCmd) -> Result<(), CliError> {
                 name: a.name.clone(),
                 addr: a.addr,
                 vtep: a.vtep,
+                addr6: a.addr6,
                 vtep_port: a.vtep_port,
                 availability: a.availability.into(),
             };

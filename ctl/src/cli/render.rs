@@ -234,6 +234,14 @@ pub fn network_ls(networks: &[Network]) -> String {
     )
 }
 
+/// A node's underlay addresses: IPv4, then IPv6 when it has one.
+fn node_addresses(n: &Node) -> String {
+    match n.addr6 {
+        Some(a6) => format!("{}, {a6}", n.addr),
+        None => n.addr.to_string(),
+    }
+}
+
 /// `node ls`: NAME, ADDRESS, VTEP, AVAILABILITY.
 pub fn node_ls(nodes: &[Node]) -> String {
     let rows: Vec<Vec<String>> = nodes
@@ -241,7 +249,7 @@ pub fn node_ls(nodes: &[Node]) -> String {
         .map(|n| {
             vec![
                 n.name.clone(),
-                n.addr.to_string(),
+                node_addresses(n),
                 format!("{}:{}", n.vtep_addr(), n.vtep_port),
                 match n.availability {
                     Availability::Active => "Active",
@@ -264,7 +272,7 @@ pub(super) fn node_ls_cluster(rows: &[super::cluster::NodeRow]) -> String {
             let n = &r.node;
             vec![
                 n.name.clone(),
-                n.addr.to_string(),
+                node_addresses(n),
                 format!("{}:{}", n.vtep_addr(), n.vtep_port),
                 match r.status {
                     "ready" => "Ready",
@@ -750,6 +758,7 @@ mod tests {
             name: "n1".into(),
             addr: Ipv4Addr::new(192, 168, 1, 11),
             vtep: Some(Ipv4Addr::new(172, 16, 0, 11)),
+            addr6: None,
             vtep_port: 4789,
             availability: Availability::Drain,
         };

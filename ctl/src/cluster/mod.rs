@@ -622,6 +622,7 @@ mod tests {
                 name: format!("n{}", i + 1),
                 addr: Ipv4Addr::new(192, 168, 1, 10 + i as u8),
                 vtep: None,
+                addr6: None,
                 vtep_port: 4789,
                 availability: Availability::Active,
             });

@@ -1,7 +1,7 @@
 //! The service table: an immutable snapshot of the model, compiled for one node and indexed for
 //! the fast path. Built (and validated) on the control thread; workers only read it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -258,6 +258,9 @@ pub struct ServiceTable {
     pub local: NodeIdx,
     /// This node's underlay address: published ports and VXLAN answer here.
     pub node_addr: Ipv4Address,
+    /// This node's IPv6 address on the underlay, if it has one: it answers Neighbor Discovery
+    /// and ping there.
+    pub node_addr6: Option<Ipv6Addr>,
     pub vtep_port: u16,
     pub nodes: Vec<NodeEntry>,
     /// The nodes down now, by index into `nodes`.
@@ -508,6 +511,7 @@ impl ServiceTable {
             generation,
             local: local_idx,
             node_addr: me.addr,
+            node_addr6: state.nodes[usize::from(local_idx)].addr6,
             vtep_port: me.vtep_port,
             addrs: FrozenMap::build(addrs),
             nodes,
@@ -1027,6 +1031,7 @@ impl ServiceTable {
                 name: local.to_string(),
                 addr,
                 vtep: None,
+                addr6: None,
                 vtep_port: model::VXLAN_PORT,
                 availability: Availability::Active,
             }],
@@ -1040,6 +1045,7 @@ impl ServiceTable {
                 generation: 0,
                 local: 0,
                 node_addr: ip(addr),
+                node_addr6: None,
                 vtep_port: model::VXLAN_PORT,
                 nodes: Vec::new(),
                 down: Arc::default(),

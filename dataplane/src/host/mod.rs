@@ -289,6 +289,12 @@ impl HostStack {
     pub fn input(&mut self, t: &ServiceTable, port: PortId, frame: &[u8], now: u64) {
         self.sync(t, now);
         self.stats.frames += 1;
+        if frame.get(12..14) == Some(&[0x86, 0xdd]) {
+            // The pipeline hands over IPv6 to the node's address only (echo, TCP, UDP), never
+            // fragments: answered whole, as long as the request that came in.
+            self.stateless6(frame);
+            return;
+        }
         let whole;
         let frame = match self.defrag.add(frame, now) {
             defrag::Added::Whole => frame,
@@ -372,6 +378,24 @@ impl HostStack {
         for f in defrag::split(&reply, usize::from(mtu)) {
             self.out.push((port, f));
         }
+    }
+
+    /// The answers of a host with no sockets to IPv6 (RST, port unreachable, echo reply).
+    fn stateless6(&mut self, frame: &[u8]) {
+        let Some(reply) = stateless::answer_frame(frame) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let l4 = crate::pipeline::parse_ipv6(&reply, ETH)
+            .ok()
+            .map(|h| (h.proto, reply.get(h.l4).copied()));
+        match l4 {
+            Some((6, _)) => self.stats.rst_sent += 1,
+            Some((58, Some(129))) => self.stats.echo_replies += 1,
+            Some((58, _)) => self.stats.unreachable_sent += 1,
+            _ => {}
+        }
+        self.out.push((PortId::Uplink, reply));
     }
 
     /// Runs everything that is due: health probes, the lanes (answers, retransmissions), the
@@ -1117,6 +1141,48 @@ mod tests {
         }
         assert_eq!(h.stats.reassembled, 2);
         assert_eq!(h.stats.echo_replies, 2);
+    }
+
+    /// IPv6 to the node's address, which the pipeline hands over whole: answered whole on the
+    /// uplink, counted by kind; nothing goes through the IPv4 defragmenter.
+    #[test]
+    fn ipv6_echo_and_a_syn_are_answered_on_the_uplink_and_counted() {
+        let (mut h, t, _) = stack();
+        let (client, node) = ("fd00::c".parse().unwrap(), "fd00::12".parse().unwrap());
+        let ping = testkit::icmpv6_frame(
+            [2, 0, 0, 0, 0, 9],
+            [2, 0, 0, 0, 0, 1],
+            client,
+            node,
+            64,
+            &smoltcp::wire::Icmpv6Repr::EchoRequest {
+                ident: 1,
+                seq_no: 2,
+                data: &[5; 1400],
+            },
+        );
+        let syn = testkit::tcp6_frame(
+            [2, 0, 0, 0, 0, 9],
+            [2, 0, 0, 0, 0, 1],
+            client,
+            40000,
+            node,
+            8080,
+            0x02,
+            1,
+        );
+        h.input(&t, PortId::Uplink, &ping, 1);
+        h.input(&t, PortId::Uplink, &syn, 1);
+        let out = h.take_output();
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|(p, _)| *p == PortId::Uplink));
+        assert_eq!(
+            out[0].1.len(),
+            ping.len(),
+            "the reply is as long as the request"
+        );
+        assert_eq!((h.stats.echo_replies, h.stats.rst_sent), (1, 1));
+        assert_eq!((h.stats.reassembled, h.stats.fragments_dropped), (0, 0));
     }
 
     #[test]

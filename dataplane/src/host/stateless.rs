@@ -11,8 +11,9 @@
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
-    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet,
+    Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
+    TcpRepr, TcpSeqNumber,
 };
 
 use crate::buf::PacketBuf;
@@ -47,6 +48,7 @@ pub fn answer_frame(frame: &[u8]) -> Option<Vec<u8>> {
             .len()
             .max(ETH + reply::FRAG_NEEDED_LEN)
             .max(reply::RST_LEN)
+            .max(ETH + IPV6_MIN_MTU)
     ];
     let n = build_answer(frame, &mut out)?;
     out.truncate(n);
@@ -55,11 +57,13 @@ pub fn answer_frame(frame: &[u8]) -> Option<Vec<u8>> {
 
 fn build_answer(frame: &[u8], out: &mut [u8]) -> Option<usize> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Ipv4
-        || eth.dst_addr().0 == [0; 6]
-        || !eth.dst_addr().is_unicast()
-    {
+    if eth.dst_addr().0 == [0; 6] || !eth.dst_addr().is_unicast() {
         return None;
+    }
+    match eth.ethertype() {
+        EthernetProtocol::Ipv4 => {}
+        EthernetProtocol::Ipv6 => return build_answer6(frame, out),
+        _ => return None,
     }
     let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
     let caps = ChecksumCapabilities::default();
@@ -150,6 +154,111 @@ fn build_answer(frame: &[u8], out: &mut [u8]) -> Option<usize> {
     }
 }
 
+/// An ICMPv6 error is at most this long, the packet in error quoted to fit (RFC 4443 §2.4).
+const IPV6_MIN_MTU: usize = 1280;
+const IPV6: usize = 40;
+
+/// [`build_answer`] for IPv6, to a unicast destination from a unicast source.
+//= https://www.rfc-editor.org/rfc/rfc4443#section-2.4
+//# An ICMPv6 error message MUST NOT be originated as a result of receiving [...] a packet
+//# destined to an IPv6 multicast address [...] a packet whose source address does not uniquely
+//# identify a single node
+fn build_answer6(frame: &[u8], out: &mut [u8]) -> Option<usize> {
+    let h = crate::pipeline::parse_ipv6(frame, ETH).ok()?;
+    let (src, dst) = (h.src, h.dst);
+    if dst.is_multicast() || src.is_multicast() || src.is_unspecified() {
+        return None;
+    }
+    let l4 = frame.get(h.l4..h.end)?;
+    let caps = ChecksumCapabilities::default();
+    out[0..6].copy_from_slice(frame.get(6..12)?);
+    out[6..12].copy_from_slice(frame.get(0..6)?);
+    out[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let ip = |next_header: IpProtocol, len: usize| Ipv6Repr {
+        src_addr: dst,
+        dst_addr: src,
+        next_header,
+        payload_len: len,
+        hop_limit: 64,
+    };
+    let icmp = |repr: Icmpv6Repr, out: &mut [u8]| {
+        let total = ETH + IPV6 + repr.buffer_len();
+        let (iph, rest) = out.get_mut(ETH..total)?.split_at_mut(IPV6);
+        ip(IpProtocol::Icmpv6, repr.buffer_len()).emit(&mut Ipv6Packet::new_unchecked(iph));
+        repr.emit(&dst, &src, &mut Icmpv6Packet::new_unchecked(rest), &caps);
+        Some(total)
+    };
+    match h.proto {
+        6 => {
+            let tcp = TcpPacket::new_checked(l4).ok()?;
+            let seg = TcpRepr::parse(&tcp, &src.into(), &dst.into(), &caps).ok()?;
+            if seg.control == TcpControl::Rst {
+                return None;
+            }
+            // As for IPv4 (RFC 9293 §3.10.7.1).
+            let (seq, ack) = match seg.ack_number {
+                Some(a) => (a, None),
+                None => (TcpSeqNumber(0), Some(seg.seq_number + seg.segment_len())),
+            };
+            let rst = TcpRepr {
+                src_port: seg.dst_port,
+                dst_port: seg.src_port,
+                control: TcpControl::Rst,
+                seq_number: seq,
+                ack_number: ack,
+                window_len: 0,
+                window_scale: None,
+                max_seg_size: None,
+                sack_permitted: false,
+                sack_ranges: [None; 3],
+                timestamp: None,
+                payload: &[],
+            };
+            let total = ETH + IPV6 + rst.buffer_len();
+            let (iph, rest) = out.get_mut(ETH..total)?.split_at_mut(IPV6);
+            ip(IpProtocol::Tcp, rst.buffer_len()).emit(&mut Ipv6Packet::new_unchecked(iph));
+            rst.emit(
+                &mut TcpPacket::new_unchecked(rest),
+                &dst.into(),
+                &src.into(),
+                &caps,
+            );
+            Some(total)
+        }
+        17 => {
+            // The packet in error, its own header and as much after it as fits.
+            let whole = frame.get(ETH..h.end)?;
+            let header = Ipv6Repr::parse(&Ipv6Packet::new_checked(whole).ok()?).ok()?;
+            let repr = Icmpv6Repr::DstUnreachable {
+                reason: Icmpv6DstUnreachable::PortUnreachable,
+                header,
+                data: &whole[IPV6..],
+            };
+            icmp(repr, out)
+        }
+        58 => {
+            let p = Icmpv6Packet::new_checked(l4).ok()?;
+            let Icmpv6Repr::EchoRequest {
+                ident,
+                seq_no,
+                data,
+            } = Icmpv6Repr::parse(&src, &dst, &p, &caps).ok()?
+            else {
+                return None;
+            };
+            icmp(
+                Icmpv6Repr::EchoReply {
+                    ident,
+                    seq_no,
+                    data,
+                },
+                out,
+            )
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +319,125 @@ mod tests {
         // A reset is never answered.
         let mut again = b.clone();
         assert_eq!(answer(&mut again), HostAction::Ignore);
+    }
+
+    fn v6(a: &str) -> smoltcp::wire::Ipv6Address {
+        a.parse().unwrap()
+    }
+
+    const CLIENT: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
+    const NODE: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+
+    /// The IPv6 answer to `frame`, checked: MACs and addresses swapped, its ICMPv6 or TCP
+    /// checksum right. The upper layer's bytes.
+    fn answer6(frame: &[u8]) -> (IpProtocol, Vec<u8>) {
+        let out = answer_frame(frame).expect("an answer");
+        assert_eq!((&out[0..6], &out[6..12]), (&CLIENT[..], &NODE[..]));
+        let ip = Ipv6Packet::new_checked(&out[ETH..]).unwrap();
+        assert_eq!(
+            (ip.src_addr(), ip.dst_addr()),
+            (v6("fd00::11"), v6("fd00::c"))
+        );
+        let (s, d) = (ip.src_addr().into(), ip.dst_addr().into());
+        match ip.next_header() {
+            IpProtocol::Tcp => assert!(TcpPacket::new_checked(ip.payload())
+                .unwrap()
+                .verify_checksum(&s, &d)),
+            _ => assert!(Icmpv6Packet::new_checked(ip.payload())
+                .unwrap()
+                .verify_checksum(&ip.src_addr(), &ip.dst_addr())),
+        }
+        (ip.next_header(), ip.payload().to_vec())
+    }
+
+    #[test]
+    fn ipv6_gets_a_hosts_answers() {
+        // Echo: the same identifier, sequence and data back.
+        let ping = crate::testkit::icmpv6_frame(
+            CLIENT,
+            NODE,
+            v6("fd00::c"),
+            v6("fd00::11"),
+            64,
+            &Icmpv6Repr::EchoRequest {
+                ident: 9,
+                seq_no: 3,
+                data: &[7; 1000],
+            },
+        );
+        let (proto, l4) = answer6(&ping);
+        assert_eq!(proto, IpProtocol::Icmpv6);
+        let p = Icmpv6Packet::new_checked(&l4[..]).unwrap();
+        assert_eq!(
+            (p.msg_type(), p.echo_ident(), p.echo_seq_no()),
+            (smoltcp::wire::Icmpv6Message::EchoReply, 9, 3)
+        );
+        assert_eq!(p.payload(), &[7; 1000][..]);
+        // A SYN: a RST acknowledging it.
+        let syn = crate::testkit::tcp6_frame(
+            CLIENT,
+            NODE,
+            v6("fd00::c"),
+            40000,
+            v6("fd00::11"),
+            8080,
+            0x02,
+            1000,
+        );
+        let (proto, l4) = answer6(&syn);
+        assert_eq!(proto, IpProtocol::Tcp);
+        let t = TcpPacket::new_checked(&l4[..]).unwrap();
+        assert!(t.rst() && t.ack());
+        assert_eq!(
+            (t.src_port(), t.dst_port(), t.ack_number()),
+            (8080, 40000, TcpSeqNumber(1001))
+        );
+        // UDP: port unreachable quoting the datagram.
+        let udp = crate::testkit::ipv6_with(
+            CLIENT,
+            NODE,
+            v6("fd00::c"),
+            v6("fd00::11"),
+            64,
+            IpProtocol::Udp,
+            8,
+            |b| {
+                b[0..8].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+            },
+        );
+        let (proto, l4) = answer6(&udp);
+        assert_eq!(proto, IpProtocol::Icmpv6);
+        assert_eq!(
+            (l4[0], l4[1]),
+            (1, 4),
+            "destination unreachable, port unreachable"
+        );
+        assert_eq!(&l4[8..], &udp[ETH..], "the packet in error, whole");
+        // Never to a multicast or an unspecified source, never to a RST.
+        let from_group = crate::testkit::icmpv6_frame(
+            CLIENT,
+            NODE,
+            v6("ff02::1"),
+            v6("fd00::11"),
+            64,
+            &Icmpv6Repr::EchoRequest {
+                ident: 9,
+                seq_no: 3,
+                data: &[7; 10],
+            },
+        );
+        assert_eq!(answer_frame(&from_group), None);
+        let rst = crate::testkit::tcp6_frame(
+            CLIENT,
+            NODE,
+            v6("fd00::c"),
+            40000,
+            v6("fd00::11"),
+            8080,
+            0x04,
+            1000,
+        );
+        assert_eq!(answer_frame(&rst), None);
     }
 
     #[test]

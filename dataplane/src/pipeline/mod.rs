@@ -231,6 +231,7 @@ mod arp;
 mod classify;
 pub mod frag;
 mod housekeeping;
+mod ipv6;
 pub mod passive;
 mod steer;
 #[cfg(test)]
@@ -260,6 +261,7 @@ pub(super) fn task_vlan(t: &ServiceTable, ip: u32) -> u16 {
 }
 pub use classify::{parse_ipv4, L3};
 use frag::{Size, Way};
+pub use ipv6::{parse_ipv6, L3v6, MAX_IPV6_EXT_HEADERS};
 
 impl Pipeline {
     /// A pipeline with its flow table allocated. `neigh` is shared by all workers.
@@ -579,6 +581,7 @@ impl Pipeline {
                     PortId::Tasks => self.on_task(t, now, buf, l3),
                 }
             }
+            EthernetProtocol::Ipv6 => self.ipv6(t, buf),
             _ => Err(DropReason::UnknownEthertype),
         }
     }

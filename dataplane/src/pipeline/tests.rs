@@ -356,7 +356,8 @@ fn each_malformation_has_its_reason() {
     let mut cases: Vec<(Vec<u8>, DropReason)> = Vec::new();
     cases.push((good[..10].to_vec(), DropReason::Truncated));
     let mut f = good.clone();
-    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    // IEEE 802's local experimental ethertype (IPv6 has reasons of its own: pipeline::ipv6).
+    f[12..14].copy_from_slice(&[0x88, 0xb5]);
     cases.push((f, DropReason::UnknownEthertype));
     let mut f = good.clone();
     f[0] = 0x02;
@@ -867,7 +868,7 @@ fn every_host_reason_is_produced_and_counted() {
     let full = three_nodes();
     let mut no_task = three_nodes();
     no_task.services[0].tasks.clear();
-    let cases: Vec<(HostReason, ctl::State, PortId, Vec<u8>)> = vec![
+    let mut cases: Vec<(HostReason, ctl::State, PortId, Vec<u8>)> = vec![
         (
             HostReason::NodeAddress,
             full.clone(),
@@ -922,6 +923,25 @@ fn every_host_reason_is_produced_and_counted() {
             ),
         ),
     ];
+    // TCP to n1's IPv6 address.
+    let mut v6 = full.clone();
+    let n1_6: std::net::Ipv6Addr = "fd00::11".parse().unwrap();
+    v6.nodes[0].addr6 = Some(n1_6);
+    cases.push((
+        HostReason::Ipv6Port,
+        v6,
+        PortId::Uplink,
+        testkit::tcp6_frame(
+            client_mac,
+            Config::default().uplink_mac,
+            "fd00::c".parse().unwrap(),
+            40000,
+            n1_6,
+            8080,
+            testkit::tcp_flags::SYN,
+            1,
+        ),
+    ));
     let mut seen = [false; HostReason::COUNT];
     for (want, state, port, frame) in cases {
         let node = if port == PortId::Tasks { "n2" } else { "n1" };
@@ -1275,6 +1295,16 @@ fn every_drop_reason_is_produced_and_counted() {
         DropReason::FragmentTableFull,
         DropReason::FragmentTimeout,
         DropReason::NoBuffer,
+    ]);
+    // The IPv6 reasons: pipeline::ipv6's
+    // ipv6_meshd_does_not_answer_is_dropped_by_reason_and_nothing_is_sent.
+    seen.extend([
+        DropReason::NoIpv6,
+        DropReason::BadIpv6Header,
+        DropReason::Ipv6ExtChain,
+        DropReason::Ipv6Fragment,
+        DropReason::BadNdp,
+        DropReason::NdpIgnored,
     ]);
     // The seal reasons: an_encrypted_network_is_sealed_between_nodes_and_what_does_not_open_is_refused
     // below, and overlay::seal's tests (a sealer the kernel gave no random bytes).
