@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -82,6 +82,13 @@ pub struct NodeRec {
     pub pid: u32,
     pub core: usize,
     pub availability: Availability,
+}
+
+impl NodeRec {
+    /// The node's IPv6 address on the underlay (`--addr6`).
+    pub fn addr6(&self) -> Ipv6Addr {
+        plan::node_addr6(self.index)
+    }
 }
 
 /// An overlay network the testbed created.
@@ -430,6 +437,23 @@ impl Bed {
         self.wire(&sw, "client", &client, "eth0")?;
         let caddr = format!("{}/{}", plan::CLIENT_ADDR, plan::UNDERLAY_PREFIX);
         sys::ip_in(&client, &["addr", "add", &caddr, "dev", "eth0"])?;
+        // IPv6 on the client's eth0 only (`netns_add` turns it off everywhere): no router
+        // solicitations, no duplicate address detection, so the address is usable at once.
+        sys::exec_in(
+            &client,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.eth0.accept_dad=0",
+                "net.ipv6.conf.eth0.router_solicitations=0",
+                "net.ipv6.conf.eth0.disable_ipv6=0",
+            ],
+        )?;
+        let caddr6 = format!("{}/{}", plan::CLIENT_ADDR6, plan::UNDERLAY6_PREFIX);
+        sys::ip_in(
+            &client,
+            &["-6", "addr", "add", &caddr6, "dev", "eth0", "nodad"],
+        )?;
         sys::ip_in(&client, &["link", "set", "eth0", "up"])?;
 
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -519,7 +543,15 @@ impl Bed {
             }
             self.meshctl_on(
                 &others,
-                &["node", "add", &node.name, "--addr", &node.addr.to_string()],
+                &[
+                    "node",
+                    "add",
+                    &node.name,
+                    "--addr",
+                    &node.addr.to_string(),
+                    "--addr6",
+                    &node.addr6().to_string(),
+                ],
             )?;
         }
         let subnet = format!("{}/{}", plan::subnet(0).0, plan::subnet(0).1);
@@ -579,6 +611,8 @@ impl Bed {
             &node.name,
             "--addr",
             &node.addr.to_string(),
+            "--addr6",
+            &node.addr6().to_string(),
             "--uplink",
             &uplink,
             "--tasks",
@@ -1725,15 +1759,16 @@ impl Bed {
         );
         let _ = writeln!(
             s,
-            "\nUNDERLAY 192.168.100.0/24: switch namespace {} (bridge {})",
+            "\nUNDERLAY 192.168.100.0/24 and fd00:100::/64: switch namespace {} (bridge {})",
             p.switch_ns(),
             plan::SWITCH_DEV
         );
         let _ = writeln!(
             s,
-            "  client  {:<18} {}/24 on eth0 (an outside host: its kernel holds the address)",
+            "  client  {:<18} {}/24 and {}/64 on eth0 (an outside host: its kernel holds the addresses)",
             p.client_ns(),
-            plan::CLIENT_ADDR
+            plan::CLIENT_ADDR,
+            plan::CLIENT_ADDR6
         );
         if let Some(e) = &self.rec.etcd {
             let _ = writeln!(
@@ -1745,7 +1780,8 @@ impl Bed {
         }
         let _ = writeln!(
             s,
-            "\nNODES (meshd is the node: the kernel holds no address on up0 or br-tasks)"
+            "\nNODES (meshd is the node: the kernel holds no address on up0 or br-tasks; node i also\n\
+             answers NDP and ping at fd00:100::1i, and refuses TCP/UDP there: published ports are IPv4 only)"
         );
         let _ = writeln!(
             s,

@@ -6,14 +6,15 @@
 //!
 //! ```text
 //!   meshd-tb-sw       the underlay switch: bridge br0, one port per node, one for the client
-//!   meshd-tb-client   an outside client, 192.168.100.100/24 (a normal host: the kernel has the IP)
+//!   meshd-tb-client   an outside client, 192.168.100.100/24 and fd00:100::100/64 (a normal
+//!                     host: the kernel has the IPs)
 //!   meshd-tb-n1       node n1: uplink veth up0 and tasks bridge br-tasks, no IP on either,
-//!                     meshd --node n1 --addr 192.168.100.11 runs here
+//!                     meshd --node n1 --addr 192.168.100.11 --addr6 fd00:100::11 runs here
 //!   meshd-tb-web.1    task web.1: veth eth0 on n1's br-tasks (its port there isolated and on the
 //!                     task's own VLAN), an address on each of its networks
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
@@ -24,6 +25,10 @@ pub const MAX_NODES: usize = 50;
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 100);
 /// The underlay prefix length.
 pub const UNDERLAY_PREFIX: u8 = 24;
+/// The outside client's IPv6 address on the underlay (a unique local address).
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x100);
+/// The underlay's IPv6 prefix length.
+pub const UNDERLAY6_PREFIX: u8 = 64;
 /// The ingress network, as Swarm makes it.
 pub const INGRESS: &str = "ingress";
 /// Task addresses on every network start here (below: gateway, node endpoints, VIPs).
@@ -185,6 +190,13 @@ pub fn node_index(name: &str) -> Option<usize> {
 #[allow(clippy::cast_possible_truncation)]
 pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 100, 10 + i as u8)
+}
+
+/// Node `i`'s IPv6 address on the underlay (1-based): `fd00:100::1<i>`, written as its IPv4
+/// address ends (n1 is fd00:100::11).
+pub fn node_addr6(i: usize) -> Ipv6Addr {
+    let digits = u16::from_str_radix(&(10 + i).to_string(), 16).unwrap_or(0);
+    Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, digits)
 }
 
 /// The subnet of network number `k` (the ingress network is 0): 10.0.k.0/24.

@@ -147,7 +147,8 @@ pub fn udp_ask(
     payload: &str,
     timeout: Duration,
 ) -> Result<Result<String, Failure>> {
-    let sock = sys::in_netns(ns, || UdpSocket::bind("0.0.0.0:0"))?;
+    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let sock = sys::in_netns(ns, move || UdpSocket::bind(any))?;
     let sock = match sock {
         Ok(s) => s,
         Err(e) => return Ok(Err(e.into())),

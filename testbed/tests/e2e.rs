@@ -466,6 +466,80 @@ fn a_nodes_address_answers_ping_and_refuses_what_is_not_published() {
     }
 }
 
+/// Every node's IPv6 address (`--addr6`): the client finds it by Neighbor Discovery (meshd's
+/// answer, with the node's uplink MAC), `ping -6` is answered, and TCP and UDP are refused at
+/// once (published ports answer on IPv4 only so far), while IPv4 goes on as before.
+#[test]
+fn every_nodes_ipv6_address_answers_ndp_and_ping6_and_refuses_tcp_and_udp() {
+    let Some(mut m) = mesh("v6") else { return };
+    m.run(&web(1)).unwrap();
+    let c = m.client_ns();
+    for node in ["n1", "n2", "n3"] {
+        let n = m.node(node).unwrap().clone();
+        let a6 = n.addr6();
+        let (ok, out) = probe::ping(&c, &a6.to_string(), 2).unwrap();
+        assert!(ok, "ping -6 {node} ({a6}): {out}");
+        let neigh = sys::exec_in_output(&c, "ip", &["-6", "neigh", "show", &a6.to_string()])
+            .unwrap()
+            .stdout;
+        assert!(
+            neigh.contains(&testbed::plan::uplink_mac(n.index)),
+            "{node}: the client's neighbour entry is meshd's uplink MAC: {neigh:?}"
+        );
+        let t0 = Instant::now();
+        let r = probe::tcp_open(&c, SocketAddr::from((a6, 8080)), T).unwrap();
+        assert_eq!(r.err(), Some(Failure::Refused), "{node} TCP [{a6}]:8080");
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "the RST took {:?}",
+            t0.elapsed()
+        );
+        let r = probe::curl(&c, &format!("http://[{a6}]:8080/"), T, &["-6"]).unwrap();
+        assert_eq!(
+            r.code, 7,
+            "{node}: curl -6 cannot connect (refused): {}",
+            r.stderr
+        );
+        let r = probe::udp_ask(&c, SocketAddr::from((a6, 53)), "x", T).unwrap();
+        assert_eq!(
+            r,
+            Err(Failure::Refused),
+            "{node} UDP [{a6}]:53: ICMPv6 port unreachable expected"
+        );
+        assert_eq!(
+            hostname(&m, node, 8080),
+            "web.1",
+            "{node}: IPv4 still answers"
+        );
+        let stats = m
+            .meshctl_local(node, &["--format", "json", "stats"])
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert!(
+            sum_of(&v, "ndp_replies") >= 1,
+            "{node}: meshd counted its Neighbor Advertisements: {stats}"
+        );
+    }
+}
+
+/// The sum of every number named `key` anywhere in `v`.
+fn sum_of(v: &serde_json::Value, key: &str) -> u64 {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .map(|(k, x)| {
+                if k == key {
+                    x.as_u64().unwrap_or(0)
+                } else {
+                    sum_of(x, key)
+                }
+            })
+            .sum(),
+        serde_json::Value::Array(a) => a.iter().map(|x| sum_of(x, key)).sum(),
+        _ => 0,
+    }
+}
+
 /// A change is acknowledged only when every worker runs it, and a flow whose task is gone ends
 /// at its first packet after that (while the sweep of the new table is under way): the first
 /// datagram after the removal already reaches another task.
