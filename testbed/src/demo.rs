@@ -67,6 +67,17 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
         ));
     }
     bed.meshctl(&["node", "ls"])?;
+    if let Some(n1) = bed.rec.nodes.first() {
+        let a6 = n1.addr6().to_string();
+        shell(&c, &format!("ping -6 -c 2 {a6}"));
+        let (_, out) = probe::ping(&c, &a6, 2)?;
+        print!("{out}");
+        note(
+            "Each node also has an IPv6 address (meshd --addr6 fd00:100::1X): meshd answers Neighbor\n\
+             Discovery and ping there, and refuses TCP and UDP at once; published ports, VIPs and tasks\n\
+             are IPv4 only so far.",
+        );
+    }
 
     section(
         2,

@@ -83,18 +83,7 @@ fn build_answer(frame: &[u8], out: &mut [u8]) -> Option<usize> {
         IpProtocol::Tcp => {
             let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
             let seg = TcpRepr::parse(&tcp, &src.into(), &dst.into(), &caps).ok()?;
-            if seg.control == TcpControl::Rst {
-                return None;
-            }
-            //= https://www.rfc-editor.org/rfc/rfc9293#section-3.10.7.1
-            //# If the incoming segment has the ACK bit set, the reset takes its sequence number
-            //# from the ACK field of the segment; otherwise, the reset has sequence number zero
-            //# and the ACK field is set to the sum of the sequence number and segment length of
-            //# the incoming segment.
-            let (seq, ack) = match seg.ack_number {
-                Some(a) => (a, None),
-                None => (TcpSeqNumber(0), Some(seg.seq_number + seg.segment_len())),
-            };
+            let (seq, ack) = rst_numbers(&seg)?;
             let as_u32 = |n: TcpSeqNumber| u32::from_ne_bytes(n.0.to_ne_bytes());
             let mut rst = [0u8; reply::RST_LEN];
             let n = reply::tcp_rst(
@@ -154,6 +143,23 @@ fn build_answer(frame: &[u8], out: &mut [u8]) -> Option<usize> {
     }
 }
 
+/// The sequence and acknowledgement numbers of the RST that answers `seg`; `None` when `seg`
+/// is a RST itself (never answered).
+//= https://www.rfc-editor.org/rfc/rfc9293#section-3.10.7.1
+//# If the incoming segment has the ACK bit set, the reset takes its sequence number
+//# from the ACK field of the segment; otherwise, the reset has sequence number zero
+//# and the ACK field is set to the sum of the sequence number and segment length of
+//# the incoming segment.
+fn rst_numbers(seg: &TcpRepr) -> Option<(TcpSeqNumber, Option<TcpSeqNumber>)> {
+    if seg.control == TcpControl::Rst {
+        return None;
+    }
+    Some(match seg.ack_number {
+        Some(a) => (a, None),
+        None => (TcpSeqNumber(0), Some(seg.seq_number + seg.segment_len())),
+    })
+}
+
 /// An ICMPv6 error is at most this long, the packet in error quoted to fit (RFC 4443 §2.4).
 const IPV6_MIN_MTU: usize = 1280;
 const IPV6: usize = 40;
@@ -192,28 +198,8 @@ fn build_answer6(frame: &[u8], out: &mut [u8]) -> Option<usize> {
         6 => {
             let tcp = TcpPacket::new_checked(l4).ok()?;
             let seg = TcpRepr::parse(&tcp, &src.into(), &dst.into(), &caps).ok()?;
-            if seg.control == TcpControl::Rst {
-                return None;
-            }
-            // As for IPv4 (RFC 9293 §3.10.7.1).
-            let (seq, ack) = match seg.ack_number {
-                Some(a) => (a, None),
-                None => (TcpSeqNumber(0), Some(seg.seq_number + seg.segment_len())),
-            };
-            let rst = TcpRepr {
-                src_port: seg.dst_port,
-                dst_port: seg.src_port,
-                control: TcpControl::Rst,
-                seq_number: seq,
-                ack_number: ack,
-                window_len: 0,
-                window_scale: None,
-                max_seg_size: None,
-                sack_permitted: false,
-                sack_ranges: [None; 3],
-                timestamp: None,
-                payload: &[],
-            };
+            let (seq, ack) = rst_numbers(&seg)?;
+            let rst = reply::rst_repr(seg.dst_port, seg.src_port, seq, ack);
             let total = ETH + IPV6 + rst.buffer_len();
             let (iph, rest) = out.get_mut(ETH..total)?.split_at_mut(IPV6);
             ip(IpProtocol::Tcp, rst.buffer_len()).emit(&mut Ipv6Packet::new_unchecked(iph));

@@ -33,6 +33,30 @@ pub const PORT_UNREACHABLE: u8 = 3;
 /// "Fragmentation needed and DF set" (RFC 792), with the next-hop MTU (RFC 1191).
 pub const FRAG_NEEDED: u8 = 4;
 
+/// A TCP RST from `sport` to `dport` with sequence number `seq`, and ACK set to `ack` when
+/// given: no window, no options, no payload.
+pub fn rst_repr(
+    sport: u16,
+    dport: u16,
+    seq: TcpSeqNumber,
+    ack: Option<TcpSeqNumber>,
+) -> TcpRepr<'static> {
+    TcpRepr {
+        src_port: sport,
+        dst_port: dport,
+        control: TcpControl::Rst,
+        seq_number: seq,
+        ack_number: ack,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    }
+}
+
 /// Writes into `out` an Ethernet frame carrying a TCP RST from `src:sport` to `dst:dport`
 /// with sequence number `seq`, and with ACK set to `ack` when given; `macs` are (ours, the
 /// peer's). Returns the frame's length, [`RST_LEN`].
@@ -52,20 +76,8 @@ pub fn tcp_rst(
     ack: Option<u32>,
 ) -> usize {
     let caps = ChecksumCapabilities::default();
-    let rst = TcpRepr {
-        src_port: sport,
-        dst_port: dport,
-        control: TcpControl::Rst,
-        seq_number: TcpSeqNumber(i32::from_ne_bytes(seq.to_ne_bytes())),
-        ack_number: ack.map(|a| TcpSeqNumber(i32::from_ne_bytes(a.to_ne_bytes()))),
-        window_len: 0,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
+    let as_seq = |n: u32| TcpSeqNumber(i32::from_ne_bytes(n.to_ne_bytes()));
+    let rst = rst_repr(sport, dport, as_seq(seq), ack.map(as_seq));
     let ipr = Ipv4Repr {
         src_addr: src,
         dst_addr: dst,
