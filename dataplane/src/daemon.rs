@@ -608,7 +608,7 @@ fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartErr
 #[allow(clippy::cast_possible_truncation)]
 pub fn run(s: Settings) -> Result<(), StartError> {
     // First: it refuses a second meshd for the same node before that one touches anything.
-    let mut flow_file = open_flow_state(&s, s.cores.len().max(1))?;
+    let (mut flow_file, mut undo) = open_flow_state(&s, s.cores.len().max(1))?;
     let store = StateStore::new(&s.state);
     let t0 = std::time::Instant::now();
     let persisted = initial_state(&s, &store)?;
@@ -839,6 +839,8 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     let term = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, term.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGINT, term.clone())?;
+    // Started: the flow-state file is this meshd's now.
+    undo.keep();
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -860,15 +862,18 @@ pub fn run(s: Settings) -> Result<(), StartError> {
 fn open_flow_state(
     s: &Settings,
     workers: usize,
-) -> Result<Option<crate::flow::keep::FlowFile>, StartError> {
+) -> Result<(Option<crate::flow::keep::FlowFile>, RemoveUnlessStarted), StartError> {
     use crate::flow::keep::{FlowFile, Found};
     let Some(path) = &s.flow_state else {
         tracing::info!("flow tables on the heap (--flow-state none): a restart ends every connection through this node");
-        return Ok(None);
+        return Ok((None, RemoveUnlessStarted(None)));
     };
     let t0 = std::time::Instant::now();
     let (ff, found) = FlowFile::open(path, &s.node, u32::from(s.addr), workers, s.flows)?;
     let file = path.display();
+    // A file this start made (or found of no use) goes if the start fails; adopted flows stay
+    // for the next try.
+    let undo = (!matches!(found, Found::Adopted { .. })).then(|| path.clone());
     match found {
         Found::Fresh => {
             tracing::info!(%file, "no flows kept from a meshd before this one: flow tables start empty (and are kept in that file)");
@@ -892,7 +897,26 @@ fn open_flow_state(
             tracing::warn!(%file, "flows kept there not adopted: {why}; flow tables start empty");
         }
     }
-    Ok(Some(ff))
+    Ok((Some(ff), RemoveUnlessStarted(undo)))
+}
+
+/// Removes the flow-state file at its path when dropped, unless [`Self::keep`] was called: a
+/// start refused after the file was opened (a bad state, an interface that does not exist)
+/// leaves no file behind.
+struct RemoveUnlessStarted(Option<PathBuf>);
+
+impl RemoveUnlessStarted {
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveUnlessStarted {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// Cluster mode: the thread that follows etcd and hands its state to the controller.
