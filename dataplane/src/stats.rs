@@ -91,11 +91,14 @@ reasons! {
         NoBuffer = "no_buffer",
         /// Time to live ran out.
         TtlExpired = "ttl_expired",
-        /// TCP or UDP header is malformed or its length is wrong.
+        /// TCP or UDP header (or, to the node's IPv6 address, ICMPv6) is malformed or its
+        /// length is wrong.
         BadL4Header = "bad_l4_header",
-        /// TCP or UDP checksum is wrong.
+        /// TCP or UDP checksum (or an ICMPv6 one) is wrong.
         BadL4Checksum = "bad_l4_checksum",
-        /// A protocol other than TCP, UDP or ICMP.
+        /// A protocol other than TCP, UDP or ICMP; over IPv6, also ICMPv6 other than echo
+        /// requests to the node's address and Neighbor Discovery (a ping of a multicast
+        /// group, an error message).
         UnknownProtocol = "unknown_protocol",
         /// Addressed to an IP this node does not serve.
         NotForUs = "not_for_us",

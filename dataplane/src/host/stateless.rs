@@ -360,16 +360,19 @@ mod tests {
         );
         assert_eq!(p.payload(), &[7; 1000][..]);
         // A SYN: a RST acknowledging it.
-        let syn = crate::testkit::tcp6_frame(
-            CLIENT,
-            NODE,
-            v6("fd00::c"),
-            40000,
-            v6("fd00::11"),
-            8080,
-            0x02,
-            1000,
-        );
+        let segment = |flags| {
+            crate::testkit::tcp6_frame(
+                CLIENT,
+                NODE,
+                v6("fd00::c"),
+                40000,
+                v6("fd00::11"),
+                8080,
+                flags,
+                1000,
+            )
+        };
+        let syn = segment(0x02);
         let (proto, l4) = answer6(&syn);
         assert_eq!(proto, IpProtocol::Tcp);
         let t = TcpPacket::new_checked(&l4[..]).unwrap();
@@ -413,16 +416,7 @@ mod tests {
             },
         );
         assert_eq!(answer_frame(&from_group), None);
-        let rst = crate::testkit::tcp6_frame(
-            CLIENT,
-            NODE,
-            v6("fd00::c"),
-            40000,
-            v6("fd00::11"),
-            8080,
-            0x04,
-            1000,
-        );
+        let rst = segment(0x04);
         assert_eq!(answer_frame(&rst), None);
     }
 
