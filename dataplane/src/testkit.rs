@@ -12,12 +12,11 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol,
-    Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber, UdpPacket, UdpRepr,
+    EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet,
+    Ipv4Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 
-use crate::wire::vxlan;
+use crate::wire::{reply, vxlan};
 use ctl::model::{self, Ipv4Net, Protocol, State};
 
 /// An Ethernet address as bytes.
@@ -729,20 +728,7 @@ pub fn ipv6_with(
     fill: impl FnOnce(&mut [u8]),
 ) -> Vec<u8> {
     let mut f = vec![0u8; ETH_LEN + 40 + len];
-    f[0..6].copy_from_slice(&dst_mac);
-    f[6..12].copy_from_slice(&src_mac);
-    f[12..14].copy_from_slice(&[0x86, 0xdd]);
-    Ipv6Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: next,
-        payload_len: len,
-        hop_limit: hop,
-    }
-    .emit(&mut Ipv6Packet::new_unchecked(
-        &mut f[ETH_LEN..ETH_LEN + 40],
-    ));
-    fill(&mut f[ETH_LEN + 40..]);
+    reply::ipv6_frame(&mut f, (src_mac, dst_mac), src, dst, hop, next, len, fill);
     f
 }
 
@@ -755,39 +741,15 @@ pub fn icmpv6_frame(
     hop: u8,
     repr: &Icmpv6Repr,
 ) -> Vec<u8> {
-    ipv6_with(
-        src_mac,
-        dst_mac,
-        src,
-        dst,
-        hop,
-        IpProtocol::Icmpv6,
-        repr.buffer_len(),
-        |b| {
-            repr.emit(
-                &src,
-                &dst,
-                &mut Icmpv6Packet::new_unchecked(b),
-                &ChecksumCapabilities::default(),
-            );
-        },
-    )
+    let mut f = vec![0u8; ETH_LEN + 40 + repr.buffer_len()];
+    reply::icmpv6_frame(&mut f, (src_mac, dst_mac), src, dst, hop, repr);
+    f
 }
 
 /// A Neighbor Solicitation for `target` from `src` (with its link-layer address option unless
 /// `src` is the unspecified address), to `target`'s solicited-node group, hop limit 255.
 pub fn neighbor_solicit(src_mac: Mac, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
-    let o = target.octets();
-    let group = Ipv6Addr::new(
-        0xff02,
-        0,
-        0,
-        0,
-        0,
-        1,
-        0xff00 | u16::from(o[13]),
-        u16::from_be_bytes([o[14], o[15]]),
-    );
+    let group = crate::pipeline::solicited_node(target);
     let g = group.octets();
     let dst_mac = [0x33, 0x33, g[12], g[13], g[14], g[15]];
     let lladdr = (!src.is_unspecified()).then(|| EthernetAddress(src_mac).into());

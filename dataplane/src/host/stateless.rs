@@ -13,7 +13,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet,
     Icmpv6Repr, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber,
+    TcpRepr, TcpSeqNumber, IPV6_HEADER_LEN, IPV6_MIN_MTU,
 };
 
 use crate::buf::PacketBuf;
@@ -48,6 +48,7 @@ pub fn answer_frame(frame: &[u8]) -> Option<Vec<u8>> {
             .len()
             .max(ETH + reply::FRAG_NEEDED_LEN)
             .max(reply::RST_LEN)
+            // An ICMPv6 error quotes its packet up to the minimum MTU (RFC 4443 §2.4).
             .max(ETH + IPV6_MIN_MTU)
     ];
     let n = build_answer(frame, &mut out)?;
@@ -160,10 +161,6 @@ fn rst_numbers(seg: &TcpRepr) -> Option<(TcpSeqNumber, Option<TcpSeqNumber>)> {
     })
 }
 
-/// An ICMPv6 error is at most this long, the packet in error quoted to fit (RFC 4443 §2.4).
-const IPV6_MIN_MTU: usize = 1280;
-const IPV6: usize = 40;
-
 /// [`build_answer`] for IPv6, to a unicast destination from a unicast source.
 //= https://www.rfc-editor.org/rfc/rfc4443#section-2.4
 //# An ICMPv6 error message MUST NOT be originated as a result of receiving [...] a packet
@@ -177,39 +174,28 @@ fn build_answer6(frame: &[u8], out: &mut [u8]) -> Option<usize> {
     }
     let l4 = frame.get(h.l4..h.end)?;
     let caps = ChecksumCapabilities::default();
-    out[0..6].copy_from_slice(frame.get(6..12)?);
-    out[6..12].copy_from_slice(frame.get(0..6)?);
-    out[12..14].copy_from_slice(&[0x86, 0xdd]);
-    let ip = |next_header: IpProtocol, len: usize| Ipv6Repr {
-        src_addr: dst,
-        dst_addr: src,
-        next_header,
-        payload_len: len,
-        hop_limit: 64,
-    };
-    let icmp = |repr: Icmpv6Repr, out: &mut [u8]| {
-        let total = ETH + IPV6 + repr.buffer_len();
-        let (iph, rest) = out.get_mut(ETH..total)?.split_at_mut(IPV6);
-        ip(IpProtocol::Icmpv6, repr.buffer_len()).emit(&mut Ipv6Packet::new_unchecked(iph));
-        repr.emit(&dst, &src, &mut Icmpv6Packet::new_unchecked(rest), &caps);
-        Some(total)
-    };
+    // Back the way it came: from the frame's destination MAC and address to its source.
+    let macs = (
+        frame.get(0..6)?.try_into().ok()?,
+        frame.get(6..12)?.try_into().ok()?,
+    );
+    let icmp =
+        |repr: Icmpv6Repr, out: &mut [u8]| reply::icmpv6_frame(out, macs, dst, src, 64, &repr);
     match h.proto {
         6 => {
             let tcp = TcpPacket::new_checked(l4).ok()?;
             let seg = TcpRepr::parse(&tcp, &src.into(), &dst.into(), &caps).ok()?;
             let (seq, ack) = rst_numbers(&seg)?;
             let rst = reply::rst_repr(seg.dst_port, seg.src_port, seq, ack);
-            let total = ETH + IPV6 + rst.buffer_len();
-            let (iph, rest) = out.get_mut(ETH..total)?.split_at_mut(IPV6);
-            ip(IpProtocol::Tcp, rst.buffer_len()).emit(&mut Ipv6Packet::new_unchecked(iph));
-            rst.emit(
-                &mut TcpPacket::new_unchecked(rest),
-                &dst.into(),
-                &src.into(),
-                &caps,
-            );
-            Some(total)
+            let len = rst.buffer_len();
+            reply::ipv6_frame(out, macs, dst, src, 64, IpProtocol::Tcp, len, |b| {
+                rst.emit(
+                    &mut TcpPacket::new_unchecked(b),
+                    &dst.into(),
+                    &src.into(),
+                    &caps,
+                );
+            })
         }
         17 => {
             // The packet in error, its own header and as much after it as fits.
@@ -218,7 +204,7 @@ fn build_answer6(frame: &[u8], out: &mut [u8]) -> Option<usize> {
             let repr = Icmpv6Repr::DstUnreachable {
                 reason: Icmpv6DstUnreachable::PortUnreachable,
                 header,
-                data: &whole[IPV6..],
+                data: &whole[IPV6_HEADER_LEN..],
             };
             icmp(repr, out)
         }

@@ -4,10 +4,8 @@
 //! them as a host with no sockets would (`host::stateless`). Published ports and the overlay
 //! are IPv4 only so far: tasks' IPv6 is dropped as `no_ipv6`.
 
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv6Message, Icmpv6Packet, Icmpv6Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags,
-    NdiscRepr,
+    Icmpv6Message, Icmpv6Packet, Icmpv6Repr, Ipv6Address, NdiscNeighborFlags, NdiscRepr,
 };
 
 use super::*;
@@ -119,7 +117,7 @@ pub fn parse_ipv6(frame: &[u8], off: usize) -> Result<L3v6, DropReason> {
 
 /// The solicited-node multicast group of `a` (RFC 4291 §2.7.1): ff02::1:ff00:0/104 and its last
 /// 24 bits.
-pub(super) fn solicited_node(a: Ipv6Address) -> Ipv6Address {
+pub fn solicited_node(a: Ipv6Address) -> Ipv6Address {
     let o = a.octets();
     Ipv6Address::new(
         0xff02,
@@ -174,7 +172,8 @@ impl Pipeline {
         buf: &mut PacketBuf,
         for_me: bool,
     ) -> Result<Verdict, DropReason> {
-        let body = buf.data().get(h.l4..h.end).ok_or(DropReason::Truncated)?;
+        let f = buf.data();
+        let body = f.get(h.l4..h.end).ok_or(DropReason::Truncated)?;
         let icmp = Icmpv6Packet::new_checked(body).map_err(|_| DropReason::BadL4Header)?;
         // Always checked: Neighbor Discovery changes what meshd sends, and nothing here is
         // forwarded, so no offload may have vouched for it.
@@ -183,104 +182,93 @@ impl Pipeline {
         }
         match icmp.msg_type() {
             Icmpv6Message::EchoRequest if for_me => Ok(Verdict::Host(HostReason::NodeAddress)),
-            Icmpv6Message::NeighborSolicit => self.neighbor_solicit(me, h, buf),
+            Icmpv6Message::NeighborSolicit => {
+                let asker_mac = EthernetFrame::new_unchecked(f).src_addr().0;
+                let (dst, dst_mac, flags) = solicitation(me, h, &icmp, asker_mac)?;
+                self.advertise(me, dst, dst_mac, flags, buf)
+            }
             m if m.is_ndisc() => Err(DropReason::NdpIgnored),
             _ => Err(DropReason::UnknownProtocol),
         }
     }
 
-    /// Answers a Neighbor Solicitation for the node's IPv6 address with an advertisement, in
-    /// place; validates it as RFC 4861 §7.1.1 asks first.
-    fn neighbor_solicit(
+    /// Turns `buf` into the Neighbor Advertisement of the node's address `me` to `dst`
+    /// (`dst_mac`), with `flags` and the uplink's MAC as its target link-layer address.
+    fn advertise(
         &mut self,
         me: Ipv6Address,
-        h: &L3v6,
+        dst: Ipv6Address,
+        dst_mac: [u8; 6],
+        flags: NdiscNeighborFlags,
         buf: &mut PacketBuf,
     ) -> Result<Verdict, DropReason> {
-        //= https://www.rfc-editor.org/rfc/rfc4861#section-7.1.1
-        //# - The IP Hop Limit field has a value of 255, i.e., the packet could not possibly
-        //#   have been forwarded by a router.
-        if h.hop_limit != 255 {
-            return Err(DropReason::BadNdp);
-        }
-        let f = buf.data();
-        let body = f.get(h.l4..h.end).ok_or(DropReason::Truncated)?;
-        let icmp = Icmpv6Packet::new_unchecked(body);
-        if icmp.msg_code() != 0 {
-            return Err(DropReason::BadNdp);
-        }
-        let Ok(NdiscRepr::NeighborSolicit {
-            target_addr,
-            lladdr,
-        }) = NdiscRepr::parse(&icmp)
-        else {
-            return Err(DropReason::BadNdp);
-        };
-        //# - Target Address is not a multicast address.
-        //# - If the IP source address is the unspecified address, the IP destination address
-        //#   is a solicited-node multicast address.
-        //# - If the IP source address is the unspecified address, there is no source
-        //#   link-layer address option in the message.
-        let dad = h.src.is_unspecified();
-        if target_addr.is_multicast()
-            || (dad && (lladdr.is_some() || h.dst != solicited_node(target_addr)))
-        {
-            return Err(DropReason::BadNdp);
-        }
-        if target_addr != me {
-            return Err(DropReason::NdpIgnored);
-        }
-        //= https://www.rfc-editor.org/rfc/rfc4861#section-7.2.4
-        //# If the source of the solicitation is the unspecified address, the node MUST set
-        //# the Solicited flag to zero and multicast the advertisement to the all-nodes
-        //# address. Otherwise, the node MUST set the Solicited flag to one and unicast the
-        //# advertisement to the source of the solicitation.
-        let asker_mac = EthernetFrame::new_unchecked(f).src_addr().0;
-        let (dst, dst_mac, flags) = if dad {
-            (ALL_NODES, ALL_NODES_MAC, NdiscNeighborFlags::OVERRIDE)
-        } else {
-            let mac = lladdr
-                .and_then(|l| <[u8; 6]>::try_from(l.as_bytes()).ok())
-                .unwrap_or(asker_mac);
-            (
-                h.src,
-                mac,
-                NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
-            )
-        };
         let my_mac = self.cfg.uplink_mac;
         let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
             flags,
             target_addr: me,
             lladdr: Some(EthernetAddress(my_mac).into()),
         });
-        let ip = Ipv6Repr {
-            src_addr: me,
-            dst_addr: dst,
-            next_header: IpProtocol::Icmpv6,
-            payload_len: na.buffer_len(),
-            hop_limit: 255,
-        };
-        let total = ETH + IPV6 + na.buffer_len();
-        let room = buf.room_mut();
-        let Some(out) = room.get_mut(..total) else {
-            return Err(DropReason::NoBuffer);
-        };
-        out[0..6].copy_from_slice(&dst_mac);
-        out[6..12].copy_from_slice(&my_mac);
-        out[12..14].copy_from_slice(&[0x86, 0xdd]);
-        let (iph, rest) = out[ETH..].split_at_mut(IPV6);
-        ip.emit(&mut Ipv6Packet::new_unchecked(iph));
-        na.emit(
-            &me,
-            &dst,
-            &mut Icmpv6Packet::new_unchecked(rest),
-            &ChecksumCapabilities::default(),
-        );
-        buf.set_len(total);
+        let n = reply::icmpv6_frame(buf.room_mut(), (my_mac, dst_mac), me, dst, 255, &na)
+            .ok_or(DropReason::NoBuffer)?;
+        buf.set_len(n);
         self.stats.ndp_replies += 1;
         Ok(Verdict::Tx(PortId::Uplink))
     }
+}
+
+/// A Neighbor Solicitation (`icmp`, checksum checked, from the frame of `asker_mac`), validated
+/// as RFC 4861 §7.1.1 asks: when it is for the node's address `me`, where its advertisement
+/// goes (address, MAC) and with which flags.
+fn solicitation(
+    me: Ipv6Address,
+    h: &L3v6,
+    icmp: &Icmpv6Packet<&[u8]>,
+    asker_mac: [u8; 6],
+) -> Result<(Ipv6Address, [u8; 6], NdiscNeighborFlags), DropReason> {
+    //= https://www.rfc-editor.org/rfc/rfc4861#section-7.1.1
+    //# - The IP Hop Limit field has a value of 255, i.e., the packet could not possibly
+    //#   have been forwarded by a router.
+    if h.hop_limit != 255 || icmp.msg_code() != 0 {
+        return Err(DropReason::BadNdp);
+    }
+    let Ok(NdiscRepr::NeighborSolicit {
+        target_addr,
+        lladdr,
+    }) = NdiscRepr::parse(icmp)
+    else {
+        return Err(DropReason::BadNdp);
+    };
+    //# - Target Address is not a multicast address.
+    //# - If the IP source address is the unspecified address, the IP destination address
+    //#   is a solicited-node multicast address.
+    //# - If the IP source address is the unspecified address, there is no source
+    //#   link-layer address option in the message.
+    let dad = h.src.is_unspecified();
+    if target_addr.is_multicast()
+        || (dad && (lladdr.is_some() || h.dst != solicited_node(target_addr)))
+    {
+        return Err(DropReason::BadNdp);
+    }
+    if target_addr != me {
+        return Err(DropReason::NdpIgnored);
+    }
+    //= https://www.rfc-editor.org/rfc/rfc4861#section-7.2.4
+    //# If the source of the solicitation is the unspecified address, the node MUST set
+    //# the Solicited flag to zero and multicast the advertisement to the all-nodes
+    //# address. Otherwise, the node MUST set the Solicited flag to one and unicast the
+    //# advertisement to the source of the solicitation.
+    Ok(if dad {
+        (ALL_NODES, ALL_NODES_MAC, NdiscNeighborFlags::OVERRIDE)
+    } else {
+        let mac = lladdr
+            .and_then(|l| <[u8; 6]>::try_from(l.as_bytes()).ok())
+            .unwrap_or(asker_mac);
+        (
+            h.src,
+            mac,
+            NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,
+        )
+    })
 }
 
 #[cfg(test)]
@@ -401,7 +389,7 @@ mod tests {
 
     use crate::balance::table::tests::three_nodes;
     use crate::testkit;
-    use smoltcp::wire::{EthernetAddress, NdiscRepr};
+    use smoltcp::wire::{EthernetAddress, Ipv6Packet, NdiscRepr};
 
     const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
 

@@ -261,7 +261,7 @@ pub(super) fn task_vlan(t: &ServiceTable, ip: u32) -> u16 {
 }
 pub use classify::{parse_ipv4, L3};
 use frag::{Size, Way};
-pub use ipv6::{parse_ipv6, L3v6, MAX_IPV6_EXT_HEADERS};
+pub use ipv6::{parse_ipv6, solicited_node, L3v6, MAX_IPV6_EXT_HEADERS};
 
 impl Pipeline {
     /// A pipeline with its flow table allocated. `neigh` is shared by all workers.

@@ -13,8 +13,9 @@
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv4Packet, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr,
-    TcpSeqNumber,
+    Icmpv4Packet, Icmpv6Packet, Icmpv6Repr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
+    Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    IPV6_HEADER_LEN,
 };
 
 /// Ethernet, IPv4 and ICMP headers of an answer, before the quoted datagram.
@@ -32,6 +33,59 @@ pub const RST_LEN: usize = 14 + 20 + 20;
 pub const PORT_UNREACHABLE: u8 = 3;
 /// "Fragmentation needed and DF set" (RFC 792), with the next-hop MTU (RFC 1191).
 pub const FRAG_NEEDED: u8 = 4;
+
+/// Writes into `out` an Ethernet frame (`macs`: ours, the peer's) carrying an IPv6 packet from
+/// `src` to `dst` with hop limit `hop`, whose `len` bytes of `next` `fill` writes. Returns the
+/// frame's length; `None`, and `out` untouched, when it is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn ipv6_frame(
+    out: &mut [u8],
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv6Address,
+    dst: Ipv6Address,
+    hop: u8,
+    next: IpProtocol,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Option<usize> {
+    let total = 14 + IPV6_HEADER_LEN + len;
+    let out = out.get_mut(..total)?;
+    let (smac, dmac) = macs;
+    out[0..6].copy_from_slice(&dmac);
+    out[6..12].copy_from_slice(&smac);
+    out[12..14].copy_from_slice(&[0x86, 0xdd]);
+    let (iph, rest) = out[14..].split_at_mut(IPV6_HEADER_LEN);
+    Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: next,
+        payload_len: len,
+        hop_limit: hop,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(iph));
+    fill(rest);
+    Some(total)
+}
+
+/// [`ipv6_frame`] carrying the ICMPv6 message `repr`, its checksum filled in.
+pub fn icmpv6_frame(
+    out: &mut [u8],
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv6Address,
+    dst: Ipv6Address,
+    hop: u8,
+    repr: &Icmpv6Repr,
+) -> Option<usize> {
+    let len = repr.buffer_len();
+    ipv6_frame(out, macs, src, dst, hop, IpProtocol::Icmpv6, len, |b| {
+        repr.emit(
+            &src,
+            &dst,
+            &mut Icmpv6Packet::new_unchecked(b),
+            &ChecksumCapabilities::default(),
+        );
+    })
+}
 
 /// A TCP RST from `sport` to `dport` with sequence number `seq`, and ACK set to `ack` when
 /// given: no window, no options, no payload.
