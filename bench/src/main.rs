@@ -168,6 +168,8 @@ fn main() {
                 (Kind::IngressMtu, sizes[1]),
                 (Kind::SealedIngressMtu, sizes[1]),
                 (Kind::Ndp, sizes[0]),
+                (Kind::Ingress6, sizes[1]),
+                (Kind::Replies6, sizes[1]),
             ];
             // A scenario's whole name picks it alone; a part of one picks every scenario with
             // it in its name.

@@ -31,6 +31,9 @@ const CLI_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 50);
 const API_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
 /// Every frame is padded to this (a 64-byte Ethernet frame less its FCS).
 pub const FRAME: usize = 60;
+/// An IPv6 client's TCP frame (Ethernet, IPv6, TCP), and where they sit in the replay buffer.
+const V6_FRAME: usize = 14 + 40 + 20;
+const V6_STRIDE: usize = 128;
 
 /// The mesh the scenarios run in: `web` (8080→80, VIP 10.0.1.2) with tasks on n2 and n3, a
 /// client task `cli.1` on n1, and `api` (9090→80) with a task on n1.
@@ -186,6 +189,11 @@ pub enum Kind {
     /// "flow"), each answered in place with an advertisement (parse, validate, checksum both
     /// ways).
     Ndp,
+    /// `Ingress` from IPv6 clients to the node's IPv6 address: each packet is also converted
+    /// to IPv4 (the flow found by its client's stand-in and checked against its address).
+    Ingress6,
+    /// `Replies` to IPv6 clients: each reply is also converted back to IPv6.
+    Replies6,
 }
 
 /// The published UDP port of the fragmented-datagram scenario.
@@ -209,6 +217,8 @@ impl Kind {
             Kind::IngressMtu => "1400-byte ingress",
             Kind::SealedIngressMtu => "1400-byte sealed ingress",
             Kind::Ndp => "IPv6 neighbor solicitation",
+            Kind::Ingress6 => "established IPv6 ingress",
+            Kind::Replies6 => "task replies to IPv6 clients",
         }
     }
 
@@ -297,6 +307,13 @@ impl std::fmt::Debug for Scenario {
 
 // Casts: remainders below 50,000 and flow counts below 2^32.
 #[allow(clippy::cast_possible_truncation)]
+/// Flow `i`'s IPv6 client and port (the port as [`client`]'s).
+fn client6(i: usize) -> (Ipv6Addr, u16) {
+    let (_, port) = client(i);
+    let ip = Ipv6Addr::from(0xfd00_0002_u128 << 96 | (0x1_0000 + (i / 50_000) as u128));
+    (ip, port)
+}
+
 fn client(i: usize) -> (Ipv4Addr, u16) {
     let ip = 0xac10_0000u32 + (i / 50_000) as u32;
     (Ipv4Addr::from(ip), 10_000 + (i % 50_000) as u16)
@@ -433,6 +450,10 @@ impl Scenario {
                         &[],
                     )
                 }
+                Kind::Ingress6 | Kind::Replies6 => {
+                    let (ip, port) = client6(i);
+                    testkit::tcp6_frame(CLIENT_MAC, UPLINK_MAC, ip, port, N1_6, 8080, flags, 1000)
+                }
                 Kind::Ndp => {
                     let c = Ipv6Addr::from(0xfd00_0001_u128 << 96 | (0x1_0000 + i as u128));
                     testkit::neighbor_solicit(CLIENT_MAC, c, N1_6)
@@ -500,10 +521,17 @@ impl Scenario {
             }
             all
         };
-        if kind.ingress() || matches!(kind, Kind::Vip | Kind::Replies) {
+        if kind.ingress()
+            || matches!(
+                kind,
+                Kind::Vip | Kind::Replies | Kind::Ingress6 | Kind::Replies6
+            )
+        {
             // Open every flow with a SYN first.
             let open = if kind == Kind::Replies {
                 (FRAME, FRAME)
+            } else if kind == Kind::Replies6 {
+                (V6_STRIDE, V6_FRAME)
             } else {
                 s.layout()
             };
@@ -511,13 +539,19 @@ impl Scenario {
             s.stride_run(open, flows);
             s.cursor = 0;
         }
-        if kind == Kind::Replies {
+        if matches!(kind, Kind::Replies | Kind::Replies6) {
             // Each flow's task answers: from the task to the masquerade address and port the
             // flow was given, encapsulated by the task's node back to this one.
             let mut all = Vec::with_capacity(flows * stride);
             for &i in &order {
-                let (ip, port) = client(i as usize);
-                let key = FlowKey::new(6, u32::from(ip), port, u32::from(N1), 8080);
+                let key = if kind == Kind::Replies6 {
+                    let (ip, port) = client6(i as usize);
+                    let stand_in = dataplane::pipeline::nat64::stand_in(&ip.octets());
+                    FlowKey::new(6, stand_in, port, 0, 8080)
+                } else {
+                    let (ip, port) = client(i as usize);
+                    FlowKey::new(6, u32::from(ip), port, u32::from(N1), 8080)
+                };
                 let Some((id, _)) = s.pipeline.flows.lookup(&key, key.hash()) else {
                     panic!("flow {i} was opened");
                 };
@@ -586,7 +620,7 @@ impl Scenario {
     /// Where the replayed frames sit: (distance between frames, frame length).
     fn layout(&self) -> (usize, usize) {
         match self.kind {
-            Kind::Decap | Kind::Replies => (
+            Kind::Decap | Kind::Replies | Kind::Replies6 => (
                 128,
                 testkit::ETH_LEN + dataplane::wire::vxlan::ENCAP_LEN + 40,
             ),
@@ -600,6 +634,7 @@ impl Scenario {
             Kind::Fragments => (FRAG_STRIDE, testkit::ETH_LEN + 1500),
             // Ethernet, IPv6, a solicitation with its link-layer address option.
             Kind::Ndp => (96, testkit::ETH_LEN + 40 + 32),
+            Kind::Ingress6 => (V6_STRIDE, V6_FRAME),
             Kind::IngressMtu | Kind::SealedIngressMtu => {
                 (MTU_STRIDE, testkit::ETH_LEN + MTU_PACKET)
             }

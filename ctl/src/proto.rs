@@ -1124,10 +1124,12 @@ pub enum ConnKind {
 pub struct Conn {
     pub protocol: Protocol,
     pub kind: ConnKind,
-    /// The client, as it sent its packets.
-    pub client: std::net::SocketAddrV4,
-    /// The address the client reached: the node's published port or a service VIP.
-    pub service_addr: std::net::SocketAddrV4,
+    /// The client, as it sent its packets (an IPv6 client to a published port: its IPv6
+    /// address).
+    pub client: std::net::SocketAddr,
+    /// The address the client reached: the node's published port (on its IPv6 address for an
+    /// IPv6 client) or a service VIP.
+    pub service_addr: std::net::SocketAddr,
     /// The service and task it is balanced to (absent when the task is gone).
     pub service: Option<String>,
     pub task: Option<String>,

@@ -107,7 +107,8 @@ impl Matcher {
             }
         }
         if let Some((net, mask)) = self.client {
-            if k.src() & mask != net {
+            // An IPv4 range: never an IPv6 client (its key holds a stand-in address).
+            if k.src() & mask != net || f.is_v6() {
                 return false;
             }
         }
@@ -298,6 +299,10 @@ fn sock(ip: u32, port: u16) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(ip.into(), port)
 }
 
+fn sock6(ip: [u8; 16], port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddrV6::new(ip.into(), port, 0, 0).into()
+}
+
 /// A row as `conn ls` shows it, with names from table `t`; packets and bytes when its worker
 /// counts them (`accounting`).
 pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Conn {
@@ -319,8 +324,17 @@ pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Co
             FlowKind::Vip => ConnKind::Vip,
             FlowKind::ReturnRoute => ConnKind::Return,
         },
-        client: sock(k.src(), k.sport()),
-        service_addr: sock(k.dst(), k.dport()),
+        client: if f.is_v6() {
+            sock6(f.client6(), k.sport())
+        } else {
+            sock(k.src(), k.sport()).into()
+        },
+        service_addr: if f.is_v6() {
+            let me = t.node_addr6.map_or([0; 16], |a| a.octets());
+            sock6(me, k.dport())
+        } else {
+            sock(k.dst(), k.dport()).into()
+        },
         service: service.map(|s| s.name.to_string()),
         task: task.map(|te| te.name.to_string()),
         task_addr: sock(f.fwd.dst, f.fwd.dport),

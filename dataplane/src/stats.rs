@@ -166,7 +166,8 @@ reasons! {
         /// The queue to the host side (the node's own stack) was full.
         HostQueueFull = "host_queue_full",
         /// IPv6 where meshd has no IPv6 address: on a node started without `--addr6`, or from
-        /// a task (tasks have IPv4 addresses only so far).
+        /// a task (tasks have IPv4 addresses only so far); a task's reply to an IPv6 client
+        /// when the node's IPv6 address has since been removed.
         NoIpv6 = "no_ipv6",
         /// An IPv6 header that is not one: a version other than 6, a payload length past the
         /// frame.
@@ -185,6 +186,11 @@ reasons! {
         /// Neighbor Discovery not for meshd to answer: a solicitation for another address,
         /// an advertisement, a router solicitation or advertisement, a redirect.
         NdpIgnored = "ndp_ignored",
+        /// A packet of an IPv6 client to a published port whose flow key (which holds a
+        /// stand-in IPv4 address hashed from the client's) is another IPv6 client's flow: two
+        /// addresses that hash alike, from the same port. Dropped, never delivered into the
+        /// other client's connection.
+        Ipv6ClientCollision = "ipv6_client_collision",
     }
 }
 
@@ -206,8 +212,8 @@ reasons! {
         /// To one of the mesh's own overlay addresses (a VIP, a gateway, an endpoint) and not
         /// a flow's: ping, DNS, a closed port.
         MeshAddress = "mesh_address",
-        /// TCP or UDP to the node's IPv6 address: published ports answer on IPv4 only so far,
-        /// so it is refused as a closed port (RST, ICMPv6 port unreachable).
+        /// TCP or UDP to the node's IPv6 address on a port that is not published: refused as
+        /// a closed port (RST, ICMPv6 port unreachable).
         Ipv6Port = "ipv6_port",
     }
 }

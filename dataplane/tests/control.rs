@@ -701,7 +701,7 @@ fn conn_ls_lists_the_workers_flows_and_conn_rm_ends_them_with_a_reset() {
     assert_eq!((all.node.as_str(), all.matched), ("n1", 5), "{all:?}");
     assert_eq!(all.connections.len(), 5);
     for k in &all.connections {
-        assert_eq!(k.client.ip(), &client);
+        assert_eq!(k.client.ip(), client);
         assert_eq!(k.service_addr.to_string(), "192.168.1.11:8080");
         assert_eq!(k.service.as_deref(), Some("web"));
         assert_eq!(k.state, ConnState::SynSent);

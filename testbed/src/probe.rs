@@ -147,11 +147,9 @@ pub fn udp_ask(
     payload: &str,
     timeout: Duration,
 ) -> Result<Result<String, Failure>> {
-    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
-    let sock = sys::in_netns(ns, move || UdpSocket::bind(any))?;
-    let sock = match sock {
+    let sock = match udp_socket_for(ns, to)? {
         Ok(s) => s,
-        Err(e) => return Ok(Err(e.into())),
+        Err(f) => return Ok(Err(f)),
     };
     Ok(udp_ask_on(&sock, to, payload, timeout))
 }
@@ -191,6 +189,12 @@ pub fn udp_echo_on(
 /// A UDP socket bound inside namespace `ns`.
 pub fn udp_socket(ns: &str) -> Result<Result<UdpSocket, Failure>> {
     Ok(sys::in_netns(ns, || UdpSocket::bind("0.0.0.0:0"))?.map_err(Failure::from))
+}
+
+/// A UDP socket in namespace `ns` of `to`'s family (IPv4 or IPv6), on any port.
+pub fn udp_socket_for(ns: &str, to: SocketAddr) -> Result<Result<UdpSocket, Failure>> {
+    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    Ok(sys::in_netns(ns, move || UdpSocket::bind(any))?.map_err(Failure::from))
 }
 
 /// Opens a TCP connection from namespace `ns`.

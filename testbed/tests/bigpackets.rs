@@ -216,6 +216,53 @@ fn vip_paths(m: &mut Mesh, s: &Scratch) {
     }
 }
 
+/// Published ports over IPv6 (the node's `--addr6`) through every node, the tasks on n2: a
+/// mebibyte each way by `curl -6` (its segments, 20 bytes shorter as IPv4, fit the overlay by
+/// the MSS meshd clamps; the replies, 20 bytes longer as IPv6, fit the uplink), through a
+/// service that keeps the client's IP too (an IPv6 client is masqueraded all the same), and a
+/// 1,400-byte UDP datagram echoed.
+#[test]
+fn a_mebibyte_crosses_published_ports_over_ipv6_through_every_node() {
+    let Some(mut m) = mesh("v6") else { return };
+    let s = Scratch::new("v6");
+    for (name, port, keep) in [("web", "8080:80", false), ("kept", "8081:80", true)] {
+        let mut spec = RunSpec::new(name, 1)
+            .publish(port, PublishMode::Ingress)
+            .unwrap()
+            .on("n2");
+        if keep {
+            spec = spec.keep_client_ip();
+        }
+        m.run(&spec).unwrap();
+    }
+    m.run(
+        &RunSpec::new("uecho", 1)
+            .publish("5353:80/udp", PublishMode::Ingress)
+            .unwrap()
+            .on("n2"),
+    )
+    .unwrap();
+    let client = m.client_ns();
+    for node in ["n1", "n2", "n3"] {
+        let a6 = m.node(node).unwrap().addr6();
+        for port in [8080, 8081] {
+            mebibyte_each_way(
+                &s,
+                &client,
+                &format!("http://[{a6}]:{port}"),
+                &format!("[{a6}]:{port} ({node})"),
+            );
+        }
+        let to = SocketAddr::from((a6, 5353));
+        let sock = probe::udp_socket_for(&client, to).unwrap().unwrap();
+        let body = whoami::pattern(1400);
+        let got = (0..3)
+            .find_map(|_| probe::udp_echo_on(&sock, to, &body, Duration::from_secs(2)).ok())
+            .unwrap_or_else(|| panic!("{node}: no echo of 1,400 bytes from {to}"));
+        assert!(got.ends_with(&body), "{node}: {} bytes back", got.len());
+    }
+}
+
 #[test]
 fn a_mebibyte_crosses_every_path_with_tasks_at_the_overlay_mtu() {
     let Some(mut m) = mesh("mtu") else { return };

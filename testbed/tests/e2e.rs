@@ -467,10 +467,12 @@ fn a_nodes_address_answers_ping_and_refuses_what_is_not_published() {
 }
 
 /// Every node's IPv6 address (`--addr6`): the client finds it by Neighbor Discovery (meshd's
-/// answer, with the node's uplink MAC), `ping -6` is answered, and TCP and UDP are refused at
-/// once (published ports answer on IPv4 only so far), while IPv4 goes on as before.
+/// answer, with the node's uplink MAC), `ping -6` is answered, `curl -6` of the published port
+/// reaches the IPv4 task through every node (local to one, over VXLAN from the others), `conn
+/// ls` shows the IPv6 client, and TCP and UDP to ports that are not published are refused at
+/// once, while IPv4 goes on as before.
 #[test]
-fn every_nodes_ipv6_address_answers_ndp_and_ping6_and_refuses_tcp_and_udp() {
+fn every_nodes_ipv6_address_answers_ndp_ping6_and_curl6_of_a_published_port() {
     let Some(mut m) = mesh("v6") else { return };
     m.run(&web(1)).unwrap();
     let c = m.client_ns();
@@ -486,19 +488,41 @@ fn every_nodes_ipv6_address_answers_ndp_and_ping6_and_refuses_tcp_and_udp() {
             neigh.contains(&testbed::plan::uplink_mac(n.index)),
             "{node}: the client's neighbour entry is meshd's uplink MAC: {neigh:?}"
         );
+        for i in 0..3 {
+            let r = probe::curl(&c, &format!("http://[{a6}]:8080/"), T, &["-6"]).unwrap();
+            let w = r.whoami();
+            assert_eq!(
+                w.as_ref().map(|w| w.hostname.as_str()),
+                Some("web.1"),
+                "{node}: curl -6 http://[{a6}]:8080/ ({i}): {} {}",
+                r.code,
+                r.stderr
+            );
+            // Masqueraded: the IPv4 task sees the ingress network's endpoint.
+            let remote = w.unwrap().remote;
+            assert!(remote.starts_with("10."), "{node}: the task saw {remote}");
+        }
+        // The connection as the client made it: from its IPv6 address to the node's.
+        let open = probe::tcp_open(&c, SocketAddr::from((a6, 8080)), T)
+            .unwrap()
+            .unwrap();
+        let sport = open.local_addr().unwrap().port();
+        let ls = m
+            .meshctl_local(node, &["--format", "json", "conn", "ls"])
+            .unwrap();
+        let want = format!("\"[{}]:{sport}\"", testbed::plan::CLIENT_ADDR6);
+        assert!(
+            ls.contains(&want) && ls.contains(&format!("\"[{a6}]:8080\"")),
+            "{node}: conn ls shows {want}: {ls}"
+        );
+        drop(open);
         let t0 = Instant::now();
-        let r = probe::tcp_open(&c, SocketAddr::from((a6, 8080)), T).unwrap();
-        assert_eq!(r.err(), Some(Failure::Refused), "{node} TCP [{a6}]:8080");
+        let r = probe::tcp_open(&c, SocketAddr::from((a6, 9999)), T).unwrap();
+        assert_eq!(r.err(), Some(Failure::Refused), "{node} TCP [{a6}]:9999");
         assert!(
             t0.elapsed() < Duration::from_secs(1),
             "the RST took {:?}",
             t0.elapsed()
-        );
-        let r = probe::curl(&c, &format!("http://[{a6}]:8080/"), T, &["-6"]).unwrap();
-        assert_eq!(
-            r.code, 7,
-            "{node}: curl -6 cannot connect (refused): {}",
-            r.stderr
         );
         let r = probe::udp_ask(&c, SocketAddr::from((a6, 53)), "x", T).unwrap();
         assert_eq!(
@@ -614,7 +638,7 @@ fn conn_ls_shows_a_clients_connection_and_conn_rm_resets_it() {
     let mine: Vec<_> = on_n3
         .connections
         .iter()
-        .filter(|k| *k.client.ip() == testbed::plan::CLIENT_ADDR)
+        .filter(|k| k.client.ip() == testbed::plan::CLIENT_ADDR)
         .collect();
     assert_eq!(mine.len(), 1, "{json}");
     let conn = mine[0];

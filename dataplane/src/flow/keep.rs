@@ -137,7 +137,7 @@ impl Header {
 /// writes another shape, and its files are not adopted.
 fn shape() -> u32 {
     use std::mem::{offset_of, size_of};
-    let words: [usize; 25] = [
+    let words: [usize; 27] = [
         size_of::<Flow>(),
         offset_of!(Flow, fwd_key),
         offset_of!(Flow, fwd),
@@ -154,6 +154,8 @@ fn shape() -> u32 {
         offset_of!(Flow, task_uid),
         offset_of!(Flow, timeouts),
         offset_of!(Flow, counts),
+        offset_of!(Flow, client6_head),
+        offset_of!(Flow, client6_tail),
         size_of::<Action>(),
         offset_of!(Action, src),
         offset_of!(Action, dst),

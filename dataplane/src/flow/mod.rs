@@ -103,6 +103,10 @@ pub fn owner_of(ip: u32, port: u16, workers: u16) -> u16 {
 pub enum Egress {
     /// Out of the uplink to this MAC (a client or its router).
     Uplink { mac: [u8; 6] },
+    /// Out of the uplink to this MAC, turned into IPv6 first: the reverse direction of an
+    /// IPv6 client's flow to a published port (from the node's IPv6 address to
+    /// [`Flow::client6`]).
+    Uplink6 { mac: [u8; 6] },
     /// Out of the tasks port to the local task at the packet's new destination address.
     Tasks,
     /// VXLAN-encapsulated to a peer's VTEP.
@@ -237,9 +241,16 @@ pub struct Flow {
     /// `stats_slot`, for reverse packets.
     rev_stats_slot: u16,
     pub kind: FlowKind,
+    /// An IPv6 client's address (its flow's keys carry a stand-in IPv4 address, see
+    /// `pipeline::nat64`), all zero for an IPv4 client: its first 4 bytes here, in the second
+    /// line's room, the other 12 in the third's ([`Flow::client6`]). Read only when a flow's
+    /// packet is converted, never by IPv4 packets.
+    client6_head: [u8; 4],
     pub task_uid: u64,
     /// Idle timeouts in seconds: established TCP, other TCP states, UDP.
     pub timeouts: [u32; 3],
+    /// The rest of the IPv6 client's address.
+    client6_tail: [u8; 12],
     /// Packets and bytes each way, for `meshctl conn ls`: forward packets, forward bytes,
     /// reverse packets, reverse bytes; counted only with `--flow-accounting`. In the third
     /// line, which only the owning worker writes (prefetched with the direction's line when
@@ -253,6 +264,7 @@ const _: () = assert!(std::mem::align_of::<Flow>() == 64);
 const _: () = assert!(std::mem::offset_of!(Flow, rev_key) == 64);
 const _: () = assert!(std::mem::offset_of!(Flow, stats_slot) + 2 <= 64);
 const _: () = assert!(std::mem::offset_of!(Flow, kind) < 128);
+const _: () = assert!(std::mem::offset_of!(Flow, client6_head) + 4 <= 128);
 const _: () = assert!(std::mem::offset_of!(Flow, counts) >= 128);
 const _: () = assert!(std::mem::size_of::<Flow>() == 192);
 
@@ -284,7 +296,28 @@ impl Flow {
             client_ack: 0,
             live: true,
             counts: [0; 4],
+            client6_head: [0; 4],
+            client6_tail: [0; 12],
         }
+    }
+
+    /// The IPv6 client's address; all zero for an IPv4 client.
+    pub fn client6(&self) -> [u8; 16] {
+        let mut a = [0; 16];
+        a[..4].copy_from_slice(&self.client6_head);
+        a[4..].copy_from_slice(&self.client6_tail);
+        a
+    }
+
+    /// Records the IPv6 client's address `a`.
+    pub fn set_client6(&mut self, a: [u8; 16]) {
+        self.client6_head.copy_from_slice(&a[..4]);
+        self.client6_tail.copy_from_slice(&a[4..]);
+    }
+
+    /// Whether the client is an IPv6 one ([`Flow::client6`] is set).
+    pub fn is_v6(&self) -> bool {
+        self.client6() != [0; 16]
     }
 
     /// Counts a packet of `bytes` in direction `dir`.
@@ -531,6 +564,8 @@ impl FlowTable {
             client_ack: 0,
             live: false,
             counts: [0; 4],
+            client6_head: [0; 4],
+            client6_tail: [0; 12],
         };
         Self::adopt(keep::Arena::heap(capacity, dummy)).0
     }

@@ -151,6 +151,7 @@ impl Pipeline {
         let rev = f.rev;
         let (dmac, smac, port) = match rev.egress {
             Egress::Uplink { mac } => (mac, self.cfg.uplink_mac, PortId::Uplink),
+            Egress::Uplink6 { mac } => return self.reset6(t, f, mac, b),
             Egress::Tasks => match self.neigh.get(rev.dst) {
                 Some(mac) => (mac, self.cfg.tasks_mac, PortId::Tasks),
                 None => return false,

@@ -144,6 +144,7 @@ impl Pipeline {
     pub(super) fn ipv6(
         &mut self,
         t: &ServiceTable,
+        now: u32,
         buf: &mut PacketBuf,
     ) -> Result<Verdict, DropReason> {
         let Some(me) = t.node_addr6 else {
@@ -159,7 +160,7 @@ impl Pipeline {
         }
         match h.proto {
             ICMPV6 => self.icmpv6(me, &h, buf, for_me),
-            TCP | UDP if for_me => Ok(Verdict::Host(HostReason::Ipv6Port)),
+            TCP | UDP if for_me => self.published6(t, now, buf, &h),
             _ if for_me => Err(DropReason::UnknownProtocol),
             _ => Err(DropReason::NotForUs),
         }
@@ -489,7 +490,7 @@ mod tests {
     }
 
     #[test]
-    fn echo_and_tcp_to_the_nodes_ipv6_address_go_to_the_host_side() {
+    fn echo_and_tcp_to_an_unpublished_port_of_the_nodes_ipv6_address_go_to_the_host_side() {
         let t = table(Some(me()));
         let uplink = Config::default().uplink_mac;
         let ping = testkit::icmpv6_frame(
@@ -504,7 +505,8 @@ mod tests {
                 data: b"ping",
             },
         );
-        let syn = testkit::tcp6_frame(CLIENT_MAC, uplink, client(), 40000, me(), 8080, 0x02, 1);
+        // To a port that is not published (8080 is: pipeline::nat64's tests).
+        let syn = testkit::tcp6_frame(CLIENT_MAC, uplink, client(), 40000, me(), 9999, 0x02, 1);
         let (_, v, _) = run(&t, PortId::Uplink, &[ping, syn]);
         assert_eq!(
             v,

@@ -232,6 +232,7 @@ mod classify;
 pub mod frag;
 mod housekeeping;
 mod ipv6;
+pub mod nat64;
 pub mod passive;
 mod steer;
 #[cfg(test)]
@@ -581,7 +582,7 @@ impl Pipeline {
                     PortId::Tasks => self.on_task(t, now, buf, l3),
                 }
             }
-            EthernetProtocol::Ipv6 => self.ipv6(t, buf),
+            EthernetProtocol::Ipv6 => self.ipv6(t, now, buf),
             _ => Err(DropReason::UnknownEthertype),
         }
     }

@@ -923,7 +923,7 @@ fn every_host_reason_is_produced_and_counted() {
             ),
         ),
     ];
-    // TCP to n1's IPv6 address.
+    // TCP to a port of n1's IPv6 address that is not published.
     let mut v6 = full.clone();
     let n1_6: std::net::Ipv6Addr = "fd00::11".parse().unwrap();
     v6.nodes[0].addr6 = Some(n1_6);
@@ -937,7 +937,7 @@ fn every_host_reason_is_produced_and_counted() {
             "fd00::c".parse().unwrap(),
             40000,
             n1_6,
-            8080,
+            9999,
             testkit::tcp_flags::SYN,
             1,
         ),
@@ -1306,6 +1306,8 @@ fn every_drop_reason_is_produced_and_counted() {
         DropReason::BadNdp,
         DropReason::NdpIgnored,
     ]);
+    // pipeline::nat64's two_clients_with_one_stand_in_never_share_a_flow.
+    seen.push(DropReason::Ipv6ClientCollision);
     // The seal reasons: an_encrypted_network_is_sealed_between_nodes_and_what_does_not_open_is_refused
     // below, and overlay::seal's tests (a sealer the kernel gave no random bytes).
     seen.extend([

@@ -82,6 +82,9 @@ impl Pipeline {
             // A datagram's first fragment: its other fragments follow this flow.
             self.frag_flow = Some(*fl.key(dir));
         }
+        if let Egress::Uplink6 { mac } = a.egress {
+            return self.forward6(t, buf, l3, &a, slot, id, mac);
+        }
         if buf.len() > self.max_frame {
             return self.forward_big(t, now, buf, l3, &a, slot, dir);
         }
@@ -180,15 +183,9 @@ impl Pipeline {
         dst: u32,
         egress: Egress,
     ) -> Size {
-        let net = match egress {
-            Egress::Vxlan { vni, .. } => t.network_by_vni(vni),
-            Egress::Tasks => t.addr(addr(dst)).map(|e| e.net),
-            // Towards an outside client: the uplink carries what the overlay does and more.
-            Egress::Uplink { .. } => return Size::Fits,
+        let Some(mtu) = self.mtu_to(t, dst, egress) else {
+            return Size::Fits;
         };
-        let mtu = net
-            .and_then(|n| self.net_mtu.get(usize::from(n)).copied())
-            .unwrap_or(self.min_mtu);
         let f = buf.data();
         if f.len() <= ETH + usize::from(mtu) {
             return Size::Fits;
@@ -225,6 +222,21 @@ impl Pipeline {
         Size::Refused(Ok(Verdict::Tx(port)))
     }
 
+    /// The MTU of the network a frame to `dst` by `egress` goes through: its overlay's
+    /// (VXLAN, or to a local task); `None` towards an outside client, as the uplink carries
+    /// what the overlay does and more.
+    pub(super) fn mtu_to(&self, t: &ServiceTable, dst: u32, egress: Egress) -> Option<u16> {
+        let net = match egress {
+            Egress::Vxlan { vni, .. } => t.network_by_vni(vni),
+            Egress::Tasks => t.addr(addr(dst)).map(|e| e.net),
+            Egress::Uplink { .. } | Egress::Uplink6 { .. } => return None,
+        };
+        Some(
+            net.and_then(|n| self.net_mtu.get(usize::from(n)).copied())
+                .unwrap_or(self.min_mtu),
+        )
+    }
+
     /// Sends an IPv4 frame (already rewritten) towards `dst` by `egress`.
     #[inline]
     pub(super) fn send(
@@ -242,6 +254,8 @@ impl Pipeline {
                 f[6..12].copy_from_slice(&self.cfg.uplink_mac);
                 Ok(Verdict::Tx(PortId::Uplink))
             }
+            // Converted by `forward6` before it comes here; never sent as IPv4.
+            Egress::Uplink6 { .. } => Err(DropReason::NoRoute),
             Egress::Tasks => {
                 let Some(&hw) = self.macs.get(&self.neigh, dst, dst, |mac| Hw {
                     mac,

@@ -1,0 +1,891 @@
+//! Published ports over IPv6: a client's TCP or UDP to the node's IPv6 address (`--addr6`) on a
+//! published port reaches the service's IPv4 tasks, as DPVS's NAT64 full-NAT does. Every such
+//! flow is masqueraded (the task sees the network's ingress endpoint, as in Swarm's default
+//! mode): a task has no IPv6 address to answer an IPv6 client on.
+//!
+//! The flow lives in the IPv4 flow table, with every other flow (its expiry, `conn ls`, `conn
+//! rm`, the masquerade ports, a restart keeping it): its forward key holds a stand-in for the
+//! client, an address of 240.0.0.0/4 hashed from the client's IPv6 address ([`stand_in`]), and
+//! destination 0.0.0.0, which no IPv4 packet to this node carries; the client's address is kept
+//! in the flow ([`crate::flow::Flow::client6`]) and checked on every packet, so two clients
+//! that hash alike never share a flow (`ipv6_client_collision`). Its reverse key is the
+//! ordinary masquerade one.
+//!
+//! A packet from the client is judged by its owner (steered by the stand-in, as an IPv4
+//! client's by its address), looked up or balanced, then converted in place to IPv4 (RFC 7915
+//! §5.1: its extension headers dropped, DF set, the time to live its hop limit) and goes the
+//! IPv4 way: DNAT, MSS clamping, VXLAN to the task's node. A task's reply is rewritten by its
+//! flow and converted back (RFC 7915 §4.1) when the flow's reverse egress says so
+//! ([`Egress::Uplink6`]): IPv4 flows never come here.
+//!
+//! Sizes: a converted client packet is 20 bytes shorter, but may still be too big for the
+//! overlay: the client gets an ICMPv6 packet too big with the overlay's MTU plus 20. A reply
+//! grows by 20 bytes, which the uplink always has room for: an overlay's MTU is at least 50
+//! under the uplink's, so whatever fits a task's network fits the uplink as IPv6 (TCP's MSS is
+//! clamped to the overlay both ways, as for IPv4 clients). A reply that would not fit anyway is
+//! dropped (`too_big`; meshd does not fragment IPv6), as is a fragmented one (`ipv6_fragment`).
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    Icmpv6Repr, IpAddress, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpSeqNumber, IPV6_HEADER_LEN,
+    IPV6_MIN_MTU,
+};
+
+use super::ipv6::L3v6;
+use super::*;
+use crate::fastmap::mix64;
+
+/// The IPv4 stand-in of an IPv6 client's address in its flow's keys: an address of
+/// 240.0.0.0/4 (reserved, never on the wire here) from a hash of the address. The same on every
+/// node and across restarts, so a client's flows are balanced alike by every node (Maglev,
+/// affinity) and adopted flows still match.
+pub fn stand_in(client: &[u8; 16]) -> u32 {
+    let [hi, lo] =
+        [&client[..8], &client[8..]].map(|h| u64::from_be_bytes(h.try_into().unwrap_or([0; 8])));
+    // Casts: the hash's low 28 bits.
+    #[allow(clippy::cast_possible_truncation)]
+    let h = mix64(hi ^ mix64(lo ^ 0x6e61_7436_3473_7464)) as u32;
+    0xf000_0000 | (h & 0x0fff_ffff)
+}
+
+/// The checksum delta of replacing the pseudo-header's addresses `from` by `to` (16-bit words;
+/// an IPv4 address is two, padded with zeros to eight).
+fn pseudo_delta(from: &[u16; 16], to: &[u16; 16]) -> checksum::Delta {
+    let mut pairs = [(0u16, 0u16); 16];
+    for (p, (&a, &b)) in pairs.iter_mut().zip(from.iter().zip(to)) {
+        *p = (a, b);
+    }
+    checksum::Delta::new().of(&pairs)
+}
+
+fn words6(src: &[u8; 16], dst: &[u8; 16]) -> [u16; 16] {
+    let mut w = [0u16; 16];
+    for (i, c) in src.chunks_exact(2).chain(dst.chunks_exact(2)).enumerate() {
+        w[i] = u16::from_be_bytes([c[0], c[1]]);
+    }
+    w
+}
+
+// Casts: an IPv4 address's two 16-bit halves.
+#[allow(clippy::cast_possible_truncation)]
+fn words4(src: u32, dst: u32) -> [u16; 16] {
+    let mut w = [0u16; 16];
+    w[..4].copy_from_slice(&[
+        (src >> 16) as u16,
+        src as u16,
+        (dst >> 16) as u16,
+        dst as u16,
+    ]);
+    w
+}
+
+/// Where the transport checksum of a `proto` header at `l4` is.
+fn csum_at(proto: u8, l4: usize) -> usize {
+    if proto == TCP {
+        l4 + 16
+    } else {
+        l4 + 6
+    }
+}
+
+impl Pipeline {
+    /// TCP or UDP from an IPv6 client to the node's IPv6 address `me` (`h`, parsed): to a
+    /// published port, balanced and sent on as IPv4; to any other port, the host side's closed
+    /// port.
+    pub(super) fn published6(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        h: &L3v6,
+    ) -> Result<Verdict, DropReason> {
+        let f = buf.data();
+        let l4 = f.get(h.l4..h.end).ok_or(DropReason::Truncated)?;
+        let (src, dst) = (IpAddress::Ipv6(h.src), IpAddress::Ipv6(h.dst));
+        let verify = self.cfg.verify_l4_checksums;
+        let (sport, dport, flags, ack) = if h.proto == TCP {
+            let p = TcpPacket::new_checked(l4).map_err(|_| DropReason::BadL4Header)?;
+            if verify && !p.verify_checksum(&src, &dst) {
+                return Err(DropReason::BadL4Checksum);
+            }
+            let fl = l4.get(13).copied().unwrap_or(0);
+            // Casts: the acknowledgement number's bits as TCP carries them.
+            #[allow(clippy::cast_sign_loss)]
+            let ack = p.ack_number().0 as u32;
+            (p.src_port(), p.dst_port(), fl, ack)
+        } else {
+            let p = UdpPacket::new_checked(l4).map_err(|_| DropReason::BadL4Header)?;
+            // A zero checksum is not "none" in IPv6 (RFC 8200 §8.1): it fails.
+            if verify && !p.verify_checksum(&src, &dst) {
+                return Err(DropReason::BadL4Checksum);
+            }
+            (p.src_port(), p.dst_port(), 0, 0)
+        };
+        let proto = if h.proto == TCP {
+            IpProtocol::Tcp
+        } else {
+            IpProtocol::Udp
+        };
+        let Some(p) = t.published(proto, dport) else {
+            return Ok(Verdict::Host(HostReason::Ipv6Port));
+        };
+        let p = *p;
+        if h.src.is_multicast() || h.src.is_unspecified() {
+            return Err(DropReason::BadIpv6Header);
+        }
+        let client6 = h.src.octets();
+        let mut l3 = L3 {
+            proto: h.proto,
+            src: stand_in(&client6),
+            dst: 0,
+            sport,
+            dport,
+            flags,
+            ack,
+            l4: 0,
+            frag: frag::Frag::Whole,
+        };
+        // Steered as it arrived: the owner converts it.
+        if let Some(v) = self.handoff(self.published_owner(&l3)) {
+            return Ok(v);
+        }
+        if h.hop_limit <= 1 {
+            return Err(DropReason::TtlExpired);
+        }
+        let key = l3.key();
+        let hash = key.hash();
+        let id = match self.lookup_live(t, &key, hash) {
+            Some((id, Dir::Fwd)) => {
+                if self.flows.get(id).client6() != client6 {
+                    return Err(DropReason::Ipv6ClientCollision);
+                }
+                id
+            }
+            // No reverse key has destination 0.0.0.0.
+            Some((_, Dir::Rev)) => return Err(DropReason::NoRoute),
+            None => match self.open6(t, now, buf, &l3, key, hash, p, client6)? {
+                Ok(id) => id,
+                Err(v) => return Ok(v),
+            },
+        };
+        let fl = self.flows.get(id);
+        let (a, slot) = (fl.fwd, fl.stats_slot(Dir::Fwd));
+        // What it will be as IPv4, against where it goes.
+        let v4_len = IPV4 + (h.end - h.l4);
+        if ETH + v4_len > self.max_frame {
+            if let Some(mtu) = self.mtu_to(t, a.dst, a.egress) {
+                if v4_len > usize::from(mtu) {
+                    self.task_stats.drop_at(slot);
+                    return self.too_big6(now, buf, h, l3.src, mtu);
+                }
+            }
+        }
+        l3.l4 = to_ipv4(buf, h, l3.src, 0)?;
+        self.forward(t, now, buf, &l3, id, Dir::Fwd)
+    }
+
+    /// A new flow of an IPv6 client (`l3`, its stand-in for a source; `key`, `hash`) to
+    /// published port `p`: `Ok(Ok(id))` when made, `Ok(Err(verdict))` when refused as the host
+    /// refuses it (a stray segment, no task), `Err` when dropped. As `on_uplink`'s, always
+    /// masqueraded.
+    #[allow(clippy::too_many_arguments)]
+    fn open6(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &PacketBuf,
+        l3: &L3,
+        key: FlowKey,
+        hash: u64,
+        p: crate::balance::table::Published,
+        client6: [u8; 16],
+    ) -> Result<Result<u32, Verdict>, DropReason> {
+        if let Some(v) = self
+            .may_open(l3, now)
+            .inspect_err(|_| self.blame_service(t, t.balancer(p.balancer).service))?
+        {
+            return Ok(Err(v));
+        }
+        let Some(ing) = t.ingress_net else {
+            return Ok(Err(Verdict::Host(HostReason::Ipv6Port)));
+        };
+        let bal = t.balancer(p.balancer);
+        // The key's destination is 0.0.0.0 already: the same hash on every node.
+        let pick = NewFlow {
+            hash,
+            client: l3.src,
+            now,
+        };
+        let Some(b) = self.sched.pick(t, p.balancer, pick, self.flows.active()) else {
+            self.blame_service(t, bal.service);
+            return Ok(Err(Verdict::Host(HostReason::NoTask)));
+        };
+        let svc = &t.services[usize::from(bal.service)];
+        let net = t.net(ing);
+        let slot = self.task_stats.slot(b.uid);
+        let Some(ep) = net.local_endpoint else {
+            return Err(self.blame(slot, DropReason::NoRoute));
+        };
+        let ep = ipkey(ep);
+        let task = ipkey(b.addr);
+        let Some(port) = self
+            .masq
+            .pick(&self.flows, l3.proto, ep, task, p.target, slot)
+        else {
+            return Err(self.blame(slot, DropReason::NoNatPort));
+        };
+        let client_mac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
+        let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
+        let fwd = Action::new(&key, ep, port, task, p.target, egress);
+        let rkey = FlowKey::new(l3.proto, task, p.target, ep, port);
+        let rev = Action::new(
+            &rkey,
+            0,
+            l3.dport,
+            l3.src,
+            l3.sport,
+            Egress::Uplink6 { mac: client_mac },
+        );
+        let mut flow = Flow::new(
+            FlowKind::Ingress,
+            [key, rkey],
+            [fwd, rev],
+            b.uid,
+            slot,
+            timeouts(svc),
+            now,
+        );
+        flow.set_client6(client6);
+        let id = self
+            .flows
+            .insert_deferred(flow, [hash, rkey.hash()], now)
+            .map_err(|e| self.blame(slot, insert_refused(e)))?;
+        self.count_new(slot);
+        Ok(Ok(id))
+    }
+
+    /// Answers the IPv6 packet in `buf` (`h`, from the client whose stand-in is `src4`), too
+    /// big for the overlay MTU `mtu` once IPv4, with an ICMPv6 packet too big in its place (RFC
+    /// 4443 §3.2: the MTU it may send, 20 bytes more than the overlay's, quoting as much of
+    /// it as fits 1280 bytes), at most a burst per client per 100 ms.
+    #[cold]
+    #[inline(never)]
+    fn too_big6(
+        &mut self,
+        now: u32,
+        buf: &mut PacketBuf,
+        h: &L3v6,
+        src4: u32,
+        mtu: u16,
+    ) -> Result<Verdict, DropReason> {
+        if !self.icmp_limit.allow(src4, now) {
+            return Err(DropReason::TooBig);
+        }
+        let me = h.dst;
+        let f = buf.data();
+        let whole = f.get(ETH..h.end).ok_or(DropReason::TooBig)?;
+        let header = Ipv6Packet::new_checked(whole)
+            .ok()
+            .and_then(|p| Ipv6Repr::parse(&p).ok())
+            .ok_or(DropReason::TooBig)?;
+        // Quote up to the minimum MTU: 40 + 8 + 40 + the data.
+        let quote = whole.len().clamp(IPV6_HEADER_LEN, IPV6_MIN_MTU - 48);
+        let data = whole.get(IPV6_HEADER_LEN..quote).unwrap_or(&[]);
+        let repr = Icmpv6Repr::PktTooBig {
+            mtu: u32::from(mtu) + 20,
+            header,
+            data,
+        };
+        let macs = (
+            self.cfg.uplink_mac,
+            EthernetFrame::new_unchecked(f).src_addr().0,
+        );
+        let mut out = [0u8; ETH + IPV6_MIN_MTU];
+        let n =
+            reply::icmpv6_frame(&mut out, macs, me, h.src, 64, &repr).ok_or(DropReason::TooBig)?;
+        buf.fill(&out[..n]);
+        self.stats.drop(DropReason::TooBig);
+        self.stats.icmp_frag_needed += 1;
+        Ok(Verdict::Tx(PortId::Uplink))
+    }
+
+    /// `forward` of a reverse packet of an IPv6 client's flow (`a`, its action; `id`, its flow):
+    /// rewritten as any flow's, then turned into IPv6 from the node's IPv6 address to the
+    /// client, out of the uplink to `mac`.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward6(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        a: &Action,
+        slot: u16,
+        id: u32,
+        mac: [u8; 6],
+    ) -> Result<Verdict, DropReason> {
+        let Some(me) = t.node_addr6 else {
+            return Err(self.blame(slot, DropReason::NoIpv6));
+        };
+        if l3.frag != frag::Frag::Whole {
+            return Err(self.blame(slot, DropReason::Ipv6Fragment));
+        }
+        let f = buf.data();
+        let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]));
+        let payload = total.saturating_sub(l3.l4 - ETH);
+        if IPV6_HEADER_LEN + payload > usize::from(self.cfg.uplink_mtu) {
+            return Err(self.blame(slot, DropReason::TooBig));
+        }
+        self.task_stats.add(slot, 1, buf.len() as u64, 0);
+        nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, a);
+        if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
+            self.clamp_mss(t, buf, l3, a, Dir::Rev);
+        }
+        let client = self.flows.get(id).client6();
+        to_ipv6(
+            buf,
+            l3,
+            payload,
+            me.octets(),
+            client,
+            (self.cfg.uplink_mac, mac),
+        )?;
+        Ok(Verdict::Tx(PortId::Uplink))
+    }
+
+    /// Builds a TCP RST to the IPv6 client of flow `f` (whose reverse egress is the uplink to
+    /// `mac`), as from the published port it connected to.
+    pub(super) fn reset6(
+        &self,
+        t: &ServiceTable,
+        f: &Flow,
+        mac: [u8; 6],
+        b: &mut PacketBuf,
+    ) -> bool {
+        let Some(me) = t.node_addr6 else {
+            return false;
+        };
+        let client = Ipv6Address::from(f.client6());
+        let rev = f.rev;
+        // Casts: the sequence number's bits as TCP carries them.
+        #[allow(clippy::cast_possible_wrap)]
+        let rst = reply::rst_repr(
+            rev.sport,
+            rev.dport,
+            TcpSeqNumber(f.client_ack as i32),
+            None,
+        );
+        let caps = ChecksumCapabilities::default();
+        let macs = (self.cfg.uplink_mac, mac);
+        let n = reply::ipv6_frame(
+            b.room_mut(),
+            macs,
+            me,
+            client,
+            64,
+            IpProtocol::Tcp,
+            rst.buffer_len(),
+            |x| {
+                rst.emit(
+                    &mut TcpPacket::new_unchecked(x),
+                    &me.into(),
+                    &client.into(),
+                    &caps,
+                );
+            },
+        );
+        let Some(n) = n else { return false };
+        b.set_len(n);
+        b.port = PortId::Uplink;
+        true
+    }
+}
+
+/// Turns the IPv6 packet `h` in `buf` into IPv4 from `src` to `dst` in place (RFC 7915 §5.1):
+/// its extension headers dropped, DF set, the time to live its hop limit, the transport
+/// checksum moved to the IPv4 pseudo-header. Returns where the transport header now is.
+fn to_ipv4(buf: &mut PacketBuf, h: &L3v6, src: u32, dst: u32) -> Result<usize, DropReason> {
+    let payload = h.end - h.l4;
+    // At least 20 bytes: the IPv6 header is 40.
+    let shift = h.l4 - ETH - IPV4;
+    let f = buf.data_mut();
+    let tc = (f[ETH] << 4) | (f[ETH + 1] >> 4);
+    let c = csum_at(h.proto, h.l4);
+    let delta = pseudo_delta(&words6(&h.src.octets(), &h.dst.octets()), &words4(src, dst));
+    let old = nat::be16(f, c);
+    let new = if h.proto == UDP {
+        checksum::apply_udp(delta, old)
+    } else {
+        delta.apply(old)
+    };
+    put16(f, c, new);
+    let macs: [u8; 12] = f[..12].try_into().unwrap_or([0; 12]);
+    let ip = shift + ETH;
+    f[shift..shift + 12].copy_from_slice(&macs);
+    put16(f, shift + 12, 0x0800);
+    let repr = smoltcp::wire::Ipv4Repr {
+        src_addr: addr(src),
+        dst_addr: addr(dst),
+        next_header: IpProtocol::from(h.proto),
+        payload_len: payload,
+        hop_limit: h.hop_limit,
+    };
+    let mut p = smoltcp::wire::Ipv4Packet::new_unchecked(&mut f[ip..ip + IPV4]);
+    repr.emit(&mut p, &ChecksumCapabilities::ignored());
+    p.set_dscp(tc >> 2);
+    p.set_ecn(tc & 3);
+    p.set_dont_frag(true);
+    p.fill_checksum();
+    if !buf.trim_front(shift) {
+        return Err(DropReason::Truncated);
+    }
+    buf.truncate(ETH + IPV4 + payload);
+    Ok(ETH + IPV4)
+}
+
+/// Turns the IPv4 packet `l3` in `buf` (rewritten, `payload` bytes after its header) into IPv6
+/// from `src` to `dst` in place (RFC 7915 §4.1): traffic class its TOS, hop limit its time to
+/// live, the transport checksum moved to the IPv6 pseudo-header (a UDP datagram without one
+/// gets one: IPv6 requires it); `macs` (ours, the next hop's).
+fn to_ipv6(
+    buf: &mut PacketBuf,
+    l3: &L3,
+    payload: usize,
+    src: [u8; 16],
+    dst: [u8; 16],
+    macs: ([u8; 6], [u8; 6]),
+) -> Result<(), DropReason> {
+    let ihl = l3.l4 - ETH;
+    let f = buf.data();
+    let (tos, ttl) = (f[ETH + 1], f[ETH + 8]);
+    let from = words4(
+        u32::from_be_bytes([f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15]]),
+        u32::from_be_bytes([f[ETH + 16], f[ETH + 17], f[ETH + 18], f[ETH + 19]]),
+    );
+    // The new header's start: 20 bytes before the old one's (less with IPv4 options).
+    let grow = IPV6_HEADER_LEN.saturating_sub(ihl);
+    let cut = ihl.saturating_sub(IPV6_HEADER_LEN);
+    if grow > 0 {
+        buf.prepend(grow).ok_or(DropReason::NoHeadroom)?;
+    } else if !buf.trim_front(cut) {
+        return Err(DropReason::Truncated);
+    }
+    let l4 = ETH + IPV6_HEADER_LEN;
+    buf.truncate(l4 + payload);
+    let f = buf.data_mut();
+    let c = csum_at(l3.proto, l4);
+    if f.len() < l4 + payload || c + 2 > f.len() {
+        return Err(DropReason::Truncated);
+    }
+    let (smac, dmac) = macs;
+    f[0..6].copy_from_slice(&dmac);
+    f[6..12].copy_from_slice(&smac);
+    put16(f, 12, 0x86dd);
+    Ipv6Repr {
+        src_addr: Ipv6Address::from(src),
+        dst_addr: Ipv6Address::from(dst),
+        next_header: IpProtocol::from(l3.proto),
+        payload_len: payload,
+        hop_limit: ttl,
+    }
+    .emit(&mut Ipv6Packet::new_unchecked(&mut f[ETH..l4]));
+    Ipv6Packet::new_unchecked(&mut f[ETH..l4]).set_traffic_class(tos);
+    let old = nat::be16(f, c);
+    if l3.proto == UDP && old == 0 {
+        let (s, d) = (Ipv6Address::from(src).into(), Ipv6Address::from(dst).into());
+        UdpPacket::new_unchecked(&mut f[l4..l4 + payload]).fill_checksum(&s, &d);
+    } else {
+        let delta = pseudo_delta(&from, &words6(&src, &dst));
+        let new = if l3.proto == UDP {
+            checksum::apply_udp(delta, old)
+        } else {
+            delta.apply(old)
+        };
+        put16(f, c, new);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
+mod tests {
+    use super::*;
+    use crate::balance::table::tests::three_nodes;
+    use crate::testkit;
+    use smoltcp::wire::{Icmpv6Packet, Ipv4Packet, TcpControl, TcpRepr};
+
+    const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
+    const WEB1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+    const WEB1: u32 = 0x0a00_000b;
+
+    fn n2_addr6() -> Ipv6Address {
+        "fd00:100::12".parse().unwrap()
+    }
+
+    fn client(i: u16) -> Ipv6Address {
+        Ipv6Address::new(0xfd00, 0x100, 0, 0, 0, 0, 0xc, i)
+    }
+
+    /// Node n2 of [`three_nodes`] (web.1 is local) with an IPv6 address, and a pipeline of
+    /// worker `worker` of `workers` that knows web.1's MAC.
+    fn on_n2(workers: u16, worker: u16) -> (ServiceTable, Pipeline) {
+        let mut s = three_nodes();
+        s.nodes.iter_mut().find(|n| n.name == "n2").unwrap().addr6 = Some(n2_addr6());
+        let t = ServiceTable::build(&s, "n2", 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        neigh.learn(WEB1, WEB1_MAC);
+        let cfg = Config {
+            worker,
+            workers,
+            ..Config::default()
+        };
+        (t, Pipeline::new(cfg, neigh))
+    }
+
+    /// A TCP segment over IPv6 from `src:sport` to n2's `dport` with `control`, an MSS option
+    /// and `payload`, checksum right.
+    fn seg6(
+        src: Ipv6Address,
+        sport: u16,
+        dport: u16,
+        control: TcpControl,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: sport,
+            dst_port: dport,
+            control,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: (control != TcpControl::Syn).then_some(TcpSeqNumber(5000)),
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: (control == TcpControl::Syn).then_some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(n2_addr6()));
+        let up = Config::default().uplink_mac;
+        let len = tcp.buffer_len();
+        testkit::ipv6_with(
+            CLIENT_MAC,
+            up,
+            src,
+            n2_addr6(),
+            64,
+            IpProtocol::Tcp,
+            len,
+            |b| {
+                tcp.emit(
+                    &mut TcpPacket::new_unchecked(b),
+                    &s,
+                    &d,
+                    &ChecksumCapabilities::default(),
+                );
+            },
+        )
+    }
+
+    fn run(p: &mut Pipeline, t: &ServiceTable, port: PortId, f: &[u8]) -> (Verdict, Vec<u8>) {
+        let mut burst = Burst::new();
+        burst.push(PacketBuf::from_frame(port, f));
+        let mut v = Verdicts::new();
+        p.process(t, 1, &mut burst, &mut v);
+        (v[0], burst[0].data().to_vec())
+    }
+
+    fn mss(tcp: &[u8], src: IpAddress, dst: IpAddress) -> Option<u16> {
+        let p = TcpPacket::new_checked(tcp).unwrap();
+        TcpRepr::parse(&p, &src, &dst, &ChecksumCapabilities::default())
+            .unwrap()
+            .max_seg_size
+    }
+
+    /// The client's SYNs from `client(i)`, a port each, until one is balanced to web.1 on n2:
+    /// that port and the IPv4 SYN web.1 got.
+    fn syn_to_web1(p: &mut Pipeline, t: &ServiceTable, i: u16) -> (u16, Vec<u8>) {
+        for sport in 40000..40100 {
+            let (v, out) = run(
+                p,
+                t,
+                PortId::Uplink,
+                &seg6(client(i), sport, 8080, TcpControl::Syn, b""),
+            );
+            if v == Verdict::Tx(PortId::Tasks) {
+                return (sport, out);
+            }
+            assert_eq!(v, Verdict::Tx(PortId::Uplink), "to web.2 or web.3 by VXLAN");
+        }
+        panic!("no SYN went to web.1");
+    }
+
+    #[test]
+    fn an_ipv6_client_reaches_an_ipv4_task_through_a_published_port_and_back() {
+        let (t, mut p) = on_n2(1, 0);
+        let ep = ipkey(t.net(t.ingress_net.unwrap()).local_endpoint.unwrap());
+        let (sport, out) = syn_to_web1(&mut p, &t, 1);
+        // IPv4 to web.1, checksums right (parse_ipv4 verifies them), masqueraded to n2's
+        // endpoint, DF, one hop less, the MSS clamped to the overlay as for IPv4 clients.
+        let l3 = parse_ipv4(&out, ETH, true).unwrap();
+        assert_eq!((l3.dst, l3.dport, l3.src), (WEB1, 80, ep));
+        assert_eq!(&out[0..6], &WEB1_MAC);
+        let ip = Ipv4Packet::new_checked(&out[ETH..]).unwrap();
+        assert!(ip.dont_frag());
+        assert_eq!(ip.hop_limit(), 63);
+        assert_eq!(
+            out.len(),
+            ETH + 20 + 24,
+            "the IPv6 header gone, nothing else"
+        );
+        assert_eq!(
+            mss(&out[l3.l4..], addr(l3.src).into(), addr(l3.dst).into()),
+            Some(1410)
+        );
+        // web.1's SYN-ACK goes back to the client as IPv6, from n2's address and the published
+        // port.
+        let caps = ChecksumCapabilities::default();
+        let synack = {
+            let tcp = TcpRepr {
+                src_port: 80,
+                dst_port: l3.sport,
+                control: TcpControl::Syn,
+                seq_number: TcpSeqNumber(9000),
+                ack_number: Some(TcpSeqNumber(1001)),
+                window_len: 64240,
+                window_scale: None,
+                max_seg_size: Some(1460),
+                sack_permitted: false,
+                sack_ranges: [None; 3],
+                timestamp: None,
+                payload: b"",
+            };
+            let mut f = vec![0u8; ETH + 20 + tcp.buffer_len()];
+            f[0..6].copy_from_slice(&p.cfg.tasks_mac);
+            f[6..12].copy_from_slice(&WEB1_MAC);
+            f[12..14].copy_from_slice(&[8, 0]);
+            smoltcp::wire::Ipv4Repr {
+                src_addr: addr(WEB1),
+                dst_addr: addr(ep),
+                next_header: IpProtocol::Tcp,
+                payload_len: tcp.buffer_len(),
+                hop_limit: 64,
+            }
+            .emit(&mut Ipv4Packet::new_unchecked(&mut f[ETH..]), &caps);
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(&mut f[ETH + 20..]),
+                &addr(WEB1).into(),
+                &addr(ep).into(),
+                &caps,
+            );
+            f
+        };
+        let (v, back) = run(&mut p, &t, PortId::Tasks, &synack);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        assert_eq!(&back[0..6], &CLIENT_MAC);
+        assert_eq!(&back[6..12], &p.cfg.uplink_mac);
+        let h = parse_ipv6(&back, ETH).unwrap();
+        assert_eq!(
+            (h.src, h.dst, h.hop_limit, h.proto),
+            (n2_addr6(), client(1), 63, TCP)
+        );
+        assert_eq!(h.end, back.len());
+        let seg = TcpPacket::new_checked(&back[h.l4..]).unwrap();
+        assert!(seg.verify_checksum(&h.src.into(), &h.dst.into()));
+        assert_eq!((seg.src_port(), seg.dst_port()), (8080, sport));
+        assert_eq!(mss(&back[h.l4..], h.src.into(), h.dst.into()), Some(1410));
+        // The client's ACK finds its flow; the connection shows as the client sent it.
+        let (v, _) = run(
+            &mut p,
+            &t,
+            PortId::Uplink,
+            &seg6(client(1), sport, 8080, TcpControl::None, b"GET /"),
+        );
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        assert_eq!(p.stats.new_flows, p.flows.len() as u64);
+        let id = p
+            .flows
+            .live_ids()
+            .find(|&id| p.flows.get(id).fwd.dst == WEB1)
+            .unwrap();
+        let row = crate::conn::Row {
+            flow: *p.flows.get(id),
+            idle_ms: 0,
+            expires_ms: 0,
+        };
+        let c = crate::conn::conn_of(&t, 0, &row, false);
+        assert_eq!(c.client.to_string(), format!("[fd00:100::c:1]:{sport}"));
+        assert_eq!(c.service_addr.to_string(), "[fd00:100::12]:8080");
+        assert_eq!(c.task.as_deref(), Some("web.1"));
+        // Ended (its task gone, `conn rm`): the client gets a RST over IPv6, in window.
+        let mut b = PacketBuf::new();
+        assert!(p.reset_frame(&t, p.flows.get(id), &mut b));
+        let h = parse_ipv6(b.data(), ETH).unwrap();
+        assert_eq!((h.src, h.dst), (n2_addr6(), client(1)));
+        let rst = TcpPacket::new_checked(&b.data()[h.l4..]).unwrap();
+        assert!(rst.rst() && rst.verify_checksum(&h.src.into(), &h.dst.into()));
+        assert_eq!(
+            (rst.src_port(), rst.dst_port(), rst.seq_number()),
+            (8080, sport, TcpSeqNumber(5000))
+        );
+        assert_eq!(p.stats.total_drops(), 0);
+    }
+
+    /// A UDP datagram over IPv6 from `src:sport` to n2's `dport`, checksum right.
+    fn udp6(src: Ipv6Address, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(n2_addr6()));
+        let up = Config::default().uplink_mac;
+        let len = 8 + payload.len();
+        testkit::ipv6_with(
+            CLIENT_MAC,
+            up,
+            src,
+            n2_addr6(),
+            64,
+            IpProtocol::Udp,
+            len,
+            |b| {
+                let mut u = UdpPacket::new_unchecked(b);
+                u.set_src_port(sport);
+                u.set_dst_port(dport);
+                u.set_len(len as u16);
+                u.payload_mut().copy_from_slice(payload);
+                u.fill_checksum(&s, &d);
+            },
+        )
+    }
+
+    /// n2 of [`three_nodes`] with UDP 5353 published too (to web's port 53).
+    fn udp_on_n2() -> (ServiceTable, Pipeline) {
+        let (_, p) = on_n2(1, 0);
+        let mut s = three_nodes();
+        s.services[0].ports.push(ctl::model::PublishedPort {
+            protocol: ctl::model::Protocol::Udp,
+            published: 5353,
+            target: 53,
+            mode: ctl::model::PublishMode::Ingress,
+        });
+        s.nodes.iter_mut().find(|n| n.name == "n2").unwrap().addr6 = Some(n2_addr6());
+        (ServiceTable::build(&s, "n2", 1).unwrap(), p)
+    }
+
+    #[test]
+    fn udp_of_an_ipv6_client_is_translated_both_ways_and_a_reply_without_checksum_gets_one() {
+        let (t, mut p) = udp_on_n2();
+        // Unpublished: the host side's closed port.
+        let (v, _) = run(
+            &mut p,
+            &t,
+            PortId::Uplink,
+            &udp6(client(2), 5000, 9999, b"x"),
+        );
+        assert_eq!(v, Verdict::Host(HostReason::Ipv6Port));
+        let to = (50000..50100)
+            .find_map(|sport| {
+                let (v, out) = run(
+                    &mut p,
+                    &t,
+                    PortId::Uplink,
+                    &udp6(client(2), sport, 5353, b"ping"),
+                );
+                (v == Verdict::Tx(PortId::Tasks)).then_some(out)
+            })
+            .expect("a datagram to web.1");
+        let l3 = parse_ipv4(&to, ETH, true).unwrap();
+        assert_eq!(
+            (l3.dst, l3.dport, &to[l3.l4 + 8..]),
+            (WEB1, 53, &b"ping"[..])
+        );
+        // web.1 answers without a checksum (IPv4 allows it): IPv6 gets one.
+        for sum in [true, false] {
+            let mut f = testkit::udp_frame(
+                WEB1_MAC,
+                p.cfg.tasks_mac,
+                addr(WEB1),
+                53,
+                addr(l3.src),
+                l3.sport,
+                b"pong",
+            );
+            if !sum {
+                put16(&mut f, ETH + 20 + 6, 0);
+            }
+            let (v, back) = run(&mut p, &t, PortId::Tasks, &f);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink), "checksum {sum}");
+            let h = parse_ipv6(&back, ETH).unwrap();
+            assert_eq!((h.src, h.dst, h.proto), (n2_addr6(), client(2), UDP));
+            let u = UdpPacket::new_checked(&back[h.l4..h.end]).unwrap();
+            assert!(u.checksum() != 0 && u.verify_checksum(&h.src.into(), &h.dst.into()));
+            assert_eq!((u.src_port(), u.payload()), (5353, &b"pong"[..]));
+        }
+    }
+
+    #[test]
+    fn a_client_packet_too_big_for_the_overlay_once_ipv4_gets_packet_too_big() {
+        let (t, mut p) = on_n2(1, 0);
+        let (sport, _) = syn_to_web1(&mut p, &t, 3);
+        // 1,430 bytes of data: 1,470 as IPv4, over the overlay's 1,450.
+        let big = seg6(client(3), sport, 8080, TcpControl::Psh, &[7; 1430]);
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &big);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        let h = parse_ipv6(&out, ETH).unwrap();
+        assert_eq!(
+            (h.src, h.dst, h.proto),
+            (n2_addr6(), client(3), super::super::ipv6::ICMPV6)
+        );
+        let icmp = Icmpv6Packet::new_checked(&out[h.l4..h.end]).unwrap();
+        assert!(icmp.verify_checksum(&h.src, &h.dst));
+        let Ok(Icmpv6Repr::PktTooBig { mtu, header, .. }) =
+            Icmpv6Repr::parse(&h.src, &h.dst, &icmp, &ChecksumCapabilities::default())
+        else {
+            panic!("not a packet too big");
+        };
+        assert_eq!((mtu, header.src_addr), (1470, client(3)));
+        assert_eq!(h.end - ETH, IPV6_MIN_MTU, "quoting up to the minimum MTU");
+        assert_eq!(p.stats.dropped(DropReason::TooBig), 1);
+        // What fits goes: 1,410 bytes of data, 1,450 as IPv4.
+        let fits = seg6(client(3), sport, 8080, TcpControl::Psh, &[7; 1410]);
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &fits);
+        assert_eq!((v, out.len()), (Verdict::Tx(PortId::Tasks), ETH + 1450));
+    }
+
+    /// Two IPv6 clients whose addresses give one stand-in, from one port: the second never
+    /// reaches the first's connection.
+    #[test]
+    fn two_clients_with_one_stand_in_never_share_a_flow() {
+        let mut seen = std::collections::HashMap::new();
+        let (a, b) = (1u32..)
+            .find_map(|i| {
+                let c = Ipv6Address::new(0xfd00, 0x200, 0, 0, 0, 0, (i >> 16) as u16, i as u16);
+                seen.insert(stand_in(&c.octets()), c).map(|prev| (prev, c))
+            })
+            .unwrap();
+        assert_ne!(a, b);
+        let (t, mut p) = on_n2(1, 0);
+        let s = |c| seg6(c, 40000, 8080, TcpControl::Syn, b"");
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &s(a));
+        assert!(matches!(v, Verdict::Tx(_)));
+        for f in [s(b), seg6(b, 40000, 8080, TcpControl::Psh, b"data")] {
+            let (v, out) = run(&mut p, &t, PortId::Uplink, &f);
+            assert_eq!(v, Verdict::Drop(DropReason::Ipv6ClientCollision));
+            assert_eq!(out, f, "untouched");
+        }
+        assert_eq!(p.flows.len(), 1);
+        // Stand-ins are of 240.0.0.0/4, never an address on the wire.
+        assert_eq!(stand_in(&a.octets()) >> 28, 0xf);
+    }
+
+    /// A client's packet lands on any worker's queue; the owner of its flow converts it.
+    #[test]
+    fn an_ipv6_clients_packet_is_handed_as_it_arrived_to_the_worker_that_owns_its_flow() {
+        let f = seg6(client(4), 40000, 8080, TcpControl::Syn, b"");
+        let owner = flow::owner_of(stand_in(&client(4).octets()), 40000, 2);
+        let (t, mut p) = on_n2(2, 1 - owner);
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &f);
+        assert_eq!((v, &out), (Verdict::Handoff(owner), &f));
+        let (t, mut p) = on_n2(2, owner);
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &f);
+        assert!(matches!(v, Verdict::Tx(_)), "{v:?}");
+    }
+}
