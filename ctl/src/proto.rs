@@ -763,8 +763,9 @@ crate::counters! {
         resets_unsent: Counter,
         /// SYNs and SYN-ACKs whose TCP MSS was lowered to what the overlay carries.
         mss_clamped: Counter,
-        /// ICMP "fragmentation needed" answers sent for too-big packets with DF set (each such
-        /// packet is also counted as a `too_big` drop).
+        /// ICMP "fragmentation needed" answers sent for too-big packets with DF set, and ICMPv6
+        /// "packet too big" to IPv6 clients (each such packet is also counted as a `too_big`
+        /// drop).
         icmp_frag_needed: Counter,
         /// IPv4 fragments received (forwarded by their datagram's first fragment's flow).
         fragments_in: Counter,

@@ -74,8 +74,7 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
         print!("{out}");
         note(
             "Each node also has an IPv6 address (meshd --addr6 fd00:100::1X): meshd answers Neighbor\n\
-             Discovery and ping there, and refuses TCP and UDP at once; published ports, VIPs and tasks\n\
-             are IPv4 only so far.",
+             Discovery and ping there, and published ports (step 3); VIPs and tasks are IPv4 only so far.",
         );
     }
 
@@ -103,6 +102,15 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
          turns over web.1 and web.2. RemoteAddr is the ingress node's address on the ingress network\n\
          (Swarm masquerades; `--client-ip keep` shows the client's own address instead)."
     ));
+    if let Some(nl) = bed.rec.nodes.last() {
+        let url6 = format!("http://[{}]:8080/", nl.addr6());
+        shell(&c, &format!("curl -6 {url6}"));
+        print!("{}", body_or_error(&probe::curl(&c, &url6, CURL_TIME, &["-6"])?));
+        note(
+            "And over IPv6, on the node's --addr6: meshd turns the client's packets into IPv4 for the\n\
+             task and the answers back into IPv6 (NAT64; the task sees the ingress endpoint).",
+        );
+    }
 
     section(4, "docker service scale web=1", "seed 000");
     println!("$ testbed scale web=1");

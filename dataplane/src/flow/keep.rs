@@ -517,7 +517,8 @@ mod tests {
     }
 
     /// An ingress flow from client `i` to a task, masqueraded (as the pipeline makes them): TCP
-    /// for even `i`, UDP for odd.
+    /// for even `i`, UDP for odd; an IPv6 client's for every third `i` (its address in the
+    /// record, its replies converted).
     fn flow(i: u32) -> Flow {
         let proto = if i.is_multiple_of(2) { 6 } else { 17 };
         let k = FlowKey::new(proto, 0x0a00_0000 + i, 40000 + i as u16, 0xc0a8_0102, 8080);
@@ -541,11 +542,24 @@ mod tests {
             k.dport(),
             k.src(),
             k.sport(),
-            Egress::Uplink {
-                mac: [2, 0, 0, 0, 0, 9],
+            if i.is_multiple_of(3) {
+                Egress::Uplink6 {
+                    mac: [2, 0, 0, 0, 0, 9],
+                }
+            } else {
+                Egress::Uplink {
+                    mac: [2, 0, 0, 0, 0, 9],
+                }
             },
         );
-        Flow::new(FlowKind::Ingress, [k, r], [a, b], 77, 3, [7200, 60, 30], 5)
+        let mut f = Flow::new(FlowKind::Ingress, [k, r], [a, b], 77, 3, [7200, 60, 30], 5);
+        if i.is_multiple_of(3) {
+            let mut c6 = [0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            c6[12..].copy_from_slice(&i.to_be_bytes());
+            c6[15] |= 1;
+            f.set_client6(c6);
+        }
+        f
     }
 
     fn open(p: &Path, workers: usize, cap: usize) -> (FlowFile, Found) {
@@ -578,6 +592,7 @@ mod tests {
         let t1 = fill(regions.pop().unwrap(), 3);
         let t0 = fill(regions.pop().unwrap(), 10);
         let before: Vec<Flow> = t0.live_ids().map(|id| *t0.get(id)).collect();
+        assert_eq!(before.iter().filter(|f| f.is_v6()).count(), 4);
         // A kill -9: nothing is written on the way out.
         drop((t0, t1, ff));
 
