@@ -91,7 +91,9 @@ fn csum_at(proto: u8, l4: usize) -> usize {
 impl Pipeline {
     /// TCP or UDP from an IPv6 client to the node's IPv6 address `me` (`h`, parsed): to a
     /// published port, balanced and sent on as IPv4; to any other port, the host side's closed
-    /// port.
+    /// port. Cold and out of line, as `ipv6`, so the IPv4 paths' code is as it was.
+    #[cold]
+    #[inline(never)]
     pub(super) fn published6(
         &mut self,
         t: &ServiceTable,
@@ -189,6 +191,8 @@ impl Pipeline {
     /// refuses it (a stray segment, no task), `Err` when dropped. As `on_uplink`'s, always
     /// masqueraded.
     #[allow(clippy::too_many_arguments)]
+    #[cold]
+    #[inline(never)]
     fn open6(
         &mut self,
         t: &ServiceTable,
