@@ -105,7 +105,10 @@ pub fn run(mut bed: Bed, down: bool) -> Result<()> {
     if let Some(nl) = bed.rec.nodes.last() {
         let url6 = format!("http://[{}]:8080/", nl.addr6());
         shell(&c, &format!("curl -6 {url6}"));
-        print!("{}", body_or_error(&probe::curl(&c, &url6, CURL_TIME, &["-6"])?));
+        print!(
+            "{}",
+            body_or_error(&probe::curl(&c, &url6, CURL_TIME, &["-6"])?)
+        );
         note(
             "And over IPv6, on the node's --addr6: meshd turns the client's packets into IPv4 for the\n\
              task and the answers back into IPv6 (NAT64; the task sees the ingress endpoint).",

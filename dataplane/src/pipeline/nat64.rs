@@ -117,8 +117,11 @@ impl Pipeline {
             (p.src_port(), p.dst_port(), fl, ack)
         } else {
             let p = UdpPacket::new_checked(l4).map_err(|_| DropReason::BadL4Header)?;
-            // A zero checksum is not "none" in IPv6 (RFC 8200 §8.1): it fails.
-            if verify && !p.verify_checksum(&src, &dst) {
+            // A zero checksum is not "none" in IPv6 (smoltcp's check takes it as IPv4's).
+            //= https://www.rfc-editor.org/rfc/rfc8200#section-8.1
+            //# IPv6 receivers must discard UDP packets containing a zero checksum and should
+            //# log the error.
+            if verify && (p.checksum() == 0 || !p.verify_checksum(&src, &dst)) {
                 return Err(DropReason::BadL4Checksum);
             }
             (p.src_port(), p.dst_port(), 0, 0)
@@ -785,6 +788,12 @@ mod tests {
             &udp6(client(2), 5000, 9999, b"x"),
         );
         assert_eq!(v, Verdict::Host(HostReason::Ipv6Port));
+        // No checksum: refused in IPv6, whatever IPv4 allows.
+        let mut none = udp6(client(2), 5000, 5353, b"x");
+        let at = none.len() - 3;
+        none[at..at + 2].copy_from_slice(&[0, 0]);
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &none);
+        assert_eq!(v, Verdict::Drop(DropReason::BadL4Checksum));
         let to = (50000..50100)
             .find_map(|sport| {
                 let (v, out) = run(
