@@ -305,8 +305,6 @@ impl std::fmt::Debug for Scenario {
     }
 }
 
-// Casts: remainders below 50,000 and flow counts below 2^32.
-#[allow(clippy::cast_possible_truncation)]
 /// Flow `i`'s IPv6 client and port (the port as [`client`]'s).
 fn client6(i: usize) -> (Ipv6Addr, u16) {
     let (_, port) = client(i);
@@ -314,6 +312,8 @@ fn client6(i: usize) -> (Ipv6Addr, u16) {
     (ip, port)
 }
 
+// Casts: remainders below 50,000 and flow counts below 2^32.
+#[allow(clippy::cast_possible_truncation)]
 fn client(i: usize) -> (Ipv4Addr, u16) {
     let ip = 0xac10_0000u32 + (i / 50_000) as u32;
     (Ipv4Addr::from(ip), 10_000 + (i % 50_000) as u16)
