@@ -636,18 +636,42 @@ impl Pipeline {
         if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
             return self.forward(t, now, buf, &l3, id, dir);
         }
-        // A new flow: only a plain TCP SYN (or any UDP datagram) opens one, at most as often as
-        // the source may; a stray segment gets the host's answer (RST), as from a kernel with
-        // no such connection.
+        match self.open_ingress(t, now, buf, &l3, key, hash, p, None)? {
+            Ok(id) => self.forward(t, now, buf, &l3, id, Dir::Fwd),
+            Err(v) => Ok(v),
+        }
+    }
+
+    /// A new flow of the client of `l3` (`key`, `hash`: its forward key) to published port `p`:
+    /// `Ok(Ok(id))` when made, `Ok(Err(verdict))` when refused as the host refuses it (a stray
+    /// segment, no task), `Err` when dropped. An IPv6 client (`client6`, its address; `l3`
+    /// holds its stand-in and destination 0.0.0.0, see `nat64`) is always masqueraded and its
+    /// replies go back as IPv6 ([`Egress::Uplink6`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open_ingress(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &PacketBuf,
+        l3: &L3,
+        key: FlowKey,
+        hash: u64,
+        p: crate::balance::table::Published,
+        client6: Option<[u8; 16]>,
+    ) -> Result<Result<u32, Verdict>, DropReason> {
+        // Only a plain TCP SYN (or any UDP datagram) opens a flow, at most as often as the
+        // source may; a stray segment gets the host's answer (RST), as from a kernel with no
+        // such connection.
         if let Some(v) = self
-            .may_open(&l3, now)
+            .may_open(l3, now)
             .inspect_err(|_| self.blame_service(t, t.balancer(p.balancer).service))?
         {
-            return Ok(v);
+            return Ok(Err(v));
         }
         // A table publishes ports only when it has an ingress network.
         let Some(ing) = t.ingress_net else {
-            return Ok(Verdict::Host(HostReason::NotPublished));
+            return Ok(Err(Verdict::Host(HostReason::NotPublished)));
         };
         let bal = t.balancer(p.balancer);
         // Fix (found by the simulation): Maglev must pick the same task for a client's flow on
@@ -661,41 +685,38 @@ impl Pipeline {
         let Some(b) = self.sched.pick(t, p.balancer, pick, self.flows.active()) else {
             // No task to take it: refuse like a closed port (the service's drop).
             self.blame_service(t, bal.service);
-            return Ok(Verdict::Host(HostReason::NoTask));
+            return Ok(Err(Verdict::Host(HostReason::NoTask)));
         };
         let svc = &t.services[usize::from(bal.service)];
         let net = t.net(ing);
         let client_mac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
         let slot = self.task_stats.slot(b.uid);
-        let (src, sport) = match svc.client_ip {
-            ClientIpMode::Keep => (l3.src, l3.sport),
-            ClientIpMode::Masquerade => {
-                let Some(ep) = net.local_endpoint else {
-                    return Err(self.blame(slot, DropReason::NoRoute));
-                };
-                let ep = ipkey(ep);
-                let picked =
-                    self.masq
-                        .pick(&self.flows, l3.proto, ep, ipkey(b.addr), p.target, slot);
-                let Some(port) = picked else {
-                    return Err(self.blame(slot, DropReason::NoNatPort));
-                };
-                (ep, port)
-            }
+        let masquerade = client6.is_some() || svc.client_ip == ClientIpMode::Masquerade;
+        let (src, sport) = if masquerade {
+            let Some(ep) = net.local_endpoint else {
+                return Err(self.blame(slot, DropReason::NoRoute));
+            };
+            let ep = ipkey(ep);
+            let picked = self
+                .masq
+                .pick(&self.flows, l3.proto, ep, ipkey(b.addr), p.target, slot);
+            let Some(port) = picked else {
+                return Err(self.blame(slot, DropReason::NoNatPort));
+            };
+            (ep, port)
+        } else {
+            (l3.src, l3.sport)
         };
         let task_addr = ipkey(b.addr);
         let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
         let fwd = Action::new(&key, src, sport, task_addr, p.target, egress);
         let rkey = FlowKey::new(l3.proto, task_addr, p.target, src, sport);
-        let rev = Action::new(
-            &rkey,
-            l3.dst,
-            l3.dport,
-            l3.src,
-            l3.sport,
-            Egress::Uplink { mac: client_mac },
-        );
-        let flow = Flow::new(
+        let back = match client6 {
+            Some(_) => Egress::Uplink6 { mac: client_mac },
+            None => Egress::Uplink { mac: client_mac },
+        };
+        let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, back);
+        let mut flow = Flow::new(
             FlowKind::Ingress,
             [key, rkey],
             [fwd, rev],
@@ -704,14 +725,18 @@ impl Pipeline {
             timeouts(svc),
             now,
         );
+        if let Some(c) = client6 {
+            flow.set_client6(c);
+        }
         // The forward key just missed; a masquerade port was picked so the reverse key is free.
-        let id = match svc.client_ip {
-            ClientIpMode::Masquerade => self.flows.insert_deferred(flow, [hash, rkey.hash()], now),
-            ClientIpMode::Keep => self.flows.insert(flow, now),
+        let id = if masquerade {
+            self.flows.insert_deferred(flow, [hash, rkey.hash()], now)
+        } else {
+            self.flows.insert(flow, now)
         }
         .map_err(|e| self.blame(slot, insert_refused(e)))?;
         self.count_new(slot);
-        self.forward(t, now, buf, &l3, id, Dir::Fwd)
+        Ok(Ok(id))
     }
 
     /// Whether the packet `l3`, which no flow has, may open one at `now`: `None` if so, the

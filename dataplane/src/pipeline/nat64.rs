@@ -168,7 +168,7 @@ impl Pipeline {
             }
             // No reverse key has destination 0.0.0.0.
             Some((_, Dir::Rev)) => return Err(DropReason::NoRoute),
-            None => match self.open6(t, now, buf, &l3, key, hash, p, client6)? {
+            None => match self.open_ingress(t, now, buf, &l3, key, hash, p, Some(client6))? {
                 Ok(id) => id,
                 Err(v) => return Ok(v),
             },
@@ -187,88 +187,6 @@ impl Pipeline {
         }
         l3.l4 = to_ipv4(buf, h, l3.src, 0)?;
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
-    }
-
-    /// A new flow of an IPv6 client (`l3`, its stand-in for a source; `key`, `hash`) to
-    /// published port `p`: `Ok(Ok(id))` when made, `Ok(Err(verdict))` when refused as the host
-    /// refuses it (a stray segment, no task), `Err` when dropped. As `on_uplink`'s, always
-    /// masqueraded.
-    #[allow(clippy::too_many_arguments)]
-    #[cold]
-    #[inline(never)]
-    fn open6(
-        &mut self,
-        t: &ServiceTable,
-        now: u32,
-        buf: &PacketBuf,
-        l3: &L3,
-        key: FlowKey,
-        hash: u64,
-        p: crate::balance::table::Published,
-        client6: [u8; 16],
-    ) -> Result<Result<u32, Verdict>, DropReason> {
-        if let Some(v) = self
-            .may_open(l3, now)
-            .inspect_err(|_| self.blame_service(t, t.balancer(p.balancer).service))?
-        {
-            return Ok(Err(v));
-        }
-        let Some(ing) = t.ingress_net else {
-            return Ok(Err(Verdict::Host(HostReason::Ipv6Port)));
-        };
-        let bal = t.balancer(p.balancer);
-        // The key's destination is 0.0.0.0 already: the same hash on every node.
-        let pick = NewFlow {
-            hash,
-            client: l3.src,
-            now,
-        };
-        let Some(b) = self.sched.pick(t, p.balancer, pick, self.flows.active()) else {
-            self.blame_service(t, bal.service);
-            return Ok(Err(Verdict::Host(HostReason::NoTask)));
-        };
-        let svc = &t.services[usize::from(bal.service)];
-        let net = t.net(ing);
-        let slot = self.task_stats.slot(b.uid);
-        let Some(ep) = net.local_endpoint else {
-            return Err(self.blame(slot, DropReason::NoRoute));
-        };
-        let ep = ipkey(ep);
-        let task = ipkey(b.addr);
-        let Some(port) = self
-            .masq
-            .pick(&self.flows, l3.proto, ep, task, p.target, slot)
-        else {
-            return Err(self.blame(slot, DropReason::NoNatPort));
-        };
-        let client_mac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
-        let egress = self.egress_to(t, b.local, b.node, net.vni, &key);
-        let fwd = Action::new(&key, ep, port, task, p.target, egress);
-        let rkey = FlowKey::new(l3.proto, task, p.target, ep, port);
-        let rev = Action::new(
-            &rkey,
-            0,
-            l3.dport,
-            l3.src,
-            l3.sport,
-            Egress::Uplink6 { mac: client_mac },
-        );
-        let mut flow = Flow::new(
-            FlowKind::Ingress,
-            [key, rkey],
-            [fwd, rev],
-            b.uid,
-            slot,
-            timeouts(svc),
-            now,
-        );
-        flow.set_client6(client6);
-        let id = self
-            .flows
-            .insert_deferred(flow, [hash, rkey.hash()], now)
-            .map_err(|e| self.blame(slot, insert_refused(e)))?;
-        self.count_new(slot);
-        Ok(Ok(id))
     }
 
     /// Answers the IPv6 packet in `buf` (`h`, from the client whose stand-in is `src4`), too
