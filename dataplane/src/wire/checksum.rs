@@ -217,6 +217,18 @@ pub const fn pseudo_v4(src: u32, dst: u32, proto: u8, len: u16) -> u64 {
     src as u64 + dst as u64 + proto as u64 + len as u64
 }
 
+/// The IPv6 pseudo-header's running sum (RFC 8200 §8.1) for [`verify`]: the addresses as
+/// 32-bit words, the upper-layer length and the next header, summed as [`pseudo_v4`]'s are.
+#[inline]
+pub fn pseudo_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, len: u32) -> u64 {
+    let words = src.chunks_exact(4).chain(dst.chunks_exact(4));
+    words
+        .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+        .sum::<u64>()
+        + u64::from(proto)
+        + u64::from(len)
+}
+
 /// Whether `data` (with its checksum field in place) plus `pseudo` sums to all ones: a valid
 /// Internet checksum.
 #[inline]
@@ -542,6 +554,27 @@ mod test {
             let theirs = smoltcp::wire::checksum::data(&data);
             // 0x0000 and 0xffff are the same ones-complement number.
             proptest::prop_assert!(ours == theirs || (ours == 0xffff && theirs == 0) || (ours == 0 && theirs == 0xffff));
+        }
+    }
+
+    proptest::proptest! {
+        /// A TCP segment over IPv6 whose checksum smoltcp filled passes `verify` with
+        /// `pseudo_v6`, and fails with any one bit of it changed.
+        #[test]
+        fn the_ipv6_pseudo_header_sum_agrees_with_smoltcp(
+            src: [u8; 16], dst: [u8; 16], flip in 0usize..(20 * 8),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+        ) {
+            use smoltcp::wire::{IpAddress, Ipv6Address, TcpPacket};
+            let mut seg = vec![0u8; 20];
+            seg[12] = 5 << 4;
+            seg.extend_from_slice(&payload);
+            let (s, d) = (IpAddress::Ipv6(Ipv6Address::from(src)), IpAddress::Ipv6(Ipv6Address::from(dst)));
+            TcpPacket::new_unchecked(&mut seg[..]).fill_checksum(&s, &d);
+            let len = seg.len() as u32;
+            proptest::prop_assert!(verify(pseudo_v6(&src, &dst, 6, len), &seg));
+            seg[flip / 8] ^= 1 << (flip % 8);
+            proptest::prop_assert!(!verify(pseudo_v6(&src, &dst, 6, len), &seg));
         }
     }
 
