@@ -192,6 +192,105 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
+/// A client address prefix of either family, as `meshctl conn ls --client` takes it:
+/// `203.0.113.0/24` or `fd00:100::/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ClientNet {
+    V4(Ipv4Net),
+    V6 { addr: Ipv6Addr, prefix: u8 },
+}
+
+impl ClientNet {
+    /// A single address: `/32` or `/128`.
+    pub fn host(ip: std::net::IpAddr) -> ClientNet {
+        match ip {
+            std::net::IpAddr::V4(a) => ClientNet::V4(Ipv4Net {
+                addr: a,
+                prefix: 32,
+            }),
+            std::net::IpAddr::V6(a) => ClientNet::V6 {
+                addr: a,
+                prefix: 128,
+            },
+        }
+    }
+
+    pub fn prefix(&self) -> u8 {
+        match self {
+            ClientNet::V4(n) => n.prefix,
+            ClientNet::V6 { prefix, .. } => *prefix,
+        }
+    }
+
+    /// The mask of an IPv6 prefix of `prefix` bits.
+    pub fn mask6(prefix: u8) -> u128 {
+        match prefix {
+            0 => 0,
+            p => u128::MAX << (128 - u32::from(p.min(128))),
+        }
+    }
+
+    /// The prefix with the bits past its length cleared.
+    pub fn network(&self) -> ClientNet {
+        match *self {
+            ClientNet::V4(n) => ClientNet::V4(Ipv4Net {
+                addr: n.network(),
+                prefix: n.prefix,
+            }),
+            ClientNet::V6 { addr, prefix } => ClientNet::V6 {
+                addr: Ipv6Addr::from(u128::from(addr) & Self::mask6(prefix)),
+                prefix,
+            },
+        }
+    }
+}
+
+impl FromStr for ClientNet {
+    type Err = ParseNetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if !s.contains(':') {
+            return s.parse().map(ClientNet::V4);
+        }
+        let (a, p) = s.split_once('/').ok_or_else(|| {
+            ParseNetError(format!(
+                "{s:?}: expected ADDRESS/PREFIX, like fd00:100::/64"
+            ))
+        })?;
+        let addr = a
+            .parse::<Ipv6Addr>()
+            .map_err(|_| ParseNetError(format!("{s:?}: {a:?} is not an IPv6 address")))?;
+        let prefix = p
+            .parse::<u8>()
+            .ok()
+            .filter(|&p| p <= 128)
+            .ok_or_else(|| ParseNetError(format!("{s:?}: the prefix length is 0 to 128")))?;
+        Ok(ClientNet::V6 { addr, prefix })
+    }
+}
+
+impl TryFrom<String> for ClientNet {
+    type Error = ParseNetError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ClientNet> for String {
+    fn from(n: ClientNet) -> String {
+        n.to_string()
+    }
+}
+
+impl fmt::Display for ClientNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientNet::V4(n) => n.fmt(f),
+            ClientNet::V6 { addr, prefix } => write!(f, "{addr}/{prefix}"),
+        }
+    }
+}
+
 /// An overlay network: one VXLAN segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::model::{
-    Availability, ClientIpMode, EndpointMode, HealthCheck, Ipv4Net, Network, Node, Protocol,
-    PublishedPort, SchedulerKind, Service, ServiceNetwork, Task, TaskState,
+    Availability, ClientIpMode, EndpointMode, HealthCheck, Network, Node, Protocol, PublishedPort,
+    SchedulerKind, Service, ServiceNetwork, Task, TaskState,
 };
 
 /// The protocol version this crate speaks. A daemon refuses any other with
@@ -1091,9 +1091,10 @@ pub struct ConnFilter {
     /// Connections balanced to this task.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
-    /// Connections whose client address is in this prefix (`/32` for one client).
+    /// Connections whose client address is in this prefix (`/32` or `/128` for one client);
+    /// an IPv4 prefix never holds an IPv6 client, nor the other way round.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub client: Option<Ipv4Net>,
+    pub client: Option<crate::model::ClientNet>,
     /// Connections in one of these states (any state when empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub state: Vec<ConnState>,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 
-use ctl::model::Protocol;
+use ctl::model::{ClientNet, Protocol};
 use ctl::proto::{
     Command, Conn, ConnFilter, ConnKind, ConnList, ConnRemoved, ConnState, ErrorCode, Query,
     Response, Runtime,
@@ -37,12 +37,19 @@ pub const CHUNK: u32 = 4096;
 pub const WALK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which flows a job means; built by the asker from a [`ConnFilter`] and the table.
+/// A client prefix as the walk compares it: network and mask.
+#[derive(Debug, Clone, Copy)]
+enum ClientMatch {
+    V4(u32, u32),
+    V6(u128, u128),
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     /// Flows of these tasks (sorted); any task when `None`.
     uids: Option<Vec<u64>>,
-    /// Client address and mask.
-    client: Option<(u32, u32)>,
+    /// Client prefix and mask, of IPv4 clients or of IPv6 ones.
+    client: Option<ClientMatch>,
     /// Bit `i` set: state `ConnState::ALL[i]` matches; 0 matches every state.
     states: u8,
     /// IP protocol number.
@@ -90,9 +97,13 @@ impl Matcher {
         }
         Ok(Matcher {
             uids,
-            client: filter
-                .client
-                .map(|n| (u32::from(n.addr) & n.mask(), n.mask())),
+            client: filter.client.map(|n| match n {
+                ClientNet::V4(n) => ClientMatch::V4(u32::from(n.addr) & n.mask(), n.mask()),
+                ClientNet::V6 { addr, prefix } => {
+                    let mask = ClientNet::mask6(prefix);
+                    ClientMatch::V6(u128::from(addr) & mask, mask)
+                }
+            }),
             states: filter.state.iter().fold(0, |a, &s| a | state_bit(s)),
             proto: filter.protocol.map(Protocol::ip_number),
         })
@@ -106,11 +117,17 @@ impl Matcher {
                 return false;
             }
         }
-        if let Some((net, mask)) = self.client {
-            // An IPv4 range: never an IPv6 client (its key holds a stand-in address).
-            if k.src() & mask != net || f.is_v6() {
+        match self.client {
+            // An IPv4 prefix never holds an IPv6 client (its key holds a stand-in address).
+            Some(ClientMatch::V4(net, mask)) if f.is_v6() || k.src() & mask != net => {
                 return false;
             }
+            Some(ClientMatch::V6(net, mask))
+                if !f.is_v6() || u128::from_be_bytes(f.client6()) & mask != net =>
+            {
+                return false;
+            }
+            _ => {}
         }
         if let Some(uids) = &self.uids {
             if uids.binary_search(&f.task_uid).is_err() {

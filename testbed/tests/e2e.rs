@@ -507,8 +507,9 @@ fn every_nodes_ipv6_address_answers_ndp_ping6_and_curl6_of_a_published_port() {
             .unwrap()
             .unwrap();
         let sport = open.local_addr().unwrap().port();
+        let me6 = testbed::plan::CLIENT_ADDR6.to_string();
         let ls = m
-            .meshctl_local(node, &["--format", "json", "conn", "ls"])
+            .meshctl_local(node, &["--format", "json", "conn", "ls", "--client", &me6])
             .unwrap();
         let want = format!("\"[{}]:{sport}\"", testbed::plan::CLIENT_ADDR6);
         assert!(

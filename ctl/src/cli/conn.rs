@@ -2,10 +2,8 @@
 //! and `conntrack -L`'s manner. Both go to every `--socket` (each node answers for its own
 //! workers), with or without `--cluster`.
 
-use std::net::Ipv4Addr;
-
 use clap::{Args, Subcommand};
-use ctl::model::{Ipv4Net, Protocol};
+use ctl::model::{ClientNet, Protocol};
 use ctl::proto::{Command, ConnFilter, ConnList, ConnRemoved, ConnState, Query, Runtime};
 
 use super::render::table;
@@ -61,9 +59,10 @@ pub(super) struct FilterArgs {
     /// Connections balanced to this task
     #[arg(long, value_name = "TASK")]
     task: Option<String>,
-    /// Connections from this client address or prefix (203.0.113.7, 10.0.0.0/8)
+    /// Connections from this client address or prefix (203.0.113.7, 10.0.0.0/8,
+    /// fd00:100::/64)
     #[arg(long, value_name = "IP[/LEN]", value_parser = parse_client)]
-    client: Option<Ipv4Net>,
+    client: Option<ClientNet>,
     /// Connections in these states (repeatable or comma-separated): none, syn_sent,
     /// syn_recv, established, fin_wait, close, udp
     #[arg(long, value_name = "STATE", value_delimiter = ',', value_parser = parse_state)]
@@ -108,18 +107,17 @@ pub(super) struct RmArgs {
     all: bool,
 }
 
-fn parse_client(s: &str) -> Result<Ipv4Net, String> {
-    if let Ok(ip) = s.parse::<Ipv4Addr>() {
-        return Ipv4Net::new(ip, 32).map_err(|e| e.to_string());
+fn parse_client(s: &str) -> Result<ClientNet, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(ClientNet::host(ip));
     }
-    let n: Ipv4Net = s
+    let n: ClientNet = s
         .parse()
         .map_err(|e: ctl::model::ParseNetError| format!("{e} (or a single address)"))?;
-    if n.addr != n.network() {
+    if n.network() != n {
         return Err(format!(
-            "{s}: has bits set past the prefix length (did you mean {}/{}?)",
-            n.network(),
-            n.prefix
+            "{s}: has bits set past the prefix length (did you mean {}?)",
+            n.network()
         ));
     }
     Ok(n)
@@ -299,11 +297,21 @@ mod tests {
     #[test]
     fn a_client_is_an_address_or_a_clean_prefix() {
         assert_eq!(parse_client("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
-        assert_eq!(parse_client("10.1.0.0/16").unwrap().prefix, 16);
+        assert_eq!(parse_client("10.1.0.0/16").unwrap().prefix(), 16);
         let e = parse_client("10.1.2.3/16").unwrap_err();
         assert!(e.contains("did you mean 10.1.0.0/16"), "{e}");
         assert!(parse_client("web").is_err());
         assert!(parse_client("10.0.0.0/33").is_err());
+        // IPv6 clients of published ports.
+        assert_eq!(
+            parse_client("fd00:100::100").unwrap().to_string(),
+            "fd00:100::100/128"
+        );
+        assert_eq!(parse_client("fd00:100::/64").unwrap().prefix(), 64);
+        let e = parse_client("fd00:100::1/64").unwrap_err();
+        assert!(e.contains("did you mean fd00:100::/64"), "{e}");
+        assert!(parse_client("fd00::/129").is_err());
+        assert!(parse_client("fd00::zz/64").is_err());
     }
 
     #[test]

@@ -648,6 +648,20 @@ mod tests {
         assert_eq!(c.client.to_string(), format!("[fd00:100::c:1]:{sport}"));
         assert_eq!(c.service_addr.to_string(), "[fd00:100::12]:8080");
         assert_eq!(c.task.as_deref(), Some("web.1"));
+        // `conn ls --client` by IPv6 prefix; an IPv4 prefix never holds it.
+        for (prefix, holds) in [
+            ("fd00:100::c:0/112", true),
+            ("fd00:100::c:1/128", true),
+            ("fd00:200::/64", false),
+            ("0.0.0.0/0", false),
+        ] {
+            let f = ctl::proto::ConnFilter {
+                client: Some(prefix.parse().unwrap()),
+                ..Default::default()
+            };
+            let m = crate::conn::Matcher::new(&f, &t).unwrap();
+            assert_eq!(m.matches(p.flows.get(id)), holds, "{prefix}");
+        }
         // Ended (its task gone, `conn rm`): the client gets a RST over IPv6, in window.
         let mut b = PacketBuf::new();
         assert!(p.reset_frame(&t, p.flows.get(id), &mut b));
