@@ -137,39 +137,30 @@ fn big_ping(ns: &str, to: &str, what: &str) {
     );
 }
 
+/// Runs one task of `name` on n2, published at `port` in Swarm's ingress mode, the client's
+/// address kept (`--client-ip keep`) if `keep`.
+fn publish_on_n2(m: &mut Mesh, name: &str, port: &str, keep: bool) {
+    let mut spec = RunSpec::new(name, 1)
+        .publish(port, PublishMode::Ingress)
+        .unwrap()
+        .on("n2");
+    if keep {
+        spec = spec.keep_client_ip();
+    }
+    m.run(&spec).unwrap();
+}
+
 /// Published ports (Swarm's masquerade and `--client-ip keep`) through every node, with the
 /// task on n2: local to n2, remote from n1 and n3.
 fn published_paths(m: &mut Mesh, s: &Scratch) {
-    m.run(
-        &RunSpec::new("web", 1)
-            .publish("8080:80", PublishMode::Ingress)
-            .unwrap()
-            .on("n2"),
-    )
-    .unwrap();
-    m.run(
-        &RunSpec::new("kept", 1)
-            .publish("8081:80", PublishMode::Ingress)
-            .unwrap()
-            .keep_client_ip()
-            .on("n2"),
-    )
-    .unwrap();
-    m.run(
-        &RunSpec::new("uecho", 1)
-            .publish("5353:80/udp", PublishMode::Ingress)
-            .unwrap()
-            .on("n2"),
-    )
-    .unwrap();
-    m.run(
-        &RunSpec::new("ukept", 1)
-            .publish("5354:80/udp", PublishMode::Ingress)
-            .unwrap()
-            .keep_client_ip()
-            .on("n2"),
-    )
-    .unwrap();
+    for (name, port, keep) in [
+        ("web", "8080:80", false),
+        ("kept", "8081:80", true),
+        ("uecho", "5353:80/udp", false),
+        ("ukept", "5354:80/udp", true),
+    ] {
+        publish_on_n2(m, name, port, keep);
+    }
     let client = m.client_ns();
     for node in ["n1", "n2", "n3"] {
         let a = m.node(node).unwrap().addr;
@@ -225,23 +216,13 @@ fn vip_paths(m: &mut Mesh, s: &Scratch) {
 fn a_mebibyte_crosses_published_ports_over_ipv6_through_every_node() {
     let Some(mut m) = mesh("v6") else { return };
     let s = Scratch::new("v6");
-    for (name, port, keep) in [("web", "8080:80", false), ("kept", "8081:80", true)] {
-        let mut spec = RunSpec::new(name, 1)
-            .publish(port, PublishMode::Ingress)
-            .unwrap()
-            .on("n2");
-        if keep {
-            spec = spec.keep_client_ip();
-        }
-        m.run(&spec).unwrap();
+    for (name, port, keep) in [
+        ("web", "8080:80", false),
+        ("kept", "8081:80", true),
+        ("uecho", "5353:80/udp", false),
+    ] {
+        publish_on_n2(&mut m, name, port, keep);
     }
-    m.run(
-        &RunSpec::new("uecho", 1)
-            .publish("5353:80/udp", PublishMode::Ingress)
-            .unwrap()
-            .on("n2"),
-    )
-    .unwrap();
     let client = m.client_ns();
     for node in ["n1", "n2", "n3"] {
         let a6 = m.node(node).unwrap().addr6();

@@ -442,6 +442,7 @@ fn to_ipv6(
 mod tests {
     use super::*;
     use crate::balance::table::tests::three_nodes;
+    use crate::pipeline::tests::run;
     use crate::testkit;
     use smoltcp::wire::{Icmpv6Packet, IpAddress, Ipv4Packet, TcpControl, TcpRepr};
 
@@ -497,33 +498,25 @@ mod tests {
             payload,
         };
         let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(n2_addr6()));
-        let up = Config::default().uplink_mac;
-        let len = tcp.buffer_len();
-        testkit::ipv6_with(
-            CLIENT_MAC,
-            up,
-            src,
-            n2_addr6(),
-            64,
-            IpProtocol::Tcp,
-            len,
-            |b| {
-                tcp.emit(
-                    &mut TcpPacket::new_unchecked(b),
-                    &s,
-                    &d,
-                    &ChecksumCapabilities::default(),
-                );
-            },
-        )
+        to_n2(src, IpProtocol::Tcp, tcp.buffer_len(), |b| {
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(b),
+                &s,
+                &d,
+                &ChecksumCapabilities::default(),
+            );
+        })
     }
 
-    fn run(p: &mut Pipeline, t: &ServiceTable, port: PortId, f: &[u8]) -> (Verdict, Vec<u8>) {
-        let mut burst = Burst::new();
-        burst.push(PacketBuf::from_frame(port, f));
-        let mut v = Verdicts::new();
-        p.process(t, 1, &mut burst, &mut v);
-        (v[0], burst[0].data().to_vec())
+    /// The client's frame from `src` to n2's IPv6 address: `len` bytes of `proto` by `fill`.
+    fn to_n2(
+        src: Ipv6Address,
+        proto: IpProtocol,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Vec<u8> {
+        let up = Config::default().uplink_mac;
+        testkit::ipv6_with(CLIENT_MAC, up, src, n2_addr6(), 64, proto, len, fill)
     }
 
     fn mss(tcp: &[u8], src: IpAddress, dst: IpAddress) -> Option<u16> {
@@ -679,25 +672,15 @@ mod tests {
     /// A UDP datagram over IPv6 from `src:sport` to n2's `dport`, checksum right.
     fn udp6(src: Ipv6Address, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
         let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(n2_addr6()));
-        let up = Config::default().uplink_mac;
         let len = 8 + payload.len();
-        testkit::ipv6_with(
-            CLIENT_MAC,
-            up,
-            src,
-            n2_addr6(),
-            64,
-            IpProtocol::Udp,
-            len,
-            |b| {
-                let mut u = UdpPacket::new_unchecked(b);
-                u.set_src_port(sport);
-                u.set_dst_port(dport);
-                u.set_len(len as u16);
-                u.payload_mut().copy_from_slice(payload);
-                u.fill_checksum(&s, &d);
-            },
-        )
+        to_n2(src, IpProtocol::Udp, len, |b| {
+            let mut u = UdpPacket::new_unchecked(b);
+            u.set_src_port(sport);
+            u.set_dst_port(dport);
+            u.set_len(len as u16);
+            u.payload_mut().copy_from_slice(payload);
+            u.fill_checksum(&s, &d);
+        })
     }
 
     /// n2 of [`three_nodes`] with UDP 5353 published too (to web's port 53).

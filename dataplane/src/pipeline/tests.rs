@@ -527,7 +527,13 @@ fn mss_at(f: &[u8], ip: usize) -> Option<u16> {
     .max_seg_size
 }
 
-fn run(p: &mut Pipeline, t: &ServiceTable, port: PortId, f: &[u8]) -> (Verdict, Vec<u8>) {
+/// Runs one frame through `p` on `port`: its verdict and the frame as the pipeline left it.
+pub(super) fn run(
+    p: &mut Pipeline,
+    t: &ServiceTable,
+    port: PortId,
+    f: &[u8],
+) -> (Verdict, Vec<u8>) {
     let mut burst = Burst::new();
     burst.push(PacketBuf::from_frame(port, f));
     let mut v = Verdicts::new();
