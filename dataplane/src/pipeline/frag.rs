@@ -395,6 +395,13 @@ impl Pipeline {
                 }
                 let a = *fl.action(dir);
                 let slot = fl.stats_slot(dir);
+                if let Egress::Uplink6 { mac } = a.egress {
+                    // A task's reply to an IPv6 client: `forward6` blames what it refuses itself.
+                    return match self.forward6(t, buf, &l3, &a, slot, id, mac) {
+                        Err(r @ (DropReason::NoIpv6 | DropReason::Ipv6Fragment)) => Err(r),
+                        r => r.map_err(|r| self.blame(slot, r)),
+                    };
+                }
                 // A later fragment's ports are not in it, so `process` cannot find its flow:
                 // its drop is blamed on the flow's task here.
                 self.forward_big(t, now, buf, &l3, &a, slot, dir)

@@ -23,7 +23,11 @@
 //! grows by 20 bytes, which the uplink always has room for: an overlay's MTU is at least 50
 //! under the uplink's, so whatever fits a task's network fits the uplink as IPv6 (TCP's MSS is
 //! clamped to the overlay both ways, as for IPv4 clients). A reply that would not fit anyway is
-//! dropped (`too_big`; meshd does not fragment IPv6), as is a fragmented one (`ipv6_fragment`).
+//! dropped (`too_big`; meshd does not fragment IPv6). A task's fragmented reply goes on as
+//! IPv6 fragments (RFC 7915 §4.1: a Fragment header with the same offset, flag and
+//! identification; 28 bytes longer, still within the uplink), its later pieces following the
+//! first by the fragment table; a fragmented UDP reply without a checksum is dropped
+//! (`ipv6_fragment`): IPv6 needs one and no piece holds the whole datagram.
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -255,32 +259,83 @@ impl Pipeline {
         id: u32,
         mac: [u8; 6],
     ) -> Result<Verdict, DropReason> {
+        if l3.frag != frag::Frag::Whole {
+            return self.forward6_piece(t, buf, l3, a, slot, id, mac);
+        }
+        self.convert6(t, buf, l3, a, (slot, id, mac), None)
+    }
+
+    /// [`Self::forward6`] of a fragment of the task's datagram: it goes on as one, behind a
+    /// Fragment header (RFC 7915 §4.1) with the same offset and more-fragments flag and its
+    /// IPv4 identification. Apart, so that whole packets pay nothing for it.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn forward6_piece(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        a: &Action,
+        slot: u16,
+        id: u32,
+        mac: [u8; 6],
+    ) -> Result<Verdict, DropReason> {
+        let f = buf.data();
+        let ff = u16::from_be_bytes([f[ETH + 6], f[ETH + 7]]);
+        let mut h = [l3.proto, 0, 0, 0, 0, 0, f[ETH + 4], f[ETH + 5]];
+        h[2..4]
+            .copy_from_slice(&(((ff & 0x1fff) << 3) | u16::from(ff & 0x2000 != 0)).to_be_bytes());
+        self.convert6(t, buf, l3, a, (slot, id, mac), Some(h))
+    }
+
+    /// The body of [`Self::forward6`]: `piece`, the Fragment header of a fragment.
+    #[inline(always)]
+    fn convert6(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        a: &Action,
+        (slot, id, mac): (u16, u32, [u8; 6]),
+        piece: Option<[u8; FRAGMENT_HEADER_LEN]>,
+    ) -> Result<Verdict, DropReason> {
         let Some(me) = t.node_addr6 else {
             return Err(self.blame(slot, DropReason::NoIpv6));
         };
-        if l3.frag != frag::Frag::Whole {
-            return Err(self.blame(slot, DropReason::Ipv6Fragment));
-        }
         let f = buf.data();
         let total = usize::from(u16::from_be_bytes([f[ETH + 2], f[ETH + 3]]));
         let payload = total.saturating_sub(l3.l4 - ETH);
-        if IPV6_HEADER_LEN + payload > usize::from(self.cfg.uplink_mtu) {
-            return Err(self.blame(slot, DropReason::TooBig));
+        let ext = if piece.is_some() {
+            FRAGMENT_HEADER_LEN
+        } else {
+            0
+        };
+        if IPV6_HEADER_LEN + ext + payload > usize::from(self.cfg.uplink_mtu) {
+            // Blamed on the flow's task by `process` or, for a later fragment, by `route`.
+            return Err(DropReason::TooBig);
         }
         self.task_stats.add(slot, 1, buf.len() as u64, 0);
-        nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, a);
-        if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
-            self.clamp_mss(t, buf, l3, a, Dir::Rev);
+        // A later fragment has no transport header: only its IPv4 header, replaced, would change.
+        if piece.is_none() || l3.frag != frag::Frag::Later {
+            nat::rewrite(buf.data_mut(), ETH, l3.l4, l3.proto, a);
+            if l3.proto == TCP && l3.flags & flow::tcp::SYN != 0 {
+                self.clamp_mss(t, buf, l3, a, Dir::Rev);
+            }
         }
         let client = self.flows.get(id).client6();
         to_ipv6(
             buf,
             l3,
             payload,
-            me.octets(),
-            client,
+            (me.octets(), client),
+            piece,
             (self.cfg.uplink_mac, mac),
-        )?;
+        )
+        .map_err(|r| match r {
+            DropReason::Ipv6Fragment => self.blame(slot, r),
+            r => r,
+        })?;
         Ok(Verdict::Tx(PortId::Uplink))
     }
 
@@ -374,53 +429,85 @@ fn to_ipv4(buf: &mut PacketBuf, h: &L3v6, src: u32, dst: u32) -> Result<usize, D
     Ok(ETH + IPV4)
 }
 
+/// The IPv6 Fragment header's length.
+const FRAGMENT_HEADER_LEN: usize = 8;
+
 /// Turns the IPv4 packet `l3` in `buf` (rewritten, `payload` bytes after its header) into IPv6
 /// from `src` to `dst` in place (RFC 7915 §4.1): traffic class its TOS, hop limit its time to
 /// live, the transport checksum moved to the IPv6 pseudo-header (a UDP datagram without one
-/// gets one: IPv6 requires it); `macs` (ours, the next hop's).
+/// gets one: IPv6 requires it); `macs` (ours, the next hop's). A fragment gets the Fragment
+/// header `piece` after the IPv6 header; only the first carries a checksum to move, and a UDP
+/// datagram without one cannot get one from a piece of it (`ipv6_fragment`).
+#[inline(always)]
 fn to_ipv6(
     buf: &mut PacketBuf,
     l3: &L3,
     payload: usize,
-    src: [u8; 16],
-    dst: [u8; 16],
+    (src, dst): ([u8; 16], [u8; 16]),
+    piece: Option<[u8; FRAGMENT_HEADER_LEN]>,
     macs: ([u8; 6], [u8; 6]),
 ) -> Result<(), DropReason> {
     let ihl = l3.l4 - ETH;
+    let ext = if piece.is_some() {
+        FRAGMENT_HEADER_LEN
+    } else {
+        0
+    };
     let f = buf.data();
     let (tos, ttl) = (f[ETH + 1], f[ETH + 8]);
     let from = words4(
         u32::from_be_bytes([f[ETH + 12], f[ETH + 13], f[ETH + 14], f[ETH + 15]]),
         u32::from_be_bytes([f[ETH + 16], f[ETH + 17], f[ETH + 18], f[ETH + 19]]),
     );
-    // The new header's start: 20 bytes before the old one's (less with IPv4 options).
-    let grow = IPV6_HEADER_LEN.saturating_sub(ihl);
-    let cut = ihl.saturating_sub(IPV6_HEADER_LEN);
+    // Written so that a whole packet (`piece` None) folds every fragment's test away.
+    let sum = piece.is_none() || l3.frag != frag::Frag::Later;
+    if piece.is_some() && l3.frag == frag::Frag::First && l3.proto == UDP {
+        let c = csum_at(UDP, l3.l4);
+        // No checksum: IPv6 needs one, and a piece cannot compute the datagram's.
+        if f.get(c..c + 2) == Some(&[0, 0][..]) {
+            return Err(DropReason::Ipv6Fragment);
+        }
+    }
+    // The new headers' start: 20 bytes (28 with a Fragment header) before the old one's, less
+    // with IPv4 options.
+    let grow = (IPV6_HEADER_LEN + ext).saturating_sub(ihl);
+    let cut = ihl.saturating_sub(IPV6_HEADER_LEN + ext);
     if grow > 0 {
         buf.prepend(grow).ok_or(DropReason::NoHeadroom)?;
     } else if !buf.trim_front(cut) {
         return Err(DropReason::Truncated);
     }
-    let l4 = ETH + IPV6_HEADER_LEN;
+    let l4 = ETH + IPV6_HEADER_LEN + ext;
     buf.truncate(l4 + payload);
     let f = buf.data_mut();
     let c = csum_at(l3.proto, l4);
-    if f.len() < l4 + payload || c + 2 > f.len() {
+    if f.len() < l4 + payload || (sum && c + 2 > f.len()) {
         return Err(DropReason::Truncated);
     }
     let (smac, dmac) = macs;
     f[0..6].copy_from_slice(&dmac);
     f[6..12].copy_from_slice(&smac);
     put16(f, 12, 0x86dd);
+    let ip6 = ETH + IPV6_HEADER_LEN;
     Ipv6Repr {
         src_addr: Ipv6Address::from(src),
         dst_addr: Ipv6Address::from(dst),
-        next_header: IpProtocol::from(l3.proto),
-        payload_len: payload,
+        next_header: if piece.is_some() {
+            IpProtocol::Ipv6Frag
+        } else {
+            IpProtocol::from(l3.proto)
+        },
+        payload_len: ext + payload,
         hop_limit: ttl,
     }
-    .emit(&mut Ipv6Packet::new_unchecked(&mut f[ETH..l4]));
-    Ipv6Packet::new_unchecked(&mut f[ETH..l4]).set_traffic_class(tos);
+    .emit(&mut Ipv6Packet::new_unchecked(&mut f[ETH..ip6]));
+    Ipv6Packet::new_unchecked(&mut f[ETH..ip6]).set_traffic_class(tos);
+    if let Some(h) = piece {
+        f[ip6..l4].copy_from_slice(&h);
+    }
+    if !sum {
+        return Ok(());
+    }
     let old = nat::be16(f, c);
     if l3.proto == UDP && old == 0 {
         let (s, d) = (Ipv6Address::from(src).into(), Ipv6Address::from(dst).into());
@@ -751,6 +838,71 @@ mod tests {
             let u = UdpPacket::new_checked(&back[h.l4..h.end]).unwrap();
             assert!(u.checksum() != 0 && u.verify_checksum(&h.src.into(), &h.dst.into()));
             assert_eq!((u.src_port(), u.payload()), (5353, &b"pong"[..]));
+        }
+    }
+
+    #[test]
+    fn a_tasks_fragmented_reply_reaches_the_ipv6_client_as_ipv6_fragments() {
+        let (t, mut p) = udp_on_n2();
+        let to = (50000..50100)
+            .find_map(|sport| {
+                let (v, out) = run(
+                    &mut p,
+                    &t,
+                    PortId::Uplink,
+                    &udp6(client(4), sport, 5353, b"big?"),
+                );
+                (v == Verdict::Tx(PortId::Tasks)).then_some(out)
+            })
+            .expect("a datagram to web.1");
+        let l3 = parse_ipv4(&to, ETH, true).unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let tasks_mac = p.cfg.tasks_mac;
+        let answer = |sum: bool| {
+            let mut f = testkit::udp_frame(
+                WEB1_MAC,
+                tasks_mac,
+                addr(WEB1),
+                53,
+                addr(l3.src),
+                l3.sport,
+                &data,
+            );
+            if !sum {
+                put16(&mut f, ETH + 20 + 6, 0);
+            }
+            // web.1's stack splits it for its network's 1450 (no DF), as Linux does.
+            testkit::fragment(&f, 1450, 0x1234)
+        };
+        let pieces = answer(true);
+        assert_eq!(pieces.len(), 3);
+        let mut joined = Vec::new();
+        for (k, piece) in pieces.iter().enumerate() {
+            let (v, out) = run(&mut p, &t, PortId::Tasks, piece);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink), "fragment {k}");
+            let ip = Ipv6Packet::new_checked(&out[ETH..]).unwrap();
+            assert_eq!(
+                (ip.src_addr(), ip.dst_addr(), ip.next_header()),
+                (n2_addr6(), client(4), IpProtocol::Ipv6Frag)
+            );
+            assert!(out.len() - ETH <= 1500, "fits the uplink");
+            let fh = &ip.payload()[..8];
+            let off = usize::from(u16::from_be_bytes([fh[2], fh[3]]) >> 3) * 8;
+            let more = fh[3] & 1 == 1;
+            assert_eq!(fh[0], UDP);
+            assert_eq!(&fh[4..], &[0, 0, 0x12, 0x34], "the IPv4 identification");
+            assert_eq!((off, more), (k * 1424, k < 2), "fragment {k}");
+            assert_eq!(off, joined.len());
+            joined.extend_from_slice(&ip.payload()[8..]);
+        }
+        let u = UdpPacket::new_checked(&joined[..]).unwrap();
+        assert!(u.verify_checksum(&n2_addr6().into(), &client(4).into()));
+        assert_eq!((u.src_port(), u.payload()), (5353, &data[..]));
+        // Without a checksum, a piece cannot get the whole datagram's: dropped, and the
+        // later pieces follow the first.
+        for piece in answer(false) {
+            let (v, _) = run(&mut p, &t, PortId::Tasks, &piece);
+            assert_eq!(v, Verdict::Drop(DropReason::Ipv6Fragment));
         }
     }
 
