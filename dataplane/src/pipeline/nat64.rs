@@ -773,15 +773,43 @@ mod tests {
     /// n2 of [`three_nodes`] with UDP 5353 published too (to web's port 53).
     fn udp_on_n2() -> (ServiceTable, Pipeline) {
         let (_, p) = on_n2(1, 0);
-        let mut s = three_nodes();
-        s.services[0].ports.push(ctl::model::PublishedPort {
-            protocol: ctl::model::Protocol::Udp,
-            published: 5353,
-            target: 53,
-            mode: ctl::model::PublishMode::Ingress,
-        });
+        let mut s = crate::pipeline::tests::udp_published();
         s.nodes.iter_mut().find(|n| n.name == "n2").unwrap().addr6 = Some(n2_addr6());
         (ServiceTable::build(&s, "n2", 1).unwrap(), p)
+    }
+
+    /// Sends `data` from `c` to UDP 5353 from the first source port whose flow goes to web.1:
+    /// the datagram web.1 got, and its parsed header.
+    fn udp_to_web1(
+        p: &mut Pipeline,
+        t: &ServiceTable,
+        c: Ipv6Address,
+        data: &[u8],
+    ) -> (L3, Vec<u8>) {
+        let to = (50000..50100)
+            .find_map(|sport| {
+                let (v, out) = run(p, t, PortId::Uplink, &udp6(c, sport, 5353, data));
+                (v == Verdict::Tx(PortId::Tasks)).then_some(out)
+            })
+            .expect("a datagram to web.1");
+        (parse_ipv4(&to, ETH, true).unwrap(), to)
+    }
+
+    /// web.1's answer `data` to the datagram `to` (as it reached web.1), with a checksum if `sum`.
+    fn web1_answer(tasks_mac: [u8; 6], to: &L3, data: &[u8], sum: bool) -> Vec<u8> {
+        let mut f = testkit::udp_frame(
+            WEB1_MAC,
+            tasks_mac,
+            addr(WEB1),
+            53,
+            addr(to.src),
+            to.sport,
+            data,
+        );
+        if !sum {
+            put16(&mut f, ETH + 20 + 6, 0);
+        }
+        f
     }
 
     #[test]
@@ -801,36 +829,14 @@ mod tests {
         none[at..at + 2].copy_from_slice(&[0, 0]);
         let (v, _) = run(&mut p, &t, PortId::Uplink, &none);
         assert_eq!(v, Verdict::Drop(DropReason::BadL4Checksum));
-        let to = (50000..50100)
-            .find_map(|sport| {
-                let (v, out) = run(
-                    &mut p,
-                    &t,
-                    PortId::Uplink,
-                    &udp6(client(2), sport, 5353, b"ping"),
-                );
-                (v == Verdict::Tx(PortId::Tasks)).then_some(out)
-            })
-            .expect("a datagram to web.1");
-        let l3 = parse_ipv4(&to, ETH, true).unwrap();
+        let (l3, to) = udp_to_web1(&mut p, &t, client(2), b"ping");
         assert_eq!(
             (l3.dst, l3.dport, &to[l3.l4 + 8..]),
             (WEB1, 53, &b"ping"[..])
         );
         // web.1 answers without a checksum (IPv4 allows it): IPv6 gets one.
         for sum in [true, false] {
-            let mut f = testkit::udp_frame(
-                WEB1_MAC,
-                p.cfg.tasks_mac,
-                addr(WEB1),
-                53,
-                addr(l3.src),
-                l3.sport,
-                b"pong",
-            );
-            if !sum {
-                put16(&mut f, ETH + 20 + 6, 0);
-            }
+            let f = web1_answer(p.cfg.tasks_mac, &l3, b"pong", sum);
             let (v, back) = run(&mut p, &t, PortId::Tasks, &f);
             assert_eq!(v, Verdict::Tx(PortId::Uplink), "checksum {sum}");
             let h = parse_ipv6(&back, ETH).unwrap();
@@ -844,35 +850,12 @@ mod tests {
     #[test]
     fn a_tasks_fragmented_reply_reaches_the_ipv6_client_as_ipv6_fragments() {
         let (t, mut p) = udp_on_n2();
-        let to = (50000..50100)
-            .find_map(|sport| {
-                let (v, out) = run(
-                    &mut p,
-                    &t,
-                    PortId::Uplink,
-                    &udp6(client(4), sport, 5353, b"big?"),
-                );
-                (v == Verdict::Tx(PortId::Tasks)).then_some(out)
-            })
-            .expect("a datagram to web.1");
-        let l3 = parse_ipv4(&to, ETH, true).unwrap();
+        let (l3, _) = udp_to_web1(&mut p, &t, client(4), b"big?");
         let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
         let tasks_mac = p.cfg.tasks_mac;
         let answer = |sum: bool| {
-            let mut f = testkit::udp_frame(
-                WEB1_MAC,
-                tasks_mac,
-                addr(WEB1),
-                53,
-                addr(l3.src),
-                l3.sport,
-                &data,
-            );
-            if !sum {
-                put16(&mut f, ETH + 20 + 6, 0);
-            }
             // web.1's stack splits it for its network's 1450 (no DF), as Linux does.
-            testkit::fragment(&f, 1450, 0x1234)
+            testkit::fragment(&web1_answer(tasks_mac, &l3, &data, sum), 1450, 0x1234)
         };
         let pieces = answer(true);
         assert_eq!(pieces.len(), 3);

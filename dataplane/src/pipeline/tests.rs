@@ -1333,7 +1333,7 @@ fn every_drop_reason_is_produced_and_counted() {
 // ---- fragments: forwarded by their datagram's flow; too-big packets fragmented -------------
 
 /// The seed layout with UDP 5353 published too (to port 53 of web's tasks).
-fn udp_published() -> ctl::model::State {
+pub(super) fn udp_published() -> ctl::model::State {
     let mut s = three_nodes();
     s.services[0].ports.push(ctl::model::PublishedPort {
         protocol: ctl::model::Protocol::Udp,
