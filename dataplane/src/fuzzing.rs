@@ -338,6 +338,24 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
     let ext = [60u8, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0];
     chained.splice(14 + 40..14 + 40, ext);
     chained[14 + 5] += 16;
+    // A 2,000-byte UDP datagram in IPv6 pieces (they take the fragment path as IPv4's do).
+    let big6 = testkit::ipv6_with(
+        cmac,
+        up,
+        c6,
+        n1_6,
+        64,
+        smoltcp::wire::IpProtocol::Udp,
+        2008,
+        |b| {
+            b[..8].copy_from_slice(&[0x13, 0x88, 0x1f, 0x90, 0x07, 0xd8, 0, 1]);
+            b[8..].fill(1);
+        },
+    );
+    let pieces6: Vec<Vec<u8>> = testkit::fragment6(&big6, 1400, 9)
+        .iter()
+        .map(|f| record(false, false, 0, f))
+        .collect();
     let on = |node: u8, recs: Vec<Vec<u8>>| {
         let mut v = vec![node];
         for r in recs {
@@ -346,6 +364,7 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
         v
     };
     vec![
+        on(0, pieces6),
         on(
             0,
             vec![

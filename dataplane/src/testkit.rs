@@ -732,6 +732,34 @@ pub fn ipv6_with(
     f
 }
 
+/// Splits an Ethernet/IPv6 frame with no extension headers into the fragments a link of
+/// `mtu` gives it (RFC 8200 §4.5): each the IPv6 header, a Fragment header with identification
+/// `id`, and at most `mtu - 48` bytes (a multiple of 8 but the last) of what followed the
+/// header.
+// Casts: test frames are under 64 KiB.
+#[allow(clippy::cast_possible_truncation)]
+pub fn fragment6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
+    let next = frame[ETH_LEN + 6];
+    let payload = &frame[ETH_LEN + 40..];
+    let chunk = (mtu - 48) & !7;
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(k, c)| {
+            let mut f = frame[..ETH_LEN + 40].to_vec();
+            f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&((8 + c.len()) as u16).to_be_bytes());
+            f[ETH_LEN + 6] = 44;
+            let more = u16::from((k + 1) * chunk < payload.len());
+            let word = ((k * chunk) as u16) | more;
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&word.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend_from_slice(c);
+            f
+        })
+        .collect()
+}
+
 /// An ICMPv6 message (`repr`) in a frame, its checksum filled in.
 pub fn icmpv6_frame(
     src_mac: Mac,

@@ -100,10 +100,10 @@ fn mebibyte_each_way(s: &Scratch, ns: &str, base: &str, what: &str) {
 /// fragments), and two of several fragments.
 const UDP_SIZES: [usize; 4] = [1400, 1473, 4000, 8000];
 
-/// From namespace `ns`: UDP datagrams of each of `UDP_SIZES` to `to`, each echoed whole (the
-/// whoami's name, a space, then the datagram) and intact.
+/// From namespace `ns`: UDP datagrams of each of `UDP_SIZES` to `to` (IPv4 or IPv6), each
+/// echoed whole (the whoami's name, a space, then the datagram) and intact.
 fn udp_sizes_echoed(ns: &str, to: SocketAddr, what: &str) {
-    let sock = probe::udp_socket(ns).unwrap().unwrap();
+    let sock = probe::udp_socket_for(ns, to).unwrap().unwrap();
     for n in UDP_SIZES {
         let body = whoami::pattern(n);
         // A datagram lost to the path MTU discovery of the client's kernel (its first at a new
@@ -210,8 +210,10 @@ fn vip_paths(m: &mut Mesh, s: &Scratch) {
 /// Published ports over IPv6 (the node's `--addr6`) through every node, the tasks on n2: a
 /// mebibyte each way by `curl -6` (its segments, 20 bytes shorter as IPv4, fit the overlay by
 /// the MSS meshd clamps; the replies, 20 bytes longer as IPv6, fit the uplink), through a
-/// service that keeps the client's IP too (an IPv6 client is masqueraded all the same), and a
-/// 1,400-byte UDP datagram echoed.
+/// service that keeps the client's IP too (an IPv6 client is masqueraded all the same), and UDP
+/// datagrams of every size echoed: those over the client's link go as IPv6 pieces, reach the
+/// task as IPv4 fragments (fragmented again for the overlay), and the task's fragmented echo
+/// comes back as IPv6 pieces.
 #[test]
 fn a_mebibyte_crosses_published_ports_over_ipv6_through_every_node() {
     let Some(mut m) = mesh("v6") else { return };
@@ -235,12 +237,7 @@ fn a_mebibyte_crosses_published_ports_over_ipv6_through_every_node() {
             );
         }
         let to = SocketAddr::from((a6, 5353));
-        let sock = probe::udp_socket_for(&client, to).unwrap().unwrap();
-        let body = whoami::pattern(1400);
-        let got = (0..3)
-            .find_map(|_| probe::udp_echo_on(&sock, to, &body, Duration::from_secs(2)).ok())
-            .unwrap_or_else(|| panic!("{node}: no echo of 1,400 bytes from {to}"));
-        assert!(got.ends_with(&body), "{node}: {} bytes back", got.len());
+        udp_sizes_echoed(&client, to, &format!("{to} ({node})"));
     }
 }
 

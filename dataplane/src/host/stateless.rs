@@ -172,6 +172,10 @@ fn build_answer6(frame: &[u8], out: &mut [u8]) -> Option<usize> {
     if dst.is_multicast() || src.is_multicast() || src.is_unspecified() {
         return None;
     }
+    // Only a datagram's first piece holds its transport header to answer.
+    if h.frag.is_some_and(|p| p.ff & 0x1fff != 0) {
+        return None;
+    }
     let l4 = frame.get(h.l4..h.end)?;
     let caps = ChecksumCapabilities::default();
     // Back the way it came: from the frame's destination MAC and address to its source.
@@ -388,6 +392,24 @@ mod tests {
             "destination unreachable, port unreachable"
         );
         assert_eq!(&l4[8..], &udp[ETH..], "the packet in error, whole");
+        // A datagram in pieces: the first, which holds the ports, is answered; a later piece,
+        // only data, is not.
+        let big = crate::testkit::ipv6_with(
+            CLIENT,
+            NODE,
+            v6("fd00::c"),
+            v6("fd00::11"),
+            64,
+            IpProtocol::Udp,
+            3000,
+            |b| {
+                b[0..8].copy_from_slice(&[0x9c, 0x40, 0, 53, 0x0b, 0xb8, 0, 0]);
+            },
+        );
+        let pieces = crate::testkit::fragment6(&big, 1500, 5);
+        let (proto, l4) = answer6(&pieces[0]);
+        assert_eq!((proto, l4[0], l4[1]), (IpProtocol::Icmpv6, 1, 4));
+        assert!(answer_frame(&pieces[1]).is_none());
         // Never to a multicast or an unspecified source, never to a RST.
         let from_group = crate::testkit::icmpv6_frame(
             CLIENT,

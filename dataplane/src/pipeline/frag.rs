@@ -17,6 +17,10 @@
 //! belongs to another worker, the path hands the fragment to it, and the collector hands it
 //! the datagram's other fragments too, in order, marked [`PacketBuf::pinned`] so the owner
 //! does not steer them back.
+//!
+//! The pieces of an IPv6 client's datagram to a published port take this path too, still IPv6
+//! ([`Way::Nat64`]): keyed by the client's stand-in and identification, the first finds the
+//! flow, and each is turned into an IPv4 fragment when it is forwarded (`nat64`).
 
 use super::*;
 use crate::nat::be16;
@@ -57,7 +61,8 @@ const RANGES: usize = 8;
 pub(super) struct FragKey {
     src: u32,
     dst: u32,
-    id: u16,
+    /// IPv4's 16 bits, or IPv6's 32.
+    id: u32,
     proto: u8,
 }
 
@@ -93,13 +98,19 @@ pub(super) enum Route {
     Drop(DropReason),
 }
 
-/// How a fragment reached the pipeline: on its port, or inside VXLAN from a peer.
+/// How a fragment reached the pipeline: on its port, inside VXLAN from a peer, or as a piece
+/// of an IPv6 client's datagram (still IPv6 in the buffer; `L3` holds its stand-in, as
+/// `published6` makes it).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Way {
     Direct,
     /// Inside VXLAN with this outer packet.
     Decap {
         outer: L3,
+    },
+    /// From this IPv6 client.
+    Nat64 {
+        client: [u8; 16],
     },
 }
 
@@ -260,18 +271,28 @@ impl Pipeline {
             // another task's datagram would be forwarded as that datagram's.
             self.task_source(t, now, buf, l3.src)?;
         }
-        let ip = l3.l4 - IPV4;
-        let (id, start, end, last) = {
+        let (id, ff, len) = if let Way::Nat64 { .. } = way {
+            let h = super::ipv6::parse_ipv6(buf.data(), ETH)?;
+            let piece = h.frag.ok_or(DropReason::Ipv6Fragment)?;
+            let len = u16::try_from(h.end - h.l4).map_err(|_| DropReason::BadFragment)?;
+            (piece.id, piece.ff, len)
+        } else {
+            let ip = l3.l4 - IPV4;
             let h = buf.data().get(ip..ip + IPV4).ok_or(DropReason::Truncated)?;
-            let ff = be16(h, 6);
-            let start = (ff & 0x1fff) * 8;
-            // Checked by `parse_fragment`: the fragment ends at or before byte 65,535.
-            let end = start.saturating_add(be16(h, 2) - 20);
-            (be16(h, 4), start, end, ff & 0x2000 == 0)
+            (u32::from(be16(h, 4)), be16(h, 6), be16(h, 2) - 20)
         };
+        let start = (ff & 0x1fff) * 8;
+        // Checked by `parse_fragment`: the fragment ends at or before byte 65,535.
+        let (end, last) = (start.saturating_add(len), ff & 0x2000 == 0);
         let key = FragKey {
             src: l3.src,
-            dst: l3.dst,
+            // An IPv6 client's datagrams are told apart by more of its address than the
+            // stand-in holds, so that a client whose stand-in is another's cannot add to its
+            // datagrams.
+            dst: match way {
+                Way::Nat64 { client } => super::nat64::frag_tag(&client),
+                _ => l3.dst,
+            },
             id,
             proto: l3.proto,
         };
@@ -341,6 +362,7 @@ impl Pipeline {
             (Way::Direct, PortId::Tasks) => self.on_task(t, now, buf, l3),
             // The inner packet is read again from the frame (`l3` is the same).
             (Way::Decap { outer }, _) => self.decap_replay(t, now, buf, outer),
+            (Way::Nat64 { client }, _) => self.published6_first(t, now, buf, l3, client),
         }
     }
 
@@ -364,7 +386,7 @@ impl Pipeline {
         t: &ServiceTable,
         now: u32,
         buf: &mut PacketBuf,
-        l3: L3,
+        mut l3: L3,
         way: Way,
         route: Route,
     ) -> Result<Verdict, DropReason> {
@@ -376,14 +398,23 @@ impl Pipeline {
             Route::Path => self.path(t, now, buf, l3, way),
             Route::Drop(r) => Err(r),
             Route::Host(r) => {
-                decapsulate(buf, way)?;
+                decapsulate(buf, way, &mut l3)?;
                 Ok(Verdict::Host(r))
             }
             Route::Flow(key) => {
-                decapsulate(buf, way)?;
+                // Fix (found by the testbed): `l3`'s offsets moved too, which a piece of a
+                // task's reply to an IPv6 client needs (`forward6` reads its length by them).
+                decapsulate(buf, way, &mut l3)?;
                 let Some((id, dir)) = self.lookup_live(t, &key, key.hash()) else {
                     return Err(DropReason::NoRoute);
                 };
+                if let Way::Nat64 { client } = way {
+                    // Another client whose stand-in and identification match: not its flow.
+                    if self.flows.get(id).client6() != client {
+                        return Err(DropReason::Ipv6ClientCollision);
+                    }
+                    l3.l4 = super::nat64::piece_to_ipv4(buf, l3.src)?;
+                }
                 // No TCP state moves: a later fragment has no TCP header.
                 let fl = self.flows.get_mut(id);
                 match dir {
@@ -439,7 +470,9 @@ impl Pipeline {
         Ok(Verdict::Consumed)
     }
 
-    /// Sends on the held fragments of `key`, now that its route is known.
+    /// Sends on the held fragments of `key`, now that its route is known. Inlined: every first
+    /// fragment calls it, and it has nothing to do but when a fragment came early.
+    #[inline(always)]
     fn release(&mut self, t: &ServiceTable, now: u32, key: FragKey, route: Route) {
         let mut i = 0;
         while i < self.held.len() {
@@ -567,12 +600,15 @@ impl Pipeline {
 }
 
 /// Strips the VXLAN headers of a fragment that came inside VXLAN (as `decap` does before it
-/// delivers).
-fn decapsulate(buf: &mut PacketBuf, way: Way) -> Result<(), DropReason> {
-    match way {
-        Way::Decap { .. } if !buf.trim_front(vxlan::ENCAP_LEN) => Err(DropReason::Truncated),
-        _ => Ok(()),
+/// delivers), and moves its header's offsets (`l3`) with them.
+fn decapsulate(buf: &mut PacketBuf, way: Way, l3: &mut L3) -> Result<(), DropReason> {
+    if let Way::Decap { .. } = way {
+        if !buf.trim_front(vxlan::ENCAP_LEN) {
+            return Err(DropReason::Truncated);
+        }
+        l3.l4 -= vxlan::ENCAP_LEN;
     }
+    Ok(())
 }
 
 /// `bytes` (a multiple of 8) in fragment-offset units.

@@ -1,8 +1,9 @@
 //! IPv6 to the node's own address (`--addr6`): the header and a bounded walk over its extension
 //! headers (every IPv6 drop reason comes from [`parse_ipv6`]), Neighbor Discovery answered in
 //! place as ARP is (RFC 4861), echo requests and TCP/UDP handed to the host side, which answers
-//! them as a host with no sockets would (`host::stateless`). Published ports and the overlay
-//! are IPv4 only so far: tasks' IPv6 is dropped as `no_ipv6`.
+//! them as a host with no sockets would (`host::stateless`), TCP and UDP to published ports
+//! (and their pieces) translated to IPv4 (`nat64`). The overlay is IPv4 only so far: tasks'
+//! IPv6 is dropped as `no_ipv6`.
 
 use smoltcp::wire::{
     Icmpv6Message, Icmpv6Packet, Icmpv6Repr, Ipv6Address, NdiscNeighborFlags, NdiscRepr,
@@ -30,6 +31,20 @@ pub struct L3v6 {
     pub l4: usize,
     /// Offset of the packet's end in the frame (Ethernet padding excluded).
     pub end: usize,
+    /// Its Fragment header, when it is a piece of a datagram: then `proto` is what the
+    /// header names and `l4` is where the piece's data starts (the upper-layer header in the
+    /// first piece, the middle of the datagram in later ones).
+    pub frag: Option<Frag6>,
+}
+
+/// An IPv6 Fragment header (RFC 8200 §4.5) of a piece that is not the whole datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frag6 {
+    /// The fragment offset and more-fragments flag as IPv4 carries them: the offset in
+    /// 8-byte units in the low 13 bits, 0x2000 for more fragments.
+    pub ff: u16,
+    /// The datagram's identification.
+    pub id: u32,
 }
 
 /// Extension headers walked as "next header, length in 8-octet units after the first 8":
@@ -55,10 +70,15 @@ const DEST_OPTIONS: u8 = 60;
 /// Checks the IPv6 header at `off` in `frame` and walks its extension headers to the
 /// upper-layer protocol: at most [`MAX_IPV6_EXT_HEADERS`], hop-by-hop only first, no kind
 /// twice but destination options (before routing and at the end), each within the packet.
+/// The walk stops at a Fragment header (the rest is the datagram's piece, [`L3v6::frag`]),
+/// but for an atomic fragment (offset 0, no more fragments: the whole datagram, which RFC
+/// 6946 says to take as unfragmented), after which it goes on.
 //= https://www.rfc-editor.org/rfc/rfc8200#section-4.1
 //# Each extension header should occur at most once, except for the Destination Options
 //# header, which should occur at most twice (once before a Routing header and once before
 //# the upper-layer header).
+// Always inlined: `ipv6` is the published ports' path; the fragment path's calls are cold.
+#[inline(always)]
 pub fn parse_ipv6(frame: &[u8], off: usize) -> Result<L3v6, DropReason> {
     let h = frame
         .get(off..)
@@ -76,21 +96,44 @@ pub fn parse_ipv6(frame: &[u8], off: usize) -> Result<L3v6, DropReason> {
     let mut at = off + IPV6;
     let mut seen = 0u8;
     let mut dest_options = 0u8;
+    let mut atomic = false;
+    let done = |proto, l4, frag| {
+        let src: [u8; 16] = h[8..24].try_into().unwrap_or([0; 16]);
+        let dst: [u8; 16] = h[24..40].try_into().unwrap_or([0; 16]);
+        Ok(L3v6 {
+            src: Ipv6Address::from(src),
+            dst: Ipv6Address::from(dst),
+            hop_limit: h[7],
+            proto,
+            l4,
+            end,
+            frag,
+        })
+    };
     for walked in 0..=MAX_IPV6_EXT_HEADERS {
         if next == FRAGMENT_HEADER {
-            return Err(DropReason::Ipv6Fragment);
+            if walked == MAX_IPV6_EXT_HEADERS || atomic {
+                return Err(DropReason::Ipv6ExtChain);
+            }
+            let e = frame
+                .get(at..end)
+                .and_then(|b| b.first_chunk::<8>())
+                .ok_or(DropReason::Ipv6Fragment)?;
+            let word = u16::from_be_bytes([e[2], e[3]]);
+            let frag = Frag6 {
+                ff: (word >> 3) | if word & 1 != 0 { 0x2000 } else { 0 },
+                id: u32::from_be_bytes([e[4], e[5], e[6], e[7]]),
+            };
+            next = e[0];
+            at += 8;
+            if frag.ff != 0 {
+                return done(next, at, Some(frag));
+            }
+            atomic = true;
+            continue;
         }
         let Some(bit) = ext_bit(next) else {
-            let src: [u8; 16] = h[8..24].try_into().unwrap_or([0; 16]);
-            let dst: [u8; 16] = h[24..40].try_into().unwrap_or([0; 16]);
-            return Ok(L3v6 {
-                src: Ipv6Address::from(src),
-                dst: Ipv6Address::from(dst),
-                hop_limit: h[7],
-                proto: next,
-                l4: at,
-                end,
-            });
+            return done(next, at, None);
         };
         let repeated = if next == DEST_OPTIONS {
             dest_options += 1;
@@ -157,6 +200,14 @@ impl Pipeline {
         let for_me = h.dst == me;
         if !for_me && h.dst != solicited_node(me) && h.dst != ALL_NODES {
             return Err(DropReason::NotForUs);
+        }
+        if let Some(piece) = h.frag {
+            // Pieces of a client's TCP or UDP to a published port go on as IPv4 fragments;
+            // meshd reassembles nothing, so no other piece can be answered.
+            return match h.proto {
+                TCP | UDP if for_me => self.published6_piece(t, now, buf, &h, piece),
+                _ => Err(DropReason::Ipv6Fragment),
+            };
         }
         match h.proto {
             ICMPV6 => self.icmpv6(me, &h, buf, for_me),
@@ -320,6 +371,26 @@ mod tests {
     }
 
     #[test]
+    fn a_fragment_header_ends_the_walk_but_in_an_atomic_fragment() {
+        // A later piece: offset 1,448 (181 units), more fragments, identification 0x01020304.
+        let piece = [17, 0, 0x05, 0xa9, 1, 2, 3, 4];
+        let h = parse_ipv6(
+            &frame(60, &[[44, 0, 0, 0, 0, 0, 0, 0], piece].concat(), &[0; 16]),
+            ETH,
+        )
+        .unwrap();
+        let want = Frag6 {
+            ff: 0x2000 | 181,
+            id: 0x0102_0304,
+        };
+        assert_eq!((h.frag, h.proto, h.l4), (Some(want), 17, ETH + 56));
+        // An atomic fragment: the walk goes on to the upper layer.
+        let atomic = [60, 0, 0, 0, 0, 0, 0, 9];
+        let h = parse_ipv6(&frame(44, &[atomic, ext(6)].concat(), &[0; 20]), ETH).unwrap();
+        assert_eq!((h.frag, h.proto, h.l4), (None, 6, ETH + 56));
+    }
+
+    #[test]
     fn bad_chains_are_dropped_by_reason() {
         use DropReason::*;
         // Hop-by-hop after another header.
@@ -340,8 +411,13 @@ mod tests {
             Err(Ipv6ExtChain),
             "no room for the header it names"
         );
-        // A fragment.
-        assert_eq!(parse_ipv6(&frame(44, &ext(6), &[]), ETH), Err(Ipv6Fragment));
+        // A Fragment header cut short, and two of them.
+        assert_eq!(
+            parse_ipv6(&frame(44, &[6, 0, 0], &[]), ETH),
+            Err(Ipv6Fragment)
+        );
+        let c = [ext(44), ext(6)].concat();
+        assert_eq!(parse_ipv6(&frame(44, &c, &[0; 20]), ETH), Err(Ipv6ExtChain));
         // The header itself.
         let mut f = frame(6, &[], &[0; 20]);
         f[ETH] = 0x45;
@@ -616,7 +692,8 @@ mod tests {
             let f = frame(next, &bytes, &[]);
             if let Ok(h) = parse_ipv6(&f, ETH) {
                 proptest::prop_assert!(h.l4 <= h.end && h.end == f.len());
-                proptest::prop_assert!(ext_bit(h.proto).is_none() && h.proto != FRAGMENT_HEADER);
+                // A piece's data follows its Fragment header, whatever that names.
+                proptest::prop_assert!(h.frag.is_some() || (ext_bit(h.proto).is_none() && h.proto != FRAGMENT_HEADER));
             }
         }
     }

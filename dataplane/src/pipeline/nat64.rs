@@ -28,13 +28,16 @@
 //! identification; 28 bytes longer, still within the uplink), its later pieces following the
 //! first by the fragment table; a fragmented UDP reply without a checksum is dropped
 //! (`ipv6_fragment`): IPv6 needs one and no piece holds the whole datagram.
+//!
+//! A client's datagram in pieces goes on the same way, piece by piece (RFC 7915 §5.1.1), by
+//! the IPv4 fragment path ([`Self::published6_piece`]); nothing is reassembled.
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     Icmpv6Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpSeqNumber, IPV6_HEADER_LEN, IPV6_MIN_MTU,
 };
 
-use super::ipv6::L3v6;
+use super::ipv6::{Frag6, L3v6};
 use super::*;
 use crate::fastmap::mix64;
 
@@ -49,6 +52,18 @@ pub fn stand_in(client: &[u8; 16]) -> u32 {
     #[allow(clippy::cast_possible_truncation)]
     let h = mix64(hi ^ mix64(lo ^ 0x6e61_7436_3473_7464)) as u32;
     0xf000_0000 | (h & 0x0fff_ffff)
+}
+
+/// A second hash of an IPv6 client's address, beside its stand-in in the key of its
+/// datagrams' pieces (`frag::FragKey`): two clients share one only if 60 bits of two hashes
+/// match.
+pub(super) fn frag_tag(client: &[u8; 16]) -> u32 {
+    let [hi, lo] =
+        [&client[..8], &client[8..]].map(|h| u64::from_be_bytes(h.try_into().unwrap_or([0; 8])));
+    // Casts: the hash's high 32 bits.
+    #[allow(clippy::cast_possible_truncation)]
+    let h = (mix64(lo ^ mix64(hi ^ 0x6672_6167_7461_6736)) >> 32) as u32;
+    h
 }
 
 /// The checksum delta of replacing the pseudo-header's addresses `from` by `to` (16-bit words;
@@ -135,15 +150,6 @@ impl Pipeline {
             }
             (p.src_port(), p.dst_port(), 0, 0)
         };
-        let proto = if h.proto == TCP {
-            IpProtocol::Tcp
-        } else {
-            IpProtocol::Udp
-        };
-        let Some(p) = t.published(proto, dport) else {
-            return Ok(Verdict::Host(HostReason::Ipv6Port));
-        };
-        let p = *p;
         if h.src.is_multicast() || h.src.is_unspecified() {
             return Err(DropReason::BadIpv6Header);
         }
@@ -159,28 +165,9 @@ impl Pipeline {
             l4: 0,
             frag: frag::Frag::Whole,
         };
-        // Steered as it arrived: the owner converts it.
-        if let Some(v) = self.handoff(self.published_owner(&l3)) {
-            return Ok(v);
-        }
-        if h.hop_limit <= 1 {
-            return Err(DropReason::TtlExpired);
-        }
-        let key = l3.key();
-        let hash = key.hash();
-        let id = match self.lookup_live(t, &key, hash) {
-            Some((id, Dir::Fwd)) => {
-                if self.flows.get(id).client6() != client6 {
-                    return Err(DropReason::Ipv6ClientCollision);
-                }
-                id
-            }
-            // No reverse key has destination 0.0.0.0.
-            Some((_, Dir::Rev)) => return Err(DropReason::NoRoute),
-            None => match self.open_ingress(t, now, buf, &l3, key, hash, p, Some(client6))? {
-                Ok(id) => id,
-                Err(v) => return Ok(v),
-            },
+        let id = match self.flow6(t, now, buf, &l3, client6)? {
+            Ok(id) => id,
+            Err(v) => return Ok(v),
         };
         let fl = self.flows.get(id);
         let (a, slot) = (fl.fwd, fl.stats_slot(Dir::Fwd));
@@ -194,7 +181,126 @@ impl Pipeline {
                 }
             }
         }
-        l3.l4 = to_ipv4(buf, h, l3.src, 0)?;
+        l3.l4 = to_ipv4::<false>(buf, h, l3.src, 0, None)?;
+        self.forward(t, now, buf, &l3, id, Dir::Fwd)
+    }
+
+    /// The flow of an IPv6 client's packet `l3` (its stand-in's; from `client6`) to a
+    /// published port, found or opened; or what to do instead: the host side's closed port,
+    /// or the worker that owns it (steered as it arrived, the owner converts it).
+    #[inline(always)]
+    fn flow6(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &PacketBuf,
+        l3: &L3,
+        client6: [u8; 16],
+    ) -> Result<Result<u32, Verdict>, DropReason> {
+        let proto = if l3.proto == TCP {
+            IpProtocol::Tcp
+        } else {
+            IpProtocol::Udp
+        };
+        let Some(p) = t.published(proto, l3.dport) else {
+            return Ok(Err(Verdict::Host(HostReason::Ipv6Port)));
+        };
+        let p = *p;
+        if let Some(v) = self.handoff(self.published_owner(l3)) {
+            return Ok(Err(v));
+        }
+        // The hop limit.
+        if buf.data().get(ETH + 7).is_none_or(|&hops| hops <= 1) {
+            return Err(DropReason::TtlExpired);
+        }
+        let key = l3.key();
+        let hash = key.hash();
+        match self.lookup_live(t, &key, hash) {
+            Some((id, Dir::Fwd)) => {
+                if self.flows.get(id).client6() != client6 {
+                    return Err(DropReason::Ipv6ClientCollision);
+                }
+                Ok(Ok(id))
+            }
+            // No reverse key has destination 0.0.0.0.
+            Some((_, Dir::Rev)) => Err(DropReason::NoRoute),
+            None => self.open_ingress(t, now, buf, l3, key, hash, p, Some(client6)),
+        }
+    }
+
+    /// A piece of an IPv6 client's TCP or UDP datagram to the node's IPv6 address (`h`, parsed,
+    /// with its Fragment header `piece`). It takes the IPv4 fragment path (`fragment`: the
+    /// datagram's collector, the fragment table, held until its first piece comes), keyed by
+    /// the client's stand-in and the 32-bit identification. The first piece finds or opens the
+    /// flow as a whole packet does; each goes on as an IPv4 fragment (RFC 7915 §5.1.1: the
+    /// same offset and more-fragments flag, the identification's low 16 bits, no DF, so it is
+    /// fragmented again if the overlay needs it). Its transport checksum, over the whole
+    /// datagram, is the task's to check, as an IPv4 fragment's is; a first UDP piece without
+    /// one is refused (RFC 8200 §8.1).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn published6_piece(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        h: &L3v6,
+        piece: Frag6,
+    ) -> Result<Verdict, DropReason> {
+        let data = buf.data().get(h.l4..h.end).ok_or(DropReason::Truncated)?;
+        // What `parse_fragment` reads of the IPv4 header the piece will have.
+        let mut v4 = [0u8; IPV4];
+        v4[6..8].copy_from_slice(&piece.ff.to_be_bytes());
+        v4[9] = h.proto;
+        let head = frag::parse_fragment(&v4, data)?;
+        if h.src.is_multicast() || h.src.is_unspecified() {
+            return Err(DropReason::BadIpv6Header);
+        }
+        // Every piece: a later one's time to live is not looked at again.
+        if h.hop_limit <= 1 {
+            return Err(DropReason::TtlExpired);
+        }
+        let client = h.src.octets();
+        let l3 = L3 {
+            proto: h.proto,
+            src: stand_in(&client),
+            dst: 0,
+            sport: head.sport,
+            dport: head.dport,
+            flags: head.flags,
+            ack: head.ack,
+            l4: h.l4,
+            frag: head.frag,
+        };
+        self.fragment(t, now, buf, l3, frag::Way::Nat64 { client })
+    }
+
+    /// The first piece of an IPv6 client's datagram (`l3`, from `client`), run by its collector
+    /// (`fragment`): its flow found or opened, then on as an IPv4 fragment.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn published6_first(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        mut l3: L3,
+        client: [u8; 16],
+    ) -> Result<Verdict, DropReason> {
+        // A later piece has no ports to find a flow by: its first piece's flow leads it
+        // (`frag::Route`), and no other route sends it here.
+        if l3.frag != frag::Frag::First {
+            return Err(DropReason::NoRoute);
+        }
+        // Here, so that the datagram's later pieces are dropped with it.
+        if l3.proto == UDP && buf.data().get(l3.l4 + 6..l3.l4 + 8) == Some(&[0, 0][..]) {
+            return Err(DropReason::BadL4Checksum);
+        }
+        let id = match self.flow6(t, now, buf, &l3, client)? {
+            Ok(id) => id,
+            Err(v) => return Ok(v),
+        };
+        l3.l4 = piece_to_ipv4(buf, l3.src)?;
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
     }
 
@@ -387,24 +493,48 @@ impl Pipeline {
     }
 }
 
+/// Turns the piece of an IPv6 client's datagram in `buf` into an IPv4 fragment from its
+/// stand-in `src` to 0.0.0.0, as [`to_ipv4`] does. Returns where its data now is.
+pub(super) fn piece_to_ipv4(buf: &mut PacketBuf, src: u32) -> Result<usize, DropReason> {
+    let h = super::ipv6::parse_ipv6(buf.data(), ETH)?;
+    to_ipv4::<true>(buf, &h, src, 0, h.frag)
+}
+
 /// Turns the IPv6 packet `h` in `buf` into IPv4 from `src` to `dst` in place (RFC 7915 §5.1):
 /// its extension headers dropped, DF set, the time to live its hop limit, the transport
-/// checksum moved to the IPv4 pseudo-header. Returns where the transport header now is.
-fn to_ipv4(buf: &mut PacketBuf, h: &L3v6, src: u32, dst: u32) -> Result<usize, DropReason> {
+/// checksum moved to the IPv4 pseudo-header. A piece of a datagram (`piece`, its Fragment
+/// header) becomes an IPv4 fragment (§5.1.1): its offset and more-fragments flag, the low 16
+/// bits of its identification, no DF; only the first piece has a checksum to move. Returns
+/// where the transport header (a later piece's data) now is. `PIECE`: whether `piece` may be
+/// one, so that whole packets' copy has no test of it. Never inlined: inlined in
+/// `published6`, its address words were built worse (+10% instructions, callgrind).
+#[inline(never)]
+fn to_ipv4<const PIECE: bool>(
+    buf: &mut PacketBuf,
+    h: &L3v6,
+    src: u32,
+    dst: u32,
+    piece: Option<Frag6>,
+) -> Result<usize, DropReason> {
     let payload = h.end - h.l4;
     // At least 20 bytes: the IPv6 header is 40.
     let shift = h.l4 - ETH - IPV4;
     let f = buf.data_mut();
     let tc = (f[ETH] << 4) | (f[ETH + 1] >> 4);
-    let c = csum_at(h.proto, h.l4);
-    let delta = pseudo_delta(&words6(&h.src.octets(), &h.dst.octets()), &words4(src, dst));
-    let old = nat::be16(f, c);
-    let new = if h.proto == UDP {
-        checksum::apply_udp(delta, old)
-    } else {
-        delta.apply(old)
-    };
-    put16(f, c, new);
+    if !PIECE || piece.is_none_or(|p| p.ff & 0x1fff == 0) {
+        let c = csum_at(h.proto, h.l4);
+        if c + 2 > f.len() {
+            return Err(DropReason::Truncated);
+        }
+        let delta = pseudo_delta(&words6(&h.src.octets(), &h.dst.octets()), &words4(src, dst));
+        let old = nat::be16(f, c);
+        let new = if h.proto == UDP {
+            checksum::apply_udp(delta, old)
+        } else {
+            delta.apply(old)
+        };
+        put16(f, c, new);
+    }
     let macs: [u8; 12] = f[..12].try_into().unwrap_or([0; 12]);
     let ip = shift + ETH;
     f[shift..shift + 12].copy_from_slice(&macs);
@@ -420,7 +550,16 @@ fn to_ipv4(buf: &mut PacketBuf, h: &L3v6, src: u32, dst: u32) -> Result<usize, D
     repr.emit(&mut p, &ChecksumCapabilities::ignored());
     p.set_dscp(tc >> 2);
     p.set_ecn(tc & 3);
-    p.set_dont_frag(true);
+    if let Some(piece) = piece.filter(|_| PIECE) {
+        // Casts: the identification's low 16 bits, as RFC 7915 §5.1.1 says.
+        #[allow(clippy::cast_possible_truncation)]
+        p.set_ident(piece.id as u16);
+        p.set_dont_frag(false);
+        p.set_more_frags(piece.ff & 0x2000 != 0);
+        p.set_frag_offset((piece.ff & 0x1fff) * 8);
+    } else {
+        p.set_dont_frag(true);
+    }
     p.fill_checksum();
     if !buf.trim_front(shift) {
         return Err(DropReason::Truncated);
@@ -918,10 +1057,8 @@ mod tests {
         assert_eq!((v, out.len()), (Verdict::Tx(PortId::Tasks), ETH + 1450));
     }
 
-    /// Two IPv6 clients whose addresses give one stand-in, from one port: the second never
-    /// reaches the first's connection.
-    #[test]
-    fn two_clients_with_one_stand_in_never_share_a_flow() {
+    /// Two IPv6 client addresses that give one stand-in.
+    fn twins() -> (Ipv6Address, Ipv6Address) {
         let mut seen = std::collections::HashMap::new();
         let (a, b) = (1u32..)
             .find_map(|i| {
@@ -930,6 +1067,14 @@ mod tests {
             })
             .unwrap();
         assert_ne!(a, b);
+        (a, b)
+    }
+
+    /// Two IPv6 clients whose addresses give one stand-in, from one port: the second never
+    /// reaches the first's connection.
+    #[test]
+    fn two_clients_with_one_stand_in_never_share_a_flow() {
+        let (a, b) = twins();
         let (t, mut p) = on_n2(1, 0);
         let s = |c| seg6(c, 40000, 8080, TcpControl::Syn, b"");
         let (v, _) = run(&mut p, &t, PortId::Uplink, &s(a));
@@ -942,6 +1087,194 @@ mod tests {
         assert_eq!(p.flows.len(), 1);
         // Stand-ins are of 240.0.0.0/4, never an address on the wire.
         assert_eq!(stand_in(&a.octets()) >> 28, 0xf);
+    }
+
+    /// `udp_published`'s node `node` with n2's IPv6 address, and `workers` workers.
+    fn udp_node(node: &str, workers: u16) -> (ServiceTable, Vec<Pipeline>) {
+        let mut s = crate::pipeline::tests::udp_published();
+        s.nodes.iter_mut().find(|n| n.name == node).unwrap().addr6 = Some(n2_addr6());
+        crate::pipeline::tests::node_of(&s, node, workers)
+    }
+
+    /// `len` bytes from `c` to UDP 5353 as the pieces a 1,500-byte IPv6 link gives them (1,448
+    /// bytes each), identification `id`: the data and the pieces.
+    fn client_pieces(c: Ipv6Address, len: usize, id: u32) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+        let pieces = testkit::fragment6(&udp6(c, 40000, 5353, &data), 1500, id);
+        (data, pieces)
+    }
+
+    fn bufs(input: &[(usize, &Vec<u8>)]) -> Vec<(usize, PacketBuf)> {
+        input
+            .iter()
+            .map(|&(w, f)| (w, PacketBuf::from_frame(PortId::Uplink, f)))
+            .collect()
+    }
+
+    /// A client's datagram larger than its link reaches the task as IPv4 fragments (RFC 7915
+    /// §5.1.1), whatever the order its pieces come in and whichever workers they land on, on
+    /// the node of the task (n2) and through VXLAN (n1).
+    #[test]
+    fn an_ipv6_clients_pieces_reach_the_task_as_ipv4_fragments_in_any_order_on_any_worker() {
+        use crate::pipeline::tests::{delivered, drive};
+        let c = client(6);
+        let owner = usize::from(flow::owner_of(stand_in(&c.octets()), 40000, 2));
+        for node in ["n2", "n1"] {
+            for workers in [1, 2] {
+                for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+                    let what = format!("{node}, {workers} workers, {order:?}");
+                    let (t, mut ps) = udp_node(node, workers);
+                    let (data, pieces) = client_pieces(c, 4000, 0xabcd_0077);
+                    assert_eq!(pieces.len(), 3);
+                    // With two workers, the first piece on one and the others on the other.
+                    let on = |i: usize| if i == 0 { 0 } else { usize::from(workers) - 1 };
+                    let input: Vec<_> = order.iter().map(|&i| (on(i), &pieces[i])).collect();
+                    let (out, seen) = drive(&mut ps, &t, 5, bufs(&input));
+
+                    assert!(
+                        seen.iter().all(|v| !matches!(v, Verdict::Drop(_))),
+                        "{what}: {seen:?}"
+                    );
+                    let got = delivered(&out);
+                    assert_eq!(got.payload, data, "{what}");
+                    let ep = t.net(t.ingress_net.unwrap()).local_endpoint.unwrap();
+                    assert_eq!((got.src.octets(), got.dport), (ep.octets(), 53), "{what}");
+                    let p = &ps[if workers == 2 { owner } else { 0 }];
+                    assert_eq!(p.flows.len(), 1, "{what}: the flow on its owner");
+                    assert_eq!(p.stats.new_flows, 1, "{what}");
+                    // 1,468 bytes each as IPv4, over the overlay's 1,450: the first two are
+                    // fragmented again.
+                    assert_eq!(p.stats.fragments_made, 4, "{what}");
+                    for p in &ps {
+                        assert_eq!(p.fragments(5), (0, 0), "{what}: done and forgotten");
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a piece of a client's datagram may not do: open a flow without a checksum (UDP),
+    /// reach a port nothing is published on, overlap, or join another client's datagram.
+    #[test]
+    fn an_ipv6_clients_bad_pieces_are_refused_and_its_good_ones_go_on() {
+        use crate::pipeline::tests::{delivered, drive};
+        let (t, mut ps) = udp_node("n2", 1);
+        let run1 = |ps: &mut Vec<Pipeline>, f: &Vec<u8>| {
+            let (_, seen) = drive(ps, &t, 5, bufs(&[(0, f)]));
+            seen[0]
+        };
+        // No UDP checksum: the first piece and those after it dropped.
+        let (_, mut none) = client_pieces(client(7), 3000, 1);
+        none[0][ETH + 48 + 6..ETH + 48 + 8].copy_from_slice(&[0, 0]);
+        for f in &none {
+            assert_eq!(run1(&mut ps, f), Verdict::Drop(DropReason::BadL4Checksum));
+        }
+        // To a closed port: the host side's, which answers the first piece only.
+        let (_, mut closed) = client_pieces(client(7), 3000, 2);
+        closed[0][ETH + 48 + 2..ETH + 48 + 4].copy_from_slice(&9999u16.to_be_bytes());
+        for f in &closed {
+            assert_eq!(run1(&mut ps, f), Verdict::Host(HostReason::Ipv6Port));
+        }
+        // A piece whose hop limit is spent, first or later.
+        for f in &none {
+            let mut spent = f.clone();
+            spent[ETH + 7] = 1;
+            assert_eq!(run1(&mut ps, &spent), Verdict::Drop(DropReason::TtlExpired));
+        }
+        // A piece twice: the second overlaps.
+        let (_, pieces) = client_pieces(client(8), 3000, 3);
+        assert!(matches!(run1(&mut ps, &pieces[0]), Verdict::Tx(_)));
+        assert_eq!(
+            run1(&mut ps, &pieces[0]),
+            Verdict::Drop(DropReason::FragmentOverlap)
+        );
+        // Another client with the same stand-in and identification: its piece waits for a
+        // first piece of its own, never joining client a's datagram.
+        let (a, b) = twins();
+        let (_, of_a) = client_pieces(a, 3000, 4);
+        let (_, of_b) = client_pieces(b, 3000, 4);
+        let (out, seen) = drive(
+            &mut ps,
+            &t,
+            5,
+            bufs(&[(0, &of_a[0]), (0, &of_b[1]), (0, &of_a[1]), (0, &of_a[2])]),
+        );
+        let held = seen.iter().filter(|&&v| v == Verdict::Consumed).count();
+        assert_eq!(held, 1, "b's piece held: {seen:?}");
+        assert!(
+            !seen.iter().any(|v| matches!(v, Verdict::Drop(_))),
+            "{seen:?}"
+        );
+        assert_eq!(delivered(&out).payload.len(), 3000);
+        assert_eq!(ps[0].fragments(5).1, 1, "b's piece held");
+    }
+
+    /// A task on another node answers an IPv6 client that entered by this one (n1) with a
+    /// datagram in fragments: they come in VXLAN, and go on as IPv6 pieces of the whole.
+    #[test]
+    fn a_tasks_fragmented_reply_through_vxlan_reaches_the_ipv6_client_whole() {
+        use crate::pipeline::tests::drive;
+        let (t, mut ps) = udp_node("n1", 1);
+        let c = client(10);
+        // The first source port whose flow goes to web.1 on n2, and what web.1 got.
+        let (vx, to) = (50000..50100)
+            .find_map(|sport| {
+                let f = udp6(c, sport, 5353, b"big?");
+                let (out, _) = drive(&mut ps, &t, 5, bufs(&[(0, &f)]));
+                let (_, inner) = testkit::decap(&out[0].1)?;
+                let l3 = parse_ipv4(inner, ETH, true).ok()?;
+                (l3.dst == WEB1).then(|| (out[0].1.clone(), l3))
+            })
+            .expect("a flow to web.1");
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 11) as u8).collect();
+        let answer = web1_answer(ps[0].cfg.tasks_mac, &to, &data, true);
+        let ip4 =
+            |at: usize| std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&vx[at..at + 4]).unwrap());
+        let (n1, n2) = (ip4(ETH + 12), ip4(ETH + 16));
+        let (n2_mac, up) = (vx[..6].try_into().unwrap(), ps[0].cfg.uplink_mac);
+        let frames: Vec<Vec<u8>> = testkit::fragment(&answer, 1450, 0x4321)
+            .iter()
+            .map(|piece| testkit::vxlan_frame(n2_mac, up, n2, n1, 50001, ctl::INGRESS_VNI, piece))
+            .collect();
+        assert_eq!(frames.len(), 3);
+        let input: Vec<_> = frames.iter().map(|f| (0, f)).collect();
+        let (out, seen) = drive(&mut ps, &t, 6, bufs(&input));
+        assert_eq!(seen, vec![Verdict::Tx(PortId::Uplink); 3]);
+        let mut joined = Vec::new();
+        for (_, f) in &out {
+            let ip = Ipv6Packet::new_checked(&f[ETH..]).unwrap();
+            assert_eq!(ip.dst_addr(), c);
+            let fh = &ip.payload()[..8];
+            let off = usize::from(u16::from_be_bytes([fh[2], fh[3]]) >> 3) * 8;
+            assert_eq!(off, joined.len());
+            joined.extend_from_slice(&ip.payload()[8..]);
+        }
+        let u = UdpPacket::new_checked(&joined[..]).unwrap();
+        assert_eq!(
+            usize::from(u.len()),
+            joined.len(),
+            "every byte of the datagram"
+        );
+        assert!(u.verify_checksum(&n2_addr6().into(), &c.into()));
+        assert_eq!(u.payload(), &data[..]);
+    }
+
+    /// An atomic fragment (offset 0, no more fragments) is the whole datagram (RFC 6946).
+    #[test]
+    fn an_atomic_fragment_is_taken_whole() {
+        let (t, mut p) = udp_on_n2();
+        let whole = udp6(client(9), 50000, 5353, b"atomic");
+        let mut atomic = testkit::fragment6(&whole, 1500, 7).remove(0);
+        assert_eq!(atomic.len(), whole.len() + 8);
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &atomic);
+        assert!(matches!(v, Verdict::Tx(_)), "{v:?}");
+        assert_eq!(p.stats.fragments_in, 0);
+        assert!(out.windows(6).any(|w| w == b"atomic"));
+        // Its checksum is checked as a whole datagram's.
+        let last = atomic.len() - 1;
+        atomic[last] ^= 1;
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &atomic);
+        assert_eq!(v, Verdict::Drop(DropReason::BadL4Checksum));
     }
 
     /// A segment whose checksum does not hold over the IPv6 pseudo-header never opens a flow.

@@ -1351,7 +1351,11 @@ fn frag_node(node: &str, workers: u16) -> (ServiceTable, Vec<Pipeline>) {
 }
 
 /// Node `node` of `state`, as [`frag_node`].
-fn node_of(state: &ctl::State, node: &str, workers: u16) -> (ServiceTable, Vec<Pipeline>) {
+pub(super) fn node_of(
+    state: &ctl::State,
+    node: &str,
+    workers: u16,
+) -> (ServiceTable, Vec<Pipeline>) {
     let t = ServiceTable::build(state, node, 1).unwrap();
     let neigh = Arc::new(Neighbors::new(64));
     neigh.learn(WEB1, [2, 0, 0, 0, 0, 0x11]);
@@ -1378,7 +1382,7 @@ fn node_of(state: &ctl::State, node: &str, workers: u16) -> (ServiceTable, Vec<P
 /// Runs `input` (worker, frame) through the workers as the worker loop does: handed-off
 /// frames go to their worker, frames made or released beside a burst follow it. Returns what
 /// went out, and every verdict given (the burst's and the extra frames').
-fn drive(
+pub(super) fn drive(
     ps: &mut [Pipeline],
     t: &ServiceTable,
     now: u64,
@@ -1436,7 +1440,7 @@ fn client_datagram(t: &ServiceTable, mac: [u8; 6], len: usize, id: u16) -> (Vec<
 
 /// The datagram the outputs carry: reassembled from the frames on the tasks port, or from
 /// the inner frames of the VXLAN ones.
-fn delivered(out: &[(PortId, Vec<u8>)]) -> crate::testkit::UdpSeen {
+pub(super) fn delivered(out: &[(PortId, Vec<u8>)]) -> crate::testkit::UdpSeen {
     let inner: Vec<Vec<u8>> = out
         .iter()
         .map(|(port, f)| {
