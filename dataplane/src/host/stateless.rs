@@ -372,18 +372,22 @@ mod tests {
             (8080, 40000, TcpSeqNumber(1001))
         );
         // UDP: port unreachable quoting the datagram.
-        let udp = crate::testkit::ipv6_with(
-            CLIENT,
-            NODE,
-            v6("fd00::c"),
-            v6("fd00::11"),
-            64,
-            IpProtocol::Udp,
-            8,
-            |b| {
-                b[0..8].copy_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
-            },
-        );
+        let datagram = |len: u16| {
+            crate::testkit::ipv6_with(
+                CLIENT,
+                NODE,
+                v6("fd00::c"),
+                v6("fd00::11"),
+                64,
+                IpProtocol::Udp,
+                usize::from(len),
+                |b| {
+                    b[0..4].copy_from_slice(&[0x9c, 0x40, 0, 53]);
+                    b[4..6].copy_from_slice(&len.to_be_bytes());
+                },
+            )
+        };
+        let udp = datagram(8);
         let (proto, l4) = answer6(&udp);
         assert_eq!(proto, IpProtocol::Icmpv6);
         assert_eq!(
@@ -394,19 +398,7 @@ mod tests {
         assert_eq!(&l4[8..], &udp[ETH..], "the packet in error, whole");
         // A datagram in pieces: the first, which holds the ports, is answered; a later piece,
         // only data, is not.
-        let big = crate::testkit::ipv6_with(
-            CLIENT,
-            NODE,
-            v6("fd00::c"),
-            v6("fd00::11"),
-            64,
-            IpProtocol::Udp,
-            3000,
-            |b| {
-                b[0..8].copy_from_slice(&[0x9c, 0x40, 0, 53, 0x0b, 0xb8, 0, 0]);
-            },
-        );
-        let pieces = crate::testkit::fragment6(&big, 1500, 5);
+        let pieces = crate::testkit::fragment6(&datagram(3000), 1500, 5);
         let (proto, l4) = answer6(&pieces[0]);
         assert_eq!((proto, l4[0], l4[1]), (IpProtocol::Icmpv6, 1, 4));
         assert!(answer_frame(&pieces[1]).is_none());
