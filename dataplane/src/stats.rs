@@ -177,8 +177,8 @@ reasons! {
         /// a kind repeated (destination options may come twice), or one running past the
         /// packet.
         Ipv6ExtChain = "ipv6_ext_chain",
-        /// A piece of an IPv6 datagram that is not TCP or UDP to a published port (meshd
-        /// reassembles nothing, so it cannot answer one), or a piece of a task's UDP reply to an IPv6 client that has no checksum, which IPv6 requires and no
+        /// A piece of an IPv6 datagram that is not TCP, UDP or ICMPv6 to the node's address
+        /// (to its solicited-node group, or of another protocol), or a piece of a task's UDP reply to an IPv6 client that has no checksum, which IPv6 requires and no
         /// piece can compute.
         Ipv6Fragment = "ipv6_fragment",
         /// Neighbor Discovery that RFC 4861 says to discard: a hop limit other than 255, a

@@ -213,7 +213,7 @@ fn vip_paths(m: &mut Mesh, s: &Scratch) {
 /// service that keeps the client's IP too (an IPv6 client is masqueraded all the same), and UDP
 /// datagrams of every size echoed: those over the client's link go as IPv6 pieces, reach the
 /// task as IPv4 fragments (fragmented again for the overlay), and the task's fragmented echo
-/// comes back as IPv6 pieces.
+/// comes back as IPv6 pieces; and `ping -6 -s 4000` of each node's address.
 #[test]
 fn a_mebibyte_crosses_published_ports_over_ipv6_through_every_node() {
     let Some(mut m) = mesh("v6") else { return };
@@ -238,6 +238,9 @@ fn a_mebibyte_crosses_published_ports_over_ipv6_through_every_node() {
         }
         let to = SocketAddr::from((a6, 5353));
         udp_sizes_echoed(&client, to, &format!("{to} ({node})"));
+        // The node's own address: the echo request's pieces put together by the host side,
+        // the reply sent in pieces.
+        big_ping(&client, &a6.to_string(), &format!("{a6} ({node})"));
     }
 }
 

@@ -11,6 +11,7 @@ use crate::wire::set_fragment;
 
 const ETH: usize = 14;
 const IPV4: usize = 20;
+const IPV6: usize = 40;
 /// Datagrams in reassembly at once.
 pub const MAX_DATAGRAMS: usize = 64;
 /// How long a datagram waits for its missing fragments (milliseconds).
@@ -31,18 +32,84 @@ pub enum Added {
 
 #[derive(Debug)]
 struct Partial {
-    /// The first fragment's Ethernet and IPv4 headers, once it came.
-    head: Option<[u8; ETH + IPV4]>,
+    /// The first fragment's Ethernet and IP headers (the IPv6 header alone, with no extension
+    /// header), once it came.
+    head: Option<Vec<u8>>,
     data: Vec<u8>,
     have: Vec<(usize, usize)>,
     end: Option<usize>,
     started: u64,
 }
 
-/// Datagrams being reassembled, by (source, destination, protocol, id).
+/// A fragment as both families give it: where its bytes go in the datagram, whether it is the
+/// last, and (the first fragment's) the headers the whole datagram's frame starts with.
+struct Piece<'a> {
+    start: usize,
+    payload: &'a [u8],
+    last: bool,
+    head: Option<Vec<u8>>,
+}
+
+/// Datagrams being reassembled: IPv4's by (source, destination, protocol, id), IPv6's by
+/// (source, destination, id), each table bounded alike.
 #[derive(Debug, Default)]
 pub struct Reassembly {
     partial: HashMap<(u32, u32, u8, u16), Partial>,
+    partial6: HashMap<([u8; 16], [u8; 16], u32), Partial>,
+}
+
+/// A complete datagram: its first fragment's headers, and its data.
+type Joined = (Vec<u8>, Vec<u8>);
+
+/// Adds `p` to the datagram `key` of `table`: its headers and data once complete (and
+/// forgotten); `Err` when the piece drops its datagram (overlapping, past the end) or the
+/// table is full.
+fn add_piece<K: std::hash::Hash + Eq + Copy>(
+    table: &mut HashMap<K, Partial>,
+    key: K,
+    p: Piece<'_>,
+    now: u64,
+) -> Result<Option<Joined>, ()> {
+    let end = p.start + p.payload.len();
+    table.retain(|_, d| now.saturating_sub(d.started) < TIMEOUT_MS);
+    if !table.contains_key(&key) && table.len() >= MAX_DATAGRAMS {
+        return Err(());
+    }
+    let d = table.entry(key).or_insert_with(|| Partial {
+        head: None,
+        data: Vec::new(),
+        have: Vec::new(),
+        end: None,
+        started: now,
+    });
+    let overlaps = d.have.iter().any(|&(a, b)| p.start < b && a < end);
+    let past_end = d.end.is_some_and(|e| end > e) || (p.last && d.have.iter().any(|r| r.1 > end));
+    if overlaps || past_end || (p.last && d.end.is_some()) {
+        table.remove(&key);
+        return Err(());
+    }
+    if d.data.len() < end {
+        d.data.resize(end, 0);
+    }
+    d.data[p.start..end].copy_from_slice(p.payload);
+    d.have.push((p.start, end));
+    if p.last {
+        d.end = Some(end);
+    }
+    if p.head.is_some() {
+        d.head = p.head;
+    }
+    let (Some(total), Some(_)) = (d.end, d.head.as_ref()) else {
+        return Ok(None);
+    };
+    if d.have.iter().map(|(a, b)| b - a).sum::<usize>() != total {
+        return Ok(None);
+    }
+    let Some(mut d) = table.remove(&key) else {
+        return Ok(None);
+    };
+    d.data.truncate(total);
+    Ok(d.head.map(|h| (h, d.data)))
 }
 
 impl Reassembly {
@@ -60,69 +127,79 @@ impl Reassembly {
             return Added::Dropped;
         };
         let start = usize::from(ff & 0x1fff) * 8;
-        let end = start + payload.len();
-        let last = ff & 0x2000 == 0;
-        if end > 65_535 - IPV4 {
+        if start + payload.len() > 65_535 - IPV4 {
             return Added::Dropped;
         }
-        self.partial
-            .retain(|_, p| now.saturating_sub(p.started) < TIMEOUT_MS);
         let be = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let key = (be(12), be(16), h[9], u16::from_be_bytes([h[4], h[5]]));
-        if !self.partial.contains_key(&key) && self.partial.len() >= MAX_DATAGRAMS {
+        let piece = Piece {
+            start,
+            payload,
+            last: ff & 0x2000 == 0,
+            head: (start == 0).then(|| frame[..ETH + IPV4].to_vec()),
+        };
+        match add_piece(&mut self.partial, key, piece, now) {
+            Err(()) => Added::Dropped,
+            Ok(None) => Added::Pending,
+            Ok(Some((mut whole, data))) => {
+                whole.extend_from_slice(&data);
+                // At most 65,515 bytes, checked above.
+                set_fragment(&mut whole[ETH..ETH + IPV4], data.len(), 0, false);
+                Added::Done(whole)
+            }
+        }
+    }
+
+    /// Takes one Ethernet/IPv6 frame (checked by the pipeline's `parse_ipv6`): a piece of a
+    /// datagram (RFC 8200 §4.5) is kept, and the last one missing gives the datagram's frame,
+    /// its IPv6 header naming what the Fragment header named, with no extension header.
+    pub fn add6(&mut self, frame: &[u8], now: u64) -> Added {
+        let Ok(h) = crate::pipeline::parse_ipv6(frame, ETH) else {
+            return Added::Dropped;
+        };
+        let Some(f) = h.frag else {
+            return Added::Whole;
+        };
+        let Some(payload) = frame.get(h.l4..h.end) else {
+            return Added::Dropped;
+        };
+        let start = usize::from(f.ff & 0x1fff) * 8;
+        if start + payload.len() > 65_535 {
             return Added::Dropped;
         }
-        let p = self.partial.entry(key).or_insert_with(|| Partial {
-            head: None,
-            data: Vec::new(),
-            have: Vec::new(),
-            end: None,
-            started: now,
+        let key = (h.src.octets(), h.dst.octets(), f.id);
+        let head = (start == 0).then(|| {
+            let mut head = frame[..ETH + IPV6].to_vec();
+            head[ETH + 6] = h.proto;
+            head
         });
-        let overlaps = p.have.iter().any(|&(a, b)| start < b && a < end);
-        let past_end = p.end.is_some_and(|e| end > e) || (last && p.have.iter().any(|r| r.1 > end));
-        if overlaps || past_end || (last && p.end.is_some()) {
-            self.partial.remove(&key);
-            return Added::Dropped;
-        }
-        if p.data.len() < end {
-            p.data.resize(end, 0);
-        }
-        p.data[start..end].copy_from_slice(payload);
-        p.have.push((start, end));
-        if last {
-            p.end = Some(end);
-        }
-        if start == 0 {
-            let mut head = [0u8; ETH + IPV4];
-            head.copy_from_slice(&frame[..ETH + IPV4]);
-            p.head = Some(head);
-        }
-        let Some(total) = p.end else {
-            return Added::Pending;
+        let piece = Piece {
+            start,
+            payload,
+            last: f.ff & 0x2000 == 0,
+            head,
         };
-        let got: usize = p.have.iter().map(|(a, b)| b - a).sum();
-        let Some(head) = p.head else {
-            return Added::Pending;
-        };
-        if got != total {
-            return Added::Pending;
+        match add_piece(&mut self.partial6, key, piece, now) {
+            Err(()) => Added::Dropped,
+            Ok(None) => Added::Pending,
+            Ok(Some((mut whole, data))) => {
+                // Casts: at most 65,535 bytes, checked above.
+                #[allow(clippy::cast_possible_truncation)]
+                let len = data.len() as u16;
+                whole[ETH + 4..ETH + 6].copy_from_slice(&len.to_be_bytes());
+                whole.extend_from_slice(&data);
+                Added::Done(whole)
+            }
         }
-        let mut whole = head.to_vec();
-        whole.extend_from_slice(&p.data[..total]);
-        self.partial.remove(&key);
-        // `total` was checked to be at most 65,515.
-        set_fragment(&mut whole[ETH..ETH + IPV4], total, 0, false);
-        Added::Done(whole)
     }
 
     /// Datagrams in reassembly.
     pub fn len(&self) -> usize {
-        self.partial.len()
+        self.partial.len() + self.partial6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.partial.is_empty()
+        self.len() == 0
     }
 }
 
@@ -148,6 +225,39 @@ pub fn split(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
             #[allow(clippy::cast_possible_truncation)]
             let off = (k * chunk / 8) as u16;
             set_fragment(&mut f[ETH..ETH + IPV4], c.len(), off, k + 1 < n);
+            f
+        })
+        .collect()
+}
+
+/// An Ethernet/IPv6 frame with no extension header cut into pieces of at most `mtu` bytes of
+/// IPv6 (RFC 8200 §4.5: each the IPv6 header, a Fragment header with identification `id`, a
+/// multiple of 8 bytes of data but the last), or the frame alone when it fits.
+pub fn split6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
+    if frame.len() <= ETH + mtu || frame.len() < ETH + IPV6 {
+        return vec![frame.to_vec()];
+    }
+    let chunk = mtu.saturating_sub(IPV6 + 8) & !7;
+    if chunk == 0 {
+        return Vec::new();
+    }
+    let next = frame[ETH + 6];
+    let payload = &frame[ETH + IPV6..];
+    let n = payload.len().div_ceil(chunk);
+    payload
+        .chunks(chunk)
+        .enumerate()
+        .map(|(k, c)| {
+            let mut f = frame[..ETH + IPV6].to_vec();
+            // Casts: lengths and offsets within a 65,535-byte datagram.
+            #[allow(clippy::cast_possible_truncation)]
+            let (len, off) = ((8 + c.len()) as u16, (k * chunk) as u16);
+            f[ETH + 4..ETH + 6].copy_from_slice(&len.to_be_bytes());
+            f[ETH + 6] = 44;
+            f.extend_from_slice(&[next, 0]);
+            f.extend_from_slice(&(off | u16::from(k + 1 < n)).to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend_from_slice(c);
             f
         })
         .collect()
@@ -217,5 +327,50 @@ mod tests {
         let f = testkit::fragment(&echo(4000), 1500, 9999);
         assert_eq!(r.add(&f[0], TIMEOUT_MS), Added::Pending);
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn ipv6_pieces_in_any_order_make_the_datagram_and_split6_undoes_it() {
+        let data: Vec<u8> = (0..4000).map(|i| (i % 251) as u8).collect();
+        let whole = testkit::icmpv6_frame(
+            [2; 6],
+            [4; 6],
+            "fd00::c".parse().unwrap(),
+            "fd00::1".parse().unwrap(),
+            64,
+            &smoltcp::wire::Icmpv6Repr::EchoRequest {
+                ident: 1,
+                seq_no: 2,
+                data: &data,
+            },
+        );
+        let pieces = testkit::fragment6(&whole, 1500, 77);
+        assert_eq!(pieces.len(), 3);
+        for order in [[0, 1, 2], [2, 0, 1], [1, 2, 0]] {
+            let mut r = Reassembly::default();
+            let mut done = None;
+            for &i in &order {
+                match r.add6(&pieces[i], 10) {
+                    Added::Pending => {}
+                    Added::Done(f) => done = Some(f),
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(done.as_deref(), Some(&whole[..]), "{order:?}");
+            assert!(r.is_empty());
+        }
+        assert_eq!(split6(&whole, 1500, 77), pieces, "the same pieces again");
+        assert_eq!(split6(&pieces[2], 1500, 1), vec![pieces[2].clone()], "fits");
+        // Overlap drops the datagram; a whole packet is whole.
+        let mut r = Reassembly::default();
+        assert_eq!(r.add6(&pieces[0], 0), Added::Pending);
+        assert_eq!(r.add6(&pieces[0], 0), Added::Dropped);
+        assert!(r.is_empty());
+        assert_eq!(r.add6(&whole, 0), Added::Whole);
+        // Bounded as IPv4's.
+        for id in 0..(MAX_DATAGRAMS as u32 + 10) {
+            let _ = r.add6(&testkit::fragment6(&whole, 1500, id)[0], 0);
+        }
+        assert_eq!(r.len(), MAX_DATAGRAMS);
     }
 }

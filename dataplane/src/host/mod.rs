@@ -290,9 +290,17 @@ impl HostStack {
         self.sync(t, now);
         self.stats.frames += 1;
         if frame.get(12..14) == Some(&[0x86, 0xdd]) {
-            // The pipeline hands over IPv6 to the node's address only (echo, TCP, UDP), never
-            // fragments: answered whole, as long as the request that came in.
-            self.stateless6(frame);
+            // The pipeline hands over IPv6 to the node's address only (echo, TCP, UDP, and
+            // their pieces): put together, then answered, as long as the request that came in.
+            match self.defrag.add6(frame, now) {
+                defrag::Added::Whole => self.stateless6(frame),
+                defrag::Added::Pending => {}
+                defrag::Added::Dropped => self.stats.fragments_dropped += 1,
+                defrag::Added::Done(whole) => {
+                    self.stats.reassembled += 1;
+                    self.stateless6(&whole);
+                }
+            }
             return;
         }
         let whole;
@@ -380,7 +388,8 @@ impl HostStack {
         }
     }
 
-    /// The answers of a host with no sockets to IPv6 (RST, port unreachable, echo reply).
+    /// The answers of a host with no sockets to IPv6 (RST, port unreachable, echo reply), in
+    /// pieces of at most the uplink's MTU when longer (a large ping's echo).
     fn stateless6(&mut self, frame: &[u8]) {
         let Some(reply) = stateless::answer_frame(frame) else {
             self.stats.ignored += 1;
@@ -395,7 +404,12 @@ impl HostStack {
             Some((58, _)) => self.stats.unreachable_sent += 1,
             _ => {}
         }
-        self.out.push((PortId::Uplink, reply));
+        // Casts: an identification need only differ between datagrams close in time.
+        #[allow(clippy::cast_possible_truncation)]
+        let id = self.rng.next_u64() as u32;
+        for f in defrag::split6(&reply, usize::from(self.cfg.uplink_mtu), id) {
+            self.out.push((PortId::Uplink, f));
+        }
     }
 
     /// Runs everything that is due: health probes, the lanes (answers, retransmissions), the
@@ -1183,6 +1197,57 @@ mod tests {
         );
         assert_eq!((h.stats.echo_replies, h.stats.rst_sent), (1, 1));
         assert_eq!((h.stats.reassembled, h.stats.fragments_dropped), (0, 0));
+    }
+
+    /// `ping -6 -s 4000` of the node: its pieces, in any order, put together and answered in
+    /// pieces that fit the uplink and make the echo reply.
+    #[test]
+    fn a_large_ipv6_ping_of_the_node_is_answered_in_pieces() {
+        use smoltcp::wire::{Icmpv6Packet, Icmpv6Repr, Ipv6Address};
+        let (mut h, t, _) = stack();
+        let (client, node): (Ipv6Address, Ipv6Address) =
+            ("fd00::c".parse().unwrap(), "fd00::12".parse().unwrap());
+        let data: Vec<u8> = (0..4000).map(|i| (i % 251) as u8).collect();
+        let ping = testkit::icmpv6_frame(
+            [2, 0, 0, 0, 0, 9],
+            [2, 0, 0, 0, 0, 1],
+            client,
+            node,
+            64,
+            &Icmpv6Repr::EchoRequest {
+                ident: 7,
+                seq_no: 1,
+                data: &data,
+            },
+        );
+        for f in testkit::fragment6(&ping, 1500, 0x0102_0304).iter().rev() {
+            h.input(&t, PortId::Uplink, f, 1);
+        }
+        let out = h.take_output();
+        assert_eq!(out.len(), 3);
+        assert!(out
+            .iter()
+            .all(|(p, f)| *p == PortId::Uplink && f.len() <= 14 + 1500));
+        // Joined by their Fragment headers.
+        let mut joined = Vec::new();
+        for (_, f) in &out {
+            let p = crate::pipeline::parse_ipv6(f, 14).unwrap();
+            let piece = p.frag.expect("a piece");
+            assert_eq!(usize::from(piece.ff & 0x1fff) * 8, joined.len());
+            assert_eq!((p.src, p.dst, p.proto), (node, client, 58));
+            joined.extend_from_slice(&f[p.l4..p.end]);
+        }
+        let icmp = Icmpv6Packet::new_checked(&joined[..]).unwrap();
+        assert!(icmp.verify_checksum(&node, &client));
+        let caps = ChecksumCapabilities::default();
+        let Ok(Icmpv6Repr::EchoReply {
+            ident, data: got, ..
+        }) = Icmpv6Repr::parse(&node, &client, &icmp, &caps)
+        else {
+            panic!("not an echo reply");
+        };
+        assert_eq!((ident, got), (7, &data[..]));
+        assert_eq!((h.stats.reassembled, h.stats.echo_replies), (1, 1));
     }
 
     #[test]

@@ -202,10 +202,12 @@ impl Pipeline {
             return Err(DropReason::NotForUs);
         }
         if let Some(piece) = h.frag {
-            // Pieces of a client's TCP or UDP to a published port go on as IPv4 fragments;
-            // meshd reassembles nothing, so no other piece can be answered.
+            // Pieces of a client's TCP or UDP go on as IPv4 fragments (or, to a port nothing
+            // is published on, to the host side); an echo request's to the host side, which
+            // puts them together to answer (a large `ping -6` of the node).
             return match h.proto {
                 TCP | UDP if for_me => self.published6_piece(t, now, buf, &h, piece),
+                ICMPV6 if for_me => Ok(Verdict::Host(HostReason::NodeAddress)),
                 _ => Err(DropReason::Ipv6Fragment),
             };
         }
@@ -682,6 +684,36 @@ mod tests {
         // A node without an IPv6 address answers no IPv6 at all.
         let (_, v, _) = run(&table(None), PortId::Uplink, &[ns]);
         assert_eq!(v, vec![Verdict::Drop(NoIpv6)]);
+    }
+
+    /// Pieces of an echo request to the node go to the host side (which puts them together);
+    /// pieces to anything but the node's address are dropped.
+    #[test]
+    fn an_echo_requests_pieces_go_to_the_host_side() {
+        let uplink = Config::default().uplink_mac;
+        let ping = testkit::icmpv6_frame(
+            CLIENT_MAC,
+            uplink,
+            client(),
+            me(),
+            64,
+            &Icmpv6Repr::EchoRequest {
+                ident: 1,
+                seq_no: 1,
+                data: &[3; 3000],
+            },
+        );
+        let pieces = testkit::fragment6(&ping, 1500, 5);
+        let (_, v, _) = run(&table(Some(me())), PortId::Uplink, &pieces);
+        assert_eq!(v, vec![Verdict::Host(HostReason::NodeAddress); 3]);
+        let mut elsewhere = pieces[0].clone();
+        elsewhere[ETH + 24 + 15] ^= 1;
+        let (_, v, _) = run(&table(Some(me())), PortId::Uplink, &[elsewhere]);
+        assert_eq!(v, vec![Verdict::Drop(DropReason::NotForUs)]);
+        let mut group = pieces[1].clone();
+        group[ETH + 24..ETH + 40].copy_from_slice(&solicited_node(me()).octets());
+        let (_, v, _) = run(&table(Some(me())), PortId::Uplink, &[group]);
+        assert_eq!(v, vec![Verdict::Drop(DropReason::Ipv6Fragment)]);
     }
 
     proptest::proptest! {
