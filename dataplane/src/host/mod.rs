@@ -1157,24 +1157,37 @@ mod tests {
         assert_eq!(h.stats.echo_replies, 2);
     }
 
+    fn v6_client() -> smoltcp::wire::Ipv6Address {
+        "fd00::c".parse().unwrap()
+    }
+
+    fn v6_node() -> smoltcp::wire::Ipv6Address {
+        "fd00::12".parse().unwrap()
+    }
+
+    /// An outside client's echo request of `data` to the node's IPv6 address.
+    fn ping6(data: &[u8]) -> Vec<u8> {
+        testkit::icmpv6_frame(
+            [2, 0, 0, 0, 0, 9],
+            [2, 0, 0, 0, 0, 1],
+            v6_client(),
+            v6_node(),
+            64,
+            &smoltcp::wire::Icmpv6Repr::EchoRequest {
+                ident: 7,
+                seq_no: 1,
+                data,
+            },
+        )
+    }
+
     /// IPv6 to the node's address, which the pipeline hands over whole: answered whole on the
     /// uplink, counted by kind; nothing goes through the IPv4 defragmenter.
     #[test]
     fn ipv6_echo_and_a_syn_are_answered_on_the_uplink_and_counted() {
         let (mut h, t, _) = stack();
-        let (client, node) = ("fd00::c".parse().unwrap(), "fd00::12".parse().unwrap());
-        let ping = testkit::icmpv6_frame(
-            [2, 0, 0, 0, 0, 9],
-            [2, 0, 0, 0, 0, 1],
-            client,
-            node,
-            64,
-            &smoltcp::wire::Icmpv6Repr::EchoRequest {
-                ident: 1,
-                seq_no: 2,
-                data: &[5; 1400],
-            },
-        );
+        let (client, node) = (v6_client(), v6_node());
+        let ping = ping6(&[5; 1400]);
         let syn = testkit::tcp6_frame(
             [2, 0, 0, 0, 0, 9],
             [2, 0, 0, 0, 0, 1],
@@ -1203,23 +1216,11 @@ mod tests {
     /// pieces that fit the uplink and make the echo reply.
     #[test]
     fn a_large_ipv6_ping_of_the_node_is_answered_in_pieces() {
-        use smoltcp::wire::{Icmpv6Packet, Icmpv6Repr, Ipv6Address};
+        use smoltcp::wire::{Icmpv6Packet, Icmpv6Repr};
         let (mut h, t, _) = stack();
-        let (client, node): (Ipv6Address, Ipv6Address) =
-            ("fd00::c".parse().unwrap(), "fd00::12".parse().unwrap());
+        let (client, node) = (v6_client(), v6_node());
         let data: Vec<u8> = (0..4000).map(|i| (i % 251) as u8).collect();
-        let ping = testkit::icmpv6_frame(
-            [2, 0, 0, 0, 0, 9],
-            [2, 0, 0, 0, 0, 1],
-            client,
-            node,
-            64,
-            &Icmpv6Repr::EchoRequest {
-                ident: 7,
-                seq_no: 1,
-                data: &data,
-            },
-        );
+        let ping = ping6(&data);
         for f in testkit::fragment6(&ping, 1500, 0x0102_0304).iter().rev() {
             h.input(&t, PortId::Uplink, f, 1);
         }

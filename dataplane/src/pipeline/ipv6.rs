@@ -567,22 +567,27 @@ mod tests {
         assert_eq!(flags, NdiscNeighborFlags::OVERRIDE);
     }
 
-    #[test]
-    fn echo_and_tcp_to_an_unpublished_port_of_the_nodes_ipv6_address_go_to_the_host_side() {
-        let t = table(Some(me()));
-        let uplink = Config::default().uplink_mac;
-        let ping = testkit::icmpv6_frame(
+    /// The client's echo request of `data` to the node's address.
+    fn echo_to_me(data: &[u8]) -> Vec<u8> {
+        testkit::icmpv6_frame(
             CLIENT_MAC,
-            uplink,
+            Config::default().uplink_mac,
             client(),
             me(),
             64,
             &Icmpv6Repr::EchoRequest {
                 ident: 7,
                 seq_no: 1,
-                data: b"ping",
+                data,
             },
-        );
+        )
+    }
+
+    #[test]
+    fn echo_and_tcp_to_an_unpublished_port_of_the_nodes_ipv6_address_go_to_the_host_side() {
+        let t = table(Some(me()));
+        let uplink = Config::default().uplink_mac;
+        let ping = echo_to_me(b"ping");
         // To a port that is not published (8080 is: pipeline::nat64's tests).
         let syn = testkit::tcp6_frame(CLIENT_MAC, uplink, client(), 40000, me(), 9999, 0x02, 1);
         let (_, v, _) = run(&t, PortId::Uplink, &[ping, syn]);
@@ -690,20 +695,7 @@ mod tests {
     /// pieces to anything but the node's address are dropped.
     #[test]
     fn an_echo_requests_pieces_go_to_the_host_side() {
-        let uplink = Config::default().uplink_mac;
-        let ping = testkit::icmpv6_frame(
-            CLIENT_MAC,
-            uplink,
-            client(),
-            me(),
-            64,
-            &Icmpv6Repr::EchoRequest {
-                ident: 1,
-                seq_no: 1,
-                data: &[3; 3000],
-            },
-        );
-        let pieces = testkit::fragment6(&ping, 1500, 5);
+        let pieces = testkit::fragment6(&echo_to_me(&[3; 3000]), 1500, 5);
         let (_, v, _) = run(&table(Some(me())), PortId::Uplink, &pieces);
         assert_eq!(v, vec![Verdict::Host(HostReason::NodeAddress); 3]);
         let mut elsewhere = pieces[0].clone();
