@@ -292,31 +292,17 @@ impl HostStack {
         if frame.get(12..14) == Some(&[0x86, 0xdd]) {
             // The pipeline hands over IPv6 to the node's address only (echo, TCP, UDP, and
             // their pieces): put together, then answered, as long as the request that came in.
-            match self.defrag.add6(frame, now) {
-                defrag::Added::Whole => self.stateless6(frame),
-                defrag::Added::Pending => {}
-                defrag::Added::Dropped => self.stats.fragments_dropped += 1,
-                defrag::Added::Done(whole) => {
-                    self.stats.reassembled += 1;
-                    self.stateless6(&whole);
-                }
+            let added = self.defrag.add6(frame, now);
+            if let Some(whole) = self.joined(added, frame) {
+                self.stateless6(&whole);
             }
             return;
         }
-        let whole;
-        let frame = match self.defrag.add(frame, now) {
-            defrag::Added::Whole => frame,
-            defrag::Added::Pending => return,
-            defrag::Added::Dropped => {
-                self.stats.fragments_dropped += 1;
-                return;
-            }
-            defrag::Added::Done(f) => {
-                self.stats.reassembled += 1;
-                whole = f;
-                &whole
-            }
+        let added = self.defrag.add(frame, now);
+        let Some(whole) = self.joined(added, frame) else {
+            return;
         };
+        let frame = &*whole;
         let Some((src, dst, proto, l4)) = ipv4(frame) else {
             self.stats.ignored += 1;
             return;
@@ -368,6 +354,27 @@ impl HostStack {
                 }),
         };
         self.stateless(port, frame, mtu);
+    }
+
+    /// The datagram `frame` is, or completes (`added`, what the defragmenter made of it),
+    /// counted; `None` while it waits for more, or when its datagram was dropped.
+    fn joined<'a>(
+        &mut self,
+        added: defrag::Added,
+        frame: &'a [u8],
+    ) -> Option<std::borrow::Cow<'a, [u8]>> {
+        match added {
+            defrag::Added::Whole => Some(frame.into()),
+            defrag::Added::Pending => None,
+            defrag::Added::Dropped => {
+                self.stats.fragments_dropped += 1;
+                None
+            }
+            defrag::Added::Done(whole) => {
+                self.stats.reassembled += 1;
+                Some(whole.into())
+            }
+        }
     }
 
     /// The answers of a host with no sockets (RST, port unreachable, echo reply), in

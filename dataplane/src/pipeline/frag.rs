@@ -108,9 +108,11 @@ pub(super) enum Way {
     Decap {
         outer: L3,
     },
-    /// From this IPv6 client.
+    /// From this IPv6 client, with its Fragment header and data length.
     Nat64 {
         client: [u8; 16],
+        piece: super::ipv6::Frag6,
+        len: u16,
     },
 }
 
@@ -271,10 +273,7 @@ impl Pipeline {
             // another task's datagram would be forwarded as that datagram's.
             self.task_source(t, now, buf, l3.src)?;
         }
-        let (id, ff, len) = if let Way::Nat64 { .. } = way {
-            let h = super::ipv6::parse_ipv6(buf.data(), ETH)?;
-            let piece = h.frag.ok_or(DropReason::Ipv6Fragment)?;
-            let len = u16::try_from(h.end - h.l4).map_err(|_| DropReason::BadFragment)?;
+        let (id, ff, len) = if let Way::Nat64 { piece, len, .. } = way {
             (piece.id, piece.ff, len)
         } else {
             let ip = l3.l4 - IPV4;
@@ -290,7 +289,7 @@ impl Pipeline {
             // stand-in holds, so that a client whose stand-in is another's cannot add to its
             // datagrams.
             dst: match way {
-                Way::Nat64 { client } => super::nat64::frag_tag(&client),
+                Way::Nat64 { client, .. } => super::nat64::frag_tag(&client),
                 _ => l3.dst,
             },
             id,
@@ -362,7 +361,7 @@ impl Pipeline {
             (Way::Direct, PortId::Tasks) => self.on_task(t, now, buf, l3),
             // The inner packet is read again from the frame (`l3` is the same).
             (Way::Decap { outer }, _) => self.decap_replay(t, now, buf, outer),
-            (Way::Nat64 { client }, _) => self.published6_first(t, now, buf, l3, client),
+            (Way::Nat64 { client, .. }, _) => self.published6_first(t, now, buf, l3, client),
         }
     }
 
@@ -408,7 +407,7 @@ impl Pipeline {
                 let Some((id, dir)) = self.lookup_live(t, &key, key.hash()) else {
                     return Err(DropReason::NoRoute);
                 };
-                if let Way::Nat64 { client } = way {
+                if let Way::Nat64 { client, .. } = way {
                     // Another client whose stand-in and identification match: not its flow.
                     if self.flows.get(id).client6() != client {
                         return Err(DropReason::Ipv6ClientCollision);

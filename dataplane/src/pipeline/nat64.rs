@@ -46,23 +46,26 @@ use crate::fastmap::mix64;
 /// node and across restarts, so a client's flows are balanced alike by every node (Maglev,
 /// affinity) and adopted flows still match.
 pub fn stand_in(client: &[u8; 16]) -> u32 {
-    let [hi, lo] =
-        [&client[..8], &client[8..]].map(|h| u64::from_be_bytes(h.try_into().unwrap_or([0; 8])));
     // Casts: the hash's low 28 bits.
     #[allow(clippy::cast_possible_truncation)]
-    let h = mix64(hi ^ mix64(lo ^ 0x6e61_7436_3473_7464)) as u32;
+    let h = hash6(client, 0x6e61_7436_3473_7464) as u32;
     0xf000_0000 | (h & 0x0fff_ffff)
+}
+
+/// A hash of an IPv6 client's address, seeded.
+fn hash6(client: &[u8; 16], seed: u64) -> u64 {
+    let [hi, lo] =
+        [&client[..8], &client[8..]].map(|h| u64::from_be_bytes(h.try_into().unwrap_or([0; 8])));
+    mix64(hi ^ mix64(lo ^ seed))
 }
 
 /// A second hash of an IPv6 client's address, beside its stand-in in the key of its
 /// datagrams' pieces (`frag::FragKey`): two clients share one only if 60 bits of two hashes
 /// match.
 pub(super) fn frag_tag(client: &[u8; 16]) -> u32 {
-    let [hi, lo] =
-        [&client[..8], &client[8..]].map(|h| u64::from_be_bytes(h.try_into().unwrap_or([0; 8])));
     // Casts: the hash's high 32 bits.
     #[allow(clippy::cast_possible_truncation)]
-    let h = (mix64(lo ^ mix64(hi ^ 0x6672_6167_7461_6736)) >> 32) as u32;
+    let h = (hash6(client, 0x6672_6167_7461_6736) >> 32) as u32;
     h
 }
 
@@ -181,7 +184,7 @@ impl Pipeline {
                 }
             }
         }
-        l3.l4 = to_ipv4::<false>(buf, h, l3.src, 0, None)?;
+        l3.l4 = to_ipv4::<false>(buf, h, l3.src, 0)?;
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
     }
 
@@ -272,7 +275,9 @@ impl Pipeline {
             l4: h.l4,
             frag: head.frag,
         };
-        self.fragment(t, now, buf, l3, frag::Way::Nat64 { client })
+        // Checked by `parse_fragment`: the piece ends at or before byte 65,535.
+        let len = u16::try_from(data.len()).map_err(|_| DropReason::BadFragment)?;
+        self.fragment(t, now, buf, l3, frag::Way::Nat64 { client, piece, len })
     }
 
     /// The first piece of an IPv6 client's datagram (`l3`, from `client`), run by its collector
@@ -497,7 +502,7 @@ impl Pipeline {
 /// stand-in `src` to 0.0.0.0, as [`to_ipv4`] does. Returns where its data now is.
 pub(super) fn piece_to_ipv4(buf: &mut PacketBuf, src: u32) -> Result<usize, DropReason> {
     let h = super::ipv6::parse_ipv6(buf.data(), ETH)?;
-    to_ipv4::<true>(buf, &h, src, 0, h.frag)
+    to_ipv4::<true>(buf, &h, src, 0)
 }
 
 /// Turns the IPv6 packet `h` in `buf` into IPv4 from `src` to `dst` in place (RFC 7915 §5.1):
@@ -514,14 +519,14 @@ fn to_ipv4<const PIECE: bool>(
     h: &L3v6,
     src: u32,
     dst: u32,
-    piece: Option<Frag6>,
 ) -> Result<usize, DropReason> {
+    let piece = h.frag.filter(|_| PIECE);
     let payload = h.end - h.l4;
     // At least 20 bytes: the IPv6 header is 40.
     let shift = h.l4 - ETH - IPV4;
     let f = buf.data_mut();
     let tc = (f[ETH] << 4) | (f[ETH + 1] >> 4);
-    if !PIECE || piece.is_none_or(|p| p.ff & 0x1fff == 0) {
+    if piece.is_none_or(|p| p.ff & 0x1fff == 0) {
         let c = csum_at(h.proto, h.l4);
         if c + 2 > f.len() {
             return Err(DropReason::Truncated);
@@ -550,7 +555,7 @@ fn to_ipv4<const PIECE: bool>(
     repr.emit(&mut p, &ChecksumCapabilities::ignored());
     p.set_dscp(tc >> 2);
     p.set_ecn(tc & 3);
-    if let Some(piece) = piece.filter(|_| PIECE) {
+    if let Some(piece) = piece {
         // Casts: the identification's low 16 bits, as RFC 7915 §5.1.1 says.
         #[allow(clippy::cast_possible_truncation)]
         p.set_ident(piece.id as u16);
