@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,12 @@ pub struct State {
 }
 
 impl State {
+    /// Whether the overlay runs over an IPv6 underlay: the nodes' VTEPs are IPv6 (all of
+    /// them; validation refuses a mix).
+    pub fn underlay6(&self) -> bool {
+        self.nodes.iter().any(|n| n.vtep6().is_some())
+    }
+
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }
@@ -78,9 +84,10 @@ pub struct Node {
     pub name: String,
     /// The node's address on the underlay; published ports answer here.
     pub addr: Ipv4Addr,
-    /// The VXLAN tunnel endpoint; the underlay address when absent.
+    /// The VXLAN tunnel endpoint, IPv4 or IPv6 (VXLAN over an IPv6 underlay); the underlay
+    /// address when absent. Every node's is of one family ([`State::underlay6`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vtep: Option<Ipv4Addr>,
+    pub vtep: Option<IpAddr>,
     /// The node's IPv6 address on the underlay, if it has one: meshd answers Neighbor
     /// Discovery and ping there; TCP and UDP are refused as closed ports (published ports
     /// answer on IPv4 only so far).
@@ -97,9 +104,42 @@ fn default_vxlan_port() -> u16 {
 }
 
 impl Node {
-    pub fn vtep_addr(&self) -> Ipv4Addr {
-        self.vtep.unwrap_or(self.addr)
+    pub fn vtep_addr(&self) -> IpAddr {
+        self.vtep.unwrap_or(IpAddr::V4(self.addr))
     }
+
+    /// The VTEP's IPv6 address when the node's underlay is IPv6.
+    pub fn vtep6(&self) -> Option<Ipv6Addr> {
+        match self.vtep_addr() {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
+
+    /// The 32-bit name of the node's VTEP inside meshd (flows, neighbours, the seal's
+    /// associated data): its IPv4 address, or [`vtep6_key`] of its IPv6 address.
+    pub fn vtep_key(&self) -> Ipv4Addr {
+        match self.vtep_addr() {
+            IpAddr::V4(a) => a,
+            IpAddr::V6(a) => vtep6_key(a),
+        }
+    }
+}
+
+/// The 32-bit name of an IPv6 VTEP: an address of 0.0.0.0/8 ("this network", never a source or
+/// destination on a wire, RFC 1122 §3.2.1.3) made of 24 bits of a fixed hash (FNV-1a, 64 bits,
+/// folded) of the address, never 0.0.0.0. Every node computes the same name for a VTEP, so
+/// the seal's associated data agrees; two nodes whose VTEPs share a name are refused
+/// ([`crate::validate`]). Part of the flow file's format: never change it.
+pub fn vtep6_key(a: Ipv6Addr) -> Ipv4Addr {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in a.octets() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Casts: the fold's low 24 bits.
+    #[allow(clippy::cast_possible_truncation)]
+    let k = ((h ^ (h >> 24) ^ (h >> 48)) & 0x00ff_ffff) as u32;
+    Ipv4Addr::from(k.max(1))
 }
 
 /// An IPv4 prefix such as `10.0.0.0/24`.
@@ -321,26 +361,36 @@ pub struct Network {
 impl Network {
     /// The MTU tasks on this network have on a node whose uplink MTU is `uplink_mtu`: the one
     /// set with `--opt mtu`, else the uplink's less [`Network::overhead`].
-    pub fn effective_mtu(&self, uplink_mtu: u16) -> u16 {
+    /// On an IPv6 underlay (`underlay6`) VXLAN takes 20 bytes more.
+    pub fn effective_mtu(&self, uplink_mtu: u16, underlay6: bool) -> u16 {
         self.mtu
-            .unwrap_or_else(|| uplink_mtu.saturating_sub(self.overhead()))
+            .unwrap_or_else(|| uplink_mtu.saturating_sub(self.overhead(underlay6)))
     }
 
     /// What the underlay carries besides a task's IPv4 packet ([`overlay_overhead`]).
-    pub fn overhead(&self) -> u16 {
-        overlay_overhead(self.encryption.is_some())
+    pub fn overhead(&self, underlay6: bool) -> u16 {
+        overlay_overhead(self.encryption.is_some(), underlay6)
     }
 }
 
-/// What the underlay carries besides a task's IPv4 packet: [`VXLAN_OVERHEAD`], and
-/// [`SEAL_OVERHEAD`] more on an encrypted network.
-pub fn overlay_overhead(encrypted: bool) -> u16 {
-    if encrypted {
-        VXLAN_OVERHEAD + SEAL_OVERHEAD
+/// What the underlay carries besides a task's IPv4 packet: [`VXLAN_OVERHEAD`] (and
+/// [`VXLAN6_EXTRA`] more over an IPv6 underlay, `underlay6`), and [`SEAL_OVERHEAD`] more on
+/// an encrypted network.
+pub fn overlay_overhead(encrypted: bool, underlay6: bool) -> u16 {
+    let vxlan = if underlay6 {
+        VXLAN_OVERHEAD + VXLAN6_EXTRA
     } else {
         VXLAN_OVERHEAD
+    };
+    if encrypted {
+        vxlan + SEAL_OVERHEAD
+    } else {
+        vxlan
     }
 }
+
+/// What VXLAN over IPv6 adds to [`VXLAN_OVERHEAD`]: an IPv6 header is 40 bytes, IPv4's 20.
+pub const VXLAN6_EXTRA: u16 = 20;
 
 /// What sealing adds to an encrypted network's VXLAN frame: the key's id (4 bytes), the nonce
 /// (24) and the authentication tag (16).
@@ -1040,6 +1090,30 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names of IPv6 VTEPs are part of the flow file and of the seal: they never change.
+    #[test]
+    fn an_ipv6_vteps_name_is_fixed_and_in_this_network() {
+        let k = |a: &str| vtep6_key(a.parse().unwrap());
+        assert_eq!(k("fd00:100::11"), Ipv4Addr::new(0, 135, 209, 5));
+        assert_eq!(k("fd00:100::12"), Ipv4Addr::new(0, 132, 211, 80));
+        assert_eq!(k("fd00:100::13"), Ipv4Addr::new(0, 133, 220, 227));
+        let n = Node {
+            name: "n1".into(),
+            addr: Ipv4Addr::new(192, 168, 1, 11),
+            vtep: Some("fd00:100::11".parse().unwrap()),
+            addr6: None,
+            vtep_port: VXLAN_PORT,
+            availability: Availability::Active,
+        };
+        assert_eq!(n.vtep_key(), Ipv4Addr::new(0, 135, 209, 5));
+        assert_eq!(n.vtep6(), Some("fd00:100::11".parse().unwrap()));
+        let state = State {
+            nodes: vec![n],
+            ..State::default()
+        };
+        assert!(state.underlay6());
+    }
 
     #[test]
     fn a_service_of_an_older_state_has_no_affinity_and_one_without_writes_none() {

@@ -165,7 +165,7 @@ struct Scope<'a> {
 /// the MTU it read from its uplink interface; `meshctl` cannot, as each node has its own.
 pub fn check_mtu(state: &State, uplink_mtu: u16) -> Result<(), ValidationError> {
     for net in &state.networks {
-        let overhead = net.overhead();
+        let overhead = net.overhead(state.underlay6());
         let most = uplink_mtu.saturating_sub(overhead);
         let what = if net.encryption.is_some() {
             "VXLAN and its seal add"
@@ -215,7 +215,7 @@ fn check_keys(net: &str, enc: &Encryption) -> Result<(), ValidationError> {
 
 /// A node's IPv6 address must be one a client can reach: unicast, not loopback, not
 /// link-local (a client would need the link's zone), not an IPv4-mapped address.
-fn check_addr6(node: &str, a: std::net::Ipv6Addr) -> Result<(), ValidationError> {
+fn check_addr6(node: &str, what: &str, a: std::net::Ipv6Addr) -> Result<(), ValidationError> {
     let why = if a.is_unspecified() {
         "is the unspecified address"
     } else if a.is_loopback() {
@@ -229,7 +229,7 @@ fn check_addr6(node: &str, a: std::net::Ipv6Addr) -> Result<(), ValidationError>
     } else {
         return Ok(());
     };
-    bail!("node \"{node}\": IPv6 address {a} {why}")
+    bail!("node \"{node}\": {what} {a} {why}")
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
@@ -333,7 +333,7 @@ impl<'a> Scope<'a> {
                 );
             }
             if let Some(a6) = n.addr6 {
-                check_addr6(&n.name, a6)?;
+                check_addr6(&n.name, "IPv6 address", a6)?;
                 if let Some(other) = node_addrs6.insert(a6, n.name.as_str()) {
                     bail!(
                         "nodes \"{other}\" and \"{}\" have the same IPv6 address {a6}",
@@ -349,6 +349,8 @@ impl<'a> Scope<'a> {
             }
         }
         let mut vteps = BTreeMap::new();
+        let mut keys = BTreeMap::new();
+        let first6 = state.nodes.iter().find(|n| n.vtep6().is_some());
         for n in &state.nodes {
             if let Some(other) = vteps.insert((n.vtep_addr(), n.vtep_port), n.name.as_str()) {
                 bail!(
@@ -356,6 +358,27 @@ impl<'a> Scope<'a> {
                     n.name,
                     n.vtep_addr(),
                     n.vtep_port
+                );
+            }
+            if let Some(v6) = n.vtep6() {
+                check_addr6(&n.name, "IPv6 VTEP", v6)?;
+                if let Some(other) = keys.insert(n.vtep_key(), n.name.as_str()) {
+                    bail!(
+                        "nodes \"{other}\" and \"{}\": their IPv6 VTEPs share meshd's 32-bit \
+                         name for them ({}); give one of them another address",
+                        n.name,
+                        n.vtep_key()
+                    );
+                }
+            } else if let Some(v6) = first6 {
+                bail!(
+                    "node \"{}\" has an IPv4 VTEP ({}) but node \"{}\" an IPv6 one ({}): the \
+                     overlay runs over one underlay family; give every node an IPv6 VTEP \
+                     (`--vtep IPV6`) or none",
+                    n.name,
+                    n.vtep_addr(),
+                    v6.name,
+                    v6.vtep_addr()
                 );
             }
         }
@@ -877,11 +900,11 @@ mod tests {
         // Unset: the uplink's less 50, always fits.
         s.networks[1].mtu = None;
         check_mtu(&s, 600).unwrap();
-        assert_eq!(s.networks[1].effective_mtu(1500), 1450);
-        assert_eq!(s.networks[1].effective_mtu(9000), 8950);
+        assert_eq!(s.networks[1].effective_mtu(1500, false), 1450);
+        assert_eq!(s.networks[1].effective_mtu(9000, false), 8950);
         // Encrypted: the seal's 44 bytes more.
         s.networks[1].encryption = Some(one_key());
-        assert_eq!(s.networks[1].effective_mtu(1500), 1406);
+        assert_eq!(s.networks[1].effective_mtu(1500, false), 1406);
         s.networks[1].mtu = Some(1400);
         check_mtu(&s, 1494).unwrap();
         let e = check_mtu(&s, 1493).unwrap_err().to_string();
@@ -890,6 +913,78 @@ mod tests {
                 "VXLAN and its seal add 94 bytes, so the largest MTU of this network here is 1399"
             ),
             "{e}"
+        );
+    }
+
+    /// VXLAN over IPv6: every node's VTEP IPv6 (a mix is refused, saying so), each a usable
+    /// address, no two sharing meshd's name for them; the overlay's MTU 20 bytes less.
+    #[test]
+    fn an_ipv6_underlay_is_every_nodes_and_takes_20_bytes_more() {
+        let v6 = |s: &str| Some(std::net::IpAddr::V6(s.parse().unwrap()));
+        let mut s = sample();
+        for (n, a) in s.nodes.iter_mut().zip(["fd00:100::11", "fd00:100::12"]) {
+            n.vtep = v6(a);
+        }
+        validate(&s).unwrap();
+        assert!(s.underlay6());
+        assert_eq!(s.networks[1].effective_mtu(1500, s.underlay6()), 1430);
+        let e = check_mtu(
+            &State {
+                networks: vec![Network {
+                    mtu: Some(1450),
+                    ..s.networks[1].clone()
+                }],
+                ..s.clone()
+            },
+            1500,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("VXLAN adds 70 bytes, so the largest MTU of this network here is 1430"),
+            "{e}"
+        );
+        let mut mixed = s.clone();
+        mixed.nodes[1].vtep = None;
+        let e = err(&mixed);
+        assert!(e.contains("node \"n2\" has an IPv4 VTEP (192.168.1.12) but node \"n1\" an IPv6 one (fd00:100::11)"), "{e}");
+        assert!(e.contains("one underlay family"), "{e}");
+        for (bad, why) in [
+            ("fe80::1", "is link-local"),
+            ("ff02::1", "is a multicast address"),
+            ("::", "is the unspecified address"),
+            ("::ffff:192.168.1.13", "is an IPv4-mapped address"),
+        ] {
+            let mut b = s.clone();
+            b.nodes[1].vtep = v6(bad);
+            let e = err(&b);
+            assert!(
+                e.contains(&format!("node \"n2\": IPv6 VTEP {bad} {why}")),
+                "{bad}: {e}"
+            );
+        }
+        let mut twice = s.clone();
+        twice.nodes[1].vtep = v6("fd00:100::11");
+        assert!(
+            err(&twice).contains("same VTEP fd00:100::11:4789"),
+            "{}",
+            err(&twice)
+        );
+        // Two addresses whose 24-bit names meet (the first pair found).
+        let mut seen = std::collections::HashMap::new();
+        let (a, b) = (1u128..)
+            .find_map(|i| {
+                let a = std::net::Ipv6Addr::from(0xfd00_0100_u128 << 96 | i);
+                seen.insert(crate::model::vtep6_key(a), a).map(|b| (a, b))
+            })
+            .unwrap();
+        let mut clash = s.clone();
+        clash.nodes[0].vtep = Some(a.into());
+        clash.nodes[1].vtep = Some(b.into());
+        assert!(
+            err(&clash).contains("share meshd's 32-bit name"),
+            "{}",
+            err(&clash)
         );
     }
 

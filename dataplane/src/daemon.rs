@@ -78,9 +78,11 @@ pub struct Args {
     /// This node's underlay address: published ports and VXLAN answer here.
     #[arg(long)]
     pub addr: Option<Ipv4Addr>,
-    /// This node's VXLAN tunnel endpoint address (defaults to --addr).
-    #[arg(long)]
-    pub vtep: Option<Ipv4Addr>,
+    /// This node's VXLAN tunnel endpoint address, IPv4 or IPv6 (defaults to --addr). An IPv6
+    /// one runs the overlay over IPv6: every node's VTEP must be IPv6 then, and VXLAN takes
+    /// 20 bytes more of the uplink's MTU (1430 left of 1500).
+    #[arg(long, value_name = "IP")]
+    pub vtep: Option<std::net::IpAddr>,
     /// This node's IPv6 address on the underlay (optional): meshd answers Neighbor Discovery
     /// and ping6 there, and refuses TCP and UDP as closed ports (published ports answer on
     /// IPv4 only so far). Without it, IPv6 frames are dropped as `no_ipv6`.
@@ -216,7 +218,7 @@ pub struct Args {
 struct FileConfig {
     node: Option<String>,
     addr: Option<Ipv4Addr>,
-    vtep: Option<Ipv4Addr>,
+    vtep: Option<std::net::IpAddr>,
     addr6: Option<Ipv6Addr>,
     uplink: Option<String>,
     tasks: Option<String>,
@@ -293,7 +295,7 @@ impl From<RxRingMode> for RxRing {
 pub struct Settings {
     pub node: String,
     pub addr: Ipv4Addr,
-    pub vtep: Option<Ipv4Addr>,
+    pub vtep: Option<std::net::IpAddr>,
     pub addr6: Option<Ipv6Addr>,
     pub uplink: String,
     pub tasks: String,
@@ -623,12 +625,14 @@ pub fn run(s: Settings) -> Result<(), StartError> {
             interface_mtu(&s.uplink)?,
         ),
     };
-    if uplink_mtu < ctl::MIN_NETWORK_MTU + ctl::VXLAN_OVERHEAD {
+    // What VXLAN takes of the uplink: 20 bytes more over an IPv6 underlay.
+    let vxlan = ctl::overlay_overhead(false, matches!(s.vtep, Some(std::net::IpAddr::V6(_))));
+    if uplink_mtu < ctl::MIN_NETWORK_MTU + vxlan {
         return Err(StartError::Config(format!(
-            "the uplink {:?} has MTU {uplink_mtu}: VXLAN needs {} bytes of it, which leaves less \
-             than the {}-byte minimum an overlay must carry; raise it (ip link set {} mtu 1500)",
+            "the uplink {:?} has MTU {uplink_mtu}: VXLAN needs {vxlan} bytes of it, which leaves \
+             less than the {}-byte minimum an overlay must carry; raise it (ip link set {} mtu \
+             1500)",
             s.uplink,
-            ctl::VXLAN_OVERHEAD,
             ctl::MIN_NETWORK_MTU,
             s.uplink
         )));
@@ -664,10 +668,10 @@ pub fn run(s: Settings) -> Result<(), StartError> {
     if let Err(e) = ctl::validate::check_mtu(&controller.state, uplink_mtu) {
         tracing::error!(
             "{e}; until it is changed, that network's packets are limited to {} bytes",
-            uplink_mtu - ctl::VXLAN_OVERHEAD
+            uplink_mtu - vxlan
         );
     }
-    tracing::info!(uplink = %s.uplink, mtu = uplink_mtu, overlay_mtu = uplink_mtu - ctl::VXLAN_OVERHEAD, "uplink MTU");
+    tracing::info!(uplink = %s.uplink, mtu = uplink_mtu, overlay_mtu = uplink_mtu - vxlan, "uplink MTU");
     tracing::info!(node = %s.node, addr = %s.addr, generation = controller.generation, "state restored");
 
     let group = (std::process::id() & 0x7fff) as u16;

@@ -760,6 +760,96 @@ pub fn fragment6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// A VXLAN frame over IPv6: outer Ethernet/IPv6/UDP to port 4789, its UDP checksum computed
+/// (as a Linux VTEP sends it by default) or zero (`checksum` false, RFC 6935), then the VXLAN
+/// header with `vni` and `inner`.
+#[allow(clippy::too_many_arguments)]
+pub fn vxlan6_frame(
+    outer_src_mac: Mac,
+    outer_dst_mac: Mac,
+    outer_src: Ipv6Addr,
+    outer_dst: Ipv6Addr,
+    outer_sport: u16,
+    vni: u32,
+    inner: &[u8],
+    checksum: bool,
+) -> Vec<u8> {
+    let repr = UdpRepr {
+        src_port: outer_sport,
+        dst_port: vxlan::UDP_PORT,
+    };
+    let v = vxlan::Repr { vni };
+    let payload_len = v.buffer_len() + inner.len();
+    let (s, d) = (IpAddress::Ipv6(outer_src), IpAddress::Ipv6(outer_dst));
+    ipv6_with(
+        outer_src_mac,
+        outer_dst_mac,
+        outer_src,
+        outer_dst,
+        64,
+        IpProtocol::Udp,
+        8 + payload_len,
+        |b| {
+            let mut p = UdpPacket::new_unchecked(b);
+            repr.emit(
+                &mut p,
+                &s,
+                &d,
+                payload_len,
+                |out| {
+                    v.emit(&mut vxlan::Packet::new_unchecked(&mut out[..]));
+                    out[vxlan::HEADER_LEN..].copy_from_slice(inner);
+                },
+                &ChecksumCapabilities::default(),
+            );
+            if !checksum {
+                p.set_checksum(0);
+            }
+        },
+    )
+}
+
+/// What a VXLAN-over-IPv6 frame says ([`decap6`]).
+#[derive(Debug)]
+pub struct Vxlan6Seen<'a> {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    pub sport: u16,
+    pub checksum: u16,
+    pub vni: u32,
+    pub inner: &'a [u8],
+}
+
+/// Reads a VXLAN-over-IPv6 frame: outer source and destination, hop limit, UDP source port and
+/// checksum, VNI, and the inner frame. `None` unless it is IPv6 (no extension headers) and UDP
+/// to port 4789 with a length that fits.
+pub fn decap6(frame: &[u8]) -> Option<Vxlan6Seen<'_>> {
+    if eth(frame)?.2 != 0x86dd {
+        return None;
+    }
+    let ip = smoltcp::wire::Ipv6Packet::new_checked(frame.get(ETH_LEN..)?).ok()?;
+    if ip.next_header() != IpProtocol::Udp {
+        return None;
+    }
+    let payload = frame.get(ETH_LEN + 40..ETH_LEN + 40 + usize::from(ip.payload_len()))?;
+    let u = UdpPacket::new_checked(payload).ok()?;
+    if u.dst_port() != vxlan::UDP_PORT || usize::from(u.len()) != payload.len() {
+        return None;
+    }
+    let v = vxlan::Packet::new_checked(payload.get(8..)?).ok()?;
+    let r = vxlan::Repr::parse(&v).ok()?;
+    Some(Vxlan6Seen {
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        hop_limit: ip.hop_limit(),
+        sport: u.src_port(),
+        checksum: u.checksum(),
+        vni: r.vni,
+        inner: payload.get(8 + vxlan::HEADER_LEN..)?,
+    })
+}
+
 /// An ICMPv6 message (`repr`) in a frame, its checksum filled in.
 pub fn icmpv6_frame(
     src_mac: Mac,

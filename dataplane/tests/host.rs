@@ -387,6 +387,49 @@ fn a_silent_task_fails_on_timeouts() {
     }
 }
 
+/// Over an IPv6 underlay (every VTEP fd00:100::1x): the nodes find each other's VTEPs by
+/// Neighbor Discovery, tell each other their tasks' health over IPv6, and carry clients
+/// through every node to both tasks; a task that stops serving leaves every node.
+#[test]
+fn over_an_ipv6_underlay_nodes_find_each_other_gossip_and_carry_clients() {
+    let mut s = checked(HealthTest::Tcp, 500);
+    for (n, last) in s.nodes.iter_mut().zip(0x11..) {
+        n.vtep = Some(std::net::Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, last).into());
+    }
+    ctl::validate(&s).unwrap();
+    let mut m = mesh(s);
+    let at = m.run_until(2000, |m| {
+        health_everywhere(m, "web.1", Health::Healthy)
+            && health_everywhere(m, "web.2", Health::Healthy)
+    });
+    assert!(at.is_some(), "every node hears of the first checks");
+    for node in ["n1", "n2", "n3"] {
+        let addr = m.node_addr(node).unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            seen.insert(m.curl("client", addr, 8080).unwrap().task);
+        }
+        assert_eq!(seen.len(), 2, "through {node}: {seen:?}");
+    }
+    m.set_serving("web.1", false).unwrap();
+    assert!(m
+        .run_until(u64::from(INTERVAL * RETRIES) + 1000, |m| {
+            health_everywhere(m, "web.1", Health::Unhealthy)
+        })
+        .is_some());
+    // n2 and n3 check their tasks and tell the others; n1 runs none and only hears.
+    for node in ["n1", "n2", "n3"] {
+        let h = m.node(node).unwrap().host().stats.clone();
+        assert!(h.gossip_received >= 2, "{node}: {h:?}");
+        assert!(h.gossip_sent >= 2 || node == "n1", "{node}: {h:?}");
+        assert_eq!(
+            (h.gossip_rejected, h.gossip_forged),
+            (0, 0),
+            "{node}: {h:?}"
+        );
+    }
+}
+
 #[test]
 fn http_checks_want_their_status() {
     let mut m = healthy_mesh(HealthTest::Http, 500);

@@ -334,6 +334,7 @@ enum NodeCmd {
 Examples:
   meshctl node add n3 --addr 192.168.1.13 --endpoint ingress=10.0.0.4
   meshctl node add n4 --addr 192.168.1.14 --vtep 172.16.0.14 --vtep-port 4789
+  meshctl node add n5 --addr 192.168.1.15 --vtep fd00:100::15    # VXLAN over IPv6
 
 Once a service publishes a port, every node needs an endpoint address on the ingress network:
 give it with --endpoint ingress=IP.")]
@@ -368,9 +369,10 @@ struct NodeAddArgs {
     /// The node's underlay address, where its published ports answer
     #[arg(long, value_name = "IP")]
     addr: Ipv4Addr,
-    /// The node's VXLAN tunnel endpoint [default: --addr]
+    /// The node's VXLAN tunnel endpoint, IPv4 or IPv6 (VXLAN over an IPv6 underlay: every
+    /// node's then; 20 bytes more per frame) [default: --addr]
     #[arg(long, value_name = "IP")]
-    vtep: Option<Ipv4Addr>,
+    vtep: Option<std::net::IpAddr>,
     /// The node's IPv6 address on the underlay, if it has one (where it answers ping6)
     #[arg(long, value_name = "IPV6")]
     addr6: Option<Ipv6Addr>,

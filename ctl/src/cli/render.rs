@@ -757,7 +757,7 @@ mod tests {
         let n = Node {
             name: "n1".into(),
             addr: Ipv4Addr::new(192, 168, 1, 11),
-            vtep: Some(Ipv4Addr::new(172, 16, 0, 11)),
+            vtep: Some(Ipv4Addr::new(172, 16, 0, 11).into()),
             addr6: None,
             vtep_port: 4789,
             availability: Availability::Drain,

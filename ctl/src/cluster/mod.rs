@@ -88,7 +88,7 @@ pub fn status_path(node: &str) -> String {
 pub struct Member {
     pub addr: std::net::Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vtep: Option<std::net::Ipv4Addr>,
+    pub vtep: Option<std::net::IpAddr>,
     /// meshd's version.
     pub version: String,
     pub workers: usize,

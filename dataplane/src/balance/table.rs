@@ -11,7 +11,7 @@ use ctl::model::{
     self, Availability, ClientIpMode, EndpointMode, Health, Protocol, PublishMode, SchedulerKind,
     State,
 };
-use smoltcp::wire::{IpProtocol, Ipv4Address};
+use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv6Address};
 
 use super::maglev::{self, Maglev};
 use crate::fastmap::{mix64, FrozenMap};
@@ -43,7 +43,10 @@ pub type BalIdx = u16;
 pub struct NodeEntry {
     pub name: String,
     pub addr: Ipv4Address,
+    /// The VTEP's 32-bit name: its IPv4 address, or [`ctl::vtep6_key`] of its IPv6 one.
     pub vtep: Ipv4Address,
+    /// The VTEP's IPv6 address, over an IPv6 underlay.
+    pub vtep6: Option<Ipv6Address>,
     pub vtep_port: u16,
     /// Drained in the desired state (`meshctl node update --availability drain`). A node down
     /// (no lease) is not drained here but flagged in [`NodesDown`].
@@ -117,6 +120,8 @@ pub struct NetEntry {
     pub mtu: Option<u16>,
     /// An encrypted network's keys: its VXLAN frames are sealed and must open.
     pub keys: Option<seal::NetKeys>,
+    /// Whether its VXLAN frames go over IPv6 (20 bytes more).
+    pub underlay6: bool,
 }
 
 impl NetEntry {
@@ -124,7 +129,8 @@ impl NetEntry {
     /// the uplink carries once encapsulated (and sealed), else the uplink's less VXLAN's 50
     /// bytes (and the seal's 44).
     pub fn mtu_on(&self, uplink_mtu: u16) -> u16 {
-        let most = uplink_mtu.saturating_sub(ctl::overlay_overhead(self.keys.is_some()));
+        let most =
+            uplink_mtu.saturating_sub(ctl::overlay_overhead(self.keys.is_some(), self.underlay6));
         self.mtu.map_or(most, |m| m.min(most))
     }
 }
@@ -279,6 +285,9 @@ pub struct ServiceTable {
     pub ingress_net: Option<NetIdx>,
     /// Whether any network is encrypted (one test on the VXLAN paths of a mesh without).
     pub sealed: bool,
+    /// Whether VXLAN frames take more than plain IPv4 outer headers: `sealed`, or the underlay
+    /// is IPv6 (one test on the plain overlay's transmit path).
+    pub vxlan_slow: bool,
     /// Services by name, lower case (DNS names are case-insensitive).
     svc_names: HashMap<Arc<str>, SvcIdx>,
     /// Tasks by name, lower case.
@@ -440,7 +449,8 @@ impl ServiceTable {
             .map(|n| NodeEntry {
                 name: n.name.clone(),
                 addr: ip(n.addr),
-                vtep: ip(n.vtep_addr()),
+                vtep: ip(n.vtep_key()),
+                vtep6: n.vtep6(),
                 vtep_port: n.vtep_port,
                 drained: n.availability == Availability::Drain,
             })
@@ -458,6 +468,7 @@ impl ServiceTable {
                 local_endpoint: n.endpoints.get(local).copied().map(ip),
                 mtu: n.mtu,
                 keys: n.encryption.as_ref().and_then(seal::NetKeys::new),
+                underlay6: state.underlay6(),
             })
             .collect();
         let sealed = networks.iter().any(|n| n.keys.is_some());
@@ -527,6 +538,7 @@ impl ServiceTable {
             alive: FrozenMap::default(),
             ingress_net,
             sealed,
+            vxlan_slow: sealed || state.underlay6(),
             svc_names: HashMap::with_capacity(state.services.len()),
             task_names: HashMap::with_capacity(tasks_hint + ROOM),
             garbage: 0,
@@ -992,6 +1004,13 @@ impl ServiceTable {
         self.peers.get(key(a))
     }
 
+    /// The peer whose VTEP is the IPv6 address `a` (over an IPv6 underlay).
+    #[inline]
+    pub fn peer6(&self, a: Ipv6Address) -> Option<NodeIdx> {
+        let i = self.peer(ctl::vtep6_key(a))?;
+        (self.node(i).vtep6 == Some(a)).then_some(i)
+    }
+
     #[inline]
     pub fn network_by_vni(&self, vni: u32) -> Option<NetIdx> {
         self.vnis.get(vni)
@@ -1061,6 +1080,7 @@ impl ServiceTable {
                 alive: FrozenMap::default(),
                 ingress_net: None,
                 sealed: false,
+                vxlan_slow: false,
                 svc_names: HashMap::new(),
                 task_names: HashMap::new(),
                 garbage: 0,

@@ -387,7 +387,10 @@ impl Controller {
                 // With the MTU its tasks have on this node, set or derived from the uplink's.
                 Some(n) => val(serde_json::to_value(n.redacted()).map(|mut v| {
                     if let (Some(m), Value::Object(o)) = (self.uplink_mtu, &mut v) {
-                        o.insert("mtu".into(), serde_json::json!(n.effective_mtu(m)));
+                        o.insert(
+                            "mtu".into(),
+                            serde_json::json!(n.effective_mtu(m, self.state.underlay6())),
+                        );
                     }
                     v
                 })),

@@ -35,7 +35,7 @@ use ctl::model::{Health, HEALTH_GOSSIP_PORT};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpAddress,
-    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr,
+    IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address, UdpPacket, UdpRepr,
 };
 
 pub use stateless::{answer, HostAction};
@@ -983,7 +983,7 @@ impl HostStack {
             .collect();
         entries.sort_by_key(|e| e.uid);
         let me = t.node(t.local);
-        let (name, src) = (me.name.clone(), me.vtep);
+        let (name, src, src6) = (me.name.clone(), me.vtep, me.vtep6);
         let mut dgrams = gossip::encode(&name, &entries);
         if !self.cfg.gossip_keys.is_empty() {
             for d in &mut dgrams {
@@ -997,12 +997,18 @@ impl HostStack {
             if i == usize::from(t.local) {
                 continue;
             }
+            // Over an IPv6 underlay, from VTEP to VTEP by their IPv6 addresses.
+            let v6 = src6.zip(n.vtep6);
             let Some(mac) = neigh.get(key(n.vtep)) else {
-                self.ask_uplink(src, n.vtep, now);
+                self.ask_uplink(src, n.vtep, v6, now);
                 continue;
             };
             for d in &dgrams {
-                let f = udp_frame(self.cfg.uplink_mac, mac, src, n.vtep, HEALTH_GOSSIP_PORT, d);
+                let macs = (self.cfg.uplink_mac, mac);
+                let f = match v6 {
+                    Some((s6, d6)) => udp6_frame(macs, s6, d6, HEALTH_GOSSIP_PORT, d),
+                    None => udp_frame(macs.0, mac, src, n.vtep, HEALTH_GOSSIP_PORT, d),
+                };
                 self.out.push((PortId::Uplink, f));
                 self.stats.gossip_sent += 1;
             }
@@ -1016,8 +1022,16 @@ impl HostStack {
         self.wall_at_start.saturating_add(now.saturating_sub(first))
     }
 
-    /// An ARP request on the uplink for a peer's VTEP (the pipeline learns the answer).
-    fn ask_uplink(&mut self, src: Ipv4Address, dst: Ipv4Address, now: u64) {
+    /// An ARP request on the uplink for a peer's VTEP (the pipeline learns the answer); over
+    /// an IPv6 underlay (`v6`: our VTEP's and the peer's IPv6 addresses), a Neighbor
+    /// Solicitation.
+    fn ask_uplink(
+        &mut self,
+        src: Ipv4Address,
+        dst: Ipv4Address,
+        v6: Option<(Ipv6Address, Ipv6Address)>,
+        now: u64,
+    ) {
         if self
             .arp_asked
             .get(&dst)
@@ -1026,6 +1040,17 @@ impl HostStack {
             return;
         }
         self.arp_asked.insert(dst, now);
+        if let Some((src6, target)) = v6 {
+            let mut f = vec![0u8; 128];
+            let mac = self.cfg.uplink_mac;
+            if let Some(n) =
+                crate::pipeline::underlay6::neighbor_solicitation(&mut f, mac, src6, target)
+            {
+                f.truncate(n);
+                self.out.push((PortId::Uplink, f));
+            }
+            return;
+        }
         let mut f = vec![0u8; ETH + 28];
         f[0..6].copy_from_slice(&[0xff; 6]);
         f[6..12].copy_from_slice(&self.cfg.uplink_mac);
@@ -1090,6 +1115,34 @@ fn udp_frame(
         |b| b.copy_from_slice(payload),
         &caps,
     );
+    f
+}
+
+/// [`udp_frame`] over IPv6 (`macs`: ours, the peer's), its checksum filled.
+fn udp6_frame(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv6Address,
+    dst: Ipv6Address,
+    port: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let udp = UdpRepr {
+        src_port: port,
+        dst_port: port,
+    };
+    let len = 8 + payload.len();
+    let mut f = vec![0u8; ETH + 40 + len];
+    let n = crate::wire::reply::ipv6_frame(&mut f, macs, src, dst, 64, IpProtocol::Udp, len, |b| {
+        udp.emit(
+            &mut UdpPacket::new_unchecked(b),
+            &IpAddress::Ipv6(src),
+            &IpAddress::Ipv6(dst),
+            payload.len(),
+            |b| b.copy_from_slice(payload),
+            &ChecksumCapabilities::default(),
+        );
+    });
+    f.truncate(n.unwrap_or(0));
     f
 }
 

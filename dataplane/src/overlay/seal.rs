@@ -206,7 +206,7 @@ impl Sealer {
             return Err(DropReason::SealNoNonce);
         };
         let body = buf.len();
-        if buf.headroom() < HEAD + vxlan::ENCAP_LEN || !buf.append(TAG) {
+        if buf.headroom() < HEAD + crate::overlay::ENCAP6_LEN || !buf.append(TAG) {
             return Err(DropReason::NoHeadroom);
         }
         let counter = self.next.to_be_bytes();

@@ -54,7 +54,9 @@ impl Pipeline {
                 }
                 let me = t.node(t.local);
                 (
-                    target_protocol_addr == t.node_addr || target_protocol_addr == me.vtep,
+                    // Over an IPv6 underlay the VTEP's name is no address to answer for.
+                    target_protocol_addr == t.node_addr
+                        || (target_protocol_addr == me.vtep && me.vtep6.is_none()),
                     self.cfg.uplink_mac,
                 )
             }

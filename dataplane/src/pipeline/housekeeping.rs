@@ -91,7 +91,10 @@ impl Pipeline {
                 break;
             };
             let Some(mut b) = pool.get() else { break };
-            self.arp_request(table, ip, port, &mut b);
+            if !self.arp_request(table, ip, port, &mut b) {
+                pool.put(b);
+                continue;
+            }
             self.asking(ip, now);
             out.push(b);
         }
@@ -178,7 +181,30 @@ impl Pipeline {
         true
     }
 
-    pub(super) fn arp_request(&self, t: &ServiceTable, ip: u32, port: PortId, b: &mut PacketBuf) {
+    /// Writes into `b` the request for `ip`'s MAC on `port`: ARP, or over an IPv6 underlay
+    /// Neighbor Discovery for a peer's VTEP (`ip` its name). False when there is nobody to ask
+    /// (a name no peer has now).
+    pub(super) fn arp_request(
+        &self,
+        t: &ServiceTable,
+        ip: u32,
+        port: PortId,
+        b: &mut PacketBuf,
+    ) -> bool {
+        if let (PortId::Uplink, Some(src)) = (port, t.node(t.local).vtep6) {
+            let Some(target) = t.peer(addr(ip)).and_then(|i| t.node(i).vtep6) else {
+                return false;
+            };
+            let mut frame = [0u8; 128];
+            let mac = self.cfg.uplink_mac;
+            let Some(n) = super::underlay6::neighbor_solicitation(&mut frame, mac, src, target)
+            else {
+                return false;
+            };
+            b.fill(&frame[..n]);
+            b.port = port;
+            return true;
+        }
         let (mac, sender) = match port {
             PortId::Uplink => (self.cfg.uplink_mac, t.node(t.local).vtep),
             PortId::Tasks => {
@@ -208,5 +234,6 @@ impl Pipeline {
             // On the task's own VLAN: nobody else hears it.
             b.vlan = task_vlan(t, ip);
         }
+        true
     }
 }

@@ -190,15 +190,25 @@ impl Pipeline {
         now: u32,
         buf: &mut PacketBuf,
     ) -> Result<Verdict, DropReason> {
-        let Some(me) = t.node_addr6 else {
-            return Err(DropReason::NoIpv6);
-        };
-        if buf.port != PortId::Uplink {
+        // The node's IPv6 address and its IPv6 VTEP (often the same): Neighbor Discovery is
+        // answered for both, published ports and ping only on the first.
+        let vtep6 = t.node(t.local).vtep6;
+        let mine = [t.node_addr6, vtep6];
+        if mine == [None, None] || buf.port != PortId::Uplink {
             return Err(DropReason::NoIpv6);
         }
         let h = parse_ipv6(buf.data(), ETH)?;
-        let for_me = h.dst == me;
-        if !for_me && h.dst != solicited_node(me) && h.dst != ALL_NODES {
+        if vtep6 == Some(h.dst) && h.proto == UDP && h.frag.is_none() {
+            if let Some(r) = self.underlay6(t, now, buf, &h) {
+                return r;
+            }
+        }
+        let for_me = t.node_addr6 == Some(h.dst);
+        let to_group = mine
+            .iter()
+            .flatten()
+            .any(|&m| h.dst == m || h.dst == solicited_node(m));
+        if !for_me && !to_group && h.dst != ALL_NODES {
             return Err(DropReason::NotForUs);
         }
         if let Some(piece) = h.frag {
@@ -212,7 +222,7 @@ impl Pipeline {
             };
         }
         match h.proto {
-            ICMPV6 => self.icmpv6(me, &h, buf, for_me),
+            ICMPV6 => self.icmpv6(t, now, mine, &h, buf, for_me),
             TCP | UDP if for_me => self.published6(t, now, buf, &h),
             _ if for_me => Err(DropReason::UnknownProtocol),
             _ => Err(DropReason::NotForUs),
@@ -221,7 +231,9 @@ impl Pipeline {
 
     fn icmpv6(
         &mut self,
-        me: Ipv6Address,
+        t: &ServiceTable,
+        now: u32,
+        mine: [Option<Ipv6Address>; 2],
         h: &L3v6,
         buf: &mut PacketBuf,
         for_me: bool,
@@ -234,13 +246,24 @@ impl Pipeline {
         if !icmp.verify_checksum(&h.src, &h.dst) {
             return Err(DropReason::BadL4Checksum);
         }
+        let smac = EthernetFrame::new_unchecked(f).src_addr().0;
         match icmp.msg_type() {
             Icmpv6Message::EchoRequest if for_me => Ok(Verdict::Host(HostReason::NodeAddress)),
             Icmpv6Message::NeighborSolicit => {
-                let asker_mac = EthernetFrame::new_unchecked(f).src_addr().0;
-                let (dst, dst_mac, flags) = solicitation(me, h, &icmp, asker_mac)?;
-                self.advertise(me, dst, dst_mac, flags, buf)
+                let (target, dst, dst_mac, flags) = solicitation(mine, h, &icmp, smac)?;
+                // A peer's solicitation says where its VTEP is, as an ARP request does.
+                if let Some(peer) = (!h.src.is_unspecified()).then(|| t.peer6(h.src)).flatten() {
+                    let _ = self.note_mac(
+                        ipkey(t.node(peer).vtep),
+                        dst_mac,
+                        PortId::Uplink,
+                        now,
+                        false,
+                    );
+                }
+                self.advertise(target, dst, dst_mac, flags, buf)
             }
+            Icmpv6Message::NeighborAdvert => self.advertisement(t, now, h, &icmp, smac),
             m if m.is_ndisc() => Err(DropReason::NdpIgnored),
             _ => Err(DropReason::UnknownProtocol),
         }
@@ -271,14 +294,14 @@ impl Pipeline {
 }
 
 /// A Neighbor Solicitation (`icmp`, checksum checked, from the frame of `asker_mac`), validated
-/// as RFC 4861 §7.1.1 asks: when it is for the node's address `me`, where its advertisement
-/// goes (address, MAC) and with which flags.
+/// as RFC 4861 §7.1.1 asks: when it is for one of the node's addresses `mine`, that address,
+/// where its advertisement goes (address, MAC) and with which flags.
 fn solicitation(
-    me: Ipv6Address,
+    mine: [Option<Ipv6Address>; 2],
     h: &L3v6,
     icmp: &Icmpv6Packet<&[u8]>,
     asker_mac: [u8; 6],
-) -> Result<(Ipv6Address, [u8; 6], NdiscNeighborFlags), DropReason> {
+) -> Result<(Ipv6Address, Ipv6Address, [u8; 6], NdiscNeighborFlags), DropReason> {
     //= https://www.rfc-editor.org/rfc/rfc4861#section-7.1.1
     //# - The IP Hop Limit field has a value of 255, i.e., the packet could not possibly
     //#   have been forwarded by a router.
@@ -303,7 +326,7 @@ fn solicitation(
     {
         return Err(DropReason::BadNdp);
     }
-    if target_addr != me {
+    if !mine.contains(&Some(target_addr)) {
         return Err(DropReason::NdpIgnored);
     }
     //= https://www.rfc-editor.org/rfc/rfc4861#section-7.2.4
@@ -312,12 +335,18 @@ fn solicitation(
     //# address. Otherwise, the node MUST set the Solicited flag to one and unicast the
     //# advertisement to the source of the solicitation.
     Ok(if dad {
-        (ALL_NODES, ALL_NODES_MAC, NdiscNeighborFlags::OVERRIDE)
+        (
+            target_addr,
+            ALL_NODES,
+            ALL_NODES_MAC,
+            NdiscNeighborFlags::OVERRIDE,
+        )
     } else {
         let mac = lladdr
             .and_then(|l| <[u8; 6]>::try_from(l.as_bytes()).ok())
             .unwrap_or(asker_mac);
         (
+            target_addr,
             h.src,
             mac,
             NdiscNeighborFlags::SOLICITED | NdiscNeighborFlags::OVERRIDE,

@@ -73,7 +73,7 @@ use crate::nat::ports::{self, MasqPorts};
 use crate::nat::{self, dec_ttl, put16};
 use crate::neigh::{NeighCache, Neighbors};
 use crate::overlay::seal::{Replay, Sealer};
-use crate::overlay::{self, entropy_port, Outer};
+use crate::overlay::{self, entropy_port, Outer, Outer6};
 use crate::port::{Burst, BURST};
 use crate::stats::{DropReason, HostReason, TaskCounters, WorkerStats};
 use crate::wire::checksum;
@@ -191,6 +191,8 @@ pub struct Pipeline {
     hint: (FlowKey, u64),
     /// Prebuilt outer headers per peer VTEP and port (emptied when a new table comes).
     outers: NeighCache<(u32, u16), Outer, OUTER_CACHE>,
+    /// The same over an IPv6 underlay.
+    outers6: NeighCache<(u32, u16), Outer6, OUTER_CACHE>,
     /// Local tasks' and peers' MACs, with the VLAN of a task's port (emptied when a new table
     /// comes: a task's VLAN is the table's).
     macs: NeighCache<u32, Hw, MAC_CACHE>,
@@ -237,6 +239,7 @@ pub mod passive;
 mod steer;
 #[cfg(test)]
 mod tests;
+pub mod underlay6;
 mod xmit;
 
 use classify::{addr, ipkey, peek_key};
@@ -312,6 +315,7 @@ impl Pipeline {
             passive: passive::Passive::default(),
             hint: (FlowKey::default(), 0),
             outers: NeighCache::new(),
+            outers6: NeighCache::new(),
             macs: NeighCache::new(),
             net_mtu: Vec::new(),
             min_mtu: 0,
@@ -479,6 +483,7 @@ impl Pipeline {
         self.max_frame = ETH + usize::from(self.min_mtu);
         // The local VTEP address and the peers' ports may have changed, and tasks' VLANs.
         self.outers.clear();
+        self.outers6.clear();
         self.macs.clear();
         if self.cfg.worker == 0 {
             // Warm the neighbour table so the first packet of a flow finds its next hop.

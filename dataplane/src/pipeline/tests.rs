@@ -1422,7 +1422,12 @@ const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x99];
 
 /// A client's UDP datagram of `len` bytes to the node's published port 5353, as the fragments
 /// a 1500-byte link gives it, numbered by offset.
-fn client_datagram(t: &ServiceTable, mac: [u8; 6], len: usize, id: u16) -> (Vec<u8>, Vec<Vec<u8>>) {
+pub(super) fn client_datagram(
+    t: &ServiceTable,
+    mac: [u8; 6],
+    len: usize,
+    id: u16,
+) -> (Vec<u8>, Vec<Vec<u8>>) {
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
     let node = std::net::Ipv4Addr::from(t.node_addr.octets());
     let whole = crate::testkit::udp_frame(

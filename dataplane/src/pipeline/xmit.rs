@@ -276,6 +276,9 @@ impl Pipeline {
                 vni,
                 sport,
             } => {
+                if t.vxlan_slow {
+                    return self.send_vxlan_slow(t, now, buf, (vtep, port), vni, sport);
+                }
                 let up = self.cfg.uplink_mac;
                 let outer = self.outers.get(&self.neigh, (vtep, port), vtep, |mac| {
                     Outer::new(up, mac, ipkey(t.node(t.local).vtep), vtep, port)
@@ -284,19 +287,61 @@ impl Pipeline {
                     self.want(vtep, PortId::Uplink, now);
                     return Err(DropReason::NoNeighbor);
                 };
-                {
-                    // The inner Ethernet header: the receiving meshd rewrites it on delivery.
-                    let f = buf.data_mut();
-                    f[0..6].copy_from_slice(&[0; 6]);
-                    f[6..12].copy_from_slice(&self.cfg.tasks_mac);
-                }
-                if t.sealed {
-                    Self::seal(&mut self.sealer, t, buf, vni, vtep)?;
-                }
+                inner_ethernet(buf, self.cfg.tasks_mac);
                 outer.encap(buf, sport, vni)?;
                 Ok(Verdict::Tx(PortId::Uplink))
             }
         }
+    }
+
+    /// `send` into VXLAN when the mesh has an encrypted network (the frame sealed first if its
+    /// network is) or runs over an IPv6 underlay (IPv6 outer headers): out of `send`, so the
+    /// plain IPv4 overlay's path carries neither.
+    #[cold]
+    #[inline(never)]
+    fn send_vxlan_slow(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        (vtep, port): (u32, u16),
+        vni: u32,
+        sport: u16,
+    ) -> Result<Verdict, DropReason> {
+        let up = self.cfg.uplink_mac;
+        let me = t.node(t.local);
+        let outer = match me.vtep6 {
+            // Over an IPv6 underlay `vtep` is the peer's 32-bit name (`ctl::vtep6_key`); a name
+            // no peer has now (a flow of a removed node) gets the unspecified address, which
+            // `Outer6::encap` refuses.
+            Some(src) => self
+                .outers6
+                .get(&self.neigh, (vtep, port), vtep, |mac| {
+                    let dst = t.peer(addr(vtep)).and_then(|i| t.node(i).vtep6);
+                    let dst = dst.unwrap_or(smoltcp::wire::Ipv6Address::UNSPECIFIED);
+                    Outer6::new(up, mac, src.octets(), dst.octets(), port)
+                })
+                .map(|o| Err(*o)),
+            None => self
+                .outers
+                .get(&self.neigh, (vtep, port), vtep, |mac| {
+                    Outer::new(up, mac, ipkey(me.vtep), vtep, port)
+                })
+                .map(|o| Ok(*o)),
+        };
+        let Some(outer) = outer else {
+            self.want(vtep, PortId::Uplink, now);
+            return Err(DropReason::NoNeighbor);
+        };
+        inner_ethernet(buf, self.cfg.tasks_mac);
+        if t.sealed {
+            Self::seal(&mut self.sealer, t, buf, vni, vtep)?;
+        }
+        match outer {
+            Ok(o) => o.encap(buf, sport, vni)?,
+            Err(o6) => o6.encap(buf, sport, vni)?,
+        }
+        Ok(Verdict::Tx(PortId::Uplink))
     }
 
     /// Seals a frame for VTEP `vtep` on network `vni` when the network is encrypted (outside
@@ -315,4 +360,13 @@ impl Pipeline {
         let local = ipkey(t.node(t.local).vtep);
         sealer.seal(keys, buf, vni, local, vtep)
     }
+}
+
+/// Writes the inner Ethernet header of a frame going into VXLAN (from `tasks_mac`): the
+/// receiving meshd rewrites it on delivery.
+#[inline(always)]
+fn inner_ethernet(buf: &mut PacketBuf, tasks_mac: [u8; 6]) {
+    let f = buf.data_mut();
+    f[0..6].copy_from_slice(&[0; 6]);
+    f[6..12].copy_from_slice(&tasks_mac);
 }
