@@ -354,10 +354,9 @@ impl<'a> Scope<'a> {
         for n in &state.nodes {
             if let Some(other) = vteps.insert((n.vtep_addr(), n.vtep_port), n.name.as_str()) {
                 bail!(
-                    "nodes \"{other}\" and \"{}\" have the same VTEP {}:{}",
+                    "nodes \"{other}\" and \"{}\" have the same VTEP {}",
                     n.name,
-                    n.vtep_addr(),
-                    n.vtep_port
+                    std::net::SocketAddr::new(n.vtep_addr(), n.vtep_port)
                 );
             }
             if let Some(v6) = n.vtep6() {
@@ -966,7 +965,7 @@ mod tests {
         let mut twice = s.clone();
         twice.nodes[1].vtep = v6("fd00:100::11");
         assert!(
-            err(&twice).contains("same VTEP fd00:100::11:4789"),
+            err(&twice).contains("same VTEP [fd00:100::11]:4789"),
             "{}",
             err(&twice)
         );

@@ -250,7 +250,7 @@ pub fn node_ls(nodes: &[Node]) -> String {
             vec![
                 n.name.clone(),
                 node_addresses(n),
-                format!("{}:{}", n.vtep_addr(), n.vtep_port),
+                std::net::SocketAddr::new(n.vtep_addr(), n.vtep_port).to_string(),
                 match n.availability {
                     Availability::Active => "Active",
                     Availability::Drain => "Drain",
@@ -273,7 +273,7 @@ pub(super) fn node_ls_cluster(rows: &[super::cluster::NodeRow]) -> String {
             vec![
                 n.name.clone(),
                 node_addresses(n),
-                format!("{}:{}", n.vtep_addr(), n.vtep_port),
+                std::net::SocketAddr::new(n.vtep_addr(), n.vtep_port).to_string(),
                 match r.status {
                     "ready" => "Ready",
                     _ => "Down",
