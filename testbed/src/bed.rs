@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -160,6 +160,9 @@ pub struct Record {
     /// How the nodes' meshd reach their interfaces (`up --io`).
     #[serde(default)]
     pub io: plan::NodeIo,
+    /// VXLAN over IPv6 (`up --underlay6`): every node's VTEP is its IPv6 address.
+    #[serde(default)]
+    pub underlay6: bool,
 }
 
 /// The instance's etcd: its members in a namespace of their own on the management network
@@ -351,8 +354,8 @@ impl Bed {
             .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
-    /// Gives the tasks started from now on interfaces of MTU `mtu` (instead of
-    /// [`plan::TASK_MTU`]).
+    /// Gives the tasks started from now on interfaces of MTU `mtu` (instead of the overlay's,
+    /// [`Bed::task_mtu`]).
     pub fn set_task_mtu(&mut self, mtu: u16) -> Result<()> {
         self.rec.task_mtu = Some(mtu);
         self.save()
@@ -407,6 +410,7 @@ impl Bed {
         };
         bed.rec.instance = bed.plan.instance.clone();
         bed.rec.io = bed.plan.io;
+        bed.rec.underlay6 = bed.plan.underlay6;
         match bed.build(nodes, etcd_members) {
             Ok(()) => Ok(bed),
             Err(e) => {
@@ -541,18 +545,20 @@ impl Bed {
             if others.is_empty() {
                 continue;
             }
-            self.meshctl_on(
-                &others,
-                &[
-                    "node",
-                    "add",
-                    &node.name,
-                    "--addr",
-                    &node.addr.to_string(),
-                    "--addr6",
-                    &node.addr6().to_string(),
-                ],
-            )?;
+            let mut args: Vec<String> = [
+                "node",
+                "add",
+                &node.name,
+                "--addr",
+                &node.addr.to_string(),
+                "--addr6",
+                &node.addr6().to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(self.vtep_args(&node));
+            self.meshctl_on(&others, &args)?;
         }
         let subnet = format!("{}/{}", plan::subnet(0).0, plan::subnet(0).1);
         let mut args = vec![
@@ -592,6 +598,40 @@ impl Bed {
         )?;
         sys::offloads_off(sw, sw_end)?;
         sys::offloads_off(ns, dev)
+    }
+
+    /// Node `n`'s VXLAN tunnel endpoint: its IPv6 address over an IPv6 underlay
+    /// ([`Record::underlay6`]), else its IPv4 address (meshd's default).
+    pub fn vtep(&self, n: &NodeRec) -> IpAddr {
+        if self.rec.underlay6 {
+            IpAddr::V6(n.addr6())
+        } else {
+            IpAddr::V4(n.addr)
+        }
+    }
+
+    /// `--vtep IPV6` for node `n`'s meshd and its `meshctl node add` over an IPv6 underlay;
+    /// nothing otherwise (the VTEP is then the node's `--addr`).
+    fn vtep_args(&self, n: &NodeRec) -> Vec<String> {
+        if self.rec.underlay6 {
+            vec!["--vtep".into(), self.vtep(n).to_string()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The MTU of new tasks' interfaces: [`Bed::set_task_mtu`]'s, else the overlay's on the
+    /// 1500-byte underlay: [`plan::TASK_MTU`] (1450), 20 bytes less over an IPv6 underlay
+    /// (1430), the seal's 44 less on an encrypted network (`sealed`).
+    pub fn task_mtu(&self, sealed: bool) -> u16 {
+        let mut mtu = plan::TASK_MTU;
+        if self.rec.underlay6 {
+            mtu -= ctl::VXLAN6_EXTRA;
+        }
+        if sealed {
+            mtu -= ctl::SEAL_OVERHEAD;
+        }
+        self.rec.task_mtu.unwrap_or(mtu)
     }
 
     /// Starts node `n`'s meshd (0-based) and records its pid.
@@ -634,6 +674,7 @@ impl Bed {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(self.vtep_args(&node));
         if self.rec.io == plan::NodeIo::Dpdk {
             args.extend([
                 "--io".to_string(),
@@ -1463,19 +1504,15 @@ impl Bed {
         for (_, a) in &t.addrs {
             sys::ip_in(&t.ns, &["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
         }
-        // A task on an encrypted network gets its smaller MTU (the seal's 44 bytes less).
+        // A task on an encrypted network gets its smaller MTU (the seal's 44 bytes less), one
+        // over an IPv6 underlay 20 bytes less again.
         let sealed = svc.networks.iter().any(|n| {
             self.rec
                 .networks
                 .iter()
                 .any(|r| r.name == *n && r.encrypted)
         });
-        let default = if sealed {
-            plan::TASK_MTU - ctl::SEAL_OVERHEAD
-        } else {
-            plan::TASK_MTU
-        };
-        let mtu = self.rec.task_mtu.unwrap_or(default).to_string();
+        let mtu = self.task_mtu(sealed).to_string();
         sys::ip_in(&t.ns, &["link", "set", "eth0", "mtu", &mtu, "up"])?;
         sys::offloads_off(&t.ns, "eth0")?;
         sys::ip_in(&t.ns, &["route", "add", "default", "via", &gw.to_string()])?;
@@ -1770,6 +1807,13 @@ impl Bed {
             plan::CLIENT_ADDR,
             plan::CLIENT_ADDR6
         );
+        if self.rec.underlay6 {
+            let _ = writeln!(
+                s,
+                "  VXLAN runs over IPv6: node i's VTEP is fd00:100::1i (meshd --vtep); tasks get MTU {}",
+                self.task_mtu(false)
+            );
+        }
         if let Some(e) = &self.rec.etcd {
             let _ = writeln!(
                 s,

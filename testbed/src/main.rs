@@ -91,8 +91,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// The MTU of the tasks' interfaces [default: 1450, the 1500-byte underlay less 50 bytes
-        /// of VXLAN, as Swarm gives containers on an overlay]. 1500 shows that a task left at
-        /// the underlay's MTU still works (meshd clamps the MSS, sends "fragmentation needed")
+        /// of VXLAN, as Swarm gives containers on an overlay; 1430 with --underlay6]. 1500 shows
+        /// that a task left at the underlay's MTU still works (meshd clamps the MSS, sends
+        /// "fragmentation needed")
         #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(576..=9000))]
         task_mtu: Option<u16>,
         /// Cluster mode: start an etcd (Debian's) on a management network and run every meshd
@@ -107,6 +108,10 @@ enum Cmd {
         /// `cargo build --release --features dataplane/dpdk`)
         #[arg(long, value_enum, default_value_t = testbed::plan::NodeIo::Afpacket)]
         io: testbed::plan::NodeIo,
+        /// VXLAN over IPv6: every node's VTEP is its IPv6 address fd00:100::1<i> (meshd --vtep,
+        /// meshctl node add --vtep), the overlay's MTU 1430
+        #[arg(long)]
+        underlay6: bool,
     },
     /// Remove everything `up` made: stop meshd and tasks, delete the namespaces (also after a crash)
     Down {
@@ -284,10 +289,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cluster,
             etcd_members,
             io,
+            underlay6,
         } => {
             preflight::check(true)?;
             let members = if cluster { etcd_members } else { 0 };
-            let plan = Plan { io, ..plan };
+            let plan = Plan {
+                io,
+                underlay6,
+                ..plan
+            };
             let mut bed = Bed::up_with(plan, Tools::find()?, nodes, true, members)?;
             if let Some(mtu) = task_mtu {
                 bed.set_task_mtu(mtu)?;

@@ -40,6 +40,7 @@ pub const TASKS_DEV: &str = "br-tasks";
 /// container on an overlay network (`com.docker.network.driver.mtu`). A task at 1500 works too
 /// (meshd clamps the TCP MSS and answers too-big packets with ICMP "fragmentation needed"), but
 /// then its large UDP datagrams need fragmenting; `testbed up --task-mtu 1500` tries that.
+/// Over an IPv6 underlay ([`Plan::underlay6`]) VXLAN takes 20 bytes more: 1430.
 pub const TASK_MTU: u16 = 1450;
 /// The switch's bridge.
 pub const SWITCH_DEV: &str = "br0";
@@ -66,6 +67,10 @@ pub struct Plan {
     pub instance: String,
     /// How the nodes' meshd reach their interfaces (`up --io`); kept in the instance's record.
     pub io: NodeIo,
+    /// VXLAN over the underlay's IPv6 (`up --underlay6`): every node's VTEP is its IPv6 address
+    /// ([`node_addr6`]), given to its meshd (`--vtep`) and to its peers (`node add --vtep`);
+    /// kept in the instance's record.
+    pub underlay6: bool,
 }
 
 /// How a node's meshd reaches its two interfaces.
@@ -111,6 +116,7 @@ impl Plan {
         Ok(Plan {
             instance: instance.to_string(),
             io: NodeIo::default(),
+            underlay6: false,
         })
     }
 

@@ -12,14 +12,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use common::Mesh;
+use common::{mebibyte_each_way, Mesh, Scratch};
 use ctl::model::PublishMode;
-use testbed::{probe, sys, whoami, RunSpec};
-
-const MIB: usize = 1 << 20;
+use testbed::{sys, RunSpec};
 
 fn mesh(tag: &str) -> Option<Mesh> {
     common::mesh("b", "bigpackets", tag, || {
@@ -28,95 +24,14 @@ fn mesh(tag: &str) -> Option<Mesh> {
     })
 }
 
-/// A scratch directory for one test's files, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("meshd-big-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-    fn path(&self, name: &str) -> String {
-        self.0.join(name).display().to_string()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// From namespace `ns`: downloads `GET base/bytes/1MiB` and uploads a mebibyte to `base/echo`,
-/// and checks both bodies byte for byte. `what` names the path in failure messages.
-fn mebibyte_each_way(s: &Scratch, ns: &str, base: &str, what: &str) {
-    let down = s.path("down");
-    let _ = std::fs::remove_file(&down);
-    let url = format!("{base}/bytes/{MIB}");
-    let out =
-        sys::exec_in_output(ns, "curl", &["-sS", "--max-time", "30", "-o", &down, &url]).unwrap();
-    assert_eq!(out.code, Some(0), "{what}: curl {url}: {}", out.stderr);
-    let got = std::fs::read(&down).unwrap();
-    assert_eq!(got.len(), MIB, "{what}: downloaded {} bytes", got.len());
-    assert!(
-        got == whoami::pattern(MIB),
-        "{what}: the download's bytes differ"
-    );
-
-    let up = s.path("up");
-    let mut body = whoami::pattern(MIB);
-    body.reverse();
-    std::fs::write(&up, &body).unwrap();
-    let echo = s.path("echo");
-    let _ = std::fs::remove_file(&echo);
-    let url = format!("{base}/echo");
-    let data = format!("@{up}");
-    let out = sys::exec_in_output(
-        ns,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "30",
-            "-H",
-            "Content-Type: application/octet-stream",
-            "--data-binary",
-            &data,
-            "-o",
-            &echo,
-            &url,
-        ],
-    )
-    .unwrap();
-    assert_eq!(out.code, Some(0), "{what}: curl POST {url}: {}", out.stderr);
-    let got = std::fs::read(&echo).unwrap();
-    assert_eq!(got.len(), MIB, "{what}: echoed {} bytes", got.len());
-    assert!(got == body, "{what}: the echoed upload differs");
-}
-
 /// The UDP sizes each path must carry: one that fits, one a byte past a 1500-byte link (two
 /// fragments), and two of several fragments.
 const UDP_SIZES: [usize; 4] = [1400, 1473, 4000, 8000];
 
 /// From namespace `ns`: UDP datagrams of each of `UDP_SIZES` to `to` (IPv4 or IPv6), each
-/// echoed whole (the whoami's name, a space, then the datagram) and intact.
+/// echoed whole and intact.
 fn udp_sizes_echoed(ns: &str, to: SocketAddr, what: &str) {
-    let sock = probe::udp_socket_for(ns, to).unwrap().unwrap();
-    for n in UDP_SIZES {
-        let body = whoami::pattern(n);
-        // A datagram lost to the path MTU discovery of the client's kernel (its first at a new
-        // size may meet "fragmentation needed") is sent again, as a UDP application would.
-        let got = (0..3)
-            .find_map(|_| probe::udp_echo_on(&sock, to, &body, Duration::from_secs(2)).ok())
-            .unwrap_or_else(|| panic!("{what}: no echo of {n} bytes to {to}"));
-        assert!(
-            got.len() > n && got.ends_with(&body),
-            "{what}: {n} bytes to {to}: got {} bytes back, not the datagram",
-            got.len()
-        );
-    }
+    common::udp_echoed(ns, to, &UDP_SIZES, what);
 }
 
 /// From namespace `ns`: `ping -s 4000` of `to` is answered (the request and the reply both

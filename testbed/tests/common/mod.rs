@@ -2,11 +2,12 @@
 //! and removed by a guard (also when the test fails, after dumping every node's state), with
 //! meshd and meshctl rebuilt once per test binary so no stale daemon runs.
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, Once};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use testbed::{sys, Bed, Plan, Tools};
+use testbed::{probe, sys, whoami, Bed, Plan, Tools};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 static BUILD: Once = Once::new();
@@ -136,6 +137,19 @@ pub fn mesh_io(
     io: testbed::plan::NodeIo,
     preflight: impl FnOnce(),
 ) -> Option<Mesh> {
+    mesh_plan(letter, test, tag, etcd_members, |p| p.io = io, preflight)
+}
+
+/// [`mesh_with`] with the instance's [`Plan`] changed by `shape` before the mesh is built (its
+/// `io`, `underlay6`).
+pub fn mesh_plan(
+    letter: &str,
+    test: &str,
+    tag: &str,
+    etcd_members: usize,
+    shape: impl FnOnce(&mut Plan),
+    preflight: impl FnOnce(),
+) -> Option<Mesh> {
     if !sys::require_root(&format!(
         "{test}/{tag} (sudo cargo test -p testbed --test {test})"
     )) {
@@ -146,7 +160,7 @@ pub fn mesh_io(
     let exe = Path::new(env!("CARGO_BIN_EXE_testbed"));
     build_daemons(exe);
     let mut plan = Plan::new(&format!("{letter}{tag}{}", std::process::id() % 1000)).unwrap();
-    plan.io = io;
+    shape(&mut plan);
     testbed::bed::down(&plan);
     let started = Instant::now();
     let bed = Bed::up_with(plan, Tools::beside(exe).unwrap(), 3, false, etcd_members).unwrap();
@@ -264,4 +278,98 @@ pub fn capture(
         })
         .unwrap()
     })
+}
+
+/// A mebibyte.
+pub const MIB: usize = 1 << 20;
+
+/// A scratch directory for one test's files, removed when dropped.
+#[allow(dead_code)] // each test file uses part of this module
+pub struct Scratch(PathBuf);
+
+#[allow(dead_code)] // each test file uses part of this module
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("meshd-scratch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+    pub fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// From namespace `ns`: downloads `GET base/bytes/1MiB` and uploads a mebibyte to `base/echo`,
+/// and checks both bodies byte for byte. `what` names the path in failure messages.
+#[allow(dead_code)] // each test file uses part of this module
+pub fn mebibyte_each_way(s: &Scratch, ns: &str, base: &str, what: &str) {
+    let down = s.path("down");
+    let _ = std::fs::remove_file(&down);
+    let url = format!("{base}/bytes/{MIB}");
+    let out =
+        sys::exec_in_output(ns, "curl", &["-sS", "--max-time", "30", "-o", &down, &url]).unwrap();
+    assert_eq!(out.code, Some(0), "{what}: curl {url}: {}", out.stderr);
+    let got = std::fs::read(&down).unwrap();
+    assert_eq!(got.len(), MIB, "{what}: downloaded {} bytes", got.len());
+    assert!(
+        got == whoami::pattern(MIB),
+        "{what}: the download's bytes differ"
+    );
+
+    let up = s.path("up");
+    let mut body = whoami::pattern(MIB);
+    body.reverse();
+    std::fs::write(&up, &body).unwrap();
+    let echo = s.path("echo");
+    let _ = std::fs::remove_file(&echo);
+    let url = format!("{base}/echo");
+    let data = format!("@{up}");
+    let out = sys::exec_in_output(
+        ns,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "30",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &data,
+            "-o",
+            &echo,
+            &url,
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{what}: curl POST {url}: {}", out.stderr);
+    let got = std::fs::read(&echo).unwrap();
+    assert_eq!(got.len(), MIB, "{what}: echoed {} bytes", got.len());
+    assert!(got == body, "{what}: the echoed upload differs");
+}
+
+/// From namespace `ns`: UDP datagrams of each of `sizes` to `to` (IPv4 or IPv6), each echoed
+/// whole (the whoami's name, a space, then the datagram) and intact.
+#[allow(dead_code)] // each test file uses part of this module
+pub fn udp_echoed(ns: &str, to: SocketAddr, sizes: &[usize], what: &str) {
+    let sock = probe::udp_socket_for(ns, to).unwrap().unwrap();
+    for &n in sizes {
+        let body = whoami::pattern(n);
+        // A datagram lost to the path MTU discovery of the client's kernel (its first at a new
+        // size may meet "fragmentation needed") is sent again, as a UDP application would.
+        let got = (0..3)
+            .find_map(|_| probe::udp_echo_on(&sock, to, &body, Duration::from_secs(2)).ok())
+            .unwrap_or_else(|| panic!("{what}: no echo of {n} bytes to {to}"));
+        assert!(
+            got.len() > n && got.ends_with(&body),
+            "{what}: {n} bytes to {to}: got {} bytes back, not the datagram",
+            got.len()
+        );
+    }
 }
