@@ -31,7 +31,7 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         repeats: usize,
         /// Only this scenario (its whole name, e.g. "decapsulation"), or those whose name contains
-        /// this (e.g. "ingress", "storm", "VIP", "sealed", "replies").
+        /// this (e.g. "ingress", "storm", "VIP", "sealed", "replies", "underlay").
         #[arg(long)]
         only: Option<String>,
         /// Only this flow count for the established ingress scenario.
@@ -170,6 +170,8 @@ fn main() {
                 (Kind::Ndp, sizes[0]),
                 (Kind::Ingress6, sizes[1]),
                 (Kind::Replies6, sizes[1]),
+                (Kind::IngressUnderlay6, sizes[0]),
+                (Kind::DecapUnderlay6, sizes[1]),
             ];
             // A scenario's whole name picks it alone; a part of one picks every scenario with
             // it in its name.
@@ -207,13 +209,15 @@ fn main() {
             if json {
                 print_json(&rows);
             } else {
+                // As wide as the longest name shown (the IPv6 underlay's are longer than 30).
+                let w = rows.iter().map(|r| r.scenario.len()).fold(30, usize::max);
                 println!(
-                    "{:<30} {:>9} {:>10} {:>9} {:>10}",
+                    "{:<w$} {:>9} {:>10} {:>9} {:>10}",
                     "scenario", "flows", "Mpps", "ns/pkt", "forwarded"
                 );
                 for r in &rows {
                     println!(
-                        "{:<30} {:>9} {:>10.2} {:>9.1} {:>9.1}%",
+                        "{:<w$} {:>9} {:>10.2} {:>9.1} {:>9.1}%",
                         r.scenario,
                         r.flows,
                         r.mpps,

@@ -26,6 +26,10 @@ const N1: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 11);
 const N1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11);
 const N2: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 12);
 const N3: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 13);
+/// n1, n2 and n3's VTEPs on the IPv6 underlay (`--vtep fd00:100::11`...).
+const N1_VTEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x11);
+const N2_VTEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x12);
+const N3_VTEP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x13);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
 const CLI_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 50);
 const API_TASK: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
@@ -45,6 +49,17 @@ pub fn sealed_state() -> State {
 }
 
 const SEAL_KEY: [u8; 32] = [0x42; 32];
+
+/// `state()` over an IPv6 underlay: every node's VTEP an IPv6 address (n1, n2, n3's
+/// fd00:100::11 to ::13), so the overlay travels in IPv6 outer headers.
+pub fn underlay6_state() -> State {
+    let mut s = state();
+    for (n, vtep) in s.nodes.iter_mut().zip([N1_VTEP6, N2_VTEP6, N3_VTEP6]) {
+        n.vtep = Some(vtep.into());
+    }
+    s
+}
+
 /// The IPv4 length of the MTU-sized scenarios' packets: what an encrypted network on a 1500
 /// underlay carries (1406) rounded down to a TCP segment a task would send.
 pub const MTU_PACKET: usize = 1400;
@@ -194,6 +209,13 @@ pub enum Kind {
     Ingress6,
     /// `Replies` to IPv6 clients: each reply is also converted back to IPv6.
     Replies6,
+    /// `Ingress` over an IPv6 underlay (every node's VTEP an IPv6 address): each packet leaves
+    /// in VXLAN in IPv6 outer headers.
+    IngressUnderlay6,
+    /// `Decap` over an IPv6 underlay: VXLAN in IPv6 (UDP checksum zero, as meshd sends it) from
+    /// n2's VTEP to n1's, rewritten in place as the IPv4 datagram between the VTEPs' 32-bit
+    /// names before it is checked and decapsulated.
+    DecapUnderlay6,
 }
 
 /// The published UDP port of the fragmented-datagram scenario.
@@ -219,6 +241,8 @@ impl Kind {
             Kind::Ndp => "IPv6 neighbor solicitation",
             Kind::Ingress6 => "established IPv6 ingress",
             Kind::Replies6 => "task replies to IPv6 clients",
+            Kind::IngressUnderlay6 => "established ingress, IPv6 underlay",
+            Kind::DecapUnderlay6 => "decapsulation, IPv6 underlay",
         }
     }
 
@@ -230,11 +254,20 @@ impl Kind {
         )
     }
 
-    /// Whether it is the established-ingress path (whatever the size or sealing).
+    /// Whether the scenario runs over the IPv6 underlay.
+    pub fn underlay6(self) -> bool {
+        matches!(self, Kind::IngressUnderlay6 | Kind::DecapUnderlay6)
+    }
+
+    /// Whether it is the established-ingress path (whatever the size, sealing or underlay).
     fn ingress(self) -> bool {
         matches!(
             self,
-            Kind::Ingress | Kind::SealedIngress | Kind::IngressMtu | Kind::SealedIngressMtu
+            Kind::Ingress
+                | Kind::SealedIngress
+                | Kind::IngressMtu
+                | Kind::SealedIngressMtu
+                | Kind::IngressUnderlay6
         )
     }
 
@@ -368,6 +401,8 @@ impl Scenario {
     ) -> Scenario {
         let state = if kind.sealed() {
             sealed_state()
+        } else if kind.underlay6() {
+            underlay6_state()
         } else {
             state()
         };
@@ -376,8 +411,11 @@ impl Scenario {
             Err(e) => panic!("the bench state is valid: {e}"),
         };
         let neigh = Arc::new(Neighbors::new(1024));
-        neigh.learn(u32::from(N2), N2_MAC);
-        neigh.learn(u32::from(N3), N3_MAC);
+        // The peers' VTEPs' MACs, by the names meshd gives them (their IPv4 addresses, or
+        // `vtep6_key` of their IPv6 ones).
+        for (n, mac) in state.nodes[1..].iter().zip([N2_MAC, N3_MAC]) {
+            neigh.learn(u32::from(n.vtep_key()), mac);
+        }
         neigh.learn(u32::from(API_TASK), [0x02, 0, 0, 0, 3, 1]);
         neigh.learn(u32::from(CLI_TASK), [0x02, 0, 0, 0, 3, 2]);
         let cfg = Config {
@@ -428,7 +466,8 @@ impl Scenario {
                 | Kind::Fragments
                 | Kind::SealedIngress
                 | Kind::IngressMtu
-                | Kind::SealedIngressMtu => {
+                | Kind::SealedIngressMtu
+                | Kind::IngressUnderlay6 => {
                     let (ip, port) = client(i);
                     testkit::tcp_frame(
                         CLIENT_MAC, UPLINK_MAC, ip, port, N1, 8080, flags, 1000, 1, &body,
@@ -461,6 +500,16 @@ impl Scenario {
                 Kind::Decap => {
                     testkit::vxlan_frame(N2_MAC, UPLINK_MAC, N2, N1, 50000, INGRESS_VNI, &to_api(i))
                 }
+                Kind::DecapUnderlay6 => testkit::vxlan6_frame(
+                    N2_MAC,
+                    UPLINK_MAC,
+                    N2_VTEP6,
+                    N1_VTEP6,
+                    50000,
+                    INGRESS_VNI,
+                    &to_api(i),
+                    false,
+                ),
                 Kind::SealedDecap => {
                     let Some(keys) = seal_keys.as_ref() else {
                         panic!("the sealed state has keys");
@@ -631,6 +680,7 @@ impl Scenario {
                     + 40
                     + dataplane::overlay::seal::SEAL_LEN,
             ),
+            Kind::DecapUnderlay6 => (128, dataplane::overlay::ENCAP6_LEN + testkit::ETH_LEN + 40),
             Kind::Fragments => (FRAG_STRIDE, testkit::ETH_LEN + 1500),
             // Ethernet, IPv6, a solicitation with its link-layer address option.
             Kind::Ndp => (96, testkit::ETH_LEN + 40 + 32),
@@ -781,5 +831,38 @@ pub fn measure_kept(
         forwarded,
         mpps: 1e3 / best,
         ns_per_packet: best,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The IPv6 underlay's rows measure that path: the ingress row's frames leave in VXLAN in
+    /// IPv6 from n1's VTEP to the task's node's (to its MAC, UDP checksum zero), and the
+    /// decapsulation row's frames are taken from n2's IPv6 VTEP and delivered to the api task.
+    #[test]
+    fn the_ipv6_underlay_rows_go_over_ipv6() {
+        let mut s = Scenario::new(Kind::IngressUnderlay6, 64);
+        assert_eq!(s.run(BURST), BURST);
+        for b in s.burst.iter() {
+            let f = b.data();
+            let v = testkit::decap6(f).expect("VXLAN over IPv6");
+            let mac = match v.dst {
+                N2_VTEP6 => N2_MAC,
+                N3_VTEP6 => N3_MAC,
+                d => panic!("to {d}"),
+            };
+            assert_eq!((&f[..6], &f[6..12]), (&mac[..], &UPLINK_MAC[..]));
+            assert_eq!((v.src, v.checksum, v.vni), (N1_VTEP6, 0, INGRESS_VNI));
+        }
+        let mut s = Scenario::new(Kind::DecapUnderlay6, 64);
+        assert_eq!(s.run(BURST), BURST);
+        for b in s.burst.iter() {
+            let f = b.data();
+            assert_eq!(f.len(), testkit::ETH_LEN + 40);
+            assert_eq!(&f[..6], &[0x02, 0, 0, 0, 3, 1]);
+            assert_eq!(f[30..34], API_TASK.octets());
+        }
     }
 }

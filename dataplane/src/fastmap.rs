@@ -24,6 +24,16 @@ impl FastKey for u64 {
     }
 }
 
+impl FastKey for u128 {
+    /// An IPv6 address: its halves folded, then mixed (the key itself is compared whole).
+    #[inline]
+    // Casts: the low half, on purpose.
+    #[allow(clippy::cast_possible_truncation)]
+    fn mix(self) -> u64 {
+        mix64(((self >> 64) as u64) ^ (self as u64).rotate_left(32))
+    }
+}
+
 /// A strong 64-bit finaliser (splitmix64's).
 #[inline]
 pub fn mix64(mut x: u64) -> u64 {

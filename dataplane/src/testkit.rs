@@ -343,12 +343,6 @@ pub fn vxlan_frame(
     vni: u32,
     inner: &[u8],
 ) -> Vec<u8> {
-    let repr = UdpRepr {
-        src_port: outer_sport,
-        dst_port: vxlan::UDP_PORT,
-    };
-    let v = vxlan::Repr { vni };
-    let payload_len = v.buffer_len() + inner.len();
     let (s, d) = (IpAddress::Ipv4(outer_src), IpAddress::Ipv4(outer_dst));
     ipv4_with(
         outer_src_mac,
@@ -356,25 +350,46 @@ pub fn vxlan_frame(
         outer_src,
         outer_dst,
         IpProtocol::Udp,
-        8 + payload_len,
-        |b| {
-            let mut p = UdpPacket::new_unchecked(b);
-            repr.emit(
-                &mut p,
-                &s,
-                &d,
-                payload_len,
-                |out| {
-                    v.emit(&mut vxlan::Packet::new_unchecked(&mut out[..]));
-                    out[vxlan::HEADER_LEN..].copy_from_slice(inner);
-                },
-                &ChecksumCapabilities::default(),
-            );
-            //= https://www.rfc-editor.org/rfc/rfc7348#section-5
-            //# UDP Checksum: It SHOULD be transmitted as zero.
-            p.set_checksum(0);
-        },
+        VXLAN_UDP_LEN + inner.len(),
+        //= https://www.rfc-editor.org/rfc/rfc7348#section-5
+        //# UDP Checksum: It SHOULD be transmitted as zero.
+        |b| vxlan_udp(b, (s, d), outer_sport, vni, inner, false),
     )
+}
+
+/// The outer UDP and VXLAN headers' length.
+const VXLAN_UDP_LEN: usize = 8 + vxlan::HEADER_LEN;
+
+/// Writes into `b` the outer UDP datagram from `sport` to port 4789 (between `addrs`, for the
+/// checksum, zero unless `checksum`) carrying the VXLAN header with `vni` and `inner`.
+fn vxlan_udp(
+    b: &mut [u8],
+    addrs: (IpAddress, IpAddress),
+    sport: u16,
+    vni: u32,
+    inner: &[u8],
+    checksum: bool,
+) {
+    let repr = UdpRepr {
+        src_port: sport,
+        dst_port: vxlan::UDP_PORT,
+    };
+    let v = vxlan::Repr { vni };
+    let mut p = UdpPacket::new_unchecked(b);
+    repr.emit(
+        &mut p,
+        &addrs.0,
+        &addrs.1,
+        v.buffer_len() + inner.len(),
+        |out| {
+            v.emit(&mut vxlan::Packet::new_unchecked(&mut out[..]));
+            out[vxlan::HEADER_LEN..].copy_from_slice(inner);
+        },
+        &ChecksumCapabilities::default(),
+    );
+    if !checksum {
+        p.set_checksum(0);
+    }
 }
 
 /// Recomputes the IPv4 header checksum of the frame's IPv4 header (after a test edited it).
@@ -774,12 +789,6 @@ pub fn vxlan6_frame(
     inner: &[u8],
     checksum: bool,
 ) -> Vec<u8> {
-    let repr = UdpRepr {
-        src_port: outer_sport,
-        dst_port: vxlan::UDP_PORT,
-    };
-    let v = vxlan::Repr { vni };
-    let payload_len = v.buffer_len() + inner.len();
     let (s, d) = (IpAddress::Ipv6(outer_src), IpAddress::Ipv6(outer_dst));
     ipv6_with(
         outer_src_mac,
@@ -788,24 +797,8 @@ pub fn vxlan6_frame(
         outer_dst,
         64,
         IpProtocol::Udp,
-        8 + payload_len,
-        |b| {
-            let mut p = UdpPacket::new_unchecked(b);
-            repr.emit(
-                &mut p,
-                &s,
-                &d,
-                payload_len,
-                |out| {
-                    v.emit(&mut vxlan::Packet::new_unchecked(&mut out[..]));
-                    out[vxlan::HEADER_LEN..].copy_from_slice(inner);
-                },
-                &ChecksumCapabilities::default(),
-            );
-            if !checksum {
-                p.set_checksum(0);
-            }
-        },
+        VXLAN_UDP_LEN + inner.len(),
+        |b| vxlan_udp(b, (s, d), outer_sport, vni, inner, checksum),
     )
 }
 

@@ -280,6 +280,8 @@ pub struct ServiceTable {
     port_map: Box<[u16]>,
     addrs: FrozenMap<u32, AddrEntry>,
     peers: FrozenMap<u32, NodeIdx>,
+    /// The peers by their IPv6 VTEP, over an IPv6 underlay.
+    peers6: FrozenMap<u128, NodeIdx>,
     vnis: FrozenMap<u32, NetIdx>,
     alive: FrozenMap<u64, TaskIdx>,
     pub ingress_net: Option<NetIdx>,
@@ -510,6 +512,13 @@ impl ServiceTable {
                 .filter(|(i, _)| *i != usize::from(local_idx))
                 .map(|(i, n)| (key(n.vtep), i as NodeIdx)),
         );
+        let peers6 = FrozenMap::build(
+            nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != usize::from(local_idx))
+                .filter_map(|(i, n)| Some((u128::from(n.vtep6?), i as NodeIdx))),
+        );
         let vnis = FrozenMap::build(
             networks
                 .iter()
@@ -534,6 +543,7 @@ impl ServiceTable {
             published: Vec::new(),
             port_map: vec![0u16; 2 * PORTS].into_boxed_slice(),
             peers,
+            peers6,
             vnis,
             alive: FrozenMap::default(),
             ingress_net,
@@ -1007,8 +1017,7 @@ impl ServiceTable {
     /// The peer whose VTEP is the IPv6 address `a` (over an IPv6 underlay).
     #[inline]
     pub fn peer6(&self, a: Ipv6Address) -> Option<NodeIdx> {
-        let i = self.peer(ctl::vtep6_key(a))?;
-        (self.node(i).vtep6 == Some(a)).then_some(i)
+        self.peers6.get(u128::from(a))
     }
 
     #[inline]
@@ -1076,6 +1085,7 @@ impl ServiceTable {
                 port_map: vec![0u16; 2 * PORTS].into_boxed_slice(),
                 addrs: FrozenMap::default(),
                 peers: FrozenMap::default(),
+                peers6: FrozenMap::default(),
                 vnis: FrozenMap::default(),
                 alive: FrozenMap::default(),
                 ingress_net: None,

@@ -308,38 +308,39 @@ impl Pipeline {
         vni: u32,
         sport: u16,
     ) -> Result<Verdict, DropReason> {
-        let up = self.cfg.uplink_mac;
+        let (up, tasks_mac) = (self.cfg.uplink_mac, self.cfg.tasks_mac);
         let me = t.node(t.local);
-        let outer = match me.vtep6 {
+        if let Some(src) = me.vtep6 {
             // Over an IPv6 underlay `vtep` is the peer's 32-bit name (`ctl::vtep6_key`); a name
             // no peer has now (a flow of a removed node) gets the unspecified address, which
             // `Outer6::encap` refuses.
-            Some(src) => self
-                .outers6
-                .get(&self.neigh, (vtep, port), vtep, |mac| {
-                    let dst = t.peer(addr(vtep)).and_then(|i| t.node(i).vtep6);
-                    let dst = dst.unwrap_or(smoltcp::wire::Ipv6Address::UNSPECIFIED);
-                    Outer6::new(up, mac, src.octets(), dst.octets(), port)
-                })
-                .map(|o| Err(*o)),
-            None => self
-                .outers
-                .get(&self.neigh, (vtep, port), vtep, |mac| {
-                    Outer::new(up, mac, ipkey(me.vtep), vtep, port)
-                })
-                .map(|o| Ok(*o)),
-        };
-        let Some(outer) = outer else {
-            self.want(vtep, PortId::Uplink, now);
-            return Err(DropReason::NoNeighbor);
-        };
-        inner_ethernet(buf, self.cfg.tasks_mac);
-        if t.sealed {
-            Self::seal(&mut self.sealer, t, buf, vni, vtep)?;
-        }
-        match outer {
-            Ok(o) => o.encap(buf, sport, vni)?,
-            Err(o6) => o6.encap(buf, sport, vni)?,
+            let outer = self.outers6.get(&self.neigh, (vtep, port), vtep, |mac| {
+                let dst = t.peer(addr(vtep)).and_then(|i| t.node(i).vtep6);
+                let dst = dst.unwrap_or(smoltcp::wire::Ipv6Address::UNSPECIFIED);
+                Outer6::new(up, mac, src.octets(), dst.octets(), port)
+            });
+            let Some(outer) = outer else {
+                self.want(vtep, PortId::Uplink, now);
+                return Err(DropReason::NoNeighbor);
+            };
+            inner_ethernet(buf, tasks_mac);
+            if t.sealed {
+                Self::seal(&mut self.sealer, t, buf, vni, vtep)?;
+            }
+            outer.encap(buf, sport, vni)?;
+        } else {
+            let outer = self.outers.get(&self.neigh, (vtep, port), vtep, |mac| {
+                Outer::new(up, mac, ipkey(me.vtep), vtep, port)
+            });
+            let Some(outer) = outer else {
+                self.want(vtep, PortId::Uplink, now);
+                return Err(DropReason::NoNeighbor);
+            };
+            inner_ethernet(buf, tasks_mac);
+            if t.sealed {
+                Self::seal(&mut self.sealer, t, buf, vni, vtep)?;
+            }
+            outer.encap(buf, sport, vni)?;
         }
         Ok(Verdict::Tx(PortId::Uplink))
     }
