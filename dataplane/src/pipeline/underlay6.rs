@@ -3,7 +3,7 @@
 //! Inside meshd a peer's VTEP keeps a 32-bit name ([`ctl::vtep6_key`], an address of 0.0.0.0/8
 //! never seen on a wire), so flows, the neighbour table, the seal's associated data and the
 //! whole IPv4 overlay path stay as they are. What changes is only at the edge of the uplink:
-//! - out: [`crate::overlay::Outer::new6`] writes IPv6 outer headers (20 bytes more, UDP
+//! - out: [`crate::overlay::Outer6`] writes IPv6 outer headers (20 bytes more, UDP
 //!   checksum zero as RFC 6935 allows tunnels, as Linux's `udp6zerocsumtx`);
 //! - in: a UDP datagram from a peer's IPv6 VTEP to ours (VXLAN, or the peer's health gossip)
 //!   is rewritten in place as the IPv4 datagram between the two names
