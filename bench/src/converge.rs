@@ -89,6 +89,7 @@ pub struct Slow {
 fn workload(nodes: usize, services: usize, tasks: usize) -> (Network, Vec<Service>) {
     let subnet: Ipv4Net = "10.64.0.0/10".parse().unwrap_or_else(|_| unreachable!());
     let net = Network {
+        subnet6: None,
         name: "appnet".into(),
         vni: 4097,
         subnet,

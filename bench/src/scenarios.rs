@@ -82,6 +82,7 @@ pub fn state() -> State {
     endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
     endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
     let ingress = Network {
+        subnet6: None,
         name: "ingress".into(),
         vni: INGRESS_VNI,
         subnet: "10.0.0.0/24".parse().expect("constant"),
@@ -92,6 +93,7 @@ pub fn state() -> State {
         encryption: None,
     };
     let app = Network {
+        subnet6: None,
         name: "appnet".into(),
         vni: 4097,
         subnet: "10.0.1.0/24".parse().expect("constant"),

@@ -727,6 +727,7 @@ mod tests {
 
     fn sample() -> State {
         let ingress = Network {
+            subnet6: None,
             name: "ingress".into(),
             vni: INGRESS_VNI,
             subnet: "10.0.0.0/24".parse().unwrap(),
@@ -740,6 +741,7 @@ mod tests {
             encryption: None,
         };
         let app = Network {
+            subnet6: None,
             name: "appnet".into(),
             vni: 4097,
             subnet: "10.0.1.0/24".parse().unwrap(),

@@ -232,6 +232,94 @@ impl fmt::Display for Ipv4Net {
     }
 }
 
+/// An overlay network's IPv6 prefix, such as `fd00:1::/64` (`network create --ipv6 --subnet`).
+/// At most /96: a task's IPv6 address on the network is the prefix with its IPv4 address in
+/// the last 32 bits ([`Ipv6Net::embed`], as RFC 6052 embeds IPv4 in IPv6), and so are the
+/// VIPs', the gateway's and the endpoints', so an address of either family names the other and
+/// nothing is allocated twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Ipv6Net {
+    pub addr: Ipv6Addr,
+    pub prefix: u8,
+}
+
+impl Ipv6Net {
+    /// The longest prefix an overlay takes: 32 bits are left for the IPv4 address.
+    pub const MAX_PREFIX: u8 = 96;
+
+    pub fn new(addr: Ipv6Addr, prefix: u8) -> Result<Self, ParseNetError> {
+        if prefix > Self::MAX_PREFIX {
+            return Err(ParseNetError(format!(
+                "{addr}/{prefix}: an overlay's IPv6 prefix is at most /96 (the last 32 bits \
+                 hold each task's IPv4 address)"
+            )));
+        }
+        Ok(Ipv6Net { addr, prefix })
+    }
+    pub fn mask(&self) -> u128 {
+        ClientNet::mask6(self.prefix)
+    }
+    pub fn network(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.addr) & self.mask())
+    }
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        u128::from(ip) & self.mask() == u128::from(self.addr) & self.mask()
+    }
+    pub fn overlaps(&self, other: &Ipv6Net) -> bool {
+        let m = self.mask() & other.mask();
+        u128::from(self.addr) & m == u128::from(other.addr) & m
+    }
+    /// The IPv6 address of the overlay address `v4`: the prefix's first 96 bits, then `v4`.
+    pub fn embed(&self, v4: Ipv4Addr) -> Ipv6Addr {
+        Ipv6Addr::from((u128::from(self.addr) & !0xffff_ffff) | u128::from(u32::from(v4)))
+    }
+    /// The IPv4 address an address of this prefix embeds, if it is of this prefix.
+    pub fn extract(&self, ip: Ipv6Addr) -> Option<Ipv4Addr> {
+        let x = u128::from(ip);
+        // Casts: the low 32 bits.
+        #[allow(clippy::cast_possible_truncation)]
+        let v4 = Ipv4Addr::from(x as u32);
+        (x & !0xffff_ffff == u128::from(self.addr) & !0xffff_ffff && self.contains(ip))
+            .then_some(v4)
+    }
+}
+
+impl FromStr for Ipv6Net {
+    type Err = ParseNetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, p) = s.split_once('/').ok_or_else(|| {
+            ParseNetError(format!("{s:?}: expected ADDRESS/PREFIX, like fd00:1::/64"))
+        })?;
+        let addr = a
+            .parse::<Ipv6Addr>()
+            .map_err(|_| ParseNetError(format!("{s:?}: {a:?} is not an IPv6 address")))?;
+        let prefix = p
+            .parse::<u8>()
+            .map_err(|_| ParseNetError(format!("{s:?}: {p:?} is not a prefix length")))?;
+        Ipv6Net::new(addr, prefix)
+    }
+}
+
+impl TryFrom<String> for Ipv6Net {
+    type Error = ParseNetError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Ipv6Net> for String {
+    fn from(n: Ipv6Net) -> String {
+        n.to_string()
+    }
+}
+
+impl fmt::Display for Ipv6Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// A client address prefix of either family, as `meshctl conn ls --client` takes it:
 /// `203.0.113.0/24` or `fd00:100::/64`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -338,6 +426,10 @@ pub struct Network {
     pub name: String,
     pub vni: u32,
     pub subnet: Ipv4Net,
+    /// Dual-stack (`network create --ipv6 --subnet fd00:1::/64`): the network's IPv6 prefix.
+    /// Every overlay address of the network has an IPv6 twin in it ([`Ipv6Net::embed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
     /// The gateway and embedded resolver address on this network.
     pub gateway: Ipv4Addr,
     /// Swarm's ingress network carries published-port traffic.
@@ -359,6 +451,11 @@ pub struct Network {
 }
 
 impl Network {
+    /// The IPv6 twin of the network's overlay address `v4`, on a dual-stack network.
+    pub fn addr6(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.subnet6.map(|p| p.embed(v4))
+    }
+
     /// The MTU tasks on this network have on a node whose uplink MTU is `uplink_mtu`: the one
     /// set with `--opt mtu`, else the uplink's less [`Network::overhead`].
     /// On an IPv6 underlay (`underlay6`) VXLAN takes 20 bytes more.

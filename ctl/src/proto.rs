@@ -1362,6 +1362,7 @@ mod tests {
     fn every_command_round_trips() {
         let svc = Service::new("web");
         let net = Network {
+            subnet6: None,
             name: "appnet".into(),
             vni: 4097,
             subnet: "10.0.1.0/24".parse().unwrap(),

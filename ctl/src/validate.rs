@@ -717,6 +717,7 @@ mod tests {
             availability: Availability::Active,
         };
         let mut ingress = Network {
+            subnet6: None,
             name: "ingress".into(),
             vni: INGRESS_VNI,
             subnet: "10.0.0.0/24".parse().unwrap(),
@@ -733,6 +734,7 @@ mod tests {
             .endpoints
             .insert("n2".into(), Ipv4Addr::new(10, 0, 0, 3));
         let app = Network {
+            subnet6: None,
             name: "appnet".into(),
             vni: 4097,
             subnet: "10.0.1.0/24".parse().unwrap(),

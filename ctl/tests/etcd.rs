@@ -112,6 +112,7 @@ impl Drop for Server {
 
 fn appnet() -> Network {
     Network {
+        subnet6: None,
         name: "appnet".into(),
         vni: 4097,
         subnet: "10.0.1.0/24".parse().unwrap(),

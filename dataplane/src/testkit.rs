@@ -945,6 +945,7 @@ pub fn three_nodes() -> State {
     endpoints.insert("n2".to_string(), Ipv4Addr::new(10, 0, 0, 3));
     endpoints.insert("n3".to_string(), Ipv4Addr::new(10, 0, 0, 4));
     let ingress = model::Network {
+        subnet6: None,
         name: "ingress".into(),
         vni: model::INGRESS_VNI,
         subnet: Ipv4Net {
@@ -958,6 +959,7 @@ pub fn three_nodes() -> State {
         encryption: None,
     };
     let app = model::Network {
+        subnet6: None,
         name: "appnet".into(),
         vni: 4097,
         subnet: Ipv4Net {

@@ -158,6 +158,7 @@ fn ingress() -> Network {
     let mut endpoints = BTreeMap::new();
     endpoints.insert("n1".into(), Ipv4Addr::new(10, 0, 0, 2));
     Network {
+        subnet6: None,
         name: "ingress".into(),
         vni: INGRESS_VNI,
         subnet: "10.0.0.0/24".parse().unwrap(),
@@ -171,6 +172,7 @@ fn ingress() -> Network {
 
 fn appnet() -> Network {
     Network {
+        subnet6: None,
         name: "appnet".into(),
         vni: 4097,
         subnet: "10.0.1.0/24".parse().unwrap(),

@@ -293,6 +293,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
         &dir,
         Command::Change(Change::NetworkCreate {
             network: Network {
+                subnet6: None,
                 name: "ingress".into(),
                 vni: INGRESS_VNI,
                 subnet: "10.0.0.0/24".parse().unwrap(),

@@ -485,6 +485,7 @@ fn a_removed_tasks_udp_flow_moves_to_a_remaining_task_on_the_next_datagram() {
 fn tasks_on_different_networks_cannot_reach_each_other() {
     let mut s = with_tool();
     s.networks.push(Network {
+        subnet6: None,
         name: "othernet".into(),
         vni: 4098,
         subnet: "10.0.2.0/24".parse().unwrap(),

@@ -378,6 +378,7 @@ pub fn configure(sock: &Path) -> Result<(), MeshError> {
     endpoints.insert("n1".to_string(), std::net::Ipv4Addr::new(10, 0, 0, 2));
     endpoints.insert("n2".to_string(), ip(N2_ENDPOINT));
     let net = Network {
+        subnet6: None,
         name: "ingress".into(),
         vni: INGRESS_VNI,
         subnet: ctl::Ipv4Net::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 24)

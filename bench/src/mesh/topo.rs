@@ -594,6 +594,7 @@ impl Topology {
             });
         }
         let net = Network {
+            subnet6: None,
             name: "ingress".into(),
             vni: INGRESS_VNI,
             subnet: ctl::Ipv4Net::new(Ipv4Addr::new(10, 0, 0, 0), 24).map_err(setup)?,

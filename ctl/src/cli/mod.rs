@@ -986,6 +986,7 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
             };
             let mtu = opts.mtu;
             let network = Network {
+                subnet6: None,
                 name: a.name.clone(),
                 vni,
                 subnet: a.subnet,
@@ -1716,6 +1717,7 @@ mod tests {
     fn state_with_appnet() -> State {
         let mut s = State::default();
         s.networks.push(Network {
+            subnet6: None,
             name: "appnet".into(),
             vni: 4097,
             subnet: "10.0.1.0/29".parse().unwrap(),

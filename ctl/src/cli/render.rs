@@ -644,6 +644,7 @@ mod tests {
 
     fn appnet() -> Network {
         Network {
+            subnet6: None,
             name: "appnet".into(),
             vni: 4097,
             subnet: "10.0.1.0/24".parse().unwrap(),

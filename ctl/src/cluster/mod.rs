@@ -628,6 +628,7 @@ mod tests {
             });
         }
         s.networks.push(Network {
+            subnet6: None,
             name: "appnet".into(),
             vni: 4097,
             subnet: "10.0.1.0/24".parse::<Ipv4Net>().unwrap(),

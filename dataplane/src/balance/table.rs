@@ -122,6 +122,9 @@ pub struct NetEntry {
     pub keys: Option<seal::NetKeys>,
     /// Whether its VXLAN frames go over IPv6 (20 bytes more).
     pub underlay6: bool,
+    /// A dual-stack network's IPv6 prefix: every overlay address has its IPv6 twin there
+    /// ([`model::Ipv6Net::embed`]).
+    pub subnet6: Option<model::Ipv6Net>,
 }
 
 impl NetEntry {
@@ -287,9 +290,12 @@ pub struct ServiceTable {
     pub ingress_net: Option<NetIdx>,
     /// Whether any network is encrypted (one test on the VXLAN paths of a mesh without).
     pub sealed: bool,
-    /// Whether VXLAN frames take more than plain IPv4 outer headers: `sealed`, or the underlay
-    /// is IPv6 (one test on the plain overlay's transmit path).
+    /// Whether VXLAN frames take more than plain IPv4 outer headers: `sealed`, the underlay
+    /// is IPv6, or a dual-stack network's frames may go back to IPv6 (one test on the plain
+    /// overlay's transmit path).
     pub vxlan_slow: bool,
+    /// Whether any network is dual-stack (IPv6 frames of its tasks are carried).
+    pub dual_stack: bool,
     /// Services by name, lower case (DNS names are case-insensitive).
     svc_names: HashMap<Arc<str>, SvcIdx>,
     /// Tasks by name, lower case.
@@ -471,9 +477,11 @@ impl ServiceTable {
                 mtu: n.mtu,
                 keys: n.encryption.as_ref().and_then(seal::NetKeys::new),
                 underlay6: state.underlay6(),
+                subnet6: n.subnet6,
             })
             .collect();
         let sealed = networks.iter().any(|n| n.keys.is_some());
+        let dual_stack = networks.iter().any(|n| n.subnet6.is_some());
         let ingress_net = state
             .networks
             .iter()
@@ -548,7 +556,8 @@ impl ServiceTable {
             alive: FrozenMap::default(),
             ingress_net,
             sealed,
-            vxlan_slow: sealed || state.underlay6(),
+            vxlan_slow: sealed || state.underlay6() || dual_stack,
+            dual_stack,
             svc_names: HashMap::with_capacity(state.services.len()),
             task_names: HashMap::with_capacity(tasks_hint + ROOM),
             garbage: 0,
@@ -1091,6 +1100,7 @@ impl ServiceTable {
                 ingress_net: None,
                 sealed: false,
                 vxlan_slow: false,
+                dual_stack: false,
                 svc_names: HashMap::new(),
                 task_names: HashMap::new(),
                 garbage: 0,

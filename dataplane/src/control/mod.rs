@@ -1314,6 +1314,7 @@ mod tests {
         let secret = ctl::Secret([0x5a; 32]);
         let hex = "5a".repeat(32);
         let net = ctl::Network {
+            subnet6: None,
             name: "vault".into(),
             vni: 5000,
             subnet: "10.0.9.0/24".parse().unwrap(),
