@@ -123,11 +123,16 @@ impl Whoami {
         })
     }
 
-    /// The address part of `remote`.
+    /// The address part of `remote`: `10.0.1.101` of `10.0.1.101:40972`, `fd00:10:1::a00:165`
+    /// of `[fd00:10:1::a00:165]:40972`.
     pub fn remote_ip(&self) -> &str {
-        self.remote
+        let ip = self
+            .remote
             .rsplit_once(':')
-            .map_or(self.remote.as_str(), |(ip, _)| ip)
+            .map_or(self.remote.as_str(), |(ip, _)| ip);
+        ip.strip_prefix('[')
+            .and_then(|i| i.strip_suffix(']'))
+            .unwrap_or(ip)
     }
 }
 
@@ -283,6 +288,11 @@ mod tests {
         assert_eq!(w.remote_ip(), "10.0.0.4");
         assert_eq!(w.ips, ["127.0.0.1", "10.0.0.101"]);
         assert!(Whoami::parse("<html>").is_none());
+        let w = Whoami::parse(
+            "Hostname: web.1\nIP: fd00:10:1::a00:164\nRemoteAddr: [fd00:10:1::a00:165]:40972\n",
+        )
+        .unwrap();
+        assert_eq!(w.remote_ip(), "fd00:10:1::a00:165");
     }
 
     #[test]

@@ -15,9 +15,13 @@
 //! ```
 //!
 //! A UDP datagram `hello` is answered with `web.1 hello`.
+//!
+//! Every socket is IPv6 `[::]` taking IPv4 too (dual-stack, as containous/whoami listens), so a
+//! task with an IPv6 address answers on it; an IPv4 peer is shown as IPv4 (`10.0.1.101:40972`,
+//! not `[::ffff:10.0.1.101]:40972`). Where the kernel has no IPv6 at all, IPv4 `0.0.0.0`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -38,13 +42,15 @@ pub fn serve(cfg: Config) -> Result<()> {
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let mut threads = Vec::new();
     for &port in &cfg.http {
-        let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        let l = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+            .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
             .map_err(|e| Error::io(format!("whoami {}: binding TCP port {port}", cfg.name), e))?;
         let name = name.clone();
         threads.push(std::thread::spawn(move || accept_loop(l, name)));
     }
     for &port in &cfg.udp {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+        let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))
+            .or_else(|_| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
             .map_err(|e| Error::io(format!("whoami {}: binding UDP port {port}", cfg.name), e))?;
         let name = name.clone();
         threads.push(std::thread::spawn(move || echo_loop(s, name)));
@@ -172,7 +178,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
 }
 
 /// The body whoami answers with.
-pub fn body(name: &str, ips: &[Ipv4Addr], remote: SocketAddr, head: &Head) -> String {
+pub fn body(name: &str, ips: &[IpAddr], remote: SocketAddr, head: &Head) -> String {
     let mut b = format!("Hostname: {name}\n");
     for ip in ips {
         b.push_str(&format!("IP: {ip}\n"));
@@ -184,8 +190,20 @@ pub fn body(name: &str, ips: &[Ipv4Addr], remote: SocketAddr, head: &Head) -> St
     b
 }
 
+/// `peer` as a person reads it: an IPv4 peer of a dual-stack socket (`[::ffff:a.b.c.d]:p`) as
+/// IPv4.
+pub fn unmapped(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => peer,
+        },
+        v4 @ SocketAddr::V4(_) => v4,
+    }
+}
+
 fn serve_conn(s: TcpStream, name: &str) -> std::io::Result<()> {
-    let remote = s.peer_addr()?;
+    let remote = unmapped(s.peer_addr()?);
     let mut w = s.try_clone()?;
     let mut r = BufReader::new(s);
     while let Some(head) = read_head(&mut r)? {
@@ -235,14 +253,34 @@ fn serve_conn(s: TcpStream, name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// This namespace's IPv4 addresses, loopback first, from /proc/net/fib_trie (std has no
-/// getifaddrs).
-pub fn local_ips() -> Vec<Ipv4Addr> {
+/// This namespace's addresses: IPv4 from /proc/net/fib_trie, loopback first, then IPv6 from
+/// /proc/net/if_inet6 (std has no getifaddrs); a namespace without IPv6 has none of those.
+pub fn local_ips() -> Vec<IpAddr> {
     let text = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
     let mut v = parse_fib_trie(&text);
     v.sort_by_key(|ip| (!ip.is_loopback(), u32::from(*ip)));
     v.dedup();
-    v
+    let text = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    let mut v6 = parse_if_inet6(&text);
+    v6.sort_by_key(|ip| (!ip.is_loopback(), u128::from(*ip)));
+    v6.dedup();
+    v.into_iter()
+        .map(IpAddr::V4)
+        .chain(v6.into_iter().map(IpAddr::V6))
+        .collect()
+}
+
+/// The addresses of /proc/net/if_inet6: each line starts with one as 32 hex digits.
+fn parse_if_inet6(text: &str) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|hex| {
+            u128::from_str_radix(hex, 16)
+                .ok()
+                .filter(|_| hex.len() == 32)
+        })
+        .map(Ipv6Addr::from)
+        .collect()
 }
 
 /// The addresses of `/32 host LOCAL` entries: in fib_trie each follows the line naming it.
@@ -290,11 +328,34 @@ mod tests {
         };
         let b = body(
             "web.1",
-            &[Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 0, 1, 100)],
+            &[
+                Ipv4Addr::LOCALHOST.into(),
+                Ipv4Addr::new(10, 0, 1, 100).into(),
+            ],
             "10.0.1.101:40972".parse().unwrap(),
             &h,
         );
         assert_eq!(b, "Hostname: web.1\nIP: 127.0.0.1\nIP: 10.0.1.100\nRemoteAddr: 10.0.1.101:40972\nGET / HTTP/1.1\nHost: web\n");
+    }
+
+    #[test]
+    fn if_inet6_addresses_and_unmapped_peers() {
+        let t = "00000000000000000000000000000001 01 80 10 80       lo\nfd00001000010000000000000a000103 02 40 00 80     eth0\nfe80000000000000000000fffe000001 02 40 20 80     eth0\n";
+        assert_eq!(
+            parse_if_inet6(t),
+            vec![
+                Ipv6Addr::LOCALHOST,
+                "fd00:10:1::a00:103".parse::<Ipv6Addr>().unwrap(),
+                "fe80::ff:fe00:1".parse::<Ipv6Addr>().unwrap(),
+            ]
+        );
+        assert!(parse_if_inet6("").is_empty());
+        let mapped: SocketAddr = "[::ffff:10.0.1.101]:40972".parse().unwrap();
+        assert_eq!(unmapped(mapped).to_string(), "10.0.1.101:40972");
+        let v6: SocketAddr = "[fd00:10:1::a00:165]:40972".parse().unwrap();
+        assert_eq!(unmapped(v6), v6);
+        let v4: SocketAddr = "10.0.1.101:1".parse().unwrap();
+        assert_eq!(unmapped(v4), v4);
     }
 
     #[test]
