@@ -102,6 +102,22 @@ pub struct NetRec {
     /// Created with `--opt encrypted`: its VXLAN frames are sealed.
     #[serde(default)]
     pub encrypted: bool,
+    /// Dual-stack: created with `--ipv6 --subnet` of [`plan::subnet6`] (k's), every task on it
+    /// given its IPv6 twin ([`plan::twin`]).
+    #[serde(default)]
+    pub ipv6: bool,
+}
+
+impl NetRec {
+    /// The network's IPv6 prefix, when it is dual-stack.
+    pub fn subnet6(&self) -> Option<(Ipv6Addr, u8)> {
+        self.ipv6.then(|| plan::subnet6(self.k))
+    }
+
+    /// The IPv6 twin of the network's address `v4`, when it is dual-stack.
+    pub fn twin(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
+        self.ipv6.then(|| plan::twin(self.k, v4))
+    }
 }
 
 /// A service the testbed started tasks for.
@@ -130,12 +146,24 @@ pub struct TaskRec {
     #[serde(default)]
     pub vlan: u16,
     pub addrs: Vec<(String, Ipv4Addr)>,
+    /// The IPv6 twins of its addresses on dual-stack networks ([`NetRec::ipv6`]), on its eth0
+    /// with a /64 each.
+    #[serde(default)]
+    pub addrs6: Vec<(String, Ipv6Addr)>,
     pub pid: u32,
 }
 
 impl TaskRec {
     pub fn addr_on(&self, network: &str) -> Option<Ipv4Addr> {
         self.addrs
+            .iter()
+            .find(|(n, _)| n == network)
+            .map(|(_, a)| *a)
+    }
+
+    /// The task's IPv6 twin on `network`, when that network is dual-stack.
+    pub fn addr6_on(&self, network: &str) -> Option<Ipv6Addr> {
+        self.addrs6
             .iter()
             .find(|(n, _)| n == network)
             .map(|(_, a)| *a)
@@ -163,6 +191,10 @@ pub struct Record {
     /// VXLAN over IPv6 (`up --underlay6`): every node's VTEP is its IPv6 address.
     #[serde(default)]
     pub underlay6: bool,
+    /// Dual-stack overlays (`up --ipv6-overlay`): the networks the testbed creates get IPv6
+    /// prefixes ([`Plan::ipv6_overlay`]).
+    #[serde(default)]
+    pub ipv6_overlay: bool,
 }
 
 /// The instance's etcd: its members in a namespace of their own on the management network
@@ -208,6 +240,9 @@ pub struct RunSpec {
     pub create_args: Vec<String>,
     /// Create the networks this run creates encrypted (`--opt encrypted`).
     pub encrypted: bool,
+    /// Create the networks this run creates IPv4 only, also on a mesh of dual-stack overlays
+    /// ([`Plan::ipv6_overlay`]).
+    pub ipv4_only: bool,
 }
 
 impl RunSpec {
@@ -221,7 +256,14 @@ impl RunSpec {
             nodes: Vec::new(),
             create_args: Vec::new(),
             encrypted: false,
+            ipv4_only: false,
         }
+    }
+    /// Creates the networks this run creates IPv4 only (no `--ipv6`), on a mesh of dual-stack
+    /// overlays too.
+    pub fn ipv4_only(mut self) -> Self {
+        self.ipv4_only = true;
+        self
     }
     /// Creates the networks this run creates (`network`) encrypted.
     pub fn encrypted(mut self) -> Self {
@@ -277,6 +319,27 @@ pub fn parse_publish(spec: &str, mode: PublishMode) -> Result<PublishedPort> {
         target,
         mode,
     })
+}
+
+/// `meshctl network create` of the testbed's network number `k`: `--subnet 10.0.k.0/24`, with
+/// `--ipv6 --subnet fd00:10:<k>::/64` when `ipv6`, `--opt encrypted` when `encrypted`.
+fn network_create_args(name: &str, k: u8, encrypted: bool, ipv6: bool) -> Vec<String> {
+    let (a, len) = plan::subnet(k);
+    let mut args: Vec<String> = vec![
+        "network".into(),
+        "create".into(),
+        name.into(),
+        "--subnet".into(),
+        format!("{a}/{len}"),
+    ];
+    if ipv6 {
+        let (a6, len6) = plan::subnet6(k);
+        args.extend(["--ipv6".into(), "--subnet".into(), format!("{a6}/{len6}")]);
+    }
+    if encrypted {
+        args.extend(["--opt".into(), "encrypted".into()]);
+    }
+    args
 }
 
 /// meshctl's long publish form.
@@ -411,6 +474,7 @@ impl Bed {
         bed.rec.instance = bed.plan.instance.clone();
         bed.rec.io = bed.plan.io;
         bed.rec.underlay6 = bed.plan.underlay6;
+        bed.rec.ipv6_overlay = bed.plan.ipv6_overlay;
         match bed.build(nodes, etcd_members) {
             Ok(()) => Ok(bed),
             Err(e) => {
@@ -579,6 +643,7 @@ impl Bed {
             k: 0,
             next_host: plan::FIRST_TASK_HOST,
             encrypted: false,
+            ipv6: false,
         });
         self.save()
     }
@@ -1257,7 +1322,7 @@ impl Bed {
             if net == plan::INGRESS {
                 return Err(Error::msg("--network ingress: the ingress network carries published ports; publish a port with --publish instead"));
             }
-            self.ensure_network(net, spec.encrypted)?;
+            self.ensure_network(net, spec.encrypted, !spec.ipv4_only)?;
         }
         let svc = SvcRec {
             name: spec.name.clone(),
@@ -1313,26 +1378,23 @@ impl Bed {
     }
 
     /// Creates a user network on every node when the testbed has not yet, `encrypted` with
-    /// `--opt encrypted`.
-    fn ensure_network(&mut self, name: &str, encrypted: bool) -> Result<()> {
+    /// `--opt encrypted`, dual-stack (`--ipv6 --subnet` of [`plan::subnet6`]) when the mesh's
+    /// overlays are ([`Record::ipv6_overlay`]) and `ipv6` allows it.
+    fn ensure_network(&mut self, name: &str, encrypted: bool, ipv6: bool) -> Result<()> {
         if self.rec.networks.iter().any(|n| n.name == name) {
             return Ok(());
         }
         let k = (1..=250u8)
             .find(|k| !self.rec.networks.iter().any(|n| n.k == *k))
             .ok_or_else(|| Error::msg("no free 10.0.k.0/24 subnet left"))?;
-        let (a, len) = plan::subnet(k);
-        let subnet = format!("{a}/{len}");
-        let mut args = vec!["network", "create", name, "--subnet", &subnet];
-        if encrypted {
-            args.extend(["--opt", "encrypted"]);
-        }
-        self.meshctl(&args)?;
+        let ipv6 = ipv6 && self.rec.ipv6_overlay;
+        self.meshctl(&network_create_args(name, k, encrypted, ipv6))?;
         self.rec.networks.push(NetRec {
             name: name.to_string(),
             k,
             next_host: plan::FIRST_TASK_HOST,
             encrypted,
+            ipv6,
         });
         self.save()
     }
@@ -1399,6 +1461,7 @@ impl Bed {
             )));
         }
         let mut addrs = Vec::new();
+        let mut addrs6 = Vec::new();
         for net in &nets {
             let Some(rec) = self.rec.networks.iter_mut().find(|n| &n.name == net) else {
                 return Err(Error::msg(format!(
@@ -1410,7 +1473,11 @@ impl Bed {
                     "network {net} has no address left for a task"
                 )));
             }
-            addrs.push((net.clone(), plan::host(rec.k, rec.next_host)));
+            let a = plan::host(rec.k, rec.next_host);
+            addrs.push((net.clone(), a));
+            if let Some(a6) = rec.twin(a) {
+                addrs6.push((net.clone(), a6));
+            }
             rec.next_host += 1;
         }
         let gw_k = self
@@ -1444,6 +1511,7 @@ impl Bed {
             veth,
             vlan,
             addrs,
+            addrs6,
             pid: 0,
         };
         // Recorded before it exists, so `down` finds it whatever happens next.
@@ -1503,6 +1571,27 @@ impl Bed {
         sys::offloads_off(&node.ns, &t.veth)?;
         for (_, a) in &t.addrs {
             sys::ip_in(&t.ns, &["addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        }
+        if !t.addrs6.is_empty() {
+            // IPv6 on eth0 (`netns_add` turns it off everywhere), configured as the task's
+            // IPv4 is: no router solicitations or advertisements taken, no duplicate address
+            // detection, so each twin is usable at once; its /64 is on-link (meshd answers
+            // Neighbor Discovery for the network's other twins).
+            sys::exec_in(
+                &t.ns,
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv6.conf.eth0.accept_dad=0",
+                    "net.ipv6.conf.eth0.accept_ra=0",
+                    "net.ipv6.conf.eth0.router_solicitations=0",
+                    "net.ipv6.conf.eth0.disable_ipv6=0",
+                ],
+            )?;
+            for (_, a6) in &t.addrs6 {
+                let a6 = format!("{a6}/{}", plan::OVERLAY6_PREFIX);
+                sys::ip_in(&t.ns, &["-6", "addr", "add", &a6, "dev", "eth0", "nodad"])?;
+            }
         }
         // A task on an encrypted network gets its smaller MTU (the seal's 44 bytes less), one
         // over an IPv6 underlay 20 bytes less again.
@@ -1814,6 +1903,12 @@ impl Bed {
                 self.task_mtu(false)
             );
         }
+        if self.rec.ipv6_overlay {
+            let _ = writeln!(
+                s,
+                "  Overlays are dual-stack: network 10.0.k.0/24 also has fd00:10:k::/64, each task its twin there (the IPv4 address in the last 32 bits; /64 on eth0)"
+            );
+        }
         if let Some(e) = &self.rec.etcd {
             let _ = writeln!(
                 s,
@@ -1890,7 +1985,12 @@ impl Bed {
         let mut tasks: Vec<&TaskRec> = self.rec.tasks.iter().collect();
         tasks.sort_by(|a, b| (&a.service, a.slot).cmp(&(&b.service, b.slot)));
         for t in tasks {
-            let addrs: Vec<String> = t.addrs.iter().map(|(n, a)| format!("{n}:{a}")).collect();
+            let addrs: Vec<String> = t
+                .addrs
+                .iter()
+                .map(|(n, a)| format!("{n}:{a}"))
+                .chain(t.addrs6.iter().map(|(n, a)| format!("{n}:{a}")))
+                .collect();
             let state = if sys::alive(t.pid) {
                 "running"
             } else {
@@ -2208,11 +2308,62 @@ mod tests {
                 ("ingress".into(), Ipv4Addr::new(10, 0, 0, 100)),
                 ("appnet".into(), Ipv4Addr::new(10, 0, 1, 100)),
             ],
+            addrs6: vec![("appnet".into(), "fd00:10:1::a00:164".parse().unwrap())],
             pid: 0,
         };
         assert_eq!(
             task_arg(&t),
             "name=web.1,node=n1,addr=ingress:10.0.0.100,addr=appnet:10.0.1.100,vlan=2"
         );
+    }
+
+    #[test]
+    fn dual_stack_networks_are_created_with_their_prefix_and_give_tasks_twins() {
+        let args = |k, enc, v6| network_create_args("appnet", k, enc, v6).join(" ");
+        assert_eq!(
+            args(1, false, false),
+            "network create appnet --subnet 10.0.1.0/24"
+        );
+        assert_eq!(
+            args(1, false, true),
+            "network create appnet --subnet 10.0.1.0/24 --ipv6 --subnet fd00:10:1::/64"
+        );
+        assert_eq!(
+            args(3, true, true),
+            "network create appnet --subnet 10.0.3.0/24 --ipv6 --subnet fd00:10:3::/64 --opt encrypted"
+        );
+        let mut net = NetRec {
+            name: "appnet".into(),
+            k: 1,
+            next_host: plan::FIRST_TASK_HOST,
+            encrypted: false,
+            ipv6: true,
+        };
+        let a = plan::host(1, plan::FIRST_TASK_HOST);
+        assert_eq!(net.twin(a), Some("fd00:10:1::a00:164".parse().unwrap()));
+        assert_eq!(net.subnet6(), Some(plan::subnet6(1)));
+        net.ipv6 = false;
+        assert_eq!((net.twin(a), net.subnet6()), (None, None));
+    }
+
+    #[test]
+    fn a_record_without_the_dual_stack_fields_reads_as_ipv4_only() {
+        // What an instance brought up before dual-stack overlays wrote.
+        let text = r#"{"instance":"tb","nodes":[],"networks":[{"name":"appnet","k":1,"next_host":101}],
+            "services":[],"tasks":[{"name":"web.1","service":"web","slot":1,"node":"n1",
+            "ns":"meshd-tb-web.1","veth":"tk0","vlan":2,"addrs":[["appnet","10.0.1.100"]],"pid":7}],
+            "next_veth":1}"#;
+        let rec: Record = serde_json::from_str(text).unwrap();
+        assert!(!rec.ipv6_overlay);
+        assert!(!rec.networks[0].ipv6);
+        assert!(rec.tasks[0].addrs6.is_empty());
+        assert_eq!(rec.tasks[0].addr6_on("appnet"), None);
+        // And one with them keeps them.
+        let rec = Record {
+            ipv6_overlay: true,
+            ..rec
+        };
+        let back: Record = serde_json::from_str(&serde_json::to_string(&rec).unwrap()).unwrap();
+        assert!(back.ipv6_overlay);
     }
 }

@@ -48,7 +48,8 @@ Examples:
   testbed down
 
 Addresses: nodes 192.168.100.11, .12, ...; client 192.168.100.100; ingress network 10.0.0.0/24 (VNI 4096,
-node endpoints 10.0.0.2, .3, ...); each other network 10.0.k.0/24 (gateway .1, VIPs from .2, tasks from .100).";
+node endpoints 10.0.0.2, .3, ...); each other network 10.0.k.0/24 (gateway .1, VIPs from .2, tasks from .100),
+with `up --ipv6-overlay` also fd00:10:k::/64, every address's twin there (10.0.1.100 is fd00:10:1::a00:164).";
 
 #[derive(Debug, Parser)]
 #[command(name = "testbed", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
@@ -112,6 +113,12 @@ enum Cmd {
         /// meshctl node add --vtep), the overlay's MTU 1430
         #[arg(long)]
         underlay6: bool,
+        /// Dual-stack overlays: every network `run --network` creates (10.0.k.0/24) also gets
+        /// the IPv6 prefix fd00:10:k::/64 (meshctl network create --ipv6 --subnet), and each of
+        /// its tasks its IPv6 twin there (the IPv4 address in the last 32 bits) with a /64 on
+        /// eth0; `run --ipv4-only` keeps a new network IPv4 only
+        #[arg(long)]
+        ipv6_overlay: bool,
     },
     /// Remove everything `up` made: stop meshd and tasks, delete the namespaces (also after a crash)
     Down {
@@ -149,6 +156,10 @@ address on the ingress network when the service publishes a port, and one on eac
         /// encrypted`: VXLAN sealed with XChaCha20-Poly1305, tasks' MTU 1406)
         #[arg(long, requires = "network")]
         encrypted: bool,
+        /// Create the new networks of --network IPv4 only, on a mesh of dual-stack overlays
+        /// (`up --ipv6-overlay`) too
+        #[arg(long, requires = "network")]
+        ipv4_only: bool,
         /// Publish mode of every --publish
         #[arg(long, value_enum, default_value_t = ModeArg::Ingress)]
         mode: ModeArg,
@@ -290,12 +301,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             etcd_members,
             io,
             underlay6,
+            ipv6_overlay,
         } => {
             preflight::check(true)?;
             let members = if cluster { etcd_members } else { 0 };
             let plan = Plan {
                 io,
                 underlay6,
+                ipv6_overlay,
                 ..plan
             };
             let mut bed = Bed::up_with(plan, Tools::find()?, nodes, true, members)?;
@@ -339,6 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             publish,
             network,
             encrypted,
+            ipv4_only,
             mode,
             client_ip,
             node,
@@ -358,6 +372,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             spec.networks = network;
             spec.encrypted = encrypted;
+            spec.ipv4_only = ipv4_only;
             spec.nodes = node;
             let mut extra: Vec<String> = Vec::new();
             if let Some(h) = health {
@@ -377,7 +392,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             bed.run(&spec)?;
             for t in bed.tasks_of(&name) {
-                let addrs: Vec<String> = t.addrs.iter().map(|(n, a)| format!("{n}:{a}")).collect();
+                let addrs: Vec<String> = t
+                    .addrs
+                    .iter()
+                    .map(|(n, a)| format!("{n}:{a}"))
+                    .chain(t.addrs6.iter().map(|(n, a)| format!("{n}:{a}")))
+                    .collect();
                 println!(
                     "{} on {}: namespace {} ({})",
                     t.name,

@@ -13,6 +13,13 @@
 //!   meshd-tb-web.1    task web.1: veth eth0 on n1's br-tasks (its port there isolated and on the
 //!                     task's own VLAN), an address on each of its networks
 //! ```
+//!
+//! Overlay networks: ingress is 10.0.0.0/24, network number k (1, 2, ... in the order the
+//! testbed creates them) 10.0.k.0/24. With dual-stack overlays ([`Plan::ipv6_overlay`], `up
+//! --ipv6-overlay`) every network but ingress also has the IPv6 prefix fd00:10:<k>::/64
+//! ([`subnet6`]; k written in decimal, so 10.0.12.0/24 goes with fd00:10:12::/64), and each
+//! overlay address its twin there ([`twin`]: the prefix's first 96 bits, then the IPv4
+//! address): task 10.0.1.100 is fd00:10:1::a00:164 on its eth0, with a /64.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -29,6 +36,10 @@ pub const UNDERLAY_PREFIX: u8 = 24;
 pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x100);
 /// The underlay's IPv6 prefix length.
 pub const UNDERLAY6_PREFIX: u8 = 64;
+/// The prefix length of a dual-stack network's IPv6 prefix ([`subnet6`]), and of the twin
+/// each task has on its eth0: the whole /64 is on-link (meshd answers Neighbor Discovery for
+/// every twin of the network).
+pub const OVERLAY6_PREFIX: u8 = 64;
 /// The ingress network, as Swarm makes it.
 pub const INGRESS: &str = "ingress";
 /// Task addresses on every network start here (below: gateway, node endpoints, VIPs).
@@ -71,6 +82,11 @@ pub struct Plan {
     /// ([`node_addr6`]), given to its meshd (`--vtep`) and to its peers (`node add --vtep`);
     /// kept in the instance's record.
     pub underlay6: bool,
+    /// Dual-stack overlays (`up --ipv6-overlay`): every network the testbed creates (but
+    /// ingress, and one a run asks to keep IPv4 only) gets the IPv6 prefix [`subnet6`]
+    /// (`meshctl network create --ipv6 --subnet`), and each task on it its [`twin`] with a /64
+    /// on eth0; kept in the instance's record.
+    pub ipv6_overlay: bool,
 }
 
 /// How a node's meshd reaches its two interfaces.
@@ -117,6 +133,7 @@ impl Plan {
             instance: instance.to_string(),
             io: NodeIo::default(),
             underlay6: false,
+            ipv6_overlay: false,
         })
     }
 
@@ -210,6 +227,24 @@ pub fn subnet(k: u8) -> (Ipv4Addr, u8) {
     (Ipv4Addr::new(10, 0, k, 0), 24)
 }
 
+/// The IPv6 prefix of dual-stack network `k` (see [`Plan::ipv6_overlay`]): fd00:10:<k>::/64,
+/// k written in decimal as network k's IPv4 subnet 10.0.k.0/24 has it (network 12 is
+/// fd00:10:12::/64).
+pub fn subnet6(k: u8) -> (Ipv6Addr, u8) {
+    let digits = u16::from_str_radix(&k.to_string(), 16).unwrap_or(0);
+    (
+        Ipv6Addr::new(0xfd00, 0x10, digits, 0, 0, 0, 0, 0),
+        OVERLAY6_PREFIX,
+    )
+}
+
+/// The IPv6 twin of overlay address `v4` of dual-stack network `k`: [`subnet6`]'s first 96
+/// bits, then `v4` (meshd's `Ipv6Net::embed`). Task 10.0.1.3 is fd00:10:1::a00:103.
+pub fn twin(k: u8, v4: Ipv4Addr) -> Ipv6Addr {
+    let (prefix, _) = subnet6(k);
+    Ipv6Addr::from((u128::from(prefix) & !0xffff_ffff) | u128::from(u32::from(v4)))
+}
+
 /// The gateway (and resolver) of network `k`: 10.0.k.1.
 pub fn gateway(k: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, k, 1)
@@ -288,5 +323,38 @@ mod tests {
         assert_eq!(tasks_bridge_mac(10), "02:6d:73:00:0a:01");
         assert!(check_service_name("web").is_ok());
         assert!(check_service_name("web.1").is_err());
+    }
+
+    #[test]
+    fn dual_stack_networks_have_a_prefix_and_twins_as_meshd_embeds_them() {
+        assert!(!Plan::new("tb").unwrap().ipv6_overlay, "off by default");
+        let p = |k: u8| {
+            let (a, len) = subnet6(k);
+            format!("{a}/{len}")
+        };
+        assert_eq!(p(1), "fd00:10:1::/64");
+        assert_eq!(p(12), "fd00:10:12::/64");
+        assert_eq!(p(250), "fd00:10:250::/64");
+        assert_eq!(
+            twin(1, Ipv4Addr::new(10, 0, 1, 3)),
+            "fd00:10:1::a00:103".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            twin(2, host(2, FIRST_TASK_HOST)),
+            "fd00:10:2::a00:264".parse::<Ipv6Addr>().unwrap()
+        );
+        // meshd's own rule gives the same twin of every address of the network.
+        for k in [1u8, 7, 12, 250] {
+            let net: ctl::model::Ipv6Net = p(k).parse().unwrap();
+            for v4 in [
+                gateway(k),
+                host(k, 2),
+                host(k, FIRST_TASK_HOST),
+                host(k, 254),
+            ] {
+                assert_eq!(twin(k, v4), net.embed(v4), "network {k}, {v4}");
+                assert_eq!(net.extract(twin(k, v4)), Some(v4));
+            }
+        }
     }
 }
