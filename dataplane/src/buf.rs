@@ -47,6 +47,10 @@ pub struct PacketBuf {
     /// ([`crate::overlay::seal`]): a worker it is handed to, or the fragment stage that replays
     /// it, does not open it again.
     pub opened: bool,
+    /// A task's IPv6 packet on a dual-stack network, turned into IPv4 where it came in (from
+    /// the task, or out of VXLAN): turned back into IPv6 where it goes out (to a task, or into
+    /// VXLAN). Kept when the frame is handed to another worker.
+    pub v6: bool,
 }
 
 impl std::fmt::Debug for PacketBuf {
@@ -76,6 +80,7 @@ impl PacketBuf {
             pinned: false,
             vlan: 0,
             opened: false,
+            v6: false,
         }
     }
 
@@ -98,6 +103,7 @@ impl PacketBuf {
         self.pinned = false;
         self.vlan = 0;
         self.opened = false;
+        self.v6 = false;
     }
 
     /// Takes an 802.1Q tag off the frame into [`PacketBuf::vlan`] (the 12 bytes of MAC

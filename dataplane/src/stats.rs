@@ -165,10 +165,17 @@ reasons! {
         TooBig = "too_big",
         /// The queue to the host side (the node's own stack) was full.
         HostQueueFull = "host_queue_full",
-        /// IPv6 where meshd has no IPv6 address: on a node started without `--addr6`, or from
-        /// a task (tasks have IPv4 addresses only so far); a task's reply to an IPv6 client
-        /// when the node's IPv6 address has since been removed.
+        /// IPv6 meshd does not carry: on the uplink of a node started without `--addr6`; from
+        /// a task of a network that is not dual-stack, or to an address outside its network
+        /// (the IPv6 twins of the network's IPv4 subnet); out of VXLAN on a network that is
+        /// not dual-stack here; a task's reply to an IPv6 client when the node's IPv6 address
+        /// has since been removed.
         NoIpv6 = "no_ipv6",
+        /// A task's IPv6 on a dual-stack network that meshd does not translate: ICMPv6 other
+        /// than echo and Neighbor Discovery (errors are not translated yet), or a packet to
+        /// the IPv6 twin of a VIP or the gateway that is no flow's (ping, DNS over IPv6: the
+        /// node's own answers are IPv4 only).
+        Ipv6Untranslated = "ipv6_untranslated",
         /// An IPv6 header that is not one: a version other than 6, a payload length past the
         /// frame.
         BadIpv6Header = "bad_ipv6_header",

@@ -2,8 +2,8 @@
 //! headers (every IPv6 drop reason comes from [`parse_ipv6`]), Neighbor Discovery answered in
 //! place as ARP is (RFC 4861), echo requests and TCP/UDP handed to the host side, which answers
 //! them as a host with no sockets would (`host::stateless`), TCP and UDP to published ports
-//! (and their pieces) translated to IPv4 (`nat64`). The overlay is IPv4 only so far: tasks'
-//! IPv6 is dropped as `no_ipv6`.
+//! (and their pieces) translated to IPv4 (`nat64`). Tasks' IPv6 on a dual-stack network goes
+//! to `overlay6`; on any other, it is dropped as `no_ipv6`.
 
 use smoltcp::wire::{
     Icmpv6Message, Icmpv6Packet, Icmpv6Repr, Ipv6Address, NdiscNeighborFlags, NdiscRepr,
@@ -194,7 +194,14 @@ impl Pipeline {
         // answered for both, published ports and ping only on the first.
         let vtep6 = t.node(t.local).vtep6;
         let mine = [t.node_addr6, vtep6];
-        if mine == [None, None] || buf.port != PortId::Uplink {
+        if buf.port == PortId::Tasks {
+            return if t.dual_stack {
+                self.task_ipv6(t, now, buf)
+            } else {
+                Err(DropReason::NoIpv6)
+            };
+        }
+        if mine == [None, None] {
             return Err(DropReason::NoIpv6);
         }
         let h = parse_ipv6(buf.data(), ETH)?;
@@ -250,7 +257,8 @@ impl Pipeline {
         match icmp.msg_type() {
             Icmpv6Message::EchoRequest if for_me => Ok(Verdict::Host(HostReason::NodeAddress)),
             Icmpv6Message::NeighborSolicit => {
-                let (target, dst, dst_mac, flags) = solicitation(mine, h, &icmp, smac)?;
+                let (target, dst, dst_mac, flags) =
+                    solicitation(h, &icmp, smac, |a| mine.contains(&Some(a)))?;
                 // A peer's solicitation says where its VTEP is, as an ARP request does.
                 if let Some(peer) = (!h.src.is_unspecified()).then(|| t.peer6(h.src)).flatten() {
                     let _ = self.note_mac(
@@ -294,13 +302,13 @@ impl Pipeline {
 }
 
 /// A Neighbor Solicitation (`icmp`, checksum checked, from the frame of `asker_mac`), validated
-/// as RFC 4861 §7.1.1 asks: when it is for one of the node's addresses `mine`, that address,
-/// where its advertisement goes (address, MAC) and with which flags.
-fn solicitation(
-    mine: [Option<Ipv6Address>; 2],
+/// as RFC 4861 §7.1.1 asks: when it is for an address meshd answers for (`mine`), that
+/// address, where its advertisement goes (address, MAC) and with which flags.
+pub(super) fn solicitation(
     h: &L3v6,
     icmp: &Icmpv6Packet<&[u8]>,
     asker_mac: [u8; 6],
+    mine: impl Fn(Ipv6Address) -> bool,
 ) -> Result<(Ipv6Address, Ipv6Address, [u8; 6], NdiscNeighborFlags), DropReason> {
     //= https://www.rfc-editor.org/rfc/rfc4861#section-7.1.1
     //# - The IP Hop Limit field has a value of 255, i.e., the packet could not possibly
@@ -326,7 +334,7 @@ fn solicitation(
     {
         return Err(DropReason::BadNdp);
     }
-    if !mine.contains(&Some(target_addr)) {
+    if !mine(target_addr) {
         return Err(DropReason::NdpIgnored);
     }
     //= https://www.rfc-editor.org/rfc/rfc4861#section-7.2.4

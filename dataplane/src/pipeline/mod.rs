@@ -235,6 +235,7 @@ pub mod frag;
 mod housekeeping;
 mod ipv6;
 pub mod nat64;
+mod overlay6;
 pub mod passive;
 mod steer;
 #[cfg(test)]
@@ -853,6 +854,10 @@ impl Pipeline {
         match EthernetProtocol::from(u16::from_be_bytes([eth[12], eth[13]])) {
             EthernetProtocol::Ipv4 => {}
             EthernetProtocol::Arp => return Err(DropReason::ArpIgnored),
+            // A task's IPv6 on a dual-stack network: as IPv4 from here on.
+            EthernetProtocol::Ipv6 if t.dual_stack => {
+                return self.decap6(t, now, buf, outer, net);
+            }
             _ => return Err(DropReason::UnknownEthertype),
         }
         let mut l3 = parse_ipv4(f, vxlan::ENCAP_LEN + ETH, self.cfg.verify_l4_checksums)?;

@@ -34,7 +34,8 @@
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    Icmpv6Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpSeqNumber, IPV6_HEADER_LEN, IPV6_MIN_MTU,
+    Icmpv6Packet, Icmpv6Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpSeqNumber, IPV6_HEADER_LEN,
+    IPV6_MIN_MTU,
 };
 
 use super::ipv6::{Frag6, L3v6};
@@ -184,7 +185,7 @@ impl Pipeline {
                 }
             }
         }
-        l3.l4 = to_ipv4::<false>(buf, h, l3.src, 0)?;
+        l3.l4 = to_ipv4::<false>(buf, 0, h, l3.src, 0)?;
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
     }
 
@@ -502,31 +503,42 @@ impl Pipeline {
 /// stand-in `src` to 0.0.0.0, as [`to_ipv4`] does. Returns where its data now is.
 pub(super) fn piece_to_ipv4(buf: &mut PacketBuf, src: u32) -> Result<usize, DropReason> {
     let h = super::ipv6::parse_ipv6(buf.data(), ETH)?;
-    to_ipv4::<true>(buf, &h, src, 0)
+    to_ipv4::<true>(buf, 0, &h, src, 0)
 }
 
-/// Turns the IPv6 packet `h` in `buf` into IPv4 from `src` to `dst` in place (RFC 7915 §5.1):
-/// its extension headers dropped, DF set, the time to live its hop limit, the transport
-/// checksum moved to the IPv4 pseudo-header. A piece of a datagram (`piece`, its Fragment
-/// header) becomes an IPv4 fragment (§5.1.1): its offset and more-fragments flag, the low 16
-/// bits of its identification, no DF; only the first piece has a checksum to move. Returns
-/// where the transport header (a later piece's data) now is. `PIECE`: whether `piece` may be
-/// one, so that whole packets' copy has no test of it. Never inlined: inlined in
-/// `published6`, its address words were built worse (+10% instructions, callgrind).
+/// Turns the IPv6 packet `h` in `buf` (its Ethernet header at `base`: 0, or behind VXLAN's
+/// outer headers) into IPv4 from `src` to `dst` in place (RFC 7915 §5.1): its extension
+/// headers dropped, DF set, the time to live its hop limit, the transport checksum moved to
+/// the IPv4 pseudo-header; an ICMPv6 echo becomes an ICMP echo (§5.2: types 128/129 to 8/0,
+/// a checksum without pseudo-header). What is before the IPv6 header moves up with it. A piece
+/// of a datagram (`piece`, its Fragment header) becomes an IPv4 fragment (§5.1.1): its offset
+/// and more-fragments flag, the low 16 bits of its identification, no DF; only the first piece
+/// has a checksum to move. Returns where the transport header (a later piece's data) now is.
+/// `PIECE`: whether `piece` may be one, so that whole packets' copy has no test of it. Never
+/// inlined: inlined in `published6`, its address words were built worse (+10% instructions,
+/// callgrind).
 #[inline(never)]
-fn to_ipv4<const PIECE: bool>(
+pub(super) fn to_ipv4<const PIECE: bool>(
     buf: &mut PacketBuf,
+    base: usize,
     h: &L3v6,
     src: u32,
     dst: u32,
 ) -> Result<usize, DropReason> {
     let piece = h.frag.filter(|_| PIECE);
     let payload = h.end - h.l4;
+    let eth = base + ETH;
     // At least 20 bytes: the IPv6 header is 40.
-    let shift = h.l4 - ETH - IPV4;
+    let shift = h.l4 - eth - IPV4;
     let f = buf.data_mut();
-    let tc = (f[ETH] << 4) | (f[ETH + 1] >> 4);
-    if piece.is_none_or(|p| p.ff & 0x1fff == 0) {
+    let tc = (f[eth] << 4) | (f[eth + 1] >> 4);
+    let icmp = h.proto == super::ipv6::ICMPV6;
+    if icmp {
+        // An echo's type (the caller let only echoes through); its checksum is summed anew
+        // once the header is IPv4.
+        let ty = f.get_mut(h.l4).ok_or(DropReason::Truncated)?;
+        *ty = if *ty == 128 { 8 } else { 0 };
+    } else if piece.is_none_or(|p| p.ff & 0x1fff == 0) {
         let c = csum_at(h.proto, h.l4);
         if c + 2 > f.len() {
             return Err(DropReason::Truncated);
@@ -540,14 +552,19 @@ fn to_ipv4<const PIECE: bool>(
         };
         put16(f, c, new);
     }
-    let macs: [u8; 12] = f[..12].try_into().unwrap_or([0; 12]);
-    let ip = shift + ETH;
-    f[shift..shift + 12].copy_from_slice(&macs);
-    put16(f, shift + 12, 0x0800);
+    // What is before the IPv6 header, but its ethertype (the MAC addresses, and any outer
+    // headers), moves up by `shift`.
+    f.copy_within(..base + 12, shift);
+    let ip = shift + eth;
+    put16(f, ip - 2, 0x0800);
     let repr = smoltcp::wire::Ipv4Repr {
         src_addr: addr(src),
         dst_addr: addr(dst),
-        next_header: IpProtocol::from(h.proto),
+        next_header: if icmp {
+            IpProtocol::Icmp
+        } else {
+            IpProtocol::from(h.proto)
+        },
         payload_len: payload,
         hop_limit: h.hop_limit,
     };
@@ -566,11 +583,16 @@ fn to_ipv4<const PIECE: bool>(
         p.set_dont_frag(true);
     }
     p.fill_checksum();
+    if icmp {
+        let end = ip + IPV4 + payload;
+        let body = f.get_mut(ip + IPV4..end).ok_or(DropReason::Truncated)?;
+        smoltcp::wire::Icmpv4Packet::new_unchecked(body).fill_checksum();
+    }
     if !buf.trim_front(shift) {
         return Err(DropReason::Truncated);
     }
-    buf.truncate(ETH + IPV4 + payload);
-    Ok(ETH + IPV4)
+    buf.truncate(eth + IPV4 + payload);
+    Ok(eth + IPV4)
 }
 
 /// The IPv6 Fragment header's length.
@@ -581,9 +603,10 @@ const FRAGMENT_HEADER_LEN: usize = 8;
 /// live, the transport checksum moved to the IPv6 pseudo-header (a UDP datagram without one
 /// gets one: IPv6 requires it); `macs` (ours, the next hop's). A fragment gets the Fragment
 /// header `piece` after the IPv6 header; only the first carries a checksum to move, and a UDP
-/// datagram without one cannot get one from a piece of it (`ipv6_fragment`).
+/// datagram without one cannot get one from a piece of it (`ipv6_fragment`). An ICMP echo
+/// becomes an ICMPv6 echo (§4.2; the caller lets no other ICMP through).
 #[inline(always)]
-fn to_ipv6(
+pub(super) fn to_ipv6(
     buf: &mut PacketBuf,
     l3: &L3,
     payload: usize,
@@ -638,6 +661,8 @@ fn to_ipv6(
         dst_addr: Ipv6Address::from(dst),
         next_header: if piece.is_some() {
             IpProtocol::Ipv6Frag
+        } else if l3.proto == ICMP {
+            IpProtocol::Icmpv6
         } else {
             IpProtocol::from(l3.proto)
         },
@@ -650,6 +675,14 @@ fn to_ipv6(
         f[ip6..l4].copy_from_slice(&h);
     }
     if !sum {
+        return Ok(());
+    }
+    if l3.proto == ICMP {
+        let body = &mut f[l4..l4 + payload];
+        let echo = body.first_mut().ok_or(DropReason::Truncated)?;
+        *echo = if *echo == 8 { 128 } else { 129 };
+        let (s, d) = (Ipv6Address::from(src), Ipv6Address::from(dst));
+        Icmpv6Packet::new_unchecked(body).fill_checksum(&s, &d);
         return Ok(());
     }
     let old = nat::be16(f, c);

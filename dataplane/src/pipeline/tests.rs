@@ -1314,6 +1314,8 @@ fn every_drop_reason_is_produced_and_counted() {
     ]);
     // pipeline::nat64's two_clients_with_one_stand_in_never_share_a_flow.
     seen.push(DropReason::Ipv6ClientCollision);
+    // pipeline::overlay6's what_is_not_carried_is_dropped_by_reason.
+    seen.push(DropReason::Ipv6Untranslated);
     // The seal reasons: an_encrypted_network_is_sealed_between_nodes_and_what_does_not_open_is_refused
     // below, and overlay::seal's tests (a sealer the kernel gave no random bytes).
     seen.extend([

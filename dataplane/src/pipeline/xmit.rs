@@ -190,6 +190,11 @@ impl Pipeline {
         if f.len() <= ETH + usize::from(mtu) {
             return Size::Fits;
         }
+        if buf.v6 {
+            // A task's IPv6 packet, which IPv6 never fragments on the way: dropped (see
+            // `overlay6`).
+            return Size::Refused(Err(DropReason::TooBig));
+        }
         let df = f.get(ETH + 6).is_some_and(|b| b & 0x40 != 0);
         if !df {
             return Size::Split(mtu);
@@ -268,6 +273,9 @@ impl Pipeline {
                 f[0..6].copy_from_slice(&hw.mac);
                 f[6..12].copy_from_slice(&self.cfg.tasks_mac);
                 buf.vlan = hw.vlan;
+                if buf.v6 {
+                    return self.ipv6_to_task(t, buf, dst);
+                }
                 Ok(Verdict::Tx(PortId::Tasks))
             }
             Egress::Vxlan {
@@ -295,8 +303,9 @@ impl Pipeline {
     }
 
     /// `send` into VXLAN when the mesh has an encrypted network (the frame sealed first if its
-    /// network is) or runs over an IPv6 underlay (IPv6 outer headers): out of `send`, so the
-    /// plain IPv4 overlay's path carries neither.
+    /// network is), runs over an IPv6 underlay (IPv6 outer headers) or has a dual-stack
+    /// network (a task's IPv6 packet turned back into IPv6 first): out of `send`, so the plain
+    /// IPv4 overlay's path carries none of them.
     #[cold]
     #[inline(never)]
     fn send_vxlan_slow(
@@ -308,6 +317,11 @@ impl Pipeline {
         vni: u32,
         sport: u16,
     ) -> Result<Verdict, DropReason> {
+        if buf.v6 {
+            // A task's IPv6 packet: IPv6 again inside VXLAN.
+            let net = t.network_by_vni(vni).ok_or(DropReason::UnknownVni)?;
+            overlay6::back6(t, buf, net)?;
+        }
         let (up, tasks_mac) = (self.cfg.uplink_mac, self.cfg.tasks_mac);
         let me = t.node(t.local);
         if let Some(src) = me.vtep6 {

@@ -1,0 +1,970 @@
+//! Dual-stack overlay networks (`network create --ipv6 --subnet fd00:1::/64`): tasks speak IPv6
+//! to each other and to VIPs, end to end, through the IPv4 pipeline.
+//!
+//! Every overlay address of a dual-stack network has an IPv6 twin: the network's prefix with
+//! the IPv4 address in its last 32 bits ([`ctl::model::Ipv6Net::embed`]). A task's IPv6 packet
+//! to a twin is turned into IPv4 between the two IPv4 addresses where it comes in (RFC 7915
+//! §5.1, stateless: a twin names its IPv4 address), goes the IPv4 way (the task's source
+//! checks, VIP balancing and DNAT, hairpin masquerade, flows, MSS clamping, VXLAN), and is
+//! turned back into IPv6 (§4.1) where it goes out: to a task, or into VXLAN, so the inner frame
+//! between nodes is IPv6 too and the node at the other end does the same. [`PacketBuf::v6`]
+//! says which packets go back; flows need no mark. Both tasks see IPv6 from each other's twin
+//! (or the VIP's).
+//!
+//! Neighbor Discovery on the tasks side is answered as ARP is: for every twin of the asker's
+//! network but its own and those on its own segment. ICMPv6 echo is translated (`ping -6`
+//! between tasks); other ICMPv6 is not yet (`ipv6_untranslated`), nor are IPv6 fragments
+//! (`ipv6_fragment`; TCP's segments fit, by its MSS). A packet to a VIP's or the gateway's twin
+//! that is no flow's would go to the host side, which answers in IPv4 only:
+//! `ipv6_untranslated`. A packet too big for the overlay once IPv4 is dropped (`too_big`)
+//! without an ICMP answer (the task's MTU is the network's, so its own stack keeps within it).
+//!
+//! What the IPv4 paths pay: one test where a frame goes to a task (`send`); VXLAN's is in
+//! `send_vxlan_slow`, which only meshes with a dual-stack network (or sealed, or over IPv6)
+//! take.
+
+use smoltcp::wire::{Icmpv6Message, Icmpv6Packet, Icmpv6Repr, NdiscRepr};
+
+use super::frag::Frag;
+use super::ipv6::{parse_ipv6, solicitation, L3v6, ICMPV6};
+use super::nat64::{to_ipv4, to_ipv6};
+use super::*;
+use crate::balance::table::NetIdx;
+
+/// The IPv4 address in the last 32 bits of an IPv6 address (a twin's).
+fn low32(a: smoltcp::wire::Ipv6Address) -> u32 {
+    let o = a.octets();
+    u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+}
+
+/// Where an ICMPv6 message of a task goes.
+enum Icmp6 {
+    /// Answered in place (Neighbor Discovery).
+    Answered(Verdict),
+    /// An echo request or reply: translated.
+    Echo,
+}
+
+impl Pipeline {
+    /// IPv6 from a task, on a mesh with a dual-stack network: Neighbor Discovery answered,
+    /// TCP, UDP and ICMPv6 echo between twins of the task's network turned into IPv4 and sent
+    /// on as the task's IPv4 would be.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn task_ipv6(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+    ) -> Result<Verdict, DropReason> {
+        let h = parse_ipv6(buf.data(), ETH)?;
+        if h.frag.is_some() {
+            return Err(DropReason::Ipv6Fragment);
+        }
+        match h.proto {
+            TCP | UDP => {}
+            ICMPV6 => {
+                if let Icmp6::Answered(v) = self.icmpv6_of_task(t, now, &h, buf)? {
+                    return Ok(v);
+                }
+            }
+            _ => return Err(DropReason::UnknownProtocol),
+        }
+        let src = low32(h.src);
+        let s = self.task_source(t, now, buf, src)?;
+        let net = t.net(s.net);
+        let Some(p) = net.subnet6 else {
+            return Err(DropReason::NoIpv6);
+        };
+        // The task speaks as its own twin only (its IPv4 address, VLAN and MAC were checked).
+        if p.embed(addr(src)) != h.src {
+            return Err(DropReason::UnknownSource);
+        }
+        let dst = p
+            .extract(h.dst)
+            .filter(|d| net.subnet.contains(*d))
+            .ok_or(DropReason::NoIpv6)?;
+        to_ipv4::<false>(buf, 0, &h, src, ipkey(dst))?;
+        buf.v6 = true;
+        let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
+        match self.on_task(t, now, buf, l3)? {
+            Verdict::Host(_) => Err(DropReason::Ipv6Untranslated),
+            v => Ok(v),
+        }
+    }
+
+    /// An ICMPv6 message `h` of a task (checksum checked): a Neighbor Solicitation for a twin
+    /// of its network is answered with the tasks port's MAC, as ARP is (`arp`); an echo goes
+    /// on to be translated; other Neighbor Discovery and MLD (the task's own link chatter) are
+    /// `ndp_ignored`, the rest `ipv6_untranslated`.
+    fn icmpv6_of_task(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        h: &L3v6,
+        buf: &mut PacketBuf,
+    ) -> Result<Icmp6, DropReason> {
+        let f = buf.data();
+        let body = f.get(h.l4..h.end).ok_or(DropReason::Truncated)?;
+        let icmp = Icmpv6Packet::new_checked(body).map_err(|_| DropReason::BadL4Header)?;
+        if !icmp.verify_checksum(&h.src, &h.dst) {
+            return Err(DropReason::BadL4Checksum);
+        }
+        match icmp.msg_type() {
+            Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => return Ok(Icmp6::Echo),
+            Icmpv6Message::NeighborSolicit => {}
+            Icmpv6Message::MldQuery | Icmpv6Message::MldReport => {
+                return Err(DropReason::NdpIgnored)
+            }
+            m if m.is_ndisc() => return Err(DropReason::NdpIgnored),
+            _ => return Err(DropReason::Ipv6Untranslated),
+        }
+        // Duplicate address detection (from ::) and solicitations from a link-local address
+        // are the task's own business: its twin is the only address meshd knows it by.
+        if h.src.is_unspecified() || h.src.is_unicast_link_local() {
+            return Err(DropReason::NdpIgnored);
+        }
+        let src = low32(h.src);
+        let s = self.task_source(t, now, buf, src)?;
+        let AddrKind::Task { vlan, .. } = s.kind else {
+            return Err(DropReason::UnknownSource);
+        };
+        let net = t.net(s.net);
+        let Some(p) = net.subnet6 else {
+            return Err(DropReason::NoIpv6);
+        };
+        if p.embed(addr(src)) != h.src {
+            return Err(DropReason::UnknownSource);
+        }
+        let smac = EthernetFrame::new_unchecked(f).src_addr().0;
+        // As `arp`: every address of the asker's network but its own, and but those of tasks
+        // on its own segment, which answer for themselves.
+        let answers = |a| {
+            p.extract(a).is_some_and(|v4| {
+                let same_segment = matches!(
+                    t.addr(v4).map(|e| e.kind),
+                    Some(AddrKind::Task { local: true, vlan: v, .. }) if v == vlan
+                );
+                net.subnet.contains(v4) && ipkey(v4) != src && !same_segment
+            })
+        };
+        let (target, dst, dst_mac, flags) = solicitation(h, &icmp, smac, answers)?;
+        let tasks_mac = self.cfg.tasks_mac;
+        let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
+            flags,
+            target_addr: target,
+            lladdr: Some(EthernetAddress(tasks_mac).into()),
+        });
+        let n = reply::icmpv6_frame(buf.room_mut(), (tasks_mac, dst_mac), target, dst, 255, &na)
+            .ok_or(DropReason::NoBuffer)?;
+        buf.set_len(n);
+        self.stats.ndp_replies += 1;
+        Ok(Icmp6::Answered(Verdict::Tx(PortId::Tasks)))
+    }
+
+    /// A VXLAN frame (`outer`, its outer headers) of network `net` whose inner frame is IPv6:
+    /// a task's on another node, on a dual-stack network. Its packet is turned into IPv4 in
+    /// place, the outer headers moving up with it and their lengths set again (so that a
+    /// worker it is handed to reads it as any other), and it is decapsulated as IPv4.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn decap6(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        outer: L3,
+        net: NetIdx,
+    ) -> Result<Verdict, DropReason> {
+        let n = t.net(net);
+        let Some(p) = n.subnet6 else {
+            return Err(DropReason::NoIpv6);
+        };
+        let base = vxlan::ENCAP_LEN;
+        let h = parse_ipv6(buf.data(), base + ETH)?;
+        if h.frag.is_some() {
+            return Err(DropReason::Ipv6Fragment);
+        }
+        let (Some(src), Some(dst)) = (p.extract(h.src), p.extract(h.dst)) else {
+            return Err(DropReason::NoIpv6);
+        };
+        if !n.subnet.contains(src) || !n.subnet.contains(dst) {
+            return Err(DropReason::NoIpv6);
+        }
+        match h.proto {
+            TCP | UDP => {}
+            ICMPV6 => {
+                let body = buf.data().get(h.l4..h.end).ok_or(DropReason::Truncated)?;
+                let icmp = Icmpv6Packet::new_checked(body).map_err(|_| DropReason::BadL4Header)?;
+                // Checked here: the IPv4 checksum is summed anew.
+                if !icmp.verify_checksum(&h.src, &h.dst) {
+                    return Err(DropReason::BadL4Checksum);
+                }
+                match icmp.msg_type() {
+                    Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => {}
+                    m if m.is_ndisc() => return Err(DropReason::NdpIgnored),
+                    _ => return Err(DropReason::Ipv6Untranslated),
+                }
+            }
+            _ => return Err(DropReason::UnknownProtocol),
+        }
+        to_ipv4::<false>(buf, base, &h, ipkey(src), ipkey(dst))?;
+        let f = buf.data_mut();
+        let len = f.len();
+        let (ip_len, udp_len) = (len - ETH, len - outer.l4);
+        // Casts: a frame is at most a buffer (2,048 bytes) long.
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            put16(f, ETH + 2, ip_len as u16);
+            put16(f, outer.l4 + 4, udp_len as u16);
+        }
+        // The outer UDP checksum is optional over IPv4; it was checked when the frame came.
+        put16(f, outer.l4 + 6, 0);
+        smoltcp::wire::Ipv4Packet::new_unchecked(&mut f[ETH..outer.l4]).fill_checksum();
+        buf.v6 = true;
+        self.decap(t, now, buf, outer, false)
+    }
+
+    /// A frame of a task's IPv6 packet, as IPv4 and addressed (MACs, VLAN) to local task
+    /// `dst`: turned back into IPv6.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn ipv6_to_task(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        dst: u32,
+    ) -> Result<Verdict, DropReason> {
+        let net = t
+            .addr(addr(dst))
+            .map(|e| e.net)
+            .ok_or(DropReason::NoRoute)?;
+        back6(t, buf, net)?;
+        Ok(Verdict::Tx(PortId::Tasks))
+    }
+}
+
+/// Turns the IPv4 frame in `buf` (a task's IPv6 packet on network `net`, rewritten) back into
+/// IPv6 between the twins of its addresses, its MAC addresses kept.
+pub(super) fn back6(t: &ServiceTable, buf: &mut PacketBuf, net: NetIdx) -> Result<(), DropReason> {
+    let Some(p) = t.net(net).subnet6 else {
+        return Err(DropReason::NoIpv6);
+    };
+    let f = buf.data();
+    let h = f.get(..ETH + IPV4).ok_or(DropReason::Truncated)?;
+    let ihl = usize::from(h[ETH] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([h[ETH + 2], h[ETH + 3]]));
+    if ihl < IPV4 || total < ihl || ETH + total > f.len() {
+        return Err(DropReason::BadIpv4Header);
+    }
+    let word = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let (src, dst) = (word(ETH + 12), word(ETH + 16));
+    let l3 = L3 {
+        proto: h[ETH + 9],
+        src,
+        dst,
+        sport: 0,
+        dport: 0,
+        flags: 0,
+        ack: 0,
+        l4: ETH + ihl,
+        frag: Frag::Whole,
+    };
+    let mut dmac = [0u8; 6];
+    let mut smac = [0u8; 6];
+    dmac.copy_from_slice(&h[..6]);
+    smac.copy_from_slice(&h[6..12]);
+    let twins = (p.embed(addr(src)).octets(), p.embed(addr(dst)).octets());
+    to_ipv6(buf, &l3, total - ihl, twins, None, (smac, dmac))
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)] // test values are small and known
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{IpAddress, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags};
+
+    use super::*;
+    use crate::pipeline::tests::run;
+    use crate::testkit::{self, tcp_flags::*};
+    use ctl::model::{self, State};
+
+    const CLI_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x21];
+    const WEB1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+    const WEB2_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x12];
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+    const WEB1: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
+    const WEB2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 12);
+    const CLI: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 21);
+
+    fn prefix() -> model::Ipv6Net {
+        "fd00:10:1::/64".parse().unwrap()
+    }
+
+    fn twin(a: Ipv4Addr) -> Ipv6Addr {
+        prefix().embed(a)
+    }
+
+    fn tasks_mac() -> [u8; 6] {
+        Config::default().tasks_mac
+    }
+
+    /// [`testkit::three_nodes`] with appnet dual-stack (fd00:10:1::/64) and a client task,
+    /// cli.1 on n2 (10.0.1.21), beside web.1 (n2) and web.2 (n3).
+    fn state(dual: bool) -> State {
+        let mut s = testkit::three_nodes();
+        s.networks[1].subnet6 = dual.then(prefix);
+        let mut cli = model::Service::new("cli");
+        cli.networks.push(model::ServiceNetwork {
+            network: "appnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 1, 3)),
+        });
+        cli.tasks
+            .push(testkit::task("cli.1", "n2", &[("appnet", CLI)]));
+        s.services.push(cli);
+        s
+    }
+
+    /// Worker `worker` of `workers` on `node`: it knows the tasks' MACs and the VTEPs'.
+    fn on_node(s: &State, node: &str, workers: u16, worker: u16) -> (ServiceTable, Pipeline) {
+        let t = ServiceTable::build(s, node, 1).unwrap();
+        let neigh = Arc::new(Neighbors::new(64));
+        for (a, m) in [(CLI, CLI_MAC), (WEB1, WEB1_MAC), (WEB2, WEB2_MAC)] {
+            neigh.learn(ipkey(a), m);
+        }
+        for last in [11, 12, 13] {
+            neigh.learn(
+                u32::from(Ipv4Addr::new(192, 168, 1, last)),
+                Config::default().uplink_mac,
+            );
+        }
+        let cfg = Config {
+            worker,
+            workers,
+            ..Config::default()
+        };
+        (t, Pipeline::new(cfg, neigh))
+    }
+
+    fn on(node: &str) -> (ServiceTable, Pipeline) {
+        on_node(&state(true), node, 1, 0)
+    }
+
+    /// What an IPv6 TCP segment says, its checksum checked.
+    #[derive(Debug)]
+    struct Seg6 {
+        dst_mac: [u8; 6],
+        src: Ipv6Addr,
+        sport: u16,
+        dst: Ipv6Addr,
+        dport: u16,
+        flags: u8,
+    }
+
+    fn payload6(f: &[u8]) -> Option<(Ipv6Packet<&[u8]>, &[u8])> {
+        if testkit::eth(f)?.2 != 0x86dd {
+            return None;
+        }
+        let ip = Ipv6Packet::new_checked(f.get(14..)?).ok()?;
+        let body = f.get(54..54 + usize::from(ip.payload_len()))?;
+        Some((ip, body))
+    }
+
+    fn tcp6(f: &[u8]) -> Option<Seg6> {
+        let (ip, body) = payload6(f)?;
+        if ip.next_header() != IpProtocol::Tcp {
+            return None;
+        }
+        let tcp = TcpPacket::new_checked(body).ok()?;
+        let (s, d) = (
+            IpAddress::Ipv6(ip.src_addr()),
+            IpAddress::Ipv6(ip.dst_addr()),
+        );
+        if !tcp.verify_checksum(&s, &d) {
+            return None;
+        }
+        Some(Seg6 {
+            dst_mac: testkit::eth(f)?.0,
+            src: ip.src_addr(),
+            sport: tcp.src_port(),
+            dst: ip.dst_addr(),
+            dport: tcp.dst_port(),
+            flags: f[54 + 13],
+        })
+    }
+
+    /// An ICMPv6 echo (request, or reply) from `src` to `dst`.
+    fn echo6(mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, request: bool) -> Vec<u8> {
+        let data = b"meshd dual-stack ping";
+        let repr = if request {
+            Icmpv6Repr::EchoRequest {
+                ident: 7,
+                seq_no: 1,
+                data,
+            }
+        } else {
+            Icmpv6Repr::EchoReply {
+                ident: 7,
+                seq_no: 1,
+                data,
+            }
+        };
+        testkit::icmpv6_frame(mac, tasks_mac(), src, dst, 64, &repr)
+    }
+
+    /// The echo in an IPv6 frame, its checksum checked: (source, destination, request?).
+    fn echo_of(f: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, bool)> {
+        let (ip, body) = payload6(f)?;
+        let icmp = Icmpv6Packet::new_checked(body).ok()?;
+        if ip.next_header() != IpProtocol::Icmpv6
+            || !icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr())
+        {
+            return None;
+        }
+        let request = match Icmpv6Repr::parse(
+            &ip.src_addr(),
+            &ip.dst_addr(),
+            &icmp,
+            &ChecksumCapabilities::default(),
+        )
+        .ok()?
+        {
+            Icmpv6Repr::EchoRequest { data, .. } | Icmpv6Repr::EchoReply { data, .. }
+                if data == b"meshd dual-stack ping" =>
+            {
+                icmp.msg_type() == Icmpv6Message::EchoRequest
+            }
+            _ => return None,
+        };
+        Some((ip.src_addr(), ip.dst_addr(), request))
+    }
+
+    #[test]
+    fn a_tasks_ipv6_connection_to_a_vip_twin_is_balanced_and_stays_ipv6_end_to_end() {
+        let (t2, mut p2) = on("n2");
+        let (t3, mut p3) = on("n3");
+        let mut seen = BTreeSet::new();
+        for sport in 40000..40064 {
+            let syn = testkit::tcp6_frame(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                sport,
+                twin(VIP),
+                80,
+                SYN,
+                1,
+            );
+            let (v, out) = run(&mut p2, &t2, PortId::Tasks, &syn);
+            // The task's answer and what comes back to the client.
+            let back = match v {
+                // web.1, beside the client: hairpin NAT, the client masqueraded to the
+                // gateway's twin, as for IPv4.
+                Verdict::Tx(PortId::Tasks) => {
+                    let s = tcp6(&out).expect("IPv6 to web.1, checksum right");
+                    assert_eq!((s.dst_mac, s.dst, s.dport), (WEB1_MAC, twin(WEB1), 80));
+                    assert_eq!(s.src, twin(GW));
+                    seen.insert("web.1");
+                    let synack = testkit::tcp6_frame(
+                        WEB1_MAC,
+                        tasks_mac(),
+                        twin(WEB1),
+                        80,
+                        s.src,
+                        s.sport,
+                        SYN | ACK,
+                        9,
+                    );
+                    let (v, back) = run(&mut p2, &t2, PortId::Tasks, &synack);
+                    assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                    back
+                }
+                // web.2 on n3: VXLAN, the inner frame IPv6 as the task sent it.
+                Verdict::Tx(PortId::Uplink) => {
+                    let (vni, inner) = testkit::decap(&out).expect("VXLAN over IPv4");
+                    assert_eq!(vni, 4097);
+                    let s = tcp6(inner).expect("inner IPv6, checksum right");
+                    assert_eq!(
+                        (s.src, s.sport, s.dst, s.dport, s.flags),
+                        (twin(CLI), sport, twin(WEB2), 80, SYN)
+                    );
+                    seen.insert("web.2");
+                    let (v, got) = run(&mut p3, &t3, PortId::Uplink, &out);
+                    assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                    let g = tcp6(&got).expect("IPv6 to web.2");
+                    assert_eq!((g.dst_mac, g.src, g.dst), (WEB2_MAC, twin(CLI), twin(WEB2)));
+                    let synack = testkit::tcp6_frame(
+                        WEB2_MAC,
+                        tasks_mac(),
+                        twin(WEB2),
+                        80,
+                        twin(CLI),
+                        sport,
+                        SYN | ACK,
+                        9,
+                    );
+                    let (v, over) = run(&mut p3, &t3, PortId::Tasks, &synack);
+                    assert_eq!(v, Verdict::Tx(PortId::Uplink));
+                    let (_, inner) = testkit::decap(&over).unwrap();
+                    let b = tcp6(inner).expect("the answer, inner IPv6");
+                    assert_eq!((b.src, b.dst), (twin(WEB2), twin(CLI)));
+                    let (v, back) = run(&mut p2, &t2, PortId::Uplink, &over);
+                    assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                    back
+                }
+                v => panic!("{v:?}"),
+            };
+            let h = tcp6(&back).expect("the SYN-ACK to the client, IPv6");
+            assert_eq!(
+                (h.dst_mac, h.src, h.sport, h.dst, h.dport, h.flags),
+                (CLI_MAC, twin(VIP), 80, twin(CLI), sport, SYN | ACK)
+            );
+        }
+        assert_eq!(seen.len(), 2, "both tasks picked: {seen:?}");
+        // The same task's IPv4 stays IPv4.
+        let syn = testkit::tcp_frame(CLI_MAC, tasks_mac(), CLI, 50000, VIP, 80, SYN, 1, 0, b"");
+        let (v, out) = run(&mut p2, &t2, PortId::Tasks, &syn);
+        let inner = match v {
+            Verdict::Tx(PortId::Uplink) => testkit::decap(&out).unwrap().1.to_vec(),
+            Verdict::Tx(PortId::Tasks) => out,
+            v => panic!("{v:?}"),
+        };
+        assert_eq!(testkit::eth(&inner).unwrap().2, 0x0800);
+        assert!(testkit::parse_ipv4_tcp(&inner).is_some());
+        assert_eq!(p2.stats.total_drops(), 0);
+        assert_eq!(p3.stats.total_drops(), 0);
+    }
+
+    #[test]
+    fn ping6_between_tasks_on_two_nodes_is_translated_both_ways() {
+        let (t2, mut p2) = on("n2");
+        let (t3, mut p3) = on("n3");
+        let (v, out) = run(
+            &mut p2,
+            &t2,
+            PortId::Tasks,
+            &echo6(CLI_MAC, twin(CLI), twin(WEB2), true),
+        );
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        let (_, inner) = testkit::decap(&out).unwrap();
+        assert_eq!(echo_of(inner), Some((twin(CLI), twin(WEB2), true)));
+        let (v, got) = run(&mut p3, &t3, PortId::Uplink, &out);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        assert_eq!(echo_of(&got), Some((twin(CLI), twin(WEB2), true)));
+        assert_eq!(testkit::eth(&got).unwrap().0, WEB2_MAC);
+        let (v, over) = run(
+            &mut p3,
+            &t3,
+            PortId::Tasks,
+            &echo6(WEB2_MAC, twin(WEB2), twin(CLI), false),
+        );
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        let (v, back) = run(&mut p2, &t2, PortId::Uplink, &over);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        assert_eq!(echo_of(&back), Some((twin(WEB2), twin(CLI), false)));
+        // Beside it: web.1 (untagged, as the client) shares its segment and answers itself,
+        // but meshd carries the ping when the client sends it there.
+        let (v, got) = run(
+            &mut p2,
+            &t2,
+            PortId::Tasks,
+            &echo6(CLI_MAC, twin(CLI), twin(WEB1), true),
+        );
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        assert_eq!(echo_of(&got), Some((twin(CLI), twin(WEB1), true)));
+        // The VIP's twin and the gateway's do not answer yet: the host side speaks IPv4.
+        for to in [VIP, GW] {
+            let (v, _) = run(
+                &mut p2,
+                &t2,
+                PortId::Tasks,
+                &echo6(CLI_MAC, twin(CLI), twin(to), true),
+            );
+            assert_eq!(v, Verdict::Drop(DropReason::Ipv6Untranslated), "{to}");
+        }
+    }
+
+    /// The advertisement in `f`: (target, destination, destination MAC, its link-layer
+    /// address option, solicited).
+    fn advert(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, [u8; 6], Option<[u8; 6]>, bool) {
+        let (ip, body) = payload6(f).unwrap();
+        let icmp = Icmpv6Packet::new_checked(body).unwrap();
+        assert!(icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr()));
+        assert_eq!(ip.hop_limit(), 255);
+        let Ok(NdiscRepr::NeighborAdvert {
+            flags,
+            target_addr,
+            lladdr,
+        }) = NdiscRepr::parse(&icmp)
+        else {
+            panic!("not an advertisement");
+        };
+        assert_eq!(ip.src_addr(), target_addr);
+        let ll = lladdr.map(|l| <[u8; 6]>::try_from(l.as_bytes()).unwrap());
+        let solicited = flags.contains(NdiscNeighborFlags::SOLICITED);
+        (
+            target_addr,
+            ip.dst_addr(),
+            testkit::eth(f).unwrap().0,
+            ll,
+            solicited,
+        )
+    }
+
+    #[test]
+    fn neighbor_discovery_on_the_tasks_side_is_answered_as_arp_is() {
+        let (t2, mut p2) = on("n2");
+        let mut ns = |mac, src, target| {
+            run(
+                &mut p2,
+                &t2,
+                PortId::Tasks,
+                &testkit::neighbor_solicit(mac, src, target),
+            )
+        };
+        for target in [VIP, GW, WEB2, Ipv4Addr::new(10, 0, 1, 200)] {
+            let (v, out) = ns(CLI_MAC, twin(CLI), twin(target));
+            assert_eq!(v, Verdict::Tx(PortId::Tasks), "{target}");
+            assert_eq!(
+                advert(&out),
+                (twin(target), twin(CLI), CLI_MAC, Some(tasks_mac()), true)
+            );
+        }
+        // Not for meshd: the asker itself, a task on its segment (which answers itself), an
+        // address of another network or outside the prefix, duplicate address detection, a
+        // link-local asker.
+        let ll: Ipv6Addr = "fe80::21".parse().unwrap();
+        for (src, target) in [
+            (twin(CLI), twin(CLI)),
+            (twin(CLI), twin(WEB1)),
+            (twin(CLI), twin(Ipv4Addr::new(10, 0, 0, 2))),
+            (twin(CLI), "fd00:99::a00:10c".parse().unwrap()),
+            (Ipv6Addr::UNSPECIFIED, twin(VIP)),
+            (ll, twin(VIP)),
+        ] {
+            let (v, _) = ns(CLI_MAC, src, target);
+            assert_eq!(
+                v,
+                Verdict::Drop(DropReason::NdpIgnored),
+                "{src} asks {target}"
+            );
+        }
+        // A task asking as another: refused as its IPv4 would be.
+        let (v, _) = ns(CLI_MAC, twin(WEB1), twin(VIP));
+        assert_eq!(v, Verdict::Drop(DropReason::SpoofedSource));
+        // RFC 4861's checks hold: a hop limit below 255 is a forwarded solicitation.
+        let mut f = testkit::neighbor_solicit(CLI_MAC, twin(CLI), twin(VIP));
+        f[14 + 7] = 254;
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &f);
+        assert_eq!(v, Verdict::Drop(DropReason::BadNdp));
+    }
+
+    #[test]
+    fn what_is_not_carried_is_dropped_by_reason() {
+        let (t2, mut p2) = on("n2");
+        let syn = |src, dst| testkit::tcp6_frame(CLI_MAC, tasks_mac(), src, 40000, dst, 80, SYN, 1);
+        let outside: Ipv6Addr = "fd00:99::a00:10c".parse().unwrap();
+        let cases: Vec<(&str, Vec<u8>, DropReason)> = vec![
+            (
+                "outside the prefix",
+                syn(twin(CLI), outside),
+                DropReason::NoIpv6,
+            ),
+            (
+                "the twin of an address outside the network",
+                syn(twin(CLI), twin(Ipv4Addr::new(192, 168, 1, 13))),
+                DropReason::NoIpv6,
+            ),
+            (
+                "not the task's twin",
+                syn("fd00:99::a00:115".parse().unwrap(), twin(WEB2)),
+                DropReason::UnknownSource,
+            ),
+            (
+                "another task's twin",
+                syn(twin(WEB1), twin(WEB2)),
+                DropReason::SpoofedSource,
+            ),
+            (
+                "UDP to the gateway's twin (DNS)",
+                {
+                    let l = 8 + 12;
+                    testkit::ipv6_with(
+                        CLI_MAC,
+                        tasks_mac(),
+                        twin(CLI),
+                        twin(GW),
+                        64,
+                        IpProtocol::Udp,
+                        l,
+                        |b| {
+                            b[..2].copy_from_slice(&5353u16.to_be_bytes());
+                            b[2..4].copy_from_slice(&53u16.to_be_bytes());
+                            b[4..6].copy_from_slice(&(l as u16).to_be_bytes());
+                            let (s, d) = (IpAddress::Ipv6(twin(CLI)), IpAddress::Ipv6(twin(GW)));
+                            UdpPacket::new_unchecked(b).fill_checksum(&s, &d);
+                        },
+                    )
+                },
+                DropReason::Ipv6Untranslated,
+            ),
+            (
+                "an ICMPv6 error",
+                testkit::icmpv6_frame(
+                    CLI_MAC,
+                    tasks_mac(),
+                    twin(CLI),
+                    twin(WEB2),
+                    64,
+                    &Icmpv6Repr::PktTooBig {
+                        mtu: 1280,
+                        header: Ipv6Repr {
+                            src_addr: twin(WEB2),
+                            dst_addr: twin(CLI),
+                            next_header: IpProtocol::Udp,
+                            payload_len: 8,
+                            hop_limit: 64,
+                        },
+                        data: &[0; 8],
+                    },
+                ),
+                DropReason::Ipv6Untranslated,
+            ),
+            (
+                "a bad checksum",
+                {
+                    let mut f = syn(twin(CLI), twin(WEB2));
+                    f[54 + 16] ^= 0x55;
+                    f
+                },
+                DropReason::BadL4Checksum,
+            ),
+        ];
+        for (what, f, want) in cases {
+            let (v, _) = run(&mut p2, &t2, PortId::Tasks, &f);
+            assert_eq!(v, Verdict::Drop(want), "{what}");
+        }
+        // A datagram in pieces (IPv6 fragments are not carried yet).
+        let big = testkit::ipv6_with(
+            CLI_MAC,
+            tasks_mac(),
+            twin(CLI),
+            twin(WEB2),
+            64,
+            IpProtocol::Udp,
+            3000,
+            |b| {
+                b[4..6].copy_from_slice(&3000u16.to_be_bytes());
+            },
+        );
+        for piece in testkit::fragment6(&big, 1450, 77) {
+            let (v, _) = run(&mut p2, &t2, PortId::Tasks, &piece);
+            assert_eq!(v, Verdict::Drop(DropReason::Ipv6Fragment));
+        }
+        // A task on a network that is not dual-stack (web.1 on the ingress network), and a
+        // mesh without any.
+        let ingress6 = prefix().embed(Ipv4Addr::new(10, 0, 0, 11));
+        let f = testkit::tcp6_frame(
+            WEB1_MAC,
+            tasks_mac(),
+            ingress6,
+            40000,
+            twin(WEB2),
+            80,
+            SYN,
+            1,
+        );
+        assert_eq!(
+            run(&mut p2, &t2, PortId::Tasks, &f).0,
+            Verdict::Drop(DropReason::NoIpv6)
+        );
+        let (t4, mut p4) = on_node(&state(false), "n2", 1, 0);
+        let f = syn(twin(CLI), twin(WEB2));
+        assert_eq!(
+            run(&mut p4, &t4, PortId::Tasks, &f).0,
+            Verdict::Drop(DropReason::NoIpv6)
+        );
+        // Out of VXLAN: IPv6 on a network that is not dual-stack, or from outside the prefix.
+        let (t3, mut p3) = on("n3");
+        let vx = |vni, inner: &[u8]| {
+            testkit::vxlan_frame(
+                Config::default().uplink_mac,
+                Config::default().uplink_mac,
+                Ipv4Addr::new(192, 168, 1, 12),
+                Ipv4Addr::new(192, 168, 1, 13),
+                50000,
+                vni,
+                inner,
+            )
+        };
+        let inner = testkit::tcp6_frame(
+            [0; 6],
+            tasks_mac(),
+            twin(CLI),
+            40000,
+            twin(WEB2),
+            80,
+            SYN,
+            1,
+        );
+        let (v, _) = run(
+            &mut p3,
+            &t3,
+            PortId::Uplink,
+            &vx(model::INGRESS_VNI, &inner),
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::NoIpv6));
+        let inner =
+            testkit::tcp6_frame([0; 6], tasks_mac(), outside, 40000, twin(WEB2), 80, SYN, 1);
+        let (v, _) = run(&mut p3, &t3, PortId::Uplink, &vx(4097, &inner));
+        assert_eq!(v, Verdict::Drop(DropReason::NoIpv6));
+        // And what is carried still is.
+        let inner = testkit::tcp6_frame(
+            [0; 6],
+            tasks_mac(),
+            twin(CLI),
+            40000,
+            twin(WEB2),
+            80,
+            SYN,
+            1,
+        );
+        let (v, got) = run(&mut p3, &t3, PortId::Uplink, &vx(4097, &inner));
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        assert!(tcp6(&got).is_some());
+    }
+
+    /// Runs `buf` through `p` and gives it back, as the worker would keep it (a frame handed
+    /// over goes to the other worker as it is).
+    fn run_buf(p: &mut Pipeline, t: &ServiceTable, buf: PacketBuf) -> (Verdict, PacketBuf) {
+        let mut burst = Burst::new();
+        burst.push(buf);
+        let mut v = Verdicts::new();
+        p.process(t, 1, &mut burst, &mut v);
+        (v[0], burst[0].clone())
+    }
+
+    #[test]
+    fn a_converted_frame_handed_to_the_worker_that_owns_it_goes_out_as_ipv6() {
+        let s = state(true);
+        let mut w: Vec<_> = (0..2).map(|i| on_node(&s, "n2", 2, i)).collect();
+        let mut handed = [false; 2];
+        for sport in 40000..40032 {
+            // From the task to the VIP (a flow, owned by one worker), and from web.2 to the
+            // task (out of VXLAN).
+            let to = testkit::tcp6_frame(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                sport,
+                twin(VIP),
+                80,
+                SYN,
+                1,
+            );
+            let inner = testkit::tcp6_frame(
+                [0; 6],
+                tasks_mac(),
+                twin(WEB2),
+                80,
+                twin(CLI),
+                sport,
+                SYN | ACK,
+                1,
+            );
+            let from = testkit::vxlan_frame(
+                Config::default().uplink_mac,
+                Config::default().uplink_mac,
+                Ipv4Addr::new(192, 168, 1, 13),
+                Ipv4Addr::new(192, 168, 1, 12),
+                50000,
+                4097,
+                &inner,
+            );
+            for (k, (port, f)) in [(PortId::Tasks, to), (PortId::Uplink, from)]
+                .into_iter()
+                .enumerate()
+            {
+                let (t, p) = &mut w[0];
+                let (v, buf) = run_buf(p, t, PacketBuf::from_frame(port, &f));
+                let (v, buf) = match v {
+                    Verdict::Handoff(1) => {
+                        handed[k] = true;
+                        assert!(buf.v6);
+                        let (t, p) = &mut w[1];
+                        run_buf(p, t, buf)
+                    }
+                    v => (v, buf),
+                };
+                let out = buf.data();
+                match port {
+                    PortId::Tasks => {
+                        let s = match v {
+                            Verdict::Tx(PortId::Uplink) => tcp6(testkit::decap(out).unwrap().1),
+                            Verdict::Tx(PortId::Tasks) => tcp6(out),
+                            v => panic!("{v:?}"),
+                        };
+                        let s = s.expect("IPv6 out");
+                        assert!([(twin(CLI), twin(WEB2)), (twin(GW), twin(WEB1))]
+                            .contains(&(s.src, s.dst)));
+                    }
+                    PortId::Uplink => {
+                        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                        // From the VIP's twin when the SYN just before went to web.2.
+                        let s = tcp6(out).unwrap();
+                        assert!([twin(WEB2), twin(VIP)].contains(&s.src), "{s:?}");
+                        assert_eq!((s.dst, s.dst_mac), (twin(CLI), CLI_MAC));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            handed, [true; 2],
+            "some frames of each way went to worker 1"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any change to a task's IPv6 frame, or to a VXLAN frame carrying one, is dropped
+        /// with a reason or goes out as a readable frame; nothing panics.
+        #[test]
+        fn any_ipv6_of_a_task_is_carried_or_refused(
+            at in 0usize..80,
+            byte in any::<u8>(),
+            uplink in any::<bool>(),
+        ) {
+            let (t, mut p) = on("n3");
+            let inner = testkit::tcp6_frame([0; 6], tasks_mac(), twin(CLI), 40000, twin(WEB2), 80, SYN, 1);
+            let mut f = if uplink {
+                testkit::vxlan_frame(
+                    Config::default().uplink_mac,
+                    Config::default().uplink_mac,
+                    Ipv4Addr::new(192, 168, 1, 12),
+                    Ipv4Addr::new(192, 168, 1, 13),
+                    50000,
+                    4097,
+                    &inner,
+                )
+            } else {
+                testkit::tcp6_frame(WEB2_MAC, tasks_mac(), twin(WEB2), 80, twin(CLI), 40000, SYN | ACK, 1)
+            };
+            let off = if uplink { 50 } else { 0 };
+            let i = (off + at).min(f.len() - 1);
+            f[i] = byte;
+            let port = if uplink { PortId::Uplink } else { PortId::Tasks };
+            let (v, out) = run(&mut p, &t, port, &f);
+            match v {
+                Verdict::Tx(PortId::Tasks) => prop_assert!(testkit::eth(&out).is_some()),
+                Verdict::Tx(PortId::Uplink) => prop_assert!(testkit::decap(&out).is_some()),
+                _ => {}
+            }
+        }
+    }
+}
