@@ -1,0 +1,604 @@
+//! End-to-end: dual-stack overlay networks (the testbed's `Plan::ipv6_overlay`, `up
+//! --ipv6-overlay`). appnet is 10.0.1.0/24 and fd00:10:1::/64 (`meshctl network create appnet
+//! --subnet 10.0.1.0/24 --ipv6 --subnet fd00:10:1::/64`); every overlay address has its IPv6
+//! twin there, the prefix's first 96 bits then the IPv4 address (task 10.0.1.100 is
+//! fd00:10:1::a00:164), and each task holds its twin with a /64 on eth0, no DAD, no router
+//! solicitations, as it holds its IPv4 address. meshd answers Neighbor Discovery for the
+//! network's other twins, translates a task's IPv6 to IPv4 at the edge (the twin's low 32
+//! bits), runs its IPv4 pipeline (VIP, VXLAN) and turns it back into IPv6 at the other edge.
+//!
+//! Three nodes; `web` (whoami, listening on `[::]`) and `client` with a task on every node, on
+//! appnet. From the client task on every node: `dig A web` is the VIP; `dig AAAA web` the VIP's
+//! twin and `dig AAAA tasks.web` the web tasks' twins (asked over IPv4, of the resolver on the
+//! network's IPv4 gateway, as resolv.conf says); `curl -4 http://web/` still reaches every web
+//! task; `curl -6` of the VIP's twin, and `curl -6 http://web/` (by name: AAAA, the VIP's
+//! twin), reach every web task, and a task on another node saw the client's twin as the peer
+//! (one on the client's own node the gateway's twin: the hairpin NAT IPv4 VIPs have). A
+//! mebibyte each way over IPv6 from a task on n1 to a task on n2, by its twin and by the VIP's;
+//! `ping -6` of a web task's twin on another node and on the same node; `ping -6 -M do` at the
+//! overlay's MTU (1450: `-s 1402`) to a remote twin is answered, one byte more fails in the
+//! client's own kernel. meshd counts no drop that says a translated packet was wrong (checksums,
+//! spoofed or unknown sources, fragments). On `v4net`, an IPv4-only network of the same mesh,
+//! the task has no IPv6 at all and AAAA of a service is NODATA (NOERROR, no answer).
+//!
+//! Run as root from the workspace root: `sudo cargo test --release -p testbed --test dualstack
+//! -- --test-threads=1` (with `flock /tmp/meshd-netns.lock` where other testbed runs share the
+//! machine). Needs root and fails without it (it never passes without having run); needs dig
+//! (`scripts/deps.sh`). The test builds its own mesh (`meshd-d<tag><pid>-*`), removed by a guard
+//! even on failure (which prints every node's counters and log tail first).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
+
+use common::{mebibyte_each_way, Mesh, Scratch};
+use testbed::bed::TaskRec;
+use testbed::{plan, probe, sys, RunSpec};
+
+const T: Duration = Duration::from_secs(5);
+const NODES: [&str; 3] = ["n1", "n2", "n3"];
+/// The dual-stack network, and an IPv4-only one beside it.
+const APPNET: &str = "appnet";
+const V4NET: &str = "v4net";
+/// IPv6's header and ICMPv6 echo's: what `ping -6 -s` adds to its payload.
+const PING6_HEADERS: u16 = 40 + 8;
+
+/// Drops that say a packet of a dual-stack network was translated or checked wrong: a bad
+/// transport checksum or header (the pseudo-header changes between the families), a task's
+/// address from another MAC or VLAN or one the table does not know (the twin not taken for the
+/// task's), between networks, an IPv6 header or extension chain refused, an IPv6 fragment
+/// (none is sent here: TCP's MSS fits the overlay, ping -M do never fragments), malformed
+/// Neighbor Discovery, and the VXLAN ones (a translated packet is plain IPv4 inside).
+const NEVER: [&str; 17] = [
+    "bad_l4_checksum",
+    "bad_l4_header",
+    "bad_ip_checksum",
+    "bad_ipv4_header",
+    "spoofed_source",
+    "unknown_source",
+    "wrong_vlan",
+    "cross_network",
+    "bad_ipv6_header",
+    "ipv6_ext_chain",
+    "ipv6_fragment",
+    "bad_ndp",
+    "unknown_vtep",
+    "spoofed_peer",
+    "bad_vxlan",
+    "unknown_vni",
+    "no_headroom",
+];
+
+/// Drops that may happen only while the paths warm up (a neighbour being resolved), or while a
+/// task's kernel brings IPv6 up on eth0 (its multicast listener reports, which meshd does not
+/// carry): none once every path has carried a packet.
+const SETTLED: [&str; 4] = ["no_neighbor", "no_ipv6", "ipv6_untranslated", "no_route"];
+
+fn preflight() {
+    let missing = testbed::preflight::missing();
+    assert!(missing.is_empty(), "missing programs: {missing:?}");
+    assert!(
+        testbed::preflight::on_path("dig"),
+        "dig is missing: run scripts/deps.sh (Debian's bind9-dnsutils)"
+    );
+}
+
+/// A fresh 3-node mesh whose overlays are dual-stack. Root only: without root the test fails
+/// (a skipped test would pass without having run).
+fn mesh(tag: &str) -> Mesh {
+    assert!(
+        sys::is_root(),
+        "dualstack needs root (network namespaces, AF_PACKET): sudo cargo test -p testbed --test dualstack"
+    );
+    common::mesh_plan(
+        "d",
+        "dualstack",
+        tag,
+        0,
+        |p| p.ipv6_overlay = true,
+        preflight,
+    )
+    .expect("a root mesh")
+}
+
+/// What `dig` printed.
+#[derive(Debug, Default)]
+struct Dig {
+    status: String,
+    /// (type, data) of the answer section.
+    answers: Vec<(String, String)>,
+    raw: String,
+}
+
+impl Dig {
+    fn of(&self, qtype: &str) -> BTreeSet<IpAddr> {
+        self.answers
+            .iter()
+            .filter(|(t, _)| t == qtype)
+            .map(|(_, a)| {
+                a.parse()
+                    .unwrap_or_else(|e| panic!("{a:?}: {e}\n{}", self.raw))
+            })
+            .collect()
+    }
+}
+
+/// `dig NAME TYPE` in task namespace `ns`, of the resolver its resolv.conf names (meshd's, on
+/// the IPv4 gateway of its network), as a program in the task would ask.
+fn dig(ns: &str, name: &str, qtype: &str) -> Dig {
+    let out = sys::exec_in_output(ns, "dig", &[name, qtype, "+time=2", "+tries=2"]).unwrap();
+    let mut d = Dig {
+        raw: out.stdout.clone(),
+        ..Dig::default()
+    };
+    let mut in_answer = false;
+    for line in out.stdout.lines() {
+        if let Some(rest) = line.split_once("status: ").map(|(_, r)| r) {
+            d.status = rest.split(',').next().unwrap_or("").to_string();
+        }
+        if line.starts_with(";; ANSWER SECTION:") {
+            in_answer = true;
+            continue;
+        }
+        if in_answer {
+            if line.trim().is_empty() {
+                in_answer = false;
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 {
+                d.answers.push((f[3].to_string(), f[4].to_string()));
+            }
+        }
+    }
+    assert!(
+        !d.status.is_empty(),
+        "{ns}: dig {name} {qtype} got no answer:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    d
+}
+
+fn v4set(addrs: impl IntoIterator<Item = Ipv4Addr>) -> BTreeSet<IpAddr> {
+    addrs.into_iter().map(IpAddr::V4).collect()
+}
+
+fn v6set(addrs: impl IntoIterator<Item = Ipv6Addr>) -> BTreeSet<IpAddr> {
+    addrs.into_iter().map(IpAddr::V6).collect()
+}
+
+/// The task of `service` on node `node` (each service here has one on every node).
+fn task_on(m: &Mesh, service: &str, node: &str) -> TaskRec {
+    m.tasks_of(service)
+        .into_iter()
+        .find(|t| t.node == node)
+        .unwrap_or_else(|| panic!("no task of {service} on {node}"))
+        .clone()
+}
+
+/// The global IPv6 addresses (with their prefix lengths) on eth0 of task namespace `ns`.
+fn eth0_addrs6(ns: &str) -> BTreeSet<String> {
+    let out = sys::exec_in(
+        ns,
+        "ip",
+        &["-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"],
+    )
+    .unwrap();
+    out.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == "inet6")?;
+            f.get(i + 1).map(|a| (*a).to_string())
+        })
+        .collect()
+}
+
+/// Node `node`'s drops by reason (`meshctl stats`, `total.drops`, summed over its workers).
+fn drops(m: &Mesh, node: &str) -> BTreeMap<String, u64> {
+    let out = m
+        .meshctl_local(node, &["--format", "json", "stats"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["total"]["drops"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn every_nodes_drops(m: &Mesh) -> BTreeMap<&'static str, BTreeMap<String, u64>> {
+    NODES.iter().map(|n| (*n, drops(m, n))).collect()
+}
+
+/// No node dropped for a reason of [`NEVER`], and none for one of [`SETTLED`] since `warm`.
+fn no_unexpected_drops(m: &Mesh, warm: &BTreeMap<&'static str, BTreeMap<String, u64>>) {
+    let now = every_nodes_drops(m);
+    for (node, d) in &now {
+        eprintln!("{node} drops: {d:?}");
+    }
+    for (node, d) in &now {
+        let n = |r: &str| d.get(r).copied().unwrap_or(0);
+        for r in NEVER {
+            assert_eq!(n(r), 0, "{node} dropped for {r}: all its drops {d:?}");
+        }
+        for r in SETTLED {
+            let before = warm[node].get(r).copied().unwrap_or(0);
+            assert_eq!(
+                n(r).saturating_sub(before),
+                0,
+                "{node} dropped for {r} after the paths were warm ({before} while warming up): all its drops {d:?}"
+            );
+        }
+    }
+}
+
+/// The address a web task sees a VIP connection of client task `c` come from: the client's
+/// own when the task is on another node, the gateway's when on the client's node (hairpin NAT,
+/// so the reply comes back through meshd: IPv4's rule, which the translated packet follows);
+/// their IPv6 twins over IPv6.
+fn vip_peer(m: &Mesh, c: &TaskRec, answered: &str, ipv6: bool) -> IpAddr {
+    let net = m.rec.networks.iter().find(|n| n.name == APPNET).unwrap();
+    let local = m.task(answered).unwrap().node == c.node;
+    let v4 = if local {
+        plan::gateway(net.k)
+    } else {
+        c.addr_on(APPNET).unwrap()
+    };
+    if ipv6 {
+        IpAddr::V6(net.twin(v4).unwrap())
+    } else {
+        IpAddr::V4(v4)
+    }
+}
+
+/// From client task `c`: new connections to `url`, a VIP by name or address (curl with
+/// `family`, `-4` or `-6`), reach every task of `tasks` (by name) within a few rounds, each
+/// answer a whoami that saw the client as [`vip_peer`] says. Prints which task answered each
+/// request, and whom it saw.
+fn reaches_every_task(m: &Mesh, c: &TaskRec, url: &str, family: &str, tasks: &BTreeSet<String>) {
+    let what = format!("{} on {}", c.name, c.node);
+    let mut seen = BTreeSet::new();
+    let mut answers = Vec::new();
+    for _ in 0..5 * tasks.len() {
+        let r = probe::curl(&c.ns, url, T, &[family]).unwrap();
+        let w = r.whoami().unwrap_or_else(|| {
+            panic!(
+                "{what}: curl {family} {url}: exit {} {}{}",
+                r.code, r.stderr, r.body
+            )
+        });
+        let peer = vip_peer(m, c, &w.hostname, family == "-6");
+        assert_eq!(
+            w.remote_ip().parse::<IpAddr>().ok(),
+            Some(peer),
+            "{what}: curl {family} {url}: {} saw the client as {}, not {peer}",
+            w.hostname,
+            w.remote
+        );
+        answers.push(format!("{} (saw {})", w.hostname, w.remote_ip()));
+        seen.insert(w.hostname);
+        if &seen == tasks {
+            break;
+        }
+    }
+    eprintln!(
+        "{what}: curl {family} {url}: answered by {}",
+        answers.join(", ")
+    );
+    assert_eq!(
+        &seen, tasks,
+        "{what}: curl {family} {url}: the tasks new connections reached"
+    );
+}
+
+/// `ping -6 -c 3` from `ns` of `to` is answered every time.
+fn ping6(ns: &str, to: Ipv6Addr, what: &str) {
+    let to = to.to_string();
+    let out = sys::exec_in_output(
+        ns,
+        "ping",
+        &["-6", "-n", "-c", "3", "-i", "0.2", "-W", "2", &to],
+    )
+    .unwrap();
+    eprintln!(
+        "{what}: ping -6 -c 3 {to}: {}",
+        out.stdout.lines().rev().nth(1).unwrap_or("").trim()
+    );
+    assert!(
+        out.code == Some(0) && out.stdout.contains("3 received"),
+        "{what}: ping -6 -c 3 {to}: {}{}",
+        out.stdout,
+        out.stderr
+    );
+}
+
+/// Dual-stack appnet through every node, and the IPv4-only v4net beside it. The IPv6 paths by
+/// address come before the ones by name, so a failure says which half (pipeline or DNS) broke.
+#[test]
+fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
+    let mut m = mesh("ds");
+    m.run(&RunSpec::new("web", 3).network(APPNET)).unwrap();
+    m.run(&RunSpec::new("client", 3).network(APPNET)).unwrap();
+    m.run(&RunSpec::new("old", 1).network(V4NET).ipv4_only().on("n1"))
+        .unwrap();
+    for svc in ["web", "client"] {
+        let on: BTreeSet<&str> = m.tasks_of(svc).iter().map(|t| t.node.as_str()).collect();
+        assert_eq!(on, BTreeSet::from(NODES), "one {svc} task on every node");
+    }
+    let net = m
+        .rec
+        .networks
+        .iter()
+        .find(|n| n.name == APPNET)
+        .unwrap()
+        .clone();
+    let v4net = m
+        .rec
+        .networks
+        .iter()
+        .find(|n| n.name == V4NET)
+        .unwrap()
+        .clone();
+    assert!(
+        net.ipv6 && !v4net.ipv6,
+        "appnet dual-stack, v4net not: {net:?} {v4net:?}"
+    );
+    let (p6, len6) = net.subnet6().unwrap();
+    let prefix = format!("{p6}/{len6}");
+    eprintln!(
+        "appnet: 10.0.{}.0/24 and {prefix}; v4net: 10.0.{}.0/24 only",
+        net.k, v4net.k
+    );
+
+    // Every node's meshd has appnet's prefix, and none for v4net.
+    for node in NODES {
+        for (name, want) in [(APPNET, Some(prefix.as_str())), (V4NET, None)] {
+            let out = m
+                .meshctl_local(node, &["network", "inspect", name])
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(
+                v[0]["subnet6"].as_str(),
+                want,
+                "{node}: network inspect {name}: {out}"
+            );
+            assert_eq!(
+                v[0]["EnableIPv6"].as_bool(),
+                Some(want.is_some()),
+                "{node}: network inspect {name}: {out}"
+            );
+        }
+    }
+
+    // Each task of appnet holds its twin, /64, on eth0; old.1 (v4net only) has no IPv6.
+    for t in m.tasks_of("web").into_iter().chain(m.tasks_of("client")) {
+        let a = t.addr_on(APPNET).unwrap();
+        let twin = t.addr6_on(APPNET).unwrap();
+        assert_eq!(twin, plan::twin(net.k, a), "{}'s twin", t.name);
+        assert_eq!(
+            eth0_addrs6(&t.ns),
+            BTreeSet::from([format!("{twin}/{}", plan::OVERLAY6_PREFIX)]),
+            "{}: the IPv6 addresses on eth0",
+            t.name
+        );
+    }
+    let old = m.tasks_of("old")[0].clone();
+    assert!(old.addrs6.is_empty(), "{old:?}");
+    assert!(
+        eth0_addrs6(&old.ns).is_empty(),
+        "old.1 has IPv6: {:?}",
+        eth0_addrs6(&old.ns)
+    );
+
+    let vip = m.vip("web", APPNET).unwrap();
+    let vip6 = plan::twin(net.k, vip);
+    let web4: BTreeSet<Ipv4Addr> = m
+        .tasks_of("web")
+        .iter()
+        .map(|t| t.addr_on(APPNET).unwrap())
+        .collect();
+    let web6: BTreeSet<Ipv6Addr> = m
+        .tasks_of("web")
+        .iter()
+        .map(|t| t.addr6_on(APPNET).unwrap())
+        .collect();
+    let web_names: BTreeSet<String> = m.tasks_of("web").iter().map(|t| t.name.clone()).collect();
+    eprintln!("web: VIP {vip} and {vip6}; tasks {web4:?} and {web6:?}");
+
+    // IPv4 as before, through the dual-stack whoami: the A records, and curl -4 by name, the
+    // task seeing the client's IPv4 address.
+    for node in NODES {
+        let c = task_on(&m, "client", node);
+        let d = dig(&c.ns, "web", "A");
+        assert_eq!(
+            (d.status.as_str(), d.of("A")),
+            ("NOERROR", v4set([vip])),
+            "{node}: dig A web\n{}",
+            d.raw
+        );
+        let d = dig(&c.ns, "tasks.web", "A");
+        assert_eq!(
+            d.of("A"),
+            v4set(web4.iter().copied()),
+            "{node}: dig A tasks.web\n{}",
+            d.raw
+        );
+        reaches_every_task(&m, &c, "http://web/", "-4", &web_names);
+    }
+
+    // The IPv4-only network: its task asks its own resolver; AAAA of a name that exists is
+    // NODATA (NOERROR, no answer), A is the VIP.
+    let old_vip = m.vip("old", V4NET).unwrap();
+    let d = dig(&old.ns, "old", "A");
+    assert_eq!(
+        (d.status.as_str(), d.of("A")),
+        ("NOERROR", v4set([old_vip])),
+        "v4net: dig A old\n{}",
+        d.raw
+    );
+    for name in ["old", "tasks.old"] {
+        let d = dig(&old.ns, name, "AAAA");
+        assert_eq!(
+            (d.status.as_str(), d.answers.len()),
+            ("NOERROR", 0),
+            "v4net: dig AAAA {name}: NODATA expected\n{}",
+            d.raw
+        );
+    }
+    eprintln!("v4net: dig A old: {old_vip}; dig AAAA old and tasks.old: NOERROR, no answer");
+
+    // IPv6 by address (the pipeline): curl -6 of the VIP's twin from every node's client,
+    // balanced over every web task, each of which saw the client's twin and lists its own.
+    // This also warms every path (ND, ARP, VTEPs) before the counters are read.
+    let by_vip6 = format!("http://[{vip6}]/");
+    for node in NODES {
+        let c = task_on(&m, "client", node);
+        reaches_every_task(&m, &c, &by_vip6, "-6", &web_names);
+        let r = probe::curl(&c.ns, &by_vip6, T, &["-6"]).unwrap();
+        let w = r
+            .whoami()
+            .unwrap_or_else(|| panic!("{node}: curl -6 {by_vip6}: {} {}", r.code, r.stderr));
+        let answered = m.task(&w.hostname).unwrap().addr6_on(APPNET).unwrap();
+        assert!(
+            w.ips.contains(&answered.to_string()),
+            "{node}: {} does not list its twin {answered}: {:?}",
+            w.hostname,
+            w.ips
+        );
+    }
+    let c1 = task_on(&m, "client", "n1");
+    let (web_n1, web_n2) = (task_on(&m, "web", "n1"), task_on(&m, "web", "n2"));
+    let (near6, far6) = (
+        web_n1.addr6_on(APPNET).unwrap(),
+        web_n2.addr6_on(APPNET).unwrap(),
+    );
+    for (to, t) in [(far6, &web_n2), (near6, &web_n1)] {
+        let r = probe::curl(&c1.ns, &format!("http://[{to}]/"), T, &[]).unwrap();
+        assert_eq!(
+            r.whoami().map(|w| w.hostname),
+            Some(t.name.clone()),
+            "client on n1 -> {to}: {} {}",
+            r.code,
+            r.stderr
+        );
+    }
+    let warm = every_nodes_drops(&m);
+
+    // A mebibyte each way over IPv6 between tasks on different nodes: n1 to n2's web task by
+    // its twin, n3 to the VIP's twin (whichever task it picks, n3's own included).
+    let s = Scratch::new("ds");
+    mebibyte_each_way(
+        &s,
+        &c1.ns,
+        &format!("http://[{far6}]"),
+        &format!("client on n1 -> {} [{far6}]", web_n2.name),
+    );
+    let c3 = task_on(&m, "client", "n3");
+    mebibyte_each_way(
+        &s,
+        &c3.ns,
+        &format!("http://[{vip6}]"),
+        &format!("client on n3 -> web's VIP [{vip6}]"),
+    );
+    eprintln!(
+        "a mebibyte each way: client on n1 -> [{far6}] ({}), client on n3 -> [{vip6}]",
+        web_n2.name
+    );
+
+    // ping -6 of a task's twin on another node and on the same node.
+    ping6(
+        &c1.ns,
+        far6,
+        &format!("client on n1 -> {} on n2", web_n2.name),
+    );
+    ping6(
+        &c1.ns,
+        near6,
+        &format!("client on n1 -> {} on n1", web_n1.name),
+    );
+
+    // At the overlay's MTU: a whole IPv6 packet of the task's MTU (not to be fragmented)
+    // crosses to n2 and back; one byte more never leaves the client's kernel.
+    let mtu = m.task_mtu(false);
+    let fits = (mtu - PING6_HEADERS).to_string();
+    let far = far6.to_string();
+    let out = sys::exec_in_output(
+        &c1.ns,
+        "ping",
+        &[
+            "-6", "-n", "-M", "do", "-s", &fits, "-c", "2", "-W", "2", &far,
+        ],
+    )
+    .unwrap();
+    assert!(
+        out.code == Some(0) && out.stdout.contains("2 received"),
+        "ping -6 -M do -s {fits} {far} (a {mtu}-byte packet): {}{}",
+        out.stdout,
+        out.stderr
+    );
+    eprintln!("ping -6 -M do -s {fits} {far}: answered ({mtu}-byte packets)");
+    let over = (mtu - PING6_HEADERS + 1).to_string();
+    let out = sys::exec_in_output(
+        &c1.ns,
+        "ping",
+        &[
+            "-6", "-n", "-M", "do", "-s", &over, "-c", "1", "-W", "2", &far,
+        ],
+    )
+    .unwrap();
+    let said = format!("{}{}", out.stdout, out.stderr).to_lowercase();
+    assert!(
+        out.code != Some(0) && said.contains("too long"),
+        "ping -6 -M do -s {over} {far} ({} bytes, over the MTU {mtu}) should fail locally: {said}",
+        mtu + 1
+    );
+    eprintln!(
+        "ping -6 -M do -s {over} {far}: {}",
+        said.lines()
+            .find(|l| l.contains("too long"))
+            .unwrap_or("")
+            .trim()
+    );
+
+    // IPv6 by name (DNS): AAAA over IPv4 from every node's client task, then curl -6 by name.
+    for node in NODES {
+        let c = task_on(&m, "client", node);
+        let d = dig(&c.ns, "web", "AAAA");
+        assert_eq!(
+            (d.status.as_str(), d.of("AAAA")),
+            ("NOERROR", v6set([vip6])),
+            "{node}: dig AAAA web\n{}",
+            d.raw
+        );
+        let d = dig(&c.ns, "tasks.web", "AAAA");
+        assert_eq!(
+            (d.status.as_str(), d.of("AAAA")),
+            ("NOERROR", v6set(web6.iter().copied())),
+            "{node}: dig AAAA tasks.web\n{}",
+            d.raw
+        );
+        eprintln!(
+            "{node}: dig AAAA web: {vip6}; dig AAAA tasks.web: {:?}",
+            d.of("AAAA")
+        );
+        let d = dig(&c.ns, "web", "A");
+        assert_eq!(
+            d.of("A"),
+            v4set([vip]),
+            "{node}: dig A web, again\n{}",
+            d.raw
+        );
+    }
+    for node in NODES {
+        let c = task_on(&m, "client", node);
+        reaches_every_task(&m, &c, "http://web/", "-6", &web_names);
+    }
+    no_unexpected_drops(&m, &warm);
+}
