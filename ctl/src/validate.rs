@@ -4,7 +4,7 @@
 //! stays in force. Messages name the object and say what to change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::model::*;
 
@@ -232,6 +232,53 @@ fn check_addr6(node: &str, what: &str, a: std::net::Ipv6Addr) -> Result<(), Vali
     bail!("node \"{node}\": {what} {a} {why}")
 }
 
+/// The IPv6 ranges an overlay's prefix may not touch, and what they are: its addresses must be
+/// unicast ones a task can send from and be sent to, meaning the same on every host. (A prefix
+/// is at most /96, so one that holds `::` or `::1` holds all of `::/96`.)
+const NOT_OVERLAY6: &[(Ipv6Net, &str)] = &[
+    (
+        Ipv6Net {
+            addr: Ipv6Addr::UNSPECIFIED,
+            prefix: 96,
+        },
+        "::/96 (the unspecified address ::, the loopback address ::1 and the IPv4-compatible \
+         addresses RFC 4291 deprecates)",
+    ),
+    (
+        Ipv6Net {
+            addr: Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+            prefix: 96,
+        },
+        "the IPv4-mapped addresses ::ffff:0:0/96 (every host reads them as IPv4)",
+    ),
+    (
+        Ipv6Net {
+            addr: Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0),
+            prefix: 10,
+        },
+        "the link-local addresses fe80::/10 (they need the link's zone)",
+    ),
+    (
+        Ipv6Net {
+            addr: Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0),
+            prefix: 8,
+        },
+        "the multicast addresses ff00::/8",
+    ),
+];
+
+/// A dual-stack network's IPv6 prefix must hold unicast addresses only: none of
+/// [`NOT_OVERLAY6`].
+fn check_subnet6(net: &str, p: Ipv6Net) -> Result<(), ValidationError> {
+    if let Some((_, what)) = NOT_OVERLAY6.iter().find(|(r, _)| p.overlaps(r)) {
+        bail!(
+            "network \"{net}\": IPv6 subnet {p} is not unicast: it overlaps {what}; give a \
+             global or unique local (fd00::/8) prefix, as in --ipv6 --subnet fd00:5::/64"
+        );
+    }
+    Ok(())
+}
+
 fn check_name(kind: &str, name: &str) -> Result<(), ValidationError> {
     let ok = !name.is_empty()
         && name.len() <= 63
@@ -421,6 +468,45 @@ impl<'a> Scope<'a> {
                         net.name,
                         net.subnet
                     );
+                }
+            }
+            if let Some(p) = net.subnet6 {
+                check_subnet6(&net.name, p)?;
+                if net.ingress {
+                    bail!(
+                        "network \"{}\": the ingress network cannot be dual-stack (IPv6 subnet \
+                         {p}): published ports reach the ingress network as IPv4; IPv6 clients \
+                         are translated at the node (meshd --addr6). Create it without --ipv6",
+                        net.name
+                    );
+                }
+                for other in &state.networks {
+                    if let Some(q) = other.subnet6 {
+                        if other.name != net.name && q.overlaps(&p) {
+                            bail!(
+                                "networks \"{}\" ({q}) and \"{}\" ({p}) have overlapping IPv6 \
+                                 subnets; give each its own",
+                                other.name,
+                                net.name
+                            );
+                        }
+                    }
+                }
+                // An overlay prefix that holds a node's underlay address would make that
+                // address a task's as well.
+                for n in &state.nodes {
+                    let underlay = [("IPv6 address", n.addr6), ("IPv6 VTEP", n.vtep6())];
+                    for (what, a) in underlay {
+                        if let Some(a) = a.filter(|a| p.contains(*a)) {
+                            bail!(
+                                "network \"{}\": IPv6 subnet {p} contains node \"{}\"'s {what} \
+                                 {a}; overlay and underlay need prefixes of their own: give the \
+                                 network another one",
+                                net.name,
+                                n.name
+                            );
+                        }
+                    }
                 }
             }
             if let Some(mtu) = net.mtu {
@@ -881,6 +967,138 @@ mod tests {
         let mut s = sample();
         s.networks[1].vni = 1 << 24;
         assert!(err(&s).contains("out of range"));
+    }
+
+    /// The sample with appnet dual-stack (fd00:1::/64) and the nodes on an IPv6 underlay
+    /// (fd00:100::/64).
+    fn dual_stack() -> State {
+        let mut s = sample();
+        s.networks[1].subnet6 = Some("fd00:1::/64".parse().unwrap());
+        for (n, last) in s.nodes.iter_mut().zip([11u16, 12]) {
+            n.addr6 = Some(std::net::Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, last));
+            n.vtep = Some(std::net::Ipv6Addr::new(0xfd00, 0x101, 0, 0, 0, 0, 0, last).into());
+        }
+        s
+    }
+
+    #[test]
+    fn a_dual_stack_network_is_valid() {
+        let s = dual_stack();
+        validate(&s).unwrap();
+        // Two dual-stack networks of their own prefixes, one at /96.
+        let mut two = s.clone();
+        two.networks.push(Network {
+            name: "backnet".into(),
+            vni: 4098,
+            subnet: "10.0.2.0/24".parse().unwrap(),
+            subnet6: Some("fd00:2::/96".parse().unwrap()),
+            gateway: Ipv4Addr::new(10, 0, 2, 1),
+            ..s.networks[1].clone()
+        });
+        validate(&two).unwrap();
+        assert_eq!(
+            two.networks[1].addr6(Ipv4Addr::new(10, 0, 1, 11)),
+            Some("fd00:1::a00:10b".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_subnet6_that_is_not_unicast_is_refused() {
+        for (p, why) in [
+            ("ff00::/8", "the multicast addresses ff00::/8"),
+            ("ff05:1::/64", "the multicast addresses"),
+            ("fe80::/64", "the link-local addresses fe80::/10"),
+            ("febf:1::/64", "the link-local addresses"),
+            (
+                "::/96",
+                "::/96 (the unspecified address ::, the loopback address ::1",
+            ),
+            ("::/0", "::/96 (the unspecified address ::"),
+            ("::ffff:0:0/96", "the IPv4-mapped addresses ::ffff:0:0/96"),
+        ] {
+            let mut s = dual_stack();
+            let net: Ipv6Net = p.parse().unwrap();
+            s.networks[1].subnet6 = Some(net);
+            let e = err(&s);
+            // As Rust writes it (::ffff:0.0.0.0/96).
+            assert!(
+                e.contains(&format!(
+                    "network \"appnet\": IPv6 subnet {net} is not unicast: it overlaps {why}"
+                )),
+                "{p}: {e}"
+            );
+            assert!(e.contains("--ipv6 --subnet fd00:5::/64"), "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn overlapping_subnet6s_are_refused_naming_both() {
+        let mut s = dual_stack();
+        s.networks.push(Network {
+            name: "backnet".into(),
+            vni: 4098,
+            subnet: "10.0.2.0/24".parse().unwrap(),
+            subnet6: Some("fd00:1::/96".parse().unwrap()),
+            gateway: Ipv4Addr::new(10, 0, 2, 1),
+            ..s.networks[1].clone()
+        });
+        let e = err(&s);
+        assert!(
+            e.contains(
+                "networks \"backnet\" (fd00:1::/96) and \"appnet\" (fd00:1::/64) have \
+                 overlapping IPv6 subnets; give each its own"
+            ),
+            "{e}"
+        );
+        // Once apart, fine.
+        s.networks[2].subnet6 = Some("fd00:2::/64".parse().unwrap());
+        validate(&s).unwrap();
+    }
+
+    #[test]
+    fn the_ingress_network_is_never_dual_stack() {
+        let mut s = dual_stack();
+        s.networks[0].subnet6 = Some("fd00:0::/64".parse().unwrap());
+        let e = err(&s);
+        assert!(
+            e.contains("network \"ingress\": the ingress network cannot be dual-stack (IPv6 subnet fd00::/64)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("published ports reach the ingress network as IPv4; IPv6 clients are translated at the node (meshd --addr6)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_subnet6_holding_a_nodes_underlay_address_is_refused_naming_both() {
+        let mut s = dual_stack();
+        s.networks[1].subnet6 = Some("fd00:100::/64".parse().unwrap());
+        let e = err(&s);
+        assert!(
+            e.contains(
+                "network \"appnet\": IPv6 subnet fd00:100::/64 contains node \"n1\"'s IPv6 \
+                 address fd00:100::b"
+            ),
+            "{e}"
+        );
+        s.networks[1].subnet6 = Some("fd00:101::/64".parse().unwrap());
+        let e = err(&s);
+        assert!(
+            e.contains(
+                "network \"appnet\": IPv6 subnet fd00:101::/64 contains node \"n1\"'s IPv6 \
+                 VTEP fd00:101::b"
+            ),
+            "{e}"
+        );
+        // A node's address in a wider prefix, on the second node only.
+        let mut s = dual_stack();
+        s.nodes[1].addr6 = Some("fd00:1::a00:10c".parse().unwrap());
+        let e = err(&s);
+        assert!(
+            e.contains("contains node \"n2\"'s IPv6 address fd00:1::a00:10c"),
+            "{e}"
+        );
     }
 
     #[test]

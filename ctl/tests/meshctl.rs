@@ -184,6 +184,7 @@ fn service_ls_and_ps_print_tables_or_raw_json() {
     let d = FakeDaemon::start(vec![
         ("service-ls", ok(3, vec![web(2)])),
         ("service-ps", ok(3, web(2).tasks)),
+        ("network-ls", ok(3, vec![appnet()])),
     ]);
     let o = meshctl(&["--socket", &d.arg(), "service", "ls"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -208,6 +209,7 @@ fn service_ls_and_ps_print_tables_or_raw_json() {
         [
             r#"{"version":1,"command":"service-ls"}"#,
             r#"{"version":1,"command":"service-ps","name":"web"}"#,
+            r#"{"version":1,"command":"network-ls"}"#,
             r#"{"version":1,"command":"service-ls"}"#
         ]
     );
@@ -233,6 +235,169 @@ fn service_inspect_shows_dockers_endpoint() {
     // Docker's field order, as the seed's `{{json .Endpoint.Spec.Ports}}` shows it.
     assert!(
         stdout(&o).contains("\"Protocol\": \"tcp\",\n          \"TargetPort\": 80,"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+/// appnet, dual-stack: fd00:1::/64 beside 10.0.1.0/24.
+fn appnet6() -> Network {
+    Network {
+        subnet6: Some("fd00:1::/64".parse().unwrap()),
+        ..appnet()
+    }
+}
+
+#[test]
+fn network_create_takes_dockers_ipv6_syntax() {
+    let d = FakeDaemon::start(vec![
+        ("state", ok(1, State::default())),
+        ("network-create", ok(2, json!({}))),
+    ]);
+    let o = meshctl(&[
+        "--socket",
+        &d.arg(),
+        "network",
+        "create",
+        "appnet",
+        "--subnet",
+        "10.0.1.0/24",
+        "--ipv6",
+        "--subnet",
+        "fd00:1::/64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reqs = d.requests();
+    let create: Value = serde_json::from_str(reqs.last().unwrap()).unwrap();
+    assert_eq!(create["command"], "network-create");
+    assert_eq!(create["network"]["subnet"], "10.0.1.0/24");
+    assert_eq!(create["network"]["subnet6"], "fd00:1::/64");
+    assert_eq!(create["network"]["gateway"], "10.0.1.1");
+
+    // Without --ipv6, the request has no subnet6 at all (as before).
+    let d = FakeDaemon::start(vec![
+        ("state", ok(1, State::default())),
+        ("network-create", ok(2, json!({}))),
+    ]);
+    let o = meshctl(&[
+        "--socket",
+        &d.arg(),
+        "network",
+        "create",
+        "appnet",
+        "--subnet",
+        "10.0.1.0/24",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let create: Value = serde_json::from_str(d.requests().last().unwrap()).unwrap();
+    assert!(create["network"].get("subnet6").is_none(), "{create}");
+
+    // Refusals come before any request.
+    for (args, msg) in [
+        (
+            &["--subnet", "10.0.1.0/24", "--ipv6"][..],
+            "Error: --ipv6 needs an IPv6 subnet beside the IPv4 one (meshd does not pick one): \
+             give it with a second --subnet, as in --subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64\n",
+        ),
+        (
+            &["--subnet", "10.0.1.0/24", "--subnet", "fd00:1::/64"][..],
+            "Error: --subnet fd00:1::/64 is IPv6: add --ipv6 to make the network dual-stack, \
+             as in --subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64\n",
+        ),
+        (
+            &["--subnet", "10.0.1.0/24", "--subnet", "10.0.2.0/24"][..],
+            "Error: --subnet: 10.0.1.0/24 and 10.0.2.0/24 are both IPv4; a network has one \
+             subnet per family (as in --subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64)\n",
+        ),
+        (
+            &["--ipv6", "--subnet", "10.0.1.0/24", "--subnet", "fd00:1::/112"][..],
+            "Error: --subnet: fd00:1::/112: an overlay's IPv6 prefix is at most /96 (the last \
+             32 bits hold each task's IPv4 address)\n",
+        ),
+    ] {
+        let mut v = vec![
+            "--socket",
+            "/nonexistent/meshd.sock",
+            "network",
+            "create",
+            "x",
+        ];
+        v.extend_from_slice(args);
+        let o = meshctl(&v);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(stderr(&o), msg, "{args:?}");
+    }
+
+    let o = meshctl(&["network", "create", "--help"]);
+    assert!(
+        stdout(&o).contains("--subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn network_inspect_adds_dockers_ipam_for_people_and_keeps_meshds_json() {
+    let d = FakeDaemon::start(vec![
+        ("network-inspect", ok(4, appnet6())),
+        ("network-ls", ok(4, vec![appnet6()])),
+    ]);
+    let o = meshctl(&["--socket", &d.arg(), "network", "inspect", "appnet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    // meshd's fields stay (scripts read vni, mtu, subnet).
+    assert_eq!(v[0]["vni"], 4097);
+    assert_eq!(v[0]["subnet"], "10.0.1.0/24");
+    assert_eq!(v[0]["subnet6"], "fd00:1::/64");
+    assert_eq!(v[0]["EnableIPv6"], true);
+    assert_eq!(
+        v[0]["IPAM"]["Config"],
+        json!([
+            {"Subnet": "10.0.1.0/24", "Gateway": "10.0.1.1"},
+            {"Subnet": "fd00:1::/64", "Gateway": "fd00:1::a00:101"},
+        ])
+    );
+
+    let o = meshctl(&[
+        "--socket",
+        &d.arg(),
+        "--format",
+        "json",
+        "network",
+        "inspect",
+        "appnet",
+    ]);
+    let v: Vec<Network> = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v, [appnet6()]);
+
+    let o = meshctl(&["--socket", &d.arg(), "network", "ls"]);
+    assert_eq!(
+        stdout(&o),
+        "NAME     VNI    SUBNET                     GATEWAY                     KIND      ENDPOINTS\n\
+         appnet   4097   10.0.1.0/24, fd00:1::/64   10.0.1.1, fd00:1::a00:101   overlay\n"
+    );
+}
+
+#[test]
+fn service_inspect_and_ps_show_ipv6_twins_on_a_dual_stack_network() {
+    let d = FakeDaemon::start(vec![
+        ("service-inspect", ok(4, web(1))),
+        ("service-ps", ok(4, web(1).tasks)),
+        ("network-ls", ok(4, vec![appnet6()])),
+    ]);
+    let o = meshctl(&["--socket", &d.arg(), "service", "inspect", "web"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(
+        v[0]["Endpoint"]["VirtualIPs"],
+        json!([
+            {"NetworkID": "appnet", "Addr": "10.0.1.2/24"},
+            {"NetworkID": "appnet", "Addr": "fd00:1::a00:102/64"},
+        ])
+    );
+    let o = meshctl(&["--socket", &d.arg(), "service", "ps", "web"]);
+    assert!(
+        stdout(&o).contains("ingress:10.0.0.11,appnet:10.0.1.11,appnet:fd00:1::a00:10b"),
         "{}",
         stdout(&o)
     );

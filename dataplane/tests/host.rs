@@ -109,8 +109,8 @@ fn a_task_resolves_services_of_its_networks_through_its_gateway() {
     );
     let aaaa = m.dns("tool.1", APP_GW, "web", TYPE_AAAA).unwrap();
     assert_eq!(
-        (aaaa.rcode, aaaa.a.len()),
-        (NOERROR, 0),
+        (aaaa.rcode, aaaa.a.len(), aaaa.aaaa.len(), aaaa.other),
+        (NOERROR, 0, 0, 0),
         "IPv4 only: an empty NOERROR"
     );
     for name in ["db", "tasks.db", "nosuch", "web.example.com"] {
@@ -140,6 +140,52 @@ fn a_task_resolves_services_of_its_networks_through_its_gateway() {
     );
     let n1 = m.node("n1").unwrap().host().stats.clone();
     assert!(n1.dns_queries >= 9 && n1.dns_nxdomain >= 4, "{n1:?}");
+}
+
+/// appnet dual-stack (fd00:1::/64): AAAA names the twins of what A names, over UDP and TCP,
+/// from every node; backnet (IPv4 only) still answers AAAA with no record.
+#[test]
+fn on_a_dual_stack_network_aaaa_names_the_ipv6_twins() {
+    let mut s = state();
+    let p: ctl::model::Ipv6Net = "fd00:1::/64".parse().unwrap();
+    s.networks[1].subnet6 = Some(p);
+    let twin = |last: u8| p.embed(Ipv4Addr::new(10, 0, 1, last));
+    let mut m = mesh(s);
+    let web = m.dns("tool.1", APP_GW, "web", TYPE_AAAA).unwrap();
+    assert_eq!(
+        (web.rcode, web.aa, web.a.len(), web.aaaa.clone()),
+        (NOERROR, true, 0, vec![(twin(2), 600)]),
+        "vip mode: the VIP's twin"
+    );
+    assert_eq!(
+        twin(2),
+        "fd00:1::a00:102".parse::<std::net::Ipv6Addr>().unwrap()
+    );
+    let mut tasks: Vec<_> = m
+        .dns("tool.1", APP_GW, "tasks.web", TYPE_AAAA)
+        .unwrap()
+        .aaaa;
+    tasks.sort();
+    assert_eq!(tasks, [(twin(11), 0), (twin(12), 0)]);
+    let api = m.dns_tcp("web.1", APP_GW, "api", TYPE_AAAA).unwrap();
+    let mut got: Vec<_> = api.aaaa.iter().map(|(a, _)| *a).collect();
+    got.sort();
+    assert_eq!(got, [twin(31), twin(32)], "dnsrr over TCP, from n2");
+    assert_eq!(
+        m.dns("tool.1", APP_GW, "web.2", TYPE_AAAA).unwrap().aaaa,
+        [(twin(12), 0)]
+    );
+    let db = m.dns("db.1", BACK_GW, "db", TYPE_AAAA).unwrap();
+    assert_eq!(
+        (db.rcode, db.a.len(), db.aaaa.len()),
+        (NOERROR, 0, 0),
+        "backnet is IPv4 only"
+    );
+    // A is unchanged.
+    assert_eq!(
+        sorted(&m.dns("tool.1", APP_GW, "web", TYPE_A).unwrap()),
+        [WEB_VIP]
+    );
 }
 
 #[test]
@@ -510,7 +556,7 @@ impl dataplane::host::Upstream for FakeUpstream {
             (
                 dns::Rcode::NoError,
                 vec![dns::Answer {
-                    addr: Ipv4Addr::new(93, 184, 216, 34),
+                    addr: Ipv4Addr::new(93, 184, 216, 34).into(),
                     ttl: 300,
                 }],
             )

@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ctl::client::{self, ClientError};
 use ctl::model::{
-    self, Encryption, HealthCheck, Ipv4Net, Network, NetworkKey, Node, PsTask, Secret, Service,
+    self, Encryption, HealthCheck, Network, NetworkKey, Node, PsTask, Secret, Service,
     ServiceNetwork, State, Task, INGRESS_VNI, VXLAN_PORT,
 };
 use ctl::proto::{Change, Command, NetworkUpdate, Query, ServiceUpdate, Success, TimeoutsUpdate};
@@ -196,6 +196,7 @@ Examples:
   meshctl network create appnet --subnet 10.0.1.0/24 --gateway 10.0.1.1 --vni 4097
   meshctl network create jumbo --subnet 10.0.2.0/24 --opt mtu=8950
   meshctl network create secret --subnet 10.0.3.0/24 --opt encrypted
+  meshctl network create dual --subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64
 
 Without --vni, the ingress network gets VNI 4096, as in Swarm, and any other network the
 lowest free VNI above it on every daemon named by --socket.
@@ -211,7 +212,15 @@ root only, and never shown); each VXLAN frame of the network is sealed with XCha
 so a host on the underlay can neither read nor forge the network's traffic. Sealing adds 44
 bytes, so the default MTU is 1406 on a 1500 underlay. Without it the underlay is trusted: any
 host on it that can send from a peer's address can inject frames into unencrypted networks.
-Rotate the key with `meshctl network update --rotate-key`.")]
+Rotate the key with `meshctl network update --rotate-key`.
+
+--ipv6 makes a dual-stack network, as Docker's: give its IPv6 prefix (at most /96) with a second
+--subnet; meshd picks none itself. Nothing is allocated twice: every address on the network (the
+tasks', the VIPs', the gateway's, the endpoints') has an IPv6 twin, the prefix with the IPv4
+address in its last 32 bits (task 10.0.5.3 is fd00:5::a00:503 above). `network inspect`,
+`service inspect` and `service ps` show the twins and the embedded DNS answers AAAA queries with
+them. The ingress network stays IPv4: IPv6 clients of published ports are translated at the node
+(meshd --addr6).")]
     Create(NetworkCreateArgs),
     /// List networks
     #[command(visible_alias = "list")]
@@ -252,10 +261,16 @@ with the new key: fix it and rotate again.")]
 struct NetworkCreateArgs {
     /// The network's name
     name: String,
-    /// The network's subnet
-    #[arg(long, value_name = "CIDR")]
-    subnet: Ipv4Net,
-    /// The gateway and DNS resolver address [default: the subnet's first address]
+    /// The network's IPv4 subnet; with --ipv6, give it again for the IPv6 prefix (at most /96),
+    /// as `docker network create --ipv6 --subnet 10.0.5.0/24 --subnet fd00:5::/64`
+    #[arg(long, required = true, value_name = "CIDR")]
+    subnet: Vec<String>,
+    /// Make the network dual-stack: its IPv6 prefix is the second --subnet, and every address
+    /// on it has an IPv6 twin there (the prefix, then the IPv4 address)
+    #[arg(long)]
+    ipv6: bool,
+    /// The gateway and DNS resolver address [default: the subnet's first address]; on a
+    /// dual-stack network its IPv6 twin is the IPv6 gateway
     #[arg(long, value_name = "IP")]
     gateway: Option<Ipv4Addr>,
     /// The VXLAN network identifier [default: 4096 for --ingress, else the lowest free above]
@@ -958,6 +973,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
 fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
     match c {
         NetworkCmd::Create(a) => {
+            let (subnet, subnet6) = spec::subnets(&a.subnet, a.ipv6)?;
             let mut endpoints = std::collections::BTreeMap::new();
             for e in &a.endpoints {
                 let (node, ip) = spec::name_ip("--endpoint", e, "n1=10.0.1.250")?;
@@ -974,7 +990,7 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
             };
             let gateway = a
                 .gateway
-                .unwrap_or_else(|| Ipv4Addr::from(u32::from(a.subnet.network()).wrapping_add(1)));
+                .unwrap_or_else(|| Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1)));
             let opts = network_opts(&a.opts)?;
             let encryption = if opts.encrypted {
                 Some(Encryption::single(
@@ -986,10 +1002,10 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
             };
             let mtu = opts.mtu;
             let network = Network {
-                subnet6: None,
+                subnet6,
                 name: a.name.clone(),
                 vni,
-                subnet: a.subnet,
+                subnet,
                 gateway,
                 ingress: a.ingress,
                 endpoints,
@@ -1008,10 +1024,18 @@ fn network(ctx: &Ctx, c: NetworkCmd) -> Result<(), CliError> {
         NetworkCmd::Inspect { names } => {
             let mut all = Vec::new();
             for name in names {
-                all.push(
-                    ctx.read(Command::Query(Query::NetworkInspect { name }))?
-                        .result,
-                );
+                let mut v = ctx
+                    .read(Command::Query(Query::NetworkInspect { name }))?
+                    .result;
+                // For people, Docker's EnableIPv6 and IPAM beside meshd's own fields; for
+                // scripts (--format json), meshd's JSON as it is.
+                if ctx.format == Format::Table {
+                    let n: Network = decode(&ctx.sockets[0], "network-inspect", v.clone())?;
+                    if let Value::Object(o) = &mut v {
+                        o.extend(render::docker_network_fields(&n));
+                    }
+                }
+                all.push(v);
             }
             print_json(&all)
         }
@@ -1156,7 +1180,11 @@ fn service(ctx: &Ctx, c: ServiceCmd) -> Result<(), CliError> {
             }
             match ctx.format {
                 Format::Json => print_json(&all.iter().flat_map(|(_, t)| t).collect::<Vec<_>>()),
-                Format::Table => out(&render::service_ps(&all)),
+                Format::Table => {
+                    // For the IPv6 twins of addresses on dual-stack networks.
+                    let nets: Vec<Network> = ctx.read_as(Command::Query(Query::NetworkLs {}))?;
+                    out(&render::service_ps(&all, &nets))
+                }
             }
         }
         ServiceCmd::Rm { names } => each(names, |name| {

@@ -2,6 +2,7 @@
 //! Docker-shaped `service inspect` JSON and key/value listings. Pure functions returning text.
 
 use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ctl::apply::task_slot;
 use ctl::model::{
@@ -156,8 +157,9 @@ pub fn current_state(t: &PsTask) -> String {
 
 /// `service ps`: NAME, NODE, DESIRED STATE, CURRENT STATE, ADDRESSES, WEIGHT, ERROR; one
 /// service's tasks after another's. The error says why a task is not running (a failing health
-/// check and its last outcome).
-pub fn service_ps(services: &[(String, Vec<PsTask>)]) -> String {
+/// check and its last outcome). `networks` gives the IPv6 twins of addresses on dual-stack
+/// networks, listed after their IPv4 addresses.
+pub fn service_ps(services: &[(String, Vec<PsTask>)], networks: &[Network]) -> String {
     let mut rows = Vec::new();
     for (service, tasks) in services {
         let mut sorted: Vec<&PsTask> = tasks.iter().collect();
@@ -174,10 +176,16 @@ pub fn service_ps(services: &[(String, Vec<PsTask>)]) -> String {
         });
         for pt in sorted {
             let t = &pt.task;
+            // Each IPv6 twin after its IPv4 address, in the same NETWORK:IP form.
             let addrs: Vec<String> = t
                 .addresses
                 .iter()
-                .map(|a| format!("{}:{}", a.network, a.addr))
+                .flat_map(|a| {
+                    let v4 = format!("{}:{}", a.network, a.addr);
+                    let v6 =
+                        twin(networks, &a.network, a.addr).map(|t| format!("{}:{t}", a.network));
+                    std::iter::once(v4).chain(v6)
+                })
                 .collect();
             let error = match &pt.status {
                 Some(st) if !st.error.is_empty() => st.error.clone(),
@@ -208,7 +216,14 @@ pub fn service_ps(services: &[(String, Vec<PsTask>)]) -> String {
     )
 }
 
-/// `network ls`: NAME, VNI, SUBNET, GATEWAY, SCOPE (ingress or overlay), ENDPOINTS.
+/// The IPv6 twin of `addr` on network `network`, when that network is known and dual-stack.
+fn twin(networks: &[Network], network: &str, addr: Ipv4Addr) -> Option<Ipv6Addr> {
+    networks.iter().find(|n| n.name == network)?.addr6(addr)
+}
+
+/// `network ls`: NAME, VNI, SUBNET, GATEWAY, SCOPE (ingress or overlay), ENDPOINTS. A
+/// dual-stack network's SUBNET and GATEWAY cells give the IPv6 prefix and the gateway's twin
+/// after the IPv4 ones (as `node ls` gives a node's addresses).
 pub fn network_ls(networks: &[Network]) -> String {
     let rows: Vec<Vec<String>> = networks
         .iter()
@@ -218,11 +233,15 @@ pub fn network_ls(networks: &[Network]) -> String {
                 .iter()
                 .map(|(node, ip)| format!("{node}={ip}"))
                 .collect();
+            let (subnet, gateway) = match (n.subnet6, n.addr6(n.gateway)) {
+                (Some(p), Some(g)) => (format!("{}, {p}", n.subnet), format!("{}, {g}", n.gateway)),
+                _ => (n.subnet.to_string(), n.gateway.to_string()),
+            };
             vec![
                 n.name.clone(),
                 n.vni.to_string(),
-                n.subnet.to_string(),
-                n.gateway.to_string(),
+                subnet,
+                gateway,
                 if n.ingress { "ingress" } else { "overlay" }.to_string(),
                 eps.join(","),
             ]
@@ -232,6 +251,34 @@ pub fn network_ls(networks: &[Network]) -> String {
         &["NAME", "VNI", "SUBNET", "GATEWAY", "KIND", "ENDPOINTS"],
         &rows,
     )
+}
+
+/// One subnet of `IPAM.Config` in `docker network inspect`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct IpamConfig {
+    subnet: String,
+    gateway: String,
+}
+
+/// What `network inspect` adds to meshd's JSON of a network, in Docker's words:
+/// `EnableIPv6`, and `IPAM.Config` with one entry per family (the IPv6 gateway is the
+/// gateway's twin). meshd's own fields stay as they are, so scripts reading them go on working.
+pub fn docker_network_fields(n: &Network) -> serde_json::Map<String, serde_json::Value> {
+    let mut config = vec![IpamConfig {
+        subnet: n.subnet.to_string(),
+        gateway: n.gateway.to_string(),
+    }];
+    if let (Some(p), Some(g)) = (n.subnet6, n.addr6(n.gateway)) {
+        config.push(IpamConfig {
+            subnet: p.to_string(),
+            gateway: g.to_string(),
+        });
+    }
+    let mut m = serde_json::Map::new();
+    m.insert("EnableIPv6".into(), n.subnet6.is_some().into());
+    m.insert("IPAM".into(), serde_json::json!({ "Config": config }));
+    m
 }
 
 /// A node's underlay addresses: IPv4, then IPv6 when it has one.
@@ -495,16 +542,27 @@ pub struct DockerService {
     tasks: Vec<DockerTask>,
 }
 
-/// `ADDR/PREFIX` with the prefix of the network's subnet, as Docker writes VIPs.
-fn with_prefix(networks: &[Network], network: &str, addr: std::net::Ipv4Addr) -> String {
+/// `ADDR/PREFIX` with the prefix of the network's subnet, as Docker writes VIPs; on a
+/// dual-stack network, then the address's IPv6 twin with the IPv6 prefix's length.
+fn with_prefix(networks: &[Network], network: &str, addr: Ipv4Addr) -> Vec<DockerVip> {
+    let vip = |addr: String| DockerVip {
+        network_id: network.to_string(),
+        addr,
+    };
     match networks.iter().find(|n| n.name == network) {
-        Some(n) => format!("{addr}/{}", n.subnet.prefix),
-        None => addr.to_string(),
+        Some(n) => std::iter::once(vip(format!("{addr}/{}", n.subnet.prefix)))
+            .chain(
+                n.subnet6
+                    .map(|p| vip(format!("{}/{}", p.embed(addr), p.prefix))),
+            )
+            .collect(),
+        None => vec![vip(addr.to_string())],
     }
 }
 
 /// `service inspect` in Docker's shape: `Spec`, `Endpoint.Spec.Ports`, `Endpoint.Ports`,
-/// `Endpoint.VirtualIPs`, plus meshd's own `Tasks`. `networks` gives the subnets' prefixes.
+/// `Endpoint.VirtualIPs`, plus meshd's own `Tasks`. `networks` gives the subnets' prefixes; on a
+/// dual-stack network a VIP's and a task's IPv6 twins follow their IPv4 entries.
 pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
     let ports = || -> Vec<DockerPort> {
         svc.ports
@@ -560,12 +618,8 @@ pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
             virtual_ips: svc
                 .networks
                 .iter()
-                .filter_map(|n| {
-                    n.vip.map(|vip| DockerVip {
-                        network_id: n.network.clone(),
-                        addr: with_prefix(networks, &n.network, vip),
-                    })
-                })
+                .filter_map(|n| n.vip.map(|vip| with_prefix(networks, &n.network, vip)))
+                .flatten()
                 .collect(),
         },
         tasks: sorted_tasks(&svc.name, &svc.tasks)
@@ -578,10 +632,7 @@ pub fn docker_inspect(svc: &Service, networks: &[Network]) -> DockerService {
                 addresses: t
                     .addresses
                     .iter()
-                    .map(|a| DockerVip {
-                        network_id: a.network.clone(),
-                        addr: with_prefix(networks, &a.network, a.addr),
-                    })
+                    .flat_map(|a| with_prefix(networks, &a.network, a.addr))
                     .collect(),
             })
             .collect(),
@@ -688,7 +739,7 @@ mod tests {
     #[test]
     fn service_ps_lists_tasks_in_slot_order() {
         assert_eq!(
-            service_ps(&[("web".into(), ps(web().tasks))]),
+            service_ps(&[("web".into(), ps(web().tasks))], &[appnet()]),
             "NAME     NODE   DESIRED STATE   CURRENT STATE   ADDRESSES                            WEIGHT   ERROR\n\
              web.1    n1     Running         Running         ingress:10.0.0.11,appnet:10.0.1.11   1\n\
              web.2    n2     Running         Running         ingress:10.0.0.12,appnet:10.0.1.12   1\n\
@@ -718,7 +769,7 @@ mod tests {
             error: "unhealthy: connection refused (3 checks in a row)".into(),
         });
         assert_eq!(
-            service_ps(&[("web".into(), rows)]),
+            service_ps(&[("web".into(), rows)], &[appnet()]),
             "NAME    NODE   DESIRED STATE   CURRENT STATE           ADDRESSES                            WEIGHT   ERROR\n\
              web.1   n1     Running         Running 5 minutes ago   ingress:10.0.0.11,appnet:10.0.1.11   1\n\
              web.2   n2     Running         Failed 3 seconds ago    ingress:10.0.0.12,appnet:10.0.1.12   1        unhealthy: connection refused (3 checks in a row)\n"
@@ -746,6 +797,77 @@ mod tests {
         ] {
             assert_eq!(human_duration(ms), text, "{ms} ms");
         }
+    }
+
+    /// appnet, dual-stack: fd00:1::/64 beside 10.0.1.0/24.
+    fn appnet6() -> Network {
+        Network {
+            subnet6: Some("fd00:1::/64".parse().unwrap()),
+            ..appnet()
+        }
+    }
+
+    #[test]
+    fn dual_stack_networks_show_their_prefix_and_gateway_twin() {
+        let ingress = Network {
+            name: "ingress".into(),
+            vni: 4096,
+            subnet: "10.0.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            ingress: true,
+            endpoints: BTreeMap::new(),
+            ..appnet()
+        };
+        assert_eq!(
+            network_ls(&[ingress.clone(), appnet6()]),
+            "NAME      VNI    SUBNET                     GATEWAY                     KIND      ENDPOINTS\n\
+             ingress   4096   10.0.0.0/24                10.0.0.1                    ingress\n\
+             appnet    4097   10.0.1.0/24, fd00:1::/64   10.0.1.1, fd00:1::a00:101   overlay   n1=10.0.1.250\n"
+        );
+        assert_eq!(
+            serde_json::Value::Object(docker_network_fields(&appnet6())),
+            json!({
+                "EnableIPv6": true,
+                "IPAM": {"Config": [
+                    {"Subnet": "10.0.1.0/24", "Gateway": "10.0.1.1"},
+                    {"Subnet": "fd00:1::/64", "Gateway": "fd00:1::a00:101"},
+                ]},
+            })
+        );
+        assert_eq!(
+            serde_json::Value::Object(docker_network_fields(&ingress)),
+            json!({
+                "EnableIPv6": false,
+                "IPAM": {"Config": [{"Subnet": "10.0.0.0/24", "Gateway": "10.0.0.1"}]},
+            })
+        );
+    }
+
+    #[test]
+    fn service_ps_and_inspect_show_the_ipv6_twins_on_dual_stack_networks() {
+        let mut rows = ps(web().tasks);
+        rows.retain(|r| r.task.name == "web.1");
+        assert_eq!(
+            service_ps(&[("web".into(), rows)], &[appnet6()]),
+            "NAME    NODE   DESIRED STATE   CURRENT STATE   ADDRESSES                                                   WEIGHT   ERROR\n\
+             web.1   n1     Running         Running         ingress:10.0.0.11,appnet:10.0.1.11,appnet:fd00:1::a00:10b   1\n"
+        );
+        let v = serde_json::to_value(docker_inspect(&web(), &[appnet6()])).unwrap();
+        assert_eq!(
+            v["Endpoint"]["VirtualIPs"],
+            json!([
+                {"NetworkID": "appnet", "Addr": "10.0.1.2/24"},
+                {"NetworkID": "appnet", "Addr": "fd00:1::a00:102/64"},
+            ])
+        );
+        assert_eq!(
+            v["Tasks"][0]["Addresses"],
+            json!([
+                {"NetworkID": "ingress", "Addr": "10.0.0.11"},
+                {"NetworkID": "appnet", "Addr": "10.0.1.11/24"},
+                {"NetworkID": "appnet", "Addr": "fd00:1::a00:10b/64"},
+            ])
+        );
     }
 
     #[test]

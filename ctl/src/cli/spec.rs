@@ -7,8 +7,8 @@
 use std::net::Ipv4Addr;
 
 use ctl::model::{
-    HealthCheck, HealthTest, Protocol, PublishMode, PublishedPort, ServiceNetwork, Task,
-    TaskAddress, TaskState,
+    HealthCheck, HealthTest, Ipv4Net, Ipv6Net, Protocol, PublishMode, PublishedPort,
+    ServiceNetwork, Task, TaskAddress, TaskState,
 };
 use ctl::proto::{PortSpec, TaskUpdate};
 
@@ -297,6 +297,46 @@ pub fn name_ip(flag: &str, spec: &str, example: &str) -> Result<(String, Ipv4Add
     Ok((name.to_string(), ipv4(flag, "address", ip)?))
 }
 
+/// `network create --subnet CIDR [--ipv6 --subnet CIDR6]`, in Docker's words: `--subnet` once
+/// per family, the IPv4 one required (every overlay address is IPv4 first; its IPv6 twin comes
+/// from the prefix), an IPv6 one only with `--ipv6` and `--ipv6` only with one (meshd assigns
+/// no IPv6 prefix itself). A prefix longer than /96 is refused by [`Ipv6Net`]'s parser.
+pub fn subnets(subnets: &[String], ipv6: bool) -> Result<(Ipv4Net, Option<Ipv6Net>), SpecError> {
+    const EXAMPLE: &str = "--subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64";
+    let mut v4: Option<Ipv4Net> = None;
+    let mut v6: Option<Ipv6Net> = None;
+    for s in subnets {
+        let s = s.trim();
+        // The family by its spelling, so each parser's message speaks of the right one.
+        if s.contains(':') {
+            let n: Ipv6Net = s.parse().map_err(|e| SpecError(format!("--subnet: {e}")))?;
+            if let Some(first) = v6 {
+                fail!("--subnet: {first} and {n} are both IPv6; a network has one subnet per family (as in {EXAMPLE})");
+            }
+            v6 = Some(n);
+        } else {
+            let n: Ipv4Net = s.parse().map_err(|e| SpecError(format!("--subnet: {e}")))?;
+            if let Some(first) = v4 {
+                fail!("--subnet: {first} and {n} are both IPv4; a network has one subnet per family (as in {EXAMPLE})");
+            }
+            v4 = Some(n);
+        }
+    }
+    let Some(v4) = v4 else {
+        fail!("--subnet: a network needs an IPv4 subnet (tasks, VIPs and endpoints are IPv4 addresses; on a dual-stack network each has an IPv6 twin), as in {EXAMPLE}");
+    };
+    match (v6, ipv6) {
+        (Some(n), false) => fail!(
+            "--subnet {n} is IPv6: add --ipv6 to make the network dual-stack, as in {EXAMPLE}"
+        ),
+        (None, true) => fail!(
+            "--ipv6 needs an IPv6 subnet beside the IPv4 one (meshd does not pick one): give it \
+             with a second --subnet, as in {EXAMPLE}"
+        ),
+        _ => Ok((v4, v6)),
+    }
+}
+
 /// `service scale`: `SERVICE=REPLICAS`.
 pub fn scale(spec: &str) -> Result<(String, u32), SpecError> {
     let Some((name, n)) = spec.split_once('=') else {
@@ -531,6 +571,60 @@ mod tests {
 
     fn e<T: std::fmt::Debug>(r: Result<T, SpecError>) -> String {
         r.unwrap_err().0
+    }
+
+    #[test]
+    fn subnets_one_per_family_and_ipv6_only_with_the_flag_as_in_docker() {
+        let s = |v: &[&str], ipv6: bool| {
+            subnets(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), ipv6)
+        };
+        let v4: Ipv4Net = "10.0.5.0/24".parse().unwrap();
+        let v6: Ipv6Net = "fd00:5::/64".parse().unwrap();
+        assert_eq!(s(&["10.0.5.0/24"], false).unwrap(), (v4, None));
+        assert_eq!(
+            s(&["10.0.5.0/24", "fd00:5::/64"], true).unwrap(),
+            (v4, Some(v6))
+        );
+        // Either order, as Docker takes them.
+        assert_eq!(
+            s(&["fd00:5::/64", "10.0.5.0/24"], true).unwrap(),
+            (v4, Some(v6))
+        );
+        assert_eq!(
+            s(&["10.0.5.0/24", "fd00:5::/96"], true).unwrap().1,
+            Some("fd00:5::/96".parse().unwrap())
+        );
+
+        let m = e(s(&["10.0.5.0/24", "fd00:5::/64"], false));
+        assert!(m.contains("fd00:5::/64 is IPv6: add --ipv6"), "{m}");
+        let m = e(s(&["10.0.5.0/24"], true));
+        assert!(m.contains("--ipv6 needs an IPv6 subnet"), "{m}");
+        assert!(
+            m.contains("--subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64"),
+            "{m}"
+        );
+        let m = e(s(&["10.0.5.0/24", "10.0.6.0/24"], false));
+        assert!(
+            m.contains("10.0.5.0/24 and 10.0.6.0/24 are both IPv4"),
+            "{m}"
+        );
+        let m = e(s(&["10.0.5.0/24", "fd00:5::/64", "fd00:6::/64"], true));
+        assert!(
+            m.contains("fd00:5::/64 and fd00:6::/64 are both IPv6"),
+            "{m}"
+        );
+        let m = e(s(&["fd00:5::/64"], true));
+        assert!(m.contains("a network needs an IPv4 subnet"), "{m}");
+        let m = e(s(&["10.0.5.0/24", "fd00:5::/112"], true));
+        assert!(m.contains("at most /96"), "{m}");
+        assert!(m.starts_with("--subnet: "), "{m}");
+        let m = e(s(&["10.0.5.0/24", "fd00:5::"], true));
+        assert!(
+            m.contains("expected ADDRESS/PREFIX, like fd00:1::/64"),
+            "{m}"
+        );
+        let m = e(s(&["10.0.5/24"], false));
+        assert!(m.contains("is not an IPv4 address"), "{m}");
     }
 
     #[test]

@@ -1374,6 +1374,52 @@ mod tests {
         assert_eq!(t.networks.last().unwrap().mtu_on(1500), 1406);
     }
 
+    /// A dual-stack network the state cannot take is refused with validation's message and
+    /// changes nothing; one it can take reaches the table with its IPv6 prefix.
+    #[test]
+    fn a_refused_dual_stack_network_changes_nothing() {
+        let mut c = controller("dual");
+        let (state, generation) = (c.state.clone(), c.generation);
+        let net = |subnet6: &str| ctl::Network {
+            subnet6: Some(subnet6.parse().unwrap()),
+            name: "dualnet".into(),
+            vni: 4099,
+            subnet: "10.0.5.0/24".parse().unwrap(),
+            gateway: std::net::Ipv4Addr::new(10, 0, 5, 1),
+            ingress: false,
+            endpoints: Default::default(),
+            mtu: None,
+            encryption: None,
+        };
+        let r = c.handle(&Command::Change(Change::NetworkCreate {
+            network: net("fe80::/64"),
+        }));
+        let Response::Err(e) = r else { panic!("{r:?}") };
+        assert!(
+            e.message
+                .contains("network \"dualnet\": IPv6 subnet fe80::/64 is not unicast"),
+            "{}",
+            e.message
+        );
+        assert_eq!((&c.state, c.generation), (&state, generation));
+        assert!(c
+            .shared
+            .table
+            .load()
+            .networks
+            .iter()
+            .all(|n| n.subnet6.is_none()));
+
+        let r = c.handle(&Command::Change(Change::NetworkCreate {
+            network: net("fd00:5::/64"),
+        }));
+        assert!(matches!(r, Response::Ok(_)), "{r:?}");
+        let t = c.shared.table.load_full();
+        let dual = t.networks.iter().find(|n| n.name == "dualnet").unwrap();
+        assert_eq!(dual.subnet6, Some("fd00:5::/64".parse().unwrap()));
+        assert!(t.dual_stack);
+    }
+
     #[test]
     fn in_cluster_mode_a_change_to_one_service_is_checked_and_compiled_alone() {
         let mut c = controller("part");

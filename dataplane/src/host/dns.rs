@@ -6,7 +6,7 @@
 //! our own in the same spirit. Every read is bounds-checked: any bytes give a [`Query`] or a
 //! [`Malformed`] saying whether and how to answer, never a panic (see the property tests).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Record types and classes the resolver knows.
 pub const TYPE_A: u16 = 1;
@@ -316,11 +316,34 @@ pub fn parse_query(msg: &[u8]) -> Result<Query<'_>, Malformed> {
     })
 }
 
-/// One answer record.
+/// One answer record: an A record for an IPv4 address, AAAA for an IPv6 one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Answer {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ttl: u32,
+}
+
+/// What every answer record has besides its address: the owner name (a pointer), type, class,
+/// TTL and data length (RFC 1035 §4.1.3).
+const RR_FIXED: usize = 2 + 2 + 2 + 4 + 2;
+
+impl Answer {
+    /// The record's type: A (RFC 1035 §3.4.1) or AAAA (RFC 3596 §2.1).
+    pub fn rtype(&self) -> u16 {
+        match self.addr {
+            IpAddr::V4(_) => TYPE_A,
+            IpAddr::V6(_) => TYPE_AAAA,
+        }
+    }
+
+    /// The record's length in an answer: 16 bytes for A, 28 for AAAA.
+    pub fn wire_len(&self) -> usize {
+        RR_FIXED
+            + match self.addr {
+                IpAddr::V4(_) => 4,
+                IpAddr::V6(_) => 16,
+            }
+    }
 }
 
 /// How an answer is built.
@@ -335,20 +358,24 @@ pub struct AnswerSpec {
     pub limit: usize,
 }
 
-/// Builds the answer to `q`: the question echoed, `answers` as A records (their owner name a
-/// pointer to the question's), and an OPT record when the query had one. When the answers do
-/// not fit in `spec.limit`, none is sent and TC is set (RFC 2181 §9: the client asks again over
-/// TCP).
+/// Builds the answer to `q`: the question echoed, `answers` as A or AAAA records by their
+/// address's family (their owner name a pointer to the question's), and an OPT record when the
+/// query had one. When the answers do not fit in `spec.limit` (an AAAA record takes 28 bytes,
+/// an A record 16), none is sent and TC is set (RFC 2181 §9: the client asks again over TCP).
 // Casts: answers are bounded by the message size (a few hundred), the header length is 12.
 #[allow(clippy::cast_possible_truncation)]
 pub fn build_answer(q: &Query<'_>, answers: &[Answer], spec: AnswerSpec) -> Vec<u8> {
-    const RR_A: usize = 2 + 2 + 2 + 4 + 2 + 4;
     const OPT: usize = 1 + 2 + 2 + 4 + 2;
     let opt_len = if q.edns.is_some() { OPT } else { 0 };
     let base = HEADER_LEN + q.question.len() + opt_len;
-    let fits = base + answers.len() * RR_A <= spec.limit;
-    let answers = if fits { answers } else { &[] };
-    let mut out = Vec::with_capacity(base + answers.len() * RR_A);
+    let records: usize = answers.iter().map(Answer::wire_len).sum();
+    let fits = base + records <= spec.limit;
+    let (answers, records) = if fits {
+        (answers, records)
+    } else {
+        (&[][..], 0)
+    };
+    let mut out = Vec::with_capacity(base + records);
     let mut fl = flags::QR | (spec.rcode.code() & 0xf);
     if spec.aa {
         fl |= flags::AA;
@@ -374,11 +401,22 @@ pub fn build_answer(q: &Query<'_>, answers: &[Answer], spec: AnswerSpec) -> Vec<
     for a in answers {
         // A pointer to the question's name at offset 12 (RFC 1035 §4.1.4).
         out.extend_from_slice(&[0xc0, HEADER_LEN as u8]);
-        out.extend_from_slice(&TYPE_A.to_be_bytes());
+        out.extend_from_slice(&a.rtype().to_be_bytes());
         out.extend_from_slice(&CLASS_IN.to_be_bytes());
         out.extend_from_slice(&a.ttl.to_be_bytes());
-        out.extend_from_slice(&4u16.to_be_bytes());
-        out.extend_from_slice(&a.addr.octets());
+        //= https://www.rfc-editor.org/rfc/rfc3596#section-2.2
+        //# A 128 bit IPv6 address is encoded in the data portion of an AAAA
+        //# resource record in network byte order (high-order byte first).
+        match a.addr {
+            IpAddr::V4(v4) => {
+                out.extend_from_slice(&4u16.to_be_bytes());
+                out.extend_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                out.extend_from_slice(&16u16.to_be_bytes());
+                out.extend_from_slice(&v6.octets());
+            }
+        }
     }
     if let Some(e) = q.edns {
         opt(&mut out, spec.rcode, e.dnssec_ok);
@@ -474,6 +512,8 @@ pub struct Parsed {
     pub ra: bool,
     /// The A records' addresses and TTLs, in order.
     pub a: Vec<(Ipv4Addr, u32)>,
+    /// The AAAA records' addresses and TTLs, in order.
+    pub aaaa: Vec<(Ipv6Addr, u32)>,
     /// Answer records of other types.
     pub other: usize,
     pub edns: bool,
@@ -499,6 +539,7 @@ pub fn parse_answer(msg: &[u8]) -> Option<Parsed> {
         tc: fl & flags::TC != 0,
         ra: fl & flags::RA != 0,
         a: Vec::new(),
+        aaaa: Vec::new(),
         other: 0,
         edns: false,
     };
@@ -510,6 +551,10 @@ pub fn parse_answer(msg: &[u8]) -> Option<Parsed> {
         if i < u32::from(an) {
             match (rtype, data) {
                 (TYPE_A, [a, b, c, d]) => out.a.push((Ipv4Addr::new(*a, *b, *c, *d), ttl)),
+                (TYPE_AAAA, data) => match <[u8; 16]>::try_from(data) {
+                    Ok(b) => out.aaaa.push((Ipv6Addr::from(b), ttl)),
+                    Err(_) => out.other += 1,
+                },
                 _ => out.other += 1,
             }
         } else if rtype == TYPE_OPT {
@@ -581,7 +626,7 @@ mod tests {
         let a = build_answer(
             &q,
             &[Answer {
-                addr: Ipv4Addr::new(10, 0, 1, 2),
+                addr: Ipv4Addr::new(10, 0, 1, 2).into(),
                 ttl: 600,
             }],
             spec(Rcode::NoError, 512),
@@ -598,7 +643,64 @@ mod tests {
         );
         let p = parse_answer(&a).unwrap();
         assert_eq!(p.a, vec![(Ipv4Addr::new(10, 0, 1, 2), 600)]);
+        assert!(p.aaaa.is_empty());
         assert!(p.aa && !p.tc && !p.edns);
+    }
+
+    #[test]
+    fn aaaa_answers_have_the_documented_bytes() {
+        let msg = build_query(0x1234, "web", TYPE_AAAA, None);
+        let q = parse_query(&msg).unwrap();
+        let twin: Ipv6Addr = "fd00:5::a00:502".parse().unwrap();
+        let a = build_answer(
+            &q,
+            &[Answer {
+                addr: twin.into(),
+                ttl: 600,
+            }],
+            spec(Rcode::NoError, 512),
+        );
+        assert_eq!(
+            a,
+            [
+                0x12, 0x34, 0x85, 0x00, 0, 1, 0, 1, 0, 0, 0,
+                0, // id, QR AA RD, 1 question, 1 answer
+                3, b'w', b'e', b'b', 0, 0, 28, 0, 1, // web AAAA IN
+                0xc0, 12, 0, 28, 0, 1, 0, 0, 0x02, 0x58, 0, 16, // web AAAA IN 600, 16 bytes:
+                0xfd, 0x00, 0x00, 0x05, 0, 0, 0, 0, 0, 0, 0, 0, 10, 0, 5,
+                2, // fd00:5::a00:502
+            ]
+        );
+        let p = parse_answer(&a).unwrap();
+        assert_eq!(p.aaaa, vec![(twin, 600)]);
+        assert!(p.a.is_empty() && p.other == 0);
+        // Both families in one answer (ANY), each record by its address: A then AAAA.
+        let msg = build_query(1, "web", TYPE_ANY, None);
+        let q = parse_query(&msg).unwrap();
+        let both = [
+            Answer {
+                addr: Ipv4Addr::new(10, 0, 5, 2).into(),
+                ttl: 600,
+            },
+            Answer {
+                addr: twin.into(),
+                ttl: 600,
+            },
+        ];
+        let a = build_answer(&q, &both, spec(Rcode::NoError, 512));
+        assert_eq!(a.len(), 12 + 9 + 16 + 28);
+        let p = parse_answer(&a).unwrap();
+        assert_eq!(
+            (p.a, p.aaaa),
+            (vec![(Ipv4Addr::new(10, 0, 5, 2), 600)], vec![(twin, 600)])
+        );
+        // An AAAA record whose data is not 16 bytes is not an address.
+        let mut bad = build_answer(&q, &both[1..], spec(Rcode::NoError, 512));
+        let n = bad.len();
+        bad[n - 17] = 15;
+        bad.pop();
+        let p = parse_answer(&bad).unwrap();
+        assert_eq!((p.aaaa.len(), p.other), (0, 1));
     }
 
     #[test]
@@ -607,7 +709,7 @@ mod tests {
         let q = parse_query(&msg).unwrap();
         let many: Vec<Answer> = (0..40)
             .map(|i| Answer {
-                addr: Ipv4Addr::new(10, 0, 1, i),
+                addr: Ipv4Addr::new(10, 0, 1, i).into(),
                 ttl: 0,
             })
             .collect();
@@ -628,6 +730,49 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((p.a.len(), p.tc, p.edns), (40, false, true));
+    }
+
+    /// AAAA records take 28 bytes, not 16: in 512 bytes, after the header and the question of
+    /// `tasks.web` (27 bytes), 30 A records fit but only 17 AAAA ones.
+    #[test]
+    fn aaaa_answers_that_do_not_fit_are_truncated_by_their_own_size() {
+        let msg = build_query(7, "tasks.web", TYPE_AAAA, None);
+        let q = parse_query(&msg).unwrap();
+        let v4 = |n: u8| -> Vec<Answer> {
+            (0..n)
+                .map(|i| Answer {
+                    addr: Ipv4Addr::new(10, 0, 1, i).into(),
+                    ttl: 0,
+                })
+                .collect()
+        };
+        let v6 = |n: u16| -> Vec<Answer> {
+            (0..n)
+                .map(|i| Answer {
+                    addr: Ipv6Addr::new(0xfd00, 5, 0, 0, 0, 0, 0x0a00, 0x0100 + i).into(),
+                    ttl: 0,
+                })
+                .collect()
+        };
+        let udp = |answers: &[Answer]| {
+            let a = build_answer(&q, answers, spec(Rcode::NoError, q.udp_limit()));
+            assert!(a.len() <= UDP_PLAIN_MAX, "{}", a.len());
+            parse_answer(&a).unwrap()
+        };
+        assert_eq!((udp(&v4(30)).a.len(), udp(&v4(30)).tc), (30, false));
+        assert!(udp(&v4(31)).tc);
+        let p = udp(&v6(17));
+        assert_eq!((p.aaaa.len(), p.tc), (17, false));
+        let p = udp(&v6(18));
+        assert!(p.tc && p.aaaa.is_empty() && p.a.is_empty(), "{p:?}");
+        // Mixed (ANY): 10 A and 11 AAAA are 160 + 308 bytes, fitting; one AAAA more does not.
+        let mixed = |n6| -> Vec<Answer> { v4(10).into_iter().chain(v6(n6)).collect() };
+        let p = udp(&mixed(11));
+        assert_eq!((p.a.len(), p.aaaa.len(), p.tc), (10, 11, false));
+        assert!(udp(&mixed(12)).tc);
+        // Over TCP all fit.
+        let a = build_answer(&q, &v6(40), spec(Rcode::NoError, 65535));
+        assert_eq!(parse_answer(&a).unwrap().aaaa.len(), 40);
     }
 
     #[test]
@@ -762,7 +907,11 @@ mod tests {
             m[11] = ar;
             m.extend_from_slice(&tail);
             if let Ok(q) = parse_query(&m) {
-                let a = build_answer(&q, &[Answer { addr: Ipv4Addr::new(10, 0, 0, 1), ttl: 1 }], AnswerSpec { rcode: Rcode::NoError, aa: true, ra: true, limit: 512 });
+                let answers = [
+                    Answer { addr: Ipv4Addr::new(10, 0, 0, 1).into(), ttl: 1 },
+                    Answer { addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x0a00, 1).into(), ttl: 1 },
+                ];
+                let a = build_answer(&q, &answers, AnswerSpec { rcode: Rcode::NoError, aa: true, ra: true, limit: 512 });
                 prop_assert!(parse_answer(&a).is_some());
             }
         }
@@ -776,6 +925,7 @@ mod tests {
             qtype in prop::sample::select(vec![TYPE_A, TYPE_AAAA, TYPE_ANY, 16u16]),
             edns in proptest::option::of(512u16..9000),
             addrs in proptest::collection::vec(any::<u32>(), 0..20),
+            addrs6 in proptest::collection::vec(any::<u128>(), 0..20),
         ) {
             let m = build_query(id, &name, qtype, edns);
             let q = parse_query(&m).unwrap();
@@ -783,11 +933,17 @@ mod tests {
             prop_assert!(q.plain);
             prop_assert_eq!(q.qtype, qtype);
             prop_assert_eq!(q.edns.map(|e| e.udp_size), edns);
-            let answers: Vec<Answer> = addrs.iter().map(|a| Answer { addr: Ipv4Addr::from(*a), ttl: 5 }).collect();
+            let answers: Vec<Answer> = addrs
+                .iter()
+                .map(|a| Answer { addr: Ipv4Addr::from(*a).into(), ttl: 5 })
+                .chain(addrs6.iter().map(|a| Answer { addr: Ipv6Addr::from(*a).into(), ttl: 6 }))
+                .collect();
             let a = build_answer(&q, &answers, AnswerSpec { rcode: Rcode::NoError, aa: true, ra: false, limit: 65535 });
             let p = parse_answer(&a).unwrap();
             prop_assert_eq!(p.id, id);
             prop_assert_eq!(p.a, addrs.iter().map(|a| (Ipv4Addr::from(*a), 5)).collect::<Vec<_>>());
+            prop_assert_eq!(p.aaaa, addrs6.iter().map(|a| (Ipv6Addr::from(*a), 6)).collect::<Vec<_>>());
+            prop_assert_eq!(p.other, 0);
             prop_assert_eq!(p.edns, edns.is_some());
         }
     }

@@ -9,15 +9,23 @@
 //! Only tasks that take new flows are given out (running, weight > 0, node active, healthy), so
 //! a task scaled away or failing its health check leaves the answers at once. A task sees only
 //! services on its own networks; the ingress network is not for service discovery (as in
-//! Swarm). AAAA and other types for a known name get an empty NOERROR (the mesh is IPv4); a
-//! name that is not the mesh's is [`Resolution::NotOurs`] (forwarded upstream, or NXDOMAIN).
+//! Swarm). A name that is not the mesh's is [`Resolution::NotOurs`] (forwarded upstream, or
+//! NXDOMAIN).
+//!
+//! A names the IPv4 addresses above. AAAA names their IPv6 twins when the network the answer
+//! comes from is dual-stack (`network create --ipv6`: each overlay address's twin is the
+//! network's IPv6 prefix with the IPv4 address in its last 32 bits), with the same TTLs and in
+//! the same shuffled order; on an IPv4-only network AAAA gets an empty NOERROR (the name
+//! exists, with no record of that type), as does any other type. ANY gets the A records, then
+//! on a dual-stack network the AAAA ones: both are the mesh's own, small, and a client asking
+//! ANY wants whatever the name has (RFC 8482 would allow fewer, not more).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ctl::model::EndpointMode;
 use smoltcp::wire::Ipv4Address;
 
-use super::dns::{Answer, Query, Rcode, CLASS_ANY, CLASS_IN, TYPE_A, TYPE_ANY};
+use super::dns::{Answer, Query, Rcode, CLASS_ANY, CLASS_IN, TYPE_A, TYPE_AAAA, TYPE_ANY};
 use crate::balance::table::{AddrKind, NetIdx, ServiceTable, TaskIdx};
 
 /// The TTL of a VIP: stable for the service's life (Swarm's resolver says 600 too).
@@ -81,20 +89,43 @@ fn networks_of(t: &ServiceTable, from: Ipv4Address, first: NetIdx) -> Option<Vec
     Some(nets)
 }
 
-fn v4(a: Ipv4Address) -> Ipv4Addr {
-    a
+/// What a name of the mesh stands for, to the asking task: IPv4 addresses (in answer order,
+/// each with its TTL) on network `net`, the one the asker shares with the name.
+#[derive(Debug)]
+struct Found {
+    net: NetIdx,
+    addrs: Vec<(Ipv4Addr, u32)>,
+}
+
+impl Found {
+    /// The A records.
+    fn a(&self) -> impl Iterator<Item = Answer> + '_ {
+        self.addrs.iter().map(|&(a, ttl)| Answer {
+            addr: IpAddr::V4(a),
+            ttl,
+        })
+    }
+
+    /// The AAAA records: the addresses' IPv6 twins on a dual-stack network, in the same order
+    /// and with the same TTLs; none on an IPv4-only one.
+    fn aaaa<'a>(&'a self, t: &ServiceTable) -> impl Iterator<Item = Answer> + 'a {
+        let prefix = t.net(self.net).subnet6;
+        prefix.into_iter().flat_map(move |p| {
+            self.addrs.iter().map(move |&(a, ttl)| Answer {
+                addr: IpAddr::V6(p.embed(a)),
+                ttl,
+            })
+        })
+    }
 }
 
 /// The addresses on `net` of `tasks` that take new flows (eligible, on a node up).
-fn task_answers(t: &ServiceTable, tasks: &[TaskIdx], net: NetIdx) -> Vec<Answer> {
+fn task_addrs(t: &ServiceTable, tasks: &[TaskIdx], net: NetIdx) -> Vec<(Ipv4Addr, u32)> {
     tasks
         .iter()
         .filter(|&&ti| t.takes_new(ti))
         .filter_map(|&ti| t.task_addr_on(ti, net))
-        .map(|a| Answer {
-            addr: v4(a),
-            ttl: TASK_TTL,
-        })
+        .map(|a| (a, TASK_TTL))
         .collect()
 }
 
@@ -112,8 +143,7 @@ pub fn resolve(
     if !q.plain {
         return Resolution::NotOurs;
     }
-    let found = lookup(t, &nets, &q.name, rng);
-    let Some(mut answers) = found else {
+    let Some(found) = lookup(t, &nets, &q.name, rng) else {
         return Resolution::NotOurs;
     };
     if q.qclass != CLASS_IN && q.qclass != CLASS_ANY {
@@ -122,19 +152,23 @@ pub fn resolve(
             answers: Vec::new(),
         };
     }
-    if q.qtype != TYPE_A && q.qtype != TYPE_ANY {
-        // The name exists, with no record of that type (AAAA: the mesh is IPv4 only).
-        answers.clear();
-    }
+    // Any other type: the name exists, with no record of that type (NODATA); so is AAAA on
+    // an IPv4-only network.
+    let answers = match q.qtype {
+        TYPE_A => found.a().collect(),
+        TYPE_AAAA => found.aaaa(t).collect(),
+        TYPE_ANY => found.a().chain(found.aaaa(t)).collect(),
+        _ => Vec::new(),
+    };
     Resolution::Answer {
         rcode: Rcode::NoError,
         answers,
     }
 }
 
-/// The records of `name` (lower case) for a task on `nets`, `None` when the name is not the
+/// The addresses of `name` (lower case) for a task on `nets`, `None` when the name is not the
 /// mesh's (for these networks).
-fn lookup(t: &ServiceTable, nets: &[NetIdx], name: &str, rng: &mut Rng) -> Option<Vec<Answer>> {
+fn lookup(t: &ServiceTable, nets: &[NetIdx], name: &str, rng: &mut Rng) -> Option<Found> {
     let (svc_name, tasks_of) = match name.strip_prefix("tasks.") {
         Some(rest) => (rest, true),
         None => (name, false),
@@ -156,19 +190,14 @@ fn lookup(t: &ServiceTable, nets: &[NetIdx], name: &str, rng: &mut Rng) -> Optio
                     .iter()
                     .find(|(n, _)| *n == net)
                     .and_then(|(_, v)| *v);
-                return Some(
-                    vip.map(|a| {
-                        vec![Answer {
-                            addr: v4(a),
-                            ttl: VIP_TTL,
-                        }]
-                    })
-                    .unwrap_or_default(),
-                );
+                return Some(Found {
+                    net,
+                    addrs: vip.map(|a| vec![(a, VIP_TTL)]).unwrap_or_default(),
+                });
             }
-            let mut answers = task_answers(t, &svc.tasks, net);
-            rng.shuffle(&mut answers);
-            return Some(answers);
+            let mut addrs = task_addrs(t, &svc.tasks, net);
+            rng.shuffle(&mut addrs);
+            return Some(Found { net, addrs });
         }
     }
     if tasks_of {
@@ -176,15 +205,15 @@ fn lookup(t: &ServiceTable, nets: &[NetIdx], name: &str, rng: &mut Rng) -> Optio
     }
     let ti = t.task_by_name(name)?;
     let te = t.tasks.get(ti as usize)?;
-    let net = nets.iter().find(|n| t.task_addr_on(ti, **n).is_some())?;
-    let addr = t.task_addr_on(ti, *net)?;
-    Some(if te.alive {
-        vec![Answer {
-            addr: v4(addr),
-            ttl: TASK_TTL,
-        }]
-    } else {
-        Vec::new()
+    let &net = nets.iter().find(|n| t.task_addr_on(ti, **n).is_some())?;
+    let addr = t.task_addr_on(ti, net)?;
+    Some(Found {
+        net,
+        addrs: if te.alive {
+            vec![(addr, TASK_TTL)]
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -192,11 +221,14 @@ fn lookup(t: &ServiceTable, nets: &[NetIdx], name: &str, rng: &mut Rng) -> Optio
 mod tests {
     use super::*;
     use crate::balance::table::HealthView;
-    use crate::host::dns::{build_query, parse_query, TYPE_AAAA};
+    use crate::host::dns::{build_query, parse_query};
     use ctl::model::{Health, HealthCheck, Service, ServiceNetwork, State};
+    use std::net::Ipv6Addr;
 
     /// `three_nodes` plus `api` (dnsrr) on appnet with two tasks, and `db` on its own network
-    /// `backnet` with the task `tool.1` on appnet only.
+    /// `backnet` with the task `tool.1` on appnet only; and the dual-stack network `dualnet`
+    /// (10.0.5.0/24, fd00:5::/64) with `front` (VIP 10.0.5.2, tasks front.1 and front.2),
+    /// `back6` (dnsrr, two tasks) and `cli`, whose task cli.1 is on appnet too.
     fn state() -> State {
         let mut s = crate::testkit::three_nodes();
         let mut back = s.networks[1].clone();
@@ -239,10 +271,64 @@ mod tests {
             &[("appnet", Ipv4Addr::new(10, 0, 1, 20))],
         ));
         s.services.extend([api, db, tool]);
+
+        let mut dual = s.networks[1].clone();
+        dual.name = "dualnet".into();
+        dual.vni = 4099;
+        dual.subnet = "10.0.5.0/24".parse().unwrap();
+        dual.subnet6 = Some("fd00:5::/64".parse().unwrap());
+        dual.gateway = Ipv4Addr::new(10, 0, 5, 1);
+        s.networks.push(dual);
+        let mut front = Service::new("front");
+        front.networks.push(ServiceNetwork {
+            network: "dualnet".into(),
+            vip: Some(Ipv4Addr::new(10, 0, 5, 2)),
+        });
+        let mut back6 = Service::new("back6");
+        back6.endpoint_mode = EndpointMode::Dnsrr;
+        back6.networks.push(ServiceNetwork {
+            network: "dualnet".into(),
+            vip: None,
+        });
+        for i in 1..=2u8 {
+            front.tasks.push(crate::testkit::task(
+                &format!("front.{i}"),
+                "n1",
+                &[("dualnet", Ipv4Addr::new(10, 0, 5, 10 + i))],
+            ));
+            back6.tasks.push(crate::testkit::task(
+                &format!("back6.{i}"),
+                "n1",
+                &[("dualnet", Ipv4Addr::new(10, 0, 5, 30 + i))],
+            ));
+        }
+        let mut cli = Service::new("cli");
+        for (net, vip) in [("appnet", 4), ("dualnet", 4)] {
+            cli.networks.push(ServiceNetwork {
+                network: net.into(),
+                vip: Some(Ipv4Addr::new(
+                    10,
+                    0,
+                    if net == "appnet" { 1 } else { 5 },
+                    vip,
+                )),
+            });
+        }
+        cli.tasks.push(crate::testkit::task(
+            "cli.1",
+            "n1",
+            &[
+                ("dualnet", Ipv4Addr::new(10, 0, 5, 40)),
+                ("appnet", Ipv4Addr::new(10, 0, 1, 40)),
+            ],
+        ));
+        s.services.extend([front, back6, cli]);
         s
     }
 
     const TOOL: Ipv4Address = Ipv4Address::new(10, 0, 1, 20);
+    /// cli.1 on dualnet (it is on appnet too, as 10.0.1.40).
+    const CLI: Ipv4Address = Ipv4Address::new(10, 0, 5, 40);
 
     fn ask(t: &ServiceTable, from: Ipv4Address, name: &str, qtype: u16) -> Resolution {
         let msg = build_query(1, name, qtype, None);
@@ -251,15 +337,48 @@ mod tests {
         resolve(t, from, net, &q, &mut Rng::new(7))
     }
 
+    /// The answers' addresses, sorted; every one IPv4.
     fn addrs(r: &Resolution) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = answers(r)
+            .iter()
+            .map(|a| match a.addr {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(a) => panic!("AAAA {a} in {r:?}"),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The answers' addresses, sorted; every one IPv6.
+    fn addrs6(r: &Resolution) -> Vec<Ipv6Addr> {
+        let mut v: Vec<Ipv6Addr> = answers(r)
+            .iter()
+            .map(|a| match a.addr {
+                IpAddr::V6(a) => a,
+                IpAddr::V4(a) => panic!("A {a} in {r:?}"),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The answers of a NOERROR resolution, in order.
+    fn answers(r: &Resolution) -> Vec<Answer> {
         match r {
-            Resolution::Answer { answers, .. } => {
-                let mut v: Vec<Ipv4Addr> = answers.iter().map(|a| a.addr).collect();
-                v.sort();
-                v
-            }
-            Resolution::NotOurs => panic!("not ours"),
+            Resolution::Answer {
+                rcode: Rcode::NoError,
+                answers,
+            } => answers.clone(),
+            other => panic!("not a NOERROR answer: {other:?}"),
         }
+    }
+
+    fn twin(last: u8) -> Ipv6Addr {
+        "fd00:5::/64"
+            .parse::<ctl::model::Ipv6Net>()
+            .unwrap()
+            .embed(Ipv4Addr::new(10, 0, 5, last))
     }
 
     #[test]
@@ -271,7 +390,7 @@ mod tests {
             Resolution::Answer {
                 rcode: Rcode::NoError,
                 answers: vec![Answer {
-                    addr: Ipv4Addr::new(10, 0, 1, 2),
+                    addr: Ipv4Addr::new(10, 0, 1, 2).into(),
                     ttl: VIP_TTL
                 }]
             }
@@ -291,8 +410,8 @@ mod tests {
             "a task by name"
         );
         assert_eq!(
-            addrs(&ask(&t, TOOL, "web", TYPE_AAAA)),
-            Vec::<Ipv4Addr>::new(),
+            answers(&ask(&t, TOOL, "web", TYPE_AAAA)),
+            [],
             "IPv4 only: empty NOERROR"
         );
         assert_eq!(addrs(&ask(&t, TOOL, "web", 16)), Vec::<Ipv4Addr>::new());
@@ -395,5 +514,146 @@ mod tests {
             "{} different orders in 20 answers",
             orders.len()
         );
+    }
+
+    #[test]
+    fn aaaa_on_a_dual_stack_network_names_the_ipv6_twins() {
+        let t = ServiceTable::build(&state(), "n1", 1).unwrap();
+        assert_eq!(twin(2), "fd00:5::a00:502".parse::<Ipv6Addr>().unwrap());
+        // A service's VIP (endpoint mode vip), with the VIP's TTL.
+        assert_eq!(
+            ask(&t, CLI, "front", TYPE_AAAA),
+            Resolution::Answer {
+                rcode: Rcode::NoError,
+                answers: vec![Answer {
+                    addr: twin(2).into(),
+                    ttl: VIP_TTL
+                }]
+            }
+        );
+        // A still names the IPv4 VIP.
+        assert_eq!(
+            addrs(&ask(&t, CLI, "front", TYPE_A)),
+            [Ipv4Addr::new(10, 0, 5, 2)]
+        );
+        // tasks.SERVICE, dnsrr and a task by name: the tasks' twins, with the tasks' TTL.
+        let tasks = ask(&t, CLI, "tasks.front", TYPE_AAAA);
+        assert_eq!(addrs6(&tasks), [twin(11), twin(12)]);
+        assert!(answers(&tasks).iter().all(|a| a.ttl == TASK_TTL));
+        assert_eq!(
+            addrs6(&ask(&t, CLI, "BACK6", TYPE_AAAA)),
+            [twin(31), twin(32)],
+            "dnsrr, any case"
+        );
+        assert_eq!(
+            answers(&ask(&t, CLI, "front.2", TYPE_AAAA)),
+            [Answer {
+                addr: twin(12).into(),
+                ttl: TASK_TTL
+            }]
+        );
+        // Another type still has no record there.
+        assert_eq!(addrs6(&ask(&t, CLI, "front", 15)), Vec::<Ipv6Addr>::new());
+    }
+
+    #[test]
+    fn aaaa_on_an_ipv4_only_network_is_an_empty_noerror() {
+        let t = ServiceTable::build(&state(), "n1", 1).unwrap();
+        for name in ["web", "tasks.web", "api", "web.1"] {
+            assert_eq!(
+                answers(&ask(&t, TOOL, name, TYPE_AAAA)),
+                [],
+                "{name} from appnet"
+            );
+        }
+        // The network the answer comes from counts: cli.1 asks through dualnet's resolver,
+        // but web is on appnet (IPv4 only), which cli.1 shares with it.
+        assert_eq!(answers(&ask(&t, CLI, "web", TYPE_AAAA)), []);
+        assert_eq!(
+            addrs(&ask(&t, CLI, "web", TYPE_A)),
+            [Ipv4Addr::new(10, 0, 1, 2)]
+        );
+        // And cli.1 asking through appnet's resolver gets dualnet's services as ever.
+        let cli_app = Ipv4Address::new(10, 0, 1, 40);
+        assert_eq!(addrs6(&ask(&t, cli_app, "front", TYPE_AAAA)), [twin(2)]);
+        // A name that is not the mesh's is still not ours, whatever the type.
+        assert_eq!(ask(&t, CLI, "nosuch", TYPE_AAAA), Resolution::NotOurs);
+        assert_eq!(ask(&t, CLI, "db", TYPE_AAAA), Resolution::NotOurs);
+    }
+
+    #[test]
+    fn any_answers_both_families_on_a_dual_stack_network() {
+        let t = ServiceTable::build(&state(), "n1", 1).unwrap();
+        assert_eq!(
+            answers(&ask(&t, CLI, "front", TYPE_ANY)),
+            [
+                Answer {
+                    addr: Ipv4Addr::new(10, 0, 5, 2).into(),
+                    ttl: VIP_TTL
+                },
+                Answer {
+                    addr: twin(2).into(),
+                    ttl: VIP_TTL
+                },
+            ]
+        );
+        let both = answers(&ask(&t, CLI, "tasks.front", TYPE_ANY));
+        assert_eq!(both.len(), 4);
+        // The A records first, then their twins in the same order.
+        let (a, aaaa) = both.split_at(2);
+        for (x, y) in a.iter().zip(aaaa) {
+            let (IpAddr::V4(v4), IpAddr::V6(v6)) = (x.addr, y.addr) else {
+                panic!("{both:?}")
+            };
+            assert_eq!(twin(v4.octets()[3]), v6);
+        }
+        // On an IPv4-only network, A records only.
+        assert_eq!(
+            addrs(&ask(&t, TOOL, "web", TYPE_ANY)),
+            [Ipv4Addr::new(10, 0, 1, 2)]
+        );
+    }
+
+    #[test]
+    fn aaaa_gives_out_only_tasks_that_take_flows_shuffled_as_a_answers() {
+        let mut s = state();
+        let front = s.services.iter_mut().find(|x| x.name == "front").unwrap();
+        front.tasks[0].weight = 0;
+        for i in 3..=9u8 {
+            front.tasks.push(crate::testkit::task(
+                &format!("front.{i}"),
+                "n1",
+                &[("dualnet", Ipv4Addr::new(10, 0, 5, 10 + i))],
+            ));
+        }
+        let t = ServiceTable::build(&s, "n1", 1).unwrap();
+        let got = addrs6(&ask(&t, CLI, "tasks.front", TYPE_AAAA));
+        assert_eq!(
+            got,
+            (12..=19).map(twin).collect::<Vec<_>>(),
+            "weight 0 left out"
+        );
+        // The same random draws give the same order in both families.
+        let dualnet = t.addr(CLI).map(|e| e.net).unwrap();
+        let mut orders = std::collections::BTreeSet::new();
+        // Odd seeds: Rng::new sets the lowest bit.
+        for seed in (1..40).step_by(2) {
+            let answer = |qtype| {
+                let msg = build_query(1, "tasks.front", qtype, None);
+                let q = parse_query(&msg).unwrap();
+                answers(&resolve(&t, CLI, dualnet, &q, &mut Rng::new(seed)))
+            };
+            let (a, aaaa) = (answer(TYPE_A), answer(TYPE_AAAA));
+            let twins: Vec<IpAddr> = a
+                .iter()
+                .map(|x| match x.addr {
+                    IpAddr::V4(v4) => IpAddr::V6(twin(v4.octets()[3])),
+                    IpAddr::V6(_) => panic!("{a:?}"),
+                })
+                .collect();
+            assert_eq!(aaaa.iter().map(|x| x.addr).collect::<Vec<_>>(), twins);
+            orders.insert(twins);
+        }
+        assert!(orders.len() > 10, "{} orders in 20 answers", orders.len());
     }
 }
