@@ -960,6 +960,52 @@ mod tests {
         );
     }
 
+    #[test]
+    fn on_an_encrypted_dual_stack_network_ipv6_is_sealed_and_opened_once_across_workers() {
+        let mut s = state(true);
+        s.networks[1].encryption = Some(ctl::Encryption::single(1, ctl::Secret([7; 32])));
+        let (t2, mut p2) = on_node(&s, "n2", 1, 0);
+        let mut n3: Vec<_> = (0..2).map(|i| on_node(&s, "n3", 2, i)).collect();
+        let mut seen = [false; 2];
+        for sport in 40000..40032 {
+            let syn = testkit::tcp6_frame(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                sport,
+                twin(WEB2),
+                80,
+                SYN,
+                1,
+            );
+            let (v, wire) = run(&mut p2, &t2, PortId::Tasks, &syn);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink));
+            // Sealed: the twins are nowhere in the frame on the wire.
+            let cli = twin(CLI).octets();
+            assert!(!wire.windows(16).any(|w| w == cli), "readable on the wire");
+            let (t, p) = &mut n3[0];
+            let (v, buf) = run_buf(p, t, PacketBuf::from_frame(PortId::Uplink, &wire));
+            let (v, buf) = match v {
+                Verdict::Handoff(1) => {
+                    // Opened here, handed over opened and still IPv6: not opened twice.
+                    seen[1] = true;
+                    assert!(buf.opened && !buf.v6);
+                    let (t, p) = &mut n3[1];
+                    run_buf(p, t, buf)
+                }
+                v => {
+                    seen[0] = true;
+                    (v, buf)
+                }
+            };
+            assert_eq!(v, Verdict::Tx(PortId::Tasks));
+            let g = tcp6(buf.data()).expect("IPv6 to web.2");
+            assert_eq!((g.src, g.sport, g.dst), (twin(CLI), sport, twin(WEB2)));
+        }
+        assert!(seen[1], "some were handed to the worker that owns them");
+        assert_eq!(n3[0].1.stats.total_drops() + n3[1].1.stats.total_drops(), 0);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
