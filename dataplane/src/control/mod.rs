@@ -1402,21 +1402,20 @@ mod tests {
             e.message
         );
         assert_eq!((&c.state, c.generation), (&state, generation));
-        assert!(c
-            .shared
-            .table
-            .load()
-            .networks
-            .iter()
-            .all(|n| n.subnet6.is_none()));
+        let t = c.shared.table.load_full();
+        assert!((0..t.networks.len()).all(|i| t.subnet6(u16::try_from(i).unwrap()).is_none()));
+        assert!(!t.dual_stack);
 
         let r = c.handle(&Command::Change(Change::NetworkCreate {
             network: net("fd00:5::/64"),
         }));
         assert!(matches!(r, Response::Ok(_)), "{r:?}");
         let t = c.shared.table.load_full();
-        let dual = t.networks.iter().find(|n| n.name == "dualnet").unwrap();
-        assert_eq!(dual.subnet6, Some("fd00:5::/64".parse().unwrap()));
+        let dual = t.networks.iter().position(|n| n.name == "dualnet").unwrap();
+        assert_eq!(
+            t.subnet6(u16::try_from(dual).unwrap()),
+            Some("fd00:5::/64".parse().unwrap())
+        );
         assert!(t.dual_stack);
     }
 

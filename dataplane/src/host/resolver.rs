@@ -109,7 +109,7 @@ impl Found {
     /// The AAAA records: the addresses' IPv6 twins on a dual-stack network, in the same order
     /// and with the same TTLs; none on an IPv4-only one.
     fn aaaa<'a>(&'a self, t: &ServiceTable) -> impl Iterator<Item = Answer> + 'a {
-        let prefix = t.net(self.net).subnet6;
+        let prefix = t.subnet6(self.net);
         prefix.into_iter().flat_map(move |p| {
             self.addrs.iter().map(move |&(a, ttl)| Answer {
                 addr: IpAddr::V6(p.embed(a)),

@@ -537,7 +537,11 @@ pub(super) fn to_ipv4<const PIECE: bool>(
         // An echo's type (the caller let only echoes through); its checksum is summed anew
         // once the header is IPv4.
         let ty = f.get_mut(h.l4).ok_or(DropReason::Truncated)?;
-        *ty = if *ty == 128 { 8 } else { 0 };
+        *ty = match *ty {
+            128 => 8,
+            129 => 0,
+            _ => return Err(DropReason::Ipv6Untranslated),
+        };
     } else if piece.is_none_or(|p| p.ff & 0x1fff == 0) {
         let c = csum_at(h.proto, h.l4);
         if c + 2 > f.len() {
@@ -679,8 +683,11 @@ pub(super) fn to_ipv6(
     }
     if l3.proto == ICMP {
         let body = &mut f[l4..l4 + payload];
-        let echo = body.first_mut().ok_or(DropReason::Truncated)?;
-        *echo = if *echo == 8 { 128 } else { 129 };
+        *body.first_mut().ok_or(DropReason::Truncated)? = match body[0] {
+            8 => 128,
+            0 => 129,
+            _ => return Err(DropReason::Ipv6Untranslated),
+        };
         let (s, d) = (Ipv6Address::from(src), Ipv6Address::from(dst));
         Icmpv6Packet::new_unchecked(body).fill_checksum(&s, &d);
         return Ok(());

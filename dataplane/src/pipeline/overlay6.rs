@@ -19,9 +19,12 @@
 //! `ipv6_untranslated`. A packet too big for the overlay once IPv4 is dropped (`too_big`)
 //! without an ICMP answer (the task's MTU is the network's, so its own stack keeps within it).
 //!
-//! What the IPv4 paths pay: one test where a frame goes to a task (`send`); VXLAN's is in
-//! `send_vxlan_slow`, which only meshes with a dual-stack network (or sealed, or over IPv6)
-//! take.
+//! What the IPv4 paths pay: nothing. A packet to a task is turned back by the IPv6 path's own
+//! functions once the IPv4 pipeline has sent it there; one into VXLAN by `send_vxlan_slow`,
+//! which only meshes with a dual-stack network (or sealed, or over an IPv6 underlay) take. A
+//! frame handed to another worker goes as it came (IPv6), so the worker that owns its flow
+//! turns it into IPv4 itself: IPv4's `send` never tests [`PacketBuf::v6`]. On a node of more
+//! than one worker, that costs an IPv6 packet a copy of its frame.
 
 use smoltcp::wire::{Icmpv6Message, Icmpv6Packet, Icmpv6Repr, NdiscRepr};
 
@@ -73,7 +76,7 @@ impl Pipeline {
         let src = low32(h.src);
         let s = self.task_source(t, now, buf, src)?;
         let net = t.net(s.net);
-        let Some(p) = net.subnet6 else {
+        let Some(p) = t.subnet6(s.net) else {
             return Err(DropReason::NoIpv6);
         };
         // The task speaks as its own twin only (its IPv4 address, VLAN and MAC were checked).
@@ -84,10 +87,52 @@ impl Pipeline {
             .extract(h.dst)
             .filter(|d| net.subnet.contains(*d))
             .ok_or(DropReason::NoIpv6)?;
+        self.save6(buf);
         to_ipv4::<false>(buf, 0, &h, src, ipkey(dst))?;
         buf.v6 = true;
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
-        match self.on_task(t, now, buf, l3)? {
+        let v = self.on_task(t, now, buf, l3);
+        self.after6(t, buf, v)
+    }
+
+    /// Keeps the frame of a task's IPv6 packet as it came, for [`Self::after6`], on a node of
+    /// more than one worker.
+    fn save6(&mut self, buf: &PacketBuf) {
+        if self.cfg.workers > 1 {
+            self.saved6.clear();
+            // Within the capacity it was given (a buffer's size): no allocation.
+            self.saved6.extend_from_slice(buf.data());
+        }
+    }
+
+    /// What becomes of a task's IPv6 packet (`v`: the IPv4 pipeline's verdict on it): to a
+    /// task, turned back into IPv6 here (VXLAN's is turned back in `send_vxlan_slow`); for
+    /// another worker, given back as it came ([`Self::save6`]), so that the worker that owns
+    /// it turns it into IPv4 itself: the IPv4 path's `send` never looks at
+    /// [`PacketBuf::v6`]. For the host side: not translated.
+    fn after6(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        v: Result<Verdict, DropReason>,
+    ) -> Result<Verdict, DropReason> {
+        match v? {
+            Verdict::Tx(PortId::Tasks) => {
+                let dst = buf
+                    .data()
+                    .get(ETH + 16..ETH + 20)
+                    .ok_or(DropReason::Truncated)?;
+                let dst = addr(u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]));
+                let net = t.addr(dst).map(|e| e.net).ok_or(DropReason::NoRoute)?;
+                back6(t, buf, net)?;
+                Ok(Verdict::Tx(PortId::Tasks))
+            }
+            Verdict::Handoff(w) => {
+                let opened = buf.opened;
+                buf.fill(&self.saved6);
+                buf.opened = opened;
+                Ok(Verdict::Handoff(w))
+            }
             Verdict::Host(_) => Err(DropReason::Ipv6Untranslated),
             v => Ok(v),
         }
@@ -130,7 +175,7 @@ impl Pipeline {
             return Err(DropReason::UnknownSource);
         };
         let net = t.net(s.net);
-        let Some(p) = net.subnet6 else {
+        let Some(p) = t.subnet6(s.net) else {
             return Err(DropReason::NoIpv6);
         };
         if p.embed(addr(src)) != h.src {
@@ -164,8 +209,8 @@ impl Pipeline {
 
     /// A VXLAN frame (`outer`, its outer headers) of network `net` whose inner frame is IPv6:
     /// a task's on another node, on a dual-stack network. Its packet is turned into IPv4 in
-    /// place, the outer headers moving up with it and their lengths set again (so that a
-    /// worker it is handed to reads it as any other), and it is decapsulated as IPv4.
+    /// place, the outer headers moving up with it and their lengths set again, and it is
+    /// decapsulated as IPv4 ([`Self::after6`] says what then).
     #[cold]
     #[inline(never)]
     pub(super) fn decap6(
@@ -177,7 +222,7 @@ impl Pipeline {
         net: NetIdx,
     ) -> Result<Verdict, DropReason> {
         let n = t.net(net);
-        let Some(p) = n.subnet6 else {
+        let Some(p) = t.subnet6(net) else {
             return Err(DropReason::NoIpv6);
         };
         let base = vxlan::ENCAP_LEN;
@@ -208,6 +253,7 @@ impl Pipeline {
             }
             _ => return Err(DropReason::UnknownProtocol),
         }
+        self.save6(buf);
         to_ipv4::<false>(buf, base, &h, ipkey(src), ipkey(dst))?;
         let f = buf.data_mut();
         let len = f.len();
@@ -222,32 +268,15 @@ impl Pipeline {
         put16(f, outer.l4 + 6, 0);
         smoltcp::wire::Ipv4Packet::new_unchecked(&mut f[ETH..outer.l4]).fill_checksum();
         buf.v6 = true;
-        self.decap(t, now, buf, outer, false)
-    }
-
-    /// A frame of a task's IPv6 packet, as IPv4 and addressed (MACs, VLAN) to local task
-    /// `dst`: turned back into IPv6.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn ipv6_to_task(
-        &mut self,
-        t: &ServiceTable,
-        buf: &mut PacketBuf,
-        dst: u32,
-    ) -> Result<Verdict, DropReason> {
-        let net = t
-            .addr(addr(dst))
-            .map(|e| e.net)
-            .ok_or(DropReason::NoRoute)?;
-        back6(t, buf, net)?;
-        Ok(Verdict::Tx(PortId::Tasks))
+        let v = self.decap(t, now, buf, outer, false);
+        self.after6(t, buf, v)
     }
 }
 
 /// Turns the IPv4 frame in `buf` (a task's IPv6 packet on network `net`, rewritten) back into
 /// IPv6 between the twins of its addresses, its MAC addresses kept.
 pub(super) fn back6(t: &ServiceTable, buf: &mut PacketBuf, net: NetIdx) -> Result<(), DropReason> {
-    let Some(p) = t.net(net).subnet6 else {
+    let Some(p) = t.subnet6(net) else {
         return Err(DropReason::NoIpv6);
     };
     let f = buf.data();
@@ -894,8 +923,10 @@ mod tests {
                 let (v, buf) = run_buf(p, t, PacketBuf::from_frame(port, &f));
                 let (v, buf) = match v {
                     Verdict::Handoff(1) => {
+                        // Handed over as it came: the owner turns it into IPv4 itself.
                         handed[k] = true;
-                        assert!(buf.v6);
+                        assert!(!buf.v6);
+                        assert_eq!(buf.data(), &f[..]);
                         let (t, p) = &mut w[1];
                         run_buf(p, t, buf)
                     }
@@ -927,6 +958,52 @@ mod tests {
             handed, [true; 2],
             "some frames of each way went to worker 1"
         );
+    }
+
+    #[test]
+    fn on_an_encrypted_dual_stack_network_ipv6_is_sealed_and_opened_once_across_workers() {
+        let mut s = state(true);
+        s.networks[1].encryption = Some(ctl::Encryption::single(1, ctl::Secret([7; 32])));
+        let (t2, mut p2) = on_node(&s, "n2", 1, 0);
+        let mut n3: Vec<_> = (0..2).map(|i| on_node(&s, "n3", 2, i)).collect();
+        let mut seen = [false; 2];
+        for sport in 40000..40032 {
+            let syn = testkit::tcp6_frame(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                sport,
+                twin(WEB2),
+                80,
+                SYN,
+                1,
+            );
+            let (v, wire) = run(&mut p2, &t2, PortId::Tasks, &syn);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink));
+            // Sealed: the twins are nowhere in the frame on the wire.
+            let cli = twin(CLI).octets();
+            assert!(!wire.windows(16).any(|w| w == cli), "readable on the wire");
+            let (t, p) = &mut n3[0];
+            let (v, buf) = run_buf(p, t, PacketBuf::from_frame(PortId::Uplink, &wire));
+            let (v, buf) = match v {
+                Verdict::Handoff(1) => {
+                    // Opened here, handed over opened and still IPv6: not opened twice.
+                    seen[1] = true;
+                    assert!(buf.opened && !buf.v6);
+                    let (t, p) = &mut n3[1];
+                    run_buf(p, t, buf)
+                }
+                v => {
+                    seen[0] = true;
+                    (v, buf)
+                }
+            };
+            assert_eq!(v, Verdict::Tx(PortId::Tasks));
+            let g = tcp6(buf.data()).expect("IPv6 to web.2");
+            assert_eq!((g.src, g.sport, g.dst), (twin(CLI), sport, twin(WEB2)));
+        }
+        assert!(seen[1], "some were handed to the worker that owns them");
+        assert_eq!(n3[0].1.stats.total_drops() + n3[1].1.stats.total_drops(), 0);
     }
 
     proptest! {

@@ -273,9 +273,6 @@ impl Pipeline {
                 f[0..6].copy_from_slice(&hw.mac);
                 f[6..12].copy_from_slice(&self.cfg.tasks_mac);
                 buf.vlan = hw.vlan;
-                if buf.v6 {
-                    return self.ipv6_to_task(t, buf, dst);
-                }
                 Ok(Verdict::Tx(PortId::Tasks))
             }
             Egress::Vxlan {
