@@ -1966,7 +1966,18 @@ impl Bed {
                 let vips: Vec<String> = svcm
                     .networks
                     .iter()
-                    .filter_map(|n| n.vip.map(|v| format!("{}:{v}", n.network)))
+                    .filter_map(|n| {
+                        let v = n.vip?;
+                        // On a dual-stack network, the VIP's IPv6 twin too.
+                        let twin = self
+                            .rec
+                            .networks
+                            .iter()
+                            .find(|r| r.name == n.network)
+                            .and_then(|r| r.twin(v))
+                            .map_or(String::new(), |t| format!(" {}:{t}", n.network));
+                        Some(format!("{}:{v}{twin}", n.network))
+                    })
                     .collect();
                 if !vips.is_empty() {
                     let _ = writeln!(s, "  {} VIP {}", svc.name, vips.join(" "));
