@@ -1006,6 +1006,45 @@ mod tests {
         assert_eq!(n3[0].1.stats.total_drops() + n3[1].1.stats.total_drops(), 0);
     }
 
+    #[test]
+    fn over_an_ipv6_underlay_a_tasks_ipv6_is_ipv6_inside_and_outside() {
+        let mut s = state(true);
+        for (n, last) in s.nodes.iter_mut().zip([0x11u16, 0x12, 0x13]) {
+            n.vtep = Some(Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, last).into());
+        }
+        ctl::validate(&s).unwrap();
+        let up = Config::default().uplink_mac;
+        let node = |name| {
+            let (t, p) = on_node(&s, name, 1, 0);
+            for n in &s.nodes {
+                p.neighbors().learn(ipkey(n.vtep_key()), up);
+            }
+            (t, p)
+        };
+        let ((t2, mut p2), (t3, mut p3)) = (node("n2"), node("n3"));
+        let syn = testkit::tcp6_frame(
+            CLI_MAC,
+            tasks_mac(),
+            twin(CLI),
+            40000,
+            twin(WEB2),
+            80,
+            SYN,
+            1,
+        );
+        let (v, wire) = run(&mut p2, &t2, PortId::Tasks, &syn);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        let outer = testkit::decap6(&wire).expect("VXLAN over IPv6");
+        assert_eq!(outer.dst, Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x13));
+        let inner = tcp6(outer.inner).expect("the task's IPv6 inside");
+        assert_eq!((inner.src, inner.dst), (twin(CLI), twin(WEB2)));
+        let (v, got) = run(&mut p3, &t3, PortId::Uplink, &wire);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        let g = tcp6(&got).expect("IPv6 to web.2");
+        assert_eq!((g.dst_mac, g.src, g.dst), (WEB2_MAC, twin(CLI), twin(WEB2)));
+        assert_eq!(p2.stats.total_drops() + p3.stats.total_drops(), 0);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
