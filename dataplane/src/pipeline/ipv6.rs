@@ -246,13 +246,7 @@ impl Pipeline {
         for_me: bool,
     ) -> Result<Verdict, DropReason> {
         let f = buf.data();
-        let body = f.get(h.l4..h.end).ok_or(DropReason::Truncated)?;
-        let icmp = Icmpv6Packet::new_checked(body).map_err(|_| DropReason::BadL4Header)?;
-        // Always checked: Neighbor Discovery changes what meshd sends, and nothing here is
-        // forwarded, so no offload may have vouched for it.
-        if !icmp.verify_checksum(&h.src, &h.dst) {
-            return Err(DropReason::BadL4Checksum);
-        }
+        let icmp = checked_icmpv6(f, h)?;
         let smac = EthernetFrame::new_unchecked(f).src_addr().0;
         match icmp.msg_type() {
             Icmpv6Message::EchoRequest if for_me => Ok(Verdict::Host(HostReason::NodeAddress)),
@@ -269,7 +263,7 @@ impl Pipeline {
                         false,
                     );
                 }
-                self.advertise(target, dst, dst_mac, flags, buf)
+                self.advertise(PortId::Uplink, target, dst, dst_mac, flags, buf)
             }
             Icmpv6Message::NeighborAdvert => self.advertisement(t, now, h, &icmp, smac),
             m if m.is_ndisc() => Err(DropReason::NdpIgnored),
@@ -277,17 +271,22 @@ impl Pipeline {
         }
     }
 
-    /// Turns `buf` into the Neighbor Advertisement of the node's address `me` to `dst`
-    /// (`dst_mac`), with `flags` and the uplink's MAC as its target link-layer address.
-    fn advertise(
+    /// Turns `buf` into the Neighbor Advertisement of `me` (an address meshd answers for on
+    /// `port`) to `dst` (`dst_mac`), with `flags` and the port's MAC as its target link-layer
+    /// address.
+    pub(super) fn advertise(
         &mut self,
+        port: PortId,
         me: Ipv6Address,
         dst: Ipv6Address,
         dst_mac: [u8; 6],
         flags: NdiscNeighborFlags,
         buf: &mut PacketBuf,
     ) -> Result<Verdict, DropReason> {
-        let my_mac = self.cfg.uplink_mac;
+        let my_mac = match port {
+            PortId::Uplink => self.cfg.uplink_mac,
+            PortId::Tasks => self.cfg.tasks_mac,
+        };
         let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
             flags,
             target_addr: me,
@@ -297,8 +296,23 @@ impl Pipeline {
             .ok_or(DropReason::NoBuffer)?;
         buf.set_len(n);
         self.stats.ndp_replies += 1;
-        Ok(Verdict::Tx(PortId::Uplink))
+        Ok(Verdict::Tx(port))
     }
+}
+
+/// The ICMPv6 message of `h` in frame `f`, its length and checksum checked. Always checked:
+/// Neighbor Discovery changes what meshd sends, and an echo translated to IPv4 gets a checksum
+/// summed anew, so no offload may vouch for it.
+pub(super) fn checked_icmpv6<'a>(
+    f: &'a [u8],
+    h: &L3v6,
+) -> Result<Icmpv6Packet<&'a [u8]>, DropReason> {
+    let body = f.get(h.l4..h.end).ok_or(DropReason::Truncated)?;
+    let icmp = Icmpv6Packet::new_checked(body).map_err(|_| DropReason::BadL4Header)?;
+    if !icmp.verify_checksum(&h.src, &h.dst) {
+        return Err(DropReason::BadL4Checksum);
+    }
+    Ok(icmp)
 }
 
 /// A Neighbor Solicitation (`icmp`, checksum checked, from the frame of `asker_mac`), validated

@@ -26,10 +26,10 @@
 //! turns it into IPv4 itself: IPv4's `send` never tests [`PacketBuf::v6`]. On a node of more
 //! than one worker, that costs an IPv6 packet a copy of its frame.
 
-use smoltcp::wire::{Icmpv6Message, Icmpv6Packet, Icmpv6Repr, NdiscRepr};
+use smoltcp::wire::Icmpv6Message;
 
 use super::frag::Frag;
-use super::ipv6::{parse_ipv6, solicitation, L3v6, ICMPV6};
+use super::ipv6::{checked_icmpv6, parse_ipv6, solicitation, L3v6, ICMPV6};
 use super::nat64::{to_ipv4, to_ipv6};
 use super::*;
 use crate::balance::table::NetIdx;
@@ -150,11 +150,7 @@ impl Pipeline {
         buf: &mut PacketBuf,
     ) -> Result<Icmp6, DropReason> {
         let f = buf.data();
-        let body = f.get(h.l4..h.end).ok_or(DropReason::Truncated)?;
-        let icmp = Icmpv6Packet::new_checked(body).map_err(|_| DropReason::BadL4Header)?;
-        if !icmp.verify_checksum(&h.src, &h.dst) {
-            return Err(DropReason::BadL4Checksum);
-        }
+        let icmp = checked_icmpv6(f, h)?;
         match icmp.msg_type() {
             Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => return Ok(Icmp6::Echo),
             Icmpv6Message::NeighborSolicit => {}
@@ -194,17 +190,8 @@ impl Pipeline {
             })
         };
         let (target, dst, dst_mac, flags) = solicitation(h, &icmp, smac, answers)?;
-        let tasks_mac = self.cfg.tasks_mac;
-        let na = Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert {
-            flags,
-            target_addr: target,
-            lladdr: Some(EthernetAddress(tasks_mac).into()),
-        });
-        let n = reply::icmpv6_frame(buf.room_mut(), (tasks_mac, dst_mac), target, dst, 255, &na)
-            .ok_or(DropReason::NoBuffer)?;
-        buf.set_len(n);
-        self.stats.ndp_replies += 1;
-        Ok(Icmp6::Answered(Verdict::Tx(PortId::Tasks)))
+        self.advertise(PortId::Tasks, target, dst, dst_mac, flags, buf)
+            .map(Icmp6::Answered)
     }
 
     /// A VXLAN frame (`outer`, its outer headers) of network `net` whose inner frame is IPv6:
@@ -239,12 +226,7 @@ impl Pipeline {
         match h.proto {
             TCP | UDP => {}
             ICMPV6 => {
-                let body = buf.data().get(h.l4..h.end).ok_or(DropReason::Truncated)?;
-                let icmp = Icmpv6Packet::new_checked(body).map_err(|_| DropReason::BadL4Header)?;
-                // Checked here: the IPv4 checksum is summed anew.
-                if !icmp.verify_checksum(&h.src, &h.dst) {
-                    return Err(DropReason::BadL4Checksum);
-                }
+                let icmp = checked_icmpv6(buf.data(), &h)?;
                 match icmp.msg_type() {
                     Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => {}
                     m if m.is_ndisc() => return Err(DropReason::NdpIgnored),
@@ -315,7 +297,9 @@ mod tests {
 
     use proptest::prelude::*;
     use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{IpAddress, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags};
+    use smoltcp::wire::{
+        Icmpv6Packet, Icmpv6Repr, IpAddress, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr,
+    };
 
     use super::*;
     use crate::pipeline::tests::run;
