@@ -34,8 +34,8 @@ pub fn run(target: &str, data: &[u8]) {
     }
 }
 
-/// The layout every pipeline input runs on: `three_nodes` with web.1 (on n2) on VLAN 101;
-/// `sealed`, with appnet encrypted under [`SEAL_KEY`].
+/// The layout every pipeline input runs on: `three_nodes` with web.1 (on n2) on VLAN 101,
+/// appnet dual-stack; `sealed`, with appnet encrypted under [`SEAL_KEY`].
 fn layout(sealed: bool) -> ctl::State {
     let mut s = testkit::three_nodes();
     s.services[0].tasks[0].vlan = Some(101);
@@ -43,10 +43,20 @@ fn layout(sealed: bool) -> ctl::State {
     for (n, last) in s.nodes.iter_mut().zip([0x11u16, 0x12, 0x13]) {
         n.addr6 = Some(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last));
     }
+    // appnet is dual-stack: tasks' IPv6 reaches the translation both ways.
+    s.networks[1].subnet6 = Some(dual_prefix());
     if sealed {
         s.networks[1].encryption = Some(ctl::Encryption::single(1, ctl::Secret(SEAL_KEY)));
     }
     s
+}
+
+/// appnet's IPv6 prefix in [`layout`].
+fn dual_prefix() -> ctl::model::Ipv6Net {
+    ctl::model::Ipv6Net {
+        addr: std::net::Ipv6Addr::new(0xfd00, 0x10, 1, 0, 0, 0, 0, 0),
+        prefix: 64,
+    }
 }
 
 const SEAL_KEY: [u8; 32] = [0x5e; 32];
@@ -406,6 +416,27 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
             )],
         ),
         frags,
+        // n2, appnet dual-stack: web.1 asks for the VIP's twin and opens a connection to it
+        // over IPv6; a task on n1 reaches web.1's twin inside VXLAN.
+        on(1, {
+            let p = dual_prefix();
+            let (vip6, gw6) = (
+                p.embed(Ipv4Addr::new(10, 0, 1, 2)),
+                p.embed(Ipv4Addr::new(10, 0, 1, 1)),
+            );
+            let web1_6 = p.embed(web1);
+            let far6 = p.embed(Ipv4Addr::new(10, 0, 1, 50));
+            let ns = testkit::neighbor_solicit(WEB1_MAC, web1_6, gw6);
+            let syn6 = testkit::tcp6_frame(WEB1_MAC, tk, web1_6, 5002, vip6, 80, SYN, 1);
+            let inner6 = testkit::tcp6_frame([2; 6], tk, far6, 5003, web1_6, 80, SYN, 1);
+            let mut r = record(false, true, 0, &inner6);
+            r[0] |= 4;
+            vec![
+                record(true, false, 101, &ns),
+                record(true, false, 101, &syn6),
+                r,
+            ]
+        }),
         // n2 with appnet encrypted: a sealed SYN from a task on n1 to web.1's appnet address.
         on(5, {
             let to_web1 = testkit::tcp_frame(
