@@ -60,6 +60,28 @@ pub fn underlay6_state() -> State {
     s
 }
 
+/// `state()` with appnet dual-stack (fd00:10:1::/64): every address on it has an IPv6 twin.
+pub fn dual_stack_state() -> State {
+    let mut s = state();
+    s.networks[1].subnet6 = Some(APP_PREFIX6);
+    s
+}
+
+/// appnet's IPv6 prefix in [`dual_stack_state`].
+const APP_PREFIX6: ctl::model::Ipv6Net = ctl::model::Ipv6Net {
+    addr: Ipv6Addr::new(0xfd00, 0x10, 1, 0, 0, 0, 0, 0),
+    prefix: 64,
+};
+
+/// The IPv6 twin of appnet address `a`.
+fn twin(a: Ipv4Addr) -> Ipv6Addr {
+    APP_PREFIX6.embed(a)
+}
+
+/// appnet's VNI, and web.1's address there (on n2).
+const APP_VNI: u32 = 4097;
+const WEB1_APP: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 100);
+
 /// The IPv4 length of the MTU-sized scenarios' packets: what an encrypted network on a 1500
 /// underlay carries (1406) rounded down to a TCP segment a task would send.
 pub const MTU_PACKET: usize = 1400;
@@ -218,6 +240,14 @@ pub enum Kind {
     /// n2's VTEP to n1's, rewritten in place as the IPv4 datagram between the VTEPs' 32-bit
     /// names before it is checked and decapsulated.
     DecapUnderlay6,
+    /// `Vip` over IPv6 on a dual-stack appnet: the client task's segments from its IPv6 twin to
+    /// the VIP's, each turned into IPv4 between the twins' addresses, looked up, DNAT'ed, and
+    /// turned back into IPv6 inside VXLAN to the task's node.
+    Vip6,
+    /// `Decap` of a task's IPv6 on a dual-stack appnet: VXLAN from n2 whose inner frame is
+    /// web.1's IPv6 segment to the client task's twin, turned into IPv4 in place (the outer
+    /// headers moved up), delivered, and turned back into IPv6 for the task.
+    Decap6,
 }
 
 /// The published UDP port of the fragmented-datagram scenario.
@@ -245,6 +275,8 @@ impl Kind {
             Kind::Replies6 => "task replies to IPv6 clients",
             Kind::IngressUnderlay6 => "established ingress, IPv6 underlay",
             Kind::DecapUnderlay6 => "decapsulation, IPv6 underlay",
+            Kind::Vip6 => "VIP over IPv6, dual-stack",
+            Kind::Decap6 => "decapsulation over IPv6, dual-stack",
         }
     }
 
@@ -259,6 +291,11 @@ impl Kind {
     /// Whether the scenario runs over the IPv6 underlay.
     pub fn underlay6(self) -> bool {
         matches!(self, Kind::IngressUnderlay6 | Kind::DecapUnderlay6)
+    }
+
+    /// Whether the scenario runs on the dual-stack appnet.
+    pub fn dual_stack(self) -> bool {
+        matches!(self, Kind::Vip6 | Kind::Decap6)
     }
 
     /// Whether it is the established-ingress path (whatever the size, sealing or underlay).
@@ -405,6 +442,8 @@ impl Scenario {
             sealed_state()
         } else if kind.underlay6() {
             underlay6_state()
+        } else if kind.dual_stack() {
+            dual_stack_state()
         } else {
             state()
         };
@@ -429,7 +468,7 @@ impl Scenario {
         };
         let (pipeline, kept) = pipeline_over(cfg, neigh, kept);
         let port = match kind {
-            Kind::Vip => PortId::Tasks,
+            Kind::Vip | Kind::Vip6 => PortId::Tasks,
             _ => PortId::Uplink,
         };
         // The sealed decapsulation frames are sealed as a peer (n2) would, in the order they
@@ -491,6 +530,33 @@ impl Scenario {
                         &[],
                     )
                 }
+                Kind::Vip6 => {
+                    let port = 1024 + (i % 64_000) as u16;
+                    testkit::tcp6_frame(
+                        [0x02, 0, 0, 0, 3, 2],
+                        TASKS_MAC,
+                        twin(CLI_TASK),
+                        port,
+                        twin(VIP),
+                        80,
+                        flags,
+                        1000,
+                    )
+                }
+                Kind::Decap6 => {
+                    let (_, port) = client(i);
+                    let inner = testkit::tcp6_frame(
+                        [0; 6],
+                        [0; 6],
+                        twin(WEB1_APP),
+                        port,
+                        twin(CLI_TASK),
+                        80,
+                        tcp_flags::ACK,
+                        1000,
+                    );
+                    testkit::vxlan_frame(N2_MAC, UPLINK_MAC, N2, N1, 50000, APP_VNI, &inner)
+                }
                 Kind::Ingress6 | Kind::Replies6 => {
                     let (ip, port) = client6(i);
                     testkit::tcp6_frame(CLIENT_MAC, UPLINK_MAC, ip, port, N1_6, 8080, flags, 1000)
@@ -536,7 +602,7 @@ impl Scenario {
         };
         let vip_max = 64_000;
         let flows = match kind {
-            Kind::Vip => flows.min(vip_max),
+            Kind::Vip | Kind::Vip6 => flows.min(vip_max),
             Kind::SealedDecap => flows.next_multiple_of(BURST),
             _ => flows,
         };
@@ -575,7 +641,7 @@ impl Scenario {
         if kind.ingress()
             || matches!(
                 kind,
-                Kind::Vip | Kind::Replies | Kind::Ingress6 | Kind::Replies6
+                Kind::Vip | Kind::Vip6 | Kind::Replies | Kind::Ingress6 | Kind::Replies6
             )
         {
             // Open every flow with a SYN first.
@@ -686,7 +752,8 @@ impl Scenario {
             Kind::Fragments => (FRAG_STRIDE, testkit::ETH_LEN + 1500),
             // Ethernet, IPv6, a solicitation with its link-layer address option.
             Kind::Ndp => (96, testkit::ETH_LEN + 40 + 32),
-            Kind::Ingress6 => (V6_STRIDE, V6_FRAME),
+            Kind::Ingress6 | Kind::Vip6 => (V6_STRIDE, V6_FRAME),
+            Kind::Decap6 => (128, dataplane::wire::vxlan::ENCAP_LEN + V6_FRAME),
             Kind::IngressMtu | Kind::SealedIngressMtu => {
                 (MTU_STRIDE, testkit::ETH_LEN + MTU_PACKET)
             }
@@ -865,6 +932,39 @@ mod tests {
             assert_eq!(f.len(), testkit::ETH_LEN + 40);
             assert_eq!(&f[..6], &[0x02, 0, 0, 0, 3, 1]);
             assert_eq!(f[30..34], API_TASK.octets());
+        }
+    }
+
+    /// The source, destination and TCP checksum check of an IPv6 TCP frame.
+    fn tcp6_of(f: &[u8]) -> (Ipv6Addr, Ipv6Addr, bool) {
+        let ip = smoltcp::wire::Ipv6Packet::new_checked(&f[14..]).unwrap();
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let tcp = smoltcp::wire::TcpPacket::new_checked(ip.payload()).unwrap();
+        (src, dst, tcp.verify_checksum(&src.into(), &dst.into()))
+    }
+
+    /// The dual-stack rows measure that path: the VIP row's segments leave as IPv6 inside VXLAN
+    /// (from the client's twin to a web task's), the decapsulation row's reach the client task
+    /// as IPv6, checksums right.
+    #[test]
+    fn the_dual_stack_rows_stay_ipv6() {
+        let mut s = Scenario::new(Kind::Vip6, 64);
+        assert_eq!(s.run(BURST), BURST);
+        for b in s.burst.iter() {
+            let (_, inner) = testkit::decap(b.data()).expect("VXLAN");
+            let (src, dst, sum) = tcp6_of(inner);
+            assert_eq!(src, twin(CLI_TASK));
+            assert!(APP_PREFIX6
+                .extract(dst)
+                .is_some_and(|a| a.octets()[3] >= 100));
+            assert!(sum);
+        }
+        let mut s = Scenario::new(Kind::Decap6, 64);
+        assert_eq!(s.run(BURST), BURST);
+        for b in s.burst.iter() {
+            let f = b.data();
+            assert_eq!(&f[..6], &[0x02, 0, 0, 0, 3, 2]);
+            assert_eq!(tcp6_of(f), (twin(WEB1_APP), twin(CLI_TASK), true));
         }
     }
 }
