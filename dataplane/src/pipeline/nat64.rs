@@ -683,7 +683,8 @@ pub(super) fn to_ipv6(
     }
     if l3.proto == ICMP {
         let body = &mut f[l4..l4 + payload];
-        *body.first_mut().ok_or(DropReason::Truncated)? = match body[0] {
+        let ty = body.first_mut().ok_or(DropReason::Truncated)?;
+        *ty = match *ty {
             8 => 128,
             0 => 129,
             _ => return Err(DropReason::Ipv6Untranslated),
