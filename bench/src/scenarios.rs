@@ -967,4 +967,135 @@ mod tests {
             assert_eq!(tcp6_of(f), (twin(WEB1_APP), twin(CLI_TASK), true));
         }
     }
+
+    /// cli.1's MAC, as `Scenario::with` teaches the neighbour table.
+    const CLI_TASK_MAC: Mac = [0x02, 0, 0, 0, 3, 2];
+
+    /// The next burst of `s`'s replay, as `Scenario::run` feeds it: each frame's verdict and
+    /// the frame as it leaves.
+    fn next_burst(s: &mut Scenario) -> Vec<(Verdict, Vec<u8>)> {
+        let (stride, len) = s.layout();
+        let mut burst = Burst::new();
+        for k in 0..BURST {
+            let i = (s.cursor + k) % s.replayed;
+            let mut b = PacketBuf::new();
+            b.fill(&s.frames[i * stride..i * stride + len]);
+            b.port = s.port;
+            burst.push(b);
+        }
+        let mut verdicts = Verdicts::new();
+        s.pipeline
+            .process(&s.table, s.now, &mut burst, &mut verdicts);
+        s.cursor = (s.cursor + BURST) % s.replayed;
+        verdicts
+            .iter()
+            .zip(burst.iter())
+            .map(|(v, b)| (*v, b.data().to_vec()))
+            .collect()
+    }
+
+    /// An IPv6 TCP segment's (source, source port, destination, destination port, flags, hop
+    /// limit), when its checksum is right.
+    fn tcp6(f: &[u8]) -> Option<(Ipv6Addr, u16, Ipv6Addr, u16, u8, u8)> {
+        use smoltcp::wire::{IpAddress, IpProtocol, Ipv6Packet, TcpPacket};
+        if testkit::eth(f)?.2 != 0x86dd {
+            return None;
+        }
+        let ip = Ipv6Packet::new_checked(f.get(testkit::ETH_LEN..)?).ok()?;
+        if ip.next_header() != IpProtocol::Tcp {
+            return None;
+        }
+        let body =
+            f.get(testkit::ETH_LEN + 40..testkit::ETH_LEN + 40 + usize::from(ip.payload_len()))?;
+        let tcp = TcpPacket::new_checked(body).ok()?;
+        let (s, d) = (
+            IpAddress::Ipv6(ip.src_addr()),
+            IpAddress::Ipv6(ip.dst_addr()),
+        );
+        if !tcp.verify_checksum(&s, &d) {
+            return None;
+        }
+        Some((
+            ip.src_addr(),
+            tcp.src_port(),
+            ip.dst_addr(),
+            tcp.dst_port(),
+            body[13],
+            ip.hop_limit(),
+        ))
+    }
+
+    /// The dual-stack VIP row measures a task's IPv6 to the VIP's twin: every flow opened by its
+    /// SYN, each packet sent on in VXLAN (over IPv4, to the backend's node) as IPv6 again, from
+    /// the client's twin to the backend's, its checksum right.
+    #[test]
+    fn the_dual_stack_vip_row_stays_ipv6_into_vxlan() {
+        let mut s = Scenario::new(Kind::Vip6, 64);
+        assert_eq!(s.pipeline.flows.len(), 64, "each flow opened by its SYN");
+        let mut sports = std::collections::BTreeSet::new();
+        let mut backends = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            for (v, f) in next_burst(&mut s) {
+                assert_eq!(v, Verdict::Tx(PortId::Uplink));
+                let node = Ipv4Addr::new(f[30], f[31], f[32], f[33]);
+                let mac = match node {
+                    N2 => N2_MAC,
+                    N3 => N3_MAC,
+                    n => panic!("to {n}"),
+                };
+                assert_eq!(
+                    testkit::eth(&f).map(|e| (e.0, e.1)),
+                    Some((mac, UPLINK_MAC))
+                );
+                assert_eq!(f[26..30], N1.octets());
+                let (vni, inner) = testkit::decap(&f).expect("VXLAN over IPv4");
+                assert_eq!(vni, APP_VNI);
+                let (src, sport, dst, dport, flags, _) =
+                    tcp6(inner).expect("inner IPv6 TCP, checksum right");
+                assert_eq!((src, dport, flags), (twin(CLI_TASK), 80, tcp_flags::ACK));
+                let backend = APP_PREFIX6.extract(dst).expect("a twin");
+                let k = backend.octets()[3] - 100;
+                assert!(backend.octets()[..3] == [10, 0, 1] && k < 32, "{backend}");
+                // web.(k+1) is on n2 when k is even, on n3 when odd.
+                assert_eq!(node, if k.is_multiple_of(2) { N2 } else { N3 });
+                sports.insert(sport);
+                backends.insert(backend);
+            }
+        }
+        assert_eq!(sports, (1024..1024 + 64).collect());
+        assert!(backends.len() > 1, "balanced: {backends:?}");
+        assert_eq!(s.run(4 * BURST), 4 * BURST);
+        assert_eq!(s.pipeline.stats.total_drops(), 0);
+        assert_eq!(s.pipeline.flows.len(), 64);
+    }
+
+    /// The dual-stack decapsulation row measures IPv6 inside VXLAN delivered to a task: each
+    /// frame from n2 leaves on the tasks port to cli.1, IPv6 from web.1's twin to cli.1's,
+    /// its hop limit one less and its checksum right, and no flow is made for it.
+    #[test]
+    fn the_dual_stack_decapsulation_row_delivers_ipv6_to_the_task() {
+        let mut s = Scenario::new(Kind::Decap6, 64);
+        let mut sports = std::collections::BTreeSet::new();
+        for _ in 0..2 {
+            for (v, f) in next_burst(&mut s) {
+                assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                assert_eq!(f.len(), V6_FRAME);
+                assert_eq!(
+                    testkit::eth(&f).map(|e| (e.0, e.1)),
+                    Some((CLI_TASK_MAC, TASKS_MAC))
+                );
+                let (src, sport, dst, dport, flags, hop) =
+                    tcp6(&f).expect("IPv6 TCP, checksum right");
+                assert_eq!(
+                    (src, dst, dport, flags, hop),
+                    (twin(WEB1_APP), twin(CLI_TASK), 80, tcp_flags::ACK, 63)
+                );
+                sports.insert(sport);
+            }
+        }
+        assert_eq!(sports, (10_000..10_000 + 64).collect());
+        assert_eq!(s.run(4 * BURST), 4 * BURST);
+        assert_eq!(s.pipeline.stats.total_drops(), 0);
+        assert_eq!(s.pipeline.flows.len(), 0, "delivered without state");
+    }
 }
