@@ -17,7 +17,9 @@
 //! mebibyte each way over IPv6 from a task on n1 to a task on n2, by its twin and by the VIP's;
 //! `ping -6` of a web task's twin on another node and on the same node; `ping -6 -M do` at the
 //! overlay's MTU (1450: `-s 1402`) to a remote twin is answered, one byte more fails in the
-//! client's own kernel. meshd counts no drop that says a translated packet was wrong (checksums,
+//! client's own kernel, but a task whose own MTU is 1500 gets ICMPv6 packet too big (mtu
+//! 1450) from its gateway's twin; a UDP query to a closed port of a remote task's twin is
+//! refused at once (the task's port unreachable, translated both ways). meshd counts no drop that says a translated packet was wrong (checksums,
 //! spoofed or unknown sources, fragments). On `v4net`, an IPv4-only network of the same mesh,
 //! the task has no IPv6 at all and AAAA of a service is NODATA (NOERROR, no answer).
 //!
@@ -566,6 +568,64 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
             .unwrap_or("")
             .trim()
     );
+
+    // ICMPv6 errors between tasks, translated both ways: a UDP query to a closed port of web's
+    // task on n2 is refused at once (its kernel's port unreachable, carried back to the
+    // client as ICMPv6), not left to time out.
+    let out = sys::exec_in_output(
+        &c1.ns,
+        "dig",
+        &[&format!("@{far}"), "-p", "9", "+tries=1", "+time=4", "web"],
+    )
+    .unwrap();
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("connection refused"),
+        "dig @{far} -p 9 (a closed UDP port of {} on n2): refused expected\n{said}",
+        web_n2.name
+    );
+    eprintln!(
+        "dig @{far} -p 9: {}",
+        said.lines()
+            .find(|l| l.contains("connection refused"))
+            .unwrap_or("")
+            .trim()
+    );
+
+    // A task whose own MTU is larger than the network's (1500) learns the network's from
+    // meshd: its first packet over 1450 bytes gets ICMPv6 packet too big from its gateway's
+    // twin, and its kernel keeps to 1450 after.
+    m.set_task_mtu(1500).unwrap();
+    m.run(&RunSpec::new("big", 1).network(APPNET).on("n1"))
+        .unwrap();
+    let big = task_on(&m, "big", "n1");
+    let out = sys::exec_in_output(
+        &big.ns,
+        "ping",
+        &[
+            "-6", "-n", "-M", "do", "-s", &over, "-c", "3", "-i", "0.3", "-W", "2", &far,
+        ],
+    )
+    .unwrap();
+    let said = format!("{}{}", out.stdout, out.stderr);
+    let gw6 = net.twin(plan::gateway(net.k)).unwrap();
+    let told = said.lines().find(|l| {
+        let l = l.to_lowercase();
+        l.contains(&mtu.to_string()) && (l.contains("too big") || l.contains("too long"))
+    });
+    assert!(
+        told.is_some(),
+        "ping -6 -M do -s {over} {far} from a task of MTU 1500: packet too big (mtu {mtu}, from {gw6}) expected\n{said}"
+    );
+    eprintln!(
+        "ping -6 -M do -s {over} {far} from a task of MTU 1500: {}",
+        told.unwrap_or("").trim()
+    );
+    let counted: u64 = NODES
+        .iter()
+        .map(|n| drops(&m, n).get("too_big").copied().unwrap_or(0))
+        .sum();
+    assert!(counted >= 1, "no node counted too_big");
 
     // IPv6 by name (DNS): AAAA over IPv4 from every node's client task, then curl -6 by name.
     for node in NODES {

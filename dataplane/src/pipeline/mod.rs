@@ -237,6 +237,7 @@ mod arp;
 mod classify;
 pub mod frag;
 mod housekeeping;
+mod icmperr;
 mod ipv6;
 pub mod nat64;
 mod overlay6;

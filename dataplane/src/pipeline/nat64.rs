@@ -72,7 +72,7 @@ pub(super) fn frag_tag(client: &[u8; 16]) -> u32 {
 
 /// The checksum delta of replacing the pseudo-header's addresses `from` by `to` (16-bit words;
 /// an IPv4 address is two, padded with zeros to eight).
-fn pseudo_delta(from: &[u16; 16], to: &[u16; 16]) -> checksum::Delta {
+pub(super) fn pseudo_delta(from: &[u16; 16], to: &[u16; 16]) -> checksum::Delta {
     let mut pairs = [(0u16, 0u16); 16];
     for (p, (&a, &b)) in pairs.iter_mut().zip(from.iter().zip(to)) {
         *p = (a, b);
@@ -80,7 +80,7 @@ fn pseudo_delta(from: &[u16; 16], to: &[u16; 16]) -> checksum::Delta {
     checksum::Delta::new().of(&pairs)
 }
 
-fn words6(src: &[u8; 16], dst: &[u8; 16]) -> [u16; 16] {
+pub(super) fn words6(src: &[u8; 16], dst: &[u8; 16]) -> [u16; 16] {
     let mut w = [0u16; 16];
     for (i, c) in src.chunks_exact(2).chain(dst.chunks_exact(2)).enumerate() {
         w[i] = u16::from_be_bytes([c[0], c[1]]);
@@ -90,7 +90,7 @@ fn words6(src: &[u8; 16], dst: &[u8; 16]) -> [u16; 16] {
 
 // Casts: an IPv4 address's two 16-bit halves.
 #[allow(clippy::cast_possible_truncation)]
-fn words4(src: u32, dst: u32) -> [u16; 16] {
+pub(super) fn words4(src: u32, dst: u32) -> [u16; 16] {
     let mut w = [0u16; 16];
     w[..4].copy_from_slice(&[
         (src >> 16) as u16,
@@ -181,7 +181,14 @@ impl Pipeline {
             if let Some(mtu) = self.mtu_to(t, a.dst, a.egress) {
                 if v4_len > usize::from(mtu) {
                     self.task_stats.drop_at(slot);
-                    return self.too_big6(now, buf, h, l3.src, mtu);
+                    return self.too_big6(
+                        now,
+                        buf,
+                        h,
+                        l3.src,
+                        (h.dst, PortId::Uplink),
+                        u32::from(mtu) + 20,
+                    );
                 }
             }
         }
@@ -310,24 +317,24 @@ impl Pipeline {
         self.forward(t, now, buf, &l3, id, Dir::Fwd)
     }
 
-    /// Answers the IPv6 packet in `buf` (`h`, from the client whose stand-in is `src4`), too
-    /// big for the overlay MTU `mtu` once IPv4, with an ICMPv6 packet too big in its place (RFC
-    /// 4443 §3.2: the MTU it may send, 20 bytes more than the overlay's, quoting as much of
-    /// it as fits 1280 bytes), at most a burst per client per 100 ms.
+    /// Answers the IPv6 packet in `buf` (`h`, from the sender whose IPv4 address or stand-in
+    /// is `src4`) with an ICMPv6 packet too big in its place (RFC 4443 §3.2: the MTU it may send,
+    /// `mtu`, quoting as much of it as fits 1280 bytes), `from` an address of meshd's out of
+    /// `port` (back where it came from), at most a burst per sender per 100 ms.
     #[cold]
     #[inline(never)]
-    fn too_big6(
+    pub(super) fn too_big6(
         &mut self,
         now: u32,
         buf: &mut PacketBuf,
         h: &L3v6,
         src4: u32,
-        mtu: u16,
+        (from, port): (Ipv6Address, PortId),
+        mtu: u32,
     ) -> Result<Verdict, DropReason> {
         if !self.icmp_limit.allow(src4, now) {
             return Err(DropReason::TooBig);
         }
-        let me = h.dst;
         let f = buf.data();
         let whole = f.get(ETH..h.end).ok_or(DropReason::TooBig)?;
         let header = Ipv6Packet::new_checked(whole)
@@ -337,22 +344,19 @@ impl Pipeline {
         // Quote up to the minimum MTU: 40 + 8 + 40 + the data.
         let quote = whole.len().clamp(IPV6_HEADER_LEN, IPV6_MIN_MTU - 48);
         let data = whole.get(IPV6_HEADER_LEN..quote).unwrap_or(&[]);
-        let repr = Icmpv6Repr::PktTooBig {
-            mtu: u32::from(mtu) + 20,
-            header,
-            data,
+        let repr = Icmpv6Repr::PktTooBig { mtu, header, data };
+        let smac = match port {
+            PortId::Uplink => self.cfg.uplink_mac,
+            PortId::Tasks => self.cfg.tasks_mac,
         };
-        let macs = (
-            self.cfg.uplink_mac,
-            EthernetFrame::new_unchecked(f).src_addr().0,
-        );
+        let macs = (smac, EthernetFrame::new_unchecked(f).src_addr().0);
         let mut out = [0u8; ETH + IPV6_MIN_MTU];
-        let n =
-            reply::icmpv6_frame(&mut out, macs, me, h.src, 64, &repr).ok_or(DropReason::TooBig)?;
+        let n = reply::icmpv6_frame(&mut out, macs, from, h.src, 64, &repr)
+            .ok_or(DropReason::TooBig)?;
         buf.fill(&out[..n]);
         self.stats.drop(DropReason::TooBig);
         self.stats.icmp_frag_needed += 1;
-        Ok(Verdict::Tx(PortId::Uplink))
+        Ok(Verdict::Tx(port))
     }
 
     /// `forward` of a reverse packet of an IPv6 client's flow (`a`, its action; `id`, its flow):

@@ -13,11 +13,11 @@
 //!
 //! Neighbor Discovery on the tasks side is answered as ARP is: for every twin of the asker's
 //! network but its own and those on its own segment. ICMPv6 echo is translated (`ping -6`
-//! between tasks); other ICMPv6 is not yet (`ipv6_untranslated`), nor are IPv6 fragments
-//! (`ipv6_fragment`; TCP's segments fit, by its MSS). A packet to a VIP's or the gateway's twin
-//! that is no flow's would go to the host side, which answers in IPv4 only:
-//! `ipv6_untranslated`. A packet too big for the overlay once IPv4 is dropped (`too_big`)
-//! without an ICMP answer (the task's MTU is the network's, so its own stack keeps within it).
+//! between tasks), and so are ICMPv6 errors, with the packet they quote (`icmperr`). A task's
+//! packet over its network's MTU (a task whose own MTU is larger) is answered with packet too
+//! big from its gateway's twin. Not yet: IPv6 fragments (`ipv6_fragment`; TCP's segments fit,
+//! by its MSS), and a packet to a VIP's or the gateway's twin that is no flow's, which would go
+//! to the host side, which answers in IPv4 only (`ipv6_untranslated`).
 //!
 //! What the IPv4 paths pay: nothing. A packet to a task is turned back by the IPv6 path's own
 //! functions once the IPv4 pipeline has sent it there; one into VXLAN by `send_vxlan_slow`,
@@ -29,6 +29,7 @@
 use smoltcp::wire::Icmpv6Message;
 
 use super::frag::Frag;
+use super::icmperr::{error4_to_ipv6, error6_to_ipv4, is_icmp_error};
 use super::ipv6::{checked_icmpv6, parse_ipv6, solicitation, L3v6, ICMPV6};
 use super::nat64::{to_ipv4, to_ipv6};
 use super::*;
@@ -46,6 +47,9 @@ enum Icmp6 {
     Answered(Verdict),
     /// An echo request or reply: translated.
     Echo,
+    /// An error (destination unreachable, packet too big, ...): translated with its quote
+    /// (`icmperr`).
+    Error,
 }
 
 impl Pipeline {
@@ -64,13 +68,14 @@ impl Pipeline {
         if h.frag.is_some() {
             return Err(DropReason::Ipv6Fragment);
         }
+        let mut error = false;
         match h.proto {
             TCP | UDP => {}
-            ICMPV6 => {
-                if let Icmp6::Answered(v) = self.icmpv6_of_task(t, now, &h, buf)? {
-                    return Ok(v);
-                }
-            }
+            ICMPV6 => match self.icmpv6_of_task(t, now, &h, buf)? {
+                Icmp6::Answered(v) => return Ok(v),
+                Icmp6::Echo => {}
+                Icmp6::Error => error = true,
+            },
             _ => return Err(DropReason::UnknownProtocol),
         }
         let src = low32(h.src);
@@ -87,8 +92,21 @@ impl Pipeline {
             .extract(h.dst)
             .filter(|d| net.subnet.contains(*d))
             .ok_or(DropReason::NoIpv6)?;
+        // Over the network's MTU (a task whose own MTU is larger): packet too big, from the
+        // gateway's twin, as a router on the way would answer.
+        let mtu = self.net_mtu.get(usize::from(s.net)).copied();
+        let mtu = mtu.unwrap_or(self.min_mtu);
+        if h.end - ETH > usize::from(mtu) {
+            let from = (p.embed(net.gateway), PortId::Tasks);
+            return self.too_big6(now, buf, &h, src, from, u32::from(mtu));
+        }
         self.save6(buf);
-        to_ipv4::<false>(buf, 0, &h, src, ipkey(dst))?;
+        if error {
+            let v4 = |a| p.extract(a).filter(|v| net.subnet.contains(*v)).map(ipkey);
+            error6_to_ipv4(buf, 0, &h, (src, ipkey(dst)), v4)?;
+        } else {
+            to_ipv4::<false>(buf, 0, &h, src, ipkey(dst))?;
+        }
         buf.v6 = true;
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
         let v = self.on_task(t, now, buf, l3);
@@ -153,6 +171,7 @@ impl Pipeline {
         let icmp = checked_icmpv6(f, h)?;
         match icmp.msg_type() {
             Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => return Ok(Icmp6::Echo),
+            m if u8::from(m) < 128 => return Ok(Icmp6::Error),
             Icmpv6Message::NeighborSolicit => {}
             Icmpv6Message::MldQuery | Icmpv6Message::MldReport => {
                 return Err(DropReason::NdpIgnored)
@@ -225,20 +244,32 @@ impl Pipeline {
         if !n.subnet.contains(src) || !n.subnet.contains(dst) {
             return Err(DropReason::NoIpv6);
         }
+        let mut error = false;
         match h.proto {
             TCP | UDP => {}
             ICMPV6 => {
                 let icmp = checked_icmpv6(buf.data(), &h)?;
                 match icmp.msg_type() {
                     Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => {}
+                    m if u8::from(m) < 128 => error = true,
                     m if m.is_ndisc() => return Err(DropReason::NdpIgnored),
                     _ => return Err(DropReason::Ipv6Untranslated),
                 }
             }
             _ => return Err(DropReason::UnknownProtocol),
         }
+        // The sending node's meshd answers what is over the network's MTU: nothing is.
+        let mtu = self.net_mtu.get(usize::from(net)).copied();
+        if h.end - (base + ETH) > usize::from(mtu.unwrap_or(self.min_mtu)) {
+            return Err(DropReason::TooBig);
+        }
         self.save6(buf);
-        to_ipv4::<false>(buf, base, &h, ipkey(src), ipkey(dst))?;
+        if error {
+            let v4 = |a| p.extract(a).filter(|v| n.subnet.contains(*v)).map(ipkey);
+            error6_to_ipv4(buf, base, &h, (ipkey(src), ipkey(dst)), v4)?;
+        } else {
+            to_ipv4::<false>(buf, base, &h, ipkey(src), ipkey(dst))?;
+        }
         let f = buf.data_mut();
         let len = f.len();
         let (ip_len, udp_len) = (len - ETH, len - outer.l4);
@@ -288,6 +319,10 @@ pub(super) fn back6(t: &ServiceTable, buf: &mut PacketBuf, net: NetIdx) -> Resul
     dmac.copy_from_slice(&h[..6]);
     smac.copy_from_slice(&h[6..12]);
     let twins = (p.embed(addr(src)).octets(), p.embed(addr(dst)).octets());
+    if l3.proto == ICMP && is_icmp_error(f, l3.l4) {
+        let v6 = |a| p.embed(addr(a)).octets();
+        return error4_to_ipv6(buf, &l3, total - ihl, twins, (smac, dmac), v6);
+    }
     to_ipv6(buf, &l3, total - ihl, twins, None, (smac, dmac))
 }
 
@@ -300,7 +335,8 @@ mod tests {
     use proptest::prelude::*;
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{
-        Icmpv6Packet, Icmpv6Repr, IpAddress, Ipv6Packet, Ipv6Repr, NdiscNeighborFlags, NdiscRepr,
+        Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6ParamProblem, Icmpv6Repr, IpAddress, Ipv6Packet,
+        Ipv6Repr, NdiscNeighborFlags, NdiscRepr,
     };
 
     use super::*;
@@ -729,15 +765,16 @@ mod tests {
                 DropReason::Ipv6Untranslated,
             ),
             (
-                "an ICMPv6 error",
+                "an ICMPv6 error without an IPv4 form (parameter problem at a field)",
                 testkit::icmpv6_frame(
                     CLI_MAC,
                     tasks_mac(),
                     twin(CLI),
                     twin(WEB2),
                     64,
-                    &Icmpv6Repr::PktTooBig {
-                        mtu: 1280,
+                    &Icmpv6Repr::ParamProblem {
+                        reason: Icmpv6ParamProblem::ErroneousHdrField,
+                        pointer: 4,
                         header: Ipv6Repr {
                             src_addr: twin(WEB2),
                             dst_addr: twin(CLI),
@@ -852,6 +889,201 @@ mod tests {
         let (v, got) = run(&mut p3, &t3, PortId::Uplink, &vx(4097, &inner));
         assert_eq!(v, Verdict::Tx(PortId::Tasks));
         assert!(tcp6(&got).is_some());
+    }
+
+    /// A UDP datagram over IPv6 with `len` bytes of data, checksum filled in.
+    fn udp6(mac: [u8; 6], src: Ipv6Addr, sport: u16, dst: Ipv6Addr, len: usize) -> Vec<u8> {
+        let l = 8 + len;
+        testkit::ipv6_with(mac, tasks_mac(), src, dst, 64, IpProtocol::Udp, l, |b| {
+            b[..2].copy_from_slice(&sport.to_be_bytes());
+            b[2..4].copy_from_slice(&9u16.to_be_bytes());
+            b[4..6].copy_from_slice(&(l as u16).to_be_bytes());
+            for (i, x) in b[8..].iter_mut().enumerate() {
+                *x = i as u8;
+            }
+            let (s, d) = (IpAddress::Ipv6(src), IpAddress::Ipv6(dst));
+            UdpPacket::new_unchecked(b).fill_checksum(&s, &d);
+        })
+    }
+
+    /// The ICMPv6 error `repr` a task (`mac`, `src`) sends to `dst` about `packet` (an IPv6
+    /// frame it received), quoting as much of it as fits 1280 bytes.
+    fn error6(mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, packet: &[u8], ty: u8) -> Vec<u8> {
+        let ip = Ipv6Packet::new_checked(&packet[14..]).unwrap();
+        let header = Ipv6Repr::parse(&ip).unwrap();
+        let data = &packet[54..packet.len().min(14 + 1280 - 48)];
+        let repr = match ty {
+            1 => Icmpv6Repr::DstUnreachable {
+                reason: Icmpv6DstUnreachable::PortUnreachable,
+                header,
+                data,
+            },
+            2 => Icmpv6Repr::PktTooBig {
+                mtu: 1300,
+                header,
+                data,
+            },
+            3 => Icmpv6Repr::TimeExceeded {
+                reason: smoltcp::wire::Icmpv6TimeExceeded::HopLimitExceeded,
+                header,
+                data,
+            },
+            _ => unreachable!(),
+        };
+        testkit::icmpv6_frame(mac, tasks_mac(), src, dst, 64, &repr)
+    }
+
+    /// An ICMPv6 error in `f`, its checksum checked: (source, destination, type, code, rest of
+    /// header, the quoted packet).
+    fn error_of(f: &[u8]) -> Option<(Ipv6Addr, Ipv6Addr, u8, u8, u32, Vec<u8>)> {
+        let (ip, body) = payload6(f)?;
+        let icmp = Icmpv6Packet::new_checked(body).ok()?;
+        if ip.next_header() != IpProtocol::Icmpv6
+            || !icmp.verify_checksum(&ip.src_addr(), &ip.dst_addr())
+            || body[0] >= 128
+        {
+            return None;
+        }
+        let rest = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+        Some((
+            ip.src_addr(),
+            ip.dst_addr(),
+            body[0],
+            body[1],
+            rest,
+            body[8..].to_vec(),
+        ))
+    }
+
+    #[test]
+    fn a_tasks_icmpv6_errors_reach_a_task_on_another_node_as_icmpv6_quoting_what_it_sent() {
+        let (t2, mut p2) = on("n2");
+        let (t3, mut p3) = on("n3");
+        for (ty, code, rest) in [(1, 4, 0), (2, 0, 1300), (3, 0, 0)] {
+            // The client's datagram reaches web.2 on n3 as IPv6.
+            let dgram = udp6(CLI_MAC, twin(CLI), 5353, twin(WEB2), 100);
+            let (v, out) = run(&mut p2, &t2, PortId::Tasks, &dgram);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink));
+            let (v, got) = run(&mut p3, &t3, PortId::Uplink, &out);
+            assert_eq!(v, Verdict::Tx(PortId::Tasks));
+            // web.2 answers with an error quoting it; inside VXLAN it is ICMPv6 too.
+            let err = error6(WEB2_MAC, twin(WEB2), twin(CLI), &got, ty);
+            let (v, over) = run(&mut p3, &t3, PortId::Tasks, &err);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink), "type {ty}");
+            let (_, inner) = testkit::decap(&over).unwrap();
+            let e = error_of(inner).expect("inner ICMPv6 error, checksum right");
+            assert_eq!((e.2, e.3, e.4), (ty, code, rest), "type {ty} in VXLAN");
+            // The client gets the error from web.2's twin, quoting, byte for byte, what web.2
+            // received and quoted (its addresses, lengths and UDP checksum as they were).
+            let (v, back) = run(&mut p2, &t2, PortId::Uplink, &over);
+            assert_eq!(v, Verdict::Tx(PortId::Tasks), "type {ty}");
+            assert_eq!(testkit::eth(&back).unwrap().0, CLI_MAC);
+            let (src, dst, t, c, r, quote) = error_of(&back).expect("ICMPv6 error, checksum right");
+            assert_eq!((src, dst, t, c, r), (twin(WEB2), twin(CLI), ty, code, rest));
+            assert_eq!(quote, got[14..].to_vec(), "type {ty}: the quote");
+        }
+        assert_eq!(p2.stats.total_drops(), 0);
+        assert_eq!(p3.stats.total_drops(), 0);
+    }
+
+    #[test]
+    fn an_error_between_tasks_on_one_node_is_translated_there() {
+        let (t2, mut p2) = on("n2");
+        // Untagged web.1, on the client's segment, would answer it itself; meshd carries what
+        // it is sent all the same.
+        let dgram = udp6(CLI_MAC, twin(CLI), 5353, twin(WEB1), 40);
+        let (v, got) = run(&mut p2, &t2, PortId::Tasks, &dgram);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        let err = error6(WEB1_MAC, twin(WEB1), twin(CLI), &got, 1);
+        let (v, back) = run(&mut p2, &t2, PortId::Tasks, &err);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        let (src, dst, t, c, _, quote) = error_of(&back).expect("ICMPv6 error");
+        assert_eq!((src, dst, t, c), (twin(WEB1), twin(CLI), 1, 4));
+        assert_eq!(quote, got[14..].to_vec());
+        assert_eq!(p2.stats.total_drops(), 0);
+    }
+
+    #[test]
+    fn a_tasks_packet_over_the_networks_mtu_gets_packet_too_big_from_its_gateways_twin() {
+        let (t2, mut p2) = on("n2");
+        let mtu = 1450;
+        // At the MTU: carried.
+        let fits = udp6(CLI_MAC, twin(CLI), 5353, twin(WEB2), mtu - 48);
+        assert_eq!(fits.len(), 14 + mtu);
+        assert_eq!(
+            run(&mut p2, &t2, PortId::Tasks, &fits).0,
+            Verdict::Tx(PortId::Uplink)
+        );
+        // A byte more (a task whose own MTU is larger): packet too big, back on its segment.
+        let big = udp6(CLI_MAC, twin(CLI), 5353, twin(WEB2), mtu - 47);
+        let (v, back) = run(&mut p2, &t2, PortId::Tasks, &big);
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        assert_eq!(testkit::eth(&back).unwrap().0, CLI_MAC);
+        let (src, dst, t, c, r, quote) = error_of(&back).expect("packet too big");
+        assert_eq!((src, dst, t, c, r), (twin(GW), twin(CLI), 2, 0, mtu as u32));
+        assert_eq!(back.len(), 14 + 1280, "as much as 1280 bytes hold");
+        assert_eq!(quote[..], big[14..14 + 1280 - 48]);
+        assert_eq!(p2.stats.drops[DropReason::TooBig as usize], 1);
+        // Out of VXLAN, a frame over the MTU (a peer that did not check) is dropped.
+        let (t3, mut p3) = on("n3");
+        let inner = udp6([0; 6], twin(CLI), 5353, twin(WEB2), mtu - 47);
+        let vx = testkit::vxlan_frame(
+            Config::default().uplink_mac,
+            Config::default().uplink_mac,
+            Ipv4Addr::new(192, 168, 1, 12),
+            Ipv4Addr::new(192, 168, 1, 13),
+            50000,
+            4097,
+            &inner,
+        );
+        assert_eq!(
+            run(&mut p3, &t3, PortId::Uplink, &vx).0,
+            Verdict::Drop(DropReason::TooBig)
+        );
+    }
+
+    #[test]
+    fn errors_that_cannot_be_translated_are_dropped_by_reason() {
+        let (t2, mut p2) = on("n2");
+        let dgram = udp6(WEB2_MAC, twin(WEB2), 9, twin(CLI), 20);
+        let err = |f: &[u8]| error6(CLI_MAC, twin(CLI), twin(WEB2), f, 1);
+        // Quoting a packet of another network, or of no address of the mesh.
+        let other = udp6(
+            WEB2_MAC,
+            twin(WEB2),
+            9,
+            twin(Ipv4Addr::new(10, 0, 0, 21)),
+            20,
+        );
+        let outside = udp6(WEB2_MAC, "fd00:99::1".parse().unwrap(), 9, twin(CLI), 20);
+        // Quoting a piece of a datagram (a Fragment header after the IPv6 header).
+        let piece =
+            testkit::fragment6(&udp6(WEB2_MAC, twin(WEB2), 9, twin(CLI), 3000), 1450, 5).remove(0);
+        for (what, f) in [
+            ("other network", other),
+            ("outside", outside),
+            ("piece", piece),
+        ] {
+            let (v, _) = run(&mut p2, &t2, PortId::Tasks, &err(&f));
+            assert_eq!(v, Verdict::Drop(DropReason::Ipv6Untranslated), "{what}");
+        }
+        // A destination unreachable code RFC 7915 does not map (5: source address failed
+        // policy).
+        let mut f = err(&dgram);
+        f[54 + 1] = 5;
+        let (s, d) = (twin(CLI), twin(WEB2));
+        f[54 + 2..54 + 4].copy_from_slice(&[0, 0]);
+        Icmpv6Packet::new_unchecked(&mut f[54..]).fill_checksum(&s, &d);
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &f);
+        assert_eq!(v, Verdict::Drop(DropReason::Ipv6Untranslated));
+        // A bad checksum is that, before anything.
+        let mut f = err(&dgram);
+        f[60] ^= 1;
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &f);
+        assert_eq!(v, Verdict::Drop(DropReason::BadL4Checksum));
+        // The good one goes.
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &err(&dgram));
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
     }
 
     /// Runs `buf` through `p` and gives it back, as the worker would keep it (a frame handed
