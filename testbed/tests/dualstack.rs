@@ -19,7 +19,9 @@
 //! overlay's MTU (1450: `-s 1402`) to a remote twin is answered, one byte more fails in the
 //! client's own kernel, but a task whose own MTU is 1500 gets ICMPv6 packet too big (mtu
 //! 1450) from its gateway's twin; a UDP query to a closed port of a remote task's twin is
-//! refused at once (the task's port unreachable, translated both ways). meshd counts no drop that says a translated packet was wrong (checksums,
+//! refused at once (the task's port unreachable, translated both ways). `ping -6` of the VIP's
+//! and the gateway's twins is answered (by meshd's host side, in IPv6), and DNS over IPv6 to
+//! the gateway's twin refused at once (port unreachable: the resolver speaks IPv4). meshd counts no drop that says a translated packet was wrong (checksums,
 //! spoofed or unknown sources, fragments). On `v4net`, an IPv4-only network of the same mesh,
 //! the task has no IPv6 at all and AAAA of a service is NODATA (NOERROR, no answer).
 //!
@@ -592,6 +594,24 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
             .trim()
     );
 
+    // The VIP's twin and the gateway's answer ping -6 (meshd's host side, in IPv6), and the
+    // resolver on the gateway's twin refuses at once (it answers over IPv4 only), so a stub
+    // resolver moves on to the next server instead of waiting.
+    let gw6 = net.twin(plan::gateway(net.k)).unwrap();
+    ping6(&c1.ns, vip6, "client on n1 -> web's VIP");
+    ping6(&c1.ns, gw6, "client on n1 -> appnet's gateway");
+    let out = sys::exec_in_output(
+        &c1.ns,
+        "dig",
+        &[&format!("@{gw6}"), "+tries=1", "+time=4", "web"],
+    )
+    .unwrap();
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        said.contains("connection refused"),
+        "dig @{gw6} web (DNS over IPv6): refused expected\n{said}"
+    );
+
     // A task whose own MTU is larger than the network's (1500) learns the network's from
     // meshd: its first packet over 1450 bytes gets ICMPv6 packet too big from its gateway's
     // twin, and its kernel keeps to 1450 after.
@@ -608,7 +628,6 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
     )
     .unwrap();
     let said = format!("{}{}", out.stdout, out.stderr);
-    let gw6 = net.twin(plan::gateway(net.k)).unwrap();
     let told = said.lines().find(|l| {
         let l = l.to_lowercase();
         l.contains(&mtu.to_string()) && (l.contains("too big") || l.contains("too long"))

@@ -170,17 +170,42 @@ pub struct HostStack {
 }
 
 /// The VLAN a frame the host stack sends on the tasks port goes out on: its task's
-/// ([`ServiceTable::local_vlan`] of the IPv4 destination, or of the address an ARP request asks
-/// for); 0 for anything else.
+/// ([`ServiceTable::local_vlan`] of the IPv4 destination, of the address an ARP request asks
+/// for, or of the IPv4 address an IPv6 destination is the twin of); 0 for anything else.
 pub fn tasks_frame_vlan(t: &ServiceTable, f: &[u8]) -> u16 {
     let at = match f.get(12..14) {
         Some([0x08, 0x00]) => 30,
         Some([0x08, 0x06]) => 38,
+        Some([0x86, 0xdd]) => {
+            let Some(v4) = low32_at(f, ETH + 24) else {
+                return 0;
+            };
+            let twin = t
+                .addr(v4)
+                .and_then(|e| t.subnet6(e.net))
+                .map(|p| p.embed(v4));
+            let dst = f
+                .get(ETH + 24..ETH + 40)
+                .and_then(|d| <[u8; 16]>::try_from(d).ok());
+            return if twin.map(|a| a.octets()) == dst {
+                t.local_vlan(v4)
+            } else {
+                0
+            };
+        }
         _ => return 0,
     };
     match f.get(at..at + 4) {
         Some(&[a, b, c, d]) => t.local_vlan(Ipv4Address::new(a, b, c, d)),
         _ => 0,
+    }
+}
+
+/// The IPv4 address in the last 32 bits of the IPv6 address at `at` in `f` (a twin's).
+fn low32_at(f: &[u8], at: usize) -> Option<Ipv4Address> {
+    match f.get(at + 12..at + 16) {
+        Some(&[a, b, c, d]) => Some(Ipv4Address::new(a, b, c, d)),
+        _ => None,
     }
 }
 
@@ -290,11 +315,17 @@ impl HostStack {
         self.sync(t, now);
         self.stats.frames += 1;
         if frame.get(12..14) == Some(&[0x86, 0xdd]) {
-            // The pipeline hands over IPv6 to the node's address only (echo, TCP, UDP, and
-            // their pieces): put together, then answered, as long as the request that came in.
+            // The pipeline hands over IPv6 to the node's address (echo, TCP, UDP, and their
+            // pieces) and a task's to a VIP's or a gateway's twin: put together, then answered,
+            // as long as the request that came in, back where it came from.
             let added = self.defrag.add6(frame, now);
             if let Some(whole) = self.joined(added, frame) {
-                self.stateless6(&whole);
+                let mtu = match port {
+                    PortId::Uplink => self.cfg.uplink_mtu,
+                    // The asker's twin holds its IPv4 address in its last 32 bits.
+                    PortId::Tasks => self.task_mtu(t, low32_at(&whole, ETH + 8)),
+                };
+                self.stateless6(port, &whole, mtu);
             }
             return;
         }
@@ -344,16 +375,20 @@ impl HostStack {
             }
         }
         // The answer goes back to the sender: on the uplink, or to a task on its network.
-        let uplink = self.cfg.uplink_mtu;
         let mtu = match port {
-            PortId::Uplink => uplink,
-            PortId::Tasks => t
-                .addr(src)
-                .map_or(uplink.saturating_sub(ctl::VXLAN_OVERHEAD), |e| {
-                    t.net(e.net).mtu_on(uplink)
-                }),
+            PortId::Uplink => self.cfg.uplink_mtu,
+            PortId::Tasks => self.task_mtu(t, Some(src)),
         };
         self.stateless(port, frame, mtu);
+    }
+
+    /// The MTU of the network of task `src`.
+    fn task_mtu(&self, t: &ServiceTable, src: Option<Ipv4Address>) -> u16 {
+        let uplink = self.cfg.uplink_mtu;
+        src.and_then(|a| t.addr(a))
+            .map_or(uplink.saturating_sub(ctl::VXLAN_OVERHEAD), |e| {
+                t.net(e.net).mtu_on(uplink)
+            })
     }
 
     /// The datagram `frame` is, or completes (`added`, what the defragmenter made of it),
@@ -395,9 +430,9 @@ impl HostStack {
         }
     }
 
-    /// The answers of a host with no sockets to IPv6 (RST, port unreachable, echo reply), in
-    /// pieces of at most the uplink's MTU when longer (a large ping's echo).
-    fn stateless6(&mut self, frame: &[u8]) {
+    /// The answers of a host with no sockets to IPv6 (RST, port unreachable, echo reply), out
+    /// of `port`, in pieces of at most `mtu` bytes when longer (a large ping's echo).
+    fn stateless6(&mut self, port: PortId, frame: &[u8], mtu: u16) {
         let Some(reply) = stateless::answer_frame(frame) else {
             self.stats.ignored += 1;
             return;
@@ -414,8 +449,8 @@ impl HostStack {
         // Casts: an identification need only differ between datagrams close in time.
         #[allow(clippy::cast_possible_truncation)]
         let id = self.rng.next_u64() as u32;
-        for f in defrag::split6(&reply, usize::from(self.cfg.uplink_mtu), id) {
-            self.out.push((PortId::Uplink, f));
+        for f in defrag::split6(&reply, usize::from(mtu), id) {
+            self.out.push((port, f));
         }
     }
 
@@ -1555,5 +1590,63 @@ mod tests {
         let other = testkit::arp_request([2; 6], gw, Ipv4Addr::new(10, 0, 1, 12));
         assert_eq!(tasks_frame_vlan(&t, &other), 0);
         assert_eq!(tasks_frame_vlan(&t, &udp[..20]), 0);
+    }
+
+    /// A task's echo request and SYN to the twin of a VIP of a dual-stack network (the
+    /// pipeline hands them over as IPv6, no flow taking them): answered on the tasks port, in
+    /// IPv6, from the twin, on the task's VLAN.
+    #[test]
+    fn a_tasks_ipv6_to_a_vip_twin_is_answered_back_to_it_in_ipv6() {
+        let mut s = crate::testkit::three_nodes();
+        let p: ctl::model::Ipv6Net = "fd00:10:1::/64".parse().unwrap();
+        s.networks[1].subnet6 = Some(p);
+        s.services[0].tasks[0].vlan = Some(101);
+        let t = ServiceTable::build(&s, "n2", 1).unwrap_or_else(|e| panic!("{e}"));
+        let mut h = HostStack::new(HostConfig {
+            uplink_mac: [2, 0, 0, 0, 0, 1],
+            tasks_mac: [2, 0, 0, 0, 0, 2],
+            seed: 9,
+            uplink_mtu: 1500,
+            gossip_keys: gossip::Keyring::default(),
+        });
+        let (web1, vip) = (
+            p.embed(Ipv4Addr::new(10, 0, 1, 11)),
+            p.embed(Ipv4Addr::new(10, 0, 1, 2)),
+        );
+        let (task_mac, tasks_mac) = ([2, 0, 0, 0, 0, 0x11], [2, 0, 0, 0, 0, 2]);
+        let ping = testkit::icmpv6_frame(
+            task_mac,
+            tasks_mac,
+            web1,
+            vip,
+            64,
+            &smoltcp::wire::Icmpv6Repr::EchoRequest {
+                ident: 3,
+                seq_no: 9,
+                data: b"ping the VIP",
+            },
+        );
+        let syn = testkit::tcp6_frame(task_mac, tasks_mac, web1, 40000, vip, 81, 0x02, 1);
+        h.input(&t, PortId::Tasks, &ping, 1);
+        h.input(&t, PortId::Tasks, &syn, 1);
+        let out = h.take_output();
+        assert_eq!(out.len(), 2);
+        for (port, f) in &out {
+            assert_eq!(*port, PortId::Tasks);
+            assert_eq!(testkit::eth(f).unwrap().0, task_mac);
+            let ip = smoltcp::wire::Ipv6Packet::new_checked(&f[14..]).unwrap();
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (vip, web1));
+            assert_eq!(tasks_frame_vlan(&t, f), 101, "web.1's VLAN");
+        }
+        let icmp = smoltcp::wire::Icmpv6Packet::new_checked(&out[0].1[54..]).unwrap();
+        assert!(icmp.verify_checksum(&vip, &web1));
+        assert_eq!(icmp.msg_type(), smoltcp::wire::Icmpv6Message::EchoReply);
+        assert_eq!(icmp.payload(), b"ping the VIP");
+        assert_eq!(out[1].1[54 + 13] & 0x04, 0x04, "a RST");
+        assert_eq!((h.stats.echo_replies, h.stats.rst_sent), (1, 1));
+        // Not a twin (a prefix outside the network's, the same last 32 bits): no VLAN.
+        let mut other = out[0].1.clone();
+        other[14 + 24] ^= 0x80;
+        assert_eq!(tasks_frame_vlan(&t, &other), 0);
     }
 }

@@ -127,7 +127,8 @@ impl Pipeline {
     /// task, turned back into IPv6 here (VXLAN's is turned back in `send_vxlan_slow`); for
     /// another worker, given back as it came ([`Self::save6`]), so that the worker that owns
     /// it turns it into IPv4 itself: the IPv4 path's `send` never looks at
-    /// [`PacketBuf::v6`]. For the host side: not translated.
+    /// [`PacketBuf::v6`]. For the host side: turned back too, from a task (answered there in
+    /// IPv6); not from another node (the asker's own node answers).
     fn after6(
         &mut self,
         t: &ServiceTable,
@@ -136,14 +137,17 @@ impl Pipeline {
     ) -> Result<Verdict, DropReason> {
         match v? {
             Verdict::Tx(PortId::Tasks) => {
-                let dst = buf
-                    .data()
-                    .get(ETH + 16..ETH + 20)
-                    .ok_or(DropReason::Truncated)?;
-                let dst = addr(u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]));
-                let net = t.addr(dst).map(|e| e.net).ok_or(DropReason::NoRoute)?;
+                let net = net_of(t, buf, ETH + 16)?;
                 back6(t, buf, net)?;
                 Ok(Verdict::Tx(PortId::Tasks))
+            }
+            // A task's packet to a VIP's or the gateway's twin that no flow takes (an echo
+            // request, a port the VIP does not serve): the host side answers it as a host with
+            // no sockets would, in IPv6 (`host::stateless`).
+            Verdict::Host(r) if buf.port == PortId::Tasks => {
+                let net = net_of(t, buf, ETH + 12)?;
+                back6(t, buf, net)?;
+                Ok(Verdict::Host(r))
             }
             Verdict::Handoff(w) => {
                 let opened = buf.opened;
@@ -286,6 +290,13 @@ impl Pipeline {
         let v = self.decap(t, now, buf, outer, false);
         self.after6(t, buf, v)
     }
+}
+
+/// The network of the overlay address at `at` in the IPv4 frame in `buf`.
+fn net_of(t: &ServiceTable, buf: &PacketBuf, at: usize) -> Result<NetIdx, DropReason> {
+    let a = buf.data().get(at..at + 4).ok_or(DropReason::Truncated)?;
+    let a = addr(u32::from_be_bytes([a[0], a[1], a[2], a[3]]));
+    t.addr(a).map(|e| e.net).ok_or(DropReason::NoRoute)
 }
 
 /// Turns the IPv4 frame in `buf` (a task's IPv6 packet on network `net`, rewritten) back into
@@ -628,16 +639,33 @@ mod tests {
         );
         assert_eq!(v, Verdict::Tx(PortId::Tasks));
         assert_eq!(echo_of(&got), Some((twin(CLI), twin(WEB1), true)));
-        // The VIP's twin and the gateway's do not answer yet: the host side speaks IPv4.
+        // The VIP's twin and the gateway's: handed to the host side as the IPv6 the task sent
+        // (it answers in IPv6, `host::stateless`).
         for to in [VIP, GW] {
-            let (v, _) = run(
+            let (v, host) = run(
                 &mut p2,
                 &t2,
                 PortId::Tasks,
                 &echo6(CLI_MAC, twin(CLI), twin(to), true),
             );
-            assert_eq!(v, Verdict::Drop(DropReason::Ipv6Untranslated), "{to}");
+            assert_eq!(v, Verdict::Host(HostReason::MeshAddress), "{to}");
+            assert_eq!(echo_of(&host), Some((twin(CLI), twin(to), true)), "{to}");
+            assert_eq!(testkit::eth(&host).unwrap().1, CLI_MAC);
         }
+        // From another node (out of VXLAN), the asker's own node answers: not handed over.
+        let mut f = echo6([0; 6], twin(WEB2), twin(VIP), true);
+        f[6..12].copy_from_slice(&tasks_mac());
+        let vx = testkit::vxlan_frame(
+            Config::default().uplink_mac,
+            Config::default().uplink_mac,
+            Ipv4Addr::new(192, 168, 1, 13),
+            Ipv4Addr::new(192, 168, 1, 12),
+            50000,
+            4097,
+            &f,
+        );
+        let (v, _) = run(&mut p2, &t2, PortId::Uplink, &vx);
+        assert_eq!(v, Verdict::Drop(DropReason::Ipv6Untranslated));
     }
 
     /// The advertisement in `f`: (target, destination, destination MAC, its link-layer
@@ -742,29 +770,6 @@ mod tests {
                 DropReason::SpoofedSource,
             ),
             (
-                "UDP to the gateway's twin (DNS)",
-                {
-                    let l = 8 + 12;
-                    testkit::ipv6_with(
-                        CLI_MAC,
-                        tasks_mac(),
-                        twin(CLI),
-                        twin(GW),
-                        64,
-                        IpProtocol::Udp,
-                        l,
-                        |b| {
-                            b[..2].copy_from_slice(&5353u16.to_be_bytes());
-                            b[2..4].copy_from_slice(&53u16.to_be_bytes());
-                            b[4..6].copy_from_slice(&(l as u16).to_be_bytes());
-                            let (s, d) = (IpAddress::Ipv6(twin(CLI)), IpAddress::Ipv6(twin(GW)));
-                            UdpPacket::new_unchecked(b).fill_checksum(&s, &d);
-                        },
-                    )
-                },
-                DropReason::Ipv6Untranslated,
-            ),
-            (
                 "an ICMPv6 error without an IPv4 form (parameter problem at a field)",
                 testkit::icmpv6_frame(
                     CLI_MAC,
@@ -801,6 +806,31 @@ mod tests {
             let (v, _) = run(&mut p2, &t2, PortId::Tasks, &f);
             assert_eq!(v, Verdict::Drop(want), "{what}");
         }
+        // UDP to the gateway's twin (DNS over IPv6): handed to the host side as it came, which
+        // answers port unreachable (the resolver answers over IPv4 only), so a stub resolver
+        // moves on at once.
+        let dns = {
+            let l = 8 + 12;
+            testkit::ipv6_with(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                twin(GW),
+                64,
+                IpProtocol::Udp,
+                l,
+                |b| {
+                    b[..2].copy_from_slice(&5353u16.to_be_bytes());
+                    b[2..4].copy_from_slice(&53u16.to_be_bytes());
+                    b[4..6].copy_from_slice(&(l as u16).to_be_bytes());
+                    let (s, d) = (IpAddress::Ipv6(twin(CLI)), IpAddress::Ipv6(twin(GW)));
+                    UdpPacket::new_unchecked(b).fill_checksum(&s, &d);
+                },
+            )
+        };
+        let (v, host) = run(&mut p2, &t2, PortId::Tasks, &dns);
+        assert_eq!(v, Verdict::Host(HostReason::MeshAddress));
+        assert_eq!(host, dns);
         // A datagram in pieces (IPv6 fragments are not carried yet).
         let big = testkit::ipv6_with(
             CLI_MAC,
