@@ -2,10 +2,10 @@
 //!
 //! [`apply`] turns the current [`State`] and a changing [`Command`] into the next state, or says
 //! exactly why it cannot. It checks what only the command knows (the thing it names exists, the
-//! thing it creates does not, a removed node runs no task, ...); whole-state rules (unique
-//! published ports and addresses, VIPs inside their subnet, known nodes and networks) are
-//! [`crate::validate()`]'s, which the daemon runs on the result. [`answer`] gives the result body
-//! of a response.
+//! thing it creates does not, a removed node runs no task, a new network's subnets have no host
+//! bits, ...); whole-state rules (unique published ports and addresses, VIPs inside their
+//! subnet, known nodes and networks) are [`crate::validate()`]'s, which the daemon runs on the
+//! result. [`answer`] gives the result body of a response.
 
 use std::fmt;
 
@@ -99,6 +99,9 @@ pub enum ApplyError {
     NotEncrypted { network: String },
     #[error("network {network:?}: {problem}")]
     BadKeyUpdate { network: String, problem: String },
+    /// A network created with a subnet that has host bits set (Docker's message).
+    #[error("network {network:?}: {problem}")]
+    BadSubnet { network: String, problem: String },
     #[error("cannot encode the result: {0}")]
     Encode(String),
 }
@@ -123,7 +126,8 @@ impl ApplyError {
             | ApplyError::EmptyTaskUpdate { .. }
             | ApplyError::AffinityTimeoutWithoutAffinity { .. }
             | ApplyError::NotEncrypted { .. }
-            | ApplyError::BadKeyUpdate { .. } => ErrorCode::Invalid,
+            | ApplyError::BadKeyUpdate { .. }
+            | ApplyError::BadSubnet { .. } => ErrorCode::Invalid,
             ApplyError::Encode(_) => ErrorCode::Internal,
         }
     }
@@ -161,6 +165,13 @@ pub fn change(state: &State, change: &Change) -> Result<State, ApplyError> {
             if s.network(&network.name).is_some() {
                 return Err(exists(Kind::Network, &network.name));
             }
+            // Here, not in `validate`: the networks a state holds already stay as they are.
+            network
+                .subnets_without_host_bits()
+                .map_err(|e| ApplyError::BadSubnet {
+                    network: network.name.clone(),
+                    problem: e.to_string(),
+                })?;
             s.networks.push(network.clone());
         }
         Change::NetworkRm { name } => {
@@ -982,6 +993,40 @@ mod tests {
             }),
         );
         assert_eq!(s2.network("backnet"), Some(&net));
+
+        // A subnet with host bits set is refused as Docker refuses it, either family.
+        for (v4, v6, bad, should) in [
+            (
+                "10.0.2.0/24",
+                Some("fd00:5::1/64"),
+                "fd00:5::1/64",
+                "fd00:5::/64",
+            ),
+            ("10.0.2.7/24", None, "10.0.2.7/24", "10.0.2.0/24"),
+            (
+                "10.0.2.7/24",
+                Some("fd00:5::1/64"),
+                "10.0.2.7/24",
+                "10.0.2.0/24",
+            ),
+        ] {
+            let mut bad_net = net.clone();
+            bad_net.subnet = v4.parse().unwrap();
+            bad_net.subnet6 = v6.map(|p| p.parse().unwrap());
+            assert_eq!(
+                err(
+                    &s,
+                    Command::Change(Change::NetworkCreate { network: bad_net })
+                ),
+                (
+                    ErrorCode::Invalid,
+                    format!(r#"network "backnet": invalid subnet {bad}: it should be {should}"#)
+                )
+            );
+        }
+        let mut dual = net.clone();
+        dual.subnet6 = Some("fd00:5::/64".parse().unwrap());
+        ok(&s, Command::Change(Change::NetworkCreate { network: dual }));
         let s3 = ok(
             &s2,
             Command::Change(Change::NetworkRm {

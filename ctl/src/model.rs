@@ -184,9 +184,33 @@ impl Ipv4Net {
         let m = self.mask() & other.mask();
         u32::from(self.addr) & m == u32::from(other.addr) & m
     }
+    /// The prefix with the bits past its length cleared: `10.0.1.0/24` for `10.0.1.5/24`.
+    pub fn masked(&self) -> Ipv4Net {
+        Ipv4Net {
+            addr: self.network(),
+            prefix: self.prefix,
+        }
+    }
+    /// The prefix as a network's subnet, refused with Docker's message (`docker network
+    /// create`, v25 on) when a bit past its length is set: `invalid subnet 10.0.1.5/24: it
+    /// should be 10.0.1.0/24`. See [`Network::subnets_without_host_bits`].
+    pub fn without_host_bits(self) -> Result<Ipv4Net, ParseNetError> {
+        host_bits(self, self.masked())
+    }
 }
 
-/// Why a prefix did not parse.
+/// `net` if it is `masked` (no bit set past its length), else Docker's refusal.
+fn host_bits<N: fmt::Display + PartialEq>(net: N, masked: N) -> Result<N, ParseNetError> {
+    if net == masked {
+        Ok(net)
+    } else {
+        Err(ParseNetError(format!(
+            "invalid subnet {net}: it should be {masked}"
+        )))
+    }
+}
+
+/// Why a prefix did not parse (or, from `without_host_bits`, cannot be a network's subnet).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseNetError(pub String);
 
@@ -269,6 +293,19 @@ impl Ipv6Net {
     pub fn overlaps(&self, other: &Ipv6Net) -> bool {
         let m = self.mask() & other.mask();
         u128::from(self.addr) & m == u128::from(other.addr) & m
+    }
+    /// The prefix with the bits past its length cleared: `fd00:5::/64` for `fd00:5::1/64`.
+    pub fn masked(&self) -> Ipv6Net {
+        Ipv6Net {
+            addr: self.network(),
+            prefix: self.prefix,
+        }
+    }
+    /// The prefix as a network's IPv6 subnet, refused with Docker's message when a bit past
+    /// its length is set: `invalid subnet fd00:5::1/64: it should be fd00:5::/64`. See
+    /// [`Network::subnets_without_host_bits`].
+    pub fn without_host_bits(self) -> Result<Ipv6Net, ParseNetError> {
+        host_bits(self, self.masked())
     }
     /// The IPv6 address of the overlay address `v4`: the prefix's first 96 bits, then `v4`.
     pub fn embed(&self, v4: Ipv4Addr) -> Ipv6Addr {
@@ -451,6 +488,21 @@ pub struct Network {
 }
 
 impl Network {
+    /// Docker's rule (`docker network create`, v25 on) for a new network's subnets: no bit set
+    /// past a prefix's length, as in `10.0.1.5/24` or `fd00:5::1/64`; the error is Docker's
+    /// message for the first one that has. Checked where a network is created (meshctl's
+    /// `network create`, and [`crate::apply::change`], which both the daemon's socket and
+    /// `meshctl --cluster` run), not by [`crate::validate()`]: a network made before the rule,
+    /// in a state file or in etcd, keeps working as it did, where refusing it there would
+    /// refuse the whole state (every service with it), at a meshd's start too.
+    pub fn subnets_without_host_bits(&self) -> Result<(), ParseNetError> {
+        self.subnet.without_host_bits()?;
+        if let Some(p) = self.subnet6 {
+            p.without_host_bits()?;
+        }
+        Ok(())
+    }
+
     /// The IPv6 twin of the network's overlay address `v4`, on a dual-stack network.
     pub fn addr6(&self, v4: Ipv4Addr) -> Option<Ipv6Addr> {
         self.subnet6.map(|p| p.embed(v4))
@@ -1245,6 +1297,85 @@ mod tests {
         assert!(n.overlaps(&"10.0.0.0/16".parse().unwrap()));
         assert!("10.0.1.0".parse::<Ipv4Net>().is_err());
         assert!("10.0.1.0/33".parse::<Ipv4Net>().is_err());
+    }
+
+    #[test]
+    fn a_subnet_with_host_bits_is_refused_in_dockers_words() {
+        // IPv4: (given, what Docker says it should be), or None when it is fine as given.
+        for (given, should) in [
+            ("10.0.1.0/24", None),
+            ("10.0.1.5/24", Some("10.0.1.0/24")),
+            ("10.0.1.255/24", Some("10.0.1.0/24")),
+            ("10.0.1.5/32", None),
+            ("10.0.1.4/30", None),
+            ("10.0.1.6/30", Some("10.0.1.4/30")),
+            ("0.0.0.0/0", None),
+            ("10.0.0.1/0", Some("0.0.0.0/0")),
+        ] {
+            let n: Ipv4Net = given.parse().unwrap();
+            match should {
+                None => assert_eq!(n.without_host_bits(), Ok(n), "{given}"),
+                Some(m) => {
+                    assert_eq!(n.masked().to_string(), m, "{given}");
+                    assert_eq!(
+                        n.without_host_bits().unwrap_err().to_string(),
+                        format!("invalid subnet {given}: it should be {m}")
+                    );
+                }
+            }
+        }
+        // IPv6, up to /96 (the longest an overlay takes).
+        for (given, should) in [
+            ("fd00:5::/64", None),
+            ("fd00:5::1/64", Some("fd00:5::/64")),
+            ("fd00:5::1:0:0/64", Some("fd00:5::/64")),
+            ("fd00:5:0:1::/48", Some("fd00:5::/48")),
+            ("fd00:5::1:0:0/96", None),
+            ("fd00:5::1:0:1/96", Some("fd00:5::1:0:0/96")),
+            ("::/0", None),
+            ("fd00::/0", Some("::/0")),
+        ] {
+            let n: Ipv6Net = given.parse().unwrap();
+            match should {
+                None => assert_eq!(n.without_host_bits(), Ok(n), "{given}"),
+                Some(m) => {
+                    assert_eq!(n.masked().to_string(), m, "{given}");
+                    assert_eq!(
+                        n.without_host_bits().unwrap_err().to_string(),
+                        format!("invalid subnet {given}: it should be {m}")
+                    );
+                }
+            }
+        }
+        // The example of the report, Docker's message word for word.
+        let n: Ipv6Net = "fd00:5::1/64".parse().unwrap();
+        assert_eq!(
+            n.without_host_bits().unwrap_err().0,
+            "invalid subnet fd00:5::1/64: it should be fd00:5::/64"
+        );
+        // A network: the IPv4 subnet first, then the IPv6 one.
+        let mut net = Network {
+            name: "appnet".into(),
+            vni: 4097,
+            subnet: "10.0.1.0/24".parse().unwrap(),
+            subnet6: Some("fd00:5::/64".parse().unwrap()),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            ingress: false,
+            endpoints: BTreeMap::new(),
+            mtu: None,
+            encryption: None,
+        };
+        assert_eq!(net.subnets_without_host_bits(), Ok(()));
+        net.subnet6 = Some(n);
+        assert_eq!(
+            net.subnets_without_host_bits().unwrap_err().0,
+            "invalid subnet fd00:5::1/64: it should be fd00:5::/64"
+        );
+        net.subnet = "10.0.1.1/24".parse().unwrap();
+        assert_eq!(
+            net.subnets_without_host_bits().unwrap_err().0,
+            "invalid subnet 10.0.1.1/24: it should be 10.0.1.0/24"
+        );
     }
 
     #[test]

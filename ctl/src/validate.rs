@@ -1031,6 +1031,19 @@ mod tests {
         }
     }
 
+    /// Host bits in a subnet are refused where a network is created ([`crate::apply::change`],
+    /// meshctl), not here: a state that holds such a network already (made before that rule,
+    /// read from a state file or etcd) stays valid, so a meshd still starts from it and a
+    /// change to its services is not refused for it.
+    #[test]
+    fn a_network_with_host_bits_already_in_a_state_stays_valid() {
+        let mut s = dual_stack();
+        s.networks[1].subnet = "10.0.1.9/24".parse().unwrap();
+        s.networks[1].subnet6 = Some("fd00:1::1/64".parse().unwrap());
+        assert!(s.networks[1].subnets_without_host_bits().is_err());
+        validate(&s).unwrap();
+    }
+
     #[test]
     fn overlapping_subnet6s_are_refused_naming_both() {
         let mut s = dual_stack();

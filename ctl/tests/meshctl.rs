@@ -314,6 +314,15 @@ fn network_create_takes_dockers_ipv6_syntax() {
             "Error: --subnet: fd00:1::/112: an overlay's IPv6 prefix is at most /96 (the last \
              32 bits hold each task's IPv4 address)\n",
         ),
+        // Host bits set: Docker's words (v25 on), either family.
+        (
+            &["--subnet", "10.0.1.0/24", "--ipv6", "--subnet", "fd00:5::1/64"][..],
+            "Error: --subnet: invalid subnet fd00:5::1/64: it should be fd00:5::/64\n",
+        ),
+        (
+            &["--subnet", "10.0.1.5/24"][..],
+            "Error: --subnet: invalid subnet 10.0.1.5/24: it should be 10.0.1.0/24\n",
+        ),
     ] {
         let mut v = vec![
             "--socket",

@@ -300,7 +300,8 @@ pub fn name_ip(flag: &str, spec: &str, example: &str) -> Result<(String, Ipv4Add
 /// `network create --subnet CIDR [--ipv6 --subnet CIDR6]`, in Docker's words: `--subnet` once
 /// per family, the IPv4 one required (every overlay address is IPv4 first; its IPv6 twin comes
 /// from the prefix), an IPv6 one only with `--ipv6` and `--ipv6` only with one (meshd assigns
-/// no IPv6 prefix itself). A prefix longer than /96 is refused by [`Ipv6Net`]'s parser.
+/// no IPv6 prefix itself). A prefix longer than /96 is refused by [`Ipv6Net`]'s parser; one
+/// with host bits set (`fd00:5::1/64`) in Docker's words ([`Ipv6Net::without_host_bits`]).
 pub fn subnets(subnets: &[String], ipv6: bool) -> Result<(Ipv4Net, Option<Ipv6Net>), SpecError> {
     const EXAMPLE: &str = "--subnet 10.0.5.0/24 --ipv6 --subnet fd00:5::/64";
     let mut v4: Option<Ipv4Net> = None;
@@ -309,13 +310,19 @@ pub fn subnets(subnets: &[String], ipv6: bool) -> Result<(Ipv4Net, Option<Ipv6Ne
         let s = s.trim();
         // The family by its spelling, so each parser's message speaks of the right one.
         if s.contains(':') {
-            let n: Ipv6Net = s.parse().map_err(|e| SpecError(format!("--subnet: {e}")))?;
+            let n: Ipv6Net = s
+                .parse()
+                .and_then(Ipv6Net::without_host_bits)
+                .map_err(|e| SpecError(format!("--subnet: {e}")))?;
             if let Some(first) = v6 {
                 fail!("--subnet: {first} and {n} are both IPv6; a network has one subnet per family (as in {EXAMPLE})");
             }
             v6 = Some(n);
         } else {
-            let n: Ipv4Net = s.parse().map_err(|e| SpecError(format!("--subnet: {e}")))?;
+            let n: Ipv4Net = s
+                .parse()
+                .and_then(Ipv4Net::without_host_bits)
+                .map_err(|e| SpecError(format!("--subnet: {e}")))?;
             if let Some(first) = v4 {
                 fail!("--subnet: {first} and {n} are both IPv4; a network has one subnet per family (as in {EXAMPLE})");
             }
@@ -625,6 +632,20 @@ mod tests {
         );
         let m = e(s(&["10.0.5/24"], false));
         assert!(m.contains("is not an IPv4 address"), "{m}");
+
+        // Host bits set: refused in Docker's words, either family.
+        assert_eq!(
+            e(s(&["10.0.5.0/24", "fd00:5::1/64"], true)),
+            "--subnet: invalid subnet fd00:5::1/64: it should be fd00:5::/64"
+        );
+        assert_eq!(
+            e(s(&["10.0.5.1/24"], false)),
+            "--subnet: invalid subnet 10.0.5.1/24: it should be 10.0.5.0/24"
+        );
+        assert_eq!(
+            e(s(&["10.0.5.1/24", "fd00:5::/64"], true)),
+            "--subnet: invalid subnet 10.0.5.1/24: it should be 10.0.5.0/24"
+        );
     }
 
     #[test]
