@@ -881,8 +881,9 @@ pub struct WorkerReport {
     pub counters: WorkerCounters,
     #[serde(default)]
     pub drops: BTreeMap<String, u64>,
-    /// Frames handed to the node's own stack, by reason (they add up to `to_host`).
-    #[serde(default)]
+    /// Frames handed to the node's own stack, by reason (they add up to `to_host`). On the
+    /// wire `to_host_by_reason`: the plain counter `to_host` sits in the same object.
+    #[serde(default, rename = "to_host_by_reason")]
     pub to_host: BTreeMap<String, u64>,
 }
 
@@ -1332,6 +1333,22 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::collections::BTreeSet;
+
+    #[test]
+    fn a_worker_report_keeps_its_to_host_counter_beside_the_breakdown() {
+        let mut w = WorkerReport::default();
+        w.counters.to_host = 5;
+        w.to_host.insert("arp".into(), 2);
+        w.to_host.insert("mesh_address".into(), 3);
+        let text = serde_json::to_string(&w).unwrap();
+        assert_eq!(text.matches("\"to_host\":").count(), 1, "{text}");
+        assert!(text.contains("\"to_host\":5"), "{text}");
+        assert!(
+            text.contains("\"to_host_by_reason\":{\"arp\":2,\"mesh_address\":3}"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<WorkerReport>(&text).unwrap(), w);
+    }
 
     #[test]
     fn requests_look_like_the_documentation() {
