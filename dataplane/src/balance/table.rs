@@ -16,6 +16,7 @@ use smoltcp::wire::{IpProtocol, Ipv4Address, Ipv6Address};
 use super::maglev::{self, Maglev};
 use crate::fastmap::{mix64, FrozenMap};
 use crate::overlay::seal;
+use crate::wire::checksum::Delta;
 
 /// Why a state cannot become a service table. The previous table stays in force.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -295,6 +296,8 @@ pub struct ServiceTable {
     pub dual_stack: bool,
     /// Each network's IPv6 prefix when it is dual-stack ([`ServiceTable::subnet6`]).
     subnets6: Box<[Option<model::Ipv6Net>]>,
+    /// Each network's [`ServiceTable::twin_deltas`].
+    deltas6: Box<[[Delta; 2]]>,
     /// Services by name, lower case (DNS names are case-insensitive).
     svc_names: HashMap<Arc<str>, SvcIdx>,
     /// Tasks by name, lower case.
@@ -482,6 +485,10 @@ impl ServiceTable {
         // (the task-to-VIP path) 2 instructions a packet.
         let subnets6: Box<[Option<model::Ipv6Net>]> =
             state.networks.iter().map(|n| n.subnet6).collect();
+        let deltas6 = subnets6
+            .iter()
+            .map(|p| p.map(twin_deltas).unwrap_or_default())
+            .collect();
         let sealed = networks.iter().any(|n| n.keys.is_some());
         let dual_stack = subnets6.iter().any(Option::is_some);
         let ingress_net = state
@@ -561,6 +568,7 @@ impl ServiceTable {
             vxlan_slow: sealed || state.underlay6() || dual_stack,
             dual_stack,
             subnets6,
+            deltas6,
             svc_names: HashMap::with_capacity(state.services.len()),
             task_names: HashMap::with_capacity(tasks_hint + ROOM),
             garbage: 0,
@@ -1060,6 +1068,18 @@ impl ServiceTable {
         self.subnets6.get(usize::from(i)).copied().flatten()
     }
 
+    /// What the transport checksum of a packet between two twins of dual-stack network `i`
+    /// changes by when it is turned into IPv4 (`[0]`) and back (`[1]`): only the pseudo-header's
+    /// addresses change, and the twins of one network share their first 96 bits, so it is the
+    /// network's constant, not the packet's. Zero for a network that is not dual-stack.
+    #[inline]
+    pub fn twin_deltas(&self, i: NetIdx) -> [Delta; 2] {
+        self.deltas6
+            .get(usize::from(i))
+            .copied()
+            .unwrap_or_default()
+    }
+
     #[inline]
     pub fn node(&self, i: NodeIdx) -> &NodeEntry {
         &self.nodes[usize::from(i)]
@@ -1112,12 +1132,27 @@ impl ServiceTable {
                 vxlan_slow: false,
                 dual_stack: false,
                 subnets6: Box::default(),
+                deltas6: Box::default(),
                 svc_names: HashMap::new(),
                 task_names: HashMap::new(),
                 garbage: 0,
             },
         }
     }
+}
+
+/// [`ServiceTable::twin_deltas`] of prefix `p`: its first 96 bits, in the source and the
+/// destination address, leave the pseudo-header (and come back).
+fn twin_deltas(p: model::Ipv6Net) -> [Delta; 2] {
+    let o = p.addr.octets();
+    let mut to4 = [(0u16, 0u16); 12];
+    for (i, w) in o[..12].chunks_exact(2).enumerate() {
+        let w = u16::from_be_bytes([w[0], w[1]]);
+        to4[i] = (w, 0);
+        to4[i + 6] = (w, 0);
+    }
+    let to6 = to4.map(|(w, z)| (z, w));
+    [Delta::new().of(&to4), Delta::new().of(&to6)]
 }
 
 #[cfg(test)]

@@ -259,6 +259,8 @@ fn refill(buf: &mut PacketBuf, frame: &[u8]) {
 /// Turns the ICMPv6 error `h` in `buf` (its Ethernet header at `base`: 0, or behind VXLAN's
 /// outer headers, which are kept) into ICMP from `src` to `dst`, its quote's addresses by `v4`
 /// (`ipv6_untranslated` when it has no IPv4 form).
+#[cold]
+#[inline(never)]
 pub(super) fn error6_to_ipv4(
     buf: &mut PacketBuf,
     base: usize,
@@ -293,6 +295,8 @@ pub(super) fn error6_to_ipv4(
 /// Turns the ICMP error `l3` in `buf` (`payload` bytes after its header) into ICMPv6 between
 /// `twins` (source, destination), its quote's addresses by `v6`, at most the IPv6 minimum MTU
 /// long (RFC 4443 §2.4); `macs` (ours, the next hop's).
+#[cold]
+#[inline(never)]
 pub(super) fn error4_to_ipv6(
     buf: &mut PacketBuf,
     l3: &L3,

@@ -447,6 +447,7 @@ impl Pipeline {
             (me.octets(), client),
             piece,
             (self.cfg.uplink_mac, mac),
+            None,
         )
         .map_err(|r| match r {
             DropReason::Ipv6Fragment => self.blame(slot, r),
@@ -529,6 +530,32 @@ pub(super) fn to_ipv4<const PIECE: bool>(
     src: u32,
     dst: u32,
 ) -> Result<usize, DropReason> {
+    convert_to_ipv4::<PIECE>(buf, base, h, (src, dst), None)
+}
+
+/// [`to_ipv4`] of a packet between twins of a dual-stack network, whose checksum changes by
+/// `delta` (`ServiceTable::twin_deltas`): nothing summed from the addresses. A copy of its own,
+/// so that `to_ipv4`'s code (the published ports') has no test of it.
+#[inline(never)]
+pub(super) fn twins_to_ipv4(
+    buf: &mut PacketBuf,
+    base: usize,
+    h: &L3v6,
+    (src, dst): (u32, u32),
+    delta: checksum::Delta,
+) -> Result<usize, DropReason> {
+    convert_to_ipv4::<false>(buf, base, h, (src, dst), Some(delta))
+}
+
+/// [`to_ipv4`]'s body; `delta`, the checksum's change when the caller knows it.
+#[inline(always)]
+fn convert_to_ipv4<const PIECE: bool>(
+    buf: &mut PacketBuf,
+    base: usize,
+    h: &L3v6,
+    (src, dst): (u32, u32),
+    delta: Option<checksum::Delta>,
+) -> Result<usize, DropReason> {
     let piece = h.frag.filter(|_| PIECE);
     let payload = h.end - h.l4;
     let eth = base + ETH;
@@ -551,7 +578,9 @@ pub(super) fn to_ipv4<const PIECE: bool>(
         if c + 2 > f.len() {
             return Err(DropReason::Truncated);
         }
-        let delta = pseudo_delta(&words6(&h.src.octets(), &h.dst.octets()), &words4(src, dst));
+        let delta = delta.unwrap_or_else(|| {
+            pseudo_delta(&words6(&h.src.octets(), &h.dst.octets()), &words4(src, dst))
+        });
         let old = nat::be16(f, c);
         let new = if h.proto == UDP {
             checksum::apply_udp(delta, old)
@@ -612,7 +641,8 @@ const FRAGMENT_HEADER_LEN: usize = 8;
 /// gets one: IPv6 requires it); `macs` (ours, the next hop's). A fragment gets the Fragment
 /// header `piece` after the IPv6 header; only the first carries a checksum to move, and a UDP
 /// datagram without one cannot get one from a piece of it (`ipv6_fragment`). An ICMP echo
-/// becomes an ICMPv6 echo (§4.2; the caller lets no other ICMP through).
+/// becomes an ICMPv6 echo (§4.2; the caller lets no other ICMP through). `delta`: the
+/// checksum's change when the caller knows it (`twin_deltas`), else summed from the addresses.
 #[inline(always)]
 pub(super) fn to_ipv6(
     buf: &mut PacketBuf,
@@ -621,6 +651,7 @@ pub(super) fn to_ipv6(
     (src, dst): ([u8; 16], [u8; 16]),
     piece: Option<[u8; FRAGMENT_HEADER_LEN]>,
     macs: ([u8; 6], [u8; 6]),
+    delta: Option<checksum::Delta>,
 ) -> Result<(), DropReason> {
     let ihl = l3.l4 - ETH;
     let ext = if piece.is_some() {
@@ -702,7 +733,7 @@ pub(super) fn to_ipv6(
         let (s, d) = (Ipv6Address::from(src).into(), Ipv6Address::from(dst).into());
         UdpPacket::new_unchecked(&mut f[l4..l4 + payload]).fill_checksum(&s, &d);
     } else {
-        let delta = pseudo_delta(&from, &words6(&src, &dst));
+        let delta = delta.unwrap_or_else(|| pseudo_delta(&from, &words6(&src, &dst)));
         let new = if l3.proto == UDP {
             checksum::apply_udp(delta, old)
         } else {

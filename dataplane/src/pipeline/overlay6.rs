@@ -31,7 +31,7 @@ use smoltcp::wire::Icmpv6Message;
 use super::frag::Frag;
 use super::icmperr::{error4_to_ipv6, error6_to_ipv4, is_icmp_error};
 use super::ipv6::{checked_icmpv6, parse_ipv6, solicitation, L3v6, ICMPV6};
-use super::nat64::{to_ipv4, to_ipv6};
+use super::nat64::{to_ipv6, twins_to_ipv4};
 use super::*;
 use crate::balance::table::NetIdx;
 
@@ -105,7 +105,8 @@ impl Pipeline {
             let v4 = |a| p.extract(a).filter(|v| net.subnet.contains(*v)).map(ipkey);
             error6_to_ipv4(buf, 0, &h, (src, ipkey(dst)), v4)?;
         } else {
-            to_ipv4::<false>(buf, 0, &h, src, ipkey(dst))?;
+            let delta = t.twin_deltas(s.net)[0];
+            twins_to_ipv4(buf, 0, &h, (src, ipkey(dst)), delta)?;
         }
         buf.v6 = true;
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
@@ -272,7 +273,8 @@ impl Pipeline {
             let v4 = |a| p.extract(a).filter(|v| n.subnet.contains(*v)).map(ipkey);
             error6_to_ipv4(buf, base, &h, (ipkey(src), ipkey(dst)), v4)?;
         } else {
-            to_ipv4::<false>(buf, base, &h, ipkey(src), ipkey(dst))?;
+            let delta = t.twin_deltas(net)[0];
+            twins_to_ipv4(buf, base, &h, (ipkey(src), ipkey(dst)), delta)?;
         }
         let f = buf.data_mut();
         let len = f.len();
@@ -334,7 +336,16 @@ pub(super) fn back6(t: &ServiceTable, buf: &mut PacketBuf, net: NetIdx) -> Resul
         let v6 = |a| p.embed(addr(a)).octets();
         return error4_to_ipv6(buf, &l3, total - ihl, twins, (smac, dmac), v6);
     }
-    to_ipv6(buf, &l3, total - ihl, twins, None, (smac, dmac))
+    let delta = t.twin_deltas(net)[1];
+    to_ipv6(
+        buf,
+        &l3,
+        total - ihl,
+        twins,
+        None,
+        (smac, dmac),
+        Some(delta),
+    )
 }
 
 #[cfg(test)]
@@ -1295,6 +1306,30 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A network's constant checksum change (`twin_deltas`) is what summing the two
+        /// pseudo-headers gives, for any two twins of any prefix, both ways.
+        #[test]
+        fn a_networks_twin_delta_is_the_pseudo_headers_change(
+            hi in any::<u64>(), a in any::<u32>(), b in any::<u32>(), csum in any::<u16>()
+        ) {
+            // Any unique-local /64 (fd00::/8).
+            let hi = (0xfd_u128 << 120) | (u128::from(hi & 0x00ff_ffff_ffff_ffff) << 64);
+            use crate::pipeline::nat64::{pseudo_delta, words4, words6};
+            let p = model::Ipv6Net { addr: Ipv6Addr::from(hi), prefix: 64 };
+            let mut s = state(true);
+            s.networks[1].subnet6 = Some(p);
+            let t = ServiceTable::build(&s, "n2", 1).unwrap();
+            let [to4, to6] = t.twin_deltas(1);
+            let (a6, b6) = (p.embed(Ipv4Addr::from(a)).octets(), p.embed(Ipv4Addr::from(b)).octets());
+            let same = |x: u16, y: u16| x == y || (x | y == 0xffff && x & y == 0);
+            let want4 = pseudo_delta(&words6(&a6, &b6), &words4(a, b)).apply(csum);
+            prop_assert!(same(to4.apply(csum), want4));
+            let want6 = pseudo_delta(&words4(a, b), &words6(&a6, &b6)).apply(csum);
+            prop_assert!(same(to6.apply(csum), want6));
+            // A network that is not dual-stack has none.
+            prop_assert!(t.twin_deltas(0)[0].is_zero());
+        }
 
         /// Any change to a task's IPv6 frame, or to a VXLAN frame carrying one, is dropped
         /// with a reason or goes out as a readable frame; nothing panics.
