@@ -173,6 +173,7 @@ fn main() {
                 (Kind::IngressUnderlay6, sizes[0]),
                 (Kind::DecapUnderlay6, sizes[1]),
                 (Kind::Vip6, sizes[1].min(64_000)),
+                (Kind::VipDualMesh, sizes[1].min(64_000)),
                 (Kind::Decap6, sizes[1]),
             ];
             // A scenario's whole name picks it alone; a part of one picks every scenario with

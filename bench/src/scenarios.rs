@@ -244,6 +244,8 @@ pub enum Kind {
     /// the VIP's, each turned into IPv4 between the twins' addresses, looked up, DNAT'ed, and
     /// turned back into IPv6 inside VXLAN to the task's node.
     Vip6,
+    /// `Vip` (IPv4) on a mesh whose appnet is dual-stack: what IPv4 pays for IPv6 beside it.
+    VipDualMesh,
     /// `Decap` of a task's IPv6 on a dual-stack appnet: VXLAN from n2 whose inner frame is
     /// web.1's IPv6 segment to the client task's twin, turned into IPv4 in place (the outer
     /// headers moved up), delivered, and turned back into IPv6 for the task.
@@ -276,6 +278,7 @@ impl Kind {
             Kind::IngressUnderlay6 => "established ingress, IPv6 underlay",
             Kind::DecapUnderlay6 => "decapsulation, IPv6 underlay",
             Kind::Vip6 => "VIP over IPv6, dual-stack",
+            Kind::VipDualMesh => "VIP (task to VIP), dual-stack mesh",
             Kind::Decap6 => "decapsulation over IPv6, dual-stack",
         }
     }
@@ -295,7 +298,7 @@ impl Kind {
 
     /// Whether the scenario runs on the dual-stack appnet.
     pub fn dual_stack(self) -> bool {
-        matches!(self, Kind::Vip6 | Kind::Decap6)
+        matches!(self, Kind::Vip6 | Kind::Decap6 | Kind::VipDualMesh)
     }
 
     /// Whether it is the established-ingress path (whatever the size, sealing or underlay).
@@ -468,7 +471,7 @@ impl Scenario {
         };
         let (pipeline, kept) = pipeline_over(cfg, neigh, kept);
         let port = match kind {
-            Kind::Vip | Kind::Vip6 => PortId::Tasks,
+            Kind::Vip | Kind::Vip6 | Kind::VipDualMesh => PortId::Tasks,
             _ => PortId::Uplink,
         };
         // The sealed decapsulation frames are sealed as a peer (n2) would, in the order they
@@ -514,7 +517,7 @@ impl Scenario {
                         CLIENT_MAC, UPLINK_MAC, ip, port, N1, 8080, flags, 1000, 1, &body,
                     )
                 }
-                Kind::Vip => {
+                Kind::Vip | Kind::VipDualMesh => {
                     // One client task, one flow per source port.
                     let port = 1024 + (i % 64_000) as u16;
                     testkit::tcp_frame(
@@ -602,7 +605,7 @@ impl Scenario {
         };
         let vip_max = 64_000;
         let flows = match kind {
-            Kind::Vip | Kind::Vip6 => flows.min(vip_max),
+            Kind::Vip | Kind::Vip6 | Kind::VipDualMesh => flows.min(vip_max),
             Kind::SealedDecap => flows.next_multiple_of(BURST),
             _ => flows,
         };
@@ -641,7 +644,12 @@ impl Scenario {
         if kind.ingress()
             || matches!(
                 kind,
-                Kind::Vip | Kind::Vip6 | Kind::Replies | Kind::Ingress6 | Kind::Replies6
+                Kind::Vip
+                    | Kind::Vip6
+                    | Kind::VipDualMesh
+                    | Kind::Replies
+                    | Kind::Ingress6
+                    | Kind::Replies6
             )
         {
             // Open every flow with a SYN first.
@@ -966,6 +974,20 @@ mod tests {
             assert_eq!(&f[..6], &[0x02, 0, 0, 0, 3, 2]);
             assert_eq!(tcp6_of(f), (twin(WEB1_APP), twin(CLI_TASK), true));
         }
+    }
+
+    #[test]
+    fn ipv4_on_a_dual_stack_mesh_stays_ipv4_into_vxlan() {
+        let mut s = Scenario::new(Kind::VipDualMesh, 64);
+        assert!(s.table.dual_stack);
+        assert_eq!(s.run(BURST), BURST);
+        for b in s.burst.iter() {
+            let (vni, inner) = testkit::decap(b.data()).expect("VXLAN over IPv4");
+            assert_eq!(vni, APP_VNI);
+            let seg = testkit::parse_ipv4_tcp(inner).expect("inner IPv4 TCP, checksums right");
+            assert_eq!(seg.src, CLI_TASK);
+        }
+        assert_eq!(s.pipeline.stats.total_drops(), 0);
     }
 
     /// cli.1's MAC, as `Scenario::with` teaches the neighbour table.

@@ -431,10 +431,51 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
             let inner6 = testkit::tcp6_frame([2; 6], tk, far6, 5003, web1_6, 80, SYN, 1);
             let mut r = record(false, true, 0, &inner6);
             r[0] |= 4;
+            // web.1's port unreachable about a datagram from the task on n1 (ICMPv6 errors
+            // are translated with their quote), and the same error from n1's task inside VXLAN.
+            let udp6 = testkit::ipv6_with(
+                [2; 6],
+                tk,
+                far6,
+                web1_6,
+                63,
+                smoltcp::wire::IpProtocol::Udp,
+                12,
+                |b| {
+                    b[..2].copy_from_slice(&5004u16.to_be_bytes());
+                    b[2..4].copy_from_slice(&9u16.to_be_bytes());
+                    b[4..6].copy_from_slice(&12u16.to_be_bytes());
+                },
+            );
+            let unreachable = |mac, from, to| {
+                testkit::icmpv6_frame(
+                    mac,
+                    tk,
+                    from,
+                    to,
+                    64,
+                    &smoltcp::wire::Icmpv6Repr::DstUnreachable {
+                        reason: smoltcp::wire::Icmpv6DstUnreachable::PortUnreachable,
+                        header: smoltcp::wire::Ipv6Repr {
+                            src_addr: to,
+                            dst_addr: from,
+                            next_header: smoltcp::wire::IpProtocol::Udp,
+                            payload_len: 12,
+                            hop_limit: 63,
+                        },
+                        data: &udp6[54..],
+                    },
+                )
+            };
+            let err6 = unreachable(WEB1_MAC, web1_6, far6);
+            let mut e = record(false, true, 0, &unreachable([2; 6], far6, web1_6));
+            e[0] |= 4;
             vec![
                 record(true, false, 101, &ns),
                 record(true, false, 101, &syn6),
                 r,
+                record(true, false, 101, &err6),
+                e,
             ]
         }),
         // n2 with appnet encrypted: a sealed SYN from a task on n1 to web.1's appnet address.

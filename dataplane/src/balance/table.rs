@@ -288,9 +288,9 @@ pub struct ServiceTable {
     pub ingress_net: Option<NetIdx>,
     /// Whether any network is encrypted (one test on the VXLAN paths of a mesh without).
     pub sealed: bool,
-    /// Whether VXLAN frames take more than plain IPv4 outer headers: `sealed`, the underlay
-    /// is IPv6, or a dual-stack network's frames may go back to IPv6 (one test on the plain
-    /// overlay's transmit path).
+    /// Whether VXLAN frames take more than plain IPv4 outer headers: `sealed`, or the underlay
+    /// is IPv6 (one test on the plain overlay's transmit path). A dual-stack network's frames
+    /// take the plain path and are turned back into IPv6 after it (`overlay6`).
     pub vxlan_slow: bool,
     /// Whether any network is dual-stack (IPv6 frames of its tasks are carried).
     pub dual_stack: bool,
@@ -565,7 +565,7 @@ impl ServiceTable {
             alive: FrozenMap::default(),
             ingress_net,
             sealed,
-            vxlan_slow: sealed || state.underlay6() || dual_stack,
+            vxlan_slow: sealed || state.underlay6(),
             dual_stack,
             subnets6,
             deltas6,

@@ -15,14 +15,14 @@
 //! network but its own and those on its own segment. ICMPv6 echo is translated (`ping -6`
 //! between tasks), and so are ICMPv6 errors, with the packet they quote (`icmperr`). A task's
 //! packet over its network's MTU (a task whose own MTU is larger) is answered with packet too
-//! big from its gateway's twin. Not yet: IPv6 fragments (`ipv6_fragment`; TCP's segments fit,
-//! by its MSS), and a packet to a VIP's or the gateway's twin that is no flow's, which would go
-//! to the host side, which answers in IPv4 only (`ipv6_untranslated`).
+//! big from its gateway's twin. A packet to a VIP's or the gateway's twin that is no flow's
+//! goes to the host side as it came, which answers as a host with no sockets (echo reply, RST,
+//! port unreachable). Not yet: IPv6 fragments (`ipv6_fragment`; TCP's segments fit, by its MSS).
 //!
-//! What the IPv4 paths pay: nothing. A packet to a task is turned back by the IPv6 path's own
-//! functions once the IPv4 pipeline has sent it there; one into VXLAN by `send_vxlan_slow`,
-//! which only meshes with a dual-stack network (or sealed, or over an IPv6 underlay) take. A
-//! frame handed to another worker goes as it came (IPv6), so the worker that owns its flow
+//! What the IPv4 paths pay: nothing, with or without a dual-stack network in the mesh. A packet
+//! to a task, or into VXLAN, is turned back by the IPv6 path's own functions once the IPv4
+//! pipeline has sent it there (`after6`; behind its outer headers for VXLAN, `vxlan_back6`), or
+//! by `send_vxlan_slow`, which only sealed meshes and IPv6 underlays take anyway. A frame handed to another worker goes as it came (IPv6), so the worker that owns its flow
 //! turns it into IPv4 itself: IPv4's `send` never tests [`PacketBuf::v6`]. On a node of more
 //! than one worker, that costs an IPv6 packet a copy of its frame.
 
@@ -125,7 +125,8 @@ impl Pipeline {
     }
 
     /// What becomes of a task's IPv6 packet (`v`: the IPv4 pipeline's verdict on it): to a
-    /// task, turned back into IPv6 here (VXLAN's is turned back in `send_vxlan_slow`); for
+    /// task or into VXLAN, turned back into IPv6 here (in `send_vxlan_slow` when VXLAN takes
+    /// it: sealed, or over an IPv6 underlay); for
     /// another worker, given back as it came ([`Self::save6`]), so that the worker that owns
     /// it turns it into IPv4 itself: the IPv4 path's `send` never looks at
     /// [`PacketBuf::v6`]. For the host side: turned back too, from a task (answered there in
@@ -141,6 +142,12 @@ impl Pipeline {
                 let net = net_of(t, buf, ETH + 16)?;
                 back6(t, buf, net)?;
                 Ok(Verdict::Tx(PortId::Tasks))
+            }
+            // Into VXLAN by IPv4's own transmit path (a mesh with no encrypted network, over an
+            // IPv4 underlay; the others' `send_vxlan_slow` turned it back already).
+            Verdict::Tx(PortId::Uplink) if !t.vxlan_slow => {
+                vxlan_back6(t, buf)?;
+                Ok(Verdict::Tx(PortId::Uplink))
             }
             // A task's packet to a VIP's or the gateway's twin that no flow takes (an echo
             // request, a port the VIP does not serve): the host side answers it as a host with
@@ -292,6 +299,44 @@ impl Pipeline {
         let v = self.decap(t, now, buf, outer, false);
         self.after6(t, buf, v)
     }
+}
+
+/// Turns the inner packet of the VXLAN frame in `buf` (a task's IPv6 packet, encapsulated as
+/// IPv4 by `Outer::encap`) back into IPv6, its outer headers kept before it, their lengths and
+/// IPv4 checksum set again. Out of `send`, so IPv4 pays nothing for it.
+fn vxlan_back6(t: &ServiceTable, buf: &mut PacketBuf) -> Result<(), DropReason> {
+    const E: usize = vxlan::ENCAP_LEN;
+    let f = buf.data();
+    let mut outer = [0u8; E];
+    outer.copy_from_slice(f.get(..E).ok_or(DropReason::Truncated)?);
+    // Only VXLAN over IPv4 (UDP) comes here: a task's IPv6 packet goes to twins of its own
+    // network.
+    if outer[12..14] != [0x08, 0x00] || outer[ETH + 9] != UDP {
+        return Err(DropReason::Ipv6Untranslated);
+    }
+    let vni = u32::from_be_bytes([0, outer[E - 4], outer[E - 3], outer[E - 2]]);
+    let net = t.network_by_vni(vni).ok_or(DropReason::UnknownVni)?;
+    if !buf.trim_front(E) {
+        return Err(DropReason::Truncated);
+    }
+    back6(t, buf, net)?;
+    let inner = buf.len();
+    let f = buf.prepend(E).ok_or(DropReason::NoHeadroom)?;
+    f[..E].copy_from_slice(&outer);
+    // Casts: a frame is at most a buffer (2,048 bytes) long.
+    #[allow(clippy::cast_possible_truncation)]
+    let (total, udp) = (
+        (IPV4 + 8 + vxlan::HEADER_LEN + inner) as u16,
+        (8 + vxlan::HEADER_LEN + inner) as u16,
+    );
+    // Only the total length changed in the outer IPv4 header: its checksum follows it (summed
+    // anew, it cost the IPv6 VIP row 70 instructions a packet).
+    let old = nat::be16(f, ETH + 2);
+    let csum = nat::be16(f, ETH + 10);
+    put16(f, ETH + 2, total);
+    put16(f, ETH + 10, checksum::Delta::new().add16(old, total).apply(csum));
+    put16(f, ETH + IPV4 + 4, udp);
+    Ok(())
 }
 
 /// The network of the overlay address at `at` in the IPv4 frame in `buf`.
