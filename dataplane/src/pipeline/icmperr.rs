@@ -93,6 +93,26 @@ fn move_quoted_csum(proto: u8, data: &mut [u8], delta: checksum::Delta) {
     }
 }
 
+/// Copies the quoted transport bytes `data` (of `proto`, `ICMP` for either family's) into
+/// `body`: an echo's type turned by `echo` (request, reply: from, to), a TCP or UDP checksum
+/// moved by `delta`.
+fn quoted_transport(
+    body: &mut [u8],
+    data: &[u8],
+    proto: u8,
+    echo: [(u8, u8); 2],
+    delta: checksum::Delta,
+) {
+    body.copy_from_slice(data);
+    if proto != ICMP {
+        move_quoted_csum(proto, body, delta);
+    } else if let Some(ty) = body.first_mut() {
+        if let Some(&(_, to)) = echo.iter().find(|(from, _)| from == ty) {
+            *ty = to;
+        }
+    }
+}
+
 /// Writes into `out` the IPv4 form of the IPv6 packet `q` quoted by an ICMPv6 error (its
 /// header, without extension headers, and what of it follows), its addresses by `v4`. Returns
 /// the bytes written.
@@ -130,20 +150,8 @@ fn quote_to_v4(q: &[u8], out: &mut [u8], v4: impl Fn(Ipv6Address) -> Option<u32>
     p.set_ecn(tc & 3);
     p.set_dont_frag(true);
     p.fill_checksum();
-    let body = &mut o[IPV4..];
-    body.copy_from_slice(data);
-    if proto == ICMP {
-        if let Some(ty) = body.first_mut() {
-            *ty = match *ty {
-                128 => 8,
-                129 => 0,
-                t => t,
-            };
-        }
-    } else {
-        let delta = pseudo_delta(&words6(&s6, &d6), &words4(src, dst));
-        move_quoted_csum(proto, body, delta);
-    }
+    let delta = pseudo_delta(&words6(&s6, &d6), &words4(src, dst));
+    quoted_transport(&mut o[IPV4..], data, proto, [(128, 8), (129, 0)], delta);
     Some(n)
 }
 
@@ -183,20 +191,14 @@ fn quote_to_v6(q: &[u8], out: &mut [u8], v6: impl Fn(u32) -> [u8; 16]) -> Option
     }
     .emit(&mut Ipv6Packet::new_unchecked(&mut o[..IPV6_HEADER_LEN]));
     Ipv6Packet::new_unchecked(&mut o[..IPV6_HEADER_LEN]).set_traffic_class(h[1]);
-    let body = &mut o[IPV6_HEADER_LEN..];
-    body.copy_from_slice(data);
-    if proto == ICMP {
-        if let Some(ty) = body.first_mut() {
-            *ty = match *ty {
-                8 => 128,
-                0 => 129,
-                t => t,
-            };
-        }
-    } else {
-        let delta = pseudo_delta(&words4(src, dst), &words6(&s6, &d6));
-        move_quoted_csum(proto, body, delta);
-    }
+    let delta = pseudo_delta(&words4(src, dst), &words6(&s6, &d6));
+    quoted_transport(
+        &mut o[IPV6_HEADER_LEN..],
+        data,
+        proto,
+        [(8, 128), (0, 129)],
+        delta,
+    );
     Some(n)
 }
 

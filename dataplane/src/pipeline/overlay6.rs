@@ -334,7 +334,11 @@ fn vxlan_back6(t: &ServiceTable, buf: &mut PacketBuf) -> Result<(), DropReason> 
     let old = nat::be16(f, ETH + 2);
     let csum = nat::be16(f, ETH + 10);
     put16(f, ETH + 2, total);
-    put16(f, ETH + 10, checksum::Delta::new().add16(old, total).apply(csum));
+    put16(
+        f,
+        ETH + 10,
+        checksum::Delta::new().add16(old, total).apply(csum),
+    );
     put16(f, ETH + IPV4 + 4, udp);
     Ok(())
 }
