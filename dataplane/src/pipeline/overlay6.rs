@@ -22,9 +22,10 @@
 //! What the IPv4 paths pay: nothing, with or without a dual-stack network in the mesh. A packet
 //! to a task, or into VXLAN, is turned back by the IPv6 path's own functions once the IPv4
 //! pipeline has sent it there (`after6`; behind its outer headers for VXLAN, `vxlan_back6`), or
-//! by `send_vxlan_slow`, which only sealed meshes and IPv6 underlays take anyway. A frame handed to another worker goes as it came (IPv6), so the worker that owns its flow
-//! turns it into IPv4 itself: IPv4's `send` never tests [`PacketBuf::v6`]. On a node of more
-//! than one worker, that costs an IPv6 packet a copy of its frame.
+//! by `send_vxlan_slow`, which only sealed meshes and IPv6 underlays take anyway. A frame
+//! handed to another worker goes as it came (IPv6), so the worker that owns its flow turns it
+//! into IPv4 itself: IPv4's `send` never tests [`PacketBuf::v6`]. On a node of more than one
+//! worker, that costs an IPv6 packet a copy of its frame.
 
 use smoltcp::wire::Icmpv6Message;
 
@@ -126,11 +127,11 @@ impl Pipeline {
 
     /// What becomes of a task's IPv6 packet (`v`: the IPv4 pipeline's verdict on it): to a
     /// task or into VXLAN, turned back into IPv6 here (in `send_vxlan_slow` when VXLAN takes
-    /// it: sealed, or over an IPv6 underlay); for
-    /// another worker, given back as it came ([`Self::save6`]), so that the worker that owns
-    /// it turns it into IPv4 itself: the IPv4 path's `send` never looks at
-    /// [`PacketBuf::v6`]. For the host side: turned back too, from a task (answered there in
-    /// IPv6); not from another node (the asker's own node answers).
+    /// it: sealed, or over an IPv6 underlay); for another worker, given back as it came
+    /// ([`Self::save6`]), so that the worker that owns it turns it into IPv4 itself: the IPv4
+    /// path's `send` never looks at [`PacketBuf::v6`]. For the host side: turned back too,
+    /// from a task (answered there in IPv6); not from another node (the asker's own node
+    /// answers).
     fn after6(
         &mut self,
         t: &ServiceTable,
