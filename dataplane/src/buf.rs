@@ -242,6 +242,14 @@ impl PacketBuf {
         self.block[self.start..self.start + n].copy_from_slice(&frame[..n]);
         self.end = self.start + n;
     }
+
+    /// [`PacketBuf::fill`] with another form of the same frame (translated, or as it came):
+    /// it keeps [`PacketBuf::opened`] too, whether the frame came sealed.
+    pub fn refill(&mut self, frame: &[u8]) {
+        let opened = self.opened;
+        self.fill(frame);
+        self.opened = opened;
+    }
 }
 
 /// A fixed set of buffers allocated up front; `get` and `put` never allocate once warmed up.

@@ -174,9 +174,8 @@ reasons! {
         /// A task's IPv6 on a dual-stack network that meshd does not translate: ICMPv6 other
         /// than echo, errors and Neighbor Discovery; an error without an IPv4 form (parameter
         /// problem at a header field, a quote with extension headers or of a piece, or of
-        /// addresses outside the network); or a packet to the IPv6 twin of a VIP or the
-        /// gateway that is no flow's (ping, DNS over IPv6: the node's own answers are IPv4
-        /// only).
+        /// addresses outside the network); or, out of VXLAN, a packet to the IPv6 twin of a
+        /// VIP or the gateway that is no flow's (the asker's own node answers those).
         Ipv6Untranslated = "ipv6_untranslated",
         /// An IPv6 header that is not one: a version other than 6, a payload length past the
         /// frame.

@@ -144,12 +144,7 @@ fn quote_to_v4(q: &[u8], out: &mut [u8], v4: impl Fn(Ipv6Address) -> Option<u32>
         payload_len: usize::from(u16::from_be_bytes([h[4], h[5]])),
         hop_limit: h[7],
     };
-    let mut p = Ipv4Packet::new_unchecked(&mut o[..IPV4]);
-    repr.emit(&mut p, &ChecksumCapabilities::ignored());
-    p.set_dscp(tc >> 2);
-    p.set_ecn(tc & 3);
-    p.set_dont_frag(true);
-    p.fill_checksum();
+    emit_v4(&mut o[..IPV4], &repr, tc);
     let delta = pseudo_delta(&words6(&s6, &d6), &words4(src, dst));
     quoted_transport(&mut o[IPV4..], data, proto, [(128, 8), (129, 0)], delta);
     Some(n)
@@ -182,15 +177,14 @@ fn quote_to_v6(q: &[u8], out: &mut [u8], v6: impl Fn(u32) -> [u8; 16]) -> Option
     let data = &data[..data.len().min(room)];
     let n = IPV6_HEADER_LEN + data.len();
     let o = &mut out[..n];
-    Ipv6Repr {
+    let repr = Ipv6Repr {
         src_addr: Ipv6Address::from(s6),
         dst_addr: Ipv6Address::from(d6),
         next_header: next,
         payload_len: total.saturating_sub(ihl),
         hop_limit: h[8],
-    }
-    .emit(&mut Ipv6Packet::new_unchecked(&mut o[..IPV6_HEADER_LEN]));
-    Ipv6Packet::new_unchecked(&mut o[..IPV6_HEADER_LEN]).set_traffic_class(h[1]);
+    };
+    emit_v6(&mut o[..IPV6_HEADER_LEN], &repr, h[1]);
     let delta = pseudo_delta(&words4(src, dst), &words6(&s6, &d6));
     quoted_transport(
         &mut o[IPV6_HEADER_LEN..],
@@ -200,6 +194,31 @@ fn quote_to_v6(q: &[u8], out: &mut [u8], v6: impl Fn(u32) -> [u8; 16]) -> Option
         delta,
     );
     Some(n)
+}
+
+/// Writes an ICMP or ICMPv6 message's type, code and rest of header (its checksum is summed
+/// after).
+fn put_header(o: &mut [u8], (ty, code, rest): (u8, u8, u32)) {
+    o[0] = ty;
+    o[1] = code;
+    o[4..8].copy_from_slice(&rest.to_be_bytes());
+}
+
+/// Writes the IPv4 header `repr` into `o` (20 bytes; DF set, as smoltcp emits it), the traffic
+/// class `tc` as its DSCP and ECN, its checksum summed.
+fn emit_v4(o: &mut [u8], repr: &Ipv4Repr, tc: u8) {
+    let mut p = Ipv4Packet::new_unchecked(o);
+    repr.emit(&mut p, &ChecksumCapabilities::ignored());
+    p.set_dscp(tc >> 2);
+    p.set_ecn(tc & 3);
+    p.fill_checksum();
+}
+
+/// Writes the IPv6 header `repr` into `o` (40 bytes), with traffic class `tc`.
+fn emit_v6(o: &mut [u8], repr: &Ipv6Repr, tc: u8) {
+    let mut p = Ipv6Packet::new_unchecked(o);
+    repr.emit(&mut p);
+    p.set_traffic_class(tc);
 }
 
 /// The rest-of-header word of an ICMP message.
@@ -218,9 +237,7 @@ pub(super) fn error_to_icmp(
     let (ty, code, rest) = type_to_v4(hd[0], hd[1], rest_of(hd))?;
     let n = quote_to_v4(&icmp[ICMP_HEADER..], out.get_mut(ICMP_HEADER..)?, v4)?;
     let o = &mut out[..ICMP_HEADER + n];
-    o[0] = ty;
-    o[1] = code;
-    o[4..8].copy_from_slice(&rest.to_be_bytes());
+    put_header(o, (ty, code, rest));
     Icmpv4Packet::new_unchecked(o).fill_checksum();
     Some(ICMP_HEADER + n)
 }
@@ -238,9 +255,7 @@ pub(super) fn error_to_icmpv6(
     let (ty, code, rest) = type_to_v6(hd[0], hd[1], rest_of(hd))?;
     let n = quote_to_v6(&icmp[ICMP_HEADER..], out.get_mut(ICMP_HEADER..)?, v6)?;
     let o = &mut out[..ICMP_HEADER + n];
-    o[0] = ty;
-    o[1] = code;
-    o[4..8].copy_from_slice(&rest.to_be_bytes());
+    put_header(o, (ty, code, rest));
     Icmpv6Packet::new_unchecked(o).fill_checksum(&src, &dst);
     Some(ICMP_HEADER + n)
 }
@@ -248,14 +263,6 @@ pub(super) fn error_to_icmpv6(
 /// Whether the ICMP message at `l4` of the IPv4 frame `f` is an error (not an echo).
 pub(super) fn is_icmp_error(f: &[u8], l4: usize) -> bool {
     f.get(l4).is_some_and(|&ty| ty != 0 && ty != 8)
-}
-
-/// Replaces the frame in `buf` with `frame`, keeping what `fill` resets but the frame's own
-/// marks: whether it came sealed.
-fn refill(buf: &mut PacketBuf, frame: &[u8]) {
-    let opened = buf.opened;
-    buf.fill(frame);
-    buf.opened = opened;
 }
 
 /// Turns the ICMPv6 error `h` in `buf` (its Ethernet header at `base`: 0, or behind VXLAN's
@@ -285,12 +292,8 @@ pub(super) fn error6_to_ipv4(
         payload_len: n,
         hop_limit: h.hop_limit,
     };
-    let mut p = Ipv4Packet::new_unchecked(&mut out[eth..eth + IPV4]);
-    repr.emit(&mut p, &ChecksumCapabilities::ignored());
-    p.set_dscp(tc >> 2);
-    p.set_ecn(tc & 3);
-    p.fill_checksum();
-    refill(buf, &out[..eth + IPV4 + n]);
+    emit_v4(&mut out[eth..eth + IPV4], &repr, tc);
+    buf.refill(&out[..eth + IPV4 + n]);
     Ok(())
 }
 
@@ -319,16 +322,15 @@ pub(super) fn error4_to_ipv6(
     out[0..6].copy_from_slice(&dmac);
     out[6..12].copy_from_slice(&smac);
     put16(&mut out, 12, 0x86dd);
-    Ipv6Repr {
+    let repr = Ipv6Repr {
         src_addr: src,
         dst_addr: dst,
         next_header: IpProtocol::Icmpv6,
         payload_len: n,
         hop_limit: ttl,
-    }
-    .emit(&mut Ipv6Packet::new_unchecked(&mut out[ETH..l4]));
-    Ipv6Packet::new_unchecked(&mut out[ETH..l4]).set_traffic_class(tos);
-    refill(buf, &out[..l4 + n]);
+    };
+    emit_v6(&mut out[ETH..l4], &repr, tos);
+    buf.refill(&out[..l4 + n]);
     Ok(())
 }
 

@@ -157,10 +157,7 @@ impl Pipeline {
             Dir::Fwd => a.dst,
             Dir::Rev => l3.src,
         };
-        let mtu = t
-            .addr(addr(task))
-            .and_then(|e| self.net_mtu.get(usize::from(e.net)).copied())
-            .unwrap_or(self.min_mtu);
+        let mtu = self.mtu_of(t.addr(addr(task)).map(|e| e.net));
         let max = mtu.saturating_sub(nat::mss::IPV4_TCP_HEADERS);
         if nat::mss::clamp(buf.data_mut(), l3.l4, max) {
             self.stats.mss_clamped += 1;
@@ -236,10 +233,14 @@ impl Pipeline {
             Egress::Tasks => t.addr(addr(dst)).map(|e| e.net),
             Egress::Uplink { .. } | Egress::Uplink6 { .. } => return None,
         };
-        Some(
-            net.and_then(|n| self.net_mtu.get(usize::from(n)).copied())
-                .unwrap_or(self.min_mtu),
-        )
+        Some(self.mtu_of(net))
+    }
+
+    /// The MTU of network `net` on this node; the smallest of any when it is not known.
+    #[inline(always)]
+    pub(super) fn mtu_of(&self, net: Option<crate::balance::table::NetIdx>) -> u16 {
+        net.and_then(|n| self.net_mtu.get(usize::from(n)).copied())
+            .unwrap_or(self.min_mtu)
     }
 
     /// Sends an IPv4 frame (already rewritten) towards `dst` by `egress`.
