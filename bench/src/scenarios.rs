@@ -1016,37 +1016,6 @@ mod tests {
             .collect()
     }
 
-    /// An IPv6 TCP segment's (source, source port, destination, destination port, flags, hop
-    /// limit), when its checksum is right.
-    fn tcp6(f: &[u8]) -> Option<(Ipv6Addr, u16, Ipv6Addr, u16, u8, u8)> {
-        use smoltcp::wire::{IpAddress, IpProtocol, Ipv6Packet, TcpPacket};
-        if testkit::eth(f)?.2 != 0x86dd {
-            return None;
-        }
-        let ip = Ipv6Packet::new_checked(f.get(testkit::ETH_LEN..)?).ok()?;
-        if ip.next_header() != IpProtocol::Tcp {
-            return None;
-        }
-        let body =
-            f.get(testkit::ETH_LEN + 40..testkit::ETH_LEN + 40 + usize::from(ip.payload_len()))?;
-        let tcp = TcpPacket::new_checked(body).ok()?;
-        let (s, d) = (
-            IpAddress::Ipv6(ip.src_addr()),
-            IpAddress::Ipv6(ip.dst_addr()),
-        );
-        if !tcp.verify_checksum(&s, &d) {
-            return None;
-        }
-        Some((
-            ip.src_addr(),
-            tcp.src_port(),
-            ip.dst_addr(),
-            tcp.dst_port(),
-            body[13],
-            ip.hop_limit(),
-        ))
-    }
-
     /// The dual-stack VIP row measures a task's IPv6 to the VIP's twin: every flow opened by its
     /// SYN, each packet sent on in VXLAN (over IPv4, to the backend's node) as IPv6 again, from
     /// the client's twin to the backend's, its checksum right.
@@ -1072,8 +1041,14 @@ mod tests {
                 assert_eq!(f[26..30], N1.octets());
                 let (vni, inner) = testkit::decap(&f).expect("VXLAN over IPv4");
                 assert_eq!(vni, APP_VNI);
-                let (src, sport, dst, dport, flags, _) =
-                    tcp6(inner).expect("inner IPv6 TCP, checksum right");
+                let testkit::Tcp6Seen {
+                    src,
+                    sport,
+                    dst,
+                    dport,
+                    flags,
+                    ..
+                } = testkit::parse_ipv6_tcp(inner).expect("inner IPv6 TCP, checksum right");
                 assert_eq!((src, dport, flags), (twin(CLI_TASK), 80, tcp_flags::ACK));
                 let backend = APP_PREFIX6.extract(dst).expect("a twin");
                 let k = backend.octets()[3] - 100;
@@ -1106,8 +1081,15 @@ mod tests {
                     testkit::eth(&f).map(|e| (e.0, e.1)),
                     Some((CLI_TASK_MAC, TASKS_MAC))
                 );
-                let (src, sport, dst, dport, flags, hop) =
-                    tcp6(&f).expect("IPv6 TCP, checksum right");
+                let testkit::Tcp6Seen {
+                    src,
+                    sport,
+                    dst,
+                    dport,
+                    flags,
+                    hop_limit: hop,
+                    ..
+                } = testkit::parse_ipv6_tcp(&f).expect("IPv6 TCP, checksum right");
                 assert_eq!(
                     (src, dst, dport, flags, hop),
                     (twin(WEB1_APP), twin(CLI_TASK), 80, tcp_flags::ACK, 63)

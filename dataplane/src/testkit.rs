@@ -13,7 +13,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
     EthernetRepr, Icmpv4Packet, Icmpv4Repr, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet,
-    Ipv4Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    Ipv4Repr, Ipv6Packet, NdiscRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+    UdpRepr,
 };
 
 use crate::wire::{reply, vxlan};
@@ -560,6 +561,51 @@ impl TcpSeen {
     pub fn has(&self, flags: u8) -> bool {
         self.flags & flags == flags
     }
+}
+
+/// What an Ethernet/IPv6/TCP frame carries (see [`parse_ipv6_tcp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tcp6Seen {
+    pub dst_mac: Mac,
+    pub src: Ipv6Addr,
+    pub sport: u16,
+    pub dst: Ipv6Addr,
+    pub dport: u16,
+    /// The flags byte (see [`tcp_flags`]).
+    pub flags: u8,
+    pub hop_limit: u8,
+}
+
+/// Parses an Ethernet/IPv6/TCP frame with no extension headers, verifying its length and the
+/// TCP checksum.
+pub fn parse_ipv6_tcp(frame: &[u8]) -> Option<Tcp6Seen> {
+    let (dst_mac, _, ethertype) = eth(frame)?;
+    if ethertype != 0x86dd {
+        return None;
+    }
+    let ip = Ipv6Packet::new_checked(frame.get(ETH_LEN..)?).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let l4 = ETH_LEN + 40;
+    let body = frame.get(l4..l4 + usize::from(ip.payload_len()))?;
+    let tcp = TcpPacket::new_checked(body).ok()?;
+    let (s, d) = (
+        IpAddress::Ipv6(ip.src_addr()),
+        IpAddress::Ipv6(ip.dst_addr()),
+    );
+    if !tcp.verify_checksum(&s, &d) {
+        return None;
+    }
+    Some(Tcp6Seen {
+        dst_mac,
+        src: ip.src_addr(),
+        sport: tcp.src_port(),
+        dst: ip.dst_addr(),
+        dport: tcp.dst_port(),
+        flags: body[13],
+        hop_limit: ip.hop_limit(),
+    })
 }
 
 /// Parses an Ethernet/IPv4/TCP frame, verifying the IPv4 and TCP checksums and lengths.

@@ -411,7 +411,7 @@ mod tests {
 
     use super::*;
     use crate::pipeline::tests::run;
-    use crate::testkit::{self, tcp_flags::*};
+    use crate::testkit::{self, parse_ipv6_tcp as tcp6, tcp_flags::*};
     use ctl::model::{self, State};
 
     const CLI_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x21];
@@ -476,17 +476,6 @@ mod tests {
         on_node(&state(true), node, 1, 0)
     }
 
-    /// What an IPv6 TCP segment says, its checksum checked.
-    #[derive(Debug)]
-    struct Seg6 {
-        dst_mac: [u8; 6],
-        src: Ipv6Addr,
-        sport: u16,
-        dst: Ipv6Addr,
-        dport: u16,
-        flags: u8,
-    }
-
     fn payload6(f: &[u8]) -> Option<(Ipv6Packet<&[u8]>, &[u8])> {
         if testkit::eth(f)?.2 != 0x86dd {
             return None;
@@ -494,29 +483,6 @@ mod tests {
         let ip = Ipv6Packet::new_checked(f.get(14..)?).ok()?;
         let body = f.get(54..54 + usize::from(ip.payload_len()))?;
         Some((ip, body))
-    }
-
-    fn tcp6(f: &[u8]) -> Option<Seg6> {
-        let (ip, body) = payload6(f)?;
-        if ip.next_header() != IpProtocol::Tcp {
-            return None;
-        }
-        let tcp = TcpPacket::new_checked(body).ok()?;
-        let (s, d) = (
-            IpAddress::Ipv6(ip.src_addr()),
-            IpAddress::Ipv6(ip.dst_addr()),
-        );
-        if !tcp.verify_checksum(&s, &d) {
-            return None;
-        }
-        Some(Seg6 {
-            dst_mac: testkit::eth(f)?.0,
-            src: ip.src_addr(),
-            sport: tcp.src_port(),
-            dst: ip.dst_addr(),
-            dport: tcp.dst_port(),
-            flags: f[54 + 13],
-        })
     }
 
     /// An ICMPv6 echo (request, or reply) from `src` to `dst`.
