@@ -478,6 +478,43 @@ fn pipeline_seeds() -> Vec<Vec<u8>> {
                 e,
             ]
         }),
+        // n2, appnet dual-stack: web.1's UDP datagram to the VIP's twin in IPv6 pieces (the
+        // later ones first, held), and a datagram of n1's task to web.1 in pieces inside VXLAN.
+        on(1, {
+            let p = dual_prefix();
+            let vip6 = p.embed(Ipv4Addr::new(10, 0, 1, 2));
+            let (web1_6, far6) = (p.embed(web1), p.embed(Ipv4Addr::new(10, 0, 1, 50)));
+            let udp = |mac, src, dst| {
+                testkit::ipv6_with(
+                    mac,
+                    tk,
+                    src,
+                    dst,
+                    64,
+                    smoltcp::wire::IpProtocol::Udp,
+                    3000,
+                    {
+                        |b: &mut [u8]| {
+                            b[..2].copy_from_slice(&5005u16.to_be_bytes());
+                            b[2..4].copy_from_slice(&80u16.to_be_bytes());
+                            b[4..6].copy_from_slice(&3000u16.to_be_bytes());
+                            b[6] = 0x5a;
+                        }
+                    },
+                )
+            };
+            let mut out: Vec<_> = testkit::fragment6(&udp(WEB1_MAC, web1_6, vip6), 1450, 9)
+                .iter()
+                .rev()
+                .map(|f| record(true, false, 101, f))
+                .collect();
+            for f in testkit::fragment6(&udp([2; 6], far6, web1_6), 1450, 10) {
+                let mut r = record(false, true, 0, &f);
+                r[0] |= 4;
+                out.push(r);
+            }
+            out
+        }),
         // n2 with appnet encrypted: a sealed SYN from a task on n1 to web.1's appnet address.
         on(5, {
             let to_web1 = testkit::tcp_frame(

@@ -22,7 +22,8 @@
 //! refused at once (the task's port unreachable, translated both ways). `ping -6` of the VIP's
 //! and the gateway's twins is answered (by meshd's host side, in IPv6), and DNS over IPv6 to
 //! the gateway's twin refused at once (port unreachable: the resolver speaks IPv4). meshd counts no drop that says a translated packet was wrong (checksums,
-//! spoofed or unknown sources, fragments). On `v4net`, an IPv4-only network of the same mesh,
+//! spoofed or unknown sources, fragments). UDP datagrams of up to 8,000 bytes over IPv6 (in
+//! pieces both ways) are echoed whole by a web task, by its twin and by the VIP's. On `v4net`, an IPv4-only network of the same mesh,
 //! the task has no IPv6 at all and AAAA of a service is NODATA (NOERROR, no answer).
 //!
 //! Run as root from the workspace root: `sudo cargo test --release -p testbed --test dualstack
@@ -53,8 +54,8 @@ const PING6_HEADERS: u16 = 40 + 8;
 /// Drops that say a packet of a dual-stack network was translated or checked wrong: a bad
 /// transport checksum or header (the pseudo-header changes between the families), a task's
 /// address from another MAC or VLAN or one the table does not know (the twin not taken for the
-/// task's), between networks, an IPv6 header or extension chain refused, an IPv6 fragment
-/// (none is sent here: TCP's MSS fits the overlay, ping -M do never fragments), malformed
+/// task's), between networks, an IPv6 header or extension chain refused, an IPv6 piece
+/// refused (the tasks' UDP pieces are carried; no ICMPv6 is sent in pieces here), malformed
 /// Neighbor Discovery, and the VXLAN ones (a translated packet is plain IPv4 inside).
 const NEVER: [&str; 17] = [
     "bad_l4_checksum",
@@ -515,6 +516,24 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
         "a mebibyte each way: client on n1 -> [{far6}] ({}), client on n3 -> [{vip6}]",
         web_n2.name
     );
+
+    // UDP datagrams larger than the overlay's MTU over IPv6, echoed whole by the web task's
+    // whoami: the client's kernel sends IPv6 pieces, meshd carries each as a piece (an IPv4
+    // fragment inside the pipeline) and the echo comes back in pieces. To n2's web task by its
+    // twin, and to the VIP's twin from n1 and n3.
+    let sizes = [1400, 1473, 4000, 8000];
+    common::udp_echoed(
+        &c1.ns,
+        std::net::SocketAddr::from((far6, 80)),
+        &sizes,
+        &format!("client on n1 -> {} [{far6}]:80/udp", web_n2.name),
+    );
+    for c in [&c1, &c3] {
+        let to = std::net::SocketAddr::from((vip6, 80));
+        let what = format!("client on {} -> web's VIP [{vip6}]:80/udp", c.node);
+        common::udp_echoed(&c.ns, to, &sizes, &what);
+    }
+    eprintln!("UDP over IPv6 of {sizes:?} bytes echoed: [{far6}] and [{vip6}] from n1 and n3");
 
     // ping -6 of a task's twin on another node and on the same node.
     ping6(

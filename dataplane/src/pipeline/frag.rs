@@ -20,7 +20,10 @@
 //!
 //! The pieces of an IPv6 client's datagram to a published port take this path too, still IPv6
 //! ([`Way::Nat64`]): keyed by the client's stand-in and identification, the first finds the
-//! flow, and each is turned into an IPv4 fragment when it is forwarded (`nat64`).
+//! flow, and each is turned into an IPv4 fragment when it is forwarded (`nat64`). A task's
+//! pieces to a twin on a dual-stack network are IPv4 fragments by then (`overlay6`), marked
+//! [`PacketBuf::v6`], and are turned back into IPv6 pieces where they go out; a held one on
+//! its release ([`Pipeline::held6`]).
 
 use super::*;
 use crate::nat::be16;
@@ -278,7 +281,10 @@ impl Pipeline {
         } else {
             let ip = l3.l4 - IPV4;
             let h = buf.data().get(ip..ip + IPV4).ok_or(DropReason::Truncated)?;
-            (u32::from(be16(h, 4)), be16(h, 6), be16(h, 2) - 20)
+            // A task's IPv6 piece (`overlay6`) carries its identification's low 16 bits: bit
+            // 16 keeps its datagrams apart from the same task's IPv4 ones.
+            let id = u32::from(be16(h, 4)) | u32::from(buf.v6) << 16;
+            (id, be16(h, 6), be16(h, 2) - 20)
         };
         let start = (ff & 0x1fff) * 8;
         // Checked by `parse_fragment`: the fragment ends at or before byte 65,535.
@@ -481,9 +487,13 @@ impl Pipeline {
             }
             let h = self.held.remove(i);
             let mut b = h.buf;
-            let v = self
+            let mut v = self
                 .later(t, now, &mut b, h.l3, h.way, route)
                 .unwrap_or_else(Verdict::Drop);
+            if b.v6 {
+                // A piece of a task's IPv6 datagram: IPv6 again where it goes.
+                v = self.held6(t, &mut b, h.way, v);
+            }
             self.push_extra(b, v);
         }
     }

@@ -399,9 +399,8 @@ impl Pipeline {
     ) -> Result<Verdict, DropReason> {
         let f = buf.data();
         let ff = u16::from_be_bytes([f[ETH + 6], f[ETH + 7]]);
-        let mut h = [l3.proto, 0, 0, 0, 0, 0, f[ETH + 4], f[ETH + 5]];
-        h[2..4]
-            .copy_from_slice(&(((ff & 0x1fff) << 3) | u16::from(ff & 0x2000 != 0)).to_be_bytes());
+        let ident = u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]);
+        let h = fragment_header(l3.proto, ff, ident);
         self.convert6(t, buf, l3, a, (slot, id, mac), Some(h))
     }
 
@@ -547,6 +546,25 @@ pub(super) fn twins_to_ipv4(
     convert_to_ipv4::<false>(buf, base, h, (src, dst), Some(delta))
 }
 
+/// [`twins_to_ipv4`] of a piece of a datagram (`h.frag`): an IPv4 fragment (RFC 7915
+/// §5.1.1), its transport checksum (in the first piece) moved by `delta`. A first UDP piece
+/// without a checksum is refused, as IPv6 requires one (RFC 8200 §8.1).
+#[cold]
+#[inline(never)]
+pub(super) fn twin_piece_to_ipv4(
+    buf: &mut PacketBuf,
+    base: usize,
+    h: &L3v6,
+    (src, dst): (u32, u32),
+    delta: checksum::Delta,
+) -> Result<usize, DropReason> {
+    let first = h.frag.is_some_and(|p| p.ff & 0x1fff == 0);
+    if first && h.proto == UDP && buf.data().get(h.l4 + 6..h.l4 + 8) == Some(&[0, 0][..]) {
+        return Err(DropReason::BadL4Checksum);
+    }
+    convert_to_ipv4::<true>(buf, base, h, (src, dst), Some(delta))
+}
+
 /// [`to_ipv4`]'s body; `delta`, the checksum's change when the caller knows it.
 #[inline(always)]
 fn convert_to_ipv4<const PIECE: bool>(
@@ -634,6 +652,16 @@ fn convert_to_ipv4<const PIECE: bool>(
 
 /// The IPv6 Fragment header's length.
 const FRAGMENT_HEADER_LEN: usize = 8;
+
+/// The IPv6 Fragment header of an IPv4 fragment of protocol `proto` (`ff`, its flags and
+/// offset; `id`, its identification): the same offset and more-fragments flag, the
+/// identification zero-extended (RFC 7915 §4.1).
+pub(super) fn fragment_header(proto: u8, ff: u16, id: u16) -> [u8; FRAGMENT_HEADER_LEN] {
+    let word = ((ff & 0x1fff) << 3) | u16::from(ff & 0x2000 != 0);
+    let [w0, w1] = word.to_be_bytes();
+    let [i0, i1] = id.to_be_bytes();
+    [proto, 0, w0, w1, 0, 0, i0, i1]
+}
 
 /// Turns the IPv4 packet `l3` in `buf` (rewritten, `payload` bytes after its header) into IPv6
 /// from `src` to `dst` in place (RFC 7915 §4.1): traffic class its TOS, hop limit its time to

@@ -17,7 +17,11 @@
 //! packet over its network's MTU (a task whose own MTU is larger) is answered with packet too
 //! big from its gateway's twin. A packet to a VIP's or the gateway's twin that is no flow's
 //! goes to the host side as it came, which answers as a host with no sockets (echo reply, RST,
-//! port unreachable). Not yet: IPv6 fragments (`ipv6_fragment`; TCP's segments fit, by its MSS).
+//! port unreachable). A piece of a task's TCP or UDP datagram becomes an IPv4 fragment (RFC 7915
+//! §5.1.1), goes the IPv4 fragment path (`frag`: its first piece's route, held pieces, the
+//! collector and owner workers) and becomes an IPv6 piece again where it goes out (§4.1, the
+//! identification's low 16 bits zero-extended: what the IPv4 hop keeps); an ICMPv6 message in
+//! pieces is `ipv6_fragment` (its checksum covers the whole message, which no piece knows).
 //!
 //! What the IPv4 paths pay: nothing, with or without a dual-stack network in the mesh. A packet
 //! to a task, or into VXLAN, is turned back by the IPv6 path's own functions once the IPv4
@@ -30,9 +34,10 @@
 use smoltcp::wire::Icmpv6Message;
 
 use super::frag::Frag;
+use super::frag::Way;
 use super::icmperr::{error4_to_ipv6, error6_to_ipv4, is_icmp_error};
 use super::ipv6::{checked_icmpv6, parse_ipv6, solicitation, L3v6, ICMPV6};
-use super::nat64::{to_ipv6, twins_to_ipv4};
+use super::nat64::{fragment_header, to_ipv6, twin_piece_to_ipv4, twins_to_ipv4};
 use super::*;
 use crate::balance::table::NetIdx;
 
@@ -66,17 +71,17 @@ impl Pipeline {
         buf: &mut PacketBuf,
     ) -> Result<Verdict, DropReason> {
         let h = parse_ipv6(buf.data(), ETH)?;
-        if h.frag.is_some() {
-            return Err(DropReason::Ipv6Fragment);
-        }
         let mut error = false;
         match h.proto {
             TCP | UDP => {}
-            ICMPV6 => match self.icmpv6_of_task(t, now, &h, buf)? {
+            ICMPV6 if h.frag.is_none() => match self.icmpv6_of_task(t, now, &h, buf)? {
                 Icmp6::Answered(v) => return Ok(v),
                 Icmp6::Echo => {}
                 Icmp6::Error => error = true,
             },
+            // RFC 7915 §5.2: an ICMPv6 message's checksum covers its whole length, which no
+            // piece of it knows; the translator may drop it, as meshd does.
+            ICMPV6 => return Err(DropReason::Ipv6Fragment),
             _ => return Err(DropReason::UnknownProtocol),
         }
         let src = low32(h.src);
@@ -101,6 +106,10 @@ impl Pipeline {
             return self.too_big6(now, buf, &h, src, from, u32::from(mtu));
         }
         self.save6(buf);
+        if h.frag.is_some() {
+            let delta = t.twin_deltas(s.net)[0];
+            return self.task_piece6(t, now, buf, &h, (src, ipkey(dst)), delta);
+        }
         if error {
             let v4 = |a| p.extract(a).filter(|v| net.subnet.contains(*v)).map(ipkey);
             error6_to_ipv4(buf, 0, &h, (src, ipkey(dst)), v4)?;
@@ -112,6 +121,61 @@ impl Pipeline {
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
         let v = self.on_task(t, now, buf, l3);
         self.after6(t, buf, v)
+    }
+
+    /// A piece of a task's TCP or UDP datagram to a twin of its network (`h`, checked as a
+    /// whole packet is, between IPv4 addresses `src` and `dst`): turned into an IPv4 fragment
+    /// (RFC 7915 §5.1.1) and sent on by the IPv4 fragment path as the task's IPv4 fragment
+    /// would be (the fragment table, the datagram's collector and owner), then turned back
+    /// ([`Self::after6`], or [`Self::held6`] for a piece held until its first came). Apart, so
+    /// that whole packets pay nothing for it.
+    #[cold]
+    #[inline(never)]
+    fn task_piece6(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        h: &L3v6,
+        addrs: (u32, u32),
+        delta: checksum::Delta,
+    ) -> Result<Verdict, DropReason> {
+        twin_piece_to_ipv4(buf, 0, h, addrs, delta)?;
+        buf.v6 = true;
+        let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
+        let v = self.fragment(t, now, buf, l3, Way::Direct);
+        self.after6(t, buf, v)
+    }
+
+    /// What becomes of a held piece of a task's IPv6 datagram (`way`, how it came) now that
+    /// its first piece came and the fragment path decided `v`: as [`Self::after6`] for the
+    /// packet at hand, but a piece handed to another worker is turned back from what it holds
+    /// (the frame it came as is long gone), and the owner turns it into IPv4 again.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn held6(
+        &mut self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        way: Way,
+        v: Verdict,
+    ) -> Verdict {
+        let direct = matches!(way, Way::Direct);
+        let r = match v {
+            Verdict::Tx(PortId::Tasks) => net_of(t, buf, ETH + 16).and_then(|n| back6(t, buf, n)),
+            Verdict::Tx(PortId::Uplink) if !t.vxlan_slow => vxlan_back6(t, buf),
+            Verdict::Handoff(_) | Verdict::Host(_) if direct => {
+                net_of(t, buf, ETH + 12).and_then(|n| back6(t, buf, n))
+            }
+            // Still inside VXLAN: the owner decapsulates it again.
+            Verdict::Handoff(_) => vxlan_back6(t, buf),
+            Verdict::Host(_) => Err(DropReason::Ipv6Untranslated),
+            v => return v,
+        };
+        match r {
+            Ok(()) => v,
+            Err(r) => Verdict::Drop(r),
+        }
     }
 
     /// Keeps the frame of a task's IPv6 packet as it came, for [`Self::after6`], on a node of
@@ -245,9 +309,6 @@ impl Pipeline {
         };
         let base = vxlan::ENCAP_LEN;
         let h = parse_ipv6(buf.data(), base + ETH)?;
-        if h.frag.is_some() {
-            return Err(DropReason::Ipv6Fragment);
-        }
         let (Some(src), Some(dst)) = (p.extract(h.src), p.extract(h.dst)) else {
             return Err(DropReason::NoIpv6);
         };
@@ -257,7 +318,7 @@ impl Pipeline {
         let mut error = false;
         match h.proto {
             TCP | UDP => {}
-            ICMPV6 => {
+            ICMPV6 if h.frag.is_none() => {
                 let icmp = checked_icmpv6(buf.data(), &h)?;
                 match icmp.msg_type() {
                     Icmpv6Message::EchoRequest | Icmpv6Message::EchoReply => {}
@@ -266,6 +327,8 @@ impl Pipeline {
                     _ => return Err(DropReason::Ipv6Untranslated),
                 }
             }
+            // As in `task_ipv6`: a piece of an ICMPv6 message is not translated.
+            ICMPV6 => return Err(DropReason::Ipv6Fragment),
             _ => return Err(DropReason::UnknownProtocol),
         }
         // The sending node's meshd answers what is over the network's MTU: nothing is.
@@ -275,7 +338,11 @@ impl Pipeline {
         self.save6(buf);
         // As in `task_ipv6`, written out: one function for both (even inlined) cost the IPv6
         // rows 5 to 6 instructions a packet (callgrind).
-        if error {
+        if h.frag.is_some() {
+            // A piece: an IPv4 fragment, which `decap` sends down the fragment path.
+            let delta = t.twin_deltas(net)[0];
+            twin_piece_to_ipv4(buf, base, &h, (ipkey(src), ipkey(dst)), delta)?;
+        } else if error {
             let v4 = |a| p.extract(a).filter(|v| n.subnet.contains(*v)).map(ipkey);
             error6_to_ipv4(buf, base, &h, (ipkey(src), ipkey(dst)), v4)?;
         } else {
@@ -303,6 +370,7 @@ impl Pipeline {
 /// Turns the inner packet of the VXLAN frame in `buf` (a task's IPv6 packet, encapsulated as
 /// IPv4 by `Outer::encap`) back into IPv6, its outer headers kept before it, their lengths and
 /// IPv4 checksum set again. Out of `send`, so IPv4 pays nothing for it.
+#[inline(always)]
 fn vxlan_back6(t: &ServiceTable, buf: &mut PacketBuf) -> Result<(), DropReason> {
     const E: usize = vxlan::ENCAP_LEN;
     let f = buf.data();
@@ -352,6 +420,39 @@ fn net_of(t: &ServiceTable, buf: &PacketBuf, at: usize) -> Result<NetIdx, DropRe
 /// Turns the IPv4 frame in `buf` (a task's IPv6 packet on network `net`, rewritten) back into
 /// IPv6 between the twins of its addresses, its MAC addresses kept.
 pub(super) fn back6(t: &ServiceTable, buf: &mut PacketBuf, net: NetIdx) -> Result<(), DropReason> {
+    let h = buf.data().get(..ETH + IPV4).ok_or(DropReason::Truncated)?;
+    // A fragment (more fragments, or an offset): apart, so that whole packets pay one test.
+    if u16::from_be_bytes([h[ETH + 6], h[ETH + 7]]) & 0x3fff != 0 {
+        return back6_piece(t, buf, net);
+    }
+    let (p, b) = read4(t, buf, net)?;
+    if b.l3.proto == ICMP && is_icmp_error(buf.data(), b.l3.l4) {
+        let v6 = |a| p.embed(addr(a)).octets();
+        return error4_to_ipv6(buf, &b.l3, b.payload, b.twins, b.macs, v6);
+    }
+    let delta = t.twin_deltas(net)[1];
+    to_ipv6(buf, &b.l3, b.payload, b.twins, None, b.macs, Some(delta))
+}
+
+/// What [`back6`] reads of the IPv4 frame it turns back.
+struct Back {
+    l3: L3,
+    /// The bytes after the IPv4 header.
+    payload: usize,
+    /// The twins of its source and destination.
+    twins: ([u8; 16], [u8; 16]),
+    /// Its source and destination MAC addresses.
+    macs: ([u8; 6], [u8; 6]),
+}
+
+/// Reads the IPv4 frame in `buf` (of network `net`) for [`back6`]: its header checked, the
+/// network's prefix.
+#[inline(always)]
+fn read4(
+    t: &ServiceTable,
+    buf: &PacketBuf,
+    net: NetIdx,
+) -> Result<(ctl::model::Ipv6Net, Back), DropReason> {
     let Some(p) = t.subnet6(net) else {
         return Err(DropReason::NoIpv6);
     };
@@ -380,18 +481,45 @@ pub(super) fn back6(t: &ServiceTable, buf: &mut PacketBuf, net: NetIdx) -> Resul
     dmac.copy_from_slice(&h[..6]);
     smac.copy_from_slice(&h[6..12]);
     let twins = (p.embed(addr(src)).octets(), p.embed(addr(dst)).octets());
-    if l3.proto == ICMP && is_icmp_error(f, l3.l4) {
-        let v6 = |a| p.embed(addr(a)).octets();
-        return error4_to_ipv6(buf, &l3, total - ihl, twins, (smac, dmac), v6);
+    Ok((
+        p,
+        Back {
+            l3,
+            payload: total - ihl,
+            twins,
+            macs: (smac, dmac),
+        },
+    ))
+}
+
+/// [`back6`] of an IPv4 fragment: an IPv6 piece behind a Fragment header with the same offset
+/// and more-fragments flag and the identification zero-extended (RFC 7915 §4.1), so every
+/// piece of a datagram gets the same. A piece of an ICMP message is refused (its checksum
+/// would need the whole message).
+#[cold]
+#[inline(never)]
+fn back6_piece(t: &ServiceTable, buf: &mut PacketBuf, net: NetIdx) -> Result<(), DropReason> {
+    let (_, mut b) = read4(t, buf, net)?;
+    if b.l3.proto != TCP && b.l3.proto != UDP {
+        return Err(DropReason::Ipv6Fragment);
     }
+    let f = buf.data();
+    let ff = u16::from_be_bytes([f[ETH + 6], f[ETH + 7]]);
+    let id = u16::from_be_bytes([f[ETH + 4], f[ETH + 5]]);
+    b.l3.frag = if ff & 0x1fff == 0 {
+        Frag::First
+    } else {
+        Frag::Later
+    };
+    let piece = fragment_header(b.l3.proto, ff, id);
     let delta = t.twin_deltas(net)[1];
     to_ipv6(
         buf,
-        &l3,
-        total - ihl,
-        twins,
-        None,
-        (smac, dmac),
+        &b.l3,
+        b.payload,
+        b.twins,
+        Some(piece),
+        b.macs,
         Some(delta),
     )
 }
@@ -857,22 +985,32 @@ mod tests {
         assert_eq!(v, Verdict::Host(HostReason::MeshAddress));
         assert_eq!(host, dns);
         // A datagram in pieces (IPv6 fragments are not carried yet).
-        let big = testkit::ipv6_with(
+        // An ICMPv6 message in pieces (`ping -6 -s 4000`): its checksum covers the whole
+        // message, which no piece knows (RFC 7915 §5.2).
+        let data = [7u8; 3000];
+        let big = testkit::icmpv6_frame(
             CLI_MAC,
             tasks_mac(),
             twin(CLI),
             twin(WEB2),
             64,
-            IpProtocol::Udp,
-            3000,
-            |b| {
-                b[4..6].copy_from_slice(&3000u16.to_be_bytes());
+            &Icmpv6Repr::EchoRequest {
+                ident: 1,
+                seq_no: 1,
+                data: &data,
             },
         );
         for piece in testkit::fragment6(&big, 1450, 77) {
             let (v, _) = run(&mut p2, &t2, PortId::Tasks, &piece);
             assert_eq!(v, Verdict::Drop(DropReason::Ipv6Fragment));
         }
+        // A first UDP piece without a checksum: IPv6 requires one.
+        let mut first =
+            testkit::fragment6(&udp6(CLI_MAC, twin(CLI), 1, twin(WEB2), 3000), 1450, 78)
+                .swap_remove(0);
+        first[ETH + 48 + 6..ETH + 48 + 8].copy_from_slice(&[0, 0]);
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &first);
+        assert_eq!(v, Verdict::Drop(DropReason::BadL4Checksum));
         // A task on a network that is not dual-stack (web.1 on the ingress network), and a
         // mesh without any.
         let ingress6 = prefix().embed(Ipv4Addr::new(10, 0, 0, 11));
@@ -946,12 +1084,22 @@ mod tests {
         assert!(tcp6(&got).is_some());
     }
 
-    /// A UDP datagram over IPv6 with `len` bytes of data, checksum filled in.
+    /// A UDP datagram over IPv6 to port 9 with `len` bytes of data, checksum filled in.
     fn udp6(mac: [u8; 6], src: Ipv6Addr, sport: u16, dst: Ipv6Addr, len: usize) -> Vec<u8> {
+        udp6_to(mac, (src, sport), (dst, 9), len)
+    }
+
+    /// [`udp6`] to any port.
+    fn udp6_to(
+        mac: [u8; 6],
+        (src, sport): (Ipv6Addr, u16),
+        (dst, dport): (Ipv6Addr, u16),
+        len: usize,
+    ) -> Vec<u8> {
         let l = 8 + len;
         testkit::ipv6_with(mac, tasks_mac(), src, dst, 64, IpProtocol::Udp, l, |b| {
             b[..2].copy_from_slice(&sport.to_be_bytes());
-            b[2..4].copy_from_slice(&9u16.to_be_bytes());
+            b[2..4].copy_from_slice(&dport.to_be_bytes());
             b[4..6].copy_from_slice(&(l as u16).to_be_bytes());
             for (i, x) in b[8..].iter_mut().enumerate() {
                 *x = i as u8;
@@ -1139,6 +1287,308 @@ mod tests {
         // The good one goes.
         let (v, _) = run(&mut p2, &t2, PortId::Tasks, &err(&dgram));
         assert_eq!(v, Verdict::Tx(PortId::Uplink));
+    }
+
+    /// What a task's kernel sends for a UDP datagram of 3,000 bytes on its network's 1450:
+    /// three IPv6 pieces with identification `id`. The data, and the pieces.
+    fn pieces6(mac: [u8; 6], from: (Ipv6Addr, u16), to: (Ipv6Addr, u16), id: u32) -> Pieces {
+        pieces6_at(1450, mac, from, to, id)
+    }
+
+    /// [`pieces6`] on a network of MTU `mtu`.
+    fn pieces6_at(
+        mtu: usize,
+        mac: [u8; 6],
+        from: (Ipv6Addr, u16),
+        to: (Ipv6Addr, u16),
+        id: u32,
+    ) -> Pieces {
+        let whole = udp6_to(mac, from, to, 3000);
+        let pieces = testkit::fragment6(&whole, mtu, id);
+        assert_eq!(pieces.len(), 3);
+        (whole[ETH + 48..].to_vec(), pieces)
+    }
+
+    type Pieces = (Vec<u8>, Vec<Vec<u8>>);
+
+    /// A datagram put together from IPv6 pieces, its UDP checksum checked.
+    #[derive(Debug)]
+    struct Joined {
+        src: (Ipv6Addr, u16),
+        dst: (Ipv6Addr, u16),
+        dst_mac: [u8; 6],
+        id: u32,
+        data: Vec<u8>,
+    }
+
+    /// The datagram the frames in `out` (to a task, or inside VXLAN) carry, in IPv6 pieces
+    /// none over the overlay's MTU.
+    fn joined6(out: &[(PortId, Vec<u8>)]) -> Joined {
+        let inner: Vec<Vec<u8>> = out
+            .iter()
+            .map(|(port, f)| match port {
+                PortId::Tasks => f.clone(),
+                PortId::Uplink => testkit::decap(f).expect("VXLAN").1.to_vec(),
+            })
+            .collect();
+        for f in &inner {
+            assert!(f.len() <= ETH + 1450, "past the overlay's MTU: {}", f.len());
+        }
+        let (f, id) = testkit::reassemble6(&inner).expect("one datagram's IPv6 pieces");
+        let (ip, body) = payload6(&f).expect("IPv6");
+        let (s, d) = (
+            IpAddress::Ipv6(ip.src_addr()),
+            IpAddress::Ipv6(ip.dst_addr()),
+        );
+        let u = UdpPacket::new_checked(body).expect("UDP");
+        assert!(u.verify_checksum(&s, &d), "the datagram's UDP checksum");
+        Joined {
+            src: (ip.src_addr(), u.src_port()),
+            dst: (ip.dst_addr(), u.dst_port()),
+            dst_mac: testkit::eth(&f).unwrap().0,
+            id,
+            data: u.payload().to_vec(),
+        }
+    }
+
+    /// `workers` workers of `node`, and its table.
+    /// Their spare buffers filled, for the pieces they hold.
+    fn workers_of(s: &State, node: &str, workers: u16) -> (ServiceTable, Vec<Pipeline>) {
+        let t = on_node(s, node, workers, 0).0;
+        let mut pool = crate::buf::Pool::new(256);
+        let ps = (0..workers)
+            .map(|w| {
+                let mut p = on_node(s, node, workers, w).1;
+                p.maintain(&t, 1, &mut pool, &mut Burst::new());
+                p
+            })
+            .collect();
+        (t, ps)
+    }
+
+    /// Runs `frames` in (on `port`) through `ps` as `drive` does, the first on worker 0 and
+    /// the rest on the last worker (so that, with two, the pieces of a datagram land on both):
+    /// what went out; nothing dropped.
+    fn through(
+        ps: &mut [Pipeline],
+        t: &ServiceTable,
+        port: PortId,
+        frames: &[&Vec<u8>],
+        what: &str,
+    ) -> Vec<(PortId, Vec<u8>)> {
+        let last = ps.len() - 1;
+        let input = frames
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                (
+                    if k == 0 { 0 } else { last },
+                    PacketBuf::from_frame(port, f),
+                )
+            })
+            .collect();
+        let (out, seen) = crate::pipeline::tests::drive(ps, t, 5, input);
+        assert!(
+            seen.iter().all(|v| !matches!(v, Verdict::Drop(_))),
+            "{what}: {seen:?}"
+        );
+        for p in ps.iter() {
+            let drops = crate::stats::by_reason(&DropReason::NAMES, &p.stats.drops);
+            assert_eq!(p.stats.total_drops(), 0, "{what}: {drops:?}");
+            assert_eq!(p.fragments(5), (0, 0), "{what}: done and forgotten");
+        }
+        out
+    }
+
+    /// A task's UDP datagram larger than its network's MTU, in IPv6 pieces to a task on
+    /// another node: each piece goes as an IPv6 piece inside VXLAN and reaches the task as one,
+    /// whatever their order and however many workers, and the pieces make the datagram again
+    /// (its checksum right, the identification's low 16 bits kept: RFC 7915's IPv4 hop keeps
+    /// no more).
+    #[test]
+    fn a_tasks_datagram_in_ipv6_pieces_reaches_a_task_on_another_node_whole() {
+        let s = state(true);
+        for workers in [1, 2] {
+            for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+                let what = format!("{workers} workers, pieces in {order:?}");
+                let (t2, mut p2) = workers_of(&s, "n2", workers);
+                let (t3, mut p3) = workers_of(&s, "n3", workers);
+                let from = (twin(CLI), 5353);
+                let (data, pieces) = pieces6(CLI_MAC, from, (twin(WEB2), 9), 0x0102_0304);
+                let frames: Vec<_> = order.iter().map(|&i| &pieces[i]).collect();
+                let over = through(&mut p2, &t2, PortId::Tasks, &frames, &what);
+                assert_eq!(over.len(), 3, "{what}");
+                assert!(over.iter().all(|(p, _)| *p == PortId::Uplink), "{what}");
+                let j = joined6(&over);
+                assert_eq!(
+                    (j.src, j.dst, j.id),
+                    (from, (twin(WEB2), 9), 0x0304),
+                    "{what}"
+                );
+                assert_eq!(j.data, data, "{what}");
+                let frames: Vec<_> = over.iter().map(|(_, f)| f).collect();
+                let got = through(&mut p3, &t3, PortId::Uplink, &frames, &what);
+                assert!(got.iter().all(|(p, _)| *p == PortId::Tasks), "{what}");
+                let j = joined6(&got);
+                assert_eq!((j.src, j.dst, j.dst_mac), (from, (twin(WEB2), 9), WEB2_MAC));
+                assert_eq!(j.data, data, "{what}");
+                let held: u64 = p2.iter().map(|p| p.stats.fragments_held).sum();
+                assert_eq!(
+                    held > 0,
+                    order[0] != 0,
+                    "{what}: pieces before the first held"
+                );
+            }
+        }
+    }
+
+    /// The same, on an encrypted network (sealed pieces, opened once, the held ones handed
+    /// over opened) and over an IPv6 underlay: the task gets the datagram whole.
+    #[test]
+    fn a_tasks_pieces_cross_sealed_and_over_an_ipv6_underlay() {
+        for mesh in ["encrypted", "IPv6 underlay"] {
+            let mut s = state(true);
+            if mesh == "encrypted" {
+                let key = ctl::Encryption::single(1, ctl::Secret([7; 32]));
+                s.networks[1].encryption = Some(key);
+            } else {
+                for (n, last) in s.nodes.iter_mut().zip([0x11u16, 0x12, 0x13]) {
+                    n.vtep = Some(Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, last).into());
+                }
+            }
+            ctl::validate(&s).unwrap();
+            for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+                let what = format!("{mesh}, pieces in {order:?}");
+                let (t2, mut p2) = workers_of(&s, "n2", 2);
+                let (t3, mut p3) = workers_of(&s, "n3", 2);
+                for p in p2.iter().chain(&p3) {
+                    for n in &s.nodes {
+                        p.neighbors()
+                            .learn(ipkey(n.vtep_key()), Config::default().uplink_mac);
+                    }
+                }
+                let from = (twin(CLI), 5353);
+                // Sealing, or IPv6's outer headers, take room: the network's MTU is smaller
+                // (a piece over it would get packet too big).
+                let mtu = usize::from(p2[0].mtu_of(t2.addr(CLI).map(|a| a.net)));
+                assert!(mtu < 1450, "{what}: MTU {mtu}");
+                let to = (twin(WEB2), 9);
+                let (data, pieces) = pieces6_at(mtu, CLI_MAC, from, to, 0x0102_0304);
+                let frames: Vec<_> = order.iter().map(|&i| &pieces[i]).collect();
+                let over = through(&mut p2, &t2, PortId::Tasks, &frames, &what);
+                assert!(over.iter().all(|(p, _)| *p == PortId::Uplink), "{what}");
+                let cli = twin(CLI).octets();
+                let sealed = mesh == "encrypted";
+                for (_, f) in &over {
+                    assert_eq!(f.windows(16).any(|w| w == cli), !sealed, "{what}");
+                }
+                let frames: Vec<_> = over.iter().map(|(_, f)| f).collect();
+                let got = through(&mut p3, &t3, PortId::Uplink, &frames, &what);
+                assert!(got.iter().all(|(p, _)| *p == PortId::Tasks), "{what}");
+                let j = joined6(&got);
+                assert_eq!((j.src, j.dst, j.dst_mac), (from, (twin(WEB2), 9), WEB2_MAC));
+                assert_eq!(j.data, data, "{what}");
+            }
+        }
+    }
+
+    /// A datagram in pieces to the VIP's twin is balanced as one (its pieces follow the first
+    /// piece's flow, DNAT and all), and the task's answer in pieces comes back to the client in
+    /// pieces from the VIP's twin, from web.1 beside the client (hairpin: from the gateway's
+    /// twin) and from web.2 on n3 (through VXLAN both ways).
+    #[test]
+    fn a_datagram_in_pieces_to_a_vip_twin_is_balanced_and_answered_in_pieces() {
+        let s = state(true);
+        let (t2, mut p2) = workers_of(&s, "n2", 2);
+        let (t3, mut p3) = workers_of(&s, "n3", 1);
+        let mut seen = BTreeSet::new();
+        for sport in 40000..40012 {
+            let what = format!("from port {sport}");
+            let from = (twin(CLI), sport);
+            let (data, pieces) = pieces6(CLI_MAC, from, (twin(VIP), 80), u32::from(sport));
+            let frames: Vec<_> = pieces.iter().rev().collect();
+            let out = through(&mut p2, &t2, PortId::Tasks, &frames, &what);
+            let answer = |mac, j: &Joined, id| pieces6(mac, j.dst, j.src, id);
+            let back = match out[0].0 {
+                PortId::Tasks => {
+                    let j = joined6(&out);
+                    assert_eq!(
+                        (j.src.0, j.dst, j.dst_mac),
+                        (twin(GW), (twin(WEB1), 80), WEB1_MAC)
+                    );
+                    assert_eq!(j.data, data, "{what}");
+                    seen.insert("web.1");
+                    let (_, reply) = answer(WEB1_MAC, &j, 7);
+                    let frames: Vec<_> = reply.iter().collect();
+                    through(&mut p2, &t2, PortId::Tasks, &frames, &what)
+                }
+                PortId::Uplink => {
+                    let frames: Vec<_> = out.iter().map(|(_, f)| f).collect();
+                    let got = through(&mut p3, &t3, PortId::Uplink, &frames, &what);
+                    let j = joined6(&got);
+                    assert_eq!(
+                        (j.src, j.dst, j.dst_mac),
+                        (from, (twin(WEB2), 80), WEB2_MAC)
+                    );
+                    assert_eq!(j.data, data, "{what}");
+                    seen.insert("web.2");
+                    let (_, reply) = answer(WEB2_MAC, &j, 7);
+                    let frames: Vec<_> = reply.iter().collect();
+                    let over = through(&mut p3, &t3, PortId::Tasks, &frames, &what);
+                    let frames: Vec<_> = over.iter().map(|(_, f)| f).collect();
+                    through(&mut p2, &t2, PortId::Uplink, &frames, &what)
+                }
+            };
+            assert!(back.iter().all(|(p, _)| *p == PortId::Tasks), "{what}");
+            let j = joined6(&back);
+            assert_eq!((j.src, j.dst, j.dst_mac), ((twin(VIP), 80), from, CLI_MAC));
+            assert_eq!(j.data.len(), 3000, "{what}");
+        }
+        assert_eq!(seen.len(), 2, "both tasks picked: {seen:?}");
+    }
+
+    /// A task's IPv4 and IPv6 datagrams to one task with one identification (an IPv6 piece
+    /// keeps only its low 16 bits) are two datagrams: the IPv6 one's later pieces, held, are
+    /// not taken for the IPv4 one's fragments.
+    #[test]
+    fn a_tasks_ipv4_and_ipv6_datagrams_with_one_identification_stay_apart() {
+        let (t2, mut p2) = workers_of(&state(true), "n2", 1);
+        let p2 = &mut p2[0];
+        let from = (twin(CLI), 5353);
+        let (data6, pieces) = pieces6(CLI_MAC, from, (twin(WEB2), 9), 0x7777_0304);
+        let whole4 = testkit::udp_frame(CLI_MAC, tasks_mac(), CLI, 5353, WEB2, 9, &[5; 3000]);
+        let frags = testkit::fragment(&whole4, 1450, 0x0304);
+        let mut out = Vec::new();
+        for f in [&pieces[1], &pieces[2]]
+            .into_iter()
+            .chain(&frags)
+            .chain([&pieces[0]])
+        {
+            let mut burst = Burst::new();
+            burst.push(PacketBuf::from_frame(PortId::Tasks, f));
+            let mut v = Verdicts::new();
+            p2.process(&t2, 5, &mut burst, &mut v);
+            let extra = p2.take_extra().into_iter().map(|(b, v, _)| (b, v));
+            for (b, v) in burst.drain(..).zip(v.iter().copied()).chain(extra) {
+                match v {
+                    Verdict::Tx(PortId::Uplink) => {
+                        out.push(testkit::decap(b.data()).unwrap().1.to_vec());
+                    }
+                    Verdict::Consumed => {}
+                    v => panic!("{v:?}"),
+                }
+            }
+        }
+        let (v4, v6): (Vec<_>, Vec<_>) = out
+            .into_iter()
+            .partition(|f| testkit::eth(f).unwrap().2 == 0x0800);
+        let got4 = testkit::reassemble(&v4).expect("the IPv4 datagram's fragments");
+        let u = testkit::parse_ipv4_udp(&got4).expect("UDP, checksum right");
+        assert_eq!(u.payload, vec![5; 3000]);
+        let v6: Vec<_> = v6.into_iter().map(|f| (PortId::Tasks, f)).collect();
+        let j = joined6(&v6);
+        assert_eq!((j.src, j.data), (from, data6));
+        assert_eq!(p2.stats.total_drops(), 0);
     }
 
     /// Runs `buf` through `p` and gives it back, as the worker would keep it (a frame handed
