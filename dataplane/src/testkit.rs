@@ -821,6 +821,59 @@ pub fn fragment6(frame: &[u8], mtu: usize, id: u32) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// An ICMP error over IPv4 as a client would read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Icmp4Error {
+    pub dst_mac: Mac,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub kind: u8,
+    pub code: u8,
+    /// The quoted packet's addresses and ports: (source, port), (destination, port).
+    pub quoted: ((Ipv4Addr, u16), (Ipv4Addr, u16)),
+    /// The quoted UDP checksum (0 when not quoted or none).
+    pub quoted_udp_checksum: u16,
+}
+
+/// Parses an Ethernet/IPv4/ICMP error quoting a TCP or UDP packet, verifying the IPv4 checksum,
+/// the ICMP checksum and the quoted IPv4 header's checksum.
+pub fn parse_icmp4_error(frame: &[u8]) -> Option<Icmp4Error> {
+    let (dst_mac, _, ethertype) = eth(frame)?;
+    if ethertype != 0x0800 {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(frame.get(ETH_LEN..)?).ok()?;
+    if !ip.verify_checksum() || ip.next_header() != IpProtocol::Icmp {
+        return None;
+    }
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+    if !icmp.verify_checksum() {
+        return None;
+    }
+    let body = ip.payload();
+    let q = Ipv4Packet::new_unchecked(body.get(8..)?);
+    let qh = body.get(8..8 + usize::from(q.header_len()))?;
+    if !Ipv4Packet::new_unchecked(qh).verify_checksum() {
+        return None;
+    }
+    let l4 = body.get(8 + qh.len()..)?;
+    let port = |at: usize| Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?]));
+    let udp_sum = if q.next_header() == IpProtocol::Udp {
+        port(6).unwrap_or(0)
+    } else {
+        0
+    };
+    Some(Icmp4Error {
+        dst_mac,
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        kind: body[0],
+        code: body[1],
+        quoted: ((q.src_addr(), port(0)?), (q.dst_addr(), port(2)?)),
+        quoted_udp_checksum: udp_sum,
+    })
+}
+
 /// Joins Ethernet/IPv6 pieces (each the IPv6 header, then a Fragment header, then its data),
 /// in any order, into the datagram's frame (the first piece's Ethernet and IPv6 headers, its
 /// next header the Fragment header's, its payload length set). With the datagram, the

@@ -19,7 +19,8 @@
 //! overlay's MTU (1450: `-s 1402`) to a remote twin is answered, one byte more fails in the
 //! client's own kernel, but a task whose own MTU is 1500 gets ICMPv6 packet too big (mtu
 //! 1450) from its gateway's twin; a UDP query to a closed port of a remote task's twin is
-//! refused at once (the task's port unreachable, translated both ways). `ping -6` of the VIP's
+//! refused at once (the task's port unreachable, translated both ways), and so is one to the
+//! VIP or its twin (the error's quote turned back to what the client sent the VIP). `ping -6` of the VIP's
 //! and the gateway's twins is answered (by meshd's host side, in IPv6), and DNS over IPv6 to
 //! the gateway's twin refused at once (port unreachable: the resolver speaks IPv4). meshd counts no drop that says a translated packet was wrong (checksums,
 //! spoofed or unknown sources, fragments). UDP datagrams of up to 8,000 bytes over IPv6 (in
@@ -612,6 +613,29 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
             .unwrap_or("")
             .trim()
     );
+
+    // The same through the VIP, in both families, from n1 and n3 (a web task on another node,
+    // or beside the client): the task's port unreachable reaches the client from the VIP (or
+    // its twin), quoting what the client sent to the VIP, so its socket hears of it (as IPVS
+    // does); quoting what the task received, it was left to time out.
+    for c in [&c1, &c3] {
+        for to in [IpAddr::from(vip), IpAddr::from(vip6)] {
+            let at = format!("@{to}");
+            let out = sys::exec_in_output(
+                &c.ns,
+                "dig",
+                &[&at, "-p", "9", "+tries=1", "+time=4", "web"],
+            )
+            .unwrap();
+            let said = format!("{}{}", out.stdout, out.stderr);
+            assert!(
+                said.contains("connection refused"),
+                "client on {}: dig {at} -p 9 (the VIP, a closed UDP port of its task): refused expected\n{said}",
+                c.node
+            );
+        }
+    }
+    eprintln!("dig @{vip} -p 9 and @{vip6} -p 9 from n1 and n3: connection refused");
 
     // The VIP's twin and the gateway's answer ping -6 (meshd's host side, in IPv6), and the
     // resolver on the gateway's twin refuses at once (it answers over IPv4 only), so a stub

@@ -887,11 +887,17 @@ impl Pipeline {
             Some(AddrKind::Task { local: true, .. }) => t.addr(addr(l3.src)).map(|e| e.kind),
             _ => None,
         };
-        if l3.proto == ICMP && matches!(kind, Some(AddrKind::Endpoint { local: true, .. })) {
-            // A task on another node says a flow this node masqueraded cannot reach it.
-            if let Some(v) =
-                self.icmp_from_task(t, buf, &l3, |p, q3| p.inner_owner(q3, kind, src_kind))
-            {
+        if l3.proto == ICMP
+            && matches!(
+                kind,
+                Some(AddrKind::Endpoint { local: true, .. } | AddrKind::Task { local: true, .. })
+            )
+        {
+            // A task on another node says a flow this node balanced (to a VIP, or a published
+            // port it masqueraded) cannot reach it.
+            let owner = |p: &Self, q3: &L3| p.inner_owner(q3, kind, src_kind);
+            let encap = vxlan::ENCAP_LEN;
+            if let Some(v) = self.icmp_from_task(t, now, buf, &l3, encap, owner) {
                 return Ok(v);
             }
         }
@@ -1008,7 +1014,8 @@ impl Pipeline {
         let kind = d.map(|d| d.kind);
         if l3.proto == ICMP {
             // Judged by the worker that owns the flow it quotes; then as any ICMP.
-            if let Some(v) = self.icmp_from_task(t, buf, &l3, |p, q3| p.task_owner(q3, kind)) {
+            let owner = |p: &Self, q3: &L3| p.task_owner(q3, kind);
+            if let Some(v) = self.icmp_from_task(t, now, buf, &l3, 0, owner) {
                 return Ok(v);
             }
         }
@@ -1134,48 +1141,65 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// An ICMP message `l3` from a task: when it is a destination unreachable about one of the
-    /// task's flows, the worker that owns that flow (by `owner`) judges it; `Some(handoff)` when
-    /// that is another worker. Out of line: only ICMP comes here.
+    /// An ICMP message `l3` from a task (behind `encap` bytes of VXLAN headers, or none): when
+    /// it is a destination unreachable about one of the task's flows, the worker that owns that
+    /// flow (by `owner`) judges it (`Some(handoff)` when that is another worker) and sends it
+    /// to the flow's client, its quote turned back into what the client sent
+    /// ([`Self::error_by_flow`]). `None`: not such an error; it goes on as any ICMP. Out of
+    /// line: only ICMP comes here.
     #[cold]
     #[inline(never)]
     fn icmp_from_task(
         &mut self,
         t: &ServiceTable,
-        buf: &PacketBuf,
+        now: u32,
+        buf: &mut PacketBuf,
         l3: &L3,
+        encap: usize,
         owner: impl Fn(&Self, &L3) -> u16,
     ) -> Option<Verdict> {
+        let mut l3 = *l3;
         let q3 = unreachable_of(buf, l3.l4, l3.src, l3.dst)?;
         if self.cfg.workers > 1 {
             if let Some(v) = self.handoff(owner(self, &q3)) {
                 return Some(v);
             }
         }
-        self.task_unreachable(t, &q3);
-        None
+        let a = self.task_unreachable(t, &q3)?;
+        if encap > 0 {
+            if !buf.trim_front(encap) {
+                return Some(Verdict::Drop(DropReason::Truncated));
+            }
+            l3.l4 -= encap;
+        }
+        let v = error_by_flow(buf, &l3, &a).and_then(|()| self.send(t, now, buf, a.dst, a.egress));
+        Some(v.unwrap_or_else(Verdict::Drop))
     }
 
     /// A task's ICMP destination unreachable about its direction `q3` of a flow: passive
     /// health's evidence against the task when the flow is new (a TCP connection it has not
     /// answered) or UDP, whose flow then ends so the client's next datagram is balanced again.
+    /// The flow's reverse action when it judged it (the way the error goes to the client),
+    /// but for an IPv6 client of a published port (its error is not translated).
     #[cold]
     #[inline(never)]
-    fn task_unreachable(&mut self, t: &ServiceTable, q3: &L3) {
+    fn task_unreachable(&mut self, t: &ServiceTable, q3: &L3) -> Option<Action> {
         let key = q3.key();
         let Some((id, Dir::Rev)) = self.lookup_live(t, &key, key.hash()) else {
-            return;
+            return None;
         };
         let fl = self.flows.get(id);
         let udp = !fl.is_tcp();
         if fl.kind == FlowKind::ReturnRoute || !(udp || fl.tcp == flow::TcpState::SynSent) {
-            return;
+            return None;
         }
+        let a = *fl.action(Dir::Rev);
         self.stats.task_unreachable += 1;
         self.passive.saw(fl.task_uid, passive::Seen::Unreachable);
         if udp && self.flows.remove(id).is_some() {
             self.stats.flows_ended += 1;
         }
+        (!matches!(a.egress, Egress::Uplink6 { .. })).then_some(a)
     }
 
     /// The overlay address of the local task that a frame from the tasks side with source
@@ -1238,6 +1262,48 @@ fn unreachable_of(buf: &PacketBuf, l4: usize, src: u32, dst: u32) -> Option<L3> 
         l4,
         frag: frag::Frag::Whole,
     })
+}
+
+/// Rewrites a task's ICMP destination unreachable `l3` (in `buf`, its IPv4 header after the
+/// Ethernet header) about its direction of a flow whose reverse action is `a`, as the flow's
+/// replies are rewritten: from the VIP's (or the published) address to the client. Its quote,
+/// the packet the task received, is turned back into what the client sent (the client's
+/// address and port, the VIP's or published address and port), so that the client's socket,
+/// which knows only those, hears of it (as conntrack's NAT and IPVS do for ICMP errors). The
+/// quote's header checksum and transport checksum (when quoted) move by the flow's own
+/// deltas (the same words change, in other places); the ICMP checksum is summed anew.
+#[cold]
+#[inline(never)]
+fn error_by_flow(buf: &mut PacketBuf, l3: &L3, a: &Action) -> Result<(), DropReason> {
+    let f = buf.data_mut();
+    let end = ETH + usize::from(nat::be16(f, ETH + 2));
+    let q = l3.l4 + 8;
+    let qihl = usize::from(f.get(q).ok_or(DropReason::Truncated)? & 0x0f) * 4;
+    let ql4 = q + qihl;
+    // `unreachable_quote` checked the quoted header and its ports.
+    if end > f.len() || ql4 + 4 > end {
+        return Err(DropReason::Truncated);
+    }
+    let proto = f[q + 9];
+    nat::rewrite_ip(f, ETH, a);
+    nat::put32(f, q + 12, a.dst);
+    nat::put32(f, q + 16, a.src);
+    put16(f, q + 10, a.ip_delta.apply(nat::be16(f, q + 10)));
+    put16(f, ql4, a.dport);
+    put16(f, ql4 + 2, a.sport);
+    match proto {
+        UDP if ql4 + 8 <= end && nat::be16(f, ql4 + 6) != 0 => {
+            let c = checksum::apply_udp(a.l4_delta, nat::be16(f, ql4 + 6));
+            put16(f, ql4 + 6, c);
+        }
+        TCP if ql4 + 18 <= end => {
+            let c = a.l4_delta.apply(nat::be16(f, ql4 + 16));
+            put16(f, ql4 + 16, c);
+        }
+        _ => {}
+    }
+    smoltcp::wire::Icmpv4Packet::new_unchecked(&mut f[l3.l4..end]).fill_checksum();
+    Ok(())
 }
 
 /// Why the flow table refused a new flow, as a drop reason.

@@ -1189,6 +1189,61 @@ mod tests {
         assert_eq!(p3.stats.total_drops(), 0);
     }
 
+    /// A task's port unreachable about a datagram a client sent to the VIP's twin reaches the
+    /// client from the VIP's twin, quoting what the client sent (its twin and port, the VIP's
+    /// twin and port, its UDP checksum): what its socket knows, so that it hears of it. From
+    /// web.1 beside the client (which saw the gateway's twin) and from web.2 on n3 (through
+    /// VXLAN both ways).
+    #[test]
+    fn a_tasks_unreachable_about_a_vip_datagram_reaches_the_client_about_the_vip() {
+        let mut seen = BTreeSet::new();
+        let (t2, mut p2) = on("n2");
+        let (t3, mut p3) = on("n3");
+        for (k, sport) in (40000..40008).enumerate() {
+            let dgram = udp6_to(CLI_MAC, (twin(CLI), sport), (twin(VIP), 80), 40);
+            let (v, out) = run(&mut p2, &t2, PortId::Tasks, &dgram);
+            let back = match v {
+                Verdict::Tx(PortId::Tasks) => {
+                    seen.insert("web.1");
+                    let err = error6(WEB1_MAC, twin(WEB1), twin(GW), &out, 1);
+                    let (v, back) = run(&mut p2, &t2, PortId::Tasks, &err);
+                    assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                    back
+                }
+                Verdict::Tx(PortId::Uplink) => {
+                    seen.insert("web.2");
+                    let (v, got) = run(&mut p3, &t3, PortId::Uplink, &out);
+                    assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                    let err = error6(WEB2_MAC, twin(WEB2), twin(CLI), &got, 1);
+                    let (v, over) = run(&mut p3, &t3, PortId::Tasks, &err);
+                    assert_eq!(v, Verdict::Tx(PortId::Uplink));
+                    let (v, back) = run(&mut p2, &t2, PortId::Uplink, &over);
+                    assert_eq!(v, Verdict::Tx(PortId::Tasks));
+                    back
+                }
+                v => panic!("{v:?}"),
+            };
+            assert_eq!(testkit::eth(&back).unwrap().0, CLI_MAC);
+            let (src, dst, ty, code, _, quote) = error_of(&back).expect("ICMPv6, checksum right");
+            assert_eq!((src, dst, ty, code), (twin(VIP), twin(CLI), 1, 4));
+            let q = Ipv6Packet::new_checked(&quote[..]).expect("the quoted IPv6 header");
+            assert_eq!((q.src_addr(), q.dst_addr()), (twin(CLI), twin(VIP)));
+            let (u, sent) = (&quote[40..48], &dgram[ETH + 40..ETH + 48]);
+            assert_eq!(
+                u, sent,
+                "the quoted UDP header: ports, length and checksum as sent"
+            );
+            assert_eq!(
+                p2.stats.task_unreachable,
+                k as u64 + 1,
+                "judged by the flow's node"
+            );
+            assert_eq!(p2.flows.len(), 0, "the UDP flow ended (passive health)");
+            assert_eq!(p2.stats.total_drops() + p3.stats.total_drops(), 0);
+        }
+        assert_eq!(seen.len(), 2, "both tasks picked: {seen:?}");
+    }
+
     #[test]
     fn an_error_between_tasks_on_one_node_is_translated_there() {
         let (t2, mut p2) = on("n2");

@@ -2151,9 +2151,10 @@ fn an_icmp_unreachable_from_a_task_is_passive_healths_evidence_for_udp() {
     }
     assert!(events(&ps).is_empty(), "{:?}", events(&ps));
     // Port unreachable, arriving on the other worker: handed to the flow's owner, told, and
-    // the flow ends.
+    // the flow ends; the client hears of it from the published address, about what it sent
+    // (its own address and port, the published address and port: what its socket knows).
     let f = icmp(3, WEB1, seen.src, &sent);
-    let (_, verdicts) = drive(
+    let (out, verdicts) = drive(
         &mut ps,
         &t,
         30,
@@ -2165,6 +2166,19 @@ fn an_icmp_unreachable_from_a_task_is_passive_healths_evidence_for_udp() {
     );
     assert_eq!(events(&ps), [(uid, Seen::Unreachable)]);
     assert_eq!(ps[owner].stats.task_unreachable, 1);
+    let [(PortId::Uplink, back)] = &out[..] else {
+        panic!("the error to the client: {out:?}");
+    };
+    let e = crate::testkit::parse_icmp4_error(back).expect("ICMP error, checksums right");
+    let client = Ipv4Addr::from(CLIENT);
+    assert_eq!(
+        (e.dst_mac, e.src, e.dst, e.kind, e.code),
+        (CLIENT_MAC, node, client, 3, 3)
+    );
+    assert_eq!(e.quoted, ((client, sport), (node, 5353)));
+    // The quoted UDP checksum is the client's own again.
+    let d = udp_frame(CLIENT_MAC, up, client, sport, node, 5353, b"q");
+    assert_eq!(e.quoted_udp_checksum, be16(&d, 14 + 20 + 6));
     assert!(
         !ps[owner]
             .flows
