@@ -449,6 +449,22 @@ pub fn reassemble(frags: &[Vec<u8>]) -> Option<Vec<u8>> {
         let off = usize::from(ip.frag_offset());
         parts.push((off, ip.more_frags(), same, ip.payload().to_vec(), f.clone()));
     }
+    let (data, first, _) = join(parts)?;
+    let mut f = first[..ETH_LEN + 20].to_vec();
+    f.extend_from_slice(&data);
+    f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+    f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&[0, 0]);
+    refill_ipv4_checksum(&mut f);
+    Some(f)
+}
+
+/// A piece of a datagram as [`reassemble`] and [`reassemble6`] read it: its offset, whether
+/// more follow, what the datagram's pieces share, its data, and its frame.
+type Part<K> = (usize, bool, K, Vec<u8>, Vec<u8>);
+
+/// The datagram's data, the first piece's frame and what they share, when `parts` (in any
+/// order) are exactly one datagram: the same key, no gap, no overlap, one last piece.
+fn join<K: PartialEq + Copy>(mut parts: Vec<Part<K>>) -> Option<(Vec<u8>, Vec<u8>, K)> {
     parts.sort_by_key(|p| p.0);
     let first = parts.first()?;
     if parts.iter().any(|p| p.2 != first.2) || parts.iter().filter(|p| !p.1).count() != 1 {
@@ -464,12 +480,7 @@ pub fn reassemble(frags: &[Vec<u8>]) -> Option<Vec<u8>> {
     if parts.last()?.1 {
         return None;
     }
-    let mut f = first.4[..ETH_LEN + 20].to_vec();
-    f.extend_from_slice(&data);
-    f[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
-    f[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&[0, 0]);
-    refill_ipv4_checksum(&mut f);
-    Some(f)
+    Some((data, parts[0].4.clone(), parts[0].2))
 }
 
 /// Recomputes the TCP or UDP checksum of the frame's L4 header (after a test edited it).
@@ -896,23 +907,8 @@ pub fn reassemble6(pieces: &[Vec<u8>]) -> Option<(Vec<u8>, u32)> {
         let off = usize::from(word >> 3) * 8;
         parts.push((off, word & 1 == 1, same, p[8..].to_vec(), f.clone()));
     }
-    parts.sort_by_key(|p| p.0);
-    let first = parts.first()?;
-    if parts.iter().any(|p| p.2 != first.2) || parts.iter().filter(|p| !p.1).count() != 1 {
-        return None;
-    }
-    let mut data = Vec::new();
-    for p in &parts {
-        if p.0 != data.len() {
-            return None;
-        }
-        data.extend_from_slice(&p.3);
-    }
-    if parts.last()?.1 {
-        return None;
-    }
-    let (next, id) = (first.2 .2, first.2 .3);
-    let mut f = first.4[..ETH_LEN + 40].to_vec();
+    let (data, first, (_, _, next, id)) = join(parts)?;
+    let mut f = first[..ETH_LEN + 40].to_vec();
     f.extend_from_slice(&data);
     f[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&(data.len() as u16).to_be_bytes());
     f[ETH_LEN + 6] = next;

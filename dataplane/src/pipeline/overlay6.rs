@@ -1455,6 +1455,25 @@ mod tests {
         out
     }
 
+    /// The frames `over` (out of n2's uplink) through n3's workers `p3`: web.2 gets the
+    /// datagram of `data` from `from` to its port 9, whole.
+    fn web2_gets(
+        p3: &mut [Pipeline],
+        t3: &ServiceTable,
+        over: &[(PortId, Vec<u8>)],
+        from: (Ipv6Addr, u16),
+        data: &[u8],
+        what: &str,
+    ) {
+        let frames: Vec<_> = over.iter().map(|(_, f)| f).collect();
+        let got = through(p3, t3, PortId::Uplink, &frames, what);
+        assert!(got.iter().all(|(p, _)| *p == PortId::Tasks), "{what}");
+        let j = joined6(&got);
+        let want = (from, (twin(WEB2), 9), WEB2_MAC);
+        assert_eq!((j.src, j.dst, j.dst_mac), want, "{what}");
+        assert_eq!(j.data, data, "{what}");
+    }
+
     /// A task's UDP datagram larger than its network's MTU, in IPv6 pieces to a task on
     /// another node: each piece goes as an IPv6 piece inside VXLAN and reaches the task as one,
     /// whatever their order and however many workers, and the pieces make the datagram again
@@ -1481,12 +1500,7 @@ mod tests {
                     "{what}"
                 );
                 assert_eq!(j.data, data, "{what}");
-                let frames: Vec<_> = over.iter().map(|(_, f)| f).collect();
-                let got = through(&mut p3, &t3, PortId::Uplink, &frames, &what);
-                assert!(got.iter().all(|(p, _)| *p == PortId::Tasks), "{what}");
-                let j = joined6(&got);
-                assert_eq!((j.src, j.dst, j.dst_mac), (from, (twin(WEB2), 9), WEB2_MAC));
-                assert_eq!(j.data, data, "{what}");
+                web2_gets(&mut p3, &t3, &over, from, &data, &what);
                 let held: u64 = p2.iter().map(|p| p.stats.fragments_held).sum();
                 assert_eq!(
                     held > 0,
@@ -1537,12 +1551,7 @@ mod tests {
                 for (_, f) in &over {
                     assert_eq!(f.windows(16).any(|w| w == cli), !sealed, "{what}");
                 }
-                let frames: Vec<_> = over.iter().map(|(_, f)| f).collect();
-                let got = through(&mut p3, &t3, PortId::Uplink, &frames, &what);
-                assert!(got.iter().all(|(p, _)| *p == PortId::Tasks), "{what}");
-                let j = joined6(&got);
-                assert_eq!((j.src, j.dst, j.dst_mac), (from, (twin(WEB2), 9), WEB2_MAC));
-                assert_eq!(j.data, data, "{what}");
+                web2_gets(&mut p3, &t3, &over, from, &data, &what);
             }
         }
     }
