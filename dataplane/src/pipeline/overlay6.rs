@@ -160,6 +160,9 @@ impl Pipeline {
         way: Way,
         v: Verdict,
     ) -> Verdict {
+        // `after6`'s arms but for the handoff, written out: one function for both (inlined)
+        // cost the IPv6 rows 2 to 4 instructions a packet (callgrind: VIP over IPv6
+        // 404,775,370 → 405,624,495).
         let direct = matches!(way, Way::Direct);
         let r = match v {
             Verdict::Tx(PortId::Tasks) => net_of(t, buf, ETH + 16).and_then(|n| back6(t, buf, n)),
