@@ -1127,19 +1127,21 @@ pub enum ConnKind {
 pub struct Conn {
     pub protocol: Protocol,
     pub kind: ConnKind,
-    /// The client, as it sent its packets (an IPv6 client to a published port: its IPv6
-    /// address).
+    /// The client, as it sent its packets (an IPv6 client to a published port, or a task's
+    /// connection to a VIP's IPv6 twin: its IPv6 address).
     pub client: std::net::SocketAddr,
     /// The address the client reached: the node's published port (on its IPv6 address for an
-    /// IPv6 client) or a service VIP.
+    /// IPv6 client) or a service VIP (its IPv6 twin when the client connected to that).
     pub service_addr: std::net::SocketAddr,
     /// The service and task it is balanced to (absent when the task is gone).
     pub service: Option<String>,
     pub task: Option<String>,
-    /// The task's address and target port.
-    pub task_addr: std::net::SocketAddrV4,
-    /// The source the task sees: the masquerade address and port, or the client's own.
-    pub source: std::net::SocketAddrV4,
+    /// The task's address and target port (its IPv6 twin for a connection to a VIP's twin;
+    /// an IPv6 client of a published port reaches the task over IPv4).
+    pub task_addr: std::net::SocketAddr,
+    /// The source the task sees: the masquerade address and port, or the client's own (IPv6
+    /// as `task_addr` is).
+    pub source: std::net::SocketAddr,
     pub state: ConnState,
     /// Milliseconds since the last packet either way.
     pub idle_ms: u64,

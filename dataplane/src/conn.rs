@@ -326,6 +326,17 @@ pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Co
     let count = |i: usize| accounting.then(|| r.flow.counts.get(i).copied().unwrap_or(0));
     let f = &r.flow;
     let [k, _] = f.keys();
+    // A dual-stack task's connection to a VIP's twin: made between the IPv4 addresses of the
+    // twins, shown by the twins themselves. They share the client's first 96 bits (one
+    // network's, `Ipv6Net::embed`).
+    let twin = (f.kind == FlowKind::Vip && f.is_v6()).then(|| {
+        let c = u128::from_be_bytes(f.client6()) & !0xffff_ffff;
+        move |ip: u32, port: u16| sock6((c | u128::from(ip)).to_be_bytes(), port)
+    });
+    let inner = |ip: u32, port: u16| match &twin {
+        Some(v6) => v6(ip, port),
+        None => sock(ip, port).into(),
+    };
     let task = t
         .task_by_uid(f.task_uid)
         .and_then(|i| t.tasks.get(i as usize));
@@ -346,16 +357,16 @@ pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Co
         } else {
             sock(k.src(), k.sport()).into()
         },
-        service_addr: if f.is_v6() {
+        service_addr: if f.is_v6() && twin.is_none() {
             let me = t.node_addr6.map_or([0; 16], |a| a.octets());
             sock6(me, k.dport())
         } else {
-            sock(k.dst(), k.dport()).into()
+            inner(k.dst(), k.dport())
         },
         service: service.map(|s| s.name.to_string()),
         task: task.map(|te| te.name.to_string()),
-        task_addr: sock(f.fwd.dst, f.fwd.dport),
-        source: sock(f.fwd.src, f.fwd.sport),
+        task_addr: inner(f.fwd.dst, f.fwd.dport),
+        source: inner(f.fwd.src, f.fwd.sport),
         state: state_of(f),
         idle_ms: u64::from(r.idle_ms),
         expires_ms: r.expires_ms,

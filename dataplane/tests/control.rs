@@ -710,7 +710,7 @@ fn conn_ls_lists_the_workers_flows_and_conn_rm_ends_them_with_a_reset() {
         assert_eq!((k.packets_in, k.packets_out), (Some(1), Some(0)));
         assert_eq!(k.task_addr.port(), 80);
         // Masqueraded: the task sees the node's ingress endpoint.
-        assert_eq!(k.source.ip(), &Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(k.source.ip(), Ipv4Addr::new(10, 0, 0, 2));
     }
     // Round-robin: the tasks share them, and a filter by task finds each one's.
     let by_task = |c: &mut Connection, t: &str| -> u64 {

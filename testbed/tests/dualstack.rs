@@ -518,6 +518,70 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
         web_n2.name
     );
 
+    // A task's connection to the VIP's twin as `conn ls` shows it on the client's node: by
+    // the IPv6 addresses the client and the task used (the flow is kept in IPv4 inside).
+    // `conn rm` of it resets the client's IPv6 socket at once (a RST in IPv4 would reach no
+    // socket of the client's).
+    let open = probe::tcp_open(&c3.ns, std::net::SocketAddr::from((vip6, 80)), T)
+        .unwrap()
+        .unwrap();
+    let me = open.local_addr().unwrap();
+    let mut k = probe::KeepAlive::new(open, &format!("[{vip6}]"), T).unwrap();
+    let seen = probe::Whoami::parse(&k.get().unwrap()).unwrap();
+    let mine = format!("{}/128", me.ip());
+    // The earlier connections of this client (closed, waiting out their timeout) are
+    // listed too: only the open one is established.
+    let open_only = ["--client", mine.as_str(), "--state", "established"];
+    let json = m
+        .meshctl_local(
+            "n3",
+            &[&["--format", "json", "conn", "ls"][..], &open_only].concat(),
+        )
+        .unwrap();
+    let lists: Vec<ctl::proto::ConnList> = serde_json::from_str(&json).unwrap();
+    let conns: Vec<_> = lists.iter().flat_map(|l| &l.connections).collect();
+    assert_eq!(conns.len(), 1, "n3: conn ls --client {mine}: {json}");
+    let c = conns[0];
+    let task6 = m.task(&seen.hostname).unwrap().addr6_on(APPNET).unwrap();
+    assert_eq!(
+        (c.client, c.service_addr, c.task.as_deref()),
+        (
+            me,
+            std::net::SocketAddr::from((vip6, 80)),
+            Some(seen.hostname.as_str())
+        ),
+        "{json}"
+    );
+    assert_eq!(
+        c.task_addr,
+        std::net::SocketAddr::from((task6, 80)),
+        "{json}"
+    );
+    assert_eq!(
+        c.source.to_string(),
+        seen.remote,
+        "the source the task saw: {json}"
+    );
+    assert_eq!(c.state, ctl::proto::ConnState::Established, "{json}");
+    let out = m
+        .meshctl_local("n3", &[&["conn", "rm"][..], &open_only].concat())
+        .unwrap();
+    assert!(
+        out.contains("1 connection ended, 1 TCP client sent a RST"),
+        "{out}"
+    );
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        k.wait_end(),
+        probe::Failure::Reset,
+        "the client's IPv6 socket gets the RST"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    eprintln!(
+        "conn ls on n3: {} -> {} ({}, {}), conn rm reset it",
+        c.client, c.service_addr, seen.hostname, c.task_addr
+    );
+
     // UDP datagrams larger than the overlay's MTU over IPv6, echoed whole by the web task's
     // whoami: the client's kernel sends IPv6 pieces, meshd carries each as a piece (an IPv4
     // fragment inside the pipeline) and the echo comes back in pieces. To n2's web task by its

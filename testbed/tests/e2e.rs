@@ -469,12 +469,16 @@ fn a_nodes_address_answers_ping_and_refuses_what_is_not_published() {
 /// Every node's IPv6 address (`--addr6`): the client finds it by Neighbor Discovery (meshd's
 /// answer, with the node's uplink MAC), `ping -6` is answered, `curl -6` of the published port
 /// reaches the IPv4 task through every node (local to one, over VXLAN from the others), `conn
-/// ls` shows the IPv6 client, and TCP and UDP to ports that are not published are refused at
-/// once, while IPv4 goes on as before.
+/// ls` shows the IPv6 client, TCP and UDP to ports that are not published are refused at once
+/// (by meshd), and so is UDP to a published port whose task does not listen (by the task, its
+/// port unreachable translated to ICMPv6), while IPv4 goes on as before.
 #[test]
 fn every_nodes_ipv6_address_answers_ndp_ping6_and_curl6_of_a_published_port() {
     let Some(mut m) = mesh("v6") else { return };
     m.run(&web(1)).unwrap();
+    // A published UDP port whose task has no socket on its target port.
+    m.meshctl(&["service", "update", "--publish-add", "5454:9/udp", "web"])
+        .unwrap();
     let c = m.client_ns();
     for node in ["n1", "n2", "n3"] {
         let n = m.node(node).unwrap().clone();
@@ -531,6 +535,26 @@ fn every_nodes_ipv6_address_answers_ndp_ping6_and_curl6_of_a_published_port() {
             Err(Failure::Refused),
             "{node} UDP [{a6}]:53: ICMPv6 port unreachable expected"
         );
+        // The task's own port unreachable about a published UDP port reaches the IPv6 client
+        // as ICMPv6 about what it sent (it waited for its timeout before), as it reaches an
+        // IPv4 one.
+        for to in [
+            SocketAddr::from((a6, 5454)),
+            SocketAddr::from((n.addr, 5454)),
+        ] {
+            let t0 = Instant::now();
+            let r = probe::udp_ask(&c, to, "x", T).unwrap();
+            assert_eq!(
+                r,
+                Err(Failure::Refused),
+                "{node} UDP {to}: the task's refusal"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "{node} UDP {to}: refused after {:?}",
+                t0.elapsed()
+            );
+        }
         assert_eq!(
             hostname(&m, node, 8080),
             "web.1",

@@ -177,6 +177,10 @@ impl Pipeline {
         b.port = port;
         if port == PortId::Tasks {
             b.vlan = task_vlan(t, rev.dst);
+            if f.is_v6() {
+                // A dual-stack task's connection to a VIP's twin: its socket is an IPv6 one.
+                return super::overlay6::reset_back6(t, b);
+            }
         }
         true
     }

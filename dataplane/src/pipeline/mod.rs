@@ -1095,7 +1095,7 @@ impl Pipeline {
                 let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
                 let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
-                let flow = Flow::new(
+                let mut flow = Flow::new(
                     FlowKind::Vip,
                     [key, rkey],
                     [fwd, rev],
@@ -1104,6 +1104,11 @@ impl Pipeline {
                     timeouts(svc),
                     now,
                 );
+                if buf.v6 {
+                    // A dual-stack task's connection to the VIP's twin: its flow records the
+                    // client's IPv6 address, for `conn ls` and the RST that ends it.
+                    overlay6::client_twin(t, s.net, &mut flow);
+                }
                 let id = self
                     .flows
                     .insert(flow, now)
@@ -1165,25 +1170,60 @@ impl Pipeline {
                 return Some(v);
             }
         }
-        let a = self.task_unreachable(t, &q3)?;
+        let (a, client6) = self.task_unreachable(t, &q3)?;
         if encap > 0 {
             if !buf.trim_front(encap) {
                 return Some(Verdict::Drop(DropReason::Truncated));
             }
             l3.l4 -= encap;
         }
-        let v = error_by_flow(buf, &l3, &a).and_then(|()| self.send(t, now, buf, a.dst, a.egress));
+        let v = error_by_flow(buf, &l3, &a).and_then(|()| match a.egress {
+            Egress::Uplink6 { mac } => self.error_to_client6(t, buf, &l3, &a, client6, mac),
+            e => self.send(t, now, buf, a.dst, e),
+        });
         Some(v.unwrap_or_else(Verdict::Drop))
+    }
+
+    /// The task's error `l3` in `buf`, rewritten by flow (`a`, its reverse action) for an IPv6
+    /// client of a published port (`client6`, behind `mac`): turned into ICMPv6 from the
+    /// node's IPv6 address, its quote into the IPv6 datagram the client sent (the stand-in
+    /// address the flow knows the client by back to the client's own).
+    #[cold]
+    #[inline(never)]
+    fn error_to_client6(
+        &self,
+        t: &ServiceTable,
+        buf: &mut PacketBuf,
+        l3: &L3,
+        a: &Action,
+        client6: [u8; 16],
+        mac: [u8; 6],
+    ) -> Result<Verdict, DropReason> {
+        let me = t.node_addr6.ok_or(DropReason::NoIpv6)?.octets();
+        let ihl = usize::from(buf.data()[ETH] & 0x0f) * 4;
+        let total = usize::from(nat::be16(buf.data(), ETH + 2));
+        let payload = total.checked_sub(ihl).ok_or(DropReason::Truncated)?;
+        let standin = a.dst;
+        let v6 = |x: u32| if x == standin { client6 } else { me };
+        icmperr::error4_to_ipv6(
+            buf,
+            l3,
+            payload,
+            (me, client6),
+            (self.cfg.uplink_mac, mac),
+            v6,
+        )?;
+        Ok(Verdict::Tx(PortId::Uplink))
     }
 
     /// A task's ICMP destination unreachable about its direction `q3` of a flow: passive
     /// health's evidence against the task when the flow is new (a TCP connection it has not
     /// answered) or UDP, whose flow then ends so the client's next datagram is balanced again.
     /// The flow's reverse action when it judged it (the way the error goes to the client),
-    /// but for an IPv6 client of a published port (its error is not translated).
+    /// with the client's IPv6 address (all zero for an IPv4 client).
     #[cold]
     #[inline(never)]
-    fn task_unreachable(&mut self, t: &ServiceTable, q3: &L3) -> Option<Action> {
+    fn task_unreachable(&mut self, t: &ServiceTable, q3: &L3) -> Option<(Action, [u8; 16])> {
         let key = q3.key();
         let Some((id, Dir::Rev)) = self.lookup_live(t, &key, key.hash()) else {
             return None;
@@ -1193,13 +1233,13 @@ impl Pipeline {
         if fl.kind == FlowKind::ReturnRoute || !(udp || fl.tcp == flow::TcpState::SynSent) {
             return None;
         }
-        let a = *fl.action(Dir::Rev);
+        let (a, client6) = (*fl.action(Dir::Rev), fl.client6());
         self.stats.task_unreachable += 1;
         self.passive.saw(fl.task_uid, passive::Seen::Unreachable);
         if udp && self.flows.remove(id).is_some() {
             self.stats.flows_ended += 1;
         }
-        (!matches!(a.egress, Egress::Uplink6 { .. })).then_some(a)
+        Some((a, client6))
     }
 
     /// The overlay address of the local task that a frame from the tasks side with source

@@ -1095,6 +1095,60 @@ mod tests {
         }
     }
 
+    /// web.1's port unreachable about an IPv6 client's datagram to a published UDP port reaches
+    /// the client as ICMPv6 from the node's IPv6 address, quoting the datagram as the client
+    /// sent it (its address, port and checksum), so its socket hears of it at once; the flow
+    /// ends (passive health's evidence, as for an IPv4 client).
+    #[test]
+    fn a_tasks_unreachable_reaches_the_ipv6_client_as_icmpv6_about_what_it_sent() {
+        let (t, mut p) = udp_on_n2();
+        let (sport, sent, to) = (50000..50100)
+            .find_map(|sport| {
+                let d = udp6(client(4), sport, 5353, b"query");
+                let (v, out) = run(&mut p, &t, PortId::Uplink, &d);
+                (v == Verdict::Tx(PortId::Tasks)).then_some((sport, d, out))
+            })
+            .expect("a datagram to web.1");
+        let got = parse_ipv4(&to, ETH, true).unwrap();
+        let refused =
+            testkit::icmp_unreachable(WEB1_MAC, p.cfg.tasks_mac, addr(WEB1), addr(got.src), 3, &to);
+        let (v, out) = run(&mut p, &t, PortId::Tasks, &refused);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        assert_eq!(testkit::eth(&out).unwrap().0, CLIENT_MAC);
+        let h = parse_ipv6(&out, ETH).unwrap();
+        assert_eq!(
+            (h.src, h.dst, h.proto),
+            (n2_addr6(), client(4), super::super::ipv6::ICMPV6)
+        );
+        let icmp = Icmpv6Packet::new_checked(&out[h.l4..h.end]).unwrap();
+        assert!(icmp.verify_checksum(&h.src, &h.dst));
+        assert_eq!(
+            (icmp.msg_type(), icmp.msg_code()),
+            (smoltcp::wire::Icmpv6Message::DstUnreachable, 4)
+        );
+        // The quote: the client's IPv6 header and UDP header, byte for byte but the hop limit
+        // (which the datagram spent on its way), what its socket matches.
+        let quote = &out[h.l4 + 8..h.end];
+        let mine = &sent[ETH..];
+        assert_eq!(
+            &quote[8..40],
+            &mine[8..40],
+            "the addresses as the client sent them"
+        );
+        assert_eq!(
+            &quote[40..48],
+            &mine[40..48],
+            "its UDP header, checksum included"
+        );
+        assert_eq!(u16::from_be_bytes([quote[40], quote[41]]), sport);
+        assert_eq!(p.stats.task_unreachable, 1);
+        assert!(
+            !p.flows
+                .contains(&FlowKey::new(UDP, WEB1, 53, got.src, got.sport)),
+            "the flow ended"
+        );
+    }
+
     #[test]
     fn a_tasks_fragmented_reply_reaches_the_ipv6_client_as_ipv6_fragments() {
         let (t, mut p) = udp_on_n2();

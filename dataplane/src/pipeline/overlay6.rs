@@ -413,6 +413,28 @@ fn vxlan_back6(t: &ServiceTable, buf: &mut PacketBuf) -> Result<(), DropReason> 
     Ok(())
 }
 
+/// Records in the VIP flow `f` of a task's IPv6 connection (made in IPv4, between the twins'
+/// IPv4 addresses, on network `net`) the client's IPv6 address: the flow is then shown by its
+/// IPv6 addresses (`conn::conn_of`), and the RST that ends it goes as IPv6
+/// (`Pipeline::reset_frame`). Only when the flow is made, never per packet.
+#[cold]
+#[inline(never)]
+pub(super) fn client_twin(t: &ServiceTable, net: NetIdx, f: &mut Flow) {
+    if let Some(p) = t.subnet6(net) {
+        let client = f.key(Dir::Fwd).src();
+        f.set_client6(p.embed(addr(client)).octets());
+    }
+}
+
+/// Turns the RST in `b` (from a VIP to a task, built in IPv4) into IPv6 between their twins,
+/// for a flow [`client_twin`] marked; false when it cannot be (the network is no longer
+/// dual-stack).
+pub(super) fn reset_back6(t: &ServiceTable, b: &mut PacketBuf) -> bool {
+    net_of(t, b, ETH + 16)
+        .and_then(|net| back6(t, b, net))
+        .is_ok()
+}
+
 /// The network of the overlay address at `at` in the IPv4 frame in `buf`.
 fn net_of(t: &ServiceTable, buf: &PacketBuf, at: usize) -> Result<NetIdx, DropReason> {
     let a = buf.data().get(at..at + 4).ok_or(DropReason::Truncated)?;
@@ -756,6 +778,118 @@ mod tests {
         assert!(testkit::parse_ipv4_tcp(&inner).is_some());
         assert_eq!(p2.stats.total_drops(), 0);
         assert_eq!(p3.stats.total_drops(), 0);
+    }
+
+    /// `conn ls` shows a dual-stack task's connections to a VIP's twin by their IPv6 addresses
+    /// (the flow is made in IPv4), `--client` with an IPv6 prefix finds them, and `conn rm`
+    /// resets them in IPv6, which the task's IPv6 socket takes (an IPv4 RST it would ignore).
+    #[test]
+    fn a_tasks_ipv6_connections_to_a_vip_are_listed_and_reset_in_ipv6() {
+        use crate::pipeline::tests::{conn_job, serve_all};
+        use ctl::proto::ConnFilter;
+        let (t2, mut p2) = on("n2");
+        // IPv6 SYNs until both web.1 (hairpin, on n2) and web.2 (n3) are picked, then one
+        // connection over IPv4.
+        let mut picked = std::collections::BTreeMap::new();
+        let mut sport = 40000;
+        while picked.len() < 2 {
+            sport += 1;
+            assert!(sport < 40100, "both tasks picked");
+            let syn = testkit::tcp6_frame(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                sport,
+                twin(VIP),
+                80,
+                SYN,
+                1,
+            );
+            match run(&mut p2, &t2, PortId::Tasks, &syn).0 {
+                Verdict::Tx(PortId::Tasks) => picked.insert("web.1", sport),
+                Verdict::Tx(PortId::Uplink) => picked.insert("web.2", sport),
+                v => panic!("{v:?}"),
+            };
+        }
+        let syn = testkit::tcp_frame(CLI_MAC, tasks_mac(), CLI, 50000, VIP, 80, SYN, 1, 0, b"");
+        run(&mut p2, &t2, PortId::Tasks, &syn);
+        let six = u64::from(sport - 40000);
+        assert_eq!(p2.flows.len() as u64, six + 1);
+
+        let mut all = conn_job(&t2, ConnFilter::default(), false);
+        serve_all(&mut p2, &mut all, 1);
+        let conns: Vec<_> = all
+            .rows()
+            .iter()
+            .map(|r| crate::conn::conn_of(&t2, 0, r, false))
+            .collect();
+        let sock6 = |a: Ipv4Addr, port| std::net::SocketAddr::from((twin(a), port));
+        let sock4 = |a: Ipv4Addr, port| std::net::SocketAddr::from((a, port));
+        for (task, addr, source) in [
+            // web.1: hairpin, the client masqueraded to the gateway's twin.
+            ("web.1", WEB1, None),
+            // web.2: over VXLAN, the client's own address.
+            ("web.2", WEB2, Some(CLI)),
+        ] {
+            let port = picked[task];
+            let c = conns
+                .iter()
+                .find(|c| c.client == sock6(CLI, port))
+                .unwrap_or_else(|| panic!("{task}'s connection listed by IPv6: {conns:?}"));
+            assert_eq!(c.service_addr, sock6(VIP, 80));
+            assert_eq!(c.task.as_deref(), Some(task));
+            assert_eq!(c.task_addr, sock6(addr, 80));
+            match source {
+                Some(a) => assert_eq!(c.source, sock6(a, port)),
+                None => assert_eq!(c.source.ip(), std::net::IpAddr::from(twin(GW))),
+            }
+        }
+        let c4 = conns
+            .iter()
+            .find(|c| c.client == sock4(CLI, 50000))
+            .expect("the IPv4 connection, by IPv4");
+        assert_eq!(c4.service_addr, sock4(VIP, 80));
+        assert!(c4.task_addr.is_ipv4() && c4.source.is_ipv4());
+
+        // The client filter tells the families apart, as the listing shows them.
+        let by = |client: &str| ConnFilter {
+            client: Some(client.parse().unwrap()),
+            ..ConnFilter::default()
+        };
+        let mut j = conn_job(&t2, by("fd00:10:1::/64"), false);
+        serve_all(&mut p2, &mut j, 1);
+        assert_eq!(j.matched(), six);
+        let mut j = conn_job(&t2, by("10.0.1.0/24"), false);
+        serve_all(&mut p2, &mut j, 1);
+        assert_eq!(j.matched(), 1);
+
+        // conn rm of the IPv6 ones: each client socket gets an IPv6 RST from the VIP's twin.
+        let mut rm = conn_job(&t2, by(&format!("{}/128", twin(CLI))), true);
+        serve_all(&mut p2, &mut rm, 2);
+        assert_eq!(rm.removed(), six);
+        let mut out = Burst::new();
+        p2.maintain(&t2, 3, &mut Pool::new(256), &mut out);
+        let mut reset: Vec<u16> = out
+            .iter()
+            .filter_map(|b| {
+                let r = tcp6(b.data())?;
+                assert_eq!(b.port, PortId::Tasks);
+                assert_eq!(
+                    (r.dst_mac, r.src, r.sport, r.dst),
+                    (CLI_MAC, twin(VIP), 80, twin(CLI))
+                );
+                (r.flags & RST != 0).then_some(r.dport)
+            })
+            .collect();
+        reset.sort_unstable();
+        assert_eq!(
+            reset,
+            (40001..=sport).collect::<Vec<_>>(),
+            "one IPv6 RST per connection"
+        );
+        assert_eq!(p2.stats.resets_sent, six);
+        assert_eq!(p2.stats.resets_unsent, 0);
+        assert_eq!(p2.flows.len(), 1, "the IPv4 connection stays");
     }
 
     #[test]

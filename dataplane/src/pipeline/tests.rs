@@ -2266,7 +2266,7 @@ fn a_published_udp_53_and_the_gateways_resolver_do_not_meet() {
 // ---- conn ls / conn rm: a worker's walk of its flow table ------------------------------
 
 /// Serves `job` to its end, counting the chunks it took.
-fn serve_all(p: &mut Pipeline, job: &mut crate::conn::Job, now: u64) -> usize {
+pub(super) fn serve_all(p: &mut Pipeline, job: &mut crate::conn::Job, now: u64) -> usize {
     let mut chunks = 1;
     while !p.serve(job, now) {
         chunks += 1;
@@ -2275,7 +2275,11 @@ fn serve_all(p: &mut Pipeline, job: &mut crate::conn::Job, now: u64) -> usize {
     chunks
 }
 
-fn conn_job(t: &ServiceTable, f: ctl::proto::ConnFilter, remove: bool) -> crate::conn::Job {
+pub(super) fn conn_job(
+    t: &ServiceTable,
+    f: ctl::proto::ConnFilter,
+    remove: bool,
+) -> crate::conn::Job {
     let m = crate::conn::Matcher::new(&f, t).unwrap();
     crate::conn::Job::new(m, remove, 64)
 }
@@ -2388,7 +2392,7 @@ fn a_walk_lists_the_flows_it_matches_with_their_state_and_counts_and_rm_resets_t
     assert_eq!(c.task_addr.to_string(), "10.0.0.11:80");
     assert_eq!(
         c.source,
-        std::net::SocketAddrV4::new(to.src.into(), to.sport)
+        std::net::SocketAddr::from((std::net::Ipv4Addr::from(to.src), to.sport))
     );
     assert_eq!(c.state, ConnState::Established);
     // The SYN, then the ACK and the request (`sent`): the SYN is a frame without payload.
