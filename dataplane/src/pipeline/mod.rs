@@ -1095,7 +1095,7 @@ impl Pipeline {
                 let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
                 let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
-                let mut flow = Flow::new(
+                let flow = Flow::new(
                     FlowKind::Vip,
                     [key, rkey],
                     [fwd, rev],
@@ -1104,11 +1104,6 @@ impl Pipeline {
                     timeouts(svc),
                     now,
                 );
-                if buf.v6 {
-                    // A dual-stack task's connection to the VIP's twin: its flow records the
-                    // client's IPv6 address, for `conn ls` and the RST that ends it.
-                    overlay6::client_twin(t, s.net, &mut flow);
-                }
                 let id = self
                     .flows
                     .insert(flow, now)

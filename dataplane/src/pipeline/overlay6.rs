@@ -119,7 +119,11 @@ impl Pipeline {
         }
         buf.v6 = true;
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
+        let made = self.stats.new_flows;
         let v = self.on_task(t, now, buf, l3);
+        if self.stats.new_flows != made {
+            self.client_twin(t, s.net, &l3);
+        }
         self.after6(t, buf, v)
     }
 
@@ -143,8 +147,33 @@ impl Pipeline {
         twin_piece_to_ipv4(buf, 0, h, addrs, delta)?;
         buf.v6 = true;
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
+        let made = self.stats.new_flows;
         let v = self.fragment(t, now, buf, l3, Way::Direct);
+        if self.stats.new_flows != made {
+            if let Some(s) = t.addr(addr(l3.src)) {
+                self.client_twin(t, s.net, &l3);
+            }
+        }
         self.after6(t, buf, v)
+    }
+
+    /// Records in the VIP flow that the task's IPv6 packet `l3` (turned into IPv4 between the
+    /// twins' IPv4 addresses, on network `net`) just made the client's IPv6 address: the flow
+    /// is then shown by its IPv6 addresses (`conn::conn_of`) and the RST that ends it goes as
+    /// IPv6 (`Pipeline::reset_frame`). Only for the packet that made a flow: here rather than
+    /// where flows are made, which the IPv4 paths share (a test there cost them 2 instructions
+    /// a packet, by how the compiler laid out `on_task`).
+    #[cold]
+    #[inline(never)]
+    fn client_twin(&mut self, t: &ServiceTable, net: NetIdx, l3: &L3) {
+        let Some(p) = t.subnet6(net) else { return };
+        let key = l3.key();
+        if let Some((id, Dir::Fwd)) = self.lookup_live(t, &key, key.hash()) {
+            let f = self.flows.get_mut(id);
+            if f.kind == FlowKind::Vip {
+                f.set_client6(p.embed(addr(l3.src)).octets());
+            }
+        }
     }
 
     /// What becomes of a held piece of a task's IPv6 datagram (`way`, how it came) now that
@@ -411,19 +440,6 @@ fn vxlan_back6(t: &ServiceTable, buf: &mut PacketBuf) -> Result<(), DropReason> 
     );
     put16(f, ETH + IPV4 + 4, udp);
     Ok(())
-}
-
-/// Records in the VIP flow `f` of a task's IPv6 connection (made in IPv4, between the twins'
-/// IPv4 addresses, on network `net`) the client's IPv6 address: the flow is then shown by its
-/// IPv6 addresses (`conn::conn_of`), and the RST that ends it goes as IPv6
-/// (`Pipeline::reset_frame`). Only when the flow is made, never per packet.
-#[cold]
-#[inline(never)]
-pub(super) fn client_twin(t: &ServiceTable, net: NetIdx, f: &mut Flow) {
-    if let Some(p) = t.subnet6(net) {
-        let client = f.key(Dir::Fwd).src();
-        f.set_client6(p.embed(addr(client)).octets());
-    }
 }
 
 /// Turns the RST in `b` (from a VIP to a task, built in IPv4) into IPv6 between their twins,
@@ -890,6 +906,43 @@ mod tests {
         assert_eq!(p2.stats.resets_sent, six);
         assert_eq!(p2.stats.resets_unsent, 0);
         assert_eq!(p2.flows.len(), 1, "the IPv4 connection stays");
+    }
+
+    /// On two workers, the worker a task's IPv6 SYN is handed to (the flow's owner) records
+    /// the client's twin in the flow it makes, as one worker does.
+    #[test]
+    fn the_owner_of_a_tasks_ipv6_connection_records_its_twin_on_two_workers() {
+        let (t, mut ps) = workers_of(&state(true), "n2", 2);
+        for sport in 40000..40032u16 {
+            let syn = testkit::tcp6_frame(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                sport,
+                twin(VIP),
+                80,
+                SYN,
+                1,
+            );
+            let input = vec![(
+                usize::from(sport % 2),
+                PacketBuf::from_frame(PortId::Tasks, &syn),
+            )];
+            crate::pipeline::tests::drive(&mut ps, &t, 10, input);
+        }
+        let mut flows = 0;
+        for p in &ps {
+            for id in p.flows.live_ids() {
+                let f = p.flows.get(id);
+                assert_eq!(f.client6(), twin(CLI).octets(), "{f:?}");
+                flows += 1;
+            }
+        }
+        assert_eq!(flows, 32);
+        assert!(
+            ps.iter().all(|p| !p.flows.is_empty()),
+            "both workers own some"
+        );
     }
 
     #[test]
