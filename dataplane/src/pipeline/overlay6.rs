@@ -700,22 +700,27 @@ mod tests {
         Some((ip.src_addr(), ip.dst_addr(), request))
     }
 
+    /// cli.1's SYN from port `sport` to the VIP's twin, port 80.
+    fn syn6(sport: u16) -> Vec<u8> {
+        testkit::tcp6_frame(
+            CLI_MAC,
+            tasks_mac(),
+            twin(CLI),
+            sport,
+            twin(VIP),
+            80,
+            SYN,
+            1,
+        )
+    }
+
     #[test]
     fn a_tasks_ipv6_connection_to_a_vip_twin_is_balanced_and_stays_ipv6_end_to_end() {
         let (t2, mut p2) = on("n2");
         let (t3, mut p3) = on("n3");
         let mut seen = BTreeSet::new();
         for sport in 40000..40064 {
-            let syn = testkit::tcp6_frame(
-                CLI_MAC,
-                tasks_mac(),
-                twin(CLI),
-                sport,
-                twin(VIP),
-                80,
-                SYN,
-                1,
-            );
+            let syn = syn6(sport);
             let (v, out) = run(&mut p2, &t2, PortId::Tasks, &syn);
             // The task's answer and what comes back to the client.
             let back = match v {
@@ -811,16 +816,7 @@ mod tests {
         while picked.len() < 2 {
             sport += 1;
             assert!(sport < 40100, "both tasks picked");
-            let syn = testkit::tcp6_frame(
-                CLI_MAC,
-                tasks_mac(),
-                twin(CLI),
-                sport,
-                twin(VIP),
-                80,
-                SYN,
-                1,
-            );
+            let syn = syn6(sport);
             match run(&mut p2, &t2, PortId::Tasks, &syn).0 {
                 Verdict::Tx(PortId::Tasks) => picked.insert("web.1", sport),
                 Verdict::Tx(PortId::Uplink) => picked.insert("web.2", sport),
@@ -914,16 +910,7 @@ mod tests {
     fn the_owner_of_a_tasks_ipv6_connection_records_its_twin_on_two_workers() {
         let (t, mut ps) = workers_of(&state(true), "n2", 2);
         for sport in 40000..40032u16 {
-            let syn = testkit::tcp6_frame(
-                CLI_MAC,
-                tasks_mac(),
-                twin(CLI),
-                sport,
-                twin(VIP),
-                80,
-                SYN,
-                1,
-            );
+            let syn = syn6(sport);
             let input = vec![(
                 usize::from(sport % 2),
                 PacketBuf::from_frame(PortId::Tasks, &syn),
@@ -1863,16 +1850,7 @@ mod tests {
         for sport in 40000..40032 {
             // From the task to the VIP (a flow, owned by one worker), and from web.2 to the
             // task (out of VXLAN).
-            let to = testkit::tcp6_frame(
-                CLI_MAC,
-                tasks_mac(),
-                twin(CLI),
-                sport,
-                twin(VIP),
-                80,
-                SYN,
-                1,
-            );
+            let to = syn6(sport);
             let inner = testkit::tcp6_frame(
                 [0; 6],
                 tasks_mac(),
