@@ -443,7 +443,7 @@ fn vxlan_back6(t: &ServiceTable, buf: &mut PacketBuf) -> Result<(), DropReason> 
 }
 
 /// Turns the RST in `b` (from a VIP to a task, built in IPv4) into IPv6 between their twins,
-/// for a flow [`client_twin`] marked; false when it cannot be (the network is no longer
+/// for a flow `Pipeline::client_twin` marked; false when it cannot be (the network is no longer
 /// dual-stack).
 pub(super) fn reset_back6(t: &ServiceTable, b: &mut PacketBuf) -> bool {
     net_of(t, b, ETH + 16)
