@@ -327,14 +327,13 @@ pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Co
     let f = &r.flow;
     let [k, _] = f.keys();
     // A dual-stack task's connection to a VIP's twin: made between the IPv4 addresses of the
-    // twins, shown by the twins themselves. They share the client's first 96 bits (one
-    // network's, `Ipv6Net::embed`).
-    let twin = (f.kind == FlowKind::Vip && f.is_v6()).then(|| {
-        let c = u128::from_be_bytes(f.client6()) & !0xffff_ffff;
-        move |ip: u32, port: u16| sock6((c | u128::from(ip)).to_be_bytes(), port)
-    });
-    let inner = |ip: u32, port: u16| match &twin {
-        Some(v6) => v6(ip, port),
+    // twins, shown by the twins themselves, which share the client's first 96 bits (one
+    // network's, `Ipv6Net::embed`). An IPv6 client of a published port reaches it on the
+    // node's IPv6 address and its task over IPv4.
+    let twins = (f.kind == FlowKind::Vip && f.is_v6())
+        .then(|| u128::from_be_bytes(f.client6()) & !0xffff_ffff);
+    let inner = |ip: u32, port: u16| match twins {
+        Some(p) => sock6((p | u128::from(ip)).to_be_bytes(), port),
         None => sock(ip, port).into(),
     };
     let task = t
@@ -357,7 +356,7 @@ pub fn conn_of(t: &ServiceTable, worker: usize, r: &Row, accounting: bool) -> Co
         } else {
             sock(k.src(), k.sport()).into()
         },
-        service_addr: if f.is_v6() && twin.is_none() {
+        service_addr: if f.is_v6() && twins.is_none() {
             let me = t.node_addr6.map_or([0; 16], |a| a.octets());
             sock6(me, k.dport())
         } else {

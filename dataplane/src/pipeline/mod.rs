@@ -1195,9 +1195,10 @@ impl Pipeline {
         mac: [u8; 6],
     ) -> Result<Verdict, DropReason> {
         let me = t.node_addr6.ok_or(DropReason::NoIpv6)?.octets();
-        let ihl = usize::from(buf.data()[ETH] & 0x0f) * 4;
         let total = usize::from(nat::be16(buf.data(), ETH + 2));
-        let payload = total.checked_sub(ihl).ok_or(DropReason::Truncated)?;
+        let payload = (ETH + total)
+            .checked_sub(l3.l4)
+            .ok_or(DropReason::Truncated)?;
         let standin = a.dst;
         let v6 = |x: u32| if x == standin { client6 } else { me };
         icmperr::error4_to_ipv6(
