@@ -796,6 +796,10 @@ crate::counters! {
         /// host, or administratively prohibited): passive health counts them against it, and
         /// a UDP flow ends so the client's next datagram is balanced again.
         task_unreachable: Counter,
+        /// ICMP errors from the uplink (a router on the way to a client: fragmentation needed,
+        /// unreachable, time exceeded) about a published port's reply, sent on to the flow's
+        /// task with the quote turned into what the task sent (path MTU discovery).
+        icmp_to_task: Counter,
         /// Flows ended by `meshctl conn rm`.
         flows_removed: Counter,
         /// New clients of services with source-IP affinity placed by the hash but not

@@ -381,11 +381,12 @@ mod tests {
             s.syn_unanswered,
             s.passive_lost,
             s.task_unreachable,
+            s.icmp_to_task,
             s.flows_removed,
             s.affinity_full,
             s.sched_uncounted,
         ) = (
-            14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+            14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33,
         );
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(13) {

@@ -256,9 +256,23 @@ pub fn icmp_unreachable(
     code: u8,
     frame: &[u8],
 ) -> Vec<u8> {
+    icmp_error(src_mac, dst_mac, (src, dst), (3, code, 0), frame)
+}
+
+/// An ICMP error of `kind`, `code` and second word `rest` (the next hop's MTU of a
+/// "fragmentation needed") from `src` to `dst`, quoting the IPv4 header and first 8 payload
+/// bytes of `frame`.
+pub fn icmp_error(
+    src_mac: Mac,
+    dst_mac: Mac,
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+    (kind, code, rest): (u8, u8, u32),
+    frame: &[u8],
+) -> Vec<u8> {
     let ip = &frame[ETH_LEN..];
     let quoted = &ip[..(usize::from(ip[0] & 0x0f) * 4 + 8).min(ip.len())];
-    let mut icmp = vec![3, code, 0, 0, 0, 0, 0, 0];
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest.to_be_bytes());
     icmp.extend_from_slice(quoted);
     let sum = !crate::wire::checksum::fold64(crate::wire::checksum::sum(&icmp));
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -840,6 +854,8 @@ pub struct Icmp4Error {
     pub dst: Ipv4Addr,
     pub kind: u8,
     pub code: u8,
+    /// The message's second word (the next hop's MTU of a "fragmentation needed").
+    pub rest: u32,
     /// The quoted packet's addresses and ports: (source, port), (destination, port).
     pub quoted: ((Ipv4Addr, u16), (Ipv4Addr, u16)),
     /// The quoted UDP checksum (0 when not quoted or none).
@@ -880,6 +896,7 @@ pub fn parse_icmp4_error(frame: &[u8]) -> Option<Icmp4Error> {
         dst: ip.dst_addr(),
         kind: body[0],
         code: body[1],
+        rest: u32::from_be_bytes(body.get(4..8)?.try_into().ok()?),
         quoted: ((q.src_addr(), port(0)?), (q.dst_addr(), port(2)?)),
         quoted_udp_checksum: udp_sum,
     })

@@ -214,3 +214,116 @@ fn tasks_left_at_mtu_1500_still_move_a_mebibyte_and_learn_the_path_mtu() {
     let text = format!("{}{}", out.stdout, out.stderr);
     assert!(text.contains("pmtu 1450"), "tracepath: {text}");
 }
+
+/// Behind the client namespace, as routers: `<prefix>mid`, reached over a link of `mtu`
+/// bytes (both ends), and `<prefix>far` behind it over a 1500-byte link, with the outside
+/// client `192.168.78.2` and `fd00:78::2`, which believes its path is 1500 bytes wide (its
+/// own link, the MSS it sends). Returns the far namespace. The bed's `down` removes both
+/// (they carry its prefix).
+fn narrow_path(m: &Mesh, mtu: u16) -> String {
+    let prefix = m.plan.prefix();
+    let (client, mid, far) = (
+        m.client_ns(),
+        format!("{prefix}mid"),
+        format!("{prefix}far"),
+    );
+    let mtu = mtu.to_string();
+    sys::netns_add(&mid).unwrap();
+    sys::netns_add(&far).unwrap();
+    for (ns, dev, peer_ns, peer, mtu) in [
+        (&client, "narrow", &mid, "north", mtu.as_str()),
+        (&mid, "wide", &far, "eth0", "1500"),
+    ] {
+        sys::ip_in(
+            ns,
+            &[
+                "link", "add", dev, "mtu", mtu, "type", "veth", "peer", "name", peer, "mtu", mtu,
+                "netns", peer_ns,
+            ],
+        )
+        .unwrap();
+    }
+    for (ns, dev, a, a6) in [
+        (&client, "narrow", "192.168.77.1/24", "fd00:77::1/64"),
+        (&mid, "north", "192.168.77.2/24", "fd00:77::2/64"),
+        (&mid, "wide", "192.168.78.1/24", "fd00:78::1/64"),
+        (&far, "eth0", "192.168.78.2/24", "fd00:78::2/64"),
+    ] {
+        // IPv6 on this link only (`netns_add` turns it off), usable at once (no DAD).
+        let on = |k: &str| format!("net.ipv6.conf.{dev}.{k}");
+        let sysctls = [
+            format!("{}=0", on("accept_dad")),
+            format!("{}=0", on("router_solicitations")),
+            format!("{}=0", on("disable_ipv6")),
+        ];
+        let mut args = vec!["-qw"];
+        args.extend(sysctls.iter().map(String::as_str));
+        sys::exec_in(ns, "sysctl", &args).unwrap();
+        sys::ip_in(ns, &["addr", "add", a, "dev", dev]).unwrap();
+        sys::ip_in(ns, &["-6", "addr", "add", a6, "dev", dev, "nodad"]).unwrap();
+        sys::ip_in(ns, &["link", "set", dev, "up"]).unwrap();
+    }
+    for ns in [&client, &mid] {
+        sys::exec_in(
+            ns,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )
+        .unwrap();
+    }
+    for (ns, to, via) in [
+        (&client, "192.168.78.0/24", "192.168.77.2"),
+        (&client, "fd00:78::/64", "fd00:77::2"),
+        (&mid, "default", "192.168.77.1"),
+        (&mid, "default", "fd00:77::1"),
+        (&far, "default", "192.168.78.1"),
+        (&far, "default", "fd00:78::1"),
+    ] {
+        let family = if via.contains(':') { "-6" } else { "-4" };
+        sys::ip_in(ns, &[family, "route", "add", to, "via", via]).unwrap();
+    }
+    far
+}
+
+/// A client whose path has a link narrower than the overlay past the node (1280 bytes, two
+/// routers away: its own link and its MSS say 1500) downloads and uploads a mebibyte through
+/// a published port, masqueraded and with its address kept, on the task's node and across
+/// the overlay, over IPv4 and IPv6: the router's "fragmentation needed" (ICMPv6 "packet too
+/// big") about the task's full-sized segments reaches the task, about the segment as the
+/// task sent it (meshd counts `icmp_to_task`), and the task sends smaller ones. Before, the
+/// error went to the node's host stack (ICMPv6: dropped), which had no such connection, and
+/// the download hung: RFC 1191/8201 path MTU discovery black-holed, as behind a load balancer
+/// that does not pass ICMP to its backends.
+#[test]
+fn a_client_behind_a_narrower_link_learns_the_path_mtu_through_a_published_port() {
+    let Some(mut m) = mesh("pmtu") else { return };
+    let s = Scratch::new("pmtu");
+    for (name, port, keep) in [("web", "8080:80", false), ("kept", "8081:80", true)] {
+        publish_on_n2(&mut m, name, port, keep);
+    }
+    let far = narrow_path(&m, 1280);
+    for node in ["n1", "n2"] {
+        let n = m.node(node).unwrap();
+        let (a, a6) = (n.addr.to_string(), format!("[{}]", n.addr6()));
+        for addr in [a, a6] {
+            let before = common::counter(&m, node, "icmp_to_task");
+            for (port, what) in [(8080, "masqueraded"), (8081, "client IP kept")] {
+                mebibyte_each_way(
+                    &s,
+                    &far,
+                    &format!("http://{addr}:{port}"),
+                    &format!("{addr}:{port} on {node} ({what}) through a 1280-byte link"),
+                );
+            }
+            let after = common::counter(&m, node, "icmp_to_task");
+            assert!(
+                after > before,
+                "{addr} ({node}): icmp_to_task {before} -> {after}"
+            );
+        }
+    }
+}

@@ -50,11 +50,28 @@ pub(super) fn ipkey(a: Ipv4Address) -> u32 {
 //# Destination Unreachable Message [...] Internet Header + 64 bits of Original Data Datagram
 pub(super) fn unreachable_quote(frame: &[u8], l4: usize) -> Option<FlowKey> {
     let icmp = frame.get(l4..)?;
-    let (&[kind, code], rest) = icmp.split_first_chunk::<2>()?;
+    let (&[kind, code], _) = icmp.split_first_chunk::<2>()?;
     if kind != 3 || !matches!(code, 1 | 2 | 3 | 9 | 10 | 13) {
         return None;
     }
-    let ip = rest.get(6..)?;
+    quoted_key(icmp)
+}
+
+/// The key of the TCP or UDP packet an ICMP error at `l4` quotes: a destination unreachable
+/// of any code (fragmentation needed included), a time exceeded or a parameter problem, the
+/// errors a router on a packet's way sends its sender.
+pub(super) fn error_quote(frame: &[u8], l4: usize) -> Option<FlowKey> {
+    let icmp = frame.get(l4..)?;
+    if !matches!(icmp.first(), Some(3 | 11 | 12)) {
+        return None;
+    }
+    quoted_key(icmp)
+}
+
+/// The key of the TCP or UDP packet quoted after the 8 bytes of the ICMP error `icmp`, when
+/// the quote holds its IPv4 header and ports.
+fn quoted_key(icmp: &[u8]) -> Option<FlowKey> {
+    let ip = icmp.get(8..)?;
     let h = ip.first_chunk::<IPV4>()?;
     if h[0] >> 4 != 4 {
         return None;

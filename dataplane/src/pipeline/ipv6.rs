@@ -266,6 +266,16 @@ impl Pipeline {
                 self.advertise(PortId::Uplink, target, dst, dst_mac, flags, buf)
             }
             Icmpv6Message::NeighborAdvert => self.advertisement(t, now, h, &icmp, smac),
+            // About a published port's reply: to its task.
+            Icmpv6Message::DstUnreachable
+            | Icmpv6Message::PktTooBig
+            | Icmpv6Message::TimeExceeded
+            | Icmpv6Message::ParamProblem
+                if for_me =>
+            {
+                self.icmp6_from_client(t, now, buf, h)
+                    .unwrap_or(Err(DropReason::UnknownProtocol))
+            }
             m if m.is_ndisc() => Err(DropReason::NdpIgnored),
             _ => Err(DropReason::UnknownProtocol),
         }

@@ -60,7 +60,7 @@ use arrayvec::ArrayVec;
 use ctl::model::ClientIpMode;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol,
-    Ipv4Address, TcpPacket, UdpPacket,
+    Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
 use crate::balance::sched::NewFlow;
@@ -619,6 +619,11 @@ impl Pipeline {
             return self.decap(t, now, buf, l3, false);
         }
         if dst != t.node_addr || !l3.has_ports() {
+            if l3.proto == ICMP && dst == t.node_addr {
+                if let Some(v) = self.icmp_from_client(t, now, buf, &l3) {
+                    return Ok(v);
+                }
+            }
             return Ok(Verdict::Host(HostReason::NodeAddress));
         }
         let proto = if l3.proto == TCP {
@@ -1179,6 +1184,50 @@ impl Pipeline {
         Some(v.unwrap_or_else(Verdict::Drop))
     }
 
+    /// An ICMP error `l3` from the uplink to the node's address (from a router on the way to a
+    /// client: fragmentation needed, unreachable, time exceeded) about a reply of a published
+    /// port's flow: judged by the worker that owns the flow (`Some(handoff)` when that is
+    /// another) and sent to the flow's task as the flow's forward direction goes, its quote
+    /// turned into what the task sent (its own address and port, the masquerade or kept client
+    /// address), so that the task's socket hears of it: path MTU discovery across a narrower
+    /// link past the node, as IPVS (`ip_vs_in_icmp`) and Katran (packet too big) do. `None`:
+    /// not about a flow of this node; it goes to the host, which knows its own sockets. Anyone
+    /// on the uplink may send one, knowing a live flow's addresses and ports; the task's stack
+    /// checks the quote as it checks any ICMP error (Linux: the sequence number in the window).
+    #[cold]
+    #[inline(never)]
+    fn icmp_from_client(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        l3: &L3,
+    ) -> Option<Verdict> {
+        // The quoted packet went from this node's address to a client: the key of the
+        // client's direction is its reverse.
+        let key = classify::error_quote(buf.data(), l3.l4)?.reversed();
+        if key.dst() != l3.dst {
+            return None;
+        }
+        if self.cfg.workers > 1 {
+            if let Some(v) = self.handoff(owner_of(key.src(), key.sport(), self.cfg.workers)) {
+                return Some(v);
+            }
+        }
+        let Some((id, Dir::Fwd)) = self.lookup_live(t, &key, key.hash()) else {
+            return None;
+        };
+        let a = *self.flows.get(id).action(Dir::Fwd);
+        self.stats.icmp_to_task += 1;
+        let v = error_by_flow(buf, l3, &a).and_then(|()| {
+            // The error's sender is not the flow's client: the flow's checksum delta does not
+            // hold for its outer header.
+            Ipv4Packet::new_unchecked(&mut buf.data_mut()[ETH..]).fill_checksum();
+            self.send(t, now, buf, a.dst, a.egress)
+        });
+        Some(v.unwrap_or_else(Verdict::Drop))
+    }
+
     /// The task's error `l3` in `buf`, rewritten by flow (`a`, its reverse action) for an IPv6
     /// client of a published port (`client6`, behind `mac`): turned into ICMPv6 from the
     /// node's IPv6 address, its quote into the IPv6 datagram the client sent (the stand-in
@@ -1300,14 +1349,18 @@ fn unreachable_of(buf: &PacketBuf, l4: usize, src: u32, dst: u32) -> Option<L3> 
     })
 }
 
-/// Rewrites a task's ICMP destination unreachable `l3` (in `buf`, its IPv4 header after the
-/// Ethernet header) about its direction of a flow whose reverse action is `a`, as the flow's
-/// replies are rewritten: from the VIP's (or the published) address to the client. Its quote,
-/// the packet the task received, is turned back into what the client sent (the client's
-/// address and port, the VIP's or published address and port), so that the client's socket,
-/// which knows only those, hears of it (as conntrack's NAT and IPVS do for ICMP errors). The
-/// quote's header checksum and transport checksum (when quoted) move by the flow's own
-/// deltas (the same words change, in other places); the ICMP checksum is summed anew.
+/// Rewrites an ICMP error `l3` (in `buf`, its IPv4 header after the Ethernet header) about a
+/// packet of one direction of a flow, as the flow rewrites the other direction (`a`, that
+/// direction's action): a task's error about a client's packet it received goes by the reverse
+/// action, from the VIP's (or the published) address to the client; a router's error about a
+/// task's reply it could not pass on goes by the forward action, to the task. The quote, the
+/// packet as the error's sender saw it, is turned back into what was sent (the client's
+/// address and port and the VIP's or published ones; the task's and the address it knows the
+/// client by), so that the socket that sent it, which knows only those, hears of it (as
+/// conntrack's NAT and IPVS do for ICMP errors). The quote's header checksum and transport
+/// checksum (when quoted) move by the flow's own deltas (the same words change, in other
+/// places); the ICMP checksum is summed anew. So does the outer header's, which holds when its
+/// addresses were the flow's (a task's error; a router's is summed anew by its caller).
 #[cold]
 #[inline(never)]
 fn error_by_flow(buf: &mut PacketBuf, l3: &L3, a: &Action) -> Result<(), DropReason> {

@@ -27,7 +27,9 @@
 //! IPv6 fragments (RFC 7915 §4.1: a Fragment header with the same offset, flag and
 //! identification; 28 bytes longer, still within the uplink), its later pieces following the
 //! first by the fragment table; a fragmented UDP reply without a checksum is dropped
-//! (`ipv6_fragment`): IPv6 needs one and no piece holds the whole datagram.
+//! (`ipv6_fragment`): IPv6 needs one and no piece holds the whole datagram. A router's packet
+//! too big about a reply (a link past the node narrower than the reply) reaches the task as
+//! fragmentation needed ([`Pipeline::icmp6_from_client`]), so its TCP sends smaller segments.
 //!
 //! A client's datagram in pieces goes on the same way, piece by piece (RFC 7915 §5.1.1), by
 //! the IPv4 fragment path ([`Self::published6_piece`]); nothing is reassembled.
@@ -111,6 +113,79 @@ fn csum_at(proto: u8, l4: usize) -> usize {
 }
 
 impl Pipeline {
+    /// An ICMPv6 error `h` from the uplink to the node's IPv6 address (from a router on the way
+    /// to an IPv6 client: packet too big, unreachable, time exceeded) about a reply of a
+    /// published port's flow: as [`Self::icmp_from_client`] does for IPv4 clients, once
+    /// translated into ICMP (RFC 7915 §5.2: a packet too big becomes fragmentation needed, its
+    /// MTU 20 bytes less, what the task's IPv4 packets may be to fit) between the addresses
+    /// the flow knows the client's side by (the stand-in, 0.0.0.0), its quote the IPv4 reply
+    /// they name. `None`: not about a flow of this node's (the worker that would own it
+    /// judged).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn icmp6_from_client(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        h: &L3v6,
+    ) -> Option<Result<Verdict, DropReason>> {
+        let me = t.node_addr6?;
+        // The quoted reply: its IPv6 header (no extension headers: meshd adds none but to
+        // pieces, which are not whole enough to name a flow by) and its ports.
+        let q = buf
+            .data()
+            .get(h.l4 + 8..h.end)?
+            .get(..IPV6_HEADER_LEN + 4)?;
+        let proto = q[6];
+        if !(proto == TCP || proto == UDP) || q[8..24] != me.octets() {
+            return None;
+        }
+        let mut client6 = [0u8; 16];
+        client6.copy_from_slice(&q[24..40]);
+        let port = |at: usize| u16::from_be_bytes([q[at], q[at + 1]]);
+        let (published, cport) = (port(40), port(42));
+        let standin = stand_in(&client6);
+        if self.cfg.workers > 1 {
+            if let Some(v) = self.handoff(owner_of(standin, cport, self.cfg.workers)) {
+                return Some(Ok(v));
+            }
+        }
+        let key = FlowKey::new(proto, standin, cport, 0, published);
+        let Some((id, Dir::Fwd)) = self.lookup_live(t, &key, key.hash()) else {
+            return None;
+        };
+        let fl = self.flows.get(id);
+        if fl.client6() != client6 {
+            return None;
+        }
+        let a = *fl.action(Dir::Fwd);
+        self.stats.icmp_to_task += 1;
+        let v4 = |x: Ipv6Address| {
+            if x == me {
+                Some(0)
+            } else {
+                (x.octets() == client6).then_some(standin)
+            }
+        };
+        let l3 = L3 {
+            proto: ICMP,
+            src: standin,
+            dst: 0,
+            sport: 0,
+            dport: 0,
+            flags: 0,
+            ack: 0,
+            l4: ETH + IPV4,
+            frag: frag::Frag::Whole,
+        };
+        // Between the flow's client-side addresses, so its deltas hold for every header.
+        let v = icmperr::error6_to_ipv4(buf, 0, h, (standin, 0), v4)
+            .and_then(|()| error_by_flow(buf, &l3, &a))
+            .and_then(|()| self.send(t, now, buf, a.dst, a.egress));
+        Some(v)
+    }
+
     /// TCP or UDP from an IPv6 client to the node's IPv6 address `me` (`h`, parsed): to a
     /// published port, balanced and sent on as IPv4; to any other port, the host side's closed
     /// port. Cold and out of line, as `ipv6`, so the IPv4 paths' code is as it was.
@@ -1147,6 +1222,56 @@ mod tests {
                 .contains(&FlowKey::new(UDP, WEB1, 53, got.src, got.sport)),
             "the flow ended"
         );
+    }
+
+    /// A router's packet too big about a reply to an IPv6 client (a link past the node
+    /// narrower than the reply) reaches web.1 as ICMP "fragmentation needed", its MTU 20 bytes
+    /// less, about the reply as web.1 sent it (its address and port, the address it knows the
+    /// client by, its checksum). One about a port the client did not use, about another
+    /// client, or about a packet from another address is not sent on.
+    #[test]
+    fn a_routers_packet_too_big_about_a_reply_reaches_the_task_as_fragmentation_needed() {
+        let (t, mut p) = udp_on_n2();
+        let (l3, _) = udp_to_web1(&mut p, &t, client(4), b"q");
+        let answer = web1_answer(p.cfg.tasks_mac, &l3, b"a long reply", true);
+        let (v, reply) = run(&mut p, &t, PortId::Tasks, &answer);
+        assert_eq!(v, Verdict::Tx(PortId::Uplink));
+        let up = p.cfg.uplink_mac;
+        let router: Ipv6Address = "fd00:100::1".parse().unwrap();
+        let too_big = |reply: &[u8]| {
+            let ip = Ipv6Packet::new_checked(&reply[ETH..]).unwrap();
+            let header = Ipv6Repr::parse(&ip).unwrap();
+            let data = &reply[ETH + IPV6_HEADER_LEN..];
+            let repr = Icmpv6Repr::PktTooBig {
+                mtu: 1280,
+                header,
+                data,
+            };
+            testkit::icmpv6_frame(CLIENT_MAC, up, router, n2_addr6(), 64, &repr)
+        };
+        let (v, out) = run(&mut p, &t, PortId::Uplink, &too_big(&reply));
+        assert_eq!(v, Verdict::Tx(PortId::Tasks));
+        let e = testkit::parse_icmp4_error(&out).expect("ICMP error, checksums right");
+        assert_eq!(
+            (e.dst_mac, e.src, e.dst, e.kind, e.code, e.rest),
+            (WEB1_MAC, addr(l3.src), addr(WEB1), 3, 4, 1260)
+        );
+        assert_eq!(e.quoted, ((addr(WEB1), 53), (addr(l3.src), l3.sport)));
+        assert_eq!(e.quoted_udp_checksum, nat::be16(&answer, ETH + 20 + 6));
+        assert_eq!(p.stats.icmp_to_task, 1);
+        // The reply as it would be to another port, another client, from another address.
+        let at = ETH + IPV6_HEADER_LEN;
+        let mut other_port = reply.clone();
+        put16(&mut other_port, at + 2, nat::be16(&reply, at + 2) ^ 1);
+        let mut other_client = reply.clone();
+        other_client[ETH + 24..ETH + 40].copy_from_slice(&client(5).octets());
+        let mut other_source = reply.clone();
+        other_source[ETH + 8..ETH + 24].copy_from_slice(&router.octets());
+        for r in [other_port, other_client, other_source] {
+            let (v, _) = run(&mut p, &t, PortId::Uplink, &too_big(&r));
+            assert_eq!(v, Verdict::Drop(DropReason::UnknownProtocol));
+        }
+        assert_eq!(p.stats.icmp_to_task, 1);
     }
 
     #[test]

@@ -2201,6 +2201,140 @@ fn an_icmp_unreachable_from_a_task_is_passive_healths_evidence_for_udp() {
     );
 }
 
+/// An ICMP error from a router on the way to a client (a "fragmentation needed" about a
+/// reply too big for a link past the node) reaches the flow's task, whichever worker it
+/// arrives on, about what the task sent: from the address the task knows the client by,
+/// quoting its own reply (its address and port, the client's as it sees them, its checksum),
+/// the MTU kept; to a task on another node inside VXLAN. An error about no flow of the node,
+/// one quoting a packet this node did not send, and an echo request go to the host as before.
+#[test]
+fn an_icmp_error_from_the_uplink_about_a_reply_reaches_the_task_about_what_it_sent() {
+    use crate::testkit::{icmp_echo, icmp_error, parse_icmp4_error, parse_ipv4_udp, udp_frame};
+    use std::net::Ipv4Addr;
+    let (t, mut ps) = frag_node("n2", 2);
+    let up = ps[0].cfg.uplink_mac;
+    let node = Ipv4Addr::from(t.node_addr.octets());
+    let client = Ipv4Addr::from(CLIENT);
+    let router = Ipv4Addr::new(10, 9, 0, 1);
+    let router_mac = [2, 0, 0, 0, 0, 0x98];
+    // New client ports until one flow reaches web.1 here and one web.2 over VXLAN: what each
+    // task received (behind VXLAN's outer headers for web.2).
+    let (mut local, mut remote) = (None, None);
+    for sport in 30001..30200 {
+        let d = udp_frame(CLIENT_MAC, up, client, sport, node, 5353, b"q");
+        let (out, _) = drive(
+            &mut ps,
+            &t,
+            10,
+            vec![(0, PacketBuf::from_frame(PortId::Uplink, &d))],
+        );
+        match &out[..] {
+            [(PortId::Tasks, f)] if local.is_none() => local = Some((sport, f.clone(), 0)),
+            [(PortId::Uplink, f)] if remote.is_none() => {
+                remote = Some((sport, f.clone(), vxlan::ENCAP_LEN));
+            }
+            _ => {}
+        }
+        if local.is_some() && remote.is_some() {
+            break;
+        }
+    }
+    let owner = |sport: u16| {
+        let key = FlowKey::new(UDP, CLIENT, sport, t.node_addr.into(), 5353);
+        ps.iter().position(|p| p.flows.contains(&key)).unwrap()
+    };
+    let (local, remote) = (local.unwrap(), remote.unwrap());
+    let local_port = local.0;
+    let owners = [local.0, remote.0].map(owner);
+    let frag_needed = |sport: u16, from: Ipv4Addr| {
+        // The task's reply as it left the node, and the router's error about it.
+        let r = udp_frame(up, router_mac, from, 5353, client, sport, b"reply");
+        icmp_error(router_mac, up, (router, node), (3, 4, 1280), &r)
+    };
+    for ((sport, got, encap), owner) in [local, remote].into_iter().zip(owners) {
+        let seen = parse_ipv4_udp(&got[encap..]).unwrap();
+        let f = frag_needed(sport, node);
+        let (out, verdicts) = drive(
+            &mut ps,
+            &t,
+            20,
+            vec![(1 - owner, PacketBuf::from_frame(PortId::Uplink, &f))],
+        );
+        assert!(
+            verdicts.contains(&Verdict::Handoff(owner as u16)),
+            "{verdicts:?}"
+        );
+        let [(port, e)] = &out[..] else {
+            panic!("the error to the task: {out:?}");
+        };
+        assert_eq!(
+            *port,
+            if encap == 0 {
+                PortId::Tasks
+            } else {
+                PortId::Uplink
+            }
+        );
+        if encap > 0 {
+            // Into VXLAN for web.2: to the next hop, VTEP and VNI its datagram went to.
+            for r in [0..6, 30..34, 46..50] {
+                assert_eq!(e[r.clone()], got[r]);
+            }
+        }
+        let e = parse_icmp4_error(&e[encap..]).expect("ICMP error, checksums right");
+        assert_eq!(
+            (e.dst_mac, e.src, e.dst, e.kind, e.code, e.rest),
+            (
+                got[encap..encap + 6].try_into().unwrap(),
+                seen.src,
+                seen.dst,
+                3,
+                4,
+                1280
+            )
+        );
+        assert_eq!(
+            e.quoted,
+            ((seen.dst, seen.dport), (seen.src, seen.sport)),
+            "the task's own reply"
+        );
+        let sent = udp_frame(up, up, seen.dst, seen.dport, seen.src, seen.sport, b"reply");
+        assert_eq!(e.quoted_udp_checksum, be16(&sent, 14 + 20 + 6));
+    }
+    assert_eq!(ps.iter().map(|p| p.stats.icmp_to_task).sum::<u64>(), 2);
+    // Not about a flow here: a port no client used, a packet from another address; not an
+    // error: an echo request. The host has them, as it had every ICMP before.
+    let sport = local_port;
+    let echo = icmp_echo(router_mac, up, router, node, 7, 1, b"ping");
+    for f in [
+        frag_needed(sport + 500, node),
+        frag_needed(sport, Ipv4Addr::new(192, 168, 1, 99)),
+        echo,
+    ] {
+        for w in 0..2 {
+            let (out, verdicts) = drive(
+                &mut ps,
+                &t,
+                30,
+                vec![(w, PacketBuf::from_frame(PortId::Uplink, &f))],
+            );
+            assert!(out.is_empty(), "{out:?}");
+            // (Handed first to the worker that would own its flow, if it had one.)
+            let (last, before) = verdicts.split_last().unwrap();
+            assert_eq!(
+                *last,
+                Verdict::Host(HostReason::NodeAddress),
+                "{verdicts:?}"
+            );
+            assert!(
+                before.iter().all(|v| matches!(v, Verdict::Handoff(_))),
+                "{verdicts:?}"
+            );
+        }
+    }
+    assert_eq!(ps.iter().map(|p| p.stats.icmp_to_task).sum::<u64>(), 2);
+}
+
 /// Port 53 over UDP may be published (a DNS service): clients reach it on the node's address,
 /// while meshd's own resolver answers on the networks' gateways, which a published port never
 /// covers. Both at once, on the same node.
