@@ -21,7 +21,8 @@
 //! 1450) from its gateway's twin; a UDP query to a closed port of a remote task's twin is
 //! refused at once (the task's port unreachable, translated both ways), and so is one to the
 //! VIP or its twin (the error's quote turned back to what the client sent the VIP). `ping -6` of the VIP's
-//! and the gateway's twins is answered (by meshd's host side, in IPv6), and DNS over IPv6 to
+//! and the gateway's twins is answered (by meshd's host side, in IPv6), with 4,000 bytes too
+//! (the request's pieces put together there, the reply in pieces), and DNS over IPv6 to
 //! the gateway's twin refused at once (port unreachable: the resolver speaks IPv4). meshd counts no drop that says a translated packet was wrong (checksums,
 //! spoofed or unknown sources, fragments). UDP datagrams of up to 8,000 bytes over IPv6 (in
 //! pieces both ways) are echoed whole by a web task, by its twin and by the VIP's. On `v4net`, an IPv4-only network of the same mesh,
@@ -707,6 +708,33 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
     let gw6 = net.twin(plan::gateway(net.k)).unwrap();
     ping6(&c1.ns, vip6, "client on n1 -> web's VIP");
     ping6(&c1.ns, gw6, "client on n1 -> appnet's gateway");
+    // And with 4,000 bytes: the request's pieces put together by the host side, the reply
+    // sent in pieces that fit the network.
+    for (to, what) in [(vip6, "web's VIP"), (gw6, "appnet's gateway")] {
+        let out = sys::exec_in_output(
+            &c1.ns,
+            "ping",
+            &[
+                "-6",
+                "-n",
+                "-s",
+                "4000",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                &to.to_string(),
+            ],
+        )
+        .unwrap();
+        assert!(
+            out.code == Some(0) && out.stdout.contains("4008 bytes from"),
+            "client on n1 -> {what}: ping -6 -s 4000 {to}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    eprintln!("ping -6 -s 4000 of the VIP's and the gateway's twins: answered");
     let out = sys::exec_in_output(
         &c1.ns,
         "dig",

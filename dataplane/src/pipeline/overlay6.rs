@@ -21,7 +21,9 @@
 //! §5.1.1), goes the IPv4 fragment path (`frag`: its first piece's route, held pieces, the
 //! collector and owner workers) and becomes an IPv6 piece again where it goes out (§4.1, the
 //! identification's low 16 bits zero-extended: what the IPv4 hop keeps); an ICMPv6 message in
-//! pieces is `ipv6_fragment` (its checksum covers the whole message, which no piece knows).
+//! pieces is `ipv6_fragment` (its checksum covers the whole message, which no piece knows),
+//! but to the VIP's or the gateway's twin, whose pieces the host side puts together and
+//! answers (`ping -6 -s 4000` of a VIP, as of the node).
 //!
 //! What the IPv4 paths pay: nothing, with or without a dual-stack network in the mesh. A packet
 //! to a task, or into VXLAN, is turned back by the IPv6 path's own functions once the IPv4
@@ -40,6 +42,21 @@ use super::ipv6::{checked_icmpv6, parse_ipv6, solicitation, L3v6, ICMPV6};
 use super::nat64::{fragment_header, to_ipv6, twin_piece_to_ipv4, twins_to_ipv4};
 use super::*;
 use crate::balance::table::NetIdx;
+
+/// A piece of a task's ICMPv6 message (`ping -6 -s 4000`) to the twin of `dst` on the task's
+/// network `net`: to the host side as it came when that is the VIP's or the gateway's twin (the
+/// host side puts the message together and answers it in pieces, as it does a large ping of
+/// the node), else `ipv6_fragment`. It cannot be translated: RFC 7915 §5.2, an ICMPv6 message's
+/// checksum covers its whole length, which no piece of it knows; the translator may drop it,
+/// as meshd does.
+fn piece_to_host(t: &ServiceTable, net: NetIdx, dst: Ipv4Address) -> Result<Verdict, DropReason> {
+    match t.addr(dst).map(|e| (e.kind, e.net)) {
+        Some((AddrKind::Vip { .. } | AddrKind::Gateway, n)) if n == net => {
+            Ok(Verdict::Host(HostReason::MeshAddress))
+        }
+        _ => Err(DropReason::Ipv6Fragment),
+    }
+}
 
 /// The IPv4 address in the last 32 bits of an IPv6 address (a twin's).
 fn low32(a: smoltcp::wire::Ipv6Address) -> u32 {
@@ -79,9 +96,8 @@ impl Pipeline {
                 Icmp6::Echo => {}
                 Icmp6::Error => error = true,
             },
-            // RFC 7915 §5.2: an ICMPv6 message's checksum covers its whole length, which no
-            // piece of it knows; the translator may drop it, as meshd does.
-            ICMPV6 => return Err(DropReason::Ipv6Fragment),
+            // A piece of an ICMPv6 message: after the source checks (`piece_to_host`).
+            ICMPV6 => {}
             _ => return Err(DropReason::UnknownProtocol),
         }
         let src = low32(h.src);
@@ -107,6 +123,9 @@ impl Pipeline {
         }
         self.save6(buf);
         if h.frag.is_some() {
+            if h.proto == ICMPV6 {
+                return piece_to_host(t, s.net, dst);
+            }
             let delta = t.twin_deltas(s.net)[0];
             return self.task_piece6(t, now, buf, &h, (src, ipkey(dst)), delta);
         }
@@ -1182,6 +1201,33 @@ mod tests {
         for piece in testkit::fragment6(&big, 1450, 77) {
             let (v, _) = run(&mut p2, &t2, PortId::Tasks, &piece);
             assert_eq!(v, Verdict::Drop(DropReason::Ipv6Fragment));
+        }
+        // To the VIP's twin or the gateway's: to the host side as they came, which puts the
+        // message together and answers it (`host`); once the source is checked.
+        for to in [VIP, GW] {
+            let big = testkit::icmpv6_frame(
+                CLI_MAC,
+                tasks_mac(),
+                twin(CLI),
+                twin(to),
+                64,
+                &Icmpv6Repr::EchoRequest {
+                    ident: 1,
+                    seq_no: 1,
+                    data: &data,
+                },
+            );
+            let pieces = testkit::fragment6(&big, 1450, 79);
+            assert_eq!(pieces.len(), 3);
+            for piece in &pieces {
+                let (v, host) = run(&mut p2, &t2, PortId::Tasks, piece);
+                assert_eq!(v, Verdict::Host(HostReason::MeshAddress), "{to}");
+                assert_eq!(&host, piece, "{to}");
+            }
+            let mut forged = pieces[0].clone();
+            forged[ETH + 8..ETH + 24].copy_from_slice(&twin(WEB1).octets());
+            let (v, _) = run(&mut p2, &t2, PortId::Tasks, &forged);
+            assert_eq!(v, Verdict::Drop(DropReason::SpoofedSource), "{to}");
         }
         // A first UDP piece without a checksum: IPv6 requires one.
         let mut first =
