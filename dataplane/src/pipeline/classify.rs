@@ -43,18 +43,13 @@ pub(super) fn ipkey(a: Ipv4Address) -> u32 {
     u32::from_be_bytes(a.octets())
 }
 
-/// The key of the TCP or UDP packet an ICMP destination unreachable at `l4` quotes, when it is
-/// one that says nothing listens or may be reached there (host, protocol or port unreachable;
-/// administratively prohibited): not "fragmentation needed", which is path MTU discovery.
+/// Whether an ICMP error of `kind` and `code` says nothing listens or may be reached where its
+/// quoted packet went (host, protocol or port unreachable; administratively prohibited): not
+/// "fragmentation needed", which is path MTU discovery, nor a time exceeded.
 //= https://www.rfc-editor.org/rfc/rfc792
 //# Destination Unreachable Message [...] Internet Header + 64 bits of Original Data Datagram
-pub(super) fn unreachable_quote(frame: &[u8], l4: usize) -> Option<FlowKey> {
-    let icmp = frame.get(l4..)?;
-    let (&[kind, code], _) = icmp.split_first_chunk::<2>()?;
-    if kind != 3 || !matches!(code, 1 | 2 | 3 | 9 | 10 | 13) {
-        return None;
-    }
-    quoted_key(icmp)
+pub(super) fn says_unreachable(kind: u8, code: u8) -> bool {
+    kind == 3 && matches!(code, 1 | 2 | 3 | 9 | 10 | 13)
 }
 
 /// The key of the TCP or UDP packet an ICMP error at `l4` quotes: a destination unreachable

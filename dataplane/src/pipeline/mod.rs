@@ -1147,9 +1147,10 @@ impl Pipeline {
 
 impl Pipeline {
     /// An ICMP message `l3` from a task (behind `encap` bytes of VXLAN headers, or none): when
-    /// it is a destination unreachable about one of the task's flows, the worker that owns that
-    /// flow (by `owner`) judges it (`Some(handoff)` when that is another worker) and sends it
-    /// to the flow's client, its quote turned back into what the client sent
+    /// it is an error (destination unreachable, time exceeded, parameter problem) about one of
+    /// the task's flows, the worker that owns that flow (by `owner`) judges it (`Some(handoff)`
+    /// when that is another worker; passive health, [`Self::task_error`]) and sends it to the
+    /// flow's client, its quote turned back into what the client sent
     /// ([`Self::error_by_flow`]). `None`: not such an error; it goes on as any ICMP. Out of
     /// line: only ICMP comes here.
     #[cold]
@@ -1164,13 +1165,13 @@ impl Pipeline {
         owner: impl Fn(&Self, &L3) -> u16,
     ) -> Option<Verdict> {
         let mut l3 = *l3;
-        let q3 = unreachable_of(buf, l3.l4, l3.src, l3.dst)?;
+        let (q3, unreachable) = error_of(buf, l3.l4, l3.src, l3.dst)?;
         if self.cfg.workers > 1 {
             if let Some(v) = self.handoff(owner(self, &q3)) {
                 return Some(v);
             }
         }
-        let (a, client6) = self.task_unreachable(t, &q3)?;
+        let (a, client6) = self.task_error(t, &q3, unreachable)?;
         if encap > 0 {
             if !buf.trim_front(encap) {
                 return Some(Verdict::Drop(DropReason::Truncated));
@@ -1261,28 +1262,36 @@ impl Pipeline {
         Ok(Verdict::Tx(PortId::Uplink))
     }
 
-    /// A task's ICMP destination unreachable about its direction `q3` of a flow: passive
-    /// health's evidence against the task when the flow is new (a TCP connection it has not
-    /// answered) or UDP, whose flow then ends so the client's next datagram is balanced again.
-    /// The flow's reverse action when it judged it (the way the error goes to the client),
-    /// with the client's IPv6 address (all zero for an IPv4 client).
+    /// A task's ICMP error about its direction `q3` of a flow: the flow's reverse action (the
+    /// way the error goes to the client), with the client's IPv6 address (all zero for an
+    /// IPv4 client). When it says nothing listens there (`unreachable`) about a new flow (a TCP
+    /// connection the task has not answered) or UDP, it is passive health's evidence against
+    /// the task too, and a UDP flow ends so the client's next datagram is balanced again.
     #[cold]
     #[inline(never)]
-    fn task_unreachable(&mut self, t: &ServiceTable, q3: &L3) -> Option<(Action, [u8; 16])> {
+    fn task_error(
+        &mut self,
+        t: &ServiceTable,
+        q3: &L3,
+        unreachable: bool,
+    ) -> Option<(Action, [u8; 16])> {
         let key = q3.key();
         let Some((id, Dir::Rev)) = self.lookup_live(t, &key, key.hash()) else {
             return None;
         };
         let fl = self.flows.get(id);
-        let udp = !fl.is_tcp();
-        if fl.kind == FlowKind::ReturnRoute || !(udp || fl.tcp == flow::TcpState::SynSent) {
+        if fl.kind == FlowKind::ReturnRoute {
             return None;
         }
-        let (a, client6) = (*fl.action(Dir::Rev), fl.client6());
-        self.stats.task_unreachable += 1;
-        self.passive.saw(fl.task_uid, passive::Seen::Unreachable);
-        if udp && self.flows.remove(id).is_some() {
-            self.stats.flows_ended += 1;
+        let udp = !fl.is_tcp();
+        let judged = unreachable && (udp || fl.tcp == flow::TcpState::SynSent);
+        let (a, client6, uid) = (*fl.action(Dir::Rev), fl.client6(), fl.task_uid);
+        if judged {
+            self.stats.task_unreachable += 1;
+            self.passive.saw(uid, passive::Seen::Unreachable);
+            if udp && self.flows.remove(id).is_some() {
+                self.stats.flows_ended += 1;
+            }
         }
         Some((a, client6))
     }
@@ -1326,17 +1335,20 @@ impl Pipeline {
     }
 }
 
-/// When the ICMP message at `l4` of `buf`, from `src` to `dst` (a task's), is a destination
-/// unreachable quoting a TCP or UDP packet sent from `dst` to `src`: the headers of the task's
-/// own direction of that packet's flow (what a reply would carry), to find and steer by.
-fn unreachable_of(buf: &PacketBuf, l4: usize, src: u32, dst: u32) -> Option<L3> {
-    let q = classify::unreachable_quote(buf.data(), l4)?.reversed();
+/// When the ICMP message at `l4` of `buf`, from `src` to `dst` (a task's), is an error quoting
+/// a TCP or UDP packet sent from `dst` to `src`: the headers of the task's own direction of
+/// that packet's flow (what a reply would carry), to find and steer by; and whether the error
+/// says nothing listens there (passive health's evidence, [`classify::says_unreachable`]).
+fn error_of(buf: &PacketBuf, l4: usize, src: u32, dst: u32) -> Option<(L3, bool)> {
+    let f = buf.data();
+    let q = classify::error_quote(f, l4)?.reversed();
     // The quoted packet went from the ICMP's destination to its sender: a task speaks only of
     // its own flows.
     if (q.src(), q.dst()) != (src, dst) {
         return None;
     }
-    Some(L3 {
+    let (&kind, &code) = (f.get(l4)?, f.get(l4 + 1)?);
+    let l3 = L3 {
         proto: q.proto(),
         src,
         dst,
@@ -1346,7 +1358,8 @@ fn unreachable_of(buf: &PacketBuf, l4: usize, src: u32, dst: u32) -> Option<L3> 
         ack: 0,
         l4,
         frag: frag::Frag::Whole,
-    })
+    };
+    Some((l3, classify::says_unreachable(kind, code)))
 }
 
 /// Rewrites an ICMP error `l3` (in `buf`, its IPv4 header after the Ethernet header) about a
@@ -1369,7 +1382,7 @@ fn error_by_flow(buf: &mut PacketBuf, l3: &L3, a: &Action) -> Result<(), DropRea
     let q = l3.l4 + 8;
     let qihl = usize::from(f.get(q).ok_or(DropReason::Truncated)? & 0x0f) * 4;
     let ql4 = q + qihl;
-    // `unreachable_quote` checked the quoted header and its ports.
+    // `error_quote` checked the quoted header and its ports.
     if end > f.len() || ql4 + 4 > end {
         return Err(DropReason::Truncated);
     }

@@ -2138,18 +2138,50 @@ fn an_icmp_unreachable_from_a_task_is_passive_healths_evidence_for_udp() {
 
     let (sent, seen, sport) = to_web1(&mut ps);
     let owner = owner_of_flow(&ps, sport);
-    // "Fragmentation needed" is path MTU discovery, not a failure; a task cannot speak of a
-    // flow that is not its own.
-    for (code, from) in [(4, WEB1), (3, 0x0a00_000c)] {
-        let f = icmp(code, from, seen.src, &sent);
-        let (_, _) = drive(
-            &mut ps,
-            &t,
-            20,
-            vec![(1 - owner, PacketBuf::from_frame(PortId::Tasks, &f))],
-        );
-    }
+    let node_addr = node;
+    // "Fragmentation needed" is path MTU discovery, not a failure: not told, the flow stays,
+    // but the client hears of it by the flow (from the published address, about what it
+    // sent), with the MTU; a task cannot speak of a flow that is not its own.
+    let frag_needed = crate::testkit::icmp_error(
+        web1_mac,
+        tk,
+        (Ipv4Addr::from(WEB1), seen.src),
+        (3, 4, 1400),
+        &sent,
+    );
+    let (out, _) = drive(
+        &mut ps,
+        &t,
+        20,
+        vec![(
+            1 - owner,
+            PacketBuf::from_frame(PortId::Tasks, &frag_needed),
+        )],
+    );
+    let [(PortId::Uplink, back)] = &out[..] else {
+        panic!("the error to the client: {out:?}");
+    };
+    let e = crate::testkit::parse_icmp4_error(back).expect("ICMP error, checksums right");
+    assert_eq!(
+        (e.dst_mac, e.src, e.dst, e.kind, e.code, e.rest),
+        (CLIENT_MAC, node_addr, Ipv4Addr::from(CLIENT), 3, 4, 1400)
+    );
+    assert_eq!(
+        e.quoted,
+        ((Ipv4Addr::from(CLIENT), sport), (node_addr, 5353))
+    );
+    assert!(ps[owner]
+        .flows
+        .contains(&FlowKey::new(UDP, CLIENT, sport, t.node_addr.into(), 5353)));
+    let f = icmp(3, 0x0a00_000c, seen.src, &sent);
+    let (_, _) = drive(
+        &mut ps,
+        &t,
+        20,
+        vec![(1 - owner, PacketBuf::from_frame(PortId::Tasks, &f))],
+    );
     assert!(events(&ps).is_empty(), "{:?}", events(&ps));
+    assert_eq!(ps[owner].stats.task_unreachable, 0);
     // Port unreachable, arriving on the other worker: handed to the flow's owner, told, and
     // the flow ends; the client hears of it from the published address, about what it sent
     // (its own address and port, the published address and port: what its socket knows).
