@@ -645,7 +645,7 @@ impl Pipeline {
             return Ok(Verdict::Host(HostReason::NotPublished));
         };
         let p = *p;
-        if let Some(v) = self.handoff(self.published_owner(&l3)) {
+        if let Some(v) = self.handoff(self.published_owner(l3.src, l3.sport)) {
             return Ok(v);
         }
         let key = l3.key();
@@ -1211,7 +1211,7 @@ impl Pipeline {
             return None;
         }
         if self.cfg.workers > 1 {
-            if let Some(v) = self.handoff(owner_of(key.src(), key.sport(), self.cfg.workers)) {
+            if let Some(v) = self.handoff(self.published_owner(key.src(), key.sport())) {
                 return Some(v);
             }
         }

@@ -147,7 +147,7 @@ impl Pipeline {
         let (published, cport) = (port(40), port(42));
         let standin = stand_in(&client6);
         if self.cfg.workers > 1 {
-            if let Some(v) = self.handoff(owner_of(standin, cport, self.cfg.workers)) {
+            if let Some(v) = self.handoff(self.published_owner(standin, cport)) {
                 return Some(Ok(v));
             }
         }
@@ -292,7 +292,7 @@ impl Pipeline {
             return Ok(Err(Verdict::Host(HostReason::Ipv6Port)));
         };
         let p = *p;
-        if let Some(v) = self.handoff(self.published_owner(l3)) {
+        if let Some(v) = self.handoff(self.published_owner(l3.src, l3.sport)) {
             return Ok(Err(v));
         }
         // The hop limit.

@@ -126,8 +126,7 @@ impl Pipeline {
             if h.proto == ICMPV6 {
                 return piece_to_host(t, s.net, dst);
             }
-            let delta = t.twin_deltas(s.net)[0];
-            return self.task_piece6(t, now, buf, &h, (src, ipkey(dst)), delta);
+            return self.task_piece6(t, now, buf, &h, s.net, (src, ipkey(dst)));
         }
         if error {
             let v4 = |a| p.extract(a).filter(|v| net.subnet.contains(*v)).map(ipkey);
@@ -146,10 +145,10 @@ impl Pipeline {
         self.after6(t, buf, v)
     }
 
-    /// A piece of a task's TCP or UDP datagram to a twin of its network (`h`, checked as a
-    /// whole packet is, between IPv4 addresses `src` and `dst`): turned into an IPv4 fragment
-    /// (RFC 7915 §5.1.1) and sent on by the IPv4 fragment path as the task's IPv4 fragment
-    /// would be (the fragment table, the datagram's collector and owner), then turned back
+    /// A piece of a task's TCP or UDP datagram to a twin of its network `net` (`h`, checked as
+    /// a whole packet is, between IPv4 addresses `src` and `dst`): turned into an IPv4
+    /// fragment (RFC 7915 §5.1.1) and sent on by the IPv4 fragment path as the task's IPv4
+    /// fragment would be (the fragment table, the datagram's collector and owner), then turned back
     /// ([`Self::after6`], or [`Self::held6`] for a piece held until its first came). Apart, so
     /// that whole packets pay nothing for it.
     #[cold]
@@ -160,18 +159,16 @@ impl Pipeline {
         now: u32,
         buf: &mut PacketBuf,
         h: &L3v6,
+        net: NetIdx,
         addrs: (u32, u32),
-        delta: checksum::Delta,
     ) -> Result<Verdict, DropReason> {
-        twin_piece_to_ipv4(buf, 0, h, addrs, delta)?;
+        twin_piece_to_ipv4(buf, 0, h, addrs, t.twin_deltas(net)[0])?;
         buf.v6 = true;
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
         let made = self.stats.new_flows;
         let v = self.fragment(t, now, buf, l3, Way::Direct);
         if self.stats.new_flows != made {
-            if let Some(s) = t.addr(addr(l3.src)) {
-                self.client_twin(t, s.net, &l3);
-            }
+            self.client_twin(t, net, &l3);
         }
         self.after6(t, buf, v)
     }

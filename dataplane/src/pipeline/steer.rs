@@ -32,10 +32,12 @@ impl Pipeline {
         }
     }
 
-    /// The worker that owns a new or established flow to a published port: the client end's.
+    /// The worker that owns a new or established flow to a published port: the client end's
+    /// (`client`, `port`; an IPv6 client's stand-in), whatever its packet (a router's ICMP
+    /// error about a reply names it by its quote).
     #[inline]
-    pub(super) fn published_owner(&self, l3: &L3) -> u16 {
-        owner_of(l3.src, l3.sport, self.cfg.workers)
+    pub(super) fn published_owner(&self, client: u32, port: u16) -> u16 {
+        owner_of(client, port, self.cfg.workers)
     }
 
     /// The worker that owns the flow of a packet from a local task to an address of kind `dst`
