@@ -32,6 +32,8 @@ for t in "${targets[@]}"; do
     cov=$(grep -o 'cov: [0-9]*' "$work/$t.log" | tail -1)
     echo "fuzz: $t: ${runs:-?} runs, ${cov#cov: } edges, corpus $(ls "$work/corpus/$t" | wc -l) inputs, no crash" >&2
   else
+    # The panic's message and place first (the backtrace under it can be longer than the tail).
+    grep -m1 -A2 "panicked at" "$work/$t.log" >&2 || true
     tail -30 "$work/$t.log" >&2
     for a in "$work/artifacts/$t"/*; do
       [ -e "$a" ] || continue
