@@ -132,6 +132,11 @@ fn quote_to_v4(q: &[u8], out: &mut [u8], v4: impl Fn(Ipv6Address) -> Option<u32>
     s6.copy_from_slice(&h[8..24]);
     d6.copy_from_slice(&h[24..40]);
     let (src, dst) = (v4(Ipv6Address::from(s6))?, v4(Ipv6Address::from(d6))?);
+    // The length the packet had, not the quote's: refused when no IPv4 packet could be as long.
+    let payload_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    if payload_len > usize::from(u16::MAX) - IPV4 {
+        return None;
+    }
     let data = &q[IPV6_HEADER_LEN..];
     let n = IPV4 + data.len();
     let o = out.get_mut(..n)?;
@@ -140,8 +145,7 @@ fn quote_to_v4(q: &[u8], out: &mut [u8], v4: impl Fn(Ipv6Address) -> Option<u32>
         src_addr: addr(src),
         dst_addr: addr(dst),
         next_header: next,
-        // The length the packet had, not the quote's.
-        payload_len: usize::from(u16::from_be_bytes([h[4], h[5]])),
+        payload_len,
         hop_limit: h[7],
     };
     emit_v4(&mut o[..IPV4], &repr, tc);
@@ -404,6 +408,21 @@ mod tests {
         q[0] = 0x40;
         assert_eq!(quote_to_v4(&q, &mut out, |_| Some(1)), None, "not IPv6");
         assert_eq!(quote_to_v4(&q[..39], &mut out, |_| Some(1)), None, "short");
+        // A payload length no IPv4 packet could carry (with its 20-byte header, more than
+        // 65,535): refused, not summed past u16 (smoltcp's emit adds them as u16).
+        q[0] = 0x60;
+        q[4..6].copy_from_slice(&0xffffu16.to_be_bytes());
+        assert_eq!(
+            quote_to_v4(&q, &mut out, |_| Some(1)),
+            None,
+            "longer than IPv4 allows"
+        );
+        q[4..6].copy_from_slice(&65_515u16.to_be_bytes());
+        assert_eq!(
+            quote_to_v4(&q, &mut out, |_| Some(1)),
+            Some(28),
+            "the longest"
+        );
     }
 
     #[test]

@@ -1219,13 +1219,15 @@ impl Pipeline {
             return None;
         };
         let a = *self.flows.get(id).action(Dir::Fwd);
-        self.stats.icmp_to_task += 1;
         let v = error_by_flow(buf, l3, &a).and_then(|()| {
             // The error's sender is not the flow's client: the flow's checksum delta does not
             // hold for its outer header.
             Ipv4Packet::new_unchecked(&mut buf.data_mut()[ETH..]).fill_checksum();
             self.send(t, now, buf, a.dst, a.egress)
         });
+        if v.is_ok() {
+            self.stats.icmp_to_task += 1;
+        }
         Some(v.unwrap_or_else(Verdict::Drop))
     }
 

@@ -160,7 +160,6 @@ impl Pipeline {
             return None;
         }
         let a = *fl.action(Dir::Fwd);
-        self.stats.icmp_to_task += 1;
         let v4 = |x: Ipv6Address| {
             if x == me {
                 Some(0)
@@ -183,6 +182,9 @@ impl Pipeline {
         let v = icmperr::error6_to_ipv4(buf, 0, h, (standin, 0), v4)
             .and_then(|()| error_by_flow(buf, &l3, &a))
             .and_then(|()| self.send(t, now, buf, a.dst, a.egress));
+        if v.is_ok() {
+            self.stats.icmp_to_task += 1;
+        }
         Some(v)
     }
 
@@ -1271,6 +1273,14 @@ mod tests {
             let (v, _) = run(&mut p, &t, PortId::Uplink, &too_big(&r));
             assert_eq!(v, Verdict::Drop(DropReason::UnknownProtocol));
         }
+        // The reply as no IPv4 packet could be (its length with IPv4's header past 65,535):
+        // refused, nothing sent, not counted.
+        let mut too_long = too_big(&reply);
+        let icmp = ETH + IPV6_HEADER_LEN;
+        put16(&mut too_long, icmp + 8 + 4, 0xffff);
+        Icmpv6Packet::new_unchecked(&mut too_long[icmp..]).fill_checksum(&router, &n2_addr6());
+        let (v, _) = run(&mut p, &t, PortId::Uplink, &too_long);
+        assert_eq!(v, Verdict::Drop(DropReason::Ipv6Untranslated));
         assert_eq!(p.stats.icmp_to_task, 1);
     }
 
