@@ -896,10 +896,12 @@ impl Pipeline {
             && matches!(
                 kind,
                 Some(AddrKind::Endpoint { local: true, .. } | AddrKind::Task { local: true, .. })
+                    | None
             )
         {
             // A task on another node says a flow this node balanced (to a VIP, or a published
-            // port it masqueraded) cannot reach it.
+            // port it masqueraded, or whose client's address it kept: to that client) cannot
+            // reach it.
             let owner = |p: &Self, q3: &L3| p.inner_owner(q3, kind, src_kind);
             let encap = vxlan::ENCAP_LEN;
             if let Some(v) = self.icmp_from_task(t, now, buf, &l3, encap, owner) {
@@ -1269,6 +1271,10 @@ impl Pipeline {
     /// IPv4 client). When it says nothing listens there (`unreachable`) about a new flow (a TCP
     /// connection the task has not answered) or UDP, it is passive health's evidence against
     /// the task too, and a UDP flow ends so the client's next datagram is balanced again.
+    /// A return-route flow's (an outside client's address kept, the task here, the ingress
+    /// another node) reverse action is the identity into VXLAN to the ingress node: the error
+    /// goes there as the task sent it, and that node, which has the flow's translation,
+    /// judges it and sends it to the client.
     #[cold]
     #[inline(never)]
     fn task_error(
@@ -1283,7 +1289,7 @@ impl Pipeline {
         };
         let fl = self.flows.get(id);
         if fl.kind == FlowKind::ReturnRoute {
-            return None;
+            return Some((*fl.action(Dir::Rev), [0; 16]));
         }
         let udp = !fl.is_tcp();
         let judged = unreachable && (udp || fl.tcp == flow::TcpState::SynSent);

@@ -2233,6 +2233,133 @@ fn an_icmp_unreachable_from_a_task_is_passive_healths_evidence_for_udp() {
     );
 }
 
+/// A task's port unreachable about a datagram of an outside client whose address is kept
+/// (`--client-ip keep`), the task on n2, the ingress n1: n2 sends it back into VXLAN to n1 as
+/// the task sent it (the return route its replies take), and n1, whose flow it is, judges it
+/// (the flow ends, passive health is told) and sends it to the client about what the client
+/// sent (its address and port, n1's published address and port). Two workers on each node,
+/// the error arriving on the worker that does not own the flow.
+#[test]
+fn a_tasks_icmp_error_about_a_kept_client_goes_back_to_the_ingress_node_and_on_to_the_client() {
+    use crate::testkit::{icmp_unreachable, parse_icmp4_error, parse_ipv4_udp, udp_frame};
+    use std::net::Ipv4Addr;
+    let mut s = udp_published();
+    s.services[0].client_ip = ClientIpMode::Keep;
+    let (t1, mut n1) = node_of(&s, "n1", 2);
+    let (t2, mut n2) = node_of(&s, "n2", 2);
+    // Both nodes' uplinks have the default MAC: n2 knows n1's.
+    let (up, tk) = (n1[0].cfg.uplink_mac, n2[0].cfg.tasks_mac);
+    n2[0].neigh.learn(N1, up);
+    let web1_mac = [2, 0, 0, 0, 0, 0x11];
+    let (client, n1_addr) = (
+        Ipv4Addr::from(CLIENT),
+        Ipv4Addr::from(t1.node_addr.octets()),
+    );
+    let outer_dst = |f: &[u8]| u32::from_be_bytes(f[ETH + 16..ETH + 20].try_into().unwrap());
+    // New client ports until n1 balances one to web.1 on n2: what web.1 received there.
+    let (sport, got) = (30001..30200)
+        .find_map(|sport| {
+            let d = udp_frame(CLIENT_MAC, up, client, sport, n1_addr, 5353, b"q");
+            let (out, _) = drive(
+                &mut n1,
+                &t1,
+                10,
+                vec![(0, PacketBuf::from_frame(PortId::Uplink, &d))],
+            );
+            let [(PortId::Uplink, vx)] = &out[..] else {
+                return None;
+            };
+            if outer_dst(vx) != N2 {
+                return None;
+            }
+            // To n2's MAC as n1 knows it (`node_of`): n2's uplink has the default one.
+            let mut vx = vx.clone();
+            vx[..6].copy_from_slice(&up);
+            let (out, v) = drive(
+                &mut n2,
+                &t2,
+                10,
+                vec![(0, PacketBuf::from_frame(PortId::Uplink, &vx))],
+            );
+            let [(PortId::Tasks, got)] = &out[..] else {
+                panic!("to web.1: {out:?} {v:?}");
+            };
+            Some((sport, got.clone()))
+        })
+        .expect("a datagram balanced to web.1");
+    let seen = parse_ipv4_udp(&got).unwrap();
+    assert_eq!(
+        (seen.src, seen.sport),
+        (client, sport),
+        "the client's address kept"
+    );
+    let key = FlowKey::new(UDP, CLIENT, sport, t1.node_addr.into(), 5353);
+    let owner = n1.iter().position(|p| p.flows.contains(&key)).unwrap();
+    let owner2 = n2
+        .iter()
+        .position(|p| !p.flows.is_empty())
+        .expect("n2's return-route flow");
+    // web.1's port unreachable, on n2's other worker: into VXLAN to n1, as web.1 sent it.
+    let unreachable = icmp_unreachable(web1_mac, tk, Ipv4Addr::from(WEB1), client, 3, &got);
+    let (out, verdicts) = drive(
+        &mut n2,
+        &t2,
+        20,
+        vec![(
+            1 - owner2,
+            PacketBuf::from_frame(PortId::Tasks, &unreachable),
+        )],
+    );
+    assert!(
+        verdicts.contains(&Verdict::Handoff(owner2 as u16)),
+        "{verdicts:?}"
+    );
+    let [(PortId::Uplink, vx)] = &out[..] else {
+        panic!("back to n1: {out:?} {verdicts:?}");
+    };
+    assert_eq!(outer_dst(vx), N1);
+    let inner = vxlan::ENCAP_LEN + ETH;
+    assert_eq!(
+        &vx[inner + 12..],
+        &unreachable[ETH + 12..],
+        "as web.1 sent it"
+    );
+    assert_eq!(
+        vx[inner + 8],
+        unreachable[ETH + 8] - 1,
+        "routed: its TTL less one"
+    );
+    // On n1 (from n2's MAC as n1 knows it): to the client by the flow, judged.
+    let mut vx = vx.clone();
+    vx[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x12]);
+    let (out, verdicts) = drive(
+        &mut n1,
+        &t1,
+        20,
+        vec![(1 - owner, PacketBuf::from_frame(PortId::Uplink, &vx))],
+    );
+    assert!(
+        verdicts.contains(&Verdict::Handoff(owner as u16)),
+        "{verdicts:?}"
+    );
+    let [(PortId::Uplink, back)] = &out[..] else {
+        panic!("the error to the client: {out:?} {verdicts:?}");
+    };
+    let e = parse_icmp4_error(back).expect("ICMP error, checksums right");
+    assert_eq!(
+        (e.dst_mac, e.src, e.dst, e.kind, e.code),
+        (CLIENT_MAC, n1_addr, client, 3, 3)
+    );
+    assert_eq!(
+        e.quoted,
+        ((client, sport), (n1_addr, 5353)),
+        "what the client sent"
+    );
+    assert_eq!(n1[owner].stats.task_unreachable, 1);
+    assert!(!n1[owner].flows.contains(&key), "the UDP flow ended");
+    assert_eq!(n2.iter().map(|p| p.stats.task_unreachable).sum::<u64>(), 0);
+}
+
 /// An ICMP error from a router on the way to a client (a "fragmentation needed" about a
 /// reply too big for a link past the node) reaches the flow's task, whichever worker it
 /// arrives on, about what the task sent: from the address the task knows the client by,
