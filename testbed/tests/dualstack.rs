@@ -709,8 +709,16 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
     ping6(&c1.ns, vip6, "client on n1 -> web's VIP");
     ping6(&c1.ns, gw6, "client on n1 -> appnet's gateway");
     // And with 4,000 bytes: the request's pieces put together by the host side, the reply
-    // sent in pieces that fit the network.
-    for (to, what) in [(vip6, "web's VIP"), (gw6, "appnet's gateway")] {
+    // sent in pieces that fit the network. Of a task's twin on another node and on the same
+    // node, the pieces go as they came both ways (no address changes between twins).
+    let far_task = format!("{} on n2", web_n2.name);
+    let near_task = format!("{} on n1", web_n1.name);
+    for (to, what) in [
+        (vip6, "web's VIP"),
+        (gw6, "appnet's gateway"),
+        (far6, far_task.as_str()),
+        (near6, near_task.as_str()),
+    ] {
         let out = sys::exec_in_output(
             &c1.ns,
             "ping",
@@ -734,7 +742,7 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
             out.stderr
         );
     }
-    eprintln!("ping -6 -s 4000 of the VIP's and the gateway's twins: answered");
+    eprintln!("ping -6 -s 4000 of the VIP's and the gateway's twins and of two tasks': answered");
     let out = sys::exec_in_output(
         &c1.ns,
         "dig",

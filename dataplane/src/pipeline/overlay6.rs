@@ -20,10 +20,11 @@
 //! port unreachable). A piece of a task's TCP or UDP datagram becomes an IPv4 fragment (RFC 7915
 //! §5.1.1), goes the IPv4 fragment path (`frag`: its first piece's route, held pieces, the
 //! collector and owner workers) and becomes an IPv6 piece again where it goes out (§4.1, the
-//! identification's low 16 bits zero-extended: what the IPv4 hop keeps); an ICMPv6 message in
-//! pieces is `ipv6_fragment` (its checksum covers the whole message, which no piece knows),
-//! but to the VIP's or the gateway's twin, whose pieces the host side puts together and
-//! answers (`ping -6 -s 4000` of a VIP, as of the node).
+//! identification's low 16 bits zero-extended: what the IPv4 hop keeps). An ICMPv6 message in
+//! pieces (`ping -6 -s 4000`) cannot be translated (its checksum covers the whole message,
+//! which no piece knows) and between twins need not be: its pieces go as they came, routed by
+//! the twin's IPv4 address, to a task or into VXLAN, or to the host side for the VIP's or the
+//! gateway's twin, which puts them together and answers (`icmp6_piece`).
 //!
 //! What the IPv4 paths pay: nothing, with or without a dual-stack network in the mesh. A packet
 //! to a task, or into VXLAN, is turned back by the IPv6 path's own functions once the IPv4
@@ -42,21 +43,6 @@ use super::ipv6::{checked_icmpv6, parse_ipv6, solicitation, L3v6, ICMPV6};
 use super::nat64::{fragment_header, to_ipv6, twin_piece_to_ipv4, twins_to_ipv4};
 use super::*;
 use crate::balance::table::NetIdx;
-
-/// A piece of a task's ICMPv6 message (`ping -6 -s 4000`) to the twin of `dst` on the task's
-/// network `net`: to the host side as it came when that is the VIP's or the gateway's twin (the
-/// host side puts the message together and answers it in pieces, as it does a large ping of
-/// the node), else `ipv6_fragment`. It cannot be translated: RFC 7915 §5.2, an ICMPv6 message's
-/// checksum covers its whole length, which no piece of it knows; the translator may drop it,
-/// as meshd does.
-fn piece_to_host(t: &ServiceTable, net: NetIdx, dst: Ipv4Address) -> Result<Verdict, DropReason> {
-    match t.addr(dst).map(|e| (e.kind, e.net)) {
-        Some((AddrKind::Vip { .. } | AddrKind::Gateway, n)) if n == net => {
-            Ok(Verdict::Host(HostReason::MeshAddress))
-        }
-        _ => Err(DropReason::Ipv6Fragment),
-    }
-}
 
 /// The IPv4 address in the last 32 bits of an IPv6 address (a twin's).
 fn low32(a: smoltcp::wire::Ipv6Address) -> u32 {
@@ -96,7 +82,7 @@ impl Pipeline {
                 Icmp6::Echo => {}
                 Icmp6::Error => error = true,
             },
-            // A piece of an ICMPv6 message: after the source checks (`piece_to_host`).
+            // A piece of an ICMPv6 message: after the source checks (`icmp6_piece`).
             ICMPV6 => {}
             _ => return Err(DropReason::UnknownProtocol),
         }
@@ -124,7 +110,7 @@ impl Pipeline {
         self.save6(buf);
         if h.frag.is_some() {
             if h.proto == ICMPV6 {
-                return piece_to_host(t, s.net, dst);
+                return self.icmp6_piece(t, now, buf, &h, s.net, dst, 0);
             }
             return self.task_piece6(t, now, buf, &h, s.net, (src, ipkey(dst)));
         }
@@ -192,6 +178,51 @@ impl Pipeline {
                 f.set_client6(p.embed(addr(l3.src)).octets());
             }
         }
+    }
+
+    /// A piece of an ICMPv6 message (`ping -6 -s 4000`) to the twin of `dst` on network
+    /// `net`: from a local task (`encap` 0, after the source checks) or from a peer inside
+    /// VXLAN (`encap`, the outer headers' length). It cannot be translated (RFC 7915 §5.2: an
+    /// ICMPv6 message's checksum covers its whole length, which no piece of it knows; the
+    /// translator may drop it), and it need not be: between twins no address changes. So it
+    /// goes as it came, routed by the twin's IPv4 address, its hop limit less one: to a task
+    /// here, or (from a task) into VXLAN to the task's node, whose meshd does the same. To the
+    /// VIP's or the gateway's twin (from a task): to the host side as it came, which puts the
+    /// message together and answers it in pieces, as it does a large ping of the node.
+    /// Anything else is `ipv6_fragment`.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn icmp6_piece(
+        &mut self,
+        t: &ServiceTable,
+        now: u32,
+        buf: &mut PacketBuf,
+        h: &L3v6,
+        net: NetIdx,
+        dst: Ipv4Address,
+        encap: usize,
+    ) -> Result<Verdict, DropReason> {
+        let kind = t.addr(dst).filter(|e| e.net == net).map(|e| e.kind);
+        let (local, node) = match kind {
+            Some(AddrKind::Vip { .. } | AddrKind::Gateway) if encap == 0 => {
+                return Ok(Verdict::Host(HostReason::MeshAddress));
+            }
+            // From a peer, only to a task here: this node does not transit between peers.
+            Some(AddrKind::Task { local, node, .. }) if local || encap == 0 => (local, node),
+            _ => return Err(DropReason::Ipv6Fragment),
+        };
+        if h.hop_limit <= 1 {
+            return Err(DropReason::TtlExpired);
+        }
+        if !buf.trim_front(encap) {
+            return Err(DropReason::Truncated);
+        }
+        buf.data_mut()[ETH + 7] = h.hop_limit - 1;
+        // Every piece of a message the same way into VXLAN (its addresses' entropy port).
+        let key = FlowKey::new(ICMP, low32(h.src), 0, ipkey(dst), 0);
+        let egress = self.egress_to(t, local, node, t.net(net).vni, &key);
+        self.send(t, now, buf, ipkey(dst), egress)
     }
 
     /// What becomes of a held piece of a task's IPv6 datagram (`way`, how it came) now that
@@ -377,8 +408,9 @@ impl Pipeline {
                     _ => return Err(DropReason::Ipv6Untranslated),
                 }
             }
-            // As in `task_ipv6`: a piece of an ICMPv6 message is not translated.
-            ICMPV6 => return Err(DropReason::Ipv6Fragment),
+            // As in `task_ipv6`: a piece of an ICMPv6 message is not translated
+            // (`icmp6_piece`).
+            ICMPV6 => {}
             _ => return Err(DropReason::UnknownProtocol),
         }
         // The sending node's meshd answers what is over the network's MTU: nothing is.
@@ -389,6 +421,9 @@ impl Pipeline {
         // As in `task_ipv6`, written out: one function for both (even inlined) cost the IPv6
         // rows 5 to 6 instructions a packet (callgrind).
         if h.frag.is_some() {
+            if h.proto == ICMPV6 {
+                return self.icmp6_piece(t, now, buf, &h, net, dst, base);
+            }
             // A piece: an IPv4 fragment, which `decap` sends down the fragment path.
             let delta = t.twin_deltas(net)[0];
             twin_piece_to_ipv4(buf, base, &h, (ipkey(src), ipkey(dst)), delta)?;
@@ -1091,6 +1126,75 @@ mod tests {
         assert_eq!(v, Verdict::Drop(DropReason::BadNdp));
     }
 
+    /// `ping -6 -s 4000` of another task's twin: the pieces of the ICMPv6 message go as they
+    /// came (between twins no address changes), their hop limit one less at each node: into
+    /// VXLAN to web.2's node n3, which gives them to web.2; to web.1 beside the client on n2.
+    /// From a peer, a piece to a task that is not on the node (transit) is refused, and so is
+    /// one whose hop limit has run out.
+    #[test]
+    fn an_icmpv6_message_in_pieces_between_tasks_goes_as_it_came() {
+        let (t2, mut p2) = on("n2");
+        let (t3, mut p3) = on("n3");
+        let data = [7u8; 3000];
+        let big = |to: Ipv4Addr| {
+            let repr = Icmpv6Repr::EchoRequest {
+                ident: 1,
+                seq_no: 1,
+                data: &data,
+            };
+            testkit::icmpv6_frame(CLI_MAC, tasks_mac(), twin(CLI), twin(to), 64, &repr)
+        };
+        let pieces = testkit::fragment6(&big(WEB2), 1450, 80);
+        assert_eq!(pieces.len(), 3);
+        let mut over = Vec::new();
+        for piece in &pieces {
+            let (v, out) = run(&mut p2, &t2, PortId::Tasks, piece);
+            assert_eq!(v, Verdict::Tx(PortId::Uplink));
+            let (vni, inner) = testkit::decap(&out).expect("VXLAN over IPv4");
+            assert_eq!(vni, 4097);
+            assert_eq!(inner[ETH + 7], 63, "the hop limit less one");
+            assert_eq!(inner[12..ETH + 7], piece[12..ETH + 7]);
+            assert_eq!(inner[ETH + 8..], piece[ETH + 8..], "as it came");
+            let (v, got) = run(&mut p3, &t3, PortId::Uplink, &out);
+            assert_eq!(v, Verdict::Tx(PortId::Tasks));
+            assert_eq!(got[..6], WEB2_MAC);
+            assert_eq!(got[ETH + 7], 62);
+            assert_eq!(got[ETH + 8..], piece[ETH + 8..], "to web.2 as it came");
+            over.push(out);
+        }
+        // Every piece the same way into VXLAN (one entropy port: ECMP keeps them together).
+        let sport = |f: &Vec<u8>| f[ETH + 20..ETH + 22].to_vec();
+        assert!(over.iter().all(|f| sport(f) == sport(&over[0])));
+        // web.1, on n2 beside the client.
+        for piece in testkit::fragment6(&big(WEB1), 1450, 81) {
+            let (v, got) = run(&mut p2, &t2, PortId::Tasks, &piece);
+            assert_eq!(v, Verdict::Tx(PortId::Tasks));
+            assert_eq!((got[..6].to_vec(), got[ETH + 7]), (WEB1_MAC.to_vec(), 63));
+            assert_eq!(got[ETH + 8..], piece[ETH + 8..]);
+        }
+        // From a peer (n3): n2 does not pass on a piece to web.2, which is not its task.
+        let transit = testkit::vxlan_frame(
+            Config::default().uplink_mac,
+            Config::default().uplink_mac,
+            Ipv4Addr::new(192, 168, 1, 13),
+            Ipv4Addr::new(192, 168, 1, 12),
+            50000,
+            4097,
+            &pieces[0],
+        );
+        let (v, _) = run(&mut p2, &t2, PortId::Uplink, &transit);
+        assert_eq!(v, Verdict::Drop(DropReason::Ipv6Fragment));
+        // A hop limit that ran out, from the task and from a peer.
+        let mut spent = pieces[0].clone();
+        spent[ETH + 7] = 1;
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &spent);
+        assert_eq!(v, Verdict::Drop(DropReason::TtlExpired));
+        let mut spent = over[0].clone();
+        spent[vxlan::ENCAP_LEN + ETH + 7] = 1;
+        let (v, _) = run(&mut p3, &t3, PortId::Uplink, &spent);
+        assert_eq!(v, Verdict::Drop(DropReason::TtlExpired));
+    }
+
     #[test]
     fn what_is_not_carried_is_dropped_by_reason() {
         let (t2, mut p2) = on("n2");
@@ -1179,15 +1283,15 @@ mod tests {
         let (v, host) = run(&mut p2, &t2, PortId::Tasks, &dns);
         assert_eq!(v, Verdict::Host(HostReason::MeshAddress));
         assert_eq!(host, dns);
-        // A datagram in pieces (IPv6 fragments are not carried yet).
-        // An ICMPv6 message in pieces (`ping -6 -s 4000`): its checksum covers the whole
-        // message, which no piece knows (RFC 7915 §5.2).
+        // An ICMPv6 message in pieces (`ping -6 -s 4000`) to a twin of the network that is no
+        // task's, VIP's or gateway's: it is not translated (its checksum covers the whole
+        // message, which no piece knows: RFC 7915 §5.2), and nothing would route it.
         let data = [7u8; 3000];
         let big = testkit::icmpv6_frame(
             CLI_MAC,
             tasks_mac(),
             twin(CLI),
-            twin(WEB2),
+            twin(Ipv4Addr::new(10, 0, 1, 99)),
             64,
             &Icmpv6Repr::EchoRequest {
                 ident: 1,
