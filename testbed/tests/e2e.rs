@@ -156,10 +156,19 @@ fn masquerade_the_task_sees_the_ingress_nodes_endpoint() {
     }
 }
 
+/// With `--client-ip keep`, the task sees the client's own address through every node, and a
+/// task's ICMP error about the client's datagram (port unreachable, once its server has
+/// stopped) reaches the client's socket, which is refused at once, whether the task is on the
+/// ingress node or on another (the error goes back to the ingress node by the return route,
+/// which sends it to the client by the flow).
 #[test]
 fn keep_client_ip_the_task_sees_the_client() {
     let Some(mut m) = mesh("keep") else { return };
-    m.run(&web(2).keep_client_ip()).unwrap();
+    let spec = web(2)
+        .keep_client_ip()
+        .publish("9999:9/udp", PublishMode::Ingress)
+        .unwrap();
+    m.run(&spec).unwrap();
     for node in ["n1", "n2", "n3"] {
         let mut tasks = BTreeSet::new();
         for _ in 0..2 {
@@ -170,6 +179,23 @@ fn keep_client_ip_the_task_sees_the_client() {
         }
         // Both tasks, so both the local and the cross-node return path were used.
         assert_eq!(tasks.len(), 2, "{node}: {tasks:?}");
+    }
+    // The tasks' servers stop (their kernels answer port unreachable). One datagram per node
+    // (passive health counts each refusal against its task; one a node stays under its
+    // threshold). n3 runs no task: its datagram's task is on another node.
+    for task in ["web.1", "web.2"] {
+        m.stop_task_server(task).unwrap();
+    }
+    for node in ["n3", "n1", "n2"] {
+        let to = m.node_sock(node, 9999).unwrap();
+        let t0 = Instant::now();
+        let r = probe::udp_ask(&m.client_ns(), to, "x", T).unwrap();
+        assert_eq!(
+            r,
+            Err(Failure::Refused),
+            "{node} UDP 9999: the task's port unreachable expected"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     }
 }
 
