@@ -68,7 +68,7 @@ impl FlowKey {
         self.b as u8
     }
 
-    /// The key of the other direction, untranslated.
+    /// The key of the other direction, untranslated (in the same family).
     #[inline]
     pub fn reversed(&self) -> Self {
         FlowKey::new(
@@ -78,6 +78,26 @@ impl FlowKey {
             self.src(),
             self.sport(),
         )
+        .in_family(self.is_v6())
+    }
+
+    /// This key in IPv6's family when `v6`: a connection between twins of a dual-stack
+    /// network (a task's IPv6, translated to IPv4 in the pipeline) is kept apart from an IPv4
+    /// connection of the same addresses and ports (a bit of the second word that the 5-tuple
+    /// leaves free).
+    #[inline]
+    #[must_use]
+    pub const fn in_family(self, v6: bool) -> Self {
+        FlowKey {
+            a: self.a,
+            b: self.b | ((v6 as u64) << 8),
+        }
+    }
+
+    /// Whether this key is of a connection between twins (IPv6, [`Self::in_family`]).
+    #[inline]
+    pub const fn is_v6(&self) -> bool {
+        self.b & (1 << 8) != 0
     }
 
     #[inline]

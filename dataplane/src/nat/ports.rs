@@ -31,7 +31,8 @@ impl MasqPorts {
         self.next_by_slot.fill(u32::MAX);
     }
 
-    /// A port on `ep` for a new `proto` flow to `task:tport`.
+    /// A port on `ep` for a new flow of `proto` to `task:tport` (`v6`: between twins, whose
+    /// flow keys are apart from IPv4's: [`FlowKey::in_family`]).
     ///
     /// Each task (by its counters' `slot`, stable for the task's life) hands out its ports in
     /// order; until its counter wraps, every port it gives is one no flow of that task can hold,
@@ -40,7 +41,7 @@ impl MasqPorts {
     pub fn pick(
         &mut self,
         flows: &FlowTable,
-        proto: u8,
+        (proto, v6): (u8, bool),
         ep: u32,
         task: u32,
         tport: u16,
@@ -60,7 +61,7 @@ impl MasqPorts {
             let n = self.next;
             self.next = self.next.wrapping_add(1);
             let port = to_port(n)?;
-            if !flows.contains(&FlowKey::new(proto, task, tport, ep, port)) {
+            if !flows.contains(&FlowKey::new(proto, task, tport, ep, port).in_family(v6)) {
                 return Some(port);
             }
         }

@@ -364,7 +364,8 @@ impl Pipeline {
                 }
                 self.on_uplink(t, now, buf, l3)
             }
-            (Way::Direct, PortId::Tasks) => self.on_task(t, now, buf, l3),
+            (Way::Direct, PortId::Tasks) if buf.v6 => self.on_task::<true>(t, now, buf, l3),
+            (Way::Direct, PortId::Tasks) => self.on_task::<false>(t, now, buf, l3),
             // The inner packet is read again from the frame (`l3` is the same).
             (Way::Decap { outer }, _) => self.decap_replay(t, now, buf, outer),
             (Way::Nat64 { client, .. }, _) => self.published6_first(t, now, buf, l3, client),
@@ -382,7 +383,7 @@ impl Pipeline {
         buf: &mut PacketBuf,
         outer: L3,
     ) -> Result<Verdict, DropReason> {
-        self.decap(t, now, buf, outer, true)
+        self.decap(t, now, buf, outer, true, buf.v6)
     }
 
     /// A fragment after the first, by its datagram's route.

@@ -591,7 +591,7 @@ impl Pipeline {
                 }
                 match port {
                     PortId::Uplink => self.on_uplink(t, now, buf, l3),
-                    PortId::Tasks => self.on_task(t, now, buf, l3),
+                    PortId::Tasks => self.on_task::<false>(t, now, buf, l3),
                 }
             }
             EthernetProtocol::Ipv6 => self.ipv6(t, now, buf),
@@ -616,7 +616,7 @@ impl Pipeline {
         if l3.proto == UDP && l3.dport == t.vtep_port && dst == me.vtep {
             // A frame handed to another worker goes as it arrived on the uplink: `decap` decides
             // the owner before it strips anything.
-            return self.decap(t, now, buf, l3, false);
+            return self.decap(t, now, buf, l3, false, false);
         }
         if dst != t.node_addr || !l3.has_ports() {
             if l3.proto == ICMP && dst == t.node_addr {
@@ -714,9 +714,14 @@ impl Pipeline {
                 return Err(self.blame(slot, DropReason::NoRoute));
             };
             let ep = ipkey(ep);
-            let picked = self
-                .masq
-                .pick(&self.flows, l3.proto, ep, ipkey(b.addr), p.target, slot);
+            let picked = self.masq.pick(
+                &self.flows,
+                (l3.proto, false),
+                ep,
+                ipkey(b.addr),
+                p.target,
+                slot,
+            );
             let Some(port) = picked else {
                 return Err(self.blame(slot, DropReason::NoNatPort));
             };
@@ -808,9 +813,11 @@ impl Pipeline {
         }
     }
 
-    /// VXLAN from a peer: checked, decapsulated, routed in its network. Inlined into the
-    /// uplink's path (a call here costs the established decapsulating flow a tenth of its
-    /// instructions); the fragment stage's replay goes through `decap_replay`.
+    /// VXLAN from a peer: checked, decapsulated, routed in its network (`v6`: its inner packet
+    /// is a task's IPv6 between twins, translated by `decap6`, whose flows are apart from
+    /// IPv4's: a constant where it is inlined). Inlined into the uplink's path (a call here
+    /// costs the established decapsulating flow a tenth of its instructions); the fragment
+    /// stage's replay goes through `decap_replay`.
     #[inline(always)]
     fn decap(
         &mut self,
@@ -819,6 +826,7 @@ impl Pipeline {
         buf: &mut PacketBuf,
         outer: L3,
         replay: bool,
+        v6: bool,
     ) -> Result<Verdict, DropReason> {
         let Some(peer) = t.peer(addr(outer.src)) else {
             return Err(DropReason::UnknownVtep);
@@ -921,7 +929,7 @@ impl Pipeline {
         match kind {
             // A reply to a flow this node masqueraded.
             Some(AddrKind::Endpoint { local: true, .. }) => {
-                self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute))
+                self.by_flow_or(t, now, buf, &l3, v6, Err(DropReason::NoRoute))
             }
             Some(AddrKind::Task {
                 local: true, task, ..
@@ -932,7 +940,7 @@ impl Pipeline {
                     return self.send(t, now, buf, l3.dst, Egress::Tasks);
                 }
                 let outside = src_kind.is_none();
-                let key = l3.key();
+                let key = l3.key().in_family(v6);
                 if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
                     return self.forward(t, now, buf, &l3, id, dir);
                 }
@@ -971,7 +979,7 @@ impl Pipeline {
                 self.send(t, now, buf, l3.dst, Egress::Tasks)
             }
             // Not an overlay address: a reply towards an outside client of a keep-client-IP flow.
-            None => self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute)),
+            None => self.by_flow_or(t, now, buf, &l3, v6, Err(DropReason::NoRoute)),
             // This node does not transit between peers.
             Some(AddrKind::Task { local: false, .. } | AddrKind::Endpoint { local: false, .. }) => {
                 Err(DropReason::NoRoute)
@@ -982,28 +990,32 @@ impl Pipeline {
         }
     }
 
-    /// Forwards by the flow `l3` belongs to, or returns `otherwise`.
-    #[inline]
+    /// Forwards by the flow `l3` belongs to (in IPv6's family when `v6`), or returns
+    /// `otherwise`. Always inlined, so `v6` is a constant where it is called.
+    #[inline(always)]
     fn by_flow_or(
         &mut self,
         t: &ServiceTable,
         now: u32,
         buf: &mut PacketBuf,
         l3: &L3,
+        v6: bool,
         otherwise: Result<Verdict, DropReason>,
     ) -> Result<Verdict, DropReason> {
         if !l3.has_ports() {
             return otherwise;
         }
-        let key = l3.key();
+        let key = l3.key().in_family(v6);
         match self.lookup_live(t, &key, self.hash_of(&key)) {
             Some((id, dir)) => self.forward(t, now, buf, l3, id, dir),
             None => otherwise,
         }
     }
 
-    /// A frame from a local task.
-    fn on_task(
+    /// A frame from a local task (`V6`: a task's IPv6 between twins, translated, whose flows
+    /// are kept apart from IPv4's of the same 5-tuple: [`FlowKey::in_family`]; a parameter of
+    /// the type, so IPv4's copy pays nothing for it).
+    fn on_task<const V6: bool>(
         &mut self,
         t: &ServiceTable,
         now: u32,
@@ -1059,7 +1071,9 @@ impl Pipeline {
                 self.send_sized(t, now, buf, l3.dst, e, split)
             }
             Some(AddrKind::Vip { service, balancer }) if l3.has_ports() => {
-                let key = l3.key();
+                // A task's IPv6 to the VIP's twin: its flow apart from an IPv4 connection
+                // of the same 5-tuple.
+                let key = l3.key().in_family(V6);
                 let hash = self.hash_of(&key);
                 if let Some((id, dir)) = self.lookup_live(t, &key, hash) {
                     return self.forward(t, now, buf, &l3, id, dir);
@@ -1089,9 +1103,14 @@ impl Pipeline {
                 let slot = self.task_stats.slot(b.uid);
                 let (src, sport) = if b.local {
                     let gw = ipkey(net.gateway);
-                    let picked = self
-                        .masq
-                        .pick(&self.flows, l3.proto, gw, baddr, l3.dport, slot);
+                    let picked = self.masq.pick(
+                        &self.flows,
+                        (l3.proto, key.is_v6()),
+                        gw,
+                        baddr,
+                        l3.dport,
+                        slot,
+                    );
                     let Some(port) = picked else {
                         return Err(self.blame(slot, DropReason::NoNatPort));
                     };
@@ -1100,7 +1119,8 @@ impl Pipeline {
                     (l3.src, l3.sport)
                 };
                 let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
-                let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport);
+                let rkey =
+                    FlowKey::new(l3.proto, baddr, l3.dport, src, sport).in_family(key.is_v6());
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
                 let flow = Flow::new(
                     FlowKind::Vip,
@@ -1119,13 +1139,18 @@ impl Pipeline {
                 self.forward(t, now, buf, &l3, id, Dir::Fwd)
             }
             // A reply of an ingress flow this node masqueraded and delivered locally.
-            Some(AddrKind::Endpoint { local: true, .. }) if l3.has_ports() => {
-                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
-            }
+            Some(AddrKind::Endpoint { local: true, .. }) if l3.has_ports() => self.by_flow_or(
+                t,
+                now,
+                buf,
+                &l3,
+                V6,
+                Ok(Verdict::Host(HostReason::MeshAddress)),
+            ),
             // To a task on this node: a VIP flow's reply if a flow says so, else plain L3.
             Some(AddrKind::Task { local: true, .. }) => {
                 if l3.has_ports() {
-                    let key = l3.key();
+                    let key = l3.key().in_family(V6);
                     if let Some((id, dir)) = self.lookup_live(t, &key, self.hash_of(&key)) {
                         return self.forward(t, now, buf, &l3, id, dir);
                     }
@@ -1135,14 +1160,19 @@ impl Pipeline {
             }
             // A reply of a hairpin VIP flow (masqueraded to the gateway) by its flow; else the
             // gateway is the host's (DNS, ping).
-            Some(AddrKind::Gateway) if l3.has_ports() => {
-                self.by_flow_or(t, now, buf, &l3, Ok(Verdict::Host(HostReason::MeshAddress)))
-            }
+            Some(AddrKind::Gateway) if l3.has_ports() => self.by_flow_or(
+                t,
+                now,
+                buf,
+                &l3,
+                V6,
+                Ok(Verdict::Host(HostReason::MeshAddress)),
+            ),
             Some(
                 AddrKind::Vip { .. } | AddrKind::Gateway | AddrKind::Endpoint { local: true, .. },
             ) => Ok(Verdict::Host(HostReason::MeshAddress)),
             // Outside the overlay: only a reply of a keep-client-IP flow goes there.
-            None => self.by_flow_or(t, now, buf, &l3, Err(DropReason::NoRoute)),
+            None => self.by_flow_or(t, now, buf, &l3, V6, Err(DropReason::NoRoute)),
         }
     }
 }
@@ -1173,7 +1203,7 @@ impl Pipeline {
                 return Some(v);
             }
         }
-        let (a, client6) = self.task_error(t, &q3, unreachable)?;
+        let (a, client6) = self.task_error(t, &q3, unreachable, buf.v6)?;
         if encap > 0 {
             if !buf.trim_front(encap) {
                 return Some(Verdict::Drop(DropReason::Truncated));
@@ -1266,7 +1296,8 @@ impl Pipeline {
         Ok(Verdict::Tx(PortId::Uplink))
     }
 
-    /// A task's ICMP error about its direction `q3` of a flow: the flow's reverse action (the
+    /// A task's ICMP error about its direction `q3` of a flow (`v6`: of a flow between twins,
+    /// the error a task's ICMPv6 translated): the flow's reverse action (the
     /// way the error goes to the client), with the client's IPv6 address (all zero for an
     /// IPv4 client). When it says nothing listens there (`unreachable`) about a new flow (a TCP
     /// connection the task has not answered) or UDP, it is passive health's evidence against
@@ -1282,8 +1313,9 @@ impl Pipeline {
         t: &ServiceTable,
         q3: &L3,
         unreachable: bool,
+        v6: bool,
     ) -> Option<(Action, [u8; 16])> {
-        let key = q3.key();
+        let key = q3.key().in_family(v6);
         let Some((id, Dir::Rev)) = self.lookup_live(t, &key, key.hash()) else {
             return None;
         };

@@ -124,7 +124,7 @@ impl Pipeline {
         buf.v6 = true;
         let l3 = parse_ipv4(buf.data(), ETH, self.cfg.verify_l4_checksums)?;
         let made = self.stats.new_flows;
-        let v = self.on_task(t, now, buf, l3);
+        let v = self.on_task::<true>(t, now, buf, l3);
         if self.stats.new_flows != made {
             self.client_twin(t, s.net, &l3);
         }
@@ -171,7 +171,7 @@ impl Pipeline {
     #[inline(never)]
     fn client_twin(&mut self, t: &ServiceTable, net: NetIdx, l3: &L3) {
         let Some(p) = t.subnet6(net) else { return };
-        let key = l3.key();
+        let key = l3.key().in_family(true);
         if let Some((id, Dir::Fwd)) = self.lookup_live(t, &key, key.hash()) {
             let f = self.flows.get_mut(id);
             if f.kind == FlowKind::Vip {
@@ -453,7 +453,7 @@ impl Pipeline {
         put16(f, outer.l4 + 6, 0);
         smoltcp::wire::Ipv4Packet::new_unchecked(&mut f[ETH..outer.l4]).fill_checksum();
         buf.v6 = true;
-        let v = self.decap(t, now, buf, outer, false);
+        let v = self.decap(t, now, buf, outer, false, true);
         self.after6(t, buf, v)
     }
 }
@@ -771,6 +771,62 @@ mod tests {
             SYN,
             1,
         )
+    }
+
+    /// A task's IPv4 connection to the VIP and its IPv6 one to the VIP's twin from the same
+    /// source port are two flows (the twin's translation gives both the same IPv4 5-tuple):
+    /// each balanced on its own, the IPv6 one marked with the client's twin, the IPv4 one
+    /// not, and a RST that ends one leaves the other forwarded by its own flow.
+    #[test]
+    fn an_ipv4_and_an_ipv6_connection_from_one_port_to_a_vip_are_two_flows() {
+        let (t2, mut p2) = on("n2");
+        let sport = 40300;
+        let syn4 = testkit::tcp_frame(CLI_MAC, tasks_mac(), CLI, sport, VIP, 80, SYN, 1, 0, b"");
+        for (f, what) in [(syn4.clone(), "IPv4"), (syn6(sport), "IPv6")] {
+            let (v, _) = run(&mut p2, &t2, PortId::Tasks, &f);
+            assert!(matches!(v, Verdict::Tx(_)), "{what}: {v:?}");
+        }
+        assert_eq!(p2.stats.new_flows, 2, "a flow each");
+        let k4 = FlowKey::new(TCP, ipkey(CLI), sport, ipkey(VIP), 80);
+        let flow_of = |p: &mut Pipeline, k: &FlowKey| {
+            let (id, _) = p.flows.lookup(k, k.hash())?;
+            Some(p.flows.get(id).client6())
+        };
+        assert_eq!(flow_of(&mut p2, &k4), Some([0; 16]), "the IPv4 flow");
+        assert_eq!(
+            flow_of(&mut p2, &k4.in_family(true)),
+            Some(twin(CLI).octets()),
+            "the IPv6 flow, marked with the client's twin"
+        );
+        // The IPv4 connection ends (the client's RST); the IPv6 one goes on by its flow.
+        let rst4 = testkit::tcp_frame(
+            CLI_MAC,
+            tasks_mac(),
+            CLI,
+            sport,
+            VIP,
+            80,
+            testkit::tcp_flags::RST,
+            2,
+            0,
+            b"",
+        );
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &rst4);
+        assert!(matches!(v, Verdict::Tx(_)), "{v:?}");
+        let ack6 = testkit::tcp6_frame(
+            CLI_MAC,
+            tasks_mac(),
+            twin(CLI),
+            sport,
+            twin(VIP),
+            80,
+            ACK,
+            2,
+        );
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &ack6);
+        assert!(matches!(v, Verdict::Tx(_)), "{v:?}");
+        assert_eq!(p2.stats.new_flows, 2);
+        assert!(flow_of(&mut p2, &k4.in_family(true)).is_some());
     }
 
     #[test]

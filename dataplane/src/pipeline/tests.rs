@@ -160,7 +160,10 @@ fn a_pipeline_over_adopted_flows_never_hands_out_a_port_they_hold() {
     let neigh = Arc::new(Neighbors::new(64));
     let (ep, task) = (0x0a00_0002, 0x0a00_000b);
     let mut fresh = Pipeline::new(cfg.clone(), neigh.clone());
-    let first = fresh.masq.pick(&fresh.flows, TCP, ep, task, 80, 0).unwrap();
+    let first = fresh
+        .masq
+        .pick(&fresh.flows, (TCP, false), ep, task, 80, 0)
+        .unwrap();
     let k = FlowKey::new(TCP, 0xac10_0001, 40000, 0xc0a8_010b, 8080);
     let r = FlowKey::new(TCP, task, 80, ep, first);
     let held = Flow::new(
@@ -186,7 +189,10 @@ fn a_pipeline_over_adopted_flows_never_hands_out_a_port_they_hold() {
     );
     assert_eq!((f.last_seen, f.rev_seen), (0, 0), "idle time starts again");
     for _ in 0..1000 {
-        let port = p.masq.pick(&p.flows, TCP, ep, task, 80, slot).unwrap();
+        let port = p
+            .masq
+            .pick(&p.flows, (TCP, false), ep, task, 80, slot)
+            .unwrap();
         assert_ne!(port, first, "a port an adopted flow holds was handed out");
     }
 }
@@ -204,12 +210,18 @@ fn masquerade_ports_are_unique_per_task_before_and_after_the_counter_wraps() {
     let span = (65536 - 1024) / 2;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..span {
-        let port = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
+        let port = p
+            .masq
+            .pick(&p.flows, (TCP, false), ep, task, 80, 5)
+            .unwrap();
         assert_eq!((port - 1024) % 2, 1, "worker 1's half of the port space");
         assert!(seen.insert(port), "port {port} given twice");
     }
     // Wrapped: from now on every candidate is checked against the live flows.
-    let taken = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
+    let taken = p
+        .masq
+        .pick(&p.flows, (TCP, false), ep, task, 80, 5)
+        .unwrap();
     let k = FlowKey::new(TCP, 0xac10_0001, 40000, 0xc0a8_010b, 8080);
     let r = FlowKey::new(TCP, task, 80, ep, taken);
     let f = Flow::new(
@@ -226,7 +238,10 @@ fn masquerade_ports_are_unique_per_task_before_and_after_the_counter_wraps() {
     );
     p.flows.insert(f, 0).unwrap();
     p.masq.rewind();
-    let next = p.masq.pick(&p.flows, TCP, ep, task, 80, 5).unwrap();
+    let next = p
+        .masq
+        .pick(&p.flows, (TCP, false), ep, task, 80, 5)
+        .unwrap();
     assert_ne!(next, taken, "a port a live flow holds is skipped");
 }
 

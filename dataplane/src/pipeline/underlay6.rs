@@ -68,7 +68,7 @@ impl Pipeline {
         as_ipv4(buf, h, ipkey(src), ipkey(dst))?;
         let l3 = parse_ipv4(buf.data(), ETH, false)?;
         if vxlan {
-            return self.decap(t, now, buf, l3, false);
+            return self.decap(t, now, buf, l3, false, false);
         }
         // Gossip from a peer's address but not from the peer's MAC is forged (as over IPv4).
         let smac = EthernetFrame::new_unchecked(buf.data()).src_addr().0;
