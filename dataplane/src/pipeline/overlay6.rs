@@ -700,6 +700,20 @@ mod tests {
         (t, Pipeline::new(cfg, neigh))
     }
 
+    /// `inner` in VXLAN on appnet (VNI 4097) from node 192.168.1.`from` to 192.168.1.`to`, as
+    /// a peer's meshd sends it (both uplinks have the default MAC).
+    fn appnet_vxlan(from: u8, to: u8, inner: &[u8]) -> Vec<u8> {
+        testkit::vxlan_frame(
+            Config::default().uplink_mac,
+            Config::default().uplink_mac,
+            Ipv4Addr::new(192, 168, 1, from),
+            Ipv4Addr::new(192, 168, 1, to),
+            50000,
+            4097,
+            inner,
+        )
+    }
+
     fn on(node: &str) -> (ServiceTable, Pipeline) {
         on_node(&state(true), node, 1, 0)
     }
@@ -1100,15 +1114,7 @@ mod tests {
         // From another node (out of VXLAN), the asker's own node answers: not handed over.
         let mut f = echo6([0; 6], twin(WEB2), twin(VIP), true);
         f[6..12].copy_from_slice(&tasks_mac());
-        let vx = testkit::vxlan_frame(
-            Config::default().uplink_mac,
-            Config::default().uplink_mac,
-            Ipv4Addr::new(192, 168, 1, 13),
-            Ipv4Addr::new(192, 168, 1, 12),
-            50000,
-            4097,
-            &f,
-        );
+        let vx = appnet_vxlan(13, 12, &f);
         let (v, _) = run(&mut p2, &t2, PortId::Uplink, &vx);
         assert_eq!(v, Verdict::Drop(DropReason::Ipv6Untranslated));
     }
@@ -1235,15 +1241,7 @@ mod tests {
             assert_eq!(got[ETH + 8..], piece[ETH + 8..]);
         }
         // From a peer (n3): n2 does not pass on a piece to web.2, which is not its task.
-        let transit = testkit::vxlan_frame(
-            Config::default().uplink_mac,
-            Config::default().uplink_mac,
-            Ipv4Addr::new(192, 168, 1, 13),
-            Ipv4Addr::new(192, 168, 1, 12),
-            50000,
-            4097,
-            &pieces[0],
-        );
+        let transit = appnet_vxlan(13, 12, &pieces[0]);
         let (v, _) = run(&mut p2, &t2, PortId::Uplink, &transit);
         assert_eq!(v, Verdict::Drop(DropReason::Ipv6Fragment));
         // A hop limit that ran out, from the task and from a peer.
@@ -1673,15 +1671,7 @@ mod tests {
         // Out of VXLAN, a frame over the MTU (a peer that did not check) is dropped.
         let (t3, mut p3) = on("n3");
         let inner = udp6([0; 6], twin(CLI), 5353, twin(WEB2), mtu - 47);
-        let vx = testkit::vxlan_frame(
-            Config::default().uplink_mac,
-            Config::default().uplink_mac,
-            Ipv4Addr::new(192, 168, 1, 12),
-            Ipv4Addr::new(192, 168, 1, 13),
-            50000,
-            4097,
-            &inner,
-        );
+        let vx = appnet_vxlan(12, 13, &inner);
         assert_eq!(
             run(&mut p3, &t3, PortId::Uplink, &vx).0,
             Verdict::Drop(DropReason::TooBig)
@@ -2072,15 +2062,7 @@ mod tests {
                 SYN | ACK,
                 1,
             );
-            let from = testkit::vxlan_frame(
-                Config::default().uplink_mac,
-                Config::default().uplink_mac,
-                Ipv4Addr::new(192, 168, 1, 13),
-                Ipv4Addr::new(192, 168, 1, 12),
-                50000,
-                4097,
-                &inner,
-            );
+            let from = appnet_vxlan(13, 12, &inner);
             for (k, (port, f)) in [(PortId::Tasks, to), (PortId::Uplink, from)]
                 .into_iter()
                 .enumerate()
@@ -2249,15 +2231,7 @@ mod tests {
             let (t, mut p) = on("n3");
             let inner = testkit::tcp6_frame([0; 6], tasks_mac(), twin(CLI), 40000, twin(WEB2), 80, SYN, 1);
             let mut f = if uplink {
-                testkit::vxlan_frame(
-                    Config::default().uplink_mac,
-                    Config::default().uplink_mac,
-                    Ipv4Addr::new(192, 168, 1, 12),
-                    Ipv4Addr::new(192, 168, 1, 13),
-                    50000,
-                    4097,
-                    &inner,
-                )
+                appnet_vxlan(12, 13, &inner)
             } else {
                 testkit::tcp6_frame(WEB2_MAC, tasks_mac(), twin(WEB2), 80, twin(CLI), 40000, SYN | ACK, 1)
             };
