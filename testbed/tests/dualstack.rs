@@ -22,8 +22,9 @@
 //! refused at once (the task's port unreachable, translated both ways), and so is one to the
 //! VIP or its twin (the error's quote turned back to what the client sent the VIP). `ping -6` of the VIP's
 //! and the gateway's twins is answered (by meshd's host side, in IPv6), with 4,000 bytes too
-//! (the request's pieces put together there, the reply in pieces), and DNS over IPv6 to
-//! the gateway's twin refused at once (port unreachable: the resolver speaks IPv4). meshd counts no drop that says a translated packet was wrong (checksums,
+//! (the request's pieces put together there, the reply in pieces), and the resolver answers
+//! on the gateway's twin too (`dig @TWIN AAAA web`, over UDP and `+tcp`, from every node's
+//! client). meshd counts no drop that says a translated packet was wrong (checksums,
 //! spoofed or unknown sources, fragments). UDP datagrams of up to 8,000 bytes over IPv6 (in
 //! pieces both ways) are echoed whole by a web task, by its twin and by the VIP's. On `v4net`, an IPv4-only network of the same mesh,
 //! the task has no IPv6 at all and AAAA of a service is NODATA (NOERROR, no answer).
@@ -136,7 +137,14 @@ impl Dig {
 /// `dig NAME TYPE` in task namespace `ns`, of the resolver its resolv.conf names (meshd's, on
 /// the IPv4 gateway of its network), as a program in the task would ask.
 fn dig(ns: &str, name: &str, qtype: &str) -> Dig {
-    let out = sys::exec_in_output(ns, "dig", &[name, qtype, "+time=2", "+tries=2"]).unwrap();
+    dig_with(ns, name, qtype, &[])
+}
+
+/// [`dig`] with more of dig's arguments (`@SERVER`, `+tcp`).
+fn dig_with(ns: &str, name: &str, qtype: &str, more: &[&str]) -> Dig {
+    let mut args = vec![name, qtype, "+time=2", "+tries=2"];
+    args.extend_from_slice(more);
+    let out = sys::exec_in_output(ns, "dig", &args).unwrap();
     let mut d = Dig {
         raw: out.stdout.clone(),
         ..Dig::default()
@@ -163,7 +171,7 @@ fn dig(ns: &str, name: &str, qtype: &str) -> Dig {
     }
     assert!(
         !d.status.is_empty(),
-        "{ns}: dig {name} {qtype} got no answer:\n{}\n{}",
+        "{ns}: dig {name} {qtype} {more:?} got no answer:\n{}\n{}",
         out.stdout,
         out.stderr
     );
@@ -702,9 +710,7 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
     }
     eprintln!("dig @{vip} -p 9 and @{vip6} -p 9 from n1 and n3: connection refused");
 
-    // The VIP's twin and the gateway's answer ping -6 (meshd's host side, in IPv6), and the
-    // resolver on the gateway's twin refuses at once (it answers over IPv4 only), so a stub
-    // resolver moves on to the next server instead of waiting.
+    // The VIP's twin and the gateway's answer ping -6 (meshd's host side, in IPv6).
     let gw6 = net.twin(plan::gateway(net.k)).unwrap();
     ping6(&c1.ns, vip6, "client on n1 -> web's VIP");
     ping6(&c1.ns, gw6, "client on n1 -> appnet's gateway");
@@ -743,17 +749,6 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
         );
     }
     eprintln!("ping -6 -s 4000 of the VIP's and the gateway's twins and of two tasks': answered");
-    let out = sys::exec_in_output(
-        &c1.ns,
-        "dig",
-        &[&format!("@{gw6}"), "+tries=1", "+time=4", "web"],
-    )
-    .unwrap();
-    let said = format!("{}{}", out.stdout, out.stderr);
-    assert!(
-        said.contains("connection refused"),
-        "dig @{gw6} web (DNS over IPv6): refused expected\n{said}"
-    );
 
     // A task whose own MTU is larger than the network's (1500) learns the network's from
     // meshd: its first packet over 1450 bytes gets ICMPv6 packet too big from its gateway's
@@ -817,6 +812,31 @@ fn a_dual_stack_overlay_resolves_connects_and_pings_over_ipv6_on_every_node() {
             "{node}: dig A web, again\n{}",
             d.raw
         );
+        // DNS over IPv6: the resolver answers on the gateway's twin too, over UDP and TCP,
+        // the same answers (a task whose resolv.conf names the twin, or an IPv6-only one).
+        let at6 = format!("@{gw6}");
+        for more in [vec![at6.as_str()], vec![at6.as_str(), "+tcp"]] {
+            let d = dig_with(&c.ns, "web", "AAAA", &more);
+            assert_eq!(
+                (d.status.as_str(), d.of("AAAA")),
+                ("NOERROR", v6set([vip6])),
+                "{node}: dig {more:?} AAAA web (DNS over IPv6)\n{}",
+                d.raw
+            );
+            assert!(
+                d.raw.contains(&format!("SERVER: {gw6}#53")),
+                "{node}: dig {more:?}: answered by another server\n{}",
+                d.raw
+            );
+            let d = dig_with(&c.ns, "tasks.web", "A", &more);
+            assert_eq!(
+                (d.status.as_str(), d.of("A")),
+                ("NOERROR", v4set(web4.iter().copied())),
+                "{node}: dig {more:?} A tasks.web (DNS over IPv6)\n{}",
+                d.raw
+            );
+        }
+        eprintln!("{node}: dig @{gw6} [+tcp] AAAA web: {vip6}; A tasks.web: the tasks");
     }
     for node in NODES {
         let c = task_on(&m, "client", node);

@@ -1,6 +1,7 @@
 //! One overlay network's share of the host stack on this node: a smoltcp [`Interface`] holding
-//! the network's gateway address, with the embedded resolver's sockets (UDP 53, and TCP 53 for
-//! answers that do not fit) and the health probes' TCP client sockets.
+//! the network's gateway address (and on a dual-stack network its IPv6 twin), with the embedded
+//! resolver's sockets (UDP 53, and TCP 53 for answers that do not fit, on both addresses) and
+//! the health probes' TCP client sockets.
 //!
 //! The interface's device speaks IP (`Medium::Ip`): the lane strips the Ethernet header of
 //! frames from local tasks (learning each task's MAC from them) and adds one to what smoltcp
@@ -12,6 +13,10 @@
 //!
 //! smoltcp answers what reaches the gateway and no socket wants: a TCP segment with a RST, a
 //! UDP datagram with an ICMP port unreachable.
+//!
+//! Over IPv6 (a task asking the gateway's twin) the same: a task's twin names its IPv4 address
+//! in its last 32 bits, so its MAC is learnt, looked up and asked for (ARP) by that address, and
+//! its frames go out as IPv6. No Neighbor Discovery: the pipeline answers it for the twin.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -21,7 +26,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, HardwareAddress, IpAddress, IpCidr,
-    IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Packet,
+    IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Packet, Ipv6Address, Ipv6Packet,
 };
 
 use super::health::{Outcome, Probe};
@@ -116,6 +121,8 @@ pub enum Via {
 #[derive(Debug, Clone)]
 pub struct DnsRequest {
     pub from: IpEndpoint,
+    /// The address it was sent to (the gateway or its twin), which the answer comes from.
+    pub to: IpAddress,
     pub via: Via,
     pub msg: Vec<u8>,
 }
@@ -133,7 +140,7 @@ struct ProbeConn {
 struct DnsConn {
     buf: Vec<u8>,
     /// The client, from when the connection opened (`None` while listening).
-    peer: Option<Ipv4Address>,
+    peer: Option<IpAddress>,
     /// When it opened, and when it last received a byte (ms).
     since: u64,
     last: u64,
@@ -153,6 +160,8 @@ pub struct Lane {
     pub vni: u32,
     pub gateway: Ipv4Address,
     pub prefix: u8,
+    /// The gateway's IPv6 twin and the network's IPv6 prefix length, on a dual-stack network.
+    pub gateway6: Option<(Ipv6Address, u8)>,
     tasks_mac: [u8; 6],
     iface: Interface,
     dev: LaneDevice,
@@ -184,6 +193,23 @@ fn is_unicast(a: Ipv4Address) -> bool {
     !(a.is_unspecified() || a.is_broadcast() || a.is_multicast())
 }
 
+/// The resolver's port on every address of the lane (the gateway's, its twin's).
+const DNS_PORT: IpListenEndpoint = IpListenEndpoint {
+    addr: None,
+    port: 53,
+};
+
+/// The IPv4 address twin `a` names in its last 32 bits (a task's key for its MAC), when `a` is
+/// a twin on the network whose gateway's twin is `gateway6`: its first 96 bits are that one's.
+pub(super) fn twin_of(gateway6: Option<(Ipv6Address, u8)>, a: Ipv6Address) -> Option<Ipv4Address> {
+    let (g, _) = gateway6?;
+    if (u128::from(a) ^ u128::from(g)) >> 32 != 0 {
+        return None;
+    }
+    let o = a.octets();
+    Some(Ipv4Address::new(o[12], o[13], o[14], o[15]))
+}
+
 fn udp_socket() -> udp::Socket<'static> {
     let rx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 64 * 1024]);
     let tx = udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 256], vec![0; 128 * 1024]);
@@ -200,14 +226,16 @@ fn dns_tcp_socket() -> tcp::Socket<'static> {
 }
 
 impl Lane {
-    /// A lane for the network with VNI `vni` whose gateway is `gateway/prefix`; `None` when the
-    /// gateway cannot be an interface address.
+    /// A lane for the network with VNI `vni` whose gateway is `gateway/prefix` (and, on a
+    /// dual-stack network, whose twin is `gateway6`); `None` when the gateway cannot be an
+    /// interface address.
     // Casts: a remainder below the probe port range's width.
     #[allow(clippy::cast_possible_truncation)]
     pub fn new(
         vni: u32,
         gateway: Ipv4Address,
         prefix: u8,
+        gateway6: Option<(Ipv6Address, u8)>,
         tasks_mac: [u8; 6],
         seed: u64,
         now: u64,
@@ -220,21 +248,25 @@ impl Lane {
         cfg.random_seed = seed ^ u64::from(vni);
         let mut iface = Interface::new(cfg, &mut dev, Instant::from_millis(now as i64));
         let mut ok = true;
+        if gateway6.is_some_and(|(a, len)| {
+            len > 128 || a.is_unspecified() || a.is_multicast() || a.is_loopback()
+        }) {
+            return None;
+        }
         iface.update_ip_addrs(|a| {
             ok = a
                 .push(IpCidr::new(IpAddress::Ipv4(gateway), prefix))
                 .is_ok()
+                && gateway6
+                    .is_none_or(|(g6, len)| a.push(IpCidr::new(IpAddress::Ipv6(g6), len)).is_ok());
         });
         if !ok {
             return None;
         }
         let mut sockets = SocketSet::new(Vec::new());
         let mut u = udp_socket();
-        u.bind(IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(gateway)),
-            port: 53,
-        })
-        .ok()?;
+        // Bound to the port alone: the interface holds only the gateway's addresses.
+        u.bind(DNS_PORT).ok()?;
         let udp = sockets.add(u);
         let mut dns_tcp = Vec::new();
         for _ in 0..DNS_TCP_SOCKETS {
@@ -244,6 +276,7 @@ impl Lane {
             vni,
             gateway,
             prefix,
+            gateway6,
             tasks_mac,
             iface,
             dev,
@@ -266,7 +299,7 @@ impl Lane {
     /// Resets the newest resolver connections of any client holding more than its share;
     /// returns how many.
     fn limit_dns_clients(&mut self) -> u64 {
-        let mut open: Vec<(Ipv4Address, u64, SocketHandle)> = self
+        let mut open: Vec<(IpAddress, u64, SocketHandle)> = self
             .dns_tcp
             .iter()
             .filter_map(|(h, c)| Some((c.peer?, c.since, *h)))
@@ -289,28 +322,31 @@ impl Lane {
 
     /// Keeps every resolver TCP socket that is not serving listening.
     fn listen(&mut self) {
-        let gw = self.gateway;
         for (h, conn) in &mut self.dns_tcp {
             let s = self.sockets.get_mut::<tcp::Socket>(*h);
             if s.state() == tcp::State::Closed {
                 conn.buf.clear();
-                let _ = s.listen(IpListenEndpoint {
-                    addr: Some(IpAddress::Ipv4(gw)),
-                    port: 53,
-                });
+                let _ = s.listen(DNS_PORT);
             }
         }
     }
 
-    /// A frame from a local task to the gateway.
+    /// A frame from a local task to the gateway or (IPv6) to its twin.
     pub fn input(&mut self, frame: &[u8]) {
         let (Some(eth), Some(ip)) = (frame.get(..ETH), frame.get(ETH..)) else {
             return;
         };
-        if let Ok(p) = Ipv4Packet::new_checked(ip) {
+        let src = match frame.get(12..14) {
+            Some([0x08, 0x00]) => Ipv4Packet::new_checked(ip).ok().map(|p| p.src_addr()),
+            Some([0x86, 0xdd]) => Ipv6Packet::new_checked(ip)
+                .ok()
+                .and_then(|p| twin_of(self.gateway6, p.src_addr())),
+            _ => None,
+        };
+        if let Some(src) = src {
             let mut mac = [0u8; 6];
             mac.copy_from_slice(&eth[6..12]);
-            self.macs.insert(p.src_addr(), mac);
+            self.macs.insert(src, mac);
         }
         self.dev.rx.push_back(ip.to_vec());
     }
@@ -388,7 +424,7 @@ impl Lane {
             Via::Udp => {
                 let meta = udp::UdpMetadata {
                     endpoint: req.from,
-                    local_address: Some(IpAddress::Ipv4(self.gateway)),
+                    local_address: Some(req.to),
                     meta: Default::default(),
                 };
                 self.sockets
@@ -425,6 +461,7 @@ impl Lane {
         while let Ok((data, meta)) = u.recv() {
             ev.dns.push(DnsRequest {
                 from: meta.endpoint,
+                to: meta.local_address.unwrap_or(IpAddress::Ipv4(self.gateway)),
                 via: Via::Udp,
                 msg: data.to_vec(),
             });
@@ -439,11 +476,7 @@ impl Lane {
                     continue;
                 }
                 (_, Some(ep)) if conn.peer.is_none() => {
-                    let IpAddress::Ipv4(a) = ep.addr else {
-                        s.abort();
-                        continue;
-                    };
-                    conn.peer = Some(a);
+                    conn.peer = Some(ep.addr);
                     conn.since = now;
                     conn.last = now;
                 }
@@ -478,9 +511,10 @@ impl Lane {
                 }
                 let msg = conn.buf[2..2 + len].to_vec();
                 conn.buf.drain(..2 + len);
-                if let Some(from) = s.remote_endpoint() {
+                if let (Some(from), Some(to)) = (s.remote_endpoint(), s.local_endpoint()) {
                     ev.dns.push(DnsRequest {
                         from,
+                        to: to.addr,
                         via: Via::Tcp(*h),
                         msg,
                     });
@@ -575,14 +609,22 @@ impl Lane {
         Some(at.total_millis().max(0) as u64)
     }
 
-    /// Puts an Ethernet header on each IP packet smoltcp sent.
+    /// Puts an Ethernet header on each IP packet smoltcp sent: to a task of the network, by
+    /// its IPv4 address or its twin's (whose last 32 bits are that address).
     fn frame_out(&mut self, now: u64, neigh: &Neighbors) {
         let mut packets: Vec<(Ipv4Address, u64, Vec<u8>)> = std::mem::take(&mut self.pending);
+        let gateway6 = self.gateway6;
         for p in self.dev.tx.drain(..) {
-            let Ok(ip) = Ipv4Packet::new_checked(&p[..]) else {
-                continue;
+            let dst = match p.first().map(|b| b >> 4) {
+                Some(4) => Ipv4Packet::new_checked(&p[..]).ok().map(|ip| ip.dst_addr()),
+                Some(6) => Ipv6Packet::new_checked(&p[..])
+                    .ok()
+                    .and_then(|ip| twin_of(gateway6, ip.dst_addr())),
+                _ => None,
             };
-            packets.push((ip.dst_addr(), now, p));
+            if let Some(dst) = dst {
+                packets.push((dst, now, p));
+            }
         }
         for (dst, since, p) in packets {
             let mac = self
@@ -595,7 +637,11 @@ impl Lane {
                     let mut f = Vec::with_capacity(ETH + p.len());
                     f.extend_from_slice(&mac);
                     f.extend_from_slice(&self.tasks_mac);
-                    f.extend_from_slice(&[0x08, 0x00]);
+                    f.extend_from_slice(if p[0] >> 4 == 6 {
+                        &[0x86, 0xdd]
+                    } else {
+                        &[0x08, 0x00]
+                    });
                     f.extend_from_slice(&p);
                     self.out.push(f);
                 }
@@ -757,24 +803,39 @@ mod tests {
 
     #[test]
     fn a_lane_needs_a_unicast_gateway() {
-        assert!(Lane::new(
+        let lane = |gw: Ipv4Address, gw6: Option<&str>| {
+            let gw6 = gw6.map(|a| (a.parse::<Ipv6Address>().unwrap(), 64));
+            Lane::new(4097, gw, 24, gw6, [2, 0, 0, 0, 0, 2], 1, 0).is_some()
+        };
+        let gw = Ipv4Address::new(10, 0, 1, 1);
+        assert!(lane(gw, None));
+        assert!(lane(gw, Some("fd00:10:1::a00:101")));
+        assert!(!lane(Ipv4Address::new(224, 0, 0, 1), None));
+        assert!(!lane(Ipv4Address::BROADCAST, None));
+        assert!(!lane(gw, Some("ff02::a00:101")));
+        assert!(!lane(gw, Some("::")));
+    }
+
+    #[test]
+    fn only_twins_of_the_network_are_its_tasks() {
+        let g6: Ipv6Address = "fd00:10:1::a00:101".parse().unwrap();
+        let l = Lane::new(
             4097,
             Ipv4Address::new(10, 0, 1, 1),
             24,
-            [2, 0, 0, 0, 0, 2],
+            Some((g6, 64)),
+            [2; 6],
             1,
-            0
+            0,
         )
-        .is_some());
-        assert!(Lane::new(
-            4097,
-            Ipv4Address::new(224, 0, 0, 1),
-            24,
-            [2, 0, 0, 0, 0, 2],
-            1,
-            0
-        )
-        .is_none());
-        assert!(Lane::new(4097, Ipv4Address::BROADCAST, 24, [2, 0, 0, 0, 0, 2], 1, 0).is_none());
+        .unwrap();
+        let twin = |a: &str| twin_of(l.gateway6, a.parse().unwrap());
+        assert_eq!(
+            twin("fd00:10:1::a00:10b"),
+            Some(Ipv4Address::new(10, 0, 1, 11))
+        );
+        assert_eq!(twin("fd00:10:2::a00:10b"), None);
+        assert_eq!(twin("fd00:10:1::1:a00:10b"), None);
+        assert_eq!(twin_of(None, "fd00:10:1::a00:10b".parse().unwrap()), None);
     }
 }

@@ -6,8 +6,9 @@
 //! spawns nothing: the daemon's host thread (or the in-memory simulation) gives it the time, the
 //! current service table and the pipeline's neighbour table.
 //!
-//! - [`lane`]: per overlay network, a smoltcp interface with the network's gateway address: the
-//!   embedded DNS resolver ([`dns`], [`resolver`]) on UDP and TCP port 53, and the health
+//! - [`lane`]: per overlay network, a smoltcp interface with the network's gateway address (and
+//!   its IPv6 twin on a dual-stack network): the embedded DNS resolver ([`dns`], [`resolver`])
+//!   on UDP and TCP port 53, and the health
 //!   probes' TCP connections to this node's tasks;
 //! - [`health`]: which of this node's tasks to check when, and their verdicts;
 //! - [`gossip`]: the verdicts this node tells its peers and hears from them;
@@ -40,7 +41,7 @@ use smoltcp::wire::{
 
 pub use stateless::{answer, HostAction};
 
-use crate::balance::table::{AddrKind, HealthView, NodeIdx, ServiceTable};
+use crate::balance::table::{AddrKind, HealthView, NetIdx, NodeIdx, ServiceTable};
 use crate::buf::PortId;
 use crate::neigh::Neighbors;
 use dns::{AnswerSpec, Malformed, Rcode};
@@ -263,18 +264,22 @@ impl HostStack {
         }
         self.generation = Some(t.generation);
         let mut lanes = Vec::with_capacity(t.networks.len());
-        for n in &t.networks {
+        for (i, n) in t.networks.iter().enumerate() {
             let (gw, prefix) = (n.gateway, n.subnet.prefix);
-            let existing = self
-                .lanes
-                .iter()
-                .position(|l| l.vni == n.vni && l.gateway == gw && l.prefix == prefix);
+            let gw6 = NetIdx::try_from(i)
+                .ok()
+                .and_then(|i| t.subnet6(i))
+                .map(|p| (p.embed(gw), p.prefix));
+            let existing = self.lanes.iter().position(|l| {
+                l.vni == n.vni && l.gateway == gw && l.prefix == prefix && l.gateway6 == gw6
+            });
             let lane = match existing {
                 Some(i) => Some(self.lanes.swap_remove(i)),
                 None => Lane::new(
                     n.vni,
                     gw,
                     prefix,
+                    gw6,
                     self.cfg.tasks_mac,
                     self.cfg.seed ^ now,
                     now,
@@ -320,6 +325,13 @@ impl HostStack {
             // as long as the request that came in, back where it came from.
             let added = self.defrag.add6(frame, now);
             if let Some(whole) = self.joined(added, frame) {
+                // TCP or UDP to the gateway's twin: its lane (the resolver, over IPv6).
+                if port == PortId::Tasks {
+                    if let Some(lane) = self.lane6(&whole) {
+                        lane.input(&whole);
+                        return;
+                    }
+                }
                 let mtu = match port {
                     PortId::Uplink => self.cfg.uplink_mtu,
                     // The asker's twin holds its IPv4 address in its last 32 bits.
@@ -380,6 +392,17 @@ impl HostStack {
             PortId::Tasks => self.task_mtu(t, Some(src)),
         };
         self.stateless(port, frame, mtu);
+    }
+
+    /// The lane whose gateway's twin IPv6 frame `f` (TCP or UDP, no extension header) is to.
+    fn lane6(&mut self, f: &[u8]) -> Option<&mut Lane> {
+        let h = crate::pipeline::parse_ipv6(f, ETH).ok()?;
+        if !matches!(f.get(ETH + 6), Some(6 | 17)) {
+            return None;
+        }
+        self.lanes
+            .iter_mut()
+            .find(|l| l.gateway6.is_some_and(|(g, _)| g == h.dst))
     }
 
     /// The MTU of the network of task `src`.
@@ -681,8 +704,17 @@ impl HostStack {
             return;
         };
         let (vni, gw) = (l.vni, l.gateway);
-        let IpAddress::Ipv4(from) = req.from.addr else {
-            return;
+        // An asker over IPv6 is the task its twin names (the pipeline checked the twin is the
+        // sender's own).
+        let from = match req.from.addr {
+            IpAddress::Ipv4(a) => a,
+            IpAddress::Ipv6(a) => match lane::twin_of(l.gateway6, a) {
+                Some(a) => a,
+                None => {
+                    self.stats.dns_dropped += 1;
+                    return;
+                }
+            },
         };
         let Some(net) = t.addr(gw).map(|e| e.net) else {
             return;
@@ -1592,23 +1624,30 @@ mod tests {
         assert_eq!(tasks_frame_vlan(&t, &udp[..20]), 0);
     }
 
-    /// A task's echo request and SYN to the twin of a VIP of a dual-stack network (the
-    /// pipeline hands them over as IPv6, no flow taking them): answered on the tasks port, in
-    /// IPv6, from the twin, on the task's VLAN.
-    #[test]
-    fn a_tasks_ipv6_to_a_vip_twin_is_answered_back_to_it_in_ipv6() {
+    /// n2's host side in the example mesh whose appnet is dual-stack (fd00:10:1::/64), web.1
+    /// on VLAN 101: the stack, its table, the network's IPv6 prefix.
+    fn dual_stack_n2() -> (HostStack, ServiceTable, ctl::model::Ipv6Net) {
         let mut s = crate::testkit::three_nodes();
         let p: ctl::model::Ipv6Net = "fd00:10:1::/64".parse().unwrap();
         s.networks[1].subnet6 = Some(p);
         s.services[0].tasks[0].vlan = Some(101);
         let t = ServiceTable::build(&s, "n2", 1).unwrap_or_else(|e| panic!("{e}"));
-        let mut h = HostStack::new(HostConfig {
+        let h = HostStack::new(HostConfig {
             uplink_mac: [2, 0, 0, 0, 0, 1],
             tasks_mac: [2, 0, 0, 0, 0, 2],
             seed: 9,
             uplink_mtu: 1500,
             gossip_keys: gossip::Keyring::default(),
         });
+        (h, t, p)
+    }
+
+    /// A task's echo request and SYN to the twin of a VIP of a dual-stack network (the
+    /// pipeline hands them over as IPv6, no flow taking them): answered on the tasks port, in
+    /// IPv6, from the twin, on the task's VLAN.
+    #[test]
+    fn a_tasks_ipv6_to_a_vip_twin_is_answered_back_to_it_in_ipv6() {
+        let (mut h, t, p) = dual_stack_n2();
         let (web1, vip) = (
             p.embed(Ipv4Addr::new(10, 0, 1, 11)),
             p.embed(Ipv4Addr::new(10, 0, 1, 2)),
@@ -1648,5 +1687,80 @@ mod tests {
         let mut other = out[0].1.clone();
         other[14 + 24] ^= 0x80;
         assert_eq!(tasks_frame_vlan(&t, &other), 0);
+    }
+
+    /// A task's DNS query to its gateway's twin (DNS over IPv6): answered by the resolver from
+    /// the twin, over UDP and over TCP, on the task's VLAN, AAAA by the twins; from an IPv6
+    /// address outside the network's twins, nothing.
+    #[test]
+    fn a_tasks_dns_query_to_the_gateways_twin_is_answered_over_ipv6() {
+        use smoltcp::wire::{Ipv6Packet, TcpPacket};
+        let (mut h, t, p) = dual_stack_n2();
+        let neigh = Neighbors::new(64);
+        let [web1, vip, gw6] = [11, 2, 1].map(|x| p.embed(Ipv4Addr::new(10, 0, 1, x)));
+        let (task_mac, tasks_mac) = ([2, 0, 0, 0, 0, 0x11], [2, 0, 0, 0, 0, 2]);
+        let query = |src, sport: u16, q: &[u8]| {
+            let udp = UdpRepr {
+                src_port: sport,
+                dst_port: 53,
+            };
+            testkit::ipv6_with(
+                task_mac,
+                tasks_mac,
+                src,
+                gw6,
+                64,
+                IpProtocol::Udp,
+                8 + q.len(),
+                |b| {
+                    udp.emit(
+                        &mut UdpPacket::new_unchecked(b),
+                        &IpAddress::Ipv6(src),
+                        &IpAddress::Ipv6(gw6),
+                        q.len(),
+                        |d| d.copy_from_slice(q),
+                        &ChecksumCapabilities::default(),
+                    );
+                },
+            )
+        };
+        let q = dns::build_query(7, "web", 28, Some(1232));
+        h.input(&t, PortId::Tasks, &query(web1, 40000, &q), 1);
+        h.poll(&t, &neigh, 2);
+        let out = h.take_output();
+        assert_eq!(out.len(), 1, "{out:?}");
+        let (port, f) = &out[0];
+        assert_eq!(*port, PortId::Tasks);
+        assert_eq!(testkit::eth(f).unwrap(), (task_mac, tasks_mac, 0x86dd));
+        assert_eq!(tasks_frame_vlan(&t, f), 101, "web.1's VLAN");
+        let ip = Ipv6Packet::new_checked(&f[14..]).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (gw6, web1));
+        let u = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert!(u.verify_checksum(&IpAddress::Ipv6(gw6), &IpAddress::Ipv6(web1)));
+        assert_eq!((u.src_port(), u.dst_port()), (53, 40000));
+        let a = dns::parse_answer(u.payload()).expect("a DNS answer");
+        assert_eq!((a.id, a.rcode, a.aa), (7, 0, true));
+        assert_eq!(a.aaaa.iter().map(|r| r.0).collect::<Vec<_>>(), [vip]);
+        assert_eq!(h.stats.dns_queries, 1);
+
+        // Over TCP: the resolver's sockets listen on the twin too (a SYN-ACK, not a RST).
+        let syn = testkit::tcp6_frame(task_mac, tasks_mac, web1, 40001, gw6, 53, 0x02, 1);
+        h.input(&t, PortId::Tasks, &syn, 3);
+        h.poll(&t, &neigh, 4);
+        let out = h.take_output();
+        assert_eq!(out.len(), 1, "{out:?}");
+        let ip = Ipv6Packet::new_checked(&out[0].1[14..]).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (gw6, web1));
+        let seg = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(seg.syn() && seg.ack() && !seg.rst(), "SYN-ACK expected");
+        assert_eq!(seg.src_port(), 53);
+
+        // From an address outside the network's twins (the pipeline lets no task send it; the
+        // lane keeps to its own anyway): no answer, no query served.
+        let stranger: Ipv6Address = "fd00:99::a00:10b".parse().unwrap();
+        h.input(&t, PortId::Tasks, &query(stranger, 40002, &q), 5);
+        h.poll(&t, &neigh, 6);
+        assert!(h.take_output().is_empty());
+        assert_eq!((h.stats.dns_queries, h.stats.dns_dropped), (2, 1));
     }
 }

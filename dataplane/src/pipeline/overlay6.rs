@@ -1318,9 +1318,8 @@ mod tests {
             let (v, _) = run(&mut p2, &t2, PortId::Tasks, &f);
             assert_eq!(v, Verdict::Drop(want), "{what}");
         }
-        // UDP to the gateway's twin (DNS over IPv6): handed to the host side as it came, which
-        // answers port unreachable (the resolver answers over IPv4 only), so a stub resolver
-        // moves on at once.
+        // UDP to the gateway's twin (DNS over IPv6): handed to the host side as it came, whose
+        // resolver answers on the twin too (`host`).
         let dns = {
             let l = 8 + 12;
             testkit::ipv6_with(
