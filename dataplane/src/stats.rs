@@ -97,8 +97,8 @@ reasons! {
         /// TCP or UDP checksum (or an ICMPv6 one) is wrong.
         BadL4Checksum = "bad_l4_checksum",
         /// A protocol other than TCP, UDP or ICMP; over IPv6, also ICMPv6 other than echo
-        /// requests to the node's address and Neighbor Discovery (a ping of a multicast
-        /// group, an error message).
+        /// requests and errors to the node's address and Neighbor Discovery (a ping of a
+        /// multicast group, an error message to one).
         UnknownProtocol = "unknown_protocol",
         /// Addressed to an IP this node does not serve.
         NotForUs = "not_for_us",
@@ -196,6 +196,11 @@ reasons! {
         /// Neighbor Discovery not for meshd to answer: a solicitation for another address,
         /// an advertisement, a router solicitation or advertisement, a redirect.
         NdpIgnored = "ndp_ignored",
+        /// An ICMPv6 error to the node's IPv6 address that names no flow of this node: its
+        /// quote is not a TCP or UDP packet from the node's address, or no live flow of a
+        /// published port (of that IPv6 client) is the one it names. (IPv4's go to the host
+        /// stack, which takes none of them either: it counts them `ignored`.)
+        Icmp6NoFlow = "icmpv6_no_flow",
         /// A packet of an IPv6 client to a published port whose flow key (which holds a
         /// stand-in IPv4 address hashed from the client's) is another IPv6 client's flow: two
         /// addresses that hash alike, from the same port. Dropped, never delivered into the

@@ -274,7 +274,7 @@ impl Pipeline {
                 if for_me =>
             {
                 self.icmp6_from_client(t, now, buf, h)
-                    .unwrap_or(Err(DropReason::UnknownProtocol))
+                    .unwrap_or(Err(DropReason::Icmp6NoFlow))
             }
             m if m.is_ndisc() => Err(DropReason::NdpIgnored),
             _ => Err(DropReason::UnknownProtocol),

@@ -1271,7 +1271,7 @@ mod tests {
         other_source[ETH + 8..ETH + 24].copy_from_slice(&router.octets());
         for r in [other_port, other_client, other_source] {
             let (v, _) = run(&mut p, &t, PortId::Uplink, &too_big(&r));
-            assert_eq!(v, Verdict::Drop(DropReason::UnknownProtocol));
+            assert_eq!(v, Verdict::Drop(DropReason::Icmp6NoFlow));
         }
         // The reply as no IPv4 packet could be (its length with IPv4's header past 65,535):
         // refused, nothing sent, not counted.

@@ -1327,8 +1327,9 @@ fn every_drop_reason_is_produced_and_counted() {
         DropReason::BadNdp,
         DropReason::NdpIgnored,
     ]);
-    // pipeline::nat64's two_clients_with_one_stand_in_never_share_a_flow.
-    seen.push(DropReason::Ipv6ClientCollision);
+    // pipeline::nat64's two_clients_with_one_stand_in_never_share_a_flow, and
+    // a_routers_packet_too_big_about_a_reply_reaches_the_task_as_fragmentation_needed.
+    seen.extend([DropReason::Ipv6ClientCollision, DropReason::Icmp6NoFlow]);
     // pipeline::overlay6's what_is_not_carried_is_dropped_by_reason.
     seen.push(DropReason::Ipv6Untranslated);
     // The seal reasons: an_encrypted_network_is_sealed_between_nodes_and_what_does_not_open_is_refused
