@@ -139,8 +139,9 @@ struct ProbeConn {
 #[derive(Debug, Default)]
 struct DnsConn {
     buf: Vec<u8>,
-    /// The client, from when the connection opened (`None` while listening).
-    peer: Option<IpAddress>,
+    /// The client, from when the connection opened (`None` while listening): a task's IPv4
+    /// address, also when it asks from its twin (its share is the task's, in both families).
+    peer: Option<Ipv4Address>,
     /// When it opened, and when it last received a byte (ms).
     since: u64,
     last: u64,
@@ -299,7 +300,7 @@ impl Lane {
     /// Resets the newest resolver connections of any client holding more than its share;
     /// returns how many.
     fn limit_dns_clients(&mut self) -> u64 {
-        let mut open: Vec<(IpAddress, u64, SocketHandle)> = self
+        let mut open: Vec<(Ipv4Address, u64, SocketHandle)> = self
             .dns_tcp
             .iter()
             .filter_map(|(h, c)| Some((c.peer?, c.since, *h)))
@@ -320,11 +321,13 @@ impl Lane {
         refused
     }
 
-    /// Keeps every resolver TCP socket that is not serving listening.
+    /// Keeps every resolver TCP socket that is not serving listening; an aborted one once
+    /// its RST is out (smoltcp forgets the connection when it sends it; listening before
+    /// would forget it unsent).
     fn listen(&mut self) {
         for (h, conn) in &mut self.dns_tcp {
             let s = self.sockets.get_mut::<tcp::Socket>(*h);
-            if s.state() == tcp::State::Closed {
+            if s.state() == tcp::State::Closed && s.local_endpoint().is_none() {
                 conn.buf.clear();
                 let _ = s.listen(DNS_PORT);
             }
@@ -476,7 +479,15 @@ impl Lane {
                     continue;
                 }
                 (_, Some(ep)) if conn.peer.is_none() => {
-                    conn.peer = Some(ep.addr);
+                    let peer = match ep.addr {
+                        IpAddress::Ipv4(a) => Some(a),
+                        IpAddress::Ipv6(a) => twin_of(self.gateway6, a),
+                    };
+                    let Some(a) = peer else {
+                        s.abort();
+                        continue;
+                    };
+                    conn.peer = Some(a);
                     conn.since = now;
                     conn.last = now;
                 }
@@ -571,9 +582,10 @@ impl Lane {
             self.closing.push((c.handle, now));
             ev.outcomes.push((c.probe.uid, c.probe.seq, o));
         }
-        self.listen();
-        // Send what the sockets have now (answers, RSTs of finished probes), then tidy up.
+        // Send what the sockets have now (answers, RSTs of finished probes and of refused
+        // resolver connections), then tidy up.
         self.iface.poll(ts, &mut self.dev, &mut self.sockets);
+        self.listen();
         let mut i = 0;
         while i < self.closing.len() {
             let (h, since) = self.closing[i];

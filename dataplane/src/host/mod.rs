@@ -1754,6 +1754,37 @@ mod tests {
         let seg = TcpPacket::new_checked(ip.payload()).unwrap();
         assert!(seg.syn() && seg.ack() && !seg.rst(), "SYN-ACK expected");
         assert_eq!(seg.src_port(), 53);
+        // A task's share of the resolver's TCP connections (2) counts both its addresses:
+        // with one open from its twin, the second of two more from its IPv4 address is reset.
+        let (web1_v4, gw_v4) = (Ipv4Addr::new(10, 0, 1, 11), Ipv4Addr::new(10, 0, 1, 1));
+        for port in [40010, 40011] {
+            let syn = testkit::tcp_frame(
+                task_mac,
+                tasks_mac,
+                web1_v4,
+                port,
+                gw_v4,
+                53,
+                0x02,
+                1,
+                0,
+                &[],
+            );
+            h.input(&t, PortId::Tasks, &syn, 5);
+        }
+        h.poll(&t, &neigh, 6);
+        let flags: Vec<(u16, u8)> = h
+            .take_output()
+            .iter()
+            .filter_map(|(_, f)| testkit::parse_ipv4_tcp(f))
+            .map(|seg| (seg.dport, seg.flags))
+            .collect();
+        assert_eq!(h.stats.dns_tcp_refused, 1, "{flags:?}");
+        assert_eq!(
+            flags.iter().filter(|(_, fl)| fl & 0x04 != 0).count(),
+            1,
+            "one RST: {flags:?}"
+        );
 
         // From an address outside the network's twins (the pipeline lets no task send it; the
         // lane keeps to its own anyway): no answer, no query served.
