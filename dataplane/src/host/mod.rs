@@ -8,8 +8,7 @@
 //!
 //! - [`lane`]: per overlay network, a smoltcp interface with the network's gateway address (and
 //!   its IPv6 twin on a dual-stack network): the embedded DNS resolver ([`dns`], [`resolver`])
-//!   on UDP and TCP port 53, and the health
-//!   probes' TCP connections to this node's tasks;
+//!   on UDP and TCP port 53, and the health probes' TCP connections to this node's tasks;
 //! - [`health`]: which of this node's tasks to check when, and their verdicts;
 //! - [`gossip`]: the verdicts this node tells its peers and hears from them;
 //! - [`stateless`]: RST, ICMP port unreachable and echo replies for the node's address, the
