@@ -1072,7 +1072,9 @@ impl HostStack {
             for d in &dgrams {
                 let macs = (self.cfg.uplink_mac, mac);
                 let f = match v6 {
-                    Some((s6, d6)) => udp6_frame(macs, s6, d6, HEALTH_GOSSIP_PORT, d),
+                    Some((s6, d6)) => {
+                        udp6_frame(macs, s6, d6, (HEALTH_GOSSIP_PORT, HEALTH_GOSSIP_PORT), d)
+                    }
                     None => udp_frame(macs.0, mac, src, n.vtep, HEALTH_GOSSIP_PORT, d),
                 };
                 self.out.push((PortId::Uplink, f));
@@ -1184,17 +1186,18 @@ fn udp_frame(
     f
 }
 
-/// [`udp_frame`] over IPv6 (`macs`: ours, the peer's), its checksum filled.
+/// A UDP datagram over IPv6 (`macs`: the sender's, the receiver's; `ports`: source,
+/// destination), its checksum filled.
 fn udp6_frame(
     macs: ([u8; 6], [u8; 6]),
     src: Ipv6Address,
     dst: Ipv6Address,
-    port: u16,
+    ports: (u16, u16),
     payload: &[u8],
 ) -> Vec<u8> {
     let udp = UdpRepr {
-        src_port: port,
-        dst_port: port,
+        src_port: ports.0,
+        dst_port: ports.1,
     };
     let len = 8 + payload.len();
     let mut f = vec![0u8; ETH + 40 + len];
@@ -1698,31 +1701,8 @@ mod tests {
         let neigh = Neighbors::new(64);
         let [web1, vip, gw6] = [11, 2, 1].map(|x| p.embed(Ipv4Addr::new(10, 0, 1, x)));
         let (task_mac, tasks_mac) = ([2, 0, 0, 0, 0, 0x11], [2, 0, 0, 0, 0, 2]);
-        let query = |src, sport: u16, q: &[u8]| {
-            let udp = UdpRepr {
-                src_port: sport,
-                dst_port: 53,
-            };
-            testkit::ipv6_with(
-                task_mac,
-                tasks_mac,
-                src,
-                gw6,
-                64,
-                IpProtocol::Udp,
-                8 + q.len(),
-                |b| {
-                    udp.emit(
-                        &mut UdpPacket::new_unchecked(b),
-                        &IpAddress::Ipv6(src),
-                        &IpAddress::Ipv6(gw6),
-                        q.len(),
-                        |d| d.copy_from_slice(q),
-                        &ChecksumCapabilities::default(),
-                    );
-                },
-            )
-        };
+        let query =
+            |src, sport: u16, q: &[u8]| udp6_frame((task_mac, tasks_mac), src, gw6, (sport, 53), q);
         let q = dns::build_query(7, "web", 28, Some(1232));
         h.input(&t, PortId::Tasks, &query(web1, 40000, &q), 1);
         h.poll(&t, &neigh, 2);

@@ -1103,14 +1103,9 @@ impl Pipeline {
                 let slot = self.task_stats.slot(b.uid);
                 let (src, sport) = if b.local {
                     let gw = ipkey(net.gateway);
-                    let picked = self.masq.pick(
-                        &self.flows,
-                        (l3.proto, key.is_v6()),
-                        gw,
-                        baddr,
-                        l3.dport,
-                        slot,
-                    );
+                    let picked =
+                        self.masq
+                            .pick(&self.flows, (l3.proto, V6), gw, baddr, l3.dport, slot);
                     let Some(port) = picked else {
                         return Err(self.blame(slot, DropReason::NoNatPort));
                     };
@@ -1119,8 +1114,7 @@ impl Pipeline {
                     (l3.src, l3.sport)
                 };
                 let fwd = Action::new(&key, src, sport, baddr, l3.dport, egress);
-                let rkey =
-                    FlowKey::new(l3.proto, baddr, l3.dport, src, sport).in_family(key.is_v6());
+                let rkey = FlowKey::new(l3.proto, baddr, l3.dport, src, sport).in_family(V6);
                 let rev = Action::new(&rkey, l3.dst, l3.dport, l3.src, l3.sport, Egress::Tasks);
                 let flow = Flow::new(
                     FlowKind::Vip,

@@ -773,8 +773,9 @@ mod tests {
         Some((ip.src_addr(), ip.dst_addr(), request))
     }
 
-    /// cli.1's SYN from port `sport` to the VIP's twin, port 80.
-    fn syn6(sport: u16) -> Vec<u8> {
+    /// cli.1's segment with `flags` and sequence number `seq` from port `sport` to the VIP's
+    /// twin, port 80.
+    fn to_vip6(sport: u16, flags: u8, seq: u32) -> Vec<u8> {
         testkit::tcp6_frame(
             CLI_MAC,
             tasks_mac(),
@@ -782,9 +783,14 @@ mod tests {
             sport,
             twin(VIP),
             80,
-            SYN,
-            1,
+            flags,
+            seq,
         )
+    }
+
+    /// cli.1's SYN from port `sport` to the VIP's twin, port 80.
+    fn syn6(sport: u16) -> Vec<u8> {
+        to_vip6(sport, SYN, 1)
     }
 
     /// A task's IPv4 connection to the VIP and its IPv6 one to the VIP's twin from the same
@@ -827,17 +833,7 @@ mod tests {
         );
         let (v, _) = run(&mut p2, &t2, PortId::Tasks, &rst4);
         assert!(matches!(v, Verdict::Tx(_)), "{v:?}");
-        let ack6 = testkit::tcp6_frame(
-            CLI_MAC,
-            tasks_mac(),
-            twin(CLI),
-            sport,
-            twin(VIP),
-            80,
-            ACK,
-            2,
-        );
-        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &ack6);
+        let (v, _) = run(&mut p2, &t2, PortId::Tasks, &to_vip6(sport, ACK, 2));
         assert!(matches!(v, Verdict::Tx(_)), "{v:?}");
         assert_eq!(p2.stats.new_flows, 2);
         assert!(flow_of(&mut p2, &k4.in_family(true)).is_some());
