@@ -605,6 +605,42 @@ fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartErr
     Ok(p)
 }
 
+/// The CPUs meshd's other threads run on: those allowed less the workers' cores, or `None`
+/// when that leaves none (every core a worker's) or changes nothing.
+pub fn control_cpus(allowed: &[usize], worker_cores: &[usize]) -> Option<Vec<usize>> {
+    let rest: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !worker_cores.contains(c))
+        .collect();
+    (!rest.is_empty() && rest.len() < allowed.len()).then_some(rest)
+}
+
+/// Keeps this thread and those it starts from now on (control, host stack, control socket,
+/// metrics, etcd follower) off the workers' cores, as DPDK keeps its main lcore off the
+/// forwarding ones: a worker polls its core without pause, and another thread woken there
+/// preempts it for a scheduler slice while frames wait. On a machine whose every core is a
+/// worker's they stay where they were.
+fn keep_off_workers(worker_cores: &[usize]) {
+    let allowed = match crate::port::sys::allowed_cpus() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("cannot read this thread's CPUs ({e}); meshd's other threads may share the workers' cores");
+            return;
+        }
+    };
+    match control_cpus(&allowed, worker_cores) {
+        Some(rest) => match crate::port::sys::set_allowed_cpus(&rest) {
+            Ok(()) => tracing::info!(cpus = ?rest, "meshd's other threads kept off the workers' cores"),
+            Err(e) => tracing::warn!(cpus = ?rest, "cannot keep meshd's other threads off the workers' cores: {e}"),
+        },
+        None if allowed.iter().all(|c| worker_cores.contains(c)) => tracing::info!(
+            "every core is a worker's: meshd's other threads share them (a core left out of --cores keeps them off)"
+        ),
+        None => {}
+    }
+}
+
 /// Runs meshd until SIGINT or SIGTERM.
 // Casts: the worker index and count come from --cores (a few dozen); the seed keeps the nanoseconds' low bits on purpose.
 #[allow(clippy::cast_possible_truncation)]
@@ -773,6 +809,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         handles.push(h);
     }
     tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, io = ?s.io, rx_ring = ?s.rx_ring, "workers started");
+    keep_off_workers(&s.cores[..workers.min(s.cores.len())]);
 
     // The control thread owns the controller; everyone else sends it messages.
     let cached_revision = controller.revision;
@@ -1266,6 +1303,16 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn other_threads_go_on_the_cores_no_worker_has() {
+        assert_eq!(control_cpus(&[0, 1], &[1]), Some(vec![0]));
+        assert_eq!(control_cpus(&[0, 1, 2, 3], &[0, 2]), Some(vec![1, 3]));
+        // Every core a worker's: nowhere else to go.
+        assert_eq!(control_cpus(&[0, 1], &[0, 1]), None);
+        // A worker on a core this process may not use changes nothing.
+        assert_eq!(control_cpus(&[2, 3], &[0]), None);
     }
 
     #[test]

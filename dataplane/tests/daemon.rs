@@ -90,6 +90,53 @@ fn start(ns: &Netns, dir: &Path, io: &str) -> Meshd {
     m
 }
 
+/// Each thread of process `pid` by name, with the CPUs it may run on (`Cpus_allowed_list`).
+fn thread_cpus(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or_default();
+        out.push((comm.trim().to_string(), cpus.trim().to_string()));
+    }
+    out
+}
+
+/// meshd's worker (on core 0, the default `--cores`) has core 0 to itself: its control, host
+/// and control-socket threads run on the others (on a machine with more than one CPU).
+fn threads_keep_off_the_worker_core(pid: u32) {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = thread_cpus(pid);
+    let of = |name: &str| {
+        threads
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+            .unwrap_or_else(|| panic!("no thread {name} in meshd: {threads:?}"))
+    };
+    assert_eq!(of("meshd-w0"), "0", "{threads:?}");
+    for name in ["meshd-control", "meshd-host", "meshd-ctl"] {
+        let allowed = of(name);
+        if cpus > 1 {
+            let others = if cpus == 2 {
+                "1".to_string()
+            } else {
+                format!("1-{}", cpus - 1)
+            };
+            assert_eq!(
+                allowed, others,
+                "{name} shares the worker's core: {threads:?}"
+            );
+        } else {
+            assert_eq!(allowed, "0", "{threads:?}");
+        }
+    }
+}
+
 fn log_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("meshd.log")).unwrap_or_default()
 }
@@ -287,6 +334,7 @@ fn frames_cross_and_state_survives_sigkill(io: &str) {
     let task_mac = mac_of(&ns, "tkc");
 
     let meshd = start(&ns, &dir, io);
+    threads_keep_off_the_worker_core(meshd.child.id());
     let mut endpoints = BTreeMap::new();
     endpoints.insert("n1".to_string(), ENDPOINT);
     send(
