@@ -94,7 +94,8 @@ pub struct Args {
     /// The interface the local tasks are reached on (a bridge or a veth).
     #[arg(long)]
     pub tasks: Option<String>,
-    /// Cores to pin one worker each to, comma separated (default: one worker, core 0).
+    /// Cores to pin one worker each to, comma separated (default: one worker, core 0). meshd's
+    /// other threads run on the cores left, if any.
     #[arg(long, value_delimiter = ',')]
     pub cores: Option<Vec<usize>>,
     /// The control socket meshctl talks to (mode 0600).
