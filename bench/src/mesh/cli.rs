@@ -23,6 +23,8 @@ EXAMPLES:
   sudo target/release/bench mesh --io memif --docs docs
                                 # meshd vs dpdk-testpmd over DPDK memif (bench built with
                                 # --features bench/dpdk): both paths, 64/1468 B, 1K/1M flows
+  sudo target/release/bench mesh --io memif --size 64 --flows 1048576 --rounds 1
+                                # ... one size and flow count (both paths): about a minute
 
 Writes bench/out/mesh.json, bench/out/mesh.md and bench/out/mesh.svg (see --out).
 Namespaces are named meshd-bench-*, and removed at the end, on failure and on Ctrl-C.";
@@ -35,9 +37,10 @@ pub struct MeshArgs {
     pub quick: bool,
     /// veth: the namespace topology (meshd, the kernel, forwarders and testpmd over veths).
     /// memif: meshd and dpdk-testpmd io-forward over DPDK memif, the generator in this process
-    /// (needs bench built with --features bench/dpdk); --systems, --size, --flows, --tasks,
-    /// --tcp-*, --rps do not apply: it runs the ingress and decap paths at 64 and 1468 B with
-    /// 1K and 1M flows (--quick: 64 B, 1K flows), on the first two --cores.
+    /// (needs bench built with --features bench/dpdk); --systems, --tasks, --tcp-*, --rps do
+    /// not apply: it runs the ingress and decap paths at 64 and 1468 B with 1K and 1M flows
+    /// (--quick: 64 B, 1K flows), or at the one --size and --flows given, on the first two
+    /// --cores.
     #[arg(long, value_enum, default_value_t = BenchIo::Veth)]
     pub io: BenchIo,
     /// Rounds; each runs every system once, in alternating order.
@@ -49,14 +52,16 @@ pub struct MeshArgs {
     /// built with its default feature `afxdp`.
     #[arg(long, value_delimiter = ',', default_value = DEFAULT_SYSTEMS)]
     pub systems: Vec<String>,
-    /// Frame size on the wire, FCS included.
-    #[arg(long, default_value_t = 64)]
-    pub size: usize,
+    /// Frame size on the wire, FCS included [default: 64; --io memif: 64 and 1468, or this
+    /// one size, 64 to 1468].
+    #[arg(long)]
+    pub size: Option<usize>,
     #[arg(long, value_enum, default_value_t = Proto::Udp)]
     pub proto: Proto,
-    /// Flows (distinct source ports) the generator cycles through.
-    #[arg(long, default_value_t = 1024)]
-    pub flows: u32,
+    /// Flows (distinct source ports) the generator cycles through [default: 1024; --io memif:
+    /// 1024 and 1048576, or this one count, up to 1048576].
+    #[arg(long)]
+    pub flows: Option<u32>,
     /// Tasks of the service (all on the task node; the sink holds their addresses).
     #[arg(long, default_value_t = 2)]
     pub tasks: usize,
@@ -183,9 +188,9 @@ impl MeshArgs {
             quick: self.quick,
             rounds: self.rounds.unwrap_or(if self.quick { 1 } else { 3 }).max(1),
             systems,
-            size: self.size,
+            size: self.size.unwrap_or(64),
             proto: self.proto,
-            flows: self.flows,
+            flows: self.flows.unwrap_or(1024),
             tasks: self.tasks,
             step: secs(self.step, 0.4, 2.0, "step")?,
             steps: self.steps.unwrap_or(if self.quick { 3 } else { 7 }),
@@ -212,16 +217,29 @@ impl MeshArgs {
         let secs = |v: Option<f64>, quick: f64, full: f64| {
             Duration::from_secs_f64(v.unwrap_or(if self.quick { quick } else { full }))
         };
+        if let Some(s) = self.size.filter(|s| !(64..=1468).contains(s)) {
+            return Err(format!(
+                "--size {s}: 64 to 1468 over memif (1468 B is 1518 B with VXLAN on the underlay, \
+                 and memif takes no MTU above 1500)"
+            ));
+        }
+        if let Some(f) = self.flows.filter(|f| !(1..=1 << 20).contains(f)) {
+            return Err(format!("--flows {f}: 1 to 1048576 over memif"));
+        }
         let gen_core = self.cores.first().copied().unwrap_or(0);
         Ok(super::memif::MemifOptions {
             quick: self.quick,
             rounds: o.rounds,
             paths: vec![PathKind::Ingress, PathKind::Decap],
-            sizes: if self.quick { vec![64] } else { vec![64, 1468] },
-            flows: if self.quick {
-                vec![1024]
-            } else {
-                vec![1024, 1 << 20]
+            sizes: match self.size {
+                Some(s) => vec![s],
+                None if self.quick => vec![64],
+                None => vec![64, 1468],
+            },
+            flows: match self.flows {
+                Some(f) => vec![f],
+                None if self.quick => vec![1024],
+                None => vec![1024, 1 << 20],
             },
             step: secs(self.step, 0.3, 1.0),
             steps: self.steps.unwrap_or(if self.quick { 3 } else { 7 }),
@@ -350,6 +368,52 @@ mod tests {
                 .unwrap_err()
                 .contains("without AF_XDP"));
         }
+    }
+
+    /// `bench mesh` with `args`.
+    fn mesh(args: &[&str]) -> MeshArgs {
+        #[derive(Debug, clap::Parser)]
+        struct Bench {
+            #[command(flatten)]
+            mesh: MeshArgs,
+        }
+        use clap::Parser;
+        Bench::try_parse_from(std::iter::once("bench").chain(args.iter().copied()))
+            .unwrap()
+            .mesh
+    }
+
+    #[test]
+    fn size_and_flows_default_to_64_bytes_and_1024_flows_over_veth() {
+        let o = mesh(&[]).options().unwrap();
+        assert_eq!((o.size, o.flows), (64, 1024));
+        let o = mesh(&["--size", "1500", "--flows", "7"]).options().unwrap();
+        assert_eq!((o.size, o.flows), (1500, 7));
+    }
+
+    #[cfg(feature = "dpdk")]
+    #[test]
+    fn memif_runs_every_cell_or_the_one_size_and_flow_count_given() {
+        let o = mesh(&["--io", "memif"]).memif_options().unwrap();
+        assert_eq!((o.sizes, o.flows), (vec![64, 1468], vec![1024, 1 << 20]));
+        let o = mesh(&["--io", "memif", "--quick"]).memif_options().unwrap();
+        assert_eq!((o.sizes, o.flows), (vec![64], vec![1024]));
+        let o = mesh(&["--io", "memif", "--size", "1468", "--flows", "1048576"])
+            .memif_options()
+            .unwrap();
+        assert_eq!((o.sizes, o.flows), (vec![1468], vec![1 << 20]));
+        let o = mesh(&["--io", "memif", "--quick", "--flows", "1048576"])
+            .memif_options()
+            .unwrap();
+        assert_eq!((o.sizes, o.flows), (vec![64], vec![1 << 20]));
+        let e = mesh(&["--io", "memif", "--size", "1500"])
+            .memif_options()
+            .unwrap_err();
+        assert!(e.contains("64 to 1468"), "{e}");
+        let e = mesh(&["--io", "memif", "--flows", "0"])
+            .memif_options()
+            .unwrap_err();
+        assert!(e.contains("1 to 1048576"), "{e}");
     }
 
     #[test]
