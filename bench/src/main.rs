@@ -79,7 +79,7 @@ enum Cmd {
     /// (dpdk-testpmd) side by side in network namespaces: zero-loss throughput, delivered rate
     /// at full load, latency percentiles, TCP connection rate. Needs root.
     #[command(after_help = bench::mesh::cli::EXAMPLES)]
-    Mesh(bench::mesh::cli::MeshArgs),
+    Mesh(Box<bench::mesh::cli::MeshArgs>),
     /// Cluster mode: N meshd nodes in namespaces following one etcd with S services of T tasks;
     /// times one-task updates from meshctl's write to every node's confirmation (p50/p99) and a
     /// node's restart. Needs root.
@@ -103,7 +103,7 @@ fn print_json<T: serde::Serialize>(rows: &T) {
 fn main() {
     let args = Args::parse();
     match args.cmd {
-        Cmd::Mesh(a) => std::process::exit(bench::mesh::cli::main(a)),
+        Cmd::Mesh(a) => std::process::exit(bench::mesh::cli::main(*a)),
         Cmd::Converge(a) => std::process::exit(bench::converge::main(&a)),
         Cmd::Capture {
             json,
