@@ -608,7 +608,7 @@ fn initial_state(s: &Settings, store: &StateStore) -> Result<Persisted, StartErr
 
 /// The CPUs meshd's other threads run on: those allowed less the workers' cores, or `None`
 /// when that leaves none (every core a worker's) or changes nothing.
-pub fn control_cpus(allowed: &[usize], worker_cores: &[usize]) -> Option<Vec<usize>> {
+fn control_cpus(allowed: &[usize], worker_cores: &[usize]) -> Option<Vec<usize>> {
     let rest: Vec<usize> = allowed
         .iter()
         .copied()
@@ -810,7 +810,7 @@ pub fn run(s: Settings) -> Result<(), StartError> {
         handles.push(h);
     }
     tracing::info!(workers, uplink = %s.uplink, tasks = %s.tasks, io = ?s.io, rx_ring = ?s.rx_ring, "workers started");
-    keep_off_workers(&s.cores[..workers.min(s.cores.len())]);
+    keep_off_workers(&s.cores);
 
     // The control thread owns the controller; everyone else sends it messages.
     let cached_revision = controller.revision;

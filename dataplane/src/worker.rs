@@ -172,11 +172,9 @@ impl Worker {
         let mut last_publish = 0u64;
         let mut last_latency = 0u64;
         let mut last_tasks = 0u64;
-        let spin = if self.woken_by_frames() {
-            SPIN
-        } else {
-            SPIN_TIMED
-        };
+        // The ports and the bell stay what they are for the worker's life.
+        let woken = self.woken_by_frames();
+        let spin = if woken { SPIN } else { SPIN_TIMED };
         while !self.shared.stop.load(Ordering::Relaxed) {
             let (busy, now) = self.poll_once();
             if now.wrapping_sub(last_publish) >= 10 {
@@ -221,7 +219,7 @@ impl Worker {
                             // not at the next wake.
                             self.publish_counters();
                         }
-                        self.sleep(idle_for - spin, max);
+                        self.sleep(idle_for - spin, max, woken);
                     }
                 }
             }
@@ -379,21 +377,21 @@ impl Worker {
 
     /// Waits for frames: in ppoll() on the ports' file descriptors and the worker's bell (a
     /// table published, frames handed to it or from the host stack) for up to `max` at once
-    /// when both can wake it, since a frame then ends the wait however long it is set (one
+    /// when both can wake it (`woken`, [`Worker::woken_by_frames`]), since a frame then ends the wait however long it is set (one
     /// system call per idle spell, not one per timeout). Otherwise with exponential back-off
     /// (1, 2, 4, ... µs): up to [`UNSENT_MAX`] while a port holds frames for another TX kick,
     /// up to [`UNBELLED_MAX`] without a bell (no eventfd) or a port descriptor (DPDK), in a
     /// sleep when there is no descriptor at all.
     // Casts: u64/u128 to usize or u64: lossless on the 64-bit targets meshd runs on.
     #[allow(clippy::cast_possible_truncation)]
-    fn sleep(&self, step: u32, max: Duration) {
+    fn sleep(&self, step: u32, max: Duration, woken: bool) {
         let bell = &self.shared.bells[self.id];
         let port_fds = [self.uplink.wait_fd(), self.tasks.wait_fd()];
         let backoff = if self.uplink.unsent() || self.tasks.unsent() {
             // Frames wait for the next kick (a TX ring the kernel drains 32 at a time): soon,
             // but without spinning on a link that takes none.
             Some(max.min(UNSENT_MAX))
-        } else if self.woken_by_frames() {
+        } else if woken {
             None
         } else {
             Some(max.min(UNBELLED_MAX))

@@ -227,21 +227,15 @@ pub fn init(args: &[String]) -> Result<(), DpdkError> {
         argv.push(std::ptr::null_mut());
         // EAL pins the calling thread to its main lcore: the threads meshd starts after it
         // (host, control, metrics) would inherit that. Keep and restore the affinity.
-        // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity writes at most its size.
-        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; 0 is this thread.
-        let saved =
-            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
-                == 0;
+        let saved = crate::port::sys::allowed_cpus().ok();
         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
         let argc = args.len() as i32;
         // SAFETY: argv holds argc valid NUL-terminated strings and a NULL, alive across the
         // call (EAL may permute the array; it keeps pointers into the strings, which live in
         // `c` until the end of this closure: EAL copies what it keeps).
         let rc = unsafe { sys::meshd_eal_init(argc, argv.as_mut_ptr()) };
-        if saved {
-            // SAFETY: restores the set read above.
-            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if let Some(cpus) = saved {
+            let _ = crate::port::sys::set_allowed_cpus(&cpus);
         }
         if rc < 0 {
             let e = errno();
