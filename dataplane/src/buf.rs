@@ -3,6 +3,14 @@
 //!
 //! A [`PacketBuf`] owns a fixed-size heap block allocated once, when its pool is built; the fast
 //! path moves buffers between ports, batches and pools but never allocates or frees one.
+//!
+//! With the `dpdk` feature a buffer can instead be a received mbuf's data room
+//! ([`PacketBuf::from_mbuf`]): the DPDK port hands its frames to the pipeline where the PMD put
+//! them and sends them from there, no copy either way. Such a buffer is the mbuf's until it
+//! leaves: the DPDK port that sends it gives the mbuf to the PMD, and anywhere else it is put
+//! back ([`Pool::put`]) or dropped, the mbuf goes back to its own pool. Buffers kept beyond the
+//! burst by the host stack are copied to a heap block first ([`Pool::keep`]).
+#![allow(unsafe_code)]
 
 /// Size of every buffer block: one Ethernet frame of up to 1500 bytes of payload plus VXLAN
 /// encapsulation fits with room to spare.
@@ -28,9 +36,12 @@ pub enum PortId {
 }
 
 /// One frame in a fixed block, with headroom before it.
-#[derive(Clone)]
 pub struct PacketBuf {
-    block: Box<[u8]>,
+    /// The block: `cap` bytes, a heap allocation of ours (`mbuf` null) or an mbuf's data room.
+    block: std::ptr::NonNull<u8>,
+    cap: usize,
+    /// The DPDK mbuf whose data room `block` is (`struct rte_mbuf *`); null for a heap block.
+    mbuf: *mut std::ffi::c_void,
     start: usize,
     end: usize,
     /// The port the frame arrived on.
@@ -69,11 +80,62 @@ impl Default for PacketBuf {
     }
 }
 
+// SAFETY: a PacketBuf owns its block (a heap allocation, or an mbuf nobody else holds): moving
+// it to another thread moves that ownership; DPDK's mbufs may be freed from any thread.
+unsafe impl Send for PacketBuf {}
+// SAFETY: shared references only read the block.
+unsafe impl Sync for PacketBuf {}
+
+/// A copy on the heap, whatever the original's block.
+impl Clone for PacketBuf {
+    fn clone(&self) -> Self {
+        let mut b = Self::new();
+        b.block_mut()[..self.end.min(BUF_SIZE)]
+            .copy_from_slice(&self.block()[..self.end.min(BUF_SIZE)]);
+        b.start = self.start.min(BUF_SIZE);
+        b.end = self.end.min(BUF_SIZE);
+        b.port = self.port;
+        b.pinned = self.pinned;
+        b.vlan = self.vlan;
+        b.opened = self.opened;
+        b.v6 = self.v6;
+        b
+    }
+}
+
+impl Drop for PacketBuf {
+    fn drop(&mut self) {
+        if self.mbuf.is_null() {
+            // SAFETY: a heap block is the Box<[u8]> of `cap` bytes `new` leaked into `block`,
+            // owned by this buffer alone.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                    self.block.as_ptr(),
+                    self.cap,
+                ))
+            });
+        } else {
+            #[cfg(feature = "dpdk")]
+            // SAFETY: the mbuf is this buffer's alone (`from_mbuf`), and not used after this.
+            unsafe {
+                crate::port::dpdk::sys::meshd_mbuf_free(self.mbuf.cast());
+            }
+        }
+    }
+}
+
 impl PacketBuf {
     /// Allocates one block. Not for the fast path: build pools up front.
     pub fn new() -> Self {
+        let block: Box<[u8]> = vec![0u8; BUF_SIZE].into_boxed_slice();
+        let cap = block.len();
+        // The Box's pointer is never null; freed in `drop`.
+        let block = std::ptr::NonNull::new(Box::into_raw(block).cast::<u8>())
+            .unwrap_or_else(|| unreachable!("a Box is never null"));
         PacketBuf {
-            block: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            block,
+            cap,
+            mbuf: std::ptr::null_mut(),
             start: HEADROOM,
             end: HEADROOM,
             port: PortId::Uplink,
@@ -90,9 +152,72 @@ impl PacketBuf {
         b.port = port;
         // A frame longer than a block is cut; callers only build test frames this way.
         let n = frame.len().min(BUF_SIZE - HEADROOM);
-        b.block[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
+        b.block_mut()[HEADROOM..HEADROOM + n].copy_from_slice(&frame[..n]);
         b.end = HEADROOM + n;
         b
+    }
+
+    /// The frame a received mbuf holds, in place: `room` is the mbuf's data room (`cap`
+    /// bytes), the frame the `len` bytes at `off` in it. The buffer owns the mbuf from here:
+    /// [`PacketBuf::take_mbuf`] gives it back (to send it), dropping the buffer frees it.
+    ///
+    /// # Safety
+    /// `mbuf` is a single-segment mbuf nobody else uses or frees, `room` its data room of
+    /// `cap` bytes (valid until the mbuf is freed), and `off + len <= cap`.
+    #[cfg(feature = "dpdk")]
+    #[inline]
+    pub unsafe fn from_mbuf(
+        mbuf: *mut std::ffi::c_void,
+        room: std::ptr::NonNull<u8>,
+        cap: usize,
+        off: usize,
+        len: usize,
+        port: PortId,
+    ) -> Self {
+        PacketBuf {
+            block: room,
+            cap,
+            mbuf,
+            start: off,
+            end: off + len,
+            port,
+            pinned: false,
+            vlan: 0,
+            opened: false,
+            v6: false,
+        }
+    }
+
+    /// Whether the block is an mbuf's ([`PacketBuf::from_mbuf`]).
+    #[inline]
+    pub fn is_mbuf(&self) -> bool {
+        !self.mbuf.is_null()
+    }
+
+    /// The mbuf this buffer holds the frame in, handed over with the frame's place in its
+    /// data room (offset, length), for sending; `Err(self)` for a heap block.
+    #[cfg(feature = "dpdk")]
+    #[inline]
+    pub fn take_mbuf(self) -> Result<(*mut std::ffi::c_void, u16, u16), PacketBuf> {
+        if self.mbuf.is_null() {
+            return Err(self);
+        }
+        let me = std::mem::ManuallyDrop::new(self);
+        // Offsets within an mbuf's data room (at most 64 KiB) fit u16.
+        #[allow(clippy::cast_possible_truncation)]
+        Ok((me.mbuf, me.start as u16, (me.end - me.start) as u16))
+    }
+
+    #[inline(always)]
+    fn block(&self) -> &[u8] {
+        // SAFETY: `block` is `cap` bytes this buffer owns (see the field), live as long as it.
+        unsafe { std::slice::from_raw_parts(self.block.as_ptr(), self.cap) }
+    }
+
+    #[inline(always)]
+    fn block_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `block`; `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.block.as_ptr(), self.cap) }
     }
 
     /// Empties the buffer and restores the headroom, ready to receive.
@@ -113,12 +238,12 @@ impl PacketBuf {
     #[inline]
     pub fn untag(&mut self) {
         let s = self.start;
-        let f = &self.block[s..self.end];
+        let f = &self.block()[s..self.end];
         if f.len() < ETH_VLAN || f[12..14] != VLAN_TPID {
             return;
         }
         self.vlan = u16::from_be_bytes([f[14], f[15]]) & VLAN_ID;
-        self.block.copy_within(s..s + 12, s + 4);
+        self.block_mut().copy_within(s..s + 12, s + 4);
         self.start += 4;
     }
 
@@ -133,24 +258,25 @@ impl PacketBuf {
         if s < 4 || self.len() < 14 {
             return false;
         }
-        self.block.copy_within(s..s + 12, s - 4);
+        self.block_mut().copy_within(s..s + 12, s - 4);
         self.start -= 4;
         let [hi, lo] = (self.vlan & VLAN_ID).to_be_bytes();
-        self.block[s + 8..s + 12].copy_from_slice(&[VLAN_TPID[0], VLAN_TPID[1], hi, lo]);
+        self.block_mut()[s + 8..s + 12].copy_from_slice(&[VLAN_TPID[0], VLAN_TPID[1], hi, lo]);
         true
     }
 
     /// Sets the frame to the first `len` bytes of [`Self::room_mut`]; `len` is clamped to fit.
     #[inline]
     pub fn set_len(&mut self, len: usize) {
-        self.end = (self.start + len).min(self.block.len());
+        self.end = (self.start + len).min(self.cap);
     }
 
     /// The writable space from the frame's start to the end of the block (for ports to receive
     /// into).
     #[inline]
     pub fn room_mut(&mut self) -> &mut [u8] {
-        &mut self.block[self.start..]
+        let s = self.start;
+        &mut self.block_mut()[s..]
     }
 
     #[inline]
@@ -170,12 +296,13 @@ impl PacketBuf {
 
     #[inline]
     pub fn data(&self) -> &[u8] {
-        &self.block[self.start..self.end]
+        &self.block()[self.start..self.end]
     }
 
     #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.block[self.start..self.end]
+        let (s, e) = (self.start, self.end);
+        &mut self.block_mut()[s..e]
     }
 
     /// Grows the frame at the front by `n` bytes and returns the whole frame; `None` (and
@@ -187,14 +314,14 @@ impl PacketBuf {
             return None;
         }
         self.start -= n;
-        Some(&mut self.block[self.start..self.end])
+        Some(self.data_mut())
     }
 
     /// Grows the frame at the end by `n` bytes (their content is what the block held);
     /// `false`, and nothing changed, when the block has no room for them.
     #[inline]
     pub fn append(&mut self, n: usize) -> bool {
-        if n > self.block.len() - self.end {
+        if n > self.cap - self.end {
             return false;
         }
         self.end += n;
@@ -210,7 +337,7 @@ impl PacketBuf {
             return false;
         }
         let s = self.start;
-        self.block.copy_within(s..s + at, s + n);
+        self.block_mut().copy_within(s..s + at, s + n);
         self.start += n;
         true
     }
@@ -239,8 +366,8 @@ impl PacketBuf {
         let vlan = self.vlan;
         self.reset();
         self.vlan = vlan;
-        let n = frame.len().min(self.block.len() - self.start);
-        self.block[self.start..self.start + n].copy_from_slice(&frame[..n]);
+        let (s, n) = (self.start, frame.len().min(self.cap - self.start));
+        self.block_mut()[s..s + n].copy_from_slice(&frame[..n]);
         self.end = self.start + n;
     }
 
@@ -277,10 +404,30 @@ impl Pool {
     }
 
     /// Returns a buffer. The pool's vector was sized for all its buffers, so this does not
-    /// allocate unless foreign buffers are put in.
+    /// allocate unless foreign buffers are put in. An mbuf's buffer goes back to its mbuf pool
+    /// instead (dropped).
     #[inline]
     pub fn put(&mut self, b: PacketBuf) {
-        self.free.push(b);
+        if !b.is_mbuf() {
+            self.free.push(b);
+        }
+    }
+
+    /// `b` in a heap block, for keeping beyond the burst (the host stack's queue): an mbuf's
+    /// frame is copied into one of the pool's buffers and the mbuf freed; `None` (and the
+    /// mbuf freed) when the pool is empty. A heap buffer is `b` itself.
+    pub fn keep(&mut self, b: PacketBuf) -> Option<PacketBuf> {
+        if !b.is_mbuf() {
+            return Some(b);
+        }
+        let mut h = self.get()?;
+        h.fill(b.data());
+        h.port = b.port;
+        h.pinned = b.pinned;
+        h.vlan = b.vlan;
+        h.opened = b.opened;
+        h.v6 = b.v6;
+        Some(h)
     }
 
     pub fn available(&self) -> usize {
@@ -333,6 +480,28 @@ mod tests {
         assert_eq!(full.vlan, 7);
         full.reset();
         assert_eq!(full.vlan, 0);
+    }
+
+    #[test]
+    fn a_clone_is_a_heap_copy_and_the_pool_keeps_heap_buffers_as_they_are() {
+        let mut b = PacketBuf::from_frame(PortId::Tasks, &[1, 2, 3, 4]);
+        assert!(b.trim_front(1));
+        (b.vlan, b.pinned, b.opened, b.v6) = (7, true, true, true);
+        let c = b.clone();
+        assert!(!c.is_mbuf());
+        assert_eq!((c.data(), c.headroom()), (b.data(), b.headroom()));
+        assert_eq!(
+            (c.port, c.vlan, c.pinned, c.opened, c.v6),
+            (PortId::Tasks, 7, true, true, true)
+        );
+        // Apart: writing one leaves the other.
+        b.data_mut()[0] = 9;
+        assert_eq!(c.data(), &[2, 3, 4]);
+        let mut pool = Pool::new(1);
+        let kept = pool.keep(c).unwrap();
+        assert_eq!((kept.data(), pool.available()), (&[2u8, 3, 4][..], 1));
+        pool.put(kept);
+        assert_eq!(pool.available(), 2);
     }
 
     #[test]

@@ -513,6 +513,11 @@ impl Worker {
         match v {
             Verdict::Tx(port) => self.push_out(out, port, b),
             Verdict::Host(_) => {
+                // The host stack keeps frames beyond the burst: in heap buffers, not mbufs.
+                let Some(b) = self.pool.keep(b) else {
+                    self.pipeline.stats.drop(DropReason::NoBuffer);
+                    return;
+                };
                 if let Err(b) = self.shared.to_host.push(b) {
                     self.pipeline.stats.drop(DropReason::HostQueueFull);
                     self.pool.put(b);

@@ -17,18 +17,21 @@
 //!   reach one queue); what reaches another worker's queue is steered to its owner by the
 //!   handoff rings, as with AF_PACKET fanout. Each worker registers its thread with EAL (an
 //!   lcore id: mempool caches work).
-//! - **Buffers: copied**, one memcpy per frame each way (mbuf to [`PacketBuf`] on RX, back into
-//!   a fresh mbuf on TX), the mbuf returned to its pool at once. Zero-copy would make every
-//!   buffer of the pipeline an mbuf: the pools, the flow and fragment stages, the handoff rings
-//!   and the host stack hold [`PacketBuf`]s across bursts, the tests build them without EAL,
-//!   and DPDK's allocator would be in the type all of them use. A frame is at most 2 KiB and
-//!   the copy is a few cache lines; the memif PMD copies in any case (its copy mode). The
-//!   choice is measured in `bench mesh --io memif`.
+//! - **Buffers: zero-copy on the way through.** A received mbuf becomes the pipeline's
+//!   [`PacketBuf`] as it is (its data room is the buffer's block, the PMD's headroom the
+//!   buffer's: 128 bytes, room for VXLAN's 50), is rewritten in place and leaves in the same
+//!   mbuf, so a forwarded frame is neither copied nor allocated for by meshd (the memif PMD
+//!   copies between its shared ring and the mbuf in any case: its copy mode). A frame made
+//!   in a heap buffer (the host stack's, an ICMP error, a fragment's pieces) is copied into a
+//!   fresh mbuf to go out; a received frame for the host stack into a heap buffer to stay
+//!   ([`Pool::keep`]). Tried first: copying every frame in and out (one memcpy each way, a
+//!   fresh mbuf per frame sent), 0.75× testpmd at 64 B in `bench mesh --io memif`.
 //! - **Bad input**: a frame in more than one mbuf (larger than the 2 KiB data room) is
-//!   dropped and counted (`rx_chained`), one that does not fit a [`PacketBuf`] too
+//!   dropped and counted (`rx_chained`), one said to lie outside its data room too
 //!   (`rx_too_long`); frames the PMD does not take on transmit (ring full, a transmit error)
-//!   are freed and counted (`tx_full`); an mbuf pool found empty on transmit drops the frame
-//!   (`tx_no_mbuf`). Every mbuf taken goes back to its pool within the call.
+//!   are freed and counted (`tx_full`); an mbuf pool found empty when a heap buffer's frame
+//!   is to go out drops that frame (`tx_no_mbuf`). A dropped frame's mbuf goes back to its
+//!   pool where the pipeline drops it (the buffer's `Drop`).
 #![allow(unsafe_code)]
 
 pub mod sys;
@@ -38,7 +41,7 @@ use std::sync::OnceLock;
 
 use super::sys::sendable;
 use super::{Burst, Port, PortCounters, BURST};
-use crate::buf::{Pool, PortId, BUF_SIZE};
+use crate::buf::{PacketBuf, Pool, PortId, BUF_SIZE};
 use ctl::proto::{DeviceReport, DpdkReport};
 
 /// Mbufs per worker's pool: both ports' RX and TX rings full, bursts in flight and the
@@ -289,8 +292,8 @@ impl MbufPool {
     }
 
     /// Mbufs taken from the pool and not given back: those the PMD holds in its RX rings, those
-    /// in flight, and any leaked. Frames are copied in and out within a burst, so between
-    /// bursts it returns to what the devices hold.
+    /// in flight (a burst, a handoff ring, fragments waiting for their first), and any leaked.
+    /// Between bursts of a quiet worker it returns to what the devices hold.
     pub fn in_use(&self) -> u32 {
         // SAFETY: the pool is live; the count only reads it.
         unsafe { sys::meshd_pool_in_use(self.ptr) }
@@ -299,7 +302,14 @@ impl MbufPool {
 
 impl Drop for MbufPool {
     fn drop(&mut self) {
-        // SAFETY: the pool's users (devices, ports) are gone before it.
+        // Buffers still holding its mbufs (in a queue between threads, say, when meshd stops)
+        // free them into it later: a pool in use is left to the process's end.
+        let in_use = self.in_use();
+        if in_use > 0 {
+            tracing::debug!(in_use, "DPDK: an mbuf pool still in use is not freed");
+            return;
+        }
+        // SAFETY: the pool's users (devices, ports, buffers) are gone before it.
         unsafe { sys::meshd_pool_free(self.ptr) };
     }
 }
@@ -563,50 +573,51 @@ pub fn register_thread() {
 }
 
 impl Port for DpdkPort {
-    fn rx_burst(&mut self, pool: &mut Pool, out: &mut Burst) -> usize {
+    fn rx_burst(&mut self, _pool: &mut Pool, out: &mut Burst) -> usize {
         let want = out.remaining_capacity().min(BURST);
         let mut mbufs = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
+        let mut frames = [sys::Frame::default(); BURST];
+        let mut bad = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
+        let mut nbad = 0;
         #[allow(clippy::cast_possible_truncation)]
-        // SAFETY: mbufs has room for `want` (≤ BURST) pointers; the queue is this port's.
+        // SAFETY: mbufs and frames have room for `want` (≤ BURST) entries; the queue is this
+        // port's.
         let got = usize::from(unsafe {
-            sys::meshd_rx(self.id, self.queue, mbufs.as_mut_ptr(), want as u16)
+            sys::meshd_rx_frames(
+                self.id,
+                self.queue,
+                mbufs.as_mut_ptr(),
+                frames.as_mut_ptr(),
+                want as u16,
+            )
         });
         let mut n = 0;
-        for &m in &mbufs[..got] {
-            let (mut len, mut segs) = (0u16, 0u16);
-            // SAFETY: m is a received mbuf, ours until freed below.
-            let data = unsafe { sys::meshd_mbuf_frame(m, &mut len, &mut segs) };
-            if data.is_null() {
-                self.stats.rx_bad += 1;
+        for (&m, f) in mbufs[..got].iter().zip(&frames[..got]) {
+            let (cap, off, len) = (usize::from(f.cap), usize::from(f.off), usize::from(f.len));
+            let why = if f.room.is_null() {
+                &mut self.stats.rx_bad
+            } else if f.segs != 1 {
+                &mut self.stats.rx_chained
+            } else if off + len > cap {
+                &mut self.stats.rx_too_long
+            } else if let Some(room) = std::ptr::NonNull::new(f.room) {
+                // SAFETY: a received single-segment mbuf, ours alone from here; `room` is its
+                // data room of `cap` bytes, the frame inside it (checked above).
+                out.push(unsafe { PacketBuf::from_mbuf(m.cast(), room, cap, off, len, self.port) });
+                n += 1;
                 continue;
-            }
-            if segs != 1 {
-                self.stats.rx_chained += 1;
-                continue;
-            }
-            let len = usize::from(len);
-            let Some(mut buf) = pool.get() else {
-                self.stats.rx_no_buf += 1;
-                continue;
+            } else {
+                &mut self.stats.rx_bad
             };
-            let Some(room) = buf.room_mut().get_mut(..len) else {
-                self.stats.rx_too_long += 1;
-                pool.put(buf);
-                continue;
-            };
-            // SAFETY: the first (only) segment holds `len` bytes at `data`.
-            let frame = unsafe { std::slice::from_raw_parts(data, len) };
-            room.copy_from_slice(frame);
-            buf.set_len(len);
-            buf.port = self.port;
-            out.push(buf);
-            n += 1;
+            *why += 1;
+            bad[nbad] = m;
+            nbad += 1;
         }
-        if got > 0 {
+        if nbad > 0 {
             #[allow(clippy::cast_possible_truncation)]
-            // SAFETY: the first `got` pointers are received mbufs, not used after this.
+            // SAFETY: the first `nbad` pointers are received mbufs no buffer took.
             unsafe {
-                sys::meshd_free_bulk(mbufs.as_mut_ptr(), got as u32)
+                sys::meshd_free_bulk(bad.as_mut_ptr(), nbad as u32)
             };
         }
         self.stats.rx += n as u64;
@@ -614,57 +625,92 @@ impl Port for DpdkPort {
     }
 
     fn tx_burst(&mut self, frames: &mut Burst, pool: &mut Pool) -> usize {
-        let mut mbufs = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
         let want = frames.len();
         if want == 0 {
             return 0;
         }
+        // Frames in heap buffers (made by the host stack, ICMP errors, fragments) are copied
+        // into fresh mbufs; received ones leave in their own.
+        let heap = frames.iter().filter(|b| !b.is_mbuf()).count();
+        let mut fresh = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
         #[allow(clippy::cast_possible_truncation)]
-        // SAFETY: mbufs has room for `want` (≤ BURST) pointers.
-        let got = unsafe { sys::meshd_alloc_bulk(self.pool.ptr, mbufs.as_mut_ptr(), want as u32) };
-        if got != 0 {
-            self.stats.tx_no_mbuf += want as u64;
-            for b in frames.drain(..) {
-                pool.put(b);
-            }
-            return 0;
-        }
-        let mut filled = 0;
+        // SAFETY: fresh has room for `heap` (≤ BURST) pointers.
+        let have_fresh = heap == 0
+            || unsafe { sys::meshd_alloc_bulk(self.pool.ptr, fresh.as_mut_ptr(), heap as u32) }
+                == 0;
+        let mut used = 0;
+        let mut mbufs = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
+        let (mut off, mut len) = ([0u16; BURST], [0u16; BURST]);
+        let mut n = 0;
         for buf in frames.drain(..) {
-            let data = buf.data();
-            #[allow(clippy::cast_possible_truncation)]
-            let dst = if sendable(data, self.mtu, BUF_SIZE) {
-                // SAFETY: mbufs[filled] is a fresh mbuf of ours; `put` checks its room.
-                unsafe { sys::meshd_mbuf_put(mbufs[filled], data.len() as u16) }
-            } else {
-                std::ptr::null_mut()
-            };
-            if dst.is_null() {
+            if !sendable(buf.data(), self.mtu, BUF_SIZE) {
                 self.stats.tx_bad_len += 1;
-            } else {
-                // SAFETY: `put` made room for data.len() bytes at dst in the mbuf.
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
-                filled += 1;
+                pool.put(buf);
+                continue;
             }
-            pool.put(buf);
+            match buf.take_mbuf() {
+                Ok((m, o, l)) => {
+                    (mbufs[n], off[n], len[n]) = (m.cast(), o, l);
+                    n += 1;
+                }
+                Err(buf) => {
+                    if !have_fresh {
+                        self.stats.tx_no_mbuf += 1;
+                        pool.put(buf);
+                        continue;
+                    }
+                    let data = buf.data();
+                    let mut o = 0u16;
+                    #[allow(clippy::cast_possible_truncation)]
+                    // SAFETY: fresh[used] is a fresh mbuf of ours (one per heap frame);
+                    // `put` checks its room. Sendable frames are shorter than 64 KiB.
+                    let dst =
+                        unsafe { sys::meshd_mbuf_put(fresh[used], data.len() as u16, &mut o) };
+                    if dst.is_null() {
+                        self.stats.tx_bad_len += 1;
+                    } else {
+                        // SAFETY: `put` made room for data.len() bytes at dst in the mbuf.
+                        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+                        #[allow(clippy::cast_possible_truncation)]
+                        let l = data.len() as u16;
+                        (mbufs[n], off[n], len[n]) = (fresh[used], o, l);
+                        n += 1;
+                        used += 1;
+                    }
+                    pool.put(buf);
+                }
+            }
         }
-        // The first `filled` mbufs hold frames; the rest (frames not sent for their length)
-        // go back below with those the PMD did not take.
-        let mut sent = 0;
-        if filled > 0 {
+        if have_fresh && used < heap {
             #[allow(clippy::cast_possible_truncation)]
-            let n = filled as u16;
-            // SAFETY: the first `filled` (≤ BURST) mbufs hold frames; the queue is this port's.
-            let took = unsafe { sys::meshd_tx(self.id, self.queue, mbufs.as_mut_ptr(), n) };
+            // SAFETY: fresh mbufs no frame went into (their frames' length refused) are ours.
+            unsafe {
+                sys::meshd_free_bulk(fresh[used..].as_mut_ptr(), (heap - used) as u32)
+            };
+        }
+        let mut sent = 0;
+        if n > 0 {
+            #[allow(clippy::cast_possible_truncation)]
+            // SAFETY: the first `n` (≤ BURST) mbufs are ours, each holding its frame at
+            // off/len; the queue is this port's.
+            let took = unsafe {
+                sys::meshd_tx_frames(
+                    self.id,
+                    self.queue,
+                    mbufs.as_mut_ptr(),
+                    off.as_ptr(),
+                    len.as_ptr(),
+                    n as u16,
+                )
+            };
             sent = usize::from(took);
         }
-        if sent < want {
-            self.stats.tx_full += (filled - sent) as u64;
+        if sent < n {
+            self.stats.tx_full += (n - sent) as u64;
             #[allow(clippy::cast_possible_truncation)]
-            // SAFETY: the PMD took the first `sent`; the rest (not sent, and the unfilled) are
-            // still ours.
+            // SAFETY: the PMD took the first `sent`; the rest are still ours.
             unsafe {
-                sys::meshd_free_bulk(mbufs[sent..].as_mut_ptr(), (want - sent) as u32)
+                sys::meshd_free_bulk(mbufs[sent..].as_mut_ptr(), (n - sent) as u32)
             };
         }
         self.stats.tx += sent as u64;

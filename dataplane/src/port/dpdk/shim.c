@@ -175,37 +175,72 @@ int meshd_port_stats(uint16_t port, struct meshd_stats *out) {
     return 0;
 }
 
-uint16_t meshd_rx(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n) {
-    return rte_eth_rx_burst(port, queue, pkts, n);
-}
-
-uint16_t meshd_tx(uint16_t port, uint16_t queue, struct rte_mbuf **pkts, uint16_t n) {
-    return rte_eth_tx_burst(port, queue, pkts, n);
-}
-
 int meshd_alloc_bulk(struct rte_mempool *mp, struct rte_mbuf **m, unsigned n) {
     return rte_pktmbuf_alloc_bulk(mp, m, n);
 }
 
 void meshd_free_bulk(struct rte_mbuf **m, unsigned n) { rte_pktmbuf_free_bulk(m, n); }
 
-/* The frame an mbuf holds: its first segment's data, that segment's length, and how many
- * segments the frame has (more than one: a frame larger than one mbuf). */
-const uint8_t *meshd_mbuf_frame(struct rte_mbuf *m, uint16_t *len, uint16_t *segs) {
-    /* A PMD that took the 802.1Q tag off (net_af_packet gets it apart from the frame from the
-     * kernel) gets it put back: the tasks port's VLANs say which task sent a frame. */
-    if ((m->ol_flags & RTE_MBUF_F_RX_VLAN_STRIPPED) && m->nb_segs == 1 && rte_vlan_insert(&m) != 0) {
-        *len = 0;
-        *segs = 0;
-        return NULL;
+void meshd_mbuf_free(struct rte_mbuf *m) { rte_pktmbuf_free(m); }
+
+/* Where a received frame is in its mbuf: the data room (`room`, `cap` bytes), the frame's
+ * offset and length in it, and how many segments the frame has (more than one: a frame larger
+ * than one mbuf; only the first is described). `room` is NULL for a frame that could not be
+ * made whole (a stripped VLAN tag not put back). */
+struct meshd_frame {
+    uint8_t *room;
+    uint16_t cap;
+    uint16_t off;
+    uint16_t len;
+    uint16_t segs;
+};
+
+/* Receives up to `n` frames from the queue into `pkts`, each described in `out`. A PMD that
+ * took the 802.1Q tag off (net_af_packet gets it apart from the frame from the kernel) gets it
+ * put back: the tasks port's VLANs say which task sent a frame. */
+uint16_t meshd_rx_frames(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
+                         struct meshd_frame *out, uint16_t n) {
+    uint16_t got = rte_eth_rx_burst(port, queue, pkts, n);
+    for (uint16_t i = 0; i < got; i++) {
+        struct rte_mbuf *m = pkts[i];
+        if ((m->ol_flags & RTE_MBUF_F_RX_VLAN_STRIPPED) && m->nb_segs == 1 &&
+            rte_vlan_insert(&m) != 0) {
+            out[i].room = NULL;
+            continue;
+        }
+        pkts[i] = m;
+        out[i].room = (uint8_t *)m->buf_addr;
+        out[i].cap = m->buf_len;
+        out[i].off = m->data_off;
+        out[i].len = m->data_len;
+        out[i].segs = m->nb_segs;
     }
-    *len = m->data_len;
-    *segs = m->nb_segs;
-    return rte_pktmbuf_mtod(m, const uint8_t *);
+    return got;
 }
 
-/* Makes a fresh mbuf hold `len` bytes and returns where they go; NULL if it has no room. */
-uint8_t *meshd_mbuf_put(struct rte_mbuf *m, uint16_t len) {
+/* Sends `n` single-segment mbufs whose frames are the `len[i]` bytes at `off[i]` in their data
+ * rooms (received frames rewritten in place, or fresh mbufs filled by `meshd_mbuf_put`).
+ * Returns how many the PMD took; the rest are still the caller's. */
+uint16_t meshd_tx_frames(uint16_t port, uint16_t queue, struct rte_mbuf **pkts,
+                         const uint16_t *off, const uint16_t *len, uint16_t n) {
+    for (uint16_t i = 0; i < n; i++) {
+        struct rte_mbuf *m = pkts[i];
+        m->data_off = off[i];
+        m->data_len = len[i];
+        m->pkt_len = len[i];
+        /* What the receiving PMD said of the frame (RSS hash, VLAN stripped, checksums) is not
+         * a request to the transmitting one. */
+        m->ol_flags &= RTE_MBUF_F_EXTERNAL;
+        m->packet_type = 0;
+    }
+    return rte_eth_tx_burst(port, queue, pkts, n);
+}
+
+/* Makes a fresh mbuf hold `len` bytes and returns where they go, their offset in the data room
+ * in `off`; NULL if it has no room. */
+uint8_t *meshd_mbuf_put(struct rte_mbuf *m, uint16_t len, uint16_t *off) {
     rte_pktmbuf_reset(m);
-    return (uint8_t *)rte_pktmbuf_append(m, len);
+    uint8_t *p = (uint8_t *)rte_pktmbuf_append(m, len);
+    *off = m->data_off;
+    return p;
 }

@@ -52,6 +52,29 @@ pub struct Stats {
     pub rx_nombuf: u64,
 }
 
+/// `struct meshd_frame`: where a received frame is in its mbuf.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct Frame {
+    pub room: *mut u8,
+    pub cap: u16,
+    pub off: u16,
+    pub len: u16,
+    pub segs: u16,
+}
+
+impl Default for Frame {
+    fn default() -> Self {
+        Frame {
+            room: std::ptr::null_mut(),
+            cap: 0,
+            off: 0,
+            len: 0,
+            segs: 0,
+        }
+    }
+}
+
 extern "C" {
     pub fn meshd_errno() -> c_int;
     pub fn meshd_strerror(e: c_int) -> *const c_char;
@@ -75,10 +98,23 @@ extern "C" {
     pub fn meshd_port_close(port: u16);
     pub fn meshd_port_link(port: u16, out: *mut Link) -> c_int;
     pub fn meshd_port_stats(port: u16, out: *mut Stats) -> c_int;
-    pub fn meshd_rx(port: u16, queue: u16, pkts: *mut *mut RteMbuf, n: u16) -> u16;
-    pub fn meshd_tx(port: u16, queue: u16, pkts: *mut *mut RteMbuf, n: u16) -> u16;
+    pub fn meshd_rx_frames(
+        port: u16,
+        queue: u16,
+        pkts: *mut *mut RteMbuf,
+        out: *mut Frame,
+        n: u16,
+    ) -> u16;
+    pub fn meshd_tx_frames(
+        port: u16,
+        queue: u16,
+        pkts: *mut *mut RteMbuf,
+        off: *const u16,
+        len: *const u16,
+        n: u16,
+    ) -> u16;
     pub fn meshd_alloc_bulk(mp: *mut RteMempool, m: *mut *mut RteMbuf, n: c_uint) -> c_int;
     pub fn meshd_free_bulk(m: *mut *mut RteMbuf, n: c_uint);
-    pub fn meshd_mbuf_frame(m: *mut RteMbuf, len: *mut u16, segs: *mut u16) -> *const u8;
-    pub fn meshd_mbuf_put(m: *mut RteMbuf, len: u16) -> *mut u8;
+    pub fn meshd_mbuf_free(m: *mut RteMbuf);
+    pub fn meshd_mbuf_put(m: *mut RteMbuf, len: u16, off: *mut u16) -> *mut u8;
 }
