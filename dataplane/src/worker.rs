@@ -438,6 +438,9 @@ impl Worker {
         }
     }
 
+    /// Queues a frame to go out of `port`. Always inlined: a frame passed down by value through
+    /// calls is copied at each (stalls on the burst's freshly written buffers, in `perf`).
+    #[inline(always)]
     fn push_out(&mut self, out: &mut Out, port: PortId, mut b: PacketBuf) {
         if let Some(c) = &self.capture {
             c.sent(self.id, port, self.now_us, &b);
@@ -490,7 +493,11 @@ impl Worker {
         self.pipeline.process(table, now, burst, verdicts);
         if !self.pipeline.has_extra() {
             for (b, v) in burst.drain(..).zip(verdicts.iter()) {
-                self.dispatch(b, *v, out);
+                // Forwarded frames (most) straight to their port's queue.
+                match *v {
+                    Verdict::Tx(port) => self.push_out(out, port, b),
+                    v => self.dispatch(b, v, out),
+                }
             }
             return;
         }

@@ -539,6 +539,19 @@ pub struct DpdkPort {
     mtu: usize,
     pub stats: DpdkStats,
     link_up: bool,
+    /// A burst's mbuf pointers and frames, kept from call to call rather than zeroed on the
+    /// stack at each (a memset per burst in `perf`); what they hold between calls is stale.
+    scratch: Box<Scratch>,
+}
+
+/// See [`DpdkPort`]'s `scratch`.
+#[derive(Debug)]
+struct Scratch {
+    mbufs: [*mut sys::RteMbuf; BURST],
+    frames: [sys::Frame; BURST],
+    other: [*mut sys::RteMbuf; BURST],
+    off: [u16; BURST],
+    len: [u16; BURST],
 }
 
 // SAFETY: the port's queue pair is used by the one thread that owns the DpdkPort (the PMD's
@@ -557,6 +570,13 @@ impl DpdkPort {
             mtu: usize::from(dev.mtu),
             stats: DpdkStats::default(),
             link_up: true,
+            scratch: Box::new(Scratch {
+                mbufs: [std::ptr::null_mut(); BURST],
+                frames: [sys::Frame::default(); BURST],
+                other: [std::ptr::null_mut(); BURST],
+                off: [0; BURST],
+                len: [0; BURST],
+            }),
         }
     }
 }
@@ -575,9 +595,12 @@ pub fn register_thread() {
 impl Port for DpdkPort {
     fn rx_burst(&mut self, _pool: &mut Pool, out: &mut Burst) -> usize {
         let want = out.remaining_capacity().min(BURST);
-        let mut mbufs = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
-        let mut frames = [sys::Frame::default(); BURST];
-        let mut bad = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
+        let Scratch {
+            mbufs,
+            frames,
+            other: bad,
+            ..
+        } = &mut *self.scratch;
         let mut nbad = 0;
         #[allow(clippy::cast_possible_truncation)]
         // SAFETY: mbufs and frames have room for `want` (≤ BURST) entries; the queue is this
@@ -632,15 +655,19 @@ impl Port for DpdkPort {
         // Frames in heap buffers (made by the host stack, ICMP errors, fragments) are copied
         // into fresh mbufs; received ones leave in their own.
         let heap = frames.iter().filter(|b| !b.is_mbuf()).count();
-        let mut fresh = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
+        let Scratch {
+            mbufs,
+            other: fresh,
+            off,
+            len,
+            ..
+        } = &mut *self.scratch;
         #[allow(clippy::cast_possible_truncation)]
         // SAFETY: fresh has room for `heap` (≤ BURST) pointers.
         let have_fresh = heap == 0
             || unsafe { sys::meshd_alloc_bulk(self.pool.ptr, fresh.as_mut_ptr(), heap as u32) }
                 == 0;
         let mut used = 0;
-        let mut mbufs = [std::ptr::null_mut::<sys::RteMbuf>(); BURST];
-        let (mut off, mut len) = ([0u16; BURST], [0u16; BURST]);
         let mut n = 0;
         for buf in frames.drain(..) {
             if !sendable(buf.data(), self.mtu, BUF_SIZE) {
