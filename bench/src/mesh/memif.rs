@@ -833,7 +833,7 @@ fn report(o: &MemifOptions, machine: Machine, runs: Vec<MemifRun>, leaked: u32) 
         "Sizes are the client's frame, FCS included; the VXLAN frame on the underlay is 50 bytes more (1468 B in the overlay is 1518 B on the underlay: memif takes no larger MTU).".to_string(),
         format!("The generator's mbuf pool had {leaked} mbufs in use at the end (its RX rings' share; meshd's pool counts are in each run's meshd_stats)."),
     ];
-    notes.push("memif pushes back: a system slower than the generator fills the generator's TX ring, and the frames the ring refuses are not sent (nor counted lost). So at full load every system delivers about all that was sent, and the full-load rate is the system's own forwarding rate, up to the generator's ceiling (one core that also sinks everything: what testpmd reaches, about 7 Mpps at 64 B here). The zero-loss search then finds the highest rate without the few frames a scheduling hiccup of either core loses.".into());
+    notes.push("memif pushes back: a system slower than the generator fills the generator's TX ring, and the frames the ring refuses are not sent (nor counted lost). So at full load every system delivers about all that was sent, and the full-load rate is the system's own forwarding rate, up to the generator's ceiling (one core that also sinks everything; the highest full-load rate in a run is a floor for it: on one host about 4.5 Mpps at 64 B, on another about 7). The zero-loss search then finds the highest rate without the few frames a scheduling hiccup of either core loses.".into());
     MemifReport {
         command: o.command.clone(),
         date_utc: super::utc_now(),
