@@ -86,7 +86,9 @@ unsafe impl Send for PacketBuf {}
 // SAFETY: shared references only read the block.
 unsafe impl Sync for PacketBuf {}
 
-/// A copy on the heap, whatever the original's block.
+/// A copy on the heap, whatever the original's block (an mbuf's data room is larger than a heap
+/// block: a frame reaching past [`BUF_SIZE`] in one is cut there; the pipeline's frames never
+/// do, and only tests and the host stack clone).
 impl Clone for PacketBuf {
     fn clone(&self) -> Self {
         let mut b = Self::new();

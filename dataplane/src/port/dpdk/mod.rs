@@ -515,10 +515,8 @@ pub struct DpdkStats {
     pub rx_chained: u64,
     /// Frames the PMD took an 802.1Q tag off that could not get it back: dropped.
     pub rx_bad: u64,
-    /// Frames longer than a [`PacketBuf`] holds: dropped.
+    /// Frames the PMD said lie outside their mbuf's data room: dropped.
     pub rx_too_long: u64,
-    /// Frames dropped because meshd's own buffer pool was empty.
-    pub rx_no_buf: u64,
     /// Frames the PMD did not take on transmit (ring full or a transmit error): freed.
     pub tx_full: u64,
     /// Frames not sent for their length.
@@ -617,20 +615,19 @@ impl Port for DpdkPort {
         let mut n = 0;
         for (&m, f) in mbufs[..got].iter().zip(&frames[..got]) {
             let (cap, off, len) = (usize::from(f.cap), usize::from(f.off), usize::from(f.len));
-            let why = if f.room.is_null() {
-                &mut self.stats.rx_bad
-            } else if f.segs != 1 {
-                &mut self.stats.rx_chained
-            } else if off + len > cap {
-                &mut self.stats.rx_too_long
-            } else if let Some(room) = std::ptr::NonNull::new(f.room) {
-                // SAFETY: a received single-segment mbuf, ours alone from here; `room` is its
-                // data room of `cap` bytes, the frame inside it (checked above).
-                out.push(unsafe { PacketBuf::from_mbuf(m.cast(), room, cap, off, len, self.port) });
-                n += 1;
-                continue;
-            } else {
-                &mut self.stats.rx_bad
+            let why = match std::ptr::NonNull::new(f.room) {
+                None => &mut self.stats.rx_bad,
+                Some(_) if f.segs != 1 => &mut self.stats.rx_chained,
+                Some(_) if off + len > cap => &mut self.stats.rx_too_long,
+                Some(room) => {
+                    // SAFETY: a received single-segment mbuf, ours alone from here; `room` is
+                    // its data room of `cap` bytes, the frame inside it (checked above).
+                    out.push(unsafe {
+                        PacketBuf::from_mbuf(m.cast(), room, cap, off, len, self.port)
+                    });
+                    n += 1;
+                    continue;
+                }
             };
             *why += 1;
             bad[nbad] = m;
@@ -758,7 +755,7 @@ impl Port for DpdkPort {
             sys::Stats::default()
         };
         PortCounters {
-            rx_dropped: pmd.imissed + pmd.rx_nombuf + pmd.ierrors + s.rx_no_buf,
+            rx_dropped: pmd.imissed + pmd.rx_nombuf + pmd.ierrors,
             rx_too_long: s.rx_too_long + s.rx_chained + s.rx_bad,
             tx_full: s.tx_full + s.tx_no_mbuf,
             tx_bad_len: s.tx_bad_len,
