@@ -92,15 +92,7 @@ unsafe impl Sync for PacketBuf {}
 impl Clone for PacketBuf {
     fn clone(&self) -> Self {
         let mut b = Self::new();
-        b.block_mut()[..self.end.min(BUF_SIZE)]
-            .copy_from_slice(&self.block()[..self.end.min(BUF_SIZE)]);
-        b.start = self.start.min(BUF_SIZE);
-        b.end = self.end.min(BUF_SIZE);
-        b.port = self.port;
-        b.pinned = self.pinned;
-        b.vlan = self.vlan;
-        b.opened = self.opened;
-        b.v6 = self.v6;
+        b.copy_from(self);
         b
     }
 }
@@ -220,6 +212,20 @@ impl PacketBuf {
     fn block_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `block`; `&mut self` makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.block.as_ptr(), self.cap) }
+    }
+
+    /// Makes this buffer a copy of `other`: its frame at the same offset and its marks (cut at
+    /// the end of this buffer's block).
+    fn copy_from(&mut self, other: &PacketBuf) {
+        let end = other.end.min(self.cap);
+        self.block_mut()[..end].copy_from_slice(&other.block()[..end]);
+        self.start = other.start.min(end);
+        self.end = end;
+        self.port = other.port;
+        self.pinned = other.pinned;
+        self.vlan = other.vlan;
+        self.opened = other.opened;
+        self.v6 = other.v6;
     }
 
     /// Empties the buffer and restores the headroom, ready to receive.
@@ -423,12 +429,7 @@ impl Pool {
             return Some(b);
         }
         let mut h = self.get()?;
-        h.fill(b.data());
-        h.port = b.port;
-        h.pinned = b.pinned;
-        h.vlan = b.vlan;
-        h.opened = b.opened;
-        h.v6 = b.v6;
+        h.copy_from(&b);
         Some(h)
     }
 

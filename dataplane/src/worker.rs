@@ -377,8 +377,8 @@ impl Worker {
 
     /// Waits for frames: in ppoll() on the ports' file descriptors and the worker's bell (a
     /// table published, frames handed to it or from the host stack) for up to `max` at once
-    /// when both can wake it (`woken`, [`Worker::woken_by_frames`]), since a frame then ends the wait however long it is set (one
-    /// system call per idle spell, not one per timeout). Otherwise with exponential back-off
+    /// when both can wake it (`woken`, [`Worker::woken_by_frames`]), since a frame then ends
+    /// the wait however long it is set (one system call per idle spell, not one per timeout). Otherwise with exponential back-off
     /// (1, 2, 4, ... µs): up to [`UNSENT_MAX`] while a port holds frames for another TX kick,
     /// up to [`UNBELLED_MAX`] without a bell (no eventfd) or a port descriptor (DPDK), in a
     /// sleep when there is no descriptor at all.
@@ -438,8 +438,7 @@ impl Worker {
         }
     }
 
-    /// Queues a frame to go out of `port`. Always inlined: a frame passed down by value through
-    /// calls is copied at each (stalls on the burst's freshly written buffers, in `perf`).
+    /// Queues a frame to go out of `port` (always inlined: see [`Worker::dispatch`]).
     #[inline(always)]
     fn push_out(&mut self, out: &mut Out, port: PortId, mut b: PacketBuf) {
         if let Some(c) = &self.capture {
@@ -493,11 +492,7 @@ impl Worker {
         self.pipeline.process(table, now, burst, verdicts);
         if !self.pipeline.has_extra() {
             for (b, v) in burst.drain(..).zip(verdicts.iter()) {
-                // Forwarded frames (most) straight to their port's queue.
-                match *v {
-                    Verdict::Tx(port) => self.push_out(out, port, b),
-                    v => self.dispatch(b, v, out),
-                }
+                self.dispatch(b, *v, out);
             }
             return;
         }
@@ -515,41 +510,55 @@ impl Worker {
         }
     }
 
-    /// Sends, queues or frees one frame by its verdict.
+    /// Sends, queues or frees one frame by its verdict. Always inlined, as is `push_out`: most
+    /// frames are forwarded, and a frame passed down by value through calls is copied at each
+    /// (stalls on the burst's freshly written buffers, in `perf`); the rarer verdicts have
+    /// calls of their own.
+    #[inline(always)]
     fn dispatch(&mut self, b: PacketBuf, v: Verdict, out: &mut Out) {
         match v {
             Verdict::Tx(port) => self.push_out(out, port, b),
-            Verdict::Host(_) => {
-                // The host stack keeps frames beyond the burst: in heap buffers, not mbufs.
-                let Some(b) = self.pool.keep(b) else {
-                    self.pipeline.stats.drop(DropReason::NoBuffer);
-                    return;
-                };
-                if let Err(b) = self.shared.to_host.push(b) {
-                    self.pipeline.stats.drop(DropReason::HostQueueFull);
-                    self.pool.put(b);
-                }
-                self.ring_host = true;
-            }
-            Verdict::Handoff(w) => match self.shared.handoff.get(usize::from(w)) {
-                Some(q) => {
-                    if let Err(b) = q.push(b) {
-                        self.pipeline.stats.drop(DropReason::HandoffFull);
-                        self.pool.put(b);
-                    }
-                    match 1u128.checked_shl(u32::from(w)) {
-                        Some(bit) => self.ring_workers |= bit,
-                        None => self.shared.bells[usize::from(w)].ring(),
-                    }
-                }
-                // Cannot happen while the pipeline and the worker agree on the worker count;
-                // counted rather than lost silently if they ever do not.
-                None => {
+            Verdict::Host(_) => self.give_host(b),
+            Verdict::Handoff(w) => self.hand_off(b, w),
+            Verdict::Drop(_) | Verdict::Consumed => self.pool.put(b),
+        }
+    }
+
+    /// Queues a frame for the host stack.
+    #[inline(never)]
+    fn give_host(&mut self, b: PacketBuf) {
+        // The host stack keeps frames beyond the burst: in heap buffers, not mbufs.
+        let Some(b) = self.pool.keep(b) else {
+            self.pipeline.stats.drop(DropReason::NoBuffer);
+            return;
+        };
+        if let Err(b) = self.shared.to_host.push(b) {
+            self.pipeline.stats.drop(DropReason::HostQueueFull);
+            self.pool.put(b);
+        }
+        self.ring_host = true;
+    }
+
+    /// Hands a frame to worker `w`, the owner of its flow.
+    #[inline(never)]
+    fn hand_off(&mut self, b: PacketBuf, w: u16) {
+        match self.shared.handoff.get(usize::from(w)) {
+            Some(q) => {
+                if let Err(b) = q.push(b) {
                     self.pipeline.stats.drop(DropReason::HandoffFull);
                     self.pool.put(b);
                 }
-            },
-            Verdict::Drop(_) | Verdict::Consumed => self.pool.put(b),
+                match 1u128.checked_shl(u32::from(w)) {
+                    Some(bit) => self.ring_workers |= bit,
+                    None => self.shared.bells[usize::from(w)].ring(),
+                }
+            }
+            // Cannot happen while the pipeline and the worker agree on the worker count;
+            // counted rather than lost silently if they ever do not.
+            None => {
+                self.pipeline.stats.drop(DropReason::HandoffFull);
+                self.pool.put(b);
+            }
         }
     }
 }
