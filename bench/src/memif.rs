@@ -309,6 +309,12 @@ impl Memif {
         Ok(())
     }
 
+    /// Closes the last interface: its peer sees the link go down; the others go on as they
+    /// were (their indices unchanged). `false` when there was none.
+    pub fn close_last(&mut self) -> bool {
+        self.ends.pop().is_some()
+    }
+
     /// Mbufs of the generator's pool not given back (its RX rings' and in flight).
     pub fn mbufs_in_use(&self) -> u32 {
         self.mbufs.in_use()

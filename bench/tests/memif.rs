@@ -21,6 +21,160 @@ fn drops(meshd: &bench::mesh::memif::Running) -> serde_json::Value {
     meshd_stats(meshd).unwrap()["total"]["drops"].clone()
 }
 
+/// A worker counter of meshd's `stats`, summed over its workers.
+fn counter(meshd: &bench::mesh::memif::Running, name: &str) -> u64 {
+    let s = meshd_stats(meshd).unwrap();
+    s["total"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in meshd's stats: {}", s["total"]))
+}
+
+/// Polls `f` every 20 ms until it holds, at most `limit`.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// Sends `f` at 100 kpps until more than 2,048 frames came back (ARP answered, flows made).
+fn warm(g: &mut Memif, f: &bench::memif::Frames, stop: &AtomicBool) -> u64 {
+    let mut back = 0;
+    for _ in 0..50 {
+        let (_, got) = g
+            .run(
+                f,
+                0,
+                Some(100_000.0),
+                Duration::from_millis(50),
+                stop,
+                Duration::from_millis(50),
+            )
+            .unwrap();
+        back += got.frames;
+        if back > 2048 {
+            break;
+        }
+    }
+    back
+}
+
+/// The tasks link goes down with meshd forwarding into it at full load (the generator closes
+/// that interface): meshd counts the link going down and every frame it then cannot send for
+/// that reason, loses nothing else, keeps serving the uplink (the published port, frame for
+/// frame), and its mbufs come back to where they started.
+fn tasks_link_goes_down_under_load(
+    g: &mut Memif,
+    meshd: &mut bench::mesh::memif::Running,
+    meshd_start: u64,
+    stop: &AtomicBool,
+) {
+    let q = Duration::from_millis(50);
+    let decap = frames(PathKind::Decap, 64, 1024, g.mac(0));
+    assert!(warm(g, &decap, stop) > 0, "decap: nothing came back");
+    assert_eq!(counter(meshd, "port_link_downs"), 0);
+    // Full load, and the tasks interface closed the moment the generator stops sending: the
+    // frames on meshd's rings meet a link going down.
+    let (sent, _) = g
+        .run(
+            &decap,
+            0,
+            None,
+            Duration::from_millis(300),
+            stop,
+            Duration::ZERO,
+        )
+        .unwrap();
+    assert!(g.close_last(), "the generator had no tasks interface");
+    assert!(sent.frames > 100_000, "full load sent only {}", sent.frames);
+    assert!(
+        eventually(Duration::from_secs(5), || counter(meshd, "port_link_downs")
+            == 1),
+        "meshd did not count the tasks link going down: {}",
+        meshd_stats(meshd).unwrap()["total"]
+    );
+    meshd.alive().unwrap();
+    let stats = meshd_stats(meshd).unwrap();
+    let (_, devices) = dpdk_rows(&stats);
+    assert_eq!(devices[0]["link_up"], true, "{}", devices[0]);
+    assert_eq!(devices[1]["link_up"], false, "{}", devices[1]);
+
+    // Frames for the task behind the dead link: each counted for it, none for anything else.
+    let (down0, drops0) = (counter(meshd, "port_tx_link_down"), total(&drops(meshd)));
+    let others = |m: &bench::mesh::memif::Running| {
+        [
+            "port_rx_dropped",
+            "port_rx_too_long",
+            "port_tx_full",
+            "port_tx_bad_len",
+        ]
+        .iter()
+        .map(|c| counter(m, c))
+        .sum::<u64>()
+    };
+    let others0 = others(meshd);
+    let (sent, got) = g
+        .run(
+            &decap,
+            0,
+            Some(100_000.0),
+            Duration::from_millis(300),
+            stop,
+            q,
+        )
+        .unwrap();
+    assert!(sent.frames > 10_000, "sent {}", sent.frames);
+    assert_eq!(got.frames, 0, "frames came back from a closed interface");
+    assert!(
+        eventually(Duration::from_secs(2), || counter(
+            meshd,
+            "port_tx_link_down"
+        ) - down0
+            >= sent.frames),
+        "sent {} to the task, {} counted as link down",
+        sent.frames,
+        counter(meshd, "port_tx_link_down") - down0
+    );
+    assert_eq!(total(&drops(meshd)), drops0, "the pipeline dropped frames");
+    assert_eq!(
+        others(meshd),
+        others0,
+        "frames counted for another port drop"
+    );
+
+    // The uplink still serves the published port, frame for frame.
+    let ingress = frames(PathKind::Ingress, 64, 1024, g.mac(0));
+    assert!(warm(g, &ingress, stop) > 0, "ingress: nothing came back");
+    let (sent, got) = g
+        .run(
+            &ingress,
+            0,
+            Some(100_000.0),
+            Duration::from_millis(500),
+            stop,
+            q,
+        )
+        .unwrap();
+    assert!(sent.frames > 10_000, "sent {}", sent.frames);
+    assert_eq!(
+        got.frames, sent.frames,
+        "ingress lost frames with the tasks link down"
+    );
+    meshd.alive().unwrap();
+    let mut last = 0;
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            last = dpdk_rows(&meshd_stats(meshd).unwrap()).0;
+            last == meshd_start
+        }),
+        "meshd's mbufs in use after the link went down: {last}, {meshd_start} at the start"
+    );
+}
+
 /// The sum of a drops-by-reason map.
 fn total(drops: &serde_json::Value) -> u64 {
     drops.as_object().map_or(0, |m| {
@@ -145,6 +299,9 @@ fn meshd_forwards_memif_frames_both_ways_and_leaks_no_mbuf() {
     // meshd's frames leave in their own mbufs or go back to their pool: its pools hold what
     // they held before.
     assert_eq!(meshd_end, meshd_start, "meshd's mbufs in use: {stats}");
+
+    // One process, one EAL: the link-down case runs here, after the rest.
+    tasks_link_goes_down_under_load(&mut g, &mut meshd, meshd_start, &stop);
     drop(meshd);
     // The generator's side sees the peer go (the link state the stats report).
     let t0 = std::time::Instant::now();

@@ -809,13 +809,22 @@ crate::counters! {
         /// Least-connections picks made by rotation instead: a task's connections were not
         /// counted (the worker's per-task counters were full).
         sched_uncounted: Counter,
+        /// Frames a port did not send because its link was down (DPDK ports; the link as the
+        /// worker last saw it, about every 10 ms), and the times a port's link was seen going
+        /// down.
+        port_tx_link_down: Counter,
+        port_link_downs: Counter,
     }
 }
 
 impl WorkerCounters {
     /// Frames the ports lost before or after the pipeline.
     pub fn port_drops(&self) -> u64 {
-        self.port_rx_dropped + self.port_rx_too_long + self.port_tx_full + self.port_tx_bad_len
+        self.port_rx_dropped
+            + self.port_rx_too_long
+            + self.port_tx_full
+            + self.port_tx_bad_len
+            + self.port_tx_link_down
     }
 }
 

@@ -390,8 +390,10 @@ mod tests {
             s.flows_removed,
             s.affinity_full,
             s.sched_uncounted,
+            s.port_tx_link_down,
+            s.port_link_downs,
         ) = (
-            14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33,
+            14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
         );
         let a = s.to_array();
         for (i, name) in WorkerStats::NAMES.iter().enumerate().skip(13) {

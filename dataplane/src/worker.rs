@@ -243,6 +243,8 @@ impl Worker {
         s.port_rx_too_long = u.rx_too_long + t.rx_too_long;
         s.port_tx_full = u.tx_full + t.tx_full;
         s.port_tx_bad_len = u.tx_bad_len + t.tx_bad_len;
+        s.port_tx_link_down = u.tx_link_down + t.tx_link_down;
+        s.port_link_downs = u.link_downs + t.link_downs;
     }
 
     /// One iteration: receive a burst from each port and from the handoff ring, process, send;

@@ -143,6 +143,8 @@ fn a_mesh_on_dpdk_ports_answers_curl_ping_and_dig_through_every_node() {
             "port_rx_too_long",
             "port_tx_full",
             "port_tx_bad_len",
+            "port_tx_link_down",
+            "port_link_downs",
         ] {
             assert_eq!(common::counter(&m, node, c), 0, "{node} {c}");
         }

@@ -40,6 +40,11 @@ pub struct PortCounters {
     /// Frames not sent because of their length (shorter than an Ethernet header, longer than
     /// the MTU allows).
     pub tx_bad_len: u64,
+    /// Frames not sent because the port's link was down (DPDK: as last seen, at most about
+    /// 10 ms old; other ports count these as `tx_full` or not at all).
+    pub tx_link_down: u64,
+    /// Times the port's link was seen going down (DPDK; 0 for the other ports).
+    pub link_downs: u64,
 }
 
 /// A source and sink of Ethernet frames.

@@ -535,6 +535,7 @@ impl Port for AfXdpPort {
             rx_too_long: s.rx_too_long,
             tx_full: s.tx_ring_full,
             tx_bad_len: s.tx_bad_len,
+            ..PortCounters::default()
         }
     }
 

@@ -29,7 +29,9 @@
 //! - **Bad input**: a frame in more than one mbuf (larger than the 2 KiB data room) is
 //!   dropped and counted (`rx_chained`), one said to lie outside its data room too
 //!   (`rx_too_long`); frames the PMD does not take on transmit (ring full, a transmit error)
-//!   are freed and counted (`tx_full`); an mbuf pool found empty when a heap buffer's frame
+//!   are freed and counted (`tx_full`), or (`tx_link_down`) when the link was down at the
+//!   worker's last look (its counters' refresh, about every 10 ms; the first queue also counts
+//!   the link going down, `link_down`); an mbuf pool found empty when a heap buffer's frame
 //!   is to go out drops that frame (`tx_no_mbuf`). A dropped frame's mbuf goes back to its
 //!   pool where the pipeline drops it (the buffer's `Drop`).
 #![allow(unsafe_code)]
@@ -519,11 +521,14 @@ pub struct DpdkStats {
     pub rx_too_long: u64,
     /// Frames the PMD did not take on transmit (ring full or a transmit error): freed.
     pub tx_full: u64,
+    /// Frames the PMD did not take while the link was down (as last seen): freed.
+    pub tx_link_down: u64,
     /// Frames not sent for their length.
     pub tx_bad_len: u64,
     /// Frames not sent because the mbuf pool was empty.
     pub tx_no_mbuf: u64,
-    /// Times the link was seen going down.
+    /// Times the link was seen going down (by the device's first queue only: one count per
+    /// transition, not one per worker).
     pub link_down: u64,
 }
 
@@ -730,7 +735,13 @@ impl Port for DpdkPort {
             sent = usize::from(took);
         }
         if sent < n {
-            self.stats.tx_full += (n - sent) as u64;
+            // A link seen down (at the last counters' refresh) takes nothing: those frames
+            // are counted for it, not for a full ring.
+            if self.link_up {
+                self.stats.tx_full += (n - sent) as u64;
+            } else {
+                self.stats.tx_link_down += (n - sent) as u64;
+            }
             #[allow(clippy::cast_possible_truncation)]
             // SAFETY: the PMD took the first `sent`; the rest are still ours.
             unsafe {
@@ -743,7 +754,7 @@ impl Port for DpdkPort {
 
     fn counters(&mut self) -> PortCounters {
         let l = link(self.id);
-        if self.link_up && l.up == 0 {
+        if self.link_up && l.up == 0 && self.queue == 0 {
             self.stats.link_down += 1;
         }
         self.link_up = l.up != 0;
@@ -759,6 +770,8 @@ impl Port for DpdkPort {
             rx_too_long: s.rx_too_long + s.rx_chained + s.rx_bad,
             tx_full: s.tx_full + s.tx_no_mbuf,
             tx_bad_len: s.tx_bad_len,
+            tx_link_down: s.tx_link_down,
+            link_downs: s.link_down,
         }
     }
 }
