@@ -785,6 +785,11 @@ crate::counters! {
         port_rx_too_long: Counter,
         port_tx_full: Counter,
         port_tx_bad_len: Counter,
+        /// Frames a port did not send because its link was down (DPDK ports; the link as the
+        /// worker last saw it, about every 10 ms), and the times a port's link was seen going
+        /// down.
+        port_tx_link_down: Counter,
+        port_link_downs: Counter,
         /// New connections a task answered with a RST (nothing listening: passive health
         /// counts them against it).
         syn_refused: Counter,
@@ -809,11 +814,6 @@ crate::counters! {
         /// Least-connections picks made by rotation instead: a task's connections were not
         /// counted (the worker's per-task counters were full).
         sched_uncounted: Counter,
-        /// Frames a port did not send because its link was down (DPDK ports; the link as the
-        /// worker last saw it, about every 10 ms), and the times a port's link was seen going
-        /// down.
-        port_tx_link_down: Counter,
-        port_link_downs: Counter,
     }
 }
 

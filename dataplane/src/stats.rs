@@ -382,6 +382,8 @@ mod tests {
             s.port_rx_too_long,
             s.port_tx_full,
             s.port_tx_bad_len,
+            s.port_tx_link_down,
+            s.port_link_downs,
             s.syn_refused,
             s.syn_unanswered,
             s.passive_lost,
@@ -390,8 +392,6 @@ mod tests {
             s.flows_removed,
             s.affinity_full,
             s.sched_uncounted,
-            s.port_tx_link_down,
-            s.port_link_downs,
         ) = (
             14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
         );
