@@ -436,6 +436,7 @@ mod tests {
         assert!(e.contains("1 to 1048576"), "{e}");
     }
 
+    #[cfg(feature = "dpdk")]
     #[test]
     fn memif_measures_latency_at_half_the_zero_loss_rate_or_at_the_rate_given() {
         let o = mesh(&["--io", "memif"]).memif_options().unwrap();
