@@ -15,6 +15,7 @@ use std::time::Duration;
 use bench::memif::Memif;
 use bench::mesh::memif::{frames, meshd_stats, sockets, start_meshd, PathKind};
 use bench::mesh::topo::Programs;
+use bench::pktgen::{Received, Sent};
 
 /// meshd's drops so far, by reason.
 fn drops(meshd: &bench::mesh::memif::Running) -> serde_json::Value {
@@ -41,20 +42,26 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Sends `f` at 100 kpps until more than 2,048 frames came back (ARP answered, flows made).
+/// Sends `f` on the uplink at 100 kpps, far below what one worker does, for `ms`
+/// milliseconds, then reads what comes back until 50 ms pass with nothing.
+fn steady(g: &mut Memif, f: &bench::memif::Frames, ms: u64, stop: &AtomicBool) -> (Sent, Received) {
+    g.run(
+        f,
+        0,
+        Some(100_000.0),
+        Duration::from_millis(ms),
+        stop,
+        Duration::from_millis(50),
+    )
+    .unwrap()
+}
+
+/// Sends `f` at 100 kpps until more than 2,048 frames came back (ARP: meshd asks the
+/// generator for n2 and the task; then every flow made). Returns the frames that came back.
 fn warm(g: &mut Memif, f: &bench::memif::Frames, stop: &AtomicBool) -> u64 {
     let mut back = 0;
     for _ in 0..50 {
-        let (_, got) = g
-            .run(
-                f,
-                0,
-                Some(100_000.0),
-                Duration::from_millis(50),
-                stop,
-                Duration::from_millis(50),
-            )
-            .unwrap();
+        let (_, got) = steady(g, f, 50, stop);
         back += got.frames;
         if back > 2048 {
             break;
@@ -73,7 +80,6 @@ fn tasks_link_goes_down_under_load(
     meshd_start: u64,
     stop: &AtomicBool,
 ) {
-    let q = Duration::from_millis(50);
     let decap = frames(PathKind::Decap, 64, 1024, g.mac(0));
     assert!(warm(g, &decap, stop) > 0, "decap: nothing came back");
     assert_eq!(counter(meshd, "port_link_downs"), 0);
@@ -117,16 +123,7 @@ fn tasks_link_goes_down_under_load(
         .sum::<u64>()
     };
     let others0 = others(meshd);
-    let (sent, got) = g
-        .run(
-            &decap,
-            0,
-            Some(100_000.0),
-            Duration::from_millis(300),
-            stop,
-            q,
-        )
-        .unwrap();
+    let (sent, got) = steady(g, &decap, 300, stop);
     assert!(sent.frames > 10_000, "sent {}", sent.frames);
     assert_eq!(got.frames, 0, "frames came back from a closed interface");
     assert!(
@@ -149,16 +146,7 @@ fn tasks_link_goes_down_under_load(
     // The uplink still serves the published port, frame for frame.
     let ingress = frames(PathKind::Ingress, 64, 1024, g.mac(0));
     assert!(warm(g, &ingress, stop) > 0, "ingress: nothing came back");
-    let (sent, got) = g
-        .run(
-            &ingress,
-            0,
-            Some(100_000.0),
-            Duration::from_millis(500),
-            stop,
-            q,
-        )
-        .unwrap();
+    let (sent, got) = steady(g, &ingress, 500, stop);
     assert!(sent.frames > 10_000, "sent {}", sent.frames);
     assert_eq!(
         got.frames, sent.frames,
@@ -212,31 +200,17 @@ fn meshd_forwards_memif_frames_both_ways_and_leaks_no_mbuf() {
     g.wait_up(Duration::from_secs(20), &stop)
         .unwrap_or_else(|e| panic!("{e}\n    {}", meshd.tail()));
     let (meshd_start, _) = dpdk_rows(&meshd_stats(&meshd).unwrap());
-    let q = Duration::from_millis(50);
 
     for (path, out_on) in [(PathKind::Ingress, 0), (PathKind::Decap, 1)] {
         let f = frames(path, 64, 1024, g.mac(0));
-        // ARP (meshd asks the generator for n2 and the task), then every flow made.
-        let mut warm = 0;
-        for _ in 0..50 {
-            let (_, got) = g
-                .run(&f, 0, Some(100_000.0), Duration::from_millis(50), &stop, q)
-                .unwrap();
-            warm += got.frames;
-            if warm > 2048 {
-                break;
-            }
-        }
         assert!(
-            warm > 0,
+            warm(&mut g, &f, &stop) > 0,
             "{path:?}: nothing came back\n    {}",
             meshd.tail()
         );
         let before = g.chores.stamped_on;
         let dropped = drops(&meshd);
-        let (sent, got) = g
-            .run(&f, 0, Some(100_000.0), Duration::from_millis(500), &stop, q)
-            .unwrap();
+        let (sent, got) = steady(&mut g, &f, 500, &stop);
         let after = g.chores.stamped_on;
         // Frames the ring did not take (meshd's worker descheduled on a loaded machine) are
         // not sent; every frame sent must arrive.
@@ -263,14 +237,9 @@ fn meshd_forwards_memif_frames_both_ways_and_leaks_no_mbuf() {
     // back to meshd's pool.
     let mut f = frames(PathKind::Ingress, 64, 1024, g.mac(0));
     f.inner.dport = 9;
-    let handled = |m: &bench::mesh::memif::Running| {
-        let s = meshd_stats(m).unwrap();
-        total(&s["total"]["drops"]) + s["total"]["to_host"].as_u64().unwrap()
-    };
+    let handled = |m: &bench::mesh::memif::Running| total(&drops(m)) + counter(m, "to_host");
     let before = handled(&meshd);
-    let (sent, _) = g
-        .run(&f, 0, Some(100_000.0), Duration::from_millis(300), &stop, q)
-        .unwrap();
+    let (sent, _) = steady(&mut g, &f, 300, &stop);
     assert!(sent.frames > 5_000, "sent {}", sent.frames);
     assert_eq!(
         handled(&meshd) - before,

@@ -380,10 +380,10 @@ impl Worker {
     /// Waits for frames: in ppoll() on the ports' file descriptors and the worker's bell (a
     /// table published, frames handed to it or from the host stack) for up to `max` at once
     /// when both can wake it (`woken`, [`Worker::woken_by_frames`]), since a frame then ends
-    /// the wait however long it is set (one system call per idle spell, not one per timeout). Otherwise with exponential back-off
-    /// (1, 2, 4, ... µs): up to [`UNSENT_MAX`] while a port holds frames for another TX kick,
-    /// up to [`UNBELLED_MAX`] without a bell (no eventfd) or a port descriptor (DPDK), in a
-    /// sleep when there is no descriptor at all.
+    /// the wait however long it is set (one system call per idle spell, not one per timeout).
+    /// Otherwise with exponential back-off (1, 2, 4, ... µs): up to [`UNSENT_MAX`] while a
+    /// port holds frames for another TX kick, up to [`UNBELLED_MAX`] without a bell (no
+    /// eventfd) or a port descriptor (DPDK), in a sleep when there is no descriptor at all.
     // Casts: u64/u128 to usize or u64: lossless on the 64-bit targets meshd runs on.
     #[allow(clippy::cast_possible_truncation)]
     fn sleep(&self, step: u32, max: Duration, woken: bool) {
