@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +21,11 @@ use dataplane::neigh::Neighbors;
 use dataplane::pipeline::Config;
 use dataplane::port::mem;
 use dataplane::worker::{Idle, Shared, Worker};
+use tempfile::TempDir;
 
 struct Daemon {
-    dir: PathBuf,
+    /// Removed when the daemon's last user drops it, a failed test's too.
+    dir: TempDir,
     socket: PathBuf,
     shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -35,19 +37,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(tag: &str) -> Daemon {
-        let dir = std::env::temp_dir().join(format!("meshd-ctl-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self::start_in(dir)
+        Self::start_in(temp_dir(tag))
     }
 
-    fn start_in(dir: PathBuf) -> Daemon {
+    fn start_in(dir: TempDir) -> Daemon {
         Self::start_limited(dir, Limits::default())
     }
 
-    fn start_limited(dir: PathBuf, limits: Limits) -> Daemon {
-        let socket = dir.join("meshd.sock");
-        let store = StateStore::new(dir.join("state.json"));
+    fn start_limited(dir: TempDir, limits: Limits) -> Daemon {
+        let socket = dir.path().join("meshd.sock");
+        let store = StateStore::new(dir.path().join("state.json"));
         let mut persisted = store.load().unwrap().unwrap_or_default();
         if persisted.state.node("n1").is_none() {
             persisted.state.nodes.push(node("n1", 11));
@@ -116,12 +115,13 @@ impl Daemon {
         c
     }
 
-    fn stop(mut self) -> PathBuf {
+    /// Stops the daemon and gives back its directory (for another to start in).
+    fn stop(self) -> TempDir {
         self.shared.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        for t in self.threads {
             t.join().unwrap();
         }
-        self.dir.clone()
+        self.dir
     }
 }
 
@@ -150,8 +150,17 @@ fn err(r: Response) -> ctl::proto::ErrorBody {
     }
 }
 
-fn state_file(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("state.json")).unwrap_or_default()
+/// A fresh directory for one test's state and socket, `meshd-ctl-<tag>-…` in the temporary
+/// directory, removed when dropped.
+fn temp_dir(tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("meshd-ctl-{tag}-"))
+        .tempdir()
+        .unwrap()
+}
+
+fn state_file(dir: &TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("state.json")).unwrap_or_default()
 }
 
 fn ingress() -> Network {
@@ -480,8 +489,7 @@ fn state_survives_a_restart() {
         .load()
         .published(smoltcp::wire::IpProtocol::Tcp, 8080)
         .is_some());
-    let dir = d.stop();
-    let _ = std::fs::remove_dir_all(dir);
+    d.stop();
 }
 
 /// A change waiting for a worker that never acknowledges holds the control thread; `stats` and
@@ -490,10 +498,8 @@ fn state_survives_a_restart() {
 #[test]
 fn stats_and_metrics_answer_while_a_change_waits_for_the_workers() {
     use std::io::{Read, Write};
-    let dir = std::env::temp_dir().join(format!("meshd-ctl-{}-stuck", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("meshd.sock");
+    let dir = temp_dir("stuck");
+    let socket = dir.path().join("meshd.sock");
     let mut persisted = dataplane::control::Persisted::default();
     persisted.state.nodes.push(node("n1", 11));
     // One worker that never runs, so never acknowledges a generation.
@@ -505,7 +511,7 @@ fn stats_and_metrics_answer_while_a_change_waits_for_the_workers() {
     let mut controller = Controller::new(
         "n1".into(),
         persisted,
-        StateStore::new(dir.join("state.json")),
+        StateStore::new(dir.path().join("state.json")),
         shared.clone(),
     )
     .unwrap();
@@ -570,7 +576,6 @@ fn stats_and_metrics_answer_while_a_change_waits_for_the_workers() {
         t.join().unwrap();
     }
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Clients that would hold the control socket cannot: a connection over the per-client cap
@@ -581,9 +586,7 @@ fn stats_and_metrics_answer_while_a_change_waits_for_the_workers() {
 fn dribbling_deaf_and_greedy_clients_cannot_hold_the_control_socket() {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::os::unix::net::UnixStream;
-    let dir = std::env::temp_dir().join(format!("meshd-ctl-{}-limits", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("limits");
     let limits = Limits {
         request: Duration::from_millis(400),
         write: Duration::from_millis(300),

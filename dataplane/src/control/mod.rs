@@ -1189,12 +1189,13 @@ mod tests {
     use ctl::model::HealthCheck;
 
     /// A controller for node n2 of `three_nodes` with a health-checked `web`, no workers (so
-    /// nothing waits for acknowledgements).
-    fn controller(tag: &str) -> Controller {
-        let dir =
-            std::env::temp_dir().join(format!("meshd-ctl-health-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::create_dir_all(&dir);
+    /// nothing waits for acknowledgements), and the directory of its state (removed when
+    /// dropped: keep it as long as the controller).
+    fn controller(tag: &str) -> (Controller, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("meshd-ctl-health-{tag}-"))
+            .tempdir()
+            .unwrap();
         let mut state = crate::testkit::three_nodes();
         state.services[0].health = Some(HealthCheck {
             interval_ms: 1000,
@@ -1214,12 +1215,12 @@ mod tests {
         let mut c = Controller::new(
             "n2".into(),
             persisted,
-            StateStore::new(dir.join("state.json")),
+            StateStore::new(dir.path().join("state.json")),
             shared,
         )
         .unwrap();
         c.host = Some(Arc::new(HostShared::default()));
-        c
+        (c, dir)
     }
 
     fn ps(c: &mut Controller) -> Vec<PsTask> {
@@ -1232,7 +1233,7 @@ mod tests {
 
     #[test]
     fn in_cluster_mode_the_state_comes_from_etcd_and_nodes_without_a_lease_are_flagged_down() {
-        let mut c = controller("cluster");
+        let (mut c, _dir) = controller("cluster");
         c.cluster = Some("etcd://10.99.0.1:2379".into());
         // The socket takes no change: it says where changes go.
         let r = c.handle(&Command::Change(Change::ServiceScale {
@@ -1310,7 +1311,7 @@ mod tests {
 
     #[test]
     fn an_encrypted_networks_keys_are_kept_in_the_state_file_and_never_answered() {
-        let mut c = controller("keys");
+        let (mut c, _dir) = controller("keys");
         let secret = ctl::Secret([0x5a; 32]);
         let hex = "5a".repeat(32);
         let net = ctl::Network {
@@ -1378,7 +1379,7 @@ mod tests {
     /// changes nothing; one it can take reaches the table with its IPv6 prefix.
     #[test]
     fn a_refused_dual_stack_network_changes_nothing() {
-        let mut c = controller("dual");
+        let (mut c, _dir) = controller("dual");
         let (state, generation) = (c.state.clone(), c.generation);
         let net = |subnet6: &str| ctl::Network {
             subnet6: Some(subnet6.parse().unwrap()),
@@ -1421,7 +1422,7 @@ mod tests {
 
     #[test]
     fn in_cluster_mode_a_change_to_one_service_is_checked_and_compiled_alone() {
-        let mut c = controller("part");
+        let (mut c, _dir) = controller("part");
         c.cluster = Some("etcd://10.99.0.1:2379".into());
         let live: BTreeSet<String> = ["n1", "n2", "n3"].map(String::from).into();
         let state = c.state.clone();
@@ -1517,7 +1518,7 @@ mod tests {
 
     #[test]
     fn health_changes_publish_a_generation_without_persisting() {
-        let mut c = controller("gen");
+        let (mut c, _dir) = controller("gen");
         let t = c.shared.table.load_full();
         assert_eq!(t.generation, 4);
         assert!(t
@@ -1550,7 +1551,7 @@ mod tests {
 
     #[test]
     fn service_ps_shows_the_current_state_since_when_and_why() {
-        let mut c = controller("ps");
+        let (mut c, _dir) = controller("ps");
         let rows = ps(&mut c);
         let st = rows[0].status.clone().unwrap();
         assert_eq!(
