@@ -154,6 +154,20 @@ pub enum MemifError {
     Setup(String),
     #[error("no memif peer connected to {0} in {1:?}: is the system under test running with role=client on that socket?")]
     NoPeer(PathBuf, Duration),
+    #[error("no memif server answered on {0} in {1:?}: is the system under test running with role=server on that socket?")]
+    NoServer(PathBuf, Duration),
+}
+
+/// Which end of its memif sockets the generator is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// It serves the sockets and the system under test connects (the benchmarks' way: a
+    /// DPDK memif client connects only when its device starts, so the generator must be
+    /// there first).
+    Server,
+    /// It connects to sockets the system under test serves: a generator that stops and
+    /// starts again is a peer restarting.
+    Client,
 }
 
 /// One memif interface of the generator.
@@ -181,6 +195,7 @@ pub const MAX_ENDS: usize = 4;
 /// The generator and sink on its memif interfaces.
 #[derive(Debug)]
 pub struct Memif {
+    role: Role,
     ends: Vec<End>,
     pool: Pool,
     mbufs: Arc<MbufPool>,
@@ -206,16 +221,22 @@ pub fn client_vdev(i: usize, socket: &Path) -> String {
 
 impl Memif {
     /// Starts EAL in this process (once: `--no-huge`, `-l core`, no shared files) and a memif
-    /// server on each socket (a stale socket file is removed first; a live one is refused), frames on them marked
-    /// `PortId::Uplink` for the first and `Tasks` for the others.
-    pub fn open(sockets: &[PathBuf], core: usize, memory_mb: u32) -> Result<Memif, MemifError> {
+    /// interface on each socket, frames on them marked `PortId::Uplink` for the first and
+    /// `Tasks` for the others. As the server (a stale socket file is removed first; a live one
+    /// is refused), or as the client of a server already there.
+    pub fn open(
+        sockets: &[PathBuf],
+        role: Role,
+        core: usize,
+        memory_mb: u32,
+    ) -> Result<Memif, MemifError> {
         if sockets.is_empty() || sockets.len() > MAX_ENDS {
             return Err(MemifError::Setup(format!(
                 "{} memif sockets: 1 to {MAX_ENDS}",
                 sockets.len()
             )));
         }
-        for s in sockets {
+        for s in sockets.iter().filter(|_| role == Role::Server) {
             if let Some(d) = s.parent() {
                 std::fs::create_dir_all(d)
                     .map_err(|e| MemifError::Socket(s.clone(), e.to_string()))?;
@@ -233,10 +254,22 @@ impl Memif {
                 Err(e) => return Err(MemifError::Socket(s.clone(), e.to_string())),
             }
         }
+        for s in sockets.iter().filter(|_| role == Role::Client) {
+            use std::os::unix::fs::FileTypeExt;
+            if !std::fs::metadata(s).is_ok_and(|m| m.file_type().is_socket()) {
+                return Err(MemifError::Socket(
+                    s.clone(),
+                    "no socket: start the system under test with role=server on it first".into(),
+                ));
+            }
+        }
         let specs: Vec<DeviceSpec> = sockets
             .iter()
             .enumerate()
-            .map(|(i, s)| DeviceSpec::parse(&server_vdev(i, s)))
+            .map(|(i, s)| match role {
+                Role::Server => DeviceSpec::parse(&server_vdev(i, s)),
+                Role::Client => DeviceSpec::parse(&client_vdev(i, s)),
+            })
             .collect::<Result<_, _>>()
             .map_err(MemifError::Setup)?;
         let user = vec![
@@ -274,6 +307,7 @@ impl Memif {
             });
         }
         Ok(Memif {
+            role,
             ends,
             pool: Pool::new(1024),
             mbufs,
@@ -298,10 +332,11 @@ impl Memif {
         while !self.up() {
             if t0.elapsed() >= limit || stop.load(Ordering::Relaxed) {
                 let down = self.ends.iter().find(|e| e.dev.link().up == 0);
-                return Err(MemifError::NoPeer(
-                    down.map(|e| e.socket.clone()).unwrap_or_default(),
-                    limit,
-                ));
+                let socket = down.map(|e| e.socket.clone()).unwrap_or_default();
+                return Err(match self.role {
+                    Role::Server => MemifError::NoPeer(socket, limit),
+                    Role::Client => MemifError::NoServer(socket, limit),
+                });
             }
             self.serve(&mut Tally::new(u64::MAX));
             std::thread::sleep(Duration::from_millis(5));

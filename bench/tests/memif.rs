@@ -1,6 +1,8 @@
 //! meshd on DPDK memif against pktgen's memif generator, in this process: the published-port
 //! path out over VXLAN and the decapsulation path to a task, frame for frame; the DPDK rows of
 //! `stats`; and no mbuf leaked on either side (the pools' counts back where they started).
+//! Then the other way round: meshd serves the memif sockets and `pktgen memif --client`, a
+//! process of its own, connects, goes and comes back.
 //!
 //! Needs root, DPDK (libdpdk-dev; ./test installs it) and meshd built with DPDK next to this
 //! test (`cargo build --release --workspace --features bench/dpdk`, as ./test does). Under CI
@@ -12,10 +14,55 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use bench::memif::Memif;
+use bench::memif::{Memif, Role};
 use bench::mesh::memif::{frames, meshd_stats, sockets, start_meshd, PathKind};
 use bench::mesh::topo::Programs;
 use bench::pktgen::{Received, Sent};
+
+/// Held by each test for its whole run: each busy-polls a core with its meshd, and the
+/// measurements of one would suffer from the other's.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What a test starts from: its turn (held to its end), the programs, a fresh directory
+/// `/run/meshd-test-<name>-<pid>`, and the core for meshd's worker.
+struct Setup {
+    _turn: std::sync::MutexGuard<'static, ()>,
+    p: Programs,
+    dir: PathBuf,
+    /// Core 1 (0 on a one-core machine): the generator keeps core 0. Counted before the
+    /// in-process generator starts EAL, which pins this thread to its one core.
+    core: usize,
+}
+
+/// The test's [`Setup`], or `None` where it cannot run (not root, outside CI).
+fn begin(name: &str) -> Option<Setup> {
+    if !testbed::sys::require_root(name) {
+        return None;
+    }
+    let turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let p = Programs::find().expect("meshd next to this test: build the workspace first");
+    let dir = PathBuf::from(format!("/run/meshd-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(Setup {
+        _turn: turn,
+        p,
+        dir,
+        core: 1 % cores,
+    })
+}
+
+/// meshd on the memif sockets of the test's directory as their client or server (`role`).
+fn meshd_on(s: &Setup, role: Role) -> bench::mesh::memif::Running {
+    start_meshd(&s.p, &s.dir, s.core, role).unwrap_or_else(|e| {
+        panic!(
+            "{e} (a meshd built without DPDK says so in its log: build with --features bench/dpdk)"
+        )
+    })
+}
 
 /// meshd's drops so far, by reason.
 fn drops(meshd: &bench::mesh::memif::Running) -> serde_json::Value {
@@ -181,22 +228,14 @@ fn dpdk_rows(stats: &serde_json::Value) -> (u64, Vec<serde_json::Value>) {
 
 #[test]
 fn meshd_forwards_memif_frames_both_ways_and_leaks_no_mbuf() {
-    if !testbed::sys::require_root("memif") {
+    let Some(setup) = begin("memif") else {
         return;
-    }
-    let p = Programs::find().expect("meshd next to this test: build the workspace first");
-    let dir = PathBuf::from(format!("/run/meshd-test-memif-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    };
+    let dir = &setup.dir;
     let stop = AtomicBool::new(false);
-    // The generator on core 0, meshd's worker on core 1 (or 0 on a one-core machine).
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut g = Memif::open(&sockets(&dir), 0, 256).expect("the memif generator");
+    let mut g = Memif::open(&sockets(dir), Role::Server, 0, 256).expect("the memif generator");
     let gen_start = g.mbufs_in_use();
-    let mut meshd = start_meshd(&p, &dir, 1 % cores).unwrap_or_else(|e| {
-        panic!(
-            "{e} (a meshd built without DPDK says so in its log: build with --features bench/dpdk)"
-        )
-    });
+    let mut meshd = meshd_on(&setup, Role::Client);
     g.wait_up(Duration::from_secs(20), &stop)
         .unwrap_or_else(|e| panic!("{e}\n    {}", meshd.tail()));
     let (meshd_start, _) = dpdk_rows(&meshd_stats(&meshd).unwrap());
@@ -279,5 +318,134 @@ fn meshd_forwards_memif_frames_both_ways_and_leaks_no_mbuf() {
     }
     assert!(!g.up(), "memif link still up 5 s after meshd stopped");
     assert_eq!(g.mbufs_in_use(), gen_start, "the generator's mbufs in use");
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One run of `pktgen memif --client` (a process of its own: a peer that comes and goes) on
+/// the sockets of `dir`: the published-port frames at 100 kpps for half a second. Returns
+/// (frames sent, frames back).
+fn peer_run(p: &Programs, dir: &std::path::Path) -> (u64, u64) {
+    let f = frames(PathKind::Ingress, 64, 1024, [0; 6]).inner;
+    let [up, tk] = sockets(dir);
+    let mac = bench::mesh::topo::mac_str;
+    let args: Vec<String> = [
+        "memif",
+        "--client",
+        "--json",
+        "--core",
+        "0",
+        "--wait",
+        "20",
+        "--rate",
+        "100000",
+        "--duration",
+        "0.5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([
+        "--socket".into(),
+        up.display().to_string(),
+        "--socket".into(),
+        tk.display().to_string(),
+        "--dst-mac".into(),
+        mac(f.dst_mac),
+        "--src-ip".into(),
+        f.src_ip.to_string(),
+        "--dst-ip".into(),
+        f.dst_ip.to_string(),
+        "--dport".into(),
+        f.dport.to_string(),
+        "--flows".into(),
+        f.flows.to_string(),
+    ])
+    .collect();
+    let out = std::process::Command::new(&p.pktgen)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pktgen {}: {}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "pktgen's JSON: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    (
+        v["sent"]["frames"].as_u64().unwrap(),
+        v["received"].as_u64().unwrap(),
+    )
+}
+
+/// Waits until meshd has counted `downs` links going down in all (both of a peer that went,
+/// once each), `peer` the last to go; then meshd must still be running.
+fn links_went_down(meshd: &mut bench::mesh::memif::Running, downs: u64, peer: &str) {
+    assert!(
+        eventually(Duration::from_secs(5), || counter(meshd, "port_link_downs")
+            == downs),
+        "after {peer} went, meshd counted not {downs} links going down: {}\n    {}",
+        meshd_stats(meshd).unwrap()["total"],
+        meshd.tail()
+    );
+    meshd.alive().unwrap();
+}
+
+/// meshd serves its memif sockets (role=server) and the generator connects to them, a
+/// process that comes and goes (`pktgen memif --client`). When it goes, meshd counts both
+/// links going down and keeps running; when it comes again, meshd takes it back without a
+/// restart and forwards the published port frame for frame; its mbufs come back to where
+/// they started. (A memif client does not do that: DPDK connects one only when its device
+/// starts. That is why the README says to make meshd the server of a peer that restarts.)
+#[test]
+fn meshd_as_memif_server_takes_back_a_peer_that_restarts() {
+    let Some(setup) = begin("memif-server") else {
+        return;
+    };
+    let (p, dir) = (&setup.p, &setup.dir);
+    let mut meshd = meshd_on(&setup, Role::Server);
+    let (meshd_start, devices) = dpdk_rows(&meshd_stats(&meshd).unwrap());
+    assert!(
+        devices.iter().all(|d| d["link_up"] == false),
+        "links up with no peer: {devices:?}"
+    );
+
+    // The first peer: meshd learns its addresses (ARP) and makes the flows.
+    let (sent, back) = peer_run(p, dir);
+    assert!(sent > 10_000, "the first peer sent {sent}");
+    assert!(
+        back > 0,
+        "nothing came back to the first peer\n    {}",
+        meshd.tail()
+    );
+    // It went: both links down, counted once each; meshd serves on.
+    links_went_down(&mut meshd, 2, "the first peer");
+
+    // The peer again, a new process: taken back, every frame forwarded.
+    let drops0 = total(&drops(&meshd));
+    let (sent, back) = peer_run(p, dir);
+    assert!(sent > 10_000, "the restarted peer sent {sent}");
+    assert_eq!(
+        back,
+        sent,
+        "the restarted peer: frames lost\n    {}",
+        meshd.tail()
+    );
+    assert_eq!(total(&drops(&meshd)), drops0, "meshd dropped frames");
+    links_went_down(&mut meshd, 4, "the restarted peer");
+    let mut last = 0;
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            last = dpdk_rows(&meshd_stats(&meshd).unwrap()).0;
+            last == meshd_start
+        }),
+        "meshd's mbufs in use after two peers: {last}, {meshd_start} at the start"
+    );
+    drop(meshd);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -35,6 +35,11 @@ EXAMPLES:
   pktgen memif --socket /run/pg/up.sock --socket /run/pg/tk.sock --dst-mac 02:00:00:00:00:01 \
       --dst-ip 192.168.100.11 --dport 8080 --duration 5
 
+  # The other way round: meshd serves the sockets (role=server in its vdevs) and pktgen
+  # connects; run it again after it stops and meshd takes the peer back without a restart:
+  pktgen memif --client --socket /run/pg/up.sock --socket /run/pg/tk.sock \
+      --dst-mac 02:00:00:00:00:01 --dst-ip 192.168.100.11 --dport 8080 --duration 5
+
 Frames carry a sequence number and their send time (CLOCK_REALTIME), so a sink on the same
 machine measures one-way latency. The sink counts only frames sent after it started.
 The kernel's pktgen (/proc/net/pktgen) is not used: this one sends from an AF_PACKET TPACKET_V3
@@ -282,9 +287,16 @@ impl FrameArgs {
 // Read only by the DPDK build's `memif`.
 #[cfg_attr(not(feature = "dpdk"), allow(dead_code))]
 struct MemifArgs {
-    /// A memif socket file to serve (repeat for more interfaces: 0, 1, ...).
+    /// A memif socket file to serve, or with --client to connect to (repeat for more
+    /// interfaces: 0, 1, ...).
     #[arg(long = "socket", required = true)]
     sockets: Vec<std::path::PathBuf>,
+    /// Connect to the sockets as the memif client instead of serving them: the system under
+    /// test is the server (meshd with role=server in its --uplink/--tasks vdev) and must be
+    /// running first. Stopping pktgen and running it again is then a peer restarting, which a
+    /// memif server takes back without a restart of its own.
+    #[arg(long)]
+    client: bool,
     /// The interface to send on (index into --socket).
     #[arg(long, default_value_t = 0)]
     tx: usize,
@@ -318,7 +330,7 @@ fn memif(_: MemifArgs, _: &AtomicBool) -> Result<(), String> {
 
 #[cfg(feature = "dpdk")]
 fn memif(a: MemifArgs, stop: &AtomicBool) -> Result<(), String> {
-    use bench::memif::{Frames, Memif, Vxlan};
+    use bench::memif::{Frames, Memif, Role, Vxlan};
     if a.tx >= a.sockets.len() {
         return Err(format!(
             "--tx {}: there are {} --socket (0 to {})",
@@ -342,14 +354,16 @@ fn memif(a: MemifArgs, stop: &AtomicBool) -> Result<(), String> {
         }),
     };
     frames.inner.check().map_err(|e| e.to_string())?;
-    let mut m = Memif::open(&a.sockets, a.core, 512).map_err(|e| e.to_string())?;
+    let role = if a.client { Role::Client } else { Role::Server };
+    let mut m = Memif::open(&a.sockets, role, a.core, 512).map_err(|e| e.to_string())?;
     let me = m.mac(a.tx);
     frames.inner.src_mac = f.src_mac.unwrap_or(me);
     if let Some(v) = frames.vxlan.as_mut() {
         v.src_mac = me;
     }
     eprintln!(
-        "pktgen: memif server on {} socket(s); waiting up to {} s for the peer",
+        "pktgen: memif {} on {} socket(s); waiting up to {} s for the peer",
+        if a.client { "client" } else { "server" },
         a.sockets.len(),
         a.wait
     );

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::report::{Machine, Spread, Trial};
 use super::topo::Programs;
 use super::MeshError;
-use crate::memif::{client_vdev, Frames, Memif, Vxlan};
+use crate::memif::{client_vdev, server_vdev, Frames, Memif, Role, Vxlan};
 use crate::pktgen::{FrameSpec, Percentiles, Proto, Received, Sent};
 
 const DIR: &str = "/run/meshd-bench-memif";
@@ -311,10 +311,20 @@ pub fn sockets(dir: &Path) -> [PathBuf; 2] {
     [dir.join("up.sock"), dir.join("tk.sock")]
 }
 
-/// Starts meshd as node n1 on the memif sockets of `dir` (client), its worker on `core`
-/// busy-polling, and configures it (see [`configure`]).
-pub fn start_meshd(p: &Programs, dir: &Path, core: usize) -> Result<Running, MeshError> {
+/// Starts meshd as node n1 on the memif sockets of `dir`, as their client (the generator
+/// serves them) or their server (`role`: meshd's), its worker on `core` busy-polling, and
+/// configures it (see [`configure`]).
+pub fn start_meshd(
+    p: &Programs,
+    dir: &Path,
+    core: usize,
+    role: Role,
+) -> Result<Running, MeshError> {
     let [up, tk] = sockets(dir);
+    let vdev = |i, s: &Path| match role {
+        Role::Client => client_vdev(i, s),
+        Role::Server => server_vdev(i, s),
+    };
     let mac = |m: [u8; 6]| super::topo::mac_str(m);
     let sock = dir.join("n1.sock");
     let state = dir.join("n1.json");
@@ -327,9 +337,9 @@ pub fn start_meshd(p: &Programs, dir: &Path, core: usize) -> Result<Running, Mes
         "--io".into(),
         "dpdk".into(),
         "--uplink".into(),
-        format!("{},mac={}", client_vdev(0, &up), mac(N1_UP_MAC)),
+        format!("{},mac={}", vdev(0, &up), mac(N1_UP_MAC)),
         "--tasks".into(),
-        format!("{},mac={}", client_vdev(1, &tk), mac(N1_TK_MAC)),
+        format!("{},mac={}", vdev(1, &tk), mac(N1_TK_MAC)),
         "--dpdk-args".into(),
         format!(
             "--no-huge -m 256 --no-pci --file-prefix meshd-memif-{}",
@@ -728,7 +738,7 @@ pub fn run(o: &MemifOptions) -> Result<MemifReport, MeshError> {
     let machine = super::machine();
     // The generator: EAL in this process, pinned to its core (EAL pins this thread).
     let dir = Path::new(DIR);
-    let mut m = Memif::open(&sockets(dir), o.gen_core, 512)
+    let mut m = Memif::open(&sockets(dir), Role::Server, o.gen_core, 512)
         .map_err(|e| MeshError::Setup(format!("the memif generator: {e}")))?;
     let mut g = Gen {
         m: &mut m,
@@ -753,7 +763,7 @@ pub fn run(o: &MemifOptions) -> Result<MemifReport, MeshError> {
                     path.name()
                 );
                 let mut r = match system {
-                    "meshd" => start_meshd(&p, dir, o.sut_core)?,
+                    "meshd" => start_meshd(&p, dir, o.sut_core, Role::Client)?,
                     _ => start_testpmd(&p, dir, path, o.gen_core, o.sut_core)?,
                 };
                 let up = g.m.wait_up(Duration::from_secs(30), &stop);

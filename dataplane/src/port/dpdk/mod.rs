@@ -541,6 +541,9 @@ pub struct DpdkPort {
     pool: std::sync::Arc<MbufPool>,
     mtu: usize,
     pub stats: DpdkStats,
+    /// The link as the last counters' refresh saw it (at first, as it was when the port was
+    /// made: a link that was never up, such as a memif server's before its peer connects, has
+    /// not gone down).
     link_up: bool,
     /// A burst's mbuf pointers and frames, kept from call to call rather than zeroed on the
     /// stack at each (a memset per burst in `perf`); what they hold between calls is stale.
@@ -572,7 +575,7 @@ impl DpdkPort {
             pool,
             mtu: usize::from(dev.mtu),
             stats: DpdkStats::default(),
-            link_up: true,
+            link_up: dev.link().up != 0,
             scratch: Box::new(Scratch {
                 mbufs: [std::ptr::null_mut(); BURST],
                 frames: [sys::Frame::default(); BURST],
