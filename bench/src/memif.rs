@@ -219,6 +219,38 @@ pub fn client_vdev(i: usize, socket: &Path) -> String {
     )
 }
 
+/// Readies a socket path for `role`: as the server, its directory made and a stale socket
+/// file removed (a live one is another server's: refused); as the client, the server's
+/// socket must be there.
+fn prepare(s: &Path, role: Role) -> Result<(), MemifError> {
+    let refuse = |why: &str| Err(MemifError::Socket(s.to_path_buf(), why.into()));
+    match role {
+        Role::Server => {
+            if let Some(d) = s.parent() {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| MemifError::Socket(s.to_path_buf(), e.to_string()))?;
+            }
+            // A socket someone answers on is another server's: not ours to take over.
+            if std::os::unix::net::UnixStream::connect(s).is_ok() {
+                return refuse("another memif server (a running pktgen or bench) listens on it: stop it or use another path");
+            }
+            match std::fs::remove_file(s) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => refuse(&e.to_string()),
+            }
+        }
+        Role::Client => {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::metadata(s).is_ok_and(|m| m.file_type().is_socket()) {
+                Ok(())
+            } else {
+                refuse("no socket: start the system under test with role=server on it first")
+            }
+        }
+    }
+}
+
 impl Memif {
     /// Starts EAL in this process (once: `--no-huge`, `-l core`, no shared files) and a memif
     /// interface on each socket, frames on them marked `PortId::Uplink` for the first and
@@ -236,32 +268,8 @@ impl Memif {
                 sockets.len()
             )));
         }
-        for s in sockets.iter().filter(|_| role == Role::Server) {
-            if let Some(d) = s.parent() {
-                std::fs::create_dir_all(d)
-                    .map_err(|e| MemifError::Socket(s.clone(), e.to_string()))?;
-            }
-            // A socket someone answers on is another server's: not ours to take over.
-            if std::os::unix::net::UnixStream::connect(s).is_ok() {
-                return Err(MemifError::Socket(
-                    s.clone(),
-                    "another memif server (a running pktgen or bench) listens on it: stop it or use another path".into(),
-                ));
-            }
-            match std::fs::remove_file(s) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(MemifError::Socket(s.clone(), e.to_string())),
-            }
-        }
-        for s in sockets.iter().filter(|_| role == Role::Client) {
-            use std::os::unix::fs::FileTypeExt;
-            if !std::fs::metadata(s).is_ok_and(|m| m.file_type().is_socket()) {
-                return Err(MemifError::Socket(
-                    s.clone(),
-                    "no socket: start the system under test with role=server on it first".into(),
-                ));
-            }
+        for s in sockets {
+            prepare(s, role)?;
         }
         let specs: Vec<DeviceSpec> = sockets
             .iter()

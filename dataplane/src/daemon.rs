@@ -144,7 +144,9 @@ pub struct Args {
     /// then name DPDK devices — a PCI address bound to vfio-pci (0000:03:00.0), or a virtual
     /// device with its arguments (net_af_packet0,iface=eth1; net_af_xdp0,iface=eth1;
     /// net_memif0,role=server,socket=/run/m.sock) — with one queue pair per worker (RSS
-    /// spreads flows over them). EAL's own options go in --dpdk-args.
+    /// spreads flows over them). EAL's own options go in --dpdk-args. Make meshd the memif
+    /// server of a peer that may restart: it takes the peer back; a memif client (role=client)
+    /// connects only when meshd starts.
     #[arg(long, value_enum, value_name = "BACKEND")]
     pub io: Option<IoMode>,
     /// With --io dpdk: DPDK EAL arguments, in one string, e.g. "--no-huge -m 512" (no
