@@ -158,16 +158,31 @@ pub enum MemifError {
     NoServer(PathBuf, Duration),
 }
 
-/// Which end of its memif sockets the generator is.
+/// Which end of a memif socket a process is: the generator's ([`Memif::open`]) or a system
+/// under test's (meshd's, testpmd's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// It serves the sockets and the system under test connects (the benchmarks' way: a
-    /// DPDK memif client connects only when its device starts, so the generator must be
-    /// there first).
+    /// It serves the socket and the peer connects. The benchmarks' generator is the server:
+    /// a DPDK memif client connects only when its device starts, so the server must be there
+    /// first.
     Server,
-    /// It connects to sockets the system under test serves: a generator that stops and
-    /// starts again is a peer restarting.
+    /// It connects to a socket the peer serves: a generator that stops and starts again is
+    /// then a peer restarting.
     Client,
+}
+
+impl Role {
+    /// The vdev of memif interface `i` on `socket` at this end.
+    pub fn vdev(self, i: usize, socket: &Path) -> String {
+        let role = match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        };
+        format!(
+            "net_memif{i},role={role},socket={},socket-abstract=no",
+            socket.display()
+        )
+    }
 }
 
 /// One memif interface of the generator.
@@ -201,22 +216,6 @@ pub struct Memif {
     mbufs: Arc<MbufPool>,
     stamper: Stamper,
     pub chores: Chores,
-}
-
-/// The vdev of the generator's interface `i`: memif server on `socket`.
-pub fn server_vdev(i: usize, socket: &Path) -> String {
-    format!(
-        "net_memif{i},role=server,socket={},socket-abstract=no",
-        socket.display()
-    )
-}
-
-/// The vdev a system under test gives to connect to the generator's `socket`.
-pub fn client_vdev(i: usize, socket: &Path) -> String {
-    format!(
-        "net_memif{i},role=client,socket={},socket-abstract=no",
-        socket.display()
-    )
 }
 
 /// Readies a socket path for `role`: as the server, its directory made and a stale socket
@@ -274,10 +273,7 @@ impl Memif {
         let specs: Vec<DeviceSpec> = sockets
             .iter()
             .enumerate()
-            .map(|(i, s)| match role {
-                Role::Server => DeviceSpec::parse(&server_vdev(i, s)),
-                Role::Client => DeviceSpec::parse(&client_vdev(i, s)),
-            })
+            .map(|(i, s)| DeviceSpec::parse(&role.vdev(i, s)))
             .collect::<Result<_, _>>()
             .map_err(MemifError::Setup)?;
         let user = vec![

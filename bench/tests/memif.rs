@@ -200,13 +200,18 @@ fn tasks_link_goes_down_under_load(
         "ingress lost frames with the tasks link down"
     );
     meshd.alive().unwrap();
+    mbufs_back(meshd, meshd_start, "the link went down");
+}
+
+/// Waits until meshd's mbufs in use are back to `start` (at most 2 s), after `what`.
+fn mbufs_back(meshd: &bench::mesh::memif::Running, start: u64, what: &str) {
     let mut last = 0;
     assert!(
         eventually(Duration::from_secs(2), || {
             last = dpdk_rows(&meshd_stats(meshd).unwrap()).0;
-            last == meshd_start
+            last == start
         }),
-        "meshd's mbufs in use after the link went down: {last}, {meshd_start} at the start"
+        "meshd's mbufs in use after {what}: {last}, {start} at the start"
     );
 }
 
@@ -438,14 +443,7 @@ fn meshd_as_memif_server_takes_back_a_peer_that_restarts() {
     );
     assert_eq!(total(&drops(&meshd)), drops0, "meshd dropped frames");
     links_went_down(&mut meshd, 4, "the restarted peer");
-    let mut last = 0;
-    assert!(
-        eventually(Duration::from_secs(2), || {
-            last = dpdk_rows(&meshd_stats(&meshd).unwrap()).0;
-            last == meshd_start
-        }),
-        "meshd's mbufs in use after two peers: {last}, {meshd_start} at the start"
-    );
+    mbufs_back(&meshd, meshd_start, "two peers");
     drop(meshd);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::report::{Machine, Spread, Trial};
 use super::topo::Programs;
 use super::MeshError;
-use crate::memif::{client_vdev, server_vdev, Frames, Memif, Role, Vxlan};
+use crate::memif::{Frames, Memif, Role, Vxlan};
 use crate::pktgen::{FrameSpec, Percentiles, Proto, Received, Sent};
 
 const DIR: &str = "/run/meshd-bench-memif";
@@ -321,10 +321,6 @@ pub fn start_meshd(
     role: Role,
 ) -> Result<Running, MeshError> {
     let [up, tk] = sockets(dir);
-    let vdev = |i, s: &Path| match role {
-        Role::Client => client_vdev(i, s),
-        Role::Server => server_vdev(i, s),
-    };
     let mac = |m: [u8; 6]| super::topo::mac_str(m);
     let sock = dir.join("n1.sock");
     let state = dir.join("n1.json");
@@ -337,9 +333,9 @@ pub fn start_meshd(
         "--io".into(),
         "dpdk".into(),
         "--uplink".into(),
-        format!("{},mac={}", vdev(0, &up), mac(N1_UP_MAC)),
+        format!("{},mac={}", role.vdev(0, &up), mac(N1_UP_MAC)),
         "--tasks".into(),
-        format!("{},mac={}", vdev(1, &tk), mac(N1_TK_MAC)),
+        format!("{},mac={}", role.vdev(1, &tk), mac(N1_TK_MAC)),
         "--dpdk-args".into(),
         format!(
             "--no-huge -m 256 --no-pci --file-prefix meshd-memif-{}",
@@ -507,8 +503,8 @@ fn start_testpmd(
         "512".into(),
         "--log-level".into(),
         "lib.eal:error".into(),
-        format!("--vdev={}", client_vdev(0, &up)),
-        format!("--vdev={}", client_vdev(1, &tk)),
+        format!("--vdev={}", Role::Client.vdev(0, &up)),
+        format!("--vdev={}", Role::Client.vdev(1, &tk)),
         "--".into(),
         "--forward-mode=io".into(),
     ];
